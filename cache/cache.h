@@ -1,0 +1,89 @@
+/*
+ * cache.h - the LMDB store shared by every mount of a machine.
+ *
+ * Two named databases in one environment:
+ *   "t": key = variant id (16 bytes) + tensor name, value = tensor bytes
+ *   "v": key = variant id, value = a JSON record describing the variant
+ * The variant id is a hash of whatever identifies a variant (the caller
+ * decides: source fingerprint, canonical spec, calibration hash); this
+ * module stores keys and bytes and knows nothing about quantization.
+ *
+ * Multi-process and multi-thread safe.  The map grows when full (no
+ * MDB_MAP_FULL reaches callers); other processes adopt the new size on
+ * MDB_MAP_RESIZED.  Writes are MDB_NOSYNC: a killed process never leaves a
+ * torn entry (LMDB commits are atomic); the environment is synced when a
+ * variant completes and at close, so a power loss can only lose the last
+ * entries, never corrupt older ones on a file system that keeps write
+ * order.
+ */
+#ifndef QF_CACHE_H
+#define QF_CACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+struct qf_cache;
+struct qf_cache_txn;
+
+#define QF_CACHE_VID 16
+
+/* The default cache directory: /var/cache/quantfs for root, else
+ * $XDG_CACHE_HOME/quantfs or ~/.cache/quantfs.  Caller frees. */
+char *qf_cache_default_dir(void);
+
+/*
+ * Open (creating dir and the environment if needed).  map_size is the
+ * initial map in bytes (0 = 1 GiB); it grows by doubling.
+ * Caller owns *out; free with qf_cache_close().
+ * Returns 0, -errno, QF_ECACHE (logged).
+ */
+int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out);
+void qf_cache_close(struct qf_cache *c);
+uint64_t qf_cache_map_size(struct qf_cache *c);
+
+/* vid = first 16 bytes of SHA-256 over the NUL-separated parts. */
+void qf_cache_vid(const char *const *parts, size_t n,
+		  uint8_t vid[QF_CACHE_VID]);
+
+struct qf_cache_item {
+	const char *name;		/* tensor name */
+	const void *data;
+	size_t len;
+};
+
+/*
+ * Store n items under vid in one transaction: all or none become
+ * visible.  Returns 0, -ENOSPC (disk full), QF_ECACHE (logged).
+ */
+int qf_cache_put(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		 const struct qf_cache_item *items, size_t n);
+/* Store / replace the variant record (JSON text). */
+int qf_cache_put_record(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+			const char *json);
+/* Flush to disk (after a variant completes). */
+int qf_cache_sync(struct qf_cache *c);
+
+/*
+ * Read transactions start and end inside one callback; pointers returned
+ * by qf_cache_get() are borrowed from the map and valid until
+ * qf_cache_read_end().
+ */
+int qf_cache_read_begin(struct qf_cache *c, struct qf_cache_txn **out);
+void qf_cache_read_end(struct qf_cache_txn *t);
+/* Returns 0, -ENOENT, QF_ECACHE. */
+int qf_cache_get(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
+		 const char *name, const void **data, size_t *len);
+/* Returns 0, -ENOENT, QF_ECACHE. */
+int qf_cache_get_record(struct qf_cache_txn *t,
+			const uint8_t vid[QF_CACHE_VID], const char **json,
+			size_t *len);
+/* Call fn for every variant record; stops when fn returns non-zero. */
+int qf_cache_each_record(struct qf_cache_txn *t,
+			 int (*fn)(void *arg, const uint8_t *vid,
+				   const char *json, size_t len),
+			 void *arg);
+
+#endif /* QF_CACHE_H */

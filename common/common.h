@@ -1,0 +1,102 @@
+/*
+ * common.h - the few things every module shares: error codes, a growable
+ * byte buffer (git's strbuf style), logging and SHA-256.
+ *
+ * Uses libc only.  Keep this small: anything with a dependency belongs in a
+ * module of its own.
+ */
+#ifndef QF_COMMON_H
+#define QF_COMMON_H
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Errors.  A function that can fail returns 0 or a negative code: -errno, or
+ * one of the QF_E* codes below, which sit below -4096 so they never collide
+ * with an errno value.  Only fs/ turns them into errno for the kernel.
+ */
+enum {
+	QF_EFORMAT = -4097,	/* malformed input file (model, config, ...) */
+	QF_ECORRUPT = -4098,	/* bytes changed under us or checksum failed */
+	QF_EUNSUPPORTED = -4099, /* valid input we do not handle */
+	QF_ESPEC = -4100,	/* invalid variant name / spec */
+	QF_ENUMERIC = -4101,	/* NaN/Inf or other numerical failure */
+	QF_ECACHE = -4102,	/* cache store failure (LMDB) */
+};
+
+/* Static string naming err (negative errno or QF_E*). */
+const char *qf_strerror(int err);
+
+#define QF_ASSERT(cond)                                                      \
+	do {                                                                 \
+		if (!(cond))                                                 \
+			qf_assert_fail(#cond, __FILE__, __LINE__);           \
+	} while (0)
+void qf_assert_fail(const char *expr, const char *file, int line)
+	__attribute__((noreturn));
+
+/*
+ * Growable byte buffer.  Always NUL-terminated so it can be used as a
+ * string.  qf_buf_release() frees and leaves the buffer reusable (empty);
+ * qf_buf_detach() hands the memory to the caller.
+ */
+struct qf_buf {
+	char *data;	/* NUL-terminated, or NULL when never grown */
+	size_t len;	/* bytes used, not counting the NUL */
+	size_t cap;	/* bytes allocated */
+};
+#define QF_BUF_INIT { NULL, 0, 0 }
+
+int qf_buf_grow(struct qf_buf *b, size_t extra);
+int qf_buf_add(struct qf_buf *b, const void *data, size_t len);
+int qf_buf_adds(struct qf_buf *b, const char *s);
+int qf_buf_addf(struct qf_buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+void qf_buf_reset(struct qf_buf *b);	/* len = 0, keeps memory */
+void qf_buf_release(struct qf_buf *b);
+/* Caller owns the result (free()); the buffer is left empty. */
+char *qf_buf_detach(struct qf_buf *b, size_t *len);
+
+/* Read a whole file (bounded by max bytes; -EFBIG past it). */
+int qf_read_file(const char *path, size_t max, struct qf_buf *out);
+
+/* mkdir -p; the last component gets mode (parents 0755). */
+int qf_mkdir_p(const char *dir, unsigned mode);
+
+/* Logging to stderr (or syslog when daemonized).  Lower-case messages. */
+enum qf_log_level {
+	QF_LOG_ERR,
+	QF_LOG_WARN,
+	QF_LOG_INFO,
+	QF_LOG_DEBUG,
+};
+void qf_log_set_level(enum qf_log_level lvl);
+void qf_log_set_syslog(bool on);
+void qf_log(enum qf_log_level lvl, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+#define qf_err(...) qf_log(QF_LOG_ERR, __VA_ARGS__)
+#define qf_warn(...) qf_log(QF_LOG_WARN, __VA_ARGS__)
+#define qf_info(...) qf_log(QF_LOG_INFO, __VA_ARGS__)
+#define qf_debug(...) qf_log(QF_LOG_DEBUG, __VA_ARGS__)
+
+/* SHA-256 (FIPS 180-4). */
+struct qf_sha256 {
+	uint32_t h[8];
+	uint64_t nbytes;
+	uint8_t block[64];
+	size_t fill;
+};
+void qf_sha256_init(struct qf_sha256 *c);
+void qf_sha256_update(struct qf_sha256 *c, const void *data, size_t len);
+void qf_sha256_final(struct qf_sha256 *c, uint8_t out[32]);
+/* Lower-case hex of n bytes into out (2n + 1 bytes). */
+void qf_hex(const uint8_t *in, size_t n, char *out);
+
+/* Monotonic seconds. */
+double qf_now(void);
+
+#endif /* QF_COMMON_H */

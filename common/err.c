@@ -1,0 +1,117 @@
+/*
+ * err.c - error names, assertions, small file and time helpers.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common.h"
+
+const char *qf_strerror(int err)
+{
+	switch (err) {
+	case 0:
+		return "success";
+	case QF_EFORMAT:
+		return "malformed input";
+	case QF_ECORRUPT:
+		return "data changed or corrupt";
+	case QF_EUNSUPPORTED:
+		return "unsupported";
+	case QF_ESPEC:
+		return "invalid variant name";
+	case QF_ENUMERIC:
+		return "non-finite value";
+	case QF_ECACHE:
+		return "cache failure";
+	}
+	if (err < 0 && err > -4096)
+		return strerror(-err);
+	return "unknown error";
+}
+
+void qf_assert_fail(const char *expr, const char *file, int line)
+{
+	fprintf(stderr, "quantfs: assertion failed: %s (%s:%d)\n", expr, file,
+		line);
+	abort();
+}
+
+int qf_read_file(const char *path, size_t max, struct qf_buf *out)
+{
+	struct stat st;
+	ssize_t n;
+	size_t want;
+	int fd;
+	int ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = -EINVAL;
+		goto out_close;
+	}
+	if ((uint64_t)st.st_size > max) {
+		ret = -EFBIG;
+		goto out_close;
+	}
+	want = (size_t)st.st_size;
+	ret = qf_buf_grow(out, want);
+	if (ret < 0)
+		goto out_close;
+	while (want > 0) {
+		n = read(fd, out->data + out->len, want);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			ret = -errno;
+			goto out_close;
+		}
+		if (n == 0)
+			break;
+		out->len += (size_t)n;
+		want -= (size_t)n;
+	}
+	out->data[out->len] = '\0';
+	ret = 0;
+out_close:
+	close(fd);
+	return ret;
+}
+
+double qf_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int qf_mkdir_p(const char *dir, unsigned mode)
+{
+	char tmp[4096];
+	char *p;
+
+	if (snprintf(tmp, sizeof(tmp), "%s", dir) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	for (p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = 0;
+		if (mkdir(tmp, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(tmp, (mode_t)mode) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}

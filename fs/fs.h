@@ -1,0 +1,34 @@
+/*
+ * fs.h - the quantfs filesystem: namespace, file assembler, FUSE ops.
+ *
+ * The only module that includes fuse_lowlevel.h and chooses errno values.
+ * mounts/ creates a qf_fs, hands qf_fs_ops() to a FUSE session, and runs
+ * the loop.
+ */
+#ifndef QF_FS_H
+#define QF_FS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct qf_fs;
+struct fuse_lowlevel_ops;
+
+struct qf_fs_opts {
+	const char *src;		/* a model dir or a dir of model dirs */
+	const char *cache_dir;		/* NULL: qf_cache_default_dir() */
+	uint64_t cache_map;		/* initial LMDB map bytes, 0: 1 GiB */
+	double timeout;			/* entry/attr timeout, seconds */
+};
+
+/*
+ * Scan src, open every model (a model that fails to open is listed and
+ * answers EIO below it), open the cache.  Caller owns *out; free with
+ * qf_fs_free().  Returns 0, -errno, QF_ECACHE.
+ */
+int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out);
+void qf_fs_free(struct qf_fs *fs);
+size_t qf_fs_model_count(const struct qf_fs *fs);
+const struct fuse_lowlevel_ops *qf_fs_ops(void);
+
+#endif /* QF_FS_H */

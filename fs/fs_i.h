@@ -1,0 +1,131 @@
+/*
+ * fs_i.h - private structures of fs/: nodes, models, variants, plans.
+ */
+#ifndef QF_FS_I_H
+#define QF_FS_I_H
+
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include "cache.h"
+#include "common.h"
+#include "fs.h"
+#include "quant.h"
+
+enum qf_node_kind {
+	QF_NODE_ROOT,
+	QF_NODE_MODEL,		/* MNT/<model> */
+	QF_NODE_ORIGDIR,	/* MNT/<model>/original */
+	QF_NODE_SRCFILE,	/* a source file passed through */
+	QF_NODE_VARDIR,		/* MNT/<model>/<variant> */
+	QF_NODE_GENFILE,	/* config.json / quantization.json */
+	QF_NODE_WEIGHTS,	/* model.safetensors of a variant */
+};
+
+struct qf_mdl;
+struct qf_var;
+
+struct qf_node {
+	uint64_t ino;
+	enum qf_node_kind kind;
+	uint64_t parent;		/* parent ino */
+	char *name;
+	uint64_t nlookup;		/* protected by fs->lock */
+	struct qf_mdl *mdl;		/* model (all kinds below root) */
+	struct qf_var *var;		/* VARDIR, GENFILE, WEIGHTS */
+	char *path;			/* SRCFILE: the real file */
+	const struct qf_buf *bytes;	/* GENFILE: content (var-owned) */
+	uint64_t size;			/* GENFILE/WEIGHTS/SRCFILE size */
+	struct qf_node *hnext;		/* (parent, name) hash chain */
+};
+
+/* One source model. */
+struct qf_mdl {
+	char *name;			/* directory name */
+	char *dir;			/* absolute source path */
+	struct qf_model *m;		/* NULL when it failed to open */
+	int open_err;			/* why, when m is NULL */
+	struct stat st;			/* of dir: owner and times */
+	struct qf_var *vars;		/* protected by fs->lock */
+};
+
+/* A segment of an assembled file: header bytes or one tensor. */
+struct qf_seg {
+	uint64_t off;			/* file offset */
+	uint64_t len;
+	const struct qf_vtensor *t;	/* NULL: header bytes */
+};
+
+/* A variant of one model, shared by all its nodes. */
+struct qf_var {
+	struct qf_var *next;		/* in mdl->vars, fs->lock */
+	struct qf_mdl *mdl;
+	struct qf_variant *v;
+	uint8_t vid[QF_CACHE_VID];	/* cache variant id */
+	struct qf_buf config;		/* config.json */
+	struct qf_buf manifest;		/* quantization.json */
+	struct qf_buf header;		/* safetensors header bytes */
+	struct qf_seg *seg;		/* sorted by off; seg[0] = header */
+	size_t nseg;
+	uint64_t size;			/* model.safetensors bytes */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	uint8_t *state;			/* per group, protected by lock */
+	size_t ndone;			/* groups done, protected by lock */
+	bool recorded;			/* record written, protected by lock */
+	double prod_s;			/* production seconds, lock */
+	uint64_t prod_src;		/* source bytes quantized, lock */
+};
+
+enum {
+	QF_GROUP_NONE,
+	QF_GROUP_BUSY,
+	QF_GROUP_DONE,
+};
+
+struct qf_fs {
+	struct qf_fs_opts o;
+	char *src;			/* absolute */
+	char *cache_dir;
+	struct qf_cache *cache;
+	struct qf_mdl *mdl;
+	size_t nmdl;
+	pthread_mutex_t lock;		/* nodes, hash, vars lists */
+	struct qf_node **node;		/* by ino - 1, fs->lock */
+	size_t nnode;
+	size_t cap;
+	struct qf_node **hash;		/* (parent, name), fs->lock */
+	size_t nhash;
+	uid_t uid;
+	gid_t gid;
+};
+
+/* ns.c */
+struct qf_node *qf_ns_node_root(struct qf_fs *fs);
+struct qf_node *qf_ns_node_model(struct qf_fs *fs, struct qf_node *root,
+				 struct qf_mdl *mdl);
+struct qf_node *qf_ns_get(struct qf_fs *fs, uint64_t ino);
+/* Child by name, created on first lookup; NULL + *err when absent. */
+struct qf_node *qf_ns_lookup(struct qf_fs *fs, struct qf_node *dir,
+			     const char *name, int *err);
+/* Names in a directory, "\0"-separated, into out. */
+int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
+	       size_t *count);
+void qf_ns_stat(struct qf_fs *fs, const struct qf_node *n, struct stat *st);
+bool qf_ns_is_dir(const struct qf_node *n);
+/* Source files of a model dir that a variant passes through. */
+bool qf_ns_passthrough_name(const char *name);
+
+/* var.c */
+int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
+	       struct qf_var **out);
+void qf_var_free(struct qf_var *var);
+/* Make sure group gi is in the cache (single flight). */
+int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Segment index holding offset off. */
+size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
+
+/* errno for a qf error code (fs/ alone decides errno values). */
+int qf_fs_errno(int err);
+
+#endif /* QF_FS_I_H */

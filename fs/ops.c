@@ -1,0 +1,465 @@
+/*
+ * ops.c - the FUSE low-level operations.  Each is a thin wrapper that
+ * finds the node, calls into ns.c / var.c and turns the result into a
+ * reply.
+ *
+ * Files are immutable once their size is published, so they are served in
+ * page-cache mode with long entry/attr timeouts and keep_cache, never with
+ * direct_io (which breaks the MAP_SHARED mmap model loaders use).  Reads
+ * of model.safetensors are answered with fuse_reply_iov straight from the
+ * LMDB map and the source mmap: no copy in the daemon.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "fs_i.h"
+
+struct dir_handle {
+	struct qf_buf names;		/* "\0"-separated */
+	size_t count;
+};
+
+static struct qf_fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void fill_entry(struct qf_fs *fs, struct qf_node *n,
+		       struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = n->ino;
+	e->generation = 1;
+	qf_ns_stat(fs, n, &e->attr);
+	e->attr_timeout = fs->o.timeout;
+	e->entry_timeout = fs->o.timeout;
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* the kernel may cache and read ahead freely: files never change */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *dir = qf_ns_get(fs, parent);
+	struct fuse_entry_param e;
+	struct qf_node *n;
+	int err = -ENOENT;
+
+	if (!dir || !qf_ns_is_dir(dir)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	n = qf_ns_lookup(fs, dir, name, &err);
+	if (!n) {
+		fuse_reply_err(req, qf_fs_errno(err));
+		return;
+	}
+	fill_entry(fs, n, &e);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+
+	if (n) {
+		pthread_mutex_lock(&fs->lock);
+		n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
+		pthread_mutex_unlock(&fs->lock);
+	}
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count,
+			    struct fuse_forget_data *f)
+{
+	struct qf_fs *fs = fs_of(req);
+	size_t i;
+
+	for (i = 0; i < count; i++) {
+		struct qf_node *n = qf_ns_get(fs, f[i].ino);
+
+		if (!n)
+			continue;
+		pthread_mutex_lock(&fs->lock);
+		n->nlookup -= f[i].nlookup < n->nlookup ? f[i].nlookup :
+							  n->nlookup;
+		pthread_mutex_unlock(&fs->lock);
+	}
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+	struct stat st;
+
+	(void)fi;
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	qf_ns_stat(fs, n, &st);
+	fuse_reply_attr(req, &st, fs->o.timeout);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+	struct dir_handle *h;
+	int ret;
+
+	if (!n || !qf_ns_is_dir(n)) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	h = calloc(1, sizeof(*h));
+	if (!h) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	ret = qf_ns_list(fs, n, &h->names, &h->count);
+	if (ret < 0) {
+		qf_buf_release(&h->names);
+		free(h);
+		fuse_reply_err(req, qf_fs_errno(ret));
+		return;
+	}
+	fi->fh = (uintptr_t)h;
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
+		       off_t off, struct fuse_file_info *fi)
+{
+	struct dir_handle *h = (struct dir_handle *)(uintptr_t)fi->fh;
+	struct qf_node *dir = qf_ns_get(fs_of(req), ino);
+	char *buf = calloc(1, size);
+	const char *p = h->names.data;
+	size_t used = 0, i;
+	struct stat st;
+
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	memset(&st, 0, sizeof(st));
+	for (i = 0; i < h->count + 2; i++) {
+		const char *name = i == 0 ? "." : i == 1 ? ".." : p;
+		size_t need;
+
+		if (i >= 2)
+			p += strlen(p) + 1;
+		if ((off_t)i < off)
+			continue;
+		st.st_ino = i < 2 ? ino : (1ULL << 62) + (uint64_t)i;
+		st.st_mode = i < 2 || dir->kind == QF_NODE_ROOT ||
+			     (dir->kind == QF_NODE_MODEL) ? S_IFDIR : S_IFREG;
+		need = fuse_add_direntry(req, buf + used, size - used, name,
+					 &st, (off_t)i + 1);
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
+			  struct fuse_file_info *fi)
+{
+	struct dir_handle *h = (struct dir_handle *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	qf_buf_release(&h->names);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+/* True when no shard of the model changed since it was opened. */
+static bool source_intact(const struct qf_model *m)
+{
+	size_t i;
+
+	for (i = 0; i < m->nshard; i++) {
+		const struct qf_st_file *f = m->shard[i];
+		struct stat st;
+
+		if (fstat(f->fd, &st) < 0 || st.st_size != f->st.st_size ||
+		    st.st_mtim.tv_sec != f->st.st_mtim.tv_sec ||
+		    st.st_mtim.tv_nsec != f->st.st_mtim.tv_nsec)
+			return false;
+	}
+	return true;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+	int fd;
+
+	if (!n || qf_ns_is_dir(n)) {
+		fuse_reply_err(req, n ? EISDIR : ENOENT);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY ||
+	    (fi->flags & (O_TRUNC | O_APPEND))) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	if (n->kind == QF_NODE_WEIGHTS && !source_intact(n->mdl->m)) {
+		qf_err("%s: source changed since the mount; remount to serve "
+		       "the new version", n->mdl->name);
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	fi->fh = 0;
+	if (n->kind == QF_NODE_SRCFILE) {
+		fd = open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		if (fd < 0) {
+			fuse_reply_err(req, errno);
+			return;
+		}
+		fi->fh = (uint64_t)fd + 1;
+	}
+	fi->keep_cache = 1;
+	fuse_reply_open(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	(void)ino;
+	if (fi->fh)
+		close((int)(fi->fh - 1));
+	fuse_reply_err(req, 0);
+}
+
+/* Produce every group that [off, end) touches. */
+static int ensure_range(struct qf_fs *fs, struct qf_var *var, size_t s,
+			uint64_t end)
+{
+	int ret;
+
+	for (; s < var->nseg && var->seg[s].off < end; s++) {
+		const struct qf_vtensor *t = var->seg[s].t;
+
+		if (!t || t->group == QF_VT_PASSTHROUGH)
+			continue;
+		ret = qf_var_ensure(fs, var, t->group);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
+			uint64_t off, uint64_t end)
+{
+	size_t first = qf_var_seg_at(var, off), s, niov = 0;
+	struct qf_cache_txn *txn = NULL;
+	struct iovec *iov;
+	int ret;
+
+	ret = ensure_range(fs, var, first, end);
+	if (ret < 0)
+		return ret;
+	if (!source_intact(var->mdl->m)) {
+		qf_err("%s: source changed since the mount; remount to serve "
+		       "the new version", var->mdl->name);
+		return QF_ECORRUPT;
+	}
+	iov = calloc(var->nseg - first, sizeof(*iov));
+	if (!iov)
+		return -ENOMEM;
+	ret = qf_cache_read_begin(fs->cache, &txn);
+	for (s = first; !ret && s < var->nseg && var->seg[s].off < end; s++) {
+		const struct qf_seg *g = &var->seg[s];
+		const struct qf_vtensor *t = g->t;
+		uint64_t a = off > g->off ? off - g->off : 0;
+		uint64_t b = end - g->off < g->len ? end - g->off : g->len;
+		const uint8_t *p;
+		size_t len;
+
+		if (!t) {
+			p = (const uint8_t *)var->header.data;
+		} else if (t->group == QF_VT_PASSTHROUGH) {
+			p = qf_st_data(t->src->shard, t->src->t);
+		} else {
+			ret = qf_cache_get(txn, var->vid, t->name,
+					   (const void **)&p, &len);
+			if (ret == 0 && len != g->len)
+				ret = QF_ECORRUPT;
+			if (ret < 0) {
+				qf_err("%s/%s: tensor %s missing from the "
+				       "cache: %s", var->mdl->name,
+				       var->v->name, t->name,
+				       qf_strerror(ret));
+				break;
+			}
+		}
+		iov[niov].iov_base = (void *)(p + a);
+		iov[niov].iov_len = b - a;
+		niov++;
+	}
+	if (!ret)
+		fuse_reply_iov(req, iov, (int)niov);
+	qf_cache_read_end(txn);
+	free(iov);
+	return ret;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+	uint64_t end;
+	int ret;
+
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	switch (n->kind) {
+	case QF_NODE_SRCFILE:
+		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		bv.buf[0].fd = (int)(fi->fh - 1);
+		bv.buf[0].pos = off;
+		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+		return;
+	case QF_NODE_GENFILE:
+		if ((uint64_t)off >= n->size) {
+			fuse_reply_buf(req, NULL, 0);
+			return;
+		}
+		end = (uint64_t)off + size < n->size ? (uint64_t)off + size :
+						       n->size;
+		fuse_reply_buf(req, n->bytes->data + off, end - (uint64_t)off);
+		return;
+	case QF_NODE_WEIGHTS:
+		if ((uint64_t)off >= n->size) {
+			fuse_reply_buf(req, NULL, 0);
+			return;
+		}
+		end = (uint64_t)off + size < n->size ? (uint64_t)off + size :
+						       n->size;
+		ret = read_weights(req, fs, n->var, (uint64_t)off, end);
+		if (ret < 0)
+			fuse_reply_err(req, qf_fs_errno(ret));
+		return;
+	default:
+		fuse_reply_err(req, EISDIR);
+	}
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	if (statvfs(fs_of(req)->src, &sv) < 0)
+		memset(&sv, 0, sizeof(sv));
+	sv.f_bfree = sv.f_bavail = 0;
+	sv.f_ffree = sv.f_favail = 0;
+	sv.f_flag |= ST_RDONLY;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+/* The mount is read-only: everything that would write says so. */
+static void op_erofs_name(fuse_req_t req, fuse_ino_t p, const char *name)
+{
+	(void)p, (void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t p, const char *name,
+		     mode_t mode)
+{
+	(void)mode;
+	op_erofs_name(req, p, name);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t p, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	(void)mode, (void)fi;
+	op_erofs_name(req, p, name);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t p, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	(void)mode, (void)rdev;
+	op_erofs_name(req, p, name);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t p, const char *name,
+		      fuse_ino_t np, const char *nn, unsigned int flags)
+{
+	(void)np, (void)nn, (void)flags;
+	op_erofs_name(req, p, name);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	(void)ino, (void)attr, (void)to_set, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
+		     size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)ino, (void)buf, (void)size, (void)off, (void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.statfs = op_statfs,
+	.mkdir = op_mkdir,
+	.create = op_create,
+	.mknod = op_mknod,
+	.unlink = op_erofs_name,
+	.rmdir = op_erofs_name,
+	.rename = op_rename,
+	.setattr = op_setattr,
+	.write = op_write,
+};
+
+const struct fuse_lowlevel_ops *qf_fs_ops(void)
+{
+	return &ops;
+}

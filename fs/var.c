@@ -1,0 +1,259 @@
+/*
+ * var.c - variant objects: the assembled file plan of model.safetensors
+ * and single-flight production of its tensor groups into the cache.
+ *
+ * A group is produced at most once per process at a time: the first
+ * reader marks it BUSY and produces it, later readers wait on var->cond.
+ * Before producing, the cache is consulted, so a second mount (or another
+ * process) serves what the first one stored.  All tensors of a group are
+ * committed in one LMDB transaction, so finding one means all are there.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs_i.h"
+
+static int cmp_seg(const void *a, const void *b)
+{
+	const struct qf_seg *x = a;
+	const struct qf_seg *y = b;
+
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+static int build_plan(struct qf_var *var)
+{
+	struct qf_variant *v = var->v;
+	struct qf_st_plan_entry *e;
+	uint64_t total;
+	size_t i;
+	int ret;
+
+	e = calloc(v->nt ? v->nt : 1, sizeof(*e));
+	var->seg = calloc(v->nt + 1, sizeof(*var->seg));
+	if (!e || !var->seg) {
+		free(e);
+		return -ENOMEM;
+	}
+	for (i = 0; i < v->nt; i++) {
+		e[i].name = v->t[i].name;
+		e[i].dtype = v->t[i].dtype;
+		e[i].ndim = v->t[i].ndim;
+		e[i].shape[0] = v->t[i].shape[0];
+		e[i].shape[1] = v->t[i].shape[1];
+		e[i].user = &v->t[i];
+	}
+	ret = qf_st_plan(e, v->nt, NULL, 0, &var->header, &total);
+	if (ret < 0)
+		goto out_free;
+	var->seg[0].off = 0;
+	var->seg[0].len = var->header.len;
+	var->nseg = 1;
+	for (i = 0; i < v->nt; i++) {
+		if (!e[i].nbytes)
+			continue;
+		var->seg[var->nseg].off = var->header.len + e[i].begin;
+		var->seg[var->nseg].len = e[i].nbytes;
+		var->seg[var->nseg].t = e[i].user;
+		var->nseg++;
+	}
+	qsort(var->seg, var->nseg, sizeof(*var->seg), cmp_seg);
+	var->size = var->header.len + total;
+out_free:
+	free(e);
+	return ret;
+}
+
+int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
+	       struct qf_var **out)
+{
+	const char *parts[4];
+	struct qf_spec spec;
+	struct qf_var *var;
+	int ret;
+
+	ret = qf_spec_parse(name, &spec, NULL);
+	if (ret < 0)
+		return ret;
+	var = calloc(1, sizeof(*var));
+	if (!var)
+		return -ENOMEM;
+	pthread_mutex_init(&var->lock, NULL);
+	pthread_cond_init(&var->cond, NULL);
+	var->mdl = mdl;
+	ret = qf_variant_init(mdl->m, &spec, &var->v);
+	if (ret < 0)
+		goto out_free;
+	parts[0] = "quantfs-variant-v1";
+	parts[1] = mdl->m->fp_hex;
+	parts[2] = var->v->name;
+	parts[3] = "";			/* calibration hash: none for rtn */
+	qf_cache_vid(parts, 4, var->vid);
+	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
+	ret = var->state ? 0 : -ENOMEM;
+	if (!ret)
+		ret = qf_variant_config(var->v, &var->config);
+	if (!ret)
+		ret = qf_variant_manifest(var->v, &var->manifest);
+	if (!ret)
+		ret = build_plan(var);
+	if (ret < 0)
+		goto out_free;
+	*out = var;
+	return 0;
+
+out_free:
+	qf_var_free(var);
+	return ret;
+}
+
+void qf_var_free(struct qf_var *var)
+{
+	if (!var)
+		return;
+	qf_variant_free(var->v);
+	qf_buf_release(&var->config);
+	qf_buf_release(&var->manifest);
+	qf_buf_release(&var->header);
+	free(var->seg);
+	free(var->state);
+	pthread_mutex_destroy(&var->lock);
+	pthread_cond_destroy(&var->cond);
+	free(var);
+}
+
+size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
+{
+	size_t lo = 0, hi = var->nseg;
+
+	while (hi - lo > 1) {
+		size_t mid = (lo + hi) / 2;
+
+		if (var->seg[mid].off <= off)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
+	struct qf_cache_txn *txn;
+	const void *p;
+	size_t len;
+	int ret;
+
+	if (qf_cache_read_begin(fs->cache, &txn) < 0)
+		return false;
+	ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
+	qf_cache_read_end(txn);
+	return ret == 0 && len == qf_vtensor_bytes(t);
+}
+
+/* The variant's record in the cache, for `ls` and cache tools. */
+static void put_record(struct qf_fs *fs, struct qf_var *var)
+{
+	struct qf_buf b = QF_BUF_INIT;
+
+	qf_buf_addf(&b, "{\"variant\":\"%s\",\"fingerprint\":\"%s\","
+		    "\"model\":\"%s\",\"created\":%lld}", var->v->name,
+		    var->mdl->m->fp_hex, var->mdl->name,
+		    (long long)time(NULL));
+	if (b.data && qf_cache_put_record(fs->cache, var->vid, b.data) < 0)
+		qf_warn("%s/%s: cannot write the cache record",
+			var->mdl->name, var->v->name);
+	qf_buf_release(&b);
+}
+
+static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	const struct qf_vgroup *g = &var->v->g[gi];
+	struct qf_cache_item items[8];
+	void *bufs[8] = { 0 };
+	uint32_t k;
+	int ret = 0;
+
+	QF_ASSERT(g->n <= 8);
+	for (k = 0; k < g->n && !ret; k++) {
+		const struct qf_vtensor *t = &var->v->t[g->first + k];
+
+		items[k].name = t->name;
+		items[k].len = qf_vtensor_bytes(t);
+		bufs[k] = malloc(items[k].len ? items[k].len : 1);
+		items[k].data = bufs[k];
+		if (!bufs[k])
+			ret = -ENOMEM;
+	}
+	if (!ret)
+		ret = qf_variant_produce(var->v, gi, bufs, NULL);
+	if (!ret)
+		ret = qf_cache_put(fs->cache, var->vid, items, g->n);
+	for (k = 0; k < g->n; k++)
+		free(bufs[k]);
+	return ret;
+}
+
+int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	bool record = false, complete;
+	double t0, secs = 0;
+	uint64_t bytes = 0;
+	int ret = 0;
+
+	pthread_mutex_lock(&var->lock);
+	while (var->state[gi] == QF_GROUP_BUSY)
+		pthread_cond_wait(&var->cond, &var->lock);
+	if (var->state[gi] == QF_GROUP_DONE) {
+		pthread_mutex_unlock(&var->lock);
+		return 0;
+	}
+	var->state[gi] = QF_GROUP_BUSY;
+	pthread_mutex_unlock(&var->lock);
+
+	t0 = qf_now();
+	if (!in_cache(fs, var, gi)) {
+		ret = produce(fs, var, gi);
+		if (ret < 0)
+			qf_err("%s/%s: cannot produce %s: %s", var->mdl->name,
+			       var->v->name, var->v->g[gi].w->name,
+			       qf_strerror(ret));
+		else
+			record = true;
+		if (!ret)
+			qf_debug("%s/%s: produced %s in %.3f s",
+				 var->mdl->name, var->v->name,
+				 var->v->g[gi].w->name, qf_now() - t0);
+	}
+
+	pthread_mutex_lock(&var->lock);
+	var->state[gi] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
+	if (!ret) {
+		var->ndone++;
+		if (record) {
+			var->prod_s += qf_now() - t0;
+			var->prod_src += var->v->g[gi].src_bytes;
+		}
+	}
+	complete = var->ndone == var->v->ng && record;
+	secs = var->prod_s;
+	bytes = var->prod_src;
+	if (record && !var->recorded)
+		var->recorded = true;
+	else
+		record = false;
+	pthread_cond_broadcast(&var->cond);
+	pthread_mutex_unlock(&var->lock);
+
+	if (record)
+		put_record(fs, var);
+	if (complete) {
+		qf_cache_sync(fs->cache);
+		qf_info("%s/%s: produced %.1f MB of source in %.2f s",
+			var->mdl->name, var->v->name, bytes / 1e6, secs);
+	}
+	return ret;
+}

@@ -1,0 +1,326 @@
+/*
+ * main.c - the quantfs program: command line, mount lifecycle, helpers.
+ *
+ *   quantfs mount SRC MNT [-f] [-d] [-o opt,...]
+ *   quantfs umount MNT
+ *   quantfs mkmodel DIR [--hidden N] [--inter N] [--layers N] ...
+ *
+ * Thin: it parses options and wires fs/ to a FUSE session.  The only
+ * place that calls exit().
+ */
+#define FUSE_USE_VERSION 312
+
+#include <fuse_lowlevel.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "fs.h"
+#include "quant.h"
+
+static const char usage_text[] =
+	"usage: quantfs mount SRC MNT [-f] [-d] [-o OPTION[,OPTION...]]\n"
+	"       quantfs umount MNT\n"
+	"       quantfs mkmodel DIR [--hidden N] [--inter N] [--layers N]\n"
+	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
+	"                       [--seed N] [--dtype bf16|f16|f32] [--tie]\n"
+	"       quantfs --help | --version\n"
+	"\n"
+	"mount options:\n"
+	"  -f                 stay in the foreground (log to stderr)\n"
+	"  -d                 foreground with FUSE debug output\n"
+	"  -o cache=DIR       cache directory (default /var/cache/quantfs for\n"
+	"                     root, else $XDG_CACHE_HOME/quantfs or\n"
+	"                     ~/.cache/quantfs)\n"
+	"  -o cache_map=SIZE  initial LMDB map size, e.g. 256M, 4G (grows)\n"
+	"  -o timeout=SEC     entry/attribute timeout (default 86400)\n"
+	"  -o threads=N       most FUSE worker threads (default 16)\n"
+	"  -o allow_other     let other users read the mount (implies\n"
+	"                     default_permissions)\n"
+	"  -o debug           log debug lines\n"
+	"  other -o options are passed to FUSE (see mount.fuse3(8))\n"
+	"\n"
+	"See quantfs(1) and quantfs-variants(7).\n";
+
+static void usage(FILE *f)
+{
+	fputs(usage_text, f);
+}
+
+/* Parse "123", "64K", "256M", "4G". */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	switch (*end) {
+	case 'k': case 'K': v <<= 10; end++; break;
+	case 'm': case 'M': v <<= 20; end++; break;
+	case 'g': case 'G': v <<= 30; end++; break;
+	case 't': case 'T': v <<= 40; end++; break;
+	}
+	if (*end)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+struct mount_opts {
+	struct qf_fs_opts fs;
+	struct qf_buf fuse;		/* FUSE -o options */
+	bool foreground;
+	bool debug;
+	int threads;
+};
+
+static int take_option(struct mount_opts *mo, char *opt)
+{
+	char *val = strchr(opt, '=');
+
+	if (val)
+		*val++ = 0;
+	if (!strcmp(opt, "cache") && val && *val) {
+		mo->fs.cache_dir = val;
+	} else if (!strcmp(opt, "cache_map") && val) {
+		if (parse_size(val, &mo->fs.cache_map) < 0)
+			return -EINVAL;
+	} else if (!strcmp(opt, "timeout") && val) {
+		mo->fs.timeout = strtod(val, NULL);
+		if (mo->fs.timeout <= 0)
+			return -EINVAL;
+	} else if (!strcmp(opt, "threads") && val) {
+		mo->threads = atoi(val);
+		if (mo->threads < 1 || mo->threads > 1024)
+			return -EINVAL;
+	} else if (!strcmp(opt, "debug")) {
+		qf_log_set_level(QF_LOG_DEBUG);
+	} else if (!strcmp(opt, "rw")) {
+		return -EROFS;
+	} else {
+		if (!strcmp(opt, "allow_other"))
+			qf_buf_adds(&mo->fuse, ",default_permissions");
+		qf_buf_addf(&mo->fuse, ",%s%s%s", opt, val ? "=" : "",
+			    val ? val : "");
+	}
+	return 0;
+}
+
+static int parse_o(struct mount_opts *mo, char *list)
+{
+	char *save = NULL;
+	char *opt;
+
+	for (opt = strtok_r(list, ",", &save); opt;
+	     opt = strtok_r(NULL, ",", &save)) {
+		if (take_option(mo, opt) < 0) {
+			fprintf(stderr, "quantfs: invalid mount option '%s'\n",
+				opt);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static int run_session(struct mount_opts *mo, const char *mnt, struct qf_fs *fs)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_loop_config *cfg;
+	struct fuse_session *se;
+	int ret = 1;
+
+	fuse_opt_add_arg(&args, "quantfs");
+	fuse_opt_add_arg(&args, "-o");
+	fuse_opt_add_arg(&args, mo->fuse.data);
+	if (mo->debug)
+		fuse_opt_add_arg(&args, "-d");
+	se = fuse_session_new(&args, qf_fs_ops(), sizeof(*qf_fs_ops()), fs);
+	if (!se)
+		goto out_args;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_session;
+	if (fuse_session_mount(se, mnt) != 0)
+		goto out_signals;
+	qf_info("mounted %zu model(s) on %s", qf_fs_model_count(fs), mnt);
+	if (!mo->foreground)
+		qf_log_set_syslog(true);
+	fuse_daemonize(mo->foreground);
+	cfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_max_threads(cfg, (unsigned)mo->threads);
+	fuse_loop_cfg_set_idle_threads(cfg, 4);
+	ret = fuse_session_loop_mt(se, cfg) ? 1 : 0;
+	fuse_loop_cfg_destroy(cfg);
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_session:
+	fuse_session_destroy(se);
+out_args:
+	fuse_opt_free_args(&args);
+	return ret;
+}
+
+static int cmd_mount(int argc, char **argv)
+{
+	struct mount_opts mo = { 0 };
+	const char *pos[2];
+	struct qf_fs *fs;
+	int npos = 0, i, ret;
+
+	mo.threads = 16;
+	qf_buf_addf(&mo.fuse, "ro,fsname=quantfs,subtype=quantfs");
+	for (i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-f")) {
+			mo.foreground = true;
+		} else if (!strcmp(argv[i], "-d")) {
+			mo.foreground = mo.debug = true;
+		} else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+			if (parse_o(&mo, argv[++i]) < 0)
+				return 2;
+		} else if (!strncmp(argv[i], "-o", 2) && argv[i][2]) {
+			if (parse_o(&mo, argv[i] + 2) < 0)
+				return 2;
+		} else if (argv[i][0] == '-' || npos == 2) {
+			fprintf(stderr, "quantfs: unexpected argument '%s'\n",
+				argv[i]);
+			usage(stderr);
+			return 2;
+		} else {
+			pos[npos++] = argv[i];
+		}
+	}
+	if (npos != 2) {
+		usage(stderr);
+		return 2;
+	}
+	mo.fs.src = pos[0];
+	ret = qf_fs_new(&mo.fs, &fs);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: cannot serve '%s': %s\n", pos[0],
+			qf_strerror(ret));
+		qf_buf_release(&mo.fuse);
+		return 1;
+	}
+	ret = run_session(&mo, pos[1], fs);
+	qf_fs_free(fs);
+	qf_buf_release(&mo.fuse);
+	return ret;
+}
+
+static int cmd_umount(int argc, char **argv)
+{
+	pid_t pid;
+	int status;
+
+	if (argc != 2) {
+		usage(stderr);
+		return 2;
+	}
+	if (geteuid() == 0) {
+		if (umount2(argv[1], 0) == 0)
+			return 0;
+		fprintf(stderr, "quantfs: cannot unmount '%s': %s\n", argv[1],
+			strerror(errno));
+		return 1;
+	}
+	pid = fork();
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", argv[1],
+		       (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) < 0)
+		return 1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
+static int cmd_mkmodel(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "hidden", required_argument, NULL, 'h' },
+		{ "inter", required_argument, NULL, 'i' },
+		{ "layers", required_argument, NULL, 'l' },
+		{ "heads", required_argument, NULL, 'a' },
+		{ "kv-heads", required_argument, NULL, 'k' },
+		{ "vocab", required_argument, NULL, 'v' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "dtype", required_argument, NULL, 't' },
+		{ "tie", no_argument, NULL, 'T' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct qf_mkmodel_opts o;
+	int c, ret;
+
+	qf_mkmodel_defaults(&o);
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 'h': o.hidden = atoi(optarg); break;
+		case 'i': o.inter = atoi(optarg); break;
+		case 'l': o.layers = atoi(optarg); break;
+		case 'a': o.heads = atoi(optarg); break;
+		case 'k': o.kv_heads = atoi(optarg); break;
+		case 'v': o.vocab = atoi(optarg); break;
+		case 's': o.seed = strtoull(optarg, NULL, 0); break;
+		case 'T': o.tie = true; break;
+		case 't':
+			if (!strcmp(optarg, "bf16"))
+				o.dtype = QF_DT_BF16;
+			else if (!strcmp(optarg, "f16"))
+				o.dtype = QF_DT_F16;
+			else if (!strcmp(optarg, "f32"))
+				o.dtype = QF_DT_F32;
+			else
+				o.dtype = QF_DT_COUNT;
+			break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc - 1) {
+		usage(stderr);
+		return 2;
+	}
+	ret = qf_mkmodel_write(argv[optind], &o);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: mkmodel '%s': %s\n", argv[optind],
+			ret == -EINVAL ? "invalid shape options" :
+					 qf_strerror(ret));
+		return 1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		exit(2);
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+		usage(stdout);
+		exit(0);
+	}
+	if (!strcmp(argv[1], "--version")) {
+		printf("quantfs %s\n", QF_VERSION);
+		exit(0);
+	}
+	if (!strcmp(argv[1], "mount"))
+		exit(cmd_mount(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "umount"))
+		exit(cmd_umount(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "mkmodel"))
+		exit(cmd_mkmodel(argc - 1, argv + 1));
+	fprintf(stderr, "quantfs: unknown command '%s'\n", argv[1]);
+	usage(stderr);
+	exit(2);
+}

@@ -1,0 +1,366 @@
+/*
+ * quant.h - the public interface of quant/: model I/O and the math.
+ *
+ * Safetensors reader (mmap, bounds-checked) and planner/writer, model
+ * directories (config.json, single or sharded safetensors, fingerprint),
+ * the variant-name grammar, the quantizers and their packers, and the
+ * description of a variant's output tensors.
+ *
+ * No FUSE and no LMDB here: fs/ and cache/ build on this.
+ */
+#ifndef QF_QUANT_H
+#define QF_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "common.h"
+
+/* ------------------------------------------------------------------ */
+/* dtypes                                                             */
+
+enum qf_dtype {
+	QF_DT_BOOL,
+	QF_DT_U8,
+	QF_DT_I8,
+	QF_DT_I16,
+	QF_DT_U16,
+	QF_DT_F16,
+	QF_DT_BF16,
+	QF_DT_I32,
+	QF_DT_U32,
+	QF_DT_F32,
+	QF_DT_F64,
+	QF_DT_I64,
+	QF_DT_U64,
+	QF_DT_COUNT,
+};
+
+size_t qf_dtype_size(enum qf_dtype dt);		/* bytes per element */
+const char *qf_dtype_name(enum qf_dtype dt);	/* "BF16", ... */
+/* 0, or QF_EFORMAT when s names no dtype we know. */
+int qf_dtype_parse(const char *s, enum qf_dtype *out);
+
+float qf_bf16_to_f32(uint16_t h);
+uint16_t qf_f32_to_bf16(float f);		/* round to nearest even */
+float qf_f16_to_f32(uint16_t h);
+uint16_t qf_f32_to_f16(float f);		/* round to nearest even */
+/*
+ * Convert n elements of a floating tensor (F16, BF16, F32) to f32.
+ * Returns 0, QF_EUNSUPPORTED for other dtypes.
+ */
+int qf_to_f32(enum qf_dtype dt, const void *src, size_t n, float *dst);
+
+/* ------------------------------------------------------------------ */
+/* safetensors                                                        */
+
+#define QF_ST_MAX_DIMS 8
+#define QF_ST_MAX_HEADER 100000000ULL	/* as the reference reader */
+
+struct qf_st_tensor {
+	char *name;			/* owned by the header */
+	enum qf_dtype dtype;
+	int ndim;
+	int64_t shape[QF_ST_MAX_DIMS];
+	uint64_t begin;			/* byte offset inside the data area */
+	uint64_t nbytes;		/* end - begin */
+};
+
+struct qf_st_header {
+	struct qf_st_tensor *t;		/* sorted by name */
+	size_t n;			/* tensor count */
+	uint64_t header_len;		/* N: JSON bytes after the 8-byte length */
+	uint64_t data_off;		/* 8 + N: file offset of the data area */
+	uint64_t data_len;		/* bytes of the data area */
+	char *metadata;			/* "__metadata__" as JSON text, or NULL */
+};
+
+/*
+ * Parse and validate a safetensors header.  buf holds the first avail bytes
+ * of a file of file_len bytes (avail >= 8 + N is needed, else QF_EFORMAT).
+ * Checks: N bounded and inside the file, UTF-8/JSON, known dtypes, shape
+ * and dtype size agree with the byte span, spans sorted by offset start at
+ * 0, leave no hole and no overlap, and end exactly at the file end; no
+ * duplicate names.  On failure *why (if given) points to a static message.
+ * Returns 0, QF_EFORMAT or -ENOMEM.  Free with qf_st_header_free().
+ */
+int qf_st_parse(const void *buf, size_t avail, uint64_t file_len,
+		struct qf_st_header *out, const char **why);
+void qf_st_header_free(struct qf_st_header *h);
+/* Binary search by name; NULL when absent. */
+const struct qf_st_tensor *qf_st_find(const struct qf_st_header *h,
+				      const char *name);
+uint64_t qf_st_numel(const struct qf_st_tensor *t);
+
+/* An open, mmapped safetensors file. */
+struct qf_st_file {
+	char *path;
+	int fd;
+	const uint8_t *map;		/* whole file, PROT_READ */
+	uint64_t size;			/* file size at open */
+	struct stat st;			/* at open: size and mtime for staleness */
+	struct qf_st_header hdr;
+};
+
+/*
+ * Open and validate path.  Caller owns *out; free with qf_st_close().
+ * Returns 0, -errno, QF_EFORMAT (message logged with the path), -ENOMEM.
+ */
+int qf_st_open(const char *path, struct qf_st_file **out);
+void qf_st_close(struct qf_st_file *f);
+/* Pointer to t's bytes inside the map (borrowed, valid until close). */
+const void *qf_st_data(const struct qf_st_file *f,
+		       const struct qf_st_tensor *t);
+/* True when the file on disk still has the size and mtime seen at open. */
+bool qf_st_unchanged(const struct qf_st_file *f);
+
+/*
+ * Planner: lay out a safetensors file ahead of time.  Sorts e[] the way the
+ * reference writer does (descending dtype alignment, then name), assigns
+ * begin offsets, and writes the 8-byte length + JSON header (with
+ * "__metadata__": {"format": "pt"} plus the given string pairs, padded with
+ * spaces to a multiple of 8) into hdr.  The file is hdr->len + total bytes.
+ * Returns 0, -EINVAL (bad entry, duplicate name), -ENOMEM.
+ */
+struct qf_st_plan_entry {
+	const char *name;		/* borrowed */
+	enum qf_dtype dtype;
+	int ndim;
+	int64_t shape[QF_ST_MAX_DIMS];
+	uint64_t begin;			/* OUT: offset in the data area */
+	uint64_t nbytes;		/* OUT: numel * dtype size */
+	void *user;			/* caller's cookie, carried along */
+};
+int qf_st_plan(struct qf_st_plan_entry *e, size_t n,
+	       const char *const *meta_kv, size_t n_meta,
+	       struct qf_buf *hdr, uint64_t *total);
+
+/* ------------------------------------------------------------------ */
+/* variant names (DESIGN.md section 2; man quantfs-variants(7))        */
+
+enum qf_method {
+	QF_METHOD_RTN,
+	QF_METHOD_GPTQ,
+	QF_METHOD_AWQ,
+	QF_METHOD_BRECQ,
+	QF_METHOD_MIXED_STATIC,
+	QF_METHOD_MIXED_DYN,
+	QF_METHOD_MIXED_BUDGET,
+	QF_METHOD_KQUANT,
+};
+
+enum {
+	QF_SPEC_ACT = 1u << 0,		/* gptq: act-order (desc_act) */
+	QF_SPEC_STATIC = 1u << 1,	/* gptq: static groups (needs act) */
+	QF_SPEC_SYM = 1u << 2,		/* symmetric grid */
+	QF_SPEC_REFLIP = 1u << 3,	/* awq: GQA ReFlip refinement */
+	QF_SPEC_FAKE = 1u << 4,		/* dequantized, source dtype */
+};
+
+#define QF_SPEC_CALIB_MAX 64
+
+struct qf_spec {
+	enum qf_method method;
+	int bits;		/* weight bits; MLP bits for brecq; kquant bits */
+	int group;		/* 32/64/128, -1 = per channel, 0 = n/a */
+	int attn_bits;		/* brecq: attention bits; 0 = n/a */
+	int head_bits;		/* brecq: lm_head bits, 16 = fp16 (default) */
+	int avg_bits_x100;	/* mixed_b: average bits x 100 */
+	char kq_size;		/* kquant: 'S', 'M', 'L' or 0 */
+	unsigned flags;		/* QF_SPEC_* */
+	char calib[QF_SPEC_CALIB_MAX + 1]; /* "" = default set */
+};
+
+/*
+ * Parse a variant name.  Only canonical spellings parse, so
+ * print(parse(s)) == s for every accepted s.  Pure function.
+ * Returns 0 or QF_ESPEC with *why (if given) naming the problem.
+ */
+int qf_spec_parse(const char *name, struct qf_spec *out, const char **why);
+/* Canonical name into out.  Returns its length, or -ENOSPC. */
+int qf_spec_print(const struct qf_spec *s, char *out, size_t cap);
+/* Method needs calibration data (gptq, awq, brecq, mixed_dyn/budget). */
+bool qf_spec_is_calibrated(const struct qf_spec *s);
+const char *qf_method_name(enum qf_method m);
+
+/* ------------------------------------------------------------------ */
+/* model directories                                                  */
+
+struct qf_model_tensor {
+	const char *name;		/* borrowed from the shard's header */
+	struct qf_st_file *shard;	/* the file holding it */
+	const struct qf_st_tensor *t;
+};
+
+struct qf_model {
+	char *dir;			/* source directory, absolute */
+	struct qf_buf config_text;	/* config.json bytes */
+	void *config;			/* cJSON *, parsed config.json */
+	struct qf_st_file **shard;	/* weight files, sorted by name */
+	size_t nshard;
+	struct qf_model_tensor *t;	/* every tensor, sorted by name */
+	size_t nt;
+	enum qf_dtype dtype;		/* dominant floating dtype */
+	uint64_t weight_bytes;		/* bytes of all tensors */
+	uint8_t fp[32];			/* source fingerprint */
+	char fp_hex[65];
+};
+
+/*
+ * Open a Hugging Face model directory: config.json (an object, at most
+ * 4 MiB) and model.safetensors or the shards that
+ * model.safetensors.index.json names (each validated; a tensor named by
+ * the index must be in its shard; no tensor in two shards).
+ * The fingerprint is SHA-256 over the config.json bytes and, per shard in
+ * name order, its name, size, mtime (ns) and the SHA-256 of its header:
+ * changing any weight byte through the filesystem changes the mtime, and
+ * a mount never hashes gigabytes of weights.
+ * Caller owns *out; free with qf_model_close().
+ * Returns 0, -errno, QF_EFORMAT (reason logged), -ENOMEM.
+ */
+int qf_model_open(const char *dir, struct qf_model **out);
+void qf_model_close(struct qf_model *m);
+const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
+					    const char *name);
+/* True when every shard and config.json are unchanged on disk. */
+bool qf_model_unchanged(const struct qf_model *m);
+/* Integer from config.json, or def when absent / not a number. */
+long qf_model_cfg_int(const struct qf_model *m, const char *key, long def);
+/*
+ * Read t as f32 into dst (numel floats), checking the shard is unchanged
+ * first (a truncated source would SIGBUS the mmap) and every value is
+ * finite.  Returns 0, QF_ECORRUPT, QF_ENUMERIC, QF_EUNSUPPORTED.
+ */
+int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst);
+
+/* ------------------------------------------------------------------ */
+/* RTN and the GPTQ checkpoint packing                                */
+
+/*
+ * Quantization grid of one output row, GPTQ conventions: asymmetric uses
+ * [min(w,0), max(w,0)] with zero = round(-min/scale); symmetric uses
+ * zero = 2^(bits-1) and scale = 2 max|w| / maxq.  Scales are rounded to
+ * fp16 (what the checkpoint stores) before rounding weights, so the served
+ * values dequantize exactly to scale * (q - zero).  Asymmetric zeros are
+ * kept >= 1 because the "gptq" (v1) checkpoint stores zero - 1.
+ */
+struct qf_qparams {
+	int bits;			/* 2, 3, 4, 8 */
+	int group;			/* columns per group; >= in = one group */
+	bool sym;
+};
+
+/* Groups of a row of in columns. */
+static inline int64_t qf_ngroups(int64_t in, int group)
+{
+	return group <= 0 || group >= in ? 1 : (in + group - 1) / group;
+}
+
+/*
+ * Round-to-nearest quantization of w (rows x in, row-major: the nn.Linear
+ * [out, in] layout) into q (rows x in), scale/zero (rows x ngroups).
+ * Returns 0 or QF_ENUMERIC (a scale does not fit fp16).
+ */
+int qf_rtn_quantize(const float *w, int64_t rows, int64_t in,
+		    const struct qf_qparams *p, uint8_t *q, uint16_t *scale_f16,
+		    int32_t *zero);
+/* Scalar reference of the same, written plainly; for tests. */
+int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
+			const struct qf_qparams *p, uint8_t *q,
+			uint16_t *scale_f16, int32_t *zero);
+
+/* True when bits packs [in, out] into GPTQ qweight/qzeros words. */
+bool qf_gptq_packable(int bits, int64_t in, int64_t out);
+/*
+ * qweight (in * bits / 32, out) from q (out x in); qzeros (ngroups,
+ * out * bits / 32) from zero (out x ngroups), storing zero - 1 (v1).
+ */
+void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
+			  int bits, uint32_t *qweight);
+void qf_gptq_pack_qzeros(const int32_t *zero, int64_t out, int64_t ngroups,
+			 int bits, uint32_t *qzeros);
+/* Inverse of the above (tests, and _fake re-use). */
+void qf_gptq_unpack_qweight(const uint32_t *qweight, int64_t out, int64_t in,
+			    int bits, uint8_t *q);
+
+/* ------------------------------------------------------------------ */
+/* variants: the output tensors of (model, spec) and their production  */
+
+#define QF_VT_PASSTHROUGH UINT32_MAX
+
+struct qf_vtensor {
+	char *name;			/* output tensor name */
+	enum qf_dtype dtype;
+	int ndim;
+	int64_t shape[2];
+	uint32_t group;			/* producing group, or PASSTHROUGH */
+	const struct qf_model_tensor *src; /* passthrough source */
+};
+
+struct qf_vgroup {
+	const struct qf_model_tensor *w; /* source linear weight */
+	uint32_t first;			/* its output tensors: first.. */
+	uint32_t n;			/*  ..first + n - 1 in v->t */
+	struct qf_qparams qp;
+	uint64_t src_bytes;		/* source bytes consumed */
+};
+
+struct qf_variant {
+	struct qf_model *m;		/* borrowed */
+	struct qf_spec spec;
+	char name[128];			/* canonical spelling */
+	struct qf_vtensor *t;		/* output tensors, any order */
+	size_t nt;
+	struct qf_vgroup *g;		/* production units */
+	size_t ng;
+	struct qf_buf skipped;		/* JSON array text of kept layers */
+	size_t nskipped;
+};
+
+/*
+ * Describe the variant: output tensors with exact shapes, production
+ * groups.  Nothing is quantized.  Returns 0, QF_EUNSUPPORTED (method not
+ * in this build), -ENOMEM.  Free with qf_variant_free().
+ */
+int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
+		    struct qf_variant **out);
+void qf_variant_free(struct qf_variant *v);
+/*
+ * Produce group gi: out[k] receives the bytes of tensor v->t[first + k]
+ * (caller allocates numel * dtype size each).  *err_rel (if given) gets
+ * the relative squared weight error sum((w - deq)^2) / sum(w^2).
+ * Returns 0, QF_ECORRUPT, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
+		       double *err_rel);
+uint64_t qf_vtensor_bytes(const struct qf_vtensor *t);
+/* config.json: the source's plus "quantization_config". */
+int qf_variant_config(const struct qf_variant *v, struct qf_buf *out);
+/* quantization.json: method, parameters, hashes, per-layer layout. */
+int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out);
+
+/* ------------------------------------------------------------------ */
+/* generated models (the embedded demo and test fixtures)             */
+
+struct qf_mkmodel_opts {
+	int hidden;			/* hidden_size */
+	int inter;			/* intermediate_size */
+	int layers;			/* num_hidden_layers */
+	int heads;			/* num_attention_heads */
+	int kv_heads;			/* num_key_value_heads */
+	int vocab;			/* >= 259: 256 bytes + 3 specials */
+	uint64_t seed;
+	enum qf_dtype dtype;		/* BF16, F16 or F32 */
+	bool tie;			/* tie_word_embeddings */
+};
+void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
+/*
+ * Write config.json, generation_config.json, tokenizer.json (byte-level
+ * BPE), tokenizer_config.json and model.safetensors into dir (created if
+ * needed), deterministically from o->seed.  Returns 0, -errno, -EINVAL.
+ */
+int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
+
+#endif /* QF_QUANT_H */

@@ -1,0 +1,322 @@
+/*
+ * variant.c - what a variant of a model consists of, and producing it.
+ *
+ * qf_variant_init() decides, from shapes alone, every output tensor with
+ * its exact size, so the file assembler can publish the file size before
+ * anything is quantized.  qf_variant_produce() computes one production
+ * group (one source linear): GPTQ checkpoint tensors, or for _fake the
+ * dequantized weight in the source dtype.
+ *
+ * Which tensors are quantized: 2-D floating ".weight" tensors except
+ * embeddings, lm_head and norms.  A linear whose shape the packing cannot
+ * express (e.g. 3 bits needs both dims divisible by 32) stays in the
+ * source dtype, is listed in quantization.json and is excluded in the
+ * config with a GPTQModel/vLLM "dynamic" negative override.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static bool is_float(enum qf_dtype dt)
+{
+	return dt == QF_DT_F16 || dt == QF_DT_BF16 || dt == QF_DT_F32;
+}
+
+/* A 2-D linear weight that quantization applies to. */
+static bool is_linear(const struct qf_model_tensor *mt)
+{
+	const char *n = mt->name;
+	size_t len = strlen(n);
+
+	return mt->t->ndim == 2 && is_float(mt->t->dtype) && len > 7 &&
+	       !strcmp(n + len - 7, ".weight") && !strstr(n, "embed") &&
+	       !strstr(n, "lm_head") && !strstr(n, "norm") &&
+	       !strstr(n, "wte") && !strstr(n, "wpe");
+}
+
+uint64_t qf_vtensor_bytes(const struct qf_vtensor *t)
+{
+	uint64_t n = qf_dtype_size(t->dtype);
+	int i;
+
+	for (i = 0; i < t->ndim; i++)
+		n *= (uint64_t)t->shape[i];
+	return n;
+}
+
+static int add_tensor(struct qf_variant *v, size_t *cap, const char *prefix,
+		      const char *suffix, enum qf_dtype dt, int64_t d0,
+		      int64_t d1, uint32_t group)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_vtensor *t;
+
+	if (v->nt == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+
+		t = realloc(v->t, nc * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		v->t = t;
+		*cap = nc;
+	}
+	if (qf_buf_addf(&b, "%s%s", prefix, suffix) < 0)
+		return -ENOMEM;
+	t = &v->t[v->nt++];
+	memset(t, 0, sizeof(*t));
+	t->name = qf_buf_detach(&b, NULL);
+	t->dtype = dt;
+	t->ndim = d1 < 0 ? 1 : 2;
+	t->shape[0] = d0;
+	t->shape[1] = d1 < 0 ? 0 : d1;
+	t->group = group;
+	return 0;
+}
+
+static int note_skip(struct qf_variant *v, const char *name,
+		     const char *reason)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *s;
+	int ret;
+
+	if (!o)
+		return -ENOMEM;
+	cJSON_AddStringToObject(o, "name", name);
+	cJSON_AddStringToObject(o, "reason", reason);
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return -ENOMEM;
+	ret = qf_buf_addf(&v->skipped, "%s%s", v->nskipped ? "," : "", s);
+	free(s);
+	v->nskipped++;
+	return ret;
+}
+
+/* Output tensors of one quantized linear; prefix is name minus .weight. */
+static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
+		      const struct qf_model_tensor *mt)
+{
+	int64_t out = mt->t->shape[0];
+	int64_t in = mt->t->shape[1];
+	const struct qf_spec *s = &v->spec;
+	struct qf_vgroup *g;
+	char prefix[4096];
+	uint32_t gi = (uint32_t)v->ng;
+	int64_t ng;
+	int ret;
+
+	snprintf(prefix, sizeof(prefix), "%.*s", (int)(strlen(mt->name) - 7),
+		 mt->name);
+	if (v->ng == *gcap) {
+		size_t nc = *gcap ? *gcap * 2 : 32;
+
+		g = realloc(v->g, nc * sizeof(*g));
+		if (!g)
+			return -ENOMEM;
+		v->g = g;
+		*gcap = nc;
+	}
+	g = &v->g[v->ng++];
+	memset(g, 0, sizeof(*g));
+	g->w = mt;
+	g->first = (uint32_t)v->nt;
+	g->qp.bits = s->bits;
+	g->qp.group = s->group < 0 ? 0 : s->group;
+	g->qp.sym = s->flags & QF_SPEC_SYM;
+	g->src_bytes = mt->t->nbytes;
+	ng = qf_ngroups(in, g->qp.group);
+	if (s->flags & QF_SPEC_FAKE) {
+		ret = add_tensor(v, cap, prefix, ".weight", mt->t->dtype, out,
+				 in, gi);
+	} else {
+		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32,
+				 in * s->bits / 32, out, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".qzeros", QF_DT_I32,
+					 ng, out * s->bits / 32, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".scales", QF_DT_F16,
+					 ng, out, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".g_idx", QF_DT_I32,
+					 in, -1, gi);
+	}
+	g->n = (uint32_t)(v->nt - g->first);
+	return ret;
+}
+
+int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
+		    struct qf_variant **out)
+{
+	struct qf_variant *v;
+	size_t cap = 0, gcap = 0;
+	size_t i;
+	int ret;
+
+	if (spec->method != QF_METHOD_RTN)
+		return QF_EUNSUPPORTED;
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->m = m;
+	v->spec = *spec;
+	ret = qf_spec_print(spec, v->name, sizeof(v->name));
+	if (ret < 0)
+		goto out_free;
+	for (i = 0; i < m->nt; i++) {
+		const struct qf_model_tensor *mt = &m->t[i];
+
+		if (!is_linear(mt)) {
+			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
+					 0, 0, QF_VT_PASSTHROUGH);
+			if (ret < 0)
+				goto out_free;
+			v->t[v->nt - 1].src = mt;
+			v->t[v->nt - 1].ndim = mt->t->ndim;
+			memcpy(v->t[v->nt - 1].shape, mt->t->shape,
+			       sizeof(v->t[v->nt - 1].shape));
+			continue;
+		}
+		if (!qf_gptq_packable(spec->bits, mt->t->shape[1],
+				      mt->t->shape[0])) {
+			ret = note_skip(v, mt->name, spec->bits == 3 ?
+					"3-bit packing needs in and out "
+					"divisible by 32" :
+					"packing needs in and out divisible "
+					"by 32 / bits");
+			if (!ret)
+				ret = add_tensor(v, &cap, mt->name, "",
+						 mt->t->dtype, 0, 0,
+						 QF_VT_PASSTHROUGH);
+			if (ret < 0)
+				goto out_free;
+			v->t[v->nt - 1].src = mt;
+			v->t[v->nt - 1].ndim = 2;
+			v->t[v->nt - 1].shape[0] = mt->t->shape[0];
+			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
+			continue;
+		}
+		ret = add_linear(v, &cap, &gcap, mt);
+		if (ret < 0)
+			goto out_free;
+	}
+	*out = v;
+	return 0;
+
+out_free:
+	qf_variant_free(v);
+	return ret;
+}
+
+void qf_variant_free(struct qf_variant *v)
+{
+	size_t i;
+
+	if (!v)
+		return;
+	for (i = 0; i < v->nt; i++)
+		free(v->t[i].name);
+	free(v->t);
+	free(v->g);
+	qf_buf_release(&v->skipped);
+	free(v);
+}
+
+/* Dequantize q into dst in the source dtype; returns sum((w - deq)^2). */
+static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
+		      const int32_t *zero, int64_t out, int64_t in, int64_t ng,
+		      int64_t gs, enum qf_dtype dt, void *dst)
+{
+	double err = 0;
+	int64_t r, j;
+
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++) {
+			int64_t k = r * ng + j / gs;
+			float d = qf_f16_to_f32(sc[k]) *
+				  (float)((int32_t)q[r * in + j] - zero[k]);
+
+			if (dt == QF_DT_BF16) {
+				((uint16_t *)dst)[r * in + j] = qf_f32_to_bf16(d);
+				d = qf_bf16_to_f32(((uint16_t *)dst)[r * in + j]);
+			} else if (dt == QF_DT_F16) {
+				((uint16_t *)dst)[r * in + j] = qf_f32_to_f16(d);
+				d = qf_f16_to_f32(((uint16_t *)dst)[r * in + j]);
+			} else if (dst) {
+				((float *)dst)[r * in + j] = d;
+			}
+			err += ((double)w[r * in + j] - d) *
+			       ((double)w[r * in + j] - d);
+		}
+	return err;
+}
+
+int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
+		       double *err_rel)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	int64_t rows = g->w->t->shape[0];
+	int64_t in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t gs = ng == 1 ? in : g->qp.group;
+	uint16_t *sc = NULL;
+	int32_t *zero = NULL;
+	uint8_t *q = NULL;
+	float *w;
+	double err, norm = 0;
+	int64_t j;
+	int ret;
+
+	w = malloc((size_t)(rows * in) * sizeof(*w));
+	q = malloc((size_t)(rows * in));
+	sc = malloc((size_t)(rows * ng) * sizeof(*sc));
+	zero = malloc((size_t)(rows * ng) * sizeof(*zero));
+	if (!w || !q || !sc || !zero) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_model_read_f32(g->w, w);
+	if (ret < 0)
+		goto out_free;
+	ret = qf_rtn_quantize(w, rows, in, &g->qp, q, sc, zero);
+	if (ret < 0) {
+		qf_err("%s: %s: scale out of fp16 range", v->name, g->w->name);
+		goto out_free;
+	}
+	if (v->spec.flags & QF_SPEC_FAKE) {
+		err = dequant(w, q, sc, zero, rows, in, ng, gs,
+			      g->w->t->dtype, out[0]);
+	} else {
+		int64_t r;
+
+		qf_gptq_pack_qweight(q, rows, in, g->qp.bits, out[0]);
+		qf_gptq_pack_qzeros(zero, rows, ng, g->qp.bits, out[1]);
+		/* scales are [groups, out]: transpose from [out, groups] */
+		for (r = 0; r < rows; r++)
+			for (j = 0; j < ng; j++)
+				((uint16_t *)out[2])[j * rows + r] =
+					sc[r * ng + j];
+		for (j = 0; j < in; j++)
+			((int32_t *)out[3])[j] = (int32_t)(j / gs);
+		err = err_rel ? dequant(w, q, sc, zero, rows, in, ng, gs,
+					QF_DT_F32, NULL) : 0;
+	}
+	if (err_rel) {
+		for (j = 0; j < rows * in; j++)
+			norm += (double)w[j] * w[j];
+		*err_rel = norm > 0 ? err / norm : 0;
+	}
+	ret = 0;
+out_free:
+	free(w);
+	free(q);
+	free(sc);
+	free(zero);
+	return ret;
+}

@@ -1,0 +1,163 @@
+/*
+ * variant_json.c - the small generated files of a variant directory:
+ * config.json (the source's, plus "quantization_config" in the form
+ * transformers' GPTQConfig and GPTQModel read) and quantization.json
+ * (what was done, to which layers, from which source).
+ */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static int emit(cJSON *root, struct qf_buf *out)
+{
+	char *s = cJSON_Print(root);
+	int ret;
+
+	cJSON_Delete(root);
+	if (!s)
+		return -ENOMEM;
+	qf_buf_reset(out);
+	ret = qf_buf_adds(out, s);
+	if (!ret)
+		ret = qf_buf_adds(out, "\n");
+	free(s);
+	return ret;
+}
+
+/* Escape a tensor prefix as an anchored regular expression. */
+static void regex_of(const char *name, struct qf_buf *b)
+{
+	size_t n = strlen(name) - 7;	/* drop ".weight" */
+	size_t i;
+
+	qf_buf_adds(b, "-:^");
+	for (i = 0; i < n; i++) {
+		if (strchr(".^$*+?()[]{}|\\", name[i]))
+			qf_buf_add(b, "\\", 1);
+		qf_buf_add(b, &name[i], 1);
+	}
+	qf_buf_adds(b, "$");
+}
+
+/* The layers kept in the source dtype, as a JSON array. */
+static cJSON *skipped_list(const struct qf_variant *v)
+{
+	struct qf_buf arr = QF_BUF_INIT;
+	cJSON *o = NULL;
+
+	if (qf_buf_addf(&arr, "[%s]", v->skipped.data ? v->skipped.data : "")
+	    == 0)
+		o = cJSON_ParseWithLength(arr.data, arr.len);
+	qf_buf_release(&arr);
+	return o ? o : cJSON_CreateArray();
+}
+
+static cJSON *quant_config(const struct qf_variant *v)
+{
+	const struct qf_spec *s = &v->spec;
+	cJSON *qc = cJSON_CreateObject();
+	cJSON *meta;
+	cJSON *skipped;
+	cJSON *it;
+
+	cJSON_AddStringToObject(qc, "quant_method", "gptq");
+	cJSON_AddNumberToObject(qc, "bits", s->bits);
+	cJSON_AddNumberToObject(qc, "group_size", s->group);
+	cJSON_AddBoolToObject(qc, "desc_act", s->flags & QF_SPEC_ACT);
+	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
+	cJSON_AddBoolToObject(qc, "static_groups", s->flags & QF_SPEC_STATIC);
+	cJSON_AddBoolToObject(qc, "true_sequential", true);
+	cJSON_AddStringToObject(qc, "checkpoint_format", "gptq");
+	meta = cJSON_AddObjectToObject(qc, "meta");
+	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
+	cJSON_AddStringToObject(meta, "method", qf_method_name(s->method));
+	cJSON_AddStringToObject(meta, "variant", v->name);
+	if (!v->nskipped)
+		return qc;
+	/* GPTQModel / vLLM per-module override: "-:" = not quantized */
+	skipped = skipped_list(v);
+	meta = cJSON_AddObjectToObject(qc, "dynamic");
+	cJSON_ArrayForEach(it, skipped) {
+		struct qf_buf re = QF_BUF_INIT;
+		cJSON *n = cJSON_GetObjectItem(it, "name");
+
+		regex_of(n->valuestring, &re);
+		if (re.data)
+			cJSON_AddItemToObject(meta, re.data,
+					      cJSON_CreateObject());
+		qf_buf_release(&re);
+	}
+	cJSON_Delete(skipped);
+	return qc;
+}
+
+int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
+{
+	cJSON *root = cJSON_Duplicate(v->m->config, true);
+
+	if (!root)
+		return -ENOMEM;
+	cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
+	if (!(v->spec.flags & QF_SPEC_FAKE))
+		cJSON_AddItemToObject(root, "quantization_config",
+				      quant_config(v));
+	return emit(root, out);
+}
+
+int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out)
+{
+	const struct qf_spec *s = &v->spec;
+	uint64_t src = 0, dst = 0;
+	cJSON *root = cJSON_CreateObject();
+	cJSON *o, *layers, *l, *shape;
+	size_t i;
+
+	if (!root)
+		return -ENOMEM;
+	cJSON_AddNumberToObject(root, "format_version", 1);
+	cJSON_AddStringToObject(root, "quantizer", "quantfs " QF_VERSION);
+	cJSON_AddStringToObject(root, "variant", v->name);
+	cJSON_AddStringToObject(root, "method", qf_method_name(s->method));
+	cJSON_AddNumberToObject(root, "bits", s->bits);
+	cJSON_AddNumberToObject(root, "group_size", s->group);
+	cJSON_AddBoolToObject(root, "sym", s->flags & QF_SPEC_SYM);
+	cJSON_AddBoolToObject(root, "fake", s->flags & QF_SPEC_FAKE);
+	cJSON_AddStringToObject(root, "output_format", s->flags & QF_SPEC_FAKE ?
+				"dequantized, source dtype" :
+				"gptq checkpoint (v1: qzeros store zero - 1)");
+	cJSON_AddStringToObject(root, "grid", s->flags & QF_SPEC_SYM ?
+				"symmetric: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1)" :
+				"asymmetric over [min(w,0), max(w,0)], zero = round(-min/scale) kept >= 1; scales rounded to fp16 before the weights");
+	cJSON_AddNullToObject(root, "calibration");
+	o = cJSON_AddObjectToObject(root, "source");
+	cJSON_AddStringToObject(o, "dir", v->m->dir);
+	cJSON_AddStringToObject(o, "fingerprint", v->m->fp_hex);
+	cJSON_AddStringToObject(o, "dtype", qf_dtype_name(v->m->dtype));
+	layers = cJSON_AddArrayToObject(root, "layers");
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_vgroup *g = &v->g[i];
+
+		l = cJSON_CreateObject();
+		cJSON_AddStringToObject(l, "name", g->w->name);
+		shape = cJSON_AddArrayToObject(l, "shape");
+		cJSON_AddItemToArray(shape, cJSON_CreateNumber(
+					(double)g->w->t->shape[0]));
+		cJSON_AddItemToArray(shape, cJSON_CreateNumber(
+					(double)g->w->t->shape[1]));
+		cJSON_AddNumberToObject(l, "bits", g->qp.bits);
+		cJSON_AddNumberToObject(l, "group_size", s->group);
+		cJSON_AddItemToArray(layers, l);
+		src += g->src_bytes;
+	}
+	cJSON_AddItemToObject(root, "kept_in_source_dtype", skipped_list(v));
+	for (i = 0; i < v->nt; i++)
+		dst += qf_vtensor_bytes(&v->t[i]);
+	o = cJSON_AddObjectToObject(root, "bytes");
+	cJSON_AddNumberToObject(o, "source_weights", (double)v->m->weight_bytes);
+	cJSON_AddNumberToObject(o, "quantized_source_weights", (double)src);
+	cJSON_AddNumberToObject(o, "output_tensors", (double)dst);
+	return emit(root, out);
+}

@@ -1,0 +1,124 @@
+"""Helpers for the mount tests: a real quantfs daemon on a temp dir.
+
+Every mount is unmounted in a finally block; a daemon that does not come
+up within the deadline fails the test with its stderr.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+QUANTFS = os.environ.get("QUANTFS", "quantfs")
+SHARED = os.environ.get("QF_SHARED", os.path.join(
+    os.path.dirname(__file__), "..", "..", "..", "shared"))
+
+
+def mounted(mnt):
+    mnt = os.path.realpath(mnt)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == mnt for line in f)
+
+
+class Mount:
+    """quantfs mount SRC MNT -f -o ... as a context manager."""
+
+    def __init__(self, src, mnt=None, cache=None, opts=(), debug=True):
+        self.src = src
+        self.tmp = tempfile.mkdtemp(prefix="qfmnt.")
+        self.mnt = mnt or os.path.join(self.tmp, "mnt")
+        os.makedirs(self.mnt, exist_ok=True)
+        self.cache = cache or os.path.join(self.tmp, "cache")
+        o = ["cache=" + self.cache] + list(opts) + (["debug"] if debug else [])
+        self.log = os.path.join(self.tmp, "daemon.log")
+        self.args = [QUANTFS, "mount", src, self.mnt, "-f", "-o", ",".join(o)]
+        self.proc = None
+
+    def __enter__(self):
+        self.logf = open(self.log, "w")
+        self.proc = subprocess.Popen(self.args, stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not mounted(self.mnt):
+            if self.proc.poll() is not None:
+                raise AssertionError("daemon exited %d: %s" % (
+                    self.proc.returncode, self.stderr()))
+            if time.time() > deadline:
+                self.proc.kill()
+                raise AssertionError("mount did not appear: " + self.stderr())
+            time.sleep(0.02)
+        return self
+
+    def stderr(self):
+        self.logf.flush()
+        with open(self.log) as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None and mounted(self.mnt)
+
+    def umount(self):
+        if self.proc is None:
+            return 0
+        if mounted(self.mnt):
+            subprocess.run([QUANTFS, "umount", self.mnt], check=False)
+        try:
+            rc = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+            subprocess.run(["umount", "-l", self.mnt], check=False)
+        self.proc = None
+        self.logf.close()
+        return rc
+
+    def __exit__(self, *exc):
+        rc = self.umount()
+        if exc[0] is None and rc != 0:
+            raise AssertionError("daemon exit status %d: %s" % (
+                rc, self.stderr()))
+        return False
+
+
+def mkmodel(dest, *args):
+    subprocess.run([QUANTFS, "mkmodel", dest] + [str(a) for a in args],
+                   check=True)
+    return dest
+
+
+def run_tests(module_globals):
+    """Run every test_* function; print 'N passed, N failed, N skipped'."""
+    if not os.path.exists("/dev/fuse"):
+        print("skip: /dev/fuse is absent, no FUSE mount is possible")
+        sys.exit(77)
+    only = sys.argv[1:]
+    passed = failed = skipped = 0
+    for name, fn in sorted(module_globals.items()):
+        if not name.startswith("test_") or not callable(fn):
+            continue
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        try:
+            fn()
+        except SkipTest as e:
+            skipped += 1
+            print("SKIP %s: %s" % (name, e))
+            continue
+        except Exception:
+            failed += 1
+            print("FAIL %s" % name)
+            traceback.print_exc(file=sys.stdout)
+            continue
+        passed += 1
+        print("ok   %s (%.2f s)" % (name, time.time() - t0))
+    line = "%d passed, %d failed" % (passed, failed)
+    if skipped:
+        line += ", %d skipped" % skipped
+    print(line)
+    sys.exit(1 if failed else 0)
+
+
+class SkipTest(Exception):
+    pass

@@ -1,0 +1,460 @@
+"""Integration tests: a real quantfs FUSE mount of generated models.
+
+Checks the namespace, sizes, laziness, the cache across processes, the
+GPTQ checkpoint layout (unpacked by stread.py, independent of quantfs)
+against a numpy reference quantization, and failure behaviour.
+"""
+import errno
+import hashlib
+import json
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+import stread  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest, SHARED  # noqa: E402
+
+WORK = tempfile.mkdtemp(prefix="qftest.")
+SRC = os.path.join(WORK, "models")
+os.makedirs(SRC)
+TINY = mkmodel(os.path.join(SRC, "tiny"))
+# f32, kv width 2*16=32 and an MLP width (84) that 4-bit packing cannot hold
+ODD = mkmodel(os.path.join(SRC, "odd"), "--hidden", 64, "--inter", 84,
+              "--layers", 2, "--heads", 4, "--kv-heads", 2, "--dtype", "f32",
+              "--tie", "--seed", 7)
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def produced(log):
+    return re.findall(r"produced (\S+) in", log)
+
+
+def test_namespace():
+    with Mount(SRC) as m:
+        assert sorted(os.listdir(m.mnt)) == ["odd", "tiny"]
+        ls = os.listdir(os.path.join(m.mnt, "tiny"))
+        for want in ("original", "rtn_w4_g128", "rtn_w4_g128_sym",
+                     "rtn_w8_gc", "rtn_w4_g128_fake"):
+            assert want in ls, ls
+        v = os.path.join(m.mnt, "tiny", "rtn_w4_g128")
+        names = sorted(os.listdir(v))
+        assert names == ["config.json", "generation_config.json",
+                         "model.safetensors", "quantization.json",
+                         "tokenizer.json", "tokenizer_config.json"], names
+        orig = sorted(os.listdir(os.path.join(m.mnt, "tiny", "original")))
+        assert orig == sorted(os.listdir(TINY)), orig
+        # passed-through files are byte-identical
+        for f in ("tokenizer.json", "model.safetensors", "config.json"):
+            assert sha(os.path.join(m.mnt, "tiny", "original", f)) == \
+                sha(os.path.join(TINY, f))
+        assert sha(os.path.join(v, "tokenizer.json")) == \
+            sha(os.path.join(TINY, "tokenizer.json"))
+        # a valid unlisted name resolves
+        assert os.path.isdir(os.path.join(m.mnt, "tiny", "rtn_w2_g64_sym"))
+
+
+def test_invalid_names_enoent():
+    with Mount(SRC) as m:
+        for bad in ("rtn_w5_g128", "rtn_w4", "rtn_w4_g128_sym_sym",
+                    "RTN_w4_g128", "rtn_w4_g128@x", "foo", "..x",
+                    "gptq_w4_g128"):
+            for _ in range(2):  # twice: no negative-entry surprises
+                p = os.path.join(m.mnt, "tiny", bad)
+                assert not os.path.exists(p), bad
+                try:
+                    os.stat(p)
+                    raise AssertionError("stat succeeded: " + bad)
+                except FileNotFoundError:
+                    pass
+        assert not os.path.exists(os.path.join(m.mnt, "nomodel"))
+        assert not os.path.exists(
+            os.path.join(m.mnt, "tiny", "rtn_w4_g128", "nofile"))
+        assert m.alive()
+
+
+def test_erofs():
+    with Mount(SRC) as m:
+        v = os.path.join(m.mnt, "tiny", "rtn_w4_g128")
+        cases = [
+            lambda: open(os.path.join(v, "config.json"), "r+b"),
+            lambda: open(os.path.join(v, "new.txt"), "wb"),
+            lambda: os.mkdir(os.path.join(v, "d")),
+            lambda: os.unlink(os.path.join(v, "config.json")),
+            lambda: os.rename(os.path.join(v, "config.json"),
+                              os.path.join(v, "x.json")),
+            lambda: os.chmod(os.path.join(v, "config.json"), 0o777),
+            lambda: os.truncate(os.path.join(v, "model.safetensors"), 0),
+        ]
+        for i, c in enumerate(cases):
+            try:
+                c()
+                raise AssertionError("write %d succeeded" % i)
+            except OSError as e:
+                assert e.errno == errno.EROFS, (i, e)
+
+
+def test_stat_size_is_bytes_read_and_reads_repeat():
+    with Mount(SRC) as m:
+        for var in ("rtn_w4_g128", "rtn_w3_g128", "rtn_w8_gc",
+                    "rtn_w4_g128_fake", "rtn_w2_g32"):
+            for model in ("tiny", "odd"):
+                p = os.path.join(m.mnt, model, var, "model.safetensors")
+                size = os.stat(p).st_size
+                a = open(p, "rb").read()
+                assert len(a) == size, (model, var, len(a), size)
+                assert hashlib.sha256(a).digest() == \
+                    hashlib.sha256(open(p, "rb").read()).digest()
+                for f in ("config.json", "quantization.json"):
+                    q = os.path.join(m.mnt, model, var, f)
+                    assert len(open(q, "rb").read()) == os.stat(q).st_size
+
+
+def linears_in_pages(hdr, n, lo, hi):
+    """Linears with an output tensor overlapping the pages of [lo, hi)."""
+    lo, hi = lo // 4096 * 4096, -(-hi // 4096) * 4096
+    got = set()
+    for k, v in hdr.items():
+        if k == "__metadata__" or not k.endswith((".qweight", ".qzeros",
+                                                  ".scales", ".g_idx")):
+            continue
+        b, e = v["data_offsets"]
+        if 8 + n + b < hi and 8 + n + e > lo:
+            got.add(k.rsplit(".", 1)[0] + ".weight")
+    return got
+
+
+def read_range(path, off, length):
+    """Read exactly the pages of [off, off + length): no readahead."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return os.pread(fd, length, off)
+    finally:
+        os.close(fd)
+
+
+def test_stat_before_production_and_lazy_range():
+    with Mount(SRC) as m:
+        p = os.path.join(m.mnt, "tiny", "rtn_w4_g64", "model.safetensors")
+        size = os.stat(p).st_size
+        assert produced(m.stderr()) == []      # stat quantized nothing
+        n = struct.unpack("<Q", read_range(p, 0, 8))[0]
+        hdr = json.loads(read_range(p, 0, 8 + n)[8:])
+        assert set(produced(m.stderr())) == linears_in_pages(hdr, n, 0,
+                                                             8 + n)
+        before = len(produced(m.stderr()))
+        # 100 bytes inside one qweight: only the linears on that page
+        b, e = hdr["model.layers.2.mlp.up_proj.qweight"]["data_offsets"]
+        off = 8 + n + b + 3 * 4096 + 17
+        read_range(p, off, 100)
+        got = produced(m.stderr())[before:]
+        assert got == ["model.layers.2.mlp.up_proj.weight"], got
+        # a range spanning several tensors produces exactly those
+        b, e = hdr["model.layers.1.self_attn.k_proj.scales"]["data_offsets"]
+        lo, hi = 8 + n + b - 5000, 8 + n + e + 7000
+        read_range(p, lo, hi - lo)
+        want = linears_in_pages(hdr, n, lo, hi) - set(
+            produced(m.stderr())[:before + 1])
+        assert set(produced(m.stderr())[before + 1:]) == want, want
+        assert len(produced(m.stderr())) < 28
+        assert size == len(open(p, "rb").read())
+        assert len(produced(m.stderr())) == 28
+
+
+def check_rtn(t, src, name, bits, group, sym):
+    """q, scales, zeros equal an independent numpy RTN of W."""
+    W = src[name].astype(np.float32)
+    out_f, in_f = W.shape
+    pre = name[:-len(".weight")]
+    deq, q, z, s, g = stread.gptq_dequant(t, pre, bits, out_f, in_f)
+    gs = in_f if group <= 0 else group
+    assert np.array_equal(g, np.arange(in_f) // gs)
+    maxq = 2 ** bits - 1
+    ng = s.shape[0]
+    assert ng == -(-in_f // gs)
+    for gi in range(ng):
+        blk = W[:, gi * gs:(gi + 1) * gs]
+        lo = np.minimum(blk.min(1), 0)
+        hi = np.maximum(blk.max(1), 0)
+        if sym:
+            mx = np.maximum(-lo, hi)
+            sc = (2 * mx / maxq).astype(np.float32)
+            zz = np.full(out_f, (maxq + 1) // 2)
+        else:
+            sc = ((hi - lo) / maxq).astype(np.float32)
+            zz = np.rint(-lo / sc)
+            bad = zz < 1
+            sc = np.where(bad, hi / (maxq - 1), sc).astype(np.float32)
+            zz = np.where(bad, 1, zz)
+        sc16 = sc.astype(np.float16).astype(np.float32)
+        assert np.array_equal(s[gi], sc16), (name, gi)
+        assert np.array_equal(z[gi], np.minimum(zz, maxq)), (name, gi)
+        qq = np.clip(np.rint(blk / sc16[:, None]) + z[gi][:, None], 0, maxq)
+        assert np.array_equal(q[:, gi * gs:(gi + 1) * gs], qq), (name, gi)
+    # and the reconstruction error is within half a step where not clipped
+    step = s[g].T
+    inside = (q > 0) & (q < maxq)
+    assert np.all(np.abs(W - deq)[inside] <= step[inside] / 2 + 1e-6)
+    return deq
+
+
+def test_gptq_layout_against_numpy_reference():
+    src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
+    with Mount(SRC) as m:
+        for bits in (2, 3, 4, 8):
+            for group in (32, 128, -1):
+                for sym in (False, True):
+                    var = "rtn_w%d_g%s%s" % (bits, "c" if group < 0 else
+                                             group, "_sym" if sym else "")
+                    d = os.path.join(m.mnt, "tiny", var)
+                    t, hdr = stread.read_st(os.path.join(
+                        d, "model.safetensors"))
+                    assert hdr["__metadata__"]["format"] == "pt"
+                    for name in ("model.layers.0.self_attn.k_proj.weight",
+                                 "model.layers.3.mlp.down_proj.weight"):
+                        check_rtn(t, src, name, bits, group, sym)
+                    assert t["model.layers.0.self_attn.q_proj.qweight"] \
+                        .shape == (256 * bits // 32, 256)
+                    qc = json.load(open(os.path.join(d, "config.json")))[
+                        "quantization_config"]
+                    assert qc["quant_method"] == "gptq"
+                    assert qc["bits"] == bits and qc["group_size"] == group
+                    assert qc["sym"] == sym and qc["desc_act"] is False
+                    assert qc["checkpoint_format"] == "gptq"
+                    # untouched tensors pass through bit-exactly
+                    for k in ("model.embed_tokens.weight", "lm_head.weight",
+                              "model.norm.weight"):
+                        assert np.array_equal(t[k], src[k]), k
+
+
+def test_fake_equals_dequantized():
+    src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
+    with Mount(SRC) as m:
+        t, _ = stread.read_st(os.path.join(
+            m.mnt, "tiny", "rtn_w4_g128", "model.safetensors"))
+        f, hdr = stread.read_st(os.path.join(
+            m.mnt, "tiny", "rtn_w4_g128_fake", "model.safetensors"))
+        assert hdr["model.layers.1.mlp.gate_proj.weight"]["dtype"] == "BF16"
+        assert set(f) == set(src)
+        for name in ("model.layers.1.mlp.gate_proj.weight",
+                     "model.layers.2.self_attn.o_proj.weight"):
+            deq = check_rtn(t, src, name, 4, 128, False)
+            # bf16 rounding (round to nearest even) of the dequantized value
+            u = deq.astype(np.float32).view(np.uint32).astype(np.uint64)
+            r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+            want = r.astype(np.uint32).view(np.float32)
+            assert np.array_equal(f[name], want), name
+        cfg = json.load(open(os.path.join(
+            m.mnt, "tiny", "rtn_w4_g128_fake", "config.json")))
+        assert "quantization_config" not in cfg
+
+
+def test_unpackable_layers_stay_in_source_dtype():
+    src, _ = stread.read_st(os.path.join(ODD, "model.safetensors"))
+    with Mount(SRC) as m:
+        d = os.path.join(m.mnt, "odd", "rtn_w4_g32")
+        t, hdr = stread.read_st(os.path.join(d, "model.safetensors"))
+        # gate/up have out=84, down_proj in=84: 84 % 8 != 0
+        name = "model.layers.0.mlp.gate_proj.weight"
+        assert hdr[name]["dtype"] == "F32" and np.array_equal(t[name],
+                                                              src[name])
+        check_rtn(t, src, "model.layers.1.self_attn.v_proj.weight", 4, 32,
+                  False)
+        man = json.load(open(os.path.join(d, "quantization.json")))
+        kept = [k["name"] for k in man["kept_in_source_dtype"]]
+        assert name in kept and len(kept) == 6, kept
+        qc = json.load(open(os.path.join(d, "config.json")))[
+            "quantization_config"]
+        assert "-:^model\\.layers\\.0\\.mlp\\.gate_proj$" in qc["dynamic"]
+        # 3 bits: hidden 64 and the kv width 32 pack, 84 does not
+        t3, _ = stread.read_st(os.path.join(m.mnt, "odd", "rtn_w3_g32",
+                                            "model.safetensors"))
+        check_rtn(t3, src, "model.layers.0.self_attn.k_proj.weight", 3, 32,
+                  False)
+
+
+def test_concurrent_readers_identical():
+    with Mount(SRC) as m:
+        p = os.path.join(m.mnt, "tiny", "rtn_w4_g32", "model.safetensors")
+        res = [None] * 8
+
+        def rd(i):
+            with open(p, "rb") as f:
+                if i % 2:
+                    f.seek(os.stat(p).st_size // 2)
+                    tail = f.read()
+                    f.seek(0)
+                    res[i] = f.read(os.stat(p).st_size - len(tail)) + tail
+                else:
+                    res[i] = f.read()
+        th = [threading.Thread(target=rd, args=(i,)) for i in range(8)]
+        [x.start() for x in th]
+        [x.join() for x in th]
+        assert len(set(hashlib.sha256(r).digest() for r in res)) == 1
+        # single flight: every linear produced once
+        got = produced(m.stderr())
+        assert len(got) == len(set(got)) == 28, got
+
+
+def test_second_process_hits_cache():
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "tiny/rtn_w4_g128_sym/model.safetensors"
+    with Mount(SRC, cache=cache) as m:
+        a = sha(os.path.join(m.mnt, p))
+        assert len(produced(m.stderr())) == 28
+    with Mount(SRC, cache=cache) as m:
+        assert "rtn_w4_g128_sym" in os.listdir(os.path.join(m.mnt, "tiny"))
+        assert sha(os.path.join(m.mnt, p)) == a
+        assert produced(m.stderr()) == [], m.stderr()
+        # a cached variant that is not a preset is listed too
+        sha(os.path.join(m.mnt, "tiny/rtn_w2_g64/model.safetensors"))
+    with Mount(SRC, cache=cache) as m:
+        assert "rtn_w2_g64" in os.listdir(os.path.join(m.mnt, "tiny"))
+        assert "rtn_w2_g64" not in os.listdir(os.path.join(m.mnt, "odd"))
+
+
+def test_changed_source_new_fingerprint_no_stale_bytes():
+    d = mkmodel(os.path.join(WORK, "chg", "m"), "--seed", 3)
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "m/rtn_w4_g128/model.safetensors"
+    with Mount(os.path.dirname(d), cache=cache) as m:
+        a = sha(os.path.join(m.mnt, p))
+        fp1 = json.load(open(os.path.join(m.mnt, "m/rtn_w4_g128/"
+                                          "quantization.json")))["source"]
+        # rewrite the weights in place: same size, other bytes
+        mkmodel(os.path.join(WORK, "chg2"), "--seed", 4)
+        shutil.copyfile(os.path.join(WORK, "chg2", "model.safetensors"),
+                        os.path.join(d, "model.safetensors"))
+        # the open mount never serves stale or mixed bytes: EIO
+        try:
+            open(os.path.join(m.mnt, "m/rtn_w4_g32/model.safetensors"),
+                 "rb").read()
+            raise AssertionError("read of a changed source succeeded")
+        except OSError as e:
+            assert e.errno == errno.EIO
+        assert m.alive()
+    with Mount(os.path.dirname(d), cache=cache) as m:
+        fp2 = json.load(open(os.path.join(m.mnt, "m/rtn_w4_g128/"
+                                          "quantization.json")))["source"]
+        assert fp1["fingerprint"] != fp2["fingerprint"]
+        b = sha(os.path.join(m.mnt, p))
+        assert a != b
+        assert len(produced(m.stderr())) == 28   # nothing came from cache
+
+
+def test_corrupt_sources_eio_daemon_stays_up():
+    root = os.path.join(WORK, "bad")
+    nan = mkmodel(os.path.join(root, "nan"), "--seed", 5)
+    hdr = mkmodel(os.path.join(root, "hdr"), "--seed", 6)
+    good = mkmodel(os.path.join(root, "good"), "--seed", 8)
+    # a NaN inside one linear (header intact)
+    _, h = stread.read_st(os.path.join(nan, "model.safetensors"))
+    with open(os.path.join(nan, "model.safetensors"), "r+b") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        b, _ = h["model.layers.1.mlp.up_proj.weight"]["data_offsets"]
+        f.seek(8 + n + b + 2 * 77)
+        f.write(b"\xc0\x7f")                 # bf16 NaN
+    # a header whose length field points past the end
+    with open(os.path.join(hdr, "model.safetensors"), "r+b") as f:
+        f.write(struct.pack("<Q", 1 << 40))
+    with Mount(root) as m:
+        v = os.path.join(m.mnt, "nan", "rtn_w4_g128", "model.safetensors")
+        try:
+            open(v, "rb").read()
+            raise AssertionError("NaN source served")
+        except OSError as e:
+            assert e.errno == errno.EIO, e
+        assert "non-finite" in m.stderr()
+        try:
+            os.listdir(os.path.join(m.mnt, "hdr", "rtn_w4_g128"))
+            raise AssertionError("broken header served")
+        except OSError as e:
+            assert e.errno == errno.EIO, e
+        assert os.listdir(os.path.join(m.mnt, "hdr")) == ["original"]
+        assert sha(os.path.join(m.mnt, "hdr", "original", "config.json")) \
+            == sha(os.path.join(hdr, "config.json"))
+        assert len(open(os.path.join(m.mnt, "good", "rtn_w4_g128",
+                                     "model.safetensors"), "rb").read()) > 0
+        assert m.alive()
+
+
+def test_mmap_shared_every_file():
+    with Mount(SRC) as m:
+        for var in ("rtn_w4_g128", "rtn_w4_g128_fake", "original"):
+            d = os.path.join(m.mnt, "tiny", var)
+            for f in os.listdir(d):
+                p = os.path.join(d, f)
+                with open(p, "rb") as fh:
+                    mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED,
+                                   prot=mmap.PROT_READ)
+                    data = mm[:]
+                    mm.close()
+                assert data == open(p, "rb").read(), p
+
+
+def test_cache_map_grows():
+    with Mount(SRC, opts=["cache_map=1M"]) as m:
+        p = os.path.join(m.mnt, "tiny", "rtn_w8_g32", "model.safetensors")
+        assert os.stat(p).st_size > (3 << 20)
+        assert len(open(p, "rb").read()) == os.stat(p).st_size
+        assert "map grown" in m.stderr()
+
+
+def test_background_mode_and_umount():
+    tmp = tempfile.mkdtemp(prefix="qfbg.")
+    mnt = os.path.join(tmp, "mnt")
+    os.makedirs(mnt)
+    qf = os.environ.get("QUANTFS", "quantfs")
+    r = subprocess.run([qf, "mount", SRC, mnt, "-o",
+                        "cache=%s/c,allow_other" % tmp],
+                       capture_output=True, text=True, timeout=30)
+    try:
+        assert r.returncode == 0, r.stderr
+        with open("/proc/self/mountinfo") as f:
+            line = [x for x in f if x.split()[4] == mnt][0]
+        assert "fuse.quantfs" in line and " ro," in line.replace(
+            " ro ", " ro,") or "ro" in line.split()[5], line
+        with open("/proc/mounts") as f:
+            opts = [x for x in f if x.split()[1] == mnt][0].split()[3]
+        assert "allow_other" in opts and "default_permissions" in opts, opts
+        assert len(os.listdir(os.path.join(mnt, "tiny"))) >= 6
+    finally:
+        u = subprocess.run([qf, "umount", mnt])
+    assert u.returncode == 0
+    with open("/proc/self/mountinfo") as f:
+        assert not any(x.split()[4] == mnt for x in f)
+
+
+def test_real_model_stories260k():
+    real = os.path.join(SHARED, "data", "models", "stories260K")
+    if not os.path.isdir(real):
+        raise SkipTest("../shared/data/models/stories260K is absent")
+    src, _ = stread.read_st(os.path.join(real, "model.safetensors"))
+    with Mount(real) as m:
+        d = os.path.join(m.mnt, "stories260K", "rtn_w4_g32")
+        t, hdr = stread.read_st(os.path.join(d, "model.safetensors"))
+        for name in ("model.layers.0.self_attn.q_proj.weight",
+                     "model.layers.4.self_attn.o_proj.weight"):
+            check_rtn(t, src, name, 4, 32, False)
+        # MLP width 172 cannot be packed: kept in F32, listed
+        assert hdr["model.layers.0.mlp.down_proj.weight"]["dtype"] == "F32"
+        man = json.load(open(os.path.join(d, "quantization.json")))
+        assert len(man["kept_in_source_dtype"]) == 15
+        assert "lm_head.weight" not in t  # tied embeddings stay tied
+
+
+if __name__ == "__main__":
+    run_tests(globals())
