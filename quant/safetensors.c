@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "quant.h"
+#include "quant_i.h"
 
 #define ST_MAX_NAME 4096
 /*
@@ -43,7 +44,7 @@ static uint64_t load_le64(const uint8_t *p)
 }
 
 /* Length of the UTF-8 sequence at s[0..n), 0 when it is not valid. */
-static size_t utf8_seq(const uint8_t *s, size_t n)
+size_t qf_utf8_seq(const uint8_t *s, size_t n)
 {
 	uint8_t lo = 0x80;
 	uint8_t hi = 0xbf;
@@ -91,7 +92,7 @@ static const char *check_text(const uint8_t *s, size_t n)
 
 	while (i < n) {
 		if (s[i] >= 0x80) {
-			len = utf8_seq(s + i, n - i);
+			len = qf_utf8_seq(s + i, n - i);
 			if (!len)
 				return "header is not valid utf-8";
 			i += len;

@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 
 #include "quant.h"
+#include "quant_i.h"
 
 #define PLAN_MAX_NAME 4096		/* as the reader */
 #define PLAN_INT_LIMIT (UINT64_C(1) << 53) /* reader's integer bound */
@@ -27,41 +28,13 @@
 static bool utf8_valid(const char *str)
 {
 	const uint8_t *s = (const uint8_t *)str;
-	uint8_t lo;
-	uint8_t hi;
-	size_t len;
-	size_t i;
+	size_t n = strlen(str);
+	size_t i, len;
 
-	while (*s) {
-		if (*s < 0x80) {
-			s++;
-			continue;
-		}
-		lo = 0x80;
-		hi = 0xbf;
-		if (*s >= 0xc2 && *s <= 0xdf)
-			len = 2;
-		else if (*s >= 0xe0 && *s <= 0xef)
-			len = 3;
-		else if (*s >= 0xf0 && *s <= 0xf4)
-			len = 4;
-		else
+	for (i = 0; i < n; i += len) {
+		len = s[i] < 0x80 ? 1 : qf_utf8_seq(s + i, n - i);
+		if (!len)
 			return false;
-		if (*s == 0xe0)
-			lo = 0xa0;
-		else if (*s == 0xed)
-			hi = 0x9f;
-		else if (*s == 0xf0)
-			lo = 0x90;
-		else if (*s == 0xf4)
-			hi = 0x8f;
-		/* A NUL fails the range checks, so no read past the end. */
-		if (s[1] < lo || s[1] > hi)
-			return false;
-		for (i = 2; i < len; i++)
-			if (s[i] < 0x80 || s[i] > 0xbf)
-				return false;
-		s += len;
 	}
 	return true;
 }
