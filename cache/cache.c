@@ -26,6 +26,7 @@ struct qf_cache {
 	MDB_dbi records;		/* "v" */
 	pthread_rwlock_t resize;	/* readers: any txn; writer: resize */
 	char *dir;
+	size_t psize;			/* LMDB page size */
 };
 
 struct qf_cache_txn {
@@ -109,6 +110,12 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 	if (rc) {
 		ret = lmdb_err("open databases", rc);
 		goto out_free;
+	}
+	{
+		MDB_stat ms;
+
+		mdb_env_stat(c->env, &ms);
+		c->psize = ms.ms_psize;
 	}
 	*out = c;
 	return 0;
@@ -359,5 +366,29 @@ int qf_cache_each_record(struct qf_cache_txn *t,
 			break;
 	}
 	mdb_cursor_close(cur);
+	return 0;
+}
+
+int qf_cache_locate(struct qf_cache *c, const void *p, size_t len,
+		    int *fd, uint64_t *off)
+{
+	uintptr_t pg = (uintptr_t)p & ~(uintptr_t)(c->psize - 1);
+	MDB_envinfo info;
+	size_t pgno;
+
+	/*
+	 * LMDB keeps no public map address (me_mapaddr is set only with
+	 * MDB_FIXEDMAP), but every page begins with its own page number
+	 * (MDB_page.mp_pgno, a size_t at offset 0, stable since 0.9.0), and
+	 * a value starts in the page that holds its first byte.  The page
+	 * size is the OS page size and the map is page aligned.
+	 */
+	memcpy(&pgno, (const void *)pg, sizeof(pgno));
+	mdb_env_info(c->env, &info);
+	if ((uint64_t)pgno > info.me_last_pgno ||
+	    (uint64_t)(pgno + 1) * c->psize + len > info.me_mapsize)
+		return QF_ECACHE;
+	mdb_env_get_fd(c->env, fd);
+	*off = (uint64_t)pgno * c->psize + ((uintptr_t)p - pg);
 	return 0;
 }

@@ -76,6 +76,13 @@ void qf_cache_read_end(struct qf_cache_txn *t);
 /* Returns 0, -ENOENT, QF_ECACHE. */
 int qf_cache_get(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 		 const char *name, const void **data, size_t *len);
+/*
+ * Where the len bytes at p (from qf_cache_get(), same transaction) live in
+ * the data file, so they can be spliced from fd at off without a copy.
+ * Returns 0, or QF_ECACHE when p does not look like a map pointer.
+ */
+int qf_cache_locate(struct qf_cache *c, const void *p, size_t len, int *fd,
+		    uint64_t *off);
 /* Returns 0, -ENOENT, QF_ECACHE. */
 int qf_cache_get_record(struct qf_cache_txn *t,
 			const uint8_t vid[QF_CACHE_VID], const char **json,

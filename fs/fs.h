@@ -19,6 +19,7 @@ struct qf_fs_opts {
 	const char *cache_dir;		/* NULL: qf_cache_default_dir() */
 	uint64_t cache_map;		/* initial LMDB map bytes, 0: 1 GiB */
 	double timeout;			/* entry/attr timeout, seconds */
+	bool no_direct;			/* never direct_io (-o io=cache) */
 };
 
 /*
@@ -30,5 +31,12 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out);
 void qf_fs_free(struct qf_fs *fs);
 size_t qf_fs_model_count(const struct qf_fs *fs);
 const struct fuse_lowlevel_ops *qf_fs_ops(void);
+/*
+ * Mount on mnt with the given FUSE -o option string, daemonize unless
+ * foreground, and serve until unmounted or signalled.  Returns the exit
+ * status for main(): 0 or 1.
+ */
+int qf_fs_run(struct qf_fs *fs, const char *mnt, const char *fuse_opts,
+	      bool foreground, bool debug, int threads);
 
 #endif /* QF_FS_H */

@@ -98,6 +98,9 @@ struct qf_fs {
 	size_t nhash;
 	uid_t uid;
 	gid_t gid;
+	uint64_t kflags;		/* kernel INIT flags (session.c) */
+	uint64_t init_unique;		/* INIT request id until replied */
+	bool direct;			/* direct_io + mmap negotiated */
 };
 
 /* ns.c */

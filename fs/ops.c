@@ -41,6 +41,20 @@ static void fill_entry(struct qf_fs *fs, struct qf_node *n,
 	e->entry_timeout = fs->o.timeout;
 }
 
+/* /proc/sys/fs/pipe-max-size, or the 1 MiB default. */
+static unsigned pipe_max(void)
+{
+	FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
+	unsigned v = 1u << 20;
+
+	if (f) {
+		if (fscanf(f, "%u", &v) != 1)
+			v = 1u << 20;
+		fclose(f);
+	}
+	return v;
+}
+
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
@@ -48,6 +62,21 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* replies are spliced from the LMDB and source files */
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	/*
+	 * libfuse 3.14 splices a reply only if its pipe can hold the data
+	 * plus one page per buffer plus two (fuse_send_data_iov), and an
+	 * unprivileged pipe stops at pipe-max-size (1 MiB): past that it
+	 * silently copies every reply.  With the default pipe-max-size,
+	 * requests of 248 pages leave room for six buffers; where the
+	 * administrator raised it (fs.pipe-max-size >= 2 MiB), requests are
+	 * 1 MiB.  max_pages (the request size) follows max_write.
+	 */
+	conn->max_write = 128 * 4096;
+	conn->max_readahead = conn->max_readahead > (1u << 20) ?
+			      conn->max_readahead : (1u << 20);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -242,6 +271,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fi->fh = (uint64_t)fd + 1;
 	}
 	fi->keep_cache = 1;
+	/* large immutable files: direct reads, mmap still allowed */
+	if (fs->direct && n->size >= (1u << 20))
+		fi->direct_io = 1;
 	fuse_reply_open(req, fi);
 }
 
@@ -272,12 +304,18 @@ static int ensure_range(struct qf_fs *fs, struct qf_var *var, size_t s,
 	return 0;
 }
 
+/*
+ * Reply with [off, end) of a variant's model.safetensors: a buffer vector
+ * of the header bytes, source-file ranges and LMDB data-file ranges, which
+ * libfuse splices into the reply.  The read transaction stays open until
+ * the reply is sent, so LMDB cannot reuse those pages meanwhile.
+ */
 static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 			uint64_t off, uint64_t end)
 {
-	size_t first = qf_var_seg_at(var, off), s, niov = 0;
+	size_t first = qf_var_seg_at(var, off), s, n = 0;
 	struct qf_cache_txn *txn = NULL;
-	struct iovec *iov;
+	struct fuse_bufvec *bv;
 	int ret;
 
 	ret = ensure_range(fs, var, first, end);
@@ -288,8 +326,8 @@ static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 		       "the new version", var->mdl->name);
 		return QF_ECORRUPT;
 	}
-	iov = calloc(var->nseg - first, sizeof(*iov));
-	if (!iov)
+	bv = calloc(1, sizeof(*bv) + (var->nseg - first) * sizeof(bv->buf[0]));
+	if (!bv)
 		return -ENOMEM;
 	ret = qf_cache_read_begin(fs->cache, &txn);
 	for (s = first; !ret && s < var->nseg && var->seg[s].off < end; s++) {
@@ -297,34 +335,45 @@ static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 		const struct qf_vtensor *t = g->t;
 		uint64_t a = off > g->off ? off - g->off : 0;
 		uint64_t b = end - g->off < g->len ? end - g->off : g->len;
-		const uint8_t *p;
+		struct fuse_buf *fb = &bv->buf[n++];
+		const void *p;
 		size_t len;
+		uint64_t pos;
 
+		fb->size = b - a;
 		if (!t) {
-			p = (const uint8_t *)var->header.data;
-		} else if (t->group == QF_VT_PASSTHROUGH) {
-			p = qf_st_data(t->src->shard, t->src->t);
-		} else {
-			ret = qf_cache_get(txn, var->vid, t->name,
-					   (const void **)&p, &len);
-			if (ret == 0 && len != g->len)
-				ret = QF_ECORRUPT;
-			if (ret < 0) {
-				qf_err("%s/%s: tensor %s missing from the "
-				       "cache: %s", var->mdl->name,
-				       var->v->name, t->name,
-				       qf_strerror(ret));
-				break;
-			}
+			fb->mem = var->header.data + a;
+			continue;
 		}
-		iov[niov].iov_base = (void *)(p + a);
-		iov[niov].iov_len = b - a;
-		niov++;
+		fb->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+		if (t->group == QF_VT_PASSTHROUGH) {
+			fb->fd = t->src->shard->fd;
+			fb->pos = (off_t)(t->src->shard->hdr.data_off +
+					  t->src->t->begin + a);
+			continue;
+		}
+		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
+		if (ret == 0 && len != g->len)
+			ret = QF_ECORRUPT;
+		if (ret < 0) {
+			qf_err("%s/%s: tensor %s missing from the cache: %s",
+			       var->mdl->name, var->v->name, t->name,
+			       qf_strerror(ret));
+			break;
+		}
+		if (qf_cache_locate(fs->cache, p, len, &fb->fd, &pos) < 0) {
+			fb->flags = 0;	/* copy from the map instead */
+			fb->mem = (void *)((const char *)p + a);
+			continue;
+		}
+		fb->pos = (off_t)(pos + a);
 	}
-	if (!ret)
-		fuse_reply_iov(req, iov, (int)niov);
+	if (!ret) {
+		bv->count = n;
+		fuse_reply_data(req, bv, 0);
+	}
 	qf_cache_read_end(txn);
-	free(iov);
+	free(bv);
 	return ret;
 }
 

@@ -8,9 +8,6 @@
  * Thin: it parses options and wires fs/ to a FUSE session.  The only
  * place that calls exit().
  */
-#define FUSE_USE_VERSION 312
-
-#include <fuse_lowlevel.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +37,9 @@ static const char usage_text[] =
 	"  -o cache_map=SIZE  initial LMDB map size, e.g. 256M, 4G (grows)\n"
 	"  -o timeout=SEC     entry/attribute timeout (default 86400)\n"
 	"  -o threads=N       most FUSE worker threads (default 16)\n"
+	"  -o io=auto|cache   auto (default): large files use direct_io +\n"
+	"                     splice where the kernel still allows mmap of\n"
+	"                     them (Linux 6.6+); cache: always page cache\n"
 	"  -o allow_other     let other users read the mount (implies\n"
 	"                     default_permissions)\n"
 	"  -o debug           log debug lines\n"
@@ -103,6 +103,10 @@ static int take_option(struct mount_opts *mo, char *opt)
 			return -EINVAL;
 	} else if (!strcmp(opt, "debug")) {
 		qf_log_set_level(QF_LOG_DEBUG);
+	} else if (!strcmp(opt, "io") && val) {
+		if (strcmp(val, "cache") && strcmp(val, "auto"))
+			return -EINVAL;
+		mo->fs.no_direct = !strcmp(val, "cache");
 	} else if (!strcmp(opt, "rw")) {
 		return -EROFS;
 	} else {
@@ -128,44 +132,6 @@ static int parse_o(struct mount_opts *mo, char *list)
 		}
 	}
 	return 0;
-}
-
-static int run_session(struct mount_opts *mo, const char *mnt, struct qf_fs *fs)
-{
-	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-	struct fuse_loop_config *cfg;
-	struct fuse_session *se;
-	int ret = 1;
-
-	fuse_opt_add_arg(&args, "quantfs");
-	fuse_opt_add_arg(&args, "-o");
-	fuse_opt_add_arg(&args, mo->fuse.data);
-	if (mo->debug)
-		fuse_opt_add_arg(&args, "-d");
-	se = fuse_session_new(&args, qf_fs_ops(), sizeof(*qf_fs_ops()), fs);
-	if (!se)
-		goto out_args;
-	if (fuse_set_signal_handlers(se) != 0)
-		goto out_session;
-	if (fuse_session_mount(se, mnt) != 0)
-		goto out_signals;
-	qf_info("mounted %zu model(s) on %s", qf_fs_model_count(fs), mnt);
-	if (!mo->foreground)
-		qf_log_set_syslog(true);
-	fuse_daemonize(mo->foreground);
-	cfg = fuse_loop_cfg_create();
-	fuse_loop_cfg_set_max_threads(cfg, (unsigned)mo->threads);
-	fuse_loop_cfg_set_idle_threads(cfg, 4);
-	ret = fuse_session_loop_mt(se, cfg) ? 1 : 0;
-	fuse_loop_cfg_destroy(cfg);
-	fuse_session_unmount(se);
-out_signals:
-	fuse_remove_signal_handlers(se);
-out_session:
-	fuse_session_destroy(se);
-out_args:
-	fuse_opt_free_args(&args);
-	return ret;
 }
 
 static int cmd_mount(int argc, char **argv)
@@ -209,7 +175,8 @@ static int cmd_mount(int argc, char **argv)
 		qf_buf_release(&mo.fuse);
 		return 1;
 	}
-	ret = run_session(&mo, pos[1], fs);
+	ret = qf_fs_run(fs, pos[1], mo.fuse.data, mo.foreground, mo.debug,
+			mo.threads);
 	qf_fs_free(fs);
 	qf_buf_release(&mo.fuse);
 	return ret;

@@ -1,0 +1,149 @@
+#!/usr/bin/python3
+"""Read-path benchmark: a cached variant through the mount vs a plain copy.
+
+Prints, for one variant file of >= 200 MB, each as a ratio to the same
+operation on a plain copy of the file measured in the same run:
+  first read after a fresh mount, re-read, 4 concurrent readers,
+  mmap(MAP_SHARED) + touch every page; and the daemon's CPU seconds per
+GiB served.  Both sides are hot in the page cache (the LMDB map and the
+plain copy), so the ratio is the filesystem's own cost.
+
+usage: bench/read.py [--quantfs PATH] [--variant NAME] [--keep DIR]
+"""
+import argparse
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
+                                "mount"))
+import qftest  # noqa: E402
+
+CHUNK = 1 << 20
+
+
+def read_all(path, buf):
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                return n
+            n += k
+
+
+def t_read(path):
+    buf = bytearray(CHUNK)
+    t0 = time.perf_counter()
+    n = read_all(path, buf)
+    return n / (time.perf_counter() - t0)
+
+
+def t_concurrent(path, k=4):
+    bufs = [bytearray(CHUNK) for _ in range(k)]
+    got = [0] * k
+
+    def run(i):
+        got[i] = read_all(path, bufs[i])
+    th = [threading.Thread(target=run, args=(i,)) for i in range(k)]
+    t0 = time.perf_counter()
+    [x.start() for x in th]
+    [x.join() for x in th]
+    return sum(got) / (time.perf_counter() - t0)
+
+
+def t_mmap(path):
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        t0 = time.perf_counter()
+        mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ)
+        s = 0
+        for off in range(0, size, 4096):
+            s += mm[off]
+        dt = time.perf_counter() - t0
+        mm.close()
+    return size / dt
+
+
+def cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def best(fn, path, reps=3):
+    return max(fn(path) for _ in range(reps))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quantfs", default=os.path.join(
+        os.path.dirname(__file__), "..", "build", "mounts", "quantfs"))
+    ap.add_argument("--variant", default="rtn_w4_g128")
+    ap.add_argument("--keep", help="reuse/keep the model and cache here")
+    ap.add_argument("--opts", default="", help="extra -o mount options")
+    a = ap.parse_args()
+    qftest.QUANTFS = os.path.abspath(a.quantfs)
+    work = a.keep or tempfile.mkdtemp(prefix="qfbench.")
+    src = os.path.join(work, "models")
+    model = os.path.join(src, "bench-llama")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        print("generating a 0.94 GB bf16 model ...", flush=True)
+        qftest.mkmodel(model, "--hidden", 2048, "--inter", 5632,
+                       "--layers", 10, "--heads", 16, "--kv-heads", 8,
+                       "--vocab", 512)
+    cache = os.path.join(work, "cache")
+    opts = [o for o in a.opts.split(",") if o]
+    rel = os.path.join("bench-llama", a.variant, "model.safetensors")
+    with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
+        t0 = time.perf_counter()
+        size = len(open(os.path.join(m.mnt, rel), "rb").read())
+        dt = time.perf_counter() - t0
+        log = m.stderr()
+    prod = [l for l in log.splitlines() if "produced" in l]
+    print("variant %s: %.1f MB; production (or cache fill) %.2f s" % (
+        a.variant, size / 1e6, dt))
+    if prod:
+        print("  " + prod[-1].split("quantfs: ", 1)[-1])
+    plain = os.path.join(work, "plain.safetensors")
+    with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
+        shutil.copyfile(os.path.join(m.mnt, rel), plain)
+    read_all(plain, bytearray(CHUNK))           # hot in page cache
+    rows = []
+    with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
+        path = os.path.join(m.mnt, rel)
+        pid = m.proc.pid
+        c0 = cpu_s(pid)
+        first = t_read(path)
+        c1 = cpu_s(pid)
+        p_first = best(t_read, plain)
+        rows.append(("first read after a fresh mount", first, p_first))
+        rows.append(("re-read", best(t_read, path), best(t_read, plain)))
+        c2 = cpu_s(pid)
+        conc = t_concurrent(path)
+        c3 = cpu_s(pid)
+        rows.append(("4 concurrent readers (aggregate)", conc,
+                     t_concurrent(plain)))
+        rows.append(("mmap MAP_SHARED + touch every page", t_mmap(path),
+                     t_mmap(plain)))
+        gib = size / 2**30
+        cpu_first = (c1 - c0) / gib
+        cpu_conc = (c3 - c2) / (4 * gib)
+    print("%-38s %10s %10s %7s" % ("operation", "mount MB/s", "plain MB/s",
+                                   "ratio"))
+    for name, x, y in rows:
+        print("%-38s %10.0f %10.0f %6.2fx" % (name, x / 1e6, y / 1e6, x / y))
+    print("daemon CPU per GiB served: first read %.2f s, concurrent %.2f s"
+          % (cpu_first, cpu_conc))
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
