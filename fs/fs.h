@@ -19,7 +19,12 @@ struct qf_fs_opts {
 	const char *cache_dir;		/* NULL: qf_cache_default_dir() */
 	uint64_t cache_map;		/* initial LMDB map bytes, 0: 1 GiB */
 	double timeout;			/* entry/attr timeout, seconds */
-	bool no_direct;			/* never direct_io (-o io=cache) */
+	int io;				/* QF_IO_*: how files reach the kernel */
+};
+
+enum {
+	QF_IO_AUTO,		/* direct_io + splice where mmap survives it */
+	QF_IO_CACHE,		/* always the page cache */
 };
 
 /*

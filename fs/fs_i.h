@@ -128,6 +128,20 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
 
+/* assemble.c */
+struct fuse_bufvec;
+/*
+ * Buffer vector of [off, end) of var's model.safetensors: header bytes,
+ * source-file ranges and LMDB data-file ranges.  Every group in range
+ * must be in the cache; txn stays open until the vector is used.
+ * *out is malloc'd.  Returns 0, QF_ECORRUPT, -ENOMEM.
+ */
+int qf_fs_bufvec(struct qf_fs *fs, struct qf_var *var,
+		 struct qf_cache_txn *txn, uint64_t off, uint64_t end,
+		 struct fuse_bufvec **out);
+/* True when no shard of the model changed since it was opened. */
+bool qf_fs_source_intact(const struct qf_model *m);
+
 /* errno for a qf error code (fs/ alone decides errno values). */
 int qf_fs_errno(int err);
 

@@ -74,7 +74,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * administrator raised it (fs.pipe-max-size >= 2 MiB), requests are
 	 * 1 MiB.  max_pages (the request size) follows max_write.
 	 */
-	conn->max_write = 128 * 4096;
+	conn->max_write = pipe_max() >= (2u << 20) ? 256 * 4096 : 248 * 4096;
 	conn->max_readahead = conn->max_readahead > (1u << 20) ?
 			      conn->max_readahead : (1u << 20);
 }
@@ -223,23 +223,6 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
-/* True when no shard of the model changed since it was opened. */
-static bool source_intact(const struct qf_model *m)
-{
-	size_t i;
-
-	for (i = 0; i < m->nshard; i++) {
-		const struct qf_st_file *f = m->shard[i];
-		struct stat st;
-
-		if (fstat(f->fd, &st) < 0 || st.st_size != f->st.st_size ||
-		    st.st_mtim.tv_sec != f->st.st_mtim.tv_sec ||
-		    st.st_mtim.tv_nsec != f->st.st_mtim.tv_nsec)
-			return false;
-	}
-	return true;
-}
-
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qf_fs *fs = fs_of(req);
@@ -255,7 +238,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (n->kind == QF_NODE_WEIGHTS && !source_intact(n->mdl->m)) {
+	if (n->kind == QF_NODE_WEIGHTS && !qf_fs_source_intact(n->mdl->m)) {
 		qf_err("%s: source changed since the mount; remount to serve "
 		       "the new version", n->mdl->name);
 		fuse_reply_err(req, EIO);
@@ -305,73 +288,30 @@ static int ensure_range(struct qf_fs *fs, struct qf_var *var, size_t s,
 }
 
 /*
- * Reply with [off, end) of a variant's model.safetensors: a buffer vector
- * of the header bytes, source-file ranges and LMDB data-file ranges, which
- * libfuse splices into the reply.  The read transaction stays open until
- * the reply is sent, so LMDB cannot reuse those pages meanwhile.
+ * Reply with [off, end) of a variant's model.safetensors.  The read
+ * transaction stays open until the reply is sent, so LMDB cannot reuse
+ * the spliced pages meanwhile.
  */
 static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 			uint64_t off, uint64_t end)
 {
-	size_t first = qf_var_seg_at(var, off), s, n = 0;
 	struct qf_cache_txn *txn = NULL;
-	struct fuse_bufvec *bv;
+	struct fuse_bufvec *bv = NULL;
 	int ret;
 
-	ret = ensure_range(fs, var, first, end);
+	ret = ensure_range(fs, var, qf_var_seg_at(var, off), end);
 	if (ret < 0)
 		return ret;
-	if (!source_intact(var->mdl->m)) {
+	if (!qf_fs_source_intact(var->mdl->m)) {
 		qf_err("%s: source changed since the mount; remount to serve "
 		       "the new version", var->mdl->name);
 		return QF_ECORRUPT;
 	}
-	bv = calloc(1, sizeof(*bv) + (var->nseg - first) * sizeof(bv->buf[0]));
-	if (!bv)
-		return -ENOMEM;
 	ret = qf_cache_read_begin(fs->cache, &txn);
-	for (s = first; !ret && s < var->nseg && var->seg[s].off < end; s++) {
-		const struct qf_seg *g = &var->seg[s];
-		const struct qf_vtensor *t = g->t;
-		uint64_t a = off > g->off ? off - g->off : 0;
-		uint64_t b = end - g->off < g->len ? end - g->off : g->len;
-		struct fuse_buf *fb = &bv->buf[n++];
-		const void *p;
-		size_t len;
-		uint64_t pos;
-
-		fb->size = b - a;
-		if (!t) {
-			fb->mem = var->header.data + a;
-			continue;
-		}
-		fb->flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
-		if (t->group == QF_VT_PASSTHROUGH) {
-			fb->fd = t->src->shard->fd;
-			fb->pos = (off_t)(t->src->shard->hdr.data_off +
-					  t->src->t->begin + a);
-			continue;
-		}
-		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
-		if (ret == 0 && len != g->len)
-			ret = QF_ECORRUPT;
-		if (ret < 0) {
-			qf_err("%s/%s: tensor %s missing from the cache: %s",
-			       var->mdl->name, var->v->name, t->name,
-			       qf_strerror(ret));
-			break;
-		}
-		if (qf_cache_locate(fs->cache, p, len, &fb->fd, &pos) < 0) {
-			fb->flags = 0;	/* copy from the map instead */
-			fb->mem = (void *)((const char *)p + a);
-			continue;
-		}
-		fb->pos = (off_t)(pos + a);
-	}
-	if (!ret) {
-		bv->count = n;
+	if (!ret)
+		ret = qf_fs_bufvec(fs, var, txn, off, end, &bv);
+	if (!ret)
 		fuse_reply_data(req, bv, 0);
-	}
 	qf_cache_read_end(txn);
 	free(bv);
 	return ret;

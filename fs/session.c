@@ -60,7 +60,7 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count,
 		struct fuse_init_out *o = iov[1].iov_base;
 
 		fs->init_unique = 0;
-		if (oh->error == 0 && !fs->o.no_direct &&
+		if (oh->error == 0 && fs->o.io == QF_IO_AUTO &&
 		    iov[1].iov_len >= offsetof(struct fuse_init_out, unused) &&
 		    (o->flags & FUSE_INIT_EXT) &&
 		    (fs->kflags & FUSE_DIRECT_IO_ALLOW_MMAP)) {

@@ -104,9 +104,12 @@ static int take_option(struct mount_opts *mo, char *opt)
 	} else if (!strcmp(opt, "debug")) {
 		qf_log_set_level(QF_LOG_DEBUG);
 	} else if (!strcmp(opt, "io") && val) {
-		if (strcmp(val, "cache") && strcmp(val, "auto"))
+		if (!strcmp(val, "auto"))
+			mo->fs.io = QF_IO_AUTO;
+		else if (!strcmp(val, "cache"))
+			mo->fs.io = QF_IO_CACHE;
+		else
 			return -EINVAL;
-		mo->fs.no_direct = !strcmp(val, "cache");
 	} else if (!strcmp(opt, "rw")) {
 		return -EROFS;
 	} else {

@@ -363,4 +363,124 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
  */
 int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
 
+/* ------------------------------------------------------------------ */
+/* tokenizer (Hugging Face tokenizer.json: byte-level BPE as in GPT-2, */
+/* Llama 3, Qwen2/3; sentencepiece-style BPE as in Llama 2, Mistral)   */
+
+struct qf_tok;
+
+/*
+ * Load a tokenizer.json (text of len bytes, not NUL-terminated).
+ * Returns 0, QF_EFORMAT (malformed, *why set), QF_EUNSUPPORTED (a model
+ * type / normalizer / pre-tokenizer we do not implement, *why names it),
+ * -ENOMEM.  Caller owns *out; free with qf_tok_close().
+ */
+int qf_tok_load(const char *json, size_t len, struct qf_tok **out,
+		const char **why);
+/* Same, from a file path (bounded at 64 MiB). */
+int qf_tok_open(const char *path, struct qf_tok **out, const char **why);
+void qf_tok_close(struct qf_tok *t);
+/*
+ * Encode len bytes of UTF-8 text.  add_special: apply the post-processor
+ * (e.g. BOS) as tokenizers' add_special_tokens=True does.  Added/special
+ * tokens inside the text are matched as the reference does.  *ids is
+ * malloc'd (caller frees), *n its length.  Returns 0, -ENOMEM.
+ */
+int qf_tok_encode(const struct qf_tok *t, const char *text, size_t len,
+		  bool add_special, int32_t **ids, size_t *n);
+/* Decode ids to UTF-8 into out (appended), skipping special tokens when
+ * skip_special.  Returns 0, -EINVAL (id out of range), -ENOMEM. */
+int qf_tok_decode(const struct qf_tok *t, const int32_t *ids, size_t n,
+		  bool skip_special, struct qf_buf *out);
+size_t qf_tok_vocab_size(const struct qf_tok *t);
+int32_t qf_tok_bos(const struct qf_tok *t);	/* -1 when none */
+int32_t qf_tok_eos(const struct qf_tok *t);	/* -1 when none */
+
+/* ------------------------------------------------------------------ */
+/* forward pass: Llama family (llama, mistral, qwen2, qwen3) in fp32     */
+
+struct qf_tf_config {
+	char model_type[32];		/* "llama", "mistral", "qwen2", "qwen3" */
+	int hidden;			/* hidden_size */
+	int inter;			/* intermediate_size */
+	int layers;			/* num_hidden_layers */
+	int heads;			/* num_attention_heads */
+	int kv_heads;			/* num_key_value_heads */
+	int head_dim;			/* head_dim or hidden / heads */
+	int vocab;			/* vocab_size */
+	float rms_eps;			/* rms_norm_eps */
+	float rope_theta;		/* rope_theta */
+	/* llama3 rope_scaling (rope_type "llama3"); factor 0 = none */
+	float rope_factor;
+	float rope_low_freq_factor;
+	float rope_high_freq_factor;
+	int rope_orig_max_pos;
+	bool tie;			/* tie_word_embeddings */
+	bool attn_bias;			/* q/k/v biases (qwen2) */
+	bool qk_norm;			/* per-head q/k RMSNorm (qwen3) */
+};
+
+/* From config.json; QF_EUNSUPPORTED for other model types. */
+int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c);
+
+/* Linears of a decoder layer, in true-sequential order. */
+enum qf_tf_linear {
+	QF_TF_Q,
+	QF_TF_K,
+	QF_TF_V,
+	QF_TF_O,
+	QF_TF_GATE,
+	QF_TF_UP,
+	QF_TF_DOWN,
+	QF_TF_NLINEAR,
+};
+/* "self_attn.q_proj", ... "mlp.down_proj" */
+const char *qf_tf_linear_name(enum qf_tf_linear l);
+
+/* One decoder layer's weights in fp32 (converted from the source). */
+struct qf_tf_layer {
+	float *w[QF_TF_NLINEAR];	/* [out, in] row-major, as nn.Linear */
+	float *b[QF_TF_NLINEAR];	/* bias [out] or NULL */
+	float *in_norm;			/* input_layernorm [hidden] */
+	float *post_norm;		/* post_attention_layernorm [hidden] */
+	float *q_norm;			/* qwen3 [head_dim] or NULL */
+	float *k_norm;			/* qwen3 [head_dim] or NULL */
+};
+
+/* Load layer l (weights converted to fp32); free with _free. */
+int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
+		     int l, struct qf_tf_layer *out);
+void qf_tf_layer_free(struct qf_tf_layer *ly);
+
+/*
+ * Called before each linear with its input activations x [ntok, in]
+ * (ntok = nseq * seqlen rows); lets calibration accumulate X^T X or
+ * channel statistics.  Return non-zero to abort the forward pass.
+ */
+typedef int (*qf_tf_hook)(void *arg, int layer, enum qf_tf_linear lin,
+			  const float *x, int64_t ntok, int64_t in);
+
+/*
+ * x [nseq * seqlen, hidden] in place: one decoder layer (RMSNorm,
+ * RoPE attention with GQA and a causal mask, SwiGLU MLP, residuals) for
+ * nseq independent sequences of seqlen tokens at positions 0..seqlen-1.
+ * Matrix products on OpenBLAS SGEMM.  hook may be NULL.
+ * Returns 0, -ENOMEM, or the hook's value.
+ */
+int qf_tf_layer_forward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, int layer, float *x,
+			int nseq, int seqlen, qf_tf_hook hook, void *arg);
+/* Embedding lookup: x [n, hidden] for tokens ids[n]. */
+int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
+		const int32_t *ids, int64_t n, float *x);
+/* Final RMSNorm + lm_head (or tied embeddings): logits [n, vocab]. */
+int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
+	       const float *x, int64_t n, float *logits);
+/*
+ * Whole-model logits for nseq sequences of seqlen tokens, layer by layer
+ * (one layer's fp32 weights in memory at a time).  logits [n, vocab].
+ */
+int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
+		 const int32_t *ids, int nseq, int seqlen, float *logits);
+
 #endif /* QF_QUANT_H */

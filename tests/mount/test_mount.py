@@ -416,6 +416,23 @@ def test_mmap_shared_every_file():
                 assert data == open(p, "rb").read(), p
 
 
+def test_io_cache_mode_same_bytes():
+    """-o io=cache (page cache, no direct_io) serves the same bytes."""
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "tiny/rtn_w4_g64_sym/model.safetensors"
+    with Mount(SRC, cache=cache) as m:
+        a = sha(os.path.join(m.mnt, p))
+        assert "direct_io" in m.stderr() or "page cache" in m.stderr()
+    with Mount(SRC, cache=cache, opts=["io=cache"]) as m:
+        assert "served with the page cache" in m.stderr(), m.stderr()
+        assert sha(os.path.join(m.mnt, p)) == a
+        with open(os.path.join(m.mnt, p), "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED,
+                           prot=mmap.PROT_READ)
+            assert hashlib.sha256(mm[:]).hexdigest() == a
+            mm.close()
+
+
 def test_cache_map_grows():
     with Mount(SRC, opts=["cache_map=1M"]) as m:
         p = os.path.join(m.mnt, "tiny", "rtn_w8_g32", "model.safetensors")
