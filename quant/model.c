@@ -349,9 +349,14 @@ long qf_model_cfg_int(const struct qf_model *m, const char *key, long def)
 	return (long)it->valuedouble;
 }
 
-int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst)
+int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
+			   int64_t nrows, float *dst)
 {
-	uint64_t n = qf_st_numel(mt->t);
+	int64_t cols = mt->t->ndim >= 2 ? (int64_t)(qf_st_numel(mt->t) /
+					  (uint64_t)mt->t->shape[0]) : 1;
+	size_t esz = qf_dtype_size(mt->t->dtype);
+	uint64_t n = (uint64_t)(nrows * cols);
+	const uint8_t *src;
 	uint64_t i;
 	int ret;
 
@@ -360,15 +365,27 @@ int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst)
 		       mt->shard->path);
 		return QF_ECORRUPT;
 	}
-	ret = qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t), n, dst);
+	src = (const uint8_t *)qf_st_data(mt->shard, mt->t) +
+	      (uint64_t)(row0 * cols) * esz;
+	ret = qf_to_f32(mt->t->dtype, src, n, dst);
 	if (ret < 0)
 		return ret;
 	for (i = 0; i < n; i++)
 		if (!isfinite(dst[i])) {
 			qf_err("%s: tensor '%s' has a non-finite value at "
 			       "element %llu", mt->shard->path, mt->name,
-			       (unsigned long long)i);
+			       (unsigned long long)((uint64_t)(row0 * cols) + i));
 			return QF_ENUMERIC;
 		}
 	return 0;
+}
+
+int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst)
+{
+	int64_t rows = mt->t->ndim >= 1 ? mt->t->shape[0] : 1;
+
+	if (mt->t->ndim == 0 || qf_st_numel(mt->t) == 0)
+		return qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t),
+				 qf_st_numel(mt->t), dst);
+	return qf_model_read_f32_rows(mt, 0, rows, dst);
 }

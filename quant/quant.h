@@ -18,6 +18,16 @@
 
 #include "common.h"
 
+/*
+ * Hot kernels are compiled for AVX2+FMA too and picked at load time
+ * (ifunc); the portable x86-64 build stays the default.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QF_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define QF_HOT
+#endif
+
 /* ------------------------------------------------------------------ */
 /* dtypes                                                             */
 
@@ -234,6 +244,9 @@ long qf_model_cfg_int(const struct qf_model *m, const char *key, long def);
  * finite.  Returns 0, QF_ECORRUPT, QF_ENUMERIC, QF_EUNSUPPORTED.
  */
 int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst);
+/* Rows [row0, row0 + nrows) of a tensor (dim 0), same checks. */
+int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
+			   int64_t nrows, float *dst);
 
 /* ------------------------------------------------------------------ */
 /* RTN and the GPTQ checkpoint packing                                */

@@ -71,7 +71,7 @@ static int group_grid(float lo, float hi, const struct qf_qparams *p,
 	return 0;
 }
 
-int qf_rtn_quantize(const float *w, int64_t rows, int64_t in,
+QF_HOT int qf_rtn_quantize(const float *w, int64_t rows, int64_t in,
 		    const struct qf_qparams *p, uint8_t *q, uint16_t *scale_f16,
 		    int32_t *zero)
 {

@@ -15,6 +15,7 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +258,74 @@ static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
 	return err;
 }
 
+/*
+ * One thread's share of a group: rows [r0, r1) read in blocks of a few
+ * rows (they stay in cache between conversion and rounding), quantized,
+ * and, for the packed format, packed.
+ */
+struct rows_job {
+	const struct qf_variant *v;
+	const struct qf_vgroup *g;
+	int64_t r0, r1;
+	uint8_t *q;			/* [out, in] */
+	uint16_t *sc;			/* [out, ngroups] */
+	int32_t *zero;			/* [out, ngroups] */
+	void **out;
+	int ret;
+};
+
+#define ROW_BLOCK 8
+
+static void *rows_run(void *arg)
+{
+	struct rows_job *j = arg;
+	int64_t in = j->g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, j->g->qp.group);
+	float *buf = malloc((size_t)(ROW_BLOCK * in) * sizeof(*buf));
+	int64_t r;
+
+	j->ret = buf ? 0 : -ENOMEM;
+	for (r = j->r0; r < j->r1 && !j->ret; r += ROW_BLOCK) {
+		int64_t nr = j->r1 - r < ROW_BLOCK ? j->r1 - r : ROW_BLOCK;
+
+		j->ret = qf_model_read_f32_rows(j->g->w, r, nr, buf);
+		if (j->ret)
+			break;
+		j->ret = qf_rtn_quantize(buf, nr, in, &j->g->qp, j->q + r * in,
+					 j->sc + r * ng, j->zero + r * ng);
+		if (j->ret)
+			qf_err("%s: %s: a scale is out of the fp16 range",
+			       j->v->name, j->g->w->name);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Split rows over up to two threads for large groups. */
+static int quantize_rows(const struct qf_variant *v, const struct qf_vgroup *g,
+			 uint8_t *q, uint16_t *sc, int32_t *zero)
+{
+	int64_t rows = g->w->t->shape[0];
+	int64_t half = rows >= 64 && qf_st_numel(g->w->t) >= (1 << 20) ?
+		       rows / 2 / ROW_BLOCK * ROW_BLOCK : rows;
+	struct rows_job jobs[2] = {
+		{ v, g, 0, half, q, sc, zero, NULL, 0 },
+		{ v, g, half, rows, q, sc, zero, NULL, 0 },
+	};
+	pthread_t th;
+	bool two = half < rows && pthread_create(&th, NULL, rows_run,
+						 &jobs[1]) == 0;
+
+	rows_run(&jobs[0]);
+	if (two)
+		pthread_join(th, NULL);
+	else if (half < rows)
+		rows_run(&jobs[1]);
+	if (jobs[0].ret < 0)
+		return jobs[0].ret;
+	return jobs[1].ret;
+}
+
 int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 		       double *err_rel)
 {
@@ -265,29 +334,31 @@ int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 	int64_t in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group);
 	int64_t gs = ng == 1 ? in : g->qp.group;
+	bool need_w = err_rel || (v->spec.flags & QF_SPEC_FAKE);
 	uint16_t *sc = NULL;
 	int32_t *zero = NULL;
 	uint8_t *q = NULL;
-	float *w;
-	double err, norm = 0;
+	float *w = NULL;
+	double err = 0, norm = 0;
 	int64_t j;
 	int ret;
 
-	w = malloc((size_t)(rows * in) * sizeof(*w));
 	q = malloc((size_t)(rows * in));
 	sc = malloc((size_t)(rows * ng) * sizeof(*sc));
 	zero = malloc((size_t)(rows * ng) * sizeof(*zero));
-	if (!w || !q || !sc || !zero) {
+	if (need_w)
+		w = malloc((size_t)(rows * in) * sizeof(*w));
+	if (!q || !sc || !zero || (need_w && !w)) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	ret = qf_model_read_f32(g->w, w);
+	ret = quantize_rows(v, g, q, sc, zero);
 	if (ret < 0)
 		goto out_free;
-	ret = qf_rtn_quantize(w, rows, in, &g->qp, q, sc, zero);
-	if (ret < 0) {
-		qf_err("%s: %s: scale out of fp16 range", v->name, g->w->name);
-		goto out_free;
+	if (need_w) {
+		ret = qf_model_read_f32(g->w, w);
+		if (ret < 0)
+			goto out_free;
 	}
 	if (v->spec.flags & QF_SPEC_FAKE) {
 		err = dequant(w, q, sc, zero, rows, in, ng, gs,
@@ -304,8 +375,9 @@ int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 					sc[r * ng + j];
 		for (j = 0; j < in; j++)
 			((int32_t *)out[3])[j] = (int32_t)(j / gs);
-		err = err_rel ? dequant(w, q, sc, zero, rows, in, ng, gs,
-					QF_DT_F32, NULL) : 0;
+		if (err_rel)
+			err = dequant(w, q, sc, zero, rows, in, ng, gs,
+				      QF_DT_F32, NULL);
 	}
 	if (err_rel) {
 		for (j = 0; j < rows * in; j++)

@@ -1,0 +1,107 @@
+/*
+ * bench_rtn.c - RTN production kernels on one core: bf16 -> f32, group
+ * quantization, GPTQ packing, as source GB/s next to memcpy of the same
+ * bytes measured in the same run.
+ *
+ * usage: bench_rtn [rows in]   (default 4096 x 4096)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static double best_of(int reps, void (*fn)(void *), void *arg)
+{
+	double best = 1e30;
+	int i;
+
+	for (i = 0; i < reps; i++) {
+		double t0 = qf_now();
+
+		fn(arg);
+		t0 = qf_now() - t0;
+		best = t0 < best ? t0 : best;
+	}
+	return best;
+}
+
+struct ctx {
+	int64_t rows, in;
+	uint16_t *src;
+	void *copy;
+	float *w;
+	uint8_t *q;
+	uint16_t *sc;
+	int32_t *z;
+	uint32_t *qw;
+	struct qf_qparams p;
+};
+
+static void run_memcpy(void *a)
+{
+	struct ctx *c = a;
+
+	memcpy(c->copy, c->src, (size_t)(c->rows * c->in) * 2);
+}
+
+static void run_convert(void *a)
+{
+	struct ctx *c = a;
+
+	qf_to_f32(QF_DT_BF16, c->src, (size_t)(c->rows * c->in), c->w);
+}
+
+static void run_quant(void *a)
+{
+	struct ctx *c = a;
+
+	qf_rtn_quantize(c->w, c->rows, c->in, &c->p, c->q, c->sc, c->z);
+}
+
+static void run_pack(void *a)
+{
+	struct ctx *c = a;
+
+	qf_gptq_pack_qweight(c->q, c->rows, c->in, c->p.bits, c->qw);
+}
+
+int main(int argc, char **argv)
+{
+	struct ctx c = { .rows = 4096, .in = 4096 };
+	double tm, tc, tq, tp, gb;
+	int64_t k, n;
+
+	if (argc == 3) {
+		c.rows = atoll(argv[1]);
+		c.in = atoll(argv[2]);
+	}
+	n = c.rows * c.in;
+	c.p = (struct qf_qparams){ 4, 128, false };
+	c.src = malloc((size_t)n * 2);
+	c.copy = malloc((size_t)n * 2);
+	c.w = malloc((size_t)n * 4);
+	c.q = malloc((size_t)n);
+	c.sc = malloc((size_t)n / 32 * 2 + 64);
+	c.z = malloc((size_t)n / 32 * 4 + 64);
+	c.qw = malloc((size_t)n / 2 + 64);
+	for (k = 0; k < n; k++)
+		c.src[k] = qf_f32_to_bf16((float)((k * 2654435761u) % 2001) /
+					  1000.0f - 1.0f);
+	memset(c.copy, 1, (size_t)n * 2);
+	run_convert(&c);
+	tm = best_of(5, run_memcpy, &c);
+	tc = best_of(5, run_convert, &c);
+	tq = best_of(5, run_quant, &c);
+	tp = best_of(5, run_pack, &c);
+	gb = (double)n * 2 / 1e9;
+	printf("RTN w4 g128 on %lld x %lld bf16 (%.1f MB), one core\n",
+	       (long long)c.rows, (long long)c.in, gb * 1e3);
+	printf("  memcpy of the source      %6.2f GB/s\n", gb / tm);
+	printf("  bf16 -> f32               %6.2f GB/s of source\n", gb / tc);
+	printf("  quantize (scales, zeros)  %6.2f GB/s of source\n", gb / tq);
+	printf("  pack qweight              %6.2f GB/s of source\n", gb / tp);
+	printf("  whole kernel              %6.2f GB/s of source = %.2fx memcpy\n",
+	       gb / (tc + tq + tp), tm / (tc + tq + tp));
+	return 0;
+}

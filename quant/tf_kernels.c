@@ -1,0 +1,358 @@
+/*
+ * tf_kernels.c - fp32 kernels of the Llama-family forward pass: linears
+ * (SGEMM over all tokens at once), RMSNorm, rotate_half RoPE, blocked
+ * causal GQA attention, SwiGLU, and one decoder layer built from them.
+ *
+ * Semantics follow Hugging Face transformers (LlamaForCausalLM and
+ * relatives) in fp32.  Kernels take no locks; one BLAS call at a time
+ * per caller, threads come from OpenBLAS itself.  Scratch is allocated
+ * once per layer call, never per token.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+#include "tf_kernels.h"
+
+void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
+		      const float *b, int64_t out, float beta, float *y)
+{
+	int64_t i, j;
+
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out,
+		    (int)in, 1.0f, x, (int)in, w, (int)in, beta, y, (int)out);
+	if (!b)
+		return;
+	for (i = 0; i < n; i++) {
+		float *yr = y + i * out;	/* [out] */
+
+		for (j = 0; j < out; j++)
+			yr[j] += b[j];
+	}
+}
+
+void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
+		   float eps, float *y)
+{
+	int64_t i, j;
+
+	for (i = 0; i < n; i++) {
+		const float *xr = x + i * d;	/* [d] */
+		float *yr = y + i * d;		/* [d] */
+		double ss = 0;
+		float r;
+
+		for (j = 0; j < d; j++)
+			ss += (double)xr[j] * xr[j];
+		r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+		for (j = 0; j < d; j++)
+			yr[j] = xr[j] * r * w[j];
+	}
+}
+
+/* inv_freq[i] = theta^(-2i/d), with Llama 3.1's frequency remapping. */
+static double rope_inv_freq(const struct qf_tf_config *c, int i)
+{
+	double inv = pow((double)c->rope_theta,
+			 -(double)(2 * i) / (double)c->head_dim);
+	double lo_wl, hi_wl, wl, smooth;
+
+	if (c->rope_factor <= 0)
+		return inv;
+	lo_wl = c->rope_orig_max_pos / (double)c->rope_low_freq_factor;
+	hi_wl = c->rope_orig_max_pos / (double)c->rope_high_freq_factor;
+	wl = 2 * M_PI / inv;
+	if (wl < hi_wl)
+		return inv;
+	if (wl > lo_wl)
+		return inv / c->rope_factor;
+	smooth = (c->rope_orig_max_pos / wl - c->rope_low_freq_factor) /
+		 (c->rope_high_freq_factor - c->rope_low_freq_factor);
+	return (1 - smooth) * inv / c->rope_factor + smooth * inv;
+}
+
+void qf_tf_rope_table(const struct qf_tf_config *c, int seqlen, float *cs,
+		      float *sn)
+{
+	int half = c->head_dim / 2;
+	int p, i;
+
+	for (i = 0; i < half; i++) {
+		double inv = rope_inv_freq(c, i);
+
+		for (p = 0; p < seqlen; p++) {
+			double a = p * inv;
+
+			cs[(int64_t)p * half + i] = (float)cos(a);
+			sn[(int64_t)p * half + i] = (float)sin(a);
+		}
+	}
+}
+
+void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
+		const float *cs, const float *sn)
+{
+	int half = hd / 2;
+	int64_t t;
+	int h, i;
+
+	for (t = 0; t < ntok; t++) {
+		const float *c = cs + (t % seqlen) * half;	/* [half] */
+		const float *s = sn + (t % seqlen) * half;	/* [half] */
+
+		for (h = 0; h < nh; h++) {
+			float *xh = x + (t * nh + h) * hd;	/* [hd] */
+
+			for (i = 0; i < half; i++) {
+				float x1 = xh[i];
+				float x2 = xh[i + half];
+
+				xh[i] = x1 * c[i] - x2 * s[i];
+				xh[i + half] = x2 * c[i] + x1 * s[i];
+			}
+		}
+	}
+}
+
+/*
+ * Row i (absolute position) of a score block whose column 0 is key lo:
+ * softmax over keys [first, i], zeros elsewhere.
+ */
+static void softmax_row(float *row, int lo, int nk, int first, int i)
+{
+	float mx = -INFINITY;
+	float sum = 0;
+	float inv;
+	int j;
+
+	for (j = first - lo; j <= i - lo; j++)
+		mx = row[j] > mx ? row[j] : mx;
+	for (j = first - lo; j <= i - lo; j++) {
+		row[j] = expf(row[j] - mx);
+		sum += row[j];
+	}
+	inv = 1.0f / sum;
+	for (j = first - lo; j <= i - lo; j++)
+		row[j] *= inv;
+	for (j = 0; j < first - lo; j++)
+		row[j] = 0;
+	for (j = i - lo + 1; j < nk; j++)
+		row[j] = 0;
+}
+
+/* Keys of query block [r0, r1): [lo, r1). */
+static int block_lo(int r0, int window)
+{
+	int lo = window > 0 ? r0 - window + 1 : 0;
+
+	return lo > 0 ? lo : 0;
+}
+
+void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
+		     const float *v, int nseq, int seqlen, int window,
+		     float *s)
+{
+	int hd = c->head_dim;
+	int qd = c->heads * hd;
+	int kvd = c->kv_heads * hd;
+	int rep = c->heads / c->kv_heads;
+	float scale = 1.0f / sqrtf((float)hd);
+	int sq, h, r0, i;
+
+	for (sq = 0; sq < nseq; sq++) {
+		int64_t base = (int64_t)sq * seqlen;
+
+		for (h = 0; h < c->heads; h++) {
+			int g = h / rep;
+
+			for (r0 = 0; r0 < seqlen; r0 += QF_TF_BQ) {
+				int r1 = r0 + QF_TF_BQ < seqlen ?
+					 r0 + QF_TF_BQ : seqlen;
+				int lo = block_lo(r0, window);
+				int nk = r1 - lo;
+				float *qb = q + (base + r0) * qd + h * hd;
+				const float *kb = k + (base + lo) * kvd + g * hd;
+				const float *vb = v + (base + lo) * kvd + g * hd;
+
+				/* qb [r1 - r0, hd] ld qd; kb, vb [nk, hd] ld kvd */
+				cblas_sgemm(CblasRowMajor, CblasNoTrans,
+					    CblasTrans, r1 - r0, nk, hd, scale,
+					    qb, qd, kb, kvd, 0.0f, s, nk);
+				for (i = r0; i < r1; i++)
+					softmax_row(s + (int64_t)(i - r0) * nk,
+						    lo, nk, block_lo(i, window),
+						    i);
+				cblas_sgemm(CblasRowMajor, CblasNoTrans,
+					    CblasNoTrans, r1 - r0, hd, nk, 1.0f,
+					    s, nk, vb, kvd, 0.0f, qb, qd);
+			}
+		}
+	}
+}
+
+double qf_tf_attention_flops(const struct qf_tf_config *c, int nseq,
+			     int seqlen, int window)
+{
+	double f = 0;
+	int r0;
+
+	for (r0 = 0; r0 < seqlen; r0 += QF_TF_BQ) {
+		int r1 = r0 + QF_TF_BQ < seqlen ? r0 + QF_TF_BQ : seqlen;
+		int nk = r1 - block_lo(r0, window);
+
+		f += 2.0 * 2.0 * (r1 - r0) * (double)nk * c->head_dim;
+	}
+	return f * nseq * c->heads;
+}
+
+void qf_tf_swiglu(float *g, const float *u, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* Scratch of one layer call, one allocation. */
+struct layer_scratch {
+	float *xn;	/* [ntok, hidden] normed input */
+	float *q;	/* [ntok, heads * hd], then the attention output */
+	float *k;	/* [ntok, kv_heads * hd] */
+	float *v;	/* [ntok, kv_heads * hd] */
+	float *g;	/* [ntok, inter] gate, then silu(gate) * up */
+	float *u;	/* [ntok, inter] */
+	float *s;	/* [QF_TF_BQ, seqlen] attention scores */
+	float *cs;	/* [seqlen, hd / 2] */
+	float *sn;	/* [seqlen, hd / 2] */
+	float *mem;
+};
+
+static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
+			 int seqlen, struct layer_scratch *sc)
+{
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
+	int64_t half = c->head_dim / 2;
+	size_t n;
+	float *p;
+
+	n = (size_t)(ntok * (c->hidden + qd + 2 * kvd + 2 * (int64_t)c->inter) +
+		     (int64_t)QF_TF_BQ * seqlen + 2 * seqlen * half);
+	p = malloc(n * sizeof(float));
+	if (!p)
+		return -ENOMEM;
+	sc->mem = p;
+	sc->xn = p;
+	p += ntok * c->hidden;
+	sc->q = p;
+	p += ntok * qd;
+	sc->k = p;
+	p += ntok * kvd;
+	sc->v = p;
+	p += ntok * kvd;
+	sc->g = p;
+	p += ntok * c->inter;
+	sc->u = p;
+	p += ntok * c->inter;
+	sc->s = p;
+	p += (int64_t)QF_TF_BQ * seqlen;
+	sc->cs = p;
+	p += seqlen * half;
+	sc->sn = p;
+	return 0;
+}
+
+#define HOOK(lin, ptr, in)                                                   \
+	do {                                                                 \
+		if (hook) {                                                  \
+			ret = hook(arg, layer, (lin), (ptr), ntok, (in));    \
+			if (ret)                                             \
+				goto out_free;                               \
+		}                                                            \
+	} while (0)
+
+/* q/k/v projections, qwen3 q/k norms and RoPE. */
+static int attn_inputs(const struct qf_tf_config *c,
+		       const struct qf_tf_layer *ly, int layer, int64_t ntok,
+		       int seqlen, struct layer_scratch *sc, qf_tf_hook hook,
+		       void *arg)
+{
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
+	int ret = 0;
+
+	HOOK(QF_TF_Q, sc->xn, c->hidden);
+	qf_tf_linear_run(sc->xn, ntok, c->hidden, ly->w[QF_TF_Q],
+			 ly->b[QF_TF_Q], qd, 0.0f, sc->q);
+	HOOK(QF_TF_K, sc->xn, c->hidden);
+	qf_tf_linear_run(sc->xn, ntok, c->hidden, ly->w[QF_TF_K],
+			 ly->b[QF_TF_K], kvd, 0.0f, sc->k);
+	HOOK(QF_TF_V, sc->xn, c->hidden);
+	qf_tf_linear_run(sc->xn, ntok, c->hidden, ly->w[QF_TF_V],
+			 ly->b[QF_TF_V], kvd, 0.0f, sc->v);
+	if (ly->q_norm)
+		qf_tf_rmsnorm(sc->q, ly->q_norm, ntok * c->heads, c->head_dim,
+			      c->rms_eps, sc->q);
+	if (ly->k_norm)
+		qf_tf_rmsnorm(sc->k, ly->k_norm, ntok * c->kv_heads,
+			      c->head_dim, c->rms_eps, sc->k);
+	qf_tf_rope_table(c, seqlen, sc->cs, sc->sn);
+	qf_tf_rope(sc->q, ntok, c->heads, c->head_dim, seqlen, sc->cs, sc->sn);
+	qf_tf_rope(sc->k, ntok, c->kv_heads, c->head_dim, seqlen, sc->cs,
+		   sc->sn);
+out_free:
+	return ret;
+}
+
+int qf_tf_layer_forward_win(const struct qf_tf_config *c,
+			    const struct qf_tf_layer *ly, int layer, float *x,
+			    int nseq, int seqlen, int window, qf_tf_hook hook,
+			    void *arg)
+{
+	int64_t ntok = (int64_t)nseq * seqlen;
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	struct layer_scratch sc;
+	int ret;
+
+	if (nseq <= 0 || seqlen <= 0 || ntok > INT32_MAX)
+		return -EINVAL;
+	if (window >= seqlen)
+		window = 0;
+	ret = scratch_alloc(c, ntok, seqlen, &sc);
+	if (ret < 0)
+		return ret;
+	qf_tf_rmsnorm(x, ly->in_norm, ntok, c->hidden, c->rms_eps, sc.xn);
+	ret = attn_inputs(c, ly, layer, ntok, seqlen, &sc, hook, arg);
+	if (ret)
+		goto out_free;
+	qf_tf_attention(c, sc.q, sc.k, sc.v, nseq, seqlen, window, sc.s);
+	HOOK(QF_TF_O, sc.q, qd);
+	qf_tf_linear_run(sc.q, ntok, qd, ly->w[QF_TF_O], ly->b[QF_TF_O],
+			 c->hidden, 1.0f, x);
+
+	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
+	HOOK(QF_TF_GATE, sc.xn, c->hidden);
+	qf_tf_linear_run(sc.xn, ntok, c->hidden, ly->w[QF_TF_GATE],
+			 ly->b[QF_TF_GATE], c->inter, 0.0f, sc.g);
+	HOOK(QF_TF_UP, sc.xn, c->hidden);
+	qf_tf_linear_run(sc.xn, ntok, c->hidden, ly->w[QF_TF_UP],
+			 ly->b[QF_TF_UP], c->inter, 0.0f, sc.u);
+	qf_tf_swiglu(sc.g, sc.u, ntok * c->inter);
+	HOOK(QF_TF_DOWN, sc.g, c->inter);
+	qf_tf_linear_run(sc.g, ntok, c->inter, ly->w[QF_TF_DOWN],
+			 ly->b[QF_TF_DOWN], c->hidden, 1.0f, x);
+	ret = 0;
+out_free:
+	free(sc.mem);
+	return ret;
+}
+
+int qf_tf_layer_forward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, int layer, float *x,
+			int nseq, int seqlen, qf_tf_hook hook, void *arg)
+{
+	return qf_tf_layer_forward_win(c, ly, layer, x, nseq, seqlen, 0, hook,
+				       arg);
+}
