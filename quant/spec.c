@@ -111,6 +111,8 @@ static bool cur_next(struct spec_cur *c, struct spec_tok *t)
 {
 	const char *us;
 
+	t->p = c->end;
+	t->n = 0;
 	if (c->done)
 		return false;
 	us = memchr(c->pos, '_', (size_t)(c->end - c->pos));
