@@ -51,7 +51,7 @@ static int py(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Run forward_ref.py with the given arguments; 0 on success. */
 static int py(const char *fmt, ...)
 {
-	char args[2048], cmd[4096];
+	char args[2048], cmd[PATH_MAX + 2200];
 	va_list ap;
 	int r;
 
