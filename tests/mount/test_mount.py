@@ -433,6 +433,72 @@ def test_io_cache_mode_same_bytes():
             mm.close()
 
 
+def write_st(path, tensors):
+    """Write a safetensors file from {name: (dtype, shape, bytes)}."""
+    hdr, off, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name in sorted(tensors):
+        dt, shape, raw = tensors[name]
+        hdr[name] = {"dtype": dt, "shape": shape,
+                     "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blobs.append(raw)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def test_sharded_source_same_output():
+    """model.safetensors.index.json + shards: the variant equals the one
+    of the same tensors in a single file."""
+    root = os.path.join(WORK, "shard")
+    single = mkmodel(os.path.join(root, "single"), "--seed", 9)
+    sharded = os.path.join(root, "sharded")
+    shutil.copytree(single, sharded)
+    os.unlink(os.path.join(sharded, "model.safetensors"))
+    t, hdr = stread.read_st(os.path.join(single, "model.safetensors"))
+    raw = open(os.path.join(single, "model.safetensors"), "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    parts = [{}, {}, {}]
+    wmap = {}
+    for i, name in enumerate(sorted(k for k in hdr if k != "__metadata__")):
+        b, e = hdr[name]["data_offsets"]
+        k = i % 3
+        parts[k][name] = (hdr[name]["dtype"], hdr[name]["shape"],
+                          raw[8 + n + b:8 + n + e])
+        wmap[name] = "model-%05d-of-00003.safetensors" % (k + 1)
+    for k in range(3):
+        write_st(os.path.join(sharded, "model-%05d-of-00003.safetensors"
+                              % (k + 1)), parts[k])
+    with open(os.path.join(sharded, "model.safetensors.index.json"),
+              "w") as f:
+        json.dump({"metadata": {"total_size": len(raw) - 8 - n},
+                   "weight_map": wmap}, f)
+    with Mount(root) as m:
+        for var in ("rtn_w4_g128", "rtn_w8_gc_fake"):
+            a = sha(os.path.join(m.mnt, "single", var, "model.safetensors"))
+            b = sha(os.path.join(m.mnt, "sharded", var, "model.safetensors"))
+            assert a == b, var
+        orig = os.listdir(os.path.join(m.mnt, "sharded", "original"))
+        assert "model.safetensors.index.json" in orig and len(
+            [o for o in orig if o.endswith(".safetensors")]) == 3
+        # the index is not passed through into variant dirs
+        assert sorted(os.listdir(os.path.join(
+            m.mnt, "sharded", "rtn_w4_g128"))) == sorted(os.listdir(
+                os.path.join(m.mnt, "single", "rtn_w4_g128")))
+    # an index naming a missing shard, or a path outside the dir: EIO
+    with open(os.path.join(sharded, "model.safetensors.index.json"),
+              "w") as f:
+        json.dump({"weight_map": {"x": "../single/model.safetensors"}}, f)
+    with Mount(root) as m:
+        try:
+            os.listdir(os.path.join(m.mnt, "sharded", "rtn_w4_g128"))
+            raise AssertionError("escaping shard name accepted")
+        except OSError as e:
+            assert e.errno == errno.EIO
+        assert "bad shard name" in m.stderr()
+
+
 def test_cache_map_grows():
     with Mount(SRC, opts=["cache_map=1M"]) as m:
         p = os.path.join(m.mnt, "tiny", "rtn_w8_g32", "model.safetensors")
