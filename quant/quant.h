@@ -244,6 +244,14 @@ long qf_model_cfg_int(const struct qf_model *m, const char *key, long def);
  * finite.  Returns 0, QF_ECORRUPT, QF_ENUMERIC, QF_EUNSUPPORTED.
  */
 int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst);
+/*
+ * The fp32 weight [out, in] of linear prefix ("model.layers.0.mlp.up_proj")
+ * from "<prefix>.weight" or, in a variant directory, from the GPTQ
+ * checkpoint tensors (qweight/qzeros/scales/g_idx, v1 zeros).
+ * Returns 0, QF_EFORMAT (logged), QF_ECORRUPT, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_model_linear_f32(const struct qf_model *m, const char *prefix,
+			int64_t out, int64_t in, float *dst);
 /* Rows [row0, row0 + nrows) of a tensor (dim 0), same checks. */
 int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 			   int64_t nrows, float *dst);
@@ -279,10 +287,41 @@ static inline int64_t qf_ngroups(int64_t in, int group)
 int qf_rtn_quantize(const float *w, int64_t rows, int64_t in,
 		    const struct qf_qparams *p, uint8_t *q, uint16_t *scale_f16,
 		    int32_t *zero);
+/*
+ * The grid of one group whose weights span [lo, hi]: fp16 scale (and its
+ * f32 value) and zero, by the rules above.  Returns 0 or QF_ENUMERIC.
+ */
+int qf_rtn_grid(float lo, float hi, const struct qf_qparams *p,
+		uint16_t *sc16, float *sc, int32_t *zero);
 /* Scalar reference of the same, written plainly; for tests. */
 int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
 			const struct qf_qparams *p, uint8_t *q,
 			uint16_t *scale_f16, int32_t *zero);
+
+/*
+ * GPTQ (Frantar et al. 2022) of one linear, as published: Cholesky of the
+ * damped inverse Hessian, columns quantized in order (or by descending
+ * diag(H) with act_order) with error feedback, lazy blocks of
+ * `blocksize` columns and a GEMM update of the rest; group grids
+ * computed as the loop reaches each group (or up front with
+ * static_groups).  w [out, in] is replaced by the dequantized result; h
+ * [in, in] (X^T X, any positive scale) is destroyed.  Outputs in the
+ * original column order: q [out, in], scale/zero [out, ngroups], g_idx
+ * [in].  *loss: sum over columns of (w - q)^2 / Hinv_jj^2 / 2 (the
+ * paper's objective).  Returns 0, QF_ENUMERIC (H not positive definite
+ * even after 5 retries with 10x the damping), -ENOMEM.
+ */
+struct qf_gptq_opts {
+	struct qf_qparams qp;
+	bool act_order;
+	bool static_groups;
+	float damp;			/* fraction of mean diag(H), 0.01 */
+	int blocksize;			/* 128 */
+};
+int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
+		     const struct qf_gptq_opts *o, uint8_t *q,
+		     uint16_t *scale_f16, int32_t *zero, int32_t *g_idx,
+		     double *loss);
 
 /* True when bits packs [in, out] into GPTQ qweight/qzeros words. */
 bool qf_gptq_packable(int bits, int64_t in, int64_t out);
@@ -495,5 +534,103 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
  */
 int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
 		 const int32_t *ids, int nseq, int seqlen, float *logits);
+
+/* ------------------------------------------------------------------ */
+/* calibration: token sets, their hash, the layer-by-layer driver       */
+
+struct qf_calib {
+	int32_t *ids;			/* [nseq * seqlen] */
+	int nseq;
+	int seqlen;
+	uint8_t hash[32];		/* sha256(ids as int32 LE, nseq, seqlen) */
+	char hash_hex[65];
+	char source[256];		/* "text:<file>", "sampled:seed=<n>" */
+};
+
+/*
+ * nseq windows of seqlen tokens from text tokenized with the model's own
+ * tokenizer (no special tokens; BOS first in each window when the
+ * tokenizer has one), spread evenly over the text.  Returns 0, -EINVAL
+ * (text too short: fewer than nseq * (seqlen - 1) tokens), -ENOMEM.
+ */
+int qf_calib_from_text(const struct qf_tok *tok, const char *text, size_t len,
+		       int nseq, int seqlen, struct qf_calib *out);
+/*
+ * Data-free: nseq sequences of seqlen tokens sampled from the model itself
+ * (temperature 1, from BOS, a fixed seed), decoded with a KV cache.
+ */
+int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
+		    int32_t bos, int nseq, int seqlen, uint64_t seed,
+		    struct qf_calib *out);
+/* Fill hash/hash_hex from ids, nseq, seqlen. */
+void qf_calib_hash(struct qf_calib *cs);
+void qf_calib_free(struct qf_calib *cs);
+
+/*
+ * Statistics of one linear's inputs over the calibration set: what the
+ * quantizers need.  h: X^T X in fp32 [in, in] (upper triangle valid,
+ * then mirrored by qf_calib_stats_finish); mean_abs / mean_sq per input
+ * channel; n rows seen.
+ */
+struct qf_lin_stats {
+	int64_t in;
+	int64_t n;			/* rows (tokens) accumulated */
+	float *h;			/* [in, in] or NULL when not asked */
+	double *sum_abs;		/* [in] */
+	double *sum_sq;			/* [in] */
+};
+int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
+/* Accumulate rows x [n, in] (SSYRK for h). */
+void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n);
+/* Mirror h to a full symmetric matrix. */
+void qf_lin_stats_finish(struct qf_lin_stats *s);
+void qf_lin_stats_free(struct qf_lin_stats *s);
+
+/*
+ * The driver.  For each decoder layer in order: load its fp32 weights,
+ * then for each stage (true sequential: {q,k,v}, {o}, {gate,up}, {down};
+ * or one stage with every linear when !sequential) run the layer on the
+ * calibration activations, accumulating the stats of the stage's linears,
+ * and call quantize() which replaces their weights in ly (fake-quantized
+ * fp32); finally run the quantized layer to produce the next layer's
+ * input.  Memory: one layer's fp32 weights, the activations
+ * [nseq * seqlen, hidden] twice, the stage's stats.
+ */
+struct qf_calib_ops {
+	bool hessian;			/* accumulate X^T X */
+	bool sequential;		/* true-sequential stages */
+	/* Replace the weights of linears lin[0..n) of layer l in ly. */
+	int (*quantize)(void *arg, int layer, struct qf_tf_layer *ly,
+			const enum qf_tf_linear *lin, int n,
+			struct qf_lin_stats *stats);
+	/* Optional: the layer is done (x is its quantized output). */
+	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
+			  double seconds);
+};
+int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
+		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		 void *arg);
+
+/* ------------------------------------------------------------------ */
+/* evaluation                                                         */
+
+struct qf_eval_result {
+	int64_t tokens;			/* predicted tokens */
+	int windows;			/* windows evaluated */
+	int ctx;			/* window length incl. BOS */
+	double nll;			/* mean negative log-likelihood, nats */
+	double ppl;			/* exp(nll) */
+	double seconds;			/* wall time of the forward passes */
+	uint64_t weight_bytes;		/* bytes of the weight files */
+};
+/*
+ * Perplexity of text under model m: the text is tokenized whole (no
+ * special tokens) and cut into non-overlapping chunks of ctx - 1 tokens,
+ * each run as [BOS] + chunk (or the chunk alone without a BOS); every
+ * chunk token is predicted once.  The protocol of shared/data/README.md.
+ */
+int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
+		const char *text, size_t len, int ctx,
+		struct qf_eval_result *out);
 
 #endif /* QF_QUANT_H */

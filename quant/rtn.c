@@ -30,7 +30,7 @@ static inline float rnd_v(float x)
  * Scale and zero of one group: [lo, hi] is the range of its weights.
  * Returns 0, or QF_ENUMERIC when the scale does not fit fp16.
  */
-static int group_grid(float lo, float hi, const struct qf_qparams *p,
+int qf_rtn_grid(float lo, float hi, const struct qf_qparams *p,
 		      uint16_t *sc16, float *sc, int32_t *zero)
 {
 	int maxq = (1 << p->bits) - 1;
@@ -96,7 +96,7 @@ QF_HOT int qf_rtn_quantize(const float *w, int64_t rows, int64_t in,
 				lo = wr[j] < lo ? wr[j] : lo;
 				hi = wr[j] > hi ? wr[j] : hi;
 			}
-			ret = group_grid(lo, hi, p, &scale_f16[r * ng + g],
+			ret = qf_rtn_grid(lo, hi, p, &scale_f16[r * ng + g],
 					 &sc, &z);
 			if (ret < 0)
 				return ret;
@@ -138,7 +138,7 @@ int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
 				lo = fminf(lo, w[r * in + k]);
 				hi = fmaxf(hi, w[r * in + k]);
 			}
-			ret = group_grid(lo, hi, p, &scale_f16[r * ng + g],
+			ret = qf_rtn_grid(lo, hi, p, &scale_f16[r * ng + g],
 					 &sc, &z);
 			if (ret < 0)
 				return ret;
