@@ -146,6 +146,8 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->job_lock, NULL);
+	pthread_cond_init(&fs->job_cond, NULL);
 	fs->o = *o;
 	if (fs->o.timeout <= 0)
 		fs->o.timeout = 86400;
@@ -195,6 +197,7 @@ void qf_fs_free(struct qf_fs *fs)
 
 	if (!fs)
 		return;
+	qf_job_stop_all(fs);
 	for (i = 0; i < fs->nnode; i++) {
 		free(fs->node[i]->name);
 		free(fs->node[i]->path);
@@ -220,6 +223,8 @@ void qf_fs_free(struct qf_fs *fs)
 	free(fs->cache_dir);
 	free(fs->src);
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->job_lock);
+	pthread_cond_destroy(&fs->job_cond);
 	free(fs);
 }
 

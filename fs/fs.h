@@ -20,6 +20,11 @@ struct qf_fs_opts {
 	uint64_t cache_map;		/* initial LMDB map bytes, 0: 1 GiB */
 	double timeout;			/* entry/attr timeout, seconds */
 	int io;				/* QF_IO_*: how files reach the kernel */
+	const char *calib;		/* calibration text, NULL: sampled */
+	const char *calib_dir;		/* @name sets: <dir>/<name>.txt */
+	int calib_n;			/* sequences (default 32) */
+	int calib_len;			/* tokens per sequence (default 256) */
+	uint64_t calib_seed;		/* sampled sets (default 0) */
 };
 
 enum {

@@ -73,6 +73,23 @@ struct qf_var {
 	uint8_t *state;			/* per group, protected by lock */
 	size_t ndone;			/* groups done, protected by lock */
 	bool recorded;			/* record written, protected by lock */
+	struct qf_var *base;		/* calibrated _fake: packed variant */
+	bool calibrated;		/* produced by a layer job (job.c) */
+	struct qf_calib_info ci;	/* calibrated: manifest fields */
+	char *calib_path;		/* text set, NULL = sampled */
+	uint8_t calib_vid[QF_CACHE_VID]; /* cache id of the token set */
+	int nlayers;
+	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
+	int32_t *group_layer;		/* [ng] */
+	int layers_done;		/* lock */
+	bool job_running;		/* lock */
+	unsigned job_gen;		/* lock */
+	int job_err;			/* lock: result of the last job */
+	bool manifest_ready;		/* lock: manifest holds the results */
+	double *res_loss;		/* [ng] results, set before ready */
+	double *res_rtn;		/* [ng] */
+	double res_seconds;
+	char res_hash[65];		/* token hash of the set used */
 	double prod_s;			/* production seconds, lock */
 	uint64_t prod_src;		/* source bytes quantized, lock */
 };
@@ -101,6 +118,10 @@ struct qf_fs {
 	uint64_t kflags;		/* kernel INIT flags (session.c) */
 	uint64_t init_unique;		/* INIT request id until replied */
 	bool direct;			/* direct_io + mmap negotiated */
+	pthread_mutex_t job_lock;
+	pthread_cond_t job_cond;
+	int njobs;			/* running jobs, job_lock */
+	bool stopping;			/* job_lock: unmounting */
 };
 
 /* ns.c */
@@ -119,14 +140,37 @@ bool qf_ns_is_dir(const struct qf_node *n);
 /* Source files of a model dir that a variant passes through. */
 bool qf_ns_passthrough_name(const char *name);
 
+/* Find or create the variant of mdl named name. */
+struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
+			 const char *name, int *err);
+
 /* var.c */
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out);
+bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/*
+ * Group gi's packed GPTQ tensors from the cache, unpacked: q [out, in],
+ * sc/z [out, ngroups] (true zeros), g_idx [in].
+ * Returns 0, -ENOENT, QF_ECORRUPT, QF_ECACHE, -ENOMEM.
+ */
+int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
+		  uint8_t *q, uint16_t *sc, int32_t *z, int32_t *g_idx);
 void qf_var_free(struct qf_var *var);
 /* Make sure group gi is in the cache (single flight). */
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
+
+/* job.c: calibrated variants (GPTQ) */
+/* Calibration set, layer maps and placeholder manifest fields. */
+int qf_job_setup(struct qf_fs *fs, struct qf_var *var);
+void qf_job_free(struct qf_var *var);
+/* Wait until group gi's layer is in the cache, starting the job. */
+int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Wait until the whole variant and its final manifest are done. */
+int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
+/* Ask running jobs to stop after their current layer, and wait. */
+void qf_job_stop_all(struct qf_fs *fs);
 
 /* assemble.c */
 struct fuse_bufvec;

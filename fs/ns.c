@@ -162,12 +162,10 @@ static struct qf_var *find_var(struct qf_mdl *mdl, const char *name)
 }
 
 /* Caller holds fs->lock; drops and retakes it around variant setup. */
-static struct qf_node *lookup_variant(struct qf_fs *fs, struct qf_node *dir,
-				      const char *name, int *err)
+static struct qf_var *var_locked(struct qf_fs *fs, struct qf_mdl *mdl,
+				 const char *name, int *err)
 {
-	struct qf_mdl *mdl = dir->mdl;
 	struct qf_var *var, *other;
-	struct qf_node *n;
 	int ret;
 
 	if (!mdl->m) {
@@ -175,23 +173,45 @@ static struct qf_node *lookup_variant(struct qf_fs *fs, struct qf_node *dir,
 		return NULL;
 	}
 	var = find_var(mdl, name);
-	if (!var) {
-		pthread_mutex_unlock(&fs->lock);
-		ret = qf_var_new(fs, mdl, name, &var);
-		pthread_mutex_lock(&fs->lock);
-		if (ret < 0) {
-			*err = ret;
-			return NULL;
-		}
-		other = find_var(mdl, name);	/* lost a race? */
-		if (other) {
-			qf_var_free(var);
-			var = other;
-		} else {
-			var->next = mdl->vars;
-			mdl->vars = var;
-		}
+	if (var)
+		return var;
+	pthread_mutex_unlock(&fs->lock);
+	ret = qf_var_new(fs, mdl, name, &var);
+	pthread_mutex_lock(&fs->lock);
+	if (ret < 0) {
+		*err = ret;
+		return NULL;
 	}
+	other = find_var(mdl, name);	/* lost a race? */
+	if (other) {
+		qf_var_free(var);
+		return other;
+	}
+	var->next = mdl->vars;
+	mdl->vars = var;
+	return var;
+}
+
+struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
+			 const char *name, int *err)
+{
+	struct qf_var *var;
+
+	pthread_mutex_lock(&fs->lock);
+	var = var_locked(fs, mdl, name, err);
+	pthread_mutex_unlock(&fs->lock);
+	return var;
+}
+
+/* Caller holds fs->lock. */
+static struct qf_node *lookup_variant(struct qf_fs *fs, struct qf_node *dir,
+				      const char *name, int *err)
+{
+	struct qf_var *var = var_locked(fs, dir->mdl, name, err);
+	struct qf_node *n;
+
+	if (!var)
+		return NULL;
 	n = node_find(fs, dir->ino, name);
 	if (!n) {
 		n = node_add(fs, dir, name, QF_NODE_VARDIR);

@@ -338,6 +338,14 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 		return;
 	case QF_NODE_GENFILE:
+		/* a calibrated variant's results: after its production */
+		if (n->bytes == &n->var->manifest && n->var->calibrated) {
+			ret = qf_job_manifest(fs, n->var);
+			if (ret < 0) {
+				fuse_reply_err(req, qf_fs_errno(ret));
+				return;
+			}
+		}
 		if ((uint64_t)off >= n->size) {
 			fuse_reply_buf(req, NULL, 0);
 			return;

@@ -72,6 +72,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	const char *parts[4];
 	struct qf_spec spec;
 	struct qf_var *var;
+	char calib_hex[33];
 	int ret;
 
 	ret = qf_spec_parse(name, &spec, NULL);
@@ -86,17 +87,40 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	ret = qf_variant_init(mdl->m, &spec, &var->v);
 	if (ret < 0)
 		goto out_free;
+	var->calibrated = qf_spec_is_calibrated(&spec);
+	calib_hex[0] = 0;
+	if (var->calibrated && (spec.flags & QF_SPEC_FAKE)) {
+		/* _fake dequantizes the packed variant's tensors */
+		struct qf_spec b = spec;
+		char bname[128];
+
+		b.flags &= ~QF_SPEC_FAKE;
+		ret = qf_spec_print(&b, bname, sizeof(bname));
+		if (ret >= 0)
+			var->base = qf_ns_var(fs, mdl, bname, &ret);
+		if (!var->base)
+			goto out_free;
+		memcpy(var->calib_vid, var->base->calib_vid, QF_CACHE_VID);
+	} else if (var->calibrated) {
+		ret = qf_job_setup(fs, var);
+		if (ret < 0)
+			goto out_free;
+	}
+	if (var->calibrated)
+		qf_hex(var->calib_vid, QF_CACHE_VID, calib_hex);
 	parts[0] = "quantfs-variant-v1";
 	parts[1] = mdl->m->fp_hex;
 	parts[2] = var->v->name;
-	parts[3] = "";			/* calibration hash: none for rtn */
+	parts[3] = calib_hex;		/* calibration set: none for rtn */
 	qf_cache_vid(parts, 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
 	ret = var->state ? 0 : -ENOMEM;
 	if (!ret)
 		ret = qf_variant_config(var->v, &var->config);
 	if (!ret)
-		ret = qf_variant_manifest(var->v, &var->manifest);
+		ret = qf_variant_manifest(var->v, var->calibrated ?
+					  &(var->base ? var->base : var)->ci :
+					  NULL, &var->manifest);
 	if (!ret)
 		ret = build_plan(var);
 	if (ret < 0)
@@ -113,6 +137,7 @@ void qf_var_free(struct qf_var *var)
 {
 	if (!var)
 		return;
+	qf_job_free(var);
 	qf_variant_free(var->v);
 	qf_buf_release(&var->config);
 	qf_buf_release(&var->manifest);
@@ -139,7 +164,7 @@ size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
 	return lo;
 }
 
-static bool in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
 	struct qf_cache_txn *txn;
@@ -169,6 +194,78 @@ static void put_record(struct qf_fs *fs, struct qf_var *var)
 	qf_buf_release(&b);
 }
 
+int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
+		  uint8_t *q, uint16_t *sc, int32_t *z, int32_t *g_idx)
+{
+	const struct qf_vgroup *g = &var->v->g[gi];
+	int64_t rows = g->w->t->shape[0], in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t cols = rows * g->qp.bits / 32, r, j;
+	uint8_t *zq = malloc((size_t)(rows * ng));
+	struct qf_cache_txn *txn = NULL;
+	const void *p[4];
+	size_t len;
+	uint32_t k;
+	int ret;
+
+	ret = zq ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
+	for (k = 0; k < 4 && !ret; k++) {
+		const struct qf_vtensor *t = &var->v->t[g->first + k];
+
+		ret = qf_cache_get(txn, var->vid, t->name, &p[k], &len);
+		if (!ret && len != qf_vtensor_bytes(t))
+			ret = QF_ECORRUPT;
+	}
+	if (!ret) {
+		qf_gptq_unpack_qweight(p[0], rows, in, g->qp.bits, q);
+		for (j = 0; j < ng; j++)
+			qf_gptq_unpack_qweight((const uint32_t *)p[1] + j * cols,
+					       1, rows, g->qp.bits,
+					       zq + j * rows);
+		for (r = 0; r < rows; r++)
+			for (j = 0; j < ng; j++) {
+				sc[r * ng + j] = ((const uint16_t *)p[2])[
+					j * rows + r];
+				/* v1 checkpoints store zero - 1 */
+				z[r * ng + j] = (zq[j * rows + r] + 1) &
+						((1 << g->qp.bits) - 1);
+			}
+		memcpy(g_idx, p[3], (size_t)in * sizeof(*g_idx));
+	}
+	qf_cache_read_end(txn);
+	free(zq);
+	return ret;
+}
+
+/*
+ * A calibrated _fake group: the packed variant's group, dequantized into
+ * the source dtype (the same values a loader's GPTQ kernel would use).
+ */
+static int fake_from_base(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
+			  void **out)
+{
+	struct qf_var *b = var->base;
+	const struct qf_vgroup *g = &b->v->g[gi];
+	int64_t rows = g->w->t->shape[0], in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	uint8_t *q = malloc((size_t)(rows * in));
+	uint16_t *sc = malloc((size_t)(rows * ng) * 2);
+	int32_t *z = malloc((size_t)(rows * ng) * 4);
+	int32_t *gidx = malloc((size_t)in * 4);
+	int ret;
+
+	ret = q && sc && z && gidx ? qf_job_ensure(fs, b, gi) : -ENOMEM;
+	if (!ret)
+		ret = qf_var_unpack(fs, b, gi, q, sc, z, gidx);
+	if (!ret)
+		qf_variant_emit(var->v, gi, q, sc, z, gidx, out);
+	free(q);
+	free(sc);
+	free(z);
+	free(gidx);
+	return ret;
+}
+
 static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	const struct qf_vgroup *g = &var->v->g[gi];
@@ -188,7 +285,9 @@ static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 		if (!bufs[k])
 			ret = -ENOMEM;
 	}
-	if (!ret)
+	if (!ret && var->base)
+		ret = fake_from_base(fs, var, gi, bufs);
+	else if (!ret)
 		ret = qf_variant_produce(var->v, gi, bufs, NULL);
 	if (!ret)
 		ret = qf_cache_put(fs->cache, var->vid, items, g->n);
@@ -197,7 +296,17 @@ static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	return ret;
 }
 
+static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	if (var->calibrated && !var->base)
+		return qf_job_ensure(fs, var, gi);
+	return ensure_group(fs, var, gi);
+}
+
+/* Per-group single flight: RTN, and calibrated _fake from its base. */
+static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	bool record = false, complete;
 	double t0, secs = 0;
@@ -215,7 +324,7 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	pthread_mutex_unlock(&var->lock);
 
 	t0 = qf_now();
-	if (!in_cache(fs, var, gi)) {
+	if (!qf_var_in_cache(fs, var, gi)) {
 		ret = produce(fs, var, gi);
 		if (ret < 0)
 			qf_err("%s/%s: cannot produce %s: %s", var->mdl->name,

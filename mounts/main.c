@@ -26,6 +26,7 @@ static const char usage_text[] =
 	"       quantfs mkmodel DIR [--hidden N] [--inter N] [--layers N]\n"
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
 	"                       [--seed N] [--dtype bf16|f16|f32] [--tie]\n"
+	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"       quantfs --help | --version\n"
 	"\n"
 	"mount options:\n"
@@ -40,6 +41,12 @@ static const char usage_text[] =
 	"  -o io=auto|cache   auto (default): large files use direct_io +\n"
 	"                     splice where the kernel still allows mmap of\n"
 	"                     them (Linux 6.6+); cache: always page cache\n"
+	"  -o calib=FILE      calibration text for gptq (default: sequences\n"
+	"                     sampled from the model itself)\n"
+	"  -o calib_dir=DIR   sets for the @NAME suffix: DIR/NAME.txt\n"
+	"  -o calib_n=N       calibration sequences (default 32)\n"
+	"  -o calib_len=N     tokens per sequence (default 256)\n"
+	"  -o calib_seed=N    seed of sampled sets (default 0)\n"
 	"  -o allow_other     let other users read the mount (implies\n"
 	"                     default_permissions)\n"
 	"  -o debug           log debug lines\n"
@@ -101,6 +108,20 @@ static int take_option(struct mount_opts *mo, char *opt)
 		mo->threads = atoi(val);
 		if (mo->threads < 1 || mo->threads > 1024)
 			return -EINVAL;
+	} else if (!strcmp(opt, "calib") && val && *val) {
+		mo->fs.calib = val;
+	} else if (!strcmp(opt, "calib_dir") && val && *val) {
+		mo->fs.calib_dir = val;
+	} else if (!strcmp(opt, "calib_n") && val) {
+		mo->fs.calib_n = atoi(val);
+		if (mo->fs.calib_n < 1 || mo->fs.calib_n > 65536)
+			return -EINVAL;
+	} else if (!strcmp(opt, "calib_len") && val) {
+		mo->fs.calib_len = atoi(val);
+		if (mo->fs.calib_len < 2 || mo->fs.calib_len > 131072)
+			return -EINVAL;
+	} else if (!strcmp(opt, "calib_seed") && val) {
+		mo->fs.calib_seed = strtoull(val, NULL, 0);
 	} else if (!strcmp(opt, "debug")) {
 		qf_log_set_level(QF_LOG_DEBUG);
 	} else if (!strcmp(opt, "io") && val) {
@@ -270,6 +291,89 @@ static int cmd_mkmodel(int argc, char **argv)
 	return 0;
 }
 
+/* Perplexity of a model directory (a source, or a mounted variant). */
+static int cmd_eval(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "text", required_argument, NULL, 't' },
+		{ "ctx", required_argument, NULL, 'c' },
+		{ "json", no_argument, NULL, 'j' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct qf_buf text = QF_BUF_INIT, path = QF_BUF_INIT;
+	struct qf_eval_result r;
+	struct qf_model *m = NULL;
+	struct qf_tok *tok = NULL;
+	const char *tfile = NULL, *why = NULL;
+	bool json = false;
+	int ctx = 512, c, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (c) {
+		case 't': tfile = optarg; break;
+		case 'c': ctx = atoi(optarg); break;
+		case 'j': json = true; break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc - 1 || !tfile || ctx < 2) {
+		usage(stderr);
+		return 2;
+	}
+	ret = qf_read_file(tfile, 1u << 30, &text);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: cannot read '%s': %s\n", tfile,
+			qf_strerror(ret));
+		return 1;
+	}
+	ret = qf_model_open(argv[optind], &m);
+	if (!ret) {
+		qf_buf_addf(&path, "%s/tokenizer.json", argv[optind]);
+		ret = qf_tok_open(path.data, &tok, &why);
+		if (ret < 0)
+			fprintf(stderr, "quantfs: %s: %s\n", path.data,
+				why ? why : qf_strerror(ret));
+	}
+	if (!ret)
+		ret = qf_eval_ppl(m, tok, text.data, text.len, ctx, &r);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: eval '%s': %s\n", argv[optind],
+			ret == -EINVAL ? "text too short for one window" :
+					 qf_strerror(ret));
+	} else if (json) {
+		printf("{\"model\": \"%s\", \"text\": \"%s\", "
+		       "\"protocol\": \"non-overlapping windows of %d tokens, "
+		       "BOS + %d\", \"windows\": %d, \"tokens\": %lld, "
+		       "\"nll\": %.6f, \"ppl\": %.4f, \"weight_bytes\": %llu, "
+		       "\"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
+		       m->dir, tfile, r.ctx, r.ctx - 1, r.windows,
+		       (long long)r.tokens, r.nll, r.ppl,
+		       (unsigned long long)r.weight_bytes, r.seconds,
+		       r.tokens / r.seconds);
+	} else {
+		printf("%-12s %s\n", "model", m->dir);
+		printf("%-12s %s (%zu bytes)\n", "text", tfile, text.len);
+		printf("%-12s non-overlapping windows of %d tokens (BOS + "
+		       "%d), %d windows\n", "protocol", r.ctx, r.ctx - 1,
+		       r.windows);
+		printf("%-12s %lld\n", "tokens", (long long)r.tokens);
+		printf("%-12s %.6f nats/token\n", "mean nll", r.nll);
+		printf("%-12s %.4f\n", "perplexity", r.ppl);
+		printf("%-12s %llu\n", "weight bytes",
+		       (unsigned long long)r.weight_bytes);
+		printf("%-12s %.2f s (%.0f tokens/s)\n", "wall time",
+		       r.seconds, r.tokens / r.seconds);
+	}
+	qf_tok_close(tok);
+	qf_model_close(m);
+	qf_buf_release(&text);
+	qf_buf_release(&path);
+	return ret < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -290,6 +394,8 @@ int main(int argc, char **argv)
 		exit(cmd_umount(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "mkmodel"))
 		exit(cmd_mkmodel(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "eval"))
+		exit(cmd_eval(argc - 1, argv + 1));
 	fprintf(stderr, "quantfs: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	exit(2);

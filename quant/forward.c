@@ -181,19 +181,21 @@ int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c)
 	c->qk_norm = !strcmp(c->model_type, "qwen3");
 	c->attn_bias = !strcmp(c->model_type, "qwen2") ||
 		       cfg_bool(o, "attention_bias", false);
+	c->sliding_window = 0;
+	if (!strcmp(c->model_type, "mistral")) {
+		long w = qf_model_cfg_int(m, "sliding_window", 0);
+
+		c->sliding_window = w > 0 && w < (1L << 30) ? (int)w : 0;
+	}
 	return 0;
 }
 
 /* Mistral's sliding window when it is shorter than seqlen, else 0. */
-static int sliding_window(const struct qf_model *m,
-			  const struct qf_tf_config *c, int seqlen)
+static int sliding_window(const struct qf_tf_config *c, int seqlen)
 {
-	long w;
+	int w = c->sliding_window;
 
-	if (strcmp(c->model_type, "mistral"))
-		return 0;
-	w = qf_model_cfg_int(m, "sliding_window", 0);
-	return w > 0 && w < seqlen ? (int)w : 0;
+	return w > 0 && w < seqlen ? w : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -285,9 +287,14 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if (l < 0 || l >= c->layers)
 		return -EINVAL;
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
-		snprintf(what, sizeof(what), "%s.weight", linear_names[i]);
-		ret = load_layer_t(m, l, what, dims[i][0], dims[i][1],
-				   &out->w[i]);
+		/* .weight, or the GPTQ tensors of a mounted variant */
+		snprintf(what, sizeof(what), "model.layers.%d.%s", l,
+			 linear_names[i]);
+		out->w[i] = malloc(sizeof(float) *
+				   (size_t)(dims[i][0] * dims[i][1]));
+		ret = out->w[i] ? qf_model_linear_f32(m, what, dims[i][0],
+						      dims[i][1], out->w[i]) :
+				  -ENOMEM;
 		if (ret < 0)
 			goto out_free;
 		if (!has_bias(m, c, i))
@@ -444,7 +451,7 @@ int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
 		 const int32_t *ids, int nseq, int seqlen, float *logits)
 {
 	int64_t n = (int64_t)nseq * seqlen;
-	int window = sliding_window(m, c, seqlen);
+	int window = sliding_window(c, seqlen);
 	struct qf_tf_layer ly;
 	float *x;	/* [n, hidden] residual stream */
 	int l, ret;

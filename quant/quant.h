@@ -387,11 +387,38 @@ void qf_variant_free(struct qf_variant *v);
  */
 int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 		       double *err_rel);
+/*
+ * Write group gi's output tensors (packed GPTQ tensors, or the
+ * dequantized weight for _fake) from integer results: q [out, in],
+ * scale/zero [out, ngroups], g_idx [in] (group of each input column).
+ */
+void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
+		     const uint16_t *sc, const int32_t *zero,
+		     const int32_t *g_idx, void **out);
 uint64_t qf_vtensor_bytes(const struct qf_vtensor *t);
 /* config.json: the source's plus "quantization_config". */
 int qf_variant_config(const struct qf_variant *v, struct qf_buf *out);
-/* quantization.json: method, parameters, hashes, per-layer layout. */
-int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out);
+/*
+ * What a calibrated variant records in quantization.json.  Numbers that
+ * are known only after production print with a fixed width, so the file
+ * has its final size before it: render with loss == NULL for the
+ * placeholder, with the results once the job is done.
+ */
+struct qf_calib_info {
+	char source[256];		/* how the set was made */
+	char key[65];			/* hex id of the set (in the cache key) */
+	char hash[65];			/* sha256 of token ids + shape */
+	int nseq;
+	int seqlen;
+	double damp;			/* GPTQ damp_percent */
+	double seconds;			/* production time */
+	const double *loss;		/* [ng] or NULL: relative output error */
+	const double *loss_rtn;		/* [ng] or NULL: RTN at same settings */
+};
+/* quantization.json: method, parameters, hashes, per-layer layout;
+ * ci is NULL for uncalibrated methods. */
+int qf_variant_manifest(const struct qf_variant *v,
+			const struct qf_calib_info *ci, struct qf_buf *out);
 
 /* ------------------------------------------------------------------ */
 /* generated models (the embedded demo and test fixtures)             */
@@ -470,6 +497,7 @@ struct qf_tf_config {
 	bool tie;			/* tie_word_embeddings */
 	bool attn_bias;			/* q/k/v biases (qwen2) */
 	bool qk_norm;			/* per-head q/k RMSNorm (qwen3) */
+	int sliding_window;		/* mistral: window, 0 = none */
 };
 
 /* From config.json; QF_EUNSUPPORTED for other model types. */
@@ -603,6 +631,12 @@ struct qf_calib_ops {
 	int (*quantize)(void *arg, int layer, struct qf_tf_layer *ly,
 			const enum qf_tf_linear *lin, int n,
 			struct qf_lin_stats *stats);
+	/*
+	 * Optional: *cached = true after loading layer l's already
+	 * quantized weights into ly (resume); its stages are skipped.
+	 */
+	int (*layer_cached)(void *arg, int layer, struct qf_tf_layer *ly,
+			    bool *cached);
 	/* Optional: the layer is done (x is its quantized output). */
 	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
 			  double seconds);

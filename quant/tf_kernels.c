@@ -41,12 +41,19 @@ void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
 	for (i = 0; i < n; i++) {
 		const float *xr = x + i * d;	/* [d] */
 		float *yr = y + i * d;		/* [d] */
-		double ss = 0;
+		float acc[8] = { 0 };		/* lanes: vectorizes at -O2 */
+		float ss = 0;
 		float r;
+		int l;
 
-		for (j = 0; j < d; j++)
-			ss += (double)xr[j] * xr[j];
-		r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+		for (j = 0; j + 8 <= d; j += 8)
+			for (l = 0; l < 8; l++)
+				acc[l] += xr[j + l] * xr[j + l];
+		for (; j < d; j++)
+			ss += xr[j] * xr[j];
+		for (l = 0; l < 8; l++)
+			ss += acc[l];
+		r = 1.0f / sqrtf(ss / (float)d + eps);
 		for (j = 0; j < d; j++)
 			yr[j] = xr[j] * r * w[j];
 	}
@@ -117,29 +124,163 @@ void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
 }
 
 /*
- * Row i (absolute position) of a score block whose column 0 is key lo:
- * softmax over keys [first, i], zeros elsewhere.
+ * exp for the softmax and SiLU.  On x86-64 with AVX2 + FMA (checked at run
+ * time) a Cephes-style polynomial, 8 lanes at a time, within 2 ulp of
+ * expf over [-87, 88]; arguments are clamped to that range, so exp of a
+ * very negative score is 1e-38 rather than 0.  Elsewhere plain expf.
  */
-static void softmax_row(float *row, int lo, int nk, int first, int i)
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma")))
+static inline __m256 exp8(__m256 x)
+{
+	const __m256 log2e = _mm256_set1_ps(1.44269504088896341f);
+	const __m256 ln2_hi = _mm256_set1_ps(0.693359375f);
+	const __m256 ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+	__m256 fx, r, p;
+	__m256i e;
+
+	x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)),
+			  _mm256_set1_ps(88.0f));
+	fx = _mm256_round_ps(_mm256_mul_ps(x, log2e),
+			     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	r = _mm256_fnmadd_ps(fx, ln2_hi, x);
+	r = _mm256_fnmadd_ps(fx, ln2_lo, r);
+	p = _mm256_set1_ps(1.9875691500e-4f);
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r),
+			    _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+	e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx),
+					       _mm256_set1_epi32(127)), 23);
+	return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma")))
+static inline float hsum8(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v),
+			      _mm256_extractf128_ps(v, 1));
+
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+	return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma")))
+static inline float hmax8(__m256 v)
+{
+	__m128 s = _mm_max_ps(_mm256_castps256_ps128(v),
+			      _mm256_extractf128_ps(v, 1));
+
+	s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
+	return _mm_cvtss_f32(s);
+}
+
+/* p[0..n) = softmax(p[0..n)), n >= 1. */
+__attribute__((target("avx2,fma")))
+static void softmax_avx2(float *p, int n)
+{
+	__m256 vm = _mm256_set1_ps(-INFINITY);
+	__m256 vs = _mm256_setzero_ps();
+	__m256 vmx, vi;
+	float mx, sum, inv;
+	int j;
+
+	for (j = 0; j + 8 <= n; j += 8)
+		vm = _mm256_max_ps(vm, _mm256_loadu_ps(p + j));
+	mx = hmax8(vm);
+	for (; j < n; j++)
+		mx = p[j] > mx ? p[j] : mx;
+	vmx = _mm256_set1_ps(mx);
+	for (j = 0; j + 8 <= n; j += 8) {
+		__m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), vmx));
+
+		_mm256_storeu_ps(p + j, e);
+		vs = _mm256_add_ps(vs, e);
+	}
+	sum = hsum8(vs);
+	for (; j < n; j++) {
+		p[j] = expf(p[j] - mx);
+		sum += p[j];
+	}
+	inv = 1.0f / sum;
+	vi = _mm256_set1_ps(inv);
+	for (j = 0; j + 8 <= n; j += 8)
+		_mm256_storeu_ps(p + j, _mm256_mul_ps(_mm256_loadu_ps(p + j), vi));
+	for (; j < n; j++)
+		p[j] *= inv;
+}
+
+__attribute__((target("avx2,fma")))
+static void swiglu_avx2(float *g, const float *u, int64_t n)
+{
+	const __m256 one = _mm256_set1_ps(1.0f);
+	int64_t i;
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		__m256 x = _mm256_loadu_ps(g + i);
+		__m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+
+		x = _mm256_div_ps(x, _mm256_add_ps(one, e));
+		_mm256_storeu_ps(g + i, _mm256_mul_ps(x, _mm256_loadu_ps(u + i)));
+	}
+	for (; i < n; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static bool have_avx2(void)
+{
+	return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#else
+static void softmax_avx2(float *p, int n) { (void)p; (void)n; }
+static void swiglu_avx2(float *g, const float *u, int64_t n)
+{
+	(void)g; (void)u; (void)n;
+}
+static bool have_avx2(void) { return false; }
+#endif
+
+static void softmax_ref(float *p, int n)
 {
 	float mx = -INFINITY;
 	float sum = 0;
 	float inv;
 	int j;
 
-	for (j = first - lo; j <= i - lo; j++)
-		mx = row[j] > mx ? row[j] : mx;
-	for (j = first - lo; j <= i - lo; j++) {
-		row[j] = expf(row[j] - mx);
-		sum += row[j];
+	for (j = 0; j < n; j++)
+		mx = p[j] > mx ? p[j] : mx;
+	for (j = 0; j < n; j++) {
+		p[j] = expf(p[j] - mx);
+		sum += p[j];
 	}
 	inv = 1.0f / sum;
-	for (j = first - lo; j <= i - lo; j++)
-		row[j] *= inv;
-	for (j = 0; j < first - lo; j++)
-		row[j] = 0;
-	for (j = i - lo + 1; j < nk; j++)
-		row[j] = 0;
+	for (j = 0; j < n; j++)
+		p[j] *= inv;
+}
+
+/*
+ * Row i (absolute position) of a score block whose column 0 is key lo:
+ * softmax over keys [first, i], zeros elsewhere.
+ */
+static void softmax_row(float *row, int lo, int nk, int first, int i,
+			bool avx2)
+{
+	int a = first - lo;
+	int b = i - lo + 1;
+
+	if (avx2)
+		softmax_avx2(row + a, b - a);
+	else
+		softmax_ref(row + a, b - a);
+	memset(row, 0, sizeof(float) * (size_t)a);
+	memset(row + b, 0, sizeof(float) * (size_t)(nk - b));
 }
 
 /* Keys of query block [r0, r1): [lo, r1). */
@@ -159,6 +300,7 @@ void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
 	int kvd = c->kv_heads * hd;
 	int rep = c->heads / c->kv_heads;
 	float scale = 1.0f / sqrtf((float)hd);
+	bool avx2 = have_avx2();
 	int sq, h, r0, i;
 
 	for (sq = 0; sq < nseq; sq++) {
@@ -183,7 +325,7 @@ void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
 				for (i = r0; i < r1; i++)
 					softmax_row(s + (int64_t)(i - r0) * nk,
 						    lo, nk, block_lo(i, window),
-						    i);
+						    i, avx2);
 				cblas_sgemm(CblasRowMajor, CblasNoTrans,
 					    CblasNoTrans, r1 - r0, hd, nk, 1.0f,
 					    s, nk, vb, kvd, 0.0f, qb, qd);
@@ -211,9 +353,20 @@ void qf_tf_swiglu(float *g, const float *u, int64_t n)
 {
 	int64_t i;
 
+	if (have_avx2()) {
+		swiglu_avx2(g, u, n);
+		return;
+	}
 	for (i = 0; i < n; i++)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
+
+/*
+ * The up projection runs in chunks of this many tokens, each multiplied
+ * into silu(gate) at once: no [ntok, inter] buffer for it, and the
+ * product is still cache-warm.
+ */
+#define QF_TF_UP_ROWS 512
 
 /* Scratch of one layer call, one allocation. */
 struct layer_scratch {
@@ -222,7 +375,7 @@ struct layer_scratch {
 	float *k;	/* [ntok, kv_heads * hd] */
 	float *v;	/* [ntok, kv_heads * hd] */
 	float *g;	/* [ntok, inter] gate, then silu(gate) * up */
-	float *u;	/* [ntok, inter] */
+	float *u;	/* [QF_TF_UP_ROWS, inter] up of one token chunk */
 	float *s;	/* [QF_TF_BQ, seqlen] attention scores */
 	float *cs;	/* [seqlen, hd / 2] */
 	float *sn;	/* [seqlen, hd / 2] */
@@ -235,11 +388,13 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 	int64_t qd = (int64_t)c->heads * c->head_dim;
 	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
 	int64_t half = c->head_dim / 2;
+	int64_t urows = ntok < QF_TF_UP_ROWS ? ntok : QF_TF_UP_ROWS;
 	size_t n;
 	float *p;
 
-	n = (size_t)(ntok * (c->hidden + qd + 2 * kvd + 2 * (int64_t)c->inter) +
-		     (int64_t)QF_TF_BQ * seqlen + 2 * seqlen * half);
+	n = (size_t)(ntok * (c->hidden + qd + 2 * kvd + (int64_t)c->inter) +
+		     urows * c->inter + (int64_t)QF_TF_BQ * seqlen +
+		     2 * seqlen * half);
 	p = malloc(n * sizeof(float));
 	if (!p)
 		return -ENOMEM;
@@ -255,7 +410,7 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 	sc->g = p;
 	p += ntok * c->inter;
 	sc->u = p;
-	p += ntok * c->inter;
+	p += urows * c->inter;
 	sc->s = p;
 	p += (int64_t)QF_TF_BQ * seqlen;
 	sc->cs = p;
@@ -314,6 +469,7 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 	int64_t ntok = (int64_t)nseq * seqlen;
 	int64_t qd = (int64_t)c->heads * c->head_dim;
 	struct layer_scratch sc;
+	int64_t t0;
 	int ret;
 
 	if (nseq <= 0 || seqlen <= 0 || ntok > INT32_MAX)
@@ -337,9 +493,15 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 	qf_tf_linear_run(sc.xn, ntok, c->hidden, ly->w[QF_TF_GATE],
 			 ly->b[QF_TF_GATE], c->inter, 0.0f, sc.g);
 	HOOK(QF_TF_UP, sc.xn, c->hidden);
-	qf_tf_linear_run(sc.xn, ntok, c->hidden, ly->w[QF_TF_UP],
-			 ly->b[QF_TF_UP], c->inter, 0.0f, sc.u);
-	qf_tf_swiglu(sc.g, sc.u, ntok * c->inter);
+	for (t0 = 0; t0 < ntok; t0 += QF_TF_UP_ROWS) {
+		int64_t nt = ntok - t0 < QF_TF_UP_ROWS ? ntok - t0 :
+			     QF_TF_UP_ROWS;
+
+		qf_tf_linear_run(sc.xn + t0 * c->hidden, nt, c->hidden,
+				 ly->w[QF_TF_UP], ly->b[QF_TF_UP], c->inter,
+				 0.0f, sc.u);
+		qf_tf_swiglu(sc.g + t0 * c->inter, sc.u, nt * c->inter);
+	}
 	HOOK(QF_TF_DOWN, sc.g, c->inter);
 	qf_tf_linear_run(sc.g, ntok, c->inter, ly->w[QF_TF_DOWN],
 			 ly->b[QF_TF_DOWN], c->hidden, 1.0f, x);
@@ -353,6 +515,9 @@ int qf_tf_layer_forward(const struct qf_tf_config *c,
 			const struct qf_tf_layer *ly, int layer, float *x,
 			int nseq, int seqlen, qf_tf_hook hook, void *arg)
 {
-	return qf_tf_layer_forward_win(c, ly, layer, x, nseq, seqlen, 0, hook,
+	int w = c->sliding_window > 0 && c->sliding_window < seqlen ?
+		c->sliding_window : 0;
+
+	return qf_tf_layer_forward_win(c, ly, layer, x, nseq, seqlen, w, hook,
 				       arg);
 }

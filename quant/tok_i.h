@@ -207,6 +207,9 @@ uint64_t qf_tok_hash(const void *s, size_t n);
 /* Id of the model key s[0..n), or -1. */
 int32_t qf_tok_lookup(const struct qf_tok *t, const char *s, size_t n);
 
+/* Append s with every pat replaced by rep (pat empty: s as is). */
+int qf_tok_replace_all(const char *s, size_t n, const char *pat, size_t plen,
+		       const char *rep, size_t rlen, struct qf_buf *out);
 /* Apply the normalizers to s; out is reset first.  0, -ENOMEM. */
 int qf_tok_normalize(const struct qf_tok *t, const char *s, size_t n,
 		     struct qf_buf *out);

@@ -160,7 +160,7 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 	size_t i;
 	int ret;
 
-	if (spec->method != QF_METHOD_RTN)
+	if (spec->method != QF_METHOD_RTN && spec->method != QF_METHOD_GPTQ)
 		return QF_EUNSUPPORTED;
 	v = calloc(1, sizeof(*v));
 	if (!v)
@@ -232,14 +232,14 @@ void qf_variant_free(struct qf_variant *v)
 /* Dequantize q into dst in the source dtype; returns sum((w - deq)^2). */
 static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
 		      const int32_t *zero, int64_t out, int64_t in, int64_t ng,
-		      int64_t gs, enum qf_dtype dt, void *dst)
+		      const int32_t *g_idx, enum qf_dtype dt, void *dst)
 {
 	double err = 0;
 	int64_t r, j;
 
 	for (r = 0; r < out; r++)
 		for (j = 0; j < in; j++) {
-			int64_t k = r * ng + j / gs;
+			int64_t k = r * ng + g_idx[j];
 			float d = qf_f16_to_f32(sc[k]) *
 				  (float)((int32_t)q[r * in + j] - zero[k]);
 
@@ -252,10 +252,35 @@ static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
 			} else if (dst) {
 				((float *)dst)[r * in + j] = d;
 			}
-			err += ((double)w[r * in + j] - d) *
-			       ((double)w[r * in + j] - d);
+			if (w)
+				err += ((double)w[r * in + j] - d) *
+				       ((double)w[r * in + j] - d);
 		}
 	return err;
+}
+
+void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
+		     const uint16_t *sc, const int32_t *zero,
+		     const int32_t *g_idx, void **out)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	int64_t rows = g->w->t->shape[0];
+	int64_t in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t r, j;
+
+	if (v->spec.flags & QF_SPEC_FAKE) {
+		dequant(NULL, q, sc, zero, rows, in, ng, g_idx, g->w->t->dtype,
+			out[0]);
+		return;
+	}
+	qf_gptq_pack_qweight(q, rows, in, g->qp.bits, out[0]);
+	qf_gptq_pack_qzeros(zero, rows, ng, g->qp.bits, out[1]);
+	/* scales are [groups, out]: transpose from [out, groups] */
+	for (r = 0; r < rows; r++)
+		for (j = 0; j < ng; j++)
+			((uint16_t *)out[2])[j * rows + r] = sc[r * ng + j];
+	memcpy(out[3], g_idx, (size_t)in * sizeof(*g_idx));
 }
 
 /*
@@ -334,52 +359,36 @@ int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 	int64_t in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group);
 	int64_t gs = ng == 1 ? in : g->qp.group;
-	bool need_w = err_rel || (v->spec.flags & QF_SPEC_FAKE);
 	uint16_t *sc = NULL;
-	int32_t *zero = NULL;
+	int32_t *zero = NULL, *g_idx = NULL;
 	uint8_t *q = NULL;
 	float *w = NULL;
-	double err = 0, norm = 0;
+	double err, norm = 0;
 	int64_t j;
 	int ret;
 
 	q = malloc((size_t)(rows * in));
 	sc = malloc((size_t)(rows * ng) * sizeof(*sc));
 	zero = malloc((size_t)(rows * ng) * sizeof(*zero));
-	if (need_w)
+	g_idx = malloc((size_t)in * sizeof(*g_idx));
+	if (err_rel)
 		w = malloc((size_t)(rows * in) * sizeof(*w));
-	if (!q || !sc || !zero || (need_w && !w)) {
+	if (!q || !sc || !zero || !g_idx || (err_rel && !w)) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
+	for (j = 0; j < in; j++)
+		g_idx[j] = (int32_t)(j / gs);
 	ret = quantize_rows(v, g, q, sc, zero);
 	if (ret < 0)
 		goto out_free;
-	if (need_w) {
+	qf_variant_emit(v, gi, q, sc, zero, g_idx, out);
+	if (err_rel) {
 		ret = qf_model_read_f32(g->w, w);
 		if (ret < 0)
 			goto out_free;
-	}
-	if (v->spec.flags & QF_SPEC_FAKE) {
-		err = dequant(w, q, sc, zero, rows, in, ng, gs,
-			      g->w->t->dtype, out[0]);
-	} else {
-		int64_t r;
-
-		qf_gptq_pack_qweight(q, rows, in, g->qp.bits, out[0]);
-		qf_gptq_pack_qzeros(zero, rows, ng, g->qp.bits, out[1]);
-		/* scales are [groups, out]: transpose from [out, groups] */
-		for (r = 0; r < rows; r++)
-			for (j = 0; j < ng; j++)
-				((uint16_t *)out[2])[j * rows + r] =
-					sc[r * ng + j];
-		for (j = 0; j < in; j++)
-			((int32_t *)out[3])[j] = (int32_t)(j / gs);
-		if (err_rel)
-			err = dequant(w, q, sc, zero, rows, in, ng, gs,
-				      QF_DT_F32, NULL);
-	}
-	if (err_rel) {
+		err = dequant(w, q, sc, zero, rows, in, ng, g_idx, QF_DT_F32,
+			      NULL);
 		for (j = 0; j < rows * in; j++)
 			norm += (double)w[j] * w[j];
 		*err_rel = norm > 0 ? err / norm : 0;
@@ -390,5 +399,6 @@ out_free:
 	free(q);
 	free(sc);
 	free(zero);
+	free(g_idx);
 	return ret;
 }

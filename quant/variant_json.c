@@ -69,8 +69,11 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddBoolToObject(qc, "desc_act", s->flags & QF_SPEC_ACT);
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
 	cJSON_AddBoolToObject(qc, "static_groups", s->flags & QF_SPEC_STATIC);
-	cJSON_AddBoolToObject(qc, "true_sequential", true);
+	cJSON_AddBoolToObject(qc, "true_sequential",
+			      s->method == QF_METHOD_GPTQ);
 	cJSON_AddStringToObject(qc, "checkpoint_format", "gptq");
+	if (s->method == QF_METHOD_GPTQ)
+		cJSON_AddNumberToObject(qc, "damp_percent", 0.01);
 	meta = cJSON_AddObjectToObject(qc, "meta");
 	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
 	cJSON_AddStringToObject(meta, "method", qf_method_name(s->method));
@@ -107,7 +110,41 @@ int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
 	return emit(root, out);
 }
 
-int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out)
+/* A JSON number of fixed width (12 chars) for results filled in later. */
+static cJSON *fixed_num(double x)
+{
+	char b[32];
+
+	if (!(x >= 1e-99))		/* NaN, negatives, underflow */
+		x = 0;
+	if (x > 9.999999e+99)
+		x = 9.999999e+99;
+	snprintf(b, sizeof(b), "%.6e", x);
+	return cJSON_CreateRaw(b);
+}
+
+static void add_calibration(cJSON *root, const struct qf_variant *v,
+			    const struct qf_calib_info *ci)
+{
+	cJSON *o = cJSON_AddObjectToObject(root, "calibration");
+
+	cJSON_AddStringToObject(o, "source", ci->source);
+	cJSON_AddStringToObject(o, "set_key", ci->key);
+	cJSON_AddStringToObject(o, "token_hash", ci->hash);
+	cJSON_AddNumberToObject(o, "sequences", ci->nseq);
+	cJSON_AddNumberToObject(o, "tokens_per_sequence", ci->seqlen);
+	cJSON_AddNumberToObject(o, "damp_percent", ci->damp);
+	cJSON_AddBoolToObject(o, "true_sequential", true);
+	cJSON_AddItemToObject(o, "seconds", fixed_num(ci->seconds));
+	cJSON_AddStringToObject(o, "loss",
+				"relative output error |(W - Q) X|^2 / |W X|^2 "
+				"on the calibration inputs (gptq) next to "
+				"round-to-nearest at the same settings (rtn)");
+	(void)v;
+}
+
+int qf_variant_manifest(const struct qf_variant *v,
+			const struct qf_calib_info *ci, struct qf_buf *out)
 {
 	const struct qf_spec *s = &v->spec;
 	uint64_t src = 0, dst = 0;
@@ -131,7 +168,10 @@ int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out)
 	cJSON_AddStringToObject(root, "grid", s->flags & QF_SPEC_SYM ?
 				"symmetric: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1)" :
 				"asymmetric over [min(w,0), max(w,0)], zero = round(-min/scale) kept >= 1; scales rounded to fp16 before the weights");
-	cJSON_AddNullToObject(root, "calibration");
+	if (ci)
+		add_calibration(root, v, ci);
+	else
+		cJSON_AddNullToObject(root, "calibration");
 	o = cJSON_AddObjectToObject(root, "source");
 	cJSON_AddStringToObject(o, "dir", v->m->dir);
 	cJSON_AddStringToObject(o, "fingerprint", v->m->fp_hex);
@@ -149,6 +189,12 @@ int qf_variant_manifest(const struct qf_variant *v, struct qf_buf *out)
 					(double)g->w->t->shape[1]));
 		cJSON_AddNumberToObject(l, "bits", g->qp.bits);
 		cJSON_AddNumberToObject(l, "group_size", s->group);
+		if (ci) {
+			cJSON_AddItemToObject(l, "loss_gptq", fixed_num(
+				ci->loss ? ci->loss[i] : 0));
+			cJSON_AddItemToObject(l, "loss_rtn", fixed_num(
+				ci->loss_rtn ? ci->loss_rtn[i] : 0));
+		}
 		cJSON_AddItemToArray(layers, l);
 		src += g->src_bytes;
 	}

@@ -35,6 +35,7 @@
 
 #include "check.h"
 #include "quant.h"
+#include "tf_kernels.h"
 
 #define NSEQ 3
 #define SEQLEN 17
@@ -325,13 +326,15 @@ static void check_config(const char *kind, const struct qf_tf_config *c)
 	}
 }
 
-static void test_generated(const char *kind, const char *dtype, int seed)
+static void test_generated(const char *kind, const char *dtype, int seed,
+			   int nseq, int seqlen)
 {
+	int64_t n = (int64_t)nseq * seqlen;
 	char dir[PATH_MAX];
 	struct qf_model *m = NULL;
 	struct qf_tf_config c;
 	struct oracle o;
-	int32_t ids[NTOK];
+	int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
 	float *logits;
 	double d, mx;
 	int i, agree = 0;
@@ -347,20 +350,21 @@ static void test_generated(const char *kind, const char *dtype, int seed)
 		return;
 	CHECK(qf_tf_config_parse(m, &c), ==, 0);
 	check_config(kind, &c);
-	rand_ids(ids, NTOK, c.vocab, (uint64_t)seed);
-	logits = malloc(sizeof(float) * NTOK * (size_t)c.vocab);
-	CHECK(qf_tf_logits(m, &c, ids, NSEQ, SEQLEN, logits), ==, 0);
-	if (oracle_run(dir, &c, ids, NSEQ, SEQLEN, &o) == 0) {
-		d = max_diff(logits, o.logits, NTOK * (size_t)c.vocab, &mx);
-		for (i = 0; i < NTOK; i++)
+	rand_ids(ids, (size_t)n, c.vocab, (uint64_t)seed);
+	logits = malloc(sizeof(float) * (size_t)(n * c.vocab));
+	CHECK(qf_tf_logits(m, &c, ids, nseq, seqlen, logits), ==, 0);
+	if (oracle_run(dir, &c, ids, nseq, seqlen, &o) == 0) {
+		d = max_diff(logits, o.logits, (size_t)(n * c.vocab), &mx);
+		for (i = 0; i < n; i++)
 			agree += argmax_f(logits + i * c.vocab, c.vocab) ==
 				 argmax_d(o.logits + i * c.vocab, c.vocab);
-		printf("(a) %-7s %-4s: max abs diff %.3g, max |logit| %.3g, "
-		       "rel %.3g, argmax %d/%d\n", kind, dtype, d, mx, d / mx,
-		       agree, NTOK);
+		printf("(a) %-7s %-4s %dx%d: max abs diff %.3g, max |logit| "
+		       "%.3g, rel %.3g, argmax %d/%d\n", kind, dtype, nseq,
+		       seqlen, d, mx, d / mx, agree, (int)n);
 		CHECK(d / mx < 1e-4, ==, 1);
-		CHECK(agree, >=, NTOK - 1);	/* ties at 1e-6 may flip */
-		if (!strcmp(kind, "llama") && !strcmp(dtype, "F32"))
+		CHECK(agree, >=, n - 1);	/* ties at 1e-6 may flip */
+		if (!strcmp(kind, "llama") && !strcmp(dtype, "F32") &&
+		    n == NTOK)
 			test_hook(m, &c, ids, &o, logits);
 		ran++;
 	} else {
@@ -368,6 +372,7 @@ static void test_generated(const char *kind, const char *dtype, int seed)
 	}
 	oracle_free(&o);
 	free(logits);
+	free(ids);
 	qf_model_close(m);
 	rm_dir(dir);
 }
@@ -575,6 +580,32 @@ static void test_tinystories5m(void)
 	qf_model_close(m);
 }
 
+/* The vectorized exp inside SwiGLU against expf. */
+static void test_swiglu(void)
+{
+	enum { N = 4003 };
+	float *g = malloc(sizeof(float) * N), *u = malloc(sizeof(float) * N);
+	float *x = malloc(sizeof(float) * N);
+	double worst = 0, want;
+	int i;
+
+	for (i = 0; i < N; i++) {
+		x[i] = g[i] = -90.0f + 180.0f * (float)i / (N - 1);
+		u[i] = 1.0f + (float)(i % 5);
+	}
+	qf_tf_swiglu(g, u, N);
+	for (i = 0; i < N; i++) {
+		want = x[i] / (1 + exp(-(double)x[i])) * u[i];
+		worst = fmax(worst, fabs(g[i] - want) / fmax(fabs(want), 1e-20));
+	}
+	printf("swiglu: max rel error %.3g over [-90, 90] (outputs under "
+	       "1e-20 count as 1e-20)\n", worst);
+	CHECK(worst < 1e-6, ==, 1);
+	free(x);
+	free(g);
+	free(u);
+}
+
 static void find_refpy(int argc, char **argv)
 {
 	const char *env = getenv("QF_FORWARD_REF");
@@ -605,6 +636,7 @@ int main(int argc, char **argv)
 	shared_dir = argc > 1 ? argv[1] : getenv("QF_SHARED");
 	if (!shared_dir)
 		shared_dir = "/work/shared";
+	setvbuf(stdout, NULL, _IOLBF, 0);
 	setenv("OPENBLAS_NUM_THREADS", "1", 1);
 	openblas_set_num_threads(1);
 	find_refpy(argc, argv);
@@ -612,11 +644,17 @@ int main(int argc, char **argv)
 		perror("mkdtemp");
 		return 1;
 	}
+	test_swiglu();
 	if (have_py) {
 		for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
-			test_generated(kinds[k], "F32", 10 + (int)k);
-			test_generated(kinds[k], "BF16", 20 + (int)k);
+			test_generated(kinds[k], "F32", 10 + (int)k, NSEQ,
+				       SEQLEN);
+			test_generated(kinds[k], "BF16", 20 + (int)k, NSEQ,
+				       SEQLEN);
 		}
+		/* more than one attention block, window across blocks */
+		test_generated("mistral", "F32", 30, 2, 150);
+		test_generated("qwen3", "BF16", 31, 1, 200);
 		test_broken("drop", "model.layers.1.mlp.up_proj.weight", 1);
 		test_broken("transpose", "model.layers.0.mlp.down_proj.weight",
 			    0);

@@ -1,0 +1,182 @@
+/*
+ * bench_forward.c - qf_tf_layer_forward throughput against plain SGEMM,
+ * measured in the same run on one BLAS thread (PERF-NOTES: report ratios,
+ * never absolute times across runs).
+ *
+ *   bench_forward [NSEQ [SEQLEN [LAYERS]]]     default 8 512 2
+ *
+ * Layers have Qwen3-0.6B shapes (hidden 1024, 16 heads of 128, 8 KV
+ * heads, intermediate 3072, q/k norms) with random fp32 weights built in
+ * memory.  FLOPs count 2 m n k for every GEMM that runs: the seven
+ * linears and the attention products (QK^T and PV of the causal blocks
+ * actually computed).  Elementwise work (norms, RoPE, softmax, SiLU) is
+ * not counted but is inside the timed region.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common.h"
+#include "quant.h"
+#include "tf_kernels.h"
+
+static uint64_t rng = 0x9e3779b97f4a7c15ULL;
+
+static float frand(void)
+{
+	rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+	return (float)((double)(rng >> 11) * 0x1.0p-53) * 2 - 1;
+}
+
+static float *rand_mat(int64_t rows, int64_t cols, float scale, float bias)
+{
+	float *p = malloc(sizeof(float) * (size_t)(rows * cols));
+	int64_t i;
+
+	if (!p) {
+		fprintf(stderr, "out of memory\n");
+		abort();
+	}
+	for (i = 0; i < rows * cols; i++)
+		p[i] = bias + scale * frand();
+	return p;
+}
+
+static void layer_init(const struct qf_tf_config *c, struct qf_tf_layer *ly)
+{
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
+	const int64_t dims[QF_TF_NLINEAR][2] = {
+		{ qd, c->hidden }, { kvd, c->hidden }, { kvd, c->hidden },
+		{ c->hidden, qd }, { c->inter, c->hidden },
+		{ c->inter, c->hidden }, { c->hidden, c->inter },
+	};
+	int i;
+
+	for (i = 0; i < QF_TF_NLINEAR; i++) {
+		/* uniform(-a, a) with variance 1 / in */
+		float a = 1.7320508f / sqrtf((float)dims[i][1]);
+
+		ly->w[i] = rand_mat(dims[i][0], dims[i][1], a, 0);
+		ly->b[i] = NULL;
+	}
+	ly->in_norm = rand_mat(1, c->hidden, 0.1f, 1);
+	ly->post_norm = rand_mat(1, c->hidden, 0.1f, 1);
+	ly->q_norm = rand_mat(1, c->head_dim, 0.1f, 1);
+	ly->k_norm = rand_mat(1, c->head_dim, 0.1f, 1);
+}
+
+static double linear_flops(const struct qf_tf_config *c, int64_t ntok)
+{
+	double qd = (double)c->heads * c->head_dim;
+	double kvd = (double)c->kv_heads * c->head_dim;
+	double per_tok = c->hidden * (qd + 2 * kvd) + qd * c->hidden +
+			 3.0 * c->hidden * c->inter;
+
+	return 2.0 * ntok * per_tok;
+}
+
+/* Seconds of a 4096 x 1024 x 3072 nn.Linear-style SGEMM (y = a b^T). */
+static double sgemm_time(void)
+{
+	const int m = 4096, k = 1024, n = 3072;
+	float *a = rand_mat(m, k, 1, 0);
+	float *b = rand_mat(n, k, 1, 0);
+	float *y = rand_mat(m, n, 1, 0);	/* touched: no page faults */
+	double t;
+
+	t = qf_now();
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a,
+		    k, b, k, 0.0f, y, n);
+	t = qf_now() - t;
+	free(a);
+	free(b);
+	free(y);
+	return t;
+}
+
+int main(int argc, char **argv)
+{
+	struct qf_tf_config c = {
+		.model_type = "qwen3", .hidden = 1024, .inter = 3072,
+		.heads = 16, .kv_heads = 8, .head_dim = 128, .vocab = 151936,
+		.rms_eps = 1e-6f, .rope_theta = 1e6f, .qk_norm = true,
+	};
+	int nseq = argc > 1 ? atoi(argv[1]) : 8;
+	int seqlen = argc > 2 ? atoi(argv[2]) : 512;
+	int64_t ntok;
+	struct qf_tf_layer *ly;
+	const double gemm_flops = 2.0 * 4096 * 1024 * 3072;
+	double flops, attn, t, best = 1e30, gbest = 1e30, tq;
+	float *x, *q, *k, *v, *s;
+	int l, r, reps = 3;
+
+	c.layers = argc > 3 ? atoi(argv[3]) : 2;
+	if (nseq <= 0 || seqlen <= 0 || c.layers <= 0) {
+		fprintf(stderr, "usage: bench_forward [NSEQ [SEQLEN [LAYERS]]]\n");
+		return 2;
+	}
+	openblas_set_num_threads(1);
+	ntok = (int64_t)nseq * seqlen;
+	ly = calloc((size_t)c.layers, sizeof(*ly));
+	for (l = 0; l < c.layers; l++)
+		layer_init(&c, &ly[l]);
+	x = rand_mat(ntok, c.hidden, 1, 0);
+	attn = qf_tf_attention_flops(&c, nseq, seqlen, 0);
+	flops = c.layers * (linear_flops(&c, ntok) + attn);
+
+	sgemm_time();	/* warm up */
+	/* alternate the two so both see the same machine state */
+	for (r = 0; r < reps; r++) {
+		t = sgemm_time();
+		gbest = t < gbest ? t : gbest;
+		t = qf_now();
+		for (l = 0; l < c.layers; l++)
+			if (qf_tf_layer_forward(&c, &ly[l], l, x, nseq, seqlen,
+						NULL, NULL)) {
+				fprintf(stderr, "layer forward failed\n");
+				return 1;
+			}
+		t = qf_now() - t;
+		best = t < best ? t : best;
+	}
+	/* attention alone, for the breakdown */
+	q = rand_mat(ntok, (int64_t)c.heads * c.head_dim, 1, 0);
+	k = rand_mat(ntok, (int64_t)c.kv_heads * c.head_dim, 1, 0);
+	v = rand_mat(ntok, (int64_t)c.kv_heads * c.head_dim, 1, 0);
+	s = malloc(sizeof(float) * QF_TF_BQ * (size_t)seqlen);
+	tq = qf_now();
+	qf_tf_attention(&c, q, k, v, nseq, seqlen, 0, s);
+	tq = qf_now() - tq;
+
+	printf("shapes: hidden %d, heads %d x %d, kv heads %d, inter %d, "
+	       "%d layers, %d x %d tokens, 1 BLAS thread\n", c.hidden,
+	       c.heads, c.head_dim, c.kv_heads, c.inter, c.layers, nseq,
+	       seqlen);
+	printf("GFLOP per layer: linears %.2f + attention %.2f (causal "
+	       "blocks run)\n", linear_flops(&c, ntok) / 1e9, attn / 1e9);
+	printf("sgemm 4096x1024x3072: %.3f s, %.1f GFLOP/s (best of %d)\n",
+	       gbest, gemm_flops / gbest / 1e9, reps);
+	printf("qf_tf_layer_forward: %.3f s for %d layers, %.1f GFLOP/s "
+	       "(best of %d)\n", best, c.layers, flops / best / 1e9, reps);
+	printf("  attention alone: %.3f s per layer, %.1f GFLOP/s\n", tq,
+	       attn / tq / 1e9);
+	printf("ratio forward / sgemm: %.3f\n",
+	       (flops / best) / (gemm_flops / gbest));
+	for (l = 0; l < c.layers; l++) {
+		free(ly[l].in_norm);
+		free(ly[l].post_norm);
+		free(ly[l].q_norm);
+		free(ly[l].k_norm);
+		for (r = 0; r < QF_TF_NLINEAR; r++)
+			free(ly[l].w[r]);
+	}
+	free(ly);
+	free(x);
+	free(q);
+	free(k);
+	free(v);
+	free(s);
+	return 0;
+}

@@ -1,0 +1,772 @@
+/*
+ * job.c - production of calibrated variants (GPTQ).
+ *
+ * One job per variant at a time walks the decoder layers in order on the
+ * calibration set (quant/calib.c): each layer's linears are quantized
+ * with the statistics of the already-quantized layers' outputs (true
+ * sequential), and the layer's tensors are committed to the cache in one
+ * transaction, with a record of its losses.  Readers wait for the layer
+ * that holds their tensors.  A killed daemon resumes at the first layer
+ * not in the cache: the layers before it are replayed from their cached
+ * (dequantized) weights, which are bit-identical to what the first run
+ * continued with, so the result does not depend on the interruption.
+ * BLAS runs single-threaded in jobs for the same reason.
+ *
+ * The calibration set is keyed by what determines its tokens (the text
+ * file's bytes and the tokenizer, or the sampler, seed and model); its
+ * token ids are cached too, so a resumed job does not sample again.
+ */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "fs_i.h"
+
+extern void openblas_set_num_threads(int n);
+
+#define CALIB_MAX (1u << 30)		/* calibration text bytes */
+
+struct job {
+	struct qf_fs *fs;
+	struct qf_var *var;
+	struct qf_tf_config c;
+	int first;			/* layers before it are replayed */
+	double t0;
+	void **pending;			/* [ng][4] buffers of the layer */
+	double *loss;			/* [ng] */
+	double *loss_rtn;		/* [ng] */
+};
+
+static int layer_of(const char *name)
+{
+	const char *p = strstr(name, "layers.");
+
+	return p ? atoi(p + 7) : -1;
+}
+
+/* Key of the calibration set: what determines its token ids. */
+static int calib_key(struct qf_fs *fs, struct qf_var *var,
+		     const struct qf_spec *s)
+{
+	const struct qf_fs_opts *o = &fs->o;
+	struct qf_buf b = QF_BUF_INIT, tok = QF_BUF_INIT;
+	struct qf_sha256 h;
+	uint8_t d[32];
+	char num[64];
+	int ret = 0;
+
+	var->ci.nseq = o->calib_n > 0 ? o->calib_n : 32;
+	var->ci.seqlen = o->calib_len > 0 ? o->calib_len : 256;
+	qf_sha256_init(&h);
+	if (s->calib[0]) {
+		if (!o->calib_dir) {
+			qf_err("%s: '@%s' needs -o calib_dir=DIR",
+			       var->mdl->name, s->calib);
+			return -ENOENT;
+		}
+		qf_buf_addf(&b, "%s/%s.txt", o->calib_dir, s->calib);
+		var->calib_path = qf_buf_detach(&b, NULL);
+	} else if (o->calib) {
+		var->calib_path = strdup(o->calib);
+	}
+	if (var->calib_path) {
+		ret = qf_read_file(var->calib_path, CALIB_MAX, &b);
+		if (ret < 0) {
+			qf_err("%s: cannot read calibration text '%s': %s",
+			       var->mdl->name, var->calib_path,
+			       qf_strerror(ret));
+			return ret == -ENOENT ? -ENOENT : QF_EFORMAT;
+		}
+		qf_buf_addf(&tok, "%s/tokenizer.json", var->mdl->dir);
+		qf_read_file(tok.data, 64u << 20, &tok);
+		qf_sha256_update(&h, "text-v1", 8);
+		qf_sha256_update(&h, b.data, b.len);
+		qf_sha256_update(&h, tok.data, tok.len);
+		snprintf(var->ci.source, sizeof(var->ci.source),
+			 "text: %s (%zu bytes)", var->calib_path, b.len);
+	} else {
+		qf_sha256_update(&h, "sampled-v1", 11);
+		qf_sha256_update(&h, var->mdl->m->fp_hex, 64);
+		snprintf(var->ci.source, sizeof(var->ci.source),
+			 "sampled from the model: temperature 1, from BOS, "
+			 "seed %llu", (unsigned long long)o->calib_seed);
+	}
+	snprintf(num, sizeof(num), "%d/%d/%llu", var->ci.nseq,
+		 var->ci.seqlen, (unsigned long long)o->calib_seed);
+	qf_sha256_update(&h, num, strlen(num));
+	qf_sha256_final(&h, d);
+	memcpy(var->calib_vid, d, QF_CACHE_VID);
+	qf_hex(d, 32, var->ci.key);
+	memset(var->ci.hash, '0', 64);
+	var->ci.hash[64] = 0;
+	var->ci.damp = 0.01;
+	qf_buf_release(&b);
+	qf_buf_release(&tok);
+	return 0;
+}
+
+int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
+{
+	const struct qf_variant *v = var->v;
+	struct qf_tf_config c;
+	size_t i;
+	int ret, k;
+
+	ret = qf_tf_config_parse(var->mdl->m, &c);
+	if (ret < 0)
+		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
+	ret = calib_key(fs, var, &v->spec);
+	if (ret < 0)
+		return ret;
+	var->nlayers = c.layers;
+	var->lin_group = malloc((size_t)c.layers * QF_TF_NLINEAR *
+				sizeof(*var->lin_group));
+	var->group_layer = malloc((v->ng ? v->ng : 1) *
+				  sizeof(*var->group_layer));
+	if (!var->lin_group || !var->group_layer)
+		return -ENOMEM;
+	for (i = 0; i < (size_t)c.layers * QF_TF_NLINEAR; i++)
+		var->lin_group[i] = -1;
+	for (i = 0; i < v->ng; i++) {
+		const char *n = v->g[i].w->name;
+		int l = layer_of(n);
+
+		var->group_layer[i] = l;
+		if (l < 0 || l >= c.layers) {
+			qf_err("%s: %s is outside the decoder layers",
+			       var->mdl->name, n);
+			return QF_EUNSUPPORTED;
+		}
+		for (k = 0; k < QF_TF_NLINEAR; k++) {
+			char want[256];
+
+			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
+				 l, qf_tf_linear_name(k));
+			if (!strcmp(want, n))
+				var->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
+		}
+	}
+	return 0;
+}
+
+void qf_job_free(struct qf_var *var)
+{
+	free(var->res_loss);
+	free(var->res_rtn);
+	free(var->calib_path);
+	free(var->lin_group);
+	free(var->group_layer);
+}
+
+/* ------------------------------------------------------------------ */
+/* the calibration set                                                 */
+
+static int calib_set(struct job *j, struct qf_calib *cs)
+{
+	struct qf_var *var = j->var;
+	struct qf_fs *fs = j->fs;
+	struct qf_cache_item it;
+	struct qf_cache_txn *txn;
+	struct qf_buf path = QF_BUF_INIT, text = QF_BUF_INIT;
+	struct qf_tok *tok = NULL;
+	const char *why = NULL;
+	const void *p;
+	size_t len, n = (size_t)var->ci.nseq * var->ci.seqlen;
+	int32_t bos;
+	int ret;
+
+	memset(cs, 0, sizeof(*cs));
+	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
+		if (qf_cache_get(txn, var->calib_vid, "__ids__", &p, &len) == 0
+		    && len == n * sizeof(int32_t) && (cs->ids = malloc(len)))
+			memcpy(cs->ids, p, len);
+		qf_cache_read_end(txn);
+	}
+	if (cs->ids) {
+		cs->nseq = var->ci.nseq;
+		cs->seqlen = var->ci.seqlen;
+		qf_calib_hash(cs);
+		return 0;
+	}
+	qf_buf_addf(&path, "%s/tokenizer.json", var->mdl->dir);
+	ret = qf_tok_open(path.data, &tok, &why);
+	if (ret < 0 && var->calib_path) {
+		qf_err("%s: tokenizer: %s", var->mdl->name,
+		       why ? why : qf_strerror(ret));
+		goto out_free;
+	}
+	bos = tok ? qf_tok_bos(tok) : -1;
+	if (bos < 0)
+		bos = (int32_t)qf_model_cfg_int(var->mdl->m, "bos_token_id", 0);
+	if (var->calib_path) {
+		ret = qf_read_file(var->calib_path, CALIB_MAX, &text);
+		if (!ret)
+			ret = qf_calib_from_text(tok, text.data, text.len,
+						 var->ci.nseq, var->ci.seqlen,
+						 cs);
+		if (ret == -EINVAL)
+			qf_err("%s: calibration text '%s' has fewer than "
+			       "%d x %d tokens", var->mdl->name, var->calib_path,
+			       var->ci.nseq, var->ci.seqlen - 1);
+	} else {
+		qf_info("%s/%s: sampling %d x %d calibration tokens from the "
+			"model", var->mdl->name, var->v->name, var->ci.nseq,
+			var->ci.seqlen);
+		ret = qf_calib_sample(var->mdl->m, &j->c, bos, var->ci.nseq,
+				      var->ci.seqlen, fs->o.calib_seed, cs);
+	}
+	if (ret < 0)
+		goto out_free;
+	it = (struct qf_cache_item){ "__ids__", cs->ids, n * sizeof(int32_t) };
+	ret = qf_cache_put(fs->cache, var->calib_vid, &it, 1);
+out_free:
+	qf_tok_close(tok);
+	qf_buf_release(&path);
+	qf_buf_release(&text);
+	if (ret < 0)
+		qf_calib_free(cs);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* the calibration driver's callbacks                                  */
+
+static bool layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
+{
+	int k;
+
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+		if (gi >= 0 && !qf_var_in_cache(fs, var, (uint32_t)gi))
+			return false;
+	}
+	return true;
+}
+
+/* tr(D H D^T) for D [out, in]: the output error energy of D on X. */
+static double energy(const float *d, const float *h, int64_t out, int64_t in,
+		     float *tmp)
+{
+	double e = 0;
+	int64_t i;
+
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
+		    (int)in, (int)in, 1.0f, d, (int)in, h, (int)in, 0.0f, tmp,
+		    (int)in);
+	for (i = 0; i < out * in; i++)
+		e += (double)tmp[i] * d[i];
+	return e;
+}
+
+static int quantize_linear(struct job *j, int gi, float *w,
+			   struct qf_lin_stats *st)
+{
+	const struct qf_vgroup *g = &j->var->v->g[gi];
+	const struct qf_spec *s = &j->var->v->spec;
+	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group), gs = ng == 1 ? in : g->qp.group;
+	struct qf_gptq_opts o = {
+		.qp = g->qp,
+		.act_order = s->flags & QF_SPEC_ACT,
+		.static_groups = s->flags & QF_SPEC_STATIC,
+		.damp = 0.01f,
+		.blocksize = 128,
+	};
+	size_t wn = (size_t)(out * in);
+	float *w0 = malloc(wn * sizeof(float)), *h = malloc((size_t)(in * in) * 4);
+	float *tmp = malloc(wn * sizeof(float)), *d = malloc(wn * sizeof(float));
+	uint8_t *q = malloc(wn);
+	uint16_t *sc = malloc((size_t)(out * ng) * 2);
+	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
+	void **bufs = j->pending + (size_t)gi * 4;
+	double base, loss;
+	int64_t i, k;
+	int ret = -ENOMEM;
+
+	if (!w0 || !h || !tmp || !d || !q || !sc || !z || !gidx)
+		goto out_free;
+	memcpy(w0, w, wn * sizeof(float));
+	memcpy(h, st->h, (size_t)(in * in) * 4);
+	base = energy(w0, h, out, in, tmp);
+	/* round to nearest at the same settings, for the record */
+	ret = qf_rtn_quantize(w0, out, in, &g->qp, q, sc, z);
+	if (ret < 0)
+		goto out_free;
+	for (i = 0; i < out; i++)
+		for (k = 0; k < in; k++)
+			d[i * in + k] = w0[i * in + k] -
+				qf_f16_to_f32(sc[i * ng + k / gs]) *
+				((float)q[i * in + k] - (float)z[i * ng + k / gs]);
+	j->loss_rtn[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	ret = qf_gptq_quantize(w, out, in, st->h, &o, q, sc, z, gidx, &loss);
+	if (ret < 0)
+		goto out_free;
+	for (i = 0; i < (int64_t)wn; i++)
+		d[i] = w0[i] - w[i];
+	j->loss[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	for (k = 0; k < (int64_t)g->n; k++) {
+		bufs[k] = malloc(qf_vtensor_bytes(&j->var->v->t[g->first + k]));
+		if (!bufs[k]) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+	}
+	qf_variant_emit(j->var->v, (size_t)gi, q, sc, z, gidx, bufs);
+	ret = 0;
+out_free:
+	free(w0);
+	free(h);
+	free(tmp);
+	free(d);
+	free(q);
+	free(sc);
+	free(z);
+	free(gidx);
+	return ret;
+}
+
+static bool stopping(struct qf_fs *fs)
+{
+	bool stop;
+
+	pthread_mutex_lock(&fs->job_lock);
+	stop = fs->stopping;
+	pthread_mutex_unlock(&fs->job_lock);
+	return stop;
+}
+
+static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
+		       const enum qf_tf_linear *lin, int n,
+		       struct qf_lin_stats *stats)
+{
+	struct job *j = arg;
+	int i, ret;
+
+	if (stopping(j->fs))
+		return -EINTR;
+	for (i = 0; i < n; i++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+
+		if (gi < 0)
+			continue;	/* kept in the source dtype */
+		ret = quantize_linear(j, gi, ly->w[lin[i]], &stats[lin[i]]);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/* Resume: the cached packed tensors of layer l, dequantized into ly. */
+static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
+{
+	struct job *j = arg;
+	struct qf_var *var = j->var;
+	int k, ret = 0;
+
+	*cached = l < j->first;
+	for (k = 0; k < QF_TF_NLINEAR && *cached && !ret; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+		int64_t out, in, ng, r, c;
+		uint8_t *q;
+		uint16_t *sc;
+		int32_t *z, *gidx;
+
+		if (gi < 0)
+			continue;
+		g = &var->v->g[gi];
+		out = g->w->t->shape[0];
+		in = g->w->t->shape[1];
+		ng = qf_ngroups(in, g->qp.group);
+		q = malloc((size_t)(out * in));
+		sc = malloc((size_t)(out * ng) * 2);
+		z = malloc((size_t)(out * ng) * 4);
+		gidx = malloc((size_t)in * 4);
+		ret = q && sc && z && gidx ?
+		      qf_var_unpack(j->fs, var, (uint32_t)gi, q, sc, z, gidx) :
+		      -ENOMEM;
+		/* the same float expression qf_gptq_quantize leaves in w */
+		for (r = 0; r < out && !ret; r++)
+			for (c = 0; c < in; c++) {
+				int64_t x = r * ng + gidx[c];
+
+				ly->w[k][r * in + c] = qf_f16_to_f32(sc[x]) *
+					((float)q[r * in + c] - (float)z[x]);
+			}
+		if (ret < 0)
+			qf_err("%s/%s: cannot replay %s from the cache: %s",
+			       var->mdl->name, var->v->name, g->w->name,
+			       qf_strerror(ret));
+		free(q);
+		free(sc);
+		free(z);
+		free(gidx);
+	}
+	return ret;
+}
+
+/* Commit layer l: its tensors and its loss record, one transaction. */
+static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
+			 double seconds)
+{
+	struct job *j = arg;
+	struct qf_var *var = j->var;
+	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 1];
+	double rec[QF_TF_NLINEAR * 2];
+	double sum_g = 0, sum_r = 0, eta;
+	char recname[32];
+	size_t n = 0;
+	int k, m = 0, ret;
+	uint32_t t;
+
+	(void)x, (void)ntok;
+	if (l < j->first)
+		return 0;		/* replayed, already in the cache */
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+
+		rec[2 * k] = rec[2 * k + 1] = -1;
+		if (gi < 0)
+			continue;
+		g = &var->v->g[gi];
+		for (t = 0; t < g->n; t++) {
+			const struct qf_vtensor *vt = &var->v->t[g->first + t];
+
+			items[n].name = vt->name;
+			items[n].data = j->pending[(size_t)gi * 4 + t];
+			items[n].len = qf_vtensor_bytes(vt);
+			n++;
+		}
+		rec[2 * k] = j->loss[gi];
+		rec[2 * k + 1] = j->loss_rtn[gi];
+		sum_g += j->loss[gi];
+		sum_r += j->loss_rtn[gi];
+		m++;
+	}
+	snprintf(recname, sizeof(recname), "__layer__.%d", l);
+	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
+	ret = qf_cache_put(j->fs->cache, var->vid, items, n);
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+		for (t = 0; gi >= 0 && t < 4; t++) {
+			free(j->pending[(size_t)gi * 4 + t]);
+			j->pending[(size_t)gi * 4 + t] = NULL;
+		}
+	}
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&var->lock);
+	var->layers_done = l + 1;
+	pthread_cond_broadcast(&var->cond);
+	pthread_mutex_unlock(&var->lock);
+	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
+	      (var->nlayers - l - 1);
+	qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output error "
+		"gptq %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
+		var->v->name, l + 1, var->nlayers, seconds,
+		m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the job thread                                                      */
+
+/*
+ * Render var's quantization.json with the results of b (var itself, or
+ * the packed variant a _fake one dequantizes) and publish it.  Only
+ * fixed-width numbers change, so the size stays what stat reported.
+ * Caller holds var->lock.
+ */
+static int render_final(struct qf_var *var, const struct qf_var *b)
+{
+	struct qf_buf out = QF_BUF_INIT;
+	struct qf_calib_info ci = b->ci;
+	int ret;
+
+	ci.loss = b->res_loss;
+	ci.loss_rtn = b->res_rtn;
+	ci.seconds = b->res_seconds;
+	memcpy(ci.hash, b->res_hash, sizeof(ci.hash));
+	ret = qf_variant_manifest(var->v, &ci, &out);
+	if (!ret && out.len != var->manifest.len) {
+		qf_err("%s/%s: quantization.json changed size", var->mdl->name,
+		       var->v->name);
+		ret = QF_ECORRUPT;
+	}
+	if (!ret) {
+		struct qf_buf old = var->manifest;
+
+		var->manifest = out;	/* readers wait for manifest_ready */
+		out = old;
+		var->manifest_ready = true;
+	}
+	qf_buf_release(&out);
+	return ret;
+}
+
+/* The results, from the layer records in the cache. */
+static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
+{
+	size_t ng = var->v->ng ? var->v->ng : 1;
+	double *loss = calloc(ng, sizeof(double));
+	double *rtn = calloc(ng, sizeof(double));
+	struct qf_cache_txn *txn = NULL;
+	char hash[65];
+	int l, k, ret;
+
+	memcpy(hash, var->ci.hash, sizeof(hash));
+	ret = loss && rtn ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
+	for (l = 0; l < var->nlayers && !ret; l++) {
+		const double *rec;
+		char name[32];
+		size_t len;
+
+		snprintf(name, sizeof(name), "__layer__.%d", l);
+		ret = qf_cache_get(txn, var->vid, name, (const void **)&rec,
+				   &len);
+		if (!ret && len != QF_TF_NLINEAR * 2 * sizeof(double))
+			ret = QF_ECORRUPT;
+		for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+			int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+			if (gi >= 0) {
+				loss[gi] = rec[2 * k];
+				rtn[gi] = rec[2 * k + 1];
+			}
+		}
+	}
+	if (!ret) {
+		const void *tk;
+		size_t len;
+
+		/* the token hash, from the cached set */
+		if (qf_cache_get(txn, var->calib_vid, "__ids__", &tk,
+				 &len) == 0 &&
+		    len == (size_t)var->ci.nseq * var->ci.seqlen * 4) {
+			struct qf_calib cs = {
+				.ids = (int32_t *)tk,
+				.nseq = var->ci.nseq,
+				.seqlen = var->ci.seqlen,
+			};
+
+			qf_calib_hash(&cs);
+			memcpy(hash, cs.hash_hex, sizeof(hash));
+		}
+	}
+	qf_cache_read_end(txn);
+	pthread_mutex_lock(&var->lock);
+	if (!ret && !var->manifest_ready) {
+		free(var->res_loss);
+		free(var->res_rtn);
+		var->res_loss = loss;
+		var->res_rtn = rtn;
+		var->res_seconds = seconds;
+		memcpy(var->res_hash, hash, sizeof(hash));
+		loss = rtn = NULL;
+		ret = render_final(var, var);
+	}
+	pthread_mutex_unlock(&var->lock);
+	free(loss);
+	free(rtn);
+	return ret;
+}
+
+static void *job_main(void *arg)
+{
+	struct job *j = arg;
+	struct qf_var *var = j->var;
+	struct qf_fs *fs = j->fs;
+	struct qf_calib cs = { 0 };
+	struct qf_calib_ops ops = {
+		.hessian = true,
+		.sequential = true,
+		.quantize = cb_quantize,
+		.layer_cached = cb_cached,
+		.layer_done = cb_layer_done,
+	};
+	size_t i;
+	int ret = 0;
+
+	openblas_set_num_threads(1);	/* same bytes on every run */
+	j->t0 = qf_now();
+	for (j->first = 0; j->first < var->nlayers &&
+			   layer_complete(fs, var, j->first); j->first++)
+		;
+	if (j->first > 0 && j->first < var->nlayers)
+		qf_info("%s/%s: resuming at layer %d/%d", var->mdl->name,
+			var->v->name, j->first + 1, var->nlayers);
+	if (j->first < var->nlayers) {
+		ret = qf_tf_config_parse(var->mdl->m, &j->c);
+		if (!ret)
+			ret = calib_set(j, &cs);
+		if (!ret)
+			ret = qf_calib_run(var->mdl->m, &j->c, &cs, &ops, j);
+	}
+	pthread_mutex_lock(&var->lock);
+	if (!ret)
+		var->layers_done = var->nlayers;
+	pthread_mutex_unlock(&var->lock);
+	if (!ret)
+		ret = finalize(fs, var, qf_now() - j->t0);
+	if (!ret) {
+		qf_cache_sync(fs->cache);
+		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
+			qf_now() - j->t0);
+	} else if (ret != -EINTR) {
+		qf_err("%s/%s: production failed: %s", var->mdl->name,
+		       var->v->name, qf_strerror(ret));
+	}
+	qf_calib_free(&cs);
+	for (i = 0; i < var->v->ng * 4; i++)
+		free(j->pending[i]);
+	free(j->pending);
+	free(j->loss);
+	free(j->loss_rtn);
+	free(j);
+	pthread_mutex_lock(&var->lock);
+	var->job_running = false;
+	var->job_err = ret;
+	pthread_cond_broadcast(&var->cond);
+	pthread_mutex_unlock(&var->lock);
+	pthread_mutex_lock(&fs->job_lock);
+	fs->njobs--;
+	pthread_cond_broadcast(&fs->job_cond);
+	pthread_mutex_unlock(&fs->job_lock);
+	return NULL;
+}
+
+/* Caller holds var->lock. */
+static int start_job(struct qf_fs *fs, struct qf_var *var)
+{
+	size_t ng = var->v->ng ? var->v->ng : 1;
+	struct job *j = calloc(1, sizeof(*j));
+	pthread_t th;
+
+	if (!j)
+		return -ENOMEM;
+	j->fs = fs;
+	j->var = var;
+	j->pending = calloc(ng * 4, sizeof(*j->pending));
+	j->loss = calloc(ng, sizeof(double));
+	j->loss_rtn = calloc(ng, sizeof(double));
+	pthread_mutex_lock(&fs->job_lock);
+	if (fs->stopping || !j->pending || !j->loss || !j->loss_rtn) {
+		pthread_mutex_unlock(&fs->job_lock);
+		free(j->pending);
+		free(j->loss);
+		free(j->loss_rtn);
+		free(j);
+		return -ESHUTDOWN;
+	}
+	fs->njobs++;
+	pthread_mutex_unlock(&fs->job_lock);
+	var->job_running = true;
+	var->job_gen++;
+	if (pthread_create(&th, NULL, job_main, j) != 0) {
+		var->job_running = false;
+		pthread_mutex_lock(&fs->job_lock);
+		fs->njobs--;
+		pthread_mutex_unlock(&fs->job_lock);
+		free(j->pending);
+		free(j->loss);
+		free(j->loss_rtn);
+		free(j);
+		return -EAGAIN;
+	}
+	pthread_detach(th);
+	return 0;
+}
+
+/*
+ * Wait (var->lock held) until done() holds, starting a job when none
+ * runs; a job that failed while we waited reports its error.
+ */
+static int wait_job(struct qf_fs *fs, struct qf_var *var,
+		    bool (*done)(struct qf_var *, uint32_t), uint32_t gi)
+{
+	unsigned gen = 0;
+	bool waited = false;
+	int ret;
+
+	for (;;) {
+		if (done(var, gi))
+			return 0;
+		if (!var->job_running) {
+			if (waited && var->job_gen == gen && var->job_err)
+				return var->job_err;
+			ret = start_job(fs, var);
+			if (ret < 0)
+				return ret;
+			gen = var->job_gen;
+		}
+		waited = true;
+		pthread_cond_wait(&var->cond, &var->lock);
+	}
+}
+
+static bool group_done(struct qf_var *var, uint32_t gi)
+{
+	return var->group_layer[gi] < var->layers_done;
+}
+
+static bool manifest_done(struct qf_var *var, uint32_t gi)
+{
+	(void)gi;
+	return var->manifest_ready;
+}
+
+int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	int ret;
+
+	pthread_mutex_lock(&var->lock);
+	if (var->state[gi] == QF_GROUP_DONE || group_done(var, gi)) {
+		pthread_mutex_unlock(&var->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&var->lock);
+	/* another process or an earlier mount may have produced it */
+	if (qf_var_in_cache(fs, var, gi)) {
+		pthread_mutex_lock(&var->lock);
+		var->state[gi] = QF_GROUP_DONE;
+		pthread_mutex_unlock(&var->lock);
+		return 0;
+	}
+	pthread_mutex_lock(&var->lock);
+	ret = wait_job(fs, var, group_done, gi);
+	pthread_mutex_unlock(&var->lock);
+	return ret;
+}
+
+int qf_job_manifest(struct qf_fs *fs, struct qf_var *var)
+{
+	struct qf_var *b = var->base ? var->base : var;
+	int ret;
+
+	pthread_mutex_lock(&b->lock);
+	ret = wait_job(fs, b, manifest_done, 0);
+	pthread_mutex_unlock(&b->lock);
+	if (ret < 0 || !var->base)
+		return ret;
+	/* b's results are fixed once ready: read them under var's lock */
+	pthread_mutex_lock(&var->lock);
+	if (!var->manifest_ready)
+		ret = render_final(var, b);
+	pthread_mutex_unlock(&var->lock);
+	return ret;
+}
+
+void qf_job_stop_all(struct qf_fs *fs)
+{
+	pthread_mutex_lock(&fs->job_lock);
+	fs->stopping = true;
+	while (fs->njobs > 0)
+		pthread_cond_wait(&fs->job_cond, &fs->job_lock);
+	pthread_mutex_unlock(&fs->job_lock);
+}

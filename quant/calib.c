@@ -1,0 +1,284 @@
+/*
+ * calib.c - calibration: token sets and their hash, per-linear input
+ * statistics (X^T X, channel means), and the layer-by-layer driver that
+ * runs the calibration tokens through the decoder, lets a quantizer
+ * replace each layer's weights, and continues with the quantized layer's
+ * outputs (true sequential).
+ *
+ * Memory is bounded by one layer: its fp32 weights, the activations of
+ * the calibration set (twice: the layer input is kept to re-run the layer
+ * per stage), and the current stage's statistics.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+void qf_calib_hash(struct qf_calib *cs)
+{
+	struct qf_sha256 h;
+	int64_t i, n = (int64_t)cs->nseq * cs->seqlen;
+	uint8_t le[4];
+	uint32_t dims[2] = { (uint32_t)cs->nseq, (uint32_t)cs->seqlen };
+
+	qf_sha256_init(&h);
+	qf_sha256_update(&h, "quantfs-calib-v1", 17);
+	for (i = 0; i < 2; i++) {
+		le[0] = (uint8_t)dims[i], le[1] = (uint8_t)(dims[i] >> 8);
+		le[2] = (uint8_t)(dims[i] >> 16), le[3] = (uint8_t)(dims[i] >> 24);
+		qf_sha256_update(&h, le, 4);
+	}
+	for (i = 0; i < n; i++) {
+		uint32_t v = (uint32_t)cs->ids[i];
+
+		le[0] = (uint8_t)v, le[1] = (uint8_t)(v >> 8);
+		le[2] = (uint8_t)(v >> 16), le[3] = (uint8_t)(v >> 24);
+		qf_sha256_update(&h, le, 4);
+	}
+	qf_sha256_final(&h, cs->hash);
+	qf_hex(cs->hash, 32, cs->hash_hex);
+}
+
+void qf_calib_free(struct qf_calib *cs)
+{
+	if (!cs)
+		return;
+	free(cs->ids);
+	cs->ids = NULL;
+}
+
+int qf_calib_from_text(const struct qf_tok *tok, const char *text, size_t len,
+		       int nseq, int seqlen, struct qf_calib *out)
+{
+	int32_t bos = qf_tok_bos(tok);
+	int64_t body = bos >= 0 ? seqlen - 1 : seqlen;
+	int32_t *toks = NULL;
+	size_t ntok = 0;
+	int64_t s, j, stride;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	if (nseq < 1 || seqlen < 2)
+		return -EINVAL;
+	ret = qf_tok_encode(tok, text, len, false, &toks, &ntok);
+	if (ret < 0)
+		return ret;
+	if ((int64_t)ntok < (int64_t)nseq * body) {
+		free(toks);
+		return -EINVAL;
+	}
+	out->ids = malloc((size_t)nseq * (size_t)seqlen * sizeof(*out->ids));
+	if (!out->ids) {
+		free(toks);
+		return -ENOMEM;
+	}
+	/* windows spread evenly: reproducible, and covering the text */
+	stride = nseq > 1 ? ((int64_t)ntok - body) / (nseq - 1) : 0;
+	for (s = 0; s < nseq; s++) {
+		int32_t *d = out->ids + s * seqlen;
+		const int32_t *src = toks + s * stride;
+
+		if (bos >= 0)
+			*d++ = bos;
+		for (j = 0; j < body; j++)
+			d[j] = src[j];
+	}
+	free(toks);
+	out->nseq = nseq;
+	out->seqlen = seqlen;
+	snprintf(out->source, sizeof(out->source), "text");
+	qf_calib_hash(out);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* statistics of a linear's inputs                                     */
+
+int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian)
+{
+	memset(s, 0, sizeof(*s));
+	s->in = in;
+	s->sum_abs = calloc((size_t)in, sizeof(*s->sum_abs));
+	s->sum_sq = calloc((size_t)in, sizeof(*s->sum_sq));
+	if (hessian)
+		s->h = calloc((size_t)(in * in), sizeof(*s->h));
+	if (!s->sum_abs || !s->sum_sq || (hessian && !s->h)) {
+		qf_lin_stats_free(s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
+{
+	int64_t r, j;
+
+	if (s->h)	/* upper triangle of H += X^T X */
+		cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans,
+			    (int)s->in, (int)n, 1.0f, x, (int)s->in, 1.0f,
+			    s->h, (int)s->in);
+	for (r = 0; r < n; r++)
+		for (j = 0; j < s->in; j++) {
+			double v = x[r * s->in + j];
+
+			s->sum_abs[j] += fabs(v);
+			s->sum_sq[j] += v * v;
+		}
+	s->n += n;
+}
+
+void qf_lin_stats_finish(struct qf_lin_stats *s)
+{
+	int64_t i, j;
+
+	if (!s->h)
+		return;
+	for (i = 0; i < s->in; i++)
+		for (j = 0; j < i; j++)
+			s->h[i * s->in + j] = s->h[j * s->in + i];
+}
+
+void qf_lin_stats_free(struct qf_lin_stats *s)
+{
+	free(s->h);
+	free(s->sum_abs);
+	free(s->sum_sq);
+	memset(s, 0, sizeof(*s));
+}
+
+/* ------------------------------------------------------------------ */
+/* the driver                                                         */
+
+static const enum qf_tf_linear stage_all[] = {
+	QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE, QF_TF_UP, QF_TF_DOWN,
+};
+static const enum qf_tf_linear stage_qkv[] = { QF_TF_Q, QF_TF_K, QF_TF_V };
+static const enum qf_tf_linear stage_o[] = { QF_TF_O };
+static const enum qf_tf_linear stage_gu[] = { QF_TF_GATE, QF_TF_UP };
+static const enum qf_tf_linear stage_down[] = { QF_TF_DOWN };
+
+struct stage {
+	const enum qf_tf_linear *lin;
+	int n;
+};
+
+struct capture {
+	const struct stage *st;
+	struct qf_lin_stats *stats;	/* [QF_TF_NLINEAR], by linear */
+	bool seen[QF_TF_NLINEAR];	/* q/k/v share one input */
+};
+
+static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
+			const float *x, int64_t ntok, int64_t in)
+{
+	struct capture *cap = arg;
+	int i;
+
+	(void)layer;
+	for (i = 0; i < cap->st->n; i++)
+		if (cap->st->lin[i] == lin) {
+			qf_lin_stats_add(&cap->stats[lin], x, ntok);
+			cap->seen[lin] = true;
+		}
+	(void)in;
+	return 0;
+}
+
+static int64_t lin_in(const struct qf_tf_config *c, enum qf_tf_linear l)
+{
+	switch (l) {
+	case QF_TF_O:
+		return (int64_t)c->heads * c->head_dim;
+	case QF_TF_DOWN:
+		return c->inter;
+	default:
+		return c->hidden;
+	}
+}
+
+/* Run one stage: capture its linears' inputs, let ops quantize them. */
+static int run_stage(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		     int l, const struct stage *st, const float *x_in,
+		     float *x, const struct qf_calib *cs,
+		     const struct qf_calib_ops *ops, void *arg)
+{
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	struct capture cap = { st, stats, { false } };
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	int i, ret = 0;
+
+	memset(stats, 0, sizeof(stats));
+	for (i = 0; i < st->n && !ret; i++)
+		ret = qf_lin_stats_init(&stats[st->lin[i]],
+					lin_in(c, st->lin[i]), ops->hessian);
+	if (!ret) {
+		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
+					  capture_hook, &cap);
+	}
+	for (i = 0; i < st->n && !ret; i++)
+		qf_lin_stats_finish(&stats[st->lin[i]]);
+	if (!ret)
+		ret = ops->quantize(arg, l, ly, st->lin, st->n, stats);
+	for (i = 0; i < QF_TF_NLINEAR; i++)
+		qf_lin_stats_free(&stats[i]);
+	return ret;
+}
+
+int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
+		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		 void *arg)
+{
+	static const struct stage seq[] = {
+		{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 },
+		{ stage_down, 1 },
+	};
+	static const struct stage all[] = { { stage_all, 7 } };
+	const struct stage *stages = ops->sequential ? seq : all;
+	int nstages = ops->sequential ? 4 : 1;
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	float *x_in, *x;
+	int l, s, ret;
+
+	x_in = malloc((size_t)(ntok * c->hidden) * sizeof(*x_in));
+	x = malloc((size_t)(ntok * c->hidden) * sizeof(*x));
+	if (!x_in || !x) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_tf_embed(m, c, cs->ids, ntok, x_in);
+	for (l = 0; l < c->layers && !ret; l++) {
+		struct qf_tf_layer ly;
+		double t0 = qf_now();
+		bool cached = false;
+		float *tmp;
+
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		/* a layer quantized before (resume): its weights, no stats */
+		if (ops->layer_cached)
+			ret = ops->layer_cached(arg, l, &ly, &cached);
+		for (s = 0; s < nstages && !ret && !cached; s++)
+			ret = run_stage(c, &ly, l, &stages[s], x_in, x, cs, ops,
+					arg);
+		/* the quantized layer's output feeds the next layer */
+		if (!ret) {
+			memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+			ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
+						  cs->seqlen, NULL, NULL);
+		}
+		qf_tf_layer_free(&ly);
+		tmp = x_in, x_in = x, x = tmp;
+		if (!ret && ops->layer_done)
+			ret = ops->layer_done(arg, l, x_in, ntok,
+					      qf_now() - t0);
+	}
+out_free:
+	free(x_in);
+	free(x);
+	return ret;
+}

@@ -1,0 +1,1008 @@
+/*
+ * tok_bpe.c - the encoding half of the tokenizer: normalizers (Prepend,
+ * Replace, NFC), pre-tokenizers (Split, ByteLevel, Metaspace) and the BPE
+ * merge loop.
+ *
+ * We have no regex engine (libc and cJSON only), so the split regexes of
+ * the files we support are hand-written matchers below, one per known
+ * pattern text, with the pattern's backtracking worked out by hand.  The
+ * reference is @huggingface/tokenizers (JavaScript); where it and the Rust
+ * crate agree we follow both, \s is White_Space as in both.
+ *
+ * Byte-level models are run on raw bytes: tokenizer.c stores their vocab
+ * with the GPT-2 byte-to-unicode map undone, so a "character" of a
+ * byte-level word is simply a byte.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok_i.h"
+#include "tok_unicode.h"
+
+/* ------------------------------------------------------------------ */
+/* UTF-8 and character classes                                          */
+
+size_t qf_tok_utf8(const uint8_t *s, size_t n, uint32_t *cp)
+{
+	uint32_t c = s[0];
+	uint32_t min;
+	size_t len, i;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c >= 0xC2 && c <= 0xDF) {
+		len = 2;
+		c &= 0x1F;
+		min = 0x80;
+	} else if (c >= 0xE0 && c <= 0xEF) {
+		len = 3;
+		c &= 0x0F;
+		min = 0x800;
+	} else if (c >= 0xF0 && c <= 0xF4) {
+		len = 4;
+		c &= 0x07;
+		min = 0x10000;
+	} else {
+		*cp = QF_TOK_BADCP;
+		return 1;
+	}
+	/*
+	 * On a bad continuation byte the maximal valid prefix counts as one
+	 * error, as WHATWG and Rust's from_utf8_lossy count it.
+	 */
+	for (i = 1; i < len; i++) {
+		if (i >= n || (s[i] & 0xC0) != 0x80)
+			goto bad;
+		c = c << 6 | (s[i] & 0x3F);
+		if (i == 1 && len == 3 && (c < 0x20 || (c >= 0x360 &&
+							c < 0x380)))
+			goto bad;	/* overlong, or a surrogate */
+		if (i == 1 && len == 4 && (c < 0x10 || c > 0x10F))
+			goto bad;
+	}
+	if (c < min) {
+		*cp = QF_TOK_BADCP;
+		return 1;
+	}
+	*cp = c;
+	return len;
+bad:
+	*cp = QF_TOK_BADCP;
+	return i;
+}
+
+int qf_tok_put_utf8(struct qf_buf *b, uint32_t cp)
+{
+	char u[4];
+	size_t n;
+
+	if (cp < 0x80) {
+		u[0] = (char)cp;
+		n = 1;
+	} else if (cp < 0x800) {
+		u[0] = (char)(0xC0 | cp >> 6);
+		u[1] = (char)(0x80 | (cp & 0x3F));
+		n = 2;
+	} else if (cp < 0x10000) {
+		u[0] = (char)(0xE0 | cp >> 12);
+		u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
+		u[2] = (char)(0x80 | (cp & 0x3F));
+		n = 3;
+	} else {
+		u[0] = (char)(0xF0 | cp >> 18);
+		u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
+		u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
+		u[3] = (char)(0x80 | (cp & 0x3F));
+		n = 4;
+	}
+	return qf_buf_add(b, u, n);
+}
+
+static bool in_ranges(const struct qf_uc_range *r, size_t n, uint32_t cp)
+{
+	size_t lo = 0, hi = n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (cp < r[mid].lo)
+			hi = mid;
+		else if (cp > r[mid].hi)
+			lo = mid + 1;
+		else
+			return true;
+	}
+	return false;
+}
+
+bool qf_tok_is_letter(uint32_t cp)
+{
+	if (cp < 0x80)
+		return (cp | 0x20) >= 'a' && (cp | 0x20) <= 'z';
+	return in_ranges(qf_uc_tables.letter, qf_uc_tables.nletter, cp);
+}
+
+bool qf_tok_is_number(uint32_t cp)
+{
+	if (cp < 0x80)
+		return cp >= '0' && cp <= '9';
+	return in_ranges(qf_uc_tables.number, qf_uc_tables.nnumber, cp);
+}
+
+bool qf_tok_is_space(uint32_t cp)
+{
+	/* White_Space (PropList.txt), unchanged since Unicode 6.3 */
+	if (cp < 0x80)
+		return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
+	return cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+	       (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
+	       cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
+}
+
+/* ------------------------------------------------------------------ */
+/* NFC                                                                  */
+
+#define SBASE 0xAC00u
+#define LBASE 0x1100u
+#define VBASE 0x1161u
+#define TBASE 0x11A7u
+#define LCOUNT 19u
+#define VCOUNT 21u
+#define TCOUNT 28u
+#define NCOUNT (VCOUNT * TCOUNT)
+#define SCOUNT (LCOUNT * NCOUNT)
+#define RAWBYTE 0x80000000u	/* marks an invalid byte kept as is */
+
+static uint32_t ccc_of(uint32_t cp)
+{
+	const struct qf_uc_ccc *r = qf_uc_tables.ccc;
+	size_t lo = 0, hi = qf_uc_tables.nccc;
+
+	if (cp < 0x300 || cp & RAWBYTE)
+		return 0;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (cp < r[mid].lo)
+			hi = mid;
+		else if (cp > r[mid].hi)
+			lo = mid + 1;
+		else
+			return r[mid].ccc;
+	}
+	return 0;
+}
+
+static const struct qf_uc_decomp *decomp_of(uint32_t cp)
+{
+	const struct qf_uc_decomp *d = qf_uc_tables.decomp;
+	size_t lo = 0, hi = qf_uc_tables.ndecomp;
+
+	if (cp < 0xC0 || cp & RAWBYTE)
+		return NULL;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (cp < d[mid].cp)
+			hi = mid;
+		else if (cp > d[mid].cp)
+			lo = mid + 1;
+		else
+			return &d[mid];
+	}
+	return NULL;
+}
+
+static uint32_t compose(uint32_t a, uint32_t b)
+{
+	const struct qf_uc_comp *c = qf_uc_tables.comp;
+	size_t lo = 0, hi = qf_uc_tables.ncomp;
+
+	if (a - LBASE < LCOUNT && b - VBASE < VCOUNT)
+		return SBASE + ((a - LBASE) * VCOUNT + (b - VBASE)) * TCOUNT;
+	if (a - SBASE < SCOUNT && (a - SBASE) % TCOUNT == 0 &&
+	    b - TBASE - 1 < TCOUNT - 1)
+		return a + (b - TBASE);
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (a < c[mid].a || (a == c[mid].a && b < c[mid].b))
+			hi = mid;
+		else if (a > c[mid].a || b > c[mid].b)
+			lo = mid + 1;
+		else
+			return c[mid].c;
+	}
+	return 0;
+}
+
+struct cpvec {
+	uint32_t *v;
+	size_t n;
+	size_t cap;
+};
+
+static int cpvec_push(struct cpvec *c, uint32_t cp)
+{
+	if (c->n == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 64;
+		uint32_t *v = realloc(c->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		c->v = v;
+		c->cap = cap;
+	}
+	c->v[c->n++] = cp;
+	return 0;
+}
+
+static int nfc_decompose(const uint8_t *s, size_t n, struct cpvec *c)
+{
+	size_t i = 0, k, len;
+	uint32_t cp;
+	int ret = 0;
+
+	while (i < n && !ret) {
+		const struct qf_uc_decomp *d;
+
+		len = qf_tok_utf8(s + i, n - i, &cp);
+		if (cp == QF_TOK_BADCP) {
+			for (k = 0; k < len && !ret; k++)
+				ret = cpvec_push(c, RAWBYTE | s[i + k]);
+		} else if (cp - SBASE < SCOUNT) {
+			uint32_t si = cp - SBASE;
+
+			ret = cpvec_push(c, LBASE + si / NCOUNT);
+			if (!ret)
+				ret = cpvec_push(c, VBASE + si % NCOUNT / TCOUNT);
+			if (!ret && si % TCOUNT)
+				ret = cpvec_push(c, TBASE + si % TCOUNT);
+		} else if ((d = decomp_of(cp))) {
+			for (k = 0; k < d->n && !ret; k++)
+				ret = cpvec_push(c,
+					qf_uc_tables.decomp_pool[d->off + k]);
+		} else {
+			ret = cpvec_push(c, cp);
+		}
+		i += len;
+	}
+	return ret;
+}
+
+/* Canonical ordering: stable sort of each run of non-starters. */
+static void nfc_reorder(struct cpvec *c)
+{
+	size_t i, j;
+
+	for (i = 1; i < c->n; i++) {
+		uint32_t cc = ccc_of(c->v[i]);
+		uint32_t cp = c->v[i];
+
+		if (!cc)
+			continue;
+		for (j = i; j > 0; j--) {
+			uint32_t pc = ccc_of(c->v[j - 1]);
+
+			if (pc <= cc)
+				break;
+			c->v[j] = c->v[j - 1];
+		}
+		c->v[j] = cp;
+	}
+}
+
+static size_t nfc_compose(struct cpvec *c)
+{
+	size_t starter = SIZE_MAX, out = 0, i;
+	uint32_t last_cc = 0;
+
+	for (i = 0; i < c->n; i++) {
+		uint32_t cp = c->v[i];
+		uint32_t cc = ccc_of(cp);
+
+		if (starter != SIZE_MAX) {
+			bool adjacent = out == starter + 1;
+
+			if (adjacent || (last_cc != 0 && last_cc < cc)) {
+				uint32_t comp = compose(c->v[starter], cp);
+
+				if (comp) {
+					c->v[starter] = comp;
+					continue;
+				}
+			}
+		}
+		if (!cc)
+			starter = out;
+		last_cc = cc;
+		c->v[out++] = cp;
+	}
+	return out;
+}
+
+static int nfc(const char *s, size_t n, struct qf_buf *out)
+{
+	struct cpvec c = { NULL, 0, 0 };
+	size_t i, m;
+	int ret = 0;
+
+	for (i = 0; i < n && (uint8_t)s[i] < 0x80; i++)
+		;
+	if (i == n)
+		return qf_buf_add(out, s, n);
+	ret = nfc_decompose((const uint8_t *)s, n, &c);
+	if (ret)
+		goto out_free;
+	nfc_reorder(&c);
+	m = nfc_compose(&c);
+	for (i = 0; i < m && !ret; i++) {
+		if (c.v[i] & RAWBYTE) {
+			char byte = (char)(c.v[i] & 0xFF);
+
+			ret = qf_buf_add(out, &byte, 1);
+		} else {
+			ret = qf_tok_put_utf8(out, c.v[i]);
+		}
+	}
+out_free:
+	free(c.v);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* normalizers                                                          */
+
+int qf_tok_replace_all(const char *s, size_t n, const char *pat, size_t plen,
+		       const char *rep, size_t rlen, struct qf_buf *out)
+{
+	size_t i = 0, start = 0;
+	int ret;
+
+	if (!plen)
+		return qf_buf_add(out, s, n);
+	while (i + plen <= n) {
+		if (s[i] == pat[0] && !memcmp(s + i, pat, plen)) {
+			ret = qf_buf_add(out, s + start, i - start);
+			if (!ret)
+				ret = qf_buf_add(out, rep, rlen);
+			if (ret)
+				return ret;
+			i += plen;
+			start = i;
+		} else {
+			i++;
+		}
+	}
+	return qf_buf_add(out, s + start, n - start);
+}
+
+int qf_tok_normalize(const struct qf_tok *t, const char *s, size_t n,
+		     struct qf_buf *out)
+{
+	struct qf_buf tmp = QF_BUF_INIT;
+	size_t k;
+	int ret = 0;
+
+	qf_buf_reset(out);
+	ret = qf_buf_add(out, s, n);
+	for (k = 0; k < t->nnorm && !ret; k++) {
+		const struct qf_tok_norm *nm = &t->norm[k];
+		struct qf_buf swap;
+
+		qf_buf_reset(&tmp);
+		switch (nm->kind) {
+		case QF_TOK_NORM_PREPEND:
+			/* as the Rust crate: nothing to prepend to "" */
+			if (out->len)
+				ret = qf_buf_add(&tmp, nm->a, nm->alen);
+			if (!ret)
+				ret = qf_buf_add(&tmp, out->data, out->len);
+			break;
+		case QF_TOK_NORM_REPLACE:
+			ret = qf_tok_replace_all(out->data ? out->data : "", out->len,
+					  nm->a, nm->alen, nm->b, nm->blen,
+					  &tmp);
+			break;
+		case QF_TOK_NORM_NFC:
+			ret = nfc(out->data ? out->data : "", out->len, &tmp);
+			break;
+		}
+		swap = *out;
+		*out = tmp;
+		tmp = swap;
+	}
+	qf_buf_release(&tmp);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* split regexes                                                        */
+
+enum { C_L, C_N, C_WS, C_OTHER };
+
+static int cls_at(const uint8_t *s, size_t n, size_t i, size_t *len)
+{
+	uint32_t cp;
+
+	*len = qf_tok_utf8(s + i, n - i, &cp);
+	if (cp == QF_TOK_BADCP)
+		return C_OTHER;
+	if (qf_tok_is_letter(cp))
+		return C_L;
+	if (qf_tok_is_number(cp))
+		return C_N;
+	if (qf_tok_is_space(cp))
+		return C_WS;
+	return C_OTHER;
+}
+
+/* End of the run of class cls from i, at most max characters. */
+static size_t run_of(const uint8_t *s, size_t n, size_t i, int cls,
+		     size_t max)
+{
+	size_t len, k;
+
+	for (k = 0; i < n && k < max; k++) {
+		if (cls_at(s, n, i, &len) != cls)
+			break;
+		i += len;
+	}
+	return i;
+}
+
+static bool is_crlf(uint8_t c)
+{
+	return c == '\r' || c == '\n';
+}
+
+/* 's 't 're 've 'm 'll 'd, ASCII case folded when icase. */
+static size_t contraction(const uint8_t *s, size_t n, size_t i, bool icase)
+{
+	static const char *const suf[] = { "s", "t", "re", "ve", "m", "ll",
+					   "d" };
+	size_t k, j;
+
+	if (s[i] != '\'')
+		return 0;
+	for (k = 0; k < sizeof(suf) / sizeof(suf[0]); k++) {
+		size_t l = strlen(suf[k]);
+
+		if (i + 1 + l > n)
+			continue;
+		for (j = 0; j < l; j++) {
+			uint8_t c = s[i + 1 + j];
+
+			if (icase && c >= 'A' && c <= 'Z')
+				c |= 0x20;
+			if (c != (uint8_t)suf[k][j])
+				break;
+		}
+		if (j == l)
+			return i + 1 + l;
+	}
+	return 0;
+}
+
+/* \s+(?!\S) then \s+ : the whitespace run, less its last char when a
+ * non-space follows and more than one char would remain. */
+static size_t ws_tail(const uint8_t *s, size_t n, size_t i)
+{
+	size_t j = i, len, last = i;
+
+	while (j < n && cls_at(s, n, j, &len) == C_WS) {
+		last = j;
+		j += len;
+	}
+	if (j == n || last == i)
+		return j;
+	return last;
+}
+
+/*
+ * GPT-2:
+ * 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ */
+static size_t match_gpt2(const uint8_t *s, size_t n, size_t i)
+{
+	size_t j, len, l2;
+	int c, c2;
+
+	j = contraction(s, n, i, false);
+	if (j)
+		return j;
+	c = cls_at(s, n, i, &len);
+	if (s[i] == ' ' && i + 1 < n) {
+		c2 = cls_at(s, n, i + 1, &l2);
+		if (c2 != C_WS)
+			return run_of(s, n, i + 1, c2, SIZE_MAX);
+	}
+	if (c != C_WS)
+		return run_of(s, n, i, c, SIZE_MAX);
+	return ws_tail(s, n, i);
+}
+
+/*
+ * Llama 3 (digits 3) and Qwen2 (digits 1):
+ * (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ */
+static size_t match_llama3(const uint8_t *s, size_t n, size_t i,
+			   size_t digits)
+{
+	size_t j, len, l2, last_nl;
+	int c;
+
+	j = contraction(s, n, i, true);
+	if (j)
+		return j;
+	c = cls_at(s, n, i, &len);
+	if (c == C_L)
+		return run_of(s, n, i, C_L, SIZE_MAX);
+	if (c != C_N && !is_crlf(s[i]) && i + len < n &&
+	    cls_at(s, n, i + len, &l2) == C_L)
+		return run_of(s, n, i + len, C_L, SIZE_MAX);
+	if (c == C_N)
+		return run_of(s, n, i, C_N, digits);
+	j = i;
+	if (s[i] == ' ' && i + 1 < n && cls_at(s, n, i + 1, &l2) == C_OTHER)
+		j = i + 1;
+	if (cls_at(s, n, j, &l2) == C_OTHER) {
+		j = run_of(s, n, j, C_OTHER, SIZE_MAX);
+		while (j < n && is_crlf(s[j]))
+			j++;
+		return j;
+	}
+	/* c is whitespace: \s*[\r\n]+ ends after the run's last newline */
+	last_nl = SIZE_MAX;
+	for (j = i; j < n && cls_at(s, n, j, &len) == C_WS; j += len)
+		if (is_crlf(s[j]))
+			last_nl = j;
+	if (last_nl != SIZE_MAX)
+		return last_nl + 1;
+	return ws_tail(s, n, i);
+}
+
+static size_t pat_match(enum qf_tok_pat pat, const uint8_t *s, size_t n,
+			size_t i)
+{
+	switch (pat) {
+	case QF_TOK_PAT_GPT2:
+		return match_gpt2(s, n, i);
+	case QF_TOK_PAT_LLAMA3:
+		return match_llama3(s, n, i, 3);
+	case QF_TOK_PAT_QWEN2:
+		return match_llama3(s, n, i, 1);
+	case QF_TOK_PAT_NONE:
+		break;
+	}
+	return n;
+}
+
+/* ------------------------------------------------------------------ */
+/* pre-tokenizers: pieces are (off, len) pairs into a scratch buffer    */
+
+static int piece_push(size_t **p, size_t *np, size_t *cap, size_t off,
+		      size_t len)
+{
+	if (*np + 2 > *cap) {
+		size_t c = *cap ? *cap * 2 : 64;
+		size_t *v = realloc(*p, c * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		*p = v;
+		*cap = c;
+	}
+	(*p)[(*np)++] = off;
+	(*p)[(*np)++] = len;
+	return 0;
+}
+
+/*
+ * Copy s[0..n) into b, after a space when prefix, and emit it as pieces
+ * split by pat (Isolated behavior: every byte lands in some piece).
+ */
+static int split_into(enum qf_tok_pat pat, bool prefix, const char *s,
+		      size_t n, struct qf_tok_scratch *sc)
+{
+	size_t base = sc->b.len, i = 0, j;
+	const uint8_t *p;
+	int ret = 0;
+
+	if (prefix)
+		ret = qf_buf_add(&sc->b, " ", 1);
+	if (!ret)
+		ret = qf_buf_add(&sc->b, s, n);
+	n += prefix;
+	p = (const uint8_t *)sc->b.data + base;
+	while (!ret && i < n) {
+		j = pat_match(pat, p, n, i);
+		if (j <= i)
+			j = i + 1;	/* never loop; matchers always advance */
+		ret = piece_push(&sc->pb, &sc->npb, &sc->capb, base + i, j - i);
+		i = j;
+	}
+	return ret;
+}
+
+static int metaspace(const struct qf_tok_pre *p, const char *s, size_t n,
+		     bool first, struct qf_tok_scratch *sc)
+{
+	size_t base = sc->b.len, end, i, start;
+	bool pre;
+	int ret = 0;
+
+	pre = (p->prepend == QF_TOK_PREPEND_ALWAYS ||
+	       (p->prepend == QF_TOK_PREPEND_FIRST && first)) &&
+	      !(n >= 1 && s[0] == ' ') &&
+	      !(n >= p->repl_len && !memcmp(s, p->repl, p->repl_len));
+	if (pre)
+		ret = qf_buf_add(&sc->b, p->repl, p->repl_len);
+	if (!ret)
+		ret = qf_tok_replace_all(s, n, " ", 1, p->repl, p->repl_len, &sc->b);
+	if (ret)
+		return ret;
+	end = sc->b.len;
+	if (!p->split)
+		return piece_push(&sc->pb, &sc->npb, &sc->capb, base,
+				  end - base);
+	/* MergedWithNext: each piece starts at a replacement char */
+	for (start = i = base; i < end && !ret; i++) {
+		if (i > start && i + p->repl_len <= end &&
+		    !memcmp(sc->b.data + i, p->repl, p->repl_len)) {
+			ret = piece_push(&sc->pb, &sc->npb, &sc->capb, start,
+					 i - start);
+			start = i;
+		}
+	}
+	if (!ret && end > start)
+		ret = piece_push(&sc->pb, &sc->npb, &sc->capb, start,
+				 end - start);
+	return ret;
+}
+
+static int pre_step(const struct qf_tok_pre *p, const char *s, size_t n,
+		    bool first, struct qf_tok_scratch *sc)
+{
+	switch (p->kind) {
+	case QF_TOK_PRE_SPLIT:
+		return split_into(p->pat, false, s, n, sc);
+	case QF_TOK_PRE_BYTELEVEL:
+		/* the pattern must see the prefix space too */
+		return split_into(p->pat, p->prefix_space && n && s[0] != ' ',
+				  s, n, sc);
+	case QF_TOK_PRE_METASPACE:
+		return metaspace(p, s, n, first, sc);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* BPE                                                                  */
+
+struct qf_tok_sym {
+	int32_t id;		/* -1: a character not in the vocab */
+	uint32_t off;		/* byte offset in the word */
+	uint32_t len;		/* bytes; 0 once merged into its left */
+	uint32_t prev;		/* UINT32_MAX: none */
+	uint32_t next;
+};
+
+struct qf_tok_cand {
+	uint32_t rank;
+	uint32_t pos;		/* left symbol; ties go leftmost */
+	int32_t left;
+	int32_t right;
+};
+
+static bool cand_less(const struct qf_tok_cand *a, const struct qf_tok_cand *b)
+{
+	return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static void heap_sift_down(struct qf_tok_cand *h, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+		struct qf_tok_cand tmp;
+
+		if (l < n && cand_less(&h[l], &h[m]))
+			m = l;
+		if (l + 1 < n && cand_less(&h[l + 1], &h[m]))
+			m = l + 1;
+		if (m == i)
+			return;
+		tmp = h[i];
+		h[i] = h[m];
+		h[m] = tmp;
+		i = m;
+	}
+}
+
+static int heap_push(struct qf_tok_scratch *sc, size_t *n,
+		     const struct qf_tok_cand *c)
+{
+	size_t i;
+
+	if (*n == sc->capheap) {
+		size_t cap = sc->capheap ? sc->capheap * 2 : 256;
+		struct qf_tok_cand *h = realloc(sc->heap, cap * sizeof(*h));
+
+		if (!h)
+			return -ENOMEM;
+		sc->heap = h;
+		sc->capheap = cap;
+	}
+	i = (*n)++;
+	while (i > 0 && cand_less(c, &sc->heap[(i - 1) / 2])) {
+		sc->heap[i] = sc->heap[(i - 1) / 2];
+		i = (i - 1) / 2;
+	}
+	sc->heap[i] = *c;
+	return 0;
+}
+
+static int try_pair(const struct qf_tok *t, struct qf_tok_scratch *sc,
+		    size_t *nh, uint32_t pos)
+{
+	const struct qf_tok_sym *a = &sc->sym[pos];
+	const struct qf_tok_merge *m;
+	struct qf_tok_cand c;
+
+	if (a->next == UINT32_MAX || a->id < 0 || sc->sym[a->next].id < 0)
+		return 0;
+	m = qf_tok_merge_find(t, a->id, sc->sym[a->next].id);
+	if (!m)
+		return 0;
+	c.rank = m->rank;
+	c.pos = pos;
+	c.left = a->id;
+	c.right = sc->sym[a->next].id;
+	return heap_push(sc, nh, &c);
+}
+
+static int merge_loop(const struct qf_tok *t, struct qf_tok_scratch *sc,
+		      size_t nsym)
+{
+	size_t nh = 0, i;
+	int ret = 0;
+
+	for (i = 0; i + 1 < nsym && !ret; i++)
+		ret = try_pair(t, sc, &nh, (uint32_t)i);
+	while (nh && !ret) {
+		struct qf_tok_cand c = sc->heap[0];
+		struct qf_tok_sym *a = &sc->sym[c.pos];
+		struct qf_tok_sym *b;
+		const struct qf_tok_merge *m;
+
+		sc->heap[0] = sc->heap[--nh];
+		heap_sift_down(sc->heap, nh, 0);
+		/* stale: either side changed since this pair was queued */
+		if (!a->len || a->id != c.left || a->next == UINT32_MAX)
+			continue;
+		b = &sc->sym[a->next];
+		if (b->id != c.right)
+			continue;
+		m = qf_tok_merge_find(t, c.left, c.right);
+		a->id = m->id;
+		a->len += b->len;
+		b->len = 0;
+		a->next = b->next;
+		if (a->next != UINT32_MAX)
+			sc->sym[a->next].prev = c.pos;
+		if (a->prev != UINT32_MAX)
+			ret = try_pair(t, sc, &nh, a->prev);
+		if (!ret)
+			ret = try_pair(t, sc, &nh, c.pos);
+	}
+	return ret;
+}
+
+/* A character outside the vocab: <0xNN> tokens, else unk. */
+static int emit_unknown(const struct qf_tok *t, const uint8_t *s, size_t n,
+			bool *prev_unk, struct qf_tok_ids *out)
+{
+	size_t i;
+	int ret = 0;
+
+	if (t->byte_fallback) {
+		for (i = 0; i < n && t->byte_fb[s[i]] >= 0; i++)
+			;
+		if (i == n) {
+			for (i = 0; i < n && !ret; i++)
+				ret = qf_tok_ids_push(out, t->byte_fb[s[i]]);
+			*prev_unk = false;
+			return ret;
+		}
+	}
+	if (t->unk < 0 || (t->fuse_unk && *prev_unk))
+		return 0;
+	*prev_unk = true;
+	return qf_tok_ids_push(out, t->unk);
+}
+
+static int bpe_word(const struct qf_tok *t, const char *w, size_t n,
+		    struct qf_tok_scratch *sc, struct qf_tok_ids *out)
+{
+	const uint8_t *s = (const uint8_t *)w;
+	size_t nsym = 0, i, len;
+	bool prev_unk = false;
+	uint32_t k, cp;
+	int32_t id;
+	int ret;
+
+	if (!n)
+		return 0;
+	if (t->ignore_merges) {
+		id = qf_tok_lookup(t, w, n);
+		if (id >= 0)
+			return qf_tok_ids_push(out, id);
+	}
+	if (n > sc->capsym) {
+		struct qf_tok_sym *v = realloc(sc->sym, n * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		sc->sym = v;
+		sc->capsym = n;
+	}
+	for (i = 0; i < n; i += len) {
+		struct qf_tok_sym *y = &sc->sym[nsym];
+
+		if (t->bytelevel) {
+			len = 1;
+			y->id = t->byte_unit[s[i]];
+		} else {
+			len = qf_tok_utf8(s + i, n - i, &cp);
+			y->id = qf_tok_lookup(t, w + i, len);
+		}
+		y->off = (uint32_t)i;
+		y->len = (uint32_t)len;
+		y->prev = nsym ? (uint32_t)nsym - 1 : UINT32_MAX;
+		y->next = (uint32_t)nsym + 1;
+		nsym++;
+	}
+	sc->sym[nsym - 1].next = UINT32_MAX;
+	ret = merge_loop(t, sc, nsym);
+	for (k = 0; k != UINT32_MAX && !ret; k = sc->sym[k].next) {
+		const struct qf_tok_sym *y = &sc->sym[k];
+
+		if (y->id >= 0) {
+			prev_unk = false;
+			ret = qf_tok_ids_push(out, y->id);
+		} else {
+			ret = emit_unknown(t, s + y->off, y->len, &prev_unk,
+					   out);
+		}
+	}
+	return ret;
+}
+
+int qf_tok_encode_section(const struct qf_tok *t, const char *s, size_t n,
+			  bool first, struct qf_tok_scratch *sc,
+			  struct qf_tok_ids *out)
+{
+	size_t k, i;
+	int ret = 0;
+
+	if (n > UINT32_MAX / 2)
+		return -ENOMEM;	/* symbol offsets are 32-bit */
+	qf_buf_reset(&sc->a);
+	sc->npa = 0;
+	ret = qf_buf_add(&sc->a, s, n);
+	if (!ret)
+		ret = piece_push(&sc->pa, &sc->npa, &sc->capa, 0, n);
+	for (k = 0; k < t->npre && !ret; k++) {
+		struct qf_buf tb;
+		size_t *tp, tn, tc;
+
+		qf_buf_reset(&sc->b);
+		sc->npb = 0;
+		for (i = 0; i < sc->npa && !ret; i += 2)
+			ret = pre_step(&t->pre[k], sc->a.data + sc->pa[i],
+				       sc->pa[i + 1], first && i == 0, sc);
+		/* b becomes the input of the next step */
+		tb = sc->a;
+		sc->a = sc->b;
+		sc->b = tb;
+		tp = sc->pa;
+		tn = sc->npa;
+		tc = sc->capa;
+		sc->pa = sc->pb;
+		sc->npa = sc->npb;
+		sc->capa = sc->capb;
+		sc->pb = tp;
+		sc->npb = tn;
+		sc->capb = tc;
+	}
+	for (i = 0; i < sc->npa && !ret; i += 2)
+		ret = bpe_word(t, sc->a.data + sc->pa[i], sc->pa[i + 1], sc,
+			       out);
+	return ret;
+}
+
+void qf_tok_scratch_free(struct qf_tok_scratch *sc)
+{
+	qf_buf_release(&sc->a);
+	qf_buf_release(&sc->b);
+	free(sc->pa);
+	free(sc->pb);
+	free(sc->sym);
+	free(sc->heap);
+}
+
+/* ------------------------------------------------------------------ */
+/* hashes                                                               */
+
+uint64_t qf_tok_hash(const void *s, size_t n)
+{
+	const uint8_t *p = s;
+	uint64_t h = 0xcbf29ce484222325ull;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	return h ^ h >> 29;
+}
+
+int32_t qf_tok_lookup(const struct qf_tok *t, const char *s, size_t n)
+{
+	size_t i = qf_tok_hash(s, n) & t->vmask;
+	uint32_t slot;
+
+	while ((slot = t->vhash[i])) {
+		const struct qf_tok_str *e = &t->str[slot - 1];
+
+		if (e->len == n && !memcmp(t->pool + e->off, s, n))
+			return (int32_t)(slot - 1);
+		i = (i + 1) & t->vmask;
+	}
+	return -1;
+}
+
+static uint64_t merge_key(int32_t a, int32_t b)
+{
+	return ((uint64_t)(uint32_t)a << 32 | (uint32_t)b) + 1;
+}
+
+static size_t merge_slot(uint64_t key, size_t mask)
+{
+	key ^= key >> 31;
+	key *= 0x9e3779b97f4a7c15ull;
+	return (size_t)(key ^ key >> 29) & mask;
+}
+
+int qf_tok_merge_add(struct qf_tok *t, int32_t a, int32_t b, int32_t id,
+		     uint32_t rank)
+{
+	uint64_t key = merge_key(a, b);
+	size_t i = merge_slot(key, t->mmask);
+
+	while (t->mhash[i].key && t->mhash[i].key != key)
+		i = (i + 1) & t->mmask;
+	/* a repeated pair takes its later rank, as both references do */
+	t->mhash[i].key = key;
+	t->mhash[i].rank = rank;
+	t->mhash[i].id = id;
+	return 0;
+}
+
+const struct qf_tok_merge *qf_tok_merge_find(const struct qf_tok *t,
+					     int32_t a, int32_t b)
+{
+	uint64_t key = merge_key(a, b);
+	size_t i;
+
+	if (!t->mhash)
+		return NULL;
+	i = merge_slot(key, t->mmask);
+	while (t->mhash[i].key) {
+		if (t->mhash[i].key == key)
+			return &t->mhash[i];
+		i = (i + 1) & t->mmask;
+	}
+	return NULL;
+}
