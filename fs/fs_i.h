@@ -148,6 +148,8 @@ struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out);
 bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Write the variant's record (listed by `ls` once it is cached). */
+void qf_var_record(struct qf_fs *fs, struct qf_var *var);
 /*
  * Group gi's packed GPTQ tensors from the cache, unpacked: q [out, in],
  * sc/z [out, ngroups] (true zeros), g_idx [in].

@@ -207,10 +207,12 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 			ret = qf_calib_from_text(tok, text.data, text.len,
 						 var->ci.nseq, var->ci.seqlen,
 						 cs);
-		if (ret == -EINVAL)
+		if (ret == -EINVAL) {
 			qf_err("%s: calibration text '%s' has fewer than "
 			       "%d x %d tokens", var->mdl->name, var->calib_path,
 			       var->ci.nseq, var->ci.seqlen - 1);
+			ret = QF_EFORMAT;
+		}
 	} else {
 		qf_info("%s/%s: sampling %d x %d calibration tokens from the "
 			"model", var->mdl->name, var->v->name, var->ci.nseq,
@@ -517,6 +519,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	double *loss = calloc(ng, sizeof(double));
 	double *rtn = calloc(ng, sizeof(double));
 	struct qf_cache_txn *txn = NULL;
+	bool store_time = false;
 	char hash[65];
 	int l, k, ret;
 
@@ -545,6 +548,13 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		const void *tk;
 		size_t len;
 
+		/* the first production's time, not a later replay's */
+		if (qf_cache_get(txn, var->vid, "__seconds__", &tk, &len) == 0
+		    && len == sizeof(double))
+			memcpy(&seconds, tk, sizeof(double));
+		else
+			store_time = true;
+
 		/* the token hash, from the cached set */
 		if (qf_cache_get(txn, var->calib_vid, "__ids__", &tk,
 				 &len) == 0 &&
@@ -560,6 +570,12 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		}
 	}
 	qf_cache_read_end(txn);
+	if (!ret && store_time) {
+		struct qf_cache_item it = { "__seconds__", &seconds,
+					    sizeof(seconds) };
+
+		ret = qf_cache_put(fs->cache, var->vid, &it, 1);
+	}
 	pthread_mutex_lock(&var->lock);
 	if (!ret && !var->manifest_ready) {
 		free(var->res_loss);
@@ -615,6 +631,7 @@ static void *job_main(void *arg)
 	if (!ret)
 		ret = finalize(fs, var, qf_now() - j->t0);
 	if (!ret) {
+		qf_var_record(fs, var);
 		qf_cache_sync(fs->cache);
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			qf_now() - j->t0);

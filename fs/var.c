@@ -180,7 +180,7 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 }
 
 /* The variant's record in the cache, for `ls` and cache tools. */
-static void put_record(struct qf_fs *fs, struct qf_var *var)
+void qf_var_record(struct qf_fs *fs, struct qf_var *var)
 {
 	struct qf_buf b = QF_BUF_INIT;
 
@@ -358,7 +358,7 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	pthread_mutex_unlock(&var->lock);
 
 	if (record)
-		put_record(fs, var);
+		qf_var_record(fs, var);
 	if (complete) {
 		qf_cache_sync(fs->cache);
 		qf_info("%s/%s: produced %.1f MB of source in %.2f s",

@@ -1,0 +1,201 @@
+"""Integration tests of calibrated (GPTQ) variants on real FUSE mounts:
+the served checkpoint against the source and the GPTQ grid, act order,
+_fake, the cache across processes, resume after kill -9 with identical
+bytes, @name calibration sets, and a calibration text that is too short.
+"""
+import errno
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+import stread  # noqa: E402
+from qftest import Mount, mkmodel, run_tests  # noqa: E402
+
+WORK = tempfile.mkdtemp(prefix="qfgptq.")
+SRC = os.path.join(WORK, "models")
+TINY = mkmodel(os.path.join(SRC, "tiny"), "--layers", 3, "--seed", 11)
+SMALL = ["calib_n=8", "calib_len=64"]
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def layer_lines(log):
+    """The per-layer progress lines of calibrated jobs."""
+    return re.findall(r"/gptq_\S+: layer \d+/\d+ in ", log)
+
+
+def test_gptq_checkpoint_and_manifest():
+    src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
+    with Mount(SRC, opts=SMALL) as m:
+        d = os.path.join(m.mnt, "tiny", "gptq_w4_g64")
+        size = os.stat(os.path.join(d, "model.safetensors")).st_size
+        man_size = os.stat(os.path.join(d, "quantization.json")).st_size
+        assert layer_lines(m.stderr()) == []      # stat produced nothing
+        t, hdr = stread.read_st(os.path.join(d, "model.safetensors"))
+        assert len(open(os.path.join(d, "model.safetensors"), "rb").read()) \
+            == size
+        assert len(layer_lines(m.stderr())) == 3, m.stderr()
+        r, _ = stread.read_st(os.path.join(m.mnt, "tiny", "rtn_w4_g64",
+                                           "model.safetensors"))
+        for name in ("model.layers.0.self_attn.q_proj.weight",
+                     "model.layers.2.mlp.down_proj.weight"):
+            W = src[name]
+            deq, q, z, s, g = stread.gptq_dequant(t, name[:-7], 4, *W.shape)
+            assert np.array_equal(g, np.arange(W.shape[1]) // 64)
+            assert q.max() <= 15 and z.min() >= 1
+            # GPTQ trades weight error for output error (on 512 tokens
+            # it moves weights a few times further than RTN); a wrong
+            # packing or grid would be far off (relative error ~1)
+            rel = np.sum((W - deq) ** 2) / np.sum(W ** 2)
+            rdeq = stread.gptq_dequant(r, name[:-7], 4, *W.shape)[0]
+            rrel = np.sum((W - rdeq) ** 2) / np.sum(W ** 2)
+            assert rrel <= rel < 10 * rrel and rel < 0.1, (rel, rrel)
+        for k in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert np.array_equal(t[k], src[k])
+        qc = json.load(open(os.path.join(d, "config.json")))[
+            "quantization_config"]
+        assert qc["quant_method"] == "gptq" and qc["damp_percent"] == 0.01
+        assert qc["true_sequential"] is True and qc["desc_act"] is False
+        raw = open(os.path.join(d, "quantization.json"), "rb").read()
+        assert len(raw) == man_size
+        man = json.loads(raw)
+        cal = man["calibration"]
+        assert cal["sequences"] == 8 and cal["tokens_per_sequence"] == 64
+        assert cal["token_hash"] != "0" * 64 and "sampled" in cal["source"]
+        g = [l["loss_gptq"] for l in man["layers"]]
+        r = [l["loss_rtn"] for l in man["layers"]]
+        assert len(g) == 21 and all(x > 0 for x in g)
+        assert sum(g) < sum(r), (sum(g), sum(r))
+
+
+def test_act_order_g_idx_and_fake():
+    with Mount(SRC, opts=SMALL) as m:
+        d = os.path.join(m.mnt, "tiny", "gptq_w4_g32_act")
+        t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+        g = t["model.layers.1.mlp.up_proj.g_idx"]
+        counts = np.bincount(g)
+        assert len(counts) == 256 // 32 and np.all(counts == 32)
+        assert not np.array_equal(g, np.arange(256) // 32)   # permuted
+        qc = json.load(open(os.path.join(d, "config.json")))[
+            "quantization_config"]
+        assert qc["desc_act"] is True and qc["static_groups"] is False
+        # static groups keep g_idx in order
+        ts, _ = stread.read_st(os.path.join(
+            m.mnt, "tiny", "gptq_w4_g32_act_static", "model.safetensors"))
+        assert np.array_equal(ts["model.layers.1.mlp.up_proj.g_idx"],
+                              np.arange(256) // 32)
+        # _fake is the packed variant, dequantized (bf16 rounding)
+        f, hdr = stread.read_st(os.path.join(
+            m.mnt, "tiny", "gptq_w4_g32_act_fake", "model.safetensors"))
+        name = "model.layers.1.mlp.up_proj"
+        deq = stread.gptq_dequant(t, name, 4, 768, 256)[0]
+        u = deq.astype(np.float32).view(np.uint32).astype(np.uint64)
+        want = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(
+            np.uint32).view(np.float32)
+        assert np.array_equal(f[name + ".weight"], want)
+        mf = json.load(open(os.path.join(
+            m.mnt, "tiny", "gptq_w4_g32_act_fake", "quantization.json")))
+        mp = json.load(open(os.path.join(d, "quantization.json")))
+        assert mf["fake"] is True and mf["layers"] == mp["layers"]
+
+
+def test_second_process_from_cache():
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "tiny/gptq_w3_g128/model.safetensors"
+    with Mount(SRC, cache=cache, opts=SMALL) as m:
+        a = sha(os.path.join(m.mnt, p))
+        man = open(os.path.join(m.mnt, "tiny/gptq_w3_g128/"
+                                "quantization.json")).read()
+    with Mount(SRC, cache=cache, opts=SMALL) as m:
+        assert "gptq_w3_g128" in os.listdir(os.path.join(m.mnt, "tiny"))
+        assert sha(os.path.join(m.mnt, p)) == a
+        assert open(os.path.join(m.mnt, "tiny/gptq_w3_g128/"
+                                 "quantization.json")).read() == man
+        assert layer_lines(m.stderr()) == [], m.stderr()
+        assert "sampling" not in m.stderr()
+    # another calibration size is another variant: produced anew
+    with Mount(SRC, cache=cache, opts=["calib_n=4", "calib_len=64"]) as m:
+        assert sha(os.path.join(m.mnt, p)) != a
+        assert len(layer_lines(m.stderr())) == 3
+
+
+def test_kill9_resume_same_bytes():
+    big = os.path.join(WORK, "big")
+    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
+            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 12)
+    opts = ["calib_n=16", "calib_len=128"]
+    p = "m/gptq_w4_g128/model.safetensors"
+    with Mount(big, opts=opts) as m:
+        want = sha(os.path.join(m.mnt, p))
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    m = Mount(big, cache=cache, opts=opts)
+    m.__enter__()
+    reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(layer_lines(m.stderr())) < 2:
+        assert time.time() < deadline, m.stderr()
+        assert m.proc.poll() is None
+        time.sleep(0.05)
+    os.kill(m.proc.pid, signal.SIGKILL)
+    m.proc.wait()
+    subprocess.run(["umount", "-l", m.mnt], check=False)
+    reader.wait(timeout=30)
+    done = len(layer_lines(m.stderr()))
+    m.proc = None
+    m.logf.close()
+    assert 2 <= done < 6, m.stderr()
+    with Mount(big, cache=cache, opts=opts) as m2:
+        assert sha(os.path.join(m2.mnt, p)) == want
+        log = m2.stderr()
+        assert "resuming at layer %d/6" % (done + 1) in log, log
+        assert len(layer_lines(log)) == 6 - done, log
+
+
+def test_named_calibration_sets():
+    cdir = os.path.join(WORK, "calib")
+    os.makedirs(cdir, exist_ok=True)
+    text = "Once upon a time there was a little dog named Spot. " * 200
+    with open(os.path.join(cdir, "stories.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(cdir, "tiny.txt"), "w") as f:
+        f.write("too short")
+    with Mount(SRC, opts=SMALL + ["calib_dir=" + cdir]) as m:
+        d = os.path.join(m.mnt, "tiny", "gptq_w4_g128@stories")
+        assert os.path.isdir(d)
+        a = sha(os.path.join(d, "model.safetensors"))
+        b = sha(os.path.join(m.mnt, "tiny", "gptq_w4_g128",
+                             "model.safetensors"))
+        assert a != b
+        man = json.load(open(os.path.join(d, "quantization.json")))
+        assert "stories.txt" in man["calibration"]["source"]
+        assert not os.path.exists(os.path.join(m.mnt, "tiny",
+                                               "gptq_w4_g128@missing"))
+        try:
+            open(os.path.join(m.mnt, "tiny", "gptq_w4_g128@tiny",
+                              "model.safetensors"), "rb").read()
+            raise AssertionError("a too short calibration text worked")
+        except OSError as e:
+            assert e.errno == errno.EIO
+        assert "has fewer than" in m.stderr()
+        assert m.alive()
+    with Mount(SRC, opts=SMALL) as m:   # no calib_dir: no @sets
+        assert not os.path.exists(os.path.join(
+            m.mnt, "tiny", "gptq_w4_g128@stories"))
+
+
+if __name__ == "__main__":
+    run_tests(globals())
