@@ -1,0 +1,184 @@
+/*
+ * test_calib.c - calibration: X^T X and channel statistics against a
+ * direct double computation, the token-set hash against Python's
+ * hashlib, and the driver's memory bound on a generated model.
+ *
+ * usage: test_calib QUANTFS   (to generate the model)
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "quant.h"
+
+static uint64_t rng = 42;
+
+static float frand(void)
+{
+	rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+	return (float)((double)(rng >> 11) * 0x1.0p-53) * 2 - 1;
+}
+
+static void test_stats(void)
+{
+	int64_t n = 1000, in = 96, i, j, k;
+	float *x = malloc((size_t)(n * in) * sizeof(*x));
+	double *h = calloc((size_t)(in * in), sizeof(*h));
+	struct qf_lin_stats s;
+	double worst = 0, sa = 0, sq = 0;
+
+	for (i = 0; i < n * in; i++)
+		x[i] = frand() * (i % in == 3 ? 10 : 1);
+	CHECK(qf_lin_stats_init(&s, in, true), ==, 0);
+	/* in uneven chunks, as the driver feeds batches */
+	qf_lin_stats_add(&s, x, 1);
+	qf_lin_stats_add(&s, x + in, 600);
+	qf_lin_stats_add(&s, x + 601 * in, n - 601);
+	qf_lin_stats_finish(&s);
+	CHECK(s.n, ==, n);
+	for (i = 0; i < n; i++)
+		for (j = 0; j < in; j++)
+			for (k = 0; k < in; k++)
+				h[j * in + k] += (double)x[i * in + j] *
+						 x[i * in + k];
+	for (j = 0; j < in * in; j++) {
+		double e = fabs(s.h[j] - h[j]) / (fabs(h[j]) + 1);
+
+		worst = e > worst ? e : worst;
+	}
+	CHECK_NEAR(worst, 0, 1e-4);	/* fp32 sums of 1000 rows */
+	for (i = 0; i < n; i++) {
+		sa += fabs(x[i * in + 3]);
+		sq += (double)x[i * in + 3] * x[i * in + 3];
+	}
+	CHECK_NEAR(s.sum_abs[3], sa, 1e-6 * sa);
+	CHECK_NEAR(s.sum_sq[3], sq, 1e-6 * sq);
+	qf_lin_stats_free(&s);
+	free(x);
+	free(h);
+}
+
+static void test_hash(void)
+{
+	struct qf_calib cs = { 0 };
+	char cmd[512], out[80] = "";
+	FILE *p;
+	int i;
+
+	cs.nseq = 3;
+	cs.seqlen = 5;
+	cs.ids = malloc(15 * sizeof(*cs.ids));
+	for (i = 0; i < 15; i++)
+		cs.ids[i] = i * 1000 + 7;
+	qf_calib_hash(&cs);
+	/* independent: Python's hashlib over the documented serialization */
+	snprintf(cmd, sizeof(cmd), "/usr/bin/python3 -c \"import hashlib,"
+		 "struct; print(hashlib.sha256(b'quantfs-calib-v1\\0' + "
+		 "struct.pack('<2I', 3, 5) + struct.pack('<15i', "
+		 "*[i * 1000 + 7 for i in range(15)])).hexdigest())\"");
+	p = popen(cmd, "r");
+	if (p && fgets(out, sizeof(out), p))
+		out[strcspn(out, "\n")] = 0;
+	if (p)
+		pclose(p);
+	CHECK_STR(cs.hash_hex, out);
+	cs.ids[14]++;
+	{
+		char before[65];
+
+		memcpy(before, cs.hash_hex, 65);
+		qf_calib_hash(&cs);
+		CHECK(strcmp(before, cs.hash_hex), !=, 0);
+	}
+	qf_calib_free(&cs);
+}
+
+/* RssAnon of this process, in KiB. */
+static long rss_anon(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long v = -1;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+struct mem_probe {
+	long peak;
+	int calls;
+};
+
+static int probe_quantize(void *arg, int layer, struct qf_tf_layer *ly,
+			  const enum qf_tf_linear *lin, int n,
+			  struct qf_lin_stats *stats)
+{
+	struct mem_probe *m = arg;
+	long r = rss_anon();
+
+	(void)layer, (void)ly, (void)lin, (void)n, (void)stats;
+	m->peak = r > m->peak ? r : m->peak;
+	m->calls++;
+	return 0;
+}
+
+static void test_memory_bound(const char *quantfs)
+{
+	char dir[] = "/tmp/qfcalib.XXXXXX", cmd[512];
+	struct qf_calib_ops ops = { .hessian = true, .sequential = true,
+				    .quantize = probe_quantize };
+	struct mem_probe mp = { 0, 0 };
+	struct qf_tf_config c;
+	struct qf_calib cs = { 0 };
+	struct qf_model *m;
+	long base, layer_kb, act_kb, h_kb, model_kb;
+	int i;
+
+	if (!mkdtemp(dir))
+		return;
+	snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m --hidden 512 --inter 1536 "
+		 "--layers 16 --heads 8 --kv-heads 4 --vocab 512", quantfs, dir);
+	CHECK(system(cmd), ==, 0);
+	snprintf(cmd, sizeof(cmd), "%s/m", dir);
+	CHECK(qf_model_open(cmd, &m), ==, 0);
+	CHECK(qf_tf_config_parse(m, &c), ==, 0);
+	cs.nseq = 8;
+	cs.seqlen = 128;
+	cs.ids = malloc(8 * 128 * sizeof(*cs.ids));
+	for (i = 0; i < 8 * 128; i++)
+		cs.ids[i] = (i * 37) % 512;
+	base = rss_anon();
+	CHECK(qf_calib_run(m, &c, &cs, &ops, &mp), ==, 0);
+	CHECK(mp.calls, ==, 16 * 4);	/* 4 true-sequential stages */
+	layer_kb = (long)(4 * 512 * 512 + 3 * 512 * 1536) * 4 / 1024;
+	act_kb = 2L * 8 * 128 * 512 * 4 / 1024;
+	h_kb = 1536L * 1536 * 4 / 1024;
+	model_kb = 16 * layer_kb;
+	fprintf(stderr, "driver peak RssAnon +%ld KiB: one fp32 layer %ld, "
+		"activations x2 %ld, largest H %ld, whole model fp32 %ld\n",
+		mp.peak - base, layer_kb, act_kb, h_kb, model_kb);
+	/* one layer + activations + stats (+ forward scratch), never the
+	 * model: the whole fp32 model alone is 4x this bound */
+	CHECK(mp.peak - base, <, 2 * (layer_kb + act_kb + h_kb));
+	CHECK(2 * (layer_kb + act_kb + h_kb), <, model_kb);
+	qf_calib_free(&cs);
+	qf_model_close(m);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd), ==, 0);
+}
+
+int main(int argc, char **argv)
+{
+	test_stats();
+	test_hash();
+	if (argc > 1)
+		test_memory_bound(argv[1]);
+	return qf_check_exit();
+}
