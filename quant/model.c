@@ -274,8 +274,10 @@ int qf_model_open(const char *dir, struct qf_model **out)
 		ret = 0;
 	}
 	free(p);
-	if (ret < 0)
+	if (ret < 0) {
+		cJSON_Delete(index);
 		goto out_free;
+	}
 	ret = open_shards(m, names, nnames);
 	if (ret == 0)
 		ret = build_index(m, index);

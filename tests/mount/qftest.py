@@ -50,11 +50,6 @@ class Mount:
             time.sleep(0.02)
         return self
 
-    def stderr(self):
-        self.logf.flush()
-        with open(self.log) as f:
-            return f.read()
-
     def alive(self):
         return self.proc.poll() is None and mounted(self.mnt)
 
@@ -70,8 +65,15 @@ class Mount:
             rc = self.proc.wait()
             subprocess.run(["umount", "-l", self.mnt], check=False)
         self.proc = None
+        self.logf.flush()
         self.logf.close()
         return rc
+
+    def stderr(self):
+        if not self.logf.closed:
+            self.logf.flush()
+        with open(self.log) as f:
+            return f.read()
 
     def __exit__(self, *exc):
         rc = self.umount()

@@ -87,5 +87,12 @@ int main(int argc, char **argv)
 	dump(argv[10], "rtn_q.u8", q, (size_t)(out * in));
 	dump(argv[10], "rtn_scale.f16", sc, (size_t)(out * ng) * 2);
 	dump(argv[10], "rtn_zero.i32", z, (size_t)(out * ng) * 4);
+	free(w);
+	free(w0);
+	free(h);
+	free(q);
+	free(sc);
+	free(z);
+	free(g);
 	return 0;
 }
