@@ -10,7 +10,9 @@
  * not in the cache: the layers before it are replayed from their cached
  * (dequantized) weights, which are bit-identical to what the first run
  * continued with, so the result does not depend on the interruption.
- * BLAS runs single-threaded in jobs for the same reason.
+ * BLAS runs with a fixed thread count (the online CPUs) for the same
+ * reason: OpenBLAS partitions work statically, so a given count gives
+ * the same bits every run.
  *
  * The calibration set is keyed by what determines its tokens (the text
  * file's bytes and the tokenizer, or the sampler, seed and model); its
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -609,7 +612,8 @@ static void *job_main(void *arg)
 	size_t i;
 	int ret = 0;
 
-	openblas_set_num_threads(1);	/* same bytes on every run */
+	/* a fixed thread count: the same bytes on every run of a machine */
+	openblas_set_num_threads((int)sysconf(_SC_NPROCESSORS_ONLN));
 	j->t0 = qf_now();
 	for (j->first = 0; j->first < var->nlayers &&
 			   layer_complete(fs, var, j->first); j->first++)

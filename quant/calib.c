@@ -152,9 +152,6 @@ void qf_lin_stats_free(struct qf_lin_stats *s)
 /* ------------------------------------------------------------------ */
 /* the driver                                                         */
 
-static const enum qf_tf_linear stage_all[] = {
-	QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE, QF_TF_UP, QF_TF_DOWN,
-};
 static const enum qf_tf_linear stage_qkv[] = { QF_TF_Q, QF_TF_K, QF_TF_V };
 static const enum qf_tf_linear stage_o[] = { QF_TF_O };
 static const enum qf_tf_linear stage_gu[] = { QF_TF_GATE, QF_TF_UP };
@@ -168,22 +165,49 @@ struct stage {
 struct capture {
 	const struct stage *st;
 	struct qf_lin_stats *stats;	/* [QF_TF_NLINEAR], by linear */
-	bool seen[QF_TF_NLINEAR];	/* q/k/v share one input */
+	int left;			/* stage linears not seen yet */
 };
 
+#define STAGE_DONE 1			/* hook: stop the layer here */
+
+/*
+ * Accumulate the inputs of the stage's linears, then stop the layer: the
+ * rest of it is not needed for these statistics.  q/k/v and gate/up see
+ * the same input: it is accumulated once, for the first of them.
+ */
 static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
 			const float *x, int64_t ntok, int64_t in)
 {
 	struct capture *cap = arg;
 	int i;
 
-	(void)layer;
+	(void)layer, (void)in;
 	for (i = 0; i < cap->st->n; i++)
 		if (cap->st->lin[i] == lin) {
-			qf_lin_stats_add(&cap->stats[lin], x, ntok);
-			cap->seen[lin] = true;
+			if (i == 0)
+				qf_lin_stats_add(&cap->stats[lin], x, ntok);
+			cap->left--;
 		}
-	(void)in;
+	return cap->left == 0 ? STAGE_DONE : 0;
+}
+
+/* Copy the shared input statistics of lin[0] to the stage's others. */
+static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
+{
+	const struct qf_lin_stats *a = &stats[st->lin[0]];
+	int i;
+
+	for (i = 1; i < st->n; i++) {
+		struct qf_lin_stats *b = &stats[st->lin[i]];
+
+		if (b->in != a->in)
+			return -EINVAL;
+		b->n = a->n;
+		if (a->h)
+			memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
+		memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
+		memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
+	}
 	return 0;
 }
 
@@ -199,18 +223,18 @@ static int64_t lin_in(const struct qf_tf_config *c, enum qf_tf_linear l)
 	}
 }
 
-/* Run one stage: capture its linears' inputs, let ops quantize them. */
-static int run_stage(const struct qf_tf_config *c, struct qf_tf_layer *ly,
-		     int l, const struct stage *st, const float *x_in,
-		     float *x, const struct qf_calib *cs,
-		     const struct qf_calib_ops *ops, void *arg)
+/* Accumulate the statistics of one stage's linears (stats zeroed). */
+static int capture_stage(const struct qf_tf_config *c,
+			 const struct qf_tf_layer *ly, int l,
+			 const struct stage *st, const float *x_in, float *x,
+			 const struct qf_calib *cs,
+			 const struct qf_calib_ops *ops,
+			 struct qf_lin_stats *stats)
 {
-	struct qf_lin_stats stats[QF_TF_NLINEAR];
-	struct capture cap = { st, stats, { false } };
+	struct capture cap = { st, stats, st->n };
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	int i, ret = 0;
 
-	memset(stats, 0, sizeof(stats));
 	for (i = 0; i < st->n && !ret; i++)
 		ret = qf_lin_stats_init(&stats[st->lin[i]],
 					lin_in(c, st->lin[i]), ops->hessian);
@@ -218,11 +242,42 @@ static int run_stage(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
 					  capture_hook, &cap);
+		if (ret == STAGE_DONE)
+			ret = 0;
 	}
-	for (i = 0; i < st->n && !ret; i++)
-		qf_lin_stats_finish(&stats[st->lin[i]]);
 	if (!ret)
-		ret = ops->quantize(arg, l, ly, st->lin, st->n, stats);
+		qf_lin_stats_finish(&stats[st->lin[0]]);
+	if (!ret && st->n > 1)
+		ret = share_stats(st, stats);
+	return ret;
+}
+
+/*
+ * All stages of layer l: sequential, each stage's statistics come from
+ * the layer with the earlier stages already quantized; otherwise all
+ * come from the original layer and the quantizer runs afterwards.
+ */
+static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		     int l, const struct stage *stages, int nstages,
+		     const float *x_in, float *x, const struct qf_calib *cs,
+		     const struct qf_calib_ops *ops, void *arg)
+{
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	int s, i, ret = 0;
+
+	memset(stats, 0, sizeof(stats));
+	for (s = 0; s < nstages && !ret; s++) {
+		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
+				    stats);
+		if (!ret && ops->sequential)
+			ret = ops->quantize(arg, l, ly, stages[s].lin,
+					    stages[s].n, stats);
+		for (i = 0; ops->sequential && i < QF_TF_NLINEAR; i++)
+			qf_lin_stats_free(&stats[i]);
+	}
+	for (s = 0; s < nstages && !ret && !ops->sequential; s++)
+		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
+				    stats);
 	for (i = 0; i < QF_TF_NLINEAR; i++)
 		qf_lin_stats_free(&stats[i]);
 	return ret;
@@ -236,12 +291,11 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 },
 		{ stage_down, 1 },
 	};
-	static const struct stage all[] = { { stage_all, 7 } };
-	const struct stage *stages = ops->sequential ? seq : all;
-	int nstages = ops->sequential ? 4 : 1;
+	const struct stage *stages = seq;
+	int nstages = 4;
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	float *x_in, *x;
-	int l, s, ret;
+	int l, ret;
 
 	x_in = malloc((size_t)(ntok * c->hidden) * sizeof(*x_in));
 	x = malloc((size_t)(ntok * c->hidden) * sizeof(*x));
@@ -262,9 +316,9 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		/* a layer quantized before (resume): its weights, no stats */
 		if (ops->layer_cached)
 			ret = ops->layer_cached(arg, l, &ly, &cached);
-		for (s = 0; s < nstages && !ret && !cached; s++)
-			ret = run_stage(c, &ly, l, &stages[s], x_in, x, cs, ops,
-					arg);
+		if (!ret && !cached)
+			ret = run_layer(c, &ly, l, stages, nstages, x_in, x, cs,
+					ops, arg);
 		/* the quantized layer's output feeds the next layer */
 		if (!ret) {
 			memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));

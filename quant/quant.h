@@ -616,12 +616,14 @@ void qf_lin_stats_free(struct qf_lin_stats *s);
 
 /*
  * The driver.  For each decoder layer in order: load its fp32 weights,
- * then for each stage (true sequential: {q,k,v}, {o}, {gate,up}, {down};
- * or one stage with every linear when !sequential) run the layer on the
- * calibration activations, accumulating the stats of the stage's linears,
- * and call quantize() which replaces their weights in ly (fake-quantized
- * fp32); finally run the quantized layer to produce the next layer's
- * input.  Memory: one layer's fp32 weights, the activations
+ * then for each stage ({q,k,v}, {o}, {gate,up}, {down}) run the layer on
+ * the calibration activations up to the stage's linears (the rest is
+ * skipped), accumulating their stats once per distinct input, and call
+ * quantize(), which replaces their weights in ly (fake-quantized fp32).
+ * With sequential (GPTQ's true sequential) each stage sees the earlier
+ * stages quantized; without, all stats come from the original layer and
+ * quantize() runs after.  Finally the quantized layer produces the next
+ * layer's input.  Memory: one layer's fp32 weights, the activations
  * [nseq * seqlen, hidden] twice, the stage's stats.
  */
 struct qf_calib_ops {
