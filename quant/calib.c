@@ -253,9 +253,9 @@ static int capture_stage(const struct qf_tf_config *c,
 }
 
 /*
- * All stages of layer l: sequential, each stage's statistics come from
- * the layer with the earlier stages already quantized; otherwise all
- * come from the original layer and the quantizer runs afterwards.
+ * Not sequential: every stage's statistics come from the original layer,
+ * then the quantizer runs on each stage.  (Sequential runs in one pass:
+ * seq_hook below.)
  */
 static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		     int l, const struct stage *stages, int nstages,
@@ -266,20 +266,60 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	int s, i, ret = 0;
 
 	memset(stats, 0, sizeof(stats));
-	for (s = 0; s < nstages && !ret; s++) {
+	for (s = 0; s < nstages && !ret; s++)
 		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
 				    stats);
-		if (!ret && ops->sequential)
-			ret = ops->quantize(arg, l, ly, stages[s].lin,
-					    stages[s].n, stats);
-		for (i = 0; ops->sequential && i < QF_TF_NLINEAR; i++)
-			qf_lin_stats_free(&stats[i]);
-	}
-	for (s = 0; s < nstages && !ret && !ops->sequential; s++)
+	for (s = 0; s < nstages && !ret; s++)
 		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
 				    stats);
 	for (i = 0; i < QF_TF_NLINEAR; i++)
 		qf_lin_stats_free(&stats[i]);
+	return ret;
+}
+
+/*
+ * True sequential in one pass: the forward calls the hook before each
+ * linear with its exact input; the hook accumulates the statistics over
+ * all calibration tokens, quantizes the stage's linears in place and
+ * returns, and the layer continues with the quantized weights.  The
+ * pass's output is the quantized layer's output.
+ */
+struct seqpass {
+	const struct qf_tf_config *c;
+	struct qf_tf_layer *ly;
+	const struct qf_calib_ops *ops;
+	void *arg;
+};
+
+static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
+		    const float *x, int64_t ntok, int64_t in)
+{
+	static const struct stage st[] = {
+		[QF_TF_Q] = { stage_qkv, 3 }, [QF_TF_O] = { stage_o, 1 },
+		[QF_TF_GATE] = { stage_gu, 2 }, [QF_TF_DOWN] = { stage_down, 1 },
+	};
+	struct seqpass *sp = arg;
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	int i, ret;
+
+	if (lin == QF_TF_K || lin == QF_TF_V || lin == QF_TF_UP)
+		return 0;	/* quantized with q / gate: same input */
+	memset(stats, 0, sizeof(stats));
+	ret = 0;
+	for (i = 0; i < st[lin].n && !ret; i++)
+		ret = qf_lin_stats_init(&stats[st[lin].lin[i]], in,
+					sp->ops->hessian);
+	if (!ret) {
+		qf_lin_stats_add(&stats[lin], x, ntok);
+		qf_lin_stats_finish(&stats[lin]);
+		ret = share_stats(&st[lin], stats);
+	}
+	if (!ret)
+		ret = sp->ops->quantize(sp->arg, layer, sp->ly, st[lin].lin,
+					st[lin].n, stats);
+	for (i = 0; i < QF_TF_NLINEAR; i++)
+		qf_lin_stats_free(&stats[i]);
+	(void)sp->c;
 	return ret;
 }
 
@@ -316,14 +356,25 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		/* a layer quantized before (resume): its weights, no stats */
 		if (ops->layer_cached)
 			ret = ops->layer_cached(arg, l, &ly, &cached);
-		if (!ret && !cached)
-			ret = run_layer(c, &ly, l, stages, nstages, x_in, x, cs,
-					ops, arg);
-		/* the quantized layer's output feeds the next layer */
-		if (!ret) {
-			memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		if (!ret && !cached && ops->sequential) {
+			struct seqpass sp = { c, &ly, ops, arg };
+
+			/* quantize as the pass reaches each stage */
 			ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
-						  cs->seqlen, NULL, NULL);
+						  cs->seqlen, seq_hook, &sp);
+		} else if (!ret) {
+			if (!cached)
+				ret = run_layer(c, &ly, l, stages, nstages, x_in,
+						x, cs, ops, arg);
+			/* the quantized layer's output feeds the next one */
+			if (!ret) {
+				memcpy(x, x_in, (size_t)(ntok * c->hidden) *
+				       sizeof(*x));
+				ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
+							  cs->seqlen, NULL,
+							  NULL);
+			}
 		}
 		qf_tf_layer_free(&ly);
 		tmp = x_in, x_in = x, x = tmp;
