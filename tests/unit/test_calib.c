@@ -174,10 +174,99 @@ static void test_memory_bound(const char *quantfs)
 	CHECK(system(cmd), ==, 0);
 }
 
+struct ident {
+	float *last;		/* copy of the last layer's output */
+	int64_t n;
+	int calls;
+	int layers_done;
+};
+
+static int ident_quantize(void *arg, int layer, struct qf_tf_layer *ly,
+			  const enum qf_tf_linear *lin, int n,
+			  struct qf_lin_stats *stats)
+{
+	struct ident *id = arg;
+	int i;
+
+	(void)layer, (void)ly;
+	for (i = 0; i < n; i++)	/* every linear gets its own full stats */
+		if (stats[lin[i]].n != 4 * 32 || !stats[lin[i]].h)
+			return -EINVAL;
+	id->calls++;
+	return 0;
+}
+
+static int ident_done(void *arg, int layer, const float *x, int64_t ntok,
+		      double seconds)
+{
+	struct ident *id = arg;
+
+	(void)layer, (void)seconds;
+	memcpy(id->last, x, (size_t)id->n * sizeof(float));
+	id->layers_done++;
+	(void)ntok;
+	return 0;
+}
+
+/* With quantizers that change nothing, the driver is the forward pass. */
+static void test_driver_identity(const char *quantfs)
+{
+	char dir[] = "/tmp/qfdrv.XXXXXX", cmd[512];
+	struct qf_tf_config c;
+	struct qf_calib cs = { 0 };
+	struct qf_model *m;
+	float *x;
+	int seq, i, l;
+
+	if (!mkdtemp(dir))
+		return;
+	snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m --layers 3 --seed 5",
+		 quantfs, dir);
+	CHECK(system(cmd), ==, 0);
+	snprintf(cmd, sizeof(cmd), "%s/m", dir);
+	CHECK(qf_model_open(cmd, &m), ==, 0);
+	CHECK(qf_tf_config_parse(m, &c), ==, 0);
+	cs.nseq = 4;
+	cs.seqlen = 32;
+	cs.ids = malloc(128 * sizeof(*cs.ids));
+	for (i = 0; i < 128; i++)
+		cs.ids[i] = (i * 53 + 1) % 512;
+	x = malloc((size_t)128 * c.hidden * sizeof(*x));
+	CHECK(qf_tf_embed(m, &c, cs.ids, 128, x), ==, 0);
+	for (l = 0; l < c.layers; l++) {
+		struct qf_tf_layer ly;
+
+		CHECK(qf_tf_layer_load(m, &c, l, &ly), ==, 0);
+		CHECK(qf_tf_layer_forward(&c, &ly, l, x, 4, 32, NULL, NULL),
+		      ==, 0);
+		qf_tf_layer_free(&ly);
+	}
+	for (seq = 0; seq < 2; seq++) {
+		struct ident id = { malloc((size_t)128 * c.hidden * 4),
+				    128 * c.hidden, 0, 0 };
+		struct qf_calib_ops ops = { .hessian = true, .sequential = seq,
+					    .quantize = ident_quantize,
+					    .layer_done = ident_done };
+
+		CHECK(qf_calib_run(m, &c, &cs, &ops, &id), ==, 0);
+		CHECK(id.calls, ==, 3 * 4);
+		CHECK(id.layers_done, ==, 3);
+		CHECK(memcmp(id.last, x, (size_t)id.n * 4), ==, 0);
+		free(id.last);
+	}
+	free(x);
+	qf_calib_free(&cs);
+	qf_model_close(m);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
 	test_stats();
 	test_hash();
+	if (argc > 1)
+		test_driver_identity(argv[1]);
 #ifdef __SANITIZE_ADDRESS__
 	/* ASan's shadow and quarantine make RssAnon meaningless */
 	fprintf(stderr, "memory bound: skipped under AddressSanitizer\n");
