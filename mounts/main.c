@@ -25,7 +25,8 @@ static const char usage_text[] =
 	"       quantfs umount MNT\n"
 	"       quantfs mkmodel DIR [--hidden N] [--inter N] [--layers N]\n"
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
-	"                       [--seed N] [--dtype bf16|f16|f32] [--tie]\n"
+	"                       [--head-dim N] [--seed N]\n"
+	"                       [--dtype bf16|f16|f32] [--tie]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"       quantfs --help | --version\n"
 	"\n"
@@ -245,6 +246,7 @@ static int cmd_mkmodel(int argc, char **argv)
 		{ "seed", required_argument, NULL, 's' },
 		{ "dtype", required_argument, NULL, 't' },
 		{ "tie", no_argument, NULL, 'T' },
+		{ "head-dim", required_argument, NULL, 'H' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_mkmodel_opts o;
@@ -262,6 +264,7 @@ static int cmd_mkmodel(int argc, char **argv)
 		case 'v': o.vocab = atoi(optarg); break;
 		case 's': o.seed = strtoull(optarg, NULL, 0); break;
 		case 'T': o.tie = true; break;
+		case 'H': o.head_dim = atoi(optarg); break;
 		case 't':
 			if (!strcmp(optarg, "bf16"))
 				o.dtype = QF_DT_BF16;

@@ -28,6 +28,12 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o)
 	o->seed = 42;
 	o->dtype = QF_DT_BF16;
 	o->tie = false;
+	o->head_dim = 0;
+}
+
+static int head_dim(const struct qf_mkmodel_opts *o)
+{
+	return o->head_dim > 0 ? o->head_dim : o->hidden / o->heads;
 }
 
 static uint64_t splitmix(uint64_t *s)
@@ -104,7 +110,7 @@ static int write_config(const char *dir, const struct qf_mkmodel_opts *o)
 	cJSON_AddNumberToObject(c, "num_hidden_layers", o->layers);
 	cJSON_AddNumberToObject(c, "num_attention_heads", o->heads);
 	cJSON_AddNumberToObject(c, "num_key_value_heads", o->kv_heads);
-	cJSON_AddNumberToObject(c, "head_dim", o->hidden / o->heads);
+	cJSON_AddNumberToObject(c, "head_dim", head_dim(o));
 	cJSON_AddNumberToObject(c, "vocab_size", o->vocab);
 	cJSON_AddNumberToObject(c, "max_position_embeddings", 2048);
 	cJSON_AddNumberToObject(c, "rms_norm_eps", 1e-5);
@@ -265,7 +271,7 @@ struct gen_tensor {
 static int tensor_list(const struct qf_mkmodel_opts *o,
 		       struct gen_tensor **out, size_t *n)
 {
-	int64_t hd = o->hidden / o->heads;
+	int64_t hd = head_dim(o);
 	size_t cap = (size_t)o->layers * 9 + 3;
 	struct gen_tensor *t = calloc(cap, sizeof(*t));
 	size_t k = 0;
@@ -379,7 +385,8 @@ int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o)
 	int ret;
 
 	if (o->hidden <= 0 || o->heads <= 0 || o->kv_heads <= 0 ||
-	    o->hidden % o->heads || o->heads % o->kv_heads || o->inter <= 0 ||
+	    (o->head_dim <= 0 && o->hidden % o->heads) || o->head_dim < 0 ||
+	    head_dim(o) % 2 || o->heads % o->kv_heads || o->inter <= 0 ||
 	    o->layers <= 0 || o->vocab < 259 || o->layers > 1000 ||
 	    (o->dtype != QF_DT_BF16 && o->dtype != QF_DT_F16 &&
 	     o->dtype != QF_DT_F32))

@@ -433,6 +433,7 @@ struct qf_mkmodel_opts {
 	uint64_t seed;
 	enum qf_dtype dtype;		/* BF16, F16 or F32 */
 	bool tie;			/* tie_word_embeddings */
+	int head_dim;			/* 0: hidden / heads */
 };
 void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
 /*
