@@ -6,7 +6,8 @@
  * quantization error differs between methods as it does on real models.
  *
  * The tokenizer is a byte-level BPE (GPT-2 byte map) with the three
- * Llama specials; ids past 259 are reserved added tokens.
+ * Llama specials as added tokens; ids past 259 are reserved vocabulary
+ * entries that no text produces.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -177,10 +178,6 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 	added = cJSON_AddArrayToObject(root, "added_tokens");
 	for (i = 0; i < 3; i++)
 		cJSON_AddItemToArray(added, added_token(i, special[i]));
-	for (i = 259; i < o->vocab; i++) {
-		snprintf(tok, sizeof(tok), "<|reserved_%d|>", i - 259);
-		cJSON_AddItemToArray(added, added_token(i, tok));
-	}
 	cJSON_AddNullToObject(root, "normalizer");
 	pt = cJSON_AddObjectToObject(root, "pre_tokenizer");
 	cJSON_AddStringToObject(pt, "type", "ByteLevel");

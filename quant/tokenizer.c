@@ -265,12 +265,14 @@ static int load_added(struct qf_tok *t, const cJSON *added,
 	size_t k = 0;
 	int ret = 0;
 
-	t->nadded = (size_t)cJSON_GetArraySize(added);
-	if (t->nadded > QF_TOK_MAX_ADDED)
+	k = (size_t)cJSON_GetArraySize(added);
+	if (k > QF_TOK_MAX_ADDED)
 		return EFMT("too many added tokens");
-	t->added = calloc(t->nadded + 1, sizeof(*t->added));
+	t->added = calloc(k + 1, sizeof(*t->added));
 	if (!t->added)
 		return -ENOMEM;
+	t->nadded = k;		/* only now: close() walks added[] */
+	k = 0;
 	cJSON_ArrayForEach(e, added) {
 		struct qf_tok_added *a = &t->added[k++];
 		const char *c = get_str(e, "content");

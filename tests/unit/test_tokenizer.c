@@ -333,6 +333,29 @@ static void hostile_json(void)
 	}
 }
 
+/*
+ * More added tokens than the limit: a clean QF_EFORMAT (this once
+ * crashed in the error path, which walked an unallocated array).
+ */
+static void too_many_added(void)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_tok *t = NULL;
+	const char *why = NULL;
+	int i;
+
+	qf_buf_adds(&b, "{\"added_tokens\": [");
+	for (i = 0; i < 70000; i++)
+		qf_buf_addf(&b, "%s{\"id\": %d, \"content\": \"<r%d>\"}",
+			    i ? "," : "", i, i);
+	qf_buf_adds(&b, "], \"model\": {\"type\": \"BPE\", \"vocab\": {},"
+		    " \"merges\": []}}");
+	CHECK(qf_tok_load(b.data, b.len, &t, &why), ==, QF_EFORMAT);
+	CHECK(t == NULL, ==, true);
+	CHECK_STR(why, "too many added tokens");
+	qf_buf_release(&b);
+}
+
 /* A tiny sentencepiece-style file: merges, unk, added tokens, decode. */
 static void tiny(void)
 {
@@ -385,6 +408,7 @@ int main(int argc, char **argv)
 	size_t i;
 
 	hostile_json();
+	too_many_added();
 	tiny();
 	if (!shared)
 		shared = "/work/shared";
