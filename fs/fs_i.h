@@ -86,6 +86,10 @@ struct qf_var {
 	unsigned job_gen;		/* lock */
 	int job_err;			/* lock: result of the last job */
 	bool manifest_ready;		/* lock: manifest holds the results */
+	double job_t0;			/* lock: when the running job began */
+	double job_first_t;		/* lock: when its first layer began */
+	int job_first;			/* lock: first layer it computes */
+	const char *phase;		/* lock: what the job does now */
 	double *res_loss;		/* [ng] results, set before ready */
 	double *res_rtn;		/* [ng] */
 	double res_seconds;
@@ -171,6 +175,8 @@ void qf_job_free(struct qf_var *var);
 int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Wait until the whole variant and its final manifest are done. */
 int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
+/* JSON progress of var's production (user.quantfs.progress). */
+int qf_job_progress(struct qf_var *var, struct qf_buf *out);
 /* Ask running jobs to stop after their current layer, and wait. */
 void qf_job_stop_all(struct qf_fs *fs);
 

@@ -41,6 +41,12 @@ struct job {
 	void **pending;			/* [ng][4] buffers of the layer */
 	double *loss;			/* [ng] */
 	double *loss_rtn;		/* [ng] */
+	/* where the time goes (logged at the end of the job) */
+	struct qf_gptq_times gt;
+	double stats_s;			/* X^T X and channel sums */
+	double compare_s;		/* RTN and the output errors */
+	double pack_s;			/* packing into checkpoint tensors */
+	double commit_s;		/* LMDB transactions */
 };
 
 static int layer_of(const char *name)
@@ -167,6 +173,13 @@ void qf_job_free(struct qf_var *var)
 /* ------------------------------------------------------------------ */
 /* the calibration set                                                 */
 
+static void set_phase(struct qf_var *var, const char *phase)
+{
+	pthread_mutex_lock(&var->lock);
+	var->phase = phase;
+	pthread_mutex_unlock(&var->lock);
+}
+
 static int calib_set(struct job *j, struct qf_calib *cs)
 {
 	struct qf_var *var = j->var;
@@ -217,6 +230,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 			ret = QF_EFORMAT;
 		}
 	} else {
+		set_phase(var, "sampling the calibration set");
 		qf_info("%s/%s: sampling %d x %d calibration tokens from the "
 			"model", var->mdl->name, var->v->name, var->ci.nseq,
 			var->ci.seqlen);
@@ -280,6 +294,7 @@ static int quantize_linear(struct job *j, int gi, float *w,
 		.static_groups = s->flags & QF_SPEC_STATIC,
 		.damp = 0.01f,
 		.blocksize = 128,
+		.times = &j->gt,
 	};
 	size_t wn = (size_t)(out * in);
 	float *w0 = malloc(wn * sizeof(float)), *h = malloc((size_t)(in * in) * 4);
@@ -288,7 +303,7 @@ static int quantize_linear(struct job *j, int gi, float *w,
 	uint16_t *sc = malloc((size_t)(out * ng) * 2);
 	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
 	void **bufs = j->pending + (size_t)gi * 4;
-	double base, loss;
+	double base, loss, t0 = qf_now(), t1;
 	int64_t i, k;
 	int ret = -ENOMEM;
 
@@ -307,12 +322,16 @@ static int quantize_linear(struct job *j, int gi, float *w,
 				qf_f16_to_f32(sc[i * ng + k / gs]) *
 				((float)q[i * in + k] - (float)z[i * ng + k / gs]);
 	j->loss_rtn[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	t1 = qf_now();
 	ret = qf_gptq_quantize(w, out, in, st->h, &o, q, sc, z, gidx, &loss);
 	if (ret < 0)
 		goto out_free;
+	t0 += qf_now() - t1;	/* the comparison's time only */
 	for (i = 0; i < (int64_t)wn; i++)
 		d[i] = w0[i] - w[i];
 	j->loss[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	j->compare_s += qf_now() - t0;
+	t0 = qf_now();
 	for (k = 0; k < (int64_t)g->n; k++) {
 		bufs[k] = malloc(qf_vtensor_bytes(&j->var->v->t[g->first + k]));
 		if (!bufs[k]) {
@@ -321,6 +340,7 @@ static int quantize_linear(struct job *j, int gi, float *w,
 		}
 	}
 	qf_variant_emit(j->var->v, (size_t)gi, q, sc, z, gidx, bufs);
+	j->pack_s += qf_now() - t0;
 	ret = 0;
 out_free:
 	free(w0);
@@ -455,7 +475,9 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	}
 	snprintf(recname, sizeof(recname), "__layer__.%d", l);
 	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
+	eta = qf_now();
 	ret = qf_cache_put(j->fs->cache, var->vid, items, n);
+	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
 
@@ -608,7 +630,9 @@ static void *job_main(void *arg)
 		.quantize = cb_quantize,
 		.layer_cached = cb_cached,
 		.layer_done = cb_layer_done,
+		.stats_seconds = &j->stats_s,
 	};
+	double total;
 	size_t i;
 	int ret = 0;
 
@@ -621,13 +645,24 @@ static void *job_main(void *arg)
 	if (j->first > 0 && j->first < var->nlayers)
 		qf_info("%s/%s: resuming at layer %d/%d", var->mdl->name,
 			var->v->name, j->first + 1, var->nlayers);
+	pthread_mutex_lock(&var->lock);
+	var->job_first = j->first;
+	var->layers_done = j->first > var->layers_done ? j->first :
+							  var->layers_done;
+	pthread_mutex_unlock(&var->lock);
 	if (j->first < var->nlayers) {
+		set_phase(var, "preparing the calibration set");
 		ret = qf_tf_config_parse(var->mdl->m, &j->c);
 		if (!ret)
 			ret = calib_set(j, &cs);
+		pthread_mutex_lock(&var->lock);
+		var->phase = "quantizing layers";
+		var->job_first_t = qf_now();
+		pthread_mutex_unlock(&var->lock);
 		if (!ret)
 			ret = qf_calib_run(var->mdl->m, &j->c, &cs, &ops, j);
 	}
+	set_phase(var, "writing the results");
 	pthread_mutex_lock(&var->lock);
 	if (!ret)
 		var->layers_done = var->nlayers;
@@ -637,8 +672,19 @@ static void *job_main(void *arg)
 	if (!ret) {
 		qf_var_record(fs, var);
 		qf_cache_sync(fs->cache);
+		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
-			qf_now() - j->t0);
+			total);
+		qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
+			"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
+			"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
+			"forward, sampling and the rest %.1f s",
+			var->mdl->name, var->v->name, j->stats_s, j->gt.chol,
+			j->gt.columns, j->gt.lazy,
+			j->gt.lazy > 0 ? j->gt.lazy_flop / j->gt.lazy / 1e9 : 0,
+			j->compare_s, j->pack_s, j->commit_s,
+			total - j->stats_s - j->gt.chol - j->gt.columns -
+			j->gt.lazy - j->compare_s - j->pack_s - j->commit_s);
 	} else if (ret != -EINTR) {
 		qf_err("%s/%s: production failed: %s", var->mdl->name,
 		       var->v->name, qf_strerror(ret));
@@ -689,6 +735,9 @@ static int start_job(struct qf_fs *fs, struct qf_var *var)
 	pthread_mutex_unlock(&fs->job_lock);
 	var->job_running = true;
 	var->job_gen++;
+	var->job_t0 = qf_now();
+	var->job_first_t = var->job_t0;
+	var->phase = "starting";
 	if (pthread_create(&th, NULL, job_main, j) != 0) {
 		var->job_running = false;
 		pthread_mutex_lock(&fs->job_lock);
@@ -781,6 +830,36 @@ int qf_job_manifest(struct qf_fs *fs, struct qf_var *var)
 		ret = render_final(var, b);
 	pthread_mutex_unlock(&var->lock);
 	return ret;
+}
+
+int qf_job_progress(struct qf_var *var, struct qf_buf *out)
+{
+	struct qf_var *b = var->base ? var->base : var;
+	double now = qf_now(), el, eta = -1;
+	int done, n, first;
+	const char *state;
+
+	pthread_mutex_lock(&b->lock);
+	done = b->layers_done;
+	n = b->nlayers;
+	first = b->job_first;
+	el = b->job_running ? now - b->job_t0 : 0;
+	if (b->job_running && done > first)
+		eta = (now - b->job_first_t) / (done - first) * (n - done);
+	state = b->job_running ? b->phase : b->manifest_ready ? "done" :
+		b->job_err ? "failed" : done == n ? "done" : "idle";
+	pthread_mutex_unlock(&b->lock);
+	qf_buf_reset(out);
+	qf_buf_addf(out, "{\"model\": \"%s\", \"variant\": \"%s\", "
+		    "\"state\": \"%s\", \"layers_done\": %d, \"layers\": %d, "
+		    "\"elapsed_s\": %.1f, \"eta_s\": ", var->mdl->name,
+		    var->v->name, state, done, n, el);
+	if (eta >= 0)
+		qf_buf_addf(out, "%.0f, \"layers_per_min\": %.2f}", eta,
+			    (done - first) / ((now - b->job_first_t) / 60));
+	else
+		qf_buf_adds(out, "null, \"layers_per_min\": null}");
+	return out->data ? 0 : -ENOMEM;
 }
 
 void qf_job_stop_all(struct qf_fs *fs)

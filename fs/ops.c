@@ -370,6 +370,86 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 }
 
+/*
+ * Progress as extended attributes: user.quantfs.progress on a variant
+ * directory (JSON), user.quantfs.status on the root (a JSON array of the
+ * calibrated variants this mount knows, for `quantfs status`).
+ */
+static int xattr_value(struct qf_fs *fs, struct qf_node *n, const char *name,
+		       struct qf_buf *out)
+{
+	struct qf_buf one = QF_BUF_INIT;
+	size_t i, k = 0;
+	int ret = 0;
+
+	if (n->kind == QF_NODE_VARDIR &&
+	    !strcmp(name, "user.quantfs.progress")) {
+		if (!n->var->calibrated)
+			return qf_buf_addf(out, "{\"model\": \"%s\", "
+					   "\"variant\": \"%s\", \"state\": "
+					   "\"per tensor, on read\"}",
+					   n->mdl->name, n->var->v->name);
+		return qf_job_progress(n->var, out);
+	}
+	if (n->kind != QF_NODE_ROOT || strcmp(name, "user.quantfs.status"))
+		return -ENODATA;
+	qf_buf_adds(out, "[");
+	pthread_mutex_lock(&fs->lock);
+	for (i = 0; i < fs->nmdl && !ret; i++) {
+		struct qf_var *v;
+
+		for (v = fs->mdl[i].vars; v && !ret; v = v->next) {
+			if (!v->calibrated || v->base)
+				continue;
+			ret = qf_job_progress(v, &one);
+			if (!ret)
+				ret = qf_buf_addf(out, "%s%s", k++ ? ", " : "",
+						  one.data);
+		}
+	}
+	pthread_mutex_unlock(&fs->lock);
+	qf_buf_release(&one);
+	return ret ? ret : qf_buf_adds(out, "]\n");
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			size_t size)
+{
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+	struct qf_buf b = QF_BUF_INIT;
+	int ret;
+
+	ret = n ? xattr_value(fs, n, name, &b) : -ENOENT;
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else if (size == 0)
+		fuse_reply_xattr(req, b.len);
+	else if (size < b.len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, b.data, b.len);
+	qf_buf_release(&b);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct qf_node *n = qf_ns_get(fs_of(req), ino);
+	const char *names = "";
+	size_t len = 0;
+
+	if (n && n->kind == QF_NODE_VARDIR)
+		names = "user.quantfs.progress", len = 22;
+	else if (n && n->kind == QF_NODE_ROOT)
+		names = "user.quantfs.status", len = 20;
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, names, len);
+}
+
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs sv;
@@ -446,6 +526,8 @@ static const struct fuse_lowlevel_ops ops = {
 	.read = op_read,
 	.release = op_release,
 	.statfs = op_statfs,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
 	.mkdir = op_mkdir,
 	.create = op_create,
 	.mknod = op_mknod,

@@ -14,6 +14,9 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
+
+#include <cjson/cJSON.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -27,6 +30,7 @@ static const char usage_text[] =
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
 	"                       [--head-dim N] [--seed N]\n"
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
+	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"       quantfs --help | --version\n"
 	"\n"
@@ -294,6 +298,57 @@ static int cmd_mkmodel(int argc, char **argv)
 	return 0;
 }
 
+/* Calibrated jobs of a mount, from the root's user.quantfs.status. */
+static int cmd_status(int argc, char **argv)
+{
+	bool json = argc == 3 && !strcmp(argv[2], "--json");
+	cJSON *root, *it;
+	char *buf;
+	ssize_t n;
+
+	if (argc != 2 && !json) {
+		usage(stderr);
+		return 2;
+	}
+	n = getxattr(argv[1], "user.quantfs.status", NULL, 0);
+	if (n < 0 || !(buf = calloc(1, (size_t)n + 1))) {
+		fprintf(stderr, "quantfs: '%s' is not a quantfs mount: %s\n",
+			argv[1], strerror(errno));
+		return 1;
+	}
+	n = getxattr(argv[1], "user.quantfs.status", buf, (size_t)n);
+	root = n > 0 ? cJSON_Parse(buf) : NULL;
+	if (json || !root) {
+		fputs(buf, stdout);
+	} else {
+		printf("%-40s %-30s %8s %9s %8s\n", "VARIANT", "STATE",
+		       "LAYERS", "ELAPSED", "ETA");
+		cJSON_ArrayForEach(it, root) {
+			char name[256], lay[32], el[32], eta[32];
+			cJSON *e = cJSON_GetObjectItem(it, "eta_s");
+
+			snprintf(name, sizeof(name), "%s/%s",
+				 cJSON_GetStringValue(cJSON_GetObjectItem(it, "model")),
+				 cJSON_GetStringValue(cJSON_GetObjectItem(it, "variant")));
+			snprintf(lay, sizeof(lay), "%d/%d",
+				 cJSON_GetObjectItem(it, "layers_done")->valueint,
+				 cJSON_GetObjectItem(it, "layers")->valueint);
+			snprintf(el, sizeof(el), "%.0f s",
+				 cJSON_GetNumberValue(cJSON_GetObjectItem(it, "elapsed_s")));
+			if (cJSON_IsNumber(e))
+				snprintf(eta, sizeof(eta), "%.0f s", e->valuedouble);
+			else
+				snprintf(eta, sizeof(eta), "-");
+			printf("%-40s %-30s %8s %9s %8s\n", name,
+			       cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")),
+			       lay, el, eta);
+		}
+	}
+	cJSON_Delete(root);
+	free(buf);
+	return 0;
+}
+
 /* Perplexity of a model directory (a source, or a mounted variant). */
 static int cmd_eval(int argc, char **argv)
 {
@@ -399,6 +454,8 @@ int main(int argc, char **argv)
 		exit(cmd_mkmodel(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "eval"))
 		exit(cmd_eval(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "status"))
+		exit(cmd_status(argc - 1, argv + 1));
 	fprintf(stderr, "quantfs: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	exit(2);

@@ -310,9 +310,13 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 		ret = qf_lin_stats_init(&stats[st[lin].lin[i]], in,
 					sp->ops->hessian);
 	if (!ret) {
+		double t0 = qf_now();
+
 		qf_lin_stats_add(&stats[lin], x, ntok);
 		qf_lin_stats_finish(&stats[lin]);
 		ret = share_stats(&st[lin], stats);
+		if (sp->ops->stats_seconds)
+			*sp->ops->stats_seconds += qf_now() - t0;
 	}
 	if (!ret)
 		ret = sp->ops->quantize(sp->arg, layer, sp->ly, st[lin].lin,

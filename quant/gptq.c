@@ -146,7 +146,7 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	int maxq = (1 << p->bits) - 1;
 	struct gptq_work k = { 0 };
 	int64_t i, j, r, i1, cur = -1;
-	double total = 0;
+	double total = 0, t0, t1;
 	int ret;
 
 	k.perm = malloc((size_t)in * sizeof(*k.perm));
@@ -194,7 +194,10 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	for (i = 0; i < in; i++)
 		for (j = 0; j < in; j++)
 			k.hp[i * in + j] = h[k.perm[i] * in + k.perm[j]];
+	t0 = qf_now();
 	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
+	if (o->times)
+		o->times->chol += qf_now() - t0;
 	if (ret < 0)
 		goto out_free;
 	if (gs == in) {		/* one grid per row, from the whole row */
@@ -207,6 +210,7 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	for (i1 = 0; i1 < in; i1 += bs) {
 		int64_t i2 = i1 + bs < in ? i1 + bs : in, cnt = i2 - i1;
 
+		t0 = qf_now();
 		for (r = 0; r < out; r++)
 			memcpy(k.w1 + r * cnt, k.wp + r * in + i1,
 			       (size_t)cnt * sizeof(float));
@@ -249,12 +253,19 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 					k.w1[r * cnt + j] -= e * urow[j];
 			}
 		}
+		t1 = qf_now();
 		/* lazy batch update of the columns after the block */
 		if (i2 < in)
 			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
 				    (int)out, (int)(in - i2), (int)cnt, -1.0f,
 				    k.err, (int)cnt, k.hp + i1 * in + i2,
 				    (int)in, 1.0f, k.wp + i2, (int)in);
+		if (o->times) {
+			o->times->columns += t1 - t0;
+			o->times->lazy += qf_now() - t1;
+			o->times->lazy_flop += 2.0 * (double)out *
+					       (double)(in - i2) * (double)cnt;
+		}
 	}
 	/* back to the original column order; groups follow positions */
 	for (j = 0; j < in; j++) {

@@ -311,12 +311,20 @@ int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
  * paper's objective).  Returns 0, QF_ENUMERIC (H not positive definite
  * even after 5 retries with 10x the damping), -ENOMEM.
  */
+struct qf_gptq_times {		/* accumulated seconds, for benches */
+	double chol;			/* damping, Cholesky, inverse */
+	double columns;			/* the column loop inside blocks */
+	double lazy;			/* the blocked GEMM updates */
+	double lazy_flop;		/* their floating-point operations */
+};
+
 struct qf_gptq_opts {
 	struct qf_qparams qp;
 	bool act_order;
 	bool static_groups;
 	float damp;			/* fraction of mean diag(H), 0.01 */
 	int blocksize;			/* 128 */
+	struct qf_gptq_times *times;	/* optional: phase timings */
 };
 int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		     const struct qf_gptq_opts *o, uint8_t *q,
@@ -640,6 +648,8 @@ struct qf_calib_ops {
 	 */
 	int (*layer_cached)(void *arg, int layer, struct qf_tf_layer *ly,
 			    bool *cached);
+	/* Optional: seconds spent accumulating statistics (added to). */
+	double *stats_seconds;
 	/* Optional: the layer is done (x is its quantized output). */
 	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
 			  double seconds);

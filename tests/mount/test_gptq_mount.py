@@ -18,7 +18,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, QUANTFS  # noqa: E402
+
+QUANTFS = os.environ.get("QUANTFS", QUANTFS)
 
 WORK = tempfile.mkdtemp(prefix="qfgptq.")
 SRC = os.path.join(WORK, "models")
@@ -78,6 +80,22 @@ def test_gptq_checkpoint_and_manifest():
         r = [l["loss_rtn"] for l in man["layers"]]
         assert len(g) == 21 and all(x > 0 for x in g)
         assert sum(g) < sum(r), (sum(g), sum(r))
+        # progress: the variant's xattr, and `quantfs status`
+        pr = json.loads(os.getxattr(d, "user.quantfs.progress"))
+        assert pr["state"] == "done" and pr["layers_done"] == 3, pr
+        rtn = json.loads(os.getxattr(os.path.join(m.mnt, "tiny", "rtn_w4_g64"),
+                                     "user.quantfs.progress"))
+        assert rtn["state"] == "per tensor, on read"
+        st = subprocess.run([QUANTFS, "status", m.mnt], capture_output=True,
+                            text=True, check=True).stdout
+        assert "tiny/gptq_w4_g64" in st and " done " in st and "3/3" in st
+        js = json.loads(subprocess.run([QUANTFS, "status", m.mnt, "--json"],
+                                       capture_output=True, text=True,
+                                       check=True).stdout)
+        assert [x["variant"] for x in js] == ["gptq_w4_g64"]
+    bad = subprocess.run([QUANTFS, "status", WORK], capture_output=True,
+                         text=True)
+    assert bad.returncode == 1 and "not a quantfs mount" in bad.stderr
 
 
 def test_act_order_g_idx_and_fake():
@@ -146,10 +164,21 @@ def test_kill9_resume_same_bytes():
                               stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
+    seen = []
     while len(layer_lines(m.stderr())) < 2:
         assert time.time() < deadline, m.stderr()
         assert m.proc.poll() is None
+        try:
+            seen.append(json.loads(os.getxattr(
+                os.path.join(m.mnt, "m", "gptq_w4_g128"),
+                "user.quantfs.progress")))
+        except OSError:
+            pass
         time.sleep(0.05)
+    # while it runs, progress names the phase and counts layers
+    assert any(x["state"] == "quantizing layers" for x in seen), seen
+    assert any(x["layers_done"] >= 1 and x["eta_s"] is not None
+               for x in seen), seen
     os.kill(m.proc.pid, signal.SIGKILL)
     m.proc.wait()
     subprocess.run(["umount", "-l", m.mnt], check=False)
