@@ -675,16 +675,17 @@ static void *job_main(void *arg)
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
-		qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
-			"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
-			"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
-			"forward, sampling and the rest %.1f s",
-			var->mdl->name, var->v->name, j->stats_s, j->gt.chol,
-			j->gt.columns, j->gt.lazy,
-			j->gt.lazy > 0 ? j->gt.lazy_flop / j->gt.lazy / 1e9 : 0,
-			j->compare_s, j->pack_s, j->commit_s,
-			total - j->stats_s - j->gt.chol - j->gt.columns -
-			j->gt.lazy - j->compare_s - j->pack_s - j->commit_s);
+		if (j->first < var->nlayers)
+			qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
+				"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
+				"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
+				"forward passes, calibration set and the rest %.1f s",
+				var->mdl->name, var->v->name, j->stats_s, j->gt.chol,
+				j->gt.columns, j->gt.lazy,
+				j->gt.lazy > 0 ? j->gt.lazy_flop / j->gt.lazy / 1e9 : 0,
+				j->compare_s, j->pack_s, j->commit_s,
+				total - j->stats_s - j->gt.chol - j->gt.columns -
+				j->gt.lazy - j->compare_s - j->pack_s - j->commit_s);
 	} else if (ret != -EINTR) {
 		qf_err("%s/%s: production failed: %s", var->mdl->name,
 		       var->v->name, qf_strerror(ret));
