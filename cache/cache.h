@@ -68,7 +68,8 @@ int qf_cache_sync(struct qf_cache *c);
 
 /*
  * Read transactions start and end inside one callback; pointers returned
- * by qf_cache_get() are borrowed from the map and valid until
+ * by qf_cache_get() are borrowed from the map (not aligned: copy before
+ * reading them as typed arrays) and valid until
  * qf_cache_read_end().
  */
 int qf_cache_read_begin(struct qf_cache *c, struct qf_cache_txn **out);

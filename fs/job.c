@@ -551,15 +551,17 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	memcpy(hash, var->ci.hash, sizeof(hash));
 	ret = loss && rtn ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
 	for (l = 0; l < var->nlayers && !ret; l++) {
-		const double *rec;
+		double rec[QF_TF_NLINEAR * 2];
+		const void *p;
 		char name[32];
 		size_t len;
 
 		snprintf(name, sizeof(name), "__layer__.%d", l);
-		ret = qf_cache_get(txn, var->vid, name, (const void **)&rec,
-				   &len);
-		if (!ret && len != QF_TF_NLINEAR * 2 * sizeof(double))
+		ret = qf_cache_get(txn, var->vid, name, &p, &len);
+		if (!ret && len != sizeof(rec))
 			ret = QF_ECORRUPT;
+		if (!ret)	/* LMDB values are not aligned */
+			memcpy(rec, p, sizeof(rec));
 		for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 			int gi = var->lin_group[l * QF_TF_NLINEAR + k];
 
@@ -585,13 +587,17 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 				 &len) == 0 &&
 		    len == (size_t)var->ci.nseq * var->ci.seqlen * 4) {
 			struct qf_calib cs = {
-				.ids = (int32_t *)tk,
+				.ids = malloc(len),	/* aligned copy */
 				.nseq = var->ci.nseq,
 				.seqlen = var->ci.seqlen,
 			};
 
-			qf_calib_hash(&cs);
-			memcpy(hash, cs.hash_hex, sizeof(hash));
+			if (cs.ids) {
+				memcpy(cs.ids, tk, len);
+				qf_calib_hash(&cs);
+				memcpy(hash, cs.hash_hex, sizeof(hash));
+			}
+			qf_calib_free(&cs);
 		}
 	}
 	qf_cache_read_end(txn);

@@ -203,7 +203,8 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	int64_t cols = rows * g->qp.bits / 32, r, j;
 	uint8_t *zq = malloc((size_t)(rows * ng));
 	struct qf_cache_txn *txn = NULL;
-	const void *p[4];
+	void *p[4] = { NULL };
+	const void *v;
 	size_t len;
 	uint32_t k;
 	int ret;
@@ -212,10 +213,16 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	for (k = 0; k < 4 && !ret; k++) {
 		const struct qf_vtensor *t = &var->v->t[g->first + k];
 
-		ret = qf_cache_get(txn, var->vid, t->name, &p[k], &len);
+		ret = qf_cache_get(txn, var->vid, t->name, &v, &len);
 		if (!ret && len != qf_vtensor_bytes(t))
 			ret = QF_ECORRUPT;
+		/* LMDB values are not aligned: copy before typed reads */
+		if (!ret && !(p[k] = malloc(len ? len : 1)))
+			ret = -ENOMEM;
+		if (!ret)
+			memcpy(p[k], v, len);
 	}
+	qf_cache_read_end(txn);
 	if (!ret) {
 		qf_gptq_unpack_qweight(p[0], rows, in, g->qp.bits, q);
 		for (j = 0; j < ng; j++)
@@ -232,7 +239,8 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 			}
 		memcpy(g_idx, p[3], (size_t)in * sizeof(*g_idx));
 	}
-	qf_cache_read_end(txn);
+	for (k = 0; k < 4; k++)
+		free(p[k]);
 	free(zq);
 	return ret;
 }

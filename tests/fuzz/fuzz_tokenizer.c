@@ -5,9 +5,9 @@
  * one of the five real tokenizers (shared/data/tokenizers, found through
  * $QF_SHARED, default /work/shared; skipped when absent) and decode the
  * ids again; anything else loads the rest as a tokenizer.json and, when
- * it loads, encodes and decodes a fixed text with it.  Built with
- * -DQF_LIBFUZZER and -fsanitize=fuzzer for libFuzzer; otherwise main()
- * replays the files and directories named on the command line.
+ * it loads, encodes and decodes a fixed text with it.  A libFuzzer target
+ * (-Dfuzz=true); otherwise linked with fuzz_main.c, which replays the
+ * corpus.
  */
 #include <dirent.h>
 #include <stdint.h>
@@ -87,75 +87,3 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	qf_tok_close(t);
 	return 0;
 }
-
-#ifndef QF_LIBFUZZER
-static int run_file(const char *path)
-{
-	struct qf_buf b = QF_BUF_INIT;
-	int ret;
-
-	ret = qf_read_file(path, 64 << 20, &b);
-	if (ret < 0) {
-		fprintf(stderr, "cannot read '%s': %s\n", path,
-			qf_strerror(ret));
-		return ret;
-	}
-	LLVMFuzzerTestOneInput((const uint8_t *)(b.data ? b.data : ""),
-			       b.len);
-	qf_buf_release(&b);
-	return 0;
-}
-
-static int run_dir(const char *path, int *count)
-{
-	struct dirent **ents;
-	char sub[4096];
-	int i, n;
-	int ret = 0;
-
-	n = scandir(path, &ents, NULL, alphasort);
-	if (n < 0) {
-		fprintf(stderr, "cannot read '%s'\n", path);
-		return -1;
-	}
-	for (i = 0; i < n; i++) {
-		if (ents[i]->d_name[0] != '.') {
-			snprintf(sub, sizeof(sub), "%.2000s/%.1000s", path,
-				 ents[i]->d_name);
-			if (run_file(sub) < 0)
-				ret = -1;
-			else
-				(*count)++;
-		}
-		free(ents[i]);
-	}
-	free(ents);
-	return ret;
-}
-
-int main(int argc, char **argv)
-{
-	struct stat st;
-	int count = 0;
-	int ret = 0;
-	int i;
-
-	for (i = 1; i < argc; i++) {
-		if (stat(argv[i], &st) < 0) {
-			fprintf(stderr, "cannot stat '%s'\n", argv[i]);
-			ret = 1;
-		} else if (S_ISDIR(st.st_mode)) {
-			if (run_dir(argv[i], &count) < 0)
-				ret = 1;
-		} else if (run_file(argv[i]) < 0) {
-			ret = 1;
-		} else {
-			count++;
-		}
-	}
-	for (i = 0; i < 5; i++)
-		qf_tok_close(toks[i]);
-	printf("%d inputs ran\n", count);
-	return ret;
-}
-#endif
