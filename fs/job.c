@@ -488,16 +488,17 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	}
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&var->lock);
-	var->layers_done = l + 1;
-	pthread_cond_broadcast(&var->cond);
-	pthread_mutex_unlock(&var->lock);
+	/* log first: a reader woken below may look for this line */
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
 	      (var->nlayers - l - 1);
 	qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output error "
 		"gptq %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
 		var->v->name, l + 1, var->nlayers, seconds,
 		m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
+	pthread_mutex_lock(&var->lock);
+	var->layers_done = l + 1;
+	pthread_cond_broadcast(&var->cond);
+	pthread_mutex_unlock(&var->lock);
 	return 0;
 }
 

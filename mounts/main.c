@@ -32,6 +32,7 @@ static const char usage_text[] =
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
+	"       quantfs generate DIR --prompt TEXT [-n N] [--ids]\n"
 	"       quantfs --help | --version\n"
 	"\n"
 	"mount options:\n"
@@ -298,6 +299,94 @@ static int cmd_mkmodel(int argc, char **argv)
 	return 0;
 }
 
+/*
+ * Greedy text from a model directory (a source or a mounted variant):
+ * shows what a quantization did to the model's output.  Recomputes the
+ * whole sequence per token: meant for small models and short texts.
+ */
+static int cmd_generate(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "prompt", required_argument, NULL, 'p' },
+		{ "ids", no_argument, NULL, 'i' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct qf_buf path = QF_BUF_INIT, text = QF_BUF_INIT;
+	struct qf_tf_config cfg;
+	struct qf_model *m = NULL;
+	struct qf_tok *tok = NULL;
+	const char *prompt = NULL, *why = NULL;
+	int32_t *ids = NULL, *grown;
+	float *lg = NULL;
+	size_t n = 0, i;
+	bool show_ids = false;
+	int steps = 64, c, k, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "n:", lo, NULL)) != -1) {
+		switch (c) {
+		case 'p': prompt = optarg; break;
+		case 'n': steps = atoi(optarg); break;
+		case 'i': show_ids = true; break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc - 1 || !prompt || steps < 1 || steps > 4096) {
+		usage(stderr);
+		return 2;
+	}
+	ret = qf_model_open(argv[optind], &m);
+	if (!ret)
+		ret = qf_tf_config_parse(m, &cfg);
+	if (!ret) {
+		qf_buf_addf(&path, "%s/tokenizer.json", argv[optind]);
+		ret = qf_tok_open(path.data, &tok, &why);
+	}
+	if (!ret)
+		ret = qf_tok_encode(tok, prompt, strlen(prompt), true, &ids, &n);
+	for (k = 0; k < steps && !ret; k++) {
+		int32_t best = 0;
+
+		grown = realloc(ids, (n + 1) * sizeof(*ids));
+		lg = realloc(lg, n * (size_t)cfg.vocab * sizeof(*lg));
+		if (!grown || !lg) {
+			ids = grown ? grown : ids;
+			ret = -ENOMEM;
+			break;
+		}
+		ids = grown;
+		ret = qf_tf_logits(m, &cfg, ids, 1, (int)n, lg);
+		for (c = 1; !ret && c < cfg.vocab; c++)
+			if (lg[(n - 1) * cfg.vocab + c] >
+			    lg[(n - 1) * cfg.vocab + best])
+				best = c;
+		ids[n++] = best;
+		if (best == qf_tok_eos(tok))
+			break;
+	}
+	if (!ret)
+		ret = qf_tok_decode(tok, ids, n, true, &text);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: generate '%s': %s\n", argv[optind],
+			why ? why : qf_strerror(ret));
+	} else if (show_ids) {
+		for (i = 0; i < n; i++)
+			printf("%s%d", i ? " " : "", ids[i]);
+		printf("\n");
+	} else {
+		printf("%s\n", text.data ? text.data : "");
+	}
+	free(ids);
+	free(lg);
+	qf_tok_close(tok);
+	qf_model_close(m);
+	qf_buf_release(&path);
+	qf_buf_release(&text);
+	return ret < 0 ? 1 : 0;
+}
+
 /* Calibrated jobs of a mount, from the root's user.quantfs.status. */
 static int cmd_status(int argc, char **argv)
 {
@@ -456,6 +545,8 @@ int main(int argc, char **argv)
 		exit(cmd_eval(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "status"))
 		exit(cmd_status(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "generate"))
+		exit(cmd_generate(argc - 1, argv + 1));
 	fprintf(stderr, "quantfs: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	exit(2);

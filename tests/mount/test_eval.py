@@ -57,6 +57,25 @@ def test_table_and_json_agree_and_errors():
     assert bad.returncode == 1 and "cannot read" in bad.stderr
 
 
+def test_generate_matches_llama2c():
+    """Greedy text of stories260K equals llama2.c run.c's, byte for byte."""
+    model = os.path.join(DATA, "models", "stories260K")
+    ref = os.path.join(DATA, "reference", "stories260K_greedy.json")
+    need(ref)
+    want = json.load(open(ref))
+    qf = os.environ.get("QUANTFS", QUANTFS)
+    r = subprocess.run([qf, "generate", model, "--prompt", want["prompt"],
+                        "-n", "200"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout[:-1] == want["run_c_text_output"], r.stdout[:200]
+    r = subprocess.run([qf, "generate", model, "--prompt", want["prompt"],
+                        "-n", "200", "--ids"], capture_output=True,
+                       text=True, timeout=300)
+    ids = [int(x) for x in r.stdout.split()]
+    assert ids == want["prompt_ids_with_bos"] + want["greedy_new_ids"]
+
+
 def test_variants_through_the_mount():
     model = os.path.join(DATA, "models", "stories260K")
     need(model)
