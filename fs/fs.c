@@ -126,6 +126,11 @@ static int open_models(struct qf_fs *fs)
 				"fingerprint %.16s", m->name, m->m->nt,
 				m->m->nshard, m->m->weight_bytes / 1e6,
 				m->m->fp_hex);
+		if (m->m) {
+			struct qf_tf_config c;
+
+			m->calibratable = qf_tf_config_parse(m->m, &c) == 0;
+		}
 	}
 	ret = 0;
 out_free:

@@ -45,6 +45,7 @@ struct qf_mdl {
 	char *dir;			/* absolute source path */
 	struct qf_model *m;		/* NULL when it failed to open */
 	int open_err;			/* why, when m is NULL */
+	bool calibratable;		/* the forward pass supports it */
 	struct stat st;			/* of dir: owner and times */
 	struct qf_var *vars;		/* protected by fs->lock */
 };

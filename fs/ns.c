@@ -29,7 +29,14 @@ static const char *const presets[] = {
 	"rtn_w3_g128",
 	"rtn_w8_gc",
 	"rtn_w4_g128_fake",
+	/* calibrated: listed where the forward pass supports the model */
+	"gptq_w4_g128",
+	"gptq_w4_g128_act",
+	"gptq_w3_g128",
+	"gptq_w4_g32_sym",
 };
+#define NPRESETS (sizeof(presets) / sizeof(presets[0]))
+#define NPRESETS_RTN 6
 
 static uint64_t hash_name(uint64_t parent, const char *name)
 {
@@ -382,10 +389,11 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 		add_name(out, count, "original");
 		if (!dir->mdl->m)
 			return 0;
-		for (i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+		for (i = 0; i < (dir->mdl->calibratable ? NPRESETS :
+						   NPRESETS_RTN); i++)
 			add_name(out, count, presets[i]);
 		ctx = (struct list_ctx){ dir->mdl, out, count, presets,
-					 sizeof(presets) / sizeof(presets[0]) };
+					 NPRESETS };
 		if (qf_cache_read_begin(fs->cache, &txn) == 0) {
 			qf_cache_each_record(txn, add_cached, &ctx);
 			qf_cache_read_end(txn);

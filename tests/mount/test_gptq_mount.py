@@ -131,15 +131,17 @@ def test_act_order_g_idx_and_fake():
 
 def test_second_process_from_cache():
     cache = tempfile.mkdtemp(prefix="qfcache.")
-    p = "tiny/gptq_w3_g128/model.safetensors"
+    p = "tiny/gptq_w3_g64/model.safetensors"
     with Mount(SRC, cache=cache, opts=SMALL) as m:
+        # not a preset: listed only once it is in the cache
+        assert "gptq_w3_g64" not in os.listdir(os.path.join(m.mnt, "tiny"))
         a = sha(os.path.join(m.mnt, p))
-        man = open(os.path.join(m.mnt, "tiny/gptq_w3_g128/"
+        man = open(os.path.join(m.mnt, "tiny/gptq_w3_g64/"
                                 "quantization.json")).read()
     with Mount(SRC, cache=cache, opts=SMALL) as m:
-        assert "gptq_w3_g128" in os.listdir(os.path.join(m.mnt, "tiny"))
+        assert "gptq_w3_g64" in os.listdir(os.path.join(m.mnt, "tiny"))
         assert sha(os.path.join(m.mnt, p)) == a
-        assert open(os.path.join(m.mnt, "tiny/gptq_w3_g128/"
+        assert open(os.path.join(m.mnt, "tiny/gptq_w3_g64/"
                                  "quantization.json")).read() == man
         assert layer_lines(m.stderr()) == [], m.stderr()
         assert "calibration tokens" not in m.stderr(), m.stderr()

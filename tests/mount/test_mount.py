@@ -47,7 +47,8 @@ def test_namespace():
         assert sorted(os.listdir(m.mnt)) == ["odd", "tiny"]
         ls = os.listdir(os.path.join(m.mnt, "tiny"))
         for want in ("original", "rtn_w4_g128", "rtn_w4_g128_sym",
-                     "rtn_w8_gc", "rtn_w4_g128_fake"):
+                     "rtn_w8_gc", "rtn_w4_g128_fake", "gptq_w4_g128",
+                     "gptq_w4_g128_act"):
             assert want in ls, ls
         v = os.path.join(m.mnt, "tiny", "rtn_w4_g128")
         names = sorted(os.listdir(v))
@@ -371,6 +372,10 @@ def test_corrupt_sources_eio_daemon_stays_up():
     nan = mkmodel(os.path.join(root, "nan"), "--seed", 5)
     hdr = mkmodel(os.path.join(root, "hdr"), "--seed", 6)
     good = mkmodel(os.path.join(root, "good"), "--seed", 8)
+    gpt = mkmodel(os.path.join(root, "gpt"), "--seed", 13)
+    cfg = json.load(open(os.path.join(gpt, "config.json")))
+    cfg["model_type"] = "gpt2"
+    json.dump(cfg, open(os.path.join(gpt, "config.json"), "w"))
     # a NaN inside one linear (header intact)
     _, h = stread.read_st(os.path.join(nan, "model.safetensors"))
     with open(os.path.join(nan, "model.safetensors"), "r+b") as f:
@@ -395,6 +400,12 @@ def test_corrupt_sources_eio_daemon_stays_up():
         except OSError as e:
             assert e.errno == errno.EIO, e
         assert os.listdir(os.path.join(m.mnt, "hdr")) == ["original"]
+        # a model the forward pass cannot run lists no calibrated presets
+        # and its calibrated names do not resolve
+        ls = os.listdir(os.path.join(m.mnt, "gpt"))
+        assert "rtn_w4_g128" in ls and not any(
+            x.startswith("gptq") for x in ls), ls
+        assert not os.path.exists(os.path.join(m.mnt, "gpt", "gptq_w4_g128"))
         assert sha(os.path.join(m.mnt, "hdr", "original", "config.json")) \
             == sha(os.path.join(hdr, "config.json"))
         assert len(open(os.path.join(m.mnt, "good", "rtn_w4_g128",
