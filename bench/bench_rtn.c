@@ -5,6 +5,7 @@
  *
  * usage: bench_rtn [rows in]   (default 4096 x 4096)
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,33 @@ static void run_quant(void *a)
 	qf_rtn_quantize(c->w, c->rows, c->in, &c->p, c->q, c->sc, c->z);
 }
 
+#ifndef BLOCK
+#define BLOCK 8
+#endif
+
+/* What production does: blocks of 8 rows converted, checked, rounded
+ * while they sit in cache (quant/variant.c rows_run), one thread. */
+static void run_fused(void *a)
+{
+	struct ctx *c = a;
+	int64_t ng = qf_ngroups(c->in, c->p.group), r, k;
+	static float buf[64 * 4096];
+
+	for (r = 0; r < c->rows; r += BLOCK) {
+		int64_t nr = c->rows - r < BLOCK ? c->rows - r : BLOCK;
+		int bad = 0;
+
+		qf_to_f32(QF_DT_BF16, c->src + r * c->in,
+			  (size_t)(nr * c->in), buf);
+		for (k = 0; k < nr * c->in; k++)
+			bad |= !isfinite(buf[k]);
+		if (!bad)
+			qf_rtn_quantize(buf, nr, c->in, &c->p, c->q + r * c->in,
+					c->sc + r * ng, c->z + r * ng);
+	}
+	qf_gptq_pack_qweight(c->q, c->rows, c->in, c->p.bits, c->qw);
+}
+
 static void run_pack(void *a)
 {
 	struct ctx *c = a;
@@ -69,7 +97,7 @@ static void run_pack(void *a)
 int main(int argc, char **argv)
 {
 	struct ctx c = { .rows = 4096, .in = 4096 };
-	double tm, tc, tq, tp, gb;
+	double tm, tc, tq, tp, tf, gb;
 	int64_t k, n;
 
 	if (argc == 3) {
@@ -94,6 +122,7 @@ int main(int argc, char **argv)
 	tc = best_of(5, run_convert, &c);
 	tq = best_of(5, run_quant, &c);
 	tp = best_of(5, run_pack, &c);
+	tf = c.in <= 4096 ? best_of(5, run_fused, &c) : 0;
 	gb = (double)n * 2 / 1e9;
 	printf("RTN w4 g128 on %lld x %lld bf16 (%.1f MB), one core\n",
 	       (long long)c.rows, (long long)c.in, gb * 1e3);
@@ -101,7 +130,10 @@ int main(int argc, char **argv)
 	printf("  bf16 -> f32               %6.2f GB/s of source\n", gb / tc);
 	printf("  quantize (scales, zeros)  %6.2f GB/s of source\n", gb / tq);
 	printf("  pack qweight              %6.2f GB/s of source\n", gb / tp);
-	printf("  whole kernel              %6.2f GB/s of source = %.2fx memcpy\n",
-	       gb / (tc + tq + tp), tm / (tc + tq + tp));
+	printf("  the three, one after another %5.2f GB/s of source = %.2fx "
+	       "memcpy\n", gb / (tc + tq + tp), tm / (tc + tq + tp));
+	if (tf > 0)
+		printf("  fused as in production    %6.2f GB/s of source = %.2fx "
+		       "memcpy\n", gb / tf, tm / tf);
 	return 0;
 }
