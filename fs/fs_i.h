@@ -123,6 +123,7 @@ struct qf_fs {
 	uint64_t kflags;		/* kernel INIT flags (session.c) */
 	uint64_t init_unique;		/* INIT request id until replied */
 	bool direct;			/* direct_io + mmap negotiated */
+	struct fuse_session *se;	/* set before the loop starts */
 	pthread_mutex_t job_lock;
 	pthread_cond_t job_cond;
 	int njobs;			/* running jobs, job_lock */
@@ -194,6 +195,12 @@ int qf_fs_bufvec(struct qf_fs *fs, struct qf_var *var,
 		 struct fuse_bufvec **out);
 /* True when no shard of the model changed since it was opened. */
 bool qf_fs_source_intact(const struct qf_model *m);
+
+/*
+ * Wait on cond (lock held) for at most a moment; -EINTR when the FUSE
+ * request this thread serves was interrupted or the session is ending.
+ */
+int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
 
 /* errno for a qf error code (fs/ alone decides errno values). */
 int qf_fs_errno(int err);

@@ -784,7 +784,10 @@ static int wait_job(struct qf_fs *fs, struct qf_var *var,
 			gen = var->job_gen;
 		}
 		waited = true;
-		pthread_cond_wait(&var->cond, &var->lock);
+		/* the reader gave up (Ctrl-C) or the mount is going away:
+		 * answer EINTR, the job goes on for everyone else */
+		if (qf_fs_wait(fs, &var->cond, &var->lock) < 0)
+			return -EINTR;
 	}
 }
 

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs_i.h"
@@ -25,9 +26,29 @@ struct dir_handle {
 	size_t count;
 };
 
+/* The request this worker thread serves, for interruptible waits. */
+static __thread fuse_req_t cur_req;
+
 static struct qf_fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 200 * 1000 * 1000;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cond, lock, &ts);
+	if ((cur_req && fuse_req_interrupted(cur_req)) ||
+	    (fs->se && fuse_session_exited(fs->se)))
+		return -EINTR;
+	return 0;
 }
 
 static void fill_entry(struct qf_fs *fs, struct qf_node *n,
@@ -340,7 +361,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case QF_NODE_GENFILE:
 		/* a calibrated variant's results: after its production */
 		if (n->bytes == &n->var->manifest && n->var->calibrated) {
+			cur_req = req;
 			ret = qf_job_manifest(fs, n->var);
+			cur_req = NULL;
 			if (ret < 0) {
 				fuse_reply_err(req, qf_fs_errno(ret));
 				return;
@@ -361,7 +384,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		}
 		end = (uint64_t)off + size < n->size ? (uint64_t)off + size :
 						       n->size;
+		cur_req = req;
 		ret = read_weights(req, fs, n->var, (uint64_t)off, end);
+		cur_req = NULL;
 		if (ret < 0)
 			fuse_reply_err(req, qf_fs_errno(ret));
 		return;

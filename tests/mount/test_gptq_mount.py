@@ -196,6 +196,35 @@ def test_kill9_resume_same_bytes():
         assert len(layer_lines(log)) == 6 - done, log
 
 
+def test_interrupted_reader_job_goes_on():
+    """Ctrl-C on a reader waiting for a layer: the reader gets EINTR at
+    once, the job goes on, a later read gets the whole file."""
+    big = os.path.join(WORK, "intr")
+    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
+            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 14)
+    p = "m/gptq_w4_g128/model.safetensors"
+    with Mount(big, opts=["calib_n=16", "calib_len=128"]) as m:
+        reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
+                                  stdout=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while len(layer_lines(m.stderr())) < 1:
+            assert time.time() < deadline, m.stderr()
+            time.sleep(0.05)
+        t0 = time.time()
+        reader.send_signal(signal.SIGINT)
+        reader.wait(timeout=10)
+        assert time.time() - t0 < 3, time.time() - t0
+        assert reader.returncode != 0
+        before = len(layer_lines(m.stderr()))
+        st = json.loads(os.getxattr(os.path.join(m.mnt, "m", "gptq_w4_g128"),
+                                    "user.quantfs.progress"))
+        assert st["state"] == "quantizing layers", st
+        size = os.stat(os.path.join(m.mnt, p)).st_size
+        assert len(open(os.path.join(m.mnt, p), "rb").read()) == size
+        assert len(layer_lines(m.stderr())) == 6 > before
+        assert m.alive()
+
+
 def test_named_calibration_sets():
     cdir = os.path.join(WORK, "calib")
     os.makedirs(cdir, exist_ok=True)
