@@ -74,6 +74,7 @@ struct qf_var {
 	uint8_t *state;			/* per group, protected by lock */
 	size_t ndone;			/* groups done, protected by lock */
 	bool recorded;			/* record written, protected by lock */
+	int lockfd;			/* <cache>/locks/<vid>: OFD locks, -1 */
 	struct qf_var *base;		/* calibrated _fake: packed variant */
 	bool calibrated;		/* produced by a layer job (job.c) */
 	struct qf_calib_info ci;	/* calibrated: manifest fields */
@@ -154,6 +155,17 @@ struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out);
 bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/*
+ * Cross-process single flight: an exclusive open-file-description lock
+ * on byte `slot` of the variant's lock file in the cache directory
+ * (a group's index, or QF_LOCK_JOB for a calibrated job).  The kernel
+ * drops it when a producer dies, so another process takes over.
+ * Waits (polling, so unmounting stops it: -EINTR); returns 0 or -errno,
+ * and then the caller proceeds unlocked.
+ */
+#define QF_LOCK_JOB (1LL << 40)
+int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot);
+void qf_var_unlock(struct qf_var *var, int64_t slot);
 /* Write the variant's record (listed by `ls` once it is cached). */
 void qf_var_record(struct qf_fs *fs, struct qf_var *var);
 /*

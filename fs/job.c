@@ -640,11 +640,19 @@ static void *job_main(void *arg)
 		.stats_seconds = &j->stats_s,
 	};
 	double total;
+	bool locked;
 	size_t i;
 	int ret = 0;
 
 	/* a fixed thread count: the same bytes on every run of a machine */
 	openblas_set_num_threads((int)sysconf(_SC_NPROCESSORS_ONLN));
+	j->t0 = qf_now();
+	/* one job per variant on the machine: wait for another process's,
+	 * then see what it left in the cache */
+	set_phase(var, "waiting for another process");
+	ret = qf_var_lock(fs, var, QF_LOCK_JOB);
+	locked = ret == 0;
+	ret = ret == -EINTR ? -EINTR : 0;
 	j->t0 = qf_now();
 	for (j->first = 0; j->first < var->nlayers &&
 			   layer_complete(fs, var, j->first); j->first++)
@@ -657,7 +665,7 @@ static void *job_main(void *arg)
 	var->layers_done = j->first > var->layers_done ? j->first :
 							  var->layers_done;
 	pthread_mutex_unlock(&var->lock);
-	if (j->first < var->nlayers) {
+	if (!ret && j->first < var->nlayers) {
 		set_phase(var, "preparing the calibration set");
 		ret = qf_tf_config_parse(var->mdl->m, &j->c);
 		if (!ret)
@@ -697,6 +705,8 @@ static void *job_main(void *arg)
 		qf_err("%s/%s: production failed: %s", var->mdl->name,
 		       var->v->name, qf_strerror(ret));
 	}
+	if (locked)
+		qf_var_unlock(var, QF_LOCK_JOB);
 	qf_calib_free(&cs);
 	for (i = 0; i < var->v->ng * 4; i++)
 		free(j->pending[i]);

@@ -11,7 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "fs_i.h"
 
@@ -84,6 +86,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	pthread_mutex_init(&var->lock, NULL);
 	pthread_cond_init(&var->cond, NULL);
 	var->mdl = mdl;
+	var->lockfd = -1;
 	ret = qf_variant_init(mdl->m, &spec, &var->v);
 	if (ret < 0)
 		goto out_free;
@@ -138,6 +141,8 @@ void qf_var_free(struct qf_var *var)
 	if (!var)
 		return;
 	qf_job_free(var);
+	if (var->lockfd >= 0)
+		close(var->lockfd);
 	qf_variant_free(var->v);
 	qf_buf_release(&var->config);
 	qf_buf_release(&var->manifest);
@@ -147,6 +152,57 @@ void qf_var_free(struct qf_var *var)
 	pthread_mutex_destroy(&var->lock);
 	pthread_cond_destroy(&var->cond);
 	free(var);
+}
+
+int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = slot, .l_len = 1 };
+	char hex[2 * QF_CACHE_VID + 1];
+	struct qf_buf path = QF_BUF_INIT;
+	int fd;
+
+	pthread_mutex_lock(&var->lock);
+	if (var->lockfd < 0) {
+		qf_hex(var->vid, QF_CACHE_VID, hex);
+		qf_buf_addf(&path, "%s/locks", fs->cache_dir);
+		if (path.data)
+			qf_mkdir_p(path.data, 02775);
+		qf_buf_addf(&path, "/%s", hex);
+		fd = path.data ? open(path.data, O_RDWR | O_CREAT | O_CLOEXEC,
+				      0664) : -1;
+		if (fd >= 0)
+			var->lockfd = fd;
+		qf_buf_release(&path);
+	}
+	fd = var->lockfd;
+	pthread_mutex_unlock(&var->lock);
+	if (fd < 0)
+		return -errno;
+	/* poll, so an unmount does not wait for another process's job */
+	while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+		struct timespec ts = { 0, 100 * 1000 * 1000 };
+		bool stop;
+
+		if (errno != EAGAIN && errno != EACCES)
+			return -errno;
+		pthread_mutex_lock(&fs->job_lock);
+		stop = fs->stopping;
+		pthread_mutex_unlock(&fs->job_lock);
+		if (stop)
+			return -EINTR;
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
+void qf_var_unlock(struct qf_var *var, int64_t slot)
+{
+	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET,
+			    .l_start = slot, .l_len = 1 };
+
+	if (var->lockfd >= 0)
+		fcntl(var->lockfd, F_OFD_SETLK, &fl);
 }
 
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
@@ -316,7 +372,7 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 /* Per-group single flight: RTN, and calibrated _fake from its base. */
 static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
-	bool record = false, complete;
+	bool record = false, complete, locked;
 	double t0, secs = 0;
 	uint64_t bytes = 0;
 	int ret = 0;
@@ -332,6 +388,10 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	pthread_mutex_unlock(&var->lock);
 
 	t0 = qf_now();
+	/* another process may be producing it: wait for its lock, then
+	 * look in the cache again */
+	locked = !qf_var_in_cache(fs, var, gi) &&
+		 qf_var_lock(fs, var, gi) == 0;
 	if (!qf_var_in_cache(fs, var, gi)) {
 		ret = produce(fs, var, gi);
 		if (ret < 0)
@@ -346,6 +406,8 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 				 var->v->g[gi].w->name, qf_now() - t0);
 	}
 
+	if (locked)
+		qf_var_unlock(var, gi);
 	pthread_mutex_lock(&var->lock);
 	var->state[gi] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
 	if (!ret) {

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -223,6 +224,67 @@ def test_interrupted_reader_job_goes_on():
         assert len(open(os.path.join(m.mnt, p), "rb").read()) == size
         assert len(layer_lines(m.stderr())) == 6 > before
         assert m.alive()
+
+
+def test_two_daemons_one_production():
+    """Two mounts (two processes) of one source and one cache read the
+    same calibrated variant at once: it is produced once."""
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "tiny/gptq_w2_g32/model.safetensors"
+    with Mount(SRC, cache=cache, opts=SMALL) as a, \
+            Mount(SRC, cache=cache, opts=SMALL) as b:
+        out = {}
+
+        def rd(m, k):
+            out[k] = sha(os.path.join(m.mnt, p))
+        th = [threading.Thread(target=rd, args=(m, k))
+              for k, m in (("a", a), ("b", b))]
+        [t.start() for t in th]
+        [t.join() for t in th]
+        assert out["a"] == out["b"]
+        la, lb = layer_lines(a.stderr()), layer_lines(b.stderr())
+        assert len(la) + len(lb) == 3, (la, lb)
+
+
+def test_kill9_producer_other_process_takes_over():
+    big = os.path.join(WORK, "takeover")
+    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
+            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 15)
+    opts = ["calib_n=16", "calib_len=128"]
+    p = "m/gptq_w4_g128/model.safetensors"
+    with Mount(big, opts=opts) as m:
+        want = sha(os.path.join(m.mnt, p))
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    a = Mount(big, cache=cache, opts=opts)
+    a.__enter__()
+    with Mount(big, cache=cache, opts=opts) as b:
+        ra = subprocess.Popen(["cat", os.path.join(a.mnt, p)],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while len(layer_lines(a.stderr())) < 1:
+            assert time.time() < deadline, a.stderr()
+            time.sleep(0.05)
+        out = {}
+        th = threading.Thread(target=lambda: out.setdefault(
+            "b", sha(os.path.join(b.mnt, p))))
+        th.start()
+        time.sleep(0.5)
+        st = json.loads(os.getxattr(os.path.join(b.mnt, "m", "gptq_w4_g128"),
+                                    "user.quantfs.progress"))
+        assert st["state"] == "waiting for another process", st
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait()
+        subprocess.run(["umount", "-l", a.mnt], check=False)
+        ra.wait(timeout=30)
+        done_a = len(layer_lines(a.stderr()))
+        a.proc = None
+        a.logf.close()
+        th.join(timeout=300)
+        assert out.get("b") == want
+        lb = layer_lines(b.stderr())
+        assert done_a >= 1 and len(lb) == 6 - done_a, (done_a, lb)
+        assert "resuming at layer %d/6" % (done_a + 1) in b.stderr()
 
 
 def test_named_calibration_sets():

@@ -338,6 +338,23 @@ def test_second_process_hits_cache():
         assert "rtn_w2_g64" not in os.listdir(os.path.join(m.mnt, "odd"))
 
 
+def test_two_daemons_produce_each_linear_once():
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    p = "tiny/rtn_w2_g32_sym/model.safetensors"
+    with Mount(SRC, cache=cache) as a, Mount(SRC, cache=cache) as b:
+        out = {}
+
+        def rd(m, k):
+            out[k] = sha(os.path.join(m.mnt, p))
+        th = [threading.Thread(target=rd, args=(m, k))
+              for k, m in (("a", a), ("b", b))]
+        [t.start() for t in th]
+        [t.join() for t in th]
+        assert out["a"] == out["b"]
+        pa, pb = produced(a.stderr()), produced(b.stderr())
+        assert len(pa) + len(pb) == 28 and not set(pa) & set(pb), (pa, pb)
+
+
 def test_changed_source_new_fingerprint_no_stale_bytes():
     d = mkmodel(os.path.join(WORK, "chg", "m"), "--seed", 3)
     cache = tempfile.mkdtemp(prefix="qfcache.")
