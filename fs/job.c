@@ -186,7 +186,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 	struct qf_fs *fs = j->fs;
 	struct qf_cache_item it;
 	struct qf_cache_txn *txn;
-	struct qf_buf path = QF_BUF_INIT, text = QF_BUF_INIT;
+	struct qf_buf text = QF_BUF_INIT;
 	struct qf_tok *tok = NULL;
 	const char *why = NULL;
 	const void *p;
@@ -207,8 +207,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 		qf_calib_hash(cs);
 		return 0;
 	}
-	qf_buf_addf(&path, "%s/tokenizer.json", var->mdl->dir);
-	ret = qf_tok_open(path.data, &tok, &why);
+	ret = qf_model_tokenizer(var->mdl->m, &tok, &why);
 	if (ret < 0 && var->calib_path) {
 		qf_err("%s: tokenizer: %s", var->mdl->name,
 		       why ? why : qf_strerror(ret));
@@ -243,7 +242,6 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 	ret = qf_cache_put(fs->cache, var->calib_vid, &it, 1);
 out_free:
 	qf_tok_close(tok);
-	qf_buf_release(&path);
 	qf_buf_release(&text);
 	if (ret < 0)
 		qf_calib_free(cs);

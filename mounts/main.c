@@ -311,7 +311,7 @@ static int cmd_generate(int argc, char **argv)
 		{ "ids", no_argument, NULL, 'i' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct qf_buf path = QF_BUF_INIT, text = QF_BUF_INIT;
+	struct qf_buf text = QF_BUF_INIT;
 	struct qf_tf_config cfg;
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
@@ -340,10 +340,8 @@ static int cmd_generate(int argc, char **argv)
 	ret = qf_model_open(argv[optind], &m);
 	if (!ret)
 		ret = qf_tf_config_parse(m, &cfg);
-	if (!ret) {
-		qf_buf_addf(&path, "%s/tokenizer.json", argv[optind]);
-		ret = qf_tok_open(path.data, &tok, &why);
-	}
+	if (!ret)
+		ret = qf_model_tokenizer(m, &tok, &why);
 	if (!ret)
 		ret = qf_tok_encode(tok, prompt, strlen(prompt), true, &ids, &n);
 	for (k = 0; k < steps && !ret; k++) {
@@ -382,7 +380,6 @@ static int cmd_generate(int argc, char **argv)
 	free(lg);
 	qf_tok_close(tok);
 	qf_model_close(m);
-	qf_buf_release(&path);
 	qf_buf_release(&text);
 	return ret < 0 ? 1 : 0;
 }
@@ -447,7 +444,7 @@ static int cmd_eval(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 },
 	};
-	struct qf_buf text = QF_BUF_INIT, path = QF_BUF_INIT;
+	struct qf_buf text = QF_BUF_INIT;
 	struct qf_eval_result r;
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
@@ -478,11 +475,10 @@ static int cmd_eval(int argc, char **argv)
 	}
 	ret = qf_model_open(argv[optind], &m);
 	if (!ret) {
-		qf_buf_addf(&path, "%s/tokenizer.json", argv[optind]);
-		ret = qf_tok_open(path.data, &tok, &why);
+		ret = qf_model_tokenizer(m, &tok, &why);
 		if (ret < 0)
-			fprintf(stderr, "quantfs: %s: %s\n", path.data,
-				why ? why : qf_strerror(ret));
+			fprintf(stderr, "quantfs: %s/tokenizer.json: %s\n",
+				m->dir, why ? why : qf_strerror(ret));
 	}
 	if (!ret)
 		ret = qf_eval_ppl(m, tok, text.data, text.len, ctx, &r);
@@ -517,7 +513,6 @@ static int cmd_eval(int argc, char **argv)
 	qf_tok_close(tok);
 	qf_model_close(m);
 	qf_buf_release(&text);
-	qf_buf_release(&path);
 	return ret < 0 ? 1 : 0;
 }
 

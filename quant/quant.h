@@ -467,6 +467,9 @@ int qf_tok_load(const char *json, size_t len, struct qf_tok **out,
 		const char **why);
 /* Same, from a file path (bounded at 64 MiB). */
 int qf_tok_open(const char *path, struct qf_tok **out, const char **why);
+/* The tokenizer.json of model m's directory, as qf_tok_open(). */
+int qf_model_tokenizer(const struct qf_model *m, struct qf_tok **out,
+		       const char **why);
 void qf_tok_close(struct qf_tok *t);
 /*
  * Encode len bytes of UTF-8 text.  add_special: apply the post-processor

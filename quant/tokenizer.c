@@ -1392,6 +1392,19 @@ int qf_tok_open(const char *path, struct qf_tok **out, const char **why)
 	return ret;
 }
 
+int qf_model_tokenizer(const struct qf_model *m, struct qf_tok **out,
+		       const char **why)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	int ret;
+
+	ret = qf_buf_addf(&path, "%s/tokenizer.json", m->dir);
+	if (!ret)
+		ret = qf_tok_open(path.data, out, why);
+	qf_buf_release(&path);
+	return ret;
+}
+
 void qf_tok_close(struct qf_tok *t)
 {
 	size_t i;

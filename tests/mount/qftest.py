@@ -3,10 +3,13 @@
 Every mount is unmounted in a finally block; a daemon that does not come
 up within the deadline fails the test with its stderr.
 """
+import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -75,12 +78,37 @@ class Mount:
         with open(self.log) as f:
             return f.read()
 
+    def kill9(self):
+        """kill -9 the daemon, detach its mount; the log stays readable."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        subprocess.run(["umount", "-l", self.mnt], check=False)
+        self.proc = None
+        self.logf.close()
+
     def __exit__(self, *exc):
         rc = self.umount()
         if exc[0] is None and rc != 0:
             raise AssertionError("daemon exit status %d: %s" % (
                 rc, self.stderr()))
         return False
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def sha_in_parallel(mounts, rel):
+    """sha256 of MNT/rel read at the same time through each mount."""
+    out = [None] * len(mounts)
+
+    def rd(i):
+        out[i] = sha(os.path.join(mounts[i].mnt, rel))
+    th = [threading.Thread(target=rd, args=(i,)) for i in range(len(mounts))]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    return out
 
 
 def mkmodel(dest, *args):

@@ -4,7 +4,6 @@ _fake, the cache across processes, resume after kill -9 with identical
 bytes, @name calibration sets, and a calibration text that is too short.
 """
 import errno
-import hashlib
 import json
 import os
 import re
@@ -19,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, QUANTFS  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, QUANTFS, sha, \
+    sha_in_parallel  # noqa: E402
 
 QUANTFS = os.environ.get("QUANTFS", QUANTFS)
 
@@ -27,11 +27,6 @@ WORK = tempfile.mkdtemp(prefix="qfgptq.")
 SRC = os.path.join(WORK, "models")
 TINY = mkmodel(os.path.join(SRC, "tiny"), "--layers", 3, "--seed", 11)
 SMALL = ["calib_n=8", "calib_len=64"]
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def layer_lines(log):
@@ -152,14 +147,28 @@ def test_second_process_from_cache():
         assert len(layer_lines(m.stderr())) == 3
 
 
+SIX = ["calib_n=16", "calib_len=128"]     # options of the 6-layer model
+SIX_FILE = "m/gptq_w4_g128/model.safetensors"
+
+
+def six_layer_model(name, seed):
+    """A source dir with a 6-layer model whose GPTQ job takes seconds."""
+    d = os.path.join(WORK, name)
+    mkmodel(os.path.join(d, "m"), "--layers", 6, "--hidden", 384,
+            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", seed)
+    return d
+
+
+def uninterrupted_sha(d):
+    """sha256 of gptq_w4_g128 produced in one go, in a cache of its own."""
+    with Mount(d, opts=SIX) as m:
+        return sha(os.path.join(m.mnt, SIX_FILE))
+
+
 def test_kill9_resume_same_bytes():
-    big = os.path.join(WORK, "big")
-    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
-            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 12)
-    opts = ["calib_n=16", "calib_len=128"]
-    p = "m/gptq_w4_g128/model.safetensors"
-    with Mount(big, opts=opts) as m:
-        want = sha(os.path.join(m.mnt, p))
+    big = six_layer_model("big", 12)
+    want = uninterrupted_sha(big)
+    opts, p = SIX, SIX_FILE
     cache = tempfile.mkdtemp(prefix="qfcache.")
     m = Mount(big, cache=cache, opts=opts)
     m.__enter__()
@@ -182,13 +191,9 @@ def test_kill9_resume_same_bytes():
     assert any(x["state"] == "quantizing layers" for x in seen), seen
     assert any(x["layers_done"] >= 1 and x["eta_s"] is not None
                for x in seen), seen
-    os.kill(m.proc.pid, signal.SIGKILL)
-    m.proc.wait()
-    subprocess.run(["umount", "-l", m.mnt], check=False)
+    m.kill9()
     reader.wait(timeout=30)
     done = len(layer_lines(m.stderr()))
-    m.proc = None
-    m.logf.close()
     assert 2 <= done < 6, m.stderr()
     with Mount(big, cache=cache, opts=opts) as m2:
         assert sha(os.path.join(m2.mnt, p)) == want
@@ -200,11 +205,9 @@ def test_kill9_resume_same_bytes():
 def test_interrupted_reader_job_goes_on():
     """Ctrl-C on a reader waiting for a layer: the reader gets EINTR at
     once, the job goes on, a later read gets the whole file."""
-    big = os.path.join(WORK, "intr")
-    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
-            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 14)
-    p = "m/gptq_w4_g128/model.safetensors"
-    with Mount(big, opts=["calib_n=16", "calib_len=128"]) as m:
+    big = six_layer_model("intr", 14)
+    p = SIX_FILE
+    with Mount(big, opts=SIX) as m:
         reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
                                   stdout=subprocess.DEVNULL)
         deadline = time.time() + 120
@@ -233,27 +236,16 @@ def test_two_daemons_one_production():
     p = "tiny/gptq_w2_g32/model.safetensors"
     with Mount(SRC, cache=cache, opts=SMALL) as a, \
             Mount(SRC, cache=cache, opts=SMALL) as b:
-        out = {}
-
-        def rd(m, k):
-            out[k] = sha(os.path.join(m.mnt, p))
-        th = [threading.Thread(target=rd, args=(m, k))
-              for k, m in (("a", a), ("b", b))]
-        [t.start() for t in th]
-        [t.join() for t in th]
-        assert out["a"] == out["b"]
+        ha, hb = sha_in_parallel([a, b], p)
+        assert ha == hb
         la, lb = layer_lines(a.stderr()), layer_lines(b.stderr())
         assert len(la) + len(lb) == 3, (la, lb)
 
 
 def test_kill9_producer_other_process_takes_over():
-    big = os.path.join(WORK, "takeover")
-    mkmodel(os.path.join(big, "m"), "--layers", 6, "--hidden", 384,
-            "--inter", 1024, "--heads", 6, "--kv-heads", 2, "--seed", 15)
-    opts = ["calib_n=16", "calib_len=128"]
-    p = "m/gptq_w4_g128/model.safetensors"
-    with Mount(big, opts=opts) as m:
-        want = sha(os.path.join(m.mnt, p))
+    big = six_layer_model("takeover", 15)
+    want = uninterrupted_sha(big)
+    opts, p = SIX, SIX_FILE
     cache = tempfile.mkdtemp(prefix="qfcache.")
     a = Mount(big, cache=cache, opts=opts)
     a.__enter__()
@@ -273,13 +265,9 @@ def test_kill9_producer_other_process_takes_over():
         st = json.loads(os.getxattr(os.path.join(b.mnt, "m", "gptq_w4_g128"),
                                     "user.quantfs.progress"))
         assert st["state"] == "waiting for another process", st
-        os.kill(a.proc.pid, signal.SIGKILL)
-        a.proc.wait()
-        subprocess.run(["umount", "-l", a.mnt], check=False)
+        a.kill9()
         ra.wait(timeout=30)
         done_a = len(layer_lines(a.stderr()))
-        a.proc = None
-        a.logf.close()
         th.join(timeout=300)
         assert out.get("b") == want
         lb = layer_lines(b.stderr())

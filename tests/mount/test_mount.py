@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, SkipTest, SHARED  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest, SHARED, sha, \
+    sha_in_parallel  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qftest.")
 SRC = os.path.join(WORK, "models")
@@ -31,11 +32,6 @@ TINY = mkmodel(os.path.join(SRC, "tiny"))
 ODD = mkmodel(os.path.join(SRC, "odd"), "--hidden", 64, "--inter", 84,
               "--layers", 2, "--heads", 4, "--kv-heads", 2, "--dtype", "f32",
               "--tie", "--seed", 7)
-
-
-def sha(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def produced(log):
@@ -342,15 +338,8 @@ def test_two_daemons_produce_each_linear_once():
     cache = tempfile.mkdtemp(prefix="qfcache.")
     p = "tiny/rtn_w2_g32_sym/model.safetensors"
     with Mount(SRC, cache=cache) as a, Mount(SRC, cache=cache) as b:
-        out = {}
-
-        def rd(m, k):
-            out[k] = sha(os.path.join(m.mnt, p))
-        th = [threading.Thread(target=rd, args=(m, k))
-              for k, m in (("a", a), ("b", b))]
-        [t.start() for t in th]
-        [t.join() for t in th]
-        assert out["a"] == out["b"]
+        ha, hb = sha_in_parallel([a, b], p)
+        assert ha == hb
         pa, pb = produced(a.stderr()), produced(b.stderr())
         assert len(pa) + len(pb) == 28 and not set(pa) & set(pb), (pa, pb)
 
@@ -388,7 +377,7 @@ def test_corrupt_sources_eio_daemon_stays_up():
     root = os.path.join(WORK, "bad")
     nan = mkmodel(os.path.join(root, "nan"), "--seed", 5)
     hdr = mkmodel(os.path.join(root, "hdr"), "--seed", 6)
-    good = mkmodel(os.path.join(root, "good"), "--seed", 8)
+    mkmodel(os.path.join(root, "good"), "--seed", 8)
     gpt = mkmodel(os.path.join(root, "gpt"), "--seed", 13)
     cfg = json.load(open(os.path.join(gpt, "config.json")))
     cfg["model_type"] = "gpt2"
