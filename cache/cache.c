@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@ struct qf_cache {
 	MDB_env *env;
 	MDB_dbi tensors;		/* "t" */
 	MDB_dbi records;		/* "v" */
+	MDB_dbi sums;			/* "s": key as "t", 8-byte checksum */
 	pthread_rwlock_t resize;	/* readers: any txn; writer: resize */
 	char *dir;
 	size_t psize;			/* LMDB page size */
@@ -48,7 +50,9 @@ char *qf_cache_default_dir(void)
 	const char *x = getenv("XDG_CACHE_HOME");
 	const char *home = getenv("HOME");
 
-	if (geteuid() == 0)
+	/* the machine's shared cache when it exists and we may write it
+	 * (members of its group), else a per-user one */
+	if (geteuid() == 0 || access("/var/cache/quantfs", W_OK | X_OK) == 0)
 		qf_buf_adds(&b, "/var/cache/quantfs");
 	else if (x && *x == '/')
 		qf_buf_addf(&b, "%s/quantfs", x);
@@ -75,6 +79,17 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 	if (ret < 0) {
 		qf_err("cache: cannot create '%s': %s", dir, qf_strerror(ret));
 		goto out_free;
+	}
+	/* a group-shared cache (setgid directory): whatever this process
+	 * creates in it stays writable by the group */
+	{
+		struct stat st;
+
+		if (stat(dir, &st) == 0 && (st.st_mode & S_ISGID)) {
+			mode_t um = umask(0);
+
+			umask(um & ~(mode_t)070);
+		}
 	}
 	rc = mdb_env_create(&c->env);
 	if (rc) {
@@ -103,6 +118,8 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 	rc = mdb_dbi_open(txn, "t", MDB_CREATE, &c->tensors);
 	if (!rc)
 		rc = mdb_dbi_open(txn, "v", MDB_CREATE, &c->records);
+	if (!rc)
+		rc = mdb_dbi_open(txn, "s", MDB_CREATE, &c->sums);
 	if (!rc)
 		rc = mdb_txn_commit(txn);
 	else
@@ -250,6 +267,14 @@ static int put_items(struct qf_cache *c, MDB_dbi dbi,
 			v.mv_size = items[i].len;
 			need += items[i].len;
 			rc = mdb_put(txn, dbi, &k, &v, 0);
+			if (!rc && !record) {
+				uint64_t sum = qf_hash64(items[i].data,
+							 items[i].len, 0);
+
+				v.mv_data = &sum;
+				v.mv_size = sizeof(sum);
+				rc = mdb_put(txn, c->sums, &k, &v, 0);
+			}
 		}
 		if (!rc)
 			rc = mdb_txn_commit(txn);
@@ -391,4 +416,199 @@ int qf_cache_locate(struct qf_cache *c, const void *p, size_t len,
 	mdb_env_get_fd(c->env, fd);
 	*off = (uint64_t)pgno * c->psize + ((uintptr_t)p - pg);
 	return 0;
+}
+
+int qf_cache_check(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
+		   const char *name)
+{
+	uint8_t key[KEY_MAX + 1];
+	size_t klen = make_key(vid, name, key), len, slen;
+	const void *p, *sp;
+	uint64_t sum;
+	int ret;
+
+	ret = get(t, t->c->tensors, key, klen, &p, &len);
+	if (ret < 0)
+		return ret;
+	ret = get(t, t->c->sums, key, klen, &sp, &slen);
+	if (ret == -ENOENT || (!ret && slen != sizeof(sum)))
+		return QF_ECORRUPT;	/* a value without its checksum */
+	if (ret < 0)
+		return ret;
+	memcpy(&sum, sp, sizeof(sum));
+	return qf_hash64(p, len, 0) == sum ? 0 : QF_ECORRUPT;
+}
+
+/* Delete the keys of "t" and "s" that start with prefix (plen bytes),
+ * or exactly the given names; and the record when whole. */
+static int del_keys(struct qf_cache *c, const uint8_t *vid,
+		    const char *const *names, size_t n, uint64_t *freed)
+{
+	uint8_t key[KEY_MAX + 1];
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	MDB_val k, v;
+	size_t i;
+	int rc;
+
+	rc = txn_begin(c, 0, &txn);
+	if (rc < 0)
+		return rc;
+	if (names) {
+		for (i = 0, rc = 0; i < n && !rc; i++) {
+			k.mv_data = key;
+			k.mv_size = make_key(vid, names[i], key);
+			if (freed && !mdb_get(txn, c->tensors, &k, &v))
+				*freed += v.mv_size;
+			rc = mdb_del(txn, c->tensors, &k, NULL);
+			if (!rc || rc == MDB_NOTFOUND)
+				rc = mdb_del(txn, c->sums, &k, NULL);
+			if (rc == MDB_NOTFOUND)
+				rc = 0;
+		}
+	} else {
+		MDB_dbi dbs[2] = { c->tensors, c->sums };
+
+		for (i = 0, rc = 0; i < 2 && !rc; i++) {
+			rc = mdb_cursor_open(txn, dbs[i], &cur);
+			if (rc)
+				break;
+			k.mv_data = (void *)vid;
+			k.mv_size = QF_CACHE_VID;
+			for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+			     !rc && k.mv_size >= QF_CACHE_VID &&
+			     !memcmp(k.mv_data, vid, QF_CACHE_VID);
+			     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+				if (freed && i == 0)
+					*freed += v.mv_size;
+				rc = mdb_cursor_del(cur, 0);
+				if (rc)
+					break;
+			}
+			mdb_cursor_close(cur);
+			if (rc == MDB_NOTFOUND)
+				rc = 0;
+		}
+		k.mv_data = (void *)vid;
+		k.mv_size = QF_CACHE_VID;
+		if (!rc) {
+			rc = mdb_del(txn, c->records, &k, NULL);
+			if (rc == MDB_NOTFOUND)
+				rc = 0;
+		}
+	}
+	if (!rc)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&c->resize);
+	return rc ? lmdb_err("delete", rc) : 0;
+}
+
+int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		 const char *const *names, size_t n)
+{
+	return del_keys(c, vid, names, n, NULL);
+}
+
+int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		  uint64_t *freed)
+{
+	if (freed)
+		*freed = 0;
+	return del_keys(c, vid, NULL, 0, freed);
+}
+
+int qf_cache_each_vid(struct qf_cache_txn *t,
+		      int (*fn)(void *arg, const uint8_t *vid, uint64_t bytes,
+				uint64_t count),
+		      void *arg)
+{
+	uint8_t cur_vid[QF_CACHE_VID];
+	uint64_t bytes = 0, count = 0;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	rc = mdb_cursor_open(t->txn, t->c->tensors, &cur);
+	if (rc)
+		return lmdb_err("cursor", rc);
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); !rc && !stop;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		if (k.mv_size < QF_CACHE_VID)
+			continue;
+		if (count && memcmp(cur_vid, k.mv_data, QF_CACHE_VID)) {
+			stop = fn(arg, cur_vid, bytes, count);
+			bytes = count = 0;
+		}
+		memcpy(cur_vid, k.mv_data, QF_CACHE_VID);
+		bytes += v.mv_size;
+		count++;
+	}
+	if (count && !stop)
+		fn(arg, cur_vid, bytes, count);
+	mdb_cursor_close(cur);
+	return 0;
+}
+
+int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	MDB_envinfo info;
+	struct stat st;
+	int ret;
+
+	qf_buf_addf(&path, "%s/data.mdb", c->dir);
+	ret = path.data && stat(path.data, &st) == 0 ? 0 : -errno;
+	qf_buf_release(&path);
+	if (ret < 0)
+		return ret;
+	mdb_env_info(c->env, &info);
+	*file = (uint64_t)st.st_blocks * 512;
+	*used = (uint64_t)(info.me_last_pgno + 1) * c->psize;
+	return 0;
+}
+
+const char *qf_cache_dir(const struct qf_cache *c)
+{
+	return c->dir;
+}
+
+int qf_cache_lock_open(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID])
+{
+	char hex[2 * QF_CACHE_VID + 1];
+	struct qf_buf path = QF_BUF_INIT;
+	int fd;
+
+	qf_hex(vid, QF_CACHE_VID, hex);
+	qf_buf_addf(&path, "%s/locks", c->dir);
+	if (path.data)
+		qf_mkdir_p(path.data, 02775);
+	qf_buf_addf(&path, "/%s", hex);
+	fd = path.data ? open(path.data, O_RDWR | O_CREAT | O_CLOEXEC, 0664) :
+			 -1;
+	if (fd < 0)
+		fd = -errno;
+	qf_buf_release(&path);
+	return fd;
+}
+
+int qf_cache_evict(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		   uint64_t *freed)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = 0, .l_len = 0 };
+	int fd = qf_cache_lock_open(c, vid), ret;
+
+	if (fd < 0)
+		return fd;
+	/* any lock of another open file: a reader or a producer */
+	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+		ret = errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
+		close(fd);
+		return ret;
+	}
+	ret = qf_cache_drop(c, vid, freed);
+	close(fd);		/* drops the lock */
+	return ret;
 }

@@ -30,7 +30,8 @@ struct qf_cache_txn;
 
 #define QF_CACHE_VID 16
 
-/* The default cache directory: /var/cache/quantfs for root, else
+/* The default cache directory: /var/cache/quantfs for root and for
+ * anyone who may write it (the machine's shared cache), else
  * $XDG_CACHE_HOME/quantfs or ~/.cache/quantfs.  Caller frees. */
 char *qf_cache_default_dir(void);
 
@@ -93,5 +94,78 @@ int qf_cache_each_record(struct qf_cache_txn *t,
 			 int (*fn)(void *arg, const uint8_t *vid,
 				   const char *json, size_t len),
 			 void *arg);
+
+
+/*
+ * Integrity: qf_cache_put() stores a checksum beside every value.
+ * qf_cache_check() recomputes it: 0, -ENOENT (absent), QF_ECORRUPT (the
+ * bytes or the checksum are damaged or missing), QF_ECACHE.  Callers
+ * check a value once per process, before first serving it.
+ */
+int qf_cache_check(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
+		   const char *name);
+/* Delete the n named values of vid (absent ones are fine). */
+int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		 const char *const *names, size_t n);
+/* Delete every value of vid and its record; *freed = value bytes. */
+int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		  uint64_t *freed);
+/* Call fn once per variant id that has values: their bytes and count. */
+int qf_cache_each_vid(struct qf_cache_txn *t,
+		      int (*fn)(void *arg, const uint8_t *vid, uint64_t bytes,
+				uint64_t count),
+		      void *arg);
+/* Disk bytes of data.mdb and bytes of its pages in use. */
+int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used);
+const char *qf_cache_dir(const struct qf_cache *c);
+
+/*
+ * Cross-process coordination per variant: <dir>/locks/<vid hex>, locked
+ * with open-file-description locks (the kernel drops them when a process
+ * dies).  Byte slots: a group index (its producer), QF_LOCK_JOB (the
+ * calibrated job), QF_LOCK_USE (shared: a mount has a file of the variant
+ * open).  Returns an fd or -errno.
+ */
+#define QF_LOCK_JOB (1LL << 40)
+#define QF_LOCK_USE (1LL << 41)
+int qf_cache_lock_open(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID]);
+/*
+ * Drop vid unless some other open file holds any lock on its lock file
+ * (a reader or a producer): then -EBUSY and nothing changes.
+ */
+int qf_cache_evict(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		   uint64_t *freed);
+
+/* admin.c: what the cache holds, and eviction */
+struct qf_cache_entry {
+	uint8_t vid[QF_CACHE_VID];
+	char vid_hex[2 * QF_CACHE_VID + 1];
+	bool recorded;			/* false: values without a record */
+	char *model;			/* from the record ("" when none) */
+	char *variant;
+	char *source;
+	char *calib;			/* calibration set id, "" = none */
+	double created;			/* Unix seconds */
+	double accessed;
+	uint64_t bytes;			/* value bytes */
+	uint64_t values;		/* value count */
+};
+/* Every variant id with a record or values.  Free with _list_free. */
+int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
+		  size_t *n);
+void qf_cache_list_free(struct qf_cache_entry *e, size_t n);
+
+struct qf_cache_gc_result {
+	size_t evicted;
+	size_t busy;			/* skipped: open or being produced */
+	uint64_t freed;			/* value bytes */
+	uint64_t remaining;		/* value bytes left */
+};
+/*
+ * Evict recorded variants, least recently accessed first, until the
+ * values take at most max_bytes (or only busy ones are left).
+ */
+int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
+		struct qf_cache_gc_result *res);
 
 #endif /* QF_CACHE_H */

@@ -93,6 +93,12 @@ struct qf_sha256 {
 void qf_sha256_init(struct qf_sha256 *c);
 void qf_sha256_update(struct qf_sha256 *c, const void *data, size_t len);
 void qf_sha256_final(struct qf_sha256 *c, uint8_t out[32]);
+/*
+ * A fast 64-bit checksum of len bytes (four multiply-rotate lanes over
+ * 32-byte stripes, then the tail): detects torn or flipped bytes in cache
+ * values, not tampering (see quantfs(1), SECURITY).
+ */
+uint64_t qf_hash64(const void *data, size_t len, uint64_t seed);
 /* Lower-case hex of n bytes into out (2n + 1 bytes). */
 void qf_hex(const uint8_t *in, size_t n, char *out);
 

@@ -178,6 +178,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	ret = qf_cache_open(fs->cache_dir, o->cache_map, &fs->cache);
 	if (ret < 0)
 		goto out_free;
+	qf_fs_trim_cache(fs);
 	root = qf_ns_node_root(fs);
 	if (!root) {
 		ret = -ENOMEM;
@@ -194,6 +195,18 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 out_free:
 	qf_fs_free(fs);
 	return ret;
+}
+
+void qf_fs_trim_cache(struct qf_fs *fs)
+{
+	struct qf_cache_gc_result r;
+
+	if (!fs->o.cache_max || qf_cache_gc(fs->cache, fs->o.cache_max, &r))
+		return;
+	if (r.remaining > fs->o.cache_max)
+		qf_warn("cache: %.1f MB after eviction, above cache_max %.1f MB "
+			"(%zu variant(s) in use)", r.remaining / 1e6,
+			fs->o.cache_max / 1e6, r.busy);
 }
 
 void qf_fs_free(struct qf_fs *fs)

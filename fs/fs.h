@@ -25,6 +25,8 @@ struct qf_fs_opts {
 	int calib_n;			/* sequences (default 32) */
 	int calib_len;			/* tokens per sequence (default 256) */
 	uint64_t calib_seed;		/* sampled sets (default 0) */
+	int max_jobs;			/* concurrent calibrated jobs, 0: 1 */
+	uint64_t cache_max;		/* evict LRU variants above it, 0: no */
 };
 
 enum {

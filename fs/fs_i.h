@@ -72,6 +72,9 @@ struct qf_var {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	uint8_t *state;			/* per group, protected by lock */
+	uint8_t *verified;		/* per group: checksums seen, lock */
+	int nopen;			/* open files of it, lock */
+	double touched;			/* last access written, lock */
 	size_t ndone;			/* groups done, protected by lock */
 	bool recorded;			/* record written, protected by lock */
 	int lockfd;			/* <cache>/locks/<vid>: OFD locks, -1 */
@@ -127,7 +130,8 @@ struct qf_fs {
 	struct fuse_session *se;	/* set before the loop starts */
 	pthread_mutex_t job_lock;
 	pthread_cond_t job_cond;
-	int njobs;			/* running jobs, job_lock */
+	int njobs;			/* job threads, job_lock */
+	int nrunning;			/* of them past the queue, job_lock */
 	bool stopping;			/* job_lock: unmounting */
 };
 
@@ -163,9 +167,15 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
  * Waits (polling, so unmounting stops it: -EINTR); returns 0 or -errno,
  * and then the caller proceeds unlocked.
  */
-#define QF_LOCK_JOB (1LL << 40)
 int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot);
 void qf_var_unlock(struct qf_var *var, int64_t slot);
+/*
+ * A file of the variant was opened / released: while any is open the
+ * mount holds a shared QF_LOCK_USE lock (cache eviction skips it) and
+ * the record's last-access time is kept within a minute.
+ */
+void qf_var_opened(struct qf_fs *fs, struct qf_var *var);
+void qf_var_released(struct qf_fs *fs, struct qf_var *var);
 /* Write the variant's record (listed by `ls` once it is cached). */
 void qf_var_record(struct qf_fs *fs, struct qf_var *var);
 /*
@@ -213,6 +223,9 @@ bool qf_fs_source_intact(const struct qf_model *m);
  * request this thread serves was interrupted or the session is ending.
  */
 int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
+
+/* With -o cache_max: evict least recently used variants above it. */
+void qf_fs_trim_cache(struct qf_fs *fs);
 
 /* errno for a qf error code (fs/ alone decides errno values). */
 int qf_fs_errno(int err);

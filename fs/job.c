@@ -638,19 +638,33 @@ static void *job_main(void *arg)
 		.stats_seconds = &j->stats_s,
 	};
 	double total;
-	bool locked;
+	bool locked = false, queued;
 	size_t i;
 	int ret = 0;
 
+	/* -o max_jobs: wait for a slot (queued jobs show in status) */
+	set_phase(var, "queued");
+	pthread_mutex_lock(&fs->job_lock);
+	while (fs->nrunning >= (fs->o.max_jobs > 0 ? fs->o.max_jobs : 1) &&
+	       !fs->stopping)
+		pthread_cond_wait(&fs->job_cond, &fs->job_lock);
+	queued = !fs->stopping;
+	if (queued)
+		fs->nrunning++;
+	else
+		ret = -EINTR;
+	pthread_mutex_unlock(&fs->job_lock);
 	/* a fixed thread count: the same bytes on every run of a machine */
 	openblas_set_num_threads((int)sysconf(_SC_NPROCESSORS_ONLN));
 	j->t0 = qf_now();
 	/* one job per variant on the machine: wait for another process's,
 	 * then see what it left in the cache */
 	set_phase(var, "waiting for another process");
-	ret = qf_var_lock(fs, var, QF_LOCK_JOB);
-	locked = ret == 0;
-	ret = ret == -EINTR ? -EINTR : 0;
+	if (!ret) {
+		ret = qf_var_lock(fs, var, QF_LOCK_JOB);
+		locked = ret == 0;
+		ret = ret == -EINTR ? -EINTR : 0;
+	}
 	j->t0 = qf_now();
 	for (j->first = 0; j->first < var->nlayers &&
 			   layer_complete(fs, var, j->first); j->first++)
@@ -685,6 +699,7 @@ static void *job_main(void *arg)
 	if (!ret) {
 		qf_var_record(fs, var);
 		qf_cache_sync(fs->cache);
+		qf_fs_trim_cache(fs);
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
@@ -719,6 +734,8 @@ static void *job_main(void *arg)
 	pthread_mutex_unlock(&var->lock);
 	pthread_mutex_lock(&fs->job_lock);
 	fs->njobs--;
+	if (queued)
+		fs->nrunning--;
 	pthread_cond_broadcast(&fs->job_cond);
 	pthread_mutex_unlock(&fs->job_lock);
 	return NULL;
@@ -885,6 +902,7 @@ void qf_job_stop_all(struct qf_fs *fs)
 {
 	pthread_mutex_lock(&fs->job_lock);
 	fs->stopping = true;
+	pthread_cond_broadcast(&fs->job_cond);	/* queued jobs give up */
 	while (fs->njobs > 0)
 		pthread_cond_wait(&fs->job_cond, &fs->job_lock);
 	pthread_mutex_unlock(&fs->job_lock);

@@ -274,6 +274,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 		fi->fh = (uint64_t)fd + 1;
 	}
+	if (n->var && !fi->fh)
+		qf_var_opened(fs, n->var);	/* eviction leaves it alone */
 	fi->keep_cache = 1;
 	/* large immutable files: direct reads, mmap still allowed */
 	if (fs->direct && n->size >= (1u << 20))
@@ -284,9 +286,13 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_release(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
-	(void)ino;
+	struct qf_fs *fs = fs_of(req);
+	struct qf_node *n = qf_ns_get(fs, ino);
+
 	if (fi->fh)
 		close((int)(fi->fh - 1));
+	else if (n && n->var)
+		qf_var_released(fs, n->var);
 	fuse_reply_err(req, 0);
 }
 

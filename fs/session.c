@@ -17,6 +17,7 @@
 #include <fuse_lowlevel.h>
 #include <linux/fuse.h>
 #include <stddef.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -122,7 +123,16 @@ int qf_fs_run(struct qf_fs *fs, const char *mnt, const char *fuse_opts,
 	cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(cfg, (unsigned)threads);
 	fuse_loop_cfg_set_idle_threads(cfg, 4);
-	ret = fuse_session_loop_mt(se, cfg) ? 1 : 0;
+	ret = fuse_session_loop_mt(se, cfg);
+	/* SIGTERM, SIGINT, SIGHUP: a clean stop (jobs end after their
+	 * current layer in destroy, which the unmount below triggers) */
+	if (ret < 0)
+		ret = -ret;	/* libfuse versions differ in the sign */
+	if (ret == SIGTERM || ret == SIGINT || ret == SIGHUP) {
+		qf_info("signal %d: unmounting %s", ret, mnt);
+		ret = 0;
+	}
+	ret = ret ? 1 : 0;
 	fuse_loop_cfg_destroy(cfg);
 	fuse_session_unmount(se);
 out_signals:

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "fs_i.h"
 
 static int cmp_seg(const void *a, const void *b)
@@ -117,7 +119,8 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	parts[3] = calib_hex;		/* calibration set: none for rtn */
 	qf_cache_vid(parts, 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
-	ret = var->state ? 0 : -ENOMEM;
+	var->verified = calloc(var->v->ng ? var->v->ng : 1, 1);
+	ret = var->state && var->verified ? 0 : -ENOMEM;
 	if (!ret)
 		ret = qf_variant_config(var->v, &var->config);
 	if (!ret)
@@ -149,36 +152,36 @@ void qf_var_free(struct qf_var *var)
 	qf_buf_release(&var->header);
 	free(var->seg);
 	free(var->state);
+	free(var->verified);
 	pthread_mutex_destroy(&var->lock);
 	pthread_cond_destroy(&var->cond);
 	free(var);
+}
+
+static int lock_fd(struct qf_fs *fs, struct qf_var *var)
+{
+	int fd;
+
+	pthread_mutex_lock(&var->lock);
+	if (var->lockfd < 0) {
+		fd = qf_cache_lock_open(fs->cache, var->vid);
+		if (fd >= 0)
+			var->lockfd = fd;
+	} else {
+		fd = var->lockfd;
+	}
+	pthread_mutex_unlock(&var->lock);
+	return fd;
 }
 
 int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
 {
 	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
 			    .l_start = slot, .l_len = 1 };
-	char hex[2 * QF_CACHE_VID + 1];
-	struct qf_buf path = QF_BUF_INIT;
-	int fd;
+	int fd = lock_fd(fs, var);
 
-	pthread_mutex_lock(&var->lock);
-	if (var->lockfd < 0) {
-		qf_hex(var->vid, QF_CACHE_VID, hex);
-		qf_buf_addf(&path, "%s/locks", fs->cache_dir);
-		if (path.data)
-			qf_mkdir_p(path.data, 02775);
-		qf_buf_addf(&path, "/%s", hex);
-		fd = path.data ? open(path.data, O_RDWR | O_CREAT | O_CLOEXEC,
-				      0664) : -1;
-		if (fd >= 0)
-			var->lockfd = fd;
-		qf_buf_release(&path);
-	}
-	fd = var->lockfd;
-	pthread_mutex_unlock(&var->lock);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	/* poll, so an unmount does not wait for another process's job */
 	while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
@@ -235,19 +238,117 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	return ret == 0 && len == qf_vtensor_bytes(t);
 }
 
-/* The variant's record in the cache, for `ls` and cache tools. */
+/* The variant's record in the cache, for `ls` and the cache tools;
+ * "created" survives rewrites, "accessed" is now. */
 void qf_var_record(struct qf_fs *fs, struct qf_var *var)
 {
 	struct qf_buf b = QF_BUF_INIT;
+	struct qf_cache_txn *txn;
+	long long created = (long long)time(NULL);
+	char calib[2 * QF_CACHE_VID + 1] = "";
+	const char *json;
+	char *text;
+	cJSON *rec;
+	size_t len;
 
-	qf_buf_addf(&b, "{\"variant\":\"%s\",\"fingerprint\":\"%s\","
-		    "\"model\":\"%s\",\"created\":%lld}", var->v->name,
-		    var->mdl->m->fp_hex, var->mdl->name,
-		    (long long)time(NULL));
+	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
+		if (qf_cache_get_record(txn, var->vid, &json, &len) == 0) {
+			cJSON *r = cJSON_ParseWithLength(json, len);
+			cJSON *c = cJSON_GetObjectItem(r, "created");
+
+			if (cJSON_IsNumber(c))
+				created = (long long)c->valuedouble;
+			cJSON_Delete(r);
+		}
+		qf_cache_read_end(txn);
+	}
+	if (var->calibrated)
+		qf_hex(var->calib_vid, QF_CACHE_VID, calib);
+	rec = cJSON_CreateObject();
+	cJSON_AddStringToObject(rec, "variant", var->v->name);
+	cJSON_AddStringToObject(rec, "model", var->mdl->name);
+	cJSON_AddStringToObject(rec, "source", var->mdl->dir);
+	cJSON_AddStringToObject(rec, "fingerprint", var->mdl->m->fp_hex);
+	cJSON_AddStringToObject(rec, "calib", calib);
+	cJSON_AddNumberToObject(rec, "created", (double)created);
+	cJSON_AddNumberToObject(rec, "accessed", (double)time(NULL));
+	text = cJSON_PrintUnformatted(rec);
+	cJSON_Delete(rec);
+	if (text)
+		qf_buf_adds(&b, text);
+	free(text);
 	if (b.data && qf_cache_put_record(fs->cache, var->vid, b.data) < 0)
 		qf_warn("%s/%s: cannot write the cache record",
 			var->mdl->name, var->v->name);
 	qf_buf_release(&b);
+}
+
+/*
+ * On a first open: forget groups another process (or cache_max) evicted
+ * while no file of the variant was open, so they are produced again.
+ */
+static void revalidate(struct qf_fs *fs, struct qf_var *var)
+{
+	struct qf_cache_txn *txn;
+	size_t gi;
+
+	if (qf_cache_read_begin(fs->cache, &txn) < 0)
+		return;
+	pthread_mutex_lock(&var->lock);
+	for (gi = 0; gi < var->v->ng; gi++) {
+		const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
+		bool job = var->calibrated && !var->base;
+		const void *p;
+		size_t len;
+
+		if (var->state[gi] != QF_GROUP_DONE &&
+		    !(job && var->group_layer[gi] < var->layers_done))
+			continue;
+		if (qf_cache_get(txn, var->vid, t->name, &p, &len) == 0)
+			continue;
+		if (var->state[gi] == QF_GROUP_DONE) {
+			var->state[gi] = QF_GROUP_NONE;
+			var->ndone--;
+		}
+		var->verified[gi] = 0;
+		if (job && var->layers_done > var->group_layer[gi])
+			var->layers_done = var->group_layer[gi];
+	}
+	pthread_mutex_unlock(&var->lock);
+	qf_cache_read_end(txn);
+}
+
+void qf_var_opened(struct qf_fs *fs, struct qf_var *var)
+{
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+			    .l_start = QF_LOCK_USE, .l_len = 1 };
+	bool first, touch;
+	double now = qf_now();
+	int fd = lock_fd(fs, var);
+
+	pthread_mutex_lock(&var->lock);
+	first = var->nopen++ == 0;
+	touch = var->recorded && now - var->touched > 60;
+	if (touch)
+		var->touched = now;
+	pthread_mutex_unlock(&var->lock);
+	/* waits only while `cache gc` deletes this variant */
+	if (first && fd >= 0 && fcntl(fd, F_OFD_SETLKW, &fl) < 0)
+		qf_warn("%s/%s: cannot mark the variant in use: %s",
+			var->mdl->name, var->v->name, strerror(errno));
+	if (first)
+		revalidate(fs, var);
+	if (touch)
+		qf_var_record(fs, var);
+}
+
+void qf_var_released(struct qf_fs *fs, struct qf_var *var)
+{
+	(void)fs;
+	pthread_mutex_lock(&var->lock);
+	if (--var->nopen == 0)
+		qf_var_unlock(var, QF_LOCK_USE);
+	pthread_mutex_unlock(&var->lock);
 }
 
 int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
@@ -269,7 +370,9 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	for (k = 0; k < 4 && !ret; k++) {
 		const struct qf_vtensor *t = &var->v->t[g->first + k];
 
-		ret = qf_cache_get(txn, var->vid, t->name, &v, &len);
+		ret = qf_cache_check(txn, var->vid, t->name);
+		if (!ret)
+			ret = qf_cache_get(txn, var->vid, t->name, &v, &len);
 		if (!ret && len != qf_vtensor_bytes(t))
 			ret = QF_ECORRUPT;
 		/* LMDB values are not aligned: copy before typed reads */
@@ -362,11 +465,73 @@ static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 
 static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 
+/*
+ * Check the checksums of group gi's values; a damaged one is logged and
+ * the group deleted, so it is produced again.  Returns 0, -ENOENT,
+ * QF_ECORRUPT (deleted), QF_ECACHE.
+ */
+static int verify_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+{
+	const struct qf_vgroup *g = &var->v->g[gi];
+	const char *names[8];
+	struct qf_cache_txn *txn;
+	uint32_t k;
+	int ret;
+
+	QF_ASSERT(g->n <= 8);
+	ret = qf_cache_read_begin(fs->cache, &txn);
+	for (k = 0; k < g->n && !ret; k++) {
+		names[k] = var->v->t[g->first + k].name;
+		ret = qf_cache_check(txn, var->vid, names[k]);
+	}
+	qf_cache_read_end(txn);
+	if (ret != QF_ECORRUPT)
+		return ret;
+	qf_err("%s/%s: cache value %s is damaged (checksum): discarded, "
+	       "producing it again", var->mdl->name, var->v->name,
+	       names[k - 1]);
+	for (k = 0; k < g->n; k++)
+		names[k] = var->v->t[g->first + k].name;
+	qf_cache_del(fs->cache, var->vid, names, g->n);
+	return QF_ECORRUPT;
+}
+
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
-	if (var->calibrated && !var->base)
-		return qf_job_ensure(fs, var, gi);
-	return ensure_group(fs, var, gi);
+	int tries, ret = 0;
+
+	for (tries = 0; tries < 3; tries++) {
+		bool verified;
+
+		if (var->calibrated && !var->base)
+			ret = qf_job_ensure(fs, var, gi);
+		else
+			ret = ensure_group(fs, var, gi);
+		if (ret < 0)
+			return ret;
+		pthread_mutex_lock(&var->lock);
+		verified = var->verified[gi];
+		pthread_mutex_unlock(&var->lock);
+		if (verified)
+			return 0;
+		/* once per process, before its bytes are first served */
+		ret = verify_group(fs, var, gi);
+		pthread_mutex_lock(&var->lock);
+		if (!ret) {
+			var->verified[gi] = 1;
+		} else if (var->state[gi] == QF_GROUP_DONE) {
+			var->state[gi] = QF_GROUP_NONE;
+			var->ndone--;
+		}
+		/* a calibrated layer: the job computes it again */
+		if (ret < 0 && var->calibrated && !var->base &&
+		    var->layers_done > var->group_layer[gi])
+			var->layers_done = var->group_layer[gi];
+		pthread_mutex_unlock(&var->lock);
+		if (ret != QF_ECORRUPT && ret != -ENOENT)
+			return ret;
+	}
+	return ret;
 }
 
 /* Per-group single flight: RTN, and calibrated _fake from its base. */
@@ -412,6 +577,7 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	var->state[gi] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
 	if (!ret) {
 		var->ndone++;
+		var->verified[gi] = record;	/* we wrote these bytes */
 		if (record) {
 			var->prod_s += qf_now() - t0;
 			var->prod_src += var->v->g[gi].src_bytes;
@@ -431,6 +597,7 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 		qf_var_record(fs, var);
 	if (complete) {
 		qf_cache_sync(fs->cache);
+		qf_fs_trim_cache(fs);
 		qf_info("%s/%s: produced %.1f MB of source in %.2f s",
 			var->mdl->name, var->v->name, bytes / 1e6, secs);
 	}

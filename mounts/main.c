@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 
@@ -22,6 +23,7 @@
 #include "common.h"
 #include "fs.h"
 #include "quant.h"
+#include "tools.h"
 
 static const char usage_text[] =
 	"usage: quantfs mount SRC MNT [-f] [-d] [-o OPTION[,OPTION...]]\n"
@@ -33,13 +35,18 @@ static const char usage_text[] =
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"       quantfs generate DIR --prompt TEXT [-n N] [--ids]\n"
+	"       quantfs warm PATH...\n"
+	"       quantfs cache ls|du|rm SELECTOR...|gc --max-size SIZE\n"
+	"                     [--cache DIR] [--json]\n"
+	"       mount.quantfs SRC MNT [-o OPTION[,OPTION...]]  (fstab)\n"
 	"       quantfs --help | --version\n"
 	"\n"
 	"mount options:\n"
 	"  -f                 stay in the foreground (log to stderr)\n"
 	"  -d                 foreground with FUSE debug output\n"
-	"  -o cache=DIR       cache directory (default /var/cache/quantfs for\n"
-	"                     root, else $XDG_CACHE_HOME/quantfs or\n"
+	"  -o cache=DIR       cache directory (default /var/cache/quantfs,\n"
+	"                     the machine's shared cache, for root and its\n"
+	"                     group; else $XDG_CACHE_HOME/quantfs or\n"
 	"                     ~/.cache/quantfs)\n"
 	"  -o cache_map=SIZE  initial LMDB map size, e.g. 256M, 4G (grows)\n"
 	"  -o timeout=SEC     entry/attribute timeout (default 86400)\n"
@@ -53,6 +60,10 @@ static const char usage_text[] =
 	"  -o calib_n=N       calibration sequences (default 32)\n"
 	"  -o calib_len=N     tokens per sequence (default 256)\n"
 	"  -o calib_seed=N    seed of sampled sets (default 0)\n"
+	"  -o max_jobs=N      calibrated variants produced at once\n"
+	"                     (default 1; more wait, queued)\n"
+	"  -o cache_max=SIZE  evict least recently used variants above\n"
+	"                     SIZE of cached values (default: no limit)\n"
 	"  -o allow_other     let other users read the mount (implies\n"
 	"                     default_permissions)\n"
 	"  -o debug           log debug lines\n"
@@ -65,28 +76,6 @@ static void usage(FILE *f)
 	fputs(usage_text, f);
 }
 
-/* Parse "123", "64K", "256M", "4G". */
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	unsigned long long v;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case 't': case 'T': v <<= 40; end++; break;
-	}
-	if (*end)
-		return -EINVAL;
-	*out = v;
-	return 0;
-}
-
 struct mount_opts {
 	struct qf_fs_opts fs;
 	struct qf_buf fuse;		/* FUSE -o options */
@@ -94,6 +83,27 @@ struct mount_opts {
 	bool debug;
 	int threads;
 };
+
+/* Options mount(8) and fstab lines carry that a read-only FUSE
+ * filesystem has nothing to do with (ro is always on). */
+static bool mount_noise(const char *opt)
+{
+	static const char *const words[] = {
+		"ro", "defaults", "auto", "noauto", "nofail", "_netdev",
+		"user", "users", "nouser", "owner", "group", "dev", "nodev",
+		"suid", "nosuid", "exec", "noexec", "atime", "noatime",
+		"relatime", "strictatime", "nodiratime", "diratime", "sync",
+		"async", "loud", "silent",
+	};
+	size_t i;
+
+	if (!strncmp(opt, "x-", 2) || !strcmp(opt, "comment"))
+		return true;
+	for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		if (!strcmp(opt, words[i]))
+			return true;
+	return false;
+}
 
 static int take_option(struct mount_opts *mo, char *opt)
 {
@@ -104,7 +114,7 @@ static int take_option(struct mount_opts *mo, char *opt)
 	if (!strcmp(opt, "cache") && val && *val) {
 		mo->fs.cache_dir = val;
 	} else if (!strcmp(opt, "cache_map") && val) {
-		if (parse_size(val, &mo->fs.cache_map) < 0)
+		if (qf_parse_size(val, &mo->fs.cache_map) < 0)
 			return -EINVAL;
 	} else if (!strcmp(opt, "timeout") && val) {
 		mo->fs.timeout = strtod(val, NULL);
@@ -137,8 +147,19 @@ static int take_option(struct mount_opts *mo, char *opt)
 			mo->fs.io = QF_IO_CACHE;
 		else
 			return -EINVAL;
+	} else if (!strcmp(opt, "max_jobs") && val) {
+		mo->fs.max_jobs = atoi(val);
+		if (mo->fs.max_jobs < 1 || mo->fs.max_jobs > 64)
+			return -EINVAL;
+	} else if (!strcmp(opt, "cache_max") && val) {
+		if (qf_parse_size(val, &mo->fs.cache_max) < 0)
+			return -EINVAL;
 	} else if (!strcmp(opt, "rw")) {
-		return -EROFS;
+		/* mount(8) adds rw unless told ro: say so, stay read-only */
+		fprintf(stderr, "quantfs: the mount is read-only; 'rw' "
+			"ignored\n");
+	} else if (mount_noise(opt)) {
+		/* fstab and mount(8) vocabulary: meaningless here */
 	} else {
 		if (!strcmp(opt, "allow_other"))
 			qf_buf_adds(&mo->fuse, ",default_permissions");
@@ -164,18 +185,74 @@ static int parse_o(struct mount_opts *mo, char *list)
 	return 0;
 }
 
-static int cmd_mount(int argc, char **argv)
+/*
+ * A mount point whose daemon died answers ENOTCONN: detach it (lazily,
+ * so processes still inside it do not block us) before mounting again.
+ * Refuse a mount point that is a live quantfs mount.
+ */
+static int check_mountpoint(const char *mnt)
+{
+	struct stat st;
+	pid_t pid;
+	int status;
+
+	/* stat may answer from cached attributes; getxattr always asks
+	 * the daemon */
+	if (stat(mnt, &st) == 0) {
+		if (getxattr(mnt, "user.quantfs.status", NULL, 0) >= 0) {
+			fprintf(stderr, "quantfs: '%s' is already a quantfs "
+				"mount\n", mnt);
+			return -EBUSY;
+		}
+	}
+	if (errno != ENOTCONN)
+		return 0;	/* fuse_session_mount() says what is wrong */
+	fprintf(stderr, "quantfs: '%s' is a stale mount (its daemon is gone): "
+		"detaching it\n", mnt);
+	if (geteuid() == 0)
+		return umount2(mnt, MNT_DETACH) == 0 ? 0 : -errno;
+	pid = fork();
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "-z", mnt,
+		       (char *)NULL);
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) ||
+	    WEXITSTATUS(status))
+		return -EIO;
+	return 0;
+}
+
+/*
+ * quantfs mount SRC MNT [-f] [-d] [-o ...], or as a mount helper
+ * (helper: mount(8) running mount.quantfs, or mount.fuse3 running
+ * `quantfs SRC MNT -o ...` for type fuse.quantfs), where -f means "fake"
+ * and -s, -n, -v, -t TYPE, -N NS may appear.
+ */
+static int cmd_mount(int argc, char **argv, bool helper)
 {
 	struct mount_opts mo = { 0 };
 	const char *pos[2];
 	struct qf_fs *fs;
+	bool fake = false;
 	int npos = 0, i, ret;
 
 	mo.threads = 16;
 	qf_buf_addf(&mo.fuse, "ro,fsname=quantfs,subtype=quantfs");
 	for (i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "-f")) {
-			mo.foreground = true;
+		if (helper && (!strcmp(argv[i], "-s") ||
+			       !strcmp(argv[i], "-n") ||
+			       !strcmp(argv[i], "-v"))) {
+			continue;
+		} else if (helper && (!strcmp(argv[i], "-t") ||
+				      !strcmp(argv[i], "-N")) &&
+			   i + 1 < argc) {
+			i++;
+		} else if (!strcmp(argv[i], "-f")) {
+			if (helper)
+				fake = true;
+			else
+				mo.foreground = true;
 		} else if (!strcmp(argv[i], "-d")) {
 			mo.foreground = mo.debug = true;
 		} else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
@@ -196,6 +273,14 @@ static int cmd_mount(int argc, char **argv)
 	if (npos != 2) {
 		usage(stderr);
 		return 2;
+	}
+	if (fake) {
+		qf_buf_release(&mo.fuse);
+		return 0;
+	}
+	if (check_mountpoint(pos[1]) < 0) {
+		qf_buf_release(&mo.fuse);
+		return 1;
 	}
 	mo.fs.src = pos[0];
 	ret = qf_fs_new(&mo.fs, &fs);
@@ -518,6 +603,13 @@ static int cmd_eval(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+	const char *prog = strrchr(argv[0], '/');
+
+	prog = prog ? prog + 1 : argv[0];
+	/* mount(8) helper, or mount.fuse3 for type fuse.quantfs */
+	if (!strcmp(prog, "mount.quantfs") ||
+	    (argc >= 3 && argv[1][0] == '/' && argv[2][0] == '/'))
+		exit(cmd_mount(argc, argv, true));
 	if (argc < 2) {
 		usage(stderr);
 		exit(2);
@@ -531,7 +623,11 @@ int main(int argc, char **argv)
 		exit(0);
 	}
 	if (!strcmp(argv[1], "mount"))
-		exit(cmd_mount(argc - 1, argv + 1));
+		exit(cmd_mount(argc - 1, argv + 1, false));
+	if (!strcmp(argv[1], "cache"))
+		exit(qf_cmd_cache(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "warm"))
+		exit(qf_cmd_warm(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "umount"))
 		exit(cmd_umount(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "mkmodel"))

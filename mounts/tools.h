@@ -1,0 +1,17 @@
+/*
+ * tools.h - the commands of mounts/ besides mount itself: cache
+ * administration and warming variants ahead of time.
+ */
+#ifndef QF_TOOLS_H
+#define QF_TOOLS_H
+
+#include <stdint.h>
+
+/* quantfs cache ls|du|rm|gc ...; returns the exit status. */
+int qf_cmd_cache(int argc, char **argv);
+/* quantfs warm PATH...; returns the exit status. */
+int qf_cmd_warm(int argc, char **argv);
+/* "123", "64K", "256M", "4G", "1T". */
+int qf_parse_size(const char *s, uint64_t *out);
+
+#endif /* QF_TOOLS_H */
