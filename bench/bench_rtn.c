@@ -39,6 +39,16 @@ struct ctx {
 	struct qf_qparams p;
 };
 
+static volatile uint64_t hash_sink;
+
+/* The cache's value checksum, verified once per value and process. */
+static void run_hash(void *a)
+{
+	struct ctx *c = a;
+
+	hash_sink = qf_hash64(c->src, (size_t)(c->rows * c->in) * 2, 0);
+}
+
 static void run_memcpy(void *a)
 {
 	struct ctx *c = a;
@@ -97,7 +107,7 @@ static void run_pack(void *a)
 int main(int argc, char **argv)
 {
 	struct ctx c = { .rows = 4096, .in = 4096 };
-	double tm, tc, tq, tp, tf, gb;
+	double tm, tc, tq, tp, tf, th, gb;
 	int64_t k, n;
 
 	if (argc == 3) {
@@ -123,6 +133,7 @@ int main(int argc, char **argv)
 	tq = best_of(5, run_quant, &c);
 	tp = best_of(5, run_pack, &c);
 	tf = c.in <= 4096 ? best_of(5, run_fused, &c) : 0;
+	th = best_of(5, run_hash, &c);
 	gb = (double)n * 2 / 1e9;
 	printf("RTN w4 g128 on %lld x %lld bf16 (%.1f MB), one core\n",
 	       (long long)c.rows, (long long)c.in, gb * 1e3);
@@ -135,5 +146,7 @@ int main(int argc, char **argv)
 	if (tf > 0)
 		printf("  fused as in production    %6.2f GB/s of source = %.2fx "
 		       "memcpy\n", gb / tf, tm / tf);
+	printf("  cache checksum (qf_hash64) %5.2f GB/s = %.2fx memcpy\n",
+	       gb / th, tm / th);
 	return 0;
 }

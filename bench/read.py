@@ -3,9 +3,11 @@
 
 Prints, for one variant file of >= 200 MB, each as a ratio to the same
 operation on a plain copy of the file measured in the same run:
-  first read after a fresh mount, re-read, 4 concurrent readers,
+  first read after a fresh mount, re-read, 1/2/4/8 concurrent readers,
   mmap(MAP_SHARED) + touch every page; and the daemon's CPU seconds per
-GiB served.  Both sides are hot in the page cache (the LMDB map and the
+GiB served (a fresh mount verifies each value's checksum once);
+latency of the first byte and of the first tensor's first MiB, cold
+(fresh mount) and warm (same mount, again).  Both sides are hot in the page cache (the LMDB map and the
 plain copy), so the ratio is the filesystem's own cost.
 
 usage: bench/read.py [--quantfs PATH] [--variant NAME] [--keep DIR]
@@ -55,6 +57,19 @@ def t_concurrent(path, k=4):
     [x.start() for x in th]
     [x.join() for x in th]
     return sum(got) / (time.perf_counter() - t0)
+
+
+def t_first(path):
+    """Seconds to open and read the first byte, then to read 1 MiB of
+    the first tensor after the header."""
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        head = f.read(8)
+        t1 = time.perf_counter()
+        n = int.from_bytes(head, "little")
+        f.seek(8 + n)
+        f.read(CHUNK)
+    return t1 - t0, time.perf_counter() - t0
 
 
 def t_mmap(path):
@@ -122,6 +137,14 @@ def main():
                      t_mmap(os.path.join(m.mnt, rel)), t_mmap(plain)))
     with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
         path = os.path.join(m.mnt, rel)
+        cold = t_first(path)
+        warm = t_first(path)
+        plain_first = min(t_first(plain) for _ in range(3))
+    lat = [("first byte", cold[0], warm[0], plain_first[0]),
+           ("first MiB of the first tensor", cold[1], warm[1],
+            plain_first[1])]
+    with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
+        path = os.path.join(m.mnt, rel)
         pid = m.proc.pid
         c0 = cpu_s(pid)
         first = t_read(path)
@@ -129,6 +152,9 @@ def main():
         p_first = best(t_read, plain)
         rows.append(("read, fresh mount", first, p_first))
         rows.append(("re-read", best(t_read, path), best(t_read, plain)))
+        for k in (1, 2, 8):
+            rows.append(("%d concurrent reader(s) (aggregate)" % k,
+                         t_concurrent(path, k), t_concurrent(plain, k)))
         c2 = cpu_s(pid)
         conc = t_concurrent(path)
         c3 = cpu_s(pid)
@@ -143,6 +169,11 @@ def main():
                                    "ratio"))
     for name, x, y in rows:
         print("%-38s %10.0f %10.0f %6.2fx" % (name, x / 1e6, y / 1e6, x / y))
+    print("%-38s %10s %10s %10s" % ("latency", "cold ms", "warm ms",
+                                    "plain ms"))
+    for name, c, w, p in lat:
+        print("%-38s %10.2f %10.2f %10.2f" % (name, c * 1e3, w * 1e3,
+                                              p * 1e3))
     print("daemon CPU per GiB served: read on a fresh mount %.2f s, "
           "concurrent %.2f s"
           % (cpu_first, cpu_conc))
