@@ -97,6 +97,8 @@ struct qf_var {
 	const char *phase;		/* lock: what the job does now */
 	double *res_loss;		/* [ng] results, set before ready */
 	double *res_rtn;		/* [ng] */
+	double *res_alpha;		/* [ng] awq */
+	double *res_score;		/* [ng * 2] awq reflip */
 	double res_seconds;
 	char res_hash[65];		/* token hash of the set used */
 	double prod_s;			/* production seconds, lock */
@@ -185,13 +187,16 @@ void qf_var_record(struct qf_fs *fs, struct qf_var *var);
  */
 int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 		  uint8_t *q, uint16_t *sc, int32_t *z, int32_t *g_idx);
+/* A cached tensor of var (checksum verified) as f32 into dst. */
+int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
+		    const struct qf_vtensor *t, float *dst);
 void qf_var_free(struct qf_var *var);
 /* Make sure group gi is in the cache (single flight). */
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
 
-/* job.c: calibrated variants (GPTQ) */
+/* job.c: calibrated variants (GPTQ, AWQ) */
 /* Calibration set, layer maps and placeholder manifest fields. */
 int qf_job_setup(struct qf_fs *fs, struct qf_var *var);
 void qf_job_free(struct qf_var *var);

@@ -1,5 +1,5 @@
 /*
- * job.c - production of calibrated variants (GPTQ).
+ * job.c - production of calibrated variants (GPTQ, AWQ).
  *
  * One job per variant at a time walks the decoder layers in order on the
  * calibration set (quant/calib.c): each layer's linears are quantized
@@ -41,6 +41,8 @@ struct job {
 	void **pending;			/* [ng][4] buffers of the layer */
 	double *loss;			/* [ng] */
 	double *loss_rtn;		/* [ng] */
+	double *alpha;			/* [ng] awq */
+	double *score;			/* [ng * 2] awq reflip, q_proj groups */
 	/* where the time goes (logged at the end of the job) */
 	struct qf_gptq_times gt;
 	double stats_s;			/* X^T X and channel sums */
@@ -48,6 +50,14 @@ struct job {
 	double pack_s;			/* packing into checkpoint tensors */
 	double commit_s;		/* LMDB transactions */
 };
+
+/*
+ * "__layer__.N" records: per linear of the layer, REC doubles: loss,
+ * loss_rtn, alpha, score error before / after (-1 where not applicable).
+ * Records of two doubles per linear (GPTQ before AWQ existed) still read.
+ */
+#define REC 5
+#define REC_OLD 2
 
 static int layer_of(const char *name)
 {
@@ -165,6 +175,8 @@ void qf_job_free(struct qf_var *var)
 {
 	free(var->res_loss);
 	free(var->res_rtn);
+	free(var->res_alpha);
+	free(var->res_score);
 	free(var->calib_path);
 	free(var->lin_group);
 	free(var->group_layer);
@@ -328,6 +340,7 @@ static int quantize_linear(struct job *j, int gi, float *w,
 	for (i = 0; i < (int64_t)wn; i++)
 		d[i] = w0[i] - w[i];
 	j->loss[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	j->alpha[gi] = j->score[2 * gi] = j->score[2 * gi + 1] = -1;
 	j->compare_s += qf_now() - t0;
 	t0 = qf_now();
 	for (k = 0; k < (int64_t)g->n; k++) {
@@ -362,6 +375,119 @@ static bool stopping(struct qf_fs *fs)
 	return stop;
 }
 
+/* Norm weights in f32 into dst in the tensor's dtype. */
+static void store_norm(const struct qf_vtensor *t, const float *x, void *dst)
+{
+	int64_t i, n = t->shape[0];
+
+	for (i = 0; i < n; i++) {
+		if (t->dtype == QF_DT_BF16)
+			((uint16_t *)dst)[i] = qf_f32_to_bf16(x[i]);
+		else if (t->dtype == QF_DT_F16)
+			((uint16_t *)dst)[i] = qf_f32_to_f16(x[i]);
+		else
+			((float *)dst)[i] = x[i];
+	}
+}
+
+/* AWQ of layer l (quant/awq_layer.c), its tensors into j->pending. */
+static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
+			struct qf_lin_stats *stats)
+{
+	const struct qf_variant *v = j->var->v;
+	const struct qf_spec *s = &v->spec;
+	struct qf_awq_layer_opts lo = {
+		.l2 = s->flags & QF_SPEC_L2,
+		.reflip = s->flags & QF_SPEC_REFLIP,
+	};
+	struct qf_awq_layer_res res;
+	struct qf_awq_opts o;
+	int k, ret = 0;
+
+	memset(&res, 0, sizeof(res));
+	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
+		size_t out, in, ng;
+
+		lo.quantize[k] = g != NULL;
+		if (!g)
+			continue;
+		out = (size_t)g->w->t->shape[0];
+		in = (size_t)g->w->t->shape[1];
+		ng = (size_t)qf_ngroups((int64_t)in, g->qp.group);
+		res.lin[k].q = malloc(out * in);
+		res.lin[k].sc = malloc(out * ng * sizeof(uint16_t));
+		res.lin[k].zero = malloc(out * ng * sizeof(int32_t));
+		if (!res.lin[k].q || !res.lin[k].sc || !res.lin[k].zero)
+			ret = -ENOMEM;
+		if (k == QF_TF_Q)
+			lo.fold_in = g->norm != NULL;
+		if (k == QF_TF_GATE)
+			lo.fold_post = g->norm != NULL;
+	}
+	if (!ret)
+		ret = qf_awq_layer(&j->c, ly, stats, &o, &lo, &res);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+		void **bufs = j->pending + (size_t)gi * 4;
+		int32_t *gidx;
+		int64_t in, c, gs;
+		uint32_t t;
+
+		if (gi < 0)
+			continue;
+		g = &v->g[gi];
+		in = g->w->t->shape[1];
+		gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
+		gidx = malloc((size_t)in * sizeof(*gidx));
+		for (t = 0; t < g->n && gidx; t++)
+			if (!(bufs[t] = malloc(qf_vtensor_bytes(
+					&v->t[g->first + t]))))
+				break;
+		if (!gidx || t < g->n) {
+			free(gidx);
+			ret = -ENOMEM;
+			break;
+		}
+		for (c = 0; c < in; c++)
+			gidx[c] = (int32_t)(c / gs);
+		qf_variant_emit(v, (size_t)gi, res.lin[k].q, res.lin[k].sc,
+				res.lin[k].zero, gidx, bufs);
+		free(gidx);
+		if (g->norm) {
+			const struct qf_vtensor *nt = &v->t[g->first + g->n - 1];
+			float *norm = k == QF_TF_Q ? ly->in_norm : ly->post_norm;
+
+			/* the layer goes on with the norm as stored, as a
+			 * loader (and a resumed job) will see it */
+			store_norm(nt, norm, bufs[g->n - 1]);
+			qf_to_f32(nt->dtype, bufs[g->n - 1],
+				  (size_t)nt->shape[0], norm);
+		}
+		j->loss[gi] = res.lin[k].loss;
+		j->loss_rtn[gi] = res.lin[k].loss_rtn;
+		j->alpha[gi] = res.lin[k].alpha;
+		j->score[2 * gi] = k == QF_TF_Q && lo.reflip ?
+				   res.score_before : -1;
+		j->score[2 * gi + 1] = k == QF_TF_Q && lo.reflip ?
+				       res.score_after : -1;
+	}
+	if (!ret && lo.reflip)
+		qf_info("%s/%s: layer %d/%d ReFlip: attention-score error "
+			"%.5f -> %.5f (%lld flips)", j->var->mdl->name, v->name,
+			l + 1, j->var->nlayers, res.score_before,
+			res.score_after, (long long)res.reflips);
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		free(res.lin[k].q);
+		free(res.lin[k].sc);
+		free(res.lin[k].zero);
+	}
+	return ret;
+}
+
 static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		       const enum qf_tf_linear *lin, int n,
 		       struct qf_lin_stats *stats)
@@ -371,6 +497,8 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 
 	if (stopping(j->fs))
 		return -EINTR;
+	if (j->var->v->spec.method == QF_METHOD_AWQ)
+		return awq_quantize(j, l, ly, stats);
 	for (i = 0; i < n; i++) {
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
 
@@ -420,6 +548,11 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 				ly->w[k][r * in + c] = qf_f16_to_f32(sc[x]) *
 					((float)q[r * in + c] - (float)z[x]);
 			}
+		/* AWQ: the norm that absorbed this group's scales */
+		if (!ret && g->norm)
+			ret = qf_var_read_f32(j->fs, var, &var->v->t[g->first +
+					      g->n - 1], k == QF_TF_Q ?
+					      ly->in_norm : ly->post_norm);
 		if (ret < 0)
 			qf_err("%s/%s: cannot replay %s from the cache: %s",
 			       var->mdl->name, var->v->name, g->w->name,
@@ -439,7 +572,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	struct job *j = arg;
 	struct qf_var *var = j->var;
 	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 1];
-	double rec[QF_TF_NLINEAR * 2];
+	double rec[QF_TF_NLINEAR * REC];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32];
 	size_t n = 0;
@@ -453,7 +586,8 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 
-		rec[2 * k] = rec[2 * k + 1] = -1;
+		for (t = 0; t < REC; t++)
+			rec[REC * k + t] = -1;
 		if (gi < 0)
 			continue;
 		g = &var->v->g[gi];
@@ -465,8 +599,11 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			items[n].len = qf_vtensor_bytes(vt);
 			n++;
 		}
-		rec[2 * k] = j->loss[gi];
-		rec[2 * k + 1] = j->loss_rtn[gi];
+		rec[REC * k] = j->loss[gi];
+		rec[REC * k + 1] = j->loss_rtn[gi];
+		rec[REC * k + 2] = j->alpha[gi];
+		rec[REC * k + 3] = j->score[2 * gi];
+		rec[REC * k + 4] = j->score[2 * gi + 1];
 		sum_g += j->loss[gi];
 		sum_r += j->loss_rtn[gi];
 		m++;
@@ -490,9 +627,10 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
 	      (var->nlayers - l - 1);
 	qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output error "
-		"gptq %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
+		"%s %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
 		var->v->name, l + 1, var->nlayers, seconds,
-		m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
+		qf_method_name(var->v->spec.method), m ? sum_g / m : 0,
+		m ? sum_r / m : 0, eta);
 	pthread_mutex_lock(&var->lock);
 	var->layers_done = l + 1;
 	pthread_cond_broadcast(&var->cond);
@@ -517,6 +655,8 @@ static int render_final(struct qf_var *var, const struct qf_var *b)
 
 	ci.loss = b->res_loss;
 	ci.loss_rtn = b->res_rtn;
+	ci.alpha = b->res_alpha;
+	ci.score = b->res_score;
 	ci.seconds = b->res_seconds;
 	memcpy(ci.hash, b->res_hash, sizeof(ci.hash));
 	ret = qf_variant_manifest(var->v, &ci, &out);
@@ -542,32 +682,41 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	size_t ng = var->v->ng ? var->v->ng : 1;
 	double *loss = calloc(ng, sizeof(double));
 	double *rtn = calloc(ng, sizeof(double));
+	double *alpha = calloc(ng, sizeof(double));
+	double *score = calloc(2 * ng, sizeof(double));
 	struct qf_cache_txn *txn = NULL;
 	bool store_time = false;
 	char hash[65];
 	int l, k, ret;
 
 	memcpy(hash, var->ci.hash, sizeof(hash));
-	ret = loss && rtn ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
+	ret = loss && rtn && alpha && score ?
+	      qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
 	for (l = 0; l < var->nlayers && !ret; l++) {
-		double rec[QF_TF_NLINEAR * 2];
+		double rec[QF_TF_NLINEAR * REC];
 		const void *p;
 		char name[32];
 		size_t len;
+		int w = REC;
 
 		snprintf(name, sizeof(name), "__layer__.%d", l);
 		ret = qf_cache_get(txn, var->vid, name, &p, &len);
-		if (!ret && len != sizeof(rec))
+		if (!ret && len == QF_TF_NLINEAR * REC_OLD * sizeof(double))
+			w = REC_OLD;
+		else if (!ret && len != sizeof(rec))
 			ret = QF_ECORRUPT;
 		if (!ret)	/* LMDB values are not aligned */
-			memcpy(rec, p, sizeof(rec));
+			memcpy(rec, p, len);
 		for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 			int gi = var->lin_group[l * QF_TF_NLINEAR + k];
 
-			if (gi >= 0) {
-				loss[gi] = rec[2 * k];
-				rtn[gi] = rec[2 * k + 1];
-			}
+			if (gi < 0)
+				continue;
+			loss[gi] = rec[w * k];
+			rtn[gi] = rec[w * k + 1];
+			alpha[gi] = w == REC ? rec[w * k + 2] : -1;
+			score[2 * gi] = w == REC ? rec[w * k + 3] : -1;
+			score[2 * gi + 1] = w == REC ? rec[w * k + 4] : -1;
 		}
 	}
 	if (!ret) {
@@ -610,16 +759,22 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	if (!ret && !var->manifest_ready) {
 		free(var->res_loss);
 		free(var->res_rtn);
+		free(var->res_alpha);
+		free(var->res_score);
 		var->res_loss = loss;
 		var->res_rtn = rtn;
+		var->res_alpha = alpha;
+		var->res_score = score;
 		var->res_seconds = seconds;
 		memcpy(var->res_hash, hash, sizeof(hash));
-		loss = rtn = NULL;
+		loss = rtn = alpha = score = NULL;
 		ret = render_final(var, var);
 	}
 	pthread_mutex_unlock(&var->lock);
 	free(loss);
 	free(rtn);
+	free(alpha);
+	free(score);
 	return ret;
 }
 
@@ -629,9 +784,16 @@ static void *job_main(void *arg)
 	struct qf_var *var = j->var;
 	struct qf_fs *fs = j->fs;
 	struct qf_calib cs = { 0 };
+	const struct qf_spec *sp = &var->v->spec;
+	bool awq = sp->method == QF_METHOD_AWQ;
 	struct qf_calib_ops ops = {
 		.hessian = true,
-		.sequential = true,
+		/* GPTQ: true sequential; AWQ: statistics of the layer as
+		 * it is, all seven linears at once (scales couple them) */
+		.sequential = !awq,
+		.whole_layer = awq,
+		.sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
+			       QF_REFLIP_SAMPLE : 0,
 		.quantize = cb_quantize,
 		.layer_cached = cb_cached,
 		.layer_done = cb_layer_done,
@@ -703,7 +865,7 @@ static void *job_main(void *arg)
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
-		if (j->first < var->nlayers)
+		if (j->first < var->nlayers && !awq)
 			qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
 				"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
 				"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
@@ -726,6 +888,8 @@ static void *job_main(void *arg)
 	free(j->pending);
 	free(j->loss);
 	free(j->loss_rtn);
+	free(j->alpha);
+	free(j->score);
 	free(j);
 	pthread_mutex_lock(&var->lock);
 	var->job_running = false;
@@ -755,12 +919,17 @@ static int start_job(struct qf_fs *fs, struct qf_var *var)
 	j->pending = calloc(ng * 4, sizeof(*j->pending));
 	j->loss = calloc(ng, sizeof(double));
 	j->loss_rtn = calloc(ng, sizeof(double));
+	j->alpha = calloc(ng, sizeof(double));
+	j->score = calloc(2 * ng, sizeof(double));
 	pthread_mutex_lock(&fs->job_lock);
-	if (fs->stopping || !j->pending || !j->loss || !j->loss_rtn) {
+	if (fs->stopping || !j->pending || !j->loss || !j->loss_rtn ||
+	    !j->alpha || !j->score) {
 		pthread_mutex_unlock(&fs->job_lock);
 		free(j->pending);
 		free(j->loss);
 		free(j->loss_rtn);
+		free(j->alpha);
+		free(j->score);
 		free(j);
 		return -ESHUTDOWN;
 	}
@@ -779,6 +948,8 @@ static int start_job(struct qf_fs *fs, struct qf_var *var)
 		free(j->pending);
 		free(j->loss);
 		free(j->loss_rtn);
+		free(j->alpha);
+		free(j->score);
 		free(j);
 		return -EAGAIN;
 	}

@@ -34,6 +34,8 @@ static const char *const presets[] = {
 	"gptq_w4_g128_act",
 	"gptq_w3_g128",
 	"gptq_w4_g32_sym",
+	"awq_w4_g128",
+	"awq_w4_g128_reflip",
 };
 #define NPRESETS (sizeof(presets) / sizeof(presets[0]))
 #define NPRESETS_RTN 6

@@ -358,16 +358,17 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	int64_t rows = g->w->t->shape[0], in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group);
 	int64_t cols = rows * g->qp.bits / 32, r, j;
+	bool awq = var->v->spec.method == QF_METHOD_AWQ;
+	uint32_t k, nt = awq ? 3 : 4;	/* the packed tensors */
 	uint8_t *zq = malloc((size_t)(rows * ng));
 	struct qf_cache_txn *txn = NULL;
 	void *p[4] = { NULL };
 	const void *v;
 	size_t len;
-	uint32_t k;
 	int ret;
 
 	ret = zq ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (k = 0; k < 4 && !ret; k++) {
+	for (k = 0; k < nt && !ret; k++) {
 		const struct qf_vtensor *t = &var->v->t[g->first + k];
 
 		ret = qf_cache_check(txn, var->vid, t->name);
@@ -382,7 +383,13 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 			memcpy(p[k], v, len);
 	}
 	qf_cache_read_end(txn);
-	if (!ret) {
+	if (!ret && awq) {
+		int64_t gs = ng == 1 ? in : g->qp.group;
+
+		qf_awq_unpack(p[0], p[1], p[2], rows, in, ng, q, sc, z);
+		for (j = 0; j < in; j++)
+			g_idx[j] = (int32_t)(j / gs);
+	} else if (!ret) {
 		qf_gptq_unpack_qweight(p[0], rows, in, g->qp.bits, q);
 		for (j = 0; j < ng; j++)
 			qf_gptq_unpack_qweight((const uint32_t *)p[1] + j * cols,
@@ -404,9 +411,60 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	return ret;
 }
 
+int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
+		    const struct qf_vtensor *t, float *dst)
+{
+	struct qf_cache_txn *txn;
+	uint64_t n = qf_vtensor_bytes(t) / qf_dtype_size(t->dtype);
+	const void *p;
+	size_t len;
+	void *copy = NULL;
+	int ret;
+
+	ret = qf_cache_read_begin(fs->cache, &txn);
+	if (!ret)
+		ret = qf_cache_check(txn, var->vid, t->name);
+	if (!ret)
+		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
+	if (!ret && len != qf_vtensor_bytes(t))
+		ret = QF_ECORRUPT;
+	if (!ret && !(copy = malloc(len ? len : 1)))
+		ret = -ENOMEM;
+	if (!ret)
+		memcpy(copy, p, len);	/* not aligned in the map */
+	qf_cache_read_end(txn);
+	if (!ret)
+		ret = qf_to_f32(t->dtype, copy, (size_t)n, dst);
+	free(copy);
+	return ret;
+}
+
+/* The bytes of a cached tensor of var (same layout) into dst. */
+static int copy_cached(struct qf_fs *fs, struct qf_var *var,
+		       const struct qf_vtensor *t, void *dst)
+{
+	struct qf_cache_txn *txn;
+	const void *p;
+	size_t len;
+	int ret;
+
+	ret = qf_cache_read_begin(fs->cache, &txn);
+	if (!ret)
+		ret = qf_cache_check(txn, var->vid, t->name);
+	if (!ret)
+		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
+	if (!ret && len != qf_vtensor_bytes(t))
+		ret = QF_ECORRUPT;
+	if (!ret)
+		memcpy(dst, p, len);
+	qf_cache_read_end(txn);
+	return ret;
+}
+
 /*
  * A calibrated _fake group: the packed variant's group, dequantized into
- * the source dtype (the same values a loader's GPTQ kernel would use).
+ * the source dtype (the same values a loader's GPTQ or AWQ kernel would
+ * use), and for AWQ the norm that absorbed the scales.
  */
 static int fake_from_base(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 			  void **out)
@@ -426,6 +484,9 @@ static int fake_from_base(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 		ret = qf_var_unpack(fs, b, gi, q, sc, z, gidx);
 	if (!ret)
 		qf_variant_emit(var->v, gi, q, sc, z, gidx, out);
+	if (!ret && g->norm)
+		ret = copy_cached(fs, b, &b->v->t[g->first + g->n - 1],
+				  out[var->v->g[gi].n - 1]);
 	free(q);
 	free(sc);
 	free(z);

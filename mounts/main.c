@@ -34,6 +34,7 @@ static const char usage_text[] =
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
+	"                    [--scores-vs SRC [--windows N]]\n"
 	"       quantfs generate DIR --prompt TEXT [-n N] [--ids]\n"
 	"       quantfs warm PATH...\n"
 	"       quantfs cache ls|du|rm SELECTOR...|gc --max-size SIZE\n"
@@ -520,6 +521,63 @@ static int cmd_status(int argc, char **argv)
 	return 0;
 }
 
+/* quantfs eval VARIANT --scores-vs SRC: attention-score error per layer. */
+static int eval_scores(const char *dir, const char *src, const char *tfile,
+		       int ctx, int windows, bool json)
+{
+	struct qf_buf text = QF_BUF_INIT;
+	struct qf_model *m = NULL, *s = NULL;
+	struct qf_tf_config c;
+	struct qf_tok *tok = NULL;
+	const char *why = NULL;
+	double *err = NULL, mean = 0;
+	int l, ret;
+
+	ret = qf_read_file(tfile, 1u << 30, &text);
+	if (!ret)
+		ret = qf_model_open(dir, &m);
+	if (!ret)
+		ret = qf_model_open(src, &s);
+	if (!ret)
+		ret = qf_model_tokenizer(s, &tok, &why);
+	if (!ret)
+		ret = qf_tf_config_parse(s, &c);
+	if (!ret && !(err = calloc((size_t)c.layers, sizeof(*err))))
+		ret = -ENOMEM;
+	if (!ret)
+		ret = qf_eval_scores(s, m, tok, text.data, text.len, ctx,
+				     windows, err);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: eval '%s' --scores-vs '%s': %s\n",
+			dir, src, ret == -EINVAL ? "text too short for the "
+			"windows" : why ? why : qf_strerror(ret));
+	} else {
+		for (l = 0; l < c.layers; l++)
+			mean += err[l] / c.layers;
+		if (json) {
+			printf("{\"model\": \"%s\", \"source\": \"%s\", "
+			       "\"windows\": %d, \"ctx\": %d, "
+			       "\"score_error\": [", dir, src, windows, ctx);
+			for (l = 0; l < c.layers; l++)
+				printf("%s%.6e", l ? ", " : "", err[l]);
+			printf("], \"mean\": %.6e}\n", mean);
+		} else {
+			printf("relative attention-score error (pre-RoPE, %d "
+			       "windows of %d tokens) of %s vs %s\n", windows,
+			       ctx, dir, src);
+			for (l = 0; l < c.layers; l++)
+				printf("  layer %2d  %.6e\n", l, err[l]);
+			printf("  mean      %.6e\n", mean);
+		}
+	}
+	free(err);
+	qf_tok_close(tok);
+	qf_model_close(m);
+	qf_model_close(s);
+	qf_buf_release(&text);
+	return ret < 0 ? 1 : 0;
+}
+
 /* Perplexity of a model directory (a source, or a mounted variant). */
 static int cmd_eval(int argc, char **argv)
 {
@@ -527,15 +585,17 @@ static int cmd_eval(int argc, char **argv)
 		{ "text", required_argument, NULL, 't' },
 		{ "ctx", required_argument, NULL, 'c' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "scores-vs", required_argument, NULL, 's' },
+		{ "windows", required_argument, NULL, 'w' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_buf text = QF_BUF_INIT;
 	struct qf_eval_result r;
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
-	const char *tfile = NULL, *why = NULL;
+	const char *tfile = NULL, *why = NULL, *vs = NULL;
 	bool json = false;
-	int ctx = 512, c, ret;
+	int ctx = 512, windows = 4, c, ret;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -543,15 +603,19 @@ static int cmd_eval(int argc, char **argv)
 		case 't': tfile = optarg; break;
 		case 'c': ctx = atoi(optarg); break;
 		case 'j': json = true; break;
+		case 's': vs = optarg; break;
+		case 'w': windows = atoi(optarg); break;
 		default:
 			usage(stderr);
 			return 2;
 		}
 	}
-	if (optind != argc - 1 || !tfile || ctx < 2) {
+	if (optind != argc - 1 || !tfile || ctx < 2 || windows < 1) {
 		usage(stderr);
 		return 2;
 	}
+	if (vs)
+		return eval_scores(argv[optind], vs, tfile, ctx, windows, json);
 	ret = qf_read_file(tfile, 1u << 30, &text);
 	if (ret < 0) {
 		fprintf(stderr, "quantfs: cannot read '%s': %s\n", tfile,

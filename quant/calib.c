@@ -127,6 +127,13 @@ void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
 			s->sum_abs[j] += fabs(v);
 			s->sum_sq[j] += v * v;
 		}
+	if (s->xs && s->nxs < s->xs_cap) {
+		int64_t k = s->xs_cap - s->nxs < n ? s->xs_cap - s->nxs : n;
+
+		memcpy(s->xs + s->nxs * s->in, x, (size_t)(k * s->in) *
+		       sizeof(float));
+		s->nxs += k;
+	}
 	s->n += n;
 }
 
@@ -141,8 +148,19 @@ void qf_lin_stats_finish(struct qf_lin_stats *s)
 			s->h[i * s->in + j] = s->h[j * s->in + i];
 }
 
+/* Keep the first rows input rows in s->xs. */
+static int stats_sample(struct qf_lin_stats *s, int64_t rows)
+{
+	if (rows <= 0)
+		return 0;
+	s->xs = malloc((size_t)(rows * s->in) * sizeof(float));
+	s->xs_cap = s->xs ? rows : 0;
+	return s->xs ? 0 : -ENOMEM;
+}
+
 void qf_lin_stats_free(struct qf_lin_stats *s)
 {
+	free(s->xs);
 	free(s->h);
 	free(s->sum_abs);
 	free(s->sum_sq);
@@ -207,6 +225,11 @@ static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 			memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
 		memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
 		memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
+		if (a->xs && b->xs) {
+			memcpy(b->xs, a->xs, (size_t)(a->nxs * a->in) *
+			       sizeof(float));
+			b->nxs = a->nxs;
+		}
 	}
 	return 0;
 }
@@ -235,9 +258,13 @@ static int capture_stage(const struct qf_tf_config *c,
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	int i, ret = 0;
 
-	for (i = 0; i < st->n && !ret; i++)
+	for (i = 0; i < st->n && !ret; i++) {
 		ret = qf_lin_stats_init(&stats[st->lin[i]],
 					lin_in(c, st->lin[i]), ops->hessian);
+		if (!ret)
+			ret = stats_sample(&stats[st->lin[i]],
+					   ops->sample_rows);
+	}
 	if (!ret) {
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
@@ -269,7 +296,15 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	for (s = 0; s < nstages && !ret; s++)
 		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
 				    stats);
-	for (s = 0; s < nstages && !ret; s++)
+	if (ops->whole_layer && !ret) {
+		static const enum qf_tf_linear all[QF_TF_NLINEAR] = {
+			QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE,
+			QF_TF_UP, QF_TF_DOWN,
+		};
+
+		ret = ops->quantize(arg, l, ly, all, QF_TF_NLINEAR, stats);
+	}
+	for (s = 0; s < nstages && !ret && !ops->whole_layer; s++)
 		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
 				    stats);
 	for (i = 0; i < QF_TF_NLINEAR; i++)
@@ -306,9 +341,13 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 		return 0;	/* quantized with q / gate: same input */
 	memset(stats, 0, sizeof(stats));
 	ret = 0;
-	for (i = 0; i < st[lin].n && !ret; i++)
+	for (i = 0; i < st[lin].n && !ret; i++) {
 		ret = qf_lin_stats_init(&stats[st[lin].lin[i]], in,
 					sp->ops->hessian);
+		if (!ret)
+			ret = stats_sample(&stats[st[lin].lin[i]],
+					   sp->ops->sample_rows);
+	}
 	if (!ret) {
 		double t0 = qf_now();
 

@@ -2,7 +2,8 @@
  * dequant.c - read a linear's weight as fp32 whatever form the checkpoint
  * stores it in: a plain "<p>.weight" (F32/F16/BF16), or the GPTQ
  * checkpoint tensors "<p>.qweight/.qzeros/.scales/.g_idx" that quantfs
- * serves, so `quantfs eval` and the forward pass run on a mounted
+ * serves, or the AutoAWQ GEMM tensors "<p>.qweight/.qzeros/.scales" (no
+ * g_idx), so `quantfs eval` and the forward pass run on a mounted
  * variant directly.  The GPTQ "gptq" (v1) format stores zero - 1.
  */
 #include <stdio.h>
@@ -97,6 +98,59 @@ out_free:
 	return ret;
 }
 
+static int awq_f32(const struct qf_model *m, const char *prefix, int64_t out,
+		   int64_t in, float *dst)
+{
+	const struct qf_model_tensor *qw = find(m, prefix, ".qweight");
+	const struct qf_model_tensor *qz = find(m, prefix, ".qzeros");
+	const struct qf_model_tensor *sc = find(m, prefix, ".scales");
+	int64_t ng = sc && sc->t->ndim == 2 ? sc->t->shape[0] : 0, r, j, gs;
+	uint32_t *w = NULL, *z = NULL;
+	uint16_t *s = NULL, *s16 = NULL;
+	uint8_t *q = NULL;
+	int32_t *zero = NULL;
+	int ret = -ENOMEM;
+
+	if (!qw || !qz || ng < 1 || in % ng || out % 8 ||
+	    !shaped(qw, QF_DT_I32, 2, in, out / 8) ||
+	    !shaped(qz, QF_DT_I32, 2, ng, out / 8) ||
+	    !shaped(sc, QF_DT_F16, 2, ng, out)) {
+		qf_err("%s: %s: AWQ tensors have inconsistent shapes", m->dir,
+		       prefix);
+		return QF_EFORMAT;
+	}
+	gs = in / ng;
+	/* copies: a shard's tensors need not be aligned */
+	w = malloc((size_t)qw->t->nbytes);
+	z = malloc((size_t)qz->t->nbytes);
+	s = malloc((size_t)sc->t->nbytes);
+	q = malloc((size_t)(out * in));
+	s16 = malloc((size_t)(out * ng) * sizeof(*s16));
+	zero = malloc((size_t)(out * ng) * sizeof(*zero));
+	if (!w || !z || !s || !q || !s16 || !zero)
+		goto out_free;
+	memcpy(w, qf_st_data(qw->shard, qw->t), qw->t->nbytes);
+	memcpy(z, qf_st_data(qz->shard, qz->t), qz->t->nbytes);
+	memcpy(s, qf_st_data(sc->shard, sc->t), sc->t->nbytes);
+	qf_awq_unpack(w, z, s, out, in, ng, q, s16, zero);
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++) {
+			int64_t k = r * ng + j / gs;
+
+			dst[r * in + j] = qf_f16_to_f32(s16[k]) *
+				(float)((int32_t)q[r * in + j] - zero[k]);
+		}
+	ret = 0;
+out_free:
+	free(w);
+	free(z);
+	free(s);
+	free(q);
+	free(s16);
+	free(zero);
+	return ret;
+}
+
 int qf_model_linear_f32(const struct qf_model *m, const char *prefix,
 			int64_t out, int64_t in, float *dst)
 {
@@ -112,7 +166,9 @@ int qf_model_linear_f32(const struct qf_model *m, const char *prefix,
 		return qf_model_read_f32(w, dst);
 	}
 	if (find(m, prefix, ".qweight"))
-		return gptq_f32(m, prefix, out, in, dst);
+		return find(m, prefix, ".g_idx") ?
+		       gptq_f32(m, prefix, out, in, dst) :
+		       awq_f32(m, prefix, out, in, dst);
 	qf_err("%s: no tensor %s.weight", m->dir, prefix);
 	return QF_EFORMAT;
 }

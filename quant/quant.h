@@ -167,6 +167,7 @@ enum {
 	QF_SPEC_SYM = 1u << 2,		/* symmetric grid */
 	QF_SPEC_REFLIP = 1u << 3,	/* awq: GQA ReFlip refinement */
 	QF_SPEC_FAKE = 1u << 4,		/* dequantized, source dtype */
+	QF_SPEC_L2 = 1u << 5,		/* awq: salience sqrt(mean x^2) */
 };
 
 #define QF_SPEC_CALIB_MAX 64
@@ -346,6 +347,136 @@ void qf_gptq_unpack_qweight(const uint32_t *qweight, int64_t out, int64_t in,
 			    int bits, uint8_t *q);
 
 /* ------------------------------------------------------------------ */
+/* AWQ (Lin et al. 2023) with heuristic rounding and GQA ReFlip       */
+
+/*
+ * The AWQ grid of a group whose weights span [lo, hi] (their real
+ * minimum and maximum; zero is not forced into the range):
+ * scale = (hi - lo) / maxq rounded to fp16 (at least 1e-5), zero =
+ * clamp(round(-lo / scale), 0, maxq); w ~ scale * (q - zero).
+ * Returns 0 or QF_ENUMERIC (a scale does not fit fp16).
+ */
+int qf_awq_grid(float lo, float hi, int bits, uint16_t *sc16, float *sc,
+		int32_t *zero);
+
+struct qf_awq_opts {
+	int bits;			/* 2..8 */
+	int group;			/* columns per group; >= in = one */
+	int n_grid;			/* alpha grid points, 20 */
+	int clip_grid;			/* clip ratios tried, 20 */
+	float max_shrink;		/* smallest clip ratio 1 - max_shrink, 0.5 */
+	bool flip;			/* heuristic rounding correction */
+};
+void qf_awq_defaults(struct qf_awq_opts *o, int bits, int group);
+
+/*
+ * Round-to-nearest of w [out, in] with the AWQ grid per (row, group):
+ * q [out, in], scale/zero [out, ngroups].  Returns 0 or QF_ENUMERIC.
+ */
+int qf_awq_rtn(const float *w, int64_t out, int64_t in,
+	       const struct qf_awq_opts *o, uint8_t *q, uint16_t *sc16,
+	       int32_t *zero);
+
+/*
+ * Output error energy of replacing w by w': sum over rows of
+ * d H d^T, d = w - w' (H = X^T X [in, in], full symmetric).
+ */
+double qf_awq_energy(const float *w, const float *w2, int64_t out,
+		     int64_t in, const float *h);
+
+/*
+ * Scale search for n linears that share one input x (q/k/v after
+ * input_layernorm, gate/up after post_attention_layernorm, o after v,
+ * down after up).  For alpha = i / n_grid, i = 0 .. n_grid - 1:
+ * s = max(sal, 1e-4)^alpha normalised by sqrt(max(s) * min(s)); the error
+ * is sum_k qf_awq_energy(W_k, RTN(W_k diag(s)) diag(s)^-1) with the
+ * group RTN of qf_awq_rtn (no clipping).  Ties keep the smaller alpha.
+ * w[k] is [out[k], in]; sal [in] the activation salience (mean |x|, or
+ * the root mean square with the L2 option); h [in, in] = X^T X.
+ * s [in] receives the best scales; *alpha, *err_best and *err_plain
+ * (alpha = 0, i.e. plain RTN) when non-NULL.
+ * Returns 0, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_awq_search_scale(const float *const *w, const int64_t *out, int n,
+			int64_t in, const float *sal, const float *h,
+			const struct qf_awq_opts *o, float *s, double *alpha,
+			double *err_best, double *err_plain);
+
+/*
+ * Clip search of one (already scaled) linear: for every row and group,
+ * the max |w| is shrunk by ratios 1 - i / clip_grid * max_shrink
+ * (i = 0 .. clip_grid - 1, i.e. ratio 1 first), the group clamped to
+ * [-r max, r max] and quantized with qf_awq_grid of its clamped
+ * min/max; the ratio with the least error d H_gg d^T (H_gg the group's
+ * diagonal block of h) wins (ties: the larger ratio).  w is clamped in
+ * place.  Returns 0, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_awq_search_clip(float *w, int64_t out, int64_t in, const float *h,
+		       const struct qf_awq_opts *o);
+
+/*
+ * Heuristic rounding correction of q (from qf_awq_rtn of w): per row,
+ * flip the rounding of the weight whose flip (to the other neighbour of
+ * w / scale + zero on the grid, within [0, maxq], each weight at most
+ * once) lowers d H d^T the most; repeat while some flip lowers it.  Never
+ * increases the error.  *err_before / *err_after (energies, summed over
+ * rows) and *nflips when non-NULL.  Returns 0, -ENOMEM.
+ */
+int qf_awq_flip(const float *w, int64_t out, int64_t in, const float *h,
+		const struct qf_awq_opts *o, uint8_t *q, const uint16_t *sc16,
+		const int32_t *zero, double *err_before, double *err_after,
+		int64_t *nflips);
+
+/*
+ * GQA ReFlip: refine the rounding of q_proj and k_proj against the
+ * attention scores S_h = (X Wq_h^T)(X Wk_g(h)^T)^T of every query head h
+ * with its key head g(h) = h / (heads / kv_heads), over all pairs of the
+ * n sample tokens x [n, in] (pre-RoPE scores).  First q_proj per query
+ * head against the quantized keys, then k_proj per key head against its
+ * query heads' refined queries: greedily flip the single weight whose
+ * flip lowers sum_h ||S'_h - S_h||^2 the most, while it drops, at most
+ * max_flip_pct * in flips per row (head dimension) and only in the
+ * critical_dim_pct input channels of moderate salience (ranked by sal,
+ * the band centred on the median).  wq [heads * head_dim, in] and
+ * wk [kv_heads * head_dim, in] are the fp weights q/qk were rounded
+ * from; sc/zero as qf_awq_rtn.  *err_before / *err_after: relative
+ * score error sum ||S' - S||^2 / sum ||S||^2.
+ */
+#define QF_REFLIP_SAMPLE 512		/* calibration tokens ReFlip scores */
+struct qf_reflip_opts {
+	int heads;
+	int kv_heads;
+	int head_dim;
+	float max_flip_pct;		/* 0.05 */
+	float critical_dim_pct;		/* 0.15 */
+};
+int qf_awq_reflip(const float *wq, const float *wk, int64_t in,
+		  const float *x, int64_t n, const float *sal,
+		  const struct qf_awq_opts *o, const struct qf_reflip_opts *r,
+		  uint8_t *qq, const uint16_t *scq, const int32_t *zq,
+		  uint8_t *qk, const uint16_t *sck, const int32_t *zk,
+		  double *err_before, double *err_after, int64_t *nflips);
+/* Relative score error of the dequantized q/k (for tests and reports). */
+double qf_awq_score_error(const float *wq, const float *wk,
+			  const float *wq2, const float *wk2, int64_t in,
+			  const float *x, int64_t n,
+			  const struct qf_reflip_opts *r);
+
+/*
+ * The AWQ GEMM checkpoint (AutoAWQ): qweight [in, out / 8] and qzeros
+ * [ngroups, out / 8] int32, nibble i of word c holding output column
+ * 8c + {0,2,4,6,1,3,5,7}[i]; scales [ngroups, out] fp16 (transposed).
+ * 4 bits only, out % 8 == 0.
+ */
+bool qf_awq_packable(int bits, int64_t in, int64_t out, int group);
+void qf_awq_pack(const uint8_t *q, const uint16_t *sc16, const int32_t *zero,
+		 int64_t out, int64_t in, int64_t ngroups, uint32_t *qweight,
+		 uint32_t *qzeros, uint16_t *scales);
+void qf_awq_unpack(const uint32_t *qweight, const uint32_t *qzeros,
+		   const uint16_t *scales, int64_t out, int64_t in,
+		   int64_t ngroups, uint8_t *q, uint16_t *sc16, int32_t *zero);
+
+/* ------------------------------------------------------------------ */
 /* variants: the output tensors of (model, spec) and their production  */
 
 #define QF_VT_PASSTHROUGH UINT32_MAX
@@ -365,6 +496,12 @@ struct qf_vgroup {
 	uint32_t n;			/*  ..first + n - 1 in v->t */
 	struct qf_qparams qp;
 	uint64_t src_bytes;		/* source bytes consumed */
+	/*
+	 * AWQ: the norm whose weights absorb this linear's input scales
+	 * (input_layernorm for q_proj, post_attention_layernorm for
+	 * gate_proj); it is the group's last output tensor.  NULL: none.
+	 */
+	const struct qf_model_tensor *norm;
 };
 
 struct qf_variant {
@@ -422,6 +559,11 @@ struct qf_calib_info {
 	double seconds;			/* production time */
 	const double *loss;		/* [ng] or NULL: relative output error */
 	const double *loss_rtn;		/* [ng] or NULL: RTN at same settings */
+	/* awq: alpha of each linear's scale search, [ng] or NULL */
+	const double *alpha;
+	/* awq reflip: relative attention-score error before / after,
+	 * [ng * 2] (set for q_proj groups) or NULL */
+	const double *score;
 };
 /* quantization.json: method, parameters, hashes, per-layer layout;
  * ci is NULL for uncalibrated methods. */
@@ -618,6 +760,9 @@ struct qf_lin_stats {
 	float *h;			/* [in, in] or NULL when not asked */
 	double *sum_abs;		/* [in] */
 	double *sum_sq;			/* [in] */
+	float *xs;			/* [nxs, in]: the first input rows */
+	int64_t nxs;			/* rows kept so far */
+	int64_t xs_cap;			/* rows to keep (0: none) */
 };
 int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
 /* Accumulate rows x [n, in] (SSYRK for h). */
@@ -651,6 +796,13 @@ struct qf_calib_ops {
 	 */
 	int (*layer_cached)(void *arg, int layer, struct qf_tf_layer *ly,
 			    bool *cached);
+	/* Keep the first sample_rows input rows of each linear (xs). */
+	int64_t sample_rows;
+	/*
+	 * Not sequential only: call quantize() once per layer with all
+	 * seven linears and their statistics (AWQ's scales couple them).
+	 */
+	bool whole_layer;
 	/* Optional: seconds spent accumulating statistics (added to). */
 	double *stats_seconds;
 	/* Optional: the layer is done (x is its quantized output). */
@@ -660,6 +812,48 @@ struct qf_calib_ops {
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg);
+
+/* ------------------------------------------------------------------ */
+/* AWQ of a whole decoder layer (awq_layer.c)                          */
+
+struct qf_awq_linear_res {
+	uint8_t *q;			/* IN: [out, in] buffers the caller */
+	uint16_t *sc;			/*  allocates for quantized linears; */
+	int32_t *zero;			/*  OUT: the result ([out, ngroups]) */
+	double loss;			/* relative output error, scaled domain */
+	double loss_rtn;		/* plain RTN, same grid, no scales */
+	double alpha;			/* of its scale group; -1: not scaled */
+	int64_t flips;			/* heuristic rounding flips */
+};
+
+struct qf_awq_layer_opts {
+	bool quantize[QF_TF_NLINEAR];	/* which linears are quantized */
+	bool fold_in;			/* q/k/v scales into input_layernorm */
+	bool fold_post;			/* gate/up scales into post_attn norm */
+	bool l2;			/* salience sqrt(mean x^2) */
+	bool reflip;			/* GQA ReFlip of q/k (needs xs) */
+	bool fold_only;			/* tests: fold the scales, no more */
+};
+
+struct qf_awq_layer_res {
+	struct qf_awq_linear_res lin[QF_TF_NLINEAR];
+	double score_before;		/* ReFlip: relative score error */
+	double score_after;
+	int64_t reflips;
+};
+
+/*
+ * AWQ of layer ly with the statistics (h, sums, and for ReFlip the input
+ * sample xs of q_proj) of its linears' inputs: scales searched and folded
+ * into ly's norms and weights, clipping, RTN, heuristic flips, ReFlip.
+ * On return ly holds the dequantized (scaled) weights and the folded
+ * norms: the quantized layer.  stats are transformed in place.
+ * Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
+ */
+int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		 struct qf_lin_stats *stats, const struct qf_awq_opts *o,
+		 const struct qf_awq_layer_opts *lo,
+		 struct qf_awq_layer_res *res);
 
 /* ------------------------------------------------------------------ */
 /* evaluation                                                         */
@@ -682,5 +876,18 @@ struct qf_eval_result {
 int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
 		const char *text, size_t len, int ctx,
 		struct qf_eval_result *out);
+
+/*
+ * Attention-score error of variant var against its source src on text:
+ * per decoder layer (err [layers]), the relative error of the pre-RoPE
+ * scores over all token pairs of each of the first `windows` windows of
+ * ctx tokens (BOS + ctx - 1), averaged; var's q/k are read dequantized
+ * and carried to the source's input domain (AWQ folds scales into
+ * input_layernorm).  Returns 0, -EINVAL (text too short), QF_EFORMAT,
+ * QF_EUNSUPPORTED, -ENOMEM.
+ */
+int qf_eval_scores(const struct qf_model *src, const struct qf_model *var,
+		   const struct qf_tok *tok, const char *text, size_t len,
+		   int ctx, int windows, double *err);
 
 #endif /* QF_QUANT_H */

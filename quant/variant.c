@@ -99,6 +99,69 @@ static int note_skip(struct qf_variant *v, const char *name,
 	return ret;
 }
 
+static bool packable(const struct qf_spec *s, int64_t in, int64_t out)
+{
+	if (s->method == QF_METHOD_AWQ)
+		return qf_awq_packable(s->bits, in, out, s->group < 0 ? 0 :
+				       s->group);
+	return qf_gptq_packable(s->bits, in, out);
+}
+
+/*
+ * AWQ folds the input scales of q/k/v into input_layernorm and those of
+ * gate/up into post_attention_layernorm, so that norm becomes an output
+ * of the q_proj (gate_proj) group, when every linear that reads it is
+ * quantized.  name is a linear or a norm of decoder layer L; the norm
+ * tensor, or NULL when nothing is folded.
+ */
+static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
+					      const char *name)
+{
+	static const struct {
+		const char *norm;
+		const char *owner;
+		const char *lin[3];
+	} fold[] = {
+		{ "input_layernorm", "self_attn.q_proj",
+		  { "self_attn.q_proj", "self_attn.k_proj",
+		    "self_attn.v_proj" } },
+		{ "post_attention_layernorm", "mlp.gate_proj",
+		  { "mlp.gate_proj", "mlp.up_proj", NULL } },
+	};
+	const char *p = strstr(name, "model.layers.");
+	const struct qf_model_tensor *mt;
+	char want[256];
+	size_t f, k;
+	int l;
+
+	if (v->spec.method != QF_METHOD_AWQ || p != name ||
+	    sscanf(name, "model.layers.%d.", &l) != 1)
+		return NULL;
+	for (f = 0; f < 2; f++) {
+		char norm[128], owner[128];
+
+		snprintf(norm, sizeof(norm), "model.layers.%d.%s.weight", l,
+			 fold[f].norm);
+		snprintf(owner, sizeof(owner), "model.layers.%d.%s.weight", l,
+			 fold[f].owner);
+		if (strcmp(name, norm) && strcmp(name, owner))
+			continue;
+		for (k = 0; k < 3 && fold[f].lin[k]; k++) {
+			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
+				 l, fold[f].lin[k]);
+			mt = qf_model_find(v->m, want);
+			if (!mt || !is_linear(mt) ||
+			    !packable(&v->spec, mt->t->shape[1],
+				      mt->t->shape[0]))
+				return NULL;
+		}
+		mt = qf_model_find(v->m, norm);
+		return mt && mt->t->ndim == 1 && is_float(mt->t->dtype) ? mt :
+		       NULL;
+	}
+	return NULL;
+}
+
 /* Output tensors of one quantized linear; prefix is name minus .weight. */
 static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 		      const struct qf_model_tensor *mt)
@@ -135,6 +198,16 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 	if (s->flags & QF_SPEC_FAKE) {
 		ret = add_tensor(v, cap, prefix, ".weight", mt->t->dtype, out,
 				 in, gi);
+	} else if (s->method == QF_METHOD_AWQ) {
+		/* AutoAWQ GEMM: packed along the output dimension */
+		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32, in,
+				 out / 8, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".qzeros", QF_DT_I32,
+					 ng, out / 8, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".scales", QF_DT_F16,
+					 ng, out, gi);
 	} else {
 		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32,
 				 in * s->bits / 32, out, gi);
@@ -148,6 +221,10 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 			ret = add_tensor(v, cap, prefix, ".g_idx", QF_DT_I32,
 					 in, -1, gi);
 	}
+	g->norm = awq_norm(v, mt->name);
+	if (!ret && g->norm)
+		ret = add_tensor(v, cap, g->norm->name, "", g->norm->t->dtype,
+				 g->norm->t->shape[0], -1, gi);
 	g->n = (uint32_t)(v->nt - g->first);
 	return ret;
 }
@@ -160,7 +237,8 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 	size_t i;
 	int ret;
 
-	if (spec->method != QF_METHOD_RTN && spec->method != QF_METHOD_GPTQ)
+	if (spec->method != QF_METHOD_RTN && spec->method != QF_METHOD_GPTQ &&
+	    spec->method != QF_METHOD_AWQ)
 		return QF_EUNSUPPORTED;
 	v = calloc(1, sizeof(*v));
 	if (!v)
@@ -173,6 +251,8 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 	for (i = 0; i < m->nt; i++) {
 		const struct qf_model_tensor *mt = &m->t[i];
 
+		if (awq_norm(v, mt->name) == mt)
+			continue;	/* an output of its q/gate group */
 		if (!is_linear(mt)) {
 			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
 					 0, 0, QF_VT_PASSTHROUGH);
@@ -182,6 +262,23 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 			v->t[v->nt - 1].ndim = mt->t->ndim;
 			memcpy(v->t[v->nt - 1].shape, mt->t->shape,
 			       sizeof(v->t[v->nt - 1].shape));
+			continue;
+		}
+		if (spec->method == QF_METHOD_AWQ &&
+		    !packable(spec, mt->t->shape[1], mt->t->shape[0])) {
+			ret = note_skip(v, mt->name, "the AWQ GEMM format "
+					"needs 4 bits, out divisible by 8 and "
+					"in by the group size");
+			if (!ret)
+				ret = add_tensor(v, &cap, mt->name, "",
+						 mt->t->dtype, 0, 0,
+						 QF_VT_PASSTHROUGH);
+			if (ret < 0)
+				goto out_free;
+			v->t[v->nt - 1].src = mt;
+			v->t[v->nt - 1].ndim = 2;
+			v->t[v->nt - 1].shape[0] = mt->t->shape[0];
+			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
 			continue;
 		}
 		if (!qf_gptq_packable(spec->bits, mt->t->shape[1],
@@ -272,6 +369,11 @@ void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
 	if (v->spec.flags & QF_SPEC_FAKE) {
 		dequant(NULL, q, sc, zero, rows, in, ng, g_idx, g->w->t->dtype,
 			out[0]);
+		return;
+	}
+	if (v->spec.method == QF_METHOD_AWQ) {
+		qf_awq_pack(q, sc, zero, rows, in, ng, out[0], out[1],
+			    out[2]);
 		return;
 	}
 	qf_gptq_pack_qweight(q, rows, in, g->qp.bits, out[0]);

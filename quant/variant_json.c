@@ -63,6 +63,35 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON *skipped;
 	cJSON *it;
 
+	if (s->method == QF_METHOD_AWQ) {
+		/* transformers' AwqConfig / AutoAWQ */
+		cJSON_AddStringToObject(qc, "quant_method", "awq");
+		cJSON_AddNumberToObject(qc, "bits", s->bits);
+		cJSON_AddNumberToObject(qc, "group_size", s->group);
+		cJSON_AddBoolToObject(qc, "zero_point", true);
+		cJSON_AddStringToObject(qc, "version", "gemm");
+		skipped = skipped_list(v);
+		if (cJSON_GetArraySize(skipped)) {
+			cJSON *names = cJSON_AddArrayToObject(
+				qc, "modules_to_not_convert");
+
+			cJSON_ArrayForEach(it, skipped) {
+				const char *n = cJSON_GetObjectItem(
+					it, "name")->valuestring;
+
+				cJSON_AddItemToArray(names,
+					cJSON_CreateString(n));
+			}
+		} else {
+			cJSON_AddNullToObject(qc, "modules_to_not_convert");
+		}
+		cJSON_Delete(skipped);
+		meta = cJSON_AddObjectToObject(qc, "meta");
+		cJSON_AddStringToObject(meta, "quantizer",
+					"quantfs " QF_VERSION);
+		cJSON_AddStringToObject(meta, "variant", v->name);
+		return qc;
+	}
 	cJSON_AddStringToObject(qc, "quant_method", "gptq");
 	cJSON_AddNumberToObject(qc, "bits", s->bits);
 	cJSON_AddNumberToObject(qc, "group_size", s->group);
@@ -133,14 +162,53 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 	cJSON_AddStringToObject(o, "token_hash", ci->hash);
 	cJSON_AddNumberToObject(o, "sequences", ci->nseq);
 	cJSON_AddNumberToObject(o, "tokens_per_sequence", ci->seqlen);
+	cJSON_AddItemToObject(o, "seconds", fixed_num(ci->seconds));
+	if (v->spec.method == QF_METHOD_AWQ) {
+		cJSON *a = cJSON_AddObjectToObject(root, "awq");
+
+		cJSON_AddBoolToObject(o, "true_sequential", false);
+		cJSON_AddStringToObject(o, "loss",
+			"relative output error |(W - Q) X|^2 / |W X|^2 on the "
+			"calibration inputs (awq, with scales folded into the "
+			"norm or previous linear) next to round-to-nearest "
+			"with the same grid and no scaling (rtn)");
+		cJSON_AddStringToObject(a, "salience", v->spec.flags &
+					QF_SPEC_L2 ? "sqrt(mean x^2)" :
+					"mean |x|");
+		cJSON_AddNumberToObject(a, "n_grid", 20);
+		cJSON_AddStringToObject(a, "scale_groups",
+			"q/k/v -> input_layernorm, gate/up -> "
+			"post_attention_layernorm, o -> v_proj (when their "
+			"shapes match), down -> up_proj");
+		cJSON_AddStringToObject(a, "objective",
+			"sum of the group's linear output errors on the "
+			"calibration set, via X^T X");
+		cJSON_AddNumberToObject(a, "clip_grid", 20);
+		cJSON_AddNumberToObject(a, "max_shrink", 0.5);
+		cJSON_AddStringToObject(a, "clip", "all linears but q/k");
+		cJSON_AddStringToObject(a, "rounding",
+			"heuristic flips: per row, greedily the flip that "
+			"lowers the output error most, while one does");
+		if (v->spec.flags & QF_SPEC_REFLIP) {
+			cJSON *r = cJSON_AddObjectToObject(a, "reflip");
+
+			cJSON_AddNumberToObject(r, "max_flip_pct", 0.05);
+			cJSON_AddNumberToObject(r, "critical_dim_pct", 0.15);
+			cJSON_AddNumberToObject(r, "sample_tokens",
+						QF_REFLIP_SAMPLE);
+			cJSON_AddStringToObject(r, "score_error",
+				"sum over query heads of |S' - S|^2 / |S|^2, "
+				"S = (X Wq_h^T)(X Wk_g(h)^T)^T before RoPE, "
+				"over all pairs of the sample tokens");
+		}
+		return;
+	}
 	cJSON_AddNumberToObject(o, "damp_percent", ci->damp);
 	cJSON_AddBoolToObject(o, "true_sequential", true);
-	cJSON_AddItemToObject(o, "seconds", fixed_num(ci->seconds));
 	cJSON_AddStringToObject(o, "loss",
 				"relative output error |(W - Q) X|^2 / |W X|^2 "
 				"on the calibration inputs (gptq) next to "
 				"round-to-nearest at the same settings (rtn)");
-	(void)v;
 }
 
 int qf_variant_manifest(const struct qf_variant *v,
@@ -164,7 +232,16 @@ int qf_variant_manifest(const struct qf_variant *v,
 	cJSON_AddBoolToObject(root, "fake", s->flags & QF_SPEC_FAKE);
 	cJSON_AddStringToObject(root, "output_format", s->flags & QF_SPEC_FAKE ?
 				"dequantized, source dtype" :
+				s->method == QF_METHOD_AWQ ?
+				"AutoAWQ GEMM: qweight/qzeros [in, out/8] int32, "
+				"nibble order 0,2,4,6,1,3,5,7, scales [groups, out]" :
 				"gptq checkpoint (v1: qzeros store zero - 1)");
+	if (s->method == QF_METHOD_AWQ)
+		cJSON_AddStringToObject(root, "grid",
+			"asymmetric over [min(w), max(w)] of the (clipped) "
+			"group, zero = round(-min/scale) in [0, 15]; scales "
+			"rounded to fp16 before the weights");
+	else
 	cJSON_AddStringToObject(root, "grid", s->flags & QF_SPEC_SYM ?
 				"symmetric: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1)" :
 				"asymmetric over [min(w,0), max(w,0)], zero = round(-min/scale) kept >= 1; scales rounded to fp16 before the weights");
@@ -190,10 +267,24 @@ int qf_variant_manifest(const struct qf_variant *v,
 		cJSON_AddNumberToObject(l, "bits", g->qp.bits);
 		cJSON_AddNumberToObject(l, "group_size", s->group);
 		if (ci) {
-			cJSON_AddItemToObject(l, "loss_gptq", fixed_num(
-				ci->loss ? ci->loss[i] : 0));
+			bool awq = s->method == QF_METHOD_AWQ;
+
+			cJSON_AddItemToObject(l, awq ? "loss_awq" : "loss_gptq",
+				fixed_num(ci->loss ? ci->loss[i] : 0));
 			cJSON_AddItemToObject(l, "loss_rtn", fixed_num(
 				ci->loss_rtn ? ci->loss_rtn[i] : 0));
+			if (awq)
+				cJSON_AddItemToObject(l, "alpha", fixed_num(
+					ci->alpha ? ci->alpha[i] : 0));
+			if (awq && (s->flags & QF_SPEC_REFLIP) &&
+			    strstr(g->w->name, "q_proj")) {
+				cJSON_AddItemToObject(l, "score_error_before",
+					fixed_num(ci->score ?
+						  ci->score[2 * i] : 0));
+				cJSON_AddItemToObject(l, "score_error_after",
+					fixed_num(ci->score ?
+						  ci->score[2 * i + 1] : 0));
+			}
 		}
 		cJSON_AddItemToArray(layers, l);
 		src += g->src_bytes;

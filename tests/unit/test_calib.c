@@ -1,7 +1,8 @@
 /*
  * test_calib.c - calibration: X^T X and channel statistics against a
  * direct double computation, the token-set hash against Python's
- * hashlib, and the driver's memory bound on a generated model.
+ * hashlib, the driver's memory bound on a generated model, and AWQ's
+ * folded scales leaving each fp layer's function unchanged.
  *
  * usage: test_calib QUANTFS   (to generate the model)
  */
@@ -261,12 +262,169 @@ static void test_driver_identity(const char *quantfs)
 	CHECK(system(cmd), ==, 0);
 }
 
+/* ------------------------------------------------------------------ */
+/* AWQ's folded scales leave the fp layer's function unchanged         */
+
+struct fold {
+	const struct qf_tf_config *c;
+	int checked;
+	double worst;			/* max |y' - y| / max |y| */
+	double moved;			/* max relative change of a weight */
+	double moved_v;			/* of o_proj (v->o fold) */
+};
+
+static float *fdup(const float *p, int64_t n)
+{
+	float *q = p ? malloc((size_t)n * sizeof(float)) : NULL;
+
+	if (q)
+		memcpy(q, p, (size_t)n * sizeof(float));
+	return q;
+}
+
+static int64_t lout(const struct qf_tf_config *c, int k)
+{
+	return k == QF_TF_Q ? (int64_t)c->heads * c->head_dim :
+	       k == QF_TF_K || k == QF_TF_V ? (int64_t)c->kv_heads *
+					      c->head_dim :
+	       k == QF_TF_GATE || k == QF_TF_UP ? c->inter : c->hidden;
+}
+
+static int64_t lin_in_of(const struct qf_tf_config *c, int k)
+{
+	return k == QF_TF_O ? (int64_t)c->heads * c->head_dim :
+	       k == QF_TF_DOWN ? c->inter : c->hidden;
+}
+
+static double max_rel_change(const float *a, const float *b, int64_t n)
+{
+	double m = 0;
+	int64_t i;
+
+	for (i = 0; i < n; i++) {
+		double d = fabs((double)a[i] - b[i]) / (fabs(a[i]) + 1e-12);
+
+		m = d > m ? d : m;
+	}
+	return m;
+}
+
+static int fold_quantize(void *arg, int layer, struct qf_tf_layer *ly,
+			 const enum qf_tf_linear *lin, int n,
+			 struct qf_lin_stats *stats)
+{
+	struct fold *f = arg;
+	const struct qf_tf_config *c = f->c;
+	struct qf_tf_layer o = *ly;
+	struct qf_awq_opts ao;
+	struct qf_awq_layer_opts lo = { .fold_in = true, .fold_post = true,
+					.fold_only = true };
+	struct qf_awq_layer_res res;
+	int64_t nt = 64, i, k;
+	float *x1 = malloc((size_t)(nt * c->hidden) * sizeof(float));
+	float *x2 = malloc((size_t)(nt * c->hidden) * sizeof(float));
+	double ymax = 0, dmax = 0;
+	int ret;
+
+	(void)lin;
+	if (n != QF_TF_NLINEAR)
+		return -EINVAL;
+	memset(&res, 0, sizeof(res));
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		lo.quantize[k] = true;
+		o.w[k] = fdup(ly->w[k], lout(c, k) * lin_in_of(c, (int)k));
+		o.b[k] = fdup(ly->b[k], lout(c, k));
+	}
+	o.in_norm = fdup(ly->in_norm, c->hidden);
+	o.post_norm = fdup(ly->post_norm, c->hidden);
+	o.q_norm = fdup(ly->q_norm, c->head_dim);
+	o.k_norm = fdup(ly->k_norm, c->head_dim);
+	qf_awq_defaults(&ao, 4, 64);
+	ret = qf_awq_layer(c, ly, stats, &ao, &lo, &res);
+	for (i = 0; i < nt * c->hidden; i++)
+		x1[i] = x2[i] = frand();
+	if (!ret)
+		ret = qf_tf_layer_forward(c, &o, layer, x1, 2, 32, NULL, NULL);
+	if (!ret)
+		ret = qf_tf_layer_forward(c, ly, layer, x2, 2, 32, NULL, NULL);
+	for (i = 0; i < nt * c->hidden && !ret; i++) {
+		ymax = fabs(x1[i]) > ymax ? fabs(x1[i]) : ymax;
+		dmax = fabs(x1[i] - x2[i]) > dmax ? fabs(x1[i] - x2[i]) : dmax;
+	}
+	if (!ret) {
+		f->worst = dmax / ymax > f->worst ? dmax / ymax : f->worst;
+		f->moved = fmax(f->moved, max_rel_change(o.in_norm,
+							 ly->in_norm,
+							 c->hidden));
+		f->moved = fmax(f->moved, max_rel_change(o.w[QF_TF_DOWN],
+					ly->w[QF_TF_DOWN],
+					c->hidden * (int64_t)c->inter));
+		/* o_proj changes only when v->o scales fold */
+		f->moved_v = fmax(f->moved_v, max_rel_change(o.w[QF_TF_O],
+					ly->w[QF_TF_O], c->hidden *
+					lin_in_of(c, QF_TF_O)));
+		f->checked++;
+	}
+	qf_tf_layer_free(&o);
+	free(x1);
+	free(x2);
+	return ret;
+}
+
+static void test_awq_fold(const char *quantfs)
+{
+	static const char *const shapes[] = {
+		"--heads 4 --kv-heads 4",	/* v->o folds too */
+		"--heads 8 --kv-heads 2",	/* GQA: it does not */
+	};
+	char dir[] = "/tmp/qffold.XXXXXX", cmd[512];
+	int t, i;
+
+	if (!mkdtemp(dir))
+		return;
+	for (t = 0; t < 2; t++) {
+		struct qf_tf_config c;
+		struct qf_calib cs = { 0 };
+		struct qf_model *m;
+		struct fold f = { &c, 0, 0, 0, 0 };
+		struct qf_calib_ops ops = { .hessian = true,
+					    .whole_layer = true,
+					    .quantize = fold_quantize };
+
+		snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m%d --layers 2 "
+			 "--seed %d %s", quantfs, dir, t, 7 + t, shapes[t]);
+		CHECK(system(cmd), ==, 0);
+		snprintf(cmd, sizeof(cmd), "%s/m%d", dir, t);
+		CHECK(qf_model_open(cmd, &m), ==, 0);
+		CHECK(qf_tf_config_parse(m, &c), ==, 0);
+		cs.nseq = 4;
+		cs.seqlen = 32;
+		cs.ids = malloc(128 * sizeof(*cs.ids));
+		for (i = 0; i < 128; i++)
+			cs.ids[i] = (i * 37 + 5) % 512;
+		CHECK(qf_calib_run(m, &c, &cs, &ops, &f), ==, 0);
+		CHECK(f.checked, ==, 2);
+		fprintf(stderr, "awq fold %s: max |y' - y| / max |y| = %.2e, "
+			"weights moved by up to %.0f%%, o_proj by %.0f%%\n",
+			shapes[t], f.worst, 100 * f.moved, 100 * f.moved_v);
+		CHECK_NEAR(f.worst, 0, 2e-5);
+		CHECK(f.moved > 0.05, ==, 1);	/* scales were folded */
+		CHECK(f.moved_v > 0.05, ==, t == 0);
+		qf_calib_free(&cs);
+		qf_model_close(m);
+	}
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd), ==, 0);
+}
+
 int main(int argc, char **argv)
 {
 	test_stats();
 	test_hash();
 	if (argc > 1)
 		test_driver_identity(argv[1]);
+	if (argc > 1)
+		test_awq_fold(argv[1]);
 #ifdef __SANITIZE_ADDRESS__
 	/* ASan's shadow and quarantine make RssAnon meaningless */
 	fprintf(stderr, "memory bound: skipped under AddressSanitizer\n");

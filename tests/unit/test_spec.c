@@ -21,6 +21,7 @@ static const char *const valid_names[] = {
 	"gptq_w2_g32_act_static_sym_fake", "gptq_w8_gc@wiki",
 	"gptq_w4_g64_fake@c4-en_v2.1", "awq_w4_g128", "awq_w4_g128_reflip",
 	"awq_w4_g64_reflip_fake@pile", "awq_w4_gc_fake",
+	"awq_w4_g128_reflip_l2", "awq_w4_g128_l2_fake",
 	"brecq_w4_g64_attn6", "brecq_w2_g128_attn4_head8",
 	"brecq_w8_gc_attn8_head4_sym_fake@wiki", "brecq_w6_g32_attn3_head6",
 	"brecq_w3_g64_attn2_sym", "mixed_static", "mixed_static_fake",
@@ -41,6 +42,7 @@ static const char *const invalid_names[] = {
 	"rtn_w16_g128", "rtn_w_g128", "rtn_w4_g16", "rtn_w4_g256",
 	"rtn_w4_g0", "rtn_w4_g", "rtn_w4_g0128", "rtn_w4_gC",
 	"rtn_g128_w4", "rtn_w4_g128_act", "rtn_w4_g128_reflip",
+	"awq_w4_g128_l2_reflip", "gptq_w4_g128_l2", "rtn_w4_g128_l2",
 	"rtn_w4_g128@wiki", "rtn_w4_g128_fake_sym", "rtn_w4_g128_sym_sym",
 	"rtn_w4_g128_attn4", "rtn_w4_g128_head8", "rtn_w4_g128_attn0",
 	"gptq_w4_g128_static", "gptq_w4_g128_static_act",
@@ -303,7 +305,8 @@ static bool ref_valid(const struct qf_spec *s)
 		grouped = true;
 		break;
 	case QF_METHOD_GPTQ:
-		if (!in_set(s->bits, rtn_bits, 4) || (f & QF_SPEC_REFLIP))
+		if (!in_set(s->bits, rtn_bits, 4) ||
+		    (f & (QF_SPEC_REFLIP | QF_SPEC_L2)))
 			return false;
 		if ((f & QF_SPEC_STATIC) && !(f & QF_SPEC_ACT))
 			return false;
@@ -311,7 +314,8 @@ static bool ref_valid(const struct qf_spec *s)
 		break;
 	case QF_METHOD_AWQ:
 		if (s->bits != 4 ||
-		    (f & ~(unsigned)(QF_SPEC_REFLIP | QF_SPEC_FAKE)))
+		    (f & ~(unsigned)(QF_SPEC_REFLIP | QF_SPEC_L2 |
+				     QF_SPEC_FAKE)))
 			return false;
 		grouped = true;
 		break;
@@ -387,7 +391,7 @@ static void test_enumerate(void)
 	for (ig = 0; ig < ARRAY_SIZE(groups); ig++)
 	for (ia = 0; ia < ARRAY_SIZE(attns); ia++)
 	for (ih = 0; ih < ARRAY_SIZE(heads); ih++)
-	for (f = 0; f < 32; f++)
+	for (f = 0; f < 64; f++)
 	for (ic = 0; ic < ARRAY_SIZE(calibs); ic++)
 	for (ix = 0; ix < nx; ix++) {
 		memset(&s, 0, sizeof(s));
@@ -438,10 +442,11 @@ static void test_enumerate(void)
 		n_valid);
 	CHECK(n_bad, ==, 0);
 	/*
-	 * By hand: rtn 4*4*4, gptq 4*4*12*2, awq 4*4*2, brecq 5*4*5*4*4*2,
+	 * By hand: rtn 4*4*4, gptq 4*4*12*2, awq 4*8*2 (reflip, l2, fake),
+	 * brecq 5*4*5*4*4*2,
 	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 9*2.
 	 */
-	CHECK(n_valid, ==, 64 + 384 + 32 + 3200 + 2 + 4 + 20 + 18);
+	CHECK(n_valid, ==, 64 + 384 + 64 + 3200 + 2 + 4 + 20 + 18);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
