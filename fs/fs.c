@@ -232,6 +232,7 @@ void qf_fs_free(struct qf_fs *fs)
 			m->vars = v->next;
 			qf_var_free(v);
 		}
+		qf_gv_free(m->gv);
 		qf_model_close(m->m);
 		free(m->name);
 		free(m->dir);

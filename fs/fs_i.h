@@ -20,10 +20,12 @@ enum qf_node_kind {
 	QF_NODE_VARDIR,		/* MNT/<model>/<variant> */
 	QF_NODE_GENFILE,	/* config.json / quantization.json */
 	QF_NODE_WEIGHTS,	/* model.safetensors of a variant */
+	QF_NODE_GGUF,		/* model.gguf (original/ or a variant) */
 };
 
 struct qf_mdl;
 struct qf_var;
+struct qf_gv;
 
 struct qf_node {
 	uint64_t ino;
@@ -35,6 +37,7 @@ struct qf_node {
 	struct qf_var *var;		/* VARDIR, GENFILE, WEIGHTS */
 	char *path;			/* SRCFILE: the real file */
 	const struct qf_buf *bytes;	/* GENFILE: content (var-owned) */
+	struct qf_gv *gv;		/* GGUF */
 	uint64_t size;			/* GENFILE/WEIGHTS/SRCFILE size */
 	struct qf_node *hnext;		/* (parent, name) hash chain */
 };
@@ -48,6 +51,8 @@ struct qf_mdl {
 	bool calibratable;		/* the forward pass supports it */
 	struct stat st;			/* of dir: owner and times */
 	struct qf_var *vars;		/* protected by fs->lock */
+	struct qf_gv *gv;		/* original/model.gguf, fs->lock */
+	bool gv_tried;			/* fs->lock */
 };
 
 /* A segment of an assembled file: header bytes or one tensor. */
@@ -79,6 +84,8 @@ struct qf_var {
 	bool recorded;			/* record written, protected by lock */
 	int lockfd;			/* <cache>/locks/<vid>: OFD locks, -1 */
 	struct qf_var *base;		/* calibrated _fake: packed variant */
+	struct qf_gv *gv;		/* model.gguf, fs->lock */
+	bool gv_tried;			/* fs->lock */
 	bool calibrated;		/* produced by a layer job (job.c) */
 	struct qf_calib_info ci;	/* calibrated: manifest fields */
 	char *calib_path;		/* text set, NULL = sampled */
@@ -208,6 +215,16 @@ int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
 int qf_job_progress(struct qf_var *var, struct qf_buf *out);
 /* Ask running jobs to stop after their current layer, and wait. */
 void qf_job_stop_all(struct qf_fs *fs);
+
+/* gguf_view.c: model.gguf of original/ (var NULL) or of a variant whose
+ * grid is a ggml block type; QF_EUNSUPPORTED when there is none. */
+int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
+	      struct qf_gv **out);
+void qf_gv_free(struct qf_gv *gv);
+uint64_t qf_gv_size(const struct qf_gv *gv);
+/* Bytes [off, end) into out, producing the tensors they touch. */
+int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
+	       uint64_t end, struct qf_buf *out);
 
 /* assemble.c */
 struct fuse_bufvec;

@@ -43,6 +43,7 @@ struct job {
 	double *loss_rtn;		/* [ng] */
 	double *alpha;			/* [ng] awq */
 	double *score;			/* [ng * 2] awq reflip, q_proj groups */
+	float *imat;			/* kq: this layer's importance matrix */
 	/* where the time goes (logged at the end of the job) */
 	struct qf_gptq_times gt;
 	double stats_s;			/* X^T X and channel sums */
@@ -266,6 +267,21 @@ out_free:
 static bool layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 {
 	int k;
+
+	if (var->v->spec.method == QF_METHOD_KQUANT) {
+		struct qf_cache_txn *txn;
+		const void *p;
+		char name[32];
+		size_t len;
+		bool ok;
+
+		snprintf(name, sizeof(name), "__imatrix__.%d", l);
+		if (qf_cache_read_begin(fs->cache, &txn) < 0)
+			return false;
+		ok = qf_cache_get(txn, var->vid, name, &p, &len) == 0;
+		qf_cache_read_end(txn);
+		return ok;
+	}
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
@@ -499,6 +515,21 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		return -EINTR;
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
 		return awq_quantize(j, l, ly, stats);
+	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
+		/* the importance matrix, mean x^2 per input channel, as
+		 * llama.cpp's imatrix tool collects it; weights unchanged */
+		size_t at = 0;
+
+		for (i = 0; i < n; i++) {
+			const struct qf_lin_stats *st = &stats[lin[i]];
+			int64_t c;
+
+			for (c = 0; c < st->in; c++)
+				j->imat[at++] = (float)(st->sum_sq[c] /
+					(st->n > 0 ? (double)st->n : 1));
+		}
+		return 0;
+	}
 	for (i = 0; i < n; i++) {
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
 
@@ -571,10 +602,10 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 {
 	struct job *j = arg;
 	struct qf_var *var = j->var;
-	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 1];
+	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 2];
 	double rec[QF_TF_NLINEAR * REC];
 	double sum_g = 0, sum_r = 0, eta;
-	char recname[32];
+	char recname[32], imname[32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
@@ -610,6 +641,11 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	}
 	snprintf(recname, sizeof(recname), "__layer__.%d", l);
 	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
+	if (var->v->spec.method == QF_METHOD_KQUANT) {
+		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
+		items[n++] = (struct qf_cache_item){ imname, j->imat,
+			qf_kq_imatrix_len(&j->c) * sizeof(float) };
+	}
 	eta = qf_now();
 	ret = qf_cache_put(j->fs->cache, var->vid, items, n);
 	j->commit_s += qf_now() - eta;
@@ -626,6 +662,11 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	/* log first: a reader woken below may look for this line */
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
 	      (var->nlayers - l - 1);
+	if (var->v->spec.method == QF_METHOD_KQUANT)
+		qf_info("%s/%s: layer %d/%d imatrix in %.2f s, eta %.0f s",
+			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			seconds, eta);
+	else
 	qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output error "
 		"%s %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
 		var->v->name, l + 1, var->nlayers, seconds,
@@ -786,12 +827,14 @@ static void *job_main(void *arg)
 	struct qf_calib cs = { 0 };
 	const struct qf_spec *sp = &var->v->spec;
 	bool awq = sp->method == QF_METHOD_AWQ;
+	bool kq = sp->method == QF_METHOD_KQUANT;
 	struct qf_calib_ops ops = {
-		.hessian = true,
+		.hessian = !kq,
 		/* GPTQ: true sequential; AWQ: statistics of the layer as
-		 * it is, all seven linears at once (scales couple them) */
-		.sequential = !awq,
-		.whole_layer = awq,
+		 * it is, all seven linears at once (scales couple them);
+		 * kq: the imatrix of the unchanged model */
+		.sequential = !awq && !kq,
+		.whole_layer = awq || kq,
 		.sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			       QF_REFLIP_SAMPLE : 0,
 		.quantize = cb_quantize,
@@ -844,6 +887,9 @@ static void *job_main(void *arg)
 		ret = qf_tf_config_parse(var->mdl->m, &j->c);
 		if (!ret)
 			ret = calib_set(j, &cs);
+		if (!ret && kq && !(j->imat = malloc(qf_kq_imatrix_len(&j->c) *
+						      sizeof(float))))
+			ret = -ENOMEM;
 		pthread_mutex_lock(&var->lock);
 		var->phase = "quantizing layers";
 		var->job_first_t = qf_now();
@@ -865,7 +911,7 @@ static void *job_main(void *arg)
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
-		if (j->first < var->nlayers && !awq)
+		if (j->first < var->nlayers && !awq && !kq)
 			qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
 				"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
 				"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
@@ -883,6 +929,7 @@ static void *job_main(void *arg)
 	if (locked)
 		qf_var_unlock(var, QF_LOCK_JOB);
 	qf_calib_free(&cs);
+	free(j->imat);
 	for (i = 0; i < var->v->ng * 4; i++)
 		free(j->pending[i]);
 	free(j->pending);

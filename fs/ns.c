@@ -36,6 +36,7 @@ static const char *const presets[] = {
 	"gptq_w4_g32_sym",
 	"awq_w4_g128",
 	"awq_w4_g128_reflip",
+	"kq4_k_m",
 };
 #define NPRESETS (sizeof(presets) / sizeof(presets[0]))
 #define NPRESETS_RTN 6
@@ -232,6 +233,34 @@ static struct qf_node *lookup_variant(struct qf_fs *fs, struct qf_node *dir,
 	return n;
 }
 
+/* The model.gguf view of var (NULL: original/), made on first use;
+ * NULL when there is none.  Caller holds fs->lock. */
+static struct qf_gv *gguf_of(struct qf_fs *fs, struct qf_mdl *mdl,
+			     struct qf_var *var)
+{
+	struct qf_gv **slot = var ? &var->gv : &mdl->gv;
+	bool *tried = var ? &var->gv_tried : &mdl->gv_tried;
+
+	if (!*tried) {
+		*tried = true;
+		if (qf_gv_new(fs, mdl, var, slot) < 0)
+			*slot = NULL;
+	}
+	return *slot;
+}
+
+static bool src_has(const struct qf_mdl *mdl, const char *name)
+{
+	struct qf_buf p = QF_BUF_INIT;
+	struct stat st;
+	bool ok;
+
+	qf_buf_addf(&p, "%s/%s", mdl->dir, name);
+	ok = p.data && lstat(p.data, &st) == 0;
+	qf_buf_release(&p);
+	return ok;
+}
+
 /* Caller holds fs->lock. */
 static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 				     const char *name, int *err)
@@ -256,6 +285,12 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 		return lookup_variant(fs, dir, name, err);
 	case QF_NODE_ORIGDIR:
 		ret = src_file(dir->mdl, name, &path, &size);
+		if (ret == -ENOENT && !strcmp(name, "model.gguf") &&
+		    gguf_of(fs, dir->mdl, NULL)) {
+			kind = QF_NODE_GGUF;
+			size = qf_gv_size(dir->mdl->gv);
+			ret = 0;
+		}
 		if (ret < 0) {
 			*err = ret;
 			return NULL;
@@ -266,8 +301,15 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 		    !strcmp(name, "quantization.json")) {
 			kind = QF_NODE_GENFILE;
 		} else if (!strcmp(name, "model.safetensors")) {
+			if (dir->var->v->spec.method == QF_METHOD_KQUANT)
+				return NULL;	/* model.gguf only */
 			kind = QF_NODE_WEIGHTS;
 			size = dir->var->size;
+		} else if (!strcmp(name, "model.gguf")) {
+			if (!gguf_of(fs, dir->mdl, dir->var))
+				return NULL;
+			kind = QF_NODE_GGUF;
+			size = qf_gv_size(dir->var->gv);
 		} else if (!qf_ns_passthrough_name(name) ||
 			   src_file(dir->mdl, name, &path, &size) < 0) {
 			return NULL;
@@ -286,6 +328,9 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	}
 	n->path = path;
 	n->size = size;
+	if (kind == QF_NODE_GGUF)
+		n->gv = dir->kind == QF_NODE_ORIGDIR ? dir->mdl->gv :
+			dir->var->gv;
 	if (kind == QF_NODE_GENFILE) {
 		n->bytes = !strcmp(name, "config.json") ? &n->var->config :
 							  &n->var->manifest;
@@ -402,10 +447,20 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 		}
 		return 0;
 	case QF_NODE_ORIGDIR:
+		pthread_mutex_lock(&fs->lock);
+		if (gguf_of(fs, dir->mdl, NULL) && !src_has(dir->mdl,
+							    "model.gguf"))
+			add_name(out, count, "model.gguf");
+		pthread_mutex_unlock(&fs->lock);
 		return list_src(dir->mdl, false, out, count);
 	case QF_NODE_VARDIR:
 		add_name(out, count, "config.json");
-		add_name(out, count, "model.safetensors");
+		if (dir->var->v->spec.method != QF_METHOD_KQUANT)
+			add_name(out, count, "model.safetensors");
+		pthread_mutex_lock(&fs->lock);
+		if (gguf_of(fs, dir->mdl, dir->var))
+			add_name(out, count, "model.gguf");
+		pthread_mutex_unlock(&fs->lock);
 		add_name(out, count, "quantization.json");
 		return list_src(dir->mdl, true, out, count);
 	default:

@@ -396,6 +396,20 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		if (ret < 0)
 			fuse_reply_err(req, qf_fs_errno(ret));
 		return;
+	case QF_NODE_GGUF: {
+		struct qf_buf b = QF_BUF_INIT;
+
+		cur_req = req;
+		ret = qf_gv_read(fs, n->gv, (uint64_t)off, (uint64_t)off + size,
+				 &b);
+		cur_req = NULL;
+		if (ret < 0)
+			fuse_reply_err(req, qf_fs_errno(ret));
+		else
+			fuse_reply_buf(req, b.data, b.len);
+		qf_buf_release(&b);
+		return;
+	}
 	default:
 		fuse_reply_err(req, EISDIR);
 	}

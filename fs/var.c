@@ -144,6 +144,7 @@ void qf_var_free(struct qf_var *var)
 	if (!var)
 		return;
 	qf_job_free(var);
+	qf_gv_free(var->gv);
 	if (var->lockfd >= 0)
 		close(var->lockfd);
 	qf_variant_free(var->v);

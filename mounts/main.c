@@ -23,6 +23,7 @@
 #include "common.h"
 #include "fs.h"
 #include "quant.h"
+#include "report.h"
 #include "tools.h"
 
 static const char usage_text[] =
@@ -34,8 +35,11 @@ static const char usage_text[] =
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
-	"                    [--scores-vs SRC [--windows N]]\n"
+	"                    [--scores-vs SRC [--windows N]] [--ids-out FILE]\n"
 	"       quantfs generate DIR --prompt TEXT [-n N] [--ids]\n"
+	"       quantfs report MNT/MODEL --text FILE [--variants A,B,...]\n"
+	"                      [--choices FILE.jsonl [--limit N]] [--ctx N]\n"
+	"                      [-o REPORT.md] [--cache DIR]\n"
 	"       quantfs warm PATH...\n"
 	"       quantfs cache ls|du|rm SELECTOR...|gc --max-size SIZE\n"
 	"                     [--cache DIR] [--json]\n"
@@ -578,6 +582,34 @@ static int eval_scores(const char *dir, const char *src, const char *tfile,
 	return ret < 0 ? 1 : 0;
 }
 
+/* The text's token ids as eval sees them, for other tools to compare:
+ * {"bos": ID or -1, "ids": [...]}. */
+static int write_ids(const struct qf_tok *tok, const struct qf_buf *text,
+		     const char *path)
+{
+	int32_t *ids = NULL;
+	size_t n = 0, i;
+	FILE *f;
+	int ret;
+
+	ret = qf_tok_encode(tok, text->data, text->len, false, &ids, &n);
+	if (ret < 0)
+		return ret;
+	f = fopen(path, "w");
+	if (!f) {
+		ret = -errno;
+		free(ids);
+		return ret;
+	}
+	fprintf(f, "{\"bos\": %d, \"ids\": [", qf_tok_bos(tok));
+	for (i = 0; i < n; i++)
+		fprintf(f, "%s%d", i ? "," : "", ids[i]);
+	fprintf(f, "]}\n");
+	ret = fclose(f) ? -errno : 0;
+	free(ids);
+	return ret;
+}
+
 /* Perplexity of a model directory (a source, or a mounted variant). */
 static int cmd_eval(int argc, char **argv)
 {
@@ -587,10 +619,12 @@ static int cmd_eval(int argc, char **argv)
 		{ "json", no_argument, NULL, 'j' },
 		{ "scores-vs", required_argument, NULL, 's' },
 		{ "windows", required_argument, NULL, 'w' },
+		{ "ids-out", required_argument, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_buf text = QF_BUF_INIT;
 	struct qf_eval_result r;
+	const char *ids_out = NULL;
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
 	const char *tfile = NULL, *why = NULL, *vs = NULL;
@@ -605,6 +639,7 @@ static int cmd_eval(int argc, char **argv)
 		case 'j': json = true; break;
 		case 's': vs = optarg; break;
 		case 'w': windows = atoi(optarg); break;
+		case 'o': ids_out = optarg; break;
 		default:
 			usage(stderr);
 			return 2;
@@ -629,6 +664,8 @@ static int cmd_eval(int argc, char **argv)
 			fprintf(stderr, "quantfs: %s/tokenizer.json: %s\n",
 				m->dir, why ? why : qf_strerror(ret));
 	}
+	if (!ret && ids_out)
+		ret = write_ids(tok, &text, ids_out);
 	if (!ret)
 		ret = qf_eval_ppl(m, tok, text.data, text.len, ctx, &r);
 	if (ret < 0) {
@@ -702,6 +739,8 @@ int main(int argc, char **argv)
 		exit(cmd_status(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "generate"))
 		exit(cmd_generate(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "report"))
+		exit(qf_cmd_report(argc - 1, argv + 1));
 	fprintf(stderr, "quantfs: unknown command '%s'\n", argv[1]);
 	usage(stderr);
 	exit(2);

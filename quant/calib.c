@@ -366,6 +366,21 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 	return ret;
 }
 
+size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin)
+{
+	size_t off = 0;
+	int k;
+
+	for (k = 0; k < (int)lin; k++)
+		off += (size_t)lin_in(c, (enum qf_tf_linear)k);
+	return off;
+}
+
+size_t qf_kq_imatrix_len(const struct qf_tf_config *c)
+{
+	return qf_kq_imatrix_off(c, QF_TF_NLINEAR);
+}
+
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg)

@@ -192,6 +192,8 @@ struct qf_spec {
 int qf_spec_parse(const char *name, struct qf_spec *out, const char **why);
 /* Canonical name into out.  Returns its length, or -ENOSPC. */
 int qf_spec_print(const struct qf_spec *s, char *out, size_t cap);
+/* A k-quant mix this build produces (kq4_k_m, kq6_k). */
+bool qf_spec_kq_supported(const struct qf_spec *s);
 /* Method needs calibration data (gptq, awq, brecq, mixed_dyn/budget). */
 bool qf_spec_is_calibrated(const struct qf_spec *s);
 const char *qf_method_name(enum qf_method m);
@@ -809,6 +811,13 @@ struct qf_calib_ops {
 	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
 			  double seconds);
 };
+/*
+ * Floats of one layer's importance matrix (kq variants): the input
+ * channels of q, k, v, o, gate, up, down in that order.
+ */
+size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
+/* Offset of linear lin's channels in it. */
+size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg);
@@ -876,6 +885,30 @@ struct qf_eval_result {
 int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
 		const char *text, size_t len, int ctx,
 		struct qf_eval_result *out);
+
+struct qf_mc_result {
+	int questions;			/* questions scored */
+	int correct;			/* right by mean log-lik per token */
+	int correct_raw;		/* right by summed log-likelihood */
+	double accuracy;		/* correct / questions */
+	double accuracy_raw;		/* correct_raw / questions */
+	int64_t tokens;			/* tokens run, every choice */
+	double seconds;			/* wall time incl. tokenization */
+};
+/*
+ * Zero-shot multiple-choice accuracy (eval_mc.c): jsonl holds one
+ * {"question": text, "choices": [texts], "answer": 0-based index} per
+ * line (blank lines skipped); the first limit questions are scored
+ * (limit <= 0: all).  Each choice is scored by the log-likelihood of
+ * " " + choice after "Question: <q>\nAnswer:" (BOS first when the
+ * tokenizer has one, at most ctx tokens, the prompt cut from the left),
+ * divided by its token count; the best choice is the prediction.
+ * Returns 0, QF_EFORMAT (a malformed line, logged), -EINVAL (no
+ * question, ctx < 2), QF_EUNSUPPORTED, -ENOMEM.
+ */
+int qf_eval_mc(const struct qf_model *m, const struct qf_tok *tok,
+	       const char *jsonl, size_t len, int limit, int ctx,
+	       struct qf_mc_result *out);
 
 /*
  * Attention-score error of variant var against its source src on text:

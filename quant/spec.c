@@ -448,6 +448,13 @@ int qf_spec_print(const struct qf_spec *s, char *out, size_t cap)
 	return (int)n;
 }
 
+bool qf_spec_kq_supported(const struct qf_spec *s)
+{
+	return s->method == QF_METHOD_KQUANT &&
+	       ((s->bits == 4 && s->kq_size == 'M') ||
+		(s->bits == 6 && !s->kq_size));
+}
+
 bool qf_spec_is_calibrated(const struct qf_spec *s)
 {
 	if (!s || (unsigned)s->method >= ARRAY_SIZE(methods))

@@ -238,7 +238,7 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 	int ret;
 
 	if (spec->method != QF_METHOD_RTN && spec->method != QF_METHOD_GPTQ &&
-	    spec->method != QF_METHOD_AWQ)
+	    spec->method != QF_METHOD_AWQ && !qf_spec_kq_supported(spec))
 		return QF_EUNSUPPORTED;
 	v = calloc(1, sizeof(*v));
 	if (!v)
@@ -253,7 +253,8 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 
 		if (awq_norm(v, mt->name) == mt)
 			continue;	/* an output of its q/gate group */
-		if (!is_linear(mt)) {
+		/* k-quants live in model.gguf only (fs/gguf_view.c) */
+		if (!is_linear(mt) || spec->method == QF_METHOD_KQUANT) {
 			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
 					 0, 0, QF_VT_PASSTHROUGH);
 			if (ret < 0)

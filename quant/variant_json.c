@@ -133,7 +133,8 @@ int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
 	if (!root)
 		return -ENOMEM;
 	cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-	if (!(v->spec.flags & QF_SPEC_FAKE))
+	if (!(v->spec.flags & QF_SPEC_FAKE) &&
+	    v->spec.method != QF_METHOD_KQUANT)	/* GGUF only */
 		cJSON_AddItemToObject(root, "quantization_config",
 				      quant_config(v));
 	return emit(root, out);

@@ -19,7 +19,7 @@ page = re.sub(r"\s+", " ", page)
 def tokens(text):
     opts = set(re.findall(r"-o ([a-z_]+)", text))
     flags = set(re.findall(r"(--[a-z][a-z-]+)", text))
-    cmds = set(re.findall(r"quantfs (mount|umount|mkmodel|eval|status|generate|warm|cache ls|cache du|cache rm|cache gc)", text))
+    cmds = set(re.findall(r"quantfs (mount|umount|mkmodel|eval|status|generate|report|warm|cache ls|cache du|cache rm|cache gc)", text))
     return opts, flags, cmds
 
 

@@ -1,0 +1,176 @@
+/*
+ * gguf.h - GGUF files that llama.cpp loads, laid out ahead of time and
+ * produced tensor by tensor.
+ *
+ * Three layers: the ggml block formats (row encoders and decoders that are
+ * byte-compatible with ggml's block_* structs), lossless repacking of
+ * integer grids that already fit a format, and the plan of a whole file
+ * for a llama, mistral, qwen2 or qwen3 model directory (tensor names and
+ * metadata as llama.cpp's convert_hf_to_gguf.py writes them, vocabulary
+ * from the model's own tokenizer.json).  As with the safetensors planner,
+ * the exact file size and every byte before the tensor data are known
+ * before any tensor is quantized; each tensor is then produced on its own.
+ */
+#ifndef QF_GGUF_H
+#define QF_GGUF_H
+
+#include "quant.h"
+
+/* ------------------------------------------------------------------ */
+/* ggml block formats                                                 */
+
+/* ggml's own numeric ids (enum ggml_type), as stored in GGUF. */
+enum qf_ggml_type {
+	QF_GGML_F32 = 0,
+	QF_GGML_F16 = 1,
+	QF_GGML_Q4_0 = 2,	/* fp16 d, 16 B nibbles: d * (q - 8) */
+	QF_GGML_Q4_1 = 3,	/* fp16 d, m, 16 B nibbles: d * q + m */
+	QF_GGML_Q8_0 = 8,	/* fp16 d, 32 int8: d * q */
+	QF_GGML_Q4_K = 12,	/* 256: d, dmin, 6-bit scales/mins, nibbles */
+	QF_GGML_Q6_K = 14,	/* 256: 6-bit quants, int8 scales, fp16 d */
+	QF_GGML_BF16 = 30,
+};
+
+/* True for the types this module encodes. */
+bool qf_ggml_type_known(enum qf_ggml_type t);
+/* "Q4_K", ...; "?" for others. */
+const char *qf_ggml_type_name(enum qf_ggml_type t);
+/* "q4_k" or "Q4_K" style names.  Returns 0 or -EINVAL. */
+int qf_ggml_type_parse(const char *s, enum qf_ggml_type *out);
+/* Elements per block (1, 32 or 256); 0 for unknown types. */
+int64_t qf_ggml_block_size(enum qf_ggml_type t);
+/* Bytes per block; 0 for unknown types. */
+size_t qf_ggml_block_bytes(enum qf_ggml_type t);
+/* Bytes of a row of ncols; 0 when ncols is not a positive multiple. */
+uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
+
+/*
+ * Encode one row x[n] (n a multiple of the block size) into dst
+ * (qf_ggml_row_bytes(t, n) bytes).  Q4_0, Q4_1 and Q8_0 are ggml's
+ * quantize_row_*_ref bit for bit.  Q4_K and Q6_K are our own weighted
+ * least-squares fits of each sub-block's scale (and min), the sub-block
+ * scales then quantized to 6 / 8 bits as ggml does (Q4_K also tries the
+ * neighbouring 6-bit codes); imp [n] (optional, >= 0) weights columns
+ * like llama.cpp's importance matrix: imp * sqrt(sigma2 + x^2).  Without
+ * it the weights are ggml's: rms(sub-block) + |x| for Q4_K, x^2 for Q6_K.
+ * F16/BF16 round to nearest even.
+ * Returns 0, -EINVAL (bad type, n or imp), QF_ENUMERIC (a non-finite input
+ * or a value / scale beyond fp16).
+ */
+int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
+			 const float *imp, void *dst);
+/* Decode one row as ggml's dequantize_row_*.  Returns 0 or -EINVAL. */
+int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
+			   float *y);
+
+/*
+ * Lossless repacking of integer grids.  q [n] holds one code per element,
+ * sc16 [n / 32] the fp16 scale of each run of 32 elements; dst receives
+ * n / 32 blocks that dequantize to exactly sc * (q - zero):
+ * Q4_0 with q in 0..15 and zero 8, Q8_0 with q in 0..255 and zero 128.
+ * Returns 0, -EINVAL (n not a multiple of 32, or a code out of range).
+ */
+int qf_gguf_q4_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
+			  void *dst);
+int qf_gguf_q8_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
+			  void *dst);
+
+/* ------------------------------------------------------------------ */
+/* file plan                                                          */
+
+#define QF_GGUF_VERSION 3
+#define QF_GGUF_ALIGN 32		/* general.alignment */
+#define QF_GGUF_NAME_MAX 64		/* GGML_MAX_NAME, with the NUL */
+
+/* What a tensor is, for choosing its type. */
+enum qf_gguf_role {
+	QF_GGUF_ROLE_EMBD,		/* token_embd */
+	QF_GGUF_ROLE_OUTPUT,		/* output (lm_head) */
+	QF_GGUF_ROLE_ATTN_Q,
+	QF_GGUF_ROLE_ATTN_K,
+	QF_GGUF_ROLE_ATTN_V,
+	QF_GGUF_ROLE_ATTN_OUT,
+	QF_GGUF_ROLE_FFN_GATE,
+	QF_GGUF_ROLE_FFN_UP,
+	QF_GGUF_ROLE_FFN_DOWN,
+	QF_GGUF_ROLE_VECTOR,		/* 1-D: norms, biases, rope_freqs */
+	QF_GGUF_ROLE_COUNT,
+};
+
+/*
+ * Type of each 2-D role; 1-D tensors are always F32.  A type whose block
+ * does not divide a tensor's row length (ne[0]) falls back as llama.cpp's
+ * quantizer does, within what we encode: Q4_K -> Q4_1, Q6_K -> Q8_0, then
+ * F16.
+ */
+struct qf_gguf_types {
+	enum qf_ggml_type w[QF_GGUF_ROLE_COUNT];	/* [VECTOR] unused */
+	/*
+	 * llama.cpp's Q4_K_M mix on top of w[] (all Q4_K): attn_v and
+	 * ffn_down of the layers use_more_bits() picks (the first and last
+	 * eighth, and every third between) and output (or token_embd when
+	 * tied) in Q6_K, as llama_tensor_get_type() does.
+	 */
+	bool q4_k_m;
+};
+void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t);
+
+struct qf_gguf_tensor {
+	char name[QF_GGUF_NAME_MAX];	/* "blk.0.attn_q.weight" */
+	const struct qf_model_tensor *src; /* HF source (borrowed); NULL for
+					      the generated rope_freqs */
+	enum qf_gguf_role role;
+	enum qf_ggml_type type;
+	int ndim;			/* 1 or 2 */
+	int64_t ne[2];			/* innermost first: cols, rows */
+	uint64_t offset;		/* file offset of the data, aligned */
+	uint64_t nbytes;		/* data bytes, without the padding */
+	int permute_heads;		/* rows permuted for llama's rope in
+					   this many heads; 0 = as stored */
+};
+
+struct qf_gguf_plan {
+	struct qf_buf header;		/* file bytes [0, data_off) */
+	struct qf_gguf_tensor *t;	/* in file order */
+	size_t nt;
+	uint64_t data_off;		/* start of the tensor data */
+	uint64_t size;			/* exact file size */
+	char arch[16];			/* general.architecture */
+	bool q4_k_m;			/* planned with the Q4_K_M mix */
+	struct qf_tf_config cfg;	/* the source's dimensions */
+};
+
+/*
+ * Plan model.gguf for m: every tensor's name, type, shape and offset, and
+ * the header (magic "GGUF", version 3, counts, metadata, tensor infos,
+ * zero padding to QF_GGUF_ALIGN).  Bytes after a tensor's nbytes up to
+ * the next offset (or size) are zero.  Nothing is quantized.
+ * model_type llama and mistral become architecture "llama" with q_proj /
+ * k_proj rows permuted as convert_hf_to_gguf.py's LlamaModel.permute;
+ * qwen2 and qwen3 keep their rows.  Tied embeddings get no output tensor;
+ * llama3 rope scaling adds rope_freqs.weight.  The vocabulary is "gpt2"
+ * (byte-level BPE, with merges) or "llama" (byte-fallback BPE; unlike the
+ * converter's flat -1000, its scores follow the merge ranks so llama.cpp
+ * splits words as the Hugging Face tokenizer does).
+ * Caller owns *out; free with qf_gguf_plan_free() (also after failure).
+ * Returns 0, -EINVAL (bad types), QF_EUNSUPPORTED (architecture, tensor
+ * or tokenizer we do not convert; *why says which), QF_EFORMAT (*why),
+ * -ENOMEM, -errno (tokenizer files).
+ */
+int qf_gguf_plan_init(const struct qf_model *m,
+		      const struct qf_gguf_types *types,
+		      struct qf_gguf_plan *out, const char **why);
+void qf_gguf_plan_free(struct qf_gguf_plan *p);
+
+/*
+ * Produce the nbytes of tensor i into dst: the source read as f32 in row
+ * blocks of about 4 MiB (whole heads when permuted), rows permuted when
+ * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]
+ * (optional; used by Q4_K and Q6_K).  Thread-safe for distinct dst.
+ * Returns 0, -EINVAL (i out of range), QF_ECORRUPT (source changed),
+ * QF_ENUMERIC, QF_EUNSUPPORTED (source dtype), -ENOMEM.
+ */
+int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
+		    size_t i, const float *imp, void *dst);
+
+#endif /* QF_GGUF_H */
