@@ -185,6 +185,10 @@ void qf_var_unlock(struct qf_var *var, int64_t slot);
  */
 void qf_var_opened(struct qf_fs *fs, struct qf_var *var);
 void qf_var_released(struct qf_fs *fs, struct qf_var *var);
+/* A cache record: what `ls`, `quantfs cache` and gc know of vid
+ * ("created" survives rewrites, "accessed" is now). */
+void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
+		  const struct qf_mdl *mdl, const char *name, const char *calib);
 /* Write the variant's record (listed by `ls` once it is cached). */
 void qf_var_record(struct qf_fs *fs, struct qf_var *var);
 /*

@@ -21,8 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "fs_i.h"
 #include "gguf.h"
 
@@ -198,24 +196,11 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 
 static void record(struct qf_fs *fs, struct qf_gv *gv)
 {
-	cJSON *rec = cJSON_CreateObject();
-	char name[160], *text;
+	char name[160];
 
 	snprintf(name, sizeof(name), "%s/model.gguf",
 		 gv->var ? gv->var->v->name : "original");
-	cJSON_AddStringToObject(rec, "variant", name);
-	cJSON_AddStringToObject(rec, "model", gv->mdl->name);
-	cJSON_AddStringToObject(rec, "source", gv->mdl->dir);
-	cJSON_AddStringToObject(rec, "fingerprint", gv->mdl->m->fp_hex);
-	cJSON_AddStringToObject(rec, "calib", "");
-	cJSON_AddNumberToObject(rec, "created", (double)time(NULL));
-	cJSON_AddNumberToObject(rec, "accessed", (double)time(NULL));
-	text = cJSON_PrintUnformatted(rec);
-	cJSON_Delete(rec);
-	if (text && qf_cache_put_record(fs->cache, gv->vid, text) < 0)
-		qf_warn("%s: cannot write the record of %s", gv->mdl->name,
-			name);
-	free(text);
+	qf_fs_record(fs, gv->vid, gv->mdl, name, "");
 }
 
 static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)

@@ -667,11 +667,11 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			var->mdl->name, var->v->name, l + 1, var->nlayers,
 			seconds, eta);
 	else
-	qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output error "
-		"%s %.5f vs rtn %.5f, eta %.0f s", var->mdl->name,
-		var->v->name, l + 1, var->nlayers, seconds,
-		qf_method_name(var->v->spec.method), m ? sum_g / m : 0,
-		m ? sum_r / m : 0, eta);
+		qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output "
+			"error %s %.5f vs rtn %.5f, eta %.0f s",
+			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			seconds, qf_method_name(var->v->spec.method),
+			m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
 	pthread_mutex_lock(&var->lock);
 	var->layers_done = l + 1;
 	pthread_cond_broadcast(&var->cond);

@@ -241,47 +241,50 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 
 /* The variant's record in the cache, for `ls` and the cache tools;
  * "created" survives rewrites, "accessed" is now. */
-void qf_var_record(struct qf_fs *fs, struct qf_var *var)
+void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
+		  const struct qf_mdl *mdl, const char *name, const char *calib)
 {
-	struct qf_buf b = QF_BUF_INIT;
 	struct qf_cache_txn *txn;
-	long long created = (long long)time(NULL);
-	char calib[2 * QF_CACHE_VID + 1] = "";
+	double created = (double)time(NULL);
 	const char *json;
 	char *text;
 	cJSON *rec;
 	size_t len;
 
 	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
-		if (qf_cache_get_record(txn, var->vid, &json, &len) == 0) {
+		if (qf_cache_get_record(txn, vid, &json, &len) == 0) {
 			cJSON *r = cJSON_ParseWithLength(json, len);
 			cJSON *c = cJSON_GetObjectItem(r, "created");
 
 			if (cJSON_IsNumber(c))
-				created = (long long)c->valuedouble;
+				created = c->valuedouble;
 			cJSON_Delete(r);
 		}
 		qf_cache_read_end(txn);
 	}
-	if (var->calibrated)
-		qf_hex(var->calib_vid, QF_CACHE_VID, calib);
 	rec = cJSON_CreateObject();
-	cJSON_AddStringToObject(rec, "variant", var->v->name);
-	cJSON_AddStringToObject(rec, "model", var->mdl->name);
-	cJSON_AddStringToObject(rec, "source", var->mdl->dir);
-	cJSON_AddStringToObject(rec, "fingerprint", var->mdl->m->fp_hex);
+	cJSON_AddStringToObject(rec, "variant", name);
+	cJSON_AddStringToObject(rec, "model", mdl->name);
+	cJSON_AddStringToObject(rec, "source", mdl->dir);
+	cJSON_AddStringToObject(rec, "fingerprint", mdl->m->fp_hex);
 	cJSON_AddStringToObject(rec, "calib", calib);
-	cJSON_AddNumberToObject(rec, "created", (double)created);
+	cJSON_AddNumberToObject(rec, "created", created);
 	cJSON_AddNumberToObject(rec, "accessed", (double)time(NULL));
 	text = cJSON_PrintUnformatted(rec);
 	cJSON_Delete(rec);
-	if (text)
-		qf_buf_adds(&b, text);
+	if (!text || qf_cache_put_record(fs->cache, vid, text) < 0)
+		qf_warn("%s/%s: cannot write the cache record", mdl->name,
+			name);
 	free(text);
-	if (b.data && qf_cache_put_record(fs->cache, var->vid, b.data) < 0)
-		qf_warn("%s/%s: cannot write the cache record",
-			var->mdl->name, var->v->name);
-	qf_buf_release(&b);
+}
+
+void qf_var_record(struct qf_fs *fs, struct qf_var *var)
+{
+	char calib[2 * QF_CACHE_VID + 1] = "";
+
+	if (var->calibrated)
+		qf_hex(var->calib_vid, QF_CACHE_VID, calib);
+	qf_fs_record(fs, var->vid, var->mdl, var->v->name, calib);
 }
 
 /*
@@ -412,35 +415,7 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	return ret;
 }
 
-int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
-		    const struct qf_vtensor *t, float *dst)
-{
-	struct qf_cache_txn *txn;
-	uint64_t n = qf_vtensor_bytes(t) / qf_dtype_size(t->dtype);
-	const void *p;
-	size_t len;
-	void *copy = NULL;
-	int ret;
-
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	if (!ret)
-		ret = qf_cache_check(txn, var->vid, t->name);
-	if (!ret)
-		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
-	if (!ret && len != qf_vtensor_bytes(t))
-		ret = QF_ECORRUPT;
-	if (!ret && !(copy = malloc(len ? len : 1)))
-		ret = -ENOMEM;
-	if (!ret)
-		memcpy(copy, p, len);	/* not aligned in the map */
-	qf_cache_read_end(txn);
-	if (!ret)
-		ret = qf_to_f32(t->dtype, copy, (size_t)n, dst);
-	free(copy);
-	return ret;
-}
-
-/* The bytes of a cached tensor of var (same layout) into dst. */
+/* The bytes of a cached tensor of var (checksum verified) into dst. */
 static int copy_cached(struct qf_fs *fs, struct qf_var *var,
 		       const struct qf_vtensor *t, void *dst)
 {
@@ -457,8 +432,23 @@ static int copy_cached(struct qf_fs *fs, struct qf_var *var,
 	if (!ret && len != qf_vtensor_bytes(t))
 		ret = QF_ECORRUPT;
 	if (!ret)
-		memcpy(dst, p, len);
+		memcpy(dst, p, len);	/* not aligned in the map */
 	qf_cache_read_end(txn);
+	return ret;
+}
+
+int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
+		    const struct qf_vtensor *t, float *dst)
+{
+	uint64_t len = qf_vtensor_bytes(t);
+	void *copy = malloc(len ? len : 1);
+	int ret;
+
+	ret = copy ? copy_cached(fs, var, t, copy) : -ENOMEM;
+	if (!ret)
+		ret = qf_to_f32(t->dtype, copy,
+				(size_t)(len / qf_dtype_size(t->dtype)), dst);
+	free(copy);
 	return ret;
 }
 

@@ -32,6 +32,7 @@
 #include "common.h"
 #include "quant.h"
 #include "report.h"
+#include "tools.h"
 
 #define REPORT_KEY_TAG "quantfs report 1"
 #define SMALL_FILE_MAX (64u << 20)	/* config, manifest, tokenizer */
@@ -125,18 +126,6 @@ static void fmt_num(double v, int prec, const char *suffix, char *out,
 		snprintf(out, cap, "n/a");
 	else
 		snprintf(out, cap, "%.*f%s", prec, v, suffix);
-}
-
-static void human(uint64_t b, char *out, size_t cap)
-{
-	if (b >= 1ULL << 30)
-		snprintf(out, cap, "%.2f GiB", b / (double)(1ULL << 30));
-	else if (b >= 1ULL << 20)
-		snprintf(out, cap, "%.2f MiB", b / (double)(1ULL << 20));
-	else if (b >= 1ULL << 10)
-		snprintf(out, cap, "%.1f KiB", b / 1024.0);
-	else
-		snprintf(out, cap, "%llu B", (unsigned long long)b);
 }
 
 /* 9974232 -> "9,974,232" */
@@ -453,7 +442,7 @@ static int produce(struct producer *pr, const char *tag, bool tty)
 		progress_note(pr->row->dir, note, sizeof(note));
 		size[0] = 0;
 		if (done) {
-			human(done, size + 2, sizeof(size) - 2);
+			qf_human_size(done, size + 2, sizeof(size) - 2);
 			memcpy(size, ", ", 2);
 			strcat(size, " read");
 		}
@@ -903,7 +892,7 @@ static void md_row(FILE *f, const struct inputs *in, const struct row *r,
 		snprintf(db, sizeof(db), "base");
 	if (r->sized) {
 		grouped(r->file_bytes, fb, sizeof(fb));
-		human(r->weight_bytes, wm, sizeof(wm));
+		qf_human_size(r->weight_bytes, wm, sizeof(wm));
 	} else {
 		snprintf(fb, sizeof(fb), "n/a");
 		snprintf(wm, sizeof(wm), "n/a");

@@ -44,12 +44,12 @@ int qf_parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
-static void human(uint64_t b, char *out, size_t cap)
+void qf_human_size(uint64_t b, char *out, size_t cap)
 {
 	if (b >= 1ULL << 30)
 		snprintf(out, cap, "%.2f GiB", b / (double)(1ULL << 30));
 	else if (b >= 1ULL << 20)
-		snprintf(out, cap, "%.1f MiB", b / (double)(1ULL << 20));
+		snprintf(out, cap, "%.2f MiB", b / (double)(1ULL << 20));
 	else if (b >= 1ULL << 10)
 		snprintf(out, cap, "%.1f KiB", b / 1024.0);
 	else
@@ -142,7 +142,7 @@ static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 		else
 			snprintf(name, sizeof(name), "(no record: calibration "
 				 "set or in production)");
-		human(e[i].bytes, size, sizeof(size));
+		qf_human_size(e[i].bytes, size, sizeof(size));
 		ago(e[i].recorded ? e[i].accessed : 0, when, sizeof(when));
 		snprintf(calib, sizeof(calib), "%.12s",
 			 e[i].calib && *e[i].calib ? e[i].calib : "-");
@@ -169,10 +169,10 @@ static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 		}
 	}
 	qf_cache_file_bytes(c, &file, &used);
-	human(rec, a, sizeof(a));
-	human(other, b, sizeof(b));
-	human(file, d, sizeof(d));
-	human(used, f, sizeof(f));
+	qf_human_size(rec, a, sizeof(a));
+	qf_human_size(other, b, sizeof(b));
+	qf_human_size(file, d, sizeof(d));
+	qf_human_size(used, f, sizeof(f));
 	printf("%s\n", qf_cache_dir(c));
 	printf("  variants:            %zu, %s\n", nrec, a);
 	printf("  without a record:    %zu, %s\n", n - nrec, b);
@@ -210,7 +210,7 @@ static int cache_rm(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 		} else {
 			char h[32];
 
-			human(freed, h, sizeof(h));
+			qf_human_size(freed, h, sizeof(h));
 			printf("removed %s %s%s%s (%s)\n", e[k].vid_hex,
 			       e[k].recorded ? e[k].model : "",
 			       e[k].recorded ? "/" : "",
@@ -291,8 +291,8 @@ int qf_cmd_cache(int argc, char **argv)
 		char a[32], b[32];
 
 		ret = qf_cache_gc(c, max, &r);
-		human(r.freed, a, sizeof(a));
-		human(r.remaining, b, sizeof(b));
+		qf_human_size(r.freed, a, sizeof(a));
+		qf_human_size(r.remaining, b, sizeof(b));
 		if (ret < 0)
 			fprintf(stderr, "quantfs: gc: %s\n", qf_strerror(ret));
 		else
@@ -455,8 +455,8 @@ static void draw(const struct warm *w, uint64_t done, size_t cur, double t0,
 	for (k = 0; k < 30; k++)
 		bar[k] = k < fill ? '#' : '.';
 	bar[30] = 0;
-	human(done, a, sizeof(a));
-	human(w->total, b, sizeof(b));
+	qf_human_size(done, a, sizeof(a));
+	qf_human_size(w->total, b, sizeof(b));
 	note[0] = 0;
 	if (!last && cur < w->n)
 		layer_note(w->files[cur], note, sizeof(note));

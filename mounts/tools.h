@@ -14,4 +14,7 @@ int qf_cmd_warm(int argc, char **argv);
 /* "123", "64K", "256M", "4G", "1T". */
 int qf_parse_size(const char *s, uint64_t *out);
 
+/* "1.23 GiB", "4.56 MiB", "7.8 KiB", "12 B". */
+void qf_human_size(uint64_t b, char *out, size_t cap);
+
 #endif /* QF_TOOLS_H */

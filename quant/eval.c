@@ -17,14 +17,14 @@
 #include <string.h>
 
 #include "quant.h"
+#include "quant_i.h"
 
 #define ACT_BUDGET (256u << 20)		/* activation bytes per batch */
 #define HEAD_BUDGET (64u << 20)		/* logits bytes per slice */
 
-/* Sum of -log p(next) over rows [0, n) whose target is not -1. */
-static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
-		    const float *x, const int32_t *target, int64_t n,
-		    double *sum)
+int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
+		 const float *x, const int32_t *target, int64_t n,
+		 double *logp)
 {
 	int64_t rows = HEAD_BUDGET / ((int64_t)c->vocab * 4);
 	float *lg;
@@ -44,16 +44,35 @@ static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
 			double mx = l[0], s = 0;
 			int32_t t = target[r0 + r];
 
+			logp[r0 + r] = 0;
 			if (t < 0)
 				continue;
 			for (j = 1; j < c->vocab; j++)
 				mx = l[j] > mx ? l[j] : mx;
 			for (j = 0; j < c->vocab; j++)
 				s += exp((double)l[j] - mx);
-			*sum += mx + log(s) - (double)l[t];
+			logp[r0 + r] = (double)l[t] - mx - log(s);
 		}
 	}
 	free(lg);
+	return ret;
+}
+
+/* Sum of -log p(next) over rows [0, n) whose target is not -1. */
+static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
+		    const float *x, const int32_t *target, int64_t n,
+		    double *sum)
+{
+	double *logp = malloc((size_t)(n ? n : 1) * sizeof(*logp));
+	int64_t r;
+	int ret;
+
+	if (!logp)
+		return -ENOMEM;
+	ret = qf_head_logp(m, c, x, target, n, logp);
+	for (r = 0; r < n && !ret; r++)
+		*sum -= logp[r];
+	free(logp);
 	return ret;
 }
 

@@ -27,9 +27,9 @@
 #include <string.h>
 
 #include "quant.h"
+#include "quant_i.h"
 
 #define ACT_BUDGET (256u << 20)		/* activation bytes per batch */
-#define HEAD_BUDGET (64u << 20)		/* logits bytes per slice */
 
 struct mc_seq {
 	int32_t *ids;			/* [len]: BOS, prompt, continuation */
@@ -219,39 +219,6 @@ static int mc_parse(struct mc_set *s, const struct qf_tok *tok,
 	return ret;
 }
 
-/* log p(target) of each row of x [n, hidden]. */
-static int head_logp(const struct qf_model *m, const struct qf_tf_config *c,
-		     const float *x, const int32_t *target, int64_t n,
-		     double *logp)
-{
-	int64_t rows = HEAD_BUDGET / ((int64_t)c->vocab * 4);
-	float *lg;
-	int64_t r0, r, j;
-	int ret = 0;
-
-	rows = rows < 1 ? 1 : rows > n ? n : rows;
-	lg = malloc((size_t)(rows * c->vocab) * sizeof(*lg));
-	if (!lg)
-		return -ENOMEM;
-	for (r0 = 0; r0 < n && !ret; r0 += rows) {
-		int64_t k = n - r0 < rows ? n - r0 : rows;
-
-		ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lg);
-		for (r = 0; r < k && !ret; r++) {
-			const float *l = lg + r * c->vocab;
-			double mx = l[0], s = 0;
-
-			for (j = 1; j < c->vocab; j++)
-				mx = l[j] > mx ? l[j] : mx;
-			for (j = 0; j < c->vocab; j++)
-				s += exp((double)l[j] - mx);
-			logp[r0 + r] = (double)l[target[r0 + r]] - mx - log(s);
-		}
-	}
-	free(lg);
-	return ret;
-}
-
 /* Sequences ord[0..nb) (sorted by length, the last the longest). */
 static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 		     struct mc_set *s, const size_t *ord, int nb)
@@ -296,7 +263,7 @@ static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 		}
 	}
 	if (!ret && rows)
-		ret = head_logp(m, c, x, tgt, rows, logp);
+		ret = qf_head_logp(m, c, x, tgt, rows, logp);
 	for (b = 0; b < nb && !ret; b++) {
 		struct mc_seq *q = &s->seq[ord[b]];
 

@@ -265,26 +265,12 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 			       sizeof(v->t[v->nt - 1].shape));
 			continue;
 		}
-		if (spec->method == QF_METHOD_AWQ &&
-		    !packable(spec, mt->t->shape[1], mt->t->shape[0])) {
-			ret = note_skip(v, mt->name, "the AWQ GEMM format "
-					"needs 4 bits, out divisible by 8 and "
-					"in by the group size");
-			if (!ret)
-				ret = add_tensor(v, &cap, mt->name, "",
-						 mt->t->dtype, 0, 0,
-						 QF_VT_PASSTHROUGH);
-			if (ret < 0)
-				goto out_free;
-			v->t[v->nt - 1].src = mt;
-			v->t[v->nt - 1].ndim = 2;
-			v->t[v->nt - 1].shape[0] = mt->t->shape[0];
-			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
-			continue;
-		}
-		if (!qf_gptq_packable(spec->bits, mt->t->shape[1],
-				      mt->t->shape[0])) {
-			ret = note_skip(v, mt->name, spec->bits == 3 ?
+		if (!packable(spec, mt->t->shape[1], mt->t->shape[0])) {
+			ret = note_skip(v, mt->name,
+					spec->method == QF_METHOD_AWQ ?
+					"the AWQ GEMM format needs 4 bits, out "
+					"divisible by 8 and in by the group "
+					"size" : spec->bits == 3 ?
 					"3-bit packing needs in and out "
 					"divisible by 32" :
 					"packing needs in and out divisible "

@@ -237,13 +237,9 @@ int qf_variant_manifest(const struct qf_variant *v,
 				"AutoAWQ GEMM: qweight/qzeros [in, out/8] int32, "
 				"nibble order 0,2,4,6,1,3,5,7, scales [groups, out]" :
 				"gptq checkpoint (v1: qzeros store zero - 1)");
-	if (s->method == QF_METHOD_AWQ)
-		cJSON_AddStringToObject(root, "grid",
-			"asymmetric over [min(w), max(w)] of the (clipped) "
-			"group, zero = round(-min/scale) in [0, 15]; scales "
-			"rounded to fp16 before the weights");
-	else
-	cJSON_AddStringToObject(root, "grid", s->flags & QF_SPEC_SYM ?
+	cJSON_AddStringToObject(root, "grid", s->method == QF_METHOD_AWQ ?
+				"asymmetric over [min(w), max(w)] of the (clipped) group, zero = round(-min/scale) in [0, 15]; scales rounded to fp16 before the weights" :
+				s->flags & QF_SPEC_SYM ?
 				"symmetric: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1)" :
 				"asymmetric over [min(w,0), max(w,0)], zero = round(-min/scale) kept >= 1; scales rounded to fp16 before the weights");
 	if (ci)
