@@ -93,7 +93,8 @@ static int on_vid(void *arg, const uint8_t *vid, uint64_t bytes,
 	struct qf_cache_entry key, *e;
 
 	memcpy(key.vid, vid, QF_CACHE_VID);
-	e = bsearch(&key, l->e, l->nrec, sizeof(*e), cmp_vid);
+	e = l->nrec ? bsearch(&key, l->e, l->nrec, sizeof(*e), cmp_vid) :
+		      NULL;
 	if (!e) {			/* no record: not a finished variant */
 		e = add_entry(l, vid);
 		if (!e)
@@ -116,7 +117,8 @@ int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
 		return ret;
 	ret = qf_cache_each_record(txn, on_record, &l);
 	if (!ret && !l.err) {
-		qsort(l.e, l.n, sizeof(*l.e), cmp_vid);
+		if (l.n)	/* (qsort wants a base even for nothing) */
+			qsort(l.e, l.n, sizeof(*l.e), cmp_vid);
 		l.nrec = l.n;	/* ids without a record append after */
 		ret = qf_cache_each_vid(txn, on_vid, &l);
 	}
@@ -166,7 +168,8 @@ int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 		return ret;
 	for (i = 0; i < n; i++)
 		total += e[i].bytes;
-	qsort(e, n, sizeof(*e), cmp_lru);
+	if (n)
+		qsort(e, n, sizeof(*e), cmp_lru);
 	for (i = 0; i < n && total > max_bytes; i++) {
 		uint64_t freed = 0;
 
