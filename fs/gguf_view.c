@@ -395,8 +395,8 @@ int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 {
 	const struct qf_gguf_plan *p = &gv->plan;
 	struct qf_cache_txn *txn = NULL;
+	int ret = 0, attempt;
 	size_t i;
-	int ret = 0;
 
 	if (end > p->size)
 		end = p->size;
@@ -411,35 +411,57 @@ int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 	if (off < p->data_off)
 		memcpy(out->data, p->header.data + off,
 		       (end < p->data_off ? end : p->data_off) - off);
-	for (i = 0; i < p->nt && !ret; i++) {
-		const struct qf_gguf_tensor *t = &p->t[i];
+	/* twice at most: a tensor evicted (cache gc, cache_max) after this
+	 * process produced or checked it is produced again */
+	for (attempt = 0; attempt < 2; attempt++) {
+		bool gone = false;
 
-		if (t->offset >= end || t->offset + t->nbytes <= off)
-			continue;
-		ret = ensure(fs, gv, i);
-	}
-	if (!ret)
-		ret = qf_cache_read_begin(fs->cache, &txn);
-	for (i = 0; i < p->nt && !ret; i++) {
-		const struct qf_gguf_tensor *t = &p->t[i];
-		uint64_t a, b;
-		const void *v;
-		size_t len;
+		for (i = 0; i < p->nt && !ret; i++) {
+			const struct qf_gguf_tensor *t = &p->t[i];
 
-		if (t->offset >= end || t->offset + t->nbytes <= off)
-			continue;
-		ret = qf_cache_get(txn, gv->vid, t->name, &v, &len);
-		if (!ret && len != t->nbytes)
-			ret = QF_ECORRUPT;
-		if (ret == -ENOENT)
-			ret = QF_ECORRUPT;	/* evicted while read */
-		if (ret)
-			break;
-		a = t->offset > off ? t->offset : off;
-		b = t->offset + t->nbytes < end ? t->offset + t->nbytes : end;
-		memcpy(out->data + (a - off), (const uint8_t *)v +
-		       (a - t->offset), b - a);
+			if (t->offset >= end || t->offset + t->nbytes <= off)
+				continue;
+			ret = ensure(fs, gv, i);
+		}
+		if (!ret)
+			ret = qf_cache_read_begin(fs->cache, &txn);
+		for (i = 0; i < p->nt && !ret; i++) {
+			const struct qf_gguf_tensor *t = &p->t[i];
+			uint64_t lo, hi;
+			const void *v;
+			size_t len;
+
+			if (t->offset >= end || t->offset + t->nbytes <= off)
+				continue;
+			ret = qf_cache_get(txn, gv->vid, t->name, &v, &len);
+			if (ret == -ENOENT) {
+				gone = true;
+				ret = 0;
+				continue;
+			}
+			if (!ret && len != t->nbytes)
+				ret = QF_ECORRUPT;
+			if (ret)
+				break;
+			lo = t->offset > off ? t->offset : off;
+			hi = t->offset + t->nbytes < end ? t->offset + t->nbytes :
+			     end;
+			memcpy(out->data + (lo - off), (const uint8_t *)v +
+			       (lo - t->offset), hi - lo);
+		}
+		qf_cache_read_end(txn);
+		txn = NULL;
+		if (ret || !gone)
+			return ret;
+		/* eviction takes whole views: look at every tensor again */
+		pthread_mutex_lock(&gv->lock);
+		for (i = 0; i < p->nt; i++)
+			if (gv->state[i] == QF_GROUP_DONE)
+				gv->state[i] = QF_GROUP_NONE;
+		gv->ndone = 0;
+		gv->t0 = 0;
+		gv->recorded = false;	/* the record went with it */
+		pthread_mutex_unlock(&gv->lock);
 	}
-	qf_cache_read_end(txn);
-	return ret;
+	return QF_ECORRUPT;
 }

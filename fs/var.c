@@ -315,6 +315,7 @@ static void revalidate(struct qf_fs *fs, struct qf_var *var)
 			var->ndone--;
 		}
 		var->verified[gi] = 0;
+		var->recorded = false;	/* evicted: the record went too */
 		if (job && var->layers_done > var->group_layer[gi])
 			var->layers_done = var->group_layer[gi];
 	}

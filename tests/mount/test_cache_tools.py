@@ -145,6 +145,9 @@ def test_gc_skips_a_variant_being_read():
         n0 = len(produced(m.stderr()))
         assert sha(pa) == want_a and sha(pb) == want_b
         assert len(produced(m.stderr())) == n0 + 28, m.stderr()
+        # recorded again, so ls and gc know them
+        assert sorted(x["variant"] for x in ls(cache) if x["recorded"]) \
+            == ["rtn_w4_g128", "rtn_w8_g64_sym"]
 
 
 def test_cache_max_evicts_least_recently_used():

@@ -170,6 +170,16 @@ def test_files_listed_and_exact_repack():
                 assert np.array_equal(w, want.astype(np.float32)), (v, name)
                 n += 1
             assert n == 3
+        # evicted behind the mount's back (cache gc): produced again
+        path = os.path.join(d, "original", "model.gguf")
+        before = open(path, "rb").read()
+        r = subprocess.run([QUANTFS, "cache", "gc", "--max-size", "1",
+                            "--cache", m.cache], capture_output=True,
+                           text=True)
+        assert "evicted" in r.stdout, r.stdout + r.stderr
+        assert open(path, "rb").read() == before
+        assert m.stderr().count("original/model.gguf ready") == 2, \
+            m.stderr()
 
 
 def client(path, req):
