@@ -68,9 +68,11 @@ int qf_fs_bufvec(struct qf_fs *fs, struct qf_var *var,
 		if (ret == 0 && len != g->len)
 			ret = QF_ECORRUPT;
 		if (ret < 0) {
-			qf_err("%s/%s: tensor %s missing from the cache: %s",
-			       var->mdl->name, var->v->name, t->name,
-			       qf_strerror(ret));
+			if (ret != -ENOENT)	/* evicted: the caller retries */
+				qf_err("%s/%s: tensor %s unreadable in the "
+				       "cache: %s", var->mdl->name,
+				       var->v->name, t->name,
+				       qf_strerror(ret));
 			free(bv);
 			return ret;
 		}

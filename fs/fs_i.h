@@ -184,6 +184,8 @@ void qf_var_unlock(struct qf_var *var, int64_t slot);
  * the record's last-access time is kept within a minute.
  */
 void qf_var_opened(struct qf_fs *fs, struct qf_var *var);
+/* Forget groups no longer in the cache (evicted): produced again. */
+void qf_var_revalidate(struct qf_fs *fs, struct qf_var *var);
 void qf_var_released(struct qf_fs *fs, struct qf_var *var);
 /* A cache record: what `ls`, `quantfs cache` and gc know of vid
  * ("created" survives rewrites, "accessed" is now). */

@@ -324,19 +324,34 @@ static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 {
 	struct qf_cache_txn *txn = NULL;
 	struct fuse_bufvec *bv = NULL;
-	int ret;
+	int ret, attempt;
 
-	ret = ensure_range(fs, var, qf_var_seg_at(var, off), end);
-	if (ret < 0)
+	/* a second time when another process evicted the variant after
+	 * this one had it (cache gc): its groups are produced again */
+	for (attempt = 0; attempt < 2; attempt++) {
+		ret = ensure_range(fs, var, qf_var_seg_at(var, off), end);
+		if (ret < 0)
+			return ret;
+		ret = qf_cache_read_begin(fs->cache, &txn);
+		if (!ret)
+			ret = qf_fs_bufvec(fs, var, txn, off, end, &bv);
+		if (ret != -ENOENT)
+			break;
+		qf_cache_read_end(txn);
+		txn = NULL;
+		qf_var_revalidate(fs, var);
+	}
+	if (ret == -ENOENT)
+		ret = QF_ECORRUPT;
+	if (ret < 0) {
+		qf_cache_read_end(txn);
 		return ret;
+	}
 	if (!qf_fs_source_intact(var->mdl->m)) {
 		qf_err("%s: source changed since the mount; remount to serve "
 		       "the new version", var->mdl->name);
-		return QF_ECORRUPT;
+		ret = QF_ECORRUPT;
 	}
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	if (!ret)
-		ret = qf_fs_bufvec(fs, var, txn, off, end, &bv);
 	if (!ret)
 		fuse_reply_data(req, bv, 0);
 	qf_cache_read_end(txn);

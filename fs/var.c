@@ -288,10 +288,11 @@ void qf_var_record(struct qf_fs *fs, struct qf_var *var)
 }
 
 /*
- * On a first open: forget groups another process (or cache_max) evicted
- * while no file of the variant was open, so they are produced again.
+ * On a first open, or when a read finds a value gone: forget groups
+ * another process (or cache_max) evicted while no file of the variant was
+ * open, so they are produced again.
  */
-static void revalidate(struct qf_fs *fs, struct qf_var *var)
+void qf_var_revalidate(struct qf_fs *fs, struct qf_var *var)
 {
 	struct qf_cache_txn *txn;
 	size_t gi;
@@ -342,7 +343,7 @@ void qf_var_opened(struct qf_fs *fs, struct qf_var *var)
 		qf_warn("%s/%s: cannot mark the variant in use: %s",
 			var->mdl->name, var->v->name, strerror(errno));
 	if (first)
-		revalidate(fs, var);
+		qf_var_revalidate(fs, var);
 	if (touch)
 		qf_var_record(fs, var);
 }
