@@ -177,6 +177,8 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
  * and then the caller proceeds unlocked.
  */
 int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot);
+/* The same on byte slot of lock file fd (GGUF views use it too). */
+int qf_fs_lock_wait(struct qf_fs *fs, int fd, int64_t slot);
 void qf_var_unlock(struct qf_var *var, int64_t slot);
 /*
  * A file of the variant was opened / released: while any is open the

@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fs_i.h"
@@ -205,7 +204,7 @@ static void record(struct qf_fs *fs, struct qf_gv *gv)
 
 static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)
 {
-	struct flock fl = { .l_type = on ? F_WRLCK : F_UNLCK,
+	struct flock fl = { .l_type = F_UNLCK,
 			    .l_whence = SEEK_SET, .l_start = (off_t)i,
 			    .l_len = 1 };
 
@@ -219,20 +218,9 @@ static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)
 	pthread_mutex_unlock(&gv->lock);
 	if (gv->lockfd < 0)
 		return -EIO;
-	while (fcntl(gv->lockfd, F_OFD_SETLK, &fl) < 0) {
-		struct timespec ts = { 0, 50 * 1000 * 1000 };
-		bool stop;
-
-		if (!on || (errno != EAGAIN && errno != EACCES))
-			return -errno;
-		pthread_mutex_lock(&fs->job_lock);
-		stop = fs->stopping;
-		pthread_mutex_unlock(&fs->job_lock);
-		if (stop)
-			return -EINTR;
-		nanosleep(&ts, NULL);
-	}
-	return 0;
+	if (on)
+		return qf_fs_lock_wait(fs, gv->lockfd, (int64_t)i);
+	return fcntl(gv->lockfd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
 }
 
 /* 0: the tensor is in the cache with a good checksum; -ENOENT: absent;

@@ -175,14 +175,11 @@ static int lock_fd(struct qf_fs *fs, struct qf_var *var)
 	return fd;
 }
 
-int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
+int qf_fs_lock_wait(struct qf_fs *fs, int fd, int64_t slot)
 {
 	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
 			    .l_start = slot, .l_len = 1 };
-	int fd = lock_fd(fs, var);
 
-	if (fd < 0)
-		return fd;
 	/* poll, so an unmount does not wait for another process's job */
 	while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
 		struct timespec ts = { 0, 100 * 1000 * 1000 };
@@ -198,6 +195,13 @@ int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
 		nanosleep(&ts, NULL);
 	}
 	return 0;
+}
+
+int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
+{
+	int fd = lock_fd(fs, var);
+
+	return fd < 0 ? fd : qf_fs_lock_wait(fs, fd, slot);
 }
 
 void qf_var_unlock(struct qf_var *var, int64_t slot)

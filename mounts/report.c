@@ -372,36 +372,6 @@ static void *producer_main(void *arg)
 	return NULL;
 }
 
-/* ", quantize, layer 3/6, eta 20 s" from user.quantfs.progress. */
-static void progress_note(const char *dir, char *out, size_t cap)
-{
-	char buf[1024];
-	ssize_t n;
-	cJSON *j, *e;
-	int k;
-
-	out[0] = 0;
-	n = getxattr(dir, "user.quantfs.progress", buf, sizeof(buf) - 1);
-	if (n <= 0)
-		return;
-	buf[n] = 0;
-	j = cJSON_Parse(buf);
-	if (cJSON_IsNumber(cJSON_GetObjectItem(j, "layers")) &&
-	    cJSON_GetObjectItem(j, "layers")->valueint > 0 &&
-	    cJSON_IsNumber(cJSON_GetObjectItem(j, "layers_done")) &&
-	    cJSON_IsString(cJSON_GetObjectItem(j, "state"))) {
-		e = cJSON_GetObjectItem(j, "eta_s");
-		k = snprintf(out, cap, ", %s, layer %d/%d",
-			     cJSON_GetObjectItem(j, "state")->valuestring,
-			     cJSON_GetObjectItem(j, "layers_done")->valueint,
-			     cJSON_GetObjectItem(j, "layers")->valueint);
-		if (cJSON_IsNumber(e) && k > 0 && (size_t)k < cap)
-			snprintf(out + k, cap - (size_t)k, ", eta %.0f s",
-				 e->valuedouble);
-	}
-	cJSON_Delete(j);
-}
-
 /*
  * Run the producer thread to its end, printing progress: a line every
  * 5 s when stderr is a log, one line rewritten in place on a terminal.
@@ -439,7 +409,7 @@ static int produce(struct producer *pr, const char *tag, bool tty)
 		done = pr->done;
 		pthread_mutex_unlock(&pr->lock);
 		/* the xattr asks the daemon: never under the lock */
-		progress_note(pr->row->dir, note, sizeof(note));
+		qf_progress_note(pr->row->dir, note, sizeof(note));
 		size[0] = 0;
 		if (done) {
 			qf_human_size(done, size + 2, sizeof(size) - 2);

@@ -410,13 +410,41 @@ static int add_path(struct warm *w, const char *path)
 	return ret;
 }
 
-/* "layer 3/28" from the progress xattr of the file's directory. */
+/* ", quantize, layer 3/6, eta 20 s" from user.quantfs.progress. */
+void qf_progress_note(const char *dir, char *out, size_t cap)
+{
+	char buf[1024];
+	ssize_t n;
+	cJSON *j, *e;
+	int k;
+
+	out[0] = 0;
+	n = getxattr(dir, "user.quantfs.progress", buf, sizeof(buf) - 1);
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	j = cJSON_Parse(buf);
+	if (cJSON_IsNumber(cJSON_GetObjectItem(j, "layers")) &&
+	    cJSON_GetObjectItem(j, "layers")->valueint > 0 &&
+	    cJSON_IsNumber(cJSON_GetObjectItem(j, "layers_done")) &&
+	    cJSON_IsString(cJSON_GetObjectItem(j, "state"))) {
+		e = cJSON_GetObjectItem(j, "eta_s");
+		k = snprintf(out, cap, ", %s, layer %d/%d",
+			     cJSON_GetObjectItem(j, "state")->valuestring,
+			     cJSON_GetObjectItem(j, "layers_done")->valueint,
+			     cJSON_GetObjectItem(j, "layers")->valueint);
+		if (cJSON_IsNumber(e) && k > 0 && (size_t)k < cap)
+			snprintf(out + k, cap - (size_t)k, ", eta %.0f s",
+				 e->valuedouble);
+	}
+	cJSON_Delete(j);
+}
+
+/* The note of the directory holding file. */
 static void layer_note(const char *file, char *out, size_t cap)
 {
-	char dir[4096], buf[1024];
+	char dir[4096];
 	char *slash;
-	ssize_t n;
-	cJSON *j;
 
 	out[0] = 0;
 	snprintf(dir, sizeof(dir), "%s", file);
@@ -424,24 +452,7 @@ static void layer_note(const char *file, char *out, size_t cap)
 	if (!slash)
 		return;
 	*slash = 0;
-	n = getxattr(dir, "user.quantfs.progress", buf, sizeof(buf) - 1);
-	if (n <= 0)
-		return;
-	buf[n] = 0;
-	j = cJSON_Parse(buf);
-	if (cJSON_IsNumber(cJSON_GetObjectItem(j, "layers")) &&
-	    cJSON_GetObjectItem(j, "layers")->valueint > 0) {
-		cJSON *e = cJSON_GetObjectItem(j, "eta_s");
-		int n0 = snprintf(out, cap, ", %s, layer %d/%d",
-			cJSON_GetStringValue(cJSON_GetObjectItem(j, "state")),
-			cJSON_GetObjectItem(j, "layers_done")->valueint,
-			cJSON_GetObjectItem(j, "layers")->valueint);
-
-		if (cJSON_IsNumber(e) && n0 > 0 && (size_t)n0 < cap)
-			snprintf(out + n0, cap - (size_t)n0, ", eta %.0f s",
-				 e->valuedouble);
-	}
-	cJSON_Delete(j);
+	qf_progress_note(dir, out, cap);
 }
 
 static void draw(const struct warm *w, uint64_t done, size_t cur, double t0,

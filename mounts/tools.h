@@ -14,6 +14,11 @@ int qf_cmd_warm(int argc, char **argv);
 /* "123", "64K", "256M", "4G", "1T". */
 int qf_parse_size(const char *s, uint64_t *out);
 
+/*
+ * ", state, layer 3/6, eta 20 s" from the user.quantfs.progress xattr of
+ * a variant directory; "" when it has none or it is not a layer job.
+ */
+void qf_progress_note(const char *dir, char *out, size_t cap);
 /* "1.23 GiB", "4.56 MiB", "7.8 KiB", "12 B". */
 void qf_human_size(uint64_t b, char *out, size_t cap);
 
