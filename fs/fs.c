@@ -140,6 +140,37 @@ out_free:
 	return ret;
 }
 
+/*
+ * The compute backend of calibrated jobs (-o backend).  "auto" takes
+ * the CUDA one only where an NVIDIA driver is loaded (it costs no
+ * library load elsewhere); an unusable device falls back to the CPU
+ * with the reason logged.
+ */
+static int select_backend(struct qf_fs *fs)
+{
+	const char *want = fs->o.backend ? fs->o.backend : "auto";
+	char why[256], dev[160];
+	int ret;
+
+	if (!strcmp(want, "auto") && access("/proc/driver/nvidia", F_OK)) {
+		ret = qf_backend_select("cpu", why, sizeof(why));
+		qf_debug("backend: cpu (no NVIDIA driver loaded)");
+	} else {
+		ret = qf_backend_select(want, why, sizeof(why));
+	}
+	if (ret < 0) {
+		qf_err("backend '%s': use cpu, cuda or auto", want);
+		return ret;
+	}
+	fs->backend = (enum qf_backend)ret;
+	qf_backend_describe(dev, sizeof(dev));
+	if (why[0])
+		qf_warn("backend: cpu (%s)", why);
+	else if (fs->backend == QF_BACKEND_CUDA || strcmp(want, "auto"))
+		qf_info("backend: %s (%s)", qf_backend_name(fs->backend), dev);
+	return 0;
+}
+
 int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 {
 	struct qf_node *root;
@@ -179,6 +210,9 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	if (ret < 0)
 		goto out_free;
 	qf_fs_trim_cache(fs);
+	ret = select_backend(fs);
+	if (ret < 0)
+		goto out_free;
 	root = qf_ns_node_root(fs);
 	if (!root) {
 		ret = -ENOMEM;

@@ -27,6 +27,7 @@ struct qf_fs_opts {
 	uint64_t calib_seed;		/* sampled sets (default 0) */
 	int max_jobs;			/* concurrent calibrated jobs, 0: 1 */
 	uint64_t cache_max;		/* evict LRU variants above it, 0: no */
+	const char *backend;		/* "cpu", "cuda", "auto" (NULL) */
 };
 
 enum {

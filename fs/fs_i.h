@@ -123,6 +123,7 @@ struct qf_fs {
 	char *src;			/* absolute */
 	char *cache_dir;
 	struct qf_cache *cache;
+	enum qf_backend backend;	/* of calibrated jobs */
 	struct qf_mdl *mdl;
 	size_t nmdl;
 	pthread_mutex_t lock;		/* nodes, hash, vars lists */

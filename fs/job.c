@@ -123,6 +123,7 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 	memset(var->ci.hash, '0', 64);
 	var->ci.hash[64] = 0;
 	var->ci.damp = 0.01;
+	var->ci.backend = qf_backend_name(fs->backend);
 	qf_buf_release(&b);
 	qf_buf_release(&tok);
 	return 0;
@@ -299,7 +300,7 @@ static double energy(const float *d, const float *h, int64_t out, int64_t in,
 	double e = 0;
 	int64_t i;
 
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
+	qf_sgemm(false, false, (int)out,
 		    (int)in, (int)in, 1.0f, d, (int)in, h, (int)in, 0.0f, tmp,
 		    (int)in);
 	for (i = 0; i < out * in; i++)

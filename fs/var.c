@@ -73,7 +73,7 @@ out_free:
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out)
 {
-	const char *parts[4];
+	const char *parts[5];
 	struct qf_spec spec;
 	struct qf_var *var;
 	char calib_hex[33];
@@ -117,7 +117,11 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	parts[1] = mdl->m->fp_hex;
 	parts[2] = var->v->name;
 	parts[3] = calib_hex;		/* calibration set: none for rtn */
-	qf_cache_vid(parts, 4, var->vid);
+	/* the backend changes bytes (sums in another order): a cuda
+	 * variant is another variant; cpu keys are those of before */
+	parts[4] = "backend=cuda";
+	qf_cache_vid(parts, var->calibrated &&
+			    fs->backend == QF_BACKEND_CUDA ? 5 : 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
 	var->verified = calloc(var->v->ng ? var->v->ng : 1, 1);
 	ret = var->state && var->verified ? 0 : -ENOMEM;

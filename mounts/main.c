@@ -65,6 +65,8 @@ static const char usage_text[] =
 	"  -o calib_n=N       calibration sequences (default 32)\n"
 	"  -o calib_len=N     tokens per sequence (default 256)\n"
 	"  -o calib_seed=N    seed of sampled sets (default 0)\n"
+	"  -o backend=B       cpu, cuda or auto (default): where calibrated\n"
+	"                     variants are computed\n"
 	"  -o max_jobs=N      calibrated variants produced at once\n"
 	"                     (default 1; more wait, queued)\n"
 	"  -o cache_max=SIZE  evict least recently used variants above\n"
@@ -152,6 +154,14 @@ static int take_option(struct mount_opts *mo, char *opt)
 			mo->fs.io = QF_IO_CACHE;
 		else
 			return -EINVAL;
+	} else if (!strcmp(opt, "backend") && val) {
+		if (strcmp(val, "cpu") && strcmp(val, "cuda") &&
+		    strcmp(val, "auto")) {
+			fprintf(stderr, "quantfs: backend=%s: use cpu, cuda "
+				"or auto\n", val);
+			return -EINVAL;
+		}
+		mo->fs.backend = val;
 	} else if (!strcmp(opt, "max_jobs") && val) {
 		mo->fs.max_jobs = atoi(val);
 		if (mo->fs.max_jobs < 1 || mo->fs.max_jobs > 64)

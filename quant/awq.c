@@ -14,7 +14,6 @@
  * (torch.round) by the 1.5 * 2^23 trick on arguments clamped to the grid
  * first, which keeps it exact; do not build with -ffast-math.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,7 +186,7 @@ static void row_energy(const float *d, int64_t rows, int64_t len,
 {
 	int64_t r, j;
 
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows,
+	qf_sgemm(false, false, (int)rows,
 		    (int)len, (int)len, 1.0f, d, (int)len, h, (int)ldh, 0.0f,
 		    t, (int)len);
 	for (r = 0; r < rows; r++) {
@@ -744,7 +743,7 @@ static void gemm_tn(const float *a, int64_t lda, const float *b, int64_t ldb,
 		    int64_t n, int64_t rows, int64_t cols, float beta,
 		    float *out)
 {
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)rows,
+	qf_sgemm(true, false, (int)rows,
 		    (int)cols, (int)n, 1.0f, a, (int)lda, b, (int)ldb, beta,
 		    out, (int)cols);
 }
@@ -793,10 +792,10 @@ static void rf_head_sums(struct rf_ws *s, int64_t h, double *num,
 static void rf_project_fp(struct rf_ws *s, const float *x, const float *wq,
 			  const float *wk)
 {
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n,
+	qf_sgemm(false, true, (int)s->n,
 		    (int)s->nq, (int)s->in, 1.0f, x, (int)s->in, wq,
 		    (int)s->in, 0.0f, s->q, (int)s->nq);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n,
+	qf_sgemm(false, true, (int)s->n,
 		    (int)s->nk, (int)s->in, 1.0f, x, (int)s->in, wk,
 		    (int)s->in, 0.0f, s->k, (int)s->nk);
 }
@@ -809,10 +808,10 @@ static void rf_project_diff(struct rf_ws *s, const float *x)
 {
 	int64_t i;
 
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n,
+	qf_sgemm(false, true, (int)s->n,
 		    (int)s->nq, (int)s->in, 1.0f, x, (int)s->in, s->dwq,
 		    (int)s->in, 0.0f, s->dq, (int)s->nq);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)s->n,
+	qf_sgemm(false, true, (int)s->n,
 		    (int)s->nk, (int)s->in, 1.0f, x, (int)s->in, s->dwk,
 		    (int)s->in, 0.0f, s->dk, (int)s->nk);
 	for (i = 0; i < s->n * s->nq; i++)
@@ -973,10 +972,10 @@ static int64_t rf_query_head(struct rf_ws *s, struct rf_mat *mq, int64_t h)
 	rf_head_sums(s, h, &e, &den);
 	gemm_tn(s->xc, c, s->dq + h * hd, s->nq, s->n, c, hd, 0, s->a);
 	gemm_tn(s->xc, c, s->q + h * hd, s->nq, s->n, c, hd, 0, s->b);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c,
+	qf_sgemm(false, false, (int)c,
 		    (int)hd, (int)hd, 1.0f, s->a, (int)hd, s->m + M_KPKP * hh,
 		    (int)hd, 0.0f, s->gf, (int)hd);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c,
+	qf_sgemm(false, false, (int)c,
 		    (int)hd, (int)hd, 1.0f, s->b, (int)hd, s->m + M_DKKP * hh,
 		    (int)hd, 1.0f, s->gf, (int)hd);
 	rf_setup(s, mq, h * hd, s->m + M_KPKP * hh);
@@ -1010,10 +1009,10 @@ static int64_t rf_key_head(struct rf_ws *s, struct rf_mat *mk, int64_t g)
 	}
 	gemm_tn(s->xc, c, s->kp + g * hd, s->nk, s->n, c, hd, 0, s->a);
 	gemm_tn(s->xc, c, s->dk + g * hd, s->nk, s->n, c, hd, 0, s->b);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c,
+	qf_sgemm(false, false, (int)c,
 		    (int)hd, (int)hd, 1.0f, s->a, (int)hd, m + M_1 * hh,
 		    (int)hd, 0.0f, s->gf, (int)hd);
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c,
+	qf_sgemm(false, false, (int)c,
 		    (int)hd, (int)hd, 1.0f, s->b, (int)hd, m + M_2 * hh,
 		    (int)hd, 1.0f, s->gf, (int)hd);
 	rf_setup(s, mk, g * hd, m + M_QPQP * hh);

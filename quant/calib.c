@@ -9,7 +9,6 @@
  * the calibration set (twice: the layer input is kept to re-run the layer
  * per stage), and the current stage's statistics.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,9 +116,7 @@ void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
 	int64_t r, j;
 
 	if (s->h)	/* upper triangle of H += X^T X */
-		cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans,
-			    (int)s->in, (int)n, 1.0f, x, (int)s->in, 1.0f,
-			    s->h, (int)s->in);
+		qf_ssyrk_t(s->in, n, x, s->in, s->h);
 	for (r = 0; r < n; r++)
 		for (j = 0; j < s->in; j++) {
 			double v = x[r * s->in + j];

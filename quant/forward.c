@@ -9,7 +9,6 @@
  * and lm_head are converted in slices, never as a whole fp32 copy, so a
  * 150k-token vocabulary costs no extra gigabyte.
  */
-#include <cblas.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
@@ -436,7 +435,7 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 		if (ret < 0)
 			break;
 		/* logits[:, r0:r0+nr] = xn w^T, ldc = vocab */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n,
+		qf_sgemm(false, true, (int)n,
 			    (int)nr, c->hidden, 1.0f, xn, c->hidden, w,
 			    c->hidden, 0.0f, logits + r0, c->vocab);
 	}

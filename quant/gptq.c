@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qf_cuda.h"
 #include "quant.h"
 
 extern void spotrf_(const char *uplo, const int *n, float *a, const int *lda,
@@ -134,6 +135,43 @@ static void work_free(struct gptq_work *k)
 	free(k->diag);
 }
 
+/*
+ * The core (Cholesky, column loop, lazy updates) on the CUDA backend.
+ * Returns 0 done, 1 H not positive definite, -1 not on the device (the
+ * CPU does it).
+ */
+static int gptq_device(struct gptq_work *k, int64_t out, int64_t in,
+		       int64_t gs, int64_t bs, const struct qf_gptq_opts *o,
+		       double *loss)
+{
+	struct qf_cuda_gptq g = {
+		.out = out, .in = in, .gs = gs, .bs = bs, .bits = o->qp.bits,
+		.sym = o->qp.sym,
+		.grids_given = gs == in || o->static_groups,
+		.perm = k->perm, .damp = o->damp > 0 ? o->damp : 0.01f,
+		.wp = k->wp, .hp = k->hp, .gsc16 = k->gsc16, .gsc = k->gsc,
+		.gz = k->gz, .qp = k->qp,
+	};
+	int ret;
+
+	if (qf_backend_current() != QF_BACKEND_CUDA || bs > QF_CUDA_GPTQ_BS)
+		return -1;
+	ret = qf_backend_gptq(&g);
+	if (ret < 0)
+		return -1;
+	if (g.damp_retries)
+		qf_warn("gptq: H not positive definite, damping raised %d "
+			"time(s) x10", g.damp_retries);
+	if (o->times) {
+		o->times->chol += g.chol_s;
+		o->times->columns += g.loop_s;
+		o->times->lazy += g.lazy_s;
+		o->times->lazy_flop += g.lazy_flop;
+	}
+	*loss = g.loss;
+	return ret;
+}
+
 int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		     const struct qf_gptq_opts *o, uint8_t *q,
 		     uint16_t *scale_f16, int32_t *zero, int32_t *g_idx,
@@ -194,12 +232,6 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	for (i = 0; i < in; i++)
 		for (j = 0; j < in; j++)
 			k.hp[i * in + j] = h[k.perm[i] * in + k.perm[j]];
-	t0 = qf_now();
-	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
-	if (o->times)
-		o->times->chol += qf_now() - t0;
-	if (ret < 0)
-		goto out_free;
 	if (gs == in) {		/* one grid per row, from the whole row */
 		ret = find_params(k.wp, in, out, 0, in, p, k.gsc16, k.gsc,
 				  k.gz);
@@ -207,6 +239,19 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 			goto out_free;
 		cur = 0;
 	}
+	ret = gptq_device(&k, out, in, gs, bs, o, &total);
+	if (ret == 0)
+		goto unpermute;
+	if (ret > 0) {
+		ret = QF_ENUMERIC;
+		goto out_free;
+	}
+	t0 = qf_now();
+	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
+	if (o->times)
+		o->times->chol += qf_now() - t0;
+	if (ret < 0)
+		goto out_free;
 	for (i1 = 0; i1 < in; i1 += bs) {
 		int64_t i2 = i1 + bs < in ? i1 + bs : in, cnt = i2 - i1;
 
@@ -267,6 +312,7 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 					       (double)(in - i2) * (double)cnt;
 		}
 	}
+unpermute:
 	/* back to the original column order; groups follow positions */
 	for (j = 0; j < in; j++) {
 		int64_t c = k.perm[j];

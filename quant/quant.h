@@ -302,6 +302,34 @@ int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
 			uint16_t *scale_f16, int32_t *zero);
 
 /*
+ * The compute backend (backend.c): "cpu" (OpenBLAS/LAPACK) or "cuda"
+ * (cuBLAS/cuSOLVER and kernels in a module loaded at run time).  One
+ * choice per process: qf_backend_select("cpu" | "cuda" | "auto") returns
+ * the backend in use; "cuda" and "auto" fall back to the CPU, with the
+ * reason in why, when the module or a device does not work.  QF_ESPEC
+ * for another name.  On cuda, products above 2^27 flops, X^T X and
+ * GPTQ's core run on the device; results differ from the CPU's only by
+ * the order of floating-point sums (see quantfs-variants(7), BACKENDS).
+ */
+enum qf_backend { QF_BACKEND_CPU, QF_BACKEND_CUDA };
+int qf_backend_select(const char *want, char *why, size_t cap);
+enum qf_backend qf_backend_current(void);
+const char *qf_backend_name(enum qf_backend b);
+/* True when this build has the CUDA module. */
+bool qf_backend_cuda_built(void);
+/* "OpenBLAS" or the device's name and size. */
+void qf_backend_describe(char *out, size_t cap);
+/* Row-major C[m, n] = alpha op(A) op(B) + beta C (cblas_sgemm's terms). */
+void qf_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+	      float alpha, const float *a, int64_t lda, const float *b,
+	      int64_t ldb, float beta, float *c, int64_t ldc);
+/* Row-major upper triangle of C[n, n] += X^T X for X [k, n]. */
+void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
+struct qf_cuda_gptq;
+/* GPTQ's core on the device: 0, 1 (H not PD), -1 (use the CPU). */
+int qf_backend_gptq(struct qf_cuda_gptq *g);
+
+/*
  * GPTQ (Frantar et al. 2022) of one linear, as published: Cholesky of the
  * damped inverse Hessian, columns quantized in order (or by descending
  * diag(H) with act_order) with error feedback, lazy blocks of
@@ -566,6 +594,8 @@ struct qf_calib_info {
 	/* awq reflip: relative attention-score error before / after,
 	 * [ng * 2] (set for q_proj groups) or NULL */
 	const double *score;
+	/* compute backend that produced it ("cpu", "cuda"), NULL: cpu */
+	const char *backend;
 };
 /* quantization.json: method, parameters, hashes, per-layer layout;
  * ci is NULL for uncalibrated methods. */

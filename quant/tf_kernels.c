@@ -8,7 +8,6 @@
  * per caller, threads come from OpenBLAS itself.  Scratch is allocated
  * once per layer call, never per token.
  */
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +20,7 @@ void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
 {
 	int64_t i, j;
 
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)out,
+	qf_sgemm(false, true, (int)n, (int)out,
 		    (int)in, 1.0f, x, (int)in, w, (int)in, beta, y, (int)out);
 	if (!b)
 		return;
@@ -319,15 +318,13 @@ void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
 				const float *vb = v + (base + lo) * kvd + g * hd;
 
 				/* qb [r1 - r0, hd] ld qd; kb, vb [nk, hd] ld kvd */
-				cblas_sgemm(CblasRowMajor, CblasNoTrans,
-					    CblasTrans, r1 - r0, nk, hd, scale,
+				qf_sgemm(false, true, r1 - r0, nk, hd, scale,
 					    qb, qd, kb, kvd, 0.0f, s, nk);
 				for (i = r0; i < r1; i++)
 					softmax_row(s + (int64_t)(i - r0) * nk,
 						    lo, nk, block_lo(i, window),
 						    i, avx2);
-				cblas_sgemm(CblasRowMajor, CblasNoTrans,
-					    CblasNoTrans, r1 - r0, hd, nk, 1.0f,
+				qf_sgemm(false, false, r1 - r0, hd, nk, 1.0f,
 					    s, nk, vb, kvd, 0.0f, qb, qd);
 			}
 		}

@@ -3,7 +3,8 @@
  * (tf_kernels.c), shared with forward.c.  Not part of the public API.
  *
  * Kernels take no locks and allocate nothing; callers pass scratch.
- * Matrix products run on OpenBLAS SGEMM (row-major).
+ * Matrix products run on the compute backend (qf_sgemm: OpenBLAS SGEMM,
+ * or cuBLAS for large ones on the cuda backend).
  */
 #ifndef QF_TF_KERNELS_H
 #define QF_TF_KERNELS_H

@@ -164,6 +164,8 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 	cJSON_AddNumberToObject(o, "sequences", ci->nseq);
 	cJSON_AddNumberToObject(o, "tokens_per_sequence", ci->seqlen);
 	cJSON_AddItemToObject(o, "seconds", fixed_num(ci->seconds));
+	cJSON_AddStringToObject(o, "backend",
+				ci->backend ? ci->backend : "cpu");
 	if (v->spec.method == QF_METHOD_AWQ) {
 		cJSON *a = cJSON_AddObjectToObject(root, "awq");
 

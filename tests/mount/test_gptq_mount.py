@@ -307,5 +307,57 @@ def test_named_calibration_sets():
             m.mnt, "tiny", "gptq_w4_g128@stories"))
 
 
+
+def test_backend_option():
+    """-o backend: a bad name is refused; cuda without a usable device
+    falls back to the CPU with the reason logged, and the variant is the
+    CPU one (same cache key, same bytes); with a device (the GPU machine)
+    the variant is produced there, says so, and is cached apart."""
+    bad = subprocess.run([QUANTFS, "mount", SRC, tempfile.mkdtemp(), "-f",
+                          "-o", "backend=tpu"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode != 0 and "backend=tpu" in bad.stderr, bad.stderr
+    rel = os.path.join("tiny", "gptq_w4_g64", "model.safetensors")
+    cache = tempfile.mkdtemp(prefix="qfbe.")
+    with Mount(SRC, cache=cache, opts=SMALL + ["backend=cpu"]) as m:
+        cpu = sha(os.path.join(m.mnt, rel))
+        tc, _ = stread.read_st(os.path.join(m.mnt, rel))
+        src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
+        man = json.load(open(os.path.join(m.mnt, "tiny", "gptq_w4_g64",
+                                          "quantization.json")))
+        assert man["calibration"]["backend"] == "cpu"
+    with Mount(SRC, cache=cache, opts=SMALL + ["backend=cuda"]) as m:
+        log = m.stderr()
+        got = sha(os.path.join(m.mnt, rel))
+        man = json.load(open(os.path.join(m.mnt, "tiny", "gptq_w4_g64",
+                                          "quantization.json")))
+        ls = subprocess.run([QUANTFS, "cache", "ls", "--cache", cache],
+                            capture_output=True, text=True).stdout
+        if "backend: cuda (" in log:
+            print("  cuda device:", re.search(r"backend: cuda \((.*)\)",
+                                             log).group(1))
+            assert man["calibration"]["backend"] == "cuda"
+            assert len(layer_lines(m.stderr())) == 3   # produced anew
+            assert ls.count("gptq_w4_g64") == 2, ls
+            # the same algorithm: codes agree but for sums in another
+            # order (Cholesky, GEMM) tipping a few roundings
+            g, _ = stread.read_st(os.path.join(m.mnt, rel))
+            for name in ("model.layers.0.self_attn.q_proj",
+                         "model.layers.2.mlp.down_proj"):
+                W = src[name + ".weight"]
+                qc = stread.gptq_dequant(tc, name, 4, *W.shape)[1]
+                qg = stread.gptq_dequant(g, name, 4, *W.shape)[1]
+                same = float(np.mean(qc == qg))
+                print("  %s: %.4f of codes equal to the CPU's" % (name, same))
+                assert same > 0.95, same
+        else:
+            why = re.search(r"backend: cpu \((.+)\)", log)
+            assert why, log
+            print("  fallback:", why.group(1))
+            assert got == cpu
+            assert man["calibration"]["backend"] == "cpu"
+            assert layer_lines(m.stderr()) == []        # from the cache
+            assert ls.count("gptq_w4_g64") == 1, ls
+
 if __name__ == "__main__":
     run_tests(globals())
