@@ -26,6 +26,7 @@
 
 #include <cblas.h>
 
+#include "brecq.h"
 #include "fs_i.h"
 
 extern void openblas_set_num_threads(int n);
@@ -44,6 +45,7 @@ struct job {
 	double *alpha;			/* [ng] awq */
 	double *score;			/* [ng * 2] awq reflip, q_proj groups */
 	float *imat;			/* kq: this layer's importance matrix */
+	int layer;			/* brecq: the block being rebuilt */
 	/* where the time goes (logged at the end of the job) */
 	struct qf_gptq_times gt;
 	double stats_s;			/* X^T X and channel sums */
@@ -124,6 +126,15 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 	var->ci.hash[64] = 0;
 	var->ci.damp = 0.01;
 	var->ci.backend = qf_backend_name(fs->backend);
+	if (s->method == QF_METHOD_BRECQ) {
+		struct qf_brecq_opts bo;
+
+		qf_brecq_opts_default(&bo);
+		var->ci.brecq_iters = o->brecq_iters > 0 ? o->brecq_iters :
+							   bo.iters;
+		var->ci.brecq_batch = o->brecq_batch > 0 ? o->brecq_batch :
+							   bo.batch_seqs;
+	}
 	qf_buf_release(&b);
 	qf_buf_release(&tok);
 	return 0;
@@ -543,6 +554,121 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	return 0;
 }
 
+static int brecq_progress(void *arg, int iter, int iters, double rec,
+			  double reg)
+{
+	struct job *j = arg;
+
+	qf_debug("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
+		 "rounding regularizer %.4g", j->var->mdl->name,
+		 j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
+		 rec, reg);
+	return stopping(j->fs) ? -EINTR : 0;
+}
+
+/*
+ * BRECQ of layer l (quant/brecq.c): learned rounding of its linears
+ * against the full-precision layer's output y on the quantized model's
+ * input x; the codes into j->pending.
+ */
+static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
+		    const float *y, int nseq, int seqlen)
+{
+	struct job *j = arg;
+	const struct qf_variant *v = j->var->v;
+	struct qf_brecq_opts o;
+	struct qf_brecq_result res = { 0 };
+	uint8_t *q[QF_TF_NLINEAR] = { NULL };
+	uint16_t *sc[QF_TF_NLINEAR] = { NULL };
+	int32_t *z[QF_TF_NLINEAR] = { NULL };
+	int64_t ntok = (int64_t)nseq * seqlen, i;
+	double ey = 0;
+	int k, ret = 0;
+
+	if (stopping(j->fs))
+		return -EINTR;
+	qf_brecq_opts_default(&o);
+	if (j->fs->o.brecq_iters > 0)
+		o.iters = j->fs->o.brecq_iters;
+	if (j->fs->o.brecq_batch > 0)
+		o.batch_seqs = j->fs->o.brecq_batch;
+	o.seed = (uint64_t)l;
+	o.progress = brecq_progress;
+	o.arg = j;
+	o.every = 50;
+	j->layer = l;
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
+		size_t out, in, ng;
+
+		if (!g) {
+			o.qp[k].bits = 16;	/* kept in the source dtype */
+			continue;
+		}
+		o.qp[k] = g->qp;
+		out = (size_t)g->w->t->shape[0];
+		in = (size_t)g->w->t->shape[1];
+		ng = (size_t)qf_ngroups((int64_t)in, g->qp.group);
+		q[k] = malloc(out * in);
+		sc[k] = malloc(out * ng * sizeof(uint16_t));
+		z[k] = malloc(out * ng * sizeof(int32_t));
+		if (!q[k] || !sc[k] || !z[k])
+			ret = -ENOMEM;
+	}
+	if (!ret)
+		ret = qf_brecq_block(&j->c, l, ly, x, y, nseq, seqlen, &o, q, sc,
+				     z, &res);
+	for (i = 0; i < ntok * j->c.hidden; i++)
+		ey += (double)y[i] * y[i];
+	ey /= (double)(ntok * j->c.hidden);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+		void **bufs = j->pending + (size_t)gi * 4;
+		int32_t *gidx;
+		int64_t in, c, gs;
+		uint32_t t;
+
+		if (gi < 0)
+			continue;
+		g = &v->g[gi];
+		in = g->w->t->shape[1];
+		gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
+		gidx = malloc((size_t)in * sizeof(*gidx));
+		for (t = 0; t < g->n && gidx; t++)
+			if (!(bufs[t] = malloc(qf_vtensor_bytes(
+					&v->t[g->first + t]))))
+				break;
+		if (!gidx || t < g->n) {
+			free(gidx);
+			ret = -ENOMEM;
+			break;
+		}
+		for (c = 0; c < in; c++)
+			gidx[c] = (int32_t)(c / gs);
+		qf_variant_emit(v, (size_t)gi, q[k], sc[k], z[k], gidx, bufs);
+		free(gidx);
+		/* the block's relative output error, for each of its linears */
+		j->loss[gi] = ey > 0 ? res.mse_final / ey : 0;
+		j->loss_rtn[gi] = ey > 0 ? res.mse_rtn / ey : 0;
+		j->alpha[gi] = j->score[2 * gi] = j->score[2 * gi + 1] = -1;
+	}
+	if (!ret)
+		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
+			"%.4g (relative; round to nearest -> learned rounding), "
+			"%d steps in %.1f s", j->var->mdl->name, v->name, l + 1,
+			j->var->nlayers, ey > 0 ? res.mse_rtn / ey : 0,
+			ey > 0 ? res.mse_final / ey : 0, res.iters,
+			res.seconds);
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		free(q[k]);
+		free(sc[k]);
+		free(z[k]);
+	}
+	return ret;
+}
+
 /* Resume: the cached packed tensors of layer l, dequantized into ly. */
 static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 {
@@ -829,8 +955,10 @@ static void *job_main(void *arg)
 	const struct qf_spec *sp = &var->v->spec;
 	bool awq = sp->method == QF_METHOD_AWQ;
 	bool kq = sp->method == QF_METHOD_KQUANT;
+	bool brecq = sp->method == QF_METHOD_BRECQ;
 	struct qf_calib_ops ops = {
-		.hessian = !kq,
+		.hessian = !kq && !brecq,
+		.block = brecq ? cb_block : NULL,
 		/* GPTQ: true sequential; AWQ: statistics of the layer as
 		 * it is, all seven linears at once (scales couple them);
 		 * kq: the imatrix of the unchanged model */
@@ -912,7 +1040,7 @@ static void *job_main(void *arg)
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
-		if (j->first < var->nlayers && !awq && !kq)
+		if (j->first < var->nlayers && !awq && !kq && !brecq)
 			qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
 				"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
 				"comparison %.1f s, packing %.1f s, LMDB %.1f s, "

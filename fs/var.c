@@ -74,6 +74,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out)
 {
 	const char *parts[5];
+	char extra[64];
 	struct qf_spec spec;
 	struct qf_var *var;
 	char calib_hex[33];
@@ -117,11 +118,21 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	parts[1] = mdl->m->fp_hex;
 	parts[2] = var->v->name;
 	parts[3] = calib_hex;		/* calibration set: none for rtn */
-	/* the backend changes bytes (sums in another order): a cuda
-	 * variant is another variant; cpu keys are those of before */
-	parts[4] = "backend=cuda";
-	qf_cache_vid(parts, var->calibrated &&
-			    fs->backend == QF_BACKEND_CUDA ? 5 : 4, var->vid);
+	/*
+	 * What else changes the bytes: the backend (sums in another order)
+	 * and BRECQ's optimizer settings.  Keys without them are those of
+	 * before.
+	 */
+	extra[0] = 0;
+	if (var->calibrated && fs->backend == QF_BACKEND_CUDA)
+		snprintf(extra, sizeof(extra), "backend=cuda;");
+	if (spec.method == QF_METHOD_BRECQ)
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+			 "brecq=%d/%d;",
+			 (var->base ? var->base : var)->ci.brecq_iters,
+			 (var->base ? var->base : var)->ci.brecq_batch);
+	parts[4] = extra;
+	qf_cache_vid(parts, extra[0] ? 5 : 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
 	var->verified = calloc(var->v->ng ? var->v->ng : 1, 1);
 	ret = var->state && var->verified ? 0 : -ENOMEM;
@@ -371,7 +382,7 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	const struct qf_vgroup *g = &var->v->g[gi];
 	int64_t rows = g->w->t->shape[0], in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group);
-	int64_t cols = rows * g->qp.bits / 32, r, j;
+	int64_t cols = rows * g->pack_bits / 32, r, j;
 	bool awq = var->v->spec.method == QF_METHOD_AWQ;
 	uint32_t k, nt = awq ? 3 : 4;	/* the packed tensors */
 	uint8_t *zq = malloc((size_t)(rows * ng));
@@ -404,10 +415,10 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 		for (j = 0; j < in; j++)
 			g_idx[j] = (int32_t)(j / gs);
 	} else if (!ret) {
-		qf_gptq_unpack_qweight(p[0], rows, in, g->qp.bits, q);
+		qf_gptq_unpack_qweight(p[0], rows, in, g->pack_bits, q);
 		for (j = 0; j < ng; j++)
 			qf_gptq_unpack_qweight((const uint32_t *)p[1] + j * cols,
-					       1, rows, g->qp.bits,
+					       1, rows, g->pack_bits,
 					       zq + j * rows);
 		for (r = 0; r < rows; r++)
 			for (j = 0; j < ng; j++) {
@@ -415,7 +426,7 @@ int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 					j * rows + r];
 				/* v1 checkpoints store zero - 1 */
 				z[r * ng + j] = (zq[j * rows + r] + 1) &
-						((1 << g->qp.bits) - 1);
+						((1 << g->pack_bits) - 1);
 			}
 		memcpy(g_idx, p[3], (size_t)in * sizeof(*g_idx));
 	}

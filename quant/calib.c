@@ -378,6 +378,56 @@ size_t qf_kq_imatrix_len(const struct qf_tf_config *c)
 	return qf_kq_imatrix_off(c, QF_TF_NLINEAR);
 }
 
+/* ops->block: x_q (quantized path), x_fp (full precision), y */
+static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
+		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		      void *arg)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
+	float *xq = malloc(bytes), *xfp = malloc(bytes), *y = malloc(bytes);
+	int l, ret;
+
+	if (!xq || !xfp || !y) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_tf_embed(m, c, cs->ids, ntok, xq);
+	if (!ret)
+		memcpy(xfp, xq, bytes);
+	for (l = 0; l < c->layers && !ret; l++) {
+		struct qf_tf_layer ly;
+		double t0 = qf_now();
+		bool cached = false;
+		float *tmp;
+
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		/* the target: the full-precision layer on its own input */
+		memcpy(y, xfp, bytes);
+		ret = qf_tf_layer_forward(c, &ly, l, y, cs->nseq, cs->seqlen,
+					  NULL, NULL);
+		if (!ret && ops->layer_cached)
+			ret = ops->layer_cached(arg, l, &ly, &cached);
+		if (!ret && !cached)
+			ret = ops->block(arg, l, &ly, xq, y, cs->nseq,
+					 cs->seqlen);
+		if (!ret)
+			ret = qf_tf_layer_forward(c, &ly, l, xq, cs->nseq,
+						  cs->seqlen, NULL, NULL);
+		qf_tf_layer_free(&ly);
+		tmp = xfp, xfp = y, y = tmp;
+		if (!ret && ops->layer_done)
+			ret = ops->layer_done(arg, l, xq, ntok, qf_now() - t0);
+	}
+out_free:
+	free(xq);
+	free(xfp);
+	free(y);
+	return ret;
+}
+
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg)
@@ -392,6 +442,8 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 	float *x_in, *x;
 	int l, ret;
 
+	if (ops->block)
+		return run_blocks(m, c, cs, ops, arg);
 	x_in = malloc((size_t)(ntok * c->hidden) * sizeof(*x_in));
 	x = malloc((size_t)(ntok * c->hidden) * sizeof(*x));
 	if (!x_in || !x) {

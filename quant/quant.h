@@ -524,7 +524,8 @@ struct qf_vgroup {
 	const struct qf_model_tensor *w; /* source linear weight */
 	uint32_t first;			/* its output tensors: first.. */
 	uint32_t n;			/*  ..first + n - 1 in v->t */
-	struct qf_qparams qp;
+	struct qf_qparams qp;		/* the grid (bits 6: a 6-bit grid) */
+	int pack_bits;			/* the container: 2, 3, 4 or 8 */
 	uint64_t src_bytes;		/* source bytes consumed */
 	/*
 	 * AWQ: the norm whose weights absorb this linear's input scales
@@ -533,6 +534,9 @@ struct qf_vgroup {
 	 */
 	const struct qf_model_tensor *norm;
 };
+
+/* Grid bits of linear `name`, 16 = not quantized (see below). */
+typedef int (*qf_bits_fn)(void *arg, const char *name);
 
 struct qf_variant {
 	struct qf_model *m;		/* borrowed */
@@ -544,6 +548,8 @@ struct qf_variant {
 	size_t ng;
 	struct qf_buf skipped;		/* JSON array text of kept layers */
 	size_t nskipped;
+	qf_bits_fn bits_of;		/* per-linear bits, or NULL */
+	void *bits_arg;
 };
 
 /*
@@ -553,6 +559,22 @@ struct qf_variant {
  */
 int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 		    struct qf_variant **out);
+/*
+ * Per-linear precision: the grid bits of linear `name` (a ".weight"
+ * tensor), 16 to keep it in the source dtype.  The default rule: the
+ * spec's bits; brecq: attention (self_attn.*) at attn_bits, the rest at
+ * bits; mixed_static: qf_mixed_static_bits().  mixed_dyn and mixed_b
+ * need bits_of (their allocation is measured).  Grids without a GPTQ
+ * packing (5, 6, 7 bits) are stored in the 8-bit container with values
+ * on the narrower grid.
+ */
+int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
+			 qf_bits_fn bits_of, void *arg,
+			 struct qf_variant **out);
+/* Bits of a linear under mixed_static's table (attention 8, MLP 4). */
+int qf_mixed_static_bits(const char *name);
+/* The container of a grid: 2, 3, 4, 8 as they are; 5..7 in 8. */
+int qf_pack_bits(int bits);
 void qf_variant_free(struct qf_variant *v);
 /*
  * Produce group gi: out[k] receives the bytes of tensor v->t[first + k]
@@ -596,6 +618,7 @@ struct qf_calib_info {
 	const double *score;
 	/* compute backend that produced it ("cpu", "cuda"), NULL: cpu */
 	const char *backend;
+	int brecq_iters, brecq_batch;	/* brecq: Adam steps, sequences */
 };
 /* quantization.json: method, parameters, hashes, per-layer layout;
  * ci is NULL for uncalibrated methods. */
@@ -840,6 +863,15 @@ struct qf_calib_ops {
 	/* Optional: the layer is done (x is its quantized output). */
 	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
 			  double seconds);
+	/*
+	 * Block reconstruction (BRECQ) instead of statistics: block() gets
+	 * the layer's input as the quantized layers before produce it (x)
+	 * and the full-precision layer's output on the full-precision
+	 * input (y), both [nseq * seqlen, hidden], and replaces the
+	 * weights in ly.  The driver keeps three activation arrays.
+	 */
+	int (*block)(void *arg, int layer, struct qf_tf_layer *ly,
+		     const float *x, const float *y, int nseq, int seqlen);
 };
 /*
  * Floats of one layer's importance matrix (kq variants): the input

@@ -99,12 +99,41 @@ static int note_skip(struct qf_variant *v, const char *name,
 	return ret;
 }
 
-static bool packable(const struct qf_spec *s, int64_t in, int64_t out)
+int qf_pack_bits(int bits)
+{
+	return bits == 2 || bits == 3 || bits == 4 ? bits : 8;
+}
+
+int qf_mixed_static_bits(const char *name)
+{
+	if (strstr(name, "self_attn."))
+		return 8;
+	if (strstr(name, "mlp."))
+		return 4;
+	return 8;
+}
+
+/* Grid bits of a linear: 2..8, or 16 (kept in the source dtype). */
+static int linear_bits(const struct qf_variant *v, const char *name)
+{
+	const struct qf_spec *s = &v->spec;
+
+	if (v->bits_of)
+		return v->bits_of(v->bits_arg, name);
+	if (s->method == QF_METHOD_BRECQ)
+		return strstr(name, "self_attn.") ? s->attn_bits : s->bits;
+	if (s->method == QF_METHOD_MIXED_STATIC)
+		return qf_mixed_static_bits(name);
+	return s->bits;
+}
+
+static bool packable(const struct qf_spec *s, int bits, int64_t in,
+		     int64_t out)
 {
 	if (s->method == QF_METHOD_AWQ)
-		return qf_awq_packable(s->bits, in, out, s->group < 0 ? 0 :
+		return qf_awq_packable(bits, in, out, s->group < 0 ? 0 :
 				       s->group);
-	return qf_gptq_packable(s->bits, in, out);
+	return qf_gptq_packable(qf_pack_bits(bits), in, out);
 }
 
 /*
@@ -151,7 +180,7 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 				 l, fold[f].lin[k]);
 			mt = qf_model_find(v->m, want);
 			if (!mt || !is_linear(mt) ||
-			    !packable(&v->spec, mt->t->shape[1],
+			    !packable(&v->spec, v->spec.bits, mt->t->shape[1],
 				      mt->t->shape[0]))
 				return NULL;
 		}
@@ -190,8 +219,9 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 	memset(g, 0, sizeof(*g));
 	g->w = mt;
 	g->first = (uint32_t)v->nt;
-	g->qp.bits = s->bits;
-	g->qp.group = s->group < 0 ? 0 : s->group;
+	g->qp.bits = linear_bits(v, mt->name);
+	g->pack_bits = qf_pack_bits(g->qp.bits);
+	g->qp.group = s->group < 0 ? 0 : s->group ? s->group : 128;
 	g->qp.sym = s->flags & QF_SPEC_SYM;
 	g->src_bytes = mt->t->nbytes;
 	ng = qf_ngroups(in, g->qp.group);
@@ -210,10 +240,10 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 					 ng, out, gi);
 	} else {
 		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32,
-				 in * s->bits / 32, out, gi);
+				 in * g->pack_bits / 32, out, gi);
 		if (!ret)
 			ret = add_tensor(v, cap, prefix, ".qzeros", QF_DT_I32,
-					 ng, out * s->bits / 32, gi);
+					 ng, out * g->pack_bits / 32, gi);
 		if (!ret)
 			ret = add_tensor(v, cap, prefix, ".scales", QF_DT_F16,
 					 ng, out, gi);
@@ -232,19 +262,45 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 		    struct qf_variant **out)
 {
+	return qf_variant_init_bits(m, spec, NULL, NULL, out);
+}
+
+int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
+			 qf_bits_fn bits_of, void *arg,
+			 struct qf_variant **out)
+{
 	struct qf_variant *v;
 	size_t cap = 0, gcap = 0;
 	size_t i;
-	int ret;
+	int ret, bits;
 
-	if (spec->method != QF_METHOD_RTN && spec->method != QF_METHOD_GPTQ &&
-	    spec->method != QF_METHOD_AWQ && !qf_spec_kq_supported(spec))
-		return QF_EUNSUPPORTED;
+	switch (spec->method) {
+	case QF_METHOD_RTN:
+	case QF_METHOD_GPTQ:
+	case QF_METHOD_AWQ:
+	case QF_METHOD_MIXED_STATIC:
+		break;
+	case QF_METHOD_BRECQ:	/* lm_head stays in the source dtype */
+		if (spec->head_bits && spec->head_bits != 16)
+			return QF_EUNSUPPORTED;
+		break;
+	case QF_METHOD_MIXED_DYN:
+	case QF_METHOD_MIXED_BUDGET:
+		if (!bits_of)
+			return QF_EUNSUPPORTED;
+		break;
+	case QF_METHOD_KQUANT:
+		if (!qf_spec_kq_supported(spec))
+			return QF_EUNSUPPORTED;
+		break;
+	}
 	v = calloc(1, sizeof(*v));
 	if (!v)
 		return -ENOMEM;
 	v->m = m;
 	v->spec = *spec;
+	v->bits_of = bits_of;
+	v->bits_arg = arg;
 	ret = qf_spec_print(spec, v->name, sizeof(v->name));
 	if (ret < 0)
 		goto out_free;
@@ -265,12 +321,16 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 			       sizeof(v->t[v->nt - 1].shape));
 			continue;
 		}
-		if (!packable(spec, mt->t->shape[1], mt->t->shape[0])) {
-			ret = note_skip(v, mt->name,
+		bits = linear_bits(v, mt->name);
+		if (bits >= 16 ||
+		    !packable(spec, bits, mt->t->shape[1], mt->t->shape[0])) {
+			ret = note_skip(v, mt->name, bits >= 16 ?
+					"kept at 16 bits by the precision "
+					"allocation" :
 					spec->method == QF_METHOD_AWQ ?
 					"the AWQ GEMM format needs 4 bits, out "
 					"divisible by 8 and in by the group "
-					"size" : spec->bits == 3 ?
+					"size" : bits == 3 ?
 					"3-bit packing needs in and out "
 					"divisible by 32" :
 					"packing needs in and out divisible "
@@ -363,8 +423,8 @@ void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
 			    out[2]);
 		return;
 	}
-	qf_gptq_pack_qweight(q, rows, in, g->qp.bits, out[0]);
-	qf_gptq_pack_qzeros(zero, rows, ng, g->qp.bits, out[1]);
+	qf_gptq_pack_qweight(q, rows, in, g->pack_bits, out[0]);
+	qf_gptq_pack_qzeros(zero, rows, ng, g->pack_bits, out[1]);
 	/* scales are [groups, out]: transpose from [out, groups] */
 	for (r = 0; r < rows; r++)
 		for (j = 0; j < ng; j++)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "brecq.h"
 #include "quant.h"
 
 static int emit(cJSON *root, struct qf_buf *out)
@@ -55,6 +56,85 @@ static cJSON *skipped_list(const struct qf_variant *v)
 	return o ? o : cJSON_CreateArray();
 }
 
+static cJSON *fixed_num(double x);
+
+/* The config's "bits": the container most linears (by count) use. */
+static int config_bits(const struct qf_variant *v)
+{
+	size_t n[9] = { 0 }, i;
+	int b, best = 0;
+
+	if (!v->ng)
+		return v->spec.bits;
+	for (i = 0; i < v->ng; i++)
+		n[v->g[i].pack_bits]++;
+	for (b = 2; b <= 8; b++)
+		if (n[b] > n[best])
+			best = b;
+	return best;
+}
+
+static bool mixed_bits(const struct qf_variant *v)
+{
+	size_t i;
+
+	for (i = 1; i < v->ng; i++)
+		if (v->g[i].pack_bits != v->g[0].pack_bits)
+			return true;
+	return false;
+}
+
+/* "+:^name$": {"bits": b} for linears off the config's width */
+static void add_overrides(cJSON *dyn, const struct qf_variant *v)
+{
+	int def = config_bits(v);
+	size_t i;
+
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_vgroup *g = &v->g[i];
+		struct qf_buf re = QF_BUF_INIT;
+		cJSON *o;
+
+		if (g->pack_bits == def)
+			continue;
+		regex_of(g->w->name, &re);
+		if (!re.data)
+			continue;
+		re.data[0] = '+';	/* regex_of writes "-:" */
+		o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "bits", g->pack_bits);
+		cJSON_AddItemToObject(dyn, re.data, o);
+		qf_buf_release(&re);
+	}
+}
+
+/*
+ * Size accounting that counts every stored byte: packed weights,
+ * scales, zeros, g_idx and everything kept in the source dtype, per
+ * parameter and against the source and fp32.
+ */
+static void add_size(cJSON *o, const struct qf_variant *v, uint64_t dst)
+{
+	uint64_t params = 0, qparams = 0;
+	size_t i;
+
+	for (i = 0; i < v->m->nt; i++)
+		params += qf_st_numel(v->m->t[i].t);
+	for (i = 0; i < v->ng; i++)
+		qparams += qf_st_numel(v->g[i].w->t);
+	cJSON_AddNumberToObject(o, "parameters", (double)params);
+	cJSON_AddNumberToObject(o, "quantized_parameters", (double)qparams);
+	cJSON_AddItemToObject(o, "bits_per_parameter",
+			      fixed_num(params ? 8.0 * (double)dst /
+					(double)params : 0));
+	cJSON_AddItemToObject(o, "ratio_vs_source",
+			      fixed_num(dst ? (double)v->m->weight_bytes /
+					(double)dst : 0));
+	cJSON_AddItemToObject(o, "ratio_vs_fp32",
+			      fixed_num(dst ? 4.0 * (double)params /
+					(double)dst : 0));
+}
+
 static cJSON *quant_config(const struct qf_variant *v)
 {
 	const struct qf_spec *s = &v->spec;
@@ -93,8 +173,9 @@ static cJSON *quant_config(const struct qf_variant *v)
 		return qc;
 	}
 	cJSON_AddStringToObject(qc, "quant_method", "gptq");
-	cJSON_AddNumberToObject(qc, "bits", s->bits);
-	cJSON_AddNumberToObject(qc, "group_size", s->group);
+	cJSON_AddNumberToObject(qc, "bits", config_bits(v));
+	cJSON_AddNumberToObject(qc, "group_size", v->ng ? v->g[0].qp.group :
+				s->group);
 	cJSON_AddBoolToObject(qc, "desc_act", s->flags & QF_SPEC_ACT);
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
 	cJSON_AddBoolToObject(qc, "static_groups", s->flags & QF_SPEC_STATIC);
@@ -107,11 +188,15 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
 	cJSON_AddStringToObject(meta, "method", qf_method_name(s->method));
 	cJSON_AddStringToObject(meta, "variant", v->name);
-	if (!v->nskipped)
+	if (!v->nskipped && !mixed_bits(v))
 		return qc;
-	/* GPTQModel / vLLM per-module override: "-:" = not quantized */
+	/*
+	 * GPTQModel / vLLM per-module overrides: "+:" another bit width,
+	 * "-:" not quantized
+	 */
 	skipped = skipped_list(v);
 	meta = cJSON_AddObjectToObject(qc, "dynamic");
+	add_overrides(meta, v);
 	cJSON_ArrayForEach(it, skipped) {
 		struct qf_buf re = QF_BUF_INIT;
 		cJSON *n = cJSON_GetObjectItem(it, "name");
@@ -206,6 +291,31 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 		}
 		return;
 	}
+	if (v->spec.method == QF_METHOD_BRECQ) {
+		cJSON *b = cJSON_AddObjectToObject(root, "brecq");
+		struct qf_brecq_opts d;
+
+		qf_brecq_opts_default(&d);
+		cJSON_AddBoolToObject(o, "true_sequential", true);
+		cJSON_AddStringToObject(b, "method",
+			"block reconstruction (Li et al. 2021): per decoder "
+			"block, AdaRound rounding variables learned with Adam "
+			"against the full-precision block's output, inputs from "
+			"the quantized blocks before");
+		cJSON_AddNumberToObject(b, "iters", ci->brecq_iters);
+		cJSON_AddNumberToObject(b, "batch_sequences", ci->brecq_batch);
+		cJSON_AddNumberToObject(b, "lr", d.lr);
+		cJSON_AddNumberToObject(b, "rounding_reg", d.reg);
+		cJSON_AddNumberToObject(b, "beta_start", d.beta_hi);
+		cJSON_AddNumberToObject(b, "beta_end", d.beta_lo);
+		cJSON_AddNumberToObject(b, "warmup", d.warmup);
+		cJSON_AddStringToObject(o, "loss",
+			"relative block output error mean |B_q(x_q) - B(x)|^2 "
+			"/ mean |B(x)|^2 on the calibration set, learned "
+			"rounding (brecq) next to round-to-nearest on the same "
+			"grid (rtn), the same for every linear of the block");
+		return;
+	}
 	cJSON_AddNumberToObject(o, "damp_percent", ci->damp);
 	cJSON_AddBoolToObject(o, "true_sequential", true);
 	cJSON_AddStringToObject(o, "loss",
@@ -264,11 +374,16 @@ int qf_variant_manifest(const struct qf_variant *v,
 		cJSON_AddItemToArray(shape, cJSON_CreateNumber(
 					(double)g->w->t->shape[1]));
 		cJSON_AddNumberToObject(l, "bits", g->qp.bits);
-		cJSON_AddNumberToObject(l, "group_size", s->group);
+		if (g->pack_bits != g->qp.bits)
+			cJSON_AddNumberToObject(l, "container_bits",
+						g->pack_bits);
+		cJSON_AddNumberToObject(l, "group_size", g->qp.group);
 		if (ci) {
 			bool awq = s->method == QF_METHOD_AWQ;
 
-			cJSON_AddItemToObject(l, awq ? "loss_awq" : "loss_gptq",
+			cJSON_AddItemToObject(l, awq ? "loss_awq" :
+				s->method == QF_METHOD_BRECQ ? "loss_brecq" :
+				"loss_gptq",
 				fixed_num(ci->loss ? ci->loss[i] : 0));
 			cJSON_AddItemToObject(l, "loss_rtn", fixed_num(
 				ci->loss_rtn ? ci->loss_rtn[i] : 0));
@@ -295,5 +410,6 @@ int qf_variant_manifest(const struct qf_variant *v,
 	cJSON_AddNumberToObject(o, "source_weights", (double)v->m->weight_bytes);
 	cJSON_AddNumberToObject(o, "quantized_source_weights", (double)src);
 	cJSON_AddNumberToObject(o, "output_tensors", (double)dst);
+	add_size(o, v, dst);
 	return emit(root, out);
 }

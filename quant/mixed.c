@@ -1,0 +1,992 @@
+/*
+ * mixed.c - mixed-precision quantization: roles, bytes, sensitivity,
+ * importance and the allocation policies (see mixed.h).
+ */
+#include <fnmatch.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mixed.h"
+
+#define PATTERN_MAX 1024		/* bytes of an override pattern + NUL */
+
+const int qf_mixed_bits_all[QF_MIXED_NBITS] = { 2, 3, 4, 6, 8, 16 };
+
+static const char *const role_names[QF_ROLE_COUNT] = {
+	[QF_ROLE_ATTN] = "attn",
+	[QF_ROLE_MLP] = "mlp",
+	[QF_ROLE_EMBED] = "embed",
+	[QF_ROLE_HEAD] = "head",
+	[QF_ROLE_OTHER] = "other",
+};
+
+const char *qf_role_name(enum qf_role r)
+{
+	return (unsigned)r < QF_ROLE_COUNT ? role_names[r] : "?";
+}
+
+/* Role named by s[0..len). */
+static int role_parse_n(const char *s, size_t len, enum qf_role *out)
+{
+	int r;
+
+	for (r = 0; r < QF_ROLE_COUNT; r++)
+		if (strlen(role_names[r]) == len &&
+		    !memcmp(role_names[r], s, len)) {
+			*out = (enum qf_role)r;
+			return 0;
+		}
+	return QF_ESPEC;
+}
+
+int qf_role_parse(const char *s, enum qf_role *out)
+{
+	return role_parse_n(s, strlen(s), out);
+}
+
+static const struct {
+	const char *comp;
+	enum qf_role role;
+} role_comps[] = {
+	{ "q_proj", QF_ROLE_ATTN },
+	{ "k_proj", QF_ROLE_ATTN },
+	{ "v_proj", QF_ROLE_ATTN },
+	{ "o_proj", QF_ROLE_ATTN },
+	{ "qkv_proj", QF_ROLE_ATTN },
+	{ "gate_proj", QF_ROLE_MLP },
+	{ "up_proj", QF_ROLE_MLP },
+	{ "down_proj", QF_ROLE_MLP },
+	{ "gate_up_proj", QF_ROLE_MLP },
+	{ "embed_tokens", QF_ROLE_EMBED },
+	{ "lm_head", QF_ROLE_HEAD },
+};
+
+enum qf_role qf_role_of(const char *tensor_name,
+			const char *const *overrides)
+{
+	enum qf_role role = QF_ROLE_OTHER;
+	const char *s = tensor_name;
+	size_t k;
+
+	for (; overrides && *overrides; overrides++) {
+		const char *eq = strrchr(*overrides, '=');
+		char pat[PATTERN_MAX];
+		size_t plen;
+		enum qf_role r;
+
+		if (!eq)
+			continue;
+		plen = (size_t)(eq - *overrides);
+		if (plen == 0 || plen >= sizeof(pat) ||
+		    qf_role_parse(eq + 1, &r) < 0)
+			continue;
+		memcpy(pat, *overrides, plen);
+		pat[plen] = 0;
+		if (!fnmatch(pat, tensor_name, 0))
+			return r;
+	}
+	/* the last component naming a role decides */
+	while (*s) {
+		size_t len = strcspn(s, ".");
+
+		for (k = 0; k < sizeof(role_comps) / sizeof(role_comps[0]);
+		     k++)
+			if (strlen(role_comps[k].comp) == len &&
+			    !memcmp(role_comps[k].comp, s, len))
+				role = role_comps[k].role;
+		s += len;
+		if (*s == '.')
+			s++;
+	}
+	return role;
+}
+
+static void say(char *why, size_t cap, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void say(char *why, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!why || !cap)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why, cap, fmt, ap);
+	va_end(ap);
+}
+
+void qf_mixed_overrides_free(char **list)
+{
+	char **p;
+
+	if (!list)
+		return;
+	for (p = list; *p; p++)
+		free(*p);
+	free(list);
+}
+
+int qf_mixed_overrides_parse(const char *s, char ***out, char *why,
+			     size_t cap)
+{
+	size_t n = 0, i = 0, k;
+	const char *p;
+	char **list;
+	int ret = 0;
+
+	*out = NULL;
+	if (*s) {
+		n = 1;
+		for (p = s; *p; p++)
+			n += *p == ',';
+	}
+	list = calloc(n + 1, sizeof(*list));
+	if (!list)
+		return -ENOMEM;
+	for (p = s, k = 0; k < n; k++) {
+		size_t len = strcspn(p, ",");
+		const char *eq = NULL, *q;
+		enum qf_role r;
+
+		for (q = p; q < p + len; q++)
+			if (*q == '=')
+				eq = q;
+		if (!len) {
+			say(why, cap, "override %zu is empty", k + 1);
+			ret = QF_ESPEC;
+			goto fail;
+		}
+		if (!eq) {
+			say(why, cap, "override %zu (\"%.*s\"): expected "
+			    "pattern=role", k + 1, (int)len, p);
+			ret = QF_ESPEC;
+			goto fail;
+		}
+		if (eq == p || (size_t)(eq - p) >= PATTERN_MAX) {
+			say(why, cap, "override %zu (\"%.*s\"): pattern is "
+			    "empty or longer than %d bytes", k + 1, (int)len,
+			    p, PATTERN_MAX - 1);
+			ret = QF_ESPEC;
+			goto fail;
+		}
+		if (role_parse_n(eq + 1, (size_t)(p + len - eq - 1), &r) < 0) {
+			say(why, cap, "override %zu (\"%.*s\"): role \"%.*s\""
+			    " is not attn, mlp, embed, head or other", k + 1,
+			    (int)len, p, (int)(p + len - eq - 1), eq + 1);
+			ret = QF_ESPEC;
+			goto fail;
+		}
+		list[i] = strndup(p, len);
+		if (!list[i]) {
+			ret = -ENOMEM;
+			goto fail;
+		}
+		i++;
+		p += len + (p[len] == ',');
+	}
+	*out = list;
+	return 0;
+fail:
+	qf_mixed_overrides_free(list);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* bytes and sizes                                                    */
+
+bool qf_mixed_bits_valid(int bits)
+{
+	int k;
+
+	for (k = 0; k < QF_MIXED_NBITS; k++)
+		if (qf_mixed_bits_all[k] == bits)
+			return true;
+	return false;
+}
+
+uint64_t qf_mixed_bytes(int64_t out, int64_t in, int bits, int group,
+			bool sym)
+{
+	uint64_t ng, b;
+
+	if (!qf_mixed_bits_valid(bits) || out <= 0 || in <= 0)
+		return 0;
+	if (bits == 16)
+		return (uint64_t)out * (uint64_t)in * 2;
+	ng = (uint64_t)qf_ngroups(in, group);
+	b = (uint64_t)out * (uint64_t)qf_ct_words(in, bits) * 4;
+	b += (uint64_t)out * ng * 2;
+	if (!sym)
+		b += (uint64_t)qf_ct_words(out, bits) * ng * 4;
+	return b + 2 * 4;
+}
+
+void qf_mixed_size_add(struct qf_mixed_size *s, uint64_t params,
+		       uint64_t bytes, uint64_t src_bytes)
+{
+	s->params += params;
+	s->bytes += bytes;
+	s->src_bytes += src_bytes;
+}
+
+void qf_mixed_size_finish(struct qf_mixed_size *s)
+{
+	double p = (double)s->params, b = (double)s->bytes;
+
+	s->bytes_per_param = s->params ? b / p : 0;
+	s->bits_per_param = 8 * s->bytes_per_param;
+	s->ratio_src = s->bytes ? (double)s->src_bytes / b : 0;
+	s->ratio_fp32 = s->bytes ? 4 * p / b : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* sensitivity and importance                                         */
+
+/* tr(A H A^T) for A [out, in]: t = A H (SGEMM), sum t .* A in double. */
+static double quad_trace(const float *a, int64_t out, int64_t in,
+			 const float *h, float *t)
+{
+	double s = 0;
+	int64_t i;
+
+	qf_sgemm(false, false, out, in, in, 1.0f, a, in, h, in, 0.0f, t, in);
+	for (i = 0; i < out * in; i++)
+		s += (double)t[i] * (double)a[i];
+	return s;
+}
+
+int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
+			 const float *h, const int *bits, int np, int group,
+			 bool sym, double *cost)
+{
+	int64_t ng = qf_ngroups(in, group), gs = ng == 1 ? in : group;
+	size_t n = (size_t)(out * in);
+	float *d = NULL, *t = NULL;
+	uint16_t *sc = NULL;
+	int32_t *z = NULL;
+	uint8_t *q = NULL;
+	double den;
+	int p, ret = 0;
+
+	for (p = 0; p < np; p++)
+		if (!qf_mixed_bits_valid(bits[p]))
+			return -EINVAL;
+	d = malloc(n * sizeof(*d));
+	t = malloc(n * sizeof(*t));
+	q = malloc(n);
+	sc = malloc((size_t)(out * ng) * sizeof(*sc));
+	z = malloc((size_t)(out * ng) * sizeof(*z));
+	if (!d || !t || !q || !sc || !z) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	den = quad_trace(w, out, in, h, t);
+	for (p = 0; p < np; p++) {
+		struct qf_qparams qp = { bits[p], group, sym };
+		int64_t r, j;
+
+		cost[p] = 0;
+		if (bits[p] == 16 || !(den > 0))
+			continue;
+		ret = qf_rtn_quantize(w, out, in, &qp, q, sc, z);
+		if (ret < 0)
+			goto out;
+		for (r = 0; r < out; r++)
+			for (j = 0; j < in; j++) {
+				int64_t g = r * ng + j / gs;
+				float v = qf_f16_to_f32(sc[g]) *
+					((float)q[r * in + j] - (float)z[g]);
+
+				d[r * in + j] = v - w[r * in + j];
+			}
+		cost[p] = quad_trace(d, out, in, h, t) / den;
+		if (!isfinite(cost[p])) {
+			ret = QF_ENUMERIC;
+			goto out;
+		}
+	}
+out:
+	free(d);
+	free(t);
+	free(q);
+	free(sc);
+	free(z);
+	return ret;
+}
+
+void qf_mixed_signals_of(const float *w, int64_t out, int64_t in,
+			 const struct qf_lin_stats *s,
+			 struct qf_mixed_signals *sig)
+{
+	double a = 0, m = 0;
+	int64_t i;
+
+	for (i = 0; i < out * in; i++)
+		m += fabs((double)w[i]);
+	if (s && s->n > 0 && s->sum_sq) {
+		for (i = 0; i < in; i++)
+			a += s->sum_sq[i] / (double)s->n;
+		a /= (double)in;
+	}
+	sig->grad = 0;
+	sig->has_grad = false;
+	sig->act = a;
+	sig->weight = out * in > 0 ? m / (double)(out * in) : 0;
+}
+
+/* z-scores of v[i] for i with have[i] (NULL: all); others get 0. */
+static void zscore(const double *v, const bool *have, size_t stride,
+		   size_t n, double *z)
+{
+	double mean = 0, var = 0, sd;
+	size_t i, cnt = 0;
+
+	for (i = 0; i < n; i++)
+		if (!have || have[i]) {
+			mean += v[i * stride];
+			cnt++;
+		}
+	for (i = 0; i < n; i++)
+		z[i] = 0;
+	if (!cnt)
+		return;
+	mean /= (double)cnt;
+	for (i = 0; i < n; i++)
+		if (!have || have[i])
+			var += (v[i * stride] - mean) * (v[i * stride] - mean);
+	sd = sqrt(var / (double)cnt);
+	for (i = 0; i < n; i++)
+		if (!have || have[i])
+			z[i] = (v[i * stride] - mean) / (sd + 1e-8);
+}
+
+int qf_mixed_importance(const struct qf_mixed_signals *sig, size_t n,
+			double *imp)
+{
+	size_t stride = sizeof(*sig) / sizeof(double), i;
+	double *zg, *za, *zw;
+
+	/* the struct is read as strided doubles: keep that true */
+	_Static_assert(sizeof(struct qf_mixed_signals) % sizeof(double) == 0,
+		       "signals stride");
+	if (!n)
+		return -EINVAL;
+	zg = malloc(3 * n * sizeof(*zg));
+	if (!zg)
+		return -ENOMEM;
+	za = zg + n;
+	zw = za + n;
+	{
+		bool *have = malloc(n * sizeof(*have));
+
+		if (!have) {
+			free(zg);
+			return -ENOMEM;
+		}
+		for (i = 0; i < n; i++)
+			have[i] = sig[i].has_grad;
+		zscore(&sig->grad, have, stride, n, zg);
+		free(have);
+	}
+	zscore(&sig->act, NULL, stride, n, za);
+	zscore(&sig->weight, NULL, stride, n, zw);
+	for (i = 0; i < n; i++)
+		imp[i] = 0.5 * zg[i] + 0.3 * za[i] + 0.2 * zw[i];
+	free(zg);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* a) static table, b) ratios                                          */
+
+void qf_mixed_static_defaults(struct qf_mixed_static *t)
+{
+	t->bits[QF_ROLE_ATTN] = 8;
+	t->bits[QF_ROLE_MLP] = 4;
+	t->bits[QF_ROLE_EMBED] = 16;
+	t->bits[QF_ROLE_HEAD] = 16;
+	t->bits[QF_ROLE_OTHER] = 8;
+}
+
+/*
+ * Walk "key=value,..." calling fn(arg, key, klen, value) per entry.
+ * Returns 0, QF_ESPEC (malformed entry; why set) or fn's error.
+ */
+static int kv_walk(const char *s, const char *what,
+		   int (*fn)(void *arg, const char *k, size_t klen,
+			     const char *v, char *why, size_t cap),
+		   void *arg, char *why, size_t cap)
+{
+	char val[64];
+	size_t k = 0;
+	int ret;
+
+	if (!*s)
+		return 0;
+	for (;;) {
+		size_t len = strcspn(s, ",");
+		const char *eq = memchr(s, '=', len);
+		size_t vlen;
+
+		k++;
+		if (!eq || eq == s || eq + 1 == s + len) {
+			say(why, cap, "%s entry %zu (\"%.*s\"): expected "
+			    "key=value", what, k, (int)len, s);
+			return QF_ESPEC;
+		}
+		vlen = (size_t)(s + len - eq - 1);
+		if (vlen >= sizeof(val)) {
+			say(why, cap, "%s entry %zu: value too long", what, k);
+			return QF_ESPEC;
+		}
+		memcpy(val, eq + 1, vlen);
+		val[vlen] = 0;
+		ret = fn(arg, s, (size_t)(eq - s), val, why, cap);
+		if (ret < 0)
+			return ret;
+		if (!s[len])
+			return 0;
+		s += len + 1;
+	}
+}
+
+/* Whole-string integer, or QF_ESPEC. */
+static int parse_int(const char *v, int *out)
+{
+	char *end;
+	long x;
+
+	errno = 0;
+	x = strtol(v, &end, 10);
+	if (errno || end == v || *end || x < -1000000 || x > 1000000)
+		return QF_ESPEC;
+	*out = (int)x;
+	return 0;
+}
+
+static int parse_bits(const char *k, size_t klen, const char *v, int *out,
+		      char *why, size_t cap)
+{
+	int b;
+
+	if (parse_int(v, &b) < 0 || !qf_mixed_bits_valid(b)) {
+		say(why, cap, "%.*s=%s: bits must be 2, 3, 4, 6, 8 or 16",
+		    (int)klen, k, v);
+		return QF_ESPEC;
+	}
+	*out = b;
+	return 0;
+}
+
+static int static_kv(void *arg, const char *k, size_t klen, const char *v,
+		     char *why, size_t cap)
+{
+	struct qf_mixed_static *t = arg;
+	enum qf_role r;
+
+	if (role_parse_n(k, klen, &r) < 0) {
+		say(why, cap, "unknown role \"%.*s\" (attn, mlp, embed, head,"
+		    " other)", (int)klen, k);
+		return QF_ESPEC;
+	}
+	return parse_bits(k, klen, v, &t->bits[r], why, cap);
+}
+
+int qf_mixed_static_parse(const char *s, struct qf_mixed_static *t,
+			  char *why, size_t cap)
+{
+	struct qf_mixed_static tmp = *t;
+	int ret = kv_walk(s, "role table", static_kv, &tmp, why, cap);
+
+	if (ret == 0)
+		*t = tmp;
+	return ret;
+}
+
+void qf_mixed_static_assign(const struct qf_mixed_static *t,
+			    const enum qf_role *roles, size_t n, int *bits)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		bits[i] = t->bits[(unsigned)roles[i] < QF_ROLE_COUNT ?
+				  roles[i] : QF_ROLE_OTHER];
+}
+
+void qf_mixed_ratio_defaults(struct qf_mixed_ratio *r)
+{
+	r->high = 0.2;
+	r->low = 0.4;
+	r->bits_high = 16;
+	r->bits_mid = 8;
+	r->bits_low = 4;
+}
+
+static bool key_is(const char *k, size_t klen, const char *name)
+{
+	return strlen(name) == klen && !memcmp(k, name, klen);
+}
+
+static int ratio_kv(void *arg, const char *k, size_t klen, const char *v,
+		    char *why, size_t cap)
+{
+	struct qf_mixed_ratio *r = arg;
+
+	if (key_is(k, klen, "high") || key_is(k, klen, "low")) {
+		char *end;
+		double x = strtod(v, &end);
+
+		if (end == v || *end || !(x >= 0 && x <= 1)) {
+			say(why, cap, "%.*s=%s: a fraction in [0, 1] is "
+			    "expected", (int)klen, k, v);
+			return QF_ESPEC;
+		}
+		*(key_is(k, klen, "high") ? &r->high : &r->low) = x;
+		return 0;
+	}
+	if (key_is(k, klen, "bits_high"))
+		return parse_bits(k, klen, v, &r->bits_high, why, cap);
+	if (key_is(k, klen, "bits_mid"))
+		return parse_bits(k, klen, v, &r->bits_mid, why, cap);
+	if (key_is(k, klen, "bits_low"))
+		return parse_bits(k, klen, v, &r->bits_low, why, cap);
+	say(why, cap, "unknown key \"%.*s\" (high, low, bits_high, bits_mid,"
+	    " bits_low)", (int)klen, k);
+	return QF_ESPEC;
+}
+
+int qf_mixed_ratio_parse(const char *s, struct qf_mixed_ratio *r,
+			 char *why, size_t cap)
+{
+	struct qf_mixed_ratio tmp = *r;
+	int ret = kv_walk(s, "ratio policy", ratio_kv, &tmp, why, cap);
+
+	if (ret < 0)
+		return ret;
+	if (tmp.high + tmp.low > 1 + 1e-12) {
+		say(why, cap, "high + low = %g exceeds 1", tmp.high + tmp.low);
+		return QF_ESPEC;
+	}
+	*r = tmp;
+	return 0;
+}
+
+struct ranked {
+	double v;
+	size_t i;
+};
+
+static int ranked_cmp(const void *a, const void *b)
+{
+	const struct ranked *x = a, *y = b;
+
+	if (x->v != y->v)
+		return x->v > y->v ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int qf_mixed_ratio_assign(const struct qf_mixed_ratio *r, const double *imp,
+			  size_t n, int *bits)
+{
+	size_t nhigh, nlow, i;
+	struct ranked *rk;
+
+	if (!(r->high >= 0 && r->low >= 0 && r->high + r->low <= 1 + 1e-12))
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		if (!isfinite(imp[i]))
+			return -EINVAL;
+	if (!n)
+		return 0;
+	rk = malloc(n * sizeof(*rk));
+	if (!rk)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		rk[i].v = imp[i];
+		rk[i].i = i;
+	}
+	qsort(rk, n, sizeof(*rk), ranked_cmp);
+	nhigh = (size_t)floor((double)n * r->high + 1e-9);
+	nlow = n - (size_t)floor((double)n * (1 - r->low) + 1e-9);
+	nhigh = nhigh > n ? n : nhigh;
+	if (nlow > n - nhigh)
+		nlow = n - nhigh;
+	for (i = 0; i < n; i++)
+		bits[rk[i].i] = i < nhigh ? r->bits_high :
+			i >= n - nlow ? r->bits_low : r->bits_mid;
+	free(rk);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* c) budget: multiple-choice knapsack, LP bound + branch and bound    */
+
+struct step {
+	double eff;			/* cost saved per byte */
+	double dc;			/* cost change (< 0) */
+	uint64_t db;			/* bytes added (> 0) */
+	size_t item;
+};
+
+struct mck {
+	size_t n;
+	int np;
+	/* per item: efficient options, bytes ascending, cost descending */
+	uint64_t *eb;			/* [n * np] */
+	double *ec;			/* [n * np] */
+	int *ep;			/* [n * np] original option */
+	int *ne;			/* [n] */
+	size_t *order;			/* [n] branching order */
+	size_t *pos;			/* [n] depth of item */
+	uint64_t *minb_suf;		/* [n + 1] min bytes of order[k..] */
+	double *base_suf;		/* [n + 1] their costs */
+	struct step *st;		/* hull steps, eff descending */
+	size_t nst;
+	uint64_t budget;
+	int *cur;			/* [n] efficient index per item */
+	int *best;			/* [n] */
+	double best_cost;
+	uint64_t nodes, max_nodes;
+	bool aborted;
+};
+
+static int step_cmp(const void *a, const void *b)
+{
+	const struct step *x = a, *y = b;
+
+	if (x->eff != y->eff)
+		return x->eff > y->eff ? -1 : 1;
+	if (x->item != y->item)
+		return x->item < y->item ? -1 : 1;
+	return x->db < y->db ? -1 : x->db > y->db;
+}
+
+/*
+ * LP relaxation over items at depth >= k with `room` bytes above their
+ * smallest options: their base cost plus the greedy hull steps, the
+ * last one fractional.
+ */
+static double lp_bound(const struct mck *m, size_t k, uint64_t room)
+{
+	double b = m->base_suf[k];
+	size_t s;
+
+	for (s = 0; s < m->nst && room; s++) {
+		const struct step *x = &m->st[s];
+
+		if (m->pos[x->item] < k)
+			continue;
+		if (x->db <= room) {
+			room -= x->db;
+			b += x->dc;
+		} else {
+			b += x->dc * ((double)room / (double)x->db);
+			break;
+		}
+	}
+	return b;
+}
+
+static void dfs(struct mck *m, size_t k, uint64_t used, double c)
+{
+	double bound, tol;
+	size_t it;
+	int e;
+
+	if (m->aborted)
+		return;
+	if (++m->nodes > m->max_nodes) {
+		m->aborted = true;
+		return;
+	}
+	if (k == m->n) {
+		if (c < m->best_cost) {
+			m->best_cost = c;
+			memcpy(m->best, m->cur, m->n * sizeof(*m->cur));
+		}
+		return;
+	}
+	/* callers keep used + minb_suf[k] <= budget */
+	bound = c + lp_bound(m, k, m->budget - used - m->minb_suf[k]);
+	tol = 1e-12 * fabs(m->best_cost);
+	if (bound >= m->best_cost - tol)
+		return;
+	it = m->order[k];
+	for (e = m->ne[it] - 1; e >= 0; e--) {
+		uint64_t b = m->eb[it * (size_t)m->np + (size_t)e];
+
+		if (used + b + m->minb_suf[k + 1] > m->budget)
+			continue;
+		m->cur[it] = e;
+		dfs(m, k + 1, used + b,
+		    c + m->ec[it * (size_t)m->np + (size_t)e]);
+	}
+}
+
+struct opt {
+	uint64_t b;
+	double c;
+	int p;
+};
+
+static int opt_cmp(const void *a, const void *b)
+{
+	const struct opt *x = a, *y = b;
+
+	if (x->b != y->b)
+		return x->b < y->b ? -1 : 1;
+	if (x->c != y->c)
+		return x->c < y->c ? -1 : 1;
+	return x->p - y->p;
+}
+
+struct ranged {
+	uint64_t range;			/* bytes of its largest - smallest */
+	size_t i;
+};
+
+static int ranged_cmp(const void *a, const void *b)
+{
+	const struct ranged *x = a, *y = b;
+
+	if (x->range != y->range)
+		return x->range > y->range ? -1 : 1;
+	return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Greedy incumbent: the LP's integer part, then best-ratio fills. */
+static void greedy(struct mck *m)
+{
+	size_t np = (size_t)m->np, i, s;
+	uint64_t used = m->minb_suf[0], room = m->budget - used;
+	double c = m->base_suf[0];
+
+	for (i = 0; i < m->n; i++)
+		m->cur[i] = 0;
+	for (s = 0; s < m->nst; s++) {
+		const struct step *x = &m->st[s];
+		size_t it = x->item;
+		uint64_t nb = m->eb[it * np + (size_t)m->cur[it]] + x->db;
+		int e = m->cur[it];
+
+		if (x->db > room)
+			break;
+		while (m->eb[it * np + (size_t)e] != nb)
+			e++;
+		m->cur[it] = e;
+		room -= x->db;
+		c += x->dc;
+	}
+	for (;;) {
+		double best = 0;
+		size_t bi = 0;
+		int be = -1, e;
+
+		for (i = 0; i < m->n; i++) {
+			uint64_t b0 = m->eb[i * np + (size_t)m->cur[i]];
+			double c0 = m->ec[i * np + (size_t)m->cur[i]];
+
+			for (e = m->cur[i] + 1; e < m->ne[i]; e++) {
+				uint64_t db = m->eb[i * np + (size_t)e] - b0;
+				double r = (c0 - m->ec[i * np + (size_t)e]) /
+					(double)db;
+
+				if (db <= room && r > best) {
+					best = r;
+					bi = i;
+					be = e;
+				}
+			}
+		}
+		if (be < 0)
+			break;
+		room -= m->eb[bi * np + (size_t)be] -
+			m->eb[bi * np + (size_t)m->cur[bi]];
+		c += m->ec[bi * np + (size_t)be] -
+			m->ec[bi * np + (size_t)m->cur[bi]];
+		m->cur[bi] = be;
+	}
+	/* recompute exactly in the leaf's summation order */
+	c = 0;
+	for (i = 0; i < m->n; i++)
+		c += m->ec[m->order[i] * np + (size_t)m->cur[m->order[i]]];
+	m->best_cost = c;
+	memcpy(m->best, m->cur, m->n * sizeof(*m->cur));
+}
+
+static void mck_free(struct mck *m)
+{
+	free(m->eb);
+	free(m->ec);
+	free(m->ep);
+	free(m->ne);
+	free(m->order);
+	free(m->pos);
+	free(m->minb_suf);
+	free(m->base_suf);
+	free(m->st);
+	free(m->cur);
+	free(m->best);
+}
+
+int qf_mixed_budget(size_t n, int np, const uint64_t *params,
+		    const uint64_t *bytes, const double *cost,
+		    int avg_bits_x100, uint64_t max_nodes, int *choice,
+		    struct qf_mixed_budget_res *res)
+{
+	struct mck m = { 0 };
+	struct opt *o = NULL;
+	struct ranged *rg;
+	double *hc = NULL;
+	uint64_t *hb = NULL, nparams = 0;
+	size_t i, k, unp = (size_t)np;
+	int ret = 0, e;
+
+	memset(res, 0, sizeof(*res));
+	if (np < 1 || avg_bits_x100 <= 0)
+		return -EINVAL;
+	for (i = 0; i < n; i++) {
+		if (nparams > UINT64_MAX / 3200 - params[i])
+			return -EINVAL;
+		nparams += params[i];
+	}
+	m.n = n;
+	m.np = np;
+	m.max_nodes = max_nodes;
+	m.budget = (uint64_t)avg_bits_x100 * nparams / 800;
+	res->budget_bytes = m.budget;
+	if (!n) {
+		res->optimal = true;
+		return 0;
+	}
+	m.eb = malloc(n * unp * sizeof(*m.eb));
+	m.ec = malloc(n * unp * sizeof(*m.ec));
+	m.ep = malloc(n * unp * sizeof(*m.ep));
+	m.ne = malloc(n * sizeof(*m.ne));
+	m.order = malloc(n * sizeof(*m.order));
+	m.pos = malloc(n * sizeof(*m.pos));
+	m.minb_suf = malloc((n + 1) * sizeof(*m.minb_suf));
+	m.base_suf = malloc((n + 1) * sizeof(*m.base_suf));
+	m.st = malloc(n * unp * sizeof(*m.st));
+	m.cur = malloc(n * sizeof(*m.cur));
+	m.best = malloc(n * sizeof(*m.best));
+	o = malloc(unp * sizeof(*o));
+	hb = malloc(unp * sizeof(*hb));
+	hc = malloc(unp * sizeof(*hc));
+	if (!m.eb || !m.ec || !m.ep || !m.ne || !m.order || !m.pos ||
+	    !m.minb_suf || !m.base_suf || !m.st || !m.cur || !m.best || !o ||
+	    !hb || !hc) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* 1. efficient options and hull steps of every item */
+	for (i = 0; i < n; i++) {
+		size_t no = 0, nh = 0, j;
+		double cmin = INFINITY;
+
+		for (e = 0; e < np; e++) {
+			double c = cost[i * unp + (size_t)e];
+
+			if (isnan(c) || c == INFINITY)
+				continue;
+			if (c == -INFINITY) {
+				ret = -EINVAL;
+				goto out;
+			}
+			o[no].b = bytes[i * unp + (size_t)e];
+			o[no].c = c;
+			o[no].p = e;
+			no++;
+		}
+		if (!no) {
+			ret = QF_ESPEC;
+			goto out;
+		}
+		qsort(o, no, sizeof(*o), opt_cmp);
+		m.ne[i] = 0;
+		for (j = 0; j < no; j++)
+			if (o[j].c < cmin) {
+				size_t at = i * unp + (size_t)m.ne[i]++;
+
+				m.eb[at] = o[j].b;
+				m.ec[at] = o[j].c;
+				m.ep[at] = o[j].p;
+				cmin = o[j].c;
+			}
+		/* lower convex hull: slopes strictly increasing */
+		for (e = 0; e < m.ne[i]; e++) {
+			uint64_t b = m.eb[i * unp + (size_t)e];
+			double c = m.ec[i * unp + (size_t)e];
+
+			while (nh >= 2 &&
+			       (hc[nh - 1] - hc[nh - 2]) * (double)(b -
+								hb[nh - 1]) >=
+			       (c - hc[nh - 1]) * (double)(hb[nh - 1] -
+							   hb[nh - 2]))
+				nh--;
+			hb[nh] = b;
+			hc[nh] = c;
+			nh++;
+		}
+		for (j = 1; j < nh; j++) {
+			struct step *x = &m.st[m.nst++];
+
+			x->db = hb[j] - hb[j - 1];
+			x->dc = hc[j] - hc[j - 1];
+			x->eff = -x->dc / (double)x->db;
+			x->item = i;
+		}
+	}
+	qsort(m.st, m.nst, sizeof(*m.st), step_cmp);
+	/* branch on the items with the widest byte range first */
+	rg = malloc(n * sizeof(*rg));
+	if (!rg) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		rg[i].range = m.eb[i * unp + (size_t)m.ne[i] - 1] -
+			m.eb[i * unp];
+		rg[i].i = i;
+	}
+	qsort(rg, n, sizeof(*rg), ranged_cmp);
+	for (i = 0; i < n; i++)
+		m.order[i] = rg[i].i;
+	free(rg);
+	m.minb_suf[n] = 0;
+	m.base_suf[n] = 0;
+	for (k = n; k-- > 0;) {
+		size_t it = m.order[k];
+
+		m.pos[it] = k;
+		m.minb_suf[k] = m.minb_suf[k + 1] + m.eb[it * unp];
+		m.base_suf[k] = m.base_suf[k + 1] + m.ec[it * unp];
+	}
+	if (m.minb_suf[0] > m.budget) {
+		ret = QF_ESPEC;
+		goto out;
+	}
+	/* 2. LP bound and the greedy incumbent */
+	res->bound = lp_bound(&m, 0, m.budget - m.minb_suf[0]);
+	greedy(&m);
+	/* 3. branch and bound */
+	dfs(&m, 0, 0, 0);
+	res->nodes = m.nodes;
+	res->optimal = !m.aborted;
+	res->cost = m.best_cost;
+	if (res->optimal || res->bound > res->cost)
+		res->bound = res->cost;
+	for (i = 0; i < n; i++) {
+		size_t at = i * unp + (size_t)m.best[i];
+
+		choice[i] = m.ep[at];
+		res->bytes += m.eb[at];
+	}
+out:
+	free(o);
+	free(hb);
+	free(hc);
+	mck_free(&m);
+	return ret;
+}

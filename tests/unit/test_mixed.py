@@ -1,0 +1,612 @@
+"""Mixed precision (quant/mixed.c, quant/ct_pack.c) against numpy.
+
+usage: test_mixed.py MIXED_CLI
+The references are written from the descriptions (quant.h's RTN grid,
+mixed.h's formulas and policies, FORMATS.md's compressed-tensors
+pack-quantized layout), not from the C code: RTN grids and levels must
+be identical (same f32 arithmetic), sensitivities agree to float32-GEMM
+precision, the budget optimum is checked against brute-force enumeration.
+Prints 'N passed, N failed'.
+"""
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+CLI = sys.argv[1]
+rng = np.random.default_rng(20240917)
+results = []
+ROOT = tempfile.TemporaryDirectory(prefix="test_mixed")
+BITS = [2, 3, 4, 6, 8, 16]
+ROLES = ["attn", "mlp", "embed", "head", "other"]
+
+
+def check(name, ok, detail=""):
+    print("%s %s%s" % ("ok  " if ok else "FAIL", name,
+                       ": " + detail if detail else ""))
+    results.append(bool(ok))
+
+
+def cli(args, files=None, expect=0):
+    """Run the CLI with arrays written to files ('@name' arguments);
+    return (reader, res.txt fields, directory, completed process)."""
+    d = tempfile.mkdtemp(dir=ROOT.name)
+    for name, arr in (files or {}).items():
+        if isinstance(arr, str):
+            with open(os.path.join(d, name), "w") as f:
+                f.write(arr)
+        else:
+            np.ascontiguousarray(arr).tofile(os.path.join(d, name))
+    argv = [CLI] + [os.path.join(d, a[1:]) if isinstance(a, str) and
+                    a.startswith("@") else str(a) for a in args] + [d]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != expect:
+        print(p.stderr, end="")
+        raise RuntimeError("%s exited %d" % (args[0], p.returncode))
+
+    def read(name, dt):
+        return np.fromfile(os.path.join(d, name), dt)
+    res = None
+    if os.path.exists(os.path.join(d, "res.txt")):
+        with open(os.path.join(d, "res.txt")) as f:
+            res = f.read().split()
+    return read, res, d, p
+
+
+# ------------------------------------------------------------ numpy RTN
+def ngroups(n, group):
+    return 1 if group <= 0 or group >= n else -(-n // group)
+
+
+def rtn(w, bits, group, sym):
+    """GPTQ-convention RTN in f32 (quant.h): range widened to include 0;
+    symmetric scale 2 max|w| / maxq, zero 2^(b-1); asymmetric scale
+    (hi - lo) / maxq, zero round(-lo / scale), kept >= 1 (then scale =
+    hi / (maxq - 1)), <= maxq; scale rounded to fp16 (0 -> the smallest
+    subnormal); q = clamp(round(w / scale) + zero, 0, maxq)."""
+    w = w.astype(np.float32)
+    out, n = w.shape
+    ng = ngroups(n, group)
+    gs = n if ng == 1 else group
+    maxq = np.float32(2 ** bits - 1)
+    q = np.zeros((out, n), np.int64)
+    sc16 = np.zeros((out, ng), np.float16)
+    z = np.zeros((out, ng), np.int64)
+    for g in range(ng):
+        a, b = g * gs, min(g * gs + gs, n)
+        blk = w[:, a:b]
+        lo = np.minimum(blk.min(1), np.float32(0))
+        hi = np.maximum(blk.max(1), np.float32(0))
+        if sym:
+            m = np.maximum(np.abs(lo), hi)
+            m = np.where(m == 0, np.float32(1), m)
+            s = (np.float32(2) * m) / maxq
+            zz = np.full(out, 2 ** (bits - 1), np.int64)
+        else:
+            both = (lo == 0) & (hi == 0)
+            lo = np.where(both, np.float32(-1), lo)
+            hi = np.where(both, np.float32(1), hi)
+            s = (hi - lo) / maxq
+            zz = np.round(-lo / s).astype(np.int64)
+            low = zz < 1
+            s = np.where(low, hi / (maxq - np.float32(1)), s)
+            zz = np.where(low, 1, zz)
+            zz = np.minimum(zz, int(maxq))
+        s16 = s.astype(np.float16)
+        s16 = np.where(s16.astype(np.float32) == 0,
+                       np.array([1], np.uint16).view(np.float16)[0], s16)
+        s32 = s16.astype(np.float32)
+        sc16[:, g] = s16
+        z[:, g] = zz
+        q[:, a:b] = np.clip(np.round(blk / s32[:, None]) + zz[:, None], 0,
+                            int(maxq))
+    return q, sc16, z
+
+
+def dequant(q, sc16, z, group):
+    out, n = q.shape
+    ng = sc16.shape[1]
+    gs = n if ng == 1 else group
+    col = np.arange(n) // gs
+    s = sc16.astype(np.float32)[:, col]
+    return s * (q.astype(np.float32) - z[:, col].astype(np.float32))
+
+
+def sens_ref(w, h, bits, group, sym):
+    if bits == 16:
+        return 0.0
+    w64 = w.astype(np.float64)
+    h64 = h.astype(np.float64)
+    den = np.sum((w64 @ h64) * w64)
+    q, sc, z = rtn(w, bits, group, sym)
+    d = (dequant(q, sc, z, group) - w.astype(np.float32)).astype(np.float64)
+    return float(np.sum((d @ h64) * d) / den)
+
+
+# ------------------------------------------------- compressed-tensors
+def words(n, bits):
+    per = 32 // bits
+    return -(-n // per)
+
+
+def ct_bytes(out, n, bits, group, sym):
+    """FORMATS.md: weight_packed int32 [out, ceil(in / (32 / b))], scale
+    fp16 [out, ngroups], zero point int32 [ceil(out / (32 / b)), ngroups]
+    when asymmetric, weight_shape int32 [2]; 16 bits: the fp16 weight."""
+    if bits == 16:
+        return out * n * 2
+    ng = ngroups(n, group)
+    b = out * words(n, bits) * 4 + out * ng * 2 + 8
+    if not sym:
+        b += words(out, bits) * ng * 4
+    return b
+
+
+def ct_pack(v, bits, dim):
+    """pack_to_int32 from the format description: 32 // b values per
+    word along dim, value k at bits k*b, zero padded, no spill."""
+    per = 32 // bits
+    v = np.asarray(v, np.uint64)
+    if dim == 0:
+        v = v.T
+    rows, n = v.shape
+    nw = -(-n // per)
+    pad = np.zeros((rows, nw * per), np.uint64)
+    pad[:, :n] = v
+    pad = pad.reshape(rows, nw, per)
+    shifts = (np.arange(per, dtype=np.uint64) * np.uint64(bits))
+    packed = np.bitwise_or.reduce(pad << shifts, axis=2).astype(np.uint32)
+    if dim == 0:
+        packed = packed.T
+    return np.ascontiguousarray(packed).view(np.int32)
+
+
+def ct_unpack_signed(packed, bits, n, dim):
+    """unpack_from_int32: fields masked, minus 2^(b-1): signed values."""
+    per = 32 // bits
+    p = packed.view(np.uint32).astype(np.int64)
+    if dim == 0:
+        p = p.T
+    rows, nw = p.shape
+    out = np.zeros((rows, nw * per), np.int64)
+    for k in range(per):
+        out[:, k::per] = (p >> (bits * k)) & ((1 << bits) - 1)
+    out = out[:, :n] - 2 ** (bits - 1)
+    return out.T if dim == 0 else out
+
+
+# ------------------------------------------------------------- tests
+def test_sensitivity():
+    for (out, n, group, sym) in [(48, 200, 64, False), (40, 128, 128, True),
+                                 (33, 96, -1, False), (24, 160, 32, True)]:
+        w = rng.standard_normal((out, n)).astype(np.float32)
+        w[:, rng.integers(0, n, 3)] *= 8          # outlier columns
+        x = rng.standard_normal((300, n)).astype(np.float32)
+        x[:, rng.integers(0, n, 4)] *= 10
+        h = (x.T.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
+        args = ["sens", "@w", "@h", out, n, group, int(sym), len(BITS)] + BITS
+        read, _, _, _ = cli(args, {"w": w, "h": h})
+        c = read("cost.f64", np.float64)
+        ref = np.array([sens_ref(w, h, b, group, sym) for b in BITS])
+        rel = np.abs(c - ref) / np.maximum(ref, 1e-30)
+        check("sensitivity %dx%d g%d %s" % (out, n, group,
+                                             "sym" if sym else "asym"),
+              np.all(rel[:-1] < 1e-4) and c[-1] == 0 and
+              np.all(np.diff(c) < 0),
+              "costs %s, max rel diff %.2g" %
+              (" ".join("%.3g" % v for v in c), rel[:-1].max()))
+    # zero weight: every cost 0
+    w = np.zeros((8, 64), np.float32)
+    h = np.eye(64, dtype=np.float32)
+    read, _, _, _ = cli(["sens", "@w", "@h", 8, 64, 32, 0, 2, 4, 8],
+                        {"w": w, "h": h})
+    check("sensitivity of a zero weight is 0",
+          np.all(read("cost.f64", np.float64) == 0))
+
+
+def test_bytes_and_pack():
+    bad = []
+    n_cases = 0
+    for out, n in [(64, 128), (70, 100), (33, 257), (8, 31)]:
+        for bits in BITS:
+            for group in [-1, 32, 128]:
+                for sym in (False, True):
+                    _, _, _, p = cli(["bytes", out, n, bits, group,
+                                      int(sym)])
+                    got = int(p.stdout)
+                    n_cases += 1
+                    if got != ct_bytes(out, n, bits, group, sym):
+                        bad.append((out, n, bits, group, sym, got))
+    check("qf_mixed_bytes formula (%d cases)" % n_cases, not bad, str(bad[:3]))
+    # the packer's tensors: bytes, layout, round trip, decompression
+    size_bad, layout_bad, rt_bad, deq_bad, rtn_bad = [], [], [], [], []
+    cases = 0
+    for out, n in [(64, 128), (70, 100), (33, 257)]:
+        for bits in [2, 3, 4, 6, 8]:
+            for group, sym in [(32, False), (-1, True), (64, True),
+                               (128, False)]:
+                cases += 1
+                w = rng.standard_normal((out, n)).astype(np.float32)
+                w[0] = np.abs(w[0])                # zero clamped to >= 1
+                read, _, d, _ = cli(["pack", "@w", out, n, bits, group,
+                                     int(sym)], {"w": w})
+                key = (out, n, bits, group, sym)
+                q = read("q.u8", np.uint8).reshape(out, n)
+                ng = ngroups(n, group)
+                sc = read("sc.f16", np.float16).reshape(out, ng)
+                z = read("z.i32", np.int32).reshape(out, ng)
+                rq, rsc, rz = rtn(w, bits, group, sym)
+                if not (np.array_equal(q, rq) and np.array_equal(
+                        sc.view(np.uint16), rsc.view(np.uint16)) and
+                        np.array_equal(z, rz)):
+                    rtn_bad.append(key)
+                names = ["weight_packed.i32", "weight_scale.f16",
+                         "weight_shape.i32"]
+                if not sym:
+                    names.append("weight_zero_point.i32")
+                total = sum(os.path.getsize(os.path.join(d, f))
+                            for f in names)
+                if total != ct_bytes(out, n, bits, group, sym):
+                    size_bad.append(key + (total,))
+                wp = read("weight_packed.i32", np.int32).reshape(
+                    out, words(n, bits))
+                ok = np.array_equal(wp, ct_pack(q, bits, 1))
+                shape = read("weight_shape.i32", np.int32)
+                ok = ok and list(shape) == [out, n]
+                if not sym:
+                    zp = read("weight_zero_point.i32", np.int32).reshape(
+                        words(out, bits), ng)
+                    ok = ok and np.array_equal(zp, ct_pack(z, bits, 0))
+                if not ok:
+                    layout_bad.append(key)
+                uq = read("uq.u8", np.uint8).reshape(out, n)
+                ok = np.array_equal(uq, q)
+                if not sym:
+                    uz = read("uz.i32", np.int32).reshape(out, ng)
+                    ok = ok and np.array_equal(uz, z)
+                if not ok:
+                    rt_bad.append(key)
+                # decompress as compressed-tensors does: signed values,
+                # signed zero points (0 when symmetric), (s - zp) * scale
+                s = ct_unpack_signed(wp, bits, n, 1)
+                if sym:
+                    zs = np.zeros((out, ng), np.int64)
+                else:
+                    zs = ct_unpack_signed(zp, bits, out, 0)
+                gs = n if ng == 1 else group
+                col = np.arange(n) // gs
+                wd = sc.astype(np.float32)[:, col] * (
+                    s.astype(np.float32) - zs[:, col].astype(np.float32))
+                if not np.array_equal(wd, dequant(q, sc, z, group)):
+                    deq_bad.append(key)
+    check("pack: RTN codes/scales/zeros equal numpy RTN (%d)" % cases,
+          not rtn_bad, str(rtn_bad[:3]))
+    check("pack: tensor bytes equal qf_mixed_bytes (%d)" % cases,
+          not size_bad, str(size_bad[:3]))
+    check("pack: weight_packed/zero_point equal numpy packer (%d)" % cases,
+          not layout_bad, str(layout_bad[:3]))
+    check("pack: unpack round-trips (%d)" % cases, not rt_bad,
+          str(rt_bad[:3]))
+    check("pack: compressed-tensors decompression equals dequant (%d)" %
+          cases, not deq_bad, str(deq_bad[:3]))
+    # full-range codes for every width 1..8, odd shapes
+    bad = []
+    for bits in range(1, 9):
+        for out, n, ng in [(1, 1, 1), (37, 45, 3), (64, 96, 2)]:
+            q = rng.integers(0, 2 ** bits, (out, n)).astype(np.uint8)
+            z = rng.integers(0, 2 ** bits, (out, ng)).astype(np.int32)
+            q.flat[0] = 2 ** bits - 1
+            read, _, _, _ = cli(["packq", "@q", "@z", out, n, ng, bits],
+                                {"q": q, "z": z})
+            ok = np.array_equal(read("packed.i32", np.int32),
+                                ct_pack(q, bits, 1).ravel())
+            ok = ok and np.array_equal(read("zp.i32", np.int32),
+                                       ct_pack(z, bits, 0).ravel())
+            ok = ok and np.array_equal(read("uq.u8", np.uint8), q.ravel())
+            ok = ok and np.array_equal(read("uz.i32", np.int32), z.ravel())
+            if not ok:
+                bad.append((bits, out, n, ng))
+    check("packq: full-range codes, bits 1..8 (24 cases)", not bad, str(bad))
+
+
+def brute(params, byt, cost, avg_x100):
+    n, npr = cost.shape
+    budget = avg_x100 * int(params.sum()) // 800
+    best, arg = np.inf, None
+    idx = np.array(list(itertools.product(range(npr), repeat=n)))
+    b = byt[np.arange(n), idx].sum(1)
+    c = cost[np.arange(n), idx].sum(1)
+    c = np.where(b <= budget, c, np.inf)
+    k = int(np.argmin(c))
+    best = c[k]
+    if np.isfinite(best):
+        arg = idx[k]
+    return best, arg, budget
+
+
+def budget_instance(n, opts, monotone, allow_inf):
+    shapes = [(int(rng.choice([16, 32, 48, 64, 96])),
+               int(rng.choice([32, 64, 100, 128, 256]))) for _ in range(n)]
+    groups = [int(rng.choice([-1, 32, 128])) for _ in range(n)]
+    params = np.array([o * i for o, i in shapes], np.uint64)
+    byt = np.array([[ct_bytes(o, i, b, g, False) for b in opts]
+                    for (o, i), g in zip(shapes, groups)], np.uint64)
+    if monotone:
+        base = rng.uniform(0.2, 5, n)
+        cost = np.array([[base[i] * 4.0 ** (-b) * rng.uniform(0.8, 1.2)
+                          if b != 16 else 0 for b in opts]
+                         for i in range(n)])
+    else:
+        cost = rng.uniform(0, 1, (n, len(opts)))
+    if allow_inf:
+        mask = rng.random((n, len(opts))) < 0.2
+        mask[:, -1] = False                 # keep one option allowed
+        cost[mask] = np.inf
+    return params, byt, cost
+
+
+def test_budget():
+    n_inst, bad, over, not_opt = 0, [], [], 0
+    for trial in range(240):
+        if trial % 3 == 2:
+            n, opts = 6, BITS
+        else:
+            n, opts = 8, [2, 4, 8, 16]
+        params, byt, cost = budget_instance(n, opts, trial % 2 == 0,
+                                            trial % 5 == 4)
+        finite = np.where(np.isfinite(cost), byt.astype(np.float64), np.inf)
+        lo = finite.min(1).sum() * 800 / params.sum()
+        hi = byt.max(1).sum() * 800 / params.sum()
+        avg = int(rng.uniform(lo, hi * 1.05)) + 1
+        ref, _, budget = brute(params, byt.astype(np.int64), cost, avg)
+        if not np.isfinite(ref):
+            continue
+        n_inst += 1
+        read, res, _, _ = cli(["budget", n, len(opts), "@p", "@b", "@c", avg,
+                               2000000], {"p": params, "b": byt, "c": cost})
+        ch = read("choice.i32", np.int32)
+        got_c = cost[np.arange(n), ch].sum()
+        got_b = int(byt[np.arange(n), ch].sum())
+        if got_b > budget or int(res[2]) != got_b or int(res[3]) != budget:
+            over.append((trial, got_b, budget))
+        if not (got_c <= ref * (1 + 1e-12) + 1e-300 and
+                abs(float(res[0]) - got_c) <= 1e-12 * max(got_c, 1e-300)):
+            bad.append((trial, got_c, ref))
+        not_opt += res[5] != "1"
+    check("budget: brute-force optimum on %d instances (8x4, 6x6)" % n_inst,
+          not bad and n_inst >= 200, str(bad[:3]))
+    check("budget: allocation within budget, bytes reported", not over,
+          str(over[:3]))
+    check("budget: every small instance proven optimal", not_opt == 0,
+          "%d not proven" % not_opt)
+    # infeasible: even the smallest options exceed the budget
+    params, byt, cost = budget_instance(5, [2, 4, 8, 16], True, False)
+    lo = byt.min(1).sum() * 800 / params.sum()
+    avg = int(lo) - 1
+    _, _, _, p = cli(["budget", 5, 4, "@p", "@b", "@c", avg, 1000],
+                     {"p": params, "b": byt, "c": cost}, expect=3)
+    check("budget: infeasible budget is an error (QF_ESPEC)",
+          "infeasible" in p.stderr, p.stderr.strip())
+    # exactly the smallest allocation: feasible, all lowest
+    avg = -(-int(byt.min(1).sum()) * 800 // int(params.sum()))
+    read, res, _, _ = cli(["budget", 5, 4, "@p", "@b", "@c", avg, 1000],
+                          {"p": params, "b": byt, "c": cost})
+    check("budget: tight budget gives the smallest options",
+          np.all(read("choice.i32", np.int32) == np.argmin(byt, 1)))
+    # a model-sized instance: 196 linears x 6 precisions
+    n = 196
+    shapes = [(4096, 4096), (1024, 4096), (1024, 4096), (4096, 4096),
+              (14336, 4096), (14336, 4096), (4096, 14336)] * 28
+    params = np.array([o * i for o, i in shapes], np.uint64)
+    byt = np.array([[ct_bytes(o, i, b, 128, False) for b in BITS]
+                    for o, i in shapes], np.uint64)
+    base = rng.lognormal(0, 1.5, n)
+    cost = np.array([[base[i] * 4.0 ** (-b) if b != 16 else 0
+                      for b in BITS] for i in range(n)])
+    for avg in (300, 425, 500, 650):
+        read, res, _, _ = cli(["budget", n, 6, "@p", "@b", "@c", avg,
+                               2000000], {"p": params, "b": byt, "c": cost})
+        ch = read("choice.i32", np.int32)
+        got_b = int(byt[np.arange(n), ch].sum())
+        bits_pp = got_b * 8 / params.sum()
+        check("budget: 196 linears at %.2f bits" % (avg / 100),
+              got_b * 800 <= avg * int(params.sum()) and
+              float(res[1]) <= float(res[0]) * (1 + 1e-12),
+              "%.4f bits/param, cost %.6g, bound %.6g, %s nodes, "
+              "optimal %s" % (bits_pp, float(res[0]), float(res[1]),
+                              res[4], res[5]))
+    # node limit: the incumbent comes back, feasible, flagged not optimal
+    read, res, _, _ = cli(["budget", n, 6, "@p", "@b", "@c", 425, 20],
+                          {"p": params, "b": byt, "c": cost})
+    ch = read("choice.i32", np.int32)
+    got_b = int(byt[np.arange(n), ch].sum())
+    c, bd = float(res[0]), float(res[1])
+    check("budget: node limit returns a feasible allocation, not optimal",
+          res[5] == "0" and got_b * 800 <= 425 * int(params.sum()) and
+          bd <= c and abs(cost[np.arange(n), ch].sum() - c) <= 1e-12 * c,
+          "cost %.6g, bound %.6g (gap %.2g)" % (c, bd, (c - bd) / c))
+
+
+def ratio_ref(imp, high, low, bh, bm, bl):
+    n = len(imp)
+    order = np.lexsort((np.arange(n), -imp))
+    nh = int(np.floor(n * high + 1e-9))
+    nl = n - int(np.floor(n * (1 - low) + 1e-9))
+    nh = min(nh, n)
+    nl = min(nl, n - nh)
+    bits = np.full(n, bm)
+    bits[order[:nh]] = bh
+    if nl:
+        bits[order[n - nl:]] = bl
+    return bits
+
+
+def seed_policy(imp, hr=0.2, lr=0.4):
+    """The seed's DynamicQuantizationPolicy thresholds (no ties)."""
+    vals = sorted(imp, reverse=True)
+    n = len(vals)
+    hi = max(1, int(n * hr))
+    li = max(hi + 1, int(n * (1 - lr)))
+    hi = min(hi, n - 1)
+    li = min(li, n)
+    ht = vals[hi - 1] if hi < n else np.inf
+    lt = vals[li - 1] if li < n else -np.inf
+    return np.array([16 if v >= ht else 8 if v >= lt else 4 for v in imp])
+
+
+def test_ratio():
+    bad, cases = [], 0
+    specs = [("-", 0.2, 0.4, 16, 8, 4), ("high=0.1,low=0.5", 0.1, 0.5, 16,
+             8, 4), ("high=0,low=1,bits_low=3", 0, 1, 16, 8, 3),
+             ("bits_high=8,bits_mid=6,bits_low=2,high=0.3,low=0.3", 0.3,
+              0.3, 8, 6, 2)]
+    for spec, h, lo, bh, bm, bl in specs:
+        for n in list(range(1, 23)) + [49, 196]:
+            imp = rng.standard_normal(n)
+            if n % 3 == 0:
+                imp = np.round(imp)            # ties
+            read, _, _, _ = cli(["ratio", spec, n, "@i"], {"i": imp})
+            got = read("bits.i32", np.int32)
+            cases += 1
+            if not np.array_equal(got, ratio_ref(imp, h, lo, bh, bm, bl)):
+                bad.append((spec, n))
+    check("ratio policy equals numpy (%d cases, with ties)" % cases, not bad,
+          str(bad[:3]))
+    bad = []
+    for n in range(5, 61):
+        imp = rng.standard_normal(n)
+        read, _, _, _ = cli(["ratio", "-", n, "@i"], {"i": imp})
+        if not np.array_equal(read("bits.i32", np.int32), seed_policy(imp)):
+            bad.append(n)
+    check("ratio policy equals the seed's thresholds for n = 5..60",
+          not bad, str(bad))
+    for spec in ["high=0.7,low=0.4", "mid=0.1", "high=x", "bits_low=5",
+                 "high", ",high=0.1"]:
+        _, _, _, p = cli(["ratio", spec, 1, "@i"], {"i": np.zeros(1)},
+                         expect=1)
+        check("ratio spec %r rejected" % spec, "ratio:" in p.stderr,
+              p.stderr.strip())
+
+
+def test_static():
+    n = 50
+    roles = rng.integers(0, 5, n).astype(np.int32)
+    for spec, table in [("-", [8, 4, 16, 16, 8]),
+                        ("attn=8,mlp=4,embed=16,head=16,other=8",
+                         [8, 4, 16, 16, 8]),
+                        ("mlp=3,head=8", [8, 3, 16, 8, 8]),
+                        ("other=2,attn=6,embed=4", [6, 4, 4, 16, 2])]:
+        read, _, _, _ = cli(["static", spec, n, "@r"], {"r": roles})
+        check("static table %r" % spec,
+              np.array_equal(read("bits.i32", np.int32),
+                             np.array(table)[roles]))
+    for spec in ["attn=5", "ffn=4", "attn", "attn=8,", "mlp=4x"]:
+        _, _, _, p = cli(["static", spec, n, "@r"], {"r": roles}, expect=1)
+        check("static table %r rejected" % spec, "table:" in p.stderr,
+              p.stderr.strip())
+
+
+def test_importance():
+    for n, grads in [(12, False), (9, True), (7, "some")]:
+        sig = np.zeros((n, 4))
+        sig[:, 0] = rng.uniform(0, 1, n)
+        sig[:, 1] = rng.uniform(0, 3, n)
+        sig[:, 2] = rng.uniform(0.01, 0.1, n)
+        if grads is True:
+            sig[:, 3] = 1
+        elif grads == "some":
+            sig[::2, 3] = 1
+
+        def z(v, have):
+            out = np.zeros(n)
+            if have.any():
+                vv = v[have]
+                out[have] = (vv - vv.mean()) / (vv.std() + 1e-8)
+            return out
+        ref = (0.5 * z(sig[:, 0], sig[:, 3] != 0) +
+               0.3 * z(sig[:, 1], np.ones(n, bool)) +
+               0.2 * z(sig[:, 2], np.ones(n, bool)))
+        read, _, _, _ = cli(["importance", n, "@s"], {"s": sig})
+        got = read("imp.f64", np.float64)
+        check("importance z-score mix (%d linears, grads %s)" % (n, grads),
+              np.allclose(got, ref, rtol=1e-12, atol=1e-12))
+    out, n = 24, 40
+    w = rng.standard_normal((out, n)).astype(np.float32)
+    ss = rng.uniform(0, 50, n)
+    _, res, _, _ = cli(["signals", "@w", out, n, "@s", 17], {"w": w, "s": ss})
+    act = np.mean(ss / 17)
+    wm = np.mean(np.abs(w.astype(np.float64)))
+    check("signals: act = mean E[x^2], weight = mean |W|",
+          abs(float(res[0]) - act) <= 1e-12 * act and
+          abs(float(res[1]) - wm) <= 1e-12 * wm)
+
+
+def test_roles():
+    names = {
+        "model.layers.0.self_attn.q_proj.weight": "attn",
+        "model.layers.0.self_attn.k_proj": "attn",
+        "model.layers.11.self_attn.v_proj.weight": "attn",
+        "model.layers.3.self_attn.o_proj.weight": "attn",
+        "model.layers.2.mlp.gate_proj.weight": "mlp",
+        "model.layers.2.mlp.up_proj.weight": "mlp",
+        "model.layers.31.mlp.down_proj.weight": "mlp",
+        "model.embed_tokens.weight": "embed",
+        "lm_head.weight": "head",
+        "model.norm.weight": "other",
+        "model.layers.0.input_layernorm.weight": "other",
+        "model.layers.0.self_attn.q_norm.weight": "other",
+        "model.layers.0.self_attn.q_proj_extra.weight": "other",
+        "model.layers.0.self_attn.qkv_proj.weight": "attn",
+        "model.layers.0.mlp.gate_up_proj.weight": "mlp",
+    }
+    text = "\n".join(names) + "\n"
+    _, res, _, _ = cli(["roles", "-", "@n"], {"n": text})
+    check("roles of typical HF names (%d)" % len(names),
+          res == list(names.values()),
+          " ".join("%s" % r for r in res or []))
+    ov = "model.layers.0.*=head,*.down_proj.*=attn,*mlp.up_proj*=other," \
+        "*.layers.0.mlp.*=embed"
+    exp = dict(names)
+    for k in names:
+        if k.startswith("model.layers.0."):
+            exp[k] = "head"             # first match wins
+        elif ".down_proj." in k:
+            exp[k] = "attn"
+        elif "mlp.up_proj" in k:
+            exp[k] = "other"
+    _, res, _, _ = cli(["roles", ov, "@n"], {"n": text})
+    check("roles with overrides (first match wins)",
+          res == list(exp.values()), " ".join(res or []))
+    for bad in ["q_proj", "=attn", "x=foo", "a=attn,,b=mlp", "a=attn,"]:
+        _, _, _, p = cli(["roles", bad, "@n"], {"n": text}, expect=1)
+        check("override %r rejected" % bad, "override" in p.stderr,
+              p.stderr.strip())
+
+
+def test_size():
+    p = np.array([100, 2000, 300], np.uint64)
+    b = np.array([60, 1100, 600], np.uint64)
+    s = np.array([200, 4000, 600], np.uint64)
+    _, res, _, _ = cli(["size", 3, "@p", "@b", "@s"], {"p": p, "b": b,
+                                                      "s": s})
+    P, B, S = 2400, 1760, 4800
+    ref = [P, B, S, B / P, 8 * B / P, S / B, 4 * P / B]
+    check("size accounting",
+          [int(x) for x in res[:3]] == ref[:3] and
+          np.allclose([float(x) for x in res[3:]], ref[3:], rtol=1e-15))
+
+
+test_roles()
+test_static()
+test_ratio()
+test_importance()
+test_size()
+test_bytes_and_pack()
+test_sensitivity()
+test_budget()
+npass = sum(results)
+print("%d passed, %d failed" % (npass, len(results) - npass))
+sys.exit(0 if npass == len(results) else 1)
