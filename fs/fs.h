@@ -28,7 +28,8 @@ struct qf_fs_opts {
 	int max_jobs;			/* concurrent calibrated jobs, 0: 1 */
 	uint64_t cache_max;		/* evict LRU variants above it, 0: no */
 	const char *backend;		/* "cpu", "cuda", "auto" (NULL) */
-	int brecq_iters;		/* Adam steps per block, 0: default */
+	int brecq_iters;		/* Adam steps per block, 0: default,
+					 * -1: none (round to nearest) */
 	int brecq_batch;		/* sequences per step, 0: default */
 };
 

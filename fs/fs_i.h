@@ -88,6 +88,7 @@ struct qf_var {
 	bool gv_tried;			/* fs->lock */
 	bool calibrated;		/* produced by a layer job (job.c) */
 	struct qf_calib_info ci;	/* calibrated: manifest fields */
+	struct qf_mixed_alloc *alloc;	/* mixed_dyn / mixed_b (not _fake) */
 	char *calib_path;		/* text set, NULL = sampled */
 	uint8_t calib_vid[QF_CACHE_VID]; /* cache id of the token set */
 	int nlayers;
@@ -211,6 +212,26 @@ void qf_var_free(struct qf_var *var);
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
+
+/* job.c: mixed_dyn / mixed_b allocations */
+struct qf_mixed_alloc {
+	size_t n;
+	char **names;			/* linear weights */
+	int *bits;			/* their grids, 16 = kept */
+	char *json;			/* quantization.json "allocation" */
+	uint8_t calib_vid[QF_CACHE_VID]; /* the set it was measured on */
+	struct qf_calib_info ci;
+};
+/*
+ * Measure (or find in the cache) the sensitivity of every linear of mdl
+ * on spec's calibration set and allocate precisions by spec's policy.
+ */
+int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
+		       const struct qf_spec *spec,
+		       struct qf_mixed_alloc **out);
+/* qf_bits_fn over an allocation. */
+int qf_mixed_alloc_bits(void *arg, const char *name);
+void qf_mixed_alloc_free(struct qf_mixed_alloc *a);
 
 /* job.c: calibrated variants (GPTQ, AWQ) */
 /* Calibration set, layer maps and placeholder manifest fields. */

@@ -19,6 +19,7 @@
  * token ids are cached too, so a resumed job does not sample again.
  */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@
 #include <cblas.h>
 
 #include "brecq.h"
+#include "mixed.h"
 #include "fs_i.h"
 
 extern void openblas_set_num_threads(int n);
@@ -46,6 +48,7 @@ struct job {
 	double *score;			/* [ng * 2] awq reflip, q_proj groups */
 	float *imat;			/* kq: this layer's importance matrix */
 	int layer;			/* brecq: the block being rebuilt */
+	double *sens;			/* mixed: [ng][SENS_REC] */
 	/* where the time goes (logged at the end of the job) */
 	struct qf_gptq_times gt;
 	double stats_s;			/* X^T X and channel sums */
@@ -131,7 +134,7 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 
 		qf_brecq_opts_default(&bo);
 		var->ci.brecq_iters = o->brecq_iters > 0 ? o->brecq_iters :
-							   bo.iters;
+				      o->brecq_iters < 0 ? 0 : bo.iters;
 		var->ci.brecq_batch = o->brecq_batch > 0 ? o->brecq_batch :
 							   bo.batch_seqs;
 	}
@@ -588,8 +591,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	if (stopping(j->fs))
 		return -EINTR;
 	qf_brecq_opts_default(&o);
-	if (j->fs->o.brecq_iters > 0)
-		o.iters = j->fs->o.brecq_iters;
+	o.iters = j->var->ci.brecq_iters;
 	if (j->fs->o.brecq_batch > 0)
 		o.batch_seqs = j->fs->o.brecq_batch;
 	o.seed = (uint64_t)l;
@@ -1253,4 +1255,372 @@ void qf_job_stop_all(struct qf_fs *fs)
 	while (fs->njobs > 0)
 		pthread_cond_wait(&fs->job_cond, &fs->job_lock);
 	pthread_mutex_unlock(&fs->job_lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* mixed precision: measured sensitivities and the allocation          */
+
+/* Candidate precisions: the GPTQ containers, and 16 (kept).  A 6-bit
+ * grid costs the 8-bit container's bytes with more error: dominated. */
+static const int mixed_bits[] = { 2, 3, 4, 8, 16 };
+#define NMB 5
+#define SENS_REC (NMB + 2)	/* costs, then act and weight signals */
+#define MIXED_GROUP 128
+
+/* Sensitivities of the layer's linears; the weights stay as they are. */
+static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
+		   const enum qf_tf_linear *lin, int n,
+		   struct qf_lin_stats *stats)
+{
+	struct job *j = arg;
+	int i, ret;
+
+	if (stopping(j->fs))
+		return -EINTR;
+	for (i = 0; i < n; i++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+		const struct qf_vgroup *g;
+		struct qf_mixed_signals sig;
+		double *rec;
+
+		if (gi < 0)
+			continue;
+		g = &j->var->v->g[gi];
+		rec = j->sens + (size_t)gi * SENS_REC;
+		ret = qf_mixed_sensitivity(ly->w[lin[i]], g->w->t->shape[0],
+					   g->w->t->shape[1], stats[lin[i]].h,
+					   mixed_bits, NMB, MIXED_GROUP, false,
+					   rec);
+		if (ret < 0)
+			return ret;
+		qf_mixed_signals_of(ly->w[lin[i]], g->w->t->shape[0],
+				    g->w->t->shape[1], &stats[lin[i]], &sig);
+		rec[NMB] = sig.act;
+		rec[NMB + 1] = sig.weight;
+	}
+	return 0;
+}
+
+static int sens_done(void *arg, int l, const float *x, int64_t ntok,
+		     double seconds)
+{
+	struct job *j = arg;
+
+	(void)x, (void)ntok;
+	qf_info("%s: mixed precision: sensitivities of layer %d/%d in %.2f s",
+		j->var->mdl->name, l + 1, j->var->nlayers, seconds);
+	return 0;
+}
+
+/* GPTQ checkpoint bytes of a linear at bits (16: the source dtype). */
+static double ckpt_bytes(const struct qf_model_tensor *w, int bits)
+{
+	int64_t out = w->t->shape[0], in = w->t->shape[1];
+	int64_t ng = qf_ngroups(in, MIXED_GROUP);
+	int pb = qf_pack_bits(bits);
+
+	if (bits >= 16)
+		return (double)w->t->nbytes;
+	if (!qf_gptq_packable(pb, in, out))
+		return -1;
+	return (double)out * in * pb / 8 + (double)ng * out * pb / 8 +
+	       (double)ng * out * 2 + (double)in * 4;
+}
+
+/* The sensitivity table: from the cache, or measured and stored. */
+static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
+		       double *sens)
+{
+	size_t want = probe->v->ng * SENS_REC * sizeof(double);
+	const char *parts[4];
+	char calib_hex[33];
+	uint8_t vid[QF_CACHE_VID];
+	struct qf_cache_txn *txn;
+	struct qf_cache_item it;
+	struct qf_calib cs = { 0 };
+	struct job j = { .fs = fs, .var = probe, .sens = sens };
+	struct qf_calib_ops ops = {
+		.hessian = true,
+		.whole_layer = true,
+		.quantize = cb_sens,
+		.layer_done = sens_done,
+	};
+	const void *p;
+	size_t len;
+	bool hit = false;
+	double t0 = qf_now();
+	int ret;
+
+	qf_hex(probe->calib_vid, QF_CACHE_VID, calib_hex);
+	parts[0] = "quantfs-mixed-sensitivity-v1";
+	parts[1] = probe->mdl->m->fp_hex;
+	parts[2] = calib_hex;
+	parts[3] = qf_backend_name(fs->backend);
+	qf_cache_vid(parts, 4, vid);
+	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
+		if (qf_cache_get(txn, vid, "__sens__", &p, &len) == 0 &&
+		    len == want) {
+			memcpy(sens, p, len);
+			hit = true;
+		}
+		qf_cache_read_end(txn);
+	}
+	if (hit)
+		return 0;
+	qf_info("%s: mixed precision: measuring the sensitivity of %zu "
+		"linears to %d precisions", probe->mdl->name, probe->v->ng,
+		NMB);
+	ret = qf_tf_config_parse(probe->mdl->m, &j.c);
+	if (!ret)
+		ret = calib_set(&j, &cs);
+	if (!ret)
+		ret = qf_calib_run(probe->mdl->m, &j.c, &cs, &ops, &j);
+	qf_calib_free(&cs);
+	if (ret < 0)
+		return ret;
+	it = (struct qf_cache_item){ "__sens__", sens, want };
+	ret = qf_cache_put(fs->cache, vid, &it, 1);
+	qf_info("%s: mixed precision: sensitivities measured in %.1f s",
+		probe->mdl->name, qf_now() - t0);
+	return ret;
+}
+
+int qf_mixed_alloc_bits(void *arg, const char *name)
+{
+	const struct qf_mixed_alloc *a = arg;
+	size_t i;
+
+	for (i = 0; i < a->n; i++)
+		if (!strcmp(a->names[i], name))
+			return a->bits[i];
+	return 16;
+}
+
+void qf_mixed_alloc_free(struct qf_mixed_alloc *a)
+{
+	size_t i;
+
+	if (!a)
+		return;
+	for (i = 0; i < a->n; i++)
+		free(a->names[i]);
+	free(a->names);
+	free(a->bits);
+	free(a->json);
+	free(a);
+}
+
+/*
+ * Units share a precision: q/k/v and gate/up are fused by loaders
+ * (vLLM needs one precision per fused shard set), o and down alone.
+ */
+static int unit_of(enum qf_tf_linear k)
+{
+	return k <= QF_TF_V ? 0 : k == QF_TF_O ? 1 : k <= QF_TF_UP ? 2 : 3;
+}
+
+static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
+		       const struct qf_var *probe, const int *ubits,
+		       const double *ucost, size_t nu,
+		       const struct qf_mixed_budget_res *br)
+{
+	cJSON *o = cJSON_CreateObject(), *arr;
+	size_t u;
+	int k;
+
+	cJSON_AddStringToObject(o, "policy", spec->method ==
+				QF_METHOD_MIXED_BUDGET ? "budget" : "ratio");
+	if (spec->method == QF_METHOD_MIXED_BUDGET) {
+		cJSON_AddNumberToObject(o, "avg_bits",
+					spec->avg_bits_x100 / 100.0);
+		cJSON_AddStringToObject(o, "algorithm",
+			"multiple-choice knapsack: minimize the sum of the "
+			"units' measured relative output errors subject to "
+			"8 * stored bytes <= avg_bits * parameters of the "
+			"quantizable linears; LP bound, then branch and bound");
+		cJSON_AddNumberToObject(o, "budget_bytes",
+					(double)br->budget_bytes);
+		cJSON_AddNumberToObject(o, "bytes", (double)br->bytes);
+		cJSON_AddNumberToObject(o, "objective", br->cost);
+		cJSON_AddNumberToObject(o, "lower_bound", br->bound);
+		cJSON_AddBoolToObject(o, "optimal", br->optimal);
+	} else {
+		cJSON_AddStringToObject(o, "algorithm",
+			"the seed's ratio policy over units ranked by "
+			"importance 0.3 z(mean x^2) + 0.2 z(mean |W|): top 20 % "
+			"16 bits, bottom 40 % 4 bits, the rest 8 bits");
+	}
+	cJSON_AddStringToObject(o, "units",
+		"per decoder layer: {q,k,v}, {o}, {gate,up}, {down} share a "
+		"precision (fused by loaders)");
+	cJSON_AddStringToObject(o, "sensitivity",
+		"relative output error tr(dW H dW^T) / tr(W H W^T) of RTN at "
+		"each precision, group 128, H = X^T X on the calibration set "
+		"through the unquantized model");
+	cJSON_AddStringToObject(o, "calibration_set", probe->ci.key);
+	arr = cJSON_AddArrayToObject(o, "unit_bits");
+	for (u = 0; u < nu; u++)
+		cJSON_AddItemToArray(arr, cJSON_CreateNumber(ubits[u]));
+	arr = cJSON_AddArrayToObject(o, "unit_cost");
+	for (u = 0; u < nu; u++)
+		cJSON_AddItemToArray(arr, cJSON_CreateNumber(ucost[u]));
+	(void)k;
+	a->json = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+}
+
+int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
+		       const struct qf_spec *spec, struct qf_mixed_alloc **out)
+{
+	struct qf_spec s8 = { .method = QF_METHOD_RTN, .bits = 8,
+			      .group = MIXED_GROUP };
+	struct qf_var *probe = calloc(1, sizeof(*probe));
+	struct qf_mixed_alloc *a = calloc(1, sizeof(*a));
+	struct qf_mixed_budget_res br = { 0 };
+	double *sens = NULL, *ucost = NULL, *ubytes = NULL, *imp = NULL;
+	double *uimp = NULL, *uc = NULL;
+	uint64_t *up = NULL, *ub = NULL;
+	int *ubits = NULL, *choice = NULL, *unit = NULL;
+	size_t ng = 0, nu, i, u;
+	int ret, p;
+
+	if (!probe || !a) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	probe->mdl = mdl;
+	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
+	ret = qf_variant_init(mdl->m, &s8, &probe->v);
+	if (!ret)
+		ret = qf_job_setup(fs, probe);
+	if (ret < 0)
+		goto out;
+	ng = probe->v->ng;
+	nu = (size_t)probe->nlayers * 4;
+	sens = calloc(ng * SENS_REC + 1, sizeof(*sens));
+	ucost = calloc(nu * NMB + 1, sizeof(*ucost));
+	ubytes = calloc(nu * NMB + 1, sizeof(*ubytes));
+	up = calloc(nu + 1, sizeof(*up));
+	ub = calloc(nu * NMB + 1, sizeof(*ub));
+	uc = calloc(nu + 1, sizeof(*uc));
+	ubits = calloc(nu + 1, sizeof(*ubits));
+	choice = calloc(nu + 1, sizeof(*choice));
+	unit = calloc(ng + 1, sizeof(*unit));
+	imp = calloc(ng + 1, sizeof(*imp));
+	uimp = calloc(nu + 1, sizeof(*uimp));
+	a->names = calloc(ng + 1, sizeof(*a->names));
+	a->bits = calloc(ng + 1, sizeof(*a->bits));
+	if (!sens || !ucost || !ubytes || !up || !ub || !uc || !ubits ||
+	    !choice || !unit || !imp || !uimp || !a->names || !a->bits) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = mixed_table(fs, probe, sens);
+	if (ret < 0)
+		goto out;
+	/* per unit: summed costs, bytes and parameters */
+	for (i = 0; i < ng; i++) {
+		const struct qf_vgroup *g = &probe->v->g[i];
+		int l = probe->group_layer[i], k;
+
+		for (k = 0; k < QF_TF_NLINEAR; k++)
+			if (probe->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
+				break;
+		unit[i] = l * 4 + unit_of((enum qf_tf_linear)k);
+		up[unit[i]] += (uint64_t)qf_st_numel(g->w->t);
+		for (p = 0; p < NMB; p++) {
+			double b = ckpt_bytes(g->w, mixed_bits[p]);
+			size_t x = (size_t)unit[i] * NMB + p;
+
+			if (b < 0 || ubytes[x] < 0)
+				ubytes[x] = -1, ucost[x] = INFINITY;
+			else
+				ubytes[x] += b, ucost[x] += sens[i * SENS_REC + p];
+		}
+	}
+	for (u = 0; u < nu * NMB; u++)
+		ub[u] = ubytes[u] < 0 ? UINT64_MAX / 4 : (uint64_t)ubytes[u];
+	if (spec->method == QF_METHOD_MIXED_BUDGET) {
+		ret = qf_mixed_budget(nu, NMB, up, ub, ucost,
+				      spec->avg_bits_x100, QF_MIXED_MAX_NODES,
+				      choice, &br);
+		if (ret < 0) {
+			qf_err("%s: mixed_b%.2f: no allocation fits that "
+			       "budget", mdl->name, spec->avg_bits_x100 / 100.0);
+			goto out;
+		}
+		for (u = 0; u < nu; u++)
+			ubits[u] = mixed_bits[choice[u]];
+	} else {
+		struct qf_mixed_signals *sig = calloc(ng + 1, sizeof(*sig));
+		struct qf_mixed_ratio r;
+		double *cnt = calloc(nu + 1, sizeof(*cnt));
+
+		ret = sig && cnt ? 0 : -ENOMEM;
+		for (i = 0; i < ng && !ret; i++) {
+			sig[i].act = sens[i * SENS_REC + NMB];
+			sig[i].weight = sens[i * SENS_REC + NMB + 1];
+		}
+		if (!ret)
+			ret = qf_mixed_importance(sig, ng, imp);
+		for (i = 0; i < ng && !ret; i++) {
+			uimp[unit[i]] += imp[i];
+			cnt[unit[i]] += 1;
+		}
+		for (u = 0; u < nu && !ret; u++)
+			uimp[u] = cnt[u] > 0 ? uimp[u] / cnt[u] : -INFINITY;
+		qf_mixed_ratio_defaults(&r);
+		if (!ret)
+			ret = qf_mixed_ratio_assign(&r, uimp, nu, ubits);
+		/* a unit whose linears cannot hold a width keeps 16 */
+		for (u = 0; u < nu && !ret; u++)
+			for (p = 0; p < NMB; p++)
+				if (mixed_bits[p] == ubits[u] &&
+				    ubytes[u * NMB + p] < 0)
+					ubits[u] = 16;
+		free(sig);
+		free(cnt);
+		if (ret < 0)
+			goto out;
+	}
+	for (u = 0; u < nu; u++)
+		for (p = 0; p < NMB; p++)
+			if (mixed_bits[p] == ubits[u])
+				uc[u] = ucost[u * NMB + p];
+	for (i = 0; i < ng; i++) {
+		a->names[i] = strdup(probe->v->g[i].w->name);
+		a->bits[i] = ubits[unit[i]];
+		if (!a->names[i]) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		a->n = i + 1;
+	}
+	memcpy(a->calib_vid, probe->calib_vid, QF_CACHE_VID);
+	a->ci = probe->ci;
+	alloc_json(a, spec, probe, ubits, uc, nu, &br);
+	ret = a->json ? 0 : -ENOMEM;
+out:
+	if (probe) {
+		qf_job_free(probe);
+		qf_variant_free(probe->v);
+		free(probe);
+	}
+	free(sens);
+	free(ucost);
+	free(ubytes);
+	free(up);
+	free(ub);
+	free(uc);
+	free(ubits);
+	free(choice);
+	free(unit);
+	free(imp);
+	free(uimp);
+	if (ret < 0) {
+		qf_mixed_alloc_free(a);
+		a = NULL;
+	}
+	*out = a;
+	return ret;
 }

@@ -77,7 +77,9 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	char extra[64];
 	struct qf_spec spec;
 	struct qf_var *var;
+	struct qf_mixed_alloc *alloc = NULL;
 	char calib_hex[33];
+	bool mixed;
 	int ret;
 
 	ret = qf_spec_parse(name, &spec, NULL);
@@ -90,11 +92,40 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	pthread_cond_init(&var->cond, NULL);
 	var->mdl = mdl;
 	var->lockfd = -1;
-	ret = qf_variant_init(mdl->m, &spec, &var->v);
+	mixed = spec.method == QF_METHOD_MIXED_DYN ||
+		spec.method == QF_METHOD_MIXED_BUDGET;
+	if (mixed) {
+		/* measured precisions (cached), then plain RTN at them */
+		struct qf_spec b = spec;
+		char bname[128];
+
+		b.flags &= ~QF_SPEC_FAKE;
+		if (spec.flags & QF_SPEC_FAKE) {
+			ret = qf_spec_print(&b, bname, sizeof(bname));
+			if (ret >= 0)
+				var->base = qf_ns_var(fs, mdl, bname, &ret);
+			if (!var->base)
+				goto out_free;
+			alloc = var->base->alloc;
+		} else {
+			ret = qf_job_mixed_alloc(fs, mdl, &spec, &var->alloc);
+			if (ret < 0)
+				goto out_free;
+			alloc = var->alloc;
+		}
+		ret = qf_variant_init_bits(mdl->m, &spec, qf_mixed_alloc_bits,
+					   alloc, &var->v);
+		if (!ret)
+			var->v->alloc_json = alloc->json;
+	} else {
+		ret = qf_variant_init(mdl->m, &spec, &var->v);
+	}
 	if (ret < 0)
 		goto out_free;
-	var->calibrated = qf_spec_is_calibrated(&spec);
+	var->calibrated = qf_spec_is_calibrated(&spec) && !mixed;
 	calib_hex[0] = 0;
+	if (mixed)	/* the set the precisions were measured on */
+		qf_hex(alloc->calib_vid, QF_CACHE_VID, calib_hex);
 	if (var->calibrated && (spec.flags & QF_SPEC_FAKE)) {
 		/* _fake dequantizes the packed variant's tensors */
 		struct qf_spec b = spec;
@@ -159,6 +190,7 @@ void qf_var_free(struct qf_var *var)
 	if (!var)
 		return;
 	qf_job_free(var);
+	qf_mixed_alloc_free(var->alloc);
 	qf_gv_free(var->gv);
 	if (var->lockfd >= 0)
 		close(var->lockfd);

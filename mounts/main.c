@@ -67,7 +67,8 @@ static const char usage_text[] =
 	"  -o calib_seed=N    seed of sampled sets (default 0)\n"
 	"  -o backend=B       cpu, cuda or auto (default): where calibrated\n"
 	"                     variants are computed\n"
-	"  -o brecq_iters=N   BRECQ Adam steps per block (default 200)\n"
+	"  -o brecq_iters=N   BRECQ Adam steps per block (default 200; 0:\n"
+	"                     round to nearest on the same grids)\n"
 	"  -o brecq_batch=N   BRECQ sequences per step (default 2)\n"
 	"  -o max_jobs=N      calibrated variants produced at once\n"
 	"                     (default 1; more wait, queued)\n"
@@ -166,8 +167,10 @@ static int take_option(struct mount_opts *mo, char *opt)
 		mo->fs.backend = val;
 	} else if (!strcmp(opt, "brecq_iters") && val) {
 		mo->fs.brecq_iters = atoi(val);
-		if (mo->fs.brecq_iters < 1 || mo->fs.brecq_iters > 1000000)
+		if (mo->fs.brecq_iters < 0 || mo->fs.brecq_iters > 1000000)
 			return -EINVAL;
+		if (!mo->fs.brecq_iters)	/* none: round to nearest */
+			mo->fs.brecq_iters = -1;
 	} else if (!strcmp(opt, "brecq_batch") && val) {
 		mo->fs.brecq_batch = atoi(val);
 		if (mo->fs.brecq_batch < 1 || mo->fs.brecq_batch > 4096)

@@ -336,15 +336,14 @@ void qf_mixed_signals_of(const float *w, int64_t out, int64_t in,
 }
 
 /* z-scores of v[i] for i with have[i] (NULL: all); others get 0. */
-static void zscore(const double *v, const bool *have, size_t stride,
-		   size_t n, double *z)
+static void zscore(const double *v, const bool *have, size_t n, double *z)
 {
 	double mean = 0, var = 0, sd;
 	size_t i, cnt = 0;
 
 	for (i = 0; i < n; i++)
 		if (!have || have[i]) {
-			mean += v[i * stride];
+			mean += v[i];
 			cnt++;
 		}
 	for (i = 0; i < n; i++)
@@ -354,46 +353,47 @@ static void zscore(const double *v, const bool *have, size_t stride,
 	mean /= (double)cnt;
 	for (i = 0; i < n; i++)
 		if (!have || have[i])
-			var += (v[i * stride] - mean) * (v[i * stride] - mean);
+			var += (v[i] - mean) * (v[i] - mean);
 	sd = sqrt(var / (double)cnt);
 	for (i = 0; i < n; i++)
 		if (!have || have[i])
-			z[i] = (v[i * stride] - mean) / (sd + 1e-8);
+			z[i] = (v[i] - mean) / (sd + 1e-8);
 }
 
 int qf_mixed_importance(const struct qf_mixed_signals *sig, size_t n,
 			double *imp)
 {
-	size_t stride = sizeof(*sig) / sizeof(double), i;
-	double *zg, *za, *zw;
+	double *v, *zg, *za, *zw;
+	bool *have;
+	size_t i;
 
-	/* the struct is read as strided doubles: keep that true */
-	_Static_assert(sizeof(struct qf_mixed_signals) % sizeof(double) == 0,
-		       "signals stride");
 	if (!n)
 		return -EINVAL;
-	zg = malloc(3 * n * sizeof(*zg));
-	if (!zg)
+	v = malloc(4 * n * sizeof(*v));
+	have = malloc(n * sizeof(*have));
+	if (!v || !have) {
+		free(v);
+		free(have);
 		return -ENOMEM;
+	}
+	zg = v + n;
 	za = zg + n;
 	zw = za + n;
-	{
-		bool *have = malloc(n * sizeof(*have));
-
-		if (!have) {
-			free(zg);
-			return -ENOMEM;
-		}
-		for (i = 0; i < n; i++)
-			have[i] = sig[i].has_grad;
-		zscore(&sig->grad, have, stride, n, zg);
-		free(have);
+	for (i = 0; i < n; i++) {
+		v[i] = sig[i].grad;
+		have[i] = sig[i].has_grad;
 	}
-	zscore(&sig->act, NULL, stride, n, za);
-	zscore(&sig->weight, NULL, stride, n, zw);
+	zscore(v, have, n, zg);
+	for (i = 0; i < n; i++)
+		v[i] = sig[i].act;
+	zscore(v, NULL, n, za);
+	for (i = 0; i < n; i++)
+		v[i] = sig[i].weight;
+	zscore(v, NULL, n, zw);
 	for (i = 0; i < n; i++)
 		imp[i] = 0.5 * zg[i] + 0.3 * za[i] + 0.2 * zw[i];
-	free(zg);
+	free(v);
+	free(have);
 	return 0;
 }
 
@@ -742,7 +742,7 @@ static int opt_cmp(const void *a, const void *b)
 }
 
 struct ranged {
-	uint64_t range;			/* bytes of its largest - smallest */
+	uint64_t range;			/* largest - smallest bytes */
 	size_t i;
 };
 

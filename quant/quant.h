@@ -550,6 +550,9 @@ struct qf_variant {
 	size_t nskipped;
 	qf_bits_fn bits_of;		/* per-linear bits, or NULL */
 	void *bits_arg;
+	/* mixed_dyn / mixed_b: the "allocation" object of
+	 * quantization.json (JSON text, borrowed) */
+	const char *alloc_json;
 };
 
 /*

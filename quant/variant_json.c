@@ -358,6 +358,9 @@ int qf_variant_manifest(const struct qf_variant *v,
 		add_calibration(root, v, ci);
 	else
 		cJSON_AddNullToObject(root, "calibration");
+	if (v->alloc_json)
+		cJSON_AddItemToObject(root, "allocation",
+				      cJSON_Parse(v->alloc_json));
 	o = cJSON_AddObjectToObject(root, "source");
 	cJSON_AddStringToObject(o, "dir", v->m->dir);
 	cJSON_AddStringToObject(o, "fingerprint", v->m->fp_hex);
