@@ -171,6 +171,36 @@ static int select_backend(struct qf_fs *fs)
 	return 0;
 }
 
+/* -o mixed_table, mixed_roles, mixed_ratio: parsed once, errors named */
+static int mixed_options(struct qf_fs *fs)
+{
+	char why[256] = "";
+	int ret = 0;
+
+	qf_mixed_static_defaults(&fs->mtable);
+	qf_mixed_ratio_defaults(&fs->mratio);
+	if (fs->o.mixed_table)
+		ret = qf_mixed_static_parse(fs->o.mixed_table, &fs->mtable, why,
+					    sizeof(why));
+	if (!ret && (fs->mtable.bits[QF_ROLE_EMBED] != 16 ||
+		     fs->mtable.bits[QF_ROLE_HEAD] != 16)) {
+		snprintf(why, sizeof(why), "embeddings and lm_head stay in "
+			 "the source precision in this build (embed=16, "
+			 "head=16)");
+		ret = QF_ESPEC;
+	}
+	if (!ret && fs->o.mixed_roles)
+		ret = qf_mixed_overrides_parse(fs->o.mixed_roles, &fs->mroles,
+					       why, sizeof(why));
+	if (!ret && fs->o.mixed_ratio)
+		ret = qf_mixed_ratio_parse(fs->o.mixed_ratio, &fs->mratio, why,
+					   sizeof(why));
+	if (ret < 0)
+		qf_err("mixed precision options: %s", why[0] ? why :
+		       qf_strerror(ret));
+	return ret;
+}
+
 int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 {
 	struct qf_node *root;
@@ -211,6 +241,8 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 		goto out_free;
 	qf_fs_trim_cache(fs);
 	ret = select_backend(fs);
+	if (!ret)
+		ret = mixed_options(fs);
 	if (ret < 0)
 		goto out_free;
 	root = qf_ns_node_root(fs);
@@ -250,6 +282,7 @@ void qf_fs_free(struct qf_fs *fs)
 	if (!fs)
 		return;
 	qf_job_stop_all(fs);
+	qf_mixed_overrides_free(fs->mroles);
 	for (i = 0; i < fs->nnode; i++) {
 		free(fs->node[i]->name);
 		free(fs->node[i]->path);

@@ -31,6 +31,9 @@ struct qf_fs_opts {
 	int brecq_iters;		/* Adam steps per block, 0: default,
 					 * -1: none (round to nearest) */
 	int brecq_batch;		/* sequences per step, 0: default */
+	const char *mixed_table;	/* mixed_static: "attn=8,mlp=4,..." */
+	const char *mixed_roles;	/* "glob=role,..." role overrides */
+	const char *mixed_ratio;	/* mixed_dyn: "high=0.2,low=0.4,..." */
 };
 
 enum {

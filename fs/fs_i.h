@@ -10,6 +10,7 @@
 #include "cache.h"
 #include "common.h"
 #include "fs.h"
+#include "mixed.h"
 #include "quant.h"
 
 enum qf_node_kind {
@@ -125,6 +126,9 @@ struct qf_fs {
 	char *cache_dir;
 	struct qf_cache *cache;
 	enum qf_backend backend;	/* of calibrated jobs */
+	struct qf_mixed_static mtable;	/* -o mixed_table */
+	char **mroles;			/* -o mixed_roles, NULL-terminated */
+	struct qf_mixed_ratio mratio;	/* -o mixed_ratio */
 	struct qf_mdl *mdl;
 	size_t nmdl;
 	pthread_mutex_t lock;		/* nodes, hash, vars lists */

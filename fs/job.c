@@ -1569,7 +1569,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 		}
 		for (u = 0; u < nu && !ret; u++)
 			uimp[u] = cnt[u] > 0 ? uimp[u] / cnt[u] : -INFINITY;
-		qf_mixed_ratio_defaults(&r);
+		r = fs->mratio;
 		if (!ret)
 			ret = qf_mixed_ratio_assign(&r, uimp, nu, ubits);
 		/* a unit whose linears cannot hold a width keeps 16 */

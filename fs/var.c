@@ -70,11 +70,30 @@ out_free:
 	return ret;
 }
 
+/* mixed_static: the role table of -o mixed_table / mixed_roles */
+static int static_bits(void *arg, const char *name)
+{
+	struct qf_fs *fs = arg;
+	char mod[512];
+	size_t n = strlen(name);
+	enum qf_role r;
+
+	/* roles and their globs are of modules: drop ".weight" */
+	if (n > 7 && !strcmp(name + n - 7, ".weight"))
+		n -= 7;
+	snprintf(mod, sizeof(mod), "%.*s", (int)n, name);
+	r = qf_role_of(mod, (const char *const *)fs->mroles);
+	if (r == QF_ROLE_OTHER)
+		qf_info("%s: no role known, 'other' (%d bits)", mod,
+			fs->mtable.bits[r]);
+	return fs->mtable.bits[r];
+}
+
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out)
 {
 	const char *parts[5];
-	char extra[64];
+	char extra[1024];
 	struct qf_spec spec;
 	struct qf_var *var;
 	struct qf_mixed_alloc *alloc = NULL;
@@ -117,6 +136,9 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 					   alloc, &var->v);
 		if (!ret)
 			var->v->alloc_json = alloc->json;
+	} else if (spec.method == QF_METHOD_MIXED_STATIC) {
+		ret = qf_variant_init_bits(mdl->m, &spec, static_bits, fs,
+					   &var->v);
 	} else {
 		ret = qf_variant_init(mdl->m, &spec, &var->v);
 	}
@@ -162,6 +184,15 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 			 "brecq=%d/%d;",
 			 (var->base ? var->base : var)->ci.brecq_iters,
 			 (var->base ? var->base : var)->ci.brecq_batch);
+	if (spec.method == QF_METHOD_MIXED_STATIC &&
+	    (fs->o.mixed_table || fs->o.mixed_roles))
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+			 "table=%s;roles=%s;", fs->o.mixed_table ?
+			 fs->o.mixed_table : "", fs->o.mixed_roles ?
+			 fs->o.mixed_roles : "");
+	if (spec.method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+			 "ratio=%s;", fs->o.mixed_ratio);
 	parts[4] = extra;
 	qf_cache_vid(parts, extra[0] ? 5 : 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);

@@ -70,6 +70,11 @@ static const char usage_text[] =
 	"  -o brecq_iters=N   BRECQ Adam steps per block (default 200; 0:\n"
 	"                     round to nearest on the same grids)\n"
 	"  -o brecq_batch=N   BRECQ sequences per step (default 2)\n"
+	"  -o mixed_table=T   mixed_static widths by role, e.g.\n"
+	"                     attn=8:mlp=4:other=8\n"
+	"  -o mixed_roles=R   role overrides: GLOB=ROLE[:GLOB=ROLE...]\n"
+	"  -o mixed_ratio=R   mixed_dyn policy, e.g. high=0.2:low=0.4:\n"
+	"                     bits_high=16:bits_mid=8:bits_low=4\n"
 	"  -o max_jobs=N      calibrated variants produced at once\n"
 	"                     (default 1; more wait, queued)\n"
 	"  -o cache_max=SIZE  evict least recently used variants above\n"
@@ -117,7 +122,7 @@ static bool mount_noise(const char *opt)
 
 static int take_option(struct mount_opts *mo, char *opt)
 {
-	char *val = strchr(opt, '=');
+	char *val = strchr(opt, '='), *p;
 
 	if (val)
 		*val++ = 0;
@@ -174,6 +179,18 @@ static int take_option(struct mount_opts *mo, char *opt)
 	} else if (!strcmp(opt, "brecq_batch") && val) {
 		mo->fs.brecq_batch = atoi(val);
 		if (mo->fs.brecq_batch < 1 || mo->fs.brecq_batch > 4096)
+			return -EINVAL;
+	} else if (!strncmp(opt, "mixed_", 6) && val) {
+		/* lists inside one -o entry: ':' stands for ',' */
+		for (p = val; (p = strchr(p, ':')); )
+			*p = ',';
+		if (!strcmp(opt, "mixed_table"))
+			mo->fs.mixed_table = val;
+		else if (!strcmp(opt, "mixed_roles"))
+			mo->fs.mixed_roles = val;
+		else if (!strcmp(opt, "mixed_ratio"))
+			mo->fs.mixed_ratio = val;
+		else
 			return -EINVAL;
 	} else if (!strcmp(opt, "max_jobs") && val) {
 		mo->fs.max_jobs = atoi(val);

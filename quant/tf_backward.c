@@ -274,24 +274,45 @@ void qf_tf_rope_bwd(float *dx, int64_t ntok, int nh, int hd, int seqlen,
 }
 
 /* Softmax of row[a, b), zeros outside (the causal / window mask). */
-static void softmax_masked(float *row, int a, int b, int nk)
+static inline void softmax_masked(float *row, int a, int b, int nk)
 {
 	float mx = -INFINITY;
-	float sum = 0;
+	double sum = 0;
 	float inv;
 	int j;
 
 	for (j = a; j < b; j++)
 		mx = row[j] > mx ? row[j] : mx;
-	for (j = a; j < b; j++) {
-		row[j] = expf(row[j] - mx);
+	for (j = a; j < b; j++)
+		row[j] = qf_tf_exp_poly(row[j] - mx);
+	for (j = a; j < b; j++)
 		sum += row[j];
-	}
-	inv = 1.0f / sum;
+	inv = (float)(1.0 / sum);
 	for (j = a; j < b; j++)
 		row[j] *= inv;
 	memset(row, 0, sizeof(float) * (size_t)a);
 	memset(row + b, 0, sizeof(float) * (size_t)(nk - b));
+}
+
+/* Row-wise dS = P * (dP - rowsum(P * dP)) of nr rows, after the softmax
+ * of P's rows (query i + r0 sees keys [block_lo(i), i]). */
+QF_HOT static void softmax_bwd_rows(float *s, float *ds, int nr, int nk,
+				    int r0, int lo, int window)
+{
+	int i, j;
+
+	for (i = 0; i < nr; i++) {
+		int pos = r0 + i;
+		float *p = s + (int64_t)i * nk;		/* [nk] */
+		float *dp = ds + (int64_t)i * nk;	/* [nk] */
+		float dot = 0;
+
+		softmax_masked(p, block_lo(pos, window) - lo, pos - lo + 1, nk);
+		for (j = 0; j < nk; j++)
+			dot += p[j] * dp[j];
+		for (j = 0; j < nk; j++)
+			dp[j] = p[j] * (dp[j] - dot);
+	}
 }
 
 /*
@@ -310,27 +331,13 @@ static void attn_block_bwd(const struct attn_blk *b, int hd, int qd,
 {
 	int nr = b->r1 - b->r0;
 	int nk = b->r1 - b->lo;
-	int i, j;
 
-	/* P = softmax(scale Q K^T), dP = dO V^T */
+	/* P = softmax(scale Q K^T), dP = dO V^T, dS (zero where masked) */
 	qf_sgemm(false, true, nr, nk, hd, scale, b->qb, qd, b->kb, kvd, 0.0f,
 		 s, nk);
 	qf_sgemm(false, true, nr, nk, hd, 1.0f, b->dob, qd, b->vb, kvd, 0.0f,
 		 ds, nk);
-	for (i = 0; i < nr; i++) {
-		int pos = b->r0 + i;
-		float *p = s + (int64_t)i * nk;		/* [nk] */
-		float *dp = ds + (int64_t)i * nk;	/* [nk] */
-		float dot = 0;
-
-		softmax_masked(p, block_lo(pos, b->window) - b->lo,
-			       pos - b->lo + 1, nk);
-		for (j = 0; j < nk; j++)
-			dot += p[j] * dp[j];
-		/* dS = P * (dP - rowsum(P * dP)); zero where masked */
-		for (j = 0; j < nk; j++)
-			dp[j] = p[j] * (dp[j] - dot);
-	}
+	softmax_bwd_rows(s, ds, nr, nk, b->r0, b->lo, b->window);
 	/* dV += P^T dO, dK += scale dS^T Q, then dQ = scale dS K */
 	qf_sgemm(true, false, nk, hd, nr, 1.0f, s, nk, b->dob, qd, 1.0f,
 		 b->dvb, kvd);
@@ -384,13 +391,13 @@ void qf_tf_attention_bwd(const struct qf_tf_config *c, const float *q,
 	}
 }
 
-void qf_tf_swiglu_bwd(const float *g, const float *u, const float *da,
-		      float *dg, float *du, int64_t n)
+QF_HOT void qf_tf_swiglu_bwd(const float *g, const float *u, const float *da,
+			     float *dg, float *du, int64_t n)
 {
 	int64_t i;
 
 	for (i = 0; i < n; i++) {
-		float sg = 1.0f / (1.0f + expf(-g[i]));
+		float sg = 1.0f / (1.0f + qf_tf_exp_poly(-g[i]));
 		float d = da[i];
 
 		du[i] = d * g[i] * sg;

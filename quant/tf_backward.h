@@ -81,6 +81,36 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 			  const struct qf_tf_layer *ly, struct qf_tf_saved *s,
 			  const float *dy, float *const dw[QF_TF_NLINEAR]);
 
+/*
+ * exp(x) for x clamped to [-87, 88], within 2 ulp of expf: Cephes'
+ * polynomial in plain C (rounding by the 1.5 * 2^23 trick, the exponent
+ * by bits) so that loops calling it vectorize; expf() does not.
+ */
+static inline float qf_tf_exp_poly(float x)
+{
+	union {
+		uint32_t u;
+		float f;
+	} sc;
+	float fx, r, p;
+
+	x = x < -87.0f ? -87.0f : x;
+	x = x > 88.0f ? 88.0f : x;
+	fx = x * 1.44269504088896341f;
+	fx = (fx + 12582912.0f) - 12582912.0f;	/* round to nearest */
+	r = x - fx * 0.693359375f;
+	r = r - fx * -2.12194440e-4f;
+	p = 1.9875691500e-4f;
+	p = p * r + 1.3981999507e-3f;
+	p = p * r + 8.3334519073e-3f;
+	p = p * r + 4.1665795894e-2f;
+	p = p * r + 1.6666665459e-1f;
+	p = p * r + 5.0000001201e-1f;
+	p = p * r * r + r + 1.0f;
+	sc.u = (uint32_t)((int32_t)fx + 127) << 23;
+	return p * sc.f;
+}
+
 /* ------------------------------------------------------------------ */
 /* sub-op backwards (dy -> dx), exported for the tests                 */
 

@@ -214,5 +214,27 @@ def test_brecq_zero_iters_is_round_to_nearest():
         assert man["brecq"]["iters"] == 0
 
 
+
+def test_mixed_static_options():
+    """-o mixed_table and mixed_roles change the widths (and the cache
+    key); bad values stop the mount with the reason."""
+    import subprocess
+    from qftest import QUANTFS
+    opts = ["mixed_table=attn=4:mlp=8", "mixed_roles=*.o_proj=mlp"]
+    with Mount(SRC, opts=opts) as m:
+        t, man, qc = load(m, "mixed_static")
+        got = same_as_rtn(m, t, qc)
+        for p, b in got.items():
+            want = 8 if ("mlp" in p or "o_proj" in p) else 4
+            assert b == want, (p, b)
+    for bad, why in (("mixed_table=attn=5", "attn"),
+                     ("mixed_table=embed=8", "embed"),
+                     ("mixed_roles=*.q_proj=brain", "brain"),
+                     ("mixed_ratio=high=0.7:low=0.6", "high")):
+        r = subprocess.run([QUANTFS, "mount", SRC, tempfile.mkdtemp(), "-f",
+                            "-o", bad], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)
+
 if __name__ == "__main__":
     run_tests(globals())
