@@ -1327,16 +1327,35 @@ static double ckpt_bytes(const struct qf_model_tensor *w, int bits)
 	       (double)ng * out * 2 + (double)in * 4;
 }
 
-/* The sensitivity table: from the cache, or measured and stored. */
-static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
-		       double *sens)
+static int loss_done(void *arg, int l, double seconds)
 {
+	struct job *j = arg;
+
+	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
+		"each width in %.2f s", j->var->mdl->name, l + 1,
+		j->var->nlayers, seconds);
+	return stopping(j->fs) ? -EINTR : 0;
+}
+
+#define LOSS_SEQS 8		/* calibration sequences the loss runs on */
+
+/*
+ * The sensitivity tables, from the cache or measured and stored: per
+ * linear its relative output errors and signals (sens), per unit the
+ * loss increase (uloss [nlayers * 4][NMB]).
+ */
+static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
+		       double *sens, double *uloss)
+{
+	static const int unit_of[QF_TF_NLINEAR] = { 0, 0, 0, 1, 2, 2, 3 };
 	size_t want = probe->v->ng * SENS_REC * sizeof(double);
+	size_t uwant = (size_t)probe->nlayers * 4 * NMB * sizeof(double);
+	struct qf_cache_item its[2];
+	double ref = 0;
 	const char *parts[4];
 	char calib_hex[33];
 	uint8_t vid[QF_CACHE_VID];
 	struct qf_cache_txn *txn;
-	struct qf_cache_item it;
 	struct qf_calib cs = { 0 };
 	struct job j = { .fs = fs, .var = probe, .sens = sens };
 	struct qf_calib_ops ops = {
@@ -1352,7 +1371,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 	int ret;
 
 	qf_hex(probe->calib_vid, QF_CACHE_VID, calib_hex);
-	parts[0] = "quantfs-mixed-sensitivity-v1";
+	parts[0] = "quantfs-mixed-sensitivity-v2";
 	parts[1] = probe->mdl->m->fp_hex;
 	parts[2] = calib_hex;
 	parts[3] = qf_backend_name(fs->backend);
@@ -1363,6 +1382,11 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 			memcpy(sens, p, len);
 			hit = true;
 		}
+		if (hit && qf_cache_get(txn, vid, "__uloss__", &p, &len) == 0 &&
+		    len == uwant)
+			memcpy(uloss, p, len);
+		else
+			hit = false;
 		qf_cache_read_end(txn);
 	}
 	if (hit)
@@ -1375,11 +1399,18 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		ret = calib_set(&j, &cs);
 	if (!ret)
 		ret = qf_calib_run(probe->mdl->m, &j.c, &cs, &ops, &j);
+	if (!ret)
+		ret = qf_mixed_loss_table(probe->mdl->m, &j.c, cs.ids,
+					  cs.nseq < LOSS_SEQS ? cs.nseq :
+					  LOSS_SEQS, cs.seqlen, unit_of, 4,
+					  mixed_bits, NMB, MIXED_GROUP, uloss,
+					  &ref, loss_done, &j);
 	qf_calib_free(&cs);
 	if (ret < 0)
 		return ret;
-	it = (struct qf_cache_item){ "__sens__", sens, want };
-	ret = qf_cache_put(fs->cache, vid, &it, 1);
+	its[0] = (struct qf_cache_item){ "__sens__", sens, want };
+	its[1] = (struct qf_cache_item){ "__uloss__", uloss, uwant };
+	ret = qf_cache_put(fs->cache, vid, its, 2);
 	qf_info("%s: mixed precision: sensitivities measured in %.1f s",
 		probe->mdl->name, qf_now() - t0);
 	return ret;
@@ -1421,7 +1452,7 @@ static int unit_of(enum qf_tf_linear k)
 
 static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 		       const struct qf_var *probe, const int *ubits,
-		       const double *ucost, size_t nu,
+		       const double *ucost, const double *uerr, size_t nu,
 		       const struct qf_mixed_budget_res *br)
 {
 	cJSON *o = cJSON_CreateObject(), *arr;
@@ -1435,7 +1466,7 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 					spec->avg_bits_x100 / 100.0);
 		cJSON_AddStringToObject(o, "algorithm",
 			"multiple-choice knapsack: minimize the sum of the "
-			"units' measured relative output errors subject to "
+			"units' measured loss increases subject to "
 			"8 * stored bytes <= avg_bits * parameters of the "
 			"quantizable linears; LP bound, then branch and bound");
 		cJSON_AddNumberToObject(o, "budget_bytes",
@@ -1454,9 +1485,12 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 		"per decoder layer: {q,k,v}, {o}, {gate,up}, {down} share a "
 		"precision (fused by loaders)");
 	cJSON_AddStringToObject(o, "sensitivity",
-		"relative output error tr(dW H dW^T) / tr(W H W^T) of RTN at "
-		"each precision, group 128, H = X^T X on the calibration set "
-		"through the unquantized model");
+		"unit_cost: increase of the mean next-token loss (nats) on the "
+		"first 8 calibration sequences when only that unit is rounded "
+		"to nearest at its width (group 128), the rest fp32; "
+		"unit_output_error: the sum of its linears' relative output "
+		"errors tr(dW H dW^T) / tr(W H W^T), H = X^T X on the "
+		"calibration set through the unquantized model");
 	cJSON_AddStringToObject(o, "calibration_set", probe->ci.key);
 	arr = cJSON_AddArrayToObject(o, "unit_bits");
 	for (u = 0; u < nu; u++)
@@ -1464,6 +1498,9 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 	arr = cJSON_AddArrayToObject(o, "unit_cost");
 	for (u = 0; u < nu; u++)
 		cJSON_AddItemToArray(arr, cJSON_CreateNumber(ucost[u]));
+	arr = cJSON_AddArrayToObject(o, "unit_output_error");
+	for (u = 0; u < nu; u++)
+		cJSON_AddItemToArray(arr, cJSON_CreateNumber(uerr[u]));
 	(void)k;
 	a->json = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
@@ -1478,6 +1515,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	struct qf_mixed_alloc *a = calloc(1, sizeof(*a));
 	struct qf_mixed_budget_res br = { 0 };
 	double *sens = NULL, *ucost = NULL, *ubytes = NULL, *imp = NULL;
+	double *uloss = NULL, *uerr = NULL;
 	double *uimp = NULL, *uc = NULL;
 	uint64_t *up = NULL, *ub = NULL;
 	int *ubits = NULL, *choice = NULL, *unit = NULL;
@@ -1499,6 +1537,8 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	nu = (size_t)probe->nlayers * 4;
 	sens = calloc(ng * SENS_REC + 1, sizeof(*sens));
 	ucost = calloc(nu * NMB + 1, sizeof(*ucost));
+	uloss = calloc(nu * NMB + 1, sizeof(*uloss));
+	uerr = calloc(nu * NMB + 1, sizeof(*uerr));
 	ubytes = calloc(nu * NMB + 1, sizeof(*ubytes));
 	up = calloc(nu + 1, sizeof(*up));
 	ub = calloc(nu * NMB + 1, sizeof(*ub));
@@ -1511,11 +1551,12 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	a->names = calloc(ng + 1, sizeof(*a->names));
 	a->bits = calloc(ng + 1, sizeof(*a->bits));
 	if (!sens || !ucost || !ubytes || !up || !ub || !uc || !ubits ||
+	    !uloss || !uerr ||
 	    !choice || !unit || !imp || !uimp || !a->names || !a->bits) {
 		ret = -ENOMEM;
 		goto out;
 	}
-	ret = mixed_table(fs, probe, sens);
+	ret = mixed_table(fs, probe, sens, uloss);
 	if (ret < 0)
 		goto out;
 	/* per unit: summed costs, bytes and parameters */
@@ -1533,11 +1574,29 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 			size_t x = (size_t)unit[i] * NMB + p;
 
 			if (b < 0 || ubytes[x] < 0)
-				ubytes[x] = -1, ucost[x] = INFINITY;
+				ubytes[x] = -1;
 			else
-				ubytes[x] += b, ucost[x] += sens[i * SENS_REC + p];
+				ubytes[x] += b;
+			uerr[x] += sens[i * SENS_REC + p];
 		}
 	}
+	/*
+	 * The knapsack's cost: the measured loss increase of each unit, at
+	 * least 0 and never lower at fewer bits (noise would otherwise buy
+	 * a narrower width for free)
+	 */
+	for (u = 0; u < nu; u++)
+		for (p = NMB - 1; p >= 0; p--) {
+			size_t x = u * NMB + (size_t)p;
+			double c = uloss[x] > 0 ? uloss[x] : 0;
+
+			if (p < NMB - 1 && c < ucost[x + 1])
+				c = ucost[x + 1];
+			ucost[x] = c;
+		}
+	for (u = 0; u < nu * NMB; u++)
+		if (ubytes[u] < 0)
+			ucost[u] = INFINITY;
 	for (u = 0; u < nu * NMB; u++)
 		ub[u] = ubytes[u] < 0 ? UINT64_MAX / 4 : (uint64_t)ubytes[u];
 	if (spec->method == QF_METHOD_MIXED_BUDGET) {
@@ -1598,7 +1657,11 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	}
 	memcpy(a->calib_vid, probe->calib_vid, QF_CACHE_VID);
 	a->ci = probe->ci;
-	alloc_json(a, spec, probe, ubits, uc, nu, &br);
+	for (u = 0; u < nu; u++)
+		for (p = 0; p < NMB; p++)
+			if (mixed_bits[p] == ubits[u])
+				uimp[u] = uerr[u * NMB + p];
+	alloc_json(a, spec, probe, ubits, uc, uimp, nu, &br);
 	ret = a->json ? 0 : -ENOMEM;
 out:
 	if (probe) {
@@ -1607,6 +1670,8 @@ out:
 		free(probe);
 	}
 	free(sens);
+	free(uloss);
+	free(uerr);
 	free(ucost);
 	free(ubytes);
 	free(up);

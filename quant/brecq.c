@@ -59,9 +59,48 @@ void qf_adaround_free(struct qf_adaround *a)
 	memset(a, 0, sizeof(*a));
 }
 
-static inline float sigmoidf(float v)
+/* Elements of the regularizer's per-weight values summed at a time. */
+#define REG_CHUNK 256
+
+static inline float sigmoid_poly(float v)
 {
-	return 1.0f / (1.0f + expf(-v));
+	return 1.0f / (1.0f + qf_tf_exp_poly(-v));
+}
+
+/*
+ * ln(x) for normal x > 0: Cephes' logf polynomial, vectorizable (the
+ * exponent and mantissa by bits).
+ */
+static inline float log_poly(float x)
+{
+	union {
+		float f;
+		uint32_t u;
+	} v = { x };
+	int32_t ex = (int32_t)(v.u >> 23) - 126;
+	int32_t lt;
+	float e, m, z, y;
+
+	v.u = (v.u & 0x007fffffu) | 0x3f000000u;	/* m in [0.5, 1) */
+	/* below sqrt(1/2): 2m - 1 and e - 1, else m - 1 (integer flags:
+	 * a float select would stop the vectorizer) */
+	lt = v.u < 0x3f3504f3u;
+	e = (float)(ex - lt);
+	m = v.f * (float)(1 + lt) - 1;
+	z = m * m;
+	y = 7.0376836292e-2f;
+	y = y * m - 1.1514610310e-1f;
+	y = y * m + 1.1676998740e-1f;
+	y = y * m - 1.2420140846e-1f;
+	y = y * m + 1.4249322787e-1f;
+	y = y * m - 1.6668057665e-1f;
+	y = y * m + 2.0000714765e-1f;
+	y = y * m - 2.4999993993e-1f;
+	y = y * m + 3.3333331174e-1f;
+	y = y * m * z;
+	y += -2.12194440e-4f * e;
+	y += -0.5f * z;
+	return m + y + 0.693359375f * e;
 }
 
 /* The grid of row r, group g of w, and base/V of its columns. */
@@ -141,13 +180,11 @@ out_free:
 /* h(V) clipped to [0, 1]. */
 static inline float rect_sigmoid(float v)
 {
-	float h = sigmoidf(v) * (QF_ADAROUND_ZETA - QF_ADAROUND_GAMMA) +
-		  QF_ADAROUND_GAMMA;
-
-	return h < 0 ? 0 : h > 1 ? 1 : h;
+	return qf_tf_clampf(sigmoid_poly(v) * (QF_ADAROUND_ZETA -
+			    QF_ADAROUND_GAMMA) + QF_ADAROUND_GAMMA, 0, 1);
 }
 
-void qf_adaround_soft(const struct qf_adaround *a, float *w)
+QF_HOT void qf_adaround_soft(const struct qf_adaround *a, float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
 	int64_t r, g, j;
@@ -163,8 +200,7 @@ void qf_adaround_soft(const struct qf_adaround *a, float *w)
 			for (j = j0; j < j1; j++) {
 				float c = a->base[j] + rect_sigmoid(a->v[j]);
 
-				c = c < 0 ? 0 : c > maxq ? maxq : c;
-				w[j] = s * (c - z);
+				w[j] = s * (qf_tf_clampf(c, 0, maxq) - z);
 			}
 		}
 }
@@ -200,38 +236,58 @@ void qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
 }
 
 /*
- * dL/dV of one weight: dw s h'(V) unless clamped or saturated, and the
- * regularizer's term; *regv += its value.
+ * dL/dV of one weight: dw s h'(V) unless clamped or saturated, plus with
+ * reg > 0 the regularizer's term; *regv: the regularizer's value there.
  */
 static inline float grad_one(float v, float base, float dw, float s,
-			     float maxq, float reg, float beta, double *regv)
+			     float maxq, float reg, float beta, bool with_reg,
+			     float *regv)
 {
 	const float zg = QF_ADAROUND_ZETA - QF_ADAROUND_GAMMA;
-	float sg = sigmoidf(v);
+	float sg = sigmoid_poly(v);
 	float hr = sg * zg + QF_ADAROUND_GAMMA;
-	float dh = hr > 0 && hr < 1 ? sg * (1 - sg) * zg : 0;
-	float h = hr < 0 ? 0 : hr > 1 ? 1 : hr;
+	float h = qf_tf_clampf(hr, 0, 1);
 	float c = base + h;
-	float gr = c >= 0 && c <= maxq ? dw * s * dh : 0;
+	/* masks as 0/1 factors: selects would stop the vectorizer */
+	float dh = (float)((hr > 0) & (hr < 1)) * sg * (1 - sg) * zg;
+	float gr = (float)((c >= 0) & (c <= maxq)) * dw * s * dh;
+	union {
+		float f;
+		uint32_t u;
+	} t = { 2 * h - 1 };
+	float at = fabsf(t.f);
+	float p;
 
-	if (reg > 0) {
-		float t = 2 * h - 1;
-		float at = fabsf(t);
-		float p = powf(at, beta - 1);	/* |t|^(beta - 1) */
-
-		*regv += 1.0 - (double)(p * at);
-		/* d/dh (1 - |2h - 1|^beta) = -2 beta |t|^(beta - 1) sgn t */
-		gr -= reg * 2 * beta * p * (t < 0 ? -1.0f : 1.0f) * dh;
-	}
-	return gr;
+	if (!with_reg)
+		return gr;
+	/* |t|^(beta - 1), 0^(beta - 1) = tiny (beta > 1) or 1 (beta = 1) */
+	p = qf_tf_exp_poly((beta - 1) * log_poly(qf_tf_clampf(at, 1e-30f, 1)));
+	*regv = 1 - p * at;
+	/* d/dh (1 - |2h - 1|^beta) = -2 beta |t|^(beta - 1) sgn t */
+	return gr - reg * 2 * beta * p * (float)(1 - 2 * (int32_t)(t.u >> 31)) *
+	       dh;
 }
 
-double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
-			float reg, float beta, float *gv)
+/* gv[0, n) of one group (scale s); with_reg: rv[0, n) too. */
+static inline void grad_run(const struct qf_adaround *a, int64_t j0,
+			    int64_t n, const float *dw, float s, float reg,
+			    float beta, bool with_reg, float *gv, float *rv)
 {
 	float maxq = (float)((1 << a->bits) - 1);
+	int64_t j;
+
+	for (j = 0; j < n; j++)
+		gv[j0 + j] = grad_one(a->v[j0 + j], a->base[j0 + j],
+				      dw[j0 + j], s, maxq, reg, beta,
+				      with_reg, &rv[j]);
+}
+
+QF_HOT double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
+			       float reg, float beta, float *gv)
+{
+	float rv[REG_CHUNK];
 	double regv = 0;
-	int64_t r, g, j;
+	int64_t r, g, k;
 
 	for (r = 0; r < a->out; r++)
 		for (g = 0; g < a->ngroups; g++) {
@@ -240,15 +296,27 @@ double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
 			float s = a->sc[r * a->ngroups + g];
 
 			j1 = j1 < (r + 1) * a->in ? j1 : (r + 1) * a->in;
-			for (j = j0; j < j1; j++)
-				gv[j] = grad_one(a->v[j], a->base[j], dw[j], s,
-						 maxq, reg, beta, &regv);
+			/* vectorized in chunks; their sums in double after */
+			for (; j0 < j1; j0 += REG_CHUNK) {
+				int64_t n = j1 - j0 < REG_CHUNK ? j1 - j0 :
+					    REG_CHUNK;
+
+				if (!(reg > 0)) {
+					grad_run(a, j0, n, dw, s, 0, beta,
+						 false, gv, rv);
+					continue;
+				}
+				grad_run(a, j0, n, dw, s, reg, beta, true, gv,
+					 rv);
+				for (k = 0; k < n; k++)
+					regv += rv[k];
+			}
 		}
 	return reg * regv;
 }
 
-void qf_adaround_adam(struct qf_adaround *a, const float *gv, float lr,
-		      int t)
+QF_HOT void qf_adaround_adam(struct qf_adaround *a, const float *gv,
+			     float lr, int t)
 {
 	const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
 	size_t n = (size_t)(a->out * a->in);

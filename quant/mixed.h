@@ -246,6 +246,25 @@ int qf_mixed_budget(size_t n, int np, const uint64_t *params,
 		    int avg_bits_x100, uint64_t max_nodes, int *choice,
 		    struct qf_mixed_budget_res *res);
 
+/*
+ * Measured end-of-model sensitivity (mixed_loss.c): for each decoder
+ * layer l, unit u (the linears k with unit_of[k] == u; -1: none) and
+ * width bits[p], the increase of the mean next-token loss (nats) of the
+ * nseq x seqlen tokens ids when only that unit is rounded to nearest at
+ * bits[p] (group, asymmetric) and the rest of the model is fp32:
+ * cost[(l * nunits + u) * np + p]; 16 bits costs 0.  *ref_nll: the
+ * unquantized model's mean loss.  progress (optional) after each layer.
+ * Memory: every layer's fp32 weights and every layer's input.
+ * Returns 0, -ENOMEM, a model read error or progress's value.
+ */
+int qf_mixed_loss_table(const struct qf_model *m,
+			const struct qf_tf_config *c, const int32_t *ids,
+			int nseq, int seqlen, const int unit_of[QF_TF_NLINEAR],
+			int nunits, const int *bits, int np, int group,
+			double *cost, double *ref_nll,
+			int (*progress)(void *arg, int layer, double seconds),
+			void *arg);
+
 /* ------------------------------------------------------------------ */
 /* compressed-tensors pack-quantized (ct_pack.c)                      */
 

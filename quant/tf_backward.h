@@ -8,7 +8,7 @@
  * The forward has qf_tf_layer_forward's semantics (it is built from the
  * same kernels: tf_kernels.h).  The backward recomputes the attention
  * probabilities per query block from the saved q/k instead of keeping
- * them (no [heads, seqlen, seqlen] buffer), with a plain expf softmax.
+ * them (no [heads, seqlen, seqlen] buffer), with qf_tf_exp_poly below.
  * Gradients with respect to the block input are not computed.
  * Every product runs on qf_sgemm (OpenBLAS, or the selected backend).
  */
@@ -29,14 +29,14 @@ struct qf_tf_saved {
 	int window;		/* sliding window, 0 = full causal */
 	int64_t ntok;		/* T */
 	float *xn;		/* (T, hidden) input_layernorm output */
-	float *qp;		/* (T, heads * hd) q before q_norm, or NULL */
-	float *kp;		/* (T, kv_heads * hd) k before k_norm, or NULL */
+	float *qp;		/* (T, heads * hd) q before q_norm, NULL */
+	float *kp;		/* (T, kv_heads * hd) k before k_norm, NULL */
 	float *q;		/* (T, heads * hd) after norm and RoPE */
 	float *k;		/* (T, kv_heads * hd) after norm and RoPE */
 	float *v;		/* (T, kv_heads * hd) */
 	float *o;		/* (T, heads * hd) attention output */
 	float *h1;		/* (T, hidden) x + o_proj(o) */
-	float *xn2;		/* (T, hidden) post_attention_layernorm output */
+	float *xn2;		/* (T, hidden) post-attention RMSNorm out */
 	float *g;		/* (T, inter) gate_proj output */
 	float *u;		/* (T, inter) up_proj output */
 	float *a;		/* (T, inter) silu(g) * u */
@@ -82,6 +82,28 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 			  const float *dy, float *const dw[QF_TF_NLINEAR]);
 
 /*
+ * x clamped to [lo, hi] by integer compares of order-preserving bits:
+ * a float compare-and-select ahead of arithmetic stops gcc's if-conversion
+ * under -ftrapping-math (the default), so loops using it would not
+ * vectorize.  Not for NaN.
+ */
+static inline float qf_tf_clampf(float x, float lo, float hi)
+{
+	union {
+		float f;
+		int32_t i;
+	} v = { x }, l = { lo }, h = { hi };
+	int32_t k = v.i ^ ((v.i >> 31) & 0x7fffffff);
+	int32_t kl = l.i ^ ((l.i >> 31) & 0x7fffffff);
+	int32_t kh = h.i ^ ((h.i >> 31) & 0x7fffffff);
+
+	k = k < kl ? kl : k;
+	k = k > kh ? kh : k;
+	v.i = k ^ ((k >> 31) & 0x7fffffff);
+	return v.f;
+}
+
+/*
  * exp(x) for x clamped to [-87, 88], within 2 ulp of expf: Cephes'
  * polynomial in plain C (rounding by the 1.5 * 2^23 trick, the exponent
  * by bits) so that loops calling it vectorize; expf() does not.
@@ -91,13 +113,12 @@ static inline float qf_tf_exp_poly(float x)
 	union {
 		uint32_t u;
 		float f;
-	} sc;
+	} sc, tb;
 	float fx, r, p;
 
-	x = x < -87.0f ? -87.0f : x;
-	x = x > 88.0f ? 88.0f : x;
-	fx = x * 1.44269504088896341f;
-	fx = (fx + 12582912.0f) - 12582912.0f;	/* round to nearest */
+	x = qf_tf_clampf(x, -87.0f, 88.0f);
+	tb.f = x * 1.44269504088896341f + 12582912.0f;	/* round ... */
+	fx = tb.f - 12582912.0f;			/* ... to nearest */
 	r = x - fx * 0.693359375f;
 	r = r - fx * -2.12194440e-4f;
 	p = 1.9875691500e-4f;
@@ -107,7 +128,7 @@ static inline float qf_tf_exp_poly(float x)
 	p = p * r + 1.6666665459e-1f;
 	p = p * r + 5.0000001201e-1f;
 	p = p * r * r + r + 1.0f;
-	sc.u = (uint32_t)((int32_t)fx + 127) << 23;
+	sc.u = (tb.u - 0x4b400000u + 127u) << 23;	/* 2^fx */
 	return p * sc.f;
 }
 

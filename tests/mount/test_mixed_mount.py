@@ -131,6 +131,10 @@ def test_mixed_budget_allocation():
                   "objective %.5f, widths %s" % (
                       avg, used, 8.0 * used / n, a["objective"],
                       sorted(set(str(b) for b in got.values()))))
+        # 16 bits per parameter: nothing needs rounding, all kept
+        t, man, qc = load(m, "mixed_b16")
+        assert set(same_as_rtn(m, t, qc).values()) == {None}
+        assert man["allocation"]["objective"] == 0
         # a larger budget never costs more
         assert res["6"][0] <= res["4.5"][0] <= res["3.5"][0]
         assert res["3.5"][1] <= res["4.5"][1] <= res["6"][1]
@@ -235,6 +239,46 @@ def test_mixed_static_options():
                             "-o", bad], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)
+
+
+def test_brecq_kill9_resume_same_bytes():
+    """kill -9 in the middle of a BRECQ job: the remount resumes at the
+    next block and the file is the uninterrupted one, byte for byte."""
+    import hashlib
+    import subprocess
+    import time
+    big = mkmodel(os.path.join(WORK, "six", "m"), "--layers", 6, "--seed",
+                  8, "--hidden", 128, "--inter", 256, "--heads", 4,
+                  "--kv-heads", 2)
+    src = os.path.dirname(big)
+    opts = SMALL + ["brecq_iters=40"]
+    rel = os.path.join("m", "brecq_w3_g64_attn4", "model.safetensors")
+
+    def sha(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    with Mount(src, opts=opts) as m:
+        want = sha(os.path.join(m.mnt, rel))
+    cache = tempfile.mkdtemp(prefix="qfbq.")
+    m = Mount(src, cache=cache, opts=opts)
+    m.__enter__()
+    reader = subprocess.Popen(["cat", os.path.join(m.mnt, rel)],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    done_re = r"layer \d/6 in "
+    deadline = time.time() + 300
+    while len(re.findall(done_re, m.stderr())) < 2:
+        assert time.time() < deadline, m.stderr()
+        time.sleep(0.05)
+    m.kill9()
+    reader.wait(timeout=30)
+    done = len(re.findall(done_re, m.stderr()))
+    assert 2 <= done < 6, m.stderr()
+    with Mount(src, cache=cache, opts=opts) as m2:
+        assert sha(os.path.join(m2.mnt, rel)) == want
+        log = m2.stderr()
+        assert "resuming at layer %d/6" % (done + 1) in log, log
+        assert len(re.findall(done_re, log)) == 6 - done, log
 
 if __name__ == "__main__":
     run_tests(globals())

@@ -62,7 +62,9 @@ static double now_s(void)
 }
 
 enum variant { VAR_LLAMA, VAR_BIAS, VAR_QKNORM };
-static const char *const var_name[] = { "llama", "qwen2 bias", "qwen3 qk_norm" };
+static const char *const var_name[] = {
+	"llama", "qwen2 bias", "qwen3 qk_norm",
+};
 
 static void make_config(struct qf_tf_config *c, int hidden, int heads,
 			int kv_heads, int hd, int inter, enum variant var)
@@ -138,10 +140,12 @@ static void copy_layer(const struct qf_tf_config *c,
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
 		lin_dims(c, l, &out, &in);
 		dst->w[l] = falloc(out * in);
-		memcpy(dst->w[l], src->w[l], sizeof(float) * (size_t)(out * in));
+		memcpy(dst->w[l], src->w[l],
+		       sizeof(float) * (size_t)(out * in));
 		if (src->b[l]) {
 			dst->b[l] = falloc(out);
-			memcpy(dst->b[l], src->b[l], sizeof(float) * (size_t)out);
+			memcpy(dst->b[l], src->b[l],
+			       sizeof(float) * (size_t)out);
 		}
 	}
 #define DUP(f, n)                                                            \
@@ -278,14 +282,17 @@ static void d_attention(const struct qf_tf_config *c, const double *q,
 	for (sq = 0; sq < nseq; sq++)
 		for (h = 0; h < c->heads; h++)
 			for (i = 0; i < seqlen; i++) {
-				const double *qi = q + ((int64_t)sq * seqlen + i) * qd + h * hd;
+				int64_t ti = (int64_t)sq * seqlen + i;
+				const double *qi = q + ti * qd + h * hd;
+				double *oi = o + ti * qd + h * hd;
 				int j0 = window > 0 && i - window + 1 > 0 ?
 					 i - window + 1 : 0;
 				double mx = -INFINITY, sum = 0;
-				double *oi = o + ((int64_t)sq * seqlen + i) * qd + h * hd;
 
 				for (j = j0; j <= i; j++) {
-					const double *kj = k + ((int64_t)sq * seqlen + j) * kvd + (h / rep) * hd;
+					int64_t tj = ti - i + j;
+					const double *kj = k + tj * kvd +
+							   (h / rep) * hd;
 					double s = 0;
 
 					for (e = 0; e < hd; e++)
@@ -300,7 +307,9 @@ static void d_attention(const struct qf_tf_config *c, const double *q,
 				for (e = 0; e < hd; e++)
 					oi[e] = 0;
 				for (j = j0; j <= i; j++) {
-					const double *vj = v + ((int64_t)sq * seqlen + j) * kvd + (h / rep) * hd;
+					int64_t tj = ti - i + j;
+					const double *vj = v + tj * kvd +
+							   (h / rep) * hd;
 
 					for (e = 0; e < hd; e++)
 						oi[e] += p[j] / sum * vj[e];
@@ -331,8 +340,10 @@ static void d_block(const struct qf_tf_config *c, const struct dlayer *dl,
 	d_linear(xn, T, H, dl->w[QF_TF_K], dl->b[QF_TF_K], kvd, k);
 	d_linear(xn, T, H, dl->w[QF_TF_V], dl->b[QF_TF_V], kvd, v);
 	if (dl->q_norm) {
-		d_rmsnorm(q, dl->q_norm, T * c->heads, c->head_dim, c->rms_eps, q);
-		d_rmsnorm(k, dl->k_norm, T * c->kv_heads, c->head_dim, c->rms_eps, k);
+		d_rmsnorm(q, dl->q_norm, T * c->heads, c->head_dim,
+			  c->rms_eps, q);
+		d_rmsnorm(k, dl->k_norm, T * c->kv_heads, c->head_dim,
+			  c->rms_eps, k);
 	}
 	d_rope(q, T, c->heads, c->head_dim, seqlen, c->rope_theta);
 	d_rope(k, T, c->kv_heads, c->head_dim, seqlen, c->rope_theta);
@@ -399,7 +410,7 @@ static void test_block_grad(enum variant var)
 	struct dlayer dl = { 0 };
 	int64_t T = GS_NSEQ * GS_LEN, n, out, in, i, j;
 	float *x, *y, *y2, *r, *dw[QF_TF_NLINEAR];
-	double *xd, *yd, *fd, emax_d = 0, emax_f = 0, fwd = 0;
+	double *xd, *yd, *fd, emax_d = 0, emax_f = 0, fwd = 0, fwd2 = 0;
 	int l;
 
 	make_config(&c, 16, 4, 2, 4, 24, var);
@@ -415,13 +426,15 @@ static void test_block_grad(enum variant var)
 	/* the forward agrees with qf_tf_layer_forward and the reference */
 	qf_tf_block_forward(&c, &ly, x, y, &sv);
 	memcpy(y2, x, sizeof(float) * (size_t)n);
-	CHECK(qf_tf_layer_forward(&c, &ly, 0, y2, GS_NSEQ, GS_LEN, NULL, NULL), ==, 0);
+	CHECK(qf_tf_layer_forward(&c, &ly, 0, y2, GS_NSEQ, GS_LEN, NULL,
+				  NULL), ==, 0);
 	dlayer_init(&c, &ly, &dl);
 	d_block(&c, &dl, xd, yd, GS_NSEQ, GS_LEN);
 	for (i = 0; i < n; i++) {
-		CHECK_NEAR(y[i], y2[i], 1e-5);
+		fwd2 = fmax(fwd2, fabs(y[i] - y2[i]));
 		fwd = fmax(fwd, fabs(y[i] - yd[i]));
 	}
+	CHECK(fwd2 < 1e-5, ==, 1);
 	CHECK(fwd < 1e-4, ==, 1);
 
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
@@ -476,9 +489,10 @@ static void test_block_grad(enum variant var)
 		CHECK(ef < 1e-2, ==, 1);
 		free(fd);
 	}
-	printf("block backward %-13s: forward vs double ref %.2g; max rel "
-	       "grad err %.2e (double fd, eps 1e-4), %.2e (float fd, "
-	       "eps 1e-3)\n", var_name[var], fwd, emax_d, emax_f);
+	printf("block %-13s: forward max |diff| %.2g vs "
+	       "qf_tf_layer_forward, %.2g vs double ref; backward max rel "
+	       "err %.2e (double fd, eps 1e-4), %.2e (float fd, eps 1e-3)\n",
+	       var_name[var], fwd2, fwd, emax_d, emax_f);
 	for (l = 0; l < QF_TF_NLINEAR; l++)
 		free(dw[l]);
 	dlayer_free(&dl);
@@ -535,11 +549,9 @@ static void test_rope_grad(void)
 
 	make_config(&c, 24, 3, 3, hd, 8, VAR_LLAMA);
 	qf_tf_rope_table(&c, seqlen, cs, sn);
-	fill(dx, n, 1, 0);
-	fill(x, n, 1, 0);
-	memcpy(x, dx, sizeof(x));	/* x = dy, kept */
+	fill(x, n, 1, 0);	/* dy, kept */
+	memcpy(dx, x, sizeof(x));
 	qf_tf_rope_bwd(dx, ntok, nh, hd, seqlen, cs, sn);
-	memset(xd, 0, sizeof(xd));
 	for (i = 0; i < n; i++) {
 		double lp, lm;
 
@@ -607,10 +619,12 @@ static void attn_grad_case(int nseq, int seqlen, int window, int stride)
 			double x0 = qkv[t][i], lp, lm;
 
 			qkv[t][i] = x0 + 1e-4;
-			d_attention(&c, qkv[0], qkv[1], qkv[2], nseq, seqlen, window, od);
+			d_attention(&c, qkv[0], qkv[1], qkv[2], nseq, seqlen,
+				    window, od);
 			lp = dot_d(od, r, T * qd);
 			qkv[t][i] = x0 - 1e-4;
-			d_attention(&c, qkv[0], qkv[1], qkv[2], nseq, seqlen, window, od);
+			d_attention(&c, qkv[0], qkv[1], qkv[2], nseq, seqlen,
+				    window, od);
 			lm = dot_d(od, r, T * qd);
 			qkv[t][i] = x0;
 			fd[i] = (lp - lm) / 2e-4;
@@ -621,8 +635,8 @@ static void attn_grad_case(int nseq, int seqlen, int window, int stride)
 		free(fd);
 	}
 	printf("attention backward (%d x %d tokens, window %d%s): max rel "
-	       "err %.2e\n", nseq, seqlen, window, stride > 1 ? ", sampled" : "",
-	       emax);
+	       "err %.2e\n", nseq, seqlen, window,
+	       stride > 1 ? ", sampled" : "", emax);
 	CHECK(emax < 1e-4, ==, 1);
 	for (t = 0; t < 3; t++)
 		free(qkv[t]);
@@ -771,7 +785,8 @@ static double block_mse(const struct qf_tf_config *c,
 	double s = 0;
 
 	memcpy(buf, x, sizeof(float) * (size_t)n);
-	CHECK(qf_tf_layer_forward(c, ly, 0, buf, nseq, seqlen, NULL, NULL), ==, 0);
+	CHECK(qf_tf_layer_forward(c, ly, 0, buf, nseq, seqlen, NULL, NULL),
+	      ==, 0);
 	for (i = 0; i < n; i++)
 		s += ((double)buf[i] - y[i]) * ((double)buf[i] - y[i]);
 	free(buf);
@@ -861,15 +876,16 @@ static int recon_run(struct recon *r, const struct qf_brecq_opts *o,
 		     uint16_t *sc[QF_TF_NLINEAR], int32_t *z[QF_TF_NLINEAR],
 		     struct qf_brecq_result *res)
 {
-	int64_t out, in;
+	int64_t out, in, ng;
 	int l;
 
 	copy_layer(&r->c, &r->fp, ly);
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
 		lin_dims(&r->c, l, &out, &in);
 		q[l] = malloc((size_t)(out * in));
-		sc[l] = malloc(sizeof(uint16_t) * (size_t)(out * qf_ngroups(in, o->qp[l].group)));
-		z[l] = malloc(sizeof(int32_t) * (size_t)(out * qf_ngroups(in, o->qp[l].group)));
+		ng = out * qf_ngroups(in, o->qp[l].group);
+		sc[l] = malloc(sizeof(uint16_t) * (size_t)ng);
+		z[l] = malloc(sizeof(int32_t) * (size_t)ng);
 	}
 	return qf_brecq_block(&r->c, 0, ly, r->x, r->y, r->nseq, r->seqlen, o,
 			      q, sc, z, res);
@@ -905,9 +921,6 @@ static void test_reconstruction(struct recon *r)
 		o.qp[l].group = 32;
 	}
 	o.batch_seqs = 4;
-	if (getenv("LR")) o.lr = atof(getenv("LR"));
-	if (getenv("ITERS")) o.iters = atoi(getenv("ITERS"));
-	if (getenv("REG")) o.reg = atof(getenv("REG"));
 	o.progress = progress_cb;
 	o.arg = &calls;
 	o.every = 50;
@@ -926,19 +939,23 @@ static void test_reconstruction(struct recon *r)
 		zr = malloc(sizeof(int32_t) * (size_t)(out * ng));
 		CHECK(qf_rtn_quantize(r->fp.w[l], out, in, &o.qp[l], qr, scr,
 				      zr), ==, 0);
-		CHECK(memcmp(scr, sc[l], sizeof(uint16_t) * (size_t)(out * ng)), ==, 0);
-		CHECK(memcmp(zr, z[l], sizeof(int32_t) * (size_t)(out * ng)), ==, 0);
+		CHECK(memcmp(scr, sc[l], sizeof(uint16_t) * (size_t)(out * ng)),
+		      ==, 0);
+		CHECK(memcmp(zr, z[l], sizeof(int32_t) * (size_t)(out * ng)),
+		      ==, 0);
 		for (i = 0; i < out; i++)
 			for (j = 0; j < in; j++) {
 				int64_t gi = i * ng + j / 32, k = i * in + j;
 				float s = qf_f16_to_f32(scr[gi]);
 				float fl = floorf(r->fp.w[l][k] / s) + zr[gi];
 				float lo = fl < 0 ? 0 : fl > 7 ? 7 : fl;
-				float hi = fl + 1 < 0 ? 0 : fl + 1 > 7 ? 7 : fl + 1;
+				float hi = fl + 1 > 7 ? 7 : fl + 1 < 0 ? 0 :
+					   fl + 1;
 
 				rtn.w[l][k] = s * ((float)qr[k] - zr[gi]);
 				CHECK(q[l][k] == lo || q[l][k] == hi, ==, 1);
-				CHECK(ly.w[l][k] == s * ((float)q[l][k] - zr[gi]), ==, 1);
+				CHECK(ly.w[l][k] ==
+				      s * ((float)q[l][k] - zr[gi]), ==, 1);
 				flips += q[l][k] != qr[k];
 				nw++;
 			}
@@ -986,11 +1003,14 @@ static void test_determinism(struct recon *r)
 	o.batch_seqs = 3;
 	o.seed = 12345;
 	for (k = 0; k < 2; k++)
-		CHECK(recon_run(r, &o, &ly[k], q[k], sc[k], z[k], &res[k]), ==, 0);
+		CHECK(recon_run(r, &o, &ly[k], q[k], sc[k], z[k], &res[k]),
+		      ==, 0);
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
 		lin_dims(&r->c, l, &out, &in);
 		if (l == QF_TF_V) {
-			CHECK(memcmp(ly[0].w[l], r->fp.w[l], sizeof(float) * (size_t)(out * in)), ==, 0);
+			size_t sz = sizeof(float) * (size_t)(out * in);
+
+			CHECK(memcmp(ly[0].w[l], r->fp.w[l], sz), ==, 0);
 			continue;
 		}
 		same &= !memcmp(q[0][l], q[1][l], (size_t)(out * in));
@@ -1005,6 +1025,50 @@ static void test_determinism(struct recon *r)
 		free_codes(q[k], sc[k], z[k]);
 		qf_tf_layer_free(&ly[k]);
 	}
+}
+
+static int abort_cb(void *arg, int iter, int iters, double rec, double reg)
+{
+	(void)arg; (void)iters; (void)rec; (void)reg;
+	return iter == 2 ? -ECANCELED : 0;
+}
+
+/* Bad options fail cleanly; an aborted run leaves the weights as given. */
+static void test_errors(struct recon *r)
+{
+	struct qf_brecq_opts o;
+	struct qf_brecq_result res;
+	struct qf_tf_layer ly;
+	uint8_t *q[QF_TF_NLINEAR];
+	uint16_t *sc[QF_TF_NLINEAR];
+	int32_t *z[QF_TF_NLINEAR];
+	int64_t out, in;
+	int l, same = 1;
+
+	qf_brecq_opts_default(&o);
+	o.qp[QF_TF_UP].bits = 9;
+	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -EINVAL);
+	free_codes(q, sc, z);
+	qf_tf_layer_free(&ly);
+	qf_brecq_opts_default(&o);
+	o.beta_lo = 0.5f;
+	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -EINVAL);
+	free_codes(q, sc, z);
+	qf_tf_layer_free(&ly);
+
+	qf_brecq_opts_default(&o);
+	o.progress = abort_cb;
+	o.every = 1;
+	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -ECANCELED);
+	CHECK(res.iters, ==, 2);
+	for (l = 0; l < QF_TF_NLINEAR; l++) {
+		lin_dims(&r->c, l, &out, &in);
+		same &= !memcmp(ly.w[l], r->fp.w[l],
+				sizeof(float) * (size_t)(out * in));
+	}
+	CHECK(same, ==, 1);
+	free_codes(q, sc, z);
+	qf_tf_layer_free(&ly);
 }
 
 /* Seconds per Adam step at the 5M model's shapes (hidden 256, inter 768,
@@ -1029,7 +1093,8 @@ static void test_speed(void)
 	make_layer(&c, &ly);
 	fill(x, n, 1, 0);
 	memcpy(y, x, sizeof(float) * (size_t)n);
-	CHECK(qf_tf_layer_forward(&c, &ly, 0, y, nseq, seqlen, NULL, NULL), ==, 0);
+	CHECK(qf_tf_layer_forward(&c, &ly, 0, y, nseq, seqlen, NULL, NULL),
+	      ==, 0);
 	qf_brecq_opts_default(&o);
 	o.iters = 0;
 	t0 = now_s();
@@ -1071,6 +1136,7 @@ int main(void)
 	recon_init(&r);
 	test_reconstruction(&r);
 	test_determinism(&r);
+	test_errors(&r);
 	recon_free(&r);
 	test_speed();
 	return qf_check_exit();
