@@ -133,6 +133,10 @@ static int init_group(struct qf_adaround *a, const float *w,
 		a->base[j] = fl + (float)a->zero[gi];
 		/* h(V) = frac: V = -log((zeta - gamma) / (frac - gamma) - 1) */
 		a->v[j] = (float)-log(zg / (frac - QF_ADAROUND_GAMMA) - 1.0);
+		/* an exact tie: just below or above 0 as RTN rounds it (to
+		 * even), so that the initial V's hard rounding is RTN's */
+		if (frac == 0.5)
+			a->v[j] = fmodf(fl, 2.0f) == 0 ? -1e-6f : 1e-6f;
 	}
 	return 0;
 }

@@ -44,7 +44,9 @@ struct qf_adaround {
 /*
  * Grid and V of w (out, in): V is initialised so that h(V) = frac(w / s)
  * (V = -log((zeta - gamma) / (frac - gamma) - 1)), i.e. W~ = the clamped
- * w at init.  Caller owns a; free with qf_adaround_free() (NULL ok).
+ * w at init, and its hard rounding is RTN's (exact ties start at
+ * V = -1e-6 or 1e-6 as RTN rounds them to even, not at V = 0).
+ * Caller owns a; free with qf_adaround_free() (NULL ok).
  * Returns 0, -EINVAL (bits not 2..8), QF_ENUMERIC (a scale does not fit
  * fp16), -ENOMEM.
  */

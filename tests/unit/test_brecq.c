@@ -680,8 +680,8 @@ static void test_adaround(int bits, bool sym)
 	struct qf_adaround a;
 	float w[24 * 80], ws[24 * 80], wh[24 * 80], dw[24 * 80], gv[24 * 80];
 	uint8_t q[24 * 80], qr[24 * 80];
-	uint16_t sc[24 * 3];
-	int32_t z[24 * 3];
+	uint16_t sc[24 * 3], sc2[24 * 3];
+	int32_t z[24 * 3], z2[24 * 3];
 	int maxq = (1 << bits) - 1;
 	double emax = 0, e_fd = 0, m_fd = 0;
 	int64_t i, ties = 0, bad = 0;
@@ -691,8 +691,32 @@ static void test_adaround(int bits, bool sym)
 		w[i] *= 5;	/* outliers */
 	for (i = 0; i < in; i++)
 		w[i] = fabsf(w[i]);	/* an all-positive row */
+	/* exact ties w / s = k + 1/2 inside group 0 of rows 2..23 (the
+	 * group's range, hence its grid, unchanged) */
+	CHECK(qf_rtn_quantize(w, out, in, &qp, qr, sc, z), ==, 0);
+	for (i = 2; i < out; i++) {
+		float s = qf_f16_to_f32(sc[i * 3]);
+		float k = (float)(i % 4) - 2 + 0.5f;
+		float lo = 0, hi = 0, t = k * s;
+		int64_t j;
+
+		for (j = 0; j < 32; j++) {
+			lo = fminf(lo, w[i * in + j]);
+			hi = fmaxf(hi, w[i * in + j]);
+		}
+		for (j = 0; j < 32; j++)
+			if (t > lo && t < hi && w[i * in + j] > lo &&
+			    w[i * in + j] < hi) {
+				w[i * in + j] = t;
+				break;
+			}
+	}
+	memcpy(sc2, sc, sizeof(sc));
+	memcpy(z2, z, sizeof(z));
 	CHECK(qf_adaround_init(&a, w, out, in, &qp), ==, 0);
 	CHECK(qf_rtn_quantize(w, out, in, &qp, qr, sc, z), ==, 0);
+	CHECK(memcmp(sc2, sc, sizeof(sc)), ==, 0);
+	CHECK(memcmp(z2, z, sizeof(z)), ==, 0);
 	CHECK(a.ngroups, ==, 3);
 	CHECK(memcmp(a.sc16, sc, sizeof(sc)), ==, 0);
 	CHECK(memcmp(a.zero, z, sizeof(z)), ==, 0);
@@ -712,7 +736,8 @@ static void test_adaround(int bits, bool sym)
 	       "the clamped fp weights\n", bits, sym ? "sym" : "asym", emax);
 	CHECK(emax < 1e-4, ==, 1);
 
-	/* nearest = RTN's codes; hard at init = nearest but for ties */
+	/* nearest = RTN's codes; so is the hard rounding at init, ties
+	 * (to even) included */
 	qf_adaround_hard(&a, w, true, q, NULL);
 	CHECK(memcmp(q, qr, sizeof(q)), ==, 0);
 	qf_adaround_hard(&a, NULL, false, q, wh);
@@ -720,13 +745,12 @@ static void test_adaround(int bits, bool sym)
 		int64_t gi = (i / in) * 3 + (i % in) / 32;
 		float t = w[i] / a.sc[gi];
 
-		if (t - floorf(t) == 0.5f)
-			ties++;
-		else if (q[i] != qr[i])
-			bad++;
+		ties += t - floorf(t) == 0.5f;
+		bad += q[i] != qr[i];
 		CHECK_NEAR(wh[i], a.sc[gi] * ((float)q[i] - z[gi]), 0);
 	}
 	CHECK(bad, ==, 0);
+	CHECK(ties, >=, 10);
 
 	/* any V: codes are floor or floor + 1 of w / s + z, in [0, maxq] */
 	for (i = 0; i < out * in; i++)
@@ -1027,6 +1051,41 @@ static void test_determinism(struct recon *r)
 	}
 }
 
+/* No steps: the codes are RTN's (the baseline a variant with 0 steps). */
+static void test_iters0(struct recon *r)
+{
+	struct qf_brecq_opts o;
+	struct qf_brecq_result res;
+	struct qf_tf_layer ly;
+	uint8_t *q[QF_TF_NLINEAR], *qr;
+	uint16_t *sc[QF_TF_NLINEAR], *scr;
+	int32_t *z[QF_TF_NLINEAR], *zr;
+	int64_t out, in, ng;
+	int l, same = 1;
+
+	qf_brecq_opts_default(&o);
+	o.iters = 0;
+	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, 0);
+	CHECK(res.iters, ==, 0);
+	CHECK(res.mse_final == res.mse_rtn, ==, 1);
+	for (l = 0; l < QF_TF_NLINEAR; l++) {
+		lin_dims(&r->c, l, &out, &in);
+		ng = out * qf_ngroups(in, o.qp[l].group);
+		qr = malloc((size_t)(out * in));
+		scr = malloc(sizeof(uint16_t) * (size_t)ng);
+		zr = malloc(sizeof(int32_t) * (size_t)ng);
+		CHECK(qf_rtn_quantize(r->fp.w[l], out, in, &o.qp[l], qr, scr,
+				      zr), ==, 0);
+		same &= !memcmp(qr, q[l], (size_t)(out * in));
+		free(qr);
+		free(scr);
+		free(zr);
+	}
+	CHECK(same, ==, 1);
+	free_codes(q, sc, z);
+	qf_tf_layer_free(&ly);
+}
+
 static int abort_cb(void *arg, int iter, int iters, double rec, double reg)
 {
 	(void)arg; (void)iters; (void)rec; (void)reg;
@@ -1137,6 +1196,7 @@ int main(void)
 	test_reconstruction(&r);
 	test_determinism(&r);
 	test_errors(&r);
+	test_iters0(&r);
 	recon_free(&r);
 	test_speed();
 	return qf_check_exit();
