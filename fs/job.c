@@ -562,10 +562,10 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
 {
 	struct job *j = arg;
 
-	qf_debug("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
-		 "rounding regularizer %.4g", j->var->mdl->name,
-		 j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
-		 rec, reg);
+	qf_info("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
+		"rounding regularizer %.4g", j->var->mdl->name,
+		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
+		rec, reg);
 	return stopping(j->fs) ? -EINTR : 0;
 }
 
