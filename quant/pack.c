@@ -72,23 +72,33 @@ QF_HOT void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
 			}
 		return;
 	}
+	if (bits == 4) {
+		/*
+		 * 8 bytes -> 8 nibbles, little-endian, in 3 steps; 16 rows
+		 * at a time, so each store fills a whole cache line of
+		 * qweight's row instead of 16 lines a word each
+		 */
+		int64_t r0, nr;
+
+		for (r0 = 0; r0 < out; r0 += 16) {
+			nr = out - r0 < 16 ? out - r0 : 16;
+			for (k = 0; k < in / 8; k++)
+				for (r = r0; r < r0 + nr; r++) {
+					uint64_t x;
+
+					memcpy(&x, q + r * in + 8 * k, 8);
+					x = (x | (x >> 4)) & 0x00ff00ff00ff00ffULL;
+					x = (x | (x >> 8)) & 0x0000ffff0000ffffULL;
+					x = (x | (x >> 16)) & 0xffffffffULL;
+					qweight[k * out + r] = (uint32_t)x;
+				}
+		}
+		return;
+	}
 	for (r = 0; r < out; r++) {
 		const uint8_t *qr = q + r * in;
 		int per = 32 / bits;
 
-		if (bits == 4) {
-			/* 8 bytes -> 8 nibbles, little-endian, in 3 steps */
-			for (k = 0; k < in / 8; k++) {
-				uint64_t x;
-
-				memcpy(&x, qr + 8 * k, 8);
-				x = (x | (x >> 4)) & 0x00ff00ff00ff00ffULL;
-				x = (x | (x >> 8)) & 0x0000ffff0000ffffULL;
-				x = (x | (x >> 16)) & 0xffffffffULL;
-				qweight[k * out + r] = (uint32_t)x;
-			}
-			continue;
-		}
 		for (k = 0; k < in / per; k++) {
 			uint32_t w = 0;
 
