@@ -79,18 +79,14 @@ static void run_quant(void *a)
 static void run_fused(void *a)
 {
 	struct ctx *c = a;
-	int64_t ng = qf_ngroups(c->in, c->p.group), r, k;
+	int64_t ng = qf_ngroups(c->in, c->p.group), r;
 	static float buf[64 * 4096];
 
 	for (r = 0; r < c->rows; r += BLOCK) {
 		int64_t nr = c->rows - r < BLOCK ? c->rows - r : BLOCK;
-		int bad = 0;
-
 		qf_to_f32(QF_DT_BF16, c->src + r * c->in,
 			  (size_t)(nr * c->in), buf);
-		for (k = 0; k < nr * c->in; k++)
-			bad |= !isfinite(buf[k]);
-		if (!bad)
+		if (qf_all_finite(buf, (size_t)(nr * c->in)))
 			qf_rtn_quantize(buf, nr, c->in, &c->p, c->q + r * c->in,
 					c->sc + r * ng, c->z + r * ng);
 	}

@@ -219,3 +219,18 @@ int qf_to_f32(enum qf_dtype dt, const void *src, size_t n, float *dst)
 		return QF_EUNSUPPORTED;
 	}
 }
+
+/* Exponent bits all ones: inf or NaN.  Branch-free, so it vectorizes. */
+QF_HOT bool qf_all_finite(const float *x, size_t n)
+{
+	uint32_t acc = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		uint32_t u;
+
+		memcpy(&u, &x[i], 4);
+		acc |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+	}
+	return !acc;
+}

@@ -372,6 +372,8 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 	ret = qf_to_f32(mt->t->dtype, src, n, dst);
 	if (ret < 0)
 		return ret;
+	if (qf_all_finite(dst, (size_t)n))
+		return 0;
 	for (i = 0; i < n; i++)
 		if (!isfinite(dst[i])) {
 			qf_err("%s: tensor '%s' has a non-finite value at "

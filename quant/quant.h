@@ -62,6 +62,8 @@ uint16_t qf_f32_to_f16(float f);		/* round to nearest even */
  * Returns 0, QF_EUNSUPPORTED for other dtypes.
  */
 int qf_to_f32(enum qf_dtype dt, const void *src, size_t n, float *dst);
+/* True when no value of x [n] is infinite or NaN. */
+bool qf_all_finite(const float *x, size_t n);
 
 /* ------------------------------------------------------------------ */
 /* safetensors                                                        */
