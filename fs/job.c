@@ -1529,8 +1529,10 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	probe->mdl = mdl;
 	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
 	ret = qf_variant_init(mdl->m, &s8, &probe->v);
-	if (!ret)
+	if (!ret) {	/* logs name the variant asked for */
+		qf_spec_print(spec, probe->v->name, sizeof(probe->v->name));
 		ret = qf_job_setup(fs, probe);
+	}
 	if (ret < 0)
 		goto out;
 	ng = probe->v->ng;

@@ -120,12 +120,16 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 
 		b.flags &= ~QF_SPEC_FAKE;
 		if (spec.flags & QF_SPEC_FAKE) {
+			/* the packed variant's allocation; this one is RTN
+			 * dequantized, like any uncalibrated _fake */
+			struct qf_var *base = NULL;
+
 			ret = qf_spec_print(&b, bname, sizeof(bname));
 			if (ret >= 0)
-				var->base = qf_ns_var(fs, mdl, bname, &ret);
-			if (!var->base)
+				base = qf_ns_var(fs, mdl, bname, &ret);
+			if (!base)
 				goto out_free;
-			alloc = var->base->alloc;
+			alloc = base->alloc;
 		} else {
 			ret = qf_job_mixed_alloc(fs, mdl, &spec, &var->alloc);
 			if (ret < 0)

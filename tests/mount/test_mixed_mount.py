@@ -282,5 +282,29 @@ def test_brecq_kill9_resume_same_bytes():
         assert "resuming at layer %d/6" % (done + 1) in log, log
         assert len(re.findall(done_re, log)) == 6 - done, log
 
+
+def test_fake_variants_dequantize_the_packed_ones():
+    """mixed_*_fake and brecq_*_fake serve the packed variant's values,
+    dequantized, in the source dtype (bf16 rounding apart)."""
+    with Mount(SRC, opts=SMALL + ["brecq_iters=20"]) as m:
+        for v in ("mixed_static", "mixed_b4.5", "mixed_dyn",
+                  "brecq_w4_g64_attn6"):
+            t, man, qc = load(m, v)
+            f, _ = stread.read_st(os.path.join(m.mnt, "tiny", v + "_fake",
+                                               "model.safetensors"))
+            cfg = json.load(open(os.path.join(m.mnt, "tiny", v + "_fake",
+                                              "config.json")))
+            assert "quantization_config" not in cfg
+            for p in linears():
+                b = bits_of(qc, p)
+                if b is None:
+                    assert np.array_equal(f[p + ".weight"],
+                                          t[p + ".weight"]), (v, p)
+                    continue
+                deq = stread.gptq_dequant(t, p, b,
+                                          *f[p + ".weight"].shape)[0]
+                err = np.abs(deq - f[p + ".weight"])
+                assert np.all(err <= np.abs(deq) / 128 + 1e-30), (v, p)
+
 if __name__ == "__main__":
     run_tests(globals())
