@@ -29,6 +29,7 @@ static const char *const presets[] = {
 	"rtn_w3_g128",
 	"rtn_w8_gc",
 	"rtn_w4_g128_fake",
+	"mixed_static",
 	/* calibrated: listed where the forward pass supports the model */
 	"gptq_w4_g128",
 	"gptq_w4_g128_act",
@@ -36,10 +37,11 @@ static const char *const presets[] = {
 	"gptq_w4_g32_sym",
 	"awq_w4_g128",
 	"awq_w4_g128_reflip",
+	"brecq_w4_g64_attn6",
 	"kq4_k_m",
 };
 #define NPRESETS (sizeof(presets) / sizeof(presets[0]))
-#define NPRESETS_RTN 6
+#define NPRESETS_RTN 7
 
 static uint64_t hash_name(uint64_t parent, const char *name)
 {

@@ -174,8 +174,8 @@ static cJSON *quant_config(const struct qf_variant *v)
 	}
 	cJSON_AddStringToObject(qc, "quant_method", "gptq");
 	cJSON_AddNumberToObject(qc, "bits", config_bits(v));
-	cJSON_AddNumberToObject(qc, "group_size", v->ng ? v->g[0].qp.group :
-				s->group);
+	/* mixed variants have no _g part: their groups are 128 */
+	cJSON_AddNumberToObject(qc, "group_size", s->group ? s->group : 128);
 	cJSON_AddBoolToObject(qc, "desc_act", s->flags & QF_SPEC_ACT);
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
 	cJSON_AddBoolToObject(qc, "static_groups", s->flags & QF_SPEC_STATIC);
@@ -380,7 +380,8 @@ int qf_variant_manifest(const struct qf_variant *v,
 		if (g->pack_bits != g->qp.bits)
 			cJSON_AddNumberToObject(l, "container_bits",
 						g->pack_bits);
-		cJSON_AddNumberToObject(l, "group_size", g->qp.group);
+		cJSON_AddNumberToObject(l, "group_size", s->group ? s->group :
+					g->qp.group);
 		if (ci) {
 			bool awq = s->method == QF_METHOD_AWQ;
 
