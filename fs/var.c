@@ -92,8 +92,9 @@ static int static_bits(void *arg, const char *name)
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out)
 {
-	const char *parts[5];
-	char extra[1024];
+	const char *parts[6];
+	char extra[256];
+	int nparts = 5;
 	struct qf_spec spec;
 	struct qf_var *var;
 	struct qf_mixed_alloc *alloc = NULL;
@@ -189,16 +190,23 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 			 (var->base ? var->base : var)->ci.brecq_iters,
 			 (var->base ? var->base : var)->ci.brecq_batch);
 	if (spec.method == QF_METHOD_MIXED_STATIC &&
-	    (fs->o.mixed_table || fs->o.mixed_roles))
+	    (fs->o.mixed_table || fs->o.mixed_roles)) {
+		const int *t = fs->mtable.bits;
+
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "table=%s;roles=%s;", fs->o.mixed_table ?
-			 fs->o.mixed_table : "", fs->o.mixed_roles ?
-			 fs->o.mixed_roles : "");
+			 "table=%d/%d/%d/%d/%d;", t[QF_ROLE_ATTN],
+			 t[QF_ROLE_MLP], t[QF_ROLE_EMBED], t[QF_ROLE_HEAD],
+			 t[QF_ROLE_OTHER]);
+		/* the override list, whole, as a part of its own */
+		parts[nparts++] = fs->o.mixed_roles ? fs->o.mixed_roles : "";
+	}
 	if (spec.method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "ratio=%s;", fs->o.mixed_ratio);
+			 "ratio=%.17g/%.17g/%d/%d/%d;", fs->mratio.high,
+			 fs->mratio.low, fs->mratio.bits_high,
+			 fs->mratio.bits_mid, fs->mratio.bits_low);
 	parts[4] = extra;
-	qf_cache_vid(parts, extra[0] ? 5 : 4, var->vid);
+	qf_cache_vid(parts, extra[0] ? nparts : 4, var->vid);
 	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
 	var->verified = calloc(var->v->ng ? var->v->ng : 1, 1);
 	ret = var->state && var->verified ? 0 : -ENOMEM;
