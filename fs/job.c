@@ -421,6 +421,35 @@ static void store_norm(const struct qf_vtensor *t, const float *x, void *dst)
 	}
 }
 
+/*
+ * Pack group gi's integer results into its output tensors, allocated
+ * into j->pending (groups of consecutive columns: g_idx is c / gs).
+ */
+static int emit_group(struct job *j, int gi, const uint8_t *q,
+		      const uint16_t *sc, const int32_t *z)
+{
+	const struct qf_variant *v = j->var->v;
+	const struct qf_vgroup *g = &v->g[gi];
+	void **bufs = j->pending + (size_t)gi * 4;
+	int64_t in = g->w->t->shape[1], c;
+	int64_t gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
+	int32_t *gidx = malloc((size_t)in * sizeof(*gidx));
+	uint32_t t;
+
+	for (t = 0; t < g->n && gidx; t++)
+		if (!(bufs[t] = malloc(qf_vtensor_bytes(&v->t[g->first + t]))))
+			break;
+	if (!gidx || t < g->n) {
+		free(gidx);
+		return -ENOMEM;
+	}
+	for (c = 0; c < in; c++)
+		gidx[c] = (int32_t)(c / gs);
+	qf_variant_emit(v, (size_t)gi, q, sc, z, gidx, bufs);
+	free(gidx);
+	return 0;
+}
+
 /* AWQ of layer l (quant/awq_layer.c), its tensors into j->pending. */
 static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 			struct qf_lin_stats *stats)
@@ -464,30 +493,14 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 		void **bufs = j->pending + (size_t)gi * 4;
-		int32_t *gidx;
-		int64_t in, c, gs;
-		uint32_t t;
 
 		if (gi < 0)
 			continue;
 		g = &v->g[gi];
-		in = g->w->t->shape[1];
-		gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
-		gidx = malloc((size_t)in * sizeof(*gidx));
-		for (t = 0; t < g->n && gidx; t++)
-			if (!(bufs[t] = malloc(qf_vtensor_bytes(
-					&v->t[g->first + t]))))
-				break;
-		if (!gidx || t < g->n) {
-			free(gidx);
-			ret = -ENOMEM;
+		ret = emit_group(j, gi, res.lin[k].q, res.lin[k].sc,
+				 res.lin[k].zero);
+		if (ret < 0)
 			break;
-		}
-		for (c = 0; c < in; c++)
-			gidx[c] = (int32_t)(c / gs);
-		qf_variant_emit(v, (size_t)gi, res.lin[k].q, res.lin[k].sc,
-				res.lin[k].zero, gidx, bufs);
-		free(gidx);
 		if (g->norm) {
 			const struct qf_vtensor *nt = &v->t[g->first + g->n - 1];
 			float *norm = k == QF_TF_Q ? ly->in_norm : ly->post_norm;
@@ -626,31 +639,12 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	ey /= (double)(ntok * j->c.hidden);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
-		const struct qf_vgroup *g;
-		void **bufs = j->pending + (size_t)gi * 4;
-		int32_t *gidx;
-		int64_t in, c, gs;
-		uint32_t t;
 
 		if (gi < 0)
 			continue;
-		g = &v->g[gi];
-		in = g->w->t->shape[1];
-		gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
-		gidx = malloc((size_t)in * sizeof(*gidx));
-		for (t = 0; t < g->n && gidx; t++)
-			if (!(bufs[t] = malloc(qf_vtensor_bytes(
-					&v->t[g->first + t]))))
-				break;
-		if (!gidx || t < g->n) {
-			free(gidx);
-			ret = -ENOMEM;
+		ret = emit_group(j, gi, q[k], sc[k], z[k]);
+		if (ret < 0)
 			break;
-		}
-		for (c = 0; c < in; c++)
-			gidx[c] = (int32_t)(c / gs);
-		qf_variant_emit(v, (size_t)gi, q[k], sc[k], z[k], gidx, bufs);
-		free(gidx);
 		/* the block's relative output error, for each of its linears */
 		j->loss[gi] = ey > 0 ? res.mse_final / ey : 0;
 		j->loss_rtn[gi] = ey > 0 ? res.mse_rtn / ey : 0;

@@ -20,22 +20,6 @@
 
 #include "quant.h"
 
-static int64_t lin_out(const struct qf_tf_config *c, enum qf_tf_linear k)
-{
-	switch (k) {
-	case QF_TF_Q:
-		return (int64_t)c->heads * c->head_dim;
-	case QF_TF_K:
-	case QF_TF_V:
-		return (int64_t)c->kv_heads * c->head_dim;
-	case QF_TF_GATE:
-	case QF_TF_UP:
-		return c->inter;
-	default:
-		return c->hidden;
-	}
-}
-
 /* Columns of w [out, in] times s; H and the sample divided by s. */
 static void scale_in(float *w, int64_t out, int64_t in, const float *s)
 {
@@ -119,7 +103,7 @@ static int search(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	salience(st, l2, sal);
 	for (i = 0; i < sg->n; i++) {
 		w[i] = ly->w[sg->lin[i]];
-		out[i] = lin_out(c, sg->lin[i]);
+		out[i] = qf_tf_linear_out(c, sg->lin[i]);
 	}
 	ret = qf_awq_search_scale(w, out, sg->n, st->in, sal, st->h, o, s,
 				  &alpha, NULL, NULL);
@@ -148,7 +132,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	int k, ret = 0;
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int64_t n = lin_out(c, k) * stats[k].in;
+		int64_t n = qf_tf_linear_out(c, k) * stats[k].in;
 
 		res->lin[k].alpha = -1;
 		if (qz[k] && (!stats[k].h || stats[k].in <= 0))
@@ -170,7 +154,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	/* round to nearest, no scales: the reference for the record */
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		struct qf_awq_linear_res *lr = &res->lin[k];
-		int64_t out = lin_out(c, k), in = stats[k].in;
+		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
 		if (!qz[k] || lo->fold_only)
 			continue;
@@ -202,7 +186,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		for (j = 0; j < c->hidden; j++)
 			ly->in_norm[j] /= s[0][j];
 		for (k = 0; k < 3; k++) {
-			scale_in(ly->w[qkv.lin[k]], lin_out(c, qkv.lin[k]),
+			scale_in(ly->w[qkv.lin[k]], qf_tf_linear_out(c, qkv.lin[k]),
 				 c->hidden, s[0]);
 			scale_stats(&stats[qkv.lin[k]], s[0]);
 		}
@@ -210,7 +194,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	if (fold_o) {
 		int64_t in_v = stats[QF_TF_V].in;
 
-		for (r = 0; r < lin_out(c, QF_TF_V); r++)
+		for (r = 0; r < qf_tf_linear_out(c, QF_TF_V); r++)
 			for (j = 0; j < in_v; j++)
 				ly->w[QF_TF_V][r * in_v + j] /= s[1][r];
 		scale_in(ly->w[QF_TF_O], c->hidden, stats[QF_TF_O].in, s[1]);
@@ -238,7 +222,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	/* 3. clip (not q/k: their errors meet in the scores), round, flip */
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		struct qf_awq_linear_res *lr = &res->lin[k];
-		int64_t out = lin_out(c, k), in = stats[k].in;
+		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
 		if (!qz[k])
 			continue;
@@ -291,7 +275,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	/* 5. the quantized layer, and its errors in the scaled domain */
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		struct qf_awq_linear_res *lr = &res->lin[k];
-		int64_t out = lin_out(c, k), in = stats[k].in;
+		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
 		if (!qz[k])
 			continue;

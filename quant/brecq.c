@@ -363,20 +363,8 @@ static double now_s(void)
 static void lin_dims(const struct qf_tf_config *c, int l, int64_t *out,
 		     int64_t *in)
 {
-	int64_t qd = (int64_t)c->heads * c->head_dim;
-	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
-	const int64_t d[QF_TF_NLINEAR][2] = {
-		[QF_TF_Q] = { qd, c->hidden },
-		[QF_TF_K] = { kvd, c->hidden },
-		[QF_TF_V] = { kvd, c->hidden },
-		[QF_TF_O] = { c->hidden, qd },
-		[QF_TF_GATE] = { c->inter, c->hidden },
-		[QF_TF_UP] = { c->inter, c->hidden },
-		[QF_TF_DOWN] = { c->hidden, c->inter },
-	};
-
-	*out = d[l][0];
-	*in = d[l][1];
+	*out = qf_tf_linear_out(c, (enum qf_tf_linear)l);
+	*in = qf_tf_linear_in(c, (enum qf_tf_linear)l);
 }
 
 /* Mean of (block(x) - y)^2 over the whole set, in chunks of sequences. */

@@ -231,18 +231,6 @@ static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 	return 0;
 }
 
-static int64_t lin_in(const struct qf_tf_config *c, enum qf_tf_linear l)
-{
-	switch (l) {
-	case QF_TF_O:
-		return (int64_t)c->heads * c->head_dim;
-	case QF_TF_DOWN:
-		return c->inter;
-	default:
-		return c->hidden;
-	}
-}
-
 /* Accumulate the statistics of one stage's linears (stats zeroed). */
 static int capture_stage(const struct qf_tf_config *c,
 			 const struct qf_tf_layer *ly, int l,
@@ -257,7 +245,7 @@ static int capture_stage(const struct qf_tf_config *c,
 
 	for (i = 0; i < st->n && !ret; i++) {
 		ret = qf_lin_stats_init(&stats[st->lin[i]],
-					lin_in(c, st->lin[i]), ops->hessian);
+					qf_tf_linear_in(c, st->lin[i]), ops->hessian);
 		if (!ret)
 			ret = stats_sample(&stats[st->lin[i]],
 					   ops->sample_rows);
@@ -369,7 +357,7 @@ size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin)
 	int k;
 
 	for (k = 0; k < (int)lin; k++)
-		off += (size_t)lin_in(c, (enum qf_tf_linear)k);
+		off += (size_t)qf_tf_linear_in(c, (enum qf_tf_linear)k);
 	return off;
 }
 

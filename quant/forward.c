@@ -268,17 +268,6 @@ static bool has_bias(const struct qf_model *m, const struct qf_tf_config *c,
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out)
 {
-	int64_t qd = (int64_t)c->heads * c->head_dim;
-	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
-	const int64_t dims[QF_TF_NLINEAR][2] = {
-		[QF_TF_Q] = { qd, c->hidden },
-		[QF_TF_K] = { kvd, c->hidden },
-		[QF_TF_V] = { kvd, c->hidden },
-		[QF_TF_O] = { c->hidden, qd },
-		[QF_TF_GATE] = { c->inter, c->hidden },
-		[QF_TF_UP] = { c->inter, c->hidden },
-		[QF_TF_DOWN] = { c->hidden, c->inter },
-	};
 	char what[64];
 	int i, ret;
 
@@ -286,20 +275,20 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if (l < 0 || l >= c->layers)
 		return -EINVAL;
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
+		int64_t o = qf_tf_linear_out(c, i), n = qf_tf_linear_in(c, i);
+
 		/* .weight, or the GPTQ tensors of a mounted variant */
 		snprintf(what, sizeof(what), "model.layers.%d.%s", l,
 			 linear_names[i]);
-		out->w[i] = malloc(sizeof(float) *
-				   (size_t)(dims[i][0] * dims[i][1]));
-		ret = out->w[i] ? qf_model_linear_f32(m, what, dims[i][0],
-						      dims[i][1], out->w[i]) :
-				  -ENOMEM;
+		out->w[i] = malloc(sizeof(float) * (size_t)(o * n));
+		ret = out->w[i] ? qf_model_linear_f32(m, what, o, n,
+						      out->w[i]) : -ENOMEM;
 		if (ret < 0)
 			goto out_free;
 		if (!has_bias(m, c, i))
 			continue;
 		snprintf(what, sizeof(what), "%s.bias", linear_names[i]);
-		ret = load_layer_t(m, l, what, dims[i][0], 0, &out->b[i]);
+		ret = load_layer_t(m, l, what, o, 0, &out->b[i]);
 		if (ret < 0)
 			goto out_free;
 	}
@@ -473,4 +462,29 @@ int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
 		ret = qf_tf_head(m, c, x, n, logits);
 	free(x);
 	return ret;
+}
+
+int64_t qf_tf_linear_out(const struct qf_tf_config *c, enum qf_tf_linear l)
+{
+	switch (l) {
+	case QF_TF_Q:
+		return (int64_t)c->heads * c->head_dim;
+	case QF_TF_K:
+	case QF_TF_V:
+		return (int64_t)c->kv_heads * c->head_dim;
+	case QF_TF_GATE:
+	case QF_TF_UP:
+		return c->inter;
+	default:
+		return c->hidden;
+	}
+}
+
+int64_t qf_tf_linear_in(const struct qf_tf_config *c, enum qf_tf_linear l)
+{
+	if (l == QF_TF_O)
+		return (int64_t)c->heads * c->head_dim;
+	if (l == QF_TF_DOWN)
+		return c->inter;
+	return c->hidden;
 }

@@ -60,31 +60,6 @@ static int rtn_deq(const float *w, int64_t out, int64_t in,
 	return ret;
 }
 
-static int64_t lin_out(const struct qf_tf_config *c, enum qf_tf_linear k)
-{
-	switch (k) {
-	case QF_TF_Q:
-		return (int64_t)c->heads * c->head_dim;
-	case QF_TF_K:
-	case QF_TF_V:
-		return (int64_t)c->kv_heads * c->head_dim;
-	case QF_TF_GATE:
-	case QF_TF_UP:
-		return c->inter;
-	default:
-		return c->hidden;
-	}
-}
-
-static int64_t lin_in(const struct qf_tf_config *c, enum qf_tf_linear k)
-{
-	if (k == QF_TF_O)
-		return (int64_t)c->heads * c->head_dim;
-	if (k == QF_TF_DOWN)
-		return c->inter;
-	return c->hidden;
-}
-
 int qf_mixed_loss_table(const struct qf_model *m,
 			const struct qf_tf_config *c, const int32_t *ids,
 			int nseq, int seqlen, const int unit_of[QF_TF_NLINEAR],
@@ -108,7 +83,7 @@ int qf_mixed_loss_table(const struct qf_model *m,
 		goto out;
 	}
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
-		if (!(tmp[k] = malloc((size_t)(lin_out(c, k) * lin_in(c, k)) *
+		if (!(tmp[k] = malloc((size_t)(qf_tf_linear_out(c, k) * qf_tf_linear_in(c, k)) *
 				      sizeof(float))))
 			ret = -ENOMEM;
 	/* next token within each sequence; the last has none */
@@ -148,8 +123,8 @@ int qf_mixed_loss_table(const struct qf_model *m,
 				for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 					if (unit_of[k] != u)
 						continue;
-					ret = rtn_deq(ly[l].w[k], lin_out(c, k),
-						      lin_in(c, k), &qp, tmp[k]);
+					ret = rtn_deq(ly[l].w[k], qf_tf_linear_out(c, k),
+						      qf_tf_linear_in(c, k), &qp, tmp[k]);
 					q.w[k] = tmp[k];
 					any = true;
 				}

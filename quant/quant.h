@@ -730,6 +730,9 @@ enum qf_tf_linear {
 };
 /* "self_attn.q_proj", ... "mlp.down_proj" */
 const char *qf_tf_linear_name(enum qf_tf_linear l);
+/* Output and input features of linear l under c. */
+int64_t qf_tf_linear_out(const struct qf_tf_config *c, enum qf_tf_linear l);
+int64_t qf_tf_linear_in(const struct qf_tf_config *c, enum qf_tf_linear l);
 
 /* One decoder layer's weights in fp32 (converted from the source). */
 struct qf_tf_layer {
