@@ -17,30 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_io.h"
 #include "gguf.h"
-
-static void *slurp(const char *path, size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	FILE *f = fopen(path, "rb");
-
-	if (!p || !f || fread(p, 1, n, f) != n) {
-		fprintf(stderr, "cannot read %s\n", path);
-		exit(2);
-	}
-	fclose(f);
-	return p;
-}
-
-static void dump(const char *path, const void *p, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-
-	if (!f || fwrite(p, 1, n, f) != n || fclose(f)) {
-		fprintf(stderr, "cannot write %s\n", path);
-		exit(2);
-	}
-}
 
 static enum qf_ggml_type type_arg(const char *s)
 {
@@ -158,7 +136,7 @@ static int rows_cmd(int argc, char **argv)
 			ret = qf_ggml_quantize_row(t, x + r * cols, cols, imp,
 						   y + r * rb);
 		if (!ret)
-			dump(argv[6], y, rb * (uint64_t)rows);
+			dump_path(argv[6], y, rb * (uint64_t)rows);
 	} else if (!strcmp(argv[1], "dequant")) {
 		free(y);
 		y = slurp(argv[5], rb * (uint64_t)rows);
@@ -167,7 +145,7 @@ static int rows_cmd(int argc, char **argv)
 			ret = qf_ggml_dequantize_row(t, y + r * rb, cols,
 						     x + r * cols);
 		if (!ret)
-			dump(argv[6], x, n * 4);
+			dump_path(argv[6], x, n * 4);
 	} else {
 		q = slurp(argv[5], n);
 		sc = slurp(argv[6], n / 32 * 2);
@@ -180,7 +158,7 @@ static int rows_cmd(int argc, char **argv)
 						    sc + r * cols / 32, cols,
 						    y + r * rb);
 		if (!ret)
-			dump(argv[7], y, rb * (uint64_t)rows);
+			dump_path(argv[7], y, rb * (uint64_t)rows);
 	}
 	if (ret)
 		fprintf(stderr, "%s: %s\n", argv[1], qf_strerror(ret));

@@ -10,33 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_io.h"
 #include "quant.h"
-
-static void *slurp(const char *path, size_t n)
-{
-	void *p = malloc(n);
-	FILE *f = fopen(path, "rb");
-
-	if (!p || !f || fread(p, 1, n, f) != n) {
-		fprintf(stderr, "cannot read %s\n", path);
-		exit(2);
-	}
-	fclose(f);
-	return p;
-}
-
-static void dump(const char *dir, const char *name, const void *p, size_t n)
-{
-	char path[4096];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "wb");
-	if (!f || fwrite(p, 1, n, f) != n || fclose(f)) {
-		fprintf(stderr, "cannot write %s\n", path);
-		exit(2);
-	}
-}
 
 int main(int argc, char **argv)
 {
