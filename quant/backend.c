@@ -84,6 +84,18 @@ static const struct qf_cuda_ops *load_module(char *why, size_t cap)
 #endif
 }
 
+const struct qf_cuda_ops *qf_backend_cuda_ops(char *why, size_t cap)
+{
+	static const struct qf_cuda_ops *ops;
+	char tmp[256];
+
+	pthread_mutex_lock(&sel_lock);
+	if (!ops)
+		ops = load_module(why ? why : tmp, why ? cap : sizeof(tmp));
+	pthread_mutex_unlock(&sel_lock);
+	return ops;
+}
+
 int qf_backend_select(const char *want, char *why, size_t cap)
 {
 	const struct qf_cuda_ops *ops;

@@ -217,9 +217,16 @@ out:
 /* ------------------------------------------------------------------ */
 /* GPTQ                                                                */
 
-/* qf_rtn_grid (quant/rtn.c), on the device. */
-__device__ static bool grid(float lo, float hi, int bits, bool sym,
-			    uint16_t *sc16, float *sc, int32_t *zero)
+/* IEEE division on both sides (the device's '/' may not round exactly) */
+#ifdef __CUDA_ARCH__
+#define DIV_RN(a, b) __fdiv_rn((a), (b))
+#else
+#define DIV_RN(a, b) ((a) / (b))
+#endif
+
+/* qf_rtn_grid (quant/rtn.c), on the device (and the host, for tests). */
+__host__ __device__ static bool grid(float lo, float hi, int bits, bool sym,
+				     uint16_t *sc16, float *sc, int32_t *zero)
 {
 	int maxq = (1 << bits) - 1;
 	float scale;
@@ -233,16 +240,16 @@ __device__ static bool grid(float lo, float hi, int bits, bool sym,
 
 		if (m == 0)
 			m = 1;
-		scale = __fdiv_rn(2 * m, (float)maxq);
+		scale = DIV_RN(2 * m, (float)maxq);
 		z = (maxq + 1) / 2;
 	} else {
 		if (lo == 0 && hi == 0)
 			lo = -1, hi = 1;
-		scale = __fdiv_rn(hi - lo, (float)maxq);
-		z = (int32_t)rintf(__fdiv_rn(-lo, scale));
+		scale = DIV_RN(hi - lo, (float)maxq);
+		z = (int32_t)rintf(DIV_RN(-lo, scale));
 		if (z < 1) {
 			z = 1;
-			scale = __fdiv_rn(hi, (float)(maxq - 1));
+			scale = DIV_RN(hi, (float)(maxq - 1));
 		}
 	}
 	h = __float2half_rn(scale);
@@ -261,26 +268,24 @@ __device__ static bool grid(float lo, float hi, int bits, bool sym,
 }
 
 /*
- * One block of columns [i1, i1 + cnt) for row r = thread: quantize each
- * column, feed its error forward inside the block (U's row), keep the
- * scaled errors for the lazy update of the columns after the block.
+ * One block of columns [i1, i1 + cnt) for row r: quantize each column,
+ * feed its error forward inside the block (U's row), keep the scaled
+ * errors for the lazy update of the columns after the block.  The kernel
+ * runs it for one row per thread; tests run it on the host.
  */
-__global__ static void gptq_block(int64_t out, int64_t in, int64_t i1,
-				  int64_t cnt, int64_t gs, int bits, bool sym,
-				  bool grids_given, const int64_t *perm,
-				  const float *wp, const float *u,
-				  uint16_t *gsc16, float *gsc, int32_t *gz,
-				  uint8_t *qp, float *err, double *rowloss,
-				  int *bad)
+__host__ __device__ static void gptq_row(int64_t r, int64_t out, int64_t in,
+					 int64_t i1, int64_t cnt, int64_t gs,
+					 int bits, bool sym, bool grids_given,
+					 const int64_t *perm, const float *wp,
+					 const float *u, uint16_t *gsc16,
+					 float *gsc, int32_t *gz, uint8_t *qp,
+					 float *err, double *rowloss, int *bad)
 {
-	int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
 	float w1[QF_CUDA_GPTQ_BS];
 	float maxq = (float)((1 << bits) - 1);
 	double loss = 0;
 	int64_t i, j;
 
-	if (r >= out)
-		return;
 	for (j = 0; j < cnt; j++)
 		w1[j] = wp[r * in + i1 + j];
 	for (i = 0; i < cnt; i++) {
@@ -314,16 +319,45 @@ __global__ static void gptq_block(int64_t out, int64_t in, int64_t i1,
 		sc = gsc[g * out + r];
 		z = (float)gz[g * out + r];
 		x = w1[i];
-		v = rintf(__fdiv_rn(x, sc)) + z;
+		v = rintf(DIV_RN(x, sc)) + z;
 		v = v < 0 ? 0 : v > maxq ? maxq : v;
 		qp[r * in + col] = (uint8_t)v;
-		e = __fdiv_rn(x - sc * (v - z), d);
+		e = DIV_RN(x - sc * (v - z), d);
 		loss += (double)e * e / 2;
 		err[r * cnt + i] = e;
 		for (j = i + 1; j < cnt; j++)
 			w1[j] -= e * urow[j];
 	}
 	rowloss[r] += loss;
+}
+
+__global__ static void gptq_block(int64_t out, int64_t in, int64_t i1,
+				  int64_t cnt, int64_t gs, int bits, bool sym,
+				  bool grids_given, const int64_t *perm,
+				  const float *wp, const float *u,
+				  uint16_t *gsc16, float *gsc, int32_t *gz,
+				  uint8_t *qp, float *err, double *rowloss,
+				  int *bad)
+{
+	int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+	if (r < out)
+		gptq_row(r, out, in, i1, cnt, gs, bits, sym, grids_given, perm,
+			 wp, u, gsc16, gsc, gz, qp, err, rowloss, bad);
+}
+
+/* The kernel's block, every row on the host (tests). */
+static void cu_gptq_block_host(const struct qf_cuda_gptq *g, int64_t i1,
+			       int64_t cnt, const float *u, float *err,
+			       double *rowloss, int *bad)
+{
+	int64_t r;
+
+	for (r = 0; r < g->out; r++)
+		gptq_row(r, g->out, g->in, i1, cnt, g->gs >= g->in ? g->in :
+			 g->gs, g->bits, g->sym, g->grids_given, g->perm,
+			 g->wp, u, g->gsc16, g->gsc, g->gz, g->qp, err,
+			 rowloss, bad);
 }
 
 /* mean of the diagonal, in double, in index order (as gptq.c) */
@@ -523,6 +557,7 @@ out:
 
 static const struct qf_cuda_ops ops = {
 	QF_CUDA_ABI, cu_init, cu_describe, cu_sgemm, cu_ssyrk, cu_gptq,
+	cu_gptq_block_host,
 };
 
 extern "C" const struct qf_cuda_ops *qf_cuda_ops_v1(void)

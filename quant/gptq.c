@@ -183,6 +183,10 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	int64_t bs = o->blocksize > 0 ? o->blocksize : 128;
 	int maxq = (1 << p->bits) - 1;
 	struct gptq_work k = { 0 };
+	const struct qf_cuda_ops *emu = NULL;	/* kernel_on_host */
+	struct qf_cuda_gptq eg;
+	double *rowloss = NULL;
+	int bad = 0;
 	int64_t i, j, r, i1, cur = -1;
 	double total = 0, t0, t1;
 	int ret;
@@ -239,12 +243,28 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 			goto out_free;
 		cur = 0;
 	}
-	ret = gptq_device(&k, out, in, gs, bs, o, &total);
-	if (ret == 0)
-		goto unpermute;
-	if (ret > 0) {
-		ret = QF_ENUMERIC;
-		goto out_free;
+	if (o->kernel_on_host) {
+		emu = qf_backend_cuda_ops(NULL, 0);
+		rowloss = calloc((size_t)out, sizeof(*rowloss));
+		ret = !emu || bs > QF_CUDA_GPTQ_BS ? QF_EUNSUPPORTED :
+		      rowloss ? 0 : -ENOMEM;
+		if (ret < 0)
+			goto out_free;
+		eg = (struct qf_cuda_gptq){
+			.out = out, .in = in, .gs = gs, .bs = bs,
+			.bits = p->bits, .sym = p->sym,
+			.grids_given = gs == in || o->static_groups,
+			.perm = k.perm, .wp = k.wp, .gsc16 = k.gsc16,
+			.gsc = k.gsc, .gz = k.gz, .qp = k.qp,
+		};
+	} else {
+		ret = gptq_device(&k, out, in, gs, bs, o, &total);
+		if (ret == 0)
+			goto unpermute;
+		if (ret > 0) {
+			ret = QF_ENUMERIC;
+			goto out_free;
+		}
 	}
 	t0 = qf_now();
 	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
@@ -256,46 +276,51 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		int64_t i2 = i1 + bs < in ? i1 + bs : in, cnt = i2 - i1;
 
 		t0 = qf_now();
-		for (r = 0; r < out; r++)
-			memcpy(k.w1 + r * cnt, k.wp + r * in + i1,
-			       (size_t)cnt * sizeof(float));
-		for (i = 0; i < cnt; i++) {
-			int64_t col = i1 + i;
-			float d = k.hp[col * in + col];
-			const float *urow = k.hp + col * in + i1;
-			int64_t g;
+		if (emu) {	/* the CUDA kernel's code, on the host */
+			emu->gptq_block_host(&eg, i1, cnt, k.hp, k.err,
+					     rowloss, &bad);
+		} else {
+			for (r = 0; r < out; r++)
+				memcpy(k.w1 + r * cnt, k.wp + r * in + i1,
+				       (size_t)cnt * sizeof(float));
+			for (i = 0; i < cnt; i++) {
+				int64_t col = i1 + i;
+				float d = k.hp[col * in + col];
+				const float *urow = k.hp + col * in + i1;
+				int64_t g;
 
-			if (gs < in && o->static_groups) {
-				cur = k.perm[col] / gs;
-			} else if (gs < in && col % gs == 0) {
-				/* the grid of the group starting here, from
-				 * W as of the block start (the reference) */
-				int64_t b = col + gs < in ? col + gs : in;
+				if (gs < in && o->static_groups) {
+					cur = k.perm[col] / gs;
+				} else if (gs < in && col % gs == 0) {
+					/* the grid of the group starting here, from
+					 * W as of the block start (the reference) */
+					int64_t b = col + gs < in ? col + gs : in;
 
-				cur = col / gs;
-				ret = find_params(k.wp, in, out, col, b, p,
-						  k.gsc16 + cur * out,
-						  k.gsc + cur * out,
-						  k.gz + cur * out);
-				if (ret < 0)
-					goto out_free;
-			}
-			g = cur;
-			for (r = 0; r < out; r++) {
-				float sc = k.gsc[g * out + r];
-				float z = (float)k.gz[g * out + r];
-				float x = k.w1[r * cnt + i];
-				float v = nearbyintf(x / sc) + z;
-				float e;
+					cur = col / gs;
+					ret = find_params(k.wp, in, out, col, b, p,
+							  k.gsc16 + cur * out,
+							  k.gsc + cur * out,
+							  k.gz + cur * out);
+					if (ret < 0)
+						goto out_free;
+				}
+				g = cur;
+				for (r = 0; r < out; r++) {
+					float sc = k.gsc[g * out + r];
+					float z = (float)k.gz[g * out + r];
+					float x = k.w1[r * cnt + i];
+					float v = nearbyintf(x / sc) + z;
+					float e;
 
-				v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
-				k.qp[r * in + col] = (uint8_t)v;
-				e = (x - sc * (v - z)) / d;
-				total += (double)e * e / 2;
-				k.err[r * cnt + i] = e;
-				/* error feedback inside the block */
-				for (j = i + 1; j < cnt; j++)
-					k.w1[r * cnt + j] -= e * urow[j];
+					v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
+					k.qp[r * in + col] = (uint8_t)v;
+					e = (x - sc * (v - z)) / d;
+					total += (double)e * e / 2;
+					k.err[r * cnt + i] = e;
+					/* error feedback inside the block */
+					for (j = i + 1; j < cnt; j++)
+						k.w1[r * cnt + j] -= e * urow[j];
+				}
 			}
 		}
 		t1 = qf_now();
@@ -310,6 +335,14 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 			o->times->lazy += qf_now() - t1;
 			o->times->lazy_flop += 2.0 * (double)out *
 					       (double)(in - i2) * (double)cnt;
+		}
+	}
+	if (emu) {
+		for (r = 0; r < out; r++)
+			total += rowloss[r];
+		if (bad) {
+			ret = QF_ENUMERIC;
+			goto out_free;
 		}
 	}
 unpermute:
@@ -336,6 +369,7 @@ unpermute:
 		*loss = total;
 	ret = 0;
 out_free:
+	free(rowloss);
 	work_free(&k);
 	return ret;
 }

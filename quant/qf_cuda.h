@@ -21,7 +21,7 @@
 extern "C" {
 #endif
 
-#define QF_CUDA_ABI 1
+#define QF_CUDA_ABI 2
 
 /*
  * The core of GPTQ for one linear, after the host has dropped dead
@@ -66,10 +66,26 @@ struct qf_cuda_ops {
 		     float *c);
 	/* 1 (QF_ENUMERIC): H not positive definite after the retries */
 	int (*gptq)(struct qf_cuda_gptq *g);
+	/*
+	 * Tests: the kernel's code for block [i1, i1 + cnt) run on the host
+	 * over every row, with U (the Cholesky factor, row-major upper) from
+	 * the caller; g->wp is read only, g->qp / grids written; err
+	 * [out, cnt], rowloss [out] added to, *bad set on a grid overflow.
+	 */
+	void (*gptq_block_host)(const struct qf_cuda_gptq *g, int64_t i1,
+				int64_t cnt, const float *u, float *err,
+				double *rowloss, int *bad);
 };
 
 /* The module's one exported symbol. */
 const struct qf_cuda_ops *qf_cuda_ops_v1(void);
+
+/*
+ * backend.c: the module's operations, loaded but not initialized (no
+ * device needed: for the host-run kernel code of the tests); NULL with
+ * the reason in why when it cannot be loaded.
+ */
+const struct qf_cuda_ops *qf_backend_cuda_ops(char *why, size_t cap);
 
 #ifdef __cplusplus
 }

@@ -358,6 +358,9 @@ struct qf_gptq_opts {
 	float damp;			/* fraction of mean diag(H), 0.01 */
 	int blocksize;			/* 128 */
 	struct qf_gptq_times *times;	/* optional: phase timings */
+	/* tests: the column loop by the CUDA kernel's code run on the host
+	 * (needs the CUDA module, no device; QF_EUNSUPPORTED without) */
+	bool kernel_on_host;
 };
 int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		     const struct qf_gptq_opts *o, uint8_t *q,

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "qf_cuda.h"
 #include "quant.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -115,6 +116,18 @@ struct gptq_case {
 	bool sym, act, stat;
 };
 
+static const struct gptq_case cases[] = {
+	{ "w4 g128", 4, 128, false, false, false },
+	{ "w4 g32 (groups inside blocks)", 4, 32, false, false, false },
+	{ "w4 g256 (groups across blocks)", 4, 256, false, false,
+	  false },
+	{ "w3 per channel", 3, -1, false, false, false },
+	{ "w4 g128 act order", 4, 128, false, true, false },
+	{ "w4 g128 act order static", 4, 128, false, true, true },
+	{ "w4 g64 sym", 4, 64, true, false, false },
+	{ "w8 g128", 8, 128, false, false, false },
+};
+
 struct gptq_run {
 	uint8_t *q;
 	uint16_t *sc;
@@ -125,12 +138,13 @@ struct gptq_run {
 };
 
 static void gptq_once(const float *w0, const float *h0, int64_t out,
-		      int64_t in, const struct gptq_case *gc,
+		      int64_t in, const struct gptq_case *gc, bool kernel,
 		      struct gptq_run *r)
 {
 	struct qf_gptq_opts o = { .qp = { gc->bits, gc->group, gc->sym },
 				  .act_order = gc->act,
-				  .static_groups = gc->stat };
+				  .static_groups = gc->stat,
+				  .kernel_on_host = kernel };
 	int64_t ng = qf_ngroups(in, gc->group);
 	float *h = malloc((size_t)(in * in) * sizeof(*h));
 	double t0;
@@ -186,17 +200,6 @@ static double out_err(const float *w, const float *wq, const float *h,
 
 static void gptq_compare(void)
 {
-	static const struct gptq_case cases[] = {
-		{ "w4 g128", 4, 128, false, false, false },
-		{ "w4 g32 (groups inside blocks)", 4, 32, false, false, false },
-		{ "w4 g256 (groups across blocks)", 4, 256, false, false,
-		  false },
-		{ "w3 per channel", 3, -1, false, false, false },
-		{ "w4 g128 act order", 4, 128, false, true, false },
-		{ "w4 g128 act order static", 4, 128, false, true, true },
-		{ "w4 g64 sym", 4, 64, true, false, false },
-		{ "w8 g128", 8, 128, false, false, false },
-	};
 	int64_t out = 1024, in = 1024, n = 4096, i, j;
 	float *x = randn(n * in), *w = randn(out * in);
 	float *h = calloc((size_t)(in * in), sizeof(*h));
@@ -222,10 +225,10 @@ static void gptq_compare(void)
 
 		CHECK(qf_backend_select("cpu", why, sizeof(why)), ==,
 		      QF_BACKEND_CPU);
-		gptq_once(w, h, out, in, gc, &cpu);
+		gptq_once(w, h, out, in, gc, false, &cpu);
 		CHECK(qf_backend_select("cuda", why, sizeof(why)), ==,
 		      QF_BACKEND_CUDA);
-		gptq_once(w, h, out, in, gc, &gpu);
+		gptq_once(w, h, out, in, gc, false, &gpu);
 		CHECK(cpu.ret, ==, 0);
 		CHECK(gpu.ret, ==, 0);
 		for (i = 0; i < out * in; i++)
@@ -254,6 +257,72 @@ static void gptq_compare(void)
 	free(h);
 }
 
+/* Random W and X^T X of correlated inputs with outlier channels. */
+static void problem(int64_t out, int64_t in, int64_t n, float **w, float **h)
+{
+	float *x = randn(n * in);
+	int64_t i, j;
+
+	*w = randn(out * in);
+	*h = calloc((size_t)(in * in), sizeof(float));
+	for (i = 0; i < n; i++)
+		for (j = 1; j < in; j++)
+			x[i * in + j] = 0.6f * x[i * in + j - 1] +
+					0.8f * x[i * in + j] *
+					(j % 97 == 0 ? 20.0f : 1.0f);
+	cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)in, (int)n,
+		    1.0f, x, (int)in, 0.0f, *h, (int)in);
+	for (i = 0; i < in; i++)
+		for (j = 0; j < i; j++)
+			(*h)[i * in + j] = (*h)[j * in + i];
+	free(x);
+}
+
+/*
+ * The CUDA kernel's column loop (cuda.cu gptq_row, compiled for the host
+ * too) against the CPU's: the same codes, grids and g_idx, bit for bit,
+ * for every grid option.  Needs the module, not a device.
+ */
+static void kernel_code_on_host(void)
+{
+	int64_t out = 192, in = 512, i;
+	float *w, *h;
+	char why[256];
+	size_t c;
+
+	if (!qf_backend_cuda_built() || !qf_backend_cuda_ops(why, sizeof(why))) {
+		printf("the CUDA module is not built or not loadable here: "
+		       "kernel code checks skipped\n");
+		return;
+	}
+	problem(out, in, 2048, &w, &h);
+	for (c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		const struct gptq_case *gc = &cases[c];
+		int64_t ng = qf_ngroups(in, gc->group);
+		struct gptq_run cpu, ker;
+
+		gptq_once(w, h, out, in, gc, false, &cpu);
+		gptq_once(w, h, out, in, gc, true, &ker);
+		CHECK(cpu.ret, ==, 0);
+		CHECK(ker.ret, ==, 0);
+		CHECK(memcmp(cpu.q, ker.q, (size_t)(out * in)), ==, 0);
+		CHECK(memcmp(cpu.sc, ker.sc, (size_t)(out * ng) * 2), ==, 0);
+		CHECK(memcmp(cpu.z, ker.z, (size_t)(out * ng) * 4), ==, 0);
+		CHECK(memcmp(cpu.g, ker.g, (size_t)in * 4), ==, 0);
+		for (i = 0; i < out * in; i++)
+			if (cpu.w[i] != ker.w[i])
+				break;
+		CHECK(i, ==, out * in);
+		CHECK(fabs(cpu.loss - ker.loss) <= 1e-9 * cpu.loss, ==, 1);
+		printf("kernel code on the host, %-32s identical to the CPU "
+		       "(loss %.6g vs %.6g)\n", gc->name, cpu.loss, ker.loss);
+		run_free(&cpu);
+		run_free(&ker);
+	}
+	free(w);
+	free(h);
+}
+
 int main(void)
 {
 	char why[256];
@@ -265,6 +334,7 @@ int main(void)
 	CHECK(qf_backend_current(), ==, QF_BACKEND_CPU);
 	CHECK(gemm_check(), ==, 0);	/* the CPU path is cblas itself */
 	CHECK(syrk_check() < 1e-6, ==, 1);
+	kernel_code_on_host();
 	r = qf_backend_select("cuda", why, sizeof(why));
 	CHECK(r == QF_BACKEND_CPU || r == QF_BACKEND_CUDA, ==, 1);
 	if (r == QF_BACKEND_CPU) {
