@@ -1600,8 +1600,24 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 				      spec->avg_bits_x100, QF_MIXED_MAX_NODES,
 				      choice, &br);
 		if (ret < 0) {
-			qf_err("%s: mixed_b%.2f: no allocation fits that "
-			       "budget", mdl->name, spec->avg_bits_x100 / 100.0);
+			double least = 0, np_ = 0;
+
+			/* what the narrowest packable widths need */
+			for (u = 0; u < nu; u++) {
+				double m = INFINITY;
+
+				for (p = 0; p < NMB; p++)
+					if (ubytes[u * NMB + p] >= 0 &&
+					    ubytes[u * NMB + p] < m)
+						m = ubytes[u * NMB + p];
+				least += up[u] ? m : 0;
+				np_ += (double)up[u];
+			}
+			qf_err("%s: %s: no allocation fits %.2f bits per "
+			       "parameter; the narrowest widths the linears' "
+			       "shapes can be packed at need %.2f", mdl->name,
+			       probe->v->name, spec->avg_bits_x100 / 100.0,
+			       np_ > 0 ? 8 * least / np_ : 0);
 			goto out;
 		}
 		for (u = 0; u < nu; u++)
