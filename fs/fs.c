@@ -212,6 +212,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->sens_lock, NULL);
 	pthread_mutex_init(&fs->job_lock, NULL);
 	pthread_cond_init(&fs->job_cond, NULL);
 	fs->o = *o;

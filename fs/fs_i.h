@@ -132,6 +132,7 @@ struct qf_fs {
 	struct qf_mdl *mdl;
 	size_t nmdl;
 	pthread_mutex_t lock;		/* nodes, hash, vars lists */
+	pthread_mutex_t sens_lock;	/* mixed sensitivity measurements */
 	struct qf_node **node;		/* by ino - 1, fs->lock */
 	size_t nnode;
 	size_t cap;
@@ -233,6 +234,15 @@ struct qf_mixed_alloc {
 int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 		       const struct qf_spec *spec,
 		       struct qf_mixed_alloc **out);
+/*
+ * The sensitivity tables of spec's model and calibration set into the
+ * cache, measured now if they are not there: lookups call it without
+ * fs->lock, so a long measurement blocks only the lookups of mixed
+ * directories (one at a time, fs->sens_lock), never the rest of the
+ * mount.
+ */
+int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
+			 const struct qf_spec *spec);
 /* qf_bits_fn over an allocation. */
 int qf_mixed_alloc_bits(void *arg, const char *name);
 void qf_mixed_alloc_free(struct qf_mixed_alloc *a);

@@ -1500,12 +1500,67 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 	cJSON_Delete(o);
 }
 
-int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
-		       const struct qf_spec *spec, struct qf_mixed_alloc **out)
+/*
+ * A stand-in variant for measuring: every linear the 8-bit container can
+ * hold, spec's calibration set, the layer maps; logs name spec.
+ */
+static int probe_new(struct qf_fs *fs, struct qf_mdl *mdl,
+		     const struct qf_spec *spec, struct qf_var **out)
 {
 	struct qf_spec s8 = { .method = QF_METHOD_RTN, .bits = 8,
 			      .group = MIXED_GROUP };
 	struct qf_var *probe = calloc(1, sizeof(*probe));
+	int ret;
+
+	*out = probe;
+	if (!probe)
+		return -ENOMEM;
+	probe->mdl = mdl;
+	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
+	ret = qf_variant_init(mdl->m, &s8, &probe->v);
+	if (!ret) {
+		qf_spec_print(spec, probe->v->name, sizeof(probe->v->name));
+		ret = qf_job_setup(fs, probe);
+	}
+	return ret;
+}
+
+static void probe_free(struct qf_var *probe)
+{
+	if (!probe)
+		return;
+	qf_job_free(probe);
+	qf_variant_free(probe->v);
+	free(probe);
+}
+
+int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
+			 const struct qf_spec *spec)
+{
+	struct qf_var *probe = NULL;
+	double *sens = NULL, *uloss = NULL;
+	int ret;
+
+	pthread_mutex_lock(&fs->sens_lock);
+	ret = probe_new(fs, mdl, spec, &probe);
+	if (!ret) {
+		sens = calloc(probe->v->ng * SENS_REC + 1, sizeof(*sens));
+		uloss = calloc((size_t)probe->nlayers * 4 * NMB + 1,
+			       sizeof(*uloss));
+		ret = sens && uloss ? mixed_table(fs, probe, sens, uloss) :
+				      -ENOMEM;
+	}
+	pthread_mutex_unlock(&fs->sens_lock);
+	free(sens);
+	free(uloss);
+	probe_free(probe);
+	return ret;
+}
+
+int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
+		       const struct qf_spec *spec, struct qf_mixed_alloc **out)
+{
+	struct qf_var *probe = NULL;
 	struct qf_mixed_alloc *a = calloc(1, sizeof(*a));
 	struct qf_mixed_budget_res br = { 0 };
 	double *sens = NULL, *ucost = NULL, *ubytes = NULL, *imp = NULL;
@@ -1516,17 +1571,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	size_t ng = 0, nu, i, u;
 	int ret, p;
 
-	if (!probe || !a) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	probe->mdl = mdl;
-	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
-	ret = qf_variant_init(mdl->m, &s8, &probe->v);
-	if (!ret) {	/* logs name the variant asked for */
-		qf_spec_print(spec, probe->v->name, sizeof(probe->v->name));
-		ret = qf_job_setup(fs, probe);
-	}
+	ret = a ? probe_new(fs, mdl, spec, &probe) : -ENOMEM;
 	if (ret < 0)
 		goto out;
 	ng = probe->v->ng;
@@ -1676,11 +1721,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	alloc_json(a, spec, probe, ubits, uc, uimp, nu, &br);
 	ret = a->json ? 0 : -ENOMEM;
 out:
-	if (probe) {
-		qf_job_free(probe);
-		qf_variant_free(probe->v);
-		free(probe);
-	}
+	probe_free(probe);
 	free(sens);
 	free(uloss);
 	free(uerr);

@@ -112,6 +112,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
+	/* mixed_dyn / mixed_b: measure outside the namespace lock */
+	if (dir->kind == QF_NODE_MODEL && dir->mdl->m) {
+		struct qf_spec sp;
+
+		if (qf_spec_parse(name, &sp, NULL) == 0 &&
+		    (sp.method == QF_METHOD_MIXED_DYN ||
+		     sp.method == QF_METHOD_MIXED_BUDGET))
+			qf_job_mixed_prepare(fs, dir->mdl, &sp);
+	}
 	n = qf_ns_lookup(fs, dir, name, &err);
 	if (!n) {
 		fuse_reply_err(req, qf_fs_errno(err));

@@ -68,6 +68,14 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count,
 			o->flags2 |= (uint32_t)(FUSE_DIRECT_IO_ALLOW_MMAP >> 32);
 			fs->direct = true;
 		}
+		/*
+		 * Lookups of one directory in parallel (libfuse 3.14 never
+		 * asks): a mixed variant measuring its sensitivities must not
+		 * hold up the other names of its model directory.  The
+		 * namespace takes its own locks.
+		 */
+		if (oh->error == 0 && (fs->kflags & FUSE_PARALLEL_DIROPS))
+			o->flags |= FUSE_PARALLEL_DIROPS;
 		qf_info("kernel FUSE %u.%u, max_pages %u; model files served "
 			"with %s", o->major, o->minor, o->max_pages,
 			fs->direct ? "direct_io + splice (mmap allowed)" :

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -305,6 +306,29 @@ def test_fake_variants_dequantize_the_packed_ones():
                                           *f[p + ".weight"].shape)[0]
                 err = np.abs(deq - f[p + ".weight"])
                 assert np.all(err <= np.abs(deq) / 128 + 1e-30), (v, p)
+
+
+def test_measuring_does_not_block_other_lookups():
+    """While a mixed_b directory measures its sensitivities (seconds),
+    other names of the model directory resolve at once: the measurement
+    runs outside the namespace lock and lookups of one directory run in
+    parallel."""
+    import threading
+    with Mount(SRC, opts=["calib_n=32", "calib_len=256"]) as m:
+        done = []
+        t = threading.Thread(target=lambda: done.append(os.path.isdir(
+            os.path.join(m.mnt, "tiny", "mixed_b5"))))
+        t.start()
+        deadline = time.time() + 60
+        while "measuring the sensitivity" not in m.stderr():
+            assert time.time() < deadline, m.stderr()
+            time.sleep(0.01)
+        for v in ("rtn_w3_g128", "rtn_w8_gc", "gptq_w3_g128"):
+            assert os.path.isdir(os.path.join(m.mnt, "tiny", v))
+        busy = t.is_alive()
+        t.join()
+        assert done == [True]
+        assert busy, "the measurement ended before the other lookups"
 
 if __name__ == "__main__":
     run_tests(globals())
