@@ -225,7 +225,6 @@ struct qf_mixed_alloc {
 	int *bits;			/* their grids, 16 = kept */
 	char *json;			/* quantization.json "allocation" */
 	uint8_t calib_vid[QF_CACHE_VID]; /* the set it was measured on */
-	struct qf_calib_info ci;
 };
 /*
  * Measure (or find in the cache) the sensitivity of every linear of mdl

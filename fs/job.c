@@ -1713,7 +1713,6 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 		a->n = i + 1;
 	}
 	memcpy(a->calib_vid, probe->calib_vid, QF_CACHE_VID);
-	a->ci = probe->ci;
 	for (u = 0; u < nu; u++)
 		for (p = 0; p < NMB; p++)
 			if (mixed_bits[p] == ubits[u])

@@ -74,19 +74,14 @@ out_free:
 static int static_bits(void *arg, const char *name)
 {
 	struct qf_fs *fs = arg;
-	char mod[512];
-	size_t n = strlen(name);
 	enum qf_role r;
+	int bits = qf_mixed_static_bits(&fs->mtable,
+					(const char *const *)fs->mroles, name,
+					&r);
 
-	/* roles and their globs are of modules: drop ".weight" */
-	if (n > 7 && !strcmp(name + n - 7, ".weight"))
-		n -= 7;
-	snprintf(mod, sizeof(mod), "%.*s", (int)n, name);
-	r = qf_role_of(mod, (const char *const *)fs->mroles);
 	if (r == QF_ROLE_OTHER)
-		qf_info("%s: no role known, 'other' (%d bits)", mod,
-			fs->mtable.bits[r]);
-	return fs->mtable.bits[r];
+		qf_info("%s: no role known, 'other' (%d bits)", name, bits);
+	return bits;
 }
 
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,

@@ -514,6 +514,23 @@ void qf_mixed_static_assign(const struct qf_mixed_static *t,
 				  roles[i] : QF_ROLE_OTHER];
 }
 
+int qf_mixed_static_bits(const struct qf_mixed_static *t,
+			 const char *const *overrides, const char *name,
+			 enum qf_role *role)
+{
+	char mod[512];
+	size_t n = strlen(name);
+	enum qf_role r;
+
+	if (n > 7 && !strcmp(name + n - 7, ".weight"))
+		n -= 7;
+	snprintf(mod, sizeof(mod), "%.*s", (int)n, name);
+	r = qf_role_of(mod, overrides);
+	if (role)
+		*role = r;
+	return t->bits[r];
+}
+
 void qf_mixed_ratio_defaults(struct qf_mixed_ratio *r)
 {
 	r->high = 0.2;

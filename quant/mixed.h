@@ -174,6 +174,14 @@ int qf_mixed_static_parse(const char *s, struct qf_mixed_static *t,
 			  char *why, size_t cap);
 void qf_mixed_static_assign(const struct qf_mixed_static *t,
 			    const enum qf_role *roles, size_t n, int *bits);
+/*
+ * The width t gives the linear weight `name` ("...q_proj.weight"): the
+ * role of its module (".weight" dropped; overrides as qf_role_of) into
+ * *role when role is not NULL.
+ */
+int qf_mixed_static_bits(const struct qf_mixed_static *t,
+			 const char *const *overrides, const char *name,
+			 enum qf_role *role);
 
 /*
  * b) ratio policy (mixed_dyn), the seed's DynamicQuantizationPolicy by

@@ -86,6 +86,8 @@ const struct qf_cuda_ops *qf_cuda_ops_v1(void);
  * the reason in why when it cannot be loaded.
  */
 const struct qf_cuda_ops *qf_backend_cuda_ops(char *why, size_t cap);
+/* backend.c: GPTQ's core on the device: 0, 1 (H not PD), -1 (CPU). */
+int qf_backend_gptq(struct qf_cuda_gptq *g);
 
 #ifdef __cplusplus
 }

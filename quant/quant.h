@@ -327,9 +327,6 @@ void qf_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 	      int64_t ldb, float beta, float *c, int64_t ldc);
 /* Row-major upper triangle of C[n, n] += X^T X for X [k, n]. */
 void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
-struct qf_cuda_gptq;
-/* GPTQ's core on the device: 0, 1 (H not PD), -1 (use the CPU). */
-int qf_backend_gptq(struct qf_cuda_gptq *g);
 
 /*
  * GPTQ (Frantar et al. 2022) of one linear, as published: Cholesky of the
@@ -571,7 +568,7 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
  * Per-linear precision: the grid bits of linear `name` (a ".weight"
  * tensor), 16 to keep it in the source dtype.  The default rule: the
  * spec's bits; brecq: attention (self_attn.*) at attn_bits, the rest at
- * bits; mixed_static: qf_mixed_static_bits().  mixed_dyn and mixed_b
+ * bits; mixed_static: mixed.h's default role table.  mixed_dyn and mixed_b
  * need bits_of (their allocation is measured).  Grids without a GPTQ
  * packing (5, 6, 7 bits) are stored in the 8-bit container with values
  * on the narrower grid.
@@ -579,8 +576,6 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			 qf_bits_fn bits_of, void *arg,
 			 struct qf_variant **out);
-/* Bits of a linear under mixed_static's table (attention 8, MLP 4). */
-int qf_mixed_static_bits(const char *name);
 /* The container of a grid: 2, 3, 4, 8 as they are; 5..7 in 8. */
 int qf_pack_bits(int bits);
 void qf_variant_free(struct qf_variant *v);

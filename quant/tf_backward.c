@@ -250,27 +250,7 @@ void qf_tf_rmsnorm_bwd(const float *x, const float *w, int64_t n, int64_t d,
 void qf_tf_rope_bwd(float *dx, int64_t ntok, int nh, int hd, int seqlen,
 		    const float *cs, const float *sn)
 {
-	int half = hd / 2;
-	int64_t t;
-	int h, i;
-
-	for (t = 0; t < ntok; t++) {
-		const float *c = cs + (t % seqlen) * half;	/* [half] */
-		const float *s = sn + (t % seqlen) * half;	/* [half] */
-
-		for (h = 0; h < nh; h++) {
-			float *xh = dx + (t * nh + h) * hd;	/* [hd] */
-
-			for (i = 0; i < half; i++) {
-				float y1 = xh[i];
-				float y2 = xh[i + half];
-
-				/* the transpose of the rotation */
-				xh[i] = y1 * c[i] + y2 * s[i];
-				xh[i + half] = y2 * c[i] - y1 * s[i];
-			}
-		}
-	}
+	qf_tf_rope_dir(dx, ntok, nh, hd, seqlen, cs, sn, true);
 }
 
 /* Softmax of row[a, b), zeros outside (the causal / window mask). */

@@ -97,9 +97,11 @@ void qf_tf_rope_table(const struct qf_tf_config *c, int seqlen, float *cs,
 	}
 }
 
-void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
-		const float *cs, const float *sn)
+void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
+		    const float *cs, const float *sn, bool transpose)
 {
+	/* the transpose rotates by -angle: sin negated, exactly */
+	float sg = transpose ? -1.0f : 1.0f;
 	int half = hd / 2;
 	int64_t t;
 	int h, i;
@@ -114,12 +116,19 @@ void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
 			for (i = 0; i < half; i++) {
 				float x1 = xh[i];
 				float x2 = xh[i + half];
+				float si = sg * s[i];
 
-				xh[i] = x1 * c[i] - x2 * s[i];
-				xh[i + half] = x2 * c[i] + x1 * s[i];
+				xh[i] = x1 * c[i] - x2 * si;
+				xh[i + half] = x2 * c[i] + x1 * si;
 			}
 		}
 	}
+}
+
+void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
+		const float *cs, const float *sn)
+{
+	qf_tf_rope_dir(x, ntok, nh, hd, seqlen, cs, sn, false);
 }
 
 /*

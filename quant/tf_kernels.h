@@ -49,6 +49,9 @@ void qf_tf_rope(float *x,		/* [ntok, nh, hd] */
 		int64_t ntok, int nh, int hd, int seqlen,
 		const float *cs,	/* [seqlen, hd / 2] */
 		const float *sn);	/* [seqlen, hd / 2] */
+/* The same, or with transpose its inverse (the backward's rotation). */
+void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
+		    const float *cs, const float *sn, bool transpose);
 
 /*
  * Causal softmax attention with GQA for nseq sequences.  The output

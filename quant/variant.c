@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mixed.h"
 #include "quant.h"
 
 static bool is_float(enum qf_dtype dt)
@@ -104,15 +105,6 @@ int qf_pack_bits(int bits)
 	return bits == 2 || bits == 3 || bits == 4 ? bits : 8;
 }
 
-int qf_mixed_static_bits(const char *name)
-{
-	if (strstr(name, "self_attn."))
-		return 8;
-	if (strstr(name, "mlp."))
-		return 4;
-	return 8;
-}
-
 /* Grid bits of a linear: 2..8, or 16 (kept in the source dtype). */
 static int linear_bits(const struct qf_variant *v, const char *name)
 {
@@ -122,8 +114,12 @@ static int linear_bits(const struct qf_variant *v, const char *name)
 		return v->bits_of(v->bits_arg, name);
 	if (s->method == QF_METHOD_BRECQ)
 		return strstr(name, "self_attn.") ? s->attn_bits : s->bits;
-	if (s->method == QF_METHOD_MIXED_STATIC)
-		return qf_mixed_static_bits(name);
+	if (s->method == QF_METHOD_MIXED_STATIC) {
+		struct qf_mixed_static t;
+
+		qf_mixed_static_defaults(&t);
+		return qf_mixed_static_bits(&t, NULL, name, NULL);
+	}
 	return s->bits;
 }
 

@@ -27,27 +27,6 @@
 #include "cli_io.h"
 #include "quant.h"
 
-static void dump_text(const char *dir, const char *text)
-{
-	dump(dir, "res.txt", text, strlen(text));
-}
-
-static void check(int ret, const char *what)
-{
-	if (ret < 0) {
-		fprintf(stderr, "%s: %s\n", what, qf_strerror(ret));
-		exit(1);
-	}
-}
-
-static void need(int argc, int n)
-{
-	if (argc < n) {
-		fprintf(stderr, "usage: see the file header\n");
-		exit(2);
-	}
-}
-
 /* Dequantized weights of q with their grids. */
 static float *dequant(const uint8_t *q, const uint16_t *sc, const int32_t *z,
 		      int64_t out, int64_t in, int group)

@@ -31,27 +31,6 @@
 #include "cli_io.h"
 #include "mixed.h"
 
-static void dump_text(const char *dir, const char *text)
-{
-	dump(dir, "res.txt", text, strlen(text));
-}
-
-static void check(int ret, const char *what)
-{
-	if (ret < 0) {
-		fprintf(stderr, "%s: %s\n", what, qf_strerror(ret));
-		exit(1);
-	}
-}
-
-static void need(int argc, int n)
-{
-	if (argc < n) {
-		fprintf(stderr, "usage: see the file header\n");
-		exit(2);
-	}
-}
-
 static const char *opt_str(const char *s)
 {
 	return strcmp(s, "-") ? s : "";
