@@ -1451,7 +1451,6 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 {
 	cJSON *o = cJSON_CreateObject(), *arr;
 	size_t u;
-	int k;
 
 	cJSON_AddStringToObject(o, "policy", spec->method ==
 				QF_METHOD_MIXED_BUDGET ? "budget" : "ratio");
@@ -1495,7 +1494,6 @@ static void alloc_json(struct qf_mixed_alloc *a, const struct qf_spec *spec,
 	arr = cJSON_AddArrayToObject(o, "unit_output_error");
 	for (u = 0; u < nu; u++)
 		cJSON_AddItemToArray(arr, cJSON_CreateNumber(uerr[u]));
-	(void)k;
 	a->json = cJSON_PrintUnformatted(o);
 	cJSON_Delete(o);
 }
@@ -1565,7 +1563,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	struct qf_mixed_budget_res br = { 0 };
 	double *sens = NULL, *ucost = NULL, *ubytes = NULL, *imp = NULL;
 	double *uloss = NULL, *uerr = NULL;
-	double *uimp = NULL, *uc = NULL;
+	double *uimp = NULL, *uc = NULL, *ue = NULL;
 	uint64_t *up = NULL, *ub = NULL;
 	int *ubits = NULL, *choice = NULL, *unit = NULL;
 	size_t ng = 0, nu, i, u;
@@ -1584,6 +1582,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	up = calloc(nu + 1, sizeof(*up));
 	ub = calloc(nu * NMB + 1, sizeof(*ub));
 	uc = calloc(nu + 1, sizeof(*uc));
+	ue = calloc(nu + 1, sizeof(*ue));
 	ubits = calloc(nu + 1, sizeof(*ubits));
 	choice = calloc(nu + 1, sizeof(*choice));
 	unit = calloc(ng + 1, sizeof(*unit));
@@ -1591,7 +1590,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	uimp = calloc(nu + 1, sizeof(*uimp));
 	a->names = calloc(ng + 1, sizeof(*a->names));
 	a->bits = calloc(ng + 1, sizeof(*a->bits));
-	if (!sens || !ucost || !ubytes || !up || !ub || !uc || !ubits ||
+	if (!sens || !ucost || !ubytes || !up || !ub || !uc || !ue || !ubits ||
 	    !uloss || !uerr ||
 	    !choice || !unit || !imp || !uimp || !a->names || !a->bits) {
 		ret = -ENOMEM;
@@ -1699,10 +1698,13 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 		if (ret < 0)
 			goto out;
 	}
+	/* the chosen width's cost and output error of each unit */
 	for (u = 0; u < nu; u++)
 		for (p = 0; p < NMB; p++)
-			if (mixed_bits[p] == ubits[u])
+			if (mixed_bits[p] == ubits[u]) {
 				uc[u] = ucost[u * NMB + p];
+				ue[u] = uerr[u * NMB + p];
+			}
 	for (i = 0; i < ng; i++) {
 		a->names[i] = strdup(probe->v->g[i].w->name);
 		a->bits[i] = ubits[unit[i]];
@@ -1713,11 +1715,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 		a->n = i + 1;
 	}
 	memcpy(a->calib_vid, probe->calib_vid, QF_CACHE_VID);
-	for (u = 0; u < nu; u++)
-		for (p = 0; p < NMB; p++)
-			if (mixed_bits[p] == ubits[u])
-				uimp[u] = uerr[u * NMB + p];
-	alloc_json(a, spec, probe, ubits, uc, uimp, nu, &br);
+	alloc_json(a, spec, probe, ubits, uc, ue, nu, &br);
 	ret = a->json ? 0 : -ENOMEM;
 out:
 	probe_free(probe);
@@ -1729,6 +1727,7 @@ out:
 	free(up);
 	free(ub);
 	free(uc);
+	free(ue);
 	free(ubits);
 	free(choice);
 	free(unit);

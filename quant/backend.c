@@ -25,7 +25,7 @@
 
 static pthread_mutex_t sel_lock = PTHREAD_MUTEX_INITIALIZER;
 static enum qf_backend current = QF_BACKEND_CPU;
-static const struct qf_cuda_ops *cu;
+static const struct qf_cuda_ops *cu;	/* the module, once a device worked */
 static int warned;
 
 bool qf_backend_cuda_built(void)
@@ -84,14 +84,23 @@ static const struct qf_cuda_ops *load_module(char *why, size_t cap)
 #endif
 }
 
+/* The module, loaded once (sel_lock held); NULL with why. */
+static const struct qf_cuda_ops *module_locked(char *why, size_t cap)
+{
+	static const struct qf_cuda_ops *module;
+
+	if (!module)
+		module = load_module(why, cap);
+	return module;
+}
+
 const struct qf_cuda_ops *qf_backend_cuda_ops(char *why, size_t cap)
 {
-	static const struct qf_cuda_ops *ops;
+	const struct qf_cuda_ops *ops;
 	char tmp[256];
 
 	pthread_mutex_lock(&sel_lock);
-	if (!ops)
-		ops = load_module(why ? why : tmp, why ? cap : sizeof(tmp));
+	ops = module_locked(why ? why : tmp, why ? cap : sizeof(tmp));
 	pthread_mutex_unlock(&sel_lock);
 	return ops;
 }
@@ -112,7 +121,7 @@ int qf_backend_select(const char *want, char *why, size_t cap)
 	if (!must && strcmp(want, "auto"))
 		return QF_ESPEC;
 	pthread_mutex_lock(&sel_lock);
-	ops = cu ? cu : load_module(why, cap);
+	ops = module_locked(why, cap);
 	if (ops && ops->init(why, cap) == 0) {
 		cu = ops;
 		current = QF_BACKEND_CUDA;
