@@ -125,6 +125,8 @@ int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
 	qf_cache_read_end(txn);
 	if (!ret)
 		ret = l.err;
+	for (size_t i = 0; !ret && i < l.n; i++)
+		qf_cache_files(c, l.e[i].vid, false, &l.e[i].file_bytes);
 	if (ret < 0) {
 		qf_cache_list_free(l.e, l.n);
 		return ret;
@@ -167,7 +169,7 @@ int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 	if (ret < 0)
 		return ret;
 	for (i = 0; i < n; i++)
-		total += e[i].bytes;
+		total += e[i].bytes + e[i].file_bytes;
 	if (n)
 		qsort(e, n, sizeof(*e), cmp_lru);
 	for (i = 0; i < n && total > max_bytes; i++) {
@@ -185,9 +187,9 @@ int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 		qf_info("cache: evicted %s/%s (%.1f MB, last access %.0f s "
 			"ago)", e[i].model, e[i].variant, e[i].bytes / 1e6,
 			(double)time(NULL) - e[i].accessed);
-		total -= e[i].bytes < total ? e[i].bytes : total;
+		total -= freed < total ? freed : total;
 		res->evicted++;
-		res->freed += e[i].bytes;
+		res->freed += freed;
 	}
 	res->remaining = total;
 	qf_cache_list_free(e, n);

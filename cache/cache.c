@@ -514,9 +514,17 @@ int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		  uint64_t *freed)
 {
+	uint64_t files = 0;
+	int ret;
+
 	if (freed)
 		*freed = 0;
-	return del_keys(c, vid, NULL, 0, freed);
+	ret = del_keys(c, vid, NULL, 0, freed);
+	if (!ret)
+		ret = qf_cache_files(c, vid, true, &files);
+	if (freed)
+		*freed += files;
+	return ret;
 }
 
 int qf_cache_each_vid(struct qf_cache_txn *t,

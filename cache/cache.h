@@ -107,7 +107,8 @@ int qf_cache_check(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 /* Delete the n named values of vid (absent ones are fine). */
 int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		 const char *const *names, size_t n);
-/* Delete every value of vid and its record; *freed = value bytes. */
+/* Delete every value of vid, its record and its read files; *freed =
+ * value and read-file bytes. */
 int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		  uint64_t *freed);
 /* Call fn once per variant id that has values: their bytes and count. */
@@ -136,6 +137,22 @@ int qf_cache_lock_open(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID]);
 int qf_cache_evict(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		   uint64_t *freed);
 
+/*
+ * files.c: read files, <dir>/files/<vid hex>.<tag>: a served file's bytes
+ * whole, for kernel passthrough.  Path of vid's file tag (tmp: this
+ * process's temporary name for it; the files directory is created).
+ */
+int qf_cache_file_path(const struct qf_cache *c,
+		       const uint8_t vid[QF_CACHE_VID], const char *tag,
+		       bool tmp, struct qf_buf *out);
+/*
+ * Bytes of vid's read files into *bytes; drop: delete them (and the
+ * temporary files of writers that died).  vid NULL: delete every
+ * temporary file whose writer died.
+ */
+int qf_cache_files(struct qf_cache *c, const uint8_t *vid, bool drop,
+		   uint64_t *bytes);
+
 /* admin.c: what the cache holds, and eviction */
 struct qf_cache_entry {
 	uint8_t vid[QF_CACHE_VID];
@@ -149,6 +166,7 @@ struct qf_cache_entry {
 	double accessed;
 	uint64_t bytes;			/* value bytes */
 	uint64_t values;		/* value count */
+	uint64_t file_bytes;		/* read files (files.c) */
 };
 /* Every variant id with a record or values.  Free with _list_free. */
 int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
@@ -158,12 +176,13 @@ void qf_cache_list_free(struct qf_cache_entry *e, size_t n);
 struct qf_cache_gc_result {
 	size_t evicted;
 	size_t busy;			/* skipped: open or being produced */
-	uint64_t freed;			/* value bytes */
-	uint64_t remaining;		/* value bytes left */
+	uint64_t freed;			/* value and read-file bytes */
+	uint64_t remaining;		/* value and read-file bytes left */
 };
 /*
  * Evict recorded variants, least recently accessed first, until the
- * values take at most max_bytes (or only busy ones are left).
+ * values and their read files take at most max_bytes (or only busy ones
+ * are left).
  */
 int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 		struct qf_cache_gc_result *res);

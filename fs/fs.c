@@ -213,6 +213,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->sens_lock, NULL);
+	pthread_mutex_init(&fs->pt_lock, NULL);
 	pthread_mutex_init(&fs->job_lock, NULL);
 	pthread_cond_init(&fs->job_cond, NULL);
 	fs->o = *o;
@@ -311,6 +312,7 @@ void qf_fs_free(struct qf_fs *fs)
 	free(fs->src);
 	pthread_mutex_destroy(&fs->lock);
 	pthread_mutex_destroy(&fs->job_lock);
+	pthread_mutex_destroy(&fs->pt_lock);
 	pthread_cond_destroy(&fs->job_cond);
 	free(fs);
 }

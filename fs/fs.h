@@ -37,7 +37,8 @@ struct qf_fs_opts {
 };
 
 enum {
-	QF_IO_AUTO,		/* direct_io + splice where mmap survives it */
+	QF_IO_AUTO,		/* kernel passthrough where it can, else: */
+	QF_IO_DIRECT,		/* direct_io + splice where mmap survives it */
 	QF_IO_CACHE,		/* always the page cache */
 };
 

@@ -41,6 +41,13 @@ struct qf_node {
 	struct qf_gv *gv;		/* GGUF */
 	uint64_t size;			/* GENFILE/WEIGHTS/SRCFILE size */
 	struct qf_node *hnext;		/* (parent, name) hash chain */
+	/* kernel passthrough (passthrough.c), fs->pt_lock */
+	int pt_id;			/* backing id, 0: none registered */
+	int pt_fd;			/* its file, while pt_id */
+	unsigned pt_open;		/* opens passed through */
+	unsigned own_open;		/* opens the daemon serves */
+	bool pt_writing;		/* its read file is being written
+					 * (stays set when writing failed) */
 };
 
 /* One source model. */
@@ -143,6 +150,10 @@ struct qf_fs {
 	uint64_t kflags;		/* kernel INIT flags (session.c) */
 	uint64_t init_unique;		/* INIT request id until replied */
 	bool direct;			/* direct_io + mmap negotiated */
+	bool passthrough;		/* FUSE_PASSTHROUGH negotiated */
+	int pt_state;			/* backing files: 0 not tried yet,
+					 * 1 allowed, -1 refused (privilege) */
+	pthread_mutex_t pt_lock;	/* the nodes' pt_* fields */
 	struct fuse_session *se;	/* set before the loop starts */
 	pthread_mutex_t job_lock;
 	pthread_cond_t job_cond;
@@ -175,6 +186,8 @@ struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	       struct qf_var **out);
 bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Every group of var is in the cache (nothing is produced). */
+bool qf_var_cached(struct qf_fs *fs, struct qf_var *var);
 /*
  * Cross-process single flight: an exclusive open-file-description lock
  * on byte `slot` of the variant's lock file in the cache directory
@@ -215,6 +228,9 @@ int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
 void qf_var_free(struct qf_var *var);
 /* Make sure group gi is in the cache (single flight). */
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Make sure every group that bytes [off, end) touch is in the cache. */
+int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
+			uint64_t end);
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
 
@@ -268,6 +284,23 @@ uint64_t qf_gv_size(const struct qf_gv *gv);
 /* Bytes [off, end) into out, producing the tensors they touch. */
 int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 	       uint64_t end, struct qf_buf *out);
+/* Every tensor of the view is in the cache (nothing is produced). */
+bool qf_gv_cached(struct qf_fs *fs, struct qf_gv *gv);
+const uint8_t *qf_gv_vid(const struct qf_gv *gv);
+/* The file's header bytes (metadata, tensor infos, padding). */
+const struct qf_buf *qf_gv_header(const struct qf_gv *gv);
+
+/*
+ * passthrough.c: kernel passthrough of source files and of variant files
+ * whose bytes are all cached.  An open asks qf_pt_open(): a backing id
+ * (> 0) to put in the open reply, or 0 (the daemon serves this open);
+ * every open is paired with one qf_pt_release() saying which it was.
+ */
+#define QF_FH_PT UINT64_MAX		/* fi->fh of a passthrough open */
+int qf_pt_open(struct qf_fs *fs, struct qf_node *n);
+void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt);
+/* session.c: the open reply this thread sends next passes through */
+void qf_fs_open_passthrough(int backing_id);
 
 /* assemble.c */
 struct fuse_bufvec;

@@ -131,6 +131,35 @@ uint64_t qf_gv_size(const struct qf_gv *gv)
 	return gv->plan.size;
 }
 
+bool qf_gv_cached(struct qf_fs *fs, struct qf_gv *gv)
+{
+	struct qf_cache_txn *txn;
+	bool all = true;
+	size_t i;
+
+	if (qf_cache_read_begin(fs->cache, &txn) < 0)
+		return false;
+	for (i = 0; i < gv->plan.nt && all; i++) {
+		const void *p;
+		size_t len;
+
+		all = qf_cache_get(txn, gv->vid, gv->plan.t[i].name, &p,
+				   &len) == 0 && len == gv->plan.t[i].nbytes;
+	}
+	qf_cache_read_end(txn);
+	return all;
+}
+
+const uint8_t *qf_gv_vid(const struct qf_gv *gv)
+{
+	return gv->vid;
+}
+
+const struct qf_buf *qf_gv_header(const struct qf_gv *gv)
+{
+	return &gv->plan.header;
+}
+
 /* The variant group whose source linear is t's source, or -1. */
 static int group_of(const struct qf_gv *gv, const struct qf_gguf_tensor *t)
 {

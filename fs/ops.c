@@ -3,11 +3,12 @@
  * finds the node, calls into ns.c / var.c and turns the result into a
  * reply.
  *
- * Files are immutable once their size is published, so they are served in
- * page-cache mode with long entry/attr timeouts and keep_cache, never with
- * direct_io (which breaks the MAP_SHARED mmap model loaders use).  Reads
- * of model.safetensors are answered with fuse_reply_iov straight from the
- * LMDB map and the source mmap: no copy in the daemon.
+ * Files are immutable once their size is published: long entry/attr
+ * timeouts and keep_cache.  A file the kernel can read by itself passes
+ * through to a backing file (passthrough.c).  Otherwise large files use
+ * direct_io where the kernel still lets them be mmapped (session.c), and
+ * reads of model.safetensors are spliced from the LMDB and source files:
+ * no copy in the daemon.
  */
 #define FUSE_USE_VERSION 312
 
@@ -257,7 +258,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct qf_fs *fs = fs_of(req);
 	struct qf_node *n = qf_ns_get(fs, ino);
-	int fd;
+	int fd, pt;
 
 	if (!n || qf_ns_is_dir(n)) {
 		fuse_reply_err(req, n ? EISDIR : ENOENT);
@@ -274,17 +275,25 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EIO);
 		return;
 	}
+	pt = qf_pt_open(fs, n);
+	if (n->var && n->kind != QF_NODE_SRCFILE)
+		qf_var_opened(fs, n->var);	/* eviction leaves it alone */
+	if (pt > 0) {			/* the kernel reads the backing file */
+		fi->fh = QF_FH_PT;
+		qf_fs_open_passthrough(pt);
+		fuse_reply_open(req, fi);
+		return;
+	}
 	fi->fh = 0;
 	if (n->kind == QF_NODE_SRCFILE) {
 		fd = open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 		if (fd < 0) {
 			fuse_reply_err(req, errno);
+			qf_pt_release(fs, n, false);
 			return;
 		}
 		fi->fh = (uint64_t)fd + 1;
 	}
-	if (n->var && !fi->fh)
-		qf_var_opened(fs, n->var);	/* eviction leaves it alone */
 	fi->keep_cache = 1;
 	/* large immutable files: direct reads, mmap still allowed */
 	if (fs->direct && n->size >= (1u << 20))
@@ -298,29 +307,14 @@ static void op_release(fuse_req_t req, fuse_ino_t ino,
 	struct qf_fs *fs = fs_of(req);
 	struct qf_node *n = qf_ns_get(fs, ino);
 
-	if (fi->fh)
+	if (fi->fh && fi->fh != QF_FH_PT)
 		close((int)(fi->fh - 1));
-	else if (n && n->var)
-		qf_var_released(fs, n->var);
-	fuse_reply_err(req, 0);
-}
-
-/* Produce every group that [off, end) touches. */
-static int ensure_range(struct qf_fs *fs, struct qf_var *var, size_t s,
-			uint64_t end)
-{
-	int ret;
-
-	for (; s < var->nseg && var->seg[s].off < end; s++) {
-		const struct qf_vtensor *t = var->seg[s].t;
-
-		if (!t || t->group == QF_VT_PASSTHROUGH)
-			continue;
-		ret = qf_var_ensure(fs, var, t->group);
-		if (ret < 0)
-			return ret;
+	if (n) {
+		qf_pt_release(fs, n, fi->fh == QF_FH_PT);
+		if (n->var && n->kind != QF_NODE_SRCFILE)
+			qf_var_released(fs, n->var);
 	}
-	return 0;
+	fuse_reply_err(req, 0);
 }
 
 /*
@@ -338,7 +332,7 @@ static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 	/* a second time when another process evicted the variant after
 	 * this one had it (cache gc): its groups are produced again */
 	for (attempt = 0; attempt < 2; attempt++) {
-		ret = ensure_range(fs, var, qf_var_seg_at(var, off), end);
+		ret = qf_var_ensure_range(fs, var, off, end);
 		if (ret < 0)
 			return ret;
 		ret = qf_cache_read_begin(fs->cache, &txn);
@@ -383,6 +377,12 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	switch (n->kind) {
 	case QF_NODE_SRCFILE:
+		if (fi->fh == QF_FH_PT) {	/* its reads go to the kernel */
+			qf_err("%s: a read of a passthrough file reached the "
+			       "daemon", n->name);
+			fuse_reply_err(req, EIO);
+			return;
+		}
 		bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 		bv.buf[0].fd = (int)(fi->fh - 1);
 		bv.buf[0].pos = off;

@@ -10,6 +10,13 @@
  * the INIT request go by and add the flag to libfuse's INIT reply when the
  * kernel offered it; everything else passes through unchanged.  Without
  * the flag (older kernels) files stay in page-cache mode.
+ *
+ * Kernel passthrough (FUSE_PASSTHROUGH, Linux 6.9+; libfuse 3.16+ knows
+ * it, 3.14 does not): the INIT reply asks for it the same way, and an OPEN
+ * reply that passthrough.c chose to pass through gets FOPEN_PASSTHROUGH
+ * and the backing id in the slot 3.14's struct calls padding.  The worker
+ * thread that reads a request also answers it, so the OPEN request's id
+ * and the chosen backing id travel in thread-local variables.
  */
 #define FUSE_USE_VERSION 312
 
@@ -29,6 +36,23 @@
 #ifndef FUSE_DIRECT_IO_ALLOW_MMAP
 #define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)	/* Linux 6.6 uapi */
 #endif
+#define QF_FUSE_PASSTHROUGH (1ULL << 37)	/* Linux 6.9 uapi */
+#define QF_FOPEN_PASSTHROUGH (1u << 7)
+
+/* fuse_open_out as Linux 6.9 has it (3.14: backing_id is padding) */
+struct qf_open_out {
+	uint64_t fh;
+	uint32_t open_flags;
+	int32_t backing_id;
+};
+
+static __thread uint64_t open_unique;	/* the OPEN this thread serves */
+static __thread int open_backing;	/* its backing id, 0: none */
+
+void qf_fs_open_passthrough(int backing_id)
+{
+	open_backing = backing_id;
+}
 
 static ssize_t kio_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -36,6 +60,10 @@ static ssize_t kio_read(int fd, void *buf, size_t len, void *userdata)
 	const struct fuse_in_header *h = buf;
 	ssize_t n = read(fd, buf, len);
 
+	if (n >= (ssize_t)sizeof(*h)) {
+		open_unique = h->opcode == FUSE_OPEN ? h->unique : 0;
+		open_backing = 0;
+	}
 	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in,
 						   unused)) &&
 	    h->opcode == FUSE_INIT) {
@@ -56,17 +84,42 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count,
 	struct qf_fs *fs = userdata;
 	const struct fuse_out_header *oh = iov[0].iov_base;
 
+	if (open_backing && count >= 2 && iov[0].iov_len == sizeof(*oh) &&
+	    oh->unique == open_unique && oh->error == 0 &&
+	    iov[1].iov_len == sizeof(struct qf_open_out)) {
+		struct qf_open_out *o = iov[1].iov_base;
+
+		o->open_flags |= QF_FOPEN_PASSTHROUGH;
+		o->backing_id = open_backing;
+		open_backing = 0;
+	}
 	if (fs->init_unique && count >= 2 && iov[0].iov_len == sizeof(*oh) &&
 	    oh->unique == fs->init_unique) {
 		struct fuse_init_out *o = iov[1].iov_base;
 
 		fs->init_unique = 0;
-		if (oh->error == 0 && fs->o.io == QF_IO_AUTO &&
+		if (oh->error == 0 && fs->o.io != QF_IO_CACHE &&
 		    iov[1].iov_len >= offsetof(struct fuse_init_out, unused) &&
 		    (o->flags & FUSE_INIT_EXT) &&
 		    (fs->kflags & FUSE_DIRECT_IO_ALLOW_MMAP)) {
 			o->flags2 |= (uint32_t)(FUSE_DIRECT_IO_ALLOW_MMAP >> 32);
 			fs->direct = true;
+		}
+		/*
+		 * Passthrough: reads and mmap of a backing file go straight
+		 * to it.  Stack depth 1: backing files on ordinary
+		 * filesystems (one on overlayfs is refused, and served as
+		 * above).  Writeback caching, which excludes it, is off.
+		 */
+		if (oh->error == 0 && fs->o.io == QF_IO_AUTO &&
+		    iov[1].iov_len >= offsetof(struct fuse_init_out, unused) +
+				      sizeof(uint32_t) &&
+		    (o->flags & FUSE_INIT_EXT) &&
+		    (fs->kflags & QF_FUSE_PASSTHROUGH) &&
+		    !(o->flags & FUSE_WRITEBACK_CACHE)) {
+			o->flags2 |= (uint32_t)(QF_FUSE_PASSTHROUGH >> 32);
+			o->unused[0] = 1;	/* max_stack_depth */
+			fs->passthrough = true;
 		}
 		/*
 		 * Lookups of one directory in parallel (libfuse 3.14 never
@@ -77,7 +130,9 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count,
 		if (oh->error == 0 && (fs->kflags & FUSE_PARALLEL_DIROPS))
 			o->flags |= FUSE_PARALLEL_DIROPS;
 		qf_info("kernel FUSE %u.%u, max_pages %u; model files served "
-			"with %s", o->major, o->minor, o->max_pages,
+			"with %s%s", o->major, o->minor, o->max_pages,
+			fs->passthrough ? "kernel passthrough once cached, "
+					  "else " : "",
 			fs->direct ? "direct_io + splice (mmap allowed)" :
 				     "the page cache");
 	}

@@ -328,6 +328,45 @@ bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	return ret == 0 && len == qf_vtensor_bytes(t);
 }
 
+int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
+			uint64_t end)
+{
+	size_t s;
+	int ret;
+
+	for (s = qf_var_seg_at(var, off); s < var->nseg &&
+	     var->seg[s].off < end; s++) {
+		const struct qf_vtensor *t = var->seg[s].t;
+
+		if (!t || t->group == QF_VT_PASSTHROUGH)
+			continue;
+		ret = qf_var_ensure(fs, var, t->group);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+bool qf_var_cached(struct qf_fs *fs, struct qf_var *var)
+{
+	struct qf_cache_txn *txn;
+	bool all = true;
+	size_t gi;
+
+	if (qf_cache_read_begin(fs->cache, &txn) < 0)
+		return false;
+	for (gi = 0; gi < var->v->ng && all; gi++) {
+		const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
+		const void *p;
+		size_t len;
+
+		all = qf_cache_get(txn, var->vid, t->name, &p, &len) == 0 &&
+		      len == qf_vtensor_bytes(t);
+	}
+	qf_cache_read_end(txn);
+	return all;
+}
+
 /* The variant's record in the cache, for `ls` and the cache tools;
  * "created" survives rewrites, "accessed" is now. */
 void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,

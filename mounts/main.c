@@ -56,9 +56,13 @@ static const char usage_text[] =
 	"  -o cache_map=SIZE  initial LMDB map size, e.g. 256M, 4G (grows)\n"
 	"  -o timeout=SEC     entry/attribute timeout (default 86400)\n"
 	"  -o threads=N       most FUSE worker threads (default 16)\n"
-	"  -o io=auto|cache   auto (default): large files use direct_io +\n"
-	"                     splice where the kernel still allows mmap of\n"
-	"                     them (Linux 6.6+); cache: always page cache\n"
+	"  -o io=auto|direct|cache\n"
+	"                     auto (default): kernel passthrough to source\n"
+	"                     files and to read files of cached variants\n"
+	"                     (Linux 6.9+, root), else as direct; direct:\n"
+	"                     large files use direct_io + splice where the\n"
+	"                     kernel still allows mmap of them (Linux 6.6+);\n"
+	"                     cache: always the page cache\n"
 	"  -o calib=FILE      calibration text for gptq (default: sequences\n"
 	"                     sampled from the model itself)\n"
 	"  -o calib_dir=DIR   sets for the @NAME suffix: DIR/NAME.txt\n"
@@ -158,6 +162,8 @@ static int take_option(struct mount_opts *mo, char *opt)
 	} else if (!strcmp(opt, "io") && val) {
 		if (!strcmp(val, "auto"))
 			mo->fs.io = QF_IO_AUTO;
+		else if (!strcmp(val, "direct"))
+			mo->fs.io = QF_IO_DIRECT;
 		else if (!strcmp(val, "cache"))
 			mo->fs.io = QF_IO_CACHE;
 		else

@@ -1,0 +1,404 @@
+/*
+ * passthrough.c - kernel passthrough (Linux 6.9+): reads and mmap of an
+ * open file go to a backing file inside the kernel, at a plain file's
+ * speed, with no request to the daemon.
+ *
+ * Backing files: a source file passed through is its own.  A variant's
+ * model.safetensors or model.gguf gets a read file in the cache
+ * (cache/files.c) once every byte of it is cached: written in the
+ * background from the cache, checksums verified, when the last open of a
+ * complete file is released or a complete file is opened without one.
+ * Until then, and where the kernel or the daemon's privileges do not
+ * allow it (FUSE_DEV_IOC_BACKING_OPEN wants CAP_SYS_ADMIN), the daemon
+ * serves the file itself (ops.c).
+ *
+ * The kernel keeps one backing file per inode and wants the opens of an
+ * inode to agree: while one open passes through every new open must, and
+ * an open the daemon serves (page cache, or direct_io that may be
+ * mmapped) forbids passthrough until it is released; a wrong guess fails
+ * the open with EIO.  So each node counts both kinds (fs->pt_lock), and
+ * its backing id stays registered while it has passthrough opens.
+ */
+#define FUSE_USE_VERSION 312
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs_i.h"
+
+/* Linux 6.9 uapi (Debian 12's headers predate it) */
+struct qf_backing_map {
+	int32_t fd;
+	uint32_t flags;
+	uint64_t padding;
+};
+#define QF_IOC_BACKING_OPEN _IOW(229, 1, struct qf_backing_map)
+#define QF_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
+
+#define CHUNK (8u << 20)
+
+static bool has_read_file(const struct qf_node *n)
+{
+	return n->kind == QF_NODE_WEIGHTS || n->kind == QF_NODE_GGUF;
+}
+
+static bool candidate(const struct qf_node *n)
+{
+	return n->kind == QF_NODE_SRCFILE || has_read_file(n);
+}
+
+/*
+ * The read file's path: the cache id, and the first 64 bits of the
+ * sha256 of the file's header and size, so a header that changes while
+ * the id does not (a new quantfs) names another file.
+ */
+static int read_file_path(struct qf_fs *fs, const struct qf_node *n,
+			  bool tmp, struct qf_buf *out)
+{
+	const struct qf_buf *h = n->kind == QF_NODE_WEIGHTS ?
+				 &n->var->header : qf_gv_header(n->gv);
+	const uint8_t *vid = n->kind == QF_NODE_WEIGHTS ? n->var->vid :
+			     qf_gv_vid(n->gv);
+	struct qf_sha256 c;
+	uint8_t d[32];
+	char tag[64], hex[17];
+
+	qf_sha256_init(&c);
+	qf_sha256_update(&c, h->data, h->len);
+	qf_sha256_update(&c, &n->size, sizeof(n->size));
+	qf_sha256_final(&c, d);
+	qf_hex(d, 8, hex);
+	snprintf(tag, sizeof(tag), "%s.%s", hex,
+		 n->kind == QF_NODE_WEIGHTS ? "safetensors" : "gguf");
+	return qf_cache_file_path(fs->cache, vid, tag, tmp, out);
+}
+
+/* The node's read file, open, when it is there and whole; else -1. */
+static int open_read_file(struct qf_fs *fs, const struct qf_node *n)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	struct stat st;
+	int fd = -1;
+
+	if (read_file_path(fs, n, false, &path) == 0)
+		fd = open(path.data, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+			(uint64_t)st.st_size != n->size)) {
+		qf_warn("%s: wrong size, deleted (written again later)",
+			path.data);
+		unlink(path.data);
+		close(fd);
+		fd = -1;
+	}
+	qf_buf_release(&path);
+	return fd;
+}
+
+/*
+ * May this daemon register backing files?  Asked once, with a map the
+ * kernel rejects as invalid (EINVAL) after checking privilege (EPERM).
+ * Caller holds fs->pt_lock.
+ */
+static bool allowed(struct qf_fs *fs)
+{
+	struct qf_backing_map map = { .fd = -1, .flags = 1 };
+
+	if (!fs->passthrough || !fs->se)
+		return false;
+	if (!fs->pt_state) {
+		fs->pt_state = 1;
+		if (ioctl(fuse_session_fd(fs->se), QF_IOC_BACKING_OPEN,
+			  &map) < 0 && errno == EPERM) {
+			fs->pt_state = -1;
+			qf_info("kernel passthrough needs CAP_SYS_ADMIN: files "
+				"are served by the daemon");
+		}
+	}
+	return fs->pt_state > 0;
+}
+
+static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t k = pwrite(fd, p, len, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		p += k;
+		len -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
+}
+
+static int pread_all(int fd, uint8_t *p, size_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t k = pread(fd, p, len, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : QF_ECORRUPT;
+		p += k;
+		len -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
+}
+
+/* Bytes [off, end) of a variant's model.safetensors into dst. */
+static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
+			 uint64_t end, uint8_t *dst)
+{
+	struct qf_cache_txn *txn;
+	struct fuse_bufvec *bv;
+	size_t i;
+	int ret;
+
+	ret = qf_var_ensure_range(fs, var, off, end);
+	if (!ret)
+		ret = qf_cache_read_begin(fs->cache, &txn);
+	if (ret < 0)
+		return ret;
+	ret = qf_fs_bufvec(fs, var, txn, off, end, &bv);
+	if (!ret) {
+		for (i = 0; !ret && i < bv->count; i++) {
+			const struct fuse_buf *b = &bv->buf[i];
+
+			if (b->flags & FUSE_BUF_IS_FD)
+				ret = pread_all(b->fd, dst, b->size,
+						(uint64_t)b->pos);
+			else
+				memcpy(dst, b->mem, b->size);
+			dst += b->size;
+		}
+		free(bv);
+	}
+	qf_cache_read_end(txn);
+	return ret == -ENOENT ? QF_ECORRUPT : ret;
+}
+
+static bool stopping(struct qf_fs *fs)
+{
+	bool stop;
+
+	pthread_mutex_lock(&fs->job_lock);
+	stop = fs->stopping;
+	pthread_mutex_unlock(&fs->job_lock);
+	return stop;
+}
+
+/* Write n's read file: a temporary name, synced, renamed into place. */
+static int write_read_file(struct qf_fs *fs, struct qf_node *n)
+{
+	struct qf_buf tmp = QF_BUF_INIT, path = QF_BUF_INIT, b = QF_BUF_INIT;
+	double t0 = qf_now();
+	uint8_t *chunk = malloc(CHUNK);
+	uint64_t off;
+	int fd = -1, ret;
+
+	ret = chunk ? read_file_path(fs, n, true, &tmp) : -ENOMEM;
+	if (!ret)
+		ret = read_file_path(fs, n, false, &path);
+	if (!ret) {
+		fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+			  0664);
+		if (fd < 0)
+			ret = -errno;
+	}
+	for (off = 0; !ret && off < n->size; off += CHUNK) {
+		uint64_t end = n->size - off > CHUNK ? off + CHUNK : n->size;
+
+		if (stopping(fs)) {
+			ret = -EINTR;
+		} else if (n->kind == QF_NODE_WEIGHTS) {
+			ret = weights_range(fs, n->var, off, end, chunk);
+			if (!ret)
+				ret = pwrite_all(fd, chunk, end - off, off);
+		} else {
+			ret = qf_gv_read(fs, n->gv, off, end, &b);
+			if (!ret)
+				ret = b.len == end - off ?
+				      pwrite_all(fd, (const uint8_t *)b.data, b.len,
+						 off) :
+				      QF_ECORRUPT;
+		}
+	}
+	if (!ret && n->kind == QF_NODE_WEIGHTS &&
+	    !qf_fs_source_intact(n->var->mdl->m))
+		ret = QF_ECORRUPT;	/* the source moved under us */
+	if (!ret && fdatasync(fd) < 0)
+		ret = -errno;
+	if (fd >= 0 && close(fd) < 0 && !ret)
+		ret = -errno;
+	if (!ret && rename(tmp.data, path.data) < 0)
+		ret = -errno;
+	if (ret && tmp.data)
+		unlink(tmp.data);
+	if (!ret)
+		qf_info("%s: read file written (%.1f MB in %.2f s): later "
+			"opens pass through to it", path.data, n->size / 1e6,
+			qf_now() - t0);
+	else if (ret != -EINTR)
+		qf_warn("%s/%s: cannot write the read file for passthrough "
+			"(%s): the daemon keeps serving it", n->mdl->name,
+			n->name, qf_strerror(ret));
+	free(chunk);
+	qf_buf_release(&b);
+	qf_buf_release(&tmp);
+	qf_buf_release(&path);
+	return ret;
+}
+
+struct writer {
+	struct qf_fs *fs;
+	struct qf_node *n;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer w = *(struct writer *)arg;
+	struct qf_fs *fs = w.fs;
+	struct qf_node *n = w.n;
+	int ret;
+
+	free(arg);
+	ret = write_read_file(fs, n);
+
+	pthread_mutex_lock(&fs->pt_lock);
+	n->pt_writing = ret != 0 && ret != -EINTR;	/* failed: not again */
+	pthread_mutex_unlock(&fs->pt_lock);
+	pthread_mutex_lock(&fs->job_lock);
+	fs->njobs--;
+	pthread_cond_broadcast(&fs->job_cond);
+	pthread_mutex_unlock(&fs->job_lock);
+	return NULL;
+}
+
+/* Start writing n's read file when it has none and is all cached. */
+static void maybe_write(struct qf_fs *fs, struct qf_node *n)
+{
+	struct writer *w = NULL;
+	pthread_attr_t attr;
+	pthread_t th;
+	bool go;
+	int fd;
+
+	pthread_mutex_lock(&fs->pt_lock);
+	go = !n->pt_writing && allowed(fs);
+	if (go)
+		n->pt_writing = true;
+	pthread_mutex_unlock(&fs->pt_lock);
+	if (!go)
+		return;
+	fd = open_read_file(fs, n);
+	if (fd >= 0)
+		close(fd);
+	go = fd < 0 && (n->kind == QF_NODE_WEIGHTS ?
+			qf_var_cached(fs, n->var) : qf_gv_cached(fs, n->gv));
+	pthread_mutex_lock(&fs->job_lock);
+	go = go && !fs->stopping;
+	if (go)
+		fs->njobs++;
+	pthread_mutex_unlock(&fs->job_lock);
+	if (go) {
+		w = malloc(sizeof(*w));
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		if (w) {
+			w->fs = fs;
+			w->n = n;
+		}
+		if (!w || pthread_create(&th, &attr, writer_main, w) != 0) {
+			free(w);
+			pthread_mutex_lock(&fs->job_lock);
+			fs->njobs--;
+			pthread_mutex_unlock(&fs->job_lock);
+			go = false;
+		}
+		pthread_attr_destroy(&attr);
+	}
+	if (!go) {
+		pthread_mutex_lock(&fs->pt_lock);
+		n->pt_writing = false;
+		pthread_mutex_unlock(&fs->pt_lock);
+	}
+}
+
+int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
+{
+	bool write = false;
+	int id = 0, fd;
+
+	if (!candidate(n))
+		return 0;
+	pthread_mutex_lock(&fs->pt_lock);
+	if (n->pt_open) {
+		n->pt_open++;
+		id = n->pt_id;
+	} else if (!n->own_open && allowed(fs)) {
+		fd = n->kind == QF_NODE_SRCFILE ?
+		     open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) :
+		     open_read_file(fs, n);
+		if (fd >= 0) {
+			struct qf_backing_map map = { .fd = fd };
+
+			id = ioctl(fuse_session_fd(fs->se),
+				   QF_IOC_BACKING_OPEN, &map);
+			if (id > 0) {
+				n->pt_id = id;
+				n->pt_fd = fd;
+				n->pt_open = 1;
+			} else {
+				qf_debug("%s: no passthrough: %s", n->name,
+					 strerror(errno));
+				close(fd);
+				id = 0;
+			}
+		}
+		write = fd < 0 && has_read_file(n);
+	}
+	if (!id)
+		n->own_open++;
+	pthread_mutex_unlock(&fs->pt_lock);
+	if (write)
+		maybe_write(fs, n);
+	return id;
+}
+
+void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
+{
+	bool idle;
+
+	if (!candidate(n))
+		return;
+	pthread_mutex_lock(&fs->pt_lock);
+	if (pt && n->pt_open && --n->pt_open == 0) {
+		uint32_t id = (uint32_t)n->pt_id;
+
+		if (ioctl(fuse_session_fd(fs->se), QF_IOC_BACKING_CLOSE,
+			  &id) < 0)
+			qf_warn("%s: closing backing file %u: %s", n->name, id,
+				strerror(errno));
+		close(n->pt_fd);
+		n->pt_id = 0;
+		n->pt_fd = -1;
+	} else if (!pt && n->own_open) {
+		n->own_open--;
+	}
+	idle = !n->pt_open && !n->own_open;
+	pthread_mutex_unlock(&fs->pt_lock);
+	if (idle && !pt && has_read_file(n))
+		maybe_write(fs, n);
+}
