@@ -46,6 +46,9 @@ struct qf_node {
 	int pt_fd;			/* its file, while pt_id */
 	unsigned pt_open;		/* opens passed through */
 	unsigned own_open;		/* opens the daemon serves */
+	uint64_t reads;			/* read requests answered (atomic) */
+	bool pt_verified;		/* its read file's check has begun */
+	bool pt_bad;			/* its backing file failed the check */
 	bool pt_writing;		/* its read file is being written
 					 * (stays set when writing failed) */
 };
@@ -299,6 +302,12 @@ const struct qf_buf *qf_gv_header(const struct qf_gv *gv);
 #define QF_FH_PT UINT64_MAX		/* fi->fh of a passthrough open */
 int qf_pt_open(struct qf_fs *fs, struct qf_node *n);
 void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt);
+/*
+ * user.quantfs.io of a file: how it reaches the kernel ("passthrough",
+ * "direct", "cache"), its opens of each kind, the reads the daemon
+ * answered, its read file (JSON).
+ */
+int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out);
 /* session.c: the open reply this thread sends next passes through */
 void qf_fs_open_passthrough(int backing_id);
 

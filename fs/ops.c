@@ -276,6 +276,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	pt = qf_pt_open(fs, n);
+	if (pt < 0) {
+		fuse_reply_err(req, -pt);
+		return;
+	}
 	if (n->var && n->kind != QF_NODE_SRCFILE)
 		qf_var_opened(fs, n->var);	/* eviction leaves it alone */
 	if (pt > 0) {			/* the kernel reads the backing file */
@@ -375,6 +379,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
+	__atomic_fetch_add(&n->reads, 1, __ATOMIC_RELAXED);
 	switch (n->kind) {
 	case QF_NODE_SRCFILE:
 		if (fi->fh == QF_FH_PT) {	/* its reads go to the kernel */
@@ -442,7 +447,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 /*
  * Progress as extended attributes: user.quantfs.progress on a variant
  * directory (JSON), user.quantfs.status on the root (a JSON array of the
- * calibrated variants this mount knows, for `quantfs status`).
+ * calibrated variants this mount knows, for `quantfs status`); and
+ * user.quantfs.io on a file (how it is served, passthrough.c).
  */
 static int xattr_value(struct qf_fs *fs, struct qf_node *n, const char *name,
 		       struct qf_buf *out)
@@ -460,6 +466,8 @@ static int xattr_value(struct qf_fs *fs, struct qf_node *n, const char *name,
 					   n->mdl->name, n->var->v->name);
 		return qf_job_progress(n->var, out);
 	}
+	if (!qf_ns_is_dir(n) && !strcmp(name, "user.quantfs.io"))
+		return qf_pt_describe(fs, n, out);
 	if (n->kind != QF_NODE_ROOT || strcmp(name, "user.quantfs.status"))
 		return -ENODATA;
 	qf_buf_adds(out, "[");
@@ -511,6 +519,8 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		names = "user.quantfs.progress", len = 22;
 	else if (n && n->kind == QF_NODE_ROOT)
 		names = "user.quantfs.status", len = 20;
+	else if (n)
+		names = "user.quantfs.io", len = 16;
 	if (size == 0)
 		fuse_reply_xattr(req, len);
 	else if (size < len)

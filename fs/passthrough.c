@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "fs_i.h"
@@ -44,6 +45,7 @@ struct qf_backing_map {
 #define QF_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 
 #define CHUNK (8u << 20)
+#define SUM_XATTR "user.quantfs.sum"	/* qf_hash64 chained per CHUNK */
 
 static bool has_read_file(const struct qf_node *n)
 {
@@ -123,6 +125,16 @@ static bool allowed(struct qf_fs *fs)
 		}
 	}
 	return fs->pt_state > 0;
+}
+
+static bool allowed_now(struct qf_fs *fs)
+{
+	bool ok;
+
+	pthread_mutex_lock(&fs->pt_lock);
+	ok = allowed(fs);
+	pthread_mutex_unlock(&fs->pt_lock);
+	return ok;
 }
 
 static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
@@ -205,7 +217,7 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	struct qf_buf tmp = QF_BUF_INIT, path = QF_BUF_INIT, b = QF_BUF_INIT;
 	double t0 = qf_now();
 	uint8_t *chunk = malloc(CHUNK);
-	uint64_t off;
+	uint64_t off, sum = 0;
 	int fd = -1, ret;
 
 	ret = chunk ? read_file_path(fs, n, true, &tmp) : -ENOMEM;
@@ -226,6 +238,7 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 			ret = weights_range(fs, n->var, off, end, chunk);
 			if (!ret)
 				ret = pwrite_all(fd, chunk, end - off, off);
+			sum = qf_hash64(chunk, end - off, sum);
 		} else {
 			ret = qf_gv_read(fs, n->gv, off, end, &b);
 			if (!ret)
@@ -233,8 +246,13 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 				      pwrite_all(fd, (const uint8_t *)b.data, b.len,
 						 off) :
 				      QF_ECORRUPT;
+			sum = qf_hash64(b.data, b.len, sum);
 		}
 	}
+	/* where user xattrs are missing the file is just not verified */
+	if (!ret && fsetxattr(fd, SUM_XATTR, &sum, sizeof(sum), 0) < 0)
+		qf_debug("%s: no checksum attribute: %s", tmp.data,
+			 strerror(errno));
 	if (!ret && n->kind == QF_NODE_WEIGHTS &&
 	    !qf_fs_source_intact(n->var->mdl->m))
 		ret = QF_ECORRUPT;	/* the source moved under us */
@@ -261,24 +279,70 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	return ret;
 }
 
-struct writer {
+/*
+ * Check a read file against the checksum written with it, once per node
+ * and process, in the background of its first passthrough open (before
+ * would cost a first read a second pass over the file).  A damaged file
+ * is deleted: opens that share its backing file then fail with EIO until
+ * the last is closed, and later opens are served from the values.
+ */
+static int verify_read_file(struct qf_fs *fs, struct qf_node *n)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	uint8_t *chunk = malloc(CHUNK);
+	uint64_t off, sum = 0, want;
+	int fd = -1, ret;
+
+	ret = chunk ? read_file_path(fs, n, false, &path) : -ENOMEM;
+	if (!ret && (fd = open(path.data, O_RDONLY | O_CLOEXEC)) < 0)
+		ret = -errno;
+	if (!ret && fgetxattr(fd, SUM_XATTR, &want, sizeof(want)) !=
+		    (ssize_t)sizeof(want))
+		ret = -ENODATA;		/* written where xattrs fail */
+	for (off = 0; !ret && off < n->size; off += CHUNK) {
+		size_t len = n->size - off > CHUNK ? CHUNK : n->size - off;
+
+		ret = stopping(fs) ? -EINTR : pread_all(fd, chunk, len, off);
+		sum = qf_hash64(chunk, len, sum);
+	}
+	if ((!ret && sum != want) || ret == QF_ECORRUPT) {
+		qf_err("%s: read file damaged (checksum): deleted; its file "
+		       "is served from the cache values again", path.data);
+		pthread_mutex_lock(&fs->pt_lock);
+		n->pt_bad = true;
+		pthread_mutex_unlock(&fs->pt_lock);
+		unlink(path.data);
+		ret = QF_ECORRUPT;
+	}
+	if (fd >= 0)
+		close(fd);
+	free(chunk);
+	qf_buf_release(&path);
+	return ret;
+}
+
+struct task {
 	struct qf_fs *fs;
 	struct qf_node *n;
+	bool write;			/* write_read_file, else verify */
 };
 
-static void *writer_main(void *arg)
+static void *task_main(void *arg)
 {
-	struct writer w = *(struct writer *)arg;
-	struct qf_fs *fs = w.fs;
-	struct qf_node *n = w.n;
+	struct task t = *(struct task *)arg;
+	struct qf_fs *fs = t.fs;
 	int ret;
 
 	free(arg);
-	ret = write_read_file(fs, n);
-
-	pthread_mutex_lock(&fs->pt_lock);
-	n->pt_writing = ret != 0 && ret != -EINTR;	/* failed: not again */
-	pthread_mutex_unlock(&fs->pt_lock);
+	if (t.write) {
+		ret = write_read_file(fs, t.n);
+		pthread_mutex_lock(&fs->pt_lock);
+		/* failed: not again in this mount */
+		t.n->pt_writing = ret != 0 && ret != -EINTR;
+		pthread_mutex_unlock(&fs->pt_lock);
+	} else {
+		verify_read_file(fs, t.n);
+	}
 	pthread_mutex_lock(&fs->job_lock);
 	fs->njobs--;
 	pthread_cond_broadcast(&fs->job_cond);
@@ -286,12 +350,43 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* Run a task in a detached thread that unmounting waits for. */
+static bool spawn(struct qf_fs *fs, struct qf_node *n, bool write)
+{
+	struct task *t = malloc(sizeof(*t));
+	pthread_attr_t attr;
+	pthread_t th;
+	bool go;
+
+	pthread_mutex_lock(&fs->job_lock);
+	go = t && !fs->stopping;
+	if (go)
+		fs->njobs++;
+	pthread_mutex_unlock(&fs->job_lock);
+	if (!go) {
+		free(t);
+		return false;
+	}
+	t->fs = fs;
+	t->n = n;
+	t->write = write;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, task_main, t) != 0) {
+		free(t);
+		pthread_mutex_lock(&fs->job_lock);
+		fs->njobs--;
+		pthread_cond_broadcast(&fs->job_cond);
+		pthread_mutex_unlock(&fs->job_lock);
+		go = false;
+	}
+	pthread_attr_destroy(&attr);
+	return go;
+}
+
 /* Start writing n's read file when it has none and is all cached. */
 static void maybe_write(struct qf_fs *fs, struct qf_node *n)
 {
-	struct writer *w = NULL;
-	pthread_attr_t attr;
-	pthread_t th;
 	bool go;
 	int fd;
 
@@ -307,28 +402,7 @@ static void maybe_write(struct qf_fs *fs, struct qf_node *n)
 		close(fd);
 	go = fd < 0 && (n->kind == QF_NODE_WEIGHTS ?
 			qf_var_cached(fs, n->var) : qf_gv_cached(fs, n->gv));
-	pthread_mutex_lock(&fs->job_lock);
-	go = go && !fs->stopping;
-	if (go)
-		fs->njobs++;
-	pthread_mutex_unlock(&fs->job_lock);
-	if (go) {
-		w = malloc(sizeof(*w));
-		pthread_attr_init(&attr);
-		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-		if (w) {
-			w->fs = fs;
-			w->n = n;
-		}
-		if (!w || pthread_create(&th, &attr, writer_main, w) != 0) {
-			free(w);
-			pthread_mutex_lock(&fs->job_lock);
-			fs->njobs--;
-			pthread_mutex_unlock(&fs->job_lock);
-			go = false;
-		}
-		pthread_attr_destroy(&attr);
-	}
+	go = go && spawn(fs, n, true);
 	if (!go) {
 		pthread_mutex_lock(&fs->pt_lock);
 		n->pt_writing = false;
@@ -338,17 +412,21 @@ static void maybe_write(struct qf_fs *fs, struct qf_node *n)
 
 int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 {
-	bool write = false;
+	bool write = false, verify = false;
 	int id = 0, fd;
 
 	if (!candidate(n))
 		return 0;
 	pthread_mutex_lock(&fs->pt_lock);
+	if (n->pt_open && n->pt_bad) {
+		pthread_mutex_unlock(&fs->pt_lock);
+		return -EIO;		/* shares a damaged backing file */
+	}
 	if (n->pt_open) {
 		n->pt_open++;
 		id = n->pt_id;
-	} else if (!n->own_open && allowed(fs)) {
-		fd = n->kind == QF_NODE_SRCFILE ?
+	} else if (allowed(fs)) {
+		fd = n->own_open ? -1 : n->kind == QF_NODE_SRCFILE ?
 		     open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) :
 		     open_read_file(fs, n);
 		if (fd >= 0) {
@@ -360,6 +438,9 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 				n->pt_id = id;
 				n->pt_fd = fd;
 				n->pt_open = 1;
+				n->pt_bad = false;
+				verify = has_read_file(n) && !n->pt_verified;
+				n->pt_verified = true;
 			} else {
 				qf_debug("%s: no passthrough: %s", n->name,
 					 strerror(errno));
@@ -367,13 +448,16 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 				id = 0;
 			}
 		}
-		write = fd < 0 && has_read_file(n);
+		/* none yet, or not usable while the daemon serves opens */
+		write = !id && has_read_file(n);
 	}
 	if (!id)
 		n->own_open++;
 	pthread_mutex_unlock(&fs->pt_lock);
 	if (write)
 		maybe_write(fs, n);
+	if (verify)
+		spawn(fs, n, false);
 	return id;
 }
 
@@ -394,6 +478,7 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
 		close(n->pt_fd);
 		n->pt_id = 0;
 		n->pt_fd = -1;
+		n->pt_bad = false;	/* its file is gone: not used again */
 	} else if (!pt && n->own_open) {
 		n->own_open--;
 	}
@@ -401,4 +486,32 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
 	pthread_mutex_unlock(&fs->pt_lock);
 	if (idle && !pt && has_read_file(n))
 		maybe_write(fs, n);
+}
+
+int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	unsigned pt, own;
+	bool have = false;
+	struct stat st;
+
+	if (has_read_file(n) && read_file_path(fs, n, false, &path) == 0)
+		have = stat(path.data, &st) == 0 &&
+		       (uint64_t)st.st_size == n->size;
+	pthread_mutex_lock(&fs->pt_lock);
+	pt = n->pt_open;
+	own = n->own_open;
+	pthread_mutex_unlock(&fs->pt_lock);
+	qf_buf_addf(out, "{\"mode\": \"%s\", \"open_passthrough\": %u, "
+		    "\"open_daemon\": %u, \"daemon_reads\": %llu, "
+		    "\"read_file\": ", !candidate(n) || !allowed_now(fs) ?
+		    (fs->direct && n->size >= (1u << 20) ? "direct" : "cache") :
+		    "passthrough", pt, own, (unsigned long long)
+		    __atomic_load_n(&n->reads, __ATOMIC_RELAXED));
+	if (have)
+		qf_buf_addf(out, "\"%s\"}", path.data);
+	else
+		qf_buf_adds(out, "null}");
+	qf_buf_release(&path);
+	return out->data ? 0 : -ENOMEM;
 }

@@ -120,6 +120,8 @@ static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 			cJSON_AddNumberToObject(o, "bytes", (double)e[i].bytes);
 			cJSON_AddNumberToObject(o, "values",
 						(double)e[i].values);
+			cJSON_AddNumberToObject(o, "file_bytes",
+						(double)e[i].file_bytes);
 			cJSON_AddNumberToObject(o, "created", e[i].created);
 			cJSON_AddNumberToObject(o, "accessed", e[i].accessed);
 			cJSON_AddItemToArray(a, o);
@@ -156,11 +158,13 @@ static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 
 static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 {
-	uint64_t rec = 0, other = 0, file = 0, used = 0;
-	char a[32], b[32], d[32], f[32];
-	size_t i, nrec = 0;
+	uint64_t rec = 0, other = 0, file = 0, used = 0, rf = 0;
+	char a[32], b[32], d[32], f[32], g[32];
+	size_t i, nrec = 0, nrf = 0;
 
 	for (i = 0; i < n; i++) {
+		rf += e[i].file_bytes;
+		nrf += e[i].file_bytes > 0;
 		if (e[i].recorded) {
 			rec += e[i].bytes;
 			nrec++;
@@ -178,6 +182,9 @@ static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 	printf("  without a record:    %zu, %s\n", n - nrec, b);
 	printf("  data.mdb on disk:    %s (%s of pages in use; freed pages "
 	       "are reused)\n", d, f);
+	qf_human_size(rf, g, sizeof(g));
+	printf("  read files:          %s for %zu variant(s) (files/, "
+	       "served by kernel passthrough)\n", g, nrf);
 	return 0;
 }
 

@@ -91,8 +91,10 @@ def test_ls_du_rm_and_reproduce():
 
 
 def test_damaged_value_is_reproduced_not_served():
+    # io=direct: served from the values (a read file would be served
+    # instead, and is checked on its own: test_mount.py)
     cache = tempfile.mkdtemp(prefix="qfcache.")
-    with Mount(SRC, cache=cache) as m:
+    with Mount(SRC, cache=cache, opts=["io=direct"]) as m:
         path = os.path.join(m.mnt, V1)
         want = sha(path)
         raw = open(path, "rb").read()
@@ -110,13 +112,13 @@ def test_damaged_value_is_reproduced_not_served():
     with open(db, "r+b") as f:
         f.seek(at + 10)
         f.write(bytes([data[at + 10]]))
-    with Mount(SRC, cache=cache) as m:
+    with Mount(SRC, cache=cache, opts=["io=direct"]) as m:
         assert sha(os.path.join(m.mnt, V1)) == want
         log = m.stderr()
         assert "damaged (checksum)" in log and name in log, log
         # only the damaged group is produced again
         assert produced(log) == ["model.layers.1.mlp.down_proj.weight"], log
-    with Mount(SRC, cache=cache) as m:
+    with Mount(SRC, cache=cache, opts=["io=direct"]) as m:
         assert sha(os.path.join(m.mnt, V1)) == want
         assert "damaged" not in m.stderr() and not produced(m.stderr())
 

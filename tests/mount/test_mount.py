@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import numpy as np
 
@@ -450,6 +451,159 @@ def test_io_cache_mode_same_bytes():
                            prot=mmap.PROT_READ)
             assert hashlib.sha256(mm[:]).hexdigest() == a
             mm.close()
+
+
+def io_info(path):
+    return json.loads(os.getxattr(path, "user.quantfs.io"))
+
+
+def wait_for(pred, what, timeout=60):
+    t = time.time() + timeout
+    while not pred():
+        if time.time() > t:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+def need_passthrough(m):
+    # logged at INIT, which the first request is sure to follow
+    if "kernel passthrough" not in m.stderr():
+        raise SkipTest("this kernel offers no FUSE passthrough (Linux 6.9+ "
+                       "with CONFIG_FUSE_PASSTHROUGH): files are served "
+                       "by the daemon")
+
+
+def read_file_of(path):
+    wait_for(lambda: io_info(path)["read_file"], "the read file of " + path)
+    return io_info(path)["read_file"]
+
+
+def test_passthrough_read_files():
+    """Source files pass through at once; a variant file gets a read file
+    in the cache once it is all cached, and later opens (and a fresh
+    mount's first) pass through: reads and MAP_SHARED mmap never reach
+    the daemon.  cache ls/du count read files, rm deletes them."""
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    rel = ["tiny/rtn_w4_g128/model.safetensors",
+           "tiny/rtn_w4_g32_sym/model.gguf"]
+    with Mount(SRC, cache=cache) as m:
+        paths = [os.path.join(m.mnt, r) for r in rel]
+        want = [sha(p) for p in paths]     # produced, served by the daemon
+        need_passthrough(m)
+        src = os.path.join(m.mnt, "tiny", "original", "model.safetensors")
+        with open(src, "rb") as fh:
+            info = io_info(src)
+            assert info["mode"] == "passthrough", info
+            assert info["open_passthrough"] == 1, info
+            data = fh.read()
+        assert data == open(os.path.join(TINY, "model.safetensors"),
+                            "rb").read()
+        assert io_info(src)["daemon_reads"] == 0
+        rfs = []
+        for p, w in zip(paths, want):
+            rf = read_file_of(p)
+            rfs.append(rf)
+            assert rf.startswith(os.path.join(cache, "files") + "/"), rf
+            assert sha(rf) == w
+            with open(p, "rb") as fh:
+                info = io_info(p)
+                assert info["open_passthrough"] == 1, info
+                assert info["open_daemon"] == 0, info
+                before = info["daemon_reads"]
+                data = fh.read()
+                mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ)
+                assert mm[:] == data
+                mm.close()
+            assert hashlib.sha256(data).hexdigest() == w
+            assert io_info(p)["daemon_reads"] == before, io_info(p)
+    with Mount(SRC, cache=cache) as m:
+        for r, w in zip(rel, want):
+            p = os.path.join(m.mnt, r)
+            assert sha(p) == w
+            assert io_info(p)["daemon_reads"] == 0, io_info(p)
+        assert not produced(m.stderr()), m.stderr()
+    out = subprocess.run([os.environ.get("QUANTFS", "quantfs"), "cache",
+                          "ls", "--json", "--cache", cache], check=True,
+                         capture_output=True, text=True).stdout
+    sizes = {e["variant"]: e["file_bytes"] for e in json.loads(out)}
+    files = sorted(os.listdir(os.path.join(cache, "files")))
+    assert len(files) == 2 and not any(f.endswith(".tmp") for f in files)
+    assert sizes["rtn_w4_g128"] == os.path.getsize(rfs[0]), sizes
+    assert sum(sizes.values()) == sum(os.path.getsize(f) for f in rfs)
+    du = subprocess.run([os.environ.get("QUANTFS", "quantfs"), "cache",
+                         "du", "--cache", cache], check=True,
+                        capture_output=True, text=True).stdout
+    assert "read files:" in du, du
+    subprocess.run([os.environ.get("QUANTFS", "quantfs"), "cache", "rm",
+                    "tiny/rtn_w4_g128", "--cache", cache], check=True)
+    left = os.listdir(os.path.join(cache, "files"))
+    assert len(left) == 1 and left[0].endswith(".gguf"), left
+
+
+def test_passthrough_waits_for_daemon_opens():
+    """While an open the daemon serves is alive (here one mmapped, which
+    puts the kernel inode in caching mode), later opens are served by the
+    daemon too instead of failing with EIO; passthrough resumes after."""
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    with Mount(SRC, cache=cache) as m:
+        p = os.path.join(m.mnt, "tiny", "rtn_w4_g64", "model.safetensors")
+        need_passthrough(m)
+        a = open(p, "rb")
+        want = hashlib.sha256(a.read()).hexdigest()
+        mm = mmap.mmap(a.fileno(), 0, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ)
+        b = open(p, "rb")            # complete, no read file: written now
+        read_file_of(p)
+        with open(p, "rb") as c:
+            info = io_info(p)
+            assert info["open_daemon"] == 3 and \
+                info["open_passthrough"] == 0, info
+            assert hashlib.sha256(c.read()).hexdigest() == want
+        assert hashlib.sha256(mm[:]).hexdigest() == want
+        mm.close()
+        a.close()
+        b.close()
+        with open(p, "rb") as d:
+            assert io_info(p)["open_passthrough"] == 1, io_info(p)
+            assert hashlib.sha256(d.read()).hexdigest() == want
+
+
+def test_damaged_read_file_is_deleted_and_rewritten():
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    rel = "tiny/rtn_w8_g128/model.safetensors"
+    with Mount(SRC, cache=cache) as m:
+        p = os.path.join(m.mnt, rel)
+        want = sha(p)
+        need_passthrough(m)
+        rf = read_file_of(p)
+    with open(rf, "r+b") as f:       # one bit, in the middle
+        f.seek(os.path.getsize(rf) // 2)
+        x = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([x[0] ^ 0x10]))
+    with Mount(SRC, cache=cache) as m:
+        p = os.path.join(m.mnt, rel)
+        open(p, "rb").close()        # the first open starts the check
+        wait_for(lambda: "read file damaged" in m.stderr(), "the check")
+        assert not os.path.exists(rf)
+        assert sha(p) == want        # from the values
+        assert io_info(p)["daemon_reads"] > 0
+        assert sha(read_file_of(p)) == want
+
+
+def test_io_direct_writes_no_read_files():
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    with Mount(SRC, cache=cache, opts=["io=direct"]) as m:
+        p = os.path.join(m.mnt, "tiny", "rtn_w4_g128", "model.safetensors")
+        a = sha(p)
+        assert sha(p) == a
+        assert "kernel passthrough" not in m.stderr()
+        info = io_info(p)
+        assert info["mode"] in ("direct", "cache") and \
+            info["read_file"] is None, info
+    assert not os.path.exists(os.path.join(cache, "files")) or \
+        not os.listdir(os.path.join(cache, "files"))
 
 
 def write_st(path, tensors):
