@@ -26,14 +26,21 @@ int qf_cache_file_path(const struct qf_cache *c,
 		       bool tmp, struct qf_buf *out)
 {
 	char hex[HEX + 1];
+	struct stat st;
+	int ret;
 
 	qf_hex(vid, QF_CACHE_VID, hex);
 	qf_buf_reset(out);
 	qf_buf_addf(out, "%s/files", qf_cache_dir(c));
 	if (!out->data)
 		return -ENOMEM;
-	if (qf_mkdir_p(out->data, 02775) < 0)
+	ret = qf_mkdir_p(out->data, 02775);
+	if (ret < 0)
+		return ret;
+	if (lstat(out->data, &st) < 0)
 		return -errno;
+	if (!S_ISDIR(st.st_mode))	/* a link: not followed */
+		return -ENOTDIR;
 	if (tmp)
 		qf_buf_addf(out, "/.%s.%s.%ld.tmp", hex, tag, (long)getpid());
 	else

@@ -224,8 +224,10 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	if (!ret)
 		ret = read_file_path(fs, n, false, &path);
 	if (!ret) {
-		fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-			  0664);
+		/* never through a link planted under the temporary name */
+		unlink(tmp.data);
+		fd = open(tmp.data, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
+			  O_CLOEXEC, 0664);
 		if (fd < 0)
 			ret = -errno;
 	}

@@ -422,17 +422,32 @@ def test_corrupt_sources_eio_daemon_stays_up():
 
 
 def test_mmap_shared_every_file():
-    with Mount(SRC) as m:
-        for var in ("rtn_w4_g128", "rtn_w4_g128_fake", "original"):
-            d = os.path.join(m.mnt, "tiny", var)
-            for f in os.listdir(d):
-                p = os.path.join(d, f)
-                with open(p, "rb") as fh:
-                    mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED,
-                                   prot=mmap.PROT_READ)
-                    data = mm[:]
-                    mm.close()
-                assert data == open(p, "rb").read(), p
+    """A loader's MAP_SHARED mmap works for every served file: served by
+    the daemon on a fresh cache, then passed through to read files."""
+    cache = tempfile.mkdtemp(prefix="qfcache.")
+    want = {}
+    for rnd in range(2):
+        with Mount(SRC, cache=cache) as m:
+            for var in ("rtn_w4_g128", "rtn_w4_g128_fake", "original"):
+                d = os.path.join(m.mnt, "tiny", var)
+                for f in os.listdir(d):
+                    p = os.path.join(d, f)
+                    with open(p, "rb") as fh:
+                        mm = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED,
+                                       prot=mmap.PROT_READ)
+                        data = mm[:]
+                        mm.close()
+                    assert data == open(p, "rb").read(), p
+                    assert want.setdefault(f + var, data) == data, p
+            if rnd == 0 and "kernel passthrough" in m.stderr():
+                for var in ("rtn_w4_g128", "rtn_w4_g128_fake"):
+                    read_file_of(os.path.join(m.mnt, "tiny", var,
+                                              "model.safetensors"))
+            elif rnd == 1 and "kernel passthrough" in m.stderr():
+                p = os.path.join(m.mnt, "tiny", "rtn_w4_g128",
+                                 "model.safetensors")
+                with open(p, "rb"):
+                    assert io_info(p)["open_passthrough"] == 1, io_info(p)
 
 
 def test_io_cache_mode_same_bytes():
