@@ -607,6 +607,56 @@ def test_damaged_read_file_is_deleted_and_rewritten():
         assert sha(read_file_of(p)) == want
 
 
+def test_passthrough_without_privilege():
+    """A daemon without CAP_SYS_ADMIN cannot register backing files: it
+    says so once, writes no read files and serves every read itself.
+    The test mounts (as root) and hands the /dev/fuse descriptor to a
+    daemon started with CAP_SYS_ADMIN dropped (setpriv)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        raise SkipTest("needs root and setpriv (util-linux)")
+    tmp = tempfile.mkdtemp(prefix="qfnopriv.")
+    mnt, cache = os.path.join(tmp, "mnt"), os.path.join(tmp, "cache")
+    os.makedirs(mnt)
+    log = open(os.path.join(tmp, "log"), "w")
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    subprocess.run(["mount", "-i", "-t", "fuse.quantfs", "-o",
+                    "ro,fd=%d,rootmode=40000,user_id=0,group_id=0" % fd,
+                    "quantfs", mnt], pass_fds=[fd], check=True)
+    proc = subprocess.Popen(
+        ["setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin",
+         os.environ.get("QUANTFS", "quantfs"), "mount", SRC,
+         "/dev/fd/%d" % fd, "-f", "-o", "cache=" + cache],
+        pass_fds=[fd], stdout=log, stderr=subprocess.STDOUT)
+    os.close(fd)
+    try:
+        p = os.path.join(mnt, "tiny", "rtn_w4_g128", "model.safetensors")
+        wait_for(lambda: os.path.isdir(os.path.join(mnt, "tiny")),
+                 "the daemon")
+        a = sha(p)
+        assert sha(p) == a
+        src = os.path.join(mnt, "tiny", "original", "model.safetensors")
+        assert sha(src) == sha(os.path.join(TINY, "model.safetensors"))
+        text = open(os.path.join(tmp, "log")).read()
+        if "kernel passthrough" not in text:
+            raise SkipTest("this kernel offers no FUSE passthrough")
+        assert "passthrough needs CAP_SYS_ADMIN" in text, text
+        for f in (p, src):
+            info = io_info(f)
+            assert info["open_passthrough"] == 0 and \
+                info["daemon_reads"] > 0 and info["read_file"] is None, info
+        assert not os.path.isdir(os.path.join(cache, "files")) or \
+            not os.listdir(os.path.join(cache, "files"))
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            subprocess.run(["umount", "-l", mnt], check=False)
+        log.close()
+    assert proc.returncode == 0, open(os.path.join(tmp, "log")).read()
+
+
 def test_io_direct_writes_no_read_files():
     cache = tempfile.mkdtemp(prefix="qfcache.")
     with Mount(SRC, cache=cache, opts=["io=direct"]) as m:
