@@ -21,6 +21,7 @@
  */
 #define FUSE_USE_VERSION 312
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
@@ -125,16 +126,6 @@ static bool allowed(struct qf_fs *fs)
 		}
 	}
 	return fs->pt_state > 0;
-}
-
-static bool allowed_now(struct qf_fs *fs)
-{
-	bool ok;
-
-	pthread_mutex_lock(&fs->pt_lock);
-	ok = allowed(fs);
-	pthread_mutex_unlock(&fs->pt_lock);
-	return ok;
 }
 
 static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
@@ -493,27 +484,35 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
 int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out)
 {
 	struct qf_buf path = QF_BUF_INIT;
-	unsigned pt, own;
-	bool have = false;
+	cJSON *o = cJSON_CreateObject();
+	bool have = false, pt;
 	struct stat st;
+	char *text;
 
 	if (has_read_file(n) && read_file_path(fs, n, false, &path) == 0)
 		have = stat(path.data, &st) == 0 &&
 		       (uint64_t)st.st_size == n->size;
 	pthread_mutex_lock(&fs->pt_lock);
-	pt = n->pt_open;
-	own = n->own_open;
+	pt = n->pt_open > 0 || (candidate(n) && allowed(fs) &&
+				(n->kind == QF_NODE_SRCFILE || have));
+	cJSON_AddStringToObject(o, "mode", pt ? "passthrough" :
+				fs->direct && n->size >= (1u << 20) ?
+				"direct" : "cache");
+	cJSON_AddNumberToObject(o, "open_passthrough", n->pt_open);
+	cJSON_AddNumberToObject(o, "open_daemon", n->own_open);
 	pthread_mutex_unlock(&fs->pt_lock);
-	qf_buf_addf(out, "{\"mode\": \"%s\", \"open_passthrough\": %u, "
-		    "\"open_daemon\": %u, \"daemon_reads\": %llu, "
-		    "\"read_file\": ", !candidate(n) || !allowed_now(fs) ?
-		    (fs->direct && n->size >= (1u << 20) ? "direct" : "cache") :
-		    "passthrough", pt, own, (unsigned long long)
-		    __atomic_load_n(&n->reads, __ATOMIC_RELAXED));
+	cJSON_AddNumberToObject(o, "daemon_reads", (double)__atomic_load_n(
+					&n->reads, __ATOMIC_RELAXED));
 	if (have)
-		qf_buf_addf(out, "\"%s\"}", path.data);
+		cJSON_AddStringToObject(o, "read_file", path.data);
 	else
-		qf_buf_adds(out, "null}");
+		cJSON_AddNullToObject(o, "read_file");
+	text = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
 	qf_buf_release(&path);
+	if (!text)
+		return -ENOMEM;
+	qf_buf_adds(out, text);
+	free(text);
 	return out->data ? 0 : -ENOMEM;
 }
