@@ -277,6 +277,8 @@ int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
 int qf_job_progress(struct qf_var *var, struct qf_buf *out);
 /* Ask running jobs to stop after their current layer, and wait. */
 void qf_job_stop_all(struct qf_fs *fs);
+/* True once unmounting began: background work gives up (-EINTR). */
+bool qf_job_stopping(struct qf_fs *fs);
 
 /* gguf_view.c: model.gguf of original/ (var NULL) or of a variant whose
  * grid is a ggml block type; QF_EUNSUPPORTED when there is none. */

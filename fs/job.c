@@ -396,7 +396,7 @@ out_free:
 	return ret;
 }
 
-static bool stopping(struct qf_fs *fs)
+bool qf_job_stopping(struct qf_fs *fs)
 {
 	bool stop;
 
@@ -539,7 +539,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret;
 
-	if (stopping(j->fs))
+	if (qf_job_stopping(j->fs))
 		return -EINTR;
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
 		return awq_quantize(j, l, ly, stats);
@@ -579,7 +579,7 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
 		"rounding regularizer %.4g", j->var->mdl->name,
 		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
 		rec, reg);
-	return stopping(j->fs) ? -EINTR : 0;
+	return qf_job_stopping(j->fs) ? -EINTR : 0;
 }
 
 /*
@@ -601,7 +601,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	double ey = 0;
 	int k, ret = 0;
 
-	if (stopping(j->fs))
+	if (qf_job_stopping(j->fs))
 		return -EINTR;
 	qf_brecq_opts_default(&o);
 	o.iters = j->var->ci.brecq_iters;
@@ -1269,7 +1269,7 @@ static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret;
 
-	if (stopping(j->fs))
+	if (qf_job_stopping(j->fs))
 		return -EINTR;
 	for (i = 0; i < n; i++) {
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
@@ -1328,7 +1328,7 @@ static int loss_done(void *arg, int l, double seconds)
 	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
 		"each width in %.2f s", j->var->mdl->name, l + 1,
 		j->var->nlayers, seconds);
-	return stopping(j->fs) ? -EINTR : 0;
+	return qf_job_stopping(j->fs) ? -EINTR : 0;
 }
 
 #define LOSS_SEQS 8		/* calibration sequences the loss runs on */

@@ -192,16 +192,6 @@ static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 	return ret == -ENOENT ? QF_ECORRUPT : ret;
 }
 
-static bool stopping(struct qf_fs *fs)
-{
-	bool stop;
-
-	pthread_mutex_lock(&fs->job_lock);
-	stop = fs->stopping;
-	pthread_mutex_unlock(&fs->job_lock);
-	return stop;
-}
-
 /* Write n's read file: a temporary name, synced, renamed into place. */
 static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 {
@@ -225,7 +215,7 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	for (off = 0; !ret && off < n->size; off += CHUNK) {
 		uint64_t end = n->size - off > CHUNK ? off + CHUNK : n->size;
 
-		if (stopping(fs)) {
+		if (qf_job_stopping(fs)) {
 			ret = -EINTR;
 		} else if (n->kind == QF_NODE_WEIGHTS) {
 			ret = weights_range(fs, n->var, off, end, chunk);
@@ -295,7 +285,8 @@ static int verify_read_file(struct qf_fs *fs, struct qf_node *n)
 	for (off = 0; !ret && off < n->size; off += CHUNK) {
 		size_t len = n->size - off > CHUNK ? CHUNK : n->size - off;
 
-		ret = stopping(fs) ? -EINTR : pread_all(fd, chunk, len, off);
+		ret = qf_job_stopping(fs) ? -EINTR :
+		      pread_all(fd, chunk, len, off);
 		sum = qf_hash64(chunk, len, sum);
 	}
 	if ((!ret && sum != want) || ret == QF_ECORRUPT) {

@@ -1,0 +1,90 @@
+#!/usr/bin/python3
+"""GPTQ production at Qwen3-0.6B's shapes, through a real mount.
+
+Generates a model with Qwen3-0.6B's shapes (hidden 1024, 16 heads of 128,
+8 KV heads, intermediate 3072, vocab 151936, tied embeddings; --layers,
+default all 28), mounts it with 128 x 512 calibration tokens (the text of
+--calib, default ../shared/data/text/english/calib.txt, else sequences
+sampled from the model), reads gptq_w4_g128/model.safetensors and prints:
+the wall time, the daemon's peak resident memory (VmHWM) against one
+decoder layer's fp32 weights, and the job's own phase line (X^T X,
+Cholesky, column loop, blocked updates, RTN comparison, packing, LMDB,
+forward passes and the rest).  Phase rates against SGEMM: bench_backend.
+
+usage: bench/gptq_scale.py [--quantfs PATH] [--layers N] [--calib FILE]
+                           [--keep DIR]
+"""
+import argparse
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
+                                "mount"))
+import qftest  # noqa: E402
+
+HID, INTER, HEADS, KV, HD, VOCAB = 1024, 3072, 16, 8, 128, 151936
+
+
+def vm_hwm(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quantfs", default=os.path.join(
+        here, "..", "build", "mounts", "quantfs"))
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--calib", default=os.path.join(
+        here, "..", "..", "shared", "data", "text", "english", "calib.txt"))
+    ap.add_argument("--keep", help="reuse/keep the model and cache here")
+    a = ap.parse_args()
+    qftest.QUANTFS = os.path.abspath(a.quantfs)
+    work = a.keep or tempfile.mkdtemp(prefix="qfgptq.")
+    src = os.path.join(work, "models")
+    model = os.path.join(src, "qwen3-0.6b-shapes-%d" % a.layers)
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        qftest.mkmodel(model, "--hidden", HID, "--inter", INTER, "--layers",
+                       a.layers, "--heads", HEADS, "--kv-heads", KV,
+                       "--head-dim", HD, "--vocab", VOCAB, "--tie")
+    cache = tempfile.mkdtemp(prefix="cache.", dir=work)
+    opts = ["calib_n=128", "calib_len=512"]
+    if os.path.exists(a.calib):
+        opts.append("calib=" + os.path.abspath(a.calib))
+    rel = os.path.join(os.path.basename(model), "gptq_w4_g128",
+                       "model.safetensors")
+    with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
+        t0 = time.time()
+        with open(os.path.join(m.mnt, rel), "rb") as f:
+            f.read(8)                       # starts the job, waits
+            while f.read(64 << 20):
+                pass
+        dt = time.time() - t0
+        peak = vm_hwm(m.proc.pid)
+        log = m.stderr()
+    layer = 4 * (HID * (HEADS * HD + 2 * KV * HD) + HEADS * HD * HID +
+                 3 * HID * INTER)
+    print("GPTQ w4 g128, %d layers of Qwen3-0.6B's shapes, 128 x 512 "
+          "calibration tokens (%s): %.1f s (%.1f min)" % (
+              a.layers, "calib.txt" if os.path.exists(a.calib) else
+              "sampled", dt, dt / 60))
+    print("daemon peak resident memory %.2f GB; one decoder layer in fp32 "
+          "%.0f MB; activations of 65,536 tokens x hidden %.0f MB each" % (
+              peak / 1e9, layer / 1e6, 65536 * HID * 4 / 1e6))
+    for line in log.splitlines():
+        if re.search(r"X\^T X|done in|resuming", line):
+            print("  " + line.split("quantfs: ", 1)[-1])
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
