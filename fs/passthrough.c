@@ -224,11 +224,11 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 			sum = qf_hash64(chunk, end - off, sum);
 		} else {
 			ret = qf_gv_read(fs, n->gv, off, end, &b);
+			if (!ret && b.len != end - off)
+				ret = QF_ECORRUPT;
 			if (!ret)
-				ret = b.len == end - off ?
-				      pwrite_all(fd, (const uint8_t *)b.data, b.len,
-						 off) :
-				      QF_ECORRUPT;
+				ret = pwrite_all(fd, (const uint8_t *)b.data,
+						 b.len, off);
 			sum = qf_hash64(b.data, b.len, sum);
 		}
 	}
