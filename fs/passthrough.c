@@ -58,6 +58,18 @@ static bool candidate(const struct qf_node *n)
 	return n->kind == QF_NODE_SRCFILE || has_read_file(n);
 }
 
+static const uint8_t *node_vid(const struct qf_node *n)
+{
+	return n->kind == QF_NODE_WEIGHTS ? n->var->vid : qf_gv_vid(n->gv);
+}
+
+/* Every byte of n is in the cache (nothing is produced). */
+static bool cached(struct qf_fs *fs, struct qf_node *n)
+{
+	return n->kind == QF_NODE_WEIGHTS ? qf_var_cached(fs, n->var) :
+					    qf_gv_cached(fs, n->gv);
+}
+
 /*
  * The read file's path: the cache id, and the first 64 bits of the
  * sha256 of the file's header and size, so a header that changes while
@@ -68,8 +80,7 @@ static int read_file_path(struct qf_fs *fs, const struct qf_node *n,
 {
 	const struct qf_buf *h = n->kind == QF_NODE_WEIGHTS ?
 				 &n->var->header : qf_gv_header(n->gv);
-	const uint8_t *vid = n->kind == QF_NODE_WEIGHTS ? n->var->vid :
-			     qf_gv_vid(n->gv);
+	const uint8_t *vid = node_vid(n);
 	struct qf_sha256 c;
 	uint8_t d[32];
 	char tag[64], hex[17];
@@ -192,15 +203,34 @@ static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 	return ret == -ENOENT ? QF_ECORRUPT : ret;
 }
 
-/* Write n's read file: a temporary name, synced, renamed into place. */
+/*
+ * Write n's read file: a temporary name, synced, renamed into place.
+ * Meanwhile the variant is marked in use (a shared QF_LOCK_USE lock, as
+ * for an open file), so eviction, which drops read files with the values,
+ * cannot run between and leave one behind.  -EAGAIN: evicted before the
+ * lock was taken.
+ */
 static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 {
 	struct qf_buf tmp = QF_BUF_INIT, path = QF_BUF_INIT, b = QF_BUF_INIT;
+	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+			    .l_start = QF_LOCK_USE, .l_len = 1 };
 	double t0 = qf_now();
 	uint8_t *chunk = malloc(CHUNK);
 	uint64_t off, sum = 0;
-	int fd = -1, ret;
+	int fd = -1, lockfd, ret;
 
+	lockfd = qf_cache_lock_open(fs->cache, node_vid(n));
+	if (lockfd >= 0 && fcntl(lockfd, F_OFD_SETLKW, &fl) < 0) {
+		close(lockfd);
+		lockfd = -1;
+	}
+	if (lockfd < 0 || !cached(fs, n)) {
+		if (lockfd >= 0)
+			close(lockfd);
+		free(chunk);
+		return -EAGAIN;
+	}
 	ret = chunk ? read_file_path(fs, n, true, &tmp) : -ENOMEM;
 	if (!ret)
 		ret = read_file_path(fs, n, false, &path);
@@ -255,6 +285,7 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 		qf_warn("%s/%s: cannot write the read file for passthrough "
 			"(%s): the daemon keeps serving it", n->mdl->name,
 			n->name, qf_strerror(ret));
+	close(lockfd);			/* drops the lock */
 	free(chunk);
 	qf_buf_release(&b);
 	qf_buf_release(&tmp);
@@ -322,7 +353,7 @@ static void *task_main(void *arg)
 		ret = write_read_file(fs, t.n);
 		pthread_mutex_lock(&fs->pt_lock);
 		/* failed: not again in this mount */
-		t.n->pt_writing = ret != 0 && ret != -EINTR;
+		t.n->pt_writing = ret && ret != -EINTR && ret != -EAGAIN;
 		pthread_mutex_unlock(&fs->pt_lock);
 	} else {
 		verify_read_file(fs, t.n);
@@ -384,8 +415,7 @@ static void maybe_write(struct qf_fs *fs, struct qf_node *n)
 	fd = open_read_file(fs, n);
 	if (fd >= 0)
 		close(fd);
-	go = fd < 0 && (n->kind == QF_NODE_WEIGHTS ?
-			qf_var_cached(fs, n->var) : qf_gv_cached(fs, n->gv));
+	go = fd < 0 && cached(fs, n);
 	go = go && spawn(fs, n, true);
 	if (!go) {
 		pthread_mutex_lock(&fs->pt_lock);
