@@ -47,6 +47,8 @@ struct qf_node {
 	unsigned pt_open;		/* opens passed through */
 	unsigned own_open;		/* opens the daemon serves */
 	uint64_t reads;			/* read requests answered (atomic) */
+	char pt_tag[17];		/* read file's header hash (hex), ""
+					 * until its first open */
 	bool pt_verified;		/* its read file's check has begun */
 	bool pt_bad;			/* its backing file failed the check */
 	bool pt_writing;		/* its read file is being written

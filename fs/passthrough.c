@@ -71,28 +71,37 @@ static bool cached(struct qf_fs *fs, struct qf_node *n)
 }
 
 /*
- * The read file's path: the cache id, and the first 64 bits of the
- * sha256 of the file's header and size, so a header that changes while
- * the id does not (a new quantfs) names another file.
+ * The read file's tag: the first 64 bits of the sha256 of the file's
+ * header and size, so a header that changes while the cache id does not
+ * (a new quantfs) names another file.  Hashed once per node, on its
+ * first open (a GGUF header holds the whole vocabulary, megabytes);
+ * caller holds fs->pt_lock.
  */
-static int read_file_path(struct qf_fs *fs, const struct qf_node *n,
-			  bool tmp, struct qf_buf *out)
+static void need_tag(struct qf_node *n)
 {
-	const struct qf_buf *h = n->kind == QF_NODE_WEIGHTS ?
-				 &n->var->header : qf_gv_header(n->gv);
-	const uint8_t *vid = node_vid(n);
+	const struct qf_buf *h;
 	struct qf_sha256 c;
 	uint8_t d[32];
-	char tag[64], hex[17];
 
+	if (n->pt_tag[0] || !has_read_file(n))
+		return;
+	h = n->kind == QF_NODE_WEIGHTS ? &n->var->header : qf_gv_header(n->gv);
 	qf_sha256_init(&c);
 	qf_sha256_update(&c, h->data, h->len);
 	qf_sha256_update(&c, &n->size, sizeof(n->size));
 	qf_sha256_final(&c, d);
-	qf_hex(d, 8, hex);
-	snprintf(tag, sizeof(tag), "%s.%s", hex,
+	qf_hex(d, 8, n->pt_tag);
+}
+
+/* The read file's path, from the cache id and the tag (need_tag()). */
+static int read_file_path(struct qf_fs *fs, const struct qf_node *n,
+			  bool tmp, struct qf_buf *out)
+{
+	char tag[64];
+
+	snprintf(tag, sizeof(tag), "%s.%s", n->pt_tag,
 		 n->kind == QF_NODE_WEIGHTS ? "safetensors" : "gguf");
-	return qf_cache_file_path(fs->cache, vid, tag, tmp, out);
+	return qf_cache_file_path(fs->cache, node_vid(n), tag, tmp, out);
 }
 
 /* The node's read file, open, when it is there and whole; else -1. */
@@ -432,6 +441,7 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 	if (!candidate(n))
 		return 0;
 	pthread_mutex_lock(&fs->pt_lock);
+	need_tag(n);	/* for every later use: all follow an open */
 	if (n->pt_open && n->pt_bad) {
 		pthread_mutex_unlock(&fs->pt_lock);
 		return -EIO;		/* shares a damaged backing file */
@@ -510,10 +520,11 @@ int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out)
 	struct stat st;
 	char *text;
 
+	pthread_mutex_lock(&fs->pt_lock);
+	need_tag(n);		/* asked before any open */
 	if (has_read_file(n) && read_file_path(fs, n, false, &path) == 0)
 		have = stat(path.data, &st) == 0 &&
 		       (uint64_t)st.st_size == n->size;
-	pthread_mutex_lock(&fs->pt_lock);
 	pt = n->pt_open > 0 || (candidate(n) && allowed(fs) &&
 				(n->kind == QF_NODE_SRCFILE || have));
 	cJSON_AddStringToObject(o, "mode", pt ? "passthrough" :

@@ -349,22 +349,12 @@ int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 
 bool qf_var_cached(struct qf_fs *fs, struct qf_var *var)
 {
-	struct qf_cache_txn *txn;
-	bool all = true;
 	size_t gi;
 
-	if (qf_cache_read_begin(fs->cache, &txn) < 0)
-		return false;
-	for (gi = 0; gi < var->v->ng && all; gi++) {
-		const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
-		const void *p;
-		size_t len;
-
-		all = qf_cache_get(txn, var->vid, t->name, &p, &len) == 0 &&
-		      len == qf_vtensor_bytes(t);
-	}
-	qf_cache_read_end(txn);
-	return all;
+	for (gi = 0; gi < var->v->ng; gi++)
+		if (!qf_var_in_cache(fs, var, (uint32_t)gi))
+			return false;
+	return true;
 }
 
 /* The variant's record in the cache, for `ls` and the cache tools;
