@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 /*
  * Errors.  A function that can fail returns 0 or a negative code: -errno, or
@@ -26,6 +27,7 @@ enum {
 	QF_ESPEC = -4100,	/* invalid variant name / spec */
 	QF_ENUMERIC = -4101,	/* NaN/Inf or other numerical failure */
 	QF_ECACHE = -4102,	/* cache store failure (LMDB) */
+	QF_ELINK = -4103,	/* a link to another owner's file (srcfile.c) */
 };
 
 /* Static string naming err (negative errno or QF_E*). */
@@ -61,8 +63,30 @@ void qf_buf_release(struct qf_buf *b);
 /* Caller owns the result (free()); the buffer is left empty. */
 char *qf_buf_detach(struct qf_buf *b, size_t *len);
 
-/* Read a whole file (bounded by max bytes; -EFBIG past it). */
+/*
+ * Read a whole regular file (bounded by max bytes; -EFBIG past it,
+ * -EINVAL or -EISDIR when not a regular file), appended to out.
+ */
 int qf_read_file(const char *path, size_t max, struct qf_buf *out);
+
+/*
+ * Files under SRC and calib_dir (srcfile.c): name is one path component in
+ * dirfd (AT_FDCWD allowed), and a symbolic link is followed only when the
+ * link and what it leads to have the same owner; otherwise QF_ELINK
+ * (logged).  flags: 0 for a regular file (opened read-only; anything else
+ * is -EINVAL, a directory -EISDIR), O_DIRECTORY for a directory.
+ * st receives what was opened.  Returns an fd the caller closes, or
+ * -errno, QF_ELINK.
+ */
+int qf_src_openat(int dirfd, const char *name, int flags, struct stat *st);
+/* The same rule without opening: st of name or of the link's target. */
+int qf_src_statat(int dirfd, const char *name, struct stat *st);
+/* qf_read_file() of name in dirfd under the rule. */
+int qf_src_read(int dirfd, const char *name, size_t max, struct qf_buf *out);
+/* A path: its directory opened as given, its last component under the
+ * rule (for -o calib=FILE and calib_dir texts). */
+int qf_src_open_path(const char *path, int flags, struct stat *st);
+int qf_src_read_path(const char *path, size_t max, struct qf_buf *out);
 
 /* mkdir -p; the last component gets mode (parents 0755). */
 int qf_mkdir_p(const char *dir, unsigned mode);

@@ -28,6 +28,8 @@ const char *qf_strerror(int err)
 		return "non-finite value";
 	case QF_ECACHE:
 		return "cache failure";
+	case QF_ELINK:
+		return "link to a file of another owner";
 	}
 	if (err < 0 && err > -4096)
 		return strerror(-err);
@@ -39,53 +41,6 @@ void qf_assert_fail(const char *expr, const char *file, int line)
 	fprintf(stderr, "quantfs: assertion failed: %s (%s:%d)\n", expr, file,
 		line);
 	abort();
-}
-
-int qf_read_file(const char *path, size_t max, struct qf_buf *out)
-{
-	struct stat st;
-	ssize_t n;
-	size_t want;
-	int fd;
-	int ret;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
-		goto out_close;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		ret = -EINVAL;
-		goto out_close;
-	}
-	if ((uint64_t)st.st_size > max) {
-		ret = -EFBIG;
-		goto out_close;
-	}
-	want = (size_t)st.st_size;
-	ret = qf_buf_grow(out, want);
-	if (ret < 0)
-		goto out_close;
-	while (want > 0) {
-		n = read(fd, out->data + out->len, want);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ret = -errno;
-			goto out_close;
-		}
-		if (n == 0)
-			break;
-		out->len += (size_t)n;
-		want -= (size_t)n;
-	}
-	out->data[out->len] = '\0';
-	ret = 0;
-out_close:
-	close(fd);
-	return ret;
 }
 
 double qf_now(void)

@@ -3,6 +3,7 @@
  * SRC, open them, open the cache, create the fixed nodes.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,124 +21,42 @@ int qf_fs_errno(int err)
 		return -err == ENOSPC ? EIO : -err;
 	if (err == QF_ESPEC || err == QF_EUNSUPPORTED)
 		return ENOENT;
+	if (err == QF_ELINK)
+		return EACCES;
 	return EIO;
 }
 
-static bool is_model_dir(const char *dir)
+/*
+ * SRC, opened once: a model directory itself, or a tree src.c walks on
+ * every lookup.  Refused when it holds no model now (a typo'd path).
+ */
+static int open_source(struct qf_fs *fs)
 {
-	struct qf_buf b = QF_BUF_INIT;
 	struct stat st;
-	bool ok;
+	size_t n;
 
-	qf_buf_addf(&b, "%s/config.json", dir);
-	ok = b.data && stat(b.data, &st) == 0 && S_ISREG(st.st_mode);
-	qf_buf_release(&b);
-	return ok;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Model directories: SRC itself, or its subdirectories (sorted). */
-static int find_models(struct qf_fs *fs, char ***dirs, size_t *n)
-{
-	struct dirent *de;
-	char **v = NULL;
-	size_t k = 0;
-	DIR *d;
-
-	if (is_model_dir(fs->src)) {
-		v = malloc(sizeof(*v));
-		if (!v || !(v[0] = strdup(fs->src)))
-			return -ENOMEM;
-		*dirs = v;
-		*n = 1;
-		return 0;
-	}
-	d = opendir(fs->src);
-	if (!d)
+	fs->srcfd = open(fs->src, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fs->srcfd < 0) {
+		qf_err("cannot open '%s': %s", fs->src, strerror(errno));
 		return -errno;
-	while ((de = readdir(d))) {
-		struct qf_buf b = QF_BUF_INIT;
-		struct stat st;
-		char **nv;
-
-		if (de->d_name[0] == '.')
-			continue;
-		qf_buf_addf(&b, "%s/%s", fs->src, de->d_name);
-		/* lstat: symlinks in SRC are not followed out of it */
-		if (!b.data || lstat(b.data, &st) || !S_ISDIR(st.st_mode) ||
-		    !is_model_dir(b.data) ||
-		    !(nv = realloc(v, (k + 1) * sizeof(*v)))) {
-			qf_buf_release(&b);
-			continue;
-		}
-		v = nv;
-		v[k++] = qf_buf_detach(&b, NULL);
 	}
-	closedir(d);
-	if (k)
-		qsort(v, k, sizeof(*v), cmp_str);
-	*dirs = v;
-	*n = k;
-	return 0;
-}
+	if (qf_src_statat(fs->srcfd, "config.json", &st) == 0 &&
+	    S_ISREG(st.st_mode)) {
+		const char *base = strrchr(fs->src, '/');
 
-static int open_models(struct qf_fs *fs)
-{
-	char **dirs = NULL;
-	size_t n = 0, i;
-	int ret;
-
-	ret = find_models(fs, &dirs, &n);
-	if (ret < 0)
-		return ret;
+		fs->single = strdup(base && base[1] ? base + 1 : "model");
+		if (!fs->single)
+			return -ENOMEM;
+	}
+	n = qf_src_count(fs);
 	if (!n) {
-		qf_err("'%s' holds no model directory (a directory with "
-		       "config.json)", fs->src);
-		free(dirs);
+		qf_err("'%s' holds no model: a directory with config.json, "
+		       "NAME/ or ORG/NAME/ directories of them, or a Hugging "
+		       "Face hub cache (models--ORG--NAME)", fs->src);
 		return -ENOENT;
 	}
-	fs->mdl = calloc(n, sizeof(*fs->mdl));
-	if (!fs->mdl) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
-	for (i = 0; i < n; i++) {
-		struct qf_mdl *m = &fs->mdl[i];
-
-		m->dir = dirs[i];
-		dirs[i] = NULL;
-		m->name = strdup(strrchr(m->dir, '/') + 1);
-		if (!m->name) {
-			ret = -ENOMEM;
-			goto out_free;
-		}
-		stat(m->dir, &m->st);
-		fs->nmdl++;
-		m->open_err = qf_model_open(m->dir, &m->m);
-		if (m->open_err < 0)
-			qf_err("%s: cannot open the model (%s); only original/ "
-			       "is served", m->name, qf_strerror(m->open_err));
-		else
-			qf_info("%s: %zu tensors in %zu file(s), %.1f MB, "
-				"fingerprint %.16s", m->name, m->m->nt,
-				m->m->nshard, m->m->weight_bytes / 1e6,
-				m->m->fp_hex);
-		if (m->m) {
-			struct qf_tf_config c;
-
-			m->calibratable = qf_tf_config_parse(m->m, &c) == 0;
-		}
-	}
-	ret = 0;
-out_free:
-	for (i = 0; i < n; i++)
-		free(dirs[i]);
-	free(dirs);
-	return ret;
+	fs->nmodels = n;
+	return 0;
 }
 
 /*
@@ -205,14 +124,15 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 {
 	struct qf_node *root;
 	struct qf_fs *fs;
-	size_t i;
 	int ret;
 
 	fs = calloc(1, sizeof(*fs));
 	if (!fs)
 		return -ENOMEM;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->src_lock, NULL);
 	pthread_mutex_init(&fs->sens_lock, NULL);
+	fs->srcfd = -1;
 	pthread_mutex_init(&fs->pt_lock, NULL);
 	pthread_mutex_init(&fs->job_lock, NULL);
 	pthread_cond_init(&fs->job_cond, NULL);
@@ -235,7 +155,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	ret = open_models(fs);
+	ret = open_source(fs);
 	if (ret < 0)
 		goto out_free;
 	ret = qf_cache_open(fs->cache_dir, o->cache_map, &fs->cache);
@@ -252,11 +172,6 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	for (i = 0; i < fs->nmdl; i++)
-		if (!qf_ns_node_model(fs, root, &fs->mdl[i])) {
-			ret = -ENOMEM;
-			goto out_free;
-		}
 	*out = fs;
 	return 0;
 
@@ -287,30 +202,25 @@ void qf_fs_free(struct qf_fs *fs)
 	qf_mixed_overrides_free(fs->mroles);
 	for (i = 0; i < fs->nnode; i++) {
 		free(fs->node[i]->name);
-		free(fs->node[i]->path);
 		free(fs->node[i]);
 	}
 	free(fs->node);
 	free(fs->hash);
-	for (i = 0; i < fs->nmdl; i++) {
-		struct qf_mdl *m = &fs->mdl[i];
+	while (fs->mdls) {
+		struct qf_mdl *m = fs->mdls;
 
-		while (m->vars) {
-			struct qf_var *v = m->vars;
-
-			m->vars = v->next;
-			qf_var_free(v);
-		}
-		qf_gv_free(m->gv);
-		qf_model_close(m->m);
-		free(m->name);
-		free(m->dir);
+		fs->mdls = m->next;
+		qf_mdl_free(m);
 	}
-	free(fs->mdl);
 	qf_cache_close(fs->cache);
 	free(fs->cache_dir);
+	if (fs->srcfd >= 0)
+		close(fs->srcfd);
+	free(fs->single);
+	qf_buf_release(&fs->src_said);
 	free(fs->src);
 	pthread_mutex_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->src_lock);
 	pthread_mutex_destroy(&fs->job_lock);
 	pthread_mutex_destroy(&fs->pt_lock);
 	pthread_cond_destroy(&fs->job_cond);
@@ -319,5 +229,5 @@ void qf_fs_free(struct qf_fs *fs)
 
 size_t qf_fs_model_count(const struct qf_fs *fs)
 {
-	return fs->nmdl;
+	return fs->nmodels;
 }

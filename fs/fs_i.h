@@ -15,7 +15,8 @@
 
 enum qf_node_kind {
 	QF_NODE_ROOT,
-	QF_NODE_MODEL,		/* MNT/<model> */
+	QF_NODE_ORG,		/* MNT/<org>: models of one organization */
+	QF_NODE_MODEL,		/* MNT/[<org>/]<model> */
 	QF_NODE_ORIGDIR,	/* MNT/<model>/original */
 	QF_NODE_SRCFILE,	/* a source file passed through */
 	QF_NODE_VARDIR,		/* MNT/<model>/<variant> */
@@ -36,7 +37,9 @@ struct qf_node {
 	uint64_t nlookup;		/* protected by fs->lock */
 	struct qf_mdl *mdl;		/* model (all kinds below root) */
 	struct qf_var *var;		/* VARDIR, GENFILE, WEIGHTS */
-	char *path;			/* SRCFILE: the real file */
+	uid_t uid;			/* ORG, SRCFILE: served owner, */
+	gid_t gid;			/* group */
+	mode_t mode;			/* and permission bits */
 	const struct qf_buf *bytes;	/* GENFILE: content (var-owned) */
 	struct qf_gv *gv;		/* GGUF */
 	uint64_t size;			/* GENFILE/WEIGHTS/SRCFILE size */
@@ -55,17 +58,50 @@ struct qf_node {
 					 * (stays set when writing failed) */
 };
 
-/* One source model. */
+/*
+ * One source model at one revision, as src.c found it.  A source that
+ * changes (a new hub revision, a replaced or rewritten file, a chmod)
+ * gets a new qf_mdl and new nodes; the old one stays for the files open
+ * on it, until unmount.
+ */
 struct qf_mdl {
-	char *name;			/* directory name */
+	struct qf_mdl *next;		/* fs->mdls, protected by fs->lock */
+	char *name;			/* "ORG/NAME[@REV]": for logs */
+	char *org;			/* MNT/<org>, or NULL */
+	char *base;			/* NAME[@REV], its name in MNT */
 	char *dir;			/* absolute source path */
+	char *rev;			/* hub commit, or NULL */
+	int dirfd;			/* dir, opened under the link rule */
 	struct qf_model *m;		/* NULL when it failed to open */
 	int open_err;			/* why, when m is NULL */
 	bool calibratable;		/* the forward pass supports it */
-	struct stat st;			/* of dir: owner and times */
+	struct stat st;			/* of dir: times */
+	uid_t uid;			/* served owner: the directory's */
+	gid_t gid;
+	mode_t dmode;			/* directories below MNT/<model> */
+	mode_t fmode;			/* files made from the model: no more
+					 * than its files and directories
+					 * allow each class (src.c) */
+	uint8_t sig[32];		/* what it was opened from (src.c) */
 	struct qf_var *vars;		/* protected by fs->lock */
 	struct qf_gv *gv;		/* original/model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
+};
+
+/* src.c: a model directory found under SRC. */
+struct qf_src_at {
+	int dirfd;			/* the model directory, or -1 */
+	struct qf_buf path;		/* its absolute path */
+	char *rev;			/* hub commit, or NULL */
+	struct stat path_st[4];		/* directories on the way, the
+					 * model's last */
+	int npath;
+	struct stat st;			/* the model directory's */
+	uid_t uid;			/* served owner and directory mode */
+	gid_t gid;
+	mode_t dmode;
+	struct qf_sha256 h;		/* signature being hashed */
+	uint8_t sig[32];
 };
 
 /* A segment of an assembled file: header bytes or one tensor. */
@@ -141,8 +177,12 @@ struct qf_fs {
 	struct qf_mixed_static mtable;	/* -o mixed_table */
 	char **mroles;			/* -o mixed_roles, NULL-terminated */
 	struct qf_mixed_ratio mratio;	/* -o mixed_ratio */
-	struct qf_mdl *mdl;
-	size_t nmdl;
+	int srcfd;			/* src, opened at mount */
+	char *single;			/* SRC is this one model, or NULL */
+	size_t nmodels;			/* models found at mount */
+	struct qf_mdl *mdls;		/* every model generation, fs->lock */
+	pthread_mutex_t src_lock;	/* src_said */
+	struct qf_buf src_said;		/* reasons logged ("\0"-separated) */
 	pthread_mutex_t lock;		/* nodes, hash, vars lists */
 	pthread_mutex_t sens_lock;	/* mixed sensitivity measurements */
 	struct qf_node **node;		/* by ino - 1, fs->lock */
@@ -167,10 +207,39 @@ struct qf_fs {
 	bool stopping;			/* job_lock: unmounting */
 };
 
+/* Entry and attribute timeout of the names src.c resolves (seconds). */
+#define QF_SRC_TIMEOUT 1.0
+
+/* src.c */
+/* Find [org/]base (base NAME or NAME@REV) under SRC; *at is released
+ * with qf_src_at_release() (also after an error). */
+int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
+		 struct qf_src_at *at);
+void qf_src_at_init(struct qf_src_at *at);
+void qf_src_at_release(struct qf_src_at *at);
+/* org holds models (hub repositories or model directories): 0, st of
+ * its directory (the root's for a hub org); -ENOENT otherwise. */
+int qf_src_org(struct qf_fs *fs, const char *org, struct stat *st);
+/* Names of the models and orgs under org (NULL: the root). */
+int qf_src_list(struct qf_fs *fs, const char *org, struct qf_buf *out,
+		size_t *count);
+/* Models SRC holds now (for the mount's first log line). */
+size_t qf_src_count(struct qf_fs *fs);
+/*
+ * mode with the bits of each class of (uid, gid) cleared where that class
+ * lacks need (4 read, 1 search) on st: what is served from a file or
+ * through a directory gives no class more than the source gives it.
+ */
+mode_t qf_src_meet(mode_t mode, uid_t uid, gid_t gid, const struct stat *st,
+		   unsigned need);
+
 /* ns.c */
 struct qf_node *qf_ns_node_root(struct qf_fs *fs);
-struct qf_node *qf_ns_node_model(struct qf_fs *fs, struct qf_node *root,
-				 struct qf_mdl *mdl);
+/* The model generation is what its source holds now (else ESTALE). */
+bool qf_ns_current(struct qf_fs *fs, const struct qf_mdl *mdl);
+/* Open a source file node's file under the link rule: fd or -errno. */
+int qf_ns_open_src(const struct qf_node *n);
+void qf_mdl_free(struct qf_mdl *mdl);
 struct qf_node *qf_ns_get(struct qf_fs *fs, uint64_t ino);
 /* Child by name, created on first lookup; NULL + *err when absent. */
 struct qf_node *qf_ns_lookup(struct qf_fs *fs, struct qf_node *dir,

@@ -98,15 +98,15 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 		var->calib_path = strdup(o->calib);
 	}
 	if (var->calib_path) {
-		ret = qf_read_file(var->calib_path, CALIB_MAX, &b);
+		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &b);
 		if (ret < 0) {
 			qf_err("%s: cannot read calibration text '%s': %s",
 			       var->mdl->name, var->calib_path,
 			       qf_strerror(ret));
 			return ret == -ENOENT ? -ENOENT : QF_EFORMAT;
 		}
-		qf_buf_addf(&tok, "%s/tokenizer.json", var->mdl->dir);
-		qf_read_file(tok.data, 64u << 20, &tok);
+		qf_src_read(var->mdl->m->dirfd, "tokenizer.json", 64u << 20,
+			    &tok);
 		qf_sha256_update(&h, "text-v1", 8);
 		qf_sha256_update(&h, b.data, b.len);
 		qf_sha256_update(&h, tok.data, tok.len);
@@ -245,7 +245,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 	if (bos < 0)
 		bos = (int32_t)qf_model_cfg_int(var->mdl->m, "bos_token_id", 0);
 	if (var->calib_path) {
-		ret = qf_read_file(var->calib_path, CALIB_MAX, &text);
+		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &text);
 		if (!ret)
 			ret = qf_calib_from_text(tok, text.data, text.len,
 						 var->ci.nseq, var->ci.seqlen,

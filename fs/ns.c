@@ -1,8 +1,9 @@
 /*
  * ns.c - the namespace: models found under SRC, and the nodes below them.
  *
- *   /                     models
- *   /<model>/             original, presets, cached variants (any valid
+ *   /                     models and orgs (src.c finds them on lookup)
+ *   /<org>/               models of one org (ORG/NAME trees, hub caches)
+ *   /[<org>/]<model>/     original, presets, cached variants (any valid
  *                         variant name resolves on lookup)
  *   /<model>/original/    the source files, unchanged
  *   /<model>/<variant>/   config.json, model.safetensors,
@@ -11,6 +12,9 @@
  * Nodes are created on first lookup and live until unmount: the set of
  * names that resolve is finite (models x source files x valid variant
  * names of the methods this build serves), so memory stays bounded.
+ * A model whose source changed gets a new generation (struct qf_mdl) and
+ * a new node under the same name; the old node leaves the name hash but
+ * stays for the files open below it.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -115,7 +119,8 @@ struct qf_node *qf_ns_get(struct qf_fs *fs, uint64_t ino)
 
 bool qf_ns_is_dir(const struct qf_node *n)
 {
-	return n->kind == QF_NODE_ROOT || n->kind == QF_NODE_MODEL ||
+	return n->kind == QF_NODE_ROOT || n->kind == QF_NODE_ORG ||
+	       n->kind == QF_NODE_MODEL ||
 	       n->kind == QF_NODE_ORIGDIR || n->kind == QF_NODE_VARDIR;
 }
 
@@ -143,24 +148,21 @@ bool qf_ns_passthrough_name(const char *name)
 	return true;
 }
 
-/* A regular file in the model dir (symlinks are not followed out). */
-static int src_file(struct qf_mdl *mdl, const char *name, char **path,
-		    uint64_t *size)
+/* A regular file in the model dir, links followed under the link rule. */
+static int src_file(struct qf_mdl *mdl, const char *name, struct stat *st)
 {
-	struct qf_buf b = QF_BUF_INIT;
+	int ret = qf_src_statat(mdl->dirfd, name, st);
+
+	if (!ret && !S_ISREG(st->st_mode))
+		ret = -ENOENT;
+	return ret;
+}
+
+int qf_ns_open_src(const struct qf_node *n)
+{
 	struct stat st;
 
-	if (strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, ".."))
-		return -ENOENT;
-	if (qf_buf_addf(&b, "%s/%s", mdl->dir, name) < 0)
-		return -ENOMEM;
-	if (lstat(b.data, &st) < 0 || !S_ISREG(st.st_mode)) {
-		qf_buf_release(&b);
-		return -ENOENT;
-	}
-	*size = (uint64_t)st.st_size;
-	*path = qf_buf_detach(&b, NULL);
-	return 0;
+	return qf_src_openat(n->mdl->dirfd, n->name, 0, &st);
 }
 
 static struct qf_var *find_var(struct qf_mdl *mdl, const char *name)
@@ -253,14 +255,9 @@ static struct qf_gv *gguf_of(struct qf_fs *fs, struct qf_mdl *mdl,
 
 static bool src_has(const struct qf_mdl *mdl, const char *name)
 {
-	struct qf_buf p = QF_BUF_INIT;
 	struct stat st;
-	bool ok;
 
-	qf_buf_addf(&p, "%s/%s", mdl->dir, name);
-	ok = p.data && lstat(p.data, &st) == 0;
-	qf_buf_release(&p);
-	return ok;
+	return qf_src_statat(mdl->dirfd, name, &st) == 0;
 }
 
 /* Caller holds fs->lock. */
@@ -269,16 +266,14 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 {
 	struct qf_node *n = node_find(fs, dir->ino, name);
 	enum qf_node_kind kind = QF_NODE_SRCFILE;
+	struct stat st = { 0 };
 	uint64_t size = 0;
-	char *path = NULL;
 	int ret;
 
 	if (n)
 		return n;
 	*err = -ENOENT;
 	switch (dir->kind) {
-	case QF_NODE_ROOT:
-		return NULL;		/* models are added at start */
 	case QF_NODE_MODEL:
 		if (!strcmp(name, "original")) {
 			n = node_add(fs, dir, name, QF_NODE_ORIGDIR);
@@ -286,7 +281,8 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 		}
 		return lookup_variant(fs, dir, name, err);
 	case QF_NODE_ORIGDIR:
-		ret = src_file(dir->mdl, name, &path, &size);
+		ret = src_file(dir->mdl, name, &st);
+		size = (uint64_t)st.st_size;
 		if (ret == -ENOENT && !strcmp(name, "model.gguf") &&
 		    gguf_of(fs, dir->mdl, NULL)) {
 			kind = QF_NODE_GGUF;
@@ -313,8 +309,10 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 			kind = QF_NODE_GGUF;
 			size = qf_gv_size(dir->var->gv);
 		} else if (!qf_ns_passthrough_name(name) ||
-			   src_file(dir->mdl, name, &path, &size) < 0) {
+			   src_file(dir->mdl, name, &st) < 0) {
 			return NULL;
+		} else {
+			size = (uint64_t)st.st_size;
 		}
 		break;
 	default:
@@ -324,12 +322,13 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	if (!n)
 		n = node_add(fs, dir, name, kind);
 	if (!n) {
-		free(path);
 		*err = -ENOMEM;
 		return NULL;
 	}
-	n->path = path;
 	n->size = size;
+	n->uid = st.st_uid;
+	n->gid = st.st_gid;
+	n->mode = st.st_mode & 0444;
 	if (kind == QF_NODE_GGUF)
 		n->gv = dir->kind == QF_NODE_ORIGDIR ? dir->mdl->gv :
 			dir->var->gv;
@@ -341,11 +340,208 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	return n;
 }
 
+void qf_mdl_free(struct qf_mdl *mdl)
+{
+	if (!mdl)
+		return;
+	while (mdl->vars) {
+		struct qf_var *v = mdl->vars;
+
+		mdl->vars = v->next;
+		qf_var_free(v);
+	}
+	qf_gv_free(mdl->gv);
+	qf_model_close(mdl->m);
+	if (mdl->dirfd >= 0)
+		close(mdl->dirfd);
+	free(mdl->name);
+	free(mdl->org);
+	free(mdl->base);
+	free(mdl->dir);
+	free(mdl->rev);
+	free(mdl);
+}
+
+/* Files a variant is made from: its files give no class more access. */
+static mode_t derived_mode(const struct qf_mdl *mdl)
+{
+	static const char *const from[] = {
+		"config.json", "model.safetensors.index.json",
+		"tokenizer.json", "tokenizer_config.json",
+	};
+	mode_t mode = mdl->dmode & 0444;
+	struct stat st;
+	size_t i;
+
+	for (i = 0; i < sizeof(from) / sizeof(from[0]); i++)
+		if (qf_src_statat(mdl->dirfd, from[i], &st) == 0)
+			mode = qf_src_meet(mode, mdl->uid, mdl->gid, &st, 4);
+	for (i = 0; mdl->m && i < mdl->m->nshard; i++)
+		mode = qf_src_meet(mode, mdl->uid, mdl->gid,
+				   &mdl->m->shard[i]->st, 4);
+	return mode;
+}
+
+/* A new generation of [org/]base from what src.c found (at). */
+static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
+		   struct qf_mdl **out)
+{
+	struct qf_buf name = QF_BUF_INIT;
+	struct qf_mdl *mdl = calloc(1, sizeof(*mdl));
+	size_t blen = strcspn(base, "@");
+	char *plain;
+
+	if (!mdl)
+		return -ENOMEM;
+	mdl->dirfd = at->dirfd;		/* taken */
+	at->dirfd = -1;
+	qf_buf_addf(&name, "%s%s%s", org ? org : "", org ? "/" : "", base);
+	mdl->name = qf_buf_detach(&name, NULL);
+	mdl->org = org ? strdup(org) : NULL;
+	mdl->base = strdup(base);
+	mdl->dir = qf_buf_detach(&at->path, NULL);
+	mdl->rev = at->rev;
+	at->rev = NULL;
+	plain = strndup(base, blen);
+	if (!mdl->name || (org && !mdl->org) || !mdl->base || !mdl->dir ||
+	    !plain) {
+		free(plain);
+		qf_mdl_free(mdl);
+		return -ENOMEM;
+	}
+	mdl->st = at->st;
+	mdl->uid = at->uid;
+	mdl->gid = at->gid;
+	mdl->dmode = at->dmode;
+	memcpy(mdl->sig, at->sig, sizeof(mdl->sig));
+	mdl->open_err = qf_model_open_at(mdl->dirfd, mdl->dir, plain, &mdl->m);
+	free(plain);
+	if (mdl->open_err < 0) {
+		qf_err("%s: cannot open the model (%s); only original/ is "
+		       "served", mdl->name, qf_strerror(mdl->open_err));
+	} else {
+		struct qf_tf_config c;
+
+		qf_info("%s%s%.12s: %zu tensors in %zu file(s), %.1f MB, "
+			"fingerprint %.16s", mdl->name, mdl->rev ? " at " : "",
+			mdl->rev ? mdl->rev : "", mdl->m->nt, mdl->m->nshard,
+			mdl->m->weight_bytes / 1e6, mdl->m->fp_hex);
+		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
+	}
+	mdl->fmode = derived_mode(mdl);
+	*out = mdl;
+	return 0;
+}
+
+static bool same_mdl(const struct qf_mdl *m, const char *org,
+		     const char *base, const uint8_t sig[32])
+{
+	return !strcmp(m->base, base) && !memcmp(m->sig, sig, 32) &&
+	       (org ? m->org && !strcmp(m->org, org) : !m->org);
+}
+
+/* The generation of [org/]base that at found: known, or opened now. */
+static struct qf_mdl *mdl_for(struct qf_fs *fs, const char *org,
+			      const char *base, struct qf_src_at *at, int *err)
+{
+	struct qf_mdl *m, *made = NULL;
+
+	pthread_mutex_lock(&fs->lock);
+	for (m = fs->mdls; m && !same_mdl(m, org, base, at->sig); m = m->next)
+		;
+	pthread_mutex_unlock(&fs->lock);
+	if (m)
+		return m;
+	*err = mdl_new(org, base, at, &made);	/* unlocked: reads files */
+	if (*err < 0)
+		return NULL;
+	pthread_mutex_lock(&fs->lock);
+	for (m = fs->mdls; m && !same_mdl(m, org, base, made->sig);
+	     m = m->next)
+		;
+	if (!m) {			/* else another thread won */
+		made->next = fs->mdls;
+		fs->mdls = made;
+		m = made;
+		made = NULL;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	qf_mdl_free(made);
+	return m;
+}
+
+bool qf_ns_current(struct qf_fs *fs, const struct qf_mdl *mdl)
+{
+	struct qf_src_at at;
+	bool same;
+
+	same = qf_src_model(fs, mdl->org, mdl->base, &at) == 0 &&
+	       !memcmp(at.sig, mdl->sig, sizeof(at.sig));
+	qf_src_at_release(&at);
+	return same;
+}
+
+/* Caller holds fs->lock. */
+static void hash_remove(struct qf_fs *fs, struct qf_node *n)
+{
+	struct qf_node **p = &fs->hash[hash_name(n->parent, n->name) %
+				       fs->nhash];
+
+	for (; *p; p = &(*p)->hnext)
+		if (*p == n) {
+			*p = n->hnext;
+			n->hnext = NULL;
+			return;
+		}
+}
+
+/* name in the root or an org: a model (its current generation) or an
+ * org, found in SRC now; I/O outside fs->lock. */
+static struct qf_node *lookup_source(struct qf_fs *fs, struct qf_node *dir,
+				     const char *name, int *err)
+{
+	const char *org = dir->kind == QF_NODE_ORG ? dir->name : NULL;
+	struct qf_mdl *mdl = NULL;
+	struct qf_node *n;
+	struct qf_src_at at;
+	struct stat st;
+
+	*err = qf_src_model(fs, org, name, &at);
+	if (!*err)
+		mdl = mdl_for(fs, org, name, &at, err);
+	qf_src_at_release(&at);
+	if (!mdl && (*err != -ENOENT || org || qf_src_org(fs, name, &st)))
+		return NULL;
+	pthread_mutex_lock(&fs->lock);
+	n = node_find(fs, dir->ino, name);
+	if (n && (n->kind == QF_NODE_MODEL ? n->mdl != mdl : !!mdl)) {
+		hash_remove(fs, n);	/* the source changed */
+		n = NULL;
+	}
+	if (!n)
+		n = node_add(fs, dir, name, mdl ? QF_NODE_MODEL : QF_NODE_ORG);
+	if (n && mdl) {
+		n->mdl = mdl;
+	} else if (n) {
+		n->uid = st.st_uid;
+		n->gid = st.st_gid;
+		n->mode = st.st_mode & 0555;
+	}
+	if (n)
+		n->nlookup++;
+	else
+		*err = -ENOMEM;
+	pthread_mutex_unlock(&fs->lock);
+	return n;
+}
+
 struct qf_node *qf_ns_lookup(struct qf_fs *fs, struct qf_node *dir,
 			     const char *name, int *err)
 {
 	struct qf_node *n;
 
+	if (dir->kind == QF_NODE_ROOT || dir->kind == QF_NODE_ORG)
+		return lookup_source(fs, dir, name, err);
 	pthread_mutex_lock(&fs->lock);
 	n = lookup_locked(fs, dir, name, err);
 	if (n)
@@ -360,22 +556,26 @@ static int add_name(struct qf_buf *out, size_t *count, const char *name)
 	return qf_buf_add(out, name, strlen(name) + 1);
 }
 
-/* Regular files of a model dir that pass the filter. */
+/* Regular files of a model dir (links under the rule) that pass the
+ * filter. */
 static int list_src(struct qf_mdl *mdl, bool variant, struct qf_buf *out,
 		    size_t *count)
 {
+	int fd = openat(mdl->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
 	struct dirent *de;
-	DIR *d = opendir(mdl->dir);
 	int ret = 0;
 
-	if (!d)
-		return -errno;
+	if (!d) {
+		ret = -errno;
+		if (fd >= 0)
+			close(fd);
+		return ret;
+	}
 	while ((de = readdir(d)) && !ret) {
 		struct stat st;
 
-		if (de->d_name[0] == '.' ||
-		    fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) ||
-		    !S_ISREG(st.st_mode))
+		if (de->d_name[0] == '.' || src_file(mdl, de->d_name, &st))
 			continue;
 		if (variant && !qf_ns_passthrough_name(de->d_name))
 			continue;
@@ -431,9 +631,9 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 	*count = 0;
 	switch (dir->kind) {
 	case QF_NODE_ROOT:
-		for (i = 0; i < fs->nmdl; i++)
-			add_name(out, count, fs->mdl[i].name);
-		return 0;
+		return qf_src_list(fs, NULL, out, count);
+	case QF_NODE_ORG:
+		return qf_src_list(fs, dir->name, out, count);
 	case QF_NODE_MODEL:
 		add_name(out, count, "original");
 		if (!dir->mdl->m)
@@ -472,22 +672,43 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 
 void qf_ns_stat(struct qf_fs *fs, const struct qf_node *n, struct stat *st)
 {
+	struct stat src;
+
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
-	st->st_uid = n->mdl ? n->mdl->st.st_uid : fs->uid;
-	st->st_gid = n->mdl ? n->mdl->st.st_gid : fs->gid;
+	st->st_nlink = qf_ns_is_dir(n) ? 2 : 1;
 	if (n->mdl) {
+		st->st_uid = n->mdl->uid;
+		st->st_gid = n->mdl->gid;
+		st->st_mode = qf_ns_is_dir(n) ? S_IFDIR | n->mdl->dmode :
+						S_IFREG | n->mdl->fmode;
 		st->st_mtim = n->mdl->st.st_mtim;
 		st->st_ctim = n->mdl->st.st_ctim;
 		st->st_atim = n->mdl->st.st_mtim;
 	}
-	if (qf_ns_is_dir(n)) {
-		st->st_mode = S_IFDIR | 0555;
-		st->st_nlink = 2;
+	switch (n->kind) {
+	case QF_NODE_ROOT:
+		if (fstat(fs->srcfd, &src) < 0)
+			src.st_mode = 0;
+		st->st_uid = src.st_uid;
+		st->st_gid = src.st_gid;
+		st->st_mode = S_IFDIR | (src.st_mode & 0555);
+		st->st_mtim = st->st_ctim = st->st_atim = src.st_mtim;
 		return;
+	case QF_NODE_ORG:
+		st->st_uid = n->uid;
+		st->st_gid = n->gid;
+		st->st_mode = S_IFDIR | n->mode;
+		return;
+	case QF_NODE_SRCFILE:
+		st->st_uid = n->uid;
+		st->st_gid = n->gid;
+		st->st_mode = S_IFREG | n->mode;
+		break;
+	default:
+		if (qf_ns_is_dir(n))
+			return;
 	}
-	st->st_mode = S_IFREG | 0444;
-	st->st_nlink = 1;
 	st->st_size = (off_t)n->size;
 	st->st_blksize = 1 << 20;
 	st->st_blocks = (blkcnt_t)((n->size + 511) / 512);
@@ -499,19 +720,6 @@ struct qf_node *qf_ns_node_root(struct qf_fs *fs)
 
 	pthread_mutex_lock(&fs->lock);
 	n = node_add(fs, NULL, "", QF_NODE_ROOT);
-	pthread_mutex_unlock(&fs->lock);
-	return n;
-}
-
-struct qf_node *qf_ns_node_model(struct qf_fs *fs, struct qf_node *root,
-				 struct qf_mdl *mdl)
-{
-	struct qf_node *n;
-
-	pthread_mutex_lock(&fs->lock);
-	n = node_add(fs, root, mdl->name, QF_NODE_MODEL);
-	if (n)
-		n->mdl = mdl;
 	pthread_mutex_unlock(&fs->lock);
 	return n;
 }

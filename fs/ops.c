@@ -52,6 +52,20 @@ int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock)
 	return 0;
 }
 
+/*
+ * Names src.c resolves (models, orgs, the root's attributes) are looked
+ * up again within QF_SRC_TIMEOUT: a new revision or a changed source is
+ * served by the next open after it.  Everything below a model is fixed.
+ */
+static double attr_timeout(const struct qf_fs *fs, const struct qf_node *n)
+{
+	bool src = n->kind == QF_NODE_ROOT || n->kind == QF_NODE_ORG ||
+		   n->kind == QF_NODE_MODEL;
+
+	return src && fs->o.timeout > QF_SRC_TIMEOUT ? QF_SRC_TIMEOUT :
+						      fs->o.timeout;
+}
+
 static void fill_entry(struct qf_fs *fs, struct qf_node *n,
 		       struct fuse_entry_param *e)
 {
@@ -59,8 +73,8 @@ static void fill_entry(struct qf_fs *fs, struct qf_node *n,
 	e->ino = n->ino;
 	e->generation = 1;
 	qf_ns_stat(fs, n, &e->attr);
-	e->attr_timeout = fs->o.timeout;
-	e->entry_timeout = fs->o.timeout;
+	e->attr_timeout = attr_timeout(fs, n);
+	e->entry_timeout = e->attr_timeout;
 }
 
 /* /proc/sys/fs/pipe-max-size, or the 1 MiB default. */
@@ -176,7 +190,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino,
 		return;
 	}
 	qf_ns_stat(fs, n, &st);
-	fuse_reply_attr(req, &st, fs->o.timeout);
+	fuse_reply_attr(req, &st, attr_timeout(fs, n));
 }
 
 static void op_opendir(fuse_req_t req, fuse_ino_t ino,
@@ -269,10 +283,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	if (n->kind == QF_NODE_WEIGHTS && !qf_fs_source_intact(n->mdl->m)) {
-		qf_err("%s: source changed since the mount; remount to serve "
-		       "the new version", n->mdl->name);
-		fuse_reply_err(req, EIO);
+	/* the kernel walks the path again (LOOKUP_REVAL) on ESTALE and
+	 * finds the model's new generation */
+	if (!qf_ns_current(fs, n->mdl)) {
+		qf_info("%s: the source changed: serving it anew", n->mdl->name);
+		fuse_reply_err(req, ESTALE);
 		return;
 	}
 	pt = qf_pt_open(fs, n);
@@ -290,9 +305,9 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	fi->fh = 0;
 	if (n->kind == QF_NODE_SRCFILE) {
-		fd = open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		fd = qf_ns_open_src(n);
 		if (fd < 0) {
-			fuse_reply_err(req, errno);
+			fuse_reply_err(req, qf_fs_errno(fd));
 			qf_pt_release(fs, n, false);
 			return;
 		}
@@ -355,8 +370,8 @@ static int read_weights(fuse_req_t req, struct qf_fs *fs, struct qf_var *var,
 		return ret;
 	}
 	if (!qf_fs_source_intact(var->mdl->m)) {
-		qf_err("%s: source changed since the mount; remount to serve "
-		       "the new version", var->mdl->name);
+		qf_err("%s: source changed while the file was open; open it "
+		       "again to read the new version", var->mdl->name);
 		ret = QF_ECORRUPT;
 	}
 	if (!ret)
@@ -454,7 +469,8 @@ static int xattr_value(struct qf_fs *fs, struct qf_node *n, const char *name,
 		       struct qf_buf *out)
 {
 	struct qf_buf one = QF_BUF_INIT;
-	size_t i, k = 0;
+	struct qf_mdl *mdl;
+	size_t k = 0;
 	int ret = 0;
 
 	if (n->kind == QF_NODE_VARDIR &&
@@ -472,10 +488,10 @@ static int xattr_value(struct qf_fs *fs, struct qf_node *n, const char *name,
 		return -ENODATA;
 	qf_buf_adds(out, "[");
 	pthread_mutex_lock(&fs->lock);
-	for (i = 0; i < fs->nmdl && !ret; i++) {
+	for (mdl = fs->mdls; mdl && !ret; mdl = mdl->next) {
 		struct qf_var *v;
 
-		for (v = fs->mdl[i].vars; v && !ret; v = v->next) {
+		for (v = mdl->vars; v && !ret; v = v->next) {
 			if (!v->calibrated || v->base)
 				continue;
 			ret = qf_job_progress(v, &one);

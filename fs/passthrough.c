@@ -451,7 +451,7 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 		id = n->pt_id;
 	} else if (allowed(fs)) {
 		fd = n->own_open ? -1 : n->kind == QF_NODE_SRCFILE ?
-		     open(n->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) :
+		     qf_ns_open_src(n) :
 		     open_read_file(fs, n);
 		if (fd >= 0) {
 			struct qf_backing_map map = { .fd = fd };

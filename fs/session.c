@@ -179,7 +179,7 @@ int qf_fs_run(struct qf_fs *fs, const char *mnt, const char *fuse_opts,
 	if (fuse_session_custom_io(se, &kio, fd) != 0)
 		qf_warn("cannot install the kernel I/O hooks; page-cache mode");
 	fs->se = se;
-	qf_info("mounted %zu model(s) on %s", fs->nmdl, mnt);
+	qf_info("mounted %zu model(s) on %s", fs->nmodels, mnt);
 	if (!foreground)
 		qf_log_set_syslog(true);
 	fuse_daemonize(foreground);

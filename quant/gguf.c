@@ -1001,22 +1001,19 @@ static const char *pre_name(const cJSON *pt)
 	return "default";
 }
 
-static int read_json(const char *dir, const char *name, size_t max,
+static int read_json(const struct qf_model *m, const char *name, size_t max,
 		     bool optional, cJSON **out)
 {
 	struct qf_buf b = QF_BUF_INIT;
-	char path[4096];
 	int ret;
 
 	*out = NULL;
-	if (snprintf(path, sizeof(path), "%s/%s", dir, name) >=
-	    (int)sizeof(path))
-		return -ENAMETOOLONG;
-	ret = qf_read_file(path, max, &b);
+	ret = qf_src_read(m->dirfd, name, max, &b);
 	if (ret == -ENOENT && optional)
 		return 0;
 	if (ret < 0) {
-		qf_err("cannot read '%s': %s", path, qf_strerror(ret));
+		qf_err("%s: cannot read '%s': %s", m->dir, name,
+		       qf_strerror(ret));
 		return ret;
 	}
 	*out = cJSON_ParseWithLength(b.data ? b.data : "", b.len);
@@ -1024,7 +1021,7 @@ static int read_json(const char *dir, const char *name, size_t max,
 	if (!*out || !cJSON_IsObject(*out)) {
 		cJSON_Delete(*out);
 		*out = NULL;
-		qf_err("%s: not a JSON object", path);
+		qf_err("%s/%s: not a JSON object", m->dir, name);
 		return QF_EFORMAT;
 	}
 	return 0;
@@ -1393,11 +1390,11 @@ static int write_vocab(struct kvw *w, const struct qf_model *m,
 		*why = "vocabulary larger than 4M tokens";
 		return QF_EUNSUPPORTED;
 	}
-	ret = read_json(m->dir, "tokenizer.json", TOK_MAX_JSON, false, &v.tj);
+	ret = read_json(m, "tokenizer.json", TOK_MAX_JSON, false, &v.tj);
 	if (ret == QF_EFORMAT || ret == -ENOENT)
 		*why = "no readable tokenizer.json";
 	if (!ret)
-		ret = read_json(m->dir, "tokenizer_config.json",
+		ret = read_json(m, "tokenizer_config.json",
 				TOK_MAX_CONFIG, true, &v.tc);
 	if (ret)
 		goto out_free;
@@ -1732,13 +1729,6 @@ static uint32_t file_type(const struct qf_gguf_plan *p)
 	return ft[best].ftype;
 }
 
-static const char *base_name(const char *dir)
-{
-	const char *s = strrchr(dir, '/');
-
-	return s && s[1] ? s + 1 : dir;
-}
-
 static void write_model_kv(struct kvw *w, const struct qf_model *m,
 			   const struct qf_gguf_plan *p)
 {
@@ -1747,7 +1737,7 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	long ctx = qf_model_cfg_int(m, "max_position_embeddings", 2048);
 
 	kv_str(w, "general.architecture", p->arch);
-	kv_str(w, "general.name", base_name(m->dir));
+	kv_str(w, "general.name", m->name);
 	kv_u32(w, "general.alignment", QF_GGUF_ALIGN);
 	kv_u32(w, "general.file_type", p->q4_k_m ? 15 : file_type(p));
 	kv_u32(w, "general.quantization_version", 2);

@@ -8,6 +8,7 @@
  * validated by qf_st_open().
  */
 #include <cjson/cJSON.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -63,10 +64,18 @@ static int open_shards(struct qf_model *m, char **names, size_t n)
 		return -ENOMEM;
 	for (i = 0; i < n; i++) {
 		char *p = path_join(m->dir, names[i]);
+		struct stat st;
+		int fd;
 
 		if (!p)
 			return -ENOMEM;
-		ret = qf_st_open(p, &m->shard[i]);
+		fd = qf_src_openat(m->dirfd, names[i], 0, &st);
+		if (fd < 0) {
+			qf_err("%s: %s", p, qf_strerror(fd));
+			free(p);
+			return fd;
+		}
+		ret = qf_st_open_fd(fd, p, &m->shard[i]);
 		free(p);
 		if (ret < 0)
 			return ret;
@@ -79,6 +88,7 @@ static int open_shards(struct qf_model *m, char **names, size_t n)
 static int read_index(struct qf_model *m, const char *ipath, char ***names,
 		      size_t *n, cJSON **index)
 {
+	static const char iname[] = "model.safetensors.index.json";
 	struct qf_buf b = QF_BUF_INIT;
 	cJSON *map;
 	cJSON *it;
@@ -87,9 +97,11 @@ static int read_index(struct qf_model *m, const char *ipath, char ***names,
 	size_t i;
 	int ret;
 
-	ret = qf_read_file(ipath, INDEX_MAX, &b);
-	if (ret < 0)
+	ret = qf_src_read(m->dirfd, iname, INDEX_MAX, &b);
+	if (ret < 0) {
+		qf_err("%s: %s", ipath, qf_strerror(ret));
 		return ret;
+	}
 	*index = cJSON_ParseWithLength(b.data, b.len);
 	qf_buf_release(&b);
 	map = *index ? cJSON_GetObjectItemCaseSensitive(*index, "weight_map")
@@ -228,7 +240,31 @@ static void dominant_dtype(struct qf_model *m)
 
 int qf_model_open(const char *dir, struct qf_model **out)
 {
+	const char *base = strrchr(dir, '/');
+	char *real = realpath(dir, NULL);
+	int fd, ret;
+
+	if (!real)
+		return -errno;
+	fd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		free(real);
+		return ret;
+	}
+	base = strrchr(real, '/');
+	ret = qf_model_open_at(fd, real, base && base[1] ? base + 1 : real,
+			       out);
+	close(fd);
+	free(real);
+	return ret;
+}
+
+int qf_model_open_at(int dirfd, const char *dir, const char *name,
+		     struct qf_model **out)
+{
 	struct qf_model *m;
+	struct stat st;
 	cJSON *index = NULL;
 	char **names = NULL;
 	char *single = "model.safetensors";
@@ -239,17 +275,22 @@ int qf_model_open(const char *dir, struct qf_model **out)
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
-	m->dir = realpath(dir, NULL);
-	if (!m->dir) {
-		ret = -errno;
+	m->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	m->dir = strdup(dir);
+	m->name = strdup(name);
+	if (m->dirfd < 0 || !m->dir || !m->name) {
+		ret = m->dirfd < 0 ? -errno : -ENOMEM;
 		goto out_free;
 	}
-	p = path_join(m->dir, "config.json");
-	ret = p ? qf_read_file(p, CONFIG_MAX, &m->config_text) : -ENOMEM;
+	ret = qf_src_read(m->dirfd, "config.json", CONFIG_MAX, &m->config_text);
 	if (ret < 0) {
 		qf_err("%s: cannot read config.json: %s", m->dir,
 		       qf_strerror(ret));
-		free(p);
+		goto out_free;
+	}
+	p = path_join(m->dir, "config.json");
+	if (!p) {
+		ret = -ENOMEM;
 		goto out_free;
 	}
 	m->config = cJSON_ParseWithLength(m->config_text.data,
@@ -266,7 +307,8 @@ int qf_model_open(const char *dir, struct qf_model **out)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	if (access(p, F_OK) == 0) {
+	ret = qf_src_statat(m->dirfd, "model.safetensors.index.json", &st);
+	if (ret != -ENOENT) {
 		ret = read_index(m, p, &names, &nnames, &index);
 	} else {
 		names = &single;
@@ -308,7 +350,10 @@ void qf_model_close(struct qf_model *m)
 	free(m->t);
 	cJSON_Delete(m->config);
 	qf_buf_release(&m->config_text);
+	if (m->dirfd >= 0)
+		close(m->dirfd);
 	free(m->dir);
+	free(m->name);
 	free(m);
 }
 
@@ -326,17 +371,14 @@ bool qf_model_unchanged(const struct qf_model *m)
 {
 	struct qf_buf b = QF_BUF_INIT;
 	bool same;
-	char *p;
 	size_t i;
 
 	for (i = 0; i < m->nshard; i++)
 		if (!qf_st_unchanged(m->shard[i]))
 			return false;
-	p = path_join(m->dir, "config.json");
-	same = p && qf_read_file(p, CONFIG_MAX, &b) == 0 &&
+	same = qf_src_read(m->dirfd, "config.json", CONFIG_MAX, &b) == 0 &&
 	       b.len == m->config_text.len &&
 	       !memcmp(b.data, m->config_text.data, b.len);
-	free(p);
 	qf_buf_release(&b);
 	return same;
 }

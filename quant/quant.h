@@ -121,6 +121,9 @@ struct qf_st_file {
  * Returns 0, -errno, QF_EFORMAT (message logged with the path), -ENOMEM.
  */
 int qf_st_open(const char *path, struct qf_st_file **out);
+/* The same for an open file; fd is the new qf_st_file's (closed on error);
+ * path names it in messages and in qf_st_unchanged(). */
+int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out);
 void qf_st_close(struct qf_st_file *f);
 /* Pointer to t's bytes inside the map (borrowed, valid until close). */
 const void *qf_st_data(const struct qf_st_file *f,
@@ -211,6 +214,9 @@ struct qf_model_tensor {
 
 struct qf_model {
 	char *dir;			/* source directory, absolute */
+	char *name;			/* the model's name (GGUF general.name) */
+	int dirfd;			/* dir, held open: every file of the
+					 * model is opened in it (srcfile.c) */
 	struct qf_buf config_text;	/* config.json bytes */
 	void *config;			/* cJSON *, parsed config.json */
 	struct qf_st_file **shard;	/* weight files, sorted by name */
@@ -236,6 +242,13 @@ struct qf_model {
  * Returns 0, -errno, QF_EFORMAT (reason logged), -ENOMEM.
  */
 int qf_model_open(const char *dir, struct qf_model **out);
+/*
+ * The same for a directory already open (dirfd is duplicated, not taken):
+ * every file is opened in it under the link rule of qf_src_openat(); dir
+ * and name label it in messages, records and GGUF metadata.
+ */
+int qf_model_open_at(int dirfd, const char *dir, const char *name,
+		     struct qf_model **out);
 void qf_model_close(struct qf_model *m);
 const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
 					    const char *name);

@@ -517,23 +517,30 @@ uint64_t qf_st_numel(const struct qf_st_tensor *t)
  */
 int qf_st_open(const char *path, struct qf_st_file **out)
 {
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	return qf_st_open_fd(fd, path, out);
+}
+
+int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out)
+{
 	struct qf_st_file *f;
 	const char *why = NULL;
 	void *map;
 	int ret;
 
 	f = calloc(1, sizeof(*f));
-	if (!f)
+	if (!f) {
+		close(fd);
 		return -ENOMEM;
+	}
+	f->fd = fd;
 	f->path = strdup(path);
 	if (!f->path) {
 		ret = -ENOMEM;
-		goto out_free;
-	}
-	f->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (f->fd < 0) {
-		ret = -errno;
-		goto out_free_path;
+		goto out_close;
 	}
 	if (fstat(f->fd, &f->st) < 0) {
 		ret = -errno;
@@ -571,12 +578,10 @@ out_unmap:
 	munmap(map, (size_t)f->size);
 out_close:
 	close(f->fd);
-out_free_path:
-	free(f->path);
-out_free:
-	free(f);
 	if (ret == QF_EFORMAT)
 		qf_err("'%s' is not a valid safetensors file: %s", path, why);
+	free(f->path);
+	free(f);
 	return ret;
 }
 

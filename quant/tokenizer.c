@@ -1395,13 +1395,17 @@ int qf_tok_open(const char *path, struct qf_tok **out, const char **why)
 int qf_model_tokenizer(const struct qf_model *m, struct qf_tok **out,
 		       const char **why)
 {
-	struct qf_buf path = QF_BUF_INIT;
+	struct qf_buf b = QF_BUF_INIT;
 	int ret;
 
-	ret = qf_buf_addf(&path, "%s/tokenizer.json", m->dir);
-	if (!ret)
-		ret = qf_tok_open(path.data, out, why);
-	qf_buf_release(&path);
+	ret = qf_src_read(m->dirfd, "tokenizer.json", QF_TOK_MAX_JSON, &b);
+	if (ret < 0) {
+		if (why)
+			*why = "cannot read tokenizer.json";
+		return ret;
+	}
+	ret = qf_tok_load(b.data ? b.data : "", b.len, out, why);
+	qf_buf_release(&b);
 	return ret;
 }
 

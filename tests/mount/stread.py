@@ -4,6 +4,8 @@ Written from the public format descriptions (safetensors README; AutoGPTQ
 qlinear_cuda_old.py), sharing no code with quantfs.  numpy only.
 """
 import json
+import os
+import shutil
 import struct
 
 import numpy as np
@@ -70,3 +72,79 @@ def gptq_dequant(t, prefix, bits, out_f, in_f):
     g = t[prefix + ".g_idx"]
     w = s[g] * (q.astype(np.float32) - z[g].astype(np.float32))
     return w.T, q.T, z, s, g
+
+
+def check_rtn(t, src, name, bits, group, sym):
+    """q, scales, zeros equal an independent numpy RTN of W."""
+    W = src[name].astype(np.float32)
+    out_f, in_f = W.shape
+    pre = name[:-len(".weight")]
+    deq, q, z, s, g = gptq_dequant(t, pre, bits, out_f, in_f)
+    gs = in_f if group <= 0 else group
+    assert np.array_equal(g, np.arange(in_f) // gs)
+    maxq = 2 ** bits - 1
+    ng = s.shape[0]
+    assert ng == -(-in_f // gs)
+    for gi in range(ng):
+        blk = W[:, gi * gs:(gi + 1) * gs]
+        lo = np.minimum(blk.min(1), 0)
+        hi = np.maximum(blk.max(1), 0)
+        if sym:
+            mx = np.maximum(-lo, hi)
+            sc = (2 * mx / maxq).astype(np.float32)
+            zz = np.full(out_f, (maxq + 1) // 2)
+        else:
+            sc = ((hi - lo) / maxq).astype(np.float32)
+            zz = np.rint(-lo / sc)
+            bad = zz < 1
+            sc = np.where(bad, hi / (maxq - 1), sc).astype(np.float32)
+            zz = np.where(bad, 1, zz)
+        sc16 = sc.astype(np.float16).astype(np.float32)
+        assert np.array_equal(s[gi], sc16), (name, gi)
+        assert np.array_equal(z[gi], np.minimum(zz, maxq)), (name, gi)
+        qq = np.clip(np.rint(blk / sc16[:, None]) + z[gi][:, None], 0, maxq)
+        assert np.array_equal(q[:, gi * gs:(gi + 1) * gs], qq), (name, gi)
+    # and the reconstruction error is within half a step where not clipped
+    step = s[g].T
+    inside = (q > 0) & (q < maxq)
+    assert np.all(np.abs(W - deq)[inside] <= step[inside] / 2 + 1e-6)
+    return deq
+
+
+def write_st(path, tensors):
+    """Write a safetensors file from {name: (dtype, shape, bytes)}."""
+    hdr, off, blobs = {"__metadata__": {"format": "pt"}}, 0, []
+    for name in sorted(tensors):
+        dt, shape, raw = tensors[name]
+        hdr[name] = {"dtype": dt, "shape": shape,
+                     "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        blobs.append(raw)
+    h = json.dumps(hdr).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def shard(src, dest, k):
+    """A copy of model dir src with its model.safetensors split into k
+    shards (tensor i in shard i % k) and an index, as large models are."""
+    shutil.copytree(src, dest)
+    os.unlink(os.path.join(dest, "model.safetensors"))
+    raw = open(os.path.join(src, "model.safetensors"), "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    parts = [{} for _ in range(k)]
+    wmap = {}
+    for i, name in enumerate(sorted(x for x in hdr if x != "__metadata__")):
+        b, e = hdr[name]["data_offsets"]
+        parts[i % k][name] = (hdr[name]["dtype"], hdr[name]["shape"],
+                              raw[8 + n + b:8 + n + e])
+        wmap[name] = "model-%05d-of-%05d.safetensors" % (i % k + 1, k)
+    for j in range(k):
+        write_st(os.path.join(dest, "model-%05d-of-%05d.safetensors"
+                              % (j + 1, k)), parts[j])
+    with open(os.path.join(dest, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": len(raw) - 8 - n},
+                   "weight_map": wmap}, f)
+    return dest

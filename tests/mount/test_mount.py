@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
 from qftest import Mount, mkmodel, run_tests, SkipTest, SHARED, sha, \
     sha_in_parallel  # noqa: E402
+from stread import check_rtn  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qftest.")
 SRC = os.path.join(WORK, "models")
@@ -184,43 +185,6 @@ def test_stat_before_production_and_lazy_range():
         assert len(produced(m.stderr())) == 28
 
 
-def check_rtn(t, src, name, bits, group, sym):
-    """q, scales, zeros equal an independent numpy RTN of W."""
-    W = src[name].astype(np.float32)
-    out_f, in_f = W.shape
-    pre = name[:-len(".weight")]
-    deq, q, z, s, g = stread.gptq_dequant(t, pre, bits, out_f, in_f)
-    gs = in_f if group <= 0 else group
-    assert np.array_equal(g, np.arange(in_f) // gs)
-    maxq = 2 ** bits - 1
-    ng = s.shape[0]
-    assert ng == -(-in_f // gs)
-    for gi in range(ng):
-        blk = W[:, gi * gs:(gi + 1) * gs]
-        lo = np.minimum(blk.min(1), 0)
-        hi = np.maximum(blk.max(1), 0)
-        if sym:
-            mx = np.maximum(-lo, hi)
-            sc = (2 * mx / maxq).astype(np.float32)
-            zz = np.full(out_f, (maxq + 1) // 2)
-        else:
-            sc = ((hi - lo) / maxq).astype(np.float32)
-            zz = np.rint(-lo / sc)
-            bad = zz < 1
-            sc = np.where(bad, hi / (maxq - 1), sc).astype(np.float32)
-            zz = np.where(bad, 1, zz)
-        sc16 = sc.astype(np.float16).astype(np.float32)
-        assert np.array_equal(s[gi], sc16), (name, gi)
-        assert np.array_equal(z[gi], np.minimum(zz, maxq)), (name, gi)
-        qq = np.clip(np.rint(blk / sc16[:, None]) + z[gi][:, None], 0, maxq)
-        assert np.array_equal(q[:, gi * gs:(gi + 1) * gs], qq), (name, gi)
-    # and the reconstruction error is within half a step where not clipped
-    step = s[g].T
-    inside = (q > 0) & (q < maxq)
-    assert np.all(np.abs(W - deq)[inside] <= step[inside] / 2 + 1e-6)
-    return deq
-
-
 def test_gptq_layout_against_numpy_reference():
     src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
     with Mount(SRC) as m:
@@ -346,33 +310,43 @@ def test_two_daemons_produce_each_linear_once():
         assert len(pa) + len(pb) == 28 and not set(pa) & set(pb), (pa, pb)
 
 
-def test_changed_source_new_fingerprint_no_stale_bytes():
+def test_changed_source_served_anew_no_stale_bytes():
+    """Weights rewritten in place (cp) and replaced atomically (rename,
+    as download tools do) while mounted: the next open serves the
+    variant of what SRC holds now, never the old one; no remount."""
     d = mkmodel(os.path.join(WORK, "chg", "m"), "--seed", 3)
+    new = [mkmodel(os.path.join(WORK, "chg%d" % k), "--seed", k)
+           for k in (4, 5)]
     cache = tempfile.mkdtemp(prefix="qfcache.")
     p = "m/rtn_w4_g128/model.safetensors"
+    q = "model.layers.0.self_attn.q_proj.weight"
+    man = "m/rtn_w4_g128/quantization.json"
+
+    def served(m, want):
+        t, _ = stread.read_st(os.path.join(m.mnt, p))
+        src, _ = stread.read_st(os.path.join(want, "model.safetensors"))
+        check_rtn(t, src, q, 4, 128, False)
+        assert sha(os.path.join(m.mnt, "m/original/model.safetensors")) \
+            == sha(os.path.join(want, "model.safetensors"))
+        return json.load(open(os.path.join(m.mnt, man)))["source"]
+
     with Mount(os.path.dirname(d), cache=cache) as m:
-        a = sha(os.path.join(m.mnt, p))
-        fp1 = json.load(open(os.path.join(m.mnt, "m/rtn_w4_g128/"
-                                          "quantization.json")))["source"]
+        fp = [served(m, d)["fingerprint"]]
         # rewrite the weights in place: same size, other bytes
-        mkmodel(os.path.join(WORK, "chg2"), "--seed", 4)
-        shutil.copyfile(os.path.join(WORK, "chg2", "model.safetensors"),
+        shutil.copyfile(os.path.join(new[0], "model.safetensors"),
                         os.path.join(d, "model.safetensors"))
-        # the open mount never serves stale or mixed bytes: EIO
-        try:
-            open(os.path.join(m.mnt, "m/rtn_w4_g32/model.safetensors"),
-                 "rb").read()
-            raise AssertionError("read of a changed source succeeded")
-        except OSError as e:
-            assert e.errno == errno.EIO
+        fp.append(served(m, new[0])["fingerprint"])
+        # atomic replace: a new inode renamed over the old name
+        tmp = os.path.join(d, ".model.safetensors.part")
+        shutil.copyfile(os.path.join(new[1], "model.safetensors"), tmp)
+        os.rename(tmp, os.path.join(d, "model.safetensors"))
+        fp.append(served(m, new[1])["fingerprint"])
+        assert len(set(fp)) == 3, fp
+        assert "the source changed" in m.stderr()
         assert m.alive()
     with Mount(os.path.dirname(d), cache=cache) as m:
-        fp2 = json.load(open(os.path.join(m.mnt, "m/rtn_w4_g128/"
-                                          "quantization.json")))["source"]
-        assert fp1["fingerprint"] != fp2["fingerprint"]
-        b = sha(os.path.join(m.mnt, p))
-        assert a != b
-        assert len(produced(m.stderr())) == 28   # nothing came from cache
+        assert served(m, new[1])["fingerprint"] == fp[2]
+        assert produced(m.stderr()) == []    # the cache had it
 
 
 def test_corrupt_sources_eio_daemon_stays_up():
@@ -671,47 +645,12 @@ def test_io_direct_writes_no_read_files():
         not os.listdir(os.path.join(cache, "files"))
 
 
-def write_st(path, tensors):
-    """Write a safetensors file from {name: (dtype, shape, bytes)}."""
-    hdr, off, blobs = {"__metadata__": {"format": "pt"}}, 0, []
-    for name in sorted(tensors):
-        dt, shape, raw = tensors[name]
-        hdr[name] = {"dtype": dt, "shape": shape,
-                     "data_offsets": [off, off + len(raw)]}
-        off += len(raw)
-        blobs.append(raw)
-    h = json.dumps(hdr).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-
-
 def test_sharded_source_same_output():
     """model.safetensors.index.json + shards: the variant equals the one
     of the same tensors in a single file."""
     root = os.path.join(WORK, "shard")
     single = mkmodel(os.path.join(root, "single"), "--seed", 9)
-    sharded = os.path.join(root, "sharded")
-    shutil.copytree(single, sharded)
-    os.unlink(os.path.join(sharded, "model.safetensors"))
-    t, hdr = stread.read_st(os.path.join(single, "model.safetensors"))
-    raw = open(os.path.join(single, "model.safetensors"), "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    parts = [{}, {}, {}]
-    wmap = {}
-    for i, name in enumerate(sorted(k for k in hdr if k != "__metadata__")):
-        b, e = hdr[name]["data_offsets"]
-        k = i % 3
-        parts[k][name] = (hdr[name]["dtype"], hdr[name]["shape"],
-                          raw[8 + n + b:8 + n + e])
-        wmap[name] = "model-%05d-of-00003.safetensors" % (k + 1)
-    for k in range(3):
-        write_st(os.path.join(sharded, "model-%05d-of-00003.safetensors"
-                              % (k + 1)), parts[k])
-    with open(os.path.join(sharded, "model.safetensors.index.json"),
-              "w") as f:
-        json.dump({"metadata": {"total_size": len(raw) - 8 - n},
-                   "weight_map": wmap}, f)
+    sharded = stread.shard(single, os.path.join(root, "sharded"), 3)
     with Mount(root) as m:
         for var in ("rtn_w4_g128", "rtn_w8_gc_fake"):
             a = sha(os.path.join(m.mnt, "single", var, "model.safetensors"))
