@@ -126,6 +126,16 @@ uint64_t qf_hash64(const void *data, size_t len, uint64_t seed);
 /* Lower-case hex of n bytes into out (2n + 1 bytes). */
 void qf_hex(const uint8_t *in, size_t n, char *out);
 
+/*
+ * guard.c: a mapping of a file another process may truncate.  A read past
+ * the file's new end gets zeros instead of SIGBUS and counts a fault:
+ * check qf_guard_faults() after reading and discard what was read if it
+ * grew.  Returns a guard id, or -ENOSPC (the mapping is not guarded).
+ */
+int qf_guard_add(const void *p, size_t len);
+void qf_guard_remove(int id);		/* before munmap */
+unsigned qf_guard_faults(int id);
+
 /* Monotonic seconds. */
 double qf_now(void);
 

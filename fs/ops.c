@@ -127,6 +127,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
+	/* below a model whose source changed: walk again (see op_open) */
+	if (dir->mdl && !qf_ns_current(fs, dir->mdl)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
 	/* mixed_dyn / mixed_b: measure outside the namespace lock */
 	if (dir->kind == QF_NODE_MODEL && dir->mdl->m) {
 		struct qf_spec sp;

@@ -91,7 +91,9 @@ static int gptq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 			dst[r * in + j] = qf_f16_to_f32(s[k]) *
 					  (float)((int32_t)q[r * in + j] - zero);
 		}
-	ret = 0;
+	ret = qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
+	      qf_st_faulted(sc->shard) || qf_st_faulted(gi->shard) ?
+	      QF_ECORRUPT : 0;
 out_free:
 	free(q);
 	free(z);
@@ -132,6 +134,11 @@ static int awq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 	memcpy(w, qf_st_data(qw->shard, qw->t), qw->t->nbytes);
 	memcpy(z, qf_st_data(qz->shard, qz->t), qz->t->nbytes);
 	memcpy(s, qf_st_data(sc->shard, sc->t), sc->t->nbytes);
+	if (qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
+	    qf_st_faulted(sc->shard)) {
+		ret = QF_ECORRUPT;
+		goto out_free;
+	}
 	qf_awq_unpack(w, z, s, out, in, ng, q, s16, zero);
 	for (r = 0; r < out; r++)
 		for (j = 0; j < in; j++) {

@@ -349,6 +349,8 @@ static int read_rows(const struct qf_model_tensor *mt, int64_t r0, int64_t n,
 		       mt->shard->path, mt->name);
 		return ret;
 	}
+	if (qf_st_faulted(mt->shard))
+		return QF_ECORRUPT;
 	for (i = 0; i < n * cols; i++)
 		if (!isfinite(dst[i])) {
 			qf_err("%s: tensor '%s' has a non-finite value in row "

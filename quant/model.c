@@ -266,6 +266,7 @@ int qf_model_open_at(int dirfd, const char *dir, const char *name,
 	struct qf_model *m;
 	struct stat st;
 	cJSON *index = NULL;
+	size_t i;
 	char **names = NULL;
 	char *single = "model.safetensors";
 	size_t nnames = 0;
@@ -329,6 +330,11 @@ int qf_model_open_at(int dirfd, const char *dir, const char *name,
 	if (ret < 0)
 		goto out_free;
 	fingerprint(m);
+	for (i = 0; i < m->nshard; i++)
+		if (qf_st_faulted(m->shard[i])) {
+			ret = QF_ECORRUPT;
+			goto out_free;
+		}
 	dominant_dtype(m);
 	*out = m;
 	return 0;
@@ -405,8 +411,8 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 	int ret;
 
 	if (!qf_st_unchanged(mt->shard)) {
-		qf_err("%s: changed on disk since the mount; remount",
-		       mt->shard->path);
+		qf_err("%s: changed on disk while in use: not read (the next "
+		       "open serves the new version)", mt->shard->path);
 		return QF_ECORRUPT;
 	}
 	src = (const uint8_t *)qf_st_data(mt->shard, mt->t) +
@@ -414,6 +420,8 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 	ret = qf_to_f32(mt->t->dtype, src, n, dst);
 	if (ret < 0)
 		return ret;
+	if (qf_st_faulted(mt->shard))
+		return QF_ECORRUPT;
 	if (qf_all_finite(dst, (size_t)n))
 		return 0;
 	for (i = 0; i < n; i++)
@@ -430,8 +438,12 @@ int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst)
 {
 	int64_t rows = mt->t->ndim >= 1 ? mt->t->shape[0] : 1;
 
-	if (mt->t->ndim == 0 || qf_st_numel(mt->t) == 0)
-		return qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t),
-				 qf_st_numel(mt->t), dst);
+	if (mt->t->ndim == 0 || qf_st_numel(mt->t) == 0) {
+		int ret = qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t),
+				    qf_st_numel(mt->t), dst);
+
+		return ret < 0 ? ret : qf_st_faulted(mt->shard) ? QF_ECORRUPT :
+								  0;
+	}
 	return qf_model_read_f32_rows(mt, 0, rows, dst);
 }

@@ -114,6 +114,8 @@ struct qf_st_file {
 	uint64_t size;			/* file size at open */
 	struct stat st;			/* at open: size and mtime for staleness */
 	struct qf_st_header hdr;
+	int guard;			/* qf_guard_add() id of map */
+	_Atomic bool said;		/* qf_st_faulted() logged */
 };
 
 /*
@@ -124,6 +126,12 @@ int qf_st_open(const char *path, struct qf_st_file **out);
 /* The same for an open file; fd is the new qf_st_file's (closed on error);
  * path names it in messages and in qf_st_unchanged(). */
 int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out);
+/*
+ * Some read of f's map ran past the file's end since it was opened (the
+ * file was truncated in place) and got zeros: what was read is not the
+ * file's.  Logged once.  Readers of the map call it after reading.
+ */
+bool qf_st_faulted(const struct qf_st_file *f);
 void qf_st_close(struct qf_st_file *f);
 /* Pointer to t's bytes inside the map (borrowed, valid until close). */
 const void *qf_st_data(const struct qf_st_file *f,

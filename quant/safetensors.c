@@ -14,6 +14,7 @@
  * QF_ST_MAX_HEADER; cJSON caps nesting depth on its own.
  */
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -568,13 +569,19 @@ int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out)
 		goto out_close;
 	}
 	f->map = map;
+	f->guard = qf_guard_add(map, (size_t)f->size);
 	ret = qf_st_parse(f->map, (size_t)f->size, f->size, &f->hdr, &why);
+	if (ret == 0 && qf_st_faulted(f)) {
+		qf_st_header_free(&f->hdr);
+		ret = QF_ECORRUPT;
+	}
 	if (ret < 0)
 		goto out_unmap;
 	*out = f;
 	return 0;
 
 out_unmap:
+	qf_guard_remove(f->guard);
 	munmap(map, (size_t)f->size);
 out_close:
 	close(f->fd);
@@ -590,6 +597,7 @@ void qf_st_close(struct qf_st_file *f)
 	if (!f)
 		return;
 	qf_st_header_free(&f->hdr);
+	qf_guard_remove(f->guard);
 	munmap((void *)f->map, (size_t)f->size);
 	close(f->fd);
 	free(f->path);
@@ -600,6 +608,16 @@ const void *qf_st_data(const struct qf_st_file *f,
 		       const struct qf_st_tensor *t)
 {
 	return f->map + f->hdr.data_off + t->begin;
+}
+
+bool qf_st_faulted(const struct qf_st_file *f)
+{
+	if (!qf_guard_faults(f->guard))
+		return false;
+	if (!atomic_exchange(&((struct qf_st_file *)f)->said, true))
+		qf_err("'%s' shrank while it was read (truncated in place?): "
+		       "I/O errors until it is whole again", f->path);
+	return true;
 }
 
 bool qf_st_unchanged(const struct qf_st_file *f)

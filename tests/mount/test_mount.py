@@ -349,6 +349,62 @@ def test_changed_source_served_anew_no_stale_bytes():
         assert produced(m.stderr()) == []    # the cache had it
 
 
+def test_truncated_source_no_sigbus():
+    """The source truncated in place at random moments while variants are
+    produced from it (60 times): every read gets the right bytes or an
+    error, and the daemon never dies (its SIGBUS is caught)."""
+    import random
+    d = mkmodel(os.path.join(WORK, "trunc", "m"), "--hidden", 256,
+                "--inter", 768, "--layers", 4, "--seed", 12)
+    ref_src = os.path.join(WORK, "trunc_ref")
+    shutil.copytree(d, os.path.join(ref_src, "m"))
+    path = os.path.join(d, "model.safetensors")
+    good = open(path, "rb").read()
+    names = ["rtn_w%d_g%s%s" % (b, g, s) for b in (2, 3, 4, 8)
+             for g in ("32", "64", "128", "c") for s in ("", "_sym")]
+    with Mount(ref_src) as r:
+        want = {n: sha(os.path.join(r.mnt, "m", n, "model.safetensors"))
+                for n in names}
+    rnd = random.Random(7)
+    outcome = {"ok": 0, "error": 0}
+    with Mount(os.path.dirname(d)) as m:
+        for i in range(60):
+            with open(path, "r+b") as f:	# whole again, in place
+                f.write(good)
+            name = names[i % len(names)]
+            res = {}
+
+            def rd():
+                try:
+                    res["sha"] = sha(os.path.join(m.mnt, "m", name,
+                                                  "model.safetensors"))
+                except OSError as e:
+                    res["err"] = e.errno
+            th = threading.Thread(target=rd)
+            th.start()
+            time.sleep(rnd.random() * 0.03)
+            os.truncate(path, rnd.randrange(64, len(good)))
+            th.join(60)
+            assert not th.is_alive() and m.alive(), m.stderr()[-2000:]
+            if "sha" in res:
+                assert res["sha"] == want[name], (i, name)
+                outcome["ok"] += 1
+            else:
+                assert res["err"] in (errno.EIO, errno.ENOENT,
+                                      errno.ESTALE), res
+                outcome["error"] += 1
+        with open(path, "r+b") as f:
+            f.write(good)
+        try:
+            assert sha(os.path.join(m.mnt, "m", names[0],
+                                    "model.safetensors")) == want[names[0]]
+        except OSError:
+            raise AssertionError(m.stderr()[-3000:])
+        faults = m.stderr().count("shrank while it was read")
+        print("  60 truncations: %d reads right, %d errors, %d SIGBUS "
+              "caught" % (outcome["ok"], outcome["error"], faults))
+
+
 def test_corrupt_sources_eio_daemon_stays_up():
     root = os.path.join(WORK, "bad")
     nan = mkmodel(os.path.join(root, "nan"), "--seed", 5)

@@ -1,0 +1,166 @@
+/*
+ * test_srcfile.c - the link rule of common/srcfile.c and the SIGBUS guard
+ * of common/guard.c, without a mount.
+ *
+ * Links of the same owner are followed, links to another owner's file or
+ * directory are refused (the ownership part needs root: chown -h), a FIFO
+ * never blocks, and a model file truncated under its mapping gives
+ * QF_ECORRUPT to the reader instead of killing the process.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "quant.h"
+
+#define NOBODY 65534
+
+static char dir[] = "/tmp/qf-src-XXXXXX";
+
+static void put(const char *name, const char *text)
+{
+	char p[256];
+	FILE *f;
+
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	f = fopen(p, "w");
+	if (!f || fputs(text, f) < 0 || fclose(f))
+		abort();
+}
+
+static void link_to(const char *target, const char *name, uid_t owner)
+{
+	char p[256];
+
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	CHECK(symlink(target, p), ==, 0);
+	if (owner != getuid())
+		CHECK(lchown(p, owner, owner), ==, 0);
+}
+
+static void test_rule(void)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct stat st;
+	bool root = getuid() == 0;
+	int dfd, fd;
+
+	put("plain.txt", "plain");
+	CHECK(mkdir(strcat(strcpy((char[256]){ 0 }, dir), "/sub"), 0700), ==,
+	      0);
+	link_to("plain.txt", "same", getuid());
+	link_to("sub", "samedir", getuid());
+	link_to("nowhere", "dangling", getuid());
+	dfd = open(dir, O_RDONLY | O_DIRECTORY);
+	CHECK(dfd, >=, 0);
+
+	CHECK(qf_src_read(dfd, "plain.txt", 100, &b), ==, 0);
+	CHECK(strcmp(b.data, "plain"), ==, 0);
+	qf_buf_release(&b);
+	CHECK(qf_src_read(dfd, "same", 100, &b), ==, 0);	/* followed */
+	CHECK(b.len, ==, 5);
+	qf_buf_release(&b);
+	CHECK(qf_src_read(dfd, "plain.txt", 4, &b), ==, -EFBIG);
+	qf_buf_release(&b);
+	fd = qf_src_openat(dfd, "samedir", O_DIRECTORY, &st);
+	CHECK(fd, >=, 0);
+	CHECK(S_ISDIR(st.st_mode), ==, 1);
+	close(fd);
+	CHECK(qf_src_openat(dfd, "samedir", 0, &st), ==, -EISDIR);
+	CHECK(qf_src_openat(dfd, "plain.txt", O_DIRECTORY, &st), ==,
+	      -ENOTDIR);
+	CHECK(qf_src_openat(dfd, "dangling", 0, &st), ==, -ENOENT);
+	CHECK(qf_src_openat(dfd, "..", 0, &st), ==, -ENOENT);
+	CHECK(qf_src_openat(dfd, "sub/x", 0, &st), ==, -ENOENT);
+	CHECK(qf_src_openat(dfd, "", 0, &st), ==, -ENOENT);
+	/* a FIFO is refused at once, never waited on */
+	CHECK(mkfifoat(dfd, "fifo", 0600), ==, 0);
+	CHECK(qf_src_openat(dfd, "fifo", 0, &st), ==, -EINVAL);
+	CHECK(qf_src_read_path(strcat(strcpy((char[256]){ 0 }, dir),
+				      "/fifo"), 100, &b), ==, -EINVAL);
+	if (!root) {
+		fprintf(stderr, "test_srcfile: not root: the owner checks "
+			"are skipped\n");
+		close(dfd);
+		return;
+	}
+	/* nobody's links to root's file and directory: refused */
+	link_to("plain.txt", "other", NOBODY);
+	link_to("sub", "otherdir", NOBODY);
+	CHECK(qf_src_openat(dfd, "other", 0, &st), ==, QF_ELINK);
+	CHECK(qf_src_statat(dfd, "other", &st), ==, QF_ELINK);
+	CHECK(qf_src_read(dfd, "other", 100, &b), ==, QF_ELINK);
+	CHECK(qf_src_openat(dfd, "otherdir", O_DIRECTORY, &st), ==, QF_ELINK);
+	CHECK(qf_src_read_path(strcat(strcpy((char[256]){ 0 }, dir),
+				      "/other"), 100, &b), ==, QF_ELINK);
+	/* ... and a link of nobody's to nobody's file: followed */
+	put("nobodys.txt", "mine");
+	CHECK(chown(strcat(strcpy((char[256]){ 0 }, dir), "/nobodys.txt"),
+		    NOBODY, NOBODY), ==, 0);
+	link_to("nobodys.txt", "ownlink", NOBODY);
+	CHECK(qf_src_read(dfd, "ownlink", 100, &b), ==, 0);
+	CHECK(b.len, ==, 4);
+	qf_buf_release(&b);
+	close(dfd);
+}
+
+/* A model whose only shard is truncated under its mapping. */
+static void test_truncated_under_map(void)
+{
+	struct qf_mkmodel_opts o;
+	struct qf_model *m = NULL;
+	const struct qf_model_tensor *mt;
+	char mdir[128], path[256];
+	float *buf;
+
+	snprintf(mdir, sizeof(mdir), "%s/model", dir);
+	snprintf(path, sizeof(path), "%s/model.safetensors", mdir);
+	qf_mkmodel_defaults(&o);
+	CHECK(qf_mkmodel_write(mdir, &o), ==, 0);
+	CHECK(qf_model_open(mdir, &m), ==, 0);
+	if (!m)
+		return;
+	mt = qf_model_find(m, "model.layers.1.mlp.down_proj.weight");
+	CHECK(mt != NULL, ==, 1);
+	if (!mt)
+		goto out_close;
+	buf = malloc(qf_st_numel(mt->t) * sizeof(float));
+	if (!buf)
+		abort();
+	CHECK(qf_model_read_f32(mt, buf), ==, 0);
+	CHECK(qf_st_faulted(mt->shard), ==, 0);
+	/* what `cp new.safetensors model.safetensors` does first */
+	CHECK(truncate(path, 4096), ==, 0);
+	/* a read under the map past the new end: zeros, no SIGBUS */
+	CHECK(qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t),
+			qf_st_numel(mt->t), buf), ==, 0);
+	CHECK(buf[qf_st_numel(mt->t) - 1] == 0.0f, ==, 1);
+	CHECK(qf_st_faulted(mt->shard), ==, 1);
+	CHECK(qf_model_read_f32(mt, buf), ==, QF_ECORRUPT);
+	free(buf);
+out_close:
+	qf_model_close(m);
+	/* a truncated file is refused at open, whole again it opens */
+	CHECK(qf_model_open(mdir, &m), <, 0);
+	CHECK(qf_mkmodel_write(mdir, &o), ==, 0);
+	CHECK(qf_model_open(mdir, &m), ==, 0);
+	qf_model_close(m);
+}
+
+int main(void)
+{
+	char cmd[300];
+
+	if (!mkdtemp(dir))
+		return 1;
+	test_rule();
+	test_truncated_under_map();
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		return 1;
+	return qf_check_exit();
+}
