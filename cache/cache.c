@@ -61,6 +61,35 @@ char *qf_cache_default_dir(void)
 	return qf_buf_detach(&b, NULL);
 }
 
+/*
+ * The cache directory, created 2770 whatever the umask (it holds what is
+ * derived from every model served, private ones too: the group of
+ * trusted users only).  Whatever this process creates in it gets no
+ * access for others, and in a group-shared (setgid) cache stays writable
+ * by the group.
+ */
+static int make_dir(const char *dir)
+{
+	struct stat st;
+	bool created = stat(dir, &st) < 0 && errno == ENOENT;
+	mode_t um;
+	int ret;
+
+	ret = qf_mkdir_p(dir, 02770);
+	if (ret < 0)
+		return ret;
+	if (created && chmod(dir, 02770) < 0)
+		return -errno;
+	if (stat(dir, &st) < 0)
+		return -errno;
+	um = umask(0);
+	um |= 007;
+	if (st.st_mode & S_ISGID)
+		um &= ~(mode_t)070;
+	umask(um);
+	return 0;
+}
+
 int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 {
 	struct qf_cache *c;
@@ -75,21 +104,10 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 		return -ENOMEM;
 	pthread_rwlock_init(&c->resize, NULL);
 	c->dir = strdup(dir);
-	ret = c->dir ? qf_mkdir_p(dir, 02775) : -ENOMEM;
+	ret = c->dir ? make_dir(dir) : -ENOMEM;
 	if (ret < 0) {
 		qf_err("cache: cannot create '%s': %s", dir, qf_strerror(ret));
 		goto out_free;
-	}
-	/* a group-shared cache (setgid directory): whatever this process
-	 * creates in it stays writable by the group */
-	{
-		struct stat st;
-
-		if (stat(dir, &st) == 0 && (st.st_mode & S_ISGID)) {
-			mode_t um = umask(0);
-
-			umask(um & ~(mode_t)070);
-		}
 	}
 	rc = mdb_env_create(&c->env);
 	if (rc) {
@@ -98,7 +116,7 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 	}
 	mdb_env_set_maxdbs(c->env, 4);
 	mdb_env_set_maxreaders(c->env, 1024);
-	rc = mdb_env_open(c->env, dir, MDB_NOTLS | MDB_NOSYNC, 0664);
+	rc = mdb_env_open(c->env, dir, MDB_NOTLS | MDB_NOSYNC, 0660);
 	if (rc) {
 		ret = lmdb_err(dir, rc);
 		goto out_free;
@@ -591,9 +609,9 @@ int qf_cache_lock_open(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID])
 	qf_hex(vid, QF_CACHE_VID, hex);
 	qf_buf_addf(&path, "%s/locks", c->dir);
 	if (path.data)
-		qf_mkdir_p(path.data, 02775);
+		qf_mkdir_p(path.data, 02770);
 	qf_buf_addf(&path, "/%s", hex);
-	fd = path.data ? open(path.data, O_RDWR | O_CREAT | O_CLOEXEC, 0664) :
+	fd = path.data ? open(path.data, O_RDWR | O_CREAT | O_CLOEXEC, 0660) :
 			 -1;
 	if (fd < 0)
 		fd = -errno;

@@ -27,7 +27,7 @@
 #include "tools.h"
 
 static const char usage_text[] =
-	"usage: quantfs mount SRC MNT [-f] [-d] [-o OPTION[,OPTION...]]\n"
+	"usage: quantfs mount [SRC] MNT [-f] [-d] [-o OPTION[,OPTION...]]\n"
 	"       quantfs umount MNT\n"
 	"       quantfs mkmodel DIR [--hidden N] [--inter N] [--layers N]\n"
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
@@ -280,8 +280,24 @@ static int check_mountpoint(const char *mnt)
  * `quantfs SRC MNT -o ...` for type fuse.quantfs), where -f means "fake"
  * and -s, -n, -v, -t TYPE, -N NS may appear.
  */
+/* The Hugging Face hub cache, where huggingface_hub keeps models:
+ * $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub. */
+static const char *hub_cache(struct qf_buf *b)
+{
+	const char *v = getenv("HF_HUB_CACHE"), *home = getenv("HOME");
+
+	if (v && *v)
+		qf_buf_adds(b, v);
+	else if ((v = getenv("HF_HOME")) && *v)
+		qf_buf_addf(b, "%s/hub", v);
+	else
+		qf_buf_addf(b, "%s/.cache/huggingface/hub", home ? home : "");
+	return b->data ? b->data : "";
+}
+
 static int cmd_mount(int argc, char **argv, bool helper)
 {
+	struct qf_buf hub = QF_BUF_INIT;
 	struct mount_opts mo = { 0 };
 	const char *pos[2];
 	struct qf_fs *fs;
@@ -321,23 +337,27 @@ static int cmd_mount(int argc, char **argv, bool helper)
 			pos[npos++] = argv[i];
 		}
 	}
-	if (npos != 2) {
+	if (npos == 1 && !helper) {	/* quantfs mount MNT: the hub cache */
+		pos[1] = pos[0];
+		pos[0] = hub_cache(&hub);
+	}
+	if (npos == 0 || (npos == 1 && helper)) {
 		usage(stderr);
 		return 2;
 	}
-	if (fake) {
+	ret = fake ? 0 : check_mountpoint(pos[1]) < 0 ? 1 : -1;
+	if (ret >= 0) {
 		qf_buf_release(&mo.fuse);
-		return 0;
-	}
-	if (check_mountpoint(pos[1]) < 0) {
-		qf_buf_release(&mo.fuse);
-		return 1;
+		qf_buf_release(&hub);
+		return ret;
 	}
 	mo.fs.src = pos[0];
 	ret = qf_fs_new(&mo.fs, &fs);
-	if (ret < 0) {
+	if (ret < 0)
 		fprintf(stderr, "quantfs: cannot serve '%s': %s\n", pos[0],
 			qf_strerror(ret));
+	qf_buf_release(&hub);
+	if (ret < 0) {
 		qf_buf_release(&mo.fuse);
 		return 1;
 	}

@@ -27,21 +27,25 @@ def mounted(mnt):
 class Mount:
     """quantfs mount SRC MNT -f -o ... as a context manager."""
 
-    def __init__(self, src, mnt=None, cache=None, opts=(), debug=True):
+    def __init__(self, src, mnt=None, cache=None, opts=(), debug=True,
+                 env=None):
+        """src None: `quantfs mount MNT` (the hub cache of env)."""
         self.src = src
+        self.env = dict(os.environ, **(env or {}))
         self.tmp = tempfile.mkdtemp(prefix="qfmnt.")
         self.mnt = mnt or os.path.join(self.tmp, "mnt")
         os.makedirs(self.mnt, exist_ok=True)
         self.cache = cache or os.path.join(self.tmp, "cache")
         o = ["cache=" + self.cache] + list(opts) + (["debug"] if debug else [])
         self.log = os.path.join(self.tmp, "daemon.log")
-        self.args = [QUANTFS, "mount", src, self.mnt, "-f", "-o", ",".join(o)]
+        self.args = [QUANTFS, "mount"] + ([src] if src else []) + \
+            [self.mnt, "-f", "-o", ",".join(o)]
         self.proc = None
 
     def __enter__(self):
         self.logf = open(self.log, "w")
         self.proc = subprocess.Popen(self.args, stdout=self.logf,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 20
         while not mounted(self.mnt):
             if self.proc.poll() is not None:

@@ -172,6 +172,25 @@ def test_hub_cache_as_src():
                                  "model.safetensors"), SHARDED)
 
 
+def test_mount_without_src_serves_the_hub_cache():
+    """`quantfs mount MNT`: $HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub."""
+    home = os.path.join(WORK, "home")
+    for env, hub in ((None, os.path.join(home, ".cache", "huggingface",
+                                         "hub")),
+                     ({"HF_HOME": os.path.join(WORK, "hfhome")},
+                      os.path.join(WORK, "hfhome", "hub")),
+                     ({"HF_HUB_CACHE": os.path.join(WORK, "hc")},
+                      os.path.join(WORK, "hc"))):
+        hub_repo(hub, "Org/M", {rev(1): A}, main=rev(1))
+        e = dict({"HOME": home, "HF_HOME": "", "HF_HUB_CACHE": ""},
+                 **(env or {}))
+        with Mount(None, env=e) as m:
+            assert os.listdir(m.mnt) == ["Org"]
+            assert os.listdir(os.path.join(m.mnt, "Org")) == ["M"]
+        shutil.rmtree(hub)
+
+
 def test_hub_gptq_equals_plain_copy():
     """A calibrated variant of a hub model: the bytes a plain copy of the
     same files gives, and its layout decodes (independent reader)."""
@@ -324,6 +343,14 @@ def test_source_permissions_carried():
         # the owner (root) reads everything
         for f in files[:6]:
             open(os.path.join(m.mnt, "private", f), "rb").read()
+        # the cache holds what private models give: group only
+        assert os.stat(m.cache).st_mode & 0o7777 == 0o2770
+        for root, dirs, fs in os.walk(m.cache):
+            for f in fs:
+                mode = os.stat(os.path.join(root, f)).st_mode & 0o777
+                assert mode & 0o007 == 0, (f, oct(mode))
+        r = as_user(NOBODY, PROBE, os.path.join(m.cache, "data.mdb"))
+        assert list(r.values()) == [errno.EACCES], r
 
 
 def test_links_to_other_owners_never_served():
