@@ -83,6 +83,9 @@ int qf_src_openat(int dirfd, const char *name, int flags, struct stat *st);
 int qf_src_statat(int dirfd, const char *name, struct stat *st);
 /* qf_read_file() of name in dirfd under the rule. */
 int qf_src_read(int dirfd, const char *name, size_t max, struct qf_buf *out);
+/* The directory holding rel (names separated by '/') below dirfd, each
+ * opened under the rule: an fd the caller closes, *leaf the last name. */
+int qf_src_parent(int dirfd, const char *rel, const char **leaf);
 /* A path: its directory opened as given, its last component under the
  * rule (for -o calib=FILE and calib_dir texts). */
 int qf_src_open_path(const char *path, int flags, struct stat *st);

@@ -159,6 +159,34 @@ int qf_src_read(int dirfd, const char *name, size_t max, struct qf_buf *out)
 	return ret;
 }
 
+int qf_src_parent(int dirfd, const char *rel, const char **leaf)
+{
+	const char *p = rel, *slash;
+	char part[256];
+	struct stat st;
+	int fd, next;
+
+	fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	while ((slash = strchr(p, '/'))) {
+		if ((size_t)(slash - p) >= sizeof(part)) {
+			close(fd);
+			return -ENAMETOOLONG;
+		}
+		memcpy(part, p, (size_t)(slash - p));
+		part[slash - p] = 0;
+		next = qf_src_openat(fd, part, O_DIRECTORY, &st);
+		close(fd);
+		if (next < 0)
+			return next;
+		fd = next;
+		p = slash + 1;
+	}
+	*leaf = p;
+	return fd;
+}
+
 int qf_src_open_path(const char *path, int flags, struct stat *st)
 {
 	const char *slash = strrchr(path, '/');

@@ -202,6 +202,7 @@ void qf_fs_free(struct qf_fs *fs)
 	qf_mixed_overrides_free(fs->mroles);
 	for (i = 0; i < fs->nnode; i++) {
 		free(fs->node[i]->name);
+		free(fs->node[i]->path);
 		free(fs->node[i]);
 	}
 	free(fs->node);

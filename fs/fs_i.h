@@ -19,6 +19,7 @@ enum qf_node_kind {
 	QF_NODE_MODEL,		/* MNT/[<org>/]<model> */
 	QF_NODE_ORIGDIR,	/* MNT/<model>/original */
 	QF_NODE_SRCFILE,	/* a source file passed through */
+	QF_NODE_SRCDIR,		/* a folder of the model in original/ */
 	QF_NODE_VARDIR,		/* MNT/<model>/<variant> */
 	QF_NODE_GENFILE,	/* config.json / quantization.json */
 	QF_NODE_WEIGHTS,	/* model.safetensors of a variant */
@@ -37,7 +38,9 @@ struct qf_node {
 	uint64_t nlookup;		/* protected by fs->lock */
 	struct qf_mdl *mdl;		/* model (all kinds below root) */
 	struct qf_var *var;		/* VARDIR, GENFILE, WEIGHTS */
-	uid_t uid;			/* ORG, SRCFILE: served owner, */
+	char *path;			/* SRCFILE, SRCDIR: the path below the
+					 * model directory */
+	uid_t uid;			/* ORG, SRC*: served owner, */
 	gid_t gid;			/* group */
 	mode_t mode;			/* and permission bits */
 	const struct qf_buf *bytes;	/* GENFILE: content (var-owned) */

@@ -120,8 +120,8 @@ struct qf_node *qf_ns_get(struct qf_fs *fs, uint64_t ino)
 bool qf_ns_is_dir(const struct qf_node *n)
 {
 	return n->kind == QF_NODE_ROOT || n->kind == QF_NODE_ORG ||
-	       n->kind == QF_NODE_MODEL ||
-	       n->kind == QF_NODE_ORIGDIR || n->kind == QF_NODE_VARDIR;
+	       n->kind == QF_NODE_MODEL || n->kind == QF_NODE_ORIGDIR ||
+	       n->kind == QF_NODE_SRCDIR || n->kind == QF_NODE_VARDIR;
 }
 
 static bool has_suffix(const char *s, const char *suf)
@@ -148,7 +148,23 @@ bool qf_ns_passthrough_name(const char *name)
 	return true;
 }
 
-/* A regular file in the model dir, links followed under the link rule. */
+/* A file or folder below the model dir, links followed under the rule. */
+static int src_entry(struct qf_mdl *mdl, const char *rel, struct stat *st)
+{
+	const char *leaf;
+	int fd, ret;
+
+	fd = qf_src_parent(mdl->dirfd, rel, &leaf);
+	if (fd < 0)
+		return fd;
+	ret = qf_src_statat(fd, leaf, st);
+	close(fd);
+	if (!ret && !S_ISREG(st->st_mode) && !S_ISDIR(st->st_mode))
+		ret = -ENOENT;
+	return ret;
+}
+
+/* A regular file in the model dir itself. */
 static int src_file(struct qf_mdl *mdl, const char *name, struct stat *st)
 {
 	int ret = qf_src_statat(mdl->dirfd, name, st);
@@ -160,9 +176,16 @@ static int src_file(struct qf_mdl *mdl, const char *name, struct stat *st)
 
 int qf_ns_open_src(const struct qf_node *n)
 {
+	const char *leaf;
 	struct stat st;
+	int dfd, fd;
 
-	return qf_src_openat(n->mdl->dirfd, n->name, 0, &st);
+	dfd = qf_src_parent(n->mdl->dirfd, n->path, &leaf);
+	if (dfd < 0)
+		return dfd;
+	fd = qf_src_openat(dfd, leaf, 0, &st);
+	close(dfd);
+	return fd;
 }
 
 static struct qf_var *find_var(struct qf_mdl *mdl, const char *name)
@@ -266,6 +289,7 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 {
 	struct qf_node *n = node_find(fs, dir->ino, name);
 	enum qf_node_kind kind = QF_NODE_SRCFILE;
+	struct qf_buf rel = QF_BUF_INIT;
 	struct stat st = { 0 };
 	uint64_t size = 0;
 	int ret;
@@ -276,20 +300,27 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	switch (dir->kind) {
 	case QF_NODE_MODEL:
 		if (!strcmp(name, "original")) {
-			n = node_add(fs, dir, name, QF_NODE_ORIGDIR);
+			kind = QF_NODE_ORIGDIR;
 			break;
 		}
 		return lookup_variant(fs, dir, name, err);
 	case QF_NODE_ORIGDIR:
-		ret = src_file(dir->mdl, name, &st);
+	case QF_NODE_SRCDIR:
+		if (qf_buf_addf(&rel, "%s%s%s", dir->path ? dir->path : "",
+				dir->path ? "/" : "", name) < 0)
+			return NULL;
+		ret = src_entry(dir->mdl, rel.data, &st);
 		size = (uint64_t)st.st_size;
-		if (ret == -ENOENT && !strcmp(name, "model.gguf") &&
-		    gguf_of(fs, dir->mdl, NULL)) {
+		if (!ret && S_ISDIR(st.st_mode))
+			kind = QF_NODE_SRCDIR;
+		if (ret == -ENOENT && dir->kind == QF_NODE_ORIGDIR &&
+		    !strcmp(name, "model.gguf") && gguf_of(fs, dir->mdl, NULL)) {
 			kind = QF_NODE_GGUF;
 			size = qf_gv_size(dir->mdl->gv);
 			ret = 0;
 		}
 		if (ret < 0) {
+			qf_buf_release(&rel);
 			*err = ret;
 			return NULL;
 		}
@@ -322,13 +353,16 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	if (!n)
 		n = node_add(fs, dir, name, kind);
 	if (!n) {
+		qf_buf_release(&rel);
 		*err = -ENOMEM;
 		return NULL;
 	}
 	n->size = size;
 	n->uid = st.st_uid;
 	n->gid = st.st_gid;
-	n->mode = st.st_mode & 0444;
+	n->mode = st.st_mode & (kind == QF_NODE_SRCDIR ? 0555 : 0444);
+	if (kind == QF_NODE_SRCFILE || kind == QF_NODE_SRCDIR)
+		n->path = rel.data ? qf_buf_detach(&rel, NULL) : strdup(name);
 	if (kind == QF_NODE_GGUF)
 		n->gv = dir->kind == QF_NODE_ORIGDIR ? dir->mdl->gv :
 			dir->var->gv;
@@ -556,26 +590,42 @@ static int add_name(struct qf_buf *out, size_t *count, const char *name)
 	return qf_buf_add(out, name, strlen(name) + 1);
 }
 
-/* Regular files of a model dir (links under the rule) that pass the
- * filter. */
-static int list_src(struct qf_mdl *mdl, bool variant, struct qf_buf *out,
-		    size_t *count)
+/*
+ * Entries of a model dir (rel NULL) or of a folder below it (links under
+ * the rule): regular files, and folders too unless for a variant dir,
+ * whose files pass the filter.
+ */
+static int list_src(struct qf_mdl *mdl, const char *rel, bool variant,
+		    struct qf_buf *out, size_t *count)
 {
-	int fd = openat(mdl->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	struct stat st;
+	const char *leaf;
+	int fd, pfd;
 	struct dirent *de;
+	DIR *d;
 	int ret = 0;
 
+	if (rel) {
+		pfd = qf_src_parent(mdl->dirfd, rel, &leaf);
+		fd = pfd < 0 ? pfd : qf_src_openat(pfd, leaf, O_DIRECTORY, &st);
+		if (pfd >= 0)
+			close(pfd);
+	} else {
+		fd = openat(mdl->dirfd, ".", O_RDONLY | O_DIRECTORY |
+			    O_CLOEXEC);
+		fd = fd < 0 ? -errno : fd;
+	}
+	if (fd < 0)
+		return fd;
+	d = fdopendir(fd);
 	if (!d) {
-		ret = -errno;
-		if (fd >= 0)
-			close(fd);
-		return ret;
+		close(fd);
+		return -errno;
 	}
 	while ((de = readdir(d)) && !ret) {
-		struct stat st;
-
-		if (de->d_name[0] == '.' || src_file(mdl, de->d_name, &st))
+		if (de->d_name[0] == '.' ||
+		    qf_src_statat(dirfd(d), de->d_name, &st) ||
+		    !(S_ISREG(st.st_mode) || (!variant && S_ISDIR(st.st_mode))))
 			continue;
 		if (variant && !qf_ns_passthrough_name(de->d_name))
 			continue;
@@ -654,7 +704,9 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 							    "model.gguf"))
 			add_name(out, count, "model.gguf");
 		pthread_mutex_unlock(&fs->lock);
-		return list_src(dir->mdl, false, out, count);
+		return list_src(dir->mdl, NULL, false, out, count);
+	case QF_NODE_SRCDIR:
+		return list_src(dir->mdl, dir->path, false, out, count);
 	case QF_NODE_VARDIR:
 		add_name(out, count, "config.json");
 		if (dir->var->v->spec.method != QF_METHOD_KQUANT)
@@ -664,7 +716,7 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 			add_name(out, count, "model.gguf");
 		pthread_mutex_unlock(&fs->lock);
 		add_name(out, count, "quantization.json");
-		return list_src(dir->mdl, true, out, count);
+		return list_src(dir->mdl, NULL, true, out, count);
 	default:
 		return -ENOTDIR;
 	}
@@ -696,6 +748,11 @@ void qf_ns_stat(struct qf_fs *fs, const struct qf_node *n, struct stat *st)
 		st->st_mtim = st->st_ctim = st->st_atim = src.st_mtim;
 		return;
 	case QF_NODE_ORG:
+		st->st_uid = n->uid;
+		st->st_gid = n->gid;
+		st->st_mode = S_IFDIR | n->mode;
+		return;
+	case QF_NODE_SRCDIR:
 		st->st_uid = n->uid;
 		st->st_gid = n->gid;
 		st->st_mode = S_IFDIR | n->mode;

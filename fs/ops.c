@@ -226,6 +226,21 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_open(req, fi);
 }
 
+/* The d_type of entry i (0 and 1: . and ..) of dir: 0 where it varies. */
+static mode_t entry_type(const struct qf_node *dir, size_t i)
+{
+	switch (i < 2 ? QF_NODE_ROOT : dir->kind) {
+	case QF_NODE_ROOT:
+	case QF_NODE_ORG:
+	case QF_NODE_MODEL:
+		return S_IFDIR;
+	case QF_NODE_VARDIR:
+		return S_IFREG;
+	default:
+		return 0;	/* original/ holds folders too: ask */
+	}
+}
+
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 		       off_t off, struct fuse_file_info *fi)
 {
@@ -250,8 +265,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size,
 		if ((off_t)i < off)
 			continue;
 		st.st_ino = i < 2 ? ino : (1ULL << 62) + (uint64_t)i;
-		st.st_mode = i < 2 || dir->kind == QF_NODE_ROOT ||
-			     (dir->kind == QF_NODE_MODEL) ? S_IFDIR : S_IFREG;
+		st.st_mode = entry_type(dir, i);
 		need = fuse_add_direntry(req, buf + used, size - used, name,
 					 &st, (off_t)i + 1);
 		if (need > size - used)

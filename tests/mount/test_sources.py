@@ -104,6 +104,16 @@ def test_hub_cache_as_src():
     add_snapshot(broken, rev(6), sh2,
                  skip=("model-00002-of-00002.safetensors",))
     hub_repo(hub, "Org/NoRef", {rev(7): A, rev(8): B})
+    # a folder in the repository, as Llama 3's original/ (consolidated.pth)
+    sub = os.path.join(repo, "snapshots", rev(1), "original", "deeper")
+    os.makedirs(sub)
+    for f, data in (("params.json", b'{"dim": 64}'),
+                    ("deeper/tok.model", b"sentencepiece")):
+        blob = os.path.join(repo, "blobs", hashlib.sha256(data).hexdigest())
+        open(blob, "wb").write(data)
+        os.symlink(os.path.relpath(blob, os.path.dirname(
+            os.path.join(repo, "snapshots", rev(1), "original", f))),
+            os.path.join(repo, "snapshots", rev(1), "original", f))
     os.makedirs(os.path.join(hub, ".locks"))
     with Mount(hub) as m:
         assert sorted(os.listdir(m.mnt)) == ["Org", "solo"]
@@ -124,9 +134,20 @@ def test_hub_cache_as_src():
         d = os.path.join(m.mnt, "Org", "Name")
         orig = sorted(os.listdir(os.path.join(d, "original")))
         assert orig == sorted(os.listdir(snap) + ["model.gguf"]), orig
-        for f in os.listdir(snap):	# byte for byte, the blobs
-            assert sha(os.path.join(d, "original", f)) == \
-                os.path.basename(os.readlink(os.path.join(snap, f)))
+        walked = []			# byte for byte, the blobs, folders too
+        for root, dirs, files in os.walk(os.path.join(d, "original")):
+            for f in files:
+                rel = os.path.relpath(os.path.join(root, f),
+                                      os.path.join(d, "original"))
+                if rel == "model.gguf":
+                    continue
+                walked.append(rel)
+                assert sha(os.path.join(root, f)) == os.path.basename(
+                    os.readlink(os.path.join(snap, rel)))
+        assert sorted(walked) == sorted(
+            os.path.relpath(os.path.join(r, f), snap)
+            for r, _, fs in os.walk(snap) for f in fs), walked
+        assert "original" not in os.listdir(os.path.join(d, "rtn_w4_g128"))
         v = os.path.join(d, "rtn_w4_g128")
         names = sorted(os.listdir(v))
         assert names == ["config.json", "generation_config.json",
@@ -382,6 +403,16 @@ def test_links_to_other_owners_never_served():
         os.symlink(target, os.path.join(d, link))
         chown_tree(d, NOBODY)
         evil[name] = d
+    # a shard and the index of a sharded model: links to root's files
+    for name, link in (("shard", "model-00001-of-00002.safetensors"),
+                       ("index", "model.safetensors.index.json")):
+        d = stread.shard(A, os.path.join(src, name), 2)
+        target = os.path.join(secret_dir, name + "-" + link)
+        shutil.move(os.path.join(d, link), target)
+        os.chmod(target, 0o600)
+        os.symlink(target, os.path.join(d, link))
+        chown_tree(d, NOBODY)
+        evil[name] = (d, link)
     # a folder link of nobody's to root's model
     os.symlink(secret_dir, os.path.join(src, "folder"))
     shutil.copy(os.path.join(C, "config.json"), secret_dir)
@@ -394,14 +425,19 @@ def test_links_to_other_owners_never_served():
     os.chmod(os.path.join(good, "config.json"), 0o644)
     with served_mount(src, opts=["calib_dir=" + calib, "calib_n=2",
                                  "calib_len=32"]) as m:
-        assert sorted(os.listdir(m.mnt)) == ["good", "tok", "weights"], \
+        assert sorted(os.listdir(m.mnt)) == ["good", "index", "shard",
+                                             "tok", "weights"], \
             os.listdir(m.mnt)
         mnt = lambda *p: os.path.join(m.mnt, *p)  # noqa: E731
         assert "model.safetensors" not in os.listdir(mnt("weights",
                                                           "original"))
         assert "tokenizer.json" not in os.listdir(mnt("tok", "original"))
         assert "tokenizer.json" not in os.listdir(mnt("tok", "rtn_w4_g128"))
+        for name in ("shard", "index"):
+            assert evil[name][1] not in os.listdir(mnt(name, "original"))
         for p in (("weights", "rtn_w4_g128", "model.safetensors"),
+                  ("shard", "rtn_w4_g128", "model.safetensors"),
+                  ("index", "rtn_w4_g128", "model.safetensors"),
                   ("weights", "original", "model.gguf"),
                   ("config", "original", "config.json"),
                   ("folder", "original", "config.json"),
@@ -415,8 +451,9 @@ def test_links_to_other_owners_never_served():
         # everything that is served holds no byte of the secrets
         secret = open(sec_st, "rb").read()[-4096:]
         for root, dirs, files in os.walk(m.mnt):
-            dirs[:] = [d for d in dirs if d in ("weights", "tok", "good",
-                                                "original", "rtn_w4_g128")]
+            dirs[:] = [d for d in dirs if d in (
+                "weights", "tok", "good", "shard", "index", "original",
+                "rtn_w4_g128")]
             for f in files:
                 data = open(os.path.join(root, f), "rb").read()
                 assert b"TOPSECRET" not in data, (root, f)
