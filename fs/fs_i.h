@@ -103,6 +103,7 @@ struct qf_src_at {
 	uid_t uid;			/* served owner and directory mode */
 	gid_t gid;
 	mode_t dmode;
+	bool quick;			/* no completeness check (qf_src_model) */
 	struct qf_sha256 h;		/* signature being hashed */
 	uint8_t sig[32];
 };
@@ -214,10 +215,14 @@ struct qf_fs {
 #define QF_SRC_TIMEOUT 1.0
 
 /* src.c */
-/* Find [org/]base (base NAME or NAME@REV) under SRC; *at is released
- * with qf_src_at_release() (also after an error). */
+/*
+ * Find [org/]base (base NAME or NAME@REV) under SRC; *at is released
+ * with qf_src_at_release() (also after an error).  quick: only to compare
+ * signatures with a model found before (a hub snapshot's completeness is
+ * not checked again).
+ */
 int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
-		 struct qf_src_at *at);
+		 bool quick, struct qf_src_at *at);
 void qf_src_at_init(struct qf_src_at *at);
 void qf_src_at_release(struct qf_src_at *at);
 /* org holds models (hub repositories or model directories): 0, st of

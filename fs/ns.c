@@ -509,7 +509,7 @@ bool qf_ns_current(struct qf_fs *fs, const struct qf_mdl *mdl)
 	struct qf_src_at at;
 	bool same;
 
-	same = qf_src_model(fs, mdl->org, mdl->base, &at) == 0 &&
+	same = qf_src_model(fs, mdl->org, mdl->base, true, &at) == 0 &&
 	       !memcmp(at.sig, mdl->sig, sizeof(at.sig));
 	qf_src_at_release(&at);
 	return same;
@@ -540,7 +540,7 @@ static struct qf_node *lookup_source(struct qf_fs *fs, struct qf_node *dir,
 	struct qf_src_at at;
 	struct stat st;
 
-	*err = qf_src_model(fs, org, name, &at);
+	*err = qf_src_model(fs, org, name, false, &at);
 	if (!*err)
 		mdl = mdl_for(fs, org, name, &at, err);
 	qf_src_at_release(&at);

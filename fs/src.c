@@ -324,7 +324,8 @@ static void not_served(struct qf_fs *fs, const char *repo, const char *rev,
 	qf_buf_release(&key);
 }
 
-/* models--ORG--NAME at rev (NULL: main) into at. */
+/* models--ORG--NAME at rev (NULL: main) into at; at->quick: a known
+ * snapshot is being checked, not found (its signature says more). */
 static int find_hub(struct qf_fs *fs, const char *repo, const char *rev,
 		    struct qf_src_at *at)
 {
@@ -352,7 +353,7 @@ static int find_hub(struct qf_fs *fs, const char *repo, const char *rev,
 		not_served(fs, repo, commit, "its snapshot is missing");
 		return -ENOENT;
 	}
-	ret = snapshot_complete(at->dirfd, &why);
+	ret = at->quick ? 0 : snapshot_complete(at->dirfd, &why);
 	if (ret < 0) {
 		not_served(fs, repo, commit, why);
 		return -ENOENT;
@@ -401,7 +402,7 @@ void qf_src_at_release(struct qf_src_at *at)
 }
 
 int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
-		 struct qf_src_at *at)
+		 bool quick, struct qf_src_at *at)
 {
 	struct qf_buf repo = QF_BUF_INIT;
 	const char *at_sign = strrchr(base, '@');
@@ -410,6 +411,7 @@ int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
 	int ret;
 
 	qf_src_at_init(at);
+	at->quick = quick;
 	if (!name || qf_buf_adds(&at->path, fs->src) < 0) {
 		free(name);
 		return -ENOMEM;
@@ -429,6 +431,7 @@ int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
 			       at);
 		if (ret == -ENOENT && !at_sign && !at->npath) {
 			qf_src_at_release(at);
+			at->quick = quick;
 			ret = qf_buf_adds(&at->path, fs->src);
 			if (!ret)
 				ret = find_plain(fs, org, name, at);
@@ -579,7 +582,7 @@ size_t qf_src_count(struct qf_fs *fs)
 	if (qf_src_list(fs, NULL, &top, &n) < 0)
 		return 0;
 	for (p = top.data; p && p < top.data + top.len; p += strlen(p) + 1) {
-		if (qf_src_model(fs, NULL, p, &at) == 0) {
+		if (qf_src_model(fs, NULL, p, false, &at) == 0) {
 			qf_src_at_release(&at);
 			total++;
 			continue;
