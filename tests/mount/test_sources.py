@@ -104,6 +104,8 @@ def test_hub_cache_as_src():
     add_snapshot(broken, rev(6), sh2,
                  skip=("model-00002-of-00002.safetensors",))
     hub_repo(hub, "Org/NoRef", {rev(7): A, rev(8): B})
+    noconf = hub_repo(hub, "Org/NoConfig", {rev(9): A}, main=rev(9))
+    os.unlink(os.path.join(noconf, "snapshots", rev(9), "config.json"))
     # a folder in the repository, as Llama 3's original/ (consolidated.pth)
     sub = os.path.join(repo, "snapshots", rev(1), "original", "deeper")
     os.makedirs(sub)
@@ -119,7 +121,8 @@ def test_hub_cache_as_src():
         assert sorted(os.listdir(m.mnt)) == ["Org", "solo"]
         assert sorted(os.listdir(os.path.join(m.mnt, "Org"))) == ["Name"]
         # an incomplete snapshot and an ambiguous repo are not served
-        for bad in ("Org/Broken", "Org/NoRef", "Org/Name@ffffffff",
+        for bad in ("Org/Broken", "Org/NoRef", "Org/NoConfig",
+                    "Org/Name@ffffffff",
                     "Org/Name@nosuchref"):
             try:
                 os.stat(os.path.join(m.mnt, bad))
@@ -130,6 +133,9 @@ def test_hub_cache_as_src():
                  "shard its index names is missing" % rev(6))
         wait_log(m, "models--Org--NoRef: revision main is not served: "
                  "no refs/main and several snapshots")
+        wait_log(m, "models--Org--NoConfig: revision %s is not served: "
+                 "no config.json" % rev(9))
+        assert m.stderr().count("NoConfig: revision") == 1   # said once
         snap = os.path.join(repo, "snapshots", rev(1))
         d = os.path.join(m.mnt, "Org", "Name")
         orig = sorted(os.listdir(os.path.join(d, "original")))
