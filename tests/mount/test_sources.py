@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, SkipTest, sha  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest, sha, \
+    QUANTFS  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qfsrc.")
 os.chmod(WORK, 0o755)
@@ -233,6 +234,19 @@ def test_hub_gptq_equals_plain_copy():
         t_rtn, _ = stread.read_st(os.path.join(m.mnt, "Qwen", "Tiny",
                                                "rtn_w4_g128",
                                                "model.safetensors"))
+        cache = m.cache
+    ls = json.loads(subprocess.run(
+        [QUANTFS, "cache", "ls", "--json", "--cache", cache],
+        capture_output=True, text=True, check=True).stdout)
+    assert {(e["model"], e["variant"]) for e in ls} >= {
+        ("Qwen/Tiny", "gptq_w4_g128"), ("Qwen/Tiny", "rtn_w4_g128")}, ls
+    subprocess.run([QUANTFS, "cache", "rm", "Qwen/Tiny/rtn_*", "--cache",
+                    cache], check=True, capture_output=True)
+    ls = json.loads(subprocess.run(
+        [QUANTFS, "cache", "ls", "--json", "--cache", cache],
+        capture_output=True, text=True, check=True).stdout)
+    assert [e["variant"] for e in ls if e["model"] == "Qwen/Tiny"] == \
+        ["gptq_w4_g128"], ls
     with Mount(plain, opts=calib) as m:
         assert sha(os.path.join(m.mnt, "Tiny", p)) == h
     src, _ = stread.read_st(os.path.join(A, "model.safetensors"))
