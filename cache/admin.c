@@ -3,9 +3,9 @@
  * and the mount option cache_max.
  *
  * A variant is listed from its record ("v") and sized from its values
- * ("t"); values whose id has no record (calibration token sets, a variant
- * whose first group is still being written) are listed as such and never
- * evicted by gc.  Eviction is least recently accessed first and skips any
+ * ("t") and files (its read files, and temporary ones); values whose id
+ * has no record (calibration token sets, a variant whose first group is
+ * still being written) are listed as such and never evicted by gc.  Eviction is least recently accessed first and skips any
  * variant another process has locked: a mount with one of its files open,
  * or a producer (qf_cache_evict), so a reader in progress never loses its
  * bytes.
@@ -13,9 +13,11 @@
 #include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
-#include "cache.h"
+#include "cache_i.h"
 
 struct lister {
 	struct qf_cache_entry *e;
@@ -105,6 +107,24 @@ static int on_vid(void *arg, const uint8_t *vid, uint64_t bytes,
 	return 0;
 }
 
+/* A file of <dir>/files, counted with its variant's entry. */
+static int on_file(void *arg, const uint8_t *vid,
+		   enum qf_cache_file_kind kind, uint64_t bytes)
+{
+	struct lister *l = arg;
+	struct qf_cache_entry key, *e;
+
+	memcpy(key.vid, vid, QF_CACHE_VID);
+	e = l->n ? bsearch(&key, l->e, l->n, sizeof(*e), cmp_vid) : NULL;
+	if (!e)
+		return 0;	/* a variant without values: not listed */
+	if (kind == QF_CACHE_FILE_READ)
+		e->file_bytes += bytes;
+	else
+		e->tmp_bytes += bytes;
+	return 0;
+}
+
 int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
 		  size_t *n)
 {
@@ -125,8 +145,11 @@ int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
 	qf_cache_read_end(txn);
 	if (!ret)
 		ret = l.err;
-	for (size_t i = 0; !ret && i < l.n; i++)
-		qf_cache_files(c, l.e[i].vid, false, &l.e[i].file_bytes);
+	if (!ret && l.n) {
+		/* one walk of the files for all */
+		qsort(l.e, l.n, sizeof(*l.e), cmp_vid);
+		qf_cache_files_each(c, NULL, 0, on_file, &l);
+	}
 	if (ret < 0) {
 		qf_cache_list_free(l.e, l.n);
 		return ret;
@@ -169,7 +192,7 @@ int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 	if (ret < 0)
 		return ret;
 	for (i = 0; i < n; i++)
-		total += e[i].bytes + e[i].file_bytes;
+		total += e[i].bytes + e[i].file_bytes + e[i].tmp_bytes;
 	if (n)
 		qsort(e, n, sizeof(*e), cmp_lru);
 	for (i = 0; i < n && total > max_bytes; i++) {
@@ -194,4 +217,29 @@ int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 	res->remaining = total;
 	qf_cache_list_free(e, n);
 	return ret == -EBUSY ? 0 : ret;
+}
+
+int qf_cache_space(struct qf_cache *c, bool full, struct qf_cache_space *out)
+{
+	struct qf_cache_files_stat fst;
+	struct statvfs sv;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	if (statvfs(qf_cache_dir(c), &sv) < 0)
+		return -errno;
+	out->fs_bytes = (uint64_t)sv.f_blocks * sv.f_frsize;
+	out->fs_avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	out->fs_free = geteuid() == 0 ? (uint64_t)sv.f_bfree * sv.f_frsize :
+					out->fs_avail;
+	if (!full)
+		return 0;
+	ret = qf_cache_mdb_usage(c, &out->values, &out->mdb_free);
+	if (!ret)
+		ret = qf_cache_files(c, NULL, 0, &fst);
+	if (!ret)
+		out->files = fst.bytes[QF_CACHE_FILE_READ] +
+			     fst.bytes[QF_CACHE_FILE_TMP] +
+			     fst.bytes[QF_CACHE_FILE_STRAY];
+	return ret;
 }

@@ -6,6 +6,12 @@
  * transaction open, so every transaction holds c->resize as a reader and
  * a resize takes it as a writer.  Write transactions are also serialized
  * by LMDB's own (cross-process) writer mutex.
+ *
+ * A full disk: LMDB copies every page a transaction changes, so even a
+ * deletion writes before it frees, and on a full disk it cannot commit.
+ * <dir>/reserve holds a little disk back: a deletion that fails for lack
+ * of space releases it and tries again, and large deletions commit in
+ * bounded steps, each reusing the pages the one before freed.
  */
 #include <lmdb.h>
 #include <pthread.h>
@@ -14,12 +20,19 @@
 #include <string.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "cache.h"
+#include "cache_i.h"
 
 #define KEY_MAX 511			/* LMDB's default max key size */
 #define MAP_DEFAULT (1ULL << 30)
+#define RESERVE (2ULL << 20)		/* <dir>/reserve bytes, at most */
+#define RESERVE_MIN (256ULL << 10)	/* and at least */
+#define DEL_BYTES (64ULL << 20)		/* value bytes a deletion frees */
+#define DEL_KEYS 4096			/* values a deletion deletes */
+#define FULL_SLACK (1ULL << 20)		/* "full": less free than a write
+					 * needed and this */
 
 struct qf_cache {
 	MDB_env *env;
@@ -38,10 +51,96 @@ struct qf_cache_txn {
 
 static int lmdb_err(const char *what, int rc)
 {
-	if (rc == ENOSPC)
+	if (rc == ENOSPC || rc == EDQUOT)
 		return -ENOSPC;
 	qf_err("cache: %s: %s", what, mdb_strerror(rc));
 	return QF_ECACHE;
+}
+
+/* Bytes this process may still write on the cache's filesystem. */
+static uint64_t disk_free(const struct qf_cache *c)
+{
+	struct statvfs sv;
+
+	if (statvfs(c->dir, &sv) < 0)
+		return UINT64_MAX;
+	/* root may use the blocks the filesystem reserves for it */
+	return (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) *
+	       sv.f_frsize;
+}
+
+/*
+ * A write transaction (or the map growth before one) failed: a full disk
+ * (or quota) is -ENOSPC whatever LMDB calls it (a short write is EIO to
+ * LMDB, told from an I/O error by the space left); anything else is
+ * QF_ECACHE, logged.
+ */
+static int write_err(const struct qf_cache *c, const char *what, int rc,
+		     uint64_t need)
+{
+	if (rc == ENOSPC || rc == EDQUOT)
+		return -ENOSPC;
+	if (rc == EIO && disk_free(c) < need + FULL_SLACK)
+		return -ENOSPC;
+	return lmdb_err(what, rc);
+}
+
+static void reserve_path(const struct qf_cache *c, struct qf_buf *b)
+{
+	qf_buf_reset(b);
+	qf_buf_addf(b, "%s/reserve", c->dir);
+}
+
+/* The reserve's size: a 64th of the filesystem, within bounds. */
+static uint64_t reserve_bytes(const struct qf_cache *c)
+{
+	struct statvfs sv;
+	uint64_t b;
+
+	if (statvfs(c->dir, &sv) < 0)
+		return RESERVE;
+	b = (uint64_t)sv.f_blocks * sv.f_frsize / 64;
+	return b > RESERVE ? RESERVE : b < RESERVE_MIN ? RESERVE_MIN : b;
+}
+
+/* Hold some disk back for deletions, when we may (best effort: a cache
+ * we only read, or a full disk, has none). */
+static void reserve_make(struct qf_cache *c)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	uint64_t want = reserve_bytes(c);
+	struct stat st;
+	int fd;
+
+	reserve_path(c, &path);
+	if (!path.data || (lstat(path.data, &st) == 0 &&
+			   (uint64_t)st.st_size >= want)) {
+		qf_buf_release(&path);
+		return;
+	}
+	fd = open(path.data, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+		  0664);
+	if (fd >= 0) {
+		if (posix_fallocate(fd, 0, (off_t)want) != 0)
+			unlink(path.data);	/* no room: none */
+		close(fd);
+	}
+	qf_buf_release(&path);
+}
+
+/* Give the reserve's disk space back; false when there was none. */
+static bool reserve_release(struct qf_cache *c)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	bool ok;
+
+	reserve_path(c, &path);
+	ok = path.data && unlink(path.data) == 0;
+	qf_buf_release(&path);
+	if (ok)
+		qf_warn("cache '%s': the disk is full: its reserve released "
+			"so that a deletion can commit", c->dir);
+	return ok;
 }
 
 char *qf_cache_default_dir(void)
@@ -152,6 +251,7 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 		mdb_env_stat(c->env, &ms);
 		c->psize = ms.ms_psize;
 	}
+	reserve_make(c);
 	*out = c;
 	return 0;
 
@@ -215,7 +315,7 @@ static size_t make_key(const uint8_t *vid, const char *name, uint8_t *key)
 	}
 }
 
-/* Called with no transaction of ours open. */
+/* Called with no transaction of ours open.  Returns an LMDB code. */
 static int grow(struct qf_cache *c, uint64_t want)
 {
 	MDB_envinfo info;
@@ -229,7 +329,7 @@ static int grow(struct qf_cache *c, uint64_t want)
 		rc = mdb_env_set_mapsize(c->env, want);
 	pthread_rwlock_unlock(&c->resize);
 	if (rc)
-		return lmdb_err("resize", rc);
+		return rc;
 	if (want)
 		qf_info("cache: map grown to %llu MiB",
 			(unsigned long long)(want >> 20));
@@ -248,8 +348,8 @@ static int txn_begin(struct qf_cache *c, unsigned flags, MDB_txn **txn)
 			break;
 		pthread_rwlock_unlock(&c->resize);
 		rc = grow(c, 0);
-		if (rc < 0)
-			return rc;
+		if (rc)
+			return lmdb_err("resize", rc);
 	}
 	if (rc) {
 		pthread_rwlock_unlock(&c->resize);
@@ -263,13 +363,13 @@ static int put_items(struct qf_cache *c, MDB_dbi dbi,
 		     size_t n, bool record)
 {
 	uint8_t key[KEY_MAX + 1];
+	uint64_t need = 0;
 	MDB_txn *txn;
 	size_t i;
 	int rc;
 
 	for (;;) {
-		uint64_t need = 0;
-
+		need = 0;
 		rc = txn_begin(c, 0, &txn);
 		if (rc < 0)
 			return rc;
@@ -301,11 +401,12 @@ static int put_items(struct qf_cache *c, MDB_dbi dbi,
 		pthread_rwlock_unlock(&c->resize);
 		if (rc != MDB_MAP_FULL)
 			break;
+		/* (no disk is taken: the file grows as pages are written) */
 		rc = grow(c, (qf_cache_map_size(c) + need) * 2);
-		if (rc < 0)
-			return rc;
+		if (rc)
+			return write_err(c, "resize", rc, need);
 	}
-	return rc ? lmdb_err("write", rc) : 0;
+	return rc ? write_err(c, "write", rc, need) : 0;
 }
 
 int qf_cache_put(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
@@ -457,91 +558,168 @@ int qf_cache_check(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 	return qf_hash64(p, len, 0) == sum ? 0 : QF_ECORRUPT;
 }
 
-/* Delete the keys of "t" and "s" that start with prefix (plen bytes),
- * or exactly the given names; and the record when whole. */
-static int del_keys(struct qf_cache *c, const uint8_t *vid,
-		    const char *const *names, size_t n, uint64_t *freed)
+/* What a deletion transaction does, and what it did. */
+struct del {
+	const uint8_t *vid;
+	const char *const *names;	/* these names; NULL: a step of all */
+	size_t n;
+	uint64_t freed;			/* value bytes, this one */
+	bool more;			/* values are left for another step */
+};
+
+/* Exactly the given names of vid, in "t" and "s". */
+static int del_names(struct qf_cache *c, MDB_txn *txn, struct del *d)
+{
+	uint8_t key[KEY_MAX + 1];
+	MDB_val k, v;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < d->n && !rc; i++) {
+		k.mv_data = key;
+		k.mv_size = make_key(d->vid, d->names[i], key);
+		if (!mdb_get(txn, c->tensors, &k, &v))
+			d->freed += v.mv_size;
+		rc = mdb_del(txn, c->tensors, &k, NULL);
+		if (!rc || rc == MDB_NOTFOUND)
+			rc = mdb_del(txn, c->sums, &k, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	return rc;
+}
+
+/*
+ * One step of deleting all of vid: at most DEL_BYTES of values (and
+ * their checksums), so that the pages listing what it frees fit in what
+ * the step before freed; the leftover checksums and the record when no
+ * value is left.  The record goes last: a drop cut short leaves a
+ * recorded variant missing values (produced again), never values that
+ * gc cannot see.
+ */
+static int del_step(struct qf_cache *c, MDB_txn *txn, struct del *d)
 {
 	uint8_t key[KEY_MAX + 1];
 	MDB_cursor *cur;
-	MDB_txn *txn;
 	MDB_val k, v;
-	size_t i;
+	size_t count = 0;
 	int rc;
 
-	rc = txn_begin(c, 0, &txn);
-	if (rc < 0)
+	rc = mdb_cursor_open(txn, c->tensors, &cur);
+	if (rc)
 		return rc;
-	if (names) {
-		for (i = 0, rc = 0; i < n && !rc; i++) {
-			k.mv_data = key;
-			k.mv_size = make_key(vid, names[i], key);
-			if (freed && !mdb_get(txn, c->tensors, &k, &v))
-				*freed += v.mv_size;
-			rc = mdb_del(txn, c->tensors, &k, NULL);
-			if (!rc || rc == MDB_NOTFOUND)
-				rc = mdb_del(txn, c->sums, &k, NULL);
-			if (rc == MDB_NOTFOUND)
-				rc = 0;
-		}
-	} else {
-		MDB_dbi dbs[2] = { c->tensors, c->sums };
+	k.mv_data = (void *)d->vid;
+	k.mv_size = QF_CACHE_VID;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	     !rc && k.mv_size >= QF_CACHE_VID && k.mv_size <= KEY_MAX &&
+	     !memcmp(k.mv_data, d->vid, QF_CACHE_VID);
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		MDB_val sk = { k.mv_size, key };
 
-		for (i = 0, rc = 0; i < 2 && !rc; i++) {
-			rc = mdb_cursor_open(txn, dbs[i], &cur);
-			if (rc)
-				break;
-			k.mv_data = (void *)vid;
-			k.mv_size = QF_CACHE_VID;
-			for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-			     !rc && k.mv_size >= QF_CACHE_VID &&
-			     !memcmp(k.mv_data, vid, QF_CACHE_VID);
-			     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-				if (freed && i == 0)
-					*freed += v.mv_size;
-				rc = mdb_cursor_del(cur, 0);
-				if (rc)
-					break;
-			}
-			mdb_cursor_close(cur);
-			if (rc == MDB_NOTFOUND)
-				rc = 0;
+		if (count && (d->freed >= DEL_BYTES || count >= DEL_KEYS)) {
+			d->more = true;
+			break;
 		}
-		k.mv_data = (void *)vid;
-		k.mv_size = QF_CACHE_VID;
-		if (!rc) {
-			rc = mdb_del(txn, c->records, &k, NULL);
-			if (rc == MDB_NOTFOUND)
-				rc = 0;
-		}
+		memcpy(key, k.mv_data, k.mv_size);	/* k is in the map */
+		d->freed += v.mv_size;
+		count++;
+		rc = mdb_cursor_del(cur, 0);
+		if (!rc)
+			rc = mdb_del(txn, c->sums, &sk, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+		if (rc)
+			break;
 	}
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	if (rc || d->more)
+		return rc;
+	/* checksums without a value (none normally), then the record */
+	rc = mdb_cursor_open(txn, c->sums, &cur);
+	if (rc)
+		return rc;
+	k.mv_data = (void *)d->vid;
+	k.mv_size = QF_CACHE_VID;
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	     !rc && k.mv_size >= QF_CACHE_VID &&
+	     !memcmp(k.mv_data, d->vid, QF_CACHE_VID);
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		rc = mdb_cursor_del(cur, 0);
+		if (rc)
+			break;
+	}
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND)
+		rc = 0;
+	k.mv_data = (void *)d->vid;
+	k.mv_size = QF_CACHE_VID;
 	if (!rc)
-		rc = mdb_txn_commit(txn);
-	else
-		mdb_txn_abort(txn);
-	pthread_rwlock_unlock(&c->resize);
-	return rc ? lmdb_err("delete", rc) : 0;
+		rc = mdb_del(txn, c->records, &k, NULL);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/*
+ * One deletion transaction; on a full disk the reserve is released and
+ * it is tried once more.  Returns 0, -ENOSPC, QF_ECACHE.
+ */
+static int del_txn(struct qf_cache *c, struct del *d)
+{
+	bool retried = false;
+	MDB_txn *txn;
+	int rc, ret;
+
+	for (;;) {
+		d->freed = 0;
+		d->more = false;
+		rc = txn_begin(c, 0, &txn);
+		if (rc < 0)
+			return rc;
+		rc = d->names ? del_names(c, txn, d) : del_step(c, txn, d);
+		if (!rc)
+			rc = mdb_txn_commit(txn);
+		else
+			mdb_txn_abort(txn);
+		pthread_rwlock_unlock(&c->resize);
+		if (!rc)
+			return 0;
+		ret = write_err(c, "delete", rc, 0);
+		if (ret != -ENOSPC || retried || !reserve_release(c))
+			return ret;
+		retried = true;
+	}
 }
 
 int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		 const char *const *names, size_t n)
 {
-	return del_keys(c, vid, names, n, NULL);
+	struct del d = { vid, names, n, 0, false };
+
+	return del_txn(c, &d);
 }
 
 int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		  uint64_t *freed)
 {
-	uint64_t files = 0;
+	struct qf_cache_files_stat fst;
+	struct del d = { vid, NULL, 0, 0, false };
+	uint64_t total;
 	int ret;
 
+	/* the read files first: unlinking frees disk at once, also what
+	 * the values' deletion needs on a full disk */
+	ret = qf_cache_files(c, vid, QF_FILES_DROP | QF_FILES_CLEAN, &fst);
+	total = fst.bytes[QF_CACHE_FILE_READ] + fst.bytes[QF_CACHE_FILE_STRAY];
+	do {
+		if (!ret)
+			ret = del_txn(c, &d);
+		total += ret ? 0 : d.freed;
+	} while (!ret && d.more);
 	if (freed)
-		*freed = 0;
-	ret = del_keys(c, vid, NULL, 0, freed);
+		*freed = total;
 	if (!ret)
-		ret = qf_cache_files(c, vid, true, &files);
-	if (freed)
-		*freed += files;
+		reserve_make(c);	/* again, once there is room */
 	return ret;
 }
 
@@ -592,6 +770,59 @@ int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used)
 	mdb_env_info(c->env, &info);
 	*file = (uint64_t)st.st_blocks * 512;
 	*used = (uint64_t)(info.me_last_pgno + 1) * c->psize;
+	return 0;
+}
+
+int qf_cache_mdb_usage(struct qf_cache *c, uint64_t *values,
+		       uint64_t *mdb_free)
+{
+	struct qf_buf path = QF_BUF_INIT;
+	uint64_t pages = 0, end;
+	MDB_envinfo info;
+	MDB_cursor *cur;
+	struct stat st;
+	MDB_val k, v;
+	MDB_txn *txn;
+	int rc;
+
+	*values = *mdb_free = 0;
+	rc = txn_begin(c, MDB_RDONLY, &txn);
+	if (rc < 0)
+		return rc;
+	rc = mdb_cursor_open(txn, c->tensors, &cur);
+	if (!rc) {
+		/* (a big value's size is in its node: its pages are not
+		 * read) */
+		while (!(rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)))
+			*values += v.mv_size;
+		mdb_cursor_close(cur);
+	}
+	/* the free list, database 0: each value counts its pages first */
+	if (rc == MDB_NOTFOUND)
+		rc = mdb_cursor_open(txn, 0, &cur);
+	if (!rc) {
+		while (!(rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))) {
+			size_t n = 0;
+
+			if (v.mv_size >= sizeof(n))
+				memcpy(&n, v.mv_data, sizeof(n));
+			pages += n;
+		}
+		mdb_cursor_close(cur);
+	}
+	mdb_env_info(c->env, &info);
+	mdb_txn_abort(txn);
+	pthread_rwlock_unlock(&c->resize);
+	if (rc != MDB_NOTFOUND)
+		return lmdb_err("free list", rc);
+	/* and the file past its last page (written by a failed commit) */
+	qf_buf_addf(&path, "%s/data.mdb", c->dir);
+	end = (uint64_t)(info.me_last_pgno + 1) * c->psize;
+	if (path.data && stat(path.data, &st) == 0 &&
+	    (uint64_t)st.st_size > end)
+		pages += ((uint64_t)st.st_size - end) / c->psize;
+	qf_buf_release(&path);
+	*mdb_free = pages * c->psize;
 	return 0;
 }
 

@@ -15,6 +15,11 @@
  * variant completes and at close, so a power loss can only lose the last
  * entries, never corrupt older ones on a file system that keeps write
  * order.
+ *
+ * A full disk: writes fail with -ENOSPC and leave nothing behind (a
+ * failed commit stores nothing); deletions free space even then (read
+ * files first, and <dir>/reserve, cache.c).  data.mdb never shrinks:
+ * LMDB reuses the pages of deleted values for later ones.
  */
 #ifndef QF_CACHE_H
 #define QF_CACHE_H
@@ -57,7 +62,8 @@ struct qf_cache_item {
 
 /*
  * Store n items under vid in one transaction: all or none become
- * visible.  Returns 0, -ENOSPC (disk full), QF_ECACHE (logged).
+ * visible.  Returns 0, -ENOSPC (the disk or quota is full: nothing was
+ * stored; not logged, the caller says what was lost), QF_ECACHE (logged).
  */
 int qf_cache_put(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		 const struct qf_cache_item *items, size_t n);
@@ -104,11 +110,17 @@ int qf_cache_each_record(struct qf_cache_txn *t,
  */
 int qf_cache_check(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 		   const char *name);
-/* Delete the n named values of vid (absent ones are fine). */
+/*
+ * Delete the n named values of vid (absent ones are fine), in one
+ * transaction.  Returns 0, -ENOSPC, QF_ECACHE.
+ */
 int qf_cache_del(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		 const char *const *names, size_t n);
-/* Delete every value of vid, its record and its read files; *freed =
- * value and read-file bytes. */
+/*
+ * Delete vid's read files (and stray temporary files), then every value
+ * of vid in steps of bounded size, its record last; *freed = value and
+ * file bytes.  Works on a full disk.  Returns 0, -errno, QF_ECACHE.
+ */
 int qf_cache_drop(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
 		  uint64_t *freed);
 /* Call fn once per variant id that has values: their bytes and count. */
@@ -118,6 +130,21 @@ int qf_cache_each_vid(struct qf_cache_txn *t,
 		      void *arg);
 /* Disk bytes of data.mdb and bytes of its pages in use. */
 int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used);
+
+struct qf_cache_space {
+	uint64_t fs_bytes;		/* size of the cache's filesystem */
+	uint64_t fs_avail;		/* free on it for any user */
+	uint64_t fs_free;		/* free on it for this process */
+	uint64_t values;		/* value bytes, as gc counts them */
+	uint64_t mdb_free;		/* data.mdb bytes free for reuse */
+	uint64_t files;			/* read and temporary files */
+};
+/*
+ * Where the cache stands on its filesystem: the fs_* fields only (one
+ * statvfs), or everything when full (a walk of the keys and files).
+ * Returns 0, -errno, QF_ECACHE.
+ */
+int qf_cache_space(struct qf_cache *c, bool full, struct qf_cache_space *out);
 const char *qf_cache_dir(const struct qf_cache *c);
 
 /*
@@ -146,12 +173,33 @@ int qf_cache_file_path(const struct qf_cache *c,
 		       const uint8_t vid[QF_CACHE_VID], const char *tag,
 		       bool tmp, struct qf_buf *out);
 /*
- * Bytes of vid's read files into *bytes; drop: delete them (and the
- * temporary files of writers that died).  vid NULL: delete every
- * temporary file whose writer died.
+ * Create vid's temporary file for tag (its path into *tmp), locked for
+ * as long as the returned fd stays open, so no one takes it for stray;
+ * rename it into place before closing it.  Returns an fd or -errno.
  */
-int qf_cache_files(struct qf_cache *c, const uint8_t *vid, bool drop,
-		   uint64_t *bytes);
+int qf_cache_file_create(const struct qf_cache *c,
+			 const uint8_t vid[QF_CACHE_VID], const char *tag,
+			 struct qf_buf *tmp);
+
+enum qf_cache_file_kind {
+	QF_CACHE_FILE_READ,		/* a read file, complete */
+	QF_CACHE_FILE_TMP,		/* temporary, being written */
+	QF_CACHE_FILE_STRAY,		/* temporary, its writer gone */
+	QF_CACHE_FILE_KINDS,
+};
+struct qf_cache_files_stat {
+	uint64_t bytes[QF_CACHE_FILE_KINDS];
+	size_t count[QF_CACHE_FILE_KINDS];
+};
+#define QF_FILES_DROP 1u		/* delete vid's read files */
+#define QF_FILES_CLEAN 2u		/* delete stray temporary files */
+/*
+ * vid's files (vid NULL: every file) counted by kind into *st (may be
+ * NULL), after deleting what flags say (DROP needs a vid).  Returns 0 or
+ * the -errno of a failed deletion.
+ */
+int qf_cache_files(struct qf_cache *c, const uint8_t *vid, unsigned flags,
+		   struct qf_cache_files_stat *st);
 
 /* admin.c: what the cache holds, and eviction */
 struct qf_cache_entry {
@@ -167,6 +215,8 @@ struct qf_cache_entry {
 	uint64_t bytes;			/* value bytes */
 	uint64_t values;		/* value count */
 	uint64_t file_bytes;		/* read files (files.c) */
+	uint64_t tmp_bytes;		/* its temporary files, stray ones
+					 * included */
 };
 /* Every variant id with a record or values.  Free with _list_free. */
 int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
@@ -176,13 +226,13 @@ void qf_cache_list_free(struct qf_cache_entry *e, size_t n);
 struct qf_cache_gc_result {
 	size_t evicted;
 	size_t busy;			/* skipped: open or being produced */
-	uint64_t freed;			/* value and read-file bytes */
-	uint64_t remaining;		/* value and read-file bytes left */
+	uint64_t freed;			/* value and file bytes */
+	uint64_t remaining;		/* value and file bytes left */
 };
 /*
  * Evict recorded variants, least recently accessed first, until the
- * values and their read files take at most max_bytes (or only busy ones
- * are left).
+ * values and their files take at most max_bytes (or only busy ones are
+ * left).  Returns 0, -errno, QF_ECACHE.
  */
 int qf_cache_gc(struct qf_cache *c, uint64_t max_bytes,
 		struct qf_cache_gc_result *res);

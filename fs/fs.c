@@ -18,7 +18,7 @@ int qf_fs_errno(int err)
 	if (err >= 0)
 		return 0;
 	if (err > -4096)
-		return -err == ENOSPC ? EIO : -err;
+		return -err;
 	if (err == QF_ESPEC || err == QF_EUNSUPPORTED)
 		return ENOENT;
 	if (err == QF_ELINK)
@@ -137,6 +137,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	pthread_mutex_init(&fs->job_lock, NULL);
 	pthread_cond_init(&fs->job_cond, NULL);
 	fs->o = *o;
+	qf_fs_limits_init(fs);
 	if (fs->o.timeout <= 0)
 		fs->o.timeout = 86400;
 	fs->uid = getuid();
@@ -161,6 +162,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	ret = qf_cache_open(fs->cache_dir, o->cache_map, &fs->cache);
 	if (ret < 0)
 		goto out_free;
+	qf_fs_clean_files(fs);
 	qf_fs_trim_cache(fs);
 	ret = select_backend(fs);
 	if (!ret)
@@ -178,18 +180,6 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 out_free:
 	qf_fs_free(fs);
 	return ret;
-}
-
-void qf_fs_trim_cache(struct qf_fs *fs)
-{
-	struct qf_cache_gc_result r;
-
-	if (!fs->o.cache_max || qf_cache_gc(fs->cache, fs->o.cache_max, &r))
-		return;
-	if (r.remaining > fs->o.cache_max)
-		qf_warn("cache: %.1f MB after eviction, above cache_max %.1f MB "
-			"(%zu variant(s) in use)", r.remaining / 1e6,
-			fs->o.cache_max / 1e6, r.busy);
 }
 
 void qf_fs_free(struct qf_fs *fs)
@@ -225,6 +215,7 @@ void qf_fs_free(struct qf_fs *fs)
 	pthread_mutex_destroy(&fs->job_lock);
 	pthread_mutex_destroy(&fs->pt_lock);
 	pthread_cond_destroy(&fs->job_cond);
+	qf_fs_limits_free(fs);
 	free(fs);
 }
 

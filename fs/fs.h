@@ -26,7 +26,10 @@ struct qf_fs_opts {
 	int calib_len;			/* tokens per sequence (default 256) */
 	uint64_t calib_seed;		/* sampled sets (default 0) */
 	int max_jobs;			/* concurrent calibrated jobs, 0: 1 */
-	uint64_t cache_max;		/* evict LRU variants above it, 0: no */
+	int max_productions;		/* RTN groups, GGUF tensors, setups
+					 * at once; 0: one per CPU */
+	uint64_t cache_max;		/* bytes: evict LRU variants above
+					 * it; QF_CACHE_MAX_AUTO or _NONE */
 	const char *backend;		/* "cpu", "cuda", "auto" (NULL) */
 	int brecq_iters;		/* Adam steps per block, 0: default,
 					 * -1: none (round to nearest) */
@@ -35,6 +38,11 @@ struct qf_fs_opts {
 	const char *mixed_roles;	/* "glob=role,..." role overrides */
 	const char *mixed_ratio;	/* mixed_dyn: "high=0.2,low=0.4,..." */
 };
+
+/* -o cache_max=auto (the default): half the cache's filesystem, with a
+ * tenth of it always left free; none: no bound */
+#define QF_CACHE_MAX_AUTO 0
+#define QF_CACHE_MAX_NONE UINT64_MAX
 
 enum {
 	QF_IO_AUTO,		/* kernel passthrough where it can, else: */

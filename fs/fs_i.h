@@ -209,6 +209,22 @@ struct qf_fs {
 	int njobs;			/* job threads, job_lock */
 	int nrunning;			/* of them past the queue, job_lock */
 	bool stopping;			/* job_lock: unmounting */
+	/* limits.c: the cache's bound */
+	pthread_mutex_t room_lock;
+	uint64_t room_used;		/* room_lock: cache bytes, estimate */
+	double room_t;			/* room_lock: when measured, 0 never */
+	double nospace_t;		/* room_lock: last ENOSPC line */
+	double over_t;			/* room_lock: last "above" line */
+	/* limits.c: concurrent productions */
+	pthread_mutex_t prod_lock;
+	pthread_cond_t prod_cond;
+	int prod_max;			/* -o max_productions */
+	int prod_running;		/* prod_lock */
+	int prod_waiting;		/* prod_lock */
+	uint64_t prod_next;		/* prod_lock: next arrival ticket */
+	struct qf_prod_wait *prod_waiters; /* prod_lock */
+	struct qf_prod_user *prod_users; /* prod_lock: running per uid */
+	size_t nprod_users;		/* prod_lock */
 };
 
 /* Entry and attribute timeout of the names src.c resolves (seconds). */
@@ -293,10 +309,11 @@ void qf_var_revalidate(struct qf_fs *fs, struct qf_var *var);
 void qf_var_released(struct qf_fs *fs, struct qf_var *var);
 /* A cache record: what `ls`, `quantfs cache` and gc know of vid
  * ("created" survives rewrites, "accessed" is now). */
-void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
-		  const struct qf_mdl *mdl, const char *name, const char *calib);
-/* Write the variant's record (listed by `ls` once it is cached). */
-void qf_var_record(struct qf_fs *fs, struct qf_var *var);
+int qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
+		 const struct qf_mdl *mdl, const char *name, const char *calib);
+/* Write the variant's record (listed by `ls` once it is cached).
+ * Returns 0, -ENOMEM, -ENOSPC, QF_ECACHE (warned). */
+int qf_var_record(struct qf_fs *fs, struct qf_var *var);
 /*
  * Group gi's packed GPTQ tensors from the cache, unpacked: q [out, in],
  * sc/z [out, ngroups] (true zeros), g_idx [in].
@@ -412,8 +429,36 @@ bool qf_fs_source_intact(const struct qf_model *m);
  */
 int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
 
-/* With -o cache_max: evict least recently used variants above it. */
+/* limits.c: disk and productions (see there) */
+void qf_fs_limits_init(struct qf_fs *fs);
+void qf_fs_limits_free(struct qf_fs *fs);
+/*
+ * Before incoming bytes are written to the cache (file: as a read file):
+ * evict least recently used variants down to -o cache_max.  Returns 0,
+ * or -ENOSPC (logged) where the auto bound cannot keep its tenth of the
+ * filesystem free.
+ */
+int qf_fs_room(struct qf_fs *fs, uint64_t incoming, bool file);
+/* The same at mount and when a variant is complete, with nothing new. */
 void qf_fs_trim_cache(struct qf_fs *fs);
+/*
+ * qf_cache_put() after qf_fs_room(); a full disk is logged (once in a
+ * while) with the cache directory and its free space.  Returns 0,
+ * -ENOSPC, QF_ECACHE.
+ */
+int qf_fs_cache_put(struct qf_fs *fs, const uint8_t *vid,
+		    const struct qf_cache_item *items, size_t n);
+/*
+ * A production or variant setup begins / ends on this thread: waits for
+ * one of the max_productions slots (nested calls share it).  Returns 0
+ * or -EINTR (the request was interrupted, or the mount is going away).
+ */
+int qf_fs_prod_begin(struct qf_fs *fs);
+void qf_fs_prod_end(struct qf_fs *fs);
+/* At mount: delete the temporary files of killed writers (logged). */
+void qf_fs_clean_files(struct qf_fs *fs);
+/* ops.c: the uid of the request this thread serves (the daemon's). */
+uid_t qf_fs_req_uid(const struct qf_fs *fs);
 
 /* errno for a qf error code (fs/ alone decides errno values). */
 int qf_fs_errno(int err);

@@ -222,13 +222,28 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	return ret;
 }
 
-static void record(struct qf_fs *fs, struct qf_gv *gv)
+static int record(struct qf_fs *fs, struct qf_gv *gv)
 {
 	char name[160];
 
 	snprintf(name, sizeof(name), "%s/model.gguf",
 		 gv->var ? gv->var->v->name : "original");
-	qf_fs_record(fs, gv->vid, gv->mdl, name, "");
+	return qf_fs_record(fs, gv->vid, gv->mdl, name, "");
+}
+
+/* Tensor i is in the cache (not verified). */
+static bool in_cache(struct qf_fs *fs, struct qf_gv *gv, size_t i)
+{
+	struct qf_cache_txn *txn;
+	const void *p;
+	size_t len;
+	int ret;
+
+	if (qf_cache_read_begin(fs->cache, &txn) < 0)
+		return false;
+	ret = qf_cache_get(txn, gv->vid, gv->plan.t[i].name, &p, &len);
+	qf_cache_read_end(txn);
+	return ret == 0 && len == gv->plan.t[i].nbytes;
 }
 
 static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)
@@ -345,22 +360,42 @@ static int produce(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 	free(imp);
 	it.data = buf;
 	if (!ret)
-		ret = qf_cache_put(fs->cache, gv->vid, &it, 1);
+		ret = qf_fs_cache_put(fs, gv->vid, &it, 1);
 	free(buf);
 	return ret;
 }
 
-/* Single flight of tensor i, as var.c's groups. */
+/* Single flight of tensor i, as var.c's groups (and their slots). */
 static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 {
-	bool complete = false, first = false;
-	int ret = 0;
+	bool complete = false, first = false, slot = false;
+	int gi, ret = 0;
+
+	pthread_mutex_lock(&gv->lock);
+	while (gv->state[i] == QF_GROUP_BUSY)
+		pthread_cond_wait(&gv->cond, &gv->lock);
+	ret = gv->state[i] == QF_GROUP_DONE;
+	pthread_mutex_unlock(&gv->lock);
+	if (ret)
+		return 0;
+	/* the variant's group a repacked tensor needs, before a slot */
+	gi = gv->var ? group_of(gv, &gv->plan.t[i]) : -1;
+	if (gi >= 0)
+		ret = qf_var_ensure(fs, gv->var, (uint32_t)gi);
+	if (!ret && !in_cache(fs, gv, i)) {
+		ret = qf_fs_prod_begin(fs);
+		slot = !ret;
+	}
+	if (ret < 0)
+		return ret;
 
 	pthread_mutex_lock(&gv->lock);
 	while (gv->state[i] == QF_GROUP_BUSY)
 		pthread_cond_wait(&gv->cond, &gv->lock);
 	if (gv->state[i] == QF_GROUP_DONE) {
 		pthread_mutex_unlock(&gv->lock);
+		if (slot)
+			qf_fs_prod_end(fs);
 		return 0;
 	}
 	gv->state[i] = QF_GROUP_BUSY;
@@ -376,7 +411,7 @@ static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 		if (ret == -ENOENT || ret == QF_ECORRUPT) {
 			ret = produce(fs, gv, i);
 			first = !ret;
-			if (ret < 0)
+			if (ret < 0 && ret != -ENOSPC)	/* (logged) */
 				qf_err("%s: model.gguf of %s: cannot produce %s: "
 				       "%s", gv->mdl->name, gv->var ?
 				       gv->var->v->name : "original",
@@ -385,6 +420,8 @@ static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 		if (locked)
 			lock_slot(fs, gv, i, false);
 	}
+	if (slot)
+		qf_fs_prod_end(fs);
 	pthread_mutex_lock(&gv->lock);
 	gv->state[i] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
 	if (!ret && ++gv->ndone == gv->plan.nt)
@@ -395,10 +432,14 @@ static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 		first = false;
 	pthread_cond_broadcast(&gv->cond);
 	pthread_mutex_unlock(&gv->lock);
-	if (first)
-		record(fs, gv);
+	if (first && record(fs, gv) < 0) {
+		pthread_mutex_lock(&gv->lock);
+		gv->recorded = false;	/* the next tensor tries again */
+		pthread_mutex_unlock(&gv->lock);
+	}
 	if (complete) {
 		qf_cache_sync(fs->cache);
+		qf_fs_trim_cache(fs);
 		qf_info("%s: %s/model.gguf ready (%zu tensors, %.1f MB) in "
 			"%.2f s", gv->mdl->name, gv->var ? gv->var->v->name :
 			"original", gv->plan.nt, gv->plan.size / 1e6,

@@ -267,7 +267,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 	if (ret < 0)
 		goto out_free;
 	it = (struct qf_cache_item){ "__ids__", cs->ids, n * sizeof(int32_t) };
-	ret = qf_cache_put(fs->cache, var->calib_vid, &it, 1);
+	ret = qf_fs_cache_put(fs, var->calib_vid, &it, 1);
 out_free:
 	qf_tok_close(tok);
 	qf_buf_release(&text);
@@ -770,7 +770,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			qf_kq_imatrix_len(&j->c) * sizeof(float) };
 	}
 	eta = qf_now();
-	ret = qf_cache_put(j->fs->cache, var->vid, items, n);
+	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
 	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
@@ -917,7 +917,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		struct qf_cache_item it = { "__seconds__", &seconds,
 					    sizeof(seconds) };
 
-		ret = qf_cache_put(fs->cache, var->vid, &it, 1);
+		ret = qf_fs_cache_put(fs, var->vid, &it, 1);
 	}
 	pthread_mutex_lock(&var->lock);
 	if (!ret && !var->manifest_ready) {
@@ -1404,7 +1404,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		return ret;
 	its[0] = (struct qf_cache_item){ "__sens__", sens, want };
 	its[1] = (struct qf_cache_item){ "__uloss__", uloss, uwant };
-	ret = qf_cache_put(fs->cache, vid, its, 2);
+	ret = qf_fs_cache_put(fs, vid, its, 2);
 	qf_info("%s: mixed precision: sensitivities measured in %.1f s",
 		probe->mdl->name, qf_now() - t0);
 	return ret;

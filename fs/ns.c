@@ -213,7 +213,12 @@ static struct qf_var *var_locked(struct qf_fs *fs, struct qf_mdl *mdl,
 	if (var)
 		return var;
 	pthread_mutex_unlock(&fs->lock);
-	ret = qf_var_new(fs, mdl, name, &var);
+	/* a setup costs as a production does: it waits its turn */
+	ret = qf_fs_prod_begin(fs);
+	if (!ret) {
+		ret = qf_var_new(fs, mdl, name, &var);
+		qf_fs_prod_end(fs);
+	}
 	pthread_mutex_lock(&fs->lock);
 	if (ret < 0) {
 		*err = ret;

@@ -35,6 +35,13 @@ static struct qf_fs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
+uid_t qf_fs_req_uid(const struct qf_fs *fs)
+{
+	const struct fuse_ctx *ctx = cur_req ? fuse_req_ctx(cur_req) : NULL;
+
+	return ctx ? ctx->uid : fs->uid;
+}
+
 int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock)
 {
 	struct timespec ts;
@@ -141,7 +148,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		     sp.method == QF_METHOD_MIXED_BUDGET))
 			qf_job_mixed_prepare(fs, dir->mdl, &sp);
 	}
+	cur_req = req;		/* a variant setup may wait its turn */
 	n = qf_ns_lookup(fs, dir, name, &err);
+	cur_req = NULL;
 	if (!n) {
 		fuse_reply_err(req, qf_fs_errno(err));
 		return;

@@ -108,15 +108,18 @@ static int read_file_path(struct qf_fs *fs, const struct qf_node *n,
 static int open_read_file(struct qf_fs *fs, const struct qf_node *n)
 {
 	struct qf_buf path = QF_BUF_INIT;
-	struct stat st;
+	struct stat st = { .st_size = -1 };
 	int fd = -1;
 
 	if (read_file_path(fs, n, false, &path) == 0)
 		fd = open(path.data, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* a truncated one would give short reads: never passed on */
 	if (fd >= 0 && (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
 			(uint64_t)st.st_size != n->size)) {
-		qf_warn("%s: wrong size, deleted (written again later)",
-			path.data);
+		qf_err("%s: read file damaged (%lld bytes, want %llu): "
+		       "deleted; its file is served from the cache values "
+		       "again", path.data, (long long)st.st_size,
+		       (unsigned long long)n->size);
 		unlink(path.data);
 		close(fd);
 		fd = -1;
@@ -213,11 +216,36 @@ static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 }
 
 /*
- * Write n's read file: a temporary name, synced, renamed into place.
+ * Room for n's read file: within the cache's bound (evicting what it
+ * asks), and never the disk's last bytes whatever the bound: a read file
+ * is only faster, the daemon serves the file without one.
+ */
+static bool room_for(struct qf_fs *fs, struct qf_node *n)
+{
+	struct qf_cache_space sp;
+	uint64_t keep;
+
+	if (qf_cache_space(fs->cache, false, &sp) < 0)
+		return true;		/* cannot tell: the write will */
+	keep = sp.fs_bytes / 10 < (64u << 20) ? sp.fs_bytes / 10 : 64u << 20;
+	if (qf_fs_room(fs, n->size, true) < 0 ||
+	    (qf_cache_space(fs->cache, false, &sp) == 0 &&
+	     sp.fs_free < n->size + keep)) {
+		qf_debug("%s/%s: no room for a read file (%.1f MB free): "
+			 "served by the daemon", n->mdl->name, n->name,
+			 sp.fs_free / 1e6);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Write n's read file: a temporary name (locked while it is written, so
+ * it is never taken for a stray one), synced, renamed into place.
  * Meanwhile the variant is marked in use (a shared QF_LOCK_USE lock, as
  * for an open file), so eviction, which drops read files with the values,
  * cannot run between and leave one behind.  -EAGAIN: evicted before the
- * lock was taken.
+ * lock was taken, or no room now (tried again later).
  */
 static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 {
@@ -228,28 +256,25 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	uint8_t *chunk = malloc(CHUNK);
 	uint64_t off, sum = 0;
 	int fd = -1, lockfd, ret;
+	char tag[64];
 
 	lockfd = qf_cache_lock_open(fs->cache, node_vid(n));
 	if (lockfd >= 0 && fcntl(lockfd, F_OFD_SETLKW, &fl) < 0) {
 		close(lockfd);
 		lockfd = -1;
 	}
-	if (lockfd < 0 || !cached(fs, n)) {
+	if (lockfd < 0 || !cached(fs, n) || !room_for(fs, n)) {
 		if (lockfd >= 0)
 			close(lockfd);
 		free(chunk);
 		return -EAGAIN;
 	}
-	ret = chunk ? read_file_path(fs, n, true, &tmp) : -ENOMEM;
-	if (!ret)
-		ret = read_file_path(fs, n, false, &path);
+	snprintf(tag, sizeof(tag), "%s.%s", n->pt_tag,
+		 n->kind == QF_NODE_WEIGHTS ? "safetensors" : "gguf");
+	ret = chunk ? read_file_path(fs, n, false, &path) : -ENOMEM;
 	if (!ret) {
-		/* never through a link planted under the temporary name */
-		unlink(tmp.data);
-		fd = open(tmp.data, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
-			  O_CLOEXEC, 0664);
-		if (fd < 0)
-			ret = -errno;
+		fd = qf_cache_file_create(fs->cache, node_vid(n), tag, &tmp);
+		ret = fd < 0 ? fd : 0;
 	}
 	for (off = 0; !ret && off < n->size; off += CHUNK) {
 		uint64_t end = n->size - off > CHUNK ? off + CHUNK : n->size;
@@ -280,12 +305,13 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 		ret = QF_ECORRUPT;	/* the source moved under us */
 	if (!ret && fdatasync(fd) < 0)
 		ret = -errno;
-	if (fd >= 0 && close(fd) < 0 && !ret)
-		ret = -errno;
+	/* renamed while still locked: never stray meanwhile */
 	if (!ret && rename(tmp.data, path.data) < 0)
 		ret = -errno;
-	if (ret && tmp.data)
+	if (ret && fd >= 0)
 		unlink(tmp.data);
+	if (fd >= 0 && close(fd) < 0 && !ret)
+		ret = -errno;
 	if (!ret)
 		qf_info("%s: read file written (%.1f MB in %.2f s): later "
 			"opens pass through to it", path.data, n->size / 1e6,
@@ -313,12 +339,16 @@ static int verify_read_file(struct qf_fs *fs, struct qf_node *n)
 {
 	struct qf_buf path = QF_BUF_INIT;
 	uint8_t *chunk = malloc(CHUNK);
-	uint64_t off, sum = 0, want;
+	uint64_t off, sum = 0, want = 0;
+	struct stat st;
 	int fd = -1, ret;
 
 	ret = chunk ? read_file_path(fs, n, false, &path) : -ENOMEM;
 	if (!ret && (fd = open(path.data, O_RDONLY | O_CLOEXEC)) < 0)
 		ret = -errno;
+	/* shorter than its file (truncated since the open): damaged */
+	if (!ret && (fstat(fd, &st) < 0 || (uint64_t)st.st_size != n->size))
+		ret = QF_ECORRUPT;
 	if (!ret && fgetxattr(fd, SUM_XATTR, &want, sizeof(want)) !=
 		    (ssize_t)sizeof(want))
 		ret = -ENODATA;		/* written where xattrs fail */
@@ -330,8 +360,9 @@ static int verify_read_file(struct qf_fs *fs, struct qf_node *n)
 		sum = qf_hash64(chunk, len, sum);
 	}
 	if ((!ret && sum != want) || ret == QF_ECORRUPT) {
-		qf_err("%s: read file damaged (checksum): deleted; its file "
-		       "is served from the cache values again", path.data);
+		qf_err("%s: read file damaged (checksum or size): deleted; "
+		       "its file is served from the cache values again",
+		       path.data);
 		pthread_mutex_lock(&fs->pt_lock);
 		n->pt_bad = true;
 		pthread_mutex_unlock(&fs->pt_lock);
@@ -361,7 +392,7 @@ static void *task_main(void *arg)
 	if (t.write) {
 		ret = write_read_file(fs, t.n);
 		pthread_mutex_lock(&fs->pt_lock);
-		/* failed: not again in this mount */
+		/* failed: not again in this mount (no room: later) */
 		t.n->pt_writing = ret && ret != -EINTR && ret != -EAGAIN;
 		pthread_mutex_unlock(&fs->pt_lock);
 	} else {
@@ -433,6 +464,23 @@ static void maybe_write(struct qf_fs *fs, struct qf_node *n)
 	}
 }
 
+/* The registered backing file still has every byte; fs->pt_lock. */
+static bool backing_whole(const struct qf_node *n)
+{
+	struct stat st;
+
+	return fstat(n->pt_fd, &st) == 0 && (uint64_t)st.st_size == n->size;
+}
+
+static void unlink_read_file(struct qf_fs *fs, const struct qf_node *n)
+{
+	struct qf_buf path = QF_BUF_INIT;
+
+	if (read_file_path(fs, n, false, &path) == 0)
+		unlink(path.data);
+	qf_buf_release(&path);
+}
+
 int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 {
 	bool write = false, verify = false;
@@ -445,6 +493,17 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 	if (n->pt_open && n->pt_bad) {
 		pthread_mutex_unlock(&fs->pt_lock);
 		return -EIO;		/* shares a damaged backing file */
+	}
+	if (n->pt_open && has_read_file(n) && !backing_whole(n)) {
+		/* truncated under opens passed through: theirs cannot be
+		 * helped (the kernel reads it), new ones fail */
+		qf_err("%s/%s: read file truncated under %u passthrough "
+		       "open(s): deleted; new opens fail with EIO until they "
+		       "are closed", n->mdl->name, n->name, n->pt_open);
+		n->pt_bad = true;
+		pthread_mutex_unlock(&fs->pt_lock);
+		unlink_read_file(fs, n);
+		return -EIO;
 	}
 	if (n->pt_open) {
 		n->pt_open++;

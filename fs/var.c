@@ -359,8 +359,8 @@ bool qf_var_cached(struct qf_fs *fs, struct qf_var *var)
 
 /* The variant's record in the cache, for `ls` and the cache tools;
  * "created" survives rewrites, "accessed" is now. */
-void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
-		  const struct qf_mdl *mdl, const char *name, const char *calib)
+int qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
+		 const struct qf_mdl *mdl, const char *name, const char *calib)
 {
 	struct qf_cache_txn *txn;
 	double created = (double)time(NULL);
@@ -368,6 +368,7 @@ void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
 	char *text;
 	cJSON *rec;
 	size_t len;
+	int ret;
 
 	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
 		if (qf_cache_get_record(txn, vid, &json, &len) == 0) {
@@ -390,19 +391,21 @@ void qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
 	cJSON_AddNumberToObject(rec, "accessed", (double)time(NULL));
 	text = cJSON_PrintUnformatted(rec);
 	cJSON_Delete(rec);
-	if (!text || qf_cache_put_record(fs->cache, vid, text) < 0)
-		qf_warn("%s/%s: cannot write the cache record", mdl->name,
-			name);
+	ret = text ? qf_cache_put_record(fs->cache, vid, text) : -ENOMEM;
+	if (ret < 0)
+		qf_warn("%s/%s: cannot write the cache record: %s", mdl->name,
+			name, qf_strerror(ret));
 	free(text);
+	return ret;
 }
 
-void qf_var_record(struct qf_fs *fs, struct qf_var *var)
+int qf_var_record(struct qf_fs *fs, struct qf_var *var)
 {
 	char calib[2 * QF_CACHE_VID + 1] = "";
 
 	if (var->calibrated)
 		qf_hex(var->calib_vid, QF_CACHE_VID, calib);
-	qf_fs_record(fs, var->vid, var->mdl, var->v->name, calib);
+	return qf_fs_record(fs, var->vid, var->mdl, var->v->name, calib);
 }
 
 /*
@@ -629,7 +632,7 @@ static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	else if (!ret)
 		ret = qf_variant_produce(var->v, gi, bufs, NULL);
 	if (!ret)
-		ret = qf_cache_put(fs->cache, var->vid, items, g->n);
+		ret = qf_fs_cache_put(fs, var->vid, items, g->n);
 	for (k = 0; k < g->n; k++)
 		free(bufs[k]);
 	return ret;
@@ -706,10 +709,15 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	return ret;
 }
 
-/* Per-group single flight: RTN, and calibrated _fake from its base. */
+/*
+ * Per-group single flight: RTN, and calibrated _fake from its base.  A
+ * production first waits for its slot (limits.c), before it marks the
+ * group busy: a thread that waits for a busy group may hold a slot, so
+ * the group's owner must not wait for one.
+ */
 static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
-	bool record = false, complete, locked;
+	bool record = false, complete, locked, slot = false;
 	double t0, secs = 0;
 	uint64_t bytes = 0;
 	int ret = 0;
@@ -717,8 +725,27 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	pthread_mutex_lock(&var->lock);
 	while (var->state[gi] == QF_GROUP_BUSY)
 		pthread_cond_wait(&var->cond, &var->lock);
+	ret = var->state[gi] == QF_GROUP_DONE;
+	pthread_mutex_unlock(&var->lock);
+	if (ret)
+		return 0;
+	/* a _fake group waits for its base's job without a slot */
+	if (var->base)
+		ret = qf_job_ensure(fs, var->base, gi);
+	if (!ret && !qf_var_in_cache(fs, var, gi)) {
+		ret = qf_fs_prod_begin(fs);
+		slot = !ret;
+	}
+	if (ret < 0)
+		return ret;
+
+	pthread_mutex_lock(&var->lock);
+	while (var->state[gi] == QF_GROUP_BUSY)
+		pthread_cond_wait(&var->cond, &var->lock);
 	if (var->state[gi] == QF_GROUP_DONE) {
 		pthread_mutex_unlock(&var->lock);
+		if (slot)
+			qf_fs_prod_end(fs);
 		return 0;
 	}
 	var->state[gi] = QF_GROUP_BUSY;
@@ -731,11 +758,12 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 		 qf_var_lock(fs, var, gi) == 0;
 	if (!qf_var_in_cache(fs, var, gi)) {
 		ret = produce(fs, var, gi);
-		if (ret < 0)
+		/* (a full cache was logged with its free space) */
+		if (ret < 0 && ret != -ENOSPC)
 			qf_err("%s/%s: cannot produce %s: %s", var->mdl->name,
 			       var->v->name, var->v->g[gi].w->name,
 			       qf_strerror(ret));
-		else
+		else if (!ret)
 			record = true;
 		if (!ret)
 			qf_debug("%s/%s: produced %s in %.3f s",
@@ -745,6 +773,8 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 
 	if (locked)
 		qf_var_unlock(var, gi);
+	if (slot)
+		qf_fs_prod_end(fs);
 	pthread_mutex_lock(&var->lock);
 	var->state[gi] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
 	if (!ret) {
@@ -765,8 +795,13 @@ static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
 
-	if (record)
-		qf_var_record(fs, var);
+	/* no record (a full disk): the next group writes it, else gc
+	 * would never see these values */
+	if (record && qf_var_record(fs, var) < 0) {
+		pthread_mutex_lock(&var->lock);
+		var->recorded = false;
+		pthread_mutex_unlock(&var->lock);
+	}
 	if (complete) {
 		qf_cache_sync(fs->cache);
 		qf_fs_trim_cache(fs);

@@ -81,8 +81,16 @@ static const char usage_text[] =
 	"                     bits_high=16:bits_mid=8:bits_low=4\n"
 	"  -o max_jobs=N      calibrated variants produced at once\n"
 	"                     (default 1; more wait, queued)\n"
-	"  -o cache_max=SIZE  evict least recently used variants above\n"
-	"                     SIZE of cached values (default: no limit)\n"
+	"  -o max_productions=N\n"
+	"                     tensor groups and variant setups produced at\n"
+	"                     once by readers (default: one per CPU; more\n"
+	"                     wait, users with fewer running first)\n"
+	"  -o cache_max=SIZE|auto|none\n"
+	"                     before writing to the cache, evict least\n"
+	"                     recently used variants above SIZE of values\n"
+	"                     and read files; auto (default): half the\n"
+	"                     cache's filesystem, and a tenth of it always\n"
+	"                     left free (else ENOSPC); none or 0: no bound\n"
 	"  -o allow_other     let other users read the mount (implies\n"
 	"                     default_permissions)\n"
 	"  -o debug           log debug lines\n"
@@ -133,8 +141,13 @@ static int take_option(struct mount_opts *mo, char *opt)
 	if (!strcmp(opt, "cache") && val && *val) {
 		mo->fs.cache_dir = val;
 	} else if (!strcmp(opt, "cache_map") && val) {
-		if (qf_parse_size(val, &mo->fs.cache_map) < 0)
-			return -EINVAL;
+		int ret = qf_parse_size(val, &mo->fs.cache_map);
+
+		if (ret < 0) {
+			fprintf(stderr, "quantfs: cache_map=%s: %s\n", val,
+				qf_size_error(ret));
+			return ret;
+		}
 	} else if (!strcmp(opt, "timeout") && val) {
 		mo->fs.timeout = strtod(val, NULL);
 		if (mo->fs.timeout <= 0)
@@ -202,9 +215,30 @@ static int take_option(struct mount_opts *mo, char *opt)
 		mo->fs.max_jobs = atoi(val);
 		if (mo->fs.max_jobs < 1 || mo->fs.max_jobs > 64)
 			return -EINVAL;
-	} else if (!strcmp(opt, "cache_max") && val) {
-		if (qf_parse_size(val, &mo->fs.cache_max) < 0)
+	} else if (!strcmp(opt, "max_productions") && val) {
+		mo->fs.max_productions = atoi(val);
+		if (mo->fs.max_productions < 1 ||
+		    mo->fs.max_productions > 1024 ||
+		    strspn(val, "0123456789") != strlen(val))
 			return -EINVAL;
+	} else if (!strcmp(opt, "cache_max") && val) {
+		int ret = 0;
+
+		if (!strcmp(val, "auto"))
+			mo->fs.cache_max = QF_CACHE_MAX_AUTO;
+		else if (!strcmp(val, "none"))
+			mo->fs.cache_max = QF_CACHE_MAX_NONE;
+		else
+			ret = qf_parse_size(val, &mo->fs.cache_max);
+		if (ret < 0) {
+			fprintf(stderr, "quantfs: cache_max=%s: %s, auto or "
+				"none\n", val, qf_size_error(ret));
+			return ret;
+		}
+		/* 0 keeps its old meaning, no bound; a bound too small to
+		 * hold anything is not what anyone wants */
+		if (!mo->fs.cache_max)
+			mo->fs.cache_max = QF_CACHE_MAX_NONE;
 	} else if (!strcmp(opt, "rw")) {
 		/* mount(8) adds rw unless told ro: say so, stay read-only */
 		fprintf(stderr, "quantfs: the mount is read-only; 'rw' "

@@ -23,25 +23,40 @@
 
 int qf_parse_size(const char *s, uint64_t *out)
 {
-	char *end;
+	unsigned shift = 0;
 	unsigned long long v;
+	char *end;
 
+	if (*s < '0' || *s > '9')	/* no sign, no blank */
+		return -EINVAL;
 	errno = 0;
 	v = strtoull(s, &end, 10);
-	if (errno || end == s || *s == '-')
+	if (errno == ERANGE)
+		return -ERANGE;
+	if (errno || end == s)
 		return -EINVAL;
 	switch (*end) {
-	case 'k': case 'K': v <<= 10; end++; break;
-	case 'm': case 'M': v <<= 20; end++; break;
-	case 'g': case 'G': v <<= 30; end++; break;
-	case 't': case 'T': v <<= 40; end++; break;
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
 	}
 	if (*end == 'B' || *end == 'b')
 		end++;
 	if (*end)
 		return -EINVAL;
-	*out = v;
+	/* 16777216T is 2^64: it would wrap to 0 */
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*out = (uint64_t)v << shift;
 	return 0;
+}
+
+const char *qf_size_error(int err)
+{
+	return err == -ERANGE ? "too large (2^64 bytes or more)" :
+				"not a size (a number of bytes with an "
+				"optional K, M, G or T suffix)";
 }
 
 void qf_human_size(uint64_t b, char *out, size_t cap)
@@ -122,6 +137,8 @@ static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 						(double)e[i].values);
 			cJSON_AddNumberToObject(o, "file_bytes",
 						(double)e[i].file_bytes);
+			cJSON_AddNumberToObject(o, "tmp_bytes",
+						(double)e[i].tmp_bytes);
 			cJSON_AddNumberToObject(o, "created", e[i].created);
 			cJSON_AddNumberToObject(o, "accessed", e[i].accessed);
 			cJSON_AddItemToArray(a, o);
@@ -158,12 +175,13 @@ static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 
 static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 {
-	uint64_t rec = 0, other = 0, file = 0, used = 0, rf = 0;
-	char a[32], b[32], d[32], f[32], g[32];
+	uint64_t rec = 0, other = 0, file = 0, used = 0;
+	char a[32], b[32], d[32], f[32], g[32], h[32];
+	struct qf_cache_files_stat fst;
+	struct qf_cache_space sp;
 	size_t i, nrec = 0, nrf = 0;
 
 	for (i = 0; i < n; i++) {
-		rf += e[i].file_bytes;
 		nrf += e[i].file_bytes > 0;
 		if (e[i].recorded) {
 			rec += e[i].bytes;
@@ -173,6 +191,8 @@ static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 		}
 	}
 	qf_cache_file_bytes(c, &file, &used);
+	if (qf_cache_files(c, NULL, 0, &fst) < 0)
+		memset(&fst, 0, sizeof(fst));
 	qf_human_size(rec, a, sizeof(a));
 	qf_human_size(other, b, sizeof(b));
 	qf_human_size(file, d, sizeof(d));
@@ -181,10 +201,21 @@ static int cache_du(struct qf_cache *c, struct qf_cache_entry *e, size_t n)
 	printf("  variants:            %zu, %s\n", nrec, a);
 	printf("  without a record:    %zu, %s\n", n - nrec, b);
 	printf("  data.mdb on disk:    %s (%s of pages in use; freed pages "
-	       "are reused)\n", d, f);
-	qf_human_size(rf, g, sizeof(g));
+	       "are reused, the file never shrinks)\n", d, f);
+	qf_human_size(fst.bytes[QF_CACHE_FILE_READ], g, sizeof(g));
 	printf("  read files:          %s for %zu variant(s) (files/, "
 	       "served by kernel passthrough)\n", g, nrf);
+	qf_human_size(fst.bytes[QF_CACHE_FILE_TMP] +
+		      fst.bytes[QF_CACHE_FILE_STRAY], g, sizeof(g));
+	printf("  temporary files:     %zu, %s (%zu left by killed writers: "
+	       "removed at the next mount)\n",
+	       fst.count[QF_CACHE_FILE_TMP] + fst.count[QF_CACHE_FILE_STRAY],
+	       g, fst.count[QF_CACHE_FILE_STRAY]);
+	if (qf_cache_space(c, false, &sp) == 0) {
+		qf_human_size(sp.fs_avail, g, sizeof(g));
+		qf_human_size(sp.fs_bytes, h, sizeof(h));
+		printf("  filesystem:          %s free of %s\n", g, h);
+	}
 	return 0;
 }
 
@@ -211,8 +242,11 @@ static int cache_rm(struct qf_cache *c, struct qf_cache_entry *e, size_t n,
 				e[k].variant ? e[k].variant : e[k].vid_hex);
 			busy++;
 		} else if (ret < 0) {
-			fprintf(stderr, "quantfs: cannot remove %s: %s\n",
-				e[k].vid_hex, qf_strerror(ret));
+			fprintf(stderr, "quantfs: cannot remove %s: %s%s\n",
+				e[k].vid_hex, qf_strerror(ret),
+				ret == -ENOSPC ? " (the disk is full and the "
+				"cache's reserve is spent: free some space "
+				"on it first)" : "");
 			return 1;
 		} else {
 			char h[32];
@@ -257,9 +291,10 @@ int qf_cmd_cache(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
 		} else if (!strcmp(argv[i], "--max-size") && i + 1 < argc) {
-			if (qf_parse_size(argv[++i], &max) < 0) {
-				fprintf(stderr, "quantfs: bad size '%s'\n",
-					argv[i]);
+			ret = qf_parse_size(argv[++i], &max);
+			if (ret < 0) {
+				fprintf(stderr, "quantfs: --max-size '%s': "
+					"%s\n", argv[i], qf_size_error(ret));
 				free(pos);
 				return 2;
 			}
@@ -301,7 +336,10 @@ int qf_cmd_cache(int argc, char **argv)
 		qf_human_size(r.freed, a, sizeof(a));
 		qf_human_size(r.remaining, b, sizeof(b));
 		if (ret < 0)
-			fprintf(stderr, "quantfs: gc: %s\n", qf_strerror(ret));
+			fprintf(stderr, "quantfs: gc: %s%s\n", qf_strerror(ret),
+				ret == -ENOSPC ? " (the disk is full and the "
+				"cache's reserve is spent: free some space "
+				"on it first)" : "");
 		else
 			printf("evicted %zu variant(s), %s; %s left; %zu in "
 			       "use skipped\n", r.evicted, a, b, r.busy);

@@ -1,8 +1,13 @@
 /*
  * test_cache.c - the LMDB store: put/get, atomic groups, map growth from a
- * tiny map, records, and a second process reading what the first wrote.
+ * tiny map, records, a second process reading what the first wrote, a
+ * drop in several steps (record last), and read files: stray temporary
+ * files told from live ones, counted, removed.
  */
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,12 +90,126 @@ static void test_second_process(void)
 	CHECK(WIFEXITED(st) ? WEXITSTATUS(st) : -1, ==, 0);
 }
 
+/* More values than one deletion step takes: all go, the record last. */
+static void test_drop_in_steps(void)
+{
+	static const char *const parts[] = { "fp", "many", "" };
+	struct qf_cache_entry *e;
+	struct qf_cache_space sp;
+	struct qf_cache_item it[100];
+	uint8_t vid[QF_CACHE_VID];
+	char names[100][16];
+	struct qf_cache *c;
+	uint64_t freed = 0;
+	size_t n, i;
+	int k, j;
+
+	CHECK(qf_cache_open(dir, 0, &c), ==, 0);
+	qf_cache_vid(parts, 3, vid);
+	for (k = 0; k < 50; k++) {		/* 5000 values, 4 bytes each */
+		for (j = 0; j < 100; j++) {
+			snprintf(names[j], sizeof(names[j]), "t%05d",
+				 k * 100 + j);
+			it[j] = (struct qf_cache_item){ names[j], "abcd", 4 };
+		}
+		CHECK(qf_cache_put(c, vid, it, 100), ==, 0);
+	}
+	CHECK(qf_cache_put_record(c, vid, "{\"variant\":\"many\"}"), ==, 0);
+	CHECK(qf_cache_space(c, true, &sp), ==, 0);
+	CHECK(sp.values, >=, 20000);
+	CHECK(sp.fs_bytes, >, 0);
+	CHECK(qf_cache_drop(c, vid, &freed), ==, 0);
+	CHECK(freed, ==, 20000);
+	CHECK(qf_cache_list(c, &e, &n), ==, 0);
+	for (i = 0; i < n; i++)
+		CHECK(memcmp(e[i].vid, vid, QF_CACHE_VID), !=, 0);
+	qf_cache_list_free(e, n);
+	qf_cache_close(c);
+}
+
+static void touch(const char *path, size_t bytes)
+{
+	FILE *f = fopen(path, "w");
+
+	for (; f && bytes; bytes--)
+		fputc('x', f);
+	if (f)
+		fclose(f);
+}
+
+/*
+ * A read file, the temporary file of a live writer (qf_cache_file_create
+ * holds its lock), and one whose writer died: counted apart; cleaning
+ * removes the dead one only, dropping the variant everything.
+ */
+static void test_files(void)
+{
+	static const char *const parts[] = { "fp", "files", "" };
+	struct qf_buf path = QF_BUF_INIT, tmp = QF_BUF_INIT;
+	struct qf_cache_files_stat st;
+	uint8_t vid[QF_CACHE_VID];
+	char hex[2 * QF_CACHE_VID + 1];
+	struct qf_cache *c;
+	pid_t pid;
+	int fd;
+
+	CHECK(qf_cache_open(dir, 0, &c), ==, 0);
+	qf_cache_vid(parts, 3, vid);
+	qf_hex(vid, QF_CACHE_VID, hex);
+	CHECK(qf_cache_file_path(c, vid, "aaaa.gguf", false, &path), ==, 0);
+	touch(path.data, 100);
+	fd = qf_cache_file_create(c, vid, "bbbb.gguf", &tmp);
+	CHECK(fd, >=, 0);
+	if (fd >= 0)
+		CHECK(write(fd, "0123456789", 10), ==, 10);
+	pid = fork();		/* a pid that is gone once waited for */
+	if (pid == 0)
+		_exit(0);
+	waitpid(pid, NULL, 0);
+	qf_buf_reset(&path);
+	qf_buf_addf(&path, "%s/files/.%s.cccc.gguf.%ld.tmp", dir, hex,
+		    (long)pid);
+	touch(path.data, 1000);
+	CHECK(qf_cache_files(c, vid, 0, &st), ==, 0);
+	CHECK(st.count[QF_CACHE_FILE_READ], ==, 1);
+	CHECK(st.bytes[QF_CACHE_FILE_READ], ==, 100);
+	CHECK(st.count[QF_CACHE_FILE_TMP], ==, 1);
+	CHECK(st.bytes[QF_CACHE_FILE_TMP], ==, 10);
+	CHECK(st.count[QF_CACHE_FILE_STRAY], ==, 1);
+	CHECK(st.bytes[QF_CACHE_FILE_STRAY], ==, 1000);
+	CHECK(qf_cache_files(c, NULL, QF_FILES_CLEAN, &st), ==, 0);
+	CHECK(access(path.data, F_OK), !=, 0);
+	CHECK(access(tmp.data, F_OK), ==, 0);
+	CHECK(qf_cache_files(c, vid, 0, &st), ==, 0);
+	CHECK(st.count[QF_CACHE_FILE_STRAY], ==, 0);
+	CHECK(st.count[QF_CACHE_FILE_READ], ==, 1);
+	/* its writer done (closed without renaming): stray once old */
+	if (fd >= 0)
+		close(fd);
+	{
+		struct timespec old[2] = { { 1, 0 }, { 1, 0 } };
+
+		utimensat(AT_FDCWD, tmp.data, old, 0);
+	}
+	CHECK(qf_cache_files(c, vid, QF_FILES_DROP | QF_FILES_CLEAN, &st), ==,
+	      0);
+	CHECK(st.count[QF_CACHE_FILE_STRAY], ==, 1);
+	CHECK(qf_cache_files(c, vid, 0, &st), ==, 0);
+	CHECK(st.count[QF_CACHE_FILE_READ] + st.count[QF_CACHE_FILE_TMP] +
+	      st.count[QF_CACHE_FILE_STRAY], ==, 0);
+	qf_buf_release(&path);
+	qf_buf_release(&tmp);
+	qf_cache_close(c);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
 		return 1;
 	test_put_get_grow();
 	test_second_process();
+	test_drop_in_steps();
+	test_files();
 	{
 		char cmd[128];
 
