@@ -11,7 +11,8 @@
  * what identifies the variant's bytes (config.json, quantization.json,
  * tokenizer.json, each weight file's size and safetensors header) and
  * the inputs, so a re-run reproduces the report exactly; timings are
- * measured once, on the run that filled the entry.  The plot is
+ * measured once, on the run that filled the entry.  Variants served only
+ * as model.gguf are measured by decoding it (report_gguf.c); the plot is
  * report_svg.c.
  */
 #include <dirent.h>
@@ -229,7 +230,13 @@ static int dir_digest(struct row *r, uint8_t out[32])
 	}
 	if (!ret) {
 		n = scandir(r->dir, &names, is_weights, alphasort);
-		ret = n < 0 ? -errno : n == 0 ? -ENOENT : 0;
+		ret = n < 0 ? -errno : 0;
+	}
+	if (!ret && n == 0) {		/* a k-quant: model.gguf only */
+		qf_buf_reset(&p);
+		qf_buf_addf(&p, "%s/model.gguf", r->dir);
+		ret = p.data ? qf_report_hash_gguf(&h, p.data, r) : -ENOMEM;
+		r->gguf = !ret;
 	}
 	for (i = 0; i < n; i++) {
 		qf_buf_reset(&p);
@@ -320,6 +327,12 @@ static void *producer_main(void *arg)
 
 	if (!pr->warm) {
 		ret = dir_digest(pr->row, pr->digest);
+	} else if (pr->row->gguf) {
+		struct qf_buf p = QF_BUF_INIT;
+
+		qf_buf_addf(&p, "%s/model.gguf", pr->row->dir);
+		ret = p.data ? read_whole(pr, p.data) : -ENOMEM;
+		qf_buf_release(&p);
 	} else {
 		n = scandir(pr->row->dir, &names, is_weights, alphasort);
 		ret = n < 0 ? -errno : 0;
@@ -556,12 +569,21 @@ static int measure(const struct inputs *in, struct row *r)
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
 	const char *why = NULL;
+	char *tmp = NULL;
 	int ret;
 
-	ret = qf_model_open(r->dir, &m);
+	if (r->gguf) {
+		ret = qf_report_gguf_model(r, in->cache, &tmp, &why);
+		if (ret < 0) {
+			set_why(r, why ? why : "decoding model.gguf", ret);
+			return ret;
+		}
+		why = NULL;
+	}
+	ret = qf_model_open(tmp ? tmp : r->dir, &m);
 	if (ret < 0) {
 		set_why(r, "open", ret);
-		return ret;
+		goto out_close;
 	}
 	ret = qf_model_tokenizer(m, &tok, &why);
 	if (ret < 0) {
@@ -596,6 +618,7 @@ static int measure(const struct inputs *in, struct row *r)
 out_close:
 	qf_tok_close(tok);
 	qf_model_close(m);
+	qf_report_gguf_remove(tmp);
 	return ret;
 }
 
@@ -712,6 +735,8 @@ static cJSON *row_json(const struct inputs *in, const struct row *r)
 	bool ok = !r->why;
 
 	cJSON_AddStringToObject(o, "name", r->name);
+	cJSON_AddItemToObject(o, "format", !r->sized ? cJSON_CreateNull() :
+		cJSON_CreateString(r->gguf ? "gguf" : "safetensors"));
 	cJSON_AddItemToObject(o, "file_bytes", r->sized ?
 		cJSON_CreateNumber((double)r->file_bytes) : cJSON_CreateNull());
 	cJSON_AddItemToObject(o, "weight_bytes", r->sized ?
@@ -882,10 +907,12 @@ static int write_md(const char *path, const char *svg, const char *model,
 	} else {
 		fprintf(f, "- **accuracy**: n/a (no --choices given).\n");
 	}
-	fprintf(f, "- **file bytes**: the `*.safetensors` files; **weight "
-		"memory**: bytes of the weight tensors as stored (the "
-		"safetensors data), what a loader holds; **compression**: "
-		"source weight bytes / variant weight bytes.\n"
+	fprintf(f, "- **file bytes**: the `*.safetensors` files, or "
+		"`model.gguf` for a variant served only as GGUF (measured by "
+		"decoding that file); **weight memory**: bytes of the weight "
+		"tensors as stored (the safetensors or GGUF tensor data), "
+		"what a loader holds; **compression**: source weight bytes / "
+		"variant weight bytes.\n"
 		"- **tokens/s**: predicted tokens per second of the perplexity "
 		"forward pass (fp32 on the CPU, weights dequantized as each "
 		"layer loads), measured once and cached.\n"

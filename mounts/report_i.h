@@ -1,6 +1,6 @@
 /*
- * report_i.h - what report.c shares with report_svg.c (the plot), inside
- * mounts/.
+ * report_i.h - what report.c shares with report_svg.c (the plot) and
+ * report_gguf.c (variants served only as model.gguf), inside mounts/.
  */
 #ifndef QF_REPORT_I_H
 #define QF_REPORT_I_H
@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common.h"
+
 /* One row of the report: the source or a variant. */
 struct row {
 	char *name;			/* "original" or the variant name */
@@ -16,8 +18,10 @@ struct row {
 	char *why;			/* why it was not measured, or NULL */
 	bool cached;			/* figures from the result cache */
 	bool sized;			/* file_bytes, weight_bytes measured */
-	uint64_t file_bytes;		/* the *.safetensors files */
-	uint64_t weight_bytes;		/* their data areas: memory at load */
+	bool gguf;			/* weights only as model.gguf */
+	uint64_t file_bytes;		/* the *.safetensors files (or
+					   model.gguf) */
+	uint64_t weight_bytes;		/* their tensor data: memory at load */
 	double prod_s;			/* calibration seconds; NAN: n/a */
 	double ppl;			/* NAN: n/a (as every double below) */
 	double nll;			/* nats per token */
@@ -45,5 +49,25 @@ size_t qf_report_front_order(const struct row *rows, size_t n, size_t *out);
 /* report.svg at path.  Returns 0, -errno, -EIO, -ENOMEM. */
 int qf_report_svg(const char *path, const char *model, const struct row *rows,
 		  size_t n);
+
+/*
+ * Hash model.gguf at path into h: its size and every byte before the
+ * tensor data (metadata and tensor infos, validated by qf_gguf_open());
+ * sets r's file_bytes (the file) and weight_bytes (its tensor data).
+ * Returns 0, -errno, QF_EFORMAT, QF_EUNSUPPORTED, QF_ECORRUPT, -ENOMEM.
+ */
+int qf_report_hash_gguf(struct qf_sha256 *h, const char *path,
+			struct row *r);
+
+/*
+ * A model directory qf_model_open() reads, made from r->dir/model.gguf
+ * (qf_gguf_to_model_dir()) in a new directory under parent.  Caller owns
+ * *tmp; remove it with qf_report_gguf_remove().  *why (if set) says what
+ * was wrong with the file.  Returns 0, -errno, or the conversion's error.
+ */
+int qf_report_gguf_model(const struct row *r, const char *parent, char **tmp,
+			 const char **why);
+/* Remove the directory made by qf_report_gguf_model() and free tmp. */
+void qf_report_gguf_remove(char *tmp);
 
 #endif /* QF_REPORT_I_H */

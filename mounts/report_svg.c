@@ -140,7 +140,7 @@ static void svg_axes(FILE *f, const struct axis *ax, const struct axis *ay)
 			y, PL - 6, y + 4, t[i]);
 	}
 	fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">"
-		"model.safetensors bytes%s</text>\n", (PL + SVG_W - PR) / 2,
+		"model file bytes%s</text>\n", (PL + SVG_W - PR) / 2,
 		SVG_H - 18, ax->log ? " (log scale)" : "");
 	fprintf(f, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" "
 		"transform=\"rotate(-90 18 %d)\">perplexity</text>\n",
