@@ -11,7 +11,9 @@
  * what identifies the variant's bytes (config.json, quantization.json,
  * tokenizer.json, each weight file's size and safetensors header) and
  * the inputs, so a re-run reproduces the report exactly; timings are
- * measured once, on the run that filled the entry.
+ * measured once, on the run that filled the entry.  Variants served only
+ * as model.gguf are measured by decoding it (report_gguf.c); the plot is
+ * report_svg.c.
  */
 #include <dirent.h>
 #include <fcntl.h>
@@ -32,40 +34,11 @@
 #include "common.h"
 #include "quant.h"
 #include "report.h"
+#include "report_i.h"
 #include "tools.h"
 
 #define REPORT_KEY_TAG "quantfs report 1"
 #define SMALL_FILE_MAX (64u << 20)	/* config, manifest, tokenizer */
-
-/* One row of the report: the source or a variant. */
-struct row {
-	char *name;			/* "original" or the variant name */
-	char *dir;			/* MNT/<model>/<name> */
-	char *why;			/* why it was not measured, or NULL */
-	bool cached;			/* figures from the result cache */
-	bool sized;			/* file_bytes, weight_bytes measured */
-	uint64_t file_bytes;		/* the *.safetensors files */
-	uint64_t weight_bytes;		/* their data areas: memory at load */
-	double prod_s;			/* calibration seconds; NAN: n/a */
-	double ppl;			/* NAN: n/a (as every double below) */
-	double nll;			/* nats per token */
-	int64_t tokens;			/* predicted tokens */
-	int windows;
-	double eval_s;			/* perplexity forward passes */
-	double tok_s;			/* tokens / eval_s */
-	int mc_n;			/* questions scored, 0: none */
-	int mc_correct;
-	int mc_correct_raw;
-	double acc;			/* length-normalized */
-	double acc_raw;			/* summed log-likelihood */
-	char key[65];			/* result cache key (hex) */
-	/* derived from the source row */
-	double ratio;			/* source weight bytes / weight bytes */
-	double d_ppl;			/* relative changes */
-	double d_acc;
-	double d_bytes;
-	bool front;			/* on the Pareto front */
-};
 
 struct inputs {
 	const char *text_path;
@@ -257,7 +230,13 @@ static int dir_digest(struct row *r, uint8_t out[32])
 	}
 	if (!ret) {
 		n = scandir(r->dir, &names, is_weights, alphasort);
-		ret = n < 0 ? -errno : n == 0 ? -ENOENT : 0;
+		ret = n < 0 ? -errno : 0;
+	}
+	if (!ret && n == 0) {		/* a k-quant: model.gguf only */
+		qf_buf_reset(&p);
+		qf_buf_addf(&p, "%s/model.gguf", r->dir);
+		ret = p.data ? qf_report_hash_gguf(&h, p.data, r) : -ENOMEM;
+		r->gguf = !ret;
 	}
 	for (i = 0; i < n; i++) {
 		qf_buf_reset(&p);
@@ -348,6 +327,12 @@ static void *producer_main(void *arg)
 
 	if (!pr->warm) {
 		ret = dir_digest(pr->row, pr->digest);
+	} else if (pr->row->gguf) {
+		struct qf_buf p = QF_BUF_INIT;
+
+		qf_buf_addf(&p, "%s/model.gguf", pr->row->dir);
+		ret = p.data ? read_whole(pr, p.data) : -ENOMEM;
+		qf_buf_release(&p);
 	} else {
 		n = scandir(pr->row->dir, &names, is_weights, alphasort);
 		ret = n < 0 ? -errno : 0;
@@ -584,12 +569,21 @@ static int measure(const struct inputs *in, struct row *r)
 	struct qf_model *m = NULL;
 	struct qf_tok *tok = NULL;
 	const char *why = NULL;
+	char *tmp = NULL;
 	int ret;
 
-	ret = qf_model_open(r->dir, &m);
+	if (r->gguf) {
+		ret = qf_report_gguf_model(r, in->cache, &tmp, &why);
+		if (ret < 0) {
+			set_why(r, why ? why : "decoding model.gguf", ret);
+			return ret;
+		}
+		why = NULL;
+	}
+	ret = qf_model_open(tmp ? tmp : r->dir, &m);
 	if (ret < 0) {
 		set_why(r, "open", ret);
-		return ret;
+		goto out_close;
 	}
 	ret = qf_model_tokenizer(m, &tok, &why);
 	if (ret < 0) {
@@ -624,6 +618,7 @@ static int measure(const struct inputs *in, struct row *r)
 out_close:
 	qf_tok_close(tok);
 	qf_model_close(m);
+	qf_report_gguf_remove(tmp);
 	return ret;
 }
 
@@ -712,8 +707,7 @@ static void derive(struct row *rows, size_t n)
 	free(front);
 }
 
-/* Indices of the front's rows, by bytes ascending. */
-static size_t front_order(const struct row *rows, size_t n, size_t *out)
+size_t qf_report_front_order(const struct row *rows, size_t n, size_t *out)
 {
 	size_t i, j, k = 0;
 
@@ -741,6 +735,8 @@ static cJSON *row_json(const struct inputs *in, const struct row *r)
 	bool ok = !r->why;
 
 	cJSON_AddStringToObject(o, "name", r->name);
+	cJSON_AddItemToObject(o, "format", !r->sized ? cJSON_CreateNull() :
+		cJSON_CreateString(r->gguf ? "gguf" : "safetensors"));
 	cJSON_AddItemToObject(o, "file_bytes", r->sized ?
 		cJSON_CreateNumber((double)r->file_bytes) : cJSON_CreateNull());
 	cJSON_AddItemToObject(o, "weight_bytes", r->sized ?
@@ -824,7 +820,7 @@ static int write_json(const char *path, const char *model,
 	for (i = 1; i < n; i++)
 		cJSON_AddItemToArray(v, row_json(in, &rows[i]));
 	f = cJSON_AddArrayToObject(j, "pareto_front");
-	k = front_order(rows, n, ord);
+	k = qf_report_front_order(rows, n, ord);
 	for (i = 0; i < k; i++)
 		cJSON_AddItemToArray(f, cJSON_CreateString(rows[ord[i]].name));
 	s = cJSON_Print(j);
@@ -911,10 +907,12 @@ static int write_md(const char *path, const char *svg, const char *model,
 	} else {
 		fprintf(f, "- **accuracy**: n/a (no --choices given).\n");
 	}
-	fprintf(f, "- **file bytes**: the `*.safetensors` files; **weight "
-		"memory**: bytes of the weight tensors as stored (the "
-		"safetensors data), what a loader holds; **compression**: "
-		"source weight bytes / variant weight bytes.\n"
+	fprintf(f, "- **file bytes**: the `*.safetensors` files, or "
+		"`model.gguf` for a variant served only as GGUF (measured by "
+		"decoding that file); **weight memory**: bytes of the weight "
+		"tensors as stored (the safetensors or GGUF tensor data), "
+		"what a loader holds; **compression**: source weight bytes / "
+		"variant weight bytes.\n"
 		"- **tokens/s**: predicted tokens per second of the perplexity "
 		"forward pass (fp32 on the CPU, weights dequantized as each "
 		"layer loads), measured once and cached.\n"
@@ -930,7 +928,7 @@ static int write_md(const char *path, const char *svg, const char *model,
 		":---:|\n");
 	for (i = 0; i < n; i++)
 		md_row(f, in, &rows[i], i == 0);
-	k = front_order(rows, n, ord);
+	k = qf_report_front_order(rows, n, ord);
 	fprintf(f, "\nPareto front (no other row has lower perplexity at no "
 		"more bytes), by size: ");
 	for (i = 0; i < k; i++)
@@ -941,292 +939,6 @@ static int write_md(const char *path, const char *svg, const char *model,
 			fprintf(f, "\n`%s` was not measured: %s.\n",
 				rows[i].name, rows[i].why);
 	fprintf(f, "\n![perplexity against bytes](%s)\n", svg);
-	free(ord);
-	return fclose(f) == 0 ? 0 : -EIO;
-}
-
-/* ------------------------------------------------------------------ */
-/* the plot                                                             */
-
-#define SVG_W 760
-#define SVG_H 480
-#define PL 80				/* plot area margins, px */
-#define PR 40
-#define PT 40
-#define PB 60
-
-struct axis {
-	double lo, hi;			/* data range shown */
-	bool log;
-};
-
-static double ax_pos(const struct axis *a, double v, double p0, double p1)
-{
-	double t = a->log ? (log(v) - log(a->lo)) / (log(a->hi) - log(a->lo)) :
-			    (v - a->lo) / (a->hi - a->lo);
-
-	return p0 + t * (p1 - p0);
-}
-
-static double nice_step(double range)
-{
-	double raw = range / 5, p = pow(10, floor(log10(raw))), f = raw / p;
-
-	return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * p;
-}
-
-/* Tick values of an axis into t (at most cap); returns how many. */
-static int ticks(const struct axis *a, double *t, int cap)
-{
-	static const int many[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9 };
-	static const int few[] = { 1, 2, 5 };
-	double step, v;
-	int k = 0, e, i;
-
-	if (a->log) {
-		bool narrow = a->hi / a->lo < 10;
-		const int *m = narrow ? many : few;
-		int nm = narrow ? 9 : 3;
-
-		for (e = (int)floor(log10(a->lo)); e <= (int)ceil(log10(a->hi));
-		     e++)
-			for (i = 0; i < nm && k < cap; i++) {
-				v = m[i] * pow(10, e);
-				if (v >= a->lo && v <= a->hi)
-					t[k++] = v;
-			}
-		return k;
-	}
-	step = nice_step(a->hi - a->lo);
-	for (v = ceil(a->lo / step) * step; v <= a->hi + step * 1e-9 &&
-	     k < cap; v += step)
-		t[k++] = fabs(v) < step * 1e-9 ? 0 : v;
-	return k;
-}
-
-static void axis_fit(struct axis *a, double lo, double hi, bool log_ok)
-{
-	a->log = log_ok && lo > 0 && hi / lo >= 4;
-	if (a->log) {
-		a->lo = lo / 1.15;
-		a->hi = hi * 1.15;
-		return;
-	}
-	if (hi - lo < 1e-9 * fabs(hi) || hi == lo) {
-		double d = fabs(hi) > 0 ? fabs(hi) * 0.05 : 1;
-
-		lo -= d;
-		hi += d;
-	}
-	a->lo = lo - (hi - lo) * 0.08;
-	a->hi = hi + (hi - lo) * 0.08;
-	if (log_ok && a->lo < 0)
-		a->lo = 0;
-}
-
-static void xml_text(FILE *f, const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '<')
-			fputs("&lt;", f);
-		else if (*s == '>')
-			fputs("&gt;", f);
-		else if (*s == '&')
-			fputs("&amp;", f);
-		else if (*s == '"')
-			fputs("&quot;", f);
-		else
-			fputc(*s, f);
-	}
-}
-
-static void svg_axes(FILE *f, const struct axis *ax, const struct axis *ay)
-{
-	double t[64];
-	char lab[32];
-	int k, i;
-
-	fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" "
-		"fill=\"none\" stroke=\"#444\"/>\n", PL, PT, SVG_W - PL - PR,
-		SVG_H - PT - PB);
-	k = ticks(ax, t, 64);
-	for (i = 0; i < k; i++) {
-		double x = ax_pos(ax, t[i], PL, SVG_W - PR);
-
-		if (t[i] >= 1e9)
-			snprintf(lab, sizeof(lab), "%g GB", t[i] / 1e9);
-		else if (t[i] >= 1e6)
-			snprintf(lab, sizeof(lab), "%g MB", t[i] / 1e6);
-		else if (t[i] >= 1e3)
-			snprintf(lab, sizeof(lab), "%g kB", t[i] / 1e3);
-		else
-			snprintf(lab, sizeof(lab), "%g B", t[i]);
-		fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" "
-			"stroke=\"#ddd\"/>\n<text x=\"%.1f\" y=\"%d\" "
-			"text-anchor=\"middle\">%s</text>\n", x, PT, x,
-			SVG_H - PB, x, SVG_H - PB + 16, lab);
-	}
-	k = ticks(ay, t, 64);
-	for (i = 0; i < k; i++) {
-		double y = ax_pos(ay, t[i], SVG_H - PB, PT);
-
-		fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" "
-			"stroke=\"#ddd\"/>\n<text x=\"%d\" y=\"%.1f\" "
-			"text-anchor=\"end\">%g</text>\n", PL, y, SVG_W - PR,
-			y, PL - 6, y + 4, t[i]);
-	}
-	fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">"
-		"model.safetensors bytes%s</text>\n", (PL + SVG_W - PR) / 2,
-		SVG_H - 18, ax->log ? " (log scale)" : "");
-	fprintf(f, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" "
-		"transform=\"rotate(-90 18 %d)\">perplexity</text>\n",
-		(PT + SVG_H - PB) / 2, (PT + SVG_H - PB) / 2);
-}
-
-/* A point's label: its estimated extent, to keep labels apart. */
-struct label {
-	double x0, x1;			/* px */
-	double y;			/* baseline, px */
-	bool end;			/* anchored at x1 (left of the point) */
-	bool leader;			/* moved away: drawn with a line */
-};
-
-static bool label_free(const struct label *l, size_t n,
-		       const struct label *c)
-{
-	size_t i;
-
-	if (c->x0 < PL + 2 || c->x1 > SVG_W - PR - 2 || c->y < PT + 12 ||
-	    c->y > SVG_H - PB - 3)
-		return false;
-	for (i = 0; i < n; i++)
-		if (c->x0 < l[i].x1 && l[i].x0 < c->x1 &&
-		    fabs(c->y - l[i].y) < 12)
-			return false;
-	return true;
-}
-
-/*
- * Right of the point, else left, else below either side; else further
- * down on the right with a leader line.  Deterministic.
- */
-static void label_place(const struct label *placed, size_t n, double x,
-			double y, size_t len, struct label *out)
-{
-	double w = 6.6 * (double)len + 2;
-	const double dy[] = { -7, -7, 16, 16 };
-	int k;
-
-	for (k = 0; k < 4; k++) {
-		bool left = k % 2;
-
-		*out = (struct label){ left ? x - 7 - w : x + 7,
-				       left ? x - 7 : x + 7 + w, y + dy[k],
-				       left, false };
-		if (label_free(placed, n, out))
-			return;
-	}
-	for (k = 1; k < 40; k++) {
-		*out = (struct label){ x + 14, x + 14 + w, y - 7 + 13 * k,
-				       false, true };
-		if (out->x1 > SVG_W - PR - 2) {
-			out->x0 = x - 14 - w;
-			out->x1 = x - 14;
-			out->end = true;
-		}
-		if (label_free(placed, n, out))
-			return;
-	}
-	*out = (struct label){ x + 7, x + 7 + w, y - 7, false, false };
-}
-
-static int write_svg(const char *path, const char *model,
-		     const struct row *rows, size_t n)
-{
-	double bmin = INFINITY, bmax = -INFINITY, pmin = INFINITY;
-	double pmax = -INFINITY;
-	struct label *lab = calloc(n, sizeof(*lab));
-	size_t *ord = calloc(n, sizeof(*ord)), i, k, nlab = 0;
-	struct axis ax, ay;
-	FILE *f;
-
-	if (!lab || !ord) {
-		free(lab);
-		free(ord);
-		return -ENOMEM;
-	}
-	for (i = 0; i < n; i++) {
-		if (rows[i].why || !rows[i].sized)
-			continue;
-		bmin = fmin(bmin, (double)rows[i].file_bytes);
-		bmax = fmax(bmax, (double)rows[i].file_bytes);
-		pmin = fmin(pmin, rows[i].ppl);
-		pmax = fmax(pmax, rows[i].ppl);
-	}
-	if (bmin > bmax) {
-		bmin = pmin = 1;
-		bmax = pmax = 2;
-	}
-	axis_fit(&ax, bmin, bmax, true);
-	axis_fit(&ay, pmin, pmax, false);
-	f = fopen(path, "w");
-	if (!f) {
-		free(lab);
-		free(ord);
-		return -errno;
-	}
-	fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-		"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
-		"height=\"%d\" viewBox=\"0 0 %d %d\" "
-		"font-family=\"sans-serif\" font-size=\"12\">\n<title>", SVG_W,
-		SVG_H, SVG_W, SVG_H);
-	xml_text(f, model);
-	fprintf(f, ": perplexity against bytes</title>\n<rect width=\"100%%\" "
-		"height=\"100%%\" fill=\"white\"/>\n<text x=\"%d\" y=\"24\" "
-		"font-size=\"15\">", PL);
-	xml_text(f, model);
-	fputs(": perplexity against size (red line: Pareto front)</text>\n",
-	      f);
-	svg_axes(f, &ax, &ay);
-	k = front_order(rows, n, ord);
-	fputs("<polyline class=\"pareto\" fill=\"none\" stroke=\"#c0392b\" "
-	      "stroke-width=\"1.5\" points=\"", f);
-	for (i = 0; i < k; i++)
-		fprintf(f, "%s%.1f,%.1f", i ? " " : "",
-			ax_pos(&ax, (double)rows[ord[i]].file_bytes, PL,
-			       SVG_W - PR),
-			ax_pos(&ay, rows[ord[i]].ppl, SVG_H - PB, PT));
-	fputs("\"/>\n", f);
-	for (i = 0; i < n; i++) {
-		const struct row *r = &rows[i];
-		struct label *l = &lab[nlab];
-		double x, y;
-
-		if (r->why || !r->sized)
-			continue;
-		x = ax_pos(&ax, (double)r->file_bytes, PL, SVG_W - PR);
-		y = ax_pos(&ay, r->ppl, SVG_H - PB, PT);
-		label_place(lab, nlab++, x, y, strlen(r->name), l);
-		fprintf(f, "<circle class=\"point\" data-name=\"");
-		xml_text(f, r->name);
-		fprintf(f, "\" cx=\"%.1f\" cy=\"%.1f\" r=\"4.5\" fill=\"%s\">"
-			"<title>", x, y, r->front ? "#c0392b" : "#2c6fbb");
-		xml_text(f, r->name);
-		fprintf(f, ": perplexity %.4f, %llu bytes</title></circle>\n",
-			r->ppl, (unsigned long long)r->file_bytes);
-		if (l->leader)	/* a label moved away points at its dot */
-			fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" "
-				"y2=\"%.1f\" stroke=\"#999\" "
-				"stroke-width=\"0.6\"/>\n", x, y,
-				l->end ? l->x1 : l->x0, l->y - 4);
-		fprintf(f, "<text class=\"label\" x=\"%.1f\" y=\"%.1f\"%s>",
-			l->end ? l->x1 : l->x0, l->y,
-			l->end ? " text-anchor=\"end\"" : "");
-		xml_text(f, r->name);
-		fputs("</text>\n", f);
-	}
-	fputs("</svg>\n", f);
-	free(lab);
 	free(ord);
 	return fclose(f) == 0 ? 0 : -EIO;
 }
@@ -1377,7 +1089,7 @@ static int write_all(const char *md, const char *model,
 	if (!ret && (ret = write_json(js, model, in, rows, n)) < 0)
 		fprintf(stderr, "quantfs: cannot write '%s': %s\n", js,
 			qf_strerror(ret));
-	if (!ret && (ret = write_svg(svg, model, rows, n)) < 0)
+	if (!ret && (ret = qf_report_svg(svg, model, rows, n)) < 0)
 		fprintf(stderr, "quantfs: cannot write '%s': %s\n", svg,
 			qf_strerror(ret));
 	if (!ret && (ret = write_md(md, base, model, in, rows, n)) < 0)

@@ -1499,6 +1499,57 @@ static const struct map_ent layer_map[] = {
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 };
 
+/* "blk.N." with N a plain decimal (no sign, no leading zero): N, else -1. */
+static int blk_index(const char *gg, const char **rest)
+{
+	int l = 0, k;
+
+	if (strncmp(gg, "blk.", 4))
+		return -1;
+	for (k = 4; gg[k] >= '0' && gg[k] <= '9' && k < 13; k++)
+		l = l * 10 + (gg[k] - '0');
+	if (k == 4 || gg[k] != '.' || (gg[4] == '0' && k > 5))
+		return -1;
+	*rest = gg + k + 1;
+	return l;
+}
+
+int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
+		    int *perm)
+{
+	static const char *const top[][2] = {
+		{ "token_embd.weight", "model.embed_tokens.weight" },
+		{ "output_norm.weight", "model.norm.weight" },
+		{ "output.weight", "lm_head.weight" },
+	};
+	unsigned a = !strcmp(arch, "llama") ? A_LLAMA :
+		     !strcmp(arch, "qwen2") ? A_QWEN2 :
+		     !strcmp(arch, "qwen3") ? A_QWEN3 : 0;
+	const char *rest = NULL;
+	size_t k;
+	int l, n;
+
+	*perm = 0;
+	if (!a)
+		return QF_EUNSUPPORTED;
+	for (k = 0; k < sizeof(top) / sizeof(top[0]); k++)
+		if (!strcmp(gg, top[k][0]))
+			return snprintf(hf, cap, "%s", top[k][1]) < (int)cap ?
+			       0 : -ENAMETOOLONG;
+	l = blk_index(gg, &rest);
+	for (k = 0; l >= 0 && k < sizeof(layer_map) / sizeof(layer_map[0]);
+	     k++) {
+		const struct map_ent *e = &layer_map[k];
+
+		if (strcmp(rest, e->gg) || !(e->allow & a))
+			continue;
+		*perm = a == A_LLAMA ? e->perm : 0;
+		n = snprintf(hf, cap, "model.layers.%d.%s", l, e->hf);
+		return n >= 0 && n < (int)cap ? 0 : -ENAMETOOLONG;
+	}
+	return -ENOENT;
+}
+
 void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t)
 {
 	int r;

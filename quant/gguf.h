@@ -163,6 +163,19 @@ int qf_gguf_plan_init(const struct qf_model *m,
 void qf_gguf_plan_free(struct qf_gguf_plan *p);
 
 /*
+ * The Hugging Face name of GGUF tensor gg as qf_gguf_plan_init() names it
+ * for architecture arch ("llama", "qwen2" or "qwen3"), into hf (cap
+ * bytes), and in *perm how the writer ordered its rows: 0 as the source,
+ * 1 permuted by attention heads, 2 by kv heads (LlamaModel.permute, arch
+ * llama only; see permute_rows() in gguf.c).  Tied embeddings have no
+ * output.weight; rope_freqs.weight is generated and has no source name.
+ * Returns 0, -ENOENT (no source name), QF_EUNSUPPORTED (another
+ * architecture), -ENAMETOOLONG.
+ */
+int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
+		    int *perm);
+
+/*
  * Produce the nbytes of tensor i into dst: the source read as f32 in row
  * blocks of about 4 MiB (whole heads when permuted), rows permuted when
  * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]
@@ -172,5 +185,144 @@ void qf_gguf_plan_free(struct qf_gguf_plan *p);
  */
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		    size_t i, const float *imp, void *dst);
+
+/* ------------------------------------------------------------------ */
+/* reader (gguf_read.c)                                               */
+
+/*
+ * A GGUF file (v2 or v3, little-endian) read as untrusted input: every
+ * count, length and offset is checked against the file size before it is
+ * used, arrays nest at most QF_GGUF_MAX_DEPTH deep, and what is kept in
+ * memory is bounded by the file's own bytes.  Metadata values are kept for
+ * scalars and short strings; arrays and long strings only by type and
+ * count.  Tensor infos must name types qf_ggml_dequantize_row() decodes,
+ * rows of whole blocks, and data inside the file, aligned, not
+ * overlapping.
+ */
+#define QF_GGUF_MAX_DIMS 4		/* GGML_MAX_DIMS */
+#define QF_GGUF_MAX_KV (1u << 20)	/* metadata pairs */
+#define QF_GGUF_MAX_TENSORS (1u << 20)
+#define QF_GGUF_MAX_KEY 65535		/* bytes of a key (docs/gguf.md) */
+#define QF_GGUF_MAX_DEPTH 8		/* arrays of arrays */
+#define QF_GGUF_KEEP_STR 1024		/* longest string value kept */
+
+enum qf_gguf_vtype {			/* gguf_metadata_value_type */
+	QF_GGUF_UINT8 = 0,
+	QF_GGUF_INT8 = 1,
+	QF_GGUF_UINT16 = 2,
+	QF_GGUF_INT16 = 3,
+	QF_GGUF_UINT32 = 4,
+	QF_GGUF_INT32 = 5,
+	QF_GGUF_FLOAT32 = 6,
+	QF_GGUF_BOOL = 7,
+	QF_GGUF_STRING = 8,
+	QF_GGUF_ARRAY = 9,
+	QF_GGUF_UINT64 = 10,
+	QF_GGUF_INT64 = 11,
+	QF_GGUF_FLOAT64 = 12,
+};
+
+struct qf_gguf_kv {
+	char *key;
+	enum qf_gguf_vtype type;
+	enum qf_gguf_vtype elem;	/* arrays: element type */
+	uint64_t n;			/* arrays: elements; strings: bytes */
+	union {
+		uint64_t u;		/* unsigned and bool */
+		int64_t i;		/* signed */
+		double f;		/* float32 and float64 */
+	} v;
+	char *str;			/* strings under QF_GGUF_KEEP_STR
+					   bytes, NUL-free; else NULL */
+};
+
+struct qf_gguf_info {
+	char name[QF_GGUF_NAME_MAX];	/* NUL-free */
+	enum qf_ggml_type type;
+	int ndim;			/* 1 .. QF_GGUF_MAX_DIMS */
+	int64_t ne[QF_GGUF_MAX_DIMS];	/* innermost first; 1 past ndim */
+	uint64_t offset;		/* file offset of the data */
+	uint64_t nbytes;		/* data bytes */
+};
+
+struct qf_gguf_file {
+	int fd;				/* -1 for a memory image */
+	const uint8_t *mem;		/* the memory image (borrowed) */
+	uint64_t size;			/* file bytes, at open */
+	uint32_t version;
+	struct qf_gguf_kv *kv;		/* [nkv] sorted by key */
+	size_t nkv;
+	struct qf_gguf_info *t;		/* [nt] in file order */
+	size_t nt;
+	const struct qf_gguf_info **by_name; /* [nt] into t, by name */
+	uint32_t align;			/* general.alignment, default 32 */
+	uint64_t info_end;		/* end of the tensor infos */
+	uint64_t data_off;		/* info_end aligned up: tensor data */
+	uint64_t data_bytes;		/* sum of the tensors' nbytes */
+};
+
+/*
+ * Open path and read its header with pread (the file may sit on a FUSE
+ * mount).  Caller owns *out; free with qf_gguf_close().  *why (if given)
+ * names a format problem, which is also logged with the path.
+ * Returns 0, -errno, -EINVAL (not a regular file), QF_EFORMAT,
+ * QF_EUNSUPPORTED (another version, a tensor type we do not decode),
+ * QF_ECORRUPT (the file shrank while read), -ENOMEM.
+ */
+int qf_gguf_open(const char *path, struct qf_gguf_file **out,
+		 const char **why);
+/*
+ * The same for a memory image buf [size] (borrowed until qf_gguf_close());
+ * nothing is logged.  Returns 0, QF_EFORMAT, QF_EUNSUPPORTED, -ENOMEM.
+ */
+int qf_gguf_parse(const void *buf, size_t size, struct qf_gguf_file **out,
+		  const char **why);
+void qf_gguf_close(struct qf_gguf_file *g);
+
+/* Binary search by key; NULL when absent.  Valid until qf_gguf_close(). */
+const struct qf_gguf_kv *qf_gguf_kv_find(const struct qf_gguf_file *g,
+					 const char *key);
+/*
+ * An integer value (any integer type) that fits int64_t.
+ * Returns 0, -ENOENT (absent), QF_EFORMAT (another type, out of range).
+ */
+int qf_gguf_kv_int(const struct qf_gguf_file *g, const char *key,
+		   int64_t *out);
+/*
+ * A kept string value, or NULL (absent, another type, too long).  Valid
+ * until qf_gguf_close().
+ */
+const char *qf_gguf_kv_str(const struct qf_gguf_file *g, const char *key);
+/* Binary search by name; NULL when absent.  Valid until qf_gguf_close(). */
+const struct qf_gguf_info *qf_gguf_find(const struct qf_gguf_file *g,
+					const char *name);
+/* Rows of t: the product of ne[1..]; each row holds ne[0] elements. */
+int64_t qf_gguf_rows(const struct qf_gguf_info *t);
+/*
+ * Rows row0 .. row0 + nrows of t decoded to f32 into dst [nrows, ne[0]].
+ * Returns 0, -EINVAL (rows out of range), -errno, QF_ECORRUPT (a short
+ * read: the file changed), -ENOMEM.
+ */
+int qf_gguf_read_rows(const struct qf_gguf_file *g,
+		      const struct qf_gguf_info *t, int64_t row0,
+		      int64_t nrows, float *dst);
+
+/* ------------------------------------------------------------------ */
+/* back to a model directory (gguf_model.c)                           */
+
+/*
+ * Write a Hugging Face model directory at out_dir (existing, empty) from
+ * the GGUF file gguf_path as qf_gguf_plan_init() lays it out: config.json
+ * from cfg_dir without "quantization_config", the tokenizer and
+ * generation files cfg_dir has, and model.safetensors with every tensor
+ * decoded to F32 under its source name (qf_gguf_hf_name(), q/k rows put
+ * back in the source order; rope_freqs.weight left out).  Files written
+ * before a failure stay: the caller removes out_dir.
+ * Returns 0, -errno, QF_EFORMAT, QF_EUNSUPPORTED (a tensor or architecture
+ * with no source name), QF_ENUMERIC (a decoded value is not finite),
+ * QF_ECORRUPT, -ENOMEM; *why (if given) says which for QF_E* codes.
+ */
+int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
+			 const char *out_dir, const char **why);
 
 #endif /* QF_GGUF_H */

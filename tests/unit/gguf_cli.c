@@ -8,10 +8,15 @@
  *   gguf_cli quant TYPE ROWS COLS IN.f32 OUT [IMP.f32]
  *   gguf_cli dequant TYPE ROWS COLS IN OUT.f32
  *   gguf_cli fromint q4_0|q8_0 ROWS COLS Q.u8 SC.f16 OUT
+ *   gguf_cli read FILE.gguf                  the reader (gguf_read.c)
+ *   gguf_cli tomodel FILE.gguf CFG_DIR OUT_DIR   qf_gguf_to_model_dir()
  * TYPE is f32 f16 bf16 q8_0 q4_0 q4_1 q4_k q6_k (2-D weights; 1-D are f32).
  * plan/write print "size N", "data_off N", then one line per tensor:
  * "tensor NAME TYPE OFFSET NBYTES PERMUTE_HEADS".  Exit 3 when the model
  * is not supported (the reason on stderr), 1 on other failures.
+ * read prints "nt N", "nkv N", "data_off N", "data_bytes N", then
+ * "tensor NAME TYPE OFFSET NBYTES" per tensor, or "error CODE WHY" (exit
+ * 1); tomodel prints "error CODE WHY" when it fails.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,6 +175,43 @@ static int rows_cmd(int argc, char **argv)
 	return ret ? 1 : 0;
 }
 
+static int read_cmd(const char *path)
+{
+	struct qf_gguf_file *g = NULL;
+	const char *why = NULL;
+	size_t i;
+	int ret;
+
+	ret = qf_gguf_open(path, &g, &why);
+	if (ret < 0) {
+		printf("error %s %s\n", qf_strerror(ret), why ? why : "");
+		return 1;
+	}
+	printf("nt %zu\nnkv %zu\ndata_off %llu\ndata_bytes %llu\n", g->nt,
+	       g->nkv, (unsigned long long)g->data_off,
+	       (unsigned long long)g->data_bytes);
+	for (i = 0; i < g->nt; i++)
+		printf("tensor %s %s %llu %llu\n", g->t[i].name,
+		       qf_ggml_type_name(g->t[i].type),
+		       (unsigned long long)g->t[i].offset,
+		       (unsigned long long)g->t[i].nbytes);
+	qf_gguf_close(g);
+	return 0;
+}
+
+static int tomodel_cmd(const char *gguf, const char *cfg, const char *out)
+{
+	const char *why = NULL;
+	int ret;
+
+	ret = qf_gguf_to_model_dir(gguf, cfg, out, &why);
+	if (ret < 0) {
+		printf("error %s %s\n", qf_strerror(ret), why ? why : "");
+		return 1;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct qf_gguf_plan p;
@@ -190,6 +232,10 @@ int main(int argc, char **argv)
 		return rows_cmd(argc, argv);
 	if (argc == 8 && !strcmp(argv[1], "fromint"))
 		return rows_cmd(argc, argv);
+	if (argc == 3 && !strcmp(argv[1], "read"))
+		return read_cmd(argv[2]);
+	if (argc == 5 && !strcmp(argv[1], "tomodel"))
+		return tomodel_cmd(argv[2], argv[3], argv[4]);
 	fprintf(stderr, "usage: see the file header\n");
 	return 2;
 }

@@ -537,6 +537,54 @@ def check_rope_freqs(what, cfg, g, t):
           what + ": rope_freqs %s vs %s" % (y, want))
 
 
+def check_tomodel(what, path, d, cfg, src, g, names):
+    """gguf_cli tomodel (qf_gguf_to_model_dir): each tensor is the numpy
+    decode of the file under its source name, q/k rows back in the
+    source's order (so an F32 file gives the source back bit for bit);
+    config.json without quantization_config, tokenizer files copied."""
+    out = path + ".model"
+    os.mkdir(out)
+    p = run("tomodel", path, d, out, ok=False)
+    check(p.returncode == 0, what + ": tomodel: " + p.stdout.strip())
+    if p.returncode:
+        return
+    got = st_read(os.path.join(out, "model.safetensors"))
+    want = {v for v in names.values() if v}
+    check(set(got) == want, what + ": tomodel names %s" %
+          sorted(set(got) ^ want))
+    heads = {"attn_q": cfg["num_attention_heads"],
+             "attn_k": cfg["num_key_value_heads"]}
+    for t in g["tensors"]:
+        hf = names.get(t["name"])
+        if hf not in got:
+            continue
+        x = src[hf]
+        o = g["data_off"] + t["off"]
+        y = decode(t["type"], g["buf"][o:o + nbytes(t["type"], x.size)],
+                   x.size).reshape(x.shape)
+        h = heads.get(t["name"].split(".")[2]) if t["name"].startswith(
+            "blk.") and g["kv"]["general.architecture"] == "llama" else None
+        if h:
+            # GGUF row r holds source row idx[r]
+            idx = permute(np.arange(x.shape[0], dtype=np.float64), h)
+            y2 = np.empty_like(y)
+            y2[idx.astype(np.int64)] = y
+            y = y2
+        check(np.array_equal(got[hf].view(np.uint32), y.view(np.uint32)),
+              what + ": tomodel %s == numpy decode" % hf)
+        if t["type"] == 0:
+            check(np.array_equal(got[hf], x), what + ": tomodel %s == "
+                  "source (F32)" % hf)
+    c2 = json.load(open(os.path.join(out, "config.json")))
+    c1 = dict(cfg)
+    c1.pop("quantization_config", None)
+    check(c1 == c2, what + ": tomodel config.json")
+    check(open(os.path.join(out, "tokenizer.json"), "rb").read() ==
+          open(os.path.join(d, "tokenizer.json"), "rb").read(),
+          what + ": tomodel tokenizer.json")
+    shutil.rmtree(out)
+
+
 def check_file(tag, d, tname, tmp, tok_kind, pre):
     t_req = TYPES[tname]
     out = os.path.join(tmp, "%s_%s.gguf" % (tag, tname))
@@ -730,6 +778,7 @@ def check_file(tag, d, tname, tmp, tok_kind, pre):
                 ".attn_q." in t["name"]):
             check(np.array_equal(y, src[names[t["name"]]]),
                   what + ": %s kept (qwen)" % t["name"])
+    check_tomodel(what, out, d, cfg, src, g, names)
     print("%-12s %-5s size %9d  tensors %3d  worst rel err %s" %
           (tag, tname, g["size"], len(g["tensors"]),
            " ".join("%s %.4f" % (TNAME[k], v) for k, v in
@@ -742,6 +791,18 @@ def test_models(tmp):
     llama = mkmodel(tmp, "llama", "--layers", "2")
     for tname in TYPES:
         check_file("llama", llama, tname, tmp, "gpt2", "gpt-2")
+
+    # tomodel: the file's head counts must be the config's
+    gg, out, cf = (os.path.join(tmp, n) for n in ("h.gguf", "h.m", "h.c"))
+    run("write", llama, "q8_0", gg)
+    shutil.copytree(llama, cf)
+    c = json.load(open(os.path.join(cf, "config.json")))
+    c["num_attention_heads"] //= 2
+    json.dump(c, open(os.path.join(cf, "config.json"), "w"))
+    os.mkdir(out)
+    p = run("tomodel", gg, cf, out, ok=False)
+    check(p.returncode == 1 and "head counts" in p.stdout,
+          "tomodel refuses other head counts: %r" % p.stdout)
 
     odd = mkmodel(tmp, "odd", "--hidden", "96", "--inter", "176",
                   "--heads", "4", "--kv-heads", "2", "--layers", "2",
@@ -801,8 +862,56 @@ def test_models(tmp):
         check_file("tinystories", TINY, tname, tmp, "llama", "default")
 
 
+# the reason each bad-* seed of the fuzz corpus is refused (gguf_read.c)
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                      "fuzz", "corpus", "gguf")
+REASON = {
+    "0-dims": "dimensions", "5-dims": "dimensions",
+    "alignment-3": "alignment", "alignment-u64": "alignment",
+    "alignment-zero": "alignment", "dim-negative": "dimension is 0",
+    "dim-zero": "dimension is 0", "dims-overflow": "exceeds 2^63",
+    "duplicate-key": "duplicate key", "duplicate-tensor": "duplicate tensor",
+    "empty-key": "key is empty", "empty-name": "name is empty",
+    "huge-array-count": "array runs past", "huge-key-len": "over 65535",
+    "huge-kv-count": "key/value pairs", "huge-string-array": "array runs",
+    "huge-string-len": "truncated", "huge-tensor-count": "more tensors",
+    "long-name": "longer than 63", "magic": "magic",
+    "nested-too-deep": "nested too deep", "no-padding": "padding",
+    "nul-in-key": "NUL", "nul-in-name": "NUL",
+    "offset-overflow": "past the end", "offset-past-end": "past the end",
+    "offset-unaligned": "not aligned", "overlap": "overlap",
+    "row-not-blocks": "whole blocks", "short-header": "truncated",
+    "tensor-larger-than-file": "larger than the file",
+    "truncated-data": "past the end", "truncated-kv": "truncated",
+    "unknown-array-type": "array of an unknown", "unknown-ggml-type":
+    "unknown tensor type", "unknown-value-type": "value of an unknown",
+    "unsupported-q5_k": "unsupported", "version-1": "version",
+    "version-big-endian": "version",
+}
+
+
+def test_corpus():
+    """The reader (through pread) on the fuzz seeds: ok-* parse, each
+    bad-* is refused for its own defect."""
+    seen = set()
+    for f in sorted(os.listdir(CORPUS)):
+        p = run("read", os.path.join(CORPUS, f), ok=False)
+        if f.startswith("ok-"):
+            check(p.returncode == 0 and p.stdout.startswith("nt "),
+                  "corpus %s parses: %r" % (f, p.stdout))
+        elif f.startswith("bad-"):
+            why = REASON.get(f[4:], "(no reason listed)")
+            seen.add(f[4:])
+            check(p.returncode == 1 and p.stdout.startswith("error") and
+                  why in p.stdout, "corpus %s: %r, want %r" %
+                  (f, p.stdout.strip(), why))
+    check(seen == set(REASON), "corpus: reasons without a file %s" %
+          sorted(set(REASON) - seen))
+
+
 tmp = tempfile.mkdtemp(prefix="test_gguf.")
 try:
+    test_corpus()
     test_codecs(tmp)
     test_models(tmp)
 finally:

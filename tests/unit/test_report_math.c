@@ -1,12 +1,18 @@
 /*
  * test_report_math.c - the figures of `quantfs report` that are pure
  * functions: relative changes (a drop from 50 to 0 is -100%, not
- * +400%), their "n/a" for anything unmeasured, and the Pareto front.
+ * +400%), their "n/a" for anything unmeasured, and the Pareto front;
+ * and what identifies a GGUF-only variant's bytes (the result cache key).
+ *
+ * usage: test_report_math GGUF (tests/fuzz/corpus/gguf/ok-llama-names)
  */
 #include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "report.h"
+#include "report_i.h"
 
 static void test_rel(void)
 {
@@ -73,9 +79,71 @@ static void test_pareto(void)
 	}
 }
 
-int main(void)
+/* Digest of buf [n] written to a file, as dir_digest() hashes it. */
+static int digest_of(const char *buf, size_t n, uint8_t out[32],
+		     struct row *r)
+{
+	char path[] = "/tmp/test_report_math.XXXXXX";
+	struct qf_sha256 h;
+	int fd = mkstemp(path), ret;
+
+	if (fd < 0 || write(fd, buf, n) != (ssize_t)n)
+		return -EIO;
+	close(fd);
+	memset(r, 0, sizeof(*r));
+	qf_sha256_init(&h);
+	ret = qf_report_hash_gguf(&h, path, r);
+	qf_sha256_final(&h, out);
+	unlink(path);
+	return ret;
+}
+
+/* Size and every header byte count, the tensor data does not. */
+static void test_gguf_digest(const char *path)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	uint8_t d0[32], d1[32];
+	struct row r;
+	char *name;
+
+	CHECK(qf_read_file(path, 1u << 20, &b), ==, 0);
+	if (!b.data)
+		return;
+	CHECK(digest_of(b.data, b.len, d0, &r), ==, 0);
+	CHECK(r.file_bytes, ==, b.len);
+	/* F32 [32, 4], Q8_0 [32, 4] (4 blocks of 34 B), F32 [32] */
+	CHECK(r.weight_bytes, ==, 512 + 4 * 34 + 128);
+	CHECK(digest_of(b.data, b.len, d1, &r), ==, 0);
+	CHECK(memcmp(d0, d1, 32), ==, 0);
+	/* a tensor info */
+	name = memmem(b.data, b.len, "token_embd.weight", 17);
+	CHECK(name != NULL, ==, 1);
+	if (name) {
+		name[16] = 'u';
+		CHECK(digest_of(b.data, b.len, d1, &r), ==, 0);
+		CHECK(memcmp(d0, d1, 32) != 0, ==, 1);
+		name[16] = 't';
+	}
+	/* tensor data: as a safetensors row's, not hashed */
+	b.data[b.len - 1] ^= 1;
+	CHECK(digest_of(b.data, b.len, d1, &r), ==, 0);
+	CHECK(memcmp(d0, d1, 32), ==, 0);
+	/* the size: 32 more bytes of padding */
+	CHECK(qf_buf_add(&b, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+			 "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 32), ==, 0);
+	CHECK(digest_of(b.data, b.len, d1, &r), ==, 0);
+	CHECK(memcmp(d0, d1, 32) != 0, ==, 1);
+	CHECK(r.file_bytes, ==, b.len);
+	/* malformed: refused, not hashed */
+	CHECK(digest_of(b.data, 30, d1, &r), ==, QF_EFORMAT);
+	qf_buf_release(&b);
+}
+
+int main(int argc, char **argv)
 {
 	test_rel();
 	test_pareto();
+	if (argc > 1)
+		test_gguf_digest(argv[1]);
 	return qf_check_exit();
 }

@@ -1,0 +1,375 @@
+/*
+ * gguf_model.c - a model served only as GGUF (the k-quant variants) turned
+ * back into a Hugging Face directory that qf_model_open() and the forward
+ * pass read: config.json, the tokenizer files and model.safetensors in
+ * F32, each tensor decoded with qf_ggml_dequantize_row() under the name
+ * it had in the source.
+ *
+ * This inverts what gguf.c writes: names by qf_gguf_hf_name() (the same
+ * table the writer uses), rows of q_proj / k_proj put back from
+ * llama.cpp's rope order for architecture llama, no output.weight when
+ * the embeddings are tied, rope_freqs.weight (generated from the config)
+ * dropped.  Decoded values are what llama.cpp computes from the file, so
+ * the model measures the GGUF itself.  The file is untrusted: its header
+ * is checked by gguf_read.c, head counts against config.json, and memory
+ * stays at a few row blocks of about 4 MiB.
+ */
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gguf.h"
+
+#define CONFIG_MAX (4u << 20)		/* config.json bytes */
+#define SIDE_FILE_MAX (64u << 20)	/* a tokenizer file */
+#define ROW_BLOCK_FLOATS (1u << 20)	/* decoded per step */
+
+/* Beside config.json, what a tokenizer or generate() reads. */
+static const char *const side_files[] = {
+	"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+	"generation_config.json", "added_tokens.json", "vocab.json",
+	"merges.txt", "tokenizer.model", "chat_template.jinja",
+	"chat_template.json",
+};
+
+/* One tensor of the output: where it comes from in the GGUF. */
+struct src {
+	const struct qf_gguf_info *t;
+	char hf[128];			/* source name */
+	int64_t heads;			/* rows permuted in this many heads;
+					   0: as stored */
+};
+
+#define WHY(code, msg)                                                       \
+	do {                                                                 \
+		*why = (msg);                                                \
+		return (code);                                               \
+	} while (0)
+
+static char *path_join(const char *dir, const char *name)
+{
+	struct qf_buf b = QF_BUF_INIT;
+
+	if (qf_buf_addf(&b, "%s/%s", dir, name) < 0)
+		return NULL;
+	return qf_buf_detach(&b, NULL);
+}
+
+/* pwrite exactly n bytes at off. */
+static int write_at(int fd, const void *p, size_t n, uint64_t off)
+{
+	const char *s = p;
+	ssize_t k;
+
+	while (n) {
+		k = pwrite(fd, s, n, (off_t)off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		s += k;
+		n -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
+}
+
+static int write_file(const char *dir, const char *name, const void *p,
+		      size_t n)
+{
+	char *path = path_join(dir, name);
+	int fd, ret;
+
+	if (!path)
+		return -ENOMEM;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	free(path);
+	if (fd < 0)
+		return -errno;
+	ret = write_at(fd, p, n, 0);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	return ret;
+}
+
+/* config.json without "quantization_config"; *cfg keeps the parse. */
+static int copy_config(const char *from, const char *to, cJSON **cfg,
+		       const char **why)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	char *path = path_join(from, "config.json"), *text;
+	int ret;
+
+	ret = path ? qf_read_file(path, CONFIG_MAX, &b) : -ENOMEM;
+	free(path);
+	if (ret < 0)
+		return ret;
+	*cfg = cJSON_ParseWithLength(b.data, b.len);
+	qf_buf_release(&b);
+	if (!cJSON_IsObject(*cfg))
+		WHY(QF_EFORMAT, "config.json is not a JSON object");
+	cJSON_DeleteItemFromObjectCaseSensitive(*cfg, "quantization_config");
+	text = cJSON_Print(*cfg);
+	if (!text)
+		return -ENOMEM;
+	ret = write_file(to, "config.json", text, strlen(text));
+	free(text);
+	return ret;
+}
+
+static int copy_side_files(const char *from, const char *to)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	size_t i;
+	int ret = 0;
+
+	for (i = 0; i < sizeof(side_files) / sizeof(side_files[0]); i++) {
+		char *path = path_join(from, side_files[i]);
+
+		ret = path ? qf_read_file(path, SIDE_FILE_MAX, &b) : -ENOMEM;
+		free(path);
+		if (ret == -ENOENT) {
+			ret = 0;
+			continue;
+		}
+		if (!ret)
+			ret = write_file(to, side_files[i], b.data, b.len);
+		qf_buf_release(&b);
+		if (ret)
+			break;
+	}
+	return ret;
+}
+
+static long cfg_long(const cJSON *cfg, const char *k, long def)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, k);
+
+	return cJSON_IsNumber(v) && v->valuedouble >= -1e9 &&
+	       v->valuedouble <= 1e9 ? (long)v->valuedouble : def;
+}
+
+/*
+ * Head counts the writer permuted by: the file's own, which must be the
+ * config's (the forward pass splits heads by the config).
+ */
+static int head_counts(const struct qf_gguf_file *g, const char *arch,
+		       const cJSON *cfg, int64_t hc[2], const char **why)
+{
+	char key[80];
+	long want[2];
+
+	want[0] = cfg_long(cfg, "num_attention_heads", -1);
+	want[1] = cfg_long(cfg, "num_key_value_heads", want[0]);
+	snprintf(key, sizeof(key), "%s.attention.head_count", arch);
+	if (qf_gguf_kv_int(g, key, &hc[0]) < 0)
+		WHY(QF_EFORMAT, "no attention.head_count");
+	snprintf(key, sizeof(key), "%s.attention.head_count_kv", arch);
+	if (qf_gguf_kv_int(g, key, &hc[1]) == -ENOENT)
+		hc[1] = hc[0];
+	else if (qf_gguf_kv_int(g, key, &hc[1]) < 0)
+		WHY(QF_EFORMAT, "attention.head_count_kv is not an integer");
+	if (hc[0] != want[0] || hc[1] != want[1])
+		WHY(QF_EFORMAT, "the head counts differ from config.json's");
+	return 0;
+}
+
+/* Source name and permutation of every tensor but rope_freqs. */
+static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
+		       struct src *s, size_t *n, const char **why)
+{
+	const char *arch = qf_gguf_kv_str(g, "general.architecture");
+	int64_t hc[2] = { 0, 0 }, rows;
+	size_t i;
+	int perm, ret;
+
+	if (!arch)
+		WHY(QF_EFORMAT, "no general.architecture string");
+	*n = 0;
+	for (i = 0; i < g->nt; i++) {
+		const struct qf_gguf_info *t = &g->t[i];
+		struct src *o = &s[*n];
+
+		if (!strcmp(t->name, "rope_freqs.weight"))
+			continue;
+		ret = qf_gguf_hf_name(arch, t->name, o->hf, sizeof(o->hf),
+				      &perm);
+		if (ret == QF_EUNSUPPORTED)
+			WHY(ret, "an architecture quantfs does not write");
+		if (ret < 0) {
+			qf_err("gguf: no source name for tensor '%s'",
+			       t->name);
+			WHY(QF_EUNSUPPORTED, "a tensor with no source name");
+		}
+		if (t->ndim > 2)
+			WHY(QF_EFORMAT, "a tensor of more than 2 dimensions");
+		o->t = t;
+		o->heads = 0;
+		if (perm && !hc[0]) {
+			ret = head_counts(g, arch, cfg, hc, why);
+			if (ret)
+				return ret;
+		}
+		if (perm) {
+			o->heads = hc[perm - 1];
+			rows = t->ndim == 2 ? t->ne[1] : t->ne[0];
+			if (o->heads < 1 || rows % o->heads ||
+			    (rows / o->heads) % 2)
+				WHY(QF_EFORMAT, "q/k rows are not whole heads "
+				    "of even size");
+		}
+		(*n)++;
+	}
+	return 0;
+}
+
+/* Inverse of gguf.c's permute_rows(): row 2i + j goes back to j hd/2 + i. */
+static void unpermute_rows(const float *src, float *dst, int64_t nr,
+			   int64_t cols, int64_t hd)
+{
+	int64_t h, i, j;
+
+	for (h = 0; h < nr; h += hd)
+		for (i = 0; i < hd / 2; i++)
+			for (j = 0; j < 2; j++)
+				memcpy(dst + (h + j * hd / 2 + i) * cols,
+				       src + (h + 2 * i + j) * cols,
+				       (size_t)cols * sizeof(*dst));
+}
+
+/* Decode s's tensor into the file at off, in blocks of whole heads. */
+static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
+			int fd, uint64_t off, const char **why)
+{
+	const struct qf_gguf_info *t = s->t;
+	/* a 1-D tensor is one GGUF row, and rows of one value to permute */
+	int64_t rows = t->ndim == 2 ? t->ne[1] : 1, cols = t->ne[0];
+	int64_t hd = s->heads ? (t->ndim == 2 ? rows : cols) / s->heads : 1;
+	int64_t rb, r0, nr;
+	float *buf, *tmp = NULL;
+	int ret = 0;
+
+	rb = t->ndim == 2 ? (int64_t)ROW_BLOCK_FLOATS / cols : 1;
+	if (t->ndim == 2 && s->heads)
+		rb = rb < hd ? hd : rb / hd * hd;
+	if (rb < 1)
+		rb = 1;
+	buf = malloc((size_t)(rb * cols) * sizeof(*buf));
+	tmp = s->heads ? malloc((size_t)(rb * cols) * sizeof(*tmp)) : NULL;
+	if (!buf || (s->heads && !tmp)) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (r0 = 0; r0 < rows && !ret; r0 += rb) {
+		float *x = buf;
+
+		nr = rows - r0 < rb ? rows - r0 : rb;
+		ret = qf_gguf_read_rows(g, t, r0, nr, buf);
+		if (ret)
+			break;
+		if (!qf_all_finite(buf, (size_t)(nr * cols))) {
+			qf_err("gguf: tensor '%s' decodes to a value that is "
+			       "not finite", t->name);
+			*why = "a tensor decodes to NaN or infinity";
+			ret = QF_ENUMERIC;
+			break;
+		}
+		if (s->heads) {
+			if (t->ndim == 2)
+				unpermute_rows(buf, tmp, nr, cols, hd);
+			else
+				unpermute_rows(buf, tmp, cols, 1, hd);
+			x = tmp;
+		}
+		ret = write_at(fd, x, (size_t)(nr * cols) * sizeof(*x),
+			       off + (uint64_t)(r0 * cols) * sizeof(*x));
+	}
+out_free:
+	free(buf);
+	free(tmp);
+	return ret;
+}
+
+/* model.safetensors: s [n] laid out by qf_st_plan(), each decoded. */
+static int write_weights(const struct qf_gguf_file *g, struct src *s,
+			 size_t n, const char *dir, const char **why)
+{
+	struct qf_st_plan_entry *e = calloc(n ? n : 1, sizeof(*e));
+	struct qf_buf hdr = QF_BUF_INIT;
+	char *path = path_join(dir, "model.safetensors");
+	uint64_t total;
+	size_t i;
+	int fd = -1, ret = -ENOMEM;
+
+	if (!e || !path)
+		goto out_free;
+	for (i = 0; i < n; i++) {
+		const struct qf_gguf_info *t = s[i].t;
+
+		e[i].name = s[i].hf;
+		e[i].dtype = QF_DT_F32;
+		e[i].ndim = t->ndim;
+		e[i].shape[0] = t->ndim == 2 ? t->ne[1] : t->ne[0];
+		e[i].shape[1] = t->ne[0];
+		e[i].user = &s[i];
+	}
+	ret = qf_st_plan(e, n, NULL, 0, &hdr, &total);
+	if (ret == -EINVAL) {
+		*why = "tensors with the same source name";
+		ret = QF_EFORMAT;
+	}
+	if (ret)
+		goto out_free;
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		ret = -errno;
+		goto out_free;
+	}
+	ret = write_at(fd, hdr.data, hdr.len, 0);
+	for (i = 0; i < n && !ret; i++)
+		ret = write_tensor(g, e[i].user, fd, hdr.len + e[i].begin,
+				   why);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+out_free:
+	qf_buf_release(&hdr);
+	free(path);
+	free(e);
+	return ret;
+}
+
+int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
+			 const char *out_dir, const char **why)
+{
+	struct qf_gguf_file *g = NULL;
+	struct src *s = NULL;
+	cJSON *cfg = NULL;
+	const char *dummy;
+	size_t n = 0;
+	int ret;
+
+	if (!why)
+		why = &dummy;
+	*why = NULL;
+	ret = qf_gguf_open(gguf_path, &g, why);
+	if (ret < 0)
+		return ret;
+	ret = copy_config(cfg_dir, out_dir, &cfg, why);
+	if (!ret)
+		ret = copy_side_files(cfg_dir, out_dir);
+	if (!ret) {
+		s = calloc(g->nt ? g->nt : 1, sizeof(*s));
+		ret = s ? map_tensors(g, cfg, s, &n, why) : -ENOMEM;
+	}
+	if (!ret)
+		ret = write_weights(g, s, n, out_dir, why);
+	if (ret && !*why)
+		*why = qf_strerror(ret);
+	free(s);
+	cJSON_Delete(cfg);
+	qf_gguf_close(g);
+	return ret;
+}

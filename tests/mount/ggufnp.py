@@ -1,0 +1,180 @@
+"""An independent numpy reader of the GGUF files a mount serves, for the
+tests: header (docs/gguf.md), ggml's dequantize_row_* for the types the
+k-quant mixes use (ggml-common.h block layouts, ggml-quants.c order of
+float32 operations), and the way back to Hugging Face names with the q/k
+rows of architecture llama un-permuted (convert_hf_to_gguf.py).
+
+Written from the spec, sharing no code with quant/gguf.c or gguf_read.c.
+"""
+import struct
+
+import numpy as np
+
+SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
+          7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+# ggml type: (elements per block, bytes per block)
+BLOCKS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20),
+          8: (32, 34), 12: (256, 144), 14: (256, 210)}
+
+
+class File:
+    """kv: key -> value; tensors: name -> (type, ne, file offset)."""
+
+    def __init__(self, path):
+        self.raw = open(path, "rb").read()
+        self.pos = 0
+        assert self.take(4) == b"GGUF"
+        ver, nt, nkv = struct.unpack("<IQQ", self.take(20))
+        assert ver == 3, ver
+        self.kv = {}
+        for _ in range(nkv):
+            k = self.string()
+            self.kv[k] = self.value(self.u32())
+        infos = []
+        for _ in range(nt):
+            name = self.string()
+            nd = self.u32()
+            ne = struct.unpack("<%dQ" % nd, self.take(8 * nd))
+            typ, off = struct.unpack("<IQ", self.take(12))
+            infos.append((name, typ, ne, off))
+        align = self.kv.get("general.alignment", 32)
+        self.data_off = (self.pos + align - 1) // align * align
+        self.tensors = {n: (t, ne, self.data_off + o)
+                        for n, t, ne, o in infos}
+
+    def take(self, n):
+        b = self.raw[self.pos:self.pos + n]
+        assert len(b) == n, "truncated"
+        self.pos += n
+        return b
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def string(self):
+        return self.take(struct.unpack("<Q", self.take(8))[0]).decode()
+
+    def value(self, t):
+        if t == 8:
+            return self.string()
+        if t == 9:
+            et = self.u32()
+            n = struct.unpack("<Q", self.take(8))[0]
+            return [self.value(et) for _ in range(n)]
+        return struct.unpack(SCALAR[t], self.take(
+            struct.calcsize(SCALAR[t])))[0]
+
+    def nbytes(self, name):
+        t, ne, _ = self.tensors[name]
+        blk, size = BLOCKS[t]
+        return int(np.prod(ne)) // blk * size
+
+    def decode(self, name):
+        """float32 array of shape ne reversed (rows, cols)."""
+        t, ne, at = self.tensors[name]
+        raw = self.raw[at:at + self.nbytes(name)]
+        return dequant(t, raw).reshape(tuple(reversed(ne)))
+
+
+def f16(b):
+    return b.copy().view("<f2").astype(np.float32)
+
+
+def scale_min_k4(s):
+    """get_scale_min_k4 for j = 0..7: s [nb, 12] -> sc, mn [nb, 8]."""
+    s = s.astype(np.int32)
+    sc = np.concatenate([s[:, 0:4] & 63,
+                         (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)], 1)
+    mn = np.concatenate([s[:, 4:8] & 63,
+                         (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)], 1)
+    return sc, mn
+
+
+def dequant(t, raw):
+    f32 = np.float32
+    if t == 0:
+        return np.frombuffer(raw, "<f4").copy()
+    if t == 1:
+        return np.frombuffer(raw, "<f2").astype(f32)
+    if t == 30:
+        return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(f32)
+    blk, size = BLOCKS[t]
+    b = np.frombuffer(raw, np.uint8).reshape(-1, size)
+    if t in (2, 3):                     # Q4_0: d (q - 8); Q4_1: d q + m
+        d = f16(b[:, 0:2])
+        qs = b[:, 4:] if t == 3 else b[:, 2:]
+        q = np.concatenate([qs & 0xF, qs >> 4], 1).astype(f32)
+        if t == 2:
+            return ((q - f32(8)) * d).reshape(-1)
+        return (q * d + f16(b[:, 2:4])).reshape(-1)
+    if t == 8:                          # Q8_0: d q
+        return (b[:, 2:].view(np.int8).astype(f32) * f16(b[:, 0:2])) \
+            .reshape(-1)
+    if t == 12:                         # Q4_K
+        d, dmin = f16(b[:, 0:2]), f16(b[:, 2:4])
+        sc, mn = scale_min_k4(b[:, 4:16])
+        qs = b[:, 16:].reshape(-1, 4, 32)
+        y = np.empty((len(b), 8, 32), f32)
+        for j in range(8):              # sub-block j: nibbles of 32 bytes
+            q = qs[:, j // 2] & 0xF if j % 2 == 0 else qs[:, j // 2] >> 4
+            dj = d * sc[:, j:j + 1].astype(f32)
+            mj = dmin * mn[:, j:j + 1].astype(f32)
+            y[:, j] = dj * q.astype(f32) - mj
+        return y.reshape(-1)
+    if t == 14:                         # Q6_K
+        ql, qh = b[:, 0:128].astype(np.int32), b[:, 128:192].astype(np.int32)
+        sc = b[:, 192:208].view(np.int8).astype(f32)
+        d = f16(b[:, 208:210])
+        y = np.empty((len(b), 256), f32)
+        for h in range(2):              # halves of 128: ql 64 B, qh 32 B
+            lo, hi = ql[:, 64 * h:64 * h + 64], qh[:, 32 * h:32 * h + 32]
+            for k in range(4):
+                q = ((lo[:, 32 * (k % 2):32 * (k % 2) + 32] >> 4 * (k // 2))
+                     & 0xF) | (((hi >> 2 * k) & 3) << 4)
+                for l16 in range(2):
+                    s = d * sc[:, 8 * h + 2 * k + l16:8 * h + 2 * k + l16 + 1]
+                    y[:, 128 * h + 32 * k + 16 * l16:
+                      128 * h + 32 * k + 16 * l16 + 16] = \
+                        s * (q[:, 16 * l16:16 * l16 + 16] - 32).astype(f32)
+        return y.reshape(-1)
+    raise AssertionError("ggml type %d" % t)
+
+
+LAYER = {"attn_norm": "input_layernorm", "ffn_norm":
+         "post_attention_layernorm", "attn_q": "self_attn.q_proj",
+         "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "attn_q_norm":
+         "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+         "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+         "ffn_down": "mlp.down_proj"}
+TOP = {"token_embd.weight": "model.embed_tokens.weight",
+       "output_norm.weight": "model.norm.weight",
+       "output.weight": "lm_head.weight"}
+
+
+def unpermute(w, heads):
+    """convert_hf_to_gguf's LlamaModel.permute, inverted."""
+    r = w.shape[0]
+    return w.reshape(heads, r // heads // 2, 2, *w.shape[1:]) \
+        .swapaxes(1, 2).reshape(w.shape)
+
+
+def to_hf(g):
+    """Every tensor as float32 under its Hugging Face name."""
+    arch = g.kv["general.architecture"]
+    heads = {"attn_q": g.kv.get(arch + ".attention.head_count"),
+             "attn_k": g.kv.get(arch + ".attention.head_count_kv")}
+    out = {}
+    for name in g.tensors:
+        if name == "rope_freqs.weight":
+            continue
+        w = g.decode(name)
+        if name in TOP:
+            out[TOP[name]] = w
+            continue
+        blk, i, part, kind = name.split(".")
+        assert blk == "blk", name
+        if arch == "llama" and part in heads:
+            w = unpermute(w, heads[part])
+        out["model.layers.%s.%s.%s" % (i, LAYER[part], kind)] = w
+    return out
