@@ -473,6 +473,21 @@ static int get(struct qf_cache_txn *t, MDB_dbi dbi, const uint8_t *key,
 	return 0;
 }
 
+bool qf_cache_has(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		  const char *name, size_t len)
+{
+	struct qf_cache_txn *txn;
+	const void *p;
+	size_t got;
+	int ret;
+
+	if (qf_cache_read_begin(c, &txn) < 0)
+		return false;
+	ret = qf_cache_get(txn, vid, name, &p, &got);
+	qf_cache_read_end(txn);
+	return ret == 0 && got == len;
+}
+
 int qf_cache_get(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 		 const char *name, const void **data, size_t *len)
 {

@@ -84,6 +84,9 @@ void qf_cache_read_end(struct qf_cache_txn *t);
 /* Returns 0, -ENOENT, QF_ECACHE. */
 int qf_cache_get(struct qf_cache_txn *t, const uint8_t vid[QF_CACHE_VID],
 		 const char *name, const void **data, size_t *len);
+/* The cache holds vid's value name, of exactly len bytes (unverified). */
+bool qf_cache_has(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],
+		  const char *name, size_t len);
 /*
  * Where the len bytes at p (from qf_cache_get(), same transaction) live in
  * the data file, so they can be spliced from fd at off without a copy.

@@ -231,21 +231,6 @@ static int record(struct qf_fs *fs, struct qf_gv *gv)
 	return qf_fs_record(fs, gv->vid, gv->mdl, name, "");
 }
 
-/* Tensor i is in the cache (not verified). */
-static bool in_cache(struct qf_fs *fs, struct qf_gv *gv, size_t i)
-{
-	struct qf_cache_txn *txn;
-	const void *p;
-	size_t len;
-	int ret;
-
-	if (qf_cache_read_begin(fs->cache, &txn) < 0)
-		return false;
-	ret = qf_cache_get(txn, gv->vid, gv->plan.t[i].name, &p, &len);
-	qf_cache_read_end(txn);
-	return ret == 0 && len == gv->plan.t[i].nbytes;
-}
-
 static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)
 {
 	struct flock fl = { .l_type = F_UNLCK,
@@ -382,7 +367,8 @@ static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 	gi = gv->var ? group_of(gv, &gv->plan.t[i]) : -1;
 	if (gi >= 0)
 		ret = qf_var_ensure(fs, gv->var, (uint32_t)gi);
-	if (!ret && !in_cache(fs, gv, i)) {
+	if (!ret && !qf_cache_has(fs->cache, gv->vid, gv->plan.t[i].name,
+				  gv->plan.t[i].nbytes)) {
 		ret = qf_fs_prod_begin(fs);
 		slot = !ret;
 	}

@@ -195,19 +195,28 @@ static bool is_hex(const char *s, size_t min)
 	return n >= min && !s[n];
 }
 
+/* The names in the repository's snapshots/ (none when it cannot be read). */
+static void snapshot_names(int repo, char ***names, size_t *n)
+{
+	int snaps = qf_src_openat(repo, "snapshots", O_DIRECTORY,
+				  &(struct stat){ 0 });
+
+	*names = NULL;
+	*n = 0;
+	if (snaps < 0)
+		return;
+	if (dir_names(snaps, names, n) < 0)
+		*n = 0;
+	close(snaps);
+}
+
 /* The one snapshot of a repository without refs/main. */
 static int lone_snapshot(int repo, char *out, size_t cap, const char **why)
 {
-	char **names = NULL;
-	size_t n = 0;
-	int snaps;
+	char **names;
+	size_t n;
 
-	snaps = qf_src_openat(repo, "snapshots", O_DIRECTORY,
-			      &(struct stat){ 0 });
-	if (snaps < 0 || dir_names(snaps, &names, &n) < 0)
-		n = 0;
-	if (snaps >= 0)
-		close(snaps);
+	snapshot_names(repo, &names, &n);
 	if (n == 1)
 		snprintf(out, cap, "%s", names[0]);
 	else
@@ -226,9 +235,9 @@ static int pick_revision(int repo, const char *rev, char *out, size_t cap,
 			 const char **why)
 {
 	struct qf_buf b = QF_BUF_INIT;
-	char **names = NULL;
-	size_t n = 0, i, hit = 0;
-	int refs, snaps, ret;
+	char **names;
+	size_t n, i, hit = 0;
+	int refs, ret;
 
 	refs = qf_src_openat(repo, "refs", O_DIRECTORY, &(struct stat){ 0 });
 	ret = refs < 0 ? refs : qf_src_read(refs, rev ? rev : "main",
@@ -251,12 +260,7 @@ static int pick_revision(int repo, const char *rev, char *out, size_t cap,
 		return lone_snapshot(repo, out, cap, why);
 	if (!is_hex(rev, 7) || strlen(rev) >= cap)
 		return -ENOENT;
-	snaps = qf_src_openat(repo, "snapshots", O_DIRECTORY,
-			      &(struct stat){ 0 });
-	if (snaps < 0 || dir_names(snaps, &names, &n) < 0)
-		n = 0;
-	if (snaps >= 0)
-		close(snaps);
+	snapshot_names(repo, &names, &n);
 	for (i = 0; i < n; i++)
 		if (!strncmp(names[i], rev, strlen(rev)) && hit++ == 0)
 			snprintf(out, cap, "%s", names[i]);

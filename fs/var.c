@@ -316,16 +316,8 @@ size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
 bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
-	struct qf_cache_txn *txn;
-	const void *p;
-	size_t len;
-	int ret;
 
-	if (qf_cache_read_begin(fs->cache, &txn) < 0)
-		return false;
-	ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
-	qf_cache_read_end(txn);
-	return ret == 0 && len == qf_vtensor_bytes(t);
+	return qf_cache_has(fs->cache, var->vid, t->name, qf_vtensor_bytes(t));
 }
 
 int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,

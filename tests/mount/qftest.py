@@ -4,6 +4,7 @@ Every mount is unmounted in a finally block; a daemon that does not come
 up within the deadline fails the test with its stderr.
 """
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,24 @@ def sha_in_parallel(mounts, rel):
     [t.start() for t in th]
     [t.join() for t in th]
     return out
+
+
+def qf(*args, check=True):
+    """Run `quantfs ARGS`; fail with its output when check and it fails."""
+    r = subprocess.run([QUANTFS] + [str(a) for a in args],
+                       capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError("quantfs %s: rc %d\n%s%s" % (
+            " ".join(map(str, args)), r.returncode, r.stdout, r.stderr))
+    # sanitizer builds: UBSan reports without failing the process
+    assert "runtime error" not in r.stderr and \
+        "Sanitizer" not in r.stderr, r.stderr
+    return r
+
+
+def cache_ls(cache):
+    """`quantfs cache ls --json` of cache."""
+    return json.loads(qf("cache", "ls", "--json", "--cache", cache).stdout)
 
 
 def mkmodel(dest, *args):

@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 # noqa: E402 below: the harness lives beside this file
 from qftest import Mount, mkmodel, mounted, run_tests, QUANTFS, sha, \
-    SkipTest  # noqa: E402
+    SkipTest, qf, cache_ls as ls  # noqa: E402
 
 QUANTFS = os.path.realpath(os.environ.get("QUANTFS", QUANTFS))
 WORK = tempfile.mkdtemp(prefix="qfcachetools.")
@@ -31,17 +31,8 @@ def produced(log):
     return re.findall(r"produced (\S+) in", log)
 
 
-def qf(*args, check=True):
-    r = subprocess.run([QUANTFS] + [str(a) for a in args],
-                       capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError("quantfs %s: rc %d\n%s%s" % (
-            " ".join(map(str, args)), r.returncode, r.stdout, r.stderr))
-    return r
 
 
-def ls(cache):
-    return json.loads(qf("cache", "ls", "--json", "--cache", cache).stdout)
 
 
 def quantized_bytes(path):

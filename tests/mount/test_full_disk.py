@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 # noqa: E402 below: the harness lives beside this file
 from qftest import Mount, mkmodel, run_tests, QUANTFS, sha, \
-    SkipTest  # noqa: E402
+    SkipTest, qf, cache_ls as ls  # noqa: E402
 
 QUANTFS = os.path.realpath(os.environ.get("QUANTFS", QUANTFS))
 WORK = tempfile.mkdtemp(prefix="qffull.")
@@ -33,17 +33,8 @@ V3 = "tiny/rtn_w3_g128/model.safetensors"
 REF = {}
 
 
-def qf(*args, check=True):
-    r = subprocess.run([QUANTFS] + [str(a) for a in args],
-                       capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError("quantfs %s: rc %d\n%s%s" % (
-            " ".join(map(str, args)), r.returncode, r.stdout, r.stderr))
-    return r
 
 
-def ls(cache):
-    return json.loads(qf("cache", "ls", "--json", "--cache", cache).stdout)
 
 
 def ref(rel):

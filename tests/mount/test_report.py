@@ -19,7 +19,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -28,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
-from qftest import Mount, mkmodel, run_tests, QUANTFS, SHARED  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, QUANTFS, SHARED, \
+    qf  # noqa: E402
 import forward_ref  # noqa: E402
 import ggufnp  # noqa: E402
 
@@ -67,16 +67,6 @@ with open(CHOICES, "w") as f:
             f.write("\n")       # blank lines are skipped
 
 
-def qf(*args, check=True):
-    r = subprocess.run([QUANTFS] + [str(a) for a in args],
-                       capture_output=True, text=True, timeout=600)
-    if check and r.returncode != 0:
-        raise AssertionError("quantfs %s: rc %d\n%s%s" % (
-            " ".join(map(str, args)), r.returncode, r.stdout, r.stderr))
-    # sanitizer builds: UBSan reports without failing the process
-    assert "runtime error" not in r.stderr and \
-        "Sanitizer" not in r.stderr, r.stderr
-    return r
 
 
 def report(m, out, *extra, check=True):

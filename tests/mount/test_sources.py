@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, SkipTest, sha, \
-    QUANTFS  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest, sha, qf, \
+    cache_ls  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qfsrc.")
 os.chmod(WORK, 0o755)
@@ -235,16 +235,11 @@ def test_hub_gptq_equals_plain_copy():
                                                "rtn_w4_g128",
                                                "model.safetensors"))
         cache = m.cache
-    ls = json.loads(subprocess.run(
-        [QUANTFS, "cache", "ls", "--json", "--cache", cache],
-        capture_output=True, text=True, check=True).stdout)
+    ls = cache_ls(cache)
     assert {(e["model"], e["variant"]) for e in ls} >= {
         ("Qwen/Tiny", "gptq_w4_g128"), ("Qwen/Tiny", "rtn_w4_g128")}, ls
-    subprocess.run([QUANTFS, "cache", "rm", "Qwen/Tiny/rtn_*", "--cache",
-                    cache], check=True, capture_output=True)
-    ls = json.loads(subprocess.run(
-        [QUANTFS, "cache", "ls", "--json", "--cache", cache],
-        capture_output=True, text=True, check=True).stdout)
+    qf("cache", "rm", "Qwen/Tiny/rtn_*", "--cache", cache)
+    ls = cache_ls(cache)
     assert [e["variant"] for e in ls if e["model"] == "Qwen/Tiny"] == \
         ["gptq_w4_g128"], ls
     with Mount(plain, opts=calib) as m:
