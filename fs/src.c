@@ -425,14 +425,15 @@ int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
 		      open_dir(fs->srcfd, ".", at) : -ENOENT;
 		at->dirfd = ret;
 		ret = ret < 0 ? ret : 0;
-	} else if (!*name || strstr(name, "--") ||
-		   (org && strstr(org, "--")) ||
-		   qf_buf_addf(&repo, HUB_PREFIX "%s%s%s", org ? org : "",
-			       org ? "--" : "", name) < 0) {
-		ret = -ENOENT;
 	} else {
-		ret = find_hub(fs, repo.data, at_sign ? at_sign + 1 : NULL,
-			       at);
+		/* a hub repository first ("--" separates its parts) */
+		ret = !*name || strstr(name, "--") ||
+		      (org && strstr(org, "--")) ? -ENOENT :
+		      qf_buf_addf(&repo, HUB_PREFIX "%s%s%s", org ? org : "",
+				  org ? "--" : "", name);
+		if (!ret)
+			ret = find_hub(fs, repo.data,
+				       at_sign ? at_sign + 1 : NULL, at);
 		if (ret == -ENOENT && !at_sign && !at->npath) {
 			qf_src_at_release(at);
 			at->quick = quick;
@@ -463,10 +464,11 @@ int qf_src_org(struct qf_fs *fs, const char *org, struct stat *st)
 	bool found = false;
 	int fd, ret;
 
-	if (fs->single || strstr(org, "--") || org[0] == '.')
+	if (fs->single || org[0] == '.')
 		return -ENOENT;
-	ret = qf_buf_addf(&pre, HUB_PREFIX "%s--", org);
-	if (!ret)
+	ret = strstr(org, "--") ? 0 : qf_buf_addf(&pre, HUB_PREFIX "%s--",
+						   org);
+	if (!ret && pre.data)
 		ret = dir_names(fs->srcfd, &names, &n);
 	for (i = 0; !ret && i < n && !found; i++)
 		found = !strncmp(names[i], pre.data, pre.len);

@@ -262,6 +262,7 @@ def test_trees_and_linked_folders():
     shutil.copytree(A, os.path.join(src, "acme", "widget"))
     shutil.copytree(B, os.path.join(src, "acme", "gadget"))
     shutil.copytree(C, os.path.join(src, "plain"))
+    shutil.copytree(A, os.path.join(src, "my--org", "a--b"))
     os.makedirs(os.path.join(src, "empty", "nothing"))
     elsewhere = os.path.join(WORK, "elsewhere")
     shutil.copytree(B, elsewhere)
@@ -273,10 +274,11 @@ def test_trees_and_linked_folders():
         os.symlink(os.path.join(C, f), os.path.join(lf, f))
     with Mount(src) as m:
         assert sorted(os.listdir(m.mnt)) == ["acme", "linked", "linkfiles",
-                                             "plain"]
+                                             "my--org", "plain"]
         assert sorted(os.listdir(os.path.join(m.mnt, "acme"))) == \
             ["gadget", "widget"]
         for name, want in (("acme/widget", A), ("acme/gadget", B),
+                           ("my--org/a--b", A),
                            ("plain", C), ("linked", B), ("linkfiles", C)):
             rtn_checked(os.path.join(m.mnt, name, "rtn_w4_g128",
                                      "model.safetensors"), want)
