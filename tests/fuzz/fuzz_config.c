@@ -3,11 +3,14 @@
  * check of qf_model_open() (quant/model.c), qf_model_cfg_int(),
  * qf_tf_config_parse() (quant/forward.c) and the GGUF plan's use of it
  * (quant/gguf.c; the model has no tensors, so a plan stops at the first
- * one it looks for).
+ * one it looks for), and the config.json a variant serves, the source's
+ * re-emitted (quant/variant_json.c).
  *
  * A parsed configuration must hold what the forward pass relies on:
  * positive dimensions in their bounds, heads a multiple of kv_heads, an
- * even head_dim, finite positive rope parameters.  A libFuzzer target
+ * even head_dim, finite positive rope parameters.  A variant's config
+ * must be a JSON object without the source's quantization_config (a
+ * _fake variant has none).  A libFuzzer target
  * (-Dfuzz=true); otherwise linked with fuzz_main.c, which replays
  * corpus/config/.
  */
@@ -48,6 +51,24 @@ static void check_config(const struct qf_tf_config *c)
 	}
 }
 
+/* A _fake variant's config.json: the source's, less quantization_config. */
+static void check_variant_config(struct qf_model *m)
+{
+	struct qf_variant v = { .m = m };
+	struct qf_buf out = QF_BUF_INIT;
+	cJSON *back;
+
+	v.spec.flags = QF_SPEC_FAKE;
+	if (qf_variant_config(&v, &out) == 0) {
+		back = cJSON_Parse(out.data);
+		QF_ASSERT(cJSON_IsObject(back));
+		QF_ASSERT(!cJSON_GetObjectItemCaseSensitive(back,
+			  "quantization_config"));
+		cJSON_Delete(back);
+	}
+	qf_buf_release(&out);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static const char *const keys[] = {
@@ -85,6 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ret = qf_gguf_plan_init(&m, &ty, &p, &why);
 	QF_ASSERT(ret != 0 && why);	/* no tensors: never a plan */
 	qf_gguf_plan_free(&p);
+	check_variant_config(&m);
 	cJSON_Delete(m.config);
 	return 0;
 }
