@@ -8,7 +8,9 @@
  * Thin: it parses options and wires fs/ to a FUSE session.  The only
  * place that calls exit().
  */
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,7 @@
 
 #include "common.h"
 #include "fs.h"
+#include "opts.h"
 #include "quant.h"
 #include "report.h"
 #include "tools.h"
@@ -46,16 +49,21 @@ static const char usage_text[] =
 	"       mount.quantfs SRC MNT [-o OPTION[,OPTION...]]  (fstab)\n"
 	"       quantfs --help | --version\n"
 	"\n"
-	"mount options:\n"
+	"mount options (each value checked: a bad or unknown one refuses the\n"
+	"mount with exit status 2; relative paths, SRC and MNT included, are\n"
+	"taken from the directory quantfs mount runs in):\n"
 	"  -f                 stay in the foreground (log to stderr)\n"
 	"  -d                 foreground with FUSE debug output\n"
 	"  -o cache=DIR       cache directory (default /var/cache/quantfs,\n"
 	"                     the machine's shared cache, for root and its\n"
 	"                     group; else $XDG_CACHE_HOME/quantfs or\n"
 	"                     ~/.cache/quantfs)\n"
-	"  -o cache_map=SIZE  initial LMDB map size, e.g. 256M, 4G (grows)\n"
-	"  -o timeout=SEC     entry/attribute timeout (default 86400)\n"
-	"  -o threads=N       most FUSE worker threads (default 16)\n"
+	"  -o cache_map=SIZE  initial LMDB map size, 1M to 16T, e.g. 256M,\n"
+	"                     4G (grows)\n"
+	"  -o timeout=SEC     entry/attribute timeout, a finite number above\n"
+	"                     0 and at most 1e9 (default 86400)\n"
+	"  -o threads=N       most FUSE worker threads, 1 to 1024 (default\n"
+	"                     16)\n"
 	"  -o io=auto|direct|cache\n"
 	"                     auto (default): kernel passthrough to source\n"
 	"                     files and to read files of cached variants\n"
@@ -64,37 +72,46 @@ static const char usage_text[] =
 	"                     kernel still allows mmap of them (Linux 6.6+);\n"
 	"                     cache: always the page cache\n"
 	"  -o calib=FILE      calibration text for gptq (default: sequences\n"
-	"                     sampled from the model itself)\n"
-	"  -o calib_dir=DIR   sets for the @NAME suffix: DIR/NAME.txt\n"
-	"  -o calib_n=N       calibration sequences (default 32)\n"
-	"  -o calib_len=N     tokens per sequence (default 256)\n"
-	"  -o calib_seed=N    seed of sampled sets (default 0)\n"
+	"                     sampled from the model itself); must be\n"
+	"                     readable at mount\n"
+	"  -o calib_dir=DIR   sets for the @NAME suffix: DIR/NAME.txt; must\n"
+	"                     exist at mount\n"
+	"  -o calib_n=N       calibration sequences, 1 to 65536 (default 32)\n"
+	"  -o calib_len=N     tokens per sequence, 2 to 131072 (default 256)\n"
+	"  -o calib_seed=N    seed of sampled sets, a decimal 64-bit integer\n"
+	"                     (default 0)\n"
 	"  -o backend=B       cpu, cuda or auto (default): where calibrated\n"
 	"                     variants are computed\n"
-	"  -o brecq_iters=N   BRECQ Adam steps per block (default 200; 0:\n"
-	"                     round to nearest on the same grids)\n"
-	"  -o brecq_batch=N   BRECQ sequences per step (default 2)\n"
+	"  -o brecq_iters=N   BRECQ Adam steps per block, 0 to 1000000\n"
+	"                     (default 200; 0: round to nearest on the same\n"
+	"                     grids)\n"
+	"  -o brecq_batch=N   BRECQ sequences per step, 1 to 4096 (default 2)\n"
 	"  -o mixed_table=T   mixed_static widths by role, e.g.\n"
 	"                     attn=8:mlp=4:other=8\n"
 	"  -o mixed_roles=R   role overrides: GLOB=ROLE[:GLOB=ROLE...]\n"
 	"  -o mixed_ratio=R   mixed_dyn policy, e.g. high=0.2:low=0.4:\n"
 	"                     bits_high=16:bits_mid=8:bits_low=4\n"
-	"  -o max_jobs=N      calibrated variants produced at once\n"
+	"  -o max_jobs=N      calibrated variants produced at once, 1 to 64\n"
 	"                     (default 1; more wait, queued)\n"
 	"  -o max_productions=N\n"
 	"                     tensor groups and variant setups produced at\n"
-	"                     once by readers (default: one per CPU; more\n"
-	"                     wait, users with fewer running first)\n"
+	"                     once by readers, 1 to 1024 (default: one per\n"
+	"                     CPU; more wait, users with fewer running first)\n"
 	"  -o cache_max=SIZE|auto|none\n"
 	"                     before writing to the cache, evict least\n"
-	"                     recently used variants above SIZE of values\n"
-	"                     and read files; auto (default): half the\n"
-	"                     cache's filesystem, and a tenth of it always\n"
-	"                     left free (else ENOSPC); none or 0: no bound\n"
-	"  -o allow_other     let other users read the mount (implies\n"
-	"                     default_permissions)\n"
+	"                     recently used variants above SIZE (at most\n"
+	"                     1024T) of values and read files; auto\n"
+	"                     (default): half the cache's filesystem, and a\n"
+	"                     tenth of it always left free (else ENOSPC);\n"
+	"                     none or 0: no bound\n"
+	"  -o allow_other     let other users read the mount (every mount has\n"
+	"                     default_permissions: the kernel checks the\n"
+	"                     modes shown for every user)\n"
 	"  -o debug           log debug lines\n"
-	"  other -o options are passed to FUSE (see mount.fuse3(8))\n"
+	"  FUSE's allow_root, auto_unmount, max_read=N, fsname=, subtype=,\n"
+	"  user= and SELinux context options are passed to FUSE (see\n"
+	"  mount.fuse3(8)); fstab words (defaults, noauto, nofail, _netdev,\n"
+	"  x-*, comment=, ...) are ignored\n"
 	"\n"
 	"See quantfs(1) and quantfs-variants(7).\n";
 
@@ -103,171 +120,16 @@ static void usage(FILE *f)
 	fputs(usage_text, f);
 }
 
-struct mount_opts {
-	struct qf_fs_opts fs;
-	struct qf_buf fuse;		/* FUSE -o options */
-	bool foreground;
-	bool debug;
-	int threads;
-};
-
-/* Options mount(8) and fstab lines carry that a read-only FUSE
- * filesystem has nothing to do with (ro is always on). */
-static bool mount_noise(const char *opt)
+/* One -o list into mo; says why on stderr when it is refused. */
+static int parse_o(struct qf_mnt_opts *mo, const char *list, const char *cwd)
 {
-	static const char *const words[] = {
-		"ro", "defaults", "auto", "noauto", "nofail", "_netdev",
-		"user", "users", "nouser", "owner", "group", "dev", "nodev",
-		"suid", "nosuid", "exec", "noexec", "atime", "noatime",
-		"relatime", "strictatime", "nodiratime", "diratime", "sync",
-		"async", "loud", "silent",
-	};
-	size_t i;
+	char why[512];
+	int ret;
 
-	if (!strncmp(opt, "x-", 2) || !strcmp(opt, "comment"))
-		return true;
-	for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
-		if (!strcmp(opt, words[i]))
-			return true;
-	return false;
-}
-
-static int take_option(struct mount_opts *mo, char *opt)
-{
-	char *val = strchr(opt, '='), *p;
-
-	if (val)
-		*val++ = 0;
-	if (!strcmp(opt, "cache") && val && *val) {
-		mo->fs.cache_dir = val;
-	} else if (!strcmp(opt, "cache_map") && val) {
-		int ret = qf_parse_size(val, &mo->fs.cache_map);
-
-		if (ret < 0) {
-			fprintf(stderr, "quantfs: cache_map=%s: %s\n", val,
-				qf_size_error(ret));
-			return ret;
-		}
-	} else if (!strcmp(opt, "timeout") && val) {
-		mo->fs.timeout = strtod(val, NULL);
-		if (mo->fs.timeout <= 0)
-			return -EINVAL;
-	} else if (!strcmp(opt, "threads") && val) {
-		mo->threads = atoi(val);
-		if (mo->threads < 1 || mo->threads > 1024)
-			return -EINVAL;
-	} else if (!strcmp(opt, "calib") && val && *val) {
-		mo->fs.calib = val;
-	} else if (!strcmp(opt, "calib_dir") && val && *val) {
-		mo->fs.calib_dir = val;
-	} else if (!strcmp(opt, "calib_n") && val) {
-		mo->fs.calib_n = atoi(val);
-		if (mo->fs.calib_n < 1 || mo->fs.calib_n > 65536)
-			return -EINVAL;
-	} else if (!strcmp(opt, "calib_len") && val) {
-		mo->fs.calib_len = atoi(val);
-		if (mo->fs.calib_len < 2 || mo->fs.calib_len > 131072)
-			return -EINVAL;
-	} else if (!strcmp(opt, "calib_seed") && val) {
-		mo->fs.calib_seed = strtoull(val, NULL, 0);
-	} else if (!strcmp(opt, "debug")) {
-		qf_log_set_level(QF_LOG_DEBUG);
-	} else if (!strcmp(opt, "io") && val) {
-		if (!strcmp(val, "auto"))
-			mo->fs.io = QF_IO_AUTO;
-		else if (!strcmp(val, "direct"))
-			mo->fs.io = QF_IO_DIRECT;
-		else if (!strcmp(val, "cache"))
-			mo->fs.io = QF_IO_CACHE;
-		else
-			return -EINVAL;
-	} else if (!strcmp(opt, "backend") && val) {
-		if (strcmp(val, "cpu") && strcmp(val, "cuda") &&
-		    strcmp(val, "auto")) {
-			fprintf(stderr, "quantfs: backend=%s: use cpu, cuda "
-				"or auto\n", val);
-			return -EINVAL;
-		}
-		mo->fs.backend = val;
-	} else if (!strcmp(opt, "brecq_iters") && val) {
-		mo->fs.brecq_iters = atoi(val);
-		if (mo->fs.brecq_iters < 0 || mo->fs.brecq_iters > 1000000)
-			return -EINVAL;
-		if (!mo->fs.brecq_iters)	/* none: round to nearest */
-			mo->fs.brecq_iters = -1;
-	} else if (!strcmp(opt, "brecq_batch") && val) {
-		mo->fs.brecq_batch = atoi(val);
-		if (mo->fs.brecq_batch < 1 || mo->fs.brecq_batch > 4096)
-			return -EINVAL;
-	} else if (!strncmp(opt, "mixed_", 6) && val) {
-		/* lists inside one -o entry: ':' stands for ',' */
-		for (p = val; (p = strchr(p, ':')); )
-			*p = ',';
-		if (!strcmp(opt, "mixed_table"))
-			mo->fs.mixed_table = val;
-		else if (!strcmp(opt, "mixed_roles"))
-			mo->fs.mixed_roles = val;
-		else if (!strcmp(opt, "mixed_ratio"))
-			mo->fs.mixed_ratio = val;
-		else
-			return -EINVAL;
-	} else if (!strcmp(opt, "max_jobs") && val) {
-		mo->fs.max_jobs = atoi(val);
-		if (mo->fs.max_jobs < 1 || mo->fs.max_jobs > 64)
-			return -EINVAL;
-	} else if (!strcmp(opt, "max_productions") && val) {
-		mo->fs.max_productions = atoi(val);
-		if (mo->fs.max_productions < 1 ||
-		    mo->fs.max_productions > 1024 ||
-		    strspn(val, "0123456789") != strlen(val))
-			return -EINVAL;
-	} else if (!strcmp(opt, "cache_max") && val) {
-		int ret = 0;
-
-		if (!strcmp(val, "auto"))
-			mo->fs.cache_max = QF_CACHE_MAX_AUTO;
-		else if (!strcmp(val, "none"))
-			mo->fs.cache_max = QF_CACHE_MAX_NONE;
-		else
-			ret = qf_parse_size(val, &mo->fs.cache_max);
-		if (ret < 0) {
-			fprintf(stderr, "quantfs: cache_max=%s: %s, auto or "
-				"none\n", val, qf_size_error(ret));
-			return ret;
-		}
-		/* 0 keeps its old meaning, no bound; a bound too small to
-		 * hold anything is not what anyone wants */
-		if (!mo->fs.cache_max)
-			mo->fs.cache_max = QF_CACHE_MAX_NONE;
-	} else if (!strcmp(opt, "rw")) {
-		/* mount(8) adds rw unless told ro: say so, stay read-only */
-		fprintf(stderr, "quantfs: the mount is read-only; 'rw' "
-			"ignored\n");
-	} else if (mount_noise(opt)) {
-		/* fstab and mount(8) vocabulary: meaningless here */
-	} else {
-		if (!strcmp(opt, "allow_other"))
-			qf_buf_adds(&mo->fuse, ",default_permissions");
-		qf_buf_addf(&mo->fuse, ",%s%s%s", opt, val ? "=" : "",
-			    val ? val : "");
-	}
-	return 0;
-}
-
-static int parse_o(struct mount_opts *mo, char *list)
-{
-	char *save = NULL;
-	char *opt;
-
-	for (opt = strtok_r(list, ",", &save); opt;
-	     opt = strtok_r(NULL, ",", &save)) {
-		if (take_option(mo, opt) < 0) {
-			fprintf(stderr, "quantfs: invalid mount option '%s'\n",
-				opt);
-			return -EINVAL;
-		}
-	}
-	return 0;
+	ret = qf_mnt_opts_parse(mo, list, cwd, why, sizeof(why));
+	if (ret < 0)
+		fprintf(stderr, "quantfs: %s\n", why);
+	return ret;
 }
 
 /*
@@ -309,11 +171,61 @@ static int check_mountpoint(const char *mnt)
 }
 
 /*
- * quantfs mount SRC MNT [-f] [-d] [-o ...], or as a mount helper
- * (helper: mount(8) running mount.quantfs, or mount.fuse3 running
- * `quantfs SRC MNT -o ...` for type fuse.quantfs), where -f means "fake"
- * and -s, -n, -v, -t TYPE, -N NS may appear.
+ * The calibration text and folder must be there when the mount starts:
+ * a missing one would otherwise surface as EIO at the first calibrated
+ * variant.  Opened, not stat'ed, so the check is the daemon's own right
+ * to read them.
  */
+static int check_calib(const struct qf_mnt_opts *mo)
+{
+	struct stat st;
+	int fd;
+
+	/* opened as the daemon will: the link rule, never a FIFO */
+	if (mo->calib) {
+		fd = qf_src_open_path(mo->calib, 0, &st);
+		if (fd < 0) {
+			fprintf(stderr, "quantfs: calib=%s: %s\n", mo->calib,
+				qf_strerror(fd));
+			return fd;
+		}
+		close(fd);
+	}
+	if (mo->calib_dir) {
+		fd = open(mo->calib_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0) {
+			fd = -errno;
+			fprintf(stderr, "quantfs: calib_dir=%s: %s\n",
+				mo->calib_dir, strerror(-fd));
+			return fd;
+		}
+		close(fd);
+	}
+	return 0;
+}
+
+/*
+ * SRC and MNT made absolute against the working directory before the
+ * daemon detaches (and changes to /): libfuse unmounts by that name.
+ */
+static int resolve_args(const char *const pos[2], const char *cwd,
+			char *abs[2])
+{
+	int i;
+
+	for (i = 0; i < 2; i++) {
+		abs[i] = qf_mnt_abspath(pos[i], cwd);
+		if (!abs[i]) {
+			fprintf(stderr, "quantfs: '%s': %s\n", pos[i],
+				pos[i][0] == '/' ? "out of memory" :
+				"a relative path, and the working directory "
+				"is unknown");
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 /* The Hugging Face hub cache, where huggingface_hub keeps models:
  * $HF_HUB_CACHE, $HF_HOME/hub, or ~/.cache/huggingface/hub. */
 static const char *hub_cache(struct qf_buf *b)
@@ -329,17 +241,33 @@ static const char *hub_cache(struct qf_buf *b)
 	return b->data ? b->data : "";
 }
 
+/*
+ * quantfs mount [SRC] MNT [-f] [-d] [-o ...], or as a mount helper
+ * (helper: mount(8) running mount.quantfs, or mount.fuse3 running
+ * `quantfs SRC MNT -o ...` for type fuse.quantfs), where -f means "fake"
+ * and -s, -n, -v, -t TYPE, -N NS may appear.  Returns the exit status:
+ * 2 for a usage error or a refused option.
+ */
 static int cmd_mount(int argc, char **argv, bool helper)
 {
 	struct qf_buf hub = QF_BUF_INIT;
-	struct mount_opts mo = { 0 };
+	struct qf_mnt_opts mo;
+	char cwdbuf[PATH_MAX];
 	const char *pos[2];
+	const char *cwd;
+	char *abs[2] = { NULL, NULL };
 	struct qf_fs *fs;
 	bool fake = false;
-	int npos = 0, i, ret;
+	bool foreground = false;
+	bool fuse_debug = false;
+	int npos = 0, i, ret = 2;
 
-	mo.threads = 16;
-	qf_buf_addf(&mo.fuse, "ro,fsname=quantfs,subtype=quantfs");
+	cwd = getcwd(cwdbuf, sizeof(cwdbuf));
+	if (qf_mnt_opts_init(&mo) < 0) {
+		fprintf(stderr, "quantfs: out of memory\n");
+		ret = 1;
+		goto out_opts;
+	}
 	for (i = 1; i < argc; i++) {
 		if (helper && (!strcmp(argv[i], "-s") ||
 			       !strcmp(argv[i], "-n") ||
@@ -353,20 +281,20 @@ static int cmd_mount(int argc, char **argv, bool helper)
 			if (helper)
 				fake = true;
 			else
-				mo.foreground = true;
+				foreground = true;
 		} else if (!strcmp(argv[i], "-d")) {
-			mo.foreground = mo.debug = true;
+			foreground = fuse_debug = true;
 		} else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
-			if (parse_o(&mo, argv[++i]) < 0)
-				return 2;
+			if (parse_o(&mo, argv[++i], cwd) < 0)
+				goto out_opts;
 		} else if (!strncmp(argv[i], "-o", 2) && argv[i][2]) {
-			if (parse_o(&mo, argv[i] + 2) < 0)
-				return 2;
+			if (parse_o(&mo, argv[i] + 2, cwd) < 0)
+				goto out_opts;
 		} else if (argv[i][0] == '-' || npos == 2) {
 			fprintf(stderr, "quantfs: unexpected argument '%s'\n",
 				argv[i]);
 			usage(stderr);
-			return 2;
+			goto out_opts;
 		} else {
 			pos[npos++] = argv[i];
 		}
@@ -374,31 +302,41 @@ static int cmd_mount(int argc, char **argv, bool helper)
 	if (npos == 1 && !helper) {	/* quantfs mount MNT: the hub cache */
 		pos[1] = pos[0];
 		pos[0] = hub_cache(&hub);
+		npos = 2;
 	}
-	if (npos == 0 || (npos == 1 && helper)) {
+	if (npos != 2) {
 		usage(stderr);
-		return 2;
+		goto out_opts;
 	}
-	ret = fake ? 0 : check_mountpoint(pos[1]) < 0 ? 1 : -1;
-	if (ret >= 0) {
-		qf_buf_release(&mo.fuse);
-		qf_buf_release(&hub);
-		return ret;
-	}
-	mo.fs.src = pos[0];
+	if (resolve_args(pos, cwd, abs) < 0 || check_calib(&mo) < 0)
+		goto out_opts;
+	ret = 0;
+	if (fake)
+		goto out_opts;
+	if (mo.rw)	/* mount(8) adds rw unless told ro */
+		fprintf(stderr, "quantfs: the mount is read-only; 'rw' "
+			"ignored\n");
+	if (mo.debug)
+		qf_log_set_level(QF_LOG_DEBUG);
+	ret = 1;
+	if (check_mountpoint(abs[1]) < 0)
+		goto out_opts;
+	mo.fs.src = abs[0];
 	ret = qf_fs_new(&mo.fs, &fs);
-	if (ret < 0)
+	if (ret < 0) {
 		fprintf(stderr, "quantfs: cannot serve '%s': %s\n", pos[0],
 			qf_strerror(ret));
-	qf_buf_release(&hub);
-	if (ret < 0) {
-		qf_buf_release(&mo.fuse);
-		return 1;
+		ret = 1;
+		goto out_opts;
 	}
-	ret = qf_fs_run(fs, pos[1], mo.fuse.data, mo.foreground, mo.debug,
+	ret = qf_fs_run(fs, abs[1], mo.fuse.data, foreground, fuse_debug,
 			mo.threads);
 	qf_fs_free(fs);
-	qf_buf_release(&mo.fuse);
+out_opts:
+	free(abs[0]);
+	free(abs[1]);
+	qf_buf_release(&hub);
+	qf_mnt_opts_free(&mo);
 	return ret;
 }
 

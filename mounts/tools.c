@@ -19,38 +19,8 @@
 
 #include "cache.h"
 #include "common.h"
+#include "opts.h"
 #include "tools.h"
-
-int qf_parse_size(const char *s, uint64_t *out)
-{
-	unsigned shift = 0;
-	unsigned long long v;
-	char *end;
-
-	if (*s < '0' || *s > '9')	/* no sign, no blank */
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno == ERANGE)
-		return -ERANGE;
-	if (errno || end == s)
-		return -EINVAL;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	case 't': case 'T': shift = 40; end++; break;
-	}
-	if (*end == 'B' || *end == 'b')
-		end++;
-	if (*end)
-		return -EINVAL;
-	/* 16777216T is 2^64: it would wrap to 0 */
-	if (shift && v > (UINT64_MAX >> shift))
-		return -ERANGE;
-	*out = (uint64_t)v << shift;
-	return 0;
-}
 
 const char *qf_size_error(int err)
 {
@@ -291,7 +261,7 @@ int qf_cmd_cache(int argc, char **argv)
 		} else if (!strcmp(argv[i], "--json")) {
 			json = true;
 		} else if (!strcmp(argv[i], "--max-size") && i + 1 < argc) {
-			ret = qf_parse_size(argv[++i], &max);
+			ret = qf_mnt_parse_size(argv[++i], &max);
 			if (ret < 0) {
 				fprintf(stderr, "quantfs: --max-size '%s': "
 					"%s\n", argv[i], qf_size_error(ret));

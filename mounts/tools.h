@@ -11,12 +11,7 @@
 int qf_cmd_cache(int argc, char **argv);
 /* quantfs warm PATH...; returns the exit status. */
 int qf_cmd_warm(int argc, char **argv);
-/*
- * "123", "64K", "256M", "4G", "1T" (a B may follow).  Returns 0, -EINVAL
- * (not a size) or -ERANGE (2^64 bytes or more: never wraps).
- */
-int qf_parse_size(const char *s, uint64_t *out);
-/* Why qf_parse_size() refused, for a message. */
+/* Why qf_mnt_parse_size() (opts.h) refused, for a message. */
 const char *qf_size_error(int err);
 
 /*

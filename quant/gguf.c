@@ -1374,15 +1374,16 @@ static int write_vocab_kv(struct kvw *w, const struct qf_model *m,
 }
 
 /*
- * The tokenizer.* keys.  Byte-level BPE (a ByteLevel pre-tokenizer or
- * decoder) is "gpt2" with merges; a BPE with byte_fallback in a llama
- * model is "llama" (sentencepiece style), as convert_hf_to_gguf.py picks.
+ * The tokenizer.* keys from the parsed tokenizer.json (tj) and
+ * tokenizer_config.json (tc, NULL when absent).  Byte-level BPE (a
+ * ByteLevel pre-tokenizer or decoder) is "gpt2" with merges; a BPE with
+ * byte_fallback in a llama model is "llama" (sentencepiece style), as
+ * convert_hf_to_gguf.py picks.
  */
-static int write_vocab(struct kvw *w, const struct qf_model *m,
-		       const struct qf_gguf_plan *p, int64_t n_vocab,
-		       const char **why)
+static int vocab_kv(struct kvw *w, const struct qf_model *m, const char *arch,
+		    cJSON *tj, cJSON *tc, int64_t n_vocab, const char **why)
 {
-	struct vocab v = { .n = n_vocab };
+	struct vocab v = { .tj = tj, .tc = tc, .n = n_vocab };
 	const cJSON *model;
 	int ret;
 
@@ -1390,14 +1391,6 @@ static int write_vocab(struct kvw *w, const struct qf_model *m,
 		*why = "vocabulary larger than 4M tokens";
 		return QF_EUNSUPPORTED;
 	}
-	ret = read_json(m, "tokenizer.json", TOK_MAX_JSON, false, &v.tj);
-	if (ret == QF_EFORMAT || ret == -ENOENT)
-		*why = "no readable tokenizer.json";
-	if (!ret)
-		ret = read_json(m, "tokenizer_config.json",
-				TOK_MAX_CONFIG, true, &v.tc);
-	if (ret)
-		goto out_free;
 	model = jget(v.tj, "model");
 	v.gpt2 = has_type(jget(v.tj, "pre_tokenizer"), "ByteLevel",
 			  "pretokenizers") ||
@@ -1407,7 +1400,7 @@ static int write_vocab(struct kvw *w, const struct qf_model *m,
 		*why = "tokenizer model other than BPE";
 		goto out_free;
 	}
-	if (!v.gpt2 && (strcmp(p->arch, "llama") ||
+	if (!v.gpt2 && (strcmp(arch, "llama") ||
 			!cJSON_IsTrue(jget(model, "byte_fallback")))) {
 		*why = "BPE tokenizer neither byte-level nor byte-fallback";
 		goto out_free;
@@ -1426,8 +1419,69 @@ static int write_vocab(struct kvw *w, const struct qf_model *m,
 out_free:
 	free(v.tok);
 	free(v.type);
-	cJSON_Delete(v.tj);
-	cJSON_Delete(v.tc);
+	return ret;
+}
+
+static int write_vocab(struct kvw *w, const struct qf_model *m,
+		       const struct qf_gguf_plan *p, int64_t n_vocab,
+		       const char **why)
+{
+	cJSON *tj = NULL, *tc = NULL;
+	int ret;
+
+	ret = read_json(m, "tokenizer.json", TOK_MAX_JSON, false, &tj);
+	if (ret == QF_EFORMAT || ret == -ENOENT)
+		*why = "no readable tokenizer.json";
+	if (!ret)
+		ret = read_json(m, "tokenizer_config.json",
+				TOK_MAX_CONFIG, true, &tc);
+	if (!ret)
+		ret = vocab_kv(w, m, p->arch, tj, tc, n_vocab, why);
+	cJSON_Delete(tj);
+	cJSON_Delete(tc);
+	return ret;
+}
+
+/* A JSON object from bytes, as read_json() takes it from a file. */
+static int json_object(const char *buf, size_t len, cJSON **out)
+{
+	*out = cJSON_ParseWithLength(buf ? buf : "", len);
+	if (cJSON_IsObject(*out))
+		return 0;
+	cJSON_Delete(*out);
+	*out = NULL;
+	return QF_EFORMAT;
+}
+
+int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
+		     size_t tclen, const struct qf_model *m, const char *arch,
+		     int64_t n_vocab, struct qf_buf *out, uint64_t *nkv,
+		     const char **why)
+{
+	struct kvw w = { .b = out };
+	cJSON *tjo = NULL, *tco = NULL;
+	int ret;
+
+	*why = NULL;
+	snprintf(w.arch, sizeof(w.arch), "%s", arch);
+	ret = json_object(tj, tjlen, &tjo);
+	if (ret)
+		*why = "no readable tokenizer.json";
+	if (!ret && tc && json_object(tc, tclen, &tco)) {
+		*why = "tokenizer_config.json is not a JSON object";
+		ret = QF_EFORMAT;
+	}
+	if (!ret && n_vocab < 1) {
+		*why = "no vocabulary";
+		ret = -EINVAL;
+	}
+	if (!ret)
+		ret = vocab_kv(&w, m, arch, tjo, tco, n_vocab, why);
+	if (!ret)
+		ret = w.err;
+	*nkv = w.nkv;
+	cJSON_Delete(tjo);
+	cJSON_Delete(tco);
 	return ret;
 }
 

@@ -176,6 +176,21 @@ int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		    int *perm);
 
 /*
+ * The tokenizer.* metadata qf_gguf_plan_init() writes, from a
+ * tokenizer.json (tj) and a tokenizer_config.json (tc; NULL: absent)
+ * held in memory, for a model of architecture arch ("llama", "qwen2",
+ * "qwen3") with n_vocab embedding rows; m supplies only config.json's
+ * <what>_token_id fallbacks.  The key/value pairs are appended to out
+ * (GGUF encoding), *nkv of them.  What the GGUF view reads from the
+ * model's files, for the fuzz target.  Returns 0, QF_EFORMAT or
+ * QF_EUNSUPPORTED with *why, -EINVAL (n_vocab < 1), -ENOMEM.
+ */
+int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
+		     size_t tclen, const struct qf_model *m, const char *arch,
+		     int64_t n_vocab, struct qf_buf *out, uint64_t *nkv,
+		     const char **why);
+
+/*
  * Produce the nbytes of tensor i into dst: the source read as f32 in row
  * blocks of about 4 MiB (whole heads when permuted), rows permuted when
  * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]

@@ -84,40 +84,32 @@ static int open_shards(struct qf_model *m, char **names, size_t n)
 	return 0;
 }
 
-/* Names of the shards the index lists (unique, sorted). */
-static int read_index(struct qf_model *m, const char *ipath, char ***names,
-		      size_t *n, cJSON **index)
+int qf_model_index_parse(const char *buf, size_t len, const char *what,
+			 void **index, char ***names, size_t *n)
 {
-	static const char iname[] = "model.safetensors.index.json";
-	struct qf_buf b = QF_BUF_INIT;
+	cJSON *root;
 	cJSON *map;
 	cJSON *it;
 	char **v = NULL;
 	size_t k = 0;
 	size_t i;
-	int ret;
+	int ret = QF_EFORMAT;
 
-	ret = qf_src_read(m->dirfd, iname, INDEX_MAX, &b);
-	if (ret < 0) {
-		qf_err("%s: %s", ipath, qf_strerror(ret));
-		return ret;
-	}
-	*index = cJSON_ParseWithLength(b.data, b.len);
-	qf_buf_release(&b);
-	map = *index ? cJSON_GetObjectItemCaseSensitive(*index, "weight_map")
-		     : NULL;
+	*index = NULL;
+	root = cJSON_ParseWithLength(buf ? buf : "", len);
+	map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") :
+		     NULL;
 	if (!cJSON_IsObject(map)) {
-		qf_err("%s: no \"weight_map\" object", ipath);
-		return QF_EFORMAT;
+		qf_err("%s: no \"weight_map\" object", what);
+		goto out_free;
 	}
 	cJSON_ArrayForEach(it, map) {
 		char **nv;
 
 		if (!cJSON_IsString(it) || !shard_name_ok(it->valuestring)) {
-			qf_err("%s: bad shard name for '%s'", ipath,
+			qf_err("%s: bad shard name for '%s'", what,
 			       it->string ? it->string : "?");
-			free(v);
-			return QF_EFORMAT;
+			goto out_free;
 		}
 		for (i = 0; i < k; i++)
 			if (!strcmp(v[i], it->valuestring))
@@ -125,26 +117,51 @@ static int read_index(struct qf_model *m, const char *ipath, char ***names,
 		if (i < k)
 			continue;
 		if (k == SHARDS_MAX) {
-			free(v);
-			qf_err("%s: more than %d shards", ipath, SHARDS_MAX);
-			return QF_EFORMAT;
+			qf_err("%s: more than %d shards", what, SHARDS_MAX);
+			goto out_free;
 		}
 		nv = realloc(v, (k + 1) * sizeof(*v));
 		if (!nv) {
-			free(v);
-			return -ENOMEM;
+			ret = -ENOMEM;
+			goto out_free;
 		}
 		v = nv;
 		v[k++] = it->valuestring;
 	}
 	if (!k) {
-		qf_err("%s: empty weight_map", ipath);
-		return QF_EFORMAT;
+		qf_err("%s: empty weight_map", what);
+		goto out_free;
 	}
 	qsort(v, k, sizeof(*v), cmp_str);
+	*index = root;
 	*names = v;
 	*n = k;
 	return 0;
+
+out_free:
+	free(v);
+	cJSON_Delete(root);
+	return ret;
+}
+
+/* Names of the shards the index lists (unique, sorted). */
+static int read_index(struct qf_model *m, const char *ipath, char ***names,
+		      size_t *n, cJSON **index)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	void *root = NULL;
+	int ret;
+
+	ret = qf_src_read(m->dirfd, "model.safetensors.index.json", INDEX_MAX,
+			  &b);
+	if (ret < 0) {
+		qf_err("%s: %s", ipath, qf_strerror(ret));
+		return ret;
+	}
+	ret = qf_model_index_parse(b.data, b.len, ipath, &root, names, n);
+	*index = root;
+	qf_buf_release(&b);
+	return ret;
 }
 
 static int build_index(struct qf_model *m, cJSON *index)

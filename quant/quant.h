@@ -262,6 +262,16 @@ const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
 					    const char *name);
 /* True when every shard and config.json are unchanged on disk. */
 bool qf_model_unchanged(const struct qf_model *m);
+/*
+ * The shard names of a model.safetensors.index.json held in buf (what
+ * names it in the log): *names, unique and sorted, point into *index, a
+ * cJSON * whose "weight_map" maps tensors to plain *.safetensors names.
+ * Caller owns *index (cJSON_Delete) and *names (free); on an error
+ * *index is NULL and *names untouched.  Returns 0, QF_EFORMAT (logged),
+ * -ENOMEM.
+ */
+int qf_model_index_parse(const char *buf, size_t len, const char *what,
+			 void **index, char ***names, size_t *n);
 /* Integer from config.json, or def when absent / not a number. */
 long qf_model_cfg_int(const struct qf_model *m, const char *key, long def);
 /*

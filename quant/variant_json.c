@@ -217,7 +217,11 @@ int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
 
 	if (!root)
 		return -ENOMEM;
-	cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
+	/* every one: a source may repeat the key, and a loader takes the
+	 * last (a _fake variant must show none) */
+	while (cJSON_GetObjectItemCaseSensitive(root, "quantization_config"))
+		cJSON_DeleteItemFromObjectCaseSensitive(root,
+							"quantization_config");
 	if (!(v->spec.flags & QF_SPEC_FAKE) &&
 	    v->spec.method != QF_METHOD_KQUANT)	/* GGUF only */
 		cJSON_AddItemToObject(root, "quantization_config",

@@ -22,10 +22,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, SkipTest, SHARED, sha, \
-    sha_in_parallel  # noqa: E402
+from qftest import Mount, mkmodel, mounted, run_tests, SkipTest, SHARED, \
+    sha, sha_in_parallel, QUANTFS as QF  # noqa: E402
 from stread import check_rtn  # noqa: E402
 
+# run from other folders below: a path to it must not be relative
+QF = os.path.abspath(QF) if os.sep in QF else QF
 WORK = tempfile.mkdtemp(prefix="qftest.")
 SRC = os.path.join(WORK, "models")
 os.makedirs(SRC)
@@ -763,6 +765,119 @@ def test_background_mode_and_umount():
     assert u.returncode == 0
     with open("/proc/self/mountinfo") as f:
         assert not any(x.split()[4] == mnt for x in f)
+
+
+def mount_in(cwd, src, mnt, opts):
+    """quantfs mount in the background, run from cwd (the daemon then
+    changes to /): the CompletedProcess."""
+    return subprocess.run([QF, "mount", src, mnt, "-o", opts], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def umount_bg(mnt):
+    u = subprocess.run([QF, "umount", mnt])
+    deadline = time.time() + 20
+    while mounted(mnt) and time.time() < deadline:
+        time.sleep(0.05)
+    assert u.returncode == 0 and not mounted(mnt)
+
+
+def test_relative_cache_src_mnt():
+    """SRC, MNT and cache= given relative to the folder quantfs mount runs
+    in: the LMDB files, the locks and the read files all land in that one
+    absolute cache folder, nothing in the folder itself or under /, and
+    the daemon unmounts by MNT's absolute name."""
+    cwd = tempfile.mkdtemp(prefix="qfrel.")
+    os.makedirs(os.path.join(cwd, "mnt"))
+    mnt = os.path.join(cwd, "mnt")
+    before = set(os.listdir("/"))
+    r = mount_in(cwd, os.path.relpath(SRC, cwd), "mnt", "cache=rel//c/.")
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "mounted 2 model(s) on %s\n" % mnt in r.stderr, r.stderr
+        with open("/proc/mounts") as f:
+            opts = [x for x in f if x.split()[1] == mnt][0].split()[3]
+        # always, not only with allow_other
+        assert "default_permissions" in opts, opts
+        assert "allow_other" not in opts, opts
+        v = os.path.join(mnt, "tiny", "rtn_w4_g128", "model.safetensors")
+        want = sha(v)
+        src = os.path.join(mnt, "tiny", "original", "config.json")
+        if io_info(src)["mode"] == "passthrough":
+            rf = read_file_of(v)
+            assert rf.startswith(os.path.join(cwd, "rel", "c", "files") +
+                                 "/"), rf
+            assert sha(rf) == want
+    finally:
+        umount_bg(mnt)
+    assert sorted(os.listdir(cwd)) == ["mnt", "rel"], os.listdir(cwd)
+    assert os.listdir(os.path.join(cwd, "rel")) == ["c"]
+    cache = os.listdir(os.path.join(cwd, "rel", "c"))
+    for name in ("data.mdb", "lock.mdb", "locks", "files"):
+        assert name in cache, cache
+    assert os.listdir(os.path.join(cwd, "rel", "c", "locks")), cache
+    assert os.listdir(mnt) == []
+    # nothing at the root (the detached daemon's working folder), where
+    # the locks and read files of a path resolved late would be
+    if "rel" not in before:
+        assert not os.path.exists("/rel"), os.listdir("/rel")
+
+
+def test_relative_calibration_paths():
+    """calib= and calib_dir= relative to the folder quantfs mount runs in
+    are found by the detached daemon: quantization.json names the texts'
+    absolute paths."""
+    cwd = tempfile.mkdtemp(prefix="qfrelcal.")
+    os.makedirs(os.path.join(cwd, "mnt"))
+    os.makedirs(os.path.join(cwd, "texts", "sets"))
+    text = "Once upon a time there was a little dog named Spot. " * 200
+    for name in ("rel.txt", os.path.join("sets", "stories.txt")):
+        with open(os.path.join(cwd, "texts", name), "w") as f:
+            f.write(text)
+    mnt = os.path.join(cwd, "mnt")
+    r = mount_in(cwd, SRC, mnt, "cache=c,calib=texts/rel.txt,"
+                 "calib_dir=./texts/sets,calib_n=4,calib_len=32")
+    try:
+        assert r.returncode == 0, r.stderr
+        for var, path in (("gptq_w4_g128", "rel.txt"),
+                          ("gptq_w4_g128@stories", "sets/stories.txt")):
+            q = os.path.join(mnt, "tiny", var, "quantization.json")
+            cal = json.load(open(q))["calibration"]
+            want = "text: %s/texts/%s " % (cwd, path)
+            assert cal["source"].startswith(want), (cal["source"], want)
+            assert cal["sequences"] == 4
+    finally:
+        umount_bg(mnt)
+
+
+def test_bad_options_refused():
+    """A bad value, an unknown option or a missing calibration text
+    refuses the mount: exit status 2, one line naming the option and the
+    value, nothing mounted and no cache created."""
+    cwd = tempfile.mkdtemp(prefix="qfbad.")
+    mnt = os.path.join(cwd, "mnt")
+    os.makedirs(mnt)
+    for bad in ("timeout=nan", "timeout=inf", "timeout=-1", "timeout=0",
+                "calib_n=12abc", "threads=1e3", "threads=0",
+                "calib_len=99999999999", "cache_map=12Q", "brecq_iters=x",
+                "max_jobs=-3", "cache_max=16777216T", "io=fast",
+                "backend=gpu", "calib_seed=-1", "calib_n=", "calib=",
+                "threads", "debug=1", "no_such_option",
+                "mixed_table=attn=5"):
+        r = mount_in(cwd, SRC, "mnt", "cache=c," + bad)
+        assert r.returncode == 2, (bad, r.returncode, r.stderr)
+        lines = r.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("quantfs: ") and \
+            bad in lines[0], (bad, r.stderr)
+        assert not mounted(mnt), bad
+        assert os.listdir(cwd) == ["mnt"], (bad, os.listdir(cwd))
+    r = mount_in(cwd, SRC, "mnt", "cache=c,calib=missing.txt")
+    assert r.returncode == 2 and "calib=%s/missing.txt: " % cwd in \
+        r.stderr, r.stderr
+    r = mount_in(cwd, SRC, "mnt", "cache=c,calib_dir=" + SRC + "/tiny/"
+                 "config.json")
+    assert r.returncode == 2 and "Not a directory" in r.stderr, r.stderr
+    assert not mounted(mnt) and os.listdir(cwd) == ["mnt"]
 
 
 def test_real_model_stories260k():
