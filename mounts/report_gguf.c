@@ -11,6 +11,8 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +69,32 @@ out_close:
 	return ret;
 }
 
+/* Decoded models left by reports that were killed: gguf.<pid>.* of a
+ * process that is gone. */
+static void sweep_stale(const char *parent)
+{
+	struct qf_buf p = QF_BUF_INIT;
+	struct dirent *e;
+	DIR *d = opendir(parent);
+	long pid;
+	char *end;
+
+	while (d && (e = readdir(d))) {
+		if (strncmp(e->d_name, "gguf.", 5))
+			continue;
+		pid = strtol(e->d_name + 5, &end, 10);
+		if (*end != '.' || pid <= 0 || pid > INT_MAX ||
+		    kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		qf_buf_reset(&p);
+		if (qf_buf_addf(&p, "%s/%s", parent, e->d_name) == 0)
+			qf_report_gguf_remove(qf_buf_detach(&p, NULL));
+	}
+	if (d)
+		closedir(d);
+	qf_buf_release(&p);
+}
+
 int qf_report_gguf_model(const struct row *r, const char *parent, char **tmp,
 			 const char **why)
 {
@@ -74,7 +102,8 @@ int qf_report_gguf_model(const struct row *r, const char *parent, char **tmp,
 	int ret;
 
 	*why = NULL;
-	qf_buf_addf(&d, "%s/gguf.XXXXXX", parent);
+	sweep_stale(parent);
+	qf_buf_addf(&d, "%s/gguf.%ld.XXXXXX", parent, (long)getpid());
 	qf_buf_addf(&src, "%s/model.gguf", r->dir);
 	if (!d.data || !src.data) {
 		ret = -ENOMEM;

@@ -19,6 +19,7 @@
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -267,11 +268,20 @@ def test_gguf_only_variants():
     text = open(TEXT, "rb").read()
     src = forward_ref.read_safetensors(os.path.join(SRC, "tiny",
                                                     "model.safetensors"))
+    # a decoded model a killed report left, and one a running report uses
+    reports = os.path.join(cache, "reports")
+    stale = os.path.join(reports, "gguf.999999999.abcdef")
+    live = os.path.join(reports, "gguf.%d.abcdef" % os.getpid())
+    for d in (stale, live):
+        os.makedirs(d)
+        open(os.path.join(d, "model.safetensors"), "wb").write(b"x" * 64)
     with Mount(SRC, opts=["calib_n=8", "calib_len=64"]) as m:
         args = ("report", os.path.join(m.mnt, "tiny"), "--variants",
                 ",".join(kq), "--text", TEXT, "--ctx", CTX, "-o", out,
                 "--cache", cache)
         r1 = qf(*args)
+        assert not os.path.exists(stale) and os.path.exists(live)
+        shutil.rmtree(live)
         assert r1.stderr.count("started") == 3 and "cached" not in \
             r1.stderr, r1.stderr
         j = json.load(open(out[:-3] + ".json"))
