@@ -707,22 +707,6 @@ static void derive(struct row *rows, size_t n)
 	free(front);
 }
 
-size_t qf_report_front_order(const struct row *rows, size_t n, size_t *out)
-{
-	size_t i, j, k = 0;
-
-	for (i = 0; i < n; i++) {
-		if (!rows[i].front)
-			continue;
-		for (j = k; j > 0 && rows[out[j - 1]].file_bytes >
-				     rows[i].file_bytes; j--)
-			out[j] = out[j - 1];
-		out[j] = i;
-		k++;
-	}
-	return k;
-}
-
 static cJSON *num_or_null(double v)
 {
 	return isnan(v) || isinf(v) ? cJSON_CreateNull() :

@@ -204,6 +204,23 @@ static void label_place(const struct label *placed, size_t n, double x,
 	*out = (struct label){ x + 7, x + 7 + w, y - 7, false, false };
 }
 
+/* The front in the order the plot draws it and report.md lists it. */
+size_t qf_report_front_order(const struct row *rows, size_t n, size_t *out)
+{
+	size_t i, j, k = 0;
+
+	for (i = 0; i < n; i++) {
+		if (!rows[i].front)
+			continue;
+		for (j = k; j > 0 && rows[out[j - 1]].file_bytes >
+				     rows[i].file_bytes; j--)
+			out[j] = out[j - 1];
+		out[j] = i;
+		k++;
+	}
+	return k;
+}
+
 int qf_report_svg(const char *path, const char *model, const struct row *rows,
 		  size_t n)
 {
