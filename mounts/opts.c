@@ -351,15 +351,14 @@ static int take_path(struct qf_mnt_opts *mo, const struct opt_def *d,
 /* "0", "512", "1M", "16T": a bound in the unit it divides. */
 static void size_name(uint64_t v, char *out, size_t cap)
 {
-	static const char units[] = "KMGT";
-	int u = -1;
+	static const char *const units[] = { "", "K", "M", "G", "T" };
+	unsigned u = 0;
 
-	while (u < 3 && v && !(v & 1023)) {
+	while (u < 4 && v && !(v & 1023)) {
 		v >>= 10;
 		u++;
 	}
-	snprintf(out, cap, "%llu%.*s", (unsigned long long)v, u >= 0,
-		 u >= 0 ? &units[u] : "");
+	snprintf(out, cap, "%llu%s", (unsigned long long)v, units[u]);
 }
 
 /* A numeric option: one of the three strict parsers, then the field. */
