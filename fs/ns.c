@@ -368,6 +368,7 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 	n->mode = st.st_mode & (kind == QF_NODE_SRCDIR ? 0555 : 0444);
 	if (kind == QF_NODE_SRCFILE || kind == QF_NODE_SRCDIR)
 		n->path = rel.data ? qf_buf_detach(&rel, NULL) : strdup(name);
+	qf_buf_release(&rel);		/* original/model.gguf: unused */
 	if (kind == QF_NODE_GGUF)
 		n->gv = dir->kind == QF_NODE_ORIGDIR ? dir->mdl->gv :
 			dir->var->gv;
