@@ -26,7 +26,8 @@
 #define GUARD_SLOTS 8192
 
 struct guard_slot {
-	atomic_uintptr_t lo;		/* [lo, hi): a guarded mapping, 0: free */
+	atomic_uintptr_t lo;		/* [lo, hi): a guarded mapping, */
+					/* 0: a free slot */
 	atomic_uintptr_t hi;
 	atomic_uint faults;
 };

@@ -319,7 +319,8 @@ static struct qf_node *lookup_locked(struct qf_fs *fs, struct qf_node *dir,
 		if (!ret && S_ISDIR(st.st_mode))
 			kind = QF_NODE_SRCDIR;
 		if (ret == -ENOENT && dir->kind == QF_NODE_ORIGDIR &&
-		    !strcmp(name, "model.gguf") && gguf_of(fs, dir->mdl, NULL)) {
+		    !strcmp(name, "model.gguf") &&
+		    gguf_of(fs, dir->mdl, NULL)) {
 			kind = QF_NODE_GGUF;
 			size = qf_gv_size(dir->mdl->gv);
 			ret = 0;

@@ -2000,22 +2000,20 @@ static void rope_freqs(const struct qf_tf_config *c, float *out)
 	}
 }
 
-/*
- * LlamaModel.permute on nr rows of cols: within each head of hd rows, row
- * 2i + j of the result is row j * hd / 2 + i of the source (HF's
- * rotate-half pairs become llama.cpp's adjacent pairs).
- */
-static void permute_rows(const float *src, float *dst, int64_t nr,
-			 int64_t cols, int64_t hd)
+void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
+			  int64_t cols, int64_t hd, bool inverse)
 {
-	int64_t h, i, j;
+	int64_t h, i, j, a, b;
 
 	for (h = 0; h < nr; h += hd)
 		for (i = 0; i < hd / 2; i++)
-			for (j = 0; j < 2; j++)
-				memcpy(dst + (h + 2 * i + j) * cols,
-				       src + (h + j * hd / 2 + i) * cols,
+			for (j = 0; j < 2; j++) {
+				a = h + 2 * i + j;	/* llama.cpp's row */
+				b = h + j * hd / 2 + i;	/* HF's row */
+				memcpy(dst + (inverse ? b : a) * cols,
+				       src + (inverse ? a : b) * cols,
 				       (size_t)cols * sizeof(*dst));
+			}
 }
 
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
@@ -2065,7 +2063,7 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		if (ret)
 			break;
 		if (t->permute_heads) {
-			permute_rows(buf, tmp, nr, cols, hd);
+			qf_gguf_permute_rows(buf, tmp, nr, cols, hd, false);
 			x = tmp;
 		}
 		if (t->ndim == 1) {

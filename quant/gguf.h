@@ -163,11 +163,20 @@ int qf_gguf_plan_init(const struct qf_model *m,
 void qf_gguf_plan_free(struct qf_gguf_plan *p);
 
 /*
+ * LlamaModel.permute of nr rows of cols, as llama.cpp's converter writes
+ * q_proj/k_proj: within each head of hd rows, row 2i + j of dst is row
+ * j * hd / 2 + i of src (HF's rotate-half pairs become llama.cpp's adjacent
+ * pairs); inverse: back.  dst and src do not overlap.
+ */
+void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
+			  int64_t cols, int64_t hd, bool inverse);
+
+/*
  * The Hugging Face name of GGUF tensor gg as qf_gguf_plan_init() names it
  * for architecture arch ("llama", "qwen2" or "qwen3"), into hf (cap
  * bytes), and in *perm how the writer ordered its rows: 0 as the source,
  * 1 permuted by attention heads, 2 by kv heads (LlamaModel.permute, arch
- * llama only; see permute_rows() in gguf.c).  Tied embeddings have no
+ * llama only; see qf_gguf_permute_rows()).  Tied embeddings have no
  * output.weight; rope_freqs.weight is generated and has no source name.
  * Returns 0, -ENOENT (no source name), QF_EUNSUPPORTED (another
  * architecture), -ENAMETOOLONG.

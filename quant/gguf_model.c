@@ -226,20 +226,6 @@ static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 	return 0;
 }
 
-/* Inverse of gguf.c's permute_rows(): row 2i + j goes back to j hd/2 + i. */
-static void unpermute_rows(const float *src, float *dst, int64_t nr,
-			   int64_t cols, int64_t hd)
-{
-	int64_t h, i, j;
-
-	for (h = 0; h < nr; h += hd)
-		for (i = 0; i < hd / 2; i++)
-			for (j = 0; j < 2; j++)
-				memcpy(dst + (h + j * hd / 2 + i) * cols,
-				       src + (h + 2 * i + j) * cols,
-				       (size_t)cols * sizeof(*dst));
-}
-
 /* Decode s's tensor into the file at off, in blocks of whole heads. */
 static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 			int fd, uint64_t off, const char **why)
@@ -278,10 +264,10 @@ static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 			break;
 		}
 		if (s->heads) {
-			if (t->ndim == 2)
-				unpermute_rows(buf, tmp, nr, cols, hd);
-			else
-				unpermute_rows(buf, tmp, cols, 1, hd);
+			bool two = t->ndim == 2;
+
+			qf_gguf_permute_rows(buf, tmp, two ? nr : cols,
+					     two ? cols : 1, hd, true);
 			x = tmp;
 		}
 		ret = write_at(fd, x, (size_t)(nr * cols) * sizeof(*x),
