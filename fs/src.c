@@ -88,7 +88,8 @@ static void names_free(char **v, size_t n)
 	free(v);
 }
 
-/* Names in dirfd (no dot files), sorted; *out is malloc'd, each too. */
+/* Names in dirfd (no dot files), sorted; *out is malloc'd, each too
+ * (NULL and 0 on failure). */
 static int dir_names(int dirfd, char ***out, size_t *n)
 {
 	/* a description of its own: threads list one directory at once */
@@ -98,6 +99,8 @@ static int dir_names(int dirfd, char ***out, size_t *n)
 	char **v = NULL, **nv;
 	size_t k = 0;
 
+	*out = NULL;			/* names_free() is safe on failure */
+	*n = 0;
 	if (!d) {
 		if (fd >= 0)
 			close(fd);
@@ -205,8 +208,7 @@ static void snapshot_names(int repo, char ***names, size_t *n)
 	*n = 0;
 	if (snaps < 0)
 		return;
-	if (dir_names(snaps, names, n) < 0)
-		*n = 0;
+	dir_names(snaps, names, n);
 	close(snaps);
 }
 
@@ -455,6 +457,28 @@ int qf_src_model(struct qf_fs *fs, const char *org, const char *base,
 	return 0;
 }
 
+/* A folder in dirfd holds a model directory (a folder with config.json). */
+static bool holds_models(int dirfd)
+{
+	char **names;
+	struct stat st;
+	bool found = false;
+	size_t n, i;
+	int m;
+
+	if (dir_names(dirfd, &names, &n) < 0)
+		return false;
+	for (i = 0; i < n && !found; i++) {
+		m = qf_src_openat(dirfd, names[i], O_DIRECTORY, &st);
+		if (m >= 0) {
+			found = qf_src_statat(m, "config.json", &st) == 0;
+			close(m);
+		}
+	}
+	names_free(names, n);
+	return found;
+}
+
 /* Whether ORG in SRC holds models: models--ORG--* or SRC/ORG/x/config.json */
 int qf_src_org(struct qf_fs *fs, const char *org, struct stat *st)
 {
@@ -481,20 +505,9 @@ int qf_src_org(struct qf_fs *fs, const char *org, struct stat *st)
 	fd = qf_src_openat(fs->srcfd, org, O_DIRECTORY, st);
 	if (fd < 0)
 		return fd;
-	ret = dir_names(fd, &names, &n);
-	for (i = 0; !ret && i < n && !found; i++) {
-		struct stat cst;
-		int m = qf_src_openat(fd, names[i], O_DIRECTORY, &cst);
-
-		if (m >= 0) {
-			found = qf_src_statat(m, "config.json", &cst) == 0;
-			close(m);
-		}
-	}
-	if (!ret)
-		names_free(names, n);
+	found = holds_models(fd);
 	close(fd);
-	return ret < 0 ? ret : found ? 0 : -ENOENT;
+	return found ? 0 : -ENOENT;
 }
 
 static int add_unique(struct qf_buf *out, size_t *count, const char *name)
@@ -566,14 +579,14 @@ int qf_src_list(struct qf_fs *fs, const char *org, struct qf_buf *out,
 		m = qf_src_openat(fd, names[i], O_DIRECTORY, &st);
 		if (m < 0)
 			continue;
-		if (qf_src_statat(m, "config.json", &st) == 0)
-			ret = add_unique(out, count, names[i]);
-		else if (!org && qf_src_org(fs, names[i], &st) == 0)
+		/* a model, or (at the root) an org of them; hub orgs were
+		 * listed above */
+		if (qf_src_statat(m, "config.json", &st) == 0 ||
+		    (!org && holds_models(m)))
 			ret = add_unique(out, count, names[i]);
 		close(m);
 	}
-	if (!ret)
-		names_free(names, n);
+	names_free(names, n);
 	close(fd);
 	return ret;
 }
