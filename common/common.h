@@ -110,12 +110,23 @@ void qf_log(enum qf_log_level lvl, const char *fmt, ...)
 #define qf_info(...) qf_log(QF_LOG_INFO, __VA_ARGS__)
 #define qf_debug(...) qf_log(QF_LOG_DEBUG, __VA_ARGS__)
 
-/* SHA-256 (FIPS 180-4). */
+/*
+ * UTF-8 (common/utf8.c).  qf_utf8_decode: the code point at s[0..n), n >=
+ * 1, into *cp, and the bytes it takes (>= 1); on a bad sequence *cp =
+ * QF_UTF8_BAD and the length of its maximal valid prefix (at least 1), as
+ * WHATWG and Rust's from_utf8_lossy count errors.  qf_utf8_valid: strict
+ * (no overlong forms, surrogates or code points past U+10FFFF).
+ * qf_utf8_encode: cp (<= U+10FFFF) into out, returns 1..4.
+ */
+#define QF_UTF8_BAD 0xFFFFFFFFu
+size_t qf_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+bool qf_utf8_valid(const char *s, size_t n);
+size_t qf_utf8_encode(uint32_t cp, char out[4]);
+
+/* SHA-256 (FIPS 180-4), libcrypto's: a context by value, no allocation,
+ * no failure; init, update any number of times, final once. */
 struct qf_sha256 {
-	uint32_t h[8];
-	uint64_t nbytes;
-	uint8_t block[64];
-	size_t fill;
+	_Alignas(8) unsigned char ctx[128];	/* a SHA256_CTX */
 };
 void qf_sha256_init(struct qf_sha256 *c);
 void qf_sha256_update(struct qf_sha256 *c, const void *data, size_t len);
