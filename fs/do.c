@@ -85,7 +85,7 @@ int qf_fs_do_lookup(struct qf_fs *fs, uint64_t parent, const char *name,
 	err = -ENOENT;
 	n = qf_ns_lookup(fs, dir, name, &err);	/* a setup may wait */
 	if (!n)
-		return -qf_fs_errno(err);
+		return err < 0 ? -qf_fs_errno(err) : -ENOENT;
 	fill_entry(fs, n, e);
 	return 0;
 }
