@@ -270,6 +270,8 @@ int qf_fs_do_read(struct qf_fs *fs, uint64_t ino, uint64_t fh, uint64_t off,
 			       "daemon", n->name);
 			return -EIO;
 		}
+		if (!fh)		/* not from qf_fs_do_open() */
+			return -EBADF;
 		one_seg(rd, (int)(fh - 1), off, NULL, size);
 		rd->move = true;
 		return 0;

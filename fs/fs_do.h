@@ -108,7 +108,7 @@ struct qf_fs_rd {
  * Up to size bytes of ino at off (fh: from the open) into *rd, which the
  * caller releases with qf_fs_rd_release() whatever the result.  Short at
  * the end of the file; nothing past it.  Returns 0, -ENOENT, -EISDIR,
- * -EIO, -EINTR, other -errno.
+ * -EIO, -EBADF (a source file with no fh), -EINTR, other -errno.
  */
 int qf_fs_do_read(struct qf_fs *fs, uint64_t ino, uint64_t fh, uint64_t off,
 		  uint64_t size, struct qf_fs_rd *rd);

@@ -283,6 +283,7 @@ static void test_source(struct qf_fs *fs, uint64_t mdl)
 	struct qf_buf path = QF_BUF_INIT, text = QF_BUF_INIT;
 	struct qf_fs_entry e;
 	struct qf_fs_open op;
+	struct qf_fs_rd rd;
 
 	CHECK(qf_buf_addf(&path, "%s/src/tiny/config.json", dir), ==, 0);
 	CHECK(qf_read_file(path.data, 1 << 20, &text), ==, 0);
@@ -295,6 +296,8 @@ static void test_source(struct qf_fs *fs, uint64_t mdl)
 	check_range(fs, f, op.fh, (const uint8_t *)text.data, text.len, 3,
 		    20);
 	qf_fs_do_release(fs, f, op.fh);
+	CHECK(qf_fs_do_read(fs, f, 0, 0, 10, &rd), ==, -EBADF);
+	qf_fs_rd_release(&rd);
 	qf_buf_release(&path);
 	qf_buf_release(&text);
 }
