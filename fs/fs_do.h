@@ -68,8 +68,8 @@ void qf_fs_do_releasedir(struct qf_fs_dir *d);
 /* What an open gives: the handle reads and the release get back. */
 struct qf_fs_open {
 	uint64_t fh;
-	int backing;			/* > 0: the kernel reads this backing
-					 * file (passthrough); fh then says so */
+	int backing;			/* > 0: the kernel reads this
+					 * backing file (passthrough) */
 	bool keep_cache;
 	bool direct_io;
 };
