@@ -1,7 +1,7 @@
 /*
  * files.c - read files: <dir>/files/<vid hex>.<tag>, the whole bytes of
  * one served file of a variant, which the mount hands to the kernel as a
- * passthrough backing file (fs/passthrough.c).  They are derived from
+ * passthrough backing file (fs/pt.c).  They are derived from
  * the values, written once, and go with their variant: dropped with it
  * (first: unlinking frees disk space at once, even on a full disk),
  * counted with it by `quantfs cache` and eviction.

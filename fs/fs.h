@@ -1,9 +1,9 @@
 /*
  * fs.h - the quantfs filesystem: namespace, file assembler, FUSE ops.
  *
- * The only module that includes fuse_lowlevel.h and chooses errno values.
- * mounts/ creates a qf_fs, hands qf_fs_ops() to a FUSE session, and runs
- * the loop.
+ * The only module that includes fuse_lowlevel.h (its ll_*.c files alone)
+ * and chooses errno values.  mounts/ creates a qf_fs and runs the FUSE
+ * session on it (qf_fs_run); the operations without FUSE are fs_do.h's.
  */
 #ifndef QF_FS_H
 #define QF_FS_H
@@ -12,7 +12,6 @@
 #include <stdint.h>
 
 struct qf_fs;
-struct fuse_lowlevel_ops;
 
 struct qf_fs_opts {
 	const char *src;		/* a model dir or a dir of model dirs */
@@ -58,7 +57,6 @@ enum {
 int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out);
 void qf_fs_free(struct qf_fs *fs);
 size_t qf_fs_model_count(const struct qf_fs *fs);
-const struct fuse_lowlevel_ops *qf_fs_ops(void);
 /*
  * Mount on mnt with the given FUSE -o option string, daemonize unless
  * foreground, and serve until unmounted or signalled.  Returns the exit

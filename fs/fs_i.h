@@ -47,7 +47,7 @@ struct qf_node {
 	struct qf_gv *gv;		/* GGUF */
 	uint64_t size;			/* GENFILE/WEIGHTS/SRCFILE size */
 	struct qf_node *hnext;		/* (parent, name) hash chain */
-	/* kernel passthrough (passthrough.c), fs->pt_lock */
+	/* kernel passthrough (pt.c), fs->pt_lock */
 	int pt_id;			/* backing id, 0: none registered */
 	int pt_fd;			/* its file, while pt_id */
 	unsigned pt_open;		/* opens passed through */
@@ -166,6 +166,17 @@ struct qf_var {
 	uint64_t prod_src;		/* source bytes quantized, lock */
 };
 
+/*
+ * What the core asks of the kernel's FUSE device (ll_passthrough.c
+ * provides it with the session): register fd as a backing file, its id
+ * (> 0) or -errno (fd -1 only asks whether this daemon may: -EPERM when
+ * it lacks the privilege); and unregister one.
+ */
+struct qf_fs_kernel {
+	int (*backing_open)(struct qf_fs *fs, int fd);
+	int (*backing_close)(struct qf_fs *fs, int id);
+};
+
 enum {
 	QF_GROUP_NONE,
 	QF_GROUP_BUSY,
@@ -196,7 +207,7 @@ struct qf_fs {
 	size_t nhash;
 	uid_t uid;
 	gid_t gid;
-	uint64_t kflags;		/* kernel INIT flags (session.c) */
+	uint64_t kflags;		/* kernel INIT flags (ll_session.c) */
 	uint64_t init_unique;		/* INIT request id until replied */
 	bool direct;			/* direct_io + mmap negotiated */
 	bool passthrough;		/* FUSE_PASSTHROUGH negotiated */
@@ -204,6 +215,8 @@ struct qf_fs {
 					 * 1 allowed, -1 refused (privilege) */
 	pthread_mutex_t pt_lock;	/* the nodes' pt_* fields */
 	struct fuse_session *se;	/* set before the loop starts */
+	const struct qf_fs_kernel *kern; /* with se (ll_passthrough.c);
+					 * NULL: no mount, no passthrough */
 	pthread_mutex_t job_lock;
 	pthread_cond_t job_cond;
 	int njobs;			/* job threads, job_lock */
@@ -392,7 +405,7 @@ const uint8_t *qf_gv_vid(const struct qf_gv *gv);
 const struct qf_buf *qf_gv_header(const struct qf_gv *gv);
 
 /*
- * passthrough.c: kernel passthrough of source files and of variant files
+ * pt.c: kernel passthrough of source files and of variant files
  * whose bytes are all cached.  An open asks qf_pt_open(): a backing id
  * (> 0) to put in the open reply, or 0 (the daemon serves this open);
  * every open is paired with one qf_pt_release() saying which it was.
@@ -406,25 +419,23 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt);
  * answered, its read file (JSON).
  */
 int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out);
-/* session.c: the open reply this thread sends next passes through */
-void qf_fs_open_passthrough(int backing_id);
 
-/* assemble.c */
-struct fuse_bufvec;
+/* range.c */
+struct qf_fs_rd;
 /*
- * Buffer vector of [off, end) of var's model.safetensors: header bytes,
- * source-file ranges and LMDB data-file ranges.  Every group in range
- * must be in the cache; txn stays open until the vector is used.
- * *out is malloc'd.  Returns 0, QF_ECORRUPT, -ENOMEM.
+ * Segments of [off, end) of var's model.safetensors into rd (fs_do.h),
+ * after producing the groups they touch (again, when another process
+ * evicted them meanwhile).  rd holds a cache read transaction until
+ * qf_fs_rd_release(), also after an error.  Returns 0, QF_ECORRUPT (also:
+ * the source changed since it was opened), QF_ECACHE, -ENOMEM, -EINTR.
  */
-int qf_fs_bufvec(struct qf_fs *fs, struct qf_var *var,
-		 struct qf_cache_txn *txn, uint64_t off, uint64_t end,
-		 struct fuse_bufvec **out);
+int qf_fs_read_weights(struct qf_fs *fs, struct qf_var *var, uint64_t off,
+		       uint64_t end, struct qf_fs_rd *rd);
 /* True when no shard of the model changed since it was opened. */
 bool qf_fs_source_intact(const struct qf_model *m);
 
 /*
- * Wait on cond (lock held) for at most a moment; -EINTR when the FUSE
+ * ll_ops.c: wait on cond (lock held) for at most a moment; -EINTR when the FUSE
  * request this thread serves was interrupted or the session is ending.
  */
 int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
@@ -457,7 +468,7 @@ int qf_fs_prod_begin(struct qf_fs *fs);
 void qf_fs_prod_end(struct qf_fs *fs);
 /* At mount: delete the temporary files of killed writers (logged). */
 void qf_fs_clean_files(struct qf_fs *fs);
-/* ops.c: the uid of the request this thread serves (the daemon's). */
+/* ll_ops.c: the uid of the request this thread serves (the daemon's). */
 uid_t qf_fs_req_uid(const struct qf_fs *fs);
 
 /* errno for a qf error code (fs/ alone decides errno values). */

@@ -1,5 +1,5 @@
 /*
- * session.c - the FUSE session: mount, daemonize, the multithreaded loop,
+ * ll_session.c - the FUSE session: mount, daemonize, the multithreaded loop,
  * and the kernel I/O hooks.
  *
  * Kernel I/O hooks: libfuse 3.14 cannot ask for FUSE_DIRECT_IO_ALLOW_MMAP
@@ -12,11 +12,9 @@
  * the flag (older kernels) files stay in page-cache mode.
  *
  * Kernel passthrough (FUSE_PASSTHROUGH, Linux 6.9+; libfuse 3.16+ knows
- * it, 3.14 does not): the INIT reply asks for it the same way, and an OPEN
- * reply that passthrough.c chose to pass through gets FOPEN_PASSTHROUGH
- * and the backing id in the slot 3.14's struct calls padding.  The worker
- * thread that reads a request also answers it, so the OPEN request's id
- * and the chosen backing id travel in thread-local variables.
+ * it, 3.14 does not): the INIT reply asks for it the same way, and the
+ * OPEN replies that pt.c chose to pass through are marked on their way
+ * out (ll_passthrough.c).
  */
 #define FUSE_USE_VERSION 312
 
@@ -32,27 +30,12 @@
 #include <unistd.h>
 
 #include "fs_i.h"
+#include "ll.h"
 
 #ifndef FUSE_DIRECT_IO_ALLOW_MMAP
 #define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)	/* Linux 6.6 uapi */
 #endif
 #define QF_FUSE_PASSTHROUGH (1ULL << 37)	/* Linux 6.9 uapi */
-#define QF_FOPEN_PASSTHROUGH (1u << 7)
-
-/* fuse_open_out as Linux 6.9 has it (3.14: backing_id is padding) */
-struct qf_open_out {
-	uint64_t fh;
-	uint32_t open_flags;
-	int32_t backing_id;
-};
-
-static __thread uint64_t open_unique;	/* the OPEN this thread serves */
-static __thread int open_backing;	/* its backing id, 0: none */
-
-void qf_fs_open_passthrough(int backing_id)
-{
-	open_backing = backing_id;
-}
 
 static ssize_t kio_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -60,10 +43,8 @@ static ssize_t kio_read(int fd, void *buf, size_t len, void *userdata)
 	const struct fuse_in_header *h = buf;
 	ssize_t n = read(fd, buf, len);
 
-	if (n >= (ssize_t)sizeof(*h)) {
-		open_unique = h->opcode == FUSE_OPEN ? h->unique : 0;
-		open_backing = 0;
-	}
+	if (n >= (ssize_t)sizeof(*h))
+		qf_ll_pt_request(h->unique, h->opcode);
 	if (n >= (ssize_t)(sizeof(*h) + offsetof(struct fuse_init_in,
 						   unused)) &&
 	    h->opcode == FUSE_INIT) {
@@ -84,15 +65,7 @@ static ssize_t kio_writev(int fd, struct iovec *iov, int count,
 	struct qf_fs *fs = userdata;
 	const struct fuse_out_header *oh = iov[0].iov_base;
 
-	if (open_backing && count >= 2 && iov[0].iov_len == sizeof(*oh) &&
-	    oh->unique == open_unique && oh->error == 0 &&
-	    iov[1].iov_len == sizeof(struct qf_open_out)) {
-		struct qf_open_out *o = iov[1].iov_base;
-
-		o->open_flags |= QF_FOPEN_PASSTHROUGH;
-		o->backing_id = open_backing;
-		open_backing = 0;
-	}
+	qf_ll_pt_reply(iov, count);
 	if (fs->init_unique && count >= 2 && iov[0].iov_len == sizeof(*oh) &&
 	    oh->unique == fs->init_unique) {
 		struct fuse_init_out *o = iov[1].iov_base;
@@ -179,6 +152,7 @@ int qf_fs_run(struct qf_fs *fs, const char *mnt, const char *fuse_opts,
 	if (fuse_session_custom_io(se, &kio, fd) != 0)
 		qf_warn("cannot install the kernel I/O hooks; page-cache mode");
 	fs->se = se;
+	fs->kern = &qf_ll_kernel;
 	qf_info("mounted %zu model(s) on %s", fs->nmodels, mnt);
 	if (!foreground)
 		qf_log_set_syslog(true);

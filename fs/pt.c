@@ -1,7 +1,10 @@
 /*
- * passthrough.c - kernel passthrough (Linux 6.9+): reads and mmap of an
- * open file go to a backing file inside the kernel, at a plain file's
- * speed, with no request to the daemon.
+ * pt.c - kernel passthrough (Linux 6.9+): reads and mmap of an open file
+ * go to a backing file inside the kernel, at a plain file's speed, with
+ * no request to the daemon.  This is the part without FUSE: which file
+ * backs a node, read files, the count of opens; ll_passthrough.c
+ * registers backing files with /dev/fuse (fs->kern) and marks the open
+ * reply.
  *
  * Backing files: a source file passed through is its own.  A variant's
  * model.safetensors or model.gguf gets a read file in the cache
@@ -10,7 +13,7 @@
  * complete file is released or a complete file is opened without one.
  * Until then, and where the kernel or the daemon's privileges do not
  * allow it (FUSE_DEV_IOC_BACKING_OPEN wants CAP_SYS_ADMIN), the daemon
- * serves the file itself (ops.c).
+ * serves the file itself (do.c).
  *
  * The kernel keeps one backing file per inode and wants the opens of an
  * inode to agree: while one open passes through every new open must, and
@@ -19,31 +22,19 @@
  * the open with EIO.  So each node counts both kinds (fs->pt_lock), and
  * its backing id stays registered while it has passthrough opens.
  */
-#define FUSE_USE_VERSION 312
-
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "fs_do.h"
 #include "fs_i.h"
-
-/* Linux 6.9 uapi (Debian 12's headers predate it) */
-struct qf_backing_map {
-	int32_t fd;
-	uint32_t flags;
-	uint64_t padding;
-};
-#define QF_IOC_BACKING_OPEN _IOW(229, 1, struct qf_backing_map)
-#define QF_IOC_BACKING_CLOSE _IOW(229, 2, uint32_t)
 
 #define CHUNK (8u << 20)
 #define SUM_XATTR "user.quantfs.sum"	/* qf_hash64 chained per CHUNK */
@@ -129,20 +120,16 @@ static int open_read_file(struct qf_fs *fs, const struct qf_node *n)
 }
 
 /*
- * May this daemon register backing files?  Asked once, with a map the
- * kernel rejects as invalid (EINVAL) after checking privilege (EPERM).
- * Caller holds fs->pt_lock.
+ * May this daemon register backing files?  Asked once (-EPERM: it lacks
+ * the privilege).  Caller holds fs->pt_lock.
  */
 static bool allowed(struct qf_fs *fs)
 {
-	struct qf_backing_map map = { .fd = -1, .flags = 1 };
-
-	if (!fs->passthrough || !fs->se)
+	if (!fs->passthrough || !fs->kern)
 		return false;
 	if (!fs->pt_state) {
 		fs->pt_state = 1;
-		if (ioctl(fuse_session_fd(fs->se), QF_IOC_BACKING_OPEN,
-			  &map) < 0 && errno == EPERM) {
+		if (fs->kern->backing_open(fs, -1) == -EPERM) {
 			fs->pt_state = -1;
 			qf_info("kernel passthrough needs CAP_SYS_ADMIN: files "
 				"are served by the daemon");
@@ -187,32 +174,17 @@ static int pread_all(int fd, uint8_t *p, size_t len, uint64_t off)
 static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 			 uint64_t end, uint8_t *dst)
 {
-	struct qf_cache_txn *txn;
-	struct fuse_bufvec *bv;
-	size_t i;
+	struct qf_fs_rd rd = { 0 };
+	uint64_t len = 0;
 	int ret;
 
-	ret = qf_var_ensure_range(fs, var, off, end);
+	ret = qf_fs_read_weights(fs, var, off, end, &rd);
 	if (!ret)
-		ret = qf_cache_read_begin(fs->cache, &txn);
-	if (ret < 0)
-		return ret;
-	ret = qf_fs_bufvec(fs, var, txn, off, end, &bv);
-	if (!ret) {
-		for (i = 0; !ret && i < bv->count; i++) {
-			const struct fuse_buf *b = &bv->buf[i];
-
-			if (b->flags & FUSE_BUF_IS_FD)
-				ret = pread_all(b->fd, dst, b->size,
-						(uint64_t)b->pos);
-			else
-				memcpy(dst, b->mem, b->size);
-			dst += b->size;
-		}
-		free(bv);
-	}
-	qf_cache_read_end(txn);
-	return ret == -ENOENT ? QF_ECORRUPT : ret;
+		ret = qf_fs_rd_copy(&rd, dst, &len);
+	if (!ret && len != end - off)
+		ret = QF_ECORRUPT;
+	qf_fs_rd_release(&rd);
+	return ret;
 }
 
 /*
@@ -513,10 +485,7 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 		     qf_ns_open_src(n) :
 		     open_read_file(fs, n);
 		if (fd >= 0) {
-			struct qf_backing_map map = { .fd = fd };
-
-			id = ioctl(fuse_session_fd(fs->se),
-				   QF_IOC_BACKING_OPEN, &map);
+			id = fs->kern->backing_open(fs, fd);
 			if (id > 0) {
 				n->pt_id = id;
 				n->pt_fd = fd;
@@ -526,7 +495,7 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 				n->pt_verified = true;
 			} else {
 				qf_debug("%s: no passthrough: %s", n->name,
-					 strerror(errno));
+					 strerror(-id));
 				close(fd);
 				id = 0;
 			}
@@ -552,12 +521,11 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
 		return;
 	pthread_mutex_lock(&fs->pt_lock);
 	if (pt && n->pt_open && --n->pt_open == 0) {
-		uint32_t id = (uint32_t)n->pt_id;
+		int ret = fs->kern->backing_close(fs, n->pt_id);
 
-		if (ioctl(fuse_session_fd(fs->se), QF_IOC_BACKING_CLOSE,
-			  &id) < 0)
-			qf_warn("%s: closing backing file %u: %s", n->name, id,
-				strerror(errno));
+		if (ret < 0)
+			qf_warn("%s: closing backing file %d: %s", n->name,
+				n->pt_id, strerror(-ret));
 		close(n->pt_fd);
 		n->pt_id = 0;
 		n->pt_fd = -1;
