@@ -296,6 +296,12 @@ bool qf_tf_linear_bias(const struct qf_model *m, const struct qf_tf_config *c,
 /* ------------------------------------------------------------------ */
 /* checkpoint packing: GPTQ v1 (pack_gptq.c), AWQ GEMM (pack_awq.c)    */
 
+/* Groups of a row of in columns. */
+static inline int64_t qf_ngroups(int64_t in, int group)
+{
+	return group <= 0 || group >= in ? 1 : (in + group - 1) / group;
+}
+
 /* True when bits packs [in, out] into GPTQ qweight/qzeros words. */
 bool qf_gptq_packable(int bits, int64_t in, int64_t out);
 /*

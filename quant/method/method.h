@@ -34,12 +34,6 @@ struct qf_qparams {
 	bool sym;
 };
 
-/* Groups of a row of in columns. */
-static inline int64_t qf_ngroups(int64_t in, int group)
-{
-	return group <= 0 || group >= in ? 1 : (in + group - 1) / group;
-}
-
 /*
  * Round-to-nearest quantization of w (rows x in, row-major: the nn.Linear
  * [out, in] layout) into q (rows x in), scale/zero (rows x ngroups).
