@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "cache.h"
-#include "quant.h"
+#include "method.h"
 
 static uint64_t rng = 88172645463325252ull;
 

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 
 #include "common.h"
-#include "quant.h"
+#include "nn.h"
 #include "tf_kernels.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "quant.h"
+#include "method.h"
 
 static double best_of(int reps, void (*fn)(void *), void *arg)
 {
@@ -75,7 +75,7 @@ static void run_quant(void *a)
 #endif
 
 /* What production does: blocks of 8 rows converted, checked, rounded
- * while they sit in cache (quant/variant.c rows_run), one thread. */
+ * while they sit in cache (quant/variant/variant.c rows_run), one thread. */
 static void run_fused(void *a)
 {
 	struct ctx *c = a;

@@ -7,7 +7,9 @@ preprocessor lines stripped, definitions are the brace blocks at file
 level that follow a parameter list).  Checks:
   - each arrow between two parts is one the rules allow ('uses', followed
     transitively) and none is a 'never' arrow, even through other parts;
-  - each outside header is included only by the parts 'external' names;
+  - each outside header is included only by the parts 'external' names,
+    and a private header (architecture.json 'private') only by files of
+    its own folder;
   - no circle of files that include or call each other (a header is its
     own node: including it is an arrow to it, calling a function is an
     arrow to the .c that defines it);
@@ -108,7 +110,9 @@ def functions(code):
             stmt_start, stmt_line = i + 1, line
         elif c == "{":
             if depth == 0:
-                head = code[stmt_start:i]
+                head = re.sub(r"__attribute__\s*\(\(.*?\)\)", lambda m:
+                              re.sub(r"[^\n]", " ", m.group(0)),
+                              code[stmt_start:i], flags=re.S)
                 m = DEF.search(head.rstrip())
                 if m and "=" not in head[:m.start()] and \
                         m.group(1) not in ("if", "for", "while", "switch"):
@@ -166,6 +170,11 @@ def main():
                 cands = near or cands
                 if len(cands) == 1:
                     arrows.add((f, cands[0], "includes"))
+                    if any(fnmatch.fnmatch(os.path.basename(inc), p)
+                           for p in RULES["private"]) and \
+                            os.path.dirname(cands[0]) != os.path.dirname(f):
+                        bad.append("%s: includes %s, private to %s/" % (
+                            f, inc, os.path.dirname(cands[0])))
                 elif not cands:
                     bad.append("%s: includes %s, which is not in the tree"
                                % (f, inc))
@@ -213,7 +222,11 @@ def main():
         pa, pb = part_of(a), part_of(b)
         if pa is None or pb is None or pa == pb:
             continue
-        if pb not in allowed.get(pa, ()):
+        extra = set()
+        for path, part, _ in RULES.get("exceptions", []):
+            if path == a:
+                extra |= {part} | allowed.get(part, set())
+        if pb not in allowed.get(pa, ()) and pb not in extra:
             key = (a, b)
             if key not in seen_pairs:
                 seen_pairs.add(key)

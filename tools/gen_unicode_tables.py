@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Generate quant/tok_unicode.c: the Unicode tables the tokenizer needs.
+"""Generate quant/tok/tok_unicode.c: the Unicode tables the tokenizer needs.
 
 The pre-tokenizer regexes of byte-level BPE tokenizers use \\p{L} and
 \\p{N}; Qwen's normalizer is NFC.  We have no ICU or PCRE, so this script
@@ -8,7 +8,7 @@ Debian 12's python3.11) into sorted range tables that the C side searches
 with binary search.  White_Space is a fixed, tiny set and is written by
 hand in tok_bpe.c instead.
 
-Usage: tools/gen_unicode_tables.py > quant/tok_unicode.c
+Usage: tools/gen_unicode_tables.py > quant/tok/tok_unicode.c
 """
 import sys
 import unicodedata as ud

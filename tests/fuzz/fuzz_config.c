@@ -1,10 +1,10 @@
 /*
  * fuzz_config.c - fuzz what reads a model's config.json: the object
- * check of qf_model_open() (quant/model.c), qf_model_cfg_int(),
- * qf_tf_config_parse() (quant/forward.c) and the GGUF plan's use of it
- * (quant/gguf.c; the model has no tensors, so a plan stops at the first
+ * check of qf_model_open() (quant/io/model.c), qf_model_cfg_int(),
+ * qf_tf_config_parse() (quant/io/config.c) and the GGUF plan's use of it
+ * (quant/gguf/gguf.c; the model has no tensors, so a plan stops at the first
  * one it looks for), and the config.json a variant serves, the source's
- * re-emitted (quant/variant_json.c).
+ * re-emitted (quant/variant/variant_json.c).
  *
  * A parsed configuration must hold what the forward pass relies on:
  * positive dimensions in their bounds, heads a multiple of kv_heads, an
@@ -23,7 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "gguf.h"
-#include "quant.h"
+#include "variant.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

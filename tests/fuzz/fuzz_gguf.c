@@ -1,5 +1,5 @@
 /*
- * fuzz_gguf.c - fuzz the GGUF reader (quant/gguf_read.c) with whole files,
+ * fuzz_gguf.c - fuzz the GGUF reader (quant/gguf/gguf_read.c) with whole files,
  * and what a successful parse lets a caller do: look keys and tensors up,
  * map names back to the source's (qf_gguf_hf_name()), decode rows.
  *

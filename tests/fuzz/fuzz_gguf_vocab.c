@@ -1,6 +1,6 @@
 /*
  * fuzz_gguf_vocab.c - fuzz the GGUF view's tokenizer reading
- * (qf_gguf_vocab_kv, quant/gguf.c): tokenizer.json, tokenizer_config.json
+ * (qf_gguf_vocab_kv, quant/gguf/gguf.c): tokenizer.json, tokenizer_config.json
  * and config.json's token ids turned into tokenizer.* metadata.
  *
  * Input: byte 0 picks the architecture (llama, qwen2, qwen3), bytes 1-2

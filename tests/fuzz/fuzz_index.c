@@ -1,6 +1,6 @@
 /*
  * fuzz_index.c - fuzz the model.safetensors.index.json parser
- * (qf_model_index_parse, quant/model.c).
+ * (qf_model_index_parse, quant/io/model.c).
  *
  * What parses must name at least one and at most 4096 shards, sorted and
  * unique, each a plain "*.safetensors" file name (no '/', no "..") that
@@ -15,7 +15,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "quant.h"
+#include "io.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "quant.h"
+#include "io.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

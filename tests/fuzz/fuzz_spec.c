@@ -1,5 +1,5 @@
 /*
- * fuzz_spec.c - fuzz the variant-name parser (quant/spec.c).
+ * fuzz_spec.c - fuzz the variant-name parser (quant/variant/spec.c).
  *
  * Whatever parses must print back to exactly the input bytes, since only
  * canonical spellings are accepted.  A libFuzzer target (-Dfuzz=true);
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "quant.h"
+#include "variant.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

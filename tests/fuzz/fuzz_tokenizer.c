@@ -1,5 +1,5 @@
 /*
- * fuzz_tokenizer.c - fuzz the tokenizer (quant/tokenizer.c, tok_bpe.c).
+ * fuzz_tokenizer.c - fuzz the tokenizer (quant/tok/tokenizer.c, tok_bpe.c).
  *
  * The first input byte picks the mode: 0-4 encode the rest as text with
  * one of the five real tokenizers (shared/data/tokenizers, found through
@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "quant.h"
+#include "tok.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

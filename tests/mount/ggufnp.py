@@ -4,7 +4,7 @@ k-quant mixes use (ggml-common.h block layouts, ggml-quants.c order of
 float32 operations), and the way back to Hugging Face names with the q/k
 rows of architecture llama un-permuted (convert_hf_to_gguf.py).
 
-Written from the spec, sharing no code with quant/gguf.c or gguf_read.c.
+Written from the spec, sharing no code with quant/gguf/gguf.c or gguf_read.c.
 """
 import struct
 

@@ -1,5 +1,5 @@
 /*
- * awq_cli.c - run the quant/awq.c entry points on raw files, for
+ * awq_cli.c - run the quant/method/awq.c entry points on raw files, for
  * tests/unit/test_awq.py (which owns the independent numpy reference).
  *
  * usage: awq_cli CMD ARGS... OUTDIR; files are raw little-endian arrays.
@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "cli_io.h"
-#include "quant.h"
+#include "method.h"
 
 /* Dequantized weights of q with their grids. */
 static float *dequant(const uint8_t *q, const uint16_t *sc, const int32_t *z,

@@ -1,5 +1,5 @@
 /*
- * gguf_cli.c - drive quant/gguf.c from tests/unit/test_gguf.py, which
+ * gguf_cli.c - drive quant/gguf/gguf.c from tests/unit/test_gguf.py, which
  * owns the independent GGUF reader and numpy block decoders.
  *
  * usage:

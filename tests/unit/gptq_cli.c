@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "cli_io.h"
-#include "quant.h"
+#include "method.h"
 
 int main(int argc, char **argv)
 {

@@ -1,5 +1,5 @@
 /*
- * mixed_cli.c - run the quant/mixed.c and ct_pack.c entry points on raw
+ * mixed_cli.c - run the quant/method/mixed.c and ct_pack.c entry points on raw
  * files, for tests/unit/test_mixed.py (which owns the independent numpy
  * reference).
  *

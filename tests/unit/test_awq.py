@@ -1,4 +1,4 @@
-"""AWQ (quant/awq.c) against an independent numpy reference (float64).
+"""AWQ (quant/method/awq.c) against an independent numpy reference (float64).
 
 usage: test_awq.py AWQ_CLI
 The reference is written from the method descriptions (AutoAWQ's grid,

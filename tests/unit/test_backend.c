@@ -13,8 +13,8 @@
 #include <string.h>
 
 #include "check.h"
+#include "method.h"
 #include "qf_cuda.h"
-#include "quant.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 

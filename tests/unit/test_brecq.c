@@ -17,7 +17,6 @@
 
 #include "brecq.h"
 #include "check.h"
-#include "quant.h"
 #include "tf_backward.h"
 #include "tf_kernels.h"
 

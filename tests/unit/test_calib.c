@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "quant.h"
+#include "method.h"
 
 static uint64_t rng = 42;
 

@@ -1,5 +1,5 @@
 /*
- * test_forward.c - the fp32 forward pass (quant/forward.c, tf_kernels.c)
+ * test_forward.c - the fp32 forward pass (quant/nn/forward.c, tf_kernels.c)
  * against an independent float64 numpy oracle (forward_ref.py) and the
  * run.c reference logits of stories260K.
  *
@@ -34,7 +34,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "quant.h"
+#include "nn.h"
 #include "tf_kernels.h"
 
 #define NSEQ 3

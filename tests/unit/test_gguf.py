@@ -1,4 +1,4 @@
-"""GGUF files from quant/gguf.c against an independent reader and numpy
+"""GGUF files from quant/gguf/gguf.c against an independent reader and numpy
 block decoders written from the GGUF spec (ggml docs/gguf.md) and
 ggml-common.h's block structs.
 

@@ -1,4 +1,4 @@
-"""Mixed precision (quant/mixed.c, quant/ct_pack.c) against numpy.
+"""Mixed precision (quant/method/mixed.c, quant/io/pack_ct.c) against numpy.
 
 usage: test_mixed.py MIXED_CLI
 The references are written from the descriptions (quant.h's RTN grid,

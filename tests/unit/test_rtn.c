@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "check.h"
-#include "quant.h"
+#include "method.h"
 
 static uint64_t rng = 0x1234567;
 

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "quant.h"
+#include "io.h"
 
 #define STORIES "/work/shared/data/models/stories260K/model.safetensors"
 

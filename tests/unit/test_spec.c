@@ -1,5 +1,5 @@
 /*
- * test_spec.c - the variant-name grammar (quant/spec.c).
+ * test_spec.c - the variant-name grammar (quant/variant/spec.c).
  *
  * Tables of valid and invalid names, an exhaustive enumeration of spec
  * fields checked against a second, independent validity predicate, and
@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "check.h"
-#include "quant.h"
+#include "variant.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "quant.h"
+#include "io.h"
 
 #define NOBODY 65534
 

@@ -16,7 +16,7 @@
 
 #include "check.h"
 #include "common.h"
-#include "quant.h"
+#include "tok.h"
 
 struct tok_case {
 	const char *name;

@@ -1,0 +1,469 @@
+/*
+ * calib.c - calibration: token sets and their hash, per-linear input
+ * statistics (X^T X, channel means), and the layer-by-layer driver that
+ * runs the calibration tokens through the decoder, lets a quantizer
+ * replace each layer's weights, and continues with the quantized layer's
+ * outputs (true sequential).
+ *
+ * Memory is bounded by one layer: its fp32 weights, the activations of
+ * the calibration set (twice: the layer input is kept to re-run the layer
+ * per stage), and the current stage's statistics.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
+
+void qf_calib_hash(struct qf_calib *cs)
+{
+	struct qf_sha256 h;
+	int64_t i, n = (int64_t)cs->nseq * cs->seqlen;
+	uint8_t le[4];
+	uint32_t dims[2] = { (uint32_t)cs->nseq, (uint32_t)cs->seqlen };
+
+	qf_sha256_init(&h);
+	qf_sha256_update(&h, "quantfs-calib-v1", 17);
+	for (i = 0; i < 2; i++) {
+		le[0] = (uint8_t)dims[i], le[1] = (uint8_t)(dims[i] >> 8);
+		le[2] = (uint8_t)(dims[i] >> 16), le[3] = (uint8_t)(dims[i] >> 24);
+		qf_sha256_update(&h, le, 4);
+	}
+	for (i = 0; i < n; i++) {
+		uint32_t v = (uint32_t)cs->ids[i];
+
+		le[0] = (uint8_t)v, le[1] = (uint8_t)(v >> 8);
+		le[2] = (uint8_t)(v >> 16), le[3] = (uint8_t)(v >> 24);
+		qf_sha256_update(&h, le, 4);
+	}
+	qf_sha256_final(&h, cs->hash);
+	qf_hex(cs->hash, 32, cs->hash_hex);
+}
+
+void qf_calib_free(struct qf_calib *cs)
+{
+	if (!cs)
+		return;
+	free(cs->ids);
+	cs->ids = NULL;
+}
+
+int qf_calib_from_text(const struct qf_tok *tok, const char *text, size_t len,
+		       int nseq, int seqlen, struct qf_calib *out)
+{
+	int32_t bos = qf_tok_bos(tok);
+	int64_t body = bos >= 0 ? seqlen - 1 : seqlen;
+	int32_t *toks = NULL;
+	size_t ntok = 0;
+	int64_t s, j, stride;
+	int ret;
+
+	memset(out, 0, sizeof(*out));
+	if (nseq < 1 || seqlen < 2)
+		return -EINVAL;
+	ret = qf_tok_encode(tok, text, len, false, &toks, &ntok);
+	if (ret < 0)
+		return ret;
+	if ((int64_t)ntok < (int64_t)nseq * body) {
+		free(toks);
+		return -EINVAL;
+	}
+	out->ids = malloc((size_t)nseq * (size_t)seqlen * sizeof(*out->ids));
+	if (!out->ids) {
+		free(toks);
+		return -ENOMEM;
+	}
+	/* windows spread evenly: reproducible, and covering the text */
+	stride = nseq > 1 ? ((int64_t)ntok - body) / (nseq - 1) : 0;
+	for (s = 0; s < nseq; s++) {
+		int32_t *d = out->ids + s * seqlen;
+		const int32_t *src = toks + s * stride;
+
+		if (bos >= 0)
+			*d++ = bos;
+		for (j = 0; j < body; j++)
+			d[j] = src[j];
+	}
+	free(toks);
+	out->nseq = nseq;
+	out->seqlen = seqlen;
+	snprintf(out->source, sizeof(out->source), "text");
+	qf_calib_hash(out);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* statistics of a linear's inputs                                     */
+
+int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian)
+{
+	memset(s, 0, sizeof(*s));
+	s->in = in;
+	s->sum_abs = calloc((size_t)in, sizeof(*s->sum_abs));
+	s->sum_sq = calloc((size_t)in, sizeof(*s->sum_sq));
+	if (hessian)
+		s->h = calloc((size_t)(in * in), sizeof(*s->h));
+	if (!s->sum_abs || !s->sum_sq || (hessian && !s->h)) {
+		qf_lin_stats_free(s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
+{
+	int64_t r, j;
+
+	if (s->h)	/* upper triangle of H += X^T X */
+		qf_ssyrk_t(s->in, n, x, s->in, s->h);
+	for (r = 0; r < n; r++)
+		for (j = 0; j < s->in; j++) {
+			double v = x[r * s->in + j];
+
+			s->sum_abs[j] += fabs(v);
+			s->sum_sq[j] += v * v;
+		}
+	if (s->xs && s->nxs < s->xs_cap) {
+		int64_t k = s->xs_cap - s->nxs < n ? s->xs_cap - s->nxs : n;
+
+		memcpy(s->xs + s->nxs * s->in, x, (size_t)(k * s->in) *
+		       sizeof(float));
+		s->nxs += k;
+	}
+	s->n += n;
+}
+
+void qf_lin_stats_finish(struct qf_lin_stats *s)
+{
+	int64_t i, j;
+
+	if (!s->h)
+		return;
+	for (i = 0; i < s->in; i++)
+		for (j = 0; j < i; j++)
+			s->h[i * s->in + j] = s->h[j * s->in + i];
+}
+
+/* Keep the first rows input rows in s->xs. */
+static int stats_sample(struct qf_lin_stats *s, int64_t rows)
+{
+	if (rows <= 0)
+		return 0;
+	s->xs = malloc((size_t)(rows * s->in) * sizeof(float));
+	s->xs_cap = s->xs ? rows : 0;
+	return s->xs ? 0 : -ENOMEM;
+}
+
+void qf_lin_stats_free(struct qf_lin_stats *s)
+{
+	free(s->xs);
+	free(s->h);
+	free(s->sum_abs);
+	free(s->sum_sq);
+	memset(s, 0, sizeof(*s));
+}
+
+/* ------------------------------------------------------------------ */
+/* the driver                                                         */
+
+static const enum qf_tf_linear stage_qkv[] = { QF_TF_Q, QF_TF_K, QF_TF_V };
+static const enum qf_tf_linear stage_o[] = { QF_TF_O };
+static const enum qf_tf_linear stage_gu[] = { QF_TF_GATE, QF_TF_UP };
+static const enum qf_tf_linear stage_down[] = { QF_TF_DOWN };
+
+struct stage {
+	const enum qf_tf_linear *lin;
+	int n;
+};
+
+struct capture {
+	const struct stage *st;
+	struct qf_lin_stats *stats;	/* [QF_TF_NLINEAR], by linear */
+	int left;			/* stage linears not seen yet */
+};
+
+#define STAGE_DONE 1			/* hook: stop the layer here */
+
+/*
+ * Accumulate the inputs of the stage's linears, then stop the layer: the
+ * rest of it is not needed for these statistics.  q/k/v and gate/up see
+ * the same input: it is accumulated once, for the first of them.
+ */
+static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
+			const float *x, int64_t ntok, int64_t in)
+{
+	struct capture *cap = arg;
+	int i;
+
+	(void)layer, (void)in;
+	for (i = 0; i < cap->st->n; i++)
+		if (cap->st->lin[i] == lin) {
+			if (i == 0)
+				qf_lin_stats_add(&cap->stats[lin], x, ntok);
+			cap->left--;
+		}
+	return cap->left == 0 ? STAGE_DONE : 0;
+}
+
+/* Copy the shared input statistics of lin[0] to the stage's others. */
+static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
+{
+	const struct qf_lin_stats *a = &stats[st->lin[0]];
+	int i;
+
+	for (i = 1; i < st->n; i++) {
+		struct qf_lin_stats *b = &stats[st->lin[i]];
+
+		if (b->in != a->in)
+			return -EINVAL;
+		b->n = a->n;
+		if (a->h)
+			memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
+		memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
+		memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
+		if (a->xs && b->xs) {
+			memcpy(b->xs, a->xs, (size_t)(a->nxs * a->in) *
+			       sizeof(float));
+			b->nxs = a->nxs;
+		}
+	}
+	return 0;
+}
+
+/* Accumulate the statistics of one stage's linears (stats zeroed). */
+static int capture_stage(const struct qf_tf_config *c,
+			 const struct qf_tf_layer *ly, int l,
+			 const struct stage *st, const float *x_in, float *x,
+			 const struct qf_calib *cs,
+			 const struct qf_calib_ops *ops,
+			 struct qf_lin_stats *stats)
+{
+	struct capture cap = { st, stats, st->n };
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	int i, ret = 0;
+
+	for (i = 0; i < st->n && !ret; i++) {
+		ret = qf_lin_stats_init(&stats[st->lin[i]],
+					qf_tf_linear_in(c, st->lin[i]), ops->hessian);
+		if (!ret)
+			ret = stats_sample(&stats[st->lin[i]],
+					   ops->sample_rows);
+	}
+	if (!ret) {
+		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
+					  capture_hook, &cap);
+		if (ret == STAGE_DONE)
+			ret = 0;
+	}
+	if (!ret)
+		qf_lin_stats_finish(&stats[st->lin[0]]);
+	if (!ret && st->n > 1)
+		ret = share_stats(st, stats);
+	return ret;
+}
+
+/*
+ * Not sequential: every stage's statistics come from the original layer,
+ * then the quantizer runs on each stage.  (Sequential runs in one pass:
+ * seq_hook below.)
+ */
+static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		     int l, const struct stage *stages, int nstages,
+		     const float *x_in, float *x, const struct qf_calib *cs,
+		     const struct qf_calib_ops *ops, void *arg)
+{
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	int s, i, ret = 0;
+
+	memset(stats, 0, sizeof(stats));
+	for (s = 0; s < nstages && !ret; s++)
+		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
+				    stats);
+	if (ops->whole_layer && !ret) {
+		static const enum qf_tf_linear all[QF_TF_NLINEAR] = {
+			QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE,
+			QF_TF_UP, QF_TF_DOWN,
+		};
+
+		ret = ops->quantize(arg, l, ly, all, QF_TF_NLINEAR, stats);
+	}
+	for (s = 0; s < nstages && !ret && !ops->whole_layer; s++)
+		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
+				    stats);
+	for (i = 0; i < QF_TF_NLINEAR; i++)
+		qf_lin_stats_free(&stats[i]);
+	return ret;
+}
+
+/*
+ * True sequential in one pass: the forward calls the hook before each
+ * linear with its exact input; the hook accumulates the statistics over
+ * all calibration tokens, quantizes the stage's linears in place and
+ * returns, and the layer continues with the quantized weights.  The
+ * pass's output is the quantized layer's output.
+ */
+struct seqpass {
+	const struct qf_tf_config *c;
+	struct qf_tf_layer *ly;
+	const struct qf_calib_ops *ops;
+	void *arg;
+};
+
+static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
+		    const float *x, int64_t ntok, int64_t in)
+{
+	static const struct stage st[] = {
+		[QF_TF_Q] = { stage_qkv, 3 }, [QF_TF_O] = { stage_o, 1 },
+		[QF_TF_GATE] = { stage_gu, 2 }, [QF_TF_DOWN] = { stage_down, 1 },
+	};
+	struct seqpass *sp = arg;
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	int i, ret;
+
+	if (lin == QF_TF_K || lin == QF_TF_V || lin == QF_TF_UP)
+		return 0;	/* quantized with q / gate: same input */
+	memset(stats, 0, sizeof(stats));
+	ret = 0;
+	for (i = 0; i < st[lin].n && !ret; i++) {
+		ret = qf_lin_stats_init(&stats[st[lin].lin[i]], in,
+					sp->ops->hessian);
+		if (!ret)
+			ret = stats_sample(&stats[st[lin].lin[i]],
+					   sp->ops->sample_rows);
+	}
+	if (!ret) {
+		double t0 = qf_now();
+
+		qf_lin_stats_add(&stats[lin], x, ntok);
+		qf_lin_stats_finish(&stats[lin]);
+		ret = share_stats(&st[lin], stats);
+		if (sp->ops->stats_seconds)
+			*sp->ops->stats_seconds += qf_now() - t0;
+	}
+	if (!ret)
+		ret = sp->ops->quantize(sp->arg, layer, sp->ly, st[lin].lin,
+					st[lin].n, stats);
+	for (i = 0; i < QF_TF_NLINEAR; i++)
+		qf_lin_stats_free(&stats[i]);
+	(void)sp->c;
+	return ret;
+}
+
+/* ops->block: x_q (quantized path), x_fp (full precision), y */
+static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
+		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		      void *arg)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
+	float *xq = malloc(bytes), *xfp = malloc(bytes), *y = malloc(bytes);
+	int l, ret;
+
+	if (!xq || !xfp || !y) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_tf_embed(m, c, cs->ids, ntok, xq);
+	if (!ret)
+		memcpy(xfp, xq, bytes);
+	for (l = 0; l < c->layers && !ret; l++) {
+		struct qf_tf_layer ly;
+		double t0 = qf_now();
+		bool cached = false;
+		float *tmp;
+
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		/* the target: the full-precision layer on its own input */
+		memcpy(y, xfp, bytes);
+		ret = qf_tf_layer_forward(c, &ly, l, y, cs->nseq, cs->seqlen,
+					  NULL, NULL);
+		if (!ret && ops->layer_cached)
+			ret = ops->layer_cached(arg, l, &ly, &cached);
+		if (!ret && !cached)
+			ret = ops->block(arg, l, &ly, xq, y, cs->nseq,
+					 cs->seqlen);
+		if (!ret)
+			ret = qf_tf_layer_forward(c, &ly, l, xq, cs->nseq,
+						  cs->seqlen, NULL, NULL);
+		qf_tf_layer_free(&ly);
+		tmp = xfp, xfp = y, y = tmp;
+		if (!ret && ops->layer_done)
+			ret = ops->layer_done(arg, l, xq, ntok, qf_now() - t0);
+	}
+out_free:
+	free(xq);
+	free(xfp);
+	free(y);
+	return ret;
+}
+
+int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
+		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		 void *arg)
+{
+	static const struct stage seq[] = {
+		{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 },
+		{ stage_down, 1 },
+	};
+	const struct stage *stages = seq;
+	int nstages = 4;
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	float *x_in, *x;
+	int l, ret;
+
+	if (ops->block)
+		return run_blocks(m, c, cs, ops, arg);
+	x_in = malloc((size_t)(ntok * c->hidden) * sizeof(*x_in));
+	x = malloc((size_t)(ntok * c->hidden) * sizeof(*x));
+	if (!x_in || !x) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_tf_embed(m, c, cs->ids, ntok, x_in);
+	for (l = 0; l < c->layers && !ret; l++) {
+		struct qf_tf_layer ly;
+		double t0 = qf_now();
+		bool cached = false;
+		float *tmp;
+
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		/* a layer quantized before (resume): its weights, no stats */
+		if (ops->layer_cached)
+			ret = ops->layer_cached(arg, l, &ly, &cached);
+		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		if (!ret && !cached && ops->sequential) {
+			struct seqpass sp = { c, &ly, ops, arg };
+
+			/* quantize as the pass reaches each stage */
+			ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
+						  cs->seqlen, seq_hook, &sp);
+		} else if (!ret) {
+			if (!cached)
+				ret = run_layer(c, &ly, l, stages, nstages, x_in,
+						x, cs, ops, arg);
+			/* the quantized layer's output feeds the next one */
+			if (!ret) {
+				memcpy(x, x_in, (size_t)(ntok * c->hidden) *
+				       sizeof(*x));
+				ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
+							  cs->seqlen, NULL,
+							  NULL);
+			}
+		}
+		qf_tf_layer_free(&ly);
+		tmp = x_in, x_in = x, x = tmp;
+		if (!ret && ops->layer_done)
+			ret = ops->layer_done(arg, l, x_in, ntok,
+					      qf_now() - t0);
+	}
+out_free:
+	free(x_in);
+	free(x);
+	return ret;
+}

@@ -1,0 +1,125 @@
+/*
+ * calib.h - the public interface of quant/calib: calibration token sets
+ * (from a text, or sampled from the model itself) and their hash,
+ * per-linear input statistics, and the layer-by-layer driver that runs
+ * the tokens through the decoder for a quantizer.
+ *
+ * calib uses nn (the forward pass), tok (a text's calibration windows
+ * are the model's own tokens) and io.
+ */
+#ifndef QF_CALIB_H
+#define QF_CALIB_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nn.h"
+#include "tok.h"
+
+/* ------------------------------------------------------------------ */
+/* calibration: token sets, their hash, the layer-by-layer driver       */
+
+struct qf_calib {
+	int32_t *ids;			/* [nseq * seqlen] */
+	int nseq;
+	int seqlen;
+	uint8_t hash[32];		/* sha256(ids as int32 LE, nseq, seqlen) */
+	char hash_hex[65];
+	char source[256];		/* "text:<file>", "sampled:seed=<n>" */
+};
+
+/*
+ * nseq windows of seqlen tokens from text tokenized with the model's own
+ * tokenizer (no special tokens; BOS first in each window when the
+ * tokenizer has one), spread evenly over the text.  Returns 0, -EINVAL
+ * (text too short: fewer than nseq * (seqlen - 1) tokens), -ENOMEM.
+ */
+int qf_calib_from_text(const struct qf_tok *tok, const char *text, size_t len,
+		       int nseq, int seqlen, struct qf_calib *out);
+/*
+ * Data-free: nseq sequences of seqlen tokens sampled from the model itself
+ * (temperature 1, from BOS, a fixed seed), decoded with a KV cache.
+ */
+int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
+		    int32_t bos, int nseq, int seqlen, uint64_t seed,
+		    struct qf_calib *out);
+/* Fill hash/hash_hex from ids, nseq, seqlen. */
+void qf_calib_hash(struct qf_calib *cs);
+void qf_calib_free(struct qf_calib *cs);
+
+/*
+ * Statistics of one linear's inputs over the calibration set: what the
+ * quantizers need.  h: X^T X in fp32 [in, in] (upper triangle valid,
+ * then mirrored by qf_calib_stats_finish); mean_abs / mean_sq per input
+ * channel; n rows seen.
+ */
+struct qf_lin_stats {
+	int64_t in;
+	int64_t n;			/* rows (tokens) accumulated */
+	float *h;			/* [in, in] or NULL when not asked */
+	double *sum_abs;		/* [in] */
+	double *sum_sq;			/* [in] */
+	float *xs;			/* [nxs, in]: the first input rows */
+	int64_t nxs;			/* rows kept so far */
+	int64_t xs_cap;			/* rows to keep (0: none) */
+};
+int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
+/* Accumulate rows x [n, in] (SSYRK for h). */
+void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n);
+/* Mirror h to a full symmetric matrix. */
+void qf_lin_stats_finish(struct qf_lin_stats *s);
+void qf_lin_stats_free(struct qf_lin_stats *s);
+
+/*
+ * The driver.  For each decoder layer in order: load its fp32 weights,
+ * then for each stage ({q,k,v}, {o}, {gate,up}, {down}) run the layer on
+ * the calibration activations up to the stage's linears (the rest is
+ * skipped), accumulating their stats once per distinct input, and call
+ * quantize(), which replaces their weights in ly (fake-quantized fp32).
+ * With sequential (GPTQ's true sequential) each stage sees the earlier
+ * stages quantized; without, all stats come from the original layer and
+ * quantize() runs after.  Finally the quantized layer produces the next
+ * layer's input.  Memory: one layer's fp32 weights, the activations
+ * [nseq * seqlen, hidden] twice, the stage's stats.
+ */
+struct qf_calib_ops {
+	bool hessian;			/* accumulate X^T X */
+	bool sequential;		/* true-sequential stages */
+	/* Replace the weights of linears lin[0..n) of layer l in ly. */
+	int (*quantize)(void *arg, int layer, struct qf_tf_layer *ly,
+			const enum qf_tf_linear *lin, int n,
+			struct qf_lin_stats *stats);
+	/*
+	 * Optional: *cached = true after loading layer l's already
+	 * quantized weights into ly (resume); its stages are skipped.
+	 */
+	int (*layer_cached)(void *arg, int layer, struct qf_tf_layer *ly,
+			    bool *cached);
+	/* Keep the first sample_rows input rows of each linear (xs). */
+	int64_t sample_rows;
+	/*
+	 * Not sequential only: call quantize() once per layer with all
+	 * seven linears and their statistics (AWQ's scales couple them).
+	 */
+	bool whole_layer;
+	/* Optional: seconds spent accumulating statistics (added to). */
+	double *stats_seconds;
+	/* Optional: the layer is done (x is its quantized output). */
+	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
+			  double seconds);
+	/*
+	 * Block reconstruction (BRECQ) instead of statistics: block() gets
+	 * the layer's input as the quantized layers before produce it (x)
+	 * and the full-precision layer's output on the full-precision
+	 * input (y), both [nseq * seqlen, hidden], and replaces the
+	 * weights in ly.  The driver keeps three activation arrays.
+	 */
+	int (*block)(void *arg, int layer, struct qf_tf_layer *ly,
+		     const float *x, const float *y, int nseq, int seqlen);
+};
+int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
+		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		 void *arg);
+
+#endif /* QF_CALIB_H */

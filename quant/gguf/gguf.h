@@ -1,0 +1,363 @@
+/*
+ * gguf.h - GGUF files that llama.cpp loads, laid out ahead of time and
+ * produced tensor by tensor.
+ *
+ * Three layers: the ggml block formats (row encoders and decoders that are
+ * byte-compatible with ggml's block_* structs), lossless repacking of
+ * integer grids that already fit a format, and the plan of a whole file
+ * for a llama, mistral, qwen2 or qwen3 model directory (tensor names and
+ * metadata as llama.cpp's convert_hf_to_gguf.py writes them, vocabulary
+ * from the model's own tokenizer.json).  As with the safetensors planner,
+ * the exact file size and every byte before the tensor data are known
+ * before any tensor is quantized; each tensor is then produced on its own.
+ */
+#ifndef QF_GGUF_H
+#define QF_GGUF_H
+
+#include "io.h"
+
+/* ------------------------------------------------------------------ */
+/* ggml block formats                                                 */
+
+/* ggml's own numeric ids (enum ggml_type), as stored in GGUF. */
+enum qf_ggml_type {
+	QF_GGML_F32 = 0,
+	QF_GGML_F16 = 1,
+	QF_GGML_Q4_0 = 2,	/* fp16 d, 16 B nibbles: d * (q - 8) */
+	QF_GGML_Q4_1 = 3,	/* fp16 d, m, 16 B nibbles: d * q + m */
+	QF_GGML_Q8_0 = 8,	/* fp16 d, 32 int8: d * q */
+	QF_GGML_Q4_K = 12,	/* 256: d, dmin, 6-bit scales/mins, nibbles */
+	QF_GGML_Q6_K = 14,	/* 256: 6-bit quants, int8 scales, fp16 d */
+	QF_GGML_BF16 = 30,
+};
+
+/* True for the types this module encodes. */
+bool qf_ggml_type_known(enum qf_ggml_type t);
+/* "Q4_K", ...; "?" for others. */
+const char *qf_ggml_type_name(enum qf_ggml_type t);
+/* "q4_k" or "Q4_K" style names.  Returns 0 or -EINVAL. */
+int qf_ggml_type_parse(const char *s, enum qf_ggml_type *out);
+/* Elements per block (1, 32 or 256); 0 for unknown types. */
+int64_t qf_ggml_block_size(enum qf_ggml_type t);
+/* Bytes per block; 0 for unknown types. */
+size_t qf_ggml_block_bytes(enum qf_ggml_type t);
+/* Bytes of a row of ncols; 0 when ncols is not a positive multiple. */
+uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
+
+/*
+ * Encode one row x[n] (n a multiple of the block size) into dst
+ * (qf_ggml_row_bytes(t, n) bytes).  Q4_0, Q4_1 and Q8_0 are ggml's
+ * quantize_row_*_ref bit for bit.  Q4_K and Q6_K are our own weighted
+ * least-squares fits of each sub-block's scale (and min), the sub-block
+ * scales then quantized to 6 / 8 bits as ggml does (Q4_K also tries the
+ * neighbouring 6-bit codes); imp [n] (optional, >= 0) weights columns
+ * like llama.cpp's importance matrix: imp * sqrt(sigma2 + x^2).  Without
+ * it the weights are ggml's: rms(sub-block) + |x| for Q4_K, x^2 for Q6_K.
+ * F16/BF16 round to nearest even.
+ * Returns 0, -EINVAL (bad type, n or imp), QF_ENUMERIC (a non-finite input
+ * or a value / scale beyond fp16).
+ */
+int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
+			 const float *imp, void *dst);
+/* Decode one row as ggml's dequantize_row_*.  Returns 0 or -EINVAL. */
+int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
+			   float *y);
+
+/*
+ * Lossless repacking of integer grids.  q [n] holds one code per element,
+ * sc16 [n / 32] the fp16 scale of each run of 32 elements; dst receives
+ * n / 32 blocks that dequantize to exactly sc * (q - zero):
+ * Q4_0 with q in 0..15 and zero 8, Q8_0 with q in 0..255 and zero 128.
+ * Returns 0, -EINVAL (n not a multiple of 32, or a code out of range).
+ */
+int qf_gguf_q4_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
+			  void *dst);
+int qf_gguf_q8_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
+			  void *dst);
+
+/* ------------------------------------------------------------------ */
+/* file plan                                                          */
+
+#define QF_GGUF_VERSION 3
+#define QF_GGUF_ALIGN 32		/* general.alignment */
+#define QF_GGUF_NAME_MAX 64		/* GGML_MAX_NAME, with the NUL */
+
+/* What a tensor is, for choosing its type. */
+enum qf_gguf_role {
+	QF_GGUF_ROLE_EMBD,		/* token_embd */
+	QF_GGUF_ROLE_OUTPUT,		/* output (lm_head) */
+	QF_GGUF_ROLE_ATTN_Q,
+	QF_GGUF_ROLE_ATTN_K,
+	QF_GGUF_ROLE_ATTN_V,
+	QF_GGUF_ROLE_ATTN_OUT,
+	QF_GGUF_ROLE_FFN_GATE,
+	QF_GGUF_ROLE_FFN_UP,
+	QF_GGUF_ROLE_FFN_DOWN,
+	QF_GGUF_ROLE_VECTOR,		/* 1-D: norms, biases, rope_freqs */
+	QF_GGUF_ROLE_COUNT,
+};
+
+/*
+ * Type of each 2-D role; 1-D tensors are always F32.  A type whose block
+ * does not divide a tensor's row length (ne[0]) falls back as llama.cpp's
+ * quantizer does, within what we encode: Q4_K -> Q4_1, Q6_K -> Q8_0, then
+ * F16.
+ */
+struct qf_gguf_types {
+	enum qf_ggml_type w[QF_GGUF_ROLE_COUNT];	/* [VECTOR] unused */
+	/*
+	 * llama.cpp's Q4_K_M mix on top of w[] (all Q4_K): attn_v and
+	 * ffn_down of the layers use_more_bits() picks (the first and last
+	 * eighth, and every third between) and output (or token_embd when
+	 * tied) in Q6_K, as llama_tensor_get_type() does.
+	 */
+	bool q4_k_m;
+};
+void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t);
+
+struct qf_gguf_tensor {
+	char name[QF_GGUF_NAME_MAX];	/* "blk.0.attn_q.weight" */
+	const struct qf_model_tensor *src; /* HF source (borrowed); NULL for
+					      the generated rope_freqs */
+	enum qf_gguf_role role;
+	enum qf_ggml_type type;
+	int ndim;			/* 1 or 2 */
+	int64_t ne[2];			/* innermost first: cols, rows */
+	uint64_t offset;		/* file offset of the data, aligned */
+	uint64_t nbytes;		/* data bytes, without the padding */
+	int permute_heads;		/* rows permuted for llama's rope in
+					   this many heads; 0 = as stored */
+};
+
+struct qf_gguf_plan {
+	struct qf_buf header;		/* file bytes [0, data_off) */
+	struct qf_gguf_tensor *t;	/* in file order */
+	size_t nt;
+	uint64_t data_off;		/* start of the tensor data */
+	uint64_t size;			/* exact file size */
+	char arch[16];			/* general.architecture */
+	bool q4_k_m;			/* planned with the Q4_K_M mix */
+	struct qf_tf_config cfg;	/* the source's dimensions */
+};
+
+/*
+ * Plan model.gguf for m: every tensor's name, type, shape and offset, and
+ * the header (magic "GGUF", version 3, counts, metadata, tensor infos,
+ * zero padding to QF_GGUF_ALIGN).  Bytes after a tensor's nbytes up to
+ * the next offset (or size) are zero.  Nothing is quantized.
+ * model_type llama and mistral become architecture "llama" with q_proj /
+ * k_proj rows permuted as convert_hf_to_gguf.py's LlamaModel.permute;
+ * qwen2 and qwen3 keep their rows.  Tied embeddings get no output tensor;
+ * llama3 rope scaling adds rope_freqs.weight.  The vocabulary is "gpt2"
+ * (byte-level BPE, with merges) or "llama" (byte-fallback BPE; unlike the
+ * converter's flat -1000, its scores follow the merge ranks so llama.cpp
+ * splits words as the Hugging Face tokenizer does).
+ * Caller owns *out; free with qf_gguf_plan_free() (also after failure).
+ * Returns 0, -EINVAL (bad types), QF_EUNSUPPORTED (architecture, tensor
+ * or tokenizer we do not convert; *why says which), QF_EFORMAT (*why),
+ * -ENOMEM, -errno (tokenizer files).
+ */
+int qf_gguf_plan_init(const struct qf_model *m,
+		      const struct qf_gguf_types *types,
+		      struct qf_gguf_plan *out, const char **why);
+void qf_gguf_plan_free(struct qf_gguf_plan *p);
+
+/*
+ * LlamaModel.permute of nr rows of cols, as llama.cpp's converter writes
+ * q_proj/k_proj: within each head of hd rows, row 2i + j of dst is row
+ * j * hd / 2 + i of src (HF's rotate-half pairs become llama.cpp's adjacent
+ * pairs); inverse: back.  dst and src do not overlap.
+ */
+void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
+			  int64_t cols, int64_t hd, bool inverse);
+
+/*
+ * The Hugging Face name of GGUF tensor gg as qf_gguf_plan_init() names it
+ * for architecture arch ("llama", "qwen2" or "qwen3"), into hf (cap
+ * bytes), and in *perm how the writer ordered its rows: 0 as the source,
+ * 1 permuted by attention heads, 2 by kv heads (LlamaModel.permute, arch
+ * llama only; see qf_gguf_permute_rows()).  Tied embeddings have no
+ * output.weight; rope_freqs.weight is generated and has no source name.
+ * Returns 0, -ENOENT (no source name), QF_EUNSUPPORTED (another
+ * architecture), -ENAMETOOLONG.
+ */
+int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
+		    int *perm);
+
+/*
+ * The tokenizer.* metadata qf_gguf_plan_init() writes, from a
+ * tokenizer.json (tj) and a tokenizer_config.json (tc; NULL: absent)
+ * held in memory, for a model of architecture arch ("llama", "qwen2",
+ * "qwen3") with n_vocab embedding rows; m supplies only config.json's
+ * <what>_token_id fallbacks.  The key/value pairs are appended to out
+ * (GGUF encoding), *nkv of them.  What the GGUF view reads from the
+ * model's files, for the fuzz target.  Returns 0, QF_EFORMAT or
+ * QF_EUNSUPPORTED with *why, -EINVAL (n_vocab < 1), -ENOMEM.
+ */
+int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
+		     size_t tclen, const struct qf_model *m, const char *arch,
+		     int64_t n_vocab, struct qf_buf *out, uint64_t *nkv,
+		     const char **why);
+
+/*
+ * Produce the nbytes of tensor i into dst: the source read as f32 in row
+ * blocks of about 4 MiB (whole heads when permuted), rows permuted when
+ * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]
+ * (optional; used by Q4_K and Q6_K).  Thread-safe for distinct dst.
+ * Returns 0, -EINVAL (i out of range), QF_ECORRUPT (source changed),
+ * QF_ENUMERIC, QF_EUNSUPPORTED (source dtype), -ENOMEM.
+ */
+int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
+		    size_t i, const float *imp, void *dst);
+
+/* ------------------------------------------------------------------ */
+/* reader (gguf_read.c)                                               */
+
+/*
+ * A GGUF file (v2 or v3, little-endian) read as untrusted input: every
+ * count, length and offset is checked against the file size before it is
+ * used, arrays nest at most QF_GGUF_MAX_DEPTH deep, and what is kept in
+ * memory is bounded by the file's own bytes.  Metadata values are kept for
+ * scalars and short strings; arrays and long strings only by type and
+ * count.  Tensor infos must name types qf_ggml_dequantize_row() decodes,
+ * rows of whole blocks, and data inside the file, aligned, not
+ * overlapping.
+ */
+#define QF_GGUF_MAX_DIMS 4		/* GGML_MAX_DIMS */
+#define QF_GGUF_MAX_KV (1u << 20)	/* metadata pairs */
+#define QF_GGUF_MAX_TENSORS (1u << 20)
+#define QF_GGUF_MAX_KEY 65535		/* bytes of a key (docs/gguf.md) */
+#define QF_GGUF_MAX_DEPTH 8		/* arrays of arrays */
+#define QF_GGUF_KEEP_STR 1024		/* longest string value kept */
+
+enum qf_gguf_vtype {			/* gguf_metadata_value_type */
+	QF_GGUF_UINT8 = 0,
+	QF_GGUF_INT8 = 1,
+	QF_GGUF_UINT16 = 2,
+	QF_GGUF_INT16 = 3,
+	QF_GGUF_UINT32 = 4,
+	QF_GGUF_INT32 = 5,
+	QF_GGUF_FLOAT32 = 6,
+	QF_GGUF_BOOL = 7,
+	QF_GGUF_STRING = 8,
+	QF_GGUF_ARRAY = 9,
+	QF_GGUF_UINT64 = 10,
+	QF_GGUF_INT64 = 11,
+	QF_GGUF_FLOAT64 = 12,
+};
+
+struct qf_gguf_kv {
+	char *key;
+	enum qf_gguf_vtype type;
+	enum qf_gguf_vtype elem;	/* arrays: element type */
+	uint64_t n;			/* arrays: elements; strings: bytes */
+	union {
+		uint64_t u;		/* unsigned and bool */
+		int64_t i;		/* signed */
+		double f;		/* float32 and float64 */
+	} v;
+	char *str;			/* strings under QF_GGUF_KEEP_STR
+					   bytes, NUL-free; else NULL */
+};
+
+struct qf_gguf_info {
+	char name[QF_GGUF_NAME_MAX];	/* NUL-free */
+	enum qf_ggml_type type;
+	int ndim;			/* 1 .. QF_GGUF_MAX_DIMS */
+	int64_t ne[QF_GGUF_MAX_DIMS];	/* innermost first; 1 past ndim */
+	uint64_t offset;		/* file offset of the data */
+	uint64_t nbytes;		/* data bytes */
+};
+
+struct qf_gguf_file {
+	int fd;				/* -1 for a memory image */
+	const uint8_t *mem;		/* the memory image (borrowed) */
+	uint64_t size;			/* file bytes, at open */
+	uint32_t version;
+	struct qf_gguf_kv *kv;		/* [nkv] sorted by key */
+	size_t nkv;
+	struct qf_gguf_info *t;		/* [nt] in file order */
+	size_t nt;
+	const struct qf_gguf_info **by_name; /* [nt] into t, by name */
+	uint32_t align;			/* general.alignment, default 32 */
+	uint64_t info_end;		/* end of the tensor infos */
+	uint64_t data_off;		/* info_end aligned up: tensor data */
+	uint64_t data_bytes;		/* sum of the tensors' nbytes */
+};
+
+/*
+ * Open path and read its header with pread (the file may sit on a FUSE
+ * mount).  Caller owns *out; free with qf_gguf_close().  *why (if given)
+ * names a format problem, which is also logged with the path.
+ * Returns 0, -errno, -EINVAL (not a regular file), QF_EFORMAT,
+ * QF_EUNSUPPORTED (another version, a tensor type we do not decode),
+ * QF_ECORRUPT (the file shrank while read), -ENOMEM.
+ */
+int qf_gguf_open(const char *path, struct qf_gguf_file **out,
+		 const char **why);
+/*
+ * The same for a memory image buf [size] (borrowed until qf_gguf_close());
+ * nothing is logged.  Returns 0, QF_EFORMAT, QF_EUNSUPPORTED, -ENOMEM.
+ */
+int qf_gguf_parse(const void *buf, size_t size, struct qf_gguf_file **out,
+		  const char **why);
+void qf_gguf_close(struct qf_gguf_file *g);
+
+/* Binary search by key; NULL when absent.  Valid until qf_gguf_close(). */
+const struct qf_gguf_kv *qf_gguf_kv_find(const struct qf_gguf_file *g,
+					 const char *key);
+/*
+ * An integer value (any integer type) that fits int64_t.
+ * Returns 0, -ENOENT (absent), QF_EFORMAT (another type, out of range).
+ */
+int qf_gguf_kv_int(const struct qf_gguf_file *g, const char *key,
+		   int64_t *out);
+/*
+ * A kept string value, or NULL (absent, another type, too long).  Valid
+ * until qf_gguf_close().
+ */
+const char *qf_gguf_kv_str(const struct qf_gguf_file *g, const char *key);
+/* Binary search by name; NULL when absent.  Valid until qf_gguf_close(). */
+const struct qf_gguf_info *qf_gguf_find(const struct qf_gguf_file *g,
+					const char *name);
+/* Rows of t: the product of ne[1..]; each row holds ne[0] elements. */
+int64_t qf_gguf_rows(const struct qf_gguf_info *t);
+/*
+ * Rows row0 .. row0 + nrows of t decoded to f32 into dst [nrows, ne[0]].
+ * Returns 0, -EINVAL (rows out of range), -errno, QF_ECORRUPT (a short
+ * read: the file changed), -ENOMEM.
+ */
+int qf_gguf_read_rows(const struct qf_gguf_file *g,
+		      const struct qf_gguf_info *t, int64_t row0,
+		      int64_t nrows, float *dst);
+
+/* ------------------------------------------------------------------ */
+/* back to a model directory (gguf_model.c)                           */
+
+/*
+ * Write a Hugging Face model directory at out_dir (existing, empty) from
+ * the GGUF file gguf_path as qf_gguf_plan_init() lays it out: config.json
+ * from cfg_dir without "quantization_config", the tokenizer and
+ * generation files cfg_dir has, and model.safetensors with every tensor
+ * decoded to F32 under its source name (qf_gguf_hf_name(), q/k rows put
+ * back in the source order; rope_freqs.weight left out).  Files written
+ * before a failure stay: the caller removes out_dir.
+ * Returns 0, -errno, QF_EFORMAT, QF_EUNSUPPORTED (a tensor or architecture
+ * with no source name), QF_ENUMERIC (a decoded value is not finite),
+ * QF_ECORRUPT, -ENOMEM; *why (if given) says which for QF_E* codes.
+ */
+int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
+			 const char *out_dir, const char **why);
+
+/* ------------------------------------------------------------------ */
+/* k-quant importance matrices (gguf_imatrix.c)                       */
+
+/*
+ * Floats of one layer's importance matrix (kq variants): the input
+ * channels of q, k, v, o, gate, up, down in that order.
+ */
+size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
+/* Offset of linear lin's channels in it. */
+size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
+
+#endif /* QF_GGUF_H */

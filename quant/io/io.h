@@ -1,0 +1,387 @@
+/*
+ * io.h - the public interface of quant/io: model I/O and checkpoint
+ * formats.  Element types and half-precision conversions, the
+ * bounds-checked safetensors reader and the planner that lays a file out
+ * before any tensor exists, Hugging Face model directories and their
+ * config.json, reading a linear as fp32 whatever its checkpoint form,
+ * the GPTQ / AWQ / compressed-tensors bit packings, and the generated
+ * demo models.
+ *
+ * The bottom of quant/: io uses only common/ (and cJSON); every other
+ * part of quant/ builds on it.  No FUSE and no LMDB here.
+ */
+#ifndef QF_IO_H
+#define QF_IO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "common.h"
+
+/*
+ * Hot kernels are compiled for AVX2+FMA too and picked at load time
+ * (ifunc); the portable x86-64 build stays the default.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define QF_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define QF_HOT
+#endif
+
+/* ------------------------------------------------------------------ */
+/* dtypes                                                             */
+
+enum qf_dtype {
+	QF_DT_BOOL,
+	QF_DT_U8,
+	QF_DT_I8,
+	QF_DT_I16,
+	QF_DT_U16,
+	QF_DT_F16,
+	QF_DT_BF16,
+	QF_DT_I32,
+	QF_DT_U32,
+	QF_DT_F32,
+	QF_DT_F64,
+	QF_DT_I64,
+	QF_DT_U64,
+	QF_DT_COUNT,
+};
+
+size_t qf_dtype_size(enum qf_dtype dt);		/* bytes per element */
+const char *qf_dtype_name(enum qf_dtype dt);	/* "BF16", ... */
+/* 0, or QF_EFORMAT when s names no dtype we know. */
+int qf_dtype_parse(const char *s, enum qf_dtype *out);
+
+float qf_bf16_to_f32(uint16_t h);
+uint16_t qf_f32_to_bf16(float f);		/* round to nearest even */
+float qf_f16_to_f32(uint16_t h);
+uint16_t qf_f32_to_f16(float f);		/* round to nearest even */
+/*
+ * Convert n elements of a floating tensor (F16, BF16, F32) to f32.
+ * Returns 0, QF_EUNSUPPORTED for other dtypes.
+ */
+int qf_to_f32(enum qf_dtype dt, const void *src, size_t n, float *dst);
+/* True when no value of x [n] is infinite or NaN. */
+bool qf_all_finite(const float *x, size_t n);
+
+/* ------------------------------------------------------------------ */
+/* safetensors                                                        */
+
+#define QF_ST_MAX_DIMS 8
+#define QF_ST_MAX_HEADER 100000000ULL	/* as the reference reader */
+
+struct qf_st_tensor {
+	char *name;			/* owned by the header */
+	enum qf_dtype dtype;
+	int ndim;
+	int64_t shape[QF_ST_MAX_DIMS];
+	uint64_t begin;			/* byte offset inside the data area */
+	uint64_t nbytes;		/* end - begin */
+};
+
+struct qf_st_header {
+	struct qf_st_tensor *t;		/* sorted by name */
+	size_t n;			/* tensor count */
+	uint64_t header_len;		/* N: JSON bytes after the 8-byte length */
+	uint64_t data_off;		/* 8 + N: file offset of the data area */
+	uint64_t data_len;		/* bytes of the data area */
+	char *metadata;			/* "__metadata__" as JSON text, or NULL */
+};
+
+/*
+ * Parse and validate a safetensors header.  buf holds the first avail bytes
+ * of a file of file_len bytes (avail >= 8 + N is needed, else QF_EFORMAT).
+ * Checks: N bounded and inside the file, UTF-8/JSON, known dtypes, shape
+ * and dtype size agree with the byte span, spans sorted by offset start at
+ * 0, leave no hole and no overlap, and end exactly at the file end; no
+ * duplicate names.  On failure *why (if given) points to a static message.
+ * Returns 0, QF_EFORMAT or -ENOMEM.  Free with qf_st_header_free().
+ */
+int qf_st_parse(const void *buf, size_t avail, uint64_t file_len,
+		struct qf_st_header *out, const char **why);
+void qf_st_header_free(struct qf_st_header *h);
+/* Binary search by name; NULL when absent. */
+const struct qf_st_tensor *qf_st_find(const struct qf_st_header *h,
+				      const char *name);
+uint64_t qf_st_numel(const struct qf_st_tensor *t);
+
+/* An open, mmapped safetensors file. */
+struct qf_st_file {
+	char *path;
+	int fd;
+	const uint8_t *map;		/* whole file, PROT_READ */
+	uint64_t size;			/* file size at open */
+	struct stat st;			/* at open: size and mtime for staleness */
+	struct qf_st_header hdr;
+	int guard;			/* qf_guard_add() id of map */
+	_Atomic bool said;		/* qf_st_faulted() logged */
+};
+
+/*
+ * Open and validate path.  Caller owns *out; free with qf_st_close().
+ * Returns 0, -errno, QF_EFORMAT (message logged with the path), -ENOMEM.
+ */
+int qf_st_open(const char *path, struct qf_st_file **out);
+/* The same for an open file; fd is the new qf_st_file's (closed on error);
+ * path names it in messages and in qf_st_unchanged(). */
+int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out);
+/*
+ * Some read of f's map ran past the file's end since it was opened (the
+ * file was truncated in place) and got zeros: what was read is not the
+ * file's.  Logged once.  Readers of the map call it after reading.
+ */
+bool qf_st_faulted(const struct qf_st_file *f);
+void qf_st_close(struct qf_st_file *f);
+/* Pointer to t's bytes inside the map (borrowed, valid until close). */
+const void *qf_st_data(const struct qf_st_file *f,
+		       const struct qf_st_tensor *t);
+/* True when the file on disk still has the size and mtime seen at open. */
+bool qf_st_unchanged(const struct qf_st_file *f);
+
+/*
+ * Planner: lay out a safetensors file ahead of time.  Sorts e[] the way the
+ * reference writer does (descending dtype alignment, then name), assigns
+ * begin offsets, and writes the 8-byte length + JSON header (with
+ * "__metadata__": {"format": "pt"} plus the given string pairs, padded with
+ * spaces to a multiple of 8) into hdr.  The file is hdr->len + total bytes.
+ * Returns 0, -EINVAL (bad entry, duplicate name), -ENOMEM.
+ */
+struct qf_st_plan_entry {
+	const char *name;		/* borrowed */
+	enum qf_dtype dtype;
+	int ndim;
+	int64_t shape[QF_ST_MAX_DIMS];
+	uint64_t begin;			/* OUT: offset in the data area */
+	uint64_t nbytes;		/* OUT: numel * dtype size */
+	void *user;			/* caller's cookie, carried along */
+};
+int qf_st_plan(struct qf_st_plan_entry *e, size_t n,
+	       const char *const *meta_kv, size_t n_meta,
+	       struct qf_buf *hdr, uint64_t *total);
+
+
+/* ------------------------------------------------------------------ */
+/* model directories                                                  */
+
+struct qf_model_tensor {
+	const char *name;		/* borrowed from the shard's header */
+	struct qf_st_file *shard;	/* the file holding it */
+	const struct qf_st_tensor *t;
+};
+
+struct qf_model {
+	char *dir;			/* source directory, absolute */
+	char *name;			/* the model's name (GGUF general.name) */
+	int dirfd;			/* dir, held open: every file of the
+					 * model is opened in it (srcfile.c) */
+	struct qf_buf config_text;	/* config.json bytes */
+	void *config;			/* cJSON *, parsed config.json */
+	struct qf_st_file **shard;	/* weight files, sorted by name */
+	size_t nshard;
+	struct qf_model_tensor *t;	/* every tensor, sorted by name */
+	size_t nt;
+	enum qf_dtype dtype;		/* dominant floating dtype */
+	uint64_t weight_bytes;		/* bytes of all tensors */
+	uint8_t fp[32];			/* source fingerprint */
+	char fp_hex[65];
+};
+
+/*
+ * Open a Hugging Face model directory: config.json (an object, at most
+ * 4 MiB) and model.safetensors or the shards that
+ * model.safetensors.index.json names (each validated; a tensor named by
+ * the index must be in its shard; no tensor in two shards).
+ * The fingerprint is SHA-256 over the config.json bytes and, per shard in
+ * name order, its name, size, mtime (ns) and the SHA-256 of its header:
+ * changing any weight byte through the filesystem changes the mtime, and
+ * a mount never hashes gigabytes of weights.
+ * Caller owns *out; free with qf_model_close().
+ * Returns 0, -errno, QF_EFORMAT (reason logged), -ENOMEM.
+ */
+int qf_model_open(const char *dir, struct qf_model **out);
+/*
+ * The same for a directory already open (dirfd is duplicated, not taken):
+ * every file is opened in it under the link rule of qf_src_openat(); dir
+ * and name label it in messages, records and GGUF metadata.
+ */
+int qf_model_open_at(int dirfd, const char *dir, const char *name,
+		     struct qf_model **out);
+void qf_model_close(struct qf_model *m);
+const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
+					    const char *name);
+/* True when every shard and config.json are unchanged on disk. */
+bool qf_model_unchanged(const struct qf_model *m);
+/*
+ * The shard names of a model.safetensors.index.json held in buf (what
+ * names it in the log): *names, unique and sorted, point into *index, a
+ * cJSON * whose "weight_map" maps tensors to plain *.safetensors names.
+ * Caller owns *index (cJSON_Delete) and *names (free); on an error
+ * *index is NULL and *names untouched.  Returns 0, QF_EFORMAT (logged),
+ * -ENOMEM.
+ */
+int qf_model_index_parse(const char *buf, size_t len, const char *what,
+			 void **index, char ***names, size_t *n);
+/* Integer from config.json, or def when absent / not a number. */
+long qf_model_cfg_int(const struct qf_model *m, const char *key, long def);
+/*
+ * Read t as f32 into dst (numel floats), checking the shard is unchanged
+ * first (a truncated source would SIGBUS the mmap) and every value is
+ * finite.  Returns 0, QF_ECORRUPT, QF_ENUMERIC, QF_EUNSUPPORTED.
+ */
+int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst);
+/*
+ * The fp32 weight [out, in] of linear prefix ("model.layers.0.mlp.up_proj")
+ * from "<prefix>.weight" or, in a variant directory, from the GPTQ
+ * checkpoint tensors (qweight/qzeros/scales/g_idx, v1 zeros).
+ * Returns 0, QF_EFORMAT (logged), QF_ECORRUPT, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_model_linear_f32(const struct qf_model *m, const char *prefix,
+			int64_t out, int64_t in, float *dst);
+/* Rows [row0, row0 + nrows) of a tensor (dim 0), same checks. */
+int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
+			   int64_t nrows, float *dst);
+
+
+/* ------------------------------------------------------------------ */
+/* config.json of the Llama family (config.c)                         */
+
+struct qf_tf_config {
+	char model_type[32];		/* "llama", "mistral", "qwen2", "qwen3" */
+	int hidden;			/* hidden_size */
+	int inter;			/* intermediate_size */
+	int layers;			/* num_hidden_layers */
+	int heads;			/* num_attention_heads */
+	int kv_heads;			/* num_key_value_heads */
+	int head_dim;			/* head_dim or hidden / heads */
+	int vocab;			/* vocab_size */
+	float rms_eps;			/* rms_norm_eps */
+	float rope_theta;		/* rope_theta */
+	/* llama3 rope_scaling (rope_type "llama3"); factor 0 = none */
+	float rope_factor;
+	float rope_low_freq_factor;
+	float rope_high_freq_factor;
+	int rope_orig_max_pos;
+	bool tie;			/* tie_word_embeddings */
+	bool attn_bias;			/* q/k/v biases (qwen2) */
+	bool qk_norm;			/* per-head q/k RMSNorm (qwen3) */
+	int sliding_window;		/* mistral: window, 0 = none */
+};
+
+/* From config.json; QF_EUNSUPPORTED for other model types. */
+int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c);
+
+/* Linears of a decoder layer, in true-sequential order. */
+enum qf_tf_linear {
+	QF_TF_Q,
+	QF_TF_K,
+	QF_TF_V,
+	QF_TF_O,
+	QF_TF_GATE,
+	QF_TF_UP,
+	QF_TF_DOWN,
+	QF_TF_NLINEAR,
+};
+/* "self_attn.q_proj", ... "mlp.down_proj" */
+const char *qf_tf_linear_name(enum qf_tf_linear l);
+/* Output and input features of linear l under c. */
+int64_t qf_tf_linear_out(const struct qf_tf_config *c, enum qf_tf_linear l);
+int64_t qf_tf_linear_in(const struct qf_tf_config *c, enum qf_tf_linear l);
+/* Whether linear l carries a bias, as the transformers modules build it. */
+bool qf_tf_linear_bias(const struct qf_model *m, const struct qf_tf_config *c,
+		       enum qf_tf_linear l);
+
+/* ------------------------------------------------------------------ */
+/* checkpoint packing: GPTQ v1 (pack_gptq.c), AWQ GEMM (pack_awq.c)    */
+
+/* Groups of a row of in columns. */
+static inline int64_t qf_ngroups(int64_t in, int group)
+{
+	return group <= 0 || group >= in ? 1 : (in + group - 1) / group;
+}
+
+/* True when bits packs [in, out] into GPTQ qweight/qzeros words. */
+bool qf_gptq_packable(int bits, int64_t in, int64_t out);
+/*
+ * qweight (in * bits / 32, out) from q (out x in); qzeros (ngroups,
+ * out * bits / 32) from zero (out x ngroups), storing zero - 1 (v1).
+ */
+void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
+			  int bits, uint32_t *qweight);
+void qf_gptq_pack_qzeros(const int32_t *zero, int64_t out, int64_t ngroups,
+			 int bits, uint32_t *qzeros);
+/* Inverse of the above (tests, and _fake re-use). */
+void qf_gptq_unpack_qweight(const uint32_t *qweight, int64_t out, int64_t in,
+			    int bits, uint8_t *q);
+
+/*
+ * The AWQ GEMM checkpoint (AutoAWQ): qweight [in, out / 8] and qzeros
+ * [ngroups, out / 8] int32, nibble i of word c holding output column
+ * 8c + {0,2,4,6,1,3,5,7}[i]; scales [ngroups, out] fp16 (transposed).
+ * 4 bits only, out % 8 == 0.
+ */
+bool qf_awq_packable(int bits, int64_t in, int64_t out, int group);
+void qf_awq_pack(const uint8_t *q, const uint16_t *sc16, const int32_t *zero,
+		 int64_t out, int64_t in, int64_t ngroups, uint32_t *qweight,
+		 uint32_t *qzeros, uint16_t *scales);
+void qf_awq_unpack(const uint32_t *qweight, const uint32_t *qzeros,
+		   const uint16_t *scales, int64_t out, int64_t in,
+		   int64_t ngroups, uint8_t *q, uint16_t *sc16, int32_t *zero);
+
+/* ------------------------------------------------------------------ */
+/* compressed-tensors pack-quantized (pack_ct.c)                      */
+
+/*
+ * Conventions (verified in neuralmagic/compressed-tensors, see
+ * pack_ct.c): quantized values are signed s in [-2^(b-1), 2^(b-1) - 1]
+ * and zero points signed too (asymmetric: zp = round(q_min - min /
+ * scale)), w = scale * (s - zp); pack_to_int32 stores s + 2^(b-1).
+ * quantfs's unsigned code q = s + 2^(b-1) and zero z = zp + 2^(b-1)
+ * (symmetric: z = 2^(b-1), zp = 0) are thus stored as they are.
+ * Packing: per = 32 / bits values per int32 word, value k of a word in
+ * bits [k * bits, (k + 1) * bits), no value crosses a word, the last
+ * word zero-padded.  weight_scale is the fp16 [out, ngroups] array
+ * as qf_rtn_quantize writes it (no packing).
+ */
+/* True for 1 <= bits <= 8. */
+bool qf_ct_packable(int bits);
+/* ceil(n / (32 / bits)): words holding n values. */
+int64_t qf_ct_words(int64_t n, int bits);
+/* weight_packed [out, qf_ct_words(in)] from q [out, in]. */
+void qf_ct_pack_weight(const uint8_t *q, int64_t out, int64_t in, int bits,
+		       int32_t *packed);
+void qf_ct_unpack_weight(const int32_t *packed, int64_t out, int64_t in,
+			 int bits, uint8_t *q);
+/* weight_zero_point [qf_ct_words(out), ngroups] from zero [out, ngroups],
+ * packed along dim 0. */
+void qf_ct_pack_zero(const int32_t *zero, int64_t out, int64_t ngroups,
+		     int bits, int32_t *packed);
+void qf_ct_unpack_zero(const int32_t *packed, int64_t out, int64_t ngroups,
+		       int bits, int32_t *zero);
+
+/* ------------------------------------------------------------------ */
+/* generated models (the embedded demo and test fixtures)             */
+
+struct qf_mkmodel_opts {
+	int hidden;			/* hidden_size */
+	int inter;			/* intermediate_size */
+	int layers;			/* num_hidden_layers */
+	int heads;			/* num_attention_heads */
+	int kv_heads;			/* num_key_value_heads */
+	int vocab;			/* >= 259: 256 bytes + 3 specials */
+	uint64_t seed;
+	enum qf_dtype dtype;		/* BF16, F16 or F32 */
+	bool tie;			/* tie_word_embeddings */
+	int head_dim;			/* 0: hidden / heads */
+};
+void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
+/*
+ * Write config.json, generation_config.json, tokenizer.json (byte-level
+ * BPE), tokenizer_config.json and model.safetensors into dir (created if
+ * needed), deterministically from o->seed.  Returns 0, -errno, -EINVAL.
+ */
+int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
+
+#endif /* QF_IO_H */

@@ -1,0 +1,400 @@
+/*
+ * mkmodel.c - generate a small Llama-architecture model directory,
+ * deterministically from a seed: the embedded demo model and the test
+ * fixtures.  The weights are random (not trained) but shaped like real
+ * ones: per-input-channel scales with a few outlier channels, so that
+ * quantization error differs between methods as it does on real models.
+ *
+ * The tokenizer is a byte-level BPE (GPT-2 byte map) with the three
+ * Llama specials as added tokens; ids past 259 are reserved vocabulary
+ * entries that no text produces.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io.h"
+
+void qf_mkmodel_defaults(struct qf_mkmodel_opts *o)
+{
+	o->hidden = 256;
+	o->inter = 768;
+	o->layers = 4;
+	o->heads = 8;
+	o->kv_heads = 4;
+	o->vocab = 512;
+	o->seed = 42;
+	o->dtype = QF_DT_BF16;
+	o->tie = false;
+	o->head_dim = 0;
+}
+
+static int head_dim(const struct qf_mkmodel_opts *o)
+{
+	return o->head_dim > 0 ? o->head_dim : o->hidden / o->heads;
+}
+
+static uint64_t splitmix(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static double uniform(uint64_t *s)
+{
+	return ((double)(splitmix(s) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+static double gauss(uint64_t *s)
+{
+	double u = uniform(s), v = uniform(s);
+
+	return sqrt(-2 * log(u)) * cos(2 * M_PI * v);
+}
+
+static uint64_t name_seed(const char *name, uint64_t seed)
+{
+	uint64_t h = 1469598103934665603ULL ^ seed;
+
+	while (*name)
+		h = (h ^ (uint8_t)*name++) * 1099511628211ULL;
+	return h;
+}
+
+static int write_all(const char *dir, const char *name, const void *p,
+		     size_t n)
+{
+	char path[4096];
+	FILE *f;
+	int ret = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	f = fopen(path, "wb");
+	if (!f)
+		return -errno;
+	if (fwrite(p, 1, n, f) != n)
+		ret = -EIO;
+	if (fclose(f) != 0 && !ret)
+		ret = -errno;
+	return ret;
+}
+
+static int write_json(const char *dir, const char *name, cJSON *root)
+{
+	char *s = cJSON_Print(root);
+	int ret;
+
+	cJSON_Delete(root);
+	if (!s)
+		return -ENOMEM;
+	ret = write_all(dir, name, s, strlen(s));
+	free(s);
+	return ret;
+}
+
+static int write_config(const char *dir, const struct qf_mkmodel_opts *o)
+{
+	cJSON *c = cJSON_CreateObject();
+	cJSON *a = cJSON_AddArrayToObject(c, "architectures");
+	int ret;
+
+	cJSON_AddItemToArray(a, cJSON_CreateString("LlamaForCausalLM"));
+	cJSON_AddStringToObject(c, "model_type", "llama");
+	cJSON_AddNumberToObject(c, "hidden_size", o->hidden);
+	cJSON_AddNumberToObject(c, "intermediate_size", o->inter);
+	cJSON_AddNumberToObject(c, "num_hidden_layers", o->layers);
+	cJSON_AddNumberToObject(c, "num_attention_heads", o->heads);
+	cJSON_AddNumberToObject(c, "num_key_value_heads", o->kv_heads);
+	cJSON_AddNumberToObject(c, "head_dim", head_dim(o));
+	cJSON_AddNumberToObject(c, "vocab_size", o->vocab);
+	cJSON_AddNumberToObject(c, "max_position_embeddings", 2048);
+	cJSON_AddNumberToObject(c, "rms_norm_eps", 1e-5);
+	cJSON_AddNumberToObject(c, "rope_theta", 10000.0);
+	cJSON_AddStringToObject(c, "hidden_act", "silu");
+	cJSON_AddBoolToObject(c, "tie_word_embeddings", o->tie);
+	cJSON_AddBoolToObject(c, "attention_bias", false);
+	cJSON_AddNumberToObject(c, "bos_token_id", 1);
+	cJSON_AddNumberToObject(c, "eos_token_id", 2);
+	cJSON_AddStringToObject(c, "torch_dtype",
+				o->dtype == QF_DT_BF16 ? "bfloat16" :
+				o->dtype == QF_DT_F16 ? "float16" : "float32");
+	cJSON_AddStringToObject(c, "transformers_version", "4.46.0");
+	ret = write_json(dir, "config.json", c);
+	if (ret < 0)
+		return ret;
+	c = cJSON_CreateObject();
+	cJSON_AddNumberToObject(c, "bos_token_id", 1);
+	cJSON_AddNumberToObject(c, "eos_token_id", 2);
+	cJSON_AddBoolToObject(c, "do_sample", false);
+	return write_json(dir, "generation_config.json", c);
+}
+
+static cJSON *added_token(int id, const char *content)
+{
+	cJSON *t = cJSON_CreateObject();
+
+	cJSON_AddNumberToObject(t, "id", id);
+	cJSON_AddStringToObject(t, "content", content);
+	cJSON_AddBoolToObject(t, "single_word", false);
+	cJSON_AddBoolToObject(t, "lstrip", false);
+	cJSON_AddBoolToObject(t, "rstrip", false);
+	cJSON_AddBoolToObject(t, "normalized", false);
+	cJSON_AddBoolToObject(t, "special", true);
+	return t;
+}
+
+/* GPT-2's byte -> printable code point map. */
+static int byte_cp(int b)
+{
+	int n = 0, c;
+
+	if ((b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) ||
+	    (b >= 0xae && b <= 0xff))
+		return b;
+	for (c = 0; c < b; c++)
+		if (!((c >= '!' && c <= '~') || (c >= 0xa1 && c <= 0xac) ||
+		      (c >= 0xae && c <= 0xff)))
+			n++;
+	return 256 + n;
+}
+
+static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
+{
+	static const char *const special[3] = { "<unk>", "<s>", "</s>" };
+	cJSON *root = cJSON_CreateObject();
+	cJSON *added, *model, *vocab, *pt, *c;
+	char tok[32];
+	int i, ret;
+
+	cJSON_AddStringToObject(root, "version", "1.0");
+	cJSON_AddNullToObject(root, "truncation");
+	cJSON_AddNullToObject(root, "padding");
+	added = cJSON_AddArrayToObject(root, "added_tokens");
+	for (i = 0; i < 3; i++)
+		cJSON_AddItemToArray(added, added_token(i, special[i]));
+	cJSON_AddNullToObject(root, "normalizer");
+	pt = cJSON_AddObjectToObject(root, "pre_tokenizer");
+	cJSON_AddStringToObject(pt, "type", "ByteLevel");
+	cJSON_AddBoolToObject(pt, "add_prefix_space", false);
+	cJSON_AddBoolToObject(pt, "trim_offsets", true);
+	cJSON_AddBoolToObject(pt, "use_regex", true);
+	cJSON_AddItemToObject(root, "post_processor", cJSON_Duplicate(pt, 1));
+	cJSON_AddItemToObject(root, "decoder", cJSON_Duplicate(pt, 1));
+	model = cJSON_AddObjectToObject(root, "model");
+	cJSON_AddStringToObject(model, "type", "BPE");
+	cJSON_AddNullToObject(model, "dropout");
+	cJSON_AddNullToObject(model, "unk_token");
+	cJSON_AddBoolToObject(model, "fuse_unk", false);
+	cJSON_AddBoolToObject(model, "byte_fallback", false);
+	vocab = cJSON_AddObjectToObject(model, "vocab");
+	for (i = 0; i < 3; i++)
+		cJSON_AddNumberToObject(vocab, special[i], i);
+	for (i = 0; i < 256; i++) {
+		int cp = byte_cp(i);
+
+		if (cp < 0x80) {
+			tok[0] = (char)cp, tok[1] = 0;
+		} else {
+			tok[0] = (char)(0xc0 | (cp >> 6));
+			tok[1] = (char)(0x80 | (cp & 0x3f));
+			tok[2] = 0;
+		}
+		cJSON_AddNumberToObject(vocab, tok, 3 + i);
+	}
+	for (i = 259; i < o->vocab; i++) {
+		snprintf(tok, sizeof(tok), "<|reserved_%d|>", i - 259);
+		cJSON_AddNumberToObject(vocab, tok, i);
+	}
+	cJSON_AddArrayToObject(model, "merges");
+	ret = write_json(dir, "tokenizer.json", root);
+	if (ret < 0)
+		return ret;
+	c = cJSON_CreateObject();
+	cJSON_AddStringToObject(c, "tokenizer_class", "PreTrainedTokenizerFast");
+	cJSON_AddStringToObject(c, "bos_token", "<s>");
+	cJSON_AddStringToObject(c, "eos_token", "</s>");
+	cJSON_AddStringToObject(c, "unk_token", "<unk>");
+	cJSON_AddBoolToObject(c, "add_bos_token", true);
+	cJSON_AddNumberToObject(c, "model_max_length", 2048);
+	return write_json(dir, "tokenizer_config.json", c);
+}
+
+/* Fill one tensor's values (f32) the way its role suggests. */
+static void gen_values(const char *name, int64_t rows, int64_t cols,
+		       uint64_t seed, float *v)
+{
+	uint64_t s = name_seed(name, seed);
+	int64_t r, c;
+
+	if (cols == 0) {	/* a norm weight */
+		for (r = 0; r < rows; r++)
+			v[r] = (float)(1.0 + 0.05 * gauss(&s));
+		return;
+	}
+	{
+		double base = strstr(name, "embed") ? 1.0 : 1.0 / sqrt((double)cols);
+		double *cs = malloc((size_t)cols * sizeof(*cs));
+
+		if (!cs)
+			return;
+		/* per-input-channel scale: log-normal, 1% outliers x8 */
+		for (c = 0; c < cols; c++) {
+			cs[c] = base * exp(0.3 * gauss(&s));
+			if (uniform(&s) < 0.01)
+				cs[c] *= 8;
+		}
+		for (r = 0; r < rows; r++) {
+			double rs = exp(0.2 * gauss(&s));
+
+			for (c = 0; c < cols; c++)
+				v[r * cols + c] = (float)(gauss(&s) * cs[c] * rs);
+		}
+		free(cs);
+	}
+}
+
+struct gen_tensor {
+	char name[96];
+	int64_t rows;
+	int64_t cols;		/* 0: 1-D */
+};
+
+static int tensor_list(const struct qf_mkmodel_opts *o,
+		       struct gen_tensor **out, size_t *n)
+{
+	int64_t hd = head_dim(o);
+	size_t cap = (size_t)o->layers * 9 + 3;
+	struct gen_tensor *t = calloc(cap, sizeof(*t));
+	size_t k = 0;
+	int l;
+
+#define ADD(r, c, ...)                                                        \
+	do {                                                                  \
+		snprintf(t[k].name, sizeof(t[k].name), __VA_ARGS__);          \
+		t[k].rows = (r);                                              \
+		t[k].cols = (c);                                              \
+		k++;                                                          \
+	} while (0)
+	if (!t)
+		return -ENOMEM;
+	ADD(o->vocab, o->hidden, "model.embed_tokens.weight");
+	ADD(o->hidden, 0, "model.norm.weight");
+	if (!o->tie)
+		ADD(o->vocab, o->hidden, "lm_head.weight");
+	for (l = 0; l < o->layers; l++) {
+		ADD(o->hidden, 0, "model.layers.%d.input_layernorm.weight", l);
+		ADD(o->hidden, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+		ADD(o->heads * hd, o->hidden, "model.layers.%d.self_attn.q_proj.weight", l);
+		ADD(o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.k_proj.weight", l);
+		ADD(o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.v_proj.weight", l);
+		ADD(o->hidden, o->heads * hd, "model.layers.%d.self_attn.o_proj.weight", l);
+		ADD(o->inter, o->hidden, "model.layers.%d.mlp.gate_proj.weight", l);
+		ADD(o->inter, o->hidden, "model.layers.%d.mlp.up_proj.weight", l);
+		ADD(o->hidden, o->inter, "model.layers.%d.mlp.down_proj.weight", l);
+	}
+#undef ADD
+	*out = t;
+	*n = k;
+	return 0;
+}
+
+static int write_weights(const char *dir, const struct qf_mkmodel_opts *o)
+{
+	struct qf_st_plan_entry *e = NULL;
+	struct qf_buf hdr = QF_BUF_INIT;
+	struct gen_tensor *t = NULL;
+	size_t esz = qf_dtype_size(o->dtype);
+	uint64_t total;
+	char path[4096];
+	size_t n = 0, i;
+	FILE *f = NULL;
+	int ret;
+
+	ret = tensor_list(o, &t, &n);
+	if (ret < 0)
+		return ret;
+	e = calloc(n, sizeof(*e));
+	if (!e) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (i = 0; i < n; i++) {
+		e[i].name = t[i].name;
+		e[i].dtype = o->dtype;
+		e[i].ndim = t[i].cols ? 2 : 1;
+		e[i].shape[0] = t[i].rows;
+		e[i].shape[1] = t[i].cols;
+		e[i].user = &t[i];
+	}
+	ret = qf_st_plan(e, n, NULL, 0, &hdr, &total);
+	if (ret < 0)
+		goto out_free;
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	f = fopen(path, "wb");
+	if (!f) {
+		ret = -errno;
+		goto out_free;
+	}
+	if (fwrite(hdr.data, 1, hdr.len, f) != hdr.len)
+		ret = -EIO;
+	for (i = 0; i < n && !ret; i++) {
+		const struct gen_tensor *g = e[i].user;
+		size_t numel = (size_t)(g->rows * (g->cols ? g->cols : 1));
+		float *v = malloc(numel * sizeof(*v));
+		void *raw = malloc(numel * esz);
+		size_t j;
+
+		if (!v || !raw) {
+			ret = -ENOMEM;
+		} else {
+			gen_values(g->name, g->rows, g->cols, o->seed, v);
+			for (j = 0; j < numel; j++) {
+				if (o->dtype == QF_DT_BF16)
+					((uint16_t *)raw)[j] = qf_f32_to_bf16(v[j]);
+				else if (o->dtype == QF_DT_F16)
+					((uint16_t *)raw)[j] = qf_f32_to_f16(v[j]);
+				else
+					((float *)raw)[j] = v[j];
+			}
+			if (fwrite(raw, esz, numel, f) != numel)
+				ret = -EIO;
+		}
+		free(v);
+		free(raw);
+	}
+	if (fclose(f) != 0 && !ret)
+		ret = -errno;
+out_free:
+	qf_buf_release(&hdr);
+	free(e);
+	free(t);
+	return ret;
+}
+
+int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o)
+{
+	int ret;
+
+	if (o->hidden <= 0 || o->heads <= 0 || o->kv_heads <= 0 ||
+	    (o->head_dim <= 0 && o->hidden % o->heads) || o->head_dim < 0 ||
+	    head_dim(o) % 2 || o->heads % o->kv_heads || o->inter <= 0 ||
+	    o->layers <= 0 || o->vocab < 259 || o->layers > 1000 ||
+	    (o->dtype != QF_DT_BF16 && o->dtype != QF_DT_F16 &&
+	     o->dtype != QF_DT_F32))
+		return -EINVAL;
+	ret = qf_mkdir_p(dir, 0755);
+	if (ret < 0)
+		return ret;
+	ret = write_config(dir, o);
+	if (!ret)
+		ret = write_tokenizer(dir, o);
+	if (!ret)
+		ret = write_weights(dir, o);
+	return ret;
+}

@@ -1,0 +1,466 @@
+/*
+ * model.c - a Hugging Face model directory: config.json, the safetensors
+ * weights (single file or sharded by model.safetensors.index.json), a
+ * merged tensor index and the source fingerprint.
+ *
+ * Everything here reads untrusted files: sizes are bounded, names from the
+ * index are checked not to leave the directory, and the shards are
+ * validated by qf_st_open().
+ */
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io.h"
+
+#define CONFIG_MAX (4u << 20)		/* config.json bytes */
+#define INDEX_MAX (64u << 20)		/* index.json bytes */
+#define SHARDS_MAX 4096
+
+static int cmp_mt(const void *a, const void *b)
+{
+	const struct qf_model_tensor *x = a;
+	const struct qf_model_tensor *y = b;
+
+	return strcmp(x->name, y->name);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+	struct qf_buf b = QF_BUF_INIT;
+
+	if (qf_buf_addf(&b, "%s/%s", dir, name) < 0)
+		return NULL;
+	return qf_buf_detach(&b, NULL);
+}
+
+/* A shard name from the index must be a plain file name in the dir. */
+static bool shard_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	return n > 0 && n < 256 && !strchr(s, '/') && strcmp(s, ".") &&
+	       strcmp(s, "..") && n > 12 && !strcmp(s + n - 12, ".safetensors");
+}
+
+static int open_shards(struct qf_model *m, char **names, size_t n)
+{
+	size_t i;
+	int ret;
+
+	m->shard = calloc(n, sizeof(*m->shard));
+	if (!m->shard)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		char *p = path_join(m->dir, names[i]);
+		struct stat st;
+		int fd;
+
+		if (!p)
+			return -ENOMEM;
+		fd = qf_src_openat(m->dirfd, names[i], 0, &st);
+		if (fd < 0) {
+			qf_err("%s: %s", p, qf_strerror(fd));
+			free(p);
+			return fd;
+		}
+		ret = qf_st_open_fd(fd, p, &m->shard[i]);
+		free(p);
+		if (ret < 0)
+			return ret;
+		m->nshard++;
+	}
+	return 0;
+}
+
+int qf_model_index_parse(const char *buf, size_t len, const char *what,
+			 void **index, char ***names, size_t *n)
+{
+	cJSON *root;
+	cJSON *map;
+	cJSON *it;
+	char **v = NULL;
+	size_t k = 0;
+	size_t i;
+	int ret = QF_EFORMAT;
+
+	*index = NULL;
+	root = cJSON_ParseWithLength(buf ? buf : "", len);
+	map = root ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") :
+		     NULL;
+	if (!cJSON_IsObject(map)) {
+		qf_err("%s: no \"weight_map\" object", what);
+		goto out_free;
+	}
+	cJSON_ArrayForEach(it, map) {
+		char **nv;
+
+		if (!cJSON_IsString(it) || !shard_name_ok(it->valuestring)) {
+			qf_err("%s: bad shard name for '%s'", what,
+			       it->string ? it->string : "?");
+			goto out_free;
+		}
+		for (i = 0; i < k; i++)
+			if (!strcmp(v[i], it->valuestring))
+				break;
+		if (i < k)
+			continue;
+		if (k == SHARDS_MAX) {
+			qf_err("%s: more than %d shards", what, SHARDS_MAX);
+			goto out_free;
+		}
+		nv = realloc(v, (k + 1) * sizeof(*v));
+		if (!nv) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+		v = nv;
+		v[k++] = it->valuestring;
+	}
+	if (!k) {
+		qf_err("%s: empty weight_map", what);
+		goto out_free;
+	}
+	qsort(v, k, sizeof(*v), cmp_str);
+	*index = root;
+	*names = v;
+	*n = k;
+	return 0;
+
+out_free:
+	free(v);
+	cJSON_Delete(root);
+	return ret;
+}
+
+/* Names of the shards the index lists (unique, sorted). */
+static int read_index(struct qf_model *m, const char *ipath, char ***names,
+		      size_t *n, cJSON **index)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	void *root = NULL;
+	int ret;
+
+	ret = qf_src_read(m->dirfd, "model.safetensors.index.json", INDEX_MAX,
+			  &b);
+	if (ret < 0) {
+		qf_err("%s: %s", ipath, qf_strerror(ret));
+		return ret;
+	}
+	ret = qf_model_index_parse(b.data, b.len, ipath, &root, names, n);
+	*index = root;
+	qf_buf_release(&b);
+	return ret;
+}
+
+static int build_index(struct qf_model *m, cJSON *index)
+{
+	const struct qf_model_tensor *dup;
+	size_t total = 0;
+	size_t i, j, k = 0;
+	cJSON *map;
+
+	for (i = 0; i < m->nshard; i++)
+		total += m->shard[i]->hdr.n;
+	m->t = calloc(total ? total : 1, sizeof(*m->t));
+	if (!m->t)
+		return -ENOMEM;
+	for (i = 0; i < m->nshard; i++) {
+		struct qf_st_file *f = m->shard[i];
+
+		for (j = 0; j < f->hdr.n; j++) {
+			m->t[k].name = f->hdr.t[j].name;
+			m->t[k].shard = f;
+			m->t[k].t = &f->hdr.t[j];
+			m->weight_bytes += f->hdr.t[j].nbytes;
+			k++;
+		}
+	}
+	m->nt = k;
+	qsort(m->t, m->nt, sizeof(*m->t), cmp_mt);
+	for (i = 1; i < m->nt; i++)
+		if (!strcmp(m->t[i].name, m->t[i - 1].name)) {
+			qf_err("%s: tensor '%s' is in two shards", m->dir,
+			       m->t[i].name);
+			return QF_EFORMAT;
+		}
+	if (!index)
+		return 0;
+	/* Every tensor the index names must be in the shard it names. */
+	map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+	cJSON_ArrayForEach(map, map) {
+		dup = qf_model_find(m, map->string);
+		if (!dup || strcmp(strrchr(dup->shard->path, '/') + 1,
+				   map->valuestring)) {
+			qf_err("%s: index names '%s' in '%s' but it is not "
+			       "there", m->dir, map->string, map->valuestring);
+			return QF_EFORMAT;
+		}
+	}
+	return 0;
+}
+
+static void fingerprint(struct qf_model *m)
+{
+	struct qf_sha256 c;
+	uint8_t hh[32];
+	size_t i;
+
+	qf_sha256_init(&c);
+	qf_sha256_update(&c, "quantfs-fp-v1", 14);
+	qf_sha256_update(&c, m->config_text.data, m->config_text.len);
+	for (i = 0; i < m->nshard; i++) {
+		const struct qf_st_file *f = m->shard[i];
+		const char *base = strrchr(f->path, '/') + 1;
+		struct qf_sha256 h;
+		int64_t meta[3];
+
+		qf_sha256_init(&h);
+		qf_sha256_update(&h, f->map, f->hdr.data_off);
+		qf_sha256_final(&h, hh);
+		meta[0] = (int64_t)f->size;
+		meta[1] = (int64_t)f->st.st_mtim.tv_sec;
+		meta[2] = (int64_t)f->st.st_mtim.tv_nsec;
+		qf_sha256_update(&c, base, strlen(base) + 1);
+		qf_sha256_update(&c, meta, sizeof(meta));
+		qf_sha256_update(&c, hh, sizeof(hh));
+	}
+	qf_sha256_final(&c, m->fp);
+	qf_hex(m->fp, 32, m->fp_hex);
+}
+
+/* The floating dtype holding the most bytes: what _fake variants use. */
+static void dominant_dtype(struct qf_model *m)
+{
+	uint64_t by[QF_DT_COUNT] = { 0 };
+	size_t i;
+
+	for (i = 0; i < m->nt; i++)
+		by[m->t[i].t->dtype] += m->t[i].t->nbytes;
+	m->dtype = QF_DT_BF16;
+	if (by[QF_DT_F16] > by[m->dtype])
+		m->dtype = QF_DT_F16;
+	if (by[QF_DT_F32] > by[m->dtype])
+		m->dtype = QF_DT_F32;
+}
+
+int qf_model_open(const char *dir, struct qf_model **out)
+{
+	const char *base = strrchr(dir, '/');
+	char *real = realpath(dir, NULL);
+	int fd, ret;
+
+	if (!real)
+		return -errno;
+	fd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		free(real);
+		return ret;
+	}
+	base = strrchr(real, '/');
+	ret = qf_model_open_at(fd, real, base && base[1] ? base + 1 : real,
+			       out);
+	close(fd);
+	free(real);
+	return ret;
+}
+
+int qf_model_open_at(int dirfd, const char *dir, const char *name,
+		     struct qf_model **out)
+{
+	struct qf_model *m;
+	struct stat st;
+	cJSON *index = NULL;
+	size_t i;
+	char **names = NULL;
+	char *single = "model.safetensors";
+	size_t nnames = 0;
+	char *p;
+	int ret;
+
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+	m->dir = strdup(dir);
+	m->name = strdup(name);
+	if (m->dirfd < 0 || !m->dir || !m->name) {
+		ret = m->dirfd < 0 ? -errno : -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_src_read(m->dirfd, "config.json", CONFIG_MAX, &m->config_text);
+	if (ret < 0) {
+		qf_err("%s: cannot read config.json: %s", m->dir,
+		       qf_strerror(ret));
+		goto out_free;
+	}
+	p = path_join(m->dir, "config.json");
+	if (!p) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	m->config = cJSON_ParseWithLength(m->config_text.data,
+					  m->config_text.len);
+	if (!cJSON_IsObject((cJSON *)m->config)) {
+		qf_err("%s: config.json is not a JSON object", p);
+		free(p);
+		ret = QF_EFORMAT;
+		goto out_free;
+	}
+	free(p);
+	p = path_join(m->dir, "model.safetensors.index.json");
+	if (!p) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	ret = qf_src_statat(m->dirfd, "model.safetensors.index.json", &st);
+	if (ret != -ENOENT) {
+		ret = read_index(m, p, &names, &nnames, &index);
+	} else {
+		names = &single;
+		nnames = 1;
+		ret = 0;
+	}
+	free(p);
+	if (ret < 0) {
+		cJSON_Delete(index);
+		goto out_free;
+	}
+	ret = open_shards(m, names, nnames);
+	if (ret == 0)
+		ret = build_index(m, index);
+	if (names != &single)
+		free(names);
+	cJSON_Delete(index);
+	if (ret < 0)
+		goto out_free;
+	fingerprint(m);
+	for (i = 0; i < m->nshard; i++)
+		if (qf_st_faulted(m->shard[i])) {
+			ret = QF_ECORRUPT;
+			goto out_free;
+		}
+	dominant_dtype(m);
+	*out = m;
+	return 0;
+
+out_free:
+	qf_model_close(m);
+	return ret;
+}
+
+void qf_model_close(struct qf_model *m)
+{
+	size_t i;
+
+	if (!m)
+		return;
+	for (i = 0; i < m->nshard; i++)
+		qf_st_close(m->shard[i]);
+	free(m->shard);
+	free(m->t);
+	cJSON_Delete(m->config);
+	qf_buf_release(&m->config_text);
+	if (m->dirfd >= 0)
+		close(m->dirfd);
+	free(m->dir);
+	free(m->name);
+	free(m);
+}
+
+const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
+					    const char *name)
+{
+	struct qf_model_tensor key = { .name = name };
+
+	if (!name)
+		return NULL;
+	return bsearch(&key, m->t, m->nt, sizeof(*m->t), cmp_mt);
+}
+
+bool qf_model_unchanged(const struct qf_model *m)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	bool same;
+	size_t i;
+
+	for (i = 0; i < m->nshard; i++)
+		if (!qf_st_unchanged(m->shard[i]))
+			return false;
+	same = qf_src_read(m->dirfd, "config.json", CONFIG_MAX, &b) == 0 &&
+	       b.len == m->config_text.len &&
+	       !memcmp(b.data, m->config_text.data, b.len);
+	qf_buf_release(&b);
+	return same;
+}
+
+long qf_model_cfg_int(const struct qf_model *m, const char *key, long def)
+{
+	cJSON *it = cJSON_GetObjectItemCaseSensitive(m->config, key);
+
+	if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+	    fabs(it->valuedouble) > (double)LONG_MAX / 2)
+		return def;
+	return (long)it->valuedouble;
+}
+
+int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
+			   int64_t nrows, float *dst)
+{
+	int64_t cols = mt->t->ndim >= 2 ? (int64_t)(qf_st_numel(mt->t) /
+					  (uint64_t)mt->t->shape[0]) : 1;
+	size_t esz = qf_dtype_size(mt->t->dtype);
+	uint64_t n = (uint64_t)(nrows * cols);
+	const uint8_t *src;
+	uint64_t i;
+	int ret;
+
+	if (!qf_st_unchanged(mt->shard)) {
+		qf_err("%s: changed on disk while in use: not read (the next "
+		       "open serves the new version)", mt->shard->path);
+		return QF_ECORRUPT;
+	}
+	src = (const uint8_t *)qf_st_data(mt->shard, mt->t) +
+	      (uint64_t)(row0 * cols) * esz;
+	ret = qf_to_f32(mt->t->dtype, src, n, dst);
+	if (ret < 0)
+		return ret;
+	if (qf_st_faulted(mt->shard))
+		return QF_ECORRUPT;
+	if (qf_all_finite(dst, (size_t)n))
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!isfinite(dst[i])) {
+			qf_err("%s: tensor '%s' has a non-finite value at "
+			       "element %llu", mt->shard->path, mt->name,
+			       (unsigned long long)((uint64_t)(row0 * cols) + i));
+			return QF_ENUMERIC;
+		}
+	return 0;
+}
+
+int qf_model_read_f32(const struct qf_model_tensor *mt, float *dst)
+{
+	int64_t rows = mt->t->ndim >= 1 ? mt->t->shape[0] : 1;
+
+	if (mt->t->ndim == 0 || qf_st_numel(mt->t) == 0) {
+		int ret = qf_to_f32(mt->t->dtype, qf_st_data(mt->shard, mt->t),
+				    qf_st_numel(mt->t), dst);
+
+		return ret < 0 ? ret : qf_st_faulted(mt->shard) ? QF_ECORRUPT :
+								  0;
+	}
+	return qf_model_read_f32_rows(mt, 0, rows, dst);
+}

@@ -1,0 +1,375 @@
+/*
+ * gptq.c - GPTQ (Frantar, Ashkboos, Hoefler, Alistarh 2022) for one
+ * linear layer, following the published algorithm and its reference
+ * implementation step for step:
+ *
+ *   dead columns (H_jj = 0): H_jj = 1, W[:, j] = 0
+ *   act order: permute columns by descending diag(H)
+ *   H += damp * mean(diag(H)) * I;  U = chol(H^-1) (upper)
+ *   for each block of `blocksize` columns:
+ *     for each column i of the block:
+ *       at a group start, grid from W (values as of the block start)
+ *       q = quantize(w_i);  err = (w_i - q) / U_ii
+ *       W1[:, i:] -= err * U[i, i:]            (inside the block)
+ *     W[:, block end:] -= Err1 * U[block, end:] (SGEMM, the lazy update)
+ *
+ * The grid is quantfs's (qf_rtn_grid: fp16 scales, asymmetric zeros kept
+ * >= 1 for the v1 checkpoint).  Cholesky factorizations and the inverse
+ * are LAPACK's spotrf/spotri on OpenBLAS.  A row-major symmetric matrix
+ * is its own column-major transpose, so 'L' (column-major lower) is the
+ * row-major upper triangle: spotrf('L') of H^-1 yields U with
+ * H^-1 = U^T U directly.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qf_cuda.h"
+#include "method.h"
+
+extern void spotrf_(const char *uplo, const int *n, float *a, const int *lda,
+		    int *info);
+extern void spotri_(const char *uplo, const int *n, float *a, const int *lda,
+		    int *info);
+
+/* U = upper Cholesky factor of (h + damp I)^-1, row-major, in h. */
+static int chol_inverse_upper(float *h, int64_t n, float damp0)
+{
+	float *save = malloc((size_t)(n * n) * sizeof(*save));
+	double mean = 0;
+	int nn = (int)n, info = 0, attempt;
+	int64_t i, j;
+
+	if (!save)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		mean += h[i * n + i];
+	mean /= (double)n;
+	memcpy(save, h, (size_t)(n * n) * sizeof(*h));
+	for (attempt = 0; attempt < 6; attempt++) {
+		float damp = (float)(damp0 * mean * pow(10, attempt));
+
+		if (attempt) {
+			memcpy(h, save, (size_t)(n * n) * sizeof(*h));
+			qf_warn("gptq: H not positive definite, damping %g",
+				(double)damp);
+		}
+		for (i = 0; i < n; i++)
+			h[i * n + i] += damp;
+		spotrf_("L", &nn, h, &nn, &info);
+		if (!info)
+			spotri_("L", &nn, h, &nn, &info);
+		if (!info)
+			spotrf_("L", &nn, h, &nn, &info);
+		if (!info)
+			break;
+	}
+	free(save);
+	if (info)
+		return QF_ENUMERIC;
+	/* keep the row-major upper triangle, clear the rest */
+	for (i = 0; i < n; i++)
+		for (j = 0; j < i; j++)
+			h[i * n + j] = 0;
+	return 0;
+}
+
+/* Grid of rows [0, out) over columns [a, b) of w (leading dim ld). */
+static int find_params(const float *w, int64_t ld, int64_t out, int64_t a,
+		       int64_t b, const struct qf_qparams *p, uint16_t *sc16,
+		       float *sc, int32_t *zero)
+{
+	int64_t r, j;
+	int ret;
+
+	for (r = 0; r < out; r++) {
+		float lo = w[r * ld + a], hi = lo;
+
+		for (j = a; j < b; j++) {
+			lo = w[r * ld + j] < lo ? w[r * ld + j] : lo;
+			hi = w[r * ld + j] > hi ? w[r * ld + j] : hi;
+		}
+		ret = qf_rtn_grid(lo, hi, p, &sc16[r], &sc[r], &zero[r]);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+static int cmp_diag_desc(const void *a, const void *b, void *arg)
+{
+	const float *d = arg;
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	/* stable: ties keep index order */
+	if (d[x] != d[y])
+		return d[x] > d[y] ? -1 : 1;
+	return x < y ? -1 : x > y;
+}
+
+struct gptq_work {
+	int64_t *perm;			/* [in] position -> column */
+	float *wp;			/* [out, in] permuted W */
+	float *w1;			/* [out, bs] block */
+	float *err;			/* [out, bs] */
+	float *hp;			/* [in, in] permuted H, then U */
+	uint16_t *gsc16;		/* [ngroups or 1][out] grids */
+	float *gsc;
+	int32_t *gz;
+	uint8_t *qp;			/* [out, in] permuted q */
+	float *diag;			/* [in] */
+};
+
+static void work_free(struct gptq_work *k)
+{
+	free(k->perm);
+	free(k->wp);
+	free(k->w1);
+	free(k->err);
+	free(k->hp);
+	free(k->gsc16);
+	free(k->gsc);
+	free(k->gz);
+	free(k->qp);
+	free(k->diag);
+}
+
+/*
+ * The core (Cholesky, column loop, lazy updates) on the CUDA backend.
+ * Returns 0 done, 1 H not positive definite, -1 not on the device (the
+ * CPU does it).
+ */
+static int gptq_device(struct gptq_work *k, int64_t out, int64_t in,
+		       int64_t gs, int64_t bs, const struct qf_gptq_opts *o,
+		       double *loss)
+{
+	struct qf_cuda_gptq g = {
+		.out = out, .in = in, .gs = gs, .bs = bs, .bits = o->qp.bits,
+		.sym = o->qp.sym,
+		.grids_given = gs == in || o->static_groups,
+		.perm = k->perm, .damp = o->damp > 0 ? o->damp : 0.01f,
+		.wp = k->wp, .hp = k->hp, .gsc16 = k->gsc16, .gsc = k->gsc,
+		.gz = k->gz, .qp = k->qp,
+	};
+	int ret;
+
+	if (qf_backend_current() != QF_BACKEND_CUDA || bs > QF_CUDA_GPTQ_BS)
+		return -1;
+	ret = qf_backend_gptq(&g);
+	if (ret < 0)
+		return -1;
+	if (g.damp_retries)
+		qf_warn("gptq: H not positive definite, damping raised %d "
+			"time(s) x10", g.damp_retries);
+	if (o->times) {
+		o->times->chol += g.chol_s;
+		o->times->columns += g.loop_s;
+		o->times->lazy += g.lazy_s;
+		o->times->lazy_flop += g.lazy_flop;
+	}
+	*loss = g.loss;
+	return ret;
+}
+
+int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
+		     const struct qf_gptq_opts *o, uint8_t *q,
+		     uint16_t *scale_f16, int32_t *zero, int32_t *g_idx,
+		     double *loss)
+{
+	const struct qf_qparams *p = &o->qp;
+	int64_t gs = p->group <= 0 || p->group >= in ? in : p->group;
+	int64_t ng = (in + gs - 1) / gs;
+	int64_t bs = o->blocksize > 0 ? o->blocksize : 128;
+	int maxq = (1 << p->bits) - 1;
+	struct gptq_work k = { 0 };
+	const struct qf_cuda_ops *emu = NULL;	/* kernel_on_host */
+	struct qf_cuda_gptq eg;
+	double *rowloss = NULL;
+	int bad = 0;
+	int64_t i, j, r, i1, cur = -1;
+	double total = 0, t0, t1;
+	int ret;
+
+	k.perm = malloc((size_t)in * sizeof(*k.perm));
+	k.wp = malloc((size_t)(out * in) * sizeof(*k.wp));
+	k.w1 = malloc((size_t)(out * bs) * sizeof(*k.w1));
+	k.err = malloc((size_t)(out * bs) * sizeof(*k.err));
+	k.hp = malloc((size_t)(in * in) * sizeof(*k.hp));
+	k.gsc16 = malloc((size_t)(ng * out) * sizeof(*k.gsc16));
+	k.gsc = malloc((size_t)(ng * out) * sizeof(*k.gsc));
+	k.gz = malloc((size_t)(ng * out) * sizeof(*k.gz));
+	k.qp = malloc((size_t)(out * in));
+	k.diag = malloc((size_t)in * sizeof(*k.diag));
+	if (!k.perm || !k.wp || !k.w1 || !k.err || !k.hp || !k.gsc16 ||
+	    !k.gsc || !k.gz || !k.qp || !k.diag) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	/* dead inputs never matter: zero their weights, unit diagonal */
+	for (j = 0; j < in; j++) {
+		if (h[j * in + j] == 0) {
+			h[j * in + j] = 1;
+			for (r = 0; r < out; r++)
+				w[r * in + j] = 0;
+		}
+		k.diag[j] = h[j * in + j];
+		k.perm[j] = j;
+	}
+	/* static groups: grids of the original W, in original order */
+	if (o->static_groups && gs < in)
+		for (i = 0; i < ng; i++) {
+			int64_t b = (i + 1) * gs < in ? (i + 1) * gs : in;
+
+			ret = find_params(w, in, out, i * gs, b, p,
+					  k.gsc16 + i * out, k.gsc + i * out,
+					  k.gz + i * out);
+			if (ret < 0)
+				goto out_free;
+		}
+	if (o->act_order)
+		qsort_r(k.perm, (size_t)in, sizeof(*k.perm), cmp_diag_desc,
+			k.diag);
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++)
+			k.wp[r * in + j] = w[r * in + k.perm[j]];
+	for (i = 0; i < in; i++)
+		for (j = 0; j < in; j++)
+			k.hp[i * in + j] = h[k.perm[i] * in + k.perm[j]];
+	if (gs == in) {		/* one grid per row, from the whole row */
+		ret = find_params(k.wp, in, out, 0, in, p, k.gsc16, k.gsc,
+				  k.gz);
+		if (ret < 0)
+			goto out_free;
+		cur = 0;
+	}
+	if (o->kernel_on_host) {
+		emu = qf_backend_cuda_ops(NULL, 0);
+		rowloss = calloc((size_t)out, sizeof(*rowloss));
+		ret = !emu || bs > QF_CUDA_GPTQ_BS ? QF_EUNSUPPORTED :
+		      rowloss ? 0 : -ENOMEM;
+		if (ret < 0)
+			goto out_free;
+		eg = (struct qf_cuda_gptq){
+			.out = out, .in = in, .gs = gs, .bs = bs,
+			.bits = p->bits, .sym = p->sym,
+			.grids_given = gs == in || o->static_groups,
+			.perm = k.perm, .wp = k.wp, .gsc16 = k.gsc16,
+			.gsc = k.gsc, .gz = k.gz, .qp = k.qp,
+		};
+	} else {
+		ret = gptq_device(&k, out, in, gs, bs, o, &total);
+		if (ret == 0)
+			goto unpermute;
+		if (ret > 0) {
+			ret = QF_ENUMERIC;
+			goto out_free;
+		}
+	}
+	t0 = qf_now();
+	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
+	if (o->times)
+		o->times->chol += qf_now() - t0;
+	if (ret < 0)
+		goto out_free;
+	for (i1 = 0; i1 < in; i1 += bs) {
+		int64_t i2 = i1 + bs < in ? i1 + bs : in, cnt = i2 - i1;
+
+		t0 = qf_now();
+		if (emu) {	/* the CUDA kernel's code, on the host */
+			emu->gptq_block_host(&eg, i1, cnt, k.hp, k.err,
+					     rowloss, &bad);
+		} else {
+			for (r = 0; r < out; r++)
+				memcpy(k.w1 + r * cnt, k.wp + r * in + i1,
+				       (size_t)cnt * sizeof(float));
+			for (i = 0; i < cnt; i++) {
+				int64_t col = i1 + i;
+				float d = k.hp[col * in + col];
+				const float *urow = k.hp + col * in + i1;
+				int64_t g;
+
+				if (gs < in && o->static_groups) {
+					cur = k.perm[col] / gs;
+				} else if (gs < in && col % gs == 0) {
+					/* the grid of the group starting here, from
+					 * W as of the block start (the reference) */
+					int64_t b = col + gs < in ? col + gs : in;
+
+					cur = col / gs;
+					ret = find_params(k.wp, in, out, col, b, p,
+							  k.gsc16 + cur * out,
+							  k.gsc + cur * out,
+							  k.gz + cur * out);
+					if (ret < 0)
+						goto out_free;
+				}
+				g = cur;
+				for (r = 0; r < out; r++) {
+					float sc = k.gsc[g * out + r];
+					float z = (float)k.gz[g * out + r];
+					float x = k.w1[r * cnt + i];
+					float v = nearbyintf(x / sc) + z;
+					float e;
+
+					v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
+					k.qp[r * in + col] = (uint8_t)v;
+					e = (x - sc * (v - z)) / d;
+					total += (double)e * e / 2;
+					k.err[r * cnt + i] = e;
+					/* error feedback inside the block */
+					for (j = i + 1; j < cnt; j++)
+						k.w1[r * cnt + j] -= e * urow[j];
+				}
+			}
+		}
+		t1 = qf_now();
+		/* lazy batch update of the columns after the block */
+		if (i2 < in)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+				    (int)out, (int)(in - i2), (int)cnt, -1.0f,
+				    k.err, (int)cnt, k.hp + i1 * in + i2,
+				    (int)in, 1.0f, k.wp + i2, (int)in);
+		if (o->times) {
+			o->times->columns += t1 - t0;
+			o->times->lazy += qf_now() - t1;
+			o->times->lazy_flop += 2.0 * (double)out *
+					       (double)(in - i2) * (double)cnt;
+		}
+	}
+	if (emu) {
+		for (r = 0; r < out; r++)
+			total += rowloss[r];
+		if (bad) {
+			ret = QF_ENUMERIC;
+			goto out_free;
+		}
+	}
+unpermute:
+	/* back to the original column order; groups follow positions */
+	for (j = 0; j < in; j++) {
+		int64_t c = k.perm[j];
+		int64_t g = gs == in ? 0 : o->static_groups ? c / gs : j / gs;
+
+		g_idx[c] = (int32_t)g;
+		for (r = 0; r < out; r++) {
+			uint8_t v = k.qp[r * in + j];
+
+			q[r * in + c] = v;
+			w[r * in + c] = k.gsc[g * out + r] *
+					((float)v - (float)k.gz[g * out + r]);
+		}
+	}
+	for (r = 0; r < out; r++)
+		for (i = 0; i < ng; i++) {
+			scale_f16[r * ng + i] = k.gsc16[i * out + r];
+			zero[r * ng + i] = k.gz[i * out + r];
+		}
+	if (loss)
+		*loss = total;
+	ret = 0;
+out_free:
+	free(rowloss);
+	work_free(&k);
+	return ret;
+}

@@ -1,0 +1,329 @@
+/*
+ * forward.c - the Llama-family forward pass around the kernels of
+ * tf_kernels.c: loading one decoder layer's weights as fp32, the
+ * embedding lookup, the head (final norm + lm_head), whole-model logits
+ * one layer in memory at a time, and the log-probabilities of targets
+ * under the head.  config.json parsing is io/config.c.
+ *
+ * Model files are untrusted: every tensor's presence and shape is checked
+ * (QF_EFORMAT, naming the tensor) before it is read.  The embedding table
+ * and lm_head are converted in slices, never as a whole fp32 copy, so a
+ * 150k-token vocabulary costs no extra gigabyte.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn.h"
+#include "tf_kernels.h"
+
+/* Floats of lm_head converted at a time. */
+#define HEAD_CHUNK_FLOATS (4u << 20)
+
+/* Mistral's sliding window when it is shorter than seqlen, else 0. */
+static int sliding_window(const struct qf_tf_config *c, int seqlen)
+{
+	int w = c->sliding_window;
+
+	return w > 0 && w < seqlen ? w : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* layers                                                             */
+
+/* Tensor name with its shape checked: [d0] when d1 == 0, else [d0, d1]. */
+static const struct qf_model_tensor *find_shaped(const struct qf_model *m,
+						 const char *name, int64_t d0,
+						 int64_t d1)
+{
+	const struct qf_model_tensor *mt = qf_model_find(m, name);
+	int nd = d1 ? 2 : 1;
+
+	if (!mt) {
+		qf_err("%s: missing tensor '%s'", m->dir, name);
+		return NULL;
+	}
+	if (mt->t->ndim != nd || mt->t->shape[0] != d0 ||
+	    (nd == 2 && mt->t->shape[1] != d1)) {
+		qf_err("%s: tensor '%s' has a wrong shape (want [%lld%s%lld])",
+		       m->dir, name, (long long)d0, nd == 2 ? ", " : "",
+		       nd == 2 ? (long long)d1 : 0LL);
+		return NULL;
+	}
+	return mt;
+}
+
+/* Read name ([d0] or [d0, d1]) into a new fp32 array. */
+static int load_f32(const struct qf_model *m, const char *name, int64_t d0,
+		    int64_t d1, float **out)
+{
+	const struct qf_model_tensor *mt = find_shaped(m, name, d0, d1);
+	float *p;
+	int ret;
+
+	if (!mt)
+		return QF_EFORMAT;
+	p = malloc(sizeof(float) * (size_t)(d0 * (d1 ? d1 : 1)));
+	if (!p)
+		return -ENOMEM;
+	ret = qf_model_read_f32(mt, p);
+	if (ret < 0) {
+		free(p);
+		return ret;
+	}
+	*out = p;
+	return 0;
+}
+
+static int load_layer_t(const struct qf_model *m, int l, const char *what,
+			int64_t d0, int64_t d1, float **out)
+{
+	char name[256];
+
+	snprintf(name, sizeof(name), "model.layers.%d.%s", l, what);
+	return load_f32(m, name, d0, d1, out);
+}
+
+int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
+		     int l, struct qf_tf_layer *out)
+{
+	char what[64];
+	int i, ret;
+
+	memset(out, 0, sizeof(*out));
+	if (l < 0 || l >= c->layers)
+		return -EINVAL;
+	for (i = 0; i < QF_TF_NLINEAR; i++) {
+		int64_t o = qf_tf_linear_out(c, i), n = qf_tf_linear_in(c, i);
+
+		/* .weight, or the GPTQ tensors of a mounted variant */
+		snprintf(what, sizeof(what), "model.layers.%d.%s", l,
+			 qf_tf_linear_name(i));
+		out->w[i] = malloc(sizeof(float) * (size_t)(o * n));
+		ret = out->w[i] ? qf_model_linear_f32(m, what, o, n,
+						      out->w[i]) : -ENOMEM;
+		if (ret < 0)
+			goto out_free;
+		if (!qf_tf_linear_bias(m, c, i))
+			continue;
+		snprintf(what, sizeof(what), "%s.bias", qf_tf_linear_name(i));
+		ret = load_layer_t(m, l, what, o, 0, &out->b[i]);
+		if (ret < 0)
+			goto out_free;
+	}
+	ret = load_layer_t(m, l, "input_layernorm.weight", c->hidden, 0,
+			   &out->in_norm);
+	if (ret == 0)
+		ret = load_layer_t(m, l, "post_attention_layernorm.weight",
+				   c->hidden, 0, &out->post_norm);
+	if (ret == 0 && c->qk_norm)
+		ret = load_layer_t(m, l, "self_attn.q_norm.weight",
+				   c->head_dim, 0, &out->q_norm);
+	if (ret == 0 && c->qk_norm)
+		ret = load_layer_t(m, l, "self_attn.k_norm.weight",
+				   c->head_dim, 0, &out->k_norm);
+	if (ret == 0)
+		return 0;
+out_free:
+	qf_tf_layer_free(out);
+	return ret;
+}
+
+void qf_tf_layer_free(struct qf_tf_layer *ly)
+{
+	int i;
+
+	if (!ly)
+		return;
+	for (i = 0; i < QF_TF_NLINEAR; i++) {
+		free(ly->w[i]);
+		free(ly->b[i]);
+	}
+	free(ly->in_norm);
+	free(ly->post_norm);
+	free(ly->q_norm);
+	free(ly->k_norm);
+	memset(ly, 0, sizeof(*ly));
+}
+
+/* ------------------------------------------------------------------ */
+/* embeddings and head                                                */
+
+/*
+ * Rows [r0, r0 + n) of a [rows, cols] source matrix as fp32 into dst.
+ * The caller checked the shard is unchanged.
+ */
+static int read_rows(const struct qf_model_tensor *mt, int64_t r0, int64_t n,
+		     int64_t cols, float *dst)
+{
+	size_t es = qf_dtype_size(mt->t->dtype);
+	const uint8_t *src = qf_st_data(mt->shard, mt->t);
+	int64_t i;
+	int ret;
+
+	ret = qf_to_f32(mt->t->dtype, src + (size_t)(r0 * cols) * es,
+			(size_t)(n * cols), dst);
+	if (ret < 0) {
+		qf_err("%s: tensor '%s' is not floating point",
+		       mt->shard->path, mt->name);
+		return ret;
+	}
+	if (qf_st_faulted(mt->shard))
+		return QF_ECORRUPT;
+	for (i = 0; i < n * cols; i++)
+		if (!isfinite(dst[i])) {
+			qf_err("%s: tensor '%s' has a non-finite value in row "
+			       "%lld", mt->shard->path, mt->name,
+			       (long long)(r0 + i / cols));
+			return QF_ENUMERIC;
+		}
+	return 0;
+}
+
+static int check_unchanged(const struct qf_model_tensor *mt)
+{
+	if (qf_st_unchanged(mt->shard))
+		return 0;
+	qf_err("%s: changed on disk since the mount; remount",
+	       mt->shard->path);
+	return QF_ECORRUPT;
+}
+
+int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
+		const int32_t *ids, int64_t n, float *x)
+{
+	const struct qf_model_tensor *mt;
+	int64_t i;
+	int ret;
+
+	mt = find_shaped(m, "model.embed_tokens.weight", c->vocab, c->hidden);
+	if (!mt)
+		return QF_EFORMAT;
+	ret = check_unchanged(mt);
+	for (i = 0; i < n && ret == 0; i++) {
+		if (ids[i] < 0 || ids[i] >= c->vocab) {
+			qf_err("token id %d out of range (vocab %d)", ids[i],
+			       c->vocab);
+			return -EINVAL;
+		}
+		ret = read_rows(mt, ids[i], 1, c->hidden, x + i * c->hidden);
+	}
+	return ret;
+}
+
+int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
+	       const float *x, int64_t n, float *logits)
+{
+	const char *wname = c->tie ? "model.embed_tokens.weight" :
+				     "lm_head.weight";
+	const struct qf_model_tensor *mt;
+	float *xn = NULL;	/* [n, hidden] normed */
+	float *w = NULL;	/* [chunk, hidden] slice of lm_head */
+	float *norm = NULL;	/* [hidden] */
+	int64_t chunk, r0, nr;
+	int ret;
+
+	mt = find_shaped(m, wname, c->vocab, c->hidden);
+	if (!mt)
+		return QF_EFORMAT;
+	ret = load_f32(m, "model.norm.weight", c->hidden, 0, &norm);
+	if (ret < 0)
+		return ret;
+	chunk = HEAD_CHUNK_FLOATS / c->hidden;
+	chunk = chunk < 1 ? 1 : chunk > c->vocab ? c->vocab : chunk;
+	xn = malloc(sizeof(float) * (size_t)(n * c->hidden));
+	w = malloc(sizeof(float) * (size_t)(chunk * c->hidden));
+	if (!xn || !w) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	qf_tf_rmsnorm(x, norm, n, c->hidden, c->rms_eps, xn);
+	ret = check_unchanged(mt);
+	for (r0 = 0; r0 < c->vocab && ret == 0; r0 += chunk) {
+		nr = c->vocab - r0 < chunk ? c->vocab - r0 : chunk;
+		ret = read_rows(mt, r0, nr, c->hidden, w);
+		if (ret < 0)
+			break;
+		/* logits[:, r0:r0+nr] = xn w^T, ldc = vocab */
+		qf_sgemm(false, true, (int)n,
+			    (int)nr, c->hidden, 1.0f, xn, c->hidden, w,
+			    c->hidden, 0.0f, logits + r0, c->vocab);
+	}
+out_free:
+	free(xn);
+	free(w);
+	free(norm);
+	return ret;
+}
+
+int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
+		 const int32_t *ids, int nseq, int seqlen, float *logits)
+{
+	int64_t n = (int64_t)nseq * seqlen;
+	int window = sliding_window(c, seqlen);
+	struct qf_tf_layer ly;
+	float *x;	/* [n, hidden] residual stream */
+	int l, ret;
+
+	if (nseq <= 0 || seqlen <= 0)
+		return -EINVAL;
+	x = malloc(sizeof(float) * (size_t)(n * c->hidden));
+	if (!x)
+		return -ENOMEM;
+	ret = qf_tf_embed(m, c, ids, n, x);
+	for (l = 0; l < c->layers && ret == 0; l++) {
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		ret = qf_tf_layer_forward_win(c, &ly, l, x, nseq, seqlen,
+					      window, NULL, NULL);
+		qf_tf_layer_free(&ly);
+	}
+	if (ret == 0)
+		ret = qf_tf_head(m, c, x, n, logits);
+	free(x);
+	return ret;
+}
+
+/* ------------------------------------------------------------------ */
+/* log-probabilities of targets under the head                        */
+
+#define HEAD_BUDGET (64u << 20)		/* logits bytes per slice */
+
+int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
+		 const float *x, const int32_t *target, int64_t n,
+		 double *logp)
+{
+	int64_t rows = HEAD_BUDGET / ((int64_t)c->vocab * 4);
+	float *lg;
+	int64_t r0, r, j;
+	int ret = 0;
+
+	rows = rows < 1 ? 1 : rows > n ? n : rows;
+	lg = malloc((size_t)(rows * c->vocab) * sizeof(*lg));
+	if (!lg)
+		return -ENOMEM;
+	for (r0 = 0; r0 < n && !ret; r0 += rows) {
+		int64_t k = n - r0 < rows ? n - r0 : rows;
+
+		ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lg);
+		for (r = 0; r < k && !ret; r++) {
+			const float *l = lg + r * c->vocab;
+			double mx = l[0], s = 0;
+			int32_t t = target[r0 + r];
+
+			logp[r0 + r] = 0;
+			if (t < 0)
+				continue;
+			for (j = 1; j < c->vocab; j++)
+				mx = l[j] > mx ? l[j] : mx;
+			for (j = 0; j < c->vocab; j++)
+				s += exp((double)l[j] - mx);
+			logp[r0 + r] = (double)l[t] - mx - log(s);
+		}
+	}
+	free(lg);
+	return ret;
+}

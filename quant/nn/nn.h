@@ -1,0 +1,110 @@
+/*
+ * nn.h - the public interface of quant/nn: the network in fp32.  The
+ * compute backend (OpenBLAS, or the CUDA module loaded at run time),
+ * one Llama-family decoder layer's weights and forward pass, the
+ * embedding, the head and whole-model logits.  tf_kernels.h (the kernels
+ * one layer is built from) and tf_backward.h (a block's backward, for
+ * BRECQ) are nn's narrower interfaces; qf_cuda.h is the ABI of the CUDA
+ * module, shared with GPTQ's device core (method/gptq.c).
+ *
+ * nn uses io (model directories, config.json) and common only.
+ */
+#ifndef QF_NN_H
+#define QF_NN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io.h"
+
+/* ------------------------------------------------------------------ */
+/* the compute backend                                                */
+
+/*
+ * The compute backend (backend.c): "cpu" (OpenBLAS/LAPACK) or "cuda"
+ * (cuBLAS/cuSOLVER and kernels in a module loaded at run time).  One
+ * choice per process: qf_backend_select("cpu" | "cuda" | "auto") returns
+ * the backend in use; "cuda" and "auto" fall back to the CPU, with the
+ * reason in why, when the module or a device does not work.  QF_ESPEC
+ * for another name.  On cuda, products above 2^27 flops, X^T X and
+ * GPTQ's core run on the device; results differ from the CPU's only by
+ * the order of floating-point sums (see quantfs-variants(7), BACKENDS).
+ */
+enum qf_backend { QF_BACKEND_CPU, QF_BACKEND_CUDA };
+int qf_backend_select(const char *want, char *why, size_t cap);
+enum qf_backend qf_backend_current(void);
+const char *qf_backend_name(enum qf_backend b);
+/* True when this build has the CUDA module. */
+bool qf_backend_cuda_built(void);
+/* "OpenBLAS" or the device's name and size. */
+void qf_backend_describe(char *out, size_t cap);
+/* Row-major C[m, n] = alpha op(A) op(B) + beta C (cblas_sgemm's terms). */
+void qf_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
+	      float alpha, const float *a, int64_t lda, const float *b,
+	      int64_t ldb, float beta, float *c, int64_t ldc);
+/* Row-major upper triangle of C[n, n] += X^T X for X [k, n]. */
+void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
+
+/* ------------------------------------------------------------------ */
+/* forward pass: Llama family (llama, mistral, qwen2, qwen3) in fp32     */
+
+/* One decoder layer's weights in fp32 (converted from the source). */
+struct qf_tf_layer {
+	float *w[QF_TF_NLINEAR];	/* [out, in] row-major, as nn.Linear */
+	float *b[QF_TF_NLINEAR];	/* bias [out] or NULL */
+	float *in_norm;			/* input_layernorm [hidden] */
+	float *post_norm;		/* post_attention_layernorm [hidden] */
+	float *q_norm;			/* qwen3 [head_dim] or NULL */
+	float *k_norm;			/* qwen3 [head_dim] or NULL */
+};
+
+/* Load layer l (weights converted to fp32); free with _free. */
+int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
+		     int l, struct qf_tf_layer *out);
+void qf_tf_layer_free(struct qf_tf_layer *ly);
+
+/*
+ * Called before each linear with its input activations x [ntok, in]
+ * (ntok = nseq * seqlen rows); lets calibration accumulate X^T X or
+ * channel statistics.  Return non-zero to abort the forward pass.
+ */
+typedef int (*qf_tf_hook)(void *arg, int layer, enum qf_tf_linear lin,
+			  const float *x, int64_t ntok, int64_t in);
+
+/*
+ * x [nseq * seqlen, hidden] in place: one decoder layer (RMSNorm,
+ * RoPE attention with GQA and a causal mask, SwiGLU MLP, residuals) for
+ * nseq independent sequences of seqlen tokens at positions 0..seqlen-1.
+ * Matrix products on OpenBLAS SGEMM.  hook may be NULL.
+ * Returns 0, -ENOMEM, or the hook's value.
+ */
+int qf_tf_layer_forward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, int layer, float *x,
+			int nseq, int seqlen, qf_tf_hook hook, void *arg);
+/* Embedding lookup: x [n, hidden] for tokens ids[n]. */
+int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
+		const int32_t *ids, int64_t n, float *x);
+/* Final RMSNorm + lm_head (or tied embeddings): logits [n, vocab]. */
+int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
+	       const float *x, int64_t n, float *logits);
+/*
+ * Whole-model logits for nseq sequences of seqlen tokens, layer by layer
+ * (one layer's fp32 weights in memory at a time).  logits [n, vocab].
+ */
+int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
+		 const int32_t *ids, int nseq, int seqlen, float *logits);
+
+struct qf_model;
+struct qf_tf_config;
+/*
+ * log p(target[r]) under the final norm + lm_head of each row of x
+ * [n, hidden], 0 where target[r] is -1 (forward.c; perplexity, multiple
+ * choice and mixed precision's measured loss share it).  Returns 0,
+ * -ENOMEM, or qf_tf_head's error.
+ */
+int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
+		 const float *x, const int32_t *target, int64_t n,
+		 double *logp);
+
+#endif /* QF_NN_H */

@@ -1,0 +1,549 @@
+/*
+ * variant.c - what a variant of a model consists of, and producing it.
+ *
+ * qf_variant_init() decides, from shapes alone, every output tensor with
+ * its exact size, so the file assembler can publish the file size before
+ * anything is quantized.  qf_variant_produce() computes one production
+ * group (one source linear): GPTQ checkpoint tensors, or for _fake the
+ * dequantized weight in the source dtype.
+ *
+ * Which tensors are quantized: 2-D floating ".weight" tensors except
+ * embeddings, lm_head and norms.  A linear whose shape the packing cannot
+ * express (e.g. 3 bits needs both dims divisible by 32) stays in the
+ * source dtype, is listed in quantization.json and is excluded in the
+ * config with a GPTQModel/vLLM "dynamic" negative override.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mixed.h"
+#include "variant.h"
+
+static bool is_float(enum qf_dtype dt)
+{
+	return dt == QF_DT_F16 || dt == QF_DT_BF16 || dt == QF_DT_F32;
+}
+
+/* A 2-D linear weight that quantization applies to. */
+static bool is_linear(const struct qf_model_tensor *mt)
+{
+	const char *n = mt->name;
+	size_t len = strlen(n);
+
+	return mt->t->ndim == 2 && is_float(mt->t->dtype) && len > 7 &&
+	       !strcmp(n + len - 7, ".weight") && !strstr(n, "embed") &&
+	       !strstr(n, "lm_head") && !strstr(n, "norm") &&
+	       !strstr(n, "wte") && !strstr(n, "wpe");
+}
+
+uint64_t qf_vtensor_bytes(const struct qf_vtensor *t)
+{
+	uint64_t n = qf_dtype_size(t->dtype);
+	int i;
+
+	for (i = 0; i < t->ndim; i++)
+		n *= (uint64_t)t->shape[i];
+	return n;
+}
+
+static int add_tensor(struct qf_variant *v, size_t *cap, const char *prefix,
+		      const char *suffix, enum qf_dtype dt, int64_t d0,
+		      int64_t d1, uint32_t group)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_vtensor *t;
+
+	if (v->nt == *cap) {
+		size_t nc = *cap ? *cap * 2 : 64;
+
+		t = realloc(v->t, nc * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		v->t = t;
+		*cap = nc;
+	}
+	if (qf_buf_addf(&b, "%s%s", prefix, suffix) < 0)
+		return -ENOMEM;
+	t = &v->t[v->nt++];
+	memset(t, 0, sizeof(*t));
+	t->name = qf_buf_detach(&b, NULL);
+	t->dtype = dt;
+	t->ndim = d1 < 0 ? 1 : 2;
+	t->shape[0] = d0;
+	t->shape[1] = d1 < 0 ? 0 : d1;
+	t->group = group;
+	return 0;
+}
+
+static int note_skip(struct qf_variant *v, const char *name,
+		     const char *reason)
+{
+	cJSON *o = cJSON_CreateObject();
+	char *s;
+	int ret;
+
+	if (!o)
+		return -ENOMEM;
+	cJSON_AddStringToObject(o, "name", name);
+	cJSON_AddStringToObject(o, "reason", reason);
+	s = cJSON_PrintUnformatted(o);
+	cJSON_Delete(o);
+	if (!s)
+		return -ENOMEM;
+	ret = qf_buf_addf(&v->skipped, "%s%s", v->nskipped ? "," : "", s);
+	free(s);
+	v->nskipped++;
+	return ret;
+}
+
+int qf_pack_bits(int bits)
+{
+	return bits == 2 || bits == 3 || bits == 4 ? bits : 8;
+}
+
+/* Grid bits of a linear: 2..8, or 16 (kept in the source dtype). */
+static int linear_bits(const struct qf_variant *v, const char *name)
+{
+	const struct qf_spec *s = &v->spec;
+
+	if (v->bits_of)
+		return v->bits_of(v->bits_arg, name);
+	if (s->method == QF_METHOD_BRECQ)
+		return strstr(name, "self_attn.") ? s->attn_bits : s->bits;
+	if (s->method == QF_METHOD_MIXED_STATIC) {
+		struct qf_mixed_static t;
+
+		qf_mixed_static_defaults(&t);
+		return qf_mixed_static_bits(&t, NULL, name, NULL);
+	}
+	return s->bits;
+}
+
+static bool packable(const struct qf_spec *s, int bits, int64_t in,
+		     int64_t out)
+{
+	if (s->method == QF_METHOD_AWQ)
+		return qf_awq_packable(bits, in, out, s->group < 0 ? 0 :
+				       s->group);
+	return qf_gptq_packable(qf_pack_bits(bits), in, out);
+}
+
+/*
+ * AWQ folds the input scales of q/k/v into input_layernorm and those of
+ * gate/up into post_attention_layernorm, so that norm becomes an output
+ * of the q_proj (gate_proj) group, when every linear that reads it is
+ * quantized.  name is a linear or a norm of decoder layer L; the norm
+ * tensor, or NULL when nothing is folded.
+ */
+static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
+					      const char *name)
+{
+	static const struct {
+		const char *norm;
+		const char *owner;
+		const char *lin[3];
+	} fold[] = {
+		{ "input_layernorm", "self_attn.q_proj",
+		  { "self_attn.q_proj", "self_attn.k_proj",
+		    "self_attn.v_proj" } },
+		{ "post_attention_layernorm", "mlp.gate_proj",
+		  { "mlp.gate_proj", "mlp.up_proj", NULL } },
+	};
+	const char *p = strstr(name, "model.layers.");
+	const struct qf_model_tensor *mt;
+	char want[256];
+	size_t f, k;
+	int l;
+
+	if (v->spec.method != QF_METHOD_AWQ || p != name ||
+	    sscanf(name, "model.layers.%d.", &l) != 1)
+		return NULL;
+	for (f = 0; f < 2; f++) {
+		char norm[128], owner[128];
+
+		snprintf(norm, sizeof(norm), "model.layers.%d.%s.weight", l,
+			 fold[f].norm);
+		snprintf(owner, sizeof(owner), "model.layers.%d.%s.weight", l,
+			 fold[f].owner);
+		if (strcmp(name, norm) && strcmp(name, owner))
+			continue;
+		for (k = 0; k < 3 && fold[f].lin[k]; k++) {
+			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
+				 l, fold[f].lin[k]);
+			mt = qf_model_find(v->m, want);
+			if (!mt || !is_linear(mt) ||
+			    !packable(&v->spec, v->spec.bits, mt->t->shape[1],
+				      mt->t->shape[0]))
+				return NULL;
+		}
+		mt = qf_model_find(v->m, norm);
+		return mt && mt->t->ndim == 1 && is_float(mt->t->dtype) ? mt :
+		       NULL;
+	}
+	return NULL;
+}
+
+/* Output tensors of one quantized linear; prefix is name minus .weight. */
+static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
+		      const struct qf_model_tensor *mt)
+{
+	int64_t out = mt->t->shape[0];
+	int64_t in = mt->t->shape[1];
+	const struct qf_spec *s = &v->spec;
+	struct qf_vgroup *g;
+	char prefix[4096];
+	uint32_t gi = (uint32_t)v->ng;
+	int64_t ng;
+	int ret;
+
+	snprintf(prefix, sizeof(prefix), "%.*s", (int)(strlen(mt->name) - 7),
+		 mt->name);
+	if (v->ng == *gcap) {
+		size_t nc = *gcap ? *gcap * 2 : 32;
+
+		g = realloc(v->g, nc * sizeof(*g));
+		if (!g)
+			return -ENOMEM;
+		v->g = g;
+		*gcap = nc;
+	}
+	g = &v->g[v->ng++];
+	memset(g, 0, sizeof(*g));
+	g->w = mt;
+	g->first = (uint32_t)v->nt;
+	g->qp.bits = linear_bits(v, mt->name);
+	g->pack_bits = qf_pack_bits(g->qp.bits);
+	g->qp.group = s->group < 0 ? 0 : s->group ? s->group : 128;
+	g->qp.sym = s->flags & QF_SPEC_SYM;
+	g->src_bytes = mt->t->nbytes;
+	ng = qf_ngroups(in, g->qp.group);
+	if (s->flags & QF_SPEC_FAKE) {
+		ret = add_tensor(v, cap, prefix, ".weight", mt->t->dtype, out,
+				 in, gi);
+	} else if (s->method == QF_METHOD_AWQ) {
+		/* AutoAWQ GEMM: packed along the output dimension */
+		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32, in,
+				 out / 8, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".qzeros", QF_DT_I32,
+					 ng, out / 8, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".scales", QF_DT_F16,
+					 ng, out, gi);
+	} else {
+		ret = add_tensor(v, cap, prefix, ".qweight", QF_DT_I32,
+				 in * g->pack_bits / 32, out, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".qzeros", QF_DT_I32,
+					 ng, out * g->pack_bits / 32, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".scales", QF_DT_F16,
+					 ng, out, gi);
+		if (!ret)
+			ret = add_tensor(v, cap, prefix, ".g_idx", QF_DT_I32,
+					 in, -1, gi);
+	}
+	g->norm = awq_norm(v, mt->name);
+	if (!ret && g->norm)
+		ret = add_tensor(v, cap, g->norm->name, "", g->norm->t->dtype,
+				 g->norm->t->shape[0], -1, gi);
+	g->n = (uint32_t)(v->nt - g->first);
+	return ret;
+}
+
+int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
+		    struct qf_variant **out)
+{
+	return qf_variant_init_bits(m, spec, NULL, NULL, out);
+}
+
+int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
+			 qf_bits_fn bits_of, void *arg,
+			 struct qf_variant **out)
+{
+	struct qf_variant *v;
+	size_t cap = 0, gcap = 0;
+	size_t i;
+	int ret, bits;
+
+	switch (spec->method) {
+	case QF_METHOD_RTN:
+	case QF_METHOD_GPTQ:
+	case QF_METHOD_AWQ:
+	case QF_METHOD_MIXED_STATIC:
+		break;
+	case QF_METHOD_BRECQ:	/* lm_head stays in the source dtype */
+		if (spec->head_bits && spec->head_bits != 16)
+			return QF_EUNSUPPORTED;
+		break;
+	case QF_METHOD_MIXED_DYN:
+	case QF_METHOD_MIXED_BUDGET:
+		if (!bits_of)
+			return QF_EUNSUPPORTED;
+		break;
+	case QF_METHOD_KQUANT:
+		if (!qf_spec_kq_supported(spec))
+			return QF_EUNSUPPORTED;
+		break;
+	}
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->m = m;
+	v->spec = *spec;
+	v->bits_of = bits_of;
+	v->bits_arg = arg;
+	ret = qf_spec_print(spec, v->name, sizeof(v->name));
+	if (ret < 0)
+		goto out_free;
+	for (i = 0; i < m->nt; i++) {
+		const struct qf_model_tensor *mt = &m->t[i];
+
+		if (awq_norm(v, mt->name) == mt)
+			continue;	/* an output of its q/gate group */
+		/* k-quants live in model.gguf only (fs/gguf_view.c) */
+		if (!is_linear(mt) || spec->method == QF_METHOD_KQUANT) {
+			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
+					 0, 0, QF_VT_PASSTHROUGH);
+			if (ret < 0)
+				goto out_free;
+			v->t[v->nt - 1].src = mt;
+			v->t[v->nt - 1].ndim = mt->t->ndim;
+			memcpy(v->t[v->nt - 1].shape, mt->t->shape,
+			       sizeof(v->t[v->nt - 1].shape));
+			continue;
+		}
+		bits = linear_bits(v, mt->name);
+		if (bits >= 16 ||
+		    !packable(spec, bits, mt->t->shape[1], mt->t->shape[0])) {
+			ret = note_skip(v, mt->name, bits >= 16 ?
+					"kept at 16 bits by the precision "
+					"allocation" :
+					spec->method == QF_METHOD_AWQ ?
+					"the AWQ GEMM format needs 4 bits, out "
+					"divisible by 8 and in by the group "
+					"size" : bits == 3 ?
+					"3-bit packing needs in and out "
+					"divisible by 32" :
+					"packing needs in and out divisible "
+					"by 32 / bits");
+			if (!ret)
+				ret = add_tensor(v, &cap, mt->name, "",
+						 mt->t->dtype, 0, 0,
+						 QF_VT_PASSTHROUGH);
+			if (ret < 0)
+				goto out_free;
+			v->t[v->nt - 1].src = mt;
+			v->t[v->nt - 1].ndim = 2;
+			v->t[v->nt - 1].shape[0] = mt->t->shape[0];
+			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
+			continue;
+		}
+		ret = add_linear(v, &cap, &gcap, mt);
+		if (ret < 0)
+			goto out_free;
+	}
+	*out = v;
+	return 0;
+
+out_free:
+	qf_variant_free(v);
+	return ret;
+}
+
+void qf_variant_free(struct qf_variant *v)
+{
+	size_t i;
+
+	if (!v)
+		return;
+	for (i = 0; i < v->nt; i++)
+		free(v->t[i].name);
+	free(v->t);
+	free(v->g);
+	qf_buf_release(&v->skipped);
+	free(v);
+}
+
+/* Dequantize q into dst in the source dtype; returns sum((w - deq)^2). */
+static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
+		      const int32_t *zero, int64_t out, int64_t in, int64_t ng,
+		      const int32_t *g_idx, enum qf_dtype dt, void *dst)
+{
+	double err = 0;
+	int64_t r, j;
+
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++) {
+			int64_t k = r * ng + g_idx[j];
+			float d = qf_f16_to_f32(sc[k]) *
+				  (float)((int32_t)q[r * in + j] - zero[k]);
+
+			if (dt == QF_DT_BF16) {
+				((uint16_t *)dst)[r * in + j] = qf_f32_to_bf16(d);
+				d = qf_bf16_to_f32(((uint16_t *)dst)[r * in + j]);
+			} else if (dt == QF_DT_F16) {
+				((uint16_t *)dst)[r * in + j] = qf_f32_to_f16(d);
+				d = qf_f16_to_f32(((uint16_t *)dst)[r * in + j]);
+			} else if (dst) {
+				((float *)dst)[r * in + j] = d;
+			}
+			if (w)
+				err += ((double)w[r * in + j] - d) *
+				       ((double)w[r * in + j] - d);
+		}
+	return err;
+}
+
+void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
+		     const uint16_t *sc, const int32_t *zero,
+		     const int32_t *g_idx, void **out)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	int64_t rows = g->w->t->shape[0];
+	int64_t in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t r, j;
+
+	if (v->spec.flags & QF_SPEC_FAKE) {
+		dequant(NULL, q, sc, zero, rows, in, ng, g_idx, g->w->t->dtype,
+			out[0]);
+		return;
+	}
+	if (v->spec.method == QF_METHOD_AWQ) {
+		qf_awq_pack(q, sc, zero, rows, in, ng, out[0], out[1],
+			    out[2]);
+		return;
+	}
+	qf_gptq_pack_qweight(q, rows, in, g->pack_bits, out[0]);
+	qf_gptq_pack_qzeros(zero, rows, ng, g->pack_bits, out[1]);
+	/* scales are [groups, out]: transpose from [out, groups] */
+	for (r = 0; r < rows; r++)
+		for (j = 0; j < ng; j++)
+			((uint16_t *)out[2])[j * rows + r] = sc[r * ng + j];
+	memcpy(out[3], g_idx, (size_t)in * sizeof(*g_idx));
+}
+
+/*
+ * One thread's share of a group: rows [r0, r1) read in blocks of a few
+ * rows (they stay in cache between conversion and rounding), quantized,
+ * and, for the packed format, packed.
+ */
+struct rows_job {
+	const struct qf_variant *v;
+	const struct qf_vgroup *g;
+	int64_t r0, r1;
+	uint8_t *q;			/* [out, in] */
+	uint16_t *sc;			/* [out, ngroups] */
+	int32_t *zero;			/* [out, ngroups] */
+	void **out;
+	int ret;
+};
+
+#define ROW_BLOCK 8
+
+static void *rows_run(void *arg)
+{
+	struct rows_job *j = arg;
+	int64_t in = j->g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, j->g->qp.group);
+	float *buf = malloc((size_t)(ROW_BLOCK * in) * sizeof(*buf));
+	int64_t r;
+
+	j->ret = buf ? 0 : -ENOMEM;
+	for (r = j->r0; r < j->r1 && !j->ret; r += ROW_BLOCK) {
+		int64_t nr = j->r1 - r < ROW_BLOCK ? j->r1 - r : ROW_BLOCK;
+
+		j->ret = qf_model_read_f32_rows(j->g->w, r, nr, buf);
+		if (j->ret)
+			break;
+		j->ret = qf_rtn_quantize(buf, nr, in, &j->g->qp, j->q + r * in,
+					 j->sc + r * ng, j->zero + r * ng);
+		if (j->ret)
+			qf_err("%s: %s: a scale is out of the fp16 range",
+			       j->v->name, j->g->w->name);
+	}
+	free(buf);
+	return NULL;
+}
+
+/* Split rows over up to two threads for large groups. */
+static int quantize_rows(const struct qf_variant *v, const struct qf_vgroup *g,
+			 uint8_t *q, uint16_t *sc, int32_t *zero)
+{
+	int64_t rows = g->w->t->shape[0];
+	int64_t half = rows >= 64 && qf_st_numel(g->w->t) >= (1 << 20) ?
+		       rows / 2 / ROW_BLOCK * ROW_BLOCK : rows;
+	struct rows_job jobs[2] = {
+		{ v, g, 0, half, q, sc, zero, NULL, 0 },
+		{ v, g, half, rows, q, sc, zero, NULL, 0 },
+	};
+	pthread_t th;
+	bool two = half < rows && pthread_create(&th, NULL, rows_run,
+						 &jobs[1]) == 0;
+
+	rows_run(&jobs[0]);
+	if (two)
+		pthread_join(th, NULL);
+	else if (half < rows)
+		rows_run(&jobs[1]);
+	if (jobs[0].ret < 0)
+		return jobs[0].ret;
+	return jobs[1].ret;
+}
+
+int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
+		       double *err_rel)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	int64_t rows = g->w->t->shape[0];
+	int64_t in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t gs = ng == 1 ? in : g->qp.group;
+	uint16_t *sc = NULL;
+	int32_t *zero = NULL, *g_idx = NULL;
+	uint8_t *q = NULL;
+	float *w = NULL;
+	double err, norm = 0;
+	int64_t j;
+	int ret;
+
+	q = malloc((size_t)(rows * in));
+	sc = malloc((size_t)(rows * ng) * sizeof(*sc));
+	zero = malloc((size_t)(rows * ng) * sizeof(*zero));
+	g_idx = malloc((size_t)in * sizeof(*g_idx));
+	if (err_rel)
+		w = malloc((size_t)(rows * in) * sizeof(*w));
+	if (!q || !sc || !zero || !g_idx || (err_rel && !w)) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	for (j = 0; j < in; j++)
+		g_idx[j] = (int32_t)(j / gs);
+	ret = quantize_rows(v, g, q, sc, zero);
+	if (ret < 0)
+		goto out_free;
+	qf_variant_emit(v, gi, q, sc, zero, g_idx, out);
+	if (err_rel) {
+		ret = qf_model_read_f32(g->w, w);
+		if (ret < 0)
+			goto out_free;
+		err = dequant(w, q, sc, zero, rows, in, ng, g_idx, QF_DT_F32,
+			      NULL);
+		for (j = 0; j < rows * in; j++)
+			norm += (double)w[j] * w[j];
+		*err_rel = norm > 0 ? err / norm : 0;
+	}
+	ret = 0;
+out_free:
+	free(w);
+	free(q);
+	free(sc);
+	free(zero);
+	free(g_idx);
+	return ret;
+}
