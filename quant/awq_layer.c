@@ -134,8 +134,9 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		for (j = 0; j < c->hidden; j++)
 			ly->in_norm[j] /= s[0][j];
 		for (k = 0; k < 3; k++) {
-			scale_in(ly->w[qkv.lin[k]], qf_tf_linear_out(c, qkv.lin[k]),
-				 c->hidden, s[0]);
+			scale_in(ly->w[qkv.lin[k]],
+				 qf_tf_linear_out(c, qkv.lin[k]), c->hidden,
+				 s[0]);
 			scale_stats(&stats[qkv.lin[k]], s[0]);
 		}
 	}

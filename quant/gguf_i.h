@@ -108,7 +108,8 @@ static inline void kv_str(struct kvw *w, const char *key, const char *s)
 	w_str(w, s, strlen(s));
 }
 
-static inline void kv_arr(struct kvw *w, const char *key, uint32_t type, uint64_t n)
+static inline void kv_arr(struct kvw *w, const char *key, uint32_t type,
+			  uint64_t n)
 {
 	kv_key(w, key, GGUF_ARR);
 	w_u32(w, type);

@@ -427,7 +427,8 @@ static void gptq_unpermute(const struct gptq_work *k, float *w, uint8_t *q,
 
 	for (j = 0; j < in; j++) {
 		int64_t c = k->perm[j];
-		int64_t g = gs == in ? 0 : k->o->static_groups ? c / gs : j / gs;
+		int64_t g = gs == in ? 0 :
+			    k->o->static_groups ? c / gs : j / gs;
 
 		g_idx[c] = (int32_t)g;
 		for (r = 0; r < out; r++) {
