@@ -745,40 +745,42 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	return -EINVAL;
 }
 
-int qf_gguf_q4_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
-			  void *dst)
+/*
+ * Blocks of integer codes q [n] with fp16 scales sc16 [n / 32]: Q4_0
+ * (nibbles, every q <= 15) or Q8_0 (int8 q - 128).
+ */
+static int from_int(bool q4, const uint8_t *q, const uint16_t *sc16,
+		    int64_t n, uint8_t *y)
 {
-	uint8_t *y = dst;
+	size_t bytes = q4 ? Q4_0_BYTES : Q8_0_BYTES;
 	int64_t b;
 	int j;
 
 	if (n <= 0 || n % QK)
 		return -EINVAL;
-	for (b = 0; b < n / QK; b++, q += QK, y += Q4_0_BYTES) {
-		for (j = 0; j < QK; j++)
+	for (b = 0; b < n / QK; b++, q += QK, y += bytes) {
+		for (j = 0; q4 && j < QK; j++)
 			if (q[j] > 15)
 				return -EINVAL;
 		put16(y, sc16[b]);
-		for (j = 0; j < QK / 2; j++)
-			y[2 + j] = (uint8_t)(q[j] | q[QK / 2 + j] << 4);
+		if (q4)
+			for (j = 0; j < QK / 2; j++)
+				y[2 + j] = (uint8_t)(q[j] | q[QK / 2 + j] << 4);
+		else	/* int8 q - 128 is q with its top bit flipped */
+			for (j = 0; j < QK; j++)
+				y[2 + j] = (uint8_t)(q[j] ^ 0x80);
 	}
 	return 0;
+}
+
+int qf_gguf_q4_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
+			  void *dst)
+{
+	return from_int(true, q, sc16, n, dst);
 }
 
 int qf_gguf_q8_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
 			  void *dst)
 {
-	uint8_t *y = dst;
-	int64_t b;
-	int j;
-
-	if (n <= 0 || n % QK)
-		return -EINVAL;
-	for (b = 0; b < n / QK; b++, q += QK, y += Q8_0_BYTES) {
-		put16(y, sc16[b]);
-		/* int8 q - 128 is q with its top bit flipped */
-		for (j = 0; j < QK; j++)
-			y[2 + j] = (uint8_t)(q[j] ^ 0x80);
-	}
-	return 0;
+	return from_int(false, q, sc16, n, dst);
 }

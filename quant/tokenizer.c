@@ -462,30 +462,51 @@ static const char *type_of(const cJSON *o)
 	return s ? s : "";
 }
 
-static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
-		     const char **why)
+typedef int (*step_loader)(struct qf_tok *t, const cJSON *o, int depth,
+			   const char **why);
+
+/*
+ * The frame of every step loader: null is no step, what is not an object
+ * (or nests deeper than 8) is QF_EFORMAT, and a "Sequence" loads each
+ * member of its list (which strict requires to be an array) with load.
+ * Returns 1 when o is a single step for the caller, else 0 or the error.
+ */
+static int load_seq(struct qf_tok *t, const cJSON *o, int depth,
+		    const char *what, const char *list, bool strict,
+		    step_loader load, const char **why)
 {
-	const char *ty = type_of(o), *a, *b;
-	const cJSON *e;
-	struct qf_tok_norm *nm;
+	const cJSON *e, *l;
 	int ret;
 
 	if (is_null(o))
 		return 0;
 	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("normalizer is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		const cJSON *list = member(o, "normalizers");
-
-		if (!cJSON_IsArray(list))
-			return EFMT("normalizer sequence without a list");
-		cJSON_ArrayForEach(e, list) {
-			ret = load_norm(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
+		return fail(why, QF_EFORMAT, "%s is not an object", what);
+	if (strcmp(type_of(o), "Sequence"))
+		return 1;
+	l = member(o, list);
+	if (strict && !cJSON_IsArray(l))
+		return fail(why, QF_EFORMAT, "%s sequence without a list",
+			    what);
+	cJSON_ArrayForEach(e, l) {
+		ret = load(t, e, depth + 1, why);
+		if (ret)
+			return ret;
 	}
+	return 0;
+}
+
+static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
+		     const char **why)
+{
+	const char *ty = type_of(o), *a, *b;
+	struct qf_tok_norm *nm;
+	int ret;
+
+	ret = load_seq(t, o, depth, "normalizer", "normalizers", true,
+		       load_norm, why);
+	if (ret <= 0)
+		return ret;
 	if (t->nnorm == QF_TOK_MAX_STEPS)
 		return EFMT("too many normalizers");
 	nm = &t->norm[t->nnorm];
@@ -608,27 +629,14 @@ static int load_pre(struct qf_tok *t, const cJSON *o, int depth,
 		    const char **why)
 {
 	const char *ty = type_of(o), *r;
-	const cJSON *e;
 	struct qf_tok_pre *p;
 	bool regex;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("pre-tokenizer is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		const cJSON *list = member(o, "pretokenizers");
-
-		if (!cJSON_IsArray(list))
-			return EFMT("pre-tokenizer sequence without a list");
-		cJSON_ArrayForEach(e, list) {
-			ret = load_pre(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	ret = load_seq(t, o, depth, "pre-tokenizer", "pretokenizers", true,
+		       load_pre, why);
+	if (ret <= 0)
+		return ret;
 	if (t->npre == QF_TOK_MAX_STEPS)
 		return EFMT("too many pre-tokenizers");
 	p = &t->pre[t->npre];
@@ -715,21 +723,12 @@ static int load_post(struct qf_tok *t, const cJSON *o, int depth,
 		     const char **why)
 {
 	const char *ty = type_of(o);
-	const cJSON *e;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("post-processor is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		cJSON_ArrayForEach(e, member(o, "processors")) {
-			ret = load_post(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	ret = load_seq(t, o, depth, "post-processor", "processors", false,
+		       load_post, why);
+	if (ret <= 0)
+		return ret;
 	if (!strcmp(ty, "ByteLevel"))
 		return 0;	/* it only trims offsets */
 	if (!strcmp(ty, "TemplateProcessing"))
@@ -747,19 +746,12 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 	double start, stop;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("decoder is not an object");
-	t->has_decoder = true;
-	if (!strcmp(ty, "Sequence")) {
-		cJSON_ArrayForEach(e, member(o, "decoders")) {
-			ret = load_dec(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	if (cJSON_IsObject(o) && depth <= 8)
+		t->has_decoder = true;
+	ret = load_seq(t, o, depth, "decoder", "decoders", false, load_dec,
+		       why);
+	if (ret <= 0)
+		return ret;
 	if (t->ndec == QF_TOK_MAX_STEPS)
 		return EFMT("too many decoders");
 	d = &t->dec[t->ndec];
