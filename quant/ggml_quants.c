@@ -562,6 +562,7 @@ static int enc_f16(const float *x, int64_t n, uint8_t *y, bool bf16)
 int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 			 const float *imp, void *dst)
 {
+	int (*enc_k)(const float *x, const float *imp, uint8_t *y);
 	uint8_t *y = dst;
 	int64_t i;
 	int ret = 0;
@@ -595,16 +596,11 @@ int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 	case QF_GGML_Q8_0:
 		return enc_q8_0(x, n, y);
 	case QF_GGML_Q4_K:
-		for (i = 0; i < n / QK_K && !ret; i++)
-			ret = enc_q4_k_block(x + i * QK_K,
-					     imp ? imp + i * QK_K : NULL,
-					     y + i * Q4_K_BYTES);
-		return ret;
 	case QF_GGML_Q6_K:
+		enc_k = t == QF_GGML_Q4_K ? enc_q4_k_block : enc_q6_k_block;
 		for (i = 0; i < n / QK_K && !ret; i++)
-			ret = enc_q6_k_block(x + i * QK_K,
-					     imp ? imp + i * QK_K : NULL,
-					     y + i * Q6_K_BYTES);
+			ret = enc_k(x + i * QK_K, imp ? imp + i * QK_K : NULL,
+				    y + (size_t)i * qf_ggml_block_bytes(t));
 		return ret;
 	}
 	return -EINVAL;
