@@ -19,6 +19,12 @@
  * is its own column-major transpose, so 'L' (column-major lower) is the
  * row-major upper triangle: spotrf('L') of H^-1 yields U with
  * H^-1 = U^T U directly.
+ *
+ * qf_gptq_quantize() runs gptq_prepare(), then one of three column
+ * loops: the CUDA backend's (gptq_columns_device), the CPU's
+ * (gptq_columns_cpu) or the CUDA kernel's code run on the host
+ * (gptq_columns_host, which its tests hold bit for bit to the CPU's),
+ * and last gptq_unpermute().
  */
 #include <cblas.h>
 #include <math.h>
