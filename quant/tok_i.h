@@ -1,7 +1,8 @@
 /*
- * tok_i.h - the tokenizer's insides, shared by tokenizer.c (loading,
- * added tokens, post-processing, decoding) and tok_bpe.c (normalizers,
- * pre-tokenizers, BPE merges).  Private to quant/.
+ * tok_i.h - the tokenizer's insides, shared by tokenizer.c (loading),
+ * tok_encode.c (added tokens, encoding), tok_bpe.c (normalizers,
+ * pre-tokenizers, BPE merges), tok_nfc.c (NFC) and tok_decode.c
+ * (decoding).  Private to quant/.
  *
  * A struct qf_tok is immutable after qf_tok_load(), so encode and decode
  * may run on many threads at once; all scratch memory is per call.
