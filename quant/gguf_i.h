@@ -132,6 +132,7 @@ static inline const char *jstr(const cJSON *o, const char *k)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* In a function with a `const char **why`: say why, return code. */
 #define VFAIL(code, msg)                                                     \
 	do {                                                                 \
 		*why = (msg);                                                \
