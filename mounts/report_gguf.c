@@ -42,7 +42,7 @@ int qf_report_hash_gguf(struct qf_sha256 *h, const char *path,
 	}
 	size = g->size;
 	len = g->data_off;
-	/* as report.c's hash_part(): name, length, bytes (streamed) */
+	/* as report_store.c's hash_part(): name, length, bytes (streamed) */
 	qf_sha256_update(h, "model.gguf", sizeof("model.gguf"));
 	qf_sha256_update(h, &(uint64_t){ sizeof(size) }, 8);
 	qf_sha256_update(h, &size, sizeof(size));

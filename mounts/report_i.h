@@ -1,6 +1,9 @@
 /*
- * report_i.h - what report.c shares with report_svg.c (the plot) and
- * report_gguf.c (variants served only as model.gguf), inside mounts/.
+ * report_i.h - what the files of `quantfs report` share inside mounts/:
+ * report.c (the command, production and measuring) calls report_store.c
+ * (digests, result keys, the result cache), report_out.c (figures,
+ * report.json and report.md), report_svg.c (the plot) and report_gguf.c
+ * (variants served only as model.gguf); none of them calls back.
  */
 #ifndef QF_REPORT_I_H
 #define QF_REPORT_I_H
@@ -10,6 +13,8 @@
 #include <stdint.h>
 
 #include "common.h"
+
+struct dirent;
 
 /* One row of the report: the source or a variant. */
 struct row {
@@ -42,6 +47,47 @@ struct row {
 	double d_bytes;
 	bool front;			/* on the Pareto front */
 };
+
+/* What every row is measured with: the command line and its files. */
+struct inputs {
+	const char *text_path;
+	const char *mc_path;		/* NULL: no accuracy */
+	struct qf_buf text;
+	struct qf_buf mc;
+	uint8_t text_sha[32];
+	uint8_t mc_sha[32];
+	int ctx;
+	int limit;			/* 0: every question */
+	char *cache;			/* <cache>/reports */
+	bool tty;
+};
+
+/* scandir() filter: the *.safetensors files of a variant directory. */
+int qf_report_is_weights(const struct dirent *d);
+
+/*
+ * Digest of model directory r->dir into out (and its sizes into r).
+ * Reading quantization.json of a calibrated variant waits for its
+ * production: run this in the producer thread.  Returns 0 or -errno,
+ * or the GGUF reader's error.
+ */
+int qf_report_dir_digest(struct row *r, uint8_t out[32]);
+/* Result key (hex) of the variant digest and every input of *in. */
+void qf_report_result_key(const struct inputs *in, const uint8_t digest[32],
+			  char hex[65]);
+/* True when r's figures were found in the result cache (and set). */
+bool qf_report_cache_load(const struct inputs *in, struct row *r);
+/* Store r's figures under r->key.  Returns 0, -errno, -ENOMEM. */
+int qf_report_cache_store(const struct inputs *in, const struct row *r);
+
+/* Relative changes, ratios and the Pareto front against rows[0]. */
+void qf_report_derive(struct row *rows, size_t n);
+/*
+ * report.md at md, with report.json and report.svg next to it; says what
+ * it wrote, or what it could not write.  Returns 0, -errno, -ENOMEM.
+ */
+int qf_report_write(const char *md, const char *model,
+		    const struct inputs *in, const struct row *rows, size_t n);
 
 /* Indices of the front's rows into out [n], by bytes ascending. */
 size_t qf_report_front_order(const struct row *rows, size_t n, size_t *out);

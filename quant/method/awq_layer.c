@@ -85,6 +85,13 @@ struct scale_group {
 	enum qf_tf_linear stats;	/* whose input statistics */
 };
 
+static const struct scale_group qkv = {
+	{ QF_TF_Q, QF_TF_K, QF_TF_V }, 3, QF_TF_Q };
+static const struct scale_group og = { { QF_TF_O }, 1, QF_TF_O };
+static const struct scale_group gu = {
+	{ QF_TF_GATE, QF_TF_UP }, 2, QF_TF_GATE };
+static const struct scale_group dn = { { QF_TF_DOWN }, 1, QF_TF_DOWN };
+
 /* Search one group's scales (res->lin[].alpha set); s [in]. */
 static int search(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		  struct qf_lin_stats *stats, const struct scale_group *sg,
@@ -113,22 +120,92 @@ static int search(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	return ret;
 }
 
+/* Fold the searched scales s[4] into what feeds each group's input. */
+static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+			struct qf_lin_stats *stats,
+			const struct qf_awq_layer_opts *lo, bool fold_o,
+			float *const s[4])
+{
+	const bool *qz = lo->quantize;
+	int64_t r, j;
+	int k;
+
+	if (lo->fold_in) {
+		for (j = 0; j < c->hidden; j++)
+			ly->in_norm[j] /= s[0][j];
+		for (k = 0; k < 3; k++) {
+			scale_in(ly->w[qkv.lin[k]],
+				 qf_tf_linear_out(c, qkv.lin[k]), c->hidden,
+				 s[0]);
+			scale_stats(&stats[qkv.lin[k]], s[0]);
+		}
+	}
+	if (fold_o) {
+		int64_t in_v = stats[QF_TF_V].in;
+
+		for (r = 0; r < qf_tf_linear_out(c, QF_TF_V); r++)
+			for (j = 0; j < in_v; j++)
+				ly->w[QF_TF_V][r * in_v + j] /= s[1][r];
+		scale_in(ly->w[QF_TF_O], c->hidden, stats[QF_TF_O].in, s[1]);
+		scale_stats(&stats[QF_TF_O], s[1]);
+	}
+	if (lo->fold_post) {
+		for (j = 0; j < c->hidden; j++)
+			ly->post_norm[j] /= s[2][j];
+		for (k = 0; k < 2; k++) {
+			scale_in(ly->w[gu.lin[k]], c->inter, c->hidden, s[2]);
+			scale_stats(&stats[gu.lin[k]], s[2]);
+		}
+	}
+	if (qz[QF_TF_UP] && qz[QF_TF_DOWN]) {
+		for (r = 0; r < c->inter; r++)
+			for (j = 0; j < c->hidden; j++)
+				ly->w[QF_TF_UP][r * c->hidden + j] /= s[3][r];
+		scale_in(ly->w[QF_TF_DOWN], c->hidden, c->inter, s[3]);
+		scale_stats(&stats[QF_TF_DOWN], s[3]);
+	}
+}
+
+/* ReFlip of the rounded q/k against the attention scores. */
+static int reflip_qk(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		     struct qf_lin_stats *stats, const struct qf_awq_opts *o,
+		     const struct qf_awq_layer_opts *lo,
+		     struct qf_awq_layer_res *res)
+{
+	const struct qf_lin_stats *st = &stats[QF_TF_Q];
+	struct qf_reflip_opts ro = {
+		.heads = c->heads, .kv_heads = c->kv_heads,
+		.head_dim = c->head_dim, .max_flip_pct = 0.05f,
+		.critical_dim_pct = 0.15f,
+	};
+	float *sal = malloc((size_t)st->in * sizeof(float));
+	int ret;
+
+	ret = sal && st->nxs > 0 ? 0 : -ENOMEM;
+	if (!ret) {
+		salience(st, lo->l2, sal);
+		ret = qf_awq_reflip(ly->w[QF_TF_Q], ly->w[QF_TF_K], st->in,
+				    st->xs, st->nxs, sal, o, &ro,
+				    res->lin[QF_TF_Q].q, res->lin[QF_TF_Q].sc,
+				    res->lin[QF_TF_Q].zero,
+				    res->lin[QF_TF_K].q, res->lin[QF_TF_K].sc,
+				    res->lin[QF_TF_K].zero, &res->score_before,
+				    &res->score_after, &res->reflips);
+	}
+	free(sal);
+	return ret;
+}
+
 int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		 struct qf_lin_stats *stats, const struct qf_awq_opts *o,
 		 const struct qf_awq_layer_opts *lo,
 		 struct qf_awq_layer_res *res)
 {
-	static const struct scale_group qkv = {
-		{ QF_TF_Q, QF_TF_K, QF_TF_V }, 3, QF_TF_Q };
-	static const struct scale_group og = { { QF_TF_O }, 1, QF_TF_O };
-	static const struct scale_group gu = {
-		{ QF_TF_GATE, QF_TF_UP }, 2, QF_TF_GATE };
-	static const struct scale_group dn = { { QF_TF_DOWN }, 1, QF_TF_DOWN };
 	const bool *qz = lo->quantize;
 	float *s[4] = { NULL }, *w0[QF_TF_NLINEAR] = { NULL }, *zero = NULL;
 	float *tmp = NULL;
 	bool fold_o;
-	int64_t maxn = 0, r, j;
+	int64_t maxn = 0;
 	int k, ret = 0;
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
@@ -182,39 +259,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		goto out_free;
 
 	/* 2. fold them in: the fp layer computes the same function */
-	if (lo->fold_in) {
-		for (j = 0; j < c->hidden; j++)
-			ly->in_norm[j] /= s[0][j];
-		for (k = 0; k < 3; k++) {
-			scale_in(ly->w[qkv.lin[k]], qf_tf_linear_out(c, qkv.lin[k]),
-				 c->hidden, s[0]);
-			scale_stats(&stats[qkv.lin[k]], s[0]);
-		}
-	}
-	if (fold_o) {
-		int64_t in_v = stats[QF_TF_V].in;
-
-		for (r = 0; r < qf_tf_linear_out(c, QF_TF_V); r++)
-			for (j = 0; j < in_v; j++)
-				ly->w[QF_TF_V][r * in_v + j] /= s[1][r];
-		scale_in(ly->w[QF_TF_O], c->hidden, stats[QF_TF_O].in, s[1]);
-		scale_stats(&stats[QF_TF_O], s[1]);
-	}
-	if (lo->fold_post) {
-		for (j = 0; j < c->hidden; j++)
-			ly->post_norm[j] /= s[2][j];
-		for (k = 0; k < 2; k++) {
-			scale_in(ly->w[gu.lin[k]], c->inter, c->hidden, s[2]);
-			scale_stats(&stats[gu.lin[k]], s[2]);
-		}
-	}
-	if (qz[QF_TF_UP] && qz[QF_TF_DOWN]) {
-		for (r = 0; r < c->inter; r++)
-			for (j = 0; j < c->hidden; j++)
-				ly->w[QF_TF_UP][r * c->hidden + j] /= s[3][r];
-		scale_in(ly->w[QF_TF_DOWN], c->hidden, c->inter, s[3]);
-		scale_stats(&stats[QF_TF_DOWN], s[3]);
-	}
+	fold_scales(c, ly, stats, lo, fold_o, s);
 
 	if (lo->fold_only)
 		goto out_free;
@@ -245,32 +290,8 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	}
 
 	/* 4. ReFlip of q/k against the attention scores */
-	if (!ret && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K]) {
-		const struct qf_lin_stats *st = &stats[QF_TF_Q];
-		struct qf_reflip_opts ro = {
-			.heads = c->heads, .kv_heads = c->kv_heads,
-			.head_dim = c->head_dim, .max_flip_pct = 0.05f,
-			.critical_dim_pct = 0.15f,
-		};
-		float *sal = malloc((size_t)st->in * sizeof(float));
-
-		ret = sal && st->nxs > 0 ? 0 : -ENOMEM;
-		if (!ret) {
-			salience(st, lo->l2, sal);
-			ret = qf_awq_reflip(ly->w[QF_TF_Q], ly->w[QF_TF_K],
-					    st->in, st->xs, st->nxs, sal, o, &ro,
-					    res->lin[QF_TF_Q].q,
-					    res->lin[QF_TF_Q].sc,
-					    res->lin[QF_TF_Q].zero,
-					    res->lin[QF_TF_K].q,
-					    res->lin[QF_TF_K].sc,
-					    res->lin[QF_TF_K].zero,
-					    &res->score_before,
-					    &res->score_after,
-					    &res->reflips);
-		}
-		free(sal);
-	}
+	if (!ret && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K])
+		ret = reflip_qk(c, ly, stats, o, lo, res);
 
 	/* 5. the quantized layer, and its errors in the scaled domain */
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {

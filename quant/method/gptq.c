@@ -19,6 +19,12 @@
  * is its own column-major transpose, so 'L' (column-major lower) is the
  * row-major upper triangle: spotrf('L') of H^-1 yields U with
  * H^-1 = U^T U directly.
+ *
+ * qf_gptq_quantize() runs gptq_prepare(), then one of three column
+ * loops: the CUDA backend's (gptq_columns_device), the CPU's
+ * (gptq_columns_cpu) or the CUDA kernel's code run on the host
+ * (gptq_columns_host, which its tests hold bit for bit to the CPU's),
+ * and last gptq_unpermute().
  */
 #include <cblas.h>
 #include <math.h>
@@ -108,7 +114,15 @@ static int cmp_diag_desc(const void *a, const void *b, void *arg)
 	return x < y ? -1 : x > y;
 }
 
+/* One layer's run: shapes, options, scratch and the running loss. */
 struct gptq_work {
+	int64_t out, in;
+	int64_t gs;			/* group size; in: one grid per row */
+	int64_t ng;			/* groups */
+	int64_t bs;			/* block of columns */
+	const struct qf_gptq_opts *o;
+	int64_t cur;			/* group of the grid in use, CPU loop */
+	double total;			/* sum of err^2 / 2 */
 	int64_t *perm;			/* [in] position -> column */
 	float *wp;			/* [out, in] permuted W */
 	float *w1;			/* [out, bs] block */
@@ -120,6 +134,26 @@ struct gptq_work {
 	uint8_t *qp;			/* [out, in] permuted q */
 	float *diag;			/* [in] */
 };
+
+static int work_alloc(struct gptq_work *k)
+{
+	int64_t out = k->out, in = k->in, ng = k->ng, bs = k->bs;
+
+	k->perm = malloc((size_t)in * sizeof(*k->perm));
+	k->wp = malloc((size_t)(out * in) * sizeof(*k->wp));
+	k->w1 = malloc((size_t)(out * bs) * sizeof(*k->w1));
+	k->err = malloc((size_t)(out * bs) * sizeof(*k->err));
+	k->hp = malloc((size_t)(in * in) * sizeof(*k->hp));
+	k->gsc16 = malloc((size_t)(ng * out) * sizeof(*k->gsc16));
+	k->gsc = malloc((size_t)(ng * out) * sizeof(*k->gsc));
+	k->gz = malloc((size_t)(ng * out) * sizeof(*k->gz));
+	k->qp = malloc((size_t)(out * in));
+	k->diag = malloc((size_t)in * sizeof(*k->diag));
+	if (!k->perm || !k->wp || !k->w1 || !k->err || !k->hp || !k->gsc16 ||
+	    !k->gsc || !k->gz || !k->qp || !k->diag)
+		return -ENOMEM;
+	return 0;
+}
 
 static void work_free(struct gptq_work *k)
 {
@@ -136,25 +170,241 @@ static void work_free(struct gptq_work *k)
 }
 
 /*
+ * Dead inputs (zero weights, unit diagonal), static grids from the
+ * original W, the act-order permutation, the permuted W and H, and the
+ * one grid per row when there are no groups.
+ */
+static int gptq_prepare(struct gptq_work *k, float *w, float *h)
+{
+	const struct qf_gptq_opts *o = k->o;
+	int64_t out = k->out, in = k->in, gs = k->gs, i, j, r;
+	int ret;
+
+	/* dead inputs never matter: zero their weights, unit diagonal */
+	for (j = 0; j < in; j++) {
+		if (h[j * in + j] == 0) {
+			h[j * in + j] = 1;
+			for (r = 0; r < out; r++)
+				w[r * in + j] = 0;
+		}
+		k->diag[j] = h[j * in + j];
+		k->perm[j] = j;
+	}
+	/* static groups: grids of the original W, in original order */
+	if (o->static_groups && gs < in)
+		for (i = 0; i < k->ng; i++) {
+			int64_t b = (i + 1) * gs < in ? (i + 1) * gs : in;
+
+			ret = find_params(w, in, out, i * gs, b, &o->qp,
+					  k->gsc16 + i * out, k->gsc + i * out,
+					  k->gz + i * out);
+			if (ret < 0)
+				return ret;
+		}
+	if (o->act_order)
+		qsort_r(k->perm, (size_t)in, sizeof(*k->perm), cmp_diag_desc,
+			k->diag);
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++)
+			k->wp[r * in + j] = w[r * in + k->perm[j]];
+	for (i = 0; i < in; i++)
+		for (j = 0; j < in; j++)
+			k->hp[i * in + j] = h[k->perm[i] * in + k->perm[j]];
+	k->cur = -1;
+	if (gs == in) {		/* one grid per row, from the whole row */
+		ret = find_params(k->wp, in, out, 0, in, &o->qp, k->gsc16,
+				  k->gsc, k->gz);
+		if (ret < 0)
+			return ret;
+		k->cur = 0;
+	}
+	return 0;
+}
+
+/*
+ * Column i1 + i of the block [i1, i1 + cnt) held in w1: its grid at a
+ * group start, its codes, and its error fed back into the rest of the
+ * block.
+ */
+static int gptq_column(struct gptq_work *k, int64_t i1, int64_t cnt,
+		       int64_t i)
+{
+	int64_t in = k->in, gs = k->gs, col = i1 + i, r, j, g;
+	int maxq = (1 << k->o->qp.bits) - 1;
+	float d = k->hp[col * in + col];
+	const float *urow = k->hp + col * in + i1;
+	int ret;
+
+	if (gs < in && k->o->static_groups) {
+		k->cur = k->perm[col] / gs;
+	} else if (gs < in && col % gs == 0) {
+		/* the grid of the group starting here, from W as of the
+		 * block start (the reference) */
+		int64_t b = col + gs < in ? col + gs : in;
+
+		k->cur = col / gs;
+		ret = find_params(k->wp, in, k->out, col, b, &k->o->qp,
+				  k->gsc16 + k->cur * k->out,
+				  k->gsc + k->cur * k->out,
+				  k->gz + k->cur * k->out);
+		if (ret < 0)
+			return ret;
+	}
+	g = k->cur;
+	for (r = 0; r < k->out; r++) {
+		float sc = k->gsc[g * k->out + r];
+		float z = (float)k->gz[g * k->out + r];
+		float x = k->w1[r * cnt + i];
+		float v = nearbyintf(x / sc) + z;
+		float e;
+
+		v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
+		k->qp[r * in + col] = (uint8_t)v;
+		e = (x - sc * (v - z)) / d;
+		k->total += (double)e * e / 2;
+		k->err[r * cnt + i] = e;
+		/* error feedback inside the block */
+		for (j = i + 1; j < cnt; j++)
+			k->w1[r * cnt + j] -= e * urow[j];
+	}
+	return 0;
+}
+
+/* The block [i1, i1 + cnt) on the CPU: codes into qp, errors into err. */
+static int gptq_block_cpu(struct gptq_work *k, int64_t i1, int64_t cnt,
+			  void *arg)
+{
+	int64_t r, i;
+	int ret;
+
+	(void)arg;
+	for (r = 0; r < k->out; r++)
+		memcpy(k->w1 + r * cnt, k->wp + r * k->in + i1,
+		       (size_t)cnt * sizeof(float));
+	for (i = 0; i < cnt; i++) {
+		ret = gptq_column(k, i1, cnt, i);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+/*
+ * U from H, then each block of columns by block(), each followed by the
+ * lazy batch update of the columns after it.
+ */
+static int gptq_blocks(struct gptq_work *k,
+		       int (*block)(struct gptq_work *k, int64_t i1,
+				    int64_t cnt, void *arg), void *arg)
+{
+	const struct qf_gptq_opts *o = k->o;
+	int64_t in = k->in, out = k->out, i1;
+	double t0, t1;
+	int ret;
+
+	t0 = qf_now();
+	ret = chol_inverse_upper(k->hp, in, o->damp > 0 ? o->damp : 0.01f);
+	if (o->times)
+		o->times->chol += qf_now() - t0;
+	if (ret < 0)
+		return ret;
+	for (i1 = 0; i1 < in; i1 += k->bs) {
+		int64_t i2 = i1 + k->bs < in ? i1 + k->bs : in, cnt = i2 - i1;
+
+		t0 = qf_now();
+		ret = block(k, i1, cnt, arg);
+		if (ret < 0)
+			return ret;
+		t1 = qf_now();
+		/* lazy batch update of the columns after the block */
+		if (i2 < in)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
+				    (int)out, (int)(in - i2), (int)cnt, -1.0f,
+				    k->err, (int)cnt, k->hp + i1 * in + i2,
+				    (int)in, 1.0f, k->wp + i2, (int)in);
+		if (o->times) {
+			o->times->columns += t1 - t0;
+			o->times->lazy += qf_now() - t1;
+			o->times->lazy_flop += 2.0 * (double)out *
+					       (double)(in - i2) * (double)cnt;
+		}
+	}
+	return 0;
+}
+
+/* The reference column loop on the CPU. */
+static int gptq_columns_cpu(struct gptq_work *k)
+{
+	return gptq_blocks(k, gptq_block_cpu, NULL);
+}
+
+/* The CUDA kernel's column loop, run on the host (kernel_on_host). */
+struct gptq_emu {
+	const struct qf_cuda_ops *ops;
+	struct qf_cuda_gptq g;
+	double *rowloss;		/* [out] */
+	int bad;			/* a non-positive diagonal */
+};
+
+static int gptq_block_host(struct gptq_work *k, int64_t i1, int64_t cnt,
+			   void *arg)
+{
+	struct gptq_emu *e = arg;
+
+	e->ops->gptq_block_host(&e->g, i1, cnt, k->hp, k->err, e->rowloss,
+				&e->bad);
+	return 0;
+}
+
+static int gptq_columns_host(struct gptq_work *k)
+{
+	struct gptq_emu e = { .ops = qf_backend_cuda_ops(NULL, 0) };
+	int64_t r;
+	int ret;
+
+	e.rowloss = calloc((size_t)k->out, sizeof(*e.rowloss));
+	ret = !e.ops || k->bs > QF_CUDA_GPTQ_BS ? QF_EUNSUPPORTED :
+	      e.rowloss ? 0 : -ENOMEM;
+	if (ret < 0)
+		goto out_free;
+	e.g = (struct qf_cuda_gptq){
+		.out = k->out, .in = k->in, .gs = k->gs, .bs = k->bs,
+		.bits = k->o->qp.bits, .sym = k->o->qp.sym,
+		.grids_given = k->gs == k->in || k->o->static_groups,
+		.perm = k->perm, .wp = k->wp, .gsc16 = k->gsc16,
+		.gsc = k->gsc, .gz = k->gz, .qp = k->qp,
+	};
+	ret = gptq_blocks(k, gptq_block_host, &e);
+	if (ret < 0)
+		goto out_free;
+	for (r = 0; r < k->out; r++)
+		k->total += e.rowloss[r];
+	if (e.bad)
+		ret = QF_ENUMERIC;
+out_free:
+	free(e.rowloss);
+	return ret;
+}
+
+/*
  * The core (Cholesky, column loop, lazy updates) on the CUDA backend.
  * Returns 0 done, 1 H not positive definite, -1 not on the device (the
  * CPU does it).
  */
-static int gptq_device(struct gptq_work *k, int64_t out, int64_t in,
-		       int64_t gs, int64_t bs, const struct qf_gptq_opts *o,
-		       double *loss)
+static int gptq_columns_device(struct gptq_work *k)
 {
+	const struct qf_gptq_opts *o = k->o;
 	struct qf_cuda_gptq g = {
-		.out = out, .in = in, .gs = gs, .bs = bs, .bits = o->qp.bits,
-		.sym = o->qp.sym,
-		.grids_given = gs == in || o->static_groups,
+		.out = k->out, .in = k->in, .gs = k->gs, .bs = k->bs,
+		.bits = o->qp.bits, .sym = o->qp.sym,
+		.grids_given = k->gs == k->in || o->static_groups,
 		.perm = k->perm, .damp = o->damp > 0 ? o->damp : 0.01f,
 		.wp = k->wp, .hp = k->hp, .gsc16 = k->gsc16, .gsc = k->gsc,
 		.gz = k->gz, .qp = k->qp,
 	};
 	int ret;
 
-	if (qf_backend_current() != QF_BACKEND_CUDA || bs > QF_CUDA_GPTQ_BS)
+	if (qf_backend_current() != QF_BACKEND_CUDA || k->bs > QF_CUDA_GPTQ_BS)
 		return -1;
 	ret = qf_backend_gptq(&g);
 	if (ret < 0)
@@ -168,8 +418,38 @@ static int gptq_device(struct gptq_work *k, int64_t out, int64_t in,
 		o->times->lazy += g.lazy_s;
 		o->times->lazy_flop += g.lazy_flop;
 	}
-	*loss = g.loss;
+	k->total = g.loss;
 	return ret;
+}
+
+/*
+ * Back to the original column order (groups follow positions): codes,
+ * the dequantized weights in w, and the grids by row.
+ */
+static void gptq_unpermute(const struct gptq_work *k, float *w, uint8_t *q,
+			   uint16_t *scale_f16, int32_t *zero, int32_t *g_idx)
+{
+	int64_t out = k->out, in = k->in, gs = k->gs, ng = k->ng, i, j, r;
+
+	for (j = 0; j < in; j++) {
+		int64_t c = k->perm[j];
+		int64_t g = gs == in ? 0 :
+			    k->o->static_groups ? c / gs : j / gs;
+
+		g_idx[c] = (int32_t)g;
+		for (r = 0; r < out; r++) {
+			uint8_t v = k->qp[r * in + j];
+
+			q[r * in + c] = v;
+			w[r * in + c] = k->gsc[g * out + r] *
+					((float)v - (float)k->gz[g * out + r]);
+		}
+	}
+	for (r = 0; r < out; r++)
+		for (i = 0; i < ng; i++) {
+			scale_f16[r * ng + i] = k->gsc16[i * out + r];
+			zero[r * ng + i] = k->gz[i * out + r];
+		}
 }
 
 int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
@@ -178,198 +458,35 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		     double *loss)
 {
 	const struct qf_qparams *p = &o->qp;
-	int64_t gs = p->group <= 0 || p->group >= in ? in : p->group;
-	int64_t ng = (in + gs - 1) / gs;
-	int64_t bs = o->blocksize > 0 ? o->blocksize : 128;
-	int maxq = (1 << p->bits) - 1;
-	struct gptq_work k = { 0 };
-	const struct qf_cuda_ops *emu = NULL;	/* kernel_on_host */
-	struct qf_cuda_gptq eg;
-	double *rowloss = NULL;
-	int bad = 0;
-	int64_t i, j, r, i1, cur = -1;
-	double total = 0, t0, t1;
+	struct gptq_work k = {
+		.out = out, .in = in, .o = o,
+		.gs = p->group <= 0 || p->group >= in ? in : p->group,
+		.bs = o->blocksize > 0 ? o->blocksize : 128,
+	};
 	int ret;
 
-	k.perm = malloc((size_t)in * sizeof(*k.perm));
-	k.wp = malloc((size_t)(out * in) * sizeof(*k.wp));
-	k.w1 = malloc((size_t)(out * bs) * sizeof(*k.w1));
-	k.err = malloc((size_t)(out * bs) * sizeof(*k.err));
-	k.hp = malloc((size_t)(in * in) * sizeof(*k.hp));
-	k.gsc16 = malloc((size_t)(ng * out) * sizeof(*k.gsc16));
-	k.gsc = malloc((size_t)(ng * out) * sizeof(*k.gsc));
-	k.gz = malloc((size_t)(ng * out) * sizeof(*k.gz));
-	k.qp = malloc((size_t)(out * in));
-	k.diag = malloc((size_t)in * sizeof(*k.diag));
-	if (!k.perm || !k.wp || !k.w1 || !k.err || !k.hp || !k.gsc16 ||
-	    !k.gsc || !k.gz || !k.qp || !k.diag) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
-	/* dead inputs never matter: zero their weights, unit diagonal */
-	for (j = 0; j < in; j++) {
-		if (h[j * in + j] == 0) {
-			h[j * in + j] = 1;
-			for (r = 0; r < out; r++)
-				w[r * in + j] = 0;
-		}
-		k.diag[j] = h[j * in + j];
-		k.perm[j] = j;
-	}
-	/* static groups: grids of the original W, in original order */
-	if (o->static_groups && gs < in)
-		for (i = 0; i < ng; i++) {
-			int64_t b = (i + 1) * gs < in ? (i + 1) * gs : in;
-
-			ret = find_params(w, in, out, i * gs, b, p,
-					  k.gsc16 + i * out, k.gsc + i * out,
-					  k.gz + i * out);
-			if (ret < 0)
-				goto out_free;
-		}
-	if (o->act_order)
-		qsort_r(k.perm, (size_t)in, sizeof(*k.perm), cmp_diag_desc,
-			k.diag);
-	for (r = 0; r < out; r++)
-		for (j = 0; j < in; j++)
-			k.wp[r * in + j] = w[r * in + k.perm[j]];
-	for (i = 0; i < in; i++)
-		for (j = 0; j < in; j++)
-			k.hp[i * in + j] = h[k.perm[i] * in + k.perm[j]];
-	if (gs == in) {		/* one grid per row, from the whole row */
-		ret = find_params(k.wp, in, out, 0, in, p, k.gsc16, k.gsc,
-				  k.gz);
-		if (ret < 0)
-			goto out_free;
-		cur = 0;
-	}
-	if (o->kernel_on_host) {
-		emu = qf_backend_cuda_ops(NULL, 0);
-		rowloss = calloc((size_t)out, sizeof(*rowloss));
-		ret = !emu || bs > QF_CUDA_GPTQ_BS ? QF_EUNSUPPORTED :
-		      rowloss ? 0 : -ENOMEM;
-		if (ret < 0)
-			goto out_free;
-		eg = (struct qf_cuda_gptq){
-			.out = out, .in = in, .gs = gs, .bs = bs,
-			.bits = p->bits, .sym = p->sym,
-			.grids_given = gs == in || o->static_groups,
-			.perm = k.perm, .wp = k.wp, .gsc16 = k.gsc16,
-			.gsc = k.gsc, .gz = k.gz, .qp = k.qp,
-		};
-	} else {
-		ret = gptq_device(&k, out, in, gs, bs, o, &total);
-		if (ret == 0)
-			goto unpermute;
-		if (ret > 0) {
-			ret = QF_ENUMERIC;
-			goto out_free;
-		}
-	}
-	t0 = qf_now();
-	ret = chol_inverse_upper(k.hp, in, o->damp > 0 ? o->damp : 0.01f);
-	if (o->times)
-		o->times->chol += qf_now() - t0;
+	k.ng = (in + k.gs - 1) / k.gs;
+	ret = work_alloc(&k);
+	if (!ret)
+		ret = gptq_prepare(&k, w, h);
 	if (ret < 0)
 		goto out_free;
-	for (i1 = 0; i1 < in; i1 += bs) {
-		int64_t i2 = i1 + bs < in ? i1 + bs : in, cnt = i2 - i1;
-
-		t0 = qf_now();
-		if (emu) {	/* the CUDA kernel's code, on the host */
-			emu->gptq_block_host(&eg, i1, cnt, k.hp, k.err,
-					     rowloss, &bad);
-		} else {
-			for (r = 0; r < out; r++)
-				memcpy(k.w1 + r * cnt, k.wp + r * in + i1,
-				       (size_t)cnt * sizeof(float));
-			for (i = 0; i < cnt; i++) {
-				int64_t col = i1 + i;
-				float d = k.hp[col * in + col];
-				const float *urow = k.hp + col * in + i1;
-				int64_t g;
-
-				if (gs < in && o->static_groups) {
-					cur = k.perm[col] / gs;
-				} else if (gs < in && col % gs == 0) {
-					/* the grid of the group starting here, from
-					 * W as of the block start (the reference) */
-					int64_t b = col + gs < in ? col + gs : in;
-
-					cur = col / gs;
-					ret = find_params(k.wp, in, out, col, b, p,
-							  k.gsc16 + cur * out,
-							  k.gsc + cur * out,
-							  k.gz + cur * out);
-					if (ret < 0)
-						goto out_free;
-				}
-				g = cur;
-				for (r = 0; r < out; r++) {
-					float sc = k.gsc[g * out + r];
-					float z = (float)k.gz[g * out + r];
-					float x = k.w1[r * cnt + i];
-					float v = nearbyintf(x / sc) + z;
-					float e;
-
-					v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
-					k.qp[r * in + col] = (uint8_t)v;
-					e = (x - sc * (v - z)) / d;
-					total += (double)e * e / 2;
-					k.err[r * cnt + i] = e;
-					/* error feedback inside the block */
-					for (j = i + 1; j < cnt; j++)
-						k.w1[r * cnt + j] -= e * urow[j];
-				}
-			}
-		}
-		t1 = qf_now();
-		/* lazy batch update of the columns after the block */
-		if (i2 < in)
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans,
-				    (int)out, (int)(in - i2), (int)cnt, -1.0f,
-				    k.err, (int)cnt, k.hp + i1 * in + i2,
-				    (int)in, 1.0f, k.wp + i2, (int)in);
-		if (o->times) {
-			o->times->columns += t1 - t0;
-			o->times->lazy += qf_now() - t1;
-			o->times->lazy_flop += 2.0 * (double)out *
-					       (double)(in - i2) * (double)cnt;
-		}
-	}
-	if (emu) {
-		for (r = 0; r < out; r++)
-			total += rowloss[r];
-		if (bad) {
+	if (o->kernel_on_host) {
+		ret = gptq_columns_host(&k);
+	} else {
+		ret = gptq_columns_device(&k);
+		if (ret > 0)
 			ret = QF_ENUMERIC;
-			goto out_free;
-		}
+		else if (ret < 0)	/* not on the device */
+			ret = gptq_columns_cpu(&k);
 	}
-unpermute:
-	/* back to the original column order; groups follow positions */
-	for (j = 0; j < in; j++) {
-		int64_t c = k.perm[j];
-		int64_t g = gs == in ? 0 : o->static_groups ? c / gs : j / gs;
-
-		g_idx[c] = (int32_t)g;
-		for (r = 0; r < out; r++) {
-			uint8_t v = k.qp[r * in + j];
-
-			q[r * in + c] = v;
-			w[r * in + c] = k.gsc[g * out + r] *
-					((float)v - (float)k.gz[g * out + r]);
-		}
-	}
-	for (r = 0; r < out; r++)
-		for (i = 0; i < ng; i++) {
-			scale_f16[r * ng + i] = k.gsc16[i * out + r];
-			zero[r * ng + i] = k.gz[i * out + r];
-		}
+	if (ret < 0)
+		goto out_free;
+	gptq_unpermute(&k, w, q, scale_f16, zero, g_idx);
 	if (loss)
-		*loss = total;
+		*loss = k.total;
 	ret = 0;
 out_free:
-	free(rowloss);
 	work_free(&k);
 	return ret;
 }

@@ -50,5 +50,12 @@ int qf_tok_decode(const struct qf_tok *t, const int32_t *ids, size_t n,
 size_t qf_tok_vocab_size(const struct qf_tok *t);
 int32_t qf_tok_bos(const struct qf_tok *t);	/* -1 when none */
 int32_t qf_tok_eos(const struct qf_tok *t);	/* -1 when none */
+/*
+ * llama.cpp's tokenizer.ggml.pre name ("llama-bpe", "qwen2", "gpt-2") of
+ * a Split pre-tokenizer regex, by exact text, from the one table of split
+ * regexes the tokenizer implements (tokenizer.c); NULL when it does not
+ * implement it.  The string is static.  For the GGUF writer.
+ */
+const char *qf_tok_pre_name(const char *re);
 
 #endif /* QF_TOK_H */

@@ -1,7 +1,8 @@
 /*
- * tok_i.h - the tokenizer's insides, shared by tokenizer.c (loading,
- * added tokens, post-processing, decoding) and tok_bpe.c (normalizers,
- * pre-tokenizers, BPE merges).  Private to quant/.
+ * tok_i.h - the tokenizer's insides, shared by tokenizer.c (loading),
+ * tok_encode.c (added tokens, encoding), tok_bpe.c (normalizers,
+ * pre-tokenizers, BPE merges), tok_nfc.c (NFC) and tok_decode.c
+ * (decoding).  Private to quant/.
  *
  * A struct qf_tok is immutable after qf_tok_load(), so encode and decode
  * may run on many threads at once; all scratch memory is per call.
@@ -193,6 +194,13 @@ struct qf_tok_scratch {
 	size_t capheap;
 };
 
+/*
+ * Index of the added tokens matched on raw (norm false) or normalized
+ * text, for qf_tok_encode(); m->idx is freed by qf_tok_close().
+ * Returns 0 or -ENOMEM.  (tok_encode.c)
+ */
+int qf_tok_matcher_init(struct qf_tok *t, struct qf_tok_matcher *m,
+			bool norm);
 void qf_tok_scratch_free(struct qf_tok_scratch *sc);
 
 /* UTF-8: length of the sequence at s (>= 1), *cp or QF_TOK_BADCP. */
@@ -210,6 +218,8 @@ int32_t qf_tok_lookup(const struct qf_tok *t, const char *s, size_t n);
 /* Append s with every pat replaced by rep (pat empty: s as is). */
 int qf_tok_replace_all(const char *s, size_t n, const char *pat, size_t plen,
 		       const char *rep, size_t rlen, struct qf_buf *out);
+/* Append the NFC form of s[n] to out: 0 or -ENOMEM.  (tok_nfc.c) */
+int qf_tok_nfc(const char *s, size_t n, struct qf_buf *out);
 /* Apply the normalizers to s; out is reset first.  0, -ENOMEM. */
 int qf_tok_normalize(const struct qf_tok *t, const char *s, size_t n,
 		     struct qf_buf *out);

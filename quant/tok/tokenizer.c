@@ -1,7 +1,9 @@
 /*
- * tokenizer.c - Hugging Face tokenizer.json: loading, added tokens,
- * post-processing and decoding.  The encoding pipeline proper
- * (normalizers, pre-tokenizers, BPE) is in tok_bpe.c.
+ * tokenizer.c - Hugging Face tokenizer.json: loading (vocabulary,
+ * merges, added tokens, the normalizer, pre-tokenizer, post-processor and
+ * decoder steps).  Splitting on added tokens and encoding are in
+ * tok_encode.c, the encoding pipeline proper (normalizers,
+ * pre-tokenizers, BPE) in tok_bpe.c, decoding in tok_decode.c.
  *
  * Two families are supported: byte-level BPE (GPT-2, Llama 3, Qwen2/3) and
  * sentencepiece-style BPE with byte fallback (Llama 2, Mistral).  Where the
@@ -43,21 +45,6 @@ static int fail(const char **why, int err, const char *fmt, ...)
 
 #define EFMT(msg) fail(why, QF_EFORMAT, "%s", msg)
 #define EUNS(msg, name) fail(why, QF_EUNSUPPORTED, msg, name)
-
-int qf_tok_ids_push(struct qf_tok_ids *ids, int32_t id)
-{
-	if (ids->n == ids->cap) {
-		size_t cap = ids->cap ? ids->cap * 2 : 64;
-		int32_t *v = realloc(ids->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		ids->v = v;
-		ids->cap = cap;
-	}
-	ids->v[ids->n++] = id;
-	return 0;
-}
 
 /* ------------------------------------------------------------------ */
 /* JSON helpers                                                         */
@@ -474,30 +461,51 @@ static const char *type_of(const cJSON *o)
 	return s ? s : "";
 }
 
-static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
-		     const char **why)
+typedef int (*step_loader)(struct qf_tok *t, const cJSON *o, int depth,
+			   const char **why);
+
+/*
+ * The frame of every step loader: null is no step, what is not an object
+ * (or nests deeper than 8) is QF_EFORMAT, and a "Sequence" loads each
+ * member of its list (which strict requires to be an array) with load.
+ * Returns 1 when o is a single step for the caller, else 0 or the error.
+ */
+static int load_seq(struct qf_tok *t, const cJSON *o, int depth,
+		    const char *what, const char *list, bool strict,
+		    step_loader load, const char **why)
 {
-	const char *ty = type_of(o), *a, *b;
-	const cJSON *e;
-	struct qf_tok_norm *nm;
+	const cJSON *e, *l;
 	int ret;
 
 	if (is_null(o))
 		return 0;
 	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("normalizer is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		const cJSON *list = member(o, "normalizers");
-
-		if (!cJSON_IsArray(list))
-			return EFMT("normalizer sequence without a list");
-		cJSON_ArrayForEach(e, list) {
-			ret = load_norm(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
+		return fail(why, QF_EFORMAT, "%s is not an object", what);
+	if (strcmp(type_of(o), "Sequence"))
+		return 1;
+	l = member(o, list);
+	if (strict && !cJSON_IsArray(l))
+		return fail(why, QF_EFORMAT, "%s sequence without a list",
+			    what);
+	cJSON_ArrayForEach(e, l) {
+		ret = load(t, e, depth + 1, why);
+		if (ret)
+			return ret;
 	}
+	return 0;
+}
+
+static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
+		     const char **why)
+{
+	const char *ty = type_of(o), *a, *b;
+	struct qf_tok_norm *nm;
+	int ret;
+
+	ret = load_seq(t, o, depth, "normalizer", "normalizers", true,
+		       load_norm, why);
+	if (ret <= 0)
+		return ret;
 	if (t->nnorm == QF_TOK_MAX_STEPS)
 		return EFMT("too many normalizers");
 	nm = &t->norm[t->nnorm];
@@ -533,23 +541,49 @@ static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
 	return 0;
 }
 
-static const char pat_llama3[] =
-	"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	"\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	"\\s+(?!\\S)|\\s+";
-static const char pat_qwen2[] =
-	"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	"\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	"\\s+(?!\\S)|\\s+";
-static const char pat_gpt2[] =
-	"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|"
-	"\\s+(?!\\S)|\\s+";
+/*
+ * The split regexes we implement (tok_bpe.c), by exact text, with the
+ * name llama.cpp gives each as tokenizer.ggml.pre (gguf_vocab.c).
+ */
+static const struct {
+	const char *re;
+	enum qf_tok_pat pat;
+	const char *pre;
+} split_pats[] = {
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_LLAMA3, "llama-bpe" },
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
+	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
+	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
+};
+
+/* Index in split_pats of regex re, or -1. */
+static int split_index(const char *re)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(split_pats) / sizeof(split_pats[0]); i++)
+		if (!strcmp(re, split_pats[i].re))
+			return (int)i;
+	return -1;
+}
+
+const char *qf_tok_pre_name(const char *re)
+{
+	int i = split_index(re);
+
+	return i < 0 ? NULL : split_pats[i].pre;
+}
 
 static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 {
 	const char *re = get_str(member(o, "pattern"), "Regex");
 	const char *beh = get_str(o, "behavior");
 	bool invert;
+	int i;
 
 	if (!re)
 		return EUNS("%s pre-tokenizer without a regex not supported",
@@ -559,15 +593,11 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 	if (!beh || strcmp(beh, "Isolated") || invert)
 		return EUNS("split behavior '%s' not supported",
 			    beh ? beh : "(none)");
-	p->kind = QF_TOK_PRE_SPLIT;
-	if (!strcmp(re, pat_llama3))
-		p->pat = QF_TOK_PAT_LLAMA3;
-	else if (!strcmp(re, pat_qwen2))
-		p->pat = QF_TOK_PAT_QWEN2;
-	else if (!strcmp(re, pat_gpt2))
-		p->pat = QF_TOK_PAT_GPT2;
-	else
+	i = split_index(re);
+	if (i < 0)
 		return EUNS("split regex not recognized: %.100s", re);
+	p->kind = QF_TOK_PRE_SPLIT;
+	p->pat = split_pats[i].pat;
 	return 0;
 }
 
@@ -598,27 +628,14 @@ static int load_pre(struct qf_tok *t, const cJSON *o, int depth,
 		    const char **why)
 {
 	const char *ty = type_of(o), *r;
-	const cJSON *e;
 	struct qf_tok_pre *p;
 	bool regex;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("pre-tokenizer is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		const cJSON *list = member(o, "pretokenizers");
-
-		if (!cJSON_IsArray(list))
-			return EFMT("pre-tokenizer sequence without a list");
-		cJSON_ArrayForEach(e, list) {
-			ret = load_pre(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	ret = load_seq(t, o, depth, "pre-tokenizer", "pretokenizers", true,
+		       load_pre, why);
+	if (ret <= 0)
+		return ret;
 	if (t->npre == QF_TOK_MAX_STEPS)
 		return EFMT("too many pre-tokenizers");
 	p = &t->pre[t->npre];
@@ -705,21 +722,12 @@ static int load_post(struct qf_tok *t, const cJSON *o, int depth,
 		     const char **why)
 {
 	const char *ty = type_of(o);
-	const cJSON *e;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("post-processor is not an object");
-	if (!strcmp(ty, "Sequence")) {
-		cJSON_ArrayForEach(e, member(o, "processors")) {
-			ret = load_post(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	ret = load_seq(t, o, depth, "post-processor", "processors", false,
+		       load_post, why);
+	if (ret <= 0)
+		return ret;
 	if (!strcmp(ty, "ByteLevel"))
 		return 0;	/* it only trims offsets */
 	if (!strcmp(ty, "TemplateProcessing"))
@@ -737,19 +745,12 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 	double start, stop;
 	int ret;
 
-	if (is_null(o))
-		return 0;
-	if (!cJSON_IsObject(o) || depth > 8)
-		return EFMT("decoder is not an object");
-	t->has_decoder = true;
-	if (!strcmp(ty, "Sequence")) {
-		cJSON_ArrayForEach(e, member(o, "decoders")) {
-			ret = load_dec(t, e, depth + 1, why);
-			if (ret)
-				return ret;
-		}
-		return 0;
-	}
+	if (cJSON_IsObject(o) && depth <= 8)
+		t->has_decoder = true;
+	ret = load_seq(t, o, depth, "decoder", "decoders", false, load_dec,
+		       why);
+	if (ret <= 0)
+		return ret;
 	if (t->ndec == QF_TOK_MAX_STEPS)
 		return EFMT("too many decoders");
 	d = &t->dec[t->ndec];
@@ -797,480 +798,6 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 	     !d->a))
 		return -ENOMEM;
 	return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* added-token matching                                                 */
-
-static const char *added_text(const struct qf_tok_added *a, bool norm,
-			      size_t *len)
-{
-	*len = norm ? a->nlen : a->len;
-	return norm ? a->norm : a->content;
-}
-
-static int matcher_init(struct qf_tok *t, struct qf_tok_matcher *m,
-			bool norm)
-{
-	size_t k, i, j, len;
-	uint32_t c;
-
-	m->norm = norm;
-	m->idx = malloc((t->nadded + 1) * sizeof(*m->idx));
-	if (!m->idx)
-		return -ENOMEM;
-	for (k = 0; k < t->nadded; k++) {
-		const struct qf_tok_added *a = &t->added[k];
-
-		if ((a->normalized && t->nnorm) == norm &&
-		    added_text(a, norm, &len) && len)
-			m->idx[m->n++] = (uint32_t)k;
-	}
-	/* insertion sort by first byte, then longest first */
-	for (i = 1; i < m->n; i++) {
-		uint32_t x = m->idx[i];
-		size_t lx;
-		const char *sx = added_text(&t->added[x], norm, &lx);
-
-		for (j = i; j > 0; j--) {
-			size_t ly;
-			const char *sy = added_text(&t->added[m->idx[j - 1]],
-						    norm, &ly);
-
-			if ((uint8_t)sy[0] < (uint8_t)sx[0] ||
-			    (sy[0] == sx[0] && ly >= lx))
-				break;
-			m->idx[j] = m->idx[j - 1];
-		}
-		m->idx[j] = x;
-	}
-	for (c = 0, i = 0; c <= 256; c++) {
-		while (i < m->n &&
-		       (uint8_t)added_text(&t->added[m->idx[i]], norm, &len)[0] <
-			       c)
-			i++;
-		m->start[c] = (uint32_t)i;
-	}
-	return 0;
-}
-
-/* Longest added token at s[0..n), or -1. */
-static int match_at(const struct qf_tok *t, const struct qf_tok_matcher *m,
-		    const char *s, size_t n)
-{
-	uint8_t c = (uint8_t)s[0];
-	uint32_t i;
-
-	for (i = m->start[c]; i < m->start[c + 1]; i++) {
-		size_t len;
-		const char *a = added_text(&t->added[m->idx[i]], m->norm, &len);
-
-		if (len <= n && !memcmp(a, s, len))
-			return (int)m->idx[i];
-	}
-	return -1;
-}
-
-struct span {
-	size_t off;
-	size_t len;
-	int added;		/* index in t->added, or -1 for text */
-};
-
-struct spans {
-	struct span *v;
-	size_t n;
-	size_t cap;
-};
-
-static int span_push(struct spans *sp, size_t off, size_t len, int added)
-{
-	if (sp->n == sp->cap) {
-		size_t cap = sp->cap ? sp->cap * 2 : 16;
-		struct span *v = realloc(sp->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		sp->v = v;
-		sp->cap = cap;
-	}
-	sp->v[sp->n].off = off;
-	sp->v[sp->n].len = len;
-	sp->v[sp->n].added = added;
-	sp->n++;
-	return 0;
-}
-
-/* JavaScript's trim set: White_Space less U+0085, plus U+FEFF. */
-static bool js_space(uint32_t cp)
-{
-	return (qf_tok_is_space(cp) && cp != 0x85) || cp == 0xFEFF;
-}
-
-static void trim_end(const char *s, struct span *sp)
-{
-	while (sp->len) {
-		size_t k = sp->len - 1, len;
-		uint32_t cp;
-
-		while (k > 0 && ((uint8_t)s[sp->off + k] & 0xC0) == 0x80 &&
-		       sp->len - k < 4)
-			k--;
-		len = qf_tok_utf8((const uint8_t *)s + sp->off + k,
-				  sp->len - k, &cp);
-		if (k + len != sp->len || !js_space(cp))
-			return;
-		sp->len = k;
-	}
-}
-
-static void trim_start(const char *s, struct span *sp)
-{
-	while (sp->len) {
-		uint32_t cp;
-		size_t len = qf_tok_utf8((const uint8_t *)s + sp->off, sp->len,
-					 &cp);
-
-		if (!js_space(cp))
-			return;
-		sp->off += len;
-		sp->len -= len;
-	}
-}
-
-/* Split s by the added tokens of m, then apply their lstrip/rstrip. */
-static int split_added(const struct qf_tok *t, const struct qf_tok_matcher *m,
-		       const char *s, size_t n, struct spans *sp)
-{
-	size_t i = 0, start = 0, k = 0;
-	int a, ret = 0;
-
-	sp->n = 0;
-	while (i < n && !ret) {
-		a = m->n ? match_at(t, m, s + i, n - i) : -1;
-		if (a < 0) {
-			i++;
-			continue;
-		}
-		if (i > start)
-			ret = span_push(sp, start, i - start, -1);
-		if (!ret)
-			ret = span_push(sp, i, added_text(&t->added[a], m->norm,
-							  &k) ? k : 0, a);
-		i += k;
-		start = i;
-	}
-	if (!ret && n > start)
-		ret = span_push(sp, start, n - start, -1);
-	for (k = 0; k < sp->n && !ret; k++) {
-		const struct qf_tok_added *ad;
-
-		if (sp->v[k].added < 0)
-			continue;
-		ad = &t->added[sp->v[k].added];
-		if (ad->lstrip && k > 0 && sp->v[k - 1].added < 0)
-			trim_end(s, &sp->v[k - 1]);
-		if (ad->rstrip && k + 1 < sp->n && sp->v[k + 1].added < 0)
-			trim_start(s, &sp->v[k + 1]);
-	}
-	return ret;
-}
-
-static int encode_text(const struct qf_tok *t, const char *text, size_t len,
-		       struct qf_tok_scratch *sc, struct qf_tok_ids *out)
-{
-	struct spans outer = { NULL, 0, 0 }, inner = { NULL, 0, 0 };
-	struct qf_buf norm = QF_BUF_INIT;
-	size_t k, j;
-	int ret;
-
-	ret = split_added(t, &t->match_raw, text, len, &outer);
-	for (k = 0; k < outer.n && !ret; k++) {
-		const struct span *o = &outer.v[k];
-		const char *s;
-
-		if (o->added >= 0) {
-			ret = qf_tok_ids_push(out, t->added[o->added].id);
-			continue;
-		}
-		if (!o->len)
-			continue;
-		ret = qf_tok_normalize(t, text + o->off, o->len, &norm);
-		if (ret || !norm.len)
-			continue;
-		s = norm.data;
-		ret = split_added(t, &t->match_norm, s, norm.len, &inner);
-		for (j = 0; j < inner.n && !ret; j++) {
-			const struct span *in = &inner.v[j];
-
-			if (in->added >= 0)
-				ret = qf_tok_ids_push(out,
-						      t->added[in->added].id);
-			else if (in->len)
-				ret = qf_tok_encode_section(t, s + in->off,
-							    in->len, k == 0,
-							    sc, out);
-		}
-	}
-	qf_buf_release(&norm);
-	free(outer.v);
-	free(inner.v);
-	return ret;
-}
-
-int qf_tok_encode(const struct qf_tok *t, const char *text, size_t len,
-		  bool add_special, int32_t **ids, size_t *n)
-{
-	struct qf_tok_scratch sc;
-	struct qf_tok_ids out = { NULL, 0, 0 };
-	size_t k;
-	int ret = 0;
-
-	memset(&sc, 0, sizeof(sc));
-	for (k = 0; add_special && k < t->ntmpl_pre && !ret; k++)
-		ret = qf_tok_ids_push(&out, t->tmpl_pre[k]);
-	if (!ret)
-		ret = encode_text(t, text ? text : "", text ? len : 0, &sc,
-				  &out);
-	for (k = 0; add_special && k < t->ntmpl_post && !ret; k++)
-		ret = qf_tok_ids_push(&out, t->tmpl_post[k]);
-	/* callers may free *ids even when *n is 0: never hand out NULL */
-	if (!ret && !out.v) {
-		ret = qf_tok_ids_push(&out, 0);
-		out.n = 0;
-	}
-	qf_tok_scratch_free(&sc);
-	if (ret) {
-		free(out.v);
-		return ret;
-	}
-	*ids = out.v;
-	*n = out.n;
-	return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* decoding: a list of token strings run through the decoder steps      */
-
-struct dtok {
-	struct qf_buf s;
-	bool added;		/* kept out of the byte-level decoding */
-};
-
-struct dlist {
-	struct dtok *v;
-	size_t n;
-};
-
-static void dlist_free(struct dlist *l)
-{
-	size_t i;
-
-	for (i = 0; i < l->n; i++)
-		qf_buf_release(&l->v[i].s);
-	free(l->v);
-	l->v = NULL;
-	l->n = 0;
-}
-
-/* Append s, each maximal invalid UTF-8 subpart as one U+FFFD. */
-static int put_lossy(struct qf_buf *out, const char *s, size_t n)
-{
-	size_t i = 0, len;
-	uint32_t cp;
-	int ret = 0;
-
-	while (i < n && !ret) {
-		len = qf_tok_utf8((const uint8_t *)s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP)
-			ret = qf_buf_add(out, "\xef\xbf\xbd", 3);
-		else
-			ret = qf_buf_add(out, s + i, len);
-		i += len;
-	}
-	return ret;
-}
-
-static bool byte_token(const struct qf_buf *b, uint8_t *out)
-{
-	unsigned v;
-	char tail;
-
-	if (b->len != 6 || memcmp(b->data, "<0x", 3) || b->data[5] != '>')
-		return false;
-	if (sscanf(b->data + 3, "%2x%c", &v, &tail) != 2 || tail != '>')
-		return false;
-	*out = (uint8_t)v;
-	return true;
-}
-
-static bool valid_utf8(const char *s, size_t n)
-{
-	size_t i = 0;
-	uint32_t cp;
-
-	while (i < n) {
-		i += qf_tok_utf8((const uint8_t *)s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP)
-			return false;
-	}
-	return true;
-}
-
-/* Merge runs of tokens (non-added for byte-level, <0xNN> for fallback). */
-static int dec_runs(struct dlist *l, enum qf_tok_dec_kind kind)
-{
-	struct dlist out = { NULL, 0 };
-	size_t i = 0, j, k;
-	uint8_t byte;
-	int ret = 0;
-
-	out.v = calloc(l->n + 1, sizeof(*out.v));
-	if (!out.v)
-		return -ENOMEM;
-	while (i < l->n && !ret) {
-		struct dtok *d = &out.v[out.n++];
-		struct qf_buf raw = QF_BUF_INIT;
-
-		for (j = i; j < l->n; j++) {
-			if (kind == QF_TOK_DEC_BYTELEVEL ? l->v[j].added :
-			    !byte_token(&l->v[j].s, &byte))
-				break;
-			ret = kind == QF_TOK_DEC_BYTELEVEL ?
-				qf_buf_add(&raw, l->v[j].s.data, l->v[j].s.len) :
-				qf_buf_add(&raw, &byte, 1);
-			if (ret)
-				break;
-		}
-		if (j == i) {
-			d->s = l->v[i].s;
-			d->added = l->v[i].added;
-			l->v[i].s = (struct qf_buf)QF_BUF_INIT;
-			i++;
-		} else if (!ret && kind == QF_TOK_DEC_BYTEFALLBACK &&
-			   !valid_utf8(raw.data, raw.len)) {
-			/* the Rust crate: one U+FFFD per byte */
-			for (k = 0; k < raw.len && !ret; k++)
-				ret = qf_buf_add(&d->s, "\xef\xbf\xbd", 3);
-			i = j;
-		} else if (!ret) {
-			ret = put_lossy(&d->s, raw.data, raw.len);
-			i = j;
-		}
-		qf_buf_release(&raw);
-	}
-	dlist_free(l);
-	*l = out;
-	return ret;
-}
-
-static int dec_step(const struct qf_tok_dec *d, struct dlist *l)
-{
-	struct qf_buf tmp = QF_BUF_INIT;
-	size_t i, k, cut;
-	int ret = 0;
-
-	switch (d->kind) {
-	case QF_TOK_DEC_BYTELEVEL:
-	case QF_TOK_DEC_BYTEFALLBACK:
-		return dec_runs(l, d->kind);
-	case QF_TOK_DEC_FUSE:
-		for (i = 1; i < l->n && !ret; i++)
-			ret = qf_buf_add(&l->v[0].s, l->v[i].s.data,
-					 l->v[i].s.len);
-		for (i = 1; i < l->n; i++)
-			qf_buf_release(&l->v[i].s);
-		l->n = l->n ? 1 : 0;
-		return ret;
-	case QF_TOK_DEC_REPLACE:
-	case QF_TOK_DEC_METASPACE:
-		for (i = 0; i < l->n && !ret; i++) {
-			struct qf_buf swap;
-
-			qf_buf_reset(&tmp);
-			ret = qf_tok_replace_all(l->v[i].s.data, l->v[i].s.len,
-						 d->a, d->alen,
-						 d->kind == QF_TOK_DEC_REPLACE ?
-						 d->b : " ",
-						 d->kind == QF_TOK_DEC_REPLACE ?
-						 d->blen : 1, &tmp);
-			if (!ret && d->kind == QF_TOK_DEC_METASPACE && i == 0 &&
-			    d->prepend && tmp.len && tmp.data[0] == ' ') {
-				memmove(tmp.data, tmp.data + 1, tmp.len);
-				tmp.len--;
-			}
-			swap = l->v[i].s;
-			l->v[i].s = tmp;
-			tmp = swap;
-		}
-		qf_buf_release(&tmp);
-		return ret;
-	case QF_TOK_DEC_STRIP:
-		for (i = 0; i < l->n; i++) {
-			struct qf_buf *b = &l->v[i].s;
-
-			for (k = 0, cut = 0; k < (size_t)d->start &&
-			     cut + d->alen <= b->len &&
-			     !memcmp(b->data + cut, d->a, d->alen); k++)
-				cut += d->alen;
-			memmove(b->data, b->data + cut, b->len - cut + 1);
-			b->len -= cut;
-			for (k = 0; k < (size_t)d->stop && b->len >= d->alen &&
-			     !memcmp(b->data + b->len - d->alen, d->a, d->alen);
-			     k++)
-				b->len -= d->alen;
-			if (b->data)
-				b->data[b->len] = '\0';
-		}
-		return 0;
-	}
-	return 0;
-}
-
-int qf_tok_decode(const struct qf_tok *t, const int32_t *ids, size_t n,
-		  bool skip_special, struct qf_buf *out)
-{
-	struct dlist l = { NULL, 0 };
-	size_t i;
-	int ret = 0;
-
-	for (i = 0; i < n; i++)
-		if (ids[i] < 0 || (size_t)ids[i] >= t->nids ||
-		    (t->str[ids[i]].len == UINT32_MAX &&
-		     t->added_of[ids[i]] < 0))
-			return -EINVAL;
-	l.v = calloc(n + 1, sizeof(*l.v));
-	if (!l.v)
-		return -ENOMEM;
-	for (i = 0; i < n && !ret; i++) {
-		int32_t id = ids[i];
-		struct dtok *d;
-
-		if (skip_special && (t->flags[id] & QF_TOK_F_SPECIAL))
-			continue;
-		d = &l.v[l.n++];
-		if (t->added_of[id] >= 0) {
-			const struct qf_tok_added *a =
-				&t->added[t->added_of[id]];
-
-			d->added = true;
-			ret = qf_buf_add(&d->s, a->content, a->len);
-		} else {
-			ret = qf_buf_add(&d->s, t->pool + t->str[id].off,
-					 t->str[id].len);
-		}
-	}
-	for (i = 0; i < t->ndec && !ret; i++)
-		ret = dec_step(&t->dec[i], &l);
-	/* no decoder: tokens joined by spaces, as both references do */
-	for (i = 0; i < l.n && !ret; i++) {
-		if (i && !t->has_decoder)
-			ret = qf_buf_add(out, " ", 1);
-		if (!ret)
-			ret = qf_buf_add(out, l.v[i].s.data, l.v[i].s.len);
-	}
-	dlist_free(&l);
-	return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1359,9 +886,9 @@ int qf_tok_load(const char *json, size_t len, struct qf_tok **out,
 	if (!ret)
 		ret = normalize_added(t);
 	if (!ret)
-		ret = matcher_init(t, &t->match_raw, false);
+		ret = qf_tok_matcher_init(t, &t->match_raw, false);
 	if (!ret)
-		ret = matcher_init(t, &t->match_norm, true);
+		ret = qf_tok_matcher_init(t, &t->match_norm, true);
 	if (ret)
 		goto out_tok;
 	find_bos_eos(t);

@@ -1,7 +1,8 @@
 /*
  * fuzz_gguf_vocab.c - fuzz the GGUF view's tokenizer reading
- * (qf_gguf_vocab_kv, quant/gguf/gguf.c): tokenizer.json, tokenizer_config.json
- * and config.json's token ids turned into tokenizer.* metadata.
+ * (qf_gguf_vocab_kv, quant/gguf/gguf_vocab.c): tokenizer.json,
+ * tokenizer_config.json and config.json's token ids turned into
+ * tokenizer.* metadata.
  *
  * Input: byte 0 picks the architecture (llama, qwen2, qwen3), bytes 1-2
  * the embedding rows (1 + their little-endian value modulo 4096: rows

@@ -1,7 +1,7 @@
 /*
  * fuzz_tokenizer_config.c - fuzz the reading of tokenizer_config.json
  * (the special tokens, add_bos/eos_token, add_prefix_space and
- * chat_template keys quant/gguf/gguf.c turns into GGUF metadata; no other
+ * chat_template keys quant/gguf/gguf_vocab.c turns into GGUF metadata; no other
  * code reads the file).
  *
  * Byte 0 picks one of two small fixed tokenizers, a sentencepiece-style
