@@ -116,12 +116,14 @@ void qf_log(enum qf_log_level lvl, const char *fmt, ...)
  * QF_UTF8_BAD and the length of its maximal valid prefix (at least 1), as
  * WHATWG and Rust's from_utf8_lossy count errors.  qf_utf8_valid: strict
  * (no overlong forms, surrogates or code points past U+10FFFF).
- * qf_utf8_encode: cp (<= U+10FFFF) into out, returns 1..4.
+ * qf_utf8_encode: cp (<= U+10FFFF) into out, returns 1..4;
+ * qf_buf_add_utf8 appends it to b (0, -ENOMEM).
  */
 #define QF_UTF8_BAD 0xFFFFFFFFu
 size_t qf_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
 bool qf_utf8_valid(const char *s, size_t n);
 size_t qf_utf8_encode(uint32_t cp, char out[4]);
+int qf_buf_add_utf8(struct qf_buf *b, uint32_t cp);
 
 /* SHA-256 (FIPS 180-4), libcrypto's: a context by value, no allocation,
  * no failure; init, update any number of times, final once. */

@@ -87,3 +87,10 @@ size_t qf_utf8_encode(uint32_t cp, char out[4])
 	out[3] = (char)(0x80 | (cp & 0x3f));
 	return 4;
 }
+
+int qf_buf_add_utf8(struct qf_buf *b, uint32_t cp)
+{
+	char u[4];
+
+	return qf_buf_add(b, u, qf_utf8_encode(cp, u));
+}

@@ -24,7 +24,6 @@
 #include <cjson/cJSON.h>
 
 #include "io.h"
-#include "io_i.h"
 
 #define ST_MAX_NAME 4096
 /*
@@ -44,39 +43,6 @@ static uint64_t load_le64(const uint8_t *p)
 	return v;
 }
 
-/* Length of the UTF-8 sequence at s[0..n), 0 when it is not valid. */
-size_t qf_utf8_seq(const uint8_t *s, size_t n)
-{
-	uint8_t lo = 0x80;
-	uint8_t hi = 0xbf;
-	size_t len;
-	size_t i;
-
-	if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-		len = 2;
-	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-		len = 3;
-		if (s[0] == 0xe0)
-			lo = 0xa0;	/* overlong */
-		else if (s[0] == 0xed)
-			hi = 0x9f;	/* surrogates */
-	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-		len = 4;
-		if (s[0] == 0xf0)
-			lo = 0x90;	/* overlong */
-		else if (s[0] == 0xf4)
-			hi = 0x8f;	/* past U+10FFFF */
-	} else {
-		return 0;
-	}
-	if (len > n || s[1] < lo || s[1] > hi)
-		return 0;
-	for (i = 2; i < len; i++)
-		if (s[i] < 0x80 || s[i] > 0xbf)
-			return 0;
-	return len;
-}
-
 /*
  * Check the header text for what cJSON lets through: invalid UTF-8 (it
  * copies bytes as they come), control bytes (it skips every byte <= 32 as
@@ -93,8 +59,10 @@ static const char *check_text(const uint8_t *s, size_t n)
 
 	while (i < n) {
 		if (s[i] >= 0x80) {
-			len = qf_utf8_seq(s + i, n - i);
-			if (!len)
+			uint32_t cp;
+
+			len = qf_utf8_decode(s + i, n - i, &cp);
+			if (cp == QF_UTF8_BAD)
 				return "header is not valid utf-8";
 			i += len;
 			continue;

@@ -19,7 +19,6 @@
 #include <cjson/cJSON.h>
 
 #include "io.h"
-#include "io_i.h"
 
 #define PLAN_MAX_NAME 4096		/* as the reader */
 #define PLAN_INT_LIMIT (UINT64_C(1) << 53) /* reader's integer bound */
@@ -27,16 +26,7 @@
 /* Strict UTF-8: the reader rejects anything else. */
 static bool utf8_valid(const char *str)
 {
-	const uint8_t *s = (const uint8_t *)str;
-	size_t n = strlen(str);
-	size_t i, len;
-
-	for (i = 0; i < n; i += len) {
-		len = s[i] < 0x80 ? 1 : qf_utf8_seq(s + i, n - i);
-		if (!len)
-			return false;
-	}
-	return true;
+	return qf_utf8_valid(str, strlen(str));
 }
 
 static int cmp_str_ptr(const void *a, const void *b)

@@ -20,85 +20,7 @@
 #include "tok_unicode.h"
 
 /* ------------------------------------------------------------------ */
-/* UTF-8 and character classes                                          */
-
-size_t qf_tok_utf8(const uint8_t *s, size_t n, uint32_t *cp)
-{
-	uint32_t c = s[0];
-	uint32_t min;
-	size_t len, i;
-
-	if (c < 0x80) {
-		*cp = c;
-		return 1;
-	}
-	if (c >= 0xC2 && c <= 0xDF) {
-		len = 2;
-		c &= 0x1F;
-		min = 0x80;
-	} else if (c >= 0xE0 && c <= 0xEF) {
-		len = 3;
-		c &= 0x0F;
-		min = 0x800;
-	} else if (c >= 0xF0 && c <= 0xF4) {
-		len = 4;
-		c &= 0x07;
-		min = 0x10000;
-	} else {
-		*cp = QF_TOK_BADCP;
-		return 1;
-	}
-	/*
-	 * On a bad continuation byte the maximal valid prefix counts as one
-	 * error, as WHATWG and Rust's from_utf8_lossy count it.
-	 */
-	for (i = 1; i < len; i++) {
-		if (i >= n || (s[i] & 0xC0) != 0x80)
-			goto bad;
-		c = c << 6 | (s[i] & 0x3F);
-		if (i == 1 && len == 3 && (c < 0x20 || (c >= 0x360 &&
-							c < 0x380)))
-			goto bad;	/* overlong, or a surrogate */
-		if (i == 1 && len == 4 && (c < 0x10 || c > 0x10F))
-			goto bad;
-	}
-	if (c < min) {
-		*cp = QF_TOK_BADCP;
-		return 1;
-	}
-	*cp = c;
-	return len;
-bad:
-	*cp = QF_TOK_BADCP;
-	return i;
-}
-
-int qf_tok_put_utf8(struct qf_buf *b, uint32_t cp)
-{
-	char u[4];
-	size_t n;
-
-	if (cp < 0x80) {
-		u[0] = (char)cp;
-		n = 1;
-	} else if (cp < 0x800) {
-		u[0] = (char)(0xC0 | cp >> 6);
-		u[1] = (char)(0x80 | (cp & 0x3F));
-		n = 2;
-	} else if (cp < 0x10000) {
-		u[0] = (char)(0xE0 | cp >> 12);
-		u[1] = (char)(0x80 | (cp >> 6 & 0x3F));
-		u[2] = (char)(0x80 | (cp & 0x3F));
-		n = 3;
-	} else {
-		u[0] = (char)(0xF0 | cp >> 18);
-		u[1] = (char)(0x80 | (cp >> 12 & 0x3F));
-		u[2] = (char)(0x80 | (cp >> 6 & 0x3F));
-		u[3] = (char)(0x80 | (cp & 0x3F));
-		n = 4;
-	}
-	return qf_buf_add(b, u, n);
-}
+/* Character classes                                                    */
 
 static bool in_ranges(const struct qf_uc_range *r, size_t n, uint32_t cp)
 {
@@ -216,8 +138,8 @@ static int cls_at(const uint8_t *s, size_t n, size_t i, size_t *len)
 {
 	uint32_t cp;
 
-	*len = qf_tok_utf8(s + i, n - i, &cp);
-	if (cp == QF_TOK_BADCP)
+	*len = qf_utf8_decode(s + i, n - i, &cp);
+	if (cp == QF_UTF8_BAD)
 		return C_OTHER;
 	if (qf_tok_is_letter(cp))
 		return C_L;
@@ -645,7 +567,7 @@ static int bpe_word(const struct qf_tok *t, const char *w, size_t n,
 			len = 1;
 			y->id = t->byte_unit[s[i]];
 		} else {
-			len = qf_tok_utf8(s + i, n - i, &cp);
+			len = qf_utf8_decode(s + i, n - i, &cp);
 			y->id = qf_tok_lookup(t, w + i, len);
 		}
 		y->off = (uint32_t)i;

@@ -40,8 +40,8 @@ static int put_lossy(struct qf_buf *out, const char *s, size_t n)
 	int ret = 0;
 
 	while (i < n && !ret) {
-		len = qf_tok_utf8((const uint8_t *)s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP)
+		len = qf_utf8_decode((const uint8_t *)s + i, n - i, &cp);
+		if (cp == QF_UTF8_BAD)
 			ret = qf_buf_add(out, "\xef\xbf\xbd", 3);
 		else
 			ret = qf_buf_add(out, s + i, len);
@@ -60,19 +60,6 @@ static bool byte_token(const struct qf_buf *b, uint8_t *out)
 	if (sscanf(b->data + 3, "%2x%c", &v, &tail) != 2 || tail != '>')
 		return false;
 	*out = (uint8_t)v;
-	return true;
-}
-
-static bool valid_utf8(const char *s, size_t n)
-{
-	size_t i = 0;
-	uint32_t cp;
-
-	while (i < n) {
-		i += qf_tok_utf8((const uint8_t *)s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP)
-			return false;
-	}
 	return true;
 }
 
@@ -107,7 +94,7 @@ static int dec_runs(struct dlist *l, enum qf_tok_dec_kind kind)
 			l->v[i].s = (struct qf_buf)QF_BUF_INIT;
 			i++;
 		} else if (!ret && kind == QF_TOK_DEC_BYTEFALLBACK &&
-			   !valid_utf8(raw.data, raw.len)) {
+			   !qf_utf8_valid(raw.data, raw.len)) {
 			/* the Rust crate: one U+FFFD per byte */
 			for (k = 0; k < raw.len && !ret; k++)
 				ret = qf_buf_add(&d->s, "\xef\xbf\xbd", 3);

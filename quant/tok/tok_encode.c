@@ -140,7 +140,7 @@ static void trim_end(const char *s, struct span *sp)
 		while (k > 0 && ((uint8_t)s[sp->off + k] & 0xC0) == 0x80 &&
 		       sp->len - k < 4)
 			k--;
-		len = qf_tok_utf8((const uint8_t *)s + sp->off + k,
+		len = qf_utf8_decode((const uint8_t *)s + sp->off + k,
 				  sp->len - k, &cp);
 		if (k + len != sp->len || !js_space(cp))
 			return;
@@ -152,7 +152,7 @@ static void trim_start(const char *s, struct span *sp)
 {
 	while (sp->len) {
 		uint32_t cp;
-		size_t len = qf_tok_utf8((const uint8_t *)s + sp->off, sp->len,
+		size_t len = qf_utf8_decode((const uint8_t *)s + sp->off, sp->len,
 					 &cp);
 
 		if (!js_space(cp))

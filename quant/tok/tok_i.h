@@ -24,8 +24,6 @@
 #define QF_TOK_MAX_ADDED (1u << 16)
 #define QF_TOK_MAX_STEPS 64		/* normalizer/pre-tokenizer/decoder ops */
 
-/* Invalid UTF-8 decodes to this, one per maximal invalid subpart. */
-#define QF_TOK_BADCP 0xFFFFFFFFu
 
 /* The split regexes we know, recognized by their exact text. */
 enum qf_tok_pat {
@@ -203,10 +201,8 @@ int qf_tok_matcher_init(struct qf_tok *t, struct qf_tok_matcher *m,
 			bool norm);
 void qf_tok_scratch_free(struct qf_tok_scratch *sc);
 
-/* UTF-8: length of the sequence at s (>= 1), *cp or QF_TOK_BADCP. */
-size_t qf_tok_utf8(const uint8_t *s, size_t n, uint32_t *cp);
-/* Append cp as UTF-8. */
-int qf_tok_put_utf8(struct qf_buf *b, uint32_t cp);
+/* UTF-8 is common/utf8.c's (qf_utf8_decode: QF_UTF8_BAD once per maximal
+ * invalid subpart, as the reference counts them). */
 bool qf_tok_is_letter(uint32_t cp);
 bool qf_tok_is_number(uint32_t cp);
 bool qf_tok_is_space(uint32_t cp);	/* White_Space */

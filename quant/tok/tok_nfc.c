@@ -114,8 +114,8 @@ static int nfc_decompose(const uint8_t *s, size_t n, struct cpvec *c)
 	while (i < n && !ret) {
 		const struct qf_uc_decomp *d;
 
-		len = qf_tok_utf8(s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP) {
+		len = qf_utf8_decode(s + i, n - i, &cp);
+		if (cp == QF_UTF8_BAD) {
 			for (k = 0; k < len && !ret; k++)
 				ret = cpvec_push(c, RAWBYTE | s[i + k]);
 		} else if (cp - SBASE < SCOUNT) {
@@ -210,7 +210,7 @@ int qf_tok_nfc(const char *s, size_t n, struct qf_buf *out)
 
 			ret = qf_buf_add(out, &byte, 1);
 		} else {
-			ret = qf_tok_put_utf8(out, c.v[i]);
+			ret = qf_buf_add_utf8(out, c.v[i]);
 		}
 	}
 out_free:

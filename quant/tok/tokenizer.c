@@ -136,8 +136,8 @@ static int model_key(const struct qf_tok *t, const uint32_t *cp2byte,
 		char b;
 		int ret;
 
-		len = qf_tok_utf8((const uint8_t *)s + i, n - i, &cp);
-		if (cp == QF_TOK_BADCP || cp >= 324 || cp2byte[cp] > 255) {
+		len = qf_utf8_decode((const uint8_t *)s + i, n - i, &cp);
+		if (cp == QF_UTF8_BAD || cp >= 324 || cp2byte[cp] > 255) {
 			qf_buf_reset(out);
 			return qf_buf_add(out, s, n);
 		}
