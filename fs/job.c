@@ -59,6 +59,67 @@ static int render_final(struct qf_var *var, const struct qf_var *b)
 	return ret;
 }
 
+/*
+ * Layer l's "__layer__.N" record into the per-group arrays ([ng], score
+ * [ng][2]); a record of the old width leaves alpha and score -1.
+ */
+static int read_record(struct qf_cache_txn *txn, const struct qf_var *var,
+		       int l, double *loss, double *rtn, double *alpha,
+		       double *score)
+{
+	double rec[QF_TF_NLINEAR * REC];
+	const void *p;
+	char name[32];
+	size_t len;
+	int k, w = REC, ret;
+
+	snprintf(name, sizeof(name), "__layer__.%d", l);
+	ret = qf_cache_get(txn, var->vid, name, &p, &len);
+	if (!ret && len == QF_TF_NLINEAR * REC_OLD * sizeof(double))
+		w = REC_OLD;
+	else if (!ret && len != sizeof(rec))
+		ret = QF_ECORRUPT;
+	if (!ret)	/* LMDB values are not aligned */
+		memcpy(rec, p, len);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+		if (gi < 0)
+			continue;
+		loss[gi] = rec[w * k];
+		rtn[gi] = rec[w * k + 1];
+		alpha[gi] = w == REC ? rec[w * k + 2] : -1;
+		score[2 * gi] = w == REC ? rec[w * k + 3] : -1;
+		score[2 * gi + 1] = w == REC ? rec[w * k + 4] : -1;
+	}
+	return ret;
+}
+
+/* The token hash of var's calibration set, from the cached set (hash
+ * is left as it is when the set is not there). */
+static void read_calib_hash(struct qf_cache_txn *txn,
+			    const struct qf_var *var, char hash[65])
+{
+	const void *tk;
+	size_t len;
+
+	if (qf_cache_get(txn, var->calib_vid, "__ids__", &tk, &len) == 0 &&
+	    len == (size_t)var->ci.nseq * var->ci.seqlen * 4) {
+		struct qf_calib cs = {
+			.ids = malloc(len),	/* aligned copy */
+			.nseq = var->ci.nseq,
+			.seqlen = var->ci.seqlen,
+		};
+
+		if (cs.ids) {
+			memcpy(cs.ids, tk, len);
+			qf_calib_hash(&cs);
+			memcpy(hash, cs.hash_hex, 65);
+		}
+		qf_calib_free(&cs);
+	}
+}
+
 /* The results, from the layer records in the cache. */
 static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 {
@@ -70,38 +131,13 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	struct qf_cache_txn *txn = NULL;
 	bool store_time = false;
 	char hash[65];
-	int l, k, ret;
+	int l, ret;
 
 	memcpy(hash, var->ci.hash, sizeof(hash));
 	ret = loss && rtn && alpha && score ?
 	      qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (l = 0; l < var->nlayers && !ret; l++) {
-		double rec[QF_TF_NLINEAR * REC];
-		const void *p;
-		char name[32];
-		size_t len;
-		int w = REC;
-
-		snprintf(name, sizeof(name), "__layer__.%d", l);
-		ret = qf_cache_get(txn, var->vid, name, &p, &len);
-		if (!ret && len == QF_TF_NLINEAR * REC_OLD * sizeof(double))
-			w = REC_OLD;
-		else if (!ret && len != sizeof(rec))
-			ret = QF_ECORRUPT;
-		if (!ret)	/* LMDB values are not aligned */
-			memcpy(rec, p, len);
-		for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-			int gi = var->lin_group[l * QF_TF_NLINEAR + k];
-
-			if (gi < 0)
-				continue;
-			loss[gi] = rec[w * k];
-			rtn[gi] = rec[w * k + 1];
-			alpha[gi] = w == REC ? rec[w * k + 2] : -1;
-			score[2 * gi] = w == REC ? rec[w * k + 3] : -1;
-			score[2 * gi + 1] = w == REC ? rec[w * k + 4] : -1;
-		}
-	}
+	for (l = 0; l < var->nlayers && !ret; l++)
+		ret = read_record(txn, var, l, loss, rtn, alpha, score);
 	if (!ret) {
 		const void *tk;
 		size_t len;
@@ -112,24 +148,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 			memcpy(&seconds, tk, sizeof(double));
 		else
 			store_time = true;
-
-		/* the token hash, from the cached set */
-		if (qf_cache_get(txn, var->calib_vid, "__ids__", &tk,
-				 &len) == 0 &&
-		    len == (size_t)var->ci.nseq * var->ci.seqlen * 4) {
-			struct qf_calib cs = {
-				.ids = malloc(len),	/* aligned copy */
-				.nseq = var->ci.nseq,
-				.seqlen = var->ci.seqlen,
-			};
-
-			if (cs.ids) {
-				memcpy(cs.ids, tk, len);
-				qf_calib_hash(&cs);
-				memcpy(hash, cs.hash_hex, sizeof(hash));
-			}
-			qf_calib_free(&cs);
-		}
+		read_calib_hash(txn, var, hash);
 	}
 	qf_cache_read_end(txn);
 	if (!ret && store_time) {
