@@ -4,7 +4,8 @@
  * calibration set and the job's setup), job_layer.c (the calibration
  * driver's per-layer callbacks: method, cache commit, replay) and
  * job_mixed.c (mixed precision's sensitivity tables).  Calls go one
- * way: job.c and job_mixed.c into job_layer.c and job_calib.c.
+ * way: job.c into job_layer.c and job_calib.c, job_layer.c and
+ * job_mixed.c into job_calib.c, which calls none of them.
  */
 #ifndef QF_JOB_I_H
 #define QF_JOB_I_H

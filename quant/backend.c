@@ -21,7 +21,7 @@
 #include "qf_cuda.h"
 #include "quant.h"
 
-/* OpenBLAS has no header of its own for this. */
+/* OpenBLAS's cblas.h declares it; a generic cblas.h does not. */
 extern void openblas_set_num_threads(int n);
 
 /* Products below this many flops stay on the CPU. */
