@@ -11,6 +11,7 @@
 #include "common.h"
 #include "fs.h"
 #include "mixed.h"
+#include "mixed_alloc.h"
 #include "quant.h"
 
 enum qf_node_kind {
@@ -346,14 +347,7 @@ int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
 
-/* job.c: mixed_dyn / mixed_b allocations */
-struct qf_mixed_alloc {
-	size_t n;
-	char **names;			/* linear weights */
-	int *bits;			/* their grids, 16 = kept */
-	char *json;			/* quantization.json "allocation" */
-	uint8_t calib_vid[QF_CACHE_VID]; /* the set it was measured on */
-};
+/* job_mixed.c: mixed_dyn / mixed_b allocations (mixed_alloc.h) */
 /*
  * Measure (or find in the cache) the sensitivity of every linear of mdl
  * on spec's calibration set and allocate precisions by spec's policy.
@@ -370,14 +364,12 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
  */
 int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
 			 const struct qf_spec *spec);
-/* qf_bits_fn over an allocation. */
-int qf_mixed_alloc_bits(void *arg, const char *name);
-void qf_mixed_alloc_free(struct qf_mixed_alloc *a);
 
-/* job.c: calibrated variants (GPTQ, AWQ) */
+/* job_calib.c: calibrated variants (GPTQ, AWQ, BRECQ, kq) */
 /* Calibration set, layer maps and placeholder manifest fields. */
 int qf_job_setup(struct qf_fs *fs, struct qf_var *var);
 void qf_job_free(struct qf_var *var);
+/* job.c */
 /* Wait until group gi's layer is in the cache, starting the job. */
 int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
 /* Wait until the whole variant and its final manifest are done. */
@@ -386,7 +378,8 @@ int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
 int qf_job_progress(struct qf_var *var, struct qf_buf *out);
 /* Ask running jobs to stop after their current layer, and wait. */
 void qf_job_stop_all(struct qf_fs *fs);
-/* True once unmounting began: background work gives up (-EINTR). */
+/* job_calib.c: true once unmounting began: background work gives up
+ * (-EINTR). */
 bool qf_job_stopping(struct qf_fs *fs);
 
 /* gguf_view.c: model.gguf of original/ (var NULL) or of a variant whose

@@ -304,6 +304,8 @@ static inline int64_t qf_ngroups(int64_t in, int group)
 
 /* True when bits packs [in, out] into GPTQ qweight/qzeros words. */
 bool qf_gptq_packable(int bits, int64_t in, int64_t out);
+/* The container of a grid: 2, 3, 4, 8 as they are; 5..7 in 8. */
+int qf_pack_bits(int bits);
 /*
  * qweight (in * bits / 32, out) from q (out x in); qzeros (ngroups,
  * out * bits / 32) from zero (out x ngroups), storing zero - 1 (v1).

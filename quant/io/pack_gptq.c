@@ -13,6 +13,11 @@
 
 #include "io.h"
 
+int qf_pack_bits(int bits)
+{
+	return bits == 2 || bits == 3 || bits == 4 ? bits : 8;
+}
+
 bool qf_gptq_packable(int bits, int64_t in, int64_t out)
 {
 	int64_t m = bits == 3 ? 32 : 32 / bits;

@@ -20,6 +20,9 @@
 #include "qf_cuda.h"
 #include "nn.h"
 
+/* OpenBLAS's cblas.h declares it; a generic cblas.h does not. */
+extern void openblas_set_num_threads(int n);
+
 /* Products below this many flops stay on the CPU. */
 #define QF_CUDA_MIN_FLOP (1 << 27)
 
@@ -188,4 +191,9 @@ int qf_backend_gptq(struct qf_cuda_gptq *g)
 	if (ret < 0)
 		fell_back("GPTQ");
 	return ret;
+}
+
+void qf_backend_set_threads(int n)
+{
+	openblas_set_num_threads(n);
 }

@@ -39,6 +39,11 @@ const char *qf_backend_name(enum qf_backend b);
 bool qf_backend_cuda_built(void);
 /* "OpenBLAS" or the device's name and size. */
 void qf_backend_describe(char *out, size_t cap);
+/*
+ * BLAS threads of the process (OpenBLAS).  A fixed count gives the same
+ * bits on every run of a machine (OpenBLAS partitions work statically).
+ */
+void qf_backend_set_threads(int n);
 /* Row-major C[m, n] = alpha op(A) op(B) + beta C (cblas_sgemm's terms). */
 void qf_sgemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k,
 	      float alpha, const float *a, int64_t lda, const float *b,

@@ -19,6 +19,21 @@
 #include "tok_i.h"
 #include "tok_unicode.h"
 
+int qf_tok_ids_push(struct qf_tok_ids *ids, int32_t id)
+{
+	if (ids->n == ids->cap) {
+		size_t cap = ids->cap ? ids->cap * 2 : 64;
+		int32_t *v = realloc(ids->v, cap * sizeof(*v));
+
+		if (!v)
+			return -ENOMEM;
+		ids->v = v;
+		ids->cap = cap;
+	}
+	ids->v[ids->n++] = id;
+	return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Character classes                                                    */
 

@@ -100,11 +100,6 @@ static int note_skip(struct qf_variant *v, const char *name,
 	return ret;
 }
 
-int qf_pack_bits(int bits)
-{
-	return bits == 2 || bits == 3 || bits == 4 ? bits : 8;
-}
-
 /* Grid bits of a linear: 2..8, or 16 (kept in the source dtype). */
 static int linear_bits(const struct qf_variant *v, const char *name)
 {

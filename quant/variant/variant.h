@@ -136,8 +136,6 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			 qf_bits_fn bits_of, void *arg,
 			 struct qf_variant **out);
-/* The container of a grid: 2, 3, 4, 8 as they are; 5..7 in 8. */
-int qf_pack_bits(int bits);
 void qf_variant_free(struct qf_variant *v);
 /*
  * Produce group gi: out[k] receives the bytes of tensor v->t[first + k]

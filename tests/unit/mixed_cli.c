@@ -1,7 +1,7 @@
 /*
- * mixed_cli.c - run the quant/method/mixed.c and ct_pack.c entry points on raw
- * files, for tests/unit/test_mixed.py (which owns the independent numpy
- * reference).
+ * mixed_cli.c - run the quant/method/mixed.c, mixed_alloc.c and
+ * quant/io/pack_ct.c entry points on raw files, for tests/unit/test_mixed.py
+ * (which owns the independent numpy reference).
  *
  * usage: mixed_cli CMD ARGS... [OUTDIR]; files are raw little-endian.
  *   sens W.f32 H.f32 OUT IN GROUP SYM NP B1..BNP OUTDIR    cost.f64 [NP]
@@ -22,6 +22,10 @@
  *   packq Q.u8 Z.i32 OUT IN NG BITS OUTDIR  packed.i32 zp.i32 uq.u8 uz.i32
  *   size N PARAMS.u64 BYTES.u64 SRC.u64 OUTDIR   res.txt (params bytes
  *        src bytes_per_param bits_per_param ratio_src ratio_fp32)
+ *   alloc POLICY AVGX100 RATIO NLAYERS N LIN.i64 SENS.f64 ULOSS.f64 OUTDIR
+ *        bits.i32 [N], alloc.json; POLICY budget or ratio (RATIO as
+ *        ratio's SPEC), LIN [N, 6]: layer kind out in params src_bytes,
+ *        SENS [N, 7], ULOSS [NLAYERS * 4, 5]; exit 3 when infeasible
  * Exit 0, 1 on a library error, 2 on bad usage or I/O, 3 infeasible.
  */
 #include <stdio.h>
@@ -30,6 +34,7 @@
 
 #include "cli_io.h"
 #include "mixed.h"
+#include "mixed_alloc.h"
 
 static const char *opt_str(const char *s)
 {
@@ -376,6 +381,72 @@ static int cmd_size(int argc, char **argv)
 	return 0;
 }
 
+static int cmd_alloc(int argc, char **argv)
+{
+	struct qf_mixed_alloc_in in = { 0 };
+	struct qf_mixed_ratio r;
+	struct qf_mixed_linear *lin;
+	struct qf_mixed_alloc *a;
+	char why[256] = "", (*names)[32];
+	int64_t *raw;
+	int32_t *b32;
+	size_t i;
+	int ret;
+
+	need(argc, 11);
+	qf_mixed_ratio_defaults(&r);
+	if (qf_mixed_ratio_parse(opt_str(argv[4]), &r, why,
+				 sizeof(why)) < 0) {
+		fprintf(stderr, "alloc: %s\n", why);
+		return 1;
+	}
+	in.budget = !strcmp(argv[2], "budget");
+	in.avg_bits_x100 = atoi(argv[3]);
+	in.ratio = &r;
+	in.nlayers = atoi(argv[5]);
+	in.n = (size_t)atoll(argv[6]);
+	raw = slurp(argv[7], in.n * 6 * 8);
+	in.sens = slurp(argv[8], in.n * QF_MIXED_SENS_REC * 8);
+	in.uloss = slurp(argv[9], (size_t)in.nlayers * QF_MIXED_UNITS *
+			 QF_MIXED_NW * 8);
+	in.calib_key = "test";
+	in.model = "model";
+	in.variant = argv[2];
+	lin = xmalloc(in.n * sizeof(*lin));
+	names = xmalloc(in.n * sizeof(*names));
+	for (i = 0; i < in.n; i++) {
+		snprintf(names[i], sizeof(names[i]), "w%zu", i);
+		lin[i] = (struct qf_mixed_linear){
+			.name = names[i],
+			.layer = (int)raw[6 * i],
+			.kind = (enum qf_tf_linear)raw[6 * i + 1],
+			.out = raw[6 * i + 2],
+			.in = raw[6 * i + 3],
+			.params = (uint64_t)raw[6 * i + 4],
+			.src_bytes = (uint64_t)raw[6 * i + 5],
+		};
+	}
+	in.lin = lin;
+	ret = qf_mixed_alloc_run(&in, &a);
+	if (ret != QF_ESPEC)
+		check(ret, "alloc");
+	if (!ret) {
+		b32 = xmalloc(in.n * 4);
+		for (i = 0; i < in.n; i++)
+			b32[i] = qf_mixed_alloc_bits(a, names[i]);
+		dump(argv[10], "bits.i32", b32, in.n * 4);
+		dump(argv[10], "alloc.json", a->json, strlen(a->json));
+		free(b32);
+	}
+	qf_mixed_alloc_free(a);
+	free(raw);
+	free((void *)in.sens);
+	free((void *)in.uloss);
+	free(lin);
+	free(names);
+	return ret == QF_ESPEC ? 3 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	need(argc, 2);
@@ -406,6 +477,8 @@ int main(int argc, char **argv)
 		return cmd_packq(argc, argv);
 	if (!strcmp(argv[1], "size"))
 		return cmd_size(argc, argv);
+	if (!strcmp(argv[1], "alloc"))
+		return cmd_alloc(argc, argv);
 	fprintf(stderr, "unknown command %s\n", argv[1]);
 	return 2;
 }

@@ -1,14 +1,17 @@
-"""Mixed precision (quant/method/mixed.c, quant/io/pack_ct.c) against numpy.
+"""Mixed precision (quant/method/mixed.c, mixed_alloc.c, quant/io/pack_ct.c)
+against numpy.
 
 usage: test_mixed.py MIXED_CLI
 The references are written from the descriptions (quant.h's RTN grid,
 mixed.h's formulas and policies, FORMATS.md's compressed-tensors
 pack-quantized layout), not from the C code: RTN grids and levels must
 be identical (same f32 arithmetic), sensitivities agree to float32-GEMM
-precision, the budget optimum is checked against brute-force enumeration.
+precision, the budget optimum is checked against brute-force enumeration,
+and so is the allocation over units of a measured variant (mixed_alloc.h).
 Prints 'N passed, N failed'.
 """
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -599,6 +602,134 @@ def test_size():
           np.allclose([float(x) for x in res[3:]], ref[3:], rtol=1e-15))
 
 
+# ------------------------------------------------ allocation over units
+WIDTHS = [2, 3, 4, 8, 16]      # mixed_alloc.h's candidates
+
+
+def gptq_ckpt_bytes(out, n, src, bits):
+    """GPTQ checkpoint bytes of a linear (group 128); -1: not packable
+    (FORMATS.md: 3 bits in runs of 32 columns, else 32 / bits)."""
+    if bits >= 16:
+        return float(src)
+    pb = bits if bits in (2, 3, 4) else 8
+    m = 32 if pb == 3 else 32 // pb
+    if n % m or out % m:
+        return -1.0
+    ng = ngroups(n, 128)
+    return out * n * pb / 8 + ng * out * pb / 8 + ng * out * 2 + n * 4
+
+
+def unit_of(kind):
+    """{q,k,v}, {o}, {gate,up}, {down} share a width."""
+    return 0 if kind <= 2 else 1 if kind == 3 else 2 if kind <= 5 else 3
+
+
+def alloc_ref(lin, sens, uloss, nlayers, policy, avg_x100):
+    nu = nlayers * 4
+    unit = np.array([l * 4 + unit_of(k) for l, k in lin[:, :2]])
+    up = np.zeros(nu)
+    ubytes = np.zeros((nu, len(WIDTHS)))
+    uerr = np.zeros((nu, len(WIDTHS)))
+    for i, (l, k, out, n, params, src) in enumerate(lin):
+        up[unit[i]] += params
+        for p, b in enumerate(WIDTHS):
+            c = gptq_ckpt_bytes(out, n, src, b)
+            if c < 0 or ubytes[unit[i], p] < 0:
+                ubytes[unit[i], p] = -1
+            else:
+                ubytes[unit[i], p] += c
+            uerr[unit[i], p] += sens[i, p]
+    # measured loss increase, at least 0, never lower at fewer bits
+    cost = np.maximum.accumulate(np.maximum(uloss, 0)[:, ::-1], 1)[:, ::-1]
+    cost = np.where(ubytes < 0, np.inf, cost)
+    if policy == "budget":
+        byt = np.where(ubytes < 0, 2.0 ** 62, ubytes).astype(np.uint64)
+        best, arg, _ = brute(up.astype(np.uint64), byt, cost, avg_x100)
+        if arg is None:
+            return None, None, None
+        ubits = np.array([WIDTHS[p] for p in arg])
+    else:
+        def z(v):
+            return (v - v.mean()) / (v.std() + 1e-8)
+        imp = 0.3 * z(sens[:, 5]) + 0.2 * z(sens[:, 6])
+        uimp = np.full(nu, -np.inf)
+        for u in range(nu):
+            if (unit == u).any():
+                uimp[u] = imp[unit == u].mean()
+        ubits = ratio_ref(uimp, 0.2, 0.4, 16, 8, 4)
+        for u in range(nu):
+            p = WIDTHS.index(ubits[u])
+            if ubytes[u, p] < 0:
+                ubits[u] = 16
+    pick = [WIDTHS.index(b) for b in ubits]
+    uc = cost[np.arange(nu), pick]
+    ue = uerr[np.arange(nu), pick]
+    return ubits[unit], ubits, (uc, ue)
+
+
+def alloc_instance(nlayers, gaps):
+    lin = []
+    for l in range(nlayers):
+        for k in range(7):
+            if gaps and rng.random() < 0.15:
+                continue                    # kept: not a linear here
+            out = int(rng.choice([32, 64, 96, 48, 100]))
+            n = int(rng.choice([32, 64, 128, 256, 72]))
+            lin.append([l, k, out, n, out * n, 2 * out * n])
+    lin = np.array(lin, np.int64)
+    sens = np.zeros((len(lin), 7))
+    base = rng.uniform(0.01, 1, len(lin))
+    sens[:, :5] = base[:, None] * np.array([8.0, 4, 1, 0.1, 0])
+    sens[:, 5] = rng.uniform(0, 3, len(lin))
+    sens[:, 6] = rng.uniform(0.01, 0.1, len(lin))
+    ub = rng.uniform(0, 2, nlayers * 4)
+    uloss = (ub[:, None] * np.array([1.0, 0.4, 0.1, 0.01, 0]) +
+             rng.normal(0, 0.02, (nlayers * 4, 5)))
+    return lin, sens, uloss
+
+
+def test_alloc():
+    bad, cases, nratio, ninf = [], 0, 0, 0
+    for trial in range(30):
+        nlayers = 1 if trial % 3 else 2
+        policy = "ratio" if trial % 4 == 3 else "budget"
+        # (the ratio policy needs every unit to have a linear)
+        lin, sens, uloss = alloc_instance(nlayers, policy == "budget")
+        avg = int(rng.choice([250, 350, 450, 600, 900]))
+        want, ubits, uce = alloc_ref(lin, sens, uloss, nlayers, policy, avg)
+        args = ["alloc", policy, avg, "-", nlayers, len(lin), "@l", "@s",
+                "@u"]
+        files = {"l": lin, "s": sens, "u": uloss}
+        if want is None:
+            _, _, _, p = cli(args, files, expect=3)
+            if "no allocation fits" not in p.stderr:
+                bad.append((trial, "infeasible", p.stderr.strip()))
+            ninf += 1
+            continue
+        read, _, d, _ = cli(args, files)
+        cases += 1
+        nratio += policy == "ratio"
+        got = read("bits.i32", np.int32)
+        with open(os.path.join(d, "alloc.json")) as f:
+            js = json.load(f)
+        cost = np.array(js["unit_cost"])
+        obj = np.sum(uce[0])
+        same = (np.array_equal(got, want) and
+                np.array_equal(js["unit_bits"], ubits))
+        if policy == "budget" and not same:
+            # a tie of the optimum: the same objective is enough
+            same = abs(cost.sum() - obj) <= 1e-12 * max(obj, 1)
+        elif same:
+            same = (np.allclose(cost, uce[0], rtol=1e-15, atol=0) and
+                    np.allclose(js["unit_output_error"], uce[1],
+                                rtol=1e-12, atol=0))
+        if not same or js["policy"] != policy:
+            bad.append((trial, policy, avg))
+    check("allocation over units equals numpy (%d cases, %d by ratios; %d "
+          "infeasible budgets refused)" % (cases, nratio, ninf),
+          not bad and cases > 10 and nratio > 3 and ninf > 0, str(bad[:3]))
+
+
 test_roles()
 test_static()
 test_ratio()
@@ -607,6 +738,7 @@ test_size()
 test_bytes_and_pack()
 test_sensitivity()
 test_budget()
+test_alloc()
 npass = sum(results)
 print("%d passed, %d failed" % (npass, len(results) - npass))
 sys.exit(0 if npass == len(results) else 1)

@@ -1,0 +1,55 @@
+/*
+ * job_i.h - the production job of a calibrated variant, shared by its
+ * files: job.c (scheduling: start, wait, finish), job_calib.c (the
+ * calibration set and the job's setup), job_layer.c (the calibration
+ * driver's per-layer callbacks: method, cache commit, replay) and
+ * job_mixed.c (mixed precision's sensitivity tables).  Calls go one
+ * way: job.c into job_layer.c and job_calib.c, job_layer.c and
+ * job_mixed.c into job_calib.c, which calls none of them.
+ */
+#ifndef QF_JOB_I_H
+#define QF_JOB_I_H
+
+#include "fs_i.h"
+#include "layer.h"
+
+/* One running job (or a measurement's stand-in); owned by its thread. */
+struct job {
+	struct qf_fs *fs;
+	struct qf_var *var;
+	struct qf_tf_config c;
+	int first;			/* layers before it are replayed */
+	double t0;
+	struct qf_layer_res res;	/* the layer's tensors and losses,
+					 * [var->v->ng] */
+	float *imat;			/* kq: this layer's importance matrix */
+	int layer;			/* brecq: the block being rebuilt */
+	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
+	/* where the time goes (logged at the end of the job; GPTQ's own
+	 * and the comparison's are in res) */
+	double stats_s;			/* X^T X and channel sums */
+	double commit_s;		/* LMDB transactions */
+};
+
+/*
+ * "__layer__.N" records: per linear of the layer, REC doubles: loss,
+ * loss_rtn, alpha, score error before / after (-1 where not applicable).
+ * Records of two doubles per linear (GPTQ before AWQ existed) still read.
+ */
+#define REC 5
+#define REC_OLD 2
+
+/* job_calib.c */
+/* What the job does now, for the progress attribute (takes var->lock). */
+void qf_job_phase(struct qf_var *var, const char *phase);
+/* The calibration set of j->var into *cs: from the cache, else sampled
+ * or read from the text and cached.  0 or an error (cs then empty). */
+int qf_job_calib_set(struct job *j, struct qf_calib *cs);
+
+/* job_layer.c */
+/* Layer l of var is in the cache (its groups, or its imatrix). */
+bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l);
+/* The driver's callbacks for var's method (arg: the struct job). */
+void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops);
+
+#endif

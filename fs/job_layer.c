@@ -1,0 +1,293 @@
+/*
+ * job_layer.c - the calibration driver's per-layer callbacks of a job
+ * (calib.c calls them in layer order): the method on the layer
+ * (quant/layer.c), the commit of its tensors and loss record to the
+ * cache in one transaction, and on resume the replay of a committed
+ * layer from its cached (dequantized) weights, which are bit-identical
+ * to what the first run continued with, so the result does not depend
+ * on the interruption.  Readers wait for the layer that holds their
+ * tensors: the commit wakes them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "job_i.h"
+
+bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
+{
+	int k;
+
+	if (var->v->spec.method == QF_METHOD_KQUANT) {
+		struct qf_cache_txn *txn;
+		const void *p;
+		char name[32];
+		size_t len;
+		bool ok;
+
+		snprintf(name, sizeof(name), "__imatrix__.%d", l);
+		if (qf_cache_read_begin(fs->cache, &txn) < 0)
+			return false;
+		ok = qf_cache_get(txn, var->vid, name, &p, &len) == 0;
+		qf_cache_read_end(txn);
+		return ok;
+	}
+
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+		if (gi >= 0 && !qf_var_in_cache(fs, var, (uint32_t)gi))
+			return false;
+	}
+	return true;
+}
+
+/* The layer's map into the variant: its linears' groups. */
+static struct qf_layer_map layer_map(const struct job *j, int l)
+{
+	return (struct qf_layer_map){
+		.v = j->var->v,
+		.lin_group = j->var->lin_group + (size_t)l * QF_TF_NLINEAR,
+	};
+}
+
+/* AWQ of layer l, logging ReFlip's effect. */
+static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
+			struct qf_lin_stats *stats)
+{
+	struct qf_layer_map m = layer_map(j, l);
+	struct qf_layer_reflip rf;
+	int ret;
+
+	ret = qf_layer_awq(&m, &j->c, ly, stats, &j->res, &rf);
+	if (!ret && rf.on)
+		qf_info("%s/%s: layer %d/%d ReFlip: attention-score error "
+			"%.5f -> %.5f (%lld flips)", j->var->mdl->name,
+			m.v->name, l + 1, j->var->nlayers, rf.before, rf.after,
+			(long long)rf.flips);
+	return ret;
+}
+
+static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
+		       const enum qf_tf_linear *lin, int n,
+		       struct qf_lin_stats *stats)
+{
+	struct job *j = arg;
+	struct qf_layer_map m = layer_map(j, l);
+
+	if (qf_job_stopping(j->fs))
+		return -EINTR;
+	if (j->var->v->spec.method == QF_METHOD_AWQ)
+		return awq_quantize(j, l, ly, stats);
+	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
+		/* weights unchanged */
+		qf_layer_imatrix(lin, n, stats, j->imat);
+		return 0;
+	}
+	return qf_layer_gptq(&m, ly, lin, n, stats, &j->res);
+}
+
+static int brecq_progress(void *arg, int iter, int iters, double rec,
+			  double reg)
+{
+	struct job *j = arg;
+
+	qf_info("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
+		"rounding regularizer %.4g", j->var->mdl->name,
+		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
+		rec, reg);
+	return qf_job_stopping(j->fs) ? -EINTR : 0;
+}
+
+/*
+ * BRECQ of layer l (quant/layer.c): learned rounding of its linears
+ * against the full-precision layer's output y on the quantized model's
+ * input x; the codes into j->res.
+ */
+static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
+		    const float *y, int nseq, int seqlen)
+{
+	struct job *j = arg;
+	struct qf_layer_map m = layer_map(j, l);
+	struct qf_layer_brecq info;
+	struct qf_brecq_opts o;
+	int ret;
+
+	if (qf_job_stopping(j->fs))
+		return -EINTR;
+	qf_brecq_opts_default(&o);
+	o.iters = j->var->ci.brecq_iters;
+	if (j->fs->o.brecq_batch > 0)
+		o.batch_seqs = j->fs->o.brecq_batch;
+	o.seed = (uint64_t)l;
+	o.progress = brecq_progress;
+	o.arg = j;
+	o.every = 50;
+	j->layer = l;
+	ret = qf_layer_brecq(&m, &j->c, l, ly, x, y, nseq, seqlen, &o, &j->res,
+			     &info);
+	if (!ret)
+		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
+			"%.4g (relative; round to nearest -> learned rounding), "
+			"%d steps in %.1f s", j->var->mdl->name, m.v->name, l + 1,
+			j->var->nlayers, info.rel_rtn, info.rel_final,
+			info.iters, info.seconds);
+	return ret;
+}
+
+/* Resume: the cached packed tensors of layer l, dequantized into ly. */
+static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
+{
+	struct job *j = arg;
+	struct qf_var *var = j->var;
+	int k, ret = 0;
+
+	*cached = l < j->first;
+	for (k = 0; k < QF_TF_NLINEAR && *cached && !ret; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+		int64_t out, in, ng, r, c;
+		uint8_t *q;
+		uint16_t *sc;
+		int32_t *z, *gidx;
+
+		if (gi < 0)
+			continue;
+		g = &var->v->g[gi];
+		out = g->w->t->shape[0];
+		in = g->w->t->shape[1];
+		ng = qf_ngroups(in, g->qp.group);
+		q = malloc((size_t)(out * in));
+		sc = malloc((size_t)(out * ng) * 2);
+		z = malloc((size_t)(out * ng) * 4);
+		gidx = malloc((size_t)in * 4);
+		ret = q && sc && z && gidx ?
+		      qf_var_unpack(j->fs, var, (uint32_t)gi, q, sc, z, gidx) :
+		      -ENOMEM;
+		/* the same float expression qf_gptq_quantize leaves in w */
+		for (r = 0; r < out && !ret; r++)
+			for (c = 0; c < in; c++) {
+				int64_t x = r * ng + gidx[c];
+
+				ly->w[k][r * in + c] = qf_f16_to_f32(sc[x]) *
+					((float)q[r * in + c] - (float)z[x]);
+			}
+		/* AWQ: the norm that absorbed this group's scales */
+		if (!ret && g->norm)
+			ret = qf_var_read_f32(j->fs, var, &var->v->t[g->first +
+					      g->n - 1], k == QF_TF_Q ?
+					      ly->in_norm : ly->post_norm);
+		if (ret < 0)
+			qf_err("%s/%s: cannot replay %s from the cache: %s",
+			       var->mdl->name, var->v->name, g->w->name,
+			       qf_strerror(ret));
+		free(q);
+		free(sc);
+		free(z);
+		free(gidx);
+	}
+	return ret;
+}
+
+/* Commit layer l: its tensors and its loss record, one transaction. */
+static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
+			 double seconds)
+{
+	struct job *j = arg;
+	struct qf_var *var = j->var;
+	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 2];
+	double rec[QF_TF_NLINEAR * REC];
+	double sum_g = 0, sum_r = 0, eta;
+	char recname[32], imname[32];
+	size_t n = 0;
+	int k, m = 0, ret;
+	uint32_t t;
+
+	(void)x, (void)ntok;
+	if (l < j->first)
+		return 0;		/* replayed, already in the cache */
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		const struct qf_vgroup *g;
+
+		for (t = 0; t < REC; t++)
+			rec[REC * k + t] = -1;
+		if (gi < 0)
+			continue;
+		g = &var->v->g[gi];
+		for (t = 0; t < g->n; t++) {
+			const struct qf_vtensor *vt = &var->v->t[g->first + t];
+
+			items[n].name = vt->name;
+			items[n].data = j->res.pending[(size_t)gi * 4 + t];
+			items[n].len = qf_vtensor_bytes(vt);
+			n++;
+		}
+		rec[REC * k] = j->res.loss[gi];
+		rec[REC * k + 1] = j->res.loss_rtn[gi];
+		rec[REC * k + 2] = j->res.alpha[gi];
+		rec[REC * k + 3] = j->res.score[2 * gi];
+		rec[REC * k + 4] = j->res.score[2 * gi + 1];
+		sum_g += j->res.loss[gi];
+		sum_r += j->res.loss_rtn[gi];
+		m++;
+	}
+	snprintf(recname, sizeof(recname), "__layer__.%d", l);
+	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
+	if (var->v->spec.method == QF_METHOD_KQUANT) {
+		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
+		items[n++] = (struct qf_cache_item){ imname, j->imat,
+			qf_kq_imatrix_len(&j->c) * sizeof(float) };
+	}
+	eta = qf_now();
+	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
+	j->commit_s += qf_now() - eta;
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+
+		for (t = 0; gi >= 0 && t < 4; t++) {
+			free(j->res.pending[(size_t)gi * 4 + t]);
+			j->res.pending[(size_t)gi * 4 + t] = NULL;
+		}
+	}
+	if (ret < 0)
+		return ret;
+	/* log first: a reader woken below may look for this line */
+	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
+	      (var->nlayers - l - 1);
+	if (var->v->spec.method == QF_METHOD_KQUANT)
+		qf_info("%s/%s: layer %d/%d imatrix in %.2f s, eta %.0f s",
+			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			seconds, eta);
+	else
+		qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output "
+			"error %s %.5f vs rtn %.5f, eta %.0f s",
+			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			seconds, qf_method_name(var->v->spec.method),
+			m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
+	pthread_mutex_lock(&var->lock);
+	var->layers_done = l + 1;
+	pthread_cond_broadcast(&var->cond);
+	pthread_mutex_unlock(&var->lock);
+	return 0;
+}
+
+void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
+{
+	bool awq = sp->method == QF_METHOD_AWQ;
+	bool kq = sp->method == QF_METHOD_KQUANT;
+	bool brecq = sp->method == QF_METHOD_BRECQ;
+
+	ops->hessian = !kq && !brecq;
+	ops->block = brecq ? cb_block : NULL;
+	/* GPTQ: true sequential; AWQ: statistics of the layer as it is,
+	 * all seven linears at once (scales couple them); kq: the imatrix
+	 * of the unchanged model */
+	ops->sequential = !awq && !kq;
+	ops->whole_layer = awq || kq;
+	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
+			   QF_REFLIP_SAMPLE : 0;
+	ops->quantize = cb_quantize;
+	ops->layer_cached = cb_cached;
+	ops->layer_done = cb_layer_done;
+}

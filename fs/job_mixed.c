@@ -1,0 +1,286 @@
+/*
+ * job_mixed.c - the sensitivity tables of a measured mixed-precision
+ * variant (mixed_dyn, mixed_b<avg>): per linear its relative output
+ * error at each candidate width and its importance signals, per unit
+ * the end-of-model loss increase, measured through the unquantized
+ * model on the variant's calibration set and cached under the model,
+ * the set and the backend.  The allocation itself is quant's
+ * (quant/mixed_alloc.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "job_i.h"
+#include "mixed_alloc.h"
+
+_Static_assert(sizeof(((struct qf_mixed_alloc *)0)->calib_vid) ==
+	       QF_CACHE_VID, "an allocation's calib_vid is a cache vid");
+
+/* Sensitivities of the layer's linears; the weights stay as they are. */
+static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
+		   const enum qf_tf_linear *lin, int n,
+		   struct qf_lin_stats *stats)
+{
+	struct job *j = arg;
+	int i, ret;
+
+	if (qf_job_stopping(j->fs))
+		return -EINTR;
+	for (i = 0; i < n; i++) {
+		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+		const struct qf_vgroup *g;
+		struct qf_mixed_signals sig;
+		double *rec;
+
+		if (gi < 0)
+			continue;
+		g = &j->var->v->g[gi];
+		rec = j->sens + (size_t)gi * QF_MIXED_SENS_REC;
+		ret = qf_mixed_sensitivity(ly->w[lin[i]], g->w->t->shape[0],
+					   g->w->t->shape[1], stats[lin[i]].h,
+					   qf_mixed_widths, QF_MIXED_NW, QF_MIXED_GROUP, false,
+					   rec);
+		if (ret < 0)
+			return ret;
+		qf_mixed_signals_of(ly->w[lin[i]], g->w->t->shape[0],
+				    g->w->t->shape[1], &stats[lin[i]], &sig);
+		rec[QF_MIXED_NW] = sig.act;
+		rec[QF_MIXED_NW + 1] = sig.weight;
+	}
+	return 0;
+}
+
+static int sens_done(void *arg, int l, const float *x, int64_t ntok,
+		     double seconds)
+{
+	struct job *j = arg;
+
+	(void)x, (void)ntok;
+	qf_info("%s: mixed precision: sensitivities of layer %d/%d in %.2f s",
+		j->var->mdl->name, l + 1, j->var->nlayers, seconds);
+	return 0;
+}
+
+static int loss_done(void *arg, int l, double seconds)
+{
+	struct job *j = arg;
+
+	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
+		"each width in %.2f s", j->var->mdl->name, l + 1,
+		j->var->nlayers, seconds);
+	return qf_job_stopping(j->fs) ? -EINTR : 0;
+}
+
+#define LOSS_SEQS 8		/* calibration sequences the loss runs on */
+
+/*
+ * The sensitivity tables, from the cache or measured and stored: per
+ * linear its relative output errors and signals (sens), per unit the
+ * loss increase (uloss [nlayers * 4][QF_MIXED_NW]).
+ */
+static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
+		       double *sens, double *uloss)
+{
+	int unit_of[QF_TF_NLINEAR];
+	size_t want = probe->v->ng * QF_MIXED_SENS_REC * sizeof(double);
+	size_t uwant = (size_t)probe->nlayers * QF_MIXED_UNITS * QF_MIXED_NW *
+		       sizeof(double);
+	struct qf_cache_item its[2];
+	double ref = 0;
+	const char *parts[4];
+	char calib_hex[33];
+	uint8_t vid[QF_CACHE_VID];
+	struct qf_cache_txn *txn;
+	struct qf_calib cs = { 0 };
+	struct job j = { .fs = fs, .var = probe, .sens = sens };
+	struct qf_calib_ops ops = {
+		.hessian = true,
+		.whole_layer = true,
+		.quantize = cb_sens,
+		.layer_done = sens_done,
+	};
+	const void *p;
+	size_t len;
+	bool hit = false;
+	double t0 = qf_now();
+	int k, ret;
+
+	for (k = 0; k < QF_TF_NLINEAR; k++)
+		unit_of[k] = qf_mixed_unit_of((enum qf_tf_linear)k);
+	qf_hex(probe->calib_vid, QF_CACHE_VID, calib_hex);
+	parts[0] = "quantfs-mixed-sensitivity-v2";
+	parts[1] = probe->mdl->m->fp_hex;
+	parts[2] = calib_hex;
+	parts[3] = qf_backend_name(fs->backend);
+	qf_cache_vid(parts, 4, vid);
+	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
+		if (qf_cache_get(txn, vid, "__sens__", &p, &len) == 0 &&
+		    len == want) {
+			memcpy(sens, p, len);
+			hit = true;
+		}
+		if (hit && qf_cache_get(txn, vid, "__uloss__", &p, &len) == 0 &&
+		    len == uwant)
+			memcpy(uloss, p, len);
+		else
+			hit = false;
+		qf_cache_read_end(txn);
+	}
+	if (hit)
+		return 0;
+	qf_info("%s: mixed precision: measuring the sensitivity of %zu "
+		"linears to %d precisions", probe->mdl->name, probe->v->ng,
+		QF_MIXED_NW);
+	ret = qf_tf_config_parse(probe->mdl->m, &j.c);
+	if (!ret)
+		ret = qf_job_calib_set(&j, &cs);
+	if (!ret)
+		ret = qf_calib_run(probe->mdl->m, &j.c, &cs, &ops, &j);
+	if (!ret)
+		ret = qf_mixed_loss_table(probe->mdl->m, &j.c, cs.ids,
+					  cs.nseq < LOSS_SEQS ? cs.nseq :
+					  LOSS_SEQS, cs.seqlen, unit_of,
+					  QF_MIXED_UNITS, qf_mixed_widths,
+					  QF_MIXED_NW, QF_MIXED_GROUP, uloss,
+					  &ref, loss_done, &j);
+	qf_calib_free(&cs);
+	if (ret < 0)
+		return ret;
+	its[0] = (struct qf_cache_item){ "__sens__", sens, want };
+	its[1] = (struct qf_cache_item){ "__uloss__", uloss, uwant };
+	ret = qf_fs_cache_put(fs, vid, its, 2);
+	qf_info("%s: mixed precision: sensitivities measured in %.1f s",
+		probe->mdl->name, qf_now() - t0);
+	return ret;
+}
+
+/*
+ * A stand-in variant for measuring: every linear the 8-bit container can
+ * hold, spec's calibration set, the layer maps; logs name spec.
+ */
+static int probe_new(struct qf_fs *fs, struct qf_mdl *mdl,
+		     const struct qf_spec *spec, struct qf_var **out)
+{
+	struct qf_spec s8 = { .method = QF_METHOD_RTN, .bits = 8,
+			      .group = QF_MIXED_GROUP };
+	struct qf_var *probe = calloc(1, sizeof(*probe));
+	int ret;
+
+	*out = probe;
+	if (!probe)
+		return -ENOMEM;
+	probe->mdl = mdl;
+	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
+	ret = qf_variant_init(mdl->m, &s8, &probe->v);
+	if (!ret) {
+		qf_spec_print(spec, probe->v->name, sizeof(probe->v->name));
+		ret = qf_job_setup(fs, probe);
+	}
+	return ret;
+}
+
+static void probe_free(struct qf_var *probe)
+{
+	if (!probe)
+		return;
+	qf_job_free(probe);
+	qf_variant_free(probe->v);
+	free(probe);
+}
+
+/* probe's tables (sens, uloss as mixed_table) into new arrays. */
+static int probe_tables(struct qf_fs *fs, struct qf_var *probe,
+			double **sens, double **uloss)
+{
+	*sens = calloc(probe->v->ng * QF_MIXED_SENS_REC + 1, sizeof(**sens));
+	*uloss = calloc((size_t)probe->nlayers * QF_MIXED_UNITS *
+			QF_MIXED_NW + 1, sizeof(**uloss));
+	return *sens && *uloss ? mixed_table(fs, probe, *sens, *uloss) :
+				 -ENOMEM;
+}
+
+int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
+			 const struct qf_spec *spec)
+{
+	struct qf_var *probe = NULL;
+	double *sens = NULL, *uloss = NULL;
+	int ret;
+
+	pthread_mutex_lock(&fs->sens_lock);
+	ret = probe_new(fs, mdl, spec, &probe);
+	if (!ret)
+		ret = probe_tables(fs, probe, &sens, &uloss);
+	pthread_mutex_unlock(&fs->sens_lock);
+	free(sens);
+	free(uloss);
+	probe_free(probe);
+	return ret;
+}
+
+/* The quantizable linears of probe, for the allocation. */
+static struct qf_mixed_linear *probe_linears(const struct qf_var *probe)
+{
+	struct qf_mixed_linear *lin = calloc(probe->v->ng + 1, sizeof(*lin));
+	size_t i;
+
+	for (i = 0; lin && i < probe->v->ng; i++) {
+		const struct qf_model_tensor *w = probe->v->g[i].w;
+		int l = probe->group_layer[i], k;
+
+		for (k = 0; k < QF_TF_NLINEAR; k++)
+			if (probe->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
+				break;
+		lin[i] = (struct qf_mixed_linear){
+			.name = w->name,
+			.layer = l,
+			.kind = (enum qf_tf_linear)k,
+			.out = w->t->shape[0],
+			.in = w->t->shape[1],
+			.params = (uint64_t)qf_st_numel(w->t),
+			.src_bytes = w->t->nbytes,
+		};
+	}
+	return lin;
+}
+
+int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
+		       const struct qf_spec *spec, struct qf_mixed_alloc **out)
+{
+	struct qf_var *probe = NULL;
+	struct qf_mixed_alloc_in in;
+	struct qf_mixed_linear *lin = NULL;
+	double *sens = NULL, *uloss = NULL;
+	int ret;
+
+	*out = NULL;
+	ret = probe_new(fs, mdl, spec, &probe);
+	if (!ret)
+		ret = probe_tables(fs, probe, &sens, &uloss);
+	if (!ret && !(lin = probe_linears(probe)))
+		ret = -ENOMEM;
+	if (ret < 0)
+		goto out_free;
+	in = (struct qf_mixed_alloc_in){
+		.lin = lin,
+		.n = probe->v->ng,
+		.nlayers = probe->nlayers,
+		.sens = sens,
+		.uloss = uloss,
+		.budget = spec->method == QF_METHOD_MIXED_BUDGET,
+		.avg_bits_x100 = spec->avg_bits_x100,
+		.ratio = &fs->mratio,
+		.calib_key = probe->ci.key,
+		.model = mdl->name,
+		.variant = probe->v->name,
+	};
+	ret = qf_mixed_alloc_run(&in, out);
+	if (!ret)
+		memcpy((*out)->calib_vid, probe->calib_vid, QF_CACHE_VID);
+out_free:
+	probe_free(probe);
+	free(sens);
+	free(uloss);
+	free(lin);
+	return ret;
+}

@@ -1,0 +1,85 @@
+/*
+ * mixed_alloc.h - the precisions of a measured mixed-precision variant
+ * (mixed_dyn, mixed_b<avg>) from its sensitivity tables: linears grouped
+ * into units that share a width, monotone costs per unit, then the
+ * bit-budget knapsack or the importance ratios (mixed.h).
+ *
+ * Pure: the tables come in as arrays (fs/job_mixed.c measures and caches
+ * them), the allocation goes out as names, widths and the JSON that
+ * quantization.json shows.  Its widths are the GPTQ containers'.
+ */
+#ifndef QF_MIXED_ALLOC_H
+#define QF_MIXED_ALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mixed.h"
+#include "method.h"
+
+/* Candidate widths: the GPTQ containers, and 16 (kept).  A 6-bit grid
+ * costs the 8-bit container's bytes with more error: dominated. */
+#define QF_MIXED_NW 5
+extern const int qf_mixed_widths[QF_MIXED_NW];		/* 2 3 4 8 16 */
+/* A linear's sensitivity record: its relative output error at each
+ * width, then the act and weight signals (qf_mixed_signals). */
+#define QF_MIXED_SENS_REC (QF_MIXED_NW + 2)
+#define QF_MIXED_GROUP 128		/* group size of every width */
+#define QF_MIXED_UNITS 4		/* units per decoder layer */
+
+/*
+ * Units share a precision: q/k/v and gate/up are fused by loaders
+ * (vLLM needs one precision per fused shard set), o and down alone.
+ * 0 {q,k,v}, 1 {o}, 2 {gate,up}, 3 {down} (and anything past down).
+ */
+int qf_mixed_unit_of(enum qf_tf_linear k);
+
+/* One quantizable linear of the model. */
+struct qf_mixed_linear {
+	const char *name;		/* its weight tensor */
+	int layer;			/* decoder layer */
+	enum qf_tf_linear kind;		/* QF_TF_NLINEAR: none (unit 3) */
+	int64_t out, in;		/* its shape */
+	uint64_t params;		/* out * in */
+	uint64_t src_bytes;		/* bytes of the source tensor */
+};
+
+struct qf_mixed_alloc_in {
+	const struct qf_mixed_linear *lin;	/* [n] */
+	size_t n;
+	int nlayers;
+	const double *sens;	/* [n][QF_MIXED_SENS_REC] */
+	const double *uloss;	/* [nlayers * 4][QF_MIXED_NW]: the mean
+				 * loss increase with only the unit at
+				 * the width (qf_mixed_loss_table) */
+	bool budget;		/* mixed_b<avg>: a budget, else ratios */
+	int avg_bits_x100;	/* the budget */
+	const struct qf_mixed_ratio *ratio;
+	const char *calib_key;	/* the set measured on, for the JSON */
+	const char *model;	/* names for the log */
+	const char *variant;
+};
+
+/* The allocation of a variant. */
+struct qf_mixed_alloc {
+	size_t n;
+	char **names;			/* linear weights */
+	int *bits;			/* their grids, 16 = kept */
+	char *json;			/* quantization.json "allocation" */
+	uint8_t calib_vid[16];		/* the set it was measured on (the
+					 * caller's, QF_CACHE_VID bytes) */
+};
+
+/*
+ * Allocate widths to in's linears by its policy.  *out (set also on
+ * failure, then NULL) is freed with qf_mixed_alloc_free; calib_vid is
+ * left zero.  Returns 0, QF_ESPEC (no allocation fits the budget; a
+ * line says what the narrowest widths need), -EINVAL, -ENOMEM.
+ */
+int qf_mixed_alloc_run(const struct qf_mixed_alloc_in *in,
+		       struct qf_mixed_alloc **out);
+/* qf_bits_fn over an allocation: a linear not in it stays 16. */
+int qf_mixed_alloc_bits(void *arg, const char *name);
+void qf_mixed_alloc_free(struct qf_mixed_alloc *a);
+
+#endif

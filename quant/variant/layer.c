@@ -1,0 +1,379 @@
+/*
+ * layer.c - one decoder layer through its calibrated method (layer.h):
+ * the glue between the methods (gptq.c, awq_layer.c, brecq.c) and the
+ * variant's packed tensors (variant.c).
+ *
+ * GPTQ's losses are output-error energies tr(D H D^T) relative to the
+ * weight's own, for the method and for round to nearest at the same
+ * grid, so the record shows what the method bought.  Everything here
+ * is deterministic for a given BLAS thread count: a resumed job replays
+ * the committed layers and must continue with the same bits.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layer.h"
+
+int qf_layer_res_init(struct qf_layer_res *r, size_t ng)
+{
+	if (!ng)
+		ng = 1;
+	memset(r, 0, sizeof(*r));
+	r->pending = calloc(ng * 4, sizeof(*r->pending));
+	r->loss = calloc(ng, sizeof(double));
+	r->loss_rtn = calloc(ng, sizeof(double));
+	r->alpha = calloc(ng, sizeof(double));
+	r->score = calloc(2 * ng, sizeof(double));
+	if (!r->pending || !r->loss || !r->loss_rtn || !r->alpha ||
+	    !r->score) {
+		qf_layer_res_free(r, 0);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void qf_layer_res_free(struct qf_layer_res *r, size_t ng)
+{
+	size_t i;
+
+	for (i = 0; r->pending && i < ng * 4; i++)
+		free(r->pending[i]);
+	free(r->pending);
+	free(r->loss);
+	free(r->loss_rtn);
+	free(r->alpha);
+	free(r->score);
+	r->pending = NULL;
+	r->loss = r->loss_rtn = r->alpha = r->score = NULL;
+}
+
+/* tr(D H D^T) for D [out, in]: the output error energy of D on X. */
+static double energy(const float *d, const float *h, int64_t out, int64_t in,
+		     float *tmp)
+{
+	double e = 0;
+	int64_t i;
+
+	qf_sgemm(false, false, (int)out,
+		    (int)in, (int)in, 1.0f, d, (int)in, h, (int)in, 0.0f, tmp,
+		    (int)in);
+	for (i = 0; i < out * in; i++)
+		e += (double)tmp[i] * d[i];
+	return e;
+}
+
+static int quantize_linear(const struct qf_variant *v, int gi, float *w,
+			   struct qf_lin_stats *st, struct qf_layer_res *r)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	const struct qf_spec *s = &v->spec;
+	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group), gs = ng == 1 ? in : g->qp.group;
+	struct qf_gptq_opts o = {
+		.qp = g->qp,
+		.act_order = s->flags & QF_SPEC_ACT,
+		.static_groups = s->flags & QF_SPEC_STATIC,
+		.damp = 0.01f,
+		.blocksize = 128,
+		.times = &r->gt,
+	};
+	size_t wn = (size_t)(out * in);
+	float *w0 = malloc(wn * sizeof(float)), *h = malloc((size_t)(in * in) * 4);
+	float *tmp = malloc(wn * sizeof(float)), *d = malloc(wn * sizeof(float));
+	uint8_t *q = malloc(wn);
+	uint16_t *sc = malloc((size_t)(out * ng) * 2);
+	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
+	void **bufs = r->pending + (size_t)gi * 4;
+	double base, loss, t0 = qf_now(), t1;
+	int64_t i, k;
+	int ret = -ENOMEM;
+
+	if (!w0 || !h || !tmp || !d || !q || !sc || !z || !gidx)
+		goto out_free;
+	memcpy(w0, w, wn * sizeof(float));
+	memcpy(h, st->h, (size_t)(in * in) * 4);
+	base = energy(w0, h, out, in, tmp);
+	/* round to nearest at the same settings, for the record */
+	ret = qf_rtn_quantize(w0, out, in, &g->qp, q, sc, z);
+	if (ret < 0)
+		goto out_free;
+	for (i = 0; i < out; i++)
+		for (k = 0; k < in; k++)
+			d[i * in + k] = w0[i * in + k] -
+				qf_f16_to_f32(sc[i * ng + k / gs]) *
+				((float)q[i * in + k] - (float)z[i * ng + k / gs]);
+	r->loss_rtn[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	t1 = qf_now();
+	ret = qf_gptq_quantize(w, out, in, st->h, &o, q, sc, z, gidx, &loss);
+	if (ret < 0)
+		goto out_free;
+	t0 += qf_now() - t1;	/* the comparison's time only */
+	for (i = 0; i < (int64_t)wn; i++)
+		d[i] = w0[i] - w[i];
+	r->loss[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
+	r->compare_s += qf_now() - t0;
+	t0 = qf_now();
+	for (k = 0; k < (int64_t)g->n; k++) {
+		bufs[k] = malloc(qf_vtensor_bytes(&v->t[g->first + k]));
+		if (!bufs[k]) {
+			ret = -ENOMEM;
+			goto out_free;
+		}
+	}
+	qf_variant_emit(v, (size_t)gi, q, sc, z, gidx, bufs);
+	r->pack_s += qf_now() - t0;
+	ret = 0;
+out_free:
+	free(w0);
+	free(h);
+	free(tmp);
+	free(d);
+	free(q);
+	free(sc);
+	free(z);
+	free(gidx);
+	return ret;
+}
+
+int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
+		  const enum qf_tf_linear *lin, int n,
+		  struct qf_lin_stats *stats, struct qf_layer_res *r)
+{
+	int i, ret;
+
+	for (i = 0; i < n; i++) {
+		int gi = m->lin_group[lin[i]];
+
+		if (gi < 0)
+			continue;	/* kept in the source dtype */
+		ret = quantize_linear(m->v, gi, ly->w[lin[i]], &stats[lin[i]],
+				      r);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+void qf_layer_imatrix(const enum qf_tf_linear *lin, int n,
+		      const struct qf_lin_stats *stats, float *imat)
+{
+	size_t at = 0;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		const struct qf_lin_stats *st = &stats[lin[i]];
+		int64_t c;
+
+		for (c = 0; c < st->in; c++)
+			imat[at++] = (float)(st->sum_sq[c] /
+				(st->n > 0 ? (double)st->n : 1));
+	}
+}
+
+/* Norm weights in f32 into dst in the tensor's dtype. */
+static void store_norm(const struct qf_vtensor *t, const float *x, void *dst)
+{
+	int64_t i, n = t->shape[0];
+
+	for (i = 0; i < n; i++) {
+		if (t->dtype == QF_DT_BF16)
+			((uint16_t *)dst)[i] = qf_f32_to_bf16(x[i]);
+		else if (t->dtype == QF_DT_F16)
+			((uint16_t *)dst)[i] = qf_f32_to_f16(x[i]);
+		else
+			((float *)dst)[i] = x[i];
+	}
+}
+
+/*
+ * Pack group gi's integer results into its output tensors, allocated
+ * into r->pending (groups of consecutive columns: g_idx is c / gs).
+ */
+static int emit_group(const struct qf_variant *v, int gi, const uint8_t *q,
+		      const uint16_t *sc, const int32_t *z,
+		      struct qf_layer_res *r)
+{
+	const struct qf_vgroup *g = &v->g[gi];
+	void **bufs = r->pending + (size_t)gi * 4;
+	int64_t in = g->w->t->shape[1], c;
+	int64_t gs = qf_ngroups(in, g->qp.group) == 1 ? in : g->qp.group;
+	int32_t *gidx = malloc((size_t)in * sizeof(*gidx));
+	uint32_t t;
+
+	for (t = 0; t < g->n && gidx; t++)
+		if (!(bufs[t] = malloc(qf_vtensor_bytes(&v->t[g->first + t]))))
+			break;
+	if (!gidx || t < g->n) {
+		free(gidx);
+		return -ENOMEM;
+	}
+	for (c = 0; c < in; c++)
+		gidx[c] = (int32_t)(c / gs);
+	qf_variant_emit(v, (size_t)gi, q, sc, z, gidx, bufs);
+	free(gidx);
+	return 0;
+}
+
+/* Integer results of the layer's quantized linears (NULL: kept). */
+struct codes {
+	uint8_t *q[QF_TF_NLINEAR];
+	uint16_t *sc[QF_TF_NLINEAR];
+	int32_t *z[QF_TF_NLINEAR];
+};
+
+/* Room for linear k's codes at group gi's shape: 0 or -ENOMEM. */
+static int codes_alloc(struct codes *cd, int k, const struct qf_vgroup *g)
+{
+	size_t out = (size_t)g->w->t->shape[0];
+	size_t in = (size_t)g->w->t->shape[1];
+	size_t ng = (size_t)qf_ngroups((int64_t)in, g->qp.group);
+
+	cd->q[k] = malloc(out * in);
+	cd->sc[k] = malloc(out * ng * sizeof(uint16_t));
+	cd->z[k] = malloc(out * ng * sizeof(int32_t));
+	return cd->q[k] && cd->sc[k] && cd->z[k] ? 0 : -ENOMEM;
+}
+
+static void codes_free(struct codes *cd)
+{
+	int k;
+
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		free(cd->q[k]);
+		free(cd->sc[k]);
+		free(cd->z[k]);
+	}
+}
+
+/* AWQ's results of linear k (group gi) into r, and its folded norm. */
+static int awq_emit(const struct qf_layer_map *m, int k, int gi,
+		    struct qf_tf_layer *ly, const struct qf_awq_layer_res *res,
+		    struct qf_layer_res *r, bool reflip)
+{
+	const struct qf_variant *v = m->v;
+	const struct qf_vgroup *g = &v->g[gi];
+	void **bufs = r->pending + (size_t)gi * 4;
+	int ret;
+
+	ret = emit_group(v, gi, res->lin[k].q, res->lin[k].sc,
+			 res->lin[k].zero, r);
+	if (ret < 0)
+		return ret;
+	if (g->norm) {
+		const struct qf_vtensor *nt = &v->t[g->first + g->n - 1];
+		float *norm = k == QF_TF_Q ? ly->in_norm : ly->post_norm;
+
+		/* the layer goes on with the norm as stored, as a
+		 * loader (and a resumed job) will see it */
+		store_norm(nt, norm, bufs[g->n - 1]);
+		qf_to_f32(nt->dtype, bufs[g->n - 1], (size_t)nt->shape[0],
+			  norm);
+	}
+	r->loss[gi] = res->lin[k].loss;
+	r->loss_rtn[gi] = res->lin[k].loss_rtn;
+	r->alpha[gi] = res->lin[k].alpha;
+	r->score[2 * gi] = k == QF_TF_Q && reflip ? res->score_before : -1;
+	r->score[2 * gi + 1] = k == QF_TF_Q && reflip ? res->score_after : -1;
+	return 0;
+}
+
+int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		 struct qf_tf_layer *ly, struct qf_lin_stats *stats,
+		 struct qf_layer_res *r, struct qf_layer_reflip *rf)
+{
+	const struct qf_variant *v = m->v;
+	const struct qf_spec *s = &v->spec;
+	struct qf_awq_layer_opts lo = {
+		.l2 = s->flags & QF_SPEC_L2,
+		.reflip = s->flags & QF_SPEC_REFLIP,
+	};
+	struct qf_awq_layer_res res;
+	struct qf_awq_opts o;
+	struct codes cd;
+	int k, ret = 0;
+
+	memset(&res, 0, sizeof(res));
+	memset(&cd, 0, sizeof(cd));
+	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = m->lin_group[k];
+		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
+
+		lo.quantize[k] = g != NULL;
+		if (!g)
+			continue;
+		ret = codes_alloc(&cd, k, g);
+		res.lin[k].q = cd.q[k];
+		res.lin[k].sc = cd.sc[k];
+		res.lin[k].zero = cd.z[k];
+		if (k == QF_TF_Q)
+			lo.fold_in = g->norm != NULL;
+		if (k == QF_TF_GATE)
+			lo.fold_post = g->norm != NULL;
+	}
+	if (!ret)
+		ret = qf_awq_layer(c, ly, stats, &o, &lo, &res);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
+		if (m->lin_group[k] >= 0)
+			ret = awq_emit(m, k, m->lin_group[k], ly, &res, r,
+				       lo.reflip);
+	rf->on = lo.reflip;
+	rf->before = res.score_before;
+	rf->after = res.score_after;
+	rf->flips = res.reflips;
+	codes_free(&cd);
+	return ret;
+}
+
+int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		   int l, struct qf_tf_layer *ly, const float *x,
+		   const float *y, int nseq, int seqlen,
+		   struct qf_brecq_opts *o, struct qf_layer_res *r,
+		   struct qf_layer_brecq *info)
+{
+	const struct qf_variant *v = m->v;
+	struct qf_brecq_result res = { 0 };
+	struct codes cd;
+	int64_t ntok = (int64_t)nseq * seqlen, i;
+	double ey = 0;
+	int k, ret = 0;
+
+	memset(&cd, 0, sizeof(cd));
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = m->lin_group[k];
+
+		if (gi < 0) {
+			o->qp[k].bits = 16;	/* kept in the source dtype */
+			continue;
+		}
+		o->qp[k] = v->g[gi].qp;
+		ret = codes_alloc(&cd, k, &v->g[gi]);
+	}
+	if (!ret)
+		ret = qf_brecq_block(c, l, ly, x, y, nseq, seqlen, o, cd.q,
+				     cd.sc, cd.z, &res);
+	for (i = 0; i < ntok * c->hidden; i++)
+		ey += (double)y[i] * y[i];
+	ey /= (double)(ntok * c->hidden);
+	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
+		int gi = m->lin_group[k];
+
+		if (gi < 0)
+			continue;
+		ret = emit_group(v, gi, cd.q[k], cd.sc[k], cd.z[k], r);
+		if (ret < 0)
+			break;
+		/* the block's relative output error, for each of its linears */
+		r->loss[gi] = ey > 0 ? res.mse_final / ey : 0;
+		r->loss_rtn[gi] = ey > 0 ? res.mse_rtn / ey : 0;
+		r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
+	}
+	info->rel_rtn = ey > 0 ? res.mse_rtn / ey : 0;
+	info->rel_final = ey > 0 ? res.mse_final / ey : 0;
+	info->iters = res.iters;
+	info->seconds = res.seconds;
+	codes_free(&cd);
+	return ret;
+}

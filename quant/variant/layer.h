@@ -1,0 +1,119 @@
+/*
+ * layer.h - one decoder layer through its calibrated method: GPTQ (one
+ * linear at a time, true sequential), AWQ (the whole layer), BRECQ (the
+ * block's learned rounding) and the k-quant importance matrix.  Each
+ * call takes the layer's weights and its inputs' statistics and gives
+ * the packed checkpoint tensors of the variant groups its linears map
+ * to, with their losses against round to nearest at the same grid.
+ *
+ * No cache and no file system here: fs/job_layer.c drives the calls from
+ * the calibration driver (calib.c), commits what they leave in a struct
+ * qf_layer_res and replays committed layers.  The packed bytes depend on
+ * the BLAS thread count (OpenBLAS partitions work statically), so a
+ * producer fixes it once with qf_backend_set_threads().
+ */
+#ifndef QF_LAYER_H
+#define QF_LAYER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "brecq.h"
+#include "variant.h"
+
+/*
+ * What the layers of one variant produce, per variant group gi (v->g[];
+ * the groups of a layer are written by its call, the rest untouched).
+ */
+struct qf_layer_res {
+	void **pending;		/* [ng][4]: gi's packed tensors in v->t
+				 * order (qf_variant_emit), malloc'd; the
+				 * caller commits and frees them */
+	double *loss;		/* [ng]: relative output error, method */
+	double *loss_rtn;	/* [ng]: the same, round to nearest */
+	double *alpha;		/* [ng]: AWQ scale exponent, else -1 */
+	double *score;		/* [ng][2]: AWQ ReFlip attention-score
+				 * error before / after (q_proj), else -1 */
+	/* where GPTQ's time goes, accumulated over the layers */
+	struct qf_gptq_times gt;
+	double compare_s;	/* RTN and the output errors */
+	double pack_s;		/* packing into checkpoint tensors */
+};
+
+/* The arrays for ng groups (ng 0 counts as 1).  0 or -ENOMEM (then
+ * nothing is left to free). */
+int qf_layer_res_init(struct qf_layer_res *r, size_t ng);
+/* Frees the arrays and any pending tensors; NULL arrays are fine. */
+void qf_layer_res_free(struct qf_layer_res *r, size_t ng);
+
+/*
+ * The layer's map into the variant: v, and lin_group[k] the group of its
+ * linear k (QF_TF_NLINEAR entries; -1: kept in the source dtype).
+ */
+struct qf_layer_map {
+	const struct qf_variant *v;
+	const int *lin_group;
+};
+
+/*
+ * GPTQ of the n linears lin[] of ly, in order, each on its inputs' Gram
+ * matrix stats[lin[i]].h (changed: damped).  ly->w[lin[i]] is left
+ * holding the dequantized weight (what the next linears see); the RTN
+ * baseline at the same grid is measured for loss_rtn.  alpha and score
+ * are -1.  Returns 0, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
+		  const enum qf_tf_linear *lin, int n,
+		  struct qf_lin_stats *stats, struct qf_layer_res *r);
+
+/* ReFlip's effect on the layer, for the caller's log. */
+struct qf_layer_reflip {
+	bool on;		/* the variant asked for ReFlip */
+	double before;		/* relative attention-score error */
+	double after;
+	int64_t flips;
+};
+
+/*
+ * AWQ of the layer (awq_layer.c) with the variant's bits, group and
+ * flags (L2 salience, ReFlip): scales folded into ly's norms, which are
+ * stored in their tensors' dtype and read back, so the layer goes on
+ * with the norms as a loader (and a resumed job) sees them.  stats are
+ * transformed in place.  Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
+ */
+int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		 struct qf_tf_layer *ly, struct qf_lin_stats *stats,
+		 struct qf_layer_res *r, struct qf_layer_reflip *rf);
+
+/* BRECQ's effect on the block, for the caller's log. */
+struct qf_layer_brecq {
+	double rel_rtn;		/* block output error / mean y^2, RTN */
+	double rel_final;	/* the same, learned rounding */
+	int iters;		/* Adam steps run */
+	double seconds;
+};
+
+/*
+ * BRECQ of block l (brecq.c): learned rounding of its linears against
+ * the full-precision output y on the quantized model's input x, both
+ * [nseq * seqlen, hidden].  o gives the schedule; its qp[] are set here
+ * from the variant (16 for linears kept).  Every linear of the block
+ * gets the block's relative output error as its loss.  Returns 0, what
+ * o->progress returned, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		   int l, struct qf_tf_layer *ly, const float *x,
+		   const float *y, int nseq, int seqlen,
+		   struct qf_brecq_opts *o, struct qf_layer_res *r,
+		   struct qf_layer_brecq *info);
+
+/*
+ * The k-quant importance matrix of the n linears lin[] (whole layer):
+ * mean x^2 per input channel, as llama.cpp's imatrix tool collects it,
+ * concatenated into imat (qf_kq_imatrix_len floats per layer).
+ */
+void qf_layer_imatrix(const enum qf_tf_linear *lin, int n,
+		      const struct qf_lin_stats *stats, float *imat);
+
+#endif
