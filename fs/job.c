@@ -301,7 +301,7 @@ static bool layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
 
-		if (gi >= 0 && !qf_var_in_cache(fs, var, (uint32_t)gi))
+		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
 			return false;
 	}
 	return true;
@@ -394,16 +394,6 @@ out_free:
 	free(z);
 	free(gidx);
 	return ret;
-}
-
-bool qf_job_stopping(struct qf_fs *fs)
-{
-	bool stop;
-
-	pthread_mutex_lock(&fs->job_lock);
-	stop = fs->stopping;
-	pthread_mutex_unlock(&fs->job_lock);
-	return stop;
 }
 
 /* Norm weights in f32 into dst in the tensor's dtype. */
@@ -539,7 +529,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret;
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
 		return awq_quantize(j, l, ly, stats);
@@ -579,7 +569,7 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
 		"rounding regularizer %.4g", j->var->mdl->name,
 		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
 		rec, reg);
-	return qf_job_stopping(j->fs) ? -EINTR : 0;
+	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
 /*
@@ -601,7 +591,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	double ey = 0;
 	int k, ret = 0;
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	qf_brecq_opts_default(&o);
 	o.iters = j->var->ci.brecq_iters;
@@ -692,7 +682,8 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 		z = malloc((size_t)(out * ng) * 4);
 		gidx = malloc((size_t)in * 4);
 		ret = q && sc && z && gidx ?
-		      qf_var_unpack(j->fs, var, (uint32_t)gi, q, sc, z, gidx) :
+		      qf_flight_unpack(j->fs, var->vid, var->v, (size_t)gi, q,
+				       sc, z, gidx) :
 		      -ENOMEM;
 		/* the same float expression qf_gptq_quantize leaves in w */
 		for (r = 0; r < out && !ret; r++)
@@ -704,8 +695,9 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 			}
 		/* AWQ: the norm that absorbed this group's scales */
 		if (!ret && g->norm)
-			ret = qf_var_read_f32(j->fs, var, &var->v->t[g->first +
-					      g->n - 1], k == QF_TF_Q ?
+			ret = qf_flight_get_f32(j->fs, var->vid,
+						&var->v->t[g->first + g->n - 1],
+						k == QF_TF_Q ?
 					      ly->in_norm : ly->post_norm);
 		if (ret < 0)
 			qf_err("%s/%s: cannot replay %s from the cache: %s",
@@ -991,7 +983,7 @@ static void *job_main(void *arg)
 	 * then see what it left in the cache */
 	set_phase(var, "waiting for another process");
 	if (!ret) {
-		ret = qf_var_lock(fs, var, QF_LOCK_JOB);
+		ret = qf_flight_lock(fs, &var->fl, QF_LOCK_JOB);
 		locked = ret == 0;
 		ret = ret == -EINTR ? -EINTR : 0;
 	}
@@ -1030,7 +1022,7 @@ static void *job_main(void *arg)
 	if (!ret)
 		ret = finalize(fs, var, qf_now() - j->t0);
 	if (!ret) {
-		qf_var_record(fs, var);
+		qf_flight_record(fs, &var->fl);
 		qf_cache_sync(fs->cache);
 		qf_fs_trim_cache(fs);
 		total = qf_now() - j->t0;
@@ -1052,7 +1044,7 @@ static void *job_main(void *arg)
 		       var->v->name, qf_strerror(ret));
 	}
 	if (locked)
-		qf_var_unlock(var, QF_LOCK_JOB);
+		qf_flight_unlock(&var->fl, QF_LOCK_JOB);
 	qf_calib_free(&cs);
 	free(j->imat);
 	for (i = 0; i < var->v->ng * 4; i++)
@@ -1174,23 +1166,39 @@ int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	int ret;
 
+	if (qf_flight_done(&var->fl, gi))
+		return 0;
 	pthread_mutex_lock(&var->lock);
-	if (var->state[gi] == QF_GROUP_DONE || group_done(var, gi)) {
+	if (group_done(var, gi)) {
 		pthread_mutex_unlock(&var->lock);
 		return 0;
 	}
 	pthread_mutex_unlock(&var->lock);
 	/* another process or an earlier mount may have produced it */
-	if (qf_var_in_cache(fs, var, gi)) {
-		pthread_mutex_lock(&var->lock);
-		var->state[gi] = QF_GROUP_DONE;
-		pthread_mutex_unlock(&var->lock);
+	if (qf_flight_cached(fs, &var->fl, gi))
 		return 0;
-	}
 	pthread_mutex_lock(&var->lock);
 	ret = wait_job(fs, var, group_done, gi);
 	pthread_mutex_unlock(&var->lock);
 	return ret;
+}
+
+bool qf_job_group_done(struct qf_var *var, uint32_t gi)
+{
+	bool done;
+
+	pthread_mutex_lock(&var->lock);
+	done = group_done(var, gi);
+	pthread_mutex_unlock(&var->lock);
+	return done;
+}
+
+void qf_job_forget(struct qf_var *var, uint32_t gi)
+{
+	pthread_mutex_lock(&var->lock);
+	if (var->layers_done > var->group_layer[gi])
+		var->layers_done = var->group_layer[gi];
+	pthread_mutex_unlock(&var->lock);
 }
 
 int qf_job_manifest(struct qf_fs *fs, struct qf_var *var)
@@ -1269,7 +1277,7 @@ static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret;
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	for (i = 0; i < n; i++) {
 		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
@@ -1328,7 +1336,7 @@ static int loss_done(void *arg, int l, double seconds)
 	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
 		"each width in %.2f s", j->var->mdl->name, l + 1,
 		j->var->nlayers, seconds);
-	return qf_job_stopping(j->fs) ? -EINTR : 0;
+	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
 #define LOSS_SEQS 8		/* calibration sequences the loss runs on */
