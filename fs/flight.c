@@ -111,7 +111,7 @@ int qf_flight_share(struct qf_fs *fs, struct qf_flight *fl, int64_t slot)
 	int fd = lock_fd(fs, fl);
 
 	if (fd < 0)
-		return fd;
+		return 0;	/* no lock file: nothing to mark */
 	return fcntl(fd, F_OFD_SETLKW, &lk) < 0 ? -errno : 0;
 }
 

@@ -124,7 +124,8 @@ bool qf_flight_recorded(struct qf_flight *fl);
 int qf_flight_lock(struct qf_fs *fs, struct qf_flight *fl, int64_t slot);
 void qf_flight_unlock(struct qf_flight *fl, int64_t slot);
 /* A shared lock on byte slot (QF_LOCK_USE: eviction skips the id),
- * waiting while it is held exclusively.  0 or -errno. */
+ * waiting while it is held exclusively.  0 (also when the lock file
+ * cannot be opened) or -errno. */
 int qf_flight_share(struct qf_fs *fs, struct qf_flight *fl, int64_t slot);
 
 /*

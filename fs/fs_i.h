@@ -30,6 +30,7 @@ enum qf_node_kind {
 struct qf_mdl;
 struct qf_var;
 struct qf_gv;
+struct qf_job;
 
 struct qf_node {
 	uint64_t ino;
@@ -138,28 +139,14 @@ struct qf_var {
 	struct qf_gv *gv;		/* model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
 	bool calibrated;		/* produced by a layer job (job.c) */
-	struct qf_calib_info ci;	/* calibrated: manifest fields */
+	/* calibrated: what qf_job_setup() (or the base) sets for the key,
+	 * the record and the manifest */
+	struct qf_calib_info ci;	/* manifest fields */
 	struct qf_mixed_alloc *alloc;	/* mixed_dyn / mixed_b (not _fake) */
-	char *calib_path;		/* text set, NULL = sampled */
 	uint8_t calib_vid[QF_CACHE_VID]; /* cache id of the token set */
-	int nlayers;
-	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
-	int32_t *group_layer;		/* [ng] */
-	int layers_done;		/* lock */
-	bool job_running;		/* lock */
-	unsigned job_gen;		/* lock */
-	int job_err;			/* lock: result of the last job */
+	struct qf_job *job;		/* calibrated, not _fake: its layer
+					 * job (job.c), else NULL */
 	bool manifest_ready;		/* lock: manifest holds the results */
-	double job_t0;			/* lock: when the running job began */
-	double job_first_t;		/* lock: when its first layer began */
-	int job_first;			/* lock: first layer it computes */
-	const char *phase;		/* lock: what the job does now */
-	double *res_loss;		/* [ng] results, set before ready */
-	double *res_rtn;		/* [ng] */
-	double *res_alpha;		/* [ng] awq */
-	double *res_score;		/* [ng * 2] awq reflip */
-	double res_seconds;
-	char res_hash[65];		/* token hash of the set used */
 	double prod_s;			/* production seconds, lock */
 	uint64_t prod_src;		/* source bytes quantized, lock */
 };
@@ -408,7 +395,7 @@ int qf_fs_bufvec(struct qf_fs *fs, struct qf_var *var,
 /* True when no shard of the model changed since it was opened. */
 bool qf_fs_source_intact(const struct qf_model *m);
 
-/* limits.c: disk and productions (see there) */
+/* limits.c: disk, productions and the waits of the core (see there) */
 void qf_fs_limits_init(struct qf_fs *fs);
 void qf_fs_limits_free(struct qf_fs *fs);
 /*

@@ -17,6 +17,11 @@
  * The calibration set is keyed by what determines its tokens (the text
  * file's bytes and the tokenizer, or the sampler, seed and model); its
  * token ids are cached too, so a resumed job does not sample again.
+ *
+ * A job's state is struct qf_job (var->job), opaque outside this file.
+ * Across processes it holds byte QF_LOCK_JOB of the variant's lock file
+ * and reads and records through the variant's single flight (flight.c);
+ * readers wait for its progress, not for a slot, so a job is not a slot.
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -35,6 +40,33 @@ extern void openblas_set_num_threads(int n);
 
 #define CALIB_MAX (1u << 30)		/* calibration text bytes */
 
+/*
+ * A calibrated variant's layer job, var->job (opaque outside job.c):
+ * its layer map, progress and results.  The fields marked lock are
+ * protected by var->lock; waiters wait on var->cond.
+ */
+struct qf_job {
+	char *calib_path;		/* text set, NULL = sampled */
+	int nlayers;
+	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
+	int32_t *group_layer;		/* [ng] */
+	int layers_done;		/* lock */
+	bool running;			/* lock */
+	unsigned gen;			/* lock */
+	int err;			/* lock: result of the last job */
+	double t0;			/* lock: when the running job began */
+	double first_t;			/* lock: when its first layer began */
+	int first;			/* lock: first layer it computes */
+	const char *phase;		/* lock: what the job does now */
+	double *res_loss;		/* [ng] results, set before ready */
+	double *res_rtn;		/* [ng] */
+	double *res_alpha;		/* [ng] awq */
+	double *res_score;		/* [ng * 2] awq reflip */
+	double res_seconds;
+	char res_hash[65];		/* token hash of the set used */
+};
+
+/* The running job's thread context. */
 struct job {
 	struct qf_fs *fs;
 	struct qf_var *var;
@@ -93,15 +125,15 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 			return -ENOENT;
 		}
 		qf_buf_addf(&b, "%s/%s.txt", o->calib_dir, s->calib);
-		var->calib_path = qf_buf_detach(&b, NULL);
+		var->job->calib_path = qf_buf_detach(&b, NULL);
 	} else if (o->calib) {
-		var->calib_path = strdup(o->calib);
+		var->job->calib_path = strdup(o->calib);
 	}
-	if (var->calib_path) {
-		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &b);
+	if (var->job->calib_path) {
+		ret = qf_src_read_path(var->job->calib_path, CALIB_MAX, &b);
 		if (ret < 0) {
 			qf_err("%s: cannot read calibration text '%s': %s",
-			       var->mdl->name, var->calib_path,
+			       var->mdl->name, var->job->calib_path,
 			       qf_strerror(ret));
 			return ret == -ENOENT ? -ENOENT : QF_EFORMAT;
 		}
@@ -111,7 +143,7 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 		qf_sha256_update(&h, b.data, b.len);
 		qf_sha256_update(&h, tok.data, tok.len);
 		snprintf(var->ci.source, sizeof(var->ci.source),
-			 "text: %s (%zu bytes)", var->calib_path, b.len);
+			 "text: %s (%zu bytes)", var->job->calib_path, b.len);
 	} else {
 		qf_sha256_update(&h, "sampled-v1", 11);
 		qf_sha256_update(&h, var->mdl->m->fp_hex, 64);
@@ -147,29 +179,33 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 {
 	const struct qf_variant *v = var->v;
 	struct qf_tf_config c;
+	struct qf_job *jb;
 	size_t i;
 	int ret, k;
 
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
+	jb = var->job = calloc(1, sizeof(*var->job));
+	if (!jb)
+		return -ENOMEM;
 	ret = calib_key(fs, var, &v->spec);
 	if (ret < 0)
 		return ret;
-	var->nlayers = c.layers;
-	var->lin_group = malloc((size_t)c.layers * QF_TF_NLINEAR *
-				sizeof(*var->lin_group));
-	var->group_layer = malloc((v->ng ? v->ng : 1) *
-				  sizeof(*var->group_layer));
-	if (!var->lin_group || !var->group_layer)
+	jb->nlayers = c.layers;
+	jb->lin_group = malloc((size_t)c.layers * QF_TF_NLINEAR *
+			       sizeof(*jb->lin_group));
+	jb->group_layer = malloc((v->ng ? v->ng : 1) *
+				 sizeof(*jb->group_layer));
+	if (!jb->lin_group || !jb->group_layer)
 		return -ENOMEM;
 	for (i = 0; i < (size_t)c.layers * QF_TF_NLINEAR; i++)
-		var->lin_group[i] = -1;
+		jb->lin_group[i] = -1;
 	for (i = 0; i < v->ng; i++) {
 		const char *n = v->g[i].w->name;
 		int l = layer_of(n);
 
-		var->group_layer[i] = l;
+		jb->group_layer[i] = l;
 		if (l < 0 || l >= c.layers) {
 			qf_err("%s: %s is outside the decoder layers",
 			       var->mdl->name, n);
@@ -181,7 +217,7 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
 				 l, qf_tf_linear_name(k));
 			if (!strcmp(want, n))
-				var->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
+				jb->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
 		}
 	}
 	return 0;
@@ -189,13 +225,19 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 
 void qf_job_free(struct qf_var *var)
 {
-	free(var->res_loss);
-	free(var->res_rtn);
-	free(var->res_alpha);
-	free(var->res_score);
-	free(var->calib_path);
-	free(var->lin_group);
-	free(var->group_layer);
+	struct qf_job *jb = var->job;
+
+	if (!jb)
+		return;
+	free(jb->res_loss);
+	free(jb->res_rtn);
+	free(jb->res_alpha);
+	free(jb->res_score);
+	free(jb->calib_path);
+	free(jb->lin_group);
+	free(jb->group_layer);
+	free(jb);
+	var->job = NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -204,7 +246,7 @@ void qf_job_free(struct qf_var *var)
 static void set_phase(struct qf_var *var, const char *phase)
 {
 	pthread_mutex_lock(&var->lock);
-	var->phase = phase;
+	var->job->phase = phase;
 	pthread_mutex_unlock(&var->lock);
 }
 
@@ -236,7 +278,7 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 		return 0;
 	}
 	ret = qf_model_tokenizer(var->mdl->m, &tok, &why);
-	if (ret < 0 && var->calib_path) {
+	if (ret < 0 && var->job->calib_path) {
 		qf_err("%s: tokenizer: %s", var->mdl->name,
 		       why ? why : qf_strerror(ret));
 		goto out_free;
@@ -244,16 +286,17 @@ static int calib_set(struct job *j, struct qf_calib *cs)
 	bos = tok ? qf_tok_bos(tok) : -1;
 	if (bos < 0)
 		bos = (int32_t)qf_model_cfg_int(var->mdl->m, "bos_token_id", 0);
-	if (var->calib_path) {
-		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &text);
+	if (var->job->calib_path) {
+		ret = qf_src_read_path(var->job->calib_path, CALIB_MAX, &text);
 		if (!ret)
 			ret = qf_calib_from_text(tok, text.data, text.len,
 						 var->ci.nseq, var->ci.seqlen,
 						 cs);
 		if (ret == -EINVAL) {
 			qf_err("%s: calibration text '%s' has fewer than "
-			       "%d x %d tokens", var->mdl->name, var->calib_path,
-			       var->ci.nseq, var->ci.seqlen - 1);
+			       "%d x %d tokens", var->mdl->name,
+			       var->job->calib_path, var->ci.nseq,
+			       var->ci.seqlen - 1);
 			ret = QF_EFORMAT;
 		}
 	} else {
@@ -299,7 +342,7 @@ static bool layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 	}
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
 			return false;
@@ -457,7 +500,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 	memset(&res, 0, sizeof(res));
 	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
 		size_t out, in, ng;
 
@@ -480,7 +523,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 	if (!ret)
 		ret = qf_awq_layer(&j->c, ly, stats, &o, &lo, &res);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 		void **bufs = j->pending + (size_t)gi * 4;
 
@@ -512,7 +555,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 	if (!ret && lo.reflip)
 		qf_info("%s/%s: layer %d/%d ReFlip: attention-score error "
 			"%.5f -> %.5f (%lld flips)", j->var->mdl->name, v->name,
-			l + 1, j->var->nlayers, res.score_before,
+			l + 1, j->var->job->nlayers, res.score_before,
 			res.score_after, (long long)res.reflips);
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		free(res.lin[k].q);
@@ -549,7 +592,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		return 0;
 	}
 	for (i = 0; i < n; i++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + lin[i]];
 
 		if (gi < 0)
 			continue;	/* kept in the source dtype */
@@ -567,7 +610,7 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
 
 	qf_info("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
 		"rounding regularizer %.4g", j->var->mdl->name,
-		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
+		j->var->v->name, j->layer + 1, j->var->job->nlayers, iter, iters,
 		rec, reg);
 	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
@@ -603,7 +646,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	o.every = 50;
 	j->layer = l;
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
 		size_t out, in, ng;
 
@@ -628,7 +671,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 		ey += (double)y[i] * y[i];
 	ey /= (double)(ntok * j->c.hidden);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 		if (gi < 0)
 			continue;
@@ -644,7 +687,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
 			"%.4g (relative; round to nearest -> learned rounding), "
 			"%d steps in %.1f s", j->var->mdl->name, v->name, l + 1,
-			j->var->nlayers, ey > 0 ? res.mse_rtn / ey : 0,
+			j->var->job->nlayers, ey > 0 ? res.mse_rtn / ey : 0,
 			ey > 0 ? res.mse_final / ey : 0, res.iters,
 			res.seconds);
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
@@ -664,7 +707,7 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 
 	*cached = l < j->first;
 	for (k = 0; k < QF_TF_NLINEAR && *cached && !ret; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 		int64_t out, in, ng, r, c;
 		uint8_t *q;
@@ -729,7 +772,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	if (l < j->first)
 		return 0;		/* replayed, already in the cache */
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 
 		for (t = 0; t < REC; t++)
@@ -765,7 +808,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
 	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 		for (t = 0; gi >= 0 && t < 4; t++) {
 			free(j->pending[(size_t)gi * 4 + t]);
@@ -776,19 +819,19 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		return ret;
 	/* log first: a reader woken below may look for this line */
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
-	      (var->nlayers - l - 1);
+	      (var->job->nlayers - l - 1);
 	if (var->v->spec.method == QF_METHOD_KQUANT)
 		qf_info("%s/%s: layer %d/%d imatrix in %.2f s, eta %.0f s",
-			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			var->mdl->name, var->v->name, l + 1, var->job->nlayers,
 			seconds, eta);
 	else
 		qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output "
 			"error %s %.5f vs rtn %.5f, eta %.0f s",
-			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			var->mdl->name, var->v->name, l + 1, var->job->nlayers,
 			seconds, qf_method_name(var->v->spec.method),
 			m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
 	pthread_mutex_lock(&var->lock);
-	var->layers_done = l + 1;
+	var->job->layers_done = l + 1;
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
 	return 0;
@@ -809,12 +852,12 @@ static int render_final(struct qf_var *var, const struct qf_var *b)
 	struct qf_calib_info ci = b->ci;
 	int ret;
 
-	ci.loss = b->res_loss;
-	ci.loss_rtn = b->res_rtn;
-	ci.alpha = b->res_alpha;
-	ci.score = b->res_score;
-	ci.seconds = b->res_seconds;
-	memcpy(ci.hash, b->res_hash, sizeof(ci.hash));
+	ci.loss = b->job->res_loss;
+	ci.loss_rtn = b->job->res_rtn;
+	ci.alpha = b->job->res_alpha;
+	ci.score = b->job->res_score;
+	ci.seconds = b->job->res_seconds;
+	memcpy(ci.hash, b->job->res_hash, sizeof(ci.hash));
 	ret = qf_variant_manifest(var->v, &ci, &out);
 	if (!ret && out.len != var->manifest.len) {
 		qf_err("%s/%s: quantization.json changed size", var->mdl->name,
@@ -848,7 +891,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	memcpy(hash, var->ci.hash, sizeof(hash));
 	ret = loss && rtn && alpha && score ?
 	      qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (l = 0; l < var->nlayers && !ret; l++) {
+	for (l = 0; l < var->job->nlayers && !ret; l++) {
 		double rec[QF_TF_NLINEAR * REC];
 		const void *p;
 		char name[32];
@@ -864,7 +907,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		if (!ret)	/* LMDB values are not aligned */
 			memcpy(rec, p, len);
 		for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-			int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+			int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 			if (gi < 0)
 				continue;
@@ -913,16 +956,16 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	}
 	pthread_mutex_lock(&var->lock);
 	if (!ret && !var->manifest_ready) {
-		free(var->res_loss);
-		free(var->res_rtn);
-		free(var->res_alpha);
-		free(var->res_score);
-		var->res_loss = loss;
-		var->res_rtn = rtn;
-		var->res_alpha = alpha;
-		var->res_score = score;
-		var->res_seconds = seconds;
-		memcpy(var->res_hash, hash, sizeof(hash));
+		free(var->job->res_loss);
+		free(var->job->res_rtn);
+		free(var->job->res_alpha);
+		free(var->job->res_score);
+		var->job->res_loss = loss;
+		var->job->res_rtn = rtn;
+		var->job->res_alpha = alpha;
+		var->job->res_score = score;
+		var->job->res_seconds = seconds;
+		memcpy(var->job->res_hash, hash, sizeof(hash));
 		loss = rtn = alpha = score = NULL;
 		ret = render_final(var, var);
 	}
@@ -988,18 +1031,18 @@ static void *job_main(void *arg)
 		ret = ret == -EINTR ? -EINTR : 0;
 	}
 	j->t0 = qf_now();
-	for (j->first = 0; j->first < var->nlayers &&
+	for (j->first = 0; j->first < var->job->nlayers &&
 			   layer_complete(fs, var, j->first); j->first++)
 		;
-	if (j->first > 0 && j->first < var->nlayers)
+	if (j->first > 0 && j->first < var->job->nlayers)
 		qf_info("%s/%s: resuming at layer %d/%d", var->mdl->name,
-			var->v->name, j->first + 1, var->nlayers);
+			var->v->name, j->first + 1, var->job->nlayers);
 	pthread_mutex_lock(&var->lock);
-	var->job_first = j->first;
-	var->layers_done = j->first > var->layers_done ? j->first :
-							  var->layers_done;
+	var->job->first = j->first;
+	var->job->layers_done = j->first > var->job->layers_done ? j->first :
+							  var->job->layers_done;
 	pthread_mutex_unlock(&var->lock);
-	if (!ret && j->first < var->nlayers) {
+	if (!ret && j->first < var->job->nlayers) {
 		set_phase(var, "preparing the calibration set");
 		ret = qf_tf_config_parse(var->mdl->m, &j->c);
 		if (!ret)
@@ -1008,8 +1051,8 @@ static void *job_main(void *arg)
 						      sizeof(float))))
 			ret = -ENOMEM;
 		pthread_mutex_lock(&var->lock);
-		var->phase = "quantizing layers";
-		var->job_first_t = qf_now();
+		var->job->phase = "quantizing layers";
+		var->job->first_t = qf_now();
 		pthread_mutex_unlock(&var->lock);
 		if (!ret)
 			ret = qf_calib_run(var->mdl->m, &j->c, &cs, &ops, j);
@@ -1017,7 +1060,7 @@ static void *job_main(void *arg)
 	set_phase(var, "writing the results");
 	pthread_mutex_lock(&var->lock);
 	if (!ret)
-		var->layers_done = var->nlayers;
+		var->job->layers_done = var->job->nlayers;
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
 		ret = finalize(fs, var, qf_now() - j->t0);
@@ -1028,7 +1071,7 @@ static void *job_main(void *arg)
 		total = qf_now() - j->t0;
 		qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name,
 			total);
-		if (j->first < var->nlayers && !awq && !kq && !brecq)
+		if (j->first < var->job->nlayers && !awq && !kq && !brecq)
 			qf_info("%s/%s: X^T X %.1f s, Cholesky %.1f s, column loop "
 				"%.1f s, blocked updates %.1f s (%.1f GFLOP/s), rtn "
 				"comparison %.1f s, packing %.1f s, LMDB %.1f s, "
@@ -1056,8 +1099,8 @@ static void *job_main(void *arg)
 	free(j->score);
 	free(j);
 	pthread_mutex_lock(&var->lock);
-	var->job_running = false;
-	var->job_err = ret;
+	var->job->running = false;
+	var->job->err = ret;
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
 	pthread_mutex_lock(&fs->job_lock);
@@ -1099,13 +1142,13 @@ static int start_job(struct qf_fs *fs, struct qf_var *var)
 	}
 	fs->njobs++;
 	pthread_mutex_unlock(&fs->job_lock);
-	var->job_running = true;
-	var->job_gen++;
-	var->job_t0 = qf_now();
-	var->job_first_t = var->job_t0;
-	var->phase = "starting";
+	var->job->running = true;
+	var->job->gen++;
+	var->job->t0 = qf_now();
+	var->job->first_t = var->job->t0;
+	var->job->phase = "starting";
 	if (pthread_create(&th, NULL, job_main, j) != 0) {
-		var->job_running = false;
+		var->job->running = false;
 		pthread_mutex_lock(&fs->job_lock);
 		fs->njobs--;
 		pthread_mutex_unlock(&fs->job_lock);
@@ -1135,13 +1178,13 @@ static int wait_job(struct qf_fs *fs, struct qf_var *var,
 	for (;;) {
 		if (done(var, gi))
 			return 0;
-		if (!var->job_running) {
-			if (waited && var->job_gen == gen && var->job_err)
-				return var->job_err;
+		if (!var->job->running) {
+			if (waited && var->job->gen == gen && var->job->err)
+				return var->job->err;
 			ret = start_job(fs, var);
 			if (ret < 0)
 				return ret;
-			gen = var->job_gen;
+			gen = var->job->gen;
 		}
 		waited = true;
 		/* the reader gave up (Ctrl-C) or the mount is going away:
@@ -1153,7 +1196,7 @@ static int wait_job(struct qf_fs *fs, struct qf_var *var,
 
 static bool group_done(struct qf_var *var, uint32_t gi)
 {
-	return var->group_layer[gi] < var->layers_done;
+	return var->job->group_layer[gi] < var->job->layers_done;
 }
 
 static bool manifest_done(struct qf_var *var, uint32_t gi)
@@ -1196,8 +1239,8 @@ bool qf_job_group_done(struct qf_var *var, uint32_t gi)
 void qf_job_forget(struct qf_var *var, uint32_t gi)
 {
 	pthread_mutex_lock(&var->lock);
-	if (var->layers_done > var->group_layer[gi])
-		var->layers_done = var->group_layer[gi];
+	if (var->job->layers_done > var->job->group_layer[gi])
+		var->job->layers_done = var->job->group_layer[gi];
 	pthread_mutex_unlock(&var->lock);
 }
 
@@ -1227,14 +1270,14 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 	const char *state;
 
 	pthread_mutex_lock(&b->lock);
-	done = b->layers_done;
-	n = b->nlayers;
-	first = b->job_first;
-	el = b->job_running ? now - b->job_t0 : 0;
-	if (b->job_running && done > first)
-		eta = (now - b->job_first_t) / (done - first) * (n - done);
-	state = b->job_running ? b->phase : b->manifest_ready ? "done" :
-		b->job_err ? "failed" : done == n ? "done" : "idle";
+	done = b->job->layers_done;
+	n = b->job->nlayers;
+	first = b->job->first;
+	el = b->job->running ? now - b->job->t0 : 0;
+	if (b->job->running && done > first)
+		eta = (now - b->job->first_t) / (done - first) * (n - done);
+	state = b->job->running ? b->job->phase : b->manifest_ready ? "done" :
+		b->job->err ? "failed" : done == n ? "done" : "idle";
 	pthread_mutex_unlock(&b->lock);
 	qf_buf_reset(out);
 	qf_buf_addf(out, "{\"model\": \"%s\", \"variant\": \"%s\", "
@@ -1243,7 +1286,7 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 		    var->v->name, state, done, n, el);
 	if (eta >= 0)
 		qf_buf_addf(out, "%.0f, \"layers_per_min\": %.2f}", eta,
-			    (done - first) / ((now - b->job_first_t) / 60));
+			    (done - first) / ((now - b->job->first_t) / 60));
 	else
 		qf_buf_adds(out, "null, \"layers_per_min\": null}");
 	return out->data ? 0 : -ENOMEM;
@@ -1280,7 +1323,7 @@ static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	for (i = 0; i < n; i++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + lin[i]];
 		const struct qf_vgroup *g;
 		struct qf_mixed_signals sig;
 		double *rec;
@@ -1310,7 +1353,7 @@ static int sens_done(void *arg, int l, const float *x, int64_t ntok,
 
 	(void)x, (void)ntok;
 	qf_info("%s: mixed precision: sensitivities of layer %d/%d in %.2f s",
-		j->var->mdl->name, l + 1, j->var->nlayers, seconds);
+		j->var->mdl->name, l + 1, j->var->job->nlayers, seconds);
 	return 0;
 }
 
@@ -1335,7 +1378,7 @@ static int loss_done(void *arg, int l, double seconds)
 
 	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
 		"each width in %.2f s", j->var->mdl->name, l + 1,
-		j->var->nlayers, seconds);
+		j->var->job->nlayers, seconds);
 	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
@@ -1351,7 +1394,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 {
 	static const int unit_of[QF_TF_NLINEAR] = { 0, 0, 0, 1, 2, 2, 3 };
 	size_t want = probe->v->ng * SENS_REC * sizeof(double);
-	size_t uwant = (size_t)probe->nlayers * 4 * NMB * sizeof(double);
+	size_t uwant = (size_t)probe->job->nlayers * 4 * NMB * sizeof(double);
 	struct qf_cache_item its[2];
 	double ref = 0;
 	const char *parts[4];
@@ -1551,7 +1594,7 @@ int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
 	ret = probe_new(fs, mdl, spec, &probe);
 	if (!ret) {
 		sens = calloc(probe->v->ng * SENS_REC + 1, sizeof(*sens));
-		uloss = calloc((size_t)probe->nlayers * 4 * NMB + 1,
+		uloss = calloc((size_t)probe->job->nlayers * 4 * NMB + 1,
 			       sizeof(*uloss));
 		ret = sens && uloss ? mixed_table(fs, probe, sens, uloss) :
 				      -ENOMEM;
@@ -1581,7 +1624,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	if (ret < 0)
 		goto out;
 	ng = probe->v->ng;
-	nu = (size_t)probe->nlayers * 4;
+	nu = (size_t)probe->job->nlayers * 4;
 	sens = calloc(ng * SENS_REC + 1, sizeof(*sens));
 	ucost = calloc(nu * NMB + 1, sizeof(*ucost));
 	uloss = calloc(nu * NMB + 1, sizeof(*uloss));
@@ -1610,10 +1653,11 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	/* per unit: summed costs, bytes and parameters */
 	for (i = 0; i < ng; i++) {
 		const struct qf_vgroup *g = &probe->v->g[i];
-		int l = probe->group_layer[i], k;
+		int l = probe->job->group_layer[i], k;
 
 		for (k = 0; k < QF_TF_NLINEAR; k++)
-			if (probe->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
+			if (probe->job->lin_group[l * QF_TF_NLINEAR + k] ==
+			    (int)i)
 				break;
 		unit[i] = l * 4 + unit_of((enum qf_tf_linear)k);
 		up[unit[i]] += (uint64_t)qf_st_numel(g->w->t);

@@ -361,7 +361,7 @@ void qf_var_revalidate(struct qf_fs *fs, struct qf_var *var)
 		return;
 	for (gi = 0; gi < var->v->ng; gi++) {
 		const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
-		bool job = var->calibrated && !var->base;
+		bool job = var->job != NULL;
 		const void *p;
 		size_t len;
 
@@ -391,7 +391,7 @@ void qf_var_opened(struct qf_fs *fs, struct qf_var *var)
 	pthread_mutex_unlock(&var->lock);
 	/* waits only while `cache gc` deletes this variant */
 	ret = first ? qf_flight_share(fs, &var->fl, QF_LOCK_USE) : 0;
-	if (ret < 0 && ret != QF_ECACHE && ret != -ENOENT)
+	if (ret < 0)
 		qf_warn("%s: cannot mark the variant in use: %s", var->label,
 			qf_strerror(ret));
 	if (first)
@@ -529,7 +529,7 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	int tries, ret = 0;
 
-	if (!var->calibrated || var->base)
+	if (!var->job)
 		return qf_flight_ensure(fs, &var->fl, gi);
 	for (tries = 0; tries < 3; tries++) {
 		ret = qf_job_ensure(fs, var, gi);
