@@ -297,6 +297,12 @@ int qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
 void qf_var_free(struct qf_var *var);
 /* Make sure group gi is in the cache (single flight). */
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/*
+ * A calibrated variant's job is done and its final manifest written
+ * (its job, or its base's for a _fake, runs first if needed): GGUF views
+ * wait here for the importance matrix, so they know var.c, not job.c.
+ */
+int qf_var_results(struct qf_fs *fs, struct qf_var *var);
 /* Make sure every group that bytes [off, end) touch is in the cache. */
 int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 			uint64_t end);

@@ -273,7 +273,7 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	}
 	if (k == QF_TF_NLINEAR)
 		return 0;
-	ret = qf_job_manifest(fs, gv->var);	/* the job is done */
+	ret = qf_var_results(fs, gv->var);	/* the job is done */
 	if (ret < 0)
 		return ret;
 	snprintf(name, sizeof(name), "__imatrix__.%d", l);

@@ -542,3 +542,8 @@ int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 	}
 	return ret;
 }
+
+int qf_var_results(struct qf_fs *fs, struct qf_var *var)
+{
+	return qf_job_manifest(fs, var);
+}
