@@ -148,7 +148,7 @@ int qf_cache_list(struct qf_cache *c, struct qf_cache_entry **out,
 	if (!ret && l.n) {
 		/* one walk of the files for all */
 		qsort(l.e, l.n, sizeof(*l.e), cmp_vid);
-		qf_cache_files_each(c, NULL, 0, on_file, &l);
+		qf_files_each(qf_cache_dir(c), NULL, 0, on_file, &l);
 	}
 	if (ret < 0) {
 		qf_cache_list_free(l.e, l.n);

@@ -841,6 +841,26 @@ int qf_cache_mdb_usage(struct qf_cache *c, uint64_t *values,
 	return 0;
 }
 
+int qf_cache_file_path(const struct qf_cache *c,
+		       const uint8_t vid[QF_CACHE_VID], const char *tag,
+		       bool tmp, struct qf_buf *out)
+{
+	return qf_files_path(c->dir, vid, tag, tmp, out);
+}
+
+int qf_cache_file_create(const struct qf_cache *c,
+			 const uint8_t vid[QF_CACHE_VID], const char *tag,
+			 struct qf_buf *tmp)
+{
+	return qf_files_create(c->dir, vid, tag, tmp);
+}
+
+int qf_cache_files(struct qf_cache *c, const uint8_t *vid, unsigned flags,
+		   struct qf_cache_files_stat *st)
+{
+	return qf_files_count(c->dir, vid, flags, st);
+}
+
 const char *qf_cache_dir(const struct qf_cache *c)
 {
 	return c->dir;

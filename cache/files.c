@@ -12,6 +12,9 @@
  * description lock, which the kernel drops when the writer dies), so a
  * temporary file nobody holds is stray: left by a killed writer, removed
  * at mount and by eviction, counted until then.
+ *
+ * It knows only the cache directory, not struct qf_cache: cache.c's
+ * qf_cache_file*() pass it in, so cache.c calls here and never back.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -31,9 +34,8 @@
  * (reused, or another pid namespace): a writer locks it at creation */
 #define STRAY_AGE 60
 
-int qf_cache_file_path(const struct qf_cache *c,
-		       const uint8_t vid[QF_CACHE_VID], const char *tag,
-		       bool tmp, struct qf_buf *out)
+int qf_files_path(const char *dir, const uint8_t vid[QF_CACHE_VID],
+		  const char *tag, bool tmp, struct qf_buf *out)
 {
 	char hex[HEX + 1];
 	struct stat st;
@@ -41,7 +43,7 @@ int qf_cache_file_path(const struct qf_cache *c,
 
 	qf_hex(vid, QF_CACHE_VID, hex);
 	qf_buf_reset(out);
-	qf_buf_addf(out, "%s/files", qf_cache_dir(c));
+	qf_buf_addf(out, "%s/files", dir);
 	if (!out->data)
 		return -ENOMEM;
 	ret = qf_mkdir_p(out->data, 02775);
@@ -58,14 +60,13 @@ int qf_cache_file_path(const struct qf_cache *c,
 	return out->data ? 0 : -ENOMEM;
 }
 
-int qf_cache_file_create(const struct qf_cache *c,
-			 const uint8_t vid[QF_CACHE_VID], const char *tag,
-			 struct qf_buf *tmp)
+int qf_files_create(const char *dir, const uint8_t vid[QF_CACHE_VID],
+		    const char *tag, struct qf_buf *tmp)
 {
 	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
 	int fd, ret;
 
-	ret = qf_cache_file_path(c, vid, tag, true, tmp);
+	ret = qf_files_path(dir, vid, tag, true, tmp);
 	if (ret < 0)
 		return ret;
 	/* never through a link planted under the temporary name */
@@ -133,12 +134,10 @@ static bool name_vid(const char *n, uint8_t *vid)
 	return n[HEX] == '.';
 }
 
-int qf_cache_files_each(struct qf_cache *c, const uint8_t *vid,
-			unsigned flags,
-			int (*fn)(void *arg, const uint8_t *vid,
-				  enum qf_cache_file_kind kind,
-				  uint64_t bytes),
-			void *arg)
+int qf_files_each(const char *dir, const uint8_t *vid, unsigned flags,
+		  int (*fn)(void *arg, const uint8_t *vid,
+			    enum qf_cache_file_kind kind, uint64_t bytes),
+		  void *arg)
 {
 	struct qf_buf path = QF_BUF_INIT;
 	uint8_t fvid[QF_CACHE_VID];
@@ -147,7 +146,7 @@ int qf_cache_files_each(struct qf_cache *c, const uint8_t *vid,
 	DIR *d;
 	int ret = 0;
 
-	qf_buf_addf(&path, "%s/files", qf_cache_dir(c));
+	qf_buf_addf(&path, "%s/files", dir);
 	if (!path.data)
 		return -ENOMEM;
 	d = opendir(path.data);
@@ -200,7 +199,7 @@ static int add_stat(void *arg, const uint8_t *vid,
 	return 0;
 }
 
-int qf_cache_files(struct qf_cache *c, const uint8_t *vid, unsigned flags,
+int qf_files_count(const char *dir, const uint8_t *vid, unsigned flags,
 		   struct qf_cache_files_stat *st)
 {
 	struct qf_cache_files_stat dummy;
@@ -210,5 +209,5 @@ int qf_cache_files(struct qf_cache *c, const uint8_t *vid, unsigned flags,
 	memset(st, 0, sizeof(*st));
 	if (!vid)
 		flags &= ~QF_FILES_DROP;	/* never every read file */
-	return qf_cache_files_each(c, vid, flags, add_stat, st);
+	return qf_files_each(dir, vid, flags, add_stat, st);
 }

@@ -9,6 +9,7 @@
 
 #include "cache.h"
 #include "common.h"
+#include "flight.h"
 #include "fs.h"
 #include "mixed.h"
 #include "mixed_alloc.h"
@@ -30,6 +31,7 @@ enum qf_node_kind {
 struct qf_mdl;
 struct qf_var;
 struct qf_gv;
+struct qf_job;
 
 struct qf_node {
 	uint64_t ino;
@@ -128,41 +130,24 @@ struct qf_var {
 	struct qf_seg *seg;		/* sorted by off; seg[0] = header */
 	size_t nseg;
 	uint64_t size;			/* model.safetensors bytes */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	uint8_t *state;			/* per group, protected by lock */
-	uint8_t *verified;		/* per group: checksums seen, lock */
+	char *label;			/* "<model>/<variant>", for logs */
+	struct qf_flight fl;		/* its groups: one slot each */
+	pthread_mutex_t lock;		/* the fields marked lock */
+	pthread_cond_t cond;		/* job progress (job.c), lock */
 	int nopen;			/* open files of it, lock */
 	double touched;			/* last access written, lock */
-	size_t ndone;			/* groups done, protected by lock */
-	bool recorded;			/* record written, protected by lock */
-	int lockfd;			/* <cache>/locks/<vid>: OFD locks, -1 */
 	struct qf_var *base;		/* calibrated _fake: packed variant */
 	struct qf_gv *gv;		/* model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
 	bool calibrated;		/* produced by a layer job (job.c) */
-	struct qf_calib_info ci;	/* calibrated: manifest fields */
+	/* calibrated: what qf_job_setup() (or the base) sets for the key,
+	 * the record and the manifest */
+	struct qf_calib_info ci;	/* manifest fields */
 	struct qf_mixed_alloc *alloc;	/* mixed_dyn / mixed_b (not _fake) */
-	char *calib_path;		/* text set, NULL = sampled */
 	uint8_t calib_vid[QF_CACHE_VID]; /* cache id of the token set */
-	int nlayers;
-	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
-	int32_t *group_layer;		/* [ng] */
-	int layers_done;		/* lock */
-	bool job_running;		/* lock */
-	unsigned job_gen;		/* lock */
-	int job_err;			/* lock: result of the last job */
+	struct qf_job *job;		/* calibrated, not _fake: its layer
+					 * job (job.c), else NULL */
 	bool manifest_ready;		/* lock: manifest holds the results */
-	double job_t0;			/* lock: when the running job began */
-	double job_first_t;		/* lock: when its first layer began */
-	int job_first;			/* lock: first layer it computes */
-	const char *phase;		/* lock: what the job does now */
-	double *res_loss;		/* [ng] results, set before ready */
-	double *res_rtn;		/* [ng] */
-	double *res_alpha;		/* [ng] awq */
-	double *res_score;		/* [ng * 2] awq reflip */
-	double res_seconds;
-	char res_hash[65];		/* token hash of the set used */
 	double prod_s;			/* production seconds, lock */
 	uint64_t prod_src;		/* source bytes quantized, lock */
 };
@@ -178,10 +163,15 @@ struct qf_fs_kernel {
 	int (*backing_close)(struct qf_fs *fs, int id);
 };
 
-enum {
-	QF_GROUP_NONE,
-	QF_GROUP_BUSY,
-	QF_GROUP_DONE,
+/*
+ * What the core asks the FUSE layer about the request a thread serves
+ * (limits.c): registered by it, so the core never calls into it.
+ */
+struct qf_fs_req_hooks {
+	/* the request was interrupted, or the session is ending */
+	bool (*interrupted)(struct qf_fs *fs);
+	/* its caller's uid; fs->uid when the thread serves none */
+	uid_t (*uid)(const struct qf_fs *fs);
 };
 
 struct qf_fs {
@@ -218,6 +208,8 @@ struct qf_fs {
 	struct fuse_session *se;	/* set before the loop starts */
 	const struct qf_fs_kernel *kern; /* with se (ll_passthrough.c);
 					 * NULL: no mount, no passthrough */
+	const struct qf_fs_req_hooks *req; /* set by the FUSE layer's init,
+					 * before any request; NULL: none */
 	pthread_mutex_t job_lock;
 	pthread_cond_t job_cond;
 	int njobs;			/* job threads, job_lock */
@@ -295,23 +287,14 @@ struct qf_var *qf_ns_var(struct qf_fs *fs, struct qf_mdl *mdl,
 			 const char *name, int *err);
 
 /* var.c */
+/*
+ * The variant name of mdl; base: for a _fake of a calibrated or mixed
+ * method, its packed variant (ns.c resolves it), else NULL.
+ */
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
-	       struct qf_var **out);
-bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+	       struct qf_var *base, struct qf_var **out);
 /* Every group of var is in the cache (nothing is produced). */
 bool qf_var_cached(struct qf_fs *fs, struct qf_var *var);
-/*
- * Cross-process single flight: an exclusive open-file-description lock
- * on byte `slot` of the variant's lock file in the cache directory
- * (a group's index, or QF_LOCK_JOB for a calibrated job).  The kernel
- * drops it when a producer dies, so another process takes over.
- * Waits (polling, so unmounting stops it: -EINTR); returns 0 or -errno,
- * and then the caller proceeds unlocked.
- */
-int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot);
-/* The same on byte slot of lock file fd (GGUF views use it too). */
-int qf_fs_lock_wait(struct qf_fs *fs, int fd, int64_t slot);
-void qf_var_unlock(struct qf_var *var, int64_t slot);
 /*
  * A file of the variant was opened / released: while any is open the
  * mount holds a shared QF_LOCK_USE lock (cache eviction skips it) and
@@ -325,22 +308,15 @@ void qf_var_released(struct qf_fs *fs, struct qf_var *var);
  * ("created" survives rewrites, "accessed" is now). */
 int qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
 		 const struct qf_mdl *mdl, const char *name, const char *calib);
-/* Write the variant's record (listed by `ls` once it is cached).
- * Returns 0, -ENOMEM, -ENOSPC, QF_ECACHE (warned). */
-int qf_var_record(struct qf_fs *fs, struct qf_var *var);
-/*
- * Group gi's packed GPTQ tensors from the cache, unpacked: q [out, in],
- * sc/z [out, ngroups] (true zeros), g_idx [in].
- * Returns 0, -ENOENT, QF_ECORRUPT, QF_ECACHE, -ENOMEM.
- */
-int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
-		  uint8_t *q, uint16_t *sc, int32_t *z, int32_t *g_idx);
-/* A cached tensor of var (checksum verified) as f32 into dst. */
-int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
-		    const struct qf_vtensor *t, float *dst);
 void qf_var_free(struct qf_var *var);
 /* Make sure group gi is in the cache (single flight). */
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/*
+ * A calibrated variant's job is done and its final manifest written
+ * (its job, or its base's for a _fake, runs first if needed): GGUF views
+ * wait here for the importance matrix, so they know var.c, not job.c.
+ */
+int qf_var_results(struct qf_fs *fs, struct qf_var *var);
 /* Make sure every group that bytes [off, end) touch is in the cache. */
 int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 			uint64_t end);
@@ -372,15 +348,16 @@ void qf_job_free(struct qf_var *var);
 /* job.c */
 /* Wait until group gi's layer is in the cache, starting the job. */
 int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* Group gi's layer was computed (by this process's job). */
+bool qf_job_group_done(struct qf_var *var, uint32_t gi);
+/* Group gi is gone or damaged: the job computes its layer again. */
+void qf_job_forget(struct qf_var *var, uint32_t gi);
 /* Wait until the whole variant and its final manifest are done. */
 int qf_job_manifest(struct qf_fs *fs, struct qf_var *var);
 /* JSON progress of var's production (user.quantfs.progress). */
 int qf_job_progress(struct qf_var *var, struct qf_buf *out);
 /* Ask running jobs to stop after their current layer, and wait. */
 void qf_job_stop_all(struct qf_fs *fs);
-/* job_calib.c: true once unmounting began: background work gives up
- * (-EINTR). */
-bool qf_job_stopping(struct qf_fs *fs);
 
 /* gguf_view.c: model.gguf of original/ (var NULL) or of a variant whose
  * grid is a ggml block type; QF_EUNSUPPORTED when there is none. */
@@ -427,13 +404,7 @@ int qf_fs_read_weights(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 /* True when no shard of the model changed since it was opened. */
 bool qf_fs_source_intact(const struct qf_model *m);
 
-/*
- * ll_ops.c: wait on cond (lock held) for at most a moment; -EINTR when the FUSE
- * request this thread serves was interrupted or the session is ending.
- */
-int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
-
-/* limits.c: disk and productions (see there) */
+/* limits.c: disk, productions and the waits of the core (see there) */
 void qf_fs_limits_init(struct qf_fs *fs);
 void qf_fs_limits_free(struct qf_fs *fs);
 /*
@@ -461,8 +432,20 @@ int qf_fs_prod_begin(struct qf_fs *fs);
 void qf_fs_prod_end(struct qf_fs *fs);
 /* At mount: delete the temporary files of killed writers (logged). */
 void qf_fs_clean_files(struct qf_fs *fs);
-/* ll_ops.c: the uid of the request this thread serves (the daemon's). */
+/*
+ * The request hook: the FUSE layer registers it once, before the first
+ * request (h is borrowed for the mount's life).
+ */
+void qf_fs_set_req_hooks(struct qf_fs *fs, const struct qf_fs_req_hooks *h);
+/* The uid of the request this thread serves (the daemon's if none). */
 uid_t qf_fs_req_uid(const struct qf_fs *fs);
+/* True once unmounting began: background work gives up (-EINTR). */
+bool qf_fs_stopping(struct qf_fs *fs);
+/*
+ * Wait on cond (lock held) for at most a moment; -EINTR when the
+ * request this thread serves was interrupted or the session is ending.
+ */
+int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock);
 
 /* errno for a qf error code (fs/ alone decides errno values). */
 int qf_fs_errno(int err);

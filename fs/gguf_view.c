@@ -10,11 +10,10 @@
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read
- * touches it, once per machine (in-process single flight plus a lock file
- * slot per tensor, as for safetensors), stored in the cache under the
+ * touches it, once per machine (a slot of the view's single flight,
+ * flight.c, as a variant's groups are), stored in the cache under the
  * view's own id with a checksum, and served from there.
  */
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,15 +29,11 @@ struct qf_gv {
 	uint8_t vid[QF_CACHE_VID];
 	int bits;			/* 4 or 8 (var), 0 (original) */
 	bool kq;			/* k-quant: imatrix from the job */
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	uint8_t *state;			/* per tensor: QF_GROUP_*; checked
-					   once per process before DONE */
-	bool recorded;
-	int lockfd;
-	size_t ndone;
-	double t0;
+	char *label;			/* "<model>/<variant>/model.gguf" */
+	struct qf_flight fl;		/* its tensors: one slot each */
 };
+
+static const struct qf_flight_ops tensor_ops;
 
 /* Which variants have an exact GGUF block type, and which. */
 static enum qf_ggml_type exact_type(const struct qf_var *var)
@@ -78,10 +73,7 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 		return -ENOMEM;
 	gv->mdl = mdl;
 	gv->var = var;
-	gv->lockfd = -1;
 	gv->bits = q == QF_GGML_Q4_0 ? 4 : q == QF_GGML_Q8_0 ? 8 : 0;
-	pthread_mutex_init(&gv->lock, NULL);
-	pthread_cond_init(&gv->cond, NULL);
 	gv->kq = var && var->v->spec.method == QF_METHOD_KQUANT;
 	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(mdl->m));
 	if (var && !gv->kq)
@@ -103,10 +95,16 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	parts[2] = var ? var->v->name : "original";
 	parts[3] = vh;			/* the variant's bytes it repacks */
 	qf_cache_vid(parts, 4, gv->vid);
-	gv->state = calloc(gv->plan.nt ? gv->plan.nt : 1, 1);
-	if (!gv->state) {
+	gv->label = malloc(strlen(mdl->name) + strlen(parts[2]) + 14);
+	ret = gv->label ? 0 : -ENOMEM;
+	if (!ret) {
+		sprintf(gv->label, "%s/%s/model.gguf", mdl->name, parts[2]);
+		ret = qf_flight_init(&gv->fl, &tensor_ops, gv, gv->vid,
+				     gv->label, gv->plan.nt);
+	}
+	if (ret < 0) {
 		qf_gv_free(gv);
-		return -ENOMEM;
+		return ret;
 	}
 	(void)fs;
 	*out = gv;
@@ -118,11 +116,8 @@ void qf_gv_free(struct qf_gv *gv)
 	if (!gv)
 		return;
 	qf_gguf_plan_free(&gv->plan);
-	free(gv->state);
-	if (gv->lockfd >= 0)
-		close(gv->lockfd);
-	pthread_mutex_destroy(&gv->lock);
-	pthread_cond_destroy(&gv->cond);
+	qf_flight_free(&gv->fl);
+	free(gv->label);
 	free(gv);
 }
 
@@ -199,7 +194,8 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	ret = q && sc && z && gidx ? qf_var_ensure(fs, gv->var, (uint32_t)gi) :
 	      -ENOMEM;
 	if (!ret)
-		ret = qf_var_unpack(fs, gv->var, (uint32_t)gi, q, sc, z, gidx);
+		ret = qf_flight_unpack(fs, gv->var->vid, gv->var->v, (size_t)gi,
+				       q, sc, z, gidx);
 	if (!ret && (ng * 32 != in || t->ne[0] != in || t->ne[1] != out))
 		ret = QF_ECORRUPT;
 	for (k = 0; k < out * ng && !ret; k++)
@@ -222,8 +218,10 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	return ret;
 }
 
-static int record(struct qf_fs *fs, struct qf_gv *gv)
+/* flight: the view's record */
+static int record(struct qf_fs *fs, void *arg)
 {
+	struct qf_gv *gv = arg;
 	char name[160];
 
 	snprintf(name, sizeof(name), "%s/model.gguf",
@@ -231,48 +229,21 @@ static int record(struct qf_fs *fs, struct qf_gv *gv)
 	return qf_fs_record(fs, gv->vid, gv->mdl, name, "");
 }
 
-static int lock_slot(struct qf_fs *fs, struct qf_gv *gv, size_t i, bool on)
+/* flight: tensor i is there with its length */
+static bool tensor_cached(struct qf_fs *fs, void *arg, size_t i)
 {
-	struct flock fl = { .l_type = F_UNLCK,
-			    .l_whence = SEEK_SET, .l_start = (off_t)i,
-			    .l_len = 1 };
+	struct qf_gv *gv = arg;
 
-	pthread_mutex_lock(&gv->lock);
-	if (gv->lockfd < 0) {
-		int fd = qf_cache_lock_open(fs->cache, gv->vid);
-
-		if (fd >= 0)
-			gv->lockfd = fd;
-	}
-	pthread_mutex_unlock(&gv->lock);
-	if (gv->lockfd < 0)
-		return -EIO;
-	if (on)
-		return qf_fs_lock_wait(fs, gv->lockfd, (int64_t)i);
-	return fcntl(gv->lockfd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+	return qf_cache_has(fs->cache, gv->vid, gv->plan.t[i].name,
+			    gv->plan.t[i].nbytes);
 }
 
-/* 0: the tensor is in the cache with a good checksum; -ENOENT: absent;
- * QF_ECORRUPT: it was damaged and is deleted now. */
-static int check(struct qf_fs *fs, struct qf_gv *gv, size_t i)
+static size_t tensor_names(void *arg, size_t i, const char **names)
 {
-	const struct qf_gguf_tensor *t = &gv->plan.t[i];
-	struct qf_cache_txn *txn;
-	int ret;
+	struct qf_gv *gv = arg;
 
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	if (!ret)
-		ret = qf_cache_check(txn, gv->vid, t->name);
-	qf_cache_read_end(txn);
-	if (ret == QF_ECORRUPT) {
-		const char *n = t->name;
-
-		qf_err("%s: cache value %s of model.gguf is damaged "
-		       "(checksum): discarded, producing it again",
-		       gv->mdl->name, n);
-		qf_cache_del(fs->cache, gv->vid, &n, 1);
-	}
-	return ret;
+	names[0] = gv->plan.t[i].name;
+	return 1;
 }
 
 /*
@@ -302,7 +273,7 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	}
 	if (k == QF_TF_NLINEAR)
 		return 0;
-	ret = qf_job_manifest(fs, gv->var);	/* the job is done */
+	ret = qf_var_results(fs, gv->var);	/* the job is done */
 	if (ret < 0)
 		return ret;
 	snprintf(name, sizeof(name), "__imatrix__.%d", l);
@@ -325,8 +296,10 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	return ret;
 }
 
-static int produce(struct qf_fs *fs, struct qf_gv *gv, size_t i)
+/* flight: tensor i, repacked or encoded */
+static int produce(struct qf_fs *fs, void *arg, size_t i)
 {
+	struct qf_gv *gv = arg;
 	const struct qf_gguf_tensor *t = &gv->plan.t[i];
 	struct qf_cache_item it = { t->name, NULL, t->nbytes };
 	uint8_t *buf = malloc(t->nbytes ? t->nbytes : 1);
@@ -347,92 +320,40 @@ static int produce(struct qf_fs *fs, struct qf_gv *gv, size_t i)
 	if (!ret)
 		ret = qf_fs_cache_put(fs, gv->vid, &it, 1);
 	free(buf);
+	if (ret < 0 && ret != -ENOSPC)	/* (logged) */
+		qf_err("%s: model.gguf of %s: cannot produce %s: %s",
+		       gv->mdl->name, gv->var ? gv->var->v->name : "original",
+		       t->name, qf_strerror(ret));
 	return ret;
 }
 
-/* Single flight of tensor i, as var.c's groups (and their slots). */
-static int ensure(struct qf_fs *fs, struct qf_gv *gv, size_t i)
+/* flight: the variant's group a repacked tensor needs, before a slot */
+static int prepare(struct qf_fs *fs, void *arg, size_t i)
 {
-	bool complete = false, first = false, slot = false;
-	int gi, ret = 0;
+	struct qf_gv *gv = arg;
+	int gi = gv->var ? group_of(gv, &gv->plan.t[i]) : -1;
 
-	pthread_mutex_lock(&gv->lock);
-	while (gv->state[i] == QF_GROUP_BUSY)
-		pthread_cond_wait(&gv->cond, &gv->lock);
-	ret = gv->state[i] == QF_GROUP_DONE;
-	pthread_mutex_unlock(&gv->lock);
-	if (ret)
-		return 0;
-	/* the variant's group a repacked tensor needs, before a slot */
-	gi = gv->var ? group_of(gv, &gv->plan.t[i]) : -1;
-	if (gi >= 0)
-		ret = qf_var_ensure(fs, gv->var, (uint32_t)gi);
-	if (!ret && !qf_cache_has(fs->cache, gv->vid, gv->plan.t[i].name,
-				  gv->plan.t[i].nbytes)) {
-		ret = qf_fs_prod_begin(fs);
-		slot = !ret;
-	}
-	if (ret < 0)
-		return ret;
-
-	pthread_mutex_lock(&gv->lock);
-	while (gv->state[i] == QF_GROUP_BUSY)
-		pthread_cond_wait(&gv->cond, &gv->lock);
-	if (gv->state[i] == QF_GROUP_DONE) {
-		pthread_mutex_unlock(&gv->lock);
-		if (slot)
-			qf_fs_prod_end(fs);
-		return 0;
-	}
-	gv->state[i] = QF_GROUP_BUSY;
-	if (!gv->t0)
-		gv->t0 = qf_now();
-	pthread_mutex_unlock(&gv->lock);
-
-	ret = check(fs, gv, i);
-	if (ret == -ENOENT || ret == QF_ECORRUPT) {
-		bool locked = lock_slot(fs, gv, i, true) == 0;
-
-		ret = check(fs, gv, i);
-		if (ret == -ENOENT || ret == QF_ECORRUPT) {
-			ret = produce(fs, gv, i);
-			first = !ret;
-			if (ret < 0 && ret != -ENOSPC)	/* (logged) */
-				qf_err("%s: model.gguf of %s: cannot produce %s: "
-				       "%s", gv->mdl->name, gv->var ?
-				       gv->var->v->name : "original",
-				       gv->plan.t[i].name, qf_strerror(ret));
-		}
-		if (locked)
-			lock_slot(fs, gv, i, false);
-	}
-	if (slot)
-		qf_fs_prod_end(fs);
-	pthread_mutex_lock(&gv->lock);
-	gv->state[i] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
-	if (!ret && ++gv->ndone == gv->plan.nt)
-		complete = true;
-	if (first && !gv->recorded)
-		gv->recorded = true;
-	else
-		first = false;
-	pthread_cond_broadcast(&gv->cond);
-	pthread_mutex_unlock(&gv->lock);
-	if (first && record(fs, gv) < 0) {
-		pthread_mutex_lock(&gv->lock);
-		gv->recorded = false;	/* the next tensor tries again */
-		pthread_mutex_unlock(&gv->lock);
-	}
-	if (complete) {
-		qf_cache_sync(fs->cache);
-		qf_fs_trim_cache(fs);
-		qf_info("%s: %s/model.gguf ready (%zu tensors, %.1f MB) in "
-			"%.2f s", gv->mdl->name, gv->var ? gv->var->v->name :
-			"original", gv->plan.nt, gv->plan.size / 1e6,
-			qf_now() - gv->t0);
-	}
-	return ret;
+	return gi >= 0 ? qf_var_ensure(fs, gv->var, (uint32_t)gi) : 0;
 }
+
+static void complete(struct qf_fs *fs, void *arg, double seconds)
+{
+	struct qf_gv *gv = arg;
+
+	(void)fs;
+	qf_info("%s: %s/model.gguf ready (%zu tensors, %.1f MB) in %.2f s",
+		gv->mdl->name, gv->var ? gv->var->v->name : "original",
+		gv->plan.nt, gv->plan.size / 1e6, seconds);
+}
+
+static const struct qf_flight_ops tensor_ops = {
+	.cached = tensor_cached,
+	.names = tensor_names,
+	.prepare = prepare,
+	.produce = produce,
+	.record = record,
+	.complete = complete,
+};
 
 int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 	       uint64_t end, struct qf_buf *out)
@@ -465,7 +386,7 @@ int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 
 			if (t->offset >= end || t->offset + t->nbytes <= off)
 				continue;
-			ret = ensure(fs, gv, i);
+			ret = qf_flight_ensure(fs, &gv->fl, i);
 		}
 		if (!ret)
 			ret = qf_cache_read_begin(fs->cache, &txn);
@@ -498,14 +419,7 @@ int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,
 		if (ret || !gone)
 			return ret;
 		/* eviction takes whole views: look at every tensor again */
-		pthread_mutex_lock(&gv->lock);
-		for (i = 0; i < p->nt; i++)
-			if (gv->state[i] == QF_GROUP_DONE)
-				gv->state[i] = QF_GROUP_NONE;
-		gv->ndone = 0;
-		gv->t0 = 0;
-		gv->recorded = false;	/* the record went with it */
-		pthread_mutex_unlock(&gv->lock);
+		qf_flight_forget(&gv->fl, SIZE_MAX);
 	}
 	return QF_ECORRUPT;
 }

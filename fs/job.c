@@ -36,12 +36,12 @@ static int render_final(struct qf_var *var, const struct qf_var *b)
 	struct qf_calib_info ci = b->ci;
 	int ret;
 
-	ci.loss = b->res_loss;
-	ci.loss_rtn = b->res_rtn;
-	ci.alpha = b->res_alpha;
-	ci.score = b->res_score;
-	ci.seconds = b->res_seconds;
-	memcpy(ci.hash, b->res_hash, sizeof(ci.hash));
+	ci.loss = b->job->res_loss;
+	ci.loss_rtn = b->job->res_rtn;
+	ci.alpha = b->job->res_alpha;
+	ci.score = b->job->res_score;
+	ci.seconds = b->job->res_seconds;
+	memcpy(ci.hash, b->job->res_hash, sizeof(ci.hash));
 	ret = qf_variant_manifest(var->v, &ci, &out);
 	if (!ret && out.len != var->manifest.len) {
 		qf_err("%s/%s: quantization.json changed size", var->mdl->name,
@@ -82,7 +82,7 @@ static int read_record(struct qf_cache_txn *txn, const struct qf_var *var,
 	if (!ret)	/* LMDB values are not aligned */
 		memcpy(rec, p, len);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 		if (gi < 0)
 			continue;
@@ -136,7 +136,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	memcpy(hash, var->ci.hash, sizeof(hash));
 	ret = loss && rtn && alpha && score ?
 	      qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (l = 0; l < var->nlayers && !ret; l++)
+	for (l = 0; l < var->job->nlayers && !ret; l++)
 		ret = read_record(txn, var, l, loss, rtn, alpha, score);
 	if (!ret) {
 		const void *tk;
@@ -159,16 +159,16 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	}
 	pthread_mutex_lock(&var->lock);
 	if (!ret && !var->manifest_ready) {
-		free(var->res_loss);
-		free(var->res_rtn);
-		free(var->res_alpha);
-		free(var->res_score);
-		var->res_loss = loss;
-		var->res_rtn = rtn;
-		var->res_alpha = alpha;
-		var->res_score = score;
-		var->res_seconds = seconds;
-		memcpy(var->res_hash, hash, sizeof(hash));
+		free(var->job->res_loss);
+		free(var->job->res_rtn);
+		free(var->job->res_alpha);
+		free(var->job->res_score);
+		var->job->res_loss = loss;
+		var->job->res_rtn = rtn;
+		var->job->res_alpha = alpha;
+		var->job->res_score = score;
+		var->job->res_seconds = seconds;
+		memcpy(var->job->res_hash, hash, sizeof(hash));
 		loss = rtn = alpha = score = NULL;
 		ret = render_final(var, var);
 	}
@@ -203,16 +203,16 @@ static void job_first(struct job *j)
 {
 	struct qf_var *var = j->var;
 
-	for (j->first = 0; j->first < var->nlayers &&
+	for (j->first = 0; j->first < var->job->nlayers &&
 	     qf_job_layer_complete(j->fs, var, j->first); j->first++)
 		;
-	if (j->first > 0 && j->first < var->nlayers)
+	if (j->first > 0 && j->first < var->job->nlayers)
 		qf_info("%s/%s: resuming at layer %d/%d", var->mdl->name,
-			var->v->name, j->first + 1, var->nlayers);
+			var->v->name, j->first + 1, var->job->nlayers);
 	pthread_mutex_lock(&var->lock);
-	var->job_first = j->first;
-	var->layers_done = j->first > var->layers_done ? j->first :
-							  var->layers_done;
+	var->job->first = j->first;
+	var->job->layers_done = j->first > var->job->layers_done ? j->first :
+							  var->job->layers_done;
 	pthread_mutex_unlock(&var->lock);
 }
 
@@ -232,8 +232,8 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	    !(j->imat = malloc(qf_kq_imatrix_len(&j->c) * sizeof(float))))
 		ret = -ENOMEM;
 	pthread_mutex_lock(&var->lock);
-	var->phase = "quantizing layers";
-	var->job_first_t = qf_now();
+	var->job->phase = "quantizing layers";
+	var->job->first_t = qf_now();
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
 		ret = qf_calib_run(var->mdl->m, &j->c, cs, &ops, j);
@@ -277,12 +277,12 @@ static int job_finish(struct job *j)
 	ret = finalize(fs, var, qf_now() - j->t0);
 	if (ret < 0)
 		return ret;
-	qf_var_record(fs, var);
+	qf_flight_record(fs, &var->fl);
 	qf_cache_sync(fs->cache);
 	qf_fs_trim_cache(fs);
 	total = qf_now() - j->t0;
 	qf_info("%s/%s: done in %.1f s", var->mdl->name, var->v->name, total);
-	if (j->first < var->nlayers && m != QF_METHOD_AWQ &&
+	if (j->first < var->job->nlayers && m != QF_METHOD_AWQ &&
 	    m != QF_METHOD_KQUANT && m != QF_METHOD_BRECQ)
 		job_report(j, total);
 	return 0;
@@ -306,18 +306,18 @@ static void *job_main(void *arg)
 	 * then see what it left in the cache */
 	qf_job_phase(var, "waiting for another process");
 	if (!ret) {
-		ret = qf_var_lock(fs, var, QF_LOCK_JOB);
+		ret = qf_flight_lock(fs, &var->fl, QF_LOCK_JOB);
 		locked = ret == 0;
 		ret = ret == -EINTR ? -EINTR : 0;
 	}
 	j->t0 = qf_now();
 	job_first(j);
-	if (!ret && j->first < var->nlayers)
+	if (!ret && j->first < var->job->nlayers)
 		ret = job_layers(j, &cs);
 	qf_job_phase(var, "writing the results");
 	pthread_mutex_lock(&var->lock);
 	if (!ret)
-		var->layers_done = var->nlayers;
+		var->job->layers_done = var->job->nlayers;
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
 		ret = job_finish(j);
@@ -325,12 +325,12 @@ static void *job_main(void *arg)
 		qf_err("%s/%s: production failed: %s", var->mdl->name,
 		       var->v->name, qf_strerror(ret));
 	if (locked)
-		qf_var_unlock(var, QF_LOCK_JOB);
+		qf_flight_unlock(&var->fl, QF_LOCK_JOB);
 	qf_calib_free(&cs);
 	job_free(j);
 	pthread_mutex_lock(&var->lock);
-	var->job_running = false;
-	var->job_err = ret;
+	var->job->running = false;
+	var->job->err = ret;
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
 	pthread_mutex_lock(&fs->job_lock);
@@ -362,13 +362,13 @@ static int start_job(struct qf_fs *fs, struct qf_var *var)
 	}
 	fs->njobs++;
 	pthread_mutex_unlock(&fs->job_lock);
-	var->job_running = true;
-	var->job_gen++;
-	var->job_t0 = qf_now();
-	var->job_first_t = var->job_t0;
-	var->phase = "starting";
+	var->job->running = true;
+	var->job->gen++;
+	var->job->t0 = qf_now();
+	var->job->first_t = var->job->t0;
+	var->job->phase = "starting";
 	if (pthread_create(&th, NULL, job_main, j) != 0) {
-		var->job_running = false;
+		var->job->running = false;
 		pthread_mutex_lock(&fs->job_lock);
 		fs->njobs--;
 		pthread_mutex_unlock(&fs->job_lock);
@@ -393,13 +393,13 @@ static int wait_job(struct qf_fs *fs, struct qf_var *var,
 	for (;;) {
 		if (done(var, gi))
 			return 0;
-		if (!var->job_running) {
-			if (waited && var->job_gen == gen && var->job_err)
-				return var->job_err;
+		if (!var->job->running) {
+			if (waited && var->job->gen == gen && var->job->err)
+				return var->job->err;
 			ret = start_job(fs, var);
 			if (ret < 0)
 				return ret;
-			gen = var->job_gen;
+			gen = var->job->gen;
 		}
 		waited = true;
 		/* the reader gave up (Ctrl-C) or the mount is going away:
@@ -411,7 +411,7 @@ static int wait_job(struct qf_fs *fs, struct qf_var *var,
 
 static bool group_done(struct qf_var *var, uint32_t gi)
 {
-	return var->group_layer[gi] < var->layers_done;
+	return var->job->group_layer[gi] < var->job->layers_done;
 }
 
 static bool manifest_done(struct qf_var *var, uint32_t gi)
@@ -424,23 +424,39 @@ int qf_job_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	int ret;
 
+	if (qf_flight_done(&var->fl, gi))
+		return 0;
 	pthread_mutex_lock(&var->lock);
-	if (var->state[gi] == QF_GROUP_DONE || group_done(var, gi)) {
+	if (group_done(var, gi)) {
 		pthread_mutex_unlock(&var->lock);
 		return 0;
 	}
 	pthread_mutex_unlock(&var->lock);
 	/* another process or an earlier mount may have produced it */
-	if (qf_var_in_cache(fs, var, gi)) {
-		pthread_mutex_lock(&var->lock);
-		var->state[gi] = QF_GROUP_DONE;
-		pthread_mutex_unlock(&var->lock);
+	if (qf_flight_cached(fs, &var->fl, gi))
 		return 0;
-	}
 	pthread_mutex_lock(&var->lock);
 	ret = wait_job(fs, var, group_done, gi);
 	pthread_mutex_unlock(&var->lock);
 	return ret;
+}
+
+bool qf_job_group_done(struct qf_var *var, uint32_t gi)
+{
+	bool done;
+
+	pthread_mutex_lock(&var->lock);
+	done = group_done(var, gi);
+	pthread_mutex_unlock(&var->lock);
+	return done;
+}
+
+void qf_job_forget(struct qf_var *var, uint32_t gi)
+{
+	pthread_mutex_lock(&var->lock);
+	if (var->job->layers_done > var->job->group_layer[gi])
+		var->job->layers_done = var->job->group_layer[gi];
+	pthread_mutex_unlock(&var->lock);
 }
 
 int qf_job_manifest(struct qf_fs *fs, struct qf_var *var)
@@ -469,14 +485,14 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 	const char *state;
 
 	pthread_mutex_lock(&b->lock);
-	done = b->layers_done;
-	n = b->nlayers;
-	first = b->job_first;
-	el = b->job_running ? now - b->job_t0 : 0;
-	if (b->job_running && done > first)
-		eta = (now - b->job_first_t) / (done - first) * (n - done);
-	state = b->job_running ? b->phase : b->manifest_ready ? "done" :
-		b->job_err ? "failed" : done == n ? "done" : "idle";
+	done = b->job->layers_done;
+	n = b->job->nlayers;
+	first = b->job->first;
+	el = b->job->running ? now - b->job->t0 : 0;
+	if (b->job->running && done > first)
+		eta = (now - b->job->first_t) / (done - first) * (n - done);
+	state = b->job->running ? b->job->phase : b->manifest_ready ? "done" :
+		b->job->err ? "failed" : done == n ? "done" : "idle";
 	pthread_mutex_unlock(&b->lock);
 	qf_buf_reset(out);
 	qf_buf_addf(out, "{\"model\": \"%s\", \"variant\": \"%s\", "
@@ -485,7 +501,7 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 		    var->v->name, state, done, n, el);
 	if (eta >= 0)
 		qf_buf_addf(out, "%.0f, \"layers_per_min\": %.2f}", eta,
-			    (done - first) / ((now - b->job_first_t) / 60));
+			    (done - first) / ((now - b->job->first_t) / 60));
 	else
 		qf_buf_adds(out, "null, \"layers_per_min\": null}");
 	return out->data ? 0 : -ENOMEM;

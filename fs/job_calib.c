@@ -47,15 +47,15 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 			return -ENOENT;
 		}
 		qf_buf_addf(&b, "%s/%s.txt", o->calib_dir, s->calib);
-		var->calib_path = qf_buf_detach(&b, NULL);
+		var->job->calib_path = qf_buf_detach(&b, NULL);
 	} else if (o->calib) {
-		var->calib_path = strdup(o->calib);
+		var->job->calib_path = strdup(o->calib);
 	}
-	if (var->calib_path) {
-		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &b);
+	if (var->job->calib_path) {
+		ret = qf_src_read_path(var->job->calib_path, CALIB_MAX, &b);
 		if (ret < 0) {
 			qf_err("%s: cannot read calibration text '%s': %s",
-			       var->mdl->name, var->calib_path,
+			       var->mdl->name, var->job->calib_path,
 			       qf_strerror(ret));
 			return ret == -ENOENT ? -ENOENT : QF_EFORMAT;
 		}
@@ -65,7 +65,7 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 		qf_sha256_update(&h, b.data, b.len);
 		qf_sha256_update(&h, tok.data, tok.len);
 		snprintf(var->ci.source, sizeof(var->ci.source),
-			 "text: %s (%zu bytes)", var->calib_path, b.len);
+			 "text: %s (%zu bytes)", var->job->calib_path, b.len);
 	} else {
 		qf_sha256_update(&h, "sampled-v1", 11);
 		qf_sha256_update(&h, var->mdl->m->fp_hex, 64);
@@ -101,29 +101,33 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 {
 	const struct qf_variant *v = var->v;
 	struct qf_tf_config c;
+	struct qf_job *jb;
 	size_t i;
 	int ret, k;
 
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
+	jb = var->job = calloc(1, sizeof(*var->job));
+	if (!jb)
+		return -ENOMEM;
 	ret = calib_key(fs, var, &v->spec);
 	if (ret < 0)
 		return ret;
-	var->nlayers = c.layers;
-	var->lin_group = malloc((size_t)c.layers * QF_TF_NLINEAR *
-				sizeof(*var->lin_group));
-	var->group_layer = malloc((v->ng ? v->ng : 1) *
-				  sizeof(*var->group_layer));
-	if (!var->lin_group || !var->group_layer)
+	jb->nlayers = c.layers;
+	jb->lin_group = malloc((size_t)c.layers * QF_TF_NLINEAR *
+			       sizeof(*jb->lin_group));
+	jb->group_layer = malloc((v->ng ? v->ng : 1) *
+				 sizeof(*jb->group_layer));
+	if (!jb->lin_group || !jb->group_layer)
 		return -ENOMEM;
 	for (i = 0; i < (size_t)c.layers * QF_TF_NLINEAR; i++)
-		var->lin_group[i] = -1;
+		jb->lin_group[i] = -1;
 	for (i = 0; i < v->ng; i++) {
 		const char *n = v->g[i].w->name;
 		int l = layer_of(n);
 
-		var->group_layer[i] = l;
+		jb->group_layer[i] = l;
 		if (l < 0 || l >= c.layers) {
 			qf_err("%s: %s is outside the decoder layers",
 			       var->mdl->name, n);
@@ -135,7 +139,7 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
 				 l, qf_tf_linear_name(k));
 			if (!strcmp(want, n))
-				var->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
+				jb->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
 		}
 	}
 	return 0;
@@ -143,32 +147,28 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 
 void qf_job_free(struct qf_var *var)
 {
-	free(var->res_loss);
-	free(var->res_rtn);
-	free(var->res_alpha);
-	free(var->res_score);
-	free(var->calib_path);
-	free(var->lin_group);
-	free(var->group_layer);
+	struct qf_job *jb = var->job;
+
+	if (!jb)
+		return;
+	free(jb->res_loss);
+	free(jb->res_rtn);
+	free(jb->res_alpha);
+	free(jb->res_score);
+	free(jb->calib_path);
+	free(jb->lin_group);
+	free(jb->group_layer);
+	free(jb);
+	var->job = NULL;
 }
 
 /* ------------------------------------------------------------------ */
 /* job state                                                           */
 
-bool qf_job_stopping(struct qf_fs *fs)
-{
-	bool stop;
-
-	pthread_mutex_lock(&fs->job_lock);
-	stop = fs->stopping;
-	pthread_mutex_unlock(&fs->job_lock);
-	return stop;
-}
-
 void qf_job_phase(struct qf_var *var, const char *phase)
 {
 	pthread_mutex_lock(&var->lock);
-	var->phase = phase;
+	var->job->phase = phase;
 	pthread_mutex_unlock(&var->lock);
 }
 
@@ -203,7 +203,7 @@ int qf_job_calib_set(struct job *j, struct qf_calib *cs)
 		return 0;
 	}
 	ret = qf_model_tokenizer(var->mdl->m, &tok, &why);
-	if (ret < 0 && var->calib_path) {
+	if (ret < 0 && var->job->calib_path) {
 		qf_err("%s: tokenizer: %s", var->mdl->name,
 		       why ? why : qf_strerror(ret));
 		goto out_free;
@@ -211,15 +211,15 @@ int qf_job_calib_set(struct job *j, struct qf_calib *cs)
 	bos = tok ? qf_tok_bos(tok) : -1;
 	if (bos < 0)
 		bos = (int32_t)qf_model_cfg_int(var->mdl->m, "bos_token_id", 0);
-	if (var->calib_path) {
-		ret = qf_src_read_path(var->calib_path, CALIB_MAX, &text);
+	if (var->job->calib_path) {
+		ret = qf_src_read_path(var->job->calib_path, CALIB_MAX, &text);
 		if (!ret)
 			ret = qf_calib_from_text(tok, text.data, text.len,
 						 var->ci.nseq, var->ci.seqlen,
 						 cs);
 		if (ret == -EINVAL) {
 			qf_err("%s: calibration text '%s' has fewer than "
-			       "%d x %d tokens", var->mdl->name, var->calib_path,
+			       "%d x %d tokens", var->mdl->name, var->job->calib_path,
 			       var->ci.nseq, var->ci.seqlen - 1);
 			ret = QF_EFORMAT;
 		}

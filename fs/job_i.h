@@ -13,6 +13,35 @@
 #include "fs_i.h"
 #include "layer.h"
 
+/*
+ * A calibrated variant's layer job, var->job (opaque outside the job
+ * files): its layer map, progress and results.  The fields marked lock
+ * are protected by var->lock; waiters wait on var->cond.  Across
+ * processes a job holds byte QF_LOCK_JOB of the variant's lock file and
+ * reads and records through the variant's single flight (flight.c);
+ * readers wait for its progress, not for a slot, so a job is not a slot.
+ */
+struct qf_job {
+	char *calib_path;		/* text set, NULL = sampled */
+	int nlayers;
+	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
+	int32_t *group_layer;		/* [ng] */
+	int layers_done;		/* lock */
+	bool running;			/* lock */
+	unsigned gen;			/* lock */
+	int err;			/* lock: result of the last job */
+	double t0;			/* lock: when the running job began */
+	double first_t;			/* lock: when its first layer began */
+	int first;			/* lock: first layer it computes */
+	const char *phase;		/* lock: what the job does now */
+	double *res_loss;		/* [ng] results, set before ready */
+	double *res_rtn;		/* [ng] */
+	double *res_alpha;		/* [ng] awq */
+	double *res_score;		/* [ng * 2] awq reflip */
+	double res_seconds;
+	char res_hash[65];		/* token hash of the set used */
+};
+
 /* One running job (or a measurement's stand-in); owned by its thread. */
 struct job {
 	struct qf_fs *fs;

@@ -34,9 +34,9 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 	}
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
-		if (gi >= 0 && !qf_var_in_cache(fs, var, (uint32_t)gi))
+		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
 			return false;
 	}
 	return true;
@@ -47,7 +47,7 @@ static struct qf_layer_map layer_map(const struct job *j, int l)
 {
 	return (struct qf_layer_map){
 		.v = j->var->v,
-		.lin_group = j->var->lin_group + (size_t)l * QF_TF_NLINEAR,
+		.lin_group = j->var->job->lin_group + (size_t)l * QF_TF_NLINEAR,
 	};
 }
 
@@ -63,7 +63,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 	if (!ret && rf.on)
 		qf_info("%s/%s: layer %d/%d ReFlip: attention-score error "
 			"%.5f -> %.5f (%lld flips)", j->var->mdl->name,
-			m.v->name, l + 1, j->var->nlayers, rf.before, rf.after,
+			m.v->name, l + 1, j->var->job->nlayers, rf.before, rf.after,
 			(long long)rf.flips);
 	return ret;
 }
@@ -75,7 +75,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	struct qf_layer_map m = layer_map(j, l);
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
 		return awq_quantize(j, l, ly, stats);
@@ -94,9 +94,9 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
 
 	qf_info("%s/%s: layer %d/%d BRECQ step %d/%d: reconstruction %.4g, "
 		"rounding regularizer %.4g", j->var->mdl->name,
-		j->var->v->name, j->layer + 1, j->var->nlayers, iter, iters,
+		j->var->v->name, j->layer + 1, j->var->job->nlayers, iter, iters,
 		rec, reg);
-	return qf_job_stopping(j->fs) ? -EINTR : 0;
+	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
 /*
@@ -113,7 +113,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	struct qf_brecq_opts o;
 	int ret;
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	qf_brecq_opts_default(&o);
 	o.iters = j->var->ci.brecq_iters;
@@ -130,7 +130,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
 			"%.4g (relative; round to nearest -> learned rounding), "
 			"%d steps in %.1f s", j->var->mdl->name, m.v->name, l + 1,
-			j->var->nlayers, info.rel_rtn, info.rel_final,
+			j->var->job->nlayers, info.rel_rtn, info.rel_final,
 			info.iters, info.seconds);
 	return ret;
 }
@@ -144,7 +144,7 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 
 	*cached = l < j->first;
 	for (k = 0; k < QF_TF_NLINEAR && *cached && !ret; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 		int64_t out, in, ng, r, c;
 		uint8_t *q;
@@ -162,7 +162,8 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 		z = malloc((size_t)(out * ng) * 4);
 		gidx = malloc((size_t)in * 4);
 		ret = q && sc && z && gidx ?
-		      qf_var_unpack(j->fs, var, (uint32_t)gi, q, sc, z, gidx) :
+		      qf_flight_unpack(j->fs, var->vid, var->v, (size_t)gi, q,
+				       sc, z, gidx) :
 		      -ENOMEM;
 		/* the same float expression qf_gptq_quantize leaves in w */
 		for (r = 0; r < out && !ret; r++)
@@ -174,9 +175,10 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 			}
 		/* AWQ: the norm that absorbed this group's scales */
 		if (!ret && g->norm)
-			ret = qf_var_read_f32(j->fs, var, &var->v->t[g->first +
-					      g->n - 1], k == QF_TF_Q ?
-					      ly->in_norm : ly->post_norm);
+			ret = qf_flight_get_f32(j->fs, var->vid,
+						&var->v->t[g->first + g->n - 1],
+						k == QF_TF_Q ?
+						ly->in_norm : ly->post_norm);
 		if (ret < 0)
 			qf_err("%s/%s: cannot replay %s from the cache: %s",
 			       var->mdl->name, var->v->name, g->w->name,
@@ -207,7 +209,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	if (l < j->first)
 		return 0;		/* replayed, already in the cache */
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
 
 		for (t = 0; t < REC; t++)
@@ -243,7 +245,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
 	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->lin_group[l * QF_TF_NLINEAR + k];
+		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 
 		for (t = 0; gi >= 0 && t < 4; t++) {
 			free(j->res.pending[(size_t)gi * 4 + t]);
@@ -254,19 +256,19 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		return ret;
 	/* log first: a reader woken below may look for this line */
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
-	      (var->nlayers - l - 1);
+	      (var->job->nlayers - l - 1);
 	if (var->v->spec.method == QF_METHOD_KQUANT)
 		qf_info("%s/%s: layer %d/%d imatrix in %.2f s, eta %.0f s",
-			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			var->mdl->name, var->v->name, l + 1, var->job->nlayers,
 			seconds, eta);
 	else
 		qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output "
 			"error %s %.5f vs rtn %.5f, eta %.0f s",
-			var->mdl->name, var->v->name, l + 1, var->nlayers,
+			var->mdl->name, var->v->name, l + 1, var->job->nlayers,
 			seconds, qf_method_name(var->v->spec.method),
 			m ? sum_g / m : 0, m ? sum_r / m : 0, eta);
 	pthread_mutex_lock(&var->lock);
-	var->layers_done = l + 1;
+	var->job->layers_done = l + 1;
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
 	return 0;

@@ -25,10 +25,10 @@ static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret;
 
-	if (qf_job_stopping(j->fs))
+	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	for (i = 0; i < n; i++) {
-		int gi = j->var->lin_group[l * QF_TF_NLINEAR + lin[i]];
+		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + lin[i]];
 		const struct qf_vgroup *g;
 		struct qf_mixed_signals sig;
 		double *rec;
@@ -58,7 +58,7 @@ static int sens_done(void *arg, int l, const float *x, int64_t ntok,
 
 	(void)x, (void)ntok;
 	qf_info("%s: mixed precision: sensitivities of layer %d/%d in %.2f s",
-		j->var->mdl->name, l + 1, j->var->nlayers, seconds);
+		j->var->mdl->name, l + 1, j->var->job->nlayers, seconds);
 	return 0;
 }
 
@@ -68,8 +68,8 @@ static int loss_done(void *arg, int l, double seconds)
 
 	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
 		"each width in %.2f s", j->var->mdl->name, l + 1,
-		j->var->nlayers, seconds);
-	return qf_job_stopping(j->fs) ? -EINTR : 0;
+		j->var->job->nlayers, seconds);
+	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
 #define LOSS_SEQS 8		/* calibration sequences the loss runs on */
@@ -84,7 +84,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 {
 	int unit_of[QF_TF_NLINEAR];
 	size_t want = probe->v->ng * QF_MIXED_SENS_REC * sizeof(double);
-	size_t uwant = (size_t)probe->nlayers * QF_MIXED_UNITS * QF_MIXED_NW *
+	size_t uwant = (size_t)probe->job->nlayers * QF_MIXED_UNITS * QF_MIXED_NW *
 		       sizeof(double);
 	struct qf_cache_item its[2];
 	double ref = 0;
@@ -194,7 +194,7 @@ static int probe_tables(struct qf_fs *fs, struct qf_var *probe,
 			double **sens, double **uloss)
 {
 	*sens = calloc(probe->v->ng * QF_MIXED_SENS_REC + 1, sizeof(**sens));
-	*uloss = calloc((size_t)probe->nlayers * QF_MIXED_UNITS *
+	*uloss = calloc((size_t)probe->job->nlayers * QF_MIXED_UNITS *
 			QF_MIXED_NW + 1, sizeof(**uloss));
 	return *sens && *uloss ? mixed_table(fs, probe, *sens, *uloss) :
 				 -ENOMEM;
@@ -226,10 +226,10 @@ static struct qf_mixed_linear *probe_linears(const struct qf_var *probe)
 
 	for (i = 0; lin && i < probe->v->ng; i++) {
 		const struct qf_model_tensor *w = probe->v->g[i].w;
-		int l = probe->group_layer[i], k;
+		int l = probe->job->group_layer[i], k;
 
 		for (k = 0; k < QF_TF_NLINEAR; k++)
-			if (probe->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
+			if (probe->job->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
 				break;
 		lin[i] = (struct qf_mixed_linear){
 			.name = w->name,
@@ -264,7 +264,7 @@ int qf_job_mixed_alloc(struct qf_fs *fs, struct qf_mdl *mdl,
 	in = (struct qf_mixed_alloc_in){
 		.lin = lin,
 		.n = probe->v->ng,
-		.nlayers = probe->nlayers,
+		.nlayers = probe->job->nlayers,
 		.sens = sens,
 		.uloss = uloss,
 		.budget = spec->method == QF_METHOD_MIXED_BUDGET,

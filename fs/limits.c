@@ -22,9 +22,14 @@
  * EINTR when its request is interrupted.  Nested calls on one thread
  * (a GGUF tensor producing its variant's group, a _fake setup setting up
  * its base) share the thread's slot, so the queue cannot deadlock.
+ *
+ * Waits of the core: the FUSE layer registers qf_fs_req_hooks (which
+ * request a thread serves, whether it was interrupted); the core asks
+ * them through fs->req and never calls into the FUSE files.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs_i.h"
@@ -272,7 +277,7 @@ int qf_fs_prod_begin(struct qf_fs *fs)
 				 ++fs->prod_waiting);
 		waited = true;
 		ret = qf_fs_wait(fs, &fs->prod_cond, &fs->prod_lock);
-		if (ret < 0 || qf_job_stopping(fs)) {
+		if (ret < 0 || qf_fs_stopping(fs)) {
 			ret = -EINTR;
 			break;
 		}
@@ -312,6 +317,40 @@ void qf_fs_prod_end(struct qf_fs *fs)
 		u->running--;
 	pthread_cond_broadcast(&fs->prod_cond);
 	pthread_mutex_unlock(&fs->prod_lock);
+}
+
+void qf_fs_set_req_hooks(struct qf_fs *fs, const struct qf_fs_req_hooks *h)
+{
+	fs->req = h;
+}
+
+uid_t qf_fs_req_uid(const struct qf_fs *fs)
+{
+	return fs->req ? fs->req->uid(fs) : fs->uid;
+}
+
+bool qf_fs_stopping(struct qf_fs *fs)
+{
+	bool stop;
+
+	pthread_mutex_lock(&fs->job_lock);
+	stop = fs->stopping;
+	pthread_mutex_unlock(&fs->job_lock);
+	return stop;
+}
+
+int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 200 * 1000 * 1000;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(cond, lock, &ts);
+	return fs->req && fs->req->interrupted(fs) ? -EINTR : 0;
 }
 
 void qf_fs_clean_files(struct qf_fs *fs)

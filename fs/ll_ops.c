@@ -4,9 +4,10 @@
  * turns the plain result into a reply (a read's segments into a spliced
  * buffer vector, ll_assemble.c).
  *
- * The thread's current request is kept for the core's interruptible
- * waits (qf_fs_wait) and the requester's uid (qf_fs_req_uid) while a
- * lookup's variant setup or a read's production runs.
+ * The thread's current request is kept for the hooks the core asks
+ * (struct qf_fs_req_hooks, registered at init: is the request interrupted,
+ * whose is it) while a lookup's variant setup or a read's production
+ * runs; the core never calls into this file.
  */
 #define FUSE_USE_VERSION 312
 
@@ -29,29 +30,24 @@ static struct qf_fs *fs_of(fuse_req_t req)
 	return fuse_req_userdata(req);
 }
 
-uid_t qf_fs_req_uid(const struct qf_fs *fs)
+/* The core's view of the request a thread serves (qf_fs_req_hooks). */
+static uid_t req_uid(const struct qf_fs *fs)
 {
 	const struct fuse_ctx *ctx = cur_req ? fuse_req_ctx(cur_req) : NULL;
 
 	return ctx ? ctx->uid : fs->uid;
 }
 
-int qf_fs_wait(struct qf_fs *fs, pthread_cond_t *cond, pthread_mutex_t *lock)
+static bool req_interrupted(struct qf_fs *fs)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_nsec += 200 * 1000 * 1000;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	pthread_cond_timedwait(cond, lock, &ts);
-	if ((cur_req && fuse_req_interrupted(cur_req)) ||
-	    (fs->se && fuse_session_exited(fs->se)))
-		return -EINTR;
-	return 0;
+	return (cur_req && fuse_req_interrupted(cur_req)) ||
+	       (fs->se && fuse_session_exited(fs->se));
 }
+
+static const struct qf_fs_req_hooks req_hooks = {
+	.interrupted = req_interrupted,
+	.uid = req_uid,
+};
 
 static void fill_entry(const struct qf_fs_entry *q,
 		       struct fuse_entry_param *e)
@@ -80,7 +76,8 @@ static unsigned pipe_max(void)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	/* before any request: the core's waits ask these */
+	qf_fs_set_req_hooks(userdata, &req_hooks);
 	/* the kernel may cache and read ahead freely: files never change */
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;

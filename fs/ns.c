@@ -198,11 +198,38 @@ static struct qf_var *find_var(struct qf_mdl *mdl, const char *name)
 	return NULL;
 }
 
+/*
+ * A _fake of a calibrated or mixed method dequantizes its packed variant
+ * (or takes its allocation): that one, found or set up first, into
+ * *base; NULL for every other name.  fs->lock is not held.
+ */
+static int fake_base(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
+		     struct qf_var **base)
+{
+	struct qf_spec spec;
+	char bname[128];
+	int ret;
+
+	*base = NULL;
+	/* (a bad name is qf_var_new's to report) */
+	if (qf_spec_parse(name, &spec, NULL) < 0 ||
+	    !(spec.flags & QF_SPEC_FAKE) ||
+	    (!qf_spec_is_calibrated(&spec) &&
+	     spec.method != QF_METHOD_MIXED_DYN &&
+	     spec.method != QF_METHOD_MIXED_BUDGET))
+		return 0;
+	spec.flags &= ~QF_SPEC_FAKE;
+	ret = qf_spec_print(&spec, bname, sizeof(bname));
+	if (ret >= 0)
+		*base = qf_ns_var(fs, mdl, bname, &ret);
+	return *base ? 0 : ret;
+}
+
 /* Caller holds fs->lock; drops and retakes it around variant setup. */
 static struct qf_var *var_locked(struct qf_fs *fs, struct qf_mdl *mdl,
 				 const char *name, int *err)
 {
-	struct qf_var *var, *other;
+	struct qf_var *var, *other, *base;
 	int ret;
 
 	if (!mdl->m) {
@@ -216,7 +243,9 @@ static struct qf_var *var_locked(struct qf_fs *fs, struct qf_mdl *mdl,
 	/* a setup costs as a production does: it waits its turn */
 	ret = qf_fs_prod_begin(fs);
 	if (!ret) {
-		ret = qf_var_new(fs, mdl, name, &var);
+		ret = fake_base(fs, mdl, name, &base);
+		if (!ret)
+			ret = qf_var_new(fs, mdl, name, base, &var);
 		qf_fs_prod_end(fs);
 	}
 	pthread_mutex_lock(&fs->lock);
@@ -389,6 +418,7 @@ void qf_mdl_free(struct qf_mdl *mdl)
 		struct qf_var *v = mdl->vars;
 
 		mdl->vars = v->next;
+		qf_gv_free(v->gv);
 		qf_var_free(v);
 	}
 	qf_gv_free(mdl->gv);

@@ -251,7 +251,7 @@ static int write_read_file(struct qf_fs *fs, struct qf_node *n)
 	for (off = 0; !ret && off < n->size; off += CHUNK) {
 		uint64_t end = n->size - off > CHUNK ? off + CHUNK : n->size;
 
-		if (qf_job_stopping(fs)) {
+		if (qf_fs_stopping(fs)) {
 			ret = -EINTR;
 		} else if (n->kind == QF_NODE_WEIGHTS) {
 			ret = weights_range(fs, n->var, off, end, chunk);
@@ -327,7 +327,7 @@ static int verify_read_file(struct qf_fs *fs, struct qf_node *n)
 	for (off = 0; !ret && off < n->size; off += CHUNK) {
 		size_t len = n->size - off > CHUNK ? CHUNK : n->size - off;
 
-		ret = qf_job_stopping(fs) ? -EINTR :
+		ret = qf_fs_stopping(fs) ? -EINTR :
 		      pread_all(fd, chunk, len, off);
 		sum = qf_hash64(chunk, len, sum);
 	}

@@ -1,17 +1,18 @@
 /*
  * var.c - variant objects: the assembled file plan of model.safetensors
- * and single-flight production of its tensor groups into the cache.
+ * and the production of its tensor groups into the cache.
  *
- * A group is produced at most once per process at a time: the first
- * reader marks it BUSY and produces it, later readers wait on var->cond.
- * Before producing, the cache is consulted, so a second mount (or another
- * process) serves what the first one stored.  All tensors of a group are
- * committed in one LMDB transaction, so finding one means all are there.
+ * Each group is a slot of the variant's single flight (flight.c): it is
+ * produced at most once at a time per machine, and a second mount (or
+ * another process) serves what the first one stored.  All tensors of a
+ * group are committed in one LMDB transaction, so finding one means all
+ * are there.  A calibrated variant's groups come from its layer job
+ * (job.c); a _fake variant's from its packed base variant, which ns.c
+ * resolves and hands to qf_var_new().
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,8 +85,10 @@ static int static_bits(void *arg, const char *name)
 	return bits;
 }
 
+static const struct qf_flight_ops group_ops;
+
 int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
-	       struct qf_var **out)
+	       struct qf_var *base, struct qf_var **out)
 {
 	const char *parts[6];
 	char extra[256];
@@ -106,25 +109,14 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	pthread_mutex_init(&var->lock, NULL);
 	pthread_cond_init(&var->cond, NULL);
 	var->mdl = mdl;
-	var->lockfd = -1;
 	mixed = spec.method == QF_METHOD_MIXED_DYN ||
 		spec.method == QF_METHOD_MIXED_BUDGET;
 	if (mixed) {
 		/* measured precisions (cached), then plain RTN at them */
-		struct qf_spec b = spec;
-		char bname[128];
-
-		b.flags &= ~QF_SPEC_FAKE;
 		if (spec.flags & QF_SPEC_FAKE) {
 			/* the packed variant's allocation; this one is RTN
 			 * dequantized, like any uncalibrated _fake */
-			struct qf_var *base = NULL;
-
-			ret = qf_spec_print(&b, bname, sizeof(bname));
-			if (ret >= 0)
-				base = qf_ns_var(fs, mdl, bname, &ret);
-			if (!base)
-				goto out_free;
+			QF_ASSERT(base);
 			alloc = base->alloc;
 		} else {
 			ret = qf_job_mixed_alloc(fs, mdl, &spec, &var->alloc);
@@ -150,15 +142,8 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 		qf_hex(alloc->calib_vid, QF_CACHE_VID, calib_hex);
 	if (var->calibrated && (spec.flags & QF_SPEC_FAKE)) {
 		/* _fake dequantizes the packed variant's tensors */
-		struct qf_spec b = spec;
-		char bname[128];
-
-		b.flags &= ~QF_SPEC_FAKE;
-		ret = qf_spec_print(&b, bname, sizeof(bname));
-		if (ret >= 0)
-			var->base = qf_ns_var(fs, mdl, bname, &ret);
-		if (!var->base)
-			goto out_free;
+		QF_ASSERT(base);
+		var->base = base;
 		memcpy(var->calib_vid, var->base->calib_vid, QF_CACHE_VID);
 	} else if (var->calibrated) {
 		ret = qf_job_setup(fs, var);
@@ -202,9 +187,13 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 			 fs->mratio.bits_mid, fs->mratio.bits_low);
 	parts[4] = extra;
 	qf_cache_vid(parts, extra[0] ? nparts : 4, var->vid);
-	var->state = calloc(var->v->ng ? var->v->ng : 1, 1);
-	var->verified = calloc(var->v->ng ? var->v->ng : 1, 1);
-	ret = var->state && var->verified ? 0 : -ENOMEM;
+	var->label = malloc(strlen(mdl->name) + strlen(var->v->name) + 2);
+	ret = var->label ? 0 : -ENOMEM;
+	if (!ret) {
+		sprintf(var->label, "%s/%s", mdl->name, var->v->name);
+		ret = qf_flight_init(&var->fl, &group_ops, var, var->vid,
+				     var->label, var->v->ng);
+	}
 	if (!ret)
 		ret = qf_variant_config(var->v, &var->config);
 	if (!ret)
@@ -229,73 +218,16 @@ void qf_var_free(struct qf_var *var)
 		return;
 	qf_job_free(var);
 	qf_mixed_alloc_free(var->alloc);
-	qf_gv_free(var->gv);
-	if (var->lockfd >= 0)
-		close(var->lockfd);
+	qf_flight_free(&var->fl);
+	free(var->label);
 	qf_variant_free(var->v);
 	qf_buf_release(&var->config);
 	qf_buf_release(&var->manifest);
 	qf_buf_release(&var->header);
 	free(var->seg);
-	free(var->state);
-	free(var->verified);
 	pthread_mutex_destroy(&var->lock);
 	pthread_cond_destroy(&var->cond);
 	free(var);
-}
-
-static int lock_fd(struct qf_fs *fs, struct qf_var *var)
-{
-	int fd;
-
-	pthread_mutex_lock(&var->lock);
-	if (var->lockfd < 0) {
-		fd = qf_cache_lock_open(fs->cache, var->vid);
-		if (fd >= 0)
-			var->lockfd = fd;
-	} else {
-		fd = var->lockfd;
-	}
-	pthread_mutex_unlock(&var->lock);
-	return fd;
-}
-
-int qf_fs_lock_wait(struct qf_fs *fs, int fd, int64_t slot)
-{
-	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
-			    .l_start = slot, .l_len = 1 };
-
-	/* poll, so an unmount does not wait for another process's job */
-	while (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
-		struct timespec ts = { 0, 100 * 1000 * 1000 };
-		bool stop;
-
-		if (errno != EAGAIN && errno != EACCES)
-			return -errno;
-		pthread_mutex_lock(&fs->job_lock);
-		stop = fs->stopping;
-		pthread_mutex_unlock(&fs->job_lock);
-		if (stop)
-			return -EINTR;
-		nanosleep(&ts, NULL);
-	}
-	return 0;
-}
-
-int qf_var_lock(struct qf_fs *fs, struct qf_var *var, int64_t slot)
-{
-	int fd = lock_fd(fs, var);
-
-	return fd < 0 ? fd : qf_fs_lock_wait(fs, fd, slot);
-}
-
-void qf_var_unlock(struct qf_var *var, int64_t slot)
-{
-	struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET,
-			    .l_start = slot, .l_len = 1 };
-
-	if (var->lockfd >= 0)
-		fcntl(var->lockfd, F_OFD_SETLK, &fl);
 }
 
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
@@ -313,11 +245,25 @@ size_t qf_var_seg_at(const struct qf_var *var, uint64_t off)
 	return lo;
 }
 
-bool qf_var_in_cache(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+/* flight: the first tensor of group gi is there (the rest with it) */
+static bool group_cached(struct qf_fs *fs, void *arg, size_t gi)
 {
+	struct qf_var *var = arg;
 	const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
 
 	return qf_cache_has(fs->cache, var->vid, t->name, qf_vtensor_bytes(t));
+}
+
+static size_t group_names(void *arg, size_t gi, const char **names)
+{
+	struct qf_var *var = arg;
+	const struct qf_vgroup *g = &var->v->g[gi];
+	uint32_t k;
+
+	QF_ASSERT(g->n <= QF_FLIGHT_MAXV);
+	for (k = 0; k < g->n; k++)
+		names[k] = var->v->t[g->first + k].name;
+	return g->n;
 }
 
 int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
@@ -344,7 +290,7 @@ bool qf_var_cached(struct qf_fs *fs, struct qf_var *var)
 	size_t gi;
 
 	for (gi = 0; gi < var->v->ng; gi++)
-		if (!qf_var_in_cache(fs, var, (uint32_t)gi))
+		if (!qf_flight_cached(fs, &var->fl, gi))
 			return false;
 	return true;
 }
@@ -391,8 +337,9 @@ int qf_fs_record(struct qf_fs *fs, const uint8_t *vid,
 	return ret;
 }
 
-int qf_var_record(struct qf_fs *fs, struct qf_var *var)
+static int var_record(struct qf_fs *fs, void *arg)
 {
+	struct qf_var *var = arg;
 	char calib[2 * QF_CACHE_VID + 1] = "";
 
 	if (var->calibrated)
@@ -412,53 +359,45 @@ void qf_var_revalidate(struct qf_fs *fs, struct qf_var *var)
 
 	if (qf_cache_read_begin(fs->cache, &txn) < 0)
 		return;
-	pthread_mutex_lock(&var->lock);
 	for (gi = 0; gi < var->v->ng; gi++) {
 		const struct qf_vtensor *t = &var->v->t[var->v->g[gi].first];
-		bool job = var->calibrated && !var->base;
+		bool job = var->job != NULL;
 		const void *p;
 		size_t len;
 
-		if (var->state[gi] != QF_GROUP_DONE &&
-		    !(job && var->group_layer[gi] < var->layers_done))
+		if (!qf_flight_done(&var->fl, gi) &&
+		    !(job && qf_job_group_done(var, (uint32_t)gi)))
 			continue;
 		if (qf_cache_get(txn, var->vid, t->name, &p, &len) == 0)
 			continue;
-		if (var->state[gi] == QF_GROUP_DONE) {
-			var->state[gi] = QF_GROUP_NONE;
-			var->ndone--;
-		}
-		var->verified[gi] = 0;
-		var->recorded = false;	/* evicted: the record went too */
-		if (job && var->layers_done > var->group_layer[gi])
-			var->layers_done = var->group_layer[gi];
+		qf_flight_forget(&var->fl, gi);
+		if (job)
+			qf_job_forget(var, (uint32_t)gi);
 	}
-	pthread_mutex_unlock(&var->lock);
 	qf_cache_read_end(txn);
 }
 
 void qf_var_opened(struct qf_fs *fs, struct qf_var *var)
 {
-	struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
-			    .l_start = QF_LOCK_USE, .l_len = 1 };
-	bool first, touch;
+	bool first, touch, recorded = qf_flight_recorded(&var->fl);
 	double now = qf_now();
-	int fd = lock_fd(fs, var);
+	int ret;
 
 	pthread_mutex_lock(&var->lock);
 	first = var->nopen++ == 0;
-	touch = var->recorded && now - var->touched > 60;
+	touch = recorded && now - var->touched > 60;
 	if (touch)
 		var->touched = now;
 	pthread_mutex_unlock(&var->lock);
 	/* waits only while `cache gc` deletes this variant */
-	if (first && fd >= 0 && fcntl(fd, F_OFD_SETLKW, &fl) < 0)
-		qf_warn("%s/%s: cannot mark the variant in use: %s",
-			var->mdl->name, var->v->name, strerror(errno));
+	ret = first ? qf_flight_share(fs, &var->fl, QF_LOCK_USE) : 0;
+	if (ret < 0)
+		qf_warn("%s: cannot mark the variant in use: %s", var->label,
+			qf_strerror(ret));
 	if (first)
 		qf_var_revalidate(fs, var);
 	if (touch)
-		qf_var_record(fs, var);
+		qf_flight_record(fs, &var->fl);
 }
 
 void qf_var_released(struct qf_fs *fs, struct qf_var *var)
@@ -466,105 +405,8 @@ void qf_var_released(struct qf_fs *fs, struct qf_var *var)
 	(void)fs;
 	pthread_mutex_lock(&var->lock);
 	if (--var->nopen == 0)
-		qf_var_unlock(var, QF_LOCK_USE);
+		qf_flight_unlock(&var->fl, QF_LOCK_USE);
 	pthread_mutex_unlock(&var->lock);
-}
-
-int qf_var_unpack(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
-		  uint8_t *q, uint16_t *sc, int32_t *z, int32_t *g_idx)
-{
-	const struct qf_vgroup *g = &var->v->g[gi];
-	int64_t rows = g->w->t->shape[0], in = g->w->t->shape[1];
-	int64_t ng = qf_ngroups(in, g->qp.group);
-	int64_t cols = rows * g->pack_bits / 32, r, j;
-	bool awq = var->v->spec.method == QF_METHOD_AWQ;
-	uint32_t k, nt = awq ? 3 : 4;	/* the packed tensors */
-	uint8_t *zq = malloc((size_t)(rows * ng));
-	struct qf_cache_txn *txn = NULL;
-	void *p[4] = { NULL };
-	const void *v;
-	size_t len;
-	int ret;
-
-	ret = zq ? qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (k = 0; k < nt && !ret; k++) {
-		const struct qf_vtensor *t = &var->v->t[g->first + k];
-
-		ret = qf_cache_check(txn, var->vid, t->name);
-		if (!ret)
-			ret = qf_cache_get(txn, var->vid, t->name, &v, &len);
-		if (!ret && len != qf_vtensor_bytes(t))
-			ret = QF_ECORRUPT;
-		/* LMDB values are not aligned: copy before typed reads */
-		if (!ret && !(p[k] = malloc(len ? len : 1)))
-			ret = -ENOMEM;
-		if (!ret)
-			memcpy(p[k], v, len);
-	}
-	qf_cache_read_end(txn);
-	if (!ret && awq) {
-		int64_t gs = ng == 1 ? in : g->qp.group;
-
-		qf_awq_unpack(p[0], p[1], p[2], rows, in, ng, q, sc, z);
-		for (j = 0; j < in; j++)
-			g_idx[j] = (int32_t)(j / gs);
-	} else if (!ret) {
-		qf_gptq_unpack_qweight(p[0], rows, in, g->pack_bits, q);
-		for (j = 0; j < ng; j++)
-			qf_gptq_unpack_qweight((const uint32_t *)p[1] + j * cols,
-					       1, rows, g->pack_bits,
-					       zq + j * rows);
-		for (r = 0; r < rows; r++)
-			for (j = 0; j < ng; j++) {
-				sc[r * ng + j] = ((const uint16_t *)p[2])[
-					j * rows + r];
-				/* v1 checkpoints store zero - 1 */
-				z[r * ng + j] = (zq[j * rows + r] + 1) &
-						((1 << g->pack_bits) - 1);
-			}
-		memcpy(g_idx, p[3], (size_t)in * sizeof(*g_idx));
-	}
-	for (k = 0; k < 4; k++)
-		free(p[k]);
-	free(zq);
-	return ret;
-}
-
-/* The bytes of a cached tensor of var (checksum verified) into dst. */
-static int copy_cached(struct qf_fs *fs, struct qf_var *var,
-		       const struct qf_vtensor *t, void *dst)
-{
-	struct qf_cache_txn *txn;
-	const void *p;
-	size_t len;
-	int ret;
-
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	if (!ret)
-		ret = qf_cache_check(txn, var->vid, t->name);
-	if (!ret)
-		ret = qf_cache_get(txn, var->vid, t->name, &p, &len);
-	if (!ret && len != qf_vtensor_bytes(t))
-		ret = QF_ECORRUPT;
-	if (!ret)
-		memcpy(dst, p, len);	/* not aligned in the map */
-	qf_cache_read_end(txn);
-	return ret;
-}
-
-int qf_var_read_f32(struct qf_fs *fs, struct qf_var *var,
-		    const struct qf_vtensor *t, float *dst)
-{
-	uint64_t len = qf_vtensor_bytes(t);
-	void *copy = malloc(len ? len : 1);
-	int ret;
-
-	ret = copy ? copy_cached(fs, var, t, copy) : -ENOMEM;
-	if (!ret)
-		ret = qf_to_f32(t->dtype, copy,
-				(size_t)(len / qf_dtype_size(t->dtype)), dst);
-	free(copy);
-	return ret;
 }
 
 /*
@@ -587,12 +429,12 @@ static int fake_from_base(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 
 	ret = q && sc && z && gidx ? qf_job_ensure(fs, b, gi) : -ENOMEM;
 	if (!ret)
-		ret = qf_var_unpack(fs, b, gi, q, sc, z, gidx);
+		ret = qf_flight_unpack(fs, b->vid, b->v, gi, q, sc, z, gidx);
 	if (!ret)
 		qf_variant_emit(var->v, gi, q, sc, z, gidx, out);
 	if (!ret && g->norm)
-		ret = copy_cached(fs, b, &b->v->t[g->first + g->n - 1],
-				  out[var->v->g[gi].n - 1]);
+		ret = qf_flight_get(fs, b->vid, &b->v->t[g->first + g->n - 1],
+				    out[var->v->g[gi].n - 1]);
 	free(q);
 	free(sc);
 	free(z);
@@ -600,11 +442,14 @@ static int fake_from_base(struct qf_fs *fs, struct qf_var *var, uint32_t gi,
 	return ret;
 }
 
-static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+/* flight: produce group gi (RTN, or a calibrated _fake from its base) */
+static int produce(struct qf_fs *fs, void *arg, size_t gi)
 {
+	struct qf_var *var = arg;
 	const struct qf_vgroup *g = &var->v->g[gi];
 	struct qf_cache_item items[8];
 	void *bufs[8] = { 0 };
+	double t0 = qf_now();
 	uint32_t k;
 	int ret = 0;
 
@@ -627,178 +472,78 @@ static int produce(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 		ret = qf_fs_cache_put(fs, var->vid, items, g->n);
 	for (k = 0; k < g->n; k++)
 		free(bufs[k]);
-	return ret;
+	/* (a full cache was logged with its free space) */
+	if (ret < 0 && ret != -ENOSPC)
+		qf_err("%s: cannot produce %s: %s", var->label, g->w->name,
+		       qf_strerror(ret));
+	if (ret < 0)
+		return ret;
+	qf_debug("%s: produced %s in %.3f s", var->label, g->w->name,
+		 qf_now() - t0);
+	pthread_mutex_lock(&var->lock);
+	var->prod_s += qf_now() - t0;
+	var->prod_src += g->src_bytes;
+	pthread_mutex_unlock(&var->lock);
+	return 0;
 }
 
-static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi);
+/* flight: a _fake group waits for its base's job without a slot */
+static int prepare(struct qf_fs *fs, void *arg, size_t gi)
+{
+	struct qf_var *var = arg;
+
+	return var->base ? qf_job_ensure(fs, var->base, (uint32_t)gi) : 0;
+}
+
+static void complete(struct qf_fs *fs, void *arg, double seconds)
+{
+	struct qf_var *var = arg;
+	double secs;
+	uint64_t bytes;
+
+	(void)fs;
+	(void)seconds;
+	pthread_mutex_lock(&var->lock);
+	secs = var->prod_s;
+	bytes = var->prod_src;
+	pthread_mutex_unlock(&var->lock);
+	qf_info("%s: produced %.1f MB of source in %.2f s", var->label,
+		bytes / 1e6, secs);
+}
+
+static const struct qf_flight_ops group_ops = {
+	.cached = group_cached,
+	.names = group_names,
+	.prepare = prepare,
+	.produce = produce,
+	.record = var_record,
+	.complete = complete,
+};
 
 /*
- * Check the checksums of group gi's values; a damaged one is logged and
- * the group deleted, so it is produced again.  Returns 0, -ENOENT,
- * QF_ECORRUPT (deleted), QF_ECACHE.
+ * A calibrated group comes from the variant's layer job: wait for it,
+ * then check it once (a damaged one makes the job compute its layer
+ * again).  Every other group is a slot of the variant's flight.
  */
-static int verify_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
-{
-	const struct qf_vgroup *g = &var->v->g[gi];
-	const char *names[8];
-	struct qf_cache_txn *txn;
-	uint32_t k;
-	int ret;
-
-	QF_ASSERT(g->n <= 8);
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	for (k = 0; k < g->n && !ret; k++) {
-		names[k] = var->v->t[g->first + k].name;
-		ret = qf_cache_check(txn, var->vid, names[k]);
-	}
-	qf_cache_read_end(txn);
-	if (ret != QF_ECORRUPT)
-		return ret;
-	qf_err("%s/%s: cache value %s is damaged (checksum): discarded, "
-	       "producing it again", var->mdl->name, var->v->name,
-	       names[k - 1]);
-	for (k = 0; k < g->n; k++)
-		names[k] = var->v->t[g->first + k].name;
-	qf_cache_del(fs->cache, var->vid, names, g->n);
-	return QF_ECORRUPT;
-}
-
 int qf_var_ensure(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
 {
 	int tries, ret = 0;
 
+	if (!var->job)
+		return qf_flight_ensure(fs, &var->fl, gi);
 	for (tries = 0; tries < 3; tries++) {
-		bool verified;
-
-		if (var->calibrated && !var->base)
-			ret = qf_job_ensure(fs, var, gi);
-		else
-			ret = ensure_group(fs, var, gi);
+		ret = qf_job_ensure(fs, var, gi);
 		if (ret < 0)
 			return ret;
-		pthread_mutex_lock(&var->lock);
-		verified = var->verified[gi];
-		pthread_mutex_unlock(&var->lock);
-		if (verified)
-			return 0;
-		/* once per process, before its bytes are first served */
-		ret = verify_group(fs, var, gi);
-		pthread_mutex_lock(&var->lock);
-		if (!ret) {
-			var->verified[gi] = 1;
-		} else if (var->state[gi] == QF_GROUP_DONE) {
-			var->state[gi] = QF_GROUP_NONE;
-			var->ndone--;
-		}
-		/* a calibrated layer: the job computes it again */
-		if (ret < 0 && var->calibrated && !var->base &&
-		    var->layers_done > var->group_layer[gi])
-			var->layers_done = var->group_layer[gi];
-		pthread_mutex_unlock(&var->lock);
+		ret = qf_flight_verify(fs, &var->fl, gi);
 		if (ret != QF_ECORRUPT && ret != -ENOENT)
 			return ret;
+		qf_job_forget(var, gi);
 	}
 	return ret;
 }
 
-/*
- * Per-group single flight: RTN, and calibrated _fake from its base.  A
- * production first waits for its slot (limits.c), before it marks the
- * group busy: a thread that waits for a busy group may hold a slot, so
- * the group's owner must not wait for one.
- */
-static int ensure_group(struct qf_fs *fs, struct qf_var *var, uint32_t gi)
+int qf_var_results(struct qf_fs *fs, struct qf_var *var)
 {
-	bool record = false, complete, locked, slot = false;
-	double t0, secs = 0;
-	uint64_t bytes = 0;
-	int ret = 0;
-
-	pthread_mutex_lock(&var->lock);
-	while (var->state[gi] == QF_GROUP_BUSY)
-		pthread_cond_wait(&var->cond, &var->lock);
-	ret = var->state[gi] == QF_GROUP_DONE;
-	pthread_mutex_unlock(&var->lock);
-	if (ret)
-		return 0;
-	/* a _fake group waits for its base's job without a slot */
-	if (var->base)
-		ret = qf_job_ensure(fs, var->base, gi);
-	if (!ret && !qf_var_in_cache(fs, var, gi)) {
-		ret = qf_fs_prod_begin(fs);
-		slot = !ret;
-	}
-	if (ret < 0)
-		return ret;
-
-	pthread_mutex_lock(&var->lock);
-	while (var->state[gi] == QF_GROUP_BUSY)
-		pthread_cond_wait(&var->cond, &var->lock);
-	if (var->state[gi] == QF_GROUP_DONE) {
-		pthread_mutex_unlock(&var->lock);
-		if (slot)
-			qf_fs_prod_end(fs);
-		return 0;
-	}
-	var->state[gi] = QF_GROUP_BUSY;
-	pthread_mutex_unlock(&var->lock);
-
-	t0 = qf_now();
-	/* another process may be producing it: wait for its lock, then
-	 * look in the cache again */
-	locked = !qf_var_in_cache(fs, var, gi) &&
-		 qf_var_lock(fs, var, gi) == 0;
-	if (!qf_var_in_cache(fs, var, gi)) {
-		ret = produce(fs, var, gi);
-		/* (a full cache was logged with its free space) */
-		if (ret < 0 && ret != -ENOSPC)
-			qf_err("%s/%s: cannot produce %s: %s", var->mdl->name,
-			       var->v->name, var->v->g[gi].w->name,
-			       qf_strerror(ret));
-		else if (!ret)
-			record = true;
-		if (!ret)
-			qf_debug("%s/%s: produced %s in %.3f s",
-				 var->mdl->name, var->v->name,
-				 var->v->g[gi].w->name, qf_now() - t0);
-	}
-
-	if (locked)
-		qf_var_unlock(var, gi);
-	if (slot)
-		qf_fs_prod_end(fs);
-	pthread_mutex_lock(&var->lock);
-	var->state[gi] = ret < 0 ? QF_GROUP_NONE : QF_GROUP_DONE;
-	if (!ret) {
-		var->ndone++;
-		var->verified[gi] = record;	/* we wrote these bytes */
-		if (record) {
-			var->prod_s += qf_now() - t0;
-			var->prod_src += var->v->g[gi].src_bytes;
-		}
-	}
-	complete = var->ndone == var->v->ng && record;
-	secs = var->prod_s;
-	bytes = var->prod_src;
-	if (record && !var->recorded)
-		var->recorded = true;
-	else
-		record = false;
-	pthread_cond_broadcast(&var->cond);
-	pthread_mutex_unlock(&var->lock);
-
-	/* no record (a full disk): the next group writes it, else gc
-	 * would never see these values */
-	if (record && qf_var_record(fs, var) < 0) {
-		pthread_mutex_lock(&var->lock);
-		var->recorded = false;
-		pthread_mutex_unlock(&var->lock);
-	}
-	if (complete) {
-		qf_cache_sync(fs->cache);
-		qf_fs_trim_cache(fs);
-		qf_info("%s/%s: produced %.1f MB of source in %.2f s",
-			var->mdl->name, var->v->name, bytes / 1e6, secs);
-	}
-	return ret;
+	return qf_job_manifest(fs, var);
 }

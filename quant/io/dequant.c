@@ -4,7 +4,7 @@
  * checkpoint tensors "<p>.qweight/.qzeros/.scales/.g_idx" that quantfs
  * serves, or the AutoAWQ GEMM tensors "<p>.qweight/.qzeros/.scales" (no
  * g_idx), so `quantfs eval` and the forward pass run on a mounted
- * variant directly.  The GPTQ "gptq" (v1) format stores zero - 1.
+ * variant directly.  The bits are decoded by unpack.c.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +31,47 @@ static bool shaped(const struct qf_model_tensor *t, enum qf_dtype dt,
 	       t->t->shape[0] == d0 && (ndim < 2 || t->t->shape[1] == d1);
 }
 
+/* dst [out, in] = scale * (q - zero) of the decoded grid. */
+static void dequant(const uint8_t *q, const uint16_t *sc, const int32_t *z,
+		    const int32_t *g, int64_t out, int64_t in, int64_t ng,
+		    float *dst)
+{
+	int64_t r, j;
+
+	for (r = 0; r < out; r++)
+		for (j = 0; j < in; j++) {
+			int64_t k = r * ng + g[j];
+
+			dst[r * in + j] = qf_f16_to_f32(sc[k]) *
+					  (float)((int32_t)q[r * in + j] - z[k]);
+		}
+}
+
+/* The integer grid of a linear's decoded tensors: q, sc, z, g_idx. */
+struct grid {
+	uint8_t *q;			/* [out, in] */
+	uint16_t *sc;			/* [out, ng] */
+	int32_t *z;			/* [out, ng] */
+	int32_t *g;			/* [in] */
+};
+
+static int grid_alloc(struct grid *gr, int64_t out, int64_t in, int64_t ng)
+{
+	gr->q = malloc((size_t)(out * in));
+	gr->sc = malloc((size_t)(out * ng) * sizeof(*gr->sc));
+	gr->z = malloc((size_t)(out * ng) * sizeof(*gr->z));
+	gr->g = malloc((size_t)in * sizeof(*gr->g));
+	return gr->q && gr->sc && gr->z && gr->g ? 0 : -ENOMEM;
+}
+
+static void grid_free(struct grid *gr)
+{
+	free(gr->q);
+	free(gr->sc);
+	free(gr->z);
+	free(gr->g);
+}
+
 static int gptq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 		    int64_t in, float *dst)
 {
@@ -38,12 +79,9 @@ static int gptq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 	const struct qf_model_tensor *qz = find(m, prefix, ".qzeros");
 	const struct qf_model_tensor *sc = find(m, prefix, ".scales");
 	const struct qf_model_tensor *gi = find(m, prefix, ".g_idx");
-	const uint32_t *zw;
-	const uint16_t *s;
-	const int32_t *g;
-	int64_t bits, ng, r, j;
-	uint8_t *q = NULL, *z = NULL;
-	int32_t mask;
+	const void *packed[4];
+	struct grid gr;
+	int64_t bits, ng, j;
 	int ret;
 
 	if (!qw || !qz || !sc || !gi || qw->t->ndim != 2 || in <= 0)
@@ -61,42 +99,26 @@ static int gptq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 		       prefix);
 		return QF_EFORMAT;
 	}
-	mask = (1 << bits) - 1;
-	q = malloc((size_t)(out * in));
-	z = malloc((size_t)(ng * out));
-	if (!q || !z) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
-	qf_gptq_unpack_qweight(qf_st_data(qw->shard, qw->t), out, in,
-			       (int)bits, q);
-	/* a qzeros row is one contiguous little-endian stream of zero - 1 */
-	zw = qf_st_data(qz->shard, qz->t);
-	for (j = 0; j < ng; j++)
-		qf_gptq_unpack_qweight(zw + j * (out * bits / 32), 1, out,
-				       (int)bits, z + j * out);
-	s = qf_st_data(sc->shard, sc->t);
-	g = qf_st_data(gi->shard, gi->t);
-	for (j = 0; j < in; j++)
-		if (g[j] < 0 || g[j] >= ng) {
+	packed[0] = qf_st_data(qw->shard, qw->t);
+	packed[1] = qf_st_data(qz->shard, qz->t);
+	packed[2] = qf_st_data(sc->shard, sc->t);
+	packed[3] = qf_st_data(gi->shard, gi->t);
+	ret = grid_alloc(&gr, out, in, ng);
+	if (!ret)
+		ret = qf_ckpt_unpack_group(QF_CKPT_GPTQ_V1, (int)bits, out, in,
+					   ng, 0, packed, gr.q, gr.sc, gr.z,
+					   gr.g);
+	for (j = 0; j < in && !ret; j++)
+		if (gr.g[j] < 0 || gr.g[j] >= ng) {
 			qf_err("%s: %s.g_idx out of range", m->dir, prefix);
 			ret = QF_EFORMAT;
-			goto out_free;
 		}
-	for (r = 0; r < out; r++)
-		for (j = 0; j < in; j++) {
-			int64_t k = (int64_t)g[j] * out + r;
-			int32_t zero = (z[k] + 1) & mask;
-
-			dst[r * in + j] = qf_f16_to_f32(s[k]) *
-					  (float)((int32_t)q[r * in + j] - zero);
-		}
-	ret = qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
-	      qf_st_faulted(sc->shard) || qf_st_faulted(gi->shard) ?
-	      QF_ECORRUPT : 0;
-out_free:
-	free(q);
-	free(z);
+	if (!ret)
+		dequant(gr.q, gr.sc, gr.z, gr.g, out, in, ng, dst);
+	if (!ret && (qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
+		     qf_st_faulted(sc->shard) || qf_st_faulted(gi->shard)))
+		ret = QF_ECORRUPT;
+	grid_free(&gr);
 	return ret;
 }
 
@@ -106,12 +128,11 @@ static int awq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 	const struct qf_model_tensor *qw = find(m, prefix, ".qweight");
 	const struct qf_model_tensor *qz = find(m, prefix, ".qzeros");
 	const struct qf_model_tensor *sc = find(m, prefix, ".scales");
-	int64_t ng = sc && sc->t->ndim == 2 ? sc->t->shape[0] : 0, r, j, gs;
-	uint32_t *w = NULL, *z = NULL;
-	uint16_t *s = NULL, *s16 = NULL;
-	uint8_t *q = NULL;
-	int32_t *zero = NULL;
-	int ret = -ENOMEM;
+	int64_t ng = sc && sc->t->ndim == 2 ? sc->t->shape[0] : 0;
+	const struct qf_model_tensor *t[3] = { qw, qz, sc };
+	void *copy[3] = { NULL };
+	struct grid gr;
+	int k, ret;
 
 	if (!qw || !qz || ng < 1 || in % ng || out % 8 ||
 	    !shaped(qw, QF_DT_I32, 2, in, out / 8) ||
@@ -121,40 +142,28 @@ static int awq_f32(const struct qf_model *m, const char *prefix, int64_t out,
 		       prefix);
 		return QF_EFORMAT;
 	}
-	gs = in / ng;
+	ret = grid_alloc(&gr, out, in, ng);
 	/* copies: a shard's tensors need not be aligned */
-	w = malloc((size_t)qw->t->nbytes);
-	z = malloc((size_t)qz->t->nbytes);
-	s = malloc((size_t)sc->t->nbytes);
-	q = malloc((size_t)(out * in));
-	s16 = malloc((size_t)(out * ng) * sizeof(*s16));
-	zero = malloc((size_t)(out * ng) * sizeof(*zero));
-	if (!w || !z || !s || !q || !s16 || !zero)
-		goto out_free;
-	memcpy(w, qf_st_data(qw->shard, qw->t), qw->t->nbytes);
-	memcpy(z, qf_st_data(qz->shard, qz->t), qz->t->nbytes);
-	memcpy(s, qf_st_data(sc->shard, sc->t), sc->t->nbytes);
-	if (qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
-	    qf_st_faulted(sc->shard)) {
-		ret = QF_ECORRUPT;
-		goto out_free;
+	for (k = 0; k < 3 && !ret; k++) {
+		copy[k] = malloc((size_t)t[k]->t->nbytes);
+		if (!copy[k])
+			ret = -ENOMEM;
+		else
+			memcpy(copy[k], qf_st_data(t[k]->shard, t[k]->t),
+			       t[k]->t->nbytes);
 	}
-	qf_awq_unpack(w, z, s, out, in, ng, q, s16, zero);
-	for (r = 0; r < out; r++)
-		for (j = 0; j < in; j++) {
-			int64_t k = r * ng + j / gs;
-
-			dst[r * in + j] = qf_f16_to_f32(s16[k]) *
-				(float)((int32_t)q[r * in + j] - zero[k]);
-		}
-	ret = 0;
-out_free:
-	free(w);
-	free(z);
-	free(s);
-	free(q);
-	free(s16);
-	free(zero);
+	if (!ret && (qf_st_faulted(qw->shard) || qf_st_faulted(qz->shard) ||
+		     qf_st_faulted(sc->shard)))
+		ret = QF_ECORRUPT;
+	if (!ret)
+		ret = qf_ckpt_unpack_group(QF_CKPT_AWQ_GEMM, 4, out, in, ng,
+					   in / ng, (const void *const *)copy,
+					   gr.q, gr.sc, gr.z, gr.g);
+	if (!ret)
+		dequant(gr.q, gr.sc, gr.z, gr.g, out, in, ng, dst);
+	for (k = 0; k < 3; k++)
+		free(copy[k]);
+	grid_free(&gr);
 	return ret;
 }
 

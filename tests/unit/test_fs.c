@@ -231,7 +231,7 @@ static void race(struct qf_fs *fs, uint64_t ino, const struct want *w,
 	if (s == var->nseg)
 		return;
 	len = var->seg[s].len;
-	CHECK(qf_var_in_cache(fs, var, (uint32_t)gi), ==, 0);
+	CHECK(qf_flight_cached(fs, &var->fl, (size_t)gi), ==, 0);
 	pthread_mutex_lock(&var->lock);
 	src0 = var->prod_src;
 	pthread_mutex_unlock(&var->lock);
@@ -254,7 +254,7 @@ static void race(struct qf_fs *fs, uint64_t ino, const struct want *w,
 	src1 = var->prod_src;
 	pthread_mutex_unlock(&var->lock);
 	CHECK(src1 - src0, ==, w->v->g[gi].src_bytes);
-	CHECK(qf_var_in_cache(fs, var, (uint32_t)gi), ==, 1);
+	CHECK(qf_flight_cached(fs, &var->fl, (size_t)gi), ==, 1);
 	free(r[0].buf);
 	free(r[1].buf);
 }
