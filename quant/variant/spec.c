@@ -1,8 +1,7 @@
 /*
  * spec.c - the variant-name grammar: parse and print quantization specs.
  *
- * One canonical spelling per variant (DESIGN.md section 2,
- * quantfs-variants(7)):
+ * One canonical spelling per variant (quantfs-variants(7)):
  *
  *   <method>_w<bits>_g<group>[_attn<bits>][_head<bits>][_<flag>...][@<calib>]
  *   mixed_static | mixed_dyn | mixed_b<avg>   [_fake][@<calib>]

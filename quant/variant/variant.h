@@ -1,6 +1,6 @@
 /*
  * variant.h - the public interface of quant/variant: the variant-name
- * grammar (DESIGN.md section 2; man quantfs-variants(7)), the output
+ * grammar (man quantfs-variants(7)), the output
  * tensors of (model, spec) and their production, and the small JSON
  * files of a variant directory.
  *
@@ -17,7 +17,7 @@
 #include "method.h"
 
 /* ------------------------------------------------------------------ */
-/* variant names (DESIGN.md section 2; man quantfs-variants(7))        */
+/* variant names (man quantfs-variants(7))                           */
 
 enum qf_method {
 	QF_METHOD_RTN,
