@@ -1,5 +1,6 @@
 /*
- * buf.c - growable byte buffer, after git's strbuf.
+ * buf.c - growable byte buffer, after git's strbuf, and qf_grow, the
+ * doubling that growable arrays of other types share.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,26 @@ int qf_buf_grow(struct qf_buf *b, size_t extra)
 		return -ENOMEM;
 	b->data = p;
 	b->cap = cap;
+	return 0;
+}
+
+int qf_grow(void *pp, size_t need, size_t *cap, size_t first, size_t size)
+{
+	size_t c = *cap ? *cap : first;
+	void *p;
+
+	if (need <= *cap)
+		return 0;
+	while (c < need && c <= SIZE_MAX / 2)
+		c *= 2;
+	if (c < need || c > SIZE_MAX / size)
+		return -ENOMEM;
+	memcpy(&p, pp, sizeof(p));
+	p = realloc(p, c * size);
+	if (!p)
+		return -ENOMEM;
+	memcpy(pp, &p, sizeof(p));
+	*cap = c;
 	return 0;
 }
 

@@ -54,6 +54,15 @@ struct qf_buf {
 #define QF_BUF_INIT { NULL, 0, 0 }
 
 int qf_buf_grow(struct qf_buf *b, size_t extra);
+/*
+ * Room for need elements of size bytes in the array whose pointer is at
+ * pp (an int32_t ** or any other object pointer's address: POSIX gives
+ * them one representation) and whose capacity is *cap: when *cap < need,
+ * *cap doubles (from first when 0) until it holds need, and the array is
+ * reallocated.  Returns 0 or -ENOMEM (no memory or size overflow; the
+ * array and *cap unchanged).
+ */
+int qf_grow(void *pp, size_t need, size_t *cap, size_t first, size_t size);
 int qf_buf_add(struct qf_buf *b, const void *data, size_t len);
 int qf_buf_adds(struct qf_buf *b, const char *s);
 int qf_buf_addf(struct qf_buf *b, const char *fmt, ...)

@@ -45,21 +45,11 @@ static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 {
 	int64_t n = (int64_t)nseq * seqlen;
 	float *x = malloc((size_t)(n * c->hidden) * sizeof(*x));
-	int ret, l;
+	int ret;
 
 	if (!x)
 		return -ENOMEM;
-	ret = qf_tf_embed(m, c, ids, n, x);
-	for (l = 0; l < c->layers && !ret; l++) {
-		struct qf_tf_layer ly;
-
-		ret = qf_tf_layer_load(m, c, l, &ly);
-		if (ret < 0)
-			break;
-		ret = qf_tf_layer_forward(c, &ly, l, x, nseq, seqlen, NULL,
-					  NULL);
-		qf_tf_layer_free(&ly);
-	}
+	ret = qf_tf_hidden(m, c, ids, nseq, seqlen, x);
 	if (!ret)
 		ret = head_nll(m, c, x, target, n, sum);
 	free(x);

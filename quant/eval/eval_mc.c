@@ -222,7 +222,7 @@ static int mc_parse(struct mc_set *s, const struct qf_tok *tok,
 static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 		     struct mc_set *s, const size_t *ord, int nb)
 {
-	int L = s->seq[ord[nb - 1]].len, b, p, l;
+	int L = s->seq[ord[nb - 1]].len, b, p;
 	int64_t n = (int64_t)nb * L, rows = 0, k = 0;
 	int32_t *ids = malloc((size_t)n * sizeof(*ids));
 	int32_t *tgt = malloc((size_t)n * sizeof(*tgt));
@@ -240,16 +240,7 @@ static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 		for (p = 0; p < L; p++)	/* pad with a real id */
 			ids[(int64_t)b * L + p] = q->ids[p < q->len ? p : 0];
 	}
-	ret = qf_tf_embed(m, c, ids, n, x);
-	for (l = 0; l < c->layers && !ret; l++) {
-		struct qf_tf_layer ly;
-
-		ret = qf_tf_layer_load(m, c, l, &ly);
-		if (ret < 0)
-			break;
-		ret = qf_tf_layer_forward(c, &ly, l, x, nb, L, NULL, NULL);
-		qf_tf_layer_free(&ly);
-	}
+	ret = qf_tf_hidden(m, c, ids, nb, L, x);
 	/* keep the rows that predict a continuation token, in place */
 	for (b = 0; b < nb && !ret; b++) {
 		const struct mc_seq *q = &s->seq[ord[b]];

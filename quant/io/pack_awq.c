@@ -18,6 +18,17 @@ bool qf_awq_packable(int bits, int64_t in, int64_t out, int group)
 	return group <= 0 || group >= in || in % group == 0;
 }
 
+/* dst [cols, rows] = src [rows, cols] transposed: the fp16 scales. */
+static void transpose16(const uint16_t *src, int64_t rows, int64_t cols,
+			uint16_t *dst)
+{
+	int64_t r, c;
+
+	for (r = 0; r < rows; r++)
+		for (c = 0; c < cols; c++)
+			dst[c * rows + r] = src[r * cols + c];
+}
+
 /* words [rows, cols / 8] from v, where v(row, col) = v[col * ld + row]. */
 static void pack_cols(const int32_t *v32, const uint8_t *v8, int64_t ld,
 		      int64_t rows, int64_t cols, uint32_t *words)
@@ -43,13 +54,9 @@ void qf_awq_pack(const uint8_t *q, const uint16_t *sc16, const int32_t *zero,
 		 int64_t out, int64_t in, int64_t ngroups, uint32_t *qweight,
 		 uint32_t *qzeros, uint16_t *scales)
 {
-	int64_t o, g;
-
 	pack_cols(NULL, q, in, in, out, qweight);
 	pack_cols(zero, NULL, ngroups, ngroups, out, qzeros);
-	for (o = 0; o < out; o++)
-		for (g = 0; g < ngroups; g++)
-			scales[g * out + o] = sc16[o * ngroups + g];
+	transpose16(sc16, out, ngroups, scales);
 }
 
 /* Inverse of pack_cols into v(row, col) = v[col * ld + row]. */
@@ -79,11 +86,7 @@ void qf_awq_unpack(const uint32_t *qweight, const uint32_t *qzeros,
 		   const uint16_t *scales, int64_t out, int64_t in,
 		   int64_t ngroups, uint8_t *q, uint16_t *sc16, int32_t *zero)
 {
-	int64_t o, g;
-
 	unpack_cols(qweight, in, in, out, NULL, q);
 	unpack_cols(qzeros, ngroups, ngroups, out, zero, NULL);
-	for (o = 0; o < out; o++)
-		for (g = 0; g < ngroups; g++)
-			sc16[o * ngroups + g] = scales[g * out + o];
+	transpose16(scales, ngroups, out, sc16);
 }

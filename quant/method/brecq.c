@@ -103,19 +103,32 @@ static inline float log_poly(float x)
 	return m + y + 0.693359375f * e;
 }
 
-/* The grid of row r, group g of w, and base/V of its columns. */
-static int init_group(struct qf_adaround *a, const float *w,
-		      const struct qf_qparams *qp, int64_t r, int64_t g)
+/*
+ * Group gi (row gi / ngroups, its grid at sc[gi], zero[gi]): its weights
+ * are [returned, *j1) of the row-major matrix, the last group of a row
+ * cut at the row's end.
+ */
+static inline int64_t group_span(const struct qf_adaround *a, int64_t gi,
+				 int64_t *j1)
 {
-	int64_t ia = r * a->in + g * a->gs;
-	int64_t ib = r * a->in + (g + 1) * a->gs;
-	int64_t gi = r * a->ngroups + g;
+	int64_t r = gi / a->ngroups;
+	int64_t j0 = r * a->in + gi % a->ngroups * a->gs;
+	int64_t end = (r + 1) * a->in;
+
+	*j1 = j0 + a->gs < end ? j0 + a->gs : end;
+	return j0;
+}
+
+/* The grid of group gi of w, and base/V of its columns. */
+static int init_group(struct qf_adaround *a, const float *w,
+		      const struct qf_qparams *qp, int64_t gi)
+{
+	int64_t ib, ia = group_span(a, gi, &ib);
 	const double zg = QF_ADAROUND_ZETA - QF_ADAROUND_GAMMA;
 	float lo, hi, s;
 	int64_t j;
 	int ret;
 
-	ib = ib < (r + 1) * a->in ? ib : (r + 1) * a->in;
 	lo = hi = w[ia];
 	for (j = ia; j < ib; j++) {
 		lo = w[j] < lo ? w[j] : lo;
@@ -145,7 +158,7 @@ int qf_adaround_init(struct qf_adaround *a, const float *w, int64_t out,
 		     int64_t in, const struct qf_qparams *qp)
 {
 	size_t n = (size_t)(out * in);
-	int64_t r, g;
+	int64_t gi;
 	int ret;
 
 	memset(a, 0, sizeof(*a));
@@ -168,12 +181,11 @@ int qf_adaround_init(struct qf_adaround *a, const float *w, int64_t out,
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	for (r = 0; r < out; r++)
-		for (g = 0; g < a->ngroups; g++) {
-			ret = init_group(a, w, qp, r, g);
-			if (ret < 0)
-				goto out_free;
-		}
+	for (gi = 0; gi < out * a->ngroups; gi++) {
+		ret = init_group(a, w, qp, gi);
+		if (ret < 0)
+			goto out_free;
+	}
 	return 0;
 
 out_free:
@@ -191,52 +203,44 @@ static inline float rect_sigmoid(float v)
 QF_HOT void qf_adaround_soft(const struct qf_adaround *a, float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
-	int64_t r, g, j;
+	int64_t gi, j, j1;
 
-	for (r = 0; r < a->out; r++)
-		for (g = 0; g < a->ngroups; g++) {
-			int64_t j0 = r * a->in + g * a->gs;
-			int64_t j1 = j0 + a->gs;
-			float s = a->sc[r * a->ngroups + g];
-			float z = (float)a->zero[r * a->ngroups + g];
+	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+		float s = a->sc[gi];
+		float z = (float)a->zero[gi];
 
-			j1 = j1 < (r + 1) * a->in ? j1 : (r + 1) * a->in;
-			for (j = j0; j < j1; j++) {
-				float c = a->base[j] + rect_sigmoid(a->v[j]);
+		for (j = group_span(a, gi, &j1); j < j1; j++) {
+			float c = a->base[j] + rect_sigmoid(a->v[j]);
 
-				w[j] = s * (qf_tf_clampf(c, 0, maxq) - z);
-			}
+			w[j] = s * (qf_tf_clampf(c, 0, maxq) - z);
 		}
+	}
 }
 
 void qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
 		      bool nearest, uint8_t *q, float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
-	int64_t r, g, j;
+	int64_t gi, j, j1;
 
-	for (r = 0; r < a->out; r++)
-		for (g = 0; g < a->ngroups; g++) {
-			int64_t j0 = r * a->in + g * a->gs;
-			int64_t j1 = j0 + a->gs;
-			float s = a->sc[r * a->ngroups + g];
-			float z = (float)a->zero[r * a->ngroups + g];
+	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+		float s = a->sc[gi];
+		float z = (float)a->zero[gi];
 
-			j1 = j1 < (r + 1) * a->in ? j1 : (r + 1) * a->in;
-			for (j = j0; j < j1; j++) {
-				float c;
+		for (j = group_span(a, gi, &j1); j < j1; j++) {
+			float c;
 
-				if (nearest)	/* ties to even, as RTN */
-					c = rintf(w_fp[j] / s) + z;
-				else
-					c = a->base[j] + (a->v[j] >= 0);
-				c = c < 0 ? 0 : c > maxq ? maxq : c;
-				if (q)
-					q[j] = (uint8_t)c;
-				if (w)
-					w[j] = s * (c - z);
-			}
+			if (nearest)	/* ties to even, as RTN */
+				c = rintf(w_fp[j] / s) + z;
+			else
+				c = a->base[j] + (a->v[j] >= 0);
+			c = c < 0 ? 0 : c > maxq ? maxq : c;
+			if (q)
+				q[j] = (uint8_t)c;
+			if (w)
+				w[j] = s * (c - z);
 		}
+	}
 }
 
 /*
@@ -291,31 +295,25 @@ QF_HOT double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
 {
 	float rv[REG_CHUNK];
 	double regv = 0;
-	int64_t r, g, k;
+	int64_t gi, j0, j1, k;
 
-	for (r = 0; r < a->out; r++)
-		for (g = 0; g < a->ngroups; g++) {
-			int64_t j0 = r * a->in + g * a->gs;
-			int64_t j1 = j0 + a->gs;
-			float s = a->sc[r * a->ngroups + g];
+	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+		float s = a->sc[gi];
 
-			j1 = j1 < (r + 1) * a->in ? j1 : (r + 1) * a->in;
-			/* vectorized in chunks; their sums in double after */
-			for (; j0 < j1; j0 += REG_CHUNK) {
-				int64_t n = j1 - j0 < REG_CHUNK ? j1 - j0 :
-					    REG_CHUNK;
+		/* vectorized in chunks; their sums in double after */
+		for (j0 = group_span(a, gi, &j1); j0 < j1; j0 += REG_CHUNK) {
+			int64_t n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
 
-				if (!(reg > 0)) {
-					grad_run(a, j0, n, dw, s, 0, beta,
-						 false, gv, rv);
-					continue;
-				}
-				grad_run(a, j0, n, dw, s, reg, beta, true, gv,
+			if (!(reg > 0)) {
+				grad_run(a, j0, n, dw, s, 0, beta, false, gv,
 					 rv);
-				for (k = 0; k < n; k++)
-					regv += rv[k];
+				continue;
 			}
+			grad_run(a, j0, n, dw, s, reg, beta, true, gv, rv);
+			for (k = 0; k < n; k++)
+				regv += rv[k];
 		}
+	}
 	return reg * regv;
 }
 

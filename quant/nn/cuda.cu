@@ -379,6 +379,28 @@ __global__ static void add_diag(float *h, int64_t n, float damp)
 		h[i * n + i] += damp;
 }
 
+/*
+ * One cuSOLVER step on dh [nn, nn]: potri (inverse) or potrf, its info
+ * copied back into *info.  Row-major symmetric = column-major; 'L' there
+ * is the row-major upper triangle (as gptq.c with LAPACK).
+ * Returns 0, or -1 when a call failed.
+ */
+static int chol_step(bool inverse, int nn, float *dh, float *work, int lw,
+		     int *dinfo, int *info)
+{
+	cusolverStatus_t st = inverse ?
+		cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER, nn, dh, nn,
+				 work, lw, dinfo) :
+		cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, nn, dh, nn,
+				 work, lw, dinfo);
+
+	if (st != CUSOLVER_STATUS_SUCCESS ||
+	    cudaMemcpy(info, dinfo, sizeof(int), cudaMemcpyDeviceToHost) !=
+		    cudaSuccess)
+		return -1;
+	return 0;
+}
+
 /* U = upper Cholesky factor of (H + damp I)^-1 (row-major), in dh */
 static int chol_inverse(struct qf_cuda_gptq *g, float *dh, int *dinfo)
 {
@@ -406,27 +428,11 @@ static int chol_inverse(struct qf_cuda_gptq *g, float *dh, int *dinfo)
 			       cudaMemcpyHostToDevice) != cudaSuccess)
 			goto out;
 		add_diag<<<(unsigned)((n + 255) / 256), 256>>>(dh, n, damp);
-		/* row-major symmetric = column-major; 'L' there is the
-		 * row-major upper triangle (as gptq.c with LAPACK) */
-		if (cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER, nn, dh, nn,
-				     work, lw1, dinfo) !=
-			    CUSOLVER_STATUS_SUCCESS ||
-		    cudaMemcpy(&info, dinfo, sizeof(int),
-			       cudaMemcpyDeviceToHost) != cudaSuccess)
-			goto out;
-		if (!info && (cusolverDnSpotri(solver, CUBLAS_FILL_MODE_LOWER,
-					       nn, dh, nn, work, lw1, dinfo) !=
-				      CUSOLVER_STATUS_SUCCESS ||
-			      cudaMemcpy(&info, dinfo, sizeof(int),
-					 cudaMemcpyDeviceToHost) !=
-				      cudaSuccess))
-			goto out;
-		if (!info && (cusolverDnSpotrf(solver, CUBLAS_FILL_MODE_LOWER,
-					       nn, dh, nn, work, lw1, dinfo) !=
-				      CUSOLVER_STATUS_SUCCESS ||
-			      cudaMemcpy(&info, dinfo, sizeof(int),
-					 cudaMemcpyDeviceToHost) !=
-				      cudaSuccess))
+		/* factor, invert, factor the inverse; each info read back
+		 * before the next step runs */
+		if (chol_step(false, nn, dh, work, lw1, dinfo, &info) ||
+		    (!info && chol_step(true, nn, dh, work, lw1, dinfo, &info)) ||
+		    (!info && chol_step(false, nn, dh, work, lw1, dinfo, &info)))
 			goto out;
 		if (!info)
 			break;

@@ -22,14 +22,6 @@
 /* Floats of lm_head converted at a time. */
 #define HEAD_CHUNK_FLOATS (4u << 20)
 
-/* Mistral's sliding window when it is shorter than seqlen, else 0. */
-static int sliding_window(const struct qf_tf_config *c, int seqlen)
-{
-	int w = c->sliding_window;
-
-	return w > 0 && w < seqlen ? w : 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* layers                                                             */
 
@@ -258,29 +250,37 @@ out_free:
 	return ret;
 }
 
+int qf_tf_hidden(const struct qf_model *m, const struct qf_tf_config *c,
+		 const int32_t *ids, int nseq, int seqlen, float *x)
+{
+	struct qf_tf_layer ly;
+	int l, ret;
+
+	ret = qf_tf_embed(m, c, ids, (int64_t)nseq * seqlen, x);
+	for (l = 0; l < c->layers && ret == 0; l++) {
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		ret = qf_tf_layer_forward(c, &ly, l, x, nseq, seqlen, NULL,
+					  NULL);
+		qf_tf_layer_free(&ly);
+	}
+	return ret;
+}
+
 int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
 		 const int32_t *ids, int nseq, int seqlen, float *logits)
 {
 	int64_t n = (int64_t)nseq * seqlen;
-	int window = sliding_window(c, seqlen);
-	struct qf_tf_layer ly;
 	float *x;	/* [n, hidden] residual stream */
-	int l, ret;
+	int ret;
 
 	if (nseq <= 0 || seqlen <= 0)
 		return -EINVAL;
 	x = malloc(sizeof(float) * (size_t)(n * c->hidden));
 	if (!x)
 		return -ENOMEM;
-	ret = qf_tf_embed(m, c, ids, n, x);
-	for (l = 0; l < c->layers && ret == 0; l++) {
-		ret = qf_tf_layer_load(m, c, l, &ly);
-		if (ret < 0)
-			break;
-		ret = qf_tf_layer_forward_win(c, &ly, l, x, nseq, seqlen,
-					      window, NULL, NULL);
-		qf_tf_layer_free(&ly);
-	}
+	ret = qf_tf_hidden(m, c, ids, nseq, seqlen, x);
 	if (ret == 0)
 		ret = qf_tf_head(m, c, x, n, logits);
 	free(x);

@@ -94,6 +94,14 @@ int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	       const float *x, int64_t n, float *logits);
 /*
+ * The residual stream after the last decoder layer (before the final
+ * norm) for nseq sequences of seqlen tokens: the embedding, then each
+ * layer loaded, run and freed in turn.  x [nseq * seqlen, hidden].
+ * Returns 0, -ENOMEM or a model read error.
+ */
+int qf_tf_hidden(const struct qf_model *m, const struct qf_tf_config *c,
+		 const int32_t *ids, int nseq, int seqlen, float *x);
+/*
  * Whole-model logits for nseq sequences of seqlen tokens, layer by layer
  * (one layer's fp32 weights in memory at a time).  logits [n, vocab].
  */

@@ -21,15 +21,8 @@
 
 int qf_tok_ids_push(struct qf_tok_ids *ids, int32_t id)
 {
-	if (ids->n == ids->cap) {
-		size_t cap = ids->cap ? ids->cap * 2 : 64;
-		int32_t *v = realloc(ids->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		ids->v = v;
-		ids->cap = cap;
-	}
+	if (qf_grow(&ids->v, ids->n + 1, &ids->cap, 64, sizeof(*ids->v)))
+		return -ENOMEM;
 	ids->v[ids->n++] = id;
 	return 0;
 }
@@ -39,19 +32,8 @@ int qf_tok_ids_push(struct qf_tok_ids *ids, int32_t id)
 
 static bool in_ranges(const struct qf_uc_range *r, size_t n, uint32_t cp)
 {
-	size_t lo = 0, hi = n;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (cp < r[mid].lo)
-			hi = mid;
-		else if (cp > r[mid].hi)
-			lo = mid + 1;
-		else
-			return true;
-	}
-	return false;
+	return qf_uc_find(r, n, sizeof(*r), offsetof(struct qf_uc_range, hi),
+			  cp) < n;
 }
 
 bool qf_tok_is_letter(uint32_t cp)
@@ -313,15 +295,8 @@ static size_t pat_match(enum qf_tok_pat pat, const uint8_t *s, size_t n,
 static int piece_push(size_t **p, size_t *np, size_t *cap, size_t off,
 		      size_t len)
 {
-	if (*np + 2 > *cap) {
-		size_t c = *cap ? *cap * 2 : 64;
-		size_t *v = realloc(*p, c * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		*p = v;
-		*cap = c;
-	}
+	if (qf_grow(p, *np + 2, cap, 64, sizeof(**p)))
+		return -ENOMEM;
 	(*p)[(*np)++] = off;
 	(*p)[(*np)++] = len;
 	return 0;

@@ -94,15 +94,8 @@ struct spans {
 
 static int span_push(struct spans *sp, size_t off, size_t len, int added)
 {
-	if (sp->n == sp->cap) {
-		size_t cap = sp->cap ? sp->cap * 2 : 16;
-		struct span *v = realloc(sp->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		sp->v = v;
-		sp->cap = cap;
-	}
+	if (qf_grow(&sp->v, sp->n + 1, &sp->cap, 16, sizeof(*sp->v)))
+		return -ENOMEM;
 	sp->v[sp->n].off = off;
 	sp->v[sp->n].len = len;
 	sp->v[sp->n].added = added;

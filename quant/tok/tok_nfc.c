@@ -24,41 +24,24 @@
 static uint32_t ccc_of(uint32_t cp)
 {
 	const struct qf_uc_ccc *r = qf_uc_tables.ccc;
-	size_t lo = 0, hi = qf_uc_tables.nccc;
+	size_t n = qf_uc_tables.nccc, i;
 
 	if (cp < 0x300 || cp & RAWBYTE)
 		return 0;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (cp < r[mid].lo)
-			hi = mid;
-		else if (cp > r[mid].hi)
-			lo = mid + 1;
-		else
-			return r[mid].ccc;
-	}
-	return 0;
+	i = qf_uc_find(r, n, sizeof(*r), offsetof(struct qf_uc_ccc, hi), cp);
+	return i < n ? r[i].ccc : 0;
 }
 
 static const struct qf_uc_decomp *decomp_of(uint32_t cp)
 {
 	const struct qf_uc_decomp *d = qf_uc_tables.decomp;
-	size_t lo = 0, hi = qf_uc_tables.ndecomp;
+	size_t n = qf_uc_tables.ndecomp, i;
 
 	if (cp < 0xC0 || cp & RAWBYTE)
 		return NULL;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (cp < d[mid].cp)
-			hi = mid;
-		else if (cp > d[mid].cp)
-			lo = mid + 1;
-		else
-			return &d[mid];
-	}
-	return NULL;
+	i = qf_uc_find(d, n, sizeof(*d), offsetof(struct qf_uc_decomp, cp),
+		       cp);
+	return i < n ? &d[i] : NULL;
 }
 
 static uint32_t compose(uint32_t a, uint32_t b)
@@ -92,15 +75,8 @@ struct cpvec {
 
 static int cpvec_push(struct cpvec *c, uint32_t cp)
 {
-	if (c->n == c->cap) {
-		size_t cap = c->cap ? c->cap * 2 : 64;
-		uint32_t *v = realloc(c->v, cap * sizeof(*v));
-
-		if (!v)
-			return -ENOMEM;
-		c->v = v;
-		c->cap = cap;
-	}
+	if (qf_grow(&c->v, c->n + 1, &c->cap, 64, sizeof(*c->v)))
+		return -ENOMEM;
 	c->v[c->n++] = cp;
 	return 0;
 }

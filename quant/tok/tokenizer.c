@@ -468,11 +468,13 @@ typedef int (*step_loader)(struct qf_tok *t, const cJSON *o, int depth,
  * The frame of every step loader: null is no step, what is not an object
  * (or nests deeper than 8) is QF_EFORMAT, and a "Sequence" loads each
  * member of its list (which strict requires to be an array) with load.
+ * A single step when nsteps (the caller's steps so far) is already
+ * QF_TOK_MAX_STEPS is QF_EFORMAT too.
  * Returns 1 when o is a single step for the caller, else 0 or the error.
  */
 static int load_seq(struct qf_tok *t, const cJSON *o, int depth,
 		    const char *what, const char *list, bool strict,
-		    step_loader load, const char **why)
+		    size_t nsteps, step_loader load, const char **why)
 {
 	const cJSON *e, *l;
 	int ret;
@@ -482,7 +484,8 @@ static int load_seq(struct qf_tok *t, const cJSON *o, int depth,
 	if (!cJSON_IsObject(o) || depth > 8)
 		return fail(why, QF_EFORMAT, "%s is not an object", what);
 	if (strcmp(type_of(o), "Sequence"))
-		return 1;
+		return nsteps < QF_TOK_MAX_STEPS ? 1 :
+		       fail(why, QF_EFORMAT, "too many %ss", what);
 	l = member(o, list);
 	if (strict && !cJSON_IsArray(l))
 		return fail(why, QF_EFORMAT, "%s sequence without a list",
@@ -503,11 +506,9 @@ static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
 	int ret;
 
 	ret = load_seq(t, o, depth, "normalizer", "normalizers", true,
-		       load_norm, why);
+		       t->nnorm, load_norm, why);
 	if (ret <= 0)
 		return ret;
-	if (t->nnorm == QF_TOK_MAX_STEPS)
-		return EFMT("too many normalizers");
 	nm = &t->norm[t->nnorm];
 	if (!strcmp(ty, "NFC")) {
 		nm->kind = QF_TOK_NORM_NFC;
@@ -633,11 +634,9 @@ static int load_pre(struct qf_tok *t, const cJSON *o, int depth,
 	int ret;
 
 	ret = load_seq(t, o, depth, "pre-tokenizer", "pretokenizers", true,
-		       load_pre, why);
+		       t->npre, load_pre, why);
 	if (ret <= 0)
 		return ret;
-	if (t->npre == QF_TOK_MAX_STEPS)
-		return EFMT("too many pre-tokenizers");
 	p = &t->pre[t->npre];
 	if (!strcmp(ty, "Split")) {
 		ret = load_split(p, o, why);
@@ -724,7 +723,7 @@ static int load_post(struct qf_tok *t, const cJSON *o, int depth,
 	const char *ty = type_of(o);
 	int ret;
 
-	ret = load_seq(t, o, depth, "post-processor", "processors", false,
+	ret = load_seq(t, o, depth, "post-processor", "processors", false, 0,
 		       load_post, why);
 	if (ret <= 0)
 		return ret;
@@ -747,12 +746,10 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 
 	if (cJSON_IsObject(o) && depth <= 8)
 		t->has_decoder = true;
-	ret = load_seq(t, o, depth, "decoder", "decoders", false, load_dec,
-		       why);
+	ret = load_seq(t, o, depth, "decoder", "decoders", false, t->ndec,
+		       load_dec, why);
 	if (ret <= 0)
 		return ret;
-	if (t->ndec == QF_TOK_MAX_STEPS)
-		return EFMT("too many decoders");
 	d = &t->dec[t->ndec];
 	if (!strcmp(ty, "ByteLevel")) {
 		d->kind = QF_TOK_DEC_BYTELEVEL;

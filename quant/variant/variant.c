@@ -57,15 +57,8 @@ static int add_tensor(struct qf_variant *v, size_t *cap, const char *prefix,
 	struct qf_buf b = QF_BUF_INIT;
 	struct qf_vtensor *t;
 
-	if (v->nt == *cap) {
-		size_t nc = *cap ? *cap * 2 : 64;
-
-		t = realloc(v->t, nc * sizeof(*t));
-		if (!t)
-			return -ENOMEM;
-		v->t = t;
-		*cap = nc;
-	}
+	if (qf_grow(&v->t, v->nt + 1, cap, 64, sizeof(*v->t)))
+		return -ENOMEM;
 	if (qf_buf_addf(&b, "%s%s", prefix, suffix) < 0)
 		return -ENOMEM;
 	t = &v->t[v->nt++];
@@ -197,15 +190,8 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 
 	snprintf(prefix, sizeof(prefix), "%.*s", (int)(strlen(mt->name) - 7),
 		 mt->name);
-	if (v->ng == *gcap) {
-		size_t nc = *gcap ? *gcap * 2 : 32;
-
-		g = realloc(v->g, nc * sizeof(*g));
-		if (!g)
-			return -ENOMEM;
-		v->g = g;
-		*gcap = nc;
-	}
+	if (qf_grow(&v->g, v->ng + 1, gcap, 32, sizeof(*v->g)))
+		return -ENOMEM;
 	g = &v->g[v->ng++];
 	memset(g, 0, sizeof(*g));
 	g->w = mt;
