@@ -10,24 +10,9 @@
 
 int qf_buf_grow(struct qf_buf *b, size_t extra)
 {
-	size_t need;
-	size_t cap;
-	char *p;
-
 	if (extra > SIZE_MAX - b->len - 1)
 		return -ENOMEM;
-	need = b->len + extra + 1;
-	if (need <= b->cap)
-		return 0;
-	cap = b->cap ? b->cap : 64;
-	while (cap < need)
-		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-	p = realloc(b->data, cap);
-	if (!p)
-		return -ENOMEM;
-	b->data = p;
-	b->cap = cap;
-	return 0;
+	return qf_grow(&b->data, b->len + extra + 1, &b->cap, 64, 1);
 }
 
 int qf_grow(void *pp, size_t need, size_t *cap, size_t first, size_t size)

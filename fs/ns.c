@@ -63,15 +63,9 @@ static struct qf_node *node_add(struct qf_fs *fs, struct qf_node *parent,
 	struct qf_node *n;
 	uint64_t h;
 
-	if (fs->nnode == fs->cap) {
-		size_t nc = fs->cap ? fs->cap * 2 : 256;
-		struct qf_node **p = realloc(fs->node, nc * sizeof(*p));
-
-		if (!p)
-			return NULL;
-		fs->node = p;
-		fs->cap = nc;
-	}
+	if (qf_grow(&fs->node, fs->nnode + 1, &fs->cap, 256,
+		    sizeof(*fs->node)) < 0)
+		return NULL;
 	n = calloc(1, sizeof(*n));
 	if (!n)
 		return NULL;

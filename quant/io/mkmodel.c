@@ -196,15 +196,7 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 	for (i = 0; i < 3; i++)
 		cJSON_AddNumberToObject(vocab, special[i], i);
 	for (i = 0; i < 256; i++) {
-		int cp = byte_cp(i);
-
-		if (cp < 0x80) {
-			tok[0] = (char)cp, tok[1] = 0;
-		} else {
-			tok[0] = (char)(0xc0 | (cp >> 6));
-			tok[1] = (char)(0x80 | (cp & 0x3f));
-			tok[2] = 0;
-		}
+		tok[qf_utf8_encode((uint32_t)byte_cp(i), tok)] = 0;
 		cJSON_AddNumberToObject(vocab, tok, 3 + i);
 	}
 	for (i = 259; i < o->vocab; i++) {

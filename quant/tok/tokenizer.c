@@ -155,18 +155,9 @@ static int model_key(const struct qf_tok *t, const uint32_t *cp2byte,
 
 static int set_str(struct qf_tok *t, int32_t id, const char *s, size_t n)
 {
-	if (t->pool_len + n + 1 > t->pool_cap) {
-		size_t cap = t->pool_cap ? t->pool_cap * 2 : 1 << 16;
-		char *p;
-
-		while (cap < t->pool_len + n + 1)
-			cap *= 2;
-		p = realloc(t->pool, cap);
-		if (!p)
-			return -ENOMEM;
-		t->pool = p;
-		t->pool_cap = cap;
-	}
+	if (qf_grow(&t->pool, t->pool_len + n + 1, &t->pool_cap, 1 << 16,
+		    1) < 0)
+		return -ENOMEM;
 	memcpy(t->pool + t->pool_len, s, n);
 	t->str[id].off = t->pool_len;
 	t->str[id].len = (uint32_t)n;
