@@ -247,14 +247,14 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i,
 
 int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 {
-	bool produced, record, complete, slot = false;
+	bool produced, record, complete, done, slot = false;
 	double secs;
 	int ret = 0;
 
 	pthread_mutex_lock(&fl->lock);
-	ret = wait_idle(fl, i);
+	done = wait_idle(fl, i);
 	pthread_mutex_unlock(&fl->lock);
-	if (ret)
+	if (done)
 		return 0;
 	if (fl->ops->prepare)
 		ret = fl->ops->prepare(fs, fl->arg, i);
