@@ -770,6 +770,37 @@ int qf_cache_each_vid(struct qf_cache_txn *t,
 	return 0;
 }
 
+int qf_cache_each_value(struct qf_cache_txn *t,
+			const uint8_t vid[QF_CACHE_VID],
+			int (*fn)(void *arg, const char *name,
+				  const void *data, size_t len),
+			void *arg)
+{
+	char name[KEY_MAX + 1];
+	MDB_cursor *cur;
+	MDB_val k = { QF_CACHE_VID, (void *)vid }, v;
+	int rc, stop = 0;
+
+	rc = mdb_cursor_open(t->txn, t->c->tensors, &cur);
+	if (rc)
+		return lmdb_err("cursor", rc);
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE); !rc && !stop;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		size_t n = k.mv_size - QF_CACHE_VID;
+
+		if (k.mv_size < QF_CACHE_VID ||
+		    memcmp(k.mv_data, vid, QF_CACHE_VID))
+			break;
+		if (!n || ((const char *)k.mv_data)[QF_CACHE_VID] == 0)
+			continue;	/* a hashed (too long) name */
+		memcpy(name, (const char *)k.mv_data + QF_CACHE_VID, n);
+		name[n] = 0;
+		stop = fn(arg, name, v.mv_data, v.mv_size);
+	}
+	mdb_cursor_close(cur);
+	return stop;
+}
+
 int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used)
 {
 	struct qf_buf path = QF_BUF_INIT;

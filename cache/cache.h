@@ -131,6 +131,17 @@ int qf_cache_each_vid(struct qf_cache_txn *t,
 		      int (*fn)(void *arg, const uint8_t *vid, uint64_t bytes,
 				uint64_t count),
 		      void *arg);
+/*
+ * Call fn for every value of vid, in name order, with its bytes
+ * (borrowed from this transaction's map); names too long for a key
+ * (stored hashed) are skipped.  Stops at fn's first non-zero result and
+ * returns it; else 0 or QF_ECACHE.
+ */
+int qf_cache_each_value(struct qf_cache_txn *t,
+			const uint8_t vid[QF_CACHE_VID],
+			int (*fn)(void *arg, const char *name,
+				  const void *data, size_t len),
+			void *arg);
 /* Disk bytes of data.mdb and bytes of its pages in use. */
 int qf_cache_file_bytes(struct qf_cache *c, uint64_t *file, uint64_t *used);
 

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "fs_i.h"
 
 int qf_flight_init(struct qf_flight *fl, const struct qf_flight_ops *ops,
@@ -190,6 +191,7 @@ void qf_flight_forget(struct qf_flight *fl, size_t i)
 		for (k = 0; k < fl->n; k++)
 			forget_one(fl, k);
 		fl->t0 = 0;
+		fl->nfetched = 0;
 	}
 	fl->recorded = false;		/* eviction takes the record too */
 	pthread_mutex_unlock(&fl->lock);
@@ -221,14 +223,16 @@ static bool wait_idle(struct qf_flight *fl, size_t i)
 	return fl->state[i] == QF_FLIGHT_DONE;
 }
 
-/* Slot i is ours (BUSY): check it, and produce it unless present. */
-static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i,
-		bool *produced)
+/*
+ * Slot i is ours (BUSY): check it, and unless present, fetch it from the
+ * remote tier or produce it.  *made: 1 produced here, 2 fetched.
+ */
+static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i, int *made)
 {
 	bool locked;
 	int ret;
 
-	*produced = false;
+	*made = 0;
 	ret = check(fs, fl, i);
 	if (ret != -ENOENT && ret != QF_ECORRUPT)
 		return ret;
@@ -236,9 +240,14 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i,
 	 * look in the cache again */
 	locked = qf_flight_lock(fs, fl, (int64_t)i) == 0;
 	ret = check(fs, fl, i);
+	if ((ret == -ENOENT || ret == QF_ECORRUPT) &&
+	    qf_cluster_fetch(fs, fl, i) == 0) {
+		ret = check(fs, fl, i);
+		*made = ret ? 0 : 2;
+	}
 	if (ret == -ENOENT || ret == QF_ECORRUPT) {
 		ret = fl->ops->produce(fs, fl->arg, i);
-		*produced = !ret;
+		*made = ret ? 0 : 1;
 	}
 	if (locked)
 		qf_flight_unlock(fl, (int64_t)i);
@@ -247,9 +256,9 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i,
 
 int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 {
-	bool produced, record, complete, done, slot = false;
+	bool produced, record, complete, done, slot = false, mine = false;
 	double secs;
-	int ret = 0;
+	int made, ret = 0;
 
 	pthread_mutex_lock(&fl->lock);
 	done = wait_idle(fl, i);
@@ -277,7 +286,8 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 		fl->t0 = qf_now();
 	pthread_mutex_unlock(&fl->lock);
 
-	ret = fill(fs, fl, i, &produced);
+	ret = fill(fs, fl, i, &made);
+	produced = made != 0;
 	if (slot)
 		qf_fs_prod_end(fs);
 
@@ -285,7 +295,10 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	fl->state[i] = ret < 0 ? QF_FLIGHT_NONE : QF_FLIGHT_DONE;
 	if (!ret)
 		fl->ndone++;
+	fl->nfetched += made == 2;
 	complete = produced && fl->ndone == fl->n;
+	/* made here, none of it from the bucket: the fleet's to share */
+	mine = complete && !fl->nfetched;
 	secs = qf_now() - fl->t0;
 	record = produced && !fl->recorded;
 	if (record)
@@ -305,6 +318,8 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 		qf_fs_trim_cache(fs);
 		if (fl->ops->complete)
 			fl->ops->complete(fs, fl->arg, secs);
+		if (mine)
+			qf_cluster_publish(fs, fl->vid, fl->label);
 	}
 	return ret;
 }

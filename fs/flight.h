@@ -20,9 +20,9 @@
  *     the cache: a thread waiting on a BUSY slot may hold a production
  *     slot, so the owner of a BUSY slot must never wait for one.
  *
- * A cluster tier (an object store below the local cache, a remote lease
- * beside the lock file) extends check (fetch) and lock (lease) here, and
- * no producer changes.
+ * The remote tier (cluster.c): a slot the cache lacks is looked for in
+ * the bucket (verified) before it is produced; an id completed here
+ * with nothing from the bucket is published.  No producer knows.
  */
 #ifndef QF_FLIGHT_H
 #define QF_FLIGHT_H
@@ -82,6 +82,7 @@ struct qf_flight {
 	pthread_cond_t cond;
 	uint8_t *state;			/* [n] QF_FLIGHT_*, lock */
 	size_t ndone;			/* slots DONE, lock */
+	size_t nfetched;		/* of them from the remote tier, lock */
 	bool recorded;			/* record written, lock */
 	double t0;			/* lock: first slot began, 0 none */
 	int lockfd;			/* lock file, -1 until opened, lock */

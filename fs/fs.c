@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "fs_i.h"
 
 #define HASH_BUCKETS 4096
@@ -120,6 +121,33 @@ static int mixed_options(struct qf_fs *fs)
 	return ret;
 }
 
+/* -o remote: the bucket below the cache (a misconfiguration fails the
+ * mount; an unreachable bucket does not). */
+static int open_remote(struct qf_fs *fs)
+{
+	const struct qf_fs_opts *o = &fs->o;
+	struct qf_remote_cfg cfg = {
+		.url = o->remote,
+		.endpoint = o->remote_endpoint,
+		.region = o->remote_region,
+		.creds_file = o->remote_creds,
+		.role = (enum qf_remote_role)o->remote_role,
+		.lease_s = o->remote_lease,
+		.probe = true,
+	};
+	int ret = qf_remote_open(&cfg, &fs->remote);
+
+	if (!ret)
+		qf_info("remote tier %s, role %s%s",
+			qf_remote_describe(fs->remote),
+			qf_remote_role(fs->remote) == QF_REMOTE_PRODUCE ?
+			"produce" : qf_remote_role(fs->remote) ==
+			QF_REMOTE_CHEAP ? "cheap" : "read",
+			fs->backend == QF_BACKEND_CUDA ? " (backend cuda: "
+			"its calibrated variants are not the CPU nodes')" : "");
+	return ret;
+}
+
 int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 {
 	struct qf_node *root;
@@ -167,6 +195,8 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	ret = select_backend(fs);
 	if (!ret)
 		ret = mixed_options(fs);
+	if (!ret && o->remote)
+		ret = open_remote(fs);
 	if (ret < 0)
 		goto out_free;
 	root = qf_ns_node_root(fs);
@@ -189,6 +219,8 @@ void qf_fs_free(struct qf_fs *fs)
 	if (!fs)
 		return;
 	qf_job_stop_all(fs);
+	qf_cluster_drain(fs);
+	qf_remote_close(fs->remote);
 	qf_mixed_overrides_free(fs->mroles);
 	for (i = 0; i < fs->nnode; i++) {
 		free(fs->node[i]->name);

@@ -36,6 +36,13 @@ struct qf_fs_opts {
 	const char *mixed_table;	/* mixed_static: "attn=8,mlp=4,..." */
 	const char *mixed_roles;	/* "glob=role,..." role overrides */
 	const char *mixed_ratio;	/* mixed_dyn: "high=0.2,low=0.4,..." */
+	/* the remote tier (cache/remote.h), NULL: none */
+	const char *remote;		/* s3://BUCKET[/PREFIX] */
+	const char *remote_endpoint;	/* NULL: the AWS variables', AWS */
+	const char *remote_region;
+	const char *remote_creds;	/* credentials file, NULL: default */
+	int remote_role;		/* enum qf_remote_role */
+	double remote_lease;		/* seconds, 0: 60 */
 };
 
 /* -o cache_max=auto (the default): half the cache's filesystem, with a

@@ -13,6 +13,7 @@
 #include "fs.h"
 #include "mixed.h"
 #include "mixed_alloc.h"
+#include "remote.h"
 #include "quant.h"
 
 enum qf_node_kind {
@@ -215,6 +216,8 @@ struct qf_fs {
 	int njobs;			/* job threads, job_lock */
 	int nrunning;			/* of them past the queue, job_lock */
 	bool stopping;			/* job_lock: unmounting */
+	int npub;			/* publications running, job_lock */
+	struct qf_remote *remote;	/* -o remote (cluster.c), or NULL */
 	/* limits.c: the cache's bound */
 	pthread_mutex_t room_lock;
 	uint64_t room_used;		/* room_lock: cache bytes, estimate */

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "job_i.h"
 
 /* ------------------------------------------------------------------ */
@@ -203,9 +204,7 @@ static void job_first(struct job *j)
 {
 	struct qf_var *var = j->var;
 
-	for (j->first = 0; j->first < var->job->nlayers &&
-	     qf_job_layer_complete(j->fs, var, j->first); j->first++)
-		;
+	j->first = qf_job_layers_cached(j->fs, var);
 	if (j->first > 0 && j->first < var->job->nlayers)
 		qf_info("%s/%s: resuming at layer %d/%d", var->mdl->name,
 			var->v->name, j->first + 1, var->job->nlayers);
@@ -310,6 +309,9 @@ static void *job_main(void *arg)
 		locked = ret == 0;
 		ret = ret == -EINTR ? -EINTR : 0;
 	}
+	/* and one in the fleet: from the bucket, or under its lease */
+	if (!ret && qf_job_layers_cached(fs, var) < var->job->nlayers)
+		ret = qf_cluster_job_begin(fs, var, &j->cl);
 	j->t0 = qf_now();
 	job_first(j);
 	if (!ret && j->first < var->job->nlayers)
@@ -324,6 +326,7 @@ static void *job_main(void *arg)
 	if (ret && ret != -EINTR)
 		qf_err("%s/%s: production failed: %s", var->mdl->name,
 		       var->v->name, qf_strerror(ret));
+	qf_cluster_job_end(fs, j->cl, ret);
 	if (locked)
 		qf_flight_unlock(&var->fl, QF_LOCK_JOB);
 	qf_calib_free(&cs);

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "brecq.h"
+#include "cluster.h"
 #include "job_i.h"
 
 #define CALIB_MAX (1u << 30)		/* calibration text bytes */
@@ -175,33 +176,45 @@ void qf_job_phase(struct qf_var *var, const char *phase)
 /* ------------------------------------------------------------------ */
 /* the calibration set                                                 */
 
-int qf_job_calib_set(struct job *j, struct qf_calib *cs)
+/* The set's token ids from the cache into cs: true when there. */
+static bool load_ids(struct qf_fs *fs, struct qf_var *var,
+		     struct qf_calib *cs)
 {
-	struct qf_var *var = j->var;
-	struct qf_fs *fs = j->fs;
-	struct qf_cache_item it;
-	struct qf_cache_txn *txn;
-	struct qf_buf text = QF_BUF_INIT;
-	struct qf_tok *tok = NULL;
-	const char *why = NULL;
-	const void *p;
 	size_t len, n = (size_t)var->ci.nseq * var->ci.seqlen;
-	int32_t bos;
-	int ret;
+	struct qf_cache_txn *txn;
+	const void *p;
 
-	memset(cs, 0, sizeof(*cs));
 	if (qf_cache_read_begin(fs->cache, &txn) == 0) {
 		if (qf_cache_get(txn, var->calib_vid, "__ids__", &p, &len) == 0
 		    && len == n * sizeof(int32_t) && (cs->ids = malloc(len)))
 			memcpy(cs->ids, p, len);
 		qf_cache_read_end(txn);
 	}
-	if (cs->ids) {
-		cs->nseq = var->ci.nseq;
-		cs->seqlen = var->ci.seqlen;
-		qf_calib_hash(cs);
+	if (!cs->ids)
+		return false;
+	cs->nseq = var->ci.nseq;
+	cs->seqlen = var->ci.seqlen;
+	qf_calib_hash(cs);
+	return true;
+}
+
+int qf_job_calib_set(struct job *j, struct qf_calib *cs)
+{
+	struct qf_var *var = j->var;
+	struct qf_fs *fs = j->fs;
+	struct qf_cache_item it;
+	struct qf_buf text = QF_BUF_INIT;
+	struct qf_tok *tok = NULL;
+	const char *why = NULL;
+	size_t n = (size_t)var->ci.nseq * var->ci.seqlen;
+	int32_t bos;
+	int ret;
+
+	memset(cs, 0, sizeof(*cs));
+	/* this machine's, else the cluster's (the first machine's) */
+	if (load_ids(fs, var, cs) ||
+	    (qf_cluster_calib_fetch(fs, var) == 0 && load_ids(fs, var, cs)))
 		return 0;
-	}
 	ret = qf_model_tokenizer(var->mdl->m, &tok, &why);
 	if (ret < 0 && var->job->calib_path) {
 		qf_err("%s: tokenizer: %s", var->mdl->name,
@@ -235,6 +248,11 @@ int qf_job_calib_set(struct job *j, struct qf_calib *cs)
 		goto out_free;
 	it = (struct qf_cache_item){ "__ids__", cs->ids, n * sizeof(int32_t) };
 	ret = qf_fs_cache_put(fs, var->calib_vid, &it, 1);
+	if (!ret && qf_cluster_calib_publish(fs, var) == 1) {
+		qf_calib_free(cs);
+		if (!load_ids(fs, var, cs))
+			ret = -ENOENT;
+	}
 out_free:
 	qf_tok_close(tok);
 	qf_buf_release(&text);

@@ -40,6 +40,11 @@ struct qf_job {
 	double *res_score;		/* [ng * 2] awq reflip */
 	double res_seconds;
 	char res_hash[65];		/* token hash of the set used */
+	/* another machine produces it (cluster.c), lock */
+	char remote_holder[128];	/* "host pid N", "" none */
+	int remote_done;		/* its layers done, -1 unknown */
+	int remote_total;
+	double remote_eta;		/* seconds, -1 unknown */
 };
 
 /* One running job (or a measurement's stand-in); owned by its thread. */
@@ -56,6 +61,7 @@ struct job {
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
 	/* where the time goes (logged at the end of the job; GPTQ's own
 	 * and the comparison's are in res) */
+	struct qf_cjob *cl;		/* the remote tier's side, or NULL */
 	double stats_s;			/* X^T X and channel sums */
 	double commit_s;		/* LMDB transactions */
 };
@@ -78,6 +84,8 @@ int qf_job_calib_set(struct job *j, struct qf_calib *cs);
 /* job_layer.c */
 /* Layer l of var is in the cache (its groups, or its imatrix). */
 bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l);
+/* How many layers from the first on are in the cache. */
+int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var);
 /* The driver's callbacks for var's method (arg: the struct job). */
 void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops);
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cluster.h"
 #include "job_i.h"
 
 bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
@@ -40,6 +41,16 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 			return false;
 	}
 	return true;
+}
+
+int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var)
+{
+	int l;
+
+	for (l = 0; l < var->job->nlayers && qf_job_layer_complete(fs, var, l);
+	     l++)
+		;
+	return l;
 }
 
 /* The layer's map into the variant: its linears' groups. */
@@ -271,6 +282,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	var->job->layers_done = l + 1;
 	pthread_cond_broadcast(&var->cond);
 	pthread_mutex_unlock(&var->lock);
+	qf_cluster_job_layer(j->fs, j->cl, l + 1);
 	return 0;
 }
 

@@ -19,6 +19,7 @@
 
 #include "mixed.h"
 #include "opts.h"
+#include "remote.h"
 
 #define SECONDS_MAX 1e9			/* timeout: about 31 years */
 
@@ -133,6 +134,7 @@ enum kind {
 	K_SECONDS,		/* double field, (0, SECONDS_MAX] */
 	K_PATH,			/* char * field, made absolute */
 	K_ENUM,			/* int field: the index in words */
+	K_TEXT,			/* char * field, checked by take_text */
 	K_WORD,			/* const char * field: one of words */
 	K_MIXED,		/* char * field, a mixed_* list */
 	K_FUSE_FLAG,		/* FUSE's, passed on */
@@ -153,6 +155,7 @@ static const char *const io_words[] = { "auto", "direct", "cache", NULL };
 static const char *const backend_words[] = { "cpu", "cuda", "auto", NULL };
 /* a K_SIZE with words: auto, none, then sizes (0 is none) */
 static const char *const bound_words[] = { "auto", "none", NULL };
+static const char *const role_words[] = { "produce", "cheap", "read", NULL };
 
 #define F(field) offsetof(struct qf_mnt_opts, field)
 
@@ -176,6 +179,12 @@ static const struct opt_def defs[] = {
 	{ "mixed_ratio", K_MIXED, F(mixed_ratio), 0, 0, NULL },
 	{ "max_jobs", K_INT, F(fs.max_jobs), 1, 64, NULL },
 	{ "max_productions", K_INT, F(fs.max_productions), 1, 1024, NULL },
+	{ "remote", K_TEXT, F(remote), 0, 0, NULL },
+	{ "remote_endpoint", K_TEXT, F(remote_endpoint), 0, 0, NULL },
+	{ "remote_region", K_TEXT, F(remote_region), 0, 0, NULL },
+	{ "remote_credentials", K_PATH, F(remote_creds), 0, 0, NULL },
+	{ "remote_role", K_ENUM, F(fs.remote_role), 0, 0, role_words },
+	{ "remote_lease", K_SECONDS, F(fs.remote_lease), 0, 0, NULL },
 	{ "debug", K_FLAG, F(debug), 0, 0, NULL },
 	{ "rw", K_FLAG, F(rw), 0, 0, NULL },
 	/* libfuse's (mount.fuse3(8)); blkdev and blksize need a block
@@ -425,6 +434,48 @@ static int take_number(struct qf_mnt_opts *mo, const struct opt_def *d,
 	}
 }
 
+/* remote=s3://..., remote_endpoint=http(s)://..., remote_region=... */
+static int take_text(struct qf_mnt_opts *mo, const struct opt_def *d,
+		     const char *val, char *why, size_t cap)
+{
+	char *b, *p;
+	bool ok;
+
+	if (!strcmp(d->name, "remote")) {
+		ok = qf_remote_parse_url(val, &b, &p) == 0;
+		free(b);
+		free(p);
+		if (!ok)
+			snprintf(why, cap, "remote=%s: s3://BUCKET[/PREFIX] is "
+				 "expected (a bucket of 3 to 63 lower-case "
+				 "letters, digits, '.' and '-')", val);
+	} else if (!strcmp(d->name, "remote_endpoint")) {
+		ok = (!strncmp(val, "http://", 7) ||
+		      !strncmp(val, "https://", 8)) && strlen(val) < 1024 &&
+		     !strpbrk(val, " @?#");
+		if (!ok)
+			snprintf(why, cap, "remote_endpoint=%s: http://HOST"
+				 "[:PORT] or https://HOST[:PORT] is expected "
+				 "(no user, query or fragment)", val);
+	} else {
+		ok = strlen(val) < 64 &&
+		     strspn(val, "abcdefghijklmnopqrstuvwxyz0123456789-") ==
+		     strlen(val);
+		if (!ok)
+			snprintf(why, cap, "%s=%s: a region name such as "
+				 "us-east-1 is expected", d->name, val);
+	}
+	return ok ? set_string(mo, d, strdup(val)) : -EINVAL;
+}
+
+/* Secrets in mount options would be readable by every user (ps,
+ * /proc/<pid>/cmdline, fstab): never taken, and said why. */
+static bool secret_option(const char *opt)
+{
+	return strstr(opt, "secret") || strstr(opt, "access_key") ||
+	       strstr(opt, "session_token") || strstr(opt, "password");
+}
+
 static int take_option(struct qf_mnt_opts *mo, char *opt, const char *cwd,
 		       char *why, size_t cap)
 {
@@ -436,6 +487,14 @@ static int take_option(struct qf_mnt_opts *mo, char *opt, const char *cwd,
 	if (mount_comment(opt) || (!val && mount_noise(opt)))
 		return 0;
 	d = find_def(opt);
+	if (!d && secret_option(opt)) {
+		snprintf(why, cap, "'%s': credentials are never taken from "
+			 "mount options (other users can read them): use the "
+			 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables "
+			 "or a 0600 file named by remote_credentials=FILE",
+			 opt);
+		return -EINVAL;
+	}
 	if (!d) {
 		if (mount_noise(opt))
 			snprintf(why, cap, "%s=%s: '%s' takes no value", opt,
@@ -464,6 +523,8 @@ static int take_option(struct qf_mnt_opts *mo, char *opt, const char *cwd,
 		return 0;
 	case K_PATH:
 		return take_path(mo, d, val, cwd, why, cap);
+	case K_TEXT:
+		return take_text(mo, d, val, why, cap);
 	case K_ENUM:
 	case K_WORD:
 		return take_word(mo, d, val, why, cap);
@@ -487,6 +548,10 @@ static void sync_fs(struct qf_mnt_opts *mo)
 	mo->fs.mixed_table = mo->mixed_table;
 	mo->fs.mixed_roles = mo->mixed_roles;
 	mo->fs.mixed_ratio = mo->mixed_ratio;
+	mo->fs.remote = mo->remote;
+	mo->fs.remote_endpoint = mo->remote_endpoint;
+	mo->fs.remote_region = mo->remote_region;
+	mo->fs.remote_creds = mo->remote_creds;
 }
 
 int qf_mnt_opts_parse(struct qf_mnt_opts *mo, const char *list,
@@ -535,6 +600,10 @@ void qf_mnt_opts_free(struct qf_mnt_opts *mo)
 	free(mo->mixed_table);
 	free(mo->mixed_roles);
 	free(mo->mixed_ratio);
+	free(mo->remote);
+	free(mo->remote_endpoint);
+	free(mo->remote_region);
+	free(mo->remote_creds);
 	qf_buf_release(&mo->fuse);
 	memset(mo, 0, sizeof(*mo));
 }

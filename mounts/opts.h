@@ -22,6 +22,10 @@ struct qf_mnt_opts {
 	char *mixed_table;		/* lists with ',' (given with ':') */
 	char *mixed_roles;
 	char *mixed_ratio;
+	char *remote;			/* s3://BUCKET[/PREFIX], or NULL */
+	char *remote_endpoint;
+	char *remote_region;
+	char *remote_creds;		/* absolute, or NULL */
 	struct qf_buf fuse;		/* the FUSE -o string */
 	int threads;			/* most FUSE worker threads */
 	bool debug;			/* -o debug: log debug lines */

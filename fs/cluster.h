@@ -1,0 +1,47 @@
+/*
+ * cluster.h - the remote tier in the core (cluster.c): what flight.c,
+ * job.c, job_layer.c and job_calib.c call.  Every function is a no-op
+ * (or -ENOENT) on a mount without -o remote.
+ */
+#ifndef QF_CLUSTER_H
+#define QF_CLUSTER_H
+
+#include "fs_i.h"
+
+struct qf_cjob;
+
+/* Slot i of fl from the bucket's manifest into the cache, verified:
+ * 0, -ENOENT (not there), -EAGAIN (unreachable) or another error; any
+ * error means: produce it here. */
+int qf_cluster_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i);
+/* vid was completed here: publish it in the background (writers). */
+void qf_cluster_publish(struct qf_fs *fs, const uint8_t *vid,
+			const char *label);
+/* Wait for the background publications (unmount). */
+void qf_cluster_drain(struct qf_fs *fs);
+
+/* var's calibration set from the bucket into the cache: 0 or < 0. */
+int qf_cluster_calib_fetch(struct qf_fs *fs, struct qf_var *var);
+/* Publish the set just made (created once).  1 when another machine's
+ * came first and replaced ours in the cache (read it again), else 0. */
+int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var);
+
+/*
+ * Before a calibrated job computes anything (its local lock held):
+ * import the published variant, or take the lease (importing the last
+ * checkpoint), or follow another machine's production until one of
+ * those.  *out: the job's cluster state (NULL without a remote), for
+ * _layer and _end.  Returns 0 (go on: whatever the cache lacks is
+ * produced here), -EINTR (unmounting), -EIO (this node may not produce
+ * it and no one else does).
+ */
+int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
+			 struct qf_cjob **out);
+/* done layers are in the cache: publish a checkpoint, renew the lease
+ * with the progress. */
+void qf_cluster_job_layer(struct qf_fs *fs, struct qf_cjob *c, int done);
+/* The job ended with ret: publish the manifest (ret 0, lease still
+ * ours), drop the lease, free c. */
+void qf_cluster_job_end(struct qf_fs *fs, struct qf_cjob *c, int ret);
+
+#endif /* QF_CLUSTER_H */
