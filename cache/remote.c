@@ -144,7 +144,7 @@ int qf_remote_request(struct qf_remote *r, int op, const char *key,
 		return ret;
 	if (ret < 0 || resp->status >= 500) {
 		unanswered(r, ret < 0 ? resp->error : "a server error");
-		qf_buf_free(&resp->body);
+		qf_s3_resp_free(resp);
 		return -EAGAIN;
 	}
 	answered(r);
@@ -193,7 +193,7 @@ static int fetch_manifest(struct qf_remote *r, const char *key,
 		qf_warn("remote tier: GET %s: HTTP %ld %s", key, resp.status,
 			resp.error);
 	}
-	qf_buf_free(&resp.body);
+	qf_s3_resp_free(&resp);
 	return ret;
 }
 
@@ -295,10 +295,10 @@ int qf_remote_checkpoint(struct qf_remote *r, const uint8_t *id,
 	ret = qf_s3_list(r->s3, key, &l, &resp);
 	if (ret < 0 && resp.status == 0) {
 		unanswered(r, resp.error);
-		qf_buf_free(&resp.body);
+		qf_s3_resp_free(&resp);
 		return -EAGAIN;
 	}
-	qf_buf_free(&resp.body);
+	qf_s3_resp_free(&resp);
 	if (ret < 0)
 		return ret == -ENOMEM ? ret : QF_EFORMAT;
 	answered(r);
@@ -332,12 +332,12 @@ int qf_remote_value(struct qf_remote *r, const struct qf_rvalue *v,
 		} else if (ret < 0) {
 			return ret;
 		} else if (resp.status == 404) {
-			qf_buf_free(&resp.body);
+			qf_s3_resp_free(&resp);
 			return -ENOENT;
 		} else if (resp.status != 200) {
 			qf_warn("remote tier: GET %s: HTTP %ld %s", key,
 				resp.status, resp.error);
-			qf_buf_free(&resp.body);
+			qf_s3_resp_free(&resp);
 			return resp.status == 403 ? -EACCES : -EIO;
 		} else {
 			qf_sha256_init(&h);
@@ -351,7 +351,7 @@ int qf_remote_value(struct qf_remote *r, const struct qf_rvalue *v,
 			}
 			ret = QF_ECORRUPT;
 		}
-		qf_buf_free(&resp.body);
+		qf_s3_resp_free(&resp);
 		pthread_mutex_lock(&r->lock);
 		r->st.bad++;
 		pthread_mutex_unlock(&r->lock);

@@ -65,7 +65,7 @@ static int put(struct qf_remote *r, const char *key, const void *data,
 	if (!ret && resp.status >= 300 && resp.status != 412)
 		qf_warn("remote tier: PUT %s: HTTP %ld %s", key, resp.status,
 			resp.error);
-	qf_buf_free(&resp.body);
+	qf_s3_resp_free(&resp);
 	return ret;
 }
 
@@ -75,7 +75,7 @@ static void del(struct qf_remote *r, const char *key)
 
 	if (qf_remote_request(r, QF_RQ_DELETE, key, NULL, 0, 0, NULL,
 			      &resp) == 0)
-		qf_buf_free(&resp.body);
+		qf_s3_resp_free(&resp);
 }
 
 /*
@@ -264,7 +264,7 @@ static int upload(struct qf_remote *r, struct qf_cache *c, const uint8_t *id,
 	ret = qf_remote_request(r, QF_RQ_HEAD, key, NULL, 0, 0, NULL, &resp);
 	if (ret < 0)
 		return ret;
-	qf_buf_free(&resp.body);
+	qf_s3_resp_free(&resp);
 	if (resp.status == 200 && resp.length == v->len &&
 	    (resp.date <= 0 || resp.date - resp.last_modified < REFRESH_S))
 		return 0;
@@ -339,7 +339,7 @@ int qf_remote_publish(struct qf_remote *r, struct qf_cache *c,
 	for (i = 0; i < s.n; i++)
 		free(s.v[i].name);
 	free(s.v);
-	qf_buf_free(&text);
+	qf_buf_release(&text);
 	return ret;
 }
 
@@ -398,7 +398,7 @@ static int lease_observe(void *arg, struct qf_lease_obs *o)
 		parse_info(resp.body.data ? resp.body.data : "",
 			   resp.body.len, &o->info);
 	}
-	qf_buf_free(&resp.body);
+	qf_s3_resp_free(&resp);
 	return 0;
 }
 

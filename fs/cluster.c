@@ -19,6 +19,7 @@
  * never fails a read: the remote calls return -EAGAIN and production is
  * local (unpublished).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>

@@ -327,6 +327,33 @@ static int xattr_status(struct qf_fs *fs, struct qf_buf *out)
 	return ret ? ret : qf_buf_adds(out, "]\n");
 }
 
+/* user.quantfs.remote: the remote tier's state and counters. */
+static int xattr_remote(struct qf_fs *fs, struct qf_buf *out)
+{
+	static const char *const roles[] = { "produce", "cheap", "read" };
+	struct qf_remote_stats st;
+
+	qf_remote_stats(fs->remote, &st);
+	return qf_buf_addf(out, "{\"bucket\": \"%s\", \"role\": \"%s\", "
+			   "\"down\": %s, \"get\": %llu, \"head\": %llu, "
+			   "\"put\": %llu, \"list\": %llu, \"delete\": %llu, "
+			   "\"bytes_in\": %llu, \"bytes_out\": %llu, "
+			   "\"imported\": %llu, \"published\": %llu, "
+			   "\"bad\": %llu}\n", qf_remote_describe(fs->remote),
+			   roles[qf_remote_role(fs->remote)],
+			   st.down ? "true" : "false",
+			   (unsigned long long)st.get,
+			   (unsigned long long)st.head,
+			   (unsigned long long)st.put,
+			   (unsigned long long)st.list,
+			   (unsigned long long)st.del,
+			   (unsigned long long)st.bytes_in,
+			   (unsigned long long)st.bytes_out,
+			   (unsigned long long)st.imported,
+			   (unsigned long long)st.published,
+			   (unsigned long long)st.bad);
+}
+
 int qf_fs_do_getxattr(struct qf_fs *fs, uint64_t ino, const char *name,
 		      struct qf_buf *out)
 {
@@ -349,6 +376,9 @@ int qf_fs_do_getxattr(struct qf_fs *fs, uint64_t ino, const char *name,
 	} else if (n->kind == QF_NODE_ROOT &&
 		   !strcmp(name, "user.quantfs.status")) {
 		ret = xattr_status(fs, out);
+	} else if (n->kind == QF_NODE_ROOT && fs->remote &&
+		   !strcmp(name, "user.quantfs.remote")) {
+		ret = xattr_remote(fs, out);
 	} else {
 		ret = -ENODATA;
 	}
@@ -364,6 +394,8 @@ int qf_fs_do_listxattr(struct qf_fs *fs, uint64_t ino, const char **names,
 	*len = 0;
 	if (n && n->kind == QF_NODE_VARDIR)
 		*names = "user.quantfs.progress", *len = 22;
+	else if (n && n->kind == QF_NODE_ROOT && fs->remote)
+		*names = "user.quantfs.status\0user.quantfs.remote", *len = 40;
 	else if (n && n->kind == QF_NODE_ROOT)
 		*names = "user.quantfs.status", *len = 20;
 	else if (n)

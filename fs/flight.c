@@ -316,7 +316,10 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	if (complete) {
 		qf_cache_sync(fs->cache);
 		qf_fs_trim_cache(fs);
-		if (fl->ops->complete)
+		if (fl->nfetched == fl->n)
+			qf_info("%s: every value from the remote tier, "
+				"verified, in %.2f s", fl->label, secs);
+		else if (fl->ops->complete)
 			fl->ops->complete(fs, fl->arg, secs);
 		if (mine)
 			qf_cluster_publish(fs, fl->vid, fl->label);

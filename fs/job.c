@@ -486,6 +486,7 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 	double now = qf_now(), el, eta = -1;
 	int done, n, first;
 	const char *state;
+	char holder[128];
 
 	pthread_mutex_lock(&b->lock);
 	done = b->job->layers_done;
@@ -496,13 +497,25 @@ int qf_job_progress(struct qf_var *var, struct qf_buf *out)
 		eta = (now - b->job->first_t) / (done - first) * (n - done);
 	state = b->job->running ? b->job->phase : b->manifest_ready ? "done" :
 		b->job->err ? "failed" : done == n ? "done" : "idle";
+	memcpy(holder, b->job->remote_holder, sizeof(holder));
+	if (holder[0] && b->job->running) {
+		/* another machine's progress, from its lease */
+		if (b->job->remote_done > done)
+			done = b->job->remote_done;
+		eta = b->job->remote_eta;
+	}
 	pthread_mutex_unlock(&b->lock);
 	qf_buf_reset(out);
 	qf_buf_addf(out, "{\"model\": \"%s\", \"variant\": \"%s\", "
 		    "\"state\": \"%s\", \"layers_done\": %d, \"layers\": %d, "
-		    "\"elapsed_s\": %.1f, \"eta_s\": ", var->mdl->name,
-		    var->v->name, state, done, n, el);
-	if (eta >= 0)
+		    "\"elapsed_s\": %.1f, ", var->mdl->name, var->v->name,
+		    state, done, n, el);
+	if (holder[0] && b->job->running)
+		qf_buf_addf(out, "\"producer\": \"%s\", ", holder);
+	qf_buf_adds(out, "\"eta_s\": ");
+	if (holder[0] && eta >= 0)
+		qf_buf_addf(out, "%.0f, \"layers_per_min\": null}", eta);
+	else if (eta >= 0)
 		qf_buf_addf(out, "%.0f, \"layers_per_min\": %.2f}", eta,
 			    (done - first) / ((now - b->job->first_t) / 60));
 	else

@@ -512,6 +512,34 @@ static int cmd_generate(int argc, char **argv)
 	return ret < 0 ? 1 : 0;
 }
 
+/* The remote tier's line of `quantfs status`, when the mount has one. */
+static void remote_line(const char *mnt)
+{
+	char buf[2048];
+	ssize_t n = getxattr(mnt, "user.quantfs.remote", buf, sizeof(buf) - 1);
+	cJSON *o;
+
+	if (n <= 0)
+		return;
+	buf[n] = 0;
+	o = cJSON_Parse(buf);
+	printf("remote tier %s: role %s, %s; requests GET %.0f HEAD %.0f "
+	       "PUT %.0f LIST %.0f; values imported %.0f, published %.0f, "
+	       "failed verification %.0f\n\n",
+	       cJSON_GetStringValue(cJSON_GetObjectItem(o, "bucket")),
+	       cJSON_GetStringValue(cJSON_GetObjectItem(o, "role")),
+	       cJSON_IsTrue(cJSON_GetObjectItem(o, "down")) ?
+	       "NOT ANSWERING (serving local production)" : "answering",
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "get")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "head")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "put")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "list")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "imported")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "published")),
+	       cJSON_GetNumberValue(cJSON_GetObjectItem(o, "bad")));
+	cJSON_Delete(o);
+}
+
 /* Calibrated jobs of a mount, from the root's user.quantfs.status. */
 static int cmd_status(int argc, char **argv)
 {
@@ -535,11 +563,13 @@ static int cmd_status(int argc, char **argv)
 	if (json || !root) {
 		fputs(buf, stdout);
 	} else {
-		printf("%-40s %-30s %8s %9s %8s\n", "VARIANT", "STATE",
-		       "LAYERS", "ELAPSED", "ETA");
+		remote_line(argv[1]);
+		printf("%-40s %-30s %8s %9s %8s  %s\n", "VARIANT", "STATE",
+		       "LAYERS", "ELAPSED", "ETA", "PRODUCER");
 		cJSON_ArrayForEach(it, root) {
 			char name[256], lay[32], el[32], eta[32];
 			cJSON *e = cJSON_GetObjectItem(it, "eta_s");
+			const char *p;
 
 			snprintf(name, sizeof(name), "%s/%s",
 				 cJSON_GetStringValue(cJSON_GetObjectItem(it, "model")),
@@ -553,9 +583,11 @@ static int cmd_status(int argc, char **argv)
 				snprintf(eta, sizeof(eta), "%.0f s", e->valuedouble);
 			else
 				snprintf(eta, sizeof(eta), "-");
-			printf("%-40s %-30s %8s %9s %8s\n", name,
+			p = cJSON_GetStringValue(cJSON_GetObjectItem(it,
+								     "producer"));
+			printf("%-40s %-30s %8s %9s %8s  %s\n", name,
 			       cJSON_GetStringValue(cJSON_GetObjectItem(it, "state")),
-			       lay, el, eta);
+			       lay, el, eta, p ? p : "this machine");
 		}
 	}
 	cJSON_Delete(root);

@@ -452,7 +452,7 @@ static int take_text(struct qf_mnt_opts *mo, const struct opt_def *d,
 	} else if (!strcmp(d->name, "remote_endpoint")) {
 		ok = (!strncmp(val, "http://", 7) ||
 		      !strncmp(val, "https://", 8)) && strlen(val) < 1024 &&
-		     !strpbrk(val, " @?#");
+		     !strpbrk(val, " @?#\"\\");
 		if (!ok)
 			snprintf(why, cap, "remote_endpoint=%s: http://HOST"
 				 "[:PORT] or https://HOST[:PORT] is expected "
