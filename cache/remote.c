@@ -210,6 +210,12 @@ static struct qf_rmcache *mc_find(struct qf_remote *r, const uint8_t *id)
 int qf_remote_manifest(struct qf_remote *r, const uint8_t *id,
 		       const struct qf_rmanifest **out)
 {
+	return qf_remote_manifest_at(r, id, false, out);
+}
+
+int qf_remote_manifest_at(struct qf_remote *r, const uint8_t *id, bool fresh,
+			  const struct qf_rmanifest **out)
+{
 	struct qf_rmcache *e;
 	struct qf_rmanifest *m;
 	char key[256];
@@ -222,7 +228,7 @@ int qf_remote_manifest(struct qf_remote *r, const uint8_t *id,
 		pthread_mutex_unlock(&r->lock);
 		return 0;
 	}
-	if (e && qf_now() - e->absent_t < ABSENT_S) {
+	if (e && !fresh && qf_now() - e->absent_t < ABSENT_S) {
 		pthread_mutex_unlock(&r->lock);
 		return -ENOENT;
 	}

@@ -52,6 +52,10 @@ int qf_remote_request(struct qf_remote *r, int op, const char *key,
 void qf_remote_key(const struct qf_remote *r, const char *kind,
 		   const uint8_t *id, size_t idlen, int step, char *out,
 		   size_t cap);
+/* qf_remote_manifest(), asking the bucket again when fresh (a known
+ * manifest is never asked for again: they do not change). */
+int qf_remote_manifest_at(struct qf_remote *r, const uint8_t *id, bool fresh,
+			  const struct qf_rmanifest **out);
 /* id was just published here: forget that its manifest was absent. */
 void qf_remote_published(struct qf_remote *r, const uint8_t *id);
 

@@ -377,7 +377,7 @@ static int lease_observe(void *arg, struct qf_lease_obs *o)
 	char key[256];
 	int ret;
 
-	ret = qf_remote_manifest(r, rl->id, &m);
+	ret = qf_remote_manifest_at(r, rl->id, true, &m);
 	if (ret == -EAGAIN)
 		return ret;
 	o->manifest = ret == 0;

@@ -280,8 +280,12 @@ static void recount(struct qf_fs *fs, struct qf_var *var)
 static void import_ckpt(struct qf_cjob *c)
 {
 	struct qf_rmanifest m;
+	int ret;
 
-	if (qf_remote_checkpoint(c->fs->remote, c->var->vid, &m) < 0)
+	ret = qf_remote_checkpoint(c->fs->remote, c->var->vid, &m);
+	qf_debug("%s: latest checkpoint: %s (step %d)", c->var->label,
+		 qf_strerror(ret), m.step);
+	if (ret < 0)
 		return;
 	if (m.step > c->imported &&
 	    qf_remote_import(c->fs->remote, c->fs->cache, &m, NULL, 0,
@@ -405,6 +409,8 @@ int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
 		said = true;
 		show_holder(var, &c->rl.l.seen);
 		import_ckpt(c);
+		if (qf_job_layers_cached(fs, var) == var->job->nlayers)
+			break;	/* its last checkpoint is everything */
 		sleep(1);
 	}
 	qf_buf_release(&body);
