@@ -435,9 +435,9 @@ static void resp_error_code(struct qf_s3_resp *r)
 {
 	const char *a, *b;
 
-	if (r->status < 300 || !r->body.data)
+	if (r->status < 300)
 		return;
-	a = strstr(r->body.data, "<Code>");
+	a = r->body.data ? strstr(r->body.data, "<Code>") : NULL;
 	b = a ? strstr(a, "</Code>") : NULL;
 	if (a && b)
 		snprintf(r->error, sizeof(r->error), "%.*s", (int)(b - a - 6),
