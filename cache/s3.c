@@ -435,9 +435,9 @@ static void resp_error_code(struct qf_s3_resp *r)
 {
 	const char *a, *b;
 
-	if (r->status < 300 || !r->body.data)
+	if (r->status < 300)
 		return;
-	a = strstr(r->body.data, "<Code>");
+	a = r->body.data ? strstr(r->body.data, "<Code>") : NULL;
 	b = a ? strstr(a, "</Code>") : NULL;
 	if (a && b)
 		snprintf(r->error, sizeof(r->error), "%.*s", (int)(b - a - 6),
@@ -468,7 +468,7 @@ static int s3_perform(struct qf_s3 *s, struct s3_req *q, const char *url,
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &q->r->status);
 	ret = curl_errno(e, q->too_big);
 	if (ret)
-		snprintf(q->r->error, sizeof(q->r->error), "%s",
+		snprintf(q->r->error, sizeof(q->r->error), "%.150s",
 			 q->too_big ? "body over the bound" :
 			 errbuf[0] ? errbuf : curl_easy_strerror(e));
 	if (ret && ret != -EFBIG)
@@ -533,7 +533,7 @@ int qf_s3_put(struct qf_s3 *s, const char *key, const void *data,
 	int ret;
 
 	if (cond && cond->if_match) {
-		if (strpbrk(cond->if_match, "\r\n\""))
+		if (!*cond->if_match || strpbrk(cond->if_match, "\r\n\""))
 			return -EINVAL;
 		if (asprintf(&match, "If-Match: %s", cond->if_match) < 0)
 			return -ENOMEM;

@@ -102,7 +102,8 @@ int qf_s3_head(struct qf_s3 *s, const char *key, struct qf_s3_resp *r);
 int qf_s3_put(struct qf_s3 *s, const char *key, const void *data,
 	      size_t len, const struct qf_s3_cond *cond, struct qf_s3_resp *r);
 int qf_s3_delete(struct qf_s3 *s, const char *key, struct qf_s3_resp *r);
-/* PUT /bucket (200, or 409 BucketAlreadyOwnedByYou/Exists when it does) */
+/* PUT /bucket: 200; when it exists, 409 BucketAlreadyOwnedByYou/Exists, or
+ * 200 again (radosgw 16 for the owner's own bucket in us-east-1) */
 int qf_s3_bucket_create(struct qf_s3 *s, struct qf_s3_resp *r);
 
 struct qf_s3_obj {
