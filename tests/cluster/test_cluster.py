@@ -1,0 +1,249 @@
+"""The cluster tier's tests (issue 21): quantfs daemons sharing variants
+through S3-compatible object storage, here a throwaway single-node Ceph
+(ceph.py) with radosgw on 127.0.0.1.
+
+One Ceph per run: started before the first test, shared by all, stopped at
+the end (also on failure and on SIGTERM); each test works in a bucket of
+its own.  s3py.py, a client independent of quantfs's, is the oracle: it
+lists and reads what the daemons wrote and plays the other machines.  The
+fixture tests come first: they check that the server does what the
+cluster's single flight relies on (atomic conditional PUT, data surviving a
+radosgw restart), so a failure there is the fixture's, not quantfs's.
+
+Without the Ceph packages the whole file skips (exit 77) saying what to
+install; without /dev/fuse only the tests that mount skip.
+
+usage: test_cluster.py [test_name ...]   (env QUANTFS, QF_SHARED as for
+tests/mount)
+"""
+import os
+import re
+import secrets
+import shutil
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "mount"))
+from ceph import Ceph  # noqa: E402
+from s3py import S3, etag, sign, uri_encode, EMPTY_SHA256  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest  # noqa: E402
+
+CEPH = None             # the run's Ceph, set in __main__
+
+
+# -- helpers for the tests ---------------------------------------------------
+
+def new_bucket(what):
+    """An S3 client of a fresh bucket named after the test."""
+    name = "%s-%s" % (what, secrets.token_hex(4))
+    s3 = S3.of(CEPH, name)
+    s, _, body = s3.create_bucket()
+    assert s == 200, (s, body)
+    return s3
+
+
+def bucket_state(s3, prefix=""):
+    """{key: etag} of every object: compare before and after to prove a
+    node wrote nothing."""
+    return {o["key"]: o["etag"] for o in s3.list(prefix)}
+
+
+def need_fuse():
+    if not os.path.exists("/dev/fuse"):
+        raise SkipTest("/dev/fuse is absent, no FUSE mount is possible")
+
+
+class Machine:
+    """One simulated machine: its copy of the model and its own cache."""
+
+    def __init__(self, name, models, model, cache):
+        self.name = name
+        self.models = models    # the source dir a daemon mounts
+        self.model = model      # models/<model name>
+        self.cache = cache
+
+
+def two_machines(tmp, src=None, name="tiny"):
+    """Two machines with the same model bytes under different paths and
+    different mtimes (a day apart), so that only a content identity can
+    match them.  src: a model dir to copy (e.g. tests/golden/stories260K);
+    None: a generated one (`quantfs mkmodel`, seed 21, as tests/mount)."""
+    if src is None:
+        src = mkmodel(os.path.join(tmp, "made", name), "--seed", 21)
+    out = []
+    for i, who in enumerate(("a", "b")):
+        models = os.path.join(tmp, who, "models")
+        model = os.path.join(models, name)
+        shutil.copytree(src, model)
+        t = time.time() - 86400 * (i + 1)
+        for f in os.listdir(model):
+            os.utime(os.path.join(model, f), (t, t))
+        out.append(Machine(who, models, model,
+                           os.path.join(tmp, who, "cache")))
+    return out
+
+
+# The -o options that point a daemon at the bucket.  Not final: the lead
+# sets them once quantfs has them; each is formatted with endpoint,
+# bucket, region and what remote_opts() is given.
+REMOTE_OPTS = ("remote={endpoint}/{bucket}",)
+
+
+def remote_opts(s3, templates=REMOTE_OPTS, **extra):
+    return [t.format(endpoint=CEPH.endpoint, bucket=s3.bucket,
+                     region=CEPH.region, **extra) for t in templates]
+
+
+def mount_remote(machine, s3, opts=(), templates=REMOTE_OPTS, env=None,
+                 **extra):
+    """A quantfs Mount (not yet entered) of machine's models on s3's
+    bucket, credentials in the environment (never in the options)."""
+    need_fuse()
+    return Mount(machine.models, cache=machine.cache,
+                 opts=list(opts) + remote_opts(s3, templates, **extra),
+                 env=dict(CEPH.env(), **(env or {})))
+
+
+def productions(m):
+    """Variants the daemon of Mount m produced itself (its log lines)."""
+    return re.findall(r"produced (\S+) in", m.stderr())
+
+
+# -- the fixture ---------------------------------------------------------------
+
+AWS_AK = "AKIAIOSFODNN7EXAMPLE"
+AWS_SK = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+AWS_HOST = "examplebucket.s3.amazonaws.com"
+AWS_DATE = "20130524T000000Z"
+# AWS's worked examples of SigV4 for S3 (the S3 API reference, "Examples:
+# signature calculations"): method, path, query, extra headers, body,
+# signature
+AWS_EXAMPLES = [
+    ("GET", "/test.txt", None, {"Range": "bytes=0-9"}, b"",
+     "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"),
+    ("PUT", "/test$file.text", None,
+     {"Date": "Fri, 24 May 2013 00:00:00 GMT",
+      "x-amz-storage-class": "REDUCED_REDUNDANCY"},
+     b"Welcome to Amazon S3.",
+     "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd"),
+    ("GET", "/", {"lifecycle": ""}, {}, b"",
+     "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"),
+    ("GET", "/", {"max-keys": 2, "prefix": "J"}, {}, b"",
+     "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"),
+]
+
+
+def test_fixture_oracle():
+    """s3py signs AWS's examples right, and the server checks what the
+    tests rely on: signatures, body hashes, listing by pages."""
+    import hashlib
+    for method, path, query, extra, body, want in AWS_EXAMPLES:
+        ph = hashlib.sha256(body).hexdigest()
+        h = dict(extra, Host=AWS_HOST, **{"x-amz-date": AWS_DATE,
+                                          "x-amz-content-sha256": ph})
+        got = sign(method, uri_encode(path, keep_slash=True), query, h, ph,
+                   AWS_AK, AWS_SK, "us-east-1", AWS_DATE)
+        assert got.endswith("Signature=" + want), (path, got)
+    s3 = new_bucket("oracle")
+    keys = ["k/%d" % i for i in range(7)] + ["k/odd name+=&%.bin"]
+    for k in keys:
+        assert s3.put(k, k.encode())[0] == 200
+    assert [o["key"] for o in s3.list("k/", max_keys=3)] == sorted(keys)
+    assert s3.get("k/odd name+=&%.bin")[2] == b"k/odd name+=&%.bin"
+    assert s3.get("k/3", range=(2, 2))[2] == b"3"
+    s, h = s3.head("k/1")
+    assert s == 200 and h["content-length"] == "3", (s, h)
+    assert s3.delete("k/1") == 204 and s3.head("k/1")[0] == 404
+    bad = S3(CEPH.endpoint, CEPH.access_key, "x" + CEPH.secret_key[1:],
+             s3.bucket)
+    assert bad.get("k/2")[0] == 403         # the server checks signatures
+    s, _, body = s3.request("PUT", "k/9", body=b"abc", headers={
+        "x-amz-content-sha256": EMPTY_SHA256})
+    assert s == 400 and b"XAmzContentSHA256Mismatch" in body, (s, body)
+
+
+def race_create(s3, key, n):
+    """n threads PUT key with If-None-Match: * at once (connections opened
+    before the start); their statuses in thread order."""
+    out = [None] * n
+    go = threading.Barrier(n)
+
+    def put(i):
+        s3.head(key)                        # open this thread's connection
+        go.wait()
+        out[i] = s3.put(key, b"writer %d" % i, if_none_match=True)[0]
+    th = [threading.Thread(target=put, args=(i,)) for i in range(n)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    s3.close()
+    return out
+
+
+def test_fixture_conditions():
+    """Create-once and compare-and-swap are atomic on this server."""
+    s3 = new_bucket("cond")
+    s, h, _ = s3.put("lease", b"one", if_none_match=True)
+    assert s == 200
+    assert s3.put("lease", b"two", if_none_match=True)[0] == 412
+    assert s3.get("lease")[2] == b"one"
+    s, h2, _ = s3.put("lease", b"three", if_match=etag(h))
+    assert s == 200, s
+    assert s3.put("lease", b"four", if_match=etag(h))[0] == 412  # stale
+    assert s3.put("lease", b"five", if_match="0" * 32)[0] == 412
+    assert s3.get("lease")[2] == b"three"
+    for rnd in range(3):
+        key = "race%d" % rnd
+        got = race_create(s3, key, 8)
+        assert sorted(got) == [200] + [412] * 7, got
+        assert s3.get(key)[2] == b"writer %d" % got.index(200)
+
+
+def test_fixture_kill_restart():
+    """radosgw killed: requests fail with a connection error; started
+    again on the same endpoint, it serves the data (mon and OSD kept it)."""
+    s3 = new_bucket("kill")
+    data = os.urandom(1 << 20)
+    assert s3.put("blob", data)[0] == 200
+    CEPH.kill_rgw()
+    try:
+        s3.get("blob")
+        raise AssertionError("GET answered with radosgw killed")
+    except ConnectionError:
+        pass
+    print("     radosgw restarted in %.1f s" % CEPH.start_rgw())
+    s, _, body = s3.get("blob")
+    assert s == 200 and body == data
+
+
+# -- quantfs on the cluster (the lead's tests go here) -------------------------
+
+# Run in this order; each may count on a running radosgw (the runner starts
+# it again after a test that killed it and failed).  Add quantfs tests
+# (two daemons on one bucket, single flight, kill -9 of the producer, a
+# tampered value, a read-only node, radosgw killed mid-run) to this list.
+TESTS = [
+    test_fixture_oracle,
+    test_fixture_conditions,
+    test_fixture_kill_restart,
+]
+
+
+def with_rgw(fn):
+    def run():
+        if not CEPH.rgw_alive():
+            print("     (radosgw was down: started again in %.1f s)" %
+                  CEPH.start_rgw())
+        fn()
+    return run
+
+
+if __name__ == "__main__":
+    ok, why = Ceph.available()
+    if not ok:
+        print("skip: " + why)
+        sys.exit(77)
+    with Ceph() as CEPH:
+        run_tests({f.__name__: with_rgw(f) for f in TESTS}, needs_fuse=False)
