@@ -142,6 +142,11 @@ int qf_remote_request(struct qf_remote *r, int op, const char *key,
 	pthread_mutex_unlock(&r->lock);
 	if (ret == -EFBIG)
 		return ret;
+	/* radosgw answers a lost If-Match race with 500 as often as 412
+	 * (its err_no 125): an answer, not an outage */
+	if (!ret && op == QF_RQ_PUT && cond && cond->if_match &&
+	    resp->status == 500)
+		resp->status = 412;
 	if (ret < 0 || resp->status >= 500) {
 		unanswered(r, ret < 0 ? resp->error : "a server error");
 		qf_s3_resp_free(resp);
@@ -371,21 +376,77 @@ int qf_remote_value(struct qf_remote *r, const struct qf_rvalue *v,
 	return ret;
 }
 
+/*
+ * A batch of values fetched by FETCHERS threads at once (GETs overlap;
+ * one is mostly waiting), then stored in one transaction.
+ */
+#define FETCHERS 4
+
 struct batch {
-	struct qf_cache_item *it;
-	void **data;
-	size_t n, cap;
+	struct qf_remote *r;
+	const struct qf_rmanifest *m;
+	const struct qf_rvalue **v;	/* [n] what to fetch */
+	void **data;			/* [n] what came */
+	size_t n, cap, capd;
 	uint64_t bytes;
+	pthread_mutex_t lock;
+	size_t next;			/* lock: the next to take */
+	int err;			/* lock: the first failure */
 };
 
-static int batch_flush(struct qf_cache *c, const uint8_t *id,
-		       struct batch *b)
+static void *fetcher(void *arg)
 {
-	int ret = b->n ? qf_cache_put(c, id, b->it, b->n) : 0;
-	size_t i;
+	struct batch *b = arg;
 
+	for (;;) {
+		size_t i;
+		int ret;
+
+		pthread_mutex_lock(&b->lock);
+		i = b->err ? b->n : b->next++;
+		pthread_mutex_unlock(&b->lock);
+		if (i >= b->n)
+			return NULL;
+		ret = qf_remote_value(b->r, b->v[i], b->m->label, &b->data[i]);
+		if (ret < 0) {
+			pthread_mutex_lock(&b->lock);
+			if (!b->err)
+				b->err = ret;
+			pthread_mutex_unlock(&b->lock);
+		}
+	}
+}
+
+/* Fetch the batch, store it, empty it. */
+static int batch_run(struct qf_cache *c, struct batch *b)
+{
+	struct qf_cache_item *it = NULL;
+	pthread_t th[FETCHERS];
+	size_t i, k, nth = 0;
+	int ret;
+
+	if (!b->n)
+		return 0;
+	b->next = 0;
+	b->err = 0;
+	memset(b->data, 0, b->n * sizeof(*b->data));
+	for (k = 1; k < FETCHERS && k < b->n; k++)
+		if (pthread_create(&th[nth], NULL, fetcher, b) == 0)
+			nth++;
+	fetcher(b);
+	for (k = 0; k < nth; k++)
+		pthread_join(th[k], NULL);
+	ret = b->err;
+	if (!ret && !(it = calloc(b->n, sizeof(*it))))
+		ret = -ENOMEM;
+	for (i = 0; !ret && i < b->n; i++)
+		it[i] = (struct qf_cache_item){ b->v[i]->name, b->data[i],
+						b->v[i]->len };
+	if (!ret)
+		ret = qf_cache_put(c, b->m->id, it, b->n);
 	for (i = 0; i < b->n; i++)
 		free(b->data[i]);
+	free(it);
 	b->n = 0;
 	b->bytes = 0;
 	return ret;
@@ -408,47 +469,39 @@ int qf_remote_import(struct qf_remote *r, struct qf_cache *c,
 		     const struct qf_rmanifest *m, const char *const *names,
 		     size_t nnames, size_t *got)
 {
-	struct batch b = { 0 };
-	size_t i, capd = 0;
+	struct batch b = { .r = r, .m = m };
+	size_t i, count = 0;
 	int ret = 0;
 
-	if (got)
-		*got = 0;
+	pthread_mutex_init(&b.lock, NULL);
 	for (i = 0; i < m->n && !ret; i++) {
 		const struct qf_rvalue *v = &m->v[i];
-		void *data;
 
 		if (!wanted(v, names, nnames) ||
 		    qf_cache_has(c, m->id, v->name, v->len))
 			continue;
-		ret = qf_grow(&b.it, b.n + 1, &b.cap, 16, sizeof(*b.it));
+		ret = qf_grow(&b.v, b.n + 1, &b.cap, 16, sizeof(*b.v));
 		if (!ret)
-			ret = qf_grow(&b.data, b.n + 1, &capd, 16,
+			ret = qf_grow(&b.data, b.n + 1, &b.capd, 16,
 				      sizeof(*b.data));
-		if (!ret)
-			ret = qf_remote_value(r, v, m->label, &data);
 		if (ret < 0)
 			break;
-		b.it[b.n].name = v->name;
-		b.it[b.n].data = data;
-		b.it[b.n].len = v->len;
-		b.data[b.n++] = data;
+		b.v[b.n++] = v;
 		b.bytes += v->len;
-		if (got)
-			(*got)++;
+		count++;
 		if (b.bytes >= BATCH_BYTES)
-			ret = batch_flush(c, m->id, &b);
+			ret = batch_run(c, &b);
 	}
 	if (!ret)
-		ret = batch_flush(c, m->id, &b);
-	else
-		for (i = 0; i < b.n; i++)
-			free(b.data[i]);
-	free(b.it);
+		ret = batch_run(c, &b);
+	free(b.v);
 	free(b.data);
-	if (!ret && got) {
+	pthread_mutex_destroy(&b.lock);
+	if (got)
+		*got = ret ? 0 : count;
+	if (!ret) {
 		pthread_mutex_lock(&r->lock);
-		r->st.imported += *got;
+		r->st.imported += count;
 		pthread_mutex_unlock(&r->lock);
 	}
 	return ret;

@@ -36,6 +36,11 @@ struct qf_remote {
 	struct qf_rmcache *mc;
 	size_t nmc, capmc;
 	struct qf_remote_stats st;
+	uint64_t *known;		/* values the bucket holds (first 8
+					 * bytes of their sum; 0 = empty), an
+					 * open-addressing set */
+	size_t nknown, capknown;
+	double known_t0;		/* when the set began (qf_now) */
 };
 
 enum { QF_RQ_GET, QF_RQ_HEAD, QF_RQ_PUT, QF_RQ_DELETE };

@@ -214,6 +214,7 @@ void qf_remote_close(struct qf_remote *r)
 		}
 	}
 	free(r->mc);
+	free(r->known);
 	free(r->bucket);
 	free(r->prefix);
 	pthread_mutex_destroy(&r->lock);
@@ -248,6 +249,81 @@ static int snap_one(void *arg, const char *name, const void *data,
 	return 0;
 }
 
+/*
+ * Values this process knows the bucket holds (it found or wrote them
+ * since it opened), so a checkpoint after every layer does not ask again
+ * for the values of the layers before.  Caller holds r->lock.
+ */
+static uint64_t known_key(const uint8_t *sha)
+{
+	uint64_t k;
+
+	memcpy(&k, sha, sizeof(k));
+	return k ? k : 1;
+}
+
+static bool known_has(struct qf_remote *r, const uint8_t *sha)
+{
+	uint64_t k = known_key(sha);
+	size_t i;
+
+	if (!r->capknown)
+		return false;
+	if (qf_now() - r->known_t0 > REFRESH_S / 2) {
+		/* older than that, gc may take a value: ask again */
+		memset(r->known, 0, r->capknown * sizeof(*r->known));
+		r->nknown = 0;
+		r->known_t0 = qf_now();
+		return false;
+	}
+	for (i = k & (r->capknown - 1); r->known[i];
+	     i = (i + 1) & (r->capknown - 1))
+		if (r->known[i] == k)
+			return true;
+	return false;
+}
+
+static void known_add(struct qf_remote *r, const uint8_t *sha)
+{
+	uint64_t k = known_key(sha);
+	size_t i;
+
+	if (known_has(r, sha))
+		return;
+	if (2 * (r->nknown + 1) > r->capknown) {
+		size_t cap = r->capknown ? 2 * r->capknown : 1024, j;
+		uint64_t *t = calloc(cap, sizeof(*t));
+
+		if (!t)
+			return;		/* only a HEAD more later */
+		for (j = 0; j < r->capknown; j++) {
+			if (!r->known[j])
+				continue;
+			for (i = r->known[j] & (cap - 1); t[i];
+			     i = (i + 1) & (cap - 1))
+				;
+			t[i] = r->known[j];
+		}
+		free(r->known);
+		if (!r->capknown)
+			r->known_t0 = qf_now();
+		r->known = t;
+		r->capknown = cap;
+	}
+	for (i = k & (r->capknown - 1); r->known[i];
+	     i = (i + 1) & (r->capknown - 1))
+		;
+	r->known[i] = k;
+	r->nknown++;
+}
+
+static void known(struct qf_remote *r, const uint8_t *sha)
+{
+	pthread_mutex_lock(&r->lock);
+	known_add(r, sha);
+	pthread_mutex_unlock(&r->lock);
+}
+
 /* Upload value v of id unless the bucket has it (young enough). */
 static int upload(struct qf_remote *r, struct qf_cache *c, const uint8_t *id,
 		  const struct qf_rvalue *v)
@@ -260,14 +336,21 @@ static int upload(struct qf_remote *r, struct qf_cache *c, const uint8_t *id,
 	long st;
 	int ret;
 
+	pthread_mutex_lock(&r->lock);
+	ret = known_has(r, v->sha);
+	pthread_mutex_unlock(&r->lock);
+	if (ret)
+		return 0;
 	qf_remote_key(r, "values", v->sha, 32, -1, key, sizeof(key));
 	ret = qf_remote_request(r, QF_RQ_HEAD, key, NULL, 0, 0, NULL, &resp);
 	if (ret < 0)
 		return ret;
 	qf_s3_resp_free(&resp);
 	if (resp.status == 200 && resp.length == v->len &&
-	    (resp.date <= 0 || resp.date - resp.last_modified < REFRESH_S))
+	    (resp.date <= 0 || resp.date - resp.last_modified < REFRESH_S)) {
+		known(r, v->sha);
 		return 0;
+	}
 	ret = qf_cache_read_begin(c, &txn);
 	if (!ret)
 		ret = qf_cache_get(txn, id, v->name, &p, &len);
@@ -279,6 +362,7 @@ static int upload(struct qf_remote *r, struct qf_cache *c, const uint8_t *id,
 	if (!ret && st / 100 != 2)
 		ret = st == 403 ? -EACCES : -EIO;
 	if (!ret) {
+		known(r, v->sha);
 		pthread_mutex_lock(&r->lock);
 		r->st.published++;
 		pthread_mutex_unlock(&r->lock);

@@ -49,7 +49,70 @@ static bool produces_calibrated(const struct qf_fs *fs)
 	return qf_remote_role(fs->remote) == QF_REMOTE_PRODUCE;
 }
 
+/* counted as a publication from now on: `quantfs warm` and unmount
+ * wait for its manifest */
+static void pub_count(struct qf_fs *fs, int d)
+{
+	pthread_mutex_lock(&fs->job_lock);
+	fs->npub += d;
+	pthread_cond_broadcast(&fs->job_cond);
+	pthread_mutex_unlock(&fs->job_lock);
+}
+
 /* --- slots ------------------------------------------------------------ */
+
+/*
+ * A variant found in the bucket is likely read whole (loaders read every
+ * tensor): the rest of its slots are fetched ahead by PREFETCH threads,
+ * each slot through the flight (qf_flight_fetch), so a reader wanting one
+ * waits for it instead of fetching it twice, and GETs overlap.
+ */
+#define PREFETCH 4
+
+struct pre {
+	struct qf_fs *fs;
+	struct qf_flight *fl;
+	size_t k;
+};
+
+static void *pre_main(void *arg)
+{
+	struct pre *p = arg;
+	size_t i;
+
+	for (i = p->k; i < p->fl->n && !qf_fs_stopping(p->fs); i += PREFETCH)
+		if (qf_flight_fetch(p->fs, p->fl, i) == -EAGAIN)
+			break;		/* the bucket went away */
+	pub_count(p->fs, -1);
+	free(p);
+	return NULL;
+}
+
+static void prefetch(struct qf_fs *fs, struct qf_flight *fl)
+{
+	pthread_t th;
+	bool first;
+	size_t k;
+
+	pthread_mutex_lock(&fl->lock);
+	first = !fl->prefetch;
+	fl->prefetch = true;
+	pthread_mutex_unlock(&fl->lock);
+	for (k = 0; first && k < PREFETCH && k < fl->n; k++) {
+		struct pre *p = malloc(sizeof(*p));
+
+		if (!p)
+			return;
+		*p = (struct pre){ fs, fl, k };
+		pub_count(fs, 1);
+		if (pthread_create(&th, NULL, pre_main, p) != 0) {
+			pub_count(fs, -1);
+			free(p);
+			return;
+		}
+		pthread_detach(th);
+	}
+}
 
 int qf_cluster_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 {
@@ -71,6 +134,8 @@ int qf_cluster_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	if (ret < 0 && ret != -EAGAIN)
 		qf_warn("%s: from the remote tier: %s; producing it here",
 			fl->label, qf_strerror(ret));
+	if (!ret)
+		prefetch(fs, fl);
 	return ret;
 }
 
@@ -117,10 +182,7 @@ static void *pub_main(void *arg)
 	publish(fs, p->vid, -1, p->label);
 	free(p->label);
 	free(p);
-	pthread_mutex_lock(&fs->job_lock);
-	fs->npub--;
-	pthread_cond_broadcast(&fs->job_cond);
-	pthread_mutex_unlock(&fs->job_lock);
+	pub_count(fs, -1);
 	return NULL;
 }
 
@@ -139,13 +201,9 @@ void qf_cluster_publish(struct qf_fs *fs, const uint8_t *vid,
 	}
 	p->fs = fs;
 	memcpy(p->vid, vid, QF_CACHE_VID);
-	pthread_mutex_lock(&fs->job_lock);
-	fs->npub++;
-	pthread_mutex_unlock(&fs->job_lock);
+	pub_count(fs, 1);
 	if (pthread_create(&th, NULL, pub_main, p) != 0) {
-		pthread_mutex_lock(&fs->job_lock);
-		fs->npub--;
-		pthread_mutex_unlock(&fs->job_lock);
+		pub_count(fs, -1);
 		free(p->label);
 		free(p);
 		return;
@@ -334,6 +392,7 @@ static int take_manifest(struct qf_cjob *c)
 static int start_renewer(struct qf_cjob *c)
 {
 	c->held = true;
+	pub_count(c->fs, 1);
 	if (pthread_create(&c->renewer, NULL, renewer, c) == 0)
 		c->renewing = true;
 	if (c->rl.l.took_over)
@@ -457,6 +516,8 @@ void qf_cluster_job_end(struct qf_fs *fs, struct qf_cjob *c, int ret)
 	pthread_mutex_lock(&c->var->lock);
 	c->var->job->remote_holder[0] = 0;
 	pthread_mutex_unlock(&c->var->lock);
+	if (c->held)
+		pub_count(fs, -1);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cond);
 	free(c);

@@ -332,14 +332,19 @@ static int xattr_remote(struct qf_fs *fs, struct qf_buf *out)
 {
 	static const char *const roles[] = { "produce", "cheap", "read" };
 	struct qf_remote_stats st;
+	int npub;
 
 	qf_remote_stats(fs->remote, &st);
+	pthread_mutex_lock(&fs->job_lock);
+	npub = fs->npub;
+	pthread_mutex_unlock(&fs->job_lock);
 	return qf_buf_addf(out, "{\"bucket\": \"%s\", \"role\": \"%s\", "
 			   "\"down\": %s, \"get\": %llu, \"head\": %llu, "
 			   "\"put\": %llu, \"list\": %llu, \"delete\": %llu, "
 			   "\"bytes_in\": %llu, \"bytes_out\": %llu, "
 			   "\"imported\": %llu, \"published\": %llu, "
-			   "\"bad\": %llu}\n", qf_remote_describe(fs->remote),
+			   "\"bad\": %llu, \"publishing\": %d}\n",
+			   qf_remote_describe(fs->remote),
 			   roles[qf_remote_role(fs->remote)],
 			   st.down ? "true" : "false",
 			   (unsigned long long)st.get,
@@ -351,7 +356,7 @@ static int xattr_remote(struct qf_fs *fs, struct qf_buf *out)
 			   (unsigned long long)st.bytes_out,
 			   (unsigned long long)st.imported,
 			   (unsigned long long)st.published,
-			   (unsigned long long)st.bad);
+			   (unsigned long long)st.bad, npub);
 }
 
 int qf_fs_do_getxattr(struct qf_fs *fs, uint64_t ino, const char *name,

@@ -192,6 +192,7 @@ void qf_flight_forget(struct qf_flight *fl, size_t i)
 			forget_one(fl, k);
 		fl->t0 = 0;
 		fl->nfetched = 0;
+		fl->prefetch = false;
 	}
 	fl->recorded = false;		/* eviction takes the record too */
 	pthread_mutex_unlock(&fl->lock);
@@ -254,10 +255,12 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i, int *made)
 	return ret;
 }
 
+static void settle(struct qf_fs *fs, struct qf_flight *fl, size_t i, int ret,
+		   int made);
+
 int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 {
-	bool produced, record, complete, done, slot = false, mine = false;
-	double secs;
+	bool done, slot = false;
 	int made, ret = 0;
 
 	pthread_mutex_lock(&fl->lock);
@@ -287,20 +290,33 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	pthread_mutex_unlock(&fl->lock);
 
 	ret = fill(fs, fl, i, &made);
-	produced = made != 0;
 	if (slot)
 		qf_fs_prod_end(fs);
+	settle(fs, fl, i, ret, made);
+	return ret;
+}
+
+/*
+ * Slot i (BUSY, ours) ended with ret, made as fill() says: mark it, wake
+ * its waiters, write the owner's record after its first production, and
+ * after the last slot sync, trim, and publish what was all made here.
+ */
+static void settle(struct qf_fs *fs, struct qf_flight *fl, size_t i, int ret,
+		   int made)
+{
+	bool record, complete, mine;
+	double secs;
 
 	pthread_mutex_lock(&fl->lock);
 	fl->state[i] = ret < 0 ? QF_FLIGHT_NONE : QF_FLIGHT_DONE;
 	if (!ret)
 		fl->ndone++;
 	fl->nfetched += made == 2;
-	complete = produced && fl->ndone == fl->n;
+	complete = made && fl->ndone == fl->n;
 	/* made here, none of it from the bucket: the fleet's to share */
 	mine = complete && !fl->nfetched;
 	secs = qf_now() - fl->t0;
-	record = produced && !fl->recorded;
+	record = made && !fl->recorded;
 	if (record)
 		fl->recorded = true;
 	pthread_cond_broadcast(&fl->cond);
@@ -324,6 +340,41 @@ int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 		if (mine)
 			qf_cluster_publish(fs, fl->vid, fl->label);
 	}
+}
+
+int qf_flight_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
+{
+	bool locked;
+	int ret;
+
+	pthread_mutex_lock(&fl->lock);
+	if (fl->state[i] != QF_FLIGHT_NONE) {
+		pthread_mutex_unlock(&fl->lock);
+		return 0;		/* done, or someone has it */
+	}
+	fl->state[i] = QF_FLIGHT_BUSY;
+	if (!fl->t0)
+		fl->t0 = qf_now();
+	pthread_mutex_unlock(&fl->lock);
+	ret = check(fs, fl, i);
+	if (!ret) {
+		settle(fs, fl, i, 0, 0);
+		return 0;
+	}
+	locked = qf_flight_lock(fs, fl, (int64_t)i) == 0;
+	ret = check(fs, fl, i);
+	if (ret == -ENOENT || ret == QF_ECORRUPT) {
+		ret = qf_cluster_fetch(fs, fl, i);
+		if (!ret)
+			ret = check(fs, fl, i);
+		if (locked)
+			qf_flight_unlock(fl, (int64_t)i);
+		settle(fs, fl, i, ret, ret ? 0 : 2);
+		return ret;
+	}
+	if (locked)
+		qf_flight_unlock(fl, (int64_t)i);
+	settle(fs, fl, i, ret, 0);
 	return ret;
 }
 

@@ -83,6 +83,7 @@ struct qf_flight {
 	uint8_t *state;			/* [n] QF_FLIGHT_*, lock */
 	size_t ndone;			/* slots DONE, lock */
 	size_t nfetched;		/* of them from the remote tier, lock */
+	bool prefetch;			/* a prefetch began (cluster.c), lock */
 	bool recorded;			/* record written, lock */
 	double t0;			/* lock: first slot began, 0 none */
 	int lockfd;			/* lock file, -1 until opened, lock */
@@ -99,6 +100,12 @@ void qf_flight_free(struct qf_flight *fl);
  * production slot, or unmounting) or the producer's error.
  */
 int qf_flight_ensure(struct qf_fs *fs, struct qf_flight *fl, size_t i);
+/*
+ * Slot i from the remote tier only (a prefetch, cluster.c): nothing if
+ * another thread has it or it is DONE; never produces.  0 (in the cache
+ * now, or someone else's), or why not.
+ */
+int qf_flight_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i);
 /* Slot i is DONE in this process. */
 bool qf_flight_done(struct qf_flight *fl, size_t i);
 /* Slot i is present (ops->cached). */

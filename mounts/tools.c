@@ -492,6 +492,48 @@ static void draw(const struct warm *w, uint64_t done, size_t cur, double t0,
 	fflush(stderr);
 }
 
+/*
+ * On a mount with a remote tier, what warm made is published in the
+ * background: wait for it, so a batch job that ends with warm has shared
+ * its work.  The mount's root is the first directory up from path with
+ * user.quantfs.remote.
+ */
+static void wait_published(const char *path)
+{
+	char dir[4096], buf[2048], *slash;
+	bool said = false;
+	ssize_t n = -1;
+	cJSON *o;
+	int pub;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	while ((slash = strrchr(dir, '/')) && slash != dir) {
+		*slash = 0;
+		n = getxattr(dir, "user.quantfs.remote", buf, sizeof(buf) - 1);
+		if (n > 0)
+			break;
+	}
+	while (n > 0) {
+		struct timespec ts = { 0, 200 * 1000 * 1000 };
+
+		buf[n] = 0;
+		o = cJSON_Parse(buf);
+		pub = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(o,
+								    "publishing"));
+		cJSON_Delete(o);
+		if (pub <= 0)
+			break;
+		if (!said)
+			fprintf(stderr, "quantfs: publishing to the remote "
+				"tier...\n");
+		said = true;
+		nanosleep(&ts, NULL);
+		n = getxattr(dir, "user.quantfs.remote", buf, sizeof(buf) - 1);
+	}
+	if (said)
+		fprintf(stderr, "quantfs: published\n");
+}
+
 int qf_cmd_warm(int argc, char **argv)
 {
 	struct warm w = { 0 };
@@ -533,6 +575,8 @@ int qf_cmd_warm(int argc, char **argv)
 				fprintf(stderr, "quantfs: %s: %s\n",
 					w.files[cur], strerror(w.err));
 				ret = 1;
+			} else if (w.n) {
+				wait_published(w.files[0]);
 			}
 			break;
 		}

@@ -89,7 +89,7 @@ def two_machines(tmp, src=None, name="tiny"):
 # The -o options that point a daemon at the bucket.  Not final: the lead
 # sets them once quantfs has them; each is formatted with endpoint,
 # bucket, region and what remote_opts() is given.
-REMOTE_OPTS = ("remote={endpoint}/{bucket}",)
+REMOTE_OPTS = ("remote=s3://{bucket}/fleet", "remote_endpoint={endpoint}")
 
 
 def remote_opts(s3, templates=REMOTE_OPTS, **extra):
@@ -218,7 +218,333 @@ def test_fixture_kill_restart():
     assert s == 200 and body == data
 
 
-# -- quantfs on the cluster (the lead's tests go here) -------------------------
+# -- quantfs on the cluster ---------------------------------------------------
+
+import json                                         # noqa: E402
+import subprocess                                   # noqa: E402
+import tempfile                                     # noqa: E402
+from qftest import sha, QUANTFS                     # noqa: E402
+
+SIX = ["calib_n=16", "calib_len=128"]   # a GPTQ job of a few seconds
+GPTQ = "gptq_w4_g128/model.safetensors"
+
+
+def remote_state(m):
+    return json.loads(os.getxattr(m.mnt, "user.quantfs.remote"))
+
+
+def published(m, timeout=120):
+    """Wait until m's daemon has no publication running."""
+    t0 = time.time()
+    while remote_state(m)["publishing"]:
+        assert time.time() - t0 < timeout, m.stderr()
+        time.sleep(0.1)
+
+
+def six_layer(tmp):
+    """Two machines with a 6-layer model (a GPTQ job takes seconds)."""
+    src = mkmodel(os.path.join(tmp, "made", "m"), "--layers", 6, "--hidden",
+                  384, "--inter", 1024, "--heads", 6, "--kv-heads", 2,
+                  "--seed", 12)
+    return two_machines(tmp, src=src, name="m")
+
+
+def uninterrupted(models, rel):
+    """rel's bytes produced in one go, with no remote tier at all."""
+    with Mount(models, opts=SIX) as m:
+        return sha(os.path.join(m.mnt, rel))
+
+
+def layer_lines(log):
+    return re.findall(r"layer (\d+)/(\d+) in ", log)
+
+
+def test_fleet_shares_a_variant():
+    """A produces; B, another copy of the model with other mtimes and
+    another cache, serves identical bytes with 0 productions, every value
+    fetched from the bucket and verified."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = two_machines(tmp)
+    s3 = new_bucket("share")
+    files = ["rtn_w4_g128/model.safetensors", "rtn_w4_g128/config.json",
+             "kq4_k_m/model.gguf"]
+    with mount_remote(a, s3) as ma:
+        want = [sha(os.path.join(ma.mnt, "tiny", f)) for f in files]
+        assert productions(ma), ma.stderr()
+        published(ma)
+        st = remote_state(ma)
+        assert st["role"] == "produce" and st["published"] > 0, st
+    keys = [o["key"] for o in s3.list("fleet/v1/manifests/")]
+    assert len(keys) == 2, keys         # the variant and the GGUF view
+    with mount_remote(b, s3) as mb:
+        got = [sha(os.path.join(mb.mnt, "tiny", f)) for f in files]
+        st = remote_state(mb)
+        log = mb.stderr()
+    assert got == want
+    assert productions(mb) == [], productions(mb)
+    assert st["imported"] > 0 and st["bad"] == 0, st
+    assert "every value from the remote tier, verified" in log, log
+    print("     B: %d values imported with %d GET, %d HEAD, 0 produced" %
+          (st["imported"], st["get"], st["head"]))
+
+
+def test_fleet_one_job():
+    """A and B read one calibrated variant at once: one job in the fleet
+    (6 layer lines over both logs), B follows A's progress, and both serve
+    the bytes of an uninterrupted run without the remote tier."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = six_layer(tmp)
+    want = uninterrupted(a.models, "m/" + GPTQ)
+    s3 = new_bucket("onejob")
+    with mount_remote(a, s3, opts=SIX) as ma, \
+            mount_remote(b, s3, opts=SIX) as mb:
+        out = {}
+        ta = threading.Thread(target=lambda: out.setdefault(
+            "a", sha(os.path.join(ma.mnt, "m", GPTQ))))
+        ta.start()
+        t0 = time.time()
+        while "sampling" not in ma.stderr():
+            assert time.time() - t0 < 60, ma.stderr()
+            time.sleep(0.05)
+        tb = threading.Thread(target=lambda: out.setdefault(
+            "b", sha(os.path.join(mb.mnt, "m", GPTQ))))
+        tb.start()
+        seen = []
+        while tb.is_alive():
+            try:
+                seen.append(json.loads(os.getxattr(os.path.join(
+                    mb.mnt, "m", "gptq_w4_g128"), "user.quantfs.progress")))
+            except OSError:
+                pass
+            time.sleep(0.2)
+        ta.join()
+        pid_a = ma.proc.pid
+        status = subprocess.run([QUANTFS, "status", mb.mnt],
+                                capture_output=True, text=True).stdout
+        la, lb = ma.stderr(), mb.stderr()
+    assert out == {"a": want, "b": want}, (out, want)
+    assert len(layer_lines(la)) == 6 and layer_lines(lb) == [], lb
+    holder = [x for x in seen if x.get("producer")]
+    assert holder and "pid %d" % pid_a in holder[0]["producer"], seen
+    assert any(x["layers_done"] >= 1 for x in holder), holder
+    assert "remote tier" in status, status
+    print("     B followed %s through layers %s" % (
+        holder[0]["producer"], sorted({x["layers_done"] for x in holder})))
+
+
+def test_fleet_takeover_after_kill9():
+    """The producer is killed (-9) after 2 layers: B takes the lease over
+    once it expires (4 s), resumes after the last published checkpoint
+    with the cluster's calibration set, and serves the bytes of an
+    uninterrupted run."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = six_layer(tmp)
+    want = uninterrupted(a.models, "m/" + GPTQ)
+    s3 = new_bucket("takeover")
+    opts = SIX + ["remote_lease=4"]
+    ma = mount_remote(a, s3, opts=opts)
+    ma.__enter__()
+    try:
+        with mount_remote(b, s3, opts=opts) as mb:
+            ra = subprocess.Popen(["cat", os.path.join(ma.mnt, "m", GPTQ)],
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+            t0 = time.time()
+            while ma.stderr().count("checkpoint (") < 2:
+                assert time.time() - t0 < 120, ma.stderr()
+                time.sleep(0.05)
+            out = {}
+            tb = threading.Thread(target=lambda: out.setdefault(
+                "b", sha(os.path.join(mb.mnt, "m", GPTQ))))
+            tb.start()
+            time.sleep(1)
+            ma.kill9()
+            killed = time.time()
+            ra.wait(timeout=30)
+            done_a = len(layer_lines(ma.stderr()))
+            tb.join(timeout=300)
+            took = time.time() - killed
+            lb = mb.stderr()
+    finally:
+        if ma.proc:
+            ma.umount()
+    assert out.get("b") == want, (out, want)
+    assert "took over the remote lease" in lb, lb
+    k = int(re.search(r"resuming from a checkpoint after (\d+) layers",
+                      lb).group(1))
+    assert 2 <= k <= done_a, (k, done_a)
+    assert len(layer_lines(lb)) == 6 - k, lb
+    assert "calibration set from the remote tier" in lb or k == 6, lb
+    print("     A did %d layers, B resumed after %d, done %.1f s after the "
+          "kill" % (done_a, k, took))
+
+
+def test_fleet_tampered_value():
+    """A value overwritten in the bucket is detected (its SHA-256), never
+    served: the node produces that tensor itself and serves the right
+    bytes."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = two_machines(tmp)
+    s3 = new_bucket("tamper")
+    rel = "tiny/rtn_w4_g128/model.safetensors"
+    with mount_remote(a, s3) as ma:
+        want = sha(os.path.join(ma.mnt, rel))
+        published(ma)
+    vals = s3.list("fleet/v1/values/")
+    victim = max(vals, key=lambda o: o["size"])
+    s, _, body = s3.get(victim["key"])
+    bad = bytes([body[0] ^ 1]) + body[1:]
+    assert s3.put(victim["key"], bad)[0] == 200
+    with mount_remote(b, s3) as mb:
+        got = sha(os.path.join(mb.mnt, rel))
+        st = remote_state(mb)
+        log = mb.stderr()
+    assert got == want
+    assert "fails verification" in log and "producing it here" in log, log
+    assert st["bad"] == 2, st               # fetched twice, never served
+    assert len(productions(mb)) == 1, productions(mb)
+
+
+def test_fleet_read_only_node():
+    """A remote_role=read node writes nothing (the bucket's listing is the
+    same before and after): it serves what is published, produces the rest
+    locally unpublished, and refuses a calibrated variant nobody makes."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = two_machines(tmp)
+    s3 = new_bucket("readonly")
+    with mount_remote(a, s3) as ma:
+        want = sha(os.path.join(ma.mnt, "tiny/rtn_w4_g128/model.safetensors"))
+        published(ma)
+    before = bucket_state(s3)
+    with mount_remote(b, s3, opts=["remote_role=read"] + SIX) as mb:
+        assert sha(os.path.join(
+            mb.mnt, "tiny/rtn_w4_g128/model.safetensors")) == want
+        with open(os.path.join(mb.mnt, "tiny/rtn_w3_g64/model.safetensors"),
+                  "rb") as f:
+            assert len(f.read()) > 0
+        try:
+            open(os.path.join(mb.mnt, "tiny", GPTQ), "rb").read()
+            raise AssertionError("a read node produced a calibrated variant")
+        except OSError as e:
+            assert e.errno == 5, e          # EIO
+        st = remote_state(mb)
+        log = mb.stderr()
+    assert bucket_state(s3) == before
+    assert st["put"] == 0 and st["delete"] == 0 and st["role"] == "read", st
+    assert st["imported"] > 0, st       # the published one: the bucket's
+    assert "does not produce calibrated variants" in log, log
+
+
+def test_fleet_rgw_killed():
+    """radosgw killed while two nodes serve: both go on (local
+    production), each says so once; radosgw back: they use it again."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, b = two_machines(tmp)
+    s3 = new_bucket("killed")
+    with mount_remote(a, s3) as ma, mount_remote(b, s3) as mb:
+        sha(os.path.join(ma.mnt, "tiny/rtn_w4_g128/model.safetensors"))
+        published(ma)
+        CEPH.kill_rgw()
+        for m in (ma, mb):
+            for v in ("rtn_w3_g64", "rtn_w8_g32", "rtn_w4_g64"):
+                with open(os.path.join(m.mnt, "tiny", v, "model.safetensors"),
+                          "rb") as f:
+                    assert len(f.read()) > 0
+            assert m.stderr().count("does not answer") == 1, m.stderr()
+            assert remote_state(m)["down"], remote_state(m)
+        print("     radosgw restarted in %.1f s" % CEPH.start_rgw())
+        time.sleep(6)                       # the first back-off is 5 s
+        sha(os.path.join(mb.mnt, "tiny/rtn_w8_g128/model.safetensors"))
+        published(mb)
+        assert "answers again" in mb.stderr(), mb.stderr()
+    assert any("manifests" in o["key"] for o in s3.list("fleet/v1/")), \
+        "nothing published after radosgw came back"
+
+
+def test_fleet_credentials():
+    """Credentials never from mount options; a credentials file others can
+    read is refused; a 0600 one works."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, _ = two_machines(tmp)
+    s3 = new_bucket("creds")
+    r = subprocess.run([QUANTFS, "mount", a.models, os.path.join(tmp, "x"),
+                        "-o", "remote=s3://%s,aws_secret_access_key=k" %
+                        s3.bucket], capture_output=True, text=True)
+    assert r.returncode == 2 and "never taken from mount options" in \
+        r.stderr, r.stderr
+    cred = os.path.join(tmp, "credentials")
+    with open(cred, "w") as f:
+        f.write("[default]\naws_access_key_id = %s\naws_secret_access_key = "
+                "%s\n" % (CEPH.access_key, CEPH.secret_key))
+    os.chmod(cred, 0o644)
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    m = Mount(a.models, cache=a.cache, env=dict(os.environ, **env),
+              opts=remote_opts(s3) + ["remote_credentials=" + cred])
+    try:
+        m.__enter__()
+        raise AssertionError("mounted with a 0644 credentials file")
+    except AssertionError as e:
+        assert "credentials" in str(e) and "daemon exited" in str(e), e
+    os.chmod(cred, 0o600)
+    with Mount(a.models, cache=a.cache, env=dict(os.environ, **env),
+               opts=remote_opts(s3) + ["remote_credentials=" + cred]) as m:
+        sha(os.path.join(m.mnt, "tiny/rtn_w4_g128/model.safetensors"))
+        published(m)
+    assert s3.list("fleet/v1/manifests/"), "nothing published"
+
+
+def test_fleet_server_ignoring_conditions():
+    """A server that ignores If-None-Match (an emulator) is detected at
+    mount: the mount says so and acts as a read node (writes nothing)."""
+    import http.server
+    store = {}
+
+    class Lax(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _send(self, code, body=b""):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", '"%s"' % hashlib.md5(body).hexdigest())
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_PUT(self):
+            n = int(self.headers.get("Content-Length", 0))
+            store[self.path] = self.rfile.read(n)
+            self._send(200)
+
+        def do_GET(self):
+            if self.path in store:
+                self._send(200, store[self.path])
+            else:
+                self._send(404)
+
+        do_HEAD = do_GET
+
+        def do_DELETE(self):
+            store.pop(self.path, None)
+            self._send(204)
+    import hashlib
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lax)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, _ = two_machines(tmp)
+    try:
+        with Mount(a.models, cache=a.cache, env=CEPH.env(),
+                   opts=["remote=s3://lax-bucket", "remote_endpoint="
+                         "http://127.0.0.1:%d" % srv.server_port]) as m:
+            st = remote_state(m)
+            sha(os.path.join(m.mnt, "tiny/rtn_w4_g128/model.safetensors"))
+            log = m.stderr()
+    finally:
+        srv.shutdown()
+    assert "ignores conditional writes" in log, log
+    assert st["role"] == "read", st
+    assert not [k for k in store if "/v1/manifests/" in k], store.keys()
 
 # Run in this order; each may count on a running radosgw (the runner starts
 # it again after a test that killed it and failed).  Add quantfs tests
@@ -228,6 +554,14 @@ TESTS = [
     test_fixture_oracle,
     test_fixture_conditions,
     test_fixture_kill_restart,
+    test_fleet_credentials,
+    test_fleet_server_ignoring_conditions,
+    test_fleet_shares_a_variant,
+    test_fleet_tampered_value,
+    test_fleet_read_only_node,
+    test_fleet_one_job,
+    test_fleet_takeover_after_kill9,
+    test_fleet_rgw_killed,
 ]
 
 
