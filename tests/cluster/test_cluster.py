@@ -21,6 +21,7 @@ import re
 import secrets
 import shutil
 import sys
+import tempfile
 import threading
 import time
 
@@ -29,7 +30,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "mount"))
 from ceph import Ceph  # noqa: E402
 from s3py import S3, etag, sign, uri_encode, EMPTY_SHA256  # noqa: E402
-from qftest import Mount, mkmodel, run_tests, SkipTest  # noqa: E402
+from qftest import Mount, mkmodel, run_tests, SkipTest, sha  # noqa: E402
 
 CEPH = None             # the run's Ceph, set in __main__
 
@@ -112,7 +113,7 @@ def productions(m):
     return re.findall(r"produced (\S+) in", m.stderr())
 
 
-# -- the fixture ---------------------------------------------------------------
+# -- the fixture -------------------------------------------------------------
 
 AWS_AK = "AKIAIOSFODNN7EXAMPLE"
 AWS_SK = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -218,16 +219,45 @@ def test_fixture_kill_restart():
     assert s == 200 and body == data
 
 
-# -- quantfs on the cluster (the lead's tests go here) -------------------------
+def test_fixture_two_machines():
+    """The two machines hold the same bytes with other mtimes, and each
+    mounts (here without the remote tier: no remote options) with the
+    credentials in its environment."""
+    tmp = tempfile.mkdtemp(prefix="qfcluster.")
+    try:
+        a, b = two_machines(tmp)
+        names = sorted(os.listdir(a.model))
+        assert names == sorted(os.listdir(b.model)) and names
+        for f in names:
+            pa, pb = os.path.join(a.model, f), os.path.join(b.model, f)
+            assert sha(pa) == sha(pb), f
+            assert os.stat(pa).st_mtime != os.stat(pb).st_mtime, f
+        s3 = new_bucket("two")
+        rel = os.path.join("tiny", "rtn_w4_g128", "model.safetensors")
+        with mount_remote(a, s3, templates=()) as ma, \
+                mount_remote(b, s3, templates=()) as mb:
+            assert ma.env["AWS_SECRET_ACCESS_KEY"] == CEPH.secret_key
+            assert CEPH.secret_key not in " ".join(ma.args)
+            assert sha(os.path.join(ma.mnt, rel)) == \
+                sha(os.path.join(mb.mnt, rel))
+            assert productions(ma) and productions(mb)  # no remote yet
+        assert bucket_state(s3) == {}
+    finally:
+        shutil.rmtree(tmp)
 
-# Run in this order; each may count on a running radosgw (the runner starts
-# it again after a test that killed it and failed).  Add quantfs tests
+
+# -- quantfs on the cluster (the lead's tests go here) -----------------------
+
+# The tests of this run (qftest.run_tests runs them by name); each may count
+# on a running radosgw (the runner starts it again after a test that killed
+# it and failed).  Add quantfs tests
 # (two daemons on one bucket, single flight, kill -9 of the producer, a
 # tampered value, a read-only node, radosgw killed mid-run) to this list.
 TESTS = [
     test_fixture_oracle,
     test_fixture_conditions,
     test_fixture_kill_restart,
+    test_fixture_two_machines,
 ]
 
 
