@@ -50,11 +50,25 @@ class CephError(Exception):
 
 
 def free_port():
-    """A port free on 127.0.0.1 now (the kernel's pick; a race with other
-    processes is possible but not seen in practice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now, drawn below the kernel's ephemeral
+    range: a port the kernel picked for us could be handed to any outgoing
+    connection before the daemon binds it, and radosgw must get the same
+    port back after kill_rgw().  (Ceph's OSDs bind 6800-7300.)"""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = secrets.randbelow(low - 1 - 10000) + 10000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if not 6800 <= port <= 7300:
+            return port
+    raise CephError("no free port on 127.0.0.1 in 10000-%d" % low)
 
 
 try:                    # looked up here: the child between fork and exec
@@ -232,6 +246,22 @@ class Ceph:
             raise CephError(why)
         t0 = time.monotonic()
         _install_handlers()
+        for attempt in range(3):
+            try:
+                steps = self._start_once()
+                break
+            except CephError as e:
+                # another process took a port between the draw and the bind
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self._say("ceph: a port was taken, starting again")
+        self.start_s = time.monotonic() - t0
+        self._say("ceph: started in %.1f s (%s s; mon :%d, radosgw %s, "
+                  "dir %s)" % (self.start_s, ", ".join(steps), self.mon_port,
+                               self.endpoint, self.dir))
+
+    def _start_once(self):
+        """Start the whole cluster, each step timed; stop it on failure."""
         with _live_lock:
             _live.add(self)
         steps = []
@@ -245,10 +275,7 @@ class Ceph:
         except BaseException:
             self.stop()
             raise
-        self.start_s = time.monotonic() - t0
-        self._say("ceph: started in %.1f s (%s s; mon :%d, radosgw %s, "
-                  "dir %s)" % (self.start_s, ", ".join(steps), self.mon_port,
-                               self.endpoint, self.dir))
+        return steps
 
     def _setup(self):
         self.dir = tempfile.mkdtemp(prefix="qfceph.")
