@@ -38,6 +38,7 @@ BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph",
             "monmaptool")
 PACKAGES = "radosgw ceph-mon ceph-osd ceph-common"
 REGION = "us-east-1"
+OWNER = "test"          # the uid of the keys in endpoint's env()
 GRACE_S = 5             # SIGTERM to SIGKILL, per daemon
 
 _live = set()           # started Ceph objects, for atexit and signals
@@ -224,11 +225,34 @@ class Ceph:
                 "does it)" % (", ".join(missing), PACKAGES)
         return True, ""
 
-    def env(self):
-        return {"AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key,
+    def env(self, keys=None):
+        """AWS_* variables for a child process; keys: (access, secret) of
+        another user (add_user()), else the owner's."""
+        ak, sk = keys or (self.access_key, self.secret_key)
+        return {"AWS_ACCESS_KEY_ID": ak,
+                "AWS_SECRET_ACCESS_KEY": sk,
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": self.region}
+
+    def credentials_file(self, path, keys=None):
+        """Write keys (default: the owner's) as an AWS shared credentials
+        file, mode 0600, profile [default]; returns path."""
+        ak, sk = keys or (self.access_key, self.secret_key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("[default]\naws_access_key_id = %s\n"
+                    "aws_secret_access_key = %s\n" % (ak, sk))
+        return path
+
+    def add_user(self, uid):
+        """Another radosgw user (no buckets of its own, no rights on the
+        owner's until a bucket policy grants them); (access, secret)."""
+        keys = (_key(20, string.ascii_uppercase + string.digits),
+                _key(40, string.ascii_letters + string.digits))
+        self._run("user create", "radosgw-admin", "user", "create",
+                  "--uid=" + uid, "--display-name=" + uid,
+                  "--access-key=" + keys[0], "--secret-key=" + keys[1])
+        return keys
 
     def __enter__(self):
         self.start()
@@ -394,7 +418,7 @@ class Ceph:
 
     def _create_user(self):
         self._run("user create", "radosgw-admin", "user", "create",
-                  "--uid=test", "--display-name=quantfs tests",
+                  "--uid=" + OWNER, "--display-name=quantfs tests",
                   "--access-key=" + self.access_key,
                   "--secret-key=" + self.secret_key)
 

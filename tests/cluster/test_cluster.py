@@ -52,6 +52,20 @@ def bucket_state(s3, prefix=""):
     return {o["key"]: o["etag"] for o in s3.list(prefix)}
 
 
+def reader(s3, uid=None):
+    """(keys, S3 client) of a new user that may only read s3's bucket
+    (GET, HEAD, list: a bucket policy), as the issue's inference nodes."""
+    uid = uid or "reader-" + secrets.token_hex(4)
+    keys = CEPH.add_user(uid)
+    arn = "arn:aws:s3:::" + s3.bucket
+    s = s3.put_policy({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": ["arn:aws:iam:::user/" + uid]},
+        "Action": ["s3:GetObject", "s3:ListBucket"],
+        "Resource": [arn, arn + "/*"]}]})
+    assert s in (200, 204), s
+    return keys, S3(CEPH.endpoint, keys[0], keys[1], s3.bucket, CEPH.region)
+
+
 def need_fuse():
     if not os.path.exists("/dev/fuse"):
         raise SkipTest("/dev/fuse is absent, no FUSE mount is possible")
@@ -166,6 +180,20 @@ def test_fixture_oracle():
     assert s == 400 and b"XAmzContentSHA256Mismatch" in body, (s, body)
 
 
+def test_fixture_reader():
+    """A read-only user reads and lists the bucket and cannot write it."""
+    s3 = new_bucket("ro")
+    assert s3.put("v/1", b"one")[0] == 200
+    _, ro = reader(s3)
+    assert ro.get("v/1")[:3:2] == (200, b"one")
+    assert ro.head("v/1")[0] == 200
+    assert [o["key"] for o in ro.list("v/")] == ["v/1"]
+    assert ro.put("v/2", b"two")[0] == 403
+    assert ro.put("v/3", b"x", if_none_match=True)[0] == 403
+    assert ro.delete("v/1") == 403
+    assert bucket_state(s3) == {"v/1": etag(s3.head("v/1")[1])}
+
+
 def race(s3, key, n, **cond):
     """n threads PUT key under the same condition at once (connections
     opened before the start), each its own body (a nonce: equal bodies
@@ -243,6 +271,9 @@ def test_fixture_two_machines():
             pa, pb = os.path.join(a.model, f), os.path.join(b.model, f)
             assert sha(pa) == sha(pb), f
             assert os.stat(pa).st_mtime != os.stat(pb).st_mtime, f
+        cred = CEPH.credentials_file(os.path.join(tmp, "credentials"))
+        assert os.stat(cred).st_mode & 0o777 == 0o600
+        assert CEPH.secret_key in open(cred).read()
         s3 = new_bucket("two")
         rel = os.path.join("tiny", "rtn_w4_g128", "model.safetensors")
         with mount_remote(a, s3, templates=()) as ma, \
@@ -268,6 +299,7 @@ TESTS = [
     test_fixture_oracle,
     test_fixture_conditions,
     test_fixture_kill_restart,
+    test_fixture_reader,
     test_fixture_two_machines,
 ]
 
