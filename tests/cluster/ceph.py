@@ -38,7 +38,7 @@ BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph",
             "monmaptool")
 PACKAGES = "radosgw ceph-mon ceph-osd ceph-common"
 REGION = "us-east-1"
-OWNER = "test"          # the uid of the keys in endpoint's env()
+OWNER = "test"          # the uid whose keys env() gives, the buckets' owner
 GRACE_S = 5             # SIGTERM to SIGKILL, per daemon
 
 _live = set()           # started Ceph objects, for atexit and signals
@@ -50,7 +50,7 @@ class CephError(Exception):
     pass
 
 
-def free_port():
+def free_port(taken=()):
     """A port free on 127.0.0.1 now, drawn below the kernel's ephemeral
     range: a port the kernel picked for us could be handed to any outgoing
     connection before the daemon binds it, and radosgw must get the same
@@ -67,7 +67,7 @@ def free_port():
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-        if not 6800 <= port <= 7300:
+        if not 6800 <= port <= 7300 and port not in taken:
             return port
     raise CephError("no free port on 127.0.0.1 in 10000-%d" % low)
 
@@ -305,12 +305,13 @@ class Ceph:
         self.dir = tempfile.mkdtemp(prefix="qfceph.")
         for d in ("run", "log", "mon", "osd", "rgw"):
             os.makedirs(os.path.join(self.dir, d))
+        self.fsid = str(uuid.uuid4())
         self.mon_port = free_port()
-        self.rgw_port = free_port()
+        self.rgw_port = free_port(taken=(self.mon_port,))
         self.endpoint = "http://127.0.0.1:%d" % self.rgw_port
         self.conf = os.path.join(self.dir, "ceph.conf")
         with open(self.conf, "w") as f:
-            f.write(CONF.format(fsid=uuid.uuid4(), dir=self.dir,
+            f.write(CONF.format(fsid=self.fsid, dir=self.dir,
                                 mon_port=self.mon_port,
                                 rgw_port=self.rgw_port))
 
@@ -380,17 +381,10 @@ class Ceph:
         monmap = os.path.join(self.dir, "monmap")
         self._run("monmap", "monmaptool", "--create", "--addv", "a",
                   "[v2:127.0.0.1:%d]" % self.mon_port, "--fsid",
-                  self._fsid(), monmap)
+                  self.fsid, monmap)
         self._run("mon mkfs", "ceph-mon", "--mkfs", "-i", "a",
                   "--monmap", monmap)
         self._spawn("mon", "ceph-mon", "-i", "a")
-
-    def _fsid(self):
-        with open(self.conf) as f:
-            for line in f:
-                if line.startswith("fsid = "):
-                    return line.split()[2]
-        raise CephError("no fsid in " + self.conf)
 
     def _ceph_ok(self, *args):
         """ceph ARGS succeeds (a probe: a short connect timeout)."""
@@ -437,7 +431,8 @@ class Ceph:
 
     def start_rgw(self):
         """Start radosgw (again after kill_rgw()) on the same endpoint and
-        wait until it answers HTTP; returns the seconds it took."""
+        wait until it answers HTTP; returns the seconds it took.  Call it
+        from a thread that outlives radosgw (PR_SET_PDEATHSIG)."""
         if self.rgw_alive():
             return 0.0
         t0 = time.monotonic()
