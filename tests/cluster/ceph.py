@@ -38,6 +38,7 @@ BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph",
             "monmaptool")
 PACKAGES = "radosgw ceph-mon ceph-osd ceph-common"
 REGION = "us-east-1"
+OWNER = "test"          # the uid whose keys env() gives, the buckets' owner
 GRACE_S = 5             # SIGTERM to SIGKILL, per daemon
 
 _live = set()           # started Ceph objects, for atexit and signals
@@ -49,12 +50,26 @@ class CephError(Exception):
     pass
 
 
-def free_port():
-    """A port free on 127.0.0.1 now (the kernel's pick; a race with other
-    processes is possible but not seen in practice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken=()):
+    """A port free on 127.0.0.1 now, drawn below the kernel's ephemeral
+    range: a port the kernel picked for us could be handed to any outgoing
+    connection before the daemon binds it, and radosgw must get the same
+    port back after kill_rgw().  (Ceph's OSDs bind 6800-7300.)"""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100):
+        port = secrets.randbelow(low - 1 - 10000) + 10000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if not 6800 <= port <= 7300 and port not in taken:
+            return port
+    raise CephError("no free port on 127.0.0.1 in 10000-%d" % low)
 
 
 try:                    # looked up here: the child between fork and exec
@@ -210,11 +225,34 @@ class Ceph:
                 "does it)" % (", ".join(missing), PACKAGES)
         return True, ""
 
-    def env(self):
-        return {"AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": self.secret_key,
+    def env(self, keys=None):
+        """AWS_* variables for a child process; keys: (access, secret) of
+        another user (add_user()), else the owner's."""
+        ak, sk = keys or (self.access_key, self.secret_key)
+        return {"AWS_ACCESS_KEY_ID": ak,
+                "AWS_SECRET_ACCESS_KEY": sk,
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": self.region}
+
+    def credentials_file(self, path, keys=None):
+        """Write keys (default: the owner's) as an AWS shared credentials
+        file, mode 0600, profile [default]; returns path."""
+        ak, sk = keys or (self.access_key, self.secret_key)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("[default]\naws_access_key_id = %s\n"
+                    "aws_secret_access_key = %s\n" % (ak, sk))
+        return path
+
+    def add_user(self, uid):
+        """Another radosgw user (no buckets of its own, no rights on the
+        owner's until a bucket policy grants them); (access, secret)."""
+        keys = (_key(20, string.ascii_uppercase + string.digits),
+                _key(40, string.ascii_letters + string.digits))
+        self._run("user create", "radosgw-admin", "user", "create",
+                  "--uid=" + uid, "--display-name=" + uid,
+                  "--access-key=" + keys[0], "--secret-key=" + keys[1])
+        return keys
 
     def __enter__(self):
         self.start()
@@ -232,6 +270,22 @@ class Ceph:
             raise CephError(why)
         t0 = time.monotonic()
         _install_handlers()
+        for attempt in range(3):
+            try:
+                steps = self._start_once()
+                break
+            except CephError as e:
+                # another process took a port between the draw and the bind
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self._say("ceph: a port was taken, starting again")
+        self.start_s = time.monotonic() - t0
+        self._say("ceph: started in %.1f s (%s s; mon :%d, radosgw %s, "
+                  "dir %s)" % (self.start_s, ", ".join(steps), self.mon_port,
+                               self.endpoint, self.dir))
+
+    def _start_once(self):
+        """Start the whole cluster, each step timed; stop it on failure."""
         with _live_lock:
             _live.add(self)
         steps = []
@@ -245,21 +299,19 @@ class Ceph:
         except BaseException:
             self.stop()
             raise
-        self.start_s = time.monotonic() - t0
-        self._say("ceph: started in %.1f s (%s s; mon :%d, radosgw %s, "
-                  "dir %s)" % (self.start_s, ", ".join(steps), self.mon_port,
-                               self.endpoint, self.dir))
+        return steps
 
     def _setup(self):
         self.dir = tempfile.mkdtemp(prefix="qfceph.")
         for d in ("run", "log", "mon", "osd", "rgw"):
             os.makedirs(os.path.join(self.dir, d))
+        self.fsid = str(uuid.uuid4())
         self.mon_port = free_port()
-        self.rgw_port = free_port()
+        self.rgw_port = free_port(taken=(self.mon_port,))
         self.endpoint = "http://127.0.0.1:%d" % self.rgw_port
         self.conf = os.path.join(self.dir, "ceph.conf")
         with open(self.conf, "w") as f:
-            f.write(CONF.format(fsid=uuid.uuid4(), dir=self.dir,
+            f.write(CONF.format(fsid=self.fsid, dir=self.dir,
                                 mon_port=self.mon_port,
                                 rgw_port=self.rgw_port))
 
@@ -329,17 +381,10 @@ class Ceph:
         monmap = os.path.join(self.dir, "monmap")
         self._run("monmap", "monmaptool", "--create", "--addv", "a",
                   "[v2:127.0.0.1:%d]" % self.mon_port, "--fsid",
-                  self._fsid(), monmap)
+                  self.fsid, monmap)
         self._run("mon mkfs", "ceph-mon", "--mkfs", "-i", "a",
                   "--monmap", monmap)
         self._spawn("mon", "ceph-mon", "-i", "a")
-
-    def _fsid(self):
-        with open(self.conf) as f:
-            for line in f:
-                if line.startswith("fsid = "):
-                    return line.split()[2]
-        raise CephError("no fsid in " + self.conf)
 
     def _ceph_ok(self, *args):
         """ceph ARGS succeeds (a probe: a short connect timeout)."""
@@ -367,7 +412,7 @@ class Ceph:
 
     def _create_user(self):
         self._run("user create", "radosgw-admin", "user", "create",
-                  "--uid=test", "--display-name=quantfs tests",
+                  "--uid=" + OWNER, "--display-name=quantfs tests",
                   "--access-key=" + self.access_key,
                   "--secret-key=" + self.secret_key)
 
@@ -386,7 +431,8 @@ class Ceph:
 
     def start_rgw(self):
         """Start radosgw (again after kill_rgw()) on the same endpoint and
-        wait until it answers HTTP; returns the seconds it took."""
+        wait until it answers HTTP; returns the seconds it took.  Call it
+        from a thread that outlives radosgw (PR_SET_PDEATHSIG)."""
         if self.rgw_alive():
             return 0.0
         t0 = time.monotonic()

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import json
 import threading
 import time
 import urllib.parse
@@ -174,6 +175,11 @@ class S3:
     def create_bucket(self):
         """PUT the bucket; 200 (or 409 when it exists and is ours)."""
         return self.request("PUT")
+
+    def put_policy(self, policy):
+        """PUT the bucket policy (a dict, as JSON); the status."""
+        return self.request("PUT", query={"policy": ""},
+                            body=json.dumps(policy).encode())[0]
 
     def put(self, key, data, if_none_match=False, if_match=None,
             headers=None):
