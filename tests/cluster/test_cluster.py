@@ -16,10 +16,12 @@ install; without /dev/fuse only the tests that mount skip.
 usage: test_cluster.py [test_name ...]   (env QUANTFS, QF_SHARED as for
 tests/mount)
 """
+import json
 import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -290,10 +292,7 @@ def test_fixture_two_machines():
 
 # -- quantfs on the cluster ---------------------------------------------------
 
-import json                                         # noqa: E402
-import subprocess                                   # noqa: E402
-import tempfile                                     # noqa: E402
-from qftest import sha, QUANTFS                     # noqa: E402
+from qftest import QUANTFS                          # noqa: E402
 
 SIX = ["calib_n=16", "calib_len=128"]   # a GPTQ job of a few seconds
 GPTQ = "gptq_w4_g128/model.safetensors"
