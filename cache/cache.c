@@ -34,21 +34,6 @@
 #define FULL_SLACK (1ULL << 20)		/* "full": less free than a write
 					 * needed and this */
 
-struct qf_cache {
-	MDB_env *env;
-	MDB_dbi tensors;		/* "t" */
-	MDB_dbi records;		/* "v" */
-	MDB_dbi sums;			/* "s": key as "t", 8-byte checksum */
-	pthread_rwlock_t resize;	/* readers: any txn; writer: resize */
-	char *dir;
-	size_t psize;			/* LMDB page size */
-};
-
-struct qf_cache_txn {
-	struct qf_cache *c;
-	MDB_txn *txn;
-};
-
 static int lmdb_err(const char *what, int rc)
 {
 	if (rc == ENOSPC || rc == EDQUOT)
@@ -213,7 +198,7 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 		ret = lmdb_err("create", rc);
 		goto out_free;
 	}
-	mdb_env_set_maxdbs(c->env, 4);
+	mdb_env_set_maxdbs(c->env, 8);	/* t v s m, and room */
 	mdb_env_set_maxreaders(c->env, 1024);
 	rc = mdb_env_open(c->env, dir, MDB_NOTLS | MDB_NOSYNC, 0660);
 	if (rc) {
@@ -237,6 +222,8 @@ int qf_cache_open(const char *dir, uint64_t map_size, struct qf_cache **out)
 		rc = mdb_dbi_open(txn, "v", MDB_CREATE, &c->records);
 	if (!rc)
 		rc = mdb_dbi_open(txn, "s", MDB_CREATE, &c->sums);
+	if (!rc)
+		rc = mdb_dbi_open(txn, "m", MDB_CREATE, &c->meta);
 	if (!rc)
 		rc = mdb_txn_commit(txn);
 	else
@@ -358,42 +345,18 @@ static int txn_begin(struct qf_cache *c, unsigned flags, MDB_txn **txn)
 	return 0;
 }
 
-static int put_items(struct qf_cache *c, MDB_dbi dbi,
-		     const uint8_t *vid, const struct qf_cache_item *items,
-		     size_t n, bool record)
+int qf_cache_write(struct qf_cache *c, uint64_t need,
+		   int (*fn)(struct qf_cache *c, MDB_txn *txn, void *arg),
+		   void *arg)
 {
-	uint8_t key[KEY_MAX + 1];
-	uint64_t need = 0;
 	MDB_txn *txn;
-	size_t i;
 	int rc;
 
 	for (;;) {
-		need = 0;
 		rc = txn_begin(c, 0, &txn);
 		if (rc < 0)
 			return rc;
-		for (i = 0, rc = 0; i < n && !rc; i++) {
-			MDB_val k, v;
-
-			k.mv_data = key;
-			k.mv_size = record ? QF_CACHE_VID :
-				    make_key(vid, items[i].name, key);
-			if (record)
-				memcpy(key, vid, QF_CACHE_VID);
-			v.mv_data = (void *)items[i].data;
-			v.mv_size = items[i].len;
-			need += items[i].len;
-			rc = mdb_put(txn, dbi, &k, &v, 0);
-			if (!rc && !record) {
-				uint64_t sum = qf_hash64(items[i].data,
-							 items[i].len, 0);
-
-				v.mv_data = &sum;
-				v.mv_size = sizeof(sum);
-				rc = mdb_put(txn, c->sums, &k, &v, 0);
-			}
-		}
+		rc = fn(c, txn, arg);
 		if (!rc)
 			rc = mdb_txn_commit(txn);
 		else
@@ -407,6 +370,57 @@ static int put_items(struct qf_cache *c, MDB_dbi dbi,
 			return write_err(c, "resize", rc, need);
 	}
 	return rc ? write_err(c, "write", rc, need) : 0;
+}
+
+struct put {
+	MDB_dbi dbi;
+	const uint8_t *vid;
+	const struct qf_cache_item *items;
+	size_t n;
+	bool record;			/* key: vid alone */
+};
+
+static int put_txn(struct qf_cache *c, MDB_txn *txn, void *arg)
+{
+	const struct put *p = arg;
+	uint8_t key[KEY_MAX + 1];
+	size_t i;
+	int rc;
+
+	for (i = 0, rc = 0; i < p->n && !rc; i++) {
+		MDB_val k, v;
+
+		k.mv_data = key;
+		k.mv_size = p->record ? QF_CACHE_VID :
+			    make_key(p->vid, p->items[i].name, key);
+		if (p->record)
+			memcpy(key, p->vid, QF_CACHE_VID);
+		v.mv_data = (void *)p->items[i].data;
+		v.mv_size = p->items[i].len;
+		rc = mdb_put(txn, p->dbi, &k, &v, 0);
+		if (!rc && !p->record) {
+			uint64_t sum = qf_hash64(p->items[i].data,
+						 p->items[i].len, 0);
+
+			v.mv_data = &sum;
+			v.mv_size = sizeof(sum);
+			rc = mdb_put(txn, c->sums, &k, &v, 0);
+		}
+	}
+	return rc;
+}
+
+static int put_items(struct qf_cache *c, MDB_dbi dbi,
+		     const uint8_t *vid, const struct qf_cache_item *items,
+		     size_t n, bool record)
+{
+	struct put p = { dbi, vid, items, n, record };
+	uint64_t need = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		need += items[i].len;
+	return qf_cache_write(c, need, put_txn, &p);
 }
 
 int qf_cache_put(struct qf_cache *c, const uint8_t vid[QF_CACHE_VID],

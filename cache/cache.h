@@ -1,9 +1,12 @@
 /*
  * cache.h - the LMDB store shared by every mount of a machine.
  *
- * Two named databases in one environment:
+ * Named databases in one environment:
  *   "t": key = variant id (16 bytes) + tensor name, value = tensor bytes
+ *   "s": key as "t", value = the value's 8-byte checksum
  *   "v": key = variant id, value = a JSON record describing the variant
+ *   "m": key = a string, value = a few bytes the machine remembers
+ *        about its own files (meta.c: a source file's SHA-256)
  * The variant id is a hash of whatever identifies a variant (the caller
  * decides: source fingerprint, canonical spec, calibration hash); this
  * module stores keys and bytes and knows nothing about quantization.
@@ -214,6 +217,22 @@ struct qf_cache_files_stat {
  */
 int qf_cache_files(struct qf_cache *c, const uint8_t *vid, unsigned flags,
 		   struct qf_cache_files_stat *st);
+
+/*
+ * meta.c: small values the machine keeps about itself, such as the
+ * SHA-256 of a source file keyed by what identifies its bytes here
+ * (device, inode, size, times).  key is a string of at most 511 bytes
+ * that names its kind first ("sha256 ..."); values are not checksummed
+ * and never evicted (each is a few dozen bytes).
+ * qf_cache_meta_get() copies exactly len bytes into val.  Returns 0,
+ * -ENOENT (absent), -EINVAL (a bad key), QF_ECORRUPT (a value of another
+ * length), QF_ECACHE (logged).
+ */
+int qf_cache_meta_get(struct qf_cache *c, const char *key, void *val,
+		      size_t len);
+/* Store or replace key's value.  Returns 0, -EINVAL, -ENOSPC, QF_ECACHE. */
+int qf_cache_meta_put(struct qf_cache *c, const char *key, const void *val,
+		      size_t len);
 
 /* admin.c: what the cache holds, and eviction */
 struct qf_cache_entry {

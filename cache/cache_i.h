@@ -1,11 +1,41 @@
 /*
- * cache_i.h - private to cache/: the read files of files.c (by
- * directory), and the LMDB figures cache.c gives admin.c.
+ * cache_i.h - private to cache/: the environment and its databases (for
+ * meta.c), the read files of files.c (by directory), and the LMDB
+ * figures cache.c gives admin.c.
  */
 #ifndef QF_CACHE_I_H
 #define QF_CACHE_I_H
 
+#include <lmdb.h>
+#include <pthread.h>
+
 #include "cache.h"
+
+struct qf_cache {
+	MDB_env *env;
+	MDB_dbi tensors;		/* "t" */
+	MDB_dbi records;		/* "v" */
+	MDB_dbi sums;			/* "s": key as "t", 8-byte checksum */
+	MDB_dbi meta;			/* "m": meta.c */
+	pthread_rwlock_t resize;	/* readers: any txn; writer: resize */
+	char *dir;
+	size_t psize;			/* LMDB page size */
+};
+
+struct qf_cache_txn {
+	struct qf_cache *c;
+	MDB_txn *txn;
+};
+
+/*
+ * cache.c: run fn in a write transaction and commit what it did; on
+ * MDB_MAP_FULL the map grows (room for need more bytes) and fn runs
+ * again in a new one.  fn returns an LMDB code (0: commit).  Returns 0,
+ * -ENOSPC, QF_ECACHE (logged).
+ */
+int qf_cache_write(struct qf_cache *c, uint64_t need,
+		   int (*fn)(struct qf_cache *c, MDB_txn *txn, void *arg),
+		   void *arg);
 
 /*
  * files.c, given the cache directory dir: qf_cache_file_path(),

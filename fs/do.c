@@ -189,6 +189,11 @@ int qf_fs_do_open(struct qf_fs *fs, uint64_t ino, int flags,
 		qf_info("%s: the source changed: serving it anew", n->mdl->name);
 		return -ESTALE;
 	}
+	if (n->kind == QF_NODE_GGUF) {	/* its id, before any use */
+		pt = qf_gv_ready(fs, n->gv);
+		if (pt < 0)
+			return -qf_fs_errno(pt);
+	}
 	pt = qf_pt_open(fs, n);
 	if (pt < 0)
 		return pt;

@@ -90,6 +90,10 @@ struct qf_mdl {
 					 * than its files and directories
 					 * allow each class (src.c) */
 	uint8_t sig[32];		/* what it was opened from (src.c) */
+	pthread_mutex_t fp_lock;	/* m->fp_set and fp_busy (src_fp.c) */
+	pthread_cond_t fp_cond;		/* fp_busy cleared */
+	bool fp_busy;			/* fp_lock: a thread is finding the
+					 * fingerprint */
 	struct qf_var *vars;		/* protected by fs->lock */
 	struct qf_gv *gv;		/* original/model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
@@ -266,6 +270,18 @@ size_t qf_src_count(struct qf_fs *fs);
 mode_t qf_src_meet(mode_t mode, uid_t uid, gid_t gid, const struct stat *st,
 		   unsigned need);
 
+/*
+ * src_fp.c: mdl->m's content fingerprint, found once per model
+ * generation: each weight file's SHA-256 from the cache's "m" store or,
+ * when hash, read and hashed here (a second per GB; other threads wait)
+ * and kept there.  After 0, mdl->m->fp and fp_hex may be read without a
+ * lock.  Returns 0, -EAGAIN (!hash and not known without hashing, or
+ * another thread is finding it), -ESTALE (a weight file's size changed:
+ * a new generation serves it), mdl->open_err, QF_ECORRUPT, -ENOMEM,
+ * -errno.
+ */
+int qf_src_fp(struct qf_fs *fs, struct qf_mdl *mdl, bool hash);
+
 /* ns.c */
 struct qf_node *qf_ns_node_root(struct qf_fs *fs);
 /* The model generation is what its source holds now (else ESTALE). */
@@ -367,6 +383,10 @@ void qf_job_stop_all(struct qf_fs *fs);
 int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	      struct qf_gv **out);
 void qf_gv_free(struct qf_gv *gv);
+/* Before the first open of the view's file: its cache id, which needs
+ * the model's fingerprint (qf_src_fp(); caller holds no lock).  Returns
+ * 0 or qf_src_fp()'s error. */
+int qf_gv_ready(struct qf_fs *fs, struct qf_gv *gv);
 uint64_t qf_gv_size(const struct qf_gv *gv);
 /* Bytes [off, end) into out, producing the tensors they touch. */
 int qf_gv_read(struct qf_fs *fs, struct qf_gv *gv, uint64_t off,

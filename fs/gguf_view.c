@@ -26,7 +26,11 @@ struct qf_gv {
 	struct qf_mdl *mdl;
 	struct qf_var *var;		/* repacked variant; NULL: original */
 	struct qf_gguf_plan plan;
-	uint8_t vid[QF_CACHE_VID];
+	uint8_t vid[QF_CACHE_VID];	/* once vid_set */
+	bool vid_set;			/* fs->lock: set at new for a
+					 * variant's view, by qf_gv_ready()
+					 * for original/'s (the fingerprint
+					 * hashes the weights) */
 	int bits;			/* 4 or 8 (var), 0 (original) */
 	bool kq;			/* k-quant: imatrix from the job */
 	char *label;			/* "<model>/<variant>/model.gguf" */
@@ -54,13 +58,28 @@ static enum qf_ggml_type source_type(const struct qf_model *m)
 	       m->dtype == QF_DT_F16 ? QF_GGML_F16 : QF_GGML_F32;
 }
 
+/* The view's cache id, from its model's fingerprint (set by now). */
+static void set_vid(struct qf_gv *gv)
+{
+	char vh[2 * QF_CACHE_VID + 1] = "";
+	const char *parts[4];
+
+	if (gv->var)
+		qf_hex(gv->var->vid, QF_CACHE_VID, vh);
+	parts[0] = "quantfs-gguf-v1";
+	parts[1] = gv->mdl->m->fp_hex;
+	parts[2] = gv->var ? gv->var->v->name : "original";
+	parts[3] = vh;			/* the variant's bytes it repacks */
+	qf_cache_vid(parts, 4, gv->vid);
+	gv->vid_set = true;
+}
+
 int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	      struct qf_gv **out)
 {
 	struct qf_gguf_types ty;
 	enum qf_ggml_type q = var ? exact_type(var) : QF_GGML_F32;
-	char vh[2 * QF_CACHE_VID + 1] = "";
-	const char *parts[4], *why = NULL;
+	const char *vname, *why = NULL;
 	struct qf_gv *gv;
 	int ret, r;
 
@@ -89,16 +108,12 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 		return ret;
 	}
 	if (var)
-		qf_hex(var->vid, QF_CACHE_VID, vh);
-	parts[0] = "quantfs-gguf-v1";
-	parts[1] = mdl->m->fp_hex;
-	parts[2] = var ? var->v->name : "original";
-	parts[3] = vh;			/* the variant's bytes it repacks */
-	qf_cache_vid(parts, 4, gv->vid);
-	gv->label = malloc(strlen(mdl->name) + strlen(parts[2]) + 14);
+		set_vid(gv);		/* (var's fingerprint is known) */
+	vname = var ? var->v->name : "original";
+	gv->label = malloc(strlen(mdl->name) + strlen(vname) + 14);
 	ret = gv->label ? 0 : -ENOMEM;
 	if (!ret) {
-		sprintf(gv->label, "%s/%s/model.gguf", mdl->name, parts[2]);
+		sprintf(gv->label, "%s/%s/model.gguf", mdl->name, vname);
 		ret = qf_flight_init(&gv->fl, &tensor_ops, gv, gv->vid,
 				     gv->label, gv->plan.nt);
 	}
@@ -108,6 +123,19 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	}
 	(void)fs;
 	*out = gv;
+	return 0;
+}
+
+int qf_gv_ready(struct qf_fs *fs, struct qf_gv *gv)
+{
+	int ret = qf_src_fp(fs, gv->mdl, true);
+
+	if (ret < 0)
+		return ret;
+	pthread_mutex_lock(&fs->lock);
+	if (!gv->vid_set)
+		set_vid(gv);
+	pthread_mutex_unlock(&fs->lock);
 	return 0;
 }
 

@@ -170,6 +170,9 @@ static int probe_new(struct qf_fs *fs, struct qf_mdl *mdl,
 	*out = probe;
 	if (!probe)
 		return -ENOMEM;
+	ret = qf_src_fp(fs, mdl, true);	/* the ids below name it */
+	if (ret < 0)
+		return ret;
 	probe->mdl = mdl;
 	memcpy(s8.calib, spec->calib, sizeof(s8.calib));
 	ret = qf_variant_init(mdl->m, &s8, &probe->v);

@@ -417,6 +417,8 @@ void qf_mdl_free(struct qf_mdl *mdl)
 	}
 	qf_gv_free(mdl->gv);
 	qf_model_close(mdl->m);
+	pthread_mutex_destroy(&mdl->fp_lock);
+	pthread_cond_destroy(&mdl->fp_cond);
 	if (mdl->dirfd >= 0)
 		close(mdl->dirfd);
 	free(mdl->name);
@@ -458,6 +460,8 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 
 	if (!mdl)
 		return -ENOMEM;
+	pthread_mutex_init(&mdl->fp_lock, NULL);
+	pthread_cond_init(&mdl->fp_cond, NULL);
 	mdl->dirfd = at->dirfd;		/* taken */
 	at->dirfd = -1;
 	qf_buf_addf(&name, "%s%s%s", org ? org : "", org ? "/" : "", base);
@@ -487,10 +491,11 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 	} else {
 		struct qf_tf_config c;
 
-		qf_info("%s%s%.12s: %zu tensors in %zu file(s), %.1f MB, "
-			"fingerprint %.16s", mdl->name, mdl->rev ? " at " : "",
+		/* (its fingerprint when a variant is wanted: src_fp.c) */
+		qf_info("%s%s%.12s: %zu tensors in %zu file(s), %.1f MB",
+			mdl->name, mdl->rev ? " at " : "",
 			mdl->rev ? mdl->rev : "", mdl->m->nt, mdl->m->nshard,
-			mdl->m->weight_bytes / 1e6, mdl->m->fp_hex);
+			mdl->m->weight_bytes / 1e6);
 		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
 	}
 	mdl->fmode = derived_mode(mdl);
@@ -683,7 +688,7 @@ static int add_cached(void *arg, const uint8_t *vid, const char *json,
 	const char *p, *e;
 	size_t i;
 
-	if (!c->mdl->m || !memmem(json, len, c->mdl->m->fp_hex, 64))
+	if (!memmem(json, len, c->mdl->m->fp_hex, 64))
 		return 0;
 	p = memmem(json, len, key, sizeof(key) - 1);
 	if (!p)
@@ -724,7 +729,10 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 			add_name(out, count, presets[i]);
 		ctx = (struct list_ctx){ dir->mdl, out, count, presets,
 					 NPRESETS };
-		if (qf_cache_read_begin(fs->cache, &txn) == 0) {
+		/* the variants cached before, when the fingerprint is known
+		 * without hashing (it was, or the cache has every file's) */
+		if (qf_src_fp(fs, dir->mdl, false) == 0 &&
+		    qf_cache_read_begin(fs->cache, &txn) == 0) {
 			qf_cache_each_record(txn, add_cached, &ctx);
 			qf_cache_read_end(txn);
 		}

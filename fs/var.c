@@ -103,6 +103,9 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	ret = qf_spec_parse(name, &spec, NULL);
 	if (ret < 0)
 		return ret;
+	ret = qf_src_fp(fs, mdl, true);	/* every id below names it */
+	if (ret < 0)
+		return ret;
 	var = calloc(1, sizeof(*var));
 	if (!var)
 		return -ENOMEM;

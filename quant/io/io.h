@@ -185,8 +185,9 @@ struct qf_model {
 	size_t nt;
 	enum qf_dtype dtype;		/* dominant floating dtype */
 	uint64_t weight_bytes;		/* bytes of all tensors */
-	uint8_t fp[32];			/* source fingerprint */
-	char fp_hex[65];
+	uint8_t fp[32];			/* source fingerprint, once fp_set */
+	char fp_hex[65];		/* its hex; "" until fp_set */
+	bool fp_set;			/* qf_model_set_fingerprint() ran */
 };
 
 /*
@@ -194,10 +195,8 @@ struct qf_model {
  * 4 MiB) and model.safetensors or the shards that
  * model.safetensors.index.json names (each validated; a tensor named by
  * the index must be in its shard; no tensor in two shards).
- * The fingerprint is SHA-256 over the config.json bytes and, per shard in
- * name order, its name, size, mtime (ns) and the SHA-256 of its header:
- * changing any weight byte through the filesystem changes the mtime, and
- * a mount never hashes gigabytes of weights.
+ * The fingerprint is not computed here (hashing the weights takes about
+ * a second per GB): see qf_model_set_fingerprint().
  * Caller owns *out; free with qf_model_close().
  * Returns 0, -errno, QF_EFORMAT (reason logged), -ENOMEM.
  */
@@ -210,6 +209,28 @@ int qf_model_open(const char *dir, struct qf_model **out);
 int qf_model_open_at(int dirfd, const char *dir, const char *name,
 		     struct qf_model **out);
 void qf_model_close(struct qf_model *m);
+/*
+ * The source fingerprint, which identifies a model by its content alone,
+ * so the same model copied to two machines gets the same variant ids:
+ * SHA-256 over "quantfs-fp-v2", the config.json bytes (with their
+ * length) and, per shard in name order, its file name, size and the
+ * SHA-256 of its whole bytes (shard_sha[i] for m->shard[i]).  Sets fp,
+ * fp_hex and fp_set.  Not locked: the caller makes sure one thread sets
+ * it before others read it (fs/src_fp.c, once per model).
+ */
+void qf_model_set_fingerprint(struct qf_model *m,
+			      const uint8_t (*shard_sha)[32]);
+/*
+ * SHA-256 of shard i's bytes, read through its map (libcrypto, ~1.6 GB/s
+ * on one core here): an info line every 5 s while it runs, and one with
+ * the speed for a file of 1 GiB or more.  Returns 0, QF_ECORRUPT (the
+ * file shrank while it was read).
+ */
+int qf_model_shard_sha256(const struct qf_model *m, size_t i,
+			  uint8_t out[32]);
+/* Every shard hashed here, then qf_model_set_fingerprint(): for tools
+ * without a cache.  Returns 0, QF_ECORRUPT, -ENOMEM. */
+int qf_model_fingerprint(struct qf_model *m);
 const struct qf_model_tensor *qf_model_find(const struct qf_model *m,
 					    const char *name);
 /* True when every shard and config.json are unchanged on disk. */

@@ -1,7 +1,10 @@
 /*
  * model.c - a Hugging Face model directory: config.json, the safetensors
  * weights (single file or sharded by model.safetensors.index.json), a
- * merged tensor index and the source fingerprint.
+ * merged tensor index and the source fingerprint (from each weight
+ * file's SHA-256, which the caller hashes here or remembers: fs/src_fp.c
+ * keeps it in the cache, and a mount hashes a file once, when a variant
+ * of it is first wanted).
  *
  * Everything here reads untrusted files: sizes are bounded, names from the
  * index are checked not to leave the directory, and the shards are
@@ -22,6 +25,9 @@
 #define CONFIG_MAX (4u << 20)		/* config.json bytes */
 #define INDEX_MAX (64u << 20)		/* index.json bytes */
 #define SHARDS_MAX 4096
+#define HASH_STEP (64u << 20)		/* bytes hashed between clock looks */
+#define HASH_SAY_S 5.0			/* seconds between progress lines */
+#define HASH_LOG_BYTES (1ULL << 30)	/* a file this large: its own line */
 
 static int cmp_mt(const void *a, const void *b)
 {
@@ -211,33 +217,75 @@ static int build_index(struct qf_model *m, cJSON *index)
 	return 0;
 }
 
-static void fingerprint(struct qf_model *m)
+void qf_model_set_fingerprint(struct qf_model *m,
+			      const uint8_t (*shard_sha)[32])
 {
 	struct qf_sha256 c;
-	uint8_t hh[32];
 	size_t i;
 
 	qf_sha256_init(&c);
-	qf_sha256_update(&c, "quantfs-fp-v1", 14);
+	qf_sha256_update(&c, "quantfs-fp-v2", 14);
+	qf_sha256_update(&c, &(uint64_t){ m->config_text.len },
+			 sizeof(uint64_t));
 	qf_sha256_update(&c, m->config_text.data, m->config_text.len);
 	for (i = 0; i < m->nshard; i++) {
 		const struct qf_st_file *f = m->shard[i];
 		const char *base = strrchr(f->path, '/') + 1;
-		struct qf_sha256 h;
-		int64_t meta[3];
+		uint64_t size = f->size;
 
-		qf_sha256_init(&h);
-		qf_sha256_update(&h, f->map, f->hdr.data_off);
-		qf_sha256_final(&h, hh);
-		meta[0] = (int64_t)f->size;
-		meta[1] = (int64_t)f->st.st_mtim.tv_sec;
-		meta[2] = (int64_t)f->st.st_mtim.tv_nsec;
 		qf_sha256_update(&c, base, strlen(base) + 1);
-		qf_sha256_update(&c, meta, sizeof(meta));
-		qf_sha256_update(&c, hh, sizeof(hh));
+		qf_sha256_update(&c, &size, sizeof(size));
+		qf_sha256_update(&c, shard_sha[i], 32);
 	}
 	qf_sha256_final(&c, m->fp);
 	qf_hex(m->fp, 32, m->fp_hex);
+	m->fp_set = true;
+}
+
+int qf_model_shard_sha256(const struct qf_model *m, size_t i,
+			  uint8_t out[32])
+{
+	const struct qf_st_file *f = m->shard[i];
+	double t0 = qf_now(), said = t0, dt;
+	struct qf_sha256 c;
+	uint64_t off, n;
+
+	qf_sha256_init(&c);
+	for (off = 0; off < f->size; off += n) {
+		n = f->size - off < HASH_STEP ? f->size - off : HASH_STEP;
+		qf_sha256_update(&c, f->map + off, (size_t)n);
+		if (qf_now() - said >= HASH_SAY_S) {
+			said = qf_now();
+			qf_info("%s: hashing for the fingerprint: %.1f of "
+				"%.1f GB", f->path, (off + n) / 1e9,
+				f->size / 1e9);
+		}
+	}
+	qf_sha256_final(&c, out);
+	if (qf_st_faulted(f))
+		return QF_ECORRUPT;
+	dt = qf_now() - t0;
+	if (f->size >= HASH_LOG_BYTES)
+		qf_info("%s: hashed %.2f GB in %.1f s (%.2f GB/s)", f->path,
+			f->size / 1e9, dt, f->size / 1e9 / (dt > 0 ? dt : 1e-9));
+	return 0;
+}
+
+int qf_model_fingerprint(struct qf_model *m)
+{
+	uint8_t (*sha)[32];
+	size_t i;
+	int ret = 0;
+
+	sha = calloc(m->nshard, sizeof(*sha));
+	if (!sha)
+		return -ENOMEM;
+	for (i = 0; i < m->nshard && !ret; i++)
+		ret = qf_model_shard_sha256(m, i, sha[i]);
+	if (!ret)
+		qf_model_set_fingerprint(m, (const uint8_t (*)[32])sha);
+	free(sha);
+	return ret;
 }
 
 /* The floating dtype holding the most bytes: what _fake variants use. */
@@ -346,7 +394,6 @@ int qf_model_open_at(int dirfd, const char *dir, const char *name,
 	cJSON_Delete(index);
 	if (ret < 0)
 		goto out_free;
-	fingerprint(m);
 	for (i = 0; i < m->nshard; i++)
 		if (qf_st_faulted(m->shard[i])) {
 			ret = QF_ECORRUPT;

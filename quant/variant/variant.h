@@ -182,7 +182,8 @@ struct qf_calib_info {
 	int brecq_iters, brecq_batch;	/* brecq: Adam steps, sequences */
 };
 /* quantization.json: method, parameters, hashes, per-layer layout;
- * ci is NULL for uncalibrated methods. */
+ * ci is NULL for uncalibrated methods.  The model's fingerprint must be
+ * set (qf_model_set_fingerprint()). */
 int qf_variant_manifest(const struct qf_variant *v,
 			const struct qf_calib_info *ci, struct qf_buf *out);
 

@@ -366,6 +366,7 @@ int qf_variant_manifest(const struct qf_variant *v,
 		cJSON_AddItemToObject(root, "allocation",
 				      cJSON_Parse(v->alloc_json));
 	o = cJSON_AddObjectToObject(root, "source");
+	QF_ASSERT(v->m->fp_set);	/* the caller fingerprinted it */
 	cJSON_AddStringToObject(o, "dir", v->m->dir);
 	cJSON_AddStringToObject(o, "fingerprint", v->m->fp_hex);
 	cJSON_AddStringToObject(o, "dtype", qf_dtype_name(v->m->dtype));

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 import stread  # noqa: E402
 from qftest import Mount, mkmodel, run_tests, SkipTest, sha, qf, \
-    cache_ls  # noqa: E402
+    cache_ls, hub_repo, add_snapshot, set_ref, rev  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qfsrc.")
 os.chmod(WORK, 0o755)
@@ -38,47 +38,6 @@ A = model("a", 1)
 B = model("b", 2)
 C = model("c", 3)
 SHARDED = model("sh", 4)
-
-
-def hub_repo(hub, repo_id, snapshots, main=None, refs=None):
-    """models--ORG--NAME: blobs named by their sha256, each snapshot file
-    a relative link ../../blobs/<hash>, refs/<name> naming commits."""
-    repo = os.path.join(hub, "models--" + repo_id.replace("/", "--"))
-    os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
-    for rev, src in snapshots.items():
-        add_snapshot(repo, rev, src)
-    for ref, rev in dict(refs or {}, **({"main": main} if main else {})
-                         ).items():
-        set_ref(repo, ref, rev)
-    return repo
-
-
-def add_snapshot(repo, rev, src, skip=()):
-    snap = os.path.join(repo, "snapshots", rev)
-    os.makedirs(snap)
-    for f in sorted(os.listdir(src)):
-        data = open(os.path.join(src, f), "rb").read()
-        h = hashlib.sha256(data).hexdigest()
-        blob = os.path.join(repo, "blobs", h)
-        if f in skip:		# still downloading
-            open(blob + ".incomplete", "wb").write(data[:len(data) // 2])
-            continue
-        if not os.path.exists(blob):
-            open(blob, "wb").write(data)
-        os.symlink(os.path.join("..", "..", "blobs", h),
-                   os.path.join(snap, f))
-    return snap
-
-
-def set_ref(repo, ref, rev):
-    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
-    tmp = os.path.join(repo, "refs", "." + ref)
-    open(tmp, "w").write(rev)
-    os.rename(tmp, os.path.join(repo, "refs", ref))
-
-
-def rev(n):
-    return hashlib.sha1(b"rev%d" % n).hexdigest()
 
 
 def rtn_checked(path, src_dir):

@@ -2,7 +2,8 @@
  * test_cache.c - the LMDB store: put/get, atomic groups, map growth from a
  * tiny map, records, a second process reading what the first wrote, a
  * drop in several steps (record last), and read files: stray temporary
- * files told from live ones, counted, removed.
+ * files told from live ones, counted, removed; the "m" store of small
+ * values (meta.c).
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -202,6 +203,60 @@ static void test_files(void)
 	qf_cache_close(c);
 }
 
+/*
+ * meta.c: absent, stored, replaced, kept across a reopen and beside the
+ * variants (a drop leaves it), a value of another length, bad keys, and
+ * a value larger than a fresh tiny map (the map grows).
+ */
+static void test_meta(void)
+{
+	static const char *const parts[] = { "fp", "many", "" };
+	const char *key = "sha256 2049 1234 4096 1.000000002 3.000000004";
+	char key512[513], sub[64], *big;
+	uint8_t got[32], want[32], vid[QF_CACHE_VID];
+	struct qf_cache *c;
+	int k;
+
+	for (k = 0; k < 32; k++)
+		want[k] = (uint8_t)(k * 11 + 1);
+	CHECK(qf_cache_open(dir, 0, &c), ==, 0);
+	CHECK(qf_cache_meta_get(c, key, got, 32), ==, -ENOENT);
+	CHECK(qf_cache_meta_put(c, key, "old", 3), ==, 0);
+	CHECK(qf_cache_meta_get(c, key, got, 32), ==, QF_ECORRUPT);
+	CHECK(qf_cache_meta_put(c, key, want, 32), ==, 0);
+	CHECK(qf_cache_meta_get(c, key, got, 32), ==, 0);
+	CHECK(memcmp(got, want, 32), ==, 0);
+	CHECK(qf_cache_meta_get(c, "sha256 2049 1234", got, 32), ==, -ENOENT);
+	CHECK(qf_cache_meta_put(c, "", want, 32), ==, -EINVAL);
+	memset(key512, 'k', 512);
+	key512[512] = 0;
+	CHECK(qf_cache_meta_put(c, key512, want, 32), ==, -EINVAL);
+	CHECK(qf_cache_meta_get(c, key512, got, 32), ==, -EINVAL);
+	key512[511] = 0;
+	CHECK(qf_cache_meta_put(c, key512, want, 1), ==, 0);
+	CHECK(qf_cache_meta_get(c, key512, got, 1), ==, 0);
+	/* dropping every value of an id leaves the store alone */
+	qf_cache_vid(parts, 3, vid);
+	CHECK(qf_cache_drop(c, vid, NULL), ==, 0);
+	qf_cache_close(c);
+	memset(got, 0, sizeof(got));
+	CHECK(qf_cache_open(dir, 0, &c), ==, 0);
+	CHECK(qf_cache_meta_get(c, key, got, 32), ==, 0);
+	CHECK(memcmp(got, want, 32), ==, 0);
+	qf_cache_close(c);
+	/* 1 MiB into a fresh 64 KiB map */
+	snprintf(sub, sizeof(sub), "%s/meta", dir);
+	big = calloc(1, 1 << 20);
+	big[12345] = 7;
+	CHECK(qf_cache_open(sub, 64 << 10, &c), ==, 0);
+	CHECK(qf_cache_meta_put(c, "big", big, 1 << 20), ==, 0);
+	memset(big, 0, 1 << 20);
+	CHECK(qf_cache_meta_get(c, "big", big, 1 << 20), ==, 0);
+	CHECK(big[12345], ==, 7);
+	qf_cache_close(c);
+	free(big);
+}
+
 int main(void)
 {
 	if (!mkdtemp(dir))
@@ -210,6 +265,7 @@ int main(void)
 	test_second_process();
 	test_drop_in_steps();
 	test_files();
+	test_meta();
 	{
 		char cmd[128];
 

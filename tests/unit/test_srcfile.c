@@ -5,13 +5,16 @@
  * Links of the same owner are followed, links to another owner's file or
  * directory are refused (the ownership part needs root: chown -h), a FIFO
  * never blocks, and a model file truncated under its mapping gives
- * QF_ECORRUPT to the reader instead of killing the process.
+ * QF_ECORRUPT to the reader instead of killing the process.  The content
+ * fingerprint: two copies with other times agree, one changed byte does
+ * not, a shard's hash is its file's SHA-256.
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -141,6 +144,8 @@ static void test_truncated_under_map(void)
 	CHECK(buf[qf_st_numel(mt->t) - 1] == 0.0f, ==, 1);
 	CHECK(qf_st_faulted(mt->shard), ==, 1);
 	CHECK(qf_model_read_f32(mt, buf), ==, QF_ECORRUPT);
+	CHECK(qf_model_fingerprint(m), ==, QF_ECORRUPT);
+	CHECK(m->fp_set, ==, 0);
 	free(buf);
 out_close:
 	qf_model_close(m);
@@ -151,6 +156,72 @@ out_close:
 	qf_model_close(m);
 }
 
+/* SHA-256 of the file at path, read with read(2). */
+static void file_sha(const char *path, uint8_t out[32])
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_sha256 h;
+
+	CHECK(qf_src_read_path(path, 1u << 30, &b), ==, 0);
+	qf_sha256_init(&h);
+	qf_sha256_update(&h, b.data, b.len);
+	qf_sha256_final(&h, out);
+	qf_buf_release(&b);
+}
+
+static void fp_of(const char *mdir, char hex[65])
+{
+	struct qf_model *m = NULL;
+
+	CHECK(qf_model_open(mdir, &m), ==, 0);
+	if (!m)
+		return;
+	CHECK(m->fp_set, ==, 0);	/* not at open: hashing is costly */
+	CHECK(qf_model_fingerprint(m), ==, 0);
+	CHECK(m->fp_set, ==, 1);
+	memcpy(hex, m->fp_hex, 65);
+	qf_model_close(m);
+}
+
+/* Copies with other mtimes: one fingerprint; a byte changed: another. */
+static void test_fingerprint(void)
+{
+	struct timeval tv[2] = { { 1000000000, 0 }, { 1000000000, 0 } };
+	struct qf_mkmodel_opts o;
+	struct qf_model *m = NULL;
+	char a[128], b[128], path[256], fa[65], fb[65], fc[65];
+	uint8_t want[32], got[32];
+	int fd;
+
+	snprintf(a, sizeof(a), "%s/fpa", dir);
+	snprintf(b, sizeof(b), "%s/fpb", dir);
+	qf_mkmodel_defaults(&o);
+	CHECK(qf_mkmodel_write(a, &o), ==, 0);
+	CHECK(qf_mkmodel_write(b, &o), ==, 0);
+	snprintf(path, sizeof(path), "%s/model.safetensors", b);
+	CHECK(utimes(path, tv), ==, 0);
+	fp_of(a, fa);
+	fp_of(b, fb);
+	CHECK(strcmp(fa, fb), ==, 0);
+	CHECK(strlen(fa), ==, 64);
+	/* the shard's hash is the whole file's */
+	file_sha(path, want);
+	CHECK(qf_model_open(b, &m), ==, 0);
+	if (m) {
+		CHECK(qf_model_shard_sha256(m, 0, got), ==, 0);
+		CHECK(memcmp(got, want, 32), ==, 0);
+		qf_model_close(m);
+	}
+	/* the last weight byte, rewritten with the times put back */
+	fd = open(path, O_WRONLY);
+	CHECK(fd >= 0, ==, 1);
+	CHECK(pwrite(fd, "\x01", 1, lseek(fd, 0, SEEK_END) - 1), ==, 1);
+	close(fd);
+	CHECK(utimes(path, tv), ==, 0);
+	fp_of(b, fc);
+	CHECK(strcmp(fa, fc), !=, 0);
+}
+
 int main(void)
 {
 	char cmd[300];
@@ -159,6 +230,7 @@ int main(void)
 		return 1;
 	test_rule();
 	test_truncated_under_map();
+	test_fingerprint();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		return 1;
