@@ -33,6 +33,7 @@
 struct qf_cjob {
 	struct qf_fs *fs;
 	struct qf_var *var;
+	int (*cached)(struct qf_fs *, struct qf_var *);
 	struct qf_remote_lease rl;
 	pthread_mutex_t lock;		/* rl.l, stop */
 	pthread_cond_t cond;
@@ -114,7 +115,7 @@ static void prefetch(struct qf_fs *fs, struct qf_flight *fl)
 	}
 }
 
-int qf_cluster_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
+static int fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 {
 	const struct qf_rmanifest *m;
 	const char *names[QF_FLIGHT_MAXV];
@@ -186,8 +187,8 @@ static void *pub_main(void *arg)
 	return NULL;
 }
 
-void qf_cluster_publish(struct qf_fs *fs, const uint8_t *vid,
-			const char *label)
+static void publish_bg(struct qf_fs *fs, const uint8_t *vid,
+		       const char *label)
 {
 	struct pub *p;
 	pthread_t th;
@@ -210,6 +211,8 @@ void qf_cluster_publish(struct qf_fs *fs, const uint8_t *vid,
 	}
 	pthread_detach(th);
 }
+
+const struct qf_flight_remote qf_cluster_flight = { fetch, publish_bg };
 
 void qf_cluster_drain(struct qf_fs *fs)
 {
@@ -323,9 +326,10 @@ static void *renewer(void *arg)
 }
 
 /* Count the layers the cache holds; readers of them are woken. */
-static void recount(struct qf_fs *fs, struct qf_var *var)
+static void recount(struct qf_cjob *c)
 {
-	int l = qf_job_layers_cached(fs, var);
+	struct qf_var *var = c->var;
+	int l = c->cached(c->fs, var);
 
 	pthread_mutex_lock(&var->lock);
 	if (l > var->job->layers_done)
@@ -349,7 +353,7 @@ static void import_ckpt(struct qf_cjob *c)
 	    qf_remote_import(c->fs->remote, c->fs->cache, &m, NULL, 0,
 			     NULL) == 0) {
 		c->imported = m.step;
-		recount(c->fs, c->var);
+		recount(c);
 	}
 	qf_rmanifest_free(&m);
 }
@@ -381,7 +385,7 @@ static int take_manifest(struct qf_cjob *c)
 	if (!ret) {
 		qf_info("%s: from the remote tier (published by %s): %zu "
 			"values", c->var->label, m->host, got);
-		recount(c->fs, c->var);
+		recount(c);
 	} else if (ret != -EAGAIN) {
 		qf_warn("%s: the remote tier's copy is unusable (%s): "
 			"producing it here", c->var->label, qf_strerror(ret));
@@ -406,6 +410,7 @@ static int start_renewer(struct qf_cjob *c)
 }
 
 int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
+			 int (*cached)(struct qf_fs *, struct qf_var *),
 			 struct qf_cjob **out)
 {
 	struct qf_buf body = QF_BUF_INIT;
@@ -421,6 +426,7 @@ int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
 		return -ENOMEM;
 	c->fs = fs;
 	c->var = var;
+	c->cached = cached;
 	c->imported = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
@@ -468,7 +474,7 @@ int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
 		said = true;
 		show_holder(var, &c->rl.l.seen);
 		import_ckpt(c);
-		if (qf_job_layers_cached(fs, var) == var->job->nlayers)
+		if (cached(fs, var) == var->job->nlayers)
 			break;	/* its last checkpoint is everything */
 		sleep(1);
 	}

@@ -10,13 +10,12 @@
 
 struct qf_cjob;
 
-/* Slot i of fl from the bucket's manifest into the cache, verified:
- * 0, -ENOENT (not there), -EAGAIN (unreachable) or another error; any
- * error means: produce it here. */
-int qf_cluster_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i);
-/* vid was completed here: publish it in the background (writers). */
-void qf_cluster_publish(struct qf_fs *fs, const uint8_t *vid,
-			const char *label);
+/*
+ * For flight.c (fs->flight_remote): a slot from the bucket's manifest
+ * into the cache, verified (0, or any error: produce it here), and an id
+ * completed here published in the background (writers only).
+ */
+extern const struct qf_flight_remote qf_cluster_flight;
 /* Wait for the background publications (unmount). */
 void qf_cluster_drain(struct qf_fs *fs);
 
@@ -30,12 +29,15 @@ int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var);
  * Before a calibrated job computes anything (its local lock held):
  * import the published variant, or take the lease (importing the last
  * checkpoint), or follow another machine's production until one of
- * those.  *out: the job's cluster state (NULL without a remote), for
+ * those.  cached counts the layers in the cache (job_layer.c's, given
+ * so that this file and the job's do not call each other).  *out: the
+ * job's cluster state (NULL without a remote), for
  * _layer and _end.  Returns 0 (go on: whatever the cache lacks is
  * produced here), -EINTR (unmounting), -EIO (this node may not produce
  * it and no one else does).
  */
 int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
+			 int (*cached)(struct qf_fs *, struct qf_var *),
 			 struct qf_cjob **out);
 /* done layers are in the cache: publish a checkpoint, renew the lease
  * with the progress. */

@@ -23,7 +23,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cluster.h"
 #include "fs_i.h"
 
 int qf_flight_init(struct qf_flight *fl, const struct qf_flight_ops *ops,
@@ -241,8 +240,8 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i, int *made)
 	 * look in the cache again */
 	locked = qf_flight_lock(fs, fl, (int64_t)i) == 0;
 	ret = check(fs, fl, i);
-	if ((ret == -ENOENT || ret == QF_ECORRUPT) &&
-	    qf_cluster_fetch(fs, fl, i) == 0) {
+	if ((ret == -ENOENT || ret == QF_ECORRUPT) && fs->flight_remote &&
+	    fs->flight_remote->fetch(fs, fl, i) == 0) {
 		ret = check(fs, fl, i);
 		*made = ret ? 0 : 2;
 	}
@@ -337,8 +336,8 @@ static void settle(struct qf_fs *fs, struct qf_flight *fl, size_t i, int ret,
 				"verified, in %.2f s", fl->label, secs);
 		else if (fl->ops->complete)
 			fl->ops->complete(fs, fl->arg, secs);
-		if (mine)
-			qf_cluster_publish(fs, fl->vid, fl->label);
+		if (mine && fs->flight_remote)
+			fs->flight_remote->publish(fs, fl->vid, fl->label);
 	}
 }
 
@@ -363,8 +362,8 @@ int qf_flight_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	}
 	locked = qf_flight_lock(fs, fl, (int64_t)i) == 0;
 	ret = check(fs, fl, i);
-	if (ret == -ENOENT || ret == QF_ECORRUPT) {
-		ret = qf_cluster_fetch(fs, fl, i);
+	if ((ret == -ENOENT || ret == QF_ECORRUPT) && fs->flight_remote) {
+		ret = fs->flight_remote->fetch(fs, fl, i);
 		if (!ret)
 			ret = check(fs, fl, i);
 		if (locked)

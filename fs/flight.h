@@ -34,11 +34,26 @@
 
 #include "cache.h"
 
+struct qf_flight;
 struct qf_fs;
 struct qf_vtensor;
 struct qf_variant;
 
 #define QF_FLIGHT_MAXV 8		/* values of one slot at most */
+
+/*
+ * The remote tier below the cache, when the mount has one: cluster.c's,
+ * reached through fs->flight_remote (set by fs.c) so that flight.c and
+ * cluster.c, which fetches ahead through qf_flight_fetch(), do not call
+ * each other.
+ */
+struct qf_flight_remote {
+	/* Slot i from the bucket into the cache: 0, or produce it. */
+	int (*fetch)(struct qf_fs *fs, struct qf_flight *fl, size_t i);
+	/* Every slot was made here: share them. */
+	void (*publish)(struct qf_fs *fs, const uint8_t *vid,
+			const char *label);
+};
 
 /* What a producer supplies; arg is qf_flight_init()'s. */
 struct qf_flight_ops {

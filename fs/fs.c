@@ -138,6 +138,8 @@ static int open_remote(struct qf_fs *fs)
 	int ret = qf_remote_open(&cfg, &fs->remote);
 
 	if (!ret)
+		fs->flight_remote = &qf_cluster_flight;
+	if (!ret)
 		qf_info("remote tier %s, role %s%s",
 			qf_remote_describe(fs->remote),
 			qf_remote_role(fs->remote) == QF_REMOTE_PRODUCE ?

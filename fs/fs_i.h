@@ -222,6 +222,7 @@ struct qf_fs {
 	bool stopping;			/* job_lock: unmounting */
 	int npub;			/* publications running, job_lock */
 	struct qf_remote *remote;	/* -o remote (cluster.c), or NULL */
+	const struct qf_flight_remote *flight_remote; /* with remote */
 	/* limits.c: the cache's bound */
 	pthread_mutex_t room_lock;
 	uint64_t room_used;		/* room_lock: cache bytes, estimate */

@@ -311,7 +311,8 @@ static void *job_main(void *arg)
 	}
 	/* and one in the fleet: from the bucket, or under its lease */
 	if (!ret && qf_job_layers_cached(fs, var) < var->job->nlayers)
-		ret = qf_cluster_job_begin(fs, var, &j->cl);
+		ret = qf_cluster_job_begin(fs, var, qf_job_layers_cached,
+					   &j->cl);
 	j->t0 = qf_now();
 	job_first(j);
 	if (!ret && j->first < var->job->nlayers)
