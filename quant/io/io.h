@@ -212,9 +212,10 @@ void qf_model_close(struct qf_model *m);
 /*
  * The source fingerprint, which identifies a model by its content alone,
  * so the same model copied to two machines gets the same variant ids:
- * SHA-256 over "quantfs-fp-v2", the config.json bytes (with their
- * length) and, per shard in name order, its file name, size and the
- * SHA-256 of its whole bytes (shard_sha[i] for m->shard[i]).  Sets fp,
+ * SHA-256 over "quantfs-fp-v2" and its NUL, the config.json bytes after
+ * their length and, per shard in name order, its file name and NUL, its
+ * size and the SHA-256 of its whole bytes (shard_sha[i] for
+ * m->shard[i]); lengths and sizes as 8 little-endian bytes.  Sets fp,
  * fp_hex and fp_set.  Not locked: the caller makes sure one thread sets
  * it before others read it (fs/src_fp.c, once per model).
  */

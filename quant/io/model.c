@@ -217,6 +217,17 @@ static int build_index(struct qf_model *m, cJSON *index)
 	return 0;
 }
 
+/* v as 8 little-endian bytes: the same on every machine. */
+static void hash_u64(struct qf_sha256 *c, uint64_t v)
+{
+	uint8_t b[8];
+	int k;
+
+	for (k = 0; k < 8; k++)
+		b[k] = (uint8_t)(v >> (8 * k));
+	qf_sha256_update(c, b, sizeof(b));
+}
+
 void qf_model_set_fingerprint(struct qf_model *m,
 			      const uint8_t (*shard_sha)[32])
 {
@@ -225,16 +236,14 @@ void qf_model_set_fingerprint(struct qf_model *m,
 
 	qf_sha256_init(&c);
 	qf_sha256_update(&c, "quantfs-fp-v2", 14);
-	qf_sha256_update(&c, &(uint64_t){ m->config_text.len },
-			 sizeof(uint64_t));
+	hash_u64(&c, m->config_text.len);
 	qf_sha256_update(&c, m->config_text.data, m->config_text.len);
 	for (i = 0; i < m->nshard; i++) {
 		const struct qf_st_file *f = m->shard[i];
 		const char *base = strrchr(f->path, '/') + 1;
-		uint64_t size = f->size;
 
 		qf_sha256_update(&c, base, strlen(base) + 1);
-		qf_sha256_update(&c, &size, sizeof(size));
+		hash_u64(&c, f->size);
 		qf_sha256_update(&c, shard_sha[i], 32);
 	}
 	qf_sha256_final(&c, m->fp);
