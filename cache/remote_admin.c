@@ -541,6 +541,16 @@ int qf_remote_rm(struct qf_remote *r, const struct qf_remote_view *v,
 }
 
 /*
+ * Is an object of this age (the server's Date, whole seconds, minus its
+ * LastModified, which may have a fraction: a fresh one can be -0.5 s
+ * old) younger than the grace?  A grace of 0 spares nothing.
+ */
+static bool young(double age, double grace)
+{
+	return grace > 0 && age < grace;
+}
+
+/*
  * gc's first phase for one entry: delete superseded and abandoned
  * checkpoints and stale leases; *keep says whether its checkpoints stay
  * (and so name values).
@@ -565,12 +575,12 @@ static int gc_entry(struct qf_remote *r, const struct qf_remote_view *v,
 		break;
 	case QF_RSTATE_EXPIRED:
 	case QF_RSTATE_ABANDONED:
-		if (e->nckpt && e->ckpt_age < grace)
+		if (e->nckpt && young(e->ckpt_age, grace))
 			return 0;	/* may yet be taken over */
 		*keep = false;
 		ret = del_ckpts(r, v, e, dry_run, &out->ckpt_abandoned,
 				&out->ckpt_bytes);
-		drop_lease = e->leased && e->lease_age >= grace;
+		drop_lease = e->leased && !young(e->lease_age, grace);
 		break;
 	default:
 		return 0;	/* in production, or unreadable: kept */
@@ -627,7 +637,7 @@ static int gc_sweep(struct qf_remote *r, const struct qf_remote_view *v,
 		if (marked(k, sha)) {
 			out->values_kept++;
 			out->values_kept_bytes += o->size;
-		} else if (v->date - o->last_modified < grace) {
+		} else if (young(v->date - o->last_modified, grace)) {
 			out->values_young++;
 			out->values_young_bytes += o->size;
 		} else {
@@ -639,7 +649,7 @@ static int gc_sweep(struct qf_remote *r, const struct qf_remote_view *v,
 		}
 	}
 	for (i = 0; i < l->probes.n && !ret; i++) {
-		if (v->date - l->probes.obj[i].last_modified < grace)
+		if (young(v->date - l->probes.obj[i].last_modified, grace))
 			continue;
 		ret = dry_run ? 0 : del_key(r, l->probes.obj[i].key);
 		out->probes += !ret;
