@@ -252,15 +252,17 @@ static int view_checkpoints(struct qf_remote *r, struct qf_remote_view *v,
 		if (!e->nckpt)
 			e->ckpt0 = i;
 		e->nckpt = i + 1 - e->ckpt0;
-		e->ckpt_step = step;
-		e->ckpt_age = v->date - o->last_modified;
+		if (step > e->ckpt_step)
+			e->ckpt_step = step;
+		if (e->nckpt == 1 || v->date - o->last_modified < e->ckpt_age)
+			e->ckpt_age = v->date - o->last_modified;
 		ret = qf_remote_fetch(r, o->key, id, &l->ck[i]);
 		l->ckret[i] = ret;
 		if (ret == QF_EFORMAT)
 			v->t.unreadable++;
 		else if (ret < 0 && ret != -ENOENT)
 			return ret;
-		if (!ret && !e->m)
+		if (!ret && !e->m && step == e->ckpt_step)
 			e->label = l->ck[i].label;
 	}
 	return 0;

@@ -260,9 +260,6 @@ int qf_cmd_cache(int argc, char **argv)
 		fputs(cache_usage, stderr);
 		return 2;
 	}
-	for (i = 2; i < argc; i++)
-		if (!strcmp(argv[i], "--remote"))
-			return qf_cmd_cache_remote(argc, argv);
 	sub = argv[1];
 	pos = calloc((size_t)argc, sizeof(*pos));
 	if (!pos)

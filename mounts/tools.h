@@ -13,6 +13,8 @@ int qf_cmd_cache(int argc, char **argv);
 /* quantfs cache ls|rm|gc --remote URL ... (tools_remote.c): argv as
  * for qf_cmd_cache; returns the exit status. */
 int qf_cmd_cache_remote(int argc, char **argv);
+/* Does this `quantfs cache` command line name --remote? */
+bool qf_cmd_cache_is_remote(int argc, char **argv);
 /*
  * Does selector sel pick this id: an id prefix of 8 to 32 hex digits, or
  * a shell pattern matching "model/variant" or "model" (model and variant

@@ -363,6 +363,16 @@ static int parse(int argc, char **argv, struct rargs *a)
 	return 0;
 }
 
+bool qf_cmd_cache_is_remote(int argc, char **argv)
+{
+	int i;
+
+	for (i = 2; i < argc; i++)
+		if (!strcmp(argv[i], "--remote"))
+			return true;
+	return false;
+}
+
 int qf_cmd_cache_remote(int argc, char **argv)
 {
 	struct rargs a = { .sub = argv[1] };

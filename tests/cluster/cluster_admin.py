@@ -160,7 +160,8 @@ def test_remote_cache_tools(ceph, bucket_url):
         assert e["values"] == len(man["values"]) > 0, (e, man)
         assert e["bytes"] == sum(x[2] for x in man["values"]), (e, man)
         assert e["host"] == man["host"] and e["host"], e
-        assert e["created_utc"].startswith(time.strftime("%Y-")), e
+        assert e["created_utc"] == time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(man["created"])), e
     named = {x[1] for e in pub.values()
              for x in manifest_of(s3, e["id"])["values"]}
     assert ls["values"] == len(named) and ls["garbage"] == 0, ls
