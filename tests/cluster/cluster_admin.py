@@ -240,6 +240,29 @@ def test_remote_cache_tools(ceph, bucket_url):
     print("     gc: %d values before, %d after" % (
         len(vals), len(keys(s3, "values"))))
 
+    # 4b. a manifest that does not parse: listed as such; gc then deletes
+    # no value (what it names is unknown); rm by id prefix removes it
+    bad_id = secrets.token_hex(16)
+    assert s3.put("v1/manifests/" + bad_id, b'{"quantfs_manifest": 1, '
+                  b'"values": [["x", "zz", -1]]}')[0] == 200
+    stray = put_value(s3, os.urandom(300))
+    ls = json.loads(qfr(env, "cache", "ls", *remote, "--json").stdout)
+    assert {e["id"]: e["state"] for e in ls["ids"]}[bad_id] == \
+        "unreadable" and ls["unreadable"] == 1, ls
+    r = qfr(env, "cache", "gc", *remote, "--grace", 0, rc=1)
+    assert "values were not swept" in r.stderr, r.stderr
+    assert stray in keys(s3, "values")
+    r = qfr(env, "cache", "rm", *remote, bad_id[:8])
+    assert r.stdout.startswith("removed %s - (manifest" % bad_id), r.stdout
+    assert gc_counts(qfr(env, "cache", "gc", *remote, "--grace",
+                         0).stdout)["values"] == 1
+    assert keys(s3, "values") == vals - {orphan, dead_k}
+    # another prefix of the same bucket is another tier: empty
+    ls = json.loads(qfr(env, "cache", "ls", "--remote", bucket_url +
+                        "/elsewhere", "--endpoint", ceph.endpoint,
+                        "--json").stdout)
+    assert ls["ids"] == [] and ls["values"] == 0, ls
+
     # 5. rm: one variant's manifest goes, its values stay for gc; a live
     # production is kept; a selector matching nothing fails
     w3 = pub["tiny/rtn_w3_g64"]["id"]
