@@ -52,6 +52,9 @@ int qf_remote_request(struct qf_remote *r, int op, const char *key,
 void qf_remote_key(const struct qf_remote *r, const char *kind,
 		   const uint8_t *id, size_t idlen, int step, char *out,
 		   size_t cap);
+/* id was just published here: forget that its manifest was absent. */
+void qf_remote_published(struct qf_remote *r, const uint8_t *id);
+
 /*
  * GET and parse the manifest-format object at key (a manifest or a
  * checkpoint) for id; caller frees *m.  0, -ENOENT, -EAGAIN, -EACCES,
@@ -59,7 +62,5 @@ void qf_remote_key(const struct qf_remote *r, const char *kind,
  */
 int qf_remote_fetch(struct qf_remote *r, const char *key, const uint8_t *id,
 		    struct qf_rmanifest *m);
-/* id was just published here: forget that its manifest was absent. */
-void qf_remote_published(struct qf_remote *r, const uint8_t *id);
 
 #endif /* QF_REMOTE_I_H */
