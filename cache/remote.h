@@ -206,7 +206,7 @@ struct qf_remote_entry {
 	uint64_t bytes;			/* sum of m's value lengths */
 	size_t ckpt0, nckpt;		/* its checkpoints: view indices */
 	int ckpt_step;			/* the latest's layers done, -1 */
-	double ckpt_age;		/* seconds since the latest was
+	double ckpt_age;		/* seconds since the newest was
 					 * written (server clock) */
 	bool leased;			/* leases/<id> is there */
 	double lease_age;		/* seconds since its last renewal
@@ -290,9 +290,11 @@ struct qf_remote_gc_result {
  * the latest older than grace) go first with their leases, then values
  * that no manifest and no kept checkpoint names and that are older than
  * grace seconds (server clock), then probe objects older than grace.
- * dry_run: deletes nothing, counts what would go.  Returns 0, or the
- * first delete's error (-EAGAIN, -EACCES, -EIO) with *out counting what
- * went.
+ * A grace of 0 spares nothing.  dry_run: deletes nothing, counts what
+ * would go.  Returns 0 (out->swept false when a manifest or a kept
+ * checkpoint does not parse: no value deleted, logged), or the first
+ * delete's error (-EAGAIN, -EACCES, -EIO; nothing more deleted) with
+ * *out counting what went; -ENOMEM.
  */
 int qf_remote_gc(struct qf_remote *r, const struct qf_remote_view *v,
 		 double grace, bool dry_run, struct qf_remote_gc_result *out);
