@@ -170,9 +170,8 @@ void qf_remote_key(const struct qf_remote *r, const char *kind,
 		snprintf(out, cap, "%sv1/%s/%s", r->prefix, kind, hex);
 }
 
-/* GET and parse the manifest-format object at key for id. */
-static int fetch_manifest(struct qf_remote *r, const char *key,
-			  const uint8_t *id, struct qf_rmanifest *m)
+int qf_remote_fetch(struct qf_remote *r, const char *key, const uint8_t *id,
+		    struct qf_rmanifest *m)
 {
 	struct qf_s3_resp resp;
 	int ret;
@@ -242,7 +241,7 @@ int qf_remote_manifest_at(struct qf_remote *r, const uint8_t *id, bool fresh,
 	if (!m)
 		return -ENOMEM;
 	qf_remote_key(r, "manifests", id, QF_CACHE_VID, -1, key, sizeof(key));
-	ret = fetch_manifest(r, key, id, m);
+	ret = qf_remote_fetch(r, key, id, m);
 	pthread_mutex_lock(&r->lock);
 	e = mc_find(r, id);
 	if (!e && qf_grow(&r->mc, r->nmc + 1, &r->capmc, 16,
@@ -321,7 +320,7 @@ int qf_remote_checkpoint(struct qf_remote *r, const uint8_t *id,
 	qf_s3_list_free(&l);
 	if (!best[0])
 		return -ENOENT;
-	return fetch_manifest(r, best, id, out);
+	return qf_remote_fetch(r, best, id, out);
 }
 
 int qf_remote_value(struct qf_remote *r, const struct qf_rvalue *v,

@@ -169,4 +169,134 @@ struct qf_remote_stats {
 };
 void qf_remote_stats(struct qf_remote *r, struct qf_remote_stats *out);
 
+/* ------------------------------------------------------------------ */
+/* The bucket's view, for `quantfs cache ls|rm|gc --remote`            */
+/* (remote_admin.c).  Administration, not serving: no back-off        */
+/* shortcuts, every listing taken whole.                              */
+
+/*
+ * Publishers write a value again when the copy they found is older than
+ * this before a manifest names it (remote_pub.c), so gc, which deletes
+ * values no manifest names once older than its grace, never deletes one
+ * a publisher is about to name as long as the grace is at least twice
+ * this.
+ */
+#define QF_REMOTE_REFRESH_S (6 * 3600.0)
+#define QF_REMOTE_GC_GRACE_MIN (2 * QF_REMOTE_REFRESH_S)
+#define QF_REMOTE_GC_GRACE_DEFAULT 86400.0
+
+enum qf_remote_state {
+	QF_RSTATE_PUBLISHED,		/* manifests/<id> is there */
+	QF_RSTATE_UNREADABLE,		/* it is there but does not parse */
+	QF_RSTATE_PRODUCING,		/* no manifest, a live lease */
+	QF_RSTATE_EXPIRED,		/* no manifest, a lease past its ttl */
+	QF_RSTATE_ABANDONED,		/* checkpoints, no manifest, no lease */
+};
+
+/* One id the bucket knows of: a manifest, checkpoints or a lease. */
+struct qf_remote_entry {
+	uint8_t id[QF_CACHE_VID];
+	char hex[2 * QF_CACHE_VID + 1];
+	enum qf_remote_state state;
+	const struct qf_rmanifest *m;	/* PUBLISHED: borrowed, valid until
+					 * qf_remote_close(); else NULL */
+	const char *label;		/* m's, else the latest checkpoint's,
+					 * else ""; borrowed from the view */
+	char *model, *variant, *calib;	/* m's record; NULL when none */
+	uint64_t bytes;			/* sum of m's value lengths */
+	size_t ckpt0, nckpt;		/* its checkpoints: view indices */
+	int ckpt_step;			/* the latest's layers done, -1 */
+	double ckpt_age;		/* seconds since the newest was
+					 * written (server clock) */
+	bool leased;			/* leases/<id> is there */
+	double lease_age;		/* seconds since its last renewal
+					 * (server clock) */
+	struct qf_lease_info lease;	/* its body (state PRODUCING or
+					 * EXPIRED only) */
+};
+
+/* Totals of values/ and probe/. */
+struct qf_remote_totals {
+	uint64_t values, value_bytes;	/* objects under values/ */
+	uint64_t garbage, garbage_bytes;	/* named by no manifest and
+						 * no checkpoint */
+	uint64_t foreign;		/* keys under values/ that are not a
+					 * SHA-256: never touched */
+	uint64_t probes;		/* objects under probe/ */
+	uint64_t unreadable;		/* manifests and checkpoints that do
+					 * not parse */
+};
+
+struct qf_remote_lists;
+struct qf_remote_view {
+	struct qf_remote_entry *e;	/* sorted by id */
+	size_t n;
+	struct qf_remote_totals t;
+	double date;			/* the server's clock at listing */
+	struct qf_remote_lists *lists;	/* private: the listings */
+};
+
+/*
+ * List manifests/, ckpt/, leases/, values/ and probe/ and read every
+ * manifest, checkpoint and (ids without a manifest) lease.  A manifest
+ * or checkpoint that does not parse is counted, not fatal.  Returns 0,
+ * -EAGAIN (no answer), -EACCES (refused), -ENOENT (no such bucket), -EIO,
+ * -ENOMEM; the reason is logged.  Free with qf_remote_view_free (also
+ * after a failure).
+ */
+int qf_remote_view(struct qf_remote *r, struct qf_remote_view *out);
+void qf_remote_view_free(struct qf_remote_view *v);
+
+/* What qf_remote_rm deleted. */
+struct qf_remote_rm_result {
+	bool manifest;
+	size_t ckpts;
+	bool lease;
+};
+/*
+ * Delete entry e's manifest, then its checkpoints, then its lease;
+ * values stay for gc (content-addressed: other ids may name them).
+ * -EBUSY when it is in production (no manifest, a live lease): nothing
+ * deleted.  Else 0, -EAGAIN, -EACCES or -EIO (a delete failed: *out says
+ * how far it got).
+ */
+int qf_remote_rm(struct qf_remote *r, const struct qf_remote_view *v,
+		 const struct qf_remote_entry *e,
+		 struct qf_remote_rm_result *out);
+
+struct qf_remote_gc_result {
+	size_t ckpt_superseded;		/* of published ids */
+	size_t ckpt_abandoned;		/* no manifest, no live lease, older
+					 * than the grace */
+	uint64_t ckpt_bytes;
+	size_t leases;			/* of published ids, or abandoned */
+	size_t values_kept;		/* named by a manifest or a kept
+					 * checkpoint */
+	uint64_t values_kept_bytes;
+	size_t values_young;		/* named by none, younger than the
+					 * grace: kept */
+	uint64_t values_young_bytes;
+	size_t values_deleted;		/* named by none, older */
+	uint64_t values_deleted_bytes;
+	size_t probes;			/* probe objects older than grace */
+	size_t failed;			/* deletes that did not go through */
+	bool swept;			/* false: values not swept, some
+					 * manifest or kept checkpoint could
+					 * not be read */
+};
+/*
+ * Mark and sweep over view v (taken just before): checkpoints of
+ * published ids and abandoned ones (neither a manifest nor a live lease,
+ * the latest older than grace) go first with their leases, then values
+ * that no manifest and no kept checkpoint names and that are older than
+ * grace seconds (server clock), then probe objects older than grace.
+ * A grace of 0 spares nothing.  dry_run: deletes nothing, counts what
+ * would go.  Returns 0 (out->swept false when a manifest or a kept
+ * checkpoint does not parse: no value deleted, logged), or the first
+ * delete's error (-EAGAIN, -EACCES, -EIO; nothing more deleted) with
+ * *out counting what went; -ENOMEM.
+ */
+int qf_remote_gc(struct qf_remote *r, const struct qf_remote_view *v,
+		 double grace, bool dry_run, struct qf_remote_gc_result *out);
+
 #endif /* QF_REMOTE_H */

@@ -64,4 +64,12 @@ int qf_remote_manifest_at(struct qf_remote *r, const uint8_t *id, bool fresh,
 /* id was just published here: forget that its manifest was absent. */
 void qf_remote_published(struct qf_remote *r, const uint8_t *id);
 
+/*
+ * GET and parse the manifest-format object at key (a manifest or a
+ * checkpoint) for id; caller frees *m.  0, -ENOENT, -EAGAIN, -EACCES,
+ * -EIO, QF_EFORMAT (does not parse, or names another id: logged).
+ */
+int qf_remote_fetch(struct qf_remote *r, const char *key, const uint8_t *id,
+		    struct qf_rmanifest *m);
+
 #endif /* QF_REMOTE_I_H */

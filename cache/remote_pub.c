@@ -21,7 +21,7 @@
 
 #include "remote_i.h"
 
-#define REFRESH_S (6 * 3600.0)		/* rewrite older values (remote.c) */
+#define REFRESH_S QF_REMOTE_REFRESH_S	/* rewrite older values (remote.h) */
 
 static void nonce(char out[33])
 {

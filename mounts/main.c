@@ -46,6 +46,9 @@ static const char usage_text[] =
 	"       quantfs warm PATH...\n"
 	"       quantfs cache ls|du|rm SELECTOR...|gc --max-size SIZE\n"
 	"                     [--cache DIR] [--json]\n"
+	"       quantfs cache ls|rm SELECTOR...|gc --remote s3://BUCKET[/PREFIX]\n"
+	"                     [--endpoint URL] [--region R] [--credentials FILE]\n"
+	"                     [--json] [--grace SECONDS] [--dry-run]\n"
 	"       mount.quantfs SRC MNT [-o OPTION[,OPTION...]]  (fstab)\n"
 	"       quantfs --help | --version\n"
 	"\n"
@@ -796,7 +799,9 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "mount"))
 		exit(cmd_mount(argc - 1, argv + 1, false));
 	if (!strcmp(argv[1], "cache"))
-		exit(qf_cmd_cache(argc - 1, argv + 1));
+		exit(qf_cmd_cache_is_remote(argc - 1, argv + 1) ?
+		     qf_cmd_cache_remote(argc - 1, argv + 1) :
+		     qf_cmd_cache(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "warm"))
 		exit(qf_cmd_warm(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "umount"))

@@ -62,22 +62,31 @@ static const char cache_usage[] =
 	"       quantfs cache du [--cache DIR]\n"
 	"       quantfs cache rm SELECTOR... [--cache DIR]\n"
 	"       quantfs cache gc --max-size SIZE [--cache DIR]\n"
+	"       quantfs cache ls|rm|gc --remote s3://BUCKET[/PREFIX] ...: the\n"
+	"       fleet's bucket (quantfs cache ls --remote for its usage)\n"
 	"SELECTOR: MODEL, MODEL/VARIANT (shell patterns allowed) or an id\n"
 	"prefix of at least 8 hex digits, as `quantfs cache ls` prints them\n";
 
-/* A selector matches "model/variant", "model" or an id prefix. */
-static bool selected(const struct qf_cache_entry *e, const char *sel)
+bool qf_cache_selector_match(const char *sel, const char *id_hex,
+			     const char *model, const char *variant)
 {
 	char full[512];
 	size_t n = strlen(sel);
 
 	if (n >= 8 && n <= 32 && strspn(sel, "0123456789abcdef") == n &&
-	    !strncmp(e->vid_hex, sel, n))
+	    !strncmp(id_hex, sel, n))
 		return true;
-	if (!e->recorded)
+	if (!model || !variant)
 		return false;
-	snprintf(full, sizeof(full), "%s/%s", e->model, e->variant);
-	return !fnmatch(sel, full, 0) || !fnmatch(sel, e->model, 0);
+	snprintf(full, sizeof(full), "%s/%s", model, variant);
+	return !fnmatch(sel, full, 0) || !fnmatch(sel, model, 0);
+}
+
+static bool selected(const struct qf_cache_entry *e, const char *sel)
+{
+	return qf_cache_selector_match(sel, e->vid_hex,
+				       e->recorded ? e->model : NULL,
+				       e->recorded ? e->variant : NULL);
 }
 
 static int cache_ls(struct qf_cache *c, struct qf_cache_entry *e, size_t n,

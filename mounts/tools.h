@@ -5,10 +5,23 @@
 #ifndef QF_TOOLS_H
 #define QF_TOOLS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* quantfs cache ls|du|rm|gc ...; returns the exit status. */
 int qf_cmd_cache(int argc, char **argv);
+/* quantfs cache ls|rm|gc --remote URL ... (tools_remote.c): argv as
+ * for qf_cmd_cache; returns the exit status. */
+int qf_cmd_cache_remote(int argc, char **argv);
+/* Does this `quantfs cache` command line name --remote? */
+bool qf_cmd_cache_is_remote(int argc, char **argv);
+/*
+ * Does selector sel pick this id: an id prefix of 8 to 32 hex digits, or
+ * a shell pattern matching "model/variant" or "model" (model and variant
+ * NULL: an id without a record, matched by its id only)?
+ */
+bool qf_cache_selector_match(const char *sel, const char *id_hex,
+			     const char *model, const char *variant);
 /* quantfs warm PATH...; returns the exit status. */
 int qf_cmd_warm(int argc, char **argv);
 /* Why qf_mnt_parse_size() (opts.h) refused, for a message. */
