@@ -230,6 +230,22 @@ void qf_cluster_drain(struct qf_fs *fs)
 	pthread_mutex_unlock(&fs->job_lock);
 }
 
+static bool in_bucket(struct qf_fs *fs, const uint8_t *id)
+{
+	struct qf_remote_lease rl;
+	struct qf_lease_obs o;
+
+	memset(&o, 0, sizeof(o));
+	qf_remote_lease_init(fs->remote, id, &rl);
+	return rl.l.ops->observe(rl.l.arg, &o) == 0 && (o.manifest || o.exists);
+}
+
+bool qf_cluster_prefer(struct qf_fs *fs, const uint8_t *own,
+		       const uint8_t *alt)
+{
+	return !in_bucket(fs, own) && in_bucket(fs, alt);
+}
+
 /* --- calibration sets ------------------------------------------------- */
 
 int qf_cluster_calib_fetch(struct qf_fs *fs, struct qf_var *var)

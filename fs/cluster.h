@@ -19,6 +19,12 @@ extern const struct qf_flight_remote qf_cluster_flight;
 /* Wait for the background publications (unmount). */
 void qf_cluster_drain(struct qf_fs *fs);
 
+/* The bucket has nothing (no manifest, no lease) under own and
+ * something under alt: a node that does not produce calibrated
+ * variants uses alt (var.c, the other backend's id). */
+bool qf_cluster_prefer(struct qf_fs *fs, const uint8_t *own,
+		       const uint8_t *alt);
+
 /* var's calibration set from the bucket into the cache: 0 or < 0. */
 int qf_cluster_calib_fetch(struct qf_fs *fs, struct qf_var *var);
 /* Publish the set just made (created once).  1 when another machine's

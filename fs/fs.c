@@ -145,8 +145,8 @@ static int open_remote(struct qf_fs *fs)
 			qf_remote_role(fs->remote) == QF_REMOTE_PRODUCE ?
 			"produce" : qf_remote_role(fs->remote) ==
 			QF_REMOTE_CHEAP ? "cheap" : "read",
-			fs->backend == QF_BACKEND_CUDA ? " (backend cuda: "
-			"its calibrated variants are not the CPU nodes')" : "");
+			fs->backend == QF_BACKEND_CUDA ? "; calibrated "
+			"variants made here have the ids of backend cuda" : "");
 	return ret;
 }
 

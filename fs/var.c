@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cluster.h"
 #include "fs_i.h"
 
 static int cmp_seg(const void *a, const void *b)
@@ -69,6 +70,34 @@ static int build_plan(struct qf_var *var)
 out_free:
 	free(e);
 	return ret;
+}
+
+/*
+ * A node that never produces calibrated variants (remote_role read or
+ * cheap) serves one made with the other backend when the bucket has
+ * only that one (a CPU inference node, a CUDA batch producer): the
+ * variant takes that id, and with it those bytes.
+ */
+static void other_backend(struct qf_fs *fs, struct qf_var *var,
+			  const char **parts, size_t nparts, const char *extra)
+{
+	bool cuda = !strncmp(extra, "backend=cuda;", 13);
+	uint8_t vid[QF_CACHE_VID];
+	char alt[300];
+
+	if (qf_remote_role(fs->remote) == QF_REMOTE_PRODUCE)
+		return;
+	snprintf(alt, sizeof(alt), "%s%s", cuda ? "" : "backend=cuda;",
+		 cuda ? extra + 13 : extra);
+	parts[4] = alt;
+	qf_cache_vid(parts, alt[0] ? nparts : 4, vid);
+	parts[4] = extra;
+	if (qf_cluster_prefer(fs, var->vid, vid)) {
+		memcpy(var->vid, vid, QF_CACHE_VID);
+		qf_info("%s/%s: the remote tier has it made with backend %s "
+			"only: serving that", var->mdl->name, var->v->name,
+			cuda ? "cpu" : "cuda");
+	}
 }
 
 /* mixed_static: the role table of -o mixed_table / mixed_roles */
@@ -190,6 +219,8 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 			 fs->mratio.bits_mid, fs->mratio.bits_low);
 	parts[4] = extra;
 	qf_cache_vid(parts, extra[0] ? nparts : 4, var->vid);
+	if (var->calibrated && fs->remote)
+		other_backend(fs, var, parts, nparts, extra);
 	var->label = malloc(strlen(mdl->name) + strlen(var->v->name) + 2);
 	ret = var->label ? 0 : -ENOMEM;
 	if (!ret) {

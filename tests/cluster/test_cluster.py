@@ -513,6 +513,31 @@ def test_fleet_read_only_node():
     assert "does not produce calibrated variants" in log, log
 
 
+def test_fleet_cheap_node_and_warm():
+    """A remote_role=cheap node makes and publishes an RTN variant (warm
+    returns once it is in the bucket) but no calibrated one: with no
+    producer at work, reading one fails with EIO, saying why."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    a, _ = two_machines(tmp)
+    s3 = new_bucket("cheap")
+    with mount_remote(a, s3, opts=["remote_role=cheap"] + SIX) as m:
+        r = subprocess.run([QUANTFS, "warm", os.path.join(
+            m.mnt, "tiny", "rtn_w3_g64")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        # no wait here: warm waited for the publication
+        labels = [json.loads(s3.get(o["key"])[2])["label"]
+                  for o in s3.list("fleet/v1/manifests/")]
+        assert labels == ["tiny/rtn_w3_g64"], (labels, r.stderr)
+        try:
+            open(os.path.join(m.mnt, "tiny", GPTQ), "rb").read()
+            raise AssertionError("a cheap node produced a calibrated one")
+        except OSError as e:
+            assert e.errno == 5, e
+        log = m.stderr()
+    assert "remote_role=cheap" in log and "quantfs warm" in log, log
+    assert not s3.list("fleet/v1/leases/"), "a cheap node took a lease"
+
+
 def test_fleet_rgw_killed():
     """radosgw killed while two nodes serve: both go on (local
     production), each says so once; radosgw back: they use it again."""
@@ -632,6 +657,14 @@ def test_fleet_server_ignoring_conditions():
 # it and failed).  Add quantfs tests
 # (two daemons on one bucket, single flight, kill -9 of the producer, a
 # tampered value, a read-only node, radosgw killed mid-run) to this list.
+def test_fleet_cache_tools():
+    """quantfs cache ls|rm|gc --remote (cluster_admin.py)."""
+    import cluster_admin
+    need_fuse()
+    cluster_admin.test_remote_cache_tools(
+        CEPH, "s3://admin-%s" % secrets.token_hex(4))
+
+
 TESTS = [
     test_fixture_oracle,
     test_fixture_conditions,
@@ -643,9 +676,11 @@ TESTS = [
     test_fleet_shares_a_variant,
     test_fleet_tampered_value,
     test_fleet_read_only_node,
+    test_fleet_cheap_node_and_warm,
     test_fleet_one_job,
     test_fleet_takeover_after_kill9,
     test_fleet_rgw_killed,
+    test_fleet_cache_tools,
 ]
 
 
