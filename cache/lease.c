@@ -39,9 +39,14 @@ static int won(struct qf_lease *l, double now, const char *etag,
 }
 
 /* A holder that promised nothing sensible is held to ours. */
-static double ttl_of(const struct qf_lease *l, const struct qf_lease_obs *o)
+double qf_lease_ttl(const struct qf_lease_obs *o, double ttl)
 {
-	return o->info.ttl > 0 && o->info.ttl < 86400 ? o->info.ttl : l->ttl;
+	return o->info.ttl > 0 && o->info.ttl < 86400 ? o->info.ttl : ttl;
+}
+
+bool qf_lease_alive(const struct qf_lease_obs *o, double ttl)
+{
+	return o->exists && o->age <= qf_lease_ttl(o, ttl);
 }
 
 int qf_lease_acquire(struct qf_lease *l, double now, const char *body)
@@ -64,7 +69,7 @@ int qf_lease_acquire(struct qf_lease *l, double now, const char *body)
 		return QF_LEASE_R_DONE;
 	}
 	l->state = QF_LEASE_WATCH;
-	if (o.exists && o.age <= ttl_of(l, &o))
+	if (qf_lease_alive(&o, l->ttl))
 		return QF_LEASE_R_WAIT;
 	/* free, or its holder stopped renewing: exactly one contender's
 	 * conditional write goes through */

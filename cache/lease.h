@@ -85,6 +85,10 @@ enum {
 
 void qf_lease_init(struct qf_lease *l, const struct qf_lease_ops *ops,
 		   void *arg, double ttl);
+/* The ttl o's holder promised (ours, ttl, when it promised nothing
+ * sensible), and whether its lease is still alive by it. */
+double qf_lease_ttl(const struct qf_lease_obs *o, double ttl);
+bool qf_lease_alive(const struct qf_lease_obs *o, double ttl);
 /*
  * WATCH: observe once and contend when free or expired.  body is what
  * a won lease holds.  Returns a QF_LEASE_R_* value.

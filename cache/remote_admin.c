@@ -282,7 +282,6 @@ static int view_leases(struct qf_remote *r, struct qf_remote_view *v,
 		struct qf_lease_obs o;
 		struct qf_remote_entry *e;
 		uint8_t id[QF_CACHE_VID];
-		double ttl;
 		int ret;
 
 		if (id_of_key(l->lease.obj[i].key, strlen(pfx), id, NULL) < 0)
@@ -310,12 +309,8 @@ static int view_leases(struct qf_remote *r, struct qf_remote_view *v,
 			continue;	/* a manifest came: leave it be */
 		}
 		e->lease_age = o.age;
-		/* lease.c's rule: a holder that promised nothing sensible
-		 * is held to ours */
-		ttl = o.info.ttl > 0 && o.info.ttl < 86400 ? o.info.ttl :
-		      r->lease_s;
-		e->state = o.age <= ttl ? QF_RSTATE_PRODUCING :
-			   QF_RSTATE_EXPIRED;
+		e->state = qf_lease_alive(&o, r->lease_s) ?
+			   QF_RSTATE_PRODUCING : QF_RSTATE_EXPIRED;
 	}
 	return 0;
 }

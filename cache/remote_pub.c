@@ -415,8 +415,8 @@ int qf_remote_publish(struct qf_remote *r, struct qf_cache *c,
 		ret = -EEXIST;
 	else if (!ret && st / 100 != 2)
 		ret = st == 403 ? -EACCES : -EIO;
-	if (!ret && step < 0)
-		qf_remote_published(r, id);
+	if ((!ret || ret == -EEXIST) && step < 0)
+		qf_remote_published(r, id);	/* it is there now */
 	if (!ret)
 		qf_info("remote tier: published %s%s (%zu values)", label,
 			step >= 0 ? " checkpoint" : "", s.n);

@@ -264,9 +264,14 @@ int qf_cluster_calib_fetch(struct qf_fs *fs, struct qf_var *var)
 	return ret;
 }
 
-int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var)
+int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var,
+			     const void *ids, size_t len)
 {
-	const char *ids = "__ids__";
+	struct qf_cache_item it = { "__ids__", ids, len };
+	const struct qf_rmanifest *m;
+	const struct qf_rvalue *v;
+	struct qf_sha256 h;
+	uint8_t sum[32];
 	char label[512];
 	int ret;
 
@@ -274,13 +279,23 @@ int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var)
 		return 0;
 	snprintf(label, sizeof(label), "%s/calibration set", var->mdl->name);
 	ret = publish(fs, var->calib_vid, -1, label);
-	if (ret != -EEXIST)
+	if (ret != -EEXIST ||
+	    qf_remote_manifest(fs->remote, var->calib_vid, &m) < 0 ||
+	    !(v = qf_rmanifest_find(m, "__ids__")))
 		return 0;
+	qf_sha256_init(&h);
+	qf_sha256_update(&h, ids, len);
+	qf_sha256_final(&h, sum);
+	if (v->len == len && !memcmp(v->sha, sum, 32))
+		return 0;		/* sampled the same: the usual case */
 	/* another machine's set came first: it is the cluster's */
-	qf_info("%s: another machine published this calibration set first: "
-		"using it", var->mdl->name);
-	qf_cache_del(fs->cache, var->calib_vid, &ids, 1);
-	return qf_cluster_calib_fetch(fs, var) == 0 ? 1 : 0;
+	qf_info("%s: another machine published a calibration set for these "
+		"settings first: using it", var->mdl->name);
+	qf_cache_del(fs->cache, var->calib_vid, &it.name, 1);
+	if (qf_cluster_calib_fetch(fs, var) == 0)
+		return 1;
+	qf_fs_cache_put(fs, var->calib_vid, &it, 1);	/* ours, then */
+	return 0;
 }
 
 /* --- calibrated jobs -------------------------------------------------- */
@@ -461,10 +476,18 @@ int qf_cluster_job_begin(struct qf_fs *fs, struct qf_var *var,
 			r = r < 0 ? QF_LEASE_R_DOWN :
 			    c->rl.l.seen.manifest ? QF_LEASE_R_DONE :
 			    QF_LEASE_R_WAIT;
+			/* a producer that died: no one makes it now */
+			if (!qf_lease_alive(&c->rl.l.seen, c->rl.l.ttl))
+				c->rl.l.seen.exists = false;
 		}
 		if (r == QF_LEASE_R_DONE) {
-			ret = take_manifest(c);
-			break;		/* or produce here after all */
+			/* imported; or a copy that does not verify (logged)
+			 * or a bucket gone: what the cache lacks is produced
+			 * here, whatever the role, as a read never fails for
+			 * the bucket's sake */
+			take_manifest(c);
+			ret = 0;
+			break;
 		}
 		if (r == QF_LEASE_R_DOWN) {
 			ret = 0;

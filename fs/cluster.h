@@ -27,9 +27,11 @@ bool qf_cluster_prefer(struct qf_fs *fs, const uint8_t *own,
 
 /* var's calibration set from the bucket into the cache: 0 or < 0. */
 int qf_cluster_calib_fetch(struct qf_fs *fs, struct qf_var *var);
-/* Publish the set just made (created once).  1 when another machine's
- * came first and replaced ours in the cache (read it again), else 0. */
-int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var);
+/* Publish the set just made, ids (len bytes), created once.  1 when
+ * another machine's other set came first and replaced ours in the cache
+ * (read it again), else 0. */
+int qf_cluster_calib_publish(struct qf_fs *fs, struct qf_var *var,
+			     const void *ids, size_t len);
 
 /*
  * Before a calibrated job computes anything (its local lock held):

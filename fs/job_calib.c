@@ -248,7 +248,8 @@ int qf_job_calib_set(struct job *j, struct qf_calib *cs)
 		goto out_free;
 	it = (struct qf_cache_item){ "__ids__", cs->ids, n * sizeof(int32_t) };
 	ret = qf_fs_cache_put(fs, var->calib_vid, &it, 1);
-	if (!ret && qf_cluster_calib_publish(fs, var) == 1) {
+	if (!ret && qf_cluster_calib_publish(fs, var, cs->ids,
+					     n * sizeof(int32_t)) == 1) {
 		qf_calib_free(cs);
 		if (!load_ids(fs, var, cs))
 			ret = -ENOENT;
