@@ -227,6 +227,11 @@ static size_t on_body(char *p, size_t size, size_t n, void *arg)
 		q->too_big = true;
 		return 0;
 	}
+	/* the whole body at once (its length came first): no copies as
+	 * the buffer doubles */
+	if (!q->r->body.len && q->r->length && q->r->length <= q->max &&
+	    qf_buf_grow(&q->r->body, (size_t)q->r->length) < 0)
+		return 0;
 	return qf_buf_add(&q->r->body, p, len) ? 0 : len;
 }
 

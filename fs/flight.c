@@ -240,10 +240,12 @@ static int fill(struct qf_fs *fs, struct qf_flight *fl, size_t i, int *made)
 	 * look in the cache again */
 	locked = qf_flight_lock(fs, fl, (int64_t)i) == 0;
 	ret = check(fs, fl, i);
+	/* from the bucket: verified by SHA-256 on the way in, so not
+	 * checked again here */
 	if ((ret == -ENOENT || ret == QF_ECORRUPT) && fs->flight_remote &&
 	    fs->flight_remote->fetch(fs, fl, i) == 0) {
-		ret = check(fs, fl, i);
-		*made = ret ? 0 : 2;
+		ret = 0;
+		*made = 2;
 	}
 	if (ret == -ENOENT || ret == QF_ECORRUPT) {
 		ret = fl->ops->produce(fs, fl->arg, i);
@@ -364,8 +366,6 @@ int qf_flight_fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 	ret = check(fs, fl, i);
 	if ((ret == -ENOENT || ret == QF_ECORRUPT) && fs->flight_remote) {
 		ret = fs->flight_remote->fetch(fs, fl, i);
-		if (!ret)
-			ret = check(fs, fl, i);
 		if (locked)
 			qf_flight_unlock(fl, (int64_t)i);
 		settle(fs, fl, i, ret, ret ? 0 : 2);

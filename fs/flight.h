@@ -83,7 +83,8 @@ struct qf_flight_ops {
 enum {
 	QF_FLIGHT_NONE,
 	QF_FLIGHT_BUSY,
-	QF_FLIGHT_DONE,			/* in the cache, checksums checked */
+	QF_FLIGHT_DONE,			/* in the cache, checksums checked (or
+					 * SHA-256 verified on import) */
 };
 
 /* The slots of one cache id (owned by a variant or a GGUF view). */
