@@ -132,6 +132,12 @@ static int fetch(struct qf_fs *fs, struct qf_flight *fl, size_t i)
 		if (!qf_rmanifest_find(m, names[k]))
 			return -ENOENT;	/* not this build's values */
 	ret = qf_remote_import(fs->remote, fs->cache, m, names, n, &got);
+	/* the lengths this plan wants (a manifest of another plan under
+	 * this id would be a bug or a forgery: never served) */
+	if (!ret && !fl->ops->cached(fs, fl->arg, i)) {
+		qf_cache_del(fs->cache, fl->vid, names, n);
+		ret = QF_ECORRUPT;
+	}
 	if (ret < 0 && ret != -EAGAIN)
 		qf_warn("%s: from the remote tier: %s; producing it here",
 			fl->label, qf_strerror(ret));

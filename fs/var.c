@@ -73,6 +73,31 @@ out_free:
 }
 
 /*
+ * "alloc=<hash>;": the widths a mixed variant's measurement chose, in
+ * its id, so that machines whose measurements differ in the last bits
+ * (other CPUs sum in another order) never take each other's bytes for
+ * their own plan.
+ */
+static void alloc_key(const struct qf_mixed_alloc *a, char *out, size_t cap)
+{
+	struct qf_sha256 h;
+	uint8_t d[32];
+	char hex[65];
+	size_t i;
+
+	qf_sha256_init(&h);
+	for (i = 0; i < a->n; i++) {
+		uint8_t b = (uint8_t)a->bits[i];
+
+		qf_sha256_update(&h, a->names[i], strlen(a->names[i]) + 1);
+		qf_sha256_update(&h, &b, 1);
+	}
+	qf_sha256_final(&h, d);
+	qf_hex(d, 8, hex);
+	snprintf(out, cap, "alloc=%s;", hex);
+}
+
+/*
  * A node that never produces calibrated variants (remote_role read or
  * cheap) serves one made with the other backend when the bucket has
  * only that one (a CPU inference node, a CUDA batch producer): the
@@ -212,6 +237,9 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 		/* the override list, whole, as a part of its own */
 		parts[nparts++] = fs->o.mixed_roles ? fs->o.mixed_roles : "";
 	}
+	if (mixed)	/* measured: two machines may measure otherwise */
+		alloc_key(alloc, extra + strlen(extra),
+			  sizeof(extra) - strlen(extra));
 	if (spec.method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 			 "ratio=%.17g/%.17g/%d/%d/%d;", fs->mratio.high,
