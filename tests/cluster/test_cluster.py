@@ -295,6 +295,7 @@ def test_fixture_two_machines():
 from qftest import QUANTFS                          # noqa: E402
 
 SIX = ["calib_n=16", "calib_len=128"]   # a GPTQ job of a few seconds
+SMALL = ["calib_n=4", "calib_len=64"]    # a quick measurement (mixed)
 GPTQ = "gptq_w4_g128/model.safetensors"
 
 
@@ -331,13 +332,15 @@ def layer_lines(log):
 def test_fleet_shares_a_variant():
     """A produces; B, another copy of the model with other mtimes and
     another cache, serves identical bytes with 0 productions, every value
-    fetched from the bucket and verified."""
+    fetched from the bucket and verified: an RTN variant, its config, a
+    GGUF view, and a mixed variant (B measures the widths itself, finds
+    A's, and takes A's bytes)."""
     tmp = tempfile.mkdtemp(prefix="qfcl.")
     a, b = two_machines(tmp)
     s3 = new_bucket("share")
     files = ["rtn_w4_g128/model.safetensors", "rtn_w4_g128/config.json",
-             "kq4_k_m/model.gguf"]
-    with mount_remote(a, s3) as ma:
+             "kq4_k_m/model.gguf", "mixed_dyn/model.safetensors"]
+    with mount_remote(a, s3, opts=SMALL) as ma:
         want = [sha(os.path.join(ma.mnt, "tiny", f)) for f in files]
         assert productions(ma), ma.stderr()
         published(ma)
@@ -347,7 +350,7 @@ def test_fleet_shares_a_variant():
               for o in s3.list("fleet/v1/manifests/")]
     assert "tiny/rtn_w4_g128" in labels and \
         [x for x in labels if "kq4_k_m" in x], labels
-    with mount_remote(b, s3) as mb:
+    with mount_remote(b, s3, opts=SMALL) as mb:
         got = [sha(os.path.join(mb.mnt, "tiny", f)) for f in files]
         st = remote_state(mb)
         log = mb.stderr()
