@@ -567,6 +567,46 @@ def test_fleet_rgw_killed():
         "nothing published after radosgw came back"
 
 
+def test_fleet_rgw_killed_mid_fetch():
+    """radosgw killed while B fetches a variant from the bucket: the read
+    completes with A's bytes, part fetched and part produced by B."""
+    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    src = mkmodel(os.path.join(tmp, "made", "big"), "--layers", 8,
+                  "--hidden", 1024, "--inter", 2816, "--heads", 16,
+                  "--kv-heads", 4, "--seed", 5)
+    rel = "big/rtn_w4_g128/model.safetensors"
+    for tries, delay in enumerate((0.04, 0.08, 0.02, 0.12)):
+        a, b = two_machines(os.path.join(tmp, str(tries)), src=src,
+                            name="big")
+        s3 = new_bucket("midway")
+        with mount_remote(a, s3) as ma:
+            want = sha(os.path.join(ma.mnt, rel))
+            published(ma)
+        if not CEPH.rgw_alive():
+            CEPH.start_rgw()
+        with mount_remote(b, s3) as mb:
+            os.stat(os.path.join(mb.mnt, os.path.dirname(rel)))
+            out = {}
+            th = threading.Thread(target=lambda: out.setdefault(
+                "b", sha(os.path.join(mb.mnt, rel))))
+            th.start()
+            time.sleep(delay)
+            CEPH.kill_rgw()
+            th.join(timeout=300)
+            published(mb)
+            st = remote_state(mb)
+            made = productions(mb)
+            log = mb.stderr()
+        CEPH.start_rgw()
+        assert out.get("b") == want, (out, want)
+        if st["imported"] and made:
+            break
+    assert st["imported"] and made, (st, made)     # it was in the middle
+    assert "does not answer" in log, log
+    print("     %d values fetched, %d tensors produced after the kill" % (
+        st["imported"], len(made)))
+
+
 def test_fleet_credentials():
     """Credentials never from mount options; a credentials file others can
     read is refused; a 0600 one works."""
@@ -683,6 +723,7 @@ TESTS = [
     test_fleet_one_job,
     test_fleet_takeover_after_kill9,
     test_fleet_rgw_killed,
+    test_fleet_rgw_killed_mid_fetch,
     test_fleet_cache_tools,
 ]
 
