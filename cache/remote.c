@@ -90,6 +90,12 @@ static void unanswered(struct qf_remote *r, const char *why)
 	double b;
 
 	pthread_mutex_lock(&r->lock);
+	if (r->down_until > qf_now()) {
+		/* requests that were in flight together fail together:
+		 * one failure, one doubling */
+		pthread_mutex_unlock(&r->lock);
+		return;
+	}
 	r->backoff = r->backoff ? r->backoff * 2 : BACKOFF_MIN;
 	if (r->backoff > BACKOFF_MAX)
 		r->backoff = BACKOFF_MAX;

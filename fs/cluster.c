@@ -227,9 +227,10 @@ void qf_cluster_drain(struct qf_fs *fs)
 	pthread_mutex_lock(&fs->job_lock);
 	while (fs->npub > 0) {
 		if (!said)
-			qf_info("publishing %d variant%s to the remote tier "
-				"before unmounting", fs->npub,
-				fs->npub > 1 ? "s" : "");
+			qf_info("%d publication%s or fetch%s with the remote "
+				"tier to finish before unmounting", fs->npub,
+				fs->npub > 1 ? "s" : "",
+				fs->npub > 1 ? "es" : "");
 		said = true;
 		pthread_cond_wait(&fs->job_cond, &fs->job_lock);
 	}
@@ -310,17 +311,19 @@ static void lease_body(struct qf_cjob *c, struct qf_buf *b)
 {
 	struct qf_var *var = c->var;
 	int done, total;
-	double eta = -1, now = qf_now(), t0;
+	double eta = -1, now = qf_now(), t0, began;
 
 	pthread_mutex_lock(&var->lock);
 	done = var->job->layers_done;
 	total = var->job->nlayers;
 	t0 = var->job->first_t;
+	began = var->job->t0;
 	if (done > var->job->first && var->job->running)
 		eta = (now - t0) / (done - var->job->first) * (total - done);
 	pthread_mutex_unlock(&var->lock);
+	/* when the job began, on the wall clock */
 	qf_remote_lease_body(c->fs->remote, var->label, done, total, eta,
-			     (double)time(NULL), b);
+			     (double)time(NULL) - (now - began), b);
 }
 
 static void *renewer(void *arg)
