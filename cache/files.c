@@ -115,23 +115,7 @@ static bool stray_tmp(const char *path, const char *name,
 /* <vid hex> at the start of a file name into vid. */
 static bool name_vid(const char *n, uint8_t *vid)
 {
-	size_t i;
-
-	for (i = 0; i < HEX; i++) {
-		int hi = n[i], v;
-
-		if (hi >= '0' && hi <= '9')
-			v = hi - '0';
-		else if (hi >= 'a' && hi <= 'f')
-			v = hi - 'a' + 10;
-		else
-			return false;
-		if (i % 2)
-			vid[i / 2] = (uint8_t)(vid[i / 2] | v);
-		else
-			vid[i / 2] = (uint8_t)(v << 4);
-	}
-	return n[HEX] == '.';
+	return qf_unhex(n, QF_CACHE_VID, vid) == 0 && n[HEX] == '.';
 }
 
 int qf_files_each(const char *dir, const uint8_t *vid, unsigned flags,

@@ -38,16 +38,7 @@ struct qf_remote_lists {
 /* Lower-case hex of exactly 2n digits into n bytes: 0 or -EINVAL. */
 static int from_hex(const char *s, size_t slen, uint8_t *out, size_t n)
 {
-	size_t i;
-
-	if (slen != 2 * n || strspn(s, "0123456789abcdef") < slen)
-		return -EINVAL;
-	for (i = 0; i < n; i++)
-		out[i] = (uint8_t)((s[2 * i] <= '9' ? s[2 * i] - '0' :
-				    s[2 * i] - 'a' + 10) << 4 |
-				   (s[2 * i + 1] <= '9' ? s[2 * i + 1] - '0' :
-				    s[2 * i + 1] - 'a' + 10));
-	return 0;
+	return slen == 2 * n ? qf_unhex(s, n, out) : -EINVAL;
 }
 
 /* "<prefix>v1/<kind>/": where objects of one kind start. */

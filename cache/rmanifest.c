@@ -25,25 +25,8 @@
 
 static int unhex(const char *s, uint8_t *out, size_t n)
 {
-	size_t i;
-
-	if (!s || strlen(s) != 2 * n)
-		return QF_EFORMAT;
-	for (i = 0; i < 2 * n; i++) {
-		int c = s[i], d;
-
-		if (c >= '0' && c <= '9')
-			d = c - '0';
-		else if (c >= 'a' && c <= 'f')
-			d = c - 'a' + 10;
-		else
-			return QF_EFORMAT;
-		if (i % 2)
-			out[i / 2] = (uint8_t)(out[i / 2] | d);
-		else
-			out[i / 2] = (uint8_t)(d << 4);
-	}
-	return 0;
+	return s && strlen(s) == 2 * n && qf_unhex(s, n, out) == 0 ? 0 :
+	       QF_EFORMAT;
 }
 
 static int by_name(const void *a, const void *b)

@@ -150,6 +150,9 @@ void qf_sha256_final(struct qf_sha256 *c, uint8_t out[32]);
 uint64_t qf_hash64(const void *data, size_t len, uint64_t seed);
 /* Lower-case hex of n bytes into out (2n + 1 bytes). */
 void qf_hex(const uint8_t *in, size_t n, char *out);
+/* Its inverse: the 2n lower-case hex digits at s into n bytes; reads no
+ * further than the first that is not one.  0 or -EINVAL. */
+int qf_unhex(const char *s, size_t n, uint8_t *out);
 
 /*
  * guard.c: a mapping of a file another process may truncate.  A read past

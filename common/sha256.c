@@ -41,6 +41,27 @@ void qf_sha256_final(struct qf_sha256 *c, uint8_t out[32])
 	SHA256_Final(out, (SHA256_CTX *)c->ctx);
 }
 
+int qf_unhex(const char *s, size_t n, uint8_t *out)
+{
+	size_t i;
+
+	for (i = 0; i < 2 * n; i++) {
+		int c = s[i], d;
+
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if (c >= 'a' && c <= 'f')
+			d = c - 'a' + 10;
+		else
+			return -EINVAL;
+		if (i % 2)
+			out[i / 2] = (uint8_t)(out[i / 2] | d);
+		else
+			out[i / 2] = (uint8_t)(d << 4);
+	}
+	return 0;
+}
+
 void qf_hex(const uint8_t *in, size_t n, char *out)
 {
 	static const char digits[] = "0123456789abcdef";

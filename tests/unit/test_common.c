@@ -110,9 +110,29 @@ static void test_utf8(void)
 	}
 }
 
+/* qf_unhex inverts qf_hex and refuses what qf_hex never writes. */
+static void test_unhex(void)
+{
+	uint8_t in[32], out[32];
+	char hex[65];
+	size_t i;
+
+	for (i = 0; i < sizeof(in); i++)
+		in[i] = (uint8_t)(i * 37 + 11);
+	qf_hex(in, sizeof(in), hex);
+	CHECK(qf_unhex(hex, sizeof(out), out), ==, 0);
+	CHECK(memcmp(in, out, sizeof(in)), ==, 0);
+	CHECK(qf_unhex("00ff7a", 3, out), ==, 0);
+	CHECK(out[0] + (out[1] << 8) + (out[2] << 16), ==, 0x7aff00);
+	CHECK(qf_unhex("00FF", 2, out), ==, -EINVAL);	/* upper case */
+	CHECK(qf_unhex("0g", 1, out), ==, -EINVAL);
+	CHECK(qf_unhex("abc", 2, out), ==, -EINVAL);	/* short: stops at NUL */
+}
+
 int main(void)
 {
 	test_sha256();
 	test_utf8();
+	test_unhex();
 	return qf_check_exit();
 }
