@@ -401,6 +401,7 @@ static int cmd_mkmodel(int argc, char **argv)
 		{ "dtype", required_argument, NULL, 't' },
 		{ "tie", no_argument, NULL, 'T' },
 		{ "head-dim", required_argument, NULL, 'H' },
+		{ "arch", required_argument, NULL, 'A' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_mkmodel_opts o;
@@ -419,6 +420,17 @@ static int cmd_mkmodel(int argc, char **argv)
 		case 's': o.seed = strtoull(optarg, NULL, 0); break;
 		case 'T': o.tie = true; break;
 		case 'H': o.head_dim = atoi(optarg); break;
+		case 'A':
+			if (!qf_arch_find(optarg)) {
+				char names[256];
+
+				qf_arch_names(names, sizeof(names));
+				fprintf(stderr, "quantfs: mkmodel: --arch '%s' "
+					"is none of %s\n", optarg, names);
+				return 2;
+			}
+			o.arch = optarg;
+			break;
 		case 't':
 			if (!strcmp(optarg, "bf16"))
 				o.dtype = QF_DT_BF16;

@@ -141,17 +141,28 @@ int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c)
 		qf_err("%s: config.json has no model_type", m->dir);
 		return QF_EUNSUPPORTED;
 	}
-	if (strcmp(mt->valuestring, "llama") &&
-	    strcmp(mt->valuestring, "mistral") &&
-	    strcmp(mt->valuestring, "qwen2") &&
-	    strcmp(mt->valuestring, "qwen3")) {
-		qf_err("%s: model_type '%s' is not supported", m->dir,
-		       mt->valuestring);
+	c->arch = qf_arch_find(mt->valuestring);
+	if (!c->arch) {
+		char names[256];
+
+		qf_arch_names(names, sizeof(names));
+		qf_err("%s: model_type '%s' is not supported (only shape-only "
+		       "RTN variants; computed: %s)", m->dir, mt->valuestring,
+		       names);
 		return QF_EUNSUPPORTED;
 	}
-	strcpy(c->model_type, mt->valuestring);
-	if (act && !(cJSON_IsString(act) && !strcmp(act->valuestring, "silu"))) {
-		qf_err("%s: hidden_act other than silu", m->dir);
+	strcpy(c->model_type, c->arch->model_type);
+	if (!act)	/* gemma's key */
+		act = cJSON_GetObjectItemCaseSensitive(o, "hidden_activation");
+	c->act = QF_ACT_SILU;
+	if (act && cJSON_IsString(act) &&
+	    (!strcmp(act->valuestring, "gelu_pytorch_tanh") ||
+	     !strcmp(act->valuestring, "gelu_tanh")))
+		c->act = QF_ACT_GELU_TANH;
+	else if (act && !(cJSON_IsString(act) &&
+			  !strcmp(act->valuestring, "silu"))) {
+		qf_err("%s: hidden_act other than silu or gelu_pytorch_tanh",
+		       m->dir);
 		return QF_EUNSUPPORTED;
 	}
 	ret = parse_dims(m, o, c);
@@ -171,16 +182,17 @@ int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c)
 		return ret;
 	c->tie = cfg_bool(o, "tie_word_embeddings", false) ||
 		 !qf_model_find(m, "lm_head.weight");
-	c->qk_norm = !strcmp(c->model_type, "qwen3");
-	c->attn_bias = !strcmp(c->model_type, "qwen2") ||
+	c->qk_norm = c->arch->flags & QF_ARCH_QK_NORM;
+	c->attn_bias = (c->arch->flags & QF_ARCH_QKV_BIAS) ||
 		       cfg_bool(o, "attention_bias", false);
 	c->sliding_window = 0;
-	if (!strcmp(c->model_type, "mistral")) {
+	if (c->arch->flags & QF_ARCH_SLIDING) {
 		long w = qf_model_cfg_int(m, "sliding_window", 0);
 
 		c->sliding_window = w > 0 && w < (1L << 30) ? (int)w : 0;
 	}
-	return 0;
+	return c->arch->parse ? c->arch->parse(m, (const struct cJSON *)o, c) :
+				0;
 }
 
 int64_t qf_tf_linear_out(const struct qf_tf_config *c, enum qf_tf_linear l)

@@ -268,10 +268,64 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 
 
 /* ------------------------------------------------------------------ */
-/* config.json of the Llama family (config.c)                         */
+/* architectures (arch.c): one row per config.json model_type            */
+
+struct qf_tf_config;
+struct qf_mkmodel_opts;
+struct qf_mk_list;
+struct cJSON;
+
+enum {
+	QF_ARCH_GGUF_PERMUTE = 1u << 0,	/* GGUF q/k rows in llama.cpp's
+					 * interleaved rope order */
+	QF_ARCH_SLIDING = 1u << 1,	/* sliding_window from config.json */
+	QF_ARCH_QKV_BIAS = 1u << 2,	/* q/k/v biases (qwen2) */
+	QF_ARCH_QK_NORM = 1u << 3,	/* per-head q/k RMSNorm (qwen3) */
+	/* the families' own flags: gemma from bit 8, phi3 from 16, moe
+	 * from 24 */
+};
+
+struct qf_arch {
+	const char *model_type;		/* config.json's */
+	const char *gguf;		/* llama.cpp's general.architecture */
+	const char *hf_class;		/* config.json "architectures"[0] */
+	unsigned flags;			/* QF_ARCH_* */
+	/*
+	 * Checkpoint names under "model.layers.N." of the seven linears
+	 * (enum qf_tf_linear order); fused families name the tensor that
+	 * holds them.
+	 */
+	const char *lin[7];
+	/* config.json's family keys into c (after the common ones); 0 or
+	 * QF_EFORMAT / QF_EUNSUPPORTED, logged.  NULL: none. */
+	int (*parse)(const struct qf_model *m, const struct cJSON *o,
+		     struct qf_tf_config *c);
+	/* mkmodel: the family's config.json keys, and one decoder layer's
+	 * tensors (NULL: Llama's). */
+	void (*mk_config)(struct cJSON *c, const struct qf_mkmodel_opts *o);
+	int (*mk_layer)(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+			int l);
+};
+
+/* The row of model_type, or NULL (not computed: shape-only RTN). */
+const struct qf_arch *qf_arch_find(const char *model_type);
+/* "llama, mistral, ...": the model types of the table, into out. */
+void qf_arch_names(char *out, size_t cap);
+/* Row i of the table, NULL past the end (for listings). */
+const struct qf_arch *qf_arch_at(size_t i);
+
+/* ------------------------------------------------------------------ */
+/* config.json of a computed architecture (config.c)                  */
+
+/* hidden_act / hidden_activation */
+enum qf_act {
+	QF_ACT_SILU,			/* "silu": SwiGLU */
+	QF_ACT_GELU_TANH,		/* "gelu_pytorch_tanh": GeGLU */
+};
 
 struct qf_tf_config {
-	char model_type[32];		/* "llama", "mistral", "qwen2", "qwen3" */
+	const struct qf_arch *arch;	/* its row */
+	char model_type[32];		/* config.json's model_type */
 	int hidden;			/* hidden_size */
 	int inter;			/* intermediate_size */
 	int layers;			/* num_hidden_layers */
@@ -290,6 +344,10 @@ struct qf_tf_config {
 	bool attn_bias;			/* q/k/v biases (qwen2) */
 	bool qk_norm;			/* per-head q/k RMSNorm (qwen3) */
 	int sliding_window;		/* mistral: window, 0 = none */
+	enum qf_act act;		/* the MLP's activation */
+	/* gemma2 / gemma3_text (arch_gemma.c) */
+	/* phi3 (arch_phi3.c) */
+	/* qwen3_moe / mixtral / olmoe (arch_moe.c) */
 };
 
 /* From config.json; QF_EUNSUPPORTED for other model types. */
@@ -399,6 +457,8 @@ struct qf_mkmodel_opts {
 	enum qf_dtype dtype;		/* BF16, F16 or F32 */
 	bool tie;			/* tie_word_embeddings */
 	int head_dim;			/* 0: hidden / heads */
+	const char *arch;		/* model_type; NULL: "llama" */
+	/* mixture of experts (arch_moe.c) */
 };
 void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
 /*
@@ -407,6 +467,13 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
  * needed), deterministically from o->seed.  Returns 0, -errno, -EINVAL.
  */
 int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
+/*
+ * A family's mk_layer adds a tensor of rows x cols (cols 0: 1-D) named
+ * by fmt; values are drawn as for every generated tensor (norms by name:
+ * a name holding "norm" gets norm-like values).  0 or -ENOMEM.
+ */
+int qf_mk_add(struct qf_mk_list *t, int64_t rows, int64_t cols,
+	      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ------------------------------------------------------------------ */
 /* Packed checkpoint tensors back to integers (unpack.c): the one place  */

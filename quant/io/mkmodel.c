@@ -11,6 +11,7 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,14 +99,15 @@ static int write_json(const char *dir, const char *name, cJSON *root)
 	return ret;
 }
 
-static int write_config(const char *dir, const struct qf_mkmodel_opts *o)
+static int write_config(const char *dir, const struct qf_mkmodel_opts *o,
+			const struct qf_arch *a)
 {
 	cJSON *c = cJSON_CreateObject();
-	cJSON *a = cJSON_AddArrayToObject(c, "architectures");
+	cJSON *arr = cJSON_AddArrayToObject(c, "architectures");
 	int ret;
 
-	cJSON_AddItemToArray(a, cJSON_CreateString("LlamaForCausalLM"));
-	cJSON_AddStringToObject(c, "model_type", "llama");
+	cJSON_AddItemToArray(arr, cJSON_CreateString(a->hf_class));
+	cJSON_AddStringToObject(c, "model_type", a->model_type);
 	cJSON_AddNumberToObject(c, "hidden_size", o->hidden);
 	cJSON_AddNumberToObject(c, "intermediate_size", o->inter);
 	cJSON_AddNumberToObject(c, "num_hidden_layers", o->layers);
@@ -125,6 +127,8 @@ static int write_config(const char *dir, const struct qf_mkmodel_opts *o)
 				o->dtype == QF_DT_BF16 ? "bfloat16" :
 				o->dtype == QF_DT_F16 ? "float16" : "float32");
 	cJSON_AddStringToObject(c, "transformers_version", "4.46.0");
+	if (a->mk_config)
+		a->mk_config(c, o);
 	ret = write_json(dir, "config.json", c);
 	if (ret < 0)
 		return ret;
@@ -252,55 +256,72 @@ static void gen_values(const char *name, int64_t rows, int64_t cols,
 }
 
 struct gen_tensor {
-	char name[96];
+	char name[128];
 	int64_t rows;
 	int64_t cols;		/* 0: 1-D */
 };
 
-static int tensor_list(const struct qf_mkmodel_opts *o,
-		       struct gen_tensor **out, size_t *n)
-{
-	int64_t hd = head_dim(o);
-	size_t cap = (size_t)o->layers * 9 + 3;
-	struct gen_tensor *t = calloc(cap, sizeof(*t));
-	size_t k = 0;
-	int l;
+struct qf_mk_list {
+	struct gen_tensor *t;
+	size_t n, cap;
+};
 
-#define ADD(r, c, ...)                                                        \
-	do {                                                                  \
-		snprintf(t[k].name, sizeof(t[k].name), __VA_ARGS__);          \
-		t[k].rows = (r);                                              \
-		t[k].cols = (c);                                              \
-		k++;                                                          \
-	} while (0)
-	if (!t)
+int qf_mk_add(struct qf_mk_list *t, int64_t rows, int64_t cols,
+	      const char *fmt, ...)
+{
+	va_list ap;
+
+	if (qf_grow(&t->t, t->n + 1, &t->cap, 64, sizeof(*t->t)))
 		return -ENOMEM;
-	ADD(o->vocab, o->hidden, "model.embed_tokens.weight");
-	ADD(o->hidden, 0, "model.norm.weight");
-	if (!o->tie)
-		ADD(o->vocab, o->hidden, "lm_head.weight");
-	for (l = 0; l < o->layers; l++) {
-		ADD(o->hidden, 0, "model.layers.%d.input_layernorm.weight", l);
-		ADD(o->hidden, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-		ADD(o->heads * hd, o->hidden, "model.layers.%d.self_attn.q_proj.weight", l);
-		ADD(o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.k_proj.weight", l);
-		ADD(o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.v_proj.weight", l);
-		ADD(o->hidden, o->heads * hd, "model.layers.%d.self_attn.o_proj.weight", l);
-		ADD(o->inter, o->hidden, "model.layers.%d.mlp.gate_proj.weight", l);
-		ADD(o->inter, o->hidden, "model.layers.%d.mlp.up_proj.weight", l);
-		ADD(o->hidden, o->inter, "model.layers.%d.mlp.down_proj.weight", l);
-	}
-#undef ADD
-	*out = t;
-	*n = k;
+	va_start(ap, fmt);
+	vsnprintf(t->t[t->n].name, sizeof(t->t[t->n].name), fmt, ap);
+	va_end(ap);
+	t->t[t->n].rows = rows;
+	t->t[t->n].cols = cols;
+	t->n++;
 	return 0;
 }
 
-static int write_weights(const char *dir, const struct qf_mkmodel_opts *o)
+/* One Llama decoder layer's tensors. */
+static int llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+		       int l)
+{
+	int64_t hd = head_dim(o);
+	int ret = 0;
+
+	ret |= qf_mk_add(t, o->hidden, 0, "model.layers.%d.input_layernorm.weight", l);
+	ret |= qf_mk_add(t, o->hidden, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+	ret |= qf_mk_add(t, o->heads * hd, o->hidden, "model.layers.%d.self_attn.q_proj.weight", l);
+	ret |= qf_mk_add(t, o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.k_proj.weight", l);
+	ret |= qf_mk_add(t, o->kv_heads * hd, o->hidden, "model.layers.%d.self_attn.v_proj.weight", l);
+	ret |= qf_mk_add(t, o->hidden, o->heads * hd, "model.layers.%d.self_attn.o_proj.weight", l);
+	ret |= qf_mk_add(t, o->inter, o->hidden, "model.layers.%d.mlp.gate_proj.weight", l);
+	ret |= qf_mk_add(t, o->inter, o->hidden, "model.layers.%d.mlp.up_proj.weight", l);
+	ret |= qf_mk_add(t, o->hidden, o->inter, "model.layers.%d.mlp.down_proj.weight", l);
+	return ret ? -ENOMEM : 0;
+}
+
+static int tensor_list(const struct qf_mkmodel_opts *o,
+		       const struct qf_arch *a, struct qf_mk_list *t)
+{
+	int l, ret = 0;
+
+	ret |= qf_mk_add(t, o->vocab, o->hidden, "model.embed_tokens.weight");
+	ret |= qf_mk_add(t, o->hidden, 0, "model.norm.weight");
+	if (!o->tie)
+		ret |= qf_mk_add(t, o->vocab, o->hidden, "lm_head.weight");
+	for (l = 0; l < o->layers && !ret; l++)
+		ret = a->mk_layer ? a->mk_layer(t, o, l) : llama_layer(t, o, l);
+	return ret ? -ENOMEM : 0;
+}
+
+static int write_weights(const char *dir, const struct qf_mkmodel_opts *o,
+			 const struct qf_arch *a)
 {
 	struct qf_st_plan_entry *e = NULL;
 	struct qf_buf hdr = QF_BUF_INIT;
-	struct gen_tensor *t = NULL;
+	struct qf_mk_list tl = { 0 };
+	struct gen_tensor *t;
 	size_t esz = qf_dtype_size(o->dtype);
 	uint64_t total;
 	char path[4096];
@@ -308,9 +329,11 @@ static int write_weights(const char *dir, const struct qf_mkmodel_opts *o)
 	FILE *f = NULL;
 	int ret;
 
-	ret = tensor_list(o, &t, &n);
+	ret = tensor_list(o, a, &tl);
+	t = tl.t;
+	n = tl.n;
 	if (ret < 0)
-		return ret;
+		goto out_free;
 	e = calloc(n, sizeof(*e));
 	if (!e) {
 		ret = -ENOMEM;
@@ -371,8 +394,11 @@ out_free:
 
 int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o)
 {
+	const struct qf_arch *a = qf_arch_find(o->arch ? o->arch : "llama");
 	int ret;
 
+	if (!a)
+		return QF_EUNSUPPORTED;
 	if (o->hidden <= 0 || o->heads <= 0 || o->kv_heads <= 0 ||
 	    (o->head_dim <= 0 && o->hidden % o->heads) || o->head_dim < 0 ||
 	    head_dim(o) % 2 || o->heads % o->kv_heads || o->inter <= 0 ||
@@ -383,10 +409,10 @@ int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o)
 	ret = qf_mkdir_p(dir, 0755);
 	if (ret < 0)
 		return ret;
-	ret = write_config(dir, o);
+	ret = write_config(dir, o, a);
 	if (!ret)
 		ret = write_tokenizer(dir, o);
 	if (!ret)
-		ret = write_weights(dir, o);
+		ret = write_weights(dir, o, a);
 	return ret;
 }
