@@ -7,7 +7,9 @@
 // prompt, with BOS when the model wants one), "gen_ids" (greedy
 // continuation) with "prompt_s" and "gen_tok_s" (its timing), "nll" and "tokens" (the mean negative log-likelihood of
 // each window's tokens after the first, from llama.cpp's full next-token
-// probabilities at temperature 1, no truncation), or "error".
+// probabilities at temperature 1, no truncation), with REQUEST "probs":
+// true also "probs" (the first window's next-token distributions, one
+// vocabulary-long row per position), or "error".
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -52,6 +54,19 @@ try {
         const items = w.map((t, i) => i < w.length - 1 ?
             [t, { generateNext: { probabilities: true, options: opts } }] : t);
         const res = await seq.controlledEvaluate(items);
+        if (req.probs && out.probs === undefined) {
+            // the first window's full next-token distributions
+            const nv = model.tokens.vocab?.length ?? model.fileInfo.metadata
+                .tokenizer?.ggml?.tokens?.length ?? 0;
+            out.probs = [];
+            for (let i = 0; i + 1 < w.length; i++) {
+                const row = new Array(nv).fill(0);
+                for (const [t, p] of res[i]?.next?.probabilities ?? [])
+                    if (t < nv)
+                        row[t] = p;
+                out.probs.push(row);
+            }
+        }
         for (let i = 0; i + 1 < w.length; i++) {
             const p = res[i]?.next?.probabilities?.get(w[i + 1]) ?? 0;
             nll -= Math.log(Math.max(p, 1e-30));
