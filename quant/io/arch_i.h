@@ -10,7 +10,30 @@
 #include "io.h"
 
 /* Gemma 2 and Gemma 3 (text): arch_gemma.c */
-#define QF_ARCH_GEMMA_ROWS
+#define GEMMA_LIN                                                            \
+	{ "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",        \
+	  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",                \
+	  "mlp.down_proj" }
+#define QF_ARCH_GEMMA_ROWS                                                   \
+	{ .model_type = "gemma2", .gguf = "gemma2",                          \
+	  .hf_class = "Gemma2ForCausalLM", .lin = GEMMA_LIN,                 \
+	  .flags = QF_ARCH_GEMMA, .parse = qf_gemma2_parse,                  \
+	  .mk_config = qf_gemma2_mk_config, .mk_layer = qf_gemma2_mk_layer }, \
+	{ .model_type = "gemma3_text", .gguf = "gemma3",                     \
+	  .hf_class = "Gemma3ForCausalLM", .lin = GEMMA_LIN,                 \
+	  .flags = QF_ARCH_GEMMA | QF_ARCH_QK_NORM,                          \
+	  .parse = qf_gemma3_parse, .mk_config = qf_gemma3_mk_config,        \
+	  .mk_layer = qf_gemma3_mk_layer },
+int qf_gemma2_parse(const struct qf_model *m, const struct cJSON *o,
+		    struct qf_tf_config *c);
+int qf_gemma3_parse(const struct qf_model *m, const struct cJSON *o,
+		    struct qf_tf_config *c);
+void qf_gemma2_mk_config(struct cJSON *c, const struct qf_mkmodel_opts *o);
+void qf_gemma3_mk_config(struct cJSON *c, const struct qf_mkmodel_opts *o);
+int qf_gemma2_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+		       int l);
+int qf_gemma3_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+		       int l);
 /* Phi-3 / Phi-4-mini: arch_phi3.c */
 #define QF_ARCH_PHI3_ROWS
 /* Qwen3-MoE, Mixtral, OLMoE: arch_moe.c */

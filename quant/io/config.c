@@ -79,6 +79,13 @@ static int parse_rope_scaling(const struct qf_model *m, const cJSON *rs,
 	}
 	if (!strcmp(ty->valuestring, "default"))
 		return 0;
+	if (!strcmp(ty->valuestring, "linear")) {	/* positions / factor */
+		c->rope_linear = (float)cfg_num(rs, "factor", 0);
+		if (c->rope_linear >= 1)
+			return 0;
+		qf_err("%s: bad linear rope_scaling factor", m->dir);
+		return QF_EFORMAT;
+	}
 	if (strcmp(ty->valuestring, "llama3")) {
 		qf_err("%s: rope_scaling type '%s' is not supported", m->dir,
 		       ty->valuestring);

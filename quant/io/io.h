@@ -283,6 +283,8 @@ enum {
 	QF_ARCH_QK_NORM = 1u << 3,	/* per-head q/k RMSNorm (qwen3) */
 	/* the families' own flags: gemma from bit 8, phi3 from 16, moe
 	 * from 24 */
+	QF_ARCH_GEMMA = 1u << 8,	/* (1 + w) RMSNorms, sandwich norms,
+					 * scaled embedding (arch_gemma.c) */
 };
 
 struct qf_arch {
@@ -323,6 +325,9 @@ enum qf_act {
 	QF_ACT_GELU_TANH,		/* "gelu_pytorch_tanh": GeGLU */
 };
 
+/* Layers a per-layer window pattern may have (gemma). */
+#define QF_TF_MAX_SLIDE_LAYERS 512
+
 struct qf_tf_config {
 	const struct qf_arch *arch;	/* its row */
 	char model_type[32];		/* config.json's model_type */
@@ -340,18 +345,36 @@ struct qf_tf_config {
 	float rope_low_freq_factor;
 	float rope_high_freq_factor;
 	int rope_orig_max_pos;
+	float rope_linear;		/* rope_type "linear": factor, 0 = none */
 	bool tie;			/* tie_word_embeddings */
 	bool attn_bias;			/* q/k/v biases (qwen2) */
 	bool qk_norm;			/* per-head q/k RMSNorm (qwen3) */
 	int sliding_window;		/* mistral: window, 0 = none */
 	enum qf_act act;		/* the MLP's activation */
 	/* gemma2 / gemma3_text (arch_gemma.c) */
+	bool norm_plus1;		/* RMSNorms scale by (1 + w) */
+	bool sandwich;			/* norms on attention and MLP outputs */
+	float embed_scale;		/* embeddings times this; 0 = 1 */
+	float attn_scale;		/* query scale; 0 = head_dim^-0.5 */
+	float attn_softcap;		/* scores cap * tanh(s / cap); 0 = none */
+	float final_softcap;		/* the same on logits; 0 = none */
+	bool window_per_layer;		/* sliding_window only where slides */
+	float rope_local_theta;		/* sliding layers' rope base, 0 = same */
+	uint64_t slides[QF_TF_MAX_SLIDE_LAYERS / 64]; /* bit l: layer l */
 	/* phi3 (arch_phi3.c) */
 	/* qwen3_moe / mixtral / olmoe (arch_moe.c) */
 };
 
 /* From config.json; QF_EUNSUPPORTED for other model types. */
 int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c);
+/*
+ * c as layer l computes it (arch_gemma.c): sliding_window 0 on a global
+ * layer of a per-layer pattern, a sliding layer's own rope base.
+ */
+void qf_tf_config_layer(const struct qf_tf_config *c, int l,
+			struct qf_tf_config *lc);
+/* True when layer l of c attends through its sliding window. */
+bool qf_tf_layer_slides(const struct qf_tf_config *c, int l);
 
 /* Linears of a decoder layer, in true-sequential order. */
 enum qf_tf_linear {
@@ -474,6 +497,10 @@ int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
  */
 int qf_mk_add(struct qf_mk_list *t, int64_t rows, int64_t cols,
 	      const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Llama's decoder layer l (norms and seven linears), for families that
+ * add to it.  0 or -ENOMEM. */
+int qf_mk_llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+		      int l);
 
 /* ------------------------------------------------------------------ */
 /* Packed checkpoint tensors back to integers (unpack.c): the one place  */

@@ -223,14 +223,14 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 
 /* Fill one tensor's values (f32) the way its role suggests. */
 static void gen_values(const char *name, int64_t rows, int64_t cols,
-		       uint64_t seed, float *v)
+		       uint64_t seed, double norm_center, float *v)
 {
 	uint64_t s = name_seed(name, seed);
 	int64_t r, c;
 
 	if (cols == 0) {	/* a norm weight */
 		for (r = 0; r < rows; r++)
-			v[r] = (float)(1.0 + 0.05 * gauss(&s));
+			v[r] = (float)(norm_center + 0.05 * gauss(&s));
 		return;
 	}
 	{
@@ -283,7 +283,7 @@ int qf_mk_add(struct qf_mk_list *t, int64_t rows, int64_t cols,
 }
 
 /* One Llama decoder layer's tensors. */
-static int llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+int qf_mk_llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 		       int l)
 {
 	int64_t hd = head_dim(o);
@@ -311,7 +311,8 @@ static int tensor_list(const struct qf_mkmodel_opts *o,
 	if (!o->tie)
 		ret |= qf_mk_add(t, o->vocab, o->hidden, "lm_head.weight");
 	for (l = 0; l < o->layers && !ret; l++)
-		ret = a->mk_layer ? a->mk_layer(t, o, l) : llama_layer(t, o, l);
+		ret = a->mk_layer ? a->mk_layer(t, o, l) :
+				    qf_mk_llama_layer(t, o, l);
 	return ret ? -ENOMEM : 0;
 }
 
@@ -368,7 +369,9 @@ static int write_weights(const char *dir, const struct qf_mkmodel_opts *o,
 		if (!v || !raw) {
 			ret = -ENOMEM;
 		} else {
-			gen_values(g->name, g->rows, g->cols, o->seed, v);
+			/* (1 + w) norms are stored near 0 */
+			gen_values(g->name, g->rows, g->cols, o->seed,
+				   a->flags & QF_ARCH_GEMMA ? 0.0 : 1.0, v);
 			for (j = 0; j < numel; j++) {
 				if (o->dtype == QF_DT_BF16)
 					((uint16_t *)raw)[j] = qf_f32_to_bf16(v[j]);

@@ -78,6 +78,57 @@ static int load_layer_t(const struct qf_model *m, int l, const char *what,
 	return load_f32(m, name, d0, d1, out);
 }
 
+/* A norm weight as the kernels use it: 1 + w under c->norm_plus1. */
+static int norm_plus1(const struct qf_tf_config *c, int ret, float *w,
+		      int64_t d)
+{
+	int64_t i;
+
+	for (i = 0; ret == 0 && c->norm_plus1 && i < d; i++)
+		w[i] += 1.0f;
+	return ret;
+}
+
+static int load_layer_norm(const struct qf_model *m,
+			   const struct qf_tf_config *c, int l,
+			   const char *what, int64_t d, float **out)
+{
+	int ret = load_layer_t(m, l, what, d, 0, out);
+
+	return norm_plus1(c, ret, *out, d);
+}
+
+/* The norms of layer l (see struct qf_tf_layer for gemma's four). */
+static int load_layer_norms(const struct qf_model *m,
+			    const struct qf_tf_config *c, int l,
+			    struct qf_tf_layer *out)
+{
+	int ret;
+
+	ret = load_layer_norm(m, c, l, "input_layernorm.weight", c->hidden,
+			      &out->in_norm);
+	if (ret == 0)
+		ret = load_layer_norm(m, c, l, c->sandwich ?
+				      "pre_feedforward_layernorm.weight" :
+				      "post_attention_layernorm.weight",
+				      c->hidden, &out->post_norm);
+	if (ret == 0 && c->sandwich)
+		ret = load_layer_norm(m, c, l,
+				      "post_attention_layernorm.weight",
+				      c->hidden, &out->attn_out_norm);
+	if (ret == 0 && c->sandwich)
+		ret = load_layer_norm(m, c, l,
+				      "post_feedforward_layernorm.weight",
+				      c->hidden, &out->mlp_out_norm);
+	if (ret == 0 && c->qk_norm)
+		ret = load_layer_norm(m, c, l, "self_attn.q_norm.weight",
+				      c->head_dim, &out->q_norm);
+	if (ret == 0 && c->qk_norm)
+		ret = load_layer_norm(m, c, l, "self_attn.k_norm.weight",
+				      c->head_dim, &out->k_norm);
+	return ret;
+}
+
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out)
 {
@@ -105,17 +156,7 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		if (ret < 0)
 			goto out_free;
 	}
-	ret = load_layer_t(m, l, "input_layernorm.weight", c->hidden, 0,
-			   &out->in_norm);
-	if (ret == 0)
-		ret = load_layer_t(m, l, "post_attention_layernorm.weight",
-				   c->hidden, 0, &out->post_norm);
-	if (ret == 0 && c->qk_norm)
-		ret = load_layer_t(m, l, "self_attn.q_norm.weight",
-				   c->head_dim, 0, &out->q_norm);
-	if (ret == 0 && c->qk_norm)
-		ret = load_layer_t(m, l, "self_attn.k_norm.weight",
-				   c->head_dim, 0, &out->k_norm);
+	ret = load_layer_norms(m, c, l, out);
 	if (ret == 0)
 		return 0;
 out_free:
@@ -137,6 +178,8 @@ void qf_tf_layer_free(struct qf_tf_layer *ly)
 	free(ly->post_norm);
 	free(ly->q_norm);
 	free(ly->k_norm);
+	free(ly->attn_out_norm);
+	free(ly->mlp_out_norm);
 	memset(ly, 0, sizeof(*ly));
 }
 
@@ -202,7 +245,19 @@ int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		}
 		ret = read_rows(mt, ids[i], 1, c->hidden, x + i * c->hidden);
 	}
+	for (i = 0; ret == 0 && c->embed_scale > 0 && i < n * c->hidden; i++)
+		x[i] *= c->embed_scale;		/* gemma: sqrt(hidden) */
 	return ret;
+}
+
+/* Columns [0, nr) of n rows of stride ld, soft-capped (gemma 2). */
+static void softcap_rows(float *l, int64_t n, int64_t nr, int64_t ld,
+			 float cap)
+{
+	int64_t r;
+
+	for (r = 0; cap > 0 && r < n; r++)
+		qf_tf_softcap(l + r * ld, nr, cap);
 }
 
 int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
@@ -221,6 +276,7 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	if (!mt)
 		return QF_EFORMAT;
 	ret = load_f32(m, "model.norm.weight", c->hidden, 0, &norm);
+	ret = norm_plus1(c, ret, norm, c->hidden);
 	if (ret < 0)
 		return ret;
 	chunk = HEAD_CHUNK_FLOATS / c->hidden;
@@ -242,6 +298,7 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 		qf_sgemm(false, true, (int)n,
 			    (int)nr, c->hidden, 1.0f, xn, c->hidden, w,
 			    c->hidden, 0.0f, logits + r0, c->vocab);
+		softcap_rows(logits + r0, n, nr, c->vocab, c->final_softcap);
 	}
 out_free:
 	free(xn);

@@ -62,6 +62,15 @@ struct qf_tf_layer {
 	float *post_norm;		/* post_attention_layernorm [hidden] */
 	float *q_norm;			/* qwen3 [head_dim] or NULL */
 	float *k_norm;			/* qwen3 [head_dim] or NULL */
+	/*
+	 * Sandwich norms (c->sandwich, gemma): post_attention_layernorm on
+	 * the attention output and post_feedforward_layernorm on the MLP's,
+	 * before their residual adds; post_norm then holds
+	 * pre_feedforward_layernorm.  Every norm of a (1 + w) family is
+	 * loaded as 1 + w, so the kernels multiply by what they hold.
+	 */
+	float *attn_out_norm;		/* [hidden] or NULL */
+	float *mlp_out_norm;		/* [hidden] or NULL */
 };
 
 /* Load layer l (weights converted to fp32); free with _free. */

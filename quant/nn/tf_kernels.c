@@ -65,6 +65,8 @@ static double rope_inv_freq(const struct qf_tf_config *c, int i)
 			 -(double)(2 * i) / (double)c->head_dim);
 	double lo_wl, hi_wl, wl, smooth;
 
+	if (c->rope_linear > 0)
+		inv /= c->rope_linear;
 	if (c->rope_factor <= 0)
 		return inv;
 	lo_wl = c->rope_orig_max_pos / (double)c->rope_low_freq_factor;
@@ -307,7 +309,8 @@ void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
 	int qd = c->heads * hd;
 	int kvd = c->kv_heads * hd;
 	int rep = c->heads / c->kv_heads;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = c->attn_scale > 0 ? c->attn_scale :
+		      1.0f / sqrtf((float)hd);
 	bool avx2 = have_avx2();
 	int sq, h, r0, i;
 
@@ -329,6 +332,8 @@ void qf_tf_attention(const struct qf_tf_config *c, float *q, const float *k,
 				/* qb [r1 - r0, hd] ld qd; kb, vb [nk, hd] ld kvd */
 				qf_sgemm(false, true, r1 - r0, nk, hd, scale,
 					    qb, qd, kb, kvd, 0.0f, s, nk);
+				qf_tf_softcap(s, (int64_t)(r1 - r0) * nk,
+					      c->attn_softcap);
 				for (i = r0; i < r1; i++)
 					softmax_row(s + (int64_t)(i - r0) * nk,
 						    lo, nk, block_lo(i, window),
@@ -365,6 +370,37 @@ void qf_tf_swiglu(float *g, const float *u, int64_t n)
 	}
 	for (i = 0; i < n; i++)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void qf_tf_softcap(float *x, int64_t n, float cap)
+{
+	int64_t i;
+
+	if (cap <= 0)
+		return;
+	for (i = 0; i < n; i++)
+		x[i] = cap * tanhf(x[i] / cap);
+}
+
+/* gelu(x) with the tanh approximation (gelu_pytorch_tanh). */
+static inline float gelu_tanh(float x)
+{
+	const float k = 0.7978845608028654f;	/* sqrt(2 / pi) */
+
+	return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+void qf_tf_glu(const struct qf_tf_config *c, float *g, const float *u,
+	       int64_t n)
+{
+	int64_t i;
+
+	if (c->act != QF_ACT_GELU_TANH) {
+		qf_tf_swiglu(g, u, n);
+		return;
+	}
+	for (i = 0; i < n; i++)
+		g[i] = gelu_tanh(g[i]) * u[i];
 }
 
 /*
@@ -467,6 +503,26 @@ out_free:
 	return ret;
 }
 
+/*
+ * x += a W^T (+ b), or with a sandwich norm x += rmsnorm(a W^T + b) * norm
+ * (tmp [ntok, hidden] scratch).
+ */
+static void out_add(const struct qf_tf_config *c, const float *norm,
+		    const float *a, int64_t ntok, int64_t in, const float *w,
+		    const float *b, float *tmp, float *x)
+{
+	int64_t i;
+
+	if (!norm) {
+		qf_tf_linear_run(a, ntok, in, w, b, c->hidden, 1.0f, x);
+		return;
+	}
+	qf_tf_linear_run(a, ntok, in, w, b, c->hidden, 0.0f, tmp);
+	qf_tf_rmsnorm(tmp, norm, ntok, c->hidden, c->rms_eps, tmp);
+	for (i = 0; i < ntok * c->hidden; i++)
+		x[i] += tmp[i];
+}
+
 int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 			    const struct qf_tf_layer *ly, int layer, float *x,
 			    int nseq, int seqlen, int window, qf_tf_hook hook,
@@ -491,8 +547,8 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 		goto out_free;
 	qf_tf_attention(c, sc.q, sc.k, sc.v, nseq, seqlen, window, sc.s);
 	HOOK(QF_TF_O, sc.q, qd);
-	qf_tf_linear_run(sc.q, ntok, qd, ly->w[QF_TF_O], ly->b[QF_TF_O],
-			 c->hidden, 1.0f, x);
+	out_add(c, ly->attn_out_norm, sc.q, ntok, qd, ly->w[QF_TF_O],
+		ly->b[QF_TF_O], sc.xn, x);
 
 	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
 	HOOK(QF_TF_GATE, sc.xn, c->hidden);
@@ -506,11 +562,11 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 		qf_tf_linear_run(sc.xn + t0 * c->hidden, nt, c->hidden,
 				 ly->w[QF_TF_UP], ly->b[QF_TF_UP], c->inter,
 				 0.0f, sc.u);
-		qf_tf_swiglu(sc.g + t0 * c->inter, sc.u, nt * c->inter);
+		qf_tf_glu(c, sc.g + t0 * c->inter, sc.u, nt * c->inter);
 	}
 	HOOK(QF_TF_DOWN, sc.g, c->inter);
-	qf_tf_linear_run(sc.g, ntok, c->inter, ly->w[QF_TF_DOWN],
-			 ly->b[QF_TF_DOWN], c->hidden, 1.0f, x);
+	out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter, ly->w[QF_TF_DOWN],
+		ly->b[QF_TF_DOWN], sc.xn, x);
 	ret = 0;
 out_free:
 	free(sc.mem);
@@ -521,9 +577,12 @@ int qf_tf_layer_forward(const struct qf_tf_config *c,
 			const struct qf_tf_layer *ly, int layer, float *x,
 			int nseq, int seqlen, qf_tf_hook hook, void *arg)
 {
-	int w = c->sliding_window > 0 && c->sliding_window < seqlen ?
-		c->sliding_window : 0;
+	struct qf_tf_config lc;	/* layer's window and rope base */
+	int w;
 
-	return qf_tf_layer_forward_win(c, ly, layer, x, nseq, seqlen, w, hook,
-				       arg);
+	qf_tf_config_layer(c, layer, &lc);
+	w = lc.sliding_window > 0 && lc.sliding_window < seqlen ?
+	    lc.sliding_window : 0;
+	return qf_tf_layer_forward_win(&lc, ly, layer, x, nseq, seqlen, w,
+				       hook, arg);
 }

@@ -54,7 +54,8 @@ void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
 		    const float *cs, const float *sn, bool transpose);
 
 /*
- * Causal softmax attention with GQA for nseq sequences.  The output
+ * Causal softmax attention with GQA for nseq sequences: scores scaled by
+ * c->attn_scale (0: head_dim^-0.5) and soft-capped by c->attn_softcap.  The output
  * overwrites q (each query block is consumed before its output is
  * written).  window > 0 keeps keys j with i - j < window (HF sliding
  * window); 0 = full causal.
@@ -70,6 +71,13 @@ void qf_tf_attention(const struct qf_tf_config *c,
 void qf_tf_swiglu(float *g,		/* [n] in/out */
 		  const float *u,	/* [n] */
 		  int64_t n);
+
+/* g = act(g) * u elementwise, act as c->act (SiLU or tanh GELU). */
+void qf_tf_glu(const struct qf_tf_config *c, float *g, const float *u,
+	       int64_t n);
+
+/* x = cap * tanh(x / cap) (gemma's soft-capping); cap <= 0: unchanged. */
+void qf_tf_softcap(float *x, int64_t n, float cap);
 
 /* GEMM flops qf_tf_attention runs (2 m n k per product), for benches. */
 double qf_tf_attention_flops(const struct qf_tf_config *c, int nseq,
