@@ -190,6 +190,9 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 						&var->v->t[g->first + g->n - 1],
 						k == QF_TF_Q ?
 						ly->in_norm : ly->post_norm);
+		if (!ret && g->norm && j->c.norm_plus1)	/* gemma: 1 + w */
+			qf_tf_norm_plus1(k == QF_TF_Q ? ly->in_norm :
+					 ly->post_norm, j->c.hidden);
 		if (ret < 0)
 			qf_err("%s/%s: cannot replay %s from the cache: %s",
 			       var->mdl->name, var->v->name, g->w->name,

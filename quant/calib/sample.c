@@ -46,9 +46,40 @@ struct decoder {
 	const struct qf_tf_config *c;
 	struct qf_tf_layer *ly;		/* [layers] */
 	float *kc, *vc;			/* [layers, nseq, seqlen, kvh * hd] */
-	float *cs, *sn;			/* [seqlen, hd / 2] */
+	/* [2, seqlen, hd / 2]: global layers', then sliding layers' (gemma
+	 * 3 gives them their own rope base) */
+	float *cs, *sn;
 	int nseq, seqlen;
 };
+
+/* Attention of query qv at position p over keys [first, p] of K, V. */
+static void attend_one(const struct qf_tf_config *c, const float *qv,
+		       const float *K, const float *V, int kvw, int first,
+		       int p, float *att, float *o)
+{
+	int hd = c->head_dim, i, j;
+	float mx = -INFINITY, sum = 0;
+
+	for (j = first; j <= p; j++) {
+		float a = 0;
+
+		for (i = 0; i < hd; i++)
+			a += qv[i] * K[(size_t)j * kvw + i];
+		att[j] = c->attn_scale > 0 ? a * c->attn_scale :
+			 a / sqrtf((float)hd);
+	}
+	qf_tf_softcap(att + first, p + 1 - first, c->attn_softcap);
+	for (j = first; j <= p; j++)
+		mx = att[j] > mx ? att[j] : mx;
+	for (j = first; j <= p; j++) {
+		att[j] = expf(att[j] - mx);
+		sum += att[j];
+	}
+	memset(o, 0, (size_t)hd * sizeof(*o));
+	for (j = first; j <= p; j++)
+		for (i = 0; i < hd; i++)
+			o[i] += att[j] / sum * V[(size_t)j * kvw + i];
+}
 
 /* One decoding step at position p: x [nseq, hidden] in place. */
 static void step(struct decoder *d, float *x, int p, float *h, float *q,
@@ -57,11 +88,19 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 	const struct qf_tf_config *c = d->c;
 	int hd = c->head_dim, kvw = c->kv_heads * hd, qw = c->heads * hd;
 	int grp = c->heads / c->kv_heads;
-	int l, s, hh, j, i;
+	int l, s, hh;
 
 	for (l = 0; l < c->layers; l++) {
 		const struct qf_tf_layer *ly = &d->ly[l];
 		size_t base = (size_t)l * d->nseq * d->seqlen * kvw;
+		/* (Mistral's window is not applied here: its sampled sets
+		 * stay as they were) */
+		bool slides = c->window_per_layer && qf_tf_layer_slides(c, l);
+		size_t tab = slides ? (size_t)d->seqlen * hd / 2 : 0;
+		const float *cs = d->cs + tab + (size_t)p * hd / 2;
+		const float *sn = d->sn + tab + (size_t)p * hd / 2;
+		int first = slides && p >= c->sliding_window ?
+			    p - c->sliding_window + 1 : 0;
 
 		qf_tf_rmsnorm(x, ly->in_norm, d->nseq, c->hidden, c->rms_eps,
 			      h);
@@ -80,58 +119,35 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 			if (ly->k_norm)
 				qf_tf_rmsnorm(kd, ly->k_norm, c->kv_heads, hd,
 					      c->rms_eps, kd);
-			rope_one(kd, c->kv_heads, hd, d->cs + (size_t)p * hd / 2,
-				 d->sn + (size_t)p * hd / 2);
+			rope_one(kd, c->kv_heads, hd, cs, sn);
 		}
 		if (ly->q_norm)
 			qf_tf_rmsnorm(q, ly->q_norm, (int64_t)d->nseq * c->heads,
 				      hd, c->rms_eps, q);
 		for (s = 0; s < d->nseq; s++)
-			rope_one(q + (size_t)s * qw, c->heads, hd,
-				 d->cs + (size_t)p * hd / 2,
-				 d->sn + (size_t)p * hd / 2);
-		/* attention of position p over 0..p, per sequence and head */
+			rope_one(q + (size_t)s * qw, c->heads, hd, cs, sn);
+		/* attention of position p over its window, per sequence and
+		 * head */
 		for (s = 0; s < d->nseq; s++)
 			for (hh = 0; hh < c->heads; hh++) {
-				const float *qv = q + (size_t)s * qw + hh * hd;
-				const float *K = d->kc + base +
-						 (size_t)s * d->seqlen * kvw +
-						 (hh / grp) * hd;
-				const float *V = d->vc + base +
-						 (size_t)s * d->seqlen * kvw +
-						 (hh / grp) * hd;
-				float *o = g + (size_t)s * qw + hh * hd;
-				float mx = -INFINITY, sum = 0;
+				size_t kv0 = base + (size_t)s * d->seqlen * kvw +
+					     (size_t)(hh / grp) * hd;
 
-				for (j = 0; j <= p; j++) {
-					float a = 0;
-
-					for (i = 0; i < hd; i++)
-						a += qv[i] * K[(size_t)j * kvw + i];
-					att[j] = a / sqrtf((float)hd);
-					mx = att[j] > mx ? att[j] : mx;
-				}
-				for (j = 0; j <= p; j++) {
-					att[j] = expf(att[j] - mx);
-					sum += att[j];
-				}
-				memset(o, 0, (size_t)hd * sizeof(*o));
-				for (j = 0; j <= p; j++)
-					for (i = 0; i < hd; i++)
-						o[i] += att[j] / sum *
-							V[(size_t)j * kvw + i];
+				attend_one(c, q + (size_t)s * qw + hh * hd,
+					   d->kc + kv0, d->vc + kv0, kvw, first,
+					   p, att, g + (size_t)s * qw + hh * hd);
 			}
-		qf_tf_linear_run(g, d->nseq, qw, ly->w[QF_TF_O], ly->b[QF_TF_O],
-				 c->hidden, 1, x);
+		qf_tf_out_add(c, ly->attn_out_norm, g, d->nseq, qw,
+			      ly->w[QF_TF_O], ly->b[QF_TF_O], h, x);
 		qf_tf_rmsnorm(x, ly->post_norm, d->nseq, c->hidden, c->rms_eps,
 			      h);
 		qf_tf_linear_run(h, d->nseq, c->hidden, ly->w[QF_TF_GATE],
 				 ly->b[QF_TF_GATE], c->inter, 0, g);
 		qf_tf_linear_run(h, d->nseq, c->hidden, ly->w[QF_TF_UP],
 				 ly->b[QF_TF_UP], c->inter, 0, u);
-		qf_tf_swiglu(g, u, (int64_t)d->nseq * c->inter);
-		qf_tf_linear_run(g, d->nseq, c->inter, ly->w[QF_TF_DOWN],
-				 ly->b[QF_TF_DOWN], c->hidden, 1, x);
+		qf_tf_glu(c, g, u, (int64_t)d->nseq * c->inter);
+		qf_tf_out_add(c, ly->mlp_out_norm, g, d->nseq, c->inter,
+			      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], h, x);
 	}
 }
 
@@ -151,6 +167,31 @@ static int32_t draw(const float *logits, int vocab, uint64_t *rng)
 			break;
 	}
 	return j;
+}
+
+/* d.cs / d.sn: global layers' rope, then sliding layers'. */
+static void rope_tables(const struct qf_tf_config *c, int seqlen, float *cs,
+			float *sn)
+{
+	size_t half = (size_t)seqlen * c->head_dim / 2;
+	struct qf_tf_config lc;
+	int l;
+
+	qf_tf_rope_table(c, seqlen, cs, sn);
+	memcpy(cs + half, cs, half * sizeof(*cs));
+	memcpy(sn + half, sn, half * sizeof(*sn));
+	for (l = 0; l < c->layers; l++)
+		if (qf_tf_layer_slides(c, l)) {
+			qf_tf_config_layer(c, l, &lc);
+			qf_tf_rope_table(&lc, seqlen, cs + half, sn + half);
+			break;
+		}
+	for (l = 0; l < c->layers; l++)
+		if (!qf_tf_layer_slides(c, l)) {
+			qf_tf_config_layer(c, l, &lc);
+			qf_tf_rope_table(&lc, seqlen, cs, sn);
+			break;
+		}
 }
 
 int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
@@ -174,8 +215,8 @@ int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
 	d.ly = calloc((size_t)c->layers, sizeof(*d.ly));
 	d.kc = malloc(kv * sizeof(float));
 	d.vc = malloc(kv * sizeof(float));
-	d.cs = malloc((size_t)seqlen * c->head_dim / 2 * sizeof(float));
-	d.sn = malloc((size_t)seqlen * c->head_dim / 2 * sizeof(float));
+	d.cs = malloc((size_t)seqlen * c->head_dim * sizeof(float));
+	d.sn = malloc((size_t)seqlen * c->head_dim * sizeof(float));
 	x = malloc((size_t)nseq * c->hidden * sizeof(*x));
 	h = malloc((size_t)nseq * c->hidden * sizeof(*h));
 	q = malloc((size_t)nseq * c->heads * c->head_dim * sizeof(*q));
@@ -192,7 +233,7 @@ int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
 		ret = qf_tf_layer_load(m, c, l, &d.ly[l]);
 	if (ret < 0)
 		goto out_free;
-	qf_tf_rope_table(c, seqlen, d.cs, d.sn);
+	rope_tables(c, seqlen, d.cs, d.sn);
 	for (s = 0; s < nseq; s++)
 		out->ids[(size_t)s * seqlen] = bos;
 	for (p = 0; p + 1 < seqlen && !ret; p++) {

@@ -38,7 +38,11 @@ enum {				/* which architectures read a tensor */
 	A_LLAMA = 1,
 	A_QWEN2 = 2,
 	A_QWEN3 = 4,
-	A_ALL = 7,
+	A_LLAMAS = 7,			/* one pre-MLP norm, ffn_norm */
+	A_GEMMA2 = 8,
+	A_GEMMA3 = 16,
+	A_GEMMA = 24,			/* sandwich norms, stored as 1 + w */
+	A_ALL = 31,
 };
 
 struct map_ent {
@@ -67,15 +71,23 @@ static const struct map_ent layer_map[] = {
 	{ "self_attn.v_proj.bias", "attn_v.bias", QF_GGUF_ROLE_VECTOR,
 	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 0 },
 	{ "self_attn.q_norm.weight", "attn_q_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3, A_QWEN3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3 | A_GEMMA3,
+	  A_QWEN3 | A_GEMMA3, 0 },
 	{ "self_attn.k_norm.weight", "attn_k_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3, A_QWEN3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3 | A_GEMMA3,
+	  A_QWEN3 | A_GEMMA3, 0 },
 	{ "self_attn.o_proj.weight", "attn_output.weight",
 	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ALL, A_ALL, 0 },
 	{ "self_attn.o_proj.bias", "attn_output.bias", QF_GGUF_ROLE_VECTOR,
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 	{ "post_attention_layernorm.weight", "ffn_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_ALL, A_ALL, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_LLAMAS, A_LLAMAS, 0 },
+	{ "post_attention_layernorm.weight", "post_attention_norm.weight",
+	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_GEMMA, A_GEMMA, 0 },
+	{ "pre_feedforward_layernorm.weight", "ffn_norm.weight",
+	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_GEMMA, A_GEMMA, 0 },
+	{ "post_feedforward_layernorm.weight", "post_ffw_norm.weight",
+	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_GEMMA, A_GEMMA, 0 },
 	{ "mlp.gate_proj.weight", "ffn_gate.weight", QF_GGUF_ROLE_FFN_GATE,
 	  D_INTER, D_HIDDEN, A_ALL, A_ALL, 0 },
 	{ "mlp.gate_proj.bias", "ffn_gate.bias", QF_GGUF_ROLE_VECTOR,
@@ -105,6 +117,35 @@ static int blk_index(const char *gg, const char **rest)
 	return l;
 }
 
+/* A_* of llama.cpp's general.architecture, 0 for one quantfs does not
+ * write. */
+static unsigned arch_bit(const char *arch)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} a[] = {
+		{ "llama", A_LLAMA }, { "qwen2", A_QWEN2 },
+		{ "qwen3", A_QWEN3 }, { "gemma2", A_GEMMA2 },
+		{ "gemma3", A_GEMMA3 },
+	};
+	size_t k;
+
+	for (k = 0; arch && k < sizeof(a) / sizeof(a[0]); k++)
+		if (!strcmp(arch, a[k].name))
+			return a[k].bit;
+	return 0;
+}
+
+float qf_gguf_norm_shift(const char *arch, const char *gg)
+{
+	size_t n = strlen(gg);
+
+	/* convert_hf_to_gguf.py: Gemma's norm weights + 1 */
+	return (arch_bit(arch) & A_GEMMA) && n >= 11 &&
+	       !strcmp(gg + n - 11, "norm.weight") ? 1.0f : 0.0f;
+}
+
 int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		    int *perm)
 {
@@ -113,9 +154,7 @@ int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		{ "output_norm.weight", "model.norm.weight" },
 		{ "output.weight", "lm_head.weight" },
 	};
-	unsigned a = !strcmp(arch, "llama") ? A_LLAMA :
-		     !strcmp(arch, "qwen2") ? A_QWEN2 :
-		     !strcmp(arch, "qwen3") ? A_QWEN3 : 0;
+	unsigned a = arch_bit(arch);
 	const char *rest = NULL;
 	size_t k;
 	int l, n;
@@ -124,7 +163,8 @@ int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 	if (!a)
 		return QF_EUNSUPPORTED;
 	for (k = 0; k < sizeof(top) / sizeof(top[0]); k++)
-		if (!strcmp(gg, top[k][0]))
+		if (!strcmp(gg, top[k][0]) &&
+		    !(a == A_GEMMA2 && !strcmp(gg, "output.weight")))
 			return snprintf(hf, cap, "%s", top[k][1]) < (int)cap ?
 			       0 : -ENAMETOOLONG;
 	l = blk_index(gg, &rest);
@@ -237,7 +277,19 @@ static int add_tensor(struct builder *b, const char *hf, const char *gg,
 	t->type = d1 ? pick_type(mix_type(b, role, gg), d1) : QF_GGML_F32;
 	t->nbytes = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	t->permute_heads = b->arch == A_LLAMA ? perm_heads : 0;
+	t->shift = qf_gguf_norm_shift(b->p->arch, gg);
 	return 0;
+}
+
+/* True when another entry of layer_map gives hf a place in arch. */
+static bool placed(unsigned arch, const char *hf)
+{
+	size_t k;
+
+	for (k = 0; k < sizeof(layer_map) / sizeof(layer_map[0]); k++)
+		if ((layer_map[k].allow & arch) && !strcmp(layer_map[k].hf, hf))
+			return true;
+	return false;
 }
 
 static enum qf_ggml_type mix_type(const struct builder *b,
@@ -273,7 +325,8 @@ static int add_layer(struct builder *b, int l, const char **why)
 		snprintf(hf, sizeof(hf), "model.layers.%d.%s", l, e->hf);
 		snprintf(gg, sizeof(gg), "blk.%d.%s", l, e->gg);
 		if (!(e->allow & b->arch)) {
-			if (qf_model_find(b->m, hf)) {
+			if (qf_model_find(b->m, hf) &&
+			    !placed(b->arch, e->hf)) {
 				qf_err("%s: llama.cpp's %s has no place for "
 				       "'%s'", b->m->dir, b->p->arch, hf);
 				VFAIL(QF_EUNSUPPORTED, "a tensor llama.cpp "
@@ -326,6 +379,11 @@ static int plan_tensors(struct builder *b, const char **why)
 		ret = add_tensor(b, "model.norm.weight", "output_norm.weight",
 				 QF_GGUF_ROLE_VECTOR, c->hidden, 0, 0, true,
 				 why);
+	if (!ret && !c->tie && b->arch == A_GEMMA2) {
+		/* llama.cpp's gemma2 always reads token_embd as output */
+		*why = "gemma2 with an untied lm_head";
+		ret = QF_EUNSUPPORTED;
+	}
 	if (!ret && !c->tie)
 		ret = add_tensor(b, "lm_head.weight", "output.weight",
 				 QF_GGUF_ROLE_OUTPUT, c->vocab, c->hidden, 0,
@@ -371,6 +429,28 @@ static uint32_t file_type(const struct qf_gguf_plan *p)
 	return ft[best].ftype;
 }
 
+/*
+ * Gemma's keys as convert_hf_to_gguf.py writes them (Gemma2Model,
+ * Gemma3Model): the soft-caps (gemma2), the sliding window and Gemma 3's
+ * linear rope scaling of its global layers.  llama.cpp hard-codes which
+ * layers slide (gemma2 every 2nd, gemma3 5 of 6), the sliding layers'
+ * rope base (10000) and the query scale (head_dim^-0.5 but for the 27B).
+ */
+static void write_gemma_kv(struct kvw *w, const struct qf_tf_config *c)
+{
+	if (!c->window_per_layer)
+		return;
+	if (c->attn_softcap > 0)
+		kv_f32(w, ".attn_logit_softcapping", c->attn_softcap);
+	if (c->final_softcap > 0)
+		kv_f32(w, ".final_logit_softcapping", c->final_softcap);
+	kv_u32(w, ".attention.sliding_window", (uint32_t)c->sliding_window);
+	if (c->rope_linear > 0) {
+		kv_str(w, ".rope.scaling.type", "linear");
+		kv_f32(w, ".rope.scaling.factor", c->rope_linear);
+	}
+}
+
 static void write_model_kv(struct kvw *w, const struct qf_model *m,
 			   const struct qf_gguf_plan *p)
 {
@@ -399,6 +479,7 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 		kv_u32(w, ".attention.key_length", (uint32_t)c->head_dim);
 		kv_u32(w, ".attention.value_length", (uint32_t)c->head_dim);
 	}
+	write_gemma_kv(w, c);
 }
 
 static void write_tensor_infos(struct kvw *w, const struct qf_gguf_plan *p)
@@ -483,11 +564,13 @@ int qf_gguf_plan_init(const struct qf_model *m,
 		if (!qf_ggml_type_known(types->w[r]))
 			VFAIL(-EINVAL, "unknown ggml type");
 	if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral") &&
-		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3")))
+		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3") &&
+		    !(qf_arch_find(mt) &&
+		      arch_bit(qf_arch_find(mt)->gguf) & A_GEMMA)))
 		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3");
-	b.arch = mt[0] == 'q' ? (mt[4] == '2' ? A_QWEN2 : A_QWEN3) : A_LLAMA;
-	strcpy(out->arch, mt[0] == 'q' ? mt : "llama");
+		      "qwen2, qwen3, gemma2, gemma3_text");
+	b.arch = arch_bit(qf_arch_find(mt)->gguf);
+	snprintf(out->arch, sizeof(out->arch), "%s", qf_arch_find(mt)->gguf);
 	out->q4_k_m = types->q4_k_m;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
@@ -604,6 +687,8 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 			x = tmp;
 		}
 		if (t->ndim == 1) {
+			for (r = 0; r < rows; r++)
+				x[r] += t->shift;
 			ret = qf_ggml_quantize_row(t->type, x, rows, NULL, dst);
 			break;
 		}

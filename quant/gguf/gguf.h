@@ -127,6 +127,7 @@ struct qf_gguf_tensor {
 	uint64_t nbytes;		/* data bytes, without the padding */
 	int permute_heads;		/* rows permuted for llama's rope in
 					   this many heads; 0 = as stored */
+	float shift;			/* added to a norm (gemma: 1) */
 };
 
 struct qf_gguf_plan {
@@ -183,6 +184,8 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
  */
 int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		    int *perm);
+/* What the writer adds to GGUF tensor gg of arch (gemma's norms: 1). */
+float qf_gguf_norm_shift(const char *arch, const char *gg);
 
 /*
  * The tokenizer.* metadata qf_gguf_plan_init() writes, from a

@@ -41,6 +41,7 @@ struct src {
 	char hf[128];			/* source name */
 	int64_t heads;			/* rows permuted in this many heads;
 					   0: as stored */
+	float shift;			/* the writer's norm shift, undone */
 };
 
 #define WHY(code, msg)                                                       \
@@ -208,6 +209,7 @@ static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 			WHY(QF_EFORMAT, "a tensor of more than 2 dimensions");
 		o->t = t;
 		o->heads = 0;
+		o->shift = qf_gguf_norm_shift(arch, t->name);
 		if (perm && !hc[0]) {
 			ret = head_counts(g, arch, cfg, hc, why);
 			if (ret)
@@ -234,7 +236,7 @@ static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 	/* a 1-D tensor is one GGUF row, and rows of one value to permute */
 	int64_t rows = t->ndim == 2 ? t->ne[1] : 1, cols = t->ne[0];
 	int64_t hd = s->heads ? (t->ndim == 2 ? rows : cols) / s->heads : 1;
-	int64_t rb, r0, nr;
+	int64_t rb, r0, nr, i;
 	float *buf, *tmp = NULL;
 	int ret = 0;
 
@@ -263,6 +265,8 @@ static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 			ret = QF_ENUMERIC;
 			break;
 		}
+		for (i = 0; s->shift != 0 && i < nr * cols; i++)
+			buf[i] -= s->shift;
 		if (s->heads) {
 			bool two = t->ndim == 2;
 

@@ -31,6 +31,7 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o)
 	o->dtype = QF_DT_BF16;
 	o->tie = false;
 	o->head_dim = 0;
+	o->arch = NULL;
 }
 
 static int head_dim(const struct qf_mkmodel_opts *o)
@@ -221,22 +222,30 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 	return write_json(dir, "tokenizer_config.json", c);
 }
 
-/* Fill one tensor's values (f32) the way its role suggests. */
+/*
+ * Fill one tensor's values (f32) the way its role suggests.  gemma: the
+ * (1 + w) norms stored near 0, and an embedding of about 3 / sqrt(cols)
+ * per value, which the model multiplies by sqrt(hidden) (logits of a few
+ * units, as trained Gemmas have, rather than tens).
+ */
 static void gen_values(const char *name, int64_t rows, int64_t cols,
-		       uint64_t seed, double norm_center, float *v)
+		       uint64_t seed, bool gemma, float *v)
 {
 	uint64_t s = name_seed(name, seed);
 	int64_t r, c;
 
 	if (cols == 0) {	/* a norm weight */
 		for (r = 0; r < rows; r++)
-			v[r] = (float)(norm_center + 0.05 * gauss(&s));
+			v[r] = (float)((gemma ? 0.0 : 1.0) + 0.05 * gauss(&s));
 		return;
 	}
 	{
-		double base = strstr(name, "embed") ? 1.0 : 1.0 / sqrt((double)cols);
-		double *cs = malloc((size_t)cols * sizeof(*cs));
+		double base = 1.0 / sqrt((double)cols);
+		double *cs;
 
+		if (strstr(name, "embed"))
+			base = gemma ? 3.0 * base : 1.0;
+		cs = malloc((size_t)cols * sizeof(*cs));
 		if (!cs)
 			return;
 		/* per-input-channel scale: log-normal, 1% outliers x8 */
@@ -369,9 +378,8 @@ static int write_weights(const char *dir, const struct qf_mkmodel_opts *o,
 		if (!v || !raw) {
 			ret = -ENOMEM;
 		} else {
-			/* (1 + w) norms are stored near 0 */
 			gen_values(g->name, g->rows, g->cols, o->seed,
-				   a->flags & QF_ARCH_GEMMA ? 0.0 : 1.0, v);
+				   a->flags & QF_ARCH_GEMMA, v);
 			for (j = 0; j < numel; j++) {
 				if (o->dtype == QF_DT_BF16)
 					((uint16_t *)raw)[j] = qf_f32_to_bf16(v[j]);

@@ -78,14 +78,20 @@ static int load_layer_t(const struct qf_model *m, int l, const char *what,
 	return load_f32(m, name, d0, d1, out);
 }
 
+void qf_tf_norm_plus1(float *w, int64_t d)
+{
+	int64_t i;
+
+	for (i = 0; i < d; i++)
+		w[i] += 1.0f;
+}
+
 /* A norm weight as the kernels use it: 1 + w under c->norm_plus1. */
 static int norm_plus1(const struct qf_tf_config *c, int ret, float *w,
 		      int64_t d)
 {
-	int64_t i;
-
-	for (i = 0; ret == 0 && c->norm_plus1 && i < d; i++)
-		w[i] += 1.0f;
+	if (ret == 0 && c->norm_plus1)
+		qf_tf_norm_plus1(w, d);
 	return ret;
 }
 

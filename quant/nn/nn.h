@@ -73,6 +73,10 @@ struct qf_tf_layer {
 	float *mlp_out_norm;		/* [hidden] or NULL */
 };
 
+/* w[i] += 1: a (1 + w) norm as stored turned into what the kernels
+ * multiply by (qf_tf_layer_load does it for c->norm_plus1). */
+void qf_tf_norm_plus1(float *w, int64_t d);
+
 /* Load layer l (weights converted to fp32); free with _free. */
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out);

@@ -503,13 +503,9 @@ out_free:
 	return ret;
 }
 
-/*
- * x += a W^T (+ b), or with a sandwich norm x += rmsnorm(a W^T + b) * norm
- * (tmp [ntok, hidden] scratch).
- */
-static void out_add(const struct qf_tf_config *c, const float *norm,
-		    const float *a, int64_t ntok, int64_t in, const float *w,
-		    const float *b, float *tmp, float *x)
+void qf_tf_out_add(const struct qf_tf_config *c, const float *norm,
+		   const float *a, int64_t ntok, int64_t in, const float *w,
+		   const float *b, float *tmp, float *x)
 {
 	int64_t i;
 
@@ -547,8 +543,8 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 		goto out_free;
 	qf_tf_attention(c, sc.q, sc.k, sc.v, nseq, seqlen, window, sc.s);
 	HOOK(QF_TF_O, sc.q, qd);
-	out_add(c, ly->attn_out_norm, sc.q, ntok, qd, ly->w[QF_TF_O],
-		ly->b[QF_TF_O], sc.xn, x);
+	qf_tf_out_add(c, ly->attn_out_norm, sc.q, ntok, qd, ly->w[QF_TF_O],
+		      ly->b[QF_TF_O], sc.xn, x);
 
 	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
 	HOOK(QF_TF_GATE, sc.xn, c->hidden);
@@ -565,8 +561,8 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 		qf_tf_glu(c, sc.g + t0 * c->inter, sc.u, nt * c->inter);
 	}
 	HOOK(QF_TF_DOWN, sc.g, c->inter);
-	out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter, ly->w[QF_TF_DOWN],
-		ly->b[QF_TF_DOWN], sc.xn, x);
+	qf_tf_out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter,
+		      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], sc.xn, x);
 	ret = 0;
 out_free:
 	free(sc.mem);

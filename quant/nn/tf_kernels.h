@@ -76,6 +76,19 @@ void qf_tf_swiglu(float *g,		/* [n] in/out */
 void qf_tf_glu(const struct qf_tf_config *c, float *g, const float *u,
 	       int64_t n);
 
+/*
+ * x += a W^T (+ b): an attention or MLP output into the residual, through
+ * its sandwich norm when norm is not NULL (gemma: x += rmsnorm(a W^T)).
+ */
+void qf_tf_out_add(const struct qf_tf_config *c,
+		   const float *norm,	/* [hidden] or NULL */
+		   const float *a,	/* [ntok, in] */
+		   int64_t ntok, int64_t in,
+		   const float *w,	/* [hidden, in] */
+		   const float *b,	/* [hidden] or NULL */
+		   float *tmp,		/* scratch [ntok, hidden] */
+		   float *x);		/* [ntok, hidden] in/out */
+
 /* x = cap * tanh(x / cap) (gemma's soft-capping); cap <= 0: unchanged. */
 void qf_tf_softcap(float *x, int64_t n, float cap);
 

@@ -173,18 +173,24 @@ void qf_layer_imatrix(const enum qf_tf_linear *lin, int n,
 }
 
 /* Norm weights in f32 into dst in the tensor's dtype. */
-static void store_norm(const struct qf_vtensor *t, const float *x, void *dst)
+/* x - shift in t's dtype (shift: gemma's norms are stored as w for
+ * 1 + w); x then holds the stored values, plus shift. */
+static void store_norm(const struct qf_vtensor *t, float *x, float shift,
+		       void *dst)
 {
 	int64_t i, n = t->shape[0];
 
 	for (i = 0; i < n; i++) {
 		if (t->dtype == QF_DT_BF16)
-			((uint16_t *)dst)[i] = qf_f32_to_bf16(x[i]);
+			((uint16_t *)dst)[i] = qf_f32_to_bf16(x[i] - shift);
 		else if (t->dtype == QF_DT_F16)
-			((uint16_t *)dst)[i] = qf_f32_to_f16(x[i]);
+			((uint16_t *)dst)[i] = qf_f32_to_f16(x[i] - shift);
 		else
-			((float *)dst)[i] = x[i];
+			((float *)dst)[i] = x[i] - shift;
 	}
+	qf_to_f32(t->dtype, dst, (size_t)n, x);
+	for (i = 0; i < n; i++)
+		x[i] += shift;
 }
 
 /*
@@ -249,7 +255,8 @@ static void codes_free(struct codes *cd)
 
 /* AWQ's results of linear k (group gi) into r, and its folded norm. */
 static int awq_emit(const struct qf_layer_map *m, int k, int gi,
-		    struct qf_tf_layer *ly, const struct qf_awq_layer_res *res,
+		    const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		    const struct qf_awq_layer_res *res,
 		    struct qf_layer_res *r, bool reflip)
 {
 	const struct qf_variant *v = m->v;
@@ -267,9 +274,8 @@ static int awq_emit(const struct qf_layer_map *m, int k, int gi,
 
 		/* the layer goes on with the norm as stored, as a
 		 * loader (and a resumed job) will see it */
-		store_norm(nt, norm, bufs[g->n - 1]);
-		qf_to_f32(nt->dtype, bufs[g->n - 1], (size_t)nt->shape[0],
-			  norm);
+		store_norm(nt, norm, c->norm_plus1 ? 1.0f : 0.0f,
+			   bufs[g->n - 1]);
 	}
 	r->loss[gi] = res->lin[k].loss;
 	r->loss_rtn[gi] = res->lin[k].loss_rtn;
@@ -317,7 +323,7 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 		ret = qf_awq_layer(c, ly, stats, &o, &lo, &res);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
 		if (m->lin_group[k] >= 0)
-			ret = awq_emit(m, k, m->lin_group[k], ly, &res, r,
+			ret = awq_emit(m, k, m->lin_group[k], c, ly, &res, r,
 				       lo.reflip);
 	rf->on = lo.reflip;
 	rf->before = res.score_before;

@@ -122,7 +122,8 @@ static bool packable(const struct qf_spec *s, int bits, int64_t in,
 
 /*
  * AWQ folds the input scales of q/k/v into input_layernorm and those of
- * gate/up into post_attention_layernorm, so that norm becomes an output
+ * gate/up into post_attention_layernorm (gemma: pre_feedforward_layernorm,
+ * stored as (1 + w) / s - 1, layer.c), so that norm becomes an output
  * of the q_proj (gate_proj) group, when every linear that reads it is
  * quantized.  name is a linear or a norm of decoder layer L; the norm
  * tensor, or NULL when nothing is folded.
@@ -142,6 +143,10 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 		  { "mlp.gate_proj", "mlp.up_proj", NULL } },
 	};
 	const char *p = strstr(name, "model.layers.");
+	const cJSON *mty = cJSON_GetObjectItemCaseSensitive(v->m->config,
+							    "model_type");
+	const struct qf_arch *a = cJSON_IsString(mty) ?
+				  qf_arch_find(mty->valuestring) : NULL;
 	const struct qf_model_tensor *mt;
 	char want[256];
 	size_t f, k;
@@ -153,8 +158,10 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 	for (f = 0; f < 2; f++) {
 		char norm[128], owner[128];
 
+		/* gemma's MLP reads its own pre_feedforward_layernorm */
 		snprintf(norm, sizeof(norm), "model.layers.%d.%s.weight", l,
-			 fold[f].norm);
+			 f == 1 && a && (a->flags & QF_ARCH_GEMMA) ?
+			 "pre_feedforward_layernorm" : fold[f].norm);
 		snprintf(owner, sizeof(owner), "model.layers.%d.%s.weight", l,
 			 fold[f].owner);
 		if (strcmp(name, norm) && strcmp(name, owner))

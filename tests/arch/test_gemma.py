@@ -1,0 +1,124 @@
+#!/usr/bin/python3
+"""test_gemma.py - Gemma 2 and Gemma 3 (text) end to end.
+
+Two tiny generated models (`quantfs mkmodel --arch gemma2 | gemma3_text`,
+hidden 64, window 16; gemma3 with 6 layers so that layer 5 is global):
+
+  * quantfs's logits (qf_tf_logits) against the float64 numpy oracle
+    ref_gemma.py over 40 tokens (past the window), on the models as
+    generated and on edited configs (a query_pre_attn_scalar other than
+    head_dim, soft-caps that bite, an explicit layer_types list, no
+    rope_scaling); the window and the soft-caps must change the logits;
+  * llama.cpp (node-llama-cpp) on the mount's original/model.gguf: its
+    next-token distributions against softmax(quantfs's logits);
+  * the calibrated variants (gptq, awq, brecq, mixed) listed and served,
+    their `quantfs eval` perplexity finite and GPTQ's better than RTN's at
+    the same bits, and llama.cpp's perplexity on quantized views within 1%
+    of `quantfs eval`.
+"""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+
+import archtest
+from archtest import Mount, mkmodel, run_tests, WORK
+import ref_gemma
+
+DIMS = ["--hidden", 64, "--inter", 192, "--heads", 4, "--kv-heads", 2,
+        "--head-dim", 32, "--vocab", 512, "--tie"]
+MODELS = {"g2": ("gemma2", 2), "g3": ("gemma3_text", 6)}
+SRC = os.path.join(WORK, "src")
+SMALL = ["calib_n=8", "calib_len=64"]
+
+
+def model(name):
+    d = os.path.join(SRC, name)
+    if not os.path.exists(d):
+        arch, layers = MODELS[name]
+        mkmodel(d, "--arch", arch, "--layers", layers, *DIMS)
+    return d
+
+
+def edited(name, tag, **keys):
+    """A copy of model name with config.json keys replaced (None: drop)."""
+    d = os.path.join(WORK, name + "-" + tag)
+    shutil.copytree(model(name), d)
+    p = os.path.join(d, "config.json")
+    cfg = json.load(open(p))
+    for k, v in keys.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    json.dump(cfg, open(p, "w"))
+    return d
+
+
+def test_logits_vs_numpy():
+    ids = archtest.ids_for(512, 2, 40)
+    for name in MODELS:
+        archtest.check_logits(model(name), ref_gemma.ref_logits, ids)
+    alt = ["full_attention", "sliding_attention"] * 3
+    for d in (edited("g2", "caps", query_pre_attn_scalar=24,
+                     attn_logit_softcapping=0.5, final_logit_softcapping=2,
+                     sliding_window=8),
+              edited("g3", "types", layer_types=alt, rope_scaling=None,
+                     sliding_window=5, query_pre_attn_scalar=20)):
+        archtest.check_logits(d, ref_gemma.ref_logits, ids)
+    # what the edits touch shows in the logits
+    base = archtest.ours(model("g2"), ids)
+    for d in (edited("g2", "nowin", sliding_window=4096),
+              edited("g2", "nocap", attn_logit_softcapping=None,
+                     final_logit_softcapping=None)):
+        gap = float(np.abs(archtest.ours(d, ids) - base).max())
+        print("  %s: max |logit change| %.3g" % (os.path.basename(d), gap))
+        assert gap > 1e-3, gap
+
+
+def test_llama_cpp_distributions():
+    archtest.need_client()
+    ids = archtest.ids_for(512, 1, 64, seed=3)[0]
+    ids[0] = 1                                      # BOS
+    for name in MODELS:
+        model(name)
+    with Mount(SRC, opts=SMALL) as m:
+        for name in MODELS:
+            archtest.check_gguf_probs(
+                os.path.join(m.mnt, name, "original", "model.gguf"),
+                model(name), ids, tol=1e-2, label=name)
+
+
+def test_calibrated_variants():
+    for name in MODELS:
+        model(name)
+    with Mount(SRC, opts=SMALL) as m:
+        for name in MODELS:
+            d = os.path.join(m.mnt, name)
+            ls = os.listdir(d)
+            for v in ("gptq_w4_g32_sym", "awq_w4_g128", "brecq_w4_g64_attn6",
+                      "mixed_static", "rtn_w4_g32_sym"):
+                assert v in ls, (name, v, ls)
+            ppl = {}
+            for v in ("rtn_w3_g128", "gptq_w3_g128", "awq_w4_g128",
+                      "brecq_w4_g64_attn6", "mixed_static"):
+                ppl[v] = archtest.eval_json(os.path.join(d, v),
+                                            archtest.TEXT)["ppl"]
+                assert math.isfinite(ppl[v]) and ppl[v] > 1, (v, ppl[v])
+            print("  %s ppl: %s" % (name, ", ".join(
+                "%s %.2f" % kv for kv in sorted(ppl.items()))))
+            assert ppl["gptq_w3_g128"] < ppl["rtn_w3_g128"], ppl
+        for name in MODELS:
+            archtest.check_gguf_ppl(os.path.join(m.mnt, name),
+                                    "gptq_w4_g32_sym", label=name)
+        archtest.check_gguf_ppl(os.path.join(m.mnt, "g2"), "rtn_w4_g32_sym",
+                                label="g2")
+
+
+if __name__ == "__main__":
+    try:
+        run_tests(globals())
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
