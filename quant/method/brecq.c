@@ -611,11 +611,14 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 		   int32_t *zero[QF_TF_NLINEAR],
 		   struct qf_brecq_result *res)
 {
+	struct qf_tf_config lc;	/* the layer's window and rope base */
 	struct brecq b;
 	double t0 = now_s();
 	double rec = 0, reg = 0;
 	int l, t, ret;
 
+	qf_tf_config_layer(c, layer, &lc);
+	c = &lc;
 	memset(res, 0, sizeof(*res));
 	ret = check_opts(c, ly, o, nseq, seqlen);
 	if (ret < 0)

@@ -8,6 +8,10 @@
  *   y   = h1 + down(a),  a = silu(g) * u,  g/u = gate/up(xn2)
  *   xn2 = rmsnorm(h1),   h1 = x + o_proj(attn(rope(norm(q)), ...))
  *
+ * Gemma's block differs in the terms its config gives: down(a) and
+ * o_proj(..) pass their own RMSNorm before the residual adds (sandwich),
+ * a = gelu_tanh(g) * u, and the attention scores are soft-capped.
+ *
  * dW = dY^T X for every linear, all on SGEMM.  Attention probabilities
  * are recomputed per block of QF_TF_BQ query rows from the saved q and k
  * (FlashAttention's trick, without the tiling over keys): memory stays
@@ -38,6 +42,7 @@ int qf_tf_saved_init(const struct qf_tf_config *c, int nseq, int seqlen,
 	int64_t hid = c->hidden;
 	int64_t half = c->head_dim / 2;
 	int64_t nqk = c->qk_norm ? qd + kvd : 0;
+	int64_t nsw = c->sandwich ? 2 * hid : 0;	/* op, dn */
 	size_t n;
 	float *p;
 
@@ -45,7 +50,7 @@ int qf_tf_saved_init(const struct qf_tf_config *c, int nseq, int seqlen,
 	if (nseq <= 0 || seqlen <= 0 || ntok > INT32_MAX)
 		return -EINVAL;
 	/* xn qp kp q k v o h1 xn2 g u a | da du dh dq dk dv */
-	n = (size_t)(ntok * (3 * hid + nqk + 2 * qd + 2 * kvd +
+	n = (size_t)(ntok * (3 * hid + nsw + nqk + 2 * qd + 2 * kvd +
 			     3 * (int64_t)c->inter) +
 		     ntok * (2 * (int64_t)c->inter + hid + qd + 2 * kvd) +
 		     2 * (int64_t)QF_TF_BQ * seqlen + 2 * seqlen * half);
@@ -72,6 +77,10 @@ int qf_tf_saved_init(const struct qf_tf_config *c, int nseq, int seqlen,
 	TAKE(k, ntok * kvd);
 	TAKE(v, ntok * kvd);
 	TAKE(o, ntok * qd);
+	if (c->sandwich) {
+		TAKE(op, ntok * hid);
+		TAKE(dn, ntok * hid);
+	}
 	TAKE(h1, ntok * hid);
 	TAKE(xn2, ntok * hid);
 	TAKE(g, ntok * c->inter);
@@ -98,6 +107,27 @@ void qf_tf_saved_free(struct qf_tf_saved *s)
 		return;
 	free(s->mem);
 	memset(s, 0, sizeof(*s));
+}
+
+/*
+ * x += a W^T (+ b), through the sandwich norm when there is one (gemma),
+ * keeping a W^T + b in pre for the backward; tmp (T, hidden) scratch.
+ */
+static void sandwich_add(const struct qf_tf_config *c, const float *norm,
+			 const float *a, int64_t T, int64_t in,
+			 const float *w, const float *b, float *pre,
+			 float *tmp, float *x)
+{
+	int64_t i;
+
+	if (!norm || !pre) {
+		qf_tf_linear_run(a, T, in, w, b, c->hidden, 1.0f, x);
+		return;
+	}
+	qf_tf_linear_run(a, T, in, w, b, c->hidden, 0.0f, pre);
+	qf_tf_rmsnorm(pre, norm, T, c->hidden, c->rms_eps, tmp);
+	for (i = 0; i < T * c->hidden; i++)
+		x[i] += tmp[i];
 }
 
 void qf_tf_block_forward(const struct qf_tf_config *c,
@@ -132,8 +162,8 @@ void qf_tf_block_forward(const struct qf_tf_config *c,
 	qf_tf_attention(c, s->o, s->k, s->v, s->nseq, s->seqlen, s->window,
 			s->s);
 	memcpy(s->h1, x, sizeof(float) * (size_t)(T * hid));
-	qf_tf_linear_run(s->o, T, qd, ly->w[QF_TF_O], ly->b[QF_TF_O], hid,
-			 1.0f, s->h1);
+	sandwich_add(c, ly->attn_out_norm, s->o, T, qd, ly->w[QF_TF_O],
+		     ly->b[QF_TF_O], s->op, s->dh, s->h1);
 
 	qf_tf_rmsnorm(s->h1, ly->post_norm, T, hid, c->rms_eps, s->xn2);
 	qf_tf_linear_run(s->xn2, T, hid, ly->w[QF_TF_GATE],
@@ -141,10 +171,10 @@ void qf_tf_block_forward(const struct qf_tf_config *c,
 	qf_tf_linear_run(s->xn2, T, hid, ly->w[QF_TF_UP], ly->b[QF_TF_UP],
 			 c->inter, 0.0f, s->u);
 	memcpy(s->a, s->g, sizeof(float) * (size_t)(T * c->inter));
-	qf_tf_swiglu(s->a, s->u, T * c->inter);
+	qf_tf_glu(c, s->a, s->u, T * c->inter);
 	memcpy(y, s->h1, sizeof(float) * (size_t)(T * hid));
-	qf_tf_linear_run(s->a, T, c->inter, ly->w[QF_TF_DOWN],
-			 ly->b[QF_TF_DOWN], hid, 1.0f, y);
+	sandwich_add(c, ly->mlp_out_norm, s->a, T, c->inter,
+		     ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], s->dn, s->dh, y);
 }
 
 /* dw (out, in) = dy^T x for dy (T, out), x (T, in); skipped when NULL. */
@@ -165,10 +195,18 @@ static void mlp_backward(const struct qf_tf_config *c,
 	int64_t hid = c->hidden;
 	int64_t inter = c->inter;
 
+	if (ly->mlp_out_norm && s->dn) {	/* dL/d(down out), in dh */
+		qf_tf_rmsnorm_bwd(s->dn, ly->mlp_out_norm, T, hid, c->rms_eps,
+				  dy, s->dh);
+		dy = s->dh;
+	}
 	weight_grad(dw[QF_TF_DOWN], dy, s->a, T, hid, inter);
 	qf_sgemm(false, false, T, inter, hid, 1.0f, dy, hid,
 		 ly->w[QF_TF_DOWN], inter, 0.0f, s->da, inter);
-	qf_tf_swiglu_bwd(s->g, s->u, s->da, s->da, s->du, T * inter);
+	if (c->act == QF_ACT_GELU_TANH)
+		qf_tf_geglu_bwd(s->g, s->u, s->da, s->da, s->du, T * inter);
+	else
+		qf_tf_swiglu_bwd(s->g, s->u, s->da, s->da, s->du, T * inter);
 	weight_grad(dw[QF_TF_GATE], s->da, s->xn2, T, inter, hid);
 	weight_grad(dw[QF_TF_UP], s->du, s->xn2, T, inter, hid);
 	qf_sgemm(false, false, T, hid, inter, 1.0f, s->da, inter,
@@ -197,6 +235,9 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 			  s->dh);
 	for (i = 0; i < T * hid; i++)
 		s->dh[i] += dy[i];
+	if (ly->attn_out_norm && s->op)	/* dL/d(o_proj out) */
+		qf_tf_rmsnorm_bwd(s->op, ly->attn_out_norm, T, hid,
+				  c->rms_eps, s->dh, s->dh);
 	weight_grad(dw[QF_TF_O], s->dh, s->o, T, hid, qd);
 	if (!dw[QF_TF_Q] && !dw[QF_TF_K] && !dw[QF_TF_V])
 		return;
@@ -302,9 +343,29 @@ QF_HOT static void softmax_bwd_rows(float *s, float *ds, int nr, int nk,
  */
 struct attn_blk {
 	int r0, r1, lo, window;
+	float cap;			/* score soft-cap, 0 = none */
 	const float *qb, *kb, *vb, *dob;
 	float *dqb, *dkb, *dvb;
 };
+
+/*
+ * ds *= d(cap tanh(z / cap))/dz = 1 - tanh(z / cap)^2 at the block's
+ * scores z, recomputed into s (P is no longer needed).
+ */
+static void softcap_bwd(const struct attn_blk *b, int hd, int qd, int kvd,
+			float scale, float *s, float *ds)
+{
+	int64_t n = (int64_t)(b->r1 - b->r0) * (b->r1 - b->lo), i;
+	int nk = b->r1 - b->lo;
+
+	qf_sgemm(false, true, b->r1 - b->r0, nk, hd, scale, b->qb, qd, b->kb,
+		 kvd, 0.0f, s, nk);
+	for (i = 0; i < n; i++) {
+		float t = tanhf(s[i] / b->cap);
+
+		ds[i] *= 1.0f - t * t;
+	}
+}
 
 static void attn_block_bwd(const struct attn_blk *b, int hd, int qd,
 			   int kvd, float scale, float *s, float *ds)
@@ -315,12 +376,15 @@ static void attn_block_bwd(const struct attn_blk *b, int hd, int qd,
 	/* P = softmax(scale Q K^T), dP = dO V^T, dS (zero where masked) */
 	qf_sgemm(false, true, nr, nk, hd, scale, b->qb, qd, b->kb, kvd, 0.0f,
 		 s, nk);
+	qf_tf_softcap(s, (int64_t)nr * nk, b->cap);
 	qf_sgemm(false, true, nr, nk, hd, 1.0f, b->dob, qd, b->vb, kvd, 0.0f,
 		 ds, nk);
 	softmax_bwd_rows(s, ds, nr, nk, b->r0, b->lo, b->window);
 	/* dV += P^T dO, dK += scale dS^T Q, then dQ = scale dS K */
 	qf_sgemm(true, false, nk, hd, nr, 1.0f, s, nk, b->dob, qd, 1.0f,
 		 b->dvb, kvd);
+	if (b->cap > 0)
+		softcap_bwd(b, hd, qd, kvd, scale, s, ds);
 	qf_sgemm(true, false, nk, hd, nr, scale, ds, nk, b->qb, qd, 1.0f,
 		 b->dkb, kvd);
 	qf_sgemm(false, false, nr, hd, nk, scale, ds, nk, b->kb, kvd, 0.0f,
@@ -336,7 +400,8 @@ void qf_tf_attention_bwd(const struct qf_tf_config *c, const float *q,
 	int qd = c->heads * hd;
 	int kvd = c->kv_heads * hd;
 	int rep = c->heads / c->kv_heads;
-	float scale = 1.0f / sqrtf((float)hd);
+	float scale = c->attn_scale > 0 ? c->attn_scale :
+		      1.0f / sqrtf((float)hd);
 	int64_t T = (int64_t)nseq * seqlen;
 	struct attn_blk b;
 	int sq, h, r0;
@@ -346,6 +411,7 @@ void qf_tf_attention_bwd(const struct qf_tf_config *c, const float *q,
 	memset(dk, 0, sizeof(float) * (size_t)(T * kvd));
 	memset(dv, 0, sizeof(float) * (size_t)(T * kvd));
 	b.window = window;
+	b.cap = c->attn_softcap;
 	for (sq = 0; sq < nseq; sq++) {
 		int64_t base = (int64_t)sq * seqlen;
 
@@ -368,6 +434,25 @@ void qf_tf_attention_bwd(const struct qf_tf_config *c, const float *q,
 				attn_block_bwd(&b, hd, qd, kvd, scale, s, ds);
 			}
 		}
+	}
+}
+
+void qf_tf_geglu_bwd(const float *g, const float *u, const float *da,
+		     float *dg, float *du, int64_t n)
+{
+	const float k = 0.7978845608028654f;	/* sqrt(2 / pi) */
+	int64_t i;
+
+	for (i = 0; i < n; i++) {
+		float x = g[i], d = da[i];
+		float t = tanhf(k * (x + 0.044715f * x * x * x));
+		/* gelu(x) = x (1 + t) / 2, t = tanh(k (x + 0.044715 x^3)) */
+		float gl = 0.5f * x * (1.0f + t);
+		float dgl = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k *
+			    (1.0f + 3.0f * 0.044715f * x * x);
+
+		du[i] = d * gl;
+		dg[i] = d * u[i] * dgl;
 	}
 }
 

@@ -35,11 +35,15 @@ struct qf_tf_saved {
 	float *k;		/* (T, kv_heads * hd) after norm and RoPE */
 	float *v;		/* (T, kv_heads * hd) */
 	float *o;		/* (T, heads * hd) attention output */
-	float *h1;		/* (T, hidden) x + o_proj(o) */
+	float *op;		/* (T, hidden) o_proj(o) before its sandwich
+				 * norm (gemma), NULL */
+	float *h1;		/* (T, hidden) x + o_proj(o) (normed) */
 	float *xn2;		/* (T, hidden) post-attention RMSNorm out */
 	float *g;		/* (T, inter) gate_proj output */
 	float *u;		/* (T, inter) up_proj output */
-	float *a;		/* (T, inter) silu(g) * u */
+	float *a;		/* (T, inter) act(g) * u */
+	float *dn;		/* (T, hidden) down(a) before its sandwich
+				 * norm (gemma), NULL */
 	float *cs;		/* (seqlen, hd / 2) RoPE cos */
 	float *sn;		/* (seqlen, hd / 2) RoPE sin */
 	/* backward scratch */
@@ -57,6 +61,9 @@ struct qf_tf_saved {
 /*
  * Allocate for blocks of config c over nseq x seqlen tokens (the window is
  * c->sliding_window when shorter than seqlen, as qf_tf_layer_forward).
+ * For a family with per-layer windows or rope bases (gemma), c is the
+ * layer's own (qf_tf_config_layer()).  The block computes what the
+ * forward does: sandwich norms, GeGLU, soft-capped scores.
  * Caller owns *s; free with qf_tf_saved_free() (accepts a zeroed struct).
  * Returns 0, -EINVAL (empty or oversized shape), -ENOMEM.
  */
@@ -162,5 +169,8 @@ void qf_tf_attention_bwd(const struct qf_tf_config *c, const float *q,
  */
 void qf_tf_swiglu_bwd(const float *g, const float *u, const float *da,
 		      float *dg, float *du, int64_t n);
+/* The same for a = gelu_tanh(g) * u (GeGLU). */
+void qf_tf_geglu_bwd(const float *g, const float *u, const float *da,
+		     float *dg, float *du, int64_t n);
 
 #endif /* QF_TF_BACKWARD_H */

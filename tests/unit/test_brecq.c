@@ -60,9 +60,9 @@ static double now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-enum variant { VAR_LLAMA, VAR_BIAS, VAR_QKNORM };
+enum variant { VAR_LLAMA, VAR_BIAS, VAR_QKNORM, VAR_GEMMA };
 static const char *const var_name[] = {
-	"llama", "qwen2 bias", "qwen3 qk_norm",
+	"llama", "qwen2 bias", "qwen3 qk_norm", "gemma",
 };
 
 static void make_config(struct qf_tf_config *c, int hidden, int heads,
@@ -81,7 +81,17 @@ static void make_config(struct qf_tf_config *c, int hidden, int heads,
 	c->rms_eps = 1e-6f;
 	c->rope_theta = 10000.0f;
 	c->attn_bias = var == VAR_BIAS;
-	c->qk_norm = var == VAR_QKNORM;
+	c->qk_norm = var == VAR_QKNORM || var == VAR_GEMMA;
+	if (var != VAR_GEMMA)
+		return;
+	/* Gemma 3's q/k norms with Gemma 2's soft-cap, tight enough to
+	 * bite, a query scale other than head_dim^-0.5 and a window */
+	strcpy(c->model_type, "gemma3_text");
+	c->sandwich = true;
+	c->act = QF_ACT_GELU_TANH;
+	c->attn_scale = 0.3f;
+	c->attn_softcap = 1.5f;
+	c->sliding_window = 4;
 }
 
 static void lin_dims(const struct qf_tf_config *c, int l, int64_t *out,
@@ -127,6 +137,12 @@ static void make_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly)
 		fill(ly->q_norm, c->head_dim, 0.2, 1.5);
 		fill(ly->k_norm, c->head_dim, 0.2, 1.5);
 	}
+	if (c->sandwich) {
+		ly->attn_out_norm = falloc(c->hidden);
+		ly->mlp_out_norm = falloc(c->hidden);
+		fill(ly->attn_out_norm, c->hidden, 0.2, 1);
+		fill(ly->mlp_out_norm, c->hidden, 0.2, 1);
+	}
 }
 
 static void copy_layer(const struct qf_tf_config *c,
@@ -158,6 +174,8 @@ static void copy_layer(const struct qf_tf_config *c,
 	DUP(post_norm, c->hidden);
 	DUP(q_norm, c->head_dim);
 	DUP(k_norm, c->head_dim);
+	DUP(attn_out_norm, c->hidden);
+	DUP(mlp_out_norm, c->hidden);
 #undef DUP
 }
 
@@ -171,6 +189,8 @@ struct dlayer {
 	double *post_norm;
 	double *q_norm;
 	double *k_norm;
+	double *attn_out_norm;
+	double *mlp_out_norm;
 };
 
 static double *to_d(const float *p, int64_t n)
@@ -201,6 +221,8 @@ static void dlayer_init(const struct qf_tf_config *c,
 	dl->post_norm = to_d(ly->post_norm, c->hidden);
 	dl->q_norm = to_d(ly->q_norm, c->head_dim);
 	dl->k_norm = to_d(ly->k_norm, c->head_dim);
+	dl->attn_out_norm = to_d(ly->attn_out_norm, c->hidden);
+	dl->mlp_out_norm = to_d(ly->mlp_out_norm, c->hidden);
 }
 
 static void dlayer_free(struct dlayer *dl)
@@ -215,6 +237,8 @@ static void dlayer_free(struct dlayer *dl)
 	free(dl->post_norm);
 	free(dl->q_norm);
 	free(dl->k_norm);
+	free(dl->attn_out_norm);
+	free(dl->mlp_out_norm);
 }
 
 static void d_rmsnorm(const double *x, const double *w, int64_t n, int d,
@@ -296,7 +320,12 @@ static void d_attention(const struct qf_tf_config *c, const double *q,
 
 					for (e = 0; e < hd; e++)
 						s += qi[e] * kj[e];
-					p[j] = s / sqrt((double)hd);
+					p[j] = c->attn_scale > 0 ?
+					       s * c->attn_scale :
+					       s / sqrt((double)hd);
+					if (c->attn_softcap > 0)
+						p[j] = c->attn_softcap *
+						       tanh(p[j] / c->attn_softcap);
 					mx = p[j] > mx ? p[j] : mx;
 				}
 				for (j = j0; j <= i; j++) {
@@ -320,6 +349,24 @@ static void d_attention(const struct qf_tf_config *c, const double *q,
 static double d_silu(double g)
 {
 	return g / (1 + exp(-g));
+}
+
+static double d_gelu_tanh(double g)
+{
+	return 0.5 * g * (1 + tanh(sqrt(2 / M_PI) *
+				   (g + 0.044715 * g * g * g)));
+}
+
+/* y += x, through norm w (gemma's sandwich) when w is not NULL. */
+static void d_add_normed(double *y, double *x, const double *w, int64_t T,
+			 int H, double eps)
+{
+	int64_t i;
+
+	if (w)
+		d_rmsnorm(x, w, T, H, eps, x);
+	for (i = 0; i < T * H; i++)
+		y[i] += x[i];
 }
 
 /* y = block(x) in double, straight from the definitions. */
@@ -346,18 +393,20 @@ static void d_block(const struct qf_tf_config *c, const struct dlayer *dl,
 	}
 	d_rope(q, T, c->heads, c->head_dim, seqlen, c->rope_theta);
 	d_rope(k, T, c->kv_heads, c->head_dim, seqlen, c->rope_theta);
-	d_attention(c, q, k, v, nseq, seqlen, 0, o);
-	d_linear(o, T, qd, dl->w[QF_TF_O], dl->b[QF_TF_O], H, h1);
-	for (i = 0; i < T * H; i++)
-		h1[i] += x[i];
+	d_attention(c, q, k, v, nseq, seqlen,
+		    c->sliding_window < seqlen ? c->sliding_window : 0, o);
+	d_linear(o, T, qd, dl->w[QF_TF_O], dl->b[QF_TF_O], H, xn);
+	memcpy(h1, x, sizeof(double) * (size_t)(T * H));
+	d_add_normed(h1, xn, dl->attn_out_norm, T, (int)H, c->rms_eps);
 	d_rmsnorm(h1, dl->post_norm, T, (int)H, c->rms_eps, xn);
 	d_linear(xn, T, H, dl->w[QF_TF_GATE], dl->b[QF_TF_GATE], I, g);
 	d_linear(xn, T, H, dl->w[QF_TF_UP], dl->b[QF_TF_UP], I, u);
 	for (i = 0; i < T * I; i++)
-		g[i] = d_silu(g[i]) * u[i];
-	d_linear(g, T, I, dl->w[QF_TF_DOWN], dl->b[QF_TF_DOWN], H, y);
-	for (i = 0; i < T * H; i++)
-		y[i] += h1[i];
+		g[i] = (c->act == QF_ACT_GELU_TANH ? d_gelu_tanh(g[i]) :
+			d_silu(g[i])) * u[i];
+	d_linear(g, T, I, dl->w[QF_TF_DOWN], dl->b[QF_TF_DOWN], H, xn);
+	memcpy(y, h1, sizeof(double) * (size_t)(T * H));
+	d_add_normed(y, xn, dl->mlp_out_norm, T, (int)H, c->rms_eps);
 	free(xn); free(q); free(k); free(v); free(o); free(h1); free(g);
 	free(u);
 }
@@ -1179,7 +1228,7 @@ int main(void)
 	int v;
 
 	setvbuf(stdout, NULL, _IONBF, 0);
-	for (v = VAR_LLAMA; v <= VAR_QKNORM; v++)
+	for (v = VAR_LLAMA; v <= VAR_GEMMA; v++)
 		test_block_grad(v);
 	test_rmsnorm_grad();
 	test_rope_grad();
