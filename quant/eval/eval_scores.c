@@ -134,6 +134,8 @@ int qf_eval_scores(const struct qf_model *src, const struct qf_model *var,
 					  grab_hook, &g);
 		if (!ret)
 			ret = read_norm(var, l, c.hidden, g_var);
+		if (!ret && c.norm_plus1)	/* gemma stores w of 1 + w */
+			qf_tf_norm_plus1(g_var, c.hidden);
 		if (!ret)
 			ret = variant_qk(var, l, "q_proj", ntq, c.hidden,
 					 ly.in_norm, g_var, wq);
