@@ -10,7 +10,11 @@
  *  - keys: gguf-py/gguf/constants.py; names and the q/k permutation:
  *    convert_hf_to_gguf.py (LlamaModel registers LlamaForCausalLM and
  *    MistralForCausalLM as arch llama; Qwen2Model / Qwen3Model do not
- *    permute), conversion/llama.py, conversion/qwen.py.
+ *    permute), conversion/llama.py, conversion/qwen.py;
+ *  - Gemma (Gemma2Model, Gemma3Model in convert_hf_to_gguf.py,
+ *    src/llama-model.cpp): the sandwich norms as post_attention_norm,
+ *    ffn_norm (pre-feedforward) and post_ffw_norm, every norm weight
+ *    stored as w + 1, no output.weight for gemma2.
  *
  * All multi-byte values are written little-endian whatever the host.
  */

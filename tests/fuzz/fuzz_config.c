@@ -29,10 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void check_config(const struct qf_tf_config *c)
 {
-	QF_ASSERT(!strcmp(c->model_type, "llama") ||
-		  !strcmp(c->model_type, "mistral") ||
-		  !strcmp(c->model_type, "qwen2") ||
-		  !strcmp(c->model_type, "qwen3"));
+	QF_ASSERT(c->arch && qf_arch_find(c->model_type) == c->arch);
 	QF_ASSERT(c->hidden >= 1 && c->hidden <= 1 << 24);
 	QF_ASSERT(c->inter >= 1 && c->inter <= 1 << 24);
 	QF_ASSERT(c->layers >= 1 && c->layers <= 1 << 16);
@@ -44,6 +41,10 @@ static void check_config(const struct qf_tf_config *c)
 	QF_ASSERT(c->rms_eps >= 0);
 	QF_ASSERT(c->rope_theta > 0);
 	QF_ASSERT(c->sliding_window >= 0);
+	QF_ASSERT(c->attn_scale >= 0 && c->attn_softcap >= 0 &&
+		  c->final_softcap >= 0 && c->rope_linear >= 0);
+	QF_ASSERT(!c->window_per_layer || c->layers <= QF_TF_MAX_SLIDE_LAYERS ||
+		  !c->sliding_window);
 	if (c->rope_factor != 0) {
 		QF_ASSERT(c->rope_factor > 0 && c->rope_low_freq_factor > 0);
 		QF_ASSERT(c->rope_high_freq_factor > c->rope_low_freq_factor);
