@@ -4,7 +4,10 @@
  * causal GQA attention, SwiGLU, and one decoder layer built from them.
  *
  * Semantics follow Hugging Face transformers (LlamaForCausalLM and
- * relatives) in fp32.  Kernels take no locks; one BLAS call at a time
+ * relatives) in fp32.  Gemma's differences are config fields the kernels
+ * test: GeGLU (c->act), scaled and soft-capped attention scores, norms on
+ * the attention and MLP outputs (the layer's attn_out_norm/mlp_out_norm),
+ * and each layer's own window and rope base (qf_tf_config_layer).  Kernels take no locks; one BLAS call at a time
  * per caller, threads come from OpenBLAS itself.  Scratch is allocated
  * once per layer call, never per token.
  */

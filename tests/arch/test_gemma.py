@@ -17,10 +17,12 @@ hidden 64, window 16; gemma3 with 6 layers so that layer 5 is global):
     distributions), and llama.cpp's perplexity on quantized views within
     1% of `quantfs eval`.
 """
+import contextlib
 import json
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 
@@ -41,6 +43,17 @@ def model(name):
         arch, layers = MODELS[name]
         mkmodel(d, "--arch", arch, "--layers", layers, *DIMS)
     return d
+
+
+@contextlib.contextmanager
+def mounted():
+    """A mount of SRC, its cache and mount point removed afterwards."""
+    m = Mount(SRC, opts=SMALL)
+    try:
+        with m:
+            yield m
+    finally:
+        shutil.rmtree(m.tmp, ignore_errors=True)
 
 
 def edited(name, tag, **keys):
@@ -87,7 +100,9 @@ def test_logits_vs_numpy():
                      attn_logit_softcapping=0.5, final_logit_softcapping=2,
                      sliding_window=8),
               edited("g3", "types", layer_types=alt, rope_scaling=None,
-                     sliding_window=5, query_pre_attn_scalar=20)):
+                     sliding_window=5, query_pre_attn_scalar=20),
+              edited("g3", "pattern", layer_types=None,
+                     sliding_window_pattern=3)):
         archtest.check_logits(d, ref_gemma.ref_logits, ids)
     # what the edits touch shows in the logits
     base = archtest.ours(model("g2"), ids)
@@ -105,7 +120,7 @@ def test_llama_cpp_distributions():
     ids[0] = 1                                      # BOS
     for name in MODELS:
         model(name)
-    with Mount(SRC, opts=SMALL) as m:
+    with mounted() as m:
         for name in MODELS:
             archtest.check_gguf_probs(
                 os.path.join(m.mnt, name, "original", "model.gguf"),
@@ -115,38 +130,44 @@ def test_llama_cpp_distributions():
 def test_calibrated_variants():
     for name in MODELS:
         model(name)
-    with Mount(SRC, opts=SMALL) as m:
+    with mounted() as m:
         for name in MODELS:
             d = os.path.join(m.mnt, name)
             ls = os.listdir(d)
             for v in ("gptq_w4_g32_sym", "awq_w4_g128", "brecq_w4_g64_attn6",
-                      "mixed_static", "rtn_w4_g32_sym"):
+                      "mixed_static", "rtn_w4_g32_sym", "kq4_k_m"):
                 assert v in ls, (name, v, ls)
+            t0 = time.time()
             ppl = {}
-            for v in ("awq_w4_g128", "brecq_w4_g64_attn6", "mixed_static",
-                      "gptq_w3_g128"):
+            for v in ("gptq_w3_g128", "awq_w4_g128", "brecq_w4_g64_attn6") + \
+                    (("mixed_static",) if name == "g2" else ()):
                 ppl[v] = archtest.eval_json(os.path.join(d, v),
                                             archtest.TEXT)["ppl"]
                 assert math.isfinite(ppl[v]) and ppl[v] > 1, (v, ppl[v])
+                print("   ", v, time.time() - t0)
             print("  %s ppl: %s" % (name, ", ".join(
                 "%s %.4g" % kv for kv in sorted(ppl.items()))))
             # a random model's perplexity on English is noise: quality is
             # the distance to the source's distributions (mean KL) on
             # sequences sampled from the source
             ids = sample(model(name))
+            print("   sample", time.time() - t0)
             kl = {v: mean_kl(model(name), os.path.join(d, v), ids)
                   for v in ("rtn_w3_g128", "gptq_w3_g128", "rtn_w4_g128",
                             "awq_w4_g128", "brecq_w4_g64_attn6")}
+            print("   kl", time.time() - t0)
             print("  %s mean KL(source || variant): %s" % (name, ", ".join(
                 "%s %.2e" % kv for kv in sorted(kl.items()))))
             assert kl["gptq_w3_g128"] < kl["rtn_w3_g128"], kl
             assert kl["awq_w4_g128"] < kl["rtn_w4_g128"], kl
             assert kl["brecq_w4_g64_attn6"] < kl["rtn_w4_g128"], kl
-        for name in MODELS:
-            archtest.check_gguf_ppl(os.path.join(m.mnt, name),
-                                    "gptq_w4_g32_sym", label=name)
-        archtest.check_gguf_ppl(os.path.join(m.mnt, "g2"), "rtn_w4_g32_sym",
+        t0 = time.time()
+        archtest.check_gguf_ppl(os.path.join(m.mnt, "g2"), "gptq_w4_g32_sym",
                                 label="g2")
+        print("   gguf g2", time.time() - t0)
+        archtest.check_gguf_ppl(os.path.join(m.mnt, "g3"), "rtn_w4_g32_sym",
+                                label="g3")
+        print("   gguf g3", time.time() - t0)
 
 
 if __name__ == "__main__":
