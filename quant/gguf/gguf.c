@@ -32,13 +32,17 @@ enum dim {			/* a dimension, in terms of the config */
 	D_KV,				/* kv_heads * head_dim */
 	D_INTER,
 	D_HD,				/* head_dim */
+	D_QKV,				/* phi3's fused q, k, v rows */
+	D_INTER2,			/* phi3's fused gate and up rows */
 };
 
 enum {				/* which architectures read a tensor */
 	A_LLAMA = 1,
 	A_QWEN2 = 2,
 	A_QWEN3 = 4,
-	A_ALL = 7,
+	A_ALL = 7,			/* the separate-linear families */
+	A_PHI3 = 8,			/* fused qkv and gate_up */
+	A_ANY = A_ALL | A_PHI3,
 };
 
 struct map_ent {
@@ -53,7 +57,9 @@ struct map_ent {
 
 static const struct map_ent layer_map[] = {
 	{ "input_layernorm.weight", "attn_norm.weight", QF_GGUF_ROLE_VECTOR,
-	  D_HIDDEN, D_NONE, A_ALL, A_ALL, 0 },
+	  D_HIDDEN, D_NONE, A_ANY, A_ANY, 0 },
+	{ "self_attn.qkv_proj.weight", "attn_qkv.weight", QF_GGUF_ROLE_ATTN_Q,
+	  D_QKV, D_HIDDEN, A_PHI3, A_PHI3, 0 },
 	{ "self_attn.q_proj.weight", "attn_q.weight", QF_GGUF_ROLE_ATTN_Q,
 	  D_Q, D_HIDDEN, A_ALL, A_ALL, 1 },
 	{ "self_attn.q_proj.bias", "attn_q.bias", QF_GGUF_ROLE_VECTOR,
@@ -71,11 +77,14 @@ static const struct map_ent layer_map[] = {
 	{ "self_attn.k_norm.weight", "attn_k_norm.weight",
 	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3, A_QWEN3, 0 },
 	{ "self_attn.o_proj.weight", "attn_output.weight",
-	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ALL, A_ALL, 0 },
+	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ANY, A_ANY, 0 },
 	{ "self_attn.o_proj.bias", "attn_output.bias", QF_GGUF_ROLE_VECTOR,
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 	{ "post_attention_layernorm.weight", "ffn_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_ALL, A_ALL, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_ANY, A_ANY, 0 },
+	/* llama.cpp's phi3 ffn_up holds gate then up: swiglu of one tensor */
+	{ "mlp.gate_up_proj.weight", "ffn_up.weight", QF_GGUF_ROLE_FFN_UP,
+	  D_INTER2, D_HIDDEN, A_PHI3, A_PHI3, 0 },
 	{ "mlp.gate_proj.weight", "ffn_gate.weight", QF_GGUF_ROLE_FFN_GATE,
 	  D_INTER, D_HIDDEN, A_ALL, A_ALL, 0 },
 	{ "mlp.gate_proj.bias", "ffn_gate.bias", QF_GGUF_ROLE_VECTOR,
@@ -85,7 +94,7 @@ static const struct map_ent layer_map[] = {
 	{ "mlp.up_proj.bias", "ffn_up.bias", QF_GGUF_ROLE_VECTOR,
 	  D_INTER, D_NONE, 0, A_LLAMA, 0 },
 	{ "mlp.down_proj.weight", "ffn_down.weight", QF_GGUF_ROLE_FFN_DOWN,
-	  D_HIDDEN, D_INTER, A_ALL, A_ALL, 0 },
+	  D_HIDDEN, D_INTER, A_ANY, A_ANY, 0 },
 	{ "mlp.down_proj.bias", "ffn_down.bias", QF_GGUF_ROLE_VECTOR,
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 };
@@ -105,6 +114,15 @@ static int blk_index(const char *gg, const char **rest)
 	return l;
 }
 
+/* A_* of llama.cpp's architecture name; 0 when not written. */
+static unsigned arch_bit(const char *arch)
+{
+	return !strcmp(arch, "llama") ? A_LLAMA :
+	       !strcmp(arch, "qwen2") ? A_QWEN2 :
+	       !strcmp(arch, "qwen3") ? A_QWEN3 :
+	       !strcmp(arch, "phi3") ? A_PHI3 : 0;
+}
+
 int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		    int *perm)
 {
@@ -113,9 +131,7 @@ int qf_gguf_hf_name(const char *arch, const char *gg, char *hf, size_t cap,
 		{ "output_norm.weight", "model.norm.weight" },
 		{ "output.weight", "lm_head.weight" },
 	};
-	unsigned a = !strcmp(arch, "llama") ? A_LLAMA :
-		     !strcmp(arch, "qwen2") ? A_QWEN2 :
-		     !strcmp(arch, "qwen3") ? A_QWEN3 : 0;
+	unsigned a = arch_bit(arch);
 	const char *rest = NULL;
 	size_t k;
 	int l, n;
@@ -163,6 +179,10 @@ static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
 		return c->inter;
 	case D_HD:
 		return c->head_dim;
+	case D_QKV:
+		return (int64_t)(c->heads + 2 * c->kv_heads) * c->head_dim;
+	case D_INTER2:
+		return 2 * (int64_t)c->inter;
 	case D_NONE:
 		break;
 	}
@@ -290,16 +310,20 @@ static int add_layer(struct builder *b, int l, const char **why)
 	return 0;
 }
 
-/* llama3 rope scaling: llama.cpp wants the factors as rope_freqs.weight. */
-static void add_rope_freqs(struct builder *b)
+/*
+ * A vector computed from config.json, not read from a tensor: llama3
+ * rope scaling's rope_freqs.weight [head_dim / 2], LongRoPE's
+ * rope_factors_long / _short.weight [rot_dim / 2] (conversion/phi.py).
+ */
+static void add_rope_vector(struct builder *b, const char *name, int64_t n)
 {
 	struct qf_gguf_tensor *t = &b->p->t[b->p->nt++];
 
-	strcpy(t->name, "rope_freqs.weight");
+	strcpy(t->name, name);
 	t->role = QF_GGUF_ROLE_VECTOR;
 	t->type = QF_GGML_F32;
 	t->ndim = 1;
-	t->ne[0] = b->p->cfg.head_dim / 2;
+	t->ne[0] = n;
 	t->ne[1] = 1;
 	t->nbytes = (uint64_t)t->ne[0] * 4;
 }
@@ -311,13 +335,17 @@ static int plan_tensors(struct builder *b, const char **why)
 	int l, ret;
 
 	b->cap = (size_t)c->layers * (sizeof(layer_map) / sizeof(layer_map[0]))
-		 + 4;
+		 + 5;
 	b->p->t = calloc(b->cap, sizeof(*b->p->t));
 	b->used = calloc(b->m->nt ? b->m->nt : 1, sizeof(*b->used));
 	if (!b->p->t || !b->used)
 		return -ENOMEM;
 	if (c->rope_factor > 0)
-		add_rope_freqs(b);
+		add_rope_vector(b, "rope_freqs.weight", c->head_dim / 2);
+	if (c->rope_nfac > 0) {
+		add_rope_vector(b, "rope_factors_long.weight", c->rope_nfac);
+		add_rope_vector(b, "rope_factors_short.weight", c->rope_nfac);
+	}
 	ret = add_tensor(b, "model.embed_tokens.weight", "token_embd.weight",
 			 QF_GGUF_ROLE_EMBD, c->vocab, c->hidden, 0, true, why);
 	for (l = 0; l < c->layers && !ret; l++)
@@ -371,6 +399,20 @@ static uint32_t file_type(const struct qf_gguf_plan *p)
 	return ft[best].ftype;
 }
 
+/* phi3's keys, as conversion/phi.py writes them. */
+static void write_longrope_kv(struct kvw *w, const struct qf_tf_config *c)
+{
+	if (c->rope_orig_max_pos > 0)
+		kv_u32(w, ".rope.scaling.original_context_length",
+		       (uint32_t)c->rope_orig_max_pos);
+	if (c->rope_nfac > 0)
+		kv_f32(w, ".rope.scaling.attn_factor",
+		       c->rope_attn > 0 ? c->rope_attn : 1.0f);
+	/* 0 when config.json has none; llama.cpp reads it, then ignores
+	 * the window for phi3 */
+	kv_u32(w, ".attention.sliding_window", (uint32_t)c->sliding_window);
+}
+
 static void write_model_kv(struct kvw *w, const struct qf_model *m,
 			   const struct qf_gguf_plan *p)
 {
@@ -392,13 +434,15 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	kv_u32(w, ".attention.head_count", (uint32_t)c->heads);
 	kv_u32(w, ".attention.head_count_kv", (uint32_t)c->kv_heads);
 	kv_f32(w, ".rope.freq_base", c->rope_theta);
-	kv_u32(w, ".rope.dimension_count", (uint32_t)c->head_dim);
+	kv_u32(w, ".rope.dimension_count", (uint32_t)qf_tf_rot_dim(c));
 	kv_f32(w, ".attention.layer_norm_rms_epsilon", c->rms_eps);
 	/* the converter writes them whenever config.json has head_dim */
 	if ((hd && !cJSON_IsNull(hd)) || c->head_dim * c->heads != c->hidden) {
 		kv_u32(w, ".attention.key_length", (uint32_t)c->head_dim);
 		kv_u32(w, ".attention.value_length", (uint32_t)c->head_dim);
 	}
+	if (c->arch->flags & QF_ARCH_LONGROPE)
+		write_longrope_kv(w, c);
 }
 
 static void write_tensor_infos(struct kvw *w, const struct qf_gguf_plan *p)
@@ -483,11 +527,12 @@ int qf_gguf_plan_init(const struct qf_model *m,
 		if (!qf_ggml_type_known(types->w[r]))
 			VFAIL(-EINVAL, "unknown ggml type");
 	if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral") &&
-		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3")))
+		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3") &&
+		    strcmp(mt, "phi3")))
 		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3");
-	b.arch = mt[0] == 'q' ? (mt[4] == '2' ? A_QWEN2 : A_QWEN3) : A_LLAMA;
-	strcpy(out->arch, mt[0] == 'q' ? mt : "llama");
+		      "qwen2, qwen3, phi3");
+	strcpy(out->arch, mt[0] == 'q' || mt[0] == 'p' ? mt : "llama");
+	b.arch = arch_bit(out->arch);
 	out->q4_k_m = types->q4_k_m;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
@@ -537,6 +582,17 @@ static void rope_freqs(const struct qf_tf_config *c, float *out)
 	}
 }
 
+/* The values of a vector add_rope_vector() planned. */
+static void rope_vector(const struct qf_tf_config *c, const char *name,
+			float *out)
+{
+	if (!strcmp(name, "rope_freqs.weight"))
+		rope_freqs(c, out);
+	else
+		memcpy(out, strstr(name, "long") ? c->rope_long : c->rope_short,
+		       (size_t)c->rope_nfac * sizeof(*out));
+}
+
 void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			  int64_t cols, int64_t hd, bool inverse)
 {
@@ -569,7 +625,7 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
 		if (!buf)
 			return -ENOMEM;
-		rope_freqs(&p->cfg, buf);
+		rope_vector(&p->cfg, t->name, buf);
 		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
 		free(buf);
 		return ret;

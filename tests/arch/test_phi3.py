@@ -84,6 +84,107 @@ def test_logits_sliding_window_untied():
                     label="phi3-mini-like")
 
 
+SMALL = ["calib_n=8", "calib_len=64"]
+
+
+def mount_src():
+    """A source directory holding the tied model as "phi4mini" and the
+    untied one as "phi4mini-untied" (not "phi3": llama.cpp gives models
+    named so attributes of tokens our byte-level vocabulary lacks)."""
+    src = os.path.join(at.WORK, "src")
+    if not os.path.exists(src):
+        os.makedirs(src)
+        os.symlink(model(), os.path.join(src, "phi4mini"))
+        os.symlink(model(tie=False), os.path.join(src, "phi4mini-untied"))
+    return src
+
+
+def gguf_kv(path):
+    """The metadata and tensor infos of a GGUF file (an independent
+    reader: docs/gguf.md)."""
+    import struct
+    raw = open(path, "rb").read()
+    _, nt, nkv = struct.unpack_from("<IQQ", raw, 4)
+    pos, kv, ts = 24, {}, {}
+    sc = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
+          7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+    def rd(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, raw, pos)
+        pos += struct.calcsize(fmt)
+        return v[0]
+
+    def string():
+        nonlocal pos
+        n = rd("<Q")
+        pos += n
+        return raw[pos - n:pos].decode("utf-8", "replace")
+
+    def skip(t):
+        nonlocal pos
+        if t == 8:
+            string()
+        elif t == 9:
+            et, cnt = rd("<I"), rd("<Q")
+            for _ in range(cnt):
+                skip(et)
+        else:
+            pos += struct.calcsize(sc[t])
+
+    for _ in range(nkv):
+        k = string()
+        t = rd("<I")
+        if t == 8:
+            kv[k] = string()
+        elif t in sc:
+            kv[k] = rd(sc[t])
+        else:
+            skip(t)
+    for _ in range(nt):
+        name = string()
+        nd = rd("<I")
+        ne = [rd("<Q") for _ in range(nd)]
+        ts[name] = (rd("<I"), ne)
+        rd("<Q")
+    return kv, ts
+
+
+def test_gguf_view():
+    """original/model.gguf: llama.cpp's phi3 names and keys, and its
+    next-token distributions against quantfs's softmax(logits); the
+    perplexity of a quantized view against `quantfs eval`."""
+    with at.Mount(mount_src(), opts=SMALL) as m:
+        d = os.path.join(m.mnt, "phi4mini")
+        g = os.path.join(d, "original", "model.gguf")
+        kv, ts = gguf_kv(g)
+        assert kv["general.architecture"] == "phi3", kv
+        assert kv["phi3.rope.dimension_count"] == 12, kv
+        assert kv["phi3.rope.scaling.original_context_length"] == 4096
+        assert abs(kv["phi3.rope.scaling.attn_factor"] -
+                   (1 + np.log(32) / np.log(4096)) ** 0.5) < 1e-6, kv
+        assert kv["phi3.context_length"] == 131072, kv
+        assert ts["blk.0.attn_qkv.weight"][1] == [64, 128], ts
+        assert ts["blk.1.ffn_up.weight"][1] == [64, 256], ts
+        assert ts["rope_factors_long.weight"][1] == [6], ts
+        assert "blk.0.attn_q.weight" not in ts and \
+            "blk.0.ffn_gate.weight" not in ts and "output.weight" not in ts
+        ids = at.ids_for(512, 1, 40, seed=5)[0]
+        ids[0] = 1
+        # the tied model's logits are large (its embeddings, drawn at
+        # unit scale, are the head): llama.cpp's f16 KV cache moves its
+        # peaked distributions by ~3e-2, as it does a tied llama's, where
+        # a wrong rope moves them by ~0.9.  The untied model's logits
+        # are near 1: the tight check and the perplexity are on it (a
+        # llama of this shape: max |dp| 2.4e-3 under the same client).
+        at.check_gguf_probs(g, model(), ids, tol=0.1, label="tied original")
+        u = os.path.join(m.mnt, "phi4mini-untied")
+        at.check_gguf_probs(os.path.join(u, "original", "model.gguf"),
+                            model(tie=False), ids, tol=5e-3,
+                            label="untied original")
+        at.check_gguf_ppl(u, "rtn_w4_g32_sym", label="untied")
+
+
 if __name__ == "__main__":
     try:
         at.run_tests(globals(), needs_fuse=False)
