@@ -185,6 +185,78 @@ def test_gguf_view():
         at.check_gguf_ppl(u, "rtn_w4_g32_sym", label="untied")
 
 
+def dequant_model(variant_dir, dest, bits):
+    """dest: the variant's GPTQ checkpoint dequantized by numpy (stread)
+    into an fp32 model directory the oracle reads."""
+    t, _ = at.stread.read_st(os.path.join(variant_dir, "model.safetensors"))
+    out = {}
+    for name, a in t.items():
+        if name.endswith(".qweight"):
+            p = name[:-len(".qweight")]
+            o = t[p + ".scales"].shape[1]
+            i = t[p + ".g_idx"].shape[0]
+            out[p + ".weight"] = at.stread.gptq_dequant(t, p, bits, o, i)[0]
+        elif not name.endswith((".qzeros", ".scales", ".g_idx")):
+            out[name] = a
+    os.makedirs(dest, exist_ok=True)
+    at.stread.write_st(os.path.join(dest, "model.safetensors"), {
+        k: ("F32", list(v.shape),
+            np.ascontiguousarray(v, dtype="<f4").tobytes())
+        for k, v in out.items()})
+    shutil.copy(os.path.join(variant_dir, "config.json"), dest)
+    return dest
+
+
+def test_calibrated_variants():
+    """gptq, awq, brecq, mixed_static: served with the fused names (one
+    quantized tensor per fused linear), GPTQ better than RTN at the same
+    grid, and the GPTQ checkpoint, dequantized by numpy, is what
+    quantfs's eval computes."""
+    with at.Mount(mount_src(), opts=SMALL) as m:
+        d = os.path.join(m.mnt, "phi4mini-untied")
+        for v in ("gptq_w4_g32_sym", "awq_w4_g128", "brecq_w4_g64_attn6",
+                  "mixed_static", "mixed_b4.5", "mixed_dyn"):
+            t, _ = at.stread.read_st(os.path.join(d, v, "model.safetensors"))
+            p = "model.layers.1."
+            # a checkpoint's qweight, or a _fake's dequantized weight
+            assert {p + "self_attn.qkv_proj.qweight",
+                    p + "self_attn.qkv_proj.weight"} & set(t), (v, sorted(t))
+            assert {p + "mlp.gate_up_proj.qweight",
+                    p + "mlp.gate_up_proj.weight"} & set(t), (v, sorted(t))
+            assert not [n for n in t if ".q_proj." in n or ".up_proj." in n]
+            if v.startswith("awq"):     # AutoAWQ GEMM: [in, out / 8]
+                assert t[p + "self_attn.qkv_proj.qweight"].shape == (64, 16)
+                # the scales folded into the norms the fused tensors read
+                assert p + "input_layernorm.weight" in t
+            man = json.load(open(os.path.join(d, v, "quantization.json")))
+            if v.startswith("mixed"):   # one width per fused tensor
+                bits = {x["name"].split(".", 3)[3]: x["bits"]
+                        for x in man["layers"] if "layers.1." in x["name"]}
+                print("  %s: layer 1 bits %s" % (v, bits))
+                continue
+            loss = {x["name"].split(".", 3)[3]: (
+                x.get("loss_" + v.split("_")[0], -1), x["loss_rtn"])
+                for x in man["layers"] if "layers.1." in x["name"]}
+            print("  %s: layer 1 output error vs rtn %s" % (v, loss))
+            if v.startswith(("gptq", "awq")):
+                assert all(a < r for a, r in loss.values()), loss
+        ppl = {v: at.eval_json(os.path.join(d, v), at.TEXT)["ppl"]
+               for v in ("original", "rtn_w4_g32_sym", "gptq_w4_g32_sym",
+                         "awq_w4_g128", "brecq_w4_g64_attn6")}
+        print("  perplexity: " + ", ".join("%s %.3f" % kv
+                                           for kv in ppl.items()))
+        assert ppl["gptq_w4_g32_sym"] < ppl["rtn_w4_g32_sym"], ppl
+        deq = dequant_model(os.path.join(d, "gptq_w4_g32_sym"),
+                            os.path.join(at.WORK, "gptq_deq"), 4)
+        ids = at.ids_for(512, 2, 24, seed=7)
+        a = at.ours(os.path.join(d, "gptq_w4_g32_sym"), ids)
+        b = ref_phi3.logits(deq, ids)
+        rel = float(np.abs(a - b).max() / np.abs(b).max())
+        print("  gptq checkpoint: quantfs's logits vs numpy dequant + "
+              "oracle: max rel diff %.2e" % rel)
+        assert rel < 1e-4, rel
+
+
 if __name__ == "__main__":
     try:
         at.run_tests(globals(), needs_fuse=False)
