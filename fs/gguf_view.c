@@ -293,9 +293,11 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 		return 0;
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		char want[160];
+		int64_t r0, rows;
 
+		/* a fused tensor: its first linear's inputs, which it reads */
 		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l,
-			 qf_tf_linear_name(k));
+			 qf_tf_linear_tensor(c, k, &r0, &rows));
 		if (!strcmp(want, t->src->name))
 			break;
 	}

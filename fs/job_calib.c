@@ -136,10 +136,12 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 		}
 		for (k = 0; k < QF_TF_NLINEAR; k++) {
 			char want[256];
+			int64_t r0, rows;
 
+			/* a fused tensor: at its first linear only (layer.h) */
 			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
-				 l, qf_tf_linear_name(k));
-			if (!strcmp(want, n))
+				 l, qf_tf_linear_tensor(&c, k, &r0, &rows));
+			if (!strcmp(want, n) && r0 == 0)
 				jb->lin_group[l * QF_TF_NLINEAR + k] = (int)i;
 		}
 	}

@@ -24,7 +24,9 @@
 struct qf_job {
 	char *calib_path;		/* text set, NULL = sampled */
 	int nlayers;
-	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1 */
+	int32_t *lin_group;		/* [nlayers * QF_TF_NLINEAR], -1; a
+					 * fused tensor's group at its first
+					 * linear only */
 	int32_t *group_layer;		/* [ng] */
 	int layers_done;		/* lock */
 	bool running;			/* lock */

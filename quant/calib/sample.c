@@ -24,22 +24,12 @@ static uint64_t splitmix(uint64_t *s)
 	return z ^ (z >> 31);
 }
 
-/* rotate_half RoPE of nh heads at one position. */
-static void rope_one(float *v, int nh, int hd, const float *cs,
-		     const float *sn)
+/* rotate_half RoPE of nh heads at one position (its table rows). */
+static void rope_one(const struct qf_tf_config *c, float *v, int nh,
+		     const float *cs, const float *sn)
 {
-	int h, i, half = hd / 2;
-
-	for (h = 0; h < nh; h++) {
-		float *x = v + h * hd;
-
-		for (i = 0; i < half; i++) {
-			float a = x[i], b = x[i + half];
-
-			x[i] = a * cs[i] - b * sn[i];
-			x[i + half] = b * cs[i] + a * sn[i];
-		}
-	}
+	qf_tf_rope_rot(v, 1, nh, c->head_dim, qf_tf_rot_dim(c), 1, cs, sn,
+		       false);
 }
 
 struct decoder {
@@ -119,13 +109,13 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 			if (ly->k_norm)
 				qf_tf_rmsnorm(kd, ly->k_norm, c->kv_heads, hd,
 					      c->rms_eps, kd);
-			rope_one(kd, c->kv_heads, hd, cs, sn);
+			rope_one(c, kd, c->kv_heads, cs, sn);
 		}
 		if (ly->q_norm)
 			qf_tf_rmsnorm(q, ly->q_norm, (int64_t)d->nseq * c->heads,
 				      hd, c->rms_eps, q);
 		for (s = 0; s < d->nseq; s++)
-			rope_one(q + (size_t)s * qw, c->heads, hd, cs, sn);
+			rope_one(c, q + (size_t)s * qw, c->heads, cs, sn);
 		/* attention of position p over its window, per sequence and
 		 * head */
 		for (s = 0; s < d->nseq; s++)

@@ -36,17 +36,21 @@ enum dim {			/* a dimension, in terms of the config */
 	D_KV,				/* kv_heads * head_dim */
 	D_INTER,
 	D_HD,				/* head_dim */
+	D_QKV,				/* phi3's fused q, k, v rows */
+	D_INTER2,			/* phi3's fused gate and up rows */
 };
 
 enum {				/* which architectures read a tensor */
 	A_LLAMA = 1,
 	A_QWEN2 = 2,
 	A_QWEN3 = 4,
-	A_LLAMAS = 7,			/* one pre-MLP norm, ffn_norm */
 	A_GEMMA2 = 8,
 	A_GEMMA3 = 16,
-	A_GEMMA = 24,			/* sandwich norms, stored as 1 + w */
-	A_ALL = 31,
+	A_PHI3 = 32,			/* fused qkv and gate_up */
+	A_GEMMA = A_GEMMA2 | A_GEMMA3,	/* sandwich norms, stored as 1 + w */
+	A_ALL = 31,			/* the separate-linear families */
+	A_ANY = A_ALL | A_PHI3,
+	A_LLAMAS = 7 | A_PHI3,		/* one pre-MLP norm, ffn_norm */
 };
 
 struct map_ent {
@@ -61,7 +65,9 @@ struct map_ent {
 
 static const struct map_ent layer_map[] = {
 	{ "input_layernorm.weight", "attn_norm.weight", QF_GGUF_ROLE_VECTOR,
-	  D_HIDDEN, D_NONE, A_ALL, A_ALL, 0 },
+	  D_HIDDEN, D_NONE, A_ANY, A_ANY, 0 },
+	{ "self_attn.qkv_proj.weight", "attn_qkv.weight", QF_GGUF_ROLE_ATTN_Q,
+	  D_QKV, D_HIDDEN, A_PHI3, A_PHI3, 0 },
 	{ "self_attn.q_proj.weight", "attn_q.weight", QF_GGUF_ROLE_ATTN_Q,
 	  D_Q, D_HIDDEN, A_ALL, A_ALL, 1 },
 	{ "self_attn.q_proj.bias", "attn_q.bias", QF_GGUF_ROLE_VECTOR,
@@ -81,7 +87,7 @@ static const struct map_ent layer_map[] = {
 	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3 | A_GEMMA3,
 	  A_QWEN3 | A_GEMMA3, 0 },
 	{ "self_attn.o_proj.weight", "attn_output.weight",
-	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ALL, A_ALL, 0 },
+	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ANY, A_ANY, 0 },
 	{ "self_attn.o_proj.bias", "attn_output.bias", QF_GGUF_ROLE_VECTOR,
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 	{ "post_attention_layernorm.weight", "ffn_norm.weight",
@@ -92,6 +98,9 @@ static const struct map_ent layer_map[] = {
 	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_GEMMA, A_GEMMA, 0 },
 	{ "post_feedforward_layernorm.weight", "post_ffw_norm.weight",
 	  QF_GGUF_ROLE_VECTOR, D_HIDDEN, D_NONE, A_GEMMA, A_GEMMA, 0 },
+	/* llama.cpp's phi3 ffn_up holds gate then up: swiglu of one tensor */
+	{ "mlp.gate_up_proj.weight", "ffn_up.weight", QF_GGUF_ROLE_FFN_UP,
+	  D_INTER2, D_HIDDEN, A_PHI3, A_PHI3, 0 },
 	{ "mlp.gate_proj.weight", "ffn_gate.weight", QF_GGUF_ROLE_FFN_GATE,
 	  D_INTER, D_HIDDEN, A_ALL, A_ALL, 0 },
 	{ "mlp.gate_proj.bias", "ffn_gate.bias", QF_GGUF_ROLE_VECTOR,
@@ -101,7 +110,7 @@ static const struct map_ent layer_map[] = {
 	{ "mlp.up_proj.bias", "ffn_up.bias", QF_GGUF_ROLE_VECTOR,
 	  D_INTER, D_NONE, 0, A_LLAMA, 0 },
 	{ "mlp.down_proj.weight", "ffn_down.weight", QF_GGUF_ROLE_FFN_DOWN,
-	  D_HIDDEN, D_INTER, A_ALL, A_ALL, 0 },
+	  D_HIDDEN, D_INTER, A_ANY, A_ANY, 0 },
 	{ "mlp.down_proj.bias", "ffn_down.bias", QF_GGUF_ROLE_VECTOR,
 	  D_HIDDEN, D_NONE, 0, A_LLAMA, 0 },
 };
@@ -131,7 +140,7 @@ static unsigned arch_bit(const char *arch)
 	} a[] = {
 		{ "llama", A_LLAMA }, { "qwen2", A_QWEN2 },
 		{ "qwen3", A_QWEN3 }, { "gemma2", A_GEMMA2 },
-		{ "gemma3", A_GEMMA3 },
+		{ "gemma3", A_GEMMA3 }, { "phi3", A_PHI3 },
 	};
 	size_t k;
 
@@ -207,6 +216,10 @@ static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
 		return c->inter;
 	case D_HD:
 		return c->head_dim;
+	case D_QKV:
+		return (int64_t)(c->heads + 2 * c->kv_heads) * c->head_dim;
+	case D_INTER2:
+		return 2 * (int64_t)c->inter;
 	case D_NONE:
 		break;
 	}
@@ -347,16 +360,20 @@ static int add_layer(struct builder *b, int l, const char **why)
 	return 0;
 }
 
-/* llama3 rope scaling: llama.cpp wants the factors as rope_freqs.weight. */
-static void add_rope_freqs(struct builder *b)
+/*
+ * A vector computed from config.json, not read from a tensor: llama3
+ * rope scaling's rope_freqs.weight [head_dim / 2], LongRoPE's
+ * rope_factors_long / _short.weight [rot_dim / 2] (conversion/phi.py).
+ */
+static void add_rope_vector(struct builder *b, const char *name, int64_t n)
 {
 	struct qf_gguf_tensor *t = &b->p->t[b->p->nt++];
 
-	strcpy(t->name, "rope_freqs.weight");
+	strcpy(t->name, name);
 	t->role = QF_GGUF_ROLE_VECTOR;
 	t->type = QF_GGML_F32;
 	t->ndim = 1;
-	t->ne[0] = b->p->cfg.head_dim / 2;
+	t->ne[0] = n;
 	t->ne[1] = 1;
 	t->nbytes = (uint64_t)t->ne[0] * 4;
 }
@@ -368,13 +385,17 @@ static int plan_tensors(struct builder *b, const char **why)
 	int l, ret;
 
 	b->cap = (size_t)c->layers * (sizeof(layer_map) / sizeof(layer_map[0]))
-		 + 4;
+		 + 5;
 	b->p->t = calloc(b->cap, sizeof(*b->p->t));
 	b->used = calloc(b->m->nt ? b->m->nt : 1, sizeof(*b->used));
 	if (!b->p->t || !b->used)
 		return -ENOMEM;
 	if (c->rope_factor > 0)
-		add_rope_freqs(b);
+		add_rope_vector(b, "rope_freqs.weight", c->head_dim / 2);
+	if (c->rope_nfac > 0) {
+		add_rope_vector(b, "rope_factors_long.weight", c->rope_nfac);
+		add_rope_vector(b, "rope_factors_short.weight", c->rope_nfac);
+	}
 	ret = add_tensor(b, "model.embed_tokens.weight", "token_embd.weight",
 			 QF_GGUF_ROLE_EMBD, c->vocab, c->hidden, 0, true, why);
 	for (l = 0; l < c->layers && !ret; l++)
@@ -455,6 +476,20 @@ static void write_gemma_kv(struct kvw *w, const struct qf_tf_config *c)
 	}
 }
 
+/* phi3's keys, as conversion/phi.py writes them. */
+static void write_longrope_kv(struct kvw *w, const struct qf_tf_config *c)
+{
+	if (c->rope_orig_max_pos > 0)
+		kv_u32(w, ".rope.scaling.original_context_length",
+		       (uint32_t)c->rope_orig_max_pos);
+	if (c->rope_nfac > 0)
+		kv_f32(w, ".rope.scaling.attn_factor",
+		       c->rope_attn > 0 ? c->rope_attn : 1.0f);
+	/* 0 when config.json has none; llama.cpp reads it, then ignores
+	 * the window for phi3 */
+	kv_u32(w, ".attention.sliding_window", (uint32_t)c->sliding_window);
+}
+
 static void write_model_kv(struct kvw *w, const struct qf_model *m,
 			   const struct qf_gguf_plan *p)
 {
@@ -476,7 +511,7 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	kv_u32(w, ".attention.head_count", (uint32_t)c->heads);
 	kv_u32(w, ".attention.head_count_kv", (uint32_t)c->kv_heads);
 	kv_f32(w, ".rope.freq_base", c->rope_theta);
-	kv_u32(w, ".rope.dimension_count", (uint32_t)c->head_dim);
+	kv_u32(w, ".rope.dimension_count", (uint32_t)qf_tf_rot_dim(c));
 	kv_f32(w, ".attention.layer_norm_rms_epsilon", c->rms_eps);
 	/* the converter writes them whenever config.json has head_dim */
 	if ((hd && !cJSON_IsNull(hd)) || c->head_dim * c->heads != c->hidden) {
@@ -484,6 +519,8 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 		kv_u32(w, ".attention.value_length", (uint32_t)c->head_dim);
 	}
 	write_gemma_kv(w, c);
+	if (c->arch->flags & QF_ARCH_LONGROPE)
+		write_longrope_kv(w, c);
 }
 
 static void write_tensor_infos(struct kvw *w, const struct qf_gguf_plan *p)
@@ -557,6 +594,7 @@ int qf_gguf_plan_init(const struct qf_model *m,
 {
 	struct builder b = { .m = m, .types = types, .p = out };
 	const char *mt = jstr(m->config, "model_type");
+	const struct qf_arch *arch;
 	const char *dummy;
 	int r, ret;
 
@@ -567,14 +605,12 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	for (r = 0; r < QF_GGUF_ROLE_COUNT; r++)
 		if (!qf_ggml_type_known(types->w[r]))
 			VFAIL(-EINVAL, "unknown ggml type");
-	if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral") &&
-		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3") &&
-		    !(qf_arch_find(mt) &&
-		      arch_bit(qf_arch_find(mt)->gguf) & A_GEMMA)))
-		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3, gemma2, gemma3_text");
-	b.arch = arch_bit(qf_arch_find(mt)->gguf);
-	snprintf(out->arch, sizeof(out->arch), "%s", qf_arch_find(mt)->gguf);
+	arch = qf_arch_find(mt);
+	if (!arch || !arch_bit(arch->gguf))
+		VFAIL(QF_EUNSUPPORTED, "the model_type has no GGUF view (see "
+		      "quantfs(1), ARCHITECTURES)");
+	b.arch = arch_bit(arch->gguf);
+	snprintf(out->arch, sizeof(out->arch), "%s", arch->gguf);
 	out->q4_k_m = types->q4_k_m;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
@@ -624,6 +660,17 @@ static void rope_freqs(const struct qf_tf_config *c, float *out)
 	}
 }
 
+/* The values of a vector add_rope_vector() planned. */
+static void rope_vector(const struct qf_tf_config *c, const char *name,
+			float *out)
+{
+	if (!strcmp(name, "rope_freqs.weight"))
+		rope_freqs(c, out);
+	else
+		memcpy(out, strstr(name, "long") ? c->rope_long : c->rope_short,
+		       (size_t)c->rope_nfac * sizeof(*out));
+}
+
 void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			  int64_t cols, int64_t hd, bool inverse)
 {
@@ -656,7 +703,7 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
 		if (!buf)
 			return -ENOMEM;
-		rope_freqs(&p->cfg, buf);
+		rope_vector(&p->cfg, t->name, buf);
 		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
 		free(buf);
 		return ret;

@@ -35,7 +35,20 @@ int qf_gemma2_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 int qf_gemma3_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 		       int l);
 /* Phi-3 / Phi-4-mini: arch_phi3.c */
-#define QF_ARCH_PHI3_ROWS
+int qf_phi3_parse(const struct qf_model *m, const struct cJSON *o,
+		  struct qf_tf_config *c);
+void qf_phi3_mk_config(struct cJSON *c, const struct qf_mkmodel_opts *o);
+int qf_phi3_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
+		     int l);
+#define QF_ARCH_PHI3_ROWS                                                    \
+	{ .model_type = "phi3", .gguf = "phi3",                              \
+	  .hf_class = "Phi3ForCausalLM",                                     \
+	  .lin = { "self_attn.qkv_proj", "self_attn.qkv_proj",               \
+		   "self_attn.qkv_proj", "self_attn.o_proj",                 \
+		   "mlp.gate_up_proj", "mlp.gate_up_proj", "mlp.down_proj" }, \
+	  .flags = QF_ARCH_SLIDING | QF_ARCH_LONGROPE,                       \
+	  .parse = qf_phi3_parse, .mk_config = qf_phi3_mk_config,            \
+	  .mk_layer = qf_phi3_mk_layer },
 /* Qwen3-MoE, Mixtral, OLMoE: arch_moe.c */
 #define QF_ARCH_MOE_ROWS
 

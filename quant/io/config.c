@@ -86,6 +86,10 @@ static int parse_rope_scaling(const struct qf_model *m, const cJSON *rs,
 		qf_err("%s: bad linear rope_scaling factor", m->dir);
 		return QF_EFORMAT;
 	}
+	if ((c->arch->flags & QF_ARCH_LONGROPE) &&
+	    (!strcmp(ty->valuestring, "longrope") ||
+	     !strcmp(ty->valuestring, "su")))
+		return 0;	/* the family's parse hook reads it */
 	if (strcmp(ty->valuestring, "llama3")) {
 		qf_err("%s: rope_scaling type '%s' is not supported", m->dir,
 		       ty->valuestring);
@@ -225,6 +229,31 @@ int64_t qf_tf_linear_in(const struct qf_tf_config *c, enum qf_tf_linear l)
 	if (l == QF_TF_DOWN)
 		return c->inter;
 	return c->hidden;
+}
+
+const char *qf_tf_linear_tensor(const struct qf_tf_config *c,
+				enum qf_tf_linear l, int64_t *row0,
+				int64_t *rows)
+{
+	const char *const *lin = c->arch && c->arch->lin[0] ? c->arch->lin :
+				 linear_names;
+	int k;
+
+	*row0 = 0;
+	*rows = 0;
+	for (k = 0; k < QF_TF_NLINEAR; k++) {
+		if (strcmp(lin[k], lin[l]))
+			continue;
+		if (k < (int)l)
+			*row0 += qf_tf_linear_out(c, k);
+		*rows += qf_tf_linear_out(c, k);
+	}
+	return lin[l];
+}
+
+int qf_tf_rot_dim(const struct qf_tf_config *c)
+{
+	return c->rot_dim > 0 ? c->rot_dim : c->head_dim;
 }
 
 /* Which linears carry a bias, as the transformers modules build them. */

@@ -285,6 +285,8 @@ enum {
 	 * from 24 */
 	QF_ARCH_GEMMA = 1u << 8,	/* (1 + w) RMSNorms, sandwich norms,
 					 * scaled embedding (arch_gemma.c) */
+	QF_ARCH_LONGROPE = 1u << 16,	/* phi3: rope_scaling "longrope" is
+					 * the family's (arch_phi3.c) */
 };
 
 struct qf_arch {
@@ -327,6 +329,8 @@ enum qf_act {
 
 /* Layers a per-layer window pattern may have (gemma). */
 #define QF_TF_MAX_SLIDE_LAYERS 512
+/* LongRoPE factors a config may give per list (head_dim up to 256). */
+#define QF_ROPE_MAX_FAC 128
 
 struct qf_tf_config {
 	const struct qf_arch *arch;	/* its row */
@@ -362,6 +366,14 @@ struct qf_tf_config {
 	float rope_local_theta;		/* sliding layers' rope base, 0 = same */
 	uint64_t slides[QF_TF_MAX_SLIDE_LAYERS / 64]; /* bit l: layer l */
 	/* phi3 (arch_phi3.c) */
+	int rot_dim;			/* rotated dims of a head
+					 * (partial_rotary_factor); 0: all */
+	int rope_nfac;			/* LongRoPE factors per list (rot_dim /
+					 * 2), 0: none; short below
+					 * rope_orig_max_pos, else long */
+	float rope_attn;		/* LongRoPE cos/sin factor; 0: 1 */
+	float rope_short[QF_ROPE_MAX_FAC];
+	float rope_long[QF_ROPE_MAX_FAC];
 	/* qwen3_moe / mixtral / olmoe (arch_moe.c) */
 };
 
@@ -392,6 +404,17 @@ const char *qf_tf_linear_name(enum qf_tf_linear l);
 /* Output and input features of linear l under c. */
 int64_t qf_tf_linear_out(const struct qf_tf_config *c, enum qf_tf_linear l);
 int64_t qf_tf_linear_in(const struct qf_tf_config *c, enum qf_tf_linear l);
+/*
+ * The checkpoint tensor (under "model.layers.N.") holding linear l, and
+ * where: rows [*row0, *row0 + qf_tf_linear_out(c, l)) of a tensor of
+ * *rows rows.  A fused tensor (phi3's qkv_proj, gate_up_proj) holds the
+ * linears the table names it for, in enum order.
+ */
+const char *qf_tf_linear_tensor(const struct qf_tf_config *c,
+				enum qf_tf_linear l, int64_t *row0,
+				int64_t *rows);
+/* Dimensions of a head that RoPE rotates (the first ones). */
+int qf_tf_rot_dim(const struct qf_tf_config *c);
 /* Whether linear l carries a bias, as the transformers modules build it. */
 bool qf_tf_linear_bias(const struct qf_model *m, const struct qf_tf_config *c,
 		       enum qf_tf_linear l);

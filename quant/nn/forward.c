@@ -135,6 +135,35 @@ static int load_layer_norms(const struct qf_model *m,
 	return ret;
 }
 
+/*
+ * Linear i of layer l into ly->w[i]: its own tensor, or its rows of a
+ * fused one (read once, when its first linear comes; the later ones
+ * point into it and are marked borrowed).
+ */
+static int load_linear(const struct qf_model *m, const struct qf_tf_config *c,
+		       int l, int i, struct qf_tf_layer *ly)
+{
+	int64_t n = qf_tf_linear_in(c, i);
+	int64_t row0, rows;
+	const char *t = qf_tf_linear_tensor(c, i, &row0, &rows);
+	char what[160];
+	int first;
+
+	if (row0 > 0) {
+		for (first = i - 1; first > 0 && ly->borrowed & (1u << first);
+		     first--)
+			;
+		ly->w[i] = ly->w[first] + row0 * n;
+		ly->borrowed |= 1u << i;
+		return 0;
+	}
+	/* .weight, or the GPTQ tensors of a mounted variant */
+	snprintf(what, sizeof(what), "model.layers.%d.%s", l, t);
+	ly->w[i] = malloc(sizeof(float) * (size_t)(rows * n));
+	return ly->w[i] ? qf_model_linear_f32(m, what, rows, n, ly->w[i]) :
+	       -ENOMEM;
+}
+
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out)
 {
@@ -145,14 +174,9 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if (l < 0 || l >= c->layers)
 		return -EINVAL;
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
-		int64_t o = qf_tf_linear_out(c, i), n = qf_tf_linear_in(c, i);
+		int64_t o = qf_tf_linear_out(c, i);
 
-		/* .weight, or the GPTQ tensors of a mounted variant */
-		snprintf(what, sizeof(what), "model.layers.%d.%s", l,
-			 qf_tf_linear_name(i));
-		out->w[i] = malloc(sizeof(float) * (size_t)(o * n));
-		ret = out->w[i] ? qf_model_linear_f32(m, what, o, n,
-						      out->w[i]) : -ENOMEM;
+		ret = load_linear(m, c, l, i, out);
 		if (ret < 0)
 			goto out_free;
 		if (!qf_tf_linear_bias(m, c, i))
@@ -177,7 +201,8 @@ void qf_tf_layer_free(struct qf_tf_layer *ly)
 	if (!ly)
 		return;
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
-		free(ly->w[i]);
+		if (!(ly->borrowed & (1u << i)))
+			free(ly->w[i]);
 		free(ly->b[i]);
 	}
 	free(ly->in_norm);

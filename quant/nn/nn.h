@@ -57,6 +57,8 @@ void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
 /* One decoder layer's weights in fp32 (converted from the source). */
 struct qf_tf_layer {
 	float *w[QF_TF_NLINEAR];	/* [out, in] row-major, as nn.Linear */
+	unsigned borrowed;		/* bit i: w[i] points into the fused
+					 * tensor an earlier w[] owns */
 	float *b[QF_TF_NLINEAR];	/* bias [out] or NULL */
 	float *in_norm;			/* input_layernorm [hidden] */
 	float *post_norm;		/* post_attention_layernorm [hidden] */

@@ -156,8 +156,10 @@ void qf_tf_block_forward(const struct qf_tf_config *c,
 	if (kn)
 		qf_tf_rmsnorm(s->kp, ly->k_norm, T * c->kv_heads, c->head_dim,
 			      c->rms_eps, s->k);
-	qf_tf_rope(s->q, T, c->heads, c->head_dim, s->seqlen, s->cs, s->sn);
-	qf_tf_rope(s->k, T, c->kv_heads, c->head_dim, s->seqlen, s->cs, s->sn);
+	qf_tf_rope_rot(s->q, T, c->heads, c->head_dim, qf_tf_rot_dim(c),
+		       s->seqlen, s->cs, s->sn, false);
+	qf_tf_rope_rot(s->k, T, c->kv_heads, c->head_dim, qf_tf_rot_dim(c),
+		       s->seqlen, s->cs, s->sn, false);
 	memcpy(s->o, s->q, sizeof(float) * (size_t)(T * qd));
 	qf_tf_attention(c, s->o, s->k, s->v, s->nseq, s->seqlen, s->window,
 			s->s);
@@ -246,10 +248,10 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 	qf_tf_attention_bwd(c, s->q, s->k, s->v, s->dq, s->nseq, s->seqlen,
 			    s->window, s->dq, s->dk, s->dv, s->s, s->ds);
 	weight_grad(dw[QF_TF_V], s->dv, s->xn, T, kvd, hid);
-	qf_tf_rope_bwd(s->dq, T, c->heads, c->head_dim, s->seqlen, s->cs,
-		       s->sn);
-	qf_tf_rope_bwd(s->dk, T, c->kv_heads, c->head_dim, s->seqlen, s->cs,
-		       s->sn);
+	qf_tf_rope_rot(s->dq, T, c->heads, c->head_dim, qf_tf_rot_dim(c),
+		       s->seqlen, s->cs, s->sn, true);
+	qf_tf_rope_rot(s->dk, T, c->kv_heads, c->head_dim, qf_tf_rot_dim(c),
+		       s->seqlen, s->cs, s->sn, true);
 	if (qn)
 		qf_tf_rmsnorm_bwd(s->qp, ly->q_norm, T * c->heads, c->head_dim,
 				  c->rms_eps, s->dq, s->dq);

@@ -61,15 +61,22 @@ void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
 	}
 }
 
-/* inv_freq[i] = theta^(-2i/d), with Llama 3.1's frequency remapping. */
-static double rope_inv_freq(const struct qf_tf_config *c, int i)
+/*
+ * inv_freq[i] = theta^(-2i/d) over the d = rot_dim rotated dimensions,
+ * with Llama 3.1's frequency remapping or LongRoPE's per-frequency
+ * factors (short ones while the sequence fits the original context).
+ */
+static double rope_inv_freq(const struct qf_tf_config *c, int i, int seqlen)
 {
 	double inv = pow((double)c->rope_theta,
-			 -(double)(2 * i) / (double)c->head_dim);
+			 -(double)(2 * i) / (double)qf_tf_rot_dim(c));
 	double lo_wl, hi_wl, wl, smooth;
 
 	if (c->rope_linear > 0)
 		inv /= c->rope_linear;
+	if (c->rope_nfac > 0)
+		return inv / (seqlen > c->rope_orig_max_pos ? c->rope_long[i] :
+			      c->rope_short[i]);
 	if (c->rope_factor <= 0)
 		return inv;
 	lo_wl = c->rope_orig_max_pos / (double)c->rope_low_freq_factor;
@@ -87,27 +94,32 @@ static double rope_inv_freq(const struct qf_tf_config *c, int i)
 void qf_tf_rope_table(const struct qf_tf_config *c, int seqlen, float *cs,
 		      float *sn)
 {
-	int half = c->head_dim / 2;
+	int half = c->head_dim / 2, rhalf = qf_tf_rot_dim(c) / 2;
+	double af = c->rope_attn > 0 ? c->rope_attn : 1.0;
 	int p, i;
 
 	for (i = 0; i < half; i++) {
-		double inv = rope_inv_freq(c, i);
+		double inv = i < rhalf ? rope_inv_freq(c, i, seqlen) : 0;
 
 		for (p = 0; p < seqlen; p++) {
 			double a = p * inv;
 
-			cs[(int64_t)p * half + i] = (float)cos(a);
-			sn[(int64_t)p * half + i] = (float)sin(a);
+			/* past rot_dim / 2: not read (identity) */
+			cs[(int64_t)p * half + i] = (float)(i < rhalf ?
+							    af * cos(a) : 1);
+			sn[(int64_t)p * half + i] = (float)(i < rhalf ?
+							    af * sin(a) : 0);
 		}
 	}
 }
 
-void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
-		    const float *cs, const float *sn, bool transpose)
+void qf_tf_rope_rot(float *x, int64_t ntok, int nh, int hd, int rot,
+		    int seqlen, const float *cs, const float *sn,
+		    bool transpose)
 {
 	/* the transpose rotates by -angle: sin negated, exactly */
 	float sg = transpose ? -1.0f : 1.0f;
-	int half = hd / 2;
+	int half = hd / 2, rh = rot / 2;
 	int64_t t;
 	int h, i;
 
@@ -118,16 +130,22 @@ void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
 		for (h = 0; h < nh; h++) {
 			float *xh = x + (t * nh + h) * hd;	/* [hd] */
 
-			for (i = 0; i < half; i++) {
+			for (i = 0; i < rh; i++) {
 				float x1 = xh[i];
-				float x2 = xh[i + half];
+				float x2 = xh[i + rh];
 				float si = sg * s[i];
 
 				xh[i] = x1 * c[i] - x2 * si;
-				xh[i + half] = x2 * c[i] + x1 * si;
+				xh[i + rh] = x2 * c[i] + x1 * si;
 			}
 		}
 	}
+}
+
+void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
+		    const float *cs, const float *sn, bool transpose)
+{
+	qf_tf_rope_rot(x, ntok, nh, hd, hd, seqlen, cs, sn, transpose);
 }
 
 void qf_tf_rope(float *x, int64_t ntok, int nh, int hd, int seqlen,
@@ -499,9 +517,10 @@ static int attn_inputs(const struct qf_tf_config *c,
 		qf_tf_rmsnorm(sc->k, ly->k_norm, ntok * c->kv_heads,
 			      c->head_dim, c->rms_eps, sc->k);
 	qf_tf_rope_table(c, seqlen, sc->cs, sc->sn);
-	qf_tf_rope(sc->q, ntok, c->heads, c->head_dim, seqlen, sc->cs, sc->sn);
-	qf_tf_rope(sc->k, ntok, c->kv_heads, c->head_dim, seqlen, sc->cs,
-		   sc->sn);
+	qf_tf_rope_rot(sc->q, ntok, c->heads, c->head_dim, qf_tf_rot_dim(c),
+		       seqlen, sc->cs, sc->sn, false);
+	qf_tf_rope_rot(sc->k, ntok, c->kv_heads, c->head_dim, qf_tf_rot_dim(c),
+		       seqlen, sc->cs, sc->sn, false);
 out_free:
 	return ret;
 }

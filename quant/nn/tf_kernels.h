@@ -52,6 +52,14 @@ void qf_tf_rope(float *x,		/* [ntok, nh, hd] */
 /* The same, or with transpose its inverse (the backward's rotation). */
 void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
 		    const float *cs, const float *sn, bool transpose);
+/*
+ * The same on the first rot dimensions of each head only (partial
+ * rotary: rotate_half within them, the rest passed through); the
+ * tables keep their [seqlen, hd / 2] layout.
+ */
+void qf_tf_rope_rot(float *x, int64_t ntok, int nh, int hd, int rot,
+		    int seqlen, const float *cs, const float *sn,
+		    bool transpose);
 
 /*
  * Causal softmax attention with GQA for nseq sequences: scores scaled by

@@ -229,10 +229,11 @@ struct codes {
 	int32_t *z[QF_TF_NLINEAR];
 };
 
-/* Room for linear k's codes at group gi's shape: 0 or -ENOMEM. */
-static int codes_alloc(struct codes *cd, int k, const struct qf_vgroup *g)
+/* Room for linear k's codes, out rows of group g: 0 or -ENOMEM. */
+static int codes_alloc(struct codes *cd, int k, int64_t rows,
+		       const struct qf_vgroup *g)
 {
-	size_t out = (size_t)g->w->t->shape[0];
+	size_t out = (size_t)rows;
 	size_t in = (size_t)g->w->t->shape[1];
 	size_t ng = (size_t)qf_ngroups((int64_t)in, g->qp.group);
 
@@ -253,19 +254,98 @@ static void codes_free(struct codes *cd)
 	}
 }
 
+/*
+ * Linears sharing linear k's checkpoint tensor from k on: 1, or the
+ * count of a fused tensor's linears when k is its first (layer.h).
+ */
+static int fused_n(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		   int k)
+{
+	int64_t r0, rows;
+	const char *t = qf_tf_linear_tensor(c, k, &r0, &rows);
+	int n = 1;
+
+	while (k + n < QF_TF_NLINEAR && m->lin_group[k + n] < 0 &&
+	       !strcmp(t, qf_tf_linear_tensor(c, k + n, &r0, &rows)))
+		n++;
+	return n;
+}
+
+/* The group holding linear k's rows (-1: kept in the source dtype). */
+static int group_of(const struct qf_layer_map *m, const struct qf_tf_config *c,
+		    int k)
+{
+	int j;
+
+	for (j = k; j > 0 && m->lin_group[j] < 0; j--)
+		if (j - 1 + fused_n(m, c, j - 1) <= k)
+			break;
+	return m->lin_group[j];
+}
+
+/*
+ * Emit the group of linear k (its first) from cd: k's codes, or a
+ * fused tensor's linears' codes stacked row block after row block.
+ */
+static int emit_codes(const struct qf_layer_map *m,
+		      const struct qf_tf_config *c, int k,
+		      const struct codes *cd, struct qf_layer_res *r)
+{
+	const struct qf_vgroup *g = &m->v->g[m->lin_group[k]];
+	int64_t in = g->w->t->shape[1], ng = qf_ngroups(in, g->qp.group);
+	int64_t out = g->w->t->shape[0], at = 0, o;
+	int n = fused_n(m, c, k), i, ret;
+	struct codes cat;
+
+	if (n == 1)
+		return emit_group(m->v, m->lin_group[k], cd->q[k], cd->sc[k],
+				  cd->z[k], r);
+	memset(&cat, 0, sizeof(cat));
+	ret = codes_alloc(&cat, 0, out, g);
+	for (i = 0; i < n && !ret; i++, at += o) {
+		o = qf_tf_linear_out(c, k + i);
+		memcpy(cat.q[0] + at * in, cd->q[k + i], (size_t)(o * in));
+		memcpy(cat.sc[0] + at * ng, cd->sc[k + i],
+		       (size_t)(o * ng) * sizeof(uint16_t));
+		memcpy(cat.z[0] + at * ng, cd->z[k + i],
+		       (size_t)(o * ng) * sizeof(int32_t));
+	}
+	if (!ret)
+		ret = emit_group(m->v, m->lin_group[k], cat.q[0], cat.sc[0],
+				 cat.z[0], r);
+	codes_free(&cat);
+	return ret;
+}
+
+/* A fused group's loss: its linears' losses weighted by their rows. */
+static double fused_loss(const struct qf_layer_map *m,
+			 const struct qf_tf_config *c, int k,
+			 const struct qf_awq_layer_res *res, bool rtn)
+{
+	double sum = 0, rows = 0;
+	int i, n = fused_n(m, c, k);
+
+	for (i = k; i < k + n; i++) {
+		double o = (double)qf_tf_linear_out(c, i);
+
+		sum += o * (rtn ? res->lin[i].loss_rtn : res->lin[i].loss);
+		rows += o;
+	}
+	return sum / rows;
+}
+
 /* AWQ's results of linear k (group gi) into r, and its folded norm. */
-static int awq_emit(const struct qf_layer_map *m, int k, int gi,
-		    const struct qf_tf_config *c, struct qf_tf_layer *ly,
-		    const struct qf_awq_layer_res *res,
-		    struct qf_layer_res *r, bool reflip)
+static int awq_emit(const struct qf_layer_map *m,
+		    const struct qf_tf_config *c, int k, int gi,
+		    struct qf_tf_layer *ly, const struct qf_awq_layer_res *res,
+		    const struct codes *cd, struct qf_layer_res *r, bool reflip)
 {
 	const struct qf_variant *v = m->v;
 	const struct qf_vgroup *g = &v->g[gi];
 	void **bufs = r->pending + (size_t)gi * 4;
 	int ret;
 
-	ret = emit_group(v, gi, res->lin[k].q, res->lin[k].sc,
-			 res->lin[k].zero, r);
+	ret = emit_codes(m, c, k, cd, r);
 	if (ret < 0)
 		return ret;
 	if (g->norm) {
@@ -277,8 +357,8 @@ static int awq_emit(const struct qf_layer_map *m, int k, int gi,
 		store_norm(nt, norm, c->norm_plus1 ? 1.0f : 0.0f,
 			   bufs[g->n - 1]);
 	}
-	r->loss[gi] = res->lin[k].loss;
-	r->loss_rtn[gi] = res->lin[k].loss_rtn;
+	r->loss[gi] = fused_loss(m, c, k, res, false);
+	r->loss_rtn[gi] = fused_loss(m, c, k, res, true);
 	r->alpha[gi] = res->lin[k].alpha;
 	r->score[2 * gi] = k == QF_TF_Q && reflip ? res->score_before : -1;
 	r->score[2 * gi + 1] = k == QF_TF_Q && reflip ? res->score_after : -1;
@@ -304,27 +384,27 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	memset(&cd, 0, sizeof(cd));
 	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = m->lin_group[k];
+		int gi = group_of(m, c, k);
 		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
 
 		lo.quantize[k] = g != NULL;
 		if (!g)
 			continue;
-		ret = codes_alloc(&cd, k, g);
+		ret = codes_alloc(&cd, k, qf_tf_linear_out(c, k), g);
 		res.lin[k].q = cd.q[k];
 		res.lin[k].sc = cd.sc[k];
 		res.lin[k].zero = cd.z[k];
-		if (k == QF_TF_Q)
+		if (k == QF_TF_Q && m->lin_group[k] >= 0)
 			lo.fold_in = g->norm != NULL;
-		if (k == QF_TF_GATE)
+		if (k == QF_TF_GATE && m->lin_group[k] >= 0)
 			lo.fold_post = g->norm != NULL;
 	}
 	if (!ret)
 		ret = qf_awq_layer(c, ly, stats, &o, &lo, &res);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
 		if (m->lin_group[k] >= 0)
-			ret = awq_emit(m, k, m->lin_group[k], c, ly, &res, r,
-				       lo.reflip);
+			ret = awq_emit(m, c, k, m->lin_group[k], ly, &res, &cd,
+				       r, lo.reflip);
 	rf->on = lo.reflip;
 	rf->before = res.score_before;
 	rf->after = res.score_after;
@@ -348,14 +428,14 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 
 	memset(&cd, 0, sizeof(cd));
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		int gi = m->lin_group[k];
+		int gi = group_of(m, c, k);
 
 		if (gi < 0) {
 			o->qp[k].bits = 16;	/* kept in the source dtype */
 			continue;
 		}
 		o->qp[k] = v->g[gi].qp;
-		ret = codes_alloc(&cd, k, &v->g[gi]);
+		ret = codes_alloc(&cd, k, qf_tf_linear_out(c, k), &v->g[gi]);
 	}
 	if (!ret)
 		ret = qf_brecq_block(c, l, ly, x, y, nseq, seqlen, o, cd.q,
@@ -368,7 +448,7 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 
 		if (gi < 0)
 			continue;
-		ret = emit_group(v, gi, cd.q[k], cd.sc[k], cd.z[k], r);
+		ret = emit_codes(m, c, k, &cd, r);
 		if (ret < 0)
 			break;
 		/* the block's relative output error, for each of its linears */

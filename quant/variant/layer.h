@@ -49,7 +49,12 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng);
 
 /*
  * The layer's map into the variant: v, and lin_group[k] the group of its
- * linear k (QF_TF_NLINEAR entries; -1: kept in the source dtype).
+ * linear k (QF_TF_NLINEAR entries; -1: kept in the source dtype).  A
+ * fused checkpoint tensor (phi3's qkv_proj, gate_up_proj) is one group,
+ * mapped at its first linear; the linears after it map to -1 and are
+ * quantized as row blocks of that group (qf_tf_linear_tensor): GPTQ
+ * takes the whole tensor at once (its rows only share the Hessian),
+ * AWQ and BRECQ quantize its linears and stack their codes.
  */
 struct qf_layer_map {
 	const struct qf_variant *v;

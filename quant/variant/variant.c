@@ -141,6 +141,11 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 		    "self_attn.v_proj" } },
 		{ "post_attention_layernorm", "mlp.gate_proj",
 		  { "mlp.gate_proj", "mlp.up_proj", NULL } },
+		/* phi3: the fused tensors read them */
+		{ "input_layernorm", "self_attn.qkv_proj",
+		  { "self_attn.qkv_proj", NULL, NULL } },
+		{ "post_attention_layernorm", "mlp.gate_up_proj",
+		  { "mlp.gate_up_proj", NULL, NULL } },
 	};
 	const char *p = strstr(name, "model.layers.");
 	const cJSON *mty = cJSON_GetObjectItemCaseSensitive(v->m->config,
@@ -155,7 +160,7 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 	if (v->spec.method != QF_METHOD_AWQ || p != name ||
 	    sscanf(name, "model.layers.%d.", &l) != 1)
 		return NULL;
-	for (f = 0; f < 2; f++) {
+	for (f = 0; f < sizeof(fold) / sizeof(fold[0]); f++) {
 		char norm[128], owner[128];
 
 		/* gemma's MLP reads its own pre_feedforward_layernorm */
@@ -164,8 +169,9 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 			 "pre_feedforward_layernorm" : fold[f].norm);
 		snprintf(owner, sizeof(owner), "model.layers.%d.%s.weight", l,
 			 fold[f].owner);
-		if (strcmp(name, norm) && strcmp(name, owner))
-			continue;
+		if ((strcmp(name, norm) && strcmp(name, owner)) ||
+		    !qf_model_find(v->m, owner))
+			continue;	/* another family's layout */
 		for (k = 0; k < 3 && fold[f].lin[k]; k++) {
 			snprintf(want, sizeof(want), "model.layers.%d.%s.weight",
 				 l, fold[f].lin[k]);

@@ -1,0 +1,264 @@
+#!/usr/bin/python3
+"""test_phi3.py - Phi-3 / Phi-4-mini (model_type phi3) end to end.
+
+`quantfs mkmodel --arch phi3` writes a Phi-4-mini-like model (fused
+qkv_proj and gate_up_proj, partial_rotary_factor 0.75, LongRoPE); its
+config is then varied (long factors, a sliding window, full rotary
+without LongRoPE) and quantfs's logits checked against ref_phi3.py, the
+numpy float64 oracle.  The mount serves its variants with the fused
+tensor names, and llama.cpp (node-llama-cpp) reads its model.gguf.
+"""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import archtest as at  # noqa: E402
+import ref_phi3  # noqa: E402
+
+SHAPE = ["--arch", "phi3", "--hidden", "64", "--inter", "128", "--layers",
+         "2", "--heads", "4", "--kv-heads", "2", "--vocab", "512"]
+_models = {}
+
+
+def model(tie=True):
+    """The generated model (tied: Phi-4-mini's embeddings), made once."""
+    key = "tied" if tie else "untied"
+    if key not in _models:
+        d = os.path.join(at.WORK, key)
+        at.mkmodel(d, *(SHAPE + (["--tie"] if tie else [])))
+        _models[key] = d
+    return _models[key]
+
+
+def variant_of(src, name, **cfg):
+    """A copy of src with config.json keys changed (None: removed)."""
+    d = os.path.join(at.WORK, name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src, d)
+    p = os.path.join(d, "config.json")
+    c = json.load(open(p))
+    for k, v in cfg.items():
+        if v is None:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    json.dump(c, open(p, "w"), indent=1)
+    return d
+
+
+def test_config_is_phi4_mini_like():
+    c = json.load(open(os.path.join(model(), "config.json")))
+    assert c["model_type"] == "phi3", c
+    assert c["partial_rotary_factor"] == 0.75, c
+    rs = c["rope_scaling"]
+    assert rs["type"] == "longrope" and len(rs["short_factor"]) == 6, rs
+    assert c["tie_word_embeddings"] is True
+    t, _ = at.stread.read_st(os.path.join(model(), "model.safetensors"))
+    assert t["model.layers.0.self_attn.qkv_proj.weight"].shape == (128, 64)
+    assert t["model.layers.1.mlp.gate_up_proj.weight"].shape == (256, 64)
+    assert "model.layers.0.self_attn.q_proj.weight" not in t
+
+
+def test_logits_short_factors():
+    ids = at.ids_for(512, 2, 24)
+    at.check_logits(model(), ref_phi3.logits, ids, label="phi4-mini-like")
+
+
+def test_logits_long_factors():
+    """Sequences past original_max_position_embeddings: long factors and
+    a larger attention factor."""
+    d = variant_of(model(), "long", original_max_position_embeddings=16)
+    at.check_logits(d, ref_phi3.logits, at.ids_for(512, 1, 24, seed=2),
+                    label="long factors")
+
+
+def test_logits_sliding_window_untied():
+    """Phi-3-mini-like: full rotary, no rope scaling, a window, untied."""
+    d = variant_of(model(tie=False), "phi3mini", partial_rotary_factor=None,
+                   rope_scaling=None, sliding_window=7)
+    at.check_logits(d, ref_phi3.logits, at.ids_for(512, 2, 20, seed=3),
+                    label="phi3-mini-like")
+
+
+SMALL = ["calib_n=8", "calib_len=64"]
+
+
+def mount_src():
+    """A source directory holding the tied model as "phi4mini" and the
+    untied one as "phi4mini-untied" (not "phi3": llama.cpp gives models
+    named so attributes of tokens our byte-level vocabulary lacks)."""
+    src = os.path.join(at.WORK, "src")
+    if not os.path.exists(src):
+        os.makedirs(src)
+        os.symlink(model(), os.path.join(src, "phi4mini"))
+        os.symlink(model(tie=False), os.path.join(src, "phi4mini-untied"))
+    return src
+
+
+def gguf_kv(path):
+    """The metadata and tensor infos of a GGUF file (an independent
+    reader: docs/gguf.md)."""
+    import struct
+    raw = open(path, "rb").read()
+    _, nt, nkv = struct.unpack_from("<IQQ", raw, 4)
+    pos, kv, ts = 24, {}, {}
+    sc = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
+          7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+    def rd(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, raw, pos)
+        pos += struct.calcsize(fmt)
+        return v[0]
+
+    def string():
+        nonlocal pos
+        n = rd("<Q")
+        pos += n
+        return raw[pos - n:pos].decode("utf-8", "replace")
+
+    def skip(t):
+        nonlocal pos
+        if t == 8:
+            string()
+        elif t == 9:
+            et, cnt = rd("<I"), rd("<Q")
+            for _ in range(cnt):
+                skip(et)
+        else:
+            pos += struct.calcsize(sc[t])
+
+    for _ in range(nkv):
+        k = string()
+        t = rd("<I")
+        if t == 8:
+            kv[k] = string()
+        elif t in sc:
+            kv[k] = rd(sc[t])
+        else:
+            skip(t)
+    for _ in range(nt):
+        name = string()
+        nd = rd("<I")
+        ne = [rd("<Q") for _ in range(nd)]
+        ts[name] = (rd("<I"), ne)
+        rd("<Q")
+    return kv, ts
+
+
+def test_gguf_view():
+    """original/model.gguf: llama.cpp's phi3 names and keys, and its
+    next-token distributions against quantfs's softmax(logits); the
+    perplexity of a quantized view against `quantfs eval`."""
+    with at.Mount(mount_src(), opts=SMALL) as m:
+        d = os.path.join(m.mnt, "phi4mini")
+        g = os.path.join(d, "original", "model.gguf")
+        kv, ts = gguf_kv(g)
+        assert kv["general.architecture"] == "phi3", kv
+        assert kv["phi3.rope.dimension_count"] == 12, kv
+        assert kv["phi3.rope.scaling.original_context_length"] == 4096
+        assert abs(kv["phi3.rope.scaling.attn_factor"] -
+                   (1 + np.log(32) / np.log(4096)) ** 0.5) < 1e-6, kv
+        assert kv["phi3.context_length"] == 131072, kv
+        assert ts["blk.0.attn_qkv.weight"][1] == [64, 128], ts
+        assert ts["blk.1.ffn_up.weight"][1] == [64, 256], ts
+        assert ts["rope_factors_long.weight"][1] == [6], ts
+        assert "blk.0.attn_q.weight" not in ts and \
+            "blk.0.ffn_gate.weight" not in ts and "output.weight" not in ts
+        ids = at.ids_for(512, 1, 40, seed=5)[0]
+        ids[0] = 1
+        # the tied model's logits are large (its embeddings, drawn at
+        # unit scale, are the head): llama.cpp's f16 KV cache moves its
+        # peaked distributions by ~3e-2, as it does a tied llama's, where
+        # a wrong rope moves them by ~0.9.  The untied model's logits
+        # are near 1: the tight check and the perplexity are on it (a
+        # llama of this shape: max |dp| 2.4e-3 under the same client).
+        at.check_gguf_probs(g, model(), ids, tol=0.1, label="tied original")
+        u = os.path.join(m.mnt, "phi4mini-untied")
+        at.check_gguf_probs(os.path.join(u, "original", "model.gguf"),
+                            model(tie=False), ids, tol=5e-3,
+                            label="untied original")
+        at.check_gguf_ppl(u, "rtn_w4_g32_sym", label="untied")
+
+
+def dequant_model(variant_dir, dest, bits):
+    """dest: the variant's GPTQ checkpoint dequantized by numpy (stread)
+    into an fp32 model directory the oracle reads."""
+    t, _ = at.stread.read_st(os.path.join(variant_dir, "model.safetensors"))
+    out = {}
+    for name, a in t.items():
+        if name.endswith(".qweight"):
+            p = name[:-len(".qweight")]
+            o = t[p + ".scales"].shape[1]
+            i = t[p + ".g_idx"].shape[0]
+            out[p + ".weight"] = at.stread.gptq_dequant(t, p, bits, o, i)[0]
+        elif not name.endswith((".qzeros", ".scales", ".g_idx")):
+            out[name] = a
+    os.makedirs(dest, exist_ok=True)
+    at.stread.write_st(os.path.join(dest, "model.safetensors"), {
+        k: ("F32", list(v.shape),
+            np.ascontiguousarray(v, dtype="<f4").tobytes())
+        for k, v in out.items()})
+    shutil.copy(os.path.join(variant_dir, "config.json"), dest)
+    return dest
+
+
+def test_calibrated_variants():
+    """gptq, awq, brecq, mixed_static: served with the fused names (one
+    quantized tensor per fused linear), GPTQ better than RTN at the same
+    grid, and the GPTQ checkpoint, dequantized by numpy, is what
+    quantfs's eval computes."""
+    with at.Mount(mount_src(), opts=SMALL) as m:
+        d = os.path.join(m.mnt, "phi4mini-untied")
+        for v in ("gptq_w4_g32_sym", "awq_w4_g128", "brecq_w4_g64_attn6",
+                  "mixed_static", "mixed_b4.5", "mixed_dyn"):
+            t, _ = at.stread.read_st(os.path.join(d, v, "model.safetensors"))
+            p = "model.layers.1."
+            # a checkpoint's qweight, or a _fake's dequantized weight
+            assert {p + "self_attn.qkv_proj.qweight",
+                    p + "self_attn.qkv_proj.weight"} & set(t), (v, sorted(t))
+            assert {p + "mlp.gate_up_proj.qweight",
+                    p + "mlp.gate_up_proj.weight"} & set(t), (v, sorted(t))
+            assert not [n for n in t if ".q_proj." in n or ".up_proj." in n]
+            if v.startswith("awq"):     # AutoAWQ GEMM: [in, out / 8]
+                assert t[p + "self_attn.qkv_proj.qweight"].shape == (64, 16)
+                # the scales folded into the norms the fused tensors read
+                assert p + "input_layernorm.weight" in t
+            man = json.load(open(os.path.join(d, v, "quantization.json")))
+            if v.startswith("mixed"):   # one width per fused tensor
+                bits = {x["name"].split(".", 3)[3]: x["bits"]
+                        for x in man["layers"] if "layers.1." in x["name"]}
+                print("  %s: layer 1 bits %s" % (v, bits))
+                continue
+            loss = {x["name"].split(".", 3)[3]: (
+                x.get("loss_" + v.split("_")[0], -1), x["loss_rtn"])
+                for x in man["layers"] if "layers.1." in x["name"]}
+            print("  %s: layer 1 output error vs rtn %s" % (v, loss))
+            if v.startswith(("gptq", "awq")):
+                assert all(a < r for a, r in loss.values()), loss
+        ppl = {v: at.eval_json(os.path.join(d, v), at.TEXT)["ppl"]
+               for v in ("original", "rtn_w4_g32_sym", "gptq_w4_g32_sym",
+                         "awq_w4_g128", "brecq_w4_g64_attn6")}
+        print("  perplexity: " + ", ".join("%s %.3f" % kv
+                                           for kv in ppl.items()))
+        assert ppl["gptq_w4_g32_sym"] < ppl["rtn_w4_g32_sym"], ppl
+        deq = dequant_model(os.path.join(d, "gptq_w4_g32_sym"),
+                            os.path.join(at.WORK, "gptq_deq"), 4)
+        ids = at.ids_for(512, 2, 24, seed=7)
+        a = at.ours(os.path.join(d, "gptq_w4_g32_sym"), ids)
+        b = ref_phi3.logits(deq, ids)
+        rel = float(np.abs(a - b).max() / np.abs(b).max())
+        print("  gptq checkpoint: quantfs's logits vs numpy dequant + "
+              "oracle: max rel diff %.2e" % rel)
+        assert rel < 1e-4, rel
+
+
+if __name__ == "__main__":
+    try:
+        at.run_tests(globals(), needs_fuse=False)
+    finally:
+        shutil.rmtree(at.WORK, ignore_errors=True)
