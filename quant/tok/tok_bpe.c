@@ -365,6 +365,39 @@ static int metaspace(const struct qf_tok_pre *p, const char *s, size_t n,
 	return ret;
 }
 
+/*
+ * Pieces of s split on the literal p->lit: each occurrence a piece of its
+ * own (Isolated) or closing the piece before it (MergedWithPrevious).
+ */
+static int split_lit(const struct qf_tok_pre *p, const char *s, size_t n,
+		     struct qf_tok_scratch *sc)
+{
+	size_t base = sc->b.len, start = 0, i = 0, l = p->lit_len;
+	int ret = qf_buf_add(&sc->b, s, n);
+
+	while (!ret && i + l <= n) {
+		size_t from;
+
+		if (memcmp(s + i, p->lit, l)) {
+			i++;
+			continue;
+		}
+		if (!p->merge_prev && i > start)
+			ret = piece_push(&sc->pb, &sc->npb, &sc->capb,
+					 base + start, i - start);
+		from = p->merge_prev ? start : i;
+		if (!ret)
+			ret = piece_push(&sc->pb, &sc->npb, &sc->capb,
+					 base + from, i + l - from);
+		i += l;
+		start = i;
+	}
+	if (!ret && n > start)
+		ret = piece_push(&sc->pb, &sc->npb, &sc->capb, base + start,
+				 n - start);
+	return ret;
+}
+
 static int pre_step(const struct qf_tok_pre *p, const char *s, size_t n,
 		    bool first, struct qf_tok_scratch *sc)
 {
@@ -377,6 +410,8 @@ static int pre_step(const struct qf_tok_pre *p, const char *s, size_t n,
 				  s, n, sc);
 	case QF_TOK_PRE_METASPACE:
 		return metaspace(p, s, n, first, sc);
+	case QF_TOK_PRE_SPLIT_LIT:
+		return split_lit(p, s, n, sc);
 	}
 	return 0;
 }

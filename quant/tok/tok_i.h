@@ -51,6 +51,7 @@ enum qf_tok_pre_kind {
 	QF_TOK_PRE_SPLIT,
 	QF_TOK_PRE_BYTELEVEL,
 	QF_TOK_PRE_METASPACE,
+	QF_TOK_PRE_SPLIT_LIT,	/* Split on a String pattern (Gemma 2/3) */
 };
 
 enum qf_tok_prepend {
@@ -67,6 +68,9 @@ struct qf_tok_pre {
 	bool split;			/* Metaspace split on the replacement */
 	char repl[8];			/* Metaspace replacement, UTF-8 */
 	size_t repl_len;
+	char lit[16];			/* SPLIT_LIT: the literal */
+	size_t lit_len;
+	bool merge_prev;		/* SPLIT_LIT: MergedWithPrevious */
 };
 
 enum qf_tok_dec_kind {

@@ -570,6 +570,34 @@ const char *qf_tok_pre_name(const char *re)
 	return i < 0 ? NULL : split_pats[i].pre;
 }
 
+/*
+ * Split on a literal (Gemma 2/3: " ", MergedWithPrevious, after a
+ * normalizer that leaves no space, so a no-op there).  Isolated and
+ * MergedWithPrevious as the Rust crate defines them; the reference treats
+ * every behavior but Removed as Isolated, which differs only on text that
+ * still holds the literal.
+ */
+static int load_split_lit(struct qf_tok_pre *p, const cJSON *o,
+			  const char *beh, bool invert, const char **why)
+{
+	const char *lit = get_str(member(o, "pattern"), "String");
+
+	if (!lit)
+		return EFMT("split pattern is neither Regex nor String");
+	if (!beh || invert || (strcmp(beh, "Isolated") &&
+			       strcmp(beh, "MergedWithPrevious")))
+		return EUNS("split behavior '%s' not supported",
+			    beh ? beh : "(none)");
+	p->lit_len = strlen(lit);
+	if (!p->lit_len || p->lit_len >= sizeof(p->lit))
+		return EUNS("split literal of %zu bytes not supported",
+			    p->lit_len);
+	memcpy(p->lit, lit, p->lit_len);
+	p->merge_prev = !strcmp(beh, "MergedWithPrevious");
+	p->kind = QF_TOK_PRE_SPLIT_LIT;
+	return 0;
+}
+
 static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 {
 	const char *re = get_str(member(o, "pattern"), "Regex");
@@ -577,11 +605,10 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 	bool invert;
 	int i;
 
-	if (!re)
-		return EUNS("%s pre-tokenizer without a regex not supported",
-			    "split");
 	if (get_bool(o, "invert", false, &invert))
 		return EFMT("split invert is not a bool");
+	if (!re)
+		return load_split_lit(p, o, beh, invert, why);
 	if (!beh || strcmp(beh, "Isolated") || invert)
 		return EUNS("split behavior '%s' not supported",
 			    beh ? beh : "(none)");
@@ -794,17 +821,22 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 static int32_t added_named(const struct qf_tok *t, const char *const *names)
 {
 	size_t i, k;
+	int special;
 
-	for (k = 0; names[k]; k++)
-		for (i = 0; i < t->nadded; i++)
-			if (!strcmp(t->added[i].content, names[k]))
-				return t->added[i].id;
+	/* special ones first: Gemma's "</s>" is a plain (HTML) token */
+	for (special = 1; special >= 0; special--)
+		for (k = 0; names[k]; k++)
+			for (i = 0; i < t->nadded; i++)
+				if (t->added[i].special == special &&
+				    !strcmp(t->added[i].content, names[k]))
+					return t->added[i].id;
 	return -1;
 }
 
 /*
  * BOS: what the template puts first; else a conventionally named added
- * token (Llama 3's release adds none yet has one).  EOS likewise.
+ * token (Llama 3's release adds none yet has one), special ones first.
+ * EOS likewise.
  */
 static void find_bos_eos(struct qf_tok *t)
 {
