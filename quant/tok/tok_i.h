@@ -31,6 +31,7 @@ enum qf_tok_pat {
 	QF_TOK_PAT_GPT2,	/* ByteLevel use_regex; GPT-2 */
 	QF_TOK_PAT_LLAMA3,	/* Llama 3: \p{N}{1,3} */
 	QF_TOK_PAT_QWEN2,	/* Qwen2/2.5/3: \p{N} */
+	QF_TOK_PAT_O200K,	/* GPT-4o, Phi-4-mini: cased words */
 };
 
 enum qf_tok_norm_kind {

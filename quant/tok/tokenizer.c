@@ -550,6 +550,12 @@ static const struct {
 	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
 	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
 	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
+	{ "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_O200K, "gpt-4o" },
 };
 
 /* Index in split_pats of regex re, or -1. */
@@ -609,7 +615,10 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 		return EFMT("split invert is not a bool");
 	if (!re)
 		return load_split_lit(p, o, beh, invert, why);
-	if (!beh || strcmp(beh, "Isolated") || invert)
+	/* every regex here matches every character, so keeping the
+	 * matches (Removed, inverted: GPT-4o's file) is Isolated */
+	if (!beh || ((strcmp(beh, "Isolated") || invert) &&
+		     (strcmp(beh, "Removed") || !invert)))
 		return EUNS("split behavior '%s' not supported",
 			    beh ? beh : "(none)");
 	i = split_index(re);
