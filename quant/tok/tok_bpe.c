@@ -1,11 +1,12 @@
 /*
  * tok_bpe.c - the encoding half of the tokenizer: normalizers (Prepend,
- * Replace, NFC from tok_nfc.c), pre-tokenizers (Split, ByteLevel, Metaspace) and the BPE
- * merge loop.
+ * Replace, NFC from tok_nfc.c), pre-tokenizers (Split on a regex or a
+ * literal, ByteLevel, Metaspace) and the BPE merge loop.
  *
  * We have no regex engine (libc and cJSON only), so the split regexes of
  * the files we support are hand-written matchers below, one per known
- * pattern text, with the pattern's backtracking worked out by hand.  The
+ * pattern text (split_pats, which also names llama.cpp's pre-tokenizer
+ * for each), with the pattern's backtracking worked out by hand.  The
  * reference is @huggingface/tokenizers (JavaScript); where it and the Rust
  * crate agree we follow both, \s is White_Space as in both.
  *
@@ -369,6 +370,56 @@ static size_t match_o200k(const uint8_t *s, size_t n, size_t i)
 		return run_of(s, n, i, C_N, 3);
 	j = other_run(s, n, i, true);
 	return j ? j : ws_newlines(s, n, i);
+}
+
+/*
+ * The split regexes we implement (the matchers above), by exact text, with the
+ * name llama.cpp gives each as tokenizer.ggml.pre (gguf_vocab.c).
+ */
+static const struct {
+	const char *re;
+	enum qf_tok_pat pat;
+	const char *pre;
+} split_pats[] = {
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_LLAMA3, "llama-bpe" },
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
+	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
+	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
+	{ "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_O200K, "gpt-4o" },
+};
+
+/* Index in split_pats of regex re, or -1. */
+static int split_index(const char *re)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(split_pats) / sizeof(split_pats[0]); i++)
+		if (!strcmp(re, split_pats[i].re))
+			return (int)i;
+	return -1;
+}
+
+const char *qf_tok_pre_name(const char *re)
+{
+	int i = split_index(re);
+
+	return i < 0 ? NULL : split_pats[i].pre;
+}
+
+enum qf_tok_pat qf_tok_split_pat(const char *re)
+{
+	int i = split_index(re);
+
+	return i < 0 ? QF_TOK_PAT_NONE : split_pats[i].pat;
 }
 
 static size_t pat_match(enum qf_tok_pat pat, const uint8_t *s, size_t n,

@@ -229,6 +229,9 @@ int qf_tok_normalize(const struct qf_tok *t, const char *s, size_t n,
 int qf_tok_encode_section(const struct qf_tok *t, const char *s, size_t n,
 			  bool first, struct qf_tok_scratch *sc,
 			  struct qf_tok_ids *out);
+/* The split regex re, by exact text; QF_TOK_PAT_NONE when we do not
+ * implement it.  (tok_bpe.c, beside qf_tok_pre_name) */
+enum qf_tok_pat qf_tok_split_pat(const char *re);
 /* Build t->mhash from the key pairs; QF_EFORMAT on unknown tokens. */
 int qf_tok_merge_add(struct qf_tok *t, int32_t a, int32_t b, int32_t id,
 		     uint32_t rank);

@@ -5,8 +5,9 @@
  * tok_encode.c, the encoding pipeline proper (normalizers,
  * pre-tokenizers, BPE) in tok_bpe.c, decoding in tok_decode.c.
  *
- * Two families are supported: byte-level BPE (GPT-2, Llama 3, Qwen2/3) and
- * sentencepiece-style BPE with byte fallback (Llama 2, Mistral).  Where the
+ * Two families are supported: byte-level BPE (GPT-2, Llama 3, Qwen2/3,
+ * o200k as in GPT-4o and Phi-4-mini) and sentencepiece-style BPE with byte
+ * fallback (Llama 2, Mistral, Gemma 2/3, Phi-3).  Where the
  * Rust crate and @huggingface/tokenizers (our reference ids) differ, we
  * follow the latter, e.g. added tokens are split longest-match first and
  * single_word is ignored.  Anything else in a file is QF_EUNSUPPORTED with
@@ -534,49 +535,6 @@ static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
 }
 
 /*
- * The split regexes we implement (tok_bpe.c), by exact text, with the
- * name llama.cpp gives each as tokenizer.ggml.pre (gguf_vocab.c).
- */
-static const struct {
-	const char *re;
-	enum qf_tok_pat pat;
-	const char *pre;
-} split_pats[] = {
-	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_LLAMA3, "llama-bpe" },
-	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	  "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
-	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
-	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
-	{ "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
-	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-	  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
-	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
-	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|"
-	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_O200K, "gpt-4o" },
-};
-
-/* Index in split_pats of regex re, or -1. */
-static int split_index(const char *re)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(split_pats) / sizeof(split_pats[0]); i++)
-		if (!strcmp(re, split_pats[i].re))
-			return (int)i;
-	return -1;
-}
-
-const char *qf_tok_pre_name(const char *re)
-{
-	int i = split_index(re);
-
-	return i < 0 ? NULL : split_pats[i].pre;
-}
-
-/*
  * Split on a literal (Gemma 2/3: " ", MergedWithPrevious, after a
  * normalizer that leaves no space, so a no-op there).  Isolated and
  * MergedWithPrevious as the Rust crate defines them; the reference treats
@@ -609,7 +567,6 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 	const char *re = get_str(member(o, "pattern"), "Regex");
 	const char *beh = get_str(o, "behavior");
 	bool invert;
-	int i;
 
 	if (get_bool(o, "invert", false, &invert))
 		return EFMT("split invert is not a bool");
@@ -621,11 +578,10 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 		     (strcmp(beh, "Removed") || !invert)))
 		return EUNS("split behavior '%s' not supported",
 			    beh ? beh : "(none)");
-	i = split_index(re);
-	if (i < 0)
+	p->pat = qf_tok_split_pat(re);
+	if (p->pat == QF_TOK_PAT_NONE)
 		return EUNS("split regex not recognized: %.100s", re);
 	p->kind = QF_TOK_PRE_SPLIT;
-	p->pat = split_pats[i].pat;
 	return 0;
 }
 
