@@ -2,7 +2,8 @@
 """Generate quant/tok/tok_unicode.c: the Unicode tables the tokenizer needs.
 
 The pre-tokenizer regexes of byte-level BPE tokenizers use \\p{L} and
-\\p{N}; Qwen's normalizer is NFC.  We have no ICU or PCRE, so this script
+\\p{N}, o200k's (GPT-4o, Phi-4-mini) also \\p{Ll}, \\p{Lu}, \\p{Lt} and
+\\p{M}; Qwen's normalizer is NFC.  We have no ICU or PCRE, so this script
 dumps the needed properties from Python's unicodedata (Unicode 14 in
 Debian 12's python3.11) into sorted range tables that the C side searches
 with binary search.  White_Space is a fixed, tiny set and is written by
@@ -54,6 +55,9 @@ def emit_ranges(name, rs):
 def main():
     letters = ranges(lambda cp: cat(cp).startswith('L'))
     numbers = ranges(lambda cp: cat(cp).startswith('N'))
+    lower = ranges(lambda cp: cat(cp) == 'Ll')
+    upper = ranges(lambda cp: cat(cp) in ('Lu', 'Lt'))
+    marks = ranges(lambda cp: cat(cp).startswith('M'))
 
     # canonical combining classes, as runs of equal non-zero class
     ccc = []
@@ -97,6 +101,9 @@ def main():
     print()
     emit_ranges('uc_letter', letters)
     emit_ranges('uc_number', numbers)
+    emit_ranges('uc_lower', lower)
+    emit_ranges('uc_upper', upper)
+    emit_ranges('uc_mark', marks)
     print('static const struct qf_uc_ccc uc_ccc[] = {')
     for a, b, c in ccc:
         print('\t{ 0x%04X, 0x%04X, %d },' % (a, b, c))
@@ -122,6 +129,9 @@ def main():
     print('\t.nletter = sizeof(uc_letter) / sizeof(uc_letter[0]),')
     print('\t.number = uc_number,')
     print('\t.nnumber = sizeof(uc_number) / sizeof(uc_number[0]),')
+    for t in ('lower', 'upper', 'mark'):
+        print('\t.%s = uc_%s,' % (t, t))
+        print('\t.n%s = sizeof(uc_%s) / sizeof(uc_%s[0]),' % (t, t, t))
     print('\t.ccc = uc_ccc,')
     print('\t.nccc = sizeof(uc_ccc) / sizeof(uc_ccc[0]),')
     print('\t.decomp = uc_decomp,')

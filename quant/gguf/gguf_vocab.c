@@ -73,6 +73,41 @@ static bool has_type(const cJSON *o, const char *ty, const char *list)
 	return false;
 }
 
+/*
+ * Whether a sentencepiece-style tokenizer.json puts "\u2581" before the
+ * text (a Prepend normalizer, as Llama 2's; a Metaspace pre-tokenizer that
+ * prepends).  Gemma's does not: llama.cpp, which prepends by default,
+ * must be told (tokenizer.ggml.add_space_prefix false), as
+ * convert_hf_to_gguf.py does for Gemma.
+ */
+static const cJSON *metaspace_of(const cJSON *pt)
+{
+	const char *ty = jstr(pt, "type");
+	const cJSON *e;
+
+	if (ty && !strcmp(ty, "Metaspace"))
+		return pt;
+	if (!ty || strcmp(ty, "Sequence"))
+		return NULL;
+	cJSON_ArrayForEach(e, jget(pt, "pretokenizers"))
+		if (jstr(e, "type") && !strcmp(jstr(e, "type"), "Metaspace"))
+			return e;
+	return NULL;
+}
+
+static bool spm_space_prefix(const cJSON *tj)
+{
+	const cJSON *ms = metaspace_of(jget(tj, "pre_tokenizer"));
+	const char *scheme = jstr(ms, "prepend_scheme");
+
+	if (has_type(jget(tj, "normalizer"), "Prepend", "normalizers"))
+		return true;
+	if (!ms)
+		return false;
+	return scheme ? strcmp(scheme, "never") != 0 :
+			!cJSON_IsFalse(jget(ms, "add_prefix_space"));
+}
+
 /* tokenizer.ggml.pre: the name of the pre-tokenizer's split regex. */
 static const char *pre_name(const cJSON *pt)
 {
@@ -170,10 +205,14 @@ static int vocab_tokens(struct vocab *v, const char **why)
 		const char *c = jstr(e, "content");
 		bool special = cJSON_IsTrue(jget(e, "special"));
 
-		id = jid(jget(e, "id"), v->n);
+		id = jid(jget(e, "id"), TOK_MAX_IDS);
 		if (id < 0 || !c || ++nadded > TOK_MAX_ADDED ||
 		    strlen(c) > TOK_MAX_TOKEN)
 			VFAIL(QF_EFORMAT, "tokenizer.json: bad added token");
+		/* past the embedding rows (gemma-3-1b's <image_soft_token>):
+		 * no model can emit it; the converter leaves it out too */
+		if (id >= v->n)
+			continue;
 		v->tok[id] = c;
 		if (special || (v->gpt2 && looks_special(c)))
 			v->type[id] = TT_CONTROL;
@@ -456,6 +495,8 @@ static int write_vocab_kv(struct kvw *w, const struct qf_model *m,
 	t = jget(v->tc, "add_prefix_space");
 	if (cJSON_IsBool(t))
 		kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(t));
+	else if (!v->gpt2 && !spm_space_prefix(v->tj))
+		kv_bool(w, "tokenizer.ggml.add_space_prefix", false);
 	t = jget(v->tc, "chat_template");
 	if (cJSON_IsString(t) && strlen(t->valuestring) <= TOK_MAX_TEMPLATE)
 		kv_str(w, "tokenizer.chat_template", t->valuestring);
@@ -466,11 +507,11 @@ static int write_vocab_kv(struct kvw *w, const struct qf_model *m,
  * The tokenizer.* keys from the parsed tokenizer.json (tj) and
  * tokenizer_config.json (tc, NULL when absent).  Byte-level BPE (a
  * ByteLevel pre-tokenizer or decoder) is "gpt2" with merges; a BPE with
- * byte_fallback in a llama model is "llama" (sentencepiece style), as
- * convert_hf_to_gguf.py picks.
+ * byte_fallback is "llama" (sentencepiece style: Llama 2, Mistral, Gemma
+ * 2/3, Phi-3, whatever the architecture), as convert_hf_to_gguf.py picks.
  */
-static int vocab_kv(struct kvw *w, const struct qf_model *m, const char *arch,
-		    cJSON *tj, cJSON *tc, int64_t n_vocab, const char **why)
+static int vocab_kv(struct kvw *w, const struct qf_model *m, cJSON *tj,
+		    cJSON *tc, int64_t n_vocab, const char **why)
 {
 	struct vocab v = { .tj = tj, .tc = tc, .n = n_vocab };
 	const cJSON *model;
@@ -489,8 +530,7 @@ static int vocab_kv(struct kvw *w, const struct qf_model *m, const char *arch,
 		*why = "tokenizer model other than BPE";
 		goto out_free;
 	}
-	if (!v.gpt2 && (strcmp(arch, "llama") ||
-			!cJSON_IsTrue(jget(model, "byte_fallback")))) {
+	if (!v.gpt2 && !cJSON_IsTrue(jget(model, "byte_fallback"))) {
 		*why = "BPE tokenizer neither byte-level nor byte-fallback";
 		goto out_free;
 	}
@@ -525,7 +565,7 @@ int qf_gguf_vocab_write(struct kvw *w, const struct qf_model *m,
 		ret = read_json(m, "tokenizer_config.json",
 				TOK_MAX_CONFIG, true, &tc);
 	if (!ret)
-		ret = vocab_kv(w, m, p->arch, tj, tc, n_vocab, why);
+		ret = vocab_kv(w, m, tj, tc, n_vocab, why);
 	cJSON_Delete(tj);
 	cJSON_Delete(tc);
 	return ret;
@@ -565,7 +605,7 @@ int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
 		ret = -EINVAL;
 	}
 	if (!ret)
-		ret = vocab_kv(&w, m, arch, tjo, tco, n_vocab, why);
+		ret = vocab_kv(&w, m, tjo, tco, n_vocab, why);
 	if (!ret)
 		ret = w.err;
 	*nkv = w.nkv;

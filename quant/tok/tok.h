@@ -1,7 +1,8 @@
 /*
  * tok.h - the public interface of quant/tok: Hugging Face tokenizer.json
- * (byte-level BPE as in GPT-2, Llama 3, Qwen2/3; sentencepiece-style BPE
- * as in Llama 2, Mistral): loading, encoding, decoding.
+ * (byte-level BPE as in GPT-2, Llama 3, Qwen2/3, Phi-4-mini;
+ * sentencepiece-style BPE as in Llama 2, Mistral, Gemma 2/3, Phi-3):
+ * loading, encoding, decoding.
  *
  * tok uses io (a model directory's tokenizer files) and common only;
  * tok_i.h and tok_unicode.h are private to tok/.
@@ -53,7 +54,7 @@ int32_t qf_tok_eos(const struct qf_tok *t);	/* -1 when none */
 /*
  * llama.cpp's tokenizer.ggml.pre name ("llama-bpe", "qwen2", "gpt-2") of
  * a Split pre-tokenizer regex, by exact text, from the one table of split
- * regexes the tokenizer implements (tokenizer.c); NULL when it does not
+ * regexes the tokenizer implements (tok_bpe.c); NULL when it does not
  * implement it.  The string is static.  For the GGUF writer.
  */
 const char *qf_tok_pre_name(const char *re);

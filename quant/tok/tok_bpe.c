@@ -1,11 +1,12 @@
 /*
  * tok_bpe.c - the encoding half of the tokenizer: normalizers (Prepend,
- * Replace, NFC from tok_nfc.c), pre-tokenizers (Split, ByteLevel, Metaspace) and the BPE
- * merge loop.
+ * Replace, NFC from tok_nfc.c), pre-tokenizers (Split on a regex or a
+ * literal, ByteLevel, Metaspace) and the BPE merge loop.
  *
  * We have no regex engine (libc and cJSON only), so the split regexes of
  * the files we support are hand-written matchers below, one per known
- * pattern text, with the pattern's backtracking worked out by hand.  The
+ * pattern text (split_pats, which also names llama.cpp's pre-tokenizer
+ * for each), with the pattern's backtracking worked out by hand.  The
  * reference is @huggingface/tokenizers (JavaScript); where it and the Rust
  * crate agree we follow both, \s is White_Space as in both.
  *
@@ -233,6 +234,38 @@ static size_t match_gpt2(const uint8_t *s, size_t n, size_t i)
 }
 
 /*
+ *  ?[^\s\p{L}\p{N}]+ followed by [\r\n]* (or [\r\n/]* when slash): its
+ * end, or 0 when no such run starts at i.
+ */
+static size_t other_run(const uint8_t *s, size_t n, size_t i, bool slash)
+{
+	size_t j = i, l2;
+
+	if (s[i] == ' ' && i + 1 < n && cls_at(s, n, i + 1, &l2) == C_OTHER)
+		j = i + 1;
+	if (cls_at(s, n, j, &l2) != C_OTHER)
+		return 0;
+	j = run_of(s, n, j, C_OTHER, SIZE_MAX);
+	while (j < n && (is_crlf(s[j]) || (slash && s[j] == '/')))
+		j++;
+	return j;
+}
+
+/* \s*[\r\n]+|\s+(?!\S)|\s+ at whitespace i: \s*[\r\n]+ ends after the
+ * run's last newline, else ws_tail. */
+static size_t ws_newlines(const uint8_t *s, size_t n, size_t i)
+{
+	size_t j, len, last_nl = SIZE_MAX;
+
+	for (j = i; j < n && cls_at(s, n, j, &len) == C_WS; j += len)
+		if (is_crlf(s[j]))
+			last_nl = j;
+	if (last_nl != SIZE_MAX)
+		return last_nl + 1;
+	return ws_tail(s, n, i);
+}
+
+/*
  * Llama 3 (digits 3) and Qwen2 (digits 1):
  * (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
  *  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
@@ -240,7 +273,7 @@ static size_t match_gpt2(const uint8_t *s, size_t n, size_t i)
 static size_t match_llama3(const uint8_t *s, size_t n, size_t i,
 			   size_t digits)
 {
-	size_t j, len, l2, last_nl;
+	size_t j, len, l2;
 	int c;
 
 	j = contraction(s, n, i, true);
@@ -254,23 +287,139 @@ static size_t match_llama3(const uint8_t *s, size_t n, size_t i,
 		return run_of(s, n, i + len, C_L, SIZE_MAX);
 	if (c == C_N)
 		return run_of(s, n, i, C_N, digits);
-	j = i;
-	if (s[i] == ' ' && i + 1 < n && cls_at(s, n, i + 1, &l2) == C_OTHER)
-		j = i + 1;
-	if (cls_at(s, n, j, &l2) == C_OTHER) {
-		j = run_of(s, n, j, C_OTHER, SIZE_MAX);
-		while (j < n && is_crlf(s[j]))
-			j++;
-		return j;
+	j = other_run(s, n, i, false);
+	return j ? j : ws_newlines(s, n, i);
+}
+
+/* o200k's letter classes: U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}],
+ * W = [\p{Ll}\p{Lm}\p{Lo}\p{M}] */
+enum { K_U = 1, K_W = 2 };
+
+static int case_at(const uint8_t *s, size_t n, size_t i, size_t *len)
+{
+	uint32_t cp;
+	bool lower, upper;
+
+	*len = qf_utf8_decode(s + i, n - i, &cp);
+	if (cp == QF_UTF8_BAD)
+		return 0;
+	if (in_ranges(qf_uc_tables.mark, qf_uc_tables.nmark, cp))
+		return K_U | K_W;
+	if (!qf_tok_is_letter(cp))
+		return 0;
+	lower = cp < 0x80 ? cp >= 'a' : in_ranges(qf_uc_tables.lower,
+						  qf_uc_tables.nlower, cp);
+	upper = cp < 0x80 ? cp < 'a' : in_ranges(qf_uc_tables.upper,
+						 qf_uc_tables.nupper, cp);
+	return (lower ? 0 : K_U) | (upper ? 0 : K_W);
+}
+
+static size_t case_run(const uint8_t *s, size_t n, size_t i, int k)
+{
+	size_t len;
+
+	while (i < n && (case_at(s, n, i, &len) & k))
+		i += len;
+	return i;
+}
+
+/*
+ * U*W+ (upper_first false; U* gives back characters until W+ can start,
+ * as a backtracking regex does) or U+W* (true) from k: the end, or 0.
+ */
+static size_t cased_word(const uint8_t *s, size_t n, size_t k,
+			 bool upper_first)
+{
+	size_t u = case_run(s, n, k, K_U), j = u, len;
+
+	if (upper_first)
+		return u > k ? case_run(s, n, u, K_W) : 0;
+	for (;;) {
+		if (j < n && (case_at(s, n, j, &len) & K_W))
+			return case_run(s, n, j, K_W);
+		if (j == k)
+			return 0;
+		do
+			j--;	/* U's characters are valid UTF-8 */
+		while (j > k && (s[j] & 0xC0) == 0x80);
 	}
-	/* c is whitespace: \s*[\r\n]+ ends after the run's last newline */
-	last_nl = SIZE_MAX;
-	for (j = i; j < n && cls_at(s, n, j, &len) == C_WS; j += len)
-		if (is_crlf(s[j]))
-			last_nl = j;
-	if (last_nl != SIZE_MAX)
-		return last_nl + 1;
-	return ws_tail(s, n, i);
+}
+
+/*
+ * o200k (GPT-4o, Phi-4-mini):
+ * [^\r\n\p{L}\p{N}]?U*W+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|
+ * [^\r\n\p{L}\p{N}]?U+W*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}|
+ *  ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * Each word alternative is tried with the optional first character, then
+ * without (a mark may start a word itself).
+ */
+static size_t match_o200k(const uint8_t *s, size_t n, size_t i)
+{
+	size_t len, e = 0, j;
+	int c = cls_at(s, n, i, &len), alt;
+	bool pre = c != C_L && c != C_N && !is_crlf(s[i]);
+
+	for (alt = 0; alt < 4 && !e; alt++)
+		if (pre || alt % 2)
+			e = cased_word(s, n, alt % 2 ? i : i + len, alt >= 2);
+	if (e) {
+		j = e < n ? contraction(s, n, e, true) : 0;
+		return j ? j : e;
+	}
+	if (c == C_N)
+		return run_of(s, n, i, C_N, 3);
+	j = other_run(s, n, i, true);
+	return j ? j : ws_newlines(s, n, i);
+}
+
+/*
+ * The split regexes we implement (the matchers above), by exact text, with the
+ * name llama.cpp gives each as tokenizer.ggml.pre (gguf_vocab.c).
+ */
+static const struct {
+	const char *re;
+	enum qf_tok_pat pat;
+	const char *pre;
+} split_pats[] = {
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_LLAMA3, "llama-bpe" },
+	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
+	  "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
+	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
+	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
+	{ "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+	  "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|"
+	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|"
+	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_O200K, "gpt-4o" },
+};
+
+/* Index in split_pats of regex re, or -1. */
+static int split_index(const char *re)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(split_pats) / sizeof(split_pats[0]); i++)
+		if (!strcmp(re, split_pats[i].re))
+			return (int)i;
+	return -1;
+}
+
+const char *qf_tok_pre_name(const char *re)
+{
+	int i = split_index(re);
+
+	return i < 0 ? NULL : split_pats[i].pre;
+}
+
+enum qf_tok_pat qf_tok_split_pat(const char *re)
+{
+	int i = split_index(re);
+
+	return i < 0 ? QF_TOK_PAT_NONE : split_pats[i].pat;
 }
 
 static size_t pat_match(enum qf_tok_pat pat, const uint8_t *s, size_t n,
@@ -283,6 +432,8 @@ static size_t pat_match(enum qf_tok_pat pat, const uint8_t *s, size_t n,
 		return match_llama3(s, n, i, 3);
 	case QF_TOK_PAT_QWEN2:
 		return match_llama3(s, n, i, 1);
+	case QF_TOK_PAT_O200K:
+		return match_o200k(s, n, i);
 	case QF_TOK_PAT_NONE:
 		break;
 	}
@@ -365,6 +516,39 @@ static int metaspace(const struct qf_tok_pre *p, const char *s, size_t n,
 	return ret;
 }
 
+/*
+ * Pieces of s split on the literal p->lit: each occurrence a piece of its
+ * own (Isolated) or closing the piece before it (MergedWithPrevious).
+ */
+static int split_lit(const struct qf_tok_pre *p, const char *s, size_t n,
+		     struct qf_tok_scratch *sc)
+{
+	size_t base = sc->b.len, start = 0, i = 0, l = p->lit_len;
+	int ret = qf_buf_add(&sc->b, s, n);
+
+	while (!ret && i + l <= n) {
+		size_t from;
+
+		if (memcmp(s + i, p->lit, l)) {
+			i++;
+			continue;
+		}
+		if (!p->merge_prev && i > start)
+			ret = piece_push(&sc->pb, &sc->npb, &sc->capb,
+					 base + start, i - start);
+		from = p->merge_prev ? start : i;
+		if (!ret)
+			ret = piece_push(&sc->pb, &sc->npb, &sc->capb,
+					 base + from, i + l - from);
+		i += l;
+		start = i;
+	}
+	if (!ret && n > start)
+		ret = piece_push(&sc->pb, &sc->npb, &sc->capb, base + start,
+				 n - start);
+	return ret;
+}
+
 static int pre_step(const struct qf_tok_pre *p, const char *s, size_t n,
 		    bool first, struct qf_tok_scratch *sc)
 {
@@ -377,6 +561,8 @@ static int pre_step(const struct qf_tok_pre *p, const char *s, size_t n,
 				  s, n, sc);
 	case QF_TOK_PRE_METASPACE:
 		return metaspace(p, s, n, first, sc);
+	case QF_TOK_PRE_SPLIT_LIT:
+		return split_lit(p, s, n, sc);
 	}
 	return 0;
 }

@@ -31,6 +31,7 @@ enum qf_tok_pat {
 	QF_TOK_PAT_GPT2,	/* ByteLevel use_regex; GPT-2 */
 	QF_TOK_PAT_LLAMA3,	/* Llama 3: \p{N}{1,3} */
 	QF_TOK_PAT_QWEN2,	/* Qwen2/2.5/3: \p{N} */
+	QF_TOK_PAT_O200K,	/* GPT-4o, Phi-4-mini: cased words */
 };
 
 enum qf_tok_norm_kind {
@@ -51,6 +52,7 @@ enum qf_tok_pre_kind {
 	QF_TOK_PRE_SPLIT,
 	QF_TOK_PRE_BYTELEVEL,
 	QF_TOK_PRE_METASPACE,
+	QF_TOK_PRE_SPLIT_LIT,	/* Split on a String pattern (Gemma 2/3) */
 };
 
 enum qf_tok_prepend {
@@ -67,6 +69,9 @@ struct qf_tok_pre {
 	bool split;			/* Metaspace split on the replacement */
 	char repl[8];			/* Metaspace replacement, UTF-8 */
 	size_t repl_len;
+	char lit[16];			/* SPLIT_LIT: the literal */
+	size_t lit_len;
+	bool merge_prev;		/* SPLIT_LIT: MergedWithPrevious */
 };
 
 enum qf_tok_dec_kind {
@@ -224,6 +229,9 @@ int qf_tok_normalize(const struct qf_tok *t, const char *s, size_t n,
 int qf_tok_encode_section(const struct qf_tok *t, const char *s, size_t n,
 			  bool first, struct qf_tok_scratch *sc,
 			  struct qf_tok_ids *out);
+/* The split regex re, by exact text; QF_TOK_PAT_NONE when we do not
+ * implement it.  (tok_bpe.c, beside qf_tok_pre_name) */
+enum qf_tok_pat qf_tok_split_pat(const char *re);
 /* Build t->mhash from the key pairs; QF_EFORMAT on unknown tokens. */
 int qf_tok_merge_add(struct qf_tok *t, int32_t a, int32_t b, int32_t id,
 		     uint32_t rank);

@@ -42,6 +42,12 @@ struct qf_uc_tables {
 	size_t nletter;
 	const struct qf_uc_range *number;	/* General_Category N* */
 	size_t nnumber;
+	const struct qf_uc_range *lower;	/* Ll */
+	size_t nlower;
+	const struct qf_uc_range *upper;	/* Lu, Lt */
+	size_t nupper;
+	const struct qf_uc_range *mark;		/* M* */
+	size_t nmark;
 	const struct qf_uc_ccc *ccc;
 	size_t nccc;
 	const struct qf_uc_decomp *decomp;

@@ -5,8 +5,9 @@
  * tok_encode.c, the encoding pipeline proper (normalizers,
  * pre-tokenizers, BPE) in tok_bpe.c, decoding in tok_decode.c.
  *
- * Two families are supported: byte-level BPE (GPT-2, Llama 3, Qwen2/3) and
- * sentencepiece-style BPE with byte fallback (Llama 2, Mistral).  Where the
+ * Two families are supported: byte-level BPE (GPT-2, Llama 3, Qwen2/3,
+ * o200k as in GPT-4o and Phi-4-mini) and sentencepiece-style BPE with byte
+ * fallback (Llama 2, Mistral, Gemma 2/3, Phi-3).  Where the
  * Rust crate and @huggingface/tokenizers (our reference ids) differ, we
  * follow the latter, e.g. added tokens are split longest-match first and
  * single_word is ignored.  Anything else in a file is QF_EUNSUPPORTED with
@@ -534,40 +535,31 @@ static int load_norm(struct qf_tok *t, const cJSON *o, int depth,
 }
 
 /*
- * The split regexes we implement (tok_bpe.c), by exact text, with the
- * name llama.cpp gives each as tokenizer.ggml.pre (gguf_vocab.c).
+ * Split on a literal (Gemma 2/3: " ", MergedWithPrevious, after a
+ * normalizer that leaves no space, so a no-op there).  Isolated and
+ * MergedWithPrevious as the Rust crate defines them; the reference treats
+ * every behavior but Removed as Isolated, which differs only on text that
+ * still holds the literal.
  */
-static const struct {
-	const char *re;
-	enum qf_tok_pat pat;
-	const char *pre;
-} split_pats[] = {
-	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	  "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_LLAMA3, "llama-bpe" },
-	{ "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|"
-	  "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|"
-	  "\\s+(?!\\S)|\\s+", QF_TOK_PAT_QWEN2, "qwen2" },
-	{ "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}"
-	  "\\p{N}]+|\\s+(?!\\S)|\\s+", QF_TOK_PAT_GPT2, "gpt-2" },
-};
-
-/* Index in split_pats of regex re, or -1. */
-static int split_index(const char *re)
+static int load_split_lit(struct qf_tok_pre *p, const cJSON *o,
+			  const char *beh, bool invert, const char **why)
 {
-	size_t i;
+	const char *lit = get_str(member(o, "pattern"), "String");
 
-	for (i = 0; i < sizeof(split_pats) / sizeof(split_pats[0]); i++)
-		if (!strcmp(re, split_pats[i].re))
-			return (int)i;
-	return -1;
-}
-
-const char *qf_tok_pre_name(const char *re)
-{
-	int i = split_index(re);
-
-	return i < 0 ? NULL : split_pats[i].pre;
+	if (!lit)
+		return EFMT("split pattern is neither Regex nor String");
+	if (!beh || invert || (strcmp(beh, "Isolated") &&
+			       strcmp(beh, "MergedWithPrevious")))
+		return EUNS("split behavior '%s' not supported",
+			    beh ? beh : "(none)");
+	p->lit_len = strlen(lit);
+	if (!p->lit_len || p->lit_len >= sizeof(p->lit))
+		return EUNS("split literal of %zu bytes not supported",
+			    p->lit_len);
+	memcpy(p->lit, lit, p->lit_len);
+	p->merge_prev = !strcmp(beh, "MergedWithPrevious");
+	p->kind = QF_TOK_PRE_SPLIT_LIT;
+	return 0;
 }
 
 static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
@@ -575,21 +567,21 @@ static int load_split(struct qf_tok_pre *p, const cJSON *o, const char **why)
 	const char *re = get_str(member(o, "pattern"), "Regex");
 	const char *beh = get_str(o, "behavior");
 	bool invert;
-	int i;
 
-	if (!re)
-		return EUNS("%s pre-tokenizer without a regex not supported",
-			    "split");
 	if (get_bool(o, "invert", false, &invert))
 		return EFMT("split invert is not a bool");
-	if (!beh || strcmp(beh, "Isolated") || invert)
+	if (!re)
+		return load_split_lit(p, o, beh, invert, why);
+	/* every regex here matches every character, so keeping the
+	 * matches (Removed, inverted: GPT-4o's file) is Isolated */
+	if (!beh || ((strcmp(beh, "Isolated") || invert) &&
+		     (strcmp(beh, "Removed") || !invert)))
 		return EUNS("split behavior '%s' not supported",
 			    beh ? beh : "(none)");
-	i = split_index(re);
-	if (i < 0)
+	p->pat = qf_tok_split_pat(re);
+	if (p->pat == QF_TOK_PAT_NONE)
 		return EUNS("split regex not recognized: %.100s", re);
 	p->kind = QF_TOK_PRE_SPLIT;
-	p->pat = split_pats[i].pat;
 	return 0;
 }
 
@@ -794,17 +786,22 @@ static int load_dec(struct qf_tok *t, const cJSON *o, int depth,
 static int32_t added_named(const struct qf_tok *t, const char *const *names)
 {
 	size_t i, k;
+	int special;
 
-	for (k = 0; names[k]; k++)
-		for (i = 0; i < t->nadded; i++)
-			if (!strcmp(t->added[i].content, names[k]))
-				return t->added[i].id;
+	/* special ones first: Gemma's "</s>" is a plain (HTML) token */
+	for (special = 1; special >= 0; special--)
+		for (k = 0; names[k]; k++)
+			for (i = 0; i < t->nadded; i++)
+				if (t->added[i].special == special &&
+				    !strcmp(t->added[i].content, names[k]))
+					return t->added[i].id;
 	return -1;
 }
 
 /*
  * BOS: what the template puts first; else a conventionally named added
- * token (Llama 3's release adds none yet has one).  EOS likewise.
+ * token (Llama 3's release adds none yet has one), special ones first.
+ * EOS likewise.
  */
 static void find_bos_eos(struct qf_tok *t)
 {

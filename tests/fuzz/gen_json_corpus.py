@@ -171,8 +171,8 @@ if os.path.exists(p):
         p, "tokenizer.json")), read(os.path.join(p, "tokenizer_config.json")),
         read(os.path.join(ROOT, "tests", "golden", "stories260K",
                           "config.json")))
-    cases["bad-tok512-qwen2"] = gv(1, 512, read(os.path.join(
-        p, "tokenizer.json")))   # byte fallback only for llama
+    cases["ok-tok512-qwen2"] = gv(1, 512, read(os.path.join(
+        p, "tokenizer.json")))   # byte fallback: "llama" for any arch
 for name in ("json_bytelevel", "json_gpt2", "json_metaspace", "json_sp",
              "json_wordpiece"):
     src = os.path.join(HERE, "corpus", "tokenizer", name)
@@ -191,7 +191,27 @@ cases.update({
     "bad-merges-not-list": gv(1, 3, js(dict(small, model=dict(
         small["model"], merges={"a": "b"})))),
     "bad-added-token": gv(1, 3, js(dict(small, added_tokens=[
+        {"id": -7, "content": "<x>"}]))),
+    # past the embedding rows: left out, as gemma-3-1b's image token
+    "ok-added-beyond-rows": gv(1, 3, js(dict(small, added_tokens=[
         {"id": 7, "content": "<x>"}]))),
+    # Gemma: no dummy prefix (add_space_prefix false), a literal split
+    "ok-gemma-no-prefix": gv(2, 6, js({
+        "normalizer": {"type": "Replace", "pattern": {"String": " "},
+                       "content": "\u2581"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": False},
+        "added_tokens": [{"id": 5, "content": "<image>", "special": True}],
+        "model": {"type": "BPE", "byte_fallback": True, "vocab": {
+            "<unk>": 0, "<0x41>": 1, "a": 2, "\u2581": 3, "\u2581a": 4},
+            "merges": [["\u2581", "a"]]}})),
+    "ok-metaspace-never": gv(0, 4, js({
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Metaspace", "replacement": "\u2581",
+             "prepend_scheme": "never"}]},
+        "model": {"type": "BPE", "byte_fallback": True, "vocab": {
+            "<unk>": 0, "a": 1, "\u2581": 2, "\u2581a": 3},
+            "merges": ["\u2581 a"]}})),
     "bad-wordpiece": gv(1, 3, js({"model": {"type": "WordPiece",
                                             "vocab": {"a": 0}}})),
     "bad-config-not-object": gv(1, 3, js(small), b"[1]"),

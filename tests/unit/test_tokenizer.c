@@ -5,6 +5,13 @@
  *
  * The shared data dir is argv[1], else $QF_SHARED, else /work/shared;
  * without it the test is skipped (exit 77).
+ *
+ * `test_tokenizer --cases DIR` runs instead the cases DIR/cases.json lists
+ * ([{"name", "vocab", "bos", "eos"}], each with DIR/<name>/tokenizer.json
+ * and expected.jsonl, the text in DIR/corpus.jsonl): test_tok_npm.py makes
+ * them at test time from the npm tokenizer packages (Gemma 2/3, Phi-3),
+ * with the reference's own decode in "decoded", which the decode must
+ * equal instead of the text.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -173,6 +180,7 @@ static void run_case(const char *dir, const struct tok_case *c)
 		cJSON *o = cJSON_Parse(l);
 		const cJSON *want = cJSON_GetObjectItem(o, "ids");
 		const cJSON *want_sp = cJSON_GetObjectItem(o, "ids_special");
+		const cJSON *want_dec = cJSON_GetObjectItem(o, "decoded");
 		struct qf_buf dec = QF_BUF_INIT;
 		int32_t *ids, *sp;
 		size_t n, nsp;
@@ -195,8 +203,14 @@ static void run_case(const char *dir, const struct tok_case *c)
 			show_mismatch(c->name, ln, "ids_special", sp, nsp,
 				      want_sp);
 		CHECK(qf_tok_decode(t, ids, n, false, &dec), ==, 0);
-		rt = dec.len == lines[ln].len &&
-		     !memcmp(dec.data ? dec.data : "", lines[ln].text, dec.len);
+		if (cJSON_IsString(want_dec))	/* the reference's decode */
+			rt = dec.len == strlen(want_dec->valuestring) &&
+			     !memcmp(dec.data ? dec.data : "",
+				     want_dec->valuestring, dec.len);
+		else
+			rt = dec.len == lines[ln].len &&
+			     !memcmp(dec.data ? dec.data : "", lines[ln].text,
+				     dec.len);
 		if (rt != !expect_rt_fail(c, ln))
 			fprintf(stderr, "%s line %zu: round trip %s: '%s'\n",
 				c->name, ln, rt ? "unexpectedly ok" : "failed",
@@ -291,6 +305,18 @@ static const struct {
 	  "\"\\\\w+\"},\"behavior\":\"Isolated\",\"invert\":false},"
 	  "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
 	  QF_EUNSUPPORTED },
+	{ "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":"
+	  "\" \"},\"behavior\":\"Contiguous\",\"invert\":false},"
+	  "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+	  QF_EUNSUPPORTED },
+	{ "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"String\":"
+	  "\"\"},\"behavior\":\"Isolated\",\"invert\":false},"
+	  "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+	  QF_EUNSUPPORTED },
+	{ "{\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Glob\":"
+	  "\" \"},\"behavior\":\"Isolated\",\"invert\":false},"
+	  "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+	  QF_EFORMAT },
 	{ "{\"pre_tokenizer\":{\"type\":\"Whitespace\"},"
 	  "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
 	  QF_EUNSUPPORTED },
@@ -400,6 +426,130 @@ static void tiny(void)
 	qf_tok_close(t);
 }
 
+/*
+ * `--encode TOKENIZER.json TEXTS.json`: quantfs's ids of each string of
+ * the JSON list TEXTS (no special tokens added) as one JSON list of lists
+ * on stdout, for tests/mount/test_gguf_tok.py to compare with llama.cpp.
+ */
+static int encode_texts(const char *tok_path, const char *texts_path)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	struct qf_tok *t = NULL;
+	const char *why = NULL;
+	const cJSON *e;
+	cJSON *arr = NULL;
+	int ret;
+
+	ret = qf_tok_open(tok_path, &t, &why);
+	if (!ret)
+		ret = qf_read_file(texts_path, 64 << 20, &b);
+	if (!ret) {
+		arr = cJSON_ParseWithLength(b.data, b.len);
+		ret = cJSON_IsArray(arr) ? 0 : QF_EFORMAT;
+	}
+	if (ret) {
+		fprintf(stderr, "encode: %s (%s)\n", qf_strerror(ret),
+			why ? why : "");
+		goto out;
+	}
+	printf("[");
+	cJSON_ArrayForEach(e, arr) {
+		const char *s = cJSON_IsString(e) ? e->valuestring : "";
+		int32_t *ids = NULL;
+		size_t n = 0, i;
+
+		ret = qf_tok_encode(t, s, strlen(s), false, &ids, &n);
+		if (ret)
+			break;
+		printf("%s[", e == arr->child ? "" : ",\n");
+		for (i = 0; i < n; i++)
+			printf("%s%d", i ? "," : "", ids[i]);
+		printf("]");
+		free(ids);
+	}
+	printf("]\n");
+out:
+	cJSON_Delete(arr);
+	qf_buf_release(&b);
+	qf_tok_close(t);
+	return ret ? 1 : 0;
+}
+
+/* The cases of DIR/cases.json; 0, or 77 when DIR holds no corpus. */
+static int run_cases_file(const char *dir)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	char path[4096];
+	const cJSON *e;
+	cJSON *arr;
+
+	snprintf(path, sizeof(path), "%s/cases.json", dir);
+	if (load_corpus(dir) < 0 || qf_read_file(path, 1 << 20, &b)) {
+		fprintf(stderr, "skip: no cases in '%s'\n", dir);
+		qf_buf_release(&b);
+		return 77;
+	}
+	arr = cJSON_ParseWithLength(b.data, b.len);
+	CHECK(cJSON_IsArray(arr), ==, true);
+	cJSON_ArrayForEach(e, arr) {
+		struct tok_case c = { .roundtrip_fail = { -1 } };
+		const cJSON *name = cJSON_GetObjectItem(e, "name");
+
+		CHECK(cJSON_IsString(name), ==, true);
+		if (!cJSON_IsString(name))
+			continue;
+		c.name = name->valuestring;
+		c.vocab = (size_t)cJSON_GetNumberValue(
+			cJSON_GetObjectItem(e, "vocab"));
+		c.bos = (int32_t)cJSON_GetNumberValue(
+			cJSON_GetObjectItem(e, "bos"));
+		c.eos = (int32_t)cJSON_GetNumberValue(
+			cJSON_GetObjectItem(e, "eos"));
+		run_case(dir, &c);
+	}
+	cJSON_Delete(arr);
+	qf_buf_release(&b);
+	return 0;
+}
+
+/*
+ * Split on a String pattern (Gemma 2/3's pre-tokenizer): the literal
+ * closes the piece before it (MergedWithPrevious) or stands alone
+ * (Isolated), so the " b" merge never applies across pieces.
+ */
+static void split_literal(void)
+{
+	static const char *const beh[] = { "MergedWithPrevious", "Isolated" };
+	static const int32_t want[2][5] = { { 3, 4, 0 }, { 0, 2, 1, 2, 0 } };
+	static const size_t nwant[2] = { 3, 5 };
+	size_t k;
+
+	for (k = 0; k < 2; k++) {
+		struct qf_buf b = QF_BUF_INIT;
+		struct qf_tok *t = NULL;
+		const char *why = NULL;
+		int32_t *ids = NULL;
+		size_t n = 0;
+
+		qf_buf_addf(&b, "{\"pre_tokenizer\":{\"type\":\"Split\","
+			    "\"pattern\":{\"String\":\" \"},\"behavior\":"
+			    "\"%s\",\"invert\":false},\"model\":{\"type\":"
+			    "\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\" \":2,"
+			    "\"a \":3,\"b \":4,\" b\":5},\"merges\":[[\" \","
+			    "\"b\"],[\"a\",\" \"],[\"b\",\" \"]]}}", beh[k]);
+		CHECK(qf_tok_load(b.data, b.len, &t, &why), ==, 0);
+		if (!t)
+			continue;
+		CHECK(qf_tok_encode(t, "a b a", 5, false, &ids, &n), ==, 0);
+		CHECK(n, ==, nwant[k]);
+		CHECK(n == nwant[k] && !memcmp(ids, want[k], n * sizeof(*ids)),
+		      ==, true);
+		free(ids);
+		qf_buf_release(&b);
+		qf_tok_close(t);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *shared = argc > 1 ? argv[1] : getenv("QF_SHARED");
@@ -407,9 +557,20 @@ int main(int argc, char **argv)
 	struct stat st;
 	size_t i;
 
+	if (argc > 3 && !strcmp(argv[1], "--encode"))
+		return encode_texts(argv[2], argv[3]);
+	if (argc > 2 && !strcmp(argv[1], "--cases")) {
+		int ret = run_cases_file(argv[2]);
+
+		for (i = 0; i < nlines; i++)
+			free(lines[i].text);
+		free(lines);
+		return ret ? ret : qf_check_exit();
+	}
 	hostile_json();
 	too_many_added();
 	tiny();
+	split_literal();
 	if (!shared)
 		shared = "/work/shared";
 	snprintf(dir, sizeof(dir), "%s/data/tokenizers", shared);
