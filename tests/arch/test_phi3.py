@@ -10,8 +10,13 @@ tensor names, and llama.cpp (node-llama-cpp) reads its model.gguf.
 """
 import json
 import os
+import re
 import shutil
+import struct
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -102,7 +107,6 @@ def mount_src():
 def gguf_kv(path):
     """The metadata and tensor infos of a GGUF file (an independent
     reader: docs/gguf.md)."""
-    import struct
     raw = open(path, "rb").read()
     _, nt, nkv = struct.unpack_from("<IQQ", raw, 4)
     pos, kv, ts = 24, {}, {}
@@ -255,6 +259,49 @@ def test_calibrated_variants():
         print("  gptq checkpoint: quantfs's logits vs numpy dequant + "
               "oracle: max rel diff %.2e" % rel)
         assert rel < 1e-4, rel
+
+
+def test_kill9_resume_same_bytes():
+    """A calibrated job killed after two layers resumes from the cache,
+    replaying the fused tensors (and AWQ's folded norms) of the layers
+    done: the bytes equal an uninterrupted run's."""
+    src = os.path.join(at.WORK, "six")
+    at.mkmodel(os.path.join(src, "m"), "--arch", "phi3", "--layers", "6",
+               "--hidden", "192", "--inter", "512", "--heads", "3",
+               "--kv-heads", "1", "--seed", "12")
+    opts = ["calib_n=16", "calib_len=64"]
+    p = "m/awq_w4_g128/model.safetensors"
+    with at.Mount(src, opts=opts) as m:
+        want = open(os.path.join(m.mnt, p), "rb").read()
+
+    def layers(log):
+        return re.findall(r"/awq_\S+: layer \d+/\d+ in ", log)
+
+    cache = tempfile.mkdtemp(prefix="qfcache.", dir=at.WORK)
+    m = at.Mount(src, cache=cache, opts=opts)
+    m.__enter__()
+    try:
+        reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while len(layers(m.stderr())) < 2:
+            assert time.time() < deadline and m.proc.poll() is None, \
+                m.stderr()
+            time.sleep(0.02)
+        m.kill9()
+        reader.wait(timeout=30)
+    finally:
+        m.__exit__(None, None, None)
+    done = len(layers(m.stderr()))
+    if done >= 6:
+        raise at.SkipTest("the job finished before the kill")
+    with at.Mount(src, cache=cache, opts=opts) as m2:
+        assert open(os.path.join(m2.mnt, p), "rb").read() == want
+        log = m2.stderr()
+        assert "resuming at layer %d/6" % (done + 1) in log, log
+    print("  awq_w4_g128: killed after %d/6 layers, resumed: same bytes"
+          % done)
 
 
 if __name__ == "__main__":
