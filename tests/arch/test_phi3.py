@@ -187,6 +187,18 @@ def test_gguf_view():
                             model(tie=False), ids, tol=5e-3,
                             label="untied original")
         at.check_gguf_ppl(u, "rtn_w4_g32_sym", label="untied")
+        # kq4_k_m: the k-quant mix with the calibration imatrix (a fused
+        # tensor's is its first linear's inputs); rows of 64 take the
+        # fallbacks of Q4_K / Q6_K (Q4_1 / Q8_0)
+        idf = os.path.join(at.WORK, "ids.json")
+        ev = at.eval_json(os.path.join(u, "original"), at.TEXT, 128, idf)
+        out = at.client(os.path.join(u, "kq4_k_m", "model.gguf"),
+                        {"prompt": "Once", "n": 1,
+                         "windows": at.windows(idf, 128)})
+        ppl = float(np.exp(out["nll"]))
+        print("  untied kq4_k_m: llama.cpp ppl %.4f, the source's (quantfs "
+              "eval) %.4f" % (ppl, ev["ppl"]))
+        assert ppl < 1.03 * ev["ppl"], (ppl, ev["ppl"])
 
 
 def dequant_model(variant_dir, dest, bits):
