@@ -90,8 +90,12 @@ int qf_phi3_parse(const struct qf_model *m, const struct cJSON *jo,
 {
 	const cJSON *o = (const cJSON *)jo;
 	const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o,
+							  "rope_parameters");
 	const cJSON *ty;
-	double prf = num(o, "partial_rotary_factor", 1.0);
+	/* transformers 5 moved it into rope_parameters */
+	double prf = num(o, "partial_rotary_factor",
+			 num(rp, "partial_rotary_factor", 1.0));
 	int rot = (int)(c->head_dim * prf);	/* int(), as transformers */
 
 	if (!(prf > 0 && prf <= 1) || rot <= 0 || rot % 2) {
@@ -101,7 +105,7 @@ int qf_phi3_parse(const struct qf_model *m, const struct cJSON *jo,
 	}
 	c->rot_dim = rot;
 	if (!cJSON_IsObject(rs))
-		rs = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
+		rs = rp;
 	ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
 	if (!cJSON_IsString(ty))
 		ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
