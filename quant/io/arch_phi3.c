@@ -90,8 +90,12 @@ int qf_phi3_parse(const struct qf_model *m, const struct cJSON *jo,
 {
 	const cJSON *o = (const cJSON *)jo;
 	const cJSON *rs = cJSON_GetObjectItemCaseSensitive(o, "rope_scaling");
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o,
+							  "rope_parameters");
 	const cJSON *ty;
-	double prf = num(o, "partial_rotary_factor", 1.0);
+	/* transformers 5 moved it into rope_parameters */
+	double prf = num(o, "partial_rotary_factor",
+			 num(rp, "partial_rotary_factor", 1.0));
 	int rot = (int)(c->head_dim * prf);	/* int(), as transformers */
 
 	if (!(prf > 0 && prf <= 1) || rot <= 0 || rot % 2) {
@@ -101,7 +105,7 @@ int qf_phi3_parse(const struct qf_model *m, const struct cJSON *jo,
 	}
 	c->rot_dim = rot;
 	if (!cJSON_IsObject(rs))
-		rs = cJSON_GetObjectItemCaseSensitive(o, "rope_parameters");
+		rs = rp;
 	ty = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
 	if (!cJSON_IsString(ty))
 		ty = cJSON_GetObjectItemCaseSensitive(rs, "type");
@@ -140,19 +144,23 @@ void qf_phi3_mk_config(struct cJSON *jc, const struct qf_mkmodel_opts *o)
 	}
 }
 
+#define LAYER "model.layers.%d."
+
 int qf_phi3_mk_layer(struct qf_mk_list *t,
 		     const struct qf_mkmodel_opts *o, int l)
 {
 	int64_t hd = o->head_dim > 0 ? o->head_dim : o->hidden / o->heads;
+	int64_t h = o->hidden;
 	int ret = 0;
 
-	ret |= qf_mk_add(t, o->hidden, 0, "model.layers.%d.input_layernorm.weight", l);
-	ret |= qf_mk_add(t, o->hidden, 0, "model.layers.%d.post_attention_layernorm.weight", l);
-	ret |= qf_mk_add(t, (o->heads + 2 * o->kv_heads) * hd, o->hidden,
-			 "model.layers.%d.self_attn.qkv_proj.weight", l);
-	ret |= qf_mk_add(t, o->hidden, o->heads * hd, "model.layers.%d.self_attn.o_proj.weight", l);
-	ret |= qf_mk_add(t, 2 * (int64_t)o->inter, o->hidden,
-			 "model.layers.%d.mlp.gate_up_proj.weight", l);
-	ret |= qf_mk_add(t, o->hidden, o->inter, "model.layers.%d.mlp.down_proj.weight", l);
+	ret |= qf_mk_add(t, h, 0, LAYER "input_layernorm.weight", l);
+	ret |= qf_mk_add(t, h, 0, LAYER "post_attention_layernorm.weight", l);
+	ret |= qf_mk_add(t, (o->heads + 2 * o->kv_heads) * hd, h,
+			 LAYER "self_attn.qkv_proj.weight", l);
+	ret |= qf_mk_add(t, h, o->heads * hd, LAYER "self_attn.o_proj.weight",
+			 l);
+	ret |= qf_mk_add(t, 2 * (int64_t)o->inter, h,
+			 LAYER "mlp.gate_up_proj.weight", l);
+	ret |= qf_mk_add(t, h, o->inter, LAYER "mlp.down_proj.weight", l);
 	return ret ? -ENOMEM : 0;
 }

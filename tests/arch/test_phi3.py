@@ -10,8 +10,13 @@ tensor names, and llama.cpp (node-llama-cpp) reads its model.gguf.
 """
 import json
 import os
+import re
 import shutil
+import struct
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -102,7 +107,6 @@ def mount_src():
 def gguf_kv(path):
     """The metadata and tensor infos of a GGUF file (an independent
     reader: docs/gguf.md)."""
-    import struct
     raw = open(path, "rb").read()
     _, nt, nkv = struct.unpack_from("<IQQ", raw, 4)
     pos, kv, ts = 24, {}, {}
@@ -183,6 +187,18 @@ def test_gguf_view():
                             model(tie=False), ids, tol=5e-3,
                             label="untied original")
         at.check_gguf_ppl(u, "rtn_w4_g32_sym", label="untied")
+        # kq4_k_m: the k-quant mix with the calibration imatrix (a fused
+        # tensor's is its first linear's inputs); rows of 64 take the
+        # fallbacks of Q4_K / Q6_K (Q4_1 / Q8_0)
+        idf = os.path.join(at.WORK, "ids.json")
+        ev = at.eval_json(os.path.join(u, "original"), at.TEXT, 128, idf)
+        out = at.client(os.path.join(u, "kq4_k_m", "model.gguf"),
+                        {"prompt": "Once", "n": 1,
+                         "windows": at.windows(idf, 128)})
+        ppl = float(np.exp(out["nll"]))
+        print("  untied kq4_k_m: llama.cpp ppl %.4f, the source's (quantfs "
+              "eval) %.4f" % (ppl, ev["ppl"]))
+        assert ppl < 1.03 * ev["ppl"], (ppl, ev["ppl"])
 
 
 def dequant_model(variant_dir, dest, bits):
@@ -205,6 +221,29 @@ def dequant_model(variant_dir, dest, bits):
         for k, v in out.items()})
     shutil.copy(os.path.join(variant_dir, "config.json"), dest)
     return dest
+
+
+def self_samples(model_dir, nseq=32, seqlen=64, seed=11):
+    """Token ids [nseq, seqlen] sampled (temperature 1) from quantfs's
+    next-token distributions of model_dir, after BOS."""
+    rng = np.random.default_rng(seed)
+    ids = np.ones((nseq, 1), dtype=np.int32)
+    while ids.shape[1] < seqlen:
+        p = at.softmax(at.ours(model_dir, ids).reshape(
+            nseq, ids.shape[1], -1)[:, -1])
+        nxt = [rng.choice(p.shape[1], p=row / row.sum()) for row in p]
+        ids = np.concatenate([ids, np.array(nxt, np.int32)[:, None]], 1)
+    return ids
+
+
+def self_ppl(model_dir, ids):
+    """exp(mean NLL) of ids[:, 1:] under model_dir (quantfs's logits)."""
+    lp = at.ours(model_dir, ids).astype(np.float64).reshape(
+        ids.shape[0], ids.shape[1], -1)
+    lp -= lp.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(lp[:, :-1], ids[:, 1:, None], 2)
+    return float(np.exp(nll.mean()))
 
 
 def test_calibrated_variants():
@@ -240,12 +279,17 @@ def test_calibrated_variants():
             print("  %s: layer 1 output error vs rtn %s" % (v, loss))
             if v.startswith(("gptq", "awq")):
                 assert all(a < r for a, r in loss.values()), loss
-        ppl = {v: at.eval_json(os.path.join(d, v), at.TEXT)["ppl"]
+        # perplexity on the model's own samples: a random model predicts
+        # English text no better than chance, its own distribution well
+        ids = self_samples(model(tie=False))
+        ppl = {v: self_ppl(os.path.join(d, v), ids)
                for v in ("original", "rtn_w4_g32_sym", "gptq_w4_g32_sym",
-                         "awq_w4_g128", "brecq_w4_g64_attn6")}
-        print("  perplexity: " + ", ".join("%s %.3f" % kv
-                                           for kv in ppl.items()))
-        assert ppl["gptq_w4_g32_sym"] < ppl["rtn_w4_g32_sym"], ppl
+                         "rtn_w4_g128", "awq_w4_g128", "brecq_w4_g64_attn6")}
+        print("  perplexity on its samples: " + ", ".join(
+            "%s %.3f" % kv for kv in ppl.items()))
+        assert ppl["original"] < ppl["gptq_w4_g32_sym"] < \
+            ppl["rtn_w4_g32_sym"], ppl
+        assert ppl["awq_w4_g128"] < ppl["rtn_w4_g128"], ppl
         deq = dequant_model(os.path.join(d, "gptq_w4_g32_sym"),
                             os.path.join(at.WORK, "gptq_deq"), 4)
         ids = at.ids_for(512, 2, 24, seed=7)
@@ -255,6 +299,49 @@ def test_calibrated_variants():
         print("  gptq checkpoint: quantfs's logits vs numpy dequant + "
               "oracle: max rel diff %.2e" % rel)
         assert rel < 1e-4, rel
+
+
+def test_kill9_resume_same_bytes():
+    """A calibrated job killed after two layers resumes from the cache,
+    replaying the fused tensors (and AWQ's folded norms) of the layers
+    done: the bytes equal an uninterrupted run's."""
+    src = os.path.join(at.WORK, "six")
+    at.mkmodel(os.path.join(src, "m"), "--arch", "phi3", "--layers", "6",
+               "--hidden", "192", "--inter", "512", "--heads", "3",
+               "--kv-heads", "1", "--seed", "12")
+    opts = ["calib_n=16", "calib_len=64"]
+    p = "m/awq_w4_g128/model.safetensors"
+    with at.Mount(src, opts=opts) as m:
+        want = open(os.path.join(m.mnt, p), "rb").read()
+
+    def layers(log):
+        return re.findall(r"/awq_\S+: layer \d+/\d+ in ", log)
+
+    cache = tempfile.mkdtemp(prefix="qfcache.", dir=at.WORK)
+    m = at.Mount(src, cache=cache, opts=opts)
+    m.__enter__()
+    try:
+        reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while len(layers(m.stderr())) < 2:
+            assert time.time() < deadline and m.proc.poll() is None, \
+                m.stderr()
+            time.sleep(0.02)
+        m.kill9()
+        reader.wait(timeout=30)
+    finally:
+        m.__exit__(None, None, None)
+    done = len(layers(m.stderr()))
+    if done >= 6:
+        raise at.SkipTest("the job finished before the kill")
+    with at.Mount(src, cache=cache, opts=opts) as m2:
+        assert open(os.path.join(m2.mnt, p), "rb").read() == want
+        log = m2.stderr()
+        assert "resuming at layer %d/6" % (done + 1) in log, log
+    print("  awq_w4_g128: killed after %d/6 layers, resumed: same bytes"
+          % done)
 
 
 if __name__ == "__main__":
