@@ -14,15 +14,14 @@ hidden 64, window 16; gemma3 with 6 layers so that layer 5 is global):
   * the calibrated variants (gptq, awq, brecq, mixed) listed and served,
     their `quantfs eval` perplexity finite, GPTQ, AWQ and BRECQ closer to
     the source than RTN at the same bits (mean KL of the next-token
-    distributions), and llama.cpp's perplexity on quantized views within
-    1% of `quantfs eval`.
+    distributions on text sampled from the source), and llama.cpp's
+    perplexity on gemma2's gptq_w4_g32_sym within 1% of `quantfs eval`.
 """
 import contextlib
 import json
 import math
 import os
 import shutil
-import time
 
 import numpy as np
 
@@ -137,37 +136,30 @@ def test_calibrated_variants():
             for v in ("gptq_w4_g32_sym", "awq_w4_g128", "brecq_w4_g64_attn6",
                       "mixed_static", "rtn_w4_g32_sym", "kq4_k_m"):
                 assert v in ls, (name, v, ls)
-            t0 = time.time()
             ppl = {}
             for v in ("gptq_w3_g128", "awq_w4_g128", "brecq_w4_g64_attn6") + \
                     (("mixed_static",) if name == "g2" else ()):
                 ppl[v] = archtest.eval_json(os.path.join(d, v),
                                             archtest.TEXT)["ppl"]
                 assert math.isfinite(ppl[v]) and ppl[v] > 1, (v, ppl[v])
-                print("   ", v, time.time() - t0)
             print("  %s ppl: %s" % (name, ", ".join(
                 "%s %.4g" % kv for kv in sorted(ppl.items()))))
             # a random model's perplexity on English is noise: quality is
             # the distance to the source's distributions (mean KL) on
             # sequences sampled from the source
             ids = sample(model(name))
-            print("   sample", time.time() - t0)
             kl = {v: mean_kl(model(name), os.path.join(d, v), ids)
                   for v in ("rtn_w3_g128", "gptq_w3_g128", "rtn_w4_g128",
                             "awq_w4_g128", "brecq_w4_g64_attn6")}
-            print("   kl", time.time() - t0)
             print("  %s mean KL(source || variant): %s" % (name, ", ".join(
                 "%s %.2e" % kv for kv in sorted(kl.items()))))
             assert kl["gptq_w3_g128"] < kl["rtn_w3_g128"], kl
             assert kl["awq_w4_g128"] < kl["rtn_w4_g128"], kl
             assert kl["brecq_w4_g64_attn6"] < kl["rtn_w4_g128"], kl
-        t0 = time.time()
+        # g3's GGUF is checked by test_llama_cpp_distributions; one
+        # quantized view is enough here (each llama.cpp run costs seconds)
         archtest.check_gguf_ppl(os.path.join(m.mnt, "g2"), "gptq_w4_g32_sym",
                                 label="g2")
-        print("   gguf g2", time.time() - t0)
-        archtest.check_gguf_ppl(os.path.join(m.mnt, "g3"), "rtn_w4_g32_sym",
-                                label="g3")
-        print("   gguf g3", time.time() - t0)
 
 
 if __name__ == "__main__":
