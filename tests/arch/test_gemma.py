@@ -7,8 +7,9 @@ hidden 64, window 16; gemma3 with 6 layers so that layer 5 is global):
   * quantfs's logits (qf_tf_logits) against the float64 numpy oracle
     ref_gemma.py over 40 tokens (past the window), on the models as
     generated and on edited configs (a query_pre_attn_scalar other than
-    head_dim, soft-caps that bite, an explicit layer_types list, no
-    rope_scaling); the window and the soft-caps must change the logits;
+    head_dim, soft-caps that bite, an explicit layer_types list or none,
+    no rope_scaling, transformers 5's rope_parameters per layer type);
+    the window and the soft-caps must change the logits;
   * llama.cpp (node-llama-cpp) on the mount's original/model.gguf: its
     next-token distributions against softmax(quantfs's logits);
   * the calibrated variants (gptq, awq, brecq, mixed) listed and served,
@@ -101,7 +102,14 @@ def test_logits_vs_numpy():
               edited("g3", "types", layer_types=alt, rope_scaling=None,
                      sliding_window=5, query_pre_attn_scalar=20),
               edited("g3", "pattern", layer_types=None,
-                     sliding_window_pattern=3)):
+                     sliding_window_pattern=3),
+              edited("g3", "tf5", rope_theta=None, rope_scaling=None,
+                     rope_local_base_freq=None, rope_parameters={
+                         "full_attention": {"rope_type": "linear",
+                                            "factor": 4.0,
+                                            "rope_theta": 50000.0},
+                         "sliding_attention": {"rope_type": "default",
+                                               "rope_theta": 2000.0}})):
         archtest.check_logits(d, ref_gemma.ref_logits, ids)
     # what the edits touch shows in the logits
     base = archtest.ours(model("g2"), ids)
