@@ -121,16 +121,59 @@ static int parse_common(const struct qf_model *m, const cJSON *o,
 }
 
 int qf_gemma2_parse(const struct qf_model *m, const struct cJSON *o,
-			struct qf_tf_config *c)
+		    struct qf_tf_config *c)
 {
 	return parse_common(m, o, c, 2);
 }
 
+/*
+ * transformers 5 writes Gemma 3's rope per layer type: rope_parameters
+ * {"full_attention": {rope_theta, rope_type, factor}, "sliding_attention":
+ * {rope_theta, ...}}.  Into c (over what the 4.x keys gave); 0 or
+ * QF_EFORMAT / QF_EUNSUPPORTED.
+ */
+static int parse_rope_by_type(const struct qf_model *m, const cJSON *o,
+			      struct qf_tf_config *c)
+{
+	const cJSON *rp = cJSON_GetObjectItemCaseSensitive(o,
+							   "rope_parameters");
+	const cJSON *full = cJSON_GetObjectItemCaseSensitive(rp,
+							     "full_attention");
+	const cJSON *sl = cJSON_GetObjectItemCaseSensitive(rp,
+							   "sliding_attention");
+	const cJSON *ty = cJSON_GetObjectItemCaseSensitive(full, "rope_type");
+	const cJSON *sty = cJSON_GetObjectItemCaseSensitive(sl, "rope_type");
+
+	if (!cJSON_IsObject(full) || !cJSON_IsObject(sl))
+		return 0;
+	c->rope_theta = (float)num_or(full, "rope_theta", c->rope_theta);
+	c->rope_local_theta = (float)num_or(sl, "rope_theta",
+					    c->rope_local_theta);
+	c->rope_linear = 0;
+	if (cJSON_IsString(ty) && !strcmp(ty->valuestring, "linear"))
+		c->rope_linear = (float)num_or(full, "factor", NAN);
+	else if (cJSON_IsString(ty) && strcmp(ty->valuestring, "default"))
+		goto unsupported;
+	if (cJSON_IsString(sty) && strcmp(sty->valuestring, "default"))
+		goto unsupported;
+	if (!(c->rope_theta > 0) || !(c->rope_local_theta > 0) ||
+	    !(c->rope_linear == 0 || c->rope_linear >= 1)) {
+		qf_err("%s: bad rope_parameters", m->dir);
+		return QF_EFORMAT;
+	}
+	return 0;
+unsupported:
+	qf_err("%s: rope_parameters of a type other than default or linear",
+	       m->dir);
+	return QF_EUNSUPPORTED;
+}
+
 int qf_gemma3_parse(const struct qf_model *m, const struct cJSON *o,
-			struct qf_tf_config *c)
+		    struct qf_tf_config *c)
 {
 	double pat = num_or(o, "sliding_window_pattern", 6);
 	double local = num_or(o, "rope_local_base_freq", 10000);
+	int ret;
 
 	if (!(pat >= 1) || pat != floor(pat) || pat > 1 << 16 ||
 	    !(local > 0)) {
@@ -139,7 +182,8 @@ int qf_gemma3_parse(const struct qf_model *m, const struct cJSON *o,
 		return QF_EFORMAT;
 	}
 	c->rope_local_theta = (float)local;
-	return parse_common(m, o, c, (int)pat);
+	ret = parse_rope_by_type(m, o, c);
+	return ret ? ret : parse_common(m, o, c, (int)pat);
 }
 
 bool qf_tf_layer_slides(const struct qf_tf_config *c, int l)
@@ -233,7 +277,7 @@ void qf_gemma3_mk_config(cJSON *c, const struct qf_mkmodel_opts *o)
 
 /* Llama's layer plus the sandwich norms (and Gemma 3's q/k norms). */
 int qf_gemma2_mk_layer(struct qf_mk_list *t,
-			   const struct qf_mkmodel_opts *o, int l)
+		       const struct qf_mkmodel_opts *o, int l)
 {
 	int ret = qf_mk_llama_layer(t, o, l);
 
@@ -245,7 +289,7 @@ int qf_gemma2_mk_layer(struct qf_mk_list *t,
 }
 
 int qf_gemma3_mk_layer(struct qf_mk_list *t,
-			   const struct qf_mkmodel_opts *o, int l)
+		       const struct qf_mkmodel_opts *o, int l)
 {
 	int ret = qf_gemma2_mk_layer(t, o, l);
 

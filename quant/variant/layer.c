@@ -189,7 +189,7 @@ static void store_norm(const struct qf_vtensor *t, float *x, float shift,
 			((float *)dst)[i] = x[i] - shift;
 	}
 	qf_to_f32(t->dtype, dst, (size_t)n, x);
-	for (i = 0; i < n; i++)
+	for (i = 0; shift != 0 && i < n; i++)
 		x[i] += shift;
 }
 

@@ -21,7 +21,8 @@ What it computes, per the transformers modules:
     even layers, Gemma 3's all but every sliding_window_pattern-th;
   * RoPE base per layer: Gemma 3's sliding layers rope_local_base_freq
     with no scaling, global layers rope_theta with the linear
-    rope_scaling factor (positions / factor);
+    rope_scaling factor (positions / factor); or transformers 5's
+    rope_parameters per layer type;
   * MLP: down(gelu_tanh(gate(h)) * up(h));
   * final norm ((1 + w)), lm_head tied to the embedding, then
     final_logit_softcapping: cap * tanh(logits / cap).
@@ -65,15 +66,26 @@ def _sliding(cfg, layer):
     return (layer + 1) % cfg.get("sliding_window_pattern", 6) != 0
 
 
+def _rope_params(cfg, sliding):
+    """(base, linear factor) of a layer.  transformers 5 nests them per
+    layer type in rope_parameters; 4.x has rope_theta, rope_scaling and
+    Gemma 3's rope_local_base_freq."""
+    rp = cfg.get("rope_parameters") or {}
+    kind = "sliding_attention" if sliding else "full_attention"
+    if kind in rp:
+        p = rp[kind]
+        lin = p.get("rope_type") == "linear"
+        return p["rope_theta"], p["factor"] if lin else 1.0
+    if cfg["model_type"] == "gemma3_text" and sliding:
+        return cfg.get("rope_local_base_freq", 10000.0), 1.0
+    rs = cfg.get("rope_scaling") or {}
+    lin = rs.get("rope_type", rs.get("type")) == "linear"
+    return cfg.get("rope_theta", 10000.0), rs["factor"] if lin else 1.0
+
+
 def _rope(cfg, sliding, seqlen, hd):
     """cos, sin [seqlen, hd] (rotate_half layout) for a layer."""
-    base, factor = cfg.get("rope_theta", 10000.0), 1.0
-    if cfg["model_type"] == "gemma3_text" and sliding:
-        base = cfg.get("rope_local_base_freq", 10000.0)
-    else:
-        rs = cfg.get("rope_scaling") or {}
-        if rs.get("rope_type", rs.get("type")) == "linear":
-            factor = rs["factor"]
+    base, factor = _rope_params(cfg, sliding)
     inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
     pos = np.arange(seqlen, dtype=np.float64) / factor
     ang = np.outer(pos, inv)
