@@ -567,12 +567,11 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	for (r = 0; r < QF_GGUF_ROLE_COUNT; r++)
 		if (!qf_ggml_type_known(types->w[r]))
 			VFAIL(-EINVAL, "unknown ggml type");
-	if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral") &&
-		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3") &&
-		    !(qf_arch_find(mt) &&
-		      arch_bit(qf_arch_find(mt)->gguf) & A_GEMMA)))
-		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3, gemma2, gemma3_text");
+	/* the architecture table's llama.cpp name, where this file writes
+	 * that architecture */
+	if (!qf_arch_find(mt) || !arch_bit(qf_arch_find(mt)->gguf))
+		VFAIL(QF_EUNSUPPORTED, "no llama.cpp architecture written for "
+		      "this model_type");
 	b.arch = arch_bit(qf_arch_find(mt)->gguf);
 	snprintf(out->arch, sizeof(out->arch), "%s", qf_arch_find(mt)->gguf);
 	out->q4_k_m = types->q4_k_m;
