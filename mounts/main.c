@@ -402,6 +402,9 @@ static int cmd_mkmodel(int argc, char **argv)
 		{ "tie", no_argument, NULL, 'T' },
 		{ "head-dim", required_argument, NULL, 'H' },
 		{ "arch", required_argument, NULL, 'A' },
+		{ "experts", required_argument, NULL, 'E' },
+		{ "topk", required_argument, NULL, 'K' },
+		{ "moe-inter", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_mkmodel_opts o;
@@ -420,6 +423,9 @@ static int cmd_mkmodel(int argc, char **argv)
 		case 's': o.seed = strtoull(optarg, NULL, 0); break;
 		case 'T': o.tie = true; break;
 		case 'H': o.head_dim = atoi(optarg); break;
+		case 'E': o.experts = atoi(optarg); break;
+		case 'K': o.topk = atoi(optarg); break;
+		case 'M': o.moe_inter = atoi(optarg); break;
 		case 'A':
 			if (!qf_arch_find(optarg)) {
 				char names[256];

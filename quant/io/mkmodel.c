@@ -31,6 +31,8 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o)
 	o->dtype = QF_DT_BF16;
 	o->tie = false;
 	o->head_dim = 0;
+	o->arch = NULL;
+	o->experts = o->topk = o->moe_inter = 0;
 }
 
 static int head_dim(const struct qf_mkmodel_opts *o)

@@ -18,6 +18,7 @@
 
 #include "nn.h"
 #include "tf_kernels.h"
+#include "tf_moe.h"
 
 /* Floats of lm_head converted at a time. */
 #define HEAD_CHUNK_FLOATS (4u << 20)
@@ -81,6 +82,7 @@ static int load_layer_t(const struct qf_model *m, int l, const char *what,
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out)
 {
+	bool full = c->arch->flags & QF_ARCH_QK_NORM_FULL;
 	char what[64];
 	int i, ret;
 
@@ -89,6 +91,9 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		return -EINVAL;
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
 		int64_t o = qf_tf_linear_out(c, i), n = qf_tf_linear_in(c, i);
+
+		if (i >= QF_TF_GATE && qf_moe_layer_sparse(c, l))
+			break;	/* the MoE block below */
 
 		/* .weight, or the GPTQ tensors of a mounted variant */
 		snprintf(what, sizeof(what), "model.layers.%d.%s", l,
@@ -110,12 +115,16 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if (ret == 0)
 		ret = load_layer_t(m, l, "post_attention_layernorm.weight",
 				   c->hidden, 0, &out->post_norm);
-	if (ret == 0 && c->qk_norm)
+	if (ret == 0 && (c->qk_norm || full))
 		ret = load_layer_t(m, l, "self_attn.q_norm.weight",
-				   c->head_dim, 0, &out->q_norm);
-	if (ret == 0 && c->qk_norm)
+				   full ? c->heads * c->head_dim : c->head_dim,
+				   0, &out->q_norm);
+	if (ret == 0 && (c->qk_norm || full))
 		ret = load_layer_t(m, l, "self_attn.k_norm.weight",
+				   full ? c->kv_heads * c->head_dim :
 				   c->head_dim, 0, &out->k_norm);
+	if (ret == 0 && qf_moe_layer_sparse(c, l))
+		ret = qf_tf_moe_load(m, c, l, &out->moe);
 	if (ret == 0)
 		return 0;
 out_free:
@@ -137,6 +146,7 @@ void qf_tf_layer_free(struct qf_tf_layer *ly)
 	free(ly->post_norm);
 	free(ly->q_norm);
 	free(ly->k_norm);
+	qf_tf_moe_free(ly->moe);
 	memset(ly, 0, sizeof(*ly));
 }
 

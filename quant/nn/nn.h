@@ -54,6 +54,8 @@ void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
 /* ------------------------------------------------------------------ */
 /* forward pass: Llama family (llama, mistral, qwen2, qwen3) in fp32     */
 
+struct qf_tf_moe;
+
 /* One decoder layer's weights in fp32 (converted from the source). */
 struct qf_tf_layer {
 	float *w[QF_TF_NLINEAR];	/* [out, in] row-major, as nn.Linear */
@@ -62,6 +64,8 @@ struct qf_tf_layer {
 	float *post_norm;		/* post_attention_layernorm [hidden] */
 	float *q_norm;			/* qwen3 [head_dim] or NULL */
 	float *k_norm;			/* qwen3 [head_dim] or NULL */
+	struct qf_tf_moe *moe;		/* sparse MoE block in place of the
+					 * MLP (w[GATE..DOWN] NULL), or NULL */
 };
 
 /* Load layer l (weights converted to fp32); free with _free. */
@@ -76,6 +80,15 @@ void qf_tf_layer_free(struct qf_tf_layer *ly);
  */
 typedef int (*qf_tf_hook)(void *arg, int layer, enum qf_tf_linear lin,
 			  const float *x, int64_t ntok, int64_t in);
+
+/*
+ * The MoE block's calibration hook: expert e's gathered input rows x
+ * [n, in] before its linear k (QF_MOE_GATE stands for gate and up, which
+ * share it; called with n 0 too, so a caller sees every expert).
+ */
+typedef int (*qf_tf_expert_hook)(void *arg, int layer, int expert,
+				 enum qf_moe_linear k, const float *x,
+				 int64_t n, int64_t in);
 
 /*
  * x [nseq * seqlen, hidden] in place: one decoder layer (RMSNorm,
