@@ -4,6 +4,13 @@
  * never absolute times across runs).
  *
  *   bench_forward [NSEQ [SEQLEN [LAYERS]]]     default 8 512 2
+ *   bench_forward --model DIR [NSEQ [SEQLEN]]  default 4 512
+ *
+ * With --model, the decoder layers of a model directory of any computed
+ * architecture (quantfs mkmodel --arch ... at a real model's shapes, see
+ * bench/arch.py) run instead, loaded as the forward pass loads them; the
+ * FLOPs are 2 m n k of every 2-D tensor of its layers (experts' scaled
+ * by the share of experts a token uses) plus the causal attention blocks.
  *
  * Layers have Qwen3-0.6B shapes (hidden 1024, 16 heads of 128, 8 KV
  * heads, intermediate 3072, q/k norms) with random fp32 weights built in
@@ -16,6 +23,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common.h"
 #include "nn.h"
@@ -96,6 +104,84 @@ static double sgemm_time(void)
 	return t;
 }
 
+/* num_experts_per_tok / expert count of config.json, 1 for dense. */
+static double expert_share(const struct qf_model *m)
+{
+	long e = qf_model_cfg_int(m, "num_local_experts",
+				  qf_model_cfg_int(m, "num_experts", 0));
+	long k = qf_model_cfg_int(m, "num_experts_per_tok", 0);
+
+	return e > 0 && k > 0 ? (double)k / (double)e : 1.0;
+}
+
+/* --model DIR: the model's own layers, timed against SGEMM. */
+static int bench_model(const char *dir, int nseq, int seqlen)
+{
+	const double gemm_flops = 2.0 * 4096 * 1024 * 3072;
+	struct qf_tf_config c;
+	struct qf_tf_layer *ly;
+	struct qf_model *m;
+	double lin = 0, attn, t, best = 1e30, gbest = 1e30, share;
+	int64_t ntok = (int64_t)nseq * seqlen;
+	size_t i;
+	float *x;
+	int l, r, reps = 3;
+
+	if (qf_model_open(dir, &m) || qf_tf_config_parse(m, &c)) {
+		fprintf(stderr, "%s: not a model of a computed architecture\n",
+			dir);
+		return 1;
+	}
+	share = expert_share(m);
+	for (i = 0; i < m->nt; i++) {
+		const struct qf_st_tensor *st = m->t[i].t;
+
+		if (st->ndim == 2 && !strncmp(m->t[i].name, "model.layers.", 13))
+			lin += 2.0 * (double)ntok * (double)st->shape[0] *
+			       (double)st->shape[1] *
+			       (strstr(m->t[i].name, "experts.") ? share : 1);
+	}
+	ly = calloc((size_t)c.layers, sizeof(*ly));
+	for (l = 0; l < c.layers; l++)
+		if (qf_tf_layer_load(m, &c, l, &ly[l])) {
+			fprintf(stderr, "layer %d does not load\n", l);
+			return 1;
+		}
+	x = rand_mat(ntok, c.hidden, 1, 0);
+	attn = c.layers * qf_tf_attention_flops(&c, nseq, seqlen, 0);
+	sgemm_time();
+	for (r = 0; r < reps; r++) {
+		t = sgemm_time();
+		gbest = t < gbest ? t : gbest;
+		t = qf_now();
+		for (l = 0; l < c.layers; l++)
+			if (qf_tf_layer_forward(&c, &ly[l], l, x, nseq, seqlen,
+						NULL, NULL)) {
+				fprintf(stderr, "layer forward failed\n");
+				return 1;
+			}
+		t = qf_now() - t;
+		best = t < best ? t : best;
+	}
+	printf("model %s (%s): hidden %d, heads %d x %d, kv heads %d, "
+	       "inter %d, %d layers, %d x %d tokens, 1 BLAS thread\n", dir,
+	       c.model_type, c.hidden, c.heads, c.head_dim, c.kv_heads,
+	       c.inter, c.layers, nseq, seqlen);
+	printf("GFLOP: linears %.2f (experts x %.3f) + attention %.2f\n",
+	       lin / 1e9, share, attn / 1e9);
+	printf("sgemm 4096x1024x3072: %.1f GFLOP/s; forward %.1f GFLOP/s, "
+	       "%.0f tokens/s per layer\n", gemm_flops / gbest / 1e9,
+	       (lin + attn) / best / 1e9, (double)ntok * c.layers / best);
+	printf("ratio forward / sgemm: %.3f\n",
+	       ((lin + attn) / best) / (gemm_flops / gbest));
+	for (l = 0; l < c.layers; l++)
+		qf_tf_layer_free(&ly[l]);
+	free(ly);
+	free(x);
+	qf_model_close(m);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct qf_tf_config c = {
@@ -112,6 +198,11 @@ int main(int argc, char **argv)
 	float *x, *q, *k, *v, *s;
 	int l, r, reps = 3;
 
+	if (argc > 2 && !strcmp(argv[1], "--model")) {
+		openblas_set_num_threads(1);
+		return bench_model(argv[2], argc > 3 ? atoi(argv[3]) : 4,
+				   argc > 4 ? atoi(argv[4]) : 512);
+	}
 	c.layers = argc > 3 ? atoi(argv[3]) : 2;
 	if (nseq <= 0 || seqlen <= 0 || c.layers <= 0) {
 		fprintf(stderr, "usage: bench_forward [NSEQ [SEQLEN [LAYERS]]]\n");

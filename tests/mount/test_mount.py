@@ -446,6 +446,8 @@ def test_corrupt_sources_eio_daemon_stays_up():
         assert "rtn_w4_g128" in ls and not any(
             x.startswith("gptq") for x in ls), ls
         assert not os.path.exists(os.path.join(m.mnt, "gpt", "gptq_w4_g128"))
+        assert "model_type 'gpt2' is not supported (only shape-only RTN " \
+            "variants; computed: llama, mistral" in m.stderr(), m.stderr()
         assert sha(os.path.join(m.mnt, "hdr", "original", "config.json")) \
             == sha(os.path.join(hdr, "config.json"))
         assert len(open(os.path.join(m.mnt, "good", "rtn_w4_g128",

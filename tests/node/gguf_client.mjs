@@ -81,6 +81,16 @@ try {
 } catch (e) {
     out.error = String(e?.message ?? e);
 }
-console.log(JSON.stringify(out));
+// synchronously, to the last byte: process.exit() drops what a pipe has
+// not taken yet, and a non-blocking pipe takes 64 KiB at a time
+const buf = Buffer.from(JSON.stringify(out) + "\n");
+for (let off = 0; off < buf.length;) {
+    try {
+        off += fs.writeSync(1, buf, off);
+    } catch (e) {
+        if (e.code !== "EAGAIN")
+            throw e;
+    }
+}
 await llama.dispose();
 process.exit(out.error ? 1 : 0);

@@ -1,0 +1,122 @@
+#!/usr/bin/python3
+"""Per-architecture costs at real models' shapes (issue #22's benchmark).
+
+For each family, a generated model (quantfs mkmodel --arch) with one real
+model's layer shapes and --layers decoder layers (default 1):
+
+  * forward: bench_forward --model (the model's own layers on one BLAS
+    thread) against SGEMM measured in the same run: tokens/s per layer and
+    the ratio of achieved GFLOP/s to SGEMM's;
+  * GPTQ: gptq_w4_g128 read through a real mount with --calib-n x
+    --calib-len calibration tokens sampled from the model: seconds per
+    layer and the daemon's peak resident memory (VmHWM) and anonymous
+    memory;
+  * mixture of experts: the same GPTQ time against a dense qwen3 layer of
+    the same ACTIVE size (intermediate = top-k x expert width), which is
+    what the expert calibration costs beyond a dense model of equal
+    compute.
+
+usage: bench/arch.py [--quantfs PATH] [--only NAME,...] [--layers N]
+                     [--calib-n N] [--calib-len N] [--no-gptq]
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "mount"))
+import qftest  # noqa: E402
+from gptq_scale import AnonPeak, status  # noqa: E402
+
+# name: (real model, mkmodel arguments)
+SHAPES = {
+    "gemma3_text": ("Gemma-3-1B", ["--arch", "gemma3_text", "--hidden", 1152,
+                    "--inter", 6912, "--heads", 4, "--kv-heads", 1,
+                    "--head-dim", 256, "--vocab", 262144, "--tie"]),
+    "gemma2": ("Gemma-2-2B", ["--arch", "gemma2", "--hidden", 2304,
+               "--inter", 9216, "--heads", 8, "--kv-heads", 4, "--head-dim",
+               256, "--vocab", 256000, "--tie"]),
+    "phi3": ("Phi-4-mini (3.8B)", ["--arch", "phi3", "--hidden", 3072,
+             "--inter", 8192, "--heads", 24, "--kv-heads", 8, "--head-dim",
+             128, "--vocab", 200064, "--tie"]),
+    "qwen3_moe": ("Qwen3-30B-A3B", ["--arch", "qwen3_moe", "--hidden", 2048,
+                  "--inter", 6144, "--moe-inter", 768, "--experts", 128,
+                  "--topk", 8, "--heads", 32, "--kv-heads", 4, "--head-dim",
+                  128, "--vocab", 151936]),
+    "qwen3_dense_a3b": ("dense qwen3 of Qwen3-30B-A3B's active size",
+                        ["--arch", "qwen3", "--hidden", 2048, "--inter",
+                         6144, "--heads", 32, "--kv-heads", 4, "--head-dim",
+                         128, "--vocab", 151936]),
+    "olmoe": ("OLMoE-1B-7B", ["--arch", "olmoe", "--hidden", 2048,
+              "--inter", 1024, "--moe-inter", 1024, "--experts", 64,
+              "--topk", 8, "--heads", 16, "--kv-heads", 16, "--vocab",
+              50304]),
+    "mixtral": ("Mixtral-8x7B", ["--arch", "mixtral", "--hidden", 4096,
+                "--inter", 14336, "--experts", 8, "--topk", 2, "--heads", 32,
+                "--kv-heads", 8, "--vocab", 32000]),
+}
+DEFAULT = "gemma3_text,gemma2,phi3,qwen3_moe,qwen3_dense_a3b,olmoe"
+
+
+def gptq(src, name, calib_n, calib_len):
+    """Seconds, VmHWM and anonymous peak of gptq_w4_g128 of src/name."""
+    opts = ["calib_n=%d" % calib_n, "calib_len=%d" % calib_len]
+    rel = os.path.join(name, "gptq_w4_g128", "model.safetensors")
+    with qftest.Mount(src, opts=opts, debug=False) as m:
+        anon = AnonPeak(m.proc.pid)
+        anon.start()
+        t0 = time.time()
+        with open(os.path.join(m.mnt, rel), "rb") as f:
+            f.read(8)
+            while f.read(64 << 20):
+                pass
+        dt = time.time() - t0
+        peak = status(m.proc.pid, "VmHWM")
+        anon.stop.set()
+        anon.join()
+    return dt, peak, anon.peak
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quantfs", default=os.path.join(
+        HERE, "..", "build", "mounts", "quantfs"))
+    ap.add_argument("--only", default=DEFAULT)
+    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--calib-n", type=int, default=128)
+    ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument("--no-gptq", action="store_true")
+    a = ap.parse_args()
+    qftest.QUANTFS = os.path.abspath(a.quantfs)
+    bench_fwd = os.path.join(os.path.dirname(qftest.QUANTFS), "..", "bench",
+                             "bench_forward")
+    work = tempfile.mkdtemp(prefix="qfarchb.")
+    try:
+        for name in a.only.split(","):
+            real, args = SHAPES[name]
+            src = os.path.join(work, name)
+            model = os.path.join(src, name)
+            qftest.mkmodel(model, "--layers", a.layers, *args)
+            print("== %s: %s's shapes, %d layer(s)" % (name, real, a.layers))
+            r = subprocess.run([bench_fwd, "--model", model, "4", "512"],
+                               capture_output=True, text=True)
+            print("  " + (r.stdout or r.stderr).strip().replace("\n",
+                                                                "\n  "))
+            if not a.no_gptq:
+                dt, peak, anon = gptq(src, name, a.calib_n, a.calib_len)
+                print("  GPTQ w4 g128, %d x %d tokens: %.1f s per layer, "
+                      "peak RSS %.2f GB (anonymous %.2f GB)" % (
+                          a.calib_n, a.calib_len, dt / a.layers, peak / 1e9,
+                          anon / 1e9))
+            shutil.rmtree(src, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
