@@ -109,6 +109,12 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
+	if (c.moe) {		/* experts are not calibrated yet (ns.c) */
+		qf_err("%s: %s: calibrated methods are not supported for "
+		       "mixture-of-experts models yet", var->mdl->name,
+		       v->name);
+		return QF_EUNSUPPORTED;
+	}
 	jb = var->job = calloc(1, sizeof(*var->job));
 	if (!jb)
 		return -ENOMEM;

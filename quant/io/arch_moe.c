@@ -165,9 +165,12 @@ void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
 	snprintf(out, cap, "model.layers.%d.%s", l, c->moe->router);
 }
 
-bool qf_moe_is_router(const struct qf_arch *a, const char *name)
+bool qf_moe_is_router(const struct qf_model *m, const char *name)
 {
-	const struct qf_moe_names *nm = names_of(a);
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(
+		(const cJSON *)m->config, "model_type");
+	const struct qf_moe_names *nm = cJSON_IsString(mt) ?
+		names_of(qf_arch_find(mt->valuestring)) : NULL;
 	size_t rl;
 	const char *p;
 	char *end;

@@ -407,10 +407,11 @@ void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
 			size_t cap);
 /*
- * True when tensor name is a MoE router of model_type's family (kept in
- * source precision by every variant).
+ * True when tensor name is a MoE router ("model.layers.N.<router>.weight")
+ * of m's family (config.json's model_type): kept in source precision by
+ * every variant.
  */
-bool qf_moe_is_router(const struct qf_arch *a, const char *name);
+bool qf_moe_is_router(const struct qf_model *m, const char *name);
 
 /* ------------------------------------------------------------------ */
 /* checkpoint packing: GPTQ v1 (pack_gptq.c), AWQ GEMM (pack_awq.c)    */

@@ -17,8 +17,8 @@ import shutil
 
 import numpy as np
 
-from archtest import (Mount, WORK, check_logits, ids_for, mkmodel,
-                      run_tests, stread)
+from archtest import (Mount, TEXT, WORK, check_logits, eval_json,
+                      ids_for, mkmodel, run_tests, stread)
 import ref_moe
 
 ARCHES = ("qwen3_moe", "mixtral", "olmoe")
@@ -87,8 +87,56 @@ def test_logits_variants():
     check_logits(d, ref_moe.logits, ids, label="olmoe clip 0.5")
 
 
+def src_dir():
+    """A source directory holding the three generated models."""
+    src = os.path.join(WORK, "src")
+    if not os.path.exists(src):
+        os.makedirs(src)
+        for arch in ARCHES:
+            os.symlink(model(arch), os.path.join(src, arch))
+    return src
+
+
+def test_rtn_variants():
+    """Every expert's linears quantized under the source's names, routers
+    kept; no calibrated method offered; eval reads the variant."""
+    with Mount(src_dir()) as m:
+        for arch in ARCHES:
+            d = os.path.join(m.mnt, arch)
+            names = os.listdir(d)
+            assert "rtn_w4_g128" in names and "gptq_w4_g128" not in names \
+                and "awq_w4_g128" not in names, names
+            assert not os.path.exists(os.path.join(d, "gptq_w4_g128",
+                                                   "config.json"))
+            src, _ = stread.read_st(os.path.join(model(arch),
+                                                 "model.safetensors"))
+            v = os.path.join(d, "rtn_w4_g32_sym")
+            t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+            router, ex = ref_moe.NAMES[arch][:2]
+            for l in range(2):
+                r = "model.layers.%d.%s.weight" % (l, router)
+                assert np.array_equal(t[r], src[r]), r
+                for e in range(8):
+                    for n in ref_moe.NAMES[arch][2:]:
+                        w = "model.layers.%d.%s.%d.%s.weight" % (l, ex, e, n)
+                        assert w not in t and w[:-7] + ".qweight" in t, w
+                stread.check_rtn(t, src, "model.layers.%d.%s.3.%s.weight" %
+                                 (l, ex, ref_moe.NAMES[arch][4]), 4, 32, True)
+            q = json.load(open(os.path.join(v, "quantization.json")))
+            kept = [k["name"] for k in q["kept_in_source_dtype"]]
+            assert kept == ["model.layers.%d.%s.weight" % (l, router)
+                            for l in range(2)], kept
+            cfg = json.load(open(os.path.join(v, "config.json")))
+            assert cfg["model_type"] == arch
+            ev = eval_json(v, TEXT, ctx=64)
+            ev0 = eval_json(os.path.join(d, "original"), TEXT, ctx=64)
+            print("  %s: ppl original %.3f, rtn_w4_g32_sym %.3f" % (
+                arch, ev0["ppl"], ev["ppl"]))
+            assert abs(ev["ppl"] / ev0["ppl"] - 1) < 0.2, (ev, ev0)
+
+
 if __name__ == "__main__":
     try:
-        run_tests(globals(), needs_fuse=False)
+        run_tests(globals(), needs_fuse=True)
     finally:
         shutil.rmtree(WORK, ignore_errors=True)
