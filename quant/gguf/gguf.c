@@ -32,13 +32,19 @@ enum dim {			/* a dimension, in terms of the config */
 	D_KV,				/* kv_heads * head_dim */
 	D_INTER,
 	D_HD,				/* head_dim */
+	D_QN,				/* q_norm: head_dim, or heads * head_dim
+					 * (olmoe: the whole projection) */
+	D_KN,				/* k_norm: likewise with kv heads */
 };
 
 enum {				/* which architectures read a tensor */
 	A_LLAMA = 1,
 	A_QWEN2 = 2,
 	A_QWEN3 = 4,
-	A_ALL = 7,
+	A_QWEN3MOE = 8,
+	A_OLMOE = 16,
+	A_ALL = 31,
+	A_QKNORM = A_QWEN3 | A_QWEN3MOE | A_OLMOE,
 };
 
 struct map_ent {
@@ -67,9 +73,9 @@ static const struct map_ent layer_map[] = {
 	{ "self_attn.v_proj.bias", "attn_v.bias", QF_GGUF_ROLE_VECTOR,
 	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 0 },
 	{ "self_attn.q_norm.weight", "attn_q_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3, A_QWEN3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_QN, D_NONE, A_QKNORM, A_QKNORM, 0 },
 	{ "self_attn.k_norm.weight", "attn_k_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3, A_QWEN3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_KN, D_NONE, A_QKNORM, A_QKNORM, 0 },
 	{ "self_attn.o_proj.weight", "attn_output.weight",
 	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ALL, A_ALL, 0 },
 	{ "self_attn.o_proj.bias", "attn_output.bias", QF_GGUF_ROLE_VECTOR,
@@ -163,6 +169,11 @@ static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
 		return c->inter;
 	case D_HD:
 		return c->head_dim;
+	case D_QN:
+	case D_KN:
+		return (c->arch->flags & QF_ARCH_QK_NORM_FULL ?
+			d == D_QN ? c->heads : c->kv_heads : 1) *
+		       (int64_t)c->head_dim;
 	case D_NONE:
 		break;
 	}
@@ -197,6 +208,7 @@ struct builder {
 	struct qf_gguf_plan *p;
 	bool *used;			/* [m->nt] source tensors consumed */
 	size_t cap;
+	size_t nxsrc;			/* p->xsrc entries taken */
 	unsigned arch;			/* A_* */
 };
 
@@ -258,9 +270,115 @@ static enum qf_ggml_type mix_type(const struct builder *b,
 	return b->types->w[role];
 }
 
+/*
+ * One linear of every expert of layer l as one 3-D tensor gg, ne [cols,
+ * rows, experts], as the converter stacks them: each expert's matrix is
+ * checked and typed as a 2-D tensor, then the entries are folded into
+ * the first.
+ */
+static int add_stacked(struct builder *b, int l, enum qf_moe_linear k,
+		       const char *gg, enum qf_gguf_role role, const char **why)
+{
+	const struct qf_tf_config *c = &b->p->cfg;
+	int64_t rows = k == QF_MOE_DOWN ? c->hidden : c->moe_inter;
+	int64_t cols = k == QF_MOE_DOWN ? c->moe_inter : c->hidden;
+	const struct qf_model_tensor **xs = b->p->xsrc + b->nxsrc;
+	size_t n0 = b->p->nt;
+	struct qf_gguf_tensor *t;
+	char hf[192];
+	int e, ret;
+
+	QF_ASSERT(b->nxsrc + (size_t)c->experts <= (size_t)c->layers *
+		  QF_MOE_NLINEAR * (size_t)c->experts);
+	for (e = 0; e < c->experts; e++) {
+		qf_moe_expert_name(c, l, e, k, hf, sizeof(hf) - 8);
+		strcat(hf, ".weight");
+		ret = add_tensor(b, hf, gg, role, rows, cols, 0, true, why);
+		if (ret)
+			return ret;
+		xs[e] = b->p->t[n0 + (size_t)e].src;
+	}
+	b->nxsrc += (size_t)c->experts;
+	b->p->nt = n0 + 1;
+	t = &b->p->t[n0];
+	t->ndim = 3;
+	t->ne[2] = c->experts;
+	t->nbytes *= (uint64_t)c->experts;
+	t->xsrc = xs;
+	return 0;
+}
+
+/*
+ * A sparse layer's MoE block: the router as ffn_gate_inp in F32 (the
+ * converter's choice, which llama.cpp's quantizer keeps), the experts as
+ * ffn_{gate,up,down}_exps.
+ */
+static int add_experts(struct builder *b, int l, const char **why)
+{
+	static const struct {
+		const char *gg;
+		enum qf_gguf_role role;
+	} ex[QF_MOE_NLINEAR] = {
+		[QF_MOE_GATE] = { "ffn_gate_exps", QF_GGUF_ROLE_FFN_GATE },
+		[QF_MOE_UP] = { "ffn_up_exps", QF_GGUF_ROLE_FFN_UP },
+		[QF_MOE_DOWN] = { "ffn_down_exps", QF_GGUF_ROLE_FFN_DOWN },
+	};
+	const struct qf_tf_config *c = &b->p->cfg;
+	char hf[160], gg[QF_GGUF_NAME_MAX];
+	struct qf_gguf_tensor *t;
+	int k, ret;
+
+	qf_moe_router_name(c, l, hf, sizeof(hf) - 8);
+	strcat(hf, ".weight");
+	snprintf(gg, sizeof(gg), "blk.%d.ffn_gate_inp.weight", l);
+	ret = add_tensor(b, hf, gg, QF_GGUF_ROLE_VECTOR, c->experts,
+			 c->hidden, 0, true, why);
+	if (ret)
+		return ret;
+	t = &b->p->t[b->p->nt - 1];
+	t->type = QF_GGML_F32;
+	t->nbytes = (uint64_t)t->ne[0] * (uint64_t)t->ne[1] * 4;
+	for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+		snprintf(gg, sizeof(gg), "blk.%d.%s.weight", l, ex[k].gg);
+		ret = add_stacked(b, l, k, gg, ex[k].role, why);
+	}
+	return ret;
+}
+
+/*
+ * What llama.cpp's MoE architectures compute differently from a config:
+ * every layer sparse, the top-k weights renormalized by qwen3moe and
+ * llama (Mixtral) and never by olmoe, no q/k/v clamp, and olmoe's
+ * output.weight always present and k_norm as wide as q_norm.
+ */
+static int moe_check(const struct builder *b, const char **why)
+{
+	const struct qf_tf_config *c = &b->p->cfg;
+	int l;
+
+	for (l = 0; l < c->layers; l++)
+		if (!qf_moe_layer_sparse(c, l))
+			VFAIL(QF_EUNSUPPORTED, "dense MLP layers among the "
+			      "MoE ones (llama.cpp's have none)");
+	if (c->norm_topk != (b->arch != A_OLMOE))
+		VFAIL(QF_EUNSUPPORTED, "norm_topk_prob differs from what "
+		      "llama.cpp does for this architecture");
+	if (c->clip_qkv > 0)
+		VFAIL(QF_EUNSUPPORTED, "clip_qkv (llama.cpp's olmoe does not "
+		      "clamp)");
+	if (b->arch == A_OLMOE && c->tie)
+		VFAIL(QF_EUNSUPPORTED, "tied embeddings (llama.cpp's olmoe "
+		      "needs output.weight)");
+	if (b->arch == A_OLMOE && c->kv_heads != c->heads)
+		VFAIL(QF_EUNSUPPORTED, "grouped-query attention (llama.cpp's "
+		      "olmoe has k_norm over the whole width)");
+	return 0;
+}
+
 static int add_layer(struct builder *b, int l, const char **why)
 {
 	const struct qf_tf_config *c = &b->p->cfg;
+	bool sparse = qf_moe_layer_sparse(c, l);
 	char hf[160], gg[QF_GGUF_NAME_MAX];
 	size_t k;
 	int ret;
@@ -270,6 +388,8 @@ static int add_layer(struct builder *b, int l, const char **why)
 		int perm = e->perm == 1 ? c->heads :
 			   e->perm == 2 ? c->kv_heads : 0;
 
+		if (sparse && !strncmp(e->hf, "mlp.", 4))
+			continue;	/* the experts, below */
 		snprintf(hf, sizeof(hf), "model.layers.%d.%s", l, e->hf);
 		snprintf(gg, sizeof(gg), "blk.%d.%s", l, e->gg);
 		if (!(e->allow & b->arch)) {
@@ -287,7 +407,7 @@ static int add_layer(struct builder *b, int l, const char **why)
 		if (ret)
 			return ret;
 	}
-	return 0;
+	return sparse ? add_experts(b, l, why) : 0;
 }
 
 /* llama3 rope scaling: llama.cpp wants the factors as rope_freqs.weight. */
@@ -311,10 +431,15 @@ static int plan_tensors(struct builder *b, const char **why)
 	int l, ret;
 
 	b->cap = (size_t)c->layers * (sizeof(layer_map) / sizeof(layer_map[0]))
-		 + 4;
-	b->p->t = calloc(b->cap, sizeof(*b->p->t));
+		 + 4 + (size_t)c->experts;	/* + add_stacked()'s fold */
+	b->p->t = calloc(b->cap + (c->moe ? (size_t)c->layers * 4 : 0),
+			 sizeof(*b->p->t));
+	b->cap += c->moe ? (size_t)c->layers * 4 : 0;
 	b->used = calloc(b->m->nt ? b->m->nt : 1, sizeof(*b->used));
-	if (!b->p->t || !b->used)
+	if (c->moe)
+		b->p->xsrc = calloc((size_t)c->layers * QF_MOE_NLINEAR *
+				    (size_t)c->experts, sizeof(*b->p->xsrc));
+	if (!b->p->t || !b->used || (c->moe && !b->p->xsrc))
 		return -ENOMEM;
 	if (c->rope_factor > 0)
 		add_rope_freqs(b);
@@ -362,9 +487,11 @@ static uint32_t file_type(const struct qf_gguf_plan *p)
 
 	for (i = 0; i < p->nt; i++)
 		for (k = 0; k < sizeof(ft) / sizeof(ft[0]); k++)
-			if (p->t[i].ndim == 2 && p->t[i].type == ft[k].t)
+			if (p->t[i].ndim >= 2 && p->t[i].type == ft[k].t)
 				numel[k] += (uint64_t)(p->t[i].ne[0] *
-						       p->t[i].ne[1]);
+						       p->t[i].ne[1]) *
+					    (uint64_t)(p->t[i].ndim == 3 ?
+						       p->t[i].ne[2] : 1);
 	for (k = 1; k < sizeof(ft) / sizeof(ft[0]); k++)
 		if (numel[k] > numel[best])
 			best = k;
@@ -389,6 +516,12 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	kv_u32(w, ".embedding_length", (uint32_t)c->hidden);
 	kv_u32(w, ".block_count", (uint32_t)c->layers);
 	kv_u32(w, ".feed_forward_length", (uint32_t)c->inter);
+	if (c->moe) {
+		kv_u32(w, ".expert_count", (uint32_t)c->experts);
+		kv_u32(w, ".expert_used_count", (uint32_t)c->topk);
+		kv_u32(w, ".expert_feed_forward_length",
+		       (uint32_t)c->moe_inter);
+	}
 	kv_u32(w, ".attention.head_count", (uint32_t)c->heads);
 	kv_u32(w, ".attention.head_count_kv", (uint32_t)c->kv_heads);
 	kv_f32(w, ".rope.freq_base", c->rope_theta);
@@ -472,6 +605,7 @@ int qf_gguf_plan_init(const struct qf_model *m,
 {
 	struct builder b = { .m = m, .types = types, .p = out };
 	const char *mt = jstr(m->config, "model_type");
+	const struct qf_arch *moe = mt ? qf_arch_find(mt) : NULL;
 	const char *dummy;
 	int r, ret;
 
@@ -482,18 +616,25 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	for (r = 0; r < QF_GGUF_ROLE_COUNT; r++)
 		if (!qf_ggml_type_known(types->w[r]))
 			VFAIL(-EINVAL, "unknown ggml type");
-	if (!mt || (strcmp(mt, "llama") && strcmp(mt, "mistral") &&
+	moe = moe && (moe->flags & QF_ARCH_MOE) ? moe : NULL;
+	if (!mt || (!moe && strcmp(mt, "llama") && strcmp(mt, "mistral") &&
 		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3")))
 		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3");
+		      "qwen2, qwen3, qwen3_moe, mixtral, olmoe");
 	b.arch = mt[0] == 'q' ? (mt[4] == '2' ? A_QWEN2 : A_QWEN3) : A_LLAMA;
-	strcpy(out->arch, mt[0] == 'q' ? mt : "llama");
+	if (moe)	/* llama.cpp's name: qwen3moe, olmoe, llama */
+		b.arch = !strcmp(moe->gguf, "qwen3moe") ? A_QWEN3MOE :
+			 !strcmp(moe->gguf, "olmoe") ? A_OLMOE : A_LLAMA;
+	snprintf(out->arch, sizeof(out->arch), "%s", moe ? moe->gguf :
+		 mt[0] == 'q' ? mt : "llama");
 	out->q4_k_m = types->q4_k_m;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
 		*why = "config.json: unsupported settings (see the log)";
 		return ret;
 	}
+	if (moe && (ret = moe_check(&b, why)) != 0)
+		return ret;
 	ret = plan_tensors(&b, why);
 	if (!ret)
 		ret = write_header(m, out, why);
@@ -509,6 +650,8 @@ void qf_gguf_plan_free(struct qf_gguf_plan *p)
 		return;
 	qf_buf_release(&p->header);
 	free(p->t);
+	free(p->xsrc);
+	p->xsrc = NULL;
 	p->t = NULL;
 	p->nt = 0;
 }
@@ -553,30 +696,19 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			}
 }
 
-int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
-		    size_t i, const float *imp, void *dst)
+/* t's rows from src (one expert's of a 3-D t) into dst. */
+static int produce_rows(const struct qf_gguf_tensor *t,
+			const struct qf_model_tensor *src, const float *imp,
+			uint8_t *dst)
 {
-	const struct qf_gguf_tensor *t;
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
 	float *buf, *tmp = NULL;
 	int ret = 0;
 
-	if (i >= p->nt)
-		return -EINVAL;
-	t = &p->t[i];
-	if (!t->src) {
-		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
-		if (!buf)
-			return -ENOMEM;
-		rope_freqs(&p->cfg, buf);
-		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
-		free(buf);
-		return ret;
-	}
 	/* a 1-D tensor is rows of one element, so biases permute alike */
-	rows = t->ndim == 2 ? t->ne[1] : t->ne[0];
-	cols = t->ndim == 2 ? t->ne[0] : 1;
+	rows = t->ndim >= 2 ? t->ne[1] : t->ne[0];
+	cols = t->ndim >= 2 ? t->ne[0] : 1;
 	hd = t->permute_heads ? rows / t->permute_heads : 1;
 	rb = (int64_t)ROW_BLOCK_FLOATS / cols;
 	rb = rb < hd ? hd : rb / hd * hd;
@@ -594,9 +726,9 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		int64_t nr = rows - r0 < rb ? rows - r0 : rb;
 		float *x = buf;
 
-		ret = t->ndim == 2 ?
-		      qf_model_read_f32_rows(t->src, r0, nr, buf) :
-		      qf_model_read_f32(t->src, buf);
+		ret = t->ndim >= 2 ?
+		      qf_model_read_f32_rows(src, r0, nr, buf) :
+		      qf_model_read_f32(src, buf);
 		if (ret)
 			break;
 		if (t->permute_heads) {
@@ -616,5 +748,35 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 out_free:
 	free(buf);
 	free(tmp);
+	return ret;
+}
+
+int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
+		    size_t i, const float *imp, void *dst)
+{
+	const struct qf_gguf_tensor *t;
+	uint64_t mat;
+	float *buf;
+	int64_t e;
+	int ret = 0;
+
+	if (i >= p->nt)
+		return -EINVAL;
+	t = &p->t[i];
+	if (!t->src) {
+		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
+		if (!buf)
+			return -ENOMEM;
+		rope_freqs(&p->cfg, buf);
+		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
+		free(buf);
+		return ret;
+	}
+	if (t->ndim < 3)
+		return produce_rows(t, t->src, imp, dst);
+	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
+	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
+		ret = produce_rows(t, t->xsrc[e], imp, (uint8_t *)dst +
+				   (uint64_t)e * mat);
 	return ret;
 }

@@ -223,6 +223,8 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 	return write_json(dir, "tokenizer_config.json", c);
 }
 
+#define ROUTER_SCALE 4.0
+
 /* Fill one tensor's values (f32) the way its role suggests. */
 static void gen_values(const char *name, int64_t rows, int64_t cols,
 		       uint64_t seed, float *v)
@@ -237,6 +239,13 @@ static void gen_values(const char *name, int64_t rows, int64_t cols,
 	}
 	{
 		double base = strstr(name, "embed") ? 1.0 : 1.0 / sqrt((double)cols);
+		size_t nl = strlen(name);
+
+		/* a MoE router (arch_moe.c): a confident one, as trained
+		 * routers are, so that an expert chosen by a hair carries
+		 * little weight */
+		if (nl > 12 && !strcmp(name + nl - 12, ".gate.weight"))
+			base *= ROUTER_SCALE;
 		double *cs = malloc((size_t)cols * sizeof(*cs));
 
 		if (!cs)

@@ -17,20 +17,25 @@ import shutil
 
 import numpy as np
 
-from archtest import (Mount, TEXT, WORK, check_logits, eval_json,
-                      ids_for, mkmodel, run_tests, stread)
+from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
+                      check_logits, eval_json, ids_for, mkmodel, need_client,
+                      run_tests, stread)
 import ref_moe
 
 ARCHES = ("qwen3_moe", "mixtral", "olmoe")
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "olmoe": "olmoe"}
 SHAPE = ("--hidden", 64, "--inter", 128, "--layers", 2, "--heads", 4,
-         "--kv-heads", 2, "--vocab", 512, "--experts", 8, "--topk", 2,
-         "--moe-inter", 32)
+         "--vocab", 512, "--experts", 8, "--topk", 2, "--moe-inter", 32)
 
 
-def model(arch, tag="", seed=7):
+def model(arch, tag="", seed=7, kv_heads=None):
+    """OLMoE without GQA, as the released model (and llama.cpp's olmoe)."""
     d = os.path.join(WORK, arch + tag)
+    if kv_heads is None:
+        kv_heads = 4 if arch == "olmoe" else 2
     if not os.path.exists(d):
-        mkmodel(d, "--arch", arch, "--seed", seed, *SHAPE)
+        mkmodel(d, "--arch", arch, "--seed", seed, *SHAPE,
+                "--kv-heads", kv_heads)
     return d
 
 
@@ -79,6 +84,10 @@ def test_logits_variants():
     edit_config(d, sliding_window=5)
     check_margins(d, ids)
     check_logits(d, ref_moe.logits, ids, label="mixtral window 5")
+
+    d = model("olmoe", "_gqa", kv_heads=2)
+    check_margins(d, ids)
+    check_logits(d, ref_moe.logits, ids, label="olmoe kv_heads 2")
 
     d = os.path.join(WORK, "olmoe_clip")
     shutil.copytree(model("olmoe"), d)
@@ -133,6 +142,26 @@ def test_rtn_variants():
             print("  %s: ppl original %.3f, rtn_w4_g32_sym %.3f" % (
                 arch, ev0["ppl"], ev["ppl"]))
             assert abs(ev["ppl"] / ev0["ppl"] - 1) < 0.2, (ev, ev0)
+
+
+def test_gguf():
+    """llama.cpp on original/model.gguf (qwen3moe, llama with experts,
+    olmoe): its next-token distributions against quantfs's; on a Q4_0
+    view (rtn_w4_g32_sym, experts repacked) its perplexity against
+    `quantfs eval` of the same files."""
+    need_client()
+    ids = ids_for(512, 1, 32, seed=11)[0]
+    with Mount(src_dir()) as m:
+        for arch in ARCHES:
+            d = os.path.join(m.mnt, arch)
+            gguf = os.path.join(d, "original", "model.gguf")
+            # llama.cpp's f16 KV cache moves the router's inputs by
+            # ~1e-3: a token whose 2nd and 3rd experts are that close
+            # swaps them (a small weight, with the generated routers)
+            out = check_gguf_probs(gguf, model(arch), ids, tol=1e-2,
+                                   label=arch)
+            assert out.get("arch") in (None, GGUF_ARCH[arch]), out
+            check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
 
 
 if __name__ == "__main__":
