@@ -17,8 +17,26 @@
 #include <string.h>
 
 #include "nn.h"
-#include "tf_kernels.h"
 #include "tf_moe.h"
+
+/*
+ * The kernels of tf_kernels.c are not called here: tf_kernels.c runs this
+ * block, and files of nn call in one direction.  A linear is one SGEMM;
+ * SwiGLU is the plain loop (its cost is 1/hidden of the products').
+ */
+static void linear(const float *x, int64_t n, int64_t in, const float *w,
+		   int64_t out, float *y)
+{
+	qf_sgemm(false, true, n, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+}
+
+static void swiglu(float *g, const float *u, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
 
 int qf_tf_moe_load(const struct qf_model *m, const struct qf_tf_config *c,
 		   int l, struct qf_tf_moe **out)
@@ -121,8 +139,7 @@ int qf_tf_moe_route(const struct qf_tf_config *c, const struct qf_tf_moe *moe,
 
 	if (!lg)
 		return -ENOMEM;
-	qf_tf_linear_run(xn, ntok, c->hidden, moe->router, NULL, c->experts,
-			 0.0f, lg);
+	linear(xn, ntok, c->hidden, moe->router, c->experts, lg);
 	for (t = 0; t < ntok; t++)
 		route_token(c, lg + t * c->experts, sel + t * c->topk,
 			    p + t * c->topk);
@@ -203,16 +220,13 @@ int qf_tf_moe_forward(const struct qf_tf_config *c,
 			break;
 		if (n == 0)
 			continue;
-		qf_tf_linear_run(sc.xe, n, h, w[QF_MOE_GATE], NULL, mi, 0.0f,
-				 sc.g);
-		qf_tf_linear_run(sc.xe, n, h, w[QF_MOE_UP], NULL, mi, 0.0f,
-				 sc.u);
-		qf_tf_swiglu(sc.g, sc.u, n * mi);
+		linear(sc.xe, n, h, w[QF_MOE_GATE], mi, sc.g);
+		linear(sc.xe, n, h, w[QF_MOE_UP], mi, sc.u);
+		swiglu(sc.g, sc.u, n * mi);
 		if (hook && (ret = hook(arg, layer, e, QF_MOE_DOWN, sc.g, n,
 					mi)) != 0)
 			break;
-		qf_tf_linear_run(sc.g, n, mi, w[QF_MOE_DOWN], NULL, h, 0.0f,
-				 sc.xe);
+		linear(sc.g, n, mi, w[QF_MOE_DOWN], h, sc.xe);
 		for (i = 0; i < n; i++) {
 			float *xr = x + (int64_t)sc.tok[i] * h;
 
