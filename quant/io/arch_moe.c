@@ -165,24 +165,43 @@ void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
 	snprintf(out, cap, "model.layers.%d.%s", l, c->moe->router);
 }
 
-bool qf_moe_is_router(const struct qf_model *m, const char *name)
+/* m's block names, and name past "model.layers.N." in *rest; NULL when
+ * m is no MoE model or name is not in a layer. */
+static const struct qf_moe_names *in_layer(const struct qf_model *m,
+					   const char *name, const char **rest)
 {
 	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(
 		(const cJSON *)m->config, "model_type");
 	const struct qf_moe_names *nm = cJSON_IsString(mt) ?
 		names_of(qf_arch_find(mt->valuestring)) : NULL;
-	size_t rl;
-	const char *p;
 	char *end;
 
 	if (!nm || strncmp(name, "model.layers.", 13))
-		return false;
+		return NULL;
 	strtol(name + 13, &end, 10);
 	if (end == name + 13 || *end != '.')
-		return false;
-	p = end + 1;
-	rl = strlen(nm->router);
-	return !strncmp(p, nm->router, rl) && !strcmp(p + rl, ".weight");
+		return NULL;
+	*rest = end + 1;
+	return nm;
+}
+
+bool qf_moe_is_router(const struct qf_model *m, const char *name)
+{
+	const char *p;
+	const struct qf_moe_names *nm = in_layer(m, name, &p);
+	size_t rl = nm ? strlen(nm->router) : 0;
+
+	return nm && !strncmp(p, nm->router, rl) && !strcmp(p + rl, ".weight");
+}
+
+bool qf_moe_is_expert(const struct qf_model *m, const char *name)
+{
+	const char *p;
+	const struct qf_moe_names *nm = in_layer(m, name, &p);
+	size_t el = nm ? strlen(nm->experts) : 0, n = strlen(name);
+
+	return nm && !strncmp(p, nm->experts, el) && p[el] == '.' &&
+	       n > 7 && !strcmp(name + n - 7, ".weight");
 }
 
 /* ------------------------------------------------------------------ */

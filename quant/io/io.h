@@ -412,6 +412,8 @@ void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
  * every variant.
  */
 bool qf_moe_is_router(const struct qf_model *m, const char *name);
+/* True when tensor name is an expert's linear weight of m's family. */
+bool qf_moe_is_expert(const struct qf_model *m, const char *name);
 
 /* ------------------------------------------------------------------ */
 /* checkpoint packing: GPTQ v1 (pack_gptq.c), AWQ GEMM (pack_awq.c)    */

@@ -94,6 +94,13 @@ void qf_tf_moe_free(struct qf_tf_moe *moe)
 	free(moe);
 }
 
+float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e)
+{
+	if (!ly->moe || e < 0 || e >= ly->moe->experts)
+		return NULL;
+	return ly->moe->w + (size_t)e * QF_MOE_NLINEAR;
+}
+
 /*
  * One token's routing from its router logits lg [E] (overwritten by the
  * probabilities): the top-k experts in sel [k], largest first (ties to
@@ -218,14 +225,16 @@ int qf_tf_moe_forward(const struct qf_tf_config *c,
 		if (hook && (ret = hook(arg, layer, e, QF_MOE_GATE, sc.xe, n,
 					h)) != 0)
 			break;
-		if (n == 0)
-			continue;
-		linear(sc.xe, n, h, w[QF_MOE_GATE], mi, sc.g);
-		linear(sc.xe, n, h, w[QF_MOE_UP], mi, sc.u);
-		swiglu(sc.g, sc.u, n * mi);
+		if (n > 0) {
+			linear(sc.xe, n, h, w[QF_MOE_GATE], mi, sc.g);
+			linear(sc.xe, n, h, w[QF_MOE_UP], mi, sc.u);
+			swiglu(sc.g, sc.u, n * mi);
+		}
 		if (hook && (ret = hook(arg, layer, e, QF_MOE_DOWN, sc.g, n,
 					mi)) != 0)
 			break;
+		if (n == 0)
+			continue;
 		linear(sc.g, n, mi, w[QF_MOE_DOWN], h, sc.xe);
 		for (i = 0; i < n; i++) {
 			float *xr = x + (int64_t)sc.tok[i] * h;

@@ -100,6 +100,25 @@ typedef int (*qf_tf_expert_hook)(void *arg, int layer, int expert,
 int qf_tf_layer_forward(const struct qf_tf_config *c,
 			const struct qf_tf_layer *ly, int layer, float *x,
 			int nseq, int seqlen, qf_tf_hook hook, void *arg);
+/*
+ * The same for a layer with a MoE block: hook sees the attention's
+ * linears, and in place of the MLP's, QF_TF_GATE once with the block's
+ * input (every token); ehook (may be NULL) each expert's routed rows.
+ * window as qf_tf_layer_forward chooses it (c->sliding_window, 0 when it
+ * covers seqlen).  Calibration of experts (calib.c).
+ */
+int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
+			    const struct qf_tf_layer *ly, int layer,
+			    float *x, int nseq, int seqlen, int window,
+			    qf_tf_hook hook, qf_tf_expert_hook ehook,
+			    void *arg);
+/*
+ * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR
+ * pointers, [out, in] each (gate, up: [moe_inter, hidden]; down:
+ * [hidden, moe_inter]), the layer's own (a quantizer replaces them in
+ * place).  NULL when ly has no MoE block or e is out of range.
+ */
+float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e);
 /* Embedding lookup: x [n, hidden] for tokens ids[n]. */
 int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		const int32_t *ids, int64_t n, float *x);

@@ -536,6 +536,7 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 
 	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
 	if (ly->moe) {
+		HOOK(QF_TF_GATE, sc.xn, c->hidden);	/* the block's input */
 		ret = qf_tf_moe_forward(c, ly->moe, layer, sc.xn, ntok, x,
 					ehook, arg);
 		goto out_free;

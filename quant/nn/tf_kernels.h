@@ -85,15 +85,4 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 			    int nseq, int seqlen, int window,
 			    qf_tf_hook hook, void *arg);
 
-/*
- * The same with the MoE block's expert hook (ehook, may be NULL; hook
- * sees the attention's linears and a dense MLP's): calibration of
- * experts (calib.c).
- */
-int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
-			    const struct qf_tf_layer *ly, int layer,
-			    float *x, int nseq, int seqlen, int window,
-			    qf_tf_hook hook, qf_tf_expert_hook ehook,
-			    void *arg);
-
 #endif /* QF_TF_KERNELS_H */

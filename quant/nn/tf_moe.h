@@ -35,7 +35,7 @@ int qf_tf_moe_route(const struct qf_tf_config *c, const struct qf_tf_moe *moe,
 /*
  * x [ntok, hidden] += the block's output for the normed rows xn [ntok,
  * hidden].  hook (may be NULL) sees each expert's gathered inputs before
- * its gate/up (k QF_MOE_GATE, also with 0 rows) and its down projection.
+ * its gate/up (k QF_MOE_GATE) and its down projection, also with 0 rows.
  * Returns 0, -ENOMEM or the hook's value.
  */
 int qf_tf_moe_forward(const struct qf_tf_config *c,

@@ -170,9 +170,11 @@ def logits(model_dir, ids):
     return np.concatenate(out, axis=0)
 
 
-def routing(model_dir, ids):
-    """[(sel, margin)] per sparse layer and sequence, in order."""
+def routing(model_dir, ids, weights=None):
+    """[(sel, margin)] per sparse layer and sequence, in order; weights
+    (name -> array) in place of the model's own."""
     cfg, w = load(model_dir)
+    w = w if weights is None else weights
     trace = []
     for seq in np.asarray(ids).reshape(len(ids), -1):
         hidden(cfg, w, seq, trace)

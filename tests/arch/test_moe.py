@@ -144,6 +144,79 @@ def test_rtn_variants():
             assert abs(ev["ppl"] / ev0["ppl"] - 1) < 0.2, (ev, ev0)
 
 
+def calib_windows(text, nseq, seqlen):
+    """quantfs's calibration windows of a text for the generated
+    byte-level tokenizer (token 3 + byte, BOS 1), spread evenly."""
+    toks = [3 + b for b in text.encode()]
+    body = seqlen - 1
+    stride = (len(toks) - body) // (nseq - 1)
+    return np.array([[1] + toks[s * stride:s * stride + body]
+                     for s in range(nseq)], dtype=np.int32)
+
+
+def dequantized(d, v, bits):
+    """The weights a GPTQ variant computes with: its linears dequantized,
+    the rest (routers included) as stored."""
+    t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+    w = {}
+    for name, a in t.items():
+        if name.endswith(".qweight"):
+            pre = name[:-8]
+            n_in = a.shape[0] * 32 // bits
+            w[pre + ".weight"] = stread.gptq_dequant(
+                t, pre, bits, t[pre + ".scales"].shape[1], n_in)[0]
+        elif not name.endswith((".qzeros", ".scales", ".g_idx")):
+            w[name] = a
+    return {k: np.asarray(a, dtype=np.float64) for k, a in w.items()}
+
+
+def test_gptq_experts():
+    """GPTQ of every expert on the tokens routed to it: the counts in
+    quantization.json are the routing of the quantized model (whose
+    router input is what true-sequential GPTQ saw), GPTQ beats RTN on
+    the experts' own inputs, routers kept; too few tokens: the
+    fallback's statistics (a calibration set of 2 x 32 tokens)."""
+    text = TEXT * 4
+    cal = os.path.join(WORK, "calib.txt")
+    open(cal, "w").write(text)
+    for n, ln in ((8, 64), (2, 32)):
+        opts = ["calib=" + cal, "calib_n=%d" % n, "calib_len=%d" % ln]
+        with Mount(src_dir(), opts=opts) as m:
+            for arch in ARCHES:
+                check_gptq(m, arch, calib_windows(text, n, ln))
+
+
+def check_gptq(m, arch, ids):
+    d = os.path.join(m.mnt, arch)
+    assert "gptq_w4_g128" in os.listdir(d)
+    assert "awq_w4_g128" not in os.listdir(d)
+    v = os.path.join(d, "gptq_w4_g32_sym")
+    q = json.load(open(os.path.join(v, "quantization.json")))
+    w = dequantized(model(arch), v, 4)
+    trace = ref_moe.routing(model(arch), ids, weights=w)
+    router, ex = ref_moe.NAMES[arch][:2]
+    names = ref_moe.NAMES[arch][2:]
+    layers = {g["name"]: g for g in q["layers"]}
+    gptq = rtn = 0.0
+    for l in range(2):
+        sel = np.concatenate([trace[s * 2 + l][0] for s in range(len(ids))])
+        count = np.bincount(sel.ravel(), minlength=8)
+        for e in range(8):
+            for n in names:
+                g = layers["model.layers.%d.%s.%d.%s.weight" % (l, ex, e,
+                                                                   n)]
+                assert g["routed_tokens"] == count[e], (arch, l, e, g)
+                gptq += g["loss_gptq"]
+                rtn += g["loss_rtn"]
+        assert "model.layers.%d.%s.weight" % (l, router) not in layers
+    print("  %s gptq_w4_g32_sym over %d tokens: routed %s (layer 1); "
+          "expert loss gptq %.4f vs rtn %.4f" % (
+              arch, ids.size, count.tolist(), gptq / 48, rtn / 48))
+    assert gptq < rtn, (gptq, rtn)
+    ev = eval_json(v, TEXT, ctx=64)
+    assert ev["ppl"] > 0
+
+
 def test_gguf():
     """llama.cpp on original/model.gguf (qwen3moe, llama with experts,
     olmoe): its next-token distributions against quantfs's; on a Q4_0
