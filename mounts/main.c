@@ -36,6 +36,7 @@ static const char usage_text[] =
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
 	"                       [--head-dim N] [--seed N]\n"
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
+	"                       [--experts N] [--topk K] [--moe-inter N]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"                    [--scores-vs SRC [--windows N]] [--ids-out FILE]\n"
