@@ -435,7 +435,7 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 		}                                                            \
 	} while (0)
 
-static void clamp(float *x, int64_t n, float lim)
+void qf_tf_clamp(float *x, int64_t n, float lim)
 {
 	int64_t i;
 
@@ -458,9 +458,9 @@ static void qk_norm_full(const struct qf_tf_config *c,
 	qf_tf_rmsnorm(sc->k, ly->k_norm, ntok, kvd, c->rms_eps, sc->k);
 	if (c->clip_qkv <= 0)
 		return;
-	clamp(sc->q, ntok * qd, c->clip_qkv);
-	clamp(sc->k, ntok * kvd, c->clip_qkv);
-	clamp(sc->v, ntok * kvd, c->clip_qkv);
+	qf_tf_clamp(sc->q, ntok * qd, c->clip_qkv);
+	qf_tf_clamp(sc->k, ntok * kvd, c->clip_qkv);
+	qf_tf_clamp(sc->v, ntok * kvd, c->clip_qkv);
 }
 
 /* q/k/v projections, qwen3 q/k norms and RoPE. */

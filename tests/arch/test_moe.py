@@ -11,9 +11,11 @@ RTN variants quantize every expert's linears under the source's checkpoint
 names and keep the routers in source precision; calibrated methods are not
 offered for MoE models; llama.cpp loads model.gguf and agrees with quantfs.
 """
+import hashlib
 import json
 import os
 import shutil
+import struct
 
 import numpy as np
 
@@ -108,14 +110,18 @@ def src_dir():
 
 def test_rtn_variants():
     """Every expert's linears quantized under the source's names, routers
-    kept; no calibrated method offered; eval reads the variant."""
+    kept; no calibrated method but GPTQ offered; eval reads the
+    variant."""
     with Mount(src_dir()) as m:
         for arch in ARCHES:
             d = os.path.join(m.mnt, arch)
             names = os.listdir(d)
-            assert "rtn_w4_g128" in names and "gptq_w4_g128" not in names \
-                and "awq_w4_g128" not in names, names
-            assert not os.path.exists(os.path.join(d, "gptq_w4_g128",
+            # of the calibrated methods, GPTQ only (test_gptq_experts)
+            assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
+            for v in ("awq_w4_g128", "brecq_w4_g64_attn6", "kq4_k_m",
+                      "mixed_dyn"):
+                assert v not in names, names
+            assert not os.path.exists(os.path.join(d, "awq_w4_g128",
                                                    "config.json"))
             src, _ = stread.read_st(os.path.join(model(arch),
                                                  "model.safetensors"))
@@ -184,6 +190,16 @@ def test_gptq_experts():
         with Mount(src_dir(), opts=opts) as m:
             for arch in ARCHES:
                 check_gptq(m, arch, calib_windows(text, n, ln))
+    # data-free: sequences sampled from the model (its KV-cached decoder
+    # through the MoE blocks and OLMoE's norms)
+    with Mount(src_dir(), opts=["calib_n=4", "calib_len=32"]) as m:
+        for arch in ARCHES:
+            v = os.path.join(m.mnt, arch, "gptq_w4_g128")
+            q = json.load(open(os.path.join(v, "quantization.json")))
+            assert "sampled" in q["calibration"]["source"], q
+            tok = [g["routed_tokens"] for g in q["layers"]
+                   if ".experts." in g["name"]]
+            assert sum(tok) == 2 * 3 * 4 * 32 * 2, tok
 
 
 def check_gptq(m, arch, ids):
@@ -215,6 +231,40 @@ def check_gptq(m, arch, ids):
     assert gptq < rtn, (gptq, rtn)
     ev = eval_json(v, TEXT, ctx=64)
     assert ev["ppl"] > 0
+
+
+def test_sampled_calibration():
+    """Data-free calibration samples from the model with a KV-cached
+    decoder of its own (calib/sample.c): with lm_head scaled by 1e4 the
+    sampling is greedy, so the set's token hash in quantization.json is
+    that of the oracle's greedy continuation of BOS."""
+    src = os.path.join(WORK, "sharp")
+    os.makedirs(src)
+    for arch in ARCHES:
+        d = os.path.join(src, arch)
+        if arch == "olmoe":     # also GQA and clip_qkv in the decoder
+            shutil.copytree(model(arch, "_gqa", kv_heads=2), d)
+            edit_config(d, clip_qkv=0.5)
+        else:
+            shutil.copytree(model(arch), d)
+        t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+        t["lm_head.weight"] = t["lm_head.weight"] * 1e4
+        stread.write_st(os.path.join(d, "model.safetensors"), {
+            k: ("F32", list(v.shape), np.ascontiguousarray(
+                v, dtype=np.float32).tobytes()) for k, v in t.items()})
+    with Mount(src, opts=["calib_n=2", "calib_len=16"]) as m:
+        for arch in ARCHES:
+            ids = [1]
+            for _ in range(15):
+                lg = ref_moe.logits(os.path.join(src, arch), [ids])
+                ids.append(int(np.argmax(lg[-1])))
+            h = hashlib.sha256(b"quantfs-calib-v1\0" +
+                               struct.pack("<II", 2, 16) +
+                               np.array(ids * 2, dtype="<u4").tobytes())
+            q = json.load(open(os.path.join(m.mnt, arch, "gptq_w4_g128",
+                                            "quantization.json")))
+            print("  %s sampled calibration: %s" % (arch, ids))
+            assert q["calibration"]["token_hash"] == h.hexdigest(), arch
 
 
 def test_gguf():
