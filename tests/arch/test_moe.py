@@ -137,6 +137,11 @@ def test_rtn_variants():
                         assert w not in t and w[:-7] + ".qweight" in t, w
                 stread.check_rtn(t, src, "model.layers.%d.%s.3.%s.weight" %
                                  (l, ex, ref_moe.NAMES[arch][4]), 4, 32, True)
+            # mixed_static: experts get the MLP role's bits (4)
+            ms = json.load(open(os.path.join(d, "mixed_static",
+                                             "quantization.json")))
+            assert {g["bits"] for g in ms["layers"]
+                    if ".experts." in g["name"]} == {4}, arch
             q = json.load(open(os.path.join(v, "quantization.json")))
             kept = [k["name"] for k in q["kept_in_source_dtype"]]
             assert kept == ["model.layers.%d.%s.weight" % (l, router)
