@@ -125,18 +125,19 @@ static int32_t find_group(const struct qf_variant *v, const char *name)
 static int expert_groups(struct qf_var *var, const struct qf_tf_config *c)
 {
 	struct qf_job *jb = var->job;
-	size_t n = (size_t)c->layers * (size_t)c->experts * QF_MOE_NLINEAR;
+	int nexp = c->experts + (c->shared_inter > 0);	/* + the shared */
+	size_t n = (size_t)c->layers * (size_t)nexp * QF_MOE_NLINEAR;
 	char want[256];
 	size_t i;
 	int l, e, k;
 
-	jb->nexp = c->experts;
+	jb->nexp = nexp;
 	jb->exp_group = malloc(n * sizeof(*jb->exp_group));
 	if (!jb->exp_group)
 		return -ENOMEM;
 	for (i = 0; i < n; i++) {
-		l = (int)(i / ((size_t)c->experts * QF_MOE_NLINEAR));
-		e = (int)(i / QF_MOE_NLINEAR % (size_t)c->experts);
+		l = (int)(i / ((size_t)nexp * QF_MOE_NLINEAR));
+		e = (int)(i / QF_MOE_NLINEAR % (size_t)nexp);
 		k = (int)(i % QF_MOE_NLINEAR);
 		jb->exp_group[i] = -1;
 		if (!qf_moe_layer_sparse(c, l))

@@ -367,7 +367,7 @@ static int expert_acts_all(const struct qf_tf_config *c, float *const *w,
 			   const float *x, int64_t ntok,
 			   struct qf_lin_stats *st)
 {
-	int64_t mi = c->moe_inter, r0, n, i;
+	int64_t mi = st->in, r0, n, i;
 	float *g = malloc(sizeof(float) * (size_t)(256 * mi));
 	float *u = malloc(sizeof(float) * (size_t)(256 * mi));
 

@@ -43,8 +43,10 @@ enum {				/* which architectures read a tensor */
 	A_QWEN3 = 4,
 	A_QWEN3MOE = 8,
 	A_OLMOE = 16,
-	A_ALL = 31,
+	A_QWEN2MOE = 32,
+	A_ALL = 63,
 	A_QKNORM = A_QWEN3 | A_QWEN3MOE | A_OLMOE,
+	A_QKVB = A_QWEN2 | A_QWEN2MOE,	/* q/k/v biases */
 };
 
 struct map_ent {
@@ -63,15 +65,15 @@ static const struct map_ent layer_map[] = {
 	{ "self_attn.q_proj.weight", "attn_q.weight", QF_GGUF_ROLE_ATTN_Q,
 	  D_Q, D_HIDDEN, A_ALL, A_ALL, 1 },
 	{ "self_attn.q_proj.bias", "attn_q.bias", QF_GGUF_ROLE_VECTOR,
-	  D_Q, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 1 },
+	  D_Q, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 1 },
 	{ "self_attn.k_proj.weight", "attn_k.weight", QF_GGUF_ROLE_ATTN_K,
 	  D_KV, D_HIDDEN, A_ALL, A_ALL, 2 },
 	{ "self_attn.k_proj.bias", "attn_k.bias", QF_GGUF_ROLE_VECTOR,
-	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 2 },
+	  D_KV, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 2 },
 	{ "self_attn.v_proj.weight", "attn_v.weight", QF_GGUF_ROLE_ATTN_V,
 	  D_KV, D_HIDDEN, A_ALL, A_ALL, 0 },
 	{ "self_attn.v_proj.bias", "attn_v.bias", QF_GGUF_ROLE_VECTOR,
-	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 0 },
+	  D_KV, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 0 },
 	{ "self_attn.q_norm.weight", "attn_q_norm.weight",
 	  QF_GGUF_ROLE_VECTOR, D_QN, D_NONE, A_QKNORM, A_QKNORM, 0 },
 	{ "self_attn.k_norm.weight", "attn_k_norm.weight",
@@ -309,6 +311,45 @@ static int add_stacked(struct builder *b, int l, enum qf_moe_linear k,
 }
 
 /*
+ * Qwen2-MoE's shared expert: ffn_{gate,up,down}_shexp, and its gate
+ * [1, hidden] as an F32 ffn_gate_inp_shexp (llama.cpp reads n_embd).
+ */
+static int add_shared(struct builder *b, int l, const char **why)
+{
+	static const char *const gg_of[QF_MOE_NLINEAR] = {
+		"ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp" };
+	static const enum qf_gguf_role role[QF_MOE_NLINEAR] = {
+		QF_GGUF_ROLE_FFN_GATE, QF_GGUF_ROLE_FFN_UP,
+		QF_GGUF_ROLE_FFN_DOWN };
+	const struct qf_tf_config *c = &b->p->cfg;
+	int64_t si = c->shared_inter;
+	char hf[160], gg[QF_GGUF_NAME_MAX];
+	struct qf_gguf_tensor *t;
+	int k, ret;
+
+	snprintf(hf, sizeof(hf), "model.layers.%d.%s.weight", l,
+		 c->moe->shared_gate);
+	snprintf(gg, sizeof(gg), "blk.%d.ffn_gate_inp_shexp.weight", l);
+	ret = add_tensor(b, hf, gg, QF_GGUF_ROLE_VECTOR, 1, c->hidden, 0,
+			 true, why);
+	if (ret)
+		return ret;
+	t = &b->p->t[b->p->nt - 1];
+	t->type = QF_GGML_F32;
+	t->nbytes = (uint64_t)c->hidden * 4;
+	for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+		qf_moe_expert_name(c, l, c->experts, k, hf, sizeof(hf) - 8);
+		strcat(hf, ".weight");
+		snprintf(gg, sizeof(gg), "blk.%d.%s.weight", l, gg_of[k]);
+		ret = add_tensor(b, hf, gg, role[k],
+				 k == QF_MOE_DOWN ? c->hidden : si,
+				 k == QF_MOE_DOWN ? si : c->hidden, 0, true,
+				 why);
+	}
+	return ret;
+}
+
+/*
  * A sparse layer's MoE block: the router as ffn_gate_inp in F32 (the
  * converter's choice, which llama.cpp's quantizer keeps), the experts as
  * ffn_{gate,up,down}_exps.
@@ -342,14 +383,15 @@ static int add_experts(struct builder *b, int l, const char **why)
 		snprintf(gg, sizeof(gg), "blk.%d.%s.weight", l, ex[k].gg);
 		ret = add_stacked(b, l, k, gg, ex[k].role, why);
 	}
-	return ret;
+	return ret || !c->shared_inter ? ret : add_shared(b, l, why);
 }
 
 /*
  * What llama.cpp's MoE architectures compute differently from a config:
  * every layer sparse, the top-k weights renormalized by qwen3moe and
- * llama (Mixtral) and never by olmoe, no q/k/v clamp, and olmoe's
- * output.weight always present and k_norm as wide as q_norm.
+ * llama (Mixtral) and never by olmoe and qwen2moe, no q/k/v clamp,
+ * output.weight always present in olmoe and qwen2moe, and olmoe's k_norm
+ * as wide as its q_norm.
  */
 static int moe_check(const struct builder *b, const char **why)
 {
@@ -360,15 +402,15 @@ static int moe_check(const struct builder *b, const char **why)
 		if (!qf_moe_layer_sparse(c, l))
 			VFAIL(QF_EUNSUPPORTED, "dense MLP layers among the "
 			      "MoE ones (llama.cpp's have none)");
-	if (c->norm_topk != (b->arch != A_OLMOE))
+	if (c->norm_topk != (b->arch != A_OLMOE && b->arch != A_QWEN2MOE))
 		VFAIL(QF_EUNSUPPORTED, "norm_topk_prob differs from what "
 		      "llama.cpp does for this architecture");
 	if (c->clip_qkv > 0)
 		VFAIL(QF_EUNSUPPORTED, "clip_qkv (llama.cpp's olmoe does not "
 		      "clamp)");
-	if (b->arch == A_OLMOE && c->tie)
+	if ((b->arch == A_OLMOE || b->arch == A_QWEN2MOE) && c->tie)
 		VFAIL(QF_EUNSUPPORTED, "tied embeddings (llama.cpp's olmoe "
-		      "needs output.weight)");
+		      "and qwen2moe need output.weight)");
 	if (b->arch == A_OLMOE && c->kv_heads != c->heads)
 		VFAIL(QF_EUNSUPPORTED, "grouped-query attention (llama.cpp's "
 		      "olmoe has k_norm over the whole width)");
@@ -432,9 +474,9 @@ static int plan_tensors(struct builder *b, const char **why)
 
 	b->cap = (size_t)c->layers * (sizeof(layer_map) / sizeof(layer_map[0]))
 		 + 4 + (size_t)c->experts;	/* + add_stacked()'s fold */
-	b->p->t = calloc(b->cap + (c->moe ? (size_t)c->layers * 4 : 0),
+	b->p->t = calloc(b->cap + (c->moe ? (size_t)c->layers * 8 : 0),
 			 sizeof(*b->p->t));
-	b->cap += c->moe ? (size_t)c->layers * 4 : 0;
+	b->cap += c->moe ? (size_t)c->layers * 8 : 0;
 	b->used = calloc(b->m->nt ? b->m->nt : 1, sizeof(*b->used));
 	if (c->moe)
 		b->p->xsrc = calloc((size_t)c->layers * QF_MOE_NLINEAR *
@@ -521,6 +563,9 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 		kv_u32(w, ".expert_used_count", (uint32_t)c->topk);
 		kv_u32(w, ".expert_feed_forward_length",
 		       (uint32_t)c->moe_inter);
+		if (c->shared_inter)
+			kv_u32(w, ".expert_shared_feed_forward_length",
+			       (uint32_t)c->shared_inter);
 	}
 	kv_u32(w, ".attention.head_count", (uint32_t)c->heads);
 	kv_u32(w, ".attention.head_count_kv", (uint32_t)c->kv_heads);
@@ -620,10 +665,11 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	if (!mt || (!moe && strcmp(mt, "llama") && strcmp(mt, "mistral") &&
 		    strcmp(mt, "qwen2") && strcmp(mt, "qwen3")))
 		VFAIL(QF_EUNSUPPORTED, "model_type is none of llama, mistral, "
-		      "qwen2, qwen3, qwen3_moe, mixtral, olmoe");
+		      "qwen2, qwen3, qwen3_moe, mixtral, olmoe, qwen2_moe");
 	b.arch = mt[0] == 'q' ? (mt[4] == '2' ? A_QWEN2 : A_QWEN3) : A_LLAMA;
 	if (moe)	/* llama.cpp's name: qwen3moe, olmoe, llama */
 		b.arch = !strcmp(moe->gguf, "qwen3moe") ? A_QWEN3MOE :
+			 !strcmp(moe->gguf, "qwen2moe") ? A_QWEN2MOE :
 			 !strcmp(moe->gguf, "olmoe") ? A_OLMOE : A_LLAMA;
 	snprintf(out->arch, sizeof(out->arch), "%s", moe ? moe->gguf :
 		 mt[0] == 'q' ? mt : "llama");

@@ -13,7 +13,7 @@
 #define QF_ARCH_GEMMA_ROWS
 /* Phi-3 / Phi-4-mini: arch_phi3.c */
 #define QF_ARCH_PHI3_ROWS
-/* Qwen3-MoE, Mixtral, OLMoE: arch_moe.c */
+/* Qwen3-MoE, Mixtral, OLMoE (and Qwen2-MoE): arch_moe.c */
 int qf_arch_moe_parse(const struct qf_model *m, const struct cJSON *o,
 		      struct qf_tf_config *c);
 void qf_arch_moe_mk_config(struct cJSON *c, const struct qf_mkmodel_opts *o);
@@ -36,6 +36,9 @@ int qf_arch_moe_mk_layer(struct qf_mk_list *t,
 	  QF_ARCH_MOE_HOOKS },                                               \
 	{ .model_type = "olmoe", .gguf = "olmoe",                            \
 	  .hf_class = "OlmoeForCausalLM", .lin = QF_ARCH_MOE_LIN,            \
-	  .flags = QF_ARCH_MOE | QF_ARCH_QK_NORM_FULL, QF_ARCH_MOE_HOOKS },
+	  .flags = QF_ARCH_MOE | QF_ARCH_QK_NORM_FULL, QF_ARCH_MOE_HOOKS },   \
+	{ .model_type = "qwen2_moe", .gguf = "qwen2moe",                     \
+	  .hf_class = "Qwen2MoeForCausalLM", .lin = QF_ARCH_MOE_LIN,         \
+	  .flags = QF_ARCH_MOE | QF_ARCH_QKV_BIAS, QF_ARCH_MOE_HOOKS },
 
 #endif /* QF_ARCH_I_H */

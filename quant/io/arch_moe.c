@@ -1,10 +1,12 @@
 /*
  * arch_moe.c - the mixture-of-experts families of the architecture table
- * (arch.c): Qwen3-MoE, Mixtral and OLMoE.  Their attention is a known
- * one (Qwen3's per-head q/k norms, Llama's, OLMoE's whole-projection q/k
- * norms); what they add is a sparse MoE block in place of the MLP: a
- * router (a linear to one logit per expert, softmax in fp32, top-k, the
- * k weights renormalized or not) and experts that are each a SwiGLU MLP.
+ * (arch.c): Qwen3-MoE, Mixtral, OLMoE and Qwen2-MoE.  Their attention is
+ * a known one (Qwen3's per-head q/k norms, Llama's, OLMoE's
+ * whole-projection q/k norms, Qwen2's biases); what they add is a sparse
+ * MoE block in place of the MLP: a router (a linear to one logit per
+ * expert, softmax in fp32, top-k, the k weights renormalized or not) and
+ * experts that are each a SwiGLU MLP; Qwen2-MoE adds a shared expert of
+ * every token, scaled by sigmoid(x . shared_expert_gate).
  * The families differ only in the checkpoint names of the block and in
  * config.json's keys, so both are data here (struct qf_moe_names, the
  * parse hooks) and the kernels (quant/nn/moe.c) test config fields.
@@ -22,10 +24,17 @@
 
 #include "arch_i.h"
 
-/* Qwen3-MoE and OLMoE name the block as Qwen2-MoE does. */
+/* Qwen3-MoE and OLMoE name the block as Qwen2-MoE does, less its shared
+ * expert. */
 static const struct qf_moe_names qwen_names = {
 	.router = "mlp.gate", .experts = "mlp.experts",
 	.lin = { "gate_proj", "up_proj", "down_proj" },
+};
+/* Qwen2-MoE adds a shared expert with a sigmoid gate. */
+static const struct qf_moe_names qwen2_names = {
+	.router = "mlp.gate", .experts = "mlp.experts",
+	.lin = { "gate_proj", "up_proj", "down_proj" },
+	.shared = "mlp.shared_expert", .shared_gate = "mlp.shared_expert_gate",
 };
 /* Mixtral: w1 is the gate, w3 the up and w2 the down projection. */
 static const struct qf_moe_names mixtral_names = {
@@ -38,7 +47,8 @@ static const struct qf_moe_names *names_of(const struct qf_arch *a)
 {
 	if (!a || !(a->flags & QF_ARCH_MOE))
 		return NULL;
-	return !strcmp(a->model_type, "mixtral") ? &mixtral_names : &qwen_names;
+	return !strcmp(a->model_type, "mixtral") ? &mixtral_names :
+	       !strcmp(a->model_type, "qwen2_moe") ? &qwen2_names : &qwen_names;
 }
 
 /* ------------------------------------------------------------------ */
@@ -101,10 +111,11 @@ bad:
 }
 
 /*
- * The keys the three families share, under their names: the expert
- * count (num_experts or Mixtral's num_local_experts), top-k, the
- * expert's intermediate size (Qwen3-MoE's moe_intermediate_size, else
- * intermediate_size) and whether the top-k weights are renormalized.
+ * The keys the families share, under their names: the expert count
+ * (num_experts or Mixtral's num_local_experts), top-k, the expert's
+ * intermediate size (the Qwens' moe_intermediate_size, else
+ * intermediate_size), whether the top-k weights are renormalized, and
+ * Qwen2-MoE's shared_expert_intermediate_size.
  */
 static int parse_moe(const struct qf_model *m, const cJSON *o,
 		     struct qf_tf_config *c)
@@ -119,10 +130,12 @@ static int parse_moe(const struct qf_model *m, const cJSON *o,
 	c->topk = pos_int(o, "num_experts_per_tok", -1, 1 << 12);
 	c->moe_inter = pos_int(o, "moe_intermediate_size", c->inter, 1 << 24);
 	c->sparse_step = pos_int(o, "decoder_sparse_step", 1, 1 << 16);
+	c->shared_inter = c->moe->shared ?
+		pos_int(o, "shared_expert_intermediate_size", -1, 1 << 24) : 0;
 	/* Mixtral always renormalizes; the others say so (default off) */
 	c->norm_topk = mixtral || flag(o, "norm_topk_prob", false);
 	if (c->experts < 0 || c->topk < 0 || c->topk > c->experts ||
-	    c->moe_inter < 0 || c->sparse_step < 0) {
+	    c->moe_inter < 0 || c->sparse_step < 0 || c->shared_inter < 0) {
 		qf_err("%s: config.json lacks or has bad expert dimensions",
 		       m->dir);
 		return QF_EFORMAT;
@@ -155,8 +168,12 @@ bool qf_moe_layer_sparse(const struct qf_tf_config *c, int l)
 void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 			enum qf_moe_linear k, char *out, size_t cap)
 {
-	snprintf(out, cap, "model.layers.%d.%s.%d.%s", l, c->moe->experts, e,
-		 c->moe->lin[k]);
+	if (e == c->experts && c->moe->shared)
+		snprintf(out, cap, "model.layers.%d.%s.%s", l, c->moe->shared,
+			 c->moe->lin[k]);
+	else
+		snprintf(out, cap, "model.layers.%d.%s.%d.%s", l,
+			 c->moe->experts, e, c->moe->lin[k]);
 }
 
 void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
@@ -191,7 +208,12 @@ bool qf_moe_is_router(const struct qf_model *m, const char *name)
 	const struct qf_moe_names *nm = in_layer(m, name, &p);
 	size_t rl = nm ? strlen(nm->router) : 0;
 
-	return nm && !strncmp(p, nm->router, rl) && !strcmp(p + rl, ".weight");
+	size_t gl = nm && nm->shared_gate ? strlen(nm->shared_gate) : 0;
+
+	return nm && ((!strncmp(p, nm->router, rl) &&
+		       !strcmp(p + rl, ".weight")) ||
+		      (gl && !strncmp(p, nm->shared_gate, gl) &&
+		       !strcmp(p + gl, ".weight")));
 }
 
 bool qf_moe_is_expert(const struct qf_model *m, const char *name)
@@ -200,7 +222,10 @@ bool qf_moe_is_expert(const struct qf_model *m, const char *name)
 	const struct qf_moe_names *nm = in_layer(m, name, &p);
 	size_t el = nm ? strlen(nm->experts) : 0, n = strlen(name);
 
-	return nm && !strncmp(p, nm->experts, el) && p[el] == '.' &&
+	size_t sl = nm && nm->shared ? strlen(nm->shared) : 0;
+
+	return nm && ((!strncmp(p, nm->experts, el) && p[el] == '.') ||
+		      (sl && !strncmp(p, nm->shared, sl) && p[sl] == '.')) &&
 	       n > 7 && !strcmp(name + n - 7, ".weight");
 }
 
@@ -230,12 +255,18 @@ void qf_arch_moe_mk_config(cJSON *c, const struct qf_mkmodel_opts *o)
 	cJSON_AddNumberToObject(c, mixtral ? "num_local_experts" :
 				"num_experts", mk_experts(o));
 	cJSON_AddNumberToObject(c, "num_experts_per_tok", mk_topk(o));
-	if (!strcmp(o->arch, "qwen3_moe")) {
+	if (!strncmp(o->arch, "qwen", 4)) {	/* qwen3_moe, qwen2_moe */
+		bool q2 = !strcmp(o->arch, "qwen2_moe");
+
 		cJSON_AddNumberToObject(c, "moe_intermediate_size",
 					mk_inter(o));
 		cJSON_AddNumberToObject(c, "decoder_sparse_step", 1);
 		cJSON_AddArrayToObject(c, "mlp_only_layers");
-		cJSON_AddBoolToObject(c, "norm_topk_prob", true);
+		cJSON_AddBoolToObject(c, "norm_topk_prob", !q2);
+		if (q2)
+			cJSON_AddNumberToObject(c,
+				"shared_expert_intermediate_size",
+				2 * mk_inter(o));
 	} else {
 		/* the expert's size is intermediate_size here */
 		cJSON_ReplaceItemInObject(c, "intermediate_size",
@@ -273,6 +304,23 @@ int qf_arch_moe_mk_layer(struct qf_mk_list *t,
 	} else if (a->flags & QF_ARCH_QK_NORM) {
 		ret |= qf_mk_add(t, hd, 0, "%s.%d.self_attn.q_norm.weight", pre, l);
 		ret |= qf_mk_add(t, hd, 0, "%s.%d.self_attn.k_norm.weight", pre, l);
+	}
+	if (a->flags & QF_ARCH_QKV_BIAS) {
+		ret |= qf_mk_add(t, qd, 0, "%s.%d.self_attn.q_proj.bias", pre, l);
+		ret |= qf_mk_add(t, kvd, 0, "%s.%d.self_attn.k_proj.bias", pre, l);
+		ret |= qf_mk_add(t, kvd, 0, "%s.%d.self_attn.v_proj.bias", pre, l);
+	}
+	if (nm->shared) {
+		int si = 2 * mk_inter(o);
+
+		ret |= qf_mk_add(t, 1, o->hidden, "%s.%d.%s.weight", pre, l,
+				 nm->shared_gate);
+		ret |= qf_mk_add(t, si, o->hidden, "%s.%d.%s.%s.weight", pre, l,
+				 nm->shared, nm->lin[QF_MOE_GATE]);
+		ret |= qf_mk_add(t, si, o->hidden, "%s.%d.%s.%s.weight", pre, l,
+				 nm->shared, nm->lin[QF_MOE_UP]);
+		ret |= qf_mk_add(t, o->hidden, si, "%s.%d.%s.%s.weight", pre, l,
+				 nm->shared, nm->lin[QF_MOE_DOWN]);
 	}
 	ret |= qf_mk_add(t, mk_experts(o), o->hidden, "%s.%d.%s.weight", pre,
 			 l, nm->router);

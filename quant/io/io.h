@@ -360,6 +360,8 @@ struct qf_tf_config {
 	int sparse_step;		/* decoder_sparse_step (>= 1) */
 	uint64_t mlp_only[4];		/* mlp_only_layers, bit per layer */
 	float clip_qkv;			/* olmoe: clamp q/k/v; 0 = none */
+	int shared_inter;		/* qwen2_moe: the shared expert's
+					 * intermediate size; 0 = none */
 };
 
 /* From config.json; QF_EUNSUPPORTED for other model types. */
@@ -393,6 +395,11 @@ struct qf_moe_names {
 	const char *router;		/* "mlp.gate": [experts, hidden] */
 	const char *experts;		/* "mlp.experts": then ".E." */
 	const char *lin[3];		/* gate, up, down under expert E */
+	/* Qwen2-MoE's shared expert ("mlp.shared_expert", then lin[]) and
+	 * its sigmoid gate ("mlp.shared_expert_gate": [1, hidden]); NULL
+	 * for the families without */
+	const char *shared;
+	const char *shared_gate;
 };
 
 /* The MLP linears of an expert, in true-sequential order. */
@@ -400,7 +407,10 @@ enum qf_moe_linear { QF_MOE_GATE, QF_MOE_UP, QF_MOE_DOWN, QF_MOE_NLINEAR };
 
 /* Whether layer l has a sparse MoE block (else a dense MLP). */
 bool qf_moe_layer_sparse(const struct qf_tf_config *c, int l);
-/* "model.layers.L.mlp.experts.E.up_proj" (no .weight) into out. */
+/*
+ * "model.layers.L.mlp.experts.E.up_proj" (no .weight) into out; e ==
+ * c->experts names the shared expert (c->shared_inter > 0).
+ */
 void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 			enum qf_moe_linear k, char *out, size_t cap);
 /* "model.layers.L.mlp.gate" (no .weight) into out. */

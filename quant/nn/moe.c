@@ -38,14 +38,29 @@ static void swiglu(float *g, const float *u, int64_t n)
 		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+/* Expert e's linear k ([out, in]; e == experts: the shared one). */
+static void expert_shape(const struct qf_tf_config *c, int e, int k,
+			 int64_t *out, int64_t *in)
+{
+	int64_t mi = e == c->experts ? c->shared_inter : c->moe_inter;
+
+	*out = k == QF_MOE_DOWN ? c->hidden : mi;
+	*in = k == QF_MOE_DOWN ? mi : c->hidden;
+}
+
+/* A tensor [d0, d1] of linear prefix name into a new array at *w. */
+static int load_linear(const struct qf_model *m, const char *name,
+		       int64_t d0, int64_t d1, float **w)
+{
+	*w = malloc(sizeof(float) * (size_t)(d0 * d1));
+	return *w ? qf_model_linear_f32(m, name, d0, d1, *w) : -ENOMEM;
+}
+
 int qf_tf_moe_load(const struct qf_model *m, const struct qf_tf_config *c,
 		   int l, struct qf_tf_moe **out)
 {
-	int64_t shape[QF_MOE_NLINEAR][2] = {
-		{ c->moe_inter, c->hidden }, { c->moe_inter, c->hidden },
-		{ c->hidden, c->moe_inter },
-	};
 	struct qf_tf_moe *moe;
+	int64_t d0, d1;
 	char name[256];
 	int e, k, ret;
 
@@ -53,25 +68,25 @@ int qf_tf_moe_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if (!moe)
 		return -ENOMEM;
 	moe->experts = c->experts;
-	moe->w = calloc((size_t)c->experts * QF_MOE_NLINEAR, sizeof(*moe->w));
-	moe->router = malloc(sizeof(float) * (size_t)c->experts *
-			     (size_t)c->hidden);
-	ret = moe->w && moe->router ? 0 : -ENOMEM;
+	moe->nw = c->experts + (c->shared_inter > 0);
+	moe->w = calloc((size_t)moe->nw * QF_MOE_NLINEAR, sizeof(*moe->w));
+	ret = moe->w ? 0 : -ENOMEM;
 	if (!ret) {
 		qf_moe_router_name(c, l, name, sizeof(name));
-		ret = qf_model_linear_f32(m, name, c->experts, c->hidden,
-					  moe->router);
+		ret = load_linear(m, name, c->experts, c->hidden,
+				  &moe->router);
 	}
-	for (e = 0; e < c->experts && !ret; e++)
+	if (!ret && c->shared_inter > 0) {
+		snprintf(name, sizeof(name), "model.layers.%d.%s", l,
+			 c->moe->shared_gate);
+		ret = load_linear(m, name, 1, c->hidden, &moe->shared_gate);
+	}
+	for (e = 0; e < moe->nw && !ret; e++)
 		for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
-			float **w = &moe->w[e * QF_MOE_NLINEAR + k];
-
 			qf_moe_expert_name(c, l, e, k, name, sizeof(name));
-			*w = malloc(sizeof(float) *
-				    (size_t)(shape[k][0] * shape[k][1]));
-			ret = *w ? qf_model_linear_f32(m, name, shape[k][0],
-						       shape[k][1], *w) :
-				   -ENOMEM;
+			expert_shape(c, e, k, &d0, &d1);
+			ret = load_linear(m, name, d0, d1,
+					  &moe->w[e * QF_MOE_NLINEAR + k]);
 		}
 	if (ret < 0) {
 		qf_tf_moe_free(moe);
@@ -87,16 +102,17 @@ void qf_tf_moe_free(struct qf_tf_moe *moe)
 
 	if (!moe)
 		return;
-	for (i = 0; moe->w && i < moe->experts * QF_MOE_NLINEAR; i++)
+	for (i = 0; moe->w && i < moe->nw * QF_MOE_NLINEAR; i++)
 		free(moe->w[i]);
 	free(moe->w);
 	free(moe->router);
+	free(moe->shared_gate);
 	free(moe);
 }
 
 float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e)
 {
-	if (!ly->moe || e < 0 || e >= ly->moe->experts)
+	if (!ly->moe || e < 0 || e >= ly->moe->nw)
 		return NULL;
 	return ly->moe->w + (size_t)e * QF_MOE_NLINEAR;
 }
@@ -161,16 +177,18 @@ struct moe_scratch {
 	int32_t *tok;	/* [ntok] tokens of one expert */
 	float *wt;	/* [ntok] their weights */
 	float *xe;	/* [ntok, hidden] their inputs, then outputs */
-	float *g;	/* [ntok, moe_inter] gate, then silu(gate) * up */
-	float *u;	/* [ntok, moe_inter] up */
+	float *g;	/* [ntok, wide] gate, then silu(gate) * up */
+	float *u;	/* [ntok, wide] up */
 	void *mem;
 };
 
 static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 			 struct moe_scratch *sc)
 {
-	int64_t k = c->topk, mi = c->moe_inter;
-	size_t n = (size_t)(ntok * (2 * k + 2 + c->hidden + 2 * mi));
+	int64_t k = c->topk;
+	int64_t wide = c->moe_inter > c->shared_inter ? c->moe_inter :
+						       c->shared_inter;
+	size_t n = (size_t)(ntok * (2 * k + 2 + c->hidden + 2 * wide));
 	char *b = malloc(n * 4);
 
 	if (!b)
@@ -182,7 +200,7 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 	sc->wt = (float *)(sc->tok + ntok);
 	sc->xe = sc->wt + ntok;
 	sc->g = sc->xe + ntok * c->hidden;
-	sc->u = sc->g + ntok * mi;
+	sc->u = sc->g + ntok * wide;
 	return 0;
 }
 
@@ -202,14 +220,66 @@ static int64_t gather(const struct qf_tf_config *c, const struct moe_scratch *sc
 	return n;
 }
 
+/*
+ * Expert e (intermediate size mi) on its n rows in sc->xe, output there:
+ * the hooks see its inputs before gate/up and before down, also with no
+ * rows.
+ */
+static int run_expert(const struct qf_tf_config *c, float *const *w,
+		      int layer, int e, int64_t n, int64_t mi,
+		      struct moe_scratch *sc, qf_tf_expert_hook hook,
+		      void *arg)
+{
+	int64_t h = c->hidden;
+	int ret;
+
+	if (hook && (ret = hook(arg, layer, e, QF_MOE_GATE, sc->xe, n, h)))
+		return ret;
+	if (n > 0) {
+		linear(sc->xe, n, h, w[QF_MOE_GATE], mi, sc->g);
+		linear(sc->xe, n, h, w[QF_MOE_UP], mi, sc->u);
+		swiglu(sc->g, sc->u, n * mi);
+	}
+	if (hook && (ret = hook(arg, layer, e, QF_MOE_DOWN, sc->g, n, mi)))
+		return ret;
+	if (n > 0)
+		linear(sc->g, n, mi, w[QF_MOE_DOWN], h, sc->xe);
+	return 0;
+}
+
+/* Qwen2-MoE: x += sigmoid(xn . shared_gate) * shared_expert(xn). */
+static int run_shared(const struct qf_tf_config *c,
+		      const struct qf_tf_moe *moe, int layer, const float *xn,
+		      int64_t ntok, float *x, struct moe_scratch *sc,
+		      qf_tf_expert_hook hook, void *arg)
+{
+	int64_t h = c->hidden, t, j;
+	int ret;
+
+	memcpy(sc->xe, xn, sizeof(float) * (size_t)(ntok * h));
+	ret = run_expert(c, moe->w + (size_t)c->experts * QF_MOE_NLINEAR,
+			 layer, c->experts, ntok, c->shared_inter, sc, hook,
+			 arg);
+	for (t = 0; t < ntok && !ret; t++) {
+		const float *xr = xn + t * h;
+		float *yr = x + t * h, gl = 0, gt;
+
+		for (j = 0; j < h; j++)
+			gl += xr[j] * moe->shared_gate[j];
+		gt = 1.0f / (1.0f + expf(-gl));
+		for (j = 0; j < h; j++)
+			yr[j] += gt * sc->xe[t * h + j];
+	}
+	return ret;
+}
+
 int qf_tf_moe_forward(const struct qf_tf_config *c,
 		      const struct qf_tf_moe *moe, int layer, const float *xn,
 		      int64_t ntok, float *x, qf_tf_expert_hook hook,
 		      void *arg)
 {
-	const float *const *w;
 	struct moe_scratch sc;
-	int64_t n, i, j, h = c->hidden, mi = c->moe_inter;
+	int64_t n, i, j, h = c->hidden;
 	int e, ret;
 
 	ret = scratch_alloc(c, ntok, &sc);
@@ -217,32 +287,21 @@ int qf_tf_moe_forward(const struct qf_tf_config *c,
 		return ret;
 	ret = qf_tf_moe_route(c, moe, xn, ntok, sc.sel, sc.p);
 	for (e = 0; e < c->experts && !ret; e++) {
-		w = (const float *const *)moe->w + e * QF_MOE_NLINEAR;
 		n = gather(c, &sc, ntok, e);
 		for (i = 0; i < n; i++)
 			memcpy(sc.xe + i * h, xn + (int64_t)sc.tok[i] * h,
 			       sizeof(float) * (size_t)h);
-		if (hook && (ret = hook(arg, layer, e, QF_MOE_GATE, sc.xe, n,
-					h)) != 0)
-			break;
-		if (n > 0) {
-			linear(sc.xe, n, h, w[QF_MOE_GATE], mi, sc.g);
-			linear(sc.xe, n, h, w[QF_MOE_UP], mi, sc.u);
-			swiglu(sc.g, sc.u, n * mi);
-		}
-		if (hook && (ret = hook(arg, layer, e, QF_MOE_DOWN, sc.g, n,
-					mi)) != 0)
-			break;
-		if (n == 0)
-			continue;
-		linear(sc.g, n, mi, w[QF_MOE_DOWN], h, sc.xe);
-		for (i = 0; i < n; i++) {
+		ret = run_expert(c, moe->w + (size_t)e * QF_MOE_NLINEAR,
+				 layer, e, n, c->moe_inter, &sc, hook, arg);
+		for (i = 0; i < n && !ret; i++) {
 			float *xr = x + (int64_t)sc.tok[i] * h;
 
 			for (j = 0; j < h; j++)
 				xr[j] += sc.wt[i] * sc.xe[i * h + j];
 		}
 	}
+	if (!ret && moe->shared_gate)
+		ret = run_shared(c, moe, layer, xn, ntok, x, &sc, hook, arg);
 	free(sc.mem);
 	return ret;
 }

@@ -115,8 +115,9 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 /*
  * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR
  * pointers, [out, in] each (gate, up: [moe_inter, hidden]; down:
- * [hidden, moe_inter]), the layer's own (a quantizer replaces them in
- * place).  NULL when ly has no MoE block or e is out of range.
+ * [hidden, moe_inter]; e == experts: the shared expert's, shared_inter),
+ * the layer's own (a quantizer replaces them in place).  NULL when ly
+ * has no MoE block or e is out of range.
  */
 float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e);
 /* Embedding lookup: x [n, hidden] for tokens ids[n]. */

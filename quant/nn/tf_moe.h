@@ -13,10 +13,12 @@
 /* One layer's router and experts in fp32. */
 struct qf_tf_moe {
 	int experts;
+	int nw;			/* experts with weights: + the shared one */
 	float *router;		/* [experts, hidden] */
-	float **w;		/* [experts * QF_MOE_NLINEAR]: expert e's
-				 * linear k at e * QF_MOE_NLINEAR + k, [out,
-				 * in] as nn.Linear */
+	float *shared_gate;	/* [hidden]: Qwen2-MoE, else NULL */
+	float **w;		/* [nw * QF_MOE_NLINEAR]: expert e's linear
+				 * k at e * QF_MOE_NLINEAR + k, [out, in] as
+				 * nn.Linear; e == experts: the shared one */
 };
 
 /* Layer l's block (names from c->moe); free with qf_tf_moe_free(). */
@@ -35,7 +37,8 @@ int qf_tf_moe_route(const struct qf_tf_config *c, const struct qf_tf_moe *moe,
 /*
  * x [ntok, hidden] += the block's output for the normed rows xn [ntok,
  * hidden].  hook (may be NULL) sees each expert's gathered inputs before
- * its gate/up (k QF_MOE_GATE) and its down projection, also with 0 rows.
+ * its gate/up (k QF_MOE_GATE) and its down projection, also with 0 rows;
+ * then the shared expert's (e == experts) with every row.
  * Returns 0, -ENOMEM or the hook's value.
  */
 int qf_tf_moe_forward(const struct qf_tf_config *c,

@@ -1,7 +1,8 @@
 """ref_moe.py - float64 numpy oracle of the mixture-of-experts families.
 
 Written from the semantics of transformers' Qwen3MoeForCausalLM,
-MixtralForCausalLM and OlmoeForCausalLM, sharing nothing with quantfs's C:
+MixtralForCausalLM, OlmoeForCausalLM and Qwen2MoeForCausalLM, sharing
+nothing with quantfs's C:
 
   * attention: Llama's (RoPE rotate_half, GQA, causal, Mixtral's sliding
     window when set); Qwen3-MoE adds an RMSNorm per head on q and k before
@@ -11,7 +12,9 @@ MixtralForCausalLM and OlmoeForCausalLM, sharing nothing with quantfs's C:
     (l + 1) % decoder_sparse_step == 0; else a dense SwiGLU MLP): router
     logits x W_r^T, softmax over the experts, the top-k experts, their
     weights renormalized to sum 1 when norm_topk_prob (always for Mixtral),
-    and sum_k w_k * down(silu(gate(x)) * up(x)) of those experts.
+    and sum_k w_k * down(silu(gate(x)) * up(x)) of those experts;
+    Qwen2-MoE (q/k/v biases) adds sigmoid(x . shared_expert_gate) times a
+    shared expert of every token.
 
     logits(model_dir, ids) -> float64 [nseq * seqlen, vocab]
     routing(model_dir, ids) -> per sparse layer, the chosen experts
@@ -27,6 +30,8 @@ from archtest import stread
 
 NAMES = {   # model_type -> (router, experts, gate, up, down)
     "qwen3_moe": ("mlp.gate", "mlp.experts", "gate_proj", "up_proj",
+                  "down_proj"),
+    "qwen2_moe": ("mlp.gate", "mlp.experts", "gate_proj", "up_proj",
                   "down_proj"),
     "olmoe": ("mlp.gate", "mlp.experts", "gate_proj", "up_proj",
               "down_proj"),
@@ -66,9 +71,8 @@ def attention(cfg, w, p, x):
     nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hd = cfg.get("head_dim") or cfg["hidden_size"] // nh
     eps = cfg["rms_norm_eps"]
-    q = x @ w[p + "self_attn.q_proj.weight"].T
-    k = x @ w[p + "self_attn.k_proj.weight"].T
-    v = x @ w[p + "self_attn.v_proj.weight"].T
+    q, k, v = (x @ w[p + "self_attn.%s_proj.weight" % n].T +
+               w.get(p + "self_attn.%s_proj.bias" % n, 0) for n in "qkv")
     if cfg["model_type"] == "olmoe":
         q = rmsnorm(q, w[p + "self_attn.q_norm.weight"], eps)
         k = rmsnorm(k, w[p + "self_attn.k_norm.weight"], eps)
@@ -99,7 +103,7 @@ def attention(cfg, w, p, x):
 
 
 def sparse(cfg, l):
-    if cfg["model_type"] != "qwen3_moe":
+    if cfg["model_type"] not in ("qwen3_moe", "qwen2_moe"):
         return True
     return l not in (cfg.get("mlp_only_layers") or []) and \
         (l + 1) % cfg.get("decoder_sparse_step", 1) == 0
@@ -140,6 +144,11 @@ def moe(cfg, w, p, x, trace=None):
         q = "%s%s.%d." % (p, ex, e)
         y = mlp(w, [q + n + ".weight" for n in (g, u, d)], x[rows])
         out[rows] += wt[rows, slot][:, None] * y
+    if mt == "qwen2_moe":   # the shared expert, sigmoid-gated
+        q = p + "mlp.shared_expert."
+        y = mlp(w, [q + n + ".weight" for n in (g, u, d)], x)
+        gate = 1 / (1 + np.exp(-(x @ w[p + "mlp.shared_expert_gate.weight"].T)))
+        out += gate * y
     return out
 
 
