@@ -82,6 +82,8 @@ struct qf_mdl {
 	struct qf_model *m;		/* NULL when it failed to open */
 	int open_err;			/* why, when m is NULL */
 	bool calibratable;		/* the forward pass supports it */
+	bool moe;			/* mixture of experts: of the
+					 * calibrated methods, GPTQ only */
 	struct stat st;			/* of dir: times */
 	uid_t uid;			/* served owner: the directory's */
 	gid_t gid;

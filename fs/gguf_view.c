@@ -39,6 +39,16 @@ struct qf_gv {
 
 static const struct qf_flight_ops tensor_ops;
 
+/* MoE routers: kept in the source dtype by every variant, F32 in GGUF. */
+static size_t routers(const struct qf_model *m)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < m->nt; i++)
+		n += qf_moe_is_router(m, m->t[i].name);
+	return n;
+}
+
 /* Which variants have an exact GGUF block type, and which. */
 static enum qf_ggml_type exact_type(const struct qf_var *var)
 {
@@ -46,7 +56,8 @@ static enum qf_ggml_type exact_type(const struct qf_var *var)
 
 	if ((s->method != QF_METHOD_RTN && s->method != QF_METHOD_GPTQ) ||
 	    s->group != 32 || !(s->flags & QF_SPEC_SYM) ||
-	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) || var->v->nskipped)
+	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) ||
+	    var->v->nskipped != routers(var->mdl->m))
 		return QF_GGML_F32;	/* none */
 	return s->bits == 4 ? QF_GGML_Q4_0 : s->bits == 8 ? QF_GGML_Q8_0 :
 	       QF_GGML_F32;
@@ -183,17 +194,24 @@ const struct qf_buf *qf_gv_header(const struct qf_gv *gv)
 	return &gv->plan.header;
 }
 
-/* The variant group whose source linear is t's source, or -1. */
-static int group_of(const struct qf_gv *gv, const struct qf_gguf_tensor *t)
+/* The variant group whose source linear is src, or -1. */
+static int group_of_src(const struct qf_gv *gv,
+			const struct qf_model_tensor *src)
 {
 	size_t g;
 
-	if (!gv->var || !t->src)
+	if (!gv->var || !src)
 		return -1;
 	for (g = 0; g < gv->var->v->ng; g++)
-		if (gv->var->v->g[g].w == t->src)
+		if (gv->var->v->g[g].w == src)
 			return (int)g;
 	return -1;
+}
+
+/* The variant group whose source linear is t's source, or -1. */
+static int group_of(const struct qf_gv *gv, const struct qf_gguf_tensor *t)
+{
+	return group_of_src(gv, t->src);
 }
 
 /* llama's rope row order: new row (h, i, j) is old row h*hd + j*hd/2 + i. */
@@ -243,6 +261,23 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	free(sc);
 	free(z);
 	free(gidx);
+	return ret;
+}
+
+/* Experts stacked (3-D t): each expert's group repacked in turn. */
+static int repack_experts(struct qf_fs *fs, struct qf_gv *gv,
+			  const struct qf_gguf_tensor *t, uint8_t *dst)
+{
+	uint64_t mat = qf_ggml_row_bytes(t->type, t->ne[0]) *
+		       (uint64_t)t->ne[1];
+	int64_t e;
+	int gi, ret = 0;
+
+	for (e = 0; e < t->ne[2] && !ret; e++) {
+		gi = group_of_src(gv, t->xsrc[e]);
+		ret = gi < 0 ? QF_ECORRUPT :
+		      repack(fs, gv, gi, t, dst + (uint64_t)e * mat);
+	}
 	return ret;
 }
 
@@ -341,7 +376,9 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 		return -ENOMEM;
 	if (gv->kq)
 		ret = imatrix(fs, gv, t, &imp);
-	if (!ret && gi >= 0)
+	if (!ret && gv->var && t->ndim == 3)
+		ret = repack_experts(fs, gv, t, buf);
+	else if (!ret && gi >= 0)
 		ret = repack(fs, gv, gi, t, buf);
 	else if (!ret)
 		ret = qf_gguf_produce(gv->mdl->m, &gv->plan, i, imp, buf);
@@ -361,9 +398,20 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 static int prepare(struct qf_fs *fs, void *arg, size_t i)
 {
 	struct qf_gv *gv = arg;
-	int gi = gv->var ? group_of(gv, &gv->plan.t[i]) : -1;
+	const struct qf_gguf_tensor *t = &gv->plan.t[i];
+	int gi = gv->var ? group_of(gv, t) : -1;
+	int64_t e;
+	int ret = 0;
 
-	return gi >= 0 ? qf_var_ensure(fs, gv->var, (uint32_t)gi) : 0;
+	if (gv->var && t->ndim == 3)	/* experts: every one's group */
+		for (e = 0; e < t->ne[2] && !ret; e++) {
+			gi = group_of_src(gv, t->xsrc[e]);
+			ret = gi >= 0 ? qf_var_ensure(fs, gv->var,
+						      (uint32_t)gi) : 0;
+		}
+	else if (gi >= 0)
+		ret = qf_var_ensure(fs, gv->var, (uint32_t)gi);
+	return ret;
 }
 
 static void complete(struct qf_fs *fs, void *arg, double seconds)

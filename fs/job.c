@@ -41,6 +41,7 @@ static int render_final(struct qf_var *var, const struct qf_var *b)
 	ci.loss_rtn = b->job->res_rtn;
 	ci.alpha = b->job->res_alpha;
 	ci.score = b->job->res_score;
+	ci.tokens = b->job->res_tokens;
 	ci.seconds = b->job->res_seconds;
 	memcpy(ci.hash, b->job->res_hash, sizeof(ci.hash));
 	ret = qf_variant_manifest(var->v, &ci, &out);
@@ -96,6 +97,40 @@ static int read_record(struct qf_cache_txn *txn, const struct qf_var *var,
 	return ret;
 }
 
+/* A MoE layer's "__experts__.N" record into the per-group arrays. */
+static int read_experts(struct qf_cache_txn *txn, const struct qf_var *var,
+			int l, double *loss, double *rtn, double *tokens)
+{
+	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR, k;
+	double *rec = malloc(nx * EXP_REC * sizeof(double));
+	const void *p;
+	char name[32];
+	size_t len;
+	int ret, gi;
+
+	snprintf(name, sizeof(name), "__experts__.%d", l);
+	ret = rec ? qf_cache_get(txn, var->vid, name, &p, &len) : -ENOMEM;
+	if (ret == -ENOENT) {	/* a dense layer */
+		free(rec);
+		return 0;
+	}
+	if (!ret && len != nx * EXP_REC * sizeof(double))
+		ret = QF_ECORRUPT;
+	if (!ret)	/* LMDB values are not aligned */
+		memcpy(rec, p, len);
+	for (k = 0; k < nx && !ret; k++) {
+		gi = qf_job_exp_group(var->job, l, (int)(k / QF_MOE_NLINEAR),
+				      (int)(k % QF_MOE_NLINEAR));
+		if (gi < 0)
+			continue;
+		loss[gi] = rec[EXP_REC * k];
+		rtn[gi] = rec[EXP_REC * k + 1];
+		tokens[gi] = rec[EXP_REC * k + 2];
+	}
+	free(rec);
+	return ret;
+}
+
 /* The token hash of var's calibration set, from the cached set (hash
  * is left as it is when the set is not there). */
 static void read_calib_hash(struct qf_cache_txn *txn,
@@ -129,16 +164,20 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	double *rtn = calloc(ng, sizeof(double));
 	double *alpha = calloc(ng, sizeof(double));
 	double *score = calloc(2 * ng, sizeof(double));
+	double *tokens = calloc(ng, sizeof(double));
 	struct qf_cache_txn *txn = NULL;
 	bool store_time = false;
 	char hash[65];
 	int l, ret;
 
 	memcpy(hash, var->ci.hash, sizeof(hash));
-	ret = loss && rtn && alpha && score ?
+	ret = loss && rtn && alpha && score && tokens ?
 	      qf_cache_read_begin(fs->cache, &txn) : -ENOMEM;
-	for (l = 0; l < var->job->nlayers && !ret; l++)
+	for (l = 0; l < var->job->nlayers && !ret; l++) {
 		ret = read_record(txn, var, l, loss, rtn, alpha, score);
+		if (!ret && var->job->nexp)
+			ret = read_experts(txn, var, l, loss, rtn, tokens);
+	}
 	if (!ret) {
 		const void *tk;
 		size_t len;
@@ -164,6 +203,9 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		free(var->job->res_rtn);
 		free(var->job->res_alpha);
 		free(var->job->res_score);
+		free(var->job->res_tokens);
+		var->job->res_tokens = tokens;
+		tokens = NULL;
 		var->job->res_loss = loss;
 		var->job->res_rtn = rtn;
 		var->job->res_alpha = alpha;
@@ -178,6 +220,7 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	free(rtn);
 	free(alpha);
 	free(score);
+	free(tokens);
 	return ret;
 }
 
@@ -261,6 +304,7 @@ static void job_free(struct job *j)
 {
 	qf_layer_res_free(&j->res, j->var->v->ng);
 	free(j->imat);
+	free(j->tokens);
 	free(j);
 }
 

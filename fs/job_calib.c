@@ -98,6 +98,57 @@ static int calib_key(struct qf_fs *fs, struct qf_var *var,
 	return 0;
 }
 
+/* The group of source tensor name, -1: v's groups follow the model's
+ * tensors, sorted by name. */
+static int32_t find_group(const struct qf_variant *v, const char *name)
+{
+	size_t lo = 0, hi = v->ng, mid;
+	int c;
+
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2;
+		c = strcmp(v->g[mid].w->name, name);
+		if (!c)
+			return (int32_t)mid;
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+/*
+ * MoE: which group each expert's linear is (by the family's checkpoint
+ * names, which the variant keeps), jb->exp_group.
+ */
+static int expert_groups(struct qf_var *var, const struct qf_tf_config *c)
+{
+	struct qf_job *jb = var->job;
+	int nexp = c->experts + (c->shared_inter > 0);	/* + the shared */
+	size_t n = (size_t)c->layers * (size_t)nexp * QF_MOE_NLINEAR;
+	char want[256];
+	size_t i;
+	int l, e, k;
+
+	jb->nexp = nexp;
+	jb->exp_group = malloc(n * sizeof(*jb->exp_group));
+	if (!jb->exp_group)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		l = (int)(i / ((size_t)nexp * QF_MOE_NLINEAR));
+		e = (int)(i / QF_MOE_NLINEAR % (size_t)nexp);
+		k = (int)(i % QF_MOE_NLINEAR);
+		jb->exp_group[i] = -1;
+		if (!qf_moe_layer_sparse(c, l))
+			continue;
+		qf_moe_expert_name(c, l, e, k, want, sizeof(want) - 8);
+		strcat(want, ".weight");
+		jb->exp_group[i] = find_group(var->v, want);
+	}
+	return 0;
+}
+
 int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 {
 	const struct qf_variant *v = var->v;
@@ -109,6 +160,12 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
+	if (c.moe && v->spec.method != QF_METHOD_GPTQ) {
+		/* experts: GPTQ only so far (ns.c lists no other) */
+		qf_err("%s: %s: only GPTQ calibrates a mixture-of-experts "
+		       "model's experts so far", var->mdl->name, v->name);
+		return QF_EUNSUPPORTED;
+	}
 	jb = var->job = calloc(1, sizeof(*var->job));
 	if (!jb)
 		return -ENOMEM;
@@ -124,6 +181,9 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 		return -ENOMEM;
 	for (i = 0; i < (size_t)c.layers * QF_TF_NLINEAR; i++)
 		jb->lin_group[i] = -1;
+	ret = c.moe ? expert_groups(var, &c) : 0;
+	if (ret < 0)
+		return ret;
 	for (i = 0; i < v->ng; i++) {
 		const char *n = v->g[i].w->name;
 		int l = layer_of(n);
@@ -161,6 +221,8 @@ void qf_job_free(struct qf_var *var)
 	free(jb->calib_path);
 	free(jb->lin_group);
 	free(jb->group_layer);
+	free(jb->exp_group);
+	free(jb->res_tokens);
 	free(jb);
 	var->job = NULL;
 }

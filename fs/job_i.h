@@ -28,6 +28,11 @@ struct qf_job {
 					 * fused tensor's group at its first
 					 * linear only */
 	int32_t *group_layer;		/* [ng] */
+	int nexp;			/* MoE: experts per layer, else 0 */
+	int32_t *exp_group;		/* [nlayers * nexp * QF_MOE_NLINEAR]:
+					 * group of expert e's linear k of
+					 * layer l, -1 (kept or dense) */
+	double *res_tokens;		/* [ng]: MoE experts' routed tokens */
 	int layers_done;		/* lock */
 	bool running;			/* lock */
 	unsigned gen;			/* lock */
@@ -61,6 +66,8 @@ struct job {
 	float *imat;			/* kq: this layer's importance matrix */
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
+	double *tokens;			/* MoE: [ng] tokens routed to the
+					 * expert of each expert group */
 	/* where the time goes (logged at the end of the job; GPTQ's own
 	 * and the comparison's are in res) */
 	struct qf_cjob *cl;		/* the remote tier's side, or NULL */
@@ -75,6 +82,21 @@ struct job {
  */
 #define REC 5
 #define REC_OLD 2
+
+/*
+ * "__experts__.N" records of a MoE layer: per expert e and linear k (at
+ * e * QF_MOE_NLINEAR + k), EXP_REC doubles: loss, loss_rtn, the tokens
+ * routed to e (-1 for linears kept).
+ */
+#define EXP_REC 3
+/* Expert e's linear k of layer l: its group, or -1. */
+static inline int32_t qf_job_exp_group(const struct qf_job *jb, int l, int e,
+				       int k)
+{
+	return jb->nexp ? jb->exp_group[((size_t)l * (size_t)jb->nexp +
+					 (size_t)e) * QF_MOE_NLINEAR +
+					(size_t)k] : -1;
+}
 
 /* job_calib.c */
 /* What the job does now, for the progress attribute (takes var->lock). */

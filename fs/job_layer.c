@@ -40,6 +40,13 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
 			return false;
 	}
+	for (k = 0; k < var->job->nexp * QF_MOE_NLINEAR; k++) {
+		int gi = qf_job_exp_group(var->job, l, k / QF_MOE_NLINEAR,
+					  k % QF_MOE_NLINEAR);
+
+		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
+			return false;
+	}
 	return true;
 }
 
@@ -98,6 +105,32 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	return qf_layer_gptq(&m, ly, lin, n, stats, &j->res);
 }
 
+/* GPTQ of expert e's gate and up, or down (calib.c's true sequential). */
+static int cb_quantize_expert(void *arg, int l, int e, enum qf_moe_linear k,
+			      float **w, struct qf_lin_stats *st,
+			      int64_t routed)
+{
+	struct job *j = arg;
+	const struct qf_job *jb = j->var->job;
+	int i, n = k == QF_MOE_GATE ? 2 : 1, ret = 0;
+
+	if (qf_fs_stopping(j->fs))
+		return -EINTR;
+	if (!j->tokens &&
+	    !(j->tokens = calloc(j->var->v->ng ? j->var->v->ng : 1,
+				 sizeof(*j->tokens))))
+		return -ENOMEM;
+	for (i = 0; i < n && !ret; i++) {
+		int lin = k == QF_MOE_GATE ? i : QF_MOE_DOWN;
+		int gi = qf_job_exp_group(jb, l, e, lin);
+
+		if (gi >= 0)
+			j->tokens[gi] = (double)routed;
+		ret = qf_layer_gptq_one(j->var->v, gi, w[lin], &st[i], &j->res);
+	}
+	return ret;
+}
+
 static int brecq_progress(void *arg, int iter, int iters, double rec,
 			  double reg)
 {
@@ -146,6 +179,58 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	return ret;
 }
 
+/* Group gi's cached packed tensors, dequantized into w. */
+static int replay(struct job *j, int gi, float *w)
+{
+	struct qf_var *var = j->var;
+	const struct qf_vgroup *g = &var->v->g[gi];
+	int64_t out, in, ng, r, c;
+	uint8_t *q;
+	uint16_t *sc;
+	int32_t *z, *gidx;
+	int ret;
+
+	out = g->w->t->shape[0];
+	in = g->w->t->shape[1];
+	ng = qf_ngroups(in, g->qp.group);
+	q = malloc((size_t)(out * in));
+	sc = malloc((size_t)(out * ng) * 2);
+	z = malloc((size_t)(out * ng) * 4);
+	gidx = malloc((size_t)in * 4);
+	ret = q && sc && z && gidx ?
+	      qf_flight_unpack(j->fs, var->vid, var->v, (size_t)gi, q, sc, z,
+			       gidx) :
+	      -ENOMEM;
+	/* the same float expression qf_gptq_quantize leaves in w */
+	for (r = 0; r < out && !ret; r++)
+		for (c = 0; c < in; c++) {
+			int64_t x = r * ng + gidx[c];
+
+			w[r * in + c] = qf_f16_to_f32(sc[x]) *
+				((float)q[r * in + c] - (float)z[x]);
+		}
+	free(q);
+	free(sc);
+	free(z);
+	free(gidx);
+	return ret;
+}
+
+/* Resume: layer l's experts from the cache. */
+static int replay_experts(struct job *j, int l, struct qf_tf_layer *ly)
+{
+	int e, k, gi, ret = 0;
+
+	for (e = 0; e < j->var->job->nexp && !ret; e++)
+		for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+			gi = qf_job_exp_group(j->var->job, l, e, k);
+			if (gi >= 0)
+				ret = replay(j, gi,
+					     qf_tf_moe_weights(ly, e)[k]);
+		}
+	return ret;
+}
+
 /* Resume: the cached packed tensors of layer l, dequantized into ly. */
 static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 {
@@ -157,33 +242,11 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 	for (k = 0; k < QF_TF_NLINEAR && *cached && !ret; k++) {
 		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
-		int64_t out, in, ng, r, c;
-		uint8_t *q;
-		uint16_t *sc;
-		int32_t *z, *gidx;
 
 		if (gi < 0)
 			continue;
 		g = &var->v->g[gi];
-		out = g->w->t->shape[0];
-		in = g->w->t->shape[1];
-		ng = qf_ngroups(in, g->qp.group);
-		q = malloc((size_t)(out * in));
-		sc = malloc((size_t)(out * ng) * 2);
-		z = malloc((size_t)(out * ng) * 4);
-		gidx = malloc((size_t)in * 4);
-		ret = q && sc && z && gidx ?
-		      qf_flight_unpack(j->fs, var->vid, var->v, (size_t)gi, q,
-				       sc, z, gidx) :
-		      -ENOMEM;
-		/* the same float expression qf_gptq_quantize leaves in w */
-		for (r = 0; r < out && !ret; r++)
-			for (c = 0; c < in; c++) {
-				int64_t x = r * ng + gidx[c];
-
-				ly->w[k][r * in + c] = qf_f16_to_f32(sc[x]) *
-					((float)q[r * in + c] - (float)z[x]);
-			}
+		ret = replay(j, gi, ly->w[k]);
 		/* AWQ: the norm that absorbed this group's scales */
 		if (!ret && g->norm)
 			ret = qf_flight_get_f32(j->fs, var->vid,
@@ -197,12 +260,55 @@ static int cb_cached(void *arg, int l, struct qf_tf_layer *ly, bool *cached)
 			qf_err("%s/%s: cannot replay %s from the cache: %s",
 			       var->mdl->name, var->v->name, g->w->name,
 			       qf_strerror(ret));
-		free(q);
-		free(sc);
-		free(z);
-		free(gidx);
 	}
+	if (*cached && !ret)
+		ret = replay_experts(j, l, ly);
 	return ret;
+}
+
+/*
+ * A MoE layer's experts for the commit: their groups' tensors into
+ * items[*n..], their "__experts__.N" record (name, rec: [nexp *
+ * QF_MOE_NLINEAR * EXP_REC]) last.
+ */
+static void commit_experts(struct job *j, int l, struct qf_cache_item *items,
+			   size_t *n, char *name, double *rec)
+{
+	const struct qf_variant *v = j->var->v;
+	int k, gi;
+	uint32_t t;
+
+	for (k = 0; k < j->var->job->nexp * QF_MOE_NLINEAR; k++) {
+		gi = qf_job_exp_group(j->var->job, l, k / QF_MOE_NLINEAR,
+				      k % QF_MOE_NLINEAR);
+		rec[EXP_REC * k] = gi >= 0 ? j->res.loss[gi] : -1;
+		rec[EXP_REC * k + 1] = gi >= 0 ? j->res.loss_rtn[gi] : -1;
+		rec[EXP_REC * k + 2] = gi >= 0 && j->tokens ?
+				       j->tokens[gi] : -1;
+		for (t = 0; gi >= 0 && t < v->g[gi].n; t++) {
+			const struct qf_vtensor *vt = &v->t[v->g[gi].first + t];
+
+			items[*n].name = vt->name;
+			items[*n].data = j->res.pending[(size_t)gi * 4 + t];
+			items[*n].len = qf_vtensor_bytes(vt);
+			(*n)++;
+		}
+	}
+	snprintf(name, 32, "__experts__.%d", l);
+	items[(*n)++] = (struct qf_cache_item){ name, rec,
+		(size_t)j->var->job->nexp * QF_MOE_NLINEAR * EXP_REC *
+		sizeof(double) };
+}
+
+/* The pending tensors of group gi, committed: freed. */
+static void free_pending(struct job *j, int gi)
+{
+	uint32_t t;
+
+	for (t = 0; gi >= 0 && t < 4; t++) {
+		free(j->res.pending[(size_t)gi * 4 + t]);
+		j->res.pending[(size_t)gi * 4 + t] = NULL;
+	}
 }
 
 /* Commit layer l: its tensors and its loss record, one transaction. */
@@ -211,17 +317,23 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 {
 	struct job *j = arg;
 	struct qf_var *var = j->var;
-	struct qf_cache_item items[QF_TF_NLINEAR * 4 + 2];
+	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR;
+	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 3 +
+					      nx * 4) * sizeof(*items));
+	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
 	double rec[QF_TF_NLINEAR * REC];
 	double sum_g = 0, sum_r = 0, eta;
-	char recname[32], imname[32];
+	char recname[32], imname[32], xname[32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
 
 	(void)x, (void)ntok;
-	if (l < j->first)
-		return 0;		/* replayed, already in the cache */
+	if (l < j->first || !items || !xrec) {
+		free(items);
+		free(xrec);
+		return l < j->first ? 0 : -ENOMEM;	/* 0: replayed */
+	}
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
 		const struct qf_vgroup *g;
@@ -250,6 +362,8 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	}
 	snprintf(recname, sizeof(recname), "__layer__.%d", l);
 	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
+	if (nx && qf_moe_layer_sparse(&j->c, l))
+		commit_experts(j, l, items, &n, xname, xrec);
 	if (var->v->spec.method == QF_METHOD_KQUANT) {
 		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
 		items[n++] = (struct qf_cache_item){ imname, j->imat,
@@ -258,14 +372,14 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	eta = qf_now();
 	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
 	j->commit_s += qf_now() - eta;
-	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
-
-		for (t = 0; gi >= 0 && t < 4; t++) {
-			free(j->res.pending[(size_t)gi * 4 + t]);
-			j->res.pending[(size_t)gi * 4 + t] = NULL;
-		}
-	}
+	for (k = 0; k < QF_TF_NLINEAR; k++)
+		free_pending(j, var->job->lin_group[l * QF_TF_NLINEAR + k]);
+	for (k = 0; k < (int)nx; k++)
+		free_pending(j, qf_job_exp_group(var->job, l,
+						 k / QF_MOE_NLINEAR,
+						 k % QF_MOE_NLINEAR));
+	free(items);
+	free(xrec);
 	if (ret < 0)
 		return ret;
 	/* log first: a reader woken below may look for this line */
@@ -305,6 +419,9 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			   QF_REFLIP_SAMPLE : 0;
 	ops->quantize = cb_quantize;
+	/* MoE experts: GPTQ (job_calib.c lets no other method run) */
+	ops->quantize_expert = sp->method == QF_METHOD_GPTQ ?
+			       cb_quantize_expert : NULL;
 	ops->layer_cached = cb_cached;
 	ops->layer_done = cb_layer_done;
 }

@@ -497,6 +497,16 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 			mdl->rev ? mdl->rev : "", mdl->m->nt, mdl->m->nshard,
 			mdl->m->weight_bytes / 1e6);
 		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
+		if (mdl->calibratable && c.moe) {
+			/* experts are calibrated by GPTQ only so far */
+			qf_info("%s: a mixture-of-experts model (%s): of the "
+				"calibrated methods only GPTQ is offered (AWQ, "
+				"BRECQ, mixed precision and k-quants are not "
+				"done for experts yet)", mdl->name,
+				c.model_type);
+			mdl->calibratable = false;
+			mdl->moe = true;
+		}
 	}
 	mdl->fmode = derived_mode(mdl);
 	*out = mdl;
@@ -724,9 +734,10 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 		add_name(out, count, "original");
 		if (!dir->mdl->m)
 			return 0;
-		for (i = 0; i < (dir->mdl->calibratable ? NPRESETS :
-						   NPRESETS_RTN); i++)
-			add_name(out, count, presets[i]);
+		for (i = 0; i < NPRESETS; i++)
+			if (i < NPRESETS_RTN || dir->mdl->calibratable ||
+			    (dir->mdl->moe && !strncmp(presets[i], "gptq_", 5)))
+				add_name(out, count, presets[i]);
 		ctx = (struct list_ctx){ dir->mdl, out, count, presets,
 					 NPRESETS };
 		/* the variants cached before, when the fingerprint is known

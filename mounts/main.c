@@ -36,6 +36,7 @@ static const char usage_text[] =
 	"                       [--heads N] [--kv-heads N] [--vocab N]\n"
 	"                       [--head-dim N] [--seed N]\n"
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
+	"                       [--experts N] [--topk K] [--moe-inter N]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"                    [--scores-vs SRC [--windows N]] [--ids-out FILE]\n"
@@ -402,6 +403,9 @@ static int cmd_mkmodel(int argc, char **argv)
 		{ "tie", no_argument, NULL, 'T' },
 		{ "head-dim", required_argument, NULL, 'H' },
 		{ "arch", required_argument, NULL, 'A' },
+		{ "experts", required_argument, NULL, 'E' },
+		{ "topk", required_argument, NULL, 'K' },
+		{ "moe-inter", required_argument, NULL, 'M' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_mkmodel_opts o;
@@ -420,6 +424,9 @@ static int cmd_mkmodel(int argc, char **argv)
 		case 's': o.seed = strtoull(optarg, NULL, 0); break;
 		case 'T': o.tie = true; break;
 		case 'H': o.head_dim = atoi(optarg); break;
+		case 'E': o.experts = atoi(optarg); break;
+		case 'K': o.topk = atoi(optarg); break;
+		case 'M': o.moe_inter = atoi(optarg); break;
 		case 'A':
 			if (!qf_arch_find(optarg)) {
 				char names[256];

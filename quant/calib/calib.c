@@ -309,6 +309,8 @@ struct seqpass {
 	struct qf_tf_layer *ly;
 	const struct qf_calib_ops *ops;
 	void *arg;
+	const float *xn;		/* MoE: the block's input, every token */
+	int64_t ntok;
 };
 
 static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
@@ -324,6 +326,11 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 
 	if (lin == QF_TF_K || lin == QF_TF_V || lin == QF_TF_UP)
 		return 0;	/* quantized with q / gate: same input */
+	if (lin == QF_TF_GATE && sp->ly->moe) {
+		sp->xn = x;	/* for expert_hook's fallback */
+		sp->ntok = ntok;
+		return 0;
+	}
 	memset(stats, 0, sizeof(stats));
 	ret = 0;
 	for (i = 0; i < st[lin].n && !ret; i++) {
@@ -348,6 +355,81 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 	for (i = 0; i < QF_TF_NLINEAR; i++)
 		qf_lin_stats_free(&stats[i]);
 	(void)sp->c;
+	return ret;
+}
+
+/*
+ * The fallback's rows for expert w's down projection: silu(x Wg^T) *
+ * (x Wu^T) of every token x [ntok, hidden], with the expert's gate / up
+ * as quantized, in chunks; into st.
+ */
+static int expert_acts_all(const struct qf_tf_config *c, float *const *w,
+			   const float *x, int64_t ntok,
+			   struct qf_lin_stats *st)
+{
+	int64_t mi = st->in, r0, n, i;
+	float *g = malloc(sizeof(float) * (size_t)(256 * mi));
+	float *u = malloc(sizeof(float) * (size_t)(256 * mi));
+
+	for (r0 = 0; r0 < ntok && g && u; r0 += 256) {
+		n = ntok - r0 < 256 ? ntok - r0 : 256;
+		qf_sgemm(false, true, n, mi, c->hidden, 1.0f,
+			 x + r0 * c->hidden, c->hidden, w[QF_MOE_GATE],
+			 c->hidden, 0.0f, g, mi);
+		qf_sgemm(false, true, n, mi, c->hidden, 1.0f,
+			 x + r0 * c->hidden, c->hidden, w[QF_MOE_UP],
+			 c->hidden, 0.0f, u, mi);
+		for (i = 0; i < n * mi; i++)
+			g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+		qf_lin_stats_add(st, g, n);
+	}
+	n = g && u ? 0 : -ENOMEM;
+	free(g);
+	free(u);
+	return (int)n;
+}
+
+/*
+ * MoE block of the sequential pass: expert e's routed rows x [n, in]
+ * before its linears k (gate/up or down); statistics (the fallback's
+ * below the input width: see struct qf_calib_ops), then the quantizer
+ * replaces the weights the block goes on with.
+ */
+static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
+		       const float *x, int64_t n, int64_t in)
+{
+	struct seqpass *sp = arg;
+	struct qf_lin_stats st[2];
+	float **w = qf_tf_moe_weights(sp->ly, e);
+	int ns = k == QF_MOE_GATE ? 2 : 1, i, ret = 0;
+	double t0 = qf_now();
+
+	memset(st, 0, sizeof(st));
+	if (!sp->ops->quantize_expert)
+		return 0;
+	if (!w || !sp->xn)
+		return -EINVAL;
+	for (i = 0; i < ns && !ret; i++)
+		ret = qf_lin_stats_init(&st[i], in, sp->ops->hessian);
+	if (!ret && n >= in)
+		qf_lin_stats_add(&st[0], x, n);
+	else if (!ret && k == QF_MOE_GATE)
+		qf_lin_stats_add(&st[0], sp->xn, sp->ntok);
+	else if (!ret)
+		ret = expert_acts_all(sp->c, w, sp->xn, sp->ntok, &st[0]);
+	if (!ret) {
+		static const enum qf_tf_linear two[2] = { 0, 1 };
+
+		qf_lin_stats_finish(&st[0]);
+		if (ns == 2)	/* stats indexed 0, 1: up shares gate's */
+			ret = share_stats(&(struct stage){ two, 2 }, st);
+	}
+	if (sp->ops->stats_seconds)
+		*sp->ops->stats_seconds += qf_now() - t0;
+	if (!ret)
+		ret = sp->ops->quantize_expert(sp->arg, layer, e, k, w, st, n);
+	for (i = 0; i < ns; i++)
+		qf_lin_stats_free(&st[i]);
 	return ret;
 }
 
@@ -438,11 +520,15 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 			ret = ops->layer_cached(arg, l, &ly, &cached);
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		if (!ret && !cached && ops->sequential) {
-			struct seqpass sp = { c, &ly, ops, arg };
+			struct seqpass sp = { c, &ly, ops, arg, NULL, 0 };
+			int w = c->sliding_window < cs->seqlen ?
+				c->sliding_window : 0;
 
-			/* quantize as the pass reaches each stage */
-			ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
-						  cs->seqlen, seq_hook, &sp);
+			/* quantize as the pass reaches each stage (and, in
+			 * a MoE block, each expert) */
+			ret = qf_tf_layer_forward_moe(c, &ly, l, x, cs->nseq,
+						      cs->seqlen, w, seq_hook,
+						      expert_hook, &sp);
 		} else if (!ret) {
 			if (!cached)
 				ret = run_layer(c, &ly, l, stages, nstages, x_in,

@@ -117,6 +117,23 @@ struct qf_calib_ops {
 	 */
 	int (*block)(void *arg, int layer, struct qf_tf_layer *ly,
 		     const float *x, const float *y, int nseq, int seqlen);
+	/*
+	 * MoE layers (sequential only; NULL: experts kept as they are):
+	 * replace expert e's linears in w (qf_tf_moe_weights): k
+	 * QF_MOE_GATE the gate and up projections, st[0] and st[1] the
+	 * statistics of their (shared) input; k QF_MOE_DOWN the down
+	 * projection, st[0].  routed: the calibration tokens the
+	 * partially quantized model routes to e.  An expert routed fewer
+	 * tokens than the linear's input width (its X^T X would be
+	 * singular, GPTQ's updates driven by the damping) gets the
+	 * statistics of every token of the layer through it instead:
+	 * the block's input for gate/up, the expert's quantized gate/up
+	 * activations of every token for down (llm-compressor's
+	 * "calibrate all experts", for the experts that need it).
+	 */
+	int (*quantize_expert)(void *arg, int layer, int expert,
+			       enum qf_moe_linear k, float **w,
+			       struct qf_lin_stats *st, int64_t routed);
 };
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,

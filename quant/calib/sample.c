@@ -14,6 +14,7 @@
 
 #include "calib.h"
 #include "tf_kernels.h"
+#include "tf_moe.h"
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -71,14 +72,19 @@ static void attend_one(const struct qf_tf_config *c, const float *qv,
 			o[i] += att[j] / sum * V[(size_t)j * kvw + i];
 }
 
-/* One decoding step at position p: x [nseq, hidden] in place. */
-static void step(struct decoder *d, float *x, int p, float *h, float *q,
-		 float *g, float *u, float *att)
+/*
+ * One decoding step at position p: x [nseq, hidden] in place.  OLMoE's
+ * q/k norms span the whole projection (full) and q/k/v are clamped; a
+ * MoE block is nn's.  Returns 0 or -ENOMEM.
+ */
+static int step(struct decoder *d, float *x, int p, float *h, float *q,
+		float *g, float *u, float *att)
 {
 	const struct qf_tf_config *c = d->c;
 	int hd = c->head_dim, kvw = c->kv_heads * hd, qw = c->heads * hd;
 	int grp = c->heads / c->kv_heads;
-	int l, s, hh;
+	bool full = c->arch->flags & QF_ARCH_QK_NORM_FULL;
+	int l, s, hh, ret;
 
 	for (l = 0; l < c->layers; l++) {
 		const struct qf_tf_layer *ly = &d->ly[l];
@@ -107,13 +113,21 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 					 ly->w[QF_TF_V], ly->b[QF_TF_V], kvw, 0,
 					 vd);
 			if (ly->k_norm)
-				qf_tf_rmsnorm(kd, ly->k_norm, c->kv_heads, hd,
-					      c->rms_eps, kd);
+				qf_tf_rmsnorm(kd, ly->k_norm,
+					      full ? 1 : c->kv_heads,
+					      full ? kvw : hd, c->rms_eps, kd);
+			if (c->clip_qkv > 0) {
+				qf_tf_clamp(kd, kvw, c->clip_qkv);
+				qf_tf_clamp(vd, kvw, c->clip_qkv);
+			}
 			rope_one(c, kd, c->kv_heads, cs, sn);
 		}
 		if (ly->q_norm)
-			qf_tf_rmsnorm(q, ly->q_norm, (int64_t)d->nseq * c->heads,
-				      hd, c->rms_eps, q);
+			qf_tf_rmsnorm(q, ly->q_norm, (int64_t)d->nseq *
+				      (full ? 1 : c->heads), full ? qw : hd,
+				      c->rms_eps, q);
+		if (c->clip_qkv > 0)
+			qf_tf_clamp(q, (int64_t)d->nseq * qw, c->clip_qkv);
 		for (s = 0; s < d->nseq; s++)
 			rope_one(c, q + (size_t)s * qw, c->heads, cs, sn);
 		/* attention of position p over its window, per sequence and
@@ -131,6 +145,13 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 			      ly->w[QF_TF_O], ly->b[QF_TF_O], h, x);
 		qf_tf_rmsnorm(x, ly->post_norm, d->nseq, c->hidden, c->rms_eps,
 			      h);
+		if (ly->moe) {
+			ret = qf_tf_moe_forward(c, ly->moe, l, h, d->nseq, x,
+						NULL, NULL);
+			if (ret)
+				return ret;
+			continue;
+		}
 		qf_tf_linear_run(h, d->nseq, c->hidden, ly->w[QF_TF_GATE],
 				 ly->b[QF_TF_GATE], c->inter, 0, g);
 		qf_tf_linear_run(h, d->nseq, c->hidden, ly->w[QF_TF_UP],
@@ -139,6 +160,7 @@ static void step(struct decoder *d, float *x, int p, float *h, float *q,
 		qf_tf_out_add(c, ly->mlp_out_norm, g, d->nseq, c->inter,
 			      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], h, x);
 	}
+	return 0;
 }
 
 static int32_t draw(const float *logits, int vocab, uint64_t *rng)
@@ -239,8 +261,9 @@ int qf_calib_sample(const struct qf_model *m, const struct qf_tf_config *c,
 			if (ret < 0)
 				goto out_free;
 		}
-		step(&d, x, p, h, q, g, u, att);
-		ret = qf_tf_head(m, c, x, nseq, lg);
+		ret = step(&d, x, p, h, q, g, u, att);
+		if (!ret)
+			ret = qf_tf_head(m, c, x, nseq, lg);
 		for (s = 0; s < nseq && !ret; s++)
 			out->ids[(size_t)s * seqlen + p + 1] =
 				draw(lg + (size_t)s * c->vocab, c->vocab, &rng);

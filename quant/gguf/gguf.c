@@ -38,6 +38,9 @@ enum dim {			/* a dimension, in terms of the config */
 	D_HD,				/* head_dim */
 	D_QKV,				/* phi3's fused q, k, v rows */
 	D_INTER2,			/* phi3's fused gate and up rows */
+	D_QN,				/* q_norm: head_dim, or heads * head_dim
+					 * (olmoe: the whole projection) */
+	D_KN,				/* k_norm: likewise with kv heads */
 };
 
 enum {				/* which architectures read a tensor */
@@ -47,10 +50,15 @@ enum {				/* which architectures read a tensor */
 	A_GEMMA2 = 8,
 	A_GEMMA3 = 16,
 	A_PHI3 = 32,			/* fused qkv and gate_up */
+	A_QWEN3MOE = 64,
+	A_OLMOE = 128,
+	A_QWEN2MOE = 256,
 	A_GEMMA = A_GEMMA2 | A_GEMMA3,	/* sandwich norms, stored as 1 + w */
-	A_ALL = 31,			/* the separate-linear families */
-	A_ANY = A_ALL | A_PHI3,
-	A_LLAMAS = 7 | A_PHI3,		/* one pre-MLP norm, ffn_norm */
+	A_ANY = 511,
+	A_ALL = A_ANY & ~A_PHI3,	/* the separate-linear families */
+	A_LLAMAS = A_ANY & ~A_GEMMA,	/* one pre-MLP norm, ffn_norm */
+	A_QKNORM = A_QWEN3 | A_QWEN3MOE | A_OLMOE | A_GEMMA3,
+	A_QKVB = A_QWEN2 | A_QWEN2MOE,	/* q/k/v biases */
 };
 
 struct map_ent {
@@ -71,21 +79,19 @@ static const struct map_ent layer_map[] = {
 	{ "self_attn.q_proj.weight", "attn_q.weight", QF_GGUF_ROLE_ATTN_Q,
 	  D_Q, D_HIDDEN, A_ALL, A_ALL, 1 },
 	{ "self_attn.q_proj.bias", "attn_q.bias", QF_GGUF_ROLE_VECTOR,
-	  D_Q, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 1 },
+	  D_Q, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 1 },
 	{ "self_attn.k_proj.weight", "attn_k.weight", QF_GGUF_ROLE_ATTN_K,
 	  D_KV, D_HIDDEN, A_ALL, A_ALL, 2 },
 	{ "self_attn.k_proj.bias", "attn_k.bias", QF_GGUF_ROLE_VECTOR,
-	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 2 },
+	  D_KV, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 2 },
 	{ "self_attn.v_proj.weight", "attn_v.weight", QF_GGUF_ROLE_ATTN_V,
 	  D_KV, D_HIDDEN, A_ALL, A_ALL, 0 },
 	{ "self_attn.v_proj.bias", "attn_v.bias", QF_GGUF_ROLE_VECTOR,
-	  D_KV, D_NONE, A_QWEN2, A_LLAMA | A_QWEN2, 0 },
+	  D_KV, D_NONE, A_QKVB, A_LLAMA | A_QKVB, 0 },
 	{ "self_attn.q_norm.weight", "attn_q_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3 | A_GEMMA3,
-	  A_QWEN3 | A_GEMMA3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_QN, D_NONE, A_QKNORM, A_QKNORM, 0 },
 	{ "self_attn.k_norm.weight", "attn_k_norm.weight",
-	  QF_GGUF_ROLE_VECTOR, D_HD, D_NONE, A_QWEN3 | A_GEMMA3,
-	  A_QWEN3 | A_GEMMA3, 0 },
+	  QF_GGUF_ROLE_VECTOR, D_KN, D_NONE, A_QKNORM, A_QKNORM, 0 },
 	{ "self_attn.o_proj.weight", "attn_output.weight",
 	  QF_GGUF_ROLE_ATTN_OUT, D_HIDDEN, D_Q, A_ANY, A_ANY, 0 },
 	{ "self_attn.o_proj.bias", "attn_output.bias", QF_GGUF_ROLE_VECTOR,
@@ -141,6 +147,8 @@ static unsigned arch_bit(const char *arch)
 		{ "llama", A_LLAMA }, { "qwen2", A_QWEN2 },
 		{ "qwen3", A_QWEN3 }, { "gemma2", A_GEMMA2 },
 		{ "gemma3", A_GEMMA3 }, { "phi3", A_PHI3 },
+		{ "qwen3moe", A_QWEN3MOE }, { "olmoe", A_OLMOE },
+		{ "qwen2moe", A_QWEN2MOE },
 	};
 	size_t k;
 
@@ -220,6 +228,11 @@ static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
 		return (int64_t)(c->heads + 2 * c->kv_heads) * c->head_dim;
 	case D_INTER2:
 		return 2 * (int64_t)c->inter;
+	case D_QN:
+	case D_KN:
+		return (c->arch->flags & QF_ARCH_QK_NORM_FULL ?
+			d == D_QN ? c->heads : c->kv_heads : 1) *
+		       (int64_t)c->head_dim;
 	case D_NONE:
 		break;
 	}
@@ -254,6 +267,7 @@ struct builder {
 	struct qf_gguf_plan *p;
 	bool *used;			/* [m->nt] source tensors consumed */
 	size_t cap;
+	size_t nxsrc;			/* p->xsrc entries taken */
 	unsigned arch;			/* A_* */
 };
 
@@ -327,9 +341,155 @@ static enum qf_ggml_type mix_type(const struct builder *b,
 	return b->types->w[role];
 }
 
+/*
+ * One linear of every expert of layer l as one 3-D tensor gg, ne [cols,
+ * rows, experts], as the converter stacks them: each expert's matrix is
+ * checked and typed as a 2-D tensor, then the entries are folded into
+ * the first.
+ */
+static int add_stacked(struct builder *b, int l, enum qf_moe_linear k,
+		       const char *gg, enum qf_gguf_role role, const char **why)
+{
+	const struct qf_tf_config *c = &b->p->cfg;
+	int64_t rows = k == QF_MOE_DOWN ? c->hidden : c->moe_inter;
+	int64_t cols = k == QF_MOE_DOWN ? c->moe_inter : c->hidden;
+	const struct qf_model_tensor **xs = b->p->xsrc + b->nxsrc;
+	size_t n0 = b->p->nt;
+	struct qf_gguf_tensor *t;
+	char hf[192];
+	int e, ret;
+
+	QF_ASSERT(b->nxsrc + (size_t)c->experts <= (size_t)c->layers *
+		  QF_MOE_NLINEAR * (size_t)c->experts);
+	for (e = 0; e < c->experts; e++) {
+		qf_moe_expert_name(c, l, e, k, hf, sizeof(hf) - 8);
+		strcat(hf, ".weight");
+		ret = add_tensor(b, hf, gg, role, rows, cols, 0, true, why);
+		if (ret)
+			return ret;
+		xs[e] = b->p->t[n0 + (size_t)e].src;
+	}
+	b->nxsrc += (size_t)c->experts;
+	b->p->nt = n0 + 1;
+	t = &b->p->t[n0];
+	t->ndim = 3;
+	t->ne[2] = c->experts;
+	t->nbytes *= (uint64_t)c->experts;
+	t->xsrc = xs;
+	return 0;
+}
+
+/*
+ * Qwen2-MoE's shared expert: ffn_{gate,up,down}_shexp, and its gate
+ * [1, hidden] as an F32 ffn_gate_inp_shexp (llama.cpp reads n_embd).
+ */
+static int add_shared(struct builder *b, int l, const char **why)
+{
+	static const char *const gg_of[QF_MOE_NLINEAR] = {
+		"ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp" };
+	static const enum qf_gguf_role role[QF_MOE_NLINEAR] = {
+		QF_GGUF_ROLE_FFN_GATE, QF_GGUF_ROLE_FFN_UP,
+		QF_GGUF_ROLE_FFN_DOWN };
+	const struct qf_tf_config *c = &b->p->cfg;
+	int64_t si = c->shared_inter;
+	char hf[160], gg[QF_GGUF_NAME_MAX];
+	struct qf_gguf_tensor *t;
+	int k, ret;
+
+	snprintf(hf, sizeof(hf), "model.layers.%d.%s.weight", l,
+		 c->moe->shared_gate);
+	snprintf(gg, sizeof(gg), "blk.%d.ffn_gate_inp_shexp.weight", l);
+	ret = add_tensor(b, hf, gg, QF_GGUF_ROLE_VECTOR, 1, c->hidden, 0,
+			 true, why);
+	if (ret)
+		return ret;
+	t = &b->p->t[b->p->nt - 1];
+	t->type = QF_GGML_F32;
+	t->nbytes = (uint64_t)c->hidden * 4;
+	for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+		qf_moe_expert_name(c, l, c->experts, k, hf, sizeof(hf) - 8);
+		strcat(hf, ".weight");
+		snprintf(gg, sizeof(gg), "blk.%d.%s.weight", l, gg_of[k]);
+		ret = add_tensor(b, hf, gg, role[k],
+				 k == QF_MOE_DOWN ? c->hidden : si,
+				 k == QF_MOE_DOWN ? si : c->hidden, 0, true,
+				 why);
+	}
+	return ret;
+}
+
+/*
+ * A sparse layer's MoE block: the router as ffn_gate_inp in F32 (the
+ * converter's choice, which llama.cpp's quantizer keeps), the experts as
+ * ffn_{gate,up,down}_exps.
+ */
+static int add_experts(struct builder *b, int l, const char **why)
+{
+	static const struct {
+		const char *gg;
+		enum qf_gguf_role role;
+	} ex[QF_MOE_NLINEAR] = {
+		[QF_MOE_GATE] = { "ffn_gate_exps", QF_GGUF_ROLE_FFN_GATE },
+		[QF_MOE_UP] = { "ffn_up_exps", QF_GGUF_ROLE_FFN_UP },
+		[QF_MOE_DOWN] = { "ffn_down_exps", QF_GGUF_ROLE_FFN_DOWN },
+	};
+	const struct qf_tf_config *c = &b->p->cfg;
+	char hf[160], gg[QF_GGUF_NAME_MAX];
+	struct qf_gguf_tensor *t;
+	int k, ret;
+
+	qf_moe_router_name(c, l, hf, sizeof(hf) - 8);
+	strcat(hf, ".weight");
+	snprintf(gg, sizeof(gg), "blk.%d.ffn_gate_inp.weight", l);
+	ret = add_tensor(b, hf, gg, QF_GGUF_ROLE_VECTOR, c->experts,
+			 c->hidden, 0, true, why);
+	if (ret)
+		return ret;
+	t = &b->p->t[b->p->nt - 1];
+	t->type = QF_GGML_F32;
+	t->nbytes = (uint64_t)t->ne[0] * (uint64_t)t->ne[1] * 4;
+	for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+		snprintf(gg, sizeof(gg), "blk.%d.%s.weight", l, ex[k].gg);
+		ret = add_stacked(b, l, k, gg, ex[k].role, why);
+	}
+	return ret || !c->shared_inter ? ret : add_shared(b, l, why);
+}
+
+/*
+ * What llama.cpp's MoE architectures compute differently from a config:
+ * every layer sparse, the top-k weights renormalized by qwen3moe and
+ * llama (Mixtral) and never by olmoe and qwen2moe, no q/k/v clamp,
+ * output.weight always present in olmoe and qwen2moe, and olmoe's k_norm
+ * as wide as its q_norm.
+ */
+static int moe_check(const struct builder *b, const char **why)
+{
+	const struct qf_tf_config *c = &b->p->cfg;
+	int l;
+
+	for (l = 0; l < c->layers; l++)
+		if (!qf_moe_layer_sparse(c, l))
+			VFAIL(QF_EUNSUPPORTED, "dense MLP layers among the "
+			      "MoE ones (llama.cpp's have none)");
+	if (c->norm_topk != (b->arch != A_OLMOE && b->arch != A_QWEN2MOE))
+		VFAIL(QF_EUNSUPPORTED, "norm_topk_prob differs from what "
+		      "llama.cpp does for this architecture");
+	if (c->clip_qkv > 0)
+		VFAIL(QF_EUNSUPPORTED, "clip_qkv (llama.cpp's olmoe does not "
+		      "clamp)");
+	if ((b->arch == A_OLMOE || b->arch == A_QWEN2MOE) && c->tie)
+		VFAIL(QF_EUNSUPPORTED, "tied embeddings (llama.cpp's olmoe "
+		      "and qwen2moe need output.weight)");
+	if (b->arch == A_OLMOE && c->kv_heads != c->heads)
+		VFAIL(QF_EUNSUPPORTED, "grouped-query attention (llama.cpp's "
+		      "olmoe has k_norm over the whole width)");
+	return 0;
+}
+
 static int add_layer(struct builder *b, int l, const char **why)
 {
 	const struct qf_tf_config *c = &b->p->cfg;
+	bool sparse = qf_moe_layer_sparse(c, l);
 	char hf[160], gg[QF_GGUF_NAME_MAX];
 	size_t k;
 	int ret;
@@ -339,6 +499,8 @@ static int add_layer(struct builder *b, int l, const char **why)
 		int perm = e->perm == 1 ? c->heads :
 			   e->perm == 2 ? c->kv_heads : 0;
 
+		if (sparse && !strncmp(e->hf, "mlp.", 4))
+			continue;	/* the experts, below */
 		snprintf(hf, sizeof(hf), "model.layers.%d.%s", l, e->hf);
 		snprintf(gg, sizeof(gg), "blk.%d.%s", l, e->gg);
 		if (!(e->allow & b->arch)) {
@@ -357,7 +519,7 @@ static int add_layer(struct builder *b, int l, const char **why)
 		if (ret)
 			return ret;
 	}
-	return 0;
+	return sparse ? add_experts(b, l, why) : 0;
 }
 
 /*
@@ -385,10 +547,15 @@ static int plan_tensors(struct builder *b, const char **why)
 	int l, ret;
 
 	b->cap = (size_t)c->layers * (sizeof(layer_map) / sizeof(layer_map[0]))
-		 + 5;
-	b->p->t = calloc(b->cap, sizeof(*b->p->t));
+		 + 5 + (size_t)c->experts;	/* + add_stacked()'s fold */
+	b->p->t = calloc(b->cap + (c->moe ? (size_t)c->layers * 8 : 0),
+			 sizeof(*b->p->t));
+	b->cap += c->moe ? (size_t)c->layers * 8 : 0;
 	b->used = calloc(b->m->nt ? b->m->nt : 1, sizeof(*b->used));
-	if (!b->p->t || !b->used)
+	if (c->moe)
+		b->p->xsrc = calloc((size_t)c->layers * QF_MOE_NLINEAR *
+				    (size_t)c->experts, sizeof(*b->p->xsrc));
+	if (!b->p->t || !b->used || (c->moe && !b->p->xsrc))
 		return -ENOMEM;
 	if (c->rope_factor > 0)
 		add_rope_vector(b, "rope_freqs.weight", c->head_dim / 2);
@@ -445,9 +612,11 @@ static uint32_t file_type(const struct qf_gguf_plan *p)
 
 	for (i = 0; i < p->nt; i++)
 		for (k = 0; k < sizeof(ft) / sizeof(ft[0]); k++)
-			if (p->t[i].ndim == 2 && p->t[i].type == ft[k].t)
+			if (p->t[i].ndim >= 2 && p->t[i].type == ft[k].t)
 				numel[k] += (uint64_t)(p->t[i].ne[0] *
-						       p->t[i].ne[1]);
+						       p->t[i].ne[1]) *
+					    (uint64_t)(p->t[i].ndim == 3 ?
+						       p->t[i].ne[2] : 1);
 	for (k = 1; k < sizeof(ft) / sizeof(ft[0]); k++)
 		if (numel[k] > numel[best])
 			best = k;
@@ -508,6 +677,15 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	kv_u32(w, ".embedding_length", (uint32_t)c->hidden);
 	kv_u32(w, ".block_count", (uint32_t)c->layers);
 	kv_u32(w, ".feed_forward_length", (uint32_t)c->inter);
+	if (c->moe) {
+		kv_u32(w, ".expert_count", (uint32_t)c->experts);
+		kv_u32(w, ".expert_used_count", (uint32_t)c->topk);
+		kv_u32(w, ".expert_feed_forward_length",
+		       (uint32_t)c->moe_inter);
+		if (c->shared_inter)
+			kv_u32(w, ".expert_shared_feed_forward_length",
+			       (uint32_t)c->shared_inter);
+	}
 	kv_u32(w, ".attention.head_count", (uint32_t)c->heads);
 	kv_u32(w, ".attention.head_count_kv", (uint32_t)c->kv_heads);
 	kv_f32(w, ".rope.freq_base", c->rope_theta);
@@ -617,6 +795,8 @@ int qf_gguf_plan_init(const struct qf_model *m,
 		*why = "config.json: unsupported settings (see the log)";
 		return ret;
 	}
+	if ((arch->flags & QF_ARCH_MOE) && (ret = moe_check(&b, why)) != 0)
+		return ret;
 	ret = plan_tensors(&b, why);
 	if (!ret)
 		ret = write_header(m, out, why);
@@ -632,6 +812,8 @@ void qf_gguf_plan_free(struct qf_gguf_plan *p)
 		return;
 	qf_buf_release(&p->header);
 	free(p->t);
+	free(p->xsrc);
+	p->xsrc = NULL;
 	p->t = NULL;
 	p->nt = 0;
 }
@@ -687,30 +869,19 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			}
 }
 
-int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
-		    size_t i, const float *imp, void *dst)
+/* t's rows from src (one expert's of a 3-D t) into dst. */
+static int produce_rows(const struct qf_gguf_tensor *t,
+			const struct qf_model_tensor *src, const float *imp,
+			uint8_t *dst)
 {
-	const struct qf_gguf_tensor *t;
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
 	float *buf, *tmp = NULL;
 	int ret = 0;
 
-	if (i >= p->nt)
-		return -EINVAL;
-	t = &p->t[i];
-	if (!t->src) {
-		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
-		if (!buf)
-			return -ENOMEM;
-		rope_vector(&p->cfg, t->name, buf);
-		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
-		free(buf);
-		return ret;
-	}
 	/* a 1-D tensor is rows of one element, so biases permute alike */
-	rows = t->ndim == 2 ? t->ne[1] : t->ne[0];
-	cols = t->ndim == 2 ? t->ne[0] : 1;
+	rows = t->ndim >= 2 ? t->ne[1] : t->ne[0];
+	cols = t->ndim >= 2 ? t->ne[0] : 1;
 	hd = t->permute_heads ? rows / t->permute_heads : 1;
 	rb = (int64_t)ROW_BLOCK_FLOATS / cols;
 	rb = rb < hd ? hd : rb / hd * hd;
@@ -728,9 +899,9 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		int64_t nr = rows - r0 < rb ? rows - r0 : rb;
 		float *x = buf;
 
-		ret = t->ndim == 2 ?
-		      qf_model_read_f32_rows(t->src, r0, nr, buf) :
-		      qf_model_read_f32(t->src, buf);
+		ret = t->ndim >= 2 ?
+		      qf_model_read_f32_rows(src, r0, nr, buf) :
+		      qf_model_read_f32(src, buf);
 		if (ret)
 			break;
 		if (t->permute_heads) {
@@ -752,5 +923,35 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 out_free:
 	free(buf);
 	free(tmp);
+	return ret;
+}
+
+int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
+		    size_t i, const float *imp, void *dst)
+{
+	const struct qf_gguf_tensor *t;
+	uint64_t mat;
+	float *buf;
+	int64_t e;
+	int ret = 0;
+
+	if (i >= p->nt)
+		return -EINVAL;
+	t = &p->t[i];
+	if (!t->src) {
+		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
+		if (!buf)
+			return -ENOMEM;
+		rope_vector(&p->cfg, t->name, buf);
+		ret = qf_ggml_quantize_row(t->type, buf, t->ne[0], NULL, dst);
+		free(buf);
+		return ret;
+	}
+	if (t->ndim < 3)
+		return produce_rows(t, t->src, imp, dst);
+	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
+	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
+		ret = produce_rows(t, t->xsrc[e], imp, (uint8_t *)dst +
+				   (uint64_t)e * mat);
 	return ret;
 }

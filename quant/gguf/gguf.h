@@ -121,8 +121,12 @@ struct qf_gguf_tensor {
 					      the generated rope_freqs */
 	enum qf_gguf_role role;
 	enum qf_ggml_type type;
-	int ndim;			/* 1 or 2 */
-	int64_t ne[2];			/* innermost first: cols, rows */
+	int ndim;			/* 1, 2, or 3: experts stacked */
+	int64_t ne[3];			/* innermost first: cols, rows,
+					 * experts */
+	/* 3-D: the source of each of the ne[2] experts' matrices (into
+	 * the plan's xsrc; src is the first), else NULL */
+	const struct qf_model_tensor *const *xsrc;
 	uint64_t offset;		/* file offset of the data, aligned */
 	uint64_t nbytes;		/* data bytes, without the padding */
 	int permute_heads;		/* rows permuted for llama's rope in
@@ -139,6 +143,8 @@ struct qf_gguf_plan {
 	char arch[16];			/* general.architecture */
 	bool q4_k_m;			/* planned with the Q4_K_M mix */
 	struct qf_tf_config cfg;	/* the source's dimensions */
+	const struct qf_model_tensor **xsrc;	/* owned: the experts'
+						 * sources of 3-D tensors */
 };
 
 /*

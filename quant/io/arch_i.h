@@ -49,7 +49,32 @@ int qf_phi3_mk_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 	  .flags = QF_ARCH_SLIDING | QF_ARCH_LONGROPE,                       \
 	  .parse = qf_phi3_parse, .mk_config = qf_phi3_mk_config,            \
 	  .mk_layer = qf_phi3_mk_layer },
-/* Qwen3-MoE, Mixtral, OLMoE: arch_moe.c */
-#define QF_ARCH_MOE_ROWS
+/* Qwen3-MoE, Mixtral, OLMoE (and Qwen2-MoE): arch_moe.c */
+int qf_arch_moe_parse(const struct qf_model *m, const struct cJSON *o,
+		      struct qf_tf_config *c);
+void qf_arch_moe_mk_config(struct cJSON *c, const struct qf_mkmodel_opts *o);
+int qf_arch_moe_mk_layer(struct qf_mk_list *t,
+			 const struct qf_mkmodel_opts *o, int l);
+#define QF_ARCH_MOE_LIN                                                      \
+	{ "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",        \
+	  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",                \
+	  "mlp.down_proj" }
+#define QF_ARCH_MOE_HOOKS                                                    \
+	.parse = qf_arch_moe_parse, .mk_config = qf_arch_moe_mk_config,      \
+	.mk_layer = qf_arch_moe_mk_layer
+#define QF_ARCH_MOE_ROWS                                                     \
+	{ .model_type = "qwen3_moe", .gguf = "qwen3moe",                     \
+	  .hf_class = "Qwen3MoeForCausalLM", .lin = QF_ARCH_MOE_LIN,         \
+	  .flags = QF_ARCH_MOE | QF_ARCH_QK_NORM, QF_ARCH_MOE_HOOKS },        \
+	{ .model_type = "mixtral", .gguf = "llama",                          \
+	  .hf_class = "MixtralForCausalLM", .lin = QF_ARCH_MOE_LIN,          \
+	  .flags = QF_ARCH_MOE | QF_ARCH_GGUF_PERMUTE | QF_ARCH_SLIDING,     \
+	  QF_ARCH_MOE_HOOKS },                                               \
+	{ .model_type = "olmoe", .gguf = "olmoe",                            \
+	  .hf_class = "OlmoeForCausalLM", .lin = QF_ARCH_MOE_LIN,            \
+	  .flags = QF_ARCH_MOE | QF_ARCH_QK_NORM_FULL, QF_ARCH_MOE_HOOKS },   \
+	{ .model_type = "qwen2_moe", .gguf = "qwen2moe",                     \
+	  .hf_class = "Qwen2MoeForCausalLM", .lin = QF_ARCH_MOE_LIN,         \
+	  .flags = QF_ARCH_MOE | QF_ARCH_QKV_BIAS, QF_ARCH_MOE_HOOKS },
 
 #endif /* QF_ARCH_I_H */

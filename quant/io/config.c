@@ -262,8 +262,8 @@ bool qf_tf_linear_bias(const struct qf_model *m, const struct qf_tf_config *c,
 {
 	if (i <= QF_TF_V)
 		return c->attn_bias;
-	if (i == QF_TF_O)	/* qwen2's o_proj never has one */
-		return c->attn_bias && strcmp(c->model_type, "qwen2");
+	if (i == QF_TF_O)	/* qwen2's, qwen2_moe's o_proj: none */
+		return c->attn_bias && strncmp(c->model_type, "qwen2", 5);
 	return !strcmp(c->model_type, "llama") &&
 	       cfg_bool(m->config, "mlp_bias", false);
 }

@@ -271,6 +271,7 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 /* architectures (arch.c): one row per config.json model_type            */
 
 struct qf_tf_config;
+struct qf_moe_names;
 struct qf_mkmodel_opts;
 struct qf_mk_list;
 struct cJSON;
@@ -287,6 +288,9 @@ enum {
 					 * scaled embedding (arch_gemma.c) */
 	QF_ARCH_LONGROPE = 1u << 16,	/* phi3: rope_scaling "longrope" is
 					 * the family's (arch_phi3.c) */
+	QF_ARCH_MOE = 1u << 24,		/* sparse MoE blocks (arch_moe.c) */
+	QF_ARCH_QK_NORM_FULL = 1u << 25,	/* olmoe: q/k RMSNorm over the
+					 * whole projection, clip_qkv */
 };
 
 struct qf_arch {
@@ -375,6 +379,16 @@ struct qf_tf_config {
 	float rope_short[QF_ROPE_MAX_FAC];
 	float rope_long[QF_ROPE_MAX_FAC];
 	/* qwen3_moe / mixtral / olmoe (arch_moe.c) */
+	const struct qf_moe_names *moe;	/* static; NULL: no MoE block */
+	int experts;			/* num_experts / num_local_experts */
+	int topk;			/* num_experts_per_tok */
+	int moe_inter;			/* an expert's intermediate size */
+	bool norm_topk;			/* renormalize the top-k weights */
+	int sparse_step;		/* decoder_sparse_step (>= 1) */
+	uint64_t mlp_only[4];		/* mlp_only_layers, bit per layer */
+	float clip_qkv;			/* olmoe: clamp q/k/v; 0 = none */
+	int shared_inter;		/* qwen2_moe: the shared expert's
+					 * intermediate size; 0 = none */
 };
 
 /* From config.json; QF_EUNSUPPORTED for other model types. */
@@ -418,6 +432,44 @@ int qf_tf_rot_dim(const struct qf_tf_config *c);
 /* Whether linear l carries a bias, as the transformers modules build it. */
 bool qf_tf_linear_bias(const struct qf_model *m, const struct qf_tf_config *c,
 		       enum qf_tf_linear l);
+
+/* ------------------------------------------------------------------ */
+/* mixture of experts (arch_moe.c)                                    */
+
+/* Checkpoint names of a family's MoE block, under "model.layers.N.". */
+struct qf_moe_names {
+	const char *router;		/* "mlp.gate": [experts, hidden] */
+	const char *experts;		/* "mlp.experts": then ".E." */
+	const char *lin[3];		/* gate, up, down under expert E */
+	/* Qwen2-MoE's shared expert ("mlp.shared_expert", then lin[]) and
+	 * its sigmoid gate ("mlp.shared_expert_gate": [1, hidden]); NULL
+	 * for the families without */
+	const char *shared;
+	const char *shared_gate;
+};
+
+/* The MLP linears of an expert, in true-sequential order. */
+enum qf_moe_linear { QF_MOE_GATE, QF_MOE_UP, QF_MOE_DOWN, QF_MOE_NLINEAR };
+
+/* Whether layer l has a sparse MoE block (else a dense MLP). */
+bool qf_moe_layer_sparse(const struct qf_tf_config *c, int l);
+/*
+ * "model.layers.L.mlp.experts.E.up_proj" (no .weight) into out; e ==
+ * c->experts names the shared expert (c->shared_inter > 0).
+ */
+void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
+			enum qf_moe_linear k, char *out, size_t cap);
+/* "model.layers.L.mlp.gate" (no .weight) into out. */
+void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
+			size_t cap);
+/*
+ * True when tensor name is a MoE router ("model.layers.N.<router>.weight")
+ * of m's family (config.json's model_type): kept in source precision by
+ * every variant.
+ */
+bool qf_moe_is_router(const struct qf_model *m, const char *name);
+/* True when tensor name is an expert's linear weight of m's family. */
+bool qf_moe_is_expert(const struct qf_model *m, const char *name);
 
 /* ------------------------------------------------------------------ */
 /* checkpoint packing: GPTQ v1 (pack_gptq.c), AWQ GEMM (pack_awq.c)    */
@@ -505,6 +557,9 @@ struct qf_mkmodel_opts {
 	int head_dim;			/* 0: hidden / heads */
 	const char *arch;		/* model_type; NULL: "llama" */
 	/* mixture of experts (arch_moe.c) */
+	int experts;			/* 0: 8 */
+	int topk;			/* 0: 2 */
+	int moe_inter;			/* an expert's; 0: inter / 2 */
 };
 void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
 /*

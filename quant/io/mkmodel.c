@@ -32,6 +32,7 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o)
 	o->tie = false;
 	o->head_dim = 0;
 	o->arch = NULL;
+	o->experts = o->topk = o->moe_inter = 0;
 }
 
 static int head_dim(const struct qf_mkmodel_opts *o)
@@ -222,6 +223,9 @@ static int write_tokenizer(const char *dir, const struct qf_mkmodel_opts *o)
 	return write_json(dir, "tokenizer_config.json", c);
 }
 
+/* A MoE router's values, times those of another linear of its width. */
+#define ROUTER_SCALE 4.0
+
 /*
  * Fill one tensor's values (f32) the way its role suggests.  gemma: the
  * (1 + w) norms stored near 0, and an embedding of about 3 / sqrt(cols)
@@ -241,7 +245,14 @@ static void gen_values(const char *name, int64_t rows, int64_t cols,
 	}
 	{
 		double base = 1.0 / sqrt((double)cols);
+		size_t nl = strlen(name);
 		double *cs;
+
+		/* a MoE router (arch_moe.c): a confident one, as trained
+		 * routers are, so that an expert chosen by a hair carries
+		 * little weight */
+		if (nl > 12 && !strcmp(name + nl - 12, ".gate.weight"))
+			base *= ROUTER_SCALE;
 
 		if (strstr(name, "embed"))
 			base = gemma ? 3.0 * base : 1.0;

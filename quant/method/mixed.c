@@ -60,6 +60,9 @@ static const struct {
 	{ "up_proj", QF_ROLE_MLP },
 	{ "down_proj", QF_ROLE_MLP },
 	{ "gate_up_proj", QF_ROLE_MLP },
+	{ "w1", QF_ROLE_MLP },		/* Mixtral's experts: gate, */
+	{ "w2", QF_ROLE_MLP },		/* down */
+	{ "w3", QF_ROLE_MLP },		/* and up */
 	{ "embed_tokens", QF_ROLE_EMBED },
 	{ "lm_head", QF_ROLE_HEAD },
 };

@@ -18,6 +18,7 @@
 
 #include "nn.h"
 #include "tf_kernels.h"
+#include "tf_moe.h"
 
 /* Floats of lm_head converted at a time. */
 #define HEAD_CHUNK_FLOATS (4u << 20)
@@ -109,6 +110,7 @@ static int load_layer_norms(const struct qf_model *m,
 			    const struct qf_tf_config *c, int l,
 			    struct qf_tf_layer *out)
 {
+	bool full = c->arch->flags & QF_ARCH_QK_NORM_FULL;
 	int ret;
 
 	ret = load_layer_norm(m, c, l, "input_layernorm.weight", c->hidden,
@@ -126,11 +128,13 @@ static int load_layer_norms(const struct qf_model *m,
 		ret = load_layer_norm(m, c, l,
 				      "post_feedforward_layernorm.weight",
 				      c->hidden, &out->mlp_out_norm);
-	if (ret == 0 && c->qk_norm)
+	if (ret == 0 && (c->qk_norm || full))
 		ret = load_layer_norm(m, c, l, "self_attn.q_norm.weight",
+				      full ? c->heads * c->head_dim :
 				      c->head_dim, &out->q_norm);
-	if (ret == 0 && c->qk_norm)
+	if (ret == 0 && (c->qk_norm || full))
 		ret = load_layer_norm(m, c, l, "self_attn.k_norm.weight",
+				      full ? c->kv_heads * c->head_dim :
 				      c->head_dim, &out->k_norm);
 	return ret;
 }
@@ -176,6 +180,8 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 	for (i = 0; i < QF_TF_NLINEAR; i++) {
 		int64_t o = qf_tf_linear_out(c, i);
 
+		if (i >= QF_TF_GATE && qf_moe_layer_sparse(c, l))
+			break;	/* the MoE block below */
 		ret = load_linear(m, c, l, i, out);
 		if (ret < 0)
 			goto out_free;
@@ -187,6 +193,8 @@ int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 			goto out_free;
 	}
 	ret = load_layer_norms(m, c, l, out);
+	if (ret == 0 && qf_moe_layer_sparse(c, l))
+		ret = qf_tf_moe_load(m, c, l, &out->moe);
 	if (ret == 0)
 		return 0;
 out_free:
@@ -211,6 +219,7 @@ void qf_tf_layer_free(struct qf_tf_layer *ly)
 	free(ly->k_norm);
 	free(ly->attn_out_norm);
 	free(ly->mlp_out_norm);
+	qf_tf_moe_free(ly->moe);
 	memset(ly, 0, sizeof(*ly));
 }
 

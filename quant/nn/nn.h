@@ -54,6 +54,8 @@ void qf_ssyrk_t(int64_t n, int64_t k, const float *x, int64_t ldx, float *c);
 /* ------------------------------------------------------------------ */
 /* forward pass: Llama family (llama, mistral, qwen2, qwen3) in fp32     */
 
+struct qf_tf_moe;
+
 /* One decoder layer's weights in fp32 (converted from the source). */
 struct qf_tf_layer {
 	float *w[QF_TF_NLINEAR];	/* [out, in] row-major, as nn.Linear */
@@ -73,6 +75,8 @@ struct qf_tf_layer {
 	 */
 	float *attn_out_norm;		/* [hidden] or NULL */
 	float *mlp_out_norm;		/* [hidden] or NULL */
+	struct qf_tf_moe *moe;		/* sparse MoE block in place of the
+					 * MLP (w[GATE..DOWN] NULL), or NULL */
 };
 
 /* w[i] += 1: a (1 + w) norm as stored turned into what the kernels
@@ -93,6 +97,15 @@ typedef int (*qf_tf_hook)(void *arg, int layer, enum qf_tf_linear lin,
 			  const float *x, int64_t ntok, int64_t in);
 
 /*
+ * The MoE block's calibration hook: expert e's gathered input rows x
+ * [n, in] before its linear k (QF_MOE_GATE stands for gate and up, which
+ * share it; called with n 0 too, so a caller sees every expert).
+ */
+typedef int (*qf_tf_expert_hook)(void *arg, int layer, int expert,
+				 enum qf_moe_linear k, const float *x,
+				 int64_t n, int64_t in);
+
+/*
  * x [nseq * seqlen, hidden] in place: one decoder layer (RMSNorm,
  * RoPE attention with GQA and a causal mask, SwiGLU MLP, residuals) for
  * nseq independent sequences of seqlen tokens at positions 0..seqlen-1.
@@ -102,6 +115,26 @@ typedef int (*qf_tf_hook)(void *arg, int layer, enum qf_tf_linear lin,
 int qf_tf_layer_forward(const struct qf_tf_config *c,
 			const struct qf_tf_layer *ly, int layer, float *x,
 			int nseq, int seqlen, qf_tf_hook hook, void *arg);
+/*
+ * The same for a layer with a MoE block: hook sees the attention's
+ * linears, and in place of the MLP's, QF_TF_GATE once with the block's
+ * input (every token); ehook (may be NULL) each expert's routed rows.
+ * window as qf_tf_layer_forward chooses it (c->sliding_window, 0 when it
+ * covers seqlen).  Calibration of experts (calib.c).
+ */
+int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
+			    const struct qf_tf_layer *ly, int layer,
+			    float *x, int nseq, int seqlen, int window,
+			    qf_tf_hook hook, qf_tf_expert_hook ehook,
+			    void *arg);
+/*
+ * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR
+ * pointers, [out, in] each (gate, up: [moe_inter, hidden]; down:
+ * [hidden, moe_inter]; e == experts: the shared expert's, shared_inter),
+ * the layer's own (a quantizer replaces them in place).  NULL when ly
+ * has no MoE block or e is out of range.
+ */
+float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e);
 /* Embedding lookup: x [n, hidden] for tokens ids[n]. */
 int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		const int32_t *ids, int64_t n, float *x);

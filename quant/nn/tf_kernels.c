@@ -17,6 +17,7 @@
 
 #include "nn.h"
 #include "tf_kernels.h"
+#include "tf_moe.h"
 
 void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
 		      const float *b, int64_t out, float beta, float *y)
@@ -491,6 +492,34 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 		}                                                            \
 	} while (0)
 
+void qf_tf_clamp(float *x, int64_t n, float lim)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++)
+		x[i] = x[i] > lim ? lim : x[i] < -lim ? -lim : x[i];
+}
+
+/*
+ * OLMoE: q and k RMSNorm over the whole projection (before the head
+ * split), then q, k and v clamped to +-clip_qkv when set.
+ */
+static void qk_norm_full(const struct qf_tf_config *c,
+			 const struct qf_tf_layer *ly, int64_t ntok,
+			 struct layer_scratch *sc)
+{
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
+
+	qf_tf_rmsnorm(sc->q, ly->q_norm, ntok, qd, c->rms_eps, sc->q);
+	qf_tf_rmsnorm(sc->k, ly->k_norm, ntok, kvd, c->rms_eps, sc->k);
+	if (c->clip_qkv <= 0)
+		return;
+	qf_tf_clamp(sc->q, ntok * qd, c->clip_qkv);
+	qf_tf_clamp(sc->k, ntok * kvd, c->clip_qkv);
+	qf_tf_clamp(sc->v, ntok * kvd, c->clip_qkv);
+}
+
 /* q/k/v projections, qwen3 q/k norms and RoPE. */
 static int attn_inputs(const struct qf_tf_config *c,
 		       const struct qf_tf_layer *ly, int layer, int64_t ntok,
@@ -510,10 +539,12 @@ static int attn_inputs(const struct qf_tf_config *c,
 	HOOK(QF_TF_V, sc->xn, c->hidden);
 	qf_tf_linear_run(sc->xn, ntok, c->hidden, ly->w[QF_TF_V],
 			 ly->b[QF_TF_V], kvd, 0.0f, sc->v);
-	if (ly->q_norm)
+	if (c->arch->flags & QF_ARCH_QK_NORM_FULL)
+		qk_norm_full(c, ly, ntok, sc);
+	else if (ly->q_norm)
 		qf_tf_rmsnorm(sc->q, ly->q_norm, ntok * c->heads, c->head_dim,
 			      c->rms_eps, sc->q);
-	if (ly->k_norm)
+	if (ly->k_norm && !(c->arch->flags & QF_ARCH_QK_NORM_FULL))
 		qf_tf_rmsnorm(sc->k, ly->k_norm, ntok * c->kv_heads,
 			      c->head_dim, c->rms_eps, sc->k);
 	qf_tf_rope_table(c, seqlen, sc->cs, sc->sn);
@@ -546,6 +577,15 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 			    int nseq, int seqlen, int window, qf_tf_hook hook,
 			    void *arg)
 {
+	return qf_tf_layer_forward_moe(c, ly, layer, x, nseq, seqlen, window,
+				       hook, NULL, arg);
+}
+
+int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
+			    const struct qf_tf_layer *ly, int layer, float *x,
+			    int nseq, int seqlen, int window, qf_tf_hook hook,
+			    qf_tf_expert_hook ehook, void *arg)
+{
 	int64_t ntok = (int64_t)nseq * seqlen;
 	int64_t qd = (int64_t)c->heads * c->head_dim;
 	struct layer_scratch sc;
@@ -569,6 +609,12 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 		      ly->b[QF_TF_O], sc.xn, x);
 
 	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
+	if (ly->moe) {
+		HOOK(QF_TF_GATE, sc.xn, c->hidden);	/* the block's input */
+		ret = qf_tf_moe_forward(c, ly->moe, layer, sc.xn, ntok, x,
+					ehook, arg);
+		goto out_free;
+	}
 	HOOK(QF_TF_GATE, sc.xn, c->hidden);
 	qf_tf_linear_run(sc.xn, ntok, c->hidden, ly->w[QF_TF_GATE],
 			 ly->b[QF_TF_GATE], c->inter, 0.0f, sc.g);

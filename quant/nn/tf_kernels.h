@@ -75,6 +75,9 @@ void qf_tf_attention(const struct qf_tf_config *c,
 		     int nseq, int seqlen, int window,
 		     float *s);		/* scratch [QF_TF_BQ, seqlen] */
 
+/* x[i] clamped to [-lim, lim] (OLMoE's clip_qkv). */
+void qf_tf_clamp(float *x, int64_t n, float lim);
+
 /* g = silu(g) * u, elementwise. */
 void qf_tf_swiglu(float *g,		/* [n] in/out */
 		  const float *u,	/* [n] */

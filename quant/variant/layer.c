@@ -156,6 +156,12 @@ int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 	return 0;
 }
 
+int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,
+		      struct qf_lin_stats *st, struct qf_layer_res *r)
+{
+	return gi < 0 ? 0 : quantize_linear(v, gi, w, st, r);
+}
+
 void qf_layer_imatrix(const enum qf_tf_linear *lin, int n,
 		      const struct qf_lin_stats *stats, float *imat)
 {

@@ -72,6 +72,14 @@ int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 		  const enum qf_tf_linear *lin, int n,
 		  struct qf_lin_stats *stats, struct qf_layer_res *r);
 
+/*
+ * GPTQ of one linear w [out, in] of group gi (an expert's, which has no
+ * place in a layer map) on st->h (damped); -1: kept, nothing done.  As
+ * qf_layer_gptq for each of its linears.
+ */
+int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,
+		      struct qf_lin_stats *st, struct qf_layer_res *r);
+
 /* ReFlip's effect on the layer, for the caller's log. */
 struct qf_layer_reflip {
 	bool on;		/* the variant asked for ReFlip */

@@ -263,6 +263,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 	size_t cap = 0, gcap = 0;
 	size_t i;
 	int ret, bits;
+	bool router;
 
 	switch (spec->method) {
 	case QF_METHOD_RTN:
@@ -299,8 +300,14 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 
 		if (awq_norm(v, mt->name) == mt)
 			continue;	/* an output of its q/gate group */
+		router = is_linear(mt) && spec->method != QF_METHOD_KQUANT &&
+			 qf_moe_is_router(m, mt->name);
+		if (router && (ret = note_skip(v, mt->name, "a mixture-of-"
+					       "experts router")) < 0)
+			goto out_free;
 		/* k-quants live in model.gguf only (fs/gguf_view.c) */
-		if (!is_linear(mt) || spec->method == QF_METHOD_KQUANT) {
+		if (!is_linear(mt) || router ||
+		    spec->method == QF_METHOD_KQUANT) {
 			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
 					 0, 0, QF_VT_PASSTHROUGH);
 			if (ret < 0)

@@ -177,6 +177,9 @@ struct qf_calib_info {
 	/* awq reflip: relative attention-score error before / after,
 	 * [ng * 2] (set for q_proj groups) or NULL */
 	const double *score;
+	/* MoE: the calibration tokens routed to each expert group's
+	 * expert, [ng] or NULL */
+	const double *tokens;
 	/* compute backend that produced it ("cpu", "cuda"), NULL: cpu */
 	const char *backend;
 	int brecq_iters, brecq_batch;	/* brecq: Adam steps, sequences */

@@ -396,6 +396,10 @@ int qf_variant_manifest(const struct qf_variant *v,
 				fixed_num(ci->loss ? ci->loss[i] : 0));
 			cJSON_AddItemToObject(l, "loss_rtn", fixed_num(
 				ci->loss_rtn ? ci->loss_rtn[i] : 0));
+			if (qf_moe_is_expert(v->m, g->w->name))
+				cJSON_AddItemToObject(l, "routed_tokens",
+					fixed_num(ci->tokens ? ci->tokens[i] :
+						  0));
 			if (awq)
 				cJSON_AddItemToObject(l, "alpha", fixed_num(
 					ci->alpha ? ci->alpha[i] : 0));

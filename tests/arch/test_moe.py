@@ -1,0 +1,308 @@
+#!/usr/bin/python3
+"""test_moe.py - the mixture-of-experts families end to end: Qwen3-MoE,
+Mixtral, OLMoE, and Qwen2-MoE (a shared expert).
+
+quantfs mkmodel --arch makes tiny models (hidden 64, 2 layers, 8 experts,
+top-2, vocab 512); quantfs's logits are checked against the float64 oracle
+ref_moe.py (also with a dense layer among sparse ones, Mixtral's sliding
+window and OLMoE's clip_qkv, set in config.json), after checking that the
+oracle's routing has no near tie that float32 could flip.  Through a mount:
+RTN variants quantize every expert's linears under the source's checkpoint
+names and keep the routers in source precision; calibrated methods are not
+offered for MoE models; llama.cpp loads model.gguf and agrees with quantfs.
+"""
+import hashlib
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+
+from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
+                      check_logits, eval_json, ids_for, mkmodel, need_client,
+                      run_tests, stread)
+import ref_moe
+
+ARCHES = ("qwen3_moe", "mixtral", "olmoe", "qwen2_moe")
+GGUF_ARCH = {"qwen3_moe": "qwen3moe", "mixtral": "llama", "olmoe": "olmoe",
+             "qwen2_moe": "qwen2moe"}
+SHAPE = ("--hidden", 64, "--inter", 128, "--layers", 2, "--heads", 4,
+         "--vocab", 512, "--experts", 8, "--topk", 2, "--moe-inter", 32)
+
+
+def model(arch, tag="", seed=7, kv_heads=None):
+    """OLMoE without GQA, as the released model (and llama.cpp's olmoe)."""
+    d = os.path.join(WORK, arch + tag)
+    if kv_heads is None:
+        kv_heads = 4 if arch == "olmoe" else 2
+    if not os.path.exists(d):
+        mkmodel(d, "--arch", arch, "--seed", seed, *SHAPE,
+                "--kv-heads", kv_heads)
+    return d
+
+
+def check_margins(d, ids, least=1e-4):
+    """The oracle's top-k boundary is no near tie anywhere."""
+    m = min(float(mg.min()) for _, mg in ref_moe.routing(d, ids))
+    assert m > least, ("near tie in the routing", m)
+
+
+def edit_config(d, **kw):
+    f = os.path.join(d, "config.json")
+    cfg = json.load(open(f))
+    cfg.update(kw)
+    json.dump(cfg, open(f, "w"), indent=1)
+
+
+def test_logits():
+    ids = ids_for(512, 2, 24)
+    for arch in ARCHES:
+        d = model(arch)
+        check_margins(d, ids)
+        check_logits(d, ref_moe.logits, ids, label=arch)
+
+
+def test_logits_variants():
+    """A dense MLP on layer 0 (mlp_only_layers), a sliding window, clip."""
+    ids = ids_for(512, 2, 24, seed=3)
+    d = os.path.join(WORK, "qwen3_moe_dense")
+    shutil.copytree(model("qwen3_moe"), d)
+    t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+    rng = np.random.default_rng(5)
+    dense = {"gate": (96, 64), "up": (96, 64), "down": (64, 96)}
+    raw = {k: ("F32", list(v.shape), np.ascontiguousarray(
+        v, dtype=np.float32).tobytes()) for k, v in t.items()}
+    for n, shp in dense.items():
+        w = rng.standard_normal(shp).astype(np.float32) / 8
+        raw["model.layers.0.mlp.%s_proj.weight" % n] = (
+            "F32", list(shp), w.tobytes())
+    stread.write_st(os.path.join(d, "model.safetensors"), raw)
+    edit_config(d, mlp_only_layers=[0], intermediate_size=96)
+    check_margins(d, ids)
+    check_logits(d, ref_moe.logits, ids, label="qwen3_moe mlp_only [0]")
+
+    d = os.path.join(WORK, "mixtral_win")
+    shutil.copytree(model("mixtral"), d)
+    edit_config(d, sliding_window=5)
+    check_margins(d, ids)
+    check_logits(d, ref_moe.logits, ids, label="mixtral window 5")
+
+    d = model("olmoe", "_gqa", kv_heads=2)
+    check_margins(d, ids)
+    check_logits(d, ref_moe.logits, ids, label="olmoe kv_heads 2")
+
+    d = os.path.join(WORK, "olmoe_clip")
+    shutil.copytree(model("olmoe"), d)
+    edit_config(d, clip_qkv=0.5, norm_topk_prob=True)
+    check_margins(d, ids)
+    check_logits(d, ref_moe.logits, ids, label="olmoe clip 0.5")
+
+
+def src_dir():
+    """A source directory holding the generated models."""
+    src = os.path.join(WORK, "src")
+    if not os.path.exists(src):
+        os.makedirs(src)
+        for arch in ARCHES:
+            os.symlink(model(arch), os.path.join(src, arch))
+    return src
+
+
+def test_rtn_variants():
+    """Every expert's linears quantized under the source's names, routers
+    kept; no calibrated method but GPTQ offered; eval reads the
+    variant."""
+    with Mount(src_dir()) as m:
+        for arch in ARCHES:
+            d = os.path.join(m.mnt, arch)
+            names = os.listdir(d)
+            # of the calibrated methods, GPTQ only (test_gptq_experts)
+            assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
+            for v in ("awq_w4_g128", "brecq_w4_g64_attn6", "kq4_k_m",
+                      "mixed_dyn"):
+                assert v not in names, names
+            assert not os.path.exists(os.path.join(d, "awq_w4_g128",
+                                                   "config.json"))
+            src, _ = stread.read_st(os.path.join(model(arch),
+                                                 "model.safetensors"))
+            v = os.path.join(d, "rtn_w4_g32_sym")
+            t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+            router, ex = ref_moe.NAMES[arch][:2]
+            for l in range(2):
+                r = "model.layers.%d.%s.weight" % (l, router)
+                assert np.array_equal(t[r], src[r]), r
+                for e in range(8):
+                    for n in ref_moe.NAMES[arch][2:]:
+                        w = "model.layers.%d.%s.%d.%s.weight" % (l, ex, e, n)
+                        assert w not in t and w[:-7] + ".qweight" in t, w
+                stread.check_rtn(t, src, "model.layers.%d.%s.3.%s.weight" %
+                                 (l, ex, ref_moe.NAMES[arch][4]), 4, 32, True)
+            # mixed_static: experts get the MLP role's bits (4)
+            ms = json.load(open(os.path.join(d, "mixed_static",
+                                             "quantization.json")))
+            assert {g["bits"] for g in ms["layers"]
+                    if ".experts." in g["name"]} == {4}, arch
+            q = json.load(open(os.path.join(v, "quantization.json")))
+            kept = [k["name"] for k in q["kept_in_source_dtype"]]
+            gates = ([router, "mlp.shared_expert_gate"]
+                     if arch == "qwen2_moe" else [router])
+            assert kept == ["model.layers.%d.%s.weight" % (l, r)
+                            for l in range(2) for r in gates], kept
+            cfg = json.load(open(os.path.join(v, "config.json")))
+            assert cfg["model_type"] == arch
+            ev = eval_json(v, TEXT, ctx=64)
+            ev0 = eval_json(os.path.join(d, "original"), TEXT, ctx=64)
+            print("  %s: ppl original %.3f, rtn_w4_g32_sym %.3f" % (
+                arch, ev0["ppl"], ev["ppl"]))
+            assert abs(ev["ppl"] / ev0["ppl"] - 1) < 0.2, (ev, ev0)
+
+
+def calib_windows(text, nseq, seqlen):
+    """quantfs's calibration windows of a text for the generated
+    byte-level tokenizer (token 3 + byte, BOS 1), spread evenly."""
+    toks = [3 + b for b in text.encode()]
+    body = seqlen - 1
+    stride = (len(toks) - body) // (nseq - 1)
+    return np.array([[1] + toks[s * stride:s * stride + body]
+                     for s in range(nseq)], dtype=np.int32)
+
+
+def dequantized(d, v, bits):
+    """The weights a GPTQ variant computes with: its linears dequantized,
+    the rest (routers included) as stored."""
+    t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+    w = {}
+    for name, a in t.items():
+        if name.endswith(".qweight"):
+            pre = name[:-8]
+            n_in = a.shape[0] * 32 // bits
+            w[pre + ".weight"] = stread.gptq_dequant(
+                t, pre, bits, t[pre + ".scales"].shape[1], n_in)[0]
+        elif not name.endswith((".qzeros", ".scales", ".g_idx")):
+            w[name] = a
+    return {k: np.asarray(a, dtype=np.float64) for k, a in w.items()}
+
+
+def test_gptq_experts():
+    """GPTQ of every expert on the tokens routed to it: the counts in
+    quantization.json are the routing of the quantized model (whose
+    router input is what true-sequential GPTQ saw), GPTQ beats RTN on
+    the experts' own inputs, routers kept; too few tokens: the
+    fallback's statistics (a calibration set of 2 x 32 tokens)."""
+    text = TEXT * 4
+    cal = os.path.join(WORK, "calib.txt")
+    open(cal, "w").write(text)
+    for n, ln in ((8, 64), (2, 32)):
+        opts = ["calib=" + cal, "calib_n=%d" % n, "calib_len=%d" % ln]
+        with Mount(src_dir(), opts=opts) as m:
+            for arch in ARCHES:
+                check_gptq(m, arch, calib_windows(text, n, ln))
+    # data-free: sequences sampled from the model (its KV-cached decoder
+    # through the MoE blocks and OLMoE's norms)
+    with Mount(src_dir(), opts=["calib_n=4", "calib_len=32"]) as m:
+        for arch in ARCHES:
+            v = os.path.join(m.mnt, arch, "gptq_w4_g128")
+            q = json.load(open(os.path.join(v, "quantization.json")))
+            assert "sampled" in q["calibration"]["source"], q
+            tok = [g["routed_tokens"] for g in q["layers"]
+                   if ".experts." in g["name"]]
+            assert sum(tok) == 2 * 3 * 4 * 32 * 2, tok
+
+
+def check_gptq(m, arch, ids):
+    d = os.path.join(m.mnt, arch)
+    assert "gptq_w4_g128" in os.listdir(d)
+    assert "awq_w4_g128" not in os.listdir(d)
+    v = os.path.join(d, "gptq_w4_g32_sym")
+    q = json.load(open(os.path.join(v, "quantization.json")))
+    w = dequantized(model(arch), v, 4)
+    trace = ref_moe.routing(model(arch), ids, weights=w)
+    router, ex = ref_moe.NAMES[arch][:2]
+    names = ref_moe.NAMES[arch][2:]
+    layers = {g["name"]: g for g in q["layers"]}
+    gptq = rtn = 0.0
+    for l in range(2):
+        sel = np.concatenate([trace[s * 2 + l][0] for s in range(len(ids))])
+        count = np.bincount(sel.ravel(), minlength=8)
+        for e in range(8):
+            for n in names:
+                g = layers["model.layers.%d.%s.%d.%s.weight" % (l, ex, e,
+                                                                   n)]
+                assert g["routed_tokens"] == count[e], (arch, l, e, g)
+                gptq += g["loss_gptq"]
+                rtn += g["loss_rtn"]
+        assert "model.layers.%d.%s.weight" % (l, router) not in layers
+        if arch == "qwen2_moe":     # the shared expert sees every token
+            for n in names:
+                g = layers["model.layers.%d.mlp.shared_expert.%s.weight" %
+                           (l, n)]
+                assert g["routed_tokens"] == ids.size, g
+    print("  %s gptq_w4_g32_sym over %d tokens: routed %s (layer 1); "
+          "expert loss gptq %.4f vs rtn %.4f" % (
+              arch, ids.size, count.tolist(), gptq / 48, rtn / 48))
+    assert gptq < rtn, (gptq, rtn)
+    ev = eval_json(v, TEXT, ctx=64)
+    assert ev["ppl"] > 0
+
+
+def test_sampled_calibration():
+    """Data-free calibration samples from the model with a KV-cached
+    decoder of its own (calib/sample.c): with lm_head scaled by 1e4 the
+    sampling is greedy, so the set's token hash in quantization.json is
+    that of the oracle's greedy continuation of BOS."""
+    src = os.path.join(WORK, "sharp")
+    os.makedirs(src)
+    for arch in ARCHES:
+        d = os.path.join(src, arch)
+        if arch == "olmoe":     # also GQA and clip_qkv in the decoder
+            shutil.copytree(model(arch, "_gqa", kv_heads=2), d)
+            edit_config(d, clip_qkv=0.5)
+        else:
+            shutil.copytree(model(arch), d)
+        t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+        t["lm_head.weight"] = t["lm_head.weight"] * 1e4
+        stread.write_st(os.path.join(d, "model.safetensors"), {
+            k: ("F32", list(v.shape), np.ascontiguousarray(
+                v, dtype=np.float32).tobytes()) for k, v in t.items()})
+    with Mount(src, opts=["calib_n=2", "calib_len=16"]) as m:
+        for arch in ARCHES:
+            ids = [1]
+            for _ in range(15):
+                lg = ref_moe.logits(os.path.join(src, arch), [ids])
+                ids.append(int(np.argmax(lg[-1])))
+            h = hashlib.sha256(b"quantfs-calib-v1\0" +
+                               struct.pack("<II", 2, 16) +
+                               np.array(ids * 2, dtype="<u4").tobytes())
+            q = json.load(open(os.path.join(m.mnt, arch, "gptq_w4_g128",
+                                            "quantization.json")))
+            print("  %s sampled calibration: %s" % (arch, ids))
+            assert q["calibration"]["token_hash"] == h.hexdigest(), arch
+
+
+def test_gguf():
+    """llama.cpp on original/model.gguf (qwen3moe, llama with experts,
+    olmoe, qwen2moe): its next-token distributions against quantfs's; on
+    a Q4_0 view (rtn_w4_g32_sym, experts repacked; two families, for
+    time) its perplexity against `quantfs eval` of the same files."""
+    need_client()
+    ids = ids_for(512, 1, 32, seed=11)[0]
+    with Mount(src_dir()) as m:
+        for arch in ARCHES:
+            d = os.path.join(m.mnt, arch)
+            gguf = os.path.join(d, "original", "model.gguf")
+            # llama.cpp's f16 KV cache moves the router's inputs by
+            # ~1e-3: a token whose 2nd and 3rd experts are that close
+            # swaps them (a small weight, with the generated routers)
+            out = check_gguf_probs(gguf, model(arch), ids, tol=1e-2,
+                                   label=arch)
+            assert out.get("arch") in (None, GGUF_ARCH[arch]), out
+            if arch in ("mixtral", "qwen2_moe"):
+                check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
+
+
+if __name__ == "__main__":
+    try:
+        run_tests(globals(), needs_fuse=True)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
