@@ -83,7 +83,7 @@ static int step(struct decoder *d, float *x, int p, float *h, float *q,
 	const struct qf_tf_config *c = d->c;
 	int hd = c->head_dim, kvw = c->kv_heads * hd, qw = c->heads * hd;
 	int grp = c->heads / c->kv_heads;
-	bool full = c->arch->flags & QF_ARCH_QK_NORM_FULL;
+	bool full = qf_tf_flags(c) & QF_ARCH_QK_NORM_FULL;
 	int l, s, hh, ret;
 
 	for (l = 0; l < c->layers; l++) {

@@ -391,6 +391,13 @@ struct qf_tf_config {
 					 * intermediate size; 0 = none */
 };
 
+/* The row's QF_ARCH_* flags; 0 for a config built by hand (tests,
+ * benchmarks), which is the Llama layout. */
+static inline unsigned qf_tf_flags(const struct qf_tf_config *c)
+{
+	return c->arch ? c->arch->flags : 0;
+}
+
 /* From config.json; QF_EUNSUPPORTED for other model types. */
 int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c);
 /*

@@ -110,7 +110,7 @@ static int load_layer_norms(const struct qf_model *m,
 			    const struct qf_tf_config *c, int l,
 			    struct qf_tf_layer *out)
 {
-	bool full = c->arch->flags & QF_ARCH_QK_NORM_FULL;
+	bool full = qf_tf_flags(c) & QF_ARCH_QK_NORM_FULL;
 	int ret;
 
 	ret = load_layer_norm(m, c, l, "input_layernorm.weight", c->hidden,

@@ -539,12 +539,12 @@ static int attn_inputs(const struct qf_tf_config *c,
 	HOOK(QF_TF_V, sc->xn, c->hidden);
 	qf_tf_linear_run(sc->xn, ntok, c->hidden, ly->w[QF_TF_V],
 			 ly->b[QF_TF_V], kvd, 0.0f, sc->v);
-	if (c->arch->flags & QF_ARCH_QK_NORM_FULL)
+	if (qf_tf_flags(c) & QF_ARCH_QK_NORM_FULL)
 		qk_norm_full(c, ly, ntok, sc);
 	else if (ly->q_norm)
 		qf_tf_rmsnorm(sc->q, ly->q_norm, ntok * c->heads, c->head_dim,
 			      c->rms_eps, sc->q);
-	if (ly->k_norm && !(c->arch->flags & QF_ARCH_QK_NORM_FULL))
+	if (ly->k_norm && !(qf_tf_flags(c) & QF_ARCH_QK_NORM_FULL))
 		qf_tf_rmsnorm(sc->k, ly->k_norm, ntok * c->kv_heads,
 			      c->head_dim, c->rms_eps, sc->k);
 	qf_tf_rope_table(c, seqlen, sc->cs, sc->sn);
