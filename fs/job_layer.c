@@ -362,8 +362,15 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	}
 	snprintf(recname, sizeof(recname), "__layer__.%d", l);
 	items[n++] = (struct qf_cache_item){ recname, rec, sizeof(rec) };
-	if (nx && qf_moe_layer_sparse(&j->c, l))
+	if (nx && qf_moe_layer_sparse(&j->c, l)) {
 		commit_experts(j, l, items, &n, xname, xrec);
+		for (k = 0; k < (int)nx; k++)	/* the experts in the mean */
+			if (xrec[EXP_REC * k] >= 0) {
+				sum_g += xrec[EXP_REC * k];
+				sum_r += xrec[EXP_REC * k + 1];
+				m++;
+			}
+	}
 	if (var->v->spec.method == QF_METHOD_KQUANT) {
 		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
 		items[n++] = (struct qf_cache_item){ imname, j->imat,
