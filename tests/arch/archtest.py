@@ -16,6 +16,7 @@ numpy only.  Environment: QUANTFS, QF_LOGITS_CLI (meson sets both).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,23 @@ TEXT = ("Once upon a time, there was a little girl named Lily. She loved "
         "mom. Her mom smiled and said yes, so Lily ran and kicked the ball "
         "as far as she could. The ball flew over the fence and into the "
         "garden next door, where an old man was watering his flowers. ")
+
+
+def with_config(src, name, **keys):
+    """A copy of model directory src as WORK/name with config.json keys
+    replaced (None: removed)."""
+    d = os.path.join(WORK, name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src, d)
+    p = os.path.join(d, "config.json")
+    cfg = json.load(open(p))
+    for k, v in keys.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    json.dump(cfg, open(p, "w"), indent=1)
+    return d
 
 
 def ids_for(vocab, nseq, seqlen, seed=1):

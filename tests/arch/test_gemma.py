@@ -19,7 +19,6 @@ hidden 64, window 16; gemma3 with 6 layers so that layer 5 is global):
     perplexity on gemma2's gptq_w4_g32_sym within 1% of `quantfs eval`.
 """
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -58,17 +57,7 @@ def mounted():
 
 def edited(name, tag, **keys):
     """A copy of model name with config.json keys replaced (None: drop)."""
-    d = os.path.join(WORK, name + "-" + tag)
-    shutil.copytree(model(name), d)
-    p = os.path.join(d, "config.json")
-    cfg = json.load(open(p))
-    for k, v in keys.items():
-        if v is None:
-            cfg.pop(k, None)
-        else:
-            cfg[k] = v
-    json.dump(cfg, open(p, "w"))
-    return d
+    return archtest.with_config(model(name), name + "-" + tag, **keys)
 
 
 def sample(src, nseq=4, n=40, seed=5):

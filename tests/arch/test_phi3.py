@@ -41,18 +41,7 @@ def model(tie=True):
 
 def variant_of(src, name, **cfg):
     """A copy of src with config.json keys changed (None: removed)."""
-    d = os.path.join(at.WORK, name)
-    shutil.rmtree(d, ignore_errors=True)
-    shutil.copytree(src, d)
-    p = os.path.join(d, "config.json")
-    c = json.load(open(p))
-    for k, v in cfg.items():
-        if v is None:
-            c.pop(k, None)
-        else:
-            c[k] = v
-    json.dump(c, open(p, "w"), indent=1)
-    return d
+    return at.with_config(src, name, **cfg)
 
 
 def test_config_is_phi4_mini_like():
