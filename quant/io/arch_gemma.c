@@ -291,11 +291,6 @@ int qf_gemma2_mk_layer(struct qf_mk_list *t,
 int qf_gemma3_mk_layer(struct qf_mk_list *t,
 		       const struct qf_mkmodel_opts *o, int l)
 {
-	int ret = qf_gemma2_mk_layer(t, o, l);
-
-	ret |= qf_mk_add(t, mk_head_dim(o), 0,
-			 "model.layers.%d.self_attn.q_norm.weight", l);
-	ret |= qf_mk_add(t, mk_head_dim(o), 0,
-			 "model.layers.%d.self_attn.k_norm.weight", l);
-	return ret ? -ENOMEM : 0;
+	/* the q/k norms come with the row's QF_ARCH_QK_NORM */
+	return qf_gemma2_mk_layer(t, o, l);
 }

@@ -238,6 +238,11 @@ static void gen_values(const char *name, int64_t rows, int64_t cols,
 	uint64_t s = name_seed(name, seed);
 	int64_t r, c;
 
+	if (cols == 0 && strstr(name, ".bias")) {	/* qwen2's q/k/v */
+		for (r = 0; r < rows; r++)
+			v[r] = (float)(0.02 * gauss(&s));
+		return;
+	}
 	if (cols == 0) {	/* a norm weight */
 		for (r = 0; r < rows; r++)
 			v[r] = (float)((gemma ? 0.0 : 1.0) + 0.05 * gauss(&s));
@@ -306,6 +311,7 @@ int qf_mk_add(struct qf_mk_list *t, int64_t rows, int64_t cols,
 int qf_mk_llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 		       int l)
 {
+	const struct qf_arch *a = o->arch ? qf_arch_find(o->arch) : NULL;
 	int64_t hd = head_dim(o);
 	int ret = 0;
 
@@ -318,6 +324,15 @@ int qf_mk_llama_layer(struct qf_mk_list *t, const struct qf_mkmodel_opts *o,
 	ret |= qf_mk_add(t, o->inter, o->hidden, "model.layers.%d.mlp.gate_proj.weight", l);
 	ret |= qf_mk_add(t, o->inter, o->hidden, "model.layers.%d.mlp.up_proj.weight", l);
 	ret |= qf_mk_add(t, o->hidden, o->inter, "model.layers.%d.mlp.down_proj.weight", l);
+	if (a && (a->flags & QF_ARCH_QK_NORM)) {	/* qwen3 */
+		ret |= qf_mk_add(t, hd, 0, "model.layers.%d.self_attn.q_norm.weight", l);
+		ret |= qf_mk_add(t, hd, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+	}
+	if (a && (a->flags & QF_ARCH_QKV_BIAS)) {	/* qwen2 */
+		ret |= qf_mk_add(t, o->heads * hd, 0, "model.layers.%d.self_attn.q_proj.bias", l);
+		ret |= qf_mk_add(t, o->kv_heads * hd, 0, "model.layers.%d.self_attn.k_proj.bias", l);
+		ret |= qf_mk_add(t, o->kv_heads * hd, 0, "model.layers.%d.self_attn.v_proj.bias", l);
+	}
 	return ret ? -ENOMEM : 0;
 }
 
