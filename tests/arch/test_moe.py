@@ -20,8 +20,9 @@ import struct
 import numpy as np
 
 from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
-                      check_logits, eval_json, ids_for, mkmodel, need_client,
-                      run_tests, stread)
+                      check_logits, client, eval_json, ids_for, mkmodel,
+                      need_client, run_tests, stread, windows)
+import ggufnp
 import ref_moe
 
 ARCHES = ("qwen3_moe", "mixtral", "olmoe", "qwen2_moe")
@@ -119,8 +120,7 @@ def test_rtn_variants():
             names = os.listdir(d)
             # of the calibrated methods, GPTQ only (test_gptq_experts)
             assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
-            for v in ("awq_w4_g128", "brecq_w4_g64_attn6", "kq4_k_m",
-                      "mixed_dyn"):
+            for v in ("awq_w4_g128", "brecq_w4_g64_attn6"):
                 assert v not in names, names
             assert not os.path.exists(os.path.join(d, "awq_w4_g128",
                                                    "config.json"))
@@ -299,6 +299,56 @@ def test_gguf():
             assert out.get("arch") in (None, GGUF_ARCH[arch]), out
             if arch in ("mixtral", "qwen2_moe"):
                 check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
+
+
+def test_kq():
+    """kq4_k_m of a qwen3_moe model wide enough for Q4_K (256): the 3-D
+    expert tensors Q4_K (ffn_down_exps Q6_K on llama.cpp's use_more_bits
+    layer), encoded expert by expert with each expert's importance from
+    the tokens routed to it; llama.cpp loads it, its perplexity near the
+    source's."""
+    need_client()
+    src = os.path.join(WORK, "kqsrc")
+    d = os.path.join(src, "qwen3_moe")
+    os.makedirs(src)
+    mkmodel(d, "--arch", "qwen3_moe", "--seed", 5, "--hidden", 256,
+            "--inter", 512, "--layers", 2, "--heads", 4, "--kv-heads", 2,
+            "--vocab", 512, "--experts", 8, "--topk", 2, "--moe-inter", 256)
+    cal = os.path.join(WORK, "calib_kq.txt")
+    open(cal, "w").write(TEXT * 4)
+    opts = ["calib=" + cal, "calib_n=8", "calib_len=64"]
+    with Mount(src, opts=opts) as m:
+        md = os.path.join(m.mnt, "qwen3_moe")
+        assert {"kq4_k_m", "mixed_static"} <= set(os.listdir(md))
+        kq = os.path.join(md, "kq4_k_m", "model.gguf")
+        g = ggufnp.File(kq)
+        assert g.kv["general.file_type"] == 15
+        ty = {n: t for n, (t, _, _) in g.tensors.items()}
+        assert ty["blk.0.ffn_gate_exps.weight"] == 12, ty
+        assert ty["blk.0.ffn_down_exps.weight"] == 12, ty
+        assert ty["blk.1.ffn_down_exps.weight"] == 14, ty
+        # expert e's slice is expert e's, closer than Q4_0's (rtn view)
+        t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+        w = g.decode("blk.1.ffn_up_exps.weight")
+        w0 = ggufnp.File(os.path.join(md, "rtn_w4_g32_sym", "model.gguf")
+                         ).decode("blk.1.ffn_up_exps.weight")
+        for e in range(8):
+            s = t["model.layers.1.mlp.experts.%d.up_proj.weight" % e]
+            rel, rel0 = (np.linalg.norm(x[e] - s) / np.linalg.norm(s)
+                         for x in (w, w0))
+            assert rel < rel0 < 0.2, (e, rel, rel0)
+        idf = os.path.join(WORK, "ids_kq.json")
+        eval_json(os.path.join(md, "original"), TEXT, 64, idf)
+        ppl = {}
+        for v in ("original", "kq4_k_m", "rtn_w4_g32_sym"):
+            out = client(os.path.join(md, v, "model.gguf"),
+                         {"prompt": TEXT[:40], "n": 1,
+                          "windows": windows(idf, 64)})
+            ppl[v] = float(np.exp(out["nll"]))
+        print("  qwen3_moe llama.cpp ppl: original %(original).3f, kq4_k_m "
+              "%(kq4_k_m).3f, rtn_w4_g32_sym %(rtn_w4_g32_sym).3f" % ppl)
+        # (a random model: 4-bit noise moves its ppl by several %)
+        assert abs(ppl["kq4_k_m"] / ppl["original"] - 1) < 0.12, ppl
 
 
 if __name__ == "__main__":
