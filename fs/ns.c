@@ -498,12 +498,12 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 			mdl->m->weight_bytes / 1e6);
 		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
 		if (mdl->calibratable && c.moe) {
-			/* experts are calibrated by GPTQ and kq only so far */
+			/* experts: GPTQ, kq and mixed precision so far */
 			qf_info("%s: a mixture-of-experts model (%s): of the "
-				"calibrated methods only GPTQ and the k-quants "
-				"are offered (AWQ, BRECQ and measured mixed "
-				"precision are not done for experts yet)",
-				mdl->name, c.model_type);
+				"calibrated methods GPTQ, the k-quants and "
+				"mixed precision are offered (AWQ and BRECQ "
+				"are not done for experts yet)", mdl->name,
+				c.model_type);
 			mdl->calibratable = false;
 			mdl->moe = true;
 		}

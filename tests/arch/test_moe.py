@@ -8,8 +8,11 @@ ref_moe.py (also with a dense layer among sparse ones, Mixtral's sliding
 window and OLMoE's clip_qkv, set in config.json), after checking that the
 oracle's routing has no near tie that float32 could flip.  Through a mount:
 RTN variants quantize every expert's linears under the source's checkpoint
-names and keep the routers in source precision; calibrated methods are not
-offered for MoE models; llama.cpp loads model.gguf and agrees with quantfs.
+names and keep the routers in source precision; GPTQ, the k-quants (each
+expert's imatrix from its routed tokens) and measured mixed precision
+(per layer one width for every expert's gate/up, one for their down) are
+offered, AWQ and BRECQ not; llama.cpp loads model.gguf and agrees with
+quantfs.
 """
 import hashlib
 import json
@@ -118,8 +121,10 @@ def test_rtn_variants():
         for arch in ARCHES:
             d = os.path.join(m.mnt, arch)
             names = os.listdir(d)
-            # of the calibrated methods, GPTQ only (test_gptq_experts)
+            # of the calibrated methods GPTQ (test_gptq_experts) and the
+            # k-quants (test_kq); mixed_dyn / mixed_b<avg> (test_mixed)
             assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
+            assert "kq4_k_m" in names and "mixed_static" in names, names
             for v in ("awq_w4_g128", "brecq_w4_g64_attn6"):
                 assert v not in names, names
             assert not os.path.exists(os.path.join(d, "awq_w4_g128",
@@ -299,6 +304,54 @@ def test_gguf():
             assert out.get("arch") in (None, GGUF_ARCH[arch]), out
             if arch in ("mixtral", "qwen2_moe"):
                 check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
+
+
+def test_mixed():
+    """mixed_b4.5 of qwen3_moe: the measured allocation covers every
+    expert's linears (one width per layer for the experts' gate/up and one
+    for their down, as for a dense MLP), their stored bytes within the
+    budget; mixed_dyn is served too."""
+    cal = os.path.join(WORK, "calib_mx.txt")
+    open(cal, "w").write(TEXT * 4)
+    opts = ["calib=" + cal, "calib_n=8", "calib_len=64"]
+    with Mount(src_dir(), opts=opts) as m:
+        d = os.path.join(m.mnt, "qwen3_moe")
+        src, _ = stread.read_st(os.path.join(model("qwen3_moe"),
+                                             "model.safetensors"))
+        v = os.path.join(d, "mixed_b4.5")
+        q = json.load(open(os.path.join(v, "quantization.json")))
+        a = q["allocation"]
+        t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+        bits = {g["name"]: g["bits"] for g in q["layers"]}
+        stored = params = nex = 0
+        for n, w in src.items():        # every linear, experts' included
+            if not n.endswith("_proj.weight"):
+                continue
+            params += w.size
+            nex += ".experts." in n
+            if n in bits:
+                pre = n[:-7]
+                stored += sum(t[pre + x].nbytes for x in (
+                    ".qweight", ".qzeros", ".scales", ".g_idx"))
+            else:                       # kept at 16: as stored
+                assert np.array_equal(t[n], w), n
+                stored += t[n].nbytes
+        assert nex == 2 * 8 * 3, nex
+        for l in range(2):
+            for k in ("gate_proj", "up_proj", "down_proj"):
+                b = {bits.get("model.layers.%d.mlp.experts.%d.%s.weight"
+                              % (l, e, k), 16) for e in range(8)}
+                assert len(b) == 1, (l, k, b)
+        print("  qwen3_moe mixed_b4.5: unit bits %s, %d bytes stored of "
+              "%d budget (%d params)" % (a["unit_bits"], stored,
+                                         a["budget_bytes"], params))
+        assert a["budget_bytes"] == int(4.5 * params / 8), (a, params)
+        assert stored <= a["budget_bytes"], (stored, a)
+        qd = json.load(open(os.path.join(d, "mixed_dyn",
+                                         "quantization.json")))
+        assert qd["allocation"]["policy"] == "ratio", qd["allocation"]
+        ev = eval_json(v, TEXT, ctx=64)
+        assert ev["ppl"] > 0
 
 
 def test_kq():
