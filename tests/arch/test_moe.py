@@ -390,16 +390,16 @@ def test_kq():
             rel, rel0 = (np.linalg.norm(x[e] - s) / np.linalg.norm(s)
                          for x in (w, w0))
             assert rel < rel0 < 0.2, (e, rel, rel0)
+        # llama.cpp on kq4_k_m against `quantfs eval` of the source on
+        # the same windows (test_gguf: llama.cpp agrees with eval there)
         idf = os.path.join(WORK, "ids_kq.json")
-        eval_json(os.path.join(md, "original"), TEXT, 64, idf)
-        ppl = {}
-        for v in ("original", "kq4_k_m", "rtn_w4_g32_sym"):
-            out = client(os.path.join(md, v, "model.gguf"),
-                         {"prompt": TEXT[:40], "n": 1,
+        ev = eval_json(os.path.join(md, "original"), TEXT[:250], 64, idf)
+        out = client(kq, {"prompt": TEXT[:40], "n": 1,
                           "windows": windows(idf, 64)})
-            ppl[v] = float(np.exp(out["nll"]))
-        print("  qwen3_moe llama.cpp ppl: original %(original).3f, kq4_k_m "
-              "%(kq4_k_m).3f, rtn_w4_g32_sym %(rtn_w4_g32_sym).3f" % ppl)
+        assert out["tokens"] == ev["tokens"], (out, ev)
+        ppl = {"original": ev["ppl"], "kq4_k_m": float(np.exp(out["nll"]))}
+        print("  qwen3_moe ppl: original (quantfs eval) %(original).3f, "
+              "kq4_k_m (llama.cpp) %(kq4_k_m).3f" % ppl)
         # (a random model: 4-bit noise moves its ppl by several %)
         assert abs(ppl["kq4_k_m"] / ppl["original"] - 1) < 0.12, ppl
 
