@@ -310,55 +310,86 @@ static size_t tensor_names(void *arg, size_t i, const char **names)
 }
 
 /*
- * kq: the importance of t's input channels (NULL for tensors outside the
- * decoder layers), from the calibration job, which runs first if needed.
+ * kq: where t's importance sits in its layer's record: off[e] for each
+ * expert of a 3-D tensor, off[0] otherwise; false for tensors outside
+ * the decoder layers' linears.
+ */
+static bool imatrix_off(const struct qf_tf_config *c,
+			const struct qf_gguf_tensor *t, int *l, size_t *off)
+{
+	char want[160];
+	int64_t r0, rows, e;
+	int k;
+
+	if (!t->src || sscanf(t->src->name, "model.layers.%d.", l) != 1)
+		return false;
+	for (k = 0; k < QF_TF_NLINEAR && t->ndim < 3; k++) {
+		/* a fused tensor: its first linear's inputs, which it reads */
+		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", *l,
+			 qf_tf_linear_tensor(c, k, &r0, &rows));
+		if (!strcmp(want, t->src->name)) {
+			off[0] = qf_kq_imatrix_off(c, k);
+			return true;
+		}
+	}
+	for (k = 0; c->moe && k < QF_MOE_NLINEAR; k++) {
+		/* an expert's: the 3-D tensor's first, or the shared one */
+		e = t->ndim < 3 ? c->experts : 0;
+		qf_moe_expert_name(c, *l, (int)e, k, want, sizeof(want) - 8);
+		strcat(want, ".weight");
+		if (strcmp(want, t->src->name))
+			continue;
+		for (; e < (t->ndim < 3 ? c->experts + 1 : t->ne[2]); e++)
+			off[t->ndim < 3 ? 0 : e] =
+				qf_kq_imatrix_exp_off(c, (int)e, k);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * kq: the importance of t's input channels ([ne[2] * ne[0]] for 3-D
+ * expert tensors; NULL for tensors outside the decoder layers' linears),
+ * from the calibration job, which runs first if needed.
  */
 static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 		   const struct qf_gguf_tensor *t, float **out)
 {
 	const struct qf_tf_config *c = &gv->plan.cfg;
+	int64_t ne = t->ndim < 3 ? 1 : t->ne[2], e;
+	size_t *off = calloc((size_t)ne, sizeof(*off)), len;
 	struct qf_cache_txn *txn;
 	const void *p;
 	char name[32];
-	size_t len, off;
-	int l, k, ret;
+	int l, ret;
 
 	*out = NULL;
-	if (!t->src || sscanf(t->src->name, "model.layers.%d.", &l) != 1)
-		return 0;
-	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		char want[160];
-		int64_t r0, rows;
-
-		/* a fused tensor: its first linear's inputs, which it reads */
-		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l,
-			 qf_tf_linear_tensor(c, k, &r0, &rows));
-		if (!strcmp(want, t->src->name))
-			break;
-	}
-	if (k == QF_TF_NLINEAR)
-		return 0;
-	ret = qf_var_results(fs, gv->var);	/* the job is done */
-	if (ret < 0)
-		return ret;
-	snprintf(name, sizeof(name), "__imatrix__.%d", l);
-	off = qf_kq_imatrix_off(c, k);
-	if (!(*out = malloc((size_t)t->ne[0] * sizeof(float))))
+	if (!off)
 		return -ENOMEM;
+	ret = imatrix_off(c, t, &l, off) ? qf_var_results(fs, gv->var) : 1;
+	if (ret)	/* 1: none; < 0: the job failed */
+		goto out_off;
+	snprintf(name, sizeof(name), "__imatrix__.%d", l);
+	if (!(*out = malloc((size_t)(ne * t->ne[0]) * sizeof(float)))) {
+		ret = -ENOMEM;
+		goto out_off;
+	}
 	ret = qf_cache_read_begin(fs->cache, &txn);
 	if (!ret)
 		ret = qf_cache_get(txn, gv->var->vid, name, &p, &len);
 	if (!ret && len != qf_kq_imatrix_len(c) * sizeof(float))
 		ret = QF_ECORRUPT;
-	if (!ret)
-		memcpy(*out, (const uint8_t *)p + off * sizeof(float),
+	for (e = 0; e < ne && !ret; e++)
+		memcpy(*out + e * t->ne[0], (const float *)p + off[e],
 		       (size_t)t->ne[0] * sizeof(float));
 	qf_cache_read_end(txn);
 	if (ret < 0) {
 		free(*out);
 		*out = NULL;
 	}
-	return ret;
+out_off:
+	free(off);
+	return ret < 0 ? ret : 0;
 }
 
 /* flight: tensor i, repacked or encoded */
@@ -376,7 +407,7 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 		return -ENOMEM;
 	if (gv->kq)
 		ret = imatrix(fs, gv, t, &imp);
-	if (!ret && gv->var && t->ndim == 3)
+	if (!ret && gv->var && !gv->kq && t->ndim == 3)
 		ret = repack_experts(fs, gv, t, buf);
 	else if (!ret && gi >= 0)
 		ret = repack(fs, gv, gi, t, buf);
@@ -403,7 +434,7 @@ static int prepare(struct qf_fs *fs, void *arg, size_t i)
 	int64_t e;
 	int ret = 0;
 
-	if (gv->var && t->ndim == 3)	/* experts: every one's group */
+	if (gv->var && !gv->kq && t->ndim == 3)	/* experts: their groups */
 		for (e = 0; e < t->ne[2] && !ret; e++) {
 			gi = group_of_src(gv, t->xsrc[e]);
 			ret = gi >= 0 ? qf_var_ensure(fs, gv->var,

@@ -271,8 +271,14 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	if (!ret)
 		ret = qf_job_calib_set(j, cs);
 	if (!ret && var->v->spec.method == QF_METHOD_KQUANT &&
-	    !(j->imat = malloc(qf_kq_imatrix_len(&j->c) * sizeof(float))))
+	    !(j->imat = calloc(qf_kq_imatrix_len(&j->c), sizeof(float))))
 		ret = -ENOMEM;
+	/* MoE kq: the pass that routes, each expert's stats from its tokens
+	 * (the weights stay as they are, so sequential changes nothing) */
+	if (!ret && j->c.moe && var->v->spec.method == QF_METHOD_KQUANT) {
+		ops.sequential = true;
+		ops.whole_layer = false;
+	}
 	pthread_mutex_lock(&var->lock);
 	var->job->phase = "quantizing layers";
 	var->job->first_t = qf_now();

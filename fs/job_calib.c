@@ -160,10 +160,14 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
-	if (c.moe && v->spec.method != QF_METHOD_GPTQ) {
-		/* experts: GPTQ only so far (ns.c lists no other) */
-		qf_err("%s: %s: only GPTQ calibrates a mixture-of-experts "
-		       "model's experts so far", var->mdl->name, v->name);
+	if (c.moe && v->spec.method != QF_METHOD_GPTQ &&
+	    v->spec.method != QF_METHOD_KQUANT &&
+	    v->spec.method != QF_METHOD_RTN) {
+		/* experts: GPTQ, kq's imatrix and mixed precision's probe
+		 * (RTN: job_mixed.c) only so far (ns.c lists no other) */
+		qf_err("%s: %s: only GPTQ and the k-quants calibrate a "
+		       "mixture-of-experts model's experts so far",
+		       var->mdl->name, v->name);
 		return QF_EUNSUPPORTED;
 	}
 	jb = var->job = calloc(1, sizeof(*var->job));

@@ -98,8 +98,9 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
 		return awq_quantize(j, l, ly, stats);
 	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
-		/* weights unchanged */
-		qf_layer_imatrix(lin, n, stats, j->imat);
+		/* weights unchanged (a MoE stage: its own linears' part) */
+		qf_layer_imatrix(lin, n, stats, j->imat +
+				 qf_kq_imatrix_off(&j->c, lin[0]));
 		return 0;
 	}
 	return qf_layer_gptq(&m, ly, lin, n, stats, &j->res);
@@ -116,6 +117,15 @@ static int cb_quantize_expert(void *arg, int l, int e, enum qf_moe_linear k,
 
 	if (qf_fs_stopping(j->fs))
 		return -EINTR;
+	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
+		/* the imatrix of the tokens routed to it; weights unchanged */
+		for (i = 0; i < n; i++)
+			qf_layer_imatrix(&(enum qf_tf_linear){ i }, 1, st,
+					 j->imat + qf_kq_imatrix_exp_off(&j->c,
+						e, k == QF_MOE_GATE ?
+						(enum qf_moe_linear)i : k));
+		return 0;
+	}
 	if (!j->tokens &&
 	    !(j->tokens = calloc(j->var->v->ng ? j->var->v->ng : 1,
 				 sizeof(*j->tokens))))
@@ -426,8 +436,9 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			   QF_REFLIP_SAMPLE : 0;
 	ops->quantize = cb_quantize;
-	/* MoE experts: GPTQ (job_calib.c lets no other method run) */
-	ops->quantize_expert = sp->method == QF_METHOD_GPTQ ?
+	/* MoE experts: GPTQ, kq's imatrix (job_calib.c lets no other
+	 * method run; job.c makes kq sequential there, for the routing) */
+	ops->quantize_expert = sp->method == QF_METHOD_GPTQ || kq ?
 			       cb_quantize_expert : NULL;
 	ops->layer_cached = cb_cached;
 	ops->layer_done = cb_layer_done;

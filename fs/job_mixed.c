@@ -17,38 +17,68 @@
 _Static_assert(sizeof(((struct qf_mixed_alloc *)0)->calib_vid) ==
 	       QF_CACHE_VID, "an allocation's calib_vid is a cache vid");
 
+/* Group gi's sensitivity record from its weights w and statistics. */
+static int sens_one(struct job *j, int gi, const float *w,
+		    const struct qf_lin_stats *st)
+{
+	const struct qf_vgroup *g;
+	struct qf_mixed_signals sig;
+	double *rec;
+	int ret;
+
+	if (gi < 0)
+		return 0;
+	g = &j->var->v->g[gi];
+	rec = j->sens + (size_t)gi * QF_MIXED_SENS_REC;
+	ret = qf_mixed_sensitivity(w, g->w->t->shape[0], g->w->t->shape[1],
+				   st->h, qf_mixed_widths, QF_MIXED_NW,
+				   QF_MIXED_GROUP, false, rec);
+	if (ret < 0)
+		return ret;
+	qf_mixed_signals_of(w, g->w->t->shape[0], g->w->t->shape[1], st,
+			    &sig);
+	rec[QF_MIXED_NW] = sig.act;
+	rec[QF_MIXED_NW + 1] = sig.weight;
+	return 0;
+}
+
 /* Sensitivities of the layer's linears; the weights stay as they are. */
 static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 		   const enum qf_tf_linear *lin, int n,
 		   struct qf_lin_stats *stats)
 {
 	struct job *j = arg;
-	int i, ret;
+	int i, ret = 0;
 
 	if (qf_fs_stopping(j->fs))
 		return -EINTR;
-	for (i = 0; i < n; i++) {
-		int gi = j->var->job->lin_group[l * QF_TF_NLINEAR + lin[i]];
-		const struct qf_vgroup *g;
-		struct qf_mixed_signals sig;
-		double *rec;
+	for (i = 0; i < n && !ret; i++)
+		ret = sens_one(j, j->var->job->lin_group[l * QF_TF_NLINEAR +
+							 lin[i]],
+			       ly->w[lin[i]], &stats[lin[i]]);
+	return ret;
+}
 
-		if (gi < 0)
-			continue;
-		g = &j->var->v->g[gi];
-		rec = j->sens + (size_t)gi * QF_MIXED_SENS_REC;
-		ret = qf_mixed_sensitivity(ly->w[lin[i]], g->w->t->shape[0],
-					   g->w->t->shape[1], stats[lin[i]].h,
-					   qf_mixed_widths, QF_MIXED_NW, QF_MIXED_GROUP, false,
-					   rec);
-		if (ret < 0)
-			return ret;
-		qf_mixed_signals_of(ly->w[lin[i]], g->w->t->shape[0],
-				    g->w->t->shape[1], &stats[lin[i]], &sig);
-		rec[QF_MIXED_NW] = sig.act;
-		rec[QF_MIXED_NW + 1] = sig.weight;
+/*
+ * MoE: expert e's gate and up, or down, on the tokens routed to it
+ * (calib.c's fallback below a linear's input width).
+ */
+static int cb_sens_expert(void *arg, int l, int e, enum qf_moe_linear k,
+			  float **w, struct qf_lin_stats *st, int64_t routed)
+{
+	struct job *j = arg;
+	int i, n = k == QF_MOE_GATE ? 2 : 1, ret = 0;
+
+	(void)routed;
+	if (qf_fs_stopping(j->fs))
+		return -EINTR;
+	for (i = 0; i < n && !ret; i++) {
+		int lin = k == QF_MOE_GATE ? i : QF_MOE_DOWN;
+
+		ret = sens_one(j, qf_job_exp_group(j->var->job, l, e, lin),
+			       w[lin], &st[i]);
 	}
-	return 0;
+	return ret;
 }
 
 static int sens_done(void *arg, int l, const float *x, int64_t ntok,
@@ -133,6 +163,13 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		"linears to %d precisions", probe->mdl->name, probe->v->ng,
 		QF_MIXED_NW);
 	ret = qf_tf_config_parse(probe->mdl->m, &j.c);
+	if (!ret && j.c.moe) {
+		/* the pass that routes: each expert on its tokens (the
+		 * weights stay, so sequential changes nothing) */
+		ops.sequential = true;
+		ops.whole_layer = false;
+		ops.quantize_expert = cb_sens_expert;
+	}
 	if (!ret)
 		ret = qf_job_calib_set(&j, &cs);
 	if (!ret)
@@ -221,6 +258,22 @@ int qf_job_mixed_prepare(struct qf_fs *fs, struct qf_mdl *mdl,
 	return ret;
 }
 
+/* Group gi of layer l as an expert's linear: gate, up or down (the
+ * units of the layer's experts), else QF_TF_NLINEAR. */
+static int expert_kind(const struct qf_job *jb, int l, int gi)
+{
+	static const enum qf_tf_linear kind[QF_MOE_NLINEAR] = {
+		QF_TF_GATE, QF_TF_UP, QF_TF_DOWN,
+	};
+	int e, k;
+
+	for (e = 0; e < jb->nexp; e++)
+		for (k = 0; k < QF_MOE_NLINEAR; k++)
+			if (qf_job_exp_group(jb, l, e, k) == gi)
+				return kind[k];
+	return QF_TF_NLINEAR;
+}
+
 /* The quantizable linears of probe, for the allocation. */
 static struct qf_mixed_linear *probe_linears(const struct qf_var *probe)
 {
@@ -234,6 +287,8 @@ static struct qf_mixed_linear *probe_linears(const struct qf_var *probe)
 		for (k = 0; k < QF_TF_NLINEAR; k++)
 			if (probe->job->lin_group[l * QF_TF_NLINEAR + k] == (int)i)
 				break;
+		if (k == QF_TF_NLINEAR)	/* an expert's: its MLP unit */
+			k = expert_kind(probe->job, l, (int)i);
 		lin[i] = (struct qf_mixed_linear){
 			.name = w->name,
 			.layer = l,

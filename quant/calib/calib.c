@@ -411,7 +411,8 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 		return -EINVAL;
 	for (i = 0; i < ns && !ret; i++)
 		ret = qf_lin_stats_init(&st[i], in, sp->ops->hessian);
-	if (!ret && n >= in)
+	/* (without a Hessian, any routed token will do: kq's imatrix) */
+	if (!ret && n >= (sp->ops->hessian ? in : 1))
 		qf_lin_stats_add(&st[0], x, n);
 	else if (!ret && k == QF_MOE_GATE)
 		qf_lin_stats_add(&st[0], sp->xn, sp->ntok);

@@ -951,7 +951,7 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		return produce_rows(t, t->src, imp, dst);
 	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
-		ret = produce_rows(t, t->xsrc[e], imp, (uint8_t *)dst +
-				   (uint64_t)e * mat);
+		ret = produce_rows(t, t->xsrc[e], imp ? imp + e * t->ne[0] :
+				   NULL, (uint8_t *)dst + (uint64_t)e * mat);
 	return ret;
 }

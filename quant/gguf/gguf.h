@@ -212,7 +212,8 @@ int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
  * Produce the nbytes of tensor i into dst: the source read as f32 in row
  * blocks of about 4 MiB (whole heads when permuted), rows permuted when
  * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]
- * (optional; used by Q4_K and Q6_K).  Thread-safe for distinct dst.
+ * (optional; used by Q4_K and Q6_K; a 3-D expert tensor: [ne[2] *
+ * ne[0]], expert by expert).  Thread-safe for distinct dst.
  * Returns 0, -EINVAL (i out of range), QF_ECORRUPT (source changed),
  * QF_ENUMERIC, QF_EUNSUPPORTED (source dtype), -ENOMEM.
  */
@@ -363,10 +364,18 @@ int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
 
 /*
  * Floats of one layer's importance matrix (kq variants): the input
- * channels of q, k, v, o, gate, up, down in that order.
+ * channels of q, k, v, o, gate, up, down in that order, then each
+ * expert's (MoE).
  */
 size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
 /* Offset of linear lin's channels in it. */
 size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
+/*
+ * MoE: offset of expert e's linear k (e == c->experts: the shared
+ * expert), after the seven; its input channels from the tokens routed
+ * to the expert.
+ */
+size_t qf_kq_imatrix_exp_off(const struct qf_tf_config *c, int e,
+			     enum qf_moe_linear k);
 
 #endif /* QF_GGUF_H */

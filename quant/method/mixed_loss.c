@@ -2,7 +2,10 @@
  * mixed_loss.c - measured end-of-model sensitivity for mixed precision:
  * the increase of the next-token loss when one unit of one decoder layer
  * (the linears a loader fuses: q/k/v, o, gate/up, down) is rounded to
- * nearest at a width and everything else stays in fp32.
+ * nearest at a width and everything else stays in fp32.  In a sparse
+ * MoE layer the gate/up and down units are those linears of every
+ * expert (and the shared one) at once, and the trial's forward routes
+ * (the router stays in fp32, its input moves with the layers before).
  *
  * The inputs of every layer on the unquantized model are kept, so a
  * trial runs only from its layer to the head.  The fp32 weights of every
@@ -14,6 +17,7 @@
 
 #include "mixed.h"
 #include "method.h"
+#include "tf_moe.h"
 
 /* Mean -log p(next token) of x's rows through the head. */
 static int mean_nll(const struct qf_model *m, const struct qf_tf_config *c,
@@ -59,6 +63,55 @@ static int rtn_deq(const float *w, int64_t out, int64_t in,
 	return ret;
 }
 
+/*
+ * A sparse layer's block with unit u (2: gate/up, 3: down) of every
+ * expert rounded at p: moe->w is own (a pointer array), the rounded
+ * matrices in bufs [nw * QF_MOE_NLINEAR] (NULL where unchanged); free
+ * both with moe_trial_free().  *any: some linear is in the unit.
+ */
+static int moe_trial(const struct qf_tf_config *c, const struct qf_tf_moe *src,
+		     int u, const struct qf_qparams *p, struct qf_tf_moe *moe,
+		     float **bufs, bool *any)
+{
+	int e, k, ret = 0;
+
+	*moe = *src;
+	moe->w = malloc((size_t)src->nw * QF_MOE_NLINEAR * sizeof(*moe->w));
+	if (!moe->w)
+		return -ENOMEM;
+	memcpy(moe->w, src->w, (size_t)src->nw * QF_MOE_NLINEAR *
+	       sizeof(*moe->w));
+	for (e = 0; e < src->nw && !ret; e++)
+		for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+			size_t i = (size_t)e * QF_MOE_NLINEAR + (size_t)k;
+			int64_t mi = e == src->experts ? c->shared_inter :
+							 c->moe_inter;
+			int64_t out = k == QF_MOE_DOWN ? c->hidden : mi;
+			int64_t in = k == QF_MOE_DOWN ? mi : c->hidden;
+
+			if ((k == QF_MOE_DOWN) != (u == 3))
+				continue;
+			bufs[i] = malloc((size_t)(out * in) * sizeof(float));
+			ret = bufs[i] ? rtn_deq(src->w[i], out, in, p, bufs[i]) :
+					-ENOMEM;
+			moe->w[i] = bufs[i];
+			*any = true;
+		}
+	return ret;
+}
+
+static void moe_trial_free(struct qf_tf_moe *moe, float **bufs)
+{
+	size_t i;
+
+	for (i = 0; moe->w && i < (size_t)moe->nw * QF_MOE_NLINEAR; i++) {
+		free(bufs[i]);
+		bufs[i] = NULL;
+	}
+	free(moe->w);
+	moe->w = NULL;
+}
+
 int qf_mixed_loss_table(const struct qf_model *m,
 			const struct qf_tf_config *c, const int32_t *ids,
 			int nseq, int seqlen, const int unit_of[QF_TF_NLINEAR],
@@ -73,11 +126,13 @@ int qf_mixed_loss_table(const struct qf_model *m,
 	float *x = malloc((size_t)hsz * sizeof(*x)), *tmp[QF_TF_NLINEAR];
 	int32_t *target = malloc((size_t)ntok * sizeof(*target));
 	double *logp = malloc((size_t)ntok * sizeof(*logp)), ref = 0;
+	float **xbufs = calloc((size_t)(c->experts + 1) * QF_MOE_NLINEAR,
+			       sizeof(*xbufs));	/* moe_trial's */
 	int l, u, p, k, i, ret = 0;
 	int64_t r;
 
 	memset(tmp, 0, sizeof(tmp));
-	if (!ly || !xs || !x || !target || !logp) {
+	if (!ly || !xs || !x || !target || !logp || !xbufs) {
 		ret = -ENOMEM;
 		goto out;
 	}
@@ -112,6 +167,7 @@ int qf_mixed_loss_table(const struct qf_model *m,
 			for (p = 0; p < np && !ret; p++) {
 				struct qf_tf_layer q = ly[l];
 				struct qf_qparams qp = { bits[p], group, false };
+				struct qf_tf_moe qm = { 0 };
 				double nll = ref;
 				bool any = false;
 
@@ -119,8 +175,13 @@ int qf_mixed_loss_table(const struct qf_model *m,
 					cost[((size_t)l * nunits + u) * np + p] = 0;
 					continue;
 				}
+				if (ly[l].moe && u >= 2) {	/* experts */
+					ret = moe_trial(c, ly[l].moe, u, &qp,
+							&qm, xbufs, &any);
+					q.moe = &qm;
+				}
 				for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-					if (unit_of[k] != u)
+					if (unit_of[k] != u || !ly[l].w[k])
 						continue;
 					ret = rtn_deq(ly[l].w[k], qf_tf_linear_out(c, k),
 						      qf_tf_linear_in(c, k), &qp, tmp[k]);
@@ -136,6 +197,7 @@ int qf_mixed_loss_table(const struct qf_model *m,
 				if (!ret && any)
 					ret = mean_nll(m, c, x, target, ntok,
 						       logp, &nll);
+				moe_trial_free(&qm, xbufs);
 				cost[((size_t)l * nunits + u) * np + p] =
 					nll - ref;
 			}
@@ -154,5 +216,6 @@ out:
 	free(x);
 	free(target);
 	free(logp);
+	free(xbufs);
 	return ret;
 }

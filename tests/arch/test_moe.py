@@ -8,8 +8,11 @@ ref_moe.py (also with a dense layer among sparse ones, Mixtral's sliding
 window and OLMoE's clip_qkv, set in config.json), after checking that the
 oracle's routing has no near tie that float32 could flip.  Through a mount:
 RTN variants quantize every expert's linears under the source's checkpoint
-names and keep the routers in source precision; calibrated methods are not
-offered for MoE models; llama.cpp loads model.gguf and agrees with quantfs.
+names and keep the routers in source precision; GPTQ, the k-quants (each
+expert's imatrix from its routed tokens) and measured mixed precision
+(per layer one width for every expert's gate/up, one for their down) are
+offered, AWQ and BRECQ not; llama.cpp loads model.gguf and agrees with
+quantfs.
 """
 import hashlib
 import json
@@ -20,8 +23,9 @@ import struct
 import numpy as np
 
 from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
-                      check_logits, eval_json, ids_for, mkmodel, need_client,
-                      run_tests, stread)
+                      check_logits, client, eval_json, ids_for, mkmodel,
+                      need_client, run_tests, stread, windows)
+import ggufnp
 import ref_moe
 
 ARCHES = ("qwen3_moe", "mixtral", "olmoe", "qwen2_moe")
@@ -117,10 +121,11 @@ def test_rtn_variants():
         for arch in ARCHES:
             d = os.path.join(m.mnt, arch)
             names = os.listdir(d)
-            # of the calibrated methods, GPTQ only (test_gptq_experts)
+            # of the calibrated methods GPTQ (test_gptq_experts) and the
+            # k-quants (test_kq); mixed_dyn / mixed_b<avg> (test_mixed)
             assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
-            for v in ("awq_w4_g128", "brecq_w4_g64_attn6", "kq4_k_m",
-                      "mixed_dyn"):
+            assert "kq4_k_m" in names and "mixed_static" in names, names
+            for v in ("awq_w4_g128", "brecq_w4_g64_attn6"):
                 assert v not in names, names
             assert not os.path.exists(os.path.join(d, "awq_w4_g128",
                                                    "config.json"))
@@ -299,6 +304,104 @@ def test_gguf():
             assert out.get("arch") in (None, GGUF_ARCH[arch]), out
             if arch in ("mixtral", "qwen2_moe"):
                 check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
+
+
+def test_mixed():
+    """mixed_b4.5 of qwen3_moe: the measured allocation covers every
+    expert's linears (one width per layer for the experts' gate/up and one
+    for their down, as for a dense MLP), their stored bytes within the
+    budget; mixed_dyn is served too."""
+    cal = os.path.join(WORK, "calib_mx.txt")
+    open(cal, "w").write(TEXT * 4)
+    opts = ["calib=" + cal, "calib_n=8", "calib_len=64"]
+    with Mount(src_dir(), opts=opts) as m:
+        d = os.path.join(m.mnt, "qwen3_moe")
+        src, _ = stread.read_st(os.path.join(model("qwen3_moe"),
+                                             "model.safetensors"))
+        v = os.path.join(d, "mixed_b4.5")
+        q = json.load(open(os.path.join(v, "quantization.json")))
+        a = q["allocation"]
+        t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+        bits = {g["name"]: g["bits"] for g in q["layers"]}
+        stored = params = nex = 0
+        for n, w in src.items():        # every linear, experts' included
+            if not n.endswith("_proj.weight"):
+                continue
+            params += w.size
+            nex += ".experts." in n
+            if n in bits:
+                pre = n[:-7]
+                stored += sum(t[pre + x].nbytes for x in (
+                    ".qweight", ".qzeros", ".scales", ".g_idx"))
+            else:                       # kept at 16: as stored
+                assert np.array_equal(t[n], w), n
+                stored += t[n].nbytes
+        assert nex == 2 * 8 * 3, nex
+        for l in range(2):
+            for k in ("gate_proj", "up_proj", "down_proj"):
+                b = {bits.get("model.layers.%d.mlp.experts.%d.%s.weight"
+                              % (l, e, k), 16) for e in range(8)}
+                assert len(b) == 1, (l, k, b)
+        print("  qwen3_moe mixed_b4.5: unit bits %s, %d bytes stored of "
+              "%d budget (%d params)" % (a["unit_bits"], stored,
+                                         a["budget_bytes"], params))
+        assert a["budget_bytes"] == int(4.5 * params / 8), (a, params)
+        assert stored <= a["budget_bytes"], (stored, a)
+        qd = json.load(open(os.path.join(d, "mixed_dyn",
+                                         "quantization.json")))
+        assert qd["allocation"]["policy"] == "ratio", qd["allocation"]
+        ev = eval_json(v, TEXT, ctx=64)
+        assert ev["ppl"] > 0
+
+
+def test_kq():
+    """kq4_k_m of a qwen3_moe model wide enough for Q4_K (256): the 3-D
+    expert tensors Q4_K (ffn_down_exps Q6_K on llama.cpp's use_more_bits
+    layer), encoded expert by expert with each expert's importance from
+    the tokens routed to it; llama.cpp loads it, its perplexity near the
+    source's."""
+    need_client()
+    src = os.path.join(WORK, "kqsrc")
+    d = os.path.join(src, "qwen3_moe")
+    os.makedirs(src)
+    mkmodel(d, "--arch", "qwen3_moe", "--seed", 5, "--hidden", 256,
+            "--inter", 512, "--layers", 2, "--heads", 4, "--kv-heads", 2,
+            "--vocab", 512, "--experts", 8, "--topk", 2, "--moe-inter", 256)
+    cal = os.path.join(WORK, "calib_kq.txt")
+    open(cal, "w").write(TEXT * 4)
+    opts = ["calib=" + cal, "calib_n=8", "calib_len=64"]
+    with Mount(src, opts=opts) as m:
+        md = os.path.join(m.mnt, "qwen3_moe")
+        assert {"kq4_k_m", "mixed_static"} <= set(os.listdir(md))
+        kq = os.path.join(md, "kq4_k_m", "model.gguf")
+        g = ggufnp.File(kq)
+        assert g.kv["general.file_type"] == 15
+        ty = {n: t for n, (t, _, _) in g.tensors.items()}
+        assert ty["blk.0.ffn_gate_exps.weight"] == 12, ty
+        assert ty["blk.0.ffn_down_exps.weight"] == 12, ty
+        assert ty["blk.1.ffn_down_exps.weight"] == 14, ty
+        # expert e's slice is expert e's, closer than Q4_0's (rtn view)
+        t, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+        w = g.decode("blk.1.ffn_up_exps.weight")
+        w0 = ggufnp.File(os.path.join(md, "rtn_w4_g32_sym", "model.gguf")
+                         ).decode("blk.1.ffn_up_exps.weight")
+        for e in range(8):
+            s = t["model.layers.1.mlp.experts.%d.up_proj.weight" % e]
+            rel, rel0 = (np.linalg.norm(x[e] - s) / np.linalg.norm(s)
+                         for x in (w, w0))
+            assert rel < rel0 < 0.2, (e, rel, rel0)
+        # llama.cpp on kq4_k_m against `quantfs eval` of the source on
+        # the same windows (test_gguf: llama.cpp agrees with eval there)
+        idf = os.path.join(WORK, "ids_kq.json")
+        ev = eval_json(os.path.join(md, "original"), TEXT[:250], 64, idf)
+        out = client(kq, {"prompt": TEXT[:40], "n": 1,
+                          "windows": windows(idf, 64)})
+        assert out["tokens"] == ev["tokens"], (out, ev)
+        ppl = {"original": ev["ppl"], "kq4_k_m": float(np.exp(out["nll"]))}
+        print("  qwen3_moe ppl: original (quantfs eval) %(original).3f, "
+              "kq4_k_m (llama.cpp) %(kq4_k_m).3f" % ppl)
+        # (a random model: 4-bit noise moves its ppl by several %)
+        assert abs(ppl["kq4_k_m"] / ppl["original"] - 1) < 0.12, ppl
 
 
 if __name__ == "__main__":
