@@ -160,10 +160,12 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 	ret = qf_tf_config_parse(var->mdl->m, &c);
 	if (ret < 0)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
-	if (c.moe && v->spec.method != QF_METHOD_GPTQ) {
-		/* experts: GPTQ only so far (ns.c lists no other) */
-		qf_err("%s: %s: only GPTQ calibrates a mixture-of-experts "
-		       "model's experts so far", var->mdl->name, v->name);
+	if (c.moe && v->spec.method != QF_METHOD_GPTQ &&
+	    v->spec.method != QF_METHOD_AWQ) {
+		/* experts: GPTQ and AWQ only so far (ns.c lists no other) */
+		qf_err("%s: %s: only GPTQ and AWQ calibrate a mixture-of-"
+		       "experts model's experts so far", var->mdl->name,
+		       v->name);
 		return QF_EUNSUPPORTED;
 	}
 	jb = var->job = calloc(1, sizeof(*var->job));

@@ -498,10 +498,10 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 			mdl->m->weight_bytes / 1e6);
 		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
 		if (mdl->calibratable && c.moe) {
-			/* experts are calibrated by GPTQ only so far */
+			/* experts are calibrated by GPTQ and AWQ so far */
 			qf_info("%s: a mixture-of-experts model (%s): of the "
-				"calibrated methods only GPTQ is offered (AWQ, "
-				"BRECQ, mixed precision and k-quants are not "
+				"calibrated methods GPTQ and AWQ are offered "
+				"(BRECQ, mixed precision and k-quants are not "
 				"done for experts yet)", mdl->name,
 				c.model_type);
 			mdl->calibratable = false;
@@ -736,7 +736,8 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 			return 0;
 		for (i = 0; i < NPRESETS; i++)
 			if (i < NPRESETS_RTN || dir->mdl->calibratable ||
-			    (dir->mdl->moe && !strncmp(presets[i], "gptq_", 5)))
+			    (dir->mdl->moe && (!strncmp(presets[i], "gptq_", 5) ||
+					       !strncmp(presets[i], "awq_", 4))))
 				add_name(out, count, presets[i]);
 		ctx = (struct list_ctx){ dir->mdl, out, count, presets,
 					 NPRESETS };

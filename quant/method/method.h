@@ -129,6 +129,13 @@ double qf_awq_energy(const float *w, const float *w2, int64_t out,
 		     int64_t in, const float *h);
 
 /*
+ * The scales qf_awq_search_scale tries at exponent alpha: sal^alpha
+ * (sal floored), divided by sqrt(max * min), into s [in].  For searches
+ * whose loss is not a linear's output (a MoE block's, layer_moe.c).
+ */
+void qf_awq_scales(const float *sal, int64_t in, double alpha, float *s);
+
+/*
  * Scale search for n linears that share one input x (q/k/v after
  * input_layernorm, gate/up after post_attention_layernorm, o after v,
  * down after up).  For alpha = i / n_grid, i = 0 .. n_grid - 1:

@@ -228,6 +228,12 @@ static int emit_group(const struct qf_variant *v, int gi, const uint8_t *q,
 	return 0;
 }
 
+int qf_layer_emit(const struct qf_variant *v, int gi, const uint8_t *q,
+		  const uint16_t *sc, const int32_t *z, struct qf_layer_res *r)
+{
+	return emit_group(v, gi, q, sc, z, r);
+}
+
 /* Integer results of the layer's quantized linears (NULL: kept). */
 struct codes {
 	uint8_t *q[QF_TF_NLINEAR];
