@@ -322,6 +322,9 @@ static void commit_experts(struct job *j, int l, struct qf_cache_item *items,
 		rec[EXP_REC * k + 1] = gi >= 0 ? j->res.loss_rtn[gi] : -1;
 		rec[EXP_REC * k + 2] = gi >= 0 && j->tokens ?
 				       j->tokens[gi] : -1;
+		rec[EXP_REC * k + 3] = gi >= 0 &&
+			j->var->v->spec.method == QF_METHOD_AWQ ?
+			j->res.alpha[gi] : -1;
 		for (t = 0; gi >= 0 && t < v->g[gi].n; t++) {
 			const struct qf_vtensor *vt = &v->t[v->g[gi].first + t];
 

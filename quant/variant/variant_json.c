@@ -44,6 +44,41 @@ static void regex_of(const char *name, struct qf_buf *b)
 }
 
 /* The layers kept in the source dtype, as a JSON array. */
+/*
+ * AWQ of a MoE block (layer_moe.c): how, and the source-dtype tensors it
+ * changed (the norm, router and shared expert gate its gate/up scales
+ * fold into: the last outputs of expert 0's groups); nothing for a
+ * dense model.
+ */
+static void awq_moe_json(const struct qf_variant *v, cJSON *a)
+{
+	cJSON *ch = NULL;
+	size_t i;
+
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_vgroup *g = &v->g[i];
+
+		if (!g->norm || !qf_moe_is_expert(v->m, g->w->name))
+			continue;
+		if (!ch && !(ch = cJSON_AddArrayToObject(a,
+				"changed_in_source_dtype")))
+			return;
+		cJSON_AddItemToArray(ch, cJSON_CreateString(g->norm->name));
+	}
+	if (ch)
+		cJSON_AddStringToObject(a, "moe",
+			"one gate/up input scale for every expert (and the "
+			"shared expert), searched on the whole MoE block's "
+			"output (routing included) over every calibration "
+			"token, folded into post_attention_layernorm and into "
+			"the columns of the router and the shared expert gate "
+			"(router' = router * s: unquantized, in the source "
+			"dtype, no longer the source's bytes); per expert a "
+			"down -> up_proj scale on the tokens routed to it "
+			"(every token when fewer than the linear's input "
+			"width)");
+}
+
 static cJSON *skipped_list(const struct qf_variant *v)
 {
 	struct qf_buf arr = QF_BUF_INIT;
@@ -275,6 +310,7 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 		cJSON_AddStringToObject(a, "objective",
 			"sum of the group's linear output errors on the "
 			"calibration set, via X^T X");
+		awq_moe_json(v, a);
 		cJSON_AddNumberToObject(a, "clip_grid", 20);
 		cJSON_AddNumberToObject(a, "max_shrink", 0.5);
 		cJSON_AddStringToObject(a, "clip", "all linears but q/k");

@@ -343,6 +343,13 @@ def test_awq_experts():
             q = json.load(open(os.path.join(v, "quantization.json")))
             assert not any(k["name"].endswith("%s.weight" % router)
                            for k in q["kept_in_source_dtype"]), q
+            assert q["awq"]["changed_in_source_dtype"] == [
+                "model.layers.%d.%s.weight" % (l, n) for l in range(2)
+                for n in ("post_attention_layernorm", router)], q["awq"]
+            ex = [g for g in q["layers"] if ".experts." in g["name"]]
+            assert all(0 <= g["alpha"] < 1 for g in ex), ex
+            # every token reaches top-k = 2 experts in each layer
+            assert sum(g["routed_tokens"] for g in ex) == 2 * 3 * 512 * 2
             rel = float(np.abs(ours(v, ids) - ref_logits_w(d, w, ids)).max())
             rel /= float(np.abs(ref_logits_w(d, w, ids)).max())
             print("  %s awq_w4_g128 vs oracle on its dequantized tensors: "
