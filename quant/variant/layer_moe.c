@@ -99,11 +99,11 @@ static int block_error(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 		       double *err)
 {
 	int64_t h = c->hidden, i, n;
-	float *keep[2 * 129];
+	float **keep = malloc(sizeof(float *) * 2 * (size_t)moe->nw);
 	int e, k, ret = 0;
 
-	if (moe->nw > 129)
-		return -EINVAL;
+	if (!keep)
+		return -ENOMEM;
 	for (e = 0; e < moe->nw; e++)
 		for (k = 0; k < 2; k++)
 			keep[2 * e + k] = moe->w[e * QF_MOE_NLINEAR + k];
@@ -131,6 +131,7 @@ static int block_error(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 				free(moe->w[e * QF_MOE_NLINEAR + k]);
 			moe->w[e * QF_MOE_NLINEAR + k] = keep[2 * e + k];
 		}
+	free(keep);
 	return ret;
 }
 

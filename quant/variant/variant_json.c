@@ -45,6 +45,32 @@ static void regex_of(const char *name, struct qf_buf *b)
 
 /* The layers kept in the source dtype, as a JSON array. */
 /*
+ * The routers (and shared expert gates) an AWQ MoE variant changed, as
+ * module names (no .weight, as transformers matches them) into names
+ * (may be NULL); how many.
+ */
+static int awq_moe_routers(const struct qf_variant *v, cJSON *names)
+{
+	char mod[256];
+	size_t i;
+	int n = 0;
+
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_model_tensor *t = v->g[i].norm;
+
+		if (!t || t->t->ndim != 2 ||
+		    !qf_moe_is_expert(v->m, v->g[i].w->name))
+			continue;
+		snprintf(mod, sizeof(mod), "%.*s",
+			 (int)(strlen(t->name) - strlen(".weight")), t->name);
+		if (names)
+			cJSON_AddItemToArray(names, cJSON_CreateString(mod));
+		n++;
+	}
+	return n;
+}
+
+/*
  * AWQ of a MoE block (layer_moe.c): how, and the source-dtype tensors it
  * changed (the norm, router and shared expert gate its gate/up scales
  * fold into: the last outputs of expert 0's groups); nothing for a
@@ -186,7 +212,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 		cJSON_AddBoolToObject(qc, "zero_point", true);
 		cJSON_AddStringToObject(qc, "version", "gemm");
 		skipped = skipped_list(v);
-		if (cJSON_GetArraySize(skipped)) {
+		if (cJSON_GetArraySize(skipped) || awq_moe_routers(v, NULL)) {
 			cJSON *names = cJSON_AddArrayToObject(
 				qc, "modules_to_not_convert");
 
@@ -197,6 +223,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 				cJSON_AddItemToArray(names,
 					cJSON_CreateString(n));
 			}
+			awq_moe_routers(v, names);
 		} else {
 			cJSON_AddNullToObject(qc, "modules_to_not_convert");
 		}

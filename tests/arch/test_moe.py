@@ -346,6 +346,9 @@ def test_awq_experts():
             assert q["awq"]["changed_in_source_dtype"] == [
                 "model.layers.%d.%s.weight" % (l, n) for l in range(2)
                 for n in ("post_attention_layernorm", router)], q["awq"]
+            cfg = json.load(open(os.path.join(v, "config.json")))
+            assert cfg["quantization_config"]["modules_to_not_convert"] == [
+                "model.layers.%d.%s" % (l, router) for l in range(2)], cfg
             ex = [g for g in q["layers"] if ".experts." in g["name"]]
             assert all(0 <= g["alpha"] < 1 for g in ex), ex
             # every token reaches top-k = 2 experts in each layer
