@@ -399,9 +399,8 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
  * (x Wu^T) of every token x [ntok, hidden], with the expert's gate / up
  * as quantized, in chunks; into st.
  */
-static int expert_acts_all(const struct qf_tf_config *c, float *const *w,
-			   const float *x, int64_t ntok,
-			   struct qf_lin_stats *st)
+int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
+			 const float *x, int64_t ntok, struct qf_lin_stats *st)
 {
 	int64_t mi = st->in, r0, n, i;
 	float *g = malloc(sizeof(float) * (size_t)(256 * mi));
@@ -452,7 +451,7 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 	else if (!ret && k == QF_MOE_GATE)
 		qf_lin_stats_add(&st[0], sp->xn, sp->ntok);
 	else if (!ret)
-		ret = expert_acts_all(sp->c, w, sp->xn, sp->ntok, &st[0]);
+		ret = qf_calib_expert_acts(sp->c, w, sp->xn, sp->ntok, &st[0]);
 	if (!ret) {
 		static const enum qf_tf_linear two[2] = { 0, 1 };
 

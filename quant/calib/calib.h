@@ -144,6 +144,13 @@ struct qf_calib_ops {
 	int (*quantize_moe)(void *arg, int layer, struct qf_tf_layer *ly,
 			    const float *xn, int64_t ntok);
 };
+/*
+ * The few-token rule's down inputs: silu(x Wg^T) * (x Wu^T) of every
+ * row of x [ntok, hidden] with an expert's gate/up w (qf_tf_moe_weights)
+ * added to st (in: the expert's width).  Returns 0 or -ENOMEM.
+ */
+int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
+			 const float *x, int64_t ntok, struct qf_lin_stats *st);
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg);

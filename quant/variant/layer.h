@@ -109,6 +109,14 @@ int qf_layer_emit(const struct qf_variant *v, int gi, const uint8_t *q,
 		  const uint16_t *sc, const int32_t *z, struct qf_layer_res *r);
 
 /*
+ * x (t's elements, fp32) into dst in t's dtype, less shift (gemma's
+ * norms are stored as w for 1 + w); x then holds the stored values,
+ * plus shift: what a loader computes with.
+ */
+void qf_layer_store(const struct qf_vtensor *t, float *x, float shift,
+		    void *dst);
+
+/*
  * AWQ of layer l's sparse MoE block (layer_moe.c), after qf_layer_awq
  * of the rest: one gate/up input scale for every expert searched on the
  * block's output over xn [ntok, hidden] (the post-attention norm's

@@ -23,21 +23,6 @@
 #include "layer.h"
 #include "tf_moe.h"
 
-/* Dequantize the AWQ codes of w [out, in] (groups of gs) into d. */
-static void deq(const uint8_t *q, const uint16_t *sc, const int32_t *z,
-		int64_t out, int64_t in, int64_t gs, float *d)
-{
-	int64_t ng = (in + gs - 1) / gs, r, j;
-
-	for (r = 0; r < out; r++)
-		for (j = 0; j < in; j++) {
-			int64_t g = r * ng + j / gs;
-
-			d[r * in + j] = qf_f16_to_f32(sc[g]) *
-					((float)q[r * in + j] - (float)z[g]);
-		}
-}
-
 /* Room for the codes of a linear [out, in]. */
 struct codes1 {
 	uint8_t *q;
@@ -77,7 +62,7 @@ static int fake_scaled(float *w, int64_t out, int64_t in, const float *s,
 	if (!ret)
 		ret = qf_awq_rtn(w, out, in, o, cd.q, cd.sc, cd.z);
 	if (!ret)
-		deq(cd.q, cd.sc, cd.z, out, in, o->group >= in ? in : o->group,
+		qf_awq_deq(cd.q, cd.sc, cd.z, out, in, o->group >= in ? in : o->group,
 		    w);
 	for (r = 0; r < out && !ret; r++)
 		for (j = 0; j < in; j++)
@@ -135,23 +120,6 @@ static int block_error(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 	return ret;
 }
 
-/* Per column mean |x| (or root mean square) of x [n, in] into sal. */
-static void salience(const float *x, int64_t n, int64_t in, bool l2,
-		     float *sal)
-{
-	int64_t t, j;
-
-	for (j = 0; j < in; j++) {
-		double a = 0;
-
-		for (t = 0; t < n; t++)
-			a += l2 ? (double)x[t * in + j] * x[t * in + j] :
-			     fabs((double)x[t * in + j]);
-		a /= n > 0 ? (double)n : 1;
-		sal[j] = (float)(l2 ? sqrt(a) : a);
-	}
-}
-
 /* The gate/up scales s [hidden]: the grid on the block's output. */
 static int search_gu(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 		     int l, const float *xn, int64_t ntok,
@@ -165,12 +133,16 @@ static int search_gu(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 	float *cur = malloc((size_t)h * sizeof(float));
 	int ngrid = o->n_grid > 0 ? o->n_grid : 1, i, ret;
 	double e, best = INFINITY;
+	struct qf_lin_stats st;
 
-	ret = y0 && y && sal && cur ? 0 : -ENOMEM;
-	if (!ret)
+	ret = y0 && y && sal && cur ? qf_lin_stats_init(&st, h, false) :
+	      -ENOMEM;
+	if (!ret) {
+		qf_lin_stats_add(&st, xn, ntok);
+		qf_awq_salience(&st, l2, sal);
+		qf_lin_stats_free(&st);
 		ret = qf_tf_moe_forward(c, moe, l, xn, ntok, y0, NULL, NULL);
-	if (!ret)
-		salience(xn, ntok, h, l2, sal);
+	}
 	for (i = 0; i < ngrid && !ret; i++) {
 		qf_awq_scales(sal, h, (double)i / ngrid, cur);
 		ret = block_error(c, moe, l, xn, ntok, cur, o, y0, y, &e);
@@ -185,27 +157,6 @@ static int search_gu(const struct qf_tf_config *c, struct qf_tf_moe *moe,
 	free(sal);
 	free(cur);
 	return ret;
-}
-
-/* x [n] in t's dtype into dst (NULL: none), x left as stored. */
-static void store(const struct qf_vtensor *t, float *x, int64_t n,
-		  float shift, void *dst)
-{
-	int64_t i;
-
-	for (i = 0; i < n; i++) {
-		float v = x[i] - shift;
-
-		if (t->dtype == QF_DT_BF16)
-			((uint16_t *)dst)[i] = qf_f32_to_bf16(v);
-		else if (t->dtype == QF_DT_F16)
-			((uint16_t *)dst)[i] = qf_f32_to_f16(v);
-		else
-			((float *)dst)[i] = v;
-	}
-	qf_to_f32(t->dtype, dst, (size_t)n, x);
-	for (i = 0; shift != 0 && i < n; i++)
-		x[i] += shift;
 }
 
 /* The block's state through the per-expert pass. */
@@ -223,31 +174,6 @@ struct moe_awq {
 	struct qf_layer_res *r;
 	double *tokens;			/* [ng] or NULL */
 };
-
-/* The fallback's down inputs: silu(xn Wg^T) * (xn Wu^T), every token. */
-static int acts_all(struct moe_awq *ma, float *const *w, int64_t mi)
-{
-	int64_t h = ma->c->hidden, r0, n, i;
-	float *g = malloc(sizeof(float) * (size_t)(256 * mi));
-	float *u = malloc(sizeof(float) * (size_t)(256 * mi));
-
-	for (r0 = 0; r0 < ma->ntok && g && u; r0 += 256) {
-		n = ma->ntok - r0 < 256 ? ma->ntok - r0 : 256;
-		qf_sgemm(false, true, (int)n, (int)mi, (int)h, 1.0f,
-			 ma->xn + r0 * h, (int)h, w[QF_MOE_GATE], (int)h, 0.0f,
-			 g, (int)mi);
-		qf_sgemm(false, true, (int)n, (int)mi, (int)h, 1.0f,
-			 ma->xn + r0 * h, (int)h, w[QF_MOE_UP], (int)h, 0.0f,
-			 u, (int)mi);
-		for (i = 0; i < n * mi; i++)
-			g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-		qf_lin_stats_add(&ma->st[1], g, n);
-	}
-	n = g && u ? 0 : -ENOMEM;
-	free(g);
-	free(u);
-	return (int)n;
-}
 
 /* Clip, round and flip linear w [out, in] of group gi on h; emitted. */
 static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
@@ -269,7 +195,7 @@ static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
 	base = qf_awq_energy(w0, zero, out, in, h);
 	ret = qf_awq_rtn(w, out, in, o, cd.q, cd.sc, cd.z);
 	if (!ret) {
-		deq(cd.q, cd.sc, cd.z, out, in, gs, zero);
+		qf_awq_deq(cd.q, cd.sc, cd.z, out, in, gs, zero);
 		ma->r->loss_rtn[gi] = base > 0 ?
 			qf_awq_energy(w0, zero, out, in, h) / base : 0;
 		memset(zero, 0, (size_t)(out * in) * sizeof(float));
@@ -281,7 +207,7 @@ static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
 		ret = qf_awq_flip(w, out, in, h, o, cd.q, cd.sc, cd.z, NULL,
 				  NULL, NULL);
 	if (!ret) {
-		deq(cd.q, cd.sc, cd.z, out, in, gs, w);
+		qf_awq_deq(cd.q, cd.sc, cd.z, out, in, gs, w);
 		ma->r->loss[gi] = base > 0 ?
 			qf_awq_energy(w0, w, out, in, h) / base : 0;
 		ma->r->alpha[gi] = alpha;
@@ -306,12 +232,11 @@ static int expert_awq(struct moe_awq *ma, int e)
 	struct qf_lin_stats *sd = &ma->st[1];
 	float *sal = malloc((size_t)mi * sizeof(float));
 	float *s = malloc((size_t)mi * sizeof(float));
-	double alpha = -1, n = sd->n > 0 ? (double)sd->n : 1;
+	double alpha = -1;
 	int ret = sal && s ? 0 : -ENOMEM;
 
-	for (j = 0; j < mi && !ret; j++)
-		sal[j] = (float)(ma->l2 ? sqrt(sd->sum_sq[j] / n) :
-				 sd->sum_abs[j] / n);
+	if (!ret)
+		qf_awq_salience(sd, ma->l2, sal);
 	if (!ret && gr[QF_MOE_UP] >= 0 && gr[QF_MOE_DOWN] >= 0) {
 		ret = qf_awq_search_scale((const float *const *)&w[QF_MOE_DOWN],
 					  &h, 1, mi, sal, sd->h, ma->o, s,
@@ -360,7 +285,8 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 	else if (k == QF_MOE_GATE)
 		qf_lin_stats_add(st, ma->xn, ma->ntok);
 	else
-		ret = acts_all(ma, qf_tf_moe_weights(ma->ly, e), in);
+		ret = qf_calib_expert_acts(ma->c, qf_tf_moe_weights(ma->ly, e),
+					   ma->xn, ma->ntok, st);
 	if (!ret)
 		qf_lin_stats_finish(st);
 	return ret || k == QF_MOE_GATE ? ret : expert_awq(ma, e);
@@ -380,7 +306,6 @@ static int fold_gu(struct moe_awq *ma, const float *s, const float *xn,
 	int64_t h = c->hidden, r, j, i;
 	float *norm0 = malloc((size_t)h * sizeof(float));
 	float *x[3] = { ma->ly->post_norm, moe->router, moe->shared_gate };
-	int64_t len[3] = { h, (int64_t)c->experts * h, h };
 	int e, k;
 
 	if (!norm0)
@@ -410,8 +335,8 @@ static int fold_gu(struct moe_awq *ma, const float *s, const float *xn,
 		stored[k] = malloc(qf_vtensor_bytes(t));
 		if (!stored[k])
 			return -ENOMEM;	/* (the caller frees stored[]) */
-		store(t, x[k], len[k], k == 0 && c->norm_plus1 ? 1.0f : 0.0f,
-		      stored[k]);
+		qf_layer_store(t, x[k], k == 0 && c->norm_plus1 ? 1.0f : 0.0f,
+			       stored[k]);
 	}
 	for (i = 0; i < ma->ntok; i++)
 		for (j = 0; j < h; j++)
