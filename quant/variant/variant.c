@@ -200,13 +200,17 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 static const struct qf_model_tensor *awq_moe_extra(const struct qf_variant *v,
 						   const char *name)
 {
+	const cJSON *mty = cJSON_GetObjectItemCaseSensitive(v->m->config,
+							    "model_type");
+	const struct qf_arch *a = cJSON_IsString(mty) ?
+				  qf_arch_find(mty->valuestring) : NULL;
 	const struct qf_model_tensor *mt, *x[QF_MOE_NLINEAR];
 	char want[256], own[QF_MOE_NLINEAR][256];
 	struct qf_tf_config c;
 	int l, e, k;
 
-	if (v->spec.method != QF_METHOD_AWQ ||
-	    strncmp(name, "model.layers.", 13) ||
+	if (v->spec.method != QF_METHOD_AWQ || !a ||
+	    !(a->flags & QF_ARCH_MOE) || strncmp(name, "model.layers.", 13) ||
 	    sscanf(name + 13, "%d.", &l) != 1 ||
 	    qf_tf_config_parse(v->m, &c) < 0 || !c.moe || l >= c.layers ||
 	    !qf_moe_layer_sparse(&c, l))
