@@ -8,9 +8,10 @@ ref_moe.py (also with a dense layer among sparse ones, Mixtral's sliding
 window and OLMoE's clip_qkv, set in config.json), after checking that the
 oracle's routing has no near tie that float32 could flip.  Through a mount:
 RTN variants quantize every expert's linears under the source's checkpoint
-names and keep the routers in source precision; calibrated methods are not
-offered for MoE models (GPTQ and AWQ are: test_gptq_experts,
-test_awq_experts); llama.cpp loads model.gguf and agrees with quantfs.
+names and keep the routers in source precision; of the calibrated methods
+GPTQ (per expert on its routed tokens) and AWQ (the block's gate/up scale
+also scaling the router) are offered; llama.cpp loads model.gguf and agrees
+with quantfs.
 """
 import hashlib
 import json
@@ -112,7 +113,7 @@ def src_dir():
 
 def test_rtn_variants():
     """Every expert's linears quantized under the source's names, routers
-    kept; no calibrated method but GPTQ offered; eval reads the
+    kept; of the calibrated methods GPTQ and AWQ offered; eval reads the
     variant."""
     with Mount(src_dir()) as m:
         for arch in ARCHES:
