@@ -99,9 +99,10 @@ static int read_record(struct qf_cache_txn *txn, const struct qf_var *var,
 
 /* A MoE layer's "__experts__.N" record into the per-group arrays. */
 static int read_experts(struct qf_cache_txn *txn, const struct qf_var *var,
-			int l, double *loss, double *rtn, double *tokens)
+			int l, double *loss, double *rtn, double *tokens,
+			double *alpha)
 {
-	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR, k;
+	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR, k, w;
 	double *rec = malloc(nx * EXP_REC * sizeof(double));
 	const void *p;
 	char name[32];
@@ -114,7 +115,9 @@ static int read_experts(struct qf_cache_txn *txn, const struct qf_var *var,
 		free(rec);
 		return 0;
 	}
-	if (!ret && len != nx * EXP_REC * sizeof(double))
+	w = ret ? 0 : len / (nx ? nx * sizeof(double) : 1);
+	if (!ret && ((w != EXP_REC && w != EXP_REC_OLD) ||
+		     len != w * nx * sizeof(double)))
 		ret = QF_ECORRUPT;
 	if (!ret)	/* LMDB values are not aligned */
 		memcpy(rec, p, len);
@@ -123,9 +126,10 @@ static int read_experts(struct qf_cache_txn *txn, const struct qf_var *var,
 				      (int)(k % QF_MOE_NLINEAR));
 		if (gi < 0)
 			continue;
-		loss[gi] = rec[EXP_REC * k];
-		rtn[gi] = rec[EXP_REC * k + 1];
-		tokens[gi] = rec[EXP_REC * k + 2];
+		loss[gi] = rec[w * k];
+		rtn[gi] = rec[w * k + 1];
+		tokens[gi] = rec[w * k + 2];
+		alpha[gi] = w == EXP_REC ? rec[w * k + 3] : -1;
 	}
 	free(rec);
 	return ret;
@@ -176,7 +180,8 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 	for (l = 0; l < var->job->nlayers && !ret; l++) {
 		ret = read_record(txn, var, l, loss, rtn, alpha, score);
 		if (!ret && var->job->nexp)
-			ret = read_experts(txn, var, l, loss, rtn, tokens);
+			ret = read_experts(txn, var, l, loss, rtn, tokens,
+					   alpha);
 	}
 	if (!ret) {
 		const void *tk;

@@ -86,9 +86,11 @@ struct job {
 /*
  * "__experts__.N" records of a MoE layer: per expert e and linear k (at
  * e * QF_MOE_NLINEAR + k), EXP_REC doubles: loss, loss_rtn, the tokens
- * routed to e (-1 for linears kept).
+ * routed to e (-1 for linears kept), AWQ's scale exponent (-1: none; a
+ * record of EXP_REC_OLD leaves it out).
  */
-#define EXP_REC 3
+#define EXP_REC 4
+#define EXP_REC_OLD 3
 /* Expert e's linear k of layer l: its group, or -1. */
 static inline int32_t qf_job_exp_group(const struct qf_job *jb, int l, int e,
 				       int k)

@@ -141,6 +141,35 @@ static int cb_quantize_expert(void *arg, int l, int e, enum qf_moe_linear k,
 	return ret;
 }
 
+/* AWQ of layer l's MoE block (quant/layer_moe.c), after the attention. */
+static int cb_quantize_moe(void *arg, int l, struct qf_tf_layer *ly,
+			   const float *xn, int64_t ntok)
+{
+	struct job *j = arg;
+	const struct qf_job *jb = j->var->job;
+	int *groups = malloc((size_t)(jb->nexp ? jb->nexp : 1) *
+			     QF_MOE_NLINEAR * sizeof(int));
+	int k, ret;
+
+	if (qf_fs_stopping(j->fs)) {
+		free(groups);
+		return -EINTR;
+	}
+	if (!j->tokens &&
+	    !(j->tokens = calloc(j->var->v->ng ? j->var->v->ng : 1,
+				 sizeof(*j->tokens))))
+		groups = (free(groups), NULL);
+	if (!groups)
+		return -ENOMEM;
+	for (k = 0; k < jb->nexp * QF_MOE_NLINEAR; k++)
+		groups[k] = qf_job_exp_group(jb, l, k / QF_MOE_NLINEAR,
+					     k % QF_MOE_NLINEAR);
+	ret = qf_layer_awq_moe(j->var->v, &j->c, l, groups, ly, xn, ntok,
+			       &j->res, j->tokens);
+	free(groups);
+	return ret;
+}
+
 static int brecq_progress(void *arg, int iter, int iters, double rec,
 			  double reg)
 {
@@ -226,17 +255,25 @@ static int replay(struct job *j, int gi, float *w)
 	return ret;
 }
 
-/* Resume: layer l's experts from the cache. */
+/* Resume: layer l's experts from the cache (AWQ: expert 0's groups
+ * also hold the changed norm, router and shared gate, layer_moe.c). */
 static int replay_experts(struct job *j, int l, struct qf_tf_layer *ly)
 {
+	const struct qf_variant *v = j->var->v;
 	int e, k, gi, ret = 0;
 
 	for (e = 0; e < j->var->job->nexp && !ret; e++)
 		for (k = 0; k < QF_MOE_NLINEAR && !ret; k++) {
+			float *extra = qf_layer_awq_moe_extra(ly, k);
+
 			gi = qf_job_exp_group(j->var->job, l, e, k);
 			if (gi >= 0)
 				ret = replay(j, gi,
 					     qf_tf_moe_weights(ly, e)[k]);
+			if (!ret && gi >= 0 && v->g[gi].norm && extra)
+				ret = qf_flight_get_f32(j->fs, j->var->vid,
+					&v->t[v->g[gi].first + v->g[gi].n - 1],
+					extra);
 		}
 	return ret;
 }
@@ -295,6 +332,9 @@ static void commit_experts(struct job *j, int l, struct qf_cache_item *items,
 		rec[EXP_REC * k + 1] = gi >= 0 ? j->res.loss_rtn[gi] : -1;
 		rec[EXP_REC * k + 2] = gi >= 0 && j->tokens ?
 				       j->tokens[gi] : -1;
+		rec[EXP_REC * k + 3] = gi >= 0 &&
+			j->var->v->spec.method == QF_METHOD_AWQ ?
+			j->res.alpha[gi] : -1;
 		for (t = 0; gi >= 0 && t < v->g[gi].n; t++) {
 			const struct qf_vtensor *vt = &v->t[v->g[gi].first + t];
 
@@ -436,10 +476,12 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			   QF_REFLIP_SAMPLE : 0;
 	ops->quantize = cb_quantize;
-	/* MoE experts: GPTQ, kq's imatrix (job_calib.c lets no other
-	 * method run; job.c makes kq sequential there, for the routing) */
+	/* MoE experts: GPTQ expert by expert, kq's imatrix (job_calib.c
+	 * lets no other method run; job.c makes kq sequential there, for
+	 * the routing), AWQ the whole block */
 	ops->quantize_expert = sp->method == QF_METHOD_GPTQ || kq ?
 			       cb_quantize_expert : NULL;
+	ops->quantize_moe = awq ? cb_quantize_moe : NULL;
 	ops->layer_cached = cb_cached;
 	ops->layer_done = cb_layer_done;
 }

@@ -264,6 +264,35 @@ static int capture_stage(const struct qf_tf_config *c,
 	return ret;
 }
 
+/* The MoE block's input rows into arg's buffer, then stop the layer. */
+static int xn_hook(void *arg, int layer, enum qf_tf_linear lin,
+		   const float *x, int64_t ntok, int64_t in)
+{
+	(void)layer;
+	if (lin != QF_TF_GATE)
+		return 0;
+	memcpy(arg, x, (size_t)(ntok * in) * sizeof(float));
+	return STAGE_DONE;
+}
+
+/* ops->quantize_moe of layer l on the block's input in the layer as
+ * it is (before ops->quantize changes it) */
+static int capture_moe(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		       int l, const float *x_in, float *x,
+		       const struct qf_calib *cs, float **xn)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	int ret;
+
+	*xn = malloc((size_t)(ntok * c->hidden) * sizeof(float));
+	if (!*xn)
+		return -ENOMEM;
+	memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+	ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen, xn_hook,
+				  *xn);
+	return ret == STAGE_DONE ? 0 : ret < 0 ? ret : -EINVAL;
+}
+
 /*
  * Not sequential: every stage's statistics come from the original layer,
  * then the quantizer runs on each stage.  (Sequential runs in one pass:
@@ -275,9 +304,12 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		     const struct qf_calib_ops *ops, void *arg)
 {
 	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	float *xn = NULL;
 	int s, i, ret = 0;
 
 	memset(stats, 0, sizeof(stats));
+	if (ly->moe && ops->quantize_moe)
+		ret = capture_moe(c, ly, l, x_in, x, cs, &xn);
 	for (s = 0; s < nstages && !ret; s++)
 		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
 				    stats);
@@ -292,6 +324,10 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	for (s = 0; s < nstages && !ret && !ops->whole_layer; s++)
 		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
 				    stats);
+	if (!ret && xn)
+		ret = ops->quantize_moe(arg, l, ly, xn,
+					(int64_t)cs->nseq * cs->seqlen);
+	free(xn);
 	for (i = 0; i < QF_TF_NLINEAR; i++)
 		qf_lin_stats_free(&stats[i]);
 	return ret;
@@ -363,9 +399,8 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
  * (x Wu^T) of every token x [ntok, hidden], with the expert's gate / up
  * as quantized, in chunks; into st.
  */
-static int expert_acts_all(const struct qf_tf_config *c, float *const *w,
-			   const float *x, int64_t ntok,
-			   struct qf_lin_stats *st)
+int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
+			 const float *x, int64_t ntok, struct qf_lin_stats *st)
 {
 	int64_t mi = st->in, r0, n, i;
 	float *g = malloc(sizeof(float) * (size_t)(256 * mi));
@@ -417,7 +452,7 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 	else if (!ret && k == QF_MOE_GATE)
 		qf_lin_stats_add(&st[0], sp->xn, sp->ntok);
 	else if (!ret)
-		ret = expert_acts_all(sp->c, w, sp->xn, sp->ntok, &st[0]);
+		ret = qf_calib_expert_acts(sp->c, w, sp->xn, sp->ntok, &st[0]);
 	if (!ret) {
 		static const enum qf_tf_linear two[2] = { 0, 1 };
 

@@ -134,7 +134,23 @@ struct qf_calib_ops {
 	int (*quantize_expert)(void *arg, int layer, int expert,
 			       enum qf_moe_linear k, float **w,
 			       struct qf_lin_stats *st, int64_t routed);
+	/*
+	 * Whole-layer methods (AWQ), a layer with a MoE block, after
+	 * quantize: the block on its input xn [ntok, hidden] (the
+	 * post-attention norm's output of the layer as it was, every
+	 * token); the method replaces the block's weights in ly.  NULL:
+	 * the block is left as it is.
+	 */
+	int (*quantize_moe)(void *arg, int layer, struct qf_tf_layer *ly,
+			    const float *xn, int64_t ntok);
 };
+/*
+ * The few-token rule's down inputs: silu(x Wg^T) * (x Wu^T) of every
+ * row of x [ntok, hidden] with an expert's gate/up w (qf_tf_moe_weights)
+ * added to st (in: the expert's width).  Returns 0 or -ENOMEM.
+ */
+int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
+			 const float *x, int64_t ntok, struct qf_lin_stats *st);
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg);

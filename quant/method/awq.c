@@ -273,6 +273,11 @@ static void make_scales(const float *sal, int64_t in, double alpha, float *s)
 		s[j] = (float)(pow(fmax(sal[j], SAL_FLOOR), alpha) / norm);
 }
 
+void qf_awq_scales(const float *sal, int64_t in, double alpha, float *s)
+{
+	make_scales(sal, in, alpha, s);
+}
+
 /* d = RTN(w diag(s)) diag(s)^-1 - w for rows of w [rows, in]. */
 QF_HOT static int scaled_diff(const float *w, int64_t rows, int64_t in,
 			      const float *s, const struct qf_awq_opts *o,

@@ -46,7 +46,7 @@ static void scale_stats(struct qf_lin_stats *st, const float *s)
 	}
 }
 
-static void salience(const struct qf_lin_stats *st, bool l2, float *sal)
+void qf_awq_salience(const struct qf_lin_stats *st, bool l2, float *sal)
 {
 	int64_t j;
 	double n = st->n > 0 ? (double)st->n : 1;
@@ -56,8 +56,7 @@ static void salience(const struct qf_lin_stats *st, bool l2, float *sal)
 				 st->sum_abs[j] / n);
 }
 
-/* Dequantize q/sc/zero [out, in] with groups of gs into w. */
-static void deq(const uint8_t *q, const uint16_t *sc, const int32_t *zero,
+void qf_awq_deq(const uint8_t *q, const uint16_t *sc, const int32_t *zero,
 		int64_t out, int64_t in, int64_t gs, float *w)
 {
 	int64_t ng = (in + gs - 1) / gs, r, j;
@@ -107,7 +106,7 @@ static int search(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 
 	if (!sal)
 		return -ENOMEM;
-	salience(st, l2, sal);
+	qf_awq_salience(st, l2, sal);
 	for (i = 0; i < sg->n; i++) {
 		w[i] = ly->w[sg->lin[i]];
 		out[i] = qf_tf_linear_out(c, sg->lin[i]);
@@ -183,7 +182,7 @@ static int reflip_qk(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 
 	ret = sal && st->nxs > 0 ? 0 : -ENOMEM;
 	if (!ret) {
-		salience(st, lo->l2, sal);
+		qf_awq_salience(st, lo->l2, sal);
 		ret = qf_awq_reflip(ly->w[QF_TF_Q], ly->w[QF_TF_K], st->in,
 				    st->xs, st->nxs, sal, o, &ro,
 				    res->lin[QF_TF_Q].q, res->lin[QF_TF_Q].sc,
@@ -237,7 +236,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			continue;
 		ret = qf_awq_rtn(ly->w[k], out, in, o, lr->q, lr->sc, lr->zero);
 		if (!ret) {
-			deq(lr->q, lr->sc, lr->zero, out, in,
+			qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
 			    o->group >= in ? in : o->group, tmp);
 			lr->loss_rtn = rel_err(ly->w[k], tmp, out, in,
 					       stats[k].h, zero);
@@ -300,7 +299,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 
 		if (!qz[k])
 			continue;
-		deq(lr->q, lr->sc, lr->zero, out, in,
+		qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
 		    o->group >= in ? in : o->group, ly->w[k]);
 		lr->loss = rel_err(w0[k], ly->w[k], out, in, stats[k].h, zero);
 	}

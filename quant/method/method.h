@@ -128,6 +128,19 @@ int qf_awq_rtn(const float *w, int64_t out, int64_t in,
 double qf_awq_energy(const float *w, const float *w2, int64_t out,
 		     int64_t in, const float *h);
 
+/* Activation salience [in] of st: mean |x|, or sqrt(mean x^2) (l2). */
+void qf_awq_salience(const struct qf_lin_stats *st, bool l2, float *sal);
+/* Dequantize AWQ codes q/sc/zero [out, in] with groups of gs into w. */
+void qf_awq_deq(const uint8_t *q, const uint16_t *sc, const int32_t *zero,
+		int64_t out, int64_t in, int64_t gs, float *w);
+
+/*
+ * The scales qf_awq_search_scale tries at exponent alpha: sal^alpha
+ * (sal floored), divided by sqrt(max * min), into s [in].  For searches
+ * whose loss is not a linear's output (a MoE block's, layer_moe.c).
+ */
+void qf_awq_scales(const float *sal, int64_t in, double alpha, float *s);
+
 /*
  * Scale search for n linears that share one input x (q/k/v after
  * input_layernorm, gate/up after post_attention_layernorm, o after v,

@@ -178,13 +178,11 @@ void qf_layer_imatrix(const enum qf_tf_linear *lin, int n,
 	}
 }
 
-/* Norm weights in f32 into dst in the tensor's dtype. */
-/* x - shift in t's dtype (shift: gemma's norms are stored as w for
- * 1 + w); x then holds the stored values, plus shift. */
-static void store_norm(const struct qf_vtensor *t, float *x, float shift,
-		       void *dst)
+/* (layer.h) norms, and a MoE block's router (layer_moe.c) */
+void qf_layer_store(const struct qf_vtensor *t, float *x, float shift,
+		    void *dst)
 {
-	int64_t i, n = t->shape[0];
+	int64_t i, n = t->shape[0] * (t->ndim == 2 ? t->shape[1] : 1);
 
 	for (i = 0; i < n; i++) {
 		if (t->dtype == QF_DT_BF16)
@@ -226,6 +224,12 @@ static int emit_group(const struct qf_variant *v, int gi, const uint8_t *q,
 	qf_variant_emit(v, (size_t)gi, q, sc, z, gidx, bufs);
 	free(gidx);
 	return 0;
+}
+
+int qf_layer_emit(const struct qf_variant *v, int gi, const uint8_t *q,
+		  const uint16_t *sc, const int32_t *z, struct qf_layer_res *r)
+{
+	return emit_group(v, gi, q, sc, z, r);
 }
 
 /* Integer results of the layer's quantized linears (NULL: kept). */
@@ -360,7 +364,7 @@ static int awq_emit(const struct qf_layer_map *m,
 
 		/* the layer goes on with the norm as stored, as a
 		 * loader (and a resumed job) will see it */
-		store_norm(nt, norm, c->norm_plus1 ? 1.0f : 0.0f,
+		qf_layer_store(nt, norm, c->norm_plus1 ? 1.0f : 0.0f,
 			   bufs[g->n - 1]);
 	}
 	r->loss[gi] = fused_loss(m, c, k, res, false);

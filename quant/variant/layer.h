@@ -99,6 +99,46 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 		 struct qf_tf_layer *ly, struct qf_lin_stats *stats,
 		 struct qf_layer_res *r, struct qf_layer_reflip *rf);
 
+/*
+ * Group gi's packed tensors from codes q [out, in], sc / z [out,
+ * ngroups] (consecutive column groups), allocated into r->pending (its
+ * last tensor allocated, not written: an AWQ group's norm or router).
+ * Returns 0 or -ENOMEM.
+ */
+int qf_layer_emit(const struct qf_variant *v, int gi, const uint8_t *q,
+		  const uint16_t *sc, const int32_t *z, struct qf_layer_res *r);
+
+/*
+ * x (t's elements, fp32) into dst in t's dtype, less shift (gemma's
+ * norms are stored as w for 1 + w); x then holds the stored values,
+ * plus shift: what a loader computes with.
+ */
+void qf_layer_store(const struct qf_vtensor *t, float *x, float shift,
+		    void *dst);
+
+/*
+ * AWQ of layer l's sparse MoE block (layer_moe.c), after qf_layer_awq
+ * of the rest: one gate/up input scale for every expert searched on the
+ * block's output over xn [ntok, hidden] (the post-attention norm's
+ * output of the layer as it was), folded into ly->post_norm and the
+ * columns of every gate/up, the router and the shared expert gate, which
+ * are stored in their dtype (the last tensors of expert 0's gate, up
+ * and down groups) and read back; then per expert, on its routed tokens
+ * (every token below a linear's input width), its down scale folded into
+ * its up rows, and its linears clipped, rounded and flipped into their
+ * groups.  groups [nw * QF_MOE_NLINEAR]: expert e's linear k's group
+ * (-1: kept).  tokens [ng] (may be NULL): each group's routed tokens.
+ * Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
+ */
+int qf_layer_awq_moe(const struct qf_variant *v, const struct qf_tf_config *c,
+		     int l, const int *groups, struct qf_tf_layer *ly,
+		     const float *xn, int64_t ntok, struct qf_layer_res *r,
+		     double *tokens);
+
+/* What qf_layer_awq_moe stores last in expert 0's group of linear k
+ * (post_norm, router, shared gate) in ly, in fp32; NULL: none. */
+float *qf_layer_awq_moe_extra(struct qf_tf_layer *ly, enum qf_moe_linear k);
+
 /* BRECQ's effect on the block, for the caller's log. */
 struct qf_layer_brecq {
 	double rel_rtn;		/* block output error / mean y^2, RTN */

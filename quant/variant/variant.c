@@ -188,6 +188,63 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 	return NULL;
 }
 
+/*
+ * AWQ of a MoE block (layer_moe.c): one input scale vector for every
+ * expert's gate/up folds into post_attention_layernorm and into the
+ * columns of the router (and of Qwen2-MoE's shared expert gate), which
+ * stay in the source dtype but change: they become the last output
+ * tensors of expert 0's gate, up and down groups.  name is one of those
+ * linears or those tensors; the tensor, or NULL (no AWQ, no sparse
+ * layer, or some expert linear the format cannot pack).
+ */
+static const struct qf_model_tensor *awq_moe_extra(const struct qf_variant *v,
+						   const char *name)
+{
+	const cJSON *mty = cJSON_GetObjectItemCaseSensitive(v->m->config,
+							    "model_type");
+	const struct qf_arch *a = cJSON_IsString(mty) ?
+				  qf_arch_find(mty->valuestring) : NULL;
+	const struct qf_model_tensor *mt, *x[QF_MOE_NLINEAR];
+	char want[256], own[QF_MOE_NLINEAR][256];
+	struct qf_tf_config c;
+	int l, e, k;
+
+	if (v->spec.method != QF_METHOD_AWQ || !a ||
+	    !(a->flags & QF_ARCH_MOE) || strncmp(name, "model.layers.", 13) ||
+	    sscanf(name + 13, "%d.", &l) != 1 ||
+	    qf_tf_config_parse(v->m, &c) < 0 || !c.moe || l >= c.layers ||
+	    !qf_moe_layer_sparse(&c, l))
+		return NULL;
+	for (e = 0; e < c.experts + (c.shared_inter > 0); e++)
+		for (k = 0; k < QF_MOE_NLINEAR; k++) {
+			qf_moe_expert_name(&c, l, e, k, want, sizeof(want) - 8);
+			strcat(want, ".weight");
+			if (e == 0)
+				strcpy(own[k], want);
+			mt = qf_model_find(v->m, want);
+			if (!mt || !is_linear(mt) ||
+			    !packable(&v->spec, v->spec.bits, mt->t->shape[1],
+				      mt->t->shape[0]))
+				return NULL;
+		}
+	snprintf(want, sizeof(want),
+		 "model.layers.%d.post_attention_layernorm.weight", l);
+	x[0] = qf_model_find(v->m, want);
+	qf_moe_router_name(&c, l, want, sizeof(want) - 8);
+	strcat(want, ".weight");
+	x[1] = qf_model_find(v->m, want);
+	snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l,
+		 c.moe->shared_gate ? c.moe->shared_gate : "");
+	x[2] = c.moe->shared_gate ? qf_model_find(v->m, want) : NULL;
+	if (!x[0] || !x[1] || (c.moe->shared_gate && !x[2]))
+		return NULL;
+	for (k = 0; k < QF_MOE_NLINEAR; k++)
+		if (x[k] && is_float(x[k]->t->dtype) &&
+		    (!strcmp(name, own[k]) || !strcmp(name, x[k]->name)))
+			return x[k];
+	return NULL;
+}
+
 /* Output tensors of one quantized linear; prefix is name minus .weight. */
 static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 		      const struct qf_model_tensor *mt)
@@ -242,9 +299,12 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 					 in, -1, gi);
 	}
 	g->norm = awq_norm(v, mt->name);
+	if (!g->norm)
+		g->norm = awq_moe_extra(v, mt->name);
 	if (!ret && g->norm)
 		ret = add_tensor(v, cap, g->norm->name, "", g->norm->t->dtype,
-				 g->norm->t->shape[0], -1, gi);
+				 g->norm->t->shape[0], g->norm->t->ndim == 2 ?
+				 g->norm->t->shape[1] : -1, gi);
 	g->n = (uint32_t)(v->nt - g->first);
 	return ret;
 }
@@ -298,7 +358,8 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 	for (i = 0; i < m->nt; i++) {
 		const struct qf_model_tensor *mt = &m->t[i];
 
-		if (awq_norm(v, mt->name) == mt)
+		if (awq_norm(v, mt->name) == mt ||
+		    awq_moe_extra(v, mt->name) == mt)
 			continue;	/* an output of its q/gate group */
 		router = is_linear(mt) && spec->method != QF_METHOD_KQUANT &&
 			 qf_moe_is_router(m, mt->name);

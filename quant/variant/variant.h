@@ -93,6 +93,9 @@ struct qf_vgroup {
 	 * AWQ: the norm whose weights absorb this linear's input scales
 	 * (input_layernorm for q_proj, post_attention_layernorm for
 	 * gate_proj); it is the group's last output tensor.  NULL: none.
+	 * A MoE block's expert 0 (layer_moe.c): its gate's group holds
+	 * post_attention_layernorm, its up's the router, its down's the
+	 * shared expert gate, stored in their dtype, changed.
 	 */
 	const struct qf_model_tensor *norm;
 };

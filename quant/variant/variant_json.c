@@ -44,6 +44,67 @@ static void regex_of(const char *name, struct qf_buf *b)
 }
 
 /* The layers kept in the source dtype, as a JSON array. */
+/*
+ * The routers (and shared expert gates) an AWQ MoE variant changed, as
+ * module names (no .weight, as transformers matches them) into names
+ * (may be NULL); how many.
+ */
+static int awq_moe_routers(const struct qf_variant *v, cJSON *names)
+{
+	char mod[256];
+	size_t i;
+	int n = 0;
+
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_model_tensor *t = v->g[i].norm;
+
+		if (!t || t->t->ndim != 2 ||
+		    !qf_moe_is_expert(v->m, v->g[i].w->name))
+			continue;
+		snprintf(mod, sizeof(mod), "%.*s",
+			 (int)(strlen(t->name) - strlen(".weight")), t->name);
+		if (names)
+			cJSON_AddItemToArray(names, cJSON_CreateString(mod));
+		n++;
+	}
+	return n;
+}
+
+/*
+ * AWQ of a MoE block (layer_moe.c): how, and the source-dtype tensors it
+ * changed (the norm, router and shared expert gate its gate/up scales
+ * fold into: the last outputs of expert 0's groups); nothing for a
+ * dense model.
+ */
+static void awq_moe_json(const struct qf_variant *v, cJSON *a)
+{
+	cJSON *ch = NULL;
+	size_t i;
+
+	for (i = 0; i < v->ng; i++) {
+		const struct qf_vgroup *g = &v->g[i];
+
+		if (!g->norm || !qf_moe_is_expert(v->m, g->w->name))
+			continue;
+		if (!ch && !(ch = cJSON_AddArrayToObject(a,
+				"changed_in_source_dtype")))
+			return;
+		cJSON_AddItemToArray(ch, cJSON_CreateString(g->norm->name));
+	}
+	if (ch)
+		cJSON_AddStringToObject(a, "moe",
+			"one gate/up input scale for every expert (and the "
+			"shared expert), searched on the whole MoE block's "
+			"output (routing included) over every calibration "
+			"token, folded into post_attention_layernorm and into "
+			"the columns of the router and the shared expert gate "
+			"(router' = router * s: unquantized, in the source "
+			"dtype, no longer the source's bytes); per expert a "
+			"down -> up_proj scale on the tokens routed to it "
+			"(every token when fewer than the linear's input "
+			"width)");
+}
+
 static cJSON *skipped_list(const struct qf_variant *v)
 {
 	struct qf_buf arr = QF_BUF_INIT;
@@ -151,7 +212,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 		cJSON_AddBoolToObject(qc, "zero_point", true);
 		cJSON_AddStringToObject(qc, "version", "gemm");
 		skipped = skipped_list(v);
-		if (cJSON_GetArraySize(skipped)) {
+		if (cJSON_GetArraySize(skipped) || awq_moe_routers(v, NULL)) {
 			cJSON *names = cJSON_AddArrayToObject(
 				qc, "modules_to_not_convert");
 
@@ -162,6 +223,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 				cJSON_AddItemToArray(names,
 					cJSON_CreateString(n));
 			}
+			awq_moe_routers(v, names);
 		} else {
 			cJSON_AddNullToObject(qc, "modules_to_not_convert");
 		}
@@ -275,6 +337,7 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 		cJSON_AddStringToObject(a, "objective",
 			"sum of the group's linear output errors on the "
 			"calibration set, via X^T X");
+		awq_moe_json(v, a);
 		cJSON_AddNumberToObject(a, "clip_grid", 20);
 		cJSON_AddNumberToObject(a, "max_shrink", 0.5);
 		cJSON_AddStringToObject(a, "clip", "all linears but q/k");

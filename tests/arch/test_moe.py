@@ -8,11 +8,12 @@ ref_moe.py (also with a dense layer among sparse ones, Mixtral's sliding
 window and OLMoE's clip_qkv, set in config.json), after checking that the
 oracle's routing has no near tie that float32 could flip.  Through a mount:
 RTN variants quantize every expert's linears under the source's checkpoint
-names and keep the routers in source precision; GPTQ, the k-quants (each
-expert's imatrix from its routed tokens) and measured mixed precision
-(per layer one width for every expert's gate/up, one for their down) are
-offered, AWQ and BRECQ not; llama.cpp loads model.gguf and agrees with
-quantfs.
+names and keep the routers in source precision; GPTQ (per expert on its
+routed tokens), AWQ (the block's gate/up scale also scaling the router),
+the k-quants (each expert's imatrix from its routed tokens) and measured
+mixed precision (per layer one width for every expert's gate/up, one for
+their down) are offered, BRECQ not; llama.cpp loads model.gguf and agrees
+with quantfs.
 """
 import hashlib
 import json
@@ -24,7 +25,7 @@ import numpy as np
 
 from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
                       check_logits, client, eval_json, ids_for, mkmodel,
-                      need_client, run_tests, stread, windows)
+                      need_client, ours, run_tests, softmax, stread, windows)
 import ggufnp
 import ref_moe
 
@@ -115,19 +116,21 @@ def src_dir():
 
 def test_rtn_variants():
     """Every expert's linears quantized under the source's names, routers
-    kept; no calibrated method but GPTQ offered; eval reads the
+    kept; of the calibrated methods GPTQ and AWQ offered; eval reads the
     variant."""
     with Mount(src_dir()) as m:
         for arch in ARCHES:
             d = os.path.join(m.mnt, arch)
             names = os.listdir(d)
-            # of the calibrated methods GPTQ (test_gptq_experts) and the
-            # k-quants (test_kq); mixed_dyn / mixed_b<avg> (test_mixed)
+            # of the calibrated methods GPTQ (test_gptq_experts), AWQ
+            # (test_awq_experts), the k-quants (test_kq); mixed_dyn /
+            # mixed_b<avg> (test_mixed)
             assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
             assert "kq4_k_m" in names and "mixed_static" in names, names
-            for v in ("awq_w4_g128", "brecq_w4_g64_attn6"):
+            assert "awq_w4_g128" in names, names
+            for v in ("brecq_w4_g64_attn6",):
                 assert v not in names, names
-            assert not os.path.exists(os.path.join(d, "awq_w4_g128",
+            assert not os.path.exists(os.path.join(d, "brecq_w4_g64_attn6",
                                                    "config.json"))
             src, _ = stread.read_st(os.path.join(model(arch),
                                                  "model.safetensors"))
@@ -218,7 +221,6 @@ def test_gptq_experts():
 def check_gptq(m, arch, ids):
     d = os.path.join(m.mnt, arch)
     assert "gptq_w4_g128" in os.listdir(d)
-    assert "awq_w4_g128" not in os.listdir(d)
     v = os.path.join(d, "gptq_w4_g32_sym")
     q = json.load(open(os.path.join(v, "quantization.json")))
     w = dequantized(model(arch), v, 4)
@@ -249,6 +251,126 @@ def check_gptq(m, arch, ids):
     assert gptq < rtn, (gptq, rtn)
     ev = eval_json(v, TEXT, ctx=64)
     assert ev["ppl"] > 0
+
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]     # AutoAWQ GEMM's nibble order
+
+
+def awq_unpack(qweight, qzeros, scales):
+    """AutoAWQ GEMM: nibble i of packed column c holds output column
+    8c + AWQ_ORDER[i]; W[out, in] = (q - zero) * scale (float64)."""
+    qw, qz = qweight.view(np.uint32), qzeros.view(np.uint32)
+    n_in, n_out = qw.shape[0], qw.shape[1] * 8
+    q = np.zeros((n_in, n_out), np.int64)
+    z = np.zeros((qz.shape[0], n_out), np.int64)
+    for i in range(8):
+        q[:, AWQ_ORDER[i]::8] = (qw >> (4 * i)) & 15
+        z[:, AWQ_ORDER[i]::8] = (qz >> (4 * i)) & 15
+    g = np.arange(n_in) // (n_in // scales.shape[0])
+    s = scales.astype(np.float64)
+    return (s[g, :] * (q - z[g, :])).T
+
+
+def awq_weights(v):
+    """An AWQ variant's tensors, its linears dequantized (float64)."""
+    t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+    w = {}
+    for name, a in t.items():
+        if name.endswith(".qweight"):
+            pre = name[:-8]
+            w[pre + ".weight"] = awq_unpack(a, t[pre + ".qzeros"],
+                                            t[pre + ".scales"])
+        elif not name.endswith((".qzeros", ".scales")):
+            w[name] = np.asarray(a, dtype=np.float64)
+    return t, w
+
+
+def ref_logits_w(d, w, ids):
+    """The oracle's logits with the weights w in place of d's."""
+    cfg, _ = ref_moe.load(d)
+    head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+    return np.concatenate([
+        ref_moe.rmsnorm(ref_moe.hidden(cfg, w, seq), w["model.norm.weight"],
+                        cfg["rms_norm_eps"]) @ head.T
+        for seq in np.asarray(ids).reshape(len(ids), -1)], axis=0)
+
+
+def sample(src, nseq=3, n=32, seed=5):
+    """nseq sequences of n tokens drawn from src (BOS first)."""
+    rng = np.random.default_rng(seed)
+    ids = np.ones((nseq, 1), dtype=np.int32)
+    for _ in range(n - 1):
+        lg = ours(src, ids).reshape(nseq, ids.shape[1], -1)
+        p = softmax(lg[:, -1])
+        nxt = [rng.choice(p.shape[1], p=row / row.sum()) for row in p]
+        ids = np.concatenate([ids, np.array(nxt, np.int32)[:, None]], 1)
+    return ids
+
+
+def mean_kl(src, variant, ids):
+    p = softmax(ours(src, ids))
+    q = softmax(ours(variant, ids))
+    return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), axis=1)))
+
+
+def test_awq_experts():
+    """AWQ of the MoE block as AutoAWQ does it: experts packed under the
+    source's names, the router unquantized but scaled by the gate/up input
+    scales folded into post_attention_layernorm (router' = router * s,
+    s = norm / norm'); quantfs's logits of the variant match the oracle
+    fed with its dequantized tensors; closer to the source than RTN."""
+    text = TEXT * 4
+    cal = os.path.join(WORK, "calib.txt")
+    open(cal, "w").write(text)
+    opts = ["calib=" + cal, "calib_n=8", "calib_len=64"]
+    ids = ids_for(512, 2, 24, seed=13)
+    with Mount(src_dir(), opts=opts) as m:
+        for arch in ("qwen3_moe", "mixtral"):
+            d = model(arch)
+            v = os.path.join(m.mnt, arch, "awq_w4_g128")
+            src, _ = stread.read_st(os.path.join(d, "model.safetensors"))
+            t, w = awq_weights(v)
+            router, ex = ref_moe.NAMES[arch][:2]
+            for l in range(2):
+                for e in range(8):
+                    for n in ref_moe.NAMES[arch][2:]:
+                        p = "model.layers.%d.%s.%d.%s" % (l, ex, e, n)
+                        assert p + ".weight" not in t, p
+                        for k in (".qweight", ".qzeros", ".scales"):
+                            assert p + k in t, p + k
+                r = "model.layers.%d.%s.weight" % (l, router)
+                nm = "model.layers.%d.post_attention_layernorm.weight" % l
+                assert r in t and r[:-7] + ".qweight" not in t, r
+                assert t[r].dtype == src[r].dtype, r
+                s = src[nm].astype(np.float64) / t[nm]
+                assert not np.allclose(s, 1), (arch, l)
+                # (both rounded to the source's bf16: 2^-8 each)
+                assert np.allclose(t[r], src[r] * s, rtol=2 ** -7,
+                                   atol=1e-6), (arch, r)
+            q = json.load(open(os.path.join(v, "quantization.json")))
+            assert not any(k["name"].endswith("%s.weight" % router)
+                           for k in q["kept_in_source_dtype"]), q
+            assert q["awq"]["changed_in_source_dtype"] == [
+                "model.layers.%d.%s.weight" % (l, n) for l in range(2)
+                for n in ("post_attention_layernorm", router)], q["awq"]
+            cfg = json.load(open(os.path.join(v, "config.json")))
+            assert cfg["quantization_config"]["modules_to_not_convert"] == [
+                "model.layers.%d.%s" % (l, router) for l in range(2)], cfg
+            ex = [g for g in q["layers"] if ".experts." in g["name"]]
+            assert all(0 <= g["alpha"] < 1 for g in ex), ex
+            # every token reaches top-k = 2 experts in each layer
+            assert sum(g["routed_tokens"] for g in ex) == 2 * 3 * 512 * 2
+            rel = float(np.abs(ours(v, ids) - ref_logits_w(d, w, ids)).max())
+            rel /= float(np.abs(ref_logits_w(d, w, ids)).max())
+            print("  %s awq_w4_g128 vs oracle on its dequantized tensors: "
+                  "max rel diff %.2e" % (arch, rel))
+            assert rel < 1e-4, rel
+            sm = sample(d)
+            kl = {x: mean_kl(d, os.path.join(m.mnt, arch, x), sm)
+                  for x in ("awq_w4_g128", "rtn_w4_g128")}
+            print("  %s mean KL(source || variant): awq %.2e, rtn %.2e" % (
+                arch, kl["awq_w4_g128"], kl["rtn_w4_g128"]))
+            assert kl["awq_w4_g128"] < kl["rtn_w4_g128"], kl
 
 
 def test_sampled_calibration():
