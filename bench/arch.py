@@ -8,7 +8,8 @@ model's layer shapes and --layers decoder layers (default 1):
     thread) against SGEMM measured in the same run: tokens/s per layer and
     the ratio of achieved GFLOP/s to SGEMM's;
   * GPTQ: gptq_w4_g128 read through a real mount with --calib-n x
-    --calib-len calibration tokens sampled from the model: seconds per
+    --calib-len calibration tokens (of --calib, else sampled from the
+    model): seconds per
     layer and the daemon's peak resident memory (VmHWM) and anonymous
     memory;
   * mixture of experts: the same GPTQ time against a dense qwen3 layer of
@@ -17,7 +18,7 @@ model's layer shapes and --layers decoder layers (default 1):
     compute.
 
 usage: bench/arch.py [--quantfs PATH] [--only NAME,...] [--layers N]
-                     [--calib-n N] [--calib-len N] [--no-gptq]
+                     [--calib-n N] [--calib-len N] [--calib FILE] [--no-gptq]
 """
 import argparse
 import os
@@ -63,9 +64,11 @@ SHAPES = {
 DEFAULT = "gemma3_text,gemma2,phi3,qwen3_moe,qwen3_dense_a3b,olmoe"
 
 
-def gptq(src, name, calib_n, calib_len):
+def gptq(src, name, calib_n, calib_len, calib=None):
     """Seconds, VmHWM and anonymous peak of gptq_w4_g128 of src/name."""
     opts = ["calib_n=%d" % calib_n, "calib_len=%d" % calib_len]
+    if calib:
+        opts.append("calib=" + os.path.abspath(calib))
     rel = os.path.join(name, "gptq_w4_g128", "model.safetensors")
     with qftest.Mount(src, opts=opts, debug=False) as m:
         anon = AnonPeak(m.proc.pid)
@@ -91,6 +94,9 @@ def main():
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--no-gptq", action="store_true")
+    ap.add_argument("--calib", help="calibration text (default: sampled "
+                    "from the model, which runs its whole vocabulary head "
+                    "per token)")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
     bench_fwd = os.path.join(os.path.dirname(qftest.QUANTFS), "..", "bench",
@@ -108,7 +114,8 @@ def main():
             print("  " + (r.stdout or r.stderr).strip().replace("\n",
                                                                 "\n  "))
             if not a.no_gptq:
-                dt, peak, anon = gptq(src, name, a.calib_n, a.calib_len)
+                dt, peak, anon = gptq(src, name, a.calib_n, a.calib_len,
+                                      a.calib)
                 print("  GPTQ w4 g128, %d x %d tokens: %.1f s per layer, "
                       "peak RSS %.2f GB (anonymous %.2f GB)" % (
                           a.calib_n, a.calib_len, dt / a.layers, peak / 1e9,
