@@ -22,8 +22,27 @@
 #include <string.h>
 
 #include "nn.h"
-#include "tf_backward.h"
 #include "tf_moe.h"
+
+/*
+ * tf_backward.c calls this file, and files of nn call in one direction:
+ * the SwiGLU backward is written here again (as moe.c writes its forward).
+ * From g, u and da [n]: dL/dg into g, dL/du into da (u must stay intact
+ * until dL/dg is taken).
+ */
+static void swiglu_bwd(float *g, const float *u, float *da, int64_t n)
+{
+	int64_t i;
+
+	for (i = 0; i < n; i++) {
+		float sg = 1.0f / (1.0f + expf(-g[i]));
+		float d = da[i];
+
+		da[i] = d * g[i] * sg;
+		/* silu'(g) = sg (1 + g (1 - sg)) */
+		g[i] = d * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
+	}
+}
 
 /* Scratch of one backward call, rows for every token. */
 struct moe_bwd {
@@ -80,8 +99,7 @@ static void expert_bwd(const struct qf_tf_config *c, float *const *w,
 			 0.0f, dw[QF_MOE_DOWN], mi);
 	qf_sgemm(false, false, n, mi, h, 1.0f, b->dye, h, w[QF_MOE_DOWN], mi,
 		 0.0f, b->a, mi);
-	/* dL/dgate into g, dL/dup into a (du must not overwrite u) */
-	qf_tf_swiglu_bwd(b->g, b->u, b->a, b->g, b->a, n * mi);
+	swiglu_bwd(b->g, b->u, b->a, n * mi);	/* dgate in g, dup in a */
 	if (dw[QF_MOE_GATE])
 		qf_sgemm(true, false, mi, h, n, 1.0f, b->g, mi, b->xe, h, 0.0f,
 			 dw[QF_MOE_GATE], h);
