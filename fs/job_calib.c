@@ -162,13 +162,14 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 		return QF_EUNSUPPORTED;	/* no forward pass: no calibration */
 	if (c.moe && v->spec.method != QF_METHOD_GPTQ &&
 	    v->spec.method != QF_METHOD_AWQ &&
+	    v->spec.method != QF_METHOD_BRECQ &&
 	    v->spec.method != QF_METHOD_KQUANT &&
 	    v->spec.method != QF_METHOD_RTN) {
-		/* experts: GPTQ, AWQ, kq's imatrix and mixed precision's
-		 * probe (RTN: job_mixed.c) only so far (ns.c lists no
-		 * other) */
-		qf_err("%s: %s: only GPTQ, AWQ and the k-quants calibrate a "
-		       "mixture-of-experts model's experts so far",
+		/* experts: GPTQ, AWQ, BRECQ, kq's imatrix and mixed
+		 * precision's probe (RTN: job_mixed.c) only so far (ns.c
+		 * lists no other) */
+		qf_err("%s: %s: only GPTQ, AWQ, BRECQ and the k-quants "
+		       "calibrate a mixture-of-experts model's experts so far",
 		       var->mdl->name, v->name);
 		return QF_EUNSUPPORTED;
 	}

@@ -194,10 +194,27 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	struct qf_layer_map m = layer_map(j, l);
 	struct qf_layer_brecq info;
 	struct qf_brecq_opts o;
-	int ret;
+	const struct qf_job *jb = j->var->job;
+	int *groups = NULL, k, ret;
 
 	if (qf_fs_stopping(j->fs))
 		return -EINTR;
+	if (ly->moe) {	/* the experts' groups, their routed tokens */
+		groups = malloc((size_t)(jb->nexp ? jb->nexp : 1) *
+				QF_MOE_NLINEAR * sizeof(*groups));
+		if (!j->tokens)
+			j->tokens = calloc(j->var->v->ng ? j->var->v->ng : 1,
+					   sizeof(*j->tokens));
+		if (!groups || !j->tokens) {
+			free(groups);
+			return -ENOMEM;
+		}
+		for (k = 0; k < jb->nexp * QF_MOE_NLINEAR; k++)
+			groups[k] = qf_job_exp_group(jb, l, k / QF_MOE_NLINEAR,
+						     k % QF_MOE_NLINEAR);
+		m.exp_group = groups;
+		m.tokens = j->tokens;
+	}
 	qf_brecq_opts_default(&o);
 	o.iters = j->var->ci.brecq_iters;
 	if (j->fs->o.brecq_batch > 0)
@@ -209,6 +226,7 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	j->layer = l;
 	ret = qf_layer_brecq(&m, &j->c, l, ly, x, y, nseq, seqlen, &o, &j->res,
 			     &info);
+	free(groups);
 	if (!ret)
 		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
 			"%.4g (relative; round to nearest -> learned rounding), "

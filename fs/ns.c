@@ -498,12 +498,11 @@ static int mdl_new(const char *org, const char *base, struct qf_src_at *at,
 			mdl->m->weight_bytes / 1e6);
 		mdl->calibratable = qf_tf_config_parse(mdl->m, &c) == 0;
 		if (mdl->calibratable && c.moe) {
-			/* experts: GPTQ, AWQ, kq and mixed precision so far */
+			/* experts: GPTQ, AWQ, BRECQ, kq and mixed precision */
 			qf_info("%s: a mixture-of-experts model (%s): of the "
-				"calibrated methods GPTQ, AWQ, the k-quants "
-				"and mixed precision are offered (BRECQ is "
-				"not done for experts yet)", mdl->name,
-				c.model_type);
+				"calibrated methods GPTQ, AWQ, BRECQ, the "
+				"k-quants and mixed precision are offered",
+				mdl->name, c.model_type);
 			mdl->calibratable = false;
 			mdl->moe = true;
 		}
@@ -738,6 +737,7 @@ int qf_ns_list(struct qf_fs *fs, struct qf_node *dir, struct qf_buf *out,
 			if (i < NPRESETS_RTN || dir->mdl->calibratable ||
 			    (dir->mdl->moe && (!strncmp(presets[i], "gptq_", 5) ||
 					       !strncmp(presets[i], "awq_", 4) ||
+					       !strncmp(presets[i], "brecq_", 6) ||
 					       !strncmp(presets[i], "kq", 2))))
 				add_name(out, count, presets[i]);
 		ctx = (struct list_ctx){ dir->mdl, out, count, presets,

@@ -9,6 +9,10 @@
  * h'(V), plus the regularizer, and an Adam step.  Elementwise work is one
  * pass per weight; everything else is SGEMM.  Mini-batches are drawn with
  * splitmix64 from the seed: the same inputs and seed give the same codes.
+ *
+ * A sparse MoE block (ly->moe): every expert linear gets its AdaRound
+ * variables too, with the routing computed once from the block's input
+ * and held fixed (tf_moe.h, brecq.h: struct qf_brecq_experts).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 #include "brecq.h"
 #include "method.h"
 #include "tf_backward.h"
+#include "tf_moe.h"
 
 /* Tokens of one forward when measuring the whole calibration set. */
 #define BRECQ_EVAL_TOKENS 2048
@@ -416,6 +421,16 @@ struct brecq {
 	int *perm;			/* [nseq] sequence order */
 	uint64_t rng;
 	double norm;			/* sigma^2 */
+	/* a MoE block: its experts [nex], as ly->moe->w */
+	int nex;			/* nw * QF_MOE_NLINEAR; 0: dense */
+	struct qf_adaround *ear;	/* quantized ones (ewsoft[k]) */
+	float **ewsoft;			/* W~; NULL: kept */
+	float **edw;			/* dL/dW~, dL/dV; NULL: not learned */
+	struct qf_tf_moe smoe;		/* ly->moe with W~ */
+	int32_t *sel;			/* [nseq * seqlen, topk] routing */
+	float *p;			/* [nseq * seqlen, topk] weights */
+	int32_t *selb;			/* the mini-batch's */
+	float *pb;
 };
 
 static void brecq_free(struct brecq *b)
@@ -432,6 +447,19 @@ static void brecq_free(struct brecq *b)
 	free(b->yb);
 	free(b->yh);
 	free(b->perm);
+	for (l = 0; l < b->nex; l++) {
+		qf_adaround_free(&b->ear[l]);
+		free(b->ewsoft[l]);
+		free(b->edw[l]);
+	}
+	free(b->ear);
+	free(b->ewsoft);
+	free(b->edw);
+	free(b->smoe.w);
+	free(b->sel);
+	free(b->p);
+	free(b->selb);
+	free(b->pb);
 }
 
 static int check_opts(const struct qf_tf_config *c,
@@ -450,10 +478,153 @@ static int check_opts(const struct qf_tf_config *c,
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
 		int bits = o->qp[l].bits;
 
-		if (!ly->w[l] || (bits != 16 && (bits < 2 || bits > 8)))
+		if ((!ly->w[l] && !(ly->moe && l >= QF_TF_GATE && bits == 16)) ||
+		    (bits != 16 && (bits < 2 || bits > 8)))
 			return -EINVAL;
 	}
 	return 0;
+}
+
+/* Stops the layer's forward at the MoE block: its routing of the rows. */
+struct route_ctx {
+	const struct brecq *b;
+	const struct qf_tf_moe *moe;
+	int64_t off;			/* the chunk's first token */
+};
+
+#define ROUTE_DONE 1
+
+static int route_hook(void *arg, int layer, enum qf_tf_linear lin,
+		      const float *x, int64_t ntok, int64_t in)
+{
+	struct route_ctx *r = arg;
+	const struct brecq *b = r->b;
+	int k = b->c->topk;
+	int ret;
+
+	(void)layer;
+	(void)in;
+	if (lin != QF_TF_GATE)
+		return 0;
+	ret = qf_tf_moe_route(b->c, r->moe, x, ntok, b->sel + r->off * k,
+			      b->p + r->off * k);
+	return ret < 0 ? ret : ROUTE_DONE;
+}
+
+/* The routing of every token of x through ly as it is (source precision). */
+static int route_all(struct brecq *b, const struct qf_tf_layer *ly,
+		     int layer, const float *x, int nseq, int seqlen)
+{
+	int64_t hid = b->c->hidden, k = b->c->topk;
+	int64_t ntok = (int64_t)nseq * seqlen;
+	int chunk = BRECQ_EVAL_TOKENS / seqlen;
+	struct route_ctx r = { b, ly->moe, 0 };
+	float *buf;
+	int s0, ret = 0;
+
+	chunk = chunk < 1 ? 1 : chunk > nseq ? nseq : chunk;
+	b->sel = malloc(sizeof(int32_t) * (size_t)(ntok * k));
+	b->p = malloc(sizeof(float) * (size_t)(ntok * k));
+	buf = malloc(sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid));
+	if (!b->sel || !b->p || !buf) {
+		free(buf);
+		return -ENOMEM;
+	}
+	for (s0 = 0; s0 < nseq && ret == 0; s0 += chunk) {
+		int ns = nseq - s0 < chunk ? nseq - s0 : chunk;
+
+		r.off = (int64_t)s0 * seqlen;
+		memcpy(buf, x + r.off * hid,
+		       sizeof(float) * (size_t)((int64_t)ns * seqlen * hid));
+		ret = qf_tf_layer_forward(b->c, ly, layer, buf, ns, seqlen,
+					  route_hook, &r);
+		ret = ret == ROUTE_DONE ? 0 : ret < 0 ? ret : -EINVAL;
+	}
+	free(buf);
+	return ret;
+}
+
+/* Tokens routed to each expert of the set (the shared one: all). */
+static void count_routed(const struct brecq *b, int64_t ntok, int nw,
+			 int64_t *tokens)
+{
+	int64_t i;
+
+	memset(tokens, 0, sizeof(int64_t) * (size_t)nw);
+	for (i = 0; i < ntok * b->c->topk; i++)
+		tokens[b->sel[i]]++;
+	if (nw > b->c->experts)
+		tokens[b->c->experts] = ntok;
+}
+
+/* [out, in] of expert weight k (as ly->moe->w). */
+static void expert_dims(const struct qf_tf_config *c, int k, int64_t *out,
+			int64_t *in)
+{
+	int64_t mi = k / QF_MOE_NLINEAR == c->experts ? c->shared_inter :
+							c->moe_inter;
+	bool down = k % QF_MOE_NLINEAR == QF_MOE_DOWN;
+
+	*out = down ? c->hidden : mi;
+	*in = down ? mi : c->hidden;
+}
+
+/*
+ * A MoE block's experts: the routing, and AdaRound of each quantized
+ * expert linear; those of experts routed no token hold their RTN W~ and
+ * are not learned.
+ */
+static int experts_setup(struct brecq *b, const struct qf_tf_layer *ly,
+			 int layer, const float *x, int nseq, int seqlen)
+{
+	const struct qf_tf_moe *moe = ly->moe;
+	const struct qf_brecq_experts *ex = b->o->moe;
+	int64_t ntok = (int64_t)nseq * seqlen, *tokens, out, in;
+	int n = moe->nw * QF_MOE_NLINEAR, k, ret;
+
+	b->smoe = *moe;
+	b->smoe.w = malloc(sizeof(float *) * (size_t)n);
+	b->ear = calloc((size_t)n, sizeof(*b->ear));
+	b->ewsoft = calloc((size_t)n, sizeof(float *));
+	b->edw = calloc((size_t)n, sizeof(float *));
+	b->selb = malloc(sizeof(int32_t) * (size_t)(b->sv.ntok * b->c->topk));
+	b->pb = malloc(sizeof(float) * (size_t)(b->sv.ntok * b->c->topk));
+	tokens = calloc((size_t)moe->nw, sizeof(*tokens));
+	ret = b->smoe.w && b->ear && b->ewsoft && b->edw && b->selb &&
+	      b->pb && tokens ? 0 : -ENOMEM;
+	b->nex = ret ? 0 : n;	/* (brecq_free frees what nex counts) */
+	if (!ret)
+		ret = route_all(b, ly, layer, x, nseq, seqlen);
+	if (!ret)
+		count_routed(b, ntok, moe->nw, tokens);
+	for (k = 0; k < b->nex && !ret; k++) {
+		const float *w = moe->w[k];
+
+		b->smoe.w[k] = moe->w[k];
+		if (!ex || ex->qp[k].bits == 16)
+			continue;
+		expert_dims(b->c, k, &out, &in);
+		ret = qf_adaround_init(&b->ear[k], w, out, in, &ex->qp[k]);
+		b->ewsoft[k] = ret ? NULL : malloc(sizeof(float) *
+						   (size_t)(out * in));
+		if (!ret && !b->ewsoft[k])
+			ret = -ENOMEM;
+		if (!ret && tokens[k / QF_MOE_NLINEAR] > 0 &&
+		    !(b->edw[k] = malloc(sizeof(float) * (size_t)(out * in))))
+			ret = -ENOMEM;
+		if (!ret)	/* RTN to start with (and to keep, unrouted) */
+			qf_adaround_hard(&b->ear[k], w, true, NULL,
+					 b->ewsoft[k]);
+		b->smoe.w[k] = b->ewsoft[k];
+	}
+	if (!ret && ex && ex->tokens)
+		memcpy(ex->tokens, tokens, sizeof(*tokens) * (size_t)moe->nw);
+	free(tokens);
+	b->soft.moe = &b->smoe;
+	b->sv.sel = b->selb;
+	b->sv.p = b->pb;
+	b->sv.dwe = b->edw;
+	return ret;
 }
 
 static int brecq_setup(struct brecq *b, const struct qf_tf_layer *ly,
@@ -524,6 +695,13 @@ static void brecq_batch(struct brecq *b, const float *x, const float *y,
 		off = (int64_t)b->perm[i] * seqlen * b->c->hidden;
 		memcpy((char *)b->xb + i * rowb, x + off, rowb);
 		memcpy((char *)b->yb + i * rowb, y + off, rowb);
+		if (!b->nex)
+			continue;
+		off = (int64_t)b->perm[i] * seqlen * b->c->topk;
+		memcpy(b->selb + (int64_t)i * seqlen * b->c->topk, b->sel + off,
+		       sizeof(int32_t) * (size_t)(seqlen * b->c->topk));
+		memcpy(b->pb + (int64_t)i * seqlen * b->c->topk, b->p + off,
+		       sizeof(float) * (size_t)(seqlen * b->c->topk));
 	}
 }
 
@@ -554,10 +732,17 @@ static int brecq_step(struct brecq *b, int t, double *rec, double *reg)
 	int64_t i;
 	int l;
 
+	int ret;
+
 	for (l = 0; l < QF_TF_NLINEAR; l++)
 		if (b->quant[l])
 			qf_adaround_soft(&b->ar[l], b->wsoft[l]);
-	qf_tf_block_forward(c, &b->soft, b->xb, b->yh, &b->sv);
+	for (l = 0; l < b->nex; l++)
+		if (b->edw[l])
+			qf_adaround_soft(&b->ear[l], b->ewsoft[l]);
+	ret = qf_tf_block_forward(c, &b->soft, b->xb, b->yh, &b->sv);
+	if (ret < 0)
+		return ret;
 	f = (float)(2.0 / ((double)b->sv.ntok * b->norm));
 	for (i = 0; i < n; i++) {
 		float d = b->yh[i] - b->yb[i];
@@ -568,7 +753,9 @@ static int brecq_step(struct brecq *b, int t, double *rec, double *reg)
 	*rec = sum / ((double)b->sv.ntok * b->norm);
 	if (!isfinite(*rec))
 		return QF_ENUMERIC;
-	qf_tf_block_backward(c, &b->soft, &b->sv, b->yh, b->dw);
+	ret = qf_tf_block_backward(c, &b->soft, &b->sv, b->yh, b->dw);
+	if (ret < 0)
+		return ret;
 	beta = brecq_beta(b->o, t, &regw);
 	*reg = 0;
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
@@ -577,6 +764,13 @@ static int brecq_step(struct brecq *b, int t, double *rec, double *reg)
 		*reg += qf_adaround_grad(&b->ar[l], b->dw[l], regw, beta,
 					 b->dw[l]);
 		qf_adaround_adam(&b->ar[l], b->dw[l], b->o->lr, t);
+	}
+	for (l = 0; l < b->nex; l++) {
+		if (!b->edw[l])
+			continue;
+		*reg += qf_adaround_grad(&b->ear[l], b->edw[l], regw, beta,
+					 b->edw[l]);
+		qf_adaround_adam(&b->ear[l], b->edw[l], b->o->lr, t);
 	}
 	return 0;
 }
@@ -603,6 +797,27 @@ static void brecq_finish(struct brecq *b, struct qf_tf_layer *ly,
 	}
 }
 
+/* The experts' hard rounding (RTN where not learned) into ly and ex. */
+static void experts_finish(struct brecq *b, struct qf_tf_layer *ly,
+			   const struct qf_brecq_experts *ex)
+{
+	int k;
+
+	for (k = 0; k < b->nex; k++) {
+		struct qf_adaround *a = &b->ear[k];
+		size_t ng = (size_t)(a->out * a->ngroups);
+		float *w = ly->moe->w[k];
+
+		if (!b->ewsoft[k])
+			continue;
+		qf_adaround_hard(a, w, !b->edw[k], ex->q ? ex->q[k] : NULL, w);
+		if (ex->scale_f16 && ex->scale_f16[k])
+			memcpy(ex->scale_f16[k], a->sc16, ng * sizeof(uint16_t));
+		if (ex->zero && ex->zero[k])
+			memcpy(ex->zero[k], a->zero, ng * sizeof(int32_t));
+	}
+}
+
 int qf_brecq_block(const struct qf_tf_config *c, int layer,
 		   struct qf_tf_layer *ly, const float *x, const float *y,
 		   int nseq, int seqlen, const struct qf_brecq_opts *o,
@@ -615,7 +830,8 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 	struct brecq b;
 	double t0 = now_s();
 	double rec = 0, reg = 0;
-	int l, t, ret;
+	bool learn;
+	int l, k, t, ret;
 
 	qf_tf_config_layer(c, layer, &lc);
 	c = &lc;
@@ -627,6 +843,8 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 	b.c = c;
 	b.o = o;
 	ret = brecq_setup(&b, ly, x, y, nseq, seqlen);
+	if (!ret && ly->moe)
+		ret = experts_setup(&b, ly, layer, x, nseq, seqlen);
 	if (ret < 0)
 		goto out_free;
 	res->norm = b.norm;
@@ -637,7 +855,10 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 	ret = eval_mse(c, &b.soft, layer, x, y, nseq, seqlen, &res->mse_rtn);
 	for (l = 0; l < QF_TF_NLINEAR && !b.quant[l]; l++)
 		;
-	for (t = 1; t <= o->iters && l < QF_TF_NLINEAR && ret == 0; t++) {
+	for (k = 0; k < b.nex && !b.edw[k]; k++)
+		;
+	learn = l < QF_TF_NLINEAR || k < b.nex;
+	for (t = 1; t <= o->iters && learn && ret == 0; t++) {
 		brecq_batch(&b, x, y, nseq, seqlen);
 		ret = brecq_step(&b, t, &rec, &reg);
 		if (ret == 0 && o->progress &&
@@ -648,6 +869,8 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 	if (ret)
 		goto out_free;
 	brecq_finish(&b, ly, q, scale_f16, zero);
+	if (b.nex && o->moe)
+		experts_finish(&b, ly, o->moe);
 	ret = eval_mse(c, ly, layer, x, y, nseq, seqlen, &res->mse_final);
 out_free:
 	brecq_free(&b);

@@ -87,9 +87,31 @@ void qf_adaround_adam(struct qf_adaround *a, const float *gv, float lr,
 /* ------------------------------------------------------------------ */
 /* block reconstruction                                               */
 
+/*
+ * A sparse MoE block's experts (ly->moe): each array [nw *
+ * QF_MOE_NLINEAR], laid out as the block's weights (expert e's linear k
+ * at e * QF_MOE_NLINEAR + k; e == experts: Qwen2-MoE's shared one).
+ * The routing is fixed at the start from the block's input x with the
+ * router in source precision, and held constant in the backward (a
+ * straight-through estimate: tf_moe.h).  An expert no calibration token
+ * is routed to has no reconstruction signal: it keeps round-to-nearest
+ * on its grid.
+ */
+struct qf_brecq_experts {
+	const struct qf_qparams *qp;	/* bits 16: kept in fp */
+	uint8_t **q;			/* out: codes (out, in); entries or
+					 * the arrays may be NULL */
+	uint16_t **scale_f16;		/* out: (out, ngroups) */
+	int32_t **zero;			/* out: (out, ngroups) */
+	int64_t *tokens;		/* out [nw]: tokens routed (the
+					 * shared expert: all); may be NULL */
+};
+
 struct qf_brecq_opts {
-	/* per linear: bits 2..8, group, sym; bits 16 = kept in fp */
+	/* per linear: bits 2..8, group, sym; bits 16 = kept in fp (a
+	 * MoE block's gate/up/down: 16, its experts are in moe) */
 	struct qf_qparams qp[QF_TF_NLINEAR];
+	struct qf_brecq_experts *moe;	/* MoE block; NULL: experts kept */
 	/*
 	 * Adam steps per block, 200 by default: sized for a 2-core CPU,
 	 * where a step of 2 x 512 tokens takes about 0.11 s at hidden 256

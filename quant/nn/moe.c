@@ -273,35 +273,65 @@ static int run_shared(const struct qf_tf_config *c,
 	return ret;
 }
 
+/* The block on routed rows (sc->sel, sc->p set): x += its output. */
+static int moe_run(const struct qf_tf_config *c, const struct qf_tf_moe *moe,
+		   int layer, const float *xn, int64_t ntok, float *x,
+		   struct moe_scratch *sc, qf_tf_expert_hook hook, void *arg)
+{
+	int64_t n, i, j, h = c->hidden;
+	int e, ret = 0;
+
+	for (e = 0; e < c->experts && !ret; e++) {
+		n = gather(c, sc, ntok, e);
+		for (i = 0; i < n; i++)
+			memcpy(sc->xe + i * h, xn + (int64_t)sc->tok[i] * h,
+			       sizeof(float) * (size_t)h);
+		ret = run_expert(c, moe->w + (size_t)e * QF_MOE_NLINEAR,
+				 layer, e, n, c->moe_inter, sc, hook, arg);
+		for (i = 0; i < n && !ret; i++) {
+			float *xr = x + (int64_t)sc->tok[i] * h;
+
+			for (j = 0; j < h; j++)
+				xr[j] += sc->wt[i] * sc->xe[i * h + j];
+		}
+	}
+	if (!ret && moe->shared_gate)
+		ret = run_shared(c, moe, layer, xn, ntok, x, sc, hook, arg);
+	return ret;
+}
+
 int qf_tf_moe_forward(const struct qf_tf_config *c,
 		      const struct qf_tf_moe *moe, int layer, const float *xn,
 		      int64_t ntok, float *x, qf_tf_expert_hook hook,
 		      void *arg)
 {
 	struct moe_scratch sc;
-	int64_t n, i, j, h = c->hidden;
-	int e, ret;
+	int ret;
 
 	ret = scratch_alloc(c, ntok, &sc);
 	if (ret < 0)
 		return ret;
 	ret = qf_tf_moe_route(c, moe, xn, ntok, sc.sel, sc.p);
-	for (e = 0; e < c->experts && !ret; e++) {
-		n = gather(c, &sc, ntok, e);
-		for (i = 0; i < n; i++)
-			memcpy(sc.xe + i * h, xn + (int64_t)sc.tok[i] * h,
-			       sizeof(float) * (size_t)h);
-		ret = run_expert(c, moe->w + (size_t)e * QF_MOE_NLINEAR,
-				 layer, e, n, c->moe_inter, &sc, hook, arg);
-		for (i = 0; i < n && !ret; i++) {
-			float *xr = x + (int64_t)sc.tok[i] * h;
+	if (!ret)
+		ret = moe_run(c, moe, layer, xn, ntok, x, &sc, hook, arg);
+	free(sc.mem);
+	return ret;
+}
 
-			for (j = 0; j < h; j++)
-				xr[j] += sc.wt[i] * sc.xe[i * h + j];
-		}
-	}
-	if (!ret && moe->shared_gate)
-		ret = run_shared(c, moe, layer, xn, ntok, x, &sc, hook, arg);
+int qf_tf_moe_forward_routed(const struct qf_tf_config *c,
+			     const struct qf_tf_moe *moe, const float *xn,
+			     int64_t ntok, const int32_t *sel, const float *p,
+			     float *x)
+{
+	struct moe_scratch sc;
+	int ret;
+
+	ret = scratch_alloc(c, ntok, &sc);
+	if (ret < 0)
+		return ret;
+	memcpy(sc.sel, sel, sizeof(int32_t) * (size_t)(ntok * c->topk));
+	memcpy(sc.p, p, sizeof(float) * (size_t)(ntok * c->topk));
+	ret = moe_run(c, moe, 0, xn, ntok, x, &sc, NULL, NULL);
 	free(sc.mem);
 	return ret;
 }

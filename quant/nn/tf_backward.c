@@ -24,6 +24,7 @@
 #include "nn.h"
 #include "tf_backward.h"
 #include "tf_kernels.h"
+#include "tf_moe.h"
 
 /* Keys of query block [r0, r1): [lo, r1) (as tf_kernels.c). */
 static int block_lo(int r0, int window)
@@ -130,9 +131,9 @@ static void sandwich_add(const struct qf_tf_config *c, const float *norm,
 		x[i] += tmp[i];
 }
 
-void qf_tf_block_forward(const struct qf_tf_config *c,
-			 const struct qf_tf_layer *ly, const float *x,
-			 float *y, struct qf_tf_saved *s)
+int qf_tf_block_forward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, const float *x,
+			float *y, struct qf_tf_saved *s)
 {
 	int64_t T = s->ntok;
 	int64_t hid = c->hidden;
@@ -168,15 +169,19 @@ void qf_tf_block_forward(const struct qf_tf_config *c,
 		     ly->b[QF_TF_O], s->op, s->dh, s->h1);
 
 	qf_tf_rmsnorm(s->h1, ly->post_norm, T, hid, c->rms_eps, s->xn2);
+	memcpy(y, s->h1, sizeof(float) * (size_t)(T * hid));
+	if (ly->moe)
+		return qf_tf_moe_forward_routed(c, ly->moe, s->xn2, T, s->sel,
+						s->p, y);
 	qf_tf_linear_run(s->xn2, T, hid, ly->w[QF_TF_GATE],
 			 ly->b[QF_TF_GATE], c->inter, 0.0f, s->g);
 	qf_tf_linear_run(s->xn2, T, hid, ly->w[QF_TF_UP], ly->b[QF_TF_UP],
 			 c->inter, 0.0f, s->u);
 	memcpy(s->a, s->g, sizeof(float) * (size_t)(T * c->inter));
 	qf_tf_glu(c, s->a, s->u, T * c->inter);
-	memcpy(y, s->h1, sizeof(float) * (size_t)(T * hid));
 	sandwich_add(c, ly->mlp_out_norm, s->a, T, c->inter,
 		     ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], s->dn, s->dh, y);
+	return 0;
 }
 
 /* dw (out, in) = dy^T x for dy (T, out), x (T, in); skipped when NULL. */
@@ -217,9 +222,9 @@ static void mlp_backward(const struct qf_tf_config *c,
 		 ly->w[QF_TF_UP], hid, 1.0f, s->dh, hid);
 }
 
-void qf_tf_block_backward(const struct qf_tf_config *c,
-			  const struct qf_tf_layer *ly, struct qf_tf_saved *s,
-			  const float *dy, float *const dw[QF_TF_NLINEAR])
+int qf_tf_block_backward(const struct qf_tf_config *c,
+			 const struct qf_tf_layer *ly, struct qf_tf_saved *s,
+			 const float *dy, float *const dw[QF_TF_NLINEAR])
 {
 	int64_t T = s->ntok;
 	int64_t hid = c->hidden;
@@ -228,10 +233,15 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 	bool qn = ly->q_norm && s->qp;
 	bool kn = ly->k_norm && s->kp;
 	int64_t i;
+	int ret;
 
-	mlp_backward(c, ly, s, dy, dw);
+	if (!ly->moe)
+		mlp_backward(c, ly, s, dy, dw);
+	else if ((ret = qf_tf_moe_backward(c, ly->moe, s->xn2, T, s->sel, s->p,
+					   dy, s->dwe, s->dh)) < 0)
+		return ret;
 	if (!dw[QF_TF_Q] && !dw[QF_TF_K] && !dw[QF_TF_V] && !dw[QF_TF_O])
-		return;
+		return 0;
 	/* dh1 = dy + rmsnorm'(dxn2): the residual and the MLP branch */
 	qf_tf_rmsnorm_bwd(s->h1, ly->post_norm, T, hid, c->rms_eps, s->dh,
 			  s->dh);
@@ -242,7 +252,7 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 				  c->rms_eps, s->dh, s->dh);
 	weight_grad(dw[QF_TF_O], s->dh, s->o, T, hid, qd);
 	if (!dw[QF_TF_Q] && !dw[QF_TF_K] && !dw[QF_TF_V])
-		return;
+		return 0;
 	qf_sgemm(false, false, T, qd, hid, 1.0f, s->dh, hid, ly->w[QF_TF_O],
 		 qd, 0.0f, s->dq, qd);
 	qf_tf_attention_bwd(c, s->q, s->k, s->v, s->dq, s->nseq, s->seqlen,
@@ -260,6 +270,7 @@ void qf_tf_block_backward(const struct qf_tf_config *c,
 				  c->head_dim, c->rms_eps, s->dk, s->dk);
 	weight_grad(dw[QF_TF_Q], s->dq, s->xn, T, qd, hid);
 	weight_grad(dw[QF_TF_K], s->dk, s->xn, T, kvd, hid);
+	return 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -56,6 +56,12 @@ struct qf_tf_saved {
 	float *s;		/* (QF_TF_BQ, seqlen) probabilities */
 	float *ds;		/* (QF_TF_BQ, seqlen) their gradient */
 	float *mem;
+	/* a sparse MoE block (ly->moe), set by the caller: its routing
+	 * (T, topk), held fixed (tf_moe.h), and its experts' dL/dW [nw *
+	 * QF_MOE_NLINEAR] laid out as ly->moe->w (NULL entries skipped) */
+	const int32_t *sel;
+	const float *p;
+	float *const *dwe;
 };
 
 /*
@@ -74,8 +80,9 @@ void qf_tf_saved_free(struct qf_tf_saved *s);
 /*
  * y = block(x) for s->nseq sequences of s->seqlen tokens, saving the
  * activations the backward needs into s.  x, y (T, hidden), distinct.
+ * A MoE block routes as s->sel / s->p say.  Returns 0 or -ENOMEM (MoE).
  */
-void qf_tf_block_forward(const struct qf_tf_config *c,
+int qf_tf_block_forward(const struct qf_tf_config *c,
 			 const struct qf_tf_layer *ly, const float *x,
 			 float *y, struct qf_tf_saved *s);
 
@@ -83,8 +90,9 @@ void qf_tf_block_forward(const struct qf_tf_config *c,
  * From dy = dL/dy (T, hidden) of the last qf_tf_block_forward(s) with the
  * same weights: dw[l] (out, in) = dL/dW of linear l, overwritten; a NULL
  * dw[l] is not computed (its linear is still differentiated through).
+ * A MoE block's experts' into s->dwe.  Returns 0 or -ENOMEM (MoE).
  */
-void qf_tf_block_backward(const struct qf_tf_config *c,
+int qf_tf_block_backward(const struct qf_tf_config *c,
 			  const struct qf_tf_layer *ly, struct qf_tf_saved *s,
 			  const float *dy, float *const dw[QF_TF_NLINEAR]);
 

@@ -46,4 +46,28 @@ int qf_tf_moe_forward(const struct qf_tf_config *c,
 		      int64_t ntok, float *x, qf_tf_expert_hook hook,
 		      void *arg);
 
+/*
+ * BRECQ (brecq.c) holds the routing fixed: the same block with sel / p
+ * [ntok, topk] given (as qf_tf_moe_route computed them) instead of
+ * computed from xn.  Returns 0 or -ENOMEM.
+ */
+int qf_tf_moe_forward_routed(const struct qf_tf_config *c,
+			     const struct qf_tf_moe *moe, const float *xn,
+			     int64_t ntok, const int32_t *sel, const float *p,
+			     float *x);
+
+/*
+ * Its backward (moe_bwd.c) with the routing sel / p held constant (a
+ * straight-through estimate: no gradient reaches the router, which stays
+ * in source precision).  dy [ntok, hidden]: dL/d(block output).  dw
+ * (may be NULL) [nw * QF_MOE_NLINEAR], laid out as moe->w: dL/dW of each
+ * expert's linear, NULL entries skipped, zeros for an expert routed no
+ * token.  dxn (may be NULL) [ntok, hidden]: dL/dxn.  Returns 0 or
+ * -ENOMEM.
+ */
+int qf_tf_moe_backward(const struct qf_tf_config *c,
+		       const struct qf_tf_moe *moe, const float *xn,
+		       int64_t ntok, const int32_t *sel, const float *p,
+		       const float *dy, float *const *dw, float *dxn);
+
 #endif /* QF_TF_MOE_H */

@@ -423,6 +423,95 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	return ret;
 }
 
+/*
+ * A MoE layer's experts (m->exp_group): the qparams and code buffers of
+ * every expert linear with a group, then the emitted codes of each, with
+ * the block's relative output errors as their losses.  init / emit
+ * return 0 or -ENOMEM; free accepts a zeroed or failed struct.
+ */
+struct brecq_moe {
+	struct qf_brecq_experts ex;	/* what qf_brecq_block fills */
+	struct qf_qparams *qp;		/* [n] (ex's arrays, owned) */
+	int64_t *tokens;		/* [nw] */
+	int n;				/* nw * QF_MOE_NLINEAR */
+};
+
+static int brecq_moe_init(const struct qf_variant *v,
+			  const struct qf_tf_config *c, const int *exp_group,
+			  struct brecq_moe *bm)
+{
+	int nw = c->experts + (c->shared_inter > 0), k;
+
+	memset(bm, 0, sizeof(*bm));
+	bm->n = nw * QF_MOE_NLINEAR;
+	bm->qp = calloc((size_t)bm->n, sizeof(*bm->qp));
+	bm->tokens = calloc((size_t)nw, sizeof(*bm->tokens));
+	bm->ex.q = calloc((size_t)bm->n, sizeof(*bm->ex.q));
+	bm->ex.scale_f16 = calloc((size_t)bm->n, sizeof(*bm->ex.scale_f16));
+	bm->ex.zero = calloc((size_t)bm->n, sizeof(*bm->ex.zero));
+	if (!bm->qp || !bm->tokens || !bm->ex.q || !bm->ex.scale_f16 ||
+	    !bm->ex.zero)
+		return -ENOMEM;
+	bm->ex.qp = bm->qp;
+	bm->ex.tokens = bm->tokens;
+	for (k = 0; k < bm->n; k++) {
+		const struct qf_vgroup *g;
+		size_t out, in, ng;
+
+		bm->qp[k].bits = 16;
+		if (exp_group[k] < 0)
+			continue;
+		g = &v->g[exp_group[k]];
+		bm->qp[k] = g->qp;
+		out = (size_t)g->w->t->shape[0];
+		in = (size_t)g->w->t->shape[1];
+		ng = (size_t)qf_ngroups((int64_t)in, g->qp.group);
+		bm->ex.q[k] = malloc(out * in);
+		bm->ex.scale_f16[k] = malloc(out * ng * sizeof(uint16_t));
+		bm->ex.zero[k] = malloc(out * ng * sizeof(int32_t));
+		if (!bm->ex.q[k] || !bm->ex.scale_f16[k] || !bm->ex.zero[k])
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int brecq_moe_emit(const struct qf_layer_map *m,
+			  const struct brecq_moe *bm, double rel,
+			  double rel_rtn, struct qf_layer_res *r)
+{
+	int k, gi, ret = 0;
+
+	for (k = 0; k < bm->n && !ret; k++) {
+		if ((gi = m->exp_group[k]) < 0)
+			continue;
+		ret = emit_group(m->v, gi, bm->ex.q[k], bm->ex.scale_f16[k],
+				    bm->ex.zero[k], r);
+		r->loss[gi] = rel;
+		r->loss_rtn[gi] = rel_rtn;
+		r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
+		if (m->tokens)
+			m->tokens[gi] = (double)bm->tokens[k / QF_MOE_NLINEAR];
+	}
+	return ret;
+}
+
+static void brecq_moe_free(struct brecq_moe *bm)
+{
+	int k;
+
+	for (k = 0; k < bm->n; k++) {
+		free(bm->ex.q ? bm->ex.q[k] : NULL);
+		free(bm->ex.scale_f16 ? bm->ex.scale_f16[k] : NULL);
+		free(bm->ex.zero ? bm->ex.zero[k] : NULL);
+	}
+	free(bm->ex.q);
+	free(bm->ex.scale_f16);
+	free(bm->ex.zero);
+	free(bm->qp);
+	free(bm->tokens);
+	memset(bm, 0, sizeof(*bm));
+}
+
 int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 		   int l, struct qf_tf_layer *ly, const float *x,
 		   const float *y, int nseq, int seqlen,
@@ -431,12 +520,19 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 {
 	const struct qf_variant *v = m->v;
 	struct qf_brecq_result res = { 0 };
+	struct brecq_moe bm;
 	struct codes cd;
 	int64_t ntok = (int64_t)nseq * seqlen, i;
 	double ey = 0;
 	int k, ret = 0;
 
 	memset(&cd, 0, sizeof(cd));
+	memset(&bm, 0, sizeof(bm));
+	o->moe = NULL;
+	if (ly->moe && m->exp_group) {
+		ret = brecq_moe_init(v, c, m->exp_group, &bm);
+		o->moe = &bm.ex;
+	}
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		int gi = group_of(m, c, k);
 
@@ -466,6 +562,11 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 		r->loss_rtn[gi] = ey > 0 ? res.mse_rtn / ey : 0;
 		r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
 	}
+	if (!ret && o->moe)
+		ret = brecq_moe_emit(m, &bm, ey > 0 ? res.mse_final / ey : 0,
+				     ey > 0 ? res.mse_rtn / ey : 0, r);
+	o->moe = NULL;
+	brecq_moe_free(&bm);
 	info->rel_rtn = ey > 0 ? res.mse_rtn / ey : 0;
 	info->rel_final = ey > 0 ? res.mse_final / ey : 0;
 	info->iters = res.iters;

@@ -59,6 +59,11 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng);
 struct qf_layer_map {
 	const struct qf_variant *v;
 	const int *lin_group;
+	/* a layer with a sparse MoE block (BRECQ; NULL: experts kept):
+	 * expert e's linear k's group at e * QF_MOE_NLINEAR + k (-1: kept),
+	 * and (may be NULL) [ng] each group's routed tokens, written */
+	const int *exp_group;
+	double *tokens;
 };
 
 /*

@@ -12,8 +12,8 @@ names and keep the routers in source precision; GPTQ (per expert on its
 routed tokens), AWQ (the block's gate/up scale also scaling the router),
 the k-quants (each expert's imatrix from its routed tokens) and measured
 mixed precision (per layer one width for every expert's gate/up, one for
-their down) are offered, BRECQ not; llama.cpp loads model.gguf and agrees
-with quantfs.
+their down) and BRECQ (routing fixed from the block's input) are offered;
+llama.cpp loads model.gguf and agrees with quantfs.
 """
 import hashlib
 import json
@@ -116,22 +116,19 @@ def src_dir():
 
 def test_rtn_variants():
     """Every expert's linears quantized under the source's names, routers
-    kept; of the calibrated methods GPTQ and AWQ offered; eval reads the
-    variant."""
+    kept; of the calibrated methods GPTQ, AWQ and BRECQ offered; eval
+    reads the variant."""
     with Mount(src_dir()) as m:
         for arch in ARCHES:
             d = os.path.join(m.mnt, arch)
             names = os.listdir(d)
             # of the calibrated methods GPTQ (test_gptq_experts), AWQ
-            # (test_awq_experts), the k-quants (test_kq); mixed_dyn /
-            # mixed_b<avg> (test_mixed)
+            # (test_awq_experts), BRECQ (test_brecq_experts), the
+            # k-quants (test_kq); mixed_dyn / mixed_b<avg> (test_mixed)
             assert "rtn_w4_g128" in names and "gptq_w4_g128" in names, names
             assert "kq4_k_m" in names and "mixed_static" in names, names
             assert "awq_w4_g128" in names, names
-            for v in ("brecq_w4_g64_attn6",):
-                assert v not in names, names
-            assert not os.path.exists(os.path.join(d, "brecq_w4_g64_attn6",
-                                                   "config.json"))
+            assert "brecq_w4_g64_attn6" in names, names
             src, _ = stread.read_st(os.path.join(model(arch),
                                                  "model.safetensors"))
             v = os.path.join(d, "rtn_w4_g32_sym")
@@ -371,6 +368,39 @@ def test_awq_experts():
             print("  %s mean KL(source || variant): awq %.2e, rtn %.2e" % (
                 arch, kl["awq_w4_g128"], kl["rtn_w4_g128"]))
             assert kl["awq_w4_g128"] < kl["rtn_w4_g128"], kl
+
+
+def test_brecq_experts():
+    """BRECQ of a MoE block: every expert's linears packed under the
+    source's names (routers kept), the routed tokens counted, closer to
+    the source than RTN w4 g64."""
+    text = TEXT * 4
+    cal = os.path.join(WORK, "calib.txt")
+    open(cal, "w").write(text)
+    opts = ["calib=" + cal, "calib_n=4", "calib_len=64"]
+    with Mount(src_dir(), opts=opts) as m:
+        arch = "qwen3_moe"
+        d = model(arch)
+        v = os.path.join(m.mnt, arch, "brecq_w4_g64_attn6")
+        t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+        router, ex = ref_moe.NAMES[arch][:2]
+        for l in range(2):
+            for e in range(8):
+                for n in ref_moe.NAMES[arch][2:]:
+                    p = "model.layers.%d.%s.%d.%s" % (l, ex, e, n)
+                    assert p + ".weight" not in t and p + ".qweight" in t, p
+            r = "model.layers.%d.%s.weight" % (l, router)
+            assert r in t and r[:-7] + ".qweight" not in t, r
+        q = json.load(open(os.path.join(v, "quantization.json")))
+        ex = [g for g in q["layers"] if ".experts." in g["name"]]
+        # every token reaches top-k = 2 experts in each layer
+        assert sum(g["routed_tokens"] for g in ex) == 2 * 3 * 256 * 2, ex
+        sm = sample(d)
+        kl = {x: mean_kl(d, os.path.join(m.mnt, arch, x), sm)
+              for x in ("brecq_w4_g64_attn6", "rtn_w4_g64")}
+        print("  %s mean KL(source || variant): brecq %.2e, rtn w4 g64 "
+              "%.2e" % (arch, kl["brecq_w4_g64_attn6"], kl["rtn_w4_g64"]))
+        assert kl["brecq_w4_g64_attn6"] < kl["rtn_w4_g64"], kl
 
 
 def test_sampled_calibration():
