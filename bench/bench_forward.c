@@ -104,6 +104,34 @@ static double sgemm_time(void)
 	return t;
 }
 
+/*
+ * Best of reps: the SGEMM above (*gbest) and the layers' forward (*best),
+ * alternated so that both see the same machine state.  1 on failure.
+ */
+static int time_layers(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		       float *x, int nseq, int seqlen, int reps, double *best,
+		       double *gbest)
+{
+	double t;
+	int l, r;
+
+	sgemm_time();	/* warm up */
+	for (r = 0; r < reps; r++) {
+		t = sgemm_time();
+		*gbest = t < *gbest ? t : *gbest;
+		t = qf_now();
+		for (l = 0; l < c->layers; l++)
+			if (qf_tf_layer_forward(c, &ly[l], l, x, nseq, seqlen,
+						NULL, NULL)) {
+				fprintf(stderr, "layer forward failed\n");
+				return 1;
+			}
+		t = qf_now() - t;
+		*best = t < *best ? t : *best;
+	}
+	return 0;
+}
+
 /* num_experts_per_tok / expert count of config.json, 1 for dense. */
 static double expert_share(const struct qf_model *m)
 {
@@ -121,11 +149,11 @@ static int bench_model(const char *dir, int nseq, int seqlen)
 	struct qf_tf_config c;
 	struct qf_tf_layer *ly;
 	struct qf_model *m;
-	double lin = 0, attn, t, best = 1e30, gbest = 1e30, share;
+	double lin = 0, attn, best = 1e30, gbest = 1e30, share;
 	int64_t ntok = (int64_t)nseq * seqlen;
 	size_t i;
 	float *x;
-	int l, r, reps = 3;
+	int l, reps = 3;
 
 	if (qf_model_open(dir, &m) || qf_tf_config_parse(m, &c)) {
 		fprintf(stderr, "%s: not a model of a computed architecture\n",
@@ -149,20 +177,8 @@ static int bench_model(const char *dir, int nseq, int seqlen)
 		}
 	x = rand_mat(ntok, c.hidden, 1, 0);
 	attn = c.layers * qf_tf_attention_flops(&c, nseq, seqlen, 0);
-	sgemm_time();
-	for (r = 0; r < reps; r++) {
-		t = sgemm_time();
-		gbest = t < gbest ? t : gbest;
-		t = qf_now();
-		for (l = 0; l < c.layers; l++)
-			if (qf_tf_layer_forward(&c, &ly[l], l, x, nseq, seqlen,
-						NULL, NULL)) {
-				fprintf(stderr, "layer forward failed\n");
-				return 1;
-			}
-		t = qf_now() - t;
-		best = t < best ? t : best;
-	}
+	if (time_layers(&c, ly, x, nseq, seqlen, reps, &best, &gbest))
+		return 1;
 	printf("model %s (%s): hidden %d, heads %d x %d, kv heads %d, "
 	       "inter %d, %d layers, %d x %d tokens, 1 BLAS thread\n", dir,
 	       c.model_type, c.hidden, c.heads, c.head_dim, c.kv_heads,
@@ -194,7 +210,7 @@ int main(int argc, char **argv)
 	int64_t ntok;
 	struct qf_tf_layer *ly;
 	const double gemm_flops = 2.0 * 4096 * 1024 * 3072;
-	double flops, attn, t, best = 1e30, gbest = 1e30, tq;
+	double flops, attn, best = 1e30, gbest = 1e30, tq;
 	float *x, *q, *k, *v, *s;
 	int l, r, reps = 3;
 
@@ -217,21 +233,8 @@ int main(int argc, char **argv)
 	attn = qf_tf_attention_flops(&c, nseq, seqlen, 0);
 	flops = c.layers * (linear_flops(&c, ntok) + attn);
 
-	sgemm_time();	/* warm up */
-	/* alternate the two so both see the same machine state */
-	for (r = 0; r < reps; r++) {
-		t = sgemm_time();
-		gbest = t < gbest ? t : gbest;
-		t = qf_now();
-		for (l = 0; l < c.layers; l++)
-			if (qf_tf_layer_forward(&c, &ly[l], l, x, nseq, seqlen,
-						NULL, NULL)) {
-				fprintf(stderr, "layer forward failed\n");
-				return 1;
-			}
-		t = qf_now() - t;
-		best = t < best ? t : best;
-	}
+	if (time_layers(&c, ly, x, nseq, seqlen, reps, &best, &gbest))
+		return 1;
 	/* attention alone, for the breakdown */
 	q = rand_mat(ntok, (int64_t)c.heads * c.head_dim, 1, 0);
 	k = rand_mat(ntok, (int64_t)c.kv_heads * c.head_dim, 1, 0);

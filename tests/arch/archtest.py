@@ -26,13 +26,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "mount"))
 import stread  # noqa: E402,F401  (re-exported for the oracles)
-from qftest import Mount, mkmodel, run_tests, qf, QUANTFS, \
-    SkipTest  # noqa: E402,F401
+from qftest import Mount, mkmodel, run_tests, qf, QUANTFS, SkipTest, \
+    gguf_client, eval_windows, need_client  # noqa: E402,F401
 
 LOGITS_CLI = os.environ.get("QF_LOGITS_CLI", os.path.join(
     os.path.dirname(QUANTFS), "..", "tests", "logits_cli"))
-NODE_DIR = os.path.join(HERE, "..", "node")
-CLIENT = os.path.join(NODE_DIR, "gguf_client.mjs")
 WORK = tempfile.mkdtemp(prefix="qfarch.")
 
 TEXT = ("Once upon a time, there was a little girl named Lily. She loved "
@@ -98,22 +96,7 @@ def softmax(x):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def need_client():
-    if not os.path.exists(os.path.join(NODE_DIR, "node_modules",
-                                       "node-llama-cpp")):
-        raise SkipTest("node-llama-cpp is not installed (scripts/setup "
-                       "runs npm in tests/node)")
-
-
-def client(path, req):
-    """gguf_client.mjs on path with request req; its JSON answer."""
-    f = os.path.join(WORK, "req.json")
-    json.dump(req, open(f, "w"))
-    r = subprocess.run(["node", CLIENT, path, f], capture_output=True,
-                       text=True, timeout=600)
-    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout else {}
-    assert r.returncode == 0 and "error" not in out, (r.stdout, r.stderr)
-    return out
+client = gguf_client
 
 
 def check_gguf_probs(gguf, model_dir, ids, tol=2e-3, label=""):
@@ -146,13 +129,7 @@ def eval_json(variant_dir, text, ctx=128, ids_out=None):
     return json.loads(r.stdout)
 
 
-def windows(ids_file, ctx):
-    """eval's protocol: chunks of ctx - 1 tokens after BOS (ctx without)."""
-    j = json.load(open(ids_file))
-    bos, ids = j["bos"], j["ids"]
-    chunk = ctx - 1 if bos >= 0 else ctx
-    return [([bos] if bos >= 0 else []) + ids[i:i + chunk]
-            for i in range(0, len(ids), chunk)]
+windows = eval_windows
 
 
 def check_gguf_ppl(model_mnt, variant, text=TEXT, ctx=128, tol=0.01,

@@ -129,6 +129,43 @@ def qf(*args, check=True):
     return r
 
 
+NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                        "node")
+
+
+def need_client():
+    """SkipTest unless node-llama-cpp is installed in tests/node."""
+    if not os.path.exists(os.path.join(NODE_DIR, "node_modules",
+                                       "node-llama-cpp")):
+        raise SkipTest("node-llama-cpp is not installed (scripts/setup "
+                       "runs npm in tests/node)")
+
+
+def gguf_client(path, req):
+    """tests/node/gguf_client.mjs (llama.cpp) on path with request req;
+    its JSON answer."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        json.dump(req, f)
+        f.flush()
+        r = subprocess.run(["node", os.path.join(NODE_DIR,
+                                                 "gguf_client.mjs"),
+                            path, f.name], capture_output=True, text=True,
+                           timeout=600)
+    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout else {}
+    assert r.returncode == 0 and "error" not in out, (r.stdout, r.stderr)
+    return out
+
+
+def eval_windows(ids_file, ctx):
+    """`quantfs eval`'s windows of --ids-out FILE: chunks of ctx - 1
+    tokens after BOS (ctx without)."""
+    j = json.load(open(ids_file))
+    bos, ids = j["bos"], j["ids"]
+    chunk = ctx - 1 if bos >= 0 else ctx
+    return [([bos] if bos >= 0 else []) + ids[i:i + chunk]
+            for i in range(0, len(ids), chunk)]
+
+
 def cache_ls(cache):
     """`quantfs cache ls --json` of cache."""
     return json.loads(qf("cache", "ls", "--json", "--cache", cache).stdout)

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 # noqa: E402 below: the harness lives beside this file
 import stread  # noqa: E402
 from qftest import Mount, mkmodel, run_tests, QUANTFS, SHARED, \
-    SkipTest  # noqa: E402
+    SkipTest, gguf_client, eval_windows, need_client  # noqa: E402
 
 QUANTFS = os.environ.get("QUANTFS", QUANTFS)
 WORK = tempfile.mkdtemp(prefix="qfgguf.")
@@ -28,8 +28,6 @@ SRC = os.path.join(WORK, "models")
 mkmodel(os.path.join(SRC, "tiny"), "--layers", 2, "--heads", 8,
         "--kv-heads", 4, "--seed", 31)
 SMALL = ["calib_n=8", "calib_len=64"]
-NODE_DIR = os.path.join(os.path.dirname(__file__), "..", "node")
-CLIENT = os.path.join(NODE_DIR, "gguf_client.mjs")
 TEXT = ("Once upon a time, there was a little girl named Lily. She loved "
         "to play outside in the park with her dog. One day, she saw a big "
         "red ball under a tree. ") * 12
@@ -182,23 +180,8 @@ def test_files_listed_and_exact_repack():
             m.stderr()
 
 
-def client(path, req):
-    f = os.path.join(WORK, "req.json")
-    json.dump(req, open(f, "w"))
-    r = subprocess.run(["node", CLIENT, path, f], capture_output=True,
-                       text=True, timeout=600)
-    out = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout else {}
-    assert r.returncode == 0 and "error" not in out, (r.stdout, r.stderr)
-    return out
-
-
-def windows(ids_file, ctx):
-    """eval's protocol: chunks of ctx - 1 tokens after BOS (ctx without)."""
-    j = json.load(open(ids_file))
-    bos, ids = j["bos"], j["ids"]
-    chunk = ctx - 1 if bos >= 0 else ctx
-    return [([bos] if bos >= 0 else []) + ids[i:i + chunk]
-            for i in range(0, len(ids), chunk)]
+client = gguf_client
+windows = eval_windows
 
 
 def check_client(d, variant, text, ctx, label):
@@ -230,13 +213,6 @@ def check_client(d, variant, text, ctx, label):
     print("  %s %s: llama.cpp ppl %.4f, quantfs eval %.4f (%.2f %%)" % (
         label, variant, ppl_l, ev["ppl"], 100 * rel))
     assert rel < 0.03, (ppl_l, ev["ppl"])
-
-
-def need_client():
-    if not os.path.exists(os.path.join(NODE_DIR, "node_modules",
-                                       "node-llama-cpp")):
-        raise SkipTest("node-llama-cpp is not installed (scripts/setup "
-                       "runs npm in tests/node)")
 
 
 def test_llama_cpp_generated_model():
