@@ -130,8 +130,10 @@ int qf_st_open(const char *path, struct qf_st_file **out);
 int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out);
 /*
  * Some read of f's map ran past the file's end since it was opened (the
- * file was truncated in place) and got zeros: what was read is not the
- * file's.  Logged once.  Readers of the map call it after reading.
+ * file was truncated in place) and got zeros, or the file is no longer
+ * the one opened (qf_st_unchanged() false: a truncation inside a page
+ * reads as zeros without a fault): what was read may not be the file's.
+ * Logged once.  Readers of the map call it after reading.
  */
 bool qf_st_faulted(const struct qf_st_file *f);
 void qf_st_close(struct qf_st_file *f);

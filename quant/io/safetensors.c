@@ -578,13 +578,22 @@ const void *qf_st_data(const struct qf_st_file *f,
 	return f->map + f->hdr.data_off + t->begin;
 }
 
+/*
+ * A truncation that lands inside a page leaves the rest of that page
+ * readable as zeros, without SIGBUS: so a read is also suspect when the
+ * file is no longer the one opened (size, inode or mtime), checked after
+ * the read.
+ */
 bool qf_st_faulted(const struct qf_st_file *f)
 {
-	if (!qf_guard_faults(f->guard))
+	bool bus = qf_guard_faults(f->guard);
+
+	if (!bus && qf_st_unchanged(f))
 		return false;
 	if (!atomic_exchange(&((struct qf_st_file *)f)->said, true))
-		qf_err("'%s' shrank while it was read (truncated in place?): "
-		       "I/O errors until it is whole again", f->path);
+		qf_err("'%s' %s while it was read (truncated or rewritten in "
+		       "place?): I/O errors until it is whole again", f->path,
+		       bus ? "shrank" : "changed");
 	return true;
 }
 
