@@ -228,7 +228,9 @@ void qf_tf_layer_free(struct qf_tf_layer *ly)
 
 /*
  * Rows [r0, r0 + n) of a [rows, cols] source matrix as fp32 into dst.
- * The caller checked the shard is unchanged.
+ * The caller checked the shard is unchanged before, and checks
+ * qf_st_faulted() once after its last call (it stats the file: the
+ * embedding reads a row per token).
  */
 static int read_rows(const struct qf_model_tensor *mt, int64_t r0, int64_t n,
 		     int64_t cols, float *dst)
@@ -245,8 +247,6 @@ static int read_rows(const struct qf_model_tensor *mt, int64_t r0, int64_t n,
 		       mt->shard->path, mt->name);
 		return ret;
 	}
-	if (qf_st_faulted(mt->shard))
-		return QF_ECORRUPT;
 	for (i = 0; i < n * cols; i++)
 		if (!isfinite(dst[i])) {
 			qf_err("%s: tensor '%s' has a non-finite value in row "
@@ -285,6 +285,8 @@ int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		}
 		ret = read_rows(mt, ids[i], 1, c->hidden, x + i * c->hidden);
 	}
+	if (ret == 0 && qf_st_faulted(mt->shard))
+		ret = QF_ECORRUPT;
 	for (i = 0; ret == 0 && c->embed_scale > 0 && i < n * c->hidden; i++)
 		x[i] *= c->embed_scale;		/* gemma: sqrt(hidden) */
 	return ret;
@@ -340,6 +342,8 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 			    c->hidden, 0.0f, logits + r0, c->vocab);
 		softcap_rows(logits + r0, n, nr, c->vocab, c->final_softcap);
 	}
+	if (ret == 0 && qf_st_faulted(mt->shard))
+		ret = QF_ECORRUPT;
 out_free:
 	free(xn);
 	free(w);
