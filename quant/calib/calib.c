@@ -206,6 +206,23 @@ static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
 	return cap->left == 0 ? STAGE_DONE : 0;
 }
 
+/* b = a (same width and Hessian or not; b's sample kept as allocated) */
+static int stats_copy(struct qf_lin_stats *b, const struct qf_lin_stats *a)
+{
+	if (b->in != a->in || !a->h != !b->h)
+		return -EINVAL;
+	b->n = a->n;
+	if (a->h)
+		memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
+	memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
+	memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
+	if (a->xs && b->xs) {
+		memcpy(b->xs, a->xs, (size_t)(a->nxs * a->in) * sizeof(float));
+		b->nxs = a->nxs;
+	}
+	return 0;
+}
+
 /* Copy the shared input statistics of lin[0] to the stage's others. */
 static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 {
@@ -215,18 +232,8 @@ static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 	for (i = 1; i < st->n; i++) {
 		struct qf_lin_stats *b = &stats[st->lin[i]];
 
-		if (b->in != a->in)
+		if (stats_copy(b, a))
 			return -EINVAL;
-		b->n = a->n;
-		if (a->h)
-			memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
-		memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
-		memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
-		if (a->xs && b->xs) {
-			memcpy(b->xs, a->xs, (size_t)(a->nxs * a->in) *
-			       sizeof(float));
-			b->nxs = a->nxs;
-		}
 	}
 	return 0;
 }
@@ -347,6 +354,7 @@ struct seqpass {
 	void *arg;
 	const float *xn;		/* MoE: the block's input, every token */
 	int64_t ntok;
+	struct qf_lin_stats all;	/* of xn, once: the gate fallback's */
 };
 
 static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
@@ -449,14 +457,21 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 	/* (without a Hessian, any routed token will do: kq's imatrix) */
 	if (!ret && n >= (sp->ops->hessian ? in : 1))
 		qf_lin_stats_add(&st[0], x, n);
-	else if (!ret && k == QF_MOE_GATE)
-		qf_lin_stats_add(&st[0], sp->xn, sp->ntok);
-	else if (!ret)
+	else if (!ret && k == QF_MOE_GATE) {
+		/* every token's: the same for all experts, summed once */
+		if (!sp->all.in && !(ret = qf_lin_stats_init(&sp->all, in,
+						sp->ops->hessian))) {
+			qf_lin_stats_add(&sp->all, sp->xn, sp->ntok);
+			qf_lin_stats_finish(&sp->all);
+		}
+		if (!ret)
+			ret = stats_copy(&st[0], &sp->all);
+	} else if (!ret)
 		ret = qf_calib_expert_acts(sp->c, w, sp->xn, sp->ntok, &st[0]);
 	if (!ret) {
 		static const enum qf_tf_linear two[2] = { 0, 1 };
 
-		qf_lin_stats_finish(&st[0]);
+		qf_lin_stats_finish(&st[0]);	/* (idempotent: a copy's) */
 		if (ns == 2)	/* stats indexed 0, 1: up shares gate's */
 			ret = share_stats(&(struct stage){ two, 2 }, st);
 	}
@@ -556,7 +571,8 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 			ret = ops->layer_cached(arg, l, &ly, &cached);
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		if (!ret && !cached && ops->sequential) {
-			struct seqpass sp = { c, &ly, ops, arg, NULL, 0 };
+			struct seqpass sp = { .c = c, .ly = &ly, .ops = ops,
+						 .arg = arg };
 			int w = c->sliding_window < cs->seqlen ?
 				c->sliding_window : 0;
 
@@ -565,6 +581,7 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 			ret = qf_tf_layer_forward_moe(c, &ly, l, x, cs->nseq,
 						      cs->seqlen, w, seq_hook,
 						      expert_hook, &sp);
+			qf_lin_stats_free(&sp.all);
 		} else if (!ret) {
 			if (!cached)
 				ret = run_layer(c, &ly, l, stages, nstages, x_in,
