@@ -119,6 +119,19 @@ static cJSON *skipped_list(const struct qf_variant *v)
 
 static cJSON *fixed_num(double x);
 
+/* "model.layers.0.mlp.down_proj.weight" -> the module's name, as
+ * transformers matches modules_to_not_convert */
+static cJSON *module_name(const char *tensor)
+{
+	size_t n = strlen(tensor);
+	char name[512];
+
+	if (n > 7 && !strcmp(tensor + n - 7, ".weight"))
+		n -= 7;
+	snprintf(name, sizeof(name), "%.*s", (int)n, tensor);
+	return cJSON_CreateString(name);
+}
+
 /* The config's "bits": the container most linears (by count) use. */
 static int config_bits(const struct qf_variant *v)
 {
@@ -216,13 +229,10 @@ static cJSON *quant_config(const struct qf_variant *v)
 			cJSON *names = cJSON_AddArrayToObject(
 				qc, "modules_to_not_convert");
 
-			cJSON_ArrayForEach(it, skipped) {
-				const char *n = cJSON_GetObjectItem(
-					it, "name")->valuestring;
-
-				cJSON_AddItemToArray(names,
-					cJSON_CreateString(n));
-			}
+			cJSON_ArrayForEach(it, skipped)	/* module names */
+				cJSON_AddItemToArray(names, module_name(
+					cJSON_GetObjectItem(it, "name")
+					->valuestring));
 			awq_moe_routers(v, names);
 		} else {
 			cJSON_AddNullToObject(qc, "modules_to_not_convert");

@@ -106,6 +106,24 @@ def test_checkpoint_fake_and_config():
             assert all(0 <= x["alpha"] < 1 for x in man["layers"])
 
 
+def test_skipped_linears_named_as_modules():
+    """A linear the AWQ format cannot hold (in = 192, not a multiple of
+    the group) stays in the source dtype, and modules_to_not_convert
+    names the module (transformers matches module names, not tensors)."""
+    src = os.path.join(WORK, "odd")
+    mkmodel(os.path.join(src, "odd"), "--layers", 1, "--heads", 4,
+            "--kv-heads", 2, "--hidden", 128, "--inter", 192, "--seed", 9)
+    with Mount(src, opts=SMALL) as m:
+        v = os.path.join(m.mnt, "odd", "awq_w4_g128")
+        cfg = json.load(open(os.path.join(v, "config.json")))
+        names = cfg["quantization_config"]["modules_to_not_convert"]
+        assert names == ["model.layers.0.mlp.down_proj"], names
+        t, _ = stread.read_st(os.path.join(v, "model.safetensors"))
+        assert "model.layers.0.mlp.down_proj.weight" in t
+        assert "model.layers.0.mlp.down_proj.qweight" not in t
+        assert "model.layers.0.mlp.up_proj.qweight" in t
+
+
 def test_eval_reads_awq_checkpoint():
     """quantfs eval on the packed variant equals eval on _fake to the
     precision of the bf16 rounding, and the mount's outputs load."""
