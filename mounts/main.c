@@ -473,6 +473,35 @@ static int cmd_mkmodel(int argc, char **argv)
  * shows what a quantization did to the model's output.  Recomputes the
  * whole sequence per token: meant for small models and short texts.
  */
+/*
+ * The ids generation stops at: generation_config.json's eos_token_id (an
+ * id or a list: Gemma 3 ends a turn with <end_of_turn>, not <eos>), else
+ * config.json's, and always the tokenizer's end token.  Into ids[cap].
+ */
+static int stop_ids(const struct qf_model *m, const struct qf_tok *tok,
+		    int32_t *ids, int cap)
+{
+	struct qf_buf b = QF_BUF_INIT;
+	cJSON *gc = NULL, *e, *it;
+	int n = 0;
+
+	ids[n++] = qf_tok_eos(tok);
+	if (!qf_src_read(m->dirfd, "generation_config.json", 1 << 20, &b))
+		gc = cJSON_ParseWithLength(b.data ? b.data : "", b.len);
+	qf_buf_release(&b);
+	e = cJSON_GetObjectItem(gc, "eos_token_id");
+	if (!e)
+		e = cJSON_GetObjectItem(m->config, "eos_token_id");
+	if (cJSON_IsNumber(e) && n < cap)
+		ids[n++] = (int32_t)e->valuedouble;
+	if (cJSON_IsArray(e))
+		cJSON_ArrayForEach(it, e)
+			if (cJSON_IsNumber(it) && n < cap)
+				ids[n++] = (int32_t)it->valuedouble;
+	cJSON_Delete(gc);
+	return n;
+}
+
 static int cmd_generate(int argc, char **argv)
 {
 	static const struct option lo[] = {
@@ -489,7 +518,8 @@ static int cmd_generate(int argc, char **argv)
 	float *lg = NULL;
 	size_t n = 0, i;
 	bool show_ids = false;
-	int steps = 64, c, k, ret;
+	int steps = 64, c, k, ret, nstop = 0;
+	int32_t stop[8];
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "n:", lo, NULL)) != -1) {
@@ -513,6 +543,8 @@ static int cmd_generate(int argc, char **argv)
 		ret = qf_model_tokenizer(m, &tok, &why);
 	if (!ret)
 		ret = qf_tok_encode(tok, prompt, strlen(prompt), true, &ids, &n);
+	if (!ret)
+		nstop = stop_ids(m, tok, stop, 8);
 	for (k = 0; k < steps && !ret; k++) {
 		int32_t best = 0;
 
@@ -530,7 +562,9 @@ static int cmd_generate(int argc, char **argv)
 			    lg[(n - 1) * cfg.vocab + best])
 				best = c;
 		ids[n++] = best;
-		if (best == qf_tok_eos(tok))
+		for (c = 0; c < nstop && best != stop[c]; c++)
+			;
+		if (c < nstop)
 			break;
 	}
 	if (!ret)

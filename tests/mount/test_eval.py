@@ -9,7 +9,9 @@
 import json
 import os
 import subprocess
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 from qftest import Mount, run_tests, SkipTest, SHARED, QUANTFS  # noqa: E402
@@ -74,6 +76,33 @@ def test_generate_matches_llama2c():
                        text=True, timeout=300)
     ids = [int(x) for x in r.stdout.split()]
     assert ids == want["prompt_ids_with_bos"] + want["greedy_new_ids"]
+
+
+def test_generate_stops_at_generation_config_eos():
+    """generation_config.json's eos_token_id list (Gemma 3: <eos> and
+    <end_of_turn>) ends generation at any of its ids."""
+    model = os.path.join(DATA, "models", "stories260K")
+    ref = os.path.join(DATA, "reference", "stories260K_greedy.json")
+    need(ref)
+    want = json.load(open(ref))
+    new = want["greedy_new_ids"]
+    k = next(i for i in range(5, len(new)) if new[i] not in new[:i])
+    d = tempfile.mkdtemp(prefix="qfgen.")
+    try:
+        for f in os.listdir(model):
+            if f != "generation_config.json":
+                os.symlink(os.path.join(model, f), os.path.join(d, f))
+        with open(os.path.join(d, "generation_config.json"), "w") as f:
+            json.dump({"eos_token_id": [2, new[k]]}, f)
+        r = subprocess.run([os.environ.get("QUANTFS", QUANTFS), "generate",
+                            d, "--prompt", want["prompt"], "-n", "200",
+                            "--ids"], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        ids = [int(x) for x in r.stdout.split()]
+        assert ids == want["prompt_ids_with_bos"] + new[:k + 1], (k, ids)
+    finally:
+        shutil.rmtree(d)
 
 
 def test_variants_through_the_mount():
