@@ -185,8 +185,9 @@ static int bench_model(const char *dir, int nseq, int seqlen)
 	       c.inter, c.layers, nseq, seqlen);
 	printf("GFLOP: linears %.2f (experts x %.3f) + attention %.2f\n",
 	       lin / 1e9, share, attn / 1e9);
-	printf("sgemm 4096x1024x3072: %.1f GFLOP/s; forward %.1f GFLOP/s, "
-	       "%.0f tokens/s per layer\n", gemm_flops / gbest / 1e9,
+	printf("sgemm 4096x1024x3072 (%s kernels): %.1f GFLOP/s; forward "
+	       "%.1f GFLOP/s, %.0f tokens/s per layer\n", qf_blas_kernels(),
+	       gemm_flops / gbest / 1e9,
 	       (lin + attn) / best / 1e9, (double)ntok * c.layers / best);
 	printf("ratio forward / sgemm: %.3f\n",
 	       ((lin + attn) / best) / (gemm_flops / gbest));
@@ -214,6 +215,7 @@ int main(int argc, char **argv)
 	float *x, *q, *k, *v, *s;
 	int l, r, reps = 3;
 
+	qf_blas_fix_kernels(argv);	/* as quantfs runs */
 	if (argc > 2 && !strcmp(argv[1], "--model")) {
 		openblas_set_num_threads(1);
 		return bench_model(argv[2], argc > 3 ? atoi(argv[3]) : 4,
@@ -250,8 +252,8 @@ int main(int argc, char **argv)
 	       seqlen);
 	printf("GFLOP per layer: linears %.2f + attention %.2f (causal "
 	       "blocks run)\n", linear_flops(&c, ntok) / 1e9, attn / 1e9);
-	printf("sgemm 4096x1024x3072: %.3f s, %.1f GFLOP/s (best of %d)\n",
-	       gbest, gemm_flops / gbest / 1e9, reps);
+	printf("sgemm 4096x1024x3072 (%s kernels): %.3f s, %.1f GFLOP/s "
+	       "(best of %d)\n", qf_blas_kernels(), gbest, gemm_flops / gbest / 1e9, reps);
 	printf("qf_tf_layer_forward: %.3f s for %d layers, %.1f GFLOP/s "
 	       "(best of %d)\n", best, c.layers, flops / best / 1e9, reps);
 	printf("  attention alone: %.3f s per layer, %.1f GFLOP/s\n", tq,

@@ -851,6 +851,7 @@ int main(int argc, char **argv)
 {
 	const char *prog = strrchr(argv[0], '/');
 
+	qf_blas_fix_kernels(argv);
 	prog = prog ? prog + 1 : argv[0];
 	/* mount(8) helper, or mount.fuse3 for type fuse.quantfs */
 	if (!strcmp(prog, "mount.quantfs") ||

@@ -16,12 +16,15 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "qf_cuda.h"
 #include "nn.h"
 
-/* OpenBLAS's cblas.h declares it; a generic cblas.h does not. */
+/* OpenBLAS's cblas.h declares them; a generic cblas.h does not. */
 extern void openblas_set_num_threads(int n);
+extern char *openblas_get_corename(void);
 
 /* Products below this many flops stay on the CPU. */
 #define QF_CUDA_MIN_FLOP (1 << 27)
@@ -140,7 +143,8 @@ void qf_backend_describe(char *out, size_t cap)
 	if (current == QF_BACKEND_CUDA && cu)
 		cu->describe(out, cap);
 	else
-		snprintf(out, cap, "OpenBLAS");
+		snprintf(out, cap, "OpenBLAS, %s kernels%s", qf_blas_kernels(),
+			 getenv("QF_BLAS_CHOSEN") ? " chosen by quantfs" : "");
 }
 
 static void fell_back(const char *what)
@@ -196,4 +200,35 @@ int qf_backend_gptq(struct qf_cuda_gptq *g)
 void qf_backend_set_threads(int n)
 {
 	openblas_set_num_threads(n);
+}
+
+const char *qf_blas_kernels(void)
+{
+	const char *k = openblas_get_corename();
+
+	return k ? k : "unknown";
+}
+
+void qf_blas_fix_kernels(char **argv)
+{
+	const char *want = NULL;
+
+	if (getenv("OPENBLAS_CORETYPE") ||
+	    strcasecmp(qf_blas_kernels(), "prescott"))
+		return;
+	__builtin_cpu_init();	/* (AVX states checked against XGETBV) */
+	if (__builtin_cpu_supports("avx512f") &&
+	    __builtin_cpu_supports("avx512bw") &&
+	    __builtin_cpu_supports("avx512dq") &&
+	    __builtin_cpu_supports("avx512vl"))
+		want = "SkylakeX";
+	else if (__builtin_cpu_supports("avx2") &&
+		 __builtin_cpu_supports("fma"))
+		want = "Haswell";
+	if (!want || setenv("OPENBLAS_CORETYPE", want, 1) ||
+	    setenv("QF_BLAS_CHOSEN", "1", 1))
+		return;
+	execv("/proc/self/exe", argv);
+	unsetenv("OPENBLAS_CORETYPE");	/* no exec: the generic kernels */
+	unsetenv("QF_BLAS_CHOSEN");
 }

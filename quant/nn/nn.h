@@ -33,11 +33,24 @@
  */
 enum qf_backend { QF_BACKEND_CPU, QF_BACKEND_CUDA };
 int qf_backend_select(const char *want, char *why, size_t cap);
+/*
+ * Call first in main(): OpenBLAS 0.3.21 chooses its kernels by CPU model
+ * when it loads, and a model it does not know (a virtual "Intel Xeon
+ * Processor", parts newer than the library) gets the generic Prescott
+ * (SSE3) kernels, 4-6x slower than the core can do.  Where it did so on
+ * a CPU with AVX-512 (AVX2 + FMA), this sets OPENBLAS_CORETYPE=SkylakeX
+ * (Haswell) and executes the program again with the same argv, once; a
+ * user's own OPENBLAS_CORETYPE is left alone.  Returns only when nothing
+ * is to be done or the exec failed.
+ */
+void qf_blas_fix_kernels(char **argv);
+/* The kernels OpenBLAS runs ("SkylakeX", ...), for logs and benches. */
+const char *qf_blas_kernels(void);
 enum qf_backend qf_backend_current(void);
 const char *qf_backend_name(enum qf_backend b);
 /* True when this build has the CUDA module. */
 bool qf_backend_cuda_built(void);
-/* "OpenBLAS" or the device's name and size. */
+/* "OpenBLAS, <kernels> kernels" or the device's name and size. */
 void qf_backend_describe(char *out, size_t cap);
 /*
  * BLAS threads of the process (OpenBLAS).  A fixed count gives the same
