@@ -212,6 +212,8 @@ const char *qf_blas_kernels(void)
 void qf_blas_fix_kernels(char **argv)
 {
 	const char *want = NULL;
+	char self[4096];
+	ssize_t n;
 
 	if (getenv("OPENBLAS_CORETYPE") ||
 	    strcasecmp(qf_blas_kernels(), "prescott"))
@@ -228,7 +230,11 @@ void qf_blas_fix_kernels(char **argv)
 	if (!want || setenv("OPENBLAS_CORETYPE", want, 1) ||
 	    setenv("QF_BLAS_CHOSEN", "1", 1))
 		return;
-	execv("/proc/self/exe", argv);
+	/* by its own path, not /proc/self/exe: ps names it by that */
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	self[n > 0 ? n : 0] = 0;
+	execv(n > 0 && !strstr(self, " (deleted)") ? self : "/proc/self/exe",
+	      argv);
 	unsetenv("OPENBLAS_CORETYPE");	/* no exec: the generic kernels */
 	unsetenv("QF_BLAS_CHOSEN");
 }
