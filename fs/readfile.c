@@ -52,17 +52,13 @@
 /* What identifies a read file's bytes here, and their SHA-256. */
 struct rf_record {
 	uint64_t dev;
-	uint64_t ino;
-	uint64_t size;
-	int64_t mtime_s;
-	int64_t mtime_ns;
-	int64_t ctime_s;
-	int64_t ctime_ns;
+	struct qf_rf_id id;		/* inode, size, times */
 	uint32_t gen;			/* i_generation, 0 where unknown */
 	uint32_t version;		/* RF_VERSION */
 	uint8_t sha256[32];
 };
 #define RF_VERSION 1
+_Static_assert(sizeof(struct rf_record) == 96, "a record has no padding");
 
 static bool has_read_file(const struct qf_node *n)
 {
@@ -135,22 +131,27 @@ static int identify(int fd, struct rf_record *r)
 	if (ioctl(fd, FS_IOC_GETVERSION, &gen) < 0)
 		gen = 0;
 	r->dev = (uint64_t)st.st_dev;
-	r->ino = (uint64_t)st.st_ino;
-	r->size = (uint64_t)st.st_size;
-	r->mtime_s = (int64_t)st.st_mtim.tv_sec;
-	r->mtime_ns = st.st_mtim.tv_nsec;
-	r->ctime_s = (int64_t)st.st_ctim.tv_sec;
-	r->ctime_ns = st.st_ctim.tv_nsec;
+	r->id.ino = (uint64_t)st.st_ino;
+	r->id.size = (uint64_t)st.st_size;
+	r->id.mtime_s = (int64_t)st.st_mtim.tv_sec;
+	r->id.mtime_ns = st.st_mtim.tv_nsec;
+	r->id.ctime_s = (int64_t)st.st_ctim.tv_sec;
+	r->id.ctime_ns = st.st_ctim.tv_nsec;
 	r->gen = gen;
 	r->version = RF_VERSION;
 	return 0;
 }
 
+static bool same_id(const struct qf_rf_id *a, const struct qf_rf_id *b)
+{
+	return a->ino == b->ino && a->size == b->size &&
+	       a->mtime_s == b->mtime_s && a->mtime_ns == b->mtime_ns &&
+	       a->ctime_s == b->ctime_s && a->ctime_ns == b->ctime_ns;
+}
+
 static bool same_file(const struct rf_record *a, const struct rf_record *b)
 {
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	       a->mtime_s == b->mtime_s && a->mtime_ns == b->mtime_ns &&
-	       a->ctime_s == b->ctime_s && a->ctime_ns == b->ctime_ns &&
+	return a->dev == b->dev && same_id(&a->id, &b->id) &&
 	       a->gen == b->gen && a->version == b->version;
 }
 
@@ -172,7 +173,7 @@ int qf_rf_open(struct qf_fs *fs, struct qf_node *n, bool quiet)
 		ret = qf_cache_meta_get(fs->cache, key, &want, sizeof(want));
 		if (ret == -ENOENT || ret == QF_ECORRUPT)
 			why = "no record of its writing";
-		else if (!ret && got.size != n->size)
+		else if (!ret && got.id.size != n->size)
 			why = "its size is not its file's";
 		else if (!ret && !same_file(&want, &got))
 			why = "changed or replaced since it was written";
@@ -195,10 +196,7 @@ bool qf_rf_same(int fd, const struct qf_rf_id *id)
 {
 	struct rf_record r;
 
-	return identify(fd, &r) == 0 && r.size == id->size &&
-	       r.ino == id->ino && r.ctime_s == id->ctime_s &&
-	       r.ctime_ns == id->ctime_ns && r.mtime_s == id->mtime_s &&
-	       r.mtime_ns == id->mtime_ns;
+	return identify(fd, &r) == 0 && same_id(&r.id, id);
 }
 
 int qf_rf_id(int fd, struct qf_rf_id *id)
@@ -206,15 +204,9 @@ int qf_rf_id(int fd, struct qf_rf_id *id)
 	struct rf_record r;
 	int ret = identify(fd, &r);
 
-	if (ret)
-		return ret;
-	id->ino = r.ino;
-	id->size = r.size;
-	id->mtime_s = r.mtime_s;
-	id->mtime_ns = r.mtime_ns;
-	id->ctime_s = r.ctime_s;
-	id->ctime_ns = r.ctime_ns;
-	return 0;
+	if (!ret)
+		*id = r.id;
+	return ret;
 }
 
 static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
