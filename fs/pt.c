@@ -68,15 +68,20 @@ static bool allowed(struct qf_fs *fs)
 	return fs->pt_state > 0;
 }
 
-/* Writing or looking ended (ret): waiting opens go on.  Takes pt_lock. */
-static void write_done(struct qf_fs *fs, struct qf_node *n, int ret)
+/* Writing or looking ended (ret): waiting opens go on; fs->pt_lock. */
+static void written(struct qf_fs *fs, struct qf_node *n, int ret)
 {
-	pthread_mutex_lock(&fs->pt_lock);
 	n->pt_writing = false;
 	/* failed: not again in this mount (no room, unmounting: later) */
 	if (ret && ret != -EINTR && ret != -EAGAIN)
 		n->pt_failed = true;
 	pthread_cond_broadcast(&fs->pt_cond);
+}
+
+static void write_done(struct qf_fs *fs, struct qf_node *n, int ret)
+{
+	pthread_mutex_lock(&fs->pt_lock);
+	written(fs, n, ret);
 	pthread_mutex_unlock(&fs->pt_lock);
 }
 
@@ -161,18 +166,20 @@ static void maybe_write(struct qf_fs *fs, struct qf_node *n)
  * n's read file for a first passthrough open, written now when n is all
  * cached and has no read file (or one that is not as recorded): so the
  * first open after a daemon stopped before writing it, or after the file
- * was changed, passes through too.  Caller set n->pt_writing.
+ * was changed, passes through too.  Caller set n->pt_writing and clears
+ * it (with *ret, the write's result) once the file is registered, so the
+ * opens waiting meanwhile share it.
  */
-static int ready_read_file(struct qf_fs *fs, struct qf_node *n)
+static int ready_read_file(struct qf_fs *fs, struct qf_node *n, int *ret)
 {
-	int fd = qf_rf_open(fs, n, false), ret = 0;
+	int fd = qf_rf_open(fs, n, false);
 
+	*ret = 0;
 	if (fd < 0 && !n->pt_failed && qf_rf_cached(fs, n)) {
-		ret = qf_rf_write(fs, n);
-		if (!ret)
+		*ret = qf_rf_write(fs, n);
+		if (!*ret)
 			fd = qf_rf_open(fs, n, false);
 	}
-	write_done(fs, n, ret);
 	return fd;
 }
 
@@ -228,7 +235,7 @@ static int share(struct qf_fs *fs, struct qf_node *n)
 int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 {
 	bool write = false;
-	int id = 0, fd;
+	int id = 0, fd, ret;
 
 	if (!candidate(n))
 		return 0;
@@ -248,8 +255,9 @@ int qf_pt_open(struct qf_fs *fs, struct qf_node *n)
 		} else {
 			n->pt_writing = true;
 			pthread_mutex_unlock(&fs->pt_lock);
-			fd = ready_read_file(fs, n);
+			fd = ready_read_file(fs, n, &ret);
 			pthread_mutex_lock(&fs->pt_lock);
+			written(fs, n, ret);	/* registered below, locked */
 		}
 		if (fd >= 0)
 			id = backing(fs, n, fd);

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 
 sys.path.insert(0, os.path.dirname(__file__))
 # noqa: E402 below: the harness lives beside this file
@@ -98,6 +99,37 @@ def test_stopped_right_after_production():
         for f in read_files(cache):
             assert os.stat(f).st_mode & 0o777 == 0o444, f
         shutil.rmtree(cache)
+
+
+def test_concurrent_first_opens_share_one_write():
+    """Eight opens at once of a complete file without a read file: one
+    writes it, the others wait and share its backing file; all read the
+    values' bytes and the daemon answers none of their reads."""
+    cache = tempfile.mkdtemp(prefix="qfcache.", dir=WORK)
+    with Mount(SRC, cache=cache) as m:
+        sha(os.path.join(m.mnt, V))
+        need_passthrough(m)
+    for f in read_files(cache):
+        os.unlink(f)
+    want = values_sha(cache, V)
+    with Mount(SRC, cache=cache) as m:
+        p = os.path.join(m.mnt, V)
+        got, modes = [None] * 8, [None] * 8
+        go = threading.Barrier(8)
+
+        def one(i):
+            go.wait()
+            with open(p, "rb") as f:
+                modes[i] = io_info(p)["open_passthrough"] > 0
+                got[i] = hashlib.sha256(f.read()).hexdigest()
+        th = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        [t.start() for t in th]
+        [t.join() for t in th]
+        assert got == [want] * 8, got
+        assert all(modes), modes
+        assert m.stderr().count("read file written") == 1, m.stderr()
+        assert io_info(p)["daemon_reads"] == 0, io_info(p)
+    shutil.rmtree(cache)
 
 
 def flip(rf, keep_times=True):
