@@ -294,8 +294,6 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt)
 		n->own_open--;
 	}
 	idle = !n->pt_open && !n->own_open;
-	if (idle)		/* opens waiting for the daemon's to go */
-		pthread_cond_broadcast(&fs->pt_cond);
 	pthread_mutex_unlock(&fs->pt_lock);
 	if (idle && !pt && has_read_file(n))
 		maybe_write(fs, n);
