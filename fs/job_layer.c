@@ -384,11 +384,12 @@ static void free_pending(struct job *j, int gi)
 /*
  * The last layer (l) of a variant with a quantized head (_head<h>): GPTQ
  * of the head on the final norm's outputs of x, the layer's quantized
- * output [ntok, hidden]; its tensors into items[*n..] (committed with
- * the layer).  0 where there is nothing to do.
+ * output [ntok, hidden]; its tensors and its "__head__" record (rec [2]:
+ * loss, loss_rtn) into items[*n..], committed with the layer.  0 where
+ * there is nothing to do.
  */
 static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
-		       struct qf_cache_item *items, size_t *n)
+		       struct qf_cache_item *items, size_t *n, double *rec)
 {
 	const struct qf_variant *v = j->var->v;
 	const struct qf_vgroup *g;
@@ -410,6 +411,10 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 		items[*n].len = qf_vtensor_bytes(&v->t[g->first + t]);
 		(*n)++;
 	}
+	rec[0] = j->res.loss[v->head];
+	rec[1] = j->res.loss_rtn[v->head];
+	items[(*n)++] = (struct qf_cache_item){ "__head__", rec,
+						2 * sizeof(double) };
 	qf_info("%s/%s: lm_head: rel. output error %s %.5f vs rtn %.5f",
 		j->var->mdl->name, v->name, qf_method_name(v->spec.method),
 		j->res.loss[v->head], j->res.loss_rtn[v->head]);
@@ -423,10 +428,12 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	struct job *j = arg;
 	struct qf_var *var = j->var;
 	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR;
-	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 7 +
+	/* the linears' tensors, 3 records, the head's 4 tensors and
+	 * record, the experts' tensors */
+	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 8 +
 					      nx * 4) * sizeof(*items));
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
-	double rec[QF_TF_NLINEAR * REC];
+	double rec[QF_TF_NLINEAR * REC], hrec[2];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32], imname[32], xname[32];
 	size_t n = 0;
@@ -438,7 +445,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		free(xrec);
 		return l < j->first ? 0 : -ENOMEM;	/* 0: replayed */
 	}
-	ret = commit_head(j, l, x, ntok, items, &n);
+	ret = commit_head(j, l, x, ntok, items, &n, hrec);
 	if (ret < 0) {
 		free(items);
 		free(xrec);

@@ -83,18 +83,17 @@ def numpy_ppl(tensors, cfg, text):
     """quantfs eval's protocol in float64: chunks of CTX - 1 tokens after
     BOS, every chunk token predicted once (the byte tokenizer: 3 + b)."""
     d = tempfile.mkdtemp(prefix="np.", dir=WORK)
-    json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
     forward_ref.write_safetensors(os.path.join(d, "model.safetensors"),
                                   tensors, "F32")
-    model = forward_ref.Model(d)
-    ids = [3 + b for b in text]
-    nll = 0.0
-    for i in range(0, len(ids), CTX - 1):
-        seq = [1] + ids[i:i + CTX - 1]
-        lg = model.sequence(np.array(seq), {})
-        lg = lg - lg.max(-1, keepdims=True)
-        lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
-        nll -= sum(lp[p - 1, seq[p]] for p in range(1, len(seq)))
+    model, ids, nll = forward_ref.Model(d), [3 + b for b in text], 0.0
+    for seq in ([1] + ids[i:i + CTX - 1]
+                for i in range(0, len(ids), CTX - 1)):
+        z = model.sequence(np.array(seq), {})[:-1]     # predicts seq[1:]
+        z = z - z.max(-1, keepdims=True)
+        nll += np.sum(np.log(np.exp(z).sum(-1)) -
+                      z[np.arange(len(z)), seq[1:]])
     return math.exp(nll / len(ids))
 
 
@@ -135,8 +134,13 @@ def test_head_checkpoint_untied_and_tied():
                 if bits != 4:
                     assert qc["dynamic"]["+:^lm_head$"] == {"bits": bits}
                 man = json.load(open(os.path.join(d, "quantization.json")))
-                assert "lm_head.weight" in [x["name"]
-                                            for x in man["layers"]]
+                lay = {x["name"]: x for x in man["layers"]}
+                if v.startswith("gptq"):
+                    # GPTQ's output error on the calibration tokens
+                    h = lay["lm_head.weight"]
+                    assert 0 < h["loss_gptq"] < h["loss_rtn"], h
+                else:
+                    assert "lm_head.weight" in lay
             # the names without _head are as before: head kept, tie kept
             d, t, cfg = served(m, model, "gptq_w4_g128")
             assert "lm_head.qweight" not in t
@@ -177,10 +181,12 @@ def test_attention_bits():
                 p = name[:-7]
                 bits = a if "self_attn." in name else w
                 assert t[p + ".qweight"].shape[0] == W.shape[1] * bits // 32
-                deq = stread.gptq_dequant(t, p, bits, *W.shape)[0]
-                # the grid's error at that width (4 bits ~1e-2)
-                assert np.sum((W - deq) ** 2) / np.sum(W ** 2) < \
-                    (0.05 if bits == 4 else 2e-4), (v, name)
+                if v.startswith("rtn"):     # exactly RTN at that width
+                    stread.check_rtn(t, src, name, bits, 128, False)
+                else:           # GPTQ: on that grid, a few steps at most
+                    deq, _, _, s, g = stread.gptq_dequant(t, p, bits,
+                                                          *W.shape)
+                    assert grid_err(W, deq, s, g) < 8, (v, name)
             qc = cfg["quantization_config"]
             if v.endswith("head6"):
                 # 6 bits: the 8-bit container, values on the 6-bit grid
