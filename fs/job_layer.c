@@ -415,7 +415,7 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 	rec[1] = j->res.loss_rtn[v->head];
 	items[(*n)++] = (struct qf_cache_item){ "__head__", rec,
 						2 * sizeof(double) };
-	qf_info("%s/%s: lm_head: rel. output error %s %.5f vs rtn %.5f",
+	qf_info("%s/%s: lm_head: rel. output error %s %.4g vs rtn %.4g",
 		j->var->mdl->name, v->name, qf_method_name(v->spec.method),
 		j->res.loss[v->head], j->res.loss_rtn[v->head]);
 	return 0;
