@@ -313,8 +313,9 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 }
 
 /*
- * _head<h> (rtn, gptq, awq, brecq): mt is the head's source, lm_head.weight,
- * or with tied embeddings (no lm_head.weight) model.embed_tokens.weight.
+ * _head<h> (rtn, gptq, brecq; the grammar refuses it elsewhere): mt is the
+ * head's source, lm_head.weight, or with tied embeddings (no
+ * lm_head.weight) model.embed_tokens.weight.
  */
 static bool head_source(const struct qf_variant *v,
 			const struct qf_model_tensor *mt)
@@ -401,8 +402,10 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 		head = head_source(v, mt);
 		if (head && (ret = add_head(v, &cap, &gcap, mt)) < 0)
 			goto out_free;
+		/* the head's group replaces lm_head.weight; a tied source's
+		 * embedding is served as well, as it is */
 		if (head && !ret && !strcmp(mt->name, "lm_head.weight"))
-			continue;	/* tied: the embedding is kept too */
+			continue;
 		router = is_linear(mt) && spec->method != QF_METHOD_KQUANT &&
 			 qf_moe_is_router(m, mt->name);
 		if (router && (ret = note_skip(v, mt->name, "a mixture-of-"
