@@ -147,8 +147,6 @@ def test_head_checkpoint_untied_and_tied():
             assert "lm_head.qweight" not in t
             assert "lm_head" not in cfg["quantization_config"]
             assert cfg.get("tie_word_embeddings", False) == (model == "tied")
-        assert "tiny/gptq_w4_g128_head4: lm_head: rel. output error" in \
-            m.stderr(), m.stderr()
 
 
 def test_eval_uses_the_quantized_head():
@@ -243,9 +241,9 @@ def test_real_model_head8():
         raise SkipTest("no ../shared/data")
     ev = os.path.join(WORK, "eval.txt")
     with open(os.path.join(text, "eval.txt"), "rb") as f:
-        open(ev, "wb").write(f.read(20000))
+        open(ev, "wb").write(f.read(12000))
     with Mount(models, opts=["calib=" + os.path.join(text, "calib.txt"),
-                             "calib_n=8", "calib_len=256"]) as m:
+                             "calib_n=8", "calib_len=128"]) as m:
         ppl, size = {}, {}
         for v in ("gptq_w4_g128", "gptq_w4_g128_head8"):
             d = os.path.join(m.mnt, "tinystories-llama-5m", v)
