@@ -31,7 +31,7 @@ WORK = tempfile.mkdtemp(prefix="qfhead.")
 SRC = os.path.join(WORK, "models")
 mkmodel(os.path.join(SRC, "tiny"), "--layers", 2, "--seed", 5)
 mkmodel(os.path.join(SRC, "tied"), "--layers", 2, "--seed", 6, "--tie")
-SMALL = ["calib_n=8", "calib_len=64"]
+SMALL = ["calib_n=8", "calib_len=64", "brecq_iters=5"]
 CACHE = os.path.join(WORK, "cache")	# shared: each variant made once
 CTX = 64
 TEXT = os.path.join(WORK, "text.txt")
@@ -199,6 +199,21 @@ def test_attention_bits():
             else:
                 assert "lm_head.weight" in t
             assert qc["dynamic"], qc
+
+
+def test_brecq_head():
+    """BRECQ's head is GPTQ's (after the last block), in the same format."""
+    with Mount(SRC, cache=CACHE, opts=SMALL) as m:
+        H = head_source(source("tied"))
+        d, t, cfg = served(m, "tied", "brecq_w4_g64_attn6_head8")
+        assert t["lm_head.qweight"].shape[0] == H.shape[1] * 8 // 32
+        deq = stread.gptq_dequant(t, "lm_head", 8, *H.shape)[0]
+        assert np.sum((H - deq) ** 2) < 1e-3 * np.sum(H ** 2)
+        assert cfg["tie_word_embeddings"] is False
+        assert cfg["quantization_config"]["lm_head"] is True
+        lay = {x["name"]: x for x in json.load(open(os.path.join(
+            d, "quantization.json")))["layers"]}
+        assert "lm_head.weight" in lay, sorted(lay)
 
 
 def test_gguf_output_type():
