@@ -49,18 +49,31 @@ static size_t routers(const struct qf_model *m)
 	return n;
 }
 
-/* Which variants have an exact GGUF block type, and which. */
+/* ggml's block type of a symmetric b-bit grid of group 32, F32: none. */
+static enum qf_ggml_type bits_type(int b)
+{
+	return b == 4 ? QF_GGML_Q4_0 : b == 8 ? QF_GGML_Q8_0 : QF_GGML_F32;
+}
+
+/*
+ * Which variants have an exact GGUF block type, and which (of the MLP;
+ * _attn<a> and _head<h> need one too, the head its own lm_head.weight:
+ * a tied source's quantized head has no GGUF view yet).
+ */
 static enum qf_ggml_type exact_type(const struct qf_var *var)
 {
 	const struct qf_spec *s = &var->v->spec;
+	int h = var->v->head;
 
 	if ((s->method != QF_METHOD_RTN && s->method != QF_METHOD_GPTQ) ||
 	    s->group != 32 || !(s->flags & QF_SPEC_SYM) ||
 	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) ||
-	    var->v->nskipped != routers(var->mdl->m))
+	    var->v->nskipped != routers(var->mdl->m) ||
+	    (s->attn_bits && bits_type(s->attn_bits) == QF_GGML_F32) ||
+	    (h >= 0 && (bits_type(s->head_bits) == QF_GGML_F32 ||
+			strcmp(var->v->g[h].w->name, "lm_head.weight"))))
 		return QF_GGML_F32;	/* none */
-	return s->bits == 4 ? QF_GGML_Q4_0 : s->bits == 8 ? QF_GGML_Q8_0 :
-	       QF_GGML_F32;
+	return bits_type(s->bits);
 }
 
 static enum qf_ggml_type source_type(const struct qf_model *m)
@@ -108,7 +121,11 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(mdl->m));
 	if (var && !gv->kq)
 		for (r = QF_GGUF_ROLE_ATTN_Q; r <= QF_GGUF_ROLE_FFN_DOWN; r++)
-			ty.w[r] = q;
+			ty.w[r] = r <= QF_GGUF_ROLE_ATTN_OUT &&
+				  var->v->spec.attn_bits ?
+				  bits_type(var->v->spec.attn_bits) : q;
+	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
+		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
 	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
 	ret = qf_gguf_plan_init(mdl->m, &ty, &gv->plan, &why);
 	if (ret < 0) {
@@ -230,7 +247,7 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group), r, k;
 	uint64_t rb = qf_ggml_row_bytes(t->type, in);
-	int32_t zero = 1 << (gv->bits - 1);
+	int32_t zero = 1 << (g->qp.bits - 1);	/* _attn, _head: their own */
 	uint8_t *q = malloc((size_t)(out * in));
 	uint16_t *sc = malloc((size_t)(out * ng) * sizeof(*sc));
 	int32_t *z = malloc((size_t)(out * ng) * sizeof(*z));
@@ -251,7 +268,7 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 		int64_t o = t->permute_heads ?
 			    old_row(r, out, t->permute_heads) : r;
 
-		ret = gv->bits == 4 ?
+		ret = g->qp.bits == 4 ?
 		      qf_gguf_q4_0_from_int(q + o * in, sc + o * ng, in,
 					    dst + r * rb) :
 		      qf_gguf_q8_0_from_int(q + o * in, sc + o * ng, in,

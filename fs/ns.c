@@ -39,6 +39,7 @@ static const char *const presets[] = {
 	"gptq_w4_g128_act",
 	"gptq_w3_g128",
 	"gptq_w4_g32_sym",
+	"gptq_w4_g128_head8",
 	"awq_w4_g128",
 	"awq_w4_g128_reflip",
 	"brecq_w4_g64_attn6",

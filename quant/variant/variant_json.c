@@ -171,7 +171,8 @@ static void add_overrides(cJSON *dyn, const struct qf_variant *v)
 
 		if (g->pack_bits == def)
 			continue;
-		regex_of(g->w->name, &re);
+		regex_of((int)i == v->head ? "lm_head.weight" : g->w->name,
+			 &re);
 		if (!re.data)
 			continue;
 		re.data[0] = '+';	/* regex_of writes "-:" */
@@ -260,6 +261,8 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
 	cJSON_AddStringToObject(meta, "method", qf_method_name(s->method));
 	cJSON_AddStringToObject(meta, "variant", v->name);
+	if (v->head >= 0)	/* GPTQModel / vLLM: a quantized lm_head */
+		cJSON_AddBoolToObject(qc, "lm_head", true);
 	if (!v->nskipped && !mixed_bits(v))
 		return qc;
 	/*
@@ -294,6 +297,12 @@ int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
 	while (cJSON_GetObjectItemCaseSensitive(root, "quantization_config"))
 		cJSON_DeleteItemFromObjectCaseSensitive(root,
 							"quantization_config");
+	/* a quantized head of tied embeddings is its own tensor: untied */
+	if (v->head >= 0) {
+		cJSON_DeleteItemFromObjectCaseSensitive(root,
+							"tie_word_embeddings");
+		cJSON_AddBoolToObject(root, "tie_word_embeddings", false);
+	}
 	if (!(v->spec.flags & QF_SPEC_FAKE) &&
 	    v->spec.method != QF_METHOD_KQUANT)	/* GGUF only */
 		cJSON_AddItemToObject(root, "quantization_config",
@@ -448,7 +457,8 @@ int qf_variant_manifest(const struct qf_variant *v,
 		const struct qf_vgroup *g = &v->g[i];
 
 		l = cJSON_CreateObject();
-		cJSON_AddStringToObject(l, "name", g->w->name);
+		cJSON_AddStringToObject(l, "name", (int)i == v->head ?
+					"lm_head.weight" : g->w->name);
 		shape = cJSON_AddArrayToObject(l, "shape");
 		cJSON_AddItemToArray(shape, cJSON_CreateNumber(
 					(double)g->w->t->shape[0]));
