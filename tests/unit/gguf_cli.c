@@ -6,6 +6,7 @@
  *   gguf_cli write MODEL_DIR TYPE OUT.gguf   plan + every tensor, eagerly
  *   gguf_cli plan MODEL_DIR TYPE             print the plan only
  *   gguf_cli quant TYPE ROWS COLS IN.f32 OUT [IMP.f32]
+ *   gguf_cli fit TYPE ROWS COLS IN.f32 OUT [IMP.f32]   _quantize_row_fit
  *   gguf_cli dequant TYPE ROWS COLS IN OUT.f32
  *   gguf_cli fromint q4_0|q8_0 ROWS COLS Q.u8 SC.f16 OUT
  *   gguf_cli read FILE.gguf                  the reader (gguf_read.c)
@@ -133,13 +134,14 @@ static int rows_cmd(int argc, char **argv)
 		return 2;
 	}
 	y = malloc(rb * (uint64_t)rows);
-	if (!strcmp(argv[1], "quant")) {
+	if (!strcmp(argv[1], "quant") || !strcmp(argv[1], "fit")) {
 		x = slurp(argv[5], n * 4);
 		if (argc > 7)
 			imp = slurp(argv[7], (size_t)cols * 4);
 		for (r = 0; r < rows && !ret; r++)
-			ret = qf_ggml_quantize_row(t, x + r * cols, cols, imp,
-						   y + r * rb);
+			ret = (argv[1][0] == 'f' ? qf_ggml_quantize_row_fit :
+			       qf_ggml_quantize_row)(t, x + r * cols, cols,
+						     imp, y + r * rb);
 		if (!ret)
 			dump_path(argv[6], y, rb * (uint64_t)rows);
 	} else if (!strcmp(argv[1], "dequant")) {
@@ -226,7 +228,8 @@ int main(int argc, char **argv)
 		qf_model_close(m);
 		return ret;
 	}
-	if ((argc == 7 || argc == 8) && !strcmp(argv[1], "quant"))
+	if ((argc == 7 || argc == 8) && (!strcmp(argv[1], "quant") ||
+					 !strcmp(argv[1], "fit")))
 		return rows_cmd(argc, argv);
 	if (argc == 7 && !strcmp(argv[1], "dequant"))
 		return rows_cmd(argc, argv);
