@@ -99,6 +99,9 @@ def main():
                     help="windows of the text (0: all)")
     ap.add_argument("--views", default="",
                     help="comma list: only these quantfs views")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="LABEL=FILE.gguf: also measure this file (e.g. "
+                    "a view saved from another build), in the last row")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
@@ -123,13 +126,14 @@ def main():
             qtime[v] = time.perf_counter() - t0
             files["quantfs " + v] = dst
         log = m.stderr()
+    shutil.rmtree(m.tmp, ignore_errors=True)
     imat = os.path.join(work, "imatrix.gguf")
     t_imat = run([os.path.join(llama, "llama-imatrix"), "-m", src, "-f",
                   os.path.abspath(a.calib), "-c", str(a.calib_len),
                   "--chunks", str(a.calib_n), "-o", imat, "-t", "2"],
                  os.path.join(work, "imatrix.log"))
     done = set()
-    for _, typ, flags, _ in pairs:
+    for _, typ, flags, _ in PAIRS:	# llama.cpp's side: every type
         for im in (False, True):
             key = (typ, im, tuple(flags))
             if key in done:
@@ -155,7 +159,7 @@ def main():
         if os.path.exists(os.path.join(llama, "..", "COMMIT")) else "?"))
     print("| type | file | bytes | mean KLD | same top-1 | PPL |")
     print("|---|---|---|---|---|---|")
-    for v, typ, _, label in pairs:
+    for v, typ, _, label in PAIRS:
         for f in ("llama.cpp " + typ, "llama.cpp %s + imatrix" % typ,
                   "quantfs " + v):
             if f not in files or f + "#" in files:
@@ -166,6 +170,13 @@ def main():
             print("| %s | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |" % (
                 label, f, os.path.getsize(files[f]), r["kld"], r["kld_pm"],
                 r["top1"], r["ppl"]), flush=True)
+    for e in a.extra:
+        label, path = e.split("=", 1)
+        r = kld(llama, work, os.path.abspath(path), base,
+                os.path.abspath(a.text), a.ctx, a.chunks)
+        print("| | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |" % (
+            label, os.path.getsize(path), r["kld"], r["kld_pm"], r["top1"],
+            r["ppl"]), flush=True)
     print()
     print("importance matrix on %d x %d calibration tokens: llama-imatrix "
           "%.2f s" % (a.calib_n, a.calib_len, t_imat))

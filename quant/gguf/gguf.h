@@ -69,6 +69,19 @@ int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
  */
 int qf_ggml_quantize_row_fit(enum qf_ggml_type t, const float *x, int64_t n,
 			     const float *imp, void *dst);
+/*
+ * GPTQ on a k-quant grid (ggml_gptq.c): w [out x in] (row-major; left
+ * error-updated) into out rows of Q4_K or Q6_K blocks at dst, each
+ * super-block's grid fitted (qf_ggml_quantize_row with imp [in], optional)
+ * to the error-updated weights when the sweep reaches it, its columns then
+ * rounded to nearest with GPTQ's error feedback through u [in x in], the
+ * upper Cholesky factor of the damped inverse Hessian (H^-1 = U^T U).
+ * Returns 0, -EINVAL (type, shape, or a u diagonal not > 0), QF_ENUMERIC,
+ * -ENOMEM.
+ */
+int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
+			  int64_t in, const float *u, const float *imp,
+			  void *dst);
 /* Decode one row as ggml's dequantize_row_*.  Returns 0 or -EINVAL. */
 int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 			   float *y);
