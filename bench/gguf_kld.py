@@ -185,8 +185,8 @@ def main():
             print("quantfs %s: first read of model.gguf (calibration pass "
                   "+ encoding) %.2f s" % (v, qtime[v]))
     for line in log.splitlines():
-        if "calib" in line and ("s," in line or " s" in line):
-            print("  log: " + line.strip()[:160])
+        if "/kq" in line and "done in" in line:
+            print("  log (the calibration pass): " + line.strip()[:160])
     if a.keep:
         print("kept " + work)
     else:
