@@ -440,7 +440,8 @@ static int prepare(struct qf_fs *fs, void *arg, size_t i)
 	int64_t e;
 	int ret = 0;
 
-	if (gv->var && !gv->kq && !gv->fit && t->ndim == 3)	/* experts: their groups */
+	/* experts: their groups */
+	if (gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		for (e = 0; e < t->ne[2] && !ret; e++) {
 			gi = group_of_src(gv, t->xsrc[e]);
 			ret = gi >= 0 ? qf_var_ensure(fs, gv->var,
