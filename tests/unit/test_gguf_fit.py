@@ -26,19 +26,14 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import Tally  # noqa: E402
+
 CLI = sys.argv[1]
 rng = np.random.default_rng(2024)
-passed = failed = 0
+T = Tally()
+check = T.check
 QK = 32
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
 
 
 def cli(tmp, cmd, tname, x, imp=None):
@@ -224,5 +219,4 @@ try:
           "a NaN is refused with an error: %r" % p.stderr)
 finally:
     shutil.rmtree(tmp)
-print("%d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+T.finish()

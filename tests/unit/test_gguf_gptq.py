@@ -23,17 +23,12 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tally import Tally  # noqa: E402
+
 CLI = sys.argv[1]
-passed = failed = 0
-
-
-def check(ok, what):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print("FAIL:", what)
+T = Tally()
+check = T.check
 
 
 def f16(b):
@@ -139,5 +134,4 @@ try:
             case(tmp, tname, seed)
 finally:
     shutil.rmtree(tmp)
-print("%d passed, %d failed" % (passed, failed))
-sys.exit(1 if failed else 0)
+T.finish()
