@@ -3,8 +3,12 @@
  * source's weights in their own precision) and MNT/<model>/<variant>/
  * model.gguf for variants whose integer grid is a ggml block type exactly
  * (symmetric 4-bit groups of 32 = Q4_0, symmetric 8-bit groups of 32 =
- * Q8_0): the variant's own integers and scales, repacked without loss;
- * and the k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
+ * Q8_0): GPTQ's, the variant's own integers and scales, repacked without
+ * loss; RTN's, the source encoded on ggml's own grid with fitted block
+ * scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
+ * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
+ * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
+ * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
  * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
  * per input channel of each linear) from the variant's calibration job.
  *
@@ -33,6 +37,7 @@ struct qf_gv {
 					 * hashes the weights) */
 	int bits;			/* 4 or 8 (var), 0 (original) */
 	bool kq;			/* k-quant: imatrix from the job */
+	bool fit;			/* RTN: encoded, not repacked */
 	char *label;			/* "<model>/<variant>/model.gguf" */
 	struct qf_flight fl;		/* its tensors: one slot each */
 };
@@ -90,7 +95,7 @@ static void set_vid(struct qf_gv *gv)
 
 	if (gv->var)
 		qf_hex(gv->var->vid, QF_CACHE_VID, vh);
-	parts[0] = "quantfs-gguf-v1";
+	parts[0] = gv->fit ? "quantfs-gguf-fit-v1" : "quantfs-gguf-v1";
 	parts[1] = gv->mdl->m->fp_hex;
 	parts[2] = gv->var ? gv->var->v->name : "original";
 	parts[3] = vh;			/* the variant's bytes it repacks */
@@ -127,6 +132,7 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
 		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
 	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
+	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
 	ret = qf_gguf_plan_init(mdl->m, &ty, &gv->plan, &why);
 	if (ret < 0) {
 		qf_info("%s: no model.gguf%s%s: %s", mdl->name,
@@ -424,9 +430,9 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 		return -ENOMEM;
 	if (gv->kq)
 		ret = imatrix(fs, gv, t, &imp);
-	if (!ret && gv->var && !gv->kq && t->ndim == 3)
+	if (!ret && gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		ret = repack_experts(fs, gv, t, buf);
-	else if (!ret && gi >= 0)
+	else if (!ret && gi >= 0 && !gv->fit)
 		ret = repack(fs, gv, gi, t, buf);
 	else if (!ret)
 		ret = qf_gguf_produce(gv->mdl->m, &gv->plan, i, imp, buf);
@@ -447,11 +453,12 @@ static int prepare(struct qf_fs *fs, void *arg, size_t i)
 {
 	struct qf_gv *gv = arg;
 	const struct qf_gguf_tensor *t = &gv->plan.t[i];
-	int gi = gv->var ? group_of(gv, t) : -1;
+	int gi = gv->var && !gv->fit ? group_of(gv, t) : -1;
 	int64_t e;
 	int ret = 0;
 
-	if (gv->var && !gv->kq && t->ndim == 3)	/* experts: their groups */
+	/* experts: their groups */
+	if (gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		for (e = 0; e < t->ne[2] && !ret; e++) {
 			gi = group_of_src(gv, t->xsrc[e]);
 			ret = gi >= 0 ? qf_var_ensure(fs, gv->var,
