@@ -45,10 +45,23 @@ static const char *opt_str(const char *s)
 	return strcmp(s, "-") ? s : "";
 }
 
+/* NP (argv[at]) and the widths after it; argc must hold them. */
+static int *widths_arg(int argc, char **argv, int at, int *np)
+{
+	int k, *bits;
+
+	*np = atoi(argv[at]);
+	need(argc, at + 2 + *np);
+	bits = xmalloc((size_t)*np * sizeof(*bits));
+	for (k = 0; k < *np; k++)
+		bits[k] = atoi(argv[at + 1 + k]);
+	return bits;
+}
+
 static int cmd_sens(int argc, char **argv)
 {
 	int64_t out, in;
-	int np, group, k, *bits;
+	int np, group, *bits;
 	float *w, *h;
 	double *cost;
 	bool sym;
@@ -58,11 +71,7 @@ static int cmd_sens(int argc, char **argv)
 	in = atoll(argv[5]);
 	group = atoi(argv[6]);
 	sym = atoi(argv[7]);
-	np = atoi(argv[8]);
-	need(argc, 10 + np);
-	bits = xmalloc((size_t)np * sizeof(*bits));
-	for (k = 0; k < np; k++)
-		bits[k] = atoi(argv[9 + k]);
+	bits = widths_arg(argc, argv, 8, &np);
 	w = slurp(argv[2], (size_t)(out * in) * 4);
 	h = slurp(argv[3], (size_t)(in * in) * 4);
 	cost = xmalloc((size_t)np * sizeof(*cost));
@@ -464,11 +473,7 @@ static int cmd_kl(int argc, char **argv)
 	nseq = atoi(argv[4]);
 	seqlen = atoi(argv[5]);
 	group = atoi(argv[6]);
-	np = atoi(argv[7]);
-	need(argc, 9 + np);
-	bits = xmalloc((size_t)np * sizeof(*bits));
-	for (k = 0; k < np; k++)
-		bits[k] = atoi(argv[8 + k]);
+	bits = widths_arg(argc, argv, 7, &np);
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		unit_of[k] = qf_mixed_unit_of((enum qf_tf_linear)k);
 	ids = slurp(argv[3], (size_t)nseq * (size_t)seqlen * 4);
