@@ -272,7 +272,7 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 
 	qf_job_layer_ops(&var->v->spec, &ops);
 	qf_job_phase(var, "preparing the calibration set");
-	ret = qf_tf_config_parse(var->mdl->m, &j->c);
+	ret = qf_tf_config_parse(var->v->m, &j->c);
 	if (!ret)
 		ret = qf_job_calib_set(j, cs);
 	if (!ret && var->v->spec.method == QF_METHOD_KQUANT &&
@@ -289,7 +289,7 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	var->job->first_t = qf_now();
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
-		ret = qf_calib_run(var->mdl->m, &j->c, cs, &ops, j);
+		ret = qf_calib_run(var->v->m, &j->c, cs, &ops, j);
 	return ret;
 }
 
