@@ -391,24 +391,6 @@ out_free:
 	return ret;
 }
 
-static int write_file(const char *dir, const char *name, const void *p,
-		      size_t len)
-{
-	char path[4096];
-	FILE *f;
-	int ret = 0;
-
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	f = fopen(path, "wb");
-	if (!f)
-		return -errno;
-	if (fwrite(p, 1, len, f) != len)
-		ret = -EIO;
-	if (fclose(f) != 0 && !ret)
-		ret = -errno;
-	return ret;
-}
-
 /* config.json (untied if need be) and the tokenizer files, as they are. */
 static int write_meta(const struct qf_model *m, const char *dir, bool untie)
 {
@@ -429,7 +411,7 @@ static int write_meta(const struct qf_model *m, const char *dir, bool untie)
 		cJSON_AddBoolToObject(cfg, "tie_word_embeddings", false);
 	}
 	s = cfg ? cJSON_Print(cfg) : NULL;
-	ret = s ? write_file(dir, "config.json", s, strlen(s)) : -ENOMEM;
+	ret = s ? qf_mk_write_file(dir, "config.json", s, strlen(s)) : -ENOMEM;
 	for (i = 0; i < sizeof(copy) / sizeof(copy[0]) && !ret; i++) {
 		ret = qf_src_read(m->dirfd, copy[i], 64u << 20, &b);
 		if (ret == -ENOENT) {
@@ -437,7 +419,7 @@ static int write_meta(const struct qf_model *m, const char *dir, bool untie)
 			continue;
 		}
 		if (!ret)
-			ret = write_file(dir, copy[i], b.data, b.len);
+			ret = qf_mk_write_file(dir, copy[i], b.data, b.len);
 		qf_buf_release(&b);
 	}
 	free(s);
