@@ -90,7 +90,8 @@ int qf_src_rot(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_model **out)
 
 	pthread_mutex_lock(&mdl->fp_lock);
 	if (!mdl->rot) {
-		snprintf(dir, sizeof(dir), "%s/rot/%s-%llx", fs->cache_dir,
+		/* a new construction (QF_ROT_NAME) needs a new name */
+		snprintf(dir, sizeof(dir), "%s/rot/%s-%llx-v1", fs->cache_dir,
 			 mdl->m->fp_hex, (unsigned long long)QF_ROT_SEED);
 		if (stat(dir, &st) < 0)
 			ret = rot_make(fs, mdl, dir);
