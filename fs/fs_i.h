@@ -112,6 +112,8 @@ struct qf_mdl {
 	struct qf_var *vars;		/* protected by fs->lock */
 	struct qf_gv *gv;		/* original/model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
+	struct qf_model *rot;		/* fp_lock: the rotated model of the
+					 * _rot variants (src_rot.c), owned */
 };
 
 /* src.c: a model directory found under SRC. */
@@ -298,6 +300,13 @@ mode_t qf_src_meet(mode_t mode, uid_t uid, gid_t gid, const struct stat *st,
  * -errno.
  */
 int qf_src_fp(struct qf_fs *fs, struct qf_mdl *mdl, bool hash);
+
+/*
+ * src_rot.c: the rotated model of mdl (fingerprint set first), made or
+ * found in the cache directory once; *out borrowed from mdl.  Returns 0,
+ * QF_EUNSUPPORTED (an architecture without rotations), -errno, -ENOMEM.
+ */
+int qf_src_rot(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_model **out);
 
 /* ns.c */
 struct qf_node *qf_ns_node_root(struct qf_fs *fs);

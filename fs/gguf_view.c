@@ -87,6 +87,12 @@ static enum qf_ggml_type source_type(const struct qf_model *m)
 	       m->dtype == QF_DT_F16 ? QF_GGML_F16 : QF_GGML_F32;
 }
 
+/* The model the view's tensors come from: a _rot variant's is rotated. */
+static struct qf_model *gv_src(const struct qf_gv *gv)
+{
+	return gv->var ? gv->var->v->m : gv->mdl->m;
+}
+
 /* The view's cache id, from its model's fingerprint (set by now). */
 static void set_vid(struct qf_gv *gv)
 {
@@ -123,7 +129,7 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	gv->var = var;
 	gv->bits = q == QF_GGML_Q4_0 ? 4 : q == QF_GGML_Q8_0 ? 8 : 0;
 	gv->kq = var && var->v->spec.method == QF_METHOD_KQUANT;
-	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(mdl->m));
+	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(gv_src(gv)));
 	if (var && !gv->kq)
 		for (r = QF_GGUF_ROLE_ATTN_Q; r <= QF_GGUF_ROLE_FFN_DOWN; r++)
 			ty.w[r] = r <= QF_GGUF_ROLE_ATTN_OUT &&
@@ -133,7 +139,7 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
 	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
 	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
-	ret = qf_gguf_plan_init(mdl->m, &ty, &gv->plan, &why);
+	ret = qf_gguf_plan_init(gv_src(gv), &ty, &gv->plan, &why);
 	if (ret < 0) {
 		qf_info("%s: no model.gguf%s%s: %s", mdl->name,
 			var ? " for " : "", var ? var->v->name : "",
@@ -435,7 +441,7 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 	else if (!ret && gi >= 0 && !gv->fit)
 		ret = repack(fs, gv, gi, t, buf);
 	else if (!ret)
-		ret = qf_gguf_produce(gv->mdl->m, &gv->plan, i, imp, buf);
+		ret = qf_gguf_produce(gv_src(gv), &gv->plan, i, imp, buf);
 	free(imp);
 	it.data = buf;
 	if (!ret)

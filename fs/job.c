@@ -280,9 +280,11 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 
 	qf_job_layer_ops(&var->v->spec, &ops);
 	qf_job_phase(var, "preparing the calibration set");
-	ret = qf_tf_config_parse(var->mdl->m, &j->c);
+	ret = qf_tf_config_parse(var->mdl->m, &j->c);	/* samples it */
 	if (!ret)
 		ret = qf_job_calib_set(j, cs);
+	if (!ret)	/* what is quantized: _rot's is rotated, untied */
+		ret = qf_tf_config_parse(var->v->m, &j->c);
 	if (!ret && var->v->spec.method == QF_METHOD_KQUANT &&
 	    !(j->imat = calloc(qf_kq_imatrix_len(&j->c), sizeof(float))))
 		ret = -ENOMEM;
@@ -297,7 +299,7 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	var->job->first_t = qf_now();
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
-		ret = qf_calib_run(var->mdl->m, &j->c, cs, &ops, j);
+		ret = qf_calib_run(var->v->m, &j->c, cs, &ops, j);
 	return ret;
 }
 

@@ -418,6 +418,7 @@ void qf_mdl_free(struct qf_mdl *mdl)
 	}
 	qf_gv_free(mdl->gv);
 	qf_model_close(mdl->m);
+	qf_model_close(mdl->rot);
 	pthread_mutex_destroy(&mdl->fp_lock);
 	pthread_cond_destroy(&mdl->fp_cond);
 	if (mdl->dirfd >= 0)

@@ -31,12 +31,12 @@ struct spec_method {
 
 static const struct spec_method methods[] = {
 	[QF_METHOD_RTN] = { "rtn", B(2) | B(3) | B(4) | B(8),
-			    QF_SPEC_SYM | QF_SPEC_FAKE, false },
+			    QF_SPEC_SYM | QF_SPEC_ROT | QF_SPEC_FAKE, false },
 	[QF_METHOD_GPTQ] = { "gptq", B(2) | B(3) | B(4) | B(8),
 			     QF_SPEC_ACT | QF_SPEC_STATIC | QF_SPEC_SYM |
-			     QF_SPEC_FAKE, true },
+			     QF_SPEC_ROT | QF_SPEC_FAKE, true },
 	[QF_METHOD_AWQ] = { "awq", B(4), QF_SPEC_REFLIP | QF_SPEC_L2 |
-			    QF_SPEC_FAKE, true },
+			    QF_SPEC_ROT | QF_SPEC_FAKE, true },
 	[QF_METHOD_BRECQ] = { "brecq", B(2) | B(3) | B(4) | B(6) | B(8),
 			      QF_SPEC_SYM | QF_SPEC_FAKE, true },
 	[QF_METHOD_MIXED_STATIC] = { "mixed_static", 0, QF_SPEC_FAKE, false },
@@ -64,6 +64,7 @@ static const struct {
 	{ "sym", QF_SPEC_SYM },
 	{ "reflip", QF_SPEC_REFLIP },
 	{ "l2", QF_SPEC_L2 },
+	{ "rot", QF_SPEC_ROT },
 	{ "fake", QF_SPEC_FAKE },
 };
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "brecq.h"
+#include "rot.h"
 #include "variant.h"
 
 static int emit(cJSON *root, struct qf_buf *out)
@@ -410,6 +411,25 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 				"round-to-nearest at the same settings (rtn)");
 }
 
+/* _rot: what the quantized model is (rot.h), so it can be made again. */
+static void add_rotation(cJSON *root, const struct qf_variant *v)
+{
+	cJSON *o = cJSON_AddObjectToObject(root, "rotation");
+	const cJSON *tie = cJSON_GetObjectItemCaseSensitive(v->m->config,
+							    "tie_word_embeddings");
+
+	cJSON_AddStringToObject(o, "construction", QF_ROT_NAME);
+	cJSON_AddStringToObject(o, "residual",
+				"Q = diag(s) (H_p / sqrt(p) kron DCT-II_m), "
+				"hidden = p m, signs s from splitmix64(seed)");
+	cJSON_AddStringToObject(o, "value_output",
+				"R of head_dim, same construction, seed + 1");
+	cJSON_AddNumberToObject(o, "seed", (double)QF_ROT_SEED);
+	cJSON_AddStringToObject(o, "norms", "folded into the linears that "
+				"read them; stored as ones");
+	cJSON_AddBoolToObject(o, "tie_word_embeddings", cJSON_IsTrue(tie));
+}
+
 int qf_variant_manifest(const struct qf_variant *v,
 			const struct qf_calib_info *ci, struct qf_buf *out)
 {
@@ -447,6 +467,8 @@ int qf_variant_manifest(const struct qf_variant *v,
 	if (v->alloc_json)
 		cJSON_AddItemToObject(root, "allocation",
 				      cJSON_Parse(v->alloc_json));
+	if (s->flags & QF_SPEC_ROT)
+		add_rotation(root, v);
 	o = cJSON_AddObjectToObject(root, "source");
 	QF_ASSERT(v->m->fp_set);	/* the caller fingerprinted it */
 	cJSON_AddStringToObject(o, "dir", v->m->dir);

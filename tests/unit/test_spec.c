@@ -32,6 +32,8 @@ static const char *const valid_names[] = {
 	"mixed_b15.99_fake@x", "kq2_k", "kq3_k_s", "kq3_k_m", "kq3_k_l",
 	"kq4_k_s", "kq4_k_m", "kq5_k_s", "kq5_k_m", "kq6_k",
 	"kq4_k_m@imatrix_wiki", "gptq_w4_g128@A",
+	"gptq_w3_g128_rot", "gptq_w2_g64_act_sym_rot_fake@wiki",
+	"awq_w4_g128_reflip_l2_rot", "rtn_w4_g32_sym_rot",
 	("gptq_w4_g128@0123456789012345678901234567890123456789012345678901"
 	 "234567890123"),
 };
@@ -45,6 +47,8 @@ static const char *const invalid_names[] = {
 	"rtn_w4_g0", "rtn_w4_g", "rtn_w4_g0128", "rtn_w4_gC",
 	"rtn_g128_w4", "rtn_w4_g128_act", "rtn_w4_g128_reflip",
 	"awq_w4_g128_l2_reflip", "gptq_w4_g128_l2", "rtn_w4_g128_l2",
+	"gptq_w3_g128_rot_sym", "gptq_w3_g128_fake_rot", "gptq_w3_g128_rot_rot",
+	"brecq_w4_g64_attn6_rot", "mixed_static_rot", "kq4_k_m_rot",
 	"rtn_w4_g128@wiki", "rtn_w4_g128_fake_sym", "rtn_w4_g128_sym_sym",
 	"rtn_w4_g128_attn4", "rtn_w4_g128_head16", "rtn_w4_g128_attn0",
 	"rtn_w4_g128_head5", "rtn_w4_g128_head8_attn6", "awq_w4_g128_attn8",
