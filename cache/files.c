@@ -72,7 +72,7 @@ int qf_files_create(const char *dir, const uint8_t vid[QF_CACHE_VID],
 	/* never through a link planted under the temporary name */
 	unlink(tmp->data);
 	fd = open(tmp->data, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
-		  O_CLOEXEC, 0664);
+		  O_CLOEXEC, 0644);
 	if (fd < 0)
 		return -errno;
 	if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {

@@ -164,6 +164,7 @@ int qf_fs_new(const struct qf_fs_opts *o, struct qf_fs **out)
 	pthread_mutex_init(&fs->sens_lock, NULL);
 	fs->srcfd = -1;
 	pthread_mutex_init(&fs->pt_lock, NULL);
+	pthread_cond_init(&fs->pt_cond, NULL);
 	pthread_mutex_init(&fs->job_lock, NULL);
 	pthread_cond_init(&fs->job_cond, NULL);
 	fs->o = *o;
@@ -248,6 +249,7 @@ void qf_fs_free(struct qf_fs *fs)
 	pthread_mutex_destroy(&fs->src_lock);
 	pthread_mutex_destroy(&fs->job_lock);
 	pthread_mutex_destroy(&fs->pt_lock);
+	pthread_cond_destroy(&fs->pt_cond);
 	pthread_cond_destroy(&fs->job_cond);
 	qf_fs_limits_free(fs);
 	free(fs);

@@ -34,6 +34,16 @@ struct qf_var;
 struct qf_gv;
 struct qf_job;
 
+/* What an open read file was when registered (readfile.c). */
+struct qf_rf_id {
+	uint64_t ino;
+	uint64_t size;
+	int64_t mtime_s;
+	int64_t mtime_ns;
+	int64_t ctime_s;
+	int64_t ctime_ns;
+};
+
 struct qf_node {
 	uint64_t ino;
 	enum qf_node_kind kind;
@@ -59,10 +69,13 @@ struct qf_node {
 	uint64_t reads;			/* read requests answered (atomic) */
 	char pt_tag[17];		/* read file's header hash (hex), ""
 					 * until its first open */
-	bool pt_verified;		/* its read file's check has begun */
-	bool pt_bad;			/* its backing file failed the check */
-	bool pt_writing;		/* its read file is being written
-					 * (stays set when writing failed) */
+	struct qf_rf_id pt_fid;		/* pt_fd's identity when registered */
+	bool pt_bad;			/* its backing file changed under
+					 * opens passed through */
+	bool pt_writing;		/* its read file is being written or
+					 * looked for: opens wait (pt_cond) */
+	bool pt_failed;			/* writing it failed: not again in
+					 * this mount */
 };
 
 /*
@@ -99,6 +112,8 @@ struct qf_mdl {
 	struct qf_var *vars;		/* protected by fs->lock */
 	struct qf_gv *gv;		/* original/model.gguf, fs->lock */
 	bool gv_tried;			/* fs->lock */
+	struct qf_model *rot;		/* fp_lock: the rotated model of the
+					 * _rot variants (src_rot.c), owned */
 };
 
 /* src.c: a model directory found under SRC. */
@@ -212,6 +227,7 @@ struct qf_fs {
 	int pt_state;			/* backing files: 0 not tried yet,
 					 * 1 allowed, -1 refused (privilege) */
 	pthread_mutex_t pt_lock;	/* the nodes' pt_* fields */
+	pthread_cond_t pt_cond;		/* a node's pt_writing cleared */
 	struct fuse_session *se;	/* set before the loop starts */
 	const struct qf_fs_kernel *kern; /* with se (ll_passthrough.c);
 					 * NULL: no mount, no passthrough */
@@ -284,6 +300,13 @@ mode_t qf_src_meet(mode_t mode, uid_t uid, gid_t gid, const struct stat *st,
  * -errno.
  */
 int qf_src_fp(struct qf_fs *fs, struct qf_mdl *mdl, bool hash);
+
+/*
+ * src_rot.c: the rotated model of mdl (fingerprint set first), made or
+ * found in the cache directory once; *out borrowed from mdl.  Returns 0,
+ * QF_EUNSUPPORTED (an architecture without rotations), -errno, -ENOMEM.
+ */
+int qf_src_rot(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_model **out);
 
 /* ns.c */
 struct qf_node *qf_ns_node_root(struct qf_fs *fs);
@@ -415,6 +438,25 @@ void qf_pt_release(struct qf_fs *fs, struct qf_node *n, bool pt);
  * answered, its read file (JSON).
  */
 int qf_pt_describe(struct qf_fs *fs, struct qf_node *n, struct qf_buf *out);
+
+/*
+ * readfile.c: read files written from the values and recognized by the
+ * identity recorded with them (see there).  qf_rf_tag() names a node's
+ * read file (hashes its header once; caller holds fs->pt_lock) before
+ * any of the others.  qf_rf_open(): the read file, open, when it is the
+ * one recorded; else -1 (a mismatch logged unless quiet).
+ * qf_rf_write(): 0, -EAGAIN (not all cached, evicted, no room: later),
+ * -EINTR (unmounting), or an error (logged).
+ */
+void qf_rf_tag(struct qf_node *n);
+bool qf_rf_cached(struct qf_fs *fs, struct qf_node *n);
+int qf_rf_path(struct qf_fs *fs, const struct qf_node *n,
+	       struct qf_buf *out);
+int qf_rf_open(struct qf_fs *fs, struct qf_node *n, bool quiet);
+int qf_rf_write(struct qf_fs *fs, struct qf_node *n);
+/* fd's identity into *id; qf_rf_same(): fd still matches *id. */
+int qf_rf_id(int fd, struct qf_rf_id *id);
+bool qf_rf_same(int fd, const struct qf_rf_id *id);
 
 /* range.c */
 struct qf_fs_rd;

@@ -3,8 +3,12 @@
  * source's weights in their own precision) and MNT/<model>/<variant>/
  * model.gguf for variants whose integer grid is a ggml block type exactly
  * (symmetric 4-bit groups of 32 = Q4_0, symmetric 8-bit groups of 32 =
- * Q8_0): the variant's own integers and scales, repacked without loss;
- * and the k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
+ * Q8_0): GPTQ's, the variant's own integers and scales, repacked without
+ * loss; RTN's, the source encoded on ggml's own grid with fitted block
+ * scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
+ * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
+ * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
+ * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
  * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
  * per input channel of each linear) from the variant's calibration job.
  *
@@ -33,6 +37,7 @@ struct qf_gv {
 					 * hashes the weights) */
 	int bits;			/* 4 or 8 (var), 0 (original) */
 	bool kq;			/* k-quant: imatrix from the job */
+	bool fit;			/* RTN: encoded, not repacked */
 	char *label;			/* "<model>/<variant>/model.gguf" */
 	struct qf_flight fl;		/* its tensors: one slot each */
 };
@@ -49,24 +54,43 @@ static size_t routers(const struct qf_model *m)
 	return n;
 }
 
-/* Which variants have an exact GGUF block type, and which. */
+/* ggml's block type of a symmetric b-bit grid of group 32, F32: none. */
+static enum qf_ggml_type bits_type(int b)
+{
+	return b == 4 ? QF_GGML_Q4_0 : b == 8 ? QF_GGML_Q8_0 : QF_GGML_F32;
+}
+
+/*
+ * Which variants have an exact GGUF block type, and which (of the MLP;
+ * _attn<a> and _head<h> need one too, the head its own lm_head.weight:
+ * a tied source's quantized head has no GGUF view yet).
+ */
 static enum qf_ggml_type exact_type(const struct qf_var *var)
 {
 	const struct qf_spec *s = &var->v->spec;
+	int h = var->v->head;
 
 	if ((s->method != QF_METHOD_RTN && s->method != QF_METHOD_GPTQ) ||
 	    s->group != 32 || !(s->flags & QF_SPEC_SYM) ||
 	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) ||
-	    var->v->nskipped != routers(var->mdl->m))
+	    var->v->nskipped != routers(var->mdl->m) ||
+	    (s->attn_bits && bits_type(s->attn_bits) == QF_GGML_F32) ||
+	    (h >= 0 && (bits_type(s->head_bits) == QF_GGML_F32 ||
+			strcmp(var->v->g[h].w->name, "lm_head.weight"))))
 		return QF_GGML_F32;	/* none */
-	return s->bits == 4 ? QF_GGML_Q4_0 : s->bits == 8 ? QF_GGML_Q8_0 :
-	       QF_GGML_F32;
+	return bits_type(s->bits);
 }
 
 static enum qf_ggml_type source_type(const struct qf_model *m)
 {
 	return m->dtype == QF_DT_BF16 ? QF_GGML_BF16 :
 	       m->dtype == QF_DT_F16 ? QF_GGML_F16 : QF_GGML_F32;
+}
+
+/* The model the view's tensors come from: a _rot variant's is rotated. */
+static struct qf_model *gv_src(const struct qf_gv *gv)
+{
+	return gv->var ? gv->var->v->m : gv->mdl->m;
 }
 
 /* The view's cache id, from its model's fingerprint (set by now). */
@@ -77,7 +101,7 @@ static void set_vid(struct qf_gv *gv)
 
 	if (gv->var)
 		qf_hex(gv->var->vid, QF_CACHE_VID, vh);
-	parts[0] = "quantfs-gguf-v1";
+	parts[0] = gv->fit ? "quantfs-gguf-fit-v1" : "quantfs-gguf-v1";
 	parts[1] = gv->mdl->m->fp_hex;
 	parts[2] = gv->var ? gv->var->v->name : "original";
 	parts[3] = vh;			/* the variant's bytes it repacks */
@@ -105,12 +129,17 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	gv->var = var;
 	gv->bits = q == QF_GGML_Q4_0 ? 4 : q == QF_GGML_Q8_0 ? 8 : 0;
 	gv->kq = var && var->v->spec.method == QF_METHOD_KQUANT;
-	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(mdl->m));
+	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(gv_src(gv)));
 	if (var && !gv->kq)
 		for (r = QF_GGUF_ROLE_ATTN_Q; r <= QF_GGUF_ROLE_FFN_DOWN; r++)
-			ty.w[r] = q;
+			ty.w[r] = r <= QF_GGUF_ROLE_ATTN_OUT &&
+				  var->v->spec.attn_bits ?
+				  bits_type(var->v->spec.attn_bits) : q;
+	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
+		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
 	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
-	ret = qf_gguf_plan_init(mdl->m, &ty, &gv->plan, &why);
+	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
+	ret = qf_gguf_plan_init(gv_src(gv), &ty, &gv->plan, &why);
 	if (ret < 0) {
 		qf_info("%s: no model.gguf%s%s: %s", mdl->name,
 			var ? " for " : "", var ? var->v->name : "",
@@ -230,7 +259,7 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group), r, k;
 	uint64_t rb = qf_ggml_row_bytes(t->type, in);
-	int32_t zero = 1 << (gv->bits - 1);
+	int32_t zero = 1 << (g->qp.bits - 1);	/* _attn, _head: their own */
 	uint8_t *q = malloc((size_t)(out * in));
 	uint16_t *sc = malloc((size_t)(out * ng) * sizeof(*sc));
 	int32_t *z = malloc((size_t)(out * ng) * sizeof(*z));
@@ -251,7 +280,7 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 		int64_t o = t->permute_heads ?
 			    old_row(r, out, t->permute_heads) : r;
 
-		ret = gv->bits == 4 ?
+		ret = g->qp.bits == 4 ?
 		      qf_gguf_q4_0_from_int(q + o * in, sc + o * ng, in,
 					    dst + r * rb) :
 		      qf_gguf_q8_0_from_int(q + o * in, sc + o * ng, in,
@@ -407,12 +436,12 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 		return -ENOMEM;
 	if (gv->kq)
 		ret = imatrix(fs, gv, t, &imp);
-	if (!ret && gv->var && !gv->kq && t->ndim == 3)
+	if (!ret && gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		ret = repack_experts(fs, gv, t, buf);
-	else if (!ret && gi >= 0)
+	else if (!ret && gi >= 0 && !gv->fit)
 		ret = repack(fs, gv, gi, t, buf);
 	else if (!ret)
-		ret = qf_gguf_produce(gv->mdl->m, &gv->plan, i, imp, buf);
+		ret = qf_gguf_produce(gv_src(gv), &gv->plan, i, imp, buf);
 	free(imp);
 	it.data = buf;
 	if (!ret)
@@ -430,11 +459,12 @@ static int prepare(struct qf_fs *fs, void *arg, size_t i)
 {
 	struct qf_gv *gv = arg;
 	const struct qf_gguf_tensor *t = &gv->plan.t[i];
-	int gi = gv->var ? group_of(gv, t) : -1;
+	int gi = gv->var && !gv->fit ? group_of(gv, t) : -1;
 	int64_t e;
 	int ret = 0;
 
-	if (gv->var && !gv->kq && t->ndim == 3)	/* experts: their groups */
+	/* experts: their groups */
+	if (gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		for (e = 0; e < t->ne[2] && !ret; e++) {
 			gi = group_of_src(gv, t->xsrc[e]);
 			ret = gi >= 0 ? qf_var_ensure(fs, gv->var,

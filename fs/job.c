@@ -194,6 +194,14 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		else
 			store_time = true;
 		read_calib_hash(txn, var, hash);
+		/* _head<h>: the head's losses (job_layer.c commit_head) */
+		if (var->v->head >= 0 &&
+		    qf_cache_get(txn, var->vid, "__head__", &tk, &len) == 0 &&
+		    len == 2 * sizeof(double)) {
+			memcpy(&loss[var->v->head], tk, sizeof(double));
+			memcpy(&rtn[var->v->head], (const char *)tk +
+			       sizeof(double), sizeof(double));
+		}
 	}
 	qf_cache_read_end(txn);
 	if (!ret && store_time) {
@@ -272,9 +280,11 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 
 	qf_job_layer_ops(&var->v->spec, &ops);
 	qf_job_phase(var, "preparing the calibration set");
-	ret = qf_tf_config_parse(var->mdl->m, &j->c);
+	ret = qf_tf_config_parse(var->mdl->m, &j->c);	/* samples it */
 	if (!ret)
 		ret = qf_job_calib_set(j, cs);
+	if (!ret)	/* what is quantized: _rot's is rotated, untied */
+		ret = qf_tf_config_parse(var->v->m, &j->c);
 	if (!ret && var->v->spec.method == QF_METHOD_KQUANT &&
 	    !(j->imat = calloc(qf_kq_imatrix_len(&j->c), sizeof(float))))
 		ret = -ENOMEM;
@@ -289,7 +299,7 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	var->job->first_t = qf_now();
 	pthread_mutex_unlock(&var->lock);
 	if (!ret)
-		ret = qf_calib_run(var->mdl->m, &j->c, cs, &ops, j);
+		ret = qf_calib_run(var->v->m, &j->c, cs, &ops, j);
 	return ret;
 }
 

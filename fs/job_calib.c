@@ -195,6 +195,10 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 		const char *n = v->g[i].w->name;
 		int l = layer_of(n);
 
+		if ((int)i == v->head) {	/* with the last layer */
+			jb->group_layer[i] = c.layers - 1;
+			continue;
+		}
 		jb->group_layer[i] = l;
 		if (l < 0 || l >= c.layers) {
 			qf_err("%s: %s is outside the decoder layers",

@@ -66,6 +66,7 @@ struct job {
 	float *imat;			/* kq: this layer's importance matrix */
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
+	double *energy;			/* mixed: [ng] tr(W H W^T) */
 	double *tokens;			/* MoE: [ng] tokens routed to the
 					 * expert of each expert group */
 	/* where the time goes (logged at the end of the job; GPTQ's own

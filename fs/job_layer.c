@@ -47,7 +47,9 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l)
 		if (gi >= 0 && !qf_flight_cached(fs, &var->fl, (size_t)gi))
 			return false;
 	}
-	return true;
+	/* the quantized head commits with the last layer */
+	return l != var->job->nlayers - 1 || var->v->head < 0 ||
+	       qf_flight_cached(fs, &var->fl, (size_t)var->v->head);
 }
 
 int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var)
@@ -379,6 +381,46 @@ static void free_pending(struct job *j, int gi)
 	}
 }
 
+/*
+ * The last layer (l) of a variant with a quantized head (_head<h>): GPTQ
+ * of the head on the final norm's outputs of x, the layer's quantized
+ * output [ntok, hidden]; its tensors and its "__head__" record (rec [2]:
+ * loss, loss_rtn) into items[*n..], committed with the layer.  0 where
+ * there is nothing to do.
+ */
+static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
+		       struct qf_cache_item *items, size_t *n, double *rec)
+{
+	const struct qf_variant *v = j->var->v;
+	const struct qf_vgroup *g;
+	uint32_t t;
+	int ret;
+
+	if (v->head < 0 || l != j->var->job->nlayers - 1)
+		return 0;
+	ret = qf_layer_head(v, &j->c, x, ntok, &j->res);
+	if (ret < 0) {
+		qf_err("%s/%s: lm_head: %s", j->var->mdl->name, v->name,
+		       qf_strerror(ret));
+		return ret;
+	}
+	g = &v->g[v->head];
+	for (t = 0; t < g->n; t++) {
+		items[*n].name = v->t[g->first + t].name;
+		items[*n].data = j->res.pending[(size_t)v->head * 4 + t];
+		items[*n].len = qf_vtensor_bytes(&v->t[g->first + t]);
+		(*n)++;
+	}
+	rec[0] = j->res.loss[v->head];
+	rec[1] = j->res.loss_rtn[v->head];
+	items[(*n)++] = (struct qf_cache_item){ "__head__", rec,
+						2 * sizeof(double) };
+	qf_info("%s/%s: lm_head: rel. output error %s %.4g vs rtn %.4g",
+		j->var->mdl->name, v->name, qf_method_name(v->spec.method),
+		j->res.loss[v->head], j->res.loss_rtn[v->head]);
+	return 0;
+}
+
 /* Commit layer l: its tensors and its loss record, one transaction. */
 static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			 double seconds)
@@ -386,21 +428,28 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	struct job *j = arg;
 	struct qf_var *var = j->var;
 	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR;
-	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 3 +
+	/* the linears' tensors, 3 records, the head's 4 tensors and
+	 * record, the experts' tensors */
+	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 8 +
 					      nx * 4) * sizeof(*items));
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
-	double rec[QF_TF_NLINEAR * REC];
+	double rec[QF_TF_NLINEAR * REC], hrec[2];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32], imname[32], xname[32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
 
-	(void)x, (void)ntok;
 	if (l < j->first || !items || !xrec) {
 		free(items);
 		free(xrec);
 		return l < j->first ? 0 : -ENOMEM;	/* 0: replayed */
+	}
+	ret = commit_head(j, l, x, ntok, items, &n, hrec);
+	if (ret < 0) {
+		free(items);
+		free(xrec);
+		return ret;
 	}
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int gi = var->job->lin_group[l * QF_TF_NLINEAR + k];
@@ -449,6 +498,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free_pending(j, var->job->lin_group[l * QF_TF_NLINEAR + k]);
+	free_pending(j, l == var->job->nlayers - 1 ? var->v->head : -1);
 	for (k = 0; k < (int)nx; k++)
 		free_pending(j, qf_job_exp_group(var->job, l,
 						 k / QF_MOE_NLINEAR,

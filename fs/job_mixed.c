@@ -2,10 +2,19 @@
  * job_mixed.c - the sensitivity tables of a measured mixed-precision
  * variant (mixed_dyn, mixed_b<avg>): per linear its relative output
  * error at each candidate width and its importance signals, per unit
- * the end-of-model loss increase, measured through the unquantized
- * model on the variant's calibration set and cached under the model,
- * the set and the backend.  The allocation itself is quant's
- * (quant/mixed_alloc.c).
+ * the cost of each width, measured through the unquantized model on the
+ * variant's calibration set and cached under the model, the set and the
+ * backend.  The allocation itself is quant's (quant/mixed_alloc.c).
+ *
+ * A unit's cost at width b is KL(u, 3) * E(u, b) / E(u, 3): the mean
+ * KL divergence from the source's next-token distribution with only
+ * that unit rounded at 3 bits, over every token of the calibration set
+ * (up to KL_TOKENS), scaled by the unit's absolute squared output error
+ * E = sum over its linears of tr(dW H dW^T) at b relative to 3 bits.
+ * One trial per unit: the KL of a small perturbation is quadratic in
+ * the output error, so the ratio carries it to the other widths, and
+ * the trials measured at one width on all tokens instead of four on a
+ * quarter of them are what makes the ranking stable (issue #24).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +42,10 @@ static int sens_one(struct job *j, int gi, const float *w,
 	ret = qf_mixed_sensitivity(w, g->w->t->shape[0], g->w->t->shape[1],
 				   st->h, qf_mixed_widths, QF_MIXED_NW,
 				   QF_MIXED_GROUP, false, rec);
+	if (ret >= 0)
+		ret = qf_mixed_out_energy(w, g->w->t->shape[0],
+					  g->w->t->shape[1], st->h,
+					  &j->energy[gi]);
 	if (ret < 0)
 		return ret;
 	qf_mixed_signals_of(w, g->w->t->shape[0], g->w->t->shape[1], st,
@@ -96,13 +109,104 @@ static int loss_done(void *arg, int l, double seconds)
 {
 	struct job *j = arg;
 
-	qf_info("%s: mixed precision: loss of each unit of layer %d/%d at "
-		"each width in %.2f s", j->var->mdl->name, l + 1,
+	qf_info("%s: mixed precision: KL divergence of each unit of layer "
+		"%d/%d in %.2f s", j->var->mdl->name, l + 1,
 		j->var->job->nlayers, seconds);
 	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 
-#define LOSS_SEQS 8		/* calibration sequences the loss runs on */
+#define KL_TOKENS 8192		/* most calibration tokens the KL runs on */
+#define KL_WIDTH 1		/* qf_mixed_widths[1]: 3 bits, measured */
+
+static struct qf_mixed_linear *probe_linears(const struct qf_var *probe);
+
+/*
+ * The sequences of cs the KL runs on: all when they hold at most
+ * KL_TOKENS tokens, else KL_TOKENS / seqlen of them spread evenly (at
+ * least one); *ids is then a new array (else cs's own).
+ */
+static int kl_ids(const struct qf_calib *cs, int32_t **ids, int *nseq,
+		  bool *own)
+{
+	int n = KL_TOKENS / cs->seqlen, i;
+
+	*own = false;
+	*ids = cs->ids;
+	*nseq = cs->nseq;
+	n = n < 1 ? 1 : n;
+	if (cs->nseq <= n)
+		return 0;
+	*ids = malloc((size_t)n * (size_t)cs->seqlen * sizeof(**ids));
+	if (!*ids)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		memcpy(*ids + (size_t)i * (size_t)cs->seqlen,
+		       cs->ids + (size_t)((int64_t)i * cs->nseq / n) *
+				 (size_t)cs->seqlen,
+		       (size_t)cs->seqlen * sizeof(**ids));
+	*own = true;
+	*nseq = n;
+	return 0;
+}
+
+/*
+ * uloss [units][QF_MIXED_NW] from the KL at KL_WIDTH of each unit (kl
+ * [units]) and its linears' absolute output errors sens * energy.
+ */
+static int unit_costs(const struct qf_var *probe, const double *sens,
+		      const double *energy, const double *kl, double *uloss)
+{
+	size_t nu = (size_t)probe->job->nlayers * QF_MIXED_UNITS, i;
+	struct qf_mixed_linear *lin = probe_linears(probe);
+	double *e = calloc(nu * QF_MIXED_NW + 1, sizeof(*e));
+	int p, ret = lin && e ? 0 : -ENOMEM;
+
+	for (i = 0; i < probe->v->ng && !ret; i++) {
+		size_t u = (size_t)lin[i].layer * QF_MIXED_UNITS +
+			   (size_t)qf_mixed_unit_of(lin[i].kind);
+
+		for (p = 0; p < QF_MIXED_NW; p++)
+			e[u * QF_MIXED_NW + p] +=
+				sens[i * QF_MIXED_SENS_REC + p] * energy[i];
+	}
+	for (i = 0; i < nu && !ret; i++)
+		for (p = 0; p < QF_MIXED_NW; p++) {
+			double ref = e[i * QF_MIXED_NW + KL_WIDTH];
+
+			uloss[i * QF_MIXED_NW + p] = ref > 0 ?
+				kl[i] * e[i * QF_MIXED_NW + p] / ref : 0;
+		}
+	free(lin);
+	free(e);
+	return ret;
+}
+
+/* The KL of every unit at KL_WIDTH, then the cost table into uloss. */
+static int kl_costs(struct job *j, const struct qf_calib *cs, double *uloss)
+{
+	const struct qf_var *probe = j->var;
+	size_t nu = (size_t)probe->job->nlayers * QF_MIXED_UNITS;
+	double *kl = calloc(nu + 1, sizeof(*kl));
+	int unit_of[QF_TF_NLINEAR], k, nseq, ret;
+	int width = qf_mixed_widths[KL_WIDTH];
+	int32_t *ids = NULL;
+	bool own = false;
+
+	for (k = 0; k < QF_TF_NLINEAR; k++)
+		unit_of[k] = qf_mixed_unit_of((enum qf_tf_linear)k);
+	ret = kl ? kl_ids(cs, &ids, &nseq, &own) : -ENOMEM;
+	if (!ret)
+		ret = qf_mixed_kl_table(probe->mdl->m, &j->c, ids, nseq,
+					cs->seqlen, unit_of, QF_MIXED_UNITS,
+					&width, 1, QF_MIXED_GROUP, kl,
+					loss_done, j);
+	if (!ret)
+		ret = unit_costs(probe, j->sens, j->energy, kl, uloss);
+	if (own)
+		free(ids);
+	free(kl);
+	return ret;
+}
 
 /*
  * The sensitivity tables, from the cache or measured and stored: per
@@ -112,12 +216,10 @@ static int loss_done(void *arg, int l, double seconds)
 static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		       double *sens, double *uloss)
 {
-	int unit_of[QF_TF_NLINEAR];
 	size_t want = probe->v->ng * QF_MIXED_SENS_REC * sizeof(double);
 	size_t uwant = (size_t)probe->job->nlayers * QF_MIXED_UNITS * QF_MIXED_NW *
 		       sizeof(double);
 	struct qf_cache_item its[2];
-	double ref = 0;
 	const char *parts[4];
 	char calib_hex[33];
 	uint8_t vid[QF_CACHE_VID];
@@ -134,12 +236,10 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 	size_t len;
 	bool hit = false;
 	double t0 = qf_now();
-	int k, ret;
+	int ret;
 
-	for (k = 0; k < QF_TF_NLINEAR; k++)
-		unit_of[k] = qf_mixed_unit_of((enum qf_tf_linear)k);
 	qf_hex(probe->calib_vid, QF_CACHE_VID, calib_hex);
-	parts[0] = "quantfs-mixed-sensitivity-v2";
+	parts[0] = "quantfs-mixed-sensitivity-v3";
 	parts[1] = probe->mdl->m->fp_hex;
 	parts[2] = calib_hex;
 	parts[3] = qf_backend_name(fs->backend);
@@ -170,18 +270,16 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		ops.whole_layer = false;
 		ops.quantize_expert = cb_sens_expert;
 	}
+	if (!ret && !(j.energy = calloc(probe->v->ng + 1, sizeof(double))))
+		ret = -ENOMEM;
 	if (!ret)
 		ret = qf_job_calib_set(&j, &cs);
 	if (!ret)
 		ret = qf_calib_run(probe->mdl->m, &j.c, &cs, &ops, &j);
 	if (!ret)
-		ret = qf_mixed_loss_table(probe->mdl->m, &j.c, cs.ids,
-					  cs.nseq < LOSS_SEQS ? cs.nseq :
-					  LOSS_SEQS, cs.seqlen, unit_of,
-					  QF_MIXED_UNITS, qf_mixed_widths,
-					  QF_MIXED_NW, QF_MIXED_GROUP, uloss,
-					  &ref, loss_done, &j);
+		ret = kl_costs(&j, &cs, uloss);
 	qf_calib_free(&cs);
+	free(j.energy);
 	if (ret < 0)
 		return ret;
 	its[0] = (struct qf_cache_item){ "__sens__", sens, want };

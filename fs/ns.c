@@ -39,6 +39,7 @@ static const char *const presets[] = {
 	"gptq_w4_g128_act",
 	"gptq_w3_g128",
 	"gptq_w4_g32_sym",
+	"gptq_w4_g128_head8",
 	"awq_w4_g128",
 	"awq_w4_g128_reflip",
 	"brecq_w4_g64_attn6",
@@ -417,6 +418,7 @@ void qf_mdl_free(struct qf_mdl *mdl)
 	}
 	qf_gv_free(mdl->gv);
 	qf_model_close(mdl->m);
+	qf_model_close(mdl->rot);
 	pthread_mutex_destroy(&mdl->fp_lock);
 	pthread_cond_destroy(&mdl->fp_cond);
 	if (mdl->dirfd >= 0)

@@ -188,6 +188,12 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	} else if (spec.method == QF_METHOD_MIXED_STATIC) {
 		ret = qf_variant_init_bits(mdl->m, &spec, static_bits, fs,
 					   &var->v);
+	} else if (spec.flags & QF_SPEC_ROT) {
+		struct qf_model *rm;
+
+		ret = qf_src_rot(fs, mdl, &rm);
+		if (!ret)
+			ret = qf_variant_init(rm, &spec, &var->v);
 	} else {
 		ret = qf_variant_init(mdl->m, &spec, &var->v);
 	}

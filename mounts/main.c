@@ -38,6 +38,7 @@ static const char usage_text[] =
 	"                       [--dtype bf16|f16|f32] [--tie]\n"
 	"                       [--arch MODEL_TYPE] [--experts N] [--topk K]\n"
 	"                       [--moe-inter N]\n"
+	"       quantfs rotate SRC DST [--seed N]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
 	"                    [--scores-vs SRC [--windows N]] [--ids-out FILE]\n"
@@ -881,6 +882,8 @@ int main(int argc, char **argv)
 		exit(cmd_umount(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "mkmodel"))
 		exit(cmd_mkmodel(argc - 1, argv + 1));
+	if (!strcmp(argv[1], "rotate"))
+		exit(qf_cmd_rotate(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "eval"))
 		exit(cmd_eval(argc - 1, argv + 1));
 	if (!strcmp(argv[1], "status"))

@@ -20,6 +20,7 @@
 #include "cache.h"
 #include "common.h"
 #include "opts.h"
+#include "quant.h"
 #include "tools.h"
 
 const char *qf_size_error(int err)
@@ -601,4 +602,40 @@ int qf_cmd_warm(int argc, char **argv)
 	free(w.sizes);
 	pthread_mutex_destroy(&w.lock);
 	return ret ? 1 : 0;
+}
+
+/*
+ * quantfs rotate SRC DST: the rotated model the `_rot` variants quantize,
+ * as a model directory of its own (to inspect it, or to evaluate it
+ * against the source: it computes the same function).
+ */
+int qf_cmd_rotate(int argc, char **argv)
+{
+	struct qf_model *m = NULL;
+	uint64_t seed = QF_ROT_SEED;
+	int ret;
+
+	if (argc == 5 && !strcmp(argv[3], "--seed")) {
+		seed = strtoull(argv[4], NULL, 0);
+		argc = 3;
+	}
+	if (argc != 3) {
+		fputs("usage: quantfs rotate SRC DST [--seed N]\n", stderr);
+		return 2;
+	}
+	if (mkdir(argv[2], 0755) < 0 && errno != EEXIST) {
+		fprintf(stderr, "quantfs: rotate: %s: %s\n", argv[2],
+			strerror(errno));
+		return 1;
+	}
+	ret = qf_model_open(argv[1], &m);
+	if (!ret)
+		ret = qf_rot_write(m, seed, argv[2]);
+	qf_model_close(m);
+	if (ret < 0) {
+		fprintf(stderr, "quantfs: rotate '%s': %s\n", argv[1],
+			qf_strerror(ret));
+		return 1;
+	}
+	return 0;
 }

@@ -24,6 +24,8 @@ bool qf_cache_selector_match(const char *sel, const char *id_hex,
 			     const char *model, const char *variant);
 /* quantfs warm PATH...; returns the exit status. */
 int qf_cmd_warm(int argc, char **argv);
+/* quantfs rotate SRC DST [--seed N]; returns the exit status. */
+int qf_cmd_rotate(int argc, char **argv);
 /* Why qf_mnt_parse_size() (opts.h) refused, for a message. */
 const char *qf_size_error(int err);
 

@@ -17,6 +17,7 @@
 #include "method.h"
 #include "brecq.h"
 #include "mixed.h"
+#include "rot.h"
 #include "variant.h"
 #include "eval.h"
 

@@ -209,6 +209,7 @@ void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t)
 	for (r = 0; r < QF_GGUF_ROLE_COUNT; r++)
 		ty->w[r] = r == QF_GGUF_ROLE_VECTOR ? QF_GGML_F32 : t;
 	ty->q4_k_m = false;
+	ty->fit = false;
 }
 
 static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
@@ -790,6 +791,7 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	b.arch = arch_bit(arch->gguf);
 	snprintf(out->arch, sizeof(out->arch), "%s", arch->gguf);
 	out->q4_k_m = types->q4_k_m;
+	out->fit = types->fit;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
 		*why = "config.json: unsupported settings (see the log)";
@@ -872,7 +874,7 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 /* t's rows from src (one expert's of a 3-D t) into dst. */
 static int produce_rows(const struct qf_gguf_tensor *t,
 			const struct qf_model_tensor *src, const float *imp,
-			uint8_t *dst)
+			bool fit, uint8_t *dst)
 {
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
@@ -915,10 +917,11 @@ static int produce_rows(const struct qf_gguf_tensor *t,
 			break;
 		}
 		for (r = 0; r < nr && !ret; r++)
-			ret = qf_ggml_quantize_row(t->type, x + r * cols,
-						   cols, imp, (uint8_t *)dst +
-						   (uint64_t)(r0 + r) *
-						   row_bytes);
+			ret = (fit ? qf_ggml_quantize_row_fit :
+			       qf_ggml_quantize_row)(t->type, x + r * cols,
+						     cols, imp, (uint8_t *)dst +
+						     (uint64_t)(r0 + r) *
+						     row_bytes);
 	}
 out_free:
 	free(buf);
@@ -948,10 +951,11 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		return ret;
 	}
 	if (t->ndim < 3)
-		return produce_rows(t, t->src, imp, dst);
+		return produce_rows(t, t->src, imp, p->fit, dst);
 	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
 		ret = produce_rows(t, t->xsrc[e], imp ? imp + e * t->ne[0] :
-				   NULL, (uint8_t *)dst + (uint64_t)e * mat);
+				   NULL, p->fit, (uint8_t *)dst +
+				   (uint64_t)e * mat);
 	return ret;
 }

@@ -59,6 +59,29 @@ uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
  */
 int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 			 const float *imp, void *dst);
+/*
+ * As qf_ggml_quantize_row(), but Q4_0 / Q4_1 / Q8_0 blocks get a fitted
+ * scale (ggml_fit.c): round-to-nearest on ggml's grid at the scale (and
+ * Q4_1 offset) of least squared error, weighted by imp when given, among
+ * 21 around the reference rule's and the reference itself, so never a
+ * larger block error than quantize_row_*_ref.  Other types: as
+ * qf_ggml_quantize_row().  Same returns.
+ */
+int qf_ggml_quantize_row_fit(enum qf_ggml_type t, const float *x, int64_t n,
+			     const float *imp, void *dst);
+/*
+ * GPTQ on a k-quant grid (ggml_gptq.c): w [out x in] (row-major; left
+ * error-updated) into out rows of Q4_K or Q6_K blocks at dst, each
+ * super-block's grid fitted (qf_ggml_quantize_row with imp [in], optional)
+ * to the error-updated weights when the sweep reaches it, its columns then
+ * rounded to nearest with GPTQ's error feedback through u [in x in], the
+ * upper Cholesky factor of the damped inverse Hessian (H^-1 = U^T U).
+ * Returns 0, -EINVAL (type, shape, or a u diagonal not > 0), QF_ENUMERIC,
+ * -ENOMEM.
+ */
+int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
+			  int64_t in, const float *u, const float *imp,
+			  void *dst);
 /* Decode one row as ggml's dequantize_row_*.  Returns 0 or -EINVAL. */
 int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 			   float *y);
@@ -112,6 +135,8 @@ struct qf_gguf_types {
 	 * tied) in Q6_K, as llama_tensor_get_type() does.
 	 */
 	bool q4_k_m;
+	/* Q4_0 / Q4_1 / Q8_0 by qf_ggml_quantize_row_fit() (RTN views) */
+	bool fit;
 };
 void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t);
 
@@ -142,6 +167,7 @@ struct qf_gguf_plan {
 	uint64_t size;			/* exact file size */
 	char arch[16];			/* general.architecture */
 	bool q4_k_m;			/* planned with the Q4_K_M mix */
+	bool fit;			/* types->fit: fitted block scales */
 	struct qf_tf_config cfg;	/* the source's dimensions */
 	const struct qf_model_tensor **xsrc;	/* owned: the experts'
 						 * sources of 3-D tensors */
@@ -211,7 +237,8 @@ int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
 /*
  * Produce the nbytes of tensor i into dst: the source read as f32 in row
  * blocks of about 4 MiB (whole heads when permuted), rows permuted when
- * flagged, each row encoded with qf_ggml_quantize_row() and imp [ne[0]]
+ * flagged, each row encoded with qf_ggml_quantize_row() (_fit() when the
+ * plan's fit is set) and imp [ne[0]]
  * (optional; used by Q4_K and Q6_K; a 3-D expert tensor: [ne[2] *
  * ne[0]], expert by expert).  Thread-safe for distinct dst.
  * Returns 0, -EINVAL (i out of range), QF_ECORRUPT (source changed),

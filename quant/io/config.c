@@ -191,8 +191,10 @@ int qf_tf_config_parse(const struct qf_model *m, struct qf_tf_config *c)
 				 "rope_scaling"), c);
 	if (ret < 0)
 		return ret;
+	/* a variant's quantized head (_head<h>) has lm_head.qweight */
 	c->tie = cfg_bool(o, "tie_word_embeddings", false) ||
-		 !qf_model_find(m, "lm_head.weight");
+		 (!qf_model_find(m, "lm_head.weight") &&
+		  !qf_model_find(m, "lm_head.qweight"));
 	c->qk_norm = c->arch->flags & QF_ARCH_QK_NORM;
 	c->attn_bias = (c->arch->flags & QF_ARCH_QKV_BIAS) ||
 		       cfg_bool(o, "attention_bias", false);

@@ -577,6 +577,10 @@ void qf_mkmodel_defaults(struct qf_mkmodel_opts *o);
  * needed), deterministically from o->seed.  Returns 0, -errno, -EINVAL.
  */
 int qf_mkmodel_write(const char *dir, const struct qf_mkmodel_opts *o);
+/* Write n bytes p to dir/name (created or truncated): 0, -errno, -EIO.
+ * (mkmodel's files, and rot.c's rotated model.) */
+int qf_mk_write_file(const char *dir, const char *name, const void *p,
+		     size_t n);
 /*
  * A family's mk_layer adds a tensor of rows x cols (cols 0: 1-D) named
  * by fmt; values are drawn as for every generated tensor (norms by name:

@@ -70,7 +70,7 @@ static uint64_t name_seed(const char *name, uint64_t seed)
 	return h;
 }
 
-static int write_all(const char *dir, const char *name, const void *p,
+int qf_mk_write_file(const char *dir, const char *name, const void *p,
 		     size_t n)
 {
 	char path[4096];
@@ -96,7 +96,7 @@ static int write_json(const char *dir, const char *name, cJSON *root)
 	cJSON_Delete(root);
 	if (!s)
 		return -ENOMEM;
-	ret = write_all(dir, name, s, strlen(s));
+	ret = qf_mk_write_file(dir, name, s, strlen(s));
 	free(s);
 	return ret;
 }

@@ -260,6 +260,18 @@ static double quad_trace(const float *a, int64_t out, int64_t in,
 	return s;
 }
 
+int qf_mixed_out_energy(const float *w, int64_t out, int64_t in,
+			const float *h, double *energy)
+{
+	float *t = malloc((size_t)(out * in) * sizeof(*t));
+
+	if (!t)
+		return -ENOMEM;
+	*energy = quad_trace(w, out, in, h, t);
+	free(t);
+	return isfinite(*energy) ? 0 : QF_ENUMERIC;
+}
+
 int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
 			 const float *h, const int *bits, int np, int group,
 			 bool sym, double *cost)

@@ -120,6 +120,15 @@ int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
 			 bool sym, double *cost);
 
 /*
+ * tr(W H W^T) of w [out, in] on inputs with Gram matrix h [in, in]: the
+ * summed squared output of the linear over the calibration tokens (the
+ * denominator of qf_mixed_sensitivity; its cost[p] times this is the
+ * absolute squared output error).  Returns 0, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_mixed_out_energy(const float *w, int64_t out, int64_t in,
+			const float *h, double *energy);
+
+/*
  * The seed's importance signals of one linear (its LayerImportance-
  * Analyzer): gradient magnitude mean|dL/dW| (not available without a
  * backward pass: has_grad false and grad 0 unless the caller has it),
@@ -257,21 +266,22 @@ int qf_mixed_budget(size_t n, int np, const uint64_t *params,
 /*
  * Measured end-of-model sensitivity (mixed_loss.c): for each decoder
  * layer l, unit u (the linears k with unit_of[k] == u; -1: none) and
- * width bits[p], the increase of the mean next-token loss (nats) of the
- * nseq x seqlen tokens ids when only that unit is rounded to nearest at
- * bits[p] (group, asymmetric) and the rest of the model is fp32:
- * cost[(l * nunits + u) * np + p]; 16 bits costs 0.  *ref_nll: the
- * unquantized model's mean loss.  progress (optional) after each layer.
- * Memory: every layer's fp32 weights and every layer's input.
- * Returns 0, -ENOMEM, a model read error or progress's value.
+ * width bits[p], the mean over every token of the nseq x seqlen ids of
+ * KL(p_src || p_trial), the divergence (nats) of the next-token
+ * distribution when only that unit is rounded to nearest at bits[p]
+ * (group, asymmetric) from the unquantized model's (everything in
+ * fp32): kl[(l * nunits + u) * np + p]; 16 bits costs 0.  Unlike the
+ * loss increase on the text's next tokens, it is never negative and
+ * needs no target, so every position (the last of each sequence too)
+ * counts.  progress (optional) after each layer.  Memory: every
+ * layer's fp32 weights and every layer's input.  Returns 0, -ENOMEM,
+ * a model read error or progress's value.
  */
-int qf_mixed_loss_table(const struct qf_model *m,
-			const struct qf_tf_config *c, const int32_t *ids,
-			int nseq, int seqlen, const int unit_of[QF_TF_NLINEAR],
-			int nunits, const int *bits, int np, int group,
-			double *cost, double *ref_nll,
-			int (*progress)(void *arg, int layer, double seconds),
-			void *arg);
-
+int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
+		      const int32_t *ids, int nseq, int seqlen,
+		      const int unit_of[QF_TF_NLINEAR], int nunits,
+		      const int *bits, int np, int group, double *kl,
+		      int (*progress)(void *arg, int layer, double seconds),
+		      void *arg);
 
 #endif /* QF_MIXED_H */

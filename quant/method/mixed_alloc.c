@@ -2,9 +2,10 @@
  * mixed_alloc.c - widths of a measured mixed-precision variant from its
  * sensitivity tables (mixed_alloc.h).
  *
- * The knapsack's cost of a unit at a width is its measured loss
- * increase, at least 0 and never lower at fewer bits: measurement noise
- * would otherwise buy a narrower width for free.  A width the unit's
+ * The knapsack's cost of a unit at a width is its measured cost (the
+ * KL divergence fs/job_mixed.c measures), at least 0 and never lower at
+ * fewer bits: measurement noise would otherwise buy a narrower width
+ * for free.  A width the unit's
  * shapes cannot be packed at costs +inf (budget) or falls back to 16
  * (ratios).  Everything is in the order fs/job.c did it, so the chosen
  * widths and the JSON are the same to the last bit.
@@ -254,7 +255,7 @@ static void alloc_json(struct qf_mixed_alloc *a,
 					in->avg_bits_x100 / 100.0);
 		cJSON_AddStringToObject(o, "algorithm",
 			"multiple-choice knapsack: minimize the sum of the "
-			"units' measured loss increases subject to "
+			"units' measured costs subject to "
 			"8 * stored bytes <= avg_bits * parameters of the "
 			"quantizable linears; LP bound, then branch and bound");
 		cJSON_AddNumberToObject(o, "budget_bytes",
@@ -273,9 +274,12 @@ static void alloc_json(struct qf_mixed_alloc *a,
 		"per decoder layer: {q,k,v}, {o}, {gate,up}, {down} share a "
 		"precision (fused by loaders)");
 	cJSON_AddStringToObject(o, "sensitivity",
-		"unit_cost: increase of the mean next-token loss (nats) on the "
-		"first 8 calibration sequences when only that unit is rounded "
-		"to nearest at its width (group 128), the rest fp32; "
+		"unit_cost: KL(u, 3) * E(u, b) / E(u, 3), KL(u, 3) the mean "
+		"KL divergence (nats) from the unquantized model's next-token "
+		"distribution over every calibration token (at most 8192) when "
+		"only that unit is rounded to nearest at 3 bits (group 128), "
+		"the rest fp32, E(u, b) its linears' summed squared output "
+		"error tr(dW H dW^T) at width b; "
 		"unit_output_error: the sum of its linears' relative output "
 		"errors tr(dW H dW^T) / tr(W H W^T), H = X^T X on the "
 		"calibration set through the unquantized model");

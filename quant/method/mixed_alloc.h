@@ -49,9 +49,9 @@ struct qf_mixed_alloc_in {
 	size_t n;
 	int nlayers;
 	const double *sens;	/* [n][QF_MIXED_SENS_REC] */
-	const double *uloss;	/* [nlayers * 4][QF_MIXED_NW]: the mean
-				 * loss increase with only the unit at
-				 * the width (qf_mixed_loss_table) */
+	const double *uloss;	/* [nlayers * 4][QF_MIXED_NW]: the cost
+				 * of the unit at the width (the KL with
+				 * only it rounded, fs/job_mixed.c) */
 	bool budget;		/* mixed_b<avg>: a budget, else ratios */
 	int avg_bits_x100;	/* the budget */
 	const struct qf_mixed_ratio *ratio;

@@ -1,11 +1,19 @@
 /*
  * mixed_loss.c - measured end-of-model sensitivity for mixed precision:
- * the increase of the next-token loss when one unit of one decoder layer
- * (the linears a loader fuses: q/k/v, o, gate/up, down) is rounded to
- * nearest at a width and everything else stays in fp32.  In a sparse
- * MoE layer the gate/up and down units are those linears of every
- * expert (and the shared one) at once, and the trial's forward routes
- * (the router stays in fp32, its input moves with the layers before).
+ * the KL divergence of the next-token distribution from the unquantized
+ * model's when one unit of one decoder layer (the linears a loader
+ * fuses: q/k/v, o, gate/up, down) is rounded to nearest at a width and
+ * everything else stays in fp32.  In a sparse MoE layer the gate/up and
+ * down units are those linears of every expert (and the shared one) at
+ * once, and the trial's forward routes (the router stays in fp32, its
+ * input moves with the layers before).
+ *
+ * Why KL and not the loss increase on the text: the loss increase of
+ * one small perturbation is a difference of two nearly equal sums whose
+ * first-order term has either sign token by token; on a few thousand
+ * tokens that noise is as large as the signal and flipped the budget's
+ * choices with the calibration size (issue #24).  The KL is second
+ * order, never negative, and counts every position.
  *
  * The inputs of every layer on the unquantized model are kept, so a
  * trial runs only from its layer to the head.  The fp32 weights of every
@@ -19,21 +27,55 @@
 #include "method.h"
 #include "tf_moe.h"
 
-/* Mean -log p(next token) of x's rows through the head. */
-static int mean_nll(const struct qf_model *m, const struct qf_tf_config *c,
-		    const float *x, const int32_t *target, int64_t n,
-		    double *logp, double *out)
+#define KL_BUDGET (32u << 20)	/* bytes of each logits slice */
+
+/* KL(softmax(a) || softmax(b)) of one row of logits, in double. */
+static double row_kl(const float *a, const float *b, int64_t v)
+{
+	double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
+	int64_t j;
+
+	for (j = 1; j < v; j++) {
+		ma = a[j] > ma ? a[j] : ma;
+		mb = b[j] > mb ? b[j] : mb;
+	}
+	for (j = 0; j < v; j++) {
+		sa += exp((double)a[j] - ma);
+		sb += exp((double)b[j] - mb);
+	}
+	ma += log(sa);		/* log-sum-exp of each */
+	mb += log(sb);
+	for (j = 0; j < v; j++) {
+		double la = (double)a[j] - ma;
+
+		kl += exp(la) * (la - ((double)b[j] - mb));
+	}
+	return kl > 0 ? kl : 0;
+}
+
+/*
+ * Mean over the n rows of KL(head(xref) || head(x)), the head run on
+ * slices of rows into la and lb (rows * vocab each).
+ */
+static int mean_kl(const struct qf_model *m, const struct qf_tf_config *c,
+		   const float *xref, const float *x, int64_t n, int64_t rows,
+		   float *la, float *lb, double *out)
 {
 	double s = 0;
-	int64_t r, k = 0;
-	int ret = qf_head_logp(m, c, x, target, n, logp);
+	int64_t r0, r;
+	int ret = 0;
 
-	for (r = 0; r < n && !ret; r++)
-		if (target[r] >= 0) {
-			s -= logp[r];
-			k++;
-		}
-	*out = k ? s / (double)k : 0;
+	for (r0 = 0; r0 < n && !ret; r0 += rows) {
+		int64_t k = n - r0 < rows ? n - r0 : rows;
+
+		ret = qf_tf_head(m, c, xref + r0 * c->hidden, k, la);
+		if (!ret)
+			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
+		for (r = 0; r < k && !ret; r++)
+			s += row_kl(la + r * c->vocab, lb + r * c->vocab,
+				    c->vocab);
+	}
+	*out = n ? s / (double)n : 0;
 	return ret;
 }
 
@@ -112,110 +154,143 @@ static void moe_trial_free(struct qf_tf_moe *moe, float **bufs)
 	moe->w = NULL;
 }
 
-int qf_mixed_loss_table(const struct qf_model *m,
-			const struct qf_tf_config *c, const int32_t *ids,
-			int nseq, int seqlen, const int unit_of[QF_TF_NLINEAR],
-			int nunits, const int *bits, int np, int group,
-			double *cost, double *ref_nll,
-			int (*progress)(void *arg, int layer, double seconds),
-			void *arg)
-{
-	int64_t ntok = (int64_t)nseq * seqlen, hsz = ntok * c->hidden;
-	struct qf_tf_layer *ly = calloc((size_t)c->layers, sizeof(*ly));
-	float **xs = calloc((size_t)c->layers + 1, sizeof(*xs));
-	float *x = malloc((size_t)hsz * sizeof(*x)), *tmp[QF_TF_NLINEAR];
-	int32_t *target = malloc((size_t)ntok * sizeof(*target));
-	double *logp = malloc((size_t)ntok * sizeof(*logp)), ref = 0;
-	float **xbufs = calloc((size_t)(c->experts + 1) * QF_MOE_NLINEAR,
-			       sizeof(*xbufs));	/* moe_trial's */
-	int l, u, p, k, i, ret = 0;
-	int64_t r;
+/* What the trials share: the model, the reference run and scratch. */
+struct kl_run {
+	const struct qf_model *m;
+	const struct qf_tf_config *c;
+	struct qf_tf_layer *ly;		/* [layers], fp32 weights */
+	float **xs;			/* [layers + 1], each layer's input */
+	float *x;			/* the trial's stream */
+	float *tmp[QF_TF_NLINEAR];	/* rounded weights */
+	float **xbufs;			/* moe_trial's */
+	float *la, *lb;			/* logits slices */
+	int64_t rows;			/* rows per slice */
+	int nseq, seqlen;
+	int64_t ntok;
+};
 
-	memset(tmp, 0, sizeof(tmp));
-	if (!ly || !xs || !x || !target || !logp || !xbufs) {
-		ret = -ENOMEM;
-		goto out;
+/* KL of the model with unit u of layer l rounded at qp into *kl. */
+static int kl_trial(struct kl_run *k, int l, int u, const int *unit_of,
+		    const struct qf_qparams *qp, double *kl)
+{
+	const struct qf_tf_config *c = k->c;
+	struct qf_tf_layer q = k->ly[l];
+	struct qf_tf_moe qm = { 0 };
+	bool any = false;
+	int i, ret = 0;
+
+	*kl = 0;
+	if (k->ly[l].moe && u >= 2) {	/* experts */
+		ret = moe_trial(c, k->ly[l].moe, u, qp, &qm, k->xbufs, &any);
+		q.moe = &qm;
 	}
-	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
-		if (!(tmp[k] = malloc((size_t)(qf_tf_linear_out(c, k) * qf_tf_linear_in(c, k)) *
-				      sizeof(float))))
+	for (i = 0; i < QF_TF_NLINEAR && !ret; i++) {
+		if (unit_of[i] != u || !k->ly[l].w[i])
+			continue;
+		ret = rtn_deq(k->ly[l].w[i], qf_tf_linear_out(c, i),
+			      qf_tf_linear_in(c, i), qp, k->tmp[i]);
+		q.w[i] = k->tmp[i];
+		any = true;
+	}
+	if (any && !ret)
+		memcpy(k->x, k->xs[l], (size_t)(k->ntok * c->hidden) *
+		       sizeof(float));
+	for (i = l; i < c->layers && !ret && any; i++)
+		ret = qf_tf_layer_forward(c, i == l ? &q : &k->ly[i], i, k->x,
+					  k->nseq, k->seqlen, NULL, NULL);
+	if (!ret && any)
+		ret = mean_kl(k->m, c, k->xs[c->layers], k->x, k->ntok, k->rows,
+			      k->la, k->lb, kl);
+	moe_trial_free(&qm, k->xbufs);
+	return ret;
+}
+
+static int kl_run_init(struct kl_run *k, const int32_t *ids)
+{
+	const struct qf_tf_config *c = k->c;
+	int64_t hsz = k->ntok * c->hidden;
+	int l, i, ret = 0;
+
+	k->rows = KL_BUDGET / ((int64_t)c->vocab * 4);
+	k->rows = k->rows < 1 ? 1 : k->rows > k->ntok ? k->ntok : k->rows;
+	k->ly = calloc((size_t)c->layers, sizeof(*k->ly));
+	k->xs = calloc((size_t)c->layers + 1, sizeof(*k->xs));
+	k->x = malloc((size_t)hsz * sizeof(*k->x));
+	k->xbufs = calloc((size_t)(c->experts + 1) * QF_MOE_NLINEAR,
+			  sizeof(*k->xbufs));
+	k->la = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->la));
+	k->lb = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->lb));
+	if (!k->ly || !k->xs || !k->x || !k->xbufs || !k->la || !k->lb)
+		return -ENOMEM;
+	for (i = 0; i < QF_TF_NLINEAR && !ret; i++)
+		if (!(k->tmp[i] = malloc((size_t)(qf_tf_linear_out(c, i) *
+						  qf_tf_linear_in(c, i)) *
+					 sizeof(float))))
 			ret = -ENOMEM;
-	/* next token within each sequence; the last has none */
-	for (r = 0; r < ntok; r++)
-		target[r] = (r + 1) % seqlen ? ids[r + 1] : -1;
 	for (l = 0; l <= c->layers && !ret; l++)
-		if (!(xs[l] = malloc((size_t)hsz * sizeof(float))))
+		if (!(k->xs[l] = malloc((size_t)hsz * sizeof(float))))
 			ret = -ENOMEM;
 	if (!ret)
-		ret = qf_tf_embed(m, c, ids, ntok, xs[0]);
+		ret = qf_tf_embed(k->m, c, ids, k->ntok, k->xs[0]);
 	for (l = 0; l < c->layers && !ret; l++) {
-		ret = qf_tf_layer_load(m, c, l, &ly[l]);
+		ret = qf_tf_layer_load(k->m, c, l, &k->ly[l]);
 		if (!ret) {
-			memcpy(xs[l + 1], xs[l], (size_t)hsz * sizeof(float));
-			ret = qf_tf_layer_forward(c, &ly[l], l, xs[l + 1], nseq,
-						  seqlen, NULL, NULL);
+			memcpy(k->xs[l + 1], k->xs[l],
+			       (size_t)hsz * sizeof(float));
+			ret = qf_tf_layer_forward(c, &k->ly[l], l, k->xs[l + 1],
+						  k->nseq, k->seqlen, NULL,
+						  NULL);
 		}
 	}
-	if (!ret)
-		ret = mean_nll(m, c, xs[c->layers], target, ntok, logp, &ref);
-	if (ref_nll)
-		*ref_nll = ref;
+	return ret;
+}
+
+static void kl_run_free(struct kl_run *k)
+{
+	int l;
+
+	for (l = 0; k->ly && l < k->c->layers; l++)
+		qf_tf_layer_free(&k->ly[l]);
+	for (l = 0; k->xs && l <= k->c->layers; l++)
+		free(k->xs[l]);
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		free(k->tmp[l]);
+	free(k->ly);
+	free(k->xs);
+	free(k->x);
+	free(k->xbufs);
+	free(k->la);
+	free(k->lb);
+}
+
+int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
+		      const int32_t *ids, int nseq, int seqlen,
+		      const int unit_of[QF_TF_NLINEAR], int nunits,
+		      const int *bits, int np, int group, double *kl,
+		      int (*progress)(void *arg, int layer, double seconds),
+		      void *arg)
+{
+	struct kl_run k = {
+		.m = m, .c = c, .nseq = nseq, .seqlen = seqlen,
+		.ntok = (int64_t)nseq * seqlen,
+	};
+	int l, u, p, ret = kl_run_init(&k, ids);
+
 	for (l = 0; l < c->layers && !ret; l++) {
 		double t0 = qf_now();
 
 		for (u = 0; u < nunits && !ret; u++)
 			for (p = 0; p < np && !ret; p++) {
-				struct qf_tf_layer q = ly[l];
 				struct qf_qparams qp = { bits[p], group, false };
-				struct qf_tf_moe qm = { 0 };
-				double nll = ref;
-				bool any = false;
+				double *at = &kl[((size_t)l * nunits + u) * np + p];
 
-				if (bits[p] >= 16) {
-					cost[((size_t)l * nunits + u) * np + p] = 0;
-					continue;
-				}
-				if (ly[l].moe && u >= 2) {	/* experts */
-					ret = moe_trial(c, ly[l].moe, u, &qp,
-							&qm, xbufs, &any);
-					q.moe = &qm;
-				}
-				for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-					if (unit_of[k] != u || !ly[l].w[k])
-						continue;
-					ret = rtn_deq(ly[l].w[k], qf_tf_linear_out(c, k),
-						      qf_tf_linear_in(c, k), &qp, tmp[k]);
-					q.w[k] = tmp[k];
-					any = true;
-				}
-				memcpy(x, xs[l], (size_t)hsz * sizeof(float));
-				for (i = l; i < c->layers && !ret && any; i++)
-					ret = qf_tf_layer_forward(c, i == l ? &q :
-								  &ly[i], i, x,
-								  nseq, seqlen,
-								  NULL, NULL);
-				if (!ret && any)
-					ret = mean_nll(m, c, x, target, ntok,
-						       logp, &nll);
-				moe_trial_free(&qm, xbufs);
-				cost[((size_t)l * nunits + u) * np + p] =
-					nll - ref;
+				*at = 0;
+				if (bits[p] < 16)
+					ret = kl_trial(&k, l, u, unit_of, &qp, at);
 			}
 		if (!ret && progress)
 			ret = progress(arg, l, qf_now() - t0);
 	}
-out:
-	for (l = 0; ly && l < c->layers; l++)
-		qf_tf_layer_free(&ly[l]);
-	for (l = 0; xs && l <= c->layers; l++)
-		free(xs[l]);
-	for (k = 0; k < QF_TF_NLINEAR; k++)
-		free(tmp[k]);
-	free(ly);
-	free(xs);
-	free(x);
-	free(target);
-	free(logp);
-	free(xbufs);
+	kl_run_free(&k);
 	return ret;
 }

@@ -302,6 +302,38 @@ static void softcap_rows(float *l, int64_t n, int64_t nr, int64_t ld,
 		qf_tf_softcap(l + r * ld, nr, cap);
 }
 
+/*
+ * A quantized lm_head (a variant's _head<h>: GPTQ or AWQ tensors, no
+ * lm_head.weight), dequantized whole: the logits as a loader computes
+ * them with it.
+ */
+static int head_quantized(const struct qf_model *m,
+			  const struct qf_tf_config *c, const float *x,
+			  int64_t n, float *logits)
+{
+	size_t wn = (size_t)c->vocab * (size_t)c->hidden;
+	float *w = malloc(wn * sizeof(*w));	/* [vocab, hidden] */
+	float *xn = malloc(sizeof(float) * (size_t)(n * c->hidden));
+	float *norm = NULL;			/* [hidden] */
+	int ret = w && xn ? 0 : -ENOMEM;
+
+	if (!ret)
+		ret = load_f32(m, "model.norm.weight", c->hidden, 0, &norm);
+	ret = norm_plus1(c, ret, norm, c->hidden);
+	if (!ret)
+		ret = qf_model_linear_f32(m, "lm_head", c->vocab, c->hidden, w);
+	if (!ret) {
+		qf_tf_rmsnorm(x, norm, n, c->hidden, c->rms_eps, xn);
+		qf_sgemm(false, true, (int)n, c->vocab, c->hidden, 1.0f, xn,
+			 c->hidden, w, c->hidden, 0.0f, logits, c->vocab);
+		softcap_rows(logits, n, c->vocab, c->vocab, c->final_softcap);
+	}
+	free(w);
+	free(xn);
+	free(norm);
+	return ret;
+}
+
 int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	       const float *x, int64_t n, float *logits)
 {
@@ -314,6 +346,9 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	int64_t chunk, r0, nr;
 	int ret;
 
+	if (!c->tie && !qf_model_find(m, wname) &&
+	    qf_model_find(m, "lm_head.qweight"))
+		return head_quantized(m, c, x, n, logits);
 	mt = find_shaped(m, wname, c->vocab, c->hidden);
 	if (!mt)
 		return QF_EFORMAT;

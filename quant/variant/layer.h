@@ -85,6 +85,18 @@ int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,
 		      struct qf_lin_stats *st, struct qf_layer_res *r);
 
+/*
+ * GPTQ of the quantized lm_head (v->head >= 0, _head<h>) on the Hessian
+ * of its inputs: the final norm (model.norm) applied to x [ntok, hidden],
+ * the last decoder layer's output on the calibration tokens as the
+ * quantized model computes it.  GPTQ and BRECQ (whose head is GPTQ's,
+ * not learned rounding) call it after the last layer.  The group's
+ * tensors and losses into r.  Returns 0, QF_EFORMAT (no final norm),
+ * QF_ENUMERIC, -ENOMEM.
+ */
+int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
+		  const float *x, int64_t ntok, struct qf_layer_res *r);
+
 /* ReFlip's effect on the layer, for the caller's log. */
 struct qf_layer_reflip {
 	bool on;		/* the variant asked for ReFlip */

@@ -31,12 +31,12 @@ struct spec_method {
 
 static const struct spec_method methods[] = {
 	[QF_METHOD_RTN] = { "rtn", B(2) | B(3) | B(4) | B(8),
-			    QF_SPEC_SYM | QF_SPEC_FAKE, false },
+			    QF_SPEC_SYM | QF_SPEC_ROT | QF_SPEC_FAKE, false },
 	[QF_METHOD_GPTQ] = { "gptq", B(2) | B(3) | B(4) | B(8),
 			     QF_SPEC_ACT | QF_SPEC_STATIC | QF_SPEC_SYM |
-			     QF_SPEC_FAKE, true },
+			     QF_SPEC_ROT | QF_SPEC_FAKE, true },
 	[QF_METHOD_AWQ] = { "awq", B(4), QF_SPEC_REFLIP | QF_SPEC_L2 |
-			    QF_SPEC_FAKE, true },
+			    QF_SPEC_ROT | QF_SPEC_FAKE, true },
 	[QF_METHOD_BRECQ] = { "brecq", B(2) | B(3) | B(4) | B(6) | B(8),
 			      QF_SPEC_SYM | QF_SPEC_FAKE, true },
 	[QF_METHOD_MIXED_STATIC] = { "mixed_static", 0, QF_SPEC_FAKE, false },
@@ -47,6 +47,7 @@ static const struct spec_method methods[] = {
 
 #define BRECQ_ATTN_BITS (B(2) | B(3) | B(4) | B(6) | B(8))
 #define BRECQ_HEAD_BITS (B(4) | B(6) | B(8) | B(16))
+#define HEAD_BITS (B(4) | B(6) | B(8))	/* rtn, gptq, awq: 0 = fp16 */
 #define MSG_ATTN "attention bits must be 2, 3, 4, 6 or 8"
 #define MSG_HEAD "head bits must be 4, 6 or 8"
 
@@ -63,6 +64,7 @@ static const struct {
 	{ "sym", QF_SPEC_SYM },
 	{ "reflip", QF_SPEC_REFLIP },
 	{ "l2", QF_SPEC_L2 },
+	{ "rot", QF_SPEC_ROT },
 	{ "fake", QF_SPEC_FAKE },
 };
 
@@ -184,6 +186,31 @@ static bool parse_avg(const char *p, size_t n, int *x100)
 	return true;
 }
 
+/*
+ * rtn, gptq, awq: _attn<a> and _head<h> are optional (0: the weight bits,
+ * fp16), so a name that spells the default is refused; AWQ's GEMM format
+ * packs 4 bits only, and its head is not served yet.
+ */
+static const char *attn_head_check(const struct qf_spec *s)
+{
+	if (s->attn_bits && (s->attn_bits < 0 || s->attn_bits > 31 ||
+			     !(BRECQ_ATTN_BITS & B(s->attn_bits))))
+		return MSG_ATTN;
+	if (s->attn_bits && s->attn_bits == s->bits)
+		return "attention bits equal to the weight bits are not "
+		       "written";
+	if (s->head_bits && (s->head_bits < 0 || s->head_bits > 31 ||
+			     !(HEAD_BITS & B(s->head_bits))))
+		return MSG_HEAD;
+	if (s->method == QF_METHOD_AWQ && s->attn_bits)
+		return "awq has no _attn: the AWQ GEMM format packs 4 bits "
+		       "only";
+	if (s->method == QF_METHOD_AWQ && s->head_bits)
+		return "awq has no _head yet: its scale search on the head "
+		       "(folded into model.norm) is not implemented";
+	return NULL;
+}
+
 /* The field rules shared by parse and print: NULL when s is valid. */
 static const char *spec_check(const struct qf_spec *s)
 {
@@ -222,8 +249,15 @@ static const char *spec_check(const struct qf_spec *s)
 		if (s->head_bits < 0 || s->head_bits > 31 ||
 		    !(BRECQ_HEAD_BITS & B(s->head_bits)))
 			return MSG_HEAD;
+	} else if (s->method == QF_METHOD_RTN || s->method == QF_METHOD_GPTQ ||
+		   s->method == QF_METHOD_AWQ) {
+		const char *msg = attn_head_check(s);
+
+		if (msg)
+			return msg;
 	} else if (s->attn_bits || s->head_bits) {
-		return "attention and head bits only for brecq";
+		return "attention and head bits only for rtn, gptq, awq and "
+		       "brecq";
 	}
 	if (s->method == QF_METHOD_MIXED_BUDGET) {
 		if (s->avg_bits_x100 < 200 || s->avg_bits_x100 > 1600)

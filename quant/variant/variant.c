@@ -100,8 +100,10 @@ static int linear_bits(const struct qf_variant *v, const char *name)
 
 	if (v->bits_of)
 		return v->bits_of(v->bits_arg, name);
+	if (s->attn_bits && strstr(name, "self_attn."))
+		return s->attn_bits;	/* _attn<a>, brecq */
 	if (s->method == QF_METHOD_BRECQ)
-		return strstr(name, "self_attn.") ? s->attn_bits : s->bits;
+		return s->bits;
 	if (s->method == QF_METHOD_MIXED_STATIC) {
 		struct qf_mixed_static t;
 
@@ -247,7 +249,8 @@ static const struct qf_model_tensor *awq_moe_extra(const struct qf_variant *v,
 
 /* Output tensors of one quantized linear; prefix is name minus .weight. */
 static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
-		      const struct qf_model_tensor *mt)
+		      const struct qf_model_tensor *mt, const char *as,
+		      int bits)
 {
 	int64_t out = mt->t->shape[0];
 	int64_t in = mt->t->shape[1];
@@ -258,15 +261,15 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 	int64_t ng;
 	int ret;
 
-	snprintf(prefix, sizeof(prefix), "%.*s", (int)(strlen(mt->name) - 7),
-		 mt->name);
+	snprintf(prefix, sizeof(prefix), "%.*s", as ? (int)strlen(as) :
+		 (int)(strlen(mt->name) - 7), as ? as : mt->name);
 	if (qf_grow(&v->g, v->ng + 1, gcap, 32, sizeof(*v->g)))
 		return -ENOMEM;
 	g = &v->g[v->ng++];
 	memset(g, 0, sizeof(*g));
 	g->w = mt;
 	g->first = (uint32_t)v->nt;
-	g->qp.bits = linear_bits(v, mt->name);
+	g->qp.bits = bits;
 	g->pack_bits = qf_pack_bits(g->qp.bits);
 	g->qp.group = s->group < 0 ? 0 : s->group ? s->group : 128;
 	g->qp.sym = s->flags & QF_SPEC_SYM;
@@ -309,6 +312,42 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 	return ret;
 }
 
+/*
+ * _head<h> (rtn, gptq, brecq; the grammar refuses it elsewhere): mt is the
+ * head's source, lm_head.weight, or with tied embeddings (no
+ * lm_head.weight) model.embed_tokens.weight.
+ */
+static bool head_source(const struct qf_variant *v,
+			const struct qf_model_tensor *mt)
+{
+	int h = v->spec.head_bits;
+
+	if (h < 2 || h > 8 || v->spec.method == QF_METHOD_KQUANT ||
+	    mt->t->ndim != 2 || !is_float(mt->t->dtype))
+		return false;
+	if (!strcmp(mt->name, "lm_head.weight"))
+		return true;
+	return !strcmp(mt->name, "model.embed_tokens.weight") &&
+	       !qf_model_find(v->m, "lm_head.weight");
+}
+
+/* The quantized lm_head's group (v->head): 0, or 1 and a note why it is
+ * kept (then its source is served as it is), or -ENOMEM. */
+static int add_head(struct qf_variant *v, size_t *cap, size_t *gcap,
+		    const struct qf_model_tensor *mt)
+{
+	int bits = v->spec.head_bits;
+	int ret;
+
+	if (!packable(&v->spec, bits, mt->t->shape[1], mt->t->shape[0])) {
+		ret = note_skip(v, "lm_head.weight", "the head's shape does not "
+				"pack at its bits");
+		return ret < 0 ? ret : 1;
+	}
+	v->head = (int)v->ng;
+	return add_linear(v, cap, gcap, mt, "lm_head", bits);
+}
+
 int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 		    struct qf_variant **out)
 {
@@ -323,7 +362,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 	size_t cap = 0, gcap = 0;
 	size_t i;
 	int ret, bits;
-	bool router;
+	bool router, head;
 
 	switch (spec->method) {
 	case QF_METHOD_RTN:
@@ -331,9 +370,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 	case QF_METHOD_AWQ:
 	case QF_METHOD_MIXED_STATIC:
 		break;
-	case QF_METHOD_BRECQ:	/* lm_head stays in the source dtype */
-		if (spec->head_bits && spec->head_bits != 16)
-			return QF_EUNSUPPORTED;
+	case QF_METHOD_BRECQ:
 		break;
 	case QF_METHOD_MIXED_DYN:
 	case QF_METHOD_MIXED_BUDGET:
@@ -350,6 +387,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 		return -ENOMEM;
 	v->m = m;
 	v->spec = *spec;
+	v->head = -1;
 	v->bits_of = bits_of;
 	v->bits_arg = arg;
 	ret = qf_spec_print(spec, v->name, sizeof(v->name));
@@ -361,13 +399,20 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 		if (awq_norm(v, mt->name) == mt ||
 		    awq_moe_extra(v, mt->name) == mt)
 			continue;	/* an output of its q/gate group */
+		head = head_source(v, mt);
+		if (head && (ret = add_head(v, &cap, &gcap, mt)) < 0)
+			goto out_free;
+		/* the head's group replaces lm_head.weight; a tied source's
+		 * embedding is served as well, as it is */
+		if (head && !ret && !strcmp(mt->name, "lm_head.weight"))
+			continue;
 		router = is_linear(mt) && spec->method != QF_METHOD_KQUANT &&
 			 qf_moe_is_router(m, mt->name);
 		if (router && (ret = note_skip(v, mt->name, "a mixture-of-"
 					       "experts router")) < 0)
 			goto out_free;
 		/* k-quants live in model.gguf only (fs/gguf_view.c) */
-		if (!is_linear(mt) || router ||
+		if (head || !is_linear(mt) || router ||
 		    spec->method == QF_METHOD_KQUANT) {
 			ret = add_tensor(v, &cap, mt->name, "", mt->t->dtype,
 					 0, 0, QF_VT_PASSTHROUGH);
@@ -405,7 +450,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
 			continue;
 		}
-		ret = add_linear(v, &cap, &gcap, mt);
+		ret = add_linear(v, &cap, &gcap, mt, NULL, bits);
 		if (ret < 0)
 			goto out_free;
 	}

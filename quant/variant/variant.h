@@ -37,6 +37,7 @@ enum {
 	QF_SPEC_REFLIP = 1u << 3,	/* awq: GQA ReFlip refinement */
 	QF_SPEC_FAKE = 1u << 4,		/* dequantized, source dtype */
 	QF_SPEC_L2 = 1u << 5,		/* awq: salience sqrt(mean x^2) */
+	QF_SPEC_ROT = 1u << 6,		/* of the rotated model (rot.h) */
 };
 
 #define QF_SPEC_CALIB_MAX 64
@@ -45,8 +46,10 @@ struct qf_spec {
 	enum qf_method method;
 	int bits;		/* weight bits; MLP bits for brecq; kquant bits */
 	int group;		/* 32/64/128, -1 = per channel, 0 = n/a */
-	int attn_bits;		/* brecq: attention bits; 0 = n/a */
-	int head_bits;		/* brecq: lm_head bits, 16 = fp16 (default) */
+	int attn_bits;		/* self_attn bits; brecq: always set;
+				 * rtn/gptq/awq: 0 = the weight bits */
+	int head_bits;		/* lm_head bits; brecq: 16 = fp16 (default);
+				 * rtn/gptq/awq: 0 = fp16 */
 	int avg_bits_x100;	/* mixed_b: average bits x 100 */
 	char kq_size;		/* kquant: 'S', 'M', 'L' or 0 */
 	unsigned flags;		/* QF_SPEC_* */
@@ -113,6 +116,10 @@ struct qf_variant {
 	size_t ng;
 	struct qf_buf skipped;		/* JSON array text of kept layers */
 	size_t nskipped;
+	/* the group of the quantized lm_head (_head<h>), -1: none.  Its
+	 * w is lm_head.weight, or for tied embeddings the embedding
+	 * (which is also served as it is: the variant is untied) */
+	int head;
 	qf_bits_fn bits_of;		/* per-linear bits, or NULL */
 	void *bits_arg;
 	/* mixed_dyn / mixed_b: the "allocation" object of
@@ -130,8 +137,8 @@ int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
 /*
  * Per-linear precision: the grid bits of linear `name` (a ".weight"
  * tensor), 16 to keep it in the source dtype.  The default rule: the
- * spec's bits; brecq: attention (self_attn.*) at attn_bits, the rest at
- * bits; mixed_static: mixed.h's default role table.  mixed_dyn and mixed_b
+ * spec's bits; attention (self_attn.*) at attn_bits where set (brecq
+ * always), the rest at bits; lm_head at head_bits (_head<h>); mixed_static: mixed.h's default role table.  mixed_dyn and mixed_b
  * need bits_of (their allocation is measured).  Grids without a GPTQ
  * packing (5, 6, 7 bits) are stored in the 8-bit container with values
  * on the narrower grid.

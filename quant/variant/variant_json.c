@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "brecq.h"
+#include "rot.h"
 #include "variant.h"
 
 static int emit(cJSON *root, struct qf_buf *out)
@@ -171,7 +172,8 @@ static void add_overrides(cJSON *dyn, const struct qf_variant *v)
 
 		if (g->pack_bits == def)
 			continue;
-		regex_of(g->w->name, &re);
+		regex_of((int)i == v->head ? "lm_head.weight" : g->w->name,
+			 &re);
 		if (!re.data)
 			continue;
 		re.data[0] = '+';	/* regex_of writes "-:" */
@@ -260,6 +262,8 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
 	cJSON_AddStringToObject(meta, "method", qf_method_name(s->method));
 	cJSON_AddStringToObject(meta, "variant", v->name);
+	if (v->head >= 0)	/* GPTQModel / vLLM: a quantized lm_head */
+		cJSON_AddBoolToObject(qc, "lm_head", true);
 	if (!v->nskipped && !mixed_bits(v))
 		return qc;
 	/*
@@ -294,6 +298,12 @@ int qf_variant_config(const struct qf_variant *v, struct qf_buf *out)
 	while (cJSON_GetObjectItemCaseSensitive(root, "quantization_config"))
 		cJSON_DeleteItemFromObjectCaseSensitive(root,
 							"quantization_config");
+	/* a quantized head of tied embeddings is its own tensor: untied */
+	if (v->head >= 0) {
+		cJSON_DeleteItemFromObjectCaseSensitive(root,
+							"tie_word_embeddings");
+		cJSON_AddBoolToObject(root, "tie_word_embeddings", false);
+	}
 	if (!(v->spec.flags & QF_SPEC_FAKE) &&
 	    v->spec.method != QF_METHOD_KQUANT)	/* GGUF only */
 		cJSON_AddItemToObject(root, "quantization_config",
@@ -401,6 +411,25 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 				"round-to-nearest at the same settings (rtn)");
 }
 
+/* _rot: what the quantized model is (rot.h), so it can be made again. */
+static void add_rotation(cJSON *root, const struct qf_variant *v)
+{
+	cJSON *o = cJSON_AddObjectToObject(root, "rotation");
+	const cJSON *tie = cJSON_GetObjectItemCaseSensitive(v->m->config,
+							    "tie_word_embeddings");
+
+	cJSON_AddStringToObject(o, "construction", QF_ROT_NAME);
+	cJSON_AddStringToObject(o, "residual",
+				"Q = diag(s) (H_p / sqrt(p) kron DCT-II_m), "
+				"hidden = p m, signs s from splitmix64(seed)");
+	cJSON_AddStringToObject(o, "value_output",
+				"R of head_dim, same construction, seed + 1");
+	cJSON_AddNumberToObject(o, "seed", (double)QF_ROT_SEED);
+	cJSON_AddStringToObject(o, "norms", "folded into the linears that "
+				"read them; stored as ones");
+	cJSON_AddBoolToObject(o, "tie_word_embeddings", cJSON_IsTrue(tie));
+}
+
 int qf_variant_manifest(const struct qf_variant *v,
 			const struct qf_calib_info *ci, struct qf_buf *out)
 {
@@ -438,6 +467,8 @@ int qf_variant_manifest(const struct qf_variant *v,
 	if (v->alloc_json)
 		cJSON_AddItemToObject(root, "allocation",
 				      cJSON_Parse(v->alloc_json));
+	if (s->flags & QF_SPEC_ROT)
+		add_rotation(root, v);
 	o = cJSON_AddObjectToObject(root, "source");
 	QF_ASSERT(v->m->fp_set);	/* the caller fingerprinted it */
 	cJSON_AddStringToObject(o, "dir", v->m->dir);
@@ -448,7 +479,8 @@ int qf_variant_manifest(const struct qf_variant *v,
 		const struct qf_vgroup *g = &v->g[i];
 
 		l = cJSON_CreateObject();
-		cJSON_AddStringToObject(l, "name", g->w->name);
+		cJSON_AddStringToObject(l, "name", (int)i == v->head ?
+					"lm_head.weight" : g->w->name);
 		shape = cJSON_AddArrayToObject(l, "shape");
 		cJSON_AddItemToArray(shape, cJSON_CreateNumber(
 					(double)g->w->t->shape[0]));

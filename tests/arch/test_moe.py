@@ -440,8 +440,9 @@ def test_sampled_calibration():
 def test_gguf():
     """llama.cpp on original/model.gguf (qwen3moe, llama with experts,
     olmoe, qwen2moe): its next-token distributions against quantfs's; on
-    a Q4_0 view (rtn_w4_g32_sym, experts repacked; two families, for
-    time) its perplexity against `quantfs eval` of the same files."""
+    a Q4_0 view (gptq_w4_g32_sym, experts repacked; two families, for
+    time) its perplexity against `quantfs eval` of the same weights (an
+    RTN view is ggml's own grid, not the checkpoint's: ggml_fit.c)."""
     need_client()
     ids = ids_for(512, 1, 32, seed=11)[0]
     with Mount(src_dir()) as m:
@@ -455,7 +456,7 @@ def test_gguf():
                                    label=arch)
             assert out.get("arch") in (None, GGUF_ARCH[arch]), out
             if arch in ("mixtral", "qwen2_moe"):
-                check_gguf_ppl(d, "rtn_w4_g32_sym", label=arch)
+                check_gguf_ppl(d, "gptq_w4_g32_sym", label=arch)
 
 
 def test_mixed():

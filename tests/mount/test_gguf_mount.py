@@ -164,8 +164,18 @@ def test_files_listed_and_exact_repack():
                     want = stread.gptq_dequant(st, hf, bits, out_f, in_f)[0]
                 else:
                     want = src[hf + ".weight"]
-                # the variant's own values: exactly
-                assert np.array_equal(w, want.astype(np.float32)), (v, name)
+                if v and v.startswith("rtn"):
+                    # RTN: the source on ggml's own grid (signed scales,
+                    # fitted): closer to the source than the checkpoint's
+                    # grid (ggml_fit.c; test_gguf_fit checks the rule)
+                    x = src[hf + ".weight"].astype(np.float64)
+                    e_gguf = np.sum((w - x) ** 2)
+                    e_st = np.sum((want.astype(np.float64) - x) ** 2)
+                    assert e_gguf < 0.95 * e_st, (v, name, e_gguf, e_st)
+                else:
+                    # the variant's own values: exactly
+                    assert np.array_equal(w, want.astype(np.float32)), \
+                        (v, name)
                 n += 1
             assert n == 3
         # evicted behind the mount's back (cache gc): produced again

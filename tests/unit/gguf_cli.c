@@ -6,6 +6,9 @@
  *   gguf_cli write MODEL_DIR TYPE OUT.gguf   plan + every tensor, eagerly
  *   gguf_cli plan MODEL_DIR TYPE             print the plan only
  *   gguf_cli quant TYPE ROWS COLS IN.f32 OUT [IMP.f32]
+ *   gguf_cli fit TYPE ROWS COLS IN.f32 OUT [IMP.f32]   _quantize_row_fit
+ *   gguf_cli gptq TYPE ROWS COLS W.f32 U.f32 OUT [IMP.f32]
+ *                                   qf_ggml_gptq_quantize (U: COLS x COLS)
  *   gguf_cli dequant TYPE ROWS COLS IN OUT.f32
  *   gguf_cli fromint q4_0|q8_0 ROWS COLS Q.u8 SC.f16 OUT
  *   gguf_cli read FILE.gguf                  the reader (gguf_read.c)
@@ -114,6 +117,37 @@ out_free:
 	return ret;
 }
 
+/* gptq: qf_ggml_gptq_quantize of the whole matrix. */
+static int gptq_cmd(int argc, char **argv)
+{
+	enum qf_ggml_type t = type_arg(argv[2]);
+	int64_t rows = atoll(argv[3]), cols = atoll(argv[4]);
+	uint64_t rb = qf_ggml_row_bytes(t, cols);
+	float *w, *u, *imp = NULL;
+	uint8_t *y;
+	int ret;
+
+	if (!rb || rows <= 0) {
+		fprintf(stderr, "bad shape for %s\n", argv[2]);
+		return 2;
+	}
+	w = slurp(argv[5], (size_t)(rows * cols) * 4);
+	u = slurp(argv[6], (size_t)(cols * cols) * 4);
+	if (argc > 8)
+		imp = slurp(argv[8], (size_t)cols * 4);
+	y = calloc(rows, rb);
+	ret = y ? qf_ggml_gptq_quantize(t, w, rows, cols, u, imp, y) : -ENOMEM;
+	if (!ret)
+		dump_path(argv[7], y, rb * (uint64_t)rows);
+	else
+		fprintf(stderr, "gptq: %s\n", qf_strerror(ret));
+	free(w);
+	free(u);
+	free(imp);
+	free(y);
+	return ret ? 1 : 0;
+}
+
 /* quant / dequant / fromint over ROWS rows of COLS. */
 static int rows_cmd(int argc, char **argv)
 {
@@ -133,13 +167,14 @@ static int rows_cmd(int argc, char **argv)
 		return 2;
 	}
 	y = malloc(rb * (uint64_t)rows);
-	if (!strcmp(argv[1], "quant")) {
+	if (!strcmp(argv[1], "quant") || !strcmp(argv[1], "fit")) {
 		x = slurp(argv[5], n * 4);
 		if (argc > 7)
 			imp = slurp(argv[7], (size_t)cols * 4);
 		for (r = 0; r < rows && !ret; r++)
-			ret = qf_ggml_quantize_row(t, x + r * cols, cols, imp,
-						   y + r * rb);
+			ret = (argv[1][0] == 'f' ? qf_ggml_quantize_row_fit :
+			       qf_ggml_quantize_row)(t, x + r * cols, cols,
+						     imp, y + r * rb);
 		if (!ret)
 			dump_path(argv[6], y, rb * (uint64_t)rows);
 	} else if (!strcmp(argv[1], "dequant")) {
@@ -226,12 +261,15 @@ int main(int argc, char **argv)
 		qf_model_close(m);
 		return ret;
 	}
-	if ((argc == 7 || argc == 8) && !strcmp(argv[1], "quant"))
+	if ((argc == 7 || argc == 8) && (!strcmp(argv[1], "quant") ||
+					 !strcmp(argv[1], "fit")))
 		return rows_cmd(argc, argv);
 	if (argc == 7 && !strcmp(argv[1], "dequant"))
 		return rows_cmd(argc, argv);
 	if (argc == 8 && !strcmp(argv[1], "fromint"))
 		return rows_cmd(argc, argv);
+	if ((argc == 8 || argc == 9) && !strcmp(argv[1], "gptq"))
+		return gptq_cmd(argc, argv);
 	if (argc == 3 && !strcmp(argv[1], "read"))
 		return read_cmd(argv[2]);
 	if (argc == 5 && !strcmp(argv[1], "tomodel"))

@@ -26,6 +26,9 @@
  *        bits.i32 [N], alloc.json; POLICY budget or ratio (RATIO as
  *        ratio's SPEC), LIN [N, 6]: layer kind out in params src_bytes,
  *        SENS [N, 7], ULOSS [NLAYERS * 4, 5]; exit 3 when infeasible
+ *   kl MODEL_DIR IDS.i32 NSEQ SEQLEN GROUP NP B1..BNP OUTDIR
+ *        kl.f64 [layers * 4 * NP]: qf_mixed_kl_table per layer, unit
+ *        ({q,k,v}, {o}, {gate,up}, {down}) and width
  * Exit 0, 1 on a library error, 2 on bad usage or I/O, 3 infeasible.
  */
 #include <stdio.h>
@@ -35,16 +38,30 @@
 #include "cli_io.h"
 #include "mixed.h"
 #include "mixed_alloc.h"
+#include "nn.h"
 
 static const char *opt_str(const char *s)
 {
 	return strcmp(s, "-") ? s : "";
 }
 
+/* NP (argv[at]) and the widths after it; argc must hold them. */
+static int *widths_arg(int argc, char **argv, int at, int *np)
+{
+	int k, *bits;
+
+	*np = atoi(argv[at]);
+	need(argc, at + 2 + *np);
+	bits = xmalloc((size_t)*np * sizeof(*bits));
+	for (k = 0; k < *np; k++)
+		bits[k] = atoi(argv[at + 1 + k]);
+	return bits;
+}
+
 static int cmd_sens(int argc, char **argv)
 {
 	int64_t out, in;
-	int np, group, k, *bits;
+	int np, group, *bits;
 	float *w, *h;
 	double *cost;
 	bool sym;
@@ -54,11 +71,7 @@ static int cmd_sens(int argc, char **argv)
 	in = atoll(argv[5]);
 	group = atoi(argv[6]);
 	sym = atoi(argv[7]);
-	np = atoi(argv[8]);
-	need(argc, 10 + np);
-	bits = xmalloc((size_t)np * sizeof(*bits));
-	for (k = 0; k < np; k++)
-		bits[k] = atoi(argv[9 + k]);
+	bits = widths_arg(argc, argv, 8, &np);
 	w = slurp(argv[2], (size_t)(out * in) * 4);
 	h = slurp(argv[3], (size_t)(in * in) * 4);
 	cost = xmalloc((size_t)np * sizeof(*cost));
@@ -447,6 +460,38 @@ static int cmd_alloc(int argc, char **argv)
 	return ret == QF_ESPEC ? 3 : 0;
 }
 
+static int cmd_kl(int argc, char **argv)
+{
+	struct qf_model *m = NULL;
+	struct qf_tf_config c;
+	int unit_of[QF_TF_NLINEAR], nseq, seqlen, group, np, k, *bits;
+	int32_t *ids;
+	double *kl;
+	size_t nkl;
+
+	need(argc, 8);
+	nseq = atoi(argv[4]);
+	seqlen = atoi(argv[5]);
+	group = atoi(argv[6]);
+	bits = widths_arg(argc, argv, 7, &np);
+	for (k = 0; k < QF_TF_NLINEAR; k++)
+		unit_of[k] = qf_mixed_unit_of((enum qf_tf_linear)k);
+	ids = slurp(argv[3], (size_t)nseq * (size_t)seqlen * 4);
+	check(qf_model_open(argv[2], &m), "model");
+	check(qf_tf_config_parse(m, &c), "config");
+	nkl = (size_t)c.layers * QF_MIXED_UNITS * (size_t)np;
+	kl = xmalloc(nkl * sizeof(*kl));
+	check(qf_mixed_kl_table(m, &c, ids, nseq, seqlen, unit_of,
+				QF_MIXED_UNITS, bits, np, group, kl, NULL, NULL),
+	      "kl table");
+	dump(argv[8 + np], "kl.f64", kl, nkl * sizeof(*kl));
+	qf_model_close(m);
+	free(kl);
+	free(ids);
+	free(bits);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	need(argc, 2);
@@ -477,6 +522,8 @@ int main(int argc, char **argv)
 		return cmd_packq(argc, argv);
 	if (!strcmp(argv[1], "size"))
 		return cmd_size(argc, argv);
+	if (!strcmp(argv[1], "kl"))
+		return cmd_kl(argc, argv);
 	if (!strcmp(argv[1], "alloc"))
 		return cmd_alloc(argc, argv);
 	fprintf(stderr, "unknown command %s\n", argv[1]);

@@ -730,6 +730,60 @@ def test_alloc():
           not bad and cases > 10 and nratio > 3 and ninf > 0, str(bad[:3]))
 
 
+def test_kl():
+    """qf_mixed_kl_table against a float64 numpy forward (forward_ref.py,
+    written apart from quant/nn) of the same tiny Llama with one unit's
+    weights replaced by numpy RTN: the mean over every token of
+    KL(p_src || p_trial) per layer, unit and width."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import forward_ref
+    d = tempfile.mkdtemp(dir=ROOT.name)
+    forward_ref.gen(d, "llama", "F32", 7)
+    m = forward_ref.Model(d)
+    nseq, seqlen, group, widths = 2, 12, 32, [2, 3, 8]
+    ids = rng.integers(0, m.c["vocab_size"], (nseq, seqlen)).astype("<i4")
+    read = cli(["kl", d, "@ids", nseq, seqlen, group, len(widths)] +
+               widths, {"ids": ids})[0]
+    got = read("kl.f64", "<f8").reshape(m.L, 4, len(widths))
+    units = [["q_proj", "k_proj", "v_proj"], ["o_proj"],
+             ["gate_proj", "up_proj"], ["down_proj"]]
+    sub = {"q_proj": "self_attn", "k_proj": "self_attn",
+           "v_proj": "self_attn", "o_proj": "self_attn"}
+
+    def logp(model):
+        lg = np.concatenate([model.sequence(ids[s], {})
+                             for s in range(nseq)])
+        lg = lg - lg.max(1, keepdims=True)
+        return lg - np.log(np.exp(lg).sum(1, keepdims=True))
+    ref = logp(m)
+    want = np.zeros_like(got)
+    src = dict(m.w)
+    for layer in range(m.L):
+        for u, names in enumerate(units):
+            for k, b in enumerate(widths):
+                m.w = dict(src)
+                for n in names:
+                    key = "model.layers.%d.%s.%s.weight" % (
+                        layer, sub.get(n, "mlp"), n)
+                    q, sc, z = rtn(src[key].astype(np.float32), b, group,
+                                   False)
+                    m.w[key] = dequant(q, sc, z, group).astype(np.float64)
+                lq = logp(m)
+                want[layer, u, k] = np.mean(np.sum(np.exp(ref) *
+                                                   (ref - lq), 1))
+    m.w = src
+    err = np.abs(got - want) / want
+    ok = np.all(want > 0) and err.max() < 1e-3
+    check("KL table equals the float64 numpy forward (%d trials, KL %.2e "
+          "to %.2e; worst relative error %.1e)" % (
+              want.size, want.min(), want.max(), err.max()),
+          ok, "" if ok else str(err))
+    # fewer bits never perturb less, in both
+    check("KL falls with the width", np.all(np.diff(got, axis=2) < 0) and
+          np.all(np.diff(want, axis=2) < 0))
+
+
+test_kl()
 test_roles()
 test_static()
 test_ratio()

@@ -24,12 +24,16 @@ static const char *const valid_names[] = {
 	"awq_w4_g128_reflip_l2", "awq_w4_g128_l2_fake",
 	"brecq_w4_g64_attn6", "brecq_w2_g128_attn4_head8",
 	"brecq_w8_gc_attn8_head4_sym_fake@wiki", "brecq_w6_g32_attn3_head6",
-	"brecq_w3_g64_attn2_sym", "mixed_static", "mixed_static_fake",
+	"brecq_w3_g64_attn2_sym", "rtn_w4_g128_head8", "rtn_w4_g128_attn8",
+	"gptq_w4_g128_head8", "gptq_w4_g64_attn6_head4_act_sym",
+	"gptq_w3_gc_attn8@wiki", "mixed_static", "mixed_static_fake",
 	"mixed_dyn", "mixed_dyn_fake@wiki", "mixed_b4.5", "mixed_b3.25",
 	"mixed_b4", "mixed_b2", "mixed_b16", "mixed_b2.05",
 	"mixed_b15.99_fake@x", "kq2_k", "kq3_k_s", "kq3_k_m", "kq3_k_l",
 	"kq4_k_s", "kq4_k_m", "kq5_k_s", "kq5_k_m", "kq6_k",
 	"kq4_k_m@imatrix_wiki", "gptq_w4_g128@A",
+	"gptq_w3_g128_rot", "gptq_w2_g64_act_sym_rot_fake@wiki",
+	"awq_w4_g128_reflip_l2_rot", "rtn_w4_g32_sym_rot",
 	("gptq_w4_g128@0123456789012345678901234567890123456789012345678901"
 	 "234567890123"),
 };
@@ -43,8 +47,13 @@ static const char *const invalid_names[] = {
 	"rtn_w4_g0", "rtn_w4_g", "rtn_w4_g0128", "rtn_w4_gC",
 	"rtn_g128_w4", "rtn_w4_g128_act", "rtn_w4_g128_reflip",
 	"awq_w4_g128_l2_reflip", "gptq_w4_g128_l2", "rtn_w4_g128_l2",
+	"gptq_w3_g128_rot_sym", "gptq_w3_g128_fake_rot", "gptq_w3_g128_rot_rot",
+	"brecq_w4_g64_attn6_rot", "mixed_static_rot", "kq4_k_m_rot",
 	"rtn_w4_g128@wiki", "rtn_w4_g128_fake_sym", "rtn_w4_g128_sym_sym",
-	"rtn_w4_g128_attn4", "rtn_w4_g128_head8", "rtn_w4_g128_attn0",
+	"rtn_w4_g128_attn4", "rtn_w4_g128_head16", "rtn_w4_g128_attn0",
+	"rtn_w4_g128_head5", "rtn_w4_g128_head8_attn6", "awq_w4_g128_attn8",
+	"awq_w4_g128_head8", "awq_w4_g128_head4", "gptq_w4_g128_attn5",
+	"mixed_static_head8",
 	"gptq_w4_g128_static", "gptq_w4_g128_static_act",
 	"gptq_w4_g128_sym_act", "gptq_w4_g128_reflip", "gptq_w4_g128@",
 	"gptq_w4_g128@.wiki", "gptq_w4_g128@-wiki", "gptq_w4_g128@wi ki",
@@ -362,9 +371,17 @@ static bool ref_valid(const struct qf_spec *s)
 	default:
 		return false;
 	}
-	/* rtn, gptq, awq */
-	return grouped && in_set(s->group, groups, 4) && !s->attn_bits &&
-	       !s->head_bits && !s->avg_bits_x100 && !s->kq_size;
+	/* rtn, gptq, awq: optional attention bits (not the weight bits)
+	 * and head bits; awq neither */
+	if (s->attn_bits && (s->method == QF_METHOD_AWQ ||
+			     s->attn_bits == s->bits ||
+			     !in_set(s->attn_bits, brecq_bits, 5)))
+		return false;
+	if (s->head_bits && (!in_set(s->head_bits, heads, 3) ||
+			     s->method == QF_METHOD_AWQ))
+		return false;
+	return grouped && in_set(s->group, groups, 4) && !s->avg_bits_x100 &&
+	       !s->kq_size;
 }
 
 static void test_enumerate(void)
@@ -442,11 +459,13 @@ static void test_enumerate(void)
 		n_valid);
 	CHECK(n_bad, ==, 0);
 	/*
-	 * By hand: rtn 4*4*4, gptq 4*4*12*2, awq 4*8*2 (reflip, l2, fake),
+	 * By hand: rtn 4*4*4, gptq 4*4*12*2, each times 5 attention (none
+	 * or one of the four other bits) and 4 head choices (none, 4, 6,
+	 * 8); awq 4*8*2 (reflip, l2, fake), no _attn or _head;
 	 * brecq 5*4*5*4*4*2,
 	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 9*2.
 	 */
-	CHECK(n_valid, ==, 64 + 384 + 64 + 3200 + 2 + 4 + 20 + 18);
+	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 64 + 3200 + 2 + 4 + 20 + 18);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;

@@ -1,0 +1,197 @@
+#!/usr/bin/python3
+"""quantfs's GGUF views against llama.cpp's own quantizer, type by type, at
+equal bytes, measured by llama.cpp's own KL-divergence tool on held-out text
+(issue #24): the mean KL divergence of each file's next-token distributions
+from the source's, the share of positions whose top token is the source's,
+perplexity and file size. Also the importance-matrix pass: llama-imatrix's
+wall time against quantfs's calibration for a k-quant view on the same
+number of tokens.
+
+The source is quantfs's own `original/model.gguf` (the weights in their
+source dtype), so both sides start from the same GGUF. llama.cpp's files:
+Q4_0 and Q8_0 with the embedding and output kept in the source dtype (the
+layout of quantfs's Q4_0 / Q8_0 views), Q4_K_M and Q6_K with llama.cpp's
+own mixes, each without and with an imatrix from llama-imatrix on the
+calibration text (--chunks N of --calib-len tokens: quantfs's defaults).
+
+usage: bench/gguf_kld.py --llama DIR [--quantfs PATH] [--model DIR]
+         [--text FILE] [--calib FILE] [--ctx 512] [--chunks N] [--markdown]
+DIR holds llama-quantize, llama-imatrix, llama-perplexity (bench/
+llamacpp.sh prints it). Everything is written under a /tmp/qf-kld-* folder,
+removed at the end.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
+                                "mount"))
+import qftest  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "..", "..", "shared", "data")
+
+# (quantfs view, llama.cpp type, llama.cpp layout flags, the pair's label)
+SAME_LAYOUT = ["--token-embedding-type", "bf16", "--output-tensor-type",
+               "bf16"]
+PAIRS = [
+    ("rtn_w4_g32_sym", "Q4_0", SAME_LAYOUT, "Q4_0"),
+    ("gptq_w4_g32_sym", "Q4_0", SAME_LAYOUT, "Q4_0"),
+    ("rtn_w8_g32_sym", "Q8_0", SAME_LAYOUT, "Q8_0"),
+    ("kq4_k_m", "Q4_K_M", [], "Q4_K_M"),
+    ("kq6_k", "Q6_K", [], "Q6_K"),
+]
+
+
+def run(cmd, log):
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        r = subprocess.run(["nice", "-n", "19"] + cmd, stdout=f,
+                           stderr=subprocess.STDOUT)
+    dt = time.perf_counter() - t0
+    if r.returncode:
+        sys.exit("%s failed (%d): see %s\n%s" % (
+            os.path.basename(cmd[0]), r.returncode, log,
+            open(log).read()[-2000:]))
+    return dt
+
+
+def kld(llama, work, gguf, base, text, ctx, chunks):
+    """llama-perplexity --kl-divergence of gguf against the saved base."""
+    log = os.path.join(work, os.path.basename(gguf) + ".ppl.log")
+    cmd = [os.path.join(llama, "llama-perplexity"), "-m", gguf, "-f", text,
+           "-c", str(ctx), "-b", str(ctx), "--kl-divergence-base", base,
+           "--kl-divergence", "-t", "2"]
+    if chunks:
+        cmd += ["--chunks", str(chunks)]
+    run(cmd, log)
+    out = open(log).read()
+
+    def num(pat):
+        m = re.search(pat, out)
+        return float(m.group(1)) if m else float("nan")
+    return {"kld": num(r"Mean\s+KLD:\s+([0-9.e+-]+)"),
+            "kld_pm": num(r"Mean\s+KLD:\s+[0-9.e+-]+\s+±\s+([0-9.e+-]+)"),
+            "top1": num(r"Same top p:\s+([0-9.]+)"),
+            "ppl": num(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)")}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llama", required=True)
+    ap.add_argument("--quantfs", default=os.path.join(
+        HERE, "..", "build", "mounts", "quantfs"))
+    ap.add_argument("--model", default=os.path.join(
+        DATA, "models", "tinystories-llama-5m"))
+    ap.add_argument("--text", default=os.path.join(
+        DATA, "text", "tinystories", "eval.txt"))
+    ap.add_argument("--calib", default=os.path.join(
+        DATA, "text", "tinystories", "calib.txt"))
+    ap.add_argument("--calib-n", type=int, default=32)
+    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=0,
+                    help="windows of the text (0: all)")
+    ap.add_argument("--views", default="",
+                    help="comma list: only these quantfs views")
+    ap.add_argument("--extra", action="append", default=[],
+                    help="LABEL=FILE.gguf: also measure this file (e.g. "
+                    "a view saved from another build), in the last row")
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    qftest.QUANTFS = os.path.abspath(a.quantfs)
+    llama = os.path.abspath(a.llama)
+    model = os.path.abspath(a.model)
+    name = os.path.basename(model)
+    work = tempfile.mkdtemp(prefix="qf-kld-")
+    pairs = [p for p in PAIRS
+             if not a.views or p[0] in a.views.split(",")]
+    files = {}			# label -> (path, origin)
+    opts = ["calib=" + os.path.abspath(a.calib),
+            "calib_n=%d" % a.calib_n, "calib_len=%d" % a.calib_len]
+    qtime = {}
+    with qftest.Mount(os.path.dirname(model), opts=opts, debug=False) as m:
+        d = os.path.join(m.mnt, name)
+        src = os.path.join(work, "source.gguf")
+        shutil.copyfile(os.path.join(d, "original", "model.gguf"), src)
+        for v, _, _, _ in pairs:
+            dst = os.path.join(work, "quantfs-%s.gguf" % v)
+            t0 = time.perf_counter()
+            shutil.copyfile(os.path.join(d, v, "model.gguf"), dst)
+            qtime[v] = time.perf_counter() - t0
+            files["quantfs " + v] = dst
+        log = m.stderr()
+    shutil.rmtree(m.tmp, ignore_errors=True)
+    imat = os.path.join(work, "imatrix.gguf")
+    t_imat = run([os.path.join(llama, "llama-imatrix"), "-m", src, "-f",
+                  os.path.abspath(a.calib), "-c", str(a.calib_len),
+                  "--chunks", str(a.calib_n), "-o", imat, "-t", "2"],
+                 os.path.join(work, "imatrix.log"))
+    done = set()
+    for _, typ, flags, _ in PAIRS:	# llama.cpp's side: every type
+        for im in (False, True):
+            key = (typ, im, tuple(flags))
+            if key in done:
+                continue
+            done.add(key)
+            out = os.path.join(work, "llama-%s%s.gguf" % (
+                typ, "-imatrix" if im else ""))
+            run([os.path.join(llama, "llama-quantize")] +
+                (["--imatrix", imat] if im else []) + flags +
+                [src, out, typ, "2"], out + ".log")
+            files["llama.cpp %s%s" % (typ, " + imatrix" if im else "")] = out
+    base = os.path.join(work, "base.kld")
+    cmd = [os.path.join(llama, "llama-perplexity"), "-m", src, "-f",
+           os.path.abspath(a.text), "-c", str(a.ctx), "-b", str(a.ctx),
+           "--kl-divergence-base", base, "-t", "2"]
+    if a.chunks:
+        cmd += ["--chunks", str(a.chunks)]
+    run(cmd, os.path.join(work, "base.log"))
+    print("%s, %s, windows of %d%s; llama.cpp %s" % (
+        name, os.path.relpath(a.text, DATA), a.ctx,
+        " (%d)" % a.chunks if a.chunks else "",
+        open(os.path.join(llama, "..", "COMMIT")).read().strip()[:12]
+        if os.path.exists(os.path.join(llama, "..", "COMMIT")) else "?"))
+    print("| type | file | bytes | mean KLD | same top-1 | PPL |")
+    print("|---|---|---|---|---|---|")
+    for v, typ, _, label in PAIRS:
+        for f in ("llama.cpp " + typ, "llama.cpp %s + imatrix" % typ,
+                  "quantfs " + v):
+            if f not in files or f + "#" in files:
+                continue
+            files[f + "#"] = True
+            r = kld(llama, work, files[f], base, os.path.abspath(a.text),
+                    a.ctx, a.chunks)
+            print("| %s | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |" % (
+                label, f, os.path.getsize(files[f]), r["kld"], r["kld_pm"],
+                r["top1"], r["ppl"]), flush=True)
+    for e in a.extra:
+        label, path = e.split("=", 1)
+        r = kld(llama, work, os.path.abspath(path), base,
+                os.path.abspath(a.text), a.ctx, a.chunks)
+        print("| | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |" % (
+            label, os.path.getsize(path), r["kld"], r["kld_pm"], r["top1"],
+            r["ppl"]), flush=True)
+    print()
+    print("importance matrix on %d x %d calibration tokens: llama-imatrix "
+          "%.2f s" % (a.calib_n, a.calib_len, t_imat))
+    for v in qtime:
+        if v.startswith("kq"):
+            print("quantfs %s: first read of model.gguf (calibration pass "
+                  "+ encoding) %.2f s" % (v, qtime[v]))
+    for line in log.splitlines():
+        if "/kq" in line and "done in" in line:
+            print("  log (the calibration pass): " + line.strip()[:160])
+    if a.keep:
+        print("kept " + work)
+    else:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
