@@ -4,8 +4,8 @@
 # against llama.cpp's files of the same type on the same text (issue #24).
 # Nothing here is committed or linked into quantfs. The source is the
 # llama.cpp release that the npm package node-llama-cpp ships as a git
-# bundle (tests/node's dependency: `npm ci` there), or any llama.cpp work
-# tree named by LLAMACPP_SRC (a bundle by LLAMACPP_BUNDLE).
+# bundle (tests/node's dependency: `npm ci` there), and only that: no
+# other source is taken.
 #
 # Two ways, the same tools:
 #  - default: the three tools' own sources (tools/quantize, tools/imatrix,
@@ -30,14 +30,14 @@ if [ "${1:-}" = --cmake ]; then
 fi
 dest=${1:-/tmp/qf-llamacpp}
 nm=$here/../tests/node/node_modules
-bundle=${LLAMACPP_BUNDLE:-$nm/node-llama-cpp/llama/gitRelease.bundle}
-libs=${LLAMACPP_LIBS:-$nm/@node-llama-cpp/linux-x64/bins/linux-x64}
-src=${LLAMACPP_SRC:-$dest/src}
+bundle=$nm/node-llama-cpp/llama/gitRelease.bundle
+libs=$nm/@node-llama-cpp/linux-x64/bins/linux-x64
+src=$dest/src
 mkdir -p "$dest/bin"
 if [ ! -f "$src/CMakeLists.txt" ]; then
     if [ ! -f "$bundle" ]; then
-        echo "llamacpp.sh: no llama.cpp source: set LLAMACPP_SRC or run" \
-             "'npm ci' in tests/node (node-llama-cpp ships its release)" >&2
+        echo "llamacpp.sh: no llama.cpp release: run 'npm ci' in" \
+             "tests/node (node-llama-cpp ships it)" >&2
         exit 1
     fi
     git -c advice.detachedHead=false clone -q "$bundle" "$src"
@@ -61,7 +61,7 @@ if $cmake_build; then
 else
     if [ ! -f "$libs/libllama-common.so" ]; then
         echo "llamacpp.sh: no $libs/libllama-common.so: run 'npm ci' in" \
-             "tests/node, set LLAMACPP_LIBS, or use --cmake" >&2
+             "tests/node, or use --cmake" >&2
         exit 1
     fi
     cp "$libs"/*.so "$dest/bin/"
