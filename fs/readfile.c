@@ -21,9 +21,9 @@
  *   - a file put in its place (rename over it, or unlink and create) is
  *     another inode: another (ino, i_generation) and a new ctime;
  *   - the record is taken from the descriptor the bytes were written
- *     through, after fdatasync, fchmod 0444 and the rename (which sets
+ *     through, after fdatasync, fchmod read-only and the rename (which sets
  *     the ctime on ext4), and only the daemon's user or root may write a
- *     0444 file it owns (the values it came from are no safer: the same
+ *     read-only file it owns (the values it came from are no safer: the same
  *     user can write data.mdb);
  *   - the kernels that compare timestamps at a clock tick (before
  *     Linux 6.13's multigrain times) could keep the ctime of a write in
@@ -313,6 +313,7 @@ static int fill(struct qf_fs *fs, struct qf_node *n, int fd,
 static int seal(struct qf_fs *fs, struct qf_node *n, int fd,
 		const char *tmp, const char *path, struct rf_record *r)
 {
+	struct stat st;
 	char key[128];
 	int ret = 0;
 
@@ -320,7 +321,9 @@ static int seal(struct qf_fs *fs, struct qf_node *n, int fd,
 		ret = QF_ECORRUPT;	/* the source moved under us */
 	if (!ret && fdatasync(fd) < 0)
 		ret = -errno;
-	if (!ret && fchmod(fd, 0444) < 0)
+	/* read-only, with the read bits the cache's umask left it (a
+	 * cache of private models gives others none: 0440) */
+	if (!ret && (fstat(fd, &st) < 0 || fchmod(fd, st.st_mode & 0444) < 0))
 		ret = -errno;
 	/* renamed while still locked: never stray meanwhile */
 	if (!ret && rename(tmp, path) < 0)

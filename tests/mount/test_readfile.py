@@ -97,7 +97,12 @@ def test_stopped_right_after_production():
                 assert "read file damaged" not in m.stderr(), m.stderr()
         assert len(read_files(cache)) == 2, (stop, read_files(cache))
         for f in read_files(cache):
-            assert os.stat(f).st_mode & 0o777 == 0o444, f
+            # read-only, with the cache's read bits (others' none
+            # where the cache keeps them out)
+            mode = os.stat(f).st_mode & 0o777
+            assert mode & 0o222 == 0 and mode & 0o440 == 0o440, oct(mode)
+            assert mode & 0o004 == os.stat(cache).st_mode & 0o004, \
+                oct(mode)
         shutil.rmtree(cache)
 
 
