@@ -194,13 +194,17 @@ static int finalize(struct qf_fs *fs, struct qf_var *var, double seconds)
 		else
 			store_time = true;
 		read_calib_hash(txn, var, hash);
-		/* _head<h>: the head's losses (job_layer.c commit_head) */
+		/* _head<h>: the head's losses, AWQ's alpha (job_layer.c
+		 * commit_head) */
 		if (var->v->head >= 0 &&
 		    qf_cache_get(txn, var->vid, "__head__", &tk, &len) == 0 &&
-		    len == 2 * sizeof(double)) {
+		    (len == 2 * sizeof(double) || len == 3 * sizeof(double))) {
 			memcpy(&loss[var->v->head], tk, sizeof(double));
 			memcpy(&rtn[var->v->head], (const char *)tk +
 			       sizeof(double), sizeof(double));
+			if (len == 3 * sizeof(double))
+				memcpy(&alpha[var->v->head], (const char *)tk +
+				       2 * sizeof(double), sizeof(double));
 		}
 	}
 	qf_cache_read_end(txn);

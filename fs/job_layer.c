@@ -383,10 +383,11 @@ static void free_pending(struct job *j, int gi)
 
 /*
  * The last layer (l) of a variant with a quantized head (_head<h>): GPTQ
- * of the head on the final norm's outputs of x, the layer's quantized
- * output [ntok, hidden]; its tensors and its "__head__" record (rec [2]:
- * loss, loss_rtn) into items[*n..], committed with the layer.  0 where
- * there is nothing to do.
+ * (AWQ for awq, its scales folded into model.norm) of the head on the
+ * final norm's outputs of x, the layer's quantized output [ntok,
+ * hidden]; its tensors and its "__head__" record (rec [3]: loss,
+ * loss_rtn, and for AWQ alpha) into items[*n..], committed with the
+ * layer.  0 where there is nothing to do.
  */
 static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 		       struct qf_cache_item *items, size_t *n, double *rec)
@@ -413,8 +414,9 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 	}
 	rec[0] = j->res.loss[v->head];
 	rec[1] = j->res.loss_rtn[v->head];
+	rec[2] = j->res.alpha[v->head];	/* AWQ's only */
 	items[(*n)++] = (struct qf_cache_item){ "__head__", rec,
-						2 * sizeof(double) };
+		(v->spec.method == QF_METHOD_AWQ ? 3 : 2) * sizeof(double) };
 	qf_info("%s/%s: lm_head: rel. output error %s %.4g vs rtn %.4g",
 		j->var->mdl->name, v->name, qf_method_name(v->spec.method),
 		j->res.loss[v->head], j->res.loss_rtn[v->head]);
@@ -433,7 +435,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 8 +
 					      nx * 4) * sizeof(*items));
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
-	double rec[QF_TF_NLINEAR * REC], hrec[2];
+	double rec[QF_TF_NLINEAR * REC], hrec[3];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32], imname[32], xname[32];
 	size_t n = 0;

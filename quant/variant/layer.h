@@ -90,9 +90,11 @@ int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,
  * of its inputs: the final norm (model.norm) applied to x [ntok, hidden],
  * the last decoder layer's output on the calibration tokens as the
  * quantized model computes it.  GPTQ and BRECQ (whose head is GPTQ's,
- * not learned rounding) call it after the last layer.  The group's
+ * not learned rounding) call it after the last layer; AWQ's head takes
+ * AWQ's scales on the same inputs, folded into model.norm, the group's
+ * last tensor (layer_head.c).  The group's
  * tensors and losses into r.  Returns 0, QF_EFORMAT (no final norm),
- * QF_ENUMERIC, -ENOMEM.
+ * QF_ENUMERIC, -EINVAL (AWQ: no norm in the group), -ENOMEM.
  */
 int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
 		  const float *x, int64_t ntok, struct qf_layer_res *r);

@@ -188,8 +188,10 @@ static bool parse_avg(const char *p, size_t n, int *x100)
 
 /*
  * rtn, gptq, awq: _attn<a> and _head<h> are optional (0: the weight bits,
- * fp16), so a name that spells the default is refused; AWQ's GEMM format
- * packs 4 bits only, and its head is not served yet.
+ * fp16), so a name that spells the default is refused.  AWQ's GEMM format
+ * (AutoAWQ, transformers' AwqConfig, vLLM's awq / awq_marlin) packs 4
+ * bits only: awq takes _head4 (vLLM's awq_marlin reads it, `lm_head`)
+ * and no _attn, whose bits would differ from the weights' 4.
  */
 static const char *attn_head_check(const struct qf_spec *s)
 {
@@ -204,10 +206,12 @@ static const char *attn_head_check(const struct qf_spec *s)
 		return MSG_HEAD;
 	if (s->method == QF_METHOD_AWQ && s->attn_bits)
 		return "awq has no _attn: the AWQ GEMM format packs 4 bits "
-		       "only";
-	if (s->method == QF_METHOD_AWQ && s->head_bits)
-		return "awq has no _head yet: its scale search on the head "
-		       "(folded into model.norm) is not implemented";
+		       "only, so attention bits other than the weights' "
+		       "cannot be written";
+	if (s->method == QF_METHOD_AWQ && s->head_bits &&
+	    s->head_bits != 4)
+		return "awq heads are 4 bits (_head4): the AWQ GEMM format "
+		       "packs 4 bits only";
 	return NULL;
 }
 

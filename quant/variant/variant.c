@@ -122,6 +122,32 @@ static bool packable(const struct qf_spec *s, int bits, int64_t in,
 	return qf_gptq_packable(qf_pack_bits(bits), in, out);
 }
 
+static bool head_source(const struct qf_variant *v,
+			const struct qf_model_tensor *mt);
+
+/*
+ * awq_w4_g<g>_head4: the head's input scales fold into model.norm (gemma:
+ * (1 + w) / s - 1), an output of the head's group, when the head (or a
+ * tied source's embedding) packs.  The norm tensor, or NULL.
+ */
+static const struct qf_model_tensor *awq_head_norm(const struct qf_variant *v)
+{
+	const struct qf_model_tensor *h = qf_model_find(v->m, "lm_head.weight");
+	const struct qf_model_tensor *nt = qf_model_find(v->m,
+							 "model.norm.weight");
+
+	if (v->spec.method != QF_METHOD_AWQ || !v->spec.head_bits)
+		return NULL;
+	if (!h)
+		h = qf_model_find(v->m, "model.embed_tokens.weight");
+	if (!h || !nt || !head_source(v, h) || nt->t->ndim != 1 ||
+	    !is_float(nt->t->dtype) || nt->t->shape[0] != h->t->shape[1] ||
+	    !packable(&v->spec, v->spec.head_bits, h->t->shape[1],
+		      h->t->shape[0]))
+		return NULL;
+	return nt;
+}
+
 /*
  * AWQ folds the input scales of q/k/v into input_layernorm and those of
  * gate/up into post_attention_layernorm (gemma: pre_feedforward_layernorm,
@@ -159,6 +185,10 @@ static const struct qf_model_tensor *awq_norm(const struct qf_variant *v,
 	size_t f, k;
 	int l;
 
+	if (v->spec.head_bits && (!strcmp(name, "model.norm.weight") ||
+				  !strcmp(name, "lm_head.weight") ||
+				  !strcmp(name, "model.embed_tokens.weight")))
+		return awq_head_norm(v);
 	if (v->spec.method != QF_METHOD_AWQ || p != name ||
 	    sscanf(name, "model.layers.%d.", &l) != 1)
 		return NULL;
@@ -313,8 +343,8 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 }
 
 /*
- * _head<h> (rtn, gptq, brecq; the grammar refuses it elsewhere): mt is the
- * head's source, lm_head.weight, or with tied embeddings (no
+ * _head<h> (rtn, gptq, awq, brecq; the grammar refuses it elsewhere):
+ * mt is the head's source, lm_head.weight, or with tied embeddings (no
  * lm_head.weight) model.embed_tokens.weight.
  */
 static bool head_source(const struct qf_variant *v,

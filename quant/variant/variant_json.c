@@ -240,6 +240,8 @@ static cJSON *quant_config(const struct qf_variant *v)
 			cJSON_AddNullToObject(qc, "modules_to_not_convert");
 		}
 		cJSON_Delete(skipped);
+		if (v->head >= 0)	/* vLLM's awq_marlin: lm_head */
+			cJSON_AddBoolToObject(qc, "lm_head", true);
 		meta = cJSON_AddObjectToObject(qc, "meta");
 		cJSON_AddStringToObject(meta, "quantizer",
 					"quantfs " QF_VERSION);

@@ -148,3 +148,24 @@ def shard(src, dest, k):
         json.dump({"metadata": {"total_size": len(raw) - 8 - n},
                    "weight_map": wmap}, f)
     return dest
+
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def awq_unpack(qweight, qzeros, scales):
+    """AutoAWQ GEMM (FORMATS.md): nibble i of packed column c holds output
+    column 8c + AWQ_ORDER[i]; W[out, in] = (q - zero) * scale."""
+    qw = qweight.view(np.uint32)
+    qz = qzeros.view(np.uint32)
+    n_in, n_out = qw.shape[0], qw.shape[1] * 8
+    q = np.zeros((n_in, n_out), np.int64)
+    z = np.zeros((qz.shape[0], n_out), np.int64)
+    for i in range(8):
+        q[:, AWQ_ORDER[i]::8] = (qw >> (4 * i)) & 15
+        z[:, AWQ_ORDER[i]::8] = (qz >> (4 * i)) & 15
+    gs = n_in // scales.shape[0]
+    g = np.arange(n_in) // gs
+    s = scales.astype(np.float32)
+    w = s[g, :] * (q - z[g, :]).astype(np.float32)
+    return w.T.astype(np.float32), q, z

@@ -28,25 +28,7 @@ GQA = mkmodel(os.path.join(SRC, "gqa"), "--layers", 2, "--heads", 8,
 MHA = mkmodel(os.path.join(SRC, "mha"), "--layers", 2, "--heads", 4,
               "--kv-heads", 4, "--seed", 22)
 SMALL = ["calib_n=8", "calib_len=64"]
-ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
-
-
-def awq_unpack(qweight, qzeros, scales):
-    """AutoAWQ GEMM (FORMATS.md): nibble i of packed column c holds output
-    column 8c + ORDER[i]; W[out, in] = (q - zero) * scale."""
-    qw = qweight.view(np.uint32)
-    qz = qzeros.view(np.uint32)
-    n_in, n_out = qw.shape[0], qw.shape[1] * 8
-    q = np.zeros((n_in, n_out), np.int64)
-    z = np.zeros((qz.shape[0], n_out), np.int64)
-    for i in range(8):
-        q[:, ORDER[i]::8] = (qw >> (4 * i)) & 15
-        z[:, ORDER[i]::8] = (qz >> (4 * i)) & 15
-    gs = n_in // scales.shape[0]
-    g = np.arange(n_in) // gs
-    s = scales.astype(np.float32)
-    w = s[g, :] * (q - z[g, :]).astype(np.float32)
-    return w.T.astype(np.float32), q, z
+awq_unpack = stread.awq_unpack
 
 
 def bf16(x):

@@ -63,11 +63,15 @@ def grid_err(W, deq, s, g):
 
 
 def dequant_all(t, _src):
-    """Every GPTQ linear of the checkpoint t as an fp32 .weight (the
-    width from qweight's rows), the rest as served."""
+    """Every GPTQ (or AWQ GEMM: no g_idx) linear of the checkpoint t as
+    an fp32 .weight (the width from qweight's rows), the rest as served."""
     w = {}
     for k, a in t.items():
-        if k.endswith(".qweight"):
+        if k.endswith(".qweight") and k[:-8] + ".g_idx" not in t:
+            p = k[:-8]
+            w[p + ".weight"] = stread.awq_unpack(a, t[p + ".qzeros"],
+                                                 t[p + ".scales"])[0]
+        elif k.endswith(".qweight"):
             p = k[:-8]
             in_f = t[p + ".g_idx"].shape[0]
             bits = a.shape[0] * 32 // in_f
@@ -216,6 +220,53 @@ def test_brecq_head():
         assert "lm_head.weight" in lay, sorted(lay)
 
 
+def test_awq_head():
+    """awq_w4_g128_head4: the head in the AWQ GEMM packing, its input
+    scales s in model.norm (served norm = source norm / s), so that the
+    dequantized head is the source head times s per input column; the
+    head's AWQ error below RTN's; a tied source untied; quantfs eval of
+    the variant equals a float64 numpy forward of the checkpoint."""
+    text, alphas = open(TEXT, "rb").read(), []
+    with Mount(SRC, cache=CACHE, opts=SMALL) as m:
+        for model in ("tiny", "tied"):
+            src = source(model)
+            H = head_source(src).astype(np.float64)
+            d, t, cfg = served(m, model, "awq_w4_g128_head4")
+            assert "lm_head.weight" not in t, sorted(t)
+            deq, q, z = stread.awq_unpack(t["lm_head.qweight"],
+                                          t["lm_head.qzeros"],
+                                          t["lm_head.scales"])
+            assert deq.shape == H.shape and q.max() <= 15
+            n0 = src["model.norm.weight"].astype(np.float64)
+            s = n0 / t["model.norm.weight"].astype(np.float64)
+            # the function the model computes: head(norm x) unchanged
+            # but for the rounding (4 bits on an AWQ-scaled grid: ~4 %;
+            # a wrong fold or packing would be ~1 or more)
+            rel = np.sum((deq / s - H) ** 2) / np.sum(H ** 2)
+            assert rel < 0.1, rel
+            assert np.array_equal(t["model.embed_tokens.weight"],
+                                  src["model.embed_tokens.weight"])
+            assert cfg["tie_word_embeddings"] is False
+            qc = cfg["quantization_config"]
+            assert qc["quant_method"] == "awq" and qc["lm_head"] is True
+            lay = {x["name"]: x for x in json.load(open(os.path.join(
+                d, "quantization.json")))["layers"]}
+            h = lay["lm_head.weight"]
+            assert 0 < h["loss_awq"] < h["loss_rtn"], h
+            # alpha 0 (the tied source's): s = 1, else s folded in
+            assert (np.ptp(s) > 0.01) == (h["alpha"] > 0), (h, s)
+            alphas.append(h["alpha"])
+            ppl = eval_ppl(d)
+            ref = numpy_ppl(dequant_all(t, None), cfg, text)
+            print("  %s: eval %.6f, numpy %.6f" % (model, ppl, ref))
+            assert abs(ppl - ref) <= 2e-4 * ref, (ppl, ref)
+            # the plain name: the norm and the head as before
+            t0 = served(m, model, "awq_w4_g128")[1]
+            assert np.array_equal(t0["model.norm.weight"],
+                                  src["model.norm.weight"])
+    assert max(alphas) > 0, alphas
+
+
 def test_gguf_output_type():
     with Mount(SRC, cache=CACHE, opts=SMALL) as m:
         for v, out_t, attn_t in (("rtn_w4_g32_head8_sym", 8, 2),
@@ -243,7 +294,8 @@ def test_gguf_output_type():
 
 def test_refused_names():
     with Mount(SRC, cache=CACHE, opts=SMALL) as m:
-        for v in ("awq_w4_g128_head4", "awq_w4_g128_attn8",
+        for v in ("awq_w4_g128_head8", "awq_w4_g128_head6",
+                  "awq_w4_g128_attn8",
                   "mixed_static_head8", "gptq_w4_g128_attn4",
                   "gptq_w4_g128_head5", "rtn_w4_g128_head16"):
             assert not os.path.exists(os.path.join(m.mnt, "tiny", v)), v

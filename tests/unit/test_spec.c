@@ -26,6 +26,7 @@ static const char *const valid_names[] = {
 	"brecq_w8_gc_attn8_head4_sym_fake@wiki", "brecq_w6_g32_attn3_head6",
 	"brecq_w3_g64_attn2_sym", "rtn_w4_g128_head8", "rtn_w4_g128_attn8",
 	"gptq_w4_g128_head8", "gptq_w4_g64_attn6_head4_act_sym",
+	"awq_w4_g128_head4", "awq_w4_g64_head4_reflip_l2",
 	"gptq_w3_gc_attn8@wiki", "mixed_static", "mixed_static_fake",
 	"mixed_dyn", "mixed_dyn_fake@wiki", "mixed_b4.5", "mixed_b3.25",
 	"mixed_b4", "mixed_b2", "mixed_b16", "mixed_b2.05",
@@ -52,7 +53,7 @@ static const char *const invalid_names[] = {
 	"rtn_w4_g128@wiki", "rtn_w4_g128_fake_sym", "rtn_w4_g128_sym_sym",
 	"rtn_w4_g128_attn4", "rtn_w4_g128_head16", "rtn_w4_g128_attn0",
 	"rtn_w4_g128_head5", "rtn_w4_g128_head8_attn6", "awq_w4_g128_attn8",
-	"awq_w4_g128_head8", "awq_w4_g128_head4", "gptq_w4_g128_attn5",
+	"awq_w4_g128_head8", "awq_w4_g128_head6", "gptq_w4_g128_attn5",
 	"mixed_static_head8",
 	"gptq_w4_g128_static", "gptq_w4_g128_static_act",
 	"gptq_w4_g128_sym_act", "gptq_w4_g128_reflip", "gptq_w4_g128@",
@@ -372,13 +373,13 @@ static bool ref_valid(const struct qf_spec *s)
 		return false;
 	}
 	/* rtn, gptq, awq: optional attention bits (not the weight bits)
-	 * and head bits; awq neither */
+	 * and head bits; awq no attention bits, and 4-bit heads only */
 	if (s->attn_bits && (s->method == QF_METHOD_AWQ ||
 			     s->attn_bits == s->bits ||
 			     !in_set(s->attn_bits, brecq_bits, 5)))
 		return false;
 	if (s->head_bits && (!in_set(s->head_bits, heads, 3) ||
-			     s->method == QF_METHOD_AWQ))
+			     (s->method == QF_METHOD_AWQ && s->head_bits != 4)))
 		return false;
 	return grouped && in_set(s->group, groups, 4) && !s->avg_bits_x100 &&
 	       !s->kq_size;
@@ -461,11 +462,11 @@ static void test_enumerate(void)
 	/*
 	 * By hand: rtn 4*4*4, gptq 4*4*12*2, each times 5 attention (none
 	 * or one of the four other bits) and 4 head choices (none, 4, 6,
-	 * 8); awq 4*8*2 (reflip, l2, fake), no _attn or _head;
+	 * 8); awq 4*8*2*2 (reflip, l2, fake; _head4 or not), no _attn;
 	 * brecq 5*4*5*4*4*2,
 	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 9*2.
 	 */
-	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 64 + 3200 + 2 + 4 + 20 + 18);
+	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 128 + 3200 + 2 + 4 + 20 + 18);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
