@@ -267,6 +267,31 @@ def test_awq_head():
     assert max(alphas) > 0, alphas
 
 
+def test_awq_head_gemma():
+    """Gemma computes with (1 + w): the scales fold as (1 + w) / s - 1."""
+    d = os.path.join(SRC, "gemma")
+    mkmodel(d, "--arch", "gemma2", "--layers", 2, "--hidden", 64, "--inter",
+            192, "--heads", 4, "--kv-heads", 2, "--head-dim", 32, "--tie",
+            "--seed", 5)    # (whose head's alpha is 0.5, not 0)
+    with Mount(SRC, cache=CACHE, opts=SMALL) as m:
+        src = source("gemma")
+        H = head_source(src).astype(np.float64)
+        t = served(m, "gemma", "awq_w4_g32_head4")[1]
+        deq = stread.awq_unpack(t["lm_head.qweight"], t["lm_head.qzeros"],
+                                t["lm_head.scales"])[0]
+        w0 = src["model.norm.weight"].astype(np.float64)
+        w1 = t["model.norm.weight"].astype(np.float64)
+        s = (1 + w0) / (1 + w1)
+        rel = np.sum((deq / s - H) ** 2) / np.sum(H ** 2)
+        # w / s (a fold that forgets the 1 +) would not match the head
+        s_bad = w0 / w1
+        bad = np.sum((deq / s_bad - H) ** 2) / np.sum(H ** 2)
+        print("  gemma2: s in [%.3f, %.3f], rel %.4f (w / s: %.3g)" % (
+            s.min(), s.max(), rel, bad))
+        assert np.ptp(s) > 0.01 and rel < 0.1 and bad > 10 * rel, \
+            (rel, bad)
+
+
 def test_gguf_output_type():
     with Mount(SRC, cache=CACHE, opts=SMALL) as m:
         for v, out_t, attn_t in (("rtn_w4_g32_head8_sym", 8, 2),
