@@ -250,22 +250,10 @@ def check_gptq(m, arch, ids):
     assert ev["ppl"] > 0
 
 
-AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]     # AutoAWQ GEMM's nibble order
-
-
 def awq_unpack(qweight, qzeros, scales):
-    """AutoAWQ GEMM: nibble i of packed column c holds output column
-    8c + AWQ_ORDER[i]; W[out, in] = (q - zero) * scale (float64)."""
-    qw, qz = qweight.view(np.uint32), qzeros.view(np.uint32)
-    n_in, n_out = qw.shape[0], qw.shape[1] * 8
-    q = np.zeros((n_in, n_out), np.int64)
-    z = np.zeros((qz.shape[0], n_out), np.int64)
-    for i in range(8):
-        q[:, AWQ_ORDER[i]::8] = (qw >> (4 * i)) & 15
-        z[:, AWQ_ORDER[i]::8] = (qz >> (4 * i)) & 15
-    g = np.arange(n_in) // (n_in // scales.shape[0])
-    s = scales.astype(np.float64)
-    return (s[g, :] * (q - z[g, :])).T
+    """AutoAWQ GEMM, unpacked by stread (float64: the fp16 scale times a
+    4-bit code is exact in float32 too)."""
+    return stread.awq_unpack(qweight, qzeros, scales)[0].astype(np.float64)
 
 
 def awq_weights(v):
