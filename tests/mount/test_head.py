@@ -260,6 +260,12 @@ def test_awq_head():
             ref = numpy_ppl(dequant_all(t, None), cfg, text)
             print("  %s: eval %.6f, numpy %.6f" % (model, ppl, ref))
             assert abs(ppl - ref) <= 2e-4 * ref, (ppl, ref)
+            if model == "tiny":     # _fake: the same head and norm, fp
+                f = served(m, model, "awq_w4_g128_head4_fake")[1]
+                assert np.array_equal(f["model.norm.weight"],
+                                      t["model.norm.weight"])
+                assert np.allclose(f["lm_head.weight"].astype(np.float32),
+                                   deq, rtol=1 / 128, atol=1e-6)
             # the plain name: the norm and the head as before
             t0 = served(m, model, "awq_w4_g128")[1]
             assert np.array_equal(t0["model.norm.weight"],
