@@ -188,10 +188,10 @@ static bool parse_avg(const char *p, size_t n, int *x100)
 
 /*
  * rtn, gptq, awq: _attn<a> and _head<h> are optional (0: the weight bits,
- * fp16), so a name that spells the default is refused.  AWQ's GEMM format
- * (AutoAWQ, transformers' AwqConfig, vLLM's awq / awq_marlin) packs 4
- * bits only: awq takes _head4 (vLLM's awq_marlin reads it, `lm_head`)
- * and no _attn, whose bits would differ from the weights' 4.
+ * fp16), so a name that spells the default is refused.  AutoAWQ's GEMM
+ * layout, which awq writes, packs 4 bits only: awq takes _head4 (vLLM's
+ * awq_marlin reads it, `lm_head`) and no _attn, whose bits would differ
+ * from the weights' 4.
  */
 static const char *attn_head_check(const struct qf_spec *s)
 {
