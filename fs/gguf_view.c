@@ -427,6 +427,14 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	*u = NULL;
 	if (!off)
 		return -ENOMEM;
+	if (!strcmp(t->name, "output.weight")) {  /* the head: its factor */
+		ret = qf_var_results(fs, gv->var);
+		qf_kq_u_name(c->layers - 1, QF_TF_NLINEAR, name, sizeof(name));
+		if (!ret)
+			ret = job_record(fs, gv, name, (size_t)(c->hidden *
+					 c->hidden) * sizeof(float), u);
+		goto out_off;
+	}
 	ret = imatrix_off(c, t, &l, off, &lin) ?
 	      qf_var_results(fs, gv->var) : 1;
 	if (ret)	/* 1: none; < 0: the job failed */

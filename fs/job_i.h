@@ -64,8 +64,9 @@ struct job {
 	struct qf_layer_res res;	/* the layer's tensors and losses,
 					 * [var->v->ng] */
 	float *imat;			/* kq: this layer's importance matrix */
-	float *kq_u[QF_TF_NLINEAR];	/* kq: this layer's GPTQ factors
-					 * (qf_kq_u_owner's linears) */
+	float *kq_u[QF_TF_NLINEAR + 1];	/* kq: this layer's GPTQ factors
+					 * (qf_kq_u_owner's linears; the
+					 * head's last, the last layer's) */
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
 	double *energy;			/* mixed: [ng] tr(W H W^T) */

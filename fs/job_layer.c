@@ -448,6 +448,37 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 	return 0;
 }
 
+/*
+ * kq: layer l's GPTQ factors into items (names in uname), with the last
+ * layer the head's, from the final norm's outputs of x [ntok, hidden].
+ */
+static int kq_commit(struct job *j, int l, const float *x, int64_t ntok,
+		     struct qf_cache_item *items, size_t *n,
+		     char uname[][32])
+{
+	int64_t in;
+	int k, ret = 0;
+
+	if (l == j->var->job->nlayers - 1) {
+		float **u = &j->kq_u[QF_TF_NLINEAR];
+
+		ret = qf_layer_head_hessian(j->var->v->m, &j->c, x, ntok, u);
+		if (!ret)
+			ret = qf_gptq_hinv_upper(*u, j->c.hidden,
+						 (float)j->var->ci.damp);
+	}
+	for (k = 0; k <= QF_TF_NLINEAR && !ret; k++) {
+		if (!j->kq_u[k])
+			continue;
+		in = k < QF_TF_NLINEAR ? qf_tf_linear_in(&j->c, k) :
+		     j->c.hidden;
+		qf_kq_u_name(l, k, uname[k], 32);
+		items[(*n)++] = (struct qf_cache_item){ uname[k], j->kq_u[k],
+			(size_t)(in * in) * sizeof(float) };
+	}
+	return ret;
+}
+
 /* Commit layer l: its tensors and its loss record, one transaction. */
 static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			 double seconds)
@@ -462,7 +493,8 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
 	double rec[QF_TF_NLINEAR * REC], hrec[2];
 	double sum_g = 0, sum_r = 0, eta;
-	char recname[32], imname[32], xname[32], uname[QF_TF_NLINEAR][32];
+	char recname[32], imname[32], xname[32];
+	char uname[QF_TF_NLINEAR + 1][32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
@@ -519,14 +551,11 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
 		items[n++] = (struct qf_cache_item){ imname, j->imat,
 			qf_kq_imatrix_len(&j->c) * sizeof(float) };
-		for (k = 0; k < QF_TF_NLINEAR; k++) {
-			int64_t in = qf_tf_linear_in(&j->c, k);
-
-			if (!j->kq_u[k])
-				continue;
-			qf_kq_u_name(l, k, uname[k], sizeof(uname[k]));
-			items[n++] = (struct qf_cache_item){ uname[k],
-				j->kq_u[k], (size_t)(in * in) * sizeof(float) };
+		ret = kq_commit(j, l, x, ntok, items, &n, uname);
+		if (ret < 0) {
+			free(items);
+			free(xrec);
+			return ret;
 		}
 	}
 	eta = qf_now();
@@ -569,7 +598,7 @@ void qf_job_kq_free(struct job *j)
 {
 	int k;
 
-	for (k = 0; k < QF_TF_NLINEAR; k++) {
+	for (k = 0; k <= QF_TF_NLINEAR; k++) {
 		free(j->kq_u[k]);
 		j->kq_u[k] = NULL;
 	}

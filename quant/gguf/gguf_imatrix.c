@@ -53,6 +53,7 @@ size_t qf_kq_imatrix_len(const struct qf_tf_config *c)
 
 enum qf_tf_linear qf_kq_u_owner(enum qf_tf_linear lin)
 {
+	/* QF_TF_NLINEAR: the head's (stored with the last layer) */
 	if (lin == QF_TF_K || lin == QF_TF_V)
 		return QF_TF_Q;
 	return lin == QF_TF_UP ? QF_TF_GATE : lin;

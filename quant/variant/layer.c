@@ -163,20 +163,18 @@ int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,
 	return gi < 0 ? 0 : quantize_linear(v, gi, w, st, r);
 }
 
-int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
-		  const float *x, int64_t ntok, struct qf_layer_res *r)
+/* The head's input statistics: X^T X of the final norm's outputs. */
+static int head_stats(const struct qf_model *m, const struct qf_tf_config *c,
+		      const float *x, int64_t ntok, int64_t in,
+		      struct qf_lin_stats *st)
 {
-	const struct qf_vgroup *g = &v->g[v->head];
-	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
-	const struct qf_model_tensor *nt = qf_model_find(v->m,
+	const struct qf_model_tensor *nt = qf_model_find(m,
 							 "model.norm.weight");
 	float *norm = malloc((size_t)in * sizeof(float));
 	float *xn = malloc((size_t)(ntok * in) * sizeof(float));
-	float *w = malloc((size_t)(out * in) * sizeof(float));
-	struct qf_lin_stats st;
-	int ret = norm && xn && w ? 0 : -ENOMEM;
+	int ret = norm && xn ? 0 : -ENOMEM;
 
-	memset(&st, 0, sizeof(st));
+	memset(st, 0, sizeof(*st));
 	if (!ret && (!nt || nt->t->ndim != 1 || nt->t->shape[0] != in))
 		ret = QF_EFORMAT;
 	if (!ret)
@@ -184,19 +182,49 @@ int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
 	if (!ret && c->norm_plus1)	/* gemma: 1 + w */
 		qf_tf_norm_plus1(norm, in);
 	if (!ret)
-		ret = qf_lin_stats_init(&st, in, true);
+		ret = qf_lin_stats_init(st, in, true);
 	if (!ret) {	/* the head's inputs: the final norm's outputs */
 		qf_tf_rmsnorm(x, norm, ntok, in, c->rms_eps, xn);
-		qf_lin_stats_add(&st, xn, ntok);
-		qf_lin_stats_finish(&st);
-		ret = qf_model_read_f32(g->w, w);
+		qf_lin_stats_add(st, xn, ntok);
+		qf_lin_stats_finish(st);
 	}
-	if (!ret)
-		ret = quantize_linear(v, v->head, w, &st, r);
-	qf_lin_stats_free(&st);
 	free(norm);
 	free(xn);
+	return ret;
+}
+
+int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
+		  const float *x, int64_t ntok, struct qf_layer_res *r)
+{
+	const struct qf_vgroup *g = &v->g[v->head];
+	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+	float *w = malloc((size_t)(out * in) * sizeof(float));
+	struct qf_lin_stats st;
+	int ret = w ? head_stats(v->m, c, x, ntok, in, &st) : -ENOMEM;
+
+	if (!ret)
+		ret = qf_model_read_f32(g->w, w);
+	if (!ret)
+		ret = quantize_linear(v, v->head, w, &st, r);
+	if (w)
+		qf_lin_stats_free(&st);
 	free(w);
+	return ret;
+}
+
+int qf_layer_head_hessian(const struct qf_model *m,
+			  const struct qf_tf_config *c, const float *x,
+			  int64_t ntok, float **h)
+{
+	struct qf_lin_stats st;
+	int ret = head_stats(m, c, x, ntok, c->hidden, &st);
+
+	*h = NULL;
+	if (!ret) {
+		*h = st.h;	/* taken over */
+		st.h = NULL;
+	}
+	qf_lin_stats_free(&st);
 	return ret;
 }
 
