@@ -10,7 +10,10 @@
  * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
  * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
  * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
- * per input channel of each linear) from the variant's calibration job.
+ * per input channel of each linear) and, for the dense linears and
+ * output.weight, by GPTQ with the factor of each one's Hessian, both
+ * from the variant's calibration job (GPTQ on k-quant grids halved
+ * llama.cpp's Q4_K_M's KL divergence, issue #24).
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read
