@@ -10,7 +10,10 @@
  * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
  * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
  * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
- * per input channel of each linear) from the variant's calibration job.
+ * per input channel of each linear) and, for the dense linears and
+ * output.weight, by GPTQ with the factor of each one's Hessian, both
+ * from the variant's calibration job (GPTQ on k-quant grids halved
+ * llama.cpp's Q4_K_M's KL divergence, issue #24).
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read
@@ -344,12 +347,14 @@ static size_t tensor_names(void *arg, size_t i, const char **names)
  * the decoder layers' linears.
  */
 static bool imatrix_off(const struct qf_tf_config *c,
-			const struct qf_gguf_tensor *t, int *l, size_t *off)
+			const struct qf_gguf_tensor *t, int *l, size_t *off,
+			int *lin)
 {
 	char want[160];
 	int64_t r0, rows, e;
 	int k;
 
+	*lin = -1;		/* an expert's: no GPTQ factor */
 	if (!t->src || sscanf(t->src->name, "model.layers.%d.", l) != 1)
 		return false;
 	for (k = 0; k < QF_TF_NLINEAR && t->ndim < 3; k++) {
@@ -358,6 +363,7 @@ static bool imatrix_off(const struct qf_tf_config *c,
 			 qf_tf_linear_tensor(c, k, &r0, &rows));
 		if (!strcmp(want, t->src->name)) {
 			off[0] = qf_kq_imatrix_off(c, k);
+			*lin = k;
 			return true;
 		}
 	}
@@ -376,13 +382,41 @@ static bool imatrix_off(const struct qf_tf_config *c,
 	return false;
 }
 
+/* kq: a copy of record name of the job's (a dense linear's GPTQ factor). */
+static int job_record(struct qf_fs *fs, struct qf_gv *gv, const char *name,
+		      size_t want, float **out)
+{
+	struct qf_cache_txn *txn;
+	const void *p;
+	size_t len;
+	int ret;
+
+	if (!(*out = malloc(want)))
+		return -ENOMEM;
+	ret = qf_cache_read_begin(fs->cache, &txn);
+	if (!ret) {
+		ret = qf_cache_get(txn, gv->var->vid, name, &p, &len);
+		if (!ret && len != want)
+			ret = QF_ECORRUPT;
+		if (!ret)
+			memcpy(*out, p, want);
+		qf_cache_read_end(txn);
+	}
+	if (ret < 0) {
+		free(*out);
+		*out = NULL;
+	}
+	return ret;
+}
+
 /*
  * kq: the importance of t's input channels ([ne[2] * ne[0]] for 3-D
- * expert tensors; NULL for tensors outside the decoder layers' linears),
- * from the calibration job, which runs first if needed.
+ * expert tensors; NULL for tensors outside the decoder layers' linears)
+ * and, for a dense linear's, the GPTQ factor of its input (*u [ne[0] x
+ * ne[0]]), from the calibration job, which runs first if needed.
  */
 static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
-		   const struct qf_gguf_tensor *t, float **out)
+		   const struct qf_gguf_tensor *t, float **out, float **u)
 {
 	const struct qf_tf_config *c = &gv->plan.cfg;
 	int64_t ne = t->ndim < 3 ? 1 : t->ne[2], e;
@@ -390,12 +424,22 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	struct qf_cache_txn *txn;
 	const void *p;
 	char name[32];
-	int l, ret;
+	int l, lin, ret;
 
 	*out = NULL;
+	*u = NULL;
 	if (!off)
 		return -ENOMEM;
-	ret = imatrix_off(c, t, &l, off) ? qf_var_results(fs, gv->var) : 1;
+	if (!strcmp(t->name, "output.weight")) {  /* the head: its factor */
+		ret = qf_var_results(fs, gv->var);
+		qf_kq_u_name(c->layers - 1, QF_TF_NLINEAR, name, sizeof(name));
+		if (!ret)
+			ret = job_record(fs, gv, name, (size_t)(c->hidden *
+					 c->hidden) * sizeof(float), u);
+		goto out_off;
+	}
+	ret = imatrix_off(c, t, &l, off, &lin) ?
+	      qf_var_results(fs, gv->var) : 1;
 	if (ret)	/* 1: none; < 0: the job failed */
 		goto out_off;
 	snprintf(name, sizeof(name), "__imatrix__.%d", l);
@@ -416,6 +460,11 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 		free(*out);
 		*out = NULL;
 	}
+	if (!ret && lin >= 0) {
+		qf_kq_u_name(l, lin, name, sizeof(name));
+		ret = job_record(fs, gv, name, (size_t)(t->ne[0] * t->ne[0]) *
+				 sizeof(float), u);
+	}
 out_off:
 	free(off);
 	return ret < 0 ? ret : 0;
@@ -429,20 +478,22 @@ static int produce(struct qf_fs *fs, void *arg, size_t i)
 	struct qf_cache_item it = { t->name, NULL, t->nbytes };
 	uint8_t *buf = malloc(t->nbytes ? t->nbytes : 1);
 	int gi = group_of(gv, t);
-	float *imp = NULL;
+	float *imp = NULL, *u = NULL;
 	int ret = 0;
 
 	if (!buf)
 		return -ENOMEM;
 	if (gv->kq)
-		ret = imatrix(fs, gv, t, &imp);
+		ret = imatrix(fs, gv, t, &imp, &u);
 	if (!ret && gv->var && !gv->kq && !gv->fit && t->ndim == 3)
 		ret = repack_experts(fs, gv, t, buf);
 	else if (!ret && gi >= 0 && !gv->fit)
 		ret = repack(fs, gv, gi, t, buf);
 	else if (!ret)
-		ret = qf_gguf_produce(gv_src(gv), &gv->plan, i, imp, buf);
+		ret = qf_gguf_produce_gptq(gv_src(gv), &gv->plan, i, imp, u,
+					   buf);
 	free(imp);
+	free(u);
 	it.data = buf;
 	if (!ret)
 		ret = qf_fs_cache_put(fs, gv->vid, &it, 1);

@@ -329,6 +329,7 @@ static void job_free(struct job *j)
 {
 	qf_layer_res_free(&j->res, j->var->v->ng);
 	free(j->imat);
+	qf_job_kq_free(j);
 	free(j->tokens);
 	free(j);
 }

@@ -64,6 +64,9 @@ struct job {
 	struct qf_layer_res res;	/* the layer's tensors and losses,
 					 * [var->v->ng] */
 	float *imat;			/* kq: this layer's importance matrix */
+	float *kq_u[QF_TF_NLINEAR + 1];	/* kq: this layer's GPTQ factors
+					 * (qf_kq_u_owner's linears; the
+					 * head's last, the last layer's) */
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
 	double *energy;			/* mixed: [ng] tr(W H W^T) */
@@ -115,5 +118,7 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l);
 int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var);
 /* The driver's callbacks for var's method (arg: the struct job). */
 void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops);
+/* kq: frees the layer's GPTQ factors (job->kq_u). */
+void qf_job_kq_free(struct job *j);
 
 #endif

@@ -88,6 +88,33 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 	return ret;
 }
 
+/*
+ * kq: GPTQ's factor U of each distinct input's Hessian among lin[] (the
+ * source model's activations: the kq job leaves the weights as they
+ * are), for the GGUF view's encoder (qf_ggml_gptq_quantize); committed
+ * with the layer's imatrix.
+ */
+static int kq_factors(struct job *j, const enum qf_tf_linear *lin, int n,
+		      const struct qf_lin_stats *stats)
+{
+	int i, ret = 0;
+
+	for (i = 0; i < n && !ret; i++) {
+		const struct qf_lin_stats *st = &stats[lin[i]];
+		size_t len = (size_t)(st->in * st->in) * sizeof(float);
+		float **u = &j->kq_u[lin[i]];
+
+		if (qf_kq_u_owner(lin[i]) != lin[i] || !st->h)
+			continue;
+		free(*u);	/* a layer replayed before */
+		if (!(*u = malloc(len)))
+			return -ENOMEM;
+		memcpy(*u, st->h, len);
+		ret = qf_gptq_hinv_upper(*u, st->in, (float)j->var->ci.damp);
+	}
+	return ret;
+}
+
 static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		       const enum qf_tf_linear *lin, int n,
 		       struct qf_lin_stats *stats)
@@ -103,7 +130,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		/* weights unchanged (a MoE stage: its own linears' part) */
 		qf_layer_imatrix(lin, n, stats, j->imat +
 				 qf_kq_imatrix_off(&j->c, lin[0]));
-		return 0;
+		return kq_factors(j, lin, n, stats);
 	}
 	return qf_layer_gptq(&m, ly, lin, n, stats, &j->res);
 }
@@ -423,6 +450,37 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 	return 0;
 }
 
+/*
+ * kq: layer l's GPTQ factors into items (names in uname), with the last
+ * layer the head's, from the final norm's outputs of x [ntok, hidden].
+ */
+static int kq_commit(struct job *j, int l, const float *x, int64_t ntok,
+		     struct qf_cache_item *items, size_t *n,
+		     char uname[][32])
+{
+	int64_t in;
+	int k, ret = 0;
+
+	if (l == j->var->job->nlayers - 1) {
+		float **u = &j->kq_u[QF_TF_NLINEAR];
+
+		ret = qf_layer_head_hessian(j->var->v->m, &j->c, x, ntok, u);
+		if (!ret)
+			ret = qf_gptq_hinv_upper(*u, j->c.hidden,
+						 (float)j->var->ci.damp);
+	}
+	for (k = 0; k <= QF_TF_NLINEAR && !ret; k++) {
+		if (!j->kq_u[k])
+			continue;
+		in = k < QF_TF_NLINEAR ? qf_tf_linear_in(&j->c, k) :
+		     j->c.hidden;
+		qf_kq_u_name(l, k, uname[k], 32);
+		items[(*n)++] = (struct qf_cache_item){ uname[k], j->kq_u[k],
+			(size_t)(in * in) * sizeof(float) };
+	}
+	return ret;
+}
+
 /* Commit layer l: its tensors and its loss record, one transaction. */
 static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			 double seconds)
@@ -432,12 +490,13 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	size_t nx = (size_t)var->job->nexp * QF_MOE_NLINEAR;
 	/* the linears' tensors, 3 records, the head's 4 tensors and
 	 * record, the experts' tensors */
-	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 4 + 8 +
+	struct qf_cache_item *items = malloc((QF_TF_NLINEAR * 5 + 8 +
 					      nx * 4) * sizeof(*items));
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
 	double rec[QF_TF_NLINEAR * REC], hrec[3];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32], imname[32], xname[32];
+	char uname[QF_TF_NLINEAR + 1][32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
@@ -494,9 +553,16 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
 		items[n++] = (struct qf_cache_item){ imname, j->imat,
 			qf_kq_imatrix_len(&j->c) * sizeof(float) };
+		ret = kq_commit(j, l, x, ntok, items, &n, uname);
+		if (ret < 0) {
+			free(items);
+			free(xrec);
+			return ret;
+		}
 	}
 	eta = qf_now();
 	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
+	qf_job_kq_free(j);
 	j->commit_s += qf_now() - eta;
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free_pending(j, var->job->lin_group[l * QF_TF_NLINEAR + k]);
@@ -530,13 +596,23 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	return 0;
 }
 
+void qf_job_kq_free(struct job *j)
+{
+	int k;
+
+	for (k = 0; k <= QF_TF_NLINEAR; k++) {
+		free(j->kq_u[k]);
+		j->kq_u[k] = NULL;
+	}
+}
+
 void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 {
 	bool awq = sp->method == QF_METHOD_AWQ;
 	bool kq = sp->method == QF_METHOD_KQUANT;
 	bool brecq = sp->method == QF_METHOD_BRECQ;
 
-	ops->hessian = !kq && !brecq;
+	ops->hessian = !brecq;		/* kq: GPTQ's factors for the view */
 	ops->block = brecq ? cb_block : NULL;
 	/* GPTQ: true sequential; AWQ: statistics of the layer as it is,
 	 * all seven linears at once (scales couple them); kq: the imatrix

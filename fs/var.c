@@ -227,6 +227,9 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	extra[0] = 0;
 	if (var->calibrated && fs->backend == QF_BACKEND_CUDA)
 		snprintf(extra, sizeof(extra), "backend=cuda;");
+	if (spec.method == QF_METHOD_KQUANT)	/* the job's GPTQ factors */
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+			 "kq=gptq-v1;");
 	if (spec.method == QF_METHOD_BRECQ)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 			 "brecq=%d/%d;",

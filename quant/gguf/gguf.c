@@ -874,7 +874,7 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 /* t's rows from src (one expert's of a 3-D t) into dst. */
 static int produce_rows(const struct qf_gguf_tensor *t,
 			const struct qf_model_tensor *src, const float *imp,
-			bool fit, uint8_t *dst)
+			const float *u, bool fit, uint8_t *dst)
 {
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
@@ -916,6 +916,12 @@ static int produce_rows(const struct qf_gguf_tensor *t,
 			ret = qf_ggml_quantize_row(t->type, x, rows, NULL, dst);
 			break;
 		}
+		if (u) {	/* rows independent: GPTQ block by block */
+			ret = qf_ggml_gptq_quantize(t->type, x, nr, cols, u,
+						    imp, (uint8_t *)dst +
+						    (uint64_t)r0 * row_bytes);
+			continue;
+		}
 		for (r = 0; r < nr && !ret; r++)
 			ret = (fit ? qf_ggml_quantize_row_fit :
 			       qf_ggml_quantize_row)(t->type, x + r * cols,
@@ -931,6 +937,13 @@ out_free:
 
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		    size_t i, const float *imp, void *dst)
+{
+	return qf_gguf_produce_gptq(m, p, i, imp, NULL, dst);
+}
+
+int qf_gguf_produce_gptq(const struct qf_model *m,
+			 const struct qf_gguf_plan *p, size_t i,
+			 const float *imp, const float *u, void *dst)
 {
 	const struct qf_gguf_tensor *t;
 	uint64_t mat;
@@ -950,12 +963,15 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		free(buf);
 		return ret;
 	}
+	if (u && (t->ndim != 2 || (t->type != QF_GGML_Q4_K &&
+				   t->type != QF_GGML_Q6_K)))
+		u = NULL;	/* no GPTQ encoder of that type */
 	if (t->ndim < 3)
-		return produce_rows(t, t->src, imp, p->fit, dst);
+		return produce_rows(t, t->src, imp, u, p->fit, dst);
 	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
 		ret = produce_rows(t, t->xsrc[e], imp ? imp + e * t->ne[0] :
-				   NULL, p->fit, (uint8_t *)dst +
+				   NULL, NULL, p->fit, (uint8_t *)dst +
 				   (uint64_t)e * mat);
 	return ret;
 }

@@ -246,6 +246,15 @@ int qf_gguf_vocab_kv(const char *tj, size_t tjlen, const char *tc,
  */
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		    size_t i, const float *imp, void *dst);
+/*
+ * The same with GPTQ (qf_ggml_gptq_quantize) where u [ne[0] x ne[0]] is
+ * given (U upper, U^T U the damped inverse Hessian of the tensor's input,
+ * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
+ * (u NULL, other types) as qf_gguf_produce.
+ */
+int qf_gguf_produce_gptq(const struct qf_model *m,
+			 const struct qf_gguf_plan *p, size_t i,
+			 const float *imp, const float *u, void *dst);
 
 /* ------------------------------------------------------------------ */
 /* reader (gguf_read.c)                                               */
@@ -395,6 +404,15 @@ int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
  * expert's (MoE).
  */
 size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
+/*
+ * kq's GPTQ factors (the view's Q4_K / Q6_K encoder): one per distinct
+ * input, "__kqu__.<layer>.<owner>", U [in, in] upper of the damped inverse
+ * Hessian; q, k, v read q's, gate and up read gate's; lin QF_TF_NLINEAR
+ * with the last layer: the head's (output.weight), its input the final
+ * norm's output.
+ */
+enum qf_tf_linear qf_kq_u_owner(enum qf_tf_linear lin);
+void qf_kq_u_name(int layer, enum qf_tf_linear lin, char *buf, size_t cap);
 /* Offset of linear lin's channels in it. */
 size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
 /*

@@ -81,6 +81,16 @@ static int chol_inverse_upper(float *h, int64_t n, float damp0)
 	return 0;
 }
 
+int qf_gptq_hinv_upper(float *h, int64_t n, float damp)
+{
+	int64_t j;
+
+	for (j = 0; j < n; j++)		/* dead inputs: unit diagonal */
+		if (h[j * n + j] == 0)
+			h[j * n + j] = 1;
+	return chol_inverse_upper(h, n, damp > 0 ? damp : 0.01f);
+}
+
 /* Grid of rows [0, out) over columns [a, b) of w (leading dim ld). */
 static int find_params(const float *w, int64_t ld, int64_t out, int64_t a,
 		       int64_t b, const struct qf_qparams *p, uint16_t *sc16,

@@ -90,6 +90,16 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		     uint16_t *scale_f16, int32_t *zero, int32_t *g_idx,
 		     double *loss);
 
+/*
+ * GPTQ's factor of one linear's Hessian h [n, n] (X^T X, full symmetric),
+ * replaced in place by U, upper, with U^T U = (h + damp * mean(diag h) *
+ * I)^-1 (dead inputs given a unit diagonal first; damping raised 10x up
+ * to 5 times if needed), as qf_gptq_quantize computes it: what the
+ * k-quant views' encoder (qf_ggml_gptq_quantize) takes.  Returns 0,
+ * QF_ENUMERIC, -ENOMEM.
+ */
+int qf_gptq_hinv_upper(float *h, int64_t n, float damp);
+
 /* ------------------------------------------------------------------ */
 /* AWQ (Lin et al. 2023) with heuristic rounding and GQA ReFlip       */
 

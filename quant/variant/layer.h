@@ -181,6 +181,16 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 		   struct qf_layer_brecq *info);
 
 /*
+ * The head's Hessian: X^T X [hidden, hidden] of the final norm's outputs
+ * over x [ntok, hidden] (the last layer's), into *h (malloc'd, the
+ * caller's).  For the k-quant views' GPTQ of output.weight.  Returns 0,
+ * QF_EFORMAT (no model.norm.weight of that width), -ENOMEM.
+ */
+int qf_layer_head_hessian(const struct qf_model *m,
+			  const struct qf_tf_config *c, const float *x,
+			  int64_t ntok, float **h);
+
+/*
  * The k-quant importance matrix of the n linears lin[] (whole layer):
  * mean x^2 per input channel, as llama.cpp's imatrix tool collects it,
  * concatenated into imat (qf_kq_imatrix_len floats per layer).

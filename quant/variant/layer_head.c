@@ -8,7 +8,8 @@
  * head's columns (multiplied), so the unquantized model computes what
  * it did; then clipping, RTN on the AWQ grid and the heuristic flips.
  * qf_layer_head (layer.h) computes the head's inputs and calls GPTQ's
- * (layer.c) or AWQ's quantization of it.
+ * (layer.c) or AWQ's quantization of it; qf_layer_head_hessian gives the
+ * same inputs' X^T X to the k-quant views' GPTQ of output.weight.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -130,20 +131,21 @@ static int awq_head(const struct qf_variant *v, const struct qf_tf_config *c,
 	return ret;
 }
 
-int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
-		  const float *x, int64_t ntok, struct qf_layer_res *r)
+/*
+ * The head's input statistics st: X^T X of the final norm's outputs over
+ * x [ntok, in] (the last layer's); the norm as computed (1 + w for
+ * gemma) into norm [in].
+ */
+static int head_stats(const struct qf_model *m, const struct qf_tf_config *c,
+		      const float *x, int64_t ntok, int64_t in, float *norm,
+		      struct qf_lin_stats *st)
 {
-	const struct qf_vgroup *g = &v->g[v->head];
-	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
-	const struct qf_model_tensor *nt = qf_model_find(v->m,
+	const struct qf_model_tensor *nt = qf_model_find(m,
 							 "model.norm.weight");
-	float *norm = malloc((size_t)in * sizeof(float));
 	float *xn = malloc((size_t)(ntok * in) * sizeof(float));
-	float *w = malloc((size_t)(out * in) * sizeof(float));
-	struct qf_lin_stats st;
-	int ret = norm && xn && w ? 0 : -ENOMEM;
+	int ret = xn ? 0 : -ENOMEM;
 
-	memset(&st, 0, sizeof(st));
+	memset(st, 0, sizeof(*st));
 	if (!ret && (!nt || nt->t->ndim != 1 || nt->t->shape[0] != in))
 		ret = QF_EFORMAT;
 	if (!ret)
@@ -151,20 +153,57 @@ int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
 	if (!ret && c->norm_plus1)	/* gemma: 1 + w */
 		qf_tf_norm_plus1(norm, in);
 	if (!ret)
-		ret = qf_lin_stats_init(&st, in, true);
+		ret = qf_lin_stats_init(st, in, true);
 	if (!ret) {	/* the head's inputs: the final norm's outputs */
 		qf_tf_rmsnorm(x, norm, ntok, in, c->rms_eps, xn);
-		qf_lin_stats_add(&st, xn, ntok);
-		qf_lin_stats_finish(&st);
-		ret = qf_model_read_f32(g->w, w);
+		qf_lin_stats_add(st, xn, ntok);
+		qf_lin_stats_finish(st);
 	}
+	free(xn);
+	return ret;
+}
+
+int qf_layer_head(const struct qf_variant *v, const struct qf_tf_config *c,
+		  const float *x, int64_t ntok, struct qf_layer_res *r)
+{
+	const struct qf_vgroup *g = &v->g[v->head];
+	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+	float *norm = malloc((size_t)in * sizeof(float));
+	float *w = malloc((size_t)(out * in) * sizeof(float));
+	struct qf_lin_stats st;
+	int ret = norm && w ? 0 : -ENOMEM;
+
+	memset(&st, 0, sizeof(st));
+	if (!ret)
+		ret = head_stats(v->m, c, x, ntok, in, norm, &st);
+	if (!ret)
+		ret = qf_model_read_f32(g->w, w);
 	if (!ret && v->spec.method == QF_METHOD_AWQ)
 		ret = awq_head(v, c, w, norm, &st, r);
 	else if (!ret)
 		ret = qf_layer_gptq_one(v, v->head, w, &st, r);
 	qf_lin_stats_free(&st);
 	free(norm);
-	free(xn);
 	free(w);
+	return ret;
+}
+
+int qf_layer_head_hessian(const struct qf_model *m,
+			  const struct qf_tf_config *c, const float *x,
+			  int64_t ntok, float **h)
+{
+	float *norm = malloc((size_t)c->hidden * sizeof(float));
+	struct qf_lin_stats st;
+	int ret = norm ? head_stats(m, c, x, ntok, c->hidden, norm, &st) :
+		  -ENOMEM;
+
+	*h = NULL;
+	if (!ret) {
+		*h = st.h;	/* taken over */
+		st.h = NULL;
+	}
+	if (norm)
+		qf_lin_stats_free(&st);
+	free(norm);
 	return ret;
 }
