@@ -300,22 +300,37 @@ static int moe_run(const struct qf_tf_config *c, const struct qf_tf_moe *moe,
 	return ret;
 }
 
-int qf_tf_moe_forward(const struct qf_tf_config *c,
-		      const struct qf_tf_moe *moe, int layer, const float *xn,
-		      int64_t ntok, float *x, qf_tf_expert_hook hook,
-		      void *arg)
+/* The block on xn, routed by the router or (sel, p not NULL) as given. */
+static int moe_forward(const struct qf_tf_config *c,
+		       const struct qf_tf_moe *moe, int layer, const float *xn,
+		       int64_t ntok, const int32_t *sel, const float *p,
+		       float *x, qf_tf_expert_hook hook, void *arg)
 {
+	size_t k = (size_t)(ntok * c->topk);
 	struct moe_scratch sc;
 	int ret;
 
 	ret = scratch_alloc(c, ntok, &sc);
 	if (ret < 0)
 		return ret;
-	ret = qf_tf_moe_route(c, moe, xn, ntok, sc.sel, sc.p);
+	if (sel) {
+		memcpy(sc.sel, sel, sizeof(int32_t) * k);
+		memcpy(sc.p, p, sizeof(float) * k);
+	} else {
+		ret = qf_tf_moe_route(c, moe, xn, ntok, sc.sel, sc.p);
+	}
 	if (!ret)
 		ret = moe_run(c, moe, layer, xn, ntok, x, &sc, hook, arg);
 	free(sc.mem);
 	return ret;
+}
+
+int qf_tf_moe_forward(const struct qf_tf_config *c,
+		      const struct qf_tf_moe *moe, int layer, const float *xn,
+		      int64_t ntok, float *x, qf_tf_expert_hook hook,
+		      void *arg)
+{
+	return moe_forward(c, moe, layer, xn, ntok, NULL, NULL, x, hook, arg);
 }
 
 int qf_tf_moe_forward_routed(const struct qf_tf_config *c,
@@ -323,15 +338,5 @@ int qf_tf_moe_forward_routed(const struct qf_tf_config *c,
 			     int64_t ntok, const int32_t *sel, const float *p,
 			     float *x)
 {
-	struct moe_scratch sc;
-	int ret;
-
-	ret = scratch_alloc(c, ntok, &sc);
-	if (ret < 0)
-		return ret;
-	memcpy(sc.sel, sel, sizeof(int32_t) * (size_t)(ntok * c->topk));
-	memcpy(sc.p, p, sizeof(float) * (size_t)(ntok * c->topk));
-	ret = moe_run(c, moe, 0, xn, ntok, x, &sc, NULL, NULL);
-	free(sc.mem);
-	return ret;
+	return moe_forward(c, moe, 0, xn, ntok, sel, p, x, NULL, NULL);
 }
