@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -426,12 +427,18 @@ def test_fleet_takeover_after_kill9():
             t0 = time.time()
             while ma.stderr().count("checkpoint (") < 2:
                 assert time.time() - t0 < 120, ma.stderr()
-                time.sleep(0.05)
+                time.sleep(0.01)
+            # Frozen at once: with fast kernels A finishes the 6 layers
+            # in well under a second.  Stopped, it renews no lease, as
+            # if dead; B must be following it before the kill.
+            os.kill(ma.proc.pid, signal.SIGSTOP)
             out = {}
             tb = threading.Thread(target=lambda: out.setdefault(
                 "b", sha(os.path.join(mb.mnt, "m", GPTQ))))
             tb.start()
-            time.sleep(1)
+            while "following its progress" not in mb.stderr():
+                assert time.time() - t0 < 120, mb.stderr()
+                time.sleep(0.05)
             ma.kill9()
             killed = time.time()
             ra.wait(timeout=30)

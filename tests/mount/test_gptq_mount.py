@@ -256,7 +256,10 @@ def test_kill9_producer_other_process_takes_over():
         deadline = time.time() + 120
         while len(layer_lines(a.stderr())) < 1:
             assert time.time() < deadline, a.stderr()
-            time.sleep(0.05)
+            time.sleep(0.01)
+        # frozen at once (fast kernels finish 6 layers within a second);
+        # stopped, it still holds its lock, as a slow producer would
+        os.kill(a.proc.pid, signal.SIGSTOP)
         out = {}
         th = threading.Thread(target=lambda: out.setdefault(
             "b", sha(os.path.join(b.mnt, p))))
