@@ -279,7 +279,9 @@ static void job_first(struct job *j)
 static int job_layers(struct job *j, struct qf_calib *cs)
 {
 	struct qf_var *var = j->var;
-	struct qf_calib_ops ops = { .stats_seconds = &j->stats_s };
+	struct qf_calib_ops ops = { .stats_seconds = &j->stats_s,
+				    .chunk_bytes = (int64_t)
+						   j->fs->o.calib_chunk };
 	int ret;
 
 	qf_job_layer_ops(&var->v->spec, &ops);

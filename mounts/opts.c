@@ -171,6 +171,8 @@ static const struct opt_def defs[] = {
 	{ "calib_n", K_INT, F(fs.calib_n), 1, 65536, NULL },
 	{ "calib_len", K_INT, F(fs.calib_len), 2, 131072, NULL },
 	{ "calib_seed", K_U64, F(fs.calib_seed), 0, UINT64_MAX, NULL },
+	{ "calib_chunk", K_SIZE, F(fs.calib_chunk), 1ULL << 20, 1ULL << 40,
+	  NULL },
 	{ "backend", K_WORD, F(fs.backend), 0, 0, backend_words },
 	{ "brecq_iters", K_INT, F(fs.brecq_iters), 0, 1000000, NULL },
 	{ "brecq_batch", K_INT, F(fs.brecq_batch), 1, 4096, NULL },

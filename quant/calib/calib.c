@@ -177,33 +177,52 @@ struct stage {
 	int n;
 };
 
+/* A layer's stages, each with the linears that share an input. */
+static const struct stage layer_stages[] = {
+	{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 }, { stage_down, 1 },
+};
+
+static void stats_free_all(struct qf_lin_stats *stats)
+{
+	int i;
+
+	for (i = 0; i < QF_TF_NLINEAR; i++)
+		qf_lin_stats_free(&stats[i]);
+}
+
 struct capture {
-	const struct stage *st;
+	const struct stage *st;		/* NULL: every stage, to the end */
 	struct qf_lin_stats *stats;	/* [QF_TF_NLINEAR], by linear */
-	int left;			/* stage linears not seen yet */
+	double *seconds;		/* NULL or added to */
 };
 
 #define STAGE_DONE 1			/* hook: stop the layer here */
 
+/* The first linear of each stage: the one whose input is accumulated. */
+static bool stage_first(enum qf_tf_linear lin)
+{
+	return lin == QF_TF_Q || lin == QF_TF_O || lin == QF_TF_GATE ||
+	       lin == QF_TF_DOWN;
+}
+
 /*
- * Accumulate the inputs of the stage's linears, then stop the layer: the
- * rest of it is not needed for these statistics.  q/k/v and gate/up see
- * the same input: it is accumulated once, for the first of them.
+ * Accumulate the input of the stage's linears (q/k/v and gate/up share
+ * theirs), then stop the layer: the rest is not needed for these
+ * statistics.  Without a stage, every stage's, and the layer runs to its end.
+ * (A MoE layer calls no UP or DOWN hook: its forward runs to the end.)
  */
 static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
 			const float *x, int64_t ntok, int64_t in)
 {
 	struct capture *cap = arg;
-	int i;
+	double t0 = qf_now();
 
 	(void)layer, (void)in;
-	for (i = 0; i < cap->st->n; i++)
-		if (cap->st->lin[i] == lin) {
-			if (i == 0)
-				qf_lin_stats_add(&cap->stats[lin], x, ntok);
-			cap->left--;
-		}
-	return cap->left == 0 ? STAGE_DONE : 0;
+	if (cap->st ? lin == cap->st->lin[0] : stage_first(lin))
+		qf_lin_stats_add(&cap->stats[lin], x, ntok);
+	if (cap->seconds)
+		*cap->seconds += qf_now() - t0;
+	return cap->st && lin == cap->st->lin[0] ? STAGE_DONE : 0;
 }
 
 /* b = a (same width and Hessian or not; b's sample kept as allocated) */
@@ -238,6 +257,25 @@ static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 	return 0;
 }
 
+/* Empty statistics for the stage's linears (stats zeroed). */
+static int stage_stats_init(const struct qf_tf_config *c,
+			    const struct stage *st,
+			    const struct qf_calib_ops *ops,
+			    struct qf_lin_stats *stats)
+{
+	int i, ret = 0;
+
+	for (i = 0; i < st->n && !ret; i++) {
+		ret = qf_lin_stats_init(&stats[st->lin[i]],
+					qf_tf_linear_in(c, st->lin[i]),
+					ops->hessian);
+		if (!ret)
+			ret = stats_sample(&stats[st->lin[i]],
+					   ops->sample_rows);
+	}
+	return ret;
+}
+
 /* Accumulate the statistics of one stage's linears (stats zeroed). */
 static int capture_stage(const struct qf_tf_config *c,
 			 const struct qf_tf_layer *ly, int l,
@@ -246,17 +284,11 @@ static int capture_stage(const struct qf_tf_config *c,
 			 const struct qf_calib_ops *ops,
 			 struct qf_lin_stats *stats)
 {
-	struct capture cap = { st, stats, st->n };
+	struct capture cap = { st, stats, NULL };
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
-	int i, ret = 0;
+	int ret;
 
-	for (i = 0; i < st->n && !ret; i++) {
-		ret = qf_lin_stats_init(&stats[st->lin[i]],
-					qf_tf_linear_in(c, st->lin[i]), ops->hessian);
-		if (!ret)
-			ret = stats_sample(&stats[st->lin[i]],
-					   ops->sample_rows);
-	}
+	ret = stage_stats_init(c, st, ops, stats);
 	if (!ret) {
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
@@ -312,7 +344,7 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 {
 	struct qf_lin_stats stats[QF_TF_NLINEAR];
 	float *xn = NULL;
-	int s, i, ret = 0;
+	int s, ret = 0;
 
 	memset(stats, 0, sizeof(stats));
 	if (ly->moe && ops->quantize_moe)
@@ -335,8 +367,7 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		ret = ops->quantize_moe(arg, l, ly, xn,
 					(int64_t)cs->nseq * cs->seqlen);
 	free(xn);
-	for (i = 0; i < QF_TF_NLINEAR; i++)
-		qf_lin_stats_free(&stats[i]);
+	stats_free_all(stats);
 	return ret;
 }
 
@@ -366,7 +397,7 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 	};
 	struct seqpass *sp = arg;
 	struct qf_lin_stats stats[QF_TF_NLINEAR];
-	int i, ret;
+	int ret;
 
 	if (lin == QF_TF_K || lin == QF_TF_V || lin == QF_TF_UP)
 		return 0;	/* quantized with q / gate: same input */
@@ -376,14 +407,7 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 		return 0;
 	}
 	memset(stats, 0, sizeof(stats));
-	ret = 0;
-	for (i = 0; i < st[lin].n && !ret; i++) {
-		ret = qf_lin_stats_init(&stats[st[lin].lin[i]], in,
-					sp->ops->hessian);
-		if (!ret)
-			ret = stats_sample(&stats[st[lin].lin[i]],
-					   sp->ops->sample_rows);
-	}
+	ret = stage_stats_init(sp->c, &st[lin], sp->ops, stats);
 	if (!ret) {
 		double t0 = qf_now();
 
@@ -396,9 +420,7 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 	if (!ret)
 		ret = sp->ops->quantize(sp->arg, layer, sp->ly, st[lin].lin,
 					st[lin].n, stats);
-	for (i = 0; i < QF_TF_NLINEAR; i++)
-		qf_lin_stats_free(&stats[i]);
-	(void)sp->c;
+	stats_free_all(stats);
 	return ret;
 }
 
@@ -484,6 +506,129 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 	return ret;
 }
 
+/* ------------------------------------------------------------------ */
+/* streamed layers: the calibration tokens in chunks of sequences      */
+
+/*
+ * Sequences per chunk: as many as keep the forward's scratch and a
+ * chunk's copy within ops->chunk_bytes (QF_CALIB_CHUNK_BYTES when 0).
+ */
+int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
+			int64_t chunk_bytes)
+{
+	int64_t per = qf_tf_layer_scratch_bytes(c, seqlen) +
+		      (int64_t)sizeof(float) * c->hidden * seqlen;
+	int64_t n = (chunk_bytes > 0 ? chunk_bytes : QF_CALIB_CHUNK_BYTES) /
+		    per;
+
+	return n < 1 ? 1 : n > nseq ? nseq : (int)n;
+}
+
+struct stream {
+	const struct qf_tf_config *c;
+	struct qf_tf_layer *ly;
+	int l;
+	float *x;		/* [nseq * seqlen, hidden]: in, then out */
+	float *tmp;		/* [cn * seqlen, hidden]: a chunk's copy */
+	int nseq, seqlen, cn;
+	const struct qf_calib_ops *ops;
+	void *arg;
+};
+
+/*
+ * part of the layer over every chunk: on a copy with the hook (x stays
+ * as it is), or without one in place (x moves on).
+ */
+static int stream_pass(const struct stream *s, int part,
+		       struct capture *cap)
+{
+	int64_t row = (int64_t)s->seqlen * s->c->hidden;
+	int s0, n, ret = 0;
+
+	for (s0 = 0; s0 < s->nseq && !ret; s0 += n) {
+		float *xc = s->x + s0 * row;
+
+		n = s->nseq - s0 < s->cn ? s->nseq - s0 : s->cn;
+		if (cap) {
+			memcpy(s->tmp, xc, (size_t)(n * row) * sizeof(float));
+			xc = s->tmp;
+		}
+		ret = qf_tf_layer_forward_part(s->c, s->ly, s->l, xc, n,
+					       s->seqlen, part,
+					       cap ? capture_hook : NULL, cap);
+		if (ret == STAGE_DONE)
+			ret = 0;
+	}
+	return ret;
+}
+
+/* Finish the stage's statistics, quantize its linears, free them. */
+static int stream_quantize(const struct stream *s, const struct stage *st,
+			   int n, struct qf_lin_stats *stats)
+{
+	int i, ret = 0;
+
+	for (i = 0; i < n && !ret; i++) {
+		qf_lin_stats_finish(&stats[st[i].lin[0]]);
+		ret = share_stats(&st[i], stats);
+	}
+	if (!ret && s->ops->whole_layer)
+		ret = s->ops->quantize(s->arg, s->l, s->ly, (enum qf_tf_linear[])
+				       { QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O,
+					 QF_TF_GATE, QF_TF_UP, QF_TF_DOWN },
+				       QF_TF_NLINEAR, stats);
+	for (i = 0; i < n && !ret && !s->ops->whole_layer; i++)
+		ret = s->ops->quantize(s->arg, s->l, s->ly, st[i].lin,
+				       st[i].n, stats);
+	stats_free_all(stats);
+	return ret;
+}
+
+/*
+ * A dense layer in chunks, x in place.  Sequential: one pass per stage
+ * on copies (the attention again for o's inputs), quantizing between
+ * them; once o is quantized the attention's output is added to x for
+ * good, so gate/up and down passes start from there; a last pass adds
+ * the MLP's.  Not sequential: one pass collects every stage's
+ * statistics of the layer as it is, then the quantizer, then the
+ * quantized layer's pass.
+ */
+static int stream_layer(const struct stream *s, const struct stage *stages)
+{
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	struct capture cap = { NULL, stats, s->ops->stats_seconds };
+	int i, ret = 0;
+
+	memset(stats, 0, sizeof(stats));
+	if (!s->ops->sequential) {
+		for (i = 0; i < 4 && !ret; i++)
+			ret = stage_stats_init(s->c, &stages[i], s->ops, stats);
+		if (!ret)
+			ret = stream_pass(s, QF_TF_WHOLE_LAYER, &cap);
+		if (!ret)
+			ret = stream_quantize(s, stages, 4, stats);
+		else
+			stats_free_all(stats);
+		return ret ? ret : stream_pass(s, QF_TF_WHOLE_LAYER, NULL);
+	}
+	for (i = 0; i < 4 && !ret; i++) {
+		int part = i < 2 ? QF_TF_ATTN_HALF : QF_TF_MLP_HALF;
+
+		if (i == 2)	/* o quantized: the attention is final */
+			ret = stream_pass(s, QF_TF_ATTN_HALF, NULL);
+		cap.st = &stages[i];
+		if (!ret)
+			ret = stage_stats_init(s->c, &stages[i], s->ops, stats);
+		if (!ret)
+			ret = stream_pass(s, part, &cap);
+		if (!ret)
+			ret = stream_quantize(s, &stages[i], 1, stats);
+		else
+			stats_free_all(stats);
+	}
+	return ret ? ret : stream_pass(s, QF_TF_MLP_HALF, NULL);
+}
+
 /* ops->block: x_q (quantized path), x_fp (full precision), y */
 static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
 		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
@@ -534,28 +679,82 @@ out_free:
 	return ret;
 }
 
+/* The next layer's input in s->x: a dense layer streamed in chunks. */
+static int run_streamed(struct stream *s, int l, struct qf_tf_layer *ly,
+			bool cached)
+{
+
+	s->ly = ly;
+	s->l = l;
+	return cached ? stream_pass(s, QF_TF_WHOLE_LAYER, NULL) :
+			stream_layer(s, layer_stages);
+}
+
+/* The same in one pass over all tokens (see calib.h): x from x_in. */
+static int run_whole_set(const struct qf_tf_config *c, int l,
+			 struct qf_tf_layer *ly, bool cached,
+			 const float *x_in, float *x, const struct qf_calib *cs,
+			 const struct qf_calib_ops *ops, void *arg)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	struct qf_tf_config lc;	/* the layer's window and rope base */
+	int ret = 0;
+
+	qf_tf_config_layer(c, l, &lc);
+	memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+	if (!cached && ops->sequential) {
+		struct seqpass sp = { .c = c, .ly = ly, .ops = ops,
+					 .arg = arg };
+		int w = lc.sliding_window > 0 &&
+			lc.sliding_window < cs->seqlen ? lc.sliding_window : 0;
+
+		/* quantize as the pass reaches each stage (and, in a MoE
+		 * block, each expert) */
+		ret = qf_tf_layer_forward_moe(&lc, ly, l, x, cs->nseq,
+					      cs->seqlen, w, seq_hook,
+					      expert_hook, &sp);
+		qf_lin_stats_free(&sp.all);
+		return ret;
+	}
+	if (!cached)
+		ret = run_layer(c, ly, l, layer_stages, 4, x_in, x, cs, ops,
+				arg);
+	/* the quantized layer's output feeds the next one */
+	if (!ret) {
+		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
+		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
+					  NULL, NULL);
+	}
+	return ret;
+}
+
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg)
 {
-	static const struct stage seq[] = {
-		{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 },
-		{ stage_down, 1 },
-	};
-	const struct stage *stages = seq;
-	int nstages = 4;
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
+	int cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
+				     ops->chunk_bytes);
+	/* streamed: dense models, unless all of it fits one true
+	 * sequential pass */
+	bool stream = !c->moe && (cn < cs->nseq || !ops->sequential);
+	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
+			    .cn = cn, .ops = ops, .arg = arg };
 	float *x_in, *x;
 	int l, ret;
 
 	if (ops->block)
 		return run_blocks(m, c, cs, ops, arg);
-	x_in = malloc((size_t)(ntok * c->hidden) * sizeof(*x_in));
-	x = malloc((size_t)(ntok * c->hidden) * sizeof(*x));
+	x_in = malloc(bytes);
+	x = malloc(stream ? (size_t)cn * cs->seqlen * c->hidden *
+			    sizeof(float) : bytes);
 	if (!x_in || !x) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
+	s.x = x_in;
+	s.tmp = x;
 	ret = qf_tf_embed(m, c, cs->ids, ntok, x_in);
 	for (l = 0; l < c->layers && !ret; l++) {
 		struct qf_tf_layer ly;
@@ -569,34 +768,17 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		/* a layer quantized before (resume): its weights, no stats */
 		if (ops->layer_cached)
 			ret = ops->layer_cached(arg, l, &ly, &cached);
-		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
-		if (!ret && !cached && ops->sequential) {
-			struct seqpass sp = { .c = c, .ly = &ly, .ops = ops,
-						 .arg = arg };
-			int w = c->sliding_window < cs->seqlen ?
-				c->sliding_window : 0;
-
-			/* quantize as the pass reaches each stage (and, in
-			 * a MoE block, each expert) */
-			ret = qf_tf_layer_forward_moe(c, &ly, l, x, cs->nseq,
-						      cs->seqlen, w, seq_hook,
-						      expert_hook, &sp);
-			qf_lin_stats_free(&sp.all);
-		} else if (!ret) {
-			if (!cached)
-				ret = run_layer(c, &ly, l, stages, nstages, x_in,
-						x, cs, ops, arg);
-			/* the quantized layer's output feeds the next one */
-			if (!ret) {
-				memcpy(x, x_in, (size_t)(ntok * c->hidden) *
-				       sizeof(*x));
-				ret = qf_tf_layer_forward(c, &ly, l, x, cs->nseq,
-							  cs->seqlen, NULL,
-							  NULL);
-			}
-		}
+		if (!ret && stream)
+			ret = run_streamed(&s, l, &ly, cached);
+		else if (!ret)
+			ret = run_whole_set(c, l, &ly, cached, x_in, x, cs, ops,
+					    arg);
 		qf_tf_layer_free(&ly);
-		tmp = x_in, x_in = x, x = tmp;
+		if (!stream) {
+			tmp = x_in, x_in = x, x = tmp;
+			s.x = x_in;
+			s.tmp = x;
+		}
 		if (!ret && ops->layer_done)
 			ret = ops->layer_done(arg, l, x_in, ntok,
 					      qf_now() - t0);

@@ -142,6 +142,12 @@ const void *qf_st_data(const struct qf_st_file *f,
 		       const struct qf_st_tensor *t);
 /* True when the file on disk still has the size and mtime seen at open. */
 bool qf_st_unchanged(const struct qf_st_file *f);
+/*
+ * Done reading [p, p + n) of f's map: its whole pages leave this
+ * process's memory (they stay in the page cache; a later read maps them
+ * again), so reading a model larger than memory holds none of it.
+ */
+void qf_st_release(const struct qf_st_file *f, const void *p, size_t n);
 
 /*
  * Planner: lay out a safetensors file ahead of time.  Sorts e[] the way the

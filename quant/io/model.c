@@ -493,6 +493,7 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 	ret = qf_to_f32(mt->t->dtype, src, n, dst);
 	if (ret < 0)
 		return ret;
+	qf_st_release(mt->shard, src, (size_t)n * esz);
 	if (qf_st_faulted(mt->shard))
 		return QF_ECORRUPT;
 	if (qf_all_finite(dst, (size_t)n))

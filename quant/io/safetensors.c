@@ -578,6 +578,17 @@ const void *qf_st_data(const struct qf_st_file *f,
 	return f->map + f->hdr.data_off + t->begin;
 }
 
+void qf_st_release(const struct qf_st_file *f, const void *p, size_t n)
+{
+	uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+	uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1);
+	uintptr_t b = ((uintptr_t)p + n) & ~(page - 1);
+
+	(void)f;
+	if (b > a)	/* advice only: nothing to do when it fails */
+		(void)madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
 /*
  * A truncation that lands inside a page leaves the rest of that page
  * readable as zeros, without SIGBUS: so a read is also suspect when the

@@ -141,6 +141,25 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 			    qf_tf_hook hook, qf_tf_expert_hook ehook,
 			    void *arg);
 /*
+ * What qf_tf_layer_forward_part runs of a layer: the attention block
+ * (x += its output), the MLP or MoE block, or both.
+ */
+#define QF_TF_ATTN_HALF 1
+#define QF_TF_MLP_HALF 2
+#define QF_TF_WHOLE_LAYER 3
+/*
+ * qf_tf_layer_forward restricted to part: calibration streams the
+ * tokens through a layer in chunks and stops between the halves.  A MoE
+ * layer's block is run without an expert hook.
+ */
+int qf_tf_layer_forward_part(const struct qf_tf_config *c,
+			     const struct qf_tf_layer *ly, int layer, float *x,
+			     int nseq, int seqlen, int part, qf_tf_hook hook,
+			     void *arg);
+/* The forward's scratch for one sequence of seqlen tokens, in bytes
+ * (it grows linearly with the sequences of a call). */
+int64_t qf_tf_layer_scratch_bytes(const struct qf_tf_config *c, int seqlen);
+/*
  * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR
  * pointers, [out, in] each (gate, up: [moe_inter, hidden]; down:
  * [hidden, moe_inter]; e == experts: the shared expert's, shared_inter),

@@ -581,10 +581,15 @@ int qf_tf_layer_forward_win(const struct qf_tf_config *c,
 				       hook, NULL, arg);
 }
 
-int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
-			    const struct qf_tf_layer *ly, int layer, float *x,
-			    int nseq, int seqlen, int window, qf_tf_hook hook,
-			    qf_tf_expert_hook ehook, void *arg)
+/*
+ * The halves of one decoder layer on x in place: part & QF_TF_ATTN_HALF
+ * adds the attention block's output, part & QF_TF_MLP_HALF the MLP's (or
+ * the MoE block's).  Streamed calibration runs them apart.
+ */
+static int layer_half(const struct qf_tf_config *c,
+		      const struct qf_tf_layer *ly, int layer, float *x,
+		      int nseq, int seqlen, int window, int part,
+		      qf_tf_hook hook, qf_tf_expert_hook ehook, void *arg)
 {
 	int64_t ntok = (int64_t)nseq * seqlen;
 	int64_t qd = (int64_t)c->heads * c->head_dim;
@@ -599,15 +604,21 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 	ret = scratch_alloc(c, ntok, seqlen, &sc);
 	if (ret < 0)
 		return ret;
-	qf_tf_rmsnorm(x, ly->in_norm, ntok, c->hidden, c->rms_eps, sc.xn);
-	ret = attn_inputs(c, ly, layer, ntok, seqlen, &sc, hook, arg);
-	if (ret)
+	if (part & QF_TF_ATTN_HALF) {
+		qf_tf_rmsnorm(x, ly->in_norm, ntok, c->hidden, c->rms_eps,
+			      sc.xn);
+		ret = attn_inputs(c, ly, layer, ntok, seqlen, &sc, hook, arg);
+		if (ret)
+			goto out_free;
+		qf_tf_attention(c, sc.q, sc.k, sc.v, nseq, seqlen, window,
+				sc.s);
+		HOOK(QF_TF_O, sc.q, qd);
+		qf_tf_out_add(c, ly->attn_out_norm, sc.q, ntok, qd,
+			      ly->w[QF_TF_O], ly->b[QF_TF_O], sc.xn, x);
+	}
+	ret = 0;
+	if (!(part & QF_TF_MLP_HALF))
 		goto out_free;
-	qf_tf_attention(c, sc.q, sc.k, sc.v, nseq, seqlen, window, sc.s);
-	HOOK(QF_TF_O, sc.q, qd);
-	qf_tf_out_add(c, ly->attn_out_norm, sc.q, ntok, qd, ly->w[QF_TF_O],
-		      ly->b[QF_TF_O], sc.xn, x);
-
 	qf_tf_rmsnorm(x, ly->post_norm, ntok, c->hidden, c->rms_eps, sc.xn);
 	if (ly->moe) {
 		HOOK(QF_TF_GATE, sc.xn, c->hidden);	/* the block's input */
@@ -631,15 +642,33 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 	HOOK(QF_TF_DOWN, sc.g, c->inter);
 	qf_tf_out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter,
 		      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], sc.xn, x);
-	ret = 0;
 out_free:
 	free(sc.mem);
 	return ret;
 }
 
-int qf_tf_layer_forward(const struct qf_tf_config *c,
-			const struct qf_tf_layer *ly, int layer, float *x,
-			int nseq, int seqlen, qf_tf_hook hook, void *arg)
+int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
+			    const struct qf_tf_layer *ly, int layer, float *x,
+			    int nseq, int seqlen, int window, qf_tf_hook hook,
+			    qf_tf_expert_hook ehook, void *arg)
+{
+	return layer_half(c, ly, layer, x, nseq, seqlen, window,
+			  QF_TF_WHOLE_LAYER, hook, ehook, arg);
+}
+
+int64_t qf_tf_layer_scratch_bytes(const struct qf_tf_config *c, int seqlen)
+{
+	int64_t qd = (int64_t)c->heads * c->head_dim;
+	int64_t kvd = (int64_t)c->kv_heads * c->head_dim;
+
+	return (int64_t)sizeof(float) * (c->hidden + qd + 2 * kvd + c->inter) *
+	       seqlen;
+}
+
+int qf_tf_layer_forward_part(const struct qf_tf_config *c,
+			     const struct qf_tf_layer *ly, int layer, float *x,
+			     int nseq, int seqlen, int part, qf_tf_hook hook,
+			     void *arg)
 {
 	struct qf_tf_config lc;	/* layer's window and rope base */
 	int w;
@@ -647,6 +676,14 @@ int qf_tf_layer_forward(const struct qf_tf_config *c,
 	qf_tf_config_layer(c, layer, &lc);
 	w = lc.sliding_window > 0 && lc.sliding_window < seqlen ?
 	    lc.sliding_window : 0;
-	return qf_tf_layer_forward_win(&lc, ly, layer, x, nseq, seqlen, w,
-				       hook, arg);
+	return layer_half(&lc, ly, layer, x, nseq, seqlen, w, part, hook,
+			  NULL, arg);
+}
+
+int qf_tf_layer_forward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, int layer, float *x,
+			int nseq, int seqlen, qf_tf_hook hook, void *arg)
+{
+	return qf_tf_layer_forward_part(c, ly, layer, x, nseq, seqlen,
+					QF_TF_WHOLE_LAYER, hook, arg);
 }

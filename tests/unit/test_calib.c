@@ -242,12 +242,17 @@ static void test_driver_identity(const char *quantfs)
 		      ==, 0);
 		qf_tf_layer_free(&ly);
 	}
-	for (seq = 0; seq < 2; seq++) {
+	/* one chunk, and streamed a sequence at a time (1 MiB) */
+	CHECK(qf_calib_chunk_seqs(&c, 4, 32, 1), ==, 1);
+	CHECK(qf_calib_chunk_seqs(&c, 4, 32, 0), ==, 4);
+	for (seq = 0; seq < 4; seq++) {
 		struct ident id = { malloc((size_t)128 * c.hidden * 4),
 				    128 * c.hidden, 0, 0 };
-		struct qf_calib_ops ops = { .hessian = true, .sequential = seq,
+		struct qf_calib_ops ops = { .hessian = true,
+					    .sequential = seq & 1,
 					    .quantize = ident_quantize,
-					    .layer_done = ident_done };
+					    .layer_done = ident_done,
+					    .chunk_bytes = seq & 2 ? 1 : 0 };
 
 		CHECK(qf_calib_run(m, &c, &cs, &ops, &id), ==, 0);
 		CHECK(id.calls, ==, 3 * 4);
@@ -256,6 +261,91 @@ static void test_driver_identity(const char *quantfs)
 		free(id.last);
 	}
 	free(x);
+	qf_calib_free(&cs);
+	qf_model_close(m);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	CHECK(system(cmd), ==, 0);
+}
+
+/* VmHWM of this process after resetting it (clear_refs 5), in KiB. */
+static long vm_kb(const char *key, bool reset)
+{
+	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
+			reset ? "w" : "r");
+	char line[256];
+	long v = -1;
+
+	if (f && reset)
+		fputs("5", f);
+	while (f && !reset && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), ": %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+static int noop_quantize(void *arg, int layer, struct qf_tf_layer *ly,
+			 const enum qf_tf_linear *lin, int n,
+			 struct qf_lin_stats *stats)
+{
+	(void)arg, (void)layer, (void)ly, (void)lin, (void)n, (void)stats;
+	return 0;
+}
+
+/*
+ * Streamed calibration's peak (VmHWM) against its formula: the layer
+ * input of all tokens once, one chunk's forward scratch and copy, one
+ * fp32 layer; run on all tokens at once the same pass holds the
+ * intermediate activations of every token and exceeds it.
+ */
+static void test_stream_memory(const char *quantfs)
+{
+	char dir[] = "/tmp/qfstream.XXXXXX", cmd[512];
+	struct qf_tf_config c;
+	struct qf_calib cs = { 0 };
+	struct qf_model *m;
+	long base, peak[2], bound = 0;
+	int64_t ntok = 64 * 128;
+	int i;
+
+	if (!mkdtemp(dir))
+		return;
+	snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m --hidden 256 --inter 4096 "
+		 "--layers 2 --heads 4 --kv-heads 2 --vocab 512", quantfs, dir);
+	CHECK(system(cmd), ==, 0);
+	snprintf(cmd, sizeof(cmd), "%s/m", dir);
+	CHECK(qf_model_open(cmd, &m), ==, 0);
+	CHECK(qf_tf_config_parse(m, &c), ==, 0);
+	cs.nseq = 64;
+	cs.seqlen = 128;
+	cs.ids = malloc((size_t)ntok * sizeof(*cs.ids));
+	for (i = 0; i < ntok; i++)
+		cs.ids[i] = (i * 29 + 3) % 512;
+	for (i = 0; i < 2; i++) {
+		/* true sequential, no X^T X: what remains is activations */
+		struct qf_calib_ops ops = { .sequential = true,
+					    .quantize = noop_quantize,
+					    .chunk_bytes = i ? 0 : 4 << 20 };
+		int cn = qf_calib_chunk_seqs(&c, 64, 128, ops.chunk_bytes);
+
+		vm_kb(NULL, true);
+		base = vm_kb("VmRSS", false);
+		CHECK(qf_calib_run(m, &c, &cs, &ops, NULL), ==, 0);
+		peak[i] = vm_kb("VmHWM", false) - base;
+		if (!i)
+			bound = (long)((ntok * c.hidden * 4 + cn *
+					(qf_tf_layer_scratch_bytes(&c, 128) +
+					 128 * c.hidden * 4) +
+					(2 * 256 * 256 + 2 * 256 * 128 +
+					 3 * 256 * 4096) * 4) / 1024);
+		fprintf(stderr, "calibration pass, %d sequences per chunk: "
+			"peak +%ld KiB (streamed bound %ld KiB)\n", cn, peak[i],
+			bound);
+	}
+	CHECK(peak[0], <=, bound + 4096);	/* + allocator slack */
+	CHECK(peak[1], >, bound + 4096);
 	qf_calib_free(&cs);
 	qf_model_close(m);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
@@ -432,5 +522,7 @@ int main(int argc, char **argv)
 #endif
 	if (argc > 1)
 		test_memory_bound(argv[1]);
+	if (argc > 1)
+		test_stream_memory(argv[1]);
 	return qf_check_exit();
 }
