@@ -19,6 +19,11 @@ model's layer shapes and --layers decoder layers (default 1):
 
 usage: bench/arch.py [--quantfs PATH] [--only NAME,...] [--layers N]
                      [--calib-n N] [--calib-len N] [--calib FILE] [--no-gptq]
+                     [--no-forward] [--variants V,...]
+
+Issue #23's memory goals: --only llama3_8b,llama3_70b --no-forward
+--variants gptq_w4_g128,awq_w4_g128 --calib-n 128 --calib-len 512 --calib
+../shared/data/text/english/calib.txt (the peak RSS against 4 / 8 GB).
 """
 import argparse
 import os
@@ -60,7 +65,17 @@ SHAPES = {
     "mixtral": ("Mixtral-8x7B", ["--arch", "mixtral", "--hidden", 4096,
                 "--inter", 14336, "--experts", 8, "--topk", 2, "--heads", 32,
                 "--kv-heads", 8, "--vocab", 32000]),
+    # issue #23's memory goals (a small vocabulary: the layers are what
+    # is measured; the byte-level tokenizer reads a text's bytes)
+    "llama3_8b": ("Llama-3-8B", ["--hidden", 4096, "--inter", 14336,
+                  "--heads", 32, "--kv-heads", 8, "--vocab", 512]),
+    "llama3_70b": ("Llama-3-70B", ["--hidden", 8192, "--inter", 28672,
+                   "--heads", 64, "--kv-heads", 8, "--vocab", 512]),
 }
+# the real models' decoder layers, for the whole-model extrapolation
+REAL_LAYERS = {"gemma3_text": 26, "gemma2": 26, "phi3": 32, "qwen3_moe": 48,
+               "qwen3_dense_a3b": 48, "olmoe": 16, "mixtral": 32,
+               "llama3_8b": 32, "llama3_70b": 80}
 DEFAULT = "gemma3_text,gemma2,phi3,qwen3_moe,qwen3_dense_a3b,olmoe"
 
 
@@ -71,14 +86,14 @@ def cpu_seconds(pid):
     return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gptq(src, name, calib_n, calib_len, calib=None):
+def gptq(src, name, calib_n, calib_len, calib=None, variant="gptq_w4_g128"):
     """Seconds, daemon CPU seconds, VmHWM and anonymous peak of
-    gptq_w4_g128 of src/name (CPU seconds hold on a busy machine, where
+    variant of src/name (CPU seconds hold on a busy machine, where
     wall-clock time does not)."""
     opts = ["calib_n=%d" % calib_n, "calib_len=%d" % calib_len]
     if calib:
         opts.append("calib=" + os.path.abspath(calib))
-    rel = os.path.join(name, "gptq_w4_g128", "model.safetensors")
+    rel = os.path.join(name, variant, "model.safetensors")
     with qftest.Mount(src, opts=opts, debug=False) as m:
         anon = AnonPeak(m.proc.pid)
         anon.start()
@@ -103,6 +118,10 @@ def main():
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--no-gptq", action="store_true")
+    ap.add_argument("--no-forward", action="store_true")
+    ap.add_argument("--variants", default="gptq_w4_g128",
+                    help="calibrated variants to time, comma-separated "
+                    "(e.g. gptq_w4_g128,awq_w4_g128,brecq_w4_g128)")
     ap.add_argument("--calib", help="calibration text (default: sampled "
                     "from the model, which runs its whole vocabulary head "
                     "per token)")
@@ -118,17 +137,22 @@ def main():
             model = os.path.join(src, name)
             qftest.mkmodel(model, "--layers", a.layers, *args)
             print("== %s: %s's shapes, %d layer(s)" % (name, real, a.layers))
-            r = subprocess.run([bench_fwd, "--model", model, "4", "512"],
-                               capture_output=True, text=True)
-            print("  " + (r.stdout or r.stderr).strip().replace("\n",
-                                                                "\n  "))
-            if not a.no_gptq:
+            if not a.no_forward:
+                r = subprocess.run([bench_fwd, "--model", model, "4", "512"],
+                                   capture_output=True, text=True)
+                print("  " + (r.stdout or r.stderr).strip().replace(
+                    "\n", "\n  "))
+            for v in ([] if a.no_gptq else a.variants.split(",")):
                 dt, cpu, peak, anon = gptq(src, name, a.calib_n,
-                                           a.calib_len, a.calib)
-                print("  GPTQ w4 g128, %d x %d tokens: %.1f s per layer "
-                      "(%.1f CPU s), peak RSS %.2f GB (anonymous %.2f GB)"
-                      % (a.calib_n, a.calib_len, dt / a.layers,
-                         cpu / a.layers, peak / 1e9, anon / 1e9))
+                                           a.calib_len, a.calib, v)
+                print("  %s, %d x %d tokens: %.1f s per layer (%.1f CPU "
+                      "s), peak RSS %.2f GB (anonymous %.2f GB); %d layers "
+                      "of %s: %.1f h" % (v, a.calib_n, a.calib_len,
+                                         dt / a.layers, cpu / a.layers,
+                                         peak / 1e9, anon / 1e9,
+                                         REAL_LAYERS[name], real,
+                                         dt / a.layers * REAL_LAYERS[name]
+                                         / 3600), flush=True)
             shutil.rmtree(src, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

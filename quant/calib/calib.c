@@ -584,6 +584,17 @@ static int stream_quantize(const struct stream *s, const struct stage *st,
 	return ret;
 }
 
+/* Once its output is in x for good, the attention's weights go. */
+static void drop_attention(struct qf_tf_layer *ly)
+{
+	int k;
+
+	for (k = QF_TF_Q; k <= QF_TF_O; k++) {
+		free(ly->w[k]);
+		ly->w[k] = NULL;
+	}
+}
+
 /*
  * A dense layer in chunks, x in place.  Sequential: one pass per stage
  * on copies (the attention again for o's inputs), quantizing between
@@ -614,8 +625,10 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 	for (i = 0; i < 4 && !ret; i++) {
 		int part = i < 2 ? QF_TF_ATTN_HALF : QF_TF_MLP_HALF;
 
-		if (i == 2)	/* o quantized: the attention is final */
+		if (i == 2) {	/* o quantized: the attention is final */
 			ret = stream_pass(s, QF_TF_ATTN_HALF, NULL);
+			drop_attention(s->ly);
+		}
 		cap.st = &stages[i];
 		if (!ret)
 			ret = stage_stats_init(s->c, &stages[i], s->ops, stats);

@@ -39,30 +39,38 @@ extern void spotrf_(const char *uplo, const int *n, float *a, const int *lda,
 extern void spotri_(const char *uplo, const int *n, float *a, const int *lda,
 		    int *info);
 
-/* U = upper Cholesky factor of (h + damp I)^-1, row-major, in h. */
+/*
+ * U = upper Cholesky factor of (h + damp I)^-1, row-major, in h (full
+ * symmetric).  LAPACK's 'L' on row-major data touches only the upper
+ * triangle: a retry with more damping restores it from the lower one
+ * and the saved diagonal, instead of from a copy of h.
+ */
 static int chol_inverse_upper(float *h, int64_t n, float damp0)
 {
-	float *save = malloc((size_t)(n * n) * sizeof(*save));
+	float *diag = malloc((size_t)n * sizeof(*diag));
 	double mean = 0;
 	int nn = (int)n, info = 0, attempt;
 	int64_t i, j;
 
-	if (!save)
+	if (!diag)
 		return -ENOMEM;
-	for (i = 0; i < n; i++)
+	for (i = 0; i < n; i++) {
+		diag[i] = h[i * n + i];
 		mean += h[i * n + i];
+	}
 	mean /= (double)n;
-	memcpy(save, h, (size_t)(n * n) * sizeof(*h));
 	for (attempt = 0; attempt < 6; attempt++) {
 		float damp = (float)(damp0 * mean * pow(10, attempt));
 
 		if (attempt) {
-			memcpy(h, save, (size_t)(n * n) * sizeof(*h));
+			for (i = 0; i < n; i++)
+				for (j = i + 1; j < n; j++)
+					h[i * n + j] = h[j * n + i];
 			qf_warn("gptq: H not positive definite, damping %g",
 				(double)damp);
 		}
 		for (i = 0; i < n; i++)
-			h[i * n + i] += damp;
+			h[i * n + i] = diag[i] + damp;
 		spotrf_("L", &nn, h, &nn, &info);
 		if (!info)
 			spotri_("L", &nn, h, &nn, &info);
@@ -71,7 +79,7 @@ static int chol_inverse_upper(float *h, int64_t n, float damp0)
 		if (!info)
 			break;
 	}
-	free(save);
+	free(diag);
 	if (info)
 		return QF_ENUMERIC;
 	/* keep the row-major upper triangle, clear the rest */
@@ -134,7 +142,8 @@ struct gptq_work {
 	int64_t cur;			/* group of the grid in use, CPU loop */
 	double total;			/* sum of err^2 / 2 */
 	int64_t *perm;			/* [in] position -> column */
-	float *wp;			/* [out, in] permuted W */
+	float *wp;			/* [out, in] permuted W: the caller's
+					 * w, permuted in place */
 	float *w1;			/* [out, bs] block */
 	float *err;			/* [out, bs] */
 	float *hp;			/* [in, in] permuted H, then U */
@@ -150,7 +159,6 @@ static int work_alloc(struct gptq_work *k)
 	int64_t out = k->out, in = k->in, ng = k->ng, bs = k->bs;
 
 	k->perm = malloc((size_t)in * sizeof(*k->perm));
-	k->wp = malloc((size_t)(out * in) * sizeof(*k->wp));
 	k->w1 = malloc((size_t)(out * bs) * sizeof(*k->w1));
 	k->err = malloc((size_t)(out * bs) * sizeof(*k->err));
 	k->hp = malloc((size_t)(in * in) * sizeof(*k->hp));
@@ -159,7 +167,7 @@ static int work_alloc(struct gptq_work *k)
 	k->gz = malloc((size_t)(ng * out) * sizeof(*k->gz));
 	k->qp = malloc((size_t)(out * in));
 	k->diag = malloc((size_t)in * sizeof(*k->diag));
-	if (!k->perm || !k->wp || !k->w1 || !k->err || !k->hp || !k->gsc16 ||
+	if (!k->perm || !k->w1 || !k->err || !k->hp || !k->gsc16 ||
 	    !k->gsc || !k->gz || !k->qp || !k->diag)
 		return -ENOMEM;
 	return 0;
@@ -168,7 +176,6 @@ static int work_alloc(struct gptq_work *k)
 static void work_free(struct gptq_work *k)
 {
 	free(k->perm);
-	free(k->wp);
 	free(k->w1);
 	free(k->err);
 	free(k->hp);
@@ -214,9 +221,14 @@ static int gptq_prepare(struct gptq_work *k, float *w, float *h)
 	if (o->act_order)
 		qsort_r(k->perm, (size_t)in, sizeof(*k->perm), cmp_diag_desc,
 			k->diag);
-	for (r = 0; r < out; r++)
+	for (r = 0; r < out; r++) {	/* in place, a row at a time */
+		float *row = w + r * in;
+
 		for (j = 0; j < in; j++)
-			k->wp[r * in + j] = w[r * in + k->perm[j]];
+			k->hp[j] = row[k->perm[j]];
+		memcpy(row, k->hp, (size_t)in * sizeof(*row));
+	}
+	k->wp = w;
 	for (i = 0; i < in; i++)
 		for (j = 0; j < in; j++)
 			k->hp[i * in + j] = h[k->perm[i] * in + k->perm[j]];

@@ -60,8 +60,9 @@ int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
  * diag(H) with act_order) with error feedback, lazy blocks of
  * `blocksize` columns and a GEMM update of the rest; group grids
  * computed as the loop reaches each group (or up front with
- * static_groups).  w [out, in] is replaced by the dequantized result; h
- * [in, in] (X^T X, any positive scale) is destroyed.  Outputs in the
+ * static_groups).  w [out, in] is replaced by the dequantized result
+ * (unspecified on failure); h [in, in] (X^T X, any
+ * positive scale) is destroyed.  Outputs in the
  * original column order: q [out, in], scale/zero [out, ngroups], g_idx
  * [in].  *loss: sum over columns of (w - q)^2 / Hinv_jj^2 / 2 (the
  * paper's objective).  Returns 0, QF_ENUMERIC (H not positive definite

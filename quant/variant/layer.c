@@ -49,18 +49,22 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng)
 	r->loss = r->loss_rtn = r->alpha = r->score = NULL;
 }
 
+#define ENERGY_ROWS 64	/* rows of D per product: tmp [ENERGY_ROWS, in] */
+
 /* tr(D H D^T) for D [out, in]: the output error energy of D on X. */
 static double energy(const float *d, const float *h, int64_t out, int64_t in,
 		     float *tmp)
 {
 	double e = 0;
-	int64_t i;
+	int64_t r0, i, n;
 
-	qf_sgemm(false, false, (int)out,
-		    (int)in, (int)in, 1.0f, d, (int)in, h, (int)in, 0.0f, tmp,
-		    (int)in);
-	for (i = 0; i < out * in; i++)
-		e += (double)tmp[i] * d[i];
+	for (r0 = 0; r0 < out; r0 += ENERGY_ROWS) {
+		n = out - r0 < ENERGY_ROWS ? out - r0 : ENERGY_ROWS;
+		qf_sgemm(false, false, (int)n, (int)in, (int)in, 1.0f,
+			 d + r0 * in, (int)in, h, (int)in, 0.0f, tmp, (int)in);
+		for (i = 0; i < n * in; i++)
+			e += (double)tmp[i] * d[r0 * in + i];
+	}
 	return e;
 }
 
@@ -80,8 +84,10 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 		.times = &r->gt,
 	};
 	size_t wn = (size_t)(out * in);
-	float *w0 = malloc(wn * sizeof(float)), *h = malloc((size_t)(in * in) * 4);
-	float *tmp = malloc(wn * sizeof(float)), *d = malloc(wn * sizeof(float));
+	float *w0 = malloc(wn * sizeof(float)), *h = st->h;
+	float *tmp = malloc((size_t)(ENERGY_ROWS * in) * sizeof(float));
+	float *d = malloc(wn * sizeof(float));	/* freed before GPTQ */
+	uint8_t *dead = malloc((size_t)in);
 	uint8_t *q = malloc(wn);
 	uint16_t *sc = malloc((size_t)(out * ng) * 2);
 	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
@@ -90,10 +96,13 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 	int64_t i, k;
 	int ret = -ENOMEM;
 
-	if (!w0 || !h || !tmp || !d || !q || !sc || !z || !gidx)
+	if (!w0 || !tmp || !d || !dead || !q || !sc || !z || !gidx)
 		goto out_free;
 	memcpy(w0, w, wn * sizeof(float));
-	memcpy(h, st->h, (size_t)(in * in) * 4);
+	/* GPTQ gives dead inputs a unit diagonal: restored after it, so
+	 * the energies are those of H itself (no copy of it is kept) */
+	for (k = 0; k < in; k++)
+		dead[k] = h[k * in + k] == 0;
 	base = energy(w0, h, out, in, tmp);
 	/* round to nearest at the same settings, for the record */
 	ret = qf_rtn_quantize(w0, out, in, &g->qp, q, sc, z);
@@ -105,14 +114,19 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 				qf_f16_to_f32(sc[i * ng + k / gs]) *
 				((float)q[i * in + k] - (float)z[i * ng + k / gs]);
 	r->loss_rtn[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+	free(d);	/* GPTQ's own copies of W and H come next */
+	d = NULL;
 	t1 = qf_now();
-	ret = qf_gptq_quantize(w, out, in, st->h, &o, q, sc, z, gidx, &loss);
+	ret = qf_gptq_quantize(w, out, in, h, &o, q, sc, z, gidx, &loss);
 	if (ret < 0)
 		goto out_free;
+	for (k = 0; k < in; k++)
+		if (dead[k])
+			h[k * in + k] = 0;
 	t0 += qf_now() - t1;	/* the comparison's time only */
 	for (i = 0; i < (int64_t)wn; i++)
-		d[i] = w0[i] - w[i];
-	r->loss[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
+		w0[i] = w0[i] - w[i];
+	r->loss[gi] = base > 0 ? energy(w0, h, out, in, tmp) / base : 0;
 	r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
 	r->compare_s += qf_now() - t0;
 	t0 = qf_now();
@@ -128,7 +142,7 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 	ret = 0;
 out_free:
 	free(w0);
-	free(h);
+	free(dead);
 	free(tmp);
 	free(d);
 	free(q);
