@@ -642,52 +642,58 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 	return ret ? ret : stream_pass(s, QF_TF_MLP_HALF, NULL);
 }
 
-/* ops->block: x_q (quantized path), x_fp (full precision), y */
+/*
+ * ops->block: xq (the quantized path) and y (the full-precision path,
+ * the layer's target once its layer ran on it in place), both moved on
+ * in chunks (no scratch of all tokens).
+ */
 static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
 		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		      void *arg)
 {
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
-	float *xq = malloc(bytes), *xfp = malloc(bytes), *y = malloc(bytes);
+	float *xq = malloc(bytes), *y = malloc(bytes);
+	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
+			    .cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
+						      ops->chunk_bytes),
+			    .ops = ops, .arg = arg };
 	int l, ret;
 
-	if (!xq || !xfp || !y) {
+	if (!xq || !y) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
 	ret = qf_tf_embed(m, c, cs->ids, ntok, xq);
 	if (!ret)
-		memcpy(xfp, xq, bytes);
+		memcpy(y, xq, bytes);
 	for (l = 0; l < c->layers && !ret; l++) {
 		struct qf_tf_layer ly;
 		double t0 = qf_now();
 		bool cached = false;
-		float *tmp;
 
 		ret = qf_tf_layer_load(m, c, l, &ly);
 		if (ret < 0)
 			break;
+		s.ly = &ly;
+		s.l = l;
 		/* the target: the full-precision layer on its own input */
-		memcpy(y, xfp, bytes);
-		ret = qf_tf_layer_forward(c, &ly, l, y, cs->nseq, cs->seqlen,
-					  NULL, NULL);
+		s.x = y;
+		ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
 		if (!ret && ops->layer_cached)
 			ret = ops->layer_cached(arg, l, &ly, &cached);
 		if (!ret && !cached)
 			ret = ops->block(arg, l, &ly, xq, y, cs->nseq,
 					 cs->seqlen);
+		s.x = xq;
 		if (!ret)
-			ret = qf_tf_layer_forward(c, &ly, l, xq, cs->nseq,
-						  cs->seqlen, NULL, NULL);
+			ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
 		qf_tf_layer_free(&ly);
-		tmp = xfp, xfp = y, y = tmp;
 		if (!ret && ops->layer_done)
 			ret = ops->layer_done(arg, l, xq, ntok, qf_now() - t0);
 	}
 out_free:
 	free(xq);
-	free(xfp);
 	free(y);
 	return ret;
 }

@@ -78,6 +78,27 @@ static double rel_err(const float *w, const float *w2, int64_t out,
 	return base > 0 ? qf_awq_energy(w, w2, out, in, h) / base : 0;
 }
 
+/*
+ * Linear k's codes final: its fake-quantized weights into ly, its error
+ * in the scaled domain against *w0 (the weights before clipping), which
+ * is freed.
+ */
+static int quantized(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		     int k, const struct qf_awq_opts *o,
+		     struct qf_awq_linear_res *lr,
+		     const struct qf_lin_stats *stats, const float *zero,
+		     float **w0)
+{
+	int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
+
+	qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
+		   o->group >= in ? in : o->group, ly->w[k]);
+	lr->loss = rel_err(*w0, ly->w[k], out, in, stats[k].h, zero);
+	free(*w0);
+	*w0 = NULL;
+	return 0;
+}
+
 struct scale_group {
 	enum qf_tf_linear lin[3];
 	int n;
@@ -286,23 +307,21 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			ret = qf_awq_flip(ly->w[k], out, in, stats[k].h, o,
 					  lr->q, lr->sc, lr->zero, NULL, NULL,
 					  &lr->flips);
+		/* final unless ReFlip changes q/k below: dequantized now,
+		 * so one copy of a weight is kept at a time */
+		if (!ret && k != QF_TF_Q && k != QF_TF_K)
+			ret = quantized(c, ly, k, o, lr, stats, zero, &w0[k]);
 	}
 
 	/* 4. ReFlip of q/k against the attention scores */
 	if (!ret && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K])
 		ret = reflip_qk(c, ly, stats, o, lo, res);
 
-	/* 5. the quantized layer, and its errors in the scaled domain */
-	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
-		struct qf_awq_linear_res *lr = &res->lin[k];
-		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
-
-		if (!qz[k])
-			continue;
-		qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
-		    o->group >= in ? in : o->group, ly->w[k]);
-		lr->loss = rel_err(w0[k], ly->w[k], out, in, stats[k].h, zero);
-	}
+	/* 5. the quantized q and k */
+	for (k = QF_TF_Q; k <= QF_TF_K && !ret; k++)
+		if (qz[k])
+			ret = quantized(c, ly, k, o, &res->lin[k], stats, zero,
+					&w0[k]);
 out_free:
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free(w0[k]);

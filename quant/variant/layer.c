@@ -49,7 +49,7 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng)
 	r->loss = r->loss_rtn = r->alpha = r->score = NULL;
 }
 
-#define ENERGY_ROWS 64	/* rows of D per product: tmp [ENERGY_ROWS, in] */
+#define ENERGY_ROWS 256	/* rows of D per product: tmp [ENERGY_ROWS, in] */
 
 /* tr(D H D^T) for D [out, in]: the output error energy of D on X. */
 static double energy(const float *d, const float *h, int64_t out, int64_t in,
