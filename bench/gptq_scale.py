@@ -11,13 +11,22 @@ its anonymous memory alone) against one decoder layer's fp32 weights, and the jo
 Cholesky, column loop, blocked updates, RTN comparison, packing, LMDB,
 forward passes and the rest).  Phase rates against SGEMM: bench_backend.
 
+The floor (issue #23): the floating-point work of one pass of the
+calibration tokens through each layer (its linears and the attention's
+two products) and of X^T X of its four distinct inputs, at the SGEMM rate
+bench_backend measures in the same run (both cores); printed with the
+ratio of the wall time to it.  --variant times another calibrated
+variant (awq_w4_g128, or mixed_b4.5 for the mixed sensitivity pass)
+against the same floor; --chunk sets the mount's calib_chunk.
+
 usage: bench/gptq_scale.py [--quantfs PATH] [--layers N] [--calib FILE]
-                           [--keep DIR]
+                           [--keep DIR] [--variant NAME] [--chunk SIZE]
 """
 import argparse
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +64,24 @@ class AnonPeak(threading.Thread):
                 return
 
 
+def sgemm_rate(quantfs):
+    """GFLOP/s of bench_backend's SGEMM (65536 x 3072 x 1024, both
+    cores), measured now."""
+    exe = os.path.join(os.path.dirname(quantfs), "..", "bench",
+                       "bench_backend")
+    out = subprocess.run([exe], capture_output=True, text=True).stdout
+    return float(re.search(r"cpu ([\d.]+) GFLOP/s", out).group(1))
+
+
+def floor_flop(layers, ntok=65536, seqlen=512):
+    """One forward pass with attention and X^T X, per the module doc."""
+    qd, kvd = HEADS * HD, KV * HD
+    lin = 2 * (HID * (qd + 2 * kvd) + qd * HID + 3 * HID * INTER)
+    attn = 4 * qd * (seqlen + 1) / 2
+    xtx = HID * HID * 2 + qd * qd + INTER * INTER
+    return layers * ntok * (lin + attn + xtx)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
@@ -64,6 +91,8 @@ def main():
     ap.add_argument("--calib", default=os.path.join(
         here, "..", "..", "shared", "data", "text", "english", "calib.txt"))
     ap.add_argument("--keep", help="reuse/keep the model and cache here")
+    ap.add_argument("--variant", default="gptq_w4_g128")
+    ap.add_argument("--chunk", help="the mount's calib_chunk")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
     work = a.keep or tempfile.mkdtemp(prefix="qfgptq.")
@@ -75,10 +104,13 @@ def main():
                        "--head-dim", HD, "--vocab", VOCAB, "--tie")
     cache = tempfile.mkdtemp(prefix="cache.", dir=work)
     opts = ["calib_n=128", "calib_len=512"]
+    if a.chunk:
+        opts.append("calib_chunk=" + a.chunk)
     if os.path.exists(a.calib):
         opts.append("calib=" + os.path.abspath(a.calib))
-    rel = os.path.join(os.path.basename(model), "gptq_w4_g128",
+    rel = os.path.join(os.path.basename(model), a.variant,
                        "model.safetensors")
+    rate0 = sgemm_rate(qftest.QUANTFS)
     with qftest.Mount(src, cache=cache, opts=opts, debug=False) as m:
         anon = AnonPeak(m.proc.pid)
         anon.start()
@@ -94,10 +126,17 @@ def main():
         log = m.stderr()
     layer = 4 * (HID * (HEADS * HD + 2 * KV * HD) + HEADS * HD * HID +
                  3 * HID * INTER)
-    print("GPTQ w4 g128, %d layers of Qwen3-0.6B's shapes, 128 x 512 "
-          "calibration tokens (%s): %.1f s (%.1f min)" % (
-              a.layers, "calib.txt" if os.path.exists(a.calib) else
-              "sampled", dt, dt / 60))
+    rate = (rate0 + sgemm_rate(qftest.QUANTFS)) / 2
+    print("%s, %d layers of Qwen3-0.6B's shapes, 128 x 512 calibration "
+          "tokens (%s): %.1f s (%.1f min)" % (
+              a.variant, a.layers, "calib.txt" if os.path.exists(a.calib)
+              else "sampled", dt, dt / 60))
+    fl = floor_flop(a.layers)
+    print("floor: %.1f TFLOP (one forward pass with attention, X^T X) at "
+          "SGEMM's %.1f GFLOP/s (before %.1f, after %.1f) = %.1f s; "
+          "measured / floor = %.2f" % (
+              fl / 1e12, rate, rate0, 2 * rate - rate0, fl / rate / 1e9,
+              dt / (fl / rate / 1e9)))
     print("daemon peak resident memory %.2f GB (VmHWM, with the source's "
           "mapped pages), anonymous %.2f GB; one decoder layer in fp32 "
           "%.0f MB; activations of 65,536 tokens: %.0f MB per hidden-wide "

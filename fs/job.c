@@ -300,6 +300,15 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 		ops.sequential = true;
 		ops.whole_layer = false;
 	}
+	if (!ret && !j->c.moe && !ops.block) {
+		int cn = qf_calib_chunk_seqs(&j->c, cs->nseq, cs->seqlen,
+					     ops.chunk_bytes);
+
+		if (cn < cs->nseq)
+			qf_info("%s/%s: %d calibration sequences in chunks of "
+				"%d (calib_chunk)", var->mdl->name,
+				var->v->name, cs->nseq, cn);
+	}
 	pthread_mutex_lock(&var->lock);
 	var->job->phase = "quantizing layers";
 	var->job->first_t = qf_now();

@@ -113,10 +113,11 @@ int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian)
 
 void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
 {
-	int64_t r, j;
+	int64_t b = s->block > 0 ? s->block : n, r, j;
 
-	if (s->h)	/* upper triangle of H += X^T X */
-		qf_ssyrk_t(s->in, n, x, s->in, s->h);
+	for (r = 0; s->h && r < n; r += b)	/* upper triangle of H */
+		qf_ssyrk_t(s->in, n - r < b ? n - r : b, x + r * s->in, s->in,
+			   s->h);
 	for (r = 0; r < n; r++)
 		for (j = 0; j < s->in; j++) {
 			double v = x[r * s->in + j];
@@ -260,7 +261,7 @@ static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 /* Empty statistics for the stage's linears (stats zeroed). */
 static int stage_stats_init(const struct qf_tf_config *c,
 			    const struct stage *st,
-			    const struct qf_calib_ops *ops,
+			    const struct qf_calib_ops *ops, int seqlen,
 			    struct qf_lin_stats *stats)
 {
 	int i, ret = 0;
@@ -269,6 +270,9 @@ static int stage_stats_init(const struct qf_tf_config *c,
 		ret = qf_lin_stats_init(&stats[st->lin[i]],
 					qf_tf_linear_in(c, st->lin[i]),
 					ops->hessian);
+		/* X^T X a sequence at a time: the same sums, in the same
+		 * order, however the sequences are chunked */
+		stats[st->lin[i]].block = seqlen;
 		if (!ret)
 			ret = stats_sample(&stats[st->lin[i]],
 					   ops->sample_rows);
@@ -288,7 +292,7 @@ static int capture_stage(const struct qf_tf_config *c,
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	int ret;
 
-	ret = stage_stats_init(c, st, ops, stats);
+	ret = stage_stats_init(c, st, ops, cs->seqlen, stats);
 	if (!ret) {
 		memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 		ret = qf_tf_layer_forward(c, ly, l, x, cs->nseq, cs->seqlen,
@@ -385,6 +389,7 @@ struct seqpass {
 	void *arg;
 	const float *xn;		/* MoE: the block's input, every token */
 	int64_t ntok;
+	int seqlen;
 	struct qf_lin_stats all;	/* of xn, once: the gate fallback's */
 };
 
@@ -407,7 +412,7 @@ static int seq_hook(void *arg, int layer, enum qf_tf_linear lin,
 		return 0;
 	}
 	memset(stats, 0, sizeof(stats));
-	ret = stage_stats_init(sp->c, &st[lin], sp->ops, stats);
+	ret = stage_stats_init(sp->c, &st[lin], sp->ops, sp->seqlen, stats);
 	if (!ret) {
 		double t0 = qf_now();
 
@@ -613,7 +618,8 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 	memset(stats, 0, sizeof(stats));
 	if (!s->ops->sequential) {
 		for (i = 0; i < 4 && !ret; i++)
-			ret = stage_stats_init(s->c, &stages[i], s->ops, stats);
+			ret = stage_stats_init(s->c, &stages[i], s->ops,
+						       s->seqlen, stats);
 		if (!ret)
 			ret = stream_pass(s, QF_TF_WHOLE_LAYER, &cap);
 		if (!ret)
@@ -631,7 +637,8 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 		}
 		cap.st = &stages[i];
 		if (!ret)
-			ret = stage_stats_init(s->c, &stages[i], s->ops, stats);
+			ret = stage_stats_init(s->c, &stages[i], s->ops,
+						       s->seqlen, stats);
 		if (!ret)
 			ret = stream_pass(s, part, &cap);
 		if (!ret)
@@ -723,7 +730,7 @@ static int run_whole_set(const struct qf_tf_config *c, int l,
 	memcpy(x, x_in, (size_t)(ntok * c->hidden) * sizeof(*x));
 	if (!cached && ops->sequential) {
 		struct seqpass sp = { .c = c, .ly = ly, .ops = ops,
-					 .arg = arg };
+					 .arg = arg, .seqlen = cs->seqlen };
 		int w = lc.sliding_window > 0 &&
 			lc.sliding_window < cs->seqlen ? lc.sliding_window : 0;
 

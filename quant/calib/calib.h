@@ -63,9 +63,11 @@ struct qf_lin_stats {
 	float *xs;			/* [nxs, in]: the first input rows */
 	int64_t nxs;			/* rows kept so far */
 	int64_t xs_cap;			/* rows to keep (0: none) */
+	int64_t block;			/* rows per X^T X product (0: all
+					 * rows of a call at once) */
 };
 int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
-/* Accumulate rows x [n, in] (SSYRK for h). */
+/* Accumulate rows x [n, in] (SSYRK for h, block rows at a time). */
 void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n);
 /* Mirror h to a full symmetric matrix. */
 void qf_lin_stats_finish(struct qf_lin_stats *s);
