@@ -33,7 +33,7 @@ each other (they poll) can make -t N several times slower than -t 1.
 
 usage: bench/imatrix.py [--llama DIR] [--quantfs PATH] [--model DIR]
          [--calib FILE] [--calib-n 32] [--calib-len 256]
-         [--views kq4_k_m,kq6_k] [--runs 3]
+         [--views kq4_k_m,kq6_k] [--runs 3] [--before PATH]
 DIR holds llama-imatrix (bench/llamacpp.sh builds it, default
 /tmp/qf-llamacpp/bin). Scratch files under /tmp/qf-imatrix-*, removed.
 """
@@ -54,6 +54,7 @@ import qftest  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "..", "shared", "data")
 PASS = re.compile(r"/(\S+): calibration pass ([0-9.]+) s: (.*)")
+DONE = re.compile(r"/(\S+): done in ([0-9.]+) s")
 
 
 def llama_imatrix(a, src, work, threads):
@@ -73,9 +74,10 @@ def llama_imatrix(a, src, work, threads):
     return dt
 
 
-def quantfs_pass(a, model, view):
+def quantfs_pass(a, model, view, binary):
     """(pass seconds, its phases, first read of model.gguf seconds) of
-    view in a fresh mount."""
+    view in a fresh mount of binary."""
+    qftest.QUANTFS = binary
     opts = ["calib=" + a.calib, "calib_n=%d" % a.calib_n,
             "calib_len=%d" % a.calib_len]
     with qftest.Mount(os.path.dirname(model), opts=opts, debug=False) as m:
@@ -92,6 +94,10 @@ def quantfs_pass(a, model, view):
         p = PASS.search(line)
         if p and p.group(1) == view:
             return float(p.group(2)), p.group(3), read
+    for line in log.splitlines():	# a build before that line
+        p = DONE.search(line)
+        if p and p.group(1) == view:
+            return float(p.group(2)), "(the job's 'done in' line)", read
     sys.exit("no calibration pass line for %s in the daemon log:\n%s" % (
         view, log[-2000:]))
 
@@ -119,8 +125,12 @@ def main():
     ap.add_argument("--calib-len", type=int, default=256)
     ap.add_argument("--views", default="kq4_k_m,kq6_k")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--before", default="",
+                    help="another quantfs build (e.g. the commit before a "
+                    "change): its pass in each pair too")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
+    a.before = os.path.abspath(a.before) if a.before else ""
     a.llama = os.path.abspath(a.llama)
     a.calib = os.path.abspath(a.calib)
     if not os.access(os.path.join(a.llama, "llama-imatrix"), os.X_OK):
@@ -148,14 +158,18 @@ def main():
                 # alternating: neither side always runs first
                 order = refs if (r + i) % 2 == 0 else refs[::-1]
                 ll = {order[0]: llama_imatrix(a, src, work, order[0])}
-                sec, ph, rd = quantfs_pass(a, model, v)
+                sec, ph, rd = quantfs_pass(a, model, v,
+                                           os.path.abspath(a.quantfs))
                 for t in order[1:]:
                     ll[t] = llama_imatrix(a, src, work, t)
-                got[v].append((sec, ph, ll))
-                print("%-4d %-8s %s%8.2f %s%11.2f %11.2f" % (
+                old = quantfs_pass(a, model, v, a.before)[0] \
+                    if a.before else None
+                got[v].append((sec, ph, ll, old))
+                print("%-4d %-8s %s%8.2f %s%11.2f %11.2f%s" % (
                     r + 1, v, "".join("%10.2f" % ll[t] for t in refs), sec,
                     "".join("%8.2fx" % (sec / ll[t]) for t in refs), rd,
-                    rd - sec), flush=True)
+                    rd - sec, "  before %.2f s" % old if a.before else ""),
+                    flush=True)
         for v in views:
             qo = min(g[0] for g in got[v])
             for t in refs:
@@ -165,7 +179,11 @@ def main():
                       "(%.2f-%.2fx, %d pairs); best of each %.2f s / %.2f s"
                       " = %.2fx" % (v, t, statistics.median(rs), min(rs),
                                      max(rs), len(rs), qo, lo, qo / lo))
-            sec, ph, _ = sorted(got[v], key=lambda g: g[0])[len(got[v]) // 2]
+            if a.before:
+                bo = min(g[3] for g in got[v])
+                print("%s: before %s: best pass %.2f s, this build's %.2f s"
+                      " = %.2fx" % (v, a.before, bo, qo, qo / bo))
+            sec, ph = sorted(got[v], key=lambda g: g[0])[len(got[v]) // 2][:2]
             print("  %s's median pass, %.2f s: %s" % (v, sec, ph))
     finally:
         shutil.rmtree(work, ignore_errors=True)
