@@ -287,8 +287,12 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	qf_job_layer_ops(&var->v->spec, &ops);
 	qf_job_phase(var, "preparing the calibration set");
 	ret = qf_tf_config_parse(var->mdl->m, &j->c);	/* samples it */
-	if (!ret)
+	if (!ret) {
+		double t0 = qf_now();
+
 		ret = qf_job_calib_set(j, cs);
+		j->calib_s = qf_now() - t0;
+	}
 	if (!ret)	/* what is quantized: _rot's is rotated, untied */
 		ret = qf_tf_config_parse(var->v->m, &j->c);
 	if (!ret && var->v->spec.method == QF_METHOD_KQUANT &&
@@ -336,6 +340,21 @@ static void job_report(const struct job *j, double total)
 		gt->lazy - r->compare_s - r->pack_s - j->commit_s);
 }
 
+/*
+ * Where a k-quant job's time went: its calibration pass against
+ * llama-imatrix's (bench/imatrix.py reads this line).  The view's GPTQ
+ * solve on the k-quant grids comes later, when model.gguf is encoded.
+ */
+static void job_report_kq(const struct job *j, double total)
+{
+	qf_info("%s/%s: calibration pass %.3f s: calibration set %.3f s, "
+		"X^T X and channel sums %.3f s, GPTQ factors and the head's "
+		"Hessian %.3f s, LMDB %.3f s, layer loads, forward passes and "
+		"the rest %.3f s", j->var->mdl->name, j->var->v->name, total,
+		j->calib_s, j->stats_s, j->kq_s, j->commit_s,
+		total - j->calib_s - j->stats_s - j->kq_s - j->commit_s);
+}
+
 static void job_free(struct job *j)
 {
 	qf_layer_res_free(&j->res, j->var->v->ng);
@@ -365,6 +384,8 @@ static int job_finish(struct job *j)
 	if (j->first < var->job->nlayers && m != QF_METHOD_AWQ &&
 	    m != QF_METHOD_KQUANT && m != QF_METHOD_BRECQ)
 		job_report(j, total);
+	if (j->first == 0 && m == QF_METHOD_KQUANT)
+		job_report_kq(j, total);
 	return 0;
 }
 

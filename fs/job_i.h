@@ -77,6 +77,9 @@ struct job {
 	struct qf_cjob *cl;		/* the remote tier's side, or NULL */
 	double stats_s;			/* X^T X and channel sums */
 	double commit_s;		/* LMDB transactions */
+	double calib_s;			/* the calibration set's token ids */
+	double kq_s;			/* kq: GPTQ factors, the head's
+					 * Hessian */
 };
 
 /*

@@ -97,6 +97,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 static int kq_factors(struct job *j, const enum qf_tf_linear *lin, int n,
 		      const struct qf_lin_stats *stats)
 {
+	double t0 = qf_now();
 	int i, ret = 0;
 
 	for (i = 0; i < n && !ret; i++) {
@@ -112,6 +113,7 @@ static int kq_factors(struct job *j, const enum qf_tf_linear *lin, int n,
 		memcpy(*u, st->h, len);
 		ret = qf_gptq_hinv_upper(*u, st->in, (float)j->var->ci.damp);
 	}
+	j->kq_s += qf_now() - t0;
 	return ret;
 }
 
@@ -463,11 +465,13 @@ static int kq_commit(struct job *j, int l, const float *x, int64_t ntok,
 
 	if (l == j->var->job->nlayers - 1) {
 		float **u = &j->kq_u[QF_TF_NLINEAR];
+		double t0 = qf_now();
 
 		ret = qf_layer_head_hessian(j->var->v->m, &j->c, x, ntok, u);
 		if (!ret)
 			ret = qf_gptq_hinv_upper(*u, j->c.hidden,
 						 (float)j->var->ci.damp);
+		j->kq_s += qf_now() - t0;
 	}
 	for (k = 0; k <= QF_TF_NLINEAR && !ret; k++) {
 		if (!j->kq_u[k])
@@ -616,15 +620,18 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	ops->block = brecq ? cb_block : NULL;
 	/* GPTQ: true sequential; AWQ: statistics of the layer as it is,
 	 * all seven linears at once (scales couple them); kq: the imatrix
-	 * of the unchanged model */
+	 * of the unchanged model, one forward per layer (its stages change
+	 * no weight: ops->unchanged; job.c makes it sequential with MoE
+	 * layers, for the routing) */
 	ops->sequential = !awq && !kq;
-	ops->whole_layer = awq || kq;
+	ops->whole_layer = awq;
+	ops->unchanged = kq;
 	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			   QF_REFLIP_SAMPLE : 0;
 	ops->quantize = cb_quantize;
-	/* MoE experts: GPTQ expert by expert, kq's imatrix (job_calib.c
-	 * lets no other method run; job.c makes kq sequential there, for
-	 * the routing), AWQ the whole block */
+	/* MoE experts: GPTQ expert by expert, kq's imatrix of each
+	 * expert's routed tokens (job_calib.c lets no other method run),
+	 * AWQ the whole block */
 	ops->quantize_expert = sp->method == QF_METHOD_GPTQ || kq ?
 			       cb_quantize_expert : NULL;
 	ops->quantize_moe = awq ? cb_quantize_moe : NULL;

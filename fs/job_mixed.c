@@ -232,6 +232,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		.quantize = cb_sens,
 		.layer_done = sens_done,
 		.chunk_bytes = (int64_t)fs->o.calib_chunk,
+		.unchanged = true,	/* cb_sens measures, changes nothing */
 	};
 	const void *p;
 	size_t len;

@@ -542,10 +542,10 @@ struct stream {
 
 /*
  * part of the layer over every chunk: on a copy with the hook (x stays
- * as it is), or without one in place (x moves on).
+ * as it is), or in place (x moves on), with the hook when move is set.
  */
-static int stream_pass(const struct stream *s, int part,
-		       struct capture *cap)
+static int stream_pass_hook(const struct stream *s, int part,
+			    struct capture *cap, bool move)
 {
 	int64_t row = (int64_t)s->seqlen * s->c->hidden;
 	int s0, n, ret = 0;
@@ -554,7 +554,7 @@ static int stream_pass(const struct stream *s, int part,
 		float *xc = s->x + s0 * row;
 
 		n = s->nseq - s0 < s->cn ? s->nseq - s0 : s->cn;
-		if (cap) {
+		if (cap && !move) {
 			memcpy(s->tmp, xc, (size_t)(n * row) * sizeof(float));
 			xc = s->tmp;
 		}
@@ -565,6 +565,12 @@ static int stream_pass(const struct stream *s, int part,
 			ret = 0;
 	}
 	return ret;
+}
+
+static int stream_pass(const struct stream *s, int part,
+		       struct capture *cap)
+{
+	return stream_pass_hook(s, part, cap, false);
 }
 
 /* Finish the stage's statistics, quantize its linears, free them. */
@@ -607,7 +613,8 @@ static void drop_attention(struct qf_tf_layer *ly)
  * good, so gate/up and down passes start from there; a last pass adds
  * the MLP's.  Not sequential: one pass collects every stage's
  * statistics of the layer as it is, then the quantizer, then the
- * quantized layer's pass.
+ * quantized layer's pass (none when ops->unchanged: the statistics
+ * pass moved x on).
  */
 static int stream_layer(const struct stream *s, const struct stage *stages)
 {
@@ -621,12 +628,14 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 			ret = stage_stats_init(s->c, &stages[i], s->ops,
 						       s->seqlen, stats);
 		if (!ret)
-			ret = stream_pass(s, QF_TF_WHOLE_LAYER, &cap);
+			ret = stream_pass_hook(s, QF_TF_WHOLE_LAYER, &cap,
+					       s->ops->unchanged);
 		if (!ret)
 			ret = stream_quantize(s, stages, 4, stats);
 		else
 			stats_free_all(stats);
-		return ret ? ret : stream_pass(s, QF_TF_WHOLE_LAYER, NULL);
+		return ret || s->ops->unchanged ? ret :
+		       stream_pass(s, QF_TF_WHOLE_LAYER, NULL);
 	}
 	for (i = 0; i < 4 && !ret; i++) {
 		int part = i < 2 ? QF_TF_ATTN_HALF : QF_TF_MLP_HALF;

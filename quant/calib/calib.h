@@ -161,6 +161,13 @@ struct qf_calib_ops {
 	 * times the tokens.  See qf_calib_run.
 	 */
 	int64_t chunk_bytes;
+	/*
+	 * quantize() leaves the weights as they are (kq's importance
+	 * matrix and GPTQ factors, mixed precision's sensitivities): a
+	 * dense layer's statistics pass then moves the activations on,
+	 * one forward per layer.  Not with sequential.
+	 */
+	bool unchanged;
 };
 
 #define QF_CALIB_CHUNK_BYTES ((int64_t)512 << 20)
