@@ -45,7 +45,7 @@ extern void spotri_(const char *uplo, const int *n, float *a, const int *lda,
  * triangle: a retry with more damping restores it from the lower one
  * and the saved diagonal, instead of from a copy of h.
  */
-static int chol_inverse_upper(float *h, int64_t n, float damp0)
+static int chol_inverse_upper(float *h, int64_t n, float damp0, bool clear)
 {
 	float *diag = malloc((size_t)n * sizeof(*diag));
 	double mean = 0;
@@ -82,8 +82,9 @@ static int chol_inverse_upper(float *h, int64_t n, float damp0)
 	free(diag);
 	if (info)
 		return QF_ENUMERIC;
-	/* keep the row-major upper triangle, clear the rest */
-	for (i = 0; i < n; i++)
+	/* the row-major upper triangle; the rest cleared, or kept (GPTQ
+	 * gives H back from it) */
+	for (i = 0; clear && i < n; i++)
 		for (j = 0; j < i; j++)
 			h[i * n + j] = 0;
 	return 0;
@@ -96,7 +97,7 @@ int qf_gptq_hinv_upper(float *h, int64_t n, float damp)
 	for (j = 0; j < n; j++)		/* dead inputs: unit diagonal */
 		if (h[j * n + j] == 0)
 			h[j * n + j] = 1;
-	return chol_inverse_upper(h, n, damp > 0 ? damp : 0.01f);
+	return chol_inverse_upper(h, n, damp > 0 ? damp : 0.01f, true);
 }
 
 /* Grid of rows [0, out) over columns [a, b) of w (leading dim ld). */
@@ -146,7 +147,13 @@ struct gptq_work {
 					 * w, permuted in place */
 	float *w1;			/* [out, bs] block */
 	float *err;			/* [out, bs] */
-	float *hp;			/* [in, in] permuted H, then U */
+	float *hp;			/* [in, in] the caller's h permuted in
+					 * place, then U above the diagonal
+					 * (H below: sym_restore) */
+	float *row;			/* [in] scratch */
+	int64_t *inv;			/* [in] column -> position */
+	uint8_t *seen;			/* [in] */
+	bool permuted;			/* hp holds the permuted h */
 	uint16_t *gsc16;		/* [ngroups or 1][out] grids */
 	float *gsc;
 	int32_t *gz;
@@ -161,13 +168,16 @@ static int work_alloc(struct gptq_work *k)
 	k->perm = malloc((size_t)in * sizeof(*k->perm));
 	k->w1 = malloc((size_t)(out * bs) * sizeof(*k->w1));
 	k->err = malloc((size_t)(out * bs) * sizeof(*k->err));
-	k->hp = malloc((size_t)(in * in) * sizeof(*k->hp));
+	k->row = malloc((size_t)in * sizeof(*k->row));
+	k->inv = malloc((size_t)in * sizeof(*k->inv));
+	k->seen = malloc((size_t)in);
 	k->gsc16 = malloc((size_t)(ng * out) * sizeof(*k->gsc16));
 	k->gsc = malloc((size_t)(ng * out) * sizeof(*k->gsc));
 	k->gz = malloc((size_t)(ng * out) * sizeof(*k->gz));
 	k->qp = malloc((size_t)(out * in));
 	k->diag = malloc((size_t)in * sizeof(*k->diag));
-	if (!k->perm || !k->w1 || !k->err || !k->hp || !k->gsc16 ||
+	if (!k->perm || !k->w1 || !k->err || !k->row || !k->inv ||
+	    !k->seen || !k->gsc16 ||
 	    !k->gsc || !k->gz || !k->qp || !k->diag)
 		return -ENOMEM;
 	return 0;
@@ -178,12 +188,70 @@ static void work_free(struct gptq_work *k)
 	free(k->perm);
 	free(k->w1);
 	free(k->err);
-	free(k->hp);
+	free(k->row);
+	free(k->inv);
+	free(k->seen);
 	free(k->gsc16);
 	free(k->gsc);
 	free(k->gz);
 	free(k->qp);
 	free(k->diag);
+}
+
+/*
+ * a [n, n] := P a P^T in place, a[i][j] = a[p[i]][p[j]] as it was: the
+ * rows along the permutation's cycles, then each row's columns.  Moves
+ * the whole matrix twice; needs no copy of it (GPTQ's largest buffer).
+ */
+static void sym_permute(float *a, int64_t n, const int64_t *p, float *row,
+			uint8_t *seen)
+{
+	size_t rb = (size_t)n * sizeof(*a);
+	int64_t i, j;
+
+	memset(seen, 0, (size_t)n);
+	for (i = 0; i < n; i++) {
+		if (seen[i])
+			continue;
+		memcpy(row, a + i * n, rb);
+		for (j = i, seen[j] = 1; p[j] != i; j = p[j], seen[j] = 1)
+			memcpy(a + j * n, a + p[j] * n, rb);
+		memcpy(a + j * n, row, rb);
+	}
+	for (i = 0; i < n; i++) {
+		float *r = a + i * n;
+
+		for (j = 0; j < n; j++)
+			row[j] = r[p[j]];
+		memcpy(r, row, rb);
+	}
+}
+
+/*
+ * The caller's h again from hp: the strict lower triangle (Cholesky,
+ * inverse and the column loop read and write only the upper one) and
+ * the diagonal saved in prepare make the permuted H, which is then
+ * permuted back.
+ */
+static void sym_restore(struct gptq_work *k)
+{
+	int64_t n = k->in, i, j, i0, j0;
+	float *a = k->hp;
+
+	if (!k->permuted)
+		return;
+	for (i0 = 0; i0 < n; i0 += 64)		/* upper = lower^T, tiled */
+		for (j0 = i0; j0 < n; j0 += 64)
+			for (i = i0; i < i0 + 64 && i < n; i++)
+				for (j = j0 > i + 1 ? j0 : i + 1;
+				     j < j0 + 64 && j < n; j++)
+					a[i * n + j] = a[j * n + i];
+	for (i = 0; i < n; i++) {
+		a[i * n + i] = k->diag[k->perm[i]];
+		k->inv[k->perm[i]] = i;
+	}
+	sym_permute(a, n, k->inv, k->row, k->seen);
+	k->permuted = false;
 }
 
 /*
@@ -225,13 +293,13 @@ static int gptq_prepare(struct gptq_work *k, float *w, float *h)
 		float *row = w + r * in;
 
 		for (j = 0; j < in; j++)
-			k->hp[j] = row[k->perm[j]];
-		memcpy(row, k->hp, (size_t)in * sizeof(*row));
+			k->row[j] = row[k->perm[j]];
+		memcpy(row, k->row, (size_t)in * sizeof(*row));
 	}
 	k->wp = w;
-	for (i = 0; i < in; i++)
-		for (j = 0; j < in; j++)
-			k->hp[i * in + j] = h[k->perm[i] * in + k->perm[j]];
+	sym_permute(h, in, k->perm, k->row, k->seen);
+	k->hp = h;
+	k->permuted = true;
 	k->cur = -1;
 	if (gs == in) {		/* one grid per row, from the whole row */
 		ret = find_params(k->wp, in, out, 0, in, &o->qp, k->gsc16,
@@ -325,7 +393,8 @@ static int gptq_blocks(struct gptq_work *k,
 	int ret;
 
 	t0 = qf_now();
-	ret = chol_inverse_upper(k->hp, in, o->damp > 0 ? o->damp : 0.01f);
+	ret = chol_inverse_upper(k->hp, in, o->damp > 0 ? o->damp : 0.01f,
+				 false);
 	if (o->times)
 		o->times->chol += qf_now() - t0;
 	if (ret < 0)
@@ -509,6 +578,7 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 		*loss = k.total;
 	ret = 0;
 out_free:
+	sym_restore(&k);
 	work_free(&k);
 	return ret;
 }

@@ -62,7 +62,8 @@ int qf_rtn_quantize_ref(const float *w, int64_t rows, int64_t in,
  * computed as the loop reaches each group (or up front with
  * static_groups).  w [out, in] is replaced by the dequantized result
  * (unspecified on failure); h [in, in] (X^T X, any
- * positive scale) is destroyed.  Outputs in the
+ * positive scale, full symmetric) is worked on in place and given back
+ * as it was, but for dead inputs' zero diagonal, set to 1.  Outputs in the
  * original column order: q [out, in], scale/zero [out, ngroups], g_idx
  * [in].  *loss: sum over columns of (w - q)^2 / Hinv_jj^2 / 2 (the
  * paper's objective).  Returns 0, QF_ENUMERIC (H not positive definite

@@ -16,8 +16,8 @@
 int main(int argc, char **argv)
 {
 	struct qf_gptq_opts o = { .damp = 0.01f, .blocksize = 128 };
-	int64_t out, in, ng;
-	float *w, *h, *w0;
+	int64_t out, in, ng, i;
+	float *w, *h, *h0, *w0;
 	uint8_t *q;
 	uint16_t *sc;
 	int32_t *z, *g;
@@ -40,6 +40,7 @@ int main(int argc, char **argv)
 	w = slurp(argv[1], (size_t)(out * in) * 4);
 	w0 = slurp(argv[1], (size_t)(out * in) * 4);
 	h = slurp(argv[2], (size_t)(in * in) * 4);
+	h0 = slurp(argv[2], (size_t)(in * in) * 4);
 	q = malloc((size_t)(out * in));
 	sc = malloc((size_t)(out * ng) * 2);
 	z = malloc((size_t)(out * ng) * 4);
@@ -47,6 +48,13 @@ int main(int argc, char **argv)
 	ret = qf_gptq_quantize(w, out, in, h, &o, q, sc, z, g, &loss);
 	if (ret < 0) {
 		fprintf(stderr, "gptq: %s\n", qf_strerror(ret));
+		return 1;
+	}
+	for (i = 0; i < in; i++)	/* dead inputs: a unit diagonal */
+		if (h0[i * in + i] == 0)
+			h0[i * in + i] = 1;
+	if (memcmp(h, h0, (size_t)(in * in) * 4)) {	/* in place, given back */
+		fprintf(stderr, "gptq: h not given back as it was\n");
 		return 1;
 	}
 	dump(argv[10], "q.u8", q, (size_t)(out * in));
@@ -65,6 +73,7 @@ int main(int argc, char **argv)
 	free(w);
 	free(w0);
 	free(h);
+	free(h0);
 	free(q);
 	free(sc);
 	free(z);
