@@ -263,6 +263,7 @@ int qf_model_shard_sha256(const struct qf_model *m, size_t i,
 	for (off = 0; off < f->size; off += n) {
 		n = f->size - off < HASH_STEP ? f->size - off : HASH_STEP;
 		qf_sha256_update(&c, f->map + off, (size_t)n);
+		qf_st_release(f, f->map + off, (size_t)n);
 		if (qf_now() - said >= HASH_SAY_S) {
 			said = qf_now();
 			qf_info("%s: hashing for the fingerprint: %.1f of "
