@@ -8,7 +8,8 @@
  * replies.  Alone it leaves a core idle: the two threads of a large
  * linear's rounding (quant/variant) are one part of a group's time, its
  * packing, LMDB commit and the reply another, each on one core.  So a
- * sequential read (from byte 0, or where the last one ended) also hands
+ * sequential read (from byte 0 past the header, or where the last one
+ * ended) also hands
  * the groups of the next AHEAD_SRC bytes of source in file order to the
  * variant's worker thread, which produces them through
  * the same flight (a reader that wants one it is making waits for it,
@@ -184,7 +185,8 @@ void qf_var_ahead(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 	s = qf_var_seg_at(var, end - 1) + 1;
 	until = window_end(var, s);
 	pthread_mutex_lock(&a->lock);
-	seq = !off || off == a->last_end;
+	/* the header alone (a tool that lists tensors) asks for nothing */
+	seq = off ? off == a->last_end : end > var->header.len;
 	a->last_end = end;
 	if (!seq) {			/* a loader's pick: that alone */
 		pthread_mutex_unlock(&a->lock);
@@ -213,4 +215,17 @@ void qf_var_ahead_stop(struct qf_var *var)
 	pthread_cond_destroy(&a->cond);
 	free(a);
 	var->ahead = NULL;
+}
+
+void qf_fs_ahead_stop_all(struct qf_fs *fs)
+{
+	struct qf_mdl *m;
+	struct qf_var *v;
+
+	/* nothing on a production's way takes fs->lock */
+	pthread_mutex_lock(&fs->lock);
+	for (m = fs->mdls; m; m = m->next)
+		for (v = m->vars; v; v = v->next)
+			qf_var_ahead_stop(v);
+	pthread_mutex_unlock(&fs->lock);
 }

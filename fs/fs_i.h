@@ -393,7 +393,8 @@ void qf_stash_free(struct qf_stash *s);
 /* ahead.c */
 /*
  * A read of bytes [off, end) of var's model.safetensors: when it begins
- * at 0 or where the last one ended (a sequential reader), its worker
+ * at 0 and goes past the header, or where the last one ended (a
+ * sequential reader), its worker
  * thread (started on the first call) produces the groups of what
  * follows, while production slots are free (nothing for calibrated
  * variants and _fake ones of them).
@@ -402,6 +403,9 @@ void qf_var_ahead(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 		  uint64_t end);
 /* End and join var's worker, if it has one (before var is freed). */
 void qf_var_ahead_stop(struct qf_var *var);
+/* The same for every variant, as the mount stops: before the remote tier
+ * and the cache a production uses are closed. */
+void qf_fs_ahead_stop_all(struct qf_fs *fs);
 
 /* job_mixed.c: mixed_dyn / mixed_b allocations (mixed_alloc.h) */
 /*
