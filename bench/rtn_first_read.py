@@ -13,12 +13,16 @@ per run and as the best of the runs:
   end to end  lookup + read, as GB/s of bf16 source
   read file   then the seconds until the variant's read file is there
             (written after the last close, in the background)
+and the same on a cache that knows the source's hash (a mount looked up
+another variant first: an uncached variant of a model seen before);
   daemon CPU  the daemon's CPU seconds over the read / its wall seconds
             (2.0 = both cores of this machine busy all along)
 and, measured in the same run, between the mounts, as baselines:
   plain     reading the bf16 source file itself (hot in the page cache)
   kernel    build/bench/bench_rtn's in-memory RTN rate on one core
             (bf16 -> f32, rounding, packing; "fused as in production")
+  sha256    libcrypto's SHA-256 of the source in this process (hashlib),
+            beside the daemon's fingerprint rate from its log
 with the end-to-end rate as a ratio to each.
 
 --perf: `perf record --call-graph dwarf` on the daemon during the read
@@ -35,6 +39,7 @@ usage: bench/rtn_first_read.py [--quantfs PATH] [--variant NAME]
 """
 import argparse
 import collections
+import hashlib
 import json
 import os
 import re
@@ -90,6 +95,22 @@ def plain_rate(path):
     return n / (time.perf_counter() - t0)
 
 
+def sha_rate(path):
+    """hashlib's SHA-256 (libcrypto's, as the daemon's) of path."""
+    h = hashlib.sha256()
+    buf = bytearray(8 << 20)
+    n = 0
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            k = f.readinto(buf)
+            if not k:
+                break
+            h.update(memoryview(buf)[:k])
+            n += k
+    return n / (time.perf_counter() - t0)
+
+
 def kernel_rate(bench_rtn):
     out = subprocess.run([bench_rtn], check=True, capture_output=True,
                          text=True).stdout
@@ -120,11 +141,15 @@ def classify(script):
     return shares
 
 
-def one_run(src, work, variant, perf, until_file):
+def one_run(src, work, variant, perf, until_file, known=False):
     cache = os.path.join(work, "cache")
     shutil.rmtree(cache, ignore_errors=True)        # empty: nothing known
     rel = os.path.join("bench-llama", variant, "model.safetensors")
     rec = None
+    if known:   # the cache knows the source: another variant looked up
+        with qftest.Mount(src, cache=cache, debug=False) as m:
+            os.stat(os.path.join(m.mnt, "bench-llama", "rtn_w8_gc",
+                                 "model.safetensors"))
     with qftest.Mount(src, cache=cache, debug=False) as m:
         pid = m.proc.pid
         path = os.path.join(m.mnt, rel)
@@ -156,13 +181,17 @@ def one_run(src, work, variant, perf, until_file):
             rec.send_signal(2)
             rec.wait()
         log = m.stderr()
-    src_bytes = None
+    src_bytes = hashed = None
     for line in log.splitlines():
+        g = re.search(r"hashed (\d+) bytes .* in ([0-9.]+) s", line)
+        if g:
+            hashed = int(g.group(1)) / max(float(g.group(2)), 1e-3)
         g = re.search(r"produced ([0-9.]+) MB of source", line)
         if g:
             src_bytes = float(g.group(1)) * 1e6
     return dict(lookup=t1 - t0, read=t2 - t1, total=t2 - t0,
                 rf=t3 - t2, cpu=c2 - c0, size=size, src=src_bytes,
+                hashed=hashed,
                 perf=os.path.join(work, "perf.data") if rec else None)
 
 
@@ -201,14 +230,16 @@ def main():
                        "--vocab", 512)
     weights = os.path.join(model, "model.safetensors")
     read_all(weights)                   # hot in the page cache
-    runs, plain, kern = [], [], []
+    runs, plain, kern, sha, known = [], [], [], [], []
     perf = a.perf or a.perf_until_file
     for i in range(a.runs):
         plain.append(plain_rate(weights))
         r = one_run(src, work, a.variant, perf and i == a.runs - 1,
                     a.perf_until_file)
         runs.append(r)
+        known.append(one_run(src, work, a.variant, False, False, True))
         kern.append(kernel_rate(bench_rtn))
+        sha.append(sha_rate(weights))
         print("run %d: lookup %.2f s, read %.2f s (%.1f MB), end to end "
               "%.2f GB/s of source, read file %.2f s later, daemon CPU "
               "%.2f s = %.2f cores over lookup and read; plain %.2f GB/s, "
@@ -217,6 +248,11 @@ def main():
                   r["src"] / r["total"] / 1e9, r["rf"], r["cpu"],
                   r["cpu"] / r["total"], plain[-1] / 1e9,
                   (kern[-1] or 0) / 1e9), flush=True)
+        k = known[-1]
+        print("       source known to the cache: lookup %.2f s, read %.2f s"
+              " = %.2f GB/s of source, daemon CPU %.2f cores" % (
+                  k["lookup"], k["read"], k["src"] / k["total"] / 1e9,
+                  k["cpu"] / k["total"]), flush=True)
     best = min(runs, key=lambda r: r["total"])
     src_b = best["src"]
     e2e = src_b / best["total"]
@@ -230,12 +266,21 @@ def main():
     print("  daemon CPU %.2f s over %.2f s = %.2f cores" % (
         best["cpu"], best["total"], best["cpu"] / best["total"]))
     print("  its read file there %.2f s after the last byte" % best["rf"])
+    kb = min(known, key=lambda r: r["total"])
+    print("the same with the source's hash in the cache (an uncached "
+          "variant of a model seen before): lookup %.2f s, read %.2f s: "
+          "%.2f GB/s of source, %.2fx the plain read, daemon CPU %.2f cores"
+          % (kb["lookup"], kb["read"], kb["src"] / kb["total"] / 1e9,
+             kb["src"] / kb["total"] / max(plain), kb["cpu"] / kb["total"]))
     print("baselines in the same run (best): plain read of the source "
           "%.2f GB/s -> end to end %.2fx, read alone %.2fx; bench_rtn "
           "kernel, one core, %.2f GB/s -> end to end %.2fx" % (
               max(plain) / 1e9, e2e / max(plain), rd / max(plain),
               max(k or 0 for k in kern) / 1e9,
               e2e / max(k or 1 for k in kern)))
+    print("fingerprint: the daemon hashed at %.2f GB/s; SHA-256 of the "
+          "same file in this process (libcrypto) %.2f GB/s (best of each)"
+          % (max(r["hashed"] or 0 for r in runs) / 1e9, max(sha) / 1e9))
     if perf:
         shares = perf_shares(runs[-1]["perf"])
         busy = sum(v for k, v in shares.items() if not k.startswith("wait"))

@@ -77,7 +77,7 @@ typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
 #define LANES 8
-#define NACC 4				/* independent chains of each */
+#define NACC 4				/* independent chains of each (a-d) */
 
 /* a < b ? a : b, lane by lane (a macro: an AVX vector may not cross a
  * function call of the default target) */
@@ -95,29 +95,39 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 static inline __attribute__((always_inline)) void
 range(const float *w, int64_t n, float *lo, float *hi)
 {
-	v8f l[NACC], h[NACC], x;
 	float l0 = w[0], h0 = w[0];
+	v8f b = { l0, l0, l0, l0, l0, l0, l0, l0 }, x;
+	v8f la = b, lb = b, lc = b, ld = b, ha = b, hb = b, hc = b, hd = b;
 	int64_t j = 0;
-	int k, i;
+	int i;
 
-	for (k = 0; k < NACC; k++)
-		for (i = 0; i < LANES; i++)
-			l[k][i] = h[k][i] = w[0];
-	for (; j + NACC * LANES <= n; j += NACC * LANES)
-		for (k = 0; k < NACC; k++) {
-			memcpy(&x, w + j + k * LANES, sizeof(x));
-			l[k] = VPICK(x, l[k], x < l[k]);
-			h[k] = VPICK(x, h[k], x > h[k]);
-		}
+#define RANGE_STEP(l, h, k) do { \
+		memcpy(&x, w + j + (k) * LANES, sizeof(x)); \
+		l = VPICK(x, l, x < l); \
+		h = VPICK(x, h, x > h); \
+	} while (0)
+	for (; j + NACC * LANES <= n; j += NACC * LANES) {
+		RANGE_STEP(la, ha, 0);
+		RANGE_STEP(lb, hb, 1);
+		RANGE_STEP(lc, hc, 2);
+		RANGE_STEP(ld, hd, 3);
+	}
+#undef RANGE_STEP
 	for (; j < n; j++) {
 		l0 = w[j] < l0 ? w[j] : l0;
 		h0 = w[j] > h0 ? w[j] : h0;
 	}
-	for (k = 0; k < NACC; k++)
-		for (i = 0; i < LANES; i++) {
-			l0 = l[k][i] < l0 ? l[k][i] : l0;
-			h0 = h[k][i] > h0 ? h[k][i] : h0;
-		}
+	/* the chains into one vector, then its lanes */
+	la = VPICK(lb, la, lb < la);
+	lc = VPICK(ld, lc, ld < lc);
+	la = VPICK(lc, la, lc < la);
+	ha = VPICK(hb, ha, hb > ha);
+	hc = VPICK(hd, hc, hd > hc);
+	ha = VPICK(hc, ha, hc > ha);
+	for (i = 0; i < LANES; i++) {
+		l0 = la[i] < l0 ? la[i] : l0;
+		h0 = ha[i] > h0 ? ha[i] : h0;
+	}
 	*lo = l0;
 	*hi = h0;
 }
