@@ -14,8 +14,8 @@
  * function, same weights: the same bytes).  Issue #23: the first read of
  * an uncached RTN variant through a fresh mount, end to end.
  *
- * The thread runs as SCHED_IDLE, so it never slows the hash down: on a
- * busy machine it makes little, which the reader then makes as before.
+ * The thread rounds on one core (qf_variant_threads(1)), the hash has
+ * the other: on two cores neither waits for the other.
  * Only for plain RTN (and its _fake), only when the fingerprint is not
  * known yet, at most STASH_MAX bytes (memory), and only while the hash
  * runs: after it the reader and the worker of ahead.c produce as usual.
@@ -23,7 +23,6 @@
  * may have been written between the stash's start and the take.  What no read takes within STASH_KEEP_S
  * seconds (a lookup that read nothing) is freed.
  */
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -139,13 +138,11 @@ static void *stash_main(void *arg)
 {
 	struct qf_stash *s = arg;
 	struct timespec until;
-	struct sched_param idle = { 0 };
 	size_t i = 0;
 	uint32_t k;
 
-	/* the hash first: this thread (and the rounding's second thread,
-	 * which inherits it) only takes a core nothing else wants */
-	pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+	/* one core: the hash has the other */
+	qf_variant_threads(1);
 	pthread_mutex_lock(&s->lock);
 	for (; more(s, i); i++) {
 		uint32_t gi = s->order[i];
