@@ -52,6 +52,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
                                 "mount"))
 import qftest  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from read import read_all, cpu_s  # noqa: E402  (bench/read.py)
 
 CHUNK = 1 << 20
 
@@ -72,26 +74,9 @@ CLASSES = [
 ]
 
 
-def read_all(path):
-    buf = bytearray(CHUNK)
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                return n
-            n += k
-
-
-def cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        v = f.read().rsplit(")", 1)[1].split()
-    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def plain_rate(path):
     t0 = time.perf_counter()
-    n = read_all(path)
+    n = read_all(path, bytearray(CHUNK))
     return n / (time.perf_counter() - t0)
 
 
@@ -164,7 +149,7 @@ def one_run(src, work, variant, perf, until_file, known=False):
         t0 = time.perf_counter()
         os.stat(path)                   # lookup: variant set-up
         t1 = time.perf_counter()
-        size = read_all(path)
+        size = read_all(path, bytearray(CHUNK))
         t2 = time.perf_counter()
         c2 = cpu_s(pid)
         if rec and not until_file:
@@ -229,7 +214,7 @@ def main():
                        "--layers", 10, "--heads", 16, "--kv-heads", 8,
                        "--vocab", 512)
     weights = os.path.join(model, "model.safetensors")
-    read_all(weights)                   # hot in the page cache
+    read_all(weights, bytearray(CHUNK))     # hot in the page cache
     runs, plain, kern, sha, known = [], [], [], [], []
     perf = a.perf or a.perf_until_file
     for i in range(a.runs):

@@ -189,6 +189,16 @@ static bool wanted(struct qf_fs *fs, struct qf_mdl *mdl,
 	return qf_src_fp(fs, mdl, false) == -EAGAIN;
 }
 
+/* What qf_stash_begin() allocated, the thread gone (or never there). */
+static void release(struct qf_stash *s)
+{
+	free(s->st);
+	free(s->g);
+	free(s->order);
+	qf_variant_free(s->v);
+	free(s);
+}
+
 struct qf_stash *qf_stash_begin(struct qf_fs *fs, struct qf_mdl *mdl,
 				const struct qf_spec *spec)
 {
@@ -228,11 +238,7 @@ struct qf_stash *qf_stash_begin(struct qf_fs *fs, struct qf_mdl *mdl,
 	return s;
 
 out_free:
-	free(s->st);
-	free(s->g);
-	free(s->order);
-	qf_variant_free(s->v);
-	free(s);
+	release(s);
 	return NULL;
 }
 
@@ -299,9 +305,5 @@ void qf_stash_free(struct qf_stash *s)
 	pthread_join(s->th, NULL);
 	pthread_mutex_destroy(&s->lock);
 	pthread_cond_destroy(&s->cond);
-	free(s->st);
-	free(s->g);
-	free(s->order);
-	qf_variant_free(s->v);
-	free(s);
+	release(s);
 }
