@@ -8,7 +8,7 @@
  * replies.  Alone it leaves a core idle: the two threads of a large
  * linear's rounding (quant/variant) are one part of a group's time, its
  * packing, LMDB commit and the reply another, each on one core.  So a
- * sequential read (from byte 0 past the header, or where the last one
+ * sequential read (past the header, from byte 0 or where the last one
  * ended) also hands
  * the groups of the next AHEAD_SRC bytes of source in file order to the
  * variant's worker thread, which produces them through
@@ -185,8 +185,9 @@ void qf_var_ahead(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 	s = qf_var_seg_at(var, end - 1) + 1;
 	until = window_end(var, s);
 	pthread_mutex_lock(&a->lock);
-	/* the header alone (a tool that lists tensors) asks for nothing */
-	seq = off ? off == a->last_end : end > var->header.len;
+	/* the header alone, in one read or more (a tool that lists
+	 * tensors), asks for nothing */
+	seq = end > var->header.len && (!off || off == a->last_end);
 	a->last_end = end;
 	if (!seq) {			/* a loader's pick: that alone */
 		pthread_mutex_unlock(&a->lock);

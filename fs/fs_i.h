@@ -392,8 +392,8 @@ void qf_stash_free(struct qf_stash *s);
 
 /* ahead.c */
 /*
- * A read of bytes [off, end) of var's model.safetensors: when it begins
- * at 0 and goes past the header, or where the last one ended (a
+ * A read of bytes [off, end) of var's model.safetensors: when it goes
+ * past the header and begins at 0 or where the last one ended (a
  * sequential reader), its worker
  * thread (started on the first call) produces the groups of what
  * follows, while production slots are free (nothing for calibrated

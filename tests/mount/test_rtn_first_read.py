@@ -132,7 +132,8 @@ def test_header_alone_then_ahead_within_window():
     cache = os.path.join(WORK, "ahead-cache")
     with Mount(SRC, cache=cache) as m:
         p = os.path.join(m.mnt, V)
-        n, hdr = header(p)
+        n, hdr = header(p)             # two reads: 8 bytes, then the rest
+        time.sleep(0.5)                 # a worker would have begun
         assert produced(m.stderr()) == [], produced(m.stderr())
         # a sequential reader: the header and the first MiB past it, in
         # one read, the file kept open
