@@ -284,6 +284,8 @@ int qf_fs_do_read(struct qf_fs *fs, uint64_t ino, uint64_t fh, uint64_t off,
 		ret = read_gen(fs, n, off, end, rd);
 		break;
 	case QF_NODE_WEIGHTS:
+		if (off < n->size)	/* what follows, meanwhile */
+			qf_var_ahead(fs, n->var, off, end);
 		if (off < n->size)
 			ret = qf_fs_read_weights(fs, n->var, off,
 						 end < n->size ? end : n->size,

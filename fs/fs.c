@@ -222,6 +222,7 @@ void qf_fs_free(struct qf_fs *fs)
 	if (!fs)
 		return;
 	qf_job_stop_all(fs);
+	qf_fs_ahead_stop_all(fs);
 	qf_cluster_drain(fs);
 	qf_remote_close(fs->remote);
 	qf_mixed_overrides_free(fs->mroles);

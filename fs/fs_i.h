@@ -172,6 +172,9 @@ struct qf_var {
 	bool manifest_ready;		/* lock: manifest holds the results */
 	double prod_s;			/* production seconds, lock */
 	uint64_t prod_src;		/* source bytes quantized, lock */
+	struct qf_ahead *ahead;		/* its worker (ahead.c), lock */
+	struct qf_stash *stash;		/* groups made while the source was
+					 * hashed (stash.c), or NULL */
 };
 
 /*
@@ -368,6 +371,42 @@ int qf_var_ensure_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 /* Segment index holding offset off. */
 size_t qf_var_seg_at(const struct qf_var *var, uint64_t off);
 
+/* stash.c */
+/*
+ * Plain RTN of a source whose fingerprint is not known yet: start making
+ * spec's groups in memory while it is hashed.  NULL: nothing to do (or
+ * no memory: the groups are made when read, as always).
+ */
+struct qf_stash *qf_stash_begin(struct qf_fs *fs, struct qf_mdl *mdl,
+				const struct qf_spec *spec);
+/* The fingerprint is known: make no more (s may be NULL). */
+void qf_stash_hashed(struct qf_stash *s);
+/*
+ * Group gi of v, made: its tensors' buffers into bufs (the caller's to
+ * free).  False: not made (or not the same plan, or the source changed).
+ */
+bool qf_stash_take(struct qf_stash *s, const struct qf_variant *v,
+		   uint32_t gi, void **bufs);
+/* Stop, join, and free what was not taken (s may be NULL). */
+void qf_stash_free(struct qf_stash *s);
+
+/* ahead.c */
+/*
+ * A read of bytes [off, end) of var's model.safetensors: when it goes
+ * past the header and begins at 0 or where the last one ended (a
+ * sequential reader), its worker
+ * thread (started on the first call) produces the groups of what
+ * follows, while production slots are free (nothing for calibrated
+ * variants and _fake ones of them).
+ */
+void qf_var_ahead(struct qf_fs *fs, struct qf_var *var, uint64_t off,
+		  uint64_t end);
+/* End and join var's worker, if it has one (before var is freed). */
+void qf_var_ahead_stop(struct qf_var *var);
+/* The same for every variant, as the mount stops: before the remote tier
+ * and the cache a production uses are closed. */
+void qf_fs_ahead_stop_all(struct qf_fs *fs);
+
 /* job_mixed.c: mixed_dyn / mixed_b allocations (mixed_alloc.h) */
 /*
  * Measure (or find in the cache) the sensitivity of every linear of mdl
@@ -498,6 +537,8 @@ int qf_fs_cache_put(struct qf_fs *fs, const uint8_t *vid,
  */
 int qf_fs_prod_begin(struct qf_fs *fs);
 void qf_fs_prod_end(struct qf_fs *fs);
+/* A production slot is free and nobody waits for one (ahead.c). */
+bool qf_fs_prod_free(struct qf_fs *fs);
 /* At mount: delete the temporary files of killed writers (logged). */
 void qf_fs_clean_files(struct qf_fs *fs);
 /*

@@ -319,6 +319,16 @@ void qf_fs_prod_end(struct qf_fs *fs)
 	pthread_mutex_unlock(&fs->prod_lock);
 }
 
+bool qf_fs_prod_free(struct qf_fs *fs)
+{
+	bool free_;
+
+	pthread_mutex_lock(&fs->prod_lock);
+	free_ = fs->prod_running < fs->prod_max && !fs->prod_waiters;
+	pthread_mutex_unlock(&fs->prod_lock);
+	return free_;
+}
+
 void qf_fs_set_req_hooks(struct qf_fs *fs, const struct qf_fs_req_hooks *h)
 {
 	fs->req = h;

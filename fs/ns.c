@@ -413,6 +413,7 @@ void qf_mdl_free(struct qf_mdl *mdl)
 		struct qf_var *v = mdl->vars;
 
 		mdl->vars = v->next;
+		qf_var_ahead_stop(v);
 		qf_gv_free(v->gv);
 		qf_var_free(v);
 	}

@@ -153,7 +153,8 @@ int qf_src_fp(struct qf_fs *fs, struct qf_mdl *mdl, bool hash)
 	while (mdl->fp_busy && hash)
 		pthread_cond_wait(&mdl->fp_cond, &mdl->fp_lock);
 	ret = mdl->m->fp_set ? 0 : mdl->fp_busy ? -EAGAIN : 1;
-	mdl->fp_busy = ret == 1;
+	if (ret == 1)		/* (a look while another hashes: still busy) */
+		mdl->fp_busy = true;
 	pthread_mutex_unlock(&mdl->fp_lock);
 	if (ret <= 0)
 		return ret;

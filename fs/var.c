@@ -150,6 +150,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	struct qf_spec spec;
 	struct qf_var *var;
 	struct qf_mixed_alloc *alloc = NULL;
+	struct qf_stash *stash;
 	char calib_hex[33];
 	bool mixed;
 	int ret;
@@ -157,12 +158,15 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	ret = qf_spec_parse(name, &spec, NULL);
 	if (ret < 0)
 		return ret;
+	stash = qf_stash_begin(fs, mdl, &spec);	/* meanwhile */
 	ret = qf_src_fp(fs, mdl, true);	/* every id below names it */
-	if (ret < 0)
-		return ret;
-	var = calloc(1, sizeof(*var));
-	if (!var)
-		return -ENOMEM;
+	qf_stash_hashed(stash);
+	var = ret < 0 ? NULL : calloc(1, sizeof(*var));
+	if (!var) {
+		qf_stash_free(stash);
+		return ret < 0 ? ret : -ENOMEM;
+	}
+	var->stash = stash;
 	pthread_mutex_init(&var->lock, NULL);
 	pthread_cond_init(&var->cond, NULL);
 	var->mdl = mdl;
@@ -287,6 +291,8 @@ void qf_var_free(struct qf_var *var)
 {
 	if (!var)
 		return;
+	QF_ASSERT(!var->ahead);		/* stopped by its owner (ns.c) */
+	qf_stash_free(var->stash);
 	qf_job_free(var);
 	qf_mixed_alloc_free(var->alloc);
 	qf_flight_free(&var->fl);
@@ -523,6 +529,8 @@ static int produce(struct qf_fs *fs, void *arg, size_t gi)
 	double t0 = qf_now();
 	uint32_t k;
 	int ret = 0;
+	/* made while the source was hashed (stash.c): the same bytes */
+	bool made = qf_stash_take(var->stash, var->v, (uint32_t)gi, bufs);
 
 	QF_ASSERT(g->n <= 8);
 	for (k = 0; k < g->n && !ret; k++) {
@@ -530,14 +538,15 @@ static int produce(struct qf_fs *fs, void *arg, size_t gi)
 
 		items[k].name = t->name;
 		items[k].len = qf_vtensor_bytes(t);
-		bufs[k] = malloc(items[k].len ? items[k].len : 1);
+		if (!made)
+			bufs[k] = malloc(items[k].len ? items[k].len : 1);
 		items[k].data = bufs[k];
 		if (!bufs[k])
 			ret = -ENOMEM;
 	}
-	if (!ret && var->base)
+	if (!ret && !made && var->base)
 		ret = fake_from_base(fs, var, gi, bufs);
-	else if (!ret)
+	else if (!ret && !made)
 		ret = qf_variant_produce(var->v, gi, bufs, NULL);
 	if (!ret)
 		ret = qf_fs_cache_put(fs, var->vid, items, g->n);

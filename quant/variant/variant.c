@@ -608,12 +608,20 @@ static void *rows_run(void *arg)
 	return NULL;
 }
 
+static __thread int max_threads = 2;	/* qf_variant_threads() */
+
+void qf_variant_threads(int n)
+{
+	max_threads = n < 2 ? 1 : 2;
+}
+
 /* Split rows over up to two threads for large groups. */
 static int quantize_rows(const struct qf_variant *v, const struct qf_vgroup *g,
 			 uint8_t *q, uint16_t *sc, int32_t *zero)
 {
 	int64_t rows = g->w->t->shape[0];
-	int64_t half = rows >= 64 && qf_st_numel(g->w->t) >= (1 << 20) ?
+	int64_t half = max_threads > 1 && rows >= 64 &&
+		       qf_st_numel(g->w->t) >= (1 << 20) ?
 		       rows / 2 / ROW_BLOCK * ROW_BLOCK : rows;
 	struct rows_job jobs[2] = {
 		{ v, g, 0, half, q, sc, zero, NULL, 0 },

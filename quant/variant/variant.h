@@ -148,6 +148,12 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			 struct qf_variant **out);
 void qf_variant_free(struct qf_variant *v);
 /*
+ * Threads qf_variant_produce() may use on the calling thread from now on:
+ * 1 or 2 (the default: two halves of a large linear's rows).  A thread
+ * that produces beside other work (fs/stash.c, beside the hash) takes 1.
+ */
+void qf_variant_threads(int n);
+/*
  * Produce group gi: out[k] receives the bytes of tensor v->t[first + k]
  * (caller allocates numel * dtype size each).  *err_rel (if given) gets
  * the relative squared weight error sum((w - deq)^2) / sum(w^2).
