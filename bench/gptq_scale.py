@@ -144,7 +144,7 @@ def main():
               peak / 1e9, anon.peak / 1e9, layer / 1e6,
               65536 * HID * 4 / 1e6, 65536 * INTER * 4 / 1e6))
     for line in log.splitlines():
-        if re.search(r"X\^T X|done in|resuming", line):
+        if re.search(r"X\^T X|done in|resuming|measured in|chunks of", line):
             print("  " + line.split("quantfs: ", 1)[-1])
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -159,7 +159,8 @@ static int stats_sample(struct qf_lin_stats *s, int64_t rows)
 void qf_lin_stats_free(struct qf_lin_stats *s)
 {
 	free(s->xs);
-	free(s->h);
+	if (!s->h_borrowed)
+		free(s->h);
 	free(s->sum_abs);
 	free(s->sum_sq);
 	memset(s, 0, sizeof(*s));
@@ -209,8 +210,9 @@ static bool stage_first(enum qf_tf_linear lin)
 /*
  * Accumulate the input of the stage's linears (q/k/v and gate/up share
  * theirs), then stop the layer: the rest is not needed for these
- * statistics.  Without a stage, every stage's, and the layer runs to its end.
- * (A MoE layer calls no UP or DOWN hook: its forward runs to the end.)
+ * statistics.  Without a stage, every stage's, and the layer runs to
+ * its end.  (A MoE layer calls no DOWN hook: for down's stage it runs
+ * to the end.)
  */
 static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
 			const float *x, int64_t ntok, int64_t in)
@@ -232,7 +234,7 @@ static int stats_copy(struct qf_lin_stats *b, const struct qf_lin_stats *a)
 	if (b->in != a->in || !a->h != !b->h)
 		return -EINVAL;
 	b->n = a->n;
-	if (a->h)
+	if (a->h && b->h != a->h)
 		memcpy(b->h, a->h, (size_t)(a->in * a->in) * sizeof(float));
 	memcpy(b->sum_abs, a->sum_abs, (size_t)a->in * sizeof(double));
 	memcpy(b->sum_sq, a->sum_sq, (size_t)a->in * sizeof(double));
@@ -243,15 +245,23 @@ static int stats_copy(struct qf_lin_stats *b, const struct qf_lin_stats *a)
 	return 0;
 }
 
-/* Copy the shared input statistics of lin[0] to the stage's others. */
+/*
+ * The shared input statistics of lin[0] for the stage's others: X^T X
+ * lent where they have none of their own (stage_stats_init: the
+ * quantizers give it back as it was), else copied.
+ */
 static int share_stats(const struct stage *st, struct qf_lin_stats *stats)
 {
-	const struct qf_lin_stats *a = &stats[st->lin[0]];
+	struct qf_lin_stats *a = &stats[st->lin[0]];
 	int i;
 
 	for (i = 1; i < st->n; i++) {
 		struct qf_lin_stats *b = &stats[st->lin[i]];
 
+		if (!b->h && a->h) {
+			b->h = a->h;
+			b->h_borrowed = true;
+		}
 		if (stats_copy(b, a))
 			return -EINVAL;
 	}
@@ -267,9 +277,10 @@ static int stage_stats_init(const struct qf_tf_config *c,
 	int i, ret = 0;
 
 	for (i = 0; i < st->n && !ret; i++) {
+		/* one X^T X, the others lent it by share_stats */
 		ret = qf_lin_stats_init(&stats[st->lin[i]],
 					qf_tf_linear_in(c, st->lin[i]),
-					ops->hessian);
+					ops->hessian && i == 0);
 		/* X^T X a sequence at a time: the same sums, in the same
 		 * order, however the sequences are chunked */
 		stats[st->lin[i]].block = seqlen;

@@ -65,6 +65,10 @@ struct qf_lin_stats {
 	int64_t xs_cap;			/* rows to keep (0: none) */
 	int64_t block;			/* rows per X^T X product (0: all
 					 * rows of a call at once) */
+	bool h_borrowed;		/* h is another linear's of the same
+					 * input (q's for k and v, gate's for
+					 * up): read it, or give it back as
+					 * it was; not freed */
 };
 int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
 /* Accumulate rows x [n, in] (SSYRK for h, block rows at a time). */
@@ -88,10 +92,12 @@ void qf_lin_stats_free(struct qf_lin_stats *s);
  * activations [nseq * seqlen, hidden] once, and the forward's scratch of
  * one chunk of sequences (ops->chunk_bytes).  When the sequences need
  * more than one chunk, true sequential runs a pass over the chunks per
- * stage (the attention and the MLP's gate/up twice), and X^T X is summed chunk by chunk.  When all fit in one
- * chunk, or the model has MoE layers (an expert's statistics need all
- * its routed tokens at once), true sequential runs in one pass over all
- * tokens, with the activations twice and the scratch of all tokens.
+ * stage (the attention and the MLP's gate/up twice).  When all fit in
+ * one chunk, or the model has MoE layers (an expert's statistics need
+ * all its routed tokens at once), true sequential runs in one pass over
+ * all tokens, with the activations twice and the scratch of all tokens.
+ * X^T X is summed a sequence at a time (qf_lin_stats.block) in every
+ * case, so the chunks do not change the result.
  */
 struct qf_calib_ops {
 	bool hessian;			/* accumulate X^T X */

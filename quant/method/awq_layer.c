@@ -30,11 +30,12 @@ static void scale_in(float *w, int64_t out, int64_t in, const float *s)
 			w[r * in + j] *= s[j];
 }
 
+/* (a borrowed X^T X is its lender's, scaled with it: the same input) */
 static void scale_stats(struct qf_lin_stats *st, const float *s)
 {
 	int64_t in = st->in, i, j;
 
-	for (i = 0; i < in; i++)
+	for (i = 0; i < in && !st->h_borrowed; i++)
 		for (j = 0; j < in; j++)
 			st->h[i * in + j] /= s[i] * s[j];
 	for (i = 0; i < st->nxs; i++)
