@@ -209,8 +209,12 @@ static int ident_done(void *arg, int layer, const float *x, int64_t ntok,
 	return 0;
 }
 
-/* With quantizers that change nothing, the driver is the forward pass. */
-static void test_driver_identity(const char *quantfs)
+/*
+ * With quantizers that change nothing, the driver is the forward pass:
+ * in one pass and streamed, sequential or not.  arch: mkmodel's (Gemma
+ * 3's sliding layers have their own rope base).
+ */
+static void test_driver_identity(const char *quantfs, const char *arch)
 {
 	char dir[] = "/tmp/qfdrv.XXXXXX", cmd[512];
 	struct qf_tf_config c;
@@ -221,8 +225,8 @@ static void test_driver_identity(const char *quantfs)
 
 	if (!mkdtemp(dir))
 		return;
-	snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m --layers 3 --seed 5",
-		 quantfs, dir);
+	snprintf(cmd, sizeof(cmd), "%s mkmodel %s/m --layers 3 --seed 5 %s",
+		 quantfs, dir, arch);
 	CHECK(system(cmd), ==, 0);
 	snprintf(cmd, sizeof(cmd), "%s/m", dir);
 	CHECK(qf_model_open(cmd, &m), ==, 0);
@@ -512,7 +516,9 @@ int main(int argc, char **argv)
 	test_stats();
 	test_hash();
 	if (argc > 1)
-		test_driver_identity(argv[1]);
+		test_driver_identity(argv[1], "");
+	if (argc > 1)
+		test_driver_identity(argv[1], "--arch gemma3_text");
 	if (argc > 1)
 		test_awq_fold(argv[1]);
 #ifdef __SANITIZE_ADDRESS__
