@@ -17,10 +17,10 @@ two products) and of X^T X of its four distinct inputs, at the SGEMM rate
 bench_backend measures in the same run (both cores); printed with the
 ratio of the wall time to it.  --variant times another calibrated
 variant (awq_w4_g128, or mixed_b4.5 for the mixed sensitivity pass)
-against the same floor; --chunk sets the mount's calib_chunk.
+against the same floor; --mem sets the mount's calib_mem.
 
 usage: bench/gptq_scale.py [--quantfs PATH] [--layers N] [--calib FILE]
-                           [--keep DIR] [--variant NAME] [--chunk SIZE]
+                           [--keep DIR] [--variant NAME] [--mem SIZE]
 """
 import argparse
 import os
@@ -92,7 +92,7 @@ def main():
         here, "..", "..", "shared", "data", "text", "english", "calib.txt"))
     ap.add_argument("--keep", help="reuse/keep the model and cache here")
     ap.add_argument("--variant", default="gptq_w4_g128")
-    ap.add_argument("--chunk", help="the mount's calib_chunk")
+    ap.add_argument("--mem", help="the mount's calib_mem")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
     work = a.keep or tempfile.mkdtemp(prefix="qfgptq.")
@@ -104,8 +104,8 @@ def main():
                        "--head-dim", HD, "--vocab", VOCAB, "--tie")
     cache = tempfile.mkdtemp(prefix="cache.", dir=work)
     opts = ["calib_n=128", "calib_len=512"]
-    if a.chunk:
-        opts.append("calib_chunk=" + a.chunk)
+    if a.mem:
+        opts.append("calib_mem=" + a.mem)
     if os.path.exists(a.calib):
         opts.append("calib=" + os.path.abspath(a.calib))
     rel = os.path.join(os.path.basename(model), a.variant,

@@ -24,8 +24,8 @@ struct qf_fs_opts {
 	int calib_n;			/* sequences (default 32) */
 	int calib_len;			/* tokens per sequence (default 256) */
 	uint64_t calib_seed;		/* sampled sets (default 0) */
-	uint64_t calib_chunk;		/* bytes of a forward's activations
-					 * in calibration, 0: 512 MiB */
+	uint64_t calib_mem;		/* bytes of calibration's activations,
+					 * 0: 3 GiB (qf_calib_chunk_seqs) */
 	int max_jobs;			/* concurrent calibrated jobs, 0: 1 */
 	int max_productions;		/* RTN groups, GGUF tensors, setups
 					 * at once; 0: one per CPU */

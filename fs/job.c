@@ -280,8 +280,8 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 {
 	struct qf_var *var = j->var;
 	struct qf_calib_ops ops = { .stats_seconds = &j->stats_s,
-				    .chunk_bytes = (int64_t)
-						   j->fs->o.calib_chunk };
+				    .mem_bytes = (int64_t)
+						   j->fs->o.calib_mem };
 	int ret;
 
 	qf_job_layer_ops(&var->v->spec, &ops);
@@ -306,11 +306,11 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	}
 	if (!ret && !j->c.moe && !ops.block) {
 		int cn = qf_calib_chunk_seqs(&j->c, cs->nseq, cs->seqlen,
-					     ops.chunk_bytes);
+					     ops.mem_bytes);
 
 		if (cn < cs->nseq)
 			qf_info("%s/%s: %d calibration sequences in chunks of "
-				"%d (calib_chunk)", var->mdl->name,
+				"%d (calib_mem)", var->mdl->name,
 				var->v->name, cs->nseq, cn);
 	}
 	pthread_mutex_lock(&var->lock);

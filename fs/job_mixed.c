@@ -231,7 +231,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		.whole_layer = true,
 		.quantize = cb_sens,
 		.layer_done = sens_done,
-		.chunk_bytes = (int64_t)fs->o.calib_chunk,
+		.mem_bytes = (int64_t)fs->o.calib_mem,
 		.unchanged = true,	/* cb_sens measures, changes nothing */
 	};
 	const void *p;

@@ -526,17 +526,21 @@ static int expert_hook(void *arg, int layer, int e, enum qf_moe_linear k,
 /* streamed layers: the calibration tokens in chunks of sequences      */
 
 /*
- * Sequences per chunk: as many as keep the forward's scratch and a
- * chunk's copy within ops->chunk_bytes (QF_CALIB_CHUNK_BYTES when 0).
+ * Sequences per chunk: all of them when the activations of one pass over
+ * every token (the layer's input twice and the forward's scratch) fit in
+ * mem_bytes (QF_CALIB_MEM_BYTES when 0), no pass is repeated then; else
+ * as many as keep a chunk's scratch and copy within a sixth of it.
  */
 int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
-			int64_t chunk_bytes)
+			int64_t mem_bytes)
 {
-	int64_t per = qf_tf_layer_scratch_bytes(c, seqlen) +
-		      (int64_t)sizeof(float) * c->hidden * seqlen;
-	int64_t n = (chunk_bytes > 0 ? chunk_bytes : QF_CALIB_CHUNK_BYTES) /
-		    per;
+	int64_t mem = mem_bytes > 0 ? mem_bytes : QF_CALIB_MEM_BYTES;
+	int64_t row = (int64_t)sizeof(float) * c->hidden * seqlen;
+	int64_t per = qf_tf_layer_scratch_bytes(c, seqlen) + row;
+	int64_t n = mem / 6 / per;
 
+	if ((per + row) * nseq <= mem)
+		return nseq;
 	return n < 1 ? 1 : n > nseq ? nseq : (int)n;
 }
 
@@ -683,7 +687,7 @@ static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
 	float *xq = malloc(bytes), *y = malloc(bytes);
 	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
 			    .cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
-						      ops->chunk_bytes),
+						      ops->mem_bytes),
 			    .ops = ops, .arg = arg };
 	int l, ret;
 
@@ -781,7 +785,7 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
 	int cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
-				     ops->chunk_bytes);
+				     ops->mem_bytes);
 	/* streamed: dense models, unless all of it fits one true
 	 * sequential pass */
 	bool stream = !c->moe && (cn < cs->nseq || !ops->sequential);

@@ -90,7 +90,7 @@ void qf_lin_stats_free(struct qf_lin_stats *s);
  *
  * Memory: one layer's fp32 weights, the stage's statistics, the
  * activations [nseq * seqlen, hidden] once, and the forward's scratch of
- * one chunk of sequences (ops->chunk_bytes).  When the sequences need
+ * one chunk of sequences (ops->mem_bytes).  When the sequences need
  * more than one chunk, true sequential runs a pass over the chunks per
  * stage (the attention and the MLP's gate/up twice).  When all fit in
  * one chunk, or the model has MoE layers (an expert's statistics need
@@ -160,13 +160,13 @@ struct qf_calib_ops {
 	int (*quantize_moe)(void *arg, int layer, struct qf_tf_layer *ly,
 			    const float *xn, int64_t ntok);
 	/*
-	 * Bytes of activations one forward call may hold (0:
-	 * QF_CALIB_CHUNK_BYTES): the tokens go through a dense layer in
-	 * chunks of the sequences that fit (qf_calib_chunk_seqs), so the
-	 * memory of calibration does not grow with the intermediate width
-	 * times the tokens.  See qf_calib_run.
+	 * Bytes of activations calibration may hold (0:
+	 * QF_CALIB_MEM_BYTES): beyond one pass over all tokens, the tokens
+	 * go through a dense layer in chunks of the sequences that fit
+	 * (qf_calib_chunk_seqs), so the memory of calibration does not grow
+	 * with the intermediate width times the tokens.  See qf_calib_run.
 	 */
-	int64_t chunk_bytes;
+	int64_t mem_bytes;
 	/*
 	 * quantize() leaves the weights as they are (kq's importance
 	 * matrix and GPTQ factors, mixed precision's sensitivities): a
@@ -176,11 +176,11 @@ struct qf_calib_ops {
 	bool unchanged;
 };
 
-#define QF_CALIB_CHUNK_BYTES ((int64_t)512 << 20)
-/* Sequences of seqlen tokens per chunk within chunk_bytes (at least 1,
- * at most nseq). */
+#define QF_CALIB_MEM_BYTES ((int64_t)3 << 30)
+/* Sequences of seqlen tokens per chunk within mem_bytes (at least 1, at
+ * most nseq: see calib.c). */
 int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
-			int64_t chunk_bytes);
+			int64_t mem_bytes);
 /*
  * The few-token rule's down inputs: silu(x Wg^T) * (x Wu^T) of every
  * row of x [ntok, hidden] with an expert's gate/up w (qf_tf_moe_weights)

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Streamed calibration (issue #23): the calibration tokens go through each
-layer in chunks of sequences (-o calib_chunk).  On the real 5M model, GPTQ
+layer in chunks of sequences (-o calib_mem).  On the real 5M model, GPTQ
 (true sequential: one pass per stage), AWQ (one pass for all statistics)
 and BRECQ produced a sequence at a time give the bytes they give in one
 chunk: X^T X is summed a sequence at a time in both, and the forward's
@@ -26,8 +26,8 @@ def test_chunked_equals_one_pass():
                                     "calib.txt"), "calib_n=16",
             "brecq_iters=20"]
     got = {}
-    for chunk in ("", "1M"):
-        opts = base + (["calib_chunk=" + chunk] if chunk else [])
+    for chunk in ("", "6M"):
+        opts = base + (["calib_mem=" + chunk] if chunk else [])
         with Mount(models, cache=tempfile.mkdtemp(prefix="qfsc."),
                    opts=opts) as m:
             for v in ("gptq_w4_g128", "awq_w4_g128", "brecq_w4_g64_attn6"):
@@ -35,9 +35,9 @@ def test_chunked_equals_one_pass():
                     m.mnt, "tinystories-llama-5m", v, "model.safetensors"))
             log = m.stderr()
         streamed = "16 calibration sequences in chunks of 1 " in log
-        assert streamed == (chunk == "1M"), log
+        assert streamed == (chunk == "6M"), log
     for v in ("gptq_w4_g128", "awq_w4_g128", "brecq_w4_g64_attn6"):
-        assert got["", v] == got["1M", v], v
+        assert got["", v] == got["6M", v], v
     print("     gptq, awq, brecq: the same bytes in 1 and 16 chunks")
 
 

@@ -256,7 +256,7 @@ static void test_driver_identity(const char *quantfs, const char *arch)
 					    .sequential = seq & 1,
 					    .quantize = ident_quantize,
 					    .layer_done = ident_done,
-					    .chunk_bytes = seq & 2 ? 1 : 0 };
+					    .mem_bytes = seq & 2 ? 1 : 0 };
 
 		CHECK(qf_calib_run(m, &c, &cs, &ops, &id), ==, 0);
 		CHECK(id.calls, ==, 3 * 4);
@@ -331,8 +331,8 @@ static void test_stream_memory(const char *quantfs)
 		/* true sequential, no X^T X: what remains is activations */
 		struct qf_calib_ops ops = { .sequential = true,
 					    .quantize = noop_quantize,
-					    .chunk_bytes = i ? 0 : 4 << 20 };
-		int cn = qf_calib_chunk_seqs(&c, 64, 128, ops.chunk_bytes);
+					    .mem_bytes = i ? 0 : 4 << 20 };
+		int cn = qf_calib_chunk_seqs(&c, 64, 128, ops.mem_bytes);
 
 		vm_kb(NULL, true);
 		base = vm_kb("VmRSS", false);
@@ -348,8 +348,10 @@ static void test_stream_memory(const char *quantfs)
 			"peak +%ld KiB (streamed bound %ld KiB)\n", cn, peak[i],
 			bound);
 	}
-	CHECK(peak[0], <=, bound + 4096);	/* + allocator slack */
-	CHECK(peak[1], >, bound + 4096);
+	/* + half of it for the allocator: glibc keeps freed scratch below
+	 * its (raised) mmap threshold in the heap; one pass is 7x over */
+	CHECK(peak[0], <=, bound + bound / 2);
+	CHECK(peak[1], >, 3 * bound);
 	qf_calib_free(&cs);
 	qf_model_close(m);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
