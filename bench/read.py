@@ -110,6 +110,19 @@ def io_info(path):
     return json.loads(os.getxattr(path, "user.quantfs.io"))
 
 
+def bench_model(work):
+    """The generated bf16 Llama both read benches use: WORK/models and
+    the model's directory in it (made once, kept with --keep)."""
+    src = os.path.join(work, "models")
+    model = os.path.join(src, "bench-llama")
+    if not os.path.exists(os.path.join(model, "model.safetensors")):
+        print("generating a 0.94 GB bf16 model ...", flush=True)
+        qftest.mkmodel(model, "--hidden", 2048, "--inter", 5632,
+                       "--layers", 10, "--heads", 16, "--kv-heads", 8,
+                       "--vocab", 512)
+    return src, model
+
+
 def cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         v = f.read().rsplit(")", 1)[1].split()
@@ -191,13 +204,7 @@ def main():
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
     work = a.keep or tempfile.mkdtemp(prefix="qfbench.")
-    src = os.path.join(work, "models")
-    model = os.path.join(src, "bench-llama")
-    if not os.path.exists(os.path.join(model, "model.safetensors")):
-        print("generating a 0.94 GB bf16 model ...", flush=True)
-        qftest.mkmodel(model, "--hidden", 2048, "--inter", 5632,
-                       "--layers", 10, "--heads", 16, "--kv-heads", 8,
-                       "--vocab", 512)
+    src, model = bench_model(work)
     cache = os.path.join(work, "cache")
     opts = [o for o in a.opts.split(",") if o]
     rel = os.path.join("bench-llama", a.variant, "model.safetensors")

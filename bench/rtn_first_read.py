@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests",
                                 "mount"))
 import qftest  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from read import read_all, cpu_s  # noqa: E402  (bench/read.py)
+from read import bench_model, read_all, cpu_s  # noqa: E402  (bench/read.py)
 
 CHUNK = 1 << 20
 
@@ -206,13 +206,7 @@ def main():
         os.path.dirname(os.path.dirname(qftest.QUANTFS)), "bench",
         "bench_rtn")
     work = a.keep or tempfile.mkdtemp(prefix="qfbench.")
-    src = os.path.join(work, "models")
-    model = os.path.join(src, "bench-llama")
-    if not os.path.exists(os.path.join(model, "model.safetensors")):
-        print("generating a 0.95 GB bf16 model ...", flush=True)
-        qftest.mkmodel(model, "--hidden", 2048, "--inter", 5632,
-                       "--layers", 10, "--heads", 16, "--kv-heads", 8,
-                       "--vocab", 512)
+    src, model = bench_model(work)
     weights = os.path.join(model, "model.safetensors")
     read_all(weights, bytearray(CHUNK))     # hot in the page cache
     runs, plain, kern, sha, known = [], [], [], [], []
