@@ -179,6 +179,11 @@ struct stage {
 	int n;
 };
 
+/* Every linear of a dense layer, for whole-layer quantizers. */
+static const enum qf_tf_linear all_linears[QF_TF_NLINEAR] = {
+	QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE, QF_TF_UP, QF_TF_DOWN,
+};
+
 /* A layer's stages, each with the linears that share an input. */
 static const struct stage layer_stages[] = {
 	{ stage_qkv, 3 }, { stage_o, 1 }, { stage_gu, 2 }, { stage_down, 1 },
@@ -368,12 +373,8 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
 				    stats);
 	if (ops->whole_layer && !ret) {
-		static const enum qf_tf_linear all[QF_TF_NLINEAR] = {
-			QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O, QF_TF_GATE,
-			QF_TF_UP, QF_TF_DOWN,
-		};
-
-		ret = ops->quantize(arg, l, ly, all, QF_TF_NLINEAR, stats);
+		ret = ops->quantize(arg, l, ly, all_linears, QF_TF_NLINEAR,
+				    stats);
 	}
 	for (s = 0; s < nstages && !ret && !ops->whole_layer; s++)
 		ret = ops->quantize(arg, l, ly, stages[s].lin, stages[s].n,
@@ -599,9 +600,7 @@ static int stream_quantize(const struct stream *s, const struct stage *st,
 		ret = share_stats(&st[i], stats);
 	}
 	if (!ret && s->ops->whole_layer)
-		ret = s->ops->quantize(s->arg, s->l, s->ly, (enum qf_tf_linear[])
-				       { QF_TF_Q, QF_TF_K, QF_TF_V, QF_TF_O,
-					 QF_TF_GATE, QF_TF_UP, QF_TF_DOWN },
+		ret = s->ops->quantize(s->arg, s->l, s->ly, all_linears,
 				       QF_TF_NLINEAR, stats);
 	for (i = 0; i < n && !ret && !s->ops->whole_layer; i++)
 		ret = s->ops->quantize(s->arg, s->l, s->ly, st[i].lin,

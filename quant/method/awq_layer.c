@@ -84,11 +84,11 @@ static double rel_err(const float *w, const float *w2, int64_t out,
  * in the scaled domain against *w0 (the weights before clipping), which
  * is freed.
  */
-static int quantized(const struct qf_tf_config *c, struct qf_tf_layer *ly,
-		     int k, const struct qf_awq_opts *o,
-		     struct qf_awq_linear_res *lr,
-		     const struct qf_lin_stats *stats, const float *zero,
-		     float **w0)
+static void quantized(const struct qf_tf_config *c, struct qf_tf_layer *ly,
+		      int k, const struct qf_awq_opts *o,
+		      struct qf_awq_linear_res *lr,
+		      const struct qf_lin_stats *stats, const float *zero,
+		      float **w0)
 {
 	int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
@@ -97,7 +97,6 @@ static int quantized(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	lr->loss = rel_err(*w0, ly->w[k], out, in, stats[k].h, zero);
 	free(*w0);
 	*w0 = NULL;
-	return 0;
 }
 
 struct scale_group {
@@ -311,7 +310,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		/* final unless ReFlip changes q/k below: dequantized now,
 		 * so one copy of a weight is kept at a time */
 		if (!ret && k != QF_TF_Q && k != QF_TF_K)
-			ret = quantized(c, ly, k, o, lr, stats, zero, &w0[k]);
+			quantized(c, ly, k, o, lr, stats, zero, &w0[k]);
 	}
 
 	/* 4. ReFlip of q/k against the attention scores */
@@ -321,8 +320,8 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	/* 5. the quantized q and k */
 	for (k = QF_TF_Q; k <= QF_TF_K && !ret; k++)
 		if (qz[k])
-			ret = quantized(c, ly, k, o, &res->lin[k], stats, zero,
-					&w0[k]);
+			quantized(c, ly, k, o, &res->lin[k], stats, zero,
+				  &w0[k]);
 out_free:
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free(w0[k]);

@@ -198,6 +198,21 @@ static void work_free(struct gptq_work *k)
 	free(k->diag);
 }
 
+/* Each row of a [rows, n] in place: a[r][j] = a[r][p[j]] as it was. */
+static void permute_cols(float *a, int64_t rows, int64_t n, const int64_t *p,
+			 float *row)
+{
+	int64_t r, j;
+
+	for (r = 0; r < rows; r++) {
+		float *ar = a + r * n;
+
+		for (j = 0; j < n; j++)
+			row[j] = ar[p[j]];
+		memcpy(ar, row, (size_t)n * sizeof(*ar));
+	}
+}
+
 /*
  * a [n, n] := P a P^T in place, a[i][j] = a[p[i]][p[j]] as it was: the
  * rows along the permutation's cycles, then each row's columns.  Moves
@@ -218,13 +233,7 @@ static void sym_permute(float *a, int64_t n, const int64_t *p, float *row,
 			memcpy(a + j * n, a + p[j] * n, rb);
 		memcpy(a + j * n, row, rb);
 	}
-	for (i = 0; i < n; i++) {
-		float *r = a + i * n;
-
-		for (j = 0; j < n; j++)
-			row[j] = r[p[j]];
-		memcpy(r, row, rb);
-	}
+	permute_cols(a, n, n, p, row);
 }
 
 /*
@@ -289,13 +298,7 @@ static int gptq_prepare(struct gptq_work *k, float *w, float *h)
 	if (o->act_order)
 		qsort_r(k->perm, (size_t)in, sizeof(*k->perm), cmp_diag_desc,
 			k->diag);
-	for (r = 0; r < out; r++) {	/* in place, a row at a time */
-		float *row = w + r * in;
-
-		for (j = 0; j < in; j++)
-			k->row[j] = row[k->perm[j]];
-		memcpy(row, k->row, (size_t)in * sizeof(*row));
-	}
+	permute_cols(w, out, in, k->perm, k->row);	/* in place */
 	k->wp = w;
 	sym_permute(h, in, k->perm, k->row, k->seen);
 	k->hp = h;

@@ -97,15 +97,22 @@ static void test_hash(void)
 	qf_calib_free(&cs);
 }
 
-/* RssAnon of this process, in KiB. */
-static long rss_anon(void)
+/*
+ * key (VmHWM, RssAnon, ...) of this process's status in KiB; with reset,
+ * VmHWM is reset instead (clear_refs 5).
+ */
+static long vm_kb(const char *key, bool reset)
 {
-	FILE *f = fopen("/proc/self/status", "r");
+	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
+			reset ? "w" : "r");
 	char line[256];
 	long v = -1;
 
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld", &v) == 1)
+	if (f && reset)
+		fputs("5", f);
+	while (f && !reset && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), ": %ld", &v) == 1)
 			break;
 	if (f)
 		fclose(f);
@@ -122,7 +129,7 @@ static int probe_quantize(void *arg, int layer, struct qf_tf_layer *ly,
 			  struct qf_lin_stats *stats)
 {
 	struct mem_probe *m = arg;
-	long r = rss_anon();
+	long r = vm_kb("RssAnon", false);
 
 	(void)layer, (void)ly, (void)lin, (void)n, (void)stats;
 	m->peak = r > m->peak ? r : m->peak;
@@ -155,7 +162,7 @@ static void test_memory_bound(const char *quantfs)
 	cs.ids = malloc(8 * 128 * sizeof(*cs.ids));
 	for (i = 0; i < 8 * 128; i++)
 		cs.ids[i] = (i * 37) % 512;
-	base = rss_anon();
+	base = vm_kb("RssAnon", false);
 	CHECK(qf_calib_run(m, &c, &cs, &ops, &mp), ==, 0);
 	CHECK(mp.calls, ==, 16 * 4);	/* 4 true-sequential stages */
 	layer_kb = (long)(4 * 512 * 512 + 3 * 512 * 1536) * 4 / 1024;
@@ -269,25 +276,6 @@ static void test_driver_identity(const char *quantfs, const char *arch)
 	qf_model_close(m);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd), ==, 0);
-}
-
-/* VmHWM of this process after resetting it (clear_refs 5), in KiB. */
-static long vm_kb(const char *key, bool reset)
-{
-	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
-			reset ? "w" : "r");
-	char line[256];
-	long v = -1;
-
-	if (f && reset)
-		fputs("5", f);
-	while (f && !reset && fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)) &&
-		    sscanf(line + strlen(key), ": %ld", &v) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return v;
 }
 
 static int noop_quantize(void *arg, int layer, struct qf_tf_layer *ly,
