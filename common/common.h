@@ -77,6 +77,10 @@ char *qf_buf_detach(struct qf_buf *b, size_t *len);
  * -EINVAL or -EISDIR when not a regular file), appended to out.
  */
 int qf_read_file(const char *path, size_t max, struct qf_buf *out);
+/* Exactly len bytes at off (EINTR retried): 0, -errno, or -EIO for a
+ * file that ends before them (pread). */
+int qf_pread_all(int fd, void *p, size_t len, uint64_t off);
+int qf_pwrite_all(int fd, const void *p, size_t len, uint64_t off);
 
 /*
  * Files under SRC and calib_dir (srcfile.c): name is one path component in

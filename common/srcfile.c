@@ -14,6 +14,7 @@
  * O_NONBLOCK and must be regular: a FIFO planted in SRC cannot block the
  * daemon.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,4 +238,40 @@ int qf_read_file(const char *path, size_t max, struct qf_buf *out)
 		ret = read_fd(fd, &st, max, out);
 	close(fd);
 	return ret;
+}
+
+int qf_pread_all(int fd, void *p, size_t len, uint64_t off)
+{
+	uint8_t *d = p;
+
+	while (len) {
+		ssize_t k = pread(fd, d, len, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		d += k;
+		len -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
+}
+
+int qf_pwrite_all(int fd, const void *p, size_t len, uint64_t off)
+{
+	const uint8_t *s = p;
+
+	while (len) {
+		ssize_t k = pwrite(fd, s, len, (off_t)off);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return k < 0 ? -errno : -EIO;
+		s += k;
+		len -= (size_t)k;
+		off += (uint64_t)k;
+	}
+	return 0;
 }

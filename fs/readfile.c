@@ -209,22 +209,6 @@ int qf_rf_id(int fd, struct qf_rf_id *id)
 	return ret;
 }
 
-static int pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
-{
-	while (len) {
-		ssize_t k = pwrite(fd, p, len, (off_t)off);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0)
-			return k < 0 ? -errno : -EIO;
-		p += k;
-		len -= (size_t)k;
-		off += (uint64_t)k;
-	}
-	return 0;
-}
-
 /* Bytes [off, end) of a variant's model.safetensors into dst. */
 static int weights_range(struct qf_fs *fs, struct qf_var *var, uint64_t off,
 			 uint64_t end, uint8_t *dst)
@@ -299,7 +283,7 @@ static int fill(struct qf_fs *fs, struct qf_node *n, int fd,
 		ret = qf_fs_stopping(fs) ? -EINTR :
 		      node_range(fs, n, off, end, chunk, &b);
 		if (!ret)
-			ret = pwrite_all(fd, chunk, end - off, off);
+			ret = qf_pwrite_all(fd, chunk, end - off, off);
 		if (!ret)
 			qf_sha256_update(&h, chunk, end - off);
 	}

@@ -59,25 +59,6 @@ static char *path_join(const char *dir, const char *name)
 	return qf_buf_detach(&b, NULL);
 }
 
-/* pwrite exactly n bytes at off. */
-static int write_at(int fd, const void *p, size_t n, uint64_t off)
-{
-	const char *s = p;
-	ssize_t k;
-
-	while (n) {
-		k = pwrite(fd, s, n, (off_t)off);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		s += k;
-		n -= (size_t)k;
-		off += (uint64_t)k;
-	}
-	return 0;
-}
-
 static int write_file(const char *dir, const char *name, const void *p,
 		      size_t n)
 {
@@ -90,7 +71,7 @@ static int write_file(const char *dir, const char *name, const void *p,
 	free(path);
 	if (fd < 0)
 		return -errno;
-	ret = write_at(fd, p, n, 0);
+	ret = qf_pwrite_all(fd, p, n, 0);
 	if (close(fd) < 0 && !ret)
 		ret = -errno;
 	return ret;
@@ -274,7 +255,7 @@ static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 					     two ? cols : 1, hd, true);
 			x = tmp;
 		}
-		ret = write_at(fd, x, (size_t)(nr * cols) * sizeof(*x),
+		ret = qf_pwrite_all(fd, x, (size_t)(nr * cols) * sizeof(*x),
 			       off + (uint64_t)(r0 * cols) * sizeof(*x));
 	}
 out_free:
@@ -318,7 +299,7 @@ static int write_weights(const struct qf_gguf_file *g, struct src *s,
 		ret = -errno;
 		goto out_free;
 	}
-	ret = write_at(fd, hdr.data, hdr.len, 0);
+	ret = qf_pwrite_all(fd, hdr.data, hdr.len, 0);
 	for (i = 0; i < n && !ret; i++)
 		ret = write_tensor(g, e[i].user, fd, hdr.len + e[i].begin,
 				   why);
