@@ -13,6 +13,7 @@
  * view copies.  This file is the job's side too (gguf_view.c calls var.c,
  * which starts the job: the job may not call it back).
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,35 +113,67 @@ bool qf_kq_head(const struct qf_gguf_plan *p)
 	return false;
 }
 
+/* One tensor's encoding, in a thread of its own. */
+struct enc {
+	const struct qf_model *m;
+	const struct qf_gguf_plan *p;
+	size_t i;
+	const float *imp, *u;
+	void *dst;
+	int ret;
+	pthread_t th;
+	bool thread;
+};
+
+static void *enc_main(void *arg)
+{
+	struct enc *e = arg;
+
+	/* the plain encoder where u is NULL or the type has no GPTQ: the
+	 * bytes the view would make */
+	e->ret = qf_gguf_produce_gptq(e->m, e->p, e->i, e->imp, e->u, e->dst);
+	return NULL;
+}
+
 int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
 		 int l, const float *imat, float *const *u,
 		 char (*name)[QF_KQ_NAME], void **buf,
 		 struct qf_cache_item *items, size_t *n)
 {
+	struct enc e[QF_TF_NLINEAR + 1];
 	size_t i, off;
-	int k = 0, tl, lin, ret = 0;
+	int k, ne = 0, tl, lin, ret = 0;
 
 	for (i = 0; i < p->nt && !ret; i++) {
 		const struct qf_gguf_tensor *t = &p->t[i];
 
 		if (!qf_kq_job_tensor(p, t, &tl, &lin, &off) || tl != l)
 			continue;
-		if (k > QF_TF_NLINEAR)
+		if (ne > QF_TF_NLINEAR)
 			return QF_ECORRUPT;	/* more than a layer has */
-		free(buf[k]);
-		if (!(buf[k] = malloc(t->nbytes ? t->nbytes : 1)))
+		free(buf[ne]);
+		if (!(buf[ne] = malloc(t->nbytes ? t->nbytes : 1)))
 			return -ENOMEM;
-		qf_kq_item_name(t, name[k], QF_KQ_NAME);
-		/* the plain encoder where u is NULL or t's type has no
-		 * GPTQ: the bytes the view would make */
-		ret = qf_gguf_produce_gptq(m, p, i, lin < QF_TF_NLINEAR ?
-					   imat + off : NULL,
-					   u[lin < QF_TF_NLINEAR ?
-					     qf_kq_u_owner(lin) :
-					     QF_TF_NLINEAR], buf[k]);
-		items[(*n)++] = (struct qf_cache_item){ name[k], buf[k],
+		qf_kq_item_name(t, name[ne], QF_KQ_NAME);
+		e[ne] = (struct enc){ .m = m, .p = p, .i = i, .dst = buf[ne],
+			.imp = lin < QF_TF_NLINEAR ? imat + off : NULL,
+			.u = u[lin < QF_TF_NLINEAR ? qf_kq_u_owner(lin) :
+			       QF_TF_NLINEAR] };
+		items[(*n)++] = (struct qf_cache_item){ name[ne], buf[ne],
 							t->nbytes };
-		k++;
+		ne++;
+	}
+	/* the tensors are independent: all at once (the same bytes) */
+	for (k = 0; k < ne; k++)
+		e[k].thread = pthread_create(&e[k].th, NULL, enc_main,
+					     &e[k]) == 0;
+	for (k = 0; k < ne; k++) {
+		if (e[k].thread)
+			pthread_join(e[k].th, NULL);
+		else
+			enc_main(&e[k]);
+		if (!ret)
+			ret = e[k].ret;
 	}
 	return ret;
 }
