@@ -405,14 +405,13 @@ int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
  */
 size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
 /*
- * kq's GPTQ factors (the view's Q4_K / Q6_K encoder): one per distinct
- * input, "__kqu__.<layer>.<owner>", U [in, in] upper of the damped inverse
+ * kq's GPTQ factors (the Q4_K / Q6_K encoder's, in the calibration job's
+ * memory): one per distinct input, U [in, in] upper of the damped inverse
  * Hessian; q, k, v read q's, gate and up read gate's; lin QF_TF_NLINEAR
  * with the last layer: the head's (output.weight), its input the final
  * norm's output.
  */
 enum qf_tf_linear qf_kq_u_owner(enum qf_tf_linear lin);
-void qf_kq_u_name(int layer, enum qf_tf_linear lin, char *buf, size_t cap);
 /* Offset of linear lin's channels in it. */
 size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
 /*
