@@ -13,28 +13,25 @@ tinystories/calib.txt, one mount reads both views:
   * both views come from the same calibration set: every tensor both
     encode on the same type (Q6_K's output.weight and attn_v / ffn_down
     in kq4_k_m's Q6_K layers, the F32 norms) has the same bytes in both;
-    their linears decode close to the source (relative error of the
-    weights below Q4_K's / Q6_K's rounding bound);
+    their linears decode close to the source weights (relative error
+    below 0.2 and 0.05: 0.13 and 0.03 at most here);
   * with the view's own tensors evicted (`quantfs cache rm` of its id)
     a read produces them again from the job's stored encodings: the same
     bytes, and the job does not run again.
 """
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ggufnp  # noqa: E402
 import stread  # noqa: E402
-from qftest import Mount, run_tests, QUANTFS, SHARED, SkipTest  # noqa: E402
+from qftest import Mount, run_tests, QUANTFS, SHARED, real_model  # noqa: E402
 
-WORK = tempfile.mkdtemp(prefix="qf-kqdisk.")
 VIEWS = ("kq4_k_m", "kq6_k")
 LIN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
        "down_proj")
@@ -55,11 +52,8 @@ def read(path):
 
 def test_kq_job_stores_encodings_not_factors():
     base = os.path.join(SHARED, "data")
-    model = os.path.join(base, "models", "tinystories-llama-5m")
-    if not os.path.exists(model):
-        raise SkipTest("../shared/data is absent")
+    model, cfg = real_model()
     src, _ = stread.read_st(os.path.join(model, "model.safetensors"))
-    cfg = json.load(open(os.path.join(model, "config.json")))
     nl, hid = cfg["num_hidden_layers"], cfg["hidden_size"]
     lin = [n for n in src if n.startswith("model.layers.") and
            n.split(".")[-2] in LIN] + ["lm_head.weight"]
@@ -86,7 +80,7 @@ def test_kq_job_stores_encodings_not_factors():
 
         g = {v: ggufnp.File(os.path.join(d, v, "model.gguf")) for v in VIEWS}
         same = 0
-        for name, (t4, ne, off4) in g["kq4_k_m"].tensors.items():
+        for name, (t4, _, off4) in g["kq4_k_m"].tensors.items():
             t6, _, off6 = g["kq6_k"].tensors[name]
             if t4 != t6 or (t4 != Q6_K and not name.endswith("norm.weight")):
                 continue
@@ -116,15 +110,11 @@ def test_kq_job_stores_encodings_not_factors():
         again = read(os.path.join(m2.mnt, "tinystories-llama-5m",
                                   "kq4_k_m", "model.gguf"))
         log = open(m2.log).read()
-    assert hashlib.sha256(again).digest() == \
-        hashlib.sha256(raw["kq4_k_m"]).digest()
+    assert again == raw["kq4_k_m"]
     assert "kq4_k_m/model.gguf ready" in log, log[-2000:]
     assert "kq4_k_m: layer 1/" not in log, log[-2000:]  # no layer ran
     shutil.rmtree(m.tmp, ignore_errors=True)
     shutil.rmtree(m2.tmp, ignore_errors=True)
 
 
-try:
-    run_tests(globals())
-finally:
-    shutil.rmtree(WORK, ignore_errors=True)
+run_tests(globals())
