@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fs_i.h"
 #include "gguf.h"
@@ -113,26 +114,93 @@ bool qf_kq_head(const struct qf_gguf_plan *p)
 	return false;
 }
 
-/* One tensor's encoding, in a thread of its own. */
-struct enc {
-	const struct qf_model *m;
-	const struct qf_gguf_plan *p;
+/* One piece of a layer's encoding: rows [r0, r1) of tensor i. */
+struct task {
 	size_t i;
+	int64_t r0, r1;
 	const float *imp, *u;
 	void *dst;
-	int ret;
-	pthread_t th;
-	bool thread;
+	double cost;			/* rows x in^2: the sweep's work */
 };
 
-static void *enc_main(void *arg)
-{
-	struct enc *e = arg;
+/* The layer's pieces, taken in turn by every thread. */
+struct work {
+	const struct qf_model *m;
+	const struct qf_gguf_plan *p;
+	struct task *task;
+	int ntask, next;		/* lock */
+	int ret;			/* lock: the first error */
+	pthread_mutex_t lock;
+};
 
-	/* the plain encoder where u is NULL or the type has no GPTQ: the
-	 * bytes the view would make */
-	e->ret = qf_gguf_produce_gptq(e->m, e->p, e->i, e->imp, e->u, e->dst);
-	return NULL;
+static void *worker(void *arg)
+{
+	struct work *w = arg;
+	const struct task *t;
+	int k, ret;
+
+	for (;;) {
+		pthread_mutex_lock(&w->lock);
+		k = w->ret ? w->ntask : w->next++;
+		pthread_mutex_unlock(&w->lock);
+		if (k >= w->ntask)
+			return NULL;
+		/* the plain encoder where u is NULL or the type has no
+		 * GPTQ: the bytes the view would make */
+		t = &w->task[k];
+		ret = qf_gguf_produce_gptq(w->m, w->p, t->i, t->r0, t->r1,
+					   t->imp, t->u, t->dst);
+		pthread_mutex_lock(&w->lock);
+		if (ret && !w->ret)
+			w->ret = ret;
+		pthread_mutex_unlock(&w->lock);
+	}
+}
+
+static int by_cost(const void *a, const void *b)
+{
+	const struct task *x = a, *y = b;
+
+	return (x->cost < y->cost) - (x->cost > y->cost);
+}
+
+/*
+ * Tensor i's rows in pieces for nth threads (whole heads where its rows
+ * are permuted), appended to w->task.
+ */
+static void split(struct work *w, size_t i, const float *imp,
+		  const float *u, void *dst, int nth)
+{
+	const struct qf_gguf_tensor *t = &w->p->t[i];
+	int64_t rows = t->ne[1], hd = 1, step, r;
+
+	if (t->permute_heads)
+		hd = rows / t->permute_heads;
+	step = (rows + nth - 1) / nth;
+	step = (step + hd - 1) / hd * hd;
+	for (r = 0; r < rows; r += step)
+		w->task[w->ntask++] = (struct task){ i, r, r + step < rows ?
+			r + step : rows, imp, u, dst,
+			(double)(r + step < rows ? step : rows - r) *
+			(double)t->ne[0] * (double)t->ne[0] };
+}
+
+/* The pieces in the calling thread and nth - 1 more, largest first. */
+static int run(struct work *w, int nth)
+{
+	pthread_t th[64];
+	int k, n = 0;
+
+	qsort(w->task, (size_t)w->ntask, sizeof(*w->task), by_cost);
+	pthread_mutex_init(&w->lock, NULL);
+	for (k = 1; k < nth && k < w->ntask && n < 64; k++)
+		if (pthread_create(&th[n], NULL, worker, w) == 0)
+			n++;
+	worker(w);
+	for (k = 0; k < n; k++)
+		pthread_join(th[k], NULL);
+	pthread_mutex_destroy(&w->lock);
+	return w->ret;
 }
 
 int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
@@ -140,40 +208,40 @@ int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
 		 char (*name)[QF_KQ_NAME], void **buf,
 		 struct qf_cache_item *items, size_t *n)
 {
-	struct enc e[QF_TF_NLINEAR + 1];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int nth = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
+	struct work w = { .m = m, .p = p };
 	size_t i, off;
-	int k, ne = 0, tl, lin, ret = 0;
+	int ne = 0, tl, lin, ret;
 
-	for (i = 0; i < p->nt && !ret; i++) {
+	w.task = malloc((size_t)(QF_TF_NLINEAR + 1) * (size_t)nth *
+			sizeof(*w.task));
+	if (!w.task)
+		return -ENOMEM;
+	for (i = 0; i < p->nt; i++) {
 		const struct qf_gguf_tensor *t = &p->t[i];
 
 		if (!qf_kq_job_tensor(p, t, &tl, &lin, &off) || tl != l)
 			continue;
-		if (ne > QF_TF_NLINEAR)
+		if (ne > QF_TF_NLINEAR) {
+			free(w.task);
 			return QF_ECORRUPT;	/* more than a layer has */
+		}
 		free(buf[ne]);
-		if (!(buf[ne] = malloc(t->nbytes ? t->nbytes : 1)))
+		if (!(buf[ne] = malloc(t->nbytes ? t->nbytes : 1))) {
+			free(w.task);
 			return -ENOMEM;
+		}
 		qf_kq_item_name(t, name[ne], QF_KQ_NAME);
-		e[ne] = (struct enc){ .m = m, .p = p, .i = i, .dst = buf[ne],
-			.imp = lin < QF_TF_NLINEAR ? imat + off : NULL,
-			.u = u[lin < QF_TF_NLINEAR ? qf_kq_u_owner(lin) :
-			       QF_TF_NLINEAR] };
+		split(&w, i, lin < QF_TF_NLINEAR ? imat + off : NULL,
+		      u[lin < QF_TF_NLINEAR ? qf_kq_u_owner(lin) :
+			QF_TF_NLINEAR], buf[ne], nth);
 		items[(*n)++] = (struct qf_cache_item){ name[ne], buf[ne],
 							t->nbytes };
 		ne++;
 	}
-	/* the tensors are independent: all at once (the same bytes) */
-	for (k = 0; k < ne; k++)
-		e[k].thread = pthread_create(&e[k].th, NULL, enc_main,
-					     &e[k]) == 0;
-	for (k = 0; k < ne; k++) {
-		if (e[k].thread)
-			pthread_join(e[k].th, NULL);
-		else
-			enc_main(&e[k]);
-		if (!ret)
-			ret = e[k].ret;
-	}
+	/* rows are encoded independently: the same bytes in any split */
+	ret = run(&w, nth);
+	free(w.task);
 	return ret;
 }

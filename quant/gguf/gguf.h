@@ -250,11 +250,14 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
  * The same with GPTQ (qf_ggml_gptq_quantize) where u [ne[0] x ne[0]] is
  * given (U upper, U^T U the damped inverse Hessian of the tensor's input,
  * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
- * (u NULL, other types) as qf_gguf_produce.
+ * (u NULL, other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
+ * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
+ * a head's rows, ne[1] / permute_heads, when permuted): rows are encoded
+ * independently, so threads may share a tensor.
  */
 int qf_gguf_produce_gptq(const struct qf_model *m,
-			 const struct qf_gguf_plan *p, size_t i,
-			 const float *imp, const float *u, void *dst);
+			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
+			 int64_t r1, const float *imp, const float *u, void *dst);
 
 /* ------------------------------------------------------------------ */
 /* reader (gguf_read.c)                                               */
