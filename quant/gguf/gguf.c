@@ -956,6 +956,9 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 	if (i >= p->nt)
 		return -EINVAL;
 	t = &p->t[i];
+	if (r0 < 0 || r1 < 0 || (r1 && (t->ndim != 2 || r1 > t->ne[1] ||
+					r0 >= r1)) || (!r1 && r0))
+		return -EINVAL;		/* not rows of a 2-D tensor */
 	if (!t->src) {
 		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
 		if (!buf)

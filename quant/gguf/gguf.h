@@ -252,8 +252,8 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
  * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
  * (u NULL, other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
  * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
- * a head's rows, ne[1] / permute_heads, when permuted): rows are encoded
- * independently, so threads may share a tensor.
+ * a head's rows, ne[1] / permute_heads, when permuted; -EINVAL for other
+ * ranges): rows are encoded independently, so threads may share a tensor.
  */
 int qf_gguf_produce_gptq(const struct qf_model *m,
 			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
