@@ -18,19 +18,25 @@ tinystories/calib.txt, one mount reads both views:
   * with the view's own tensors evicted (`quantfs cache rm` of its id)
     a read produces them again from the job's stored encodings: the same
     bytes, and the job does not run again.
+And on a generated 6-layer model: a kq job killed (kill -9) after two
+layers resumes where it stopped, and the view has the bytes of an
+uninterrupted run (the layers before come from their stored encodings).
 """
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ggufnp  # noqa: E402
 import stread  # noqa: E402
-from qftest import Mount, run_tests, QUANTFS, SHARED, real_model  # noqa: E402
+from qftest import Mount, run_tests, QUANTFS, SHARED, real_model, \
+    mkmodel, sha  # noqa: E402
 
 VIEWS = ("kq4_k_m", "kq6_k")
 LIN = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -115,6 +121,38 @@ def test_kq_job_stores_encodings_not_factors():
     assert "kq4_k_m: layer 1/" not in log, log[-2000:]  # no layer ran
     shutil.rmtree(m.tmp, ignore_errors=True)
     shutil.rmtree(m2.tmp, ignore_errors=True)
+
+
+def test_kq_kill9_resume_same_bytes():
+    work = tempfile.mkdtemp(prefix="qf-kqdisk.")
+    mkmodel(os.path.join(work, "m"), "--layers", 6, "--hidden", 512,
+            "--inter", 1536, "--heads", 8, "--kv-heads", 2, "--seed", 5)
+    opts = ["calib=" + os.path.join(SHARED, "data", "text", "tinystories",
+                                    "calib.txt"), "calib_n=8", "calib_len=128"]
+    p = "m/kq4_k_m/model.gguf"
+    with Mount(work, opts=opts) as m:
+        want = sha(os.path.join(m.mnt, p))
+    cache = os.path.join(work, "cache")
+    m = Mount(work, cache=cache, opts=opts)
+    m.__enter__()
+    reader = subprocess.Popen(["cat", os.path.join(m.mnt, p)],
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while "kq4_k_m: layer 2/6 " not in m.stderr():
+        assert time.time() < deadline and m.proc.poll() is None, m.stderr()
+        time.sleep(0.02)
+    m.kill9()
+    reader.wait(timeout=30)
+    done = m.stderr().count("/kq4_k_m: layer ")
+    assert 2 <= done < 6, m.stderr()
+    with Mount(work, cache=cache, opts=opts) as m2:
+        assert sha(os.path.join(m2.mnt, p)) == want
+        log = m2.stderr()
+    assert "resuming at layer %d/6" % (done + 1) in log, log
+    assert log.count("/kq4_k_m: layer ") == 6 - done, log
+    for d in (work, m.tmp, m2.tmp):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 run_tests(globals())
