@@ -130,8 +130,8 @@ def test_kq_kill9_resume_same_bytes():
     opts = ["calib=" + os.path.join(SHARED, "data", "text", "tinystories",
                                     "calib.txt"), "calib_n=8", "calib_len=128"]
     p = "m/kq4_k_m/model.gguf"
-    with Mount(work, opts=opts) as m:
-        want = sha(os.path.join(m.mnt, p))
+    with Mount(work, opts=opts) as m0:
+        want = sha(os.path.join(m0.mnt, p))
     cache = os.path.join(work, "cache")
     m = Mount(work, cache=cache, opts=opts)
     m.__enter__()
@@ -151,7 +151,7 @@ def test_kq_kill9_resume_same_bytes():
         log = m2.stderr()
     assert "resuming at layer %d/6" % (done + 1) in log, log
     assert log.count("/kq4_k_m: layer ") == 6 - done, log
-    for d in (work, m.tmp, m2.tmp):
+    for d in (work, m0.tmp, m.tmp, m2.tmp):
         shutil.rmtree(d, ignore_errors=True)
 
 
