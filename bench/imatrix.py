@@ -22,9 +22,10 @@ fp32), the embedding, one forward pass per layer, the statistics (the
 channel sums of x^2 of the importance matrix, and X^T X), the GPTQ
 factors of the Hessians and the head's, and the LMDB commits; each view
 in a fresh mount with an empty cache, so nothing is reused. Not in it:
-the mount's start and the encoding of model.gguf after the pass (the
-GPTQ solve on the k-quant grids and the packing), printed apart as the
-first read of model.gguf minus the pass.
+the mount's start and the encoding of model.gguf (the GPTQ solve on the
+k-quant grids, which the job runs after each layer's pass and logs
+apart, and the packing), printed apart as the first read of model.gguf
+minus the pass.
 
 Threads: both sides use every online CPU (llama-imatrix -t N; quantfs's
 jobs always run BLAS on the online CPUs). llama-imatrix also runs with

@@ -463,6 +463,51 @@ const uint8_t *qf_gv_vid(const struct qf_gv *gv);
 const struct qf_buf *qf_gv_header(const struct qf_gv *gv);
 
 /*
+ * gguf_kq.c: a k-quant view and its calibration job (issue #24: the job
+ * encodes the linears that GPTQ needs a Hessian for, the view copies).
+ * qf_kq_types: the view's types of spec s into ty; returns the main one.
+ * qf_kq_plan: var's view's plan (as qf_gv_new's; logged on failure),
+ * the caller's to free (qf_gguf_plan_free).
+ */
+enum qf_ggml_type qf_kq_types(const struct qf_spec *s,
+			      struct qf_gguf_types *ty);
+int qf_kq_plan(const struct qf_var *var, struct qf_gguf_plan *p);
+/*
+ * Where t's importance sits in its layer's imatrix record: off[e] for
+ * each expert of a 3-D tensor, off[0] otherwise; *l its layer, *lin its
+ * dense linear (a fused tensor's first) or -1 (an expert's).  False for
+ * tensors outside the decoder layers' linears.
+ */
+bool qf_kq_tensor_off(const struct qf_tf_config *c,
+		      const struct qf_gguf_tensor *t, int *l, size_t *off,
+		      int *lin);
+/*
+ * t is one the job encodes: a dense linear of layer *l (*lin, *off as
+ * above) or output.weight (*l the last layer, *lin QF_TF_NLINEAR).
+ */
+bool qf_kq_job_tensor(const struct qf_gguf_plan *p,
+		      const struct qf_gguf_tensor *t, int *l, int *lin,
+		      size_t *off);
+#define QF_KQ_NAME 192			/* an encoded tensor's item name */
+/* The job's item of t: "__kqe__.<ggml type>.<tensor name>". */
+void qf_kq_item_name(const struct qf_gguf_tensor *t, char *buf, size_t cap);
+/* The plan has output.weight (its factor comes with the last layer). */
+bool qf_kq_head(const struct qf_gguf_plan *p);
+/*
+ * Layer l's job tensors of plan p (of model m) as the view serves them:
+ * GPTQ on their k-quant grid (qf_gguf_produce_gptq) with the layer's
+ * importance imat (qf_kq_imatrix_len floats) and the factors u
+ * [QF_TF_NLINEAR + 1] (at qf_kq_u_owner's linears, the head's last;
+ * NULL: the plain encoder), each into buf[k] (replaced; the caller
+ * frees) with its item (name[k]) at items[*n], *n advanced.  Returns 0,
+ * -ENOMEM, qf_gguf_produce_gptq's errors.
+ */
+int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
+		 int l, const float *imat, float *const *u,
+		 char (*name)[QF_KQ_NAME], void **buf,
+		 struct qf_cache_item *items, size_t *n);
+
+/*
  * pt.c: kernel passthrough of source files and of variant files
  * whose bytes are all cached.  An open asks qf_pt_open(): a backing id
  * (> 0) to put in the open reply, or 0 (the daemon serves this open);

@@ -10,10 +10,12 @@
  * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
  * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
  * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
- * per input channel of each linear) and, for the dense linears and
- * output.weight, by GPTQ with the factor of each one's Hessian, both
- * from the variant's calibration job (GPTQ on k-quant grids halved
- * llama.cpp's Q4_K_M's KL divergence, issue #24).
+ * per input channel of each linear) from the variant's calibration job;
+ * the dense linears and output.weight by GPTQ on those grids (it halved
+ * llama.cpp's Q4_K_M's KL divergence, issue #24), which needs each one's
+ * Hessian: the job runs that sweep itself (gguf_kq.c, with this view's
+ * plan) and stores the encoded bytes, which the view copies; the
+ * factors (60 MB a layer at Qwen3-0.6B's shapes) are never stored.
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read
@@ -122,7 +124,10 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	int ret, r;
 
 	if (var && var->v->spec.method == QF_METHOD_KQUANT)
-		q = var->v->spec.bits == 6 ? QF_GGML_Q6_K : QF_GGML_Q4_K;
+		q = qf_kq_types(&var->v->spec, &ty);
+	else
+		qf_gguf_types_uniform(&ty, source_type(var ? var->v->m :
+								 mdl->m));
 	if (!mdl->m || (var && q == QF_GGML_F32))
 		return QF_EUNSUPPORTED;
 	gv = calloc(1, sizeof(*gv));
@@ -132,7 +137,6 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	gv->var = var;
 	gv->bits = q == QF_GGML_Q4_0 ? 4 : q == QF_GGML_Q8_0 ? 8 : 0;
 	gv->kq = var && var->v->spec.method == QF_METHOD_KQUANT;
-	qf_gguf_types_uniform(&ty, gv->kq ? q : source_type(gv_src(gv)));
 	if (var && !gv->kq)
 		for (r = QF_GGUF_ROLE_ATTN_Q; r <= QF_GGUF_ROLE_FFN_DOWN; r++)
 			ty.w[r] = r <= QF_GGUF_ROLE_ATTN_OUT &&
@@ -140,7 +144,6 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 				  bits_type(var->v->spec.attn_bits) : q;
 	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
 		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
-	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
 	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
 	ret = qf_gguf_plan_init(gv_src(gv), &ty, &gv->plan, &why);
 	if (ret < 0) {
@@ -341,82 +344,37 @@ static size_t tensor_names(void *arg, size_t i, const char **names)
 	return 1;
 }
 
-/*
- * kq: where t's importance sits in its layer's record: off[e] for each
- * expert of a 3-D tensor, off[0] otherwise; false for tensors outside
- * the decoder layers' linears.
- */
-static bool imatrix_off(const struct qf_tf_config *c,
-			const struct qf_gguf_tensor *t, int *l, size_t *off,
-			int *lin)
-{
-	char want[160];
-	int64_t r0, rows, e;
-	int k;
-
-	*lin = -1;		/* an expert's: no GPTQ factor */
-	if (!t->src || sscanf(t->src->name, "model.layers.%d.", l) != 1)
-		return false;
-	for (k = 0; k < QF_TF_NLINEAR && t->ndim < 3; k++) {
-		/* a fused tensor: its first linear's inputs, which it reads */
-		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", *l,
-			 qf_tf_linear_tensor(c, k, &r0, &rows));
-		if (!strcmp(want, t->src->name)) {
-			off[0] = qf_kq_imatrix_off(c, k);
-			*lin = k;
-			return true;
-		}
-	}
-	for (k = 0; c->moe && k < QF_MOE_NLINEAR; k++) {
-		/* an expert's: the 3-D tensor's first, or the shared one */
-		e = t->ndim < 3 ? c->experts : 0;
-		qf_moe_expert_name(c, *l, (int)e, k, want, sizeof(want) - 8);
-		strcat(want, ".weight");
-		if (strcmp(want, t->src->name))
-			continue;
-		for (; e < (t->ndim < 3 ? c->experts + 1 : t->ne[2]); e++)
-			off[t->ndim < 3 ? 0 : e] =
-				qf_kq_imatrix_exp_off(c, (int)e, k);
-		return true;
-	}
-	return false;
-}
-
-/* kq: a copy of record name of the job's (a dense linear's GPTQ factor). */
-static int job_record(struct qf_fs *fs, struct qf_gv *gv, const char *name,
-		      size_t want, float **out)
+/* kq: tensor t's bytes as the job encoded them (it runs first if needed). */
+static int job_bytes(struct qf_fs *fs, struct qf_gv *gv,
+		     const struct qf_gguf_tensor *t, uint8_t *dst)
 {
 	struct qf_cache_txn *txn;
+	char name[QF_KQ_NAME];
 	const void *p;
 	size_t len;
-	int ret;
+	int ret = qf_var_results(fs, gv->var);
 
-	if (!(*out = malloc(want)))
-		return -ENOMEM;
-	ret = qf_cache_read_begin(fs->cache, &txn);
-	if (!ret) {
-		ret = qf_cache_get(txn, gv->var->vid, name, &p, &len);
-		if (!ret && len != want)
-			ret = QF_ECORRUPT;
-		if (!ret)
-			memcpy(*out, p, want);
-		qf_cache_read_end(txn);
-	}
-	if (ret < 0) {
-		free(*out);
-		*out = NULL;
-	}
+	qf_kq_item_name(t, name, sizeof(name));
+	if (!ret)
+		ret = qf_cache_read_begin(fs->cache, &txn);
+	if (ret < 0)
+		return ret;
+	ret = qf_cache_get(txn, gv->var->vid, name, &p, &len);
+	if (!ret && len != t->nbytes)
+		ret = QF_ECORRUPT;
+	if (!ret)
+		memcpy(dst, p, len);
+	qf_cache_read_end(txn);
 	return ret;
 }
 
 /*
  * kq: the importance of t's input channels ([ne[2] * ne[0]] for 3-D
- * expert tensors; NULL for tensors outside the decoder layers' linears)
- * and, for a dense linear's, the GPTQ factor of its input (*u [ne[0] x
- * ne[0]]), from the calibration job, which runs first if needed.
+ * expert tensors; NULL for tensors outside the decoder layers' linears),
+ * from the calibration job, which runs first if needed.
  */
 static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
-		   const struct qf_gguf_tensor *t, float **out, float **u)
+		   const struct qf_gguf_tensor *t, float **out)
 {
 	const struct qf_tf_config *c = &gv->plan.cfg;
 	int64_t ne = t->ndim < 3 ? 1 : t->ne[2], e;
@@ -427,18 +385,9 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 	int l, lin, ret;
 
 	*out = NULL;
-	*u = NULL;
 	if (!off)
 		return -ENOMEM;
-	if (!strcmp(t->name, "output.weight")) {  /* the head: its factor */
-		ret = qf_var_results(fs, gv->var);
-		qf_kq_u_name(c->layers - 1, QF_TF_NLINEAR, name, sizeof(name));
-		if (!ret)
-			ret = job_record(fs, gv, name, (size_t)(c->hidden *
-					 c->hidden) * sizeof(float), u);
-		goto out_off;
-	}
-	ret = imatrix_off(c, t, &l, off, &lin) ?
+	ret = qf_kq_tensor_off(c, t, &l, off, &lin) ?
 	      qf_var_results(fs, gv->var) : 1;
 	if (ret)	/* 1: none; < 0: the job failed */
 		goto out_off;
@@ -460,40 +409,45 @@ static int imatrix(struct qf_fs *fs, struct qf_gv *gv,
 		free(*out);
 		*out = NULL;
 	}
-	if (!ret && lin >= 0) {
-		qf_kq_u_name(l, lin, name, sizeof(name));
-		ret = job_record(fs, gv, name, (size_t)(t->ne[0] * t->ne[0]) *
-				 sizeof(float), u);
-	}
 out_off:
 	free(off);
 	return ret < 0 ? ret : 0;
 }
 
-/* flight: tensor i, repacked or encoded */
+/* Tensor i, repacked or encoded here, into buf. */
+static int encode(struct qf_fs *fs, struct qf_gv *gv, size_t i, uint8_t *buf)
+{
+	const struct qf_gguf_tensor *t = &gv->plan.t[i];
+	int gi = group_of(gv, t);
+	float *imp = NULL;
+	int ret = 0;
+
+	if (gv->kq)
+		ret = imatrix(fs, gv, t, &imp);
+	if (!ret && gv->var && !gv->kq && !gv->fit && t->ndim == 3)
+		ret = repack_experts(fs, gv, t, buf);
+	else if (!ret && gi >= 0 && !gv->fit)
+		ret = repack(fs, gv, gi, t, buf);
+	else if (!ret)
+		ret = qf_gguf_produce(gv_src(gv), &gv->plan, i, imp, buf);
+	free(imp);
+	return ret;
+}
+
+/* flight: tensor i, repacked or encoded, or as the kq job encoded it */
 static int produce(struct qf_fs *fs, void *arg, size_t i)
 {
 	struct qf_gv *gv = arg;
 	const struct qf_gguf_tensor *t = &gv->plan.t[i];
 	struct qf_cache_item it = { t->name, NULL, t->nbytes };
 	uint8_t *buf = malloc(t->nbytes ? t->nbytes : 1);
-	int gi = group_of(gv, t);
-	float *imp = NULL, *u = NULL;
-	int ret = 0;
+	size_t off;
+	int l, lin, ret;
 
 	if (!buf)
 		return -ENOMEM;
-	if (gv->kq)
-		ret = imatrix(fs, gv, t, &imp, &u);
-	if (!ret && gv->var && !gv->kq && !gv->fit && t->ndim == 3)
-		ret = repack_experts(fs, gv, t, buf);
-	else if (!ret && gi >= 0 && !gv->fit)
-		ret = repack(fs, gv, gi, t, buf);
-	else if (!ret)
-		ret = qf_gguf_produce_gptq(gv_src(gv), &gv->plan, i, imp, u,
-					   buf);
-	free(imp);
-	free(u);
+	ret = gv->kq && qf_kq_job_tensor(&gv->plan, t, &l, &lin, &off) ?
+	      job_bytes(fs, gv, t, buf) : encode(fs, gv, i, buf);
 	it.data = buf;
 	if (!ret)
 		ret = qf_fs_cache_put(fs, gv->vid, &it, 1);

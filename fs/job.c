@@ -342,17 +342,20 @@ static void job_report(const struct job *j, double total)
 
 /*
  * Where a k-quant job's time went: its calibration pass against
- * llama-imatrix's (bench/imatrix.py reads this line).  The view's GPTQ
- * solve on the k-quant grids comes later, when model.gguf is encoded.
+ * llama-imatrix's (bench/imatrix.py reads this line; the pass is all but
+ * the GPTQ sweeps on the k-quant grids, which the job runs too).
  */
 static void job_report_kq(const struct job *j, double total)
 {
+	double pass = total - j->kq_enc_s;
+
 	qf_info("%s/%s: calibration pass %.3f s: calibration set %.3f s, "
 		"X^T X and channel sums %.3f s, GPTQ factors and the head's "
 		"Hessian %.3f s, LMDB %.3f s, layer loads, forward passes and "
-		"the rest %.3f s", j->var->mdl->name, j->var->v->name, total,
-		j->calib_s, j->stats_s, j->kq_s, j->commit_s,
-		total - j->calib_s - j->stats_s - j->kq_s - j->commit_s);
+		"the rest %.3f s; then GPTQ on the k-quant grids %.3f s",
+		j->var->mdl->name, j->var->v->name, pass, j->calib_s,
+		j->stats_s, j->kq_s, j->commit_s, pass - j->calib_s -
+		j->stats_s - j->kq_s - j->commit_s, j->kq_enc_s);
 }
 
 static void job_free(struct job *j)
@@ -360,6 +363,9 @@ static void job_free(struct job *j)
 	qf_layer_res_free(&j->res, j->var->v->ng);
 	free(j->imat);
 	qf_job_kq_free(j);
+	if (j->kq_plan)
+		qf_gguf_plan_free(j->kq_plan);
+	free(j->kq_plan);
 	free(j->tokens);
 	free(j);
 }

@@ -67,6 +67,11 @@ struct job {
 	float *kq_u[QF_TF_NLINEAR + 1];	/* kq: this layer's GPTQ factors
 					 * (qf_kq_u_owner's linears; the
 					 * head's last, the last layer's) */
+	struct qf_gguf_plan *kq_plan;	/* kq: the view's, for the encoder
+					 * (qf_kq_encode), or NULL */
+	void *kq_enc[QF_TF_NLINEAR + 1];	/* kq: this layer's encoded
+						 * tensors, their names */
+	char kq_name[QF_TF_NLINEAR + 1][QF_KQ_NAME];
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
 	double *energy;			/* mixed: [ng] tr(W H W^T) */
@@ -80,6 +85,7 @@ struct job {
 	double calib_s;			/* the calibration set's token ids */
 	double kq_s;			/* kq: GPTQ factors, the head's
 					 * Hessian */
+	double kq_enc_s;		/* kq: GPTQ on the k-quant grids */
 };
 
 /*
@@ -121,7 +127,8 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l);
 int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var);
 /* The driver's callbacks for var's method (arg: the struct job). */
 void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops);
-/* kq: frees the layer's GPTQ factors (job->kq_u). */
+/* kq: frees the layer's GPTQ factors and encoded tensors (job->kq_u,
+ * job->kq_enc). */
 void qf_job_kq_free(struct job *j);
 
 #endif

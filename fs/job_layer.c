@@ -91,8 +91,7 @@ static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
 /*
  * kq: GPTQ's factor U of each distinct input's Hessian among lin[] (the
  * source model's activations: the kq job leaves the weights as they
- * are), for the GGUF view's encoder (qf_ggml_gptq_quantize); committed
- * with the layer's imatrix.
+ * are), for the k-quant encoder kq_commit runs on the layer's linears.
  */
 static int kq_factors(struct job *j, const enum qf_tf_linear *lin, int n,
 		      const struct qf_lin_stats *stats)
@@ -453,35 +452,41 @@ static int commit_head(struct job *j, int l, const float *x, int64_t ntok,
 }
 
 /*
- * kq: layer l's GPTQ factors into items (names in uname), with the last
- * layer the head's, from the final norm's outputs of x [ntok, hidden].
+ * kq: layer l's dense linears (with the last layer output.weight, its
+ * factor from the final norm's outputs of x [ntok, hidden]) encoded as
+ * the view serves them, GPTQ on their k-quant grids, into items: the
+ * factors stay in memory (issue #24: 60 MB a layer at Qwen3-0.6B's
+ * shapes, where the encoded tensors are about 9).
  */
 static int kq_commit(struct job *j, int l, const float *x, int64_t ntok,
-		     struct qf_cache_item *items, size_t *n,
-		     char uname[][32])
+		     struct qf_cache_item *items, size_t *n)
 {
-	int64_t in;
-	int k, ret = 0;
+	struct qf_var *var = j->var;
+	double t0 = qf_now();
+	int ret = 0;
 
-	if (l == j->var->job->nlayers - 1) {
+	if (!j->kq_plan) {
+		j->kq_plan = calloc(1, sizeof(*j->kq_plan));
+		ret = j->kq_plan ? qf_kq_plan(var, j->kq_plan) : -ENOMEM;
+		if (ret < 0) {
+			free(j->kq_plan);
+			j->kq_plan = NULL;
+		}
+	}
+	if (!ret && l == var->job->nlayers - 1 && qf_kq_head(j->kq_plan)) {
 		float **u = &j->kq_u[QF_TF_NLINEAR];
-		double t0 = qf_now();
 
-		ret = qf_layer_head_hessian(j->var->v->m, &j->c, x, ntok, u);
+		ret = qf_layer_head_hessian(var->v->m, &j->c, x, ntok, u);
 		if (!ret)
 			ret = qf_gptq_hinv_upper(*u, j->c.hidden,
-						 (float)j->var->ci.damp);
-		j->kq_s += qf_now() - t0;
+						 (float)var->ci.damp);
 	}
-	for (k = 0; k <= QF_TF_NLINEAR && !ret; k++) {
-		if (!j->kq_u[k])
-			continue;
-		in = k < QF_TF_NLINEAR ? qf_tf_linear_in(&j->c, k) :
-		     j->c.hidden;
-		qf_kq_u_name(l, k, uname[k], 32);
-		items[(*n)++] = (struct qf_cache_item){ uname[k], j->kq_u[k],
-			(size_t)(in * in) * sizeof(float) };
-	}
+	j->kq_s += qf_now() - t0;
+	t0 = qf_now();
+	if (!ret)
+		ret = qf_kq_encode(var->v->m, j->kq_plan, l, j->imat, j->kq_u,
+				   j->kq_name, j->kq_enc, items, n);
+	j->kq_enc_s += qf_now() - t0;
 	return ret;
 }
 
@@ -500,7 +505,6 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	double rec[QF_TF_NLINEAR * REC], hrec[3];
 	double sum_g = 0, sum_r = 0, eta;
 	char recname[32], imname[32], xname[32];
-	char uname[QF_TF_NLINEAR + 1][32];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
@@ -557,7 +561,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 		snprintf(imname, sizeof(imname), "__imatrix__.%d", l);
 		items[n++] = (struct qf_cache_item){ imname, j->imat,
 			qf_kq_imatrix_len(&j->c) * sizeof(float) };
-		ret = kq_commit(j, l, x, ntok, items, &n, uname);
+		ret = kq_commit(j, l, x, ntok, items, &n);
 		if (ret < 0) {
 			free(items);
 			free(xrec);
@@ -607,6 +611,8 @@ void qf_job_kq_free(struct job *j)
 	for (k = 0; k <= QF_TF_NLINEAR; k++) {
 		free(j->kq_u[k]);
 		j->kq_u[k] = NULL;
+		free(j->kq_enc[k]);
+		j->kq_enc[k] = NULL;
 	}
 }
 
@@ -616,7 +622,7 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	bool kq = sp->method == QF_METHOD_KQUANT;
 	bool brecq = sp->method == QF_METHOD_BRECQ;
 
-	ops->hessian = !brecq;		/* kq: GPTQ's factors for the view */
+	ops->hessian = !brecq;		/* kq: GPTQ's on the k-quant grids */
 	ops->block = brecq ? cb_block : NULL;
 	/* GPTQ: true sequential; AWQ: statistics of the layer as it is,
 	 * all seven linears at once (scales couple them); kq: the imatrix

@@ -231,9 +231,10 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	extra[0] = 0;
 	if (var->calibrated && fs->backend == QF_BACKEND_CUDA)
 		snprintf(extra, sizeof(extra), "backend=cuda;");
-	if (spec.method == QF_METHOD_KQUANT)	/* the job's GPTQ factors */
+	/* kq: the job's encoded linears (v1 stored GPTQ factors) */
+	if (spec.method == QF_METHOD_KQUANT)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "kq=gptq-v1;");
+			 "kq=gptq-v2;");
 	if (spec.method == QF_METHOD_BRECQ)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 			 "brecq=%d/%d;",

@@ -871,10 +871,12 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			}
 }
 
-/* t's rows from src (one expert's of a 3-D t) into dst. */
+/* t's rows [lo, hi) (hi 0: all) from src (one expert's of a 3-D t)
+ * into dst (at their place). */
 static int produce_rows(const struct qf_gguf_tensor *t,
 			const struct qf_model_tensor *src, const float *imp,
-			const float *u, bool fit, uint8_t *dst)
+			const float *u, bool fit, int64_t lo, int64_t hi,
+			uint8_t *dst)
 {
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
@@ -897,8 +899,8 @@ static int produce_rows(const struct qf_gguf_tensor *t,
 		goto out_free;
 	}
 	row_bytes = qf_ggml_row_bytes(t->type, t->ne[0]);
-	for (r0 = 0; r0 < rows && !ret; r0 += rb) {
-		int64_t nr = rows - r0 < rb ? rows - r0 : rb;
+	for (r0 = lo, hi = hi ? hi : rows; r0 < hi && !ret; r0 += rb) {
+		int64_t nr = hi - r0 < rb ? hi - r0 : rb;
 		float *x = buf;
 
 		ret = t->ndim >= 2 ?
@@ -938,12 +940,12 @@ out_free:
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		    size_t i, const float *imp, void *dst)
 {
-	return qf_gguf_produce_gptq(m, p, i, imp, NULL, dst);
+	return qf_gguf_produce_gptq(m, p, i, 0, 0, imp, NULL, dst);
 }
 
 int qf_gguf_produce_gptq(const struct qf_model *m,
-			 const struct qf_gguf_plan *p, size_t i,
-			 const float *imp, const float *u, void *dst)
+			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
+			 int64_t r1, const float *imp, const float *u, void *dst)
 {
 	const struct qf_gguf_tensor *t;
 	uint64_t mat;
@@ -954,6 +956,9 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 	if (i >= p->nt)
 		return -EINVAL;
 	t = &p->t[i];
+	if (r0 < 0 || r1 < 0 || (r1 && (t->ndim != 2 || r1 > t->ne[1] ||
+					r0 >= r1)) || (!r1 && r0))
+		return -EINVAL;		/* not rows of a 2-D tensor */
 	if (!t->src) {
 		buf = malloc((size_t)t->ne[0] * sizeof(*buf));
 		if (!buf)
@@ -967,11 +972,11 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 				   t->type != QF_GGML_Q6_K)))
 		u = NULL;	/* no GPTQ encoder of that type */
 	if (t->ndim < 3)
-		return produce_rows(t, t->src, imp, u, p->fit, dst);
+		return produce_rows(t, t->src, imp, u, p->fit, r0, r1, dst);
 	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
 		ret = produce_rows(t, t->xsrc[e], imp ? imp + e * t->ne[0] :
-				   NULL, NULL, p->fit, (uint8_t *)dst +
+				   NULL, NULL, p->fit, 0, 0, (uint8_t *)dst +
 				   (uint64_t)e * mat);
 	return ret;
 }

@@ -250,11 +250,14 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
  * The same with GPTQ (qf_ggml_gptq_quantize) where u [ne[0] x ne[0]] is
  * given (U upper, U^T U the damped inverse Hessian of the tensor's input,
  * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
- * (u NULL, other types) as qf_gguf_produce.
+ * (u NULL, other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
+ * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
+ * a head's rows, ne[1] / permute_heads, when permuted; -EINVAL for other
+ * ranges): rows are encoded independently, so threads may share a tensor.
  */
 int qf_gguf_produce_gptq(const struct qf_model *m,
-			 const struct qf_gguf_plan *p, size_t i,
-			 const float *imp, const float *u, void *dst);
+			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
+			 int64_t r1, const float *imp, const float *u, void *dst);
 
 /* ------------------------------------------------------------------ */
 /* reader (gguf_read.c)                                               */
@@ -405,14 +408,13 @@ int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
  */
 size_t qf_kq_imatrix_len(const struct qf_tf_config *c);
 /*
- * kq's GPTQ factors (the view's Q4_K / Q6_K encoder): one per distinct
- * input, "__kqu__.<layer>.<owner>", U [in, in] upper of the damped inverse
+ * kq's GPTQ factors (the Q4_K / Q6_K encoder's, in the calibration job's
+ * memory): one per distinct input, U [in, in] upper of the damped inverse
  * Hessian; q, k, v read q's, gate and up read gate's; lin QF_TF_NLINEAR
  * with the last layer: the head's (output.weight), its input the final
  * norm's output.
  */
 enum qf_tf_linear qf_kq_u_owner(enum qf_tf_linear lin);
-void qf_kq_u_name(int layer, enum qf_tf_linear lin, char *buf, size_t cap);
 /* Offset of linear lin's channels in it. */
 size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin);
 /*

@@ -4,12 +4,9 @@
  * down in that order, then in a MoE model each expert's gate, up and
  * down (the shared expert last), from the tokens routed to it, as
  * llama.cpp's imatrix keeps per-expert statistics for ffn_*_exps
- * (written by fs/job.c, read by fs/gguf_view.c); and the names of the
- * GPTQ factors of the layer's dense linears that the same job stores
- * beside it for the Q4_K / Q6_K encoder.
+ * (written by fs/job.c, read by fs/gguf_view.c); and which linears
+ * share a GPTQ factor in the same job's Q4_K / Q6_K encoder.
  */
-#include <stdio.h>
-
 #include "gguf.h"
 
 size_t qf_kq_imatrix_off(const struct qf_tf_config *c, enum qf_tf_linear lin)
@@ -53,13 +50,8 @@ size_t qf_kq_imatrix_len(const struct qf_tf_config *c)
 
 enum qf_tf_linear qf_kq_u_owner(enum qf_tf_linear lin)
 {
-	/* QF_TF_NLINEAR: the head's (stored with the last layer) */
+	/* QF_TF_NLINEAR: the head's (computed with the last layer) */
 	if (lin == QF_TF_K || lin == QF_TF_V)
 		return QF_TF_Q;
 	return lin == QF_TF_UP ? QF_TF_GATE : lin;
-}
-
-void qf_kq_u_name(int layer, enum qf_tf_linear lin, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "__kqu__.%d.%d", layer, (int)qf_kq_u_owner(lin));
 }

@@ -254,3 +254,12 @@ def run_tests(module_globals, needs_fuse=True):
 
 class SkipTest(Exception):
     pass
+
+
+def real_model(name="tinystories-llama-5m"):
+    """The project's real model in SHARED/data/models: (its folder, its
+    config.json); SkipTest where the shared data is absent."""
+    model = os.path.join(SHARED, "data", "models", name)
+    if not os.path.exists(model):
+        raise SkipTest("../shared/data is absent")
+    return model, json.load(open(os.path.join(model, "config.json")))
