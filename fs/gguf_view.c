@@ -8,8 +8,9 @@
  * scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
  * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
  * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
- * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
- * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
+ * k-quant variants (kq2_k .. kq6_k, llama.cpp's mixes by
+ * quant/gguf/gguf_mix.c), which exist only as GGUF:
+ * Q2_K .. Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
  * per input channel of each linear) and, for the dense linears and
  * output.weight, by GPTQ with the factor of each one's Hessian, both
  * from the variant's calibration job (GPTQ on k-quant grids halved
@@ -117,12 +118,15 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 {
 	struct qf_gguf_types ty;
 	enum qf_ggml_type q = var ? exact_type(var) : QF_GGML_F32;
+	enum qf_gguf_mix mix = QF_GGUF_MIX_NONE;
 	const char *vname, *why = NULL;
 	struct qf_gv *gv;
 	int ret, r;
 
-	if (var && var->v->spec.method == QF_METHOD_KQUANT)
-		q = var->v->spec.bits == 6 ? QF_GGML_Q6_K : QF_GGML_Q4_K;
+	if (var && var->v->spec.method == QF_METHOD_KQUANT &&
+	    qf_gguf_mix_of(var->v->spec.bits, var->v->spec.kq_size, &mix,
+			   &q) < 0)
+		q = QF_GGML_F32;	/* (the spec refuses those first) */
 	if (!mdl->m || (var && q == QF_GGML_F32))
 		return QF_EUNSUPPORTED;
 	gv = calloc(1, sizeof(*gv));
@@ -140,7 +144,7 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 				  bits_type(var->v->spec.attn_bits) : q;
 	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
 		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
-	ty.q4_k_m = gv->kq && q == QF_GGML_Q4_K;
+	ty.mix = gv->kq ? mix : QF_GGUF_MIX_NONE;
 	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
 	ret = qf_gguf_plan_init(gv_src(gv), &ty, &gv->plan, &why);
 	if (ret < 0) {
