@@ -44,6 +44,12 @@ float qf_ggml_fit_scale_min(const float *x, const float *w, int n, int nmax,
 /* x [n <= 32] ~ s * l, l in -nmax..nmax-1 (weighted); returns s. */
 float qf_ggml_fit_scale_sym(const float *x, const float *w, int n, int nmax);
 /*
+ * The scales sc [16] of the 16 sub-blocks of 16 of x [256] (w [256] their
+ * weights) by qf_ggml_fit_scale_sym; returns the one of largest |s|.
+ */
+float qf_ggml_sym_scales(const float *x, const float *w, int nmax,
+			 float *sc);
+/*
  * The n non-negative v [] on codes l [] in 0..top of the fp16 scale
  * *h16 = max / top.  0 or QF_ENUMERIC (the scale overflows fp16).
  */

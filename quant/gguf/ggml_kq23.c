@@ -135,20 +135,14 @@ static int q3_code(const float *x, const float *w, float d, float s)
 
 int qf_ggml_enc_q3_k_block(const float *x, const float *imp, uint8_t *y)
 {
-	float sc[16], w[QK_K], amax = 0, max = 0, d;
+	float sc[16], w[QK_K], max, d;
 	int32_t h;
 	int j, i;
 
 	qf_ggml_sub_weights(x, imp, QK_K, 16, 2 * qf_ggml_mean_sq(x, QK_K), w);
-	for (j = 0; j < 16; j++) {
-		sc[j] = qf_ggml_fit_scale_sym(x + 16 * j, w + 16 * j, 16, 4);
-		if (fabsf(sc[j]) > amax) {
-			amax = fabsf(sc[j]);
-			max = sc[j];
-		}
-	}
+	max = qf_ggml_sym_scales(x, w, 4, sc);
 	memset(y, 0, Q3_K_BYTES);
-	if (amax < GROUP_MAX_EPS)
+	if (fabsf(max) < GROUP_MAX_EPS)
 		return 0;
 	/* the largest scale maps to -32, the end of the 6-bit range */
 	h = qf_ggml_half(max / -32);
@@ -164,8 +158,8 @@ int qf_ggml_enc_q3_k_block(const float *x, const float *imp, uint8_t *y)
 		y[Q3_SCALES + j % 8] |= (uint8_t)((u & 0xf) << 4 * (j / 8));
 		y[Q3_SCALES + 8 + j % 4] |= (uint8_t)((u >> 4) << 2 * (j / 4));
 		for (i = 16 * j; i < 16 * j + 16; i++) {
-			int l = 4 + (dj != 0 ? qf_ggml_round_clamp(x[i] / dj, -4,
-								   3) : 0);
+			int l = 4 + (dj != 0 ?
+				     qf_ggml_round_clamp(x[i] / dj, -4, 3) : 0);
 
 			put_low2(y + Q3_QS, i, l);
 			y[i % 32] |= (uint8_t)((l >> 2) << i / 32);

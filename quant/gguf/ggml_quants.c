@@ -26,7 +26,7 @@
 #define Q4_1_BYTES 20
 #define Q8_0_BYTES 34
 #define Q4_K_BYTES 144			/* d, dmin, scales[12], qs[128] */
-#define Q5_K_BYTES 176			/* d, dmin, scales[12], qh[32], qs[128] */
+#define Q5_K_BYTES 176			/* d, dmin, scales[12], qh[32], qs */
 #define Q6_K_BYTES 210			/* ql[128] qh[64] scales[16] d */
 
 /* ------------------------------------------------------------------ */
@@ -273,7 +273,8 @@ float qf_ggml_fit_scale_min(const float *x, const float *w, int n, int nmax,
 		uint8_t l[QK];
 
 		for (i = 0; i < n; i++) {
-			l[i] = (uint8_t)qf_ggml_round_clamp(iscale * (x[i] - lo), 0,
+			l[i] = (uint8_t)qf_ggml_round_clamp(iscale *
+							    (x[i] - lo), 0,
 						    nmax);
 			sl += w[i] * l[i];
 			sl2 += w[i] * l[i] * l[i];
@@ -493,7 +494,8 @@ float qf_ggml_fit_scale_sym(const float *x, const float *w, int n, int nmax)
 		float slx = 0, sl2 = 0;
 
 		for (i = 0; i < n; i++) {
-			int l = qf_ggml_round_clamp(iscale * x[i], -nmax, nmax - 1);
+			int l = qf_ggml_round_clamp(iscale * x[i], -nmax,
+						    nmax - 1);
 
 			slx += w[i] * x[i] * l;
 			sl2 += w[i] * l * l;
@@ -506,25 +508,34 @@ float qf_ggml_fit_scale_sym(const float *x, const float *w, int n, int nmax)
 	return scale;
 }
 
-static int enc_q6_k_block(const float *x, const float *imp, uint8_t *y)
+float qf_ggml_sym_scales(const float *x, const float *w, int nmax,
+			 float *sc)
 {
-	float sc[16], w[16], amax = 0, max = 0, d, sigma2 = qf_ggml_mean_sq(x, QK_K);
-	uint8_t l[QK_K], *ql = y, *qh = y + 128;
-	int8_t *scales = (int8_t *)(y + 192);
-	int32_t h;
-	int j, i;
+	float amax = 0, max = 0;
+	int j;
 
 	for (j = 0; j < 16; j++) {
-		qf_ggml_sub_weights(x + 16 * j, imp ? imp + 16 * j : NULL, 16, 16,
-			    2 * sigma2, w);
-		sc[j] = qf_ggml_fit_scale_sym(x + 16 * j, w, 16, 32);
+		sc[j] = qf_ggml_fit_scale_sym(x + 16 * j, w + 16 * j, 16, nmax);
 		if (fabsf(sc[j]) > amax) {
 			amax = fabsf(sc[j]);
 			max = sc[j];
 		}
 	}
+	return max;
+}
+
+static int enc_q6_k_block(const float *x, const float *imp, uint8_t *y)
+{
+	float sc[16], w[QK_K], max, d, sigma2 = qf_ggml_mean_sq(x, QK_K);
+	uint8_t l[QK_K], *ql = y, *qh = y + 128;
+	int8_t *scales = (int8_t *)(y + 192);
+	int32_t h;
+	int j, i;
+
+	qf_ggml_sub_weights(x, imp, QK_K, 16, 2 * sigma2, w);
+	max = qf_ggml_sym_scales(x, w, 32, sc);
 	memset(y, 0, Q6_K_BYTES);
-	if (amax < GROUP_MAX_EPS)
+	if (fabsf(max) < GROUP_MAX_EPS)
 		return 0;
 	/* the largest scale maps to -128, the full int8 range (as ggml) */
 	h = qf_ggml_half(max / -128);
@@ -535,12 +546,13 @@ static int enc_q6_k_block(const float *x, const float *imp, uint8_t *y)
 	for (j = 0; j < 16; j++) {
 		float dj;
 
-		scales[j] = (int8_t)(d != 0 ? qf_ggml_round_clamp(sc[j] / d, -128,
-							  127) : 0);
+		scales[j] = (int8_t)(d != 0 ? qf_ggml_round_clamp(sc[j] / d,
+								  -128, 127) :
+				     0);
 		dj = d * scales[j];
-		for (i = 0; i < 16; i++)
-			l[16 * j + i] = (uint8_t)(32 + (dj != 0 ?
-				qf_ggml_round_clamp(x[16 * j + i] / dj, -32, 31) : 0));
+		for (i = 16 * j; i < 16 * j + 16; i++)
+			l[i] = (uint8_t)(32 + (dj != 0 ?
+				qf_ggml_round_clamp(x[i] / dj, -32, 31) : 0));
 	}
 	for (j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
 		for (i = 0; i < 32; i++) {
@@ -660,8 +672,8 @@ static void dec_q45_k(const uint8_t *x, int64_t nb, float *y, bool five)
 			d2 = d * sc;
 			m2 = min * m;
 			for (l = 0; l < 32; l++)
-				*y++ = d1 * ((q[l] & 0xf) | (five ? (qh[l] >> j &
-							     1) << 4 : 0)) - m1;
+				*y++ = d1 * ((q[l] & 0xf) | (five ?
+					(qh[l] >> j & 1) << 4 : 0)) - m1;
 			for (l = 0; l < 32; l++)
 				*y++ = d2 * ((q[l] >> 4) | (five ? (qh[l] >>
 						   (j + 1) & 1) << 4 : 0)) - m2;
@@ -714,7 +726,8 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	case QF_GGML_F32:
 		for (i = 0; i < n; i++) {
 			uint32_t u = qf_ggml_get16(x + 4 * i) |
-				     (uint32_t)qf_ggml_get16(x + 4 * i + 2) << 16;
+				     (uint32_t)qf_ggml_get16(x + 4 * i + 2) <<
+				     16;
 
 			memcpy(&y[i], &u, 4);
 		}

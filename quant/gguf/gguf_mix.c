@@ -54,43 +54,25 @@ static bool use_more_bits(int i, int n)
 	return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
 }
 
-/* attn_v of layer l (category_is_attn_v) */
-static enum qf_ggml_type attn_v(enum qf_gguf_mix mix, int l, int n,
-				int gqa, enum qf_ggml_type t)
+/*
+ * attn_v (v) or ffn_down of layer l of n: the two roles whose rules go by
+ * the layer (category_is_attn_v; ffn_down of a non-Falcon model).
+ */
+static enum qf_ggml_type by_layer(enum qf_gguf_mix mix, bool v, int l, int n,
+				  int gqa, enum qf_ggml_type t)
 {
 	switch (mix) {
 	case QF_GGUF_MIX_Q2_K:
-		return gqa >= 4 ? QF_GGML_Q4_K : QF_GGML_Q3_K;
+		return v && gqa >= 4 ? QF_GGML_Q4_K : QF_GGML_Q3_K;
 	case QF_GGUF_MIX_Q3_K_M:
-		return l < 2 ? QF_GGML_Q5_K : QF_GGML_Q4_K;
+		return (v ? l < 2 : l < n / 16) ? QF_GGML_Q5_K : QF_GGML_Q4_K;
 	case QF_GGUF_MIX_Q3_K_L:
 		return QF_GGML_Q5_K;
 	case QF_GGUF_MIX_Q4_K_M:
 	case QF_GGUF_MIX_Q5_K_M:
 		return use_more_bits(l, n) ? QF_GGML_Q6_K : t;
 	case QF_GGUF_MIX_Q4_K_S:
-		return l < 4 ? QF_GGML_Q5_K : t;
-	default:
-		return t;
-	}
-}
-
-/* ffn_down of layer l (a non-Falcon model's) */
-static enum qf_ggml_type ffn_down(enum qf_gguf_mix mix, int l, int n,
-				  enum qf_ggml_type t)
-{
-	switch (mix) {
-	case QF_GGUF_MIX_Q2_K:
-		return QF_GGML_Q3_K;
-	case QF_GGUF_MIX_Q3_K_M:
-		return l < n / 16 ? QF_GGML_Q5_K : QF_GGML_Q4_K;
-	case QF_GGUF_MIX_Q3_K_L:
-		return QF_GGML_Q5_K;
-	case QF_GGUF_MIX_Q4_K_M:
-	case QF_GGUF_MIX_Q5_K_M:
-		return use_more_bits(l, n) ? QF_GGML_Q6_K : t;
-	case QF_GGUF_MIX_Q4_K_S:
-		return l < n / 8 ? QF_GGML_Q5_K : t;
+		return (v ? l < 4 : l < n / 8) ? QF_GGML_Q5_K : t;
 	default:
 		return t;
 	}
@@ -103,15 +85,15 @@ enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
 {
 	int l = -1;
 
-	if (role == QF_GGUF_ROLE_OUTPUT || (role == QF_GGUF_ROLE_EMBD && c->tie))
+	if (role == QF_GGUF_ROLE_OUTPUT ||
+	    (role == QF_GGUF_ROLE_EMBD && c->tie))
 		return QF_GGML_Q6_K;	/* (Q8_0 where Q6_K does not fit) */
 	if (sscanf(gg, "blk.%d.", &l) != 1 || l < 0)
 		return base;
-	if (role == QF_GGUF_ROLE_ATTN_V)
-		return attn_v(mix, l, c->layers, c->kv_heads > 0 ?
-			      c->heads / c->kv_heads : 1, base);
-	if (role == QF_GGUF_ROLE_FFN_DOWN)
-		return ffn_down(mix, l, c->layers, base);
+	if (role == QF_GGUF_ROLE_ATTN_V || role == QF_GGUF_ROLE_FFN_DOWN)
+		return by_layer(mix, role == QF_GGUF_ROLE_ATTN_V, l, c->layers,
+				c->kv_heads > 0 ? c->heads / c->kv_heads : 1,
+				base);
 	if (role == QF_GGUF_ROLE_ATTN_OUT)
 		return mix == QF_GGUF_MIX_Q2_K ? QF_GGML_Q3_K :
 		       mix == QF_GGUF_MIX_Q3_K_M ? QF_GGML_Q4_K :

@@ -491,7 +491,8 @@ bool qf_spec_kq_supported(const struct qf_spec *s)
 
 	for (i = 0; s->method == QF_METHOD_KQUANT &&
 	     i < ARRAY_SIZE(kq_types); i++)
-		if (kq_types[i].bits == s->bits && kq_types[i].size == s->kq_size)
+		if (kq_types[i].bits == s->bits &&
+		    kq_types[i].size == s->kq_size)
 			return true;
 	return false;
 }
