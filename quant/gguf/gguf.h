@@ -141,12 +141,11 @@ enum qf_gguf_mix {
 	QF_GGUF_MIX_Q4_K_M = 15,
 	QF_GGUF_MIX_Q5_K_S = 16,
 	QF_GGUF_MIX_Q5_K_M = 17,
-	QF_GGUF_MIX_Q6_K = 18,
 };
 /*
  * The mix of the view kq<bits>_k[_s|_m|_l] (size 'S', 'M', 'L' or 0) and
- * its base type (w[] of qf_gguf_types_uniform).  0 or -EINVAL (no such
- * mix in llama.cpp).  gguf_mix.c.
+ * its base type (w[] of qf_gguf_types_uniform); kq6_k (Q6_K throughout)
+ * is uniform, NONE.  0 or -EINVAL (no such mix in llama.cpp).  gguf_mix.c.
  */
 int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
 		   enum qf_ggml_type *base);

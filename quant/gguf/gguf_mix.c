@@ -34,7 +34,9 @@ int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
 		{ 4, 'M', QF_GGUF_MIX_Q4_K_M, QF_GGML_Q4_K },
 		{ 5, 'S', QF_GGUF_MIX_Q5_K_S, QF_GGML_Q5_K },
 		{ 5, 'M', QF_GGUF_MIX_Q5_K_M, QF_GGML_Q5_K },
-		{ 6, 0, QF_GGUF_MIX_Q6_K, QF_GGML_Q6_K },
+		/* all Q6_K: no mix; general.file_type by the types (18, or
+		 * Q8_0's 7 where every row falls back) */
+		{ 6, 0, QF_GGUF_MIX_NONE, QF_GGML_Q6_K },
 	};
 	size_t i;
 
