@@ -1,9 +1,8 @@
 /*
- * ggml_i.h - private to the ggml block codecs: what ggml_quants.c (the
- * type table, Q4_0 .. Q8_0, Q4_K, Q5_K, Q6_K and the weighted grid fits)
- * shares with ggml_kq23.c (Q2_K and Q3_K, the 2- and 3-bit k-quants of
- * the kq2_k / kq3_k_* mixes, issue #24) and ggml_gptq.c (where each
- * type's codes sit).  Byte order and fp16 scales as ggml_quants.c's
+ * ggml_i.h - private to the ggml block codecs: ggml_quants.c (the type
+ * table, Q4_0 .. Q8_0, Q4_K, Q5_K, Q6_K), ggml_kq23.c (Q2_K and Q3_K, the
+ * 2- and 3-bit k-quants of the kq2_k / kq3_k_* mixes, issue #24),
+ * ggml_grid.c (the weighted grid fits both use) and ggml_gptq.c.  Byte order and fp16 scales as ggml_quants.c's
  * opening comment says.
  */
 #ifndef QF_GGML_I_H
@@ -27,6 +26,7 @@ static inline uint16_t qf_ggml_get16(const uint8_t *p)
 	return (uint16_t)(p[0] | (p[1] << 8));
 }
 
+/* ggml_grid.c */
 /* fp16 of f, or -1 when it is not finite there (a scale out of range). */
 int32_t qf_ggml_half(float f);
 /* Round to nearest (ties to even, as ggml's nearest_int), clamped. */

@@ -5,7 +5,7 @@
  * and kq3_k_{s,m,l} views of llama.cpp's mixes (issue #24).  Apart from
  * ggml_quants.c because their sub-blocks are 16 and their scales coded
  * otherwise (4-bit scale and min in one byte; 6-bit signed scales split
- * 4 + 2 bits), while the fits are the same ones (ggml_i.h).
+ * 4 + 2 bits), while the fits are the same ones (ggml_grid.c).
  *
  * Both quantize elements in 16 sub-blocks of 16; element e's 2 low bits
  * sit in byte 32 (e / 128) + e % 32 of qs at shift 2 ((e % 128) / 32)
