@@ -13,7 +13,8 @@ Q5_K blocks (quant/gguf/ggml_kq23.c, ggml_quants.c), GPTQ on their grids
  - kq2_k, kq3_k_{s,m,l}, kq4_k_{s,m}, kq5_k_{s,m} of the real 5M Llama
    (tinystories-llama-5m, hub layout, default options but a small
    calibration): every tensor has the type llama-quantize gives it for
-   the same mix of the same model (its original/model.gguf), and
+   the same mix of the same model (its original/model.gguf; without the
+   tools, the counts of each type llama-quantize wrote), and
    llama.cpp (node-llama-cpp) loads kq3_k_m and kq5_k_m from the mount
    and reads a token.
 
@@ -48,6 +49,17 @@ MIXES = {"kq2_k": ("Q2_K", 10), "kq3_k_s": ("Q3_K_S", 11),
          "kq3_k_m": ("Q3_K_M", 12), "kq3_k_l": ("Q3_K_L", 13),
          "kq4_k_s": ("Q4_K_S", 14), "kq4_k_m": ("Q4_K_M", 15),
          "kq5_k_s": ("Q5_K_S", 16), "kq5_k_m": ("Q5_K_M", 17)}
+# tensors of each type in the 5M model's mixes as llama-quantize (llama.cpp
+# 5b4ebc5) wrote them, for runs without the tools: 13 F32 norms, then
+# token_embd + 6 layers x 7 linears + output
+COUNTS = {"kq2_k": {0: 13, 10: 25, 11: 18, 14: 1},
+          "kq3_k_s": {0: 13, 11: 43, 14: 1},
+          "kq3_k_m": {0: 13, 11: 25, 12: 16, 13: 2, 14: 1},
+          "kq3_k_l": {0: 13, 11: 25, 13: 18, 14: 1},
+          "kq4_k_s": {0: 13, 12: 39, 13: 4, 14: 1},
+          "kq4_k_m": {0: 13, 12: 39, 14: 5},
+          "kq5_k_s": {0: 13, 13: 43, 14: 1},
+          "kq5_k_m": {0: 13, 13: 39, 14: 5}}
 
 
 def cli(*args):
@@ -219,6 +231,8 @@ def test_mix_types_match_llama_quantize():
                 (v, ours.kv["general.file_type"])
             got = {n: t[0] for n, t in ours.tensors.items()}
             kinds = sorted(set(got.values()))
+            counts = {k: list(got.values()).count(k) for k in kinds}
+            assert counts == COUNTS[v], (v, counts)
             if not os.path.exists(quantize):
                 print("  %s: types %s (no %s: not compared)" % (
                     v, kinds, quantize))
@@ -234,8 +248,9 @@ def test_mix_types_match_llama_quantize():
                 v, mix, len(got), kinds))
             assert not diff, (v, diff)
         if not os.path.exists(quantize):
-            print("  SKIP the comparison: llama.cpp's tools are absent "
-                  "(bench/llamacpp.sh; QF_LLAMA_BIN)")
+            print("  SKIP the comparison with llama-quantize, tools absent "
+                  "(bench/llamacpp.sh; QF_LLAMA_BIN): held to its recorded "
+                  "counts of each type only")
         need_client()
         for v in ("kq3_k_m", "kq5_k_m"):
             out = gguf_client(os.path.join(d, v, "model.gguf"),
