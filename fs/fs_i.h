@@ -465,7 +465,8 @@ const struct qf_buf *qf_gv_header(const struct qf_gv *gv);
 /*
  * gguf_kq.c: a k-quant view and its calibration job (issue #24: the job
  * encodes the linears that GPTQ needs a Hessian for, the view copies).
- * qf_kq_types: the view's types of spec s into ty; returns the main one.
+ * qf_kq_types: the view's types of spec s into ty (its llama.cpp mix);
+ * returns the main one, QF_GGML_F32 for a name with no mix.
  * qf_kq_plan: var's view's plan (as qf_gv_new's; logged on failure),
  * the caller's to free (qf_gguf_plan_free).
  */

@@ -1,5 +1,5 @@
 /*
- * gguf_kq.c - what a k-quant view (kq4_k_m, kq6_k) and its calibration
+ * gguf_kq.c - what a k-quant view (kq2_k .. kq6_k) and its calibration
  * job agree on: the view's types, where each tensor's importance sits in
  * the job's per-layer record, and which tensors the job encodes itself.
  *
@@ -29,10 +29,13 @@
 enum qf_ggml_type qf_kq_types(const struct qf_spec *s,
 			      struct qf_gguf_types *ty)
 {
-	enum qf_ggml_type q = s->bits == 6 ? QF_GGML_Q6_K : QF_GGML_Q4_K;
+	enum qf_gguf_mix mix;
+	enum qf_ggml_type q;
 
+	if (qf_gguf_mix_of(s->bits, s->kq_size, &mix, &q) < 0)
+		return QF_GGML_F32;	/* (the spec refuses those first) */
 	qf_gguf_types_uniform(ty, q);
-	ty->q4_k_m = q == QF_GGML_Q4_K;
+	ty->mix = mix;
 	return q;
 }
 

@@ -8,8 +8,9 @@
  * scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
  * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
  * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
- * k-quant variants (kq4_k_m, kq6_k), which exist only as GGUF:
- * Q4_K / Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
+ * k-quant variants (kq2_k .. kq6_k, llama.cpp's mixes by
+ * quant/gguf/gguf_mix.c), which exist only as GGUF:
+ * Q2_K .. Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
  * per input channel of each linear) from the variant's calibration job;
  * the dense linears and output.weight by GPTQ on those grids (it halved
  * llama.cpp's Q4_K_M's KL divergence, issue #24), which needs each one's

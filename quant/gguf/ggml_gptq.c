@@ -1,6 +1,6 @@
 /*
  * ggml_gptq.c - GPTQ's error feedback on llama.cpp's own k-quant grids
- * (Q4_K, Q6_K), the encoder issue #24 asks of the kq views: GPTQ on the
+ * (Q2_K .. Q6_K), the encoder issue #24 asks of the kq views: GPTQ on the
  * Q4_0 grid was 2.2x better than llama.cpp's best Q4_0, while kq4_k_m,
  * rounding each weight to nearest, only tied llama.cpp's Q4_K_M.
  *
@@ -8,7 +8,8 @@
  * it reaches a super-block, each row's grid is chosen from the row's
  * current, error-updated weights by the same fit as the plain encoder
  * (qf_ggml_quantize_row with the importance vector: fp16 d and dmin, the
- * 6-bit sub-block scales and mins for Q4_K; d and int8 scales for Q6_K).
+ * 6-bit sub-block scales and mins for Q4_K; d and int8 scales for Q6_K;
+ * and so on for Q2_K, Q3_K, Q5_K).
  * Then the block's columns are rounded to nearest on that grid in order,
  * each column's error divided by U_ii fed back into the columns after it
  * through U's row i (U upper with H^-1 = U^T U, the caller's Cholesky of
@@ -26,28 +27,67 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gguf.h"
+#include "ggml_i.h"
 
-#define QK_K 256
+/* Bits [sh, sh + n) of byte p := v's low n bits. */
+static void put_bits(uint8_t *p, int sh, int n, int v)
+{
+	int m = ((1 << n) - 1) << sh;
 
-/* Code k of element e in block y: Q4_K nibbles, Q6_K 4 + 2 bits. */
+	*p = (uint8_t)((*p & ~m) | ((v << sh) & m));
+}
+
+/*
+ * Code k of element e in block y (ggml-common.h's layouts): Q4_K / Q5_K
+ * nibbles in runs of 32 bytes per 64 elements, Q5_K's fifth bits in
+ * qh[e % 32]; Q6_K 4 + 2 bits; Q2_K / Q3_K 2 bits in runs of 32 bytes per
+ * 128 elements, Q3_K's third bit in hmask[e % 32].
+ */
 static void set_code(enum qf_ggml_type t, uint8_t *y, int e, int k)
 {
-	if (t == QF_GGML_Q4_K) {
-		/* 64 elements per 32 bytes: the first 32 low nibbles */
-		uint8_t *q = y + 16 + 32 * (e / 64) + e % 32;
-		int sh = 4 * ((e / 32) & 1);
+	int h = e / 128, r = e % 128, qd = r / 32, i = r % 32;
 
-		*q = (uint8_t)((*q & ~(0xf << sh)) | (k & 0xf) << sh);
-	} else {
+	switch (t) {
+	case QF_GGML_Q4_K:
+	case QF_GGML_Q5_K:
+		put_bits(y + (t == QF_GGML_Q5_K ? 48 : 16) + 32 * (e / 64) + i,
+			 4 * ((e / 32) & 1), 4, k);
+		if (t == QF_GGML_Q5_K)
+			put_bits(y + 16 + i, e / 32, 1, k >> 4);
+		break;
+	case QF_GGML_Q6_K:
 		/* ql[128] qh[64]: halves of 128; quarters of 32 in each */
-		int h = e / 128, r = e % 128, qd = r / 32, i = r % 32;
-		uint8_t *ql = y + 64 * h + i + 32 * (qd & 1);
-		uint8_t *qh = y + 128 + 32 * h + i;
-		int sl = 4 * (qd >> 1), sh = 2 * qd;
+		put_bits(y + 64 * h + i + 32 * (qd & 1), 4 * (qd >> 1), 4, k);
+		put_bits(y + 128 + 32 * h + i, 2 * qd, 2, k >> 4);
+		break;
+	case QF_GGML_Q2_K:
+	case QF_GGML_Q3_K:
+		put_bits(y + (t == QF_GGML_Q3_K ? 32 : 16) + 32 * h + i, 2 * qd,
+			 2, k);
+		if (t == QF_GGML_Q3_K)
+			put_bits(y + i, e / 32, 1, k >> 2);
+		break;
+	default:
+		break;
+	}
+}
 
-		*ql = (uint8_t)((*ql & ~(0xf << sl)) | (k & 0xf) << sl);
-		*qh = (uint8_t)((*qh & ~(3 << sh)) | ((k >> 4) & 3) << sh);
+/* The largest code of a k-quant, 0 for other types. */
+static int code_top(enum qf_ggml_type t)
+{
+	switch (t) {
+	case QF_GGML_Q2_K:
+		return 3;
+	case QF_GGML_Q3_K:
+		return 7;
+	case QF_GGML_Q4_K:
+		return 15;
+	case QF_GGML_Q5_K:
+		return 31;
+	case QF_GGML_Q6_K:
+		return 63;
+	default:
+		return 0;
 	}
 }
 
@@ -99,7 +139,7 @@ struct sweep {
 /* One super-block of columns [s, s + 256): grids, sweep, lazy update. */
 static int sweep_block(struct sweep *k, int64_t s)
 {
-	int top = k->t == QF_GGML_Q4_K ? 15 : 63;
+	int top = code_top(k->t);
 	int64_t r, i, j;
 	int ret = 0;
 
@@ -152,7 +192,7 @@ int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
 	int64_t s;
 	int ret = 0;
 
-	if ((t != QF_GGML_Q4_K && t != QF_GGML_Q6_K) || out <= 0 ||
+	if (!code_top(t) || out <= 0 ||
 	    !(k.rb = qf_ggml_row_bytes(t, in)))
 		return -EINVAL;
 	for (s = 0; s < in; s++)

@@ -1,12 +1,13 @@
 /*
  * ggml_quants.c - the ggml block formats GGUF files hold: type table,
  * row encoders and decoders byte-compatible with ggml's block_* structs,
- * and the lossless repacking of integer grids into Q4_0 / Q8_0.
+ * and the lossless repacking of integer grids into Q4_0 / Q8_0.  Q2_K and
+ * Q3_K, whose scales are coded differently, are in ggml_kq23.c.
  *
  * Sources (llama.cpp, ggml-org/llama.cpp): block layouts in
  * ggml/src/ggml-common.h (block_q4_0, block_q4_1, block_q8_0,
- * block_q4_K, block_q6_K, QK_K 256, K_SCALE_SIZE 12); encoders and
- * decoders in ggml/src/ggml-quants.c (quantize_row_*_ref,
+ * block_q4_K, block_q5_K, block_q6_K, QK_K 256, K_SCALE_SIZE 12);
+ * encoders and decoders in ggml/src/ggml-quants.c (quantize_row_*_ref,
  * dequantize_row_*, get_scale_min_k4).
  *
  * Scales are stored as fp16 with our round-to-nearest-even conversion,
@@ -18,16 +19,15 @@
 #include <string.h>
 #include <strings.h>
 
-#include "gguf.h"
+#include "ggml_i.h"
 
 #define QK 32				/* Q4_0, Q4_1, Q8_0 block */
-#define QK_K 256			/* K-quant super-block */
 #define Q4_0_BYTES 18
 #define Q4_1_BYTES 20
 #define Q8_0_BYTES 34
 #define Q4_K_BYTES 144			/* d, dmin, scales[12], qs[128] */
+#define Q5_K_BYTES 176			/* d, dmin, scales[12], qh[32], qs */
 #define Q6_K_BYTES 210			/* ql[128] qh[64] scales[16] d */
-#define GROUP_MAX_EPS 1e-15f		/* as ggml: an all-zero group */
 
 /* ------------------------------------------------------------------ */
 /* types                                                              */
@@ -43,7 +43,10 @@ static const struct {
 	{ QF_GGML_Q4_0, "Q4_0", QK, Q4_0_BYTES },
 	{ QF_GGML_Q4_1, "Q4_1", QK, Q4_1_BYTES },
 	{ QF_GGML_Q8_0, "Q8_0", QK, Q8_0_BYTES },
+	{ QF_GGML_Q2_K, "Q2_K", QK_K, Q2_K_BYTES },
+	{ QF_GGML_Q3_K, "Q3_K", QK_K, Q3_K_BYTES },
 	{ QF_GGML_Q4_K, "Q4_K", QK_K, Q4_K_BYTES },
+	{ QF_GGML_Q5_K, "Q5_K", QK_K, Q5_K_BYTES },
 	{ QF_GGML_Q6_K, "Q6_K", QK_K, Q6_K_BYTES },
 	{ QF_GGML_BF16, "BF16", 1, 2 },
 };
@@ -110,35 +113,6 @@ uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols)
 /* ------------------------------------------------------------------ */
 /* block codecs                                                       */
 
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-/* fp16 of f, or -1 when it is not finite there (a scale out of range). */
-static int32_t half(float f)
-{
-	uint16_t h = qf_f32_to_f16(f);
-
-	return (h & 0x7c00u) == 0x7c00u ? -1 : h;
-}
-
-/* Round to nearest (ties to even, as ggml's nearest_int), clamped. */
-static int round_clamp(float v, int lo, int hi)
-{
-	if (!(v > (float)lo))
-		return lo;		/* also NaN */
-	if (v >= (float)hi)
-		return hi;
-	return (int)lrintf(v);
-}
-
 /*
  * (int)v for v in [0, 15] as the reference's float-to-int8 casts, with
  * the cases where those are undefined (NaN or huge, from a subnormal
@@ -169,10 +143,10 @@ static int enc_q4_0(const float *x, int64_t n, uint8_t *y)
 		}
 		d = max / -8;
 		id = d ? 1.0f / d : 0.0f;
-		h = half(d);
+		h = qf_ggml_half(d);
 		if (h < 0)
 			return QF_ENUMERIC;
-		put16(y, (uint16_t)h);
+		qf_ggml_put16(y, (uint16_t)h);
 		for (j = 0; j < QK / 2; j++) {
 			y[2 + j] = (uint8_t)(trunc15(x[j] * id + 8.5f) |
 					     trunc15(x[QK / 2 + j] * id +
@@ -202,12 +176,12 @@ static int enc_q4_1(const float *x, int64_t n, uint8_t *y)
 		}
 		d = (max - min) / 15;
 		id = d ? 1.0f / d : 0.0f;
-		hd = half(d);
-		hm = half(min);
+		hd = qf_ggml_half(d);
+		hm = qf_ggml_half(min);
 		if (hd < 0 || hm < 0)
 			return QF_ENUMERIC;
-		put16(y, (uint16_t)hd);
-		put16(y + 2, (uint16_t)hm);
+		qf_ggml_put16(y, (uint16_t)hd);
+		qf_ggml_put16(y + 2, (uint16_t)hm);
 		for (j = 0; j < QK / 2; j++) {
 			int a = trunc15((x[j] - min) * id + 0.5f);
 			int c = trunc15((x[QK / 2 + j] - min) * id + 0.5f);
@@ -233,10 +207,10 @@ static int enc_q8_0(const float *x, int64_t n, uint8_t *y)
 			amax = fmaxf(amax, fabsf(x[j]));
 		d = amax / 127;
 		id = d ? 1.0f / d : 0.0f;
-		h = half(d);
+		h = qf_ggml_half(d);
 		if (h < 0)
 			return QF_ENUMERIC;
-		put16(y, (uint16_t)h);
+		qf_ggml_put16(y, (uint16_t)h);
 		for (j = 0; j < QK; j++) {
 			float r = roundf(x[j] * id);
 
@@ -249,191 +223,36 @@ static int enc_q8_0(const float *x, int64_t n, uint8_t *y)
 }
 
 /*
- * Weighted least-squares fit of x ~ s * l + m, l in 0..nmax, m <= 0
- * (ggml's make_qkx2_quants idea: try grids stretched around the
- * min..max span, solve s and m in closed form for each, keep the least
- * weighted error).  Returns s >= 0; *neg_min = -m >= 0.
+ * Q4_K (top 15) and Q5_K (top 31): fp16 d and dmin, the 6-bit scales and
+ * mins of 8 sub-blocks of 32 (get_scale_min_k4's packing), then the low
+ * nibbles (Q5_K: after qh [32], bit j of qh[i] the fifth bit of element
+ * i of sub-block j).
  */
-static float fit_scale_min(const float *x, const float *w, int n, int nmax,
-			   float *neg_min)
+static int enc_q45_k_block(const float *x, const float *imp, uint8_t *y,
+			   int top)
 {
-	float lo = x[0], hi = x[0], sw = 0, sx = 0;
-	float best_s, best_m, best_err = INFINITY;
-	int i, is;
-
-	for (i = 0; i < n; i++) {
-		lo = fminf(lo, x[i]);
-		hi = fmaxf(hi, x[i]);
-		sw += w[i];
-		sx += w[i] * x[i];
-	}
-	if (lo > 0)
-		lo = 0;
-	best_s = (hi - lo) / nmax;
-	best_m = lo;
-	if (!(hi > lo)) {
-		*neg_min = -lo;
-		return 0;
-	}
-	for (is = -1; is <= 20; is++) {
-		/* is = -1: the plain min..max grid with its own s, m */
-		float iscale = (nmax + (is < 0 ? 0 : -1.0f + 0.1f * is)) /
-			       (hi - lo);
-		float sl = 0, sl2 = 0, sxl = 0, s, m, err = 0, dd;
-		uint8_t l[QK];
-
-		for (i = 0; i < n; i++) {
-			l[i] = (uint8_t)round_clamp(iscale * (x[i] - lo), 0,
-						    nmax);
-			sl += w[i] * l[i];
-			sl2 += w[i] * l[i] * l[i];
-			sxl += w[i] * l[i] * x[i];
-		}
-		if (is < 0) {
-			s = 1 / iscale;
-			m = lo;
-		} else {
-			dd = sw * sl2 - sl * sl;
-			if (!(dd > 0))
-				continue;
-			s = (sw * sxl - sx * sl) / dd;
-			m = (sl2 * sx - sl * sxl) / dd;
-			if (m > 0) {
-				m = 0;
-				s = sxl / sl2;
-			}
-			if (!(s > 0))
-				continue;
-		}
-		for (i = 0; i < n; i++) {
-			float e = s * l[i] + m - x[i];
-
-			err += w[i] * e * e;
-		}
-		if (err < best_err) {
-			best_err = err;
-			best_s = s;
-			best_m = m;
-		}
-	}
-	*neg_min = -best_m;
-	return best_s;
-}
-
-static float mean_sq(const float *x, int n)
-{
-	float s = 0;
-	int i;
-
-	for (i = 0; i < n; i++)
-		s += x[i] * x[i];
-	return s / n;
-}
-
-/*
- * Element weights for the fits.  With an importance vector, llama.cpp's
- * imatrix weighting imp * sqrt(sigma2 + x^2) (sigma2 twice the block's
- * mean square).  Without: x^2 for Q6_K (ggml's rmse_type 1), and for
- * Q4_K ggml's quantize_row_q4_K_ref choice rms(sub-block) + |x|, which
- * measured 4-5 % lower error than x^2 on the test models.
- */
-static void sub_weights(const float *x, const float *imp, int n, int sub,
-			float sigma2, float *w)
-{
-	int i, j;
-
-	for (i = 0; i < n; i += sub) {
-		float av = sub == 32 ? sqrtf(mean_sq(x + i, sub)) : 0;
-
-		for (j = i; j < i + sub; j++)
-			w[j] = imp ? imp[j] * sqrtf(sigma2 + x[j] * x[j]) :
-			       sub == 32 ? av + fabsf(x[j]) : x[j] * x[j];
-	}
-}
-
-
-/* 6-bit quantization of 8 non-negative values against their max. */
-static int quant6(const float *v, uint8_t *l, uint16_t *h16)
-{
-	float max = 0, d;
-	int32_t h;
-	int j;
-
-	for (j = 0; j < 8; j++)
-		max = fmaxf(max, v[j]);
-	h = half(max / 63);
-	if (h < 0)
-		return QF_ENUMERIC;
-	d = qf_f16_to_f32((uint16_t)h);
-	for (j = 0; j < 8; j++)
-		l[j] = (uint8_t)(d > 0 ? round_clamp(v[j] / d, 0, 63) : 0);
-	*h16 = (uint16_t)h;
-	return 0;
-}
-
-/* Weighted error of sub-block x [32] coded with scale d, offset dm. */
-static float k4_err(const float *x, const float *w, float d, float dm)
-{
-	float e = 0;
-	int i;
-
-	for (i = 0; i < 32; i++) {
-		int l = d > 0 ? round_clamp((x[i] + dm) / d, 0, 15) : 0;
-		float r = d * l - dm - x[i];
-
-		e += w[i] * r * r;
-	}
-	return e;
-}
-
-/*
- * Sub-block codes: the 6-bit scale and min nearest to the fit, then the
- * neighbouring codes tried too (rounding both independently is not the
- * least error once the grid is coarse).
- */
-static void k4_codes(const float *x, const float *w, float d, float dmin,
-		     uint8_t *ls, uint8_t *lm)
-{
-	int a0 = *ls, b0 = *lm, a, b;
-	float best = INFINITY, e;
-
-	for (a = a0 - 1; a <= a0 + 1; a++) {
-		for (b = b0 - 1; b <= b0 + 1; b++) {
-			if (a < 0 || a > 63 || b < 0 || b > 63)
-				continue;
-			e = k4_err(x, w, d * a, dmin * b);
-			if (e < best) {
-				best = e;
-				*ls = (uint8_t)a;
-				*lm = (uint8_t)b;
-			}
-		}
-	}
-}
-
-static int enc_q4_k_block(const float *x, const float *imp, uint8_t *y)
-{
-	float sc[8], mn[8], w[QK_K], sigma2 = mean_sq(x, QK_K), d, dmin;
-	uint8_t ls[8], lm[8], *q = y + 16;
+	float sc[8], mn[8], w[QK_K], sigma2 = qf_ggml_mean_sq(x, QK_K), d, dmin;
+	uint8_t ls[8], lm[8], *qh = y + 16, *q = y + (top > 15 ? 48 : 16);
 	uint16_t hd, hm;
 	int j, i, ret;
 
-	sub_weights(x, imp, QK_K, 32, 2 * sigma2, w);
+	qf_ggml_sub_weights(x, imp, QK_K, 32, 2 * sigma2, w);
 	for (j = 0; j < 8; j++)
-		sc[j] = fit_scale_min(x + 32 * j, w + 32 * j, 32, 15, &mn[j]);
-	ret = quant6(sc, ls, &hd);
+		sc[j] = qf_ggml_fit_scale_min(x + 32 * j, w + 32 * j, 32, top,
+					      &mn[j]);
+	ret = qf_ggml_quant_scales(sc, 8, 63, ls, &hd);
 	if (!ret)
-		ret = quant6(mn, lm, &hm);
+		ret = qf_ggml_quant_scales(mn, 8, 63, lm, &hm);
 	if (ret)
 		return ret;
 	d = qf_f16_to_f32(hd);
 	dmin = qf_f16_to_f32(hm);
-	put16(y, hd);
-	put16(y + 2, hm);
-	memset(y + 4, 0, 12);
-	memset(q, 0, QK_K / 2);
+	qf_ggml_put16(y, hd);
+	qf_ggml_put16(y + 2, hm);
+	memset(y + 4, 0, 12 + (top > 15 ? 32 : 0) + QK_K / 2);
 	for (j = 0; j < 8; j++) {
-		k4_codes(x + 32 * j, w + 32 * j, d, dmin, &ls[j], &lm[j]);
+		qf_ggml_scale_min_codes(x + 32 * j, w + 32 * j, 32, top, 63, d,
+					dmin, &ls[j], &lm[j]);
 		/* get_scale_min_k4 in reverse */
 		if (j < 4) {
 			y[4 + j] |= ls[j];
@@ -446,87 +265,58 @@ static int enc_q4_k_block(const float *x, const float *imp, uint8_t *y)
 		}
 		for (i = 0; i < 32; i++) {
 			float dj = d * ls[j];
-			int l = dj > 0 ? round_clamp((x[32 * j + i] + dmin *
-						      lm[j]) / dj, 0, 15) : 0;
+			int l = dj > 0 ? qf_ggml_round_clamp((x[32 * j + i] +
+					 dmin * lm[j]) / dj, 0, top) : 0;
 
 			/* pairs of sub-blocks share 32 bytes: low, high */
-			q[32 * (j / 2) + i] |= (uint8_t)(l << 4 * (j & 1));
+			q[32 * (j / 2) + i] |= (uint8_t)((l & 0xf) <<
+							 4 * (j & 1));
+			if (top > 15)
+				qh[i] |= (uint8_t)((l >> 4) << j);
 		}
 	}
 	return 0;
 }
 
-/*
- * Weighted fit of x ~ s * l, l in -nmax..nmax-1 (ggml's make_qx_quants
- * with rmse_type 1): grids with the largest |x| at -(nmax + 0.1 k).
- */
-static float fit_scale_sym(const float *x, const float *w, int n, int nmax)
+static int enc_q4_k_block(const float *x, const float *imp, uint8_t *y)
 {
-	float amax = 0, max = 0, best = -1, scale;
-	int i, is;
+	return enc_q45_k_block(x, imp, y, 15);
+}
 
-	for (i = 0; i < n; i++) {
-		if (fabsf(x[i]) > amax) {
-			amax = fabsf(x[i]);
-			max = x[i];
-		}
-	}
-	if (amax < GROUP_MAX_EPS)
-		return 0;
-	scale = max / -nmax;
-	for (is = -9; is <= 9; is++) {
-		float iscale = -(nmax + 0.1f * is) / max;
-		float slx = 0, sl2 = 0;
-
-		for (i = 0; i < n; i++) {
-			int l = round_clamp(iscale * x[i], -nmax, nmax - 1);
-
-			slx += w[i] * x[i] * l;
-			sl2 += w[i] * l * l;
-		}
-		if (sl2 > 0 && slx * slx > best * sl2) {
-			scale = slx / sl2;
-			best = scale * slx;
-		}
-	}
-	return scale;
+static int enc_q5_k_block(const float *x, const float *imp, uint8_t *y)
+{
+	return enc_q45_k_block(x, imp, y, 31);
 }
 
 static int enc_q6_k_block(const float *x, const float *imp, uint8_t *y)
 {
-	float sc[16], w[16], amax = 0, max = 0, d, sigma2 = mean_sq(x, QK_K);
+	float sc[16], w[QK_K], max, d, sigma2 = qf_ggml_mean_sq(x, QK_K);
 	uint8_t l[QK_K], *ql = y, *qh = y + 128;
 	int8_t *scales = (int8_t *)(y + 192);
 	int32_t h;
 	int j, i;
 
-	for (j = 0; j < 16; j++) {
-		sub_weights(x + 16 * j, imp ? imp + 16 * j : NULL, 16, 16,
-			    2 * sigma2, w);
-		sc[j] = fit_scale_sym(x + 16 * j, w, 16, 32);
-		if (fabsf(sc[j]) > amax) {
-			amax = fabsf(sc[j]);
-			max = sc[j];
-		}
-	}
+	qf_ggml_sub_weights(x, imp, QK_K, 16, 2 * sigma2, w);
+	max = qf_ggml_sym_scales(x, w, 32, sc);
 	memset(y, 0, Q6_K_BYTES);
-	if (amax < GROUP_MAX_EPS)
+	if (fabsf(max) < GROUP_MAX_EPS)
 		return 0;
 	/* the largest scale maps to -128, the full int8 range (as ggml) */
-	h = half(max / -128);
+	h = qf_ggml_half(max / -128);
 	if (h < 0)
 		return QF_ENUMERIC;
-	put16(y + 208, (uint16_t)h);
+	qf_ggml_put16(y + 208, (uint16_t)h);
 	d = qf_f16_to_f32((uint16_t)h);
 	for (j = 0; j < 16; j++) {
 		float dj;
 
-		scales[j] = (int8_t)(d != 0 ? round_clamp(sc[j] / d, -128,
-							  127) : 0);
+		scales[j] = (int8_t)(d != 0 ? qf_ggml_round_clamp(sc[j] / d,
+								  -128, 127) :
+				     0);
 		dj = d * scales[j];
-		for (i = 0; i < 16; i++)
-			l[16 * j + i] = (uint8_t)(32 + (dj != 0 ?
-				round_clamp(x[16 * j + i] / dj, -32, 31) : 0));
+		for (i = 16 * j; i < 16 * j + 16; i++)
+			l[i] = (uint8_t)(32 + (dj != 0 ?
+				qf_ggml_round_clamp(x[i] / dj, -32, 31) : 0));
 	}
 	for (j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
 		for (i = 0; i < 32; i++) {
@@ -554,7 +344,7 @@ static int enc_f16(const float *x, int64_t n, uint8_t *y, bool bf16)
 			return QF_ENUMERIC;
 		if ((h & 0x7c00u) == 0x7c00u && !bf16)
 			return QF_ENUMERIC;
-		put16(y + 2 * i, h);
+		qf_ggml_put16(y + 2 * i, h);
 	}
 	return 0;
 }
@@ -581,8 +371,8 @@ int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 			uint32_t u;
 
 			memcpy(&u, &x[i], 4);
-			put16(y + 4 * i, (uint16_t)u);
-			put16(y + 4 * i + 2, (uint16_t)(u >> 16));
+			qf_ggml_put16(y + 4 * i, (uint16_t)u);
+			qf_ggml_put16(y + 4 * i + 2, (uint16_t)(u >> 16));
 		}
 		return 0;
 	case QF_GGML_F16:
@@ -595,9 +385,15 @@ int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 		return enc_q4_1(x, n, y);
 	case QF_GGML_Q8_0:
 		return enc_q8_0(x, n, y);
+	case QF_GGML_Q2_K:
+	case QF_GGML_Q3_K:
 	case QF_GGML_Q4_K:
+	case QF_GGML_Q5_K:
 	case QF_GGML_Q6_K:
-		enc_k = t == QF_GGML_Q4_K ? enc_q4_k_block : enc_q6_k_block;
+		enc_k = t == QF_GGML_Q2_K ? qf_ggml_enc_q2_k_block :
+			t == QF_GGML_Q3_K ? qf_ggml_enc_q3_k_block :
+			t == QF_GGML_Q4_K ? enc_q4_k_block :
+			t == QF_GGML_Q5_K ? enc_q5_k_block : enc_q6_k_block;
 		for (i = 0; i < n / QK_K && !ret; i++)
 			ret = enc_k(x + i * QK_K, imp ? imp + i * QK_K : NULL,
 				    y + (size_t)i * qf_ggml_block_bytes(t));
@@ -618,15 +414,17 @@ static void scale_min_k4(int j, const uint8_t *q, int *d, int *m)
 	}
 }
 
-static void dec_q4_k(const uint8_t *x, int64_t nb, float *y)
+/* Q4_K, or Q5_K (five): qh [32] before the nibbles, bit j sub-block j's. */
+static void dec_q45_k(const uint8_t *x, int64_t nb, float *y, bool five)
 {
+	size_t bytes = five ? Q5_K_BYTES : Q4_K_BYTES;
 	int64_t b;
 	int j, l, sc, m;
 
-	for (b = 0; b < nb; b++, x += Q4_K_BYTES) {
-		float d = qf_f16_to_f32(get16(x));
-		float min = qf_f16_to_f32(get16(x + 2));
-		const uint8_t *q = x + 16;
+	for (b = 0; b < nb; b++, x += bytes) {
+		float d = qf_f16_to_f32(qf_ggml_get16(x));
+		float min = qf_f16_to_f32(qf_ggml_get16(x + 2));
+		const uint8_t *qh = x + 16, *q = x + (five ? 48 : 16);
 
 		for (j = 0; j < 8; j += 2, q += 32) {
 			float d1, m1, d2, m2;
@@ -638,9 +436,11 @@ static void dec_q4_k(const uint8_t *x, int64_t nb, float *y)
 			d2 = d * sc;
 			m2 = min * m;
 			for (l = 0; l < 32; l++)
-				*y++ = d1 * (q[l] & 0xf) - m1;
+				*y++ = d1 * ((q[l] & 0xf) | (five ?
+					(qh[l] >> j & 1) << 4 : 0)) - m1;
 			for (l = 0; l < 32; l++)
-				*y++ = d2 * (q[l] >> 4) - m2;
+				*y++ = d2 * ((q[l] >> 4) | (five ? (qh[l] >>
+						   (j + 1) & 1) << 4 : 0)) - m2;
 		}
 	}
 }
@@ -653,7 +453,7 @@ static void dec_q6_k(const uint8_t *x, int64_t nb, float *y)
 	for (b = 0; b < nb; b++, x += Q6_K_BYTES) {
 		const uint8_t *ql = x, *qh = x + 128;
 		const int8_t *sc = (const int8_t *)(x + 192);
-		float d = qf_f16_to_f32(get16(x + 208));
+		float d = qf_f16_to_f32(qf_ggml_get16(x + 208));
 
 		for (n = 0; n < QK_K; n += 128, y += 128, ql += 64, qh += 32,
 		     sc += 8) {
@@ -689,8 +489,9 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	switch (t) {
 	case QF_GGML_F32:
 		for (i = 0; i < n; i++) {
-			uint32_t u = get16(x + 4 * i) |
-				     (uint32_t)get16(x + 4 * i + 2) << 16;
+			uint32_t u = qf_ggml_get16(x + 4 * i) |
+				     (uint32_t)qf_ggml_get16(x + 4 * i + 2) <<
+				     16;
 
 			memcpy(&y[i], &u, 4);
 		}
@@ -699,16 +500,16 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	case QF_GGML_BF16:
 		for (i = 0; i < n; i++)
 			y[i] = t == QF_GGML_F16 ?
-				qf_f16_to_f32(get16(x + 2 * i)) :
-				qf_bf16_to_f32(get16(x + 2 * i));
+				qf_f16_to_f32(qf_ggml_get16(x + 2 * i)) :
+				qf_bf16_to_f32(qf_ggml_get16(x + 2 * i));
 		return 0;
 	case QF_GGML_Q4_0:
 	case QF_GGML_Q4_1:
 		for (i = 0; i < n / QK; i++, y += QK) {
 			const uint8_t *b = x + i * qf_ggml_block_bytes(t);
-			float d = qf_f16_to_f32(get16(b));
+			float d = qf_f16_to_f32(qf_ggml_get16(b));
 			float m = t == QF_GGML_Q4_1 ?
-				  qf_f16_to_f32(get16(b + 2)) : 0;
+				  qf_f16_to_f32(qf_ggml_get16(b + 2)) : 0;
 			const uint8_t *qs = b + (t == QF_GGML_Q4_1 ? 4 : 2);
 
 			for (j = 0; j < QK / 2; j++) {
@@ -725,14 +526,21 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	case QF_GGML_Q8_0:
 		for (i = 0; i < n / QK; i++, y += QK) {
 			const uint8_t *b = x + i * Q8_0_BYTES;
-			float d = qf_f16_to_f32(get16(b));
+			float d = qf_f16_to_f32(qf_ggml_get16(b));
 
 			for (j = 0; j < QK; j++)
 				y[j] = (int8_t)b[2 + j] * d;
 		}
 		return 0;
 	case QF_GGML_Q4_K:
-		dec_q4_k(x, n / QK_K, y);
+	case QF_GGML_Q5_K:
+		dec_q45_k(x, n / QK_K, y, t == QF_GGML_Q5_K);
+		return 0;
+	case QF_GGML_Q2_K:
+		qf_ggml_dec_q2_k(x, n / QK_K, y);
+		return 0;
+	case QF_GGML_Q3_K:
+		qf_ggml_dec_q3_k(x, n / QK_K, y);
 		return 0;
 	case QF_GGML_Q6_K:
 		dec_q6_k(x, n / QK_K, y);
@@ -758,7 +566,7 @@ static int from_int(bool q4, const uint8_t *q, const uint16_t *sc16,
 		for (j = 0; q4 && j < QK; j++)
 			if (q[j] > 15)
 				return -EINVAL;
-		put16(y, sc16[b]);
+		qf_ggml_put16(y, sc16[b]);
 		if (q4)
 			for (j = 0; j < QK / 2; j++)
 				y[2 + j] = (uint8_t)(q[j] | q[QK / 2 + j] << 4);

@@ -208,7 +208,7 @@ void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t)
 
 	for (r = 0; r < QF_GGUF_ROLE_COUNT; r++)
 		ty->w[r] = r == QF_GGUF_ROLE_VECTOR ? QF_GGML_F32 : t;
-	ty->q4_k_m = false;
+	ty->mix = QF_GGUF_MIX_NONE;
 	ty->fit = false;
 }
 
@@ -243,19 +243,17 @@ static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
 /* Type of a 2-D tensor of cols columns, with llama.cpp-like fallbacks. */
 static enum qf_ggml_type pick_type(enum qf_ggml_type t, int64_t cols)
 {
+	if (!qf_ggml_row_bytes(t, cols) && (t == QF_GGML_Q2_K ||
+					    t == QF_GGML_Q3_K))
+		t = QF_GGML_Q4_0;
 	if (!qf_ggml_row_bytes(t, cols) && t == QF_GGML_Q4_K)
 		t = QF_GGML_Q4_1;
-	if (!qf_ggml_row_bytes(t, cols) && t == QF_GGML_Q6_K)
+	if (!qf_ggml_row_bytes(t, cols) && (t == QF_GGML_Q5_K ||
+					    t == QF_GGML_Q6_K))
 		t = QF_GGML_Q8_0;
 	if (!qf_ggml_row_bytes(t, cols))
 		t = QF_GGML_F16;
 	return t;
-}
-
-/* llama.cpp's use_more_bits(): the layers Q4_K_M gives more bits. */
-static bool use_more_bits(int i, int n)
-{
-	return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
 }
 
 struct builder;
@@ -327,19 +325,9 @@ static bool placed(unsigned arch, const char *hf)
 static enum qf_ggml_type mix_type(const struct builder *b,
 				  enum qf_gguf_role role, const char *gg)
 {
-	const struct qf_tf_config *c = &b->p->cfg;
-	int l = -1;
-
-	if (!b->types->q4_k_m)
-		return b->types->w[role];
-	sscanf(gg, "blk.%d.", &l);
-	if ((role == QF_GGUF_ROLE_ATTN_V || role == QF_GGUF_ROLE_FFN_DOWN) &&
-	    l >= 0 && use_more_bits(l, c->layers))
-		return QF_GGML_Q6_K;
-	if (role == QF_GGUF_ROLE_OUTPUT ||
-	    (role == QF_GGUF_ROLE_EMBD && c->tie))
-		return QF_GGML_Q6_K;
-	return b->types->w[role];
+	return b->types->mix ? qf_gguf_mix_type(b->types->mix, role, gg,
+						&b->p->cfg, b->types->w[role]) :
+	       b->types->w[role];
 }
 
 /*
@@ -670,7 +658,8 @@ static void write_model_kv(struct kvw *w, const struct qf_model *m,
 	kv_str(w, "general.architecture", p->arch);
 	kv_str(w, "general.name", m->name);
 	kv_u32(w, "general.alignment", QF_GGUF_ALIGN);
-	kv_u32(w, "general.file_type", p->q4_k_m ? 15 : file_type(p));
+	kv_u32(w, "general.file_type", p->mix ? (uint32_t)p->mix :
+	       file_type(p));
 	kv_u32(w, "general.quantization_version", 2);
 	kv_u32(w, ".vocab_size", (uint32_t)c->vocab);
 	kv_u32(w, ".context_length",
@@ -790,7 +779,7 @@ int qf_gguf_plan_init(const struct qf_model *m,
 		      "quantfs(1), ARCHITECTURES)");
 	b.arch = arch_bit(arch->gguf);
 	snprintf(out->arch, sizeof(out->arch), "%s", arch->gguf);
-	out->q4_k_m = types->q4_k_m;
+	out->mix = types->mix;
 	out->fit = types->fit;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
@@ -968,8 +957,7 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 		free(buf);
 		return ret;
 	}
-	if (u && (t->ndim != 2 || (t->type != QF_GGML_Q4_K &&
-				   t->type != QF_GGML_Q6_K)))
+	if (u && (t->ndim != 2 || qf_ggml_block_size(t->type) != 256))
 		u = NULL;	/* no GPTQ encoder of that type */
 	if (t->ndim < 3)
 		return produce_rows(t, t->src, imp, u, p->fit, r0, r1, dst);

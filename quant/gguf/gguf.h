@@ -26,7 +26,10 @@ enum qf_ggml_type {
 	QF_GGML_Q4_0 = 2,	/* fp16 d, 16 B nibbles: d * (q - 8) */
 	QF_GGML_Q4_1 = 3,	/* fp16 d, m, 16 B nibbles: d * q + m */
 	QF_GGML_Q8_0 = 8,	/* fp16 d, 32 int8: d * q */
+	QF_GGML_Q2_K = 10,	/* 256: 4-bit scales/mins, 2-bit quants */
+	QF_GGML_Q3_K = 11,	/* 256: 6-bit scales, 2 + 1-bit quants, d */
 	QF_GGML_Q4_K = 12,	/* 256: d, dmin, 6-bit scales/mins, nibbles */
+	QF_GGML_Q5_K = 13,	/* 256: as Q4_K, a fifth bit in qh[32] */
 	QF_GGML_Q6_K = 14,	/* 256: 6-bit quants, int8 scales, fp16 d */
 	QF_GGML_BF16 = 30,
 };
@@ -47,12 +50,13 @@ uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
 /*
  * Encode one row x[n] (n a multiple of the block size) into dst
  * (qf_ggml_row_bytes(t, n) bytes).  Q4_0, Q4_1 and Q8_0 are ggml's
- * quantize_row_*_ref bit for bit.  Q4_K and Q6_K are our own weighted
- * least-squares fits of each sub-block's scale (and min), the sub-block
- * scales then quantized to 6 / 8 bits as ggml does (Q4_K also tries the
- * neighbouring 6-bit codes); imp [n] (optional, >= 0) weights columns
- * like llama.cpp's importance matrix: imp * sqrt(sigma2 + x^2).  Without
- * it the weights are ggml's: rms(sub-block) + |x| for Q4_K, x^2 for Q6_K.
+ * quantize_row_*_ref bit for bit.  The k-quants (Q2_K .. Q6_K) are our
+ * own weighted least-squares fits of each sub-block's scale (and min),
+ * the sub-block scales then quantized to 4 / 6 / 8 bits as ggml does
+ * (Q2_K, Q3_K, Q4_K and Q5_K also try the neighbouring scale codes);
+ * imp [n] (optional, >= 0) weights columns like llama.cpp's importance
+ * matrix: imp * sqrt(sigma2 + x^2).  Without it the weights are ggml's:
+ * rms(sub-block) + |x| for Q2_K, Q4_K and Q5_K, x^2 for Q3_K and Q6_K.
  * F16/BF16 round to nearest even.
  * Returns 0, -EINVAL (bad type, n or imp), QF_ENUMERIC (a non-finite input
  * or a value / scale beyond fp16).
@@ -71,7 +75,7 @@ int qf_ggml_quantize_row_fit(enum qf_ggml_type t, const float *x, int64_t n,
 			     const float *imp, void *dst);
 /*
  * GPTQ on a k-quant grid (ggml_gptq.c): w [out x in] (row-major; left
- * error-updated) into out rows of Q4_K or Q6_K blocks at dst, each
+ * error-updated) into out rows of k-quant (Q2_K .. Q6_K) blocks, each
  * super-block's grid fitted (qf_ggml_quantize_row with imp [in], optional)
  * to the error-updated weights when the sweep reaches it, its columns then
  * rounded to nearest with GPTQ's error feedback through u [in x in], the
@@ -123,18 +127,44 @@ enum qf_gguf_role {
 /*
  * Type of each 2-D role; 1-D tensors are always F32.  A type whose block
  * does not divide a tensor's row length (ne[0]) falls back as llama.cpp's
- * quantizer does, within what we encode: Q4_K -> Q4_1, Q6_K -> Q8_0, then
- * F16.
+ * quantizer does, within what we encode: Q2_K, Q3_K -> Q4_0, Q4_K -> Q4_1,
+ * Q5_K, Q6_K -> Q8_0, then F16.
  */
+/* llama.cpp's k-quant mixes, by their llama_ftype (general.file_type). */
+enum qf_gguf_mix {
+	QF_GGUF_MIX_NONE = 0,
+	QF_GGUF_MIX_Q2_K = 10,
+	QF_GGUF_MIX_Q3_K_S = 11,
+	QF_GGUF_MIX_Q3_K_M = 12,
+	QF_GGUF_MIX_Q3_K_L = 13,
+	QF_GGUF_MIX_Q4_K_S = 14,
+	QF_GGUF_MIX_Q4_K_M = 15,
+	QF_GGUF_MIX_Q5_K_S = 16,
+	QF_GGUF_MIX_Q5_K_M = 17,
+};
+/*
+ * The mix of the view kq<bits>_k[_s|_m|_l] (size 'S', 'M', 'L' or 0) and
+ * its base type (w[] of qf_gguf_types_uniform); kq6_k (Q6_K throughout)
+ * is uniform, NONE.  0 or -EINVAL (no such mix in llama.cpp).  gguf_mix.c.
+ */
+int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
+		   enum qf_ggml_type *base);
+/*
+ * The type llama.cpp's llama_tensor_get_type() gives tensor gg (role) of
+ * a dense model c in mix, base its w[] type: attn_v, attn_output,
+ * attn_qkv, ffn_down by the mix and layer (use_more_bits: the first and
+ * last eighth and every third between), output (and token_embd when
+ * tied) Q6_K.  Not applied: the 8-expert, 70B and Falcon rules.
+ */
+enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
+				   enum qf_gguf_role role, const char *gg,
+				   const struct qf_tf_config *c,
+				   enum qf_ggml_type base);
+
 struct qf_gguf_types {
 	enum qf_ggml_type w[QF_GGUF_ROLE_COUNT];	/* [VECTOR] unused */
-	/*
-	 * llama.cpp's Q4_K_M mix on top of w[] (all Q4_K): attn_v and
-	 * ffn_down of the layers use_more_bits() picks (the first and last
-	 * eighth, and every third between) and output (or token_embd when
-	 * tied) in Q6_K, as llama_tensor_get_type() does.
-	 */
-	bool q4_k_m;
+	/* llama.cpp's mix on top of w[] (all the base type), or NONE */
+	enum qf_gguf_mix mix;
 	/* Q4_0 / Q4_1 / Q8_0 by qf_ggml_quantize_row_fit() (RTN views) */
 	bool fit;
 };
@@ -166,7 +196,7 @@ struct qf_gguf_plan {
 	uint64_t data_off;		/* start of the tensor data */
 	uint64_t size;			/* exact file size */
 	char arch[16];			/* general.architecture */
-	bool q4_k_m;			/* planned with the Q4_K_M mix */
+	enum qf_gguf_mix mix;		/* planned with that mix */
 	bool fit;			/* types->fit: fitted block scales */
 	struct qf_tf_config cfg;	/* the source's dimensions */
 	const struct qf_model_tensor **xsrc;	/* owned: the experts'

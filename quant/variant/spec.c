@@ -487,9 +487,14 @@ int qf_spec_print(const struct qf_spec *s, char *out, size_t cap)
 
 bool qf_spec_kq_supported(const struct qf_spec *s)
 {
-	return s->method == QF_METHOD_KQUANT &&
-	       ((s->bits == 4 && s->kq_size == 'M') ||
-		(s->bits == 6 && !s->kq_size));
+	size_t i;
+
+	for (i = 0; s->method == QF_METHOD_KQUANT &&
+	     i < ARRAY_SIZE(kq_types); i++)
+		if (kq_types[i].bits == s->bits &&
+		    kq_types[i].size == s->kq_size)
+			return true;
+	return false;
 }
 
 bool qf_spec_is_calibrated(const struct qf_spec *s)

@@ -64,7 +64,7 @@ struct qf_spec {
 int qf_spec_parse(const char *name, struct qf_spec *out, const char **why);
 /* Canonical name into out.  Returns its length, or -ENOSPC. */
 int qf_spec_print(const struct qf_spec *s, char *out, size_t cap);
-/* A k-quant mix this build produces (kq4_k_m, kq6_k). */
+/* A k-quant mix this build produces (every llama.cpp mix kq names). */
 bool qf_spec_kq_supported(const struct qf_spec *s);
 /* Method needs calibration data (gptq, awq, brecq, mixed_dyn/budget). */
 bool qf_spec_is_calibrated(const struct qf_spec *s);

@@ -184,7 +184,7 @@ def main():
     w["bad-5-dims"] = build([], [("x", [1, 1, 1, 1, 1], 0, b"\0" * 4)])
     w["bad-0-dims"] = build([], [("x", [], 0, b"\0" * 4)])
     w["bad-unknown-ggml-type"] = build([], [("x", [32], 99, b"\0" * 32)])
-    w["bad-unsupported-q5_k"] = build([], [("x", [256], 13, b"\0" * 176)])
+    w["bad-unsupported-q5_0"] = build([], [("x", [256], 6, b"\0" * 176)])
     w["bad-row-not-blocks"] = build([], [("x", [100], 12, b"\0" * 144)])
     w["bad-tensor-larger-than-file"] = build(
         [], [("x", [2 ** 20, 2 ** 20], 0, b"\0" * 32)], rel=[0])

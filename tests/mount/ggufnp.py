@@ -14,7 +14,8 @@ SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
           7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 # ggml type: (elements per block, bytes per block)
 BLOCKS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20),
-          8: (32, 34), 12: (256, 144), 14: (256, 210)}
+          8: (32, 34), 10: (256, 84), 11: (256, 110), 12: (256, 144),
+          13: (256, 176), 14: (256, 210)}
 
 
 class File:
@@ -110,13 +111,17 @@ def dequant(t, raw):
     if t == 8:                          # Q8_0: d q
         return (b[:, 2:].view(np.int8).astype(f32) * f16(b[:, 0:2])) \
             .reshape(-1)
-    if t == 12:                         # Q4_K
+    if t in (10, 11):
+        return dequant_q23(t, b)
+    if t in (12, 13):                   # Q4_K; Q5_K: qh [32] first
         d, dmin = f16(b[:, 0:2]), f16(b[:, 2:4])
         sc, mn = scale_min_k4(b[:, 4:16])
-        qs = b[:, 16:].reshape(-1, 4, 32)
+        qs = b[:, 16 + 32 * (t == 13):].reshape(-1, 4, 32)
         y = np.empty((len(b), 8, 32), f32)
         for j in range(8):              # sub-block j: nibbles of 32 bytes
             q = qs[:, j // 2] & 0xF if j % 2 == 0 else qs[:, j // 2] >> 4
+            if t == 13:                 # bit j of qh: the fifth bit
+                q = q | ((b[:, 16:48] >> j) & 1) << 4
             dj = d * sc[:, j:j + 1].astype(f32)
             mj = dmin * mn[:, j:j + 1].astype(f32)
             y[:, j] = dj * q.astype(f32) - mj
@@ -138,6 +143,35 @@ def dequant(t, raw):
                         s * (q[:, 16 * l16:16 * l16 + 16] - 32).astype(f32)
         return y.reshape(-1)
     raise AssertionError("ggml type %d" % t)
+
+
+def dequant_q23(t, b):
+    """Q2_K (t 10) and Q3_K (t 11): 2-bit fields four to a byte, quarters
+    of 128 elements; Q3_K's signed 6-bit scales unpacked as ggml does,
+    through 32-bit words."""
+    f32 = np.float32
+    qs = b[:, 16:80] if t == 10 else b[:, 32:96]
+    sh = np.arange(4)[None, None, :, None] * 2
+    q = (qs.reshape(-1, 2, 1, 32) >> sh) & 3       # [nb, half, quarter, 32]
+    if t == 10:
+        d, dmin = f16(b[:, 80:82]), f16(b[:, 82:84])
+        sc = np.repeat(b[:, 0:16], 16, axis=1).reshape(q.shape)
+        return ((d[:, :, None, None] * (sc & 0xF).astype(f32)) *
+                q.astype(f32) - dmin[:, :, None, None] * (sc >> 4).astype(f32)).reshape(-1)
+    m1, m2 = np.uint32(0x03030303), np.uint32(0x0F0F0F0F)
+    aux = b[:, 96:108].copy().view("<u4")           # [nb, 3]
+    a0, a1, tmp = aux[:, 0], aux[:, 1], aux[:, 2]
+    words = np.stack([(a0 & m2) | (((tmp >> 0) & m1) << 4),
+                      (a1 & m2) | (((tmp >> 2) & m1) << 4),
+                      ((a0 >> 4) & m2) | (((tmp >> 4) & m1) << 4),
+                      ((a1 >> 4) & m2) | (((tmp >> 6) & m1) << 4)], 1)
+    sc = words.astype("<u4").view(np.int8).astype(np.int32) - 32
+    sc = np.repeat(sc, 16, axis=1).reshape(q.shape)
+    hm = b[:, 0:32].reshape(-1, 1, 1, 32)
+    bit = np.arange(8).reshape(1, 2, 4, 1)          # 4 half + quarter
+    v = q.astype(np.int32) - np.where((hm >> bit) & 1, 0, 4)
+    d = f16(b[:, 108:110])[:, :, None, None]
+    return ((d * sc.astype(f32)) * v.astype(f32)).reshape(-1)
 
 
 LAYER = {"attn_norm": "input_layernorm", "ffn_norm":

@@ -72,7 +72,7 @@ def test_invalid_names_enoent():
     with Mount(SRC) as m:
         for bad in ("rtn_w5_g128", "rtn_w4", "rtn_w4_g128_sym_sym",
                     "RTN_w4_g128", "rtn_w4_g128@x", "foo", "..x",
-                    "kq3_k_m"):   # not produced
+                    "kq4_k_m_rot"):   # not produced
             for _ in range(2):  # twice: no negative-entry surprises
                 p = os.path.join(m.mnt, "tiny", bad)
                 assert not os.path.exists(p), bad

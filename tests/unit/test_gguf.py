@@ -885,7 +885,7 @@ REASON = {
     "truncated-data": "past the end", "truncated-kv": "truncated",
     "unknown-array-type": "array of an unknown", "unknown-ggml-type":
     "unknown tensor type", "unknown-value-type": "value of an unknown",
-    "unsupported-q5_k": "unsupported", "version-1": "version",
+    "unsupported-q5_0": "unsupported", "version-1": "version",
     "version-big-endian": "version",
 }
 
