@@ -271,7 +271,7 @@ static int replay(struct job *j, int gi, float *w)
 {
 	struct qf_var *var = j->var;
 	const struct qf_vgroup *g = &var->v->g[gi];
-	int64_t out, in, ng, r, c;
+	int64_t out, in, ng;
 	uint8_t *q;
 	uint16_t *sc;
 	int32_t *z, *gidx;
@@ -288,14 +288,8 @@ static int replay(struct job *j, int gi, float *w)
 	      qf_flight_unpack(j->fs, var->vid, var->v, (size_t)gi, q, sc, z,
 			       gidx) :
 	      -ENOMEM;
-	/* the same float expression qf_gptq_quantize leaves in w */
-	for (r = 0; r < out && !ret; r++)
-		for (c = 0; c < in; c++) {
-			int64_t x = r * ng + gidx[c];
-
-			w[r * in + c] = qf_f16_to_f32(sc[x]) *
-				((float)q[r * in + c] - (float)z[x]);
-		}
+	if (!ret)
+		qf_layer_dequant(g, q, sc, z, gidx, w);
 	free(q);
 	free(sc);
 	free(z);

@@ -49,23 +49,65 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng)
 	r->loss = r->loss_rtn = r->alpha = r->score = NULL;
 }
 
-#define ENERGY_ROWS 256	/* rows of D per product: tmp [ENERGY_ROWS, in] */
+#define ENERGY_ROWS 256	/* rows of D per product: [ENERGY_ROWS, in] */
 
-/* tr(D H D^T) for D [out, in]: the output error energy of D on X. */
-static double energy(const float *d, const float *h, int64_t out, int64_t in,
-		     float *tmp)
+/*
+ * An error D [out, in] made a row block at a time: w0, or w0 - w, or w0
+ * less the dequantized codes (q, sc, z in groups of gs), so no matrix of
+ * D's size is held.
+ */
+struct err_rows {
+	const float *w0, *w;
+	const uint8_t *q;
+	const uint16_t *sc;
+	const int32_t *z;
+	int64_t in, ng, gs;
+};
+
+static void err_block(const struct err_rows *e, int64_t r0, int64_t n,
+		      float *d)
 {
-	double e = 0;
-	int64_t r0, i, n;
+	int64_t in = e->in, i, k;
+
+	for (i = 0; i < n; i++) {
+		const float *w0 = e->w0 + (r0 + i) * in;
+		float *di = d + i * in;
+
+		if (e->w) {
+			for (k = 0; k < in; k++)
+				di[k] = w0[k] - e->w[(r0 + i) * in + k];
+		} else if (e->q) {
+			const uint8_t *q = e->q + (r0 + i) * in;
+			int64_t g0 = (r0 + i) * e->ng;
+
+			for (k = 0; k < in; k++)
+				di[k] = w0[k] -
+					qf_f16_to_f32(e->sc[g0 + k / e->gs]) *
+					((float)q[k] -
+					 (float)e->z[g0 + k / e->gs]);
+		} else {
+			memcpy(di, w0, (size_t)in * sizeof(*di));
+		}
+	}
+}
+
+/* tr(D H D^T): the output error energy of D on X (tmp, d: [ENERGY_ROWS,
+ * in] each). */
+static double energy(const struct err_rows *e, const float *h, int64_t out,
+		     float *tmp, float *d)
+{
+	int64_t in = e->in, r0, i, n;
+	double sum = 0;
 
 	for (r0 = 0; r0 < out; r0 += ENERGY_ROWS) {
 		n = out - r0 < ENERGY_ROWS ? out - r0 : ENERGY_ROWS;
-		qf_sgemm(false, false, (int)n, (int)in, (int)in, 1.0f,
-			 d + r0 * in, (int)in, h, (int)in, 0.0f, tmp, (int)in);
+		err_block(e, r0, n, d);
+		qf_sgemm(false, false, (int)n, (int)in, (int)in, 1.0f, d,
+			 (int)in, h, (int)in, 0.0f, tmp, (int)in);
 		for (i = 0; i < n * in; i++)
-			e += (double)tmp[i] * d[r0 * in + i];
+			sum += (double)tmp[i] * d[i];
 	}
-	return e;
+	return sum;
 }
 
 static int quantize_linear(const struct qf_variant *v, int gi, float *w,
@@ -85,37 +127,32 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 	};
 	size_t wn = (size_t)(out * in);
 	float *w0 = malloc(wn * sizeof(float)), *h = st->h;
-	float *tmp = malloc((size_t)(ENERGY_ROWS * in) * sizeof(float));
-	float *d = malloc(wn * sizeof(float));	/* freed before GPTQ */
+	float *tmp = malloc((size_t)(2 * ENERGY_ROWS * in) * sizeof(float));
 	uint8_t *dead = malloc((size_t)in);
 	uint8_t *q = malloc(wn);
 	uint16_t *sc = malloc((size_t)(out * ng) * 2);
 	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
 	void **bufs = r->pending + (size_t)gi * 4;
+	struct err_rows e = { .w0 = w0, .in = in, .ng = ng, .gs = gs };
+	float *blk = tmp + ENERGY_ROWS * in;
 	double base, loss, t0 = qf_now(), t1;
-	int64_t i, k;
+	int64_t k;
 	int ret = -ENOMEM;
 
-	if (!w0 || !tmp || !d || !dead || !q || !sc || !z || !gidx)
+	if (!w0 || !tmp || !dead || !q || !sc || !z || !gidx)
 		goto out_free;
 	memcpy(w0, w, wn * sizeof(float));
 	/* GPTQ gives dead inputs a unit diagonal: restored after it, so
 	 * the energies are those of H itself (no copy of it is kept) */
 	for (k = 0; k < in; k++)
 		dead[k] = h[k * in + k] == 0;
-	base = energy(w0, h, out, in, tmp);
+	base = energy(&e, h, out, tmp, blk);
 	/* round to nearest at the same settings, for the record */
 	ret = qf_rtn_quantize(w0, out, in, &g->qp, q, sc, z);
 	if (ret < 0)
 		goto out_free;
-	for (i = 0; i < out; i++)
-		for (k = 0; k < in; k++)
-			d[i * in + k] = w0[i * in + k] -
-				qf_f16_to_f32(sc[i * ng + k / gs]) *
-				((float)q[i * in + k] - (float)z[i * ng + k / gs]);
-	r->loss_rtn[gi] = base > 0 ? energy(d, h, out, in, tmp) / base : 0;
-	free(d);	/* GPTQ's own copies of W and H come next */
-	d = NULL;
+	e.q = q, e.sc = sc, e.z = z;
+	r->loss_rtn[gi] = base > 0 ? energy(&e, h, out, tmp, blk) / base : 0;
 	t1 = qf_now();
 	ret = qf_gptq_quantize(w, out, in, h, &o, q, sc, z, gidx, &loss);
 	if (ret < 0)
@@ -124,9 +161,8 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 		if (dead[k])
 			h[k * in + k] = 0;
 	t0 += qf_now() - t1;	/* the comparison's time only */
-	for (i = 0; i < (int64_t)wn; i++)
-		w0[i] = w0[i] - w[i];
-	r->loss[gi] = base > 0 ? energy(w0, h, out, in, tmp) / base : 0;
+	e.q = NULL, e.w = w;
+	r->loss[gi] = base > 0 ? energy(&e, h, out, tmp, blk) / base : 0;
 	r->alpha[gi] = r->score[2 * gi] = r->score[2 * gi + 1] = -1;
 	r->compare_s += qf_now() - t0;
 	t0 = qf_now();
@@ -144,7 +180,6 @@ out_free:
 	free(w0);
 	free(dead);
 	free(tmp);
-	free(d);
 	free(q);
 	free(sc);
 	free(z);
@@ -152,23 +187,122 @@ out_free:
 	return ret;
 }
 
+void qf_layer_dequant(const struct qf_vgroup *g, const uint8_t *q,
+		      const uint16_t *sc, const int32_t *z,
+		      const int32_t *gidx, float *w)
+{
+	int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group), r, c;
+
+	/* the same float expression qf_gptq_quantize leaves in w */
+	for (r = 0; r < out; r++)
+		for (c = 0; c < in; c++) {
+			int64_t x = r * ng + gidx[c];
+
+			w[r * in + c] = qf_f16_to_f32(sc[x]) *
+				((float)q[r * in + c] - (float)z[x]);
+		}
+}
+
+/*
+ * While down is quantized, gate and up (quantized, their packed tensors
+ * pending in r) need not be held in fp32: at Llama-3-70B's shapes that
+ * is 1.9 GB beside down's X^T X (3.3 GB).  park() frees them, keeping a
+ * hash of each; unpark() makes them again from the packed tensors (the
+ * values the quantizer left, qf_layer_dequant) and checks the hash.
+ */
+struct parked {
+	enum qf_tf_linear k[2];
+	int n;
+	uint64_t hash[2];
+};
+
+static void park(const struct qf_layer_map *m, struct qf_tf_layer *ly,
+		 const struct qf_layer_res *r, struct parked *pk)
+{
+	static const enum qf_tf_linear gu[2] = { QF_TF_GATE, QF_TF_UP };
+	int i;
+
+	pk->n = 0;
+	for (i = 0; i < 2; i++) {
+		int gi = m->lin_group[gu[i]];
+		const struct qf_vgroup *g;
+
+		if (gi < 0 || !ly->w[gu[i]] || !r->pending[(size_t)gi * 4])
+			continue;
+		g = &m->v->g[gi];
+		pk->k[pk->n] = gu[i];
+		pk->hash[pk->n++] = qf_hash64(ly->w[gu[i]],
+					      (size_t)(g->w->t->shape[0] *
+						       g->w->t->shape[1]) *
+					      sizeof(float), 0);
+		free(ly->w[gu[i]]);
+		ly->w[gu[i]] = NULL;
+	}
+}
+
+static int unpark(const struct qf_layer_map *m, struct qf_tf_layer *ly,
+		  const struct qf_layer_res *r, const struct parked *pk)
+{
+	int i, ret = 0;
+
+	for (i = 0; i < pk->n && !ret; i++) {
+		int gi = m->lin_group[pk->k[i]];
+		const struct qf_vgroup *g = &m->v->g[gi];
+		int64_t out = g->w->t->shape[0], in = g->w->t->shape[1];
+		int64_t ng = qf_ngroups(in, g->qp.group);
+		size_t wn = (size_t)(out * in);
+		uint8_t *q = malloc(wn);
+		uint16_t *sc = malloc((size_t)(out * ng) * 2);
+		int32_t *z = malloc((size_t)(out * ng) * 4);
+		int32_t *gidx = malloc((size_t)in * 4);
+		float *w = malloc(wn * sizeof(float));
+
+		ret = q && sc && z && gidx && w ?
+		      qf_ckpt_unpack_group(QF_CKPT_GPTQ_V1, g->pack_bits, out,
+					   in, ng, g->qp.group,
+					   (const void *const *)r->pending +
+					   (size_t)gi * 4, q, sc, z, gidx) :
+		      -ENOMEM;
+		if (!ret) {
+			qf_layer_dequant(g, q, sc, z, gidx, w);
+			if (qf_hash64(w, wn * sizeof(float), 0) != pk->hash[i])
+				ret = QF_ECORRUPT;	/* a bug: not these */
+		}
+		if (!ret)
+			ly->w[pk->k[i]] = w, w = NULL;
+		free(q);
+		free(sc);
+		free(z);
+		free(gidx);
+		free(w);
+	}
+	return ret;
+}
+
 int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 		  const enum qf_tf_linear *lin, int n,
 		  struct qf_lin_stats *stats, struct qf_layer_res *r)
 {
-	int i, ret;
+	struct parked pk = { .n = 0 };
+	int i, ret = 0;
 
-	for (i = 0; i < n; i++) {
+	if (n == 1 && lin[0] == QF_TF_DOWN)
+		park(m, ly, r, &pk);
+	for (i = 0; i < n && !ret; i++) {
 		int gi = m->lin_group[lin[i]];
 
 		if (gi < 0)
 			continue;	/* kept in the source dtype */
 		ret = quantize_linear(m->v, gi, ly->w[lin[i]], &stats[lin[i]],
 				      r);
-		if (ret < 0)
-			return ret;
 	}
-	return 0;
+	if (pk.n) {	/* down's X^T X first: it is done with */
+		qf_lin_stats_free(&stats[QF_TF_DOWN]);
+		if (!ret)
+			ret = unpark(m, ly, r, &pk);
+	}
+	return ret;
 }
 
 int qf_layer_gptq_one(const struct qf_variant *v, int gi, float *w,

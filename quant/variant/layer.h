@@ -71,11 +71,21 @@ struct qf_layer_map {
  * matrix stats[lin[i]].h (changed: damped).  ly->w[lin[i]] is left
  * holding the dequantized weight (what the next linears see); the RTN
  * baseline at the same grid is measured for loss_rtn.  alpha and score
- * are -1.  Returns 0, QF_ENUMERIC, -ENOMEM.
+ * are -1.  Down alone (true sequential's last stage): gate and up, when
+ * quantized, are not held in fp32 meanwhile (made again from their
+ * packed tensors after it), and stats[QF_TF_DOWN] is freed.  Returns 0,
+ * QF_ENUMERIC, QF_ECORRUPT (gate/up not made again as they were: a bug),
+ * -ENOMEM.
  */
 int qf_layer_gptq(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 		  const enum qf_tf_linear *lin, int n,
 		  struct qf_lin_stats *stats, struct qf_layer_res *r);
+
+/* The weights w [out, in] that GPTQ left for group gi's codes q [out,
+ * in], sc [out, ng] (f16 bits), z [out, ng], g_idx [in]. */
+void qf_layer_dequant(const struct qf_vgroup *g, const uint8_t *q,
+		      const uint16_t *sc, const int32_t *z,
+		      const int32_t *gidx, float *w);
 
 /*
  * GPTQ of one linear w [out, in] of group gi (an expert's, which has no
