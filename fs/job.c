@@ -281,7 +281,8 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 	struct qf_var *var = j->var;
 	struct qf_calib_ops ops = { .stats_seconds = &j->stats_s,
 				    .mem_bytes = (int64_t)
-						   j->fs->o.calib_mem };
+						   j->fs->o.calib_mem,
+				    .spill_dir = j->fs->cache_dir };
 	int ret;
 
 	qf_job_layer_ops(&var->v->spec, &ops);
@@ -308,10 +309,17 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 		int cn = qf_calib_chunk_seqs(&j->c, cs->nseq, cs->seqlen,
 					     ops.mem_bytes);
 
+		int64_t spill = qf_calib_spill_bytes(&j->c, cs, &ops);
+
 		if (cn < cs->nseq)
 			qf_info("%s/%s: %d calibration sequences in chunks of "
 				"%d (calib_mem)", var->mdl->name,
 				var->v->name, cs->nseq, cn);
+		if (spill)
+			qf_info("%s/%s: the layer input (%.2f GB) in a "
+				"temporary file of the cache directory "
+				"(calib_mem)", var->mdl->name, var->v->name,
+				(double)spill / 1e9);
 	}
 	pthread_mutex_lock(&var->lock);
 	var->job->phase = "quantizing layers";

@@ -232,6 +232,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 		.quantize = cb_sens,
 		.layer_done = sens_done,
 		.mem_bytes = (int64_t)fs->o.calib_mem,
+		.spill_dir = fs->cache_dir,
 		.unchanged = true,	/* cb_sens measures, changes nothing */
 	};
 	const void *p;

@@ -9,10 +9,13 @@
  * the calibration set (twice: the layer input is kept to re-run the layer
  * per stage), and the current stage's statistics.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "calib.h"
 
@@ -549,12 +552,72 @@ struct stream {
 	const struct qf_tf_config *c;
 	struct qf_tf_layer *ly;
 	int l;
-	float *x;		/* [nseq * seqlen, hidden]: in, then out */
+	float *x;		/* [nseq * seqlen, hidden]: in, then out;
+				 * NULL: in the file fd */
+	int fd;			/* the spilled x, or -1 */
 	float *tmp;		/* [cn * seqlen, hidden]: a chunk's copy */
 	int nseq, seqlen, cn;
 	const struct qf_calib_ops *ops;
 	void *arg;
 };
+
+/* An unnamed temporary file in dir: its descriptor, or -errno. */
+static int tmpfile_in(const char *dir)
+{
+	char path[4096];
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR &&
+			errno != EINVAL))
+		return fd >= 0 ? fd : -errno;
+	/* a file system without O_TMPFILE: named, unlinked at once */
+	if (snprintf(path, sizeof(path), "%s/.qf-calib.XXXXXX", dir) >=
+	    (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	return fd;
+}
+
+/* The spill file: in dir, else (none given, or not writable there) in
+ * $TMPDIR, else /tmp. */
+static int spill_open(const char *dir)
+{
+	const char *tmp = getenv("TMPDIR");
+	int fd = dir && *dir ? tmpfile_in(dir) : -ENOENT;
+
+	if (fd < 0)
+		fd = tmpfile_in(tmp && *tmp ? tmp : "/tmp");
+	return fd;
+}
+
+/* Sequences [s0, s0 + n) of x: into buf (spilled), or where they are. */
+static int chunk_get(const struct stream *s, int s0, int n, float *buf,
+		     float **xc)
+{
+	int64_t row = (int64_t)s->seqlen * s->c->hidden;
+	size_t len = (size_t)(n * row) * sizeof(float);
+
+	if (s->fd < 0) {
+		*xc = s->x + s0 * row;
+		return 0;
+	}
+	*xc = buf;
+	return qf_pread_all(s->fd, buf, len, (uint64_t)(s0 * row) *
+					       sizeof(float));
+}
+
+/* ... and back, when spilled (in memory, xc was x itself). */
+static int chunk_put(const struct stream *s, int s0, int n, const float *xc)
+{
+	int64_t row = (int64_t)s->seqlen * s->c->hidden;
+
+	return s->fd < 0 ? 0 :
+	       qf_pwrite_all(s->fd, xc, (size_t)(n * row) * sizeof(float),
+			     (uint64_t)(s0 * row) * sizeof(float));
+}
 
 /*
  * part of the layer over every chunk: on a copy with the hook (x stays
@@ -567,18 +630,23 @@ static int stream_pass_hook(const struct stream *s, int part,
 	int s0, n, ret = 0;
 
 	for (s0 = 0; s0 < s->nseq && !ret; s0 += n) {
-		float *xc = s->x + s0 * row;
+		float *xc;
 
 		n = s->nseq - s0 < s->cn ? s->nseq - s0 : s->cn;
-		if (cap && !move) {
+		ret = chunk_get(s, s0, n, s->tmp, &xc);
+		if (!ret && cap && !move && xc != s->tmp) {
 			memcpy(s->tmp, xc, (size_t)(n * row) * sizeof(float));
 			xc = s->tmp;
 		}
-		ret = qf_tf_layer_forward_part(s->c, s->ly, s->l, xc, n,
-					       s->seqlen, part,
-					       cap ? capture_hook : NULL, cap);
+		if (!ret)
+			ret = qf_tf_layer_forward_part(s->c, s->ly, s->l, xc,
+						       n, s->seqlen, part,
+						       cap ? capture_hook :
+							     NULL, cap);
 		if (ret == STAGE_DONE)
 			ret = 0;
+		else if (!ret && (!cap || move))
+			ret = chunk_put(s, s0, n, xc);
 	}
 	return ret;
 }
@@ -687,7 +755,7 @@ static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
 	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
 			    .cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
 						      ops->mem_bytes),
-			    .ops = ops, .arg = arg };
+			    .fd = -1, .ops = ops, .arg = arg };
 	int l, ret;
 
 	if (!xq || !y) {
@@ -777,6 +845,65 @@ static int run_whole_set(const struct qf_tf_config *c, int l,
 	return ret;
 }
 
+/* Whether the set is streamed through dense layers in chunks of cn. */
+static bool streamed(const struct qf_tf_config *c, const struct qf_calib *cs,
+		     const struct qf_calib_ops *ops, int cn)
+{
+	/* dense models, unless all of it fits one true sequential pass */
+	return !ops->block && !c->moe && (cn < cs->nseq || !ops->sequential);
+}
+
+int64_t qf_calib_spill_bytes(const struct qf_tf_config *c,
+			     const struct qf_calib *cs,
+			     const struct qf_calib_ops *ops)
+{
+	int64_t mem = ops->mem_bytes > 0 ? ops->mem_bytes : QF_CALIB_MEM_BYTES;
+	int64_t bytes = (int64_t)cs->nseq * cs->seqlen * c->hidden *
+			(int64_t)sizeof(float);
+	int cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen, ops->mem_bytes);
+
+	return streamed(c, cs, ops, cn) && bytes > mem / 3 ? bytes : 0;
+}
+
+/* The embeddings of the set, a chunk at a time, into the spill file. */
+static int embed_spilled(const struct qf_model *m, const struct stream *s,
+			 const struct qf_calib *cs)
+{
+	int s0, n, ret = 0;
+
+	for (s0 = 0; s0 < s->nseq && !ret; s0 += n) {
+		n = s->nseq - s0 < s->cn ? s->nseq - s0 : s->cn;
+		ret = qf_tf_embed(m, s->c, cs->ids + (int64_t)s0 * s->seqlen,
+				  (int64_t)n * s->seqlen, s->tmp);
+		if (!ret)
+			ret = chunk_put(s, s0, n, s->tmp);
+	}
+	return ret;
+}
+
+/* Layer l done: ops->layer_done with x, read back from the spill file
+ * for the last layer (the head's statistics need it). */
+static int layer_done(const struct stream *s, const struct qf_calib *cs,
+		      int l, const float *x, double seconds)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	size_t bytes = (size_t)(ntok * s->c->hidden) * sizeof(float);
+	float *all = NULL;
+	int ret = 0;
+
+	if (!s->ops->layer_done)
+		return 0;
+	if (s->fd >= 0 && l == s->c->layers - 1) {
+		all = malloc(bytes);
+		ret = all ? qf_pread_all(s->fd, all, bytes, 0) : -ENOMEM;
+		x = all;
+	}
+	if (!ret)
+		ret = s->ops->layer_done(s->arg, l, x, ntok, seconds);
+	free(all);
+	return ret;
+}
+
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg)
@@ -785,26 +912,28 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
 	int cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
 				     ops->mem_bytes);
-	/* streamed: dense models, unless all of it fits one true
-	 * sequential pass */
-	bool stream = !c->moe && (cn < cs->nseq || !ops->sequential);
+	bool stream = streamed(c, cs, ops, cn);
+	bool spill = qf_calib_spill_bytes(c, cs, ops) > 0;
 	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
-			    .cn = cn, .ops = ops, .arg = arg };
-	float *x_in, *x;
+			    .cn = cn, .fd = -1, .ops = ops, .arg = arg };
+	float *x_in = NULL, *x;
 	int l, ret;
 
 	if (ops->block)
 		return run_blocks(m, c, cs, ops, arg);
-	x_in = malloc(bytes);
+	if (spill && (s.fd = spill_open(ops->spill_dir)) < 0)
+		return s.fd;
+	x_in = spill ? NULL : malloc(bytes);
 	x = malloc(stream ? (size_t)cn * cs->seqlen * c->hidden *
 			    sizeof(float) : bytes);
-	if (!x_in || !x) {
+	if ((!spill && !x_in) || !x) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
 	s.x = x_in;
 	s.tmp = x;
-	ret = qf_tf_embed(m, c, cs->ids, ntok, x_in);
+	ret = spill ? embed_spilled(m, &s, cs) :
+		      qf_tf_embed(m, c, cs->ids, ntok, x_in);
 	for (l = 0; l < c->layers && !ret; l++) {
 		struct qf_tf_layer ly;
 		double t0 = qf_now();
@@ -828,11 +957,12 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 			s.x = x_in;
 			s.tmp = x;
 		}
-		if (!ret && ops->layer_done)
-			ret = ops->layer_done(arg, l, x_in, ntok,
-					      qf_now() - t0);
+		if (!ret)
+			ret = layer_done(&s, cs, l, x_in, qf_now() - t0);
 	}
 out_free:
+	if (s.fd >= 0)
+		close(s.fd);
 	free(x_in);
 	free(x);
 	return ret;

@@ -89,8 +89,9 @@ void qf_lin_stats_free(struct qf_lin_stats *s);
  * layer's input.
  *
  * Memory: one layer's fp32 weights, the stage's statistics, the
- * activations [nseq * seqlen, hidden] once, and the forward's scratch of
- * one chunk of sequences (ops->mem_bytes).  When the sequences need
+ * activations [nseq * seqlen, hidden] once (in a temporary file instead
+ * when they need more than a third of ops->mem_bytes: spill_dir), and
+ * the forward's scratch of one chunk of sequences.  When the sequences need
  * more than one chunk, true sequential runs a pass over the chunks per
  * stage (the attention and the MLP's gate/up twice).  When all fit in
  * one chunk, or the model has MoE layers (an expert's statistics need
@@ -121,7 +122,8 @@ struct qf_calib_ops {
 	bool whole_layer;
 	/* Optional: seconds spent accumulating statistics (added to). */
 	double *stats_seconds;
-	/* Optional: the layer is done (x is its quantized output). */
+	/* Optional: the layer is done (x is its quantized output; NULL
+	 * before the last layer when the input is spilled: spill_dir). */
 	int (*layer_done)(void *arg, int layer, const float *x, int64_t ntok,
 			  double seconds);
 	/*
@@ -168,6 +170,16 @@ struct qf_calib_ops {
 	 */
 	int64_t mem_bytes;
 	/*
+	 * Streamed, a layer input [nseq * seqlen, hidden] of more than a
+	 * third of mem_bytes is not held: it lives in an unnamed
+	 * temporary file in this directory (NULL, or not writable:
+	 * $TMPDIR, else /tmp),
+	 * read and written a chunk at a time (the page cache keeps it
+	 * while memory allows).  layer_done() then gets x only for the
+	 * last layer (NULL before it).
+	 */
+	const char *spill_dir;
+	/*
 	 * quantize() leaves the weights as they are (kq's importance
 	 * matrix and GPTQ factors, mixed precision's sensitivities): a
 	 * dense layer's statistics pass then moves the activations on,
@@ -188,6 +200,11 @@ int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
  */
 int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
 			 const float *x, int64_t ntok, struct qf_lin_stats *st);
+/* Bytes of the layer input qf_calib_run keeps in a temporary file
+ * (ops->spill_dir), 0 when it holds them in memory. */
+int64_t qf_calib_spill_bytes(const struct qf_tf_config *c,
+			     const struct qf_calib *cs,
+			     const struct qf_calib_ops *ops);
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg);
