@@ -7,7 +7,10 @@
  *
  * Memory is bounded by one layer: its fp32 weights, the activations of
  * the calibration set (twice: the layer input is kept to re-run the layer
- * per stage), and the current stage's statistics.
+ * per stage), and the current stage's statistics; streamed in chunks of
+ * sequences, the activations of a chunk, and of all tokens only the
+ * layer input, once, in memory or (beyond a third of ops->mem_bytes) in
+ * a temporary file read and written a chunk at a time.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -593,9 +596,9 @@ static int spill_open(const char *dir)
 	return fd;
 }
 
-/* Sequences [s0, s0 + n) of x: into buf (spilled), or where they are. */
-static int chunk_get(const struct stream *s, int s0, int n, float *buf,
-		     float **xc)
+/* Sequences [s0, s0 + n) of x: into s->tmp (spilled), or where they
+ * are. */
+static int chunk_get(const struct stream *s, int s0, int n, float **xc)
 {
 	int64_t row = (int64_t)s->seqlen * s->c->hidden;
 	size_t len = (size_t)(n * row) * sizeof(float);
@@ -604,9 +607,9 @@ static int chunk_get(const struct stream *s, int s0, int n, float *buf,
 		*xc = s->x + s0 * row;
 		return 0;
 	}
-	*xc = buf;
-	return qf_pread_all(s->fd, buf, len, (uint64_t)(s0 * row) *
-					       sizeof(float));
+	*xc = s->tmp;
+	return qf_pread_all(s->fd, s->tmp, len, (uint64_t)(s0 * row) *
+						  sizeof(float));
 }
 
 /* ... and back, when spilled (in memory, xc was x itself). */
@@ -633,7 +636,7 @@ static int stream_pass_hook(const struct stream *s, int part,
 		float *xc;
 
 		n = s->nseq - s0 < s->cn ? s->nseq - s0 : s->cn;
-		ret = chunk_get(s, s0, n, s->tmp, &xc);
+		ret = chunk_get(s, s0, n, &xc);
 		if (!ret && cap && !move && xc != s->tmp) {
 			memcpy(s->tmp, xc, (size_t)(n * row) * sizeof(float));
 			xc = s->tmp;

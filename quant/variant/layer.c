@@ -215,6 +215,8 @@ struct parked {
 	enum qf_tf_linear k[2];
 	int n;
 	uint64_t hash[2];
+	int64_t up_at;		/* fused gate_up (phi3): up's offset in
+				 * gate's rows, else -1 */
 };
 
 static void park(const struct qf_layer_map *m, struct qf_tf_layer *ly,
@@ -224,11 +226,14 @@ static void park(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 	int i;
 
 	pk->n = 0;
+	pk->up_at = ly->borrowed & (1u << QF_TF_UP) ?
+		    ly->w[QF_TF_UP] - ly->w[QF_TF_GATE] : -1;
 	for (i = 0; i < 2; i++) {
 		int gi = m->lin_group[gu[i]];
 		const struct qf_vgroup *g;
 
-		if (gi < 0 || !ly->w[gu[i]] || !r->pending[(size_t)gi * 4])
+		if (gi < 0 || !ly->w[gu[i]] || !r->pending[(size_t)gi * 4] ||
+		    (ly->borrowed & (1u << gu[i])))
 			continue;
 		g = &m->v->g[gi];
 		pk->k[pk->n] = gu[i];
@@ -271,6 +276,8 @@ static int unpark(const struct qf_layer_map *m, struct qf_tf_layer *ly,
 		}
 		if (!ret)
 			ly->w[pk->k[i]] = w, w = NULL;
+		if (!ret && pk->k[i] == QF_TF_GATE && pk->up_at >= 0)
+			ly->w[QF_TF_UP] = ly->w[QF_TF_GATE] + pk->up_at;
 		free(q);
 		free(sc);
 		free(z);
