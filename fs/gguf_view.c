@@ -124,12 +124,14 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 	struct qf_gv *gv;
 	int ret, r;
 
+	if (!mdl->m)		/* (weights it may not serve, or none) */
+		return QF_EUNSUPPORTED;
 	if (var && var->v->spec.method == QF_METHOD_KQUANT)
 		q = qf_kq_types(&var->v->spec, &ty);
 	else
 		qf_gguf_types_uniform(&ty, source_type(var ? var->v->m :
 								 mdl->m));
-	if (!mdl->m || (var && q == QF_GGML_F32))
+	if (var && q == QF_GGML_F32)
 		return QF_EUNSUPPORTED;
 	gv = calloc(1, sizeof(*gv));
 	if (!gv)
