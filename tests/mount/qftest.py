@@ -156,6 +156,15 @@ def gguf_client(path, req):
     return out
 
 
+def llama_reads(paths):
+    """llama.cpp (node-llama-cpp) loads each GGUF file of paths and
+    generates one token from it (SkipTest without the client)."""
+    need_client()
+    for p in paths:
+        out = gguf_client(p, {"prompt": "Once upon a time", "n": 1})
+        assert len(out["gen_ids"]) == 1, (p, out)
+
+
 def eval_windows(ids_file, ctx):
     """`quantfs eval`'s windows of --ids-out FILE: chunks of ctx - 1
     tokens after BOS (ctx without)."""

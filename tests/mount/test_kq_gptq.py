@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ggufnp  # noqa: E402
 import stread  # noqa: E402
 from qftest import Mount, run_tests, QUANTFS, SHARED, SkipTest, \
-    need_client, gguf_client  # noqa: E402
+    llama_reads  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qf-kqgptq.")
 CLI = os.path.join(os.path.dirname(os.path.dirname(QUANTFS)), "tests",
@@ -103,11 +103,7 @@ def test_kq_gptq_beats_imatrix():
                                        e_q / e_i))
                     assert e_q < 0.85 * e_i, (text, v, lin, e_q, e_i)
         # llama.cpp still loads both views and reads a token
-        need_client()
-        for v in served:
-            out = gguf_client(os.path.join(d, v, "model.gguf"),
-                              {"prompt": "Once upon a time", "n": 1})
-            assert len(out["gen_ids"]) == 1, (v, out)
+        llama_reads([os.path.join(d, v, "model.gguf") for v in served])
 
 
 try:
