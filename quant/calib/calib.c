@@ -544,11 +544,22 @@ int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
 	int64_t mem = mem_bytes > 0 ? mem_bytes : QF_CALIB_MEM_BYTES;
 	int64_t row = (int64_t)sizeof(float) * c->hidden * seqlen;
 	int64_t per = qf_tf_layer_scratch_bytes(c, seqlen) + row;
-	int64_t n = mem / 6 / per;
+	int64_t n = mem / 6 / per, unit = QF_TF_ROWS, a = seqlen, b = unit;
 
 	if ((per + row) * nseq <= mem)
 		return nseq;
-	return n < 1 ? 1 : n > nseq ? nseq : (int)n;
+	/* chunks of a multiple of QF_TF_ROWS tokens: the bytes of one pass
+	 * (unit: the fewest sequences that make one) */
+	while (b) {			/* a = gcd(seqlen, QF_TF_ROWS) */
+		int64_t t = a % b;
+
+		a = b;
+		b = t;
+	}
+	unit /= a;
+	n = n / unit * unit;
+	return n < unit ? (unit < nseq ? (int)unit : nseq) :
+	       n > nseq ? nseq : (int)n;
 }
 
 struct stream {

@@ -22,10 +22,12 @@
 void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
 		      const float *b, int64_t out, float beta, float *y)
 {
-	int64_t i, j;
+	int64_t i, j, r;
 
-	qf_sgemm(false, true, (int)n, (int)out,
-		    (int)in, 1.0f, x, (int)in, w, (int)in, beta, y, (int)out);
+	for (r = 0; r < n; r += QF_TF_ROWS)	/* (nn.h: QF_TF_ROWS) */
+		qf_sgemm(false, true, n - r < QF_TF_ROWS ? n - r : QF_TF_ROWS,
+			 out, in, 1.0f, x + r * in, in, w, in, beta,
+			 y + r * out, out);
 	if (!b)
 		return;
 	for (i = 0; i < n; i++) {

@@ -183,6 +183,9 @@ static void test_memory_bound(const char *quantfs)
 	CHECK(system(cmd), ==, 0);
 }
 
+#define NSEQ 48			/* 3 chunks of QF_TF_ROWS tokens */
+#define NTOK (NSEQ * 32)
+
 struct ident {
 	float *last;		/* copy of the last layer's output */
 	int64_t n;
@@ -199,7 +202,7 @@ static int ident_quantize(void *arg, int layer, struct qf_tf_layer *ly,
 
 	(void)layer, (void)ly;
 	for (i = 0; i < n; i++)	/* every linear gets its own full stats */
-		if (stats[lin[i]].n != 4 * 32 || !stats[lin[i]].h)
+		if (stats[lin[i]].n != NTOK || !stats[lin[i]].h)
 			return -EINVAL;
 	id->calls++;
 	return 0;
@@ -243,28 +246,32 @@ static void test_driver_identity(const char *quantfs, const char *arch)
 	snprintf(cmd, sizeof(cmd), "%s/m", dir);
 	CHECK(qf_model_open(cmd, &m), ==, 0);
 	CHECK(qf_tf_config_parse(m, &c), ==, 0);
-	cs.nseq = 4;
+	cs.nseq = NSEQ;
 	cs.seqlen = 32;
-	cs.ids = malloc(128 * sizeof(*cs.ids));
-	for (i = 0; i < 128; i++)
+	cs.ids = malloc(NTOK * sizeof(*cs.ids));
+	for (i = 0; i < NTOK; i++)
 		cs.ids[i] = (i * 53 + 1) % 512;
-	x = malloc((size_t)128 * c.hidden * sizeof(*x));
-	CHECK(qf_tf_embed(m, &c, cs.ids, 128, x), ==, 0);
+	x = malloc((size_t)NTOK * c.hidden * sizeof(*x));
+	CHECK(qf_tf_embed(m, &c, cs.ids, NTOK, x), ==, 0);
 	for (l = 0; l < c.layers; l++) {
 		struct qf_tf_layer ly;
 
 		CHECK(qf_tf_layer_load(m, &c, l, &ly), ==, 0);
-		CHECK(qf_tf_layer_forward(&c, &ly, l, x, 4, 32, NULL, NULL),
+		CHECK(qf_tf_layer_forward(&c, &ly, l, x, NSEQ, 32, NULL, NULL),
 		      ==, 0);
 		qf_tf_layer_free(&ly);
 	}
-	/* one chunk, and streamed a sequence at a time (1 byte: the layer
-	 * input in a temporary file too) */
-	CHECK(qf_calib_chunk_seqs(&c, 4, 32, 1), ==, 1);
-	CHECK(qf_calib_chunk_seqs(&c, 4, 32, 0), ==, 4);
+	/* one chunk, and streamed QF_TF_ROWS tokens at a time, the fewest
+	 * (1 byte: the layer input in a temporary file too), whatever the
+	 * BLAS kernels (OpenBLAS's Haswell SGEMM rounds a row otherwise
+	 * with the rows beside it) */
+	CHECK(qf_calib_chunk_seqs(&c, NSEQ, 32, 1), ==, QF_TF_ROWS / 32);
+	CHECK(qf_calib_chunk_seqs(&c, NSEQ, 32, 0), ==, NSEQ);
+	CHECK(qf_calib_chunk_seqs(&c, NSEQ, 48, 1), ==, QF_TF_ROWS / 16);
+	CHECK(qf_calib_chunk_seqs(&c, 4, 32, 1), ==, 4);
 	for (seq = 0; seq < 4; seq++) {
-		struct ident id = { malloc((size_t)128 * c.hidden * 4),
-				    128 * c.hidden, 0, 0 };
+		struct ident id = { malloc((size_t)NTOK * c.hidden * 4),
+				    NTOK * c.hidden, 0, 0 };
 		struct qf_calib_ops ops = { .hessian = true,
 					    .sequential = seq & 1,
 					    .quantize = ident_quantize,
