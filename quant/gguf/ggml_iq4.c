@@ -15,9 +15,9 @@
  *
  * Encoding, our own: each block (sub-block) tries 30 scales that put its
  * signed extreme on or near either end of the table (the table is not
- * symmetric: -127 .. 113), takes for each the codes nearest to x / scale,
- * refits the scale by (weighted) least squares for those codes, stores
- * it (fp16; IQ4_XS: the 6-bit code of the nearest multiple of the
+ * symmetric: -127 .. 113), takes for each the codes nearest to x / scale
+ * and the (weighted) least-squares scale for those codes, keeps the one
+ * of least (weighted) error at its own scale, stores that scale (fp16; IQ4_XS: the 6-bit code of the nearest multiple of the
  * super-block's d, then its two neighbours) and rounds the codes to
  * nearest again for the stored scale, keeping the least squared error
  * (weighted by imp * sqrt(sigma2 + x^2) with an importance vector, as the
@@ -31,6 +31,7 @@
  * libggml-base's quantize_iq4_nl / _xs where it is at hand).
  */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "ggml_i.h"
@@ -44,24 +45,41 @@ const int8_t qf_ggml_iq4_values[16] = {
 };
 #define KV qf_ggml_iq4_values
 
+/*
+ * The nearest level is the number of midpoints between neighbouring
+ * levels at or below v (a tie goes up, as ggml's best_index_int8).  The
+ * midpoints sit on integers and half-integers: below[k + 128] counts
+ * those <= k, half[k + 128] says whether k + 1/2 is one, for the k =
+ * floor(v) in -128 .. 127.
+ */
+static uint8_t below[256], half[256];
+static pthread_once_t lut_once = PTHREAD_ONCE_INIT;
+
+static void lut_init(void)
+{
+	int k, i;
+
+	for (k = -128; k < 128; k++) {
+		for (i = 0; i < 15; i++) {
+			int twice = KV[i] + KV[i + 1];	/* 2 x midpoint */
+
+			below[k + 128] += twice <= 2 * k;
+			half[k + 128] |= twice == 2 * k + 1;
+		}
+	}
+}
+
 int qf_ggml_iq4_nearest(float v)
 {
-	int lo = 0, hi = 15;
+	int k;
 
 	if (!(v > KV[0]))		/* (NaN too) */
 		return 0;
 	if (v >= KV[15])
 		return 15;
-	while (hi - lo > 1) {		/* KV[lo] < v < KV[hi] */
-		int mid = (lo + hi) / 2;
-
-		if (v < KV[mid])
-			hi = mid;
-		else
-			lo = mid;
-	}
-	/* a tie goes up, as ggml's best_index_int8 */
-	return v - KV[lo] < KV[hi] - v ? lo : hi;
+	pthread_once(&lut_once, lut_init);
+	k = (int)floorf(v);
+	return below[k + 128] + (half[k + 128] && v >= (float)k + 0.5f);
 }
 
 /* Codes of x [QK] nearest for scale s; the (weighted) error. */
@@ -81,13 +99,14 @@ static double recode(const float *x, const float *w, float s, uint8_t *l)
 }
 
 /*
- * Our sub-block fit: the least-squares scale of the best of the 30
- * candidates, unrounded (0 for an all-zero x).
+ * Our sub-block fit: of the 30 candidates, the least-squares scale of the
+ * one whose codes fit best (the largest sqx^2 / sqq), unrounded (0 for
+ * an all-zero x).
  */
 static float fit_scale(const float *x, const float *w)
 {
 	float amax = 0, max = 0, best_s = 0;
-	double best = INFINITY;
+	double best = 0;
 	int i, k, end;
 
 	for (i = 0; i < QK; i++) {
@@ -101,9 +120,7 @@ static float fit_scale(const float *x, const float *w)
 	for (end = 0; end < 2; end++) {
 		for (k = -NTRY; k <= NTRY; k++) {
 			float iscale = (end ? KV[15] - k : KV[0] + k) / max;
-			double sqx = 0, sqq = 0, e;
-			float s;
-			uint8_t l[QK];
+			double sqx = 0, sqq = 0;
 
 			for (i = 0; i < QK; i++) {
 				double wi = w ? w[i] : 1.0;
@@ -112,13 +129,9 @@ static float fit_scale(const float *x, const float *w)
 				sqx += wi * KV[c] * x[i];
 				sqq += wi * KV[c] * KV[c];
 			}
-			if (!(sqq > 0))
-				continue;
-			s = (float)(sqx / sqq);
-			e = recode(x, w, s, l);
-			if (e < best) {
-				best = e;
-				best_s = s;
+			if (sqq > 0 && sqx * sqx > best * sqq) {
+				best = sqx * sqx / sqq;
+				best_s = (float)(sqx / sqq);
 			}
 		}
 	}

@@ -310,8 +310,9 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 /*
  * The same with GPTQ (qf_ggml_gptq_quantize) where u [ne[0] x ne[0]] is
  * given (U upper, U^T U the damped inverse Hessian of the tensor's input,
- * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
- * (u NULL, other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
+ * computed by the caller) and the tensor is 2-D of a type GPTQ takes
+ * (qf_ggml_gptq_known: Q2_K .. Q6_K, IQ4_NL, IQ4_XS); otherwise (u NULL,
+ * other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
  * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
  * a head's rows, ne[1] / permute_heads, when permuted; -EINVAL for other
  * ranges): rows are encoded independently, so threads may share a tensor.
