@@ -7,18 +7,19 @@
  * integers and scales, repacked without loss (Q4_1: fp16 m cannot hold
  * -scale * zero exactly, each block's (d, m) is the fp16 pair nearest the
  * grid, qf_gguf_q4_1_from_int); RTN's, the source encoded on ggml's own
- * grid with fitted block scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
- * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
- * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
- * k-quant variants (kq2_k .. kq6_k, kiq4_nl, kiq4_xs: llama.cpp's mixes
- * by quant/gguf/gguf_mix.c), which exist only as GGUF:
- * Q2_K .. Q6_K, IQ4_NL, IQ4_XS encoded by quant/gguf.c with an importance matrix (mean x^2
- * per input channel of each linear) from the variant's calibration job;
- * the dense linears and output.weight by GPTQ on those grids (it halved
- * llama.cpp's Q4_K_M's KL divergence, issue #24), which needs each one's
- * Hessian: the job runs that sweep itself (gguf_kq.c, with this view's
- * plan) and stores the encoded bytes, which the view copies; the
- * factors (60 MB a layer at Qwen3-0.6B's shapes) are never stored.
+ * grid with fitted block scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes
+ * a signed scale, so its step is absmax / 8 where the checkpoint grid's is
+ * 2 x absmax / 15; the RTN view was coarser than llama.cpp's own Q4_0,
+ * issue #24); and the k-quant variants (kq2_k .. kq6_k, kiq4_nl, kiq4_xs:
+ * llama.cpp's mixes by quant/gguf/gguf_mix.c), which exist only as GGUF:
+ * Q2_K .. Q6_K, IQ4_NL, IQ4_XS encoded by quant/gguf.c with an importance
+ * matrix (mean x^2 per input channel of each linear) from the variant's
+ * calibration job; the dense linears and output.weight by GPTQ on those
+ * grids (it halved llama.cpp's Q4_K_M's KL divergence, issue #24), which
+ * needs each one's Hessian: the job runs that sweep itself (gguf_kq.c,
+ * with this view's plan) and stores the encoded bytes, which the view
+ * copies; the factors (60 MB a layer at Qwen3-0.6B's shapes) are never
+ * stored.
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read

@@ -16,19 +16,20 @@
  * Encoding, our own: each block (sub-block) tries 30 scales that put its
  * signed extreme on or near either end of the table (the table is not
  * symmetric: -127 .. 113), takes for each the codes nearest to x / scale
- * and the (weighted) least-squares scale for those codes, keeps the one
- * of least (weighted) error at its own scale, stores that scale (fp16; IQ4_XS: the 6-bit code of the nearest multiple of the
- * super-block's d, then its two neighbours) and rounds the codes to
- * nearest again for the stored scale, keeping the least squared error
- * (weighted by imp * sqrt(sigma2 + x^2) with an importance vector, as the
- * k-quants'; else plain).  IQ4_XS tries 8 values of d (the largest
- * sub-block scale on code -32 .. -29 or 31 .. 28).  llama.cpp's own
- * choice without an imatrix (quantize_iq4_nl / quantize_iq4_xs with no
- * quant_weights: x^2 weights, 15 tries, the scale's sign from the
- * extreme) is restated here as one more candidate, with its codes rounded
- * to nearest for its stored scales, so no block is further from x than
- * llama.cpp's own encoding of it (the tests hold the bytes to
- * libggml-base's quantize_iq4_nl / _xs where it is at hand).
+ * and the (weighted) least-squares scale for those codes, keeps the one of
+ * least (weighted) error at its own scale, stores that scale (fp16;
+ * IQ4_XS: the 6-bit code of the nearest multiple of the super-block's d,
+ * then its two neighbours) and rounds the codes to nearest again for the
+ * stored scale, keeping the least squared error (weighted by imp *
+ * sqrt(sigma2 + x^2) with an importance vector, as the k-quants'; else
+ * plain).  IQ4_XS tries 8 values of d (the largest sub-block scale on code
+ * -32 .. -29 or 31 .. 28).  llama.cpp's own choice without an imatrix
+ * (quantize_iq4_nl / quantize_iq4_xs with no quant_weights: x^2 weights,
+ * 15 tries, the scale's sign from the extreme) is restated here as one
+ * more candidate, with its codes rounded to nearest for its stored scales,
+ * so no block is further from x than llama.cpp's own encoding of it (the
+ * tests hold the bytes to libggml-base's quantize_iq4_nl / _xs where it is
+ * at hand).
  */
 #include <math.h>
 #include <pthread.h>

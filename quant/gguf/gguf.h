@@ -52,17 +52,17 @@ uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
 /*
  * Encode one row x[n] (n a multiple of the block size) into dst
  * (qf_ggml_row_bytes(t, n) bytes).  Q4_0, Q4_1 and Q8_0 are ggml's
- * quantize_row_*_ref bit for bit.  IQ4_NL and IQ4_XS (ggml_iq4.c) fit
- * each block's scale (IQ4_XS: the 6-bit sub-block scales and fp16 d)
- * for the least squared error (weighted by imp as the k-quants' when
- * given), llama.cpp's own choice without an imatrix among the
- * candidates, so no block is further from x than quantize_iq4_nl /
- * quantize_iq4_xs without an imatrix make it.  The k-quants (Q2_K .. Q6_K) are our
- * own weighted least-squares fits of each sub-block's scale (and min),
- * the sub-block scales then quantized to 4 / 6 / 8 bits as ggml does
- * (Q2_K, Q3_K, Q4_K and Q5_K also try the neighbouring scale codes);
- * imp [n] (optional, >= 0) weights columns like llama.cpp's importance
- * matrix: imp * sqrt(sigma2 + x^2).  Without it the weights are ggml's:
+ * quantize_row_*_ref bit for bit.  IQ4_NL and IQ4_XS (ggml_iq4.c) fit each
+ * block's scale (IQ4_XS: the 6-bit sub-block scales and fp16 d) for the
+ * least squared error (weighted by imp as the k-quants' when given),
+ * llama.cpp's own choice without an imatrix among the candidates, so no
+ * block is further from x than quantize_iq4_nl / quantize_iq4_xs without
+ * an imatrix make it.  The k-quants (Q2_K .. Q6_K) are our own weighted
+ * least-squares fits of each sub-block's scale (and min), the sub-block
+ * scales then quantized to 4 / 6 / 8 bits as ggml does (Q2_K, Q3_K, Q4_K
+ * and Q5_K also try the neighbouring scale codes); imp [n] (optional,
+ * >= 0) weights columns like llama.cpp's importance matrix:
+ * imp * sqrt(sigma2 + x^2).  Without it the weights are ggml's:
  * rms(sub-block) + |x| for Q2_K, Q4_K and Q5_K, x^2 for Q3_K and Q6_K.
  * F16/BF16 round to nearest even.
  * Returns 0, -EINVAL (bad type, n or imp), QF_ENUMERIC (a non-finite input
