@@ -15,7 +15,9 @@ kiq4_xs views (llama.cpp's IQ4_NL / IQ4_XS, GPTQ on their grids), issue
  - kiq4_nl and kiq4_xs: general.file_type 25 / 30 and every tensor of the
    type llama-quantize gives it for IQ4_NL / IQ4_XS of the same model
    (its original/model.gguf; without the tools, the recorded counts);
-   their IQ4 tensors decode in ggufnp as in ggml's own to_float;
+   their IQ4 tensors decode in ggufnp as in ggml's own to_float, and no
+   block of token_embd (rounded to nearest without an imatrix) is further
+   from the source than in llama.cpp's own encoding of it (no imatrix);
  - llama.cpp (node-llama-cpp) loads all four from the mount and
    generates a token.
 
@@ -176,6 +178,8 @@ def test_kiq4_views():
         d = os.path.join(m.mnt, os.path.basename(MODEL))
         src = os.path.join(WORK, "source.gguf")
         shutil.copyfile(os.path.join(d, "original", "model.gguf"), src)
+        emb = stread.read_st(os.path.join(d, "original", "model.safetensors")
+                             )[0]["model.embed_tokens.weight"]
         for v, (typ, ftype) in MIXES.items():
             path = os.path.join(d, v, "model.gguf")
             assert os.listdir(os.path.join(d, v)).count("model.gguf") == 1
@@ -187,7 +191,7 @@ def test_kiq4_views():
             counts = {k: list(got.values()).count(k)
                       for k in sorted(set(got.values()))}
             assert counts == COUNTS[v], (v, counts)
-            tid = COUNTS[v] and (20 if v == "kiq4_nl" else 23)
+            tid = 20 if v == "kiq4_nl" else 23
             n = 0
             for name, (t, ne, at) in ours.tensors.items():
                 w = ours.decode(name)
@@ -197,6 +201,21 @@ def test_kiq4_views():
                     assert np.array_equal(lib[0](t, raw, w.size),
                                           w.reshape(-1)), name
                     n += 1
+            if lib:
+                # token_embd (a lookup: rounded to nearest, no imatrix):
+                # no block further from the source than llama.cpp's
+                x = emb.astype(np.float32)
+                ref = lib[0](tid, lib[1](tid, x), x.size)
+                bs = ggufnp.BLOCKS[tid][0]
+                eo = ((ours.decode("token_embd.weight").reshape(-1)
+                       .astype(np.float64) - x.reshape(-1)) ** 2) \
+                    .reshape(-1, bs).sum(1)
+                er = ((ref.astype(np.float64) - x.reshape(-1)) ** 2) \
+                    .reshape(-1, bs).sum(1)
+                assert np.all(eo <= er * (1 + 1e-6) + 1e-20), v
+                print("  %s token_embd: squared error / llama.cpp's %s "
+                      "without imatrix %.3f, no block above it" % (
+                          v, typ, eo.sum() / er.sum()))
             if os.path.exists(quantize):
                 out = os.path.join(WORK, typ + ".gguf")
                 subprocess.run([quantize, src, out, typ, "2"], check=True,
