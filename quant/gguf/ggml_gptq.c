@@ -22,7 +22,9 @@
  * non-linear, value = a * kvalues_iq4nl[code]: a is read with every code
  * 8 (whose table value is 1), and the nearest code is the table's; the
  * sweep goes over IQ4_NL's blocks of 32, each block's scale fitted when
- * the sweep reaches it.
+ * the sweep reaches it; in IQ4_XS each sub-block's 6-bit scale code is
+ * chosen again (the super-block's d kept) when the sweep reaches the
+ * sub-block (xs_refit).
  *
  * Plain loops, no BLAS (the gguf part may not use it: doc/architecture.
  * json): O(out * in^2) per matrix, seconds for the 5M model's linears.
@@ -174,6 +176,46 @@ struct sweep {
 	float *a, *b, *err;		/* [out][bs] each */
 };
 
+/*
+ * IQ4_XS: row r's sub-block of columns [s + i, s + i + 32) gets the 6-bit
+ * scale code (super-block d kept) of least error, weighted by the
+ * importance vector, for its error-updated weights now that the sweep
+ * reaches it (its code was chosen with the super-block, before the
+ * columns ahead of it fed their errors in); the grid a [] follows.
+ */
+static void xs_refit(struct sweep *k, int64_t r, int64_t s, int i)
+{
+	uint8_t *y = k->dst + r * k->rb + (uint64_t)(s / k->bs) * k->bytes;
+	const float *x = k->w + r * k->in + s + i;
+	const float *imp = k->imp ? k->imp + s + i : NULL;
+	float d = qf_f16_to_f32(qf_ggml_get16(y)), *a = k->a + r * k->bs + i;
+	double best = INFINITY;
+	int c, j, ib = i / 32, bc = 0;
+
+	for (c = -32; c < 32 && d != 0; c++) {
+		float dl = d * (float)c;
+		double e = 0;
+
+		for (j = 0; j < 32; j++) {
+			float v = dl * (float)qf_ggml_iq4_values[dl != 0 ?
+				qf_ggml_iq4_nearest(x[j] / dl) : 8];
+			double dv = (double)v - x[j];
+
+			e += (imp ? imp[j] : 1.0) * dv * dv;
+		}
+		if (e < best) {
+			best = e;
+			bc = c;
+		}
+	}
+	if (d == 0)
+		return;
+	put_bits(y + 4 + ib / 2, 4 * (ib % 2), 4, (bc + 32) & 15);
+	put_bits(y + 2 + ib / 4, 2 * (ib % 4), 2, (bc + 32) >> 4);
+	for (j = 0; j < 32; j++)
+		a[j] = d * (float)bc;
+}
+
 /* One (super-)block of columns [s, s + bs): grids, sweep, lazy update. */
 static int sweep_block(struct sweep *k, int64_t s)
 {
@@ -195,6 +237,9 @@ static int sweep_block(struct sweep *k, int64_t s)
 	for (i = 0; i < bs && !ret; i++) {
 		const float *ui = k->u + (s + i) * k->in;
 
+		if (k->t == QF_GGML_IQ4_XS && i % 32 == 0 && i > 0)
+			for (r = 0; r < k->out; r++)
+				xs_refit(k, r, s, (int)i);
 		for (r = 0; r < k->out; r++) {
 			float *wr = k->w + r * k->in;
 			float a = k->a[r * bs + i], b = k->b[r * bs + i];
