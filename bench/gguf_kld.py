@@ -10,8 +10,8 @@ number of tokens.
 The source is quantfs's own `original/model.gguf` (the weights in their
 source dtype), so both sides start from the same GGUF. llama.cpp's files:
 Q4_0 and Q8_0 with the embedding and output kept in the source dtype (the
-layout of quantfs's Q4_0 / Q8_0 views), Q4_K_M and Q6_K with llama.cpp's
-own mixes, each without and with an imatrix from llama-imatrix on the
+layout of quantfs's Q4_0 / Q8_0 views; Q4_1 likewise), the k-quant mixes
+and IQ4_NL / IQ4_XS with llama.cpp's own mixes, each without and with an imatrix from llama-imatrix on the
 calibration text (--chunks N of --calib-len tokens: quantfs's defaults).
 
 usage: bench/gguf_kld.py --llama DIR [--quantfs PATH] [--model DIR]
@@ -52,6 +52,10 @@ PAIRS = [
     ("kq5_k_s", "Q5_K_S", [], "Q5_K_S"),
     ("kq5_k_m", "Q5_K_M", [], "Q5_K_M"),
     ("kq6_k", "Q6_K", [], "Q6_K"),
+    ("rtn_w4_g32", "Q4_1", SAME_LAYOUT, "Q4_1"),
+    ("gptq_w4_g32", "Q4_1", SAME_LAYOUT, "Q4_1"),
+    ("kiq4_nl", "IQ4_NL", [], "IQ4_NL"),
+    ("kiq4_xs", "IQ4_XS", [], "IQ4_XS"),
 ]
 
 
@@ -197,11 +201,11 @@ def main():
     print("importance matrix on %d x %d calibration tokens: llama-imatrix "
           "%.2f s" % (a.calib_n, a.calib_len, t_imat))
     for v in qtime:
-        if v.startswith("kq"):
+        if v.startswith("kq") or v.startswith("kiq"):
             print("quantfs %s: first read of model.gguf (calibration pass "
                   "+ encoding) %.2f s" % (v, qtime[v]))
     for line in log.splitlines():
-        if "/kq" in line and "done in" in line:
+        if ("/kq" in line or "/kiq" in line) and "done in" in line:
             print("  log (the calibration pass): " + line.strip()[:160])
     if a.keep:
         print("kept " + work)

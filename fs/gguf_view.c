@@ -3,20 +3,23 @@
  * source's weights in their own precision) and MNT/<model>/<variant>/
  * model.gguf for variants whose integer grid is a ggml block type exactly
  * (symmetric 4-bit groups of 32 = Q4_0, symmetric 8-bit groups of 32 =
- * Q8_0): GPTQ's, the variant's own integers and scales, repacked without
- * loss; RTN's, the source encoded on ggml's own grid with fitted block
- * scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes a signed scale, so its
- * step is absmax / 8 where the checkpoint grid's is 2 x absmax / 15; the
- * RTN view was coarser than llama.cpp's own Q4_0, issue #24); and the
- * k-quant variants (kq2_k .. kq6_k, llama.cpp's mixes by
- * quant/gguf/gguf_mix.c), which exist only as GGUF:
- * Q2_K .. Q6_K encoded by quant/gguf.c with an importance matrix (mean x^2
- * per input channel of each linear) from the variant's calibration job;
- * the dense linears and output.weight by GPTQ on those grids (it halved
- * llama.cpp's Q4_K_M's KL divergence, issue #24), which needs each one's
- * Hessian: the job runs that sweep itself (gguf_kq.c, with this view's
- * plan) and stores the encoded bytes, which the view copies; the
- * factors (60 MB a layer at Qwen3-0.6B's shapes) are never stored.
+ * Q8_0, asymmetric 4-bit groups of 32 = Q4_1): GPTQ's, the variant's own
+ * integers and scales, repacked without loss (Q4_1: fp16 m cannot hold
+ * -scale * zero exactly, each block's (d, m) is the fp16 pair nearest the
+ * grid, qf_gguf_q4_1_from_int); RTN's, the source encoded on ggml's own
+ * grid with fitted block scales (quant/gguf/ggml_fit.c: ggml's Q4_0 takes
+ * a signed scale, so its step is absmax / 8 where the checkpoint grid's is
+ * 2 x absmax / 15; the RTN view was coarser than llama.cpp's own Q4_0,
+ * issue #24); and the k-quant variants (kq2_k .. kq6_k, kiq4_nl, kiq4_xs:
+ * llama.cpp's mixes by quant/gguf/gguf_mix.c), which exist only as GGUF:
+ * Q2_K .. Q6_K, IQ4_NL, IQ4_XS encoded by quant/gguf.c with an importance
+ * matrix (mean x^2 per input channel of each linear) from the variant's
+ * calibration job; the dense linears and output.weight by GPTQ on those
+ * grids (it halved llama.cpp's Q4_K_M's KL divergence, issue #24), which
+ * needs each one's Hessian: the job runs that sweep itself (gguf_kq.c,
+ * with this view's plan) and stores the encoded bytes, which the view
+ * copies; the factors (60 MB a layer at Qwen3-0.6B's shapes) are never
+ * stored.
  *
  * The file is planned by quant/gguf.c (exact size and header before
  * anything is produced); each tensor is produced the first time a read
@@ -66,18 +69,14 @@ static enum qf_ggml_type bits_type(int b)
 	return b == 4 ? QF_GGML_Q4_0 : b == 8 ? QF_GGML_Q8_0 : QF_GGML_F32;
 }
 
-/*
- * Which variants have an exact GGUF block type, and which (of the MLP;
- * _attn<a> and _head<h> need one too, the head its own lm_head.weight:
- * a tied source's quantized head has no GGUF view yet).
- */
-static enum qf_ggml_type exact_type(const struct qf_var *var)
+/* The type of the variant's grid were it symmetric: Q4_0, Q8_0 or none. */
+static enum qf_ggml_type grid_type(const struct qf_var *var)
 {
 	const struct qf_spec *s = &var->v->spec;
 	int h = var->v->head;
 
 	if ((s->method != QF_METHOD_RTN && s->method != QF_METHOD_GPTQ) ||
-	    s->group != 32 || !(s->flags & QF_SPEC_SYM) ||
+	    s->group != 32 ||
 	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) ||
 	    var->v->nskipped != routers(var->mdl->m) ||
 	    (s->attn_bits && bits_type(s->attn_bits) == QF_GGML_F32) ||
@@ -85,6 +84,25 @@ static enum qf_ggml_type exact_type(const struct qf_var *var)
 			strcmp(var->v->g[h].w->name, "lm_head.weight"))))
 		return QF_GGML_F32;	/* none */
 	return bits_type(s->bits);
+}
+
+/*
+ * Which variants have an exact GGUF block type, and which (of the MLP;
+ * _attn<a> and _head<h> need one too, the head its own lm_head.weight:
+ * a tied source's quantized head has no GGUF view yet).  Asymmetric
+ * 4-bit groups of 32 are Q4_1 (d * q + m; #24), with no other width in
+ * them: ggml has no asymmetric 8-bit type that GGUF files hold.
+ */
+static enum qf_ggml_type exact_type(const struct qf_var *var)
+{
+	const struct qf_spec *s = &var->v->spec;
+	enum qf_ggml_type q = grid_type(var);
+
+	if (s->flags & QF_SPEC_SYM)
+		return q;
+	return q == QF_GGML_Q4_0 && !s->attn_bits &&
+	       (var->v->head < 0 || s->head_bits == 4) ? QF_GGML_Q4_1 :
+	       QF_GGML_F32;
 }
 
 static enum qf_ggml_type source_type(const struct qf_model *m)
@@ -138,7 +156,8 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 		return -ENOMEM;
 	gv->mdl = mdl;
 	gv->var = var;
-	gv->bits = q == QF_GGML_Q4_0 ? 4 : q == QF_GGML_Q8_0 ? 8 : 0;
+	gv->bits = q == QF_GGML_Q4_0 || q == QF_GGML_Q4_1 ? 4 :
+		   q == QF_GGML_Q8_0 ? 8 : 0;
 	gv->kq = var && var->v->spec.method == QF_METHOD_KQUANT;
 	if (var && !gv->kq)
 		for (r = QF_GGUF_ROLE_ATTN_Q; r <= QF_GGUF_ROLE_FFN_DOWN; r++)
@@ -146,7 +165,8 @@ int qf_gv_new(struct qf_fs *fs, struct qf_mdl *mdl, struct qf_var *var,
 				  var->v->spec.attn_bits ?
 				  bits_type(var->v->spec.attn_bits) : q;
 	if (var && !gv->kq && var->v->head >= 0)	/* _head<h> */
-		ty.w[QF_GGUF_ROLE_OUTPUT] = bits_type(var->v->spec.head_bits);
+		ty.w[QF_GGUF_ROLE_OUTPUT] = q == QF_GGML_Q4_1 ? q :
+			bits_type(var->v->spec.head_bits);
 	gv->fit = ty.fit = var && var->v->spec.method == QF_METHOD_RTN;
 	ret = qf_gguf_plan_init(gv_src(gv), &ty, &gv->plan, &why);
 	if (ret < 0) {
@@ -282,14 +302,18 @@ static int repack(struct qf_fs *fs, struct qf_gv *gv, int gi,
 				       q, sc, z, gidx);
 	if (!ret && (ng * 32 != in || t->ne[0] != in || t->ne[1] != out))
 		ret = QF_ECORRUPT;
-	for (k = 0; k < out * ng && !ret; k++)
+	for (k = 0; k < out * ng && !ret && t->type != QF_GGML_Q4_1; k++)
 		if (z[k] != zero)
 			ret = QF_ECORRUPT;	/* not the symmetric grid */
 	for (r = 0; r < out && !ret; r++) {
 		int64_t o = t->permute_heads ?
 			    old_row(r, out, t->permute_heads) : r;
 
-		ret = g->qp.bits == 4 ?
+		/* Q4_1: sc * (q - z) as fp16 d and m, the codes kept */
+		ret = t->type == QF_GGML_Q4_1 ?
+		      qf_gguf_q4_1_from_int(q + o * in, sc + o * ng, z + o * ng,
+					    in, dst + r * rb) :
+		      g->qp.bits == 4 ?
 		      qf_gguf_q4_0_from_int(q + o * in, sc + o * ng, in,
 					    dst + r * rb) :
 		      qf_gguf_q8_0_from_int(q + o * in, sc + o * ng, in,

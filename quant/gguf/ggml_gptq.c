@@ -18,7 +18,13 @@
  * The grid of an element is read back from the plain encoder's bytes by
  * decoding them with every code 0 and every code 1 (ggml's dequantizer:
  * value = a * code + b per element), so no block layout is restated here
- * but where the codes sit.
+ * but where the codes sit.  IQ4_NL and IQ4_XS (the kiq4 views) are
+ * non-linear, value = a * kvalues_iq4nl[code]: a is read with every code
+ * 8 (whose table value is 1), and the nearest code is the table's; the
+ * sweep goes over IQ4_NL's blocks of 32, each block's scale fitted when
+ * the sweep reaches it; in IQ4_XS each sub-block's 6-bit scale code is
+ * chosen again (the super-block's d kept) when the sweep reaches the
+ * sub-block (xs_refit).
  *
  * Plain loops, no BLAS (the gguf part may not use it: doc/architecture.
  * json): O(out * in^2) per matrix, seconds for the 5M model's linears.
@@ -67,6 +73,11 @@ static void set_code(enum qf_ggml_type t, uint8_t *y, int e, int k)
 		if (t == QF_GGML_Q3_K)
 			put_bits(y + i, e / 32, 1, k >> 2);
 		break;
+	case QF_GGML_IQ4_NL:	/* qs [16] after d; e < 32 */
+	case QF_GGML_IQ4_XS:	/* qs [16] per sub-block after 8 bytes */
+		put_bits(y + (t == QF_GGML_IQ4_XS ? 8 + 16 * (e / 32) : 2) +
+			 e % 16, 4 * ((e % 32) / 16), 4, k);
+		break;
 	default:
 		break;
 	}
@@ -86,28 +97,50 @@ static int code_top(enum qf_ggml_type t)
 		return 31;
 	case QF_GGML_Q6_K:
 		return 63;
+	case QF_GGML_IQ4_NL:
+	case QF_GGML_IQ4_XS:
+		return 15;
 	default:
 		return 0;
 	}
 }
 
+static bool nonlinear(enum qf_ggml_type t)
+{
+	return t == QF_GGML_IQ4_NL || t == QF_GGML_IQ4_XS;
+}
+
+bool qf_ggml_gptq_known(enum qf_ggml_type t)
+{
+	return code_top(t) > 0;
+}
+
 /*
- * The grid of every element of block y: value = a[e] * code + b[e],
- * from the dequantizer's output with all codes 0 and all codes 1.
+ * The grid of every element of block y (bs elements): value = a[e] *
+ * code + b[e], from the dequantizer's output with all codes 0 and all
+ * codes 1; the non-linear IQ4 types: a[e] * kvalues_iq4nl[code], a[e]
+ * with all codes 8 (table value 1), b[e] = 0.
  */
 static int block_grid(enum qf_ggml_type t, const uint8_t *y, size_t bytes,
-		      float *a, float *b)
+		      int bs, float *a, float *b)
 {
 	uint8_t tmp[256];
 	int e, k, ret = 0;
 
+	if (nonlinear(t)) {
+		memcpy(tmp, y, bytes);
+		for (e = 0; e < bs; e++)
+			set_code(t, tmp, e, 8);
+		memset(b, 0, (size_t)bs * sizeof(*b));
+		return qf_ggml_dequantize_row(t, tmp, bs, a);
+	}
 	for (k = 0; k < 2 && !ret; k++) {
 		memcpy(tmp, y, bytes);
-		for (e = 0; e < QK_K; e++)
+		for (e = 0; e < bs; e++)
 			set_code(t, tmp, e, k);
-		ret = qf_ggml_dequantize_row(t, tmp, QK_K, k ? a : b);
+		ret = qf_ggml_dequantize_row(t, tmp, bs, k ? a : b);
 	}
-	for (e = 0; e < QK_K && !ret; e++)
+	for (e = 0; e < bs && !ret; e++)
 		a[e] -= b[e];
 	return ret;
 }
@@ -124,6 +157,12 @@ static int nearest_code(float w, float a, float b, int top)
 	return (int)lrintf(v);
 }
 
+/* Code c's value on element grid (a, b). */
+static float code_value(bool nl, float a, float b, int c)
+{
+	return nl ? a * (float)qf_ggml_iq4_values[c] : a * c + b;
+}
+
 struct sweep {
 	enum qf_ggml_type t;
 	float *w;			/* [out][in], updated */
@@ -133,50 +172,98 @@ struct sweep {
 	uint8_t *dst;
 	size_t bytes;			/* per block */
 	uint64_t rb;			/* per row */
-	float *a, *b, *err;		/* [out][256] each */
+	int bs;				/* block: 256, IQ4_NL 32 */
+	float *a, *b, *err;		/* [out][bs] each */
 };
 
-/* One super-block of columns [s, s + 256): grids, sweep, lazy update. */
+/*
+ * IQ4_XS: row r's sub-block of columns [s + i, s + i + 32) gets the 6-bit
+ * scale code (super-block d kept) of least error, weighted by the
+ * importance vector, for its error-updated weights now that the sweep
+ * reaches it (its code was chosen with the super-block, before the
+ * columns ahead of it fed their errors in); the grid a [] follows.
+ */
+static void xs_refit(struct sweep *k, int64_t r, int64_t s, int i)
+{
+	uint8_t *y = k->dst + r * k->rb + (uint64_t)(s / k->bs) * k->bytes;
+	const float *x = k->w + r * k->in + s + i;
+	const float *imp = k->imp ? k->imp + s + i : NULL;
+	float d = qf_f16_to_f32(qf_ggml_get16(y)), *a = k->a + r * k->bs + i;
+	double best = INFINITY;
+	int c, j, ib = i / 32, bc = 0;
+
+	for (c = -32; c < 32 && d != 0; c++) {
+		float dl = d * (float)c;
+		double e = 0;
+
+		for (j = 0; j < 32; j++) {
+			float v = dl * (float)qf_ggml_iq4_values[dl != 0 ?
+				qf_ggml_iq4_nearest(x[j] / dl) : 8];
+			double dv = (double)v - x[j];
+
+			e += (imp ? imp[j] : 1.0) * dv * dv;
+		}
+		if (e < best) {
+			best = e;
+			bc = c;
+		}
+	}
+	if (d == 0)
+		return;
+	put_bits(y + 4 + ib / 2, 4 * (ib % 2), 4, (bc + 32) & 15);
+	put_bits(y + 2 + ib / 4, 2 * (ib % 4), 2, (bc + 32) >> 4);
+	for (j = 0; j < 32; j++)
+		a[j] = d * (float)bc;
+}
+
+/* One (super-)block of columns [s, s + bs): grids, sweep, lazy update. */
 static int sweep_block(struct sweep *k, int64_t s)
 {
-	int top = code_top(k->t);
+	int top = code_top(k->t), bs = k->bs;
+	bool nl = nonlinear(k->t);
 	int64_t r, i, j;
 	int ret = 0;
 
 	for (r = 0; r < k->out && !ret; r++) {
-		uint8_t *y = k->dst + r * k->rb + (uint64_t)(s / QK_K) *
+		uint8_t *y = k->dst + r * k->rb + (uint64_t)(s / bs) *
 			     k->bytes;
 
-		ret = qf_ggml_quantize_row(k->t, k->w + r * k->in + s, QK_K,
+		ret = qf_ggml_quantize_row(k->t, k->w + r * k->in + s, bs,
 					   k->imp ? k->imp + s : NULL, y);
 		if (!ret)
-			ret = block_grid(k->t, y, k->bytes, k->a + r * QK_K,
-					 k->b + r * QK_K);
+			ret = block_grid(k->t, y, k->bytes, bs, k->a + r * bs,
+					 k->b + r * bs);
 	}
-	for (i = 0; i < QK_K && !ret; i++) {
+	for (i = 0; i < bs && !ret; i++) {
 		const float *ui = k->u + (s + i) * k->in;
 
+		if (k->t == QF_GGML_IQ4_XS && i % 32 == 0 && i > 0)
+			for (r = 0; r < k->out; r++)
+				xs_refit(k, r, s, (int)i);
 		for (r = 0; r < k->out; r++) {
 			float *wr = k->w + r * k->in;
-			float a = k->a[r * QK_K + i], b = k->b[r * QK_K + i];
-			int c = nearest_code(wr[s + i], a, b, top);
-			float e = (wr[s + i] - (a * c + b)) / ui[s + i];
+			float a = k->a[r * bs + i], b = k->b[r * bs + i];
+			int c = nl ? (a != 0 ? qf_ggml_iq4_nearest(wr[s + i] /
+								  a) : 8) :
+				nearest_code(wr[s + i], a, b, top);
+			float e = (wr[s + i] - code_value(nl, a, b, c)) /
+				  ui[s + i];
 
 			set_code(k->t, k->dst + r * k->rb +
-				 (uint64_t)(s / QK_K) * k->bytes, (int)i, c);
-			k->err[r * QK_K + i] = e;
-			for (j = s + i + 1; j < s + QK_K; j++)
+				 (uint64_t)(s / bs) * k->bytes, (int)i, c);
+			k->err[r * bs + i] = e;
+			for (j = s + i + 1; j < s + bs; j++)
 				wr[j] -= e * ui[j];
 		}
 	}
 	for (r = 0; r < k->out && !ret; r++) {
 		float *wr = k->w + r * k->in;
 
-		for (i = 0; i < QK_K; i++) {
+		for (i = 0; i < bs; i++) {
 			const float *ui = k->u + (s + i) * k->in;
-			float e = k->err[r * QK_K + i];
+			float e = k->err[r * bs + i];
 
-			for (j = s + QK_K; j < k->in; j++)
+			for (j = s + bs; j < k->in; j++)
 				wr[j] -= e * ui[j];
 		}
 	}
@@ -187,7 +274,7 @@ int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
 			  int64_t in, const float *u, const float *imp,
 			  void *dst)
 {
-	struct sweep k = { t, w, out, in, u, imp, dst, 0, 0, NULL, NULL,
+	struct sweep k = { t, w, out, in, u, imp, dst, 0, 0, 0, NULL, NULL,
 			   NULL };
 	int64_t s;
 	int ret = 0;
@@ -199,12 +286,13 @@ int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
 		if (!(u[s * in + s] > 0) || !isfinite(u[s * in + s]))
 			return -EINVAL;		/* not a Cholesky factor */
 	k.bytes = qf_ggml_block_bytes(t);
-	k.a = malloc((size_t)out * QK_K * sizeof(float));
-	k.b = malloc((size_t)out * QK_K * sizeof(float));
-	k.err = malloc((size_t)out * QK_K * sizeof(float));
+	k.bs = (int)qf_ggml_block_size(t);
+	k.a = malloc((size_t)out * (size_t)k.bs * sizeof(float));
+	k.b = malloc((size_t)out * (size_t)k.bs * sizeof(float));
+	k.err = malloc((size_t)out * (size_t)k.bs * sizeof(float));
 	if (!k.a || !k.b || !k.err)
 		ret = -ENOMEM;
-	for (s = 0; s < in && !ret; s += QK_K)
+	for (s = 0; s < in && !ret; s += k.bs)
 		ret = sweep_block(&k, s);
 	free(k.a);
 	free(k.b);

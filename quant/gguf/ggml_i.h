@@ -2,6 +2,7 @@
  * ggml_i.h - private to the ggml block codecs: ggml_quants.c (the type
  * table, Q4_0 .. Q8_0, Q4_K, Q5_K, Q6_K), ggml_kq23.c (Q2_K and Q3_K, the
  * 2- and 3-bit k-quants of the kq2_k / kq3_k_* mixes, issue #24),
+ * ggml_iq4.c (IQ4_NL and IQ4_XS, the kiq4_nl / kiq4_xs views),
  * ggml_grid.c (the weighted grid fits both use) and ggml_gptq.c.  Byte order and fp16 scales as ggml_quants.c's
  * opening comment says.
  */
@@ -13,6 +14,8 @@
 #define QK_K 256			/* K-quant super-block */
 #define Q2_K_BYTES 84			/* scales[16] qs[64] d dmin */
 #define Q3_K_BYTES 110			/* hmask[32] qs[64] scales[12] d */
+#define IQ4_NL_BYTES 18			/* d qs[16] */
+#define IQ4_XS_BYTES 136		/* d scales_h scales_l[4] qs[128] */
 #define GROUP_MAX_EPS 1e-15f		/* as ggml: an all-zero group */
 
 static inline void qf_ggml_put16(uint8_t *p, uint16_t v)
@@ -70,5 +73,15 @@ int qf_ggml_enc_q3_k_block(const float *x, const float *imp, uint8_t *y);
 /* ... and nb blocks decoded into y [256 nb] */
 void qf_ggml_dec_q2_k(const uint8_t *x, int64_t nb, float *y);
 void qf_ggml_dec_q3_k(const uint8_t *x, int64_t nb, float *y);
+
+/* ggml_iq4.c: IQ4_NL (one block of 32) and IQ4_XS (256) */
+extern const int8_t qf_ggml_iq4_values[16];	/* kvalues_iq4nl */
+/* The index of the table value nearest v (a tie goes up). */
+int qf_ggml_iq4_nearest(float v);
+int qf_ggml_enc_iq4_nl_block(const float *x, const float *imp, uint8_t *y);
+int qf_ggml_enc_iq4_xs_block(const float *x, const float *imp, uint8_t *y);
+/* nb blocks of t (IQ4_NL: 32 elements each, IQ4_XS: 256) into y */
+void qf_ggml_dec_iq4(enum qf_ggml_type t, const uint8_t *x, int64_t nb,
+		     float *y);
 
 #endif

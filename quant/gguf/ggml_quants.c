@@ -48,6 +48,8 @@ static const struct {
 	{ QF_GGML_Q4_K, "Q4_K", QK_K, Q4_K_BYTES },
 	{ QF_GGML_Q5_K, "Q5_K", QK_K, Q5_K_BYTES },
 	{ QF_GGML_Q6_K, "Q6_K", QK_K, Q6_K_BYTES },
+	{ QF_GGML_IQ4_NL, "IQ4_NL", QK, IQ4_NL_BYTES },
+	{ QF_GGML_IQ4_XS, "IQ4_XS", QK_K, IQ4_XS_BYTES },
 	{ QF_GGML_BF16, "BF16", 1, 2 },
 };
 #define NTYPES (sizeof(type_info) / sizeof(type_info[0]))
@@ -385,12 +387,20 @@ int qf_ggml_quantize_row(enum qf_ggml_type t, const float *x, int64_t n,
 		return enc_q4_1(x, n, y);
 	case QF_GGML_Q8_0:
 		return enc_q8_0(x, n, y);
+	case QF_GGML_IQ4_NL:
+		for (i = 0; i < n / QK && !ret; i++)
+			ret = qf_ggml_enc_iq4_nl_block(x + i * QK, imp ? imp +
+						       i * QK : NULL, y + i *
+						       IQ4_NL_BYTES);
+		return ret;
 	case QF_GGML_Q2_K:
 	case QF_GGML_Q3_K:
 	case QF_GGML_Q4_K:
 	case QF_GGML_Q5_K:
 	case QF_GGML_Q6_K:
-		enc_k = t == QF_GGML_Q2_K ? qf_ggml_enc_q2_k_block :
+	case QF_GGML_IQ4_XS:
+		enc_k = t == QF_GGML_IQ4_XS ? qf_ggml_enc_iq4_xs_block :
+			t == QF_GGML_Q2_K ? qf_ggml_enc_q2_k_block :
 			t == QF_GGML_Q3_K ? qf_ggml_enc_q3_k_block :
 			t == QF_GGML_Q4_K ? enc_q4_k_block :
 			t == QF_GGML_Q5_K ? enc_q5_k_block : enc_q6_k_block;
@@ -545,6 +555,10 @@ int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 	case QF_GGML_Q6_K:
 		dec_q6_k(x, n / QK_K, y);
 		return 0;
+	case QF_GGML_IQ4_NL:
+	case QF_GGML_IQ4_XS:
+		qf_ggml_dec_iq4(t, x, n / qf_ggml_block_size(t), y);
+		return 0;
 	}
 	return -EINVAL;
 }
@@ -587,4 +601,78 @@ int qf_gguf_q8_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
 			  void *dst)
 {
 	return from_int(false, q, sc16, n, dst);
+}
+
+/* fp16 bits h moved by k steps of its own magnitude (0: none, -1 off). */
+static int32_t f16_step(uint16_t h, int k)
+{
+	int32_t mag = h & 0x7fff;
+
+	if (h & 0x8000)
+		k = -k;
+	mag += k;
+	if (mag < 0 || mag >= 0x7c00)
+		return -1;	/* through zero, or to inf */
+	return (int32_t)((h & 0x8000) | mag);
+}
+
+int qf_gguf_q4_1_from_int(const uint8_t *q, const uint16_t *sc16,
+			  const int32_t *z, int64_t n, void *dst)
+{
+	uint8_t *y = dst;
+	int64_t b;
+	int j, kd, km;
+
+	if (n <= 0 || n % QK)
+		return -EINVAL;
+	for (b = 0; b < n / QK; b++, q += QK, y += Q4_1_BYTES) {
+		double s = qf_f16_to_f32(sc16[b]), best = INFINITY;
+		uint16_t bd = 0, bm = 0;
+
+		if (z[b] < 0 || z[b] > 15)
+			return -EINVAL;
+		for (j = 0; j < QK; j++)
+			if (q[j] > 15)
+				return -EINVAL;
+		for (kd = 0; kd < 3; kd++) {	/* sc first: ties keep it */
+			int32_t hd = f16_step(sc16[b], kd == 2 ? -1 : kd);
+			double d, m = 0, e;
+			int32_t hm;
+
+			if (hd < 0)
+				continue;
+			d = qf_f16_to_f32((uint16_t)hd);
+			for (j = 0; j < QK; j++)	/* least squares m */
+				m += s * (q[j] - z[b]) - d * q[j];
+			hm = qf_ggml_half((float)(m / QK));
+			for (km = 0; km < 3 && hm >= 0; km++) {
+				int32_t h2 = f16_step((uint16_t)hm, km == 2 ?
+						      -1 : km);
+				float df = (float)d, mf;
+
+				if (h2 < 0)
+					continue;
+				mf = qf_f16_to_f32((uint16_t)h2);
+				for (e = 0, j = 0; j < QK; j++) {
+					/* the decoder's float arithmetic */
+					double r = (double)(q[j] * df + mf) -
+						   s * (q[j] - z[b]);
+
+					e += r * r;
+				}
+				if (e < best) {
+					best = e;
+					bd = (uint16_t)hd;
+					bm = (uint16_t)h2;
+				}
+			}
+		}
+		if (!(best < INFINITY))
+			return QF_ENUMERIC;
+		qf_ggml_put16(y, bd);
+		qf_ggml_put16(y + 2, bm);
+		for (j = 0; j < QK / 2; j++)
+			y[4 + j] = (uint8_t)(q[j] | q[QK / 2 + j] << 4);
+	}
+	return 0;
 }

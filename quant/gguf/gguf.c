@@ -248,6 +248,8 @@ static enum qf_ggml_type pick_type(enum qf_ggml_type t, int64_t cols)
 		t = QF_GGML_Q4_0;
 	if (!qf_ggml_row_bytes(t, cols) && t == QF_GGML_Q4_K)
 		t = QF_GGML_Q4_1;
+	if (!qf_ggml_row_bytes(t, cols) && t == QF_GGML_IQ4_XS)
+		t = QF_GGML_IQ4_NL;	/* as llama.cpp */
 	if (!qf_ggml_row_bytes(t, cols) && (t == QF_GGML_Q5_K ||
 					    t == QF_GGML_Q6_K))
 		t = QF_GGML_Q8_0;
@@ -957,7 +959,7 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 		free(buf);
 		return ret;
 	}
-	if (u && (t->ndim != 2 || qf_ggml_block_size(t->type) != 256))
+	if (u && (t->ndim != 2 || !qf_ggml_gptq_known(t->type)))
 		u = NULL;	/* no GPTQ encoder of that type */
 	if (t->ndim < 3)
 		return produce_rows(t, t->src, imp, u, p->fit, r0, r1, dst);

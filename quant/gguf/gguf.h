@@ -31,6 +31,8 @@ enum qf_ggml_type {
 	QF_GGML_Q4_K = 12,	/* 256: d, dmin, 6-bit scales/mins, nibbles */
 	QF_GGML_Q5_K = 13,	/* 256: as Q4_K, a fifth bit in qh[32] */
 	QF_GGML_Q6_K = 14,	/* 256: 6-bit quants, int8 scales, fp16 d */
+	QF_GGML_IQ4_NL = 20,	/* fp16 d, 16 B nibbles: d * kv[q] */
+	QF_GGML_IQ4_XS = 23,	/* 256: d, 6-bit scales, kv[] nibbles */
 	QF_GGML_BF16 = 30,
 };
 
@@ -50,12 +52,17 @@ uint64_t qf_ggml_row_bytes(enum qf_ggml_type t, int64_t ncols);
 /*
  * Encode one row x[n] (n a multiple of the block size) into dst
  * (qf_ggml_row_bytes(t, n) bytes).  Q4_0, Q4_1 and Q8_0 are ggml's
- * quantize_row_*_ref bit for bit.  The k-quants (Q2_K .. Q6_K) are our
- * own weighted least-squares fits of each sub-block's scale (and min),
- * the sub-block scales then quantized to 4 / 6 / 8 bits as ggml does
- * (Q2_K, Q3_K, Q4_K and Q5_K also try the neighbouring scale codes);
- * imp [n] (optional, >= 0) weights columns like llama.cpp's importance
- * matrix: imp * sqrt(sigma2 + x^2).  Without it the weights are ggml's:
+ * quantize_row_*_ref bit for bit.  IQ4_NL and IQ4_XS (ggml_iq4.c) fit each
+ * block's scale (IQ4_XS: the 6-bit sub-block scales and fp16 d) for the
+ * least squared error (weighted by imp as the k-quants' when given),
+ * llama.cpp's own choice without an imatrix among the candidates, so no
+ * block is further from x than quantize_iq4_nl / quantize_iq4_xs without
+ * an imatrix make it.  The k-quants (Q2_K .. Q6_K) are our own weighted
+ * least-squares fits of each sub-block's scale (and min), the sub-block
+ * scales then quantized to 4 / 6 / 8 bits as ggml does (Q2_K, Q3_K, Q4_K
+ * and Q5_K also try the neighbouring scale codes); imp [n] (optional,
+ * >= 0) weights columns like llama.cpp's importance matrix:
+ * imp * sqrt(sigma2 + x^2).  Without it the weights are ggml's:
  * rms(sub-block) + |x| for Q2_K, Q4_K and Q5_K, x^2 for Q3_K and Q6_K.
  * F16/BF16 round to nearest even.
  * Returns 0, -EINVAL (bad type, n or imp), QF_ENUMERIC (a non-finite input
@@ -75,8 +82,9 @@ int qf_ggml_quantize_row_fit(enum qf_ggml_type t, const float *x, int64_t n,
 			     const float *imp, void *dst);
 /*
  * GPTQ on a k-quant grid (ggml_gptq.c): w [out x in] (row-major; left
- * error-updated) into out rows of k-quant (Q2_K .. Q6_K) blocks, each
- * super-block's grid fitted (qf_ggml_quantize_row with imp [in], optional)
+ * error-updated) into out rows of k-quant (Q2_K .. Q6_K) or IQ4_NL /
+ * IQ4_XS blocks, each (super-)block's grid fitted (qf_ggml_quantize_row
+ * with imp [in], optional)
  * to the error-updated weights when the sweep reaches it, its columns then
  * rounded to nearest with GPTQ's error feedback through u [in x in], the
  * upper Cholesky factor of the damped inverse Hessian (H^-1 = U^T U).
@@ -86,6 +94,8 @@ int qf_ggml_quantize_row_fit(enum qf_ggml_type t, const float *x, int64_t n,
 int qf_ggml_gptq_quantize(enum qf_ggml_type t, float *w, int64_t out,
 			  int64_t in, const float *u, const float *imp,
 			  void *dst);
+/* True for the types qf_ggml_gptq_quantize() takes. */
+bool qf_ggml_gptq_known(enum qf_ggml_type t);
 /* Decode one row as ggml's dequantize_row_*.  Returns 0 or -EINVAL. */
 int qf_ggml_dequantize_row(enum qf_ggml_type t, const void *src, int64_t n,
 			   float *y);
@@ -101,6 +111,20 @@ int qf_gguf_q4_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
 			  void *dst);
 int qf_gguf_q8_0_from_int(const uint8_t *q, const uint16_t *sc16, int64_t n,
 			  void *dst);
+/*
+ * The asymmetric 4-bit grid sc * (q - z) (q, z in 0..15, z [n / 32] one
+ * per run of 32) as Q4_1 blocks d * q + m: fp16 m cannot hold -sc * z
+ * exactly, so each block takes the fp16 pair (d, m), d one of sc and its
+ * two fp16 neighbours and m the nearest to the least-squares offset for
+ * it and that one's two neighbours, of least squared error over the
+ * block's own codes, which stay: at d = sc and m the nearest fp16 of
+ * -sc * z the error is a constant of at most 15/2048 sc (half an fp16
+ * step of |sc * z| <= 15 sc), and the pair chosen is never worse.
+ * Returns 0, -EINVAL (n, a code or zero out of range), QF_ENUMERIC
+ * (-sc * z beyond fp16).
+ */
+int qf_gguf_q4_1_from_int(const uint8_t *q, const uint16_t *sc16,
+			  const int32_t *z, int64_t n, void *dst);
 
 /* ------------------------------------------------------------------ */
 /* file plan                                                          */
@@ -128,7 +152,7 @@ enum qf_gguf_role {
  * Type of each 2-D role; 1-D tensors are always F32.  A type whose block
  * does not divide a tensor's row length (ne[0]) falls back as llama.cpp's
  * quantizer does, within what we encode: Q2_K, Q3_K -> Q4_0, Q4_K -> Q4_1,
- * Q5_K, Q6_K -> Q8_0, then F16.
+ * IQ4_XS -> IQ4_NL, Q5_K, Q6_K -> Q8_0, then F16.
  */
 /* llama.cpp's k-quant mixes, by their llama_ftype (general.file_type). */
 enum qf_gguf_mix {
@@ -141,11 +165,15 @@ enum qf_gguf_mix {
 	QF_GGUF_MIX_Q4_K_M = 15,
 	QF_GGUF_MIX_Q5_K_S = 16,
 	QF_GGUF_MIX_Q5_K_M = 17,
+	QF_GGUF_MIX_IQ4_NL = 25,
+	QF_GGUF_MIX_IQ4_XS = 30,
 };
 /*
  * The mix of the view kq<bits>_k[_s|_m|_l] (size 'S', 'M', 'L' or 0) and
  * its base type (w[] of qf_gguf_types_uniform); kq6_k (Q6_K throughout)
- * is uniform, NONE.  0 or -EINVAL (no such mix in llama.cpp).  gguf_mix.c.
+ * is uniform, NONE; kiq4_nl and kiq4_xs (bits 4, size 'N' or 'X'):
+ * llama.cpp's IQ4_NL and IQ4_XS.  0 or -EINVAL (no such mix in
+ * llama.cpp).  gguf_mix.c.
  */
 int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
 		   enum qf_ggml_type *base);
@@ -154,7 +182,10 @@ int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
  * a dense model c in mix, base its w[] type: attn_v, attn_output,
  * attn_qkv, ffn_down by the mix and layer (use_more_bits: the first and
  * last eighth and every third between), output (and token_embd when
- * tied) Q6_K.  Not applied: the 8-expert, 70B and Falcon rules.
+ * tied) Q6_K; IQ4_NL / IQ4_XS: attn_v Q5_K where 4 or more query heads
+ * share a kv head, everything else the base type (ffn_down as llama.cpp
+ * does with an imatrix: the kq views always have one).  Not applied: the
+ * 8-expert, 70B and Falcon rules.
  */
 enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
 				   enum qf_gguf_role role, const char *gg,
@@ -279,8 +310,9 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 /*
  * The same with GPTQ (qf_ggml_gptq_quantize) where u [ne[0] x ne[0]] is
  * given (U upper, U^T U the damped inverse Hessian of the tensor's input,
- * computed by the caller) and the tensor is 2-D Q4_K or Q6_K; otherwise
- * (u NULL, other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
+ * computed by the caller) and the tensor is 2-D of a type GPTQ takes
+ * (qf_ggml_gptq_known: Q2_K .. Q6_K, IQ4_NL, IQ4_XS); otherwise (u NULL,
+ * other types) as qf_gguf_produce.  Only rows [r0, r1) of a 2-D
  * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
  * a head's rows, ne[1] / permute_heads, when permuted; -EINVAL for other
  * ranges): rows are encoded independently, so threads may share a tensor.

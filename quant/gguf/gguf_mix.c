@@ -34,6 +34,9 @@ int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
 		{ 4, 'M', QF_GGUF_MIX_Q4_K_M, QF_GGML_Q4_K },
 		{ 5, 'S', QF_GGUF_MIX_Q5_K_S, QF_GGML_Q5_K },
 		{ 5, 'M', QF_GGUF_MIX_Q5_K_M, QF_GGML_Q5_K },
+		/* kiq4_nl, kiq4_xs */
+		{ 4, 'N', QF_GGUF_MIX_IQ4_NL, QF_GGML_IQ4_NL },
+		{ 4, 'X', QF_GGUF_MIX_IQ4_XS, QF_GGML_IQ4_XS },
 		/* all Q6_K: no mix; general.file_type by the types (18, or
 		 * Q8_0's 7 where every row falls back) */
 		{ 6, 0, QF_GGUF_MIX_NONE, QF_GGML_Q6_K },
@@ -75,6 +78,11 @@ static enum qf_ggml_type by_layer(enum qf_gguf_mix mix, bool v, int l, int n,
 		return use_more_bits(l, n) ? QF_GGML_Q6_K : t;
 	case QF_GGUF_MIX_Q4_K_S:
 		return (v ? l < 4 : l < n / 8) ? QF_GGML_Q5_K : t;
+	case QF_GGUF_MIX_IQ4_NL:
+	case QF_GGUF_MIX_IQ4_XS:
+		/* ffn_down: the first eighth Q5_K only without an imatrix,
+		 * which these views always have */
+		return v && gqa >= 4 ? QF_GGML_Q5_K : t;
 	default:
 		return t;
 	}

@@ -6,6 +6,7 @@
  *   <method>_w<bits>_g<group>[_attn<bits>][_head<bits>][_<flag>...][@<calib>]
  *   mixed_static | mixed_dyn | mixed_b<avg>   [_fake][@<calib>]
  *   kq<bits>_k[_s|_m|_l][@<calib>]
+ *   kiq4_nl | kiq4_xs   [@<calib>]
  *
  * Parsing is a pure function: no allocation, no global state, no locale,
  * at most SPEC_NAME_MAX bytes looked at.  The syntax is checked here token
@@ -68,13 +69,17 @@ static const struct {
 	{ "fake", QF_SPEC_FAKE },
 };
 
-/* llama.cpp's k-quant mixes: bits and size suffix. */
+/*
+ * llama.cpp's k-quant mixes: bits and size suffix; size 'N' and 'X' are
+ * its IQ4_NL and IQ4_XS, named kiq4_nl and kiq4_xs.
+ */
 static const struct {
 	int bits;
 	char size;
 } kq_types[] = {
 	{ 2, 0 }, { 3, 'S' }, { 3, 'M' }, { 3, 'L' }, { 4, 'S' },
-	{ 4, 'M' }, { 5, 'S' }, { 5, 'M' }, { 6, 0 },
+	{ 4, 'M' }, { 5, 'S' }, { 5, 'M' }, { 6, 0 }, { 4, 'N' },
+	{ 4, 'X' },
 };
 
 /* A token of the name: bytes between underscores. */
@@ -281,7 +286,10 @@ static const char *spec_check(const struct qf_spec *s)
 	return NULL;
 }
 
-/* <method> and its fixed parts: w/g, mixed_*, kq<bits>_k[_size]. */
+/*
+ * <method> and its fixed parts: w/g, mixed_*, kq<bits>_k[_size],
+ * kiq4_nl / kiq4_xs.
+ */
 static const char *parse_method(struct spec_cur *c, struct qf_spec *s)
 {
 	struct spec_tok t;
@@ -322,6 +330,14 @@ static const char *parse_method(struct spec_cur *c, struct qf_spec *s)
 		} else {
 			return "unknown method";
 		}
+		return NULL;
+	}
+	if (tok_is(&t, "kiq4")) {	/* kiq4_nl, kiq4_xs */
+		s->method = QF_METHOD_KQUANT;
+		s->bits = 4;
+		if (!cur_next(c, &t) || !(tok_is(&t, "nl") || tok_is(&t, "xs")))
+			return "i-quant name must be kiq4_nl or kiq4_xs";
+		s->kq_size = t.p[0] == 'n' ? 'N' : 'X';
 		return NULL;
 	}
 	if (!tok_prefix(&t, "kq"))
@@ -455,7 +471,11 @@ int qf_spec_print(const struct qf_spec *s, char *out, size_t cap)
 		out[0] = '\0';
 	if (!s || spec_check(s))
 		return QF_ESPEC;
-	if (s->method == QF_METHOD_KQUANT)
+	if (s->method == QF_METHOD_KQUANT && (s->kq_size == 'N' ||
+					      s->kq_size == 'X'))
+		n = put(b, 0, "kiq%d_%s", s->bits, s->kq_size == 'N' ? "nl" :
+			"xs");
+	else if (s->method == QF_METHOD_KQUANT)
 		n = put(b, 0, "kq%d_k%s", s->bits, !s->kq_size ? "" :
 			s->kq_size == 'S' ? "_s" :
 			s->kq_size == 'M' ? "_m" : "_l");

@@ -51,7 +51,8 @@ struct qf_spec {
 	int head_bits;		/* lm_head bits; brecq: 16 = fp16 (default);
 				 * rtn/gptq/awq: 0 = fp16 */
 	int avg_bits_x100;	/* mixed_b: average bits x 100 */
-	char kq_size;		/* kquant: 'S', 'M', 'L' or 0 */
+	char kq_size;		/* kquant: 'S', 'M', 'L' or 0; 'N', 'X':
+				   kiq4_nl, kiq4_xs (IQ4_NL, IQ4_XS) */
 	unsigned flags;		/* QF_SPEC_* */
 	char calib[QF_SPEC_CALIB_MAX + 1]; /* "" = default set */
 };

@@ -1,7 +1,7 @@
 """An independent numpy reader of the GGUF files a mount serves, for the
 tests: header (docs/gguf.md), ggml's dequantize_row_* for the types the
-k-quant mixes use (ggml-common.h block layouts, ggml-quants.c order of
-float32 operations), and the way back to Hugging Face names with the q/k
+k-quant mixes, IQ4_NL and IQ4_XS use (ggml-common.h block layouts,
+ggml-quants.c order of float32 operations), and the way back to Hugging Face names with the q/k
 rows of architecture llama un-permuted (convert_hf_to_gguf.py).
 
 Written from the spec, sharing no code with quant/gguf/gguf.c or gguf_read.c.
@@ -15,7 +15,10 @@ SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f",
 # ggml type: (elements per block, bytes per block)
 BLOCKS = {0: (1, 4), 1: (1, 2), 30: (1, 2), 2: (32, 18), 3: (32, 20),
           8: (32, 34), 10: (256, 84), 11: (256, 110), 12: (256, 144),
-          13: (256, 176), 14: (256, 210)}
+          13: (256, 176), 14: (256, 210), 20: (32, 18), 23: (256, 136)}
+# kvalues_iq4nl (ggml-common.h): IQ4_NL's and IQ4_XS's 16 levels
+IQ4 = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38,
+                53, 69, 89, 113], np.float32)
 
 
 class File:
@@ -113,6 +116,20 @@ def dequant(t, raw):
             .reshape(-1)
     if t in (10, 11):
         return dequant_q23(t, b)
+    if t == 20:                         # IQ4_NL: d kv[q], nibbles lo/hi
+        q = np.concatenate([b[:, 2:] & 0xF, b[:, 2:] >> 4], 1)
+        return (f16(b[:, 0:2]) * IQ4[q]).reshape(-1)
+    if t == 23:                         # IQ4_XS: d (ls - 32) kv[q]
+        d = f16(b[:, 0:2])
+        sh = b[:, 2:4].copy().view("<u2").astype(np.int32)
+        y = np.empty((len(b), 8, 32), f32)
+        for ib in range(8):
+            ls = ((b[:, 4 + ib // 2:5 + ib // 2].astype(np.int32) >>
+                   4 * (ib % 2)) & 0xF) | (((sh >> 2 * ib) & 3) << 4)
+            qs = b[:, 8 + 16 * ib:24 + 16 * ib]
+            q = np.concatenate([qs & 0xF, qs >> 4], 1)
+            y[:, ib] = (d * (ls - 32).astype(f32)) * IQ4[q]
+        return y.reshape(-1)
     if t in (12, 13):                   # Q4_K; Q5_K: qh [32] first
         d, dmin = f16(b[:, 0:2]), f16(b[:, 2:4])
         sc, mn = scale_min_k4(b[:, 4:16])

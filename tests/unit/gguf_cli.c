@@ -11,9 +11,12 @@
  *                                   qf_ggml_gptq_quantize (U: COLS x COLS)
  *   gguf_cli dequant TYPE ROWS COLS IN OUT.f32
  *   gguf_cli fromint q4_0|q8_0 ROWS COLS Q.u8 SC.f16 OUT
+ *   gguf_cli fromint q4_1 ROWS COLS Q.u8 SC.f16 OUT Z.i32
+ *                                   (Z: one int32 zero per 32 codes)
  *   gguf_cli read FILE.gguf                  the reader (gguf_read.c)
  *   gguf_cli tomodel FILE.gguf CFG_DIR OUT_DIR   qf_gguf_to_model_dir()
- * TYPE is f32 f16 bf16 q8_0 q4_0 q4_1 q4_k q6_k (2-D weights; 1-D are f32).
+ * TYPE is f32 f16 bf16 q8_0 q4_0 q4_1 q2_k .. q6_k iq4_nl iq4_xs (2-D
+ * weights; 1-D are f32).
  * plan/write print "size N", "data_off N", then one line per tensor:
  * "tensor NAME TYPE OFFSET NBYTES PERMUTE_HEADS".  Exit 3 when the model
  * is not supported (the reason on stderr), 1 on other failures.
@@ -158,6 +161,7 @@ static int rows_cmd(int argc, char **argv)
 	float *x = NULL, *imp = NULL;
 	uint8_t *y, *q = NULL;
 	uint16_t *sc = NULL;
+	int32_t *z = NULL;
 	int ret = 0;
 
 	t = type_arg(argv[2]);
@@ -189,8 +193,15 @@ static int rows_cmd(int argc, char **argv)
 	} else {
 		q = slurp(argv[5], n);
 		sc = slurp(argv[6], n / 32 * 2);
+		if (t == QF_GGML_Q4_1)
+			z = slurp(argv[8], n / 32 * 4);
 		for (r = 0; r < rows && !ret; r++)
-			ret = t == QF_GGML_Q4_0 ?
+			ret = t == QF_GGML_Q4_1 ?
+			      qf_gguf_q4_1_from_int(q + r * cols,
+						    sc + r * cols / 32,
+						    z + r * cols / 32, cols,
+						    y + r * rb) :
+			      t == QF_GGML_Q4_0 ?
 			      qf_gguf_q4_0_from_int(q + r * cols,
 						    sc + r * cols / 32, cols,
 						    y + r * rb) :
@@ -207,6 +218,7 @@ static int rows_cmd(int argc, char **argv)
 	free(y);
 	free(q);
 	free(sc);
+	free(z);
 	return ret ? 1 : 0;
 }
 
@@ -266,7 +278,8 @@ int main(int argc, char **argv)
 		return rows_cmd(argc, argv);
 	if (argc == 7 && !strcmp(argv[1], "dequant"))
 		return rows_cmd(argc, argv);
-	if (argc == 8 && !strcmp(argv[1], "fromint"))
+	if ((argc == 8 || (argc == 9 && !strcmp(argv[2], "q4_1"))) &&
+	    !strcmp(argv[1], "fromint"))
 		return rows_cmd(argc, argv);
 	if ((argc == 8 || argc == 9) && !strcmp(argv[1], "gptq"))
 		return gptq_cmd(argc, argv);

@@ -32,7 +32,8 @@ static const char *const valid_names[] = {
 	"mixed_b4", "mixed_b2", "mixed_b16", "mixed_b2.05",
 	"mixed_b15.99_fake@x", "kq2_k", "kq3_k_s", "kq3_k_m", "kq3_k_l",
 	"kq4_k_s", "kq4_k_m", "kq5_k_s", "kq5_k_m", "kq6_k",
-	"kq4_k_m@imatrix_wiki", "gptq_w4_g128@A",
+	"kq4_k_m@imatrix_wiki", "gptq_w4_g128@A", "kiq4_nl", "kiq4_xs",
+	"kiq4_xs@wiki",
 	"gptq_w3_g128_rot", "gptq_w2_g64_act_sym_rot_fake@wiki",
 	"awq_w4_g128_reflip_l2_rot", "rtn_w4_g32_sym_rot",
 	("gptq_w4_g128@0123456789012345678901234567890123456789012345678901"
@@ -75,6 +76,9 @@ static const char *const invalid_names[] = {
 	"kq4", "kq4_k_x", "kq4_k_fake", "kq3_k", "kq4_k_l", "kq6_k_s",
 	"kq2_k_s", "kq7_k", "kq1_k", "kq04_k_m", "kq4_K_M", "kq4_k_m_",
 	"kq_k", "kq4_km", "q4_k_m", "fp16", "original", "gptq", "gptq_w4",
+	"kiq4", "kiq4_", "kiq4_nl_s", "kiq3_nl", "kiq4_xl", "kiq4_NL",
+	"kq4_k_n", "kiq4_nl_fake", "kiq4_xs_rot", "kiq4_k_xs", "kq4_xs",
+	"kiq4_nl_xs", "kiq_nl", "iq4_nl",
 	"x", "rtn\xff_w4_g128", "rtn_w4_g128\t", "gptq_w4_g128@wiki\n",
 	"rtn_w99999_g128", "rtn_w4_g99999999999999999999",
 };
@@ -116,6 +120,8 @@ static const struct field_case field_cases[] = {
 	{ "kq4_k_m", QF_METHOD_KQUANT, 4, 0, 0, 0, 0, 'M', 0, "" },
 	{ "kq2_k@im", QF_METHOD_KQUANT, 2, 0, 0, 0, 0, 0, 0, "im" },
 	{ "kq3_k_l", QF_METHOD_KQUANT, 3, 0, 0, 0, 0, 'L', 0, "" },
+	{ "kiq4_nl", QF_METHOD_KQUANT, 4, 0, 0, 0, 0, 'N', 0, "" },
+	{ "kiq4_xs@im", QF_METHOD_KQUANT, 4, 0, 0, 0, 0, 'X', 0, "im" },
 };
 
 /* Invalid names whose message must name the problem. */
@@ -363,7 +369,9 @@ static bool ref_valid(const struct qf_spec *s)
 		case 3:
 			return s->kq_size == 'S' || s->kq_size == 'M' ||
 			       s->kq_size == 'L';
-		case 4:
+		case 4:	/* and kiq4_nl, kiq4_xs */
+			return s->kq_size == 'S' || s->kq_size == 'M' ||
+			       s->kq_size == 'N' || s->kq_size == 'X';
 		case 5:
 			return s->kq_size == 'S' || s->kq_size == 'M';
 		default:
@@ -393,7 +401,7 @@ static void test_enumerate(void)
 	static const int heads[] = { 0, 4, 5, 6, 8, 16 };
 	static const char *const calibs[] = { "", "wiki" };
 	static const int avgs[] = { 0, 450, 200, 1600, 325, 205, 150, 1700 };
-	static const char sizes[] = { 0, 'S', 'M', 'L', 'X' };
+	static const char sizes[] = { 0, 'S', 'M', 'L', 'X', 'N', 'Y' };
 	size_t ib, ig, ia, ih, ic, ix, nx;
 	long n_valid = 0, n_bad = 0, n_all = 0;
 	struct qf_spec s, p;
@@ -464,9 +472,10 @@ static void test_enumerate(void)
 	 * or one of the four other bits) and 4 head choices (none, 4, 6,
 	 * 8); awq 4*8*2*2 (reflip, l2, fake; _head4 or not), no _attn;
 	 * brecq 5*4*5*4*4*2,
-	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 9*2.
+	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 11*2 (9 k-quant
+	 * mixes, kiq4_nl, kiq4_xs).
 	 */
-	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 128 + 3200 + 2 + 4 + 20 + 18);
+	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 128 + 3200 + 2 + 4 + 20 + 22);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
