@@ -25,7 +25,7 @@
 #define CONFIG_MAX (4u << 20)		/* config.json bytes */
 #define INDEX_MAX (64u << 20)		/* index.json bytes */
 #define SHARDS_MAX 4096
-#define HASH_STEP (64u << 20)		/* bytes hashed between clock looks */
+#define HASH_BUF (256u << 10)		/* bytes read and hashed at a time */
 #define HASH_SAY_S 5.0			/* seconds between progress lines */
 #define RELEASE_STEP (8ull << 20)	/* bytes of source given back at once */
 #define HASH_LOG_BYTES (1ULL << 30)	/* a file this large: its own line */
@@ -259,12 +259,16 @@ int qf_model_shard_sha256(const struct qf_model *m, size_t i,
 	double t0 = qf_now(), said = t0, dt;
 	struct qf_sha256 c;
 	uint64_t off, n;
+	uint8_t *buf = malloc(HASH_BUF);
+	int ret = buf ? 0 : -ENOMEM;
 
 	qf_sha256_init(&c);
-	for (off = 0; off < f->size; off += n) {
-		n = f->size - off < HASH_STEP ? f->size - off : HASH_STEP;
-		qf_sha256_update(&c, f->map + off, (size_t)n);
-		qf_st_release(f, f->map + off, (size_t)n);
+	for (off = 0; off < f->size && !ret; off += n) {
+		n = f->size - off < HASH_BUF ? f->size - off : HASH_BUF;
+		ret = qf_pread_all(f->fd, buf, (size_t)n, off);
+		if (ret < 0)
+			break;
+		qf_sha256_update(&c, buf, (size_t)n);
 		if (qf_now() - said >= HASH_SAY_S) {
 			said = qf_now();
 			qf_info("%s: hashing for the fingerprint: %.1f of "
@@ -272,6 +276,9 @@ int qf_model_shard_sha256(const struct qf_model *m, size_t i,
 				f->size / 1e9);
 		}
 	}
+	free(buf);
+	if (ret < 0)	/* a short read: the file shrank */
+		return ret == -EIO || ret == -ENODATA ? QF_ECORRUPT : ret;
 	qf_sha256_final(&c, out);
 	if (qf_st_faulted(f))
 		return QF_ECORRUPT;
