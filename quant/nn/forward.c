@@ -376,6 +376,14 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 			    (int)nr, c->hidden, 1.0f, xn, c->hidden, w,
 			    c->hidden, 0.0f, logits + r0, c->vocab);
 		softcap_rows(logits + r0, n, nr, c->vocab, c->final_softcap);
+		/* its pages back to the page cache: a head of a large
+		 * vocabulary is GBs (2.1 at Llama-3-70B's), read again for
+		 * every sampled token */
+		qf_st_release(mt->shard, (const uint8_t *)qf_st_data(
+				      mt->shard, mt->t) + (size_t)(r0 *
+				      c->hidden) * qf_dtype_size(mt->t->dtype),
+			      (size_t)(nr * c->hidden) *
+			      qf_dtype_size(mt->t->dtype));
 	}
 	if (ret == 0 && qf_st_faulted(mt->shard))
 		ret = QF_ECORRUPT;
