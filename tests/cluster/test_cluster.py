@@ -585,7 +585,7 @@ def test_fleet_rgw_killed_mid_fetch():
                   "--hidden", 1024, "--inter", 2816, "--heads", 16,
                   "--kv-heads", 4, "--seed", 5)
     rel = "big/rtn_w4_g128/model.safetensors"
-    for tries, delay in enumerate((0.04, 0.08, 0.02, 0.12)):
+    for tries in range(4):
         a, b = two_machines(os.path.join(tmp, str(tries)), src=src,
                             name="big")
         s3 = new_bucket("midway")
@@ -600,7 +600,12 @@ def test_fleet_rgw_killed_mid_fetch():
             th = threading.Thread(target=lambda: out.setdefault(
                 "b", sha(os.path.join(mb.mnt, rel))))
             th.start()
-            time.sleep(delay)
+            # killed once B has imported its first value: in the middle
+            # whatever the machine's speed (a fixed delay missed it)
+            t0 = time.time()
+            while not remote_state(mb)["imported"] and th.is_alive() \
+                    and time.time() - t0 < 60:
+                time.sleep(0.002)
             CEPH.kill_rgw()
             th.join(timeout=300)
             published(mb)
