@@ -77,7 +77,8 @@ static enum qf_ggml_type grid_type(const struct qf_var *var)
 
 	if ((s->method != QF_METHOD_RTN && s->method != QF_METHOD_GPTQ) ||
 	    s->group != 32 ||
-	    (s->flags & (QF_SPEC_ACT | QF_SPEC_FAKE)) ||
+	    (qf_spec_act_order(s) && !qf_spec_static_groups(s)) ||
+	    (s->flags & QF_SPEC_FAKE) ||
 	    var->v->nskipped != routers(var->mdl->m) ||
 	    (s->attn_bits && bits_type(s->attn_bits) == QF_GGML_F32) ||
 	    (h >= 0 && (bits_type(s->head_bits) == QF_GGML_F32 ||

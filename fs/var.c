@@ -235,6 +235,10 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	if (spec.method == QF_METHOD_KQUANT)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 			 "kq=gptq-v2;");
+	/* GPTQ's _rot: with act-order (v1 had none) */
+	if (spec.method == QF_METHOD_GPTQ && (spec.flags & QF_SPEC_ROT))
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
+			 "rot=act;");
 	if (spec.method == QF_METHOD_BRECQ)
 		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
 			 "brecq=%d/%d;",

@@ -119,8 +119,8 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 	int64_t ng = qf_ngroups(in, g->qp.group), gs = ng == 1 ? in : g->qp.group;
 	struct qf_gptq_opts o = {
 		.qp = g->qp,
-		.act_order = s->flags & QF_SPEC_ACT,
-		.static_groups = s->flags & QF_SPEC_STATIC,
+		.act_order = qf_spec_act_order(s),
+		.static_groups = qf_spec_static_groups(s),
 		.damp = 0.01f,
 		.blocksize = 128,
 		.times = &r->gt,

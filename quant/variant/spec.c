@@ -276,8 +276,11 @@ static const char *spec_check(const struct qf_spec *s)
 	}
 	if (s->flags & ~m->flags)
 		return "flag not allowed for method";
-	if ((s->flags & QF_SPEC_STATIC) && !(s->flags & QF_SPEC_ACT))
-		return "static groups need act-order";
+	if ((s->flags & QF_SPEC_ROT) && (s->flags & QF_SPEC_ACT))
+		return "gptq's _rot quantizes with act-order already: leave "
+		       "out _act";
+	if ((s->flags & QF_SPEC_STATIC) && !qf_spec_act_order(s))
+		return "static groups need act-order (_act or _rot)";
 	n = strnlen(s->calib, sizeof(s->calib));
 	if (n == sizeof(s->calib) || (n && !calib_ok(s->calib, n)))
 		return "invalid calibration set name";
@@ -515,6 +518,17 @@ bool qf_spec_kq_supported(const struct qf_spec *s)
 		    kq_types[i].size == s->kq_size)
 			return true;
 	return false;
+}
+
+bool qf_spec_act_order(const struct qf_spec *s)
+{
+	return (s->flags & QF_SPEC_ACT) ||
+	       (s->method == QF_METHOD_GPTQ && (s->flags & QF_SPEC_ROT));
+}
+
+bool qf_spec_static_groups(const struct qf_spec *s)
+{
+	return s->flags & QF_SPEC_STATIC;
 }
 
 bool qf_spec_is_calibrated(const struct qf_spec *s)

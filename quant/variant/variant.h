@@ -69,6 +69,14 @@ int qf_spec_print(const struct qf_spec *s, char *out, size_t cap);
 bool qf_spec_kq_supported(const struct qf_spec *s);
 /* Method needs calibration data (gptq, awq, brecq, mixed_dyn/budget). */
 bool qf_spec_is_calibrated(const struct qf_spec *s);
+/*
+ * GPTQ's column order: by descending diag(H) with _act, and with _rot
+ * (QuaRot's recipe quantizes the rotated model with act-order); static
+ * groups (_static: groups of consecutive columns, fixed before the
+ * reordering, so GGUF block types hold them).
+ */
+bool qf_spec_act_order(const struct qf_spec *s);
+bool qf_spec_static_groups(const struct qf_spec *s);
 const char *qf_method_name(enum qf_method m);
 
 

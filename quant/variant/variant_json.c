@@ -252,9 +252,9 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddNumberToObject(qc, "bits", config_bits(v));
 	/* mixed variants have no _g part: their groups are 128 */
 	cJSON_AddNumberToObject(qc, "group_size", s->group ? s->group : 128);
-	cJSON_AddBoolToObject(qc, "desc_act", s->flags & QF_SPEC_ACT);
+	cJSON_AddBoolToObject(qc, "desc_act", qf_spec_act_order(s));
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
-	cJSON_AddBoolToObject(qc, "static_groups", s->flags & QF_SPEC_STATIC);
+	cJSON_AddBoolToObject(qc, "static_groups", qf_spec_static_groups(s));
 	cJSON_AddBoolToObject(qc, "true_sequential",
 			      s->method == QF_METHOD_GPTQ);
 	cJSON_AddStringToObject(qc, "checkpoint_format", "gptq");

@@ -5,10 +5,13 @@ A small generated Llama with tied embeddings: gptq_w4_g32_sym_rot's
 checkpoint is the plain architecture (the tensor names of
 gptq_w4_g32_sym plus its own lm_head.weight, tie_word_embeddings false,
 final norm all ones, config otherwise the source's) and quantization.json
-records the rotation; at 8 bits the rotated variant's log-likelihood is the
-source's (the rotation keeps the function); its model.gguf loads in
-llama.cpp (node-llama-cpp) with perplexity within 3 % of `quantfs eval` on
-the same windows.  gemma2, whose sandwich norms cannot be folded, has no
+records the rotation, and GPTQ's `_rot` runs with act-order (desc_act,
+a g_idx that is not the consecutive groups); at 8 bits the rotated
+variant's log-likelihood is the source's (the rotation keeps the
+function); gptq_w4_g32_static_sym_rot's model.gguf (static groups:
+consecutive columns) loads in llama.cpp (node-llama-cpp) with perplexity
+within 3 % of `quantfs eval` on the same windows, and the dynamic groups
+of gptq_w4_g32_sym_rot have none.  gemma2, whose sandwich norms cannot be folded, has no
 `_rot` variant and says why.
 """
 import json
@@ -57,6 +60,17 @@ def tensor_f32(path, name):
     return u.view(np.float32)
 
 
+def tensor_i32(path, name):
+    h, base = header(path)
+    t = h[name]
+    a, b = t["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(base + a)
+        raw = f.read(b - a)
+    assert t["dtype"] == "I32", t["dtype"]
+    return np.frombuffer(raw, dtype="<i4")
+
+
 def ev(d, variant, ids_out=None):
     tf = os.path.join(WORK, "text.txt")
     open(tf, "w").write(TEXT)
@@ -97,6 +111,17 @@ def test_rot_checkpoint_plain_llama():
         assert q["rotation"]["seed"] == 0x5EED, q["rotation"]
         assert q["rotation"]["construction"].startswith(
             "randomized-hadamard"), q["rotation"]
+        # act-order: desc_act, and some column outside its consecutive
+        # group (the 64 inputs of q_proj in 2 groups of 32)
+        assert cfg["quantization_config"]["desc_act"] is True
+        plain_cfg = json.load(open(os.path.join(plain, "config.json")))
+        assert plain_cfg["quantization_config"]["desc_act"] is False
+        gi = tensor_i32(st, "model.layers.0.self_attn.q_proj.g_idx")
+        assert (gi != np.arange(64) // 32).any(), gi
+        assert (tensor_i32(os.path.join(plain, "model.safetensors"),
+                           "model.layers.0.self_attn.q_proj.g_idx")
+                == np.arange(64) // 32).all()
+        assert not os.path.exists(os.path.join(rot, "model.gguf"))
         assert "rotation" not in json.load(
             open(os.path.join(plain, "quantization.json")))
         # the rotation keeps the function: 8 bits rotated ~ the source
@@ -112,13 +137,14 @@ def test_rot_checkpoint_plain_llama():
             print("  (llama.cpp part skipped: %s)" % e)
             return
         idf = os.path.join(WORK, "ids.json")
-        e = ev(d, "gptq_w4_g32_sym_rot", idf)
-        out = gguf_client(os.path.join(rot, "model.gguf"),
+        e = ev(d, "gptq_w4_g32_static_sym_rot", idf)
+        out = gguf_client(os.path.join(d, "gptq_w4_g32_static_sym_rot",
+                                       "model.gguf"),
                           {"prompt": TEXT[:80], "n": 4,
                            "windows": eval_windows(idf, 128)})
         assert out["tokens"] == e["tokens"], (out["tokens"], e["tokens"])
         ppl_l = float(np.exp(out["nll"]))
-        print("  gptq_w4_g32_sym_rot: llama.cpp ppl %.4f, quantfs eval "
+        print("  gptq_w4_g32_static_sym_rot: llama.cpp ppl %.4f, quantfs eval "
               "%.4f" % (ppl_l, e["ppl"]))
         assert abs(ppl_l - e["ppl"]) / e["ppl"] < 0.03, (ppl_l, e["ppl"])
 
