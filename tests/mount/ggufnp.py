@@ -6,6 +6,7 @@ rows of architecture llama un-permuted (convert_hf_to_gguf.py).
 
 Written from the spec, sharing no code with quant/gguf/gguf.c or gguf_read.c.
 """
+import os
 import struct
 
 import numpy as np
@@ -229,3 +230,53 @@ def to_hf(g):
             w = unpermute(w, heads[part])
         out["model.layers.%s.%s.%s" % (i, LAYER[part], kind)] = w
     return out
+
+
+def libggml(llama_dir):
+    """llama.cpp's own block codecs, from DIR/libggml-base.so (the
+    library bench/llamacpp.sh links its tools against), or None without
+    it: (decode, encode), decode(type_id, raw, n) -> float32[n] by ggml's
+    to_float, encode(type_id, x [rows, cols], imatrix=None) -> bytes by
+    ggml_quantize_chunk."""
+    import ctypes
+    lib = os.path.join(llama_dir, "libggml-base.so")
+    if not os.path.exists(lib):
+        return None
+    g = ctypes.CDLL(lib)
+
+    class Traits(ctypes.Structure):     # ggml.h: struct ggml_type_traits
+        _fields_ = [("type_name", ctypes.c_char_p),
+                    ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64),
+                    ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool),
+                    ("to_float", ctypes.c_void_p),
+                    ("from_float_ref", ctypes.c_void_p)]
+    g.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    g.ggml_quantize_chunk.restype = ctypes.c_size_t
+    g.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p,
+                                      ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.c_int64,
+                                      ctypes.c_void_p]
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int64)
+
+    def decode(tid, raw, n):
+        tr = g.ggml_get_type_traits(tid).contents
+        assert (tr.blck_size, tr.type_size) == BLOCKS[tid], tid
+        src = np.frombuffer(raw, np.uint8).copy()
+        out = np.zeros(n, np.float32)
+        proto(tr.to_float)(src.ctypes.data, out.ctypes.data, n)
+        return out
+
+    def encode(tid, x, imatrix=None):
+        x = np.ascontiguousarray(x, np.float32)
+        rows, cols = x.shape
+        blk, size = BLOCKS[tid]
+        out = np.zeros(rows * cols // blk * size, np.uint8)
+        im = None if imatrix is None else \
+            np.ascontiguousarray(imatrix, np.float32)
+        g.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0, rows,
+                              cols, None if im is None else im.ctypes.data)
+        return out.tobytes()
+    return decode, encode

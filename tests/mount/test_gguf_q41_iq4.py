@@ -25,7 +25,6 @@ llama.cpp's tools and libggml-base.so: QF_LLAMA_BIN (bench/llamacpp.sh
 DEST/bin; default /tmp/qf-llamacpp/bin); the checks that need them are
 skipped with a message without them.
 """
-import ctypes
 import os
 import shutil
 import subprocess
@@ -62,47 +61,6 @@ def need_model():
         raise SkipTest("../shared/data is absent")
 
 
-def ggml():
-    """(to_float, quantize_chunk) of libggml-base.so, or None."""
-    lib = os.path.join(LLAMA, "libggml-base.so")
-    if not os.path.exists(lib):
-        return None
-    g = ctypes.CDLL(lib)
-
-    class Traits(ctypes.Structure):     # ggml.h: struct ggml_type_traits
-        _fields_ = [("type_name", ctypes.c_char_p),
-                    ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64),
-                    ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool),
-                    ("to_float", ctypes.c_void_p),
-                    ("from_float_ref", ctypes.c_void_p)]
-    g.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
-    g.ggml_quantize_chunk.restype = ctypes.c_size_t
-    g.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int64,
-                                      ctypes.c_int64, ctypes.c_int64,
-                                      ctypes.c_void_p]
-    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_int64)
-
-    def dec(tid, raw, n):
-        tr = g.ggml_get_type_traits(tid).contents
-        src = np.frombuffer(raw, np.uint8).copy()
-        out = np.zeros(n, np.float32)
-        proto(tr.to_float)(src.ctypes.data, out.ctypes.data, n)
-        return out
-
-    def enc(tid, x):
-        x = np.ascontiguousarray(x, np.float32)
-        blk, size = ggufnp.BLOCKS[tid]
-        out = np.zeros(x.size // blk * size, np.uint8)
-        g.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0,
-                              x.shape[0], x.shape[1], None)
-        return out.tobytes()
-    return dec, enc
-
-
 def header(path):
     head = os.path.join(WORK, os.path.basename(os.path.dirname(path)) +
                         ".head")
@@ -113,7 +71,7 @@ def header(path):
 
 def test_q4_1_views():
     need_model()
-    lib = ggml()
+    lib = ggufnp.libggml(LLAMA)
     with Mount(os.path.dirname(MODEL), opts=OPTS) as m:
         d = os.path.join(m.mnt, os.path.basename(MODEL))
         src, _ = stread.read_st(os.path.join(d, "original",
@@ -172,7 +130,7 @@ def test_q4_1_views():
 
 def test_kiq4_views():
     need_model()
-    lib = ggml()
+    lib = ggufnp.libggml(LLAMA)
     quantize = os.path.join(LLAMA, "llama-quantize")
     with Mount(os.path.dirname(MODEL), opts=OPTS) as m:
         d = os.path.join(m.mnt, os.path.basename(MODEL))

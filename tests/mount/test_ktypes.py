@@ -22,7 +22,6 @@ llama.cpp's tools come from bench/llamacpp.sh DEST: QF_LLAMA_BIN=DEST/bin
 (default /tmp/qf-llamacpp/bin, the script's); without them the checks
 that need them are skipped with a message (CI does not build them).
 """
-import ctypes
 import os
 import shutil
 import subprocess
@@ -81,35 +80,6 @@ def encode(w, typ, tag, imp=None):
             np.fromfile(f["o"], "<f4").reshape(w.shape))
 
 
-def ggml_decoder():
-    """ggml's own to_float by type id, or None without libggml-base.so."""
-    lib = os.path.join(LLAMA, "libggml-base.so")
-    if not os.path.exists(lib):
-        return None
-    g = ctypes.CDLL(lib)
-
-    class Traits(ctypes.Structure):     # ggml.h: struct ggml_type_traits
-        _fields_ = [("type_name", ctypes.c_char_p),
-                    ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64),
-                    ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool),
-                    ("to_float", ctypes.c_void_p),
-                    ("from_float_ref", ctypes.c_void_p)]
-    g.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
-    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_int64)
-
-    def dec(tid, raw, n):
-        tr = g.ggml_get_type_traits(tid).contents
-        assert tr.blck_size == 256, tr.blck_size
-        src = np.frombuffer(raw, np.uint8).copy()
-        out = np.zeros(n, np.float32)
-        proto(tr.to_float)(src.ctypes.data, out.ctypes.data, n)
-        return out
-    return dec
-
-
 def grids(tid, raw):
     """Every element's grid [n, codes] from the block's decoded scales,
     by ggufnp: the block decoded with every code set to c."""
@@ -139,7 +109,8 @@ def grids(tid, raw):
 
 
 def test_codecs():
-    dec = ggml_decoder()
+    lib = ggufnp.libggml(LLAMA)
+    dec = lib and lib[0]
     if dec is None:
         print("  (no %s/libggml-base.so: ggml's own decoder not checked)"
               % LLAMA)

@@ -25,7 +25,6 @@ quantizer (ggml_quantize_chunk, what llama-quantize calls):
 
 usage: test_gguf_iq4.py GGUF_CLI [SHARED]   Prints 'N passed, N failed'.
 """
-import ctypes
 import os
 import shutil
 import subprocess
@@ -35,7 +34,10 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "mount"))
 from tally import Tally  # noqa: E402
+import ggufnp  # noqa: E402
 
 CLI = sys.argv[1]
 SHARED = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -106,46 +108,12 @@ def np_dequant(typ, raw):
 
 
 def ggml():
-    lib = os.path.join(LLAMA, "libggml-base.so")
-    if not os.path.exists(lib):
+    """libggml-base's (decode, encode) by our type names, or None."""
+    lib = ggufnp.libggml(LLAMA)
+    if not lib:
         return None
-    g = ctypes.CDLL(lib)
-
-    class Traits(ctypes.Structure):     # ggml.h: struct ggml_type_traits
-        _fields_ = [("type_name", ctypes.c_char_p),
-                    ("blck_size", ctypes.c_int64),
-                    ("blck_size_interleave", ctypes.c_int64),
-                    ("type_size", ctypes.c_size_t),
-                    ("is_quantized", ctypes.c_bool),
-                    ("to_float", ctypes.c_void_p),
-                    ("from_float_ref", ctypes.c_void_p)]
-    g.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
-    g.ggml_quantize_chunk.restype = ctypes.c_size_t
-    g.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int64,
-                                      ctypes.c_int64, ctypes.c_int64,
-                                      ctypes.c_void_p]
-    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_int64)
-
-    def dec(typ, raw, n):
-        tr = g.ggml_get_type_traits(TID[typ]).contents
-        assert tr.blck_size == BLK[typ][0] and tr.type_size == BLK[typ][1]
-        src = np.frombuffer(raw, np.uint8).copy()
-        out = np.zeros(n, np.float32)
-        proto(tr.to_float)(src.ctypes.data, out.ctypes.data, n)
-        return out
-
-    def enc(typ, x, imp=None):
-        x = np.ascontiguousarray(x, np.float32)
-        rows, cols = x.shape
-        out = np.zeros(rows * cols // BLK[typ][0] * BLK[typ][1], np.uint8)
-        im = None if imp is None else np.ascontiguousarray(imp, np.float32)
-        g.ggml_quantize_chunk(TID[typ], x.ctypes.data, out.ctypes.data, 0,
-                              rows, cols,
-                              None if im is None else im.ctypes.data)
-        return out.tobytes()
-    return dec, enc
+    return (lambda typ, raw, n: lib[0](TID[typ], raw, n),
+            lambda typ, x, imp=None: lib[1](TID[typ], x, imp))
 
 
 def block_err(typ, x, v, w=None):
