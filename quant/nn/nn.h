@@ -141,9 +141,9 @@ int qf_tf_layer_forward_moe(const struct qf_tf_config *c,
 			    qf_tf_hook hook, qf_tf_expert_hook ehook,
 			    void *arg);
 /*
- * Rows of one matrix product of a linear over tokens: the forward runs
- * every nn.Linear in blocks of QF_TF_ROWS rows counted from its first
- * token.  A row's result must not depend on how many rows are computed
+ * Rows of one matrix product of a linear over tokens: on the CPU the
+ * forward runs every nn.Linear in blocks of QF_TF_ROWS rows counted from
+ * its first token (on the GPU in one product: W is sent once).  A row's result must not depend on how many rows are computed
  * beside it, and OpenBLAS's Haswell SGEMM (the kernels of AMD parts, or
  * OPENBLAS_CORETYPE=Haswell) rounds a row otherwise with M: so a caller
  * that splits its tokens (calibration chunks) splits at multiples of

@@ -22,12 +22,13 @@
 void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
 		      const float *b, int64_t out, float beta, float *y)
 {
-	int64_t i, j, r;
+	/* (nn.h: QF_TF_ROWS; on the GPU one product, W sent once) */
+	int64_t rows = qf_backend_current() == QF_BACKEND_CUDA ? n :
+		       QF_TF_ROWS, i, j, r;
 
-	for (r = 0; r < n; r += QF_TF_ROWS)	/* (nn.h: QF_TF_ROWS) */
-		qf_sgemm(false, true, n - r < QF_TF_ROWS ? n - r : QF_TF_ROWS,
-			 out, in, 1.0f, x + r * in, in, w, in, beta,
-			 y + r * out, out);
+	for (r = 0; r < n; r += rows)
+		qf_sgemm(false, true, n - r < rows ? n - r : rows, out, in,
+			 1.0f, x + r * in, in, w, in, beta, y + r * out, out);
 	if (!b)
 		return;
 	for (i = 0; i < n; i++) {
