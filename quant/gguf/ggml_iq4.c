@@ -99,6 +99,20 @@ static double recode(const float *x, const float *w, float s, uint8_t *l)
 	return e;
 }
 
+/* The element of largest magnitude, with its sign (the first of ties). */
+static float signed_max(const float *x)
+{
+	float amax = 0, max = 0;
+	int i;
+
+	for (i = 0; i < QK; i++)
+		if (fabsf(x[i]) > amax) {
+			amax = fabsf(x[i]);
+			max = x[i];
+		}
+	return max;
+}
+
 /*
  * Our sub-block fit: of the 30 candidates, the least-squares scale of the
  * one whose codes fit best (the largest sqx^2 / sqq), unrounded (0 for
@@ -106,17 +120,11 @@ static double recode(const float *x, const float *w, float s, uint8_t *l)
  */
 static float fit_scale(const float *x, const float *w)
 {
-	float amax = 0, max = 0, best_s = 0;
+	float max = signed_max(x), best_s = 0;
 	double best = 0;
 	int i, k, end;
 
-	for (i = 0; i < QK; i++) {
-		if (fabsf(x[i]) > amax) {
-			amax = fabsf(x[i]);
-			max = x[i];
-		}
-	}
-	if (amax < GROUP_MAX_EPS)
+	if (fabsf(max) < GROUP_MAX_EPS)
 		return 0;
 	for (end = 0; end < 2; end++) {
 		for (k = -NTRY; k <= NTRY; k++) {
@@ -146,16 +154,10 @@ static float fit_scale(const float *x, const float *w)
  */
 static float llama_scale(const float *x)
 {
-	float amax = 0, max = 0, d = 0, id, sumqx, sumq2, best = 0;
+	float max = signed_max(x), d = 0, id, sumqx, sumq2, best = 0;
 	int i, k;
 
-	for (i = 0; i < QK; i++) {
-		if (fabsf(x[i]) > amax) {
-			amax = fabsf(x[i]);
-			max = x[i];
-		}
-	}
-	if (amax < GROUP_MAX_EPS)
+	if (fabsf(max) < GROUP_MAX_EPS)
 		return 0;
 	for (k = -NTRY - 1; k <= NTRY; k++) {
 		/* k = -8: the first pass, extreme on +127 (d = max / 127) */

@@ -232,6 +232,16 @@ def to_hf(g):
     return out
 
 
+def header_only(path, work):
+    """File of the first 256 KiB of path, copied under work: its header
+    (keys and tensor table) without reading the tensor data."""
+    head = os.path.join(work, os.path.basename(os.path.dirname(path)) +
+                        ".head")
+    with open(path, "rb") as f:
+        open(head, "wb").write(f.read(1 << 18))
+    return File(head)
+
+
 def libggml(llama_dir):
     """llama.cpp's own block codecs, from DIR/libggml-base.so (the
     library bench/llamacpp.sh links its tools against), or None without

@@ -62,11 +62,7 @@ def need_model():
 
 
 def header(path):
-    head = os.path.join(WORK, os.path.basename(os.path.dirname(path)) +
-                        ".head")
-    with open(path, "rb") as f:
-        open(head, "wb").write(f.read(1 << 18))
-    return ggufnp.File(head)
+    return ggufnp.header_only(path, WORK)
 
 
 def test_q4_1_views():

@@ -178,12 +178,7 @@ def test_gptq_new_grids():
 
 
 def header(path):
-    """ggufnp.File of the header only (no tensor data is read)."""
-    head = os.path.join(WORK, os.path.basename(os.path.dirname(path)) +
-                        ".head")
-    with open(path, "rb") as f:
-        open(head, "wb").write(f.read(1 << 18))
-    return ggufnp.File(head)
+    return ggufnp.header_only(path, WORK)
 
 
 def test_mix_types_match_llama_quantize():

@@ -48,27 +48,25 @@ def header(path):
     return h, 8 + n
 
 
-def tensor_f32(path, name):
+def tensor_raw(path, name, dtype):
     h, base = header(path)
     t = h[name]
     a, b = t["data_offsets"]
     with open(path, "rb") as f:
         f.seek(base + a)
         raw = f.read(b - a)
-    assert t["dtype"] == "BF16", t["dtype"]
+    assert t["dtype"] == dtype, (name, t["dtype"])
+    return raw
+
+
+def tensor_f32(path, name):
+    raw = tensor_raw(path, name, "BF16")
     u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
     return u.view(np.float32)
 
 
 def tensor_i32(path, name):
-    h, base = header(path)
-    t = h[name]
-    a, b = t["data_offsets"]
-    with open(path, "rb") as f:
-        f.seek(base + a)
-        raw = f.read(b - a)
-    assert t["dtype"] == "I32", t["dtype"]
-    return np.frombuffer(raw, dtype="<i4")
+    return np.frombuffer(tensor_raw(path, name, "I32"), dtype="<i4")
 
 
 def ev(d, variant, ids_out=None):
