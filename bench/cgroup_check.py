@@ -29,6 +29,7 @@ usage: bench/cgroup_check.py [--quantfs PATH] [--layers N] [--limit SIZE]
 import argparse
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -130,6 +131,8 @@ def main():
               file=sys.stderr)
         sys.exit(2)
     work = a.keep or tempfile.mkdtemp(prefix="qfcg.")
+    # a TERM (timeout, kill) still unmounts and removes the cgroup
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         src = os.path.join(work, "src")
         model = os.path.join(src, "llama3-70b-shapes")
