@@ -191,18 +191,11 @@ static void xs_refit(struct sweep *k, int64_t r, int64_t s, int i)
 	float d = qf_f16_to_f32(qf_ggml_get16(y)), *a = k->a + r * k->bs + i;
 	double best = INFINITY;
 	int c, j, ib = i / 32, bc = 0;
+	uint8_t l[32];
 
 	for (c = -32; c < 32 && d != 0; c++) {
-		float dl = d * (float)c;
-		double e = 0;
+		double e = qf_ggml_iq4_recode(x, imp, d * (float)c, l);
 
-		for (j = 0; j < 32; j++) {
-			float v = dl * (float)qf_ggml_iq4_values[dl != 0 ?
-				qf_ggml_iq4_nearest(x[j] / dl) : 8];
-			double dv = (double)v - x[j];
-
-			e += (imp ? imp[j] : 1.0) * dv * dv;
-		}
 		if (e < best) {
 			best = e;
 			bc = c;

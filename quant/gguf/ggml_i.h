@@ -78,6 +78,10 @@ void qf_ggml_dec_q3_k(const uint8_t *x, int64_t nb, float *y);
 extern const int8_t qf_ggml_iq4_values[16];	/* kvalues_iq4nl */
 /* The index of the table value nearest v (a tie goes up). */
 int qf_ggml_iq4_nearest(float v);
+/* Codes l of x [32] nearest for scale s; their error, weighted by w [32]
+ * (NULL: 1), summed in order. */
+double qf_ggml_iq4_recode(const float *x, const float *w, float s,
+			  uint8_t *l);
 int qf_ggml_enc_iq4_nl_block(const float *x, const float *imp, uint8_t *y);
 int qf_ggml_enc_iq4_xs_block(const float *x, const float *imp, uint8_t *y);
 /* nb blocks of t (IQ4_NL: 32 elements each, IQ4_XS: 256) into y */

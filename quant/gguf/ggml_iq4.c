@@ -83,8 +83,8 @@ int qf_ggml_iq4_nearest(float v)
 	return below[k + 128] + (half[k + 128] && v >= (float)k + 0.5f);
 }
 
-/* Codes of x [QK] nearest for scale s; the (weighted) error. */
-static double recode(const float *x, const float *w, float s, uint8_t *l)
+double qf_ggml_iq4_recode(const float *x, const float *w, float s,
+			  uint8_t *l)
 {
 	double e = 0;
 	int i;
@@ -224,7 +224,7 @@ int qf_ggml_enc_iq4_nl_block(const float *x, const float *imp, uint8_t *y)
 		if (hh < 0)
 			return QF_ENUMERIC;
 		h = (uint16_t)hh;
-		e = recode(x, w, qf_f16_to_f32(h), l);
+		e = qf_ggml_iq4_recode(x, w, qf_f16_to_f32(h), l);
 		if (e < best) {
 			best = e;
 			hb = h;
@@ -268,7 +268,7 @@ static double xs_codes(const float *x, const float *w, const float *sc,
 
 			if (c < -32 || c > 31)
 				continue;
-			e = recode(xb, wb, df * (float)c, lt);
+			e = qf_ggml_iq4_recode(xb, wb, df * (float)c, lt);
 			if (e < best) {
 				best = e;
 				ls[ib] = (uint8_t)(c + 32);

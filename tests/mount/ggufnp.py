@@ -242,6 +242,20 @@ def header_only(path, work):
     return File(head)
 
 
+def gptq_problem(rng, rows=32, cols=512, n=4096):
+    """The encoder tests' GPTQ problem: inputs with correlated channels and
+    8 outliers, their H = X^T X / n, U upper with U^T U = (H + 0.01
+    mean(diag H) I)^-1 (the encoder's factor), and weights W [rows, cols]:
+    (h, u, w), float64, drawn from rng in that order."""
+    mix = rng.standard_normal((cols, cols)) / np.sqrt(cols)
+    x = rng.standard_normal((n, cols)) @ (mix + 0.3 * np.eye(cols))
+    x[:, rng.choice(cols, 8, replace=False)] *= 6
+    h = x.T @ x / n
+    u = np.linalg.cholesky(np.linalg.inv(
+        h + 0.01 * np.mean(np.diag(h)) * np.eye(cols))).T
+    return h, u, rng.standard_normal((rows, cols)) * 0.05
+
+
 def libggml(llama_dir):
     """llama.cpp's own block codecs, from DIR/libggml-base.so (the
     library bench/llamacpp.sh links its tools against), or None without

@@ -147,14 +147,8 @@ def test_codecs():
 
 def test_gptq_new_grids():
     rng = np.random.default_rng(3)
-    rows, cols, n = 32, 512, 4096
-    mix = rng.standard_normal((cols, cols)) / np.sqrt(cols)
-    x = rng.standard_normal((n, cols)) @ (mix + 0.3 * np.eye(cols))
-    x[:, rng.choice(cols, 8, replace=False)] *= 6
-    h = x.T @ x / n
-    u = np.linalg.cholesky(np.linalg.inv(
-        h + 0.01 * np.mean(np.diag(h)) * np.eye(cols))).T
-    w = rng.standard_normal((rows, cols)) * 0.05
+    rows, cols = 32, 512
+    h, u, w = ggufnp.gptq_problem(rng, rows, cols)
     f = {k: os.path.join(WORK, "g." + k) for k in ("w", "u", "i", "q", "o")}
     w.astype("<f4").tofile(f["w"])
     u.astype("<f4").tofile(f["u"])

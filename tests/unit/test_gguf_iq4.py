@@ -198,14 +198,9 @@ def test_imatrix(tmp, lib):
 
 
 def test_gptq(tmp):
-    rows, cols, n = 32, 512, 4096
-    mix = rng.standard_normal((cols, cols)) / np.sqrt(cols)
-    xs = rng.standard_normal((n, cols)) @ (mix + 0.3 * np.eye(cols))
-    xs[:, rng.choice(cols, 8, replace=False)] *= 6
-    h = xs.T @ xs / n
-    u = np.linalg.cholesky(np.linalg.inv(
-        h + 0.01 * np.mean(np.diag(h)) * np.eye(cols))).T
-    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    rows, cols = 32, 512
+    h, u, w = ggufnp.gptq_problem(rng, rows, cols)
+    w = w.astype(np.float32)
     f = {k: os.path.join(tmp, "g." + k) for k in ("w", "u", "i", "q")}
     w.astype("<f4").tofile(f["w"])
     u.astype("<f4").tofile(f["u"])
