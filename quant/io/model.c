@@ -278,7 +278,7 @@ int qf_model_shard_sha256(const struct qf_model *m, size_t i,
 	}
 	free(buf);
 	if (ret < 0)	/* a short read: the file shrank */
-		return ret == -EIO || ret == -ENODATA ? QF_ECORRUPT : ret;
+		return ret == -EIO ? QF_ECORRUPT : ret;
 	qf_sha256_final(&c, out);
 	if (qf_st_faulted(f))
 		return QF_ECORRUPT;
