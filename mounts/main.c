@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,11 +42,12 @@ static const char usage_text[] =
 	"       quantfs rotate SRC DST [--seed N]\n"
 	"       quantfs status MNT [--json]\n"
 	"       quantfs eval DIR --text FILE [--ctx N] [--json]\n"
-	"                    [--scores-vs SRC [--windows N]] [--ids-out FILE]\n"
+	"                    [--scores-vs SRC [--windows N] | --kld-vs SRC]\n"
+	"                    [--ids-out FILE]\n"
 	"       quantfs generate DIR --prompt TEXT [-n N] [--ids]\n"
 	"       quantfs report MNT/MODEL --text FILE [--variants A,B,...]\n"
 	"                      [--choices FILE.jsonl [--limit N]] [--ctx N]\n"
-	"                      [-o REPORT.md] [--cache DIR]\n"
+	"                      [-o REPORT.md] [--cache DIR] [--kld]\n"
 	"       quantfs warm PATH...\n"
 	"       quantfs cache ls|du|rm SELECTOR...|gc --max-size SIZE\n"
 	"                     [--cache DIR] [--json]\n"
@@ -769,14 +771,15 @@ static int cmd_eval(int argc, char **argv)
 		{ "scores-vs", required_argument, NULL, 's' },
 		{ "windows", required_argument, NULL, 'w' },
 		{ "ids-out", required_argument, NULL, 'o' },
+		{ "kld-vs", required_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct qf_buf text = QF_BUF_INIT;
 	struct qf_eval_result r;
 	const char *ids_out = NULL;
-	struct qf_model *m = NULL;
+	struct qf_model *m = NULL, *ref = NULL;
 	struct qf_tok *tok = NULL;
-	const char *tfile = NULL, *why = NULL, *vs = NULL;
+	const char *tfile = NULL, *why = NULL, *vs = NULL, *kvs = NULL;
 	bool json = false;
 	int ctx = 512, windows = 4, c, ret;
 
@@ -789,12 +792,14 @@ static int cmd_eval(int argc, char **argv)
 		case 's': vs = optarg; break;
 		case 'w': windows = atoi(optarg); break;
 		case 'o': ids_out = optarg; break;
+		case 'k': kvs = optarg; break;
 		default:
 			usage(stderr);
 			return 2;
 		}
 	}
-	if (optind != argc - 1 || !tfile || ctx < 2 || windows < 1) {
+	if (optind != argc - 1 || !tfile || ctx < 2 || windows < 1 ||
+	    (vs && kvs)) {
 		usage(stderr);
 		return 2;
 	}
@@ -813,24 +818,35 @@ static int cmd_eval(int argc, char **argv)
 			fprintf(stderr, "quantfs: %s/tokenizer.json: %s\n",
 				m->dir, why ? why : qf_strerror(ret));
 	}
+	if (!ret && kvs && (ret = qf_model_open(kvs, &ref)) < 0)
+		fprintf(stderr, "quantfs: eval --kld-vs '%s': %s\n", kvs,
+			qf_strerror(ret));
 	if (!ret && ids_out)
 		ret = write_ids(tok, &text, ids_out);
 	if (!ret)
-		ret = qf_eval_ppl(m, tok, text.data, text.len, ctx, &r);
+		ret = ref ? qf_eval_kld(m, ref, tok, text.data, text.len, ctx,
+					&r) :
+			    qf_eval_ppl(m, tok, text.data, text.len, ctx, &r);
 	if (ret < 0) {
 		fprintf(stderr, "quantfs: eval '%s': %s\n", argv[optind],
 			ret == -EINVAL ? "text too short for one window" :
-					 qf_strerror(ret));
+			ref && ret == QF_EFORMAT ? "the reference's vocabulary "
+			"or hidden width differs" : qf_strerror(ret));
 	} else if (json) {
 		printf("{\"model\": \"%s\", \"text\": \"%s\", "
 		       "\"protocol\": \"non-overlapping windows of %d tokens, "
 		       "BOS + %d\", \"windows\": %d, \"tokens\": %lld, "
-		       "\"nll\": %.6f, \"ppl\": %.4f, \"weight_bytes\": %llu, "
-		       "\"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
+		       "\"nll\": %.6f, \"ppl\": %.4f, \"weight_bytes\": %llu, ",
 		       m->dir, tfile, r.ctx, r.ctx - 1, r.windows,
 		       (long long)r.tokens, r.nll, r.ppl,
-		       (unsigned long long)r.weight_bytes, r.seconds,
-		       r.tokens / r.seconds);
+		       (unsigned long long)r.weight_bytes);
+		if (ref)
+			printf("\"reference\": \"%s\", \"ref_nll\": %.6f, "
+			       "\"ref_ppl\": %.4f, \"kld\": %.6e, "
+			       "\"same_top1\": %.6f, ", ref->dir, r.ref_nll,
+			       exp(r.ref_nll), r.kld, r.top1);
+		printf("\"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
+		       r.seconds, r.tokens / r.seconds);
 	} else {
 		printf("%-12s %s\n", "model", m->dir);
 		printf("%-12s %s (%zu bytes)\n", "text", tfile, text.len);
@@ -842,11 +858,19 @@ static int cmd_eval(int argc, char **argv)
 		printf("%-12s %.4f\n", "perplexity", r.ppl);
 		printf("%-12s %llu\n", "weight bytes",
 		       (unsigned long long)r.weight_bytes);
+		if (ref) {
+			printf("%-12s %s, perplexity %.4f\n", "reference",
+			       ref->dir, exp(r.ref_nll));
+			printf("%-12s %.6e nats/token (KL(reference || "
+			       "model))\n", "mean KLD", r.kld);
+			printf("%-12s %.4f %%\n", "same top-1", 100 * r.top1);
+		}
 		printf("%-12s %.2f s (%.0f tokens/s)\n", "wall time",
 		       r.seconds, r.tokens / r.seconds);
 	}
 	qf_tok_close(tok);
 	qf_model_close(m);
+	qf_model_close(ref);
 	qf_buf_release(&text);
 	return ret < 0 ? 1 : 0;
 }

@@ -197,7 +197,7 @@ static int measure(const struct inputs *in, struct row *r)
 {
 	struct qf_eval_result e;
 	struct qf_mc_result mc;
-	struct qf_model *m = NULL;
+	struct qf_model *m = NULL, *ref = NULL;
 	struct qf_tok *tok = NULL;
 	const char *why = NULL;
 	char *tmp = NULL;
@@ -235,11 +235,22 @@ static int measure(const struct inputs *in, struct row *r)
 		r->acc = mc.accuracy;
 		r->acc_raw = mc.accuracy_raw;
 	}
-	ret = qf_eval_ppl(m, tok, in->text.data, in->text.len, in->ctx, &e);
+	/* --kld: each variant against the source (row 0, measured first) */
+	if (in->kld && in->src_dir && (ret = qf_model_open(in->src_dir,
+							   &ref)) < 0) {
+		set_why(r, "open the source", ret);
+		goto out_close;
+	}
+	ret = ref ? qf_eval_kld(m, ref, tok, in->text.data, in->text.len,
+				in->ctx, &e) :
+		    qf_eval_ppl(m, tok, in->text.data, in->text.len, in->ctx,
+				&e);
 	if (ret < 0) {
 		set_why(r, "perplexity", ret);
 		goto out_close;
 	}
+	r->kld = ref ? e.kld : in->kld ? 0 : NAN;
+	r->top1 = ref ? e.top1 : in->kld ? 1 : NAN;
 	r->ppl = e.ppl;
 	r->nll = e.nll;
 	r->tokens = e.tokens;
@@ -249,6 +260,7 @@ static int measure(const struct inputs *in, struct row *r)
 out_close:
 	qf_tok_close(tok);
 	qf_model_close(m);
+	qf_model_close(ref);
 	qf_report_gguf_remove(tmp);
 	return ret;
 }
@@ -307,7 +319,7 @@ out_fail:
 static const char report_usage[] =
 	"usage: quantfs report MNT/MODEL [--variants A,B,...] --text FILE\n"
 	"                      [--choices FILE.jsonl [--limit N]] [--ctx N]\n"
-	"                      [-o REPORT.md] [--cache DIR]\n";
+	"                      [-o REPORT.md] [--cache DIR] [--kld]\n";
 
 static bool listed(const struct row *rows, size_t n, const char *name)
 {
@@ -336,7 +348,7 @@ static int add_row(struct row **rows, size_t *n, const char *model_dir,
 	qf_buf_addf(&d, "%s/%s", model_dir, name);
 	g->name = strdup(name);
 	g->dir = qf_buf_detach(&d, NULL);
-	g->ppl = g->nll = g->eval_s = g->tok_s = NAN;
+	g->ppl = g->nll = g->eval_s = g->tok_s = g->kld = g->top1 = NAN;
 	g->acc = g->acc_raw = g->prod_s = NAN;
 	(*n)++;
 	return g->name && g->dir ? 0 : -ENOMEM;
@@ -432,6 +444,7 @@ static int parse_args(int argc, char **argv, struct inputs *in,
 		{ "ctx", required_argument, NULL, 'x' },
 		{ "limit", required_argument, NULL, 'l' },
 		{ "cache", required_argument, NULL, 'C' },
+		{ "kld", no_argument, NULL, 'k' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int c;
@@ -445,6 +458,7 @@ static int parse_args(int argc, char **argv, struct inputs *in,
 		case 'x': in->ctx = atoi(optarg); break;
 		case 'l': in->limit = atoi(optarg); break;
 		case 'C': *cache = optarg; break;
+		case 'k': in->kld = true; break;
 		case 'o': *out = optarg; break;
 		default:
 			return -EINVAL;
@@ -514,6 +528,10 @@ int qf_cmd_report(int argc, char **argv)
 					"could not be measured\n");
 				ret = -EIO;
 			}
+		}
+		if (i == 0) {	/* what --kld measures the rest against */
+			in.src_dir = rows[0].dir;
+			memcpy(in.src_key, rows[0].key, sizeof(in.src_key));
 		}
 	}
 	if (!ret) {

@@ -33,6 +33,8 @@ struct row {
 	int64_t tokens;			/* predicted tokens */
 	int windows;
 	double eval_s;			/* perplexity forward passes */
+	double kld;			/* --kld: mean KL(source || it) */
+	double top1;			/* --kld: same top token, share */
 	double tok_s;			/* tokens / eval_s */
 	int mc_n;			/* questions scored, 0: none */
 	int mc_correct;
@@ -58,6 +60,9 @@ struct inputs {
 	uint8_t mc_sha[32];
 	int ctx;
 	int limit;			/* 0: every question */
+	bool kld;			/* --kld: divergence from the source */
+	const char *src_dir;		/* the source row's, once measured */
+	char src_key[65];		/* its result key ("" before) */
 	char *cache;			/* <cache>/reports */
 	bool tty;
 };

@@ -139,6 +139,11 @@ static cJSON *row_json(const struct inputs *in, const struct row *r)
 	cJSON_AddItemToObject(o, "compression_ratio", num_or_null(r->ratio));
 	cJSON_AddItemToObject(o, "perplexity", num_or_null(ok ? r->ppl : NAN));
 	cJSON_AddItemToObject(o, "nll", num_or_null(ok ? r->nll : NAN));
+	if (in->kld) {
+		cJSON_AddItemToObject(o, "kld", num_or_null(ok ? r->kld : NAN));
+		cJSON_AddItemToObject(o, "same_top1",
+				      num_or_null(ok ? r->top1 : NAN));
+	}
 	cJSON_AddItemToObject(o, "tokens", ok ?
 		cJSON_CreateNumber((double)r->tokens) : cJSON_CreateNull());
 	cJSON_AddItemToObject(o, "windows", ok ?
@@ -233,7 +238,7 @@ static void md_row(FILE *f, const struct inputs *in, const struct row *r,
 		   bool source)
 {
 	char ppl[32], dp[32], acc[64], da[32], fb[32], db[32], ratio[32];
-	char wm[32], ts[32], prod[32];
+	char wm[32], ts[32], prod[32], kld[48] = "";
 
 	fmt_num(r->why ? NAN : r->ppl, 4, "", ppl, sizeof(ppl));
 	if (in->mc_path && !r->why)
@@ -260,9 +265,14 @@ static void md_row(FILE *f, const struct inputs *in, const struct row *r,
 	fmt_num(r->ratio, 2, "x", ratio, sizeof(ratio));
 	fmt_num(r->why ? NAN : r->tok_s, 0, "", ts, sizeof(ts));
 	fmt_num(r->prod_s, 1, " s", prod, sizeof(prod));
-	fprintf(f, "| %s%s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
-		"| %s |\n", r->name, source ? " (source)" : "", ppl, dp, acc,
-		da, fb, db, ratio, wm, ts, prod, r->front ? "yes" : "");
+	if (in->kld && (r->why || isnan(r->kld)))
+		snprintf(kld, sizeof(kld), " n/a | n/a |");
+	else if (in->kld)
+		snprintf(kld, sizeof(kld), " %.6f | %.2f %% |", r->kld,
+			 100 * r->top1);
+	fprintf(f, "| %s%s | %s | %s |%s %s | %s | %s | %s | %s | %s | %s | %s "
+		"| %s |\n", r->name, source ? " (source)" : "", ppl, dp, kld,
+		acc, da, fb, db, ratio, wm, ts, prod, r->front ? "yes" : "");
 }
 
 static int write_md(const char *path, const char *svg, const char *model,
@@ -314,12 +324,20 @@ static int write_md(const char *path, const char *svg, const char *model,
 		"`quantization.json`; n/a where none is recorded "
 		"(round-to-nearest variants are produced on read).\n"
 		"- Changes are relative to the source: (variant - source) / "
-		"source.\n\n");
-	fprintf(f, "| variant | perplexity | vs source | accuracy | "
+		"source.\n");
+	if (in->kld)
+		fprintf(f, "- **KLD** (--kld): the mean KL divergence "
+			"KL(source || variant) of the next-token distributions "
+			"over the same predicted positions, nats; **same "
+			"top-1**: the share of them where both rank the same "
+			"token first (`quantfs eval --kld-vs`). Between "
+			"variants it ranks far more surely than perplexity.\n");
+	fprintf(f, "\n| variant | perplexity | vs source |%s accuracy | "
 		"vs source | file bytes | vs source | compression | "
-		"weight memory | tokens/s | production | Pareto |\n");
-	fprintf(f, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-		":---:|\n");
+		"weight memory | tokens/s | production | Pareto |\n",
+		in->kld ? " KLD | same top-1 |" : "");
+	fprintf(f, "|---|---:|---:|%s---:|---:|---:|---:|---:|---:|---:|---:|"
+		":---:|\n", in->kld ? "---:|---:|" : "");
 	for (i = 0; i < n; i++)
 		md_row(f, in, &rows[i], i == 0);
 	k = qf_report_front_order(rows, n, ord);

@@ -183,6 +183,9 @@ void qf_report_result_key(const struct inputs *in,
 	else
 		hash_part(&h, "choices", "", 0);
 	hash_part(&h, "ctx,limit", nums, sizeof(nums));
+	/* --kld: the figures are against that source (none before it) */
+	if (in->kld && in->src_key[0])
+		hash_part(&h, "kld-vs", in->src_key, 64);
 	qf_sha256_final(&h, k);
 	qf_hex(k, 32, hex);
 }
@@ -223,8 +226,11 @@ bool qf_report_cache_load(const struct inputs *in, struct row *r)
 		r->windows = (int)num_or_nan(j, "windows");
 		r->eval_s = num_or_nan(j, "eval_seconds");
 		r->tok_s = num_or_nan(j, "tokens_per_s");
+		r->kld = num_or_nan(j, "kld");
+		r->top1 = num_or_nan(j, "same_top1");
 		mc = cJSON_GetObjectItem(j, "mc");
 		ok = !isnan(r->ppl) && !isnan(r->tok_s) &&
+		     (!in->kld || (!isnan(r->kld) && !isnan(r->top1))) &&
 		     (in->mc_path ? cJSON_IsObject(mc) : cJSON_IsNull(mc));
 		if (ok && in->mc_path) {
 			r->mc_n = (int)num_or_nan(mc, "questions");
@@ -279,6 +285,10 @@ int qf_report_cache_store(const struct inputs *in, const struct row *r)
 	cJSON_AddNumberToObject(j, "windows", r->windows);
 	add_exact(j, "eval_seconds", r->eval_s);
 	add_exact(j, "tokens_per_s", r->tok_s);
+	if (!isnan(r->kld)) {
+		add_exact(j, "kld", r->kld);
+		add_exact(j, "same_top1", r->top1);
+	}
 	if (in->mc_path) {
 		mc = cJSON_AddObjectToObject(j, "mc");
 		cJSON_AddStringToObject(mc, "file", in->mc_path);

@@ -10,7 +10,9 @@
  *
  * Windows run in batches through the decoder layer by layer (one layer's
  * fp32 weights in memory); the head runs in row slices so a large
- * vocabulary never needs a [tokens, vocab] buffer.
+ * vocabulary never needs a [tokens, vocab] buffer.  Against a reference
+ * (qf_eval_kld) the same windows run through both models and the KL
+ * divergence is summed over the positions that predict a token.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include "eval.h"
 
 #define ACT_BUDGET (256u << 20)		/* activation bytes per batch */
+#define KL_BUDGET (32u << 20)		/* bytes of each logits slice */
 
 /* Sum of -log p(next) over rows [0, n) whose target is not -1. */
 static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
@@ -38,41 +41,108 @@ static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
 	return ret;
 }
 
-/* One batch of nseq windows of seqlen tokens: ids, targets (-1 = none). */
-static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
-		     const int32_t *ids, const int32_t *target, int nseq,
-		     int seqlen, double *sum)
-{
-	int64_t n = (int64_t)nseq * seqlen;
-	float *x = malloc((size_t)(n * c->hidden) * sizeof(*x));
-	int ret;
+/* What one pass sums: the model's, and with a reference its figures. */
+struct sums {
+	double nll, ref_nll, kl;
+	int64_t top1;
+};
 
-	if (!x)
-		return -ENOMEM;
-	ret = qf_tf_hidden(m, c, ids, nseq, seqlen, x);
-	if (!ret)
-		ret = head_nll(m, c, x, target, n, sum);
-	free(x);
+static int64_t argmax(const float *l, int64_t v)
+{
+	int64_t j, best = 0;
+
+	for (j = 1; j < v; j++)
+		best = l[j] > l[best] ? j : best;
+	return best;
+}
+
+/* KL(ref || m) and same argmax over the n rows of x (m's) and xr (ref's)
+ * whose target is not -1, the heads run on slices of rows. */
+static int head_kl(const struct qf_model *m, const struct qf_model *ref,
+		   const struct qf_tf_config *c, const struct qf_tf_config *cr,
+		   const float *x, const float *xr, const int32_t *target,
+		   int64_t n, struct sums *s)
+{
+	int64_t rows = KL_BUDGET / ((int64_t)c->vocab * 4), r0, r;
+	float *la, *lb;
+	int ret = 0;
+
+	rows = rows < 1 ? 1 : rows > n ? n : rows;
+	la = malloc((size_t)(rows * c->vocab) * sizeof(*la));
+	lb = malloc((size_t)(rows * c->vocab) * sizeof(*lb));
+	if (!la || !lb)
+		ret = -ENOMEM;
+	for (r0 = 0; r0 < n && !ret; r0 += rows) {
+		int64_t k = n - r0 < rows ? n - r0 : rows;
+
+		ret = qf_tf_head(ref, cr, xr + r0 * c->hidden, k, la);
+		if (!ret)
+			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
+		for (r = 0; r < k && !ret; r++) {
+			const float *a = la + r * c->vocab;
+			const float *b = lb + r * c->vocab;
+
+			if (target[r0 + r] < 0)
+				continue;
+			s->kl += qf_logits_kl(a, b, c->vocab);
+			s->top1 += argmax(a, c->vocab) == argmax(b, c->vocab);
+		}
+	}
+	free(la);
+	free(lb);
 	return ret;
 }
 
-int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
-		const char *text, size_t len, int ctx,
-		struct qf_eval_result *out)
+/* One batch of nseq windows of seqlen tokens: ids, targets (-1 = none);
+ * with ref (NULL: none) its hidden states and the divergence too. */
+static int run_batch(const struct qf_model *m, const struct qf_model *ref,
+		     const struct qf_tf_config *c,
+		     const struct qf_tf_config *cr, const int32_t *ids,
+		     const int32_t *target, int nseq, int seqlen,
+		     struct sums *s)
 {
-	struct qf_tf_config c;
+	int64_t n = (int64_t)nseq * seqlen;
+	float *x = malloc((size_t)(n * c->hidden) * sizeof(*x));
+	float *xr = ref ? malloc((size_t)(n * c->hidden) * sizeof(*xr)) : NULL;
+	int ret = x && (xr || !ref) ? 0 : -ENOMEM;
+
+	if (!ret)
+		ret = qf_tf_hidden(m, c, ids, nseq, seqlen, x);
+	if (!ret)
+		ret = head_nll(m, c, x, target, n, &s->nll);
+	if (!ret && ref)
+		ret = qf_tf_hidden(ref, cr, ids, nseq, seqlen, xr);
+	if (!ret && ref)
+		ret = head_nll(ref, cr, xr, target, n, &s->ref_nll);
+	if (!ret && ref)
+		ret = head_kl(m, ref, c, cr, x, xr, target, n, s);
+	free(x);
+	free(xr);
+	return ret;
+}
+
+static int eval_run(const struct qf_model *m, const struct qf_model *ref,
+		    const struct qf_tok *tok, const char *text, size_t len,
+		    int ctx, struct qf_eval_result *out)
+{
+	struct qf_tf_config c, cr;
+	struct sums sum = { 0 };
 	int32_t bos = qf_tok_bos(tok);
 	int32_t *toks = NULL, *ids = NULL, *tgt = NULL;
 	int64_t chunk, nchunks, per_batch, w0;
 	size_t ntok = 0;
-	double sum = 0, t0 = qf_now();
+	double t0 = qf_now();
 	size_t i;
 	int ret;
 
 	memset(out, 0, sizeof(*out));
 	ret = qf_tf_config_parse(m, &c);
+	if (!ret && ref)
+		ret = qf_tf_config_parse(ref, &cr);
 	if (ret < 0)
 		return ret;
+	if (ref && (cr.vocab != c.vocab || cr.hidden != c.hidden))
+		return QF_EFORMAT;	/* not the same vocabulary or width */
 	if (ctx < 2)
 		return -EINVAL;
 	ret = qf_tok_encode(tok, text, len, false, &toks, &ntok);
@@ -89,7 +159,7 @@ int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
 			return QF_EFORMAT;	/* tokenizer and model disagree */
 		}
 	nchunks = ((int64_t)ntok + chunk - 1) / chunk;
-	per_batch = ACT_BUDGET / ((int64_t)ctx * c.hidden * 4 * 3);
+	per_batch = ACT_BUDGET / ((int64_t)ctx * c.hidden * 4 * (ref ? 6 : 3));
 	per_batch = per_batch < 1 ? 1 : per_batch;
 	ids = malloc((size_t)(per_batch * ctx) * sizeof(*ids));
 	tgt = malloc((size_t)(per_batch * ctx) * sizeof(*tgt));
@@ -124,15 +194,19 @@ int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
 				t[j] = j + 1 < L ? d[j + 1] : -1;
 			out->tokens += L - 1;
 		}
-		ret = run_batch(m, &c, ids, tgt, (int)nb, (int)L, &sum);
+		ret = run_batch(m, ref, &c, &cr, ids, tgt, (int)nb, (int)L,
+				&sum);
 		out->windows += (int)nb;
 		w0 += nb;
 	}
 	if (ret < 0)
 		goto out_free;
 	out->ctx = ctx;
-	out->nll = sum / (double)out->tokens;
+	out->nll = sum.nll / (double)out->tokens;
 	out->ppl = exp(out->nll);
+	out->kld = sum.kl / (double)out->tokens;
+	out->top1 = (double)sum.top1 / (double)out->tokens;
+	out->ref_nll = sum.ref_nll / (double)out->tokens;
 	out->seconds = qf_now() - t0;
 	out->weight_bytes = m->weight_bytes;
 out_free:
@@ -140,4 +214,18 @@ out_free:
 	free(ids);
 	free(tgt);
 	return ret;
+}
+
+int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
+		const char *text, size_t len, int ctx,
+		struct qf_eval_result *out)
+{
+	return eval_run(m, NULL, tok, text, len, ctx, out);
+}
+
+int qf_eval_kld(const struct qf_model *m, const struct qf_model *ref,
+		const struct qf_tok *tok, const char *text, size_t len,
+		int ctx, struct qf_eval_result *out)
+{
+	return eval_run(m, ref, tok, text, len, ctx, out);
 }

@@ -28,6 +28,10 @@ struct qf_eval_result {
 	double ppl;			/* exp(nll) */
 	double seconds;			/* wall time of the forward passes */
 	uint64_t weight_bytes;		/* bytes of the weight files */
+	/* qf_eval_kld only, over the same predicted positions: */
+	double kld;			/* mean KL(ref || model), nats */
+	double top1;			/* fraction with the same argmax */
+	double ref_nll;			/* the reference's mean nll */
 };
 /*
  * Perplexity of text under model m: the text is tokenized whole (no
@@ -38,6 +42,17 @@ struct qf_eval_result {
 int qf_eval_ppl(const struct qf_model *m, const struct qf_tok *tok,
 		const char *text, size_t len, int ctx,
 		struct qf_eval_result *out);
+/*
+ * The same, and how far m's next-token distributions are from those of
+ * a reference ref (its source, say) at every predicted position: the
+ * mean KL(p_ref || p_m) in nats, the fraction of positions where both
+ * rank the same token first, and ref's own nll (llama-perplexity's
+ * --kl-divergence figures).  m and ref need the same vocabulary and
+ * hidden width (QF_EFORMAT otherwise).
+ */
+int qf_eval_kld(const struct qf_model *m, const struct qf_model *ref,
+		const struct qf_tok *tok, const char *text, size_t len,
+		int ctx, struct qf_eval_result *out);
 
 struct qf_mc_result {
 	int questions;			/* questions scored */

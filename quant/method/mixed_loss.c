@@ -29,30 +29,6 @@
 
 #define KL_BUDGET (32u << 20)	/* bytes of each logits slice */
 
-/* KL(softmax(a) || softmax(b)) of one row of logits, in double. */
-static double row_kl(const float *a, const float *b, int64_t v)
-{
-	double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
-	int64_t j;
-
-	for (j = 1; j < v; j++) {
-		ma = a[j] > ma ? a[j] : ma;
-		mb = b[j] > mb ? b[j] : mb;
-	}
-	for (j = 0; j < v; j++) {
-		sa += exp((double)a[j] - ma);
-		sb += exp((double)b[j] - mb);
-	}
-	ma += log(sa);		/* log-sum-exp of each */
-	mb += log(sb);
-	for (j = 0; j < v; j++) {
-		double la = (double)a[j] - ma;
-
-		kl += exp(la) * (la - ((double)b[j] - mb));
-	}
-	return kl > 0 ? kl : 0;
-}
-
 /*
  * Mean over the n rows of KL(head(xref) || head(x)), the head run on
  * slices of rows into la and lb (rows * vocab each).
@@ -72,8 +48,8 @@ static int mean_kl(const struct qf_model *m, const struct qf_tf_config *c,
 		if (!ret)
 			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
 		for (r = 0; r < k && !ret; r++)
-			s += row_kl(la + r * c->vocab, lb + r * c->vocab,
-				    c->vocab);
+			s += qf_logits_kl(la + r * c->vocab,
+					  lb + r * c->vocab, c->vocab);
 	}
 	*out = n ? s / (double)n : 0;
 	return ret;

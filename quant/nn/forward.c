@@ -471,3 +471,26 @@ int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
 	free(lg);
 	return ret;
 }
+
+double qf_logits_kl(const float *a, const float *b, int64_t v)
+{
+	double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
+	int64_t j;
+
+	for (j = 1; j < v; j++) {
+		ma = a[j] > ma ? a[j] : ma;
+		mb = b[j] > mb ? b[j] : mb;
+	}
+	for (j = 0; j < v; j++) {
+		sa += exp((double)a[j] - ma);
+		sb += exp((double)b[j] - mb);
+	}
+	ma += log(sa);		/* log-sum-exp of each */
+	mb += log(sb);
+	for (j = 0; j < v; j++) {
+		double la = (double)a[j] - ma;
+
+		kl += exp(la) * (la - ((double)b[j] - mb));
+	}
+	return kl > 0 ? kl : 0;
+}

@@ -209,5 +209,11 @@ struct qf_tf_config;
 int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
 		 const float *x, const int32_t *target, int64_t n,
 		 double *logp);
+/*
+ * KL(softmax(a) || softmax(b)) of one row of v logits, in double (nats,
+ * at least 0): mixed precision's measured cost, eval's divergence from
+ * a reference.
+ */
+double qf_logits_kl(const float *a, const float *b, int64_t v);
 
 #endif /* QF_NN_H */

@@ -5,6 +5,9 @@
 - a packed rtn variant and its _fake twin hold the same weights, so their
   perplexities agree (the GPTQ tensors are dequantized on load).
 - --json carries the same figures as the table.
+- --kld-vs: the mean KL divergence from the source and the same-top-1
+  share against a float64 numpy forward (tests/unit/forward_ref.py) of
+  both models on every window; 0 and 100 % against itself.
 """
 import json
 import os
@@ -13,7 +16,11 @@ import shutil
 import sys
 import tempfile
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "unit"))
+import forward_ref  # noqa: E402
 from qftest import Mount, run_tests, SkipTest, SHARED, QUANTFS  # noqa: E402
 
 DATA = os.path.join(SHARED, "data")
@@ -117,6 +124,73 @@ def test_variants_through_the_mount():
         assert packed["weight_bytes"] < orig["weight_bytes"]
         # 8-bit RTN of the attention linears barely moves perplexity
         assert abs(packed["ppl"] - orig["ppl"]) / orig["ppl"] < 0.01
+
+
+def numpy_logp(d, bos, ids, ctx):
+    """log-softmax rows of every predicting position, eval's windows."""
+    model, out = forward_ref.Model(d), []
+    for i in range(0, len(ids), ctx - 1):
+        seq = np.array([bos] + ids[i:i + ctx - 1])
+        z = model.sequence(seq, {})[:-1]
+        z = z - z.max(-1, keepdims=True)
+        out.append(z - np.log(np.exp(z).sum(-1, keepdims=True)))
+    return np.concatenate(out)
+
+
+def test_kld_vs_source_matches_numpy():
+    model = os.path.join(DATA, "models", "stories260K")
+    need(model)
+    work = tempfile.mkdtemp(prefix="qfkld.")
+    text, idf = os.path.join(work, "t.txt"), os.path.join(work, "ids.json")
+    with open(TEXT, "rb") as f, open(text, "wb") as g:
+        g.write(f.read(3000))
+    try:
+        with Mount(model) as m:
+            base = os.path.join(m.mnt, "stories260K")
+            var = os.path.join(base, "rtn_w3_g32_fake")
+            q = os.environ.get("QUANTFS", QUANTFS)
+            r = subprocess.run([q, "eval", var, "--text", text, "--ctx",
+                                "64", "--json", "--kld-vs", model,
+                                "--ids-out", idf], capture_output=True,
+                               text=True, timeout=300)
+            assert r.returncode == 0, r.stderr
+            got = json.loads(r.stdout)
+            tok = json.load(open(idf))
+            p = numpy_logp(model, tok["bos"], tok["ids"], 64)
+            lq = numpy_logp(var, tok["bos"], tok["ids"], 64)
+            kl = np.mean(np.sum(np.exp(p) * (p - lq), -1))
+            top1 = np.mean(p.argmax(-1) == lq.argmax(-1))
+            assert got["tokens"] == len(p) == len(tok["ids"]), got
+            assert abs(got["kld"] - kl) <= 1e-3 * kl, (got["kld"], kl)
+            assert abs(got["same_top1"] - top1) <= 2.0 / len(p), \
+                (got["same_top1"], top1)
+            assert 0.01 < kl and top1 < 0.99, (kl, top1)
+            assert abs(got["ref_ppl"] - np.exp(-np.mean(
+                p[np.arange(len(p)), tok["ids"]]))) < 1e-3
+            print("  rtn_w3_g32 vs source: KLD %.6f (numpy %.6f), same "
+                  "top-1 %.4f (numpy %.4f)" % (got["kld"], kl,
+                                               got["same_top1"], top1))
+            # against itself: nothing differs
+            r = qf_eval(model, "--ctx", "64", "--kld-vs", model)
+            assert r["kld"] == 0 and r["same_top1"] == 1, r
+            # a reference of another width is refused
+            bad = subprocess.run([q, "eval", model, "--text", text,
+                                  "--kld-vs", other_model(work)],
+                                 capture_output=True, text=True)
+            assert bad.returncode == 1 and "differs" in bad.stderr, \
+                bad.stderr
+    finally:
+        shutil.rmtree(work)
+
+
+def other_model(work):
+    """A model of another hidden width and vocabulary (mkmodel)."""
+    d = os.path.join(work, "other")
+    subprocess.run([os.environ.get("QUANTFS", QUANTFS), "mkmodel", d,
+                    "--hidden", "32", "--inter", "64", "--layers", "1",
+                    "--heads", "2", "--kv-heads", "1"], check=True,
+                   capture_output=True)
+    return d
 
 
 if __name__ == "__main__":

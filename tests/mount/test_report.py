@@ -14,7 +14,10 @@
   the file's sizes and a perplexity near the source's that a float64 numpy
   forward pass reproduces on the GGUF decoded by an independent numpy
   reader (tests/mount/ggufnp.py), with the weights of kq6_k closer to the
-  source's than those of kq4_k_m.
+  source's than those of kq4_k_m;
+- --kld adds each row's KL divergence from the source and same-top-1
+  share, equal to `quantfs eval --kld-vs` on the same directories (0 and
+  1 for the source), larger at fewer bits; cached like the rest.
 """
 import json
 import math
@@ -195,6 +198,32 @@ def test_report_matches_eval_and_is_cached():
     correct, close = numpy_mc(os.path.join(SRC, "tiny"))
     assert abs(base["mc_correct"] - correct) <= close, \
         (base["mc_correct"], correct, close)
+
+
+def test_kld_column():
+    out = os.path.join(WORK, "k", "report.md")
+    os.makedirs(os.path.dirname(out))
+    with Mount(SRC) as m:
+        report(m, out, "--kld")
+        j = json.loads(open(out[:-3] + ".json").read())
+        rows = {r["name"]: r for r in [j["source"]] + j["variants"]}
+        assert rows["original"]["kld"] == 0 and \
+            rows["original"]["same_top1"] == 1, rows["original"]
+        src = os.path.join(m.mnt, "tiny", "original")
+        for v in VARIANTS:
+            e = json.loads(qf("eval", os.path.join(m.mnt, "tiny", v),
+                              "--text", TEXT, "--ctx", CTX, "--json",
+                              "--kld-vs", src).stdout)
+            assert abs(rows[v]["kld"] - e["kld"]) <= 1e-9 + 1e-6 * e["kld"]
+            assert rows[v]["same_top1"] == e["same_top1"], (rows[v], e)
+            assert rows[v]["kld"] > 0, rows[v]
+        # 4 bits diverge more than 8 (per channel)
+        assert rows["rtn_w4_g128"]["kld"] > rows["rtn_w8_gc"]["kld"], rows
+        md = open(out).read()
+        assert "| KLD | same top-1 |" in md and \
+            "%.6f" % rows["rtn_w4_g128"]["kld"] in md, md
+        r2 = report(m, out, "--kld")
+        assert r2.stderr.count("cached") == 3, r2.stderr
 
 
 def test_no_choices_is_na_and_errors():
