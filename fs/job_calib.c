@@ -164,10 +164,12 @@ int qf_job_setup(struct qf_fs *fs, struct qf_var *var)
 	    v->spec.method != QF_METHOD_AWQ &&
 	    v->spec.method != QF_METHOD_BRECQ &&
 	    v->spec.method != QF_METHOD_KQUANT &&
+	    v->spec.method != QF_METHOD_MIXED_DYN &&
+	    v->spec.method != QF_METHOD_MIXED_BUDGET &&
 	    v->spec.method != QF_METHOD_RTN) {
-		/* experts: GPTQ, AWQ, BRECQ, kq's imatrix and mixed
-		 * precision's probe (RTN: job_mixed.c) only so far (ns.c
-		 * lists no other) */
+		/* experts: GPTQ (mixed_dyn and mixed_b too), AWQ, BRECQ,
+		 * kq's imatrix and mixed precision's probe (RTN:
+		 * job_mixed.c) only so far (ns.c lists no other) */
 		qf_err("%s: %s: only GPTQ, AWQ, BRECQ and the k-quants "
 		       "calibrate a mixture-of-experts model's experts so far",
 		       var->mdl->name, v->name);

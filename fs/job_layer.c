@@ -629,10 +629,12 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	ops->sample_rows = awq && (sp->flags & QF_SPEC_REFLIP) ?
 			   QF_REFLIP_SAMPLE : 0;
 	ops->quantize = cb_quantize;
-	/* MoE experts: GPTQ expert by expert, kq's imatrix of each
-	 * expert's routed tokens (job_calib.c lets no other method run),
-	 * AWQ the whole block */
-	ops->quantize_expert = sp->method == QF_METHOD_GPTQ || kq ?
+	/* MoE experts: GPTQ (and the measured mixed variants') expert by
+	 * expert, kq's imatrix of each expert's routed tokens (job_calib.c
+	 * lets no other method run), AWQ the whole block */
+	ops->quantize_expert = sp->method == QF_METHOD_GPTQ ||
+			       sp->method == QF_METHOD_MIXED_DYN ||
+			       sp->method == QF_METHOD_MIXED_BUDGET || kq ?
 			       cb_quantize_expert : NULL;
 	ops->quantize_moe = awq ? cb_quantize_moe : NULL;
 	ops->layer_cached = cb_cached;

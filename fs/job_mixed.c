@@ -6,15 +6,18 @@
  * variant's calibration set and cached under the model, the set and the
  * backend.  The allocation itself is quant's (quant/mixed_alloc.c).
  *
- * A unit's cost at width b is KL(u, 3) * E(u, b) / E(u, 3): the mean
- * KL divergence from the source's next-token distribution with only
- * that unit rounded at 3 bits, over every token of the calibration set
- * (up to KL_TOKENS), scaled by the unit's absolute squared output error
- * E = sum over its linears of tr(dW H dW^T) at b relative to 3 bits.
- * One trial per unit: the KL of a small perturbation is quadratic in
- * the output error, so the ratio carries it to the other widths, and
- * the trials measured at one width on all tokens instead of four on a
- * quarter of them are what makes the ranking stable (issue #24).
+ * A unit's cost at option o (width, group size) is
+ * KL(u) * E(u, o) / E_rtn(u): the mean KL divergence from the source's
+ * next-token distribution with only that unit rounded to nearest at 3
+ * bits (group 128), over every token of the calibration set (up to
+ * KL_TOKENS), scaled by the unit's absolute squared output error
+ * E = sum over its linears of tr(dW H dW^T) with GPTQ at o (what the
+ * variant's job quantizes with) relative to E_rtn, round to nearest's
+ * in the trial.  One trial per unit: the KL of a small perturbation is
+ * quadratic in the output error, so the ratio carries it to the other
+ * options and to GPTQ's rounding, and the trials measured at one width
+ * on all tokens instead of four on a quarter of them are what makes the
+ * ranking stable (issue #24).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +35,7 @@ static int sens_one(struct job *j, int gi, const float *w,
 {
 	const struct qf_vgroup *g;
 	struct qf_mixed_signals sig;
+	int bits[QF_MIXED_NW], group[QF_MIXED_NW], p;
 	double *rec;
 	int ret;
 
@@ -39,9 +43,20 @@ static int sens_one(struct job *j, int gi, const float *w,
 		return 0;
 	g = &j->var->v->g[gi];
 	rec = j->sens + (size_t)gi * QF_MIXED_SENS_REC;
-	ret = qf_mixed_sensitivity(w, g->w->t->shape[0], g->w->t->shape[1],
-				   st->h, qf_mixed_widths, QF_MIXED_NW,
-				   QF_MIXED_GROUP, false, rec);
+	for (p = 0; p < QF_MIXED_NW; p++) {
+		bits[p] = qf_mixed_opts[p].bits;
+		group[p] = qf_mixed_opts[p].group;
+	}
+	ret = qf_mixed_sensitivity_gptq(w, g->w->t->shape[0],
+					g->w->t->shape[1], st->h, bits, group,
+					QF_MIXED_NW, (float)j->var->ci.damp,
+					rec);
+	if (ret >= 0)
+		ret = qf_mixed_sensitivity(w, g->w->t->shape[0],
+					   g->w->t->shape[1], st->h,
+					   &bits[QF_MIXED_REF], 1,
+					   QF_MIXED_GROUP, false,
+					   &rec[QF_MIXED_SENS_RTN]);
 	if (ret >= 0)
 		ret = qf_mixed_out_energy(w, g->w->t->shape[0],
 					  g->w->t->shape[1], st->h,
@@ -50,8 +65,8 @@ static int sens_one(struct job *j, int gi, const float *w,
 		return ret;
 	qf_mixed_signals_of(w, g->w->t->shape[0], g->w->t->shape[1], st,
 			    &sig);
-	rec[QF_MIXED_NW] = sig.act;
-	rec[QF_MIXED_NW + 1] = sig.weight;
+	rec[QF_MIXED_SENS_RTN + 1] = sig.act;
+	rec[QF_MIXED_SENS_RTN + 2] = sig.weight;
 	return 0;
 }
 
@@ -116,7 +131,6 @@ static int loss_done(void *arg, int l, double seconds)
 }
 
 #define KL_TOKENS 8192		/* most calibration tokens the KL runs on */
-#define KL_WIDTH 1		/* qf_mixed_widths[1]: 3 bits, measured */
 
 static struct qf_mixed_linear *probe_linears(const struct qf_var *probe);
 
@@ -150,8 +164,9 @@ static int kl_ids(const struct qf_calib *cs, int32_t **ids, int *nseq,
 }
 
 /*
- * uloss [units][QF_MIXED_NW] from the KL at KL_WIDTH of each unit (kl
- * [units]) and its linears' absolute output errors sens * energy.
+ * uloss [units][QF_MIXED_NW] from the KL of each unit's trial (kl
+ * [units]) and its linears' absolute output errors sens * energy: with
+ * GPTQ at each option over round to nearest's in the trial.
  */
 static int unit_costs(const struct qf_var *probe, const double *sens,
 		      const double *energy, const double *kl, double *uloss)
@@ -159,36 +174,36 @@ static int unit_costs(const struct qf_var *probe, const double *sens,
 	size_t nu = (size_t)probe->job->nlayers * QF_MIXED_UNITS, i;
 	struct qf_mixed_linear *lin = probe_linears(probe);
 	double *e = calloc(nu * QF_MIXED_NW + 1, sizeof(*e));
-	int p, ret = lin && e ? 0 : -ENOMEM;
+	double *ref = calloc(nu + 1, sizeof(*ref));
+	int p, ret = lin && e && ref ? 0 : -ENOMEM;
 
 	for (i = 0; i < probe->v->ng && !ret; i++) {
 		size_t u = (size_t)lin[i].layer * QF_MIXED_UNITS +
 			   (size_t)qf_mixed_unit_of(lin[i].kind);
+		const double *rec = sens + i * QF_MIXED_SENS_REC;
 
 		for (p = 0; p < QF_MIXED_NW; p++)
-			e[u * QF_MIXED_NW + p] +=
-				sens[i * QF_MIXED_SENS_REC + p] * energy[i];
+			e[u * QF_MIXED_NW + p] += rec[p] * energy[i];
+		ref[u] += rec[QF_MIXED_SENS_RTN] * energy[i];
 	}
 	for (i = 0; i < nu && !ret; i++)
-		for (p = 0; p < QF_MIXED_NW; p++) {
-			double ref = e[i * QF_MIXED_NW + KL_WIDTH];
-
-			uloss[i * QF_MIXED_NW + p] = ref > 0 ?
-				kl[i] * e[i * QF_MIXED_NW + p] / ref : 0;
-		}
+		for (p = 0; p < QF_MIXED_NW; p++)
+			uloss[i * QF_MIXED_NW + p] = ref[i] > 0 ?
+				kl[i] * e[i * QF_MIXED_NW + p] / ref[i] : 0;
 	free(lin);
 	free(e);
+	free(ref);
 	return ret;
 }
 
-/* The KL of every unit at KL_WIDTH, then the cost table into uloss. */
+/* The KL of every unit's trial, then the cost table into uloss. */
 static int kl_costs(struct job *j, const struct qf_calib *cs, double *uloss)
 {
 	const struct qf_var *probe = j->var;
 	size_t nu = (size_t)probe->job->nlayers * QF_MIXED_UNITS;
 	double *kl = calloc(nu + 1, sizeof(*kl));
 	int unit_of[QF_TF_NLINEAR], k, nseq, ret;
-	int width = qf_mixed_widths[KL_WIDTH];
+	int width = qf_mixed_opts[QF_MIXED_REF].bits;
 	int32_t *ids = NULL;
 	bool own = false;
 
@@ -242,7 +257,7 @@ static int mixed_table(struct qf_fs *fs, struct qf_var *probe,
 	int ret;
 
 	qf_hex(probe->calib_vid, QF_CACHE_VID, calib_hex);
-	parts[0] = "quantfs-mixed-sensitivity-v3";
+	parts[0] = "quantfs-mixed-sensitivity-v4";
 	parts[1] = probe->mdl->m->fp_hex;
 	parts[2] = calib_hex;
 	parts[3] = qf_backend_name(fs->backend);

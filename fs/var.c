@@ -73,10 +73,10 @@ out_free:
 }
 
 /*
- * "alloc=<hash>;": the widths a mixed variant's measurement chose, in
- * its id, so that machines whose measurements differ in the last bits
- * (other CPUs sum in another order) never take each other's bytes for
- * their own plan.
+ * "alloc2=<hash>;": the widths and group sizes a mixed variant's
+ * measurement chose, in its id, so that machines whose measurements
+ * differ in the last bits (other CPUs sum in another order) never take
+ * each other's bytes for their own plan.
  */
 static void alloc_key(const struct qf_mixed_alloc *a, char *out, size_t cap)
 {
@@ -87,14 +87,15 @@ static void alloc_key(const struct qf_mixed_alloc *a, char *out, size_t cap)
 
 	qf_sha256_init(&h);
 	for (i = 0; i < a->n; i++) {
-		uint8_t b = (uint8_t)a->bits[i];
+		uint8_t b[2] = { (uint8_t)a->bits[i], (uint8_t)a->group[i] };
 
 		qf_sha256_update(&h, a->names[i], strlen(a->names[i]) + 1);
-		qf_sha256_update(&h, &b, 1);
+		qf_sha256_update(&h, b, 2);
 	}
 	qf_sha256_final(&h, d);
 	qf_hex(d, 8, hex);
-	snprintf(out, cap, "alloc=%s;", hex);
+	/* v2: GPTQ at widths and group sizes (v1: round to nearest) */
+	snprintf(out, cap, "alloc2=%s;", hex);
 }
 
 /*
@@ -126,7 +127,7 @@ static void other_backend(struct qf_fs *fs, struct qf_var *var,
 }
 
 /* mixed_static: the role table of -o mixed_table / mixed_roles */
-static int static_bits(void *arg, const char *name)
+static int static_bits(void *arg, const char *name, int *group)
 {
 	struct qf_fs *fs = arg;
 	enum qf_role r;
@@ -134,9 +135,66 @@ static int static_bits(void *arg, const char *name)
 					(const char *const *)fs->mroles, name,
 					&r);
 
+	(void)group;	/* the spec's */
 	if (r == QF_ROLE_OTHER)
 		qf_info("%s: no role known, 'other' (%d bits)", name, bits);
 	return bits;
+}
+
+/*
+ * What else changes a variant's bytes than its model, name and
+ * calibration set, into extra (cap bytes; "" for none) and parts[5] (the
+ * mixed_static role overrides); returns how many parts the id has.
+ */
+static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
+		    const struct qf_spec *sp, const struct qf_mixed_alloc *alloc,
+		    const char **parts, char *extra, size_t cap)
+{
+	bool mixed = sp->method == QF_METHOD_MIXED_DYN ||
+		     sp->method == QF_METHOD_MIXED_BUDGET;
+	int nparts = 5;
+
+	/*
+	 * What else changes the bytes: the backend (sums in another order)
+	 * and BRECQ's optimizer settings.  Keys without them are those of
+	 * before.
+	 */
+	extra[0] = 0;
+	if (var->calibrated && fs->backend == QF_BACKEND_CUDA)
+		snprintf(extra, cap, "backend=cuda;");
+	/* kq: the job's encoded linears (v1 stored GPTQ factors) */
+	if (sp->method == QF_METHOD_KQUANT)
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "kq=gptq-v2;");
+	/* GPTQ's _rot: with act-order (v1 had none) */
+	if (sp->method == QF_METHOD_GPTQ && (sp->flags & QF_SPEC_ROT))
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "rot=act;");
+	if (sp->method == QF_METHOD_BRECQ)
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "brecq=%d/%d;",
+			 (var->base ? var->base : var)->ci.brecq_iters,
+			 (var->base ? var->base : var)->ci.brecq_batch);
+	if (sp->method == QF_METHOD_MIXED_STATIC &&
+	    (fs->o.mixed_table || fs->o.mixed_roles)) {
+		const int *t = fs->mtable.bits;
+
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "table=%d/%d/%d/%d/%d;", t[QF_ROLE_ATTN],
+			 t[QF_ROLE_MLP], t[QF_ROLE_EMBED], t[QF_ROLE_HEAD],
+			 t[QF_ROLE_OTHER]);
+		/* the override list, whole, as a part of its own */
+		parts[nparts++] = fs->o.mixed_roles ? fs->o.mixed_roles : "";
+	}
+	if (mixed)	/* measured: two machines may measure otherwise */
+		alloc_key(alloc, extra + strlen(extra),
+			  cap - strlen(extra));
+	if (sp->method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "ratio=%.17g/%.17g/%d/%d/%d;", fs->mratio.high,
+			 fs->mratio.low, fs->mratio.bits_high,
+			 fs->mratio.bits_mid, fs->mratio.bits_low);
+	return nparts;
 }
 
 static const struct qf_flight_ops group_ops;
@@ -146,7 +204,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 {
 	const char *parts[6];
 	char extra[256];
-	int nparts = 5;
+	int nparts;
 	struct qf_spec spec;
 	struct qf_var *var;
 	struct qf_mixed_alloc *alloc = NULL;
@@ -173,10 +231,10 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	mixed = spec.method == QF_METHOD_MIXED_DYN ||
 		spec.method == QF_METHOD_MIXED_BUDGET;
 	if (mixed) {
-		/* measured precisions (cached), then plain RTN at them */
+		/* measured precisions (cached), then GPTQ at them */
 		if (spec.flags & QF_SPEC_FAKE) {
-			/* the packed variant's allocation; this one is RTN
-			 * dequantized, like any uncalibrated _fake */
+			/* the packed variant's allocation; this one
+			 * dequantizes its tensors, as any calibrated _fake */
 			QF_ASSERT(base);
 			alloc = base->alloc;
 		} else {
@@ -203,7 +261,11 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	}
 	if (ret < 0)
 		goto out_free;
-	var->calibrated = qf_spec_is_calibrated(&spec) && !mixed;
+	/* a measured mixed variant that quantizes nothing (mixed_b16 keeps
+	 * every linear): nothing to calibrate, the source's tensors as they
+	 * are (kq has no group either: its job makes model.gguf) */
+	var->calibrated = qf_spec_is_calibrated(&spec) &&
+			  (!mixed || var->v->ng);
 	calib_hex[0] = 0;
 	if (mixed)	/* the set the precisions were measured on */
 		qf_hex(alloc->calib_vid, QF_CACHE_VID, calib_hex);
@@ -223,46 +285,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	parts[1] = mdl->m->fp_hex;
 	parts[2] = var->v->name;
 	parts[3] = calib_hex;		/* calibration set: none for rtn */
-	/*
-	 * What else changes the bytes: the backend (sums in another order)
-	 * and BRECQ's optimizer settings.  Keys without them are those of
-	 * before.
-	 */
-	extra[0] = 0;
-	if (var->calibrated && fs->backend == QF_BACKEND_CUDA)
-		snprintf(extra, sizeof(extra), "backend=cuda;");
-	/* kq: the job's encoded linears (v1 stored GPTQ factors) */
-	if (spec.method == QF_METHOD_KQUANT)
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "kq=gptq-v2;");
-	/* GPTQ's _rot: with act-order (v1 had none) */
-	if (spec.method == QF_METHOD_GPTQ && (spec.flags & QF_SPEC_ROT))
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "rot=act;");
-	if (spec.method == QF_METHOD_BRECQ)
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "brecq=%d/%d;",
-			 (var->base ? var->base : var)->ci.brecq_iters,
-			 (var->base ? var->base : var)->ci.brecq_batch);
-	if (spec.method == QF_METHOD_MIXED_STATIC &&
-	    (fs->o.mixed_table || fs->o.mixed_roles)) {
-		const int *t = fs->mtable.bits;
-
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "table=%d/%d/%d/%d/%d;", t[QF_ROLE_ATTN],
-			 t[QF_ROLE_MLP], t[QF_ROLE_EMBED], t[QF_ROLE_HEAD],
-			 t[QF_ROLE_OTHER]);
-		/* the override list, whole, as a part of its own */
-		parts[nparts++] = fs->o.mixed_roles ? fs->o.mixed_roles : "";
-	}
-	if (mixed)	/* measured: two machines may measure otherwise */
-		alloc_key(alloc, extra + strlen(extra),
-			  sizeof(extra) - strlen(extra));
-	if (spec.method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra),
-			 "ratio=%.17g/%.17g/%d/%d/%d;", fs->mratio.high,
-			 fs->mratio.low, fs->mratio.bits_high,
-			 fs->mratio.bits_mid, fs->mratio.bits_low);
+	nparts = id_extra(fs, var, &spec, alloc, parts, extra, sizeof(extra));
 	parts[4] = extra;
 	qf_cache_vid(parts, extra[0] ? nparts : 4, var->vid);
 	if (var->calibrated && fs->remote)

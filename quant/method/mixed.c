@@ -331,6 +331,62 @@ out:
 	return ret;
 }
 
+int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
+			      const float *h, const int *bits,
+			      const int *group, int np, float damp,
+			      double *cost)
+{
+	size_t n = (size_t)(out * in), hn = (size_t)(in * in);
+	float *d = malloc(n * sizeof(*d)), *t = malloc(n * sizeof(*t));
+	float *hc = malloc(hn * sizeof(*hc));
+	uint8_t *q = malloc(n);
+	/* at most one scale and zero per column and row */
+	uint16_t *sc = malloc(n * sizeof(*sc));
+	int32_t *z = malloc(n * sizeof(*z));
+	int32_t *gi = malloc((size_t)in * sizeof(*gi));
+	double den;
+	size_t i;
+	int p, ret = 0;
+
+	for (p = 0; p < np; p++)
+		if (!qf_mixed_bits_valid(bits[p]))
+			ret = -EINVAL;
+	if (!ret && (!d || !t || !hc || !q || !sc || !z || !gi))
+		ret = -ENOMEM;
+	if (ret < 0)
+		goto out;
+	memcpy(hc, h, hn * sizeof(*hc));
+	den = quad_trace(w, out, in, h, t);
+	for (p = 0; p < np && !ret; p++) {
+		struct qf_gptq_opts o = {
+			.qp = { bits[p], group[p], false },
+			.damp = damp,
+			.blocksize = 128,
+		};
+
+		cost[p] = 0;
+		if (bits[p] == 16 || !(den > 0))
+			continue;
+		memcpy(d, w, n * sizeof(*d));
+		ret = qf_gptq_quantize(d, out, in, hc, &o, q, sc, z, gi, NULL);
+		for (i = 0; i < n && !ret; i++)
+			d[i] -= w[i];
+		if (!ret)
+			cost[p] = quad_trace(d, out, in, h, t) / den;
+		if (!ret && !isfinite(cost[p]))
+			ret = QF_ENUMERIC;
+	}
+out:
+	free(d);
+	free(t);
+	free(hc);
+	free(q);
+	free(sc);
+	free(z);
+	free(gi);
+	return ret;
+}
+
 void qf_mixed_signals_of(const float *w, int64_t out, int64_t in,
 			 const struct qf_lin_stats *s,
 			 struct qf_mixed_signals *sig)

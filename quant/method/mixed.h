@@ -120,6 +120,20 @@ int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
 			 bool sym, double *cost);
 
 /*
+ * The same relative output error with dW from GPTQ instead: for each
+ * option p, w is quantized by qf_gptq_quantize at (bits[p], group[p],
+ * asymmetric; no act-order, damp, blocks of 128) on h, as a mixed
+ * variant's production quantizes it on the unquantized model's inputs,
+ * and cost[p] = tr(dW H dW^T) / tr(W H W^T) with H = h as given (the
+ * factorization works on a copy).  bits 16 costs 0.  Returns 0,
+ * -EINVAL, QF_ENUMERIC, -ENOMEM.
+ */
+int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
+			      const float *h, const int *bits,
+			      const int *group, int np, float damp,
+			      double *cost);
+
+/*
  * tr(W H W^T) of w [out, in] on inputs with Gram matrix h [in, in]: the
  * summed squared output of the linear over the calibration tokens (the
  * denominator of qf_mixed_sensitivity; its cost[p] times this is the

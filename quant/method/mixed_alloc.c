@@ -2,13 +2,14 @@
  * mixed_alloc.c - widths of a measured mixed-precision variant from its
  * sensitivity tables (mixed_alloc.h).
  *
- * The knapsack's cost of a unit at a width is its measured cost (the
- * KL divergence fs/job_mixed.c measures), at least 0 and never lower at
- * fewer bits: measurement noise would otherwise buy a narrower width
- * for free.  A width the unit's
- * shapes cannot be packed at costs +inf (budget) or falls back to 16
- * (ratios).  Everything is in the order fs/job.c did it, so the chosen
- * widths and the JSON are the same to the last bit.
+ * The knapsack's cost of a unit at an option is its measured cost
+ * (from the KL divergence fs/job_mixed.c measures), at least 0 and
+ * never lower than an option at least as fine (as many bits or more,
+ * groups as small or smaller): measurement noise would otherwise buy a
+ * coarser grid for free.  An option the unit's shapes cannot be packed
+ * at costs +inf (budget) or falls back to 16 (ratios).  Everything is in
+ * the order fs/job.c did it, so the chosen widths and the JSON are the
+ * same to the last bit.
  */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -18,7 +19,10 @@
 
 #include "mixed_alloc.h"
 
-const int qf_mixed_widths[QF_MIXED_NW] = { 2, 3, 4, 8, 16 };
+const struct qf_mixed_opt qf_mixed_opts[QF_MIXED_NW] = {
+	{ 2, 128 }, { 2, 32 }, { 3, 128 }, { 3, 32 },
+	{ 4, 128 }, { 4, 32 }, { 8, 128 }, { 16, 0 },
+};
 
 #define NW QF_MIXED_NW
 
@@ -27,14 +31,17 @@ int qf_mixed_unit_of(enum qf_tf_linear k)
 	return k <= QF_TF_V ? 0 : k == QF_TF_O ? 1 : k <= QF_TF_UP ? 2 : 3;
 }
 
-int qf_mixed_alloc_bits(void *arg, const char *name)
+int qf_mixed_alloc_bits(void *arg, const char *name, int *group)
 {
 	const struct qf_mixed_alloc *a = arg;
 	size_t i;
 
 	for (i = 0; i < a->n; i++)
-		if (!strcmp(a->names[i], name))
+		if (!strcmp(a->names[i], name)) {
+			if (group)
+				*group = a->group[i];
 			return a->bits[i];
+		}
 	return 16;
 }
 
@@ -48,18 +55,20 @@ void qf_mixed_alloc_free(struct qf_mixed_alloc *a)
 		free(a->names[i]);
 	free(a->names);
 	free(a->bits);
+	free(a->group);
 	free(a->json);
 	free(a);
 }
 
-/* GPTQ checkpoint bytes of a linear at bits (16: the source dtype). */
-static double ckpt_bytes(const struct qf_mixed_linear *w, int bits)
+/* GPTQ checkpoint bytes of a linear at option o (16: the source's). */
+static double ckpt_bytes(const struct qf_mixed_linear *w,
+			 const struct qf_mixed_opt *o)
 {
 	int64_t out = w->out, in = w->in;
-	int64_t ng = qf_ngroups(in, QF_MIXED_GROUP);
-	int pb = qf_pack_bits(bits);
+	int64_t ng = qf_ngroups(in, o->group);
+	int pb = qf_pack_bits(o->bits);
 
-	if (bits >= 16)
+	if (o->bits >= 16)
 		return (double)w->src_bytes;
 	if (!qf_gptq_packable(pb, in, out))
 		return -1;
@@ -77,7 +86,7 @@ struct units {
 	double *ucost;			/* [nu][NW]: the knapsack's cost */
 	uint64_t *ub;			/* [nu][NW]: ubytes for the knapsack */
 	int *ubits;			/* [nu]: the chosen width */
-	int *choice;			/* [nu]: its index (budget) */
+	int *choice;			/* [nu]: its option */
 	double *uc;			/* [nu]: the chosen width's cost */
 	double *ue;			/* [nu]: ... and output error */
 	struct qf_mixed_budget_res br;
@@ -117,6 +126,14 @@ static int units_init(struct units *u, size_t n, size_t nu)
 	return 0;
 }
 
+/* Is option q at least as fine as p (p itself too)? */
+static bool as_fine(int q, int p)
+{
+	const struct qf_mixed_opt *a = &qf_mixed_opts[q], *b = &qf_mixed_opts[p];
+
+	return a->bits >= b->bits && (a->bits >= 16 || a->group <= b->group);
+}
+
 /* Per unit: summed bytes, parameters and output errors; then the
  * monotone costs. */
 static void units_sum(const struct qf_mixed_alloc_in *in, struct units *u)
@@ -131,7 +148,7 @@ static void units_sum(const struct qf_mixed_alloc_in *in, struct units *u)
 			     qf_mixed_unit_of(w->kind);
 		u->up[u->unit[i]] += w->params;
 		for (p = 0; p < NW; p++) {
-			double b = ckpt_bytes(w, qf_mixed_widths[p]);
+			double b = ckpt_bytes(w, &qf_mixed_opts[p]);
 
 			x = (size_t)u->unit[i] * NW + p;
 			if (b < 0 || u->ubytes[x] < 0)
@@ -142,14 +159,17 @@ static void units_sum(const struct qf_mixed_alloc_in *in, struct units *u)
 		}
 	}
 	for (i = 0; i < u->nu; i++)
-		for (p = NW - 1; p >= 0; p--) {
-			double c;
+		for (p = 0; p < NW; p++) {
+			double c = 0;
+			int q;
 
-			x = i * NW + (size_t)p;
-			c = in->uloss[x] > 0 ? in->uloss[x] : 0;
-			if (p < NW - 1 && c < u->ucost[x + 1])
-				c = u->ucost[x + 1];
-			u->ucost[x] = c;
+			for (q = 0; q < NW; q++) {
+				double v = in->uloss[i * NW + (size_t)q];
+
+				if (as_fine(q, p) && v > c)
+					c = v;
+			}
+			u->ucost[i * NW + (size_t)p] = c;
 		}
 	for (x = 0; x < u->nu * NW; x++)
 		if (u->ubytes[x] < 0)
@@ -169,11 +189,8 @@ static int choose_budget(const struct qf_mixed_alloc_in *in, struct units *u)
 	ret = qf_mixed_budget(u->nu, NW, u->up, u->ub, u->ucost,
 			      in->avg_bits_x100, QF_MIXED_MAX_NODES, u->choice,
 			      &u->br);
-	if (!ret) {
-		for (i = 0; i < u->nu; i++)
-			u->ubits[i] = qf_mixed_widths[u->choice[i]];
+	if (!ret)
 		return 0;
-	}
 	/* what the narrowest packable widths need */
 	for (i = 0; i < u->nu; i++) {
 		double m = INFINITY;
@@ -205,8 +222,8 @@ static int choose_ratio(const struct qf_mixed_alloc_in *in, struct units *u)
 
 	ret = sig && imp && uimp && cnt ? 0 : -ENOMEM;
 	for (i = 0; i < in->n && !ret; i++) {
-		sig[i].act = in->sens[i * QF_MIXED_SENS_REC + NW];
-		sig[i].weight = in->sens[i * QF_MIXED_SENS_REC + NW + 1];
+		sig[i].act = in->sens[i * QF_MIXED_SENS_REC + NW + 1];
+		sig[i].weight = in->sens[i * QF_MIXED_SENS_REC + NW + 2];
 	}
 	if (!ret)
 		ret = qf_mixed_importance(sig, in->n, imp);
@@ -218,12 +235,17 @@ static int choose_ratio(const struct qf_mixed_alloc_in *in, struct units *u)
 		uimp[i] = cnt[i] > 0 ? uimp[i] / cnt[i] : -INFINITY;
 	if (!ret)
 		ret = qf_mixed_ratio_assign(in->ratio, uimp, u->nu, u->ubits);
-	/* a unit whose linears cannot hold a width keeps 16 */
-	for (i = 0; i < u->nu && !ret; i++)
+	/* the width's option at group 128 (-1: none, a 6-bit grid); a
+	 * unit whose linears cannot hold it keeps 16 (the last option) */
+	for (i = 0; i < u->nu && !ret; i++) {
+		u->choice[i] = -1;
 		for (p = 0; p < NW; p++)
-			if (qf_mixed_widths[p] == u->ubits[i] &&
-			    u->ubytes[i * NW + p] < 0)
-				u->ubits[i] = 16;
+			if (qf_mixed_opts[p].bits == u->ubits[i] &&
+			    (u->ubits[i] >= 16 ||
+			     qf_mixed_opts[p].group == QF_MIXED_GROUP))
+				u->choice[i] = u->ubytes[i * NW + p] < 0 ?
+					       NW - 1 : p;
+	}
 	free(sig);
 	free(imp);
 	free(uimp);
@@ -272,21 +294,28 @@ static void alloc_json(struct qf_mixed_alloc *a,
 	}
 	cJSON_AddStringToObject(o, "units",
 		"per decoder layer: {q,k,v}, {o}, {gate,up}, {down} share a "
-		"precision (fused by loaders)");
+		"width and group size (fused by loaders)");
 	cJSON_AddStringToObject(o, "sensitivity",
-		"unit_cost: KL(u, 3) * E(u, b) / E(u, 3), KL(u, 3) the mean "
+		"unit_cost: KL(u) * E(u, o) / E_rtn(u), KL(u) the mean "
 		"KL divergence (nats) from the unquantized model's next-token "
 		"distribution over every calibration token (at most 8192) when "
 		"only that unit is rounded to nearest at 3 bits (group 128), "
-		"the rest fp32, E(u, b) its linears' summed squared output "
-		"error tr(dW H dW^T) at width b; "
+		"the rest fp32, E_rtn(u) its linears' summed squared output "
+		"error tr(dW H dW^T) in that trial, E(u, o) the same with GPTQ "
+		"at option o (width, group size); "
 		"unit_output_error: the sum of its linears' relative output "
-		"errors tr(dW H dW^T) / tr(W H W^T), H = X^T X on the "
-		"calibration set through the unquantized model");
+		"errors tr(dW H dW^T) / tr(W H W^T) with GPTQ at the option "
+		"chosen, H = X^T X on the calibration set through the "
+		"unquantized model");
 	cJSON_AddStringToObject(o, "calibration_set", in->calib_key);
 	arr = cJSON_AddArrayToObject(o, "unit_bits");
 	for (i = 0; i < u->nu; i++)
 		cJSON_AddItemToArray(arr, cJSON_CreateNumber(u->ubits[i]));
+	arr = cJSON_AddArrayToObject(o, "unit_group");
+	for (i = 0; i < u->nu; i++)
+		cJSON_AddItemToArray(arr, cJSON_CreateNumber(
+			u->choice[i] < 0 ? QF_MIXED_GROUP :
+			qf_mixed_opts[u->choice[i]].group));
 	add_numbers(o, "unit_cost", u->uc, u->nu);
 	add_numbers(o, "unit_output_error", u->ue, u->nu);
 	a->json = cJSON_PrintUnformatted(o);
@@ -298,22 +327,29 @@ static int alloc_fill(struct qf_mixed_alloc *a,
 		      const struct qf_mixed_alloc_in *in, struct units *u)
 {
 	size_t i;
-	int p;
 
-	/* the chosen width's cost and output error of each unit */
-	for (i = 0; i < u->nu; i++)
-		for (p = 0; p < NW; p++)
-			if (qf_mixed_widths[p] == u->ubits[i]) {
-				u->uc[i] = u->ucost[i * NW + p];
-				u->ue[i] = u->uerr[i * NW + p];
-			}
+	/* the chosen option's width, cost and output error of each unit
+	 * (a 6-bit grid of the ratios has none: 0, 0) */
+	for (i = 0; i < u->nu; i++) {
+		int p = u->choice[i];
+
+		if (p < 0)
+			continue;
+		u->ubits[i] = qf_mixed_opts[p].bits;
+		u->uc[i] = u->ucost[i * NW + (size_t)p];
+		u->ue[i] = u->uerr[i * NW + (size_t)p];
+	}
 	a->names = calloc(in->n + 1, sizeof(*a->names));
 	a->bits = calloc(in->n + 1, sizeof(*a->bits));
-	if (!a->names || !a->bits)
+	a->group = calloc(in->n + 1, sizeof(*a->group));
+	if (!a->names || !a->bits || !a->group)
 		return -ENOMEM;
 	for (i = 0; i < in->n; i++) {
+		int p = u->choice[u->unit[i]];
+
 		a->names[i] = strdup(in->lin[i].name);
 		a->bits[i] = u->ubits[u->unit[i]];
+		a->group[i] = p < 0 ? QF_MIXED_GROUP : qf_mixed_opts[p].group;
 		if (!a->names[i])
 			return -ENOMEM;
 		a->n = i + 1;

@@ -93,13 +93,22 @@ static int note_skip(struct qf_variant *v, const char *name,
 	return ret;
 }
 
-/* Grid bits of a linear: 2..8, or 16 (kept in the source dtype). */
-static int linear_bits(const struct qf_variant *v, const char *name)
+/* The spec's group size: 0 per channel, else the _g part (128). */
+static int spec_group(const struct qf_spec *s)
+{
+	return s->group < 0 ? 0 : s->group ? s->group : 128;
+}
+
+/* Grid bits of a linear: 2..8, or 16 (kept in the source dtype); its
+ * group size into *group. */
+static int linear_bits(const struct qf_variant *v, const char *name,
+		       int *group)
 {
 	const struct qf_spec *s = &v->spec;
 
+	*group = spec_group(s);
 	if (v->bits_of)
-		return v->bits_of(v->bits_arg, name);
+		return v->bits_of(v->bits_arg, name, group);
 	if (s->attn_bits && strstr(name, "self_attn."))
 		return s->attn_bits;	/* _attn<a>, brecq */
 	if (s->method == QF_METHOD_BRECQ)
@@ -280,7 +289,7 @@ static const struct qf_model_tensor *awq_moe_extra(const struct qf_variant *v,
 /* Output tensors of one quantized linear; prefix is name minus .weight. */
 static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 		      const struct qf_model_tensor *mt, const char *as,
-		      int bits)
+		      int bits, int group)
 {
 	int64_t out = mt->t->shape[0];
 	int64_t in = mt->t->shape[1];
@@ -301,7 +310,7 @@ static int add_linear(struct qf_variant *v, size_t *cap, size_t *gcap,
 	g->first = (uint32_t)v->nt;
 	g->qp.bits = bits;
 	g->pack_bits = qf_pack_bits(g->qp.bits);
-	g->qp.group = s->group < 0 ? 0 : s->group ? s->group : 128;
+	g->qp.group = group;
 	g->qp.sym = s->flags & QF_SPEC_SYM;
 	g->src_bytes = mt->t->nbytes;
 	ng = qf_ngroups(in, g->qp.group);
@@ -375,7 +384,8 @@ static int add_head(struct qf_variant *v, size_t *cap, size_t *gcap,
 		return ret < 0 ? ret : 1;
 	}
 	v->head = (int)v->ng;
-	return add_linear(v, cap, gcap, mt, "lm_head", bits);
+	return add_linear(v, cap, gcap, mt, "lm_head", bits,
+			  spec_group(&v->spec));
 }
 
 int qf_variant_init(struct qf_model *m, const struct qf_spec *spec,
@@ -391,7 +401,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 	struct qf_variant *v;
 	size_t cap = 0, gcap = 0;
 	size_t i;
-	int ret, bits;
+	int ret, bits, group;
 	bool router, head;
 
 	switch (spec->method) {
@@ -454,7 +464,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			       sizeof(v->t[v->nt - 1].shape));
 			continue;
 		}
-		bits = linear_bits(v, mt->name);
+		bits = linear_bits(v, mt->name, &group);
 		if (bits >= 16 ||
 		    !packable(spec, bits, mt->t->shape[1], mt->t->shape[0])) {
 			ret = note_skip(v, mt->name, bits >= 16 ?
@@ -480,7 +490,7 @@ int qf_variant_init_bits(struct qf_model *m, const struct qf_spec *spec,
 			v->t[v->nt - 1].shape[1] = mt->t->shape[1];
 			continue;
 		}
-		ret = add_linear(v, &cap, &gcap, mt, NULL, bits);
+		ret = add_linear(v, &cap, &gcap, mt, NULL, bits, group);
 		if (ret < 0)
 			goto out_free;
 	}

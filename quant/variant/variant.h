@@ -112,8 +112,9 @@ struct qf_vgroup {
 	const struct qf_model_tensor *norm;
 };
 
-/* Grid bits of linear `name`, 16 = not quantized (see below). */
-typedef int (*qf_bits_fn)(void *arg, const char *name);
+/* Grid bits of linear `name`, 16 = not quantized (see below); *group
+ * comes in as the spec's group size and may be changed. */
+typedef int (*qf_bits_fn)(void *arg, const char *name, int *group);
 
 struct qf_variant {
 	struct qf_model *m;		/* borrowed */

@@ -149,20 +149,52 @@ static int config_bits(const struct qf_variant *v)
 	return best;
 }
 
+/* A group's group_size as GPTQ checkpoints write it: -1 per channel. */
+static int ckpt_group(const struct qf_vgroup *g)
+{
+	return g->qp.group > 0 ? g->qp.group : -1;
+}
+
+/* The config's group_size: the most common (mixed_b: 32 or 128), the
+ * first seen among equals; 128 without groups. */
+static int config_group(const struct qf_variant *v)
+{
+	int val[8], g = 128;
+	size_t n[8] = { 0 }, nv = 0, i, k, best = 0;
+
+	for (i = 0; i < v->ng; i++) {
+		for (k = 0; k < nv && val[k] != ckpt_group(&v->g[i]); k++)
+			;
+		if (k == nv && nv == 8)
+			continue;	/* no spec has more than two */
+		if (k == nv)
+			val[nv++] = ckpt_group(&v->g[i]);
+		if (++n[k] > best) {
+			best = n[k];
+			g = val[k];
+		}
+	}
+	return g;
+}
+
 static bool mixed_bits(const struct qf_variant *v)
 {
 	size_t i;
 
 	for (i = 1; i < v->ng; i++)
-		if (v->g[i].pack_bits != v->g[0].pack_bits)
+		if (v->g[i].pack_bits != v->g[0].pack_bits ||
+		    v->g[i].qp.group != v->g[0].qp.group)
 			return true;
 	return false;
 }
 
-/* "+:^name$": {"bits": b} for linears off the config's width */
+/*
+ * "+:^name$": {"bits": b[, "group_size": g]} for linears off the
+ * config's width or group size (GPTQModel's and vLLM's dynamic keys)
+ */
 static void add_overrides(cJSON *dyn, const struct qf_variant *v)
 {
-	int def = config_bits(v);
+	int def = config_bits(v), defg = config_group(v);
 	size_t i;
 
 	for (i = 0; i < v->ng; i++) {
@@ -170,7 +202,7 @@ static void add_overrides(cJSON *dyn, const struct qf_variant *v)
 		struct qf_buf re = QF_BUF_INIT;
 		cJSON *o;
 
-		if (g->pack_bits == def)
+		if (g->pack_bits == def && ckpt_group(g) == defg)
 			continue;
 		regex_of((int)i == v->head ? "lm_head.weight" : g->w->name,
 			 &re);
@@ -179,6 +211,8 @@ static void add_overrides(cJSON *dyn, const struct qf_variant *v)
 		re.data[0] = '+';	/* regex_of writes "-:" */
 		o = cJSON_CreateObject();
 		cJSON_AddNumberToObject(o, "bits", g->pack_bits);
+		if (ckpt_group(g) != defg)
+			cJSON_AddNumberToObject(o, "group_size", ckpt_group(g));
 		cJSON_AddItemToObject(dyn, re.data, o);
 		qf_buf_release(&re);
 	}
@@ -218,6 +252,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON *meta;
 	cJSON *skipped;
 	cJSON *it;
+	bool gptq;
 
 	if (s->method == QF_METHOD_AWQ) {
 		/* transformers' AwqConfig / AutoAWQ */
@@ -250,15 +285,19 @@ static cJSON *quant_config(const struct qf_variant *v)
 	}
 	cJSON_AddStringToObject(qc, "quant_method", "gptq");
 	cJSON_AddNumberToObject(qc, "bits", config_bits(v));
-	/* mixed variants have no _g part: their groups are 128 */
-	cJSON_AddNumberToObject(qc, "group_size", s->group ? s->group : 128);
+	/* mixed variants have no _g part: their most common group */
+	cJSON_AddNumberToObject(qc, "group_size", s->group ? s->group :
+				config_group(v));
 	cJSON_AddBoolToObject(qc, "desc_act", qf_spec_act_order(s));
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
 	cJSON_AddBoolToObject(qc, "static_groups", qf_spec_static_groups(s));
-	cJSON_AddBoolToObject(qc, "true_sequential",
-			      s->method == QF_METHOD_GPTQ);
+	/* GPTQ's, and the measured mixed variants' (GPTQ at their widths) */
+	gptq = s->method == QF_METHOD_GPTQ ||
+	       s->method == QF_METHOD_MIXED_DYN ||
+	       s->method == QF_METHOD_MIXED_BUDGET;
+	cJSON_AddBoolToObject(qc, "true_sequential", gptq);
 	cJSON_AddStringToObject(qc, "checkpoint_format", "gptq");
-	if (s->method == QF_METHOD_GPTQ)
+	if (gptq)
 		cJSON_AddNumberToObject(qc, "damp_percent", 0.01);
 	meta = cJSON_AddObjectToObject(qc, "meta");
 	cJSON_AddStringToObject(meta, "quantizer", "quantfs " QF_VERSION);
@@ -493,7 +532,7 @@ int qf_variant_manifest(const struct qf_variant *v,
 			cJSON_AddNumberToObject(l, "container_bits",
 						g->pack_bits);
 		cJSON_AddNumberToObject(l, "group_size", s->group ? s->group :
-					g->qp.group);
+					ckpt_group(g));
 		if (ci) {
 			bool awq = s->method == QF_METHOD_AWQ;
 

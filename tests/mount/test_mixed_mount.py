@@ -1,9 +1,12 @@
 """Integration tests of per-linear precision on real FUSE mounts:
 mixed_static (the role table), mixed_b<avg> (measured sensitivities and
 a knapsack under the budget), mixed_dyn (the ratio policy), and BRECQ
-(learned rounding, 6-bit attention in the 8-bit container).  Each
-quantized linear is checked against a variant made independently: the
-RTN variants of the same width serve the same bytes.
+(learned rounding, 6-bit attention in the 8-bit container).  Quantized
+linears are checked against variants made independently: mixed_static's
+against the RTN variants of the same width, which serve the same bytes;
+mixed_b's and mixed_dyn's (GPTQ at the widths and group sizes chosen,
+true sequential) first layer's q/k/v, whose inputs no quantization
+before them changes, against the GPTQ variant of their width and group.
 """
 import json
 import os
@@ -44,14 +47,21 @@ def load(m, variant):
     return t, man, qc
 
 
-def bits_of(qc, prefix):
-    """The width a GPTQModel/vLLM loader reads for prefix: the first
-    matching "dynamic" override, else the config's bits; None = kept."""
+def grid_of(qc, prefix):
+    """(width, group size) a GPTQModel/vLLM loader reads for prefix: the
+    first matching "dynamic" override, else the config's; None = kept."""
     for pat, o in qc.get("dynamic", {}).items():
         sign, rx = pat[0], pat[2:]
         if re.match(rx, prefix):
-            return None if sign == "-" else o.get("bits", qc["bits"])
-    return qc["bits"]
+            return None if sign == "-" else (
+                o.get("bits", qc["bits"]),
+                o.get("group_size", qc["group_size"]))
+    return qc["bits"], qc["group_size"]
+
+
+def bits_of(qc, prefix):
+    g = grid_of(qc, prefix)
+    return g and g[0]
 
 
 def linears():
@@ -75,6 +85,34 @@ def same_as_rtn(m, t, qc, group=128):
             rtn[b] = load(m, "rtn_w%d_g%d" % (b, group))[0]
         for s in (".qweight", ".qzeros", ".scales", ".g_idx"):
             assert np.array_equal(t[p + s], rtn[b][p + s]), (p, s, b)
+    return got
+
+
+def same_as_gptq(m, t, qc):
+    """Every quantized linear's tensors have the shapes of the width and
+    group size the config says (and the loader reads); layer 0's q/k/v
+    equal those of gptq_w<b>_g<group> (same calibration set); kept
+    linears equal the source.  Returns {prefix: (bits, group)}."""
+    src, _ = stread.read_st(os.path.join(TINY, "model.safetensors"))
+    got = {}
+    for p in linears():
+        g = got[p] = grid_of(qc, p)
+        if g is None:
+            assert np.array_equal(t[p + ".weight"], src[p + ".weight"]), p
+            continue
+        b, gs = g
+        out, n = src[p + ".weight"].shape
+        pb = 8 if b > 4 else b
+        assert t[p + ".qweight"].shape == (n * pb // 32, out), (p, g)
+        assert t[p + ".scales"].shape == (n // gs, out), (p, g)
+        assert t[p + ".qzeros"].shape == (n // gs, out * pb // 32), (p, g)
+        assert np.array_equal(t[p + ".g_idx"], np.arange(n) // gs), p
+    for p in linears()[:3]:
+        if got[p] is None:
+            continue
+        ref = load(m, "gptq_w%d_g%d" % got[p])[0]
+        for s in (".qweight", ".qzeros", ".scales", ".g_idx"):
+            assert np.array_equal(t[p + s], ref[p + s]), (p, s, got[p])
     return got
 
 
@@ -115,7 +153,8 @@ def test_mixed_budget_allocation():
         for avg in ("3.5", "4.5", "6"):
             t, man, qc = load(m, "mixed_b" + avg)
             a = man["allocation"]
-            got = same_as_rtn(m, t, qc)
+            got = same_as_gptq(m, t, qc)
+            assert qc["true_sequential"] and man["calibration"]
             used = linear_bytes(t)
             # the budget holds, counting every stored byte
             assert 8 * used <= float(avg) * n, (avg, used, n)
@@ -129,13 +168,13 @@ def test_mixed_budget_allocation():
                 assert got[pre + LIN[4]] == got[pre + LIN[5]]
             res[avg] = (a["objective"], used)
             print("  mixed_b%s: %d bytes of linears (%.3f bits/param), "
-                  "objective %.5f, widths %s" % (
+                  "objective %.5f, grids %s" % (
                       avg, used, 8.0 * used / n, a["objective"],
                       sorted(set(str(b) for b in got.values()))))
         # 16 bits per parameter: keeping everything fits, so the optimum
         # costs nothing (a width whose measured loss increase is 0 ties)
         t, man, qc = load(m, "mixed_b16")
-        same_as_rtn(m, t, qc)
+        same_as_gptq(m, t, qc)
         assert man["allocation"]["objective"] == 0
         assert 8 * linear_bytes(t) <= 16 * n
         # a larger budget never costs more
@@ -162,13 +201,13 @@ def test_mixed_budget_infeasible():
 def test_mixed_dyn_ratio_policy():
     with Mount(SRC, opts=SMALL) as m:
         t, man, qc = load(m, "mixed_dyn")
-        got = same_as_rtn(m, t, qc)
+        got = same_as_gptq(m, t, qc)
         ub = man["allocation"]["unit_bits"]
         assert len(ub) == 12
         # the seed's policy over 12 units: 2 at 16, 5 at 4, the rest 8
         assert sorted(ub) == [4] * 5 + [8] * 5 + [16] * 2, ub
-        for p, b in got.items():
-            assert (b or 16) in (4, 8, 16)
+        for p, g in got.items():
+            assert g in (None, (4, 128), (8, 128)), (p, g)
 
 
 def test_brecq_variant():

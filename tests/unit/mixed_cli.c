@@ -58,10 +58,11 @@ static int *widths_arg(int argc, char **argv, int at, int *np)
 	return bits;
 }
 
+/* sens / sensg (GPTQ's, damp 0.01, asymmetric: sym must be 0) */
 static int cmd_sens(int argc, char **argv)
 {
 	int64_t out, in;
-	int np, group, *bits;
+	int np, group, *bits, *groups, k;
 	float *w, *h;
 	double *cost;
 	bool sym;
@@ -75,9 +76,20 @@ static int cmd_sens(int argc, char **argv)
 	w = slurp(argv[2], (size_t)(out * in) * 4);
 	h = slurp(argv[3], (size_t)(in * in) * 4);
 	cost = xmalloc((size_t)np * sizeof(*cost));
-	check(qf_mixed_sensitivity(w, out, in, h, bits, np, group, sym, cost),
-	      "sensitivity");
+	groups = xmalloc((size_t)np * sizeof(*groups));
+	for (k = 0; k < np; k++)
+		groups[k] = group;
+	if (!strcmp(argv[1], "sensg") && !sym)
+		check(qf_mixed_sensitivity_gptq(w, out, in, h, bits, groups,
+						np, 0.01f, cost),
+		      "gptq sensitivity");
+	else if (!strcmp(argv[1], "sens"))
+		check(qf_mixed_sensitivity(w, out, in, h, bits, np, group, sym,
+					   cost), "sensitivity");
+	else
+		check(-EINVAL, "sensg needs sym 0");
 	dump(argv[9 + np], "cost.f64", cost, (size_t)np * sizeof(*cost));
+	free(groups);
 	free(bits);
 	free(w);
 	free(h);
@@ -402,7 +414,7 @@ static int cmd_alloc(int argc, char **argv)
 	struct qf_mixed_alloc *a;
 	char why[256] = "", (*names)[32];
 	int64_t *raw;
-	int32_t *b32;
+	int32_t *b32, *g32;
 	size_t i;
 	int ret;
 
@@ -445,11 +457,18 @@ static int cmd_alloc(int argc, char **argv)
 		check(ret, "alloc");
 	if (!ret) {
 		b32 = xmalloc(in.n * 4);
-		for (i = 0; i < in.n; i++)
-			b32[i] = qf_mixed_alloc_bits(a, names[i]);
+		g32 = xmalloc(in.n * 4);
+		for (i = 0; i < in.n; i++) {
+			int g = 0;
+
+			b32[i] = qf_mixed_alloc_bits(a, names[i], &g);
+			g32[i] = g;
+		}
 		dump(argv[10], "bits.i32", b32, in.n * 4);
+		dump(argv[10], "group.i32", g32, in.n * 4);
 		dump(argv[10], "alloc.json", a->json, strlen(a->json));
 		free(b32);
+		free(g32);
 	}
 	qf_mixed_alloc_free(a);
 	free(raw);
@@ -495,7 +514,7 @@ static int cmd_kl(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	need(argc, 2);
-	if (!strcmp(argv[1], "sens"))
+	if (!strcmp(argv[1], "sens") || !strcmp(argv[1], "sensg"))
 		return cmd_sens(argc, argv);
 	if (!strcmp(argv[1], "bytes")) {
 		need(argc, 7);

@@ -6,7 +6,8 @@ The references are written from the descriptions (quant.h's RTN grid,
 mixed.h's formulas and policies, FORMATS.md's compressed-tensors
 pack-quantized layout), not from the C code: RTN grids and levels must
 be identical (same f32 arithmetic), sensitivities agree to float32-GEMM
-precision, the budget optimum is checked against brute-force enumeration,
+precision (GPTQ's with gptq_ref.py's float64 GPTQ within 3 %), the
+budget optimum is checked against brute-force enumeration,
 and so is the allocation over units of a measured variant (mixed_alloc.h).
 Prints 'N passed, N failed'.
 """
@@ -18,6 +19,9 @@ import sys
 import tempfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gptq_ref import gptq_ref  # noqa: E402
 
 CLI = sys.argv[1]
 rng = np.random.default_rng(20240917)
@@ -208,6 +212,40 @@ def test_sensitivity():
                         {"w": w, "h": h})
     check("sensitivity of a zero weight is 0",
           np.all(read("cost.f64", np.float64) == 0))
+
+
+def test_sensitivity_gptq():
+    """The mixed variants' costs: GPTQ's relative output error at each
+    width against the float64 reference GPTQ, and below round to
+    nearest's on the same grid."""
+    widths = [2, 3, 4, 8, 16]
+    for (out, n, group) in [(48, 256, 128), (64, 128, 32), (32, 96, 32)]:
+        base = rng.standard_normal((600, n // 8))
+        x = np.repeat(base, 8, axis=1) + 0.3 * rng.standard_normal((600, n))
+        x[:, rng.integers(0, n, 3)] *= 10
+        w = (rng.standard_normal((out, n)) * 0.05).astype(np.float32)
+        w[:, :3] *= 8
+        h = (x.T @ x).astype(np.float32)
+        args = [out, n, group, 0, len(widths)] + widths
+        read, _, _, _ = cli(["sensg", "@w", "@h"] + args, {"w": w, "h": h})
+        c = read("cost.f64", np.float64)
+        read, _, _, _ = cli(["sens", "@w", "@h"] + args, {"w": w, "h": h})
+        rtn = read("cost.f64", np.float64)
+        h64, w64 = h.astype(np.float64), w.astype(np.float64)
+        den = np.trace(w64 @ h64 @ w64.T)
+        ref = []
+        for b in widths[:-1]:
+            q, _ = gptq_ref(w, h, b, group, False, False, False)
+            d = q - w64
+            ref.append(np.trace(d @ h64 @ d.T) / den)
+        rel = np.abs(c[:-1] - ref) / np.array(ref)
+        check("GPTQ sensitivity %dx%d g%d" % (out, n, group),
+              np.all(rel < 0.03) and c[-1] == 0 and
+              np.all(c[:-1] < rtn[:-1]) and np.all(np.diff(c) < 0),
+              "gptq %s, reference %s, rtn %s" % (
+                  " ".join("%.3g" % v for v in c),
+                  " ".join("%.3g" % v for v in ref),
+                  " ".join("%.3g" % v for v in rtn)))
 
 
 def test_bytes_and_pack():
@@ -603,20 +641,30 @@ def test_size():
 
 
 # ------------------------------------------------ allocation over units
-WIDTHS = [2, 3, 4, 8, 16]      # mixed_alloc.h's candidates
+# mixed_alloc.h's candidates: (width, group size), 16 kept
+OPTS = [(2, 128), (2, 32), (3, 128), (3, 32), (4, 128), (4, 32), (8, 128),
+        (16, 0)]
+NO = len(OPTS)
 
 
-def gptq_ckpt_bytes(out, n, src, bits):
-    """GPTQ checkpoint bytes of a linear (group 128); -1: not packable
-    (FORMATS.md: 3 bits in runs of 32 columns, else 32 / bits)."""
+def gptq_ckpt_bytes(out, n, src, bits, group):
+    """GPTQ checkpoint bytes of a linear; -1: not packable (FORMATS.md:
+    3 bits in runs of 32 columns, else 32 / bits)."""
     if bits >= 16:
         return float(src)
     pb = bits if bits in (2, 3, 4) else 8
     m = 32 if pb == 3 else 32 // pb
     if n % m or out % m:
         return -1.0
-    ng = ngroups(n, 128)
+    ng = ngroups(n, group)
     return out * n * pb / 8 + ng * out * pb / 8 + ng * out * 2 + n * 4
+
+
+def at_least_as_fine(q, p):
+    """Option q has as many bits or more and groups as small or smaller
+    (16 is finer than every grid)."""
+    (bq, gq), (bp, gp) = OPTS[q], OPTS[p]
+    return bq >= bp and (bq == 16 or gq <= gp)
 
 
 def unit_of(kind):
@@ -628,43 +676,48 @@ def alloc_ref(lin, sens, uloss, nlayers, policy, avg_x100):
     nu = nlayers * 4
     unit = np.array([l * 4 + unit_of(k) for l, k in lin[:, :2]])
     up = np.zeros(nu)
-    ubytes = np.zeros((nu, len(WIDTHS)))
-    uerr = np.zeros((nu, len(WIDTHS)))
+    ubytes = np.zeros((nu, NO))
+    uerr = np.zeros((nu, NO))
     for i, (l, k, out, n, params, src) in enumerate(lin):
         up[unit[i]] += params
-        for p, b in enumerate(WIDTHS):
-            c = gptq_ckpt_bytes(out, n, src, b)
+        for p, (b, g) in enumerate(OPTS):
+            c = gptq_ckpt_bytes(out, n, src, b, g)
             if c < 0 or ubytes[unit[i], p] < 0:
                 ubytes[unit[i], p] = -1
             else:
                 ubytes[unit[i], p] += c
             uerr[unit[i], p] += sens[i, p]
-    # measured loss increase, at least 0, never lower at fewer bits
-    cost = np.maximum.accumulate(np.maximum(uloss, 0)[:, ::-1], 1)[:, ::-1]
+    # measured cost, at least 0, never lower than a finer option's
+    pos = np.maximum(uloss, 0)
+    cost = np.array([[max(pos[u, q] for q in range(NO)
+                          if at_least_as_fine(q, p)) for p in range(NO)]
+                     for u in range(nu)])
     cost = np.where(ubytes < 0, np.inf, cost)
     if policy == "budget":
         byt = np.where(ubytes < 0, 2.0 ** 62, ubytes).astype(np.uint64)
         best, arg, _ = brute(up.astype(np.uint64), byt, cost, avg_x100)
         if arg is None:
             return None, None, None
-        ubits = np.array([WIDTHS[p] for p in arg])
+        pick = list(arg)
     else:
         def z(v):
             return (v - v.mean()) / (v.std() + 1e-8)
-        imp = 0.3 * z(sens[:, 5]) + 0.2 * z(sens[:, 6])
+        imp = 0.3 * z(sens[:, NO + 1]) + 0.2 * z(sens[:, NO + 2])
         uimp = np.full(nu, -np.inf)
         for u in range(nu):
             if (unit == u).any():
                 uimp[u] = imp[unit == u].mean()
         ubits = ratio_ref(uimp, 0.2, 0.4, 16, 8, 4)
-        for u in range(nu):
-            p = WIDTHS.index(ubits[u])
-            if ubytes[u, p] < 0:
-                ubits[u] = 16
-    pick = [WIDTHS.index(b) for b in ubits]
+        # each width at group 128 (16: kept), or kept where it does not
+        # pack
+        pick = [OPTS.index((b, 0 if b == 16 else 128)) for b in ubits]
+        pick = [p if ubytes[u, p] >= 0 else NO - 1
+                for u, p in enumerate(pick)]
+    ubits = np.array([OPTS[p][0] for p in pick])
+    ugroup = np.array([OPTS[p][1] for p in pick])  # 0: kept
     uc = cost[np.arange(nu), pick]
     ue = uerr[np.arange(nu), pick]
-    return ubits[unit], ubits, (uc, ue)
+    return (ubits[unit], ugroup[unit]), (ubits, ugroup), (uc, ue)
 
 
 def alloc_instance(nlayers, gaps):
@@ -673,26 +726,34 @@ def alloc_instance(nlayers, gaps):
         for k in range(7):
             if gaps and rng.random() < 0.15:
                 continue                    # kept: not a linear here
-            out = int(rng.choice([32, 64, 96, 48, 100]))
-            n = int(rng.choice([32, 64, 128, 256, 72]))
+            # (a shape that packs at no width is rare: it makes most
+            # budgets infeasible)
+            out = int(rng.choice([32, 64, 96, 48, 100],
+                                 p=[0.3, 0.3, 0.2, 0.16, 0.04]))
+            n = int(rng.choice([32, 64, 128, 256, 72],
+                               p=[0.24, 0.24, 0.24, 0.24, 0.04]))
             lin.append([l, k, out, n, out * n, 2 * out * n])
     lin = np.array(lin, np.int64)
-    sens = np.zeros((len(lin), 7))
+    # per option: GPTQ's errors; then RTN's at 3/128, act, weight
+    shape = np.array([8.0, 6, 4, 3, 1, 0.7, 0.1, 0])
+    sens = np.zeros((len(lin), NO + 3))
     base = rng.uniform(0.01, 1, len(lin))
-    sens[:, :5] = base[:, None] * np.array([8.0, 4, 1, 0.1, 0])
-    sens[:, 5] = rng.uniform(0, 3, len(lin))
-    sens[:, 6] = rng.uniform(0.01, 0.1, len(lin))
+    sens[:, :NO] = base[:, None] * shape
+    sens[:, NO] = base * 5
+    sens[:, NO + 1] = rng.uniform(0, 3, len(lin))
+    sens[:, NO + 2] = rng.uniform(0.01, 0.1, len(lin))
     ub = rng.uniform(0, 2, nlayers * 4)
-    uloss = (ub[:, None] * np.array([1.0, 0.4, 0.1, 0.01, 0]) +
-             rng.normal(0, 0.02, (nlayers * 4, 5)))
+    uloss = (ub[:, None] * shape / 8 +
+             rng.normal(0, 0.02, (nlayers * 4, NO)))
     return lin, sens, uloss
 
 
 def test_alloc():
     bad, cases, nratio, ninf = [], 0, 0, 0
-    for trial in range(30):
-        nlayers = 1 if trial % 3 else 2
+    for trial in range(40):
         policy = "ratio" if trial % 4 == 3 else "budget"
+        # (brute force over 8 options: one layer's 4 units for budgets)
+        nlayers = 2 if policy == "ratio" and trial % 3 == 0 else 1
         # (the ratio policy needs every unit to have a linear)
         lin, sens, uloss = alloc_instance(nlayers, policy == "budget")
         avg = int(rng.choice([250, 350, 450, 600, 900]))
@@ -709,13 +770,15 @@ def test_alloc():
         read, _, d, _ = cli(args, files)
         cases += 1
         nratio += policy == "ratio"
-        got = read("bits.i32", np.int32)
+        got = (read("bits.i32", np.int32), read("group.i32", np.int32))
         with open(os.path.join(d, "alloc.json")) as f:
             js = json.load(f)
         cost = np.array(js["unit_cost"])
         obj = np.sum(uce[0])
-        same = (np.array_equal(got, want) and
-                np.array_equal(js["unit_bits"], ubits))
+        same = (np.array_equal(got[0], want[0]) and
+                np.array_equal(got[1], want[1]) and
+                np.array_equal(js["unit_bits"], ubits[0]) and
+                np.array_equal(js["unit_group"], ubits[1]))
         if policy == "budget" and not same:
             # a tie of the optimum: the same objective is enough
             same = abs(cost.sum() - obj) <= 1e-12 * max(obj, 1)
@@ -791,6 +854,7 @@ test_importance()
 test_size()
 test_bytes_and_pack()
 test_sensitivity()
+test_sensitivity_gptq()
 test_budget()
 test_alloc()
 npass = sum(results)
