@@ -1,8 +1,9 @@
 /*
  * ahead.c - production ahead of a reader, for variants whose groups are
- * slots of their own flight (RTN, mixed precisions at their measured
- * widths, uncalibrated _fake): not calibrated ones, whose layer job runs
- * in a thread of its own anyway (job.c).
+ * slots of their own flight (RTN, mixed_static, uncalibrated _fake):
+ * not calibrated ones (mixed_b and mixed_dyn among them: GPTQ at their
+ * measured widths), whose layer job runs in a thread of its own anyway
+ * (job.c).
  *
  * A reader's thread produces the groups its read touches (range.c), then
  * replies.  Alone it leaves a core idle: the two threads of a large

@@ -1,7 +1,7 @@
 /*
- * job.c - production of calibrated variants (GPTQ, AWQ, BRECQ, the
- * k-quant imatrix): scheduling the jobs, waiting for them, and the
- * results.
+ * job.c - production of calibrated variants (GPTQ, AWQ, BRECQ, GPTQ at
+ * mixed_b's and mixed_dyn's widths, the k-quant imatrix): scheduling the
+ * jobs, waiting for them, and the results.
  *
  * One job per variant at a time walks the decoder layers in order on the
  * calibration set (quant/calib.c): each layer's linears are quantized
