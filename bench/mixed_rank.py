@@ -93,7 +93,8 @@ def run_setting(a, work, name, opts, variants, texts, res):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--quantfs", default=qftest.QUANTFS)
+    p.add_argument("--quantfs", default=os.path.join(HERE, "..", "build",
+                                                  "mounts", "quantfs"))
     p.add_argument("--model",
                    default=os.path.join(DATA, "models",
                                         "tinystories-llama-5m"))
@@ -103,7 +104,7 @@ def main():
     a = p.parse_args()
     a.quantfs = os.path.abspath(a.quantfs)
     a.model = os.path.abspath(a.model)
-    os.environ["QUANTFS"] = a.quantfs
+    qftest.QUANTFS = os.environ["QUANTFS"] = a.quantfs
     work = tempfile.mkdtemp(prefix="qf-mixed-")
     try:
         texts = {}
