@@ -50,17 +50,13 @@ static int sens_one(struct job *j, int gi, const float *w,
 	ret = qf_mixed_sensitivity_gptq(w, g->w->t->shape[0],
 					g->w->t->shape[1], st->h, bits, group,
 					QF_MIXED_NW, (float)j->var->ci.damp,
-					rec);
+					rec, &j->energy[gi]);
 	if (ret >= 0)
 		ret = qf_mixed_sensitivity(w, g->w->t->shape[0],
 					   g->w->t->shape[1], st->h,
 					   &bits[QF_MIXED_REF], 1,
 					   QF_MIXED_GROUP, false,
 					   &rec[QF_MIXED_SENS_RTN]);
-	if (ret >= 0)
-		ret = qf_mixed_out_energy(w, g->w->t->shape[0],
-					  g->w->t->shape[1], st->h,
-					  &j->energy[gi]);
 	if (ret < 0)
 		return ret;
 	qf_mixed_signals_of(w, g->w->t->shape[0], g->w->t->shape[1], st,

@@ -260,18 +260,6 @@ static double quad_trace(const float *a, int64_t out, int64_t in,
 	return s;
 }
 
-int qf_mixed_out_energy(const float *w, int64_t out, int64_t in,
-			const float *h, double *energy)
-{
-	float *t = malloc((size_t)(out * in) * sizeof(*t));
-
-	if (!t)
-		return -ENOMEM;
-	*energy = quad_trace(w, out, in, h, t);
-	free(t);
-	return isfinite(*energy) ? 0 : QF_ENUMERIC;
-}
-
 int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
 			 const float *h, const int *bits, int np, int group,
 			 bool sym, double *cost)
@@ -334,7 +322,7 @@ out:
 int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 			      const float *h, const int *bits,
 			      const int *group, int np, float damp,
-			      double *cost)
+			      double *cost, double *energy)
 {
 	size_t n = (size_t)(out * in), hn = (size_t)(in * in);
 	float *d = malloc(n * sizeof(*d)), *t = malloc(n * sizeof(*t));
@@ -357,6 +345,10 @@ int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 		goto out;
 	memcpy(hc, h, hn * sizeof(*hc));
 	den = quad_trace(w, out, in, h, t);
+	if (energy)
+		*energy = den;
+	if (!isfinite(den))
+		ret = QF_ENUMERIC;
 	for (p = 0; p < np && !ret; p++) {
 		struct qf_gptq_opts o = {
 			.qp = { bits[p], group[p], false },

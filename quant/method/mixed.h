@@ -125,22 +125,16 @@ int qf_mixed_sensitivity(const float *w, int64_t out, int64_t in,
  * asymmetric; no act-order, damp, blocks of 128) on h, as a mixed
  * variant's production quantizes it on the unquantized model's inputs,
  * and cost[p] = tr(dW H dW^T) / tr(W H W^T) with H = h as given (the
- * factorization works on a copy).  bits 16 costs 0.  Returns 0,
- * -EINVAL, QF_ENUMERIC, -ENOMEM.
+ * factorization works on a copy).  bits 16 costs 0.  *energy (if given)
+ * gets tr(W H W^T): the summed squared output of the linear over the
+ * calibration tokens, so cost[p] times it is the absolute squared output
+ * error.  Returns 0, -EINVAL, QF_ENUMERIC (also for an energy that is
+ * not finite), -ENOMEM.
  */
 int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 			      const float *h, const int *bits,
 			      const int *group, int np, float damp,
-			      double *cost);
-
-/*
- * tr(W H W^T) of w [out, in] on inputs with Gram matrix h [in, in]: the
- * summed squared output of the linear over the calibration tokens (the
- * denominator of qf_mixed_sensitivity; its cost[p] times this is the
- * absolute squared output error).  Returns 0, QF_ENUMERIC, -ENOMEM.
- */
-int qf_mixed_out_energy(const float *w, int64_t out, int64_t in,
-			const float *h, double *energy);
+			      double *cost, double *energy);
 
 /*
  * The seed's importance signals of one linear (its LayerImportance-

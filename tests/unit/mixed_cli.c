@@ -79,10 +79,14 @@ static int cmd_sens(int argc, char **argv)
 	groups = xmalloc((size_t)np * sizeof(*groups));
 	for (k = 0; k < np; k++)
 		groups[k] = group;
-	if (!strcmp(argv[1], "sensg") && !sym)
+	if (!strcmp(argv[1], "sensg") && !sym) {
+		double energy;
+
 		check(qf_mixed_sensitivity_gptq(w, out, in, h, bits, groups,
-						np, 0.01f, cost),
+						np, 0.01f, cost, &energy),
 		      "gptq sensitivity");
+		dump(argv[9 + np], "energy.f64", &energy, sizeof(energy));
+	}
 	else if (!strcmp(argv[1], "sens"))
 		check(qf_mixed_sensitivity(w, out, in, h, bits, np, group, sym,
 					   cost), "sensitivity");

@@ -229,6 +229,7 @@ def test_sensitivity_gptq():
         args = [out, n, group, 0, len(widths)] + widths
         read, _, _, _ = cli(["sensg", "@w", "@h"] + args, {"w": w, "h": h})
         c = read("cost.f64", np.float64)
+        energy = read("energy.f64", np.float64)[0]
         read, _, _, _ = cli(["sens", "@w", "@h"] + args, {"w": w, "h": h})
         rtn = read("cost.f64", np.float64)
         h64, w64 = h.astype(np.float64), w.astype(np.float64)
@@ -241,6 +242,7 @@ def test_sensitivity_gptq():
         rel = np.abs(c[:-1] - ref) / np.array(ref)
         check("GPTQ sensitivity %dx%d g%d" % (out, n, group),
               np.all(rel < 0.03) and c[-1] == 0 and
+              abs(energy - den) <= 1e-5 * den and
               np.all(c[:-1] < rtn[:-1]) and np.all(np.diff(c) < 0),
               "gptq %s, reference %s, rtn %s" % (
                   " ".join("%.3g" % v for v in c),
