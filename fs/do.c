@@ -67,9 +67,7 @@ int qf_fs_do_measure(struct qf_fs *fs, uint64_t parent, const char *name)
 		return ret;
 	/* mixed_dyn / mixed_b: measure outside the namespace lock */
 	if (dir->kind == QF_NODE_MODEL && dir->mdl->m &&
-	    qf_spec_parse(name, &sp, NULL) == 0 &&
-	    (sp.method == QF_METHOD_MIXED_DYN ||
-	     sp.method == QF_METHOD_MIXED_BUDGET))
+	    qf_spec_parse(name, &sp, NULL) == 0 && qf_spec_mixed_measured(&sp))
 		qf_job_mixed_prepare(fs, dir->mdl, &sp);
 	return 0;
 }

@@ -633,8 +633,7 @@ void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops)
 	 * expert, kq's imatrix of each expert's routed tokens (job_calib.c
 	 * lets no other method run), AWQ the whole block */
 	ops->quantize_expert = sp->method == QF_METHOD_GPTQ ||
-			       sp->method == QF_METHOD_MIXED_DYN ||
-			       sp->method == QF_METHOD_MIXED_BUDGET || kq ?
+			       qf_spec_mixed_measured(sp) || kq ?
 			       cb_quantize_expert : NULL;
 	ops->quantize_moe = awq ? cb_quantize_moe : NULL;
 	ops->layer_cached = cb_cached;

@@ -194,9 +194,10 @@ static struct qf_var *find_var(struct qf_mdl *mdl, const char *name)
 }
 
 /*
- * A _fake of a calibrated or mixed method dequantizes its packed variant
- * (or takes its allocation): that one, found or set up first, into
- * *base; NULL for every other name.  fs->lock is not held.
+ * A _fake of a calibrated method (mixed_dyn and mixed_b among them)
+ * dequantizes its packed variant (or takes its allocation): that one,
+ * found or set up first, into *base; NULL for every other name.
+ * fs->lock is not held.
  */
 static int fake_base(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 		     struct qf_var **base)
@@ -208,10 +209,7 @@ static int fake_base(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	*base = NULL;
 	/* (a bad name is qf_var_new's to report) */
 	if (qf_spec_parse(name, &spec, NULL) < 0 ||
-	    !(spec.flags & QF_SPEC_FAKE) ||
-	    (!qf_spec_is_calibrated(&spec) &&
-	     spec.method != QF_METHOD_MIXED_DYN &&
-	     spec.method != QF_METHOD_MIXED_BUDGET))
+	    !(spec.flags & QF_SPEC_FAKE) || !qf_spec_is_calibrated(&spec))
 		return 0;
 	spec.flags &= ~QF_SPEC_FAKE;
 	ret = qf_spec_print(&spec, bname, sizeof(bname));

@@ -144,14 +144,13 @@ static int static_bits(void *arg, const char *name, int *group)
 /*
  * What else changes a variant's bytes than its model, name and
  * calibration set, into extra (cap bytes; "" for none) and parts[5] (the
- * mixed_static role overrides); returns how many parts the id has.
+ * mixed_static role overrides); alloc: a measured mixed variant's
+ * allocation, else NULL.  Returns how many parts the id has.
  */
 static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
 		    const struct qf_spec *sp, const struct qf_mixed_alloc *alloc,
 		    const char **parts, char *extra, size_t cap)
 {
-	bool mixed = sp->method == QF_METHOD_MIXED_DYN ||
-		     sp->method == QF_METHOD_MIXED_BUDGET;
 	int nparts = 5;
 
 	/*
@@ -186,7 +185,7 @@ static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
 		/* the override list, whole, as a part of its own */
 		parts[nparts++] = fs->o.mixed_roles ? fs->o.mixed_roles : "";
 	}
-	if (mixed)	/* measured: two machines may measure otherwise */
+	if (alloc)	/* measured: two machines may measure otherwise */
 		alloc_key(alloc, extra + strlen(extra),
 			  cap - strlen(extra));
 	if (sp->method == QF_METHOD_MIXED_DYN && fs->o.mixed_ratio)
@@ -228,8 +227,7 @@ int qf_var_new(struct qf_fs *fs, struct qf_mdl *mdl, const char *name,
 	pthread_mutex_init(&var->lock, NULL);
 	pthread_cond_init(&var->cond, NULL);
 	var->mdl = mdl;
-	mixed = spec.method == QF_METHOD_MIXED_DYN ||
-		spec.method == QF_METHOD_MIXED_BUDGET;
+	mixed = qf_spec_mixed_measured(&spec);
 	if (mixed) {
 		/* measured precisions (cached), then GPTQ at them */
 		if (spec.flags & QF_SPEC_FAKE) {

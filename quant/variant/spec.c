@@ -531,6 +531,12 @@ bool qf_spec_static_groups(const struct qf_spec *s)
 	return s->flags & QF_SPEC_STATIC;
 }
 
+bool qf_spec_mixed_measured(const struct qf_spec *s)
+{
+	return s->method == QF_METHOD_MIXED_DYN ||
+	       s->method == QF_METHOD_MIXED_BUDGET;
+}
+
 bool qf_spec_is_calibrated(const struct qf_spec *s)
 {
 	if (!s || (unsigned)s->method >= ARRAY_SIZE(methods))

@@ -77,6 +77,8 @@ bool qf_spec_is_calibrated(const struct qf_spec *s);
  */
 bool qf_spec_act_order(const struct qf_spec *s);
 bool qf_spec_static_groups(const struct qf_spec *s);
+/* mixed_dyn / mixed_b<avg>: widths measured, then GPTQ at them. */
+bool qf_spec_mixed_measured(const struct qf_spec *s);
 const char *qf_method_name(enum qf_method m);
 
 

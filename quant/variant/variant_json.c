@@ -292,9 +292,7 @@ static cJSON *quant_config(const struct qf_variant *v)
 	cJSON_AddBoolToObject(qc, "sym", s->flags & QF_SPEC_SYM);
 	cJSON_AddBoolToObject(qc, "static_groups", qf_spec_static_groups(s));
 	/* GPTQ's, and the measured mixed variants' (GPTQ at their widths) */
-	gptq = s->method == QF_METHOD_GPTQ ||
-	       s->method == QF_METHOD_MIXED_DYN ||
-	       s->method == QF_METHOD_MIXED_BUDGET;
+	gptq = s->method == QF_METHOD_GPTQ || qf_spec_mixed_measured(s);
 	cJSON_AddBoolToObject(qc, "true_sequential", gptq);
 	cJSON_AddStringToObject(qc, "checkpoint_format", "gptq");
 	if (gptq)
