@@ -3,7 +3,7 @@
  * measured in the same run on one BLAS thread (PERF-NOTES: report ratios,
  * never absolute times across runs).
  *
- *   bench_forward [NSEQ [SEQLEN [LAYERS]]]     default 8 512 2
+ *   bench_forward [NSEQ [SEQLEN [LAYERS [THREADS]]]]  default 8 512 2 1
  *   bench_forward --model DIR [NSEQ [SEQLEN]]  default 4 512
  *
  * With --model, the decoder layers of a model directory of any computed
@@ -213,7 +213,7 @@ int main(int argc, char **argv)
 	const double gemm_flops = 2.0 * 4096 * 1024 * 3072;
 	double flops, attn, best = 1e30, gbest = 1e30, tq;
 	float *x, *q, *k, *v, *s;
-	int l, r, reps = 3;
+	int l, r, reps = 3, nthr;
 
 	qf_blas_fix_kernels(argv);	/* as quantfs runs */
 	if (argc > 2 && !strcmp(argv[1], "--model")) {
@@ -222,11 +222,13 @@ int main(int argc, char **argv)
 				   argc > 4 ? atoi(argv[4]) : 512);
 	}
 	c.layers = argc > 3 ? atoi(argv[3]) : 2;
-	if (nseq <= 0 || seqlen <= 0 || c.layers <= 0) {
-		fprintf(stderr, "usage: bench_forward [NSEQ [SEQLEN [LAYERS]]]\n");
+	nthr = argc > 4 ? atoi(argv[4]) : 1;
+	if (nseq <= 0 || seqlen <= 0 || c.layers <= 0 || nthr <= 0) {
+		fprintf(stderr, "usage: bench_forward [NSEQ [SEQLEN [LAYERS "
+			"[THREADS]]]]\n");
 		return 2;
 	}
-	openblas_set_num_threads(1);
+	openblas_set_num_threads(nthr);
 	ntok = (int64_t)nseq * seqlen;
 	ly = calloc((size_t)c.layers, sizeof(*ly));
 	for (l = 0; l < c.layers; l++)
@@ -247,9 +249,9 @@ int main(int argc, char **argv)
 	tq = qf_now() - tq;
 
 	printf("shapes: hidden %d, heads %d x %d, kv heads %d, inter %d, "
-	       "%d layers, %d x %d tokens, 1 BLAS thread\n", c.hidden,
+	       "%d layers, %d x %d tokens, %d BLAS thread(s)\n", c.hidden,
 	       c.heads, c.head_dim, c.kv_heads, c.inter, c.layers, nseq,
-	       seqlen);
+	       seqlen, nthr);
 	printf("GFLOP per layer: linears %.2f + attention %.2f (causal "
 	       "blocks run)\n", linear_flops(&c, ntok) / 1e9, attn / 1e9);
 	printf("sgemm 4096x1024x3072 (%s kernels): %.3f s, %.1f GFLOP/s "

@@ -104,6 +104,14 @@ int qf_src_parent(int dirfd, const char *rel, const char **leaf);
 int qf_src_open_path(const char *path, int flags, struct stat *st);
 int qf_src_read_path(const char *path, size_t max, struct qf_buf *out);
 
+/*
+ * Large transient buffers (bigmem.c): from 4 MiB, an anonymous mapping on
+ * transparent huge pages where the kernel has them; below, malloc.  Give
+ * qf_big_free the size asked for.  NULL when out of memory.
+ */
+void *qf_big_alloc(size_t n);
+void qf_big_free(void *p, size_t n);
+
 /* mkdir -p; the last component gets mode (parents 0755). */
 int qf_mkdir_p(const char *dir, unsigned mode);
 

@@ -447,6 +447,7 @@ struct layer_scratch {
 	float *cs;	/* [seqlen, hd / 2] */
 	float *sn;	/* [seqlen, hd / 2] */
 	float *mem;
+	size_t bytes;
 };
 
 static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
@@ -462,10 +463,11 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 	n = (size_t)(ntok * (c->hidden + qd + 2 * kvd + (int64_t)c->inter) +
 		     urows * c->inter + (int64_t)QF_TF_BQ * seqlen +
 		     2 * seqlen * half);
-	p = malloc(n * sizeof(float));
+	p = qf_big_alloc(n * sizeof(float));
 	if (!p)
 		return -ENOMEM;
 	sc->mem = p;
+	sc->bytes = n * sizeof(float);
 	sc->xn = p;
 	p += ntok * c->hidden;
 	sc->q = p;
@@ -646,7 +648,7 @@ static int layer_half(const struct qf_tf_config *c,
 	qf_tf_out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter,
 		      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], sc.xn, x);
 out_free:
-	free(sc.mem);
+	qf_big_free(sc.mem, sc.bytes);
 	return ret;
 }
 

@@ -2,11 +2,14 @@
  * test_common.c - common/: SHA-256 against the FIPS 180-4 examples and
  * streaming in uneven pieces; the UTF-8 decoder against Unicode's table
  * 3-7 and the error counts of WHATWG / Rust's from_utf8_lossy, and
- * encode / decode round trips over every scalar value.
+ * encode / decode round trips over every scalar value; qf_big_alloc's
+ * buffers (aligned, writable whole, unmapped when freed).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "common.h"
@@ -129,8 +132,46 @@ static void test_unhex(void)
 	CHECK(qf_unhex("abc", 2, out), ==, -EINVAL);	/* short: stops at NUL */
 }
 
+#ifdef __SANITIZE_ADDRESS__
+#define ASAN 1		/* bigmem.c gives malloc's buffers there */
+#else
+#define ASAN 0
+#endif
+
+/* Sizes on both sides of the 4 MiB threshold: every byte writable, big
+ * ones on 2 MiB boundaries and gone after qf_big_free. */
+static void test_big_alloc(void)
+{
+	static const size_t sz[] = { 1, 4096, (4u << 20) - 1, 4u << 20,
+				     (4u << 20) + 1, (6u << 20) + 123 };
+	unsigned char vec;
+	size_t i, j;
+
+	for (i = 0; i < sizeof(sz) / sizeof(sz[0]); i++) {
+		unsigned char *p = qf_big_alloc(sz[i]);
+		size_t bad = 0;
+
+		CHECK(p != NULL, ==, 1);
+		if (!p)
+			continue;
+		for (j = 0; j < sz[i]; j++)
+			p[j] = (unsigned char)(j * 7 + i);
+		for (j = 0; j < sz[i]; j++)
+			bad += p[j] != (unsigned char)(j * 7 + i);
+		CHECK(bad, ==, 0);
+		if (sz[i] >= (4u << 20) && !ASAN)
+			CHECK((uintptr_t)p % (2u << 20), ==, 0);
+		qf_big_free(p, sz[i]);
+		if (sz[i] >= (4u << 20) && !ASAN) /* unmapped: mincore refuses */
+			CHECK(mincore(p, (size_t)sysconf(_SC_PAGESIZE), &vec),
+			      ==, -1);
+	}
+	qf_big_free(NULL, 8u << 20);
+}
+
 int main(void)
 {
+	test_big_alloc();
 	test_sha256();
 	test_utf8();
 	test_unhex();
