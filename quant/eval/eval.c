@@ -65,12 +65,14 @@ static int head_kl(const struct qf_model *m, const struct qf_model *ref,
 {
 	int64_t rows = KL_BUDGET / ((int64_t)c->vocab * 4), r0, r;
 	float *la, *lb;
+	double *kl;
 	int ret = 0;
 
 	rows = rows < 1 ? 1 : rows > n ? n : rows;
 	la = malloc((size_t)(rows * c->vocab) * sizeof(*la));
 	lb = malloc((size_t)(rows * c->vocab) * sizeof(*lb));
-	if (!la || !lb)
+	kl = malloc((size_t)rows * sizeof(*kl));
+	if (!la || !lb || !kl)
 		ret = -ENOMEM;
 	for (r0 = 0; r0 < n && !ret; r0 += rows) {
 		int64_t k = n - r0 < rows ? n - r0 : rows;
@@ -78,18 +80,21 @@ static int head_kl(const struct qf_model *m, const struct qf_model *ref,
 		ret = qf_tf_head(ref, cr, xr + r0 * c->hidden, k, la);
 		if (!ret)
 			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
+		if (!ret)
+			qf_logits_kl_rows(la, lb, k, c->vocab, kl);
 		for (r = 0; r < k && !ret; r++) {
 			const float *a = la + r * c->vocab;
 			const float *b = lb + r * c->vocab;
 
 			if (target[r0 + r] < 0)
 				continue;
-			s->kl += qf_logits_kl(a, b, c->vocab);
+			s->kl += kl[r];
 			s->top1 += argmax(a, c->vocab) == argmax(b, c->vocab);
 		}
 	}
 	free(la);
 	free(lb);
+	free(kl);
 	return ret;
 }
 

@@ -282,7 +282,10 @@ int qf_mixed_budget(size_t n, int np, const uint64_t *params,
  * loss increase on the text's next tokens, it is never negative and
  * needs no target, so every position (the last of each sequence too)
  * counts.  progress (optional) after each layer.  Memory: every
- * layer's fp32 weights and every layer's input.  Returns 0, -ENOMEM,
+ * layer's fp32 weights and every layer's input, the head in fp32 (read
+ * once, not at every slice of rows), and up to 512 MiB of trials' final
+ * streams (a layer's trials share each slice of the reference's
+ * logits).  Returns 0, -ENOMEM,
  * a model read error or progress's value.
  */
 int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,

@@ -28,30 +28,49 @@
 #include "tf_moe.h"
 
 #define KL_BUDGET (32u << 20)	/* bytes of each logits slice */
+#define KL_STREAMS (512 << 20)	/* bytes of trial streams held at once */
 
 /*
- * Mean over the n rows of KL(head(xref) || head(x)), the head run on
- * slices of rows into la and lb (rows * vocab each).
+ * For each of the nt trial streams x[t] [n, hidden], the mean over the n
+ * rows of KL(head(xref) || head(x[t])) into *out[t].  The head runs on
+ * slices of rows into la (the reference's, once per slice for every
+ * trial) and lb (rows * vocab each); the head loaded once (hw) where
+ * it could be.
  */
-static int mean_kl(const struct qf_model *m, const struct qf_tf_config *c,
-		   const float *xref, const float *x, int64_t n, int64_t rows,
-		   float *la, float *lb, double *out)
+static int head(const struct qf_model *m, const struct qf_tf_headw *hw,
+		const struct qf_tf_config *c, const float *x, int64_t n,
+		float *logits)
 {
-	double s = 0;
-	int64_t r0, r;
-	int ret = 0;
+	return hw->w ? qf_tf_head_with(hw, c, x, n, logits) :
+		       qf_tf_head(m, c, x, n, logits);
+}
 
+static int mean_kl(const struct qf_model *m, const struct qf_tf_headw *hw,
+		   const struct qf_tf_config *c,
+		   const float *xref, float *const *x, int nt, int64_t n,
+		   int64_t rows, float *la, float *lb, double *const *out)
+{
+	double *kl = malloc((size_t)rows * sizeof(*kl));
+	int64_t r0, r;
+	int t, ret = kl ? 0 : -ENOMEM;
+
+	for (t = 0; t < nt; t++)
+		*out[t] = 0;
 	for (r0 = 0; r0 < n && !ret; r0 += rows) {
 		int64_t k = n - r0 < rows ? n - r0 : rows;
 
-		ret = qf_tf_head(m, c, xref + r0 * c->hidden, k, la);
-		if (!ret)
-			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
-		for (r = 0; r < k && !ret; r++)
-			s += qf_logits_kl(la + r * c->vocab,
-					  lb + r * c->vocab, c->vocab);
+		ret = head(m, hw, c, xref + r0 * c->hidden, k, la);
+		for (t = 0; t < nt && !ret; t++) {
+			ret = head(m, hw, c, x[t] + r0 * c->hidden, k, lb);
+			if (!ret)
+				qf_logits_kl_rows(la, lb, k, c->vocab, kl);
+			for (r = 0; r < k && !ret; r++)	/* in row order */
+				*out[t] += kl[r];
+		}
 	}
-	*out = n ? s / (double)n : 0;
+	free(kl);
+	for (t = 0; t < nt; t++)
+		*out[t] = n ? *out[t] / (double)n : 0;
 	return ret;
 }
 
@@ -136,28 +155,32 @@ struct kl_run {
 	const struct qf_tf_config *c;
 	struct qf_tf_layer *ly;		/* [layers], fp32 weights */
 	float **xs;			/* [layers + 1], each layer's input */
-	float *x;			/* the trial's stream */
+	float **x;			/* [batch], the trials' streams */
+	int batch;			/* trials whose KL is taken at once */
 	float *tmp[QF_TF_NLINEAR];	/* rounded weights */
 	float **xbufs;			/* moe_trial's */
 	float *la, *lb;			/* logits slices */
+	struct qf_tf_headw hw;		/* the head in fp32, or none */
 	int64_t rows;			/* rows per slice */
 	int nseq, seqlen;
 	int64_t ntok;
 };
 
-/* KL of the model with unit u of layer l rounded at qp into *kl. */
+/*
+ * The final stream of the model with unit u of layer l rounded at qp,
+ * into x; *any false when the unit has no linear here (x untouched).
+ */
 static int kl_trial(struct kl_run *k, int l, int u, const int *unit_of,
-		    const struct qf_qparams *qp, double *kl)
+		    const struct qf_qparams *qp, float *x, bool *any)
 {
 	const struct qf_tf_config *c = k->c;
 	struct qf_tf_layer q = k->ly[l];
 	struct qf_tf_moe qm = { 0 };
-	bool any = false;
 	int i, ret = 0;
 
-	*kl = 0;
+	*any = false;
 	if (k->ly[l].moe && u >= 2) {	/* experts */
-		ret = moe_trial(c, k->ly[l].moe, u, qp, &qm, k->xbufs, &any);
+		ret = moe_trial(c, k->ly[l].moe, u, qp, &qm, k->xbufs, any);
 		q.moe = &qm;
 	}
 	for (i = 0; i < QF_TF_NLINEAR && !ret; i++) {
@@ -166,37 +189,40 @@ static int kl_trial(struct kl_run *k, int l, int u, const int *unit_of,
 		ret = rtn_deq(k->ly[l].w[i], qf_tf_linear_out(c, i),
 			      qf_tf_linear_in(c, i), qp, k->tmp[i]);
 		q.w[i] = k->tmp[i];
-		any = true;
+		*any = true;
 	}
-	if (any && !ret)
-		memcpy(k->x, k->xs[l], (size_t)(k->ntok * c->hidden) *
+	if (*any && !ret)
+		memcpy(x, k->xs[l], (size_t)(k->ntok * c->hidden) *
 		       sizeof(float));
-	for (i = l; i < c->layers && !ret && any; i++)
-		ret = qf_tf_layer_forward(c, i == l ? &q : &k->ly[i], i, k->x,
+	for (i = l; i < c->layers && !ret && *any; i++)
+		ret = qf_tf_layer_forward(c, i == l ? &q : &k->ly[i], i, x,
 					  k->nseq, k->seqlen, NULL, NULL);
-	if (!ret && any)
-		ret = mean_kl(k->m, c, k->xs[c->layers], k->x, k->ntok, k->rows,
-			      k->la, k->lb, kl);
 	moe_trial_free(&qm, k->xbufs);
 	return ret;
 }
 
-static int kl_run_init(struct kl_run *k, const int32_t *ids)
+static int kl_run_init(struct kl_run *k, const int32_t *ids, int trials)
 {
 	const struct qf_tf_config *c = k->c;
 	int64_t hsz = k->ntok * c->hidden;
+	int64_t fit = KL_STREAMS / (hsz * (int64_t)sizeof(float));
 	int l, i, ret = 0;
 
 	k->rows = KL_BUDGET / ((int64_t)c->vocab * 4);
 	k->rows = k->rows < 1 ? 1 : k->rows > k->ntok ? k->ntok : k->rows;
 	k->ly = calloc((size_t)c->layers, sizeof(*k->ly));
 	k->xs = calloc((size_t)c->layers + 1, sizeof(*k->xs));
-	k->x = malloc((size_t)hsz * sizeof(*k->x));
+	k->batch = fit < 1 ? 1 : fit < trials ? (int)fit : trials;
+	k->x = calloc((size_t)k->batch, sizeof(*k->x));
+	for (i = 0; k->x && i < k->batch && !ret; i++)
+		if (!(k->x[i] = malloc((size_t)hsz * sizeof(float))))
+			ret = -ENOMEM;
 	k->xbufs = calloc((size_t)(c->experts + 1) * QF_MOE_NLINEAR,
 			  sizeof(*k->xbufs));
 	k->la = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->la));
 	k->lb = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->lb));
-	if (!k->ly || !k->xs || !k->x || !k->xbufs || !k->la || !k->lb)
+	if (ret || !k->ly || !k->xs || !k->x || !k->xbufs || !k->la ||
+	    !k->lb)
 		return -ENOMEM;
 	for (i = 0; i < QF_TF_NLINEAR && !ret; i++)
 		if (!(k->tmp[i] = malloc((size_t)(qf_tf_linear_out(c, i) *
@@ -206,6 +232,10 @@ static int kl_run_init(struct kl_run *k, const int32_t *ids)
 	for (l = 0; l <= c->layers && !ret; l++)
 		if (!(k->xs[l] = malloc((size_t)hsz * sizeof(float))))
 			ret = -ENOMEM;
+	if (!ret)
+		ret = qf_tf_head_load(k->m, c, &k->hw);
+	if (ret == QF_EUNSUPPORTED)	/* quantized: read at each slice */
+		ret = 0;
 	if (!ret)
 		ret = qf_tf_embed(k->m, c, ids, k->ntok, k->xs[0]);
 	for (l = 0; l < c->layers && !ret; l++) {
@@ -233,10 +263,13 @@ static void kl_run_free(struct kl_run *k)
 		free(k->tmp[l]);
 	free(k->ly);
 	free(k->xs);
+	for (l = 0; k->x && l < k->batch; l++)
+		free(k->x[l]);
 	free(k->x);
 	free(k->xbufs);
 	free(k->la);
 	free(k->lb);
+	qf_tf_head_free(&k->hw);
 }
 
 int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
@@ -250,23 +283,40 @@ int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
 		.m = m, .c = c, .nseq = nseq, .seqlen = seqlen,
 		.ntok = (int64_t)nseq * seqlen,
 	};
-	int l, u, p, ret = kl_run_init(&k, ids);
+	double **at = calloc((size_t)(nunits * np) + 1, sizeof(*at));
+	int l, t, n, ret = at ? kl_run_init(&k, ids, nunits * np) : -ENOMEM;
 
 	for (l = 0; l < c->layers && !ret; l++) {
 		double t0 = qf_now();
 
-		for (u = 0; u < nunits && !ret; u++)
-			for (p = 0; p < np && !ret; p++) {
-				struct qf_qparams qp = { bits[p], group, false };
-				double *at = &kl[((size_t)l * nunits + u) * np + p];
+		/* the trials of layer l, batch by batch: each slice of the
+		 * reference's logits serves every trial of a batch */
+		for (t = 0; t < nunits * np && !ret; t += n) {
+			int b = 0;
 
-				*at = 0;
+			for (n = 0; t + n < nunits * np && b < k.batch && !ret;
+			     n++) {
+				int u = (t + n) / np, p = (t + n) % np;
+				struct qf_qparams qp = { bits[p], group, false };
+				double *o = &kl[((size_t)l * nunits + u) * np + p];
+				bool any = false;
+
+				*o = 0;
 				if (bits[p] < 16)
-					ret = kl_trial(&k, l, u, unit_of, &qp, at);
+					ret = kl_trial(&k, l, u, unit_of, &qp,
+						       k.x[b], &any);
+				if (any)
+					at[b++] = o;
 			}
+			if (!ret && b)
+				ret = mean_kl(m, &k.hw, c, k.xs[c->layers],
+					      k.x, b, k.ntok, k.rows, k.la,
+					      k.lb, at);
+		}
 		if (!ret && progress)
 			ret = progress(arg, l, qf_now() - t0);
 	}
 	kl_run_free(&k);
+	free(at);
 	return ret;
 }

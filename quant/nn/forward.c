@@ -12,13 +12,17 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "nn.h"
 #include "tf_kernels.h"
 #include "tf_moe.h"
+
+#define KL_THREADS 8		/* qf_logits_kl_rows at most */
 
 /* Floats of lm_head converted at a time. */
 #define HEAD_CHUNK_FLOATS (4u << 20)
@@ -394,6 +398,68 @@ out_free:
 	return ret;
 }
 
+void qf_tf_head_free(struct qf_tf_headw *h)
+{
+	free(h->w);
+	free(h->norm);
+	h->w = h->norm = NULL;
+}
+
+int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
+		    struct qf_tf_headw *h)
+{
+	const char *wname = c->tie ? "model.embed_tokens.weight" :
+				     "lm_head.weight";
+	const struct qf_model_tensor *mt;
+	int64_t chunk = HEAD_CHUNK_FLOATS / c->hidden, r0, nr;
+	int ret;
+
+	memset(h, 0, sizeof(*h));
+	if (!c->tie && !qf_model_find(m, wname) &&
+	    qf_model_find(m, "lm_head.qweight"))
+		return QF_EUNSUPPORTED;
+	mt = find_shaped(m, wname, c->vocab, c->hidden);
+	if (!mt)
+		return QF_EFORMAT;
+	ret = load_f32(m, "model.norm.weight", c->hidden, 0, &h->norm);
+	ret = norm_plus1(c, ret, h->norm, c->hidden);
+	if (ret < 0)
+		return ret;
+	h->w = malloc(sizeof(float) * (size_t)(c->vocab * c->hidden));
+	ret = h->w ? check_unchanged(mt) : -ENOMEM;
+	chunk = chunk < 1 ? 1 : chunk;
+	for (r0 = 0; r0 < c->vocab && ret == 0; r0 += chunk) {
+		nr = c->vocab - r0 < chunk ? c->vocab - r0 : chunk;
+		ret = read_rows(mt, r0, nr, c->hidden, h->w + r0 * c->hidden);
+		qf_st_release(mt->shard, (const uint8_t *)qf_st_data(
+				      mt->shard, mt->t) + (size_t)(r0 *
+				      c->hidden) * qf_dtype_size(mt->t->dtype),
+			      (size_t)(nr * c->hidden) *
+			      qf_dtype_size(mt->t->dtype));
+	}
+	if (ret == 0 && qf_st_faulted(mt->shard))
+		ret = QF_ECORRUPT;
+	if (ret < 0)
+		qf_tf_head_free(h);
+	return ret;
+}
+
+int qf_tf_head_with(const struct qf_tf_headw *h,
+		    const struct qf_tf_config *c, const float *x, int64_t n,
+		    float *logits)
+{
+	float *xn = malloc(sizeof(float) * (size_t)(n * c->hidden));
+
+	if (!xn)
+		return -ENOMEM;
+	qf_tf_rmsnorm(x, h->norm, n, c->hidden, c->rms_eps, xn);
+	qf_sgemm(false, true, n, c->vocab, c->hidden, 1.0f, xn, c->hidden,
+		 h->w, c->hidden, 0.0f, logits, c->vocab);
+	softcap_rows(logits, n, c->vocab, c->vocab, c->final_softcap);
+	free(xn);
+	return 0;
+}
+
 int qf_tf_hidden(const struct qf_model *m, const struct qf_tf_config *c,
 		 const int32_t *ids, int nseq, int seqlen, float *x)
 {
@@ -474,23 +540,66 @@ int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
 
 double qf_logits_kl(const float *a, const float *b, int64_t v)
 {
-	double ma = a[0], mb = b[0], sa = 0, sb = 0, kl = 0;
+	double ma = a[0], mb = b[0], sa = 0, sb = 0, t = 0, kl;
 	int64_t j;
 
 	for (j = 1; j < v; j++) {
 		ma = a[j] > ma ? a[j] : ma;
 		mb = b[j] > mb ? b[j] : mb;
 	}
+	/* sum_j p_j (a_j - b_j) - lse(a) + lse(b): two exp per logit */
 	for (j = 0; j < v; j++) {
-		sa += exp((double)a[j] - ma);
+		double ea = exp((double)a[j] - ma);
+
+		sa += ea;
+		t += ea * ((double)a[j] - (double)b[j]);
 		sb += exp((double)b[j] - mb);
 	}
-	ma += log(sa);		/* log-sum-exp of each */
-	mb += log(sb);
-	for (j = 0; j < v; j++) {
-		double la = (double)a[j] - ma;
-
-		kl += exp(la) * (la - ((double)b[j] - mb));
-	}
+	kl = t / sa - (ma + log(sa)) + (mb + log(sb));
 	return kl > 0 ? kl : 0;
+}
+
+struct kl_rows {
+	const float *a, *b;
+	int64_t v, r0, r1;
+	double *out;
+};
+
+static void *kl_rows_run(void *arg)
+{
+	struct kl_rows *k = arg;
+	int64_t r;
+
+	for (r = k->r0; r < k->r1; r++)
+		k->out[r] = qf_logits_kl(k->a + r * k->v, k->b + r * k->v,
+					 k->v);
+	return NULL;
+}
+
+void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
+		       int64_t v, double *out)
+{
+	struct kl_rows k[KL_THREADS];
+	pthread_t th[KL_THREADS];
+	bool started[KL_THREADS] = { false };
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int n = cpus < 1 ? 1 : cpus > KL_THREADS ? KL_THREADS : (int)cpus, i;
+
+	if (rows < n)
+		n = rows > 0 ? (int)rows : 1;
+	for (i = 0; i < n; i++) {
+		k[i] = (struct kl_rows){ a, b, v, rows * i / n,
+					 rows * (i + 1) / n, out };
+		/* the last share runs here; a thread that cannot start too */
+		if (i < n - 1)
+			started[i] = !pthread_create(&th[i], NULL, kl_rows_run,
+						     &k[i]);
+	}
+	kl_rows_run(&k[n - 1]);
+	for (i = 0; i < n - 1; i++) {
+		if (started[i])
+			pthread_join(th[i], NULL);
+		else
+			kl_rows_run(&k[i]);
+	}
 }

@@ -184,6 +184,23 @@ int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	       const float *x, int64_t n, float *logits);
 /*
+ * The same with the final norm and the head loaded once in fp32, for a
+ * caller that runs it on many slices of rows (qf_tf_head reads the head
+ * from the model at each call: a 0.6B model's is 155M values).
+ * qf_tf_head_load: 0, QF_EUNSUPPORTED (a quantized head), -ENOMEM or a
+ * model read error; qf_tf_head_with gives qf_tf_head's logits.
+ */
+struct qf_tf_headw {
+	float *w;			/* [vocab, hidden] */
+	float *norm;			/* [hidden] */
+};
+int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
+		    struct qf_tf_headw *h);
+int qf_tf_head_with(const struct qf_tf_headw *h,
+		    const struct qf_tf_config *c, const float *x, int64_t n,
+		    float *logits);
+void qf_tf_head_free(struct qf_tf_headw *h);
+/*
  * The residual stream after the last decoder layer (before the final
  * norm) for nseq sequences of seqlen tokens: the embedding, then each
  * layer loaded, run and freed in turn.  x [nseq * seqlen, hidden].
@@ -215,5 +232,12 @@ int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
  * a reference.
  */
 double qf_logits_kl(const float *a, const float *b, int64_t v);
+/*
+ * The same for each of rows rows (a and b [rows, v]) into out[rows], the
+ * rows shared among the online CPUs' threads (at most 8): each row's
+ * value is qf_logits_kl's, whatever the split.
+ */
+void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
+		       int64_t v, double *out);
 
 #endif /* QF_NN_H */
