@@ -396,8 +396,17 @@ static int gptq_blocks(struct gptq_work *k,
 	int ret;
 
 	t0 = qf_now();
-	ret = chol_inverse_upper(k->hp, in, o->damp > 0 ? o->damp : 0.01f,
-				 false);
+	if (o->u_given) {	/* U above the diagonal, H below as ever */
+		int64_t i;
+
+		for (i = 0; i < in; i++)
+			memcpy(k->hp + i * in + i, o->u_given + i * in + i,
+			       (size_t)(in - i) * sizeof(float));
+		ret = 0;
+	} else {
+		ret = chol_inverse_upper(k->hp, in,
+					 o->damp > 0 ? o->damp : 0.01f, false);
+	}
 	if (o->times)
 		o->times->chol += qf_now() - t0;
 	if (ret < 0)
@@ -560,6 +569,8 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
 	int ret;
 
 	k.ng = (in + k.gs - 1) / k.gs;
+	if (o->u_given && o->act_order)
+		return -EINVAL;
 	ret = work_alloc(&k);
 	if (!ret)
 		ret = gptq_prepare(&k, w, h);

@@ -83,6 +83,10 @@ struct qf_gptq_opts {
 	float damp;			/* fraction of mean diag(H), 0.01 */
 	int blocksize;			/* 128 */
 	struct qf_gptq_times *times;	/* optional: phase timings */
+	/* optional, without act_order: U of this h and damp as
+	 * qf_gptq_hinv_upper gives it, so that several runs on one h
+	 * (mixed precision's options) factorize it once; the same codes */
+	const float *u_given;
 	/* tests: the column loop by the CUDA kernel's code run on the host
 	 * (needs the CUDA module, no device; QF_EUNSUPPORTED without) */
 	bool kernel_on_host;

@@ -326,7 +326,7 @@ int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 {
 	size_t n = (size_t)(out * in), hn = (size_t)(in * in);
 	float *d = malloc(n * sizeof(*d)), *t = malloc(n * sizeof(*t));
-	float *hc = malloc(hn * sizeof(*hc));
+	float *hc = malloc(hn * sizeof(*hc)), *hu = malloc(hn * sizeof(*hu));
 	uint8_t *q = malloc(n);
 	/* at most one scale and zero per column and row */
 	uint16_t *sc = malloc(n * sizeof(*sc));
@@ -339,11 +339,15 @@ int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 	for (p = 0; p < np; p++)
 		if (!qf_mixed_bits_valid(bits[p]))
 			ret = -EINVAL;
-	if (!ret && (!d || !t || !hc || !q || !sc || !z || !gi))
+	if (!ret && (!d || !t || !hc || !hu || !q || !sc || !z || !gi))
 		ret = -ENOMEM;
 	if (ret < 0)
 		goto out;
 	memcpy(hc, h, hn * sizeof(*hc));
+	memcpy(hu, h, hn * sizeof(*hu));	/* factorized once for all */
+	ret = qf_gptq_hinv_upper(hu, in, damp);
+	if (ret < 0)
+		goto out;
 	den = quad_trace(w, out, in, h, t);
 	if (energy)
 		*energy = den;
@@ -354,6 +358,7 @@ int qf_mixed_sensitivity_gptq(const float *w, int64_t out, int64_t in,
 			.qp = { bits[p], group[p], false },
 			.damp = damp,
 			.blocksize = 128,
+			.u_given = hu,
 		};
 
 		cost[p] = 0;
@@ -372,6 +377,7 @@ out:
 	free(d);
 	free(t);
 	free(hc);
+	free(hu);
 	free(q);
 	free(sc);
 	free(z);
