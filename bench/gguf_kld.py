@@ -17,7 +17,14 @@ calibration text (--chunks N of --calib-len tokens: quantfs's defaults).
 usage: bench/gguf_kld.py --llama DIR [--quantfs PATH] [--model DIR]
          [--text FILE] [--calib FILE] [--ctx 512] [--chunks N] [--markdown]
 DIR holds llama-quantize, llama-imatrix, llama-perplexity (bench/
-llamacpp.sh prints it). Everything is written under a /tmp/qf-kld-* folder,
+llamacpp.sh prints it).
+
+--weights-only also measures every file dequantized to F32 (llama-quantize
+--allow-requantize ... F32: the same weights, exactly) against the source
+in F32: the divergence of the weights alone. llama.cpp's CPU kernels
+multiply quantized weights with activations quantized too (Q8_K for the
+k-quants, Q8_0/Q8_1 for the rest), which adds a divergence of its own, the
+same for both sides' files of a type; the F32 columns leave it out. Everything is written under a /tmp/qf-kld-* folder,
 removed at the end.
 """
 import argparse
@@ -92,6 +99,14 @@ def kld(llama, work, gguf, base, text, ctx, chunks):
             "ppl": num(r"Mean PPL\(Q\)\s+:\s+([0-9.]+)")}
 
 
+def to_f32(llama, gguf):
+    """gguf's weights dequantized to F32, exactly, beside it."""
+    out = gguf[:-len(".gguf")] + ".f32.gguf"
+    run([os.path.join(llama, "llama-quantize"), "--allow-requantize", gguf,
+         out, "F32", "2"], out + ".log")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama", required=True)
@@ -113,6 +128,9 @@ def main():
     ap.add_argument("--extra", action="append", default=[],
                     help="LABEL=FILE.gguf: also measure this file (e.g. "
                     "a view saved from another build), in the last row")
+    ap.add_argument("--weights-only", action="store_true",
+                    help="also each file dequantized to F32 against the "
+                    "source in F32 (see above)")
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
@@ -163,14 +181,21 @@ def main():
     if a.chunks:
         cmd += ["--chunks", str(a.chunks)]
     run(cmd, os.path.join(work, "base.log"))
+    base32 = os.path.join(work, "base-f32.kld")
+    if a.weights_only:
+        src32 = to_f32(llama, src)
+        cmd[cmd.index(src)] = src32
+        cmd[cmd.index(base)] = base32
+        run(cmd, os.path.join(work, "base-f32.log"))
     print("%s, %s, windows of %d%s; llama.cpp %s" % (
         name, os.path.relpath(a.text, DATA), a.ctx,
         " (%d)" % a.chunks if a.chunks else "",
         open(os.path.join(llama, "..", "COMMIT")).read().strip()[:12]
         if os.path.exists(os.path.join(llama, "..", "COMMIT")) else "?"))
-    print("| type | file | bytes | mean KLD | same top-1 | PPL |")
-    print("|---|---|---|---|---|---|")
-    res = {}
+    f32h = " mean KLD, weights only (F32) |" if a.weights_only else ""
+    print("| type | file | bytes | mean KLD | same top-1 | PPL |" + f32h)
+    print("|---|---|---|---|---|---|" + ("---|" if f32h else ""))
+    res, res32 = {}, {}
     for v, typ, _, label in PAIRS:
         for f in ("llama.cpp " + typ, "llama.cpp %s + imatrix" % typ,
                   "quantfs " + v):
@@ -178,9 +203,17 @@ def main():
                 continue
             r = res[f] = kld(llama, work, files[f], base,
                              os.path.abspath(a.text), a.ctx, a.chunks)
-            print("| %s | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |" % (
+            w = ""
+            if a.weights_only:
+                f32 = to_f32(llama, files[f])
+                r32 = res32[f] = kld(llama, work, f32, base32,
+                                     os.path.abspath(a.text), a.ctx,
+                                     a.chunks)
+                os.unlink(f32)
+                w = " %.6f ± %.6f |" % (r32["kld"], r32["kld_pm"])
+            print("| %s | %s | %d | %.6f ± %.6f | %.2f %% | %.4f |%s" % (
                 label, f, os.path.getsize(files[f]), r["kld"], r["kld_pm"],
-                r["top1"], r["ppl"]), flush=True)
+                r["top1"], r["ppl"], w), flush=True)
     for e in a.extra:
         label, path = e.split("=", 1)
         r = kld(llama, work, os.path.abspath(path), base,
@@ -197,6 +230,11 @@ def main():
                                  / best[0], os.path.getsize(
                                      files["quantfs " + v]),
                                  os.path.getsize(files[best[1]])))
+        if res32:
+            best = min((res32[f]["kld"], f) for f in res32 if f in (
+                "llama.cpp " + typ, "llama.cpp %s + imatrix" % typ))
+            print("  weights only (F32): / llama.cpp's best (%s) = %.3f" % (
+                best[1], res32["quantfs " + v]["kld"] / best[0]))
     print()
     print("importance matrix on %d x %d calibration tokens: llama-imatrix "
           "%.2f s" % (a.calib_n, a.calib_len, t_imat))
