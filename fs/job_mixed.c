@@ -120,9 +120,10 @@ static int loss_done(void *arg, int l, double seconds)
 {
 	struct job *j = arg;
 
-	qf_info("%s: mixed precision: KL divergence of each unit of layer "
-		"%d/%d in %.2f s", j->var->mdl->name, l + 1,
-		j->var->job->nlayers, seconds);
+	if (l >= 0)		/* -1: between trials, only a chance to stop */
+		qf_info("%s: mixed precision: KL divergence of each unit of "
+			"layer %d/%d in %.2f s", j->var->mdl->name, l + 1,
+			j->var->job->nlayers, seconds);
 	return qf_fs_stopping(j->fs) ? -EINTR : 0;
 }
 

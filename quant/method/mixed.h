@@ -281,7 +281,9 @@ int qf_mixed_budget(size_t n, int np, const uint64_t *params,
  * fp32): kl[(l * nunits + u) * np + p]; 16 bits costs 0.  Unlike the
  * loss increase on the text's next tokens, it is never negative and
  * needs no target, so every position (the last of each sequence too)
- * counts.  progress (optional) after each layer.  Memory: every
+ * counts.  progress (optional) after each layer, and with layer -1
+ * after each trial and each slice of rows of the KL (a chance to stop:
+ * a layer's trials at Qwen3-0.6B's shapes take minutes).  Memory: every
  * layer's fp32 weights and every layer's input, the head in fp32 (read
  * once, not at every slice of rows), and up to 512 MiB of trials' final
  * streams (a layer's trials share each slice of the reference's

@@ -20,6 +20,7 @@
  * layer stay in memory for the whole measurement (a 0.6B model: 1.7 GB).
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,46 +28,63 @@
 #include "method.h"
 #include "tf_moe.h"
 
-#define KL_BUDGET (32u << 20)	/* bytes of each logits slice */
+#define KL_BUDGET (256u << 20)	/* bytes of each logits slice (two): the
+				 * head is packed once per slice */
 #define KL_STREAMS (512 << 20)	/* bytes of trial streams held at once */
 
-/*
- * For each of the nt trial streams x[t] [n, hidden], the mean over the n
- * rows of KL(head(xref) || head(x[t])) into *out[t].  The head runs on
- * slices of rows into la (the reference's, once per slice for every
- * trial) and lb (rows * vocab each); the head loaded once (hw) where
- * it could be.
- */
-static int head(const struct qf_model *m, const struct qf_tf_headw *hw,
-		const struct qf_tf_config *c, const float *x, int64_t n,
-		float *logits)
-{
-	return hw->w ? qf_tf_head_with(hw, c, x, n, logits) :
-		       qf_tf_head(m, c, x, n, logits);
-}
+/* What the trials share: the model, the reference run and scratch. */
+struct kl_run {
+	const struct qf_model *m;
+	const struct qf_tf_config *c;
+	struct qf_tf_layer *ly;		/* [layers], fp32 weights */
+	float **xs;			/* [layers + 1], each layer's input */
+	float **x;			/* [batch], the trials' streams */
+	int batch;			/* trials whose KL is taken at once */
+	float *tmp[QF_TF_NLINEAR];	/* rounded weights */
+	float **xbufs;			/* moe_trial's */
+	float *la, *lb;			/* logits slices */
+	struct qf_tf_headw hw;		/* the head in fp32, or none */
+	int64_t rows;			/* rows per slice */
+	int nseq, seqlen;
+	int64_t ntok;
+	/* the caller's, called with layer -1 between slices: a stop */
+	int (*progress)(void *arg, int layer, double seconds);
+	void *arg;
+};
 
-static int mean_kl(const struct qf_model *m, const struct qf_tf_headw *hw,
-		   const struct qf_tf_config *c,
-		   const float *xref, float *const *x, int nt, int64_t n,
-		   int64_t rows, float *la, float *lb, double *const *out)
+/*
+ * For each of the nt trial streams x[t] [ntok, hidden], the mean over the
+ * rows of KL(head(xref) || head(x[t])) into *out[t], xref the reference's
+ * final stream.  The head runs on slices of rows into la (the
+ * reference's, once per slice for every trial) and lb; between slices
+ * the caller may stop it (progress with layer -1).
+ */
+static int mean_kl(struct kl_run *k, float *const *x, int nt,
+		   double *const *out)
 {
-	double *kl = malloc((size_t)rows * sizeof(*kl));
-	int64_t r0, r;
+	const struct qf_tf_config *c = k->c;
+	const float *xref = k->xs[c->layers];
+	double *kl = malloc((size_t)k->rows * sizeof(*kl));
+	int64_t n = k->ntok, r0, r;
 	int t, ret = kl ? 0 : -ENOMEM;
 
 	for (t = 0; t < nt; t++)
 		*out[t] = 0;
-	for (r0 = 0; r0 < n && !ret; r0 += rows) {
-		int64_t k = n - r0 < rows ? n - r0 : rows;
+	for (r0 = 0; r0 < n && !ret; r0 += k->rows) {
+		int64_t m = n - r0 < k->rows ? n - r0 : k->rows;
 
-		ret = head(m, hw, c, xref + r0 * c->hidden, k, la);
+		ret = qf_tf_head_run(k->m, &k->hw, c, xref + r0 * c->hidden, m,
+				     k->la);
 		for (t = 0; t < nt && !ret; t++) {
-			ret = head(m, hw, c, x[t] + r0 * c->hidden, k, lb);
+			ret = qf_tf_head_run(k->m, &k->hw, c,
+					     x[t] + r0 * c->hidden, m, k->lb);
 			if (!ret)
-				qf_logits_kl_rows(la, lb, k, c->vocab, kl);
-			for (r = 0; r < k && !ret; r++)	/* in row order */
+				qf_logits_kl_rows(k->la, k->lb, m, c->vocab, kl);
+			for (r = 0; r < m && !ret; r++)	/* in row order */
 				*out[t] += kl[r];
 		}
+		if (!ret && k->progress)
+			ret = k->progress(k->arg, -1, 0);
 	}
 	free(kl);
 	for (t = 0; t < nt; t++)
@@ -149,23 +167,6 @@ static void moe_trial_free(struct qf_tf_moe *moe, float **bufs)
 	moe->w = NULL;
 }
 
-/* What the trials share: the model, the reference run and scratch. */
-struct kl_run {
-	const struct qf_model *m;
-	const struct qf_tf_config *c;
-	struct qf_tf_layer *ly;		/* [layers], fp32 weights */
-	float **xs;			/* [layers + 1], each layer's input */
-	float **x;			/* [batch], the trials' streams */
-	int batch;			/* trials whose KL is taken at once */
-	float *tmp[QF_TF_NLINEAR];	/* rounded weights */
-	float **xbufs;			/* moe_trial's */
-	float *la, *lb;			/* logits slices */
-	struct qf_tf_headw hw;		/* the head in fp32, or none */
-	int64_t rows;			/* rows per slice */
-	int nseq, seqlen;
-	int64_t ntok;
-};
-
 /*
  * The final stream of the model with unit u of layer l rounded at qp,
  * into x; *any false when the unit has no linear here (x untouched).
@@ -232,10 +233,8 @@ static int kl_run_init(struct kl_run *k, const int32_t *ids, int trials)
 	for (l = 0; l <= c->layers && !ret; l++)
 		if (!(k->xs[l] = malloc((size_t)hsz * sizeof(float))))
 			ret = -ENOMEM;
-	if (!ret)
-		ret = qf_tf_head_load(k->m, c, &k->hw);
-	if (ret == QF_EUNSUPPORTED)	/* quantized: read at each slice */
-		ret = 0;
+	if (!ret)	/* held: the layers are held in fp32 too */
+		ret = qf_tf_head_load(k->m, c, SIZE_MAX, &k->hw);
 	if (!ret)
 		ret = qf_tf_embed(k->m, c, ids, k->ntok, k->xs[0]);
 	for (l = 0; l < c->layers && !ret; l++) {
@@ -281,7 +280,8 @@ int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
 {
 	struct kl_run k = {
 		.m = m, .c = c, .nseq = nseq, .seqlen = seqlen,
-		.ntok = (int64_t)nseq * seqlen,
+		.ntok = (int64_t)nseq * seqlen, .progress = progress,
+		.arg = arg,
 	};
 	double **at = calloc((size_t)(nunits * np) + 1, sizeof(*at));
 	int l, t, n, ret = at ? kl_run_init(&k, ids, nunits * np) : -ENOMEM;
@@ -307,11 +307,11 @@ int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
 						       k.x[b], &any);
 				if (any)
 					at[b++] = o;
+				if (!ret && progress)	/* a trial: a minute */
+					ret = progress(arg, -1, 0);
 			}
 			if (!ret && b)
-				ret = mean_kl(m, &k.hw, c, k.xs[c->layers],
-					      k.x, b, k.ntok, k.rows, k.la,
-					      k.lb, at);
+				ret = mean_kl(&k, k.x, b, at);
 		}
 		if (!ret && progress)
 			ret = progress(arg, l, qf_now() - t0);
