@@ -21,12 +21,19 @@
 #include "eval.h"
 
 #define ACT_BUDGET (256u << 20)		/* activation bytes per batch */
-#define KL_BUDGET (32u << 20)		/* bytes of each logits slice */
+#define KL_BUDGET (64u << 20)		/* bytes of each logits slice (two) */
+#define HEAD_HOLD (1u << 30)		/* a head held in fp32 at most */
+
+/* The heads of the evaluated model and of its reference, held in fp32
+ * for the whole run when each fits HEAD_HOLD (else read per slice). */
+struct heads {
+	struct qf_tf_headw m, ref;
+};
 
 /* Sum of -log p(next) over rows [0, n) whose target is not -1. */
-static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
-		    const float *x, const int32_t *target, int64_t n,
-		    double *sum)
+static int head_nll(const struct qf_model *m, const struct qf_tf_headw *hw,
+		    const struct qf_tf_config *c, const float *x,
+		    const int32_t *target, int64_t n, double *sum)
 {
 	double *logp = malloc((size_t)(n ? n : 1) * sizeof(*logp));
 	int64_t r;
@@ -34,7 +41,7 @@ static int head_nll(const struct qf_model *m, const struct qf_tf_config *c,
 
 	if (!logp)
 		return -ENOMEM;
-	ret = qf_head_logp(m, c, x, target, n, logp);
+	ret = qf_head_logp(m, hw, c, x, target, n, logp);
 	for (r = 0; r < n && !ret; r++)
 		*sum -= logp[r];
 	free(logp);
@@ -59,9 +66,10 @@ static int64_t argmax(const float *l, int64_t v)
 /* KL(ref || m) and same argmax over the n rows of x (m's) and xr (ref's)
  * whose target is not -1, the heads run on slices of rows. */
 static int head_kl(const struct qf_model *m, const struct qf_model *ref,
-		   const struct qf_tf_config *c, const struct qf_tf_config *cr,
-		   const float *x, const float *xr, const int32_t *target,
-		   int64_t n, struct sums *s)
+		   const struct heads *hd, const struct qf_tf_config *c,
+		   const struct qf_tf_config *cr, const float *x,
+		   const float *xr, const int32_t *target, int64_t n,
+		   struct sums *s)
 {
 	int64_t rows = KL_BUDGET / ((int64_t)c->vocab * 4), r0, r;
 	float *la, *lb;
@@ -77,9 +85,11 @@ static int head_kl(const struct qf_model *m, const struct qf_model *ref,
 	for (r0 = 0; r0 < n && !ret; r0 += rows) {
 		int64_t k = n - r0 < rows ? n - r0 : rows;
 
-		ret = qf_tf_head(ref, cr, xr + r0 * c->hidden, k, la);
+		ret = qf_tf_head_run(ref, &hd->ref, cr, xr + r0 * c->hidden, k,
+				     la);
 		if (!ret)
-			ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lb);
+			ret = qf_tf_head_run(m, &hd->m, c, x + r0 * c->hidden, k,
+					     lb);
 		if (!ret)
 			qf_logits_kl_rows(la, lb, k, c->vocab, kl);
 		for (r = 0; r < k && !ret; r++) {
@@ -101,7 +111,7 @@ static int head_kl(const struct qf_model *m, const struct qf_model *ref,
 /* One batch of nseq windows of seqlen tokens: ids, targets (-1 = none);
  * with ref (NULL: none) its hidden states and the divergence too. */
 static int run_batch(const struct qf_model *m, const struct qf_model *ref,
-		     const struct qf_tf_config *c,
+		     const struct heads *hd, const struct qf_tf_config *c,
 		     const struct qf_tf_config *cr, const int32_t *ids,
 		     const int32_t *target, int nseq, int seqlen,
 		     struct sums *s)
@@ -114,13 +124,13 @@ static int run_batch(const struct qf_model *m, const struct qf_model *ref,
 	if (!ret)
 		ret = qf_tf_hidden(m, c, ids, nseq, seqlen, x);
 	if (!ret)
-		ret = head_nll(m, c, x, target, n, &s->nll);
+		ret = head_nll(m, &hd->m, c, x, target, n, &s->nll);
 	if (!ret && ref)
 		ret = qf_tf_hidden(ref, cr, ids, nseq, seqlen, xr);
 	if (!ret && ref)
-		ret = head_nll(ref, cr, xr, target, n, &s->ref_nll);
+		ret = head_nll(ref, &hd->ref, cr, xr, target, n, &s->ref_nll);
 	if (!ret && ref)
-		ret = head_kl(m, ref, c, cr, x, xr, target, n, s);
+		ret = head_kl(m, ref, hd, c, cr, x, xr, target, n, s);
 	free(x);
 	free(xr);
 	return ret;
@@ -131,6 +141,7 @@ static int eval_run(const struct qf_model *m, const struct qf_model *ref,
 		    int ctx, struct qf_eval_result *out)
 {
 	struct qf_tf_config c, cr;
+	struct heads hd = { { 0 }, { 0 } };
 	struct sums sum = { 0 };
 	int32_t bos = qf_tok_bos(tok);
 	int32_t *toks = NULL, *ids = NULL, *tgt = NULL;
@@ -168,10 +179,11 @@ static int eval_run(const struct qf_model *m, const struct qf_model *ref,
 	per_batch = per_batch < 1 ? 1 : per_batch;
 	ids = malloc((size_t)(per_batch * ctx) * sizeof(*ids));
 	tgt = malloc((size_t)(per_batch * ctx) * sizeof(*tgt));
-	if (!ids || !tgt) {
-		ret = -ENOMEM;
+	ret = ids && tgt ? qf_tf_head_load(m, &c, HEAD_HOLD, &hd.m) : -ENOMEM;
+	if (!ret && ref)
+		ret = qf_tf_head_load(ref, &cr, HEAD_HOLD, &hd.ref);
+	if (ret < 0)
 		goto out_free;
-	}
 	/* full windows in batches, then the last (shorter) one alone */
 	for (w0 = 0; w0 < nchunks && !ret;) {
 		int64_t left = (int64_t)ntok - w0 * chunk;
@@ -199,8 +211,8 @@ static int eval_run(const struct qf_model *m, const struct qf_model *ref,
 				t[j] = j + 1 < L ? d[j + 1] : -1;
 			out->tokens += L - 1;
 		}
-		ret = run_batch(m, ref, &c, &cr, ids, tgt, (int)nb, (int)L,
-				&sum);
+		ret = run_batch(m, ref, &hd, &c, &cr, ids, tgt, (int)nb,
+				(int)L, &sum);
 		out->windows += (int)nb;
 		w0 += nb;
 	}
@@ -215,6 +227,8 @@ static int eval_run(const struct qf_model *m, const struct qf_model *ref,
 	out->seconds = qf_now() - t0;
 	out->weight_bytes = m->weight_bytes;
 out_free:
+	qf_tf_head_free(&hd.m);
+	qf_tf_head_free(&hd.ref);
 	free(toks);
 	free(ids);
 	free(tgt);

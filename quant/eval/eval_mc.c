@@ -253,7 +253,7 @@ static int run_batch(const struct qf_model *m, const struct qf_tf_config *c,
 		}
 	}
 	if (!ret && rows)
-		ret = qf_head_logp(m, c, x, tgt, rows, logp);
+		ret = qf_head_logp(m, NULL, c, x, tgt, rows, logp);
 	for (b = 0; b < nb && !ret; b++) {
 		struct mc_seq *q = &s->seq[ord[b]];
 

@@ -297,6 +297,21 @@ int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 }
 
 /* Columns [0, nr) of n rows of stride ld, soft-capped (gemma 2). */
+/*
+ * Rows [r0, r0 + n) of a [rows, hidden] source tensor back to the page
+ * cache: a head of a large vocabulary is GBs (2.1 at Llama-3-70B's),
+ * read again for every sampled token.
+ */
+static void release_rows(const struct qf_model_tensor *mt, int64_t r0,
+			 int64_t n, int64_t hidden)
+{
+	size_t es = qf_dtype_size(mt->t->dtype);
+
+	qf_st_release(mt->shard, (const uint8_t *)qf_st_data(mt->shard,
+							     mt->t) +
+		      (size_t)(r0 * hidden) * es, (size_t)(n * hidden) * es);
+}
+
 static void softcap_rows(float *l, int64_t n, int64_t nr, int64_t ld,
 			 float cap)
 {
@@ -380,14 +395,7 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 			    (int)nr, c->hidden, 1.0f, xn, c->hidden, w,
 			    c->hidden, 0.0f, logits + r0, c->vocab);
 		softcap_rows(logits + r0, n, nr, c->vocab, c->final_softcap);
-		/* its pages back to the page cache: a head of a large
-		 * vocabulary is GBs (2.1 at Llama-3-70B's), read again for
-		 * every sampled token */
-		qf_st_release(mt->shard, (const uint8_t *)qf_st_data(
-				      mt->shard, mt->t) + (size_t)(r0 *
-				      c->hidden) * qf_dtype_size(mt->t->dtype),
-			      (size_t)(nr * c->hidden) *
-			      qf_dtype_size(mt->t->dtype));
+		release_rows(mt, r0, nr, c->hidden);
 	}
 	if (ret == 0 && qf_st_faulted(mt->shard))
 		ret = QF_ECORRUPT;
@@ -406,7 +414,7 @@ void qf_tf_head_free(struct qf_tf_headw *h)
 }
 
 int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
-		    struct qf_tf_headw *h)
+		    size_t max_bytes, struct qf_tf_headw *h)
 {
 	const char *wname = c->tie ? "model.embed_tokens.weight" :
 				     "lm_head.weight";
@@ -415,9 +423,12 @@ int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
 	int ret;
 
 	memset(h, 0, sizeof(*h));
+	if ((uint64_t)c->vocab * (uint64_t)c->hidden * sizeof(float) >
+	    max_bytes)
+		return 0;	/* too big to hold: streamed */
 	if (!c->tie && !qf_model_find(m, wname) &&
 	    qf_model_find(m, "lm_head.qweight"))
-		return QF_EUNSUPPORTED;
+		return 0;	/* quantized: qf_tf_head dequantizes it */
 	mt = find_shaped(m, wname, c->vocab, c->hidden);
 	if (!mt)
 		return QF_EFORMAT;
@@ -431,17 +442,21 @@ int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
 	for (r0 = 0; r0 < c->vocab && ret == 0; r0 += chunk) {
 		nr = c->vocab - r0 < chunk ? c->vocab - r0 : chunk;
 		ret = read_rows(mt, r0, nr, c->hidden, h->w + r0 * c->hidden);
-		qf_st_release(mt->shard, (const uint8_t *)qf_st_data(
-				      mt->shard, mt->t) + (size_t)(r0 *
-				      c->hidden) * qf_dtype_size(mt->t->dtype),
-			      (size_t)(nr * c->hidden) *
-			      qf_dtype_size(mt->t->dtype));
+		release_rows(mt, r0, nr, c->hidden);
 	}
 	if (ret == 0 && qf_st_faulted(mt->shard))
 		ret = QF_ECORRUPT;
 	if (ret < 0)
 		qf_tf_head_free(h);
 	return ret;
+}
+
+int qf_tf_head_run(const struct qf_model *m, const struct qf_tf_headw *h,
+		   const struct qf_tf_config *c, const float *x, int64_t n,
+		   float *logits)
+{
+	return h && h->w ? qf_tf_head_with(h, c, x, n, logits) :
+			   qf_tf_head(m, c, x, n, logits);
 }
 
 int qf_tf_head_with(const struct qf_tf_headw *h,
@@ -500,11 +515,12 @@ int qf_tf_logits(const struct qf_model *m, const struct qf_tf_config *c,
 /* ------------------------------------------------------------------ */
 /* log-probabilities of targets under the head                        */
 
-#define HEAD_BUDGET (64u << 20)		/* logits bytes per slice */
+#define HEAD_BUDGET (128u << 20)	/* logits bytes per slice: OpenBLAS
+					 * packs the head once per slice */
 
-int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
-		 const float *x, const int32_t *target, int64_t n,
-		 double *logp)
+int qf_head_logp(const struct qf_model *m, const struct qf_tf_headw *hw,
+		 const struct qf_tf_config *c, const float *x,
+		 const int32_t *target, int64_t n, double *logp)
 {
 	int64_t rows = HEAD_BUDGET / ((int64_t)c->vocab * 4);
 	float *lg;
@@ -518,7 +534,7 @@ int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
 	for (r0 = 0; r0 < n && !ret; r0 += rows) {
 		int64_t k = n - r0 < rows ? n - r0 : rows;
 
-		ret = qf_tf_head(m, c, x + r0 * c->hidden, k, lg);
+		ret = qf_tf_head_run(m, hw, c, x + r0 * c->hidden, k, lg);
 		for (r = 0; r < k && !ret; r++) {
 			const float *l = lg + r * c->vocab;
 			double mx = l[0], s = 0;

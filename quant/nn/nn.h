@@ -187,15 +187,20 @@ int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
  * The same with the final norm and the head loaded once in fp32, for a
  * caller that runs it on many slices of rows (qf_tf_head reads the head
  * from the model at each call: a 0.6B model's is 155M values).
- * qf_tf_head_load: 0, QF_EUNSUPPORTED (a quantized head), -ENOMEM or a
- * model read error; qf_tf_head_with gives qf_tf_head's logits.
+ * qf_tf_head_load holds it when its fp32 copy takes at most max_bytes
+ * and it is not quantized, else leaves h empty (h->w NULL): 0, -ENOMEM
+ * or a model read error.  qf_tf_head_run gives qf_tf_head's logits, from
+ * h when it holds the head (h may be NULL); qf_tf_head_with needs it.
  */
 struct qf_tf_headw {
 	float *w;			/* [vocab, hidden] */
 	float *norm;			/* [hidden] */
 };
 int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
-		    struct qf_tf_headw *h);
+		    size_t max_bytes, struct qf_tf_headw *h);
+int qf_tf_head_run(const struct qf_model *m, const struct qf_tf_headw *h,
+		   const struct qf_tf_config *c, const float *x, int64_t n,
+		   float *logits);
 int qf_tf_head_with(const struct qf_tf_headw *h,
 		    const struct qf_tf_config *c, const float *x, int64_t n,
 		    float *logits);
@@ -220,10 +225,12 @@ struct qf_tf_config;
 /*
  * log p(target[r]) under the final norm + lm_head of each row of x
  * [n, hidden], 0 where target[r] is -1 (forward.c; perplexity, multiple
- * choice and mixed precision's measured loss share it).  Returns 0,
- * -ENOMEM, or qf_tf_head's error.
+ * choice and mixed precision's measured loss share it); the head from
+ * hw where it holds it (qf_tf_head_load; NULL: read at each slice).
+ * Returns 0, -ENOMEM, or qf_tf_head's error.
  */
-int qf_head_logp(const struct qf_model *m, const struct qf_tf_config *c,
+int qf_head_logp(const struct qf_model *m, const struct qf_tf_headw *hw,
+		 const struct qf_tf_config *c,
 		 const float *x, const int32_t *target, int64_t n,
 		 double *logp);
 /*
