@@ -50,6 +50,14 @@ class CephError(Exception):
     pass
 
 
+def scratch_dir(prefix):
+    """A folder under $TMPDIR for one test (a fleet test's two machines
+    hold up to 2 GB), removed when the run ends, passed or not."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, tmp, True)
+    return tmp
+
+
 def free_port(taken=()):
     """A port free on 127.0.0.1 now, drawn below the kernel's ephemeral
     range: a port the kernel picked for us could be handed to any outgoing

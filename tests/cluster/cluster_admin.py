@@ -17,7 +17,6 @@ import re
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +24,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "mount"))
 from s3py import S3  # noqa: E402
 from qftest import Mount, mkmodel, QUANTFS  # noqa: E402
+from ceph import scratch_dir  # noqa: E402
 
 QUANTFS = os.path.realpath(os.environ.get("QUANTFS", QUANTFS))
 VARIANTS = ("rtn_w4_g128", "rtn_w3_g64")
@@ -137,7 +137,7 @@ def test_remote_cache_tools(ceph, bucket_url):
     env = clean_env(**ceph.env())
     remote = ["--remote", bucket_url, "--endpoint", ceph.endpoint]
     opts = ["remote=" + bucket_url, "remote_endpoint=" + ceph.endpoint]
-    tmp = tempfile.mkdtemp(prefix="qfadmin.")
+    tmp = scratch_dir("qfadmin.")
     src = os.path.join(tmp, "models")
     mkmodel(os.path.join(src, "tiny"), "--layers", 3, "--seed", 21)
 
@@ -298,7 +298,7 @@ def test_remote_cache_tools(ceph, bucket_url):
     assert "s3://BUCKET[/PREFIX] is expected" in r.stderr, r.stderr
     r = qfr(env, "cache", "gc", *remote, "--grace", "soon", rc=2)
     assert "--grace: a number of seconds" in r.stderr, r.stderr
-    home = tempfile.mkdtemp(prefix="qfadmin.home.")
+    home = scratch_dir("qfadmin.home.")
     r = qfr(clean_env(HOME=home), "cache", "ls", *remote, rc=1)
     assert "no credentials" in r.stderr, r.stderr
     creds = os.path.join(home, "creds")     # a 0600 file does it

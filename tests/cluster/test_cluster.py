@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "mount"))
-from ceph import Ceph  # noqa: E402
+from ceph import Ceph, scratch_dir  # noqa: E402
 from s3py import S3, etag, sign, uri_encode, EMPTY_SHA256  # noqa: E402
 from qftest import Mount, mkmodel, run_tests, SkipTest, sha  # noqa: E402
 
@@ -339,7 +339,7 @@ def test_fleet_shares_a_variant():
     fetched from the bucket and verified: an RTN variant, its config, a
     GGUF view, and a mixed variant (B measures the widths itself, finds
     A's, and takes A's bytes)."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = two_machines(tmp)
     s3 = new_bucket("share")
     files = ["rtn_w4_g128/model.safetensors", "rtn_w4_g128/config.json",
@@ -370,7 +370,7 @@ def test_fleet_one_job():
     """A and B read one calibrated variant at once: one job in the fleet
     (6 layer lines over both logs), B follows A's progress, and both serve
     the bytes of an uninterrupted run without the remote tier."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = six_layer(tmp)
     want = uninterrupted(a.models, "m/" + GPTQ)
     s3 = new_bucket("onejob")
@@ -415,7 +415,7 @@ def test_fleet_takeover_after_kill9():
     once it expires (4 s), resumes after the last published checkpoint
     with the cluster's calibration set, and serves the bytes of an
     uninterrupted run."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = six_layer(tmp)
     want = uninterrupted(a.models, "m/" + GPTQ)
     s3 = new_bucket("takeover")
@@ -467,7 +467,7 @@ def test_fleet_tampered_value():
     """A value overwritten in the bucket is detected (its SHA-256), never
     served: the node produces that tensor itself and serves the right
     bytes."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = two_machines(tmp)
     s3 = new_bucket("tamper")
     rel = "tiny/rtn_w4_g128/model.safetensors"
@@ -500,7 +500,7 @@ def test_fleet_read_only_node():
     """A remote_role=read node writes nothing (the bucket's listing is the
     same before and after): it serves what is published, produces the rest
     locally unpublished, and refuses a calibrated variant nobody makes."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = two_machines(tmp)
     s3 = new_bucket("readonly")
     with mount_remote(a, s3) as ma:
@@ -530,7 +530,7 @@ def test_fleet_cheap_node_and_warm():
     """A remote_role=cheap node makes and publishes an RTN variant (warm
     returns once it is in the bucket) but no calibrated one: with no
     producer at work, reading one fails with EIO, saying why."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, _ = two_machines(tmp)
     s3 = new_bucket("cheap")
     with mount_remote(a, s3, opts=["remote_role=cheap"] + SIX) as m:
@@ -554,7 +554,7 @@ def test_fleet_cheap_node_and_warm():
 def test_fleet_rgw_killed():
     """radosgw killed while two nodes serve: both go on (local
     production), each says so once; radosgw back: they use it again."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, b = two_machines(tmp)
     s3 = new_bucket("killed")
     with mount_remote(a, s3) as ma, mount_remote(b, s3) as mb:
@@ -580,7 +580,7 @@ def test_fleet_rgw_killed():
 def test_fleet_rgw_killed_mid_fetch():
     """radosgw killed while B fetches a variant from the bucket: the read
     completes with A's bytes, part fetched and part produced by B."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     src = mkmodel(os.path.join(tmp, "made", "big"), "--layers", 8,
                   "--hidden", 1024, "--inter", 2816, "--heads", 16,
                   "--kv-heads", 4, "--seed", 5)
@@ -625,7 +625,7 @@ def test_fleet_rgw_killed_mid_fetch():
 def test_fleet_credentials():
     """Credentials never from mount options; a credentials file others can
     read is refused; a 0600 one works."""
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, _ = two_machines(tmp)
     s3 = new_bucket("creds")
     r = subprocess.run([QUANTFS, "mount", a.models, os.path.join(tmp, "x"),
@@ -692,7 +692,7 @@ def test_fleet_server_ignoring_conditions():
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Lax)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
-    tmp = tempfile.mkdtemp(prefix="qfcl.")
+    tmp = scratch_dir("qfcl.")
     a, _ = two_machines(tmp)
     try:
         with Mount(a.models, cache=a.cache, env=CEPH.env(),
