@@ -7,6 +7,7 @@ are links; then, with a root daemon and allow_other, what another user
 reads: source owners and modes carried through, and the one rule for
 links (followed only when link and target have the same owner).
 """
+import atexit
 import errno
 import hashlib
 import json
@@ -25,6 +26,7 @@ from qftest import Mount, mkmodel, run_tests, SkipTest, sha, qf, \
     cache_ls, hub_repo, add_snapshot, set_ref, rev  # noqa: E402
 
 WORK = tempfile.mkdtemp(prefix="qfsrc.")
+atexit.register(shutil.rmtree, WORK, True)     # 190 MB of models
 os.chmod(WORK, 0o755)
 NOBODY = 65534
 Q = "model.layers.0.self_attn.q_proj.weight"
