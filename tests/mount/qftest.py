@@ -3,9 +3,11 @@
 Every mount is unmounted in a finally block; a daemon that does not come
 up within the deadline fails the test with its stderr.
 """
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +36,8 @@ class Mount:
         self.src = src
         self.env = dict(os.environ, **(env or {}))
         self.tmp = tempfile.mkdtemp(prefix="qfmnt.")
+        # its log and default cache, gone when the test process ends
+        atexit.register(shutil.rmtree, self.tmp, True)
         self.mnt = mnt or os.path.join(self.tmp, "mnt")
         os.makedirs(self.mnt, exist_ok=True)
         self.cache = cache or os.path.join(self.tmp, "cache")
