@@ -66,6 +66,17 @@ static int sens_one(struct job *j, int gi, const float *w,
 	return 0;
 }
 
+/*
+ * The measurement runs in the lookup that needs it: it stops when the
+ * mount is stopping, and also when that request is interrupted or the
+ * session is ending (SIGTERM), since unmounting waits for the request.
+ */
+static bool stop_now(struct job *j)
+{
+	return qf_fs_stopping(j->fs) ||
+	       (j->fs->req && j->fs->req->interrupted(j->fs));
+}
+
 /* Sensitivities of the layer's linears; the weights stay as they are. */
 static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 		   const enum qf_tf_linear *lin, int n,
@@ -74,7 +85,7 @@ static int cb_sens(void *arg, int l, struct qf_tf_layer *ly,
 	struct job *j = arg;
 	int i, ret = 0;
 
-	if (qf_fs_stopping(j->fs))
+	if (stop_now(j))
 		return -EINTR;
 	for (i = 0; i < n && !ret; i++)
 		ret = sens_one(j, j->var->job->lin_group[l * QF_TF_NLINEAR +
@@ -94,7 +105,7 @@ static int cb_sens_expert(void *arg, int l, int e, enum qf_moe_linear k,
 	int i, n = k == QF_MOE_GATE ? 2 : 1, ret = 0;
 
 	(void)routed;
-	if (qf_fs_stopping(j->fs))
+	if (stop_now(j))
 		return -EINTR;
 	for (i = 0; i < n && !ret; i++) {
 		int lin = k == QF_MOE_GATE ? i : QF_MOE_DOWN;
@@ -124,7 +135,7 @@ static int loss_done(void *arg, int l, double seconds)
 		qf_info("%s: mixed precision: KL divergence of each unit of "
 			"layer %d/%d in %.2f s", j->var->mdl->name, l + 1,
 			j->var->job->nlayers, seconds);
-	return qf_fs_stopping(j->fs) ? -EINTR : 0;
+	return stop_now(j) ? -EINTR : 0;
 }
 
 #define KL_TOKENS 8192		/* most calibration tokens the KL runs on */
