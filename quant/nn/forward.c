@@ -353,26 +353,40 @@ static int head_quantized(const struct qf_model *m,
 	return ret;
 }
 
-int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
-	       const float *x, int64_t n, float *logits)
+/*
+ * The fp head tensor ([vocab, hidden]; lm_head or the tied embeddings)
+ * and the final norm's scale in fp32 (*norm, the caller frees it).
+ * 1: the head is quantized (a variant's _head), nothing loaded.
+ */
+static int head_source(const struct qf_model *m, const struct qf_tf_config *c,
+		       const struct qf_model_tensor **mt, float **norm)
 {
 	const char *wname = c->tie ? "model.embed_tokens.weight" :
 				     "lm_head.weight";
-	const struct qf_model_tensor *mt;
-	float *xn = NULL;	/* [n, hidden] normed */
-	float *w = NULL;	/* [chunk, hidden] slice of lm_head */
-	float *norm = NULL;	/* [hidden] */
-	int64_t chunk, r0, nr;
 	int ret;
 
 	if (!c->tie && !qf_model_find(m, wname) &&
 	    qf_model_find(m, "lm_head.qweight"))
-		return head_quantized(m, c, x, n, logits);
-	mt = find_shaped(m, wname, c->vocab, c->hidden);
-	if (!mt)
+		return 1;
+	*mt = find_shaped(m, wname, c->vocab, c->hidden);
+	if (!*mt)
 		return QF_EFORMAT;
-	ret = load_f32(m, "model.norm.weight", c->hidden, 0, &norm);
-	ret = norm_plus1(c, ret, norm, c->hidden);
+	ret = load_f32(m, "model.norm.weight", c->hidden, 0, norm);
+	return norm_plus1(c, ret, *norm, c->hidden);
+}
+
+int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
+	       const float *x, int64_t n, float *logits)
+{
+	const struct qf_model_tensor *mt = NULL;
+	float *xn = NULL;	/* [n, hidden] normed */
+	float *w = NULL;	/* [chunk, hidden] slice of lm_head */
+	float *norm = NULL;	/* [hidden] */
+	int64_t chunk, r0, nr;
+	int ret = head_source(m, c, &mt, &norm);
+
+	if (ret == 1)
+		return head_quantized(m, c, x, n, logits);
 	if (ret < 0)
 		return ret;
 	chunk = HEAD_CHUNK_FLOATS / c->hidden;
@@ -416,9 +430,7 @@ void qf_tf_head_free(struct qf_tf_headw *h)
 int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
 		    size_t max_bytes, struct qf_tf_headw *h)
 {
-	const char *wname = c->tie ? "model.embed_tokens.weight" :
-				     "lm_head.weight";
-	const struct qf_model_tensor *mt;
+	const struct qf_model_tensor *mt = NULL;
 	int64_t chunk = HEAD_CHUNK_FLOATS / c->hidden, r0, nr;
 	int ret;
 
@@ -426,16 +438,11 @@ int qf_tf_head_load(const struct qf_model *m, const struct qf_tf_config *c,
 	if ((uint64_t)c->vocab * (uint64_t)c->hidden * sizeof(float) >
 	    max_bytes)
 		return 0;	/* too big to hold: streamed */
-	if (!c->tie && !qf_model_find(m, wname) &&
-	    qf_model_find(m, "lm_head.qweight"))
-		return 0;	/* quantized: qf_tf_head dequantizes it */
-	mt = find_shaped(m, wname, c->vocab, c->hidden);
-	if (!mt)
-		return QF_EFORMAT;
-	ret = load_f32(m, "model.norm.weight", c->hidden, 0, &h->norm);
-	ret = norm_plus1(c, ret, h->norm, c->hidden);
-	if (ret < 0)
-		return ret;
+	ret = head_source(m, c, &mt, &h->norm);
+	if (ret != 0) {		/* 1, quantized: qf_tf_head dequantizes it */
+		qf_tf_head_free(h);
+		return ret < 0 ? ret : 0;
+	}
 	h->w = malloc(sizeof(float) * (size_t)(c->vocab * c->hidden));
 	ret = h->w ? check_unchanged(mt) : -ENOMEM;
 	chunk = chunk < 1 ? 1 : chunk;
