@@ -382,11 +382,14 @@ struct qf_stash *qf_stash_begin(struct qf_fs *fs, struct qf_mdl *mdl,
 /* The fingerprint is known: make no more (s may be NULL). */
 void qf_stash_hashed(struct qf_stash *s);
 /*
- * Group gi of v, made: its tensors' buffers into bufs (the caller's to
- * free).  False: not made (or not the same plan, or the source changed).
+ * Group gi of v, made: its tensors' buffers into bufs, the stash's, the
+ * caller's to read until it calls qf_stash_done().  False: not made (or
+ * taken, or not the same plan, or the source changed).
  */
 bool qf_stash_take(struct qf_stash *s, const struct qf_variant *v,
 		   uint32_t gi, void **bufs);
+/* A group taken is stored: its buffers may go. */
+void qf_stash_done(struct qf_stash *s);
 /* Stop, join, and free what was not taken (s may be NULL). */
 void qf_stash_free(struct qf_stash *s);
 

@@ -576,8 +576,10 @@ static int produce(struct qf_fs *fs, void *arg, size_t gi)
 		ret = qf_variant_produce(var->v, gi, bufs, NULL);
 	if (!ret)
 		ret = qf_fs_cache_put(fs, var->vid, items, g->n);
-	for (k = 0; k < g->n; k++)
+	for (k = 0; k < g->n && !made; k++)
 		free(bufs[k]);
+	if (made)
+		qf_stash_done(var->stash);
 	/* (a full cache was logged with its free space) */
 	if (ret < 0 && ret != -ENOSPC)
 		qf_err("%s: cannot produce %s: %s", var->label, g->w->name,

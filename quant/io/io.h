@@ -505,6 +505,10 @@ int qf_pack_bits(int bits);
  */
 void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
 			  int bits, uint32_t *qweight);
+/* The same for rows [r0, r0 + nrows) of out, their codes at q. */
+void qf_gptq_pack_qweight_rows(const uint8_t *q, int64_t r0, int64_t nrows,
+			       int64_t out, int64_t in, int bits,
+			       uint32_t *qweight);
 void qf_gptq_pack_qzeros(const int32_t *zero, int64_t out, int64_t ngroups,
 			 int bits, uint32_t *qzeros);
 /* Inverse of the above (tests, and _fake re-use). */

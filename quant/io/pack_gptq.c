@@ -59,18 +59,25 @@ static void unpack3(const uint32_t w[3], uint32_t v[32])
 		v[22 + j] = (w[2] >> (3 * j + 2)) & 7;
 }
 
-QF_HOT void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
+void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
 			  int bits, uint32_t *qweight)
+{
+	qf_gptq_pack_qweight_rows(q, 0, out, out, in, bits, qweight);
+}
+
+QF_HOT void qf_gptq_pack_qweight_rows(const uint8_t *q, int64_t r0,
+				      int64_t nrows, int64_t out, int64_t in,
+				      int bits, uint32_t *qweight)
 {
 	int64_t r, k, j;
 
 	if (bits == 3) {
-		for (r = 0; r < out; r++)
+		for (r = r0; r < r0 + nrows; r++)
 			for (k = 0; k < in / 32; k++) {
 				uint32_t v[32], w[3];
 
 				for (j = 0; j < 32; j++)
-					v[j] = q[r * in + 32 * k + j];
+					v[j] = q[(r - r0) * in + 32 * k + j];
 				pack3(v, w);
 				for (j = 0; j < 3; j++)
 					qweight[(3 * k + j) * out + r] = w[j];
@@ -83,15 +90,16 @@ QF_HOT void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
 		 * at a time, so each store fills a whole cache line of
 		 * qweight's row instead of 16 lines a word each
 		 */
-		int64_t r0, nr;
+		int64_t rb, nr;
 
-		for (r0 = 0; r0 < out; r0 += 16) {
-			nr = out - r0 < 16 ? out - r0 : 16;
+		for (rb = r0; rb < r0 + nrows; rb += 16) {
+			nr = r0 + nrows - rb < 16 ? r0 + nrows - rb : 16;
 			for (k = 0; k < in / 8; k++)
-				for (r = r0; r < r0 + nr; r++) {
+				for (r = rb; r < rb + nr; r++) {
+					const uint8_t *qr = q + (r - r0) * in;
 					uint64_t x;
 
-					memcpy(&x, q + r * in + 8 * k, 8);
+					memcpy(&x, qr + 8 * k, 8);
 					x = (x | (x >> 4)) & 0x00ff00ff00ff00ffULL;
 					x = (x | (x >> 8)) & 0x0000ffff0000ffffULL;
 					x = (x | (x >> 16)) & 0xffffffffULL;
@@ -100,8 +108,8 @@ QF_HOT void qf_gptq_pack_qweight(const uint8_t *q, int64_t out, int64_t in,
 		}
 		return;
 	}
-	for (r = 0; r < out; r++) {
-		const uint8_t *qr = q + r * in;
+	for (r = r0; r < r0 + nrows; r++) {
+		const uint8_t *qr = q + (r - r0) * in;
 		int per = 32 / bits;
 
 		for (k = 0; k < in / per; k++) {

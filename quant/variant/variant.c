@@ -546,6 +546,23 @@ static double dequant(const float *w, const uint8_t *q, const uint16_t *sc,
 	return err;
 }
 
+/* The GPTQ checkpoint's tensors but qweight: qzeros, scales, g_idx. */
+static void emit_rest(const struct qf_vgroup *g, const uint16_t *sc,
+		      const int32_t *zero, const int32_t *g_idx, void **out)
+{
+	int64_t rows = g->w->t->shape[0];
+	int64_t in = g->w->t->shape[1];
+	int64_t ng = qf_ngroups(in, g->qp.group);
+	int64_t r, j;
+
+	qf_gptq_pack_qzeros(zero, rows, ng, g->pack_bits, out[1]);
+	/* scales are [groups, out]: transpose from [out, groups] */
+	for (r = 0; r < rows; r++)
+		for (j = 0; j < ng; j++)
+			((uint16_t *)out[2])[j * rows + r] = sc[r * ng + j];
+	memcpy(out[3], g_idx, (size_t)in * sizeof(*g_idx));
+}
+
 void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
 		     const uint16_t *sc, const int32_t *zero,
 		     const int32_t *g_idx, void **out)
@@ -554,7 +571,6 @@ void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
 	int64_t rows = g->w->t->shape[0];
 	int64_t in = g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, g->qp.group);
-	int64_t r, j;
 
 	if (v->spec.flags & QF_SPEC_FAKE) {
 		dequant(NULL, q, sc, zero, rows, in, ng, g_idx, g->w->t->dtype,
@@ -567,53 +583,66 @@ void qf_variant_emit(const struct qf_variant *v, size_t gi, const uint8_t *q,
 		return;
 	}
 	qf_gptq_pack_qweight(q, rows, in, g->pack_bits, out[0]);
-	qf_gptq_pack_qzeros(zero, rows, ng, g->pack_bits, out[1]);
-	/* scales are [groups, out]: transpose from [out, groups] */
-	for (r = 0; r < rows; r++)
-		for (j = 0; j < ng; j++)
-			((uint16_t *)out[2])[j * rows + r] = sc[r * ng + j];
-	memcpy(out[3], g_idx, (size_t)in * sizeof(*g_idx));
+	emit_rest(g, sc, zero, g_idx, out);
 }
 
 /*
  * One thread's share of a group: rows [r0, r1) read in blocks of a few
  * rows (they stay in cache between conversion and rounding), quantized,
- * and, for the packed format, packed.
+ * and, with qweight set, packed into it at once: the codes of a block
+ * live in a block's buffer instead of one of the group's size (a byte
+ * per weight, fresh pages for every group: page faults were a quarter of
+ * a first read's production).
  */
 struct rows_job {
 	const struct qf_variant *v;
 	const struct qf_vgroup *g;
 	int64_t r0, r1;
-	uint8_t *q;			/* [out, in] */
+	uint8_t *q;			/* [out, in], or NULL: */
+	uint32_t *qweight;		/* packed as made */
 	uint16_t *sc;			/* [out, ngroups] */
 	int32_t *zero;			/* [out, ngroups] */
-	void **out;
 	int ret;
 };
 
 #define ROW_BLOCK 8
+#define PACK_BYTES (128u << 10)	/* codes packed at once, at most */
 
 static void *rows_run(void *arg)
 {
 	struct rows_job *j = arg;
+	int64_t rows = j->g->w->t->shape[0];
 	int64_t in = j->g->w->t->shape[1];
 	int64_t ng = qf_ngroups(in, j->g->qp.group);
+	/* rows packed at once: whole cache lines of qweight's rows */
+	int64_t pr = (int64_t)PACK_BYTES / in / ROW_BLOCK * ROW_BLOCK;
 	float *buf = malloc((size_t)(ROW_BLOCK * in) * sizeof(*buf));
-	int64_t r;
+	uint8_t *qb;
+	int64_t r, p0 = j->r0;
 
-	j->ret = buf ? 0 : -ENOMEM;
+	pr = pr < ROW_BLOCK ? ROW_BLOCK : pr;
+	qb = j->q ? NULL : malloc((size_t)(pr * in));
+	j->ret = buf && (j->q || qb) ? 0 : -ENOMEM;
 	for (r = j->r0; r < j->r1 && !j->ret; r += ROW_BLOCK) {
 		int64_t nr = j->r1 - r < ROW_BLOCK ? j->r1 - r : ROW_BLOCK;
+		uint8_t *q = qb ? qb + (r - p0) * in : j->q + r * in;
 
 		j->ret = qf_model_read_f32_rows(j->g->w, r, nr, buf);
 		if (j->ret)
 			break;
-		j->ret = qf_rtn_quantize(buf, nr, in, &j->g->qp, j->q + r * in,
+		j->ret = qf_rtn_quantize(buf, nr, in, &j->g->qp, q,
 					 j->sc + r * ng, j->zero + r * ng);
 		if (j->ret)
 			qf_err("%s: %s: a scale is out of the fp16 range",
 			       j->v->name, j->g->w->name);
+		else if (qb && (r + nr - p0 == pr || r + nr == j->r1)) {
+			qf_gptq_pack_qweight_rows(qb, p0, r + nr - p0, rows,
+						  in, j->g->pack_bits,
+						  j->qweight);
+			p0 = r + nr;
+		}
 	}
+	free(qb);
 	free(buf);
 	return NULL;
 }
@@ -625,17 +654,21 @@ void qf_variant_threads(int n)
 	max_threads = n < 2 ? 1 : 2;
 }
 
-/* Split rows over up to two threads for large groups. */
+/*
+ * Split rows over up to two threads for large groups: codes into q, or,
+ * q NULL, packed into qweight.
+ */
 static int quantize_rows(const struct qf_variant *v, const struct qf_vgroup *g,
-			 uint8_t *q, uint16_t *sc, int32_t *zero)
+			 uint8_t *q, uint32_t *qweight, uint16_t *sc,
+			 int32_t *zero)
 {
 	int64_t rows = g->w->t->shape[0];
 	int64_t half = max_threads > 1 && rows >= 64 &&
 		       qf_st_numel(g->w->t) >= (1 << 20) ?
 		       rows / 2 / ROW_BLOCK * ROW_BLOCK : rows;
 	struct rows_job jobs[2] = {
-		{ v, g, 0, half, q, sc, zero, NULL, 0 },
-		{ v, g, half, rows, q, sc, zero, NULL, 0 },
+		{ v, g, 0, half, q, qweight, sc, zero, 0 },
+		{ v, g, half, rows, q, qweight, sc, zero, 0 },
 	};
 	pthread_t th;
 	bool two = half < rows && pthread_create(&th, NULL, rows_run,
@@ -666,23 +699,29 @@ int qf_variant_produce(const struct qf_variant *v, size_t gi, void **out,
 	double err, norm = 0;
 	int64_t j;
 	int ret;
+	/* the GPTQ checkpoint is packed as made: no codes kept */
+	bool packed = !(v->spec.flags & QF_SPEC_FAKE) &&
+		      v->spec.method != QF_METHOD_AWQ && !err_rel;
 
-	q = malloc((size_t)(rows * in));
+	q = packed ? NULL : malloc((size_t)(rows * in));
 	sc = malloc((size_t)(rows * ng) * sizeof(*sc));
 	zero = malloc((size_t)(rows * ng) * sizeof(*zero));
 	g_idx = malloc((size_t)in * sizeof(*g_idx));
 	if (err_rel)
 		w = malloc((size_t)(rows * in) * sizeof(*w));
-	if (!q || !sc || !zero || !g_idx || (err_rel && !w)) {
+	if ((!packed && !q) || !sc || !zero || !g_idx || (err_rel && !w)) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
 	for (j = 0; j < in; j++)
 		g_idx[j] = (int32_t)(j / gs);
-	ret = quantize_rows(v, g, q, sc, zero);
+	ret = quantize_rows(v, g, q, packed ? out[0] : NULL, sc, zero);
 	if (ret < 0)
 		goto out_free;
-	qf_variant_emit(v, gi, q, sc, zero, g_idx, out);
+	if (packed)
+		emit_rest(g, sc, zero, g_idx, out);
+	else
+		qf_variant_emit(v, gi, q, sc, zero, g_idx, out);
 	if (err_rel) {
 		ret = qf_model_read_f32(g->w, w);
 		if (ret < 0)

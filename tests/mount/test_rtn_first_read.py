@@ -110,8 +110,8 @@ def test_sequential_first_read_same_bytes():
         p = os.path.join(m.mnt, V)
         got = sequential_sha(p)
         log = m.stderr()
-        made = re.findall(r"(\d+) group\(s\) made while the source was "
-                          r"hashed", log)
+        made = re.findall(r"(\d+) of \d+ group\(s\) \([\d.]+ MB\) made "
+                          r"while the source was hashed", log)
         print("  stash: %s group(s) made while hashing" % (made or "no"))
         # each group once, whoever made it
         names = produced(log)

@@ -131,6 +131,34 @@ static void test_pack_words(void)
 			CHECK(memcmp(q, back, 64), ==, 0);
 		}
 	}
+	/* rows packed in pieces (production packs a few rows as it
+	 * makes them) give the words packed at once, every width, pieces
+	 * not aligned to the 4-bit packer's 16 rows */
+	{
+		static const int bits[] = { 2, 3, 4, 8 };
+		static const int64_t cut[] = { 0, 5, 8, 24, 37, 40 };
+		enum { OUT = 40, IN = 64 };
+		static uint8_t qq[OUT * IN];
+		static uint32_t whole[OUT * IN / 2], parts[OUT * IN / 2];
+		int b, c;
+
+		for (b = 0; b < 4; b++) {
+			size_t n = (size_t)(OUT * IN * bits[b] / 32);
+
+			for (k = 0; k < OUT * IN; k++)
+				qq[k] = (uint8_t)((k * 7919 + 3) %
+						  (1 << bits[b]));
+			qf_gptq_pack_qweight(qq, OUT, IN, bits[b], whole);
+			memset(parts, 0xa5, sizeof(parts));
+			for (c = 0; c + 1 < 6; c++)
+				qf_gptq_pack_qweight_rows(qq + cut[c] * IN,
+							  cut[c],
+							  cut[c + 1] - cut[c],
+							  OUT, IN, bits[b],
+							  parts);
+			CHECK(memcmp(whole, parts, n * 4), ==, 0);
+		}
+	}
 	/* qzeros store zero - 1, packed along outputs */
 	for (k = 0; k < 8; k++)
 		zero[k] = k + 1;

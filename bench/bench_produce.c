@@ -1,0 +1,153 @@
+/*
+ * bench_produce.c - an RTN variant's production on a model directory, as
+ * the daemon produces it but without a cache or a mount: every group in
+ * the order its model.safetensors holds them, on 1 or 2 threads, into
+ *   fresh   output buffers malloc'd per group and freed after it (what
+ *           fs/var.c's produce() does; each group faults its pages in)
+ *   reused  the same buffers for every group (pages faulted once)
+ * next to the source's read (bf16 rows converted to f32) alone and
+ * memcpy of the source's bytes, in the same run.  Issue #23 point 3: the
+ * daemon's production rate against its kernels.
+ *
+ * usage: bench_produce MODEL_DIR [VARIANT [THREADS [REPS]]]
+ *        (default rtn_w4_g128, 1 thread, best of 3)
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+struct run {
+	struct qf_variant *v;
+	void **keep;			/* [nt]: reused buffers, or NULL */
+	uint64_t src;			/* bytes of source produced */
+	uint64_t out;
+};
+
+static int run_all(struct run *r)
+{
+	size_t gi, k;
+
+	r->src = r->out = 0;
+	for (gi = 0; gi < r->v->ng; gi++) {
+		const struct qf_vgroup *g = &r->v->g[gi];
+		void *bufs[8] = { 0 };
+		int ret = 0;
+
+		for (k = 0; k < g->n; k++) {
+			uint64_t len = qf_vtensor_bytes(&r->v->t[g->first + k]);
+
+			bufs[k] = r->keep ? r->keep[g->first + k] :
+					    malloc(len ? len : 1);
+			r->out += len;
+			if (!bufs[k])
+				ret = -ENOMEM;
+		}
+		if (!ret)
+			ret = qf_variant_produce(r->v, gi, bufs, NULL);
+		for (k = 0; k < g->n && !r->keep; k++)
+			free(bufs[k]);
+		if (ret < 0)
+			return ret;
+		r->src += g->src_bytes;
+	}
+	return 0;
+}
+
+/* The source's weights read as f32 rows, nothing else. */
+static int read_all(const struct qf_variant *v, float *buf, size_t cap)
+{
+	size_t gi;
+
+	for (gi = 0; gi < v->ng; gi++) {
+		const struct qf_st_tensor *t = v->g[gi].w->t;
+		int64_t in = t->shape[1], r, nr = (int64_t)(cap / in);
+		int ret;
+
+		for (r = 0; r < t->shape[0]; r += nr) {
+			int64_t n = t->shape[0] - r < nr ? t->shape[0] - r : nr;
+
+			ret = qf_model_read_f32_rows(v->g[gi].w, r, n, buf);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *name = argc > 2 ? argv[2] : "rtn_w4_g128";
+	int threads = argc > 3 ? atoi(argv[3]) : 1;
+	int reps = argc > 4 ? atoi(argv[4]) : 3, i;
+	struct qf_model *m = NULL;
+	struct qf_spec spec;
+	struct run r = { 0 };
+	const char *why = NULL;
+	double best[3] = { 1e30, 1e30, 1e30 };
+	size_t k, cap = 8u << 20;
+	float *buf = malloc(cap * sizeof(*buf));
+	int ret;
+
+	if (argc < 2 || !buf) {
+		fprintf(stderr, "usage: bench_produce MODEL_DIR [VARIANT "
+			"[THREADS [REPS]]]\n");
+		return 2;
+	}
+	if (qf_spec_parse(name, &spec, &why) < 0 ||
+	    spec.method != QF_METHOD_RTN) {
+		fprintf(stderr, "%s: not an RTN variant%s%s\n", name,
+			why ? ": " : "", why ? why : "");
+		return 2;
+	}
+	ret = qf_model_open(argv[1], &m);
+	if (!ret)
+		ret = qf_variant_init(m, &spec, &r.v);
+	if (ret < 0) {
+		fprintf(stderr, "%s: %s\n", argv[1], qf_strerror(ret));
+		return 1;
+	}
+	qf_variant_threads(threads);
+	r.keep = calloc(r.v->nt, sizeof(*r.keep));
+	for (k = 0; k < r.v->nt && r.keep; k++)
+		r.keep[k] = malloc(qf_vtensor_bytes(&r.v->t[k]) + 1);
+	for (i = 0; i < reps && !ret; i++) {
+		void **keep = r.keep;
+		double t0 = qf_now();
+
+		ret = read_all(r.v, buf, cap);
+		t0 = qf_now() - t0;
+		best[0] = t0 < best[0] ? t0 : best[0];
+		r.keep = NULL;
+		t0 = qf_now();
+		ret = ret ? ret : run_all(&r);
+		t0 = qf_now() - t0;
+		best[1] = t0 < best[1] ? t0 : best[1];
+		r.keep = keep;
+		t0 = qf_now();
+		ret = ret ? ret : run_all(&r);
+		t0 = qf_now() - t0;
+		best[2] = t0 < best[2] ? t0 : best[2];
+	}
+	if (ret < 0) {
+		fprintf(stderr, "%s: %s\n", name, qf_strerror(ret));
+		return 1;
+	}
+	printf("%s of %s: %.1f MB of source -> %.1f MB, %d thread(s), "
+	       "best of %d\n", name, argv[1], r.src / 1e6, r.out / 1e6,
+	       threads, reps);
+	printf("  source read as f32 rows   %6.2f GB/s of source\n",
+	       r.src / best[0] / 1e9);
+	printf("  produce, fresh buffers    %6.2f GB/s of source\n",
+	       r.src / best[1] / 1e9);
+	printf("  produce, reused buffers   %6.2f GB/s of source\n",
+	       r.src / best[2] / 1e9);
+	for (k = 0; k < r.v->nt && r.keep; k++)
+		free(r.keep[k]);
+	free(r.keep);
+	free(buf);
+	qf_variant_free(r.v);
+	qf_model_close(m);
+	return 0;
+}
