@@ -17,7 +17,9 @@ two products) and of X^T X of its four distinct inputs, at the SGEMM rate
 bench_backend measures in the same run (both cores); printed with the
 ratio of the wall time to it.  --variant times another calibrated
 variant (awq_w4_g128, or mixed_b4.5 for the mixed sensitivity pass)
-against the same floor; --mem sets the mount's calib_mem.
+against the same floor, and AWQ against its own as well (floor_flop:
+two passes, and the error energies of its search); --mem sets the
+mount's calib_mem.
 
 usage: bench/gptq_scale.py [--quantfs PATH] [--layers N] [--calib FILE]
                            [--keep DIR] [--variant NAME] [--mem SIZE]
@@ -73,13 +75,22 @@ def sgemm_rate(quantfs):
     return float(re.search(r"cpu ([\d.]+) GFLOP/s", out).group(1))
 
 
-def floor_flop(layers, ntok=65536, seqlen=512):
-    """One forward pass with attention and X^T X, per the module doc."""
+def floor_flop(layers, ntok=65536, seqlen=512, awq=False):
+    """One forward pass with attention and X^T X, per the module doc;
+    awq: AWQ's, two passes (the statistics of the layer as it is, then
+    the quantized layer's output for the next) and the error energies
+    tr(dW H dW^T) its search evaluates, 2 out in^2 each for every linear:
+    20 scale exponents, the RTN reference and the final errors (2 + 2:
+    each against zero and the weights)."""
     qd, kvd = HEADS * HD, KV * HD
     lin = 2 * (HID * (qd + 2 * kvd) + qd * HID + 3 * HID * INTER)
     attn = 4 * qd * (seqlen + 1) / 2
     xtx = HID * HID * 2 + qd * qd + INTER * INTER
-    return layers * ntok * (lin + attn + xtx)
+    if not awq:
+        return layers * ntok * (lin + attn + xtx)
+    energy = 2 * (qd * HID * HID + 2 * kvd * HID * HID + HID * qd * qd +
+                  2 * INTER * HID * HID + HID * INTER * INTER)
+    return layers * (ntok * (2 * (lin + attn) + xtx) + 24 * energy)
 
 
 def main():
@@ -137,6 +148,11 @@ def main():
           "measured / floor = %.2f" % (
               fl / 1e12, rate, rate0, 2 * rate - rate0, fl / rate / 1e9,
               dt / (fl / rate / 1e9)))
+    if a.variant.startswith("awq"):
+        fl = floor_flop(a.layers, awq=True)
+        print("AWQ's floor: %.1f TFLOP (two passes with attention, X^T X, "
+              "24 error energies per linear) = %.1f s; measured / floor = "
+              "%.2f" % (fl / 1e12, fl / rate / 1e9, dt / (fl / rate / 1e9)))
     print("daemon peak resident memory %.2f GB (VmHWM, with the source's "
           "mapped pages), anonymous %.2f GB; one decoder layer in fp32 "
           "%.0f MB; activations of 65,536 tokens: %.0f MB per hidden-wide "

@@ -353,6 +353,23 @@ static void job_report(const struct job *j, double total)
  * llama-imatrix's (bench/imatrix.py reads this line; the pass is all but
  * the GPTQ sweeps on the k-quant grids, which the job runs too).
  */
+/* Where an AWQ job's time went. */
+static void job_report_awq(const struct job *j, double total)
+{
+	const struct qf_awq_times *t = &j->res.at;
+	double awq = t->rtn_ref + t->search + t->clip + t->round +
+		     t->reflip + t->final;
+
+	qf_info("%s/%s: statistics (X^T X) %.1f s, RTN reference %.1f s, "
+		"scale search %.1f s, clipping %.1f s, rounding and flips "
+		"%.1f s, ReFlip %.1f s, output errors %.1f s, packing "
+		"%.1f s, LMDB %.1f s, forward passes, calibration set and "
+		"the rest %.1f s", j->var->mdl->name, j->var->v->name,
+		j->stats_s, t->rtn_ref, t->search, t->clip, t->round,
+		t->reflip, t->final, j->res.pack_s, j->commit_s,
+		total - j->stats_s - awq - j->res.pack_s - j->commit_s);
+}
+
 static void job_report_kq(const struct job *j, double total)
 {
 	double pass = total - j->kq_enc_s;
@@ -398,6 +415,8 @@ static int job_finish(struct job *j)
 	if (j->first < var->job->nlayers && m != QF_METHOD_AWQ &&
 	    m != QF_METHOD_KQUANT && m != QF_METHOD_BRECQ)
 		job_report(j, total);
+	if (j->first < var->job->nlayers && m == QF_METHOD_AWQ)
+		job_report_awq(j, total);
 	if (j->first == 0 && m == QF_METHOD_KQUANT)
 		job_report_kq(j, total);
 	return 0;

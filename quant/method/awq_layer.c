@@ -227,6 +227,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	bool fold_o;
 	int64_t maxn = 0;
 	int k, ret = 0;
+	double t0 = qf_now(), t1;
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
 		int64_t n = qf_tf_linear_out(c, k) * stats[k].in;
@@ -264,6 +265,9 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		}
 	}
 
+	res->t.rtn_ref += qf_now() - t0;
+	t0 = qf_now();
+
 	/* 1. scales, searched on the layer as it is */
 	fold_o = qz[QF_TF_V] && qz[QF_TF_O] && !ly->b[QF_TF_V] &&
 		 c->heads == c->kv_heads;
@@ -275,6 +279,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		ret = search(c, ly, stats, &gu, o, lo->l2, res, s[2]);
 	if (!ret && qz[QF_TF_UP] && qz[QF_TF_DOWN])
 		ret = search(c, ly, stats, &dn, o, lo->l2, res, s[3]);
+	res->t.search += qf_now() - t0;
 	if (ret)
 		goto out_free;
 
@@ -297,9 +302,12 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			break;
 		}
 		memcpy(w0[k], ly->w[k], (size_t)(out * in) * sizeof(float));
+		t0 = qf_now();
 		if (k != QF_TF_Q && k != QF_TF_K)
 			ret = qf_awq_search_clip(ly->w[k], out, in, stats[k].h,
 						 o);
+		t1 = qf_now();
+		res->t.clip += t1 - t0;
 		if (!ret)
 			ret = qf_awq_rtn(ly->w[k], out, in, o, lr->q, lr->sc,
 					 lr->zero);
@@ -307,21 +315,28 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			ret = qf_awq_flip(ly->w[k], out, in, stats[k].h, o,
 					  lr->q, lr->sc, lr->zero, NULL, NULL,
 					  &lr->flips);
+		t0 = qf_now();
+		res->t.round += t0 - t1;
 		/* final unless ReFlip changes q/k below: dequantized now,
 		 * so one copy of a weight is kept at a time */
 		if (!ret && k != QF_TF_Q && k != QF_TF_K)
 			quantized(c, ly, k, o, lr, stats, zero, &w0[k]);
+		res->t.final += qf_now() - t0;
 	}
 
 	/* 4. ReFlip of q/k against the attention scores */
+	t0 = qf_now();
 	if (!ret && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K])
 		ret = reflip_qk(c, ly, stats, o, lo, res);
+	t1 = qf_now();
+	res->t.reflip += t1 - t0;
 
 	/* 5. the quantized q and k */
 	for (k = QF_TF_Q; k <= QF_TF_K && !ret; k++)
 		if (qz[k])
 			quantized(c, ly, k, o, &res->lin[k], stats, zero,
 				  &w0[k]);
+	res->t.final += qf_now() - t1;
 out_free:
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free(w0[k]);

@@ -258,8 +258,18 @@ struct qf_awq_layer_opts {
 	bool fold_only;			/* tests: fold the scales, no more */
 };
 
+struct qf_awq_times {		/* accumulated seconds, for benches */
+	double rtn_ref;			/* RTN codes and errors, no scales */
+	double search;			/* the scale search (alpha grid) */
+	double clip;			/* the clipping search */
+	double round;			/* RTN and heuristic flips */
+	double reflip;			/* ReFlip of q/k */
+	double final;			/* dequantized, errors recorded */
+};
+
 struct qf_awq_layer_res {
 	struct qf_awq_linear_res lin[QF_TF_NLINEAR];
+	struct qf_awq_times t;		/* added to, never cleared */
 	double score_before;		/* ReFlip: relative score error */
 	double score_after;
 	int64_t reflips;

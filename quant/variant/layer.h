@@ -39,6 +39,7 @@ struct qf_layer_res {
 	struct qf_gptq_times gt;
 	double compare_s;	/* RTN and the output errors */
 	double pack_s;		/* packing into checkpoint tensors */
+	struct qf_awq_times at;	/* AWQ's, the same way (dense layers) */
 };
 
 /* The arrays for ng groups (ng 0 counts as 1).  0 or -ENOMEM (then
