@@ -75,22 +75,32 @@ static void run_quant(void *a)
 #endif
 
 /* What production does: blocks of 8 rows converted, checked, rounded
- * while they sit in cache (quant/variant/variant.c rows_run), one thread. */
+ * while they sit in cache, their codes packed into qweight 128 KiB of
+ * codes at a time (quant/variant/variant.c rows_run), one thread. */
 static void run_fused(void *a)
 {
 	struct ctx *c = a;
-	int64_t ng = qf_ngroups(c->in, c->p.group), r;
+	int64_t ng = qf_ngroups(c->in, c->p.group), r, p0 = 0;
+	int64_t pr = (128 << 10) / c->in / BLOCK * BLOCK;
 	static float buf[64 * 4096];
+	static uint8_t qb[128 << 10];
 
+	pr = pr < BLOCK ? BLOCK : pr;
 	for (r = 0; r < c->rows; r += BLOCK) {
 		int64_t nr = c->rows - r < BLOCK ? c->rows - r : BLOCK;
 		qf_to_f32(QF_DT_BF16, c->src + r * c->in,
 			  (size_t)(nr * c->in), buf);
 		if (qf_all_finite(buf, (size_t)(nr * c->in)))
-			qf_rtn_quantize(buf, nr, c->in, &c->p, c->q + r * c->in,
-					c->sc + r * ng, c->z + r * ng);
+			qf_rtn_quantize(buf, nr, c->in, &c->p,
+					qb + (r - p0) * c->in, c->sc + r * ng,
+					c->z + r * ng);
+		if (r + nr - p0 == pr || r + nr == c->rows) {
+			qf_gptq_pack_qweight_rows(qb, p0, r + nr - p0,
+						  c->rows, c->in, c->p.bits,
+						  c->qw);
+			p0 = r + nr;
+		}
 	}
-	qf_gptq_pack_qweight(c->q, c->rows, c->in, c->p.bits, c->qw);
 }
 
 static void run_pack(void *a)
