@@ -133,9 +133,13 @@ int qf_st_open_fd(int fd, const char *path, struct qf_st_file **out);
  * file was truncated in place) and got zeros, or the file is no longer
  * the one opened (qf_st_unchanged() false: a truncation inside a page
  * reads as zeros without a fault): what was read may not be the file's.
- * Logged once.  Readers of the map call it after reading.
+ * Logged once.  Readers call it after reading (by pread too: the file
+ * may have been rewritten in place meanwhile).
  */
 bool qf_st_faulted(const struct qf_st_file *f);
+/* A pread of f came back short: it shrank while it was read.  Logged
+ * once, as qf_st_faulted() logs. */
+void qf_st_shrank(const struct qf_st_file *f);
 void qf_st_close(struct qf_st_file *f);
 /* Pointer to t's bytes inside the map (borrowed, valid until close). */
 const void *qf_st_data(const struct qf_st_file *f,

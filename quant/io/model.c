@@ -528,10 +528,12 @@ int qf_model_read_f32_rows(const struct qf_model_tensor *mt, int64_t row0,
 	}
 	ret = read_f32(mt, (uint64_t)(row0 * cols), n, dst);
 	if (ret == QF_ECORRUPT)
-		qf_err("%s: shorter than its header says: tensor '%s' cut off",
-		       mt->shard->path, mt->name);
+		qf_st_shrank(mt->shard);
 	if (ret < 0)
 		return ret;
+	/* rewritten in place meanwhile: what was read may be either */
+	if (qf_st_faulted(mt->shard))
+		return QF_ECORRUPT;
 	if (qf_all_finite(dst, (size_t)n))
 		return 0;
 	for (i = 0; i < n; i++)

@@ -595,17 +595,27 @@ void qf_st_release(const struct qf_st_file *f, const void *p, size_t n)
  * file is no longer the one opened (size, inode or mtime), checked after
  * the read.
  */
+static void say(const struct qf_st_file *f, const char *what)
+{
+	if (!atomic_exchange(&((struct qf_st_file *)f)->said, true))
+		qf_err("'%s' %s while it was read (truncated or rewritten in "
+		       "place?): I/O errors until it is whole again", f->path,
+		       what);
+}
+
 bool qf_st_faulted(const struct qf_st_file *f)
 {
 	bool bus = qf_guard_faults(f->guard);
 
 	if (!bus && qf_st_unchanged(f))
 		return false;
-	if (!atomic_exchange(&((struct qf_st_file *)f)->said, true))
-		qf_err("'%s' %s while it was read (truncated or rewritten in "
-		       "place?): I/O errors until it is whole again", f->path,
-		       bus ? "shrank" : "changed");
+	say(f, bus ? "shrank" : "changed");
 	return true;
+}
+
+void qf_st_shrank(const struct qf_st_file *f)
+{
+	say(f, "shrank");
 }
 
 bool qf_st_unchanged(const struct qf_st_file *f)
