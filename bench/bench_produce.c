@@ -88,7 +88,7 @@ static int read_all(const struct qf_variant *v, float *buf, size_t cap)
 }
 
 /* The same rows read by bare pread, 2 MiB at a time, then converted. */
-static int pread_all(const struct qf_variant *v, float *buf, size_t cap)
+static int pread_all(const struct qf_variant *v, float *buf)
 {
 	static uint16_t raw[1 << 20];
 	size_t gi;
@@ -101,7 +101,6 @@ static int pread_all(const struct qf_variant *v, float *buf, size_t cap)
 				t) - w->shard->map);
 		int ret;
 
-		(void)cap;
 		for (r = 0; r < t->shape[0]; r += nr) {
 			int64_t n = t->shape[0] - r < nr ? t->shape[0] - r : nr;
 
@@ -159,7 +158,7 @@ int main(int argc, char **argv)
 		t0 = qf_now() - t0;
 		best[0] = t0 < best[0] ? t0 : best[0];
 		t0 = qf_now();
-		ret = ret ? ret : pread_all(r.v, buf, cap);
+		ret = ret ? ret : pread_all(r.v, buf);
 		t0 = qf_now() - t0;
 		best[4] = t0 < best[4] ? t0 : best[4];
 		r.keep = NULL;

@@ -348,11 +348,6 @@ static void job_report(const struct job *j, double total)
 		gt->lazy - r->compare_s - r->pack_s - j->commit_s);
 }
 
-/*
- * Where a k-quant job's time went: its calibration pass against
- * llama-imatrix's (bench/imatrix.py reads this line; the pass is all but
- * the GPTQ sweeps on the k-quant grids, which the job runs too).
- */
 /* Where an AWQ job's time went. */
 static void job_report_awq(const struct job *j, double total)
 {
@@ -370,6 +365,11 @@ static void job_report_awq(const struct job *j, double total)
 		total - j->stats_s - awq - j->res.pack_s - j->commit_s);
 }
 
+/*
+ * Where a k-quant job's time went: its calibration pass against
+ * llama-imatrix's (bench/imatrix.py reads this line; the pass is all but
+ * the GPTQ sweeps on the k-quant grids, which the job runs too).
+ */
 static void job_report_kq(const struct job *j, double total)
 {
 	double pass = total - j->kq_enc_s;

@@ -547,6 +547,7 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	int k, ret = 0;
 
 	memset(&res, 0, sizeof(res));
+	res.t = r->at;
 	memset(&cd, 0, sizeof(cd));
 	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
@@ -567,12 +568,7 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	}
 	if (!ret)
 		ret = qf_awq_layer(c, ly, stats, &o, &lo, &res);
-	r->at.rtn_ref += res.t.rtn_ref;
-	r->at.search += res.t.search;
-	r->at.clip += res.t.clip;
-	r->at.round += res.t.round;
-	r->at.reflip += res.t.reflip;
-	r->at.final += res.t.final;
+	r->at = res.t;		/* (qf_awq_layer adds to what it is given) */
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
 		if (m->lin_group[k] >= 0)
 			ret = awq_emit(m, c, k, m->lin_group[k], ly, &res, &cd,
