@@ -320,6 +320,11 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 				"temporary file of the cache directory "
 				"(calib_mem)", var->mdl->name, var->v->name,
 				(double)spill / 1e9);
+		if (qf_calib_down_first(&j->c, &ops))
+			qf_info("%s/%s: each layer's down_proj first, alone "
+				"(calib_mem: the layer's weights and X^T X "
+				"beside each other would take more than half)",
+				var->mdl->name, var->v->name);
 	}
 	pthread_mutex_lock(&var->lock);
 	var->job->phase = "quantizing layers";

@@ -71,15 +71,17 @@ static struct qf_layer_map layer_map(const struct job *j, int l)
 	};
 }
 
-/* AWQ of layer l, logging ReFlip's effect. */
+/* AWQ of layer l (lin[0..n): see qf_layer_awq), logging ReFlip's
+ * effect. */
 static int awq_quantize(struct job *j, int l, struct qf_tf_layer *ly,
+			const enum qf_tf_linear *lin, int n,
 			struct qf_lin_stats *stats)
 {
 	struct qf_layer_map m = layer_map(j, l);
 	struct qf_layer_reflip rf;
 	int ret;
 
-	ret = qf_layer_awq(&m, &j->c, ly, stats, &j->res, &rf);
+	ret = qf_layer_awq(&m, &j->c, ly, lin, n, stats, &j->res, &rf);
 	if (!ret && rf.on)
 		qf_info("%s/%s: layer %d/%d ReFlip: attention-score error "
 			"%.5f -> %.5f (%lld flips)", j->var->mdl->name,
@@ -126,7 +128,7 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 	if (qf_fs_stopping(j->fs))
 		return -EINTR;
 	if (j->var->v->spec.method == QF_METHOD_AWQ)
-		return awq_quantize(j, l, ly, stats);
+		return awq_quantize(j, l, ly, lin, n, stats);
 	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
 		/* weights unchanged (a MoE stage: its own linears' part) */
 		qf_layer_imatrix(lin, n, stats, j->imat +

@@ -1,7 +1,7 @@
 /*
- * calib.c - calibration: token sets and their hash, per-linear input
- * statistics (X^T X, channel means), and the layer-by-layer driver that
- * runs the calibration tokens through the decoder, lets a quantizer
+ * calib.c - calibration's layer-by-layer driver: it runs the
+ * calibration tokens (tokens.c) through the decoder, gathers the input
+ * statistics of the linears (stats.c), lets a quantizer
  * replace each layer's weights, and continues with the quantized layer's
  * outputs (true sequential).
  *
@@ -21,156 +21,6 @@
 #include <unistd.h>
 
 #include "calib.h"
-
-void qf_calib_hash(struct qf_calib *cs)
-{
-	struct qf_sha256 h;
-	int64_t i, n = (int64_t)cs->nseq * cs->seqlen;
-	uint8_t le[4];
-	uint32_t dims[2] = { (uint32_t)cs->nseq, (uint32_t)cs->seqlen };
-
-	qf_sha256_init(&h);
-	qf_sha256_update(&h, "quantfs-calib-v1", 17);
-	for (i = 0; i < 2; i++) {
-		le[0] = (uint8_t)dims[i], le[1] = (uint8_t)(dims[i] >> 8);
-		le[2] = (uint8_t)(dims[i] >> 16), le[3] = (uint8_t)(dims[i] >> 24);
-		qf_sha256_update(&h, le, 4);
-	}
-	for (i = 0; i < n; i++) {
-		uint32_t v = (uint32_t)cs->ids[i];
-
-		le[0] = (uint8_t)v, le[1] = (uint8_t)(v >> 8);
-		le[2] = (uint8_t)(v >> 16), le[3] = (uint8_t)(v >> 24);
-		qf_sha256_update(&h, le, 4);
-	}
-	qf_sha256_final(&h, cs->hash);
-	qf_hex(cs->hash, 32, cs->hash_hex);
-}
-
-void qf_calib_free(struct qf_calib *cs)
-{
-	if (!cs)
-		return;
-	free(cs->ids);
-	cs->ids = NULL;
-}
-
-int qf_calib_from_text(const struct qf_tok *tok, const char *text, size_t len,
-		       int nseq, int seqlen, struct qf_calib *out)
-{
-	int32_t bos = qf_tok_bos(tok);
-	int64_t body = bos >= 0 ? seqlen - 1 : seqlen;
-	int32_t *toks = NULL;
-	size_t ntok = 0;
-	int64_t s, j, stride;
-	int ret;
-
-	memset(out, 0, sizeof(*out));
-	if (nseq < 1 || seqlen < 2)
-		return -EINVAL;
-	ret = qf_tok_encode(tok, text, len, false, &toks, &ntok);
-	if (ret < 0)
-		return ret;
-	if ((int64_t)ntok < (int64_t)nseq * body) {
-		free(toks);
-		return -EINVAL;
-	}
-	out->ids = malloc((size_t)nseq * (size_t)seqlen * sizeof(*out->ids));
-	if (!out->ids) {
-		free(toks);
-		return -ENOMEM;
-	}
-	/* windows spread evenly: reproducible, and covering the text */
-	stride = nseq > 1 ? ((int64_t)ntok - body) / (nseq - 1) : 0;
-	for (s = 0; s < nseq; s++) {
-		int32_t *d = out->ids + s * seqlen;
-		const int32_t *src = toks + s * stride;
-
-		if (bos >= 0)
-			*d++ = bos;
-		for (j = 0; j < body; j++)
-			d[j] = src[j];
-	}
-	free(toks);
-	out->nseq = nseq;
-	out->seqlen = seqlen;
-	snprintf(out->source, sizeof(out->source), "text");
-	qf_calib_hash(out);
-	return 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* statistics of a linear's inputs                                     */
-
-int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian)
-{
-	memset(s, 0, sizeof(*s));
-	s->in = in;
-	s->sum_abs = calloc((size_t)in, sizeof(*s->sum_abs));
-	s->sum_sq = calloc((size_t)in, sizeof(*s->sum_sq));
-	if (hessian)
-		s->h = calloc((size_t)(in * in), sizeof(*s->h));
-	if (!s->sum_abs || !s->sum_sq || (hessian && !s->h)) {
-		qf_lin_stats_free(s);
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
-{
-	int64_t b = s->block > 0 ? s->block : n, r, j;
-
-	for (r = 0; s->h && r < n; r += b)	/* upper triangle of H */
-		qf_ssyrk_t(s->in, n - r < b ? n - r : b, x + r * s->in, s->in,
-			   s->h);
-	for (r = 0; r < n; r++)
-		for (j = 0; j < s->in; j++) {
-			double v = x[r * s->in + j];
-
-			s->sum_abs[j] += fabs(v);
-			s->sum_sq[j] += v * v;
-		}
-	if (s->xs && s->nxs < s->xs_cap) {
-		int64_t k = s->xs_cap - s->nxs < n ? s->xs_cap - s->nxs : n;
-
-		memcpy(s->xs + s->nxs * s->in, x, (size_t)(k * s->in) *
-		       sizeof(float));
-		s->nxs += k;
-	}
-	s->n += n;
-}
-
-void qf_lin_stats_finish(struct qf_lin_stats *s)
-{
-	int64_t i, j;
-
-	if (!s->h)
-		return;
-	for (i = 0; i < s->in; i++)
-		for (j = 0; j < i; j++)
-			s->h[i * s->in + j] = s->h[j * s->in + i];
-}
-
-/* Keep the first rows input rows in s->xs. */
-static int stats_sample(struct qf_lin_stats *s, int64_t rows)
-{
-	if (rows <= 0)
-		return 0;
-	s->xs = malloc((size_t)(rows * s->in) * sizeof(float));
-	s->xs_cap = s->xs ? rows : 0;
-	return s->xs ? 0 : -ENOMEM;
-}
-
-void qf_lin_stats_free(struct qf_lin_stats *s)
-{
-	free(s->xs);
-	if (!s->h_borrowed)
-		free(s->h);
-	free(s->sum_abs);
-	free(s->sum_sq);
-	memset(s, 0, sizeof(*s));
-}
 
 /* ------------------------------------------------------------------ */
 /* the driver                                                         */
@@ -205,6 +55,7 @@ static void stats_free_all(struct qf_lin_stats *stats)
 
 struct capture {
 	const struct stage *st;		/* NULL: every stage, to the end */
+	int n;				/* stages st[0..n), then stop */
 	struct qf_lin_stats *stats;	/* [QF_TF_NLINEAR], by linear */
 	double *seconds;		/* NULL or added to */
 };
@@ -219,24 +70,28 @@ static bool stage_first(enum qf_tf_linear lin)
 }
 
 /*
- * Accumulate the input of the stage's linears (q/k/v and gate/up share
- * theirs), then stop the layer: the rest is not needed for these
- * statistics.  Without a stage, every stage's, and the layer runs to
- * its end.  (A MoE layer calls no DOWN hook: for down's stage it runs
- * to the end.)
+ * Accumulate the input of the stages' linears (q/k/v and gate/up share
+ * theirs), then stop the layer after the last stage's: the rest is not
+ * needed for these statistics.  Without stages, every stage's, and the
+ * layer runs to its end.  (A MoE layer calls no DOWN hook: for down's
+ * stage it runs to the end.)
  */
 static int capture_hook(void *arg, int layer, enum qf_tf_linear lin,
 			const float *x, int64_t ntok, int64_t in)
 {
 	struct capture *cap = arg;
 	double t0 = qf_now();
+	bool mine = !cap->st && stage_first(lin);
+	int i;
 
 	(void)layer, (void)in;
-	if (cap->st ? lin == cap->st->lin[0] : stage_first(lin))
+	for (i = 0; cap->st && i < cap->n; i++)
+		mine |= lin == cap->st[i].lin[0];
+	if (mine)
 		qf_lin_stats_add(&cap->stats[lin], x, ntok);
 	if (cap->seconds)
 		*cap->seconds += qf_now() - t0;
-	return cap->st && lin == cap->st->lin[0] ? STAGE_DONE : 0;
+	return cap->st && lin == cap->st[cap->n - 1].lin[0] ? STAGE_DONE : 0;
 }
 
 /* b = a (same width and Hessian or not; b's sample kept as allocated) */
@@ -296,7 +151,7 @@ static int stage_stats_init(const struct qf_tf_config *c,
 		 * order, however the sequences are chunked */
 		stats[st->lin[i]].block = seqlen;
 		if (!ret)
-			ret = stats_sample(&stats[st->lin[i]],
+			ret = qf_lin_stats_sample(&stats[st->lin[i]],
 					   ops->sample_rows);
 	}
 	return ret;
@@ -310,7 +165,7 @@ static int capture_stage(const struct qf_tf_config *c,
 			 const struct qf_calib_ops *ops,
 			 struct qf_lin_stats *stats)
 {
-	struct capture cap = { st, stats, NULL };
+	struct capture cap = { st, 1, stats, NULL };
 	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
 	int ret;
 
@@ -563,6 +418,7 @@ int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
 }
 
 struct stream {
+	const struct qf_model *m;	/* the source (down first: reloads) */
 	const struct qf_tf_config *c;
 	struct qf_tf_layer *ly;
 	int l;
@@ -671,19 +527,26 @@ static int stream_pass(const struct stream *s, int part,
 	return stream_pass_hook(s, part, cap, false);
 }
 
-/* Finish the stage's statistics, quantize its linears, free them. */
+/*
+ * Finish the statistics of stages st[0..n), quantize their linears, free
+ * the statistics.  A whole-layer method gets the stages' linears in one
+ * call (all_linears holds them in stage order).
+ */
 static int stream_quantize(const struct stream *s, const struct stage *st,
 			   int n, struct qf_lin_stats *stats)
 {
-	int i, ret = 0;
+	int i, first = 0, nlin = 0, ret = 0;
 
 	for (i = 0; i < n && !ret; i++) {
 		qf_lin_stats_finish(&stats[st[i].lin[0]]);
 		ret = share_stats(&st[i], stats);
+		nlin += st[i].n;
 	}
+	while (all_linears[first] != st[0].lin[0])
+		first++;
 	if (!ret && s->ops->whole_layer)
-		ret = s->ops->quantize(s->arg, s->l, s->ly, all_linears,
-				       QF_TF_NLINEAR, stats);
+		ret = s->ops->quantize(s->arg, s->l, s->ly, all_linears + first,
+				       nlin, stats);
 	for (i = 0; i < n && !ret && !s->ops->whole_layer; i++)
 		ret = s->ops->quantize(s->arg, s->l, s->ly, st[i].lin,
 				       st[i].n, stats);
@@ -691,15 +554,63 @@ static int stream_quantize(const struct stream *s, const struct stage *st,
 	return ret;
 }
 
-/* Once its output is in x for good, the attention's weights go. */
-static void drop_attention(struct qf_tf_layer *ly)
+bool qf_calib_down_first(const struct qf_tf_config *c,
+			 const struct qf_calib_ops *ops)
 {
+	int64_t mem = ops->mem_bytes > 0 ? ops->mem_bytes : QF_CALIB_MEM_BYTES;
+	int64_t n = 0, in;
 	int k;
 
-	for (k = QF_TF_Q; k <= QF_TF_O; k++) {
-		free(ly->w[k]);
-		ly->w[k] = NULL;
+	if (!ops->whole_layer || ops->unchanged || !ops->hessian || c->moe)
+		return false;
+	for (k = 0; k < QF_TF_NLINEAR; k++)
+		n += qf_tf_linear_out(c, k) * qf_tf_linear_in(c, k);
+	for (k = 0; k < 4; k++) {
+		in = qf_tf_linear_in(c, layer_stages[k].lin[0]);
+		n += in * in;
 	}
+	return n * (int64_t)sizeof(float) > mem / 2;
+}
+
+/*
+ * A whole-layer method, down first (qf_calib_down_first): a pass to
+ * down's input for its statistics (down's weights not held); down
+ * alone (the other linears not held); the six others' statistics in a
+ * pass to gate/up's input (they are read from the source again), the
+ * six quantized; the quantized layer's pass moves x on.
+ */
+static int stream_down_first(const struct stream *s)
+{
+	static const struct stage *down = &layer_stages[3];
+	struct qf_lin_stats stats[QF_TF_NLINEAR];
+	struct capture cap = { down, 1, stats, s->ops->stats_seconds };
+	int i, ret;
+
+	memset(stats, 0, sizeof(stats));
+	qf_tf_layer_drop(s->ly, QF_TF_DOWN, QF_TF_NLINEAR);
+	ret = stage_stats_init(s->c, down, s->ops, s->seqlen, stats);
+	if (!ret)
+		ret = stream_pass(s, QF_TF_WHOLE_LAYER, &cap);
+	qf_tf_layer_drop(s->ly, QF_TF_Q, QF_TF_DOWN);
+	if (!ret)
+		ret = qf_tf_layer_load_linears(s->m, s->c, s->l, QF_TF_DOWN,
+					       QF_TF_NLINEAR, s->ly);
+	if (!ret)
+		ret = stream_quantize(s, down, 1, stats);
+	if (!ret)
+		ret = qf_tf_layer_load_linears(s->m, s->c, s->l, QF_TF_Q,
+					       QF_TF_DOWN, s->ly);
+	cap.st = layer_stages;
+	cap.n = 3;
+	for (i = 0; i < 3 && !ret; i++)
+		ret = stage_stats_init(s->c, &layer_stages[i], s->ops,
+				       s->seqlen, stats);
+	if (!ret)
+		ret = stream_pass(s, QF_TF_WHOLE_LAYER, &cap);
+	if (!ret)
+		ret = stream_quantize(s, layer_stages, 3, stats);
+	stats_free_all(stats);
+	return ret ? ret : stream_pass(s, QF_TF_WHOLE_LAYER, NULL);
 }
 
 /*
@@ -715,10 +626,12 @@ static void drop_attention(struct qf_tf_layer *ly)
 static int stream_layer(const struct stream *s, const struct stage *stages)
 {
 	struct qf_lin_stats stats[QF_TF_NLINEAR];
-	struct capture cap = { NULL, stats, s->ops->stats_seconds };
+	struct capture cap = { NULL, 1, stats, s->ops->stats_seconds };
 	int i, ret = 0;
 
 	memset(stats, 0, sizeof(stats));
+	if (!s->ops->sequential && qf_calib_down_first(s->c, s->ops))
+		return stream_down_first(s);
 	if (!s->ops->sequential) {
 		for (i = 0; i < 4 && !ret; i++)
 			ret = stage_stats_init(s->c, &stages[i], s->ops,
@@ -738,7 +651,9 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 
 		if (i == 2) {	/* o quantized: the attention is final */
 			ret = stream_pass(s, QF_TF_ATTN_HALF, NULL);
-			drop_attention(s->ly);
+			/* once its output is in x for good, the
+			 * attention's weights go */
+			qf_tf_layer_drop(s->ly, QF_TF_Q, QF_TF_GATE);
 		}
 		cap.st = &stages[i];
 		if (!ret)
@@ -928,8 +843,9 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 				     ops->mem_bytes);
 	bool stream = streamed(c, cs, ops, cn);
 	bool spill = qf_calib_spill_bytes(c, cs, ops) > 0;
-	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
-			    .cn = cn, .fd = -1, .ops = ops, .arg = arg };
+	struct stream s = { .m = m, .c = c, .nseq = cs->nseq,
+			    .seqlen = cs->seqlen, .cn = cn, .fd = -1,
+			    .ops = ops, .arg = arg };
 	float *x_in = NULL, *x;
 	int l, ret;
 

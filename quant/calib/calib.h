@@ -73,6 +73,8 @@ struct qf_lin_stats {
 int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian);
 /* Accumulate rows x [n, in] (SSYRK for h, block rows at a time). */
 void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n);
+/* Keep the first rows input rows in xs (0 or -ENOMEM). */
+int qf_lin_stats_sample(struct qf_lin_stats *s, int64_t rows);
 /* Mirror h to a full symmetric matrix. */
 void qf_lin_stats_finish(struct qf_lin_stats *s);
 void qf_lin_stats_free(struct qf_lin_stats *s);
@@ -97,6 +99,9 @@ void qf_lin_stats_free(struct qf_lin_stats *s);
  * one chunk, or the model has MoE layers (an expert's statistics need
  * all its routed tokens at once), true sequential runs in one pass over
  * all tokens, with the activations twice and the scratch of all tokens.
+ * Not sequential, every stage's statistics are held at once, or, for a
+ * whole-layer method down first (qf_calib_down_first), down's beside
+ * the layer less down, then the six others'.
  * X^T X is summed a sequence at a time (qf_lin_stats.block) in every
  * case, so the chunks do not change the result.
  */
@@ -117,7 +122,13 @@ struct qf_calib_ops {
 	int64_t sample_rows;
 	/*
 	 * Not sequential only: call quantize() once per layer with all
-	 * seven linears and their statistics (AWQ's scales couple them).
+	 * seven linears and their statistics (AWQ's scales couple them);
+	 * with a dense layer that qf_calib_down_first() says is too big
+	 * for that, twice: down alone (its statistics only, the other
+	 * linears' weights not held), then the six others (down's
+	 * weights as the first call left them).  The method carries what
+	 * couples them from the first call to the second; the statistics
+	 * are the layer's as it was in both.
 	 */
 	bool whole_layer;
 	/* Optional: seconds spent accumulating statistics (added to). */
@@ -200,6 +211,17 @@ int qf_calib_chunk_seqs(const struct qf_tf_config *c, int nseq, int seqlen,
  */
 int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
 			 const float *x, int64_t ntok, struct qf_lin_stats *st);
+/*
+ * Whether a whole-layer method gets a dense layer in two calls, down
+ * first (see whole_layer): when the layer's fp32 weights and the X^T X
+ * of each distinct input (q/k/v's, o's, gate/up's, down's) together take
+ * more than half of ops->mem_bytes.  It costs one more pass over the
+ * tokens through the attention; it saves holding down's X^T X (the
+ * biggest: intermediate width squared) beside the others and the whole
+ * layer.
+ */
+bool qf_calib_down_first(const struct qf_tf_config *c,
+			 const struct qf_calib_ops *ops);
 /* Bytes of the layer input qf_calib_run keeps in a temporary file
  * (ops->spill_dir), 0 when it holds them in memory. */
 int64_t qf_calib_spill_bytes(const struct qf_tf_config *c,

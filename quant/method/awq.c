@@ -209,49 +209,99 @@ static int blk_init(struct blk *b, int64_t rows, int64_t width)
 	return 0;
 }
 
-/* The energy without scratch memory: slow, for when malloc fails. */
-static double energy_plain(const float *w, const float *w2, int64_t out,
-			   int64_t in, const float *h)
+/* Element k of row r of D (struct qf_err_rows). */
+static inline float err_at(const struct qf_err_rows *e, int64_t r, int64_t k)
 {
-	double e = 0, acc;
-	int64_t r, i, j;
+	int64_t i = r * e->in + k, g;
 
-	for (r = 0; r < out; r++) {
-		const float *a = w + r * in, *b = w2 + r * in;
+	if (e->w)
+		return e->w0[i] - e->w[i];
+	if (!e->q)
+		return e->w0[i];
+	g = r * e->ng + k / e->gs;
+	return e->w0[i] - qf_f16_to_f32(e->sc[g]) *
+			  ((float)e->q[i] - (float)e->z[g]);
+}
 
+void qf_err_rows(const struct qf_err_rows *e, int64_t r0, int64_t n, float *d)
+{
+	int64_t r, k;
+
+	for (r = 0; r < n; r++)
+		for (k = 0; k < e->in; k++)
+			d[r * e->in + k] = err_at(e, r0 + r, k);
+}
+
+/* The energy without scratch memory: slow, for when malloc fails. */
+static double energy_plain(const struct qf_err_rows *e, int64_t out,
+			   const float *h)
+{
+	int64_t in = e->in, r, i, j;
+	double s = 0, acc;
+
+	for (r = 0; r < out; r++)
 		for (i = 0; i < in; i++) {
-			if (a[i] == b[i])
+			float di = err_at(e, r, i);
+
+			if (di == 0)
 				continue;
 			acc = 0;
 			for (j = 0; j < in; j++)
-				acc += (double)h[i * in + j] * (a[j] - b[j]);
-			e += (a[i] - b[i]) * acc;
+				acc += (double)h[i * in + j] * err_at(e, r, j);
+			s += di * acc;
 		}
+	return s;
+}
+
+/* sum over rows of d H d^T, ROW_BLOCK rows of D at a time */
+static double energy(const struct qf_err_rows *e, int64_t out, const float *h)
+{
+	struct blk b = { 0 };
+	int64_t in = e->in, r0, i, rows;
+	double s = 0;
+
+	if (out <= 0 || in <= 0)
+		return 0;
+	if (blk_init(&b, min64(out, ROW_BLOCK), in) < 0)
+		return energy_plain(e, out, h);
+	for (r0 = 0; r0 < out; r0 += b.rows) {
+		rows = min64(b.rows, out - r0);
+		qf_err_rows(e, r0, rows, b.d);
+		row_energy(b.d, rows, in, h, in, b.t, b.e);
+		for (i = 0; i < rows; i++)
+			s += b.e[i];
 	}
-	return e;
+	blk_free(&b);
+	return s;
 }
 
 double qf_awq_energy(const float *w, const float *w2, int64_t out,
 		     int64_t in, const float *h)
 {
-	struct blk b = { 0 };
-	double e = 0;
-	int64_t r0, i, rows;
+	struct qf_err_rows e = { .w0 = w, .w = w2, .in = in };
 
-	if (out <= 0 || in <= 0)
-		return 0;
-	if (blk_init(&b, min64(out, ROW_BLOCK), in) < 0)
-		return energy_plain(w, w2, out, in, h);
-	for (r0 = 0; r0 < out; r0 += b.rows) {
-		rows = min64(b.rows, out - r0);
-		for (i = 0; i < rows * in; i++)
-			b.d[i] = w[r0 * in + i] - w2[r0 * in + i];
-		row_energy(b.d, rows, in, h, in, b.t, b.e);
-		for (i = 0; i < rows; i++)
-			e += b.e[i];
-	}
-	blk_free(&b);
-	return e;
+	return energy(&e, out, h);
+}
+
+double qf_awq_rel_err(const float *w, const float *w2, int64_t out,
+		      int64_t in, const float *h)
+{
+	double base = qf_awq_energy(w, NULL, out, in, h);
+
+	return base > 0 ? qf_awq_energy(w, w2, out, in, h) / base : 0;
+}
+
+double qf_awq_rel_err_codes(const float *w, const uint8_t *q,
+			    const uint16_t *sc, const int32_t *zero,
+			    int64_t gs, int64_t out, int64_t in,
+			    const float *h)
+{
+	struct qf_err_rows e = { .w0 = w, .q = q, .sc = sc, .z = zero,
+				 .in = in, .ng = (in + gs - 1) / gs,
+				 .gs = gs };
+	double base = qf_awq_energy(w, NULL, out, in, h);
+
+	return base > 0 ? energy(&e, out, h) / base : 0;
 }
 
 /* ------------------------------------------------------------------ */

@@ -71,14 +71,6 @@ void qf_awq_deq(const uint8_t *q, const uint16_t *sc, const int32_t *zero,
 		}
 }
 
-static double rel_err(const float *w, const float *w2, int64_t out,
-		      int64_t in, const float *h, const float *zero)
-{
-	double base = qf_awq_energy(w, zero, out, in, h);
-
-	return base > 0 ? qf_awq_energy(w, w2, out, in, h) / base : 0;
-}
-
 /*
  * Linear k's codes final: its fake-quantized weights into ly, its error
  * in the scaled domain against *w0 (the weights before clipping), which
@@ -87,14 +79,13 @@ static double rel_err(const float *w, const float *w2, int64_t out,
 static void quantized(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		      int k, const struct qf_awq_opts *o,
 		      struct qf_awq_linear_res *lr,
-		      const struct qf_lin_stats *stats, const float *zero,
-		      float **w0)
+		      const struct qf_lin_stats *stats, float **w0)
 {
 	int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
 	qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
 		   o->group >= in ? in : o->group, ly->w[k]);
-	lr->loss = rel_err(*w0, ly->w[k], out, in, stats[k].h, zero);
+	lr->loss = qf_awq_rel_err(*w0, ly->w[k], out, in, stats[k].h);
 	free(*w0);
 	*w0 = NULL;
 }
@@ -140,17 +131,22 @@ static int search(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	return ret;
 }
 
-/* Fold the searched scales s[4] into what feeds each group's input. */
+/*
+ * Fold the searched scales s[4] into what feeds each group's input (the
+ * part's: down's scales go into down's columns with down, into up's rows
+ * with the rest).
+ */
 static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			struct qf_lin_stats *stats,
 			const struct qf_awq_layer_opts *lo, bool fold_o,
 			float *const s[4])
 {
 	const bool *qz = lo->quantize;
+	bool rest = lo->part != QF_AWQ_DOWN, down = lo->part != QF_AWQ_REST;
 	int64_t r, j;
 	int k;
 
-	if (lo->fold_in) {
+	if (rest && lo->fold_in) {
 		for (j = 0; j < c->hidden; j++)
 			ly->in_norm[j] /= s[0][j];
 		for (k = 0; k < 3; k++) {
@@ -160,7 +156,7 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			scale_stats(&stats[qkv.lin[k]], s[0]);
 		}
 	}
-	if (fold_o) {
+	if (rest && fold_o) {
 		int64_t in_v = stats[QF_TF_V].in;
 
 		for (r = 0; r < qf_tf_linear_out(c, QF_TF_V); r++)
@@ -169,7 +165,7 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		scale_in(ly->w[QF_TF_O], c->hidden, stats[QF_TF_O].in, s[1]);
 		scale_stats(&stats[QF_TF_O], s[1]);
 	}
-	if (lo->fold_post) {
+	if (rest && lo->fold_post) {
 		for (j = 0; j < c->hidden; j++)
 			ly->post_norm[j] /= s[2][j];
 		for (k = 0; k < 2; k++) {
@@ -177,10 +173,12 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			scale_stats(&stats[gu.lin[k]], s[2]);
 		}
 	}
-	if (qz[QF_TF_UP] && qz[QF_TF_DOWN]) {
-		for (r = 0; r < c->inter; r++)
-			for (j = 0; j < c->hidden; j++)
-				ly->w[QF_TF_UP][r * c->hidden + j] /= s[3][r];
+	if (!qz[QF_TF_UP] || !qz[QF_TF_DOWN])
+		return;
+	for (r = 0; rest && r < c->inter; r++)
+		for (j = 0; j < c->hidden; j++)
+			ly->w[QF_TF_UP][r * c->hidden + j] /= s[3][r];
+	if (down) {
 		scale_in(ly->w[QF_TF_DOWN], c->hidden, c->inter, s[3]);
 		scale_stats(&stats[QF_TF_DOWN], s[3]);
 	}
@@ -222,29 +220,33 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		 struct qf_awq_layer_res *res)
 {
 	const bool *qz = lo->quantize;
-	float *s[4] = { NULL }, *w0[QF_TF_NLINEAR] = { NULL }, *zero = NULL;
-	float *tmp = NULL;
-	bool fold_o;
-	int64_t maxn = 0;
+	/* down's scales, searched with down, go into up's rows too */
+	bool down_s = qz[QF_TF_UP] && qz[QF_TF_DOWN];
+	bool rest = lo->part != QF_AWQ_DOWN, fold_o, mine[QF_TF_NLINEAR];
+	float *s[4] = { NULL }, *w0[QF_TF_NLINEAR] = { NULL };
+	size_t slen = (size_t)(c->hidden > c->inter ? c->hidden : c->inter) +
+		      (size_t)c->heads * c->head_dim;
 	int k, ret = 0;
 	double t0 = qf_now(), t1;
 
 	for (k = 0; k < QF_TF_NLINEAR; k++) {
-		int64_t n = qf_tf_linear_out(c, k) * stats[k].in;
-
-		res->lin[k].alpha = -1;
-		if (qz[k] && (!stats[k].h || stats[k].in <= 0))
+		mine[k] = lo->part == QF_AWQ_ALL ||
+			  rest == (k != QF_TF_DOWN);
+		if (mine[k])
+			res->lin[k].alpha = -1;
+		if (mine[k] && qz[k] && (!stats[k].h || stats[k].in <= 0))
 			return -EINVAL;
-		if (qz[k] && n > maxn)
-			maxn = n;
 	}
-	zero = calloc((size_t)(maxn ? maxn : 1), sizeof(float));
-	tmp = malloc((size_t)(maxn ? maxn : 1) * sizeof(float));
+	if (lo->part == QF_AWQ_REST && down_s && !res->s_down)
+		return -EINVAL;
 	for (k = 0; k < 4; k++)
-		s[k] = malloc((size_t)(c->hidden > c->inter ? c->hidden :
-				       c->inter) * sizeof(float) +
-			      (size_t)c->heads * c->head_dim * sizeof(float));
-	if (!zero || !tmp || !s[0] || !s[1] || !s[2] || !s[3]) {
+		s[k] = k == 3 && lo->part == QF_AWQ_REST ? res->s_down :
+		       malloc(slen * sizeof(float));
+	if (lo->part == QF_AWQ_DOWN)
+		free(res->s_down);	/* an earlier layer's, left by an error */
+	if (lo->part != QF_AWQ_ALL)
+		res->s_down = NULL;	/* REST: s[3] now */
+	if (!s[0] || !s[1] || !s[2] || (!s[3] && down_s)) {
 		ret = -ENOMEM;
 		goto out_free;
 	}
@@ -254,15 +256,13 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		struct qf_awq_linear_res *lr = &res->lin[k];
 		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
-		if (!qz[k] || lo->fold_only)
+		if (!mine[k] || !qz[k] || lo->fold_only)
 			continue;
 		ret = qf_awq_rtn(ly->w[k], out, in, o, lr->q, lr->sc, lr->zero);
-		if (!ret) {
-			qf_awq_deq(lr->q, lr->sc, lr->zero, out, in,
-			    o->group >= in ? in : o->group, tmp);
-			lr->loss_rtn = rel_err(ly->w[k], tmp, out, in,
-					       stats[k].h, zero);
-		}
+		if (!ret)
+			lr->loss_rtn = qf_awq_rel_err_codes(ly->w[k], lr->q,
+				lr->sc, lr->zero, o->group >= in ? in : o->group,
+				out, in, stats[k].h);
 	}
 
 	res->t.rtn_ref += qf_now() - t0;
@@ -271,13 +271,13 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	/* 1. scales, searched on the layer as it is */
 	fold_o = qz[QF_TF_V] && qz[QF_TF_O] && !ly->b[QF_TF_V] &&
 		 c->heads == c->kv_heads;
-	if (!ret && lo->fold_in)
+	if (!ret && rest && lo->fold_in)
 		ret = search(c, ly, stats, &qkv, o, lo->l2, res, s[0]);
-	if (!ret && fold_o)
+	if (!ret && rest && fold_o)
 		ret = search(c, ly, stats, &og, o, lo->l2, res, s[1]);
-	if (!ret && lo->fold_post)
+	if (!ret && rest && lo->fold_post)
 		ret = search(c, ly, stats, &gu, o, lo->l2, res, s[2]);
-	if (!ret && qz[QF_TF_UP] && qz[QF_TF_DOWN])
+	if (!ret && mine[QF_TF_DOWN] && down_s)
 		ret = search(c, ly, stats, &dn, o, lo->l2, res, s[3]);
 	res->t.search += qf_now() - t0;
 	if (ret)
@@ -294,7 +294,7 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		struct qf_awq_linear_res *lr = &res->lin[k];
 		int64_t out = qf_tf_linear_out(c, k), in = stats[k].in;
 
-		if (!qz[k])
+		if (!mine[k] || !qz[k])
 			continue;
 		w0[k] = malloc((size_t)(out * in) * sizeof(float));
 		if (!w0[k]) {
@@ -320,29 +320,30 @@ int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		/* final unless ReFlip changes q/k below: dequantized now,
 		 * so one copy of a weight is kept at a time */
 		if (!ret && k != QF_TF_Q && k != QF_TF_K)
-			quantized(c, ly, k, o, lr, stats, zero, &w0[k]);
+			quantized(c, ly, k, o, lr, stats, &w0[k]);
 		res->t.final += qf_now() - t0;
 	}
 
 	/* 4. ReFlip of q/k against the attention scores */
 	t0 = qf_now();
-	if (!ret && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K])
+	if (!ret && rest && lo->reflip && qz[QF_TF_Q] && qz[QF_TF_K])
 		ret = reflip_qk(c, ly, stats, o, lo, res);
 	t1 = qf_now();
 	res->t.reflip += t1 - t0;
 
 	/* 5. the quantized q and k */
-	for (k = QF_TF_Q; k <= QF_TF_K && !ret; k++)
+	for (k = QF_TF_Q; k <= QF_TF_K && !ret && rest; k++)
 		if (qz[k])
-			quantized(c, ly, k, o, &res->lin[k], stats, zero,
-				  &w0[k]);
+			quantized(c, ly, k, o, &res->lin[k], stats, &w0[k]);
 	res->t.final += qf_now() - t1;
+	if (!ret && lo->part == QF_AWQ_DOWN && down_s) {	/* for REST */
+		res->s_down = s[3];
+		s[3] = NULL;
+	}
 out_free:
 	for (k = 0; k < QF_TF_NLINEAR; k++)
 		free(w0[k]);
 	for (k = 0; k < 4; k++)
 		free(s[k]);
-	free(zero);
-	free(tmp);
 	return ret;
 }

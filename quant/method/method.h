@@ -138,11 +138,38 @@ int qf_awq_rtn(const float *w, int64_t out, int64_t in,
 	       int32_t *zero);
 
 /*
+ * An error D = w0 - w' [out, in] made a block of rows at a time, so no
+ * matrix of its size need be held: w' is w, else the codes q/sc/z
+ * (ng groups of gs per row, as qf_awq_deq dequantizes them), else zero.
+ * qf_err_rows: rows [r0, r0 + n) of D into d [n, in].
+ */
+struct qf_err_rows {
+	const float *w0, *w;
+	const uint8_t *q;
+	const uint16_t *sc;
+	const int32_t *z;
+	int64_t in, ng, gs;
+};
+void qf_err_rows(const struct qf_err_rows *e, int64_t r0, int64_t n,
+		 float *d);
+
+/*
  * Output error energy of replacing w by w': sum over rows of
- * d H d^T, d = w - w' (H = X^T X [in, in], full symmetric).
+ * d H d^T, d = w - w' (H = X^T X [in, in], full symmetric); w2 NULL:
+ * of w itself.
  */
 double qf_awq_energy(const float *w, const float *w2, int64_t out,
 		     int64_t in, const float *h);
+/* The relative error qf_awq_energy(w, w2) / qf_awq_energy(w, NULL) (0
+ * when w's own is 0); _codes: of w' the codes q/sc/zero [out, in] with
+ * groups of gs as qf_awq_deq makes them, a block of rows at a time (no
+ * copy of w's size). */
+double qf_awq_rel_err(const float *w, const float *w2, int64_t out,
+		      int64_t in, const float *h);
+double qf_awq_rel_err_codes(const float *w, const uint8_t *q,
+			    const uint16_t *sc, const int32_t *zero,
+			    int64_t gs, int64_t out, int64_t in,
+			    const float *h);
 
 /* Activation salience [in] of st: mean |x|, or sqrt(mean x^2) (l2). */
 void qf_awq_salience(const struct qf_lin_stats *st, bool l2, float *sal);
@@ -249,8 +276,24 @@ struct qf_awq_linear_res {
 	int64_t flips;			/* heuristic rounding flips */
 };
 
+/*
+ * What one qf_awq_layer call finishes: the layer, or its down projection
+ * then the rest in two calls (calib.c's down first, for layers whose
+ * statistics do not fit beside the whole layer).  The two calls make the
+ * bytes one makes: each part's scales are searched on the statistics of
+ * the layer as it was, and up's rows take down's scales after gate/up's.
+ */
+enum qf_awq_part {
+	QF_AWQ_ALL,
+	QF_AWQ_DOWN,	/* down alone: only ly->w[DOWN] and stats[DOWN]
+			 * are read; its scales left in res->s_down */
+	QF_AWQ_REST,	/* the six others; res->s_down folded into up's
+			 * rows and freed */
+};
+
 struct qf_awq_layer_opts {
 	bool quantize[QF_TF_NLINEAR];	/* which linears are quantized */
+	enum qf_awq_part part;
 	bool fold_in;			/* q/k/v scales into input_layernorm */
 	bool fold_post;			/* gate/up scales into post_attn norm */
 	bool l2;			/* salience sqrt(mean x^2) */
@@ -273,6 +316,9 @@ struct qf_awq_layer_res {
 	double score_before;		/* ReFlip: relative score error */
 	double score_after;
 	int64_t reflips;
+	float *s_down;			/* [inter]: QF_AWQ_DOWN's scales for
+					 * QF_AWQ_REST (malloc'd; NULL:
+					 * none) */
 };
 
 /*
@@ -280,8 +326,8 @@ struct qf_awq_layer_res {
  * sample xs of q_proj) of its linears' inputs: scales searched and folded
  * into ly's norms and weights, clipping, RTN, heuristic flips, ReFlip.
  * On return ly holds the dequantized (scaled) weights and the folded
- * norms: the quantized layer.  stats are transformed in place.
- * Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
+ * norms: the quantized layer (lo->part: the part of it).  stats are
+ * transformed in place.  Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
  */
 int qf_awq_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 		 struct qf_lin_stats *stats, const struct qf_awq_opts *o,

@@ -206,6 +206,29 @@ out_free:
 	return ret;
 }
 
+int qf_tf_layer_load_linears(const struct qf_model *m,
+			     const struct qf_tf_config *c, int l, int k0,
+			     int k1, struct qf_tf_layer *ly)
+{
+	int i, ret = 0;
+
+	for (i = k0; i < k1 && !ret; i++)
+		ret = load_linear(m, c, l, i, ly);
+	return ret;
+}
+
+void qf_tf_layer_drop(struct qf_tf_layer *ly, int k0, int k1)
+{
+	int i;
+
+	for (i = k0; i < k1; i++) {
+		if (!(ly->borrowed & (1u << i)))
+			free(ly->w[i]);
+		ly->w[i] = NULL;
+		ly->borrowed &= ~(1u << i);
+	}
+}
+
 void qf_tf_layer_free(struct qf_tf_layer *ly)
 {
 	int i;

@@ -100,6 +100,16 @@ void qf_tf_norm_plus1(float *w, int64_t d);
 int qf_tf_layer_load(const struct qf_model *m, const struct qf_tf_config *c,
 		     int l, struct qf_tf_layer *out);
 void qf_tf_layer_free(struct qf_tf_layer *ly);
+/*
+ * Free the weights of linears [k0, k1) (a fused tensor whole: ranges
+ * hold all of one, as [QF_TF_Q, QF_TF_DOWN) does), their biases kept;
+ * qf_tf_layer_load_linears reads the same range from the source again.
+ * Calibration holds what a step needs and no more.  0 or -errno.
+ */
+void qf_tf_layer_drop(struct qf_tf_layer *ly, int k0, int k1);
+int qf_tf_layer_load_linears(const struct qf_model *m,
+			     const struct qf_tf_config *c, int l, int k0,
+			     int k1, struct qf_tf_layer *ly);
 
 /*
  * Called before each linear with its input activations x [ntok, in]

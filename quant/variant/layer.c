@@ -45,55 +45,17 @@ void qf_layer_res_free(struct qf_layer_res *r, size_t ng)
 	free(r->loss_rtn);
 	free(r->alpha);
 	free(r->score);
+	free(r->awq_s_down);
+	r->awq_s_down = NULL;
 	r->pending = NULL;
 	r->loss = r->loss_rtn = r->alpha = r->score = NULL;
 }
 
 #define ENERGY_ROWS 256	/* rows of D per product: [ENERGY_ROWS, in] */
 
-/*
- * An error D [out, in] made a row block at a time: w0, or w0 - w, or w0
- * less the dequantized codes (q, sc, z in groups of gs), so no matrix of
- * D's size is held.
- */
-struct err_rows {
-	const float *w0, *w;
-	const uint8_t *q;
-	const uint16_t *sc;
-	const int32_t *z;
-	int64_t in, ng, gs;
-};
-
-static void err_block(const struct err_rows *e, int64_t r0, int64_t n,
-		      float *d)
-{
-	int64_t in = e->in, i, k;
-
-	for (i = 0; i < n; i++) {
-		const float *w0 = e->w0 + (r0 + i) * in;
-		float *di = d + i * in;
-
-		if (e->w) {
-			for (k = 0; k < in; k++)
-				di[k] = w0[k] - e->w[(r0 + i) * in + k];
-		} else if (e->q) {
-			const uint8_t *q = e->q + (r0 + i) * in;
-			int64_t g0 = (r0 + i) * e->ng;
-
-			for (k = 0; k < in; k++)
-				di[k] = w0[k] -
-					qf_f16_to_f32(e->sc[g0 + k / e->gs]) *
-					((float)q[k] -
-					 (float)e->z[g0 + k / e->gs]);
-		} else {
-			memcpy(di, w0, (size_t)in * sizeof(*di));
-		}
-	}
-}
-
 /* tr(D H D^T): the output error energy of D on X (tmp, d: [ENERGY_ROWS,
  * in] each). */
-static double energy(const struct err_rows *e, const float *h, int64_t out,
+static double energy(const struct qf_err_rows *e, const float *h, int64_t out,
 		     float *tmp, float *d)
 {
 	int64_t in = e->in, r0, i, n;
@@ -101,7 +63,7 @@ static double energy(const struct err_rows *e, const float *h, int64_t out,
 
 	for (r0 = 0; r0 < out; r0 += ENERGY_ROWS) {
 		n = out - r0 < ENERGY_ROWS ? out - r0 : ENERGY_ROWS;
-		err_block(e, r0, n, d);
+		qf_err_rows(e, r0, n, d);
 		qf_sgemm(false, false, (int)n, (int)in, (int)in, 1.0f, d,
 			 (int)in, h, (int)in, 0.0f, tmp, (int)in);
 		for (i = 0; i < n * in; i++)
@@ -133,7 +95,7 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 	uint16_t *sc = malloc((size_t)(out * ng) * 2);
 	int32_t *z = malloc((size_t)(out * ng) * 4), *gidx = malloc((size_t)in * 4);
 	void **bufs = r->pending + (size_t)gi * 4;
-	struct err_rows e = { .w0 = w0, .in = in, .ng = ng, .gs = gs };
+	struct qf_err_rows e = { .w0 = w0, .in = in, .ng = ng, .gs = gs };
 	float *blk = tmp + ENERGY_ROWS * in;
 	double base, loss, t0 = qf_now(), t1;
 	int64_t k;
@@ -532,30 +494,39 @@ static int awq_emit(const struct qf_layer_map *m,
 }
 
 int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
-		 struct qf_tf_layer *ly, struct qf_lin_stats *stats,
-		 struct qf_layer_res *r, struct qf_layer_reflip *rf)
+		 struct qf_tf_layer *ly, const enum qf_tf_linear *lin, int n,
+		 struct qf_lin_stats *stats, struct qf_layer_res *r,
+		 struct qf_layer_reflip *rf)
 {
 	const struct qf_variant *v = m->v;
 	const struct qf_spec *s = &v->spec;
 	struct qf_awq_layer_opts lo = {
 		.l2 = s->flags & QF_SPEC_L2,
 		.reflip = s->flags & QF_SPEC_REFLIP,
+		.part = n == QF_TF_NLINEAR ? QF_AWQ_ALL :
+			n == 1 && lin[0] == QF_TF_DOWN ? QF_AWQ_DOWN :
+			QF_AWQ_REST,
 	};
 	struct qf_awq_layer_res res;
 	struct qf_awq_opts o;
 	struct codes cd;
+	bool mine[QF_TF_NLINEAR] = { false };
 	int k, ret = 0;
 
 	memset(&res, 0, sizeof(res));
 	res.t = r->at;
+	res.s_down = r->awq_s_down;
 	memset(&cd, 0, sizeof(cd));
+	memset(rf, 0, sizeof(*rf));
+	for (k = 0; k < n; k++)
+		mine[lin[k]] = true;
 	qf_awq_defaults(&o, s->bits, s->group < 0 ? INT32_MAX : s->group);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		int gi = group_of(m, c, k);
 		const struct qf_vgroup *g = gi >= 0 ? &v->g[gi] : NULL;
 
 		lo.quantize[k] = g != NULL;
-		if (!g)
+		if (!g || !mine[k])
 			continue;
 		ret = codes_alloc(&cd, k, qf_tf_linear_out(c, k), g);
 		res.lin[k].q = cd.q[k];
@@ -569,14 +540,17 @@ int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	if (!ret)
 		ret = qf_awq_layer(c, ly, stats, &o, &lo, &res);
 	r->at = res.t;		/* (qf_awq_layer adds to what it is given) */
+	r->awq_s_down = res.s_down;
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++)
-		if (m->lin_group[k] >= 0)
+		if (mine[k] && m->lin_group[k] >= 0)
 			ret = awq_emit(m, c, k, m->lin_group[k], ly, &res, &cd,
 				       r, lo.reflip);
-	rf->on = lo.reflip;
-	rf->before = res.score_before;
-	rf->after = res.score_after;
-	rf->flips = res.reflips;
+	if (lo.part != QF_AWQ_DOWN) {
+		rf->on = lo.reflip;
+		rf->before = res.score_before;
+		rf->after = res.score_after;
+		rf->flips = res.reflips;
+	}
 	codes_free(&cd);
 	return ret;
 }

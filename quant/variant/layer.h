@@ -40,6 +40,8 @@ struct qf_layer_res {
 	double compare_s;	/* RTN and the output errors */
 	double pack_s;		/* packing into checkpoint tensors */
 	struct qf_awq_times at;	/* AWQ's, the same way (dense layers) */
+	float *awq_s_down;	/* AWQ down first: down's scales from its
+				 * call to the rest's (qf_layer_awq) */
 };
 
 /* The arrays for ng groups (ng 0 counts as 1).  0 or -ENOMEM (then
@@ -123,11 +125,15 @@ struct qf_layer_reflip {
  * flags (L2 salience, ReFlip): scales folded into ly's norms, which are
  * stored in their tensors' dtype and read back, so the layer goes on
  * with the norms as a loader (and a resumed job) sees them.  stats are
- * transformed in place.  Returns 0, QF_ENUMERIC, -EINVAL, -ENOMEM.
+ * transformed in place.  lin[0..n): the seven linears, or (calib.c's
+ * down first) down alone, then the six others, its scales for up's rows
+ * carried in r between the two calls.  Returns 0, QF_ENUMERIC, -EINVAL,
+ * -ENOMEM.
  */
 int qf_layer_awq(const struct qf_layer_map *m, const struct qf_tf_config *c,
-		 struct qf_tf_layer *ly, struct qf_lin_stats *stats,
-		 struct qf_layer_res *r, struct qf_layer_reflip *rf);
+		 struct qf_tf_layer *ly, const enum qf_tf_linear *lin, int n,
+		 struct qf_lin_stats *stats, struct qf_layer_res *r,
+		 struct qf_layer_reflip *rf);
 
 /*
  * Group gi's packed tensors from codes q [out, in], sc / z [out,

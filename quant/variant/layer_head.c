@@ -32,15 +32,6 @@ static void fold_in(float *w, int64_t out, int64_t in, float *h,
 			h[i * in + j] /= s[i] * s[j];
 }
 
-/* Relative output error of w2 for w on h (tmp: [out, in] zeros). */
-static double rel(const float *w, const float *w2, int64_t out, int64_t in,
-		  const float *h, const float *zero)
-{
-	double base = qf_awq_energy(w, zero, out, in, h);
-
-	return base > 0 ? qf_awq_energy(w, w2, out, in, h) / base : 0;
-}
-
 /* Scale search, fold, clip, round, flip: codes into q/sc/z, s [in]. */
 static int awq_head_codes(const struct qf_variant *v, float *w, int64_t out,
 			  int64_t in, struct qf_lin_stats *st,
@@ -49,18 +40,17 @@ static int awq_head_codes(const struct qf_variant *v, float *w, int64_t out,
 {
 	size_t wn = (size_t)(out * in);
 	float *sal = malloc((size_t)in * sizeof(float));
-	float *zero = calloc(wn, sizeof(float)), *d = malloc(wn * 4);
 	float *w0 = malloc(wn * sizeof(float));
 	const float *wl[1] = { w };
 	int64_t gs = o->group >= in ? in : o->group;
 	double alpha = 0;
-	int ret = sal && zero && d && w0 ? 0 : -ENOMEM;
+	int ret = sal && w0 ? 0 : -ENOMEM;
 
 	if (!ret)	/* round to nearest, no scales: for the record */
 		ret = qf_awq_rtn(w, out, in, o, q, sc, z);
 	if (!ret) {
-		qf_awq_deq(q, sc, z, out, in, gs, d);
-		r->loss_rtn[v->head] = rel(w, d, out, in, st->h, zero);
+		r->loss_rtn[v->head] = qf_awq_rel_err_codes(w, q, sc, z, gs,
+							    out, in, st->h);
 		qf_awq_salience(st, v->spec.flags & QF_SPEC_L2, sal);
 		ret = qf_awq_search_scale(wl, &out, 1, in, sal, st->h, o, s,
 					  &alpha, NULL, NULL);
@@ -76,14 +66,12 @@ static int awq_head_codes(const struct qf_variant *v, float *w, int64_t out,
 		ret = qf_awq_flip(w, out, in, st->h, o, q, sc, z, NULL, NULL,
 				  NULL);
 	if (!ret) {	/* the error in the scaled domain, as awq_layer.c */
-		qf_awq_deq(q, sc, z, out, in, gs, d);
-		r->loss[v->head] = rel(w0, d, out, in, st->h, zero);
+		r->loss[v->head] = qf_awq_rel_err_codes(w0, q, sc, z, gs, out,
+							in, st->h);
 		r->alpha[v->head] = alpha;
 		r->score[2 * v->head] = r->score[2 * v->head + 1] = -1;
 	}
 	free(sal);
-	free(zero);
-	free(d);
 	free(w0);
 	return ret;
 }

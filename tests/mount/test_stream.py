@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Streamed calibration (issue #23): the calibration tokens go through each
 layer in chunks of sequences (-o calib_mem).  On the real 5M model, GPTQ
-(true sequential: one pass per stage), AWQ (one pass for all statistics)
+(true sequential: one pass per stage), AWQ (one pass for all statistics;
+in chunks, down_proj first: a pass for its statistics, then one for the
+six others', so its X^T X is not held beside theirs and the whole layer)
 and BRECQ produced two sequences (512 tokens, the fewest) at a time give
 the bytes they give in one chunk: X^T X is summed a sequence at a time in
 both, and the forward's linears run in blocks of 512 rows (QF_TF_ROWS)
@@ -44,6 +46,12 @@ def test_chunked_equals_one_pass():
         # layer input goes to a temporary file in the cache directory
         spilled = "in a temporary file of the cache directory" in log
         assert spilled == (chunk == "6M"), log
+        # the 5M model's layer: 3.4 MB of fp32 weights and 3.1 MB of
+        # X^T X, more than half of 6M: AWQ takes down_proj alone first
+        # (its X^T X beside the layer less down, then the others')
+        down_first = "awq_w4_g128: each layer's down_proj first" in log
+        assert down_first == (chunk == "6M"), log
+        assert "gptq_w4_g128: each layer's down_proj first" not in log
     for v in ("gptq_w4_g128", "awq_w4_g128", "brecq_w4_g64_attn6"):
         assert got["", v] == got["6M", v], v
     print("     gptq, awq, brecq: the same bytes in 1 and 8 chunks")
