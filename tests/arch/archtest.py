@@ -26,7 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "mount"))
 import stread  # noqa: E402,F401  (re-exported for the oracles)
-from qftest import Mount, mkmodel, run_tests, qf, QUANTFS, SkipTest, \
+from qftest import Mount, mkmodel, run_tests, qf, QUANTFS, SkipTest, sha, \
     gguf_client, eval_windows, need_client  # noqa: E402,F401
 
 LOGITS_CLI = os.environ.get("QF_LOGITS_CLI", os.path.join(

@@ -292,6 +292,36 @@ def test_calibrated_variants():
         assert rel < 1e-4, rel
 
 
+def test_chunked_calibration_same_bytes():
+    """Calibration in chunks of sequences (-o calib_mem) of a model with
+    fused qkv_proj and gate_up_proj: GPTQ's sequential passes free the
+    attention's weights once its output is final (the fused tensor once:
+    freeing each linear's rows of it aborted the daemon), AWQ takes
+    down_proj alone first (the layer's weights and X^T X are more than
+    half of 1M: intermediate 1024); both give the bytes of one pass over
+    all tokens."""
+    src = os.path.join(at.WORK, "wide")
+    at.mkmodel(os.path.join(src, "phi4wide"), "--arch", "phi3", "--hidden",
+               "128", "--inter", "1024", "--layers", "2", "--heads", "4",
+               "--kv-heads", "2", "--vocab", "512")
+    got = {}
+    for mem in (None, "1M"):
+        opts = ["calib_n=16", "calib_len=64"] + (
+            ["calib_mem=" + mem] if mem else [])
+        with at.Mount(src, opts=opts) as m:
+            d = os.path.join(m.mnt, "phi4wide")
+            for v in ("gptq_w4_g32_sym", "awq_w4_g128"):
+                got[mem, v] = at.sha(os.path.join(d, v, "model.safetensors"))
+            log = m.stderr()
+        assert ("16 calibration sequences in chunks of 8" in log) == \
+            (mem == "1M"), log
+        assert ("awq_w4_g128: each layer's down_proj first" in log) == \
+            (mem == "1M"), log
+    for v in ("gptq_w4_g32_sym", "awq_w4_g128"):
+        assert got[None, v] == got["1M", v], v
+    print("  gptq, awq: the same bytes in 1 and 2 chunks")
+
+
 def test_kill9_resume_same_bytes():
     """A calibrated job killed after two layers resumes from the cache,
     replaying the fused tensors (and AWQ's folded norms) of the layers
