@@ -291,17 +291,27 @@ double qf_awq_rel_err(const float *w, const float *w2, int64_t out,
 	return base > 0 ? qf_awq_energy(w, w2, out, in, h) / base : 0;
 }
 
+double qf_awq_energy_codes(const float *w, const uint8_t *q,
+			   const uint16_t *sc, const int32_t *zero,
+			   int64_t gs, int64_t out, int64_t in,
+			   const float *h)
+{
+	struct qf_err_rows e = { .w0 = w, .q = q, .sc = sc, .z = zero,
+				 .in = in, .ng = (in + gs - 1) / gs,
+				 .gs = gs };
+
+	return energy(&e, out, h);
+}
+
 double qf_awq_rel_err_codes(const float *w, const uint8_t *q,
 			    const uint16_t *sc, const int32_t *zero,
 			    int64_t gs, int64_t out, int64_t in,
 			    const float *h)
 {
-	struct qf_err_rows e = { .w0 = w, .q = q, .sc = sc, .z = zero,
-				 .in = in, .ng = (in + gs - 1) / gs,
-				 .gs = gs };
 	double base = qf_awq_energy(w, NULL, out, in, h);
 
-	return base > 0 ? energy(&e, out, h) / base : 0;
+	return base > 0 ? qf_awq_energy_codes(w, q, sc, zero, gs, out, in,
+					      h) / base : 0;
 }
 
 /* ------------------------------------------------------------------ */

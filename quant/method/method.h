@@ -160,10 +160,15 @@ void qf_err_rows(const struct qf_err_rows *e, int64_t r0, int64_t n,
  */
 double qf_awq_energy(const float *w, const float *w2, int64_t out,
 		     int64_t in, const float *h);
+/* qf_awq_energy of w' the codes q/sc/zero [out, in] with groups of gs
+ * as qf_awq_deq makes them, a block of rows at a time (no copy of w's
+ * size). */
+double qf_awq_energy_codes(const float *w, const uint8_t *q,
+			   const uint16_t *sc, const int32_t *zero,
+			   int64_t gs, int64_t out, int64_t in,
+			   const float *h);
 /* The relative error qf_awq_energy(w, w2) / qf_awq_energy(w, NULL) (0
- * when w's own is 0); _codes: of w' the codes q/sc/zero [out, in] with
- * groups of gs as qf_awq_deq makes them, a block of rows at a time (no
- * copy of w's size). */
+ * when w's own is 0); _codes: of w' the codes, as above. */
 double qf_awq_rel_err(const float *w, const float *w2, int64_t out,
 		      int64_t in, const float *h);
 double qf_awq_rel_err_codes(const float *w, const uint8_t *q,

@@ -182,6 +182,7 @@ static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
 	const struct qf_awq_opts *o = ma->o;
 	int64_t gs = o->group >= in ? in : o->group;
 	float *w0 = malloc((size_t)(out * in) * sizeof(float));
+	double base;
 	struct codes1 cd;
 	int ret = codes1_alloc(&cd, out, in, o);
 
@@ -190,11 +191,12 @@ static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
 	if (ret)
 		goto out_free;
 	memcpy(w0, w, (size_t)(out * in) * sizeof(float));
+	base = qf_awq_energy(w0, NULL, out, in, h);
 	ret = qf_awq_rtn(w, out, in, o, cd.q, cd.sc, cd.z);
 	if (!ret) {
-		ma->r->loss_rtn[gi] = qf_awq_rel_err_codes(w0, cd.q, cd.sc,
-							   cd.z, gs, out, in,
-							   h);
+		ma->r->loss_rtn[gi] = base > 0 ?
+			qf_awq_energy_codes(w0, cd.q, cd.sc, cd.z, gs, out, in,
+					    h) / base : 0;
 		ret = qf_awq_search_clip(w, out, in, h, o);
 	}
 	if (!ret)
@@ -204,7 +206,8 @@ static int quantize_one(struct moe_awq *ma, int gi, float *w, int64_t out,
 				  NULL, NULL);
 	if (!ret) {
 		qf_awq_deq(cd.q, cd.sc, cd.z, out, in, gs, w);
-		ma->r->loss[gi] = qf_awq_rel_err(w0, w, out, in, h);
+		ma->r->loss[gi] = base > 0 ?
+			qf_awq_energy(w0, w, out, in, h) / base : 0;
 		ma->r->alpha[gi] = alpha;
 		ma->r->score[2 * gi] = ma->r->score[2 * gi + 1] = -1;
 		ret = qf_layer_emit(ma->v, gi, cd.q, cd.sc, cd.z, ma->r);
