@@ -19,14 +19,18 @@ model's layer shapes and --layers decoder layers (default 1):
 
 usage: bench/arch.py [--quantfs PATH] [--only NAME,...] [--layers N]
                      [--calib-n N] [--calib-len N] [--calib FILE] [--no-gptq]
-                     [--no-forward] [--variants V,...]
+                     [--no-forward] [--variants V,...] [--opts O,...]
 
 Issue #23's memory goals: --only llama3_8b,llama3_70b --no-forward
---variants gptq_w4_g128,awq_w4_g128 --calib-n 128 --calib-len 512 --calib
-../shared/data/text/english/calib.txt (the peak RSS against 4 / 8 GB).
+--variants gptq_w4_g128,awq_w4_g128,brecq_w4_g64_attn6 --calib-n 128
+--calib-len 512 --calib ../shared/data/text/english/calib.txt (the peak RSS
+against 4 / 8 GB); with --opts brecq_iters=4 BRECQ runs 4 steps a layer
+(its memory does not depend on them) and its time is extrapolated to the
+default 200 from the seconds of each.
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +81,7 @@ REAL_LAYERS = {"gemma3_text": 26, "gemma2": 26, "phi3": 32, "qwen3_moe": 48,
                "qwen3_dense_a3b": 48, "olmoe": 16, "mixtral": 32,
                "llama3_8b": 32, "llama3_70b": 80}
 DEFAULT = "gemma3_text,gemma2,phi3,qwen3_moe,qwen3_dense_a3b,olmoe"
+BRECQ_STEPS = 200   # brecq.h's default Adam steps a block
 
 
 def cpu_seconds(pid):
@@ -86,11 +91,25 @@ def cpu_seconds(pid):
     return (int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def gptq(src, name, calib_n, calib_len, calib=None, variant="gptq_w4_g128"):
+BRECQ_LINE = re.compile(r"BRECQ: block output error .* ([0-9.]+) s, "
+                        r"(\d+) steps of it ([0-9.]+) s")
+
+
+def brecq_steps(log):
+    """(steps, seconds in them) summed over the BRECQ lines of log."""
+    n = secs = 0
+    for m in BRECQ_LINE.finditer(log):
+        n += int(m.group(2))
+        secs += float(m.group(3))
+    return n, secs
+
+
+def gptq(src, name, calib_n, calib_len, calib=None, variant="gptq_w4_g128",
+         extra=()):
     """Seconds, daemon CPU seconds, VmHWM and anonymous peak of
     variant of src/name (CPU seconds hold on a busy machine, where
-    wall-clock time does not)."""
-    opts = ["calib_n=%d" % calib_n, "calib_len=%d" % calib_len]
+    wall-clock time does not), and the daemon's log."""
+    opts = ["calib_n=%d" % calib_n, "calib_len=%d" % calib_len] + list(extra)
     if calib:
         opts.append("calib=" + os.path.abspath(calib))
     rel = os.path.join(name, variant, "model.safetensors")
@@ -106,7 +125,8 @@ def gptq(src, name, calib_n, calib_len, calib=None, variant="gptq_w4_g128"):
         peak = status(m.proc.pid, "VmHWM")
         anon.stop.set()
         anon.join()
-    return dt, cpu, peak, anon.peak
+        log = m.stderr()
+    return dt, cpu, peak, anon.peak, log
 
 
 def main():
@@ -125,6 +145,10 @@ def main():
     ap.add_argument("--calib", help="calibration text (default: sampled "
                     "from the model, which runs its whole vocabulary head "
                     "per token)")
+    ap.add_argument("--opts", default="",
+                    help="more mount options, comma-separated (e.g. "
+                    "brecq_iters=4: BRECQ's time is then extrapolated to "
+                    "the default 200 steps from the seconds a step)")
     a = ap.parse_args()
     qftest.QUANTFS = os.path.abspath(a.quantfs)
     bench_fwd = os.path.join(os.path.dirname(qftest.QUANTFS), "..", "bench",
@@ -143,16 +167,29 @@ def main():
                 print("  " + (r.stdout or r.stderr).strip().replace(
                     "\n", "\n  "))
             for v in ([] if a.no_gptq else a.variants.split(",")):
-                dt, cpu, peak, anon = gptq(src, name, a.calib_n,
-                                           a.calib_len, a.calib, v)
+                dt, cpu, peak, anon, log = gptq(
+                    src, name, a.calib_n, a.calib_len, a.calib, v,
+                    [o for o in a.opts.split(",") if o])
+                steps, step_s = brecq_steps(log)
+                for ln in log.splitlines():     # BRECQ's, and spills
+                    if "BRECQ: " in ln or "temporary file" in ln:
+                        print("    " + ln.split("quantfs: ", 1)[-1])
+                layer = dt / a.layers
+                if steps:   # the default schedule's steps at this rate
+                    layer += (BRECQ_STEPS * a.layers - steps) * \
+                        (step_s / steps) / a.layers
+                    print("  %s: %d BRECQ steps, %.1f s each" %
+                          (v, steps, step_s / steps))
                 print("  %s, %d x %d tokens: %.1f s per layer (%.1f CPU "
                       "s), peak RSS %.2f GB (anonymous %.2f GB); %d layers "
-                      "of %s: %.1f h" % (v, a.calib_n, a.calib_len,
-                                         dt / a.layers, cpu / a.layers,
-                                         peak / 1e9, anon / 1e9,
-                                         REAL_LAYERS[name], real,
-                                         dt / a.layers * REAL_LAYERS[name]
-                                         / 3600), flush=True)
+                      "of %s: %.1f h%s" % (
+                          v, a.calib_n, a.calib_len, dt / a.layers,
+                          cpu / a.layers, peak / 1e9, anon / 1e9,
+                          REAL_LAYERS[name], real,
+                          layer * REAL_LAYERS[name] / 3600,
+                          " (at %d steps a layer: %.1f s a layer)" %
+                          (BRECQ_STEPS, layer) if steps else ""),
+                      flush=True)
             shutil.rmtree(src, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

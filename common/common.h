@@ -81,6 +81,13 @@ int qf_read_file(const char *path, size_t max, struct qf_buf *out);
  * file that ends before them (pread). */
 int qf_pread_all(int fd, void *p, size_t len, uint64_t off);
 int qf_pwrite_all(int fd, const void *p, size_t len, uint64_t off);
+/*
+ * An unnamed temporary file for data a process spills from memory
+ * (mode 0600, gone with its last descriptor): in dir, else (dir NULL or
+ * empty, or not writable there) in $TMPDIR, else /tmp.  Returns its
+ * descriptor or -errno.
+ */
+int qf_spill_open(const char *dir);
 
 /*
  * Files under SRC and calib_dir (srcfile.c): name is one path component in

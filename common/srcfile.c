@@ -13,9 +13,13 @@
  * so no component of a path is followed unchecked.  Files are opened
  * O_NONBLOCK and must be regular: a FIFO planted in SRC cannot block the
  * daemon.
+ *
+ * Also here: whole-buffer pread/pwrite, and the unnamed temporary files
+ * into which calibration spills what it does not hold in memory.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -274,4 +278,34 @@ int qf_pwrite_all(int fd, const void *p, size_t len, uint64_t off)
 		off += (uint64_t)k;
 	}
 	return 0;
+}
+
+/* An unnamed temporary file in dir: its descriptor, or -errno. */
+static int tmpfile_in(const char *dir)
+{
+	char path[4096];
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR &&
+			errno != EINVAL))
+		return fd >= 0 ? fd : -errno;
+	/* a file system without O_TMPFILE: named, unlinked at once */
+	if (snprintf(path, sizeof(path), "%s/.qf-spill.XXXXXX", dir) >=
+	    (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	unlink(path);
+	return fd;
+}
+
+int qf_spill_open(const char *dir)
+{
+	const char *tmp = getenv("TMPDIR");
+	int fd = dir && *dir ? tmpfile_in(dir) : -ENOENT;
+
+	if (fd < 0)
+		fd = tmpfile_in(tmp && *tmp ? tmp : "/tmp");
+	return fd;
 }

@@ -305,6 +305,11 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 		ops.sequential = true;
 		ops.whole_layer = false;
 	}
+	if (!ret && ops.block && qf_calib_spill_bytes(&j->c, cs, &ops))
+		qf_info("%s/%s: the layer input and its target (%.2f GB) in "
+			"temporary files of the cache directory (calib_mem)",
+			var->mdl->name, var->v->name,
+			(double)qf_calib_spill_bytes(&j->c, cs, &ops) / 1e9);
 	if (!ret && !j->c.moe && !ops.block) {
 		int cn = qf_calib_chunk_seqs(&j->c, cs->nseq, cs->seqlen,
 					     ops.mem_bytes);

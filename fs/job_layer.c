@@ -219,8 +219,9 @@ static int brecq_progress(void *arg, int iter, int iters, double rec,
  * against the full-precision layer's output y on the quantized model's
  * input x; the codes into j->res.
  */
-static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
-		    const float *y, int nseq, int seqlen)
+static int cb_block(void *arg, int l, struct qf_tf_layer *ly,
+		    const struct qf_tf_seqs *x, const struct qf_tf_seqs *y,
+		    int nseq, int seqlen)
 {
 	struct job *j = arg;
 	struct qf_layer_map m = layer_map(j, l);
@@ -255,6 +256,9 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	o.progress = brecq_progress;
 	o.arg = j;
 	o.every = 50;
+	o.mem_bytes = j->fs->o.calib_mem > 0 ? (int64_t)j->fs->o.calib_mem :
+					       QF_CALIB_MEM_BYTES;
+	o.spill_dir = j->fs->cache_dir;
 	j->layer = l;
 	ret = qf_layer_brecq(&m, &j->c, l, ly, x, y, nseq, seqlen, &o, &j->res,
 			     &info);
@@ -262,9 +266,12 @@ static int cb_block(void *arg, int l, struct qf_tf_layer *ly, const float *x,
 	if (!ret)
 		qf_info("%s/%s: layer %d/%d BRECQ: block output error %.4g -> "
 			"%.4g (relative; round to nearest -> learned rounding), "
-			"%d steps in %.1f s", j->var->mdl->name, m.v->name, l + 1,
-			j->var->job->nlayers, info.rel_rtn, info.rel_final,
-			info.iters, info.seconds);
+			"%.1f s, %d steps of it %.1f s%s", j->var->mdl->name,
+			m.v->name, l + 1, j->var->job->nlayers, info.rel_rtn,
+			info.rel_final, info.seconds, info.iters,
+			info.step_seconds,
+			info.spilled ? " (its rounding state in a temporary "
+				       "file: calib_mem)" : "");
 	return ret;
 }
 

@@ -431,38 +431,6 @@ struct stream {
 	void *arg;
 };
 
-/* An unnamed temporary file in dir: its descriptor, or -errno. */
-static int tmpfile_in(const char *dir)
-{
-	char path[4096];
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-
-	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR &&
-			errno != EINVAL))
-		return fd >= 0 ? fd : -errno;
-	/* a file system without O_TMPFILE: named, unlinked at once */
-	if (snprintf(path, sizeof(path), "%s/.qf-calib.XXXXXX", dir) >=
-	    (int)sizeof(path))
-		return -ENAMETOOLONG;
-	fd = mkostemp(path, O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	unlink(path);
-	return fd;
-}
-
-/* The spill file: in dir, else (none given, or not writable there) in
- * $TMPDIR, else /tmp. */
-static int spill_open(const char *dir)
-{
-	const char *tmp = getenv("TMPDIR");
-	int fd = dir && *dir ? tmpfile_in(dir) : -ENOENT;
-
-	if (fd < 0)
-		fd = tmpfile_in(tmp && *tmp ? tmp : "/tmp");
-	return fd;
-}
-
 /* Sequences [s0, s0 + n) of x: into s->tmp (spilled), or where they
  * are. */
 static int chunk_get(const struct stream *s, int s0, int n, float **xc)
@@ -669,62 +637,6 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 	return ret ? ret : stream_pass(s, QF_TF_MLP_HALF, NULL);
 }
 
-/*
- * ops->block: xq (the quantized path) and y (the full-precision path,
- * the layer's target once its layer ran on it in place), both moved on
- * in chunks (no scratch of all tokens).
- */
-static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
-		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
-		      void *arg)
-{
-	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
-	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
-	float *xq = malloc(bytes), *y = malloc(bytes);
-	struct stream s = { .c = c, .nseq = cs->nseq, .seqlen = cs->seqlen,
-			    .cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
-						      ops->mem_bytes),
-			    .fd = -1, .ops = ops, .arg = arg };
-	int l, ret;
-
-	if (!xq || !y) {
-		ret = -ENOMEM;
-		goto out_free;
-	}
-	ret = qf_tf_embed(m, c, cs->ids, ntok, xq);
-	if (!ret)
-		memcpy(y, xq, bytes);
-	for (l = 0; l < c->layers && !ret; l++) {
-		struct qf_tf_layer ly;
-		double t0 = qf_now();
-		bool cached = false;
-
-		ret = qf_tf_layer_load(m, c, l, &ly);
-		if (ret < 0)
-			break;
-		s.ly = &ly;
-		s.l = l;
-		/* the target: the full-precision layer on its own input */
-		s.x = y;
-		ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
-		if (!ret && ops->layer_cached)
-			ret = ops->layer_cached(arg, l, &ly, &cached);
-		if (!ret && !cached)
-			ret = ops->block(arg, l, &ly, xq, y, cs->nseq,
-					 cs->seqlen);
-		s.x = xq;
-		if (!ret)
-			ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
-		qf_tf_layer_free(&ly);
-		if (!ret && ops->layer_done)
-			ret = ops->layer_done(arg, l, xq, ntok, qf_now() - t0);
-	}
-out_free:
-	free(xq);
-	free(y);
-	return ret;
-}
-
 /* The next layer's input in s->x: a dense layer streamed in chunks. */
 static int run_streamed(struct stream *s, int l, struct qf_tf_layer *ly,
 			bool cached)
@@ -791,6 +703,8 @@ int64_t qf_calib_spill_bytes(const struct qf_tf_config *c,
 			(int64_t)sizeof(float);
 	int cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen, ops->mem_bytes);
 
+	if (ops->block)	/* the quantized path's input and the target */
+		return 2 * bytes > mem / 3 ? 2 * bytes : 0;
 	return streamed(c, cs, ops, cn) && bytes > mem / 3 ? bytes : 0;
 }
 
@@ -833,6 +747,90 @@ static int layer_done(const struct stream *s, const struct qf_calib *cs,
 	return ret;
 }
 
+/*
+ * ops->block: xq (the quantized path) and y (the full-precision path,
+ * the layer's target once its layer ran on it in place), both moved on
+ * in chunks (no scratch of all tokens); in files when spilled.
+ */
+static int run_blocks(const struct qf_model *m, const struct qf_tf_config *c,
+		      const struct qf_calib *cs, const struct qf_calib_ops *ops,
+		      void *arg)
+{
+	int64_t ntok = (int64_t)cs->nseq * cs->seqlen;
+	int64_t row = (int64_t)cs->seqlen * c->hidden;
+	size_t bytes = (size_t)(ntok * c->hidden) * sizeof(float);
+	bool spill = qf_calib_spill_bytes(c, cs, ops) > 0;
+	struct stream s = { .m = m, .c = c, .nseq = cs->nseq,
+			    .seqlen = cs->seqlen,
+			    .cn = qf_calib_chunk_seqs(c, cs->nseq, cs->seqlen,
+						      ops->mem_bytes),
+			    .fd = -1, .ops = ops, .arg = arg };
+	struct qf_tf_seqs xq = { NULL, -1, row }, y = { NULL, -1, row };
+	int l, ret = 0;
+
+	if (spill) {
+		xq.fd = qf_spill_open(ops->spill_dir);
+		y.fd = xq.fd < 0 ? xq.fd : qf_spill_open(ops->spill_dir);
+		ret = y.fd < 0 ? y.fd : 0;
+		s.tmp = malloc((size_t)(s.cn * row) * sizeof(float));
+	} else {
+		xq.mem = malloc(bytes);
+		y.mem = malloc(bytes);
+	}
+	if (!ret && (spill ? !s.tmp : !xq.mem || !y.mem))
+		ret = -ENOMEM;
+	/* the embeddings, into both */
+	s.fd = xq.fd;
+	s.x = xq.mem;
+	if (!ret)
+		ret = spill ? embed_spilled(m, &s, cs) :
+			      qf_tf_embed(m, c, cs->ids, ntok, xq.mem);
+	for (l = 0; l < cs->nseq && spill && !ret; l += s.cn) {
+		int n = cs->nseq - l < s.cn ? cs->nseq - l : s.cn;
+
+		ret = qf_tf_seqs_read(&xq, l, n, s.tmp);
+		if (!ret)
+			ret = qf_tf_seqs_write(&y, l, n, s.tmp);
+	}
+	if (!ret && !spill)
+		memcpy(y.mem, xq.mem, bytes);
+	for (l = 0; l < c->layers && !ret; l++) {
+		struct qf_tf_layer ly;
+		double t0 = qf_now();
+		bool cached = false;
+
+		ret = qf_tf_layer_load(m, c, l, &ly);
+		if (ret < 0)
+			break;
+		s.ly = &ly;
+		s.l = l;
+		/* the target: the full-precision layer on its own input */
+		s.x = y.mem;
+		s.fd = y.fd;
+		ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
+		if (!ret && ops->layer_cached)
+			ret = ops->layer_cached(arg, l, &ly, &cached);
+		if (!ret && !cached)
+			ret = ops->block(arg, l, &ly, &xq, &y, cs->nseq,
+					 cs->seqlen);
+		s.x = xq.mem;
+		s.fd = xq.fd;
+		if (!ret)
+			ret = stream_pass(&s, QF_TF_WHOLE_LAYER, NULL);
+		qf_tf_layer_free(&ly);
+		if (!ret)
+			ret = layer_done(&s, cs, l, xq.mem, qf_now() - t0);
+	}
+	if (xq.fd >= 0)
+		close(xq.fd);
+	if (y.fd >= 0)
+		close(y.fd);
+	free(s.tmp);
+	free(xq.mem);
+	free(y.mem);
+	return ret;
+}
+
 int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		 const struct qf_calib *cs, const struct qf_calib_ops *ops,
 		 void *arg)
@@ -851,7 +849,7 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 
 	if (ops->block)
 		return run_blocks(m, c, cs, ops, arg);
-	if (spill && (s.fd = spill_open(ops->spill_dir)) < 0)
+	if (spill && (s.fd = qf_spill_open(ops->spill_dir)) < 0)
 		return s.fd;
 	x_in = spill ? NULL : malloc(bytes);
 	x = malloc(stream ? (size_t)cn * cs->seqlen * c->hidden *

@@ -142,10 +142,14 @@ struct qf_calib_ops {
 	 * the layer's input as the quantized layers before produce it (x)
 	 * and the full-precision layer's output on the full-precision
 	 * input (y), both [nseq * seqlen, hidden], and replaces the
-	 * weights in ly.  The driver keeps three activation arrays.
+	 * weights in ly.  The driver keeps the two arrays in memory, or
+	 * both in temporary files (spill_dir) when together they take
+	 * more than a third of mem_bytes (qf_calib_spill_bytes), and
+	 * moves them on a chunk of sequences at a time.
 	 */
 	int (*block)(void *arg, int layer, struct qf_tf_layer *ly,
-		     const float *x, const float *y, int nseq, int seqlen);
+		     const struct qf_tf_seqs *x, const struct qf_tf_seqs *y,
+		     int nseq, int seqlen);
 	/*
 	 * MoE layers (sequential only; NULL: experts kept as they are):
 	 * replace expert e's linears in w (qf_tf_moe_weights): k
@@ -223,7 +227,8 @@ int qf_calib_expert_acts(const struct qf_tf_config *c, float *const *w,
 bool qf_calib_down_first(const struct qf_tf_config *c,
 			 const struct qf_calib_ops *ops);
 /* Bytes of the layer input qf_calib_run keeps in a temporary file
- * (ops->spill_dir), 0 when it holds them in memory. */
+ * (ops->spill_dir), 0 when it holds them in memory; with ops->block,
+ * of the two arrays block() gets. */
 int64_t qf_calib_spill_bytes(const struct qf_tf_config *c,
 			     const struct qf_calib *cs,
 			     const struct qf_calib_ops *ops);

@@ -14,10 +14,12 @@
  * variables too, with the routing computed once from the block's input
  * and held fixed (tf_moe.h, brecq.h: struct qf_brecq_experts).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "brecq.h"
 #include "method.h"
@@ -54,7 +56,8 @@ void qf_adaround_free(struct qf_adaround *a)
 {
 	if (!a)
 		return;
-	free(a->base);
+	free(a->base8);
+	free(a->base16);
 	free(a->v);
 	free(a->m1);
 	free(a->m2);
@@ -124,6 +127,32 @@ static inline int64_t group_span(const struct qf_adaround *a, int64_t gi,
 	return j0;
 }
 
+/* Store base j, clamped to [-2, maxq + 1] (brecq.h: the same rounding). */
+static inline void base_set(struct qf_adaround *a, int64_t j, float base)
+{
+	float hi = (float)(1 << a->bits);
+
+	base = base < -2 ? -2 : base > hi ? hi : base;
+	if (a->base8)
+		a->base8[j] = (uint8_t)(base + 2);
+	else
+		a->base16[j] = (int16_t)base;
+}
+
+/* base [j0, j0 + n) as floats into dst. */
+static inline void base_run(const struct qf_adaround *a, int64_t j0,
+			    int64_t n, float *dst)
+{
+	int64_t j;
+
+	if (a->base8)
+		for (j = 0; j < n; j++)
+			dst[j] = (float)a->base8[j0 + j] - 2;
+	else
+		for (j = 0; j < n; j++)
+			dst[j] = (float)a->base16[j0 + j];
+}
+
 /* The grid of group gi of w, and base/V of its columns. */
 static int init_group(struct qf_adaround *a, const float *w,
 		      const struct qf_qparams *qp, int64_t gi)
@@ -148,7 +177,7 @@ static int init_group(struct qf_adaround *a, const float *w,
 		float fl = floorf(t);
 		double frac = (double)t - fl;
 
-		a->base[j] = fl + (float)a->zero[gi];
+		base_set(a, j, fl + (float)a->zero[gi]);
 		/* h(V) = frac: V = -log((zeta - gamma) / (frac - gamma) - 1) */
 		a->v[j] = (float)-log(zg / (frac - QF_ADAROUND_GAMMA) - 1.0);
 		/* an exact tie: just below or above 0 as RTN rounds it (to
@@ -174,14 +203,16 @@ int qf_adaround_init(struct qf_adaround *a, const float *w, int64_t out,
 	a->bits = qp->bits;
 	a->ngroups = qf_ngroups(in, qp->group);
 	a->gs = a->ngroups == 1 ? in : qp->group;
-	a->base = malloc(n * sizeof(float));
+	a->fd = -1;
+	if (qp->bits <= 7)
+		a->base8 = malloc(n);
+	else
+		a->base16 = malloc(n * sizeof(int16_t));
 	a->v = malloc(n * sizeof(float));
-	a->m1 = calloc(n, sizeof(float));
-	a->m2 = calloc(n, sizeof(float));
 	a->sc = malloc(sizeof(float) * (size_t)(out * a->ngroups));
 	a->sc16 = malloc(sizeof(uint16_t) * (size_t)(out * a->ngroups));
 	a->zero = malloc(sizeof(int32_t) * (size_t)(out * a->ngroups));
-	if (!a->base || !a->v || !a->m1 || !a->m2 || !a->sc || !a->sc16 ||
+	if ((!a->base8 && !a->base16) || !a->v || !a->sc || !a->sc16 ||
 	    !a->zero) {
 		ret = -ENOMEM;
 		goto out_free;
@@ -205,47 +236,184 @@ static inline float rect_sigmoid(float v)
 			    QF_ADAROUND_GAMMA) + QF_ADAROUND_GAMMA, 0, 1);
 }
 
-QF_HOT void qf_adaround_soft(const struct qf_adaround *a, float *w)
+/*
+ * Rows [r0, r1) of the state: v, m1, m2 point at row r0's first
+ * element, in a's arrays or (spilled) in buf, read from the file.
+ */
+struct rows {
+	int64_t r0, r1;
+	float *v, *m1, *m2;
+};
+
+/* Rows of a spilled state read and written at a time: about 128 KiB of
+ * each array (the three fit in L2 while they are updated). */
+static int64_t block_rows(const struct qf_adaround *a)
+{
+	int64_t r = ((int64_t)1 << 15) / a->in;
+
+	return r < 1 ? 1 : r;
+}
+
+/* Rows [r0, r1): of V alone, or with the moments. */
+static int rows_load(const struct qf_adaround *a, int64_t r0, int64_t r1,
+		     bool moments, float *buf, struct rows *b)
+{
+	size_t len = (size_t)((r1 - r0) * a->in) * sizeof(float);
+	uint64_t n = (uint64_t)(a->out * a->in) * sizeof(float);
+	uint64_t at = a->off + (uint64_t)(r0 * a->in) * sizeof(float);
+	int ret;
+
+	b->r0 = r0;
+	b->r1 = r1;
+	if (a->v) {
+		b->v = a->v + r0 * a->in;
+		b->m1 = a->m1 ? a->m1 + r0 * a->in : NULL;
+		b->m2 = a->m2 ? a->m2 + r0 * a->in : NULL;
+		return 0;
+	}
+	b->v = buf;
+	b->m1 = buf + (r1 - r0) * a->in;
+	b->m2 = b->m1 + (r1 - r0) * a->in;
+	ret = qf_pread_all(a->fd, b->v, len, at);
+	if (!ret && moments)
+		ret = qf_pread_all(a->fd, b->m1, len, at + n);
+	if (!ret && moments)
+		ret = qf_pread_all(a->fd, b->m2, len, at + 2 * n);
+	return ret;
+}
+
+/* ... and back (spilled; in memory they were changed in place). */
+static int rows_store(const struct qf_adaround *a, const struct rows *b)
+{
+	size_t len = (size_t)((b->r1 - b->r0) * a->in) * sizeof(float);
+	uint64_t n = (uint64_t)(a->out * a->in) * sizeof(float);
+	uint64_t at = a->off + (uint64_t)(b->r0 * a->in) * sizeof(float);
+	int ret;
+
+	if (a->v)
+		return 0;
+	ret = qf_pwrite_all(a->fd, b->v, len, at);
+	if (!ret)
+		ret = qf_pwrite_all(a->fd, b->m1, len, at + n);
+	if (!ret)
+		ret = qf_pwrite_all(a->fd, b->m2, len, at + 2 * n);
+	return ret;
+}
+
+/* The buffer rows_load needs for a spilled state (NULL, ok, in memory). */
+static int rows_buf(const struct qf_adaround *a, float **buf)
+{
+	*buf = NULL;
+	if (a->v)
+		return 0;
+	*buf = malloc(sizeof(float) * 3 * (size_t)(block_rows(a) * a->in));
+	return *buf ? 0 : -ENOMEM;
+}
+
+/* W~ of rows b into w (out, in). */
+QF_HOT static void soft_rows(const struct qf_adaround *a, const struct rows *b,
+			     float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
-	int64_t gi, j, j1;
+	int64_t o = b->r0 * a->in;
+	float bb[REG_CHUNK];
+	int64_t gi, j0, j1, k, n;
 
-	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+	for (gi = b->r0 * a->ngroups; gi < b->r1 * a->ngroups; gi++) {
 		float s = a->sc[gi];
 		float z = (float)a->zero[gi];
 
-		for (j = group_span(a, gi, &j1); j < j1; j++) {
-			float c = a->base[j] + rect_sigmoid(a->v[j]);
+		for (j0 = group_span(a, gi, &j1); j0 < j1; j0 += n) {
+			n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
+			base_run(a, j0, n, bb);
+			for (k = 0; k < n; k++) {
+				float c = bb[k] + rect_sigmoid(b->v[j0 - o + k]);
 
-			w[j] = s * (qf_tf_clampf(c, 0, maxq) - z);
+				w[j0 + k] = s * (qf_tf_clampf(c, 0, maxq) - z);
+			}
 		}
 	}
 }
 
-void qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
-		      bool nearest, uint8_t *q, float *w)
+void qf_adaround_soft(const struct qf_adaround *a, float *w)
+{
+	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
+
+	soft_rows(a, &b, w);
+}
+
+int qf_adaround_soft_any(const struct qf_adaround *a, float *w)
+{
+	int64_t r0, nr = block_rows(a);
+	struct rows b;
+	float *buf;
+	int ret = rows_buf(a, &buf);
+
+	for (r0 = 0; r0 < a->out && !ret; r0 += nr) {
+		ret = rows_load(a, r0, r0 + nr < a->out ? r0 + nr : a->out,
+				false, buf, &b);
+		if (!ret)
+			soft_rows(a, &b, w);
+	}
+	free(buf);
+	return ret;
+}
+
+/* The hard rounding of rows b (qf_adaround_hard). */
+static void hard_rows(const struct qf_adaround *a, const struct rows *b,
+		      const float *w_fp, bool nearest, uint8_t *q, float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
-	int64_t gi, j, j1;
+	int64_t o = b->r0 * a->in;
+	float bb[REG_CHUNK];
+	int64_t gi, j0, j1, k, n;
 
-	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+	for (gi = b->r0 * a->ngroups; gi < b->r1 * a->ngroups; gi++) {
 		float s = a->sc[gi];
 		float z = (float)a->zero[gi];
 
-		for (j = group_span(a, gi, &j1); j < j1; j++) {
-			float c;
+		for (j0 = group_span(a, gi, &j1); j0 < j1; j0 += n) {
+			n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
+			base_run(a, j0, n, bb);
+			for (k = 0; k < n; k++) {
+				int64_t j = j0 + k;
+				float c;
 
-			if (nearest)	/* ties to even, as RTN */
-				c = rintf(w_fp[j] / s) + z;
-			else
-				c = a->base[j] + (a->v[j] >= 0);
-			c = c < 0 ? 0 : c > maxq ? maxq : c;
-			if (q)
-				q[j] = (uint8_t)c;
-			if (w)
-				w[j] = s * (c - z);
+				if (nearest)	/* ties to even, as RTN */
+					c = rintf(w_fp[j] / s) + z;
+				else
+					c = bb[k] + (b->v[j - o] >= 0);
+				c = c < 0 ? 0 : c > maxq ? maxq : c;
+				if (q)
+					q[j] = (uint8_t)c;
+				if (w)
+					w[j] = s * (c - z);
+			}
 		}
 	}
+}
+
+int qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
+		     bool nearest, uint8_t *q, float *w)
+{
+	int64_t r0, nr = block_rows(a);
+	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
+	float *buf;
+	int ret;
+
+	if (nearest || a->v) {
+		hard_rows(a, &b, w_fp, nearest, q, w);
+		return 0;
+	}
+	ret = rows_buf(a, &buf);
+	for (r0 = 0; r0 < a->out && !ret; r0 += nr) {
+		ret = rows_load(a, r0, r0 + nr < a->out ? r0 + nr : a->out,
+				false, buf, &b);
+		if (!ret)
+			hard_rows(a, &b, NULL, false, q, w);
+	}
+	free(buf);
+	return ret;
 }
 
 /*
@@ -281,28 +449,34 @@ static inline float grad_one(float v, float base, float dw, float s,
 	       dh;
 }
 
-/* gv[0, n) of one group (scale s); with_reg: rv[0, n) too. */
+/* gv[j0, j0 + n) of one group (scale s), v[k] the V of j0 + k;
+ * with_reg: rv[0, n) too. */
 static inline void grad_run(const struct qf_adaround *a, int64_t j0,
-			    int64_t n, const float *dw, float s, float reg,
-			    float beta, bool with_reg, float *gv, float *rv)
+			    int64_t n, const float *v, const float *dw,
+			    float s, float reg, float beta, bool with_reg,
+			    float *gv, float *rv)
 {
 	float maxq = (float)((1 << a->bits) - 1);
+	float bb[REG_CHUNK];
 	int64_t j;
 
+	base_run(a, j0, n, bb);
 	for (j = 0; j < n; j++)
-		gv[j0 + j] = grad_one(a->v[j0 + j], a->base[j0 + j],
-				      dw[j0 + j], s, maxq, reg, beta,
-				      with_reg, &rv[j]);
+		gv[j0 + j] = grad_one(v[j], bb[j], dw[j0 + j], s, maxq, reg,
+				      beta, with_reg, &rv[j]);
 }
 
-QF_HOT double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
-			       float reg, float beta, float *gv)
+/* dL/dV of rows b into gv (out, in) from dw (may be gv); the
+ * regularizer's values summed into *regv in the order of the weights. */
+QF_HOT static void grad_rows(const struct qf_adaround *a, const struct rows *b,
+			     const float *dw, float reg, float beta, float *gv,
+			     double *regv)
 {
+	int64_t o = b->r0 * a->in;
 	float rv[REG_CHUNK];
-	double regv = 0;
 	int64_t gi, j0, j1, k;
 
-	for (gi = 0; gi < a->out * a->ngroups; gi++) {
+	for (gi = b->r0 * a->ngroups; gi < b->r1 * a->ngroups; gi++) {
 		float s = a->sc[gi];
 
 		/* vectorized in chunks; their sums in double after */
@@ -310,36 +484,118 @@ QF_HOT double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
 			int64_t n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
 
 			if (!(reg > 0)) {
-				grad_run(a, j0, n, dw, s, 0, beta, false, gv,
-					 rv);
+				grad_run(a, j0, n, b->v + (j0 - o), dw, s, 0,
+					 beta, false, gv, rv);
 				continue;
 			}
-			grad_run(a, j0, n, dw, s, reg, beta, true, gv, rv);
+			grad_run(a, j0, n, b->v + (j0 - o), dw, s, reg, beta,
+				 true, gv, rv);
 			for (k = 0; k < n; k++)
-				regv += rv[k];
+				*regv += rv[k];
 		}
 	}
+}
+
+double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
+			float reg, float beta, float *gv)
+{
+	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
+	double regv = 0;
+
+	grad_rows(a, &b, dw, reg, beta, gv, &regv);
 	return reg * regv;
 }
 
-QF_HOT void qf_adaround_adam(struct qf_adaround *a, const float *gv,
-			     float lr, int t)
+/* Adam on n weights: v, m1, m2 with gradient gv (torch.optim.Adam). */
+QF_HOT static void adam_run(float *v, float *m1, float *m2, const float *gv,
+			    int64_t n, float lr, int t)
 {
 	const float b1 = 0.9f, b2 = 0.999f, eps = 1e-8f;
-	size_t n = (size_t)(a->out * a->in);
 	float bc1 = (float)(1.0 - pow(b1, t));
 	float rbc2 = (float)(1.0 / sqrt(1.0 - pow(b2, t)));
 	float step = lr / bc1;
-	size_t i;
+	int64_t i;
 
-	/* torch.optim.Adam's update */
 	for (i = 0; i < n; i++) {
 		float g = gv[i];
 
-		a->m1[i] = b1 * a->m1[i] + (1 - b1) * g;
-		a->m2[i] = b2 * a->m2[i] + (1 - b2) * g * g;
-		a->v[i] -= step * a->m1[i] / (sqrtf(a->m2[i]) * rbc2 + eps);
+		m1[i] = b1 * m1[i] + (1 - b1) * g;
+		m2[i] = b2 * m2[i] + (1 - b2) * g * g;
+		v[i] -= step * m1[i] / (sqrtf(m2[i]) * rbc2 + eps);
 	}
+}
+
+/* The moments of a state in memory, zero, at its first step. */
+static int moments(struct qf_adaround *a)
+{
+	size_t n = (size_t)(a->out * a->in);
+
+	if (!a->v || a->m1)
+		return 0;
+	a->m1 = calloc(n, sizeof(float));
+	a->m2 = calloc(n, sizeof(float));
+	return a->m1 && a->m2 ? 0 : -ENOMEM;
+}
+
+int qf_adaround_adam(struct qf_adaround *a, const float *gv, float lr, int t)
+{
+	int ret = moments(a);
+
+	if (!ret)
+		adam_run(a->v, a->m1, a->m2, gv, a->out * a->in, lr, t);
+	return ret;
+}
+
+int qf_adaround_spill(struct qf_adaround *a, int fd, uint64_t *off)
+{
+	uint64_t n = (uint64_t)(a->out * a->in) * sizeof(float);
+	int ret;
+
+	/* V; the moments are still zero: the file's hole reads so */
+	ret = qf_pwrite_all(fd, a->v, (size_t)n, *off);
+	if (!ret && ftruncate(fd, (off_t)(*off + 3 * n)) < 0)
+		ret = -errno;
+	if (ret)
+		return ret;
+	free(a->v);
+	free(a->m1);
+	free(a->m2);
+	a->v = a->m1 = a->m2 = NULL;	/* (no moments before a step) */
+	a->fd = fd;
+	a->off = *off;
+	*off += 3 * n;
+	return 0;
+}
+
+int qf_adaround_step(struct qf_adaround *a, float *dw, float reg, float beta,
+		     float lr, int t, float *w, double *regv)
+{
+	int64_t r0, nr = block_rows(a);
+	struct rows b;
+	float *buf;
+	int ret = moments(a);
+
+	if (!ret)
+		ret = rows_buf(a, &buf);
+	if (ret)
+		return ret;
+	if (a->v)	/* one block: the whole matrix */
+		nr = a->out;
+	*regv = 0;
+	for (r0 = 0; r0 < a->out && !ret; r0 += nr) {
+		int64_t r1 = r0 + nr < a->out ? r0 + nr : a->out;
+
+		ret = rows_load(a, r0, r1, true, buf, &b);
+		if (ret)
+			break;
+		grad_rows(a, &b, dw, reg, beta, dw, regv);
+		adam_run(b.v, b.m1, b.m2, dw + r0 * a->in, (r1 - r0) * a->in,
+			 lr, t);
+		soft_rows(a, &b, w);
+		ret = rows_store(a, &b);
+	}
+	free(buf);
+	return ret;
 }
 
 /* ------------------------------------------------------------------ */
@@ -370,37 +626,46 @@ static void lin_dims(const struct qf_tf_config *c, int l, int64_t *out,
 	*in = qf_tf_linear_in(c, (enum qf_tf_linear)l);
 }
 
+/* Sequences of seqlen tokens per chunk of a pass over the whole set. */
+static int eval_chunk(int nseq, int seqlen)
+{
+	int chunk = BRECQ_EVAL_TOKENS / seqlen;
+
+	return chunk < 1 ? 1 : chunk > nseq ? nseq : chunk;
+}
+
 /* Mean of (block(x) - y)^2 over the whole set, in chunks of sequences. */
 static int eval_mse(const struct qf_tf_config *c, const struct qf_tf_layer *ly,
-		    int layer, const float *x, const float *y, int nseq,
-		    int seqlen, double *mse)
+		    int layer, const struct qf_tf_seqs *x,
+		    const struct qf_tf_seqs *y, int nseq, int seqlen,
+		    double *mse)
 {
 	int64_t hid = c->hidden;
-	int chunk = BRECQ_EVAL_TOKENS / seqlen;
+	int chunk = eval_chunk(nseq, seqlen);
+	size_t len = sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid);
+	float *buf = malloc(len), *yb = malloc(len);
 	double sum = 0;
-	float *buf;
-	int s0, ret = 0;
+	int s0, ret = buf && yb ? 0 : -ENOMEM;
 
-	chunk = chunk < 1 ? 1 : chunk > nseq ? nseq : chunk;
-	buf = malloc(sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid));
-	if (!buf)
-		return -ENOMEM;
 	for (s0 = 0; s0 < nseq && ret == 0; s0 += chunk) {
 		int ns = nseq - s0 < chunk ? nseq - s0 : chunk;
-		int64_t off = (int64_t)s0 * seqlen * hid;
 		int64_t n = (int64_t)ns * seqlen * hid;
 		int64_t i;
 
-		memcpy(buf, x + off, sizeof(float) * (size_t)n);
-		ret = qf_tf_layer_forward(c, ly, layer, buf, ns, seqlen, NULL,
-					  NULL);
+		ret = qf_tf_seqs_read(x, s0, ns, buf);
+		if (!ret)
+			ret = qf_tf_seqs_read(y, s0, ns, yb);
+		if (!ret)
+			ret = qf_tf_layer_forward(c, ly, layer, buf, ns,
+						  seqlen, NULL, NULL);
 		for (i = 0; i < n && ret == 0; i++) {
-			double d = (double)buf[i] - y[off + i];
+			double d = (double)buf[i] - yb[i];
 
 			sum += d * d;
 		}
 	}
 	free(buf);
+	free(yb);
 	*mse = sum / ((double)nseq * seqlen * hid);
 	return ret;
 }
@@ -411,9 +676,16 @@ struct brecq {
 	const struct qf_brecq_opts *o;
 	struct qf_adaround ar[QF_TF_NLINEAR];
 	bool quant[QF_TF_NLINEAR];
-	struct qf_tf_layer soft;	/* ly with W~ for quantized linears */
-	float *wsoft[QF_TF_NLINEAR];	/* (out, in) W~ */
-	float *dw[QF_TF_NLINEAR];	/* (out, in) dL/dW~, then dL/dV */
+	struct qf_tf_layer soft;	/* ly: W~ in its quantized linears */
+	float *dw[QF_TF_NLINEAR];	/* (out, in) dL/dW~, then dL/dV:
+					 * dwbuf for each quantized one */
+	float *dwbuf;
+	int fd;				/* the spilled state, or -1 */
+	int64_t spilled;		/* its bytes */
+	/* the step under way (dw_done) */
+	int t;
+	float regw, beta;
+	double regl[QF_TF_NLINEAR];	/* the regularizer's sums */
 	struct qf_tf_saved sv;
 	float *xb;			/* (T, hidden) mini-batch input */
 	float *yb;			/* (T, hidden) its target */
@@ -433,19 +705,26 @@ struct brecq {
 	float *pb;
 };
 
-static void brecq_free(struct brecq *b)
+/* What only the Adam steps use. */
+static void train_free(struct brecq *b)
 {
-	int l;
-
-	for (l = 0; l < QF_TF_NLINEAR; l++) {
-		qf_adaround_free(&b->ar[l]);
-		free(b->wsoft[l]);
-		free(b->dw[l]);
-	}
+	free(b->dwbuf);
 	qf_tf_saved_free(&b->sv);
 	free(b->xb);
 	free(b->yb);
 	free(b->yh);
+	b->dwbuf = b->xb = b->yb = b->yh = NULL;
+}
+
+static void brecq_free(struct brecq *b)
+{
+	int l;
+
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		qf_adaround_free(&b->ar[l]);
+	train_free(b);
+	if (b->fd >= 0)
+		close(b->fd);
 	free(b->perm);
 	for (l = 0; l < b->nex; l++) {
 		qf_adaround_free(&b->ear[l]);
@@ -513,16 +792,16 @@ static int route_hook(void *arg, int layer, enum qf_tf_linear lin,
 
 /* The routing of every token of x through ly as it is (source precision). */
 static int route_all(struct brecq *b, const struct qf_tf_layer *ly,
-		     int layer, const float *x, int nseq, int seqlen)
+		     int layer, const struct qf_tf_seqs *x, int nseq,
+		     int seqlen)
 {
 	int64_t hid = b->c->hidden, k = b->c->topk;
 	int64_t ntok = (int64_t)nseq * seqlen;
-	int chunk = BRECQ_EVAL_TOKENS / seqlen;
+	int chunk = eval_chunk(nseq, seqlen);
 	struct route_ctx r = { b, ly->moe, 0 };
 	float *buf;
 	int s0, ret = 0;
 
-	chunk = chunk < 1 ? 1 : chunk > nseq ? nseq : chunk;
 	b->sel = malloc(sizeof(int32_t) * (size_t)(ntok * k));
 	b->p = malloc(sizeof(float) * (size_t)(ntok * k));
 	buf = malloc(sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid));
@@ -534,10 +813,10 @@ static int route_all(struct brecq *b, const struct qf_tf_layer *ly,
 		int ns = nseq - s0 < chunk ? nseq - s0 : chunk;
 
 		r.off = (int64_t)s0 * seqlen;
-		memcpy(buf, x + r.off * hid,
-		       sizeof(float) * (size_t)((int64_t)ns * seqlen * hid));
-		ret = qf_tf_layer_forward(b->c, ly, layer, buf, ns, seqlen,
-					  route_hook, &r);
+		ret = qf_tf_seqs_read(x, s0, ns, buf);
+		if (!ret)
+			ret = qf_tf_layer_forward(b->c, ly, layer, buf, ns,
+						  seqlen, route_hook, &r);
 		ret = ret == ROUTE_DONE ? 0 : ret < 0 ? ret : -EINVAL;
 	}
 	free(buf);
@@ -569,13 +848,59 @@ static void expert_dims(const struct qf_tf_config *c, int k, int64_t *out,
 	*in = down ? mi : c->hidden;
 }
 
+/* Bytes of V and the Adam moments of every linear BRECQ learns. */
+static int64_t state_bytes(const struct brecq *b, const struct qf_tf_layer *ly)
+{
+	const struct qf_brecq_experts *ex = b->o->moe;
+	int64_t n = 0, out, in;
+	int l;
+
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		if (b->o->qp[l].bits != 16) {
+			lin_dims(b->c, l, &out, &in);
+			n += out * in;
+		}
+	for (l = 0; ly->moe && ex && l < ly->moe->nw * QF_MOE_NLINEAR; l++)
+		if (ex->qp[l].bits != 16) {
+			expert_dims(b->c, l, &out, &in);
+			n += out * in;
+		}
+	return 12 * n;
+}
+
+/* The file for V and the moments when they take more than half of
+ * o->mem_bytes. */
+static int spill_open(struct brecq *b, const struct qf_tf_layer *ly)
+{
+	int64_t bytes = state_bytes(b, ly);
+
+	if (b->o->mem_bytes <= 0 || bytes <= b->o->mem_bytes / 2)
+		return 0;
+	b->fd = qf_spill_open(b->o->spill_dir);
+	return b->fd < 0 ? b->fd : 0;
+}
+
+/* a's V and moments into the file, when there is one. */
+static int spill(struct brecq *b, struct qf_adaround *a)
+{
+	uint64_t off = (uint64_t)b->spilled;
+	int ret;
+
+	if (b->fd < 0)
+		return 0;
+	ret = qf_adaround_spill(a, b->fd, &off);
+	b->spilled = (int64_t)off;
+	return ret;
+}
+
 /*
  * A MoE block's experts: the routing, and AdaRound of each quantized
  * expert linear; those of experts routed no token hold their RTN W~ and
  * are not learned.
  */
 static int experts_setup(struct brecq *b, const struct qf_tf_layer *ly,
-			 int layer, const float *x, int nseq, int seqlen)
+			 int layer, const struct qf_tf_seqs *x, int nseq,
+			 int seqlen)
 {
 	const struct qf_tf_moe *moe = ly->moe;
 	const struct qf_brecq_experts *ex = b->o->moe;
@@ -613,8 +938,10 @@ static int experts_setup(struct brecq *b, const struct qf_tf_layer *ly,
 		    !(b->edw[k] = malloc(sizeof(float) * (size_t)(out * in))))
 			ret = -ENOMEM;
 		if (!ret)	/* RTN to start with (and to keep, unrouted) */
-			qf_adaround_hard(&b->ear[k], w, true, NULL,
-					 b->ewsoft[k]);
+			ret = qf_adaround_hard(&b->ear[k], w, true, NULL,
+					       b->ewsoft[k]);
+		if (!ret && b->edw[k])
+			ret = spill(b, &b->ear[k]);
 		b->smoe.w[k] = b->ewsoft[k];
 	}
 	if (!ret && ex && ex->tokens)
@@ -627,33 +954,68 @@ static int experts_setup(struct brecq *b, const struct qf_tf_layer *ly,
 	return ret;
 }
 
-static int brecq_setup(struct brecq *b, const struct qf_tf_layer *ly,
-		       const float *x, const float *y, int nseq, int seqlen)
+/* sigma^2: the mean square of the block's update y - x over the set. */
+static int update_norm(struct brecq *b, const struct qf_tf_seqs *x,
+		       const struct qf_tf_seqs *y, int nseq, int seqlen)
 {
 	int64_t hid = b->c->hidden;
-	int64_t n = (int64_t)nseq * seqlen * hid;
+	int chunk = eval_chunk(nseq, seqlen);
+	size_t len = sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid);
+	float *xb = malloc(len), *yb = malloc(len);
+	double ss = 0;
+	int s0, ret = xb && yb ? 0 : -ENOMEM;
+
+	for (s0 = 0; s0 < nseq && !ret; s0 += chunk) {
+		int ns = nseq - s0 < chunk ? nseq - s0 : chunk;
+		int64_t i, n = (int64_t)ns * seqlen * hid;
+
+		ret = qf_tf_seqs_read(x, s0, ns, xb);
+		if (!ret)
+			ret = qf_tf_seqs_read(y, s0, ns, yb);
+		for (i = 0; i < n && !ret; i++) {
+			double d = (double)yb[i] - xb[i];
+
+			ss += d * d;
+		}
+	}
+	free(xb);
+	free(yb);
+	b->norm = ss / ((double)nseq * seqlen * hid);
+	if (!(b->norm > 0) || !isfinite(b->norm))
+		b->norm = 1;
+	return ret;
+}
+
+static int brecq_setup(struct brecq *b, const struct qf_tf_layer *ly,
+		       const struct qf_tf_seqs *x, const struct qf_tf_seqs *y,
+		       int nseq, int seqlen)
+{
+	int64_t hid = b->c->hidden;
 	int bs = b->o->batch_seqs < nseq ? b->o->batch_seqs : nseq;
 	int64_t tb = (int64_t)bs * seqlen * hid;
-	double ss = 0;
-	int64_t i, out, in;
+	int64_t i, out, in, big = 0;
 	int l, ret;
 
 	b->soft = *ly;
-	for (l = 0; l < QF_TF_NLINEAR; l++) {
+	ret = spill_open(b, ly);
+	for (l = 0; l < QF_TF_NLINEAR && !ret; l++) {
 		if (b->o->qp[l].bits == 16)
 			continue;
 		lin_dims(b->c, l, &out, &in);
 		ret = qf_adaround_init(&b->ar[l], ly->w[l], out, in,
 				       &b->o->qp[l]);
+		if (!ret)
+			ret = spill(b, &b->ar[l]);
 		if (ret < 0)
 			return ret;
-		b->wsoft[l] = malloc(sizeof(float) * (size_t)(out * in));
-		b->dw[l] = malloc(sizeof(float) * (size_t)(out * in));
-		if (!b->wsoft[l] || !b->dw[l])
-			return -ENOMEM;
 		b->quant[l] = true;
-		b->soft.w[l] = b->wsoft[l];
+		big = out * in > big ? out * in : big;
 	}
+	/* one dL/dW~ for all: each is used up as the backward makes it */
+	if (big && !(b->dwbuf = malloc(sizeof(float) * (size_t)big)))
+		return -ENOMEM;
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		b->dw[l] = b->quant[l] ? b->dwbuf : NULL;
 	ret = qf_tf_saved_init(b->c, bs, seqlen, &b->sv);
 	if (ret < 0)
 		return ret;
@@ -665,36 +1027,29 @@ static int brecq_setup(struct brecq *b, const struct qf_tf_layer *ly,
 		return -ENOMEM;
 	for (i = 0; i < nseq; i++)
 		b->perm[i] = (int)i;
-	for (i = 0; i < n; i++) {
-		double d = (double)y[i] - x[i];
-
-		ss += d * d;
-	}
-	b->norm = ss / (double)n;
-	if (!(b->norm > 0) || !isfinite(b->norm))
-		b->norm = 1;
 	b->rng = b->o->seed;
-	return 0;
+	return update_norm(b, x, y, nseq, seqlen);
 }
 
 /* Draw the mini-batch: bs distinct sequences (partial Fisher-Yates). */
-static void brecq_batch(struct brecq *b, const float *x, const float *y,
-			int nseq, int seqlen)
+static int brecq_batch(struct brecq *b, const struct qf_tf_seqs *x,
+		       const struct qf_tf_seqs *y, int nseq, int seqlen)
 {
-	size_t rowb = sizeof(float) * (size_t)((int64_t)seqlen * b->c->hidden);
+	int64_t row = (int64_t)seqlen * b->c->hidden;
 	int bs = b->sv.nseq;
-	int i;
+	int i, ret = 0;
 
-	for (i = 0; i < bs; i++) {
+	for (i = 0; i < bs && !ret; i++) {
 		int j = i + (int)(splitmix64(&b->rng) % (uint64_t)(nseq - i));
 		int t = b->perm[i];
 		int64_t off;
 
 		b->perm[i] = b->perm[j];
 		b->perm[j] = t;
-		off = (int64_t)b->perm[i] * seqlen * b->c->hidden;
-		memcpy((char *)b->xb + i * rowb, x + off, rowb);
-		memcpy((char *)b->yb + i * rowb, y + off, rowb);
+		ret = qf_tf_seqs_read(x, b->perm[i], 1, b->xb + i * row);
+		if (!ret)
+			ret = qf_tf_seqs_read(y, b->perm[i], 1,
+					      b->yb + i * row);
 		if (!b->nex)
 			continue;
 		off = (int64_t)b->perm[i] * seqlen * b->c->topk;
@@ -703,6 +1058,7 @@ static void brecq_batch(struct brecq *b, const float *x, const float *y,
 		memcpy(b->pb + (int64_t)i * seqlen * b->c->topk, b->p + off,
 		       sizeof(float) * (size_t)(seqlen * b->c->topk));
 	}
+	return ret;
 }
 
 /* beta and the regularizer weight at step t (1-based), as BRECQ's
@@ -722,24 +1078,25 @@ static float brecq_beta(const struct qf_brecq_opts *o, int t, float *regw)
 	return (float)(o->beta_lo + (o->beta_hi - o->beta_lo) * (1 - rel));
 }
 
+/* Linear l's dL/dW~ is ready (tf_backward.h): its update, W~ anew. */
+static int dw_done(void *arg, int l, float *dw)
+{
+	struct brecq *b = arg;
+
+	return qf_adaround_step(&b->ar[l], dw, b->regw, b->beta, b->o->lr,
+				b->t, b->soft.w[l], &b->regl[l]);
+}
+
 /* One Adam step; *rec, *reg: the losses of this mini-batch. */
 static int brecq_step(struct brecq *b, int t, double *rec, double *reg)
 {
 	const struct qf_tf_config *c = b->c;
 	int64_t n = b->sv.ntok * c->hidden;
-	double sum = 0;
-	float f, regw, beta;
+	double sum = 0, r;
+	float f;
 	int64_t i;
-	int l;
+	int l, ret;
 
-	int ret;
-
-	for (l = 0; l < QF_TF_NLINEAR; l++)
-		if (b->quant[l])
-			qf_adaround_soft(&b->ar[l], b->wsoft[l]);
-	for (l = 0; l < b->nex; l++)
-		if (b->edw[l])
-			qf_adaround_soft(&b->ear[l], b->ewsoft[l]);
 	ret = qf_tf_block_forward(c, &b->soft, b->xb, b->yh, &b->sv);
 	if (ret < 0)
 		return ret;
@@ -753,74 +1110,92 @@ static int brecq_step(struct brecq *b, int t, double *rec, double *reg)
 	*rec = sum / ((double)b->sv.ntok * b->norm);
 	if (!isfinite(*rec))
 		return QF_ENUMERIC;
+	b->t = t;
+	b->beta = brecq_beta(b->o, t, &b->regw);
+	b->sv.dw_done = dw_done;
+	b->sv.dw_arg = b;
 	ret = qf_tf_block_backward(c, &b->soft, &b->sv, b->yh, b->dw);
-	if (ret < 0)
+	if (ret)
 		return ret;
-	beta = brecq_beta(b->o, t, &regw);
 	*reg = 0;
-	for (l = 0; l < QF_TF_NLINEAR; l++) {
-		if (!b->quant[l])
-			continue;
-		*reg += qf_adaround_grad(&b->ar[l], b->dw[l], regw, beta,
-					 b->dw[l]);
-		qf_adaround_adam(&b->ar[l], b->dw[l], b->o->lr, t);
-	}
-	for (l = 0; l < b->nex; l++) {
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		if (b->quant[l])
+			*reg += b->regw * b->regl[l];
+	for (l = 0; l < b->nex && !ret; l++) {
 		if (!b->edw[l])
 			continue;
-		*reg += qf_adaround_grad(&b->ear[l], b->edw[l], regw, beta,
-					 b->edw[l]);
-		qf_adaround_adam(&b->ear[l], b->edw[l], b->o->lr, t);
+		ret = qf_adaround_step(&b->ear[l], b->edw[l], b->regw,
+				       b->beta, b->o->lr, t, b->ewsoft[l], &r);
+		*reg += b->regw * r;
 	}
-	return 0;
+	return ret;
 }
 
 /* Hard rounding into ly and the caller's buffers. */
-static void brecq_finish(struct brecq *b, struct qf_tf_layer *ly,
-			 uint8_t *q[QF_TF_NLINEAR],
-			 uint16_t *scale_f16[QF_TF_NLINEAR],
-			 int32_t *zero[QF_TF_NLINEAR])
+static int brecq_finish(struct brecq *b, struct qf_tf_layer *ly,
+			uint8_t *q[QF_TF_NLINEAR],
+			uint16_t *scale_f16[QF_TF_NLINEAR],
+			int32_t *zero[QF_TF_NLINEAR])
 {
-	int l;
+	int l, ret = 0;
 
-	for (l = 0; l < QF_TF_NLINEAR; l++) {
+	for (l = 0; l < QF_TF_NLINEAR && !ret; l++) {
 		struct qf_adaround *a = &b->ar[l];
 		size_t ng = (size_t)(a->out * a->ngroups);
 
 		if (!b->quant[l])
 			continue;
-		qf_adaround_hard(a, NULL, false, q ? q[l] : NULL, ly->w[l]);
+		ret = qf_adaround_hard(a, NULL, false, q ? q[l] : NULL,
+				       ly->w[l]);
 		if (scale_f16 && scale_f16[l])
 			memcpy(scale_f16[l], a->sc16, ng * sizeof(uint16_t));
 		if (zero && zero[l])
 			memcpy(zero[l], a->zero, ng * sizeof(int32_t));
 	}
+	return ret;
 }
 
 /* The experts' hard rounding (RTN where not learned) into ly and ex. */
-static void experts_finish(struct brecq *b, struct qf_tf_layer *ly,
-			   const struct qf_brecq_experts *ex)
+static int experts_finish(struct brecq *b, struct qf_tf_layer *ly,
+			  const struct qf_brecq_experts *ex)
 {
-	int k;
+	int k, ret = 0;
 
-	for (k = 0; k < b->nex; k++) {
+	for (k = 0; k < b->nex && !ret; k++) {
 		struct qf_adaround *a = &b->ear[k];
 		size_t ng = (size_t)(a->out * a->ngroups);
 		float *w = ly->moe->w[k];
 
 		if (!b->ewsoft[k])
 			continue;
-		qf_adaround_hard(a, w, !b->edw[k], ex->q ? ex->q[k] : NULL, w);
+		ret = qf_adaround_hard(a, w, !b->edw[k],
+				       ex->q ? ex->q[k] : NULL, w);
 		if (ex->scale_f16 && ex->scale_f16[k])
 			memcpy(ex->scale_f16[k], a->sc16, ng * sizeof(uint16_t));
 		if (ex->zero && ex->zero[k])
 			memcpy(ex->zero[k], a->zero, ng * sizeof(int32_t));
 	}
+	return ret;
+}
+
+/* W~ of the initial V in every linear learned. */
+static int brecq_soft_init(struct brecq *b)
+{
+	int l, ret = 0;
+
+	for (l = 0; l < QF_TF_NLINEAR && !ret; l++)
+		if (b->quant[l])
+			ret = qf_adaround_soft_any(&b->ar[l], b->soft.w[l]);
+	for (l = 0; l < b->nex && !ret; l++)
+		if (b->edw[l])
+			ret = qf_adaround_soft_any(&b->ear[l], b->ewsoft[l]);
+	return ret;
 }
 
 int qf_brecq_block(const struct qf_tf_config *c, int layer,
-		   struct qf_tf_layer *ly, const float *x, const float *y,
-		   int nseq, int seqlen, const struct qf_brecq_opts *o,
+		   struct qf_tf_layer *ly, const struct qf_tf_seqs *x,
+		   const struct qf_tf_seqs *y, int nseq, int seqlen,
+		   const struct qf_brecq_opts *o,
 		   uint8_t *q[QF_TF_NLINEAR],
 		   uint16_t *scale_f16[QF_TF_NLINEAR],
 		   int32_t *zero[QF_TF_NLINEAR],
@@ -828,7 +1203,7 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 {
 	struct qf_tf_config lc;	/* the layer's window and rope base */
 	struct brecq b;
-	double t0 = now_s();
+	double t0 = now_s(), t1;
 	double rec = 0, reg = 0;
 	bool learn;
 	int l, k, t, ret;
@@ -842,36 +1217,50 @@ int qf_brecq_block(const struct qf_tf_config *c, int layer,
 	memset(&b, 0, sizeof(b));
 	b.c = c;
 	b.o = o;
+	b.fd = -1;
 	ret = brecq_setup(&b, ly, x, y, nseq, seqlen);
 	if (!ret && ly->moe)
 		ret = experts_setup(&b, ly, layer, x, nseq, seqlen);
 	if (ret < 0)
 		goto out_free;
 	res->norm = b.norm;
-	for (l = 0; l < QF_TF_NLINEAR; l++)
+	/* round to nearest first, in ly's own buffers (W~ from here on) */
+	for (l = 0; l < QF_TF_NLINEAR && !ret; l++)
 		if (b.quant[l])
-			qf_adaround_hard(&b.ar[l], ly->w[l], true, NULL,
-					 b.wsoft[l]);
-	ret = eval_mse(c, &b.soft, layer, x, y, nseq, seqlen, &res->mse_rtn);
+			ret = qf_adaround_hard(&b.ar[l], ly->w[l], true, NULL,
+					       ly->w[l]);
+	if (!ret)
+		ret = eval_mse(c, &b.soft, layer, x, y, nseq, seqlen,
+			       &res->mse_rtn);
+	res->spilled = b.spilled;
 	for (l = 0; l < QF_TF_NLINEAR && !b.quant[l]; l++)
 		;
 	for (k = 0; k < b.nex && !b.edw[k]; k++)
 		;
 	learn = l < QF_TF_NLINEAR || k < b.nex;
+	if (!ret && learn)
+		ret = brecq_soft_init(&b);
+	t1 = now_s();
 	for (t = 1; t <= o->iters && learn && ret == 0; t++) {
-		brecq_batch(&b, x, y, nseq, seqlen);
-		ret = brecq_step(&b, t, &rec, &reg);
+		ret = brecq_batch(&b, x, y, nseq, seqlen);
+		if (!ret)
+			ret = brecq_step(&b, t, &rec, &reg);
 		if (ret == 0 && o->progress &&
 		    ((o->every > 0 && t % o->every == 0) || t == o->iters))
 			ret = o->progress(o->arg, t, o->iters, rec, reg);
 		res->iters = t;
 	}
-	if (ret)
-		goto out_free;
-	brecq_finish(&b, ly, q, scale_f16, zero);
-	if (b.nex && o->moe)
-		experts_finish(&b, ly, o->moe);
-	ret = eval_mse(c, ly, layer, x, y, nseq, seqlen, &res->mse_final);
+	res->step_seconds = now_s() - t1;
+	train_free(&b);		/* the steps' memory, before the rest's */
+	if (!ret)
+		ret = brecq_finish(&b, ly, q, scale_f16, zero);
+	if (!ret && b.nex && o->moe)
+		ret = experts_finish(&b, ly, o->moe);
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		qf_adaround_free(&b.ar[l]);
+	if (!ret)
+		ret = eval_mse(c, ly, layer, x, y, nseq, seqlen,
+			       &res->mse_final);
 out_free:
 	brecq_free(&b);
 	res->seconds = now_s() - t0;

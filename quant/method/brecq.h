@@ -32,10 +32,21 @@ struct qf_adaround {
 	int64_t ngroups;	/* qf_ngroups(in, group) */
 	int64_t gs;		/* columns per group */
 	int bits;
-	float *base;		/* (out, in) floor(w / s) + z */
+	/*
+	 * (out, in) floor(w / s) + z, exact (every use clamps base + h(V)
+	 * to [0, maxq], so a base below -2 or above maxq + 1 acts as -2 or
+	 * maxq + 1 and is kept as that): 2 + base in base8 up to 7 bits,
+	 * base itself in base16 at 8 bits; the other NULL.
+	 */
+	uint8_t *base8;
+	int16_t *base16;
 	float *v;		/* (out, in) rounding variables V */
-	float *m1;		/* (out, in) Adam first moment */
-	float *m2;		/* (out, in) Adam second moment */
+	float *m1;		/* (out, in) Adam first moment, NULL */
+	float *m2;		/* (out, in) Adam second moment  until a step */
+	/* v, m1, m2 NULL: they live in file fd (qf_adaround_spill) at
+	 * off, each (out, in) floats after the other */
+	int fd;
+	uint64_t off;
 	float *sc;		/* (out, ngroups) scales, f32 of sc16 */
 	uint16_t *sc16;		/* (out, ngroups) fp16 scales */
 	int32_t *zero;		/* (out, ngroups) */
@@ -62,10 +73,11 @@ void qf_adaround_soft(const struct qf_adaround *a, float *w);
  * maxq) into q (out, in) when non-NULL, and the dequantized weights
  * s (q - z) into w (out, in) when non-NULL.  With nearest set, rounds to
  * nearest instead (RTN on the same grid, ties to even: qf_rtn_quantize's
- * codes).
+ * codes).  V may be spilled (qf_adaround_spill).  Returns 0, -ENOMEM or
+ * -errno (spilled).
  */
-void qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
-		      bool nearest, uint8_t *q, float *w);
+int qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
+		     bool nearest, uint8_t *q, float *w);
 
 /*
  * Gradient of the loss with respect to V: gv (out, in) = dw * s h'(V),
@@ -79,10 +91,34 @@ double qf_adaround_grad(const struct qf_adaround *a, const float *dw,
 
 /*
  * One Adam step on V with gradient gv (beta1 0.9, beta2 0.999,
- * eps 1e-8); step t counts from 1 (bias correction).
+ * eps 1e-8); step t counts from 1 (bias correction).  The moments are
+ * allocated, zero, at the first.  V in memory.  Returns 0 or -ENOMEM.
  */
-void qf_adaround_adam(struct qf_adaround *a, const float *gv, float lr,
-		      int t);
+int qf_adaround_adam(struct qf_adaround *a, const float *gv, float lr,
+		     int t);
+
+/*
+ * Move V and the Adam moments into the file fd at *off (advanced past
+ * them: 12 bytes per weight), for a caller that cannot hold them;
+ * they are read and written a block of rows at a time from then on.
+ * qf_adaround_soft/grad/adam/hard need them in memory; the two below
+ * work either way.  Returns 0 or -errno.
+ */
+int qf_adaround_spill(struct qf_adaround *a, int fd, uint64_t *off);
+
+/*
+ * One whole update from dL/dW~ dw (overwritten with dL/dV): the
+ * gradient with the regularizer (qf_adaround_grad), the Adam step
+ * (qf_adaround_adam), and W~ of the new V into w (qf_adaround_soft),
+ * a block of rows at a time.  *regv: the regularizer's value.  Returns
+ * 0, -ENOMEM or -errno (spilled).
+ */
+int qf_adaround_step(struct qf_adaround *a, float *dw, float reg, float beta,
+		     float lr, int t, float *w, double *regv);
+
+/* W~ into w (qf_adaround_soft), V in memory or spilled.  Returns 0,
+ * -ENOMEM or -errno. */
+int qf_adaround_soft_any(const struct qf_adaround *a, float *w);
 
 /* ------------------------------------------------------------------ */
 /* block reconstruction                                               */
@@ -139,6 +175,15 @@ struct qf_brecq_opts {
 			double reg_loss);
 	void *arg;
 	int every;		/* 0: at the end only */
+	/*
+	 * Bytes the reconstruction's state may hold in memory (0: no
+	 * bound): when V and the Adam moments of the block's linears (12
+	 * bytes per weight) take more than half of it, they go into an
+	 * unnamed temporary file in spill_dir (qf_spill_open) and are
+	 * streamed a block of rows at a time, each linear once per step.
+	 */
+	int64_t mem_bytes;
+	const char *spill_dir;
 };
 
 /* The defaults above; qp[] all 4 bits, group 128, asymmetric. */
@@ -150,6 +195,8 @@ struct qf_brecq_result {
 	double norm;		/* loss normalizer sigma^2 (see below) */
 	int iters;		/* Adam steps run */
 	double seconds;		/* wall time */
+	double step_seconds;	/* of it, in the Adam steps */
+	int64_t spilled;	/* bytes of state in the file (mem_bytes) */
 };
 
 /*
@@ -163,7 +210,8 @@ struct qf_brecq_result {
  *
  * x: the block's input as the already quantized previous blocks produce
  * it (nseq * seqlen, hidden); y: the full-precision block's output
- * (nseq * seqlen, hidden), the target.
+ * (nseq * seqlen, hidden), the target.  Each in memory or in a file
+ * (struct qf_tf_seqs), read a mini-batch or a chunk at a time.
  *
  * Loss of a mini-batch of B sequences (T = B * seqlen tokens):
  *   rec = (1 / T) sum_t ||yhat_t - y_t||^2 / sigma^2
@@ -177,15 +225,24 @@ struct qf_brecq_result {
  * warmup * iters steps; then beta falls linearly from beta_hi to beta_lo.
  *
  * res->mse_*: mean over all elements of (yhat - y)^2 on the whole set,
- * forward only (qf_tf_layer_forward in chunks).  Memory: the activations
- * of one mini-batch, 6 floats per weight of the quantized linears.
+ * forward only (qf_tf_layer_forward in chunks).
+ *
+ * Memory, per weight of the quantized linears: W~ in ly's own buffers
+ * (4 bytes: the fp32 weights are read once, for the grid), base (1
+ * byte, 2 at 8 bits), and V with the Adam moments (12 bytes, or none
+ * when spilled to a file: o->mem_bytes); besides, dL/dW~ of the largest
+ * linear once (each linear's Adam step runs as soon as the backward has
+ * its gradient: tf_backward.h, dw_done), and the activations of one
+ * mini-batch.  A MoE block's experts keep their W~ and dL/dW~ apart.
  * Returns 0, -EINVAL (bad shapes or options), QF_ENUMERIC (grid, or a
- * non-finite loss), -ENOMEM, or the progress callback's non-zero value;
- * on failure ly's weights are unchanged.
+ * non-finite loss), -ENOMEM, -errno (a file), or the progress
+ * callback's non-zero value; on failure the weights of ly's quantized
+ * linears are undefined.
  */
 int qf_brecq_block(const struct qf_tf_config *c, int layer,
-		   struct qf_tf_layer *ly, const float *x, const float *y,
-		   int nseq, int seqlen, const struct qf_brecq_opts *o,
+		   struct qf_tf_layer *ly, const struct qf_tf_seqs *x,
+		   const struct qf_tf_seqs *y, int nseq, int seqlen,
+		   const struct qf_brecq_opts *o,
 		   uint8_t *q[QF_TF_NLINEAR],
 		   uint16_t *scale_f16[QF_TF_NLINEAR],
 		   int32_t *zero[QF_TF_NLINEAR],

@@ -293,6 +293,29 @@ static int check_unchanged(const struct qf_model_tensor *mt)
 	return QF_ECORRUPT;
 }
 
+int qf_tf_seqs_read(const struct qf_tf_seqs *s, int s0, int n, float *buf)
+{
+	size_t len = (size_t)(n * s->row) * sizeof(float);
+	uint64_t off = (uint64_t)(s0 * s->row) * sizeof(float);
+
+	if (!s->mem)
+		return qf_pread_all(s->fd, buf, len, off);
+	memcpy(buf, s->mem + s0 * s->row, len);
+	return 0;
+}
+
+int qf_tf_seqs_write(const struct qf_tf_seqs *s, int s0, int n,
+		     const float *buf)
+{
+	size_t len = (size_t)(n * s->row) * sizeof(float);
+	uint64_t off = (uint64_t)(s0 * s->row) * sizeof(float);
+
+	if (!s->mem)
+		return qf_pwrite_all(s->fd, buf, len, off);
+	memcpy(s->mem + s0 * s->row, buf, len);
+	return 0;
+}
+
 int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		const int32_t *ids, int64_t n, float *x)
 {

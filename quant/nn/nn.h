@@ -190,6 +190,21 @@ float **qf_tf_moe_weights(const struct qf_tf_layer *ly, int e);
 /* Embedding lookup: x [n, hidden] for tokens ids[n]. */
 int qf_tf_embed(const struct qf_model *m, const struct qf_tf_config *c,
 		const int32_t *ids, int64_t n, float *x);
+/*
+ * Whole sequences of a calibration set's activations [nseq * seqlen,
+ * hidden]: in memory at mem, or (mem NULL) in the file fd (spilled:
+ * qf_spill_open), sequence s at byte s * row * sizeof(float).
+ */
+struct qf_tf_seqs {
+	float *mem;
+	int fd;
+	int64_t row;		/* floats per sequence: seqlen * hidden */
+};
+/* Sequences [s0, s0 + n) copied into buf, or written from it.  Return 0
+ * or -errno (-EIO: the file ends before them). */
+int qf_tf_seqs_read(const struct qf_tf_seqs *s, int s0, int n, float *buf);
+int qf_tf_seqs_write(const struct qf_tf_seqs *s, int s0, int n,
+		     const float *buf);
 /* Final RMSNorm + lm_head (or tied embeddings): logits [n, vocab]. */
 int qf_tf_head(const struct qf_model *m, const struct qf_tf_config *c,
 	       const float *x, int64_t n, float *logits);

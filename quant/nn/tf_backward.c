@@ -193,14 +193,21 @@ static void weight_grad(float *dw, const float *dy, const float *x,
 			 dw, in);
 }
 
+/* dw[l] is complete and linear l's weights no longer read: s->dw_done. */
+static int done(struct qf_tf_saved *s, int l, float *const dw[QF_TF_NLINEAR])
+{
+	return dw[l] && s->dw_done ? s->dw_done(s->dw_arg, l, dw[l]) : 0;
+}
+
 /* The MLP half: dw of down, gate, up; s->dh = dL/dxn2. */
-static void mlp_backward(const struct qf_tf_config *c,
-			 const struct qf_tf_layer *ly, struct qf_tf_saved *s,
-			 const float *dy, float *const dw[QF_TF_NLINEAR])
+static int mlp_backward(const struct qf_tf_config *c,
+			const struct qf_tf_layer *ly, struct qf_tf_saved *s,
+			const float *dy, float *const dw[QF_TF_NLINEAR])
 {
 	int64_t T = s->ntok;
 	int64_t hid = c->hidden;
 	int64_t inter = c->inter;
+	int ret;
 
 	if (ly->mlp_out_norm && s->dn) {	/* dL/d(down out), in dh */
 		qf_tf_rmsnorm_bwd(s->dn, ly->mlp_out_norm, T, hid, c->rms_eps,
@@ -210,16 +217,21 @@ static void mlp_backward(const struct qf_tf_config *c,
 	weight_grad(dw[QF_TF_DOWN], dy, s->a, T, hid, inter);
 	qf_sgemm(false, false, T, inter, hid, 1.0f, dy, hid,
 		 ly->w[QF_TF_DOWN], inter, 0.0f, s->da, inter);
+	if ((ret = done(s, QF_TF_DOWN, dw)))
+		return ret;
 	if (c->act == QF_ACT_GELU_TANH)
 		qf_tf_geglu_bwd(s->g, s->u, s->da, s->da, s->du, T * inter);
 	else
 		qf_tf_swiglu_bwd(s->g, s->u, s->da, s->da, s->du, T * inter);
 	weight_grad(dw[QF_TF_GATE], s->da, s->xn2, T, inter, hid);
-	weight_grad(dw[QF_TF_UP], s->du, s->xn2, T, inter, hid);
 	qf_sgemm(false, false, T, hid, inter, 1.0f, s->da, inter,
 		 ly->w[QF_TF_GATE], hid, 0.0f, s->dh, hid);
+	if ((ret = done(s, QF_TF_GATE, dw)))
+		return ret;
+	weight_grad(dw[QF_TF_UP], s->du, s->xn2, T, inter, hid);
 	qf_sgemm(false, false, T, hid, inter, 1.0f, s->du, inter,
 		 ly->w[QF_TF_UP], hid, 1.0f, s->dh, hid);
+	return done(s, QF_TF_UP, dw);
 }
 
 int qf_tf_block_backward(const struct qf_tf_config *c,
@@ -236,9 +248,11 @@ int qf_tf_block_backward(const struct qf_tf_config *c,
 	int ret;
 
 	if (!ly->moe)
-		mlp_backward(c, ly, s, dy, dw);
-	else if ((ret = qf_tf_moe_backward(c, ly->moe, s->xn2, T, s->sel, s->p,
-					   dy, s->dwe, s->dh)) < 0)
+		ret = mlp_backward(c, ly, s, dy, dw);
+	else
+		ret = qf_tf_moe_backward(c, ly->moe, s->xn2, T, s->sel, s->p,
+					 dy, s->dwe, s->dh);
+	if (ret)
 		return ret;
 	if (!dw[QF_TF_Q] && !dw[QF_TF_K] && !dw[QF_TF_V] && !dw[QF_TF_O])
 		return 0;
@@ -252,12 +266,16 @@ int qf_tf_block_backward(const struct qf_tf_config *c,
 				  c->rms_eps, s->dh, s->dh);
 	weight_grad(dw[QF_TF_O], s->dh, s->o, T, hid, qd);
 	if (!dw[QF_TF_Q] && !dw[QF_TF_K] && !dw[QF_TF_V])
-		return 0;
+		return done(s, QF_TF_O, dw);
 	qf_sgemm(false, false, T, qd, hid, 1.0f, s->dh, hid, ly->w[QF_TF_O],
 		 qd, 0.0f, s->dq, qd);
+	if ((ret = done(s, QF_TF_O, dw)))
+		return ret;
 	qf_tf_attention_bwd(c, s->q, s->k, s->v, s->dq, s->nseq, s->seqlen,
 			    s->window, s->dq, s->dk, s->dv, s->s, s->ds);
 	weight_grad(dw[QF_TF_V], s->dv, s->xn, T, kvd, hid);
+	if ((ret = done(s, QF_TF_V, dw)))
+		return ret;
 	qf_tf_rope_rot(s->dq, T, c->heads, c->head_dim, qf_tf_rot_dim(c),
 		       s->seqlen, s->cs, s->sn, true);
 	qf_tf_rope_rot(s->dk, T, c->kv_heads, c->head_dim, qf_tf_rot_dim(c),
@@ -269,8 +287,10 @@ int qf_tf_block_backward(const struct qf_tf_config *c,
 		qf_tf_rmsnorm_bwd(s->kp, ly->k_norm, T * c->kv_heads,
 				  c->head_dim, c->rms_eps, s->dk, s->dk);
 	weight_grad(dw[QF_TF_Q], s->dq, s->xn, T, qd, hid);
+	if ((ret = done(s, QF_TF_Q, dw)))
+		return ret;
 	weight_grad(dw[QF_TF_K], s->dk, s->xn, T, kvd, hid);
-	return 0;
+	return done(s, QF_TF_K, dw);
 }
 
 /* ------------------------------------------------------------------ */

@@ -62,6 +62,15 @@ struct qf_tf_saved {
 	const int32_t *sel;
 	const float *p;
 	float *const *dwe;
+	/*
+	 * Optional, set by the caller: called with dw[l] as soon as the
+	 * backward has it and no longer reads linear l's weights (the
+	 * caller may then change them, and reuse dw[l]'s memory for the
+	 * next linear's: down, gate, up, o, v, q, k in that order).  A
+	 * non-zero return stops the backward with that value.
+	 */
+	int (*dw_done)(void *arg, int l, float *dw);
+	void *dw_arg;
 };
 
 /*
@@ -90,7 +99,8 @@ int qf_tf_block_forward(const struct qf_tf_config *c,
  * From dy = dL/dy (T, hidden) of the last qf_tf_block_forward(s) with the
  * same weights: dw[l] (out, in) = dL/dW of linear l, overwritten; a NULL
  * dw[l] is not computed (its linear is still differentiated through).
- * A MoE block's experts' into s->dwe.  Returns 0 or -ENOMEM (MoE).
+ * A MoE block's experts' into s->dwe.  Returns 0, -ENOMEM (MoE) or
+ * s->dw_done's non-zero value.
  */
 int qf_tf_block_backward(const struct qf_tf_config *c,
 			  const struct qf_tf_layer *ly, struct qf_tf_saved *s,

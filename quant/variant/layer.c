@@ -644,9 +644,27 @@ static void brecq_moe_free(struct brecq_moe *bm)
 	memset(bm, 0, sizeof(*bm));
 }
 
+/* Mean y^2 over the set, a sequence at a time. */
+static int mean_square(const struct qf_tf_seqs *y, int nseq, double *ey)
+{
+	float *buf = malloc(sizeof(float) * (size_t)y->row);
+	double sum = 0;
+	int s0, ret = buf ? 0 : -ENOMEM;
+	int64_t i;
+
+	for (s0 = 0; s0 < nseq && !ret; s0++) {
+		ret = qf_tf_seqs_read(y, s0, 1, buf);
+		for (i = 0; i < y->row && !ret; i++)
+			sum += (double)buf[i] * buf[i];
+	}
+	free(buf);
+	*ey = sum / ((double)nseq * y->row);
+	return ret;
+}
+
 int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
-		   int l, struct qf_tf_layer *ly, const float *x,
-		   const float *y, int nseq, int seqlen,
+		   int l, struct qf_tf_layer *ly, const struct qf_tf_seqs *x,
+		   const struct qf_tf_seqs *y, int nseq, int seqlen,
 		   struct qf_brecq_opts *o, struct qf_layer_res *r,
 		   struct qf_layer_brecq *info)
 {
@@ -654,7 +672,6 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	struct qf_brecq_result res = { 0 };
 	struct brecq_moe bm;
 	struct codes cd;
-	int64_t ntok = (int64_t)nseq * seqlen, i;
 	double ey = 0;
 	int k, ret = 0;
 
@@ -678,9 +695,8 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	if (!ret)
 		ret = qf_brecq_block(c, l, ly, x, y, nseq, seqlen, o, cd.q,
 				     cd.sc, cd.z, &res);
-	for (i = 0; i < ntok * c->hidden; i++)
-		ey += (double)y[i] * y[i];
-	ey /= (double)(ntok * c->hidden);
+	if (!ret)
+		ret = mean_square(y, nseq, &ey);
 	for (k = 0; k < QF_TF_NLINEAR && !ret; k++) {
 		int gi = m->lin_group[k];
 
@@ -703,6 +719,8 @@ int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
 	info->rel_final = ey > 0 ? res.mse_final / ey : 0;
 	info->iters = res.iters;
 	info->seconds = res.seconds;
+	info->step_seconds = res.step_seconds;
+	info->spilled = res.spilled;
 	codes_free(&cd);
 	return ret;
 }

@@ -181,19 +181,22 @@ struct qf_layer_brecq {
 	double rel_final;	/* the same, learned rounding */
 	int iters;		/* Adam steps run */
 	double seconds;
+	double step_seconds;	/* of it, in the Adam steps */
+	int64_t spilled;	/* bytes of its state in a file */
 };
 
 /*
  * BRECQ of block l (brecq.c): learned rounding of its linears against
  * the full-precision output y on the quantized model's input x, both
- * [nseq * seqlen, hidden].  o gives the schedule; its qp[] are set here
- * from the variant (16 for linears kept).  Every linear of the block
- * gets the block's relative output error as its loss.  Returns 0, what
- * o->progress returned, QF_ENUMERIC, -ENOMEM.
+ * [nseq * seqlen, hidden], in memory or in files.  o gives the schedule;
+ * its qp[] are set here from the variant (16 for linears kept).  Every
+ * linear of the block gets the block's relative output error as its
+ * loss.  Returns 0, what o->progress returned, QF_ENUMERIC, -ENOMEM,
+ * -errno (a file).
  */
 int qf_layer_brecq(const struct qf_layer_map *m, const struct qf_tf_config *c,
-		   int l, struct qf_tf_layer *ly, const float *x,
-		   const float *y, int nseq, int seqlen,
+		   int l, struct qf_tf_layer *ly, const struct qf_tf_seqs *x,
+		   const struct qf_tf_seqs *y, int nseq, int seqlen,
 		   struct qf_brecq_opts *o, struct qf_layer_res *r,
 		   struct qf_layer_brecq *info);
 

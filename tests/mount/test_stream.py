@@ -10,8 +10,11 @@ both, and the forward's linears run in blocks of 512 rows (QF_TF_ROWS)
 in both, so no row depends on the chunk whatever the BLAS kernels
 (OpenBLAS's Haswell SGEMM rounds a row otherwise with the rows beside
 it).  In chunks the layer input also lives in
-a temporary file (more than a third of calib_mem), not in memory.  The memory bound itself is asserted by
-test_calib (VmHWM against the formula)."""
+a temporary file (more than a third of calib_mem), not in memory; so do
+BRECQ's input and target, and its rounding state (V and the Adam
+moments: more than half of calib_mem), streamed a block of rows at a
+time.  The memory bound itself is asserted by test_calib (VmHWM against
+the formula) and test_brecq_mem."""
 import os
 import sys
 import tempfile
@@ -52,6 +55,14 @@ def test_chunked_equals_one_pass():
         down_first = "awq_w4_g128: each layer's down_proj first" in log
         assert down_first == (chunk == "6M"), log
         assert "gptq_w4_g128: each layer's down_proj first" not in log
+        # BRECQ: its input and target, 2 x 4.2 MB, more than a third of
+        # 6M, in files; V and the Adam moments (12 bytes a weight, 9.4 MB
+        # a layer) more than half of it: in a file, streamed
+        assert ("brecq_w4_g64_attn6: the layer input and its target "
+                "(0.01 GB) in temporary files" in log) == (chunk == "6M"), log
+        assert ("brecq_w4_g64_attn6: layer 1/6 BRECQ" in log) and \
+            ("(its rounding state in a temporary file: calib_mem)" in
+             log) == (chunk == "6M"), log
     for v in ("gptq_w4_g128", "awq_w4_g128", "brecq_w4_g64_attn6"):
         assert got["", v] == got["6M", v], v
     print("     gptq, awq, brecq: the same bytes in 1 and 8 chunks")

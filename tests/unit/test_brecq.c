@@ -5,11 +5,13 @@
  * step at the 5M-parameter model's shapes.  The block backward it rests
  * on is checked by test_brecq_grad.c.
  */
+#include <malloc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "brecq.h"
 #include "check.h"
@@ -241,9 +243,36 @@ static void recon_free(struct recon *r)
 	free(r->x); free(r->y); free(r->xh); free(r->yh);
 }
 
+/* qf_brecq_block on r's set, in memory or (files) in temporary files. */
+static int recon_block(struct recon *r, struct qf_tf_layer *ly,
+		       const struct qf_brecq_opts *o, bool files,
+		       uint8_t *q[QF_TF_NLINEAR], uint16_t *sc[QF_TF_NLINEAR],
+		       int32_t *z[QF_TF_NLINEAR], struct qf_brecq_result *res)
+{
+	int64_t row = (int64_t)r->seqlen * r->c.hidden;
+	struct qf_tf_seqs x = { r->x, -1, row }, y = { r->y, -1, row };
+	int ret;
+
+	if (files) {
+		x.fd = qf_spill_open(NULL);
+		y.fd = qf_spill_open(NULL);
+		CHECK(x.fd >= 0 && y.fd >= 0, ==, 1);
+		x.mem = y.mem = NULL;
+		CHECK(qf_tf_seqs_write(&x, 0, r->nseq, r->x), ==, 0);
+		CHECK(qf_tf_seqs_write(&y, 0, r->nseq, r->y), ==, 0);
+	}
+	ret = qf_brecq_block(&r->c, 0, ly, &x, &y, r->nseq, r->seqlen, o, q,
+			     sc, z, res);
+	if (files) {
+		close(x.fd);
+		close(y.fd);
+	}
+	return ret;
+}
+
 /* Run BRECQ on a copy of the fp layer; codes into q[], layer into *ly. */
 static int recon_run(struct recon *r, const struct qf_brecq_opts *o,
-		     struct qf_tf_layer *ly, uint8_t *q[QF_TF_NLINEAR],
+		     bool files, struct qf_tf_layer *ly, uint8_t *q[QF_TF_NLINEAR],
 		     uint16_t *sc[QF_TF_NLINEAR], int32_t *z[QF_TF_NLINEAR],
 		     struct qf_brecq_result *res)
 {
@@ -258,8 +287,7 @@ static int recon_run(struct recon *r, const struct qf_brecq_opts *o,
 		sc[l] = malloc(sizeof(uint16_t) * (size_t)ng);
 		z[l] = malloc(sizeof(int32_t) * (size_t)ng);
 	}
-	return qf_brecq_block(&r->c, 0, ly, r->x, r->y, r->nseq, r->seqlen, o,
-			      q, sc, z, res);
+	return recon_block(r, ly, o, files, q, sc, z, res);
 }
 
 static void free_codes(uint8_t *q[QF_TF_NLINEAR], uint16_t *sc[QF_TF_NLINEAR],
@@ -296,7 +324,7 @@ static void test_reconstruction(struct recon *r)
 	o.arg = &calls;
 	o.every = 50;
 	o.seed = 7;
-	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, 0);
+	CHECK(recon_run(r, &o, false, &ly, q, sc, z, &res), ==, 0);
 	CHECK(res.iters, ==, o.iters);
 	CHECK(calls, ==, o.iters / 50);
 
@@ -352,6 +380,26 @@ static void test_reconstruction(struct recon *r)
 	qf_tf_layer_free(&rtn);
 }
 
+/* Weights of the linears o quantizes. */
+static int64_t spill_weights(const struct qf_tf_config *c,
+			     const struct qf_brecq_opts *o)
+{
+	int64_t n = 0, out, in;
+	int l;
+
+	for (l = 0; l < QF_TF_NLINEAR; l++)
+		if (o->qp[l].bits != 16) {
+			lin_dims(c, l, &out, &in);
+			n += out * in;
+		}
+	return n;
+}
+
+/*
+ * The same seed gives the same codes; so does a run with its set in
+ * files and its state spilled (qf_brecq_opts.mem_bytes), 8-bit base
+ * included.
+ */
 static void test_determinism(struct recon *r)
 {
 	struct qf_brecq_opts o;
@@ -370,12 +418,18 @@ static void test_determinism(struct recon *r)
 		o.qp[l].sym = l % 2;
 	}
 	o.qp[QF_TF_V].bits = 16;	/* kept in fp */
+	o.qp[QF_TF_K].bits = 8;		/* base in 16 bits */
 	o.iters = 40;
 	o.batch_seqs = 3;
 	o.seed = 12345;
-	for (k = 0; k < 2; k++)
-		CHECK(recon_run(r, &o, &ly[k], q[k], sc[k], z[k], &res[k]),
-		      ==, 0);
+	for (k = 0; k < 2; k++) {
+		/* the second with its set in files, its state spilled */
+		o.mem_bytes = k ? 1 : 0;
+		CHECK(recon_run(r, &o, k == 1, &ly[k], q[k], sc[k], z[k],
+				&res[k]), ==, 0);
+	}
+	CHECK(res[0].spilled, ==, 0);
+	CHECK(res[1].spilled, ==, 12 * spill_weights(&r->c, &o));
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
 		lin_dims(&r->c, l, &out, &in);
 		if (l == QF_TF_V) {
@@ -390,8 +444,10 @@ static void test_determinism(struct recon *r)
 	}
 	CHECK(same, ==, 1);
 	CHECK(res[0].mse_final == res[1].mse_final, ==, 1);
-	printf("determinism: two runs with seed %llu give identical codes "
-	       "(%s)\n", (unsigned long long)o.seed, same ? "yes" : "NO");
+	printf("determinism: two runs with seed %llu, the second from files "
+	       "with its state spilled (%lld bytes), give identical codes "
+	       "(%s)\n", (unsigned long long)o.seed,
+	       (long long)res[1].spilled, same ? "yes" : "NO");
 	for (k = 0; k < 2; k++) {
 		free_codes(q[k], sc[k], z[k]);
 		qf_tf_layer_free(&ly[k]);
@@ -412,7 +468,7 @@ static void test_iters0(struct recon *r)
 
 	qf_brecq_opts_default(&o);
 	o.iters = 0;
-	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, 0);
+	CHECK(recon_run(r, &o, false, &ly, q, sc, z, &res), ==, 0);
 	CHECK(res.iters, ==, 0);
 	CHECK(res.mse_final == res.mse_rtn, ==, 1);
 	for (l = 0; l < QF_TF_NLINEAR; l++) {
@@ -439,7 +495,7 @@ static int abort_cb(void *arg, int iter, int iters, double rec, double reg)
 	return iter == 2 ? -ECANCELED : 0;
 }
 
-/* Bad options fail cleanly; an aborted run leaves the weights as given. */
+/* Bad options fail cleanly; an aborted run stops where it was told. */
 static void test_errors(struct recon *r)
 {
 	struct qf_brecq_opts o;
@@ -448,33 +504,122 @@ static void test_errors(struct recon *r)
 	uint8_t *q[QF_TF_NLINEAR];
 	uint16_t *sc[QF_TF_NLINEAR];
 	int32_t *z[QF_TF_NLINEAR];
-	int64_t out, in;
-	int l, same = 1;
 
 	qf_brecq_opts_default(&o);
 	o.qp[QF_TF_UP].bits = 9;
-	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -EINVAL);
+	CHECK(recon_run(r, &o, false, &ly, q, sc, z, &res), ==, -EINVAL);
 	free_codes(q, sc, z);
 	qf_tf_layer_free(&ly);
 	qf_brecq_opts_default(&o);
 	o.beta_lo = 0.5f;
-	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -EINVAL);
+	CHECK(recon_run(r, &o, false, &ly, q, sc, z, &res), ==, -EINVAL);
 	free_codes(q, sc, z);
 	qf_tf_layer_free(&ly);
 
 	qf_brecq_opts_default(&o);
 	o.progress = abort_cb;
 	o.every = 1;
-	CHECK(recon_run(r, &o, &ly, q, sc, z, &res), ==, -ECANCELED);
+	CHECK(recon_run(r, &o, false, &ly, q, sc, z, &res), ==, -ECANCELED);
 	CHECK(res.iters, ==, 2);
-	for (l = 0; l < QF_TF_NLINEAR; l++) {
-		lin_dims(&r->c, l, &out, &in);
-		same &= !memcmp(ly.w[l], r->fp.w[l],
-				sizeof(float) * (size_t)(out * in));
-	}
-	CHECK(same, ==, 1);
 	free_codes(q, sc, z);
 	qf_tf_layer_free(&ly);
+}
+
+/*
+ * key (VmHWM, VmRSS) of this process's status in KiB; with reset, VmHWM
+ * is reset instead (clear_refs 5).
+ */
+static long vm_kb(const char *key, bool reset)
+{
+	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
+			reset ? "w" : "r");
+	char line[256];
+	long v = -1;
+
+	if (f && reset)
+		fputs("5", f);
+	while (f && !reset && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), ": %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/*
+ * The memory of a reconstruction (brecq.h), VmHWM above what the caller
+ * holds (its layer, its set): in memory, base, V and the two moments
+ * (13 bytes a weight) and one dL/dW~; spilled (mem_bytes) with the set
+ * in files, base alone (1 byte) and one dL/dW~, beside the activations
+ * of a mini-batch and of a pass's chunk either way.  Hidden 512,
+ * intermediate 2048: 3.8M weights.
+ */
+static void test_memory(void)
+{
+	const int nseq = 8, seqlen = 64, bs = 2;
+	struct recon r;
+	struct qf_brecq_opts o;
+	struct qf_brecq_result res;
+	struct qf_tf_layer ly;
+	int64_t row, n = 0, big = 0, out, in, act;
+	long peak[2];
+	int l, k;
+
+	memset(&r, 0, sizeof(r));
+	make_config(&r.c, 512, 8, 2, 64, 2048, VAR_LLAMA);
+	make_layer(&r.c, &r.fp);
+	r.nseq = nseq;
+	r.seqlen = seqlen;
+	row = (int64_t)seqlen * r.c.hidden;
+	r.x = falloc(nseq * row);
+	r.y = falloc(nseq * row);
+	fill(r.x, nseq * row, 1, 0);
+	memcpy(r.y, r.x, sizeof(float) * (size_t)(nseq * row));
+	CHECK(qf_tf_layer_forward(&r.c, &r.fp, 0, r.y, nseq, seqlen, NULL,
+				  NULL), ==, 0);
+	for (l = 0; l < QF_TF_NLINEAR; l++) {
+		lin_dims(&r.c, l, &out, &in);
+		n += out * in;
+		big = out * in > big ? out * in : big;
+	}
+	/* a mini-batch's saved activations and scratch (tf_backward.c:
+	 * 7 x hidden + 5 x inter + 4 x kv a token here) and its x, y,
+	 * output; a pass's chunk (the whole set here), its target and the
+	 * forward's scratch (plus up's 512 rows, in 2 MiB pages) */
+	act = 4 * ((int64_t)bs * seqlen * (7 * r.c.hidden + 5 * r.c.inter +
+					   4 * 128) + 3 * bs * row) +
+	      4 * 2 * nseq * row +
+	      qf_tf_layer_scratch_bytes(&r.c, seqlen) * nseq +
+	      4 * 512 * r.c.inter + (2 << 20);
+	for (k = 0; k < 2; k++) {
+		qf_brecq_opts_default(&o);
+		o.iters = 3;
+		o.batch_seqs = bs;
+		o.mem_bytes = k ? 1 : 0;
+		copy_layer(&r.c, &r.fp, &ly);
+		malloc_trim(0);
+		vm_kb(NULL, true);
+		peak[k] = vm_kb("VmRSS", false);
+		CHECK(recon_block(&r, &ly, &o, k == 1, NULL, NULL, NULL, &res),
+		      ==, 0);
+		peak[k] = (vm_kb("VmHWM", false) - peak[k]) * 1024;
+		CHECK(res.spilled, ==, k ? 12 * n : 0);
+		qf_tf_layer_free(&ly);
+	}
+	printf("memory: %.1fM weights; peak above the layer and set: %.1f MB "
+	       "in memory, %.1f MB spilled with the set in files (formulas "
+	       "%.1f, %.1f)\n", n / 1e6, peak[0] / 1e6, peak[1] / 1e6,
+	       (13 * n + 4 * big + act) / 1e6, (n + 4 * big + act) / 1e6);
+#ifndef __SANITIZE_ADDRESS__
+	CHECK(peak[0], <=, 13 * n + 4 * big + act + (4 << 20));
+	CHECK(peak[1], <=, n + 4 * big + act + (4 << 20));
+	/* in memory the state alone is 12 bytes a weight; spilled, the
+	 * whole peak stays below that */
+	CHECK(peak[0], >=, 12 * n);
+	CHECK(n + 4 * big + act + (4 << 20), <, 12 * n);
+#endif
+	recon_free(&r);
 }
 
 /* Seconds per Adam step at the 5M model's shapes (hidden 256, inter 768,
@@ -488,6 +633,8 @@ static void test_speed(void)
 	const int seqlen = 512, nseq = 2;
 	int64_t n = (int64_t)nseq * seqlen * 256;
 	float *x = falloc(n), *y = falloc(n);
+	struct qf_tf_seqs xs = { x, -1, 256 * seqlen };
+	struct qf_tf_seqs ys = { y, -1, 256 * seqlen };
 	double t0, t1;
 #if defined(__SANITIZE_ADDRESS__)
 	const int iters = 1;
@@ -504,14 +651,14 @@ static void test_speed(void)
 	qf_brecq_opts_default(&o);
 	o.iters = 0;
 	t0 = now_s();
-	CHECK(qf_brecq_block(&c, 0, &ly, x, y, nseq, seqlen, &o, NULL, NULL,
-			     NULL, &res), ==, 0);
+	CHECK(qf_brecq_block(&c, 0, &ly, &xs, &ys, nseq, seqlen, &o, NULL,
+			     NULL, NULL, &res), ==, 0);
 	t0 = now_s() - t0;
 	qf_brecq_opts_default(&o);
 	o.iters = iters;
 	t1 = now_s();
-	CHECK(qf_brecq_block(&c, 0, &ly, x, y, nseq, seqlen, &o, NULL, NULL,
-			     NULL, &res), ==, 0);
+	CHECK(qf_brecq_block(&c, 0, &ly, &xs, &ys, nseq, seqlen, &o, NULL,
+			     NULL, NULL, &res), ==, 0);
 	t1 = now_s() - t1;
 	printf("speed: hidden 256, inter 768, 8 heads, seqlen 512, batch 2 "
 	       "seqs: %.3f s per step (%d steps; setup and MSE %.3f s)\n",
@@ -535,6 +682,7 @@ int main(void)
 	test_errors(&r);
 	test_iters0(&r);
 	recon_free(&r);
+	test_memory();
 	test_speed();
 	return qf_check_exit();
 }

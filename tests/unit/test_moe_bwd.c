@@ -271,8 +271,10 @@ static void block_dir(struct blk *b, float *t, const float *g, int64_t n,
 
 /* BRECQ of the block towards its own fp output y: 4-bit experts and
  * attention, group 16. */
-static void test_recon(struct blk *b, const float *y)
+static void test_recon(struct blk *b, float *y)
 {
+	struct qf_tf_seqs xs = { b->x, -1, (int64_t)SEQ * b->c.hidden };
+	struct qf_tf_seqs ys = { y, -1, (int64_t)SEQ * b->c.hidden };
 	struct qf_qparams qp[NE * QF_MOE_NLINEAR];
 	uint8_t *q[NE * QF_MOE_NLINEAR];
 	uint16_t *sc[NE * QF_MOE_NLINEAR];
@@ -299,8 +301,8 @@ static void test_recon(struct blk *b, const float *y)
 	o.moe = &ex;
 	o.iters = 200;
 	o.batch_seqs = NSEQ;
-	QF_ASSERT(qf_brecq_block(&b->c, 0, &b->ly, b->x, y, NSEQ, SEQ, &o, NULL,
-				 NULL, NULL, &res) == 0);
+	QF_ASSERT(qf_brecq_block(&b->c, 0, &b->ly, &xs, &ys, NSEQ, SEQ, &o,
+				 NULL, NULL, NULL, &res) == 0);
 	for (k = 0; k < NE; k++)
 		sum += tokens[k];
 	QF_ASSERT(sum == NSEQ * SEQ * TOPK);
