@@ -14,13 +14,17 @@
  * first, which keeps it exact; do not build with -ffast-math.
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "awq_i.h"
 
 #define RND_MAGIC 12582912.0f		/* 1.5 * 2^23 */
 #define ROW_BLOCK 128			/* rows per SGEMM: bounds scratch */
+#define FLIP_THREADS 2			/* the flips' threads at most */
 #define SCALE_FLOOR 1e-5f		/* smallest grid scale (AutoAWQ) */
 #define SAL_FLOOR 1e-4			/* salience floor */
 
@@ -557,42 +561,103 @@ QF_HOT static int64_t flip_row(const float *h, const double *hd, int64_t in,
 	return n;
 }
 
-/* Scratch of qf_awq_flip() beyond the row block. */
+/* Scratch of qf_awq_flip() beyond the row block, one per thread. */
 struct flip_ws {
 	double *g;			/* [in] H d of the row */
 	double *del;			/* [in] steps, 0 = none */
-	double *hd;			/* [in] diag(H) */
 };
 
-/* Flips of rows [r0, r0 + rows); adds to e[0] (before), e[1] (after). */
+/* The flips of rows [r0, r1) of a block, on one thread. */
+struct flip_job {
+	const float *w;			/* the block's first row */
+	uint8_t *q;
+	const uint16_t *sc16;
+	const int32_t *zero;
+	const float *h;
+	const double *hd;		/* [in] diag(H) */
+	const float *t;			/* [rows, in] d H of the block */
+	double *e;			/* [rows] energies, updated */
+	int64_t r0, r1, in, group;
+	int bits;
+	struct flip_ws f;
+	int64_t flips;			/* out */
+};
+
+static void *flip_rows(void *arg)
+{
+	struct flip_job *fj = arg;
+	int64_t ng, gs, r, j, k, in = fj->in;
+	int maxq = (1 << fj->bits) - 1;
+
+	group_span(in, fj->group, &ng, &gs);
+	for (r = fj->r0; r < fj->r1; r++) {
+		const float *wr = fj->w + r * in;
+		uint8_t *qr = fj->q + r * in;
+
+		for (j = 0; j < in; j++) {
+			k = r * ng + j / gs;
+			fj->f.g[j] = fj->t[r * in + j];
+			fj->f.del[j] = flip_step(wr[j], qr[j],
+						 qf_f16_to_f32(fj->sc16[k]),
+						 fj->zero[k], maxq);
+		}
+		fj->flips += flip_row(fj->h, fj->hd, in, fj->f.g, fj->f.del,
+				      qr, &fj->e[r]);
+	}
+	return NULL;
+}
+
+/*
+ * Flips of rows [r0, r0 + rows), split over the threads of jobs (rows
+ * are independent); adds to e[0] (before) and e[1] (after) in row order.
+ */
 static int64_t flip_block(const float *w, int64_t r0, int64_t rows,
 			  int64_t in, const float *h,
 			  const struct qf_awq_opts *o, uint8_t *q,
 			  const uint16_t *sc16, const int32_t *zero,
-			  struct blk *b, struct flip_ws *f, double *e)
+			  struct blk *b, struct flip_job *jobs, int nj,
+			  double *e)
 {
-	int64_t ng, gs, r, j, k, flips = 0;
-	int maxq = (1 << o->bits) - 1;
+	int64_t ng, gs, r, flips = 0;
+	pthread_t th[FLIP_THREADS];
+	bool started[FLIP_THREADS] = { false };
+	int i;
 
 	group_span(in, o->group, &ng, &gs);
 	diff_rows(w + r0 * in, q + r0 * in, sc16 + r0 * ng, zero + r0 * ng,
 		  rows, in, o->group, b->d);
 	row_energy(b->d, rows, in, h, in, b->t, b->e);
-	for (r = 0; r < rows; r++) {
-		const float *wr = w + (r0 + r) * in;
-		uint8_t *qr = q + (r0 + r) * in;
-
-		for (j = 0; j < in; j++) {
-			k = (r0 + r) * ng + j / gs;
-			f->g[j] = b->t[r * in + j];
-			f->del[j] = flip_step(wr[j], qr[j],
-					      qf_f16_to_f32(sc16[k]), zero[k],
-					      maxq);
-		}
+	for (r = 0; r < rows; r++)
 		e[0] += b->e[r];
-		flips += flip_row(h, f->hd, in, f->g, f->del, qr, &b->e[r]);
-		e[1] += b->e[r];
+	nj = rows < nj ? (int)rows : nj;
+	for (i = 0; i < nj; i++) {
+		struct flip_job *fj = &jobs[i];
+
+		fj->w = w + r0 * in;
+		fj->q = q + r0 * in;
+		fj->sc16 = sc16 + r0 * ng;
+		fj->zero = zero + r0 * ng;
+		fj->t = b->t;
+		fj->e = b->e;
+		fj->r0 = rows * i / nj;
+		fj->r1 = rows * (i + 1) / nj;
+		fj->flips = 0;
+		/* the last share runs here; a thread that cannot start too */
+		if (i < nj - 1)
+			started[i] = !pthread_create(&th[i], NULL, flip_rows,
+						     fj);
 	}
+	flip_rows(&jobs[nj - 1]);
+	for (i = 0; i < nj - 1; i++) {
+		if (started[i])
+			pthread_join(th[i], NULL);
+		else
+			flip_rows(&jobs[i]);
+	}
+	for (i = 0; i < nj; i++)
+		flips += jobs[i].flips;
+	for (r = 0; r < rows; r++)
+		e[1] += b->e[r];
 	return flips;
 }
 
@@ -601,24 +666,36 @@ int qf_awq_flip(const float *w, int64_t out, int64_t in, const float *h,
 		const int32_t *zero, double *err_before, double *err_after,
 		int64_t *nflips)
 {
-	struct flip_ws f = { 0 };
+	struct flip_job jobs[FLIP_THREADS];
 	struct blk b = { 0 };
-	double e[2] = { 0, 0 };
+	double e[2] = { 0, 0 }, *hd = NULL;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	int nj = cpus < 1 ? 1 : cpus > FLIP_THREADS ? FLIP_THREADS : (int)cpus;
 	int64_t r0, j, flips = 0;
-	int ret = -ENOMEM;
+	int i, ret = -ENOMEM;
 
+	memset(jobs, 0, sizeof(jobs));
 	if (out > 0 && in > 0) {
-		f.g = malloc((size_t)in * sizeof(*f.g));
-		f.del = malloc((size_t)in * sizeof(*f.del));
-		f.hd = malloc((size_t)in * sizeof(*f.hd));
-		if (!f.g || !f.del || !f.hd ||
-		    blk_init(&b, min64(out, ROW_BLOCK), in) < 0)
+		hd = malloc((size_t)in * sizeof(*hd));
+		for (i = 0; i < nj; i++) {
+			jobs[i].f.g = malloc((size_t)in * sizeof(double));
+			jobs[i].f.del = malloc((size_t)in * sizeof(double));
+			if (!jobs[i].f.g || !jobs[i].f.del)
+				goto out_free;
+			jobs[i].h = h;
+			jobs[i].hd = hd;
+			jobs[i].in = in;
+			jobs[i].group = o->group;
+			jobs[i].bits = o->bits;
+		}
+		if (!hd || blk_init(&b, min64(out, ROW_BLOCK), in) < 0)
 			goto out_free;
 		for (j = 0; j < in; j++)
-			f.hd[j] = h[j * in + j];
+			hd[j] = h[j * in + j];
 		for (r0 = 0; r0 < out; r0 += b.rows)
 			flips += flip_block(w, r0, min64(b.rows, out - r0),
-					    in, h, o, q, sc16, zero, &b, &f, e);
+					    in, h, o, q, sc16, zero, &b, jobs,
+					    nj, e);
 	}
 	if (err_before)
 		*err_before = e[0];
@@ -629,8 +706,10 @@ int qf_awq_flip(const float *w, int64_t out, int64_t in, const float *h,
 	ret = 0;
 out_free:
 	blk_free(&b);
-	free(f.g);
-	free(f.del);
-	free(f.hd);
+	for (i = 0; i < nj; i++) {
+		free(jobs[i].f.g);
+		free(jobs[i].f.del);
+	}
+	free(hd);
 	return ret;
 }
