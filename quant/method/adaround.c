@@ -275,13 +275,22 @@ static int rows_buf(const struct qf_adaround *a, float **buf)
 	return *buf ? 0 : -ENOMEM;
 }
 
-/* W~ of rows b into w (out, in). */
-QF_HOT static void soft_rows(const struct qf_adaround *a, const struct rows *b,
+/* What fill_rows writes: W~, the learned hard rounding, or RTN's. */
+enum fill { FILL_SOFT, FILL_HARD, FILL_NEAREST };
+
+/*
+ * Rows b of W~ (FILL_SOFT: s (clamp(base + h(V), 0, maxq) - z)) or of a
+ * hard rounding (the code c = clamp(base + (V >= 0)) or, FILL_NEAREST,
+ * clamp(rint(w_fp / s) + z), ties to even as RTN) into w (out, in) and
+ * the codes into q, each when non-NULL.
+ */
+QF_HOT static void fill_rows(const struct qf_adaround *a, const struct rows *b,
+			     enum fill how, const float *w_fp, uint8_t *q,
 			     float *w)
 {
 	float maxq = (float)((1 << a->bits) - 1);
 	int64_t o = b->r0 * a->in;
-	float bb[REG_CHUNK];
+	float cc[REG_CHUNK];
 	int64_t gi, j0, j1, k, n;
 
 	for (gi = b->r0 * a->ngroups; gi < b->r1 * a->ngroups; gi++) {
@@ -290,84 +299,38 @@ QF_HOT static void soft_rows(const struct qf_adaround *a, const struct rows *b,
 
 		for (j0 = group_span(a, gi, &j1); j0 < j1; j0 += n) {
 			n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
-			base_run(a, j0, n, bb);
-			for (k = 0; k < n; k++) {
-				float c = bb[k] + rect_sigmoid(b->v[j0 - o + k]);
-
-				w[j0 + k] = s * (qf_tf_clampf(c, 0, maxq) - z);
-			}
+			base_run(a, j0, n, cc);
+			if (how == FILL_SOFT)
+				for (k = 0; k < n; k++)
+					cc[k] += rect_sigmoid(b->v[j0 - o + k]);
+			else if (how == FILL_HARD)
+				for (k = 0; k < n; k++)
+					cc[k] += (b->v[j0 - o + k] >= 0);
+			else
+				for (k = 0; k < n; k++)
+					cc[k] = rintf(w_fp[j0 + k] / s) + z;
+			for (k = 0; k < n; k++)
+				cc[k] = qf_tf_clampf(cc[k], 0, maxq);
+			for (k = 0; q && k < n; k++)
+				q[j0 + k] = (uint8_t)cc[k];
+			for (k = 0; w && k < n; k++)
+				w[j0 + k] = s * (cc[k] - z);
 		}
 	}
 }
 
-void qf_adaround_soft(const struct qf_adaround *a, float *w)
-{
-	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
-
-	soft_rows(a, &b, w);
-}
-
-int qf_adaround_soft_any(const struct qf_adaround *a, float *w)
-{
-	int64_t r0, nr = block_rows(a);
-	struct rows b;
-	float *buf;
-	int ret = rows_buf(a, &buf);
-
-	for (r0 = 0; r0 < a->out && !ret; r0 += nr) {
-		ret = rows_load(a, r0, r0 + nr < a->out ? r0 + nr : a->out,
-				false, buf, &b);
-		if (!ret)
-			soft_rows(a, &b, w);
-	}
-	free(buf);
-	return ret;
-}
-
-/* The hard rounding of rows b (qf_adaround_hard). */
-static void hard_rows(const struct qf_adaround *a, const struct rows *b,
-		      const float *w_fp, bool nearest, uint8_t *q, float *w)
-{
-	float maxq = (float)((1 << a->bits) - 1);
-	int64_t o = b->r0 * a->in;
-	float bb[REG_CHUNK];
-	int64_t gi, j0, j1, k, n;
-
-	for (gi = b->r0 * a->ngroups; gi < b->r1 * a->ngroups; gi++) {
-		float s = a->sc[gi];
-		float z = (float)a->zero[gi];
-
-		for (j0 = group_span(a, gi, &j1); j0 < j1; j0 += n) {
-			n = j1 - j0 < REG_CHUNK ? j1 - j0 : REG_CHUNK;
-			base_run(a, j0, n, bb);
-			for (k = 0; k < n; k++) {
-				int64_t j = j0 + k;
-				float c;
-
-				if (nearest)	/* ties to even, as RTN */
-					c = rintf(w_fp[j] / s) + z;
-				else
-					c = bb[k] + (b->v[j - o] >= 0);
-				c = c < 0 ? 0 : c > maxq ? maxq : c;
-				if (q)
-					q[j] = (uint8_t)c;
-				if (w)
-					w[j] = s * (c - z);
-			}
-		}
-	}
-}
-
-int qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
-		     bool nearest, uint8_t *q, float *w)
+/* fill_rows over the whole matrix, V in memory or read a block of rows at
+ * a time. */
+static int fill(const struct qf_adaround *a, enum fill how,
+		const float *w_fp, uint8_t *q, float *w)
 {
 	int64_t r0, nr = block_rows(a);
 	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
 	float *buf;
 	int ret;
 
-	if (nearest || a->v) {
-		hard_rows(a, &b, w_fp, nearest, q, w);
+	if (how == FILL_NEAREST || a->v) {
+		fill_rows(a, &b, how, w_fp, q, w);
 		return 0;
 	}
 	ret = rows_buf(a, &buf);
@@ -375,10 +338,28 @@ int qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
 		ret = rows_load(a, r0, r0 + nr < a->out ? r0 + nr : a->out,
 				false, buf, &b);
 		if (!ret)
-			hard_rows(a, &b, NULL, false, q, w);
+			fill_rows(a, &b, how, NULL, q, w);
 	}
 	free(buf);
 	return ret;
+}
+
+void qf_adaround_soft(const struct qf_adaround *a, float *w)
+{
+	struct rows b = { 0, a->out, a->v, a->m1, a->m2 };
+
+	fill_rows(a, &b, FILL_SOFT, NULL, NULL, w);
+}
+
+int qf_adaround_soft_any(const struct qf_adaround *a, float *w)
+{
+	return fill(a, FILL_SOFT, NULL, NULL, w);
+}
+
+int qf_adaround_hard(const struct qf_adaround *a, const float *w_fp,
+		     bool nearest, uint8_t *q, float *w)
+{
+	return fill(a, nearest ? FILL_NEAREST : FILL_HARD, w_fp, q, w);
 }
 
 /*
@@ -556,7 +537,7 @@ int qf_adaround_step(struct qf_adaround *a, float *dw, float reg, float beta,
 		grad_rows(a, &b, dw, reg, beta, dw, regv);
 		adam_run(b.v, b.m1, b.m2, dw + r0 * a->in, (r1 - r0) * a->in,
 			 lr, t);
-		soft_rows(a, &b, w);
+		fill_rows(a, &b, FILL_SOFT, NULL, NULL, w);
 		ret = rows_store(a, &b);
 	}
 	free(buf);

@@ -58,6 +58,28 @@ static int qf_check_passed;
 		}                                                            \
 	} while (0)
 
+/*
+ * key (VmHWM, VmRSS, RssAnon, ...) of this process's status in KiB; with
+ * reset, VmHWM is reset instead (clear_refs 5).  -1 when unreadable.
+ */
+static inline long qf_vm_kb(const char *key, int reset)
+{
+	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
+			reset ? "w" : "r");
+	char line[256];
+	long v = -1;
+
+	if (f && reset)
+		fputs("5", f);
+	while (f && !reset && fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), ": %ld", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
 static inline int qf_check_exit(void)
 {
 	fprintf(stderr, "%d checks passed, %d failed\n", qf_check_passed,

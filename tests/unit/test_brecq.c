@@ -526,28 +526,6 @@ static void test_errors(struct recon *r)
 }
 
 /*
- * key (VmHWM, VmRSS) of this process's status in KiB; with reset, VmHWM
- * is reset instead (clear_refs 5).
- */
-static long vm_kb(const char *key, bool reset)
-{
-	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
-			reset ? "w" : "r");
-	char line[256];
-	long v = -1;
-
-	if (f && reset)
-		fputs("5", f);
-	while (f && !reset && fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)) &&
-		    sscanf(line + strlen(key), ": %ld", &v) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return v;
-}
-
-/*
  * The memory of a reconstruction (brecq.h), VmHWM above what the caller
  * holds (its layer, its set): in memory, base, V and the two moments
  * (13 bytes a weight) and one dL/dW~; spilled (mem_bytes) with the set
@@ -599,11 +577,11 @@ static void test_memory(void)
 		o.mem_bytes = k ? 1 : 0;
 		copy_layer(&r.c, &r.fp, &ly);
 		malloc_trim(0);
-		vm_kb(NULL, true);
-		peak[k] = vm_kb("VmRSS", false);
+		qf_vm_kb(NULL, true);
+		peak[k] = qf_vm_kb("VmRSS", false);
 		CHECK(recon_block(&r, &ly, &o, k == 1, NULL, NULL, NULL, &res),
 		      ==, 0);
-		peak[k] = (vm_kb("VmHWM", false) - peak[k]) * 1024;
+		peak[k] = (qf_vm_kb("VmHWM", false) - peak[k]) * 1024;
 		CHECK(res.spilled, ==, k ? 12 * n : 0);
 		qf_tf_layer_free(&ly);
 	}

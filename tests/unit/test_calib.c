@@ -98,28 +98,6 @@ static void test_hash(void)
 	qf_calib_free(&cs);
 }
 
-/*
- * key (VmHWM, RssAnon, ...) of this process's status in KiB; with reset,
- * VmHWM is reset instead (clear_refs 5).
- */
-static long vm_kb(const char *key, bool reset)
-{
-	FILE *f = fopen(reset ? "/proc/self/clear_refs" : "/proc/self/status",
-			reset ? "w" : "r");
-	char line[256];
-	long v = -1;
-
-	if (f && reset)
-		fputs("5", f);
-	while (f && !reset && fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, strlen(key)) &&
-		    sscanf(line + strlen(key), ": %ld", &v) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return v;
-}
-
 struct mem_probe {
 	long peak;
 	int calls;
@@ -130,7 +108,7 @@ static int probe_quantize(void *arg, int layer, struct qf_tf_layer *ly,
 			  struct qf_lin_stats *stats)
 {
 	struct mem_probe *m = arg;
-	long r = vm_kb("RssAnon", false);
+	long r = qf_vm_kb("RssAnon", false);
 
 	(void)layer, (void)ly, (void)lin, (void)n, (void)stats;
 	m->peak = r > m->peak ? r : m->peak;
@@ -163,7 +141,7 @@ static void test_memory_bound(const char *quantfs)
 	cs.ids = malloc(8 * 128 * sizeof(*cs.ids));
 	for (i = 0; i < 8 * 128; i++)
 		cs.ids[i] = (i * 37) % 512;
-	base = vm_kb("RssAnon", false);
+	base = qf_vm_kb("RssAnon", false);
 	CHECK(qf_calib_run(m, &c, &cs, &ops, &mp), ==, 0);
 	CHECK(mp.calls, ==, 16 * 4);	/* 4 true-sequential stages */
 	layer_kb = (long)(4 * 512 * 512 + 3 * 512 * 1536) * 4 / 1024;
@@ -341,10 +319,10 @@ static void test_stream_memory(const char *quantfs)
 
 		CHECK(spilled, ==, i == 0);
 		malloc_trim(0);	/* the last run's freed heap: not resident */
-		vm_kb(NULL, true);
-		base = vm_kb("VmRSS", false);
+		qf_vm_kb(NULL, true);
+		base = qf_vm_kb("VmRSS", false);
 		CHECK(qf_calib_run(m, &c, &cs, &ops, NULL), ==, 0);
-		peak[i] = vm_kb("VmHWM", false) - base;
+		peak[i] = qf_vm_kb("VmHWM", false) - base;
 		bound[i] = (long)(((spilled ? 0 : ntok * c.hidden * 4) + cn *
 				   (qf_tf_layer_scratch_bytes(&c, 128) +
 				    128 * c.hidden * 4) +
@@ -439,10 +417,10 @@ static void test_down_first(const char *quantfs, bool measure)
 		CHECK(qf_calib_down_first(&c, &ops), ==, i == 1);
 		CHECK(qf_calib_chunk_seqs(&c, 4, 128, ops.mem_bytes), ==, 4);
 		malloc_trim(0);
-		vm_kb(NULL, true);
-		peak[i] = vm_kb("VmRSS", false);
+		qf_vm_kb(NULL, true);
+		peak[i] = qf_vm_kb("VmRSS", false);
 		CHECK(qf_calib_run(m, &c, &cs, &ops, &hd), ==, 0);
-		peak[i] = vm_kb("VmHWM", false) - peak[i];
+		peak[i] = qf_vm_kb("VmHWM", false) - peak[i];
 		CHECK(hd.calls, ==, 2 * (i + 1));
 		if (i == 0) {
 			CHECK(hd.n[0], ==, QF_TF_NLINEAR);
