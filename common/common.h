@@ -90,6 +90,14 @@ int qf_pwrite_all(int fd, const void *p, size_t len, uint64_t off);
 int qf_spill_open(const char *dir);
 
 /*
+ * fn on each of n jobs (an array of n items of size bytes, n <= 8):
+ * n - 1 on threads of their own, the last on the caller's; a job whose
+ * thread cannot start runs on the caller's too.  Returns when all are
+ * done.
+ */
+void qf_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int n);
+
+/*
  * Files under SRC and calib_dir (srcfile.c): name is one path component in
  * dirfd (AT_FDCWD allowed), and a symbolic link is followed only when the
  * link and what it leads to have the same owner; otherwise QF_ELINK

@@ -14,8 +14,6 @@
  * first, which keeps it exact; do not build with -ffast-math.
  */
 #include <math.h>
-#include <pthread.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -619,8 +617,6 @@ static int64_t flip_block(const float *w, int64_t r0, int64_t rows,
 			  double *e)
 {
 	int64_t ng, gs, r, flips = 0;
-	pthread_t th[FLIP_THREADS];
-	bool started[FLIP_THREADS] = { false };
 	int i;
 
 	group_span(in, o->group, &ng, &gs);
@@ -642,18 +638,8 @@ static int64_t flip_block(const float *w, int64_t r0, int64_t rows,
 		fj->r0 = rows * i / nj;
 		fj->r1 = rows * (i + 1) / nj;
 		fj->flips = 0;
-		/* the last share runs here; a thread that cannot start too */
-		if (i < nj - 1)
-			started[i] = !pthread_create(&th[i], NULL, flip_rows,
-						     fj);
 	}
-	flip_rows(&jobs[nj - 1]);
-	for (i = 0; i < nj - 1; i++) {
-		if (started[i])
-			pthread_join(th[i], NULL);
-		else
-			flip_rows(&jobs[i]);
-	}
+	qf_run_jobs(flip_rows, jobs, sizeof(jobs[0]), nj);
 	for (i = 0; i < nj; i++)
 		flips += jobs[i].flips;
 	for (r = 0; r < rows; r++)

@@ -649,26 +649,13 @@ void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
 		       int64_t v, double *out)
 {
 	struct kl_rows k[KL_THREADS];
-	pthread_t th[KL_THREADS];
-	bool started[KL_THREADS] = { false };
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	int n = cpus < 1 ? 1 : cpus > KL_THREADS ? KL_THREADS : (int)cpus, i;
 
 	if (rows < n)
 		n = rows > 0 ? (int)rows : 1;
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < n; i++)
 		k[i] = (struct kl_rows){ a, b, v, rows * i / n,
 					 rows * (i + 1) / n, out };
-		/* the last share runs here; a thread that cannot start too */
-		if (i < n - 1)
-			started[i] = !pthread_create(&th[i], NULL, kl_rows_run,
-						     &k[i]);
-	}
-	kl_rows_run(&k[n - 1]);
-	for (i = 0; i < n - 1; i++) {
-		if (started[i])
-			pthread_join(th[i], NULL);
-		else
-			kl_rows_run(&k[i]);
-	}
+	qf_run_jobs(kl_rows_run, k, sizeof(k[0]), n);
 }
