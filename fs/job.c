@@ -283,6 +283,7 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 				    .mem_bytes = (int64_t)
 						   j->fs->o.calib_mem,
 				    .spill_dir = j->fs->cache_dir };
+	int64_t spill;
 	int ret;
 
 	qf_job_layer_ops(&var->v->spec, &ops);
@@ -305,16 +306,14 @@ static int job_layers(struct job *j, struct qf_calib *cs)
 		ops.sequential = true;
 		ops.whole_layer = false;
 	}
-	if (!ret && ops.block && qf_calib_spill_bytes(&j->c, cs, &ops))
+	spill = ret ? 0 : qf_calib_spill_bytes(&j->c, cs, &ops);
+	if (spill && ops.block)
 		qf_info("%s/%s: the layer input and its target (%.2f GB) in "
 			"temporary files of the cache directory (calib_mem)",
-			var->mdl->name, var->v->name,
-			(double)qf_calib_spill_bytes(&j->c, cs, &ops) / 1e9);
+			var->mdl->name, var->v->name, (double)spill / 1e9);
 	if (!ret && !j->c.moe && !ops.block) {
 		int cn = qf_calib_chunk_seqs(&j->c, cs->nseq, cs->seqlen,
 					     ops.mem_bytes);
-
-		int64_t spill = qf_calib_spill_bytes(&j->c, cs, &ops);
 
 		if (cn < cs->nseq)
 			qf_info("%s/%s: %d calibration sequences in chunks of "
