@@ -96,6 +96,14 @@ int qf_spill_open(const char *dir);
  * done.
  */
 void qf_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int n);
+/*
+ * fn(arg, i0, i1) on parts of [0, n), one per CPU (at most 8), each a
+ * multiple of align items (the last takes the rest) and at least min
+ * (else fewer parts; one runs on the caller).  For loops whose items do
+ * not depend on one another: their results do not depend on the split.
+ */
+void qf_par_for(void (*fn)(void *arg, int64_t i0, int64_t i1), void *arg,
+		int64_t n, int64_t min, int64_t align);
 
 /*
  * Files under SRC and calib_dir (srcfile.c): name is one path component in

@@ -233,6 +233,7 @@ static int run_layer(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 	for (s = 0; s < nstages && !ret; s++)
 		ret = capture_stage(c, ly, l, &stages[s], x_in, x, cs, ops,
 				    stats);
+	qf_tf_scratch_drop();	/* the quantizer's peak without it */
 	if (ops->whole_layer && !ret) {
 		ret = ops->quantize(arg, l, ly, all_linears, QF_TF_NLINEAR,
 				    stats);
@@ -505,6 +506,7 @@ static int stream_quantize(const struct stream *s, const struct stage *st,
 {
 	int i, first = 0, nlin = 0, ret = 0;
 
+	qf_tf_scratch_drop();	/* the quantizer's peak without a chunk's */
 	for (i = 0; i < n && !ret; i++) {
 		qf_lin_stats_finish(&stats[st[i].lin[0]]);
 		ret = share_stats(&st[i], stats);
@@ -641,11 +643,14 @@ static int stream_layer(const struct stream *s, const struct stage *stages)
 static int run_streamed(struct stream *s, int l, struct qf_tf_layer *ly,
 			bool cached)
 {
+	int ret;
 
 	s->ly = ly;
 	s->l = l;
-	return cached ? stream_pass(s, QF_TF_WHOLE_LAYER, NULL) :
-			stream_layer(s, layer_stages);
+	ret = cached ? stream_pass(s, QF_TF_WHOLE_LAYER, NULL) :
+		       stream_layer(s, layer_stages);
+	qf_tf_scratch_drop();	/* not beside the next layer's weights */
+	return ret;
 }
 
 /* The same in one pass over all tokens (see calib.h): x from x_in. */
@@ -858,6 +863,9 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		ret = -ENOMEM;
 		goto out_free;
 	}
+	/* one pass: a layer's scratch serves the next (its quantizer ran
+	 * beside it, in the hooks); streamed: a chunk's the next chunk's */
+	qf_tf_scratch_keep(true);
 	s.x = x_in;
 	s.tmp = x;
 	ret = spill ? embed_spilled(m, &s, cs) :
@@ -889,6 +897,7 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 			ret = layer_done(&s, cs, l, x_in, qf_now() - t0);
 	}
 out_free:
+	qf_tf_scratch_keep(false);
 	if (s.fd >= 0)
 		close(s.fd);
 	free(x_in);

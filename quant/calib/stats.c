@@ -25,20 +25,37 @@ int qf_lin_stats_init(struct qf_lin_stats *s, int64_t in, bool hessian)
 	return 0;
 }
 
+struct sums {
+	struct qf_lin_stats *s;
+	const float *x;
+	int64_t n;
+};
+
+/* columns [j0, j1) of the per-channel sums: each in row order, however
+ * the columns are split */
+static void sums_part(void *arg, int64_t j0, int64_t j1)
+{
+	const struct sums *a = arg;
+	int64_t in = a->s->in, r, j;
+
+	for (r = 0; r < a->n; r++)
+		for (j = j0; j < j1; j++) {
+			double v = a->x[r * in + j];
+
+			a->s->sum_abs[j] += fabs(v);
+			a->s->sum_sq[j] += v * v;
+		}
+}
+
 void qf_lin_stats_add(struct qf_lin_stats *s, const float *x, int64_t n)
 {
-	int64_t b = s->block > 0 ? s->block : n, r, j;
+	struct sums a = { s, x, n };
+	int64_t b = s->block > 0 ? s->block : n, r;
 
 	for (r = 0; s->h && r < n; r += b)	/* upper triangle of H */
 		qf_ssyrk_t(s->in, n - r < b ? n - r : b, x + r * s->in, s->in,
 			   s->h);
-	for (r = 0; r < n; r++)
-		for (j = 0; j < s->in; j++) {
-			double v = x[r * s->in + j];
-
-			s->sum_abs[j] += fabs(v);
-			s->sum_sq[j] += v * v;
-		}
+	qf_par_for(sums_part, &a, s->in, (1 << 17) / (n + 1) + 1, 8);
 	if (s->xs && s->nxs < s->xs_cap) {
 		int64_t k = s->xs_cap - s->nxs < n ? s->xs_cap - s->nxs : n;
 

@@ -141,6 +141,8 @@ struct gptq_work {
 	int64_t bs;			/* block of columns */
 	const struct qf_gptq_opts *o;
 	int64_t cur;			/* group of the grid in use, CPU loop */
+	int64_t *grp;			/* [bs] the grid of each column of the
+					 * block, CPU loop */
 	double total;			/* sum of err^2 / 2 */
 	int64_t *perm;			/* [in] position -> column */
 	float *wp;			/* [out, in] permuted W: the caller's
@@ -166,6 +168,7 @@ static int work_alloc(struct gptq_work *k)
 	int64_t out = k->out, in = k->in, ng = k->ng, bs = k->bs;
 
 	k->perm = malloc((size_t)in * sizeof(*k->perm));
+	k->grp = malloc((size_t)bs * sizeof(*k->grp));
 	k->w1 = malloc((size_t)(out * bs) * sizeof(*k->w1));
 	k->err = malloc((size_t)(out * bs) * sizeof(*k->err));
 	k->row = malloc((size_t)in * sizeof(*k->row));
@@ -176,7 +179,7 @@ static int work_alloc(struct gptq_work *k)
 	k->gz = malloc((size_t)(ng * out) * sizeof(*k->gz));
 	k->qp = malloc((size_t)(out * in));
 	k->diag = malloc((size_t)in * sizeof(*k->diag));
-	if (!k->perm || !k->w1 || !k->err || !k->row || !k->inv ||
+	if (!k->perm || !k->grp || !k->w1 || !k->err || !k->row || !k->inv ||
 	    !k->seen || !k->gsc16 ||
 	    !k->gsc || !k->gz || !k->qp || !k->diag)
 		return -ENOMEM;
@@ -186,6 +189,7 @@ static int work_alloc(struct gptq_work *k)
 static void work_free(struct gptq_work *k)
 {
 	free(k->perm);
+	free(k->grp);
 	free(k->w1);
 	free(k->err);
 	free(k->row);
@@ -315,58 +319,80 @@ static int gptq_prepare(struct gptq_work *k, float *w, float *h)
 }
 
 /*
- * Column i1 + i of the block [i1, i1 + cnt) held in w1: its grid at a
- * group start, its codes, and its error fed back into the rest of the
- * block.
+ * The grid of each column of the block [i1, i1 + cnt) into k->grp, made
+ * at each group start from W as of the block start (the reference): wp,
+ * which the feedback inside the block (in w1) does not change.
  */
-static int gptq_column(struct gptq_work *k, int64_t i1, int64_t cnt,
-		       int64_t i)
+static int block_grids(struct gptq_work *k, int64_t i1, int64_t cnt)
 {
-	int64_t in = k->in, gs = k->gs, col = i1 + i, r, j, g;
-	int maxq = (1 << k->o->qp.bits) - 1;
-	float d = k->hp[col * in + col];
-	const float *urow = k->hp + col * in + i1;
+	int64_t in = k->in, gs = k->gs, i;
 	int ret;
 
-	if (gs < in && k->o->static_groups) {
-		k->cur = k->perm[col] / gs;
-	} else if (gs < in && col % gs == 0) {
-		/* the grid of the group starting here, from W as of the
-		 * block start (the reference) */
-		int64_t b = col + gs < in ? col + gs : in;
+	for (i = 0; i < cnt; i++) {
+		int64_t col = i1 + i;
 
-		k->cur = col / gs;
-		ret = find_params(k->wp, in, k->out, col, b, &k->o->qp,
-				  k->gsc16 + k->cur * k->out,
-				  k->gsc + k->cur * k->out,
-				  k->gz + k->cur * k->out);
-		if (ret < 0)
-			return ret;
-	}
-	g = k->cur;
-	for (r = 0; r < k->out; r++) {
-		float sc = k->gsc[g * k->out + r];
-		float z = (float)k->gz[g * k->out + r];
-		float x = k->w1[r * cnt + i];
-		float v = nearbyintf(x / sc) + z;
-		float e;
+		if (gs < in && k->o->static_groups) {
+			k->cur = k->perm[col] / gs;
+		} else if (gs < in && col % gs == 0) {
+			int64_t b = col + gs < in ? col + gs : in;
 
-		v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
-		k->qp[r * in + col] = (uint8_t)v;
-		e = (x - sc * (v - z)) / d;
-		k->total += (double)e * e / 2;
-		k->err[r * cnt + i] = e;
-		/* error feedback inside the block */
-		for (j = i + 1; j < cnt; j++)
-			k->w1[r * cnt + j] -= e * urow[j];
+			k->cur = col / gs;
+			ret = find_params(k->wp, in, k->out, col, b, &k->o->qp,
+					  k->gsc16 + k->cur * k->out,
+					  k->gsc + k->cur * k->out,
+					  k->gz + k->cur * k->out);
+			if (ret < 0)
+				return ret;
+		}
+		k->grp[i] = k->cur;
 	}
 	return 0;
+}
+
+struct block_arg {
+	struct gptq_work *k;
+	int64_t i1, cnt;
+};
+
+/*
+ * Rows [r0, r1) of the block held in w1, column by column: codes, and
+ * each column's error fed back into the rest of the block.  A row needs
+ * no other row, so the rows are split over the CPUs.
+ */
+static void block_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct block_arg *a = arg;
+	struct gptq_work *k = a->k;
+	int64_t in = k->in, cnt = a->cnt, i, r, j;
+	int maxq = (1 << k->o->qp.bits) - 1;
+
+	for (i = 0; i < cnt; i++) {
+		int64_t col = a->i1 + i, g = k->grp[i];
+		float d = k->hp[col * in + col];
+		const float *urow = k->hp + col * in + a->i1;
+
+		for (r = r0; r < r1; r++) {
+			float sc = k->gsc[g * k->out + r];
+			float z = (float)k->gz[g * k->out + r];
+			float x = k->w1[r * cnt + i];
+			float v = nearbyintf(x / sc) + z;
+			float e;
+
+			v = v < 0 ? 0 : v > (float)maxq ? (float)maxq : v;
+			k->qp[r * in + col] = (uint8_t)v;
+			e = (x - sc * (v - z)) / d;
+			k->err[r * cnt + i] = e;
+			for (j = i + 1; j < cnt; j++)
+				k->w1[r * cnt + j] -= e * urow[j];
+		}
+	}
 }
 
 /* The block [i1, i1 + cnt) on the CPU: codes into qp, errors into err. */
 static int gptq_block_cpu(struct gptq_work *k, int64_t i1, int64_t cnt,
 			  void *arg)
 {
+	struct block_arg a = { k, i1, cnt };
 	int64_t r, i;
 	int ret;
 
@@ -374,11 +400,16 @@ static int gptq_block_cpu(struct gptq_work *k, int64_t i1, int64_t cnt,
 	for (r = 0; r < k->out; r++)
 		memcpy(k->w1 + r * cnt, k->wp + r * k->in + i1,
 		       (size_t)cnt * sizeof(float));
-	for (i = 0; i < cnt; i++) {
-		ret = gptq_column(k, i1, cnt, i);
-		if (ret < 0)
-			return ret;
-	}
+	ret = block_grids(k, i1, cnt);
+	if (ret < 0)
+		return ret;
+	qf_par_for(block_rows, &a, k->out, 64, 1);
+	for (i = 0; i < cnt; i++)	/* the loss in the one-thread order */
+		for (r = 0; r < k->out; r++) {
+			float e = k->err[r * cnt + i];
+
+			k->total += (double)e * e / 2;
+		}
 	return 0;
 }
 

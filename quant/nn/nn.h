@@ -180,6 +180,14 @@ int qf_tf_layer_forward_part(const struct qf_tf_config *c,
  * (it grows linearly with the sequences of a call). */
 int64_t qf_tf_layer_scratch_bytes(const struct qf_tf_config *c, int seqlen);
 /*
+ * Keep (on) the scratch of a layer call for the next call on the same
+ * thread, instead of giving it back: a pass over many layers or chunks
+ * then touches its memory once.  Off gives it back; drop gives it back
+ * now and goes on keeping (before a phase whose peak must not hold it).
+ */
+void qf_tf_scratch_keep(bool on);
+void qf_tf_scratch_drop(void);
+/*
  * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR
  * pointers, [out, in] each (gate, up: [moe_inter, hidden]; down:
  * [hidden, moe_inter]; e == experts: the shared expert's, shared_inter),

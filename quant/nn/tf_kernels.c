@@ -39,14 +39,24 @@ void qf_tf_linear_run(const float *x, int64_t n, int64_t in, const float *w,
 	}
 }
 
-void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
-		   float eps, float *y)
-{
-	int64_t i, j;
+/* Elements per part below which a loop runs on the caller alone. */
+#define PAR_MIN (1 << 17)
 
-	for (i = 0; i < n; i++) {
-		const float *xr = x + i * d;	/* [d] */
-		float *yr = y + i * d;		/* [d] */
+struct rms {
+	const float *x, *w;
+	int64_t d;
+	float eps;
+	float *y;
+};
+
+static void rmsnorm_rows(void *arg, int64_t i0, int64_t i1)
+{
+	const struct rms *a = arg;
+	int64_t d = a->d, i, j;
+
+	for (i = i0; i < i1; i++) {
+		const float *xr = a->x + i * d;	/* [d] */
+		float *yr = a->y + i * d;	/* [d] */
 		float acc[8] = { 0 };		/* lanes: vectorizes at -O2 */
 		float ss = 0;
 		float r;
@@ -59,10 +69,18 @@ void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
 			ss += xr[j] * xr[j];
 		for (l = 0; l < 8; l++)
 			ss += acc[l];
-		r = 1.0f / sqrtf(ss / (float)d + eps);
+		r = 1.0f / sqrtf(ss / (float)d + a->eps);
 		for (j = 0; j < d; j++)
-			yr[j] = xr[j] * r * w[j];
+			yr[j] = xr[j] * r * a->w[j];
 	}
+}
+
+void qf_tf_rmsnorm(const float *x, const float *w, int64_t n, int64_t d,
+		   float eps, float *y)
+{
+	struct rms a = { x, w, d, eps, y };
+
+	qf_par_for(rmsnorm_rows, &a, n, PAR_MIN / (d > 0 ? d : 1) + 1, 1);
 }
 
 /*
@@ -117,33 +135,49 @@ void qf_tf_rope_table(const struct qf_tf_config *c, int seqlen, float *cs,
 	}
 }
 
-void qf_tf_rope_rot(float *x, int64_t ntok, int nh, int hd, int rot,
-		    int seqlen, const float *cs, const float *sn,
-		    bool transpose)
+struct rope {
+	float *x;
+	int nh, hd, rot, seqlen;
+	const float *cs, *sn;
+	float sg;
+};
+
+static void rope_rows(void *arg, int64_t t0, int64_t t1)
 {
-	/* the transpose rotates by -angle: sin negated, exactly */
-	float sg = transpose ? -1.0f : 1.0f;
-	int half = hd / 2, rh = rot / 2;
+	const struct rope *a = arg;
+	int half = a->hd / 2, rh = a->rot / 2;
 	int64_t t;
 	int h, i;
 
-	for (t = 0; t < ntok; t++) {
-		const float *c = cs + (t % seqlen) * half;	/* [half] */
-		const float *s = sn + (t % seqlen) * half;	/* [half] */
+	for (t = t0; t < t1; t++) {
+		const float *c = a->cs + (t % a->seqlen) * half; /* [half] */
+		const float *s = a->sn + (t % a->seqlen) * half; /* [half] */
 
-		for (h = 0; h < nh; h++) {
-			float *xh = x + (t * nh + h) * hd;	/* [hd] */
+		for (h = 0; h < a->nh; h++) {
+			float *xh = a->x + (t * a->nh + h) * a->hd; /* [hd] */
 
 			for (i = 0; i < rh; i++) {
 				float x1 = xh[i];
 				float x2 = xh[i + rh];
-				float si = sg * s[i];
+				float si = a->sg * s[i];
 
 				xh[i] = x1 * c[i] - x2 * si;
 				xh[i + rh] = x2 * c[i] + x1 * si;
 			}
 		}
 	}
+}
+
+void qf_tf_rope_rot(float *x, int64_t ntok, int nh, int hd, int rot,
+		    int seqlen, const float *cs, const float *sn,
+		    bool transpose)
+{
+	/* the transpose rotates by -angle: sin negated, exactly */
+	struct rope a = { x, nh, hd, rot, seqlen, cs, sn,
+			  transpose ? -1.0f : 1.0f };
+
+	qf_par_for(rope_rows, &a, ntok, PAR_MIN / ((int64_t)nh * hd + 1) + 1,
+		   1);
 }
 
 void qf_tf_rope_dir(float *x, int64_t ntok, int nh, int hd, int seqlen,
@@ -385,18 +419,6 @@ double qf_tf_attention_flops(const struct qf_tf_config *c, int nseq,
 	return f * nseq * c->heads;
 }
 
-void qf_tf_swiglu(float *g, const float *u, int64_t n)
-{
-	int64_t i;
-
-	if (have_avx2()) {
-		swiglu_avx2(g, u, n);
-		return;
-	}
-	for (i = 0; i < n; i++)
-		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
 void qf_tf_softcap(float *x, int64_t n, float cap)
 {
 	int64_t i;
@@ -415,17 +437,45 @@ static inline float gelu_tanh(float x)
 	return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
 }
 
+struct glu {
+	float *g;
+	const float *u;
+	bool gelu;
+};
+
+/* parts start at multiples of 8: each element takes the path (8 lanes
+ * or the scalar tail) it takes in one call over all */
+static void glu_part(void *arg, int64_t i0, int64_t i1)
+{
+	const struct glu *a = arg;
+	float *g = a->g;
+	const float *u = a->u;
+	int64_t i;
+
+	if (a->gelu) {
+		for (i = i0; i < i1; i++)
+			g[i] = gelu_tanh(g[i]) * u[i];
+	} else if (have_avx2()) {
+		swiglu_avx2(g + i0, u + i0, i1 - i0);
+	} else {
+		for (i = i0; i < i1; i++)
+			g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+	}
+}
+
+void qf_tf_swiglu(float *g, const float *u, int64_t n)
+{
+	struct glu a = { g, u, false };
+
+	qf_par_for(glu_part, &a, n, PAR_MIN, 8);
+}
+
 void qf_tf_glu(const struct qf_tf_config *c, float *g, const float *u,
 	       int64_t n)
 {
-	int64_t i;
+	struct glu a = { g, u, c->act == QF_ACT_GELU_TANH };
 
-	if (c->act != QF_ACT_GELU_TANH) {
-		qf_tf_swiglu(g, u, n);
-		return;
-	}
-	for (i = 0; i < n; i++)
-		g[i] = gelu_tanh(g[i]) * u[i];
+	qf_par_for(glu_part, &a, n, PAR_MIN, 8);
 }
 
 /*
@@ -450,6 +500,61 @@ struct layer_scratch {
 	size_t bytes;
 };
 
+/*
+ * The scratch a layer call leaves for the next on its thread while
+ * qf_tf_scratch_keep is on: memory new to a process costs far more than
+ * its use on this project's machines (a fault and the host's page behind
+ * it, 0.3-0.8 GB/s first touched against 8 GB/s reused), and a
+ * calibration pass makes one scratch per layer or chunk.
+ */
+static _Thread_local struct {
+	float *mem;
+	size_t bytes;
+	bool on;
+} kept;
+
+void qf_tf_scratch_drop(void)
+{
+	qf_big_free(kept.mem, kept.bytes);
+	kept.mem = NULL;
+	kept.bytes = 0;
+}
+
+void qf_tf_scratch_keep(bool on)
+{
+	kept.on = on;
+	if (!on)
+		qf_tf_scratch_drop();
+}
+
+/* n floats: the kept scratch when it is large enough, else a new one */
+static float *scratch_get(size_t n, size_t *bytes)
+{
+	float *p;
+
+	if (kept.mem && kept.bytes >= n * sizeof(float)) {
+		p = kept.mem;
+		*bytes = kept.bytes;
+		kept.mem = NULL;
+		kept.bytes = 0;
+		return p;
+	}
+	qf_tf_scratch_drop();
+	*bytes = n * sizeof(float);
+	return qf_big_alloc(*bytes);
+}
+
+static void scratch_put(float *p, size_t bytes)
+{
+	if (!kept.on) {
+		qf_big_free(p, bytes);
+		return;
+	}
+	qf_tf_scratch_drop();
+	kept.mem = p;
+	kept.bytes = bytes;
+}
+
 static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 			 int seqlen, struct layer_scratch *sc)
 {
@@ -463,11 +568,10 @@ static int scratch_alloc(const struct qf_tf_config *c, int64_t ntok,
 	n = (size_t)(ntok * (c->hidden + qd + 2 * kvd + (int64_t)c->inter) +
 		     urows * c->inter + (int64_t)QF_TF_BQ * seqlen +
 		     2 * seqlen * half);
-	p = qf_big_alloc(n * sizeof(float));
+	p = scratch_get(n, &sc->bytes);
 	if (!p)
 		return -ENOMEM;
 	sc->mem = p;
-	sc->bytes = n * sizeof(float);
 	sc->xn = p;
 	p += ntok * c->hidden;
 	sc->q = p;
@@ -561,11 +665,25 @@ out_free:
 	return ret;
 }
 
+struct add {
+	float *x;
+	const float *y;
+};
+
+static void add_part(void *arg, int64_t i0, int64_t i1)
+{
+	const struct add *a = arg;
+	int64_t i;
+
+	for (i = i0; i < i1; i++)
+		a->x[i] += a->y[i];
+}
+
 void qf_tf_out_add(const struct qf_tf_config *c, const float *norm,
 		   const float *a, int64_t ntok, int64_t in, const float *w,
 		   const float *b, float *tmp, float *x)
 {
-	int64_t i;
+	struct add ad = { x, tmp };
 
 	if (!norm) {
 		qf_tf_linear_run(a, ntok, in, w, b, c->hidden, 1.0f, x);
@@ -573,8 +691,7 @@ void qf_tf_out_add(const struct qf_tf_config *c, const float *norm,
 	}
 	qf_tf_linear_run(a, ntok, in, w, b, c->hidden, 0.0f, tmp);
 	qf_tf_rmsnorm(tmp, norm, ntok, c->hidden, c->rms_eps, tmp);
-	for (i = 0; i < ntok * c->hidden; i++)
-		x[i] += tmp[i];
+	qf_par_for(add_part, &ad, ntok * c->hidden, PAR_MIN, 1);
 }
 
 int qf_tf_layer_forward_win(const struct qf_tf_config *c,
@@ -648,7 +765,7 @@ static int layer_half(const struct qf_tf_config *c,
 	qf_tf_out_add(c, ly->mlp_out_norm, sc.g, ntok, c->inter,
 		      ly->w[QF_TF_DOWN], ly->b[QF_TF_DOWN], sc.xn, x);
 out_free:
-	qf_big_free(sc.mem, sc.bytes);
+	scratch_put(sc.mem, sc.bytes);
 	return ret;
 }
 

@@ -169,9 +169,56 @@ static void test_big_alloc(void)
 	qf_big_free(NULL, 8u << 20);
 }
 
+struct cover {
+	int *seen;		/* [n] times each item was given */
+	int64_t align;
+	int bad_start;		/* parts not starting on align */
+	int parts;
+};
+
+static void cover_part(void *arg, int64_t i0, int64_t i1)
+{
+	struct cover *c = arg;
+	int64_t i;
+
+	__atomic_add_fetch(&c->parts, 1, __ATOMIC_RELAXED);
+	if (i0 % c->align)
+		__atomic_add_fetch(&c->bad_start, 1, __ATOMIC_RELAXED);
+	for (i = i0; i < i1; i++)
+		c->seen[i]++;	/* parts are disjoint: no race */
+}
+
+/* qf_par_for gives every item once, parts on multiples of align, and
+ * runs small loops in one part. */
+static void test_par_for(void)
+{
+	static const int64_t ns[] = { 0, 1, 7, 1000, 100003 };
+	static const int64_t al[] = { 1, 8 };
+	size_t i, a;
+	int64_t j;
+
+	for (i = 0; i < sizeof(ns) / sizeof(ns[0]); i++)
+		for (a = 0; a < 2; a++) {
+			struct cover c = { calloc((size_t)ns[i] + 1,
+						  sizeof(int)), al[a], 0, 0 };
+			int64_t once = 0;
+
+			qf_par_for(cover_part, &c, ns[i], 16, al[a]);
+			for (j = 0; j < ns[i]; j++)
+				once += c.seen[j] == 1;
+			CHECK(once, ==, ns[i]);
+			CHECK(c.bad_start, ==, 0);
+			CHECK(c.parts <= 8, ==, 1);
+			if (ns[i] < 32)		/* below two parts of 16 */
+				CHECK(c.parts, ==, ns[i] > 0);
+			free(c.seen);
+		}
+}
+
 int main(void)
 {
 	test_big_alloc();
+	test_par_for();
 	test_sha256();
 	test_utf8();
 	test_unhex();

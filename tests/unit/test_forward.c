@@ -286,6 +286,14 @@ static void test_hook(const struct qf_model *m, const struct qf_tf_config *c,
 	/* the same kernels as qf_tf_logits: bit-identical */
 	CHECK(memcmp(lg, logits, sizeof(float) * NTOK * (size_t)c->vocab), ==,
 	      0);
+	/* each layer on the scratch the one before left (kept): the
+	 * forward reads nothing of it it did not write */
+	r.calls = 0;
+	qf_tf_scratch_keep(true);
+	CHECK(hooked_logits(m, c, ids, &r, lg), ==, 0);
+	qf_tf_scratch_keep(false);
+	CHECK(memcmp(lg, logits, sizeof(float) * NTOK * (size_t)c->vocab), ==,
+	      0);
 	/* a non-zero hook value aborts and comes back */
 	r.calls = 0;
 	r.abort_at = QF_TF_NLINEAR + QF_TF_UP;
