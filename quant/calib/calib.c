@@ -506,7 +506,8 @@ static int stream_quantize(const struct stream *s, const struct stage *st,
 {
 	int i, first = 0, nlin = 0, ret = 0;
 
-	qf_tf_scratch_drop();	/* the quantizer's peak without a chunk's */
+	if (s->cn < s->nseq)	/* the quantizer's peak without a chunk's */
+		qf_tf_scratch_drop();
 	for (i = 0; i < n && !ret; i++) {
 		qf_lin_stats_finish(&stats[st[i].lin[0]]);
 		ret = share_stats(&st[i], stats);
@@ -649,7 +650,8 @@ static int run_streamed(struct stream *s, int l, struct qf_tf_layer *ly,
 	s->l = l;
 	ret = cached ? stream_pass(s, QF_TF_WHOLE_LAYER, NULL) :
 		       stream_layer(s, layer_stages);
-	qf_tf_scratch_drop();	/* not beside the next layer's weights */
+	if (s->cn < s->nseq)	/* not beside the next layer's weights */
+		qf_tf_scratch_drop();
 	return ret;
 }
 
@@ -863,8 +865,13 @@ int qf_calib_run(const struct qf_model *m, const struct qf_tf_config *c,
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	/* one pass: a layer's scratch serves the next (its quantizer ran
-	 * beside it, in the hooks); streamed: a chunk's the next chunk's */
+	/*
+	 * A pass's scratch serves the next pass.  All sequences in one
+	 * chunk: it stays beside the quantizer (true sequential: it ran
+	 * beside it in the hooks anyway) and the next layer's weights.
+	 * Chunks: it serves the pass's next chunk only, so that the
+	 * quantizer's peak and the layer's are what they were.
+	 */
 	qf_tf_scratch_keep(true);
 	s.x = x_in;
 	s.tmp = x;
