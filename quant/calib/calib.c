@@ -466,6 +466,7 @@ static int stream_pass_hook(const struct stream *s, int part,
 			    struct capture *cap, bool move)
 {
 	int64_t row = (int64_t)s->seqlen * s->c->hidden;
+	bool kept = qf_tf_scratch_keep(true);	/* chunks: one scratch */
 	int s0, n, ret = 0;
 
 	for (s0 = 0; s0 < s->nseq && !ret; s0 += n) {
@@ -487,6 +488,7 @@ static int stream_pass_hook(const struct stream *s, int part,
 		else if (!ret && (!cap || move))
 			ret = chunk_put(s, s0, n, xc);
 	}
+	qf_tf_scratch_keep(kept);
 	return ret;
 }
 

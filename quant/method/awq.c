@@ -493,30 +493,50 @@ static int clip_group(float *w, int64_t rows, int64_t len, int64_t ld,
 	return 0;
 }
 
+struct clip_arg {
+	float *w;
+	int64_t out, in, ng, gs;
+	const float *h;
+	const struct qf_awq_opts *o;
+	int ret;			/* the first error of any part */
+};
+
+/* Row blocks [b0, b1) of ROW_BLOCK rows: independent of one another. */
+static void clip_blocks(void *arg, int64_t b0, int64_t b1)
+{
+	struct clip_arg *c = arg;
+	struct blk b = { 0 };
+	int64_t r0, g, a;
+	int ret = blk_init(&b, min64(c->out, ROW_BLOCK), c->gs);
+	bool made = !ret;
+
+	for (r0 = b0 * ROW_BLOCK; r0 < min64(c->out, b1 * ROW_BLOCK) && !ret;
+	     r0 += ROW_BLOCK)
+		for (g = 0; g < c->ng && !ret; g++) {
+			a = g * c->gs;
+			ret = clip_group(c->w + r0 * c->in + a,
+					 min64(ROW_BLOCK, c->out - r0),
+					 min64(c->gs, c->in - a), c->in,
+					 c->h + a * c->in + a, c->in, c->o, &b);
+		}
+	if (made)
+		blk_free(&b);
+	if (ret)
+		__atomic_store_n(&c->ret, ret, __ATOMIC_RELAXED);
+}
+
 int qf_awq_search_clip(float *w, int64_t out, int64_t in, const float *h,
 		       const struct qf_awq_opts *o)
 {
-	struct blk b = { 0 };
-	int64_t ng, gs, r0, g, a;
-	int ret;
+	struct clip_arg c = { w, out, in, 0, 0, h, o, 0 };
 
 	if (out <= 0 || in <= 0)
 		return 0;
-	group_span(in, o->group, &ng, &gs);
-	ret = blk_init(&b, min64(out, ROW_BLOCK), gs);
-	if (ret < 0)
-		return ret;
-	for (r0 = 0; r0 < out && !ret; r0 += b.rows) {
-		for (g = 0; g < ng && !ret; g++) {
-			a = g * gs;
-			ret = clip_group(w + r0 * in + a,
-					 min64(b.rows, out - r0),
-					 min64(gs, in - a), in,
-					 h + a * in + a, in, o, &b);
-		}
-	}
-	blk_free(&b);
-	return ret;
+	group_span(in, o->group, &c.ng, &c.gs);
+	/* the row blocks over the CPUs (each one's SGEMMs take OpenBLAS's
+	 * threads in turn; the rest, most of the time, runs beside) */
+	qf_par_for(clip_blocks, &c, (out + ROW_BLOCK - 1) / ROW_BLOCK, 1, 1);
+	return c.ret;
 }
 
 /* ------------------------------------------------------------------ */

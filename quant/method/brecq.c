@@ -98,6 +98,7 @@ static int eval_mse(const struct qf_tf_config *c, const struct qf_tf_layer *ly,
 	int chunk = eval_chunk(nseq, seqlen);
 	size_t len = sizeof(float) * (size_t)((int64_t)chunk * seqlen * hid);
 	float *buf = malloc(len), *yb = malloc(len);
+	bool kept = qf_tf_scratch_keep(true);	/* chunks: one scratch */
 	double sum = 0;
 	int s0, ret = buf && yb ? 0 : -ENOMEM;
 
@@ -118,6 +119,7 @@ static int eval_mse(const struct qf_tf_config *c, const struct qf_tf_layer *ly,
 			sum += d * d;
 		}
 	}
+	qf_tf_scratch_keep(kept);
 	free(buf);
 	free(yb);
 	*mse = sum / ((double)nseq * seqlen * hid);

@@ -284,7 +284,11 @@ int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
 		.arg = arg,
 	};
 	double **at = calloc((size_t)(nunits * np) + 1, sizeof(*at));
-	int l, t, n, ret = at ? kl_run_init(&k, ids, nunits * np) : -ENOMEM;
+	int l, t, n, ret;
+
+	/* every trial's layers on one scratch (qf_tf_scratch_keep) */
+	qf_tf_scratch_keep(true);
+	ret = at ? kl_run_init(&k, ids, nunits * np) : -ENOMEM;
 
 	for (l = 0; l < c->layers && !ret; l++) {
 		double t0 = qf_now();
@@ -317,6 +321,7 @@ int qf_mixed_kl_table(const struct qf_model *m, const struct qf_tf_config *c,
 			ret = progress(arg, l, qf_now() - t0);
 	}
 	kl_run_free(&k);
+	qf_tf_scratch_keep(false);
 	free(at);
 	return ret;
 }

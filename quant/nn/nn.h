@@ -184,8 +184,9 @@ int64_t qf_tf_layer_scratch_bytes(const struct qf_tf_config *c, int seqlen);
  * thread, instead of giving it back: a pass over many layers or chunks
  * then touches its memory once.  Off gives it back; drop gives it back
  * now and goes on keeping (before a phase whose peak must not hold it).
+ * Returns the setting it replaces.
  */
-void qf_tf_scratch_keep(bool on);
+bool qf_tf_scratch_keep(bool on);
 void qf_tf_scratch_drop(void);
 /*
  * Expert e's weights in a layer with a MoE block: QF_MOE_NLINEAR

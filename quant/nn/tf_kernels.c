@@ -520,11 +520,14 @@ void qf_tf_scratch_drop(void)
 	kept.bytes = 0;
 }
 
-void qf_tf_scratch_keep(bool on)
+bool qf_tf_scratch_keep(bool on)
 {
+	bool was = kept.on;
+
 	kept.on = on;
 	if (!on)
 		qf_tf_scratch_drop();
+	return was;
 }
 
 /* n floats: the kept scratch when it is large enough, else a new one */
