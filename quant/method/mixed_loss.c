@@ -43,6 +43,8 @@ struct kl_run {
 	float *tmp[QF_TF_NLINEAR];	/* rounded weights */
 	float **xbufs;			/* moe_trial's */
 	float *la, *lb;			/* logits slices */
+	double *ea, *ma, *sa;		/* la's side of the KL, once for every
+					 * trial of a batch (batch > 1) */
 	struct qf_tf_headw hw;		/* the head in fp32, or none */
 	int64_t rows;			/* rows per slice */
 	int nseq, seqlen;
@@ -75,10 +77,17 @@ static int mean_kl(struct kl_run *k, float *const *x, int nt,
 
 		ret = qf_tf_head_run(k->m, &k->hw, c, xref + r0 * c->hidden, m,
 				     k->la);
+		if (!ret && k->ea)
+			qf_logits_ref_rows(k->la, m, c->vocab, k->ea, k->ma,
+					   k->sa);
 		for (t = 0; t < nt && !ret; t++) {
 			ret = qf_tf_head_run(k->m, &k->hw, c,
 					     x[t] + r0 * c->hidden, m, k->lb);
-			if (!ret)
+			if (!ret && k->ea)
+				qf_logits_kl_ref_rows(k->la, k->ea, k->ma,
+						      k->sa, k->lb, m,
+						      c->vocab, kl);
+			else if (!ret)
 				qf_logits_kl_rows(k->la, k->lb, m, c->vocab, kl);
 			for (r = 0; r < m && !ret; r++)	/* in row order */
 				*out[t] += kl[r];
@@ -222,8 +231,13 @@ static int kl_run_init(struct kl_run *k, const int32_t *ids, int trials)
 			  sizeof(*k->xbufs));
 	k->la = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->la));
 	k->lb = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->lb));
+	if (k->batch > 1) {	/* exp of the reference's logits once */
+		k->ea = malloc((size_t)(k->rows * c->vocab) * sizeof(*k->ea));
+		k->ma = malloc((size_t)k->rows * sizeof(*k->ma));
+		k->sa = malloc((size_t)k->rows * sizeof(*k->sa));
+	}
 	if (ret || !k->ly || !k->xs || !k->x || !k->xbufs || !k->la ||
-	    !k->lb)
+	    !k->lb || (k->batch > 1 && (!k->ea || !k->ma || !k->sa)))
 		return -ENOMEM;
 	for (i = 0; i < QF_TF_NLINEAR && !ret; i++)
 		if (!(k->tmp[i] = malloc((size_t)(qf_tf_linear_out(c, i) *
@@ -268,6 +282,9 @@ static void kl_run_free(struct kl_run *k)
 	free(k->xbufs);
 	free(k->la);
 	free(k->lb);
+	free(k->ea);
+	free(k->ma);
+	free(k->sa);
 	qf_tf_head_free(&k->hw);
 }
 

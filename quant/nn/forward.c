@@ -659,3 +659,79 @@ void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
 					 rows * (i + 1) / n, out };
 	qf_run_jobs(kl_rows_run, k, sizeof(k[0]), n);
 }
+
+struct kl_ref {
+	const float *a;
+	double *ea, *ma, *sa;		/* made */
+	int64_t v;
+};
+
+struct kl_vs_ref {
+	const float *a, *b;
+	const double *ea, *ma, *sa;
+	int64_t v;
+	double *out;
+};
+
+/* qf_logits_kl's reference side, in its order: max, then exp and sum */
+static void ref_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct kl_ref *k = arg;
+	int64_t v = k->v, r, j;
+
+	for (r = r0; r < r1; r++) {
+		const float *a = k->a + r * v;
+		double *ea = k->ea + r * v;
+		double ma = a[0], sa = 0;
+
+		for (j = 1; j < v; j++)
+			ma = a[j] > ma ? a[j] : ma;
+		for (j = 0; j < v; j++) {
+			ea[j] = exp((double)a[j] - ma);
+			sa += ea[j];
+		}
+		k->ma[r] = ma;
+		k->sa[r] = sa;
+	}
+}
+
+void qf_logits_ref_rows(const float *a, int64_t rows, int64_t v, double *ea,
+			double *ma, double *sa)
+{
+	struct kl_ref k = { a, ea, ma, sa, v };
+
+	qf_par_for(ref_rows, &k, rows, 1, 1);
+}
+
+/* ... and the rest of qf_logits_kl with it, the same sums in order */
+static void kl_ref_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct kl_vs_ref *k = arg;
+	int64_t v = k->v, r, j;
+
+	for (r = r0; r < r1; r++) {
+		const float *a = k->a + r * v, *b = k->b + r * v;
+		const double *ea = k->ea + r * v;
+		double mb = b[0], sb = 0, t = 0, kl;
+
+		for (j = 1; j < v; j++)
+			mb = b[j] > mb ? b[j] : mb;
+		for (j = 0; j < v; j++) {
+			t += ea[j] * ((double)a[j] - (double)b[j]);
+			sb += exp((double)b[j] - mb);
+		}
+		kl = t / k->sa[r] - (k->ma[r] + log(k->sa[r])) +
+		     (mb + log(sb));
+		k->out[r] = kl > 0 ? kl : 0;
+	}
+}
+
+void qf_logits_kl_ref_rows(const float *a, const double *ea,
+			   const double *ma, const double *sa,
+			   const float *b, int64_t rows, int64_t v,
+			   double *out)
+{
+	struct kl_vs_ref k = { a, b, ea, ma, sa, v, out };
+
+	qf_par_for(kl_ref_rows, &k, rows, 1, 1);
+}

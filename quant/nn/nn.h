@@ -280,5 +280,18 @@ double qf_logits_kl(const float *a, const float *b, int64_t v);
  */
 void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
 		       int64_t v, double *out);
+/*
+ * The same against one reference a [rows, v] for several b in turn: the
+ * reference's side once (qf_logits_ref_rows: each row's max into ma, its
+ * exp(a - max) into ea [rows, v], their sum into sa), then each b's
+ * (qf_logits_kl_ref_rows): one exp per logit instead of two, and every
+ * value qf_logits_kl's, bit for bit.
+ */
+void qf_logits_ref_rows(const float *a, int64_t rows, int64_t v, double *ea,
+			double *ma, double *sa);
+void qf_logits_kl_ref_rows(const float *a, const double *ea,
+			   const double *ma, const double *sa,
+			   const float *b, int64_t rows, int64_t v,
+			   double *out);
 
 #endif /* QF_NN_H */

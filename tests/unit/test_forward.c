@@ -588,6 +588,72 @@ static void test_tinystories5m(void)
 	qf_model_close(m);
 }
 
+/*
+ * KL against one reference, its side once (mixed precision's trials):
+ * qf_logits_kl's values bit for bit, and qf_logits_kl_rows' too.
+ */
+static void test_kl_ref(void)
+{
+	enum { ROWS = 37, V = 1001, NB = 3 };
+	float *a = malloc(sizeof(float) * ROWS * V);
+	float *b = malloc(sizeof(float) * NB * ROWS * V);
+	double *ea = malloc(sizeof(double) * ROWS * V);
+	double ma[ROWS], sa[ROWS], got[ROWS], rows[ROWS];
+	uint64_t st = 12345;
+	int i, r, t, same = 0, pos = 0;
+
+	for (i = 0; i < ROWS * V; i++) {
+		st = st * 6364136223846793005ULL + 1442695040888963407ULL;
+		a[i] = (float)((int64_t)(st >> 40) % 4000) / 100.0f - 20.0f;
+	}
+	for (i = 0; i < NB * ROWS * V; i++)	/* near a, ties, far */
+		b[i] = i % 7 == 0 ? a[i % (ROWS * V)] :
+		       a[i % (ROWS * V)] + (float)(i % 13 - 6) * 0.37f;
+	qf_logits_ref_rows(a, ROWS, V, ea, ma, sa);
+	for (t = 0; t < NB; t++) {
+		qf_logits_kl_ref_rows(a, ea, ma, sa, b + t * ROWS * V, ROWS, V,
+				      got);
+		qf_logits_kl_rows(a, b + t * ROWS * V, ROWS, V, rows);
+		for (r = 0; r < ROWS; r++) {
+			double want = qf_logits_kl(a + r * V,
+						   b + (t * ROWS + r) * V, V);
+
+			same += !memcmp(&got[r], &want, sizeof(want)) &&
+				!memcmp(&rows[r], &want, sizeof(want));
+			pos += want > 0;
+		}
+	}
+	printf("KL against a reference: %d of %d rows bit for bit, %d "
+	       "positive\n", same, NB * ROWS, pos);
+	CHECK(same, ==, NB * ROWS);
+	CHECK(pos, ==, NB * ROWS);
+	free(a);
+	free(b);
+	free(ea);
+}
+
+/* SwiGLU over more elements than one thread takes: the same bytes as in
+ * pieces each below it (the split starts on multiples of 8). */
+static void test_swiglu_split(void)
+{
+	enum { N = 600011 };
+	float *g = malloc(sizeof(float) * N), *h = malloc(sizeof(float) * N);
+	float *u = malloc(sizeof(float) * N);
+	int i;
+
+	for (i = 0; i < N; i++) {
+		g[i] = h[i] = -9.0f + 18.0f * (float)(((int64_t)i * 7919) % N) / N;
+		u[i] = 0.5f + (float)(i % 3);
+	}
+	qf_tf_swiglu(g, u, N);
+	for (i = 0; i < N; i += 40000)	/* pieces of 40000: one part each */
+		qf_tf_swiglu(h + i, u + i, N - i < 40000 ? N - i : 40000);
+	CHECK(memcmp(g, h, sizeof(float) * N), ==, 0);
+	free(g);
+	free(h);
+	free(u);
+}
+
 /* The vectorized exp inside SwiGLU against expf. */
 static void test_swiglu(void)
 {
@@ -653,6 +719,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	test_swiglu();
+	test_swiglu_split();
+	test_kl_ref();
 	if (have_py) {
 		for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
 			test_generated(kinds[k], "F32", 10 + (int)k, NSEQ,
