@@ -12,7 +12,6 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +21,6 @@
 #include "tf_kernels.h"
 #include "tf_moe.h"
 
-#define KL_THREADS 8		/* qf_logits_kl_rows at most */
 
 /* Floats of lm_head converted at a time. */
 #define HEAD_CHUNK_FLOATS (4u << 20)
@@ -630,34 +628,26 @@ double qf_logits_kl(const float *a, const float *b, int64_t v)
 
 struct kl_rows {
 	const float *a, *b;
-	int64_t v, r0, r1;
+	int64_t v;
 	double *out;
 };
 
-static void *kl_rows_run(void *arg)
+static void kl_rows_part(void *arg, int64_t r0, int64_t r1)
 {
-	struct kl_rows *k = arg;
+	const struct kl_rows *k = arg;
 	int64_t r;
 
-	for (r = k->r0; r < k->r1; r++)
+	for (r = r0; r < r1; r++)
 		k->out[r] = qf_logits_kl(k->a + r * k->v, k->b + r * k->v,
 					 k->v);
-	return NULL;
 }
 
 void qf_logits_kl_rows(const float *a, const float *b, int64_t rows,
 		       int64_t v, double *out)
 {
-	struct kl_rows k[KL_THREADS];
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	int n = cpus < 1 ? 1 : cpus > KL_THREADS ? KL_THREADS : (int)cpus, i;
+	struct kl_rows k = { a, b, v, out };
 
-	if (rows < n)
-		n = rows > 0 ? (int)rows : 1;
-	for (i = 0; i < n; i++)
-		k[i] = (struct kl_rows){ a, b, v, rows * i / n,
-					 rows * (i + 1) / n, out };
-	qf_run_jobs(kl_rows_run, k, sizeof(k[0]), n);
+	qf_par_for(kl_rows_part, &k, rows, 1, 1);
 }
 
 struct kl_ref {
