@@ -605,9 +605,17 @@ int qf_head_logp(const struct qf_model *m, const struct qf_tf_headw *hw,
 	return ret;
 }
 
+/* sum_j p_j (a_j - b_j) - lse(a) + lse(b), from its sums; at least 0 */
+static double kl_of(double t, double ma, double sa, double mb, double sb)
+{
+	double kl = t / sa - (ma + log(sa)) + (mb + log(sb));
+
+	return kl > 0 ? kl : 0;
+}
+
 double qf_logits_kl(const float *a, const float *b, int64_t v)
 {
-	double ma = a[0], mb = b[0], sa = 0, sb = 0, t = 0, kl;
+	double ma = a[0], mb = b[0], sa = 0, sb = 0, t = 0;
 	int64_t j;
 
 	for (j = 1; j < v; j++) {
@@ -622,8 +630,7 @@ double qf_logits_kl(const float *a, const float *b, int64_t v)
 		t += ea * ((double)a[j] - (double)b[j]);
 		sb += exp((double)b[j] - mb);
 	}
-	kl = t / sa - (ma + log(sa)) + (mb + log(sb));
-	return kl > 0 ? kl : 0;
+	return kl_of(t, ma, sa, mb, sb);
 }
 
 struct kl_rows {
@@ -702,7 +709,7 @@ static void kl_ref_rows(void *arg, int64_t r0, int64_t r1)
 	for (r = r0; r < r1; r++) {
 		const float *a = k->a + r * v, *b = k->b + r * v;
 		const double *ea = k->ea + r * v;
-		double mb = b[0], sb = 0, t = 0, kl;
+		double mb = b[0], sb = 0, t = 0;
 
 		for (j = 1; j < v; j++)
 			mb = b[j] > mb ? b[j] : mb;
@@ -710,9 +717,7 @@ static void kl_ref_rows(void *arg, int64_t r0, int64_t r1)
 			t += ea[j] * ((double)a[j] - (double)b[j]);
 			sb += exp((double)b[j] - mb);
 		}
-		kl = t / k->sa[r] - (k->ma[r] + log(k->sa[r])) +
-		     (mb + log(sb));
-		k->out[r] = kl > 0 ? kl : 0;
+		k->out[r] = kl_of(t, k->ma[r], k->sa[r], mb, sb);
 	}
 }
 
