@@ -487,12 +487,15 @@ bool qf_kq_tensor_off(const struct qf_tf_config *c,
 		      int *lin);
 /*
  * t is one the job encodes: a dense linear of layer *l (*lin, *off as
- * above) or output.weight (*l the last layer, *lin QF_TF_NLINEAR).
+ * above), output.weight (*l the last layer, *lin QF_TF_NLINEAR), or with
+ * p->fold (kq _awq) a norm that feeds a scaled group: attn_norm (*lin
+ * QF_TF_Q) or ffn_norm (*lin QF_TF_GATE), 1-D.
  */
 bool qf_kq_job_tensor(const struct qf_gguf_plan *p,
 		      const struct qf_gguf_tensor *t, int *l, int *lin,
 		      size_t *off);
 #define QF_KQ_NAME 192			/* an encoded tensor's item name */
+#define QF_KQ_ITEMS (QF_TF_NLINEAR + 3)	/* a layer's: linears, head, norms */
 /* The job's item of t: "__kqe__.<ggml type>.<tensor name>". */
 void qf_kq_item_name(const struct qf_gguf_tensor *t, char *buf, size_t cap);
 /* The plan has output.weight (its factor comes with the last layer). */
@@ -502,13 +505,15 @@ bool qf_kq_head(const struct qf_gguf_plan *p);
  * GPTQ on their k-quant grid (qf_gguf_produce_gptq) with the layer's
  * importance imat (qf_kq_imatrix_len floats) and the factors u
  * [QF_TF_NLINEAR + 1] (at qf_kq_u_owner's linears, the head's last;
- * NULL: the plain encoder), each into buf[k] (replaced; the caller
- * frees) with its item (name[k]) at items[*n], *n advanced.  Returns 0,
- * -ENOMEM, qf_gguf_produce_gptq's errors.
+ * NULL: the plain encoder), with p->fold the layer's AWQ scales s[4]
+ * (q/k/v's input, o's, gate/up's, down's; NULL: 1) folded in, each into
+ * buf[k] (k < QF_KQ_ITEMS; replaced; the caller frees) with its item
+ * (name[k]) at items[*n], *n advanced.  Returns 0, -ENOMEM,
+ * qf_gguf_produce_gptq's errors.
  */
 int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
 		 int l, const float *imat, float *const *u,
-		 char (*name)[QF_KQ_NAME], void **buf,
+		 float *const *s, char (*name)[QF_KQ_NAME], void **buf,
 		 struct qf_cache_item *items, size_t *n);
 
 /*

@@ -36,6 +36,7 @@ enum qf_ggml_type qf_kq_types(const struct qf_spec *s,
 		return QF_GGML_F32;	/* (the spec refuses those first) */
 	qf_gguf_types_uniform(ty, q);
 	ty->mix = mix;
+	ty->fold = s->flags & QF_SPEC_AWQ;
 	return q;
 }
 
@@ -91,10 +92,25 @@ bool qf_kq_tensor_off(const struct qf_tf_config *c,
 }
 
 
+/* A norm that feeds a group AWQ scales: attn_norm (q/k/v), ffn_norm. */
+static bool fold_norm(const struct qf_gguf_tensor *t, int *l, int *lin)
+{
+	char rest[32];
+
+	if (t->ndim != 1 || sscanf(t->name, "blk.%d.%31s", l, rest) != 2)
+		return false;
+	*lin = !strcmp(rest, "attn_norm.weight") ? QF_TF_Q :
+	       !strcmp(rest, "ffn_norm.weight") ? QF_TF_GATE : -1;
+	return *lin >= 0;
+}
+
 bool qf_kq_job_tensor(const struct qf_gguf_plan *p,
 		      const struct qf_gguf_tensor *t, int *l, int *lin,
 		      size_t *off)
 {
+	*off = 0;
+	if (p->fold && fold_norm(t, l, lin))
+		return true;
 	if (t->ndim != 2)
 		return false;
 	if (!strcmp(t->name, "output.weight")) {
@@ -126,6 +142,7 @@ struct task {
 	size_t i;
 	int64_t r0, r1;
 	const float *imp, *u;
+	const struct qf_gguf_fold *fold;
 	void *dst;
 	double cost;			/* rows x in^2: the sweep's work */
 };
@@ -156,7 +173,7 @@ static void *worker(void *arg)
 		 * GPTQ: the bytes the view would make */
 		t = &w->task[k];
 		ret = qf_gguf_produce_gptq(w->m, w->p, t->i, t->r0, t->r1,
-					   t->imp, t->u, t->dst);
+					   t->imp, t->u, t->fold, t->dst);
 		pthread_mutex_lock(&w->lock);
 		if (ret && !w->ret)
 			w->ret = ret;
@@ -176,18 +193,24 @@ static int by_cost(const void *a, const void *b)
  * are permuted), appended to w->task.
  */
 static void split(struct work *w, size_t i, const float *imp,
-		  const float *u, void *dst, int nth)
+		  const float *u, const struct qf_gguf_fold *fold, void *dst,
+		  int nth)
 {
 	const struct qf_gguf_tensor *t = &w->p->t[i];
 	int64_t rows = t->ne[1], hd = 1, step, r;
 
+	if (t->ndim == 1) {	/* a norm: whole */
+		w->task[w->ntask++] = (struct task){ i, 0, 0, NULL, NULL,
+						     fold, dst, 0 };
+		return;
+	}
 	if (t->permute_heads)
 		hd = rows / t->permute_heads;
 	step = (rows + nth - 1) / nth;
 	step = (step + hd - 1) / hd * hd;
 	for (r = 0; r < rows; r += step)
 		w->task[w->ntask++] = (struct task){ i, r, r + step < rows ?
-			r + step : rows, imp, u, dst,
+			r + step : rows, imp, u, fold, dst,
 			(double)(r + step < rows ? step : rows - r) *
 			(double)t->ne[0] * (double)t->ne[0] };
 }
@@ -210,45 +233,105 @@ static int run(struct work *w, int nth)
 	return w->ret;
 }
 
+/* AWQ's scale group of linear k: 0 q/k/v, 1 o, 2 gate/up, 3 down. */
+static int scale_group(int k)
+{
+	return k <= QF_TF_V ? 0 : k == QF_TF_O ? 1 : k == QF_TF_DOWN ? 3 : 2;
+}
+
+/*
+ * Tensor t's fold (of linear lin, or the norm before it) from layer l's
+ * scales s: its columns times its input's, its rows divided by those
+ * folded out of v (o's scales) and up (down's); *row is allocated where
+ * a tensor's rows need it (the caller frees).
+ */
+static int fold_of(const struct qf_tf_config *c,
+		   const struct qf_gguf_tensor *t, int l, int lin,
+		   float *const *s, struct qf_gguf_fold *f, float **row)
+{
+	char want[160];
+	int64_t r0, rows, r;
+	int k;
+
+	*f = (struct qf_gguf_fold){ NULL, NULL };
+	*row = NULL;
+	if (!s || lin < 0 || lin >= QF_TF_NLINEAR)
+		return 0;
+	if (t->ndim == 1) {	/* a norm: its group's input scales */
+		f->row = s[scale_group(lin)];
+		return 0;
+	}
+	f->col = s[scale_group(lin)];
+	for (k = QF_TF_V; k <= QF_TF_UP; k++) {
+		const float *sk = k == QF_TF_V ? s[1] : k == QF_TF_UP ?
+				  s[3] : NULL;
+
+		if (!sk)
+			continue;
+		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l,
+			 qf_tf_linear_tensor(c, k, &r0, &rows));
+		if (strcmp(want, t->src->name))
+			continue;
+		if (!*row && !(*row = malloc((size_t)t->ne[1] *
+					     sizeof(float))))
+			return -ENOMEM;
+		if (f->row != *row)
+			for (r = 0; r < t->ne[1]; r++)
+				(*row)[r] = 1;
+		f->row = *row;
+		for (r = 0; r < rows && r0 + r < t->ne[1]; r++)
+			(*row)[r0 + r] = sk[r];
+	}
+	return 0;
+}
+
 int qf_kq_encode(const struct qf_model *m, const struct qf_gguf_plan *p,
 		 int l, const float *imat, float *const *u,
-		 char (*name)[QF_KQ_NAME], void **buf,
+		 float *const *s, char (*name)[QF_KQ_NAME], void **buf,
 		 struct qf_cache_item *items, size_t *n)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
 	int nth = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
 	struct work w = { .m = m, .p = p };
+	struct qf_gguf_fold fold[QF_KQ_ITEMS];
+	float *row[QF_KQ_ITEMS] = { NULL };
 	size_t i, off;
-	int ne = 0, tl, lin, ret;
+	int ne = 0, tl, lin, k, ret = 0;
 
-	w.task = malloc((size_t)(QF_TF_NLINEAR + 1) * (size_t)nth *
-			sizeof(*w.task));
+	w.task = malloc((size_t)QF_KQ_ITEMS * (size_t)nth * sizeof(*w.task));
 	if (!w.task)
 		return -ENOMEM;
-	for (i = 0; i < p->nt; i++) {
+	for (i = 0; i < p->nt && !ret; i++) {
 		const struct qf_gguf_tensor *t = &p->t[i];
 
 		if (!qf_kq_job_tensor(p, t, &tl, &lin, &off) || tl != l)
 			continue;
-		if (ne > QF_TF_NLINEAR) {
-			free(w.task);
-			return QF_ECORRUPT;	/* more than a layer has */
+		if (ne >= QF_KQ_ITEMS) {
+			ret = QF_ECORRUPT;	/* more than a layer has */
+			break;
 		}
 		free(buf[ne]);
 		if (!(buf[ne] = malloc(t->nbytes ? t->nbytes : 1))) {
-			free(w.task);
-			return -ENOMEM;
+			ret = -ENOMEM;
+			break;
 		}
+		ret = fold_of(&p->cfg, t, l, lin, p->fold ? s : NULL,
+			      &fold[ne], &row[ne]);
 		qf_kq_item_name(t, name[ne], QF_KQ_NAME);
-		split(&w, i, lin < QF_TF_NLINEAR ? imat + off : NULL,
-		      u[lin < QF_TF_NLINEAR ? qf_kq_u_owner(lin) :
-			QF_TF_NLINEAR], buf[ne], nth);
+		split(&w, i, lin < QF_TF_NLINEAR && t->ndim == 2 ?
+		      imat + off : NULL,
+		      t->ndim == 1 ? NULL : u[lin < QF_TF_NLINEAR ?
+		      qf_kq_u_owner(lin) : QF_TF_NLINEAR], &fold[ne], buf[ne],
+		      nth);
 		items[(*n)++] = (struct qf_cache_item){ name[ne], buf[ne],
 							t->nbytes };
 		ne++;
 	}
 	/* rows are encoded independently: the same bytes in any split */
-	ret = run(&w, nth);
+	if (!ret)
+		ret = run(&w, nth);
+	for (k = 0; k < ne; k++)
+		free(row[k]);
 	free(w.task);
 	return ret;
 }

@@ -69,9 +69,13 @@ struct job {
 					 * head's last, the last layer's) */
 	struct qf_gguf_plan *kq_plan;	/* kq: the view's, for the encoder
 					 * (qf_kq_encode), or NULL */
-	void *kq_enc[QF_TF_NLINEAR + 1];	/* kq: this layer's encoded
-						 * tensors, their names */
-	char kq_name[QF_TF_NLINEAR + 1][QF_KQ_NAME];
+	void *kq_enc[QF_KQ_ITEMS];	/* kq: this layer's encoded
+					 * tensors, their names */
+	char kq_name[QF_KQ_ITEMS][QF_KQ_NAME];
+	float *kq_awq[4];		/* kq _awq: this layer's scales of
+					 * q/k/v's, o's, gate/up's, down's
+					 * inputs, or NULL (not scaled) */
+	double kq_alpha[4];		/* kq _awq: their exponents (log) */
 	int layer;			/* brecq: the block being rebuilt */
 	double *sens;			/* mixed: [ng][QF_MIXED_SENS_REC] */
 	double *energy;			/* mixed: [ng] tr(W H W^T) */
@@ -127,8 +131,8 @@ bool qf_job_layer_complete(struct qf_fs *fs, struct qf_var *var, int l);
 int qf_job_layers_cached(struct qf_fs *fs, struct qf_var *var);
 /* The driver's callbacks for var's method (arg: the struct job). */
 void qf_job_layer_ops(const struct qf_spec *sp, struct qf_calib_ops *ops);
-/* kq: frees the layer's GPTQ factors and encoded tensors (job->kq_u,
- * job->kq_enc). */
+/* kq: frees the layer's GPTQ factors, encoded tensors and AWQ scales
+ * (job->kq_u, kq_enc, kq_awq). */
 void qf_job_kq_free(struct job *j);
 
 #endif

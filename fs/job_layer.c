@@ -118,6 +118,62 @@ static int kq_factors(struct job *j, const enum qf_tf_linear *lin, int n,
 	return ret;
 }
 
+/*
+ * kq _awq: AWQ's scales of the stage's input (q/k/v; o where v's rows
+ * can take them one to one, as AWQ folds them; gate/up and down of a
+ * dense MLP), searched as AWQ's (qf_awq_search_scale: salience mean |x|,
+ * alpha = i / 20, the group's output error from X^T X) on the layer as
+ * it is, with round to nearest at the bits of the mix's base type in
+ * groups of its sub-blocks (16 for Q2_K, Q3_K, Q6_K; 32 else), into
+ * j->kq_awq[]; the stage's statistics become those of x / s, for its
+ * importance matrix and GPTQ factor.  qf_kq_encode folds the scales into
+ * the weights and the norms as it encodes them.
+ */
+static int kq_awq(struct job *j, const struct qf_tf_layer *ly,
+		  const enum qf_tf_linear *lin, int n,
+		  struct qf_lin_stats *stats)
+{
+	const struct qf_spec *sp = &j->var->v->spec;
+	const struct qf_lin_stats *st = &stats[lin[0]];
+	int g = lin[0] <= QF_TF_V ? 0 : lin[0] == QF_TF_O ? 1 :
+		lin[0] == QF_TF_DOWN ? 3 : 2;
+	double t0 = qf_now();
+	struct qf_awq_opts o;
+	const float *w[3];
+	int64_t out[3];
+	float *sal, *s;
+	int i, ret;
+
+	if (!(sp->flags & QF_SPEC_AWQ) || !st->h || n > 3 ||
+	    (g == 1 && (j->c.heads != j->c.kv_heads || ly->b[QF_TF_V])) ||
+	    (g >= 2 && ly->moe))
+		return 0;
+	for (i = 0; i < n; i++) {
+		if (!(w[i] = ly->w[lin[i]]))
+			return 0;
+		out[i] = qf_tf_linear_out(&j->c, lin[i]);
+	}
+	qf_awq_defaults(&o, sp->bits, sp->bits == 4 || sp->bits == 5 ?
+			32 : 16);
+	sal = malloc((size_t)st->in * sizeof(*sal));
+	s = malloc((size_t)st->in * sizeof(*s));
+	ret = sal && s ? 0 : -ENOMEM;
+	if (!ret) {
+		qf_awq_salience(st, false, sal);
+		ret = qf_awq_search_scale(w, out, n, st->in, sal, st->h, &o,
+					  s, &j->kq_alpha[g], NULL, NULL);
+	}
+	for (i = 0; i < n && !ret; i++)	/* the lender's X^T X first */
+		qf_awq_scale_stats(&stats[lin[i]], s);
+	free(sal);
+	free(j->kq_awq[g]);
+	j->kq_awq[g] = ret ? NULL : s;
+	if (ret)
+		free(s);
+	j->kq_s += qf_now() - t0;
+	return ret;
+}
+
 static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		       const enum qf_tf_linear *lin, int n,
 		       struct qf_lin_stats *stats)
@@ -131,6 +187,10 @@ static int cb_quantize(void *arg, int l, struct qf_tf_layer *ly,
 		return awq_quantize(j, l, ly, lin, n, stats);
 	if (j->var->v->spec.method == QF_METHOD_KQUANT) {
 		/* weights unchanged (a MoE stage: its own linears' part) */
+		int ret = kq_awq(j, ly, lin, n, stats);
+
+		if (ret < 0)
+			return ret;
 		qf_layer_imatrix(lin, n, stats, j->imat +
 				 qf_kq_imatrix_off(&j->c, lin[0]));
 		return kq_factors(j, lin, n, stats);
@@ -488,9 +548,28 @@ static int kq_commit(struct job *j, int l, const float *x, int64_t ntok,
 	t0 = qf_now();
 	if (!ret)
 		ret = qf_kq_encode(var->v->m, j->kq_plan, l, j->imat, j->kq_u,
-				   j->kq_name, j->kq_enc, items, n);
+				   j->kq_awq, j->kq_name, j->kq_enc, items, n);
 	j->kq_enc_s += qf_now() - t0;
 	return ret;
+}
+
+/* kq _awq: ", AWQ alpha q/k/v 0.35 o - gate/up 0.3 down 0.6" or "". */
+static void kq_awq_log(const struct job *j, char *buf, size_t cap)
+{
+	static const char *const name[4] = { "q/k/v", "o", "gate/up",
+					     "down" };
+	size_t n = 0;
+	int g;
+
+	buf[0] = 0;
+	if (!(j->var->v->spec.flags & QF_SPEC_AWQ))
+		return;
+	n += (size_t)snprintf(buf, cap, ", AWQ alpha");
+	for (g = 0; g < 4 && n < cap; g++)
+		n += (size_t)(j->kq_awq[g] ?
+			      snprintf(buf + n, cap - n, " %s %.2f", name[g],
+				       j->kq_alpha[g]) :
+			      snprintf(buf + n, cap - n, " %s -", name[g]));
 }
 
 /* Commit layer l: its tensors and its loss record, one transaction. */
@@ -507,7 +586,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	double *xrec = malloc((nx ? nx : 1) * EXP_REC * sizeof(double));
 	double rec[QF_TF_NLINEAR * REC], hrec[3];
 	double sum_g = 0, sum_r = 0, eta;
-	char recname[32], imname[32], xname[32];
+	char recname[32], imname[32], xname[32], awq[96];
 	size_t n = 0;
 	int k, m = 0, ret;
 	uint32_t t;
@@ -571,6 +650,7 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 			return ret;
 		}
 	}
+	kq_awq_log(j, awq, sizeof(awq));
 	eta = qf_now();
 	ret = qf_fs_cache_put(j->fs, var->vid, items, n);
 	qf_job_kq_free(j);
@@ -590,9 +670,9 @@ static int cb_layer_done(void *arg, int l, const float *x, int64_t ntok,
 	eta = (qf_now() - j->t0) / (l + 1 - j->first) *
 	      (var->job->nlayers - l - 1);
 	if (var->v->spec.method == QF_METHOD_KQUANT)
-		qf_info("%s/%s: layer %d/%d imatrix in %.2f s, eta %.0f s",
+		qf_info("%s/%s: layer %d/%d imatrix in %.2f s%s, eta %.0f s",
 			var->mdl->name, var->v->name, l + 1, var->job->nlayers,
-			seconds, eta);
+			seconds, awq, eta);
 	else
 		qf_info("%s/%s: layer %d/%d in %.2f s, mean rel. output "
 			"error %s %.5f vs rtn %.5f, eta %.0f s",
@@ -614,8 +694,14 @@ void qf_job_kq_free(struct job *j)
 	for (k = 0; k <= QF_TF_NLINEAR; k++) {
 		free(j->kq_u[k]);
 		j->kq_u[k] = NULL;
+	}
+	for (k = 0; k < QF_KQ_ITEMS; k++) {
 		free(j->kq_enc[k]);
 		j->kq_enc[k] = NULL;
+	}
+	for (k = 0; k < 4; k++) {
+		free(j->kq_awq[k]);
+		j->kq_awq[k] = NULL;
 	}
 }
 

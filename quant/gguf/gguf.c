@@ -210,6 +210,7 @@ void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t)
 		ty->w[r] = r == QF_GGUF_ROLE_VECTOR ? QF_GGML_F32 : t;
 	ty->mix = QF_GGUF_MIX_NONE;
 	ty->fit = false;
+	ty->fold = false;
 }
 
 static int64_t dim_of(const struct qf_tf_config *c, enum dim d)
@@ -783,6 +784,7 @@ int qf_gguf_plan_init(const struct qf_model *m,
 	snprintf(out->arch, sizeof(out->arch), "%s", arch->gguf);
 	out->mix = types->mix;
 	out->fit = types->fit;
+	out->fold = types->fold;
 	ret = qf_tf_config_parse(m, &out->cfg);
 	if (ret) {
 		*why = "config.json: unsupported settings (see the log)";
@@ -862,12 +864,28 @@ void qf_gguf_permute_rows(const float *src, float *dst, int64_t nr,
 			}
 }
 
+/* Rows [r0, r0 + nr) of x [nr, cols] scaled by fold (1-D: elements). */
+static void fold_rows(const struct qf_gguf_fold *fold, float *x, int64_t r0,
+		      int64_t nr, int64_t cols)
+{
+	int64_t r, j;
+
+	for (r = 0; fold && r < nr; r++) {
+		float *xr = x + r * cols;
+
+		for (j = 0; fold->col && j < cols; j++)
+			xr[j] *= fold->col[j];
+		for (j = 0; fold->row && j < cols; j++)
+			xr[j] /= fold->row[r0 + r];
+	}
+}
+
 /* t's rows [lo, hi) (hi 0: all) from src (one expert's of a 3-D t)
  * into dst (at their place). */
 static int produce_rows(const struct qf_gguf_tensor *t,
 			const struct qf_model_tensor *src, const float *imp,
 			const float *u, bool fit, int64_t lo, int64_t hi,
-			uint8_t *dst)
+			const struct qf_gguf_fold *fold, uint8_t *dst)
 {
 	int64_t rows, cols, rb, r0, r, hd;
 	uint64_t row_bytes;
@@ -899,6 +917,8 @@ static int produce_rows(const struct qf_gguf_tensor *t,
 		      qf_model_read_f32(src, buf);
 		if (ret)
 			break;
+		if (t->ndim >= 2)	/* source rows: before permuting */
+			fold_rows(fold, buf, r0, nr, cols);
 		if (t->permute_heads) {
 			qf_gguf_permute_rows(buf, tmp, nr, cols, hd, false);
 			x = tmp;
@@ -906,6 +926,7 @@ static int produce_rows(const struct qf_gguf_tensor *t,
 		if (t->ndim == 1) {
 			for (r = 0; r < rows; r++)
 				x[r] += t->shift;
+			fold_rows(fold, x, 0, rows, 1);
 			ret = qf_ggml_quantize_row(t->type, x, rows, NULL, dst);
 			break;
 		}
@@ -931,12 +952,13 @@ out_free:
 int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
 		    size_t i, const float *imp, void *dst)
 {
-	return qf_gguf_produce_gptq(m, p, i, 0, 0, imp, NULL, dst);
+	return qf_gguf_produce_gptq(m, p, i, 0, 0, imp, NULL, NULL, dst);
 }
 
 int qf_gguf_produce_gptq(const struct qf_model *m,
 			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
-			 int64_t r1, const float *imp, const float *u, void *dst)
+			 int64_t r1, const float *imp, const float *u,
+			 const struct qf_gguf_fold *fold, void *dst)
 {
 	const struct qf_gguf_tensor *t;
 	uint64_t mat;
@@ -962,11 +984,12 @@ int qf_gguf_produce_gptq(const struct qf_model *m,
 	if (u && (t->ndim != 2 || !qf_ggml_gptq_known(t->type)))
 		u = NULL;	/* no GPTQ encoder of that type */
 	if (t->ndim < 3)
-		return produce_rows(t, t->src, imp, u, p->fit, r0, r1, dst);
+		return produce_rows(t, t->src, imp, u, p->fit, r0, r1, fold,
+				    dst);
 	mat = qf_ggml_row_bytes(t->type, t->ne[0]) * (uint64_t)t->ne[1];
 	for (e = 0; e < t->ne[2] && !ret; e++)	/* expert by expert */
 		ret = produce_rows(t, t->xsrc[e], imp ? imp + e * t->ne[0] :
-				   NULL, NULL, p->fit, 0, 0, (uint8_t *)dst +
+				   NULL, NULL, p->fit, 0, 0, NULL, (uint8_t *)dst +
 				   (uint64_t)e * mat);
 	return ret;
 }

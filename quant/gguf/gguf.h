@@ -198,6 +198,9 @@ struct qf_gguf_types {
 	enum qf_gguf_mix mix;
 	/* Q4_0 / Q4_1 / Q8_0 by qf_ggml_quantize_row_fit() (RTN views) */
 	bool fit;
+	/* kq _awq: AWQ's scales folded into the norms and linears, all of
+	 * them encoded by the calibration job (qf_kq_job_tensor) */
+	bool fold;
 };
 void qf_gguf_types_uniform(struct qf_gguf_types *ty, enum qf_ggml_type t);
 
@@ -229,6 +232,7 @@ struct qf_gguf_plan {
 	char arch[16];			/* general.architecture */
 	enum qf_gguf_mix mix;		/* planned with that mix */
 	bool fit;			/* types->fit: fitted block scales */
+	bool fold;			/* types->fold */
 	struct qf_tf_config cfg;	/* the source's dimensions */
 	const struct qf_model_tensor **xsrc;	/* owned: the experts'
 						 * sources of 3-D tensors */
@@ -316,10 +320,22 @@ int qf_gguf_produce(const struct qf_model *m, const struct qf_gguf_plan *p,
  * tensor, into their place in dst, where r1 > 0 (r0 and r1 multiples of
  * a head's rows, ne[1] / permute_heads, when permuted; -EINVAL for other
  * ranges): rows are encoded independently, so threads may share a tensor.
+ * fold (NULL: none) scales the rows read first; 3-D tensors take none.
  */
+/*
+ * A scaling of the source read before it is encoded (AWQ's, folded in):
+ * col [ne[0]] multiplies each row's columns, row [rows of the tensor, or
+ * its ne[0] elements when 1-D, after a norm's shift] divides each row;
+ * either NULL.
+ */
+struct qf_gguf_fold {
+	const float *col;
+	const float *row;
+};
 int qf_gguf_produce_gptq(const struct qf_model *m,
 			 const struct qf_gguf_plan *p, size_t i, int64_t r0,
-			 int64_t r1, const float *imp, const float *u, void *dst);
+			 int64_t r1, const float *imp, const float *u,
+			 const struct qf_gguf_fold *fold, void *dst);
 
 /* ------------------------------------------------------------------ */
 /* reader (gguf_read.c)                                               */

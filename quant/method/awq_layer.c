@@ -31,7 +31,7 @@ static void scale_in(float *w, int64_t out, int64_t in, const float *s)
 }
 
 /* (a borrowed X^T X is its lender's, scaled with it: the same input) */
-static void scale_stats(struct qf_lin_stats *st, const float *s)
+void qf_awq_scale_stats(struct qf_lin_stats *st, const float *s)
 {
 	int64_t in = st->in, i, j;
 
@@ -153,7 +153,7 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			scale_in(ly->w[qkv.lin[k]],
 				 qf_tf_linear_out(c, qkv.lin[k]), c->hidden,
 				 s[0]);
-			scale_stats(&stats[qkv.lin[k]], s[0]);
+			qf_awq_scale_stats(&stats[qkv.lin[k]], s[0]);
 		}
 	}
 	if (rest && fold_o) {
@@ -163,14 +163,14 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			for (j = 0; j < in_v; j++)
 				ly->w[QF_TF_V][r * in_v + j] /= s[1][r];
 		scale_in(ly->w[QF_TF_O], c->hidden, stats[QF_TF_O].in, s[1]);
-		scale_stats(&stats[QF_TF_O], s[1]);
+		qf_awq_scale_stats(&stats[QF_TF_O], s[1]);
 	}
 	if (rest && lo->fold_post) {
 		for (j = 0; j < c->hidden; j++)
 			ly->post_norm[j] /= s[2][j];
 		for (k = 0; k < 2; k++) {
 			scale_in(ly->w[gu.lin[k]], c->inter, c->hidden, s[2]);
-			scale_stats(&stats[gu.lin[k]], s[2]);
+			qf_awq_scale_stats(&stats[gu.lin[k]], s[2]);
 		}
 	}
 	if (!qz[QF_TF_UP] || !qz[QF_TF_DOWN])
@@ -180,7 +180,7 @@ static void fold_scales(const struct qf_tf_config *c, struct qf_tf_layer *ly,
 			ly->w[QF_TF_UP][r * c->hidden + j] /= s[3][r];
 	if (down) {
 		scale_in(ly->w[QF_TF_DOWN], c->hidden, c->inter, s[3]);
-		scale_stats(&stats[QF_TF_DOWN], s[3]);
+		qf_awq_scale_stats(&stats[QF_TF_DOWN], s[3]);
 	}
 }
 

@@ -178,6 +178,9 @@ double qf_awq_rel_err_codes(const float *w, const uint8_t *q,
 
 /* Activation salience [in] of st: mean |x|, or sqrt(mean x^2) (l2). */
 void qf_awq_salience(const struct qf_lin_stats *st, bool l2, float *sal);
+/* st's statistics of the input x / s (X^T X unless borrowed, sums,
+ * samples): the input of a linear whose columns took scales s. */
+void qf_awq_scale_stats(struct qf_lin_stats *st, const float *s);
 /* Dequantize AWQ codes q/sc/zero [out, in] with groups of gs into w. */
 void qf_awq_deq(const uint8_t *q, const uint16_t *sc, const int32_t *zero,
 		int64_t out, int64_t in, int64_t gs, float *w);

@@ -43,7 +43,7 @@ static const struct spec_method methods[] = {
 	[QF_METHOD_MIXED_STATIC] = { "mixed_static", 0, QF_SPEC_FAKE, false },
 	[QF_METHOD_MIXED_DYN] = { "mixed_dyn", 0, QF_SPEC_FAKE, true },
 	[QF_METHOD_MIXED_BUDGET] = { "mixed_b", 0, QF_SPEC_FAKE, true },
-	[QF_METHOD_KQUANT] = { "kq", 0, 0, true },
+	[QF_METHOD_KQUANT] = { "kq", 0, QF_SPEC_AWQ, true },
 };
 
 #define BRECQ_ATTN_BITS (B(2) | B(3) | B(4) | B(6) | B(8))
@@ -66,6 +66,7 @@ static const struct {
 	{ "reflip", QF_SPEC_REFLIP },
 	{ "l2", QF_SPEC_L2 },
 	{ "rot", QF_SPEC_ROT },
+	{ "awq", QF_SPEC_AWQ },
 	{ "fake", QF_SPEC_FAKE },
 };
 

@@ -38,6 +38,7 @@ enum {
 	QF_SPEC_FAKE = 1u << 4,		/* dequantized, source dtype */
 	QF_SPEC_L2 = 1u << 5,		/* awq: salience sqrt(mean x^2) */
 	QF_SPEC_ROT = 1u << 6,		/* of the rotated model (rot.h) */
+	QF_SPEC_AWQ = 1u << 7,		/* kq: AWQ's scales folded in first */
 };
 
 #define QF_SPEC_CALIB_MAX 64

@@ -363,6 +363,24 @@ static cJSON *fixed_num(double x)
 	return cJSON_CreateRaw(b);
 }
 
+/* kq _awq: the scales folded in before the k-quant encoding. */
+static void add_kq_awq(cJSON *root)
+{
+	cJSON *a = cJSON_AddObjectToObject(root, "awq");
+
+	cJSON_AddStringToObject(a, "salience", "mean |x|");
+	cJSON_AddNumberToObject(a, "n_grid", 20);
+	cJSON_AddStringToObject(a, "scale_groups",
+		"q/k/v -> attn_norm, o -> attn_v rows (as many kv heads as "
+		"heads, no v bias), gate/up -> ffn_norm, down -> ffn_up rows; "
+		"MoE experts, router and output none");
+	cJSON_AddStringToObject(a, "objective",
+		"sum of the group's linear output errors tr(dW H dW^T), H = "
+		"X^T X of the unquantized model, each linear rounded to "
+		"nearest on an asymmetric grid of the mix's base bits in "
+		"groups of its sub-blocks");
+}
+
 static void add_calibration(cJSON *root, const struct qf_variant *v,
 			    const struct qf_calib_info *ci)
 {
@@ -443,6 +461,16 @@ static void add_calibration(cJSON *root, const struct qf_variant *v,
 		return;
 	}
 	cJSON_AddNumberToObject(o, "damp_percent", ci->damp);
+	if (v->spec.method == QF_METHOD_KQUANT) {
+		cJSON_AddBoolToObject(o, "true_sequential", false);
+		cJSON_AddStringToObject(o, "statistics",
+			"the importance matrix (mean x^2 of each input "
+			"channel) and each linear's X^T X, of the unquantized "
+			"model");
+		if (v->spec.flags & QF_SPEC_AWQ)
+			add_kq_awq(root);
+		return;
+	}
 	cJSON_AddBoolToObject(o, "true_sequential", true);
 	cJSON_AddStringToObject(o, "loss",
 				"relative output error |(W - Q) X|^2 / |W X|^2 "
@@ -493,8 +521,14 @@ int qf_variant_manifest(const struct qf_variant *v,
 				s->method == QF_METHOD_AWQ ?
 				"AutoAWQ GEMM: qweight/qzeros [in, out/8] int32, "
 				"nibble order 0,2,4,6,1,3,5,7, scales [groups, out]" :
+				s->method == QF_METHOD_KQUANT ?
+				"GGUF model.gguf only: llama.cpp's tensor types "
+				"of the mix, dense linears and output GPTQ on "
+				"their grids" :
 				"gptq checkpoint (v1: qzeros store zero - 1)");
-	cJSON_AddStringToObject(root, "grid", s->method == QF_METHOD_AWQ ?
+	cJSON_AddStringToObject(root, "grid", s->method == QF_METHOD_KQUANT ?
+				"llama.cpp's block grids of each tensor's type" :
+				s->method == QF_METHOD_AWQ ?
 				"asymmetric over [min(w), max(w)] of the (clipped) group, zero = round(-min/scale) in [0, 15]; scales rounded to fp16 before the weights" :
 				s->flags & QF_SPEC_SYM ?
 				"symmetric: zero = 2^(bits-1), scale = 2 max|w| / (2^bits - 1)" :

@@ -33,7 +33,7 @@ static const char *const valid_names[] = {
 	"mixed_b15.99_fake@x", "kq2_k", "kq3_k_s", "kq3_k_m", "kq3_k_l",
 	"kq4_k_s", "kq4_k_m", "kq5_k_s", "kq5_k_m", "kq6_k",
 	"kq4_k_m@imatrix_wiki", "gptq_w4_g128@A", "kiq4_nl", "kiq4_xs",
-	"kiq4_xs@wiki",
+	"kiq4_xs@wiki", "kq2_k_awq", "kq4_k_m_awq@wiki", "kiq4_xs_awq",
 	"gptq_w3_g128_rot", "gptq_w2_g64_sym_rot_fake@wiki",
 	"gptq_w4_g32_static_sym_rot",
 	"awq_w4_g128_reflip_l2_rot", "rtn_w4_g32_sym_rot",
@@ -82,7 +82,9 @@ static const char *const invalid_names[] = {
 	"kq_k", "kq4_km", "q4_k_m", "fp16", "original", "gptq", "gptq_w4",
 	"kiq4", "kiq4_", "kiq4_nl_s", "kiq3_nl", "kiq4_xl", "kiq4_NL",
 	"kq4_k_n", "kiq4_nl_fake", "kiq4_xs_rot", "kiq4_k_xs", "kq4_xs",
-	"kiq4_nl_xs", "kiq_nl", "iq4_nl",
+	"kiq4_nl_xs", "kiq_nl", "iq4_nl", "kq4_k_m_awq_awq", "kq4_k_awq_m",
+	"gptq_w4_g128_awq", "awq_w4_g128_awq", "rtn_w4_g128_awq",
+	"kq6_k_awq_fake", "kq3_k_l_rot_awq", "mixed_b4.5_awq",
 	"x", "rtn\xff_w4_g128", "rtn_w4_g128\t", "gptq_w4_g128@wiki\n",
 	"rtn_w99999_g128", "rtn_w4_g99999999999999999999",
 };
@@ -126,6 +128,8 @@ static const struct field_case field_cases[] = {
 	{ "kq3_k_l", QF_METHOD_KQUANT, 3, 0, 0, 0, 0, 'L', 0, "" },
 	{ "kiq4_nl", QF_METHOD_KQUANT, 4, 0, 0, 0, 0, 'N', 0, "" },
 	{ "kiq4_xs@im", QF_METHOD_KQUANT, 4, 0, 0, 0, 0, 'X', 0, "im" },
+	{ "kq3_k_l_awq", QF_METHOD_KQUANT, 3, 0, 0, 0, 0, 'L', QF_SPEC_AWQ,
+	  "" },
 };
 
 /* Invalid names whose message must name the problem. */
@@ -328,7 +332,7 @@ static bool ref_valid(const struct qf_spec *s)
 		break;
 	case QF_METHOD_GPTQ:
 		if (!in_set(s->bits, rtn_bits, 4) ||
-		    (f & (QF_SPEC_REFLIP | QF_SPEC_L2)))
+		    (f & (QF_SPEC_REFLIP | QF_SPEC_L2 | QF_SPEC_AWQ)))
 			return false;
 		if ((f & QF_SPEC_STATIC) && !(f & QF_SPEC_ACT))
 			return false;
@@ -365,7 +369,7 @@ static bool ref_valid(const struct qf_spec *s)
 		return !s->bits && !s->group && !s->attn_bits &&
 		       !s->head_bits && !s->kq_size;
 	case QF_METHOD_KQUANT:
-		if (f || s->group || s->attn_bits || s->head_bits ||
+		if ((f & ~(unsigned)QF_SPEC_AWQ) || s->group || s->attn_bits || s->head_bits ||
 		    s->avg_bits_x100)
 			return false;
 		switch (s->bits) {
@@ -423,7 +427,7 @@ static void test_enumerate(void)
 	for (ig = 0; ig < ARRAY_SIZE(groups); ig++)
 	for (ia = 0; ia < ARRAY_SIZE(attns); ia++)
 	for (ih = 0; ih < ARRAY_SIZE(heads); ih++)
-	for (f = 0; f < 64; f++)
+	for (f = 0; f < 128; f++)	/* bit 6 stands for _awq */
 	for (ic = 0; ic < ARRAY_SIZE(calibs); ic++)
 	for (ix = 0; ix < nx; ix++) {
 		memset(&s, 0, sizeof(s));
@@ -432,7 +436,7 @@ static void test_enumerate(void)
 		s.group = groups[ig];
 		s.attn_bits = attns[ia];
 		s.head_bits = heads[ih];
-		s.flags = f;
+		s.flags = (f & 63) | (f & 64 ? (unsigned)QF_SPEC_AWQ : 0);
 		strcpy(s.calib, calibs[ic]);
 		if (m == QF_METHOD_MIXED_BUDGET)
 			s.avg_bits_x100 = avgs[ix];
@@ -478,10 +482,10 @@ static void test_enumerate(void)
 	 * or one of the four other bits) and 4 head choices (none, 4, 6,
 	 * 8); awq 4*8*2*2 (reflip, l2, fake; _head4 or not), no _attn;
 	 * brecq 5*4*5*4*4*2,
-	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 11*2 (9 k-quant
-	 * mixes, kiq4_nl, kiq4_xs).
+	 * mixed_static 2, mixed_dyn 2*2, mixed_b 5*2*2, kq 11*2*2 (9 k-quant
+	 * mixes, kiq4_nl, kiq4_xs; _awq or not).
 	 */
-	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 128 + 3200 + 2 + 4 + 20 + 22);
+	CHECK(n_valid, ==, 64 * 20 + 384 * 20 + 128 + 3200 + 2 + 4 + 20 + 44);
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
