@@ -13,6 +13,8 @@ Q4_0 and Q8_0 with the embedding and output kept in the source dtype (the
 layout of quantfs's Q4_0 / Q8_0 views; Q4_1 likewise), the k-quant mixes
 and IQ4_NL / IQ4_XS with llama.cpp's own mixes, each without and with an imatrix from llama-imatrix on the
 calibration text (--chunks N of --calib-len tokens: quantfs's defaults).
+The `_awq` k-quant views (AWQ's scales folded in) are held against the
+same llama.cpp files as their plain views.
 
 usage: bench/gguf_kld.py --llama DIR [--quantfs PATH] [--model DIR]
          [--text FILE] [--calib FILE] [--ctx 512] [--chunks N] [--markdown]
@@ -63,6 +65,12 @@ PAIRS = [
     ("gptq_w4_g32", "Q4_1", SAME_LAYOUT, "Q4_1"),
     ("kiq4_nl", "IQ4_NL", [], "IQ4_NL"),
     ("kiq4_xs", "IQ4_XS", [], "IQ4_XS"),
+    # AWQ's scales folded in first (_awq): the same llama.cpp files
+    ("kq2_k_awq", "Q2_K", [], "Q2_K"),
+    ("kq3_k_m_awq", "Q3_K_M", [], "Q3_K_M"),
+    ("kq4_k_m_awq", "Q4_K_M", [], "Q4_K_M"),
+    ("kq5_k_m_awq", "Q5_K_M", [], "Q5_K_M"),
+    ("kq6_k_awq", "Q6_K", [], "Q6_K"),
 ]
 
 
