@@ -8,8 +8,8 @@
  * This inverts what gguf.c writes: names by qf_gguf_hf_name() (the same
  * table the writer uses), rows of q_proj / k_proj put back from
  * llama.cpp's rope order for architecture llama, no output.weight when
- * the embeddings are tied, rope_freqs.weight (generated from the config)
- * dropped.  Decoded values are what llama.cpp computes from the file, so
+ * the embeddings are tied, rope_freqs.weight and phi3's
+ * rope_factors_long / _short.weight (generated from the config) dropped.  Decoded values are what llama.cpp computes from the file, so
  * the model measures the GGUF itself.  The file is untrusted: its header
  * is checked by gguf_read.c, head counts against config.json, and memory
  * stays at a few row blocks of about 4 MiB.
@@ -175,8 +175,10 @@ static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 		const struct qf_gguf_info *t = &g->t[i];
 		struct src *o = &s[*n];
 
-		if (!strcmp(t->name, "rope_freqs.weight"))
-			continue;
+		if (!strcmp(t->name, "rope_freqs.weight") ||
+		    !strcmp(t->name, "rope_factors_long.weight") ||
+		    !strcmp(t->name, "rope_factors_short.weight"))
+			continue;	/* generated from the config */
 		ret = qf_gguf_hf_name(arch, t->name, o->hf, sizeof(o->hf),
 				      &perm);
 		if (ret == QF_EUNSUPPORTED)

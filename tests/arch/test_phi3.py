@@ -190,6 +190,18 @@ def test_gguf_view():
         print("  untied kq4_k_m: llama.cpp ppl %.4f, the source's (quantfs "
               "eval) %.4f" % (ppl, ev["ppl"]))
         assert ppl < 1.03 * ev["ppl"], (ppl, ev["ppl"])
+        # `quantfs report` decodes the GGUF-only view (phi3's generated
+        # rope_factors_* have no source tensor) and measures it as
+        # llama.cpp does, on the same windows
+        rj = os.path.join(at.WORK, "report")
+        txt = os.path.join(at.WORK, "report.txt")
+        open(txt, "w").write(at.TEXT)
+        at.qf("report", u, "--text", txt, "--variants", "kq4_k_m", "--ctx",
+              128, "-o", rj + ".md", "--cache", rj + ".cache")
+        row = json.load(open(rj + ".json"))["variants"][0]
+        print("  untied kq4_k_m: quantfs report ppl %s" % row["perplexity"])
+        assert row["name"] == "kq4_k_m" and not row["error"], row
+        assert abs(row["perplexity"] - ppl) < 0.02 * ppl, (row, ppl)
 
 
 def dequant_model(variant_dir, dest, bits):
