@@ -6,7 +6,9 @@
  * it had in the source.
  *
  * This inverts what gguf.c writes: names by qf_gguf_hf_name() (the same
- * table the writer uses), rows of q_proj / k_proj put back from
+ * table the writer uses; a MoE block's router, shared expert and stacked
+ * ffn_*_exps, one matrix per expert, by the family's qf_moe_names_of()),
+ * rows of q_proj / k_proj put back from
  * llama.cpp's rope order for architecture llama, no output.weight when
  * the embeddings are tied, rope_freqs.weight and phi3's
  * rope_factors_long / _short.weight (generated from the config) dropped.  Decoded values are what llama.cpp computes from the file, so
@@ -26,6 +28,8 @@
 #define CONFIG_MAX (4u << 20)		/* config.json bytes */
 #define SIDE_FILE_MAX (64u << 20)	/* a tokenizer file */
 #define ROW_BLOCK_FLOATS (1u << 20)	/* decoded per step */
+#define MAX_EXPERTS 1024		/* of a stacked ffn_*_exps tensor */
+#define MAX_OUTPUTS (1u << 18)		/* tensors written, experts apart */
 
 /* Beside config.json, what a tokenizer or generate() reads. */
 static const char *const side_files[] = {
@@ -38,6 +42,9 @@ static const char *const side_files[] = {
 /* One tensor of the output: where it comes from in the GGUF. */
 struct src {
 	const struct qf_gguf_info *t;
+	int64_t row0;			/* its first row in t (an expert's
+					   matrix of a 3-D t), its rows */
+	int64_t rows;
 	char hf[128];			/* source name */
 	int64_t heads;			/* rows permuted in this many heads;
 					   0: as stored */
@@ -159,14 +166,53 @@ static int head_counts(const struct qf_gguf_file *g, const char *arch,
 	return 0;
 }
 
+/*
+ * A MoE block's tensor of layer l (rest: its name after "blk.L."): its
+ * source name into hf, of expert e for the stacked ffn_*_exps; 1 when
+ * rest is none of them, -ENAMETOOLONG.
+ */
+static int moe_name(const struct qf_moe_names *nm, int l, const char *rest,
+		    int64_t e, char *hf, size_t cap)
+{
+	static const char *const part[] = { "gate", "up", "down" };
+	char want[48];
+	int k, n = -1;
+
+	if (!nm)
+		return 1;
+	if (!strcmp(rest, "ffn_gate_inp.weight"))
+		n = snprintf(hf, cap, "model.layers.%d.%s.weight", l,
+			     nm->router);
+	else if (nm->shared_gate && !strcmp(rest, "ffn_gate_inp_shexp.weight"))
+		n = snprintf(hf, cap, "model.layers.%d.%s.weight", l,
+			     nm->shared_gate);
+	for (k = 0; k < QF_MOE_NLINEAR && n < 0; k++) {
+		snprintf(want, sizeof(want), "ffn_%s_exps.weight", part[k]);
+		if (!strcmp(rest, want))
+			n = snprintf(hf, cap, "model.layers.%d.%s.%lld.%s.weight",
+				     l, nm->experts, (long long)e, nm->lin[k]);
+		snprintf(want, sizeof(want), "ffn_%s_shexp.weight", part[k]);
+		if (nm->shared && !strcmp(rest, want))
+			n = snprintf(hf, cap, "model.layers.%d.%s.%s.weight",
+				     l, nm->shared, nm->lin[k]);
+	}
+	if (n < 0)
+		return 1;
+	return n < (int)cap ? 0 : -ENAMETOOLONG;
+}
+
 /* Source name and permutation of every tensor but rope_freqs. */
 static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 		       struct src *s, size_t *n, const char **why)
 {
 	const char *arch = qf_gguf_kv_str(g, "general.architecture");
-	int64_t hc[2] = { 0, 0 }, rows;
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
+	const struct qf_moe_names *nm = qf_moe_names_of(
+		cJSON_IsString(mt) ? mt->valuestring : NULL);
+	int64_t hc[2] = { 0, 0 }, rows, e;
+	const char *rest;
 	size_t i;
-	int perm, ret;
+	int perm, ret, l;
 
 	if (!arch)
 		WHY(QF_EFORMAT, "no general.architecture string");
@@ -174,13 +220,37 @@ static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 	for (i = 0; i < g->nt; i++) {
 		const struct qf_gguf_info *t = &g->t[i];
 		struct src *o = &s[*n];
+		char rb[QF_GGUF_NAME_MAX];
 
 		if (!strcmp(t->name, "rope_freqs.weight") ||
 		    !strcmp(t->name, "rope_factors_long.weight") ||
 		    !strcmp(t->name, "rope_factors_short.weight"))
 			continue;	/* generated from the config */
-		ret = qf_gguf_hf_name(arch, t->name, o->hf, sizeof(o->hf),
-				      &perm);
+		o->row0 = 0;
+		o->rows = t->ndim == 2 ? t->ne[1] : 1;
+		rest = sscanf(t->name, "blk.%d.%63s", &l, rb) == 2 ? rb : NULL;
+		ret = rest ? moe_name(nm, l, rest, 0, o->hf, sizeof(o->hf)) : 1;
+		if (ret == 0 && t->ndim == 3) {	/* one per expert */
+			for (e = 0; e < t->ne[2] && !ret; e++) {
+				o = &s[*n];
+				ret = moe_name(nm, l, rest, e, o->hf,
+					       sizeof(o->hf));
+				o->t = t;
+				o->row0 = e * t->ne[1];
+				o->rows = t->ne[1];
+				o->heads = 0;
+				o->shift = 0;
+				(*n)++;
+			}
+			if (ret < 0)
+				return ret;
+			continue;
+		}
+		if (ret > 0)
+			ret = qf_gguf_hf_name(arch, t->name, o->hf,
+					      sizeof(o->hf), &perm);
+		else
+			perm = 0;
 		if (ret == QF_EUNSUPPORTED)
 			WHY(ret, "an architecture quantfs does not write");
 		if (ret < 0) {
@@ -211,13 +281,32 @@ static int map_tensors(const struct qf_gguf_file *g, const cJSON *cfg,
 	return 0;
 }
 
+/* How many tensors the output can have: one per expert of a 3-D one. */
+static int count_outputs(const struct qf_gguf_file *g, size_t *n,
+			 const char **why)
+{
+	size_t i;
+
+	*n = 0;
+	for (i = 0; i < g->nt; i++) {
+		const struct qf_gguf_info *t = &g->t[i];
+
+		if (t->ndim == 3 && (t->ne[2] < 1 || t->ne[2] > MAX_EXPERTS))
+			WHY(QF_EFORMAT, "a stacked tensor of too many experts");
+		*n += t->ndim == 3 ? (size_t)t->ne[2] : 1;
+		if (*n > MAX_OUTPUTS)
+			WHY(QF_EFORMAT, "too many tensors");
+	}
+	return 0;
+}
+
 /* Decode s's tensor into the file at off, in blocks of whole heads. */
 static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 			int fd, uint64_t off, const char **why)
 {
 	const struct qf_gguf_info *t = s->t;
 	/* a 1-D tensor is one GGUF row, and rows of one value to permute */
-	int64_t rows = t->ndim == 2 ? t->ne[1] : 1, cols = t->ne[0];
+	int64_t rows = s->rows, cols = t->ne[0];
 	int64_t hd = s->heads ? (t->ndim == 2 ? rows : cols) / s->heads : 1;
 	int64_t rb, r0, nr, i;
 	float *buf, *tmp = NULL;
@@ -238,7 +327,7 @@ static int write_tensor(const struct qf_gguf_file *g, const struct src *s,
 		float *x = buf;
 
 		nr = rows - r0 < rb ? rows - r0 : rb;
-		ret = qf_gguf_read_rows(g, t, r0, nr, buf);
+		ret = qf_gguf_read_rows(g, t, s->row0 + r0, nr, buf);
 		if (ret)
 			break;
 		if (!qf_all_finite(buf, (size_t)(nr * cols))) {
@@ -284,8 +373,8 @@ static int write_weights(const struct qf_gguf_file *g, struct src *s,
 
 		e[i].name = s[i].hf;
 		e[i].dtype = QF_DT_F32;
-		e[i].ndim = t->ndim;
-		e[i].shape[0] = t->ndim == 2 ? t->ne[1] : t->ne[0];
+		e[i].ndim = t->ndim < 2 ? 1 : 2;	/* an expert's: 2-D */
+		e[i].shape[0] = t->ndim >= 2 ? s[i].rows : t->ne[0];
 		e[i].shape[1] = t->ne[0];
 		e[i].user = &s[i];
 	}
@@ -333,8 +422,10 @@ int qf_gguf_to_model_dir(const char *gguf_path, const char *cfg_dir,
 	ret = copy_config(cfg_dir, out_dir, &cfg, why);
 	if (!ret)
 		ret = copy_side_files(cfg_dir, out_dir);
+	if (!ret)
+		ret = count_outputs(g, &n, why);
 	if (!ret) {
-		s = calloc(g->nt ? g->nt : 1, sizeof(*s));
+		s = calloc(n ? n : 1, sizeof(*s));
 		ret = s ? map_tensors(g, cfg, s, &n, why) : -ENOMEM;
 	}
 	if (!ret)

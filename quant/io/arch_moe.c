@@ -51,6 +51,11 @@ static const struct qf_moe_names *names_of(const struct qf_arch *a)
 	       !strcmp(a->model_type, "qwen2_moe") ? &qwen2_names : &qwen_names;
 }
 
+const struct qf_moe_names *qf_moe_names_of(const char *model_type)
+{
+	return model_type ? names_of(qf_arch_find(model_type)) : NULL;
+}
+
 /* ------------------------------------------------------------------ */
 /* config.json                                                        */
 

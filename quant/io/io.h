@@ -478,6 +478,8 @@ bool qf_moe_layer_sparse(const struct qf_tf_config *c, int l);
  */
 void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 			enum qf_moe_linear k, char *out, size_t cap);
+/* model_type's MoE block names, NULL for a family without MoE. */
+const struct qf_moe_names *qf_moe_names_of(const char *model_type);
 /* "model.layers.L.mlp.gate" (no .weight) into out. */
 void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
 			size_t cap);

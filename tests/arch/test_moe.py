@@ -25,7 +25,8 @@ import numpy as np
 
 from archtest import (Mount, TEXT, WORK, check_gguf_ppl, check_gguf_probs,
                       check_logits, client, eval_json, ids_for, mkmodel,
-                      need_client, ours, run_tests, softmax, stread, windows)
+                      need_client, ours, qf, run_tests, softmax, stread,
+                      windows)
 import ggufnp
 import ref_moe
 
@@ -543,6 +544,19 @@ def test_kq():
               "kq4_k_m (llama.cpp) %(kq4_k_m).3f" % ppl)
         # (a random model: 4-bit noise moves its ppl by several %)
         assert abs(ppl["kq4_k_m"] / ppl["original"] - 1) < 0.12, ppl
+        # `quantfs report` decodes the view, expert by expert, and
+        # measures it on the same windows as llama.cpp did
+        rp = os.path.join(WORK, "report_kq")
+        open(rp + ".txt", "w").write(TEXT[:250])
+        r = qf("report", md, "--text", rp + ".txt", "--variants",
+               "kq4_k_m", "--ctx", 64, "-o", rp + ".md", "--cache",
+               rp + ".cache")
+        row = json.load(open(rp + ".json"))["variants"][0]
+        print("  qwen3_moe kq4_k_m: quantfs report ppl %s" %
+              row["perplexity"])
+        assert not row["error"], (row, r.stderr)
+        assert abs(row["perplexity"] / ppl["kq4_k_m"] - 1) < 0.02, \
+            (row["perplexity"], ppl)
 
 
 if __name__ == "__main__":
