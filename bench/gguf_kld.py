@@ -71,6 +71,8 @@ PAIRS = [
     ("kq4_k_m_awq", "Q4_K_M", [], "Q4_K_M"),
     ("kq5_k_m_awq", "Q5_K_M", [], "Q5_K_M"),
     ("kq6_k_awq", "Q6_K", [], "Q6_K"),
+    ("kiq4_nl_awq", "IQ4_NL", [], "IQ4_NL"),
+    ("kiq4_xs_awq", "IQ4_XS", [], "IQ4_XS"),
 ]
 
 
