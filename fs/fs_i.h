@@ -496,6 +496,9 @@ bool qf_kq_job_tensor(const struct qf_gguf_plan *p,
 		      size_t *off);
 #define QF_KQ_NAME 192			/* an encoded tensor's item name */
 #define QF_KQ_ITEMS (QF_TF_NLINEAR + 3)	/* a layer's: linears, head, norms */
+/* kq _awq: the scale group of linear k's input: 0 q/k/v, 1 o, 2 gate/up,
+ * 3 down (the job's kq_awq[] and qf_kq_encode's s[]). */
+int qf_kq_scale_group(enum qf_tf_linear k);
 /* The job's item of t: "__kqe__.<ggml type>.<tensor name>". */
 void qf_kq_item_name(const struct qf_gguf_tensor *t, char *buf, size_t cap);
 /* The plan has output.weight (its factor comes with the last layer). */

@@ -233,8 +233,7 @@ static int run(struct work *w, int nth)
 	return w->ret;
 }
 
-/* AWQ's scale group of linear k: 0 q/k/v, 1 o, 2 gate/up, 3 down. */
-static int scale_group(int k)
+int qf_kq_scale_group(enum qf_tf_linear k)
 {
 	return k <= QF_TF_V ? 0 : k == QF_TF_O ? 1 : k == QF_TF_DOWN ? 3 : 2;
 }
@@ -258,26 +257,25 @@ static int fold_of(const struct qf_tf_config *c,
 	if (!s || lin < 0 || lin >= QF_TF_NLINEAR)
 		return 0;
 	if (t->ndim == 1) {	/* a norm: its group's input scales */
-		f->row = s[scale_group(lin)];
+		f->row = s[qf_kq_scale_group((enum qf_tf_linear)lin)];
 		return 0;
 	}
-	f->col = s[scale_group(lin)];
-	for (k = QF_TF_V; k <= QF_TF_UP; k++) {
-		const float *sk = k == QF_TF_V ? s[1] : k == QF_TF_UP ?
-				  s[3] : NULL;
+	f->col = s[qf_kq_scale_group((enum qf_tf_linear)lin)];
+	for (k = 0; k < 2; k++) {	/* v's rows take o's, up's down's */
+		enum qf_tf_linear kl = k ? QF_TF_UP : QF_TF_V;
+		const float *sk = s[qf_kq_scale_group(k ? QF_TF_DOWN :
+							  QF_TF_O)];
 
-		if (!sk)
-			continue;
 		snprintf(want, sizeof(want), "model.layers.%d.%s.weight", l,
-			 qf_tf_linear_tensor(c, k, &r0, &rows));
-		if (strcmp(want, t->src->name))
+			 qf_tf_linear_tensor(c, kl, &r0, &rows));
+		if (!sk || strcmp(want, t->src->name))
 			continue;
-		if (!*row && !(*row = malloc((size_t)t->ne[1] *
-					     sizeof(float))))
-			return -ENOMEM;
-		if (f->row != *row)
+		if (!*row) {
+			if (!(*row = malloc((size_t)t->ne[1] * sizeof(float))))
+				return -ENOMEM;
 			for (r = 0; r < t->ne[1]; r++)
 				(*row)[r] = 1;
+		}
 		f->row = *row;
 		for (r = 0; r < rows && r0 + r < t->ne[1]; r++)
 			(*row)[r0 + r] = sk[r];

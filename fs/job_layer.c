@@ -135,8 +135,7 @@ static int kq_awq(struct job *j, const struct qf_tf_layer *ly,
 {
 	const struct qf_spec *sp = &j->var->v->spec;
 	const struct qf_lin_stats *st = &stats[lin[0]];
-	int g = lin[0] <= QF_TF_V ? 0 : lin[0] == QF_TF_O ? 1 :
-		lin[0] == QF_TF_DOWN ? 3 : 2;
+	int g = qf_kq_scale_group(lin[0]);
 	double t0 = qf_now();
 	struct qf_awq_opts o;
 	const float *w[3];

@@ -175,30 +175,31 @@ static int moe_name(const struct qf_moe_names *nm, int l, const char *rest,
 		    int64_t e, char *hf, size_t cap)
 {
 	static const char *const part[] = { "gate", "up", "down" };
+	size_t base = cap - sizeof(".weight") + 1;	/* before .weight */
 	char want[48];
 	int k, n = -1;
 
 	if (!nm)
 		return 1;
 	if (!strcmp(rest, "ffn_gate_inp.weight"))
-		n = snprintf(hf, cap, "model.layers.%d.%s.weight", l,
-			     nm->router);
+		n = snprintf(hf, base, "model.layers.%d.%s", l, nm->router);
 	else if (nm->shared_gate && !strcmp(rest, "ffn_gate_inp_shexp.weight"))
-		n = snprintf(hf, cap, "model.layers.%d.%s.weight", l,
+		n = snprintf(hf, base, "model.layers.%d.%s", l,
 			     nm->shared_gate);
 	for (k = 0; k < QF_MOE_NLINEAR && n < 0; k++) {
 		snprintf(want, sizeof(want), "ffn_%s_exps.weight", part[k]);
 		if (!strcmp(rest, want))
-			n = snprintf(hf, cap, "model.layers.%d.%s.%lld.%s.weight",
-				     l, nm->experts, (long long)e, nm->lin[k]);
+			n = qf_moe_names_expert(nm, l, (int)e, k, hf, base);
 		snprintf(want, sizeof(want), "ffn_%s_shexp.weight", part[k]);
 		if (nm->shared && !strcmp(rest, want))
-			n = snprintf(hf, cap, "model.layers.%d.%s.%s.weight",
-				     l, nm->shared, nm->lin[k]);
+			n = qf_moe_names_expert(nm, l, -1, k, hf, base);
 	}
 	if (n < 0)
 		return 1;
-	return n < (int)cap ? 0 : -ENAMETOOLONG;
+	if (n >= (int)base)
+		return -ENAMETOOLONG;
+	strcat(hf, ".weight");
+	return 0;
 }
 
 /* Source name and permutation of every tensor but rope_freqs. */

@@ -170,15 +170,21 @@ bool qf_moe_layer_sparse(const struct qf_tf_config *c, int l)
 	return (l + 1) % c->sparse_step == 0;
 }
 
+int qf_moe_names_expert(const struct qf_moe_names *nm, int l, int e,
+			enum qf_moe_linear k, char *out, size_t cap)
+{
+	if (e < 0)
+		return snprintf(out, cap, "model.layers.%d.%s.%s", l,
+				nm->shared, nm->lin[k]);
+	return snprintf(out, cap, "model.layers.%d.%s.%d.%s", l, nm->experts,
+			e, nm->lin[k]);
+}
+
 void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 			enum qf_moe_linear k, char *out, size_t cap)
 {
-	if (e == c->experts && c->moe->shared)
-		snprintf(out, cap, "model.layers.%d.%s.%s", l, c->moe->shared,
-			 c->moe->lin[k]);
-	else
-		snprintf(out, cap, "model.layers.%d.%s.%d.%s", l,
-			 c->moe->experts, e, c->moe->lin[k]);
+	qf_moe_names_expert(c->moe, l, e == c->experts && c->moe->shared ?
+			    -1 : e, k, out, cap);
 }
 
 void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,

@@ -480,6 +480,10 @@ void qf_moe_expert_name(const struct qf_tf_config *c, int l, int e,
 			enum qf_moe_linear k, char *out, size_t cap);
 /* model_type's MoE block names, NULL for a family without MoE. */
 const struct qf_moe_names *qf_moe_names_of(const char *model_type);
+/* Under names nm, qf_moe_expert_name's name of expert e's linear k of
+ * layer l (e < 0: the shared expert); snprintf's return. */
+int qf_moe_names_expert(const struct qf_moe_names *nm, int l, int e,
+			enum qf_moe_linear k, char *out, size_t cap);
 /* "model.layers.L.mlp.gate" (no .weight) into out. */
 void qf_moe_router_name(const struct qf_tf_config *c, int l, char *out,
 			size_t cap);
