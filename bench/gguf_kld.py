@@ -48,16 +48,34 @@ DATA = os.path.join(HERE, "..", "..", "shared", "data")
 # (quantfs view, llama.cpp type, llama.cpp layout flags, the pair's label)
 SAME_LAYOUT = ["--token-embedding-type", "bf16", "--output-tensor-type",
                "bf16"]
+# quantfs's types of an untied model's token_embd and output where they
+# are not llama.cpp's (gguf_mix.c): llama.cpp's stock mix is the goal's
+# comparison, the same layout the like-for-like one
+ENDS = {"Q2_K": ("q4_k", "q4_k"), "Q3_K_S": ("q4_k", "q5_k"),
+        "Q3_K_M": ("q4_k", "q5_k"), "Q3_K_L": ("q4_k", "q5_k"),
+        "Q4_K_S": ("q5_k", "q5_k"), "Q4_K_M": ("q5_k", "q5_k")}
+
+
+def layout(typ):
+    """llama-quantize's flags for quantfs's layout of mix typ."""
+    e, o = ENDS[typ]
+    return ["--token-embedding-type", e, "--output-tensor-type", o]
 PAIRS = [
     ("rtn_w4_g32_sym", "Q4_0", SAME_LAYOUT, "Q4_0"),
     ("gptq_w4_g32_sym", "Q4_0", SAME_LAYOUT, "Q4_0"),
     ("rtn_w8_g32_sym", "Q8_0", SAME_LAYOUT, "Q8_0"),
     ("kq2_k", "Q2_K", [], "Q2_K"),
+    ("kq2_k", "Q2_K", layout("Q2_K"), "Q2_K, quantfs's layout"),
     ("kq3_k_s", "Q3_K_S", [], "Q3_K_S"),
+    ("kq3_k_s", "Q3_K_S", layout("Q3_K_S"), "Q3_K_S, quantfs's layout"),
     ("kq3_k_m", "Q3_K_M", [], "Q3_K_M"),
+    ("kq3_k_m", "Q3_K_M", layout("Q3_K_M"), "Q3_K_M, quantfs's layout"),
     ("kq3_k_l", "Q3_K_L", [], "Q3_K_L"),
+    ("kq3_k_l", "Q3_K_L", layout("Q3_K_L"), "Q3_K_L, quantfs's layout"),
     ("kq4_k_s", "Q4_K_S", [], "Q4_K_S"),
+    ("kq4_k_s", "Q4_K_S", layout("Q4_K_S"), "Q4_K_S, quantfs's layout"),
     ("kq4_k_m", "Q4_K_M", [], "Q4_K_M"),
+    ("kq4_k_m", "Q4_K_M", layout("Q4_K_M"), "Q4_K_M, quantfs's layout"),
     ("kq5_k_s", "Q5_K_S", [], "Q5_K_S"),
     ("kq5_k_m", "Q5_K_M", [], "Q5_K_M"),
     ("kq6_k", "Q6_K", [], "Q6_K"),
@@ -67,6 +85,7 @@ PAIRS = [
     ("kiq4_xs", "IQ4_XS", [], "IQ4_XS"),
     # AWQ's scales folded in first (_awq): the same llama.cpp files
     ("kq2_k_awq", "Q2_K", [], "Q2_K"),
+    ("kq2_k_awq", "Q2_K", layout("Q2_K"), "Q2_K, quantfs's layout"),
     ("kq3_k_m_awq", "Q3_K_M", [], "Q3_K_M"),
     ("kq4_k_m_awq", "Q4_K_M", [], "Q4_K_M"),
     ("kq5_k_m_awq", "Q5_K_M", [], "Q5_K_M"),
@@ -74,6 +93,13 @@ PAIRS = [
     ("kiq4_nl_awq", "IQ4_NL", [], "IQ4_NL"),
     ("kiq4_xs_awq", "IQ4_XS", [], "IQ4_XS"),
 ]
+
+
+def llkey(typ, flags, im):
+    """The label of llama.cpp's file of type typ made with flags."""
+    return "llama.cpp %s%s%s" % (typ, " (token_embd %s, output %s)" % ENDS[
+        typ] if typ in ENDS and flags == layout(typ) else "",
+        " + imatrix" if im else "")
 
 
 def run(cmd, log):
@@ -178,12 +204,14 @@ def main():
             if key in done:
                 continue
             done.add(key)
-            out = os.path.join(work, "llama-%s%s.gguf" % (
-                typ, "-imatrix" if im else ""))
+            out = os.path.join(work, "llama-%s%s%s.gguf" % (
+                typ, "-ends" if typ in ENDS and flags == layout(typ)
+                else "",
+                "-imatrix" if im else ""))
             run([os.path.join(llama, "llama-quantize")] +
                 (["--imatrix", imat] if im else []) + flags +
                 [src, out, typ, "2"], out + ".log")
-            files["llama.cpp %s%s" % (typ, " + imatrix" if im else "")] = out
+            files[llkey(typ, flags, im)] = out
     base = os.path.join(work, "base.kld")
     cmd = [os.path.join(llama, "llama-perplexity"), "-m", src, "-f",
            os.path.abspath(a.text), "-c", str(a.ctx), "-b", str(a.ctx),
@@ -206,8 +234,8 @@ def main():
     print("| type | file | bytes | mean KLD | same top-1 | PPL |" + f32h)
     print("|---|---|---|---|---|---|" + ("---|" if f32h else ""))
     res, res32 = {}, {}
-    for v, typ, _, label in PAIRS:
-        for f in ("llama.cpp " + typ, "llama.cpp %s + imatrix" % typ,
+    for v, typ, flags, label in PAIRS:
+        for f in (llkey(typ, flags, False), llkey(typ, flags, True),
                   "quantfs " + v):
             if f not in files or f in res:
                 continue
@@ -232,17 +260,16 @@ def main():
             label, os.path.getsize(path), r["kld"], r["kld_pm"], r["top1"],
             r["ppl"]), flush=True)
     print()
-    for v, typ, _, label in pairs:	# the issue's goal: <= 0.6x, never worse
-        best = min((res[f]["kld"], f) for f in res if f in (
-            "llama.cpp " + typ, "llama.cpp %s + imatrix" % typ))
+    for v, typ, flags, label in pairs:	# the goal: <= 0.6x, never worse
+        mine = (llkey(typ, flags, False), llkey(typ, flags, True))
+        best = min((res[f]["kld"], f) for f in res if f in mine)
         print("%s: quantfs %s mean KLD / llama.cpp's best (%s) = %.3f, "
               "bytes %d / %d" % (label, v, best[1], res["quantfs " + v]["kld"]
                                  / best[0], os.path.getsize(
                                      files["quantfs " + v]),
                                  os.path.getsize(files[best[1]])))
         if res32:
-            best = min((res32[f]["kld"], f) for f in res32 if f in (
-                "llama.cpp " + typ, "llama.cpp %s + imatrix" % typ))
+            best = min((res32[f]["kld"], f) for f in res32 if f in mine)
             print("  weights only (F32): / llama.cpp's best (%s) = %.3f" % (
                 best[1], res32["quantfs " + v]["kld"] / best[0]))
     print()

@@ -151,6 +151,8 @@ static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
 		    const struct qf_spec *sp, const struct qf_mixed_alloc *alloc,
 		    const char **parts, char *extra, size_t cap)
 {
+	enum qf_ggml_type base;
+	enum qf_gguf_mix mix;
 	int nparts = 5;
 
 	/*
@@ -165,6 +167,12 @@ static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
 	if (sp->method == QF_METHOD_KQUANT)
 		snprintf(extra + strlen(extra), cap - strlen(extra),
 			 "kq=gptq-v2;");
+	/* an untied model's token_embd and output retyped (gguf_mix.c;
+	 * v1 had llama.cpp's types) */
+	if (sp->method == QF_METHOD_KQUANT && qf_gguf_mix_of(sp->bits,
+	    sp->kq_size, &mix, &base) == 0 && qf_gguf_mix_ends(mix))
+		snprintf(extra + strlen(extra), cap - strlen(extra),
+			 "ends=v2;");
 	/* GPTQ's _rot: with act-order (v1 had none) */
 	if (sp->method == QF_METHOD_GPTQ && (sp->flags & QF_SPEC_ROT))
 		snprintf(extra + strlen(extra), cap - strlen(extra),

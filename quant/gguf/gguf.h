@@ -185,8 +185,13 @@ int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
  * tied) Q6_K; IQ4_NL / IQ4_XS: attn_v Q5_K where 4 or more query heads
  * share a kv head, everything else the base type (ffn_down as llama.cpp
  * does with an imatrix: the kq views always have one).  Not applied: the
- * 8-expert, 70B and Falcon rules.
+ * 8-expert, 70B and Falcon rules.  quantfs's own rule: an untied model's
+ * token_embd and output in the Q2_K, Q3_K_* and Q4_K_* mixes take Q4_K
+ * and Q4_K, Q4_K and Q5_K, Q5_K and Q5_K (gguf_mix.c; no more bits than
+ * llama.cpp's base type and Q6_K).
  */
+/* True for a mix whose untied token_embd and output quantfs retypes. */
+bool qf_gguf_mix_ends(enum qf_gguf_mix mix);
 enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
 				   enum qf_gguf_role role, const char *gg,
 				   const struct qf_tf_config *c,

@@ -14,7 +14,12 @@ Q5_K blocks (quant/gguf/ggml_kq23.c, ggml_quants.c), GPTQ on their grids
    (tinystories-llama-5m, hub layout, default options but a small
    calibration): every tensor has the type llama-quantize gives it for
    the same mix of the same model (its original/model.gguf; without the
-   tools, the counts of each type llama-quantize wrote), and
+   tools, the counts of each type llama-quantize wrote), but for
+   quantfs's one rule: in kq2_k, kq3_k_* and kq4_k_* of this untied model
+   token_embd and output take Q4_K / Q4_K, Q4_K / Q5_K and Q5_K / Q5_K
+   (llama-quantize's --token-embedding-type and --output-tensor-type say
+   so on its side), and each such file is no larger than llama-quantize's
+   stock mix; and
    llama.cpp (node-llama-cpp) loads kq3_k_m and kq5_k_m from the mount
    and reads a token.
 
@@ -48,15 +53,28 @@ MIXES = {"kq2_k": ("Q2_K", 10), "kq3_k_s": ("Q3_K_S", 11),
          "kq3_k_m": ("Q3_K_M", 12), "kq3_k_l": ("Q3_K_L", 13),
          "kq4_k_s": ("Q4_K_S", 14), "kq4_k_m": ("Q4_K_M", 15),
          "kq5_k_s": ("Q5_K_S", 16), "kq5_k_m": ("Q5_K_M", 17)}
+# llama-quantize's flags for the same layout as quantfs's view
+LAYOUT = {v: ["--token-embedding-type", e, "--output-tensor-type", o]
+          for v, e, o in (("kq2_k", "q4_k", "q4_k"),
+                          ("kq3_k_s", "q4_k", "q5_k"),
+                          ("kq3_k_m", "q4_k", "q5_k"),
+                          ("kq3_k_l", "q4_k", "q5_k"),
+                          ("kq4_k_s", "q5_k", "q5_k"),
+                          ("kq4_k_m", "q5_k", "q5_k"))}
 # tensors of each type in the 5M model's mixes as llama-quantize (llama.cpp
 # 5b4ebc5) wrote them, for runs without the tools: 13 F32 norms, then
 # token_embd + 6 layers x 7 linears + output
-COUNTS = {"kq2_k": {0: 13, 10: 25, 11: 18, 14: 1},
-          "kq3_k_s": {0: 13, 11: 43, 14: 1},
-          "kq3_k_m": {0: 13, 11: 25, 12: 16, 13: 2, 14: 1},
-          "kq3_k_l": {0: 13, 11: 25, 13: 18, 14: 1},
-          "kq4_k_s": {0: 13, 12: 39, 13: 4, 14: 1},
-          "kq4_k_m": {0: 13, 12: 39, 14: 5},
+# (token_embd and output as quantfs's rule types them; llama-quantize's
+# stock mixes have the base type and Q6_K there: Q2_K {0: 13, 10: 25,
+# 11: 18, 14: 1}, Q3_K_S {0: 13, 11: 43, 14: 1}, Q3_K_M {0: 13, 11: 25,
+# 12: 16, 13: 2, 14: 1}, Q3_K_L {0: 13, 11: 25, 13: 18, 14: 1}, Q4_K_S
+# {0: 13, 12: 39, 13: 4, 14: 1}, Q4_K_M {0: 13, 12: 39, 14: 5})
+COUNTS = {"kq2_k": {0: 13, 10: 24, 11: 18, 12: 2},
+          "kq3_k_s": {0: 13, 11: 42, 12: 1, 13: 1},
+          "kq3_k_m": {0: 13, 11: 24, 12: 17, 13: 3},
+          "kq3_k_l": {0: 13, 11: 24, 12: 1, 13: 19},
+          "kq4_k_s": {0: 13, 12: 38, 13: 6},
+          "kq4_k_m": {0: 13, 12: 38, 13: 2, 14: 4},
           "kq5_k_s": {0: 13, 13: 43, 14: 1},
           "kq5_k_m": {0: 13, 13: 39, 14: 5}}
 
@@ -198,8 +216,17 @@ def test_mix_types_match_llama_quantize():
                     v, kinds, quantize))
                 continue
             out = os.path.join(WORK, mix + ".gguf")
-            subprocess.run([quantize, src, out, mix, "2"], check=True,
+            subprocess.run([quantize] + LAYOUT.get(v, []) +
+                           [src, out, mix, "2"], check=True,
                            capture_output=True)
+            if v in LAYOUT:	# and no larger than the stock mix
+                stock = os.path.join(WORK, mix + "-stock.gguf")
+                subprocess.run([quantize, src, stock, mix, "2"],
+                               check=True, capture_output=True)
+                size = os.path.getsize(os.path.join(d, v, "model.gguf"))
+                print("  %s: %d bytes, llama-quantize's stock %s %d" % (
+                    v, size, mix, os.path.getsize(stock)))
+                assert size <= os.path.getsize(stock), (v, size)
             want = {n: t[0] for n, t in header(out).tensors.items()}
             diff = {n: (got.get(n), want.get(n))
                     for n in set(got) | set(want) if got.get(n) !=
