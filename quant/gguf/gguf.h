@@ -187,8 +187,8 @@ int qf_gguf_mix_of(int bits, char size, enum qf_gguf_mix *mix,
  * does with an imatrix: the kq views always have one).  Not applied: the
  * 8-expert, 70B and Falcon rules.  quantfs's own rule: an untied model's
  * token_embd and output in the Q2_K, Q3_K_* and Q4_K_* mixes take Q4_K
- * and Q4_K, Q4_K and Q5_K, Q5_K and Q5_K (gguf_mix.c; no more bits than
- * llama.cpp's base type and Q6_K).
+ * and Q4_K, Q4_K and Q5_K, Q5_K and Q5_K where hidden is a multiple of
+ * 256 (gguf_mix.c; no more bits than llama.cpp's base type and Q6_K).
  */
 /* True for a mix whose untied token_embd and output quantfs retypes. */
 bool qf_gguf_mix_ends(enum qf_gguf_mix mix);

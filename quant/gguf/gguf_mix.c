@@ -101,6 +101,7 @@ static enum qf_ggml_type by_layer(enum qf_gguf_mix mix, bool v, int l, int n,
  * Q2_K: Q2_K + Q6_K (9.19) -> Q4_K + Q4_K (9.0); Q3_K_*: Q3_K + Q6_K (10)
  * -> Q4_K + Q5_K (10); Q4_K_*: Q4_K + Q6_K (11.06) -> Q5_K + Q5_K (11).
  * QF_GGML_F32: llama.cpp's rule (Q5_K_* and Q6_K gained nothing by it).
+ * Only where hidden is a multiple of 256.
  */
 static enum qf_ggml_type ends(enum qf_gguf_mix mix, bool embd)
 {
@@ -131,7 +132,9 @@ enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
 {
 	int l = -1;
 
-	if (!c->tie && qf_gguf_mix_ends(mix) &&
+	/* (rows of whole k-quant blocks only: the fallbacks of Q4_K and
+	 * Q5_K, Q4_1 and Q8_0, would cost more than llama.cpp's) */
+	if (!c->tie && c->hidden % 256 == 0 && qf_gguf_mix_ends(mix) &&
 	    (role == QF_GGUF_ROLE_OUTPUT || role == QF_GGUF_ROLE_EMBD))
 		return ends(mix, role == QF_GGUF_ROLE_EMBD);
 	if (role == QF_GGUF_ROLE_OUTPUT ||
