@@ -346,7 +346,9 @@ def test_gguf_only_variants():
             assert abs(r["perplexity"] - ppl) <= 2e-4 * ppl, \
                 (v, r["perplexity"], ppl)
             err[v] = rel_weight_err(w, src)
-        assert err["kq6_k"] < 0.5 * err["kq4_k_m"], err
+        # (0.57x here: kq4_k_m's untied token_embd and output are Q5_K,
+        # quantfs's rule in gguf_mix.c; 0.5x before it)
+        assert err["kq6_k"] < 0.7 * err["kq4_k_m"], err
         check_svg(out[:-3] + ".svg", ["original"] + kq,
                   j["pareto_front"])
         md = open(out).read()
