@@ -173,10 +173,11 @@ static int id_extra(const struct qf_fs *fs, const struct qf_var *var,
 	    sp->kq_size, &mix, &base) == 0 && qf_gguf_mix_ends(mix))
 		snprintf(extra + strlen(extra), cap - strlen(extra),
 			 "ends=v2;");
-	/* GPTQ's _rot: with act-order (v1 had none) */
+	/* GPTQ's _rot: with act-order (v1 had none), damping 0.1 and
+	 * coordinate descent on the codes (v2 had neither) */
 	if (sp->method == QF_METHOD_GPTQ && (sp->flags & QF_SPEC_ROT))
 		snprintf(extra + strlen(extra), cap - strlen(extra),
-			 "rot=act;");
+			 "rot=act-cd;");
 	if (sp->method == QF_METHOD_BRECQ)
 		snprintf(extra + strlen(extra), cap - strlen(extra),
 			 "brecq=%d/%d;",

@@ -627,3 +627,90 @@ out_free:
 	work_free(&k);
 	return ret;
 }
+
+/* ------------------------------------------------------------------ */
+/* coordinate descent on the codes                                    */
+
+struct refine {
+	const float *h, *w0;
+	float *w, *g;
+	uint8_t *q;
+	const uint16_t *sc;
+	const int32_t *z, *gidx;
+	int64_t in, ng;
+	float lam, maxq;
+	int passes;
+	int64_t changed;		/* codes changed, all parts */
+};
+
+/* Rows [r0, r1): passes of the cyclic sweep, each row on its own. */
+static void refine_rows(void *arg, int64_t r0, int64_t r1)
+{
+	struct refine *f = arg;
+	int64_t in = f->in, r, j, k, n = 0;
+	int p;
+
+	for (r = r0; r < r1; r++) {
+		float *g = f->g + r * in, *w = f->w + r * in;
+		uint8_t *q = f->q + r * in;
+
+		/* g = e (H + lam I) for the row's error e = w0 - w */
+		cblas_sgemv(CblasRowMajor, CblasTrans, (int)in, (int)in, 1.0f,
+			    f->h, (int)in, f->w0 + r * in, 1, 0.0f, g, 1);
+		cblas_sgemv(CblasRowMajor, CblasTrans, (int)in, (int)in,
+			    -1.0f, f->h, (int)in, w, 1, 1.0f, g, 1);
+		for (k = 0; k < in; k++)
+			g[k] += f->lam * (f->w0[r * in + k] - w[k]);
+		for (p = 0; p < f->passes; p++)
+			for (j = 0; j < in; j++) {
+				int64_t x = r * f->ng + f->gidx[j];
+				float s = qf_f16_to_f32(f->sc[x]);
+				float zz = (float)f->z[x];
+				float hjj = f->h[j * in + j] + f->lam;
+				float t, c, d;
+
+				if (!(f->h[j * in + j] > 0) || !(s > 0))
+					continue;	/* a dead input */
+				/* the best value for w_j alone, on the grid */
+				t = (w[j] + g[j] / hjj) / s + zz;
+				c = rintf(t < 0 ? 0 : t > f->maxq ? f->maxq : t);
+				if (c == (float)q[j])
+					continue;
+				d = w[j] - s * (c - zz);	/* e_j grows by d */
+				if (2 * d * g[j] + d * d * hjj >= 0)
+					continue;
+				q[j] = (uint8_t)c;
+				w[j] = s * (c - zz);
+				cblas_saxpy((int)in, d, f->h + j * in, 1, g, 1);
+				g[j] += d * f->lam;
+				n++;
+			}
+	}
+	__atomic_fetch_add(&f->changed, n, __ATOMIC_RELAXED);
+}
+
+int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
+		   const float *h, float damp, int bits, uint8_t *q,
+		   const uint16_t *sc, const int32_t *z, const int32_t *gidx,
+		   int64_t ng, int passes, int64_t *changed)
+{
+	struct refine f = { .h = h, .w0 = w0, .w = w, .q = q, .sc = sc,
+			    .z = z, .gidx = gidx, .in = in, .ng = ng,
+			    .maxq = (float)((1 << bits) - 1), .passes = passes };
+	double md = 0;
+	int64_t j;
+
+	if (out <= 0 || in <= 0 || bits < 1 || bits > 8)
+		return -EINVAL;
+	for (j = 0; j < in; j++)
+		md += h[j * in + j];
+	f.lam = (float)(damp * md / (double)in);
+	f.g = malloc((size_t)(out * in) * sizeof(float));
+	if (!f.g)
+		return -ENOMEM;
+	qf_par_for(refine_rows, &f, out, 8, 1);
+	free(f.g);
+	if (changed)
+		*changed = f.changed;
+	return 0;
+}

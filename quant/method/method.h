@@ -105,6 +105,23 @@ int qf_gptq_quantize(float *w, int64_t out, int64_t in, float *h,
  * QF_ENUMERIC, -ENOMEM.
  */
 int qf_gptq_hinv_upper(float *h, int64_t n, float damp);
+/*
+ * Coordinate descent on GPTQ's codes (QuantEase's idea, Behdin et al.
+ * 2023), the grids kept: each row's error e = w0 - w against (H + lam I)
+ * (lam = damp * mean(diag H), GPTQ's damping) is lowered by passes cyclic
+ * sweeps over the columns, each code set to the grid point nearest the
+ * best value of its weight alone, w_j + g_j / (H_jj + lam) with g = e (H +
+ * lam I), and kept only where e (H + lam I) e^T falls; so the objective
+ * never rises.  w [out, in] holds GPTQ's values (w ~ sc * (q - z) of each
+ * column's group gidx, ng groups a row) and q its codes, both updated;
+ * h [in, in] is full symmetric; columns whose H_jj is 0 (dead inputs)
+ * are left as they are.  Rows are independent (split over the
+ * CPUs).  *changed: codes changed.  Returns 0, -EINVAL, -ENOMEM.
+ */
+int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
+		   const float *h, float damp, int bits, uint8_t *q,
+		   const uint16_t *sc, const int32_t *z, const int32_t *gidx,
+		   int64_t ng, int passes, int64_t *changed);
 
 /* ------------------------------------------------------------------ */
 /* AWQ (Lin et al. 2023) with heuristic rounding and GQA ReFlip       */

@@ -3,8 +3,12 @@
  * tests/unit/test_gptq.py (which owns the independent numpy reference).
  *
  * usage: gptq_cli W.f32 H.f32 OUT IN BITS GROUP SYM ACT STATIC OUTDIR
+ *                 [PASSES DAMP]
  * writes OUTDIR/{q.u8,scale.f16,zero.i32,gidx.i32,wq.f32,loss.txt} and the
- * same for RTN as rtn_q.u8, rtn_scale.f16, rtn_zero.i32.
+ * same for RTN as rtn_q.u8, rtn_scale.f16, rtn_zero.i32.  With PASSES,
+ * GPTQ runs with damping DAMP and qf_gptq_refine's sweeps follow: their
+ * codes and values in cd_q.u8, cd_wq.f32 (GPTQ's own stay in q.u8,
+ * wq.f32).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +29,7 @@ int main(int argc, char **argv)
 	char buf[64];
 	int ret;
 
-	if (argc != 11) {
+	if (argc != 11 && argc != 13) {
 		fprintf(stderr, "usage: see the file header\n");
 		return 2;
 	}
@@ -36,6 +40,8 @@ int main(int argc, char **argv)
 	o.qp.sym = atoi(argv[7]);
 	o.act_order = atoi(argv[8]);
 	o.static_groups = atoi(argv[9]);
+	if (argc == 13)
+		o.damp = (float)atof(argv[12]);
 	ng = qf_ngroups(in, o.qp.group);
 	w = slurp(argv[1], (size_t)(out * in) * 4);
 	w0 = slurp(argv[1], (size_t)(out * in) * 4);
@@ -64,6 +70,19 @@ int main(int argc, char **argv)
 	dump(argv[10], "wq.f32", w, (size_t)(out * in) * 4);
 	snprintf(buf, sizeof(buf), "%.9g\n", loss);
 	dump(argv[10], "loss.txt", buf, strlen(buf));
+	if (argc == 13) {	/* H as given: dead inputs' diagonal 0 */
+		float *h1 = slurp(argv[2], (size_t)(in * in) * 4);
+
+		ret = qf_gptq_refine(w0, w, out, in, h1, o.damp, o.qp.bits, q,
+				     sc, z, g, ng, atoi(argv[11]), NULL);
+		free(h1);
+		if (ret < 0) {
+			fprintf(stderr, "refine: %s\n", qf_strerror(ret));
+			return 1;
+		}
+		dump(argv[10], "cd_q.u8", q, (size_t)(out * in));
+		dump(argv[10], "cd_wq.f32", w, (size_t)(out * in) * 4);
+	}
 	ret = qf_rtn_quantize(w0, out, in, &o.qp, q, sc, z);
 	if (ret < 0)
 		return 1;
