@@ -14,7 +14,10 @@ layout of quantfs's Q4_0 / Q8_0 views; Q4_1 likewise), the k-quant mixes
 and IQ4_NL / IQ4_XS with llama.cpp's own mixes, each without and with an imatrix from llama-imatrix on the
 calibration text (--chunks N of --calib-len tokens: quantfs's defaults).
 The `_awq` k-quant views (AWQ's scales folded in) are held against the
-same llama.cpp files as their plain views.
+same llama.cpp files as their plain views. Where quantfs types an untied
+model's token_embd and output otherwise than llama.cpp's mix (Q2_K,
+Q3_K_*, Q4_K_*: gguf_mix.c), llama.cpp's file in that same layout is
+measured too, a row of its own: the encoders compared alone.
 
 usage: bench/gguf_kld.py --llama DIR [--quantfs PATH] [--model DIR]
          [--text FILE] [--calib FILE] [--ctx 512] [--chunks N] [--markdown]
