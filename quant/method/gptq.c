@@ -633,7 +633,7 @@ out_free:
 
 struct refine {
 	const float *h, *w0;
-	float *w, *g;
+	float *w;
 	uint8_t *q;
 	const uint16_t *sc;
 	const int32_t *z, *gidx;
@@ -641,6 +641,7 @@ struct refine {
 	float lam, maxq;
 	int passes;
 	int64_t changed;		/* codes changed, all parts */
+	int err;			/* -ENOMEM from a part */
 };
 
 /* Rows [r0, r1): passes of the cyclic sweep, each row on its own. */
@@ -648,10 +649,15 @@ static void refine_rows(void *arg, int64_t r0, int64_t r1)
 {
 	struct refine *f = arg;
 	int64_t in = f->in, r, j, k, n = 0;
+	float *g = malloc((size_t)in * sizeof(*g));	/* one row's */
 	int p;
 
+	if (!g) {
+		__atomic_store_n(&f->err, -ENOMEM, __ATOMIC_RELAXED);
+		return;
+	}
 	for (r = r0; r < r1; r++) {
-		float *g = f->g + r * in, *w = f->w + r * in;
+		float *w = f->w + r * in;
 		uint8_t *q = f->q + r * in;
 
 		/* g = e (H + lam I) for the row's error e = w0 - w */
@@ -686,6 +692,7 @@ static void refine_rows(void *arg, int64_t r0, int64_t r1)
 				n++;
 			}
 	}
+	free(g);
 	__atomic_fetch_add(&f->changed, n, __ATOMIC_RELAXED);
 }
 
@@ -705,12 +712,8 @@ int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
 	for (j = 0; j < in; j++)
 		md += h[j * in + j];
 	f.lam = (float)(damp * md / (double)in);
-	f.g = malloc((size_t)(out * in) * sizeof(float));
-	if (!f.g)
-		return -ENOMEM;
 	qf_par_for(refine_rows, &f, out, 8, 1);
-	free(f.g);
 	if (changed)
 		*changed = f.changed;
-	return 0;
+	return f.err;
 }

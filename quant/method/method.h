@@ -116,7 +116,8 @@ int qf_gptq_hinv_upper(float *h, int64_t n, float damp);
  * column's group gidx, ng groups a row) and q its codes, both updated;
  * h [in, in] is full symmetric; columns whose H_jj is 0 (dead inputs)
  * are left as they are.  Rows are independent (split over the
- * CPUs).  *changed: codes changed.  Returns 0, -EINVAL, -ENOMEM.
+ * CPUs; each part holds one row's g).  *changed: codes changed.  Returns
+ * 0, -EINVAL, -ENOMEM (some rows may then be refined, others not).
  */
 int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
 		   const float *h, float damp, int bits, uint8_t *q,
