@@ -132,10 +132,11 @@ enum qf_ggml_type qf_gguf_mix_type(enum qf_gguf_mix mix,
 {
 	int l = -1;
 
-	/* (rows of whole k-quant blocks only: the fallbacks of Q4_K and
-	 * Q5_K, Q4_1 and Q8_0, would cost more than llama.cpp's) */
-	if (!c->tie && c->hidden % 256 == 0 && qf_gguf_mix_ends(mix) &&
-	    (role == QF_GGUF_ROLE_OUTPUT || role == QF_GGUF_ROLE_EMBD))
+	/* (rows of whole blocks only: the fallbacks of Q4_K and Q5_K,
+	 * Q4_1 and Q8_0, would cost more than llama.cpp's) */
+	if (!c->tie && qf_gguf_mix_ends(mix) &&
+	    (role == QF_GGUF_ROLE_OUTPUT || role == QF_GGUF_ROLE_EMBD) &&
+	    qf_ggml_row_bytes(ends(mix, role == QF_GGUF_ROLE_EMBD), c->hidden))
 		return ends(mix, role == QF_GGUF_ROLE_EMBD);
 	if (role == QF_GGUF_ROLE_OUTPUT ||
 	    (role == QF_GGUF_ROLE_EMBD && c->tie))

@@ -640,7 +640,6 @@ struct refine {
 	int64_t in, ng;
 	float lam, maxq;
 	int passes;
-	int64_t changed;		/* codes changed, all parts */
 	int err;			/* -ENOMEM from a part */
 };
 
@@ -648,7 +647,7 @@ struct refine {
 static void refine_rows(void *arg, int64_t r0, int64_t r1)
 {
 	struct refine *f = arg;
-	int64_t in = f->in, r, j, k, n = 0;
+	int64_t in = f->in, r, j, k;
 	float *g = malloc((size_t)in * sizeof(*g));	/* one row's */
 	int p;
 
@@ -689,17 +688,15 @@ static void refine_rows(void *arg, int64_t r0, int64_t r1)
 				w[j] = s * (c - zz);
 				cblas_saxpy((int)in, d, f->h + j * in, 1, g, 1);
 				g[j] += d * f->lam;
-				n++;
 			}
 	}
 	free(g);
-	__atomic_fetch_add(&f->changed, n, __ATOMIC_RELAXED);
 }
 
 int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
 		   const float *h, float damp, int bits, uint8_t *q,
 		   const uint16_t *sc, const int32_t *z, const int32_t *gidx,
-		   int64_t ng, int passes, int64_t *changed)
+		   int64_t ng, int passes)
 {
 	struct refine f = { .h = h, .w0 = w0, .w = w, .q = q, .sc = sc,
 			    .z = z, .gidx = gidx, .in = in, .ng = ng,
@@ -713,7 +710,5 @@ int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
 		md += h[j * in + j];
 	f.lam = (float)(damp * md / (double)in);
 	qf_par_for(refine_rows, &f, out, 8, 1);
-	if (changed)
-		*changed = f.changed;
 	return f.err;
 }

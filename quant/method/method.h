@@ -116,13 +116,13 @@ int qf_gptq_hinv_upper(float *h, int64_t n, float damp);
  * column's group gidx, ng groups a row) and q its codes, both updated;
  * h [in, in] is full symmetric; columns whose H_jj is 0 (dead inputs)
  * are left as they are.  Rows are independent (split over the
- * CPUs; each part holds one row's g).  *changed: codes changed.  Returns
- * 0, -EINVAL, -ENOMEM (some rows may then be refined, others not).
+ * CPUs; each part holds one row's g).  Returns 0, -EINVAL, -ENOMEM (some
+ * rows may then be refined, others not).
  */
 int qf_gptq_refine(const float *w0, float *w, int64_t out, int64_t in,
 		   const float *h, float damp, int bits, uint8_t *q,
 		   const uint16_t *sc, const int32_t *z, const int32_t *gidx,
-		   int64_t ng, int passes, int64_t *changed);
+		   int64_t ng, int passes);
 
 /* ------------------------------------------------------------------ */
 /* AWQ (Lin et al. 2023) with heuristic rounding and GQA ReFlip       */

@@ -135,7 +135,7 @@ static int quantize_linear(const struct qf_variant *v, int gi, float *w,
 			h[k * in + k] = 0;
 	if (rot)	/* (its grids and g_idx stay GPTQ's) */
 		ret = qf_gptq_refine(w0, w, out, in, h, o.damp, g->qp.bits,
-				     q, sc, z, gidx, ng, ROT_PASSES, NULL);
+				     q, sc, z, gidx, ng, ROT_PASSES);
 	if (ret < 0)
 		goto out_free;
 	t0 += qf_now() - t1;	/* the comparison's time only */

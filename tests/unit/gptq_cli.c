@@ -74,7 +74,7 @@ int main(int argc, char **argv)
 		float *h1 = slurp(argv[2], (size_t)(in * in) * 4);
 
 		ret = qf_gptq_refine(w0, w, out, in, h1, o.damp, o.qp.bits, q,
-				     sc, z, g, ng, atoi(argv[11]), NULL);
+				     sc, z, g, ng, atoi(argv[11]));
 		free(h1);
 		if (ret < 0) {
 			fprintf(stderr, "refine: %s\n", qf_strerror(ret));
